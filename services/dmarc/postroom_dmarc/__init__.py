@@ -1,0 +1,1 @@
+"""The dmarc service of Postroom."""

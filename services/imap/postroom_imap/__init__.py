@@ -1,0 +1,1 @@
+"""The imap service of Postroom."""

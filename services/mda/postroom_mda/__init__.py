@@ -1,0 +1,1 @@
+"""The mda service of Postroom."""

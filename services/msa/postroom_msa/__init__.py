@@ -1,0 +1,1 @@
+"""The msa service of Postroom."""

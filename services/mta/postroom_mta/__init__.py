@@ -1,0 +1,1 @@
+"""The mta service of Postroom."""

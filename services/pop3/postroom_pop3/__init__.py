@@ -1,0 +1,1 @@
+"""The pop3 service of Postroom."""

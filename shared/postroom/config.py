@@ -1,0 +1,352 @@
+"""Every setting Postroom reads, its default and meaning, parsed once from the environment.
+
+Configuration comes only from ``POSTROOM_*`` environment variables. A secret may
+instead be given as ``POSTROOM_<NAME>_FILE`` naming a file that holds it (the
+Docker/Kubernetes secrets convention). :func:`load_settings` parses everything at
+start-up into a frozen :class:`Settings`; a bad value raises :class:`ConfigError`
+whose message is one line naming the variable, so a service stops before it
+serves anything rather than failing at first use.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import socket
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+PREFIX = "POSTROOM_"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or malformed; the message names the variable."""
+
+
+# --- value parsers: each takes the raw string and returns the typed value or raises ValueError
+
+
+def _str(raw: str) -> str:
+    return raw.strip()
+
+
+def _opt_str(raw: str) -> str | None:
+    raw = raw.strip()
+    return raw or None
+
+
+def _int(raw: str) -> int:
+    return int(raw.strip())
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw.strip())
+    if value <= 0:
+        raise ValueError("must be a positive integer")
+    return value
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be one of true/false, yes/no, on/off, 1/0")
+
+
+_DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _duration(raw: str) -> float:
+    """Seconds, or a number with a unit: ``30s``, ``5m``, ``2h``, ``5d``."""
+    value = raw.strip().lower()
+    if not value:
+        raise ValueError("empty duration")
+    unit = value[-1]
+    if unit in _DURATION_UNITS:
+        number, factor = value[:-1], _DURATION_UNITS[unit]
+    else:
+        number, factor = value, 1
+    seconds = float(number) * factor
+    if seconds <= 0:
+        raise ValueError("must be a positive duration such as 30s, 5m, 2h or 5d")
+    return seconds
+
+
+_SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3}
+
+
+def _size(raw: str) -> int:
+    """Bytes, or a number with K, M or G (binary multiples): ``35M``."""
+    value = raw.strip().lower().removesuffix("b").removesuffix("i")
+    if not value:
+        raise ValueError("empty size")
+    factor = _SIZE_UNITS.get(value[-1], 1)
+    number = value[:-1] if value[-1] in _SIZE_UNITS else value
+    size = int(float(number) * factor)
+    if size <= 0:
+        raise ValueError("must be a positive size such as 35M")
+    return size
+
+
+_ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "systemd")
+
+
+def _endpoints(raw: str) -> tuple[str, ...]:
+    """A comma-separated list of Twisted server endpoint strings (``tcp:587,tcp:2525``).
+
+    An empty value means "do not listen" (a service with several listeners may
+    have one of them switched off).
+    """
+    items = tuple(item.strip() for item in raw.split(",") if item.strip())
+    for item in items:
+        kind = item.split(":", 1)[0]
+        if kind not in _ENDPOINT_TYPES or ":" not in item:
+            raise ValueError(
+                f"{item!r} is not a server endpoint string (expected e.g. tcp:587 or "
+                "tcp:587:interface=127.0.0.1)"
+            )
+    return items
+
+
+def _endpoint(raw: str) -> str:
+    items = _endpoints(raw)
+    if len(items) != 1:
+        raise ValueError("must be exactly one endpoint string, e.g. tcp:8080")
+    return items[0]
+
+
+def _host_ports(raw: str) -> tuple[tuple[str, int], ...]:
+    """``host[:port]`` list, comma-separated; ``[v6]:port`` for IPv6."""
+    result = []
+    for item in (part.strip() for part in raw.split(",")):
+        if not item:
+            continue
+        if item.startswith("["):
+            host, _, rest = item[1:].partition("]")
+            port = int(rest[1:]) if rest.startswith(":") else 53
+        elif item.count(":") == 1:
+            host, port_s = item.split(":")
+            port = int(port_s)
+        else:
+            host, port = item, 53
+        if not host or not 0 < port < 65536:
+            raise ValueError(f"{item!r} is not host:port")
+        result.append((host, port))
+    return tuple(result)
+
+
+def _url(*schemes: str) -> Callable[[str], str | None]:
+    def parse(raw: str) -> str | None:
+        value = raw.strip()
+        if not value:
+            return None
+        scheme = value.split(":", 1)[0].split("+", 1)[0]
+        if scheme not in schemes or "://" not in value:
+            raise ValueError(f"must be a URL starting with one of {', '.join(s + '://' for s in schemes)}")
+        return value
+    return parse
+
+
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(raw: str) -> str:
+        value = raw.strip().lower()
+        if value not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}")
+        return value
+    return parse
+
+
+def _fqdn() -> str:
+    return socket.getfqdn() or "localhost"
+
+
+# --- the settings themselves: one field each, in the order the operator guide lists them
+
+
+@dataclass(frozen=True)
+class Spec:
+    """How one setting is read: its variable, parser, default and meaning."""
+
+    attr: str
+    parse: Callable[[str], Any]
+    default: str | Callable[[], str]
+    doc: str
+    secret: bool
+
+    @property
+    def env(self) -> str:
+        return PREFIX + self.attr.upper()
+
+
+def setting(parse: Callable[[str], Any], default: str | Callable[[], str], doc: str,
+            *, secret: bool = False) -> Any:
+    """Declare a Settings field: its parser, default (as the raw string) and meaning."""
+    return field(metadata={"parse": parse, "default": default, "doc": doc, "secret": secret})
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Postroom's configuration, frozen after start-up; each field is POSTROOM_<NAME>."""
+
+    # where state lives
+    database_url: str | None = setting(
+        _url("postgresql"), "",
+        "SQLAlchemy URL of PostgreSQL (postgresql+psycopg2://user@host/db). Under `postroom up` "
+        "a private instance under ./var/ when unset; else required.", secret=True)
+    redis_url: str | None = setting(
+        _url("redis", "rediss", "unix"), "",
+        "redis:// URL of Redis, db index allowed. Under `postroom up` a private instance when "
+        "unset; else required.", secret=True)
+    redis_prefix: str = setting(
+        _str, "postroom:",
+        "Prefix of every Redis key and stream (lets several suites or tests share one Redis).")
+    db_pool_size: int = setting(
+        _positive_int, "5",
+        "Connections in this process's SQLAlchemy pool; the `db` thread pool has the same size.")
+    var_dir: str = setting(
+        _str, "var",
+        "Where `postroom up` keeps its private database, Redis, certificates and logs.")
+    # identity and TLS
+    hostname: str = setting(
+        _str, _fqdn,
+        "Our name in SMTP banners, HELO/EHLO, Received: and Authentication-Results authserv-id.")
+    tls_cert_file: str | None = setting(
+        _opt_str, "",
+        "PEM certificate chain for every TLS listener; reloaded when the file changes. "
+        "`postroom up` makes a self-signed one when unset.")
+    tls_key_file: str | None = setting(
+        _opt_str, "", "PEM private key matching POSTROOM_TLS_CERT_FILE.")
+    # listeners (Twisted endpoint strings)
+    mta_listen: tuple[str, ...] = setting(
+        _endpoints, "tcp:25", "Inbound SMTP (port 25, STARTTLS offered).")
+    msa_listen: tuple[str, ...] = setting(
+        _endpoints, "tcp:587,tcp:2525", "Submission with STARTTLS required before AUTH (RFC 6409).")
+    msa_tls_listen: tuple[str, ...] = setting(
+        _endpoints, "tcp:465", "Submission with implicit TLS (RFC 8314).")
+    pop3_listen: tuple[str, ...] = setting(_endpoints, "tcp:110", "POP3 with STLS.")
+    pop3_tls_listen: tuple[str, ...] = setting(_endpoints, "tcp:995", "POP3 with implicit TLS.")
+    imap_listen: tuple[str, ...] = setting(_endpoints, "tcp:143", "IMAP with STARTTLS.")
+    imap_tls_listen: tuple[str, ...] = setting(_endpoints, "tcp:993", "IMAP with implicit TLS.")
+    dmarc_listen: tuple[str, ...] = setting(
+        _endpoints, "tcp:8025", "The DMARC policy service's internal HTTP API.")
+    dmarc_url: str = setting(
+        _str, "http://127.0.0.1:8025", "Where other services reach the DMARC service.")
+    http_listen: str = setting(
+        _endpoint, "tcp:8080",
+        "This process's /healthz and /metrics (under `postroom up` each child gets its own free "
+        "loopback port).")
+    # DNS and the outside world
+    dns_servers: tuple[tuple[str, int], ...] = setting(
+        _host_ports, "", "Resolver override, host[:port] list; empty means the system resolver.")
+    dns_timeout: float = setting(
+        _duration, "5s", "Total time one DNS query may take before it is a temperror.")
+    smtp_outbound_port: int = setting(
+        _positive_int, "25", "Port the relay connects to on remote MXs (tests only).")
+    # limits
+    max_message_size: int = setting(
+        _size, "35M", "Largest message accepted (SMTP SIZE, IMAP APPEND).")
+    max_recipients: int = setting(
+        _positive_int, "1000", "Recipients per SMTP transaction.")
+    max_connections_per_ip: int = setting(
+        _positive_int, "50", "Concurrent connections from one client address to one listener.")
+    smtp_command_timeout: float = setting(
+        _duration, "5m", "Idle time allowed between SMTP commands (RFC 5321 section 4.5.3.2).")
+    smtp_data_timeout: float = setting(
+        _duration, "10m", "Idle time allowed while receiving DATA or BDAT (RFC 5321 4.5.3.2.6).")
+    smtp_max_errors: int = setting(
+        _positive_int, "10", "Protocol errors in one session before the server hangs up.")
+    auth_fail_limit: int = setting(
+        _positive_int, "10", "Failed logins per client address (and per account) per window.")
+    auth_fail_window: float = setting(
+        _duration, "10m", "Window of POSTROOM_AUTH_FAIL_LIMIT.")
+    allow_plaintext_auth_on_loopback: bool = setting(
+        _bool, "false",
+        "Allow password logins without TLS from 127.0.0.0/8 and ::1 (development only).")
+    # queue
+    queue_lifetime: float = setting(
+        _duration, "5d", "How long a message is retried before it bounces.")
+    retry_initial: float = setting(_duration, "5m", "First retry delay; it doubles each attempt.")
+    retry_max: float = setting(_duration, "1h", "Longest delay between two attempts.")
+    reconcile_interval: float = setting(
+        _duration, "60s", "How often the reconciler re-enqueues pending spool work Redis lost.")
+    queue_claim_idle: float = setting(
+        _duration, "60s",
+        "Idle time after which a dead consumer's unacknowledged entry is claimed by another.")
+    # operations
+    log_level: str = setting(
+        _choice("debug", "info", "warning", "error"), "info",
+        "Lowest level written to the JSON log on stdout.")
+    shutdown_grace: float = setting(
+        _duration, "20s", "On SIGTERM, how long in-flight work may take before it is handed back.")
+
+    def replace(self, **changes: Any) -> Settings:
+        return dataclasses.replace(self, **changes)
+
+
+SPECS: tuple[Spec, ...] = tuple(
+    Spec(f.name, f.metadata["parse"], f.metadata["default"], f.metadata["doc"],
+         f.metadata["secret"])
+    for f in dataclasses.fields(Settings)
+)
+
+
+def _raw_value(spec: Spec, environ: Mapping[str, str]) -> str | None:
+    file_var = spec.env + "_FILE"
+    if spec.env in environ:
+        return environ[spec.env]
+    if spec.secret and environ.get(file_var):
+        path = environ[file_var]
+        try:
+            with open(path, encoding="utf-8") as handle:
+                return handle.read().strip()
+        except OSError as exc:
+            raise ConfigError(f"{file_var}: cannot read {path}: {exc.strerror}") from None
+    return None
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Parse every ``POSTROOM_*`` variable into a frozen Settings, or raise ConfigError."""
+    environ = os.environ if environ is None else environ
+    known = {spec.env for spec in SPECS} | {spec.env + "_FILE" for spec in SPECS if spec.secret}
+    values: dict[str, Any] = {}
+    for spec in SPECS:
+        raw = _raw_value(spec, environ)
+        if raw is None:
+            raw = spec.default() if callable(spec.default) else spec.default
+        try:
+            values[spec.attr] = spec.parse(raw)
+        except (ValueError, TypeError) as exc:
+            shown = "(secret)" if spec.secret else repr(raw)
+            raise ConfigError(f"{spec.env}={shown}: {exc}") from None
+    unknown = sorted(k for k in environ if k.startswith(PREFIX) and k not in known)
+    # Unknown names are very often typos of real ones; refuse them rather than ignore.
+    allowed_extra = {"POSTROOM_SERVICE", "POSTROOM_UP_CHILD"}
+    unknown = [k for k in unknown if k not in allowed_extra]
+    if unknown:
+        raise ConfigError(f"{unknown[0]}: unknown setting (see `postroom config --help`)")
+    if bool(values["tls_cert_file"]) != bool(values["tls_key_file"]):
+        raise ConfigError(
+            "POSTROOM_TLS_CERT_FILE / POSTROOM_TLS_KEY_FILE: set both or neither"
+        )
+    values.update(overrides)
+    return Settings(**values)
+
+
+def require(settings: Settings, *attrs: str) -> None:
+    """Raise ConfigError for the first of ``attrs`` that is unset (a service's must-haves)."""
+    for attr in attrs:
+        if not getattr(settings, attr):
+            raise ConfigError(f"{PREFIX}{attr.upper()}: required by this service but not set")
+
+
+def describe() -> str:
+    """The settings table for `postroom config` and docs/configuration.md."""
+    lines = []
+    for spec in SPECS:
+        default = "(computed)" if callable(spec.default) else (spec.default or "(unset)")
+        secret = f" Also {spec.env}_FILE." if spec.secret else ""
+        lines.append(f"{spec.env}\n    default: {default}\n    {spec.doc}{secret}")
+    return "\n".join(lines)

@@ -1,0 +1,1 @@
+"""Fixtures: db (filled in by its area)."""

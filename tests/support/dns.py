@@ -1,0 +1,1 @@
+"""Fixtures: dns (filled in by its area)."""

@@ -1,0 +1,1 @@
+"""Fixtures: procs (filled in by its area)."""

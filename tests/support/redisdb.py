@@ -1,0 +1,1 @@
+"""Fixtures: redisdb (filled in by its area)."""
