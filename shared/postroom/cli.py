@@ -1,0 +1,406 @@
+"""`postroom`: the operator's command line (serve, up, db, domain, user, alias, dkim, dns, queue).
+
+Every command explains itself with ``--help``. Errors are one line on stderr
+and a non-zero exit status, never a traceback: 2 for bad usage or
+configuration, 1 for a refused operation (unknown domain, duplicate user, ...).
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import json
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+from postroom import __version__
+from postroom.config import ConfigError, Settings, describe, load_settings, require
+
+
+class CLIError(Exception):
+    """A refused operation; the message is shown as it is."""
+
+    exit_code = 1
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    print(f"postroom: error: {message}", file=sys.stderr)
+    raise SystemExit(code)
+
+
+# --- helpers shared by the data commands
+
+
+def _settings() -> Settings:
+    return load_settings()
+
+
+def _database(settings: Settings) -> Any:
+    from postroom.store.db import Database
+
+    require(settings, "database_url")
+    assert settings.database_url is not None
+    return Database(settings.database_url, pool_size=1)
+
+
+def _with_db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run ``fn(session, ...)`` in one transaction against the configured database."""
+    from postroom.store.migrate import check_schema
+
+    settings = _settings()
+    database = _database(settings)
+    try:
+        check_schema(settings.database_url)
+        return database.run_sync(fn, *args, **kwargs)
+    finally:
+        database.dispose()
+
+
+def _read_password(prompt: str = "Password: ") -> str:
+    """From stdin when it is not a terminal (first line), else prompted twice; never argv."""
+    if not sys.stdin.isatty():
+        line = sys.stdin.readline()
+        password = line.rstrip("\r\n")
+    else:
+        password = getpass.getpass(prompt)
+        again = getpass.getpass("Again: ")
+        if password != again:
+            raise CLIError("the two passwords differ")
+    if not password:
+        raise CLIError("empty password")
+    return password
+
+
+def _print_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(list(rows), default=str, indent=2))
+        return
+    if not rows:
+        return
+    widths = {c: max(len(c), *(len(str(r.get(c, ""))) for r in rows)) for c in columns}
+    print("  ".join(c.upper().ljust(widths[c]) for c in columns).rstrip())
+    for row in rows:
+        print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns).rstrip())
+
+
+# --- command implementations
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from postroom.runtime import run_service
+
+    return run_service(args.service)
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from postroom.supervisor import main as supervise
+
+    return supervise(args)
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    if args.check:
+        settings = _settings()
+        print(f"configuration is valid (hostname {settings.hostname})")
+        return 0
+    print(describe())
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    from postroom.store import migrate
+
+    settings = _settings()
+    require(settings, "database_url")
+    url = settings.database_url
+    assert url is not None
+    if args.action == "upgrade":
+        migrate.upgrade(url)
+        print(f"database schema is at {migrate.current_revision(url)} (head)")
+    elif args.action == "current":
+        print(migrate.current_revision(url) or "empty (no migrations applied)")
+    else:
+        migrate.check_schema(url)
+        print(f"database schema is current ({migrate.head_revision()})")
+    return 0
+
+
+def cmd_domain(args: argparse.Namespace) -> int:
+    from postroom.store import domains
+
+    if args.action == "add":
+        _with_db(domains.add_domain, args.domain)
+        print(f"domain {args.domain.lower()} added")
+    elif args.action == "remove":
+        _with_db(domains.remove_domain, args.domain)
+        print(f"domain {args.domain.lower()} removed")
+    else:
+        rows = _with_db(domains.list_domains)
+        _print_rows([_plain(r) for r in rows], ["name", "users", "aliases", "created_at"],
+                    args.json)
+    return 0
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from postroom.store import users
+
+    if args.action == "add":
+        password = _read_password()
+        _with_db(users.add_user, args.address, password, quota_bytes=args.quota)
+        print(f"user {args.address.lower()} added")
+    elif args.action == "passwd":
+        password = _read_password("New password: ")
+        _with_db(users.set_password, args.address, password)
+        print(f"password of {args.address.lower()} changed")
+    elif args.action == "remove":
+        _with_db(users.remove_user, args.address)
+        print(f"user {args.address.lower()} removed")
+    else:
+        rows = _with_db(users.list_users, args.domain)
+        _print_rows([_plain(r) for r in rows], ["address", "active", "quota_bytes", "created_at"],
+                    args.json)
+    return 0
+
+
+def cmd_alias(args: argparse.Namespace) -> int:
+    from postroom.store import aliases
+
+    if args.action == "add":
+        _with_db(aliases.add_alias, args.source, args.destination)
+        print(f"alias {args.source} -> {args.destination} added")
+    elif args.action == "remove":
+        _with_db(aliases.remove_alias, args.source, args.destination)
+        print(f"alias {args.source} -> {args.destination or '*'} removed")
+    else:
+        rows = _with_db(aliases.list_aliases, args.domain)
+        _print_rows([_plain(r) for r in rows], ["source", "destination"], args.json)
+    return 0
+
+
+def cmd_dkim(args: argparse.Namespace) -> int:
+    from postroom import dnsrecords
+    from postroom.store import dkim
+
+    if args.action == "generate":
+        algorithms = ["rsa-sha256", "ed25519-sha256"] if args.algorithm == "both" else [
+            {"rsa": "rsa-sha256", "ed25519": "ed25519-sha256"}[args.algorithm]]
+        created = []
+        for algorithm in algorithms:
+            created.append(_with_db(dkim.generate_key, args.domain, algorithm, args.selector))
+        print(f"; DKIM keys for {args.domain.lower()}: publish these TXT records")
+        for key in created:
+            print(dnsrecords.dkim_record(_plain(key)))
+    else:
+        rows = _with_db(dkim.list_keys, args.domain)
+        _print_rows([_plain(r) for r in rows], ["domain", "selector", "algorithm", "active"],
+                    args.json)
+    return 0
+
+
+def cmd_dns(args: argparse.Namespace) -> int:
+    from postroom import dnsrecords
+    from postroom.store import dkim
+
+    settings = _settings()
+    keys = [_plain(k) for k in _with_db(dkim.list_keys, args.domain)]
+    for line in dnsrecords.all_records(args.domain, settings.hostname, keys,
+                                       report_address=args.rua):
+        print(line)
+    return 0
+
+
+def cmd_queue(args: argparse.Namespace) -> int:
+    from postroom.store import spool
+
+    if args.action == "list":
+        rows = _with_db(spool.list_spool, args.state)
+        _print_rows([_plain(r) for r in rows],
+                    ["queue_id", "kind", "mail_from", "recipients", "state", "received_at"],
+                    args.json)
+    elif args.action == "show":
+        detail = _plain(_with_db(spool.get_spool, args.queue_id))
+        print(json.dumps(detail, default=str, indent=2))
+    elif args.action == "retry":
+        count = _with_db(spool.retry_now, args.queue_id)
+        print(f"{count} recipient(s) of {args.queue_id} scheduled for an attempt now")
+    else:
+        _with_db(spool.delete_spool, args.queue_id)
+        print(f"{args.queue_id} deleted")
+    return 0
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """Repository results are dataclasses or dicts; show them as dicts."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return obj
+    return dict(obj)
+
+
+# --- the parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from postroom.service import available_services
+
+    parser = argparse.ArgumentParser(
+        prog="postroom",
+        description="Postroom mail server suite: run services and manage domains, users and "
+        "the queue. Configuration comes from POSTROOM_* environment variables "
+        "(`postroom config` lists them).",
+    )
+    parser.add_argument("--version", action="version", version=f"postroom {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    services = sorted(available_services())
+    p = sub.add_parser("serve", help="run one service in the foreground (what compose runs)",
+                       description="Run one service in the foreground, logging JSON lines "
+                       "to stdout, until SIGTERM.")
+    p.add_argument("service", choices=services, metavar="SERVICE",
+                   help=f"one of: {', '.join(services) or '(none installed)'}")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("up", help="run the whole suite on this machine",
+                       description="Run every service as a child process, restarting any that "
+                       "dies. Without POSTROOM_DATABASE_URL / POSTROOM_REDIS_URL, a private "
+                       "PostgreSQL and Redis run under ./var/; without a certificate, a "
+                       "self-signed one is made. Ctrl-C stops everything.")
+    p.add_argument("--demo", action="store_true",
+                   help="also create a demo domain and user and print their credentials")
+    p.add_argument("--only", nargs="+", metavar="SERVICE", choices=services,
+                   help="run only these services")
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("config", help="list every setting, or check the current environment",
+                       description="Without options: every POSTROOM_* variable with its "
+                       "default and meaning. With --check: parse the environment and report.")
+    p.add_argument("--check", action="store_true", help="validate the current environment")
+    p.set_defaults(func=cmd_config)
+
+    p = sub.add_parser("db", help="database schema migrations",
+                       description="Apply or inspect the database schema migrations.")
+    p.add_argument("action", choices=["upgrade", "current", "check"],
+                   help="upgrade: apply every pending migration; current: print the revision; "
+                   "check: fail unless the schema is current")
+    p.set_defaults(func=cmd_db)
+
+    p = sub.add_parser("domain", help="local domains", description="Manage local domains.")
+    dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = dsub.add_parser("add", help="add a local domain")
+    q.add_argument("domain")
+    q = dsub.add_parser("remove", help="remove a domain that has no users left")
+    q.add_argument("domain")
+    q = dsub.add_parser("list", help="list local domains")
+    q.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_domain)
+
+    p = sub.add_parser("user", help="mail users",
+                       description="Manage users. Passwords are read from stdin when it is not "
+                       "a terminal, else prompted for twice; never taken from the command line.")
+    usub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = usub.add_parser("add", help="add a user (password from stdin or prompt)")
+    q.add_argument("address")
+    q.add_argument("--quota", type=int, default=None, metavar="BYTES",
+                   help="storage quota in bytes (default: unlimited)")
+    q = usub.add_parser("passwd", help="change a user's password")
+    q.add_argument("address")
+    q = usub.add_parser("remove", help="remove a user and their mailboxes")
+    q.add_argument("address")
+    q = usub.add_parser("list", help="list users")
+    q.add_argument("domain", nargs="?", help="only this domain")
+    q.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_user)
+
+    p = sub.add_parser("alias", help="address aliases",
+                       description="Manage aliases. A source of @domain is a catch-all.")
+    asub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = asub.add_parser("add", help="add an alias")
+    q.add_argument("source")
+    q.add_argument("destination")
+    q = asub.add_parser("remove", help="remove an alias (every destination when none given)")
+    q.add_argument("source")
+    q.add_argument("destination", nargs="?")
+    q = asub.add_parser("list", help="list aliases")
+    q.add_argument("domain", nargs="?")
+    q.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_alias)
+
+    p = sub.add_parser("dkim", help="DKIM signing keys",
+                       description="Generate and list DKIM keys; generate prints the DNS TXT "
+                       "records to publish.")
+    ksub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = ksub.add_parser("generate", help="generate keys for a domain and print their records")
+    q.add_argument("domain")
+    q.add_argument("--algorithm", choices=["rsa", "ed25519", "both"], default="both",
+                   help="key type (default both: RSA-2048 and ed25519, RFC 8463)")
+    q.add_argument("--selector", default=None,
+                   help="selector name (default: derived from the date and algorithm)")
+    q = ksub.add_parser("list", help="list a domain's keys")
+    q.add_argument("domain", nargs="?")
+    q.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dkim)
+
+    p = sub.add_parser("dns", help="print every DNS record to publish for a domain",
+                       description="Print the MX, SPF, DKIM, DMARC, MTA-STS and TLS-RPT records "
+                       "a domain needs, in zone-file syntax.")
+    p.add_argument("domain")
+    p.add_argument("--rua", default=None, metavar="ADDRESS",
+                   help="where DMARC aggregate and TLS reports go (default postmaster@DOMAIN)")
+    p.set_defaults(func=cmd_dns)
+
+    p = sub.add_parser("queue", help="the mail queue (spool)",
+                       description="Inspect and act on queued messages.")
+    qsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = qsub.add_parser("list", help="list queued messages")
+    q.add_argument("--state", choices=["pending", "delivered", "failed", "bounced"], default=None)
+    q.add_argument("--json", action="store_true")
+    for name, text in (("show", "show one message's envelope and recipients"),
+                       ("retry", "attempt pending recipients now"),
+                       ("delete", "delete a message from the queue")):
+        q = qsub.add_parser(name, help=text)
+        q.add_argument("queue_id")
+    p.set_defaults(func=cmd_queue)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        _fail(str(exc), 2)
+    except CLIError as exc:
+        _fail(str(exc), exc.exit_code)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+    except Exception as exc:  # noqa: BLE001 - the CLI shows one line, never a traceback
+        _fail(_explain(exc))
+
+
+def _explain(exc: Exception) -> str:
+    """One line for an operator, for the failures the CLI can meet."""
+    try:
+        from postroom.store.errors import StoreError
+        from postroom.store.migrate import SchemaOutOfDate
+    except ImportError:  # pragma: no cover - the store is part of the library
+        StoreError = SchemaOutOfDate = ()  # type: ignore[misc,assignment] # noqa: N806
+    if isinstance(exc, (StoreError, SchemaOutOfDate)):
+        return str(exc)
+    try:
+        import sqlalchemy.exc
+
+        if isinstance(exc, sqlalchemy.exc.OperationalError):
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "unreachable"
+            return f"cannot use the database: {reason}"
+    except ImportError:  # pragma: no cover
+        pass
+    return f"{type(exc).__name__}: {exc}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
