@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from postroom import __version__
-from postroom.config import ConfigError, Settings, describe, load_settings, require
+from postroom.config import ConfigError, Settings, describe, load_settings, markdown, require
 
 
 class CLIError(Exception):
@@ -100,6 +100,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
+    if args.markdown:
+        sys.stdout.write(markdown())
+        return 0
     if args.check:
         settings = _settings()
         print(f"configuration is valid (hostname {settings.hostname})")
@@ -279,6 +282,8 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Without options: every POSTROOM_* variable with its "
                        "default and meaning. With --check: parse the environment and report.")
     p.add_argument("--check", action="store_true", help="validate the current environment")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the settings table as Markdown (docs/configuration.md)")
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("db", help="database schema migrations",

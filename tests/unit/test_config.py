@@ -117,3 +117,12 @@ def test_every_setting_is_documented():
         assert spec.env in text
         assert spec.doc
     assert len(SPECS) == len(dataclasses.fields(Settings))
+
+
+def test_the_operator_guide_table_is_generated_from_the_settings():
+    from pathlib import Path
+
+    from postroom.config import markdown
+
+    guide = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    assert guide.read_text() == markdown(), "run: postroom config --markdown > docs/configuration.md"
