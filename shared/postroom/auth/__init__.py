@@ -1,0 +1,1 @@
+"""Authentication: password hashing, SASL mechanisms, credential checkers and login rate limits."""

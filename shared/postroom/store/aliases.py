@@ -1,0 +1,158 @@
+"""Aliases and address resolution: exact aliases, plus-addressing and catch-alls."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, select
+from sqlalchemy.orm import Session
+
+from postroom.store.addresses import normalise_address, normalise_domain, split_address
+from postroom.store.common import domain_id, insert_unique
+from postroom.store.errors import InvalidAddress, NotFound
+from postroom.store.models import Alias, Domain, User
+
+# alias chains longer than this are a configuration loop, not a design
+MAX_ALIAS_DEPTH = 10
+
+
+@dataclass(frozen=True)
+class AliasInfo:
+    id: int
+    source: str
+    destination: str
+    created_at: datetime
+
+
+@dataclass(frozen=True)
+class Target:
+    """A final recipient: a local account (``user_id`` set) or a remote address to forward to."""
+
+    address: str
+    user_id: int | None
+    # the +detail of a plus-address, for later filing rules
+    detail: str | None = None
+
+
+def _source(source: str) -> tuple[str, str]:
+    """(stored form, domain) of an alias source: an address, or ``@domain`` for a catch-all."""
+    if source.strip().startswith("@"):
+        domain = normalise_domain(source.strip()[1:])
+        return f"@{domain}", domain
+    localpart, domain = split_address(source)
+    return f"{localpart}@{domain}", domain
+
+
+def add_alias(session: Session, source: str, destination: str) -> AliasInfo:
+    """Forward ``source`` (in a local domain; ``@domain`` = catch-all) to ``destination``."""
+    stored, domain = _source(source)
+    dest = normalise_address(destination)
+    # source == destination is allowed: with other destinations it keeps the account's own copy
+    ident = domain_id(session, domain)
+
+    def insert() -> Alias:
+        row = Alias(domain_id=ident, source=stored, destination=dest)
+        session.add(row)
+        session.flush()
+        return row
+
+    row = insert_unique(session, insert, f"alias {stored} -> {dest} already exists")
+    session.refresh(row)
+    return AliasInfo(id=row.id, source=row.source, destination=row.destination,
+                     created_at=row.created_at)
+
+
+def list_aliases(session: Session, domain: str | None = None) -> list[AliasInfo]:
+    """Every alias, or those of one domain, by source then destination."""
+    query = select(Alias)
+    if domain is not None:
+        query = query.join(Domain, Domain.id == Alias.domain_id).where(
+            Domain.name == normalise_domain(domain))
+    rows = session.execute(query.order_by(Alias.source, Alias.destination)).scalars()
+    return [AliasInfo(id=r.id, source=r.source, destination=r.destination,
+                      created_at=r.created_at) for r in rows]
+
+
+def remove_alias(session: Session, source: str, destination: str | None = None) -> int:
+    """Remove one alias, or every destination of ``source``; NotFound when none matched."""
+    stored, _ = _source(source)
+    query = delete(Alias).where(Alias.source == stored)
+    if destination is not None:
+        query = query.where(Alias.destination == normalise_address(destination))
+    count = int(getattr(session.execute(query), "rowcount", 0))
+    if not count:
+        raise NotFound(f"no alias {stored}" + (f" -> {destination}" if destination else ""))
+    return count
+
+
+def _destinations(session: Session, source: str) -> list[str]:
+    return list(session.execute(select(Alias.destination).where(Alias.source == source)
+                                .order_by(Alias.id)).scalars())
+
+
+def _user(session: Session, address: str) -> int | None:
+    return session.execute(select(User.id).where(User.address == address,
+                                                 User.active.is_(True))).scalar_one_or_none()
+
+
+def _is_local(session: Session, domain: str) -> bool:
+    return session.execute(select(Domain.id).where(Domain.name == domain)).first() is not None
+
+
+def resolve_address(session: Session, address: str, *, delimiter: str = "+") -> list[Target]:
+    """The final recipients of ``address``; empty means no such recipient here.
+
+    Order, as Postfix's virtual maps do it: an exact alias; an account; the same
+    two for the address without its ``+detail``; the domain's catch-all. Alias
+    destinations in local domains are resolved again (loops stop at
+    MAX_ALIAS_DEPTH); remote destinations are returned for forwarding.
+    """
+    try:
+        normal = normalise_address(address)
+    except InvalidAddress:
+        return []
+    targets: dict[str, Target] = {}
+    _resolve(session, normal, delimiter, 0, {normal}, targets)
+    return list(targets.values())
+
+
+def _resolve(session: Session, address: str, delimiter: str, depth: int, seen: set[str],
+             out: dict[str, Target]) -> None:
+    localpart, domain = address.rsplit("@", 1)
+    if not _is_local(session, domain):
+        out.setdefault(address, Target(address=address, user_id=None))
+        return
+    detail = None
+    candidates = [address]
+    if delimiter and delimiter in localpart:
+        base, detail = localpart.split(delimiter, 1)
+        if base:
+            candidates.append(f"{base}@{domain}")
+    for candidate in candidates:
+        aliased = _destinations(session, candidate)
+        if aliased:
+            _expand(session, aliased, delimiter, depth, seen, out)
+            return
+        user_id = _user(session, candidate)
+        if user_id is not None:
+            out.setdefault(candidate, Target(address=candidate, user_id=user_id,
+                                             detail=detail if candidate != address else None))
+            return
+    catch_all = _destinations(session, f"@{domain}")
+    if catch_all:
+        _expand(session, catch_all, delimiter, depth, seen, out)
+
+
+def _expand(session: Session, destinations: list[str], delimiter: str, depth: int,
+            seen: set[str], out: dict[str, Target]) -> None:
+    if depth >= MAX_ALIAS_DEPTH:
+        return
+    for dest in destinations:
+        if dest in seen:
+            # an alias that lists an account's own address keeps a local copy: deliver it
+            user_id = _user(session, dest)
+            if user_id is not None:
+                out.setdefault(dest, Target(address=dest, user_id=user_id))
+            continue
+        _resolve(session, dest, delimiter, depth + 1, seen | {dest}, out)

@@ -1,0 +1,68 @@
+"""Local domains: add, list, remove."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from postroom.store.addresses import normalise_domain
+from postroom.store.common import domain_id, insert_unique
+from postroom.store.errors import InUse, NotFound
+from postroom.store.models import Alias, Domain, User
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    id: int
+    name: str
+    created_at: datetime
+    users: int = 0
+    aliases: int = 0
+
+
+def add_domain(session: Session, name: str) -> DomainInfo:
+    """Add a local domain (stored lowercase, IDNs as A-labels); AlreadyExists when present."""
+    normal = normalise_domain(name)
+
+    def insert() -> Domain:
+        row = Domain(name=normal)
+        session.add(row)
+        session.flush()
+        return row
+
+    row = insert_unique(session, insert, f"domain {normal} already exists")
+    session.refresh(row)
+    return DomainInfo(id=row.id, name=row.name, created_at=row.created_at)
+
+
+def list_domains(session: Session) -> list[DomainInfo]:
+    """Every local domain with its number of users and aliases, by name."""
+    users = select(func.count()).where(User.domain_id == Domain.id).scalar_subquery()
+    aliases = select(func.count()).where(Alias.domain_id == Domain.id).scalar_subquery()
+    rows = session.execute(
+        select(Domain.id, Domain.name, Domain.created_at, users, aliases).order_by(Domain.name))
+    return [DomainInfo(id=r[0], name=r[1], created_at=r[2], users=r[3], aliases=r[4])
+            for r in rows]
+
+
+def is_local_domain(session: Session, name: str) -> bool:
+    """True when ``name`` is one of our domains (the MTA's relay check)."""
+    try:
+        domain_id(session, normalise_domain(name))
+    except (NotFound, ValueError):
+        return False
+    return True
+
+
+def remove_domain(session: Session, name: str) -> None:
+    """Remove a domain with its aliases and DKIM keys; InUse while it still has users."""
+    normal = normalise_domain(name)
+    ident = domain_id(session, normal)
+    count = session.execute(
+        select(func.count()).select_from(User).where(User.domain_id == ident)).scalar_one()
+    if count:
+        raise InUse(f"domain {normal} still has {count} user(s): remove them first")
+    session.execute(delete(Domain).where(Domain.id == ident))

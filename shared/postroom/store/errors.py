@@ -1,0 +1,23 @@
+"""Errors the repository functions raise; their messages are safe to show an operator."""
+
+from __future__ import annotations
+
+
+class StoreError(Exception):
+    """Base of every error a repository function raises on purpose."""
+
+
+class NotFound(StoreError, LookupError):
+    """The named domain, user, alias, mailbox or queue entry does not exist."""
+
+
+class AlreadyExists(StoreError):
+    """A unique name (domain, address, alias pair, mailbox, DKIM selector) is already taken."""
+
+
+class InvalidAddress(StoreError, ValueError):
+    """An e-mail address or domain name that is not acceptable."""
+
+
+class InUse(StoreError):
+    """The object is still referenced (e.g. a domain that still has users)."""

@@ -1,0 +1,177 @@
+"""IMAP mailboxes: creation with a fresh UIDVALIDITY, listing, and UID/MODSEQ allocation."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import func, select, text
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from postroom.store.common import insert_unique
+from postroom.store.errors import NotFound
+from postroom.store.models import Mailbox, MailboxEntry, Message
+
+# created with every account (RFC 6154 special-use attributes)
+DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
+    ("INBOX", None),
+    ("Sent", "\\Sent"),
+    ("Drafts", "\\Drafts"),
+    ("Trash", "\\Trash"),
+    ("Junk", "\\Junk"),
+    ("Archive", "\\Archive"),
+)
+
+
+@dataclass(frozen=True)
+class MailboxInfo:
+    id: int
+    user_id: int
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    special_use: str | None
+    subscribed: bool
+
+
+def _info(row: Mailbox) -> MailboxInfo:
+    return MailboxInfo(id=row.id, user_id=row.user_id, name=row.name,
+                       uidvalidity=row.uidvalidity, uidnext=row.uidnext,
+                       highestmodseq=row.highestmodseq, special_use=row.special_use,
+                       subscribed=row.subscribed)
+
+
+def new_uidvalidity(session: Session) -> int:
+    """A UIDVALIDITY greater than any handed out before, and at least the Unix time.
+
+    The clock part keeps values increasing even after a restore from a backup
+    whose sequence is behind (RFC 3501 2.3.1.1: a re-created mailbox must get a
+    greater value, or clients would trust stale UIDs).
+    """
+    return int(session.execute(text(
+        "SELECT setval('mailbox_uidvalidity_seq', greatest(nextval('mailbox_uidvalidity_seq'),"
+        " extract(epoch FROM clock_timestamp())::bigint))")).scalar_one())
+
+
+def create_mailbox(session: Session, user_id: int, name: str, *,
+                   special_use: str | None = None, subscribed: bool = True) -> MailboxInfo:
+    """Create mailbox ``name`` for a user; AlreadyExists when the user has one of that name."""
+    # INBOX is case-insensitive in IMAP (RFC 3501 5.1); other names are kept as given
+    if name.upper() == "INBOX":
+        name = "INBOX"
+
+    def insert() -> Mailbox:
+        row = Mailbox(user_id=user_id, name=name, uidvalidity=new_uidvalidity(session),
+                      special_use=special_use, subscribed=subscribed)
+        session.add(row)
+        session.flush()
+        return row
+
+    row = insert_unique(session, insert, f"mailbox {name} already exists")
+    session.refresh(row)
+    return _info(row)
+
+
+def create_default_mailboxes(session: Session, user_id: int) -> list[MailboxInfo]:
+    return [create_mailbox(session, user_id, name, special_use=use)
+            for name, use in DEFAULT_MAILBOXES]
+
+
+def list_mailboxes(session: Session, user_id: int) -> list[MailboxInfo]:
+    """A user's mailboxes, INBOX first, then by name."""
+    rows = session.execute(
+        select(Mailbox).where(Mailbox.user_id == user_id)
+        .order_by(Mailbox.name != "INBOX", Mailbox.name)).scalars()
+    return [_info(r) for r in rows]
+
+
+def get_mailbox(session: Session, user_id: int, name: str) -> MailboxInfo:
+    """One mailbox of a user by name, or NotFound."""
+    if name.upper() == "INBOX":
+        name = "INBOX"
+    row = session.execute(select(Mailbox).where(Mailbox.user_id == user_id,
+                                                Mailbox.name == name)).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"no mailbox {name}")
+    return _info(row)
+
+
+def _lock_mailbox(session: Session, user_id: int, name: str) -> Mailbox:
+    row = session.execute(
+        select(Mailbox).where(Mailbox.user_id == user_id, Mailbox.name == name)
+        .with_for_update()).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"no mailbox {name}")
+    return row
+
+
+def _existing_delivery(session: Session, spool_recipient_id: int) -> tuple[int, int] | None:
+    found = session.execute(
+        select(MailboxEntry.uid, MailboxEntry.modseq)
+        .where(MailboxEntry.spool_recipient_id == spool_recipient_id)).first()
+    return (found[0], found[1]) if found else None
+
+
+def deliver_to_mailbox(session: Session, *, user_id: int, mailbox_name: str, message_id: int,
+                       spool_recipient_id: int | None, flags: list[str] | None = None,
+                       internaldate: datetime | None = None) -> tuple[int, int]:
+    """Put stored message ``message_id`` into a mailbox; returns its (uid, modseq).
+
+    The mailbox row is locked (SELECT ... FOR UPDATE) while its uidnext and
+    highestmodseq advance, so concurrent deliveries get consecutive UIDs with no
+    reuse and no gap. A ``spool_recipient_id`` already delivered returns the
+    first delivery's (uid, modseq) and adds nothing: redelivery is harmless.
+    """
+    if mailbox_name.upper() == "INBOX":
+        mailbox_name = "INBOX"
+    mailbox = _lock_mailbox(session, user_id, mailbox_name)
+    # checked under the lock, so a concurrent copy into the same mailbox has committed by now
+    if spool_recipient_id is not None:
+        existing = _existing_delivery(session, spool_recipient_id)
+        if existing is not None:
+            return existing
+    uid, modseq = mailbox.uidnext, mailbox.highestmodseq + 1
+    try:
+        # a savepoint, so that losing a race on spool_recipient_id into ANOTHER mailbox
+        # (whose lock we do not hold) undoes this mailbox's counters too
+        with session.begin_nested():
+            mailbox.uidnext = uid + 1
+            mailbox.highestmodseq = modseq
+            session.add(MailboxEntry(
+                mailbox_id=mailbox.id, uid=uid, message_id=message_id, flags=list(flags or []),
+                modseq=modseq, internaldate=internaldate or func.now(),
+                spool_recipient_id=spool_recipient_id))
+            session.flush()
+    except IntegrityError:
+        if spool_recipient_id is None:
+            raise
+        session.refresh(mailbox)
+        existing = _existing_delivery(session, spool_recipient_id)
+        if existing is None:
+            raise
+        return existing
+    return uid, modseq
+
+
+def next_modseq(session: Session, mailbox_id: int) -> int:
+    """Advance and return a mailbox's HIGHESTMODSEQ (for flag changes and expunges)."""
+    mailbox = session.execute(select(Mailbox).where(Mailbox.id == mailbox_id)
+                              .with_for_update()).scalar_one_or_none()
+    if mailbox is None:
+        raise NotFound(f"no mailbox with id {mailbox_id}")
+    mailbox.highestmodseq += 1
+    session.flush()
+    return mailbox.highestmodseq
+
+
+def usage(session: Session, user_id: int) -> tuple[int, int]:
+    """(bytes, messages) a user's mailboxes hold, for quota checks (RFC 9208 STORAGE/MESSAGE)."""
+    row = session.execute(
+        select(func.coalesce(func.sum(Message.size), 0), func.count(MailboxEntry.id))
+        .select_from(MailboxEntry)
+        .join(Mailbox, Mailbox.id == MailboxEntry.mailbox_id)
+        .join(Message, Message.id == MailboxEntry.message_id)
+        .where(Mailbox.user_id == user_id)).one()
+    return int(row[0]), int(row[1])

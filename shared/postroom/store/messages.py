@@ -1,0 +1,71 @@
+"""Content-addressed message blobs: identical bytes are stored once, keyed by SHA-256."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Any
+
+from sqlalchemy import delete, exists, select, update
+from sqlalchemy.dialects.postgresql import insert
+from sqlalchemy.orm import Session
+
+from postroom.store.errors import NotFound
+from postroom.store.models import MailboxEntry, Message, SpoolMessage
+
+
+def store_message(session: Session, data: bytes, metadata: dict[str, Any] | None = None) -> int:
+    """The id of the message with these exact bytes, inserting it when it is new.
+
+    ``metadata`` (cached envelope, bodystructure, headers) is kept only when the
+    message is new; use :func:`set_metadata` to replace it.
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    # ON CONFLICT DO NOTHING: two concurrent writers of the same bytes both succeed
+    inserted = session.execute(
+        insert(Message).values(sha256=digest, size=len(data), blob=data, meta=metadata or {})
+        .on_conflict_do_nothing(index_elements=[Message.sha256])
+        .returning(Message.id)).scalar_one_or_none()
+    if inserted is not None:
+        return int(inserted)
+    return int(session.execute(select(Message.id).where(Message.sha256 == digest)).scalar_one())
+
+
+def get_message(session: Session, message_id: int) -> bytes:
+    """The bytes of a stored message, or NotFound."""
+    query = select(Message.blob).where(Message.id == message_id)
+    blob = session.execute(query).scalar_one_or_none()
+    if blob is None:
+        raise NotFound(f"no message with id {message_id}")
+    return bytes(blob)
+
+
+def get_metadata(session: Session, message_id: int) -> dict[str, Any]:
+    """The cached metadata of a stored message, or NotFound."""
+    query = select(Message.meta).where(Message.id == message_id)
+    meta = session.execute(query).scalar_one_or_none()
+    if meta is None:
+        raise NotFound(f"no message with id {message_id}")
+    return dict(meta)
+
+
+def set_metadata(session: Session, message_id: int, metadata: dict[str, Any]) -> None:
+    """Replace the cached metadata of a stored message."""
+    done = session.execute(update(Message).where(Message.id == message_id).values(meta=metadata))
+    if not getattr(done, "rowcount", 0):
+        raise NotFound(f"no message with id {message_id}")
+
+
+def delete_orphans(session: Session, message_ids: list[int] | None = None) -> int:
+    """Delete messages no mailbox entry and no spool message refers to; returns how many.
+
+    With ``message_ids`` only those are considered (cheap, after a spool delete).
+    """
+    query = delete(Message).where(
+        ~exists().where(MailboxEntry.message_id == Message.id),
+        ~exists().where(SpoolMessage.message_id == Message.id))
+    if message_ids is not None:
+        if not message_ids:
+            return 0
+        query = query.where(Message.id.in_(message_ids))
+    result = session.execute(query)
+    return int(getattr(result, "rowcount", 0))

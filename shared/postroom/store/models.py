@@ -1,0 +1,310 @@
+"""SQLAlchemy 2 declarative models of the store; the Alembic migrations create the same schema."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Sequence,
+    Text,
+    UniqueConstraint,
+    func,
+    text,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# stable constraint names, so migrations and error handling can refer to them
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+SPECIAL_USES = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash")
+SPOOL_KINDS = ("inbound", "submission", "bounce", "local")
+STREAMS = ("deliver", "outbound")
+RECIPIENT_STATES = ("pending", "delivered", "failed", "bounced")
+DKIM_ALGORITHMS = ("rsa-sha256", "ed25519-sha256")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    quoted = ", ".join("'" + v.replace("'", "''") + "'" for v in values)
+    return f"{column} IN ({quoted})"
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+# UIDVALIDITY source: see mailboxes.new_uidvalidity for how it is kept ahead of the clock
+UIDVALIDITY_SEQUENCE = Sequence("mailbox_uidvalidity_seq", metadata=Base.metadata,
+                                minvalue=1, maxvalue=4294967295)
+
+
+def _now() -> Any:
+    return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
+
+
+class Domain(Base):
+    """A domain we receive mail for; the name is the lowercase A-label form."""
+
+    __tablename__ = "domains"
+    __table_args__ = (CheckConstraint("name = lower(name) AND name <> ''", name="name_lower"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    name: Mapped[str] = mapped_column(Text, unique=True)
+    created_at: Mapped[datetime] = _now()
+
+
+class User(Base):
+    """A mail account; quotas of NULL mean unlimited."""
+
+    __tablename__ = "users"
+    __table_args__ = (
+        UniqueConstraint("domain_id", "localpart"),
+        CheckConstraint("quota_bytes IS NULL OR quota_bytes >= 0", name="quota_bytes"),
+        CheckConstraint("quota_messages IS NULL OR quota_messages >= 0", name="quota_messages"),
+        CheckConstraint("position('@' in address) > 1", name="address"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # RESTRICT: removing a domain that still has accounts must be a deliberate, separate step
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="RESTRICT"),
+                                           index=True)
+    localpart: Mapped[str] = mapped_column(Text)
+    address: Mapped[str] = mapped_column(Text, unique=True)
+    password_hash: Mapped[str] = mapped_column(Text)
+    quota_bytes: Mapped[int | None] = mapped_column(BigInteger)
+    quota_messages: Mapped[int | None] = mapped_column(BigInteger)
+    active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    created_at: Mapped[datetime] = _now()
+
+    domain: Mapped[Domain] = relationship()
+
+
+class Alias(Base):
+    """``source`` (an address, or ``@domain`` for a catch-all) forwards to ``destination``."""
+
+    __tablename__ = "aliases"
+    __table_args__ = (
+        UniqueConstraint("source", "destination"),
+        CheckConstraint("position('@' in source) >= 1", name="source"),
+        CheckConstraint("position('@' in destination) > 1", name="destination"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    # the source's domain: aliases go when their domain goes
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"),
+                                           index=True)
+    source: Mapped[str] = mapped_column(Text, index=True)
+    destination: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = _now()
+
+
+class DkimKey(Base):
+    """A DKIM signing key of a domain; ``public_key_b64`` is the p= value of the DNS record."""
+
+    __tablename__ = "dkim_keys"
+    __table_args__ = (
+        UniqueConstraint("domain_id", "selector"),
+        CheckConstraint(_in("algorithm", DKIM_ALGORITHMS), name="algorithm"),
+        CheckConstraint("selector <> ''", name="selector"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    domain_id: Mapped[int] = mapped_column(ForeignKey("domains.id", ondelete="CASCADE"),
+                                           index=True)
+    selector: Mapped[str] = mapped_column(Text)
+    algorithm: Mapped[str] = mapped_column(Text)
+    private_key_pem: Mapped[str] = mapped_column(Text)
+    public_key_b64: Mapped[str] = mapped_column(Text)
+    active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    created_at: Mapped[datetime] = _now()
+
+
+class Mailbox(Base):
+    """An IMAP mailbox; ``uidnext``/``highestmodseq`` are allocated under this row's lock."""
+
+    __tablename__ = "mailboxes"
+    __table_args__ = (
+        UniqueConstraint("user_id", "name"),
+        CheckConstraint("uidvalidity > 0 AND uidvalidity <= 4294967295", name="uidvalidity"),
+        CheckConstraint("uidnext > 0 AND uidnext <= 4294967296", name="uidnext"),
+        CheckConstraint("highestmodseq > 0", name="highestmodseq"),
+        CheckConstraint("name <> ''", name="name"),
+        CheckConstraint("special_use IS NULL OR " + _in("special_use", SPECIAL_USES),
+                        name="special_use"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"))
+    name: Mapped[str] = mapped_column(Text)
+    uidvalidity: Mapped[int] = mapped_column(BigInteger)
+    uidnext: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
+    highestmodseq: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
+    special_use: Mapped[str | None] = mapped_column(Text)
+    subscribed: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
+    created_at: Mapped[datetime] = _now()
+
+
+class Message(Base):
+    """A message's bytes, stored once per distinct content (keyed by SHA-256)."""
+
+    __tablename__ = "messages"
+    __table_args__ = (
+        CheckConstraint("sha256 ~ '^[0-9a-f]{64}$'", name="sha256"),
+        CheckConstraint("size = octet_length(blob)", name="size"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    sha256: Mapped[str] = mapped_column(Text, unique=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    blob: Mapped[bytes] = mapped_column(LargeBinary)
+    # cached envelope, bodystructure and search headers, filled at delivery
+    meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB,
+                                                 server_default=text("'{}'::jsonb"))
+    created_at: Mapped[datetime] = _now()
+
+
+class MailboxEntry(Base):
+    """A message in a mailbox under a UID, with its flags and CONDSTORE mod-sequence."""
+
+    __tablename__ = "mailbox_entries"
+    __table_args__ = (
+        UniqueConstraint("mailbox_id", "uid"),
+        Index("ix_mailbox_entries_mailbox_id_modseq", "mailbox_id", "modseq"),
+        CheckConstraint("uid > 0", name="uid"),
+        CheckConstraint("modseq > 0", name="modseq"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"))
+    uid: Mapped[int] = mapped_column(BigInteger)
+    # RESTRICT: a blob goes only when nothing refers to it (see messages.delete_orphans)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="RESTRICT"),
+                                            index=True)
+    flags: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
+    modseq: Mapped[int] = mapped_column(BigInteger)
+    internaldate: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    # the idempotency key of delivery: a redelivered queue entry finds its copy here
+    spool_recipient_id: Mapped[int | None] = mapped_column(
+        ForeignKey("spool_recipients.id", ondelete="SET NULL"), unique=True)
+
+
+class SpoolMessage(Base):
+    """A message in the queue with its SMTP envelope (RFC 5321, 3461, 6152, 6531 parameters)."""
+
+    __tablename__ = "spool_messages"
+    __table_args__ = (
+        CheckConstraint(_in("kind", SPOOL_KINDS), name="kind"),
+        CheckConstraint("body IS NULL OR " + _in("body", ("7BIT", "8BITMIME", "BINARYMIME")),
+                        name="body"),
+        CheckConstraint("ret IS NULL OR " + _in("ret", ("FULL", "HDRS")), name="ret"),
+        CheckConstraint(_in("disposition", ("inbox", "junk")), name="disposition"),
+        CheckConstraint("size IS NULL OR size >= 0", name="size"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    queue_id: Mapped[str] = mapped_column(Text, unique=True)
+    kind: Mapped[str] = mapped_column(Text)
+    # '' is the null reverse-path <> of bounces
+    mail_from: Mapped[str] = mapped_column(Text)
+    size: Mapped[int | None] = mapped_column(BigInteger)
+    body: Mapped[str | None] = mapped_column(Text)
+    smtputf8: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    ret: Mapped[str | None] = mapped_column(Text)
+    envid: Mapped[str | None] = mapped_column(Text)
+    message_id: Mapped[int] = mapped_column(ForeignKey("messages.id", ondelete="RESTRICT"),
+                                            index=True)
+    received_at: Mapped[datetime] = _now()
+    peer_ip: Mapped[str | None] = mapped_column(INET)
+    helo: Mapped[str | None] = mapped_column(Text)
+    auth_user: Mapped[str | None] = mapped_column(Text)
+    disposition: Mapped[str] = mapped_column(Text, server_default=text("'inbox'"))
+
+    recipients: Mapped[list[SpoolRecipient]] = relationship(
+        back_populates="spool_message", order_by="SpoolRecipient.id")
+
+
+class SpoolRecipient(Base):
+    """One recipient of a spooled message and its delivery state."""
+
+    __tablename__ = "spool_recipients"
+    __table_args__ = (
+        Index("ix_spool_recipients_state_next_attempt_at", "state", "next_attempt_at"),
+        CheckConstraint(_in("stream", STREAMS), name="stream"),
+        CheckConstraint(_in("state", RECIPIENT_STATES), name="state"),
+        CheckConstraint("attempts >= 0", name="attempts"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    spool_message_id: Mapped[int] = mapped_column(
+        ForeignKey("spool_messages.id", ondelete="CASCADE"), index=True)
+    # set when an alias expanded another recipient of the same message into this one
+    parent_id: Mapped[int | None] = mapped_column(
+        ForeignKey("spool_recipients.id", ondelete="CASCADE"), index=True)
+    address: Mapped[str] = mapped_column(Text)
+    orcpt: Mapped[str | None] = mapped_column(Text)
+    notify: Mapped[str | None] = mapped_column(Text)
+    stream: Mapped[str] = mapped_column(Text)
+    state: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    next_attempt_at: Mapped[datetime] = _now()
+    # when last put on a Redis stream; NULL or old means the reconciler may enqueue it again
+    enqueued_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    last_error: Mapped[str | None] = mapped_column(Text)
+    updated_at: Mapped[datetime] = _now()
+
+    spool_message: Mapped[SpoolMessage] = relationship(back_populates="recipients")
+
+
+class DmarcResult(Base):
+    """The verdict on one inbound message, kept for DMARC aggregate reports (RFC 7489 7.2)."""
+
+    __tablename__ = "dmarc_results"
+    __table_args__ = (
+        Index("ix_dmarc_results_reporting_domain_received_at", "reporting_domain", "received_at"),
+        CheckConstraint(_in("spf_result", ("none", "neutral", "pass", "fail", "softfail",
+                                           "temperror", "permerror")), name="spf_result"),
+        CheckConstraint(_in("dkim_result", ("none", "pass", "fail", "policy", "neutral",
+                                            "temperror", "permerror")), name="dkim_result"),
+        CheckConstraint(_in("dmarc_result", ("none", "pass", "fail", "temperror",
+                                             "permerror")), name="dmarc_result"),
+        CheckConstraint("policy IS NULL OR " + _in("policy", ("none", "quarantine", "reject")),
+                        name="policy"),
+        CheckConstraint(_in("disposition", ("none", "quarantine", "reject")),
+                        name="disposition"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    received_at: Mapped[datetime] = _now()
+    queue_id: Mapped[str | None] = mapped_column(Text)
+    source_ip: Mapped[str] = mapped_column(INET)
+    header_from: Mapped[str] = mapped_column(Text)
+    envelope_from: Mapped[str | None] = mapped_column(Text)
+    spf_domain: Mapped[str | None] = mapped_column(Text)
+    spf_result: Mapped[str] = mapped_column(Text)
+    spf_aligned: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    dkim_domain: Mapped[str | None] = mapped_column(Text)
+    dkim_selector: Mapped[str | None] = mapped_column(Text)
+    dkim_result: Mapped[str] = mapped_column(Text)
+    dkim_aligned: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    dmarc_result: Mapped[str] = mapped_column(Text)
+    policy: Mapped[str | None] = mapped_column(Text)
+    disposition: Mapped[str] = mapped_column(Text)
+    # the domain whose rua= receives this row in its aggregate report (the From: domain)
+    reporting_domain: Mapped[str] = mapped_column(Text)
+    detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))

@@ -1,0 +1,349 @@
+"""The spool: queued messages with their envelope and per-recipient delivery state.
+
+PostgreSQL is the truth; Redis streams only carry recipient ids. A recipient is
+``pending`` until delivered, failed (permanent error, bounce still to send) or
+bounced (DSN sent). ``next_attempt_at`` says when it may be tried again and
+``enqueued_at`` when it was last put on a stream, so the reconciler can find
+work that Redis lost.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, NamedTuple
+
+from sqlalchemy import case, delete, func, select, update
+from sqlalchemy.orm import Session
+
+from postroom.store.errors import NotFound
+from postroom.store.messages import delete_orphans, store_message
+from postroom.store.models import (
+    RECIPIENT_STATES,
+    SPOOL_KINDS,
+    STREAMS,
+    Message,
+    SpoolMessage,
+    SpoolRecipient,
+)
+from postroom.store.queueid import new_queue_id
+
+# how much of an error text is kept (a remote server's reply can be long)
+MAX_ERROR_CHARS = 2000
+
+
+class NewRecipient(NamedTuple):
+    """A recipient to spool; a plain (address, stream, orcpt, notify) tuple works too."""
+
+    address: str
+    stream: str
+    orcpt: str | None = None
+    notify: str | None = None
+
+
+@dataclass(frozen=True)
+class RecipientInfo:
+    id: int
+    address: str
+    orcpt: str | None
+    notify: str | None
+    stream: str
+    state: str
+    attempts: int
+    next_attempt_at: datetime
+    enqueued_at: datetime | None
+    last_error: str | None
+    updated_at: datetime
+    parent_id: int | None = None
+
+
+@dataclass(frozen=True)
+class SpoolInfo:
+    id: int
+    queue_id: str
+    kind: str
+    mail_from: str
+    size: int | None
+    body: str | None
+    smtputf8: bool
+    ret: str | None
+    envid: str | None
+    message_id: int
+    message_size: int
+    received_at: datetime
+    peer_ip: str | None
+    helo: str | None
+    auth_user: str | None
+    disposition: str
+    recipients: list[RecipientInfo] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SpoolSummary:
+    """One line of `postroom queue list`; ``state`` is the least finished recipient's."""
+
+    queue_id: str
+    kind: str
+    mail_from: str
+    recipients: int
+    state: str
+    received_at: datetime
+    size: int
+
+
+def _recipient(row: SpoolRecipient) -> RecipientInfo:
+    return RecipientInfo(id=row.id, address=row.address, orcpt=row.orcpt, notify=row.notify,
+                         stream=row.stream, state=row.state, attempts=row.attempts,
+                         next_attempt_at=row.next_attempt_at, enqueued_at=row.enqueued_at,
+                         last_error=row.last_error, updated_at=row.updated_at,
+                         parent_id=row.parent_id)
+
+
+def _check_recipient(rcpt: NewRecipient) -> None:
+    if rcpt.stream not in STREAMS:
+        raise ValueError(f"unknown stream {rcpt.stream!r}")
+    if not rcpt.address or any(c in rcpt.address for c in "\r\n\0"):
+        raise ValueError("invalid recipient address")
+
+
+def create_spool(session: Session, *, kind: str, mail_from: str,
+                 recipients: Sequence[tuple[str, str, str | None, str | None] | NewRecipient],
+                 message: bytes, size: int | None = None, body: str | None = None,
+                 smtputf8: bool = False, ret: str | None = None, envid: str | None = None,
+                 peer_ip: str | None = None, helo: str | None = None,
+                 auth_user: str | None = None, disposition: str = "inbox",
+                 metadata: dict[str, Any] | None = None, queue_id: str | None = None,
+                 enqueued_at: datetime | None = None) -> str:
+    """Spool a message for its recipients in the caller's transaction; returns the queue id.
+
+    The blob is stored content-addressed (identical bytes once). Duplicate
+    (address, stream) recipients are kept once. ``queue_id`` may be made earlier
+    (e.g. at MAIL FROM, for logs); ``enqueued_at`` marks the recipients as
+    already handed to Redis when the caller enqueues right after commit.
+    """
+    if kind not in SPOOL_KINDS:
+        raise ValueError(f"unknown spool kind {kind!r}")
+    wanted = [NewRecipient(*r) for r in recipients]
+    if not wanted:
+        raise ValueError("a spooled message needs at least one recipient")
+    for rcpt in wanted:
+        _check_recipient(rcpt)
+    message_id = store_message(session, message, metadata)
+    spooled = SpoolMessage(
+        queue_id=queue_id or new_queue_id(), kind=kind, mail_from=mail_from, size=size,
+        body=body, smtputf8=smtputf8, ret=ret, envid=envid, message_id=message_id,
+        peer_ip=peer_ip, helo=helo, auth_user=auth_user, disposition=disposition)
+    session.add(spooled)
+    seen: set[tuple[str, str]] = set()
+    for rcpt in wanted:
+        if (rcpt.address, rcpt.stream) in seen:
+            continue
+        seen.add((rcpt.address, rcpt.stream))
+        spooled.recipients.append(SpoolRecipient(
+            address=rcpt.address, orcpt=rcpt.orcpt, notify=rcpt.notify, stream=rcpt.stream,
+            enqueued_at=enqueued_at))
+    session.flush()
+    return spooled.queue_id
+
+
+def _info(session: Session, row: SpoolMessage) -> SpoolInfo:
+    message_size = session.execute(
+        select(Message.size).where(Message.id == row.message_id)).scalar_one()
+    return SpoolInfo(
+        id=row.id, queue_id=row.queue_id, kind=row.kind, mail_from=row.mail_from,
+        size=row.size, body=row.body, smtputf8=row.smtputf8, ret=row.ret, envid=row.envid,
+        message_id=row.message_id, message_size=message_size, received_at=row.received_at,
+        peer_ip=row.peer_ip, helo=row.helo, auth_user=row.auth_user,
+        disposition=row.disposition, recipients=[_recipient(r) for r in row.recipients])
+
+
+def get_spool(session: Session, queue_id: str) -> SpoolInfo:
+    """A spooled message with all its recipients; NotFound when there is none."""
+    row = session.execute(select(SpoolMessage).where(SpoolMessage.queue_id == queue_id)
+                          ).scalar_one_or_none()
+    if row is None:
+        raise NotFound(f"no queued message {queue_id}")
+    return _info(session, row)
+
+
+def get_recipient(session: Session, recipient_id: int) -> tuple[SpoolInfo, RecipientInfo]:
+    """A recipient and its message: what a stream consumer needs to act on an entry."""
+    row = session.get(SpoolRecipient, recipient_id)
+    if row is None:
+        raise NotFound(f"no spool recipient {recipient_id}")
+    return _info(session, row.spool_message), _recipient(row)
+
+
+# 'pending' sorts first: a message is shown as pending while any recipient is
+_STATE_RANK = {state: rank for rank, state in enumerate(("pending", "failed", "bounced",
+                                                         "delivered"))}
+
+
+def list_spool(session: Session, state: str | None = None, *,
+               limit: int = 1000) -> list[SpoolSummary]:
+    """Queued messages, oldest first; with ``state``, those having a recipient in it."""
+    if state is not None and state not in RECIPIENT_STATES:
+        raise ValueError(f"unknown state {state!r}")
+    rank = case(_STATE_RANK, value=SpoolRecipient.state)
+    query = (
+        select(SpoolMessage.queue_id, SpoolMessage.kind, SpoolMessage.mail_from,
+               func.count(SpoolRecipient.id), func.min(rank), SpoolMessage.received_at,
+               Message.size)
+        .join(SpoolRecipient, SpoolRecipient.spool_message_id == SpoolMessage.id)
+        .join(Message, Message.id == SpoolMessage.message_id)
+        .group_by(SpoolMessage.id, Message.size)
+        .order_by(SpoolMessage.received_at, SpoolMessage.queue_id)
+        .limit(limit))
+    if state is not None:
+        query = query.having(func.bool_or(SpoolRecipient.state == state))
+    names = {rank: name for name, rank in _STATE_RANK.items()}
+    return [SpoolSummary(queue_id=r[0], kind=r[1], mail_from=r[2], recipients=r[3],
+                         state=names[r[4]], received_at=r[5], size=r[6])
+            for r in session.execute(query)]
+
+
+def _set(session: Session, recipient_id: int, **values: Any) -> None:
+    done = session.execute(update(SpoolRecipient).where(SpoolRecipient.id == recipient_id)
+                           .values(updated_at=func.now(), **values))
+    if not getattr(done, "rowcount", 0):
+        raise NotFound(f"no spool recipient {recipient_id}")
+
+
+def _error(text: str) -> str:
+    return text[:MAX_ERROR_CHARS]
+
+
+def mark_delivered(session: Session, recipient_id: int) -> None:
+    """The recipient's copy is delivered (stored locally, or accepted by the remote MX)."""
+    _set(session, recipient_id, state="delivered", last_error=None, enqueued_at=None)
+
+
+def mark_deferred(session: Session, recipient_id: int, error: str,
+                  next_attempt_at: datetime) -> None:
+    """A temporary failure: count the attempt and try again at ``next_attempt_at``."""
+    _set(session, recipient_id, attempts=SpoolRecipient.attempts + 1, last_error=_error(error),
+         next_attempt_at=next_attempt_at, enqueued_at=None)
+
+
+def mark_failed(session: Session, recipient_id: int, error: str) -> None:
+    """A permanent failure (or the queue lifetime ran out): a bounce is due."""
+    _set(session, recipient_id, state="failed", attempts=SpoolRecipient.attempts + 1,
+         last_error=_error(error), enqueued_at=None)
+
+
+def mark_bounced(session: Session, recipient_ids: Iterable[int]) -> None:
+    """The DSN for these failed recipients has been spooled."""
+    ids = list(recipient_ids)
+    if ids:
+        session.execute(update(SpoolRecipient).where(SpoolRecipient.id.in_(ids))
+                        .values(state="bounced", updated_at=func.now()))
+
+
+def next_backoff(attempts: int, initial: float, maximum: float) -> float:
+    """Seconds to wait after the ``attempts``-th failed attempt: initial, doubling, capped."""
+    if attempts <= 1:
+        return min(initial, maximum)
+    # cap the exponent: 2**big overflows float long after the cap already applies
+    return min(maximum, initial * 2.0 ** min(attempts - 1, 60))
+
+
+def retry_now(session: Session, queue_id: str) -> int:
+    """Make every pending recipient of a message due now; returns how many."""
+    ident = session.execute(select(SpoolMessage.id).where(SpoolMessage.queue_id == queue_id)
+                            ).scalar_one_or_none()
+    if ident is None:
+        raise NotFound(f"no queued message {queue_id}")
+    done = session.execute(
+        update(SpoolRecipient)
+        .where(SpoolRecipient.spool_message_id == ident, SpoolRecipient.state == "pending")
+        .values(next_attempt_at=func.now(), enqueued_at=None, updated_at=func.now()))
+    return int(getattr(done, "rowcount", 0))
+
+
+def delete_spool(session: Session, queue_id: str) -> None:
+    """Remove a message from the queue (its blob too, unless a mailbox still holds it)."""
+    found = session.execute(
+        select(SpoolMessage.id, SpoolMessage.message_id).where(SpoolMessage.queue_id == queue_id)
+    ).first()
+    if found is None:
+        raise NotFound(f"no queued message {queue_id}")
+    session.execute(delete(SpoolMessage).where(SpoolMessage.id == found[0]))
+    delete_orphans(session, [found[1]])
+
+
+def purge_finished(session: Session, before: datetime, *, limit: int = 1000) -> int:
+    """Delete messages received before ``before`` with no pending or failed recipient."""
+    unfinished = select(SpoolRecipient.id).where(
+        SpoolRecipient.spool_message_id == SpoolMessage.id,
+        SpoolRecipient.state.in_(("pending", "failed")))
+    rows = session.execute(
+        select(SpoolMessage.id, SpoolMessage.message_id)
+        .where(SpoolMessage.received_at < before, ~unfinished.exists())
+        .limit(limit).with_for_update(skip_locked=True)).all()
+    if not rows:
+        return 0
+    session.execute(delete(SpoolMessage).where(SpoolMessage.id.in_([r[0] for r in rows])))
+    delete_orphans(session, sorted({r[1] for r in rows}))
+    return len(rows)
+
+
+def expand_recipient(session: Session, recipient_id: int,
+                     addresses: Sequence[str]) -> list[int]:
+    """Replace a recipient by ``addresses`` (alias expansion) on the deliver stream.
+
+    Each final address gets its own recipient row, so each mailbox copy has its
+    own idempotency key. Idempotent: a second call returns the same new ids.
+    The original is marked delivered (its work now lives in its children).
+    """
+    parent = session.execute(select(SpoolRecipient).where(SpoolRecipient.id == recipient_id)
+                             .with_for_update()).scalar_one_or_none()
+    if parent is None:
+        raise NotFound(f"no spool recipient {recipient_id}")
+    children = list(session.execute(select(SpoolRecipient.id)
+                                    .where(SpoolRecipient.parent_id == recipient_id)
+                                    .order_by(SpoolRecipient.id)).scalars())
+    if children or parent.state != "pending":
+        return children
+    made = []
+    for address in dict.fromkeys(addresses):
+        child = SpoolRecipient(spool_message_id=parent.spool_message_id, parent_id=parent.id,
+                               address=address, orcpt=parent.orcpt or parent.address,
+                               notify=parent.notify, stream="deliver")
+        session.add(child)
+        made.append(child)
+    parent.state = "delivered"
+    parent.enqueued_at = None
+    parent.updated_at = func.now()  # type: ignore[assignment]
+    session.flush()
+    return [c.id for c in made]
+
+
+def due_recipients(session: Session, now: datetime, stale_before: datetime,
+                   limit: int = 500) -> list[dict[str, Any]]:
+    """Pending recipients due by ``now`` and not on a stream since ``stale_before``.
+
+    Rows are locked with SKIP LOCKED, so two reconcilers running at once split
+    the work; call :func:`mark_enqueued` in the same transaction.
+    """
+    rows = session.execute(
+        select(SpoolRecipient.id, SpoolMessage.queue_id, SpoolRecipient.spool_message_id,
+               SpoolRecipient.address, SpoolRecipient.stream, SpoolRecipient.attempts,
+               SpoolRecipient.next_attempt_at, SpoolRecipient.enqueued_at, SpoolMessage.kind)
+        .join(SpoolMessage, SpoolMessage.id == SpoolRecipient.spool_message_id)
+        .where(SpoolRecipient.state == "pending", SpoolRecipient.next_attempt_at <= now,
+               (SpoolRecipient.enqueued_at.is_(None)) | (SpoolRecipient.enqueued_at < stale_before))
+        .order_by(SpoolRecipient.next_attempt_at, SpoolRecipient.id)
+        .limit(limit)
+        .with_for_update(of=SpoolRecipient, skip_locked=True))
+    return [{"recipient_id": r[0], "queue_id": r[1], "spool_message_id": r[2], "address": r[3],
+             "stream": r[4], "attempts": r[5], "next_attempt_at": r[6], "enqueued_at": r[7],
+             "kind": r[8]} for r in rows]
+
+
+def mark_enqueued(session: Session, recipient_ids: Iterable[int], at: datetime) -> None:
+    """Record that these recipients were just put on their Redis stream."""
+    ids = list(recipient_ids)
+    if ids:
+        session.execute(update(SpoolRecipient).where(SpoolRecipient.id.in_(ids))
+                        .values(enqueued_at=at))

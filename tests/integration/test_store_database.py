@@ -1,0 +1,118 @@
+"""The Database runner: transactions on the `db` thread pool, plain data only, ping."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+from sqlalchemy import select, text
+from twisted.python.failure import Failure
+
+from postroom.store import domains
+from postroom.store.db import Database
+from postroom.store.errors import AlreadyExists
+from postroom.store.models import Domain
+
+
+class CallingReactor:
+    """Just enough reactor for deferToThreadPool without running the global one: results are
+    handed over on the pool thread, and the test waits for them with an Event."""
+
+    def __init__(self):
+        self.triggers = {}
+
+    def callFromThread(self, f, *args, **kwargs):
+        f(*args, **kwargs)
+
+    def addSystemEventTrigger(self, phase, event, f, *args):
+        key = object()
+        self.triggers[key] = (phase, event, f)
+        return key
+
+    def removeSystemEventTrigger(self, key):
+        del self.triggers[key]
+
+
+@pytest.fixture
+def runner(database_url, clean_db):
+    db = Database(database_url, pool_size=2, reactor=CallingReactor())
+    db.start()
+    yield db
+    db.stop()
+
+
+def wait(d, timeout=10):
+    done = threading.Event()
+    box = []
+    d.addBoth(lambda r: (box.append(r), done.set()))
+    assert done.wait(timeout), "Deferred never fired"
+    return box[0]
+
+
+def test_engine_pool_is_bounded_with_no_overflow(runner):
+    pool = runner.engine.pool
+    assert (pool.size(), pool._max_overflow) == (2, 0)
+
+
+def test_run_executes_on_the_db_thread_pool(runner):
+    name = wait(runner.run(lambda session: threading.current_thread().name))
+    assert name.startswith("PoolThread-db-")
+
+
+def test_run_commits_on_success(runner):
+    wait(runner.run(domains.add_domain, "example.test"))
+    names = runner.run_sync(lambda s: list(s.execute(select(Domain.name)).scalars()))
+    assert names == ["example.test"]
+
+
+def test_run_rolls_back_and_fails_on_error(runner):
+    def add_then_fail(session):
+        domains.add_domain(session, "example.test")
+        raise AlreadyExists("boom")
+
+    result = wait(runner.run(add_then_fail))
+    assert isinstance(result, Failure) and result.check(AlreadyExists)
+    assert runner.run_sync(domains.list_domains) == []
+
+
+def test_run_refuses_to_return_orm_objects(runner):
+    runner.run_sync(domains.add_domain, "example.test")
+    result = wait(runner.run(lambda s: s.execute(select(Domain)).scalar_one()))
+    assert isinstance(result, Failure) and result.check(TypeError)
+
+
+def test_run_before_start_is_an_error(database_url):
+    db = Database(database_url, pool_size=1, reactor=CallingReactor())
+    try:
+        with pytest.raises(RuntimeError):
+            db.run(lambda s: 1)
+    finally:
+        db.dispose()
+
+
+def test_run_sync_passes_arguments(runner):
+    assert runner.run_sync(lambda s, a, b=0: s.execute(text("SELECT :x"), {"x": a + b})
+                           .scalar(), 2, b=3) == 5
+
+
+def test_ping_answers_true_for_a_live_database(runner):
+    assert wait(runner.ping()) is True
+
+
+def test_ping_answers_false_for_an_unreachable_server():
+    db = Database("postgresql+psycopg2://postgres@127.0.0.1:1/postgres?connect_timeout=2",
+                  pool_size=1, reactor=CallingReactor())
+    db.start()
+    try:
+        assert wait(db.ping()) is False
+    finally:
+        db.stop()
+
+
+def test_stop_removes_the_reactor_shutdown_trigger(database_url):
+    reactor = CallingReactor()
+    db = Database(database_url, pool_size=1, reactor=reactor)
+    db.start()
+    assert len(reactor.triggers) == 1
+    db.stop()
+    assert reactor.triggers == {}
