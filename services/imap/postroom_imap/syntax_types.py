@@ -1,0 +1,337 @@
+"""Typed results of the IMAP command parser: sequence sets, search keys, fetch items, arguments."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import date, datetime
+
+MAX_NUMBER = 4294967295  # nz-number / number are 32-bit (RFC 3501 section 9)
+MAX_NUMBER64 = 2**63 - 1  # mod-sequence-value (RFC 7162)
+
+
+@dataclass(frozen=True)
+class SequenceSet:
+    """``1:*,3,5:7``; ``None`` stands for ``*``; ``saved`` is ``$`` (RFC 5182)."""
+
+    ranges: tuple[tuple[int | None, int | None], ...] = ()
+    saved: bool = False
+
+    def resolve(self, largest: int) -> list[tuple[int, int]]:
+        """Ordered, merged inclusive ranges with ``*`` replaced by ``largest``."""
+        spans = []
+        for lo, hi in self.ranges:
+            a = largest if lo is None else lo
+            b = largest if hi is None else hi
+            a, b = min(a, b), max(a, b)
+            spans.append((a, b))
+        spans.sort()
+        merged: list[tuple[int, int]] = []
+        for a, b in spans:
+            if merged and a <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
+            else:
+                merged.append((a, b))
+        return merged
+
+    def contains(self, number: int, largest: int) -> bool:
+        """Whether ``number`` is in the set when ``*`` is ``largest``."""
+        return any(a <= number <= b for a, b in self.resolve(largest))
+
+    def iter(self, largest: int, limit: int | None = None) -> Iterator[int]:
+        """Members up to ``largest`` (callers bound huge sets by ``largest``)."""
+        for a, b in self.resolve(largest):
+            yield from range(a, min(b, largest if limit is None else limit) + 1)
+
+
+# ---- search keys (RFC 3501 section 6.4.4, RFC 7162 MODSEQ) ----
+
+@dataclass(frozen=True)
+class SearchAll:
+    """ALL."""
+
+
+@dataclass(frozen=True)
+class SearchFlag:
+    """A system flag or keyword set (``present``) or not; RECENT/OLD use ``\\Recent``."""
+
+    flag: str
+    present: bool = True
+
+
+@dataclass(frozen=True)
+class SearchText:
+    """BCC, BODY, CC, FROM, SUBJECT, TEXT, TO with a (decoded) substring."""
+
+    where: str
+    value: str
+
+
+@dataclass(frozen=True)
+class SearchHeader:
+    """HEADER field-name string (empty string matches any message with the field)."""
+
+    name: str
+    value: str
+
+
+@dataclass(frozen=True)
+class SearchDate:
+    """BEFORE/ON/SINCE (internal date) and SENTBEFORE/SENTON/SENTSINCE (Date header)."""
+
+    sent: bool
+    op: str  # "before", "on", "since"
+    day: date
+
+
+@dataclass(frozen=True)
+class SearchSize:
+    """LARGER / SMALLER n."""
+
+    op: str  # "larger", "smaller"
+    size: int
+
+
+@dataclass(frozen=True)
+class SearchSet:
+    """A message set: sequence numbers, or UIDs when ``uid``."""
+
+    sequence: SequenceSet
+    uid: bool = False
+
+
+@dataclass(frozen=True)
+class SearchModseq:
+    """MODSEQ [entry-name entry-type-req] mod-sequence-valzer (RFC 7162)."""
+
+    modseq: int
+    entry: str | None = None
+    entry_type: str | None = None
+
+
+@dataclass(frozen=True)
+class SearchAnd:
+    """All of ``keys`` (a parenthesised list, or the top level)."""
+
+    keys: tuple[SearchKey, ...]
+
+
+@dataclass(frozen=True)
+class SearchOr:
+    """OR a b."""
+
+    left: SearchKey
+    right: SearchKey
+
+
+@dataclass(frozen=True)
+class SearchNot:
+    """NOT key."""
+
+    key: SearchKey
+
+
+SearchKey = (SearchAll | SearchFlag | SearchText | SearchHeader | SearchDate | SearchSize
+             | SearchSet | SearchModseq | SearchAnd | SearchOr | SearchNot)
+
+
+# ---- fetch ----
+
+@dataclass(frozen=True)
+class Section:
+    """``1.2.HEADER.FIELDS (A B)``: part path, text specifier, header field names."""
+
+    path: tuple[int, ...] = ()
+    text: str = ""  # "", HEADER, HEADER.FIELDS, HEADER.FIELDS.NOT, TEXT, MIME
+    fields: tuple[str, ...] = ()
+
+    def wire(self) -> str:
+        """The section as echoed in the FETCH response."""
+        parts = [".".join(str(n) for n in self.path)] if self.path else []
+        if self.text:
+            parts.append(self.text)
+        out = ".".join(parts)
+        if self.fields:
+            out += " (" + " ".join(self.fields) + ")"
+        return out
+
+
+@dataclass(frozen=True)
+class FetchItem:
+    """One fetch attribute; ``section`` is set for BODY[...]/BINARY[...] forms."""
+
+    name: str  # ENVELOPE FLAGS INTERNALDATE RFC822 RFC822.HEADER RFC822.SIZE RFC822.TEXT
+    #            BODY BODYSTRUCTURE UID MODSEQ BINARY BINARY.SIZE
+    section: Section | None = None
+    partial: tuple[int, int] | None = None  # (start, length)
+    peek: bool = False
+
+    def response_name(self) -> str:
+        """The item name in the untagged FETCH response (no .PEEK, only the partial start)."""
+        if self.section is None:
+            return self.name
+        out = f"{self.name}[{self.section.wire()}]"
+        if self.partial is not None:
+            out += f"<{self.partial[0]}>"
+        return out
+
+    @property
+    def sets_seen(self) -> bool:
+        """Whether fetching this implicitly sets \\Seen (RFC 3501 6.4.5)."""
+        if self.peek:
+            return False
+        return self.section is not None or self.name in ("RFC822", "RFC822.TEXT")
+
+
+# ---- command arguments ----
+
+@dataclass(frozen=True)
+class Login:
+    user: str
+    password: str
+
+
+@dataclass(frozen=True)
+class Authenticate:
+    mechanism: str
+    initial: str | None = None  # SASL-IR (RFC 4959), base64 or "="
+
+
+@dataclass(frozen=True)
+class Select:
+    """SELECT / EXAMINE."""
+
+    mailbox: str
+    condstore: bool = False
+    params: tuple[object, ...] = ()
+
+
+@dataclass(frozen=True)
+class MailboxArg:
+    """DELETE, SUBSCRIBE, UNSUBSCRIBE, GETQUOTAROOT."""
+
+    mailbox: str
+
+
+@dataclass(frozen=True)
+class Create:
+    mailbox: str
+    special_use: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Rename:
+    old: str
+    new: str
+
+
+@dataclass(frozen=True)
+class ListArgs:
+    """LIST / LSUB, with RFC 5258 selection and return options when given."""
+
+    reference: str
+    patterns: tuple[str, ...]
+    selection: tuple[str, ...] = ()
+    returns: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class Status:
+    mailbox: str
+    items: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AppendMessage:
+    flags: tuple[str, ...]
+    internal_date: datetime | None
+    data: bytes
+    binary: bool = False
+
+
+@dataclass(frozen=True)
+class Append:
+    mailbox: str
+    messages: tuple[AppendMessage, ...]
+
+
+@dataclass(frozen=True)
+class Search:
+    """SEARCH (and UID SEARCH): ``key`` is the AND of all given keys."""
+
+    key: SearchKey
+    charset: str | None = None
+    returns: tuple[str, ...] | None = None  # ESEARCH RETURN options (RFC 4731)
+
+
+@dataclass(frozen=True)
+class Sort:
+    """SORT (RFC 5256): criteria like ("REVERSE", "DATE")."""
+
+    criteria: tuple[str, ...]
+    charset: str
+    key: SearchKey
+
+
+@dataclass(frozen=True)
+class Fetch:
+    sequence: SequenceSet
+    items: tuple[FetchItem, ...]
+    changedsince: int | None = None
+    vanished: bool = False
+    macro: str | None = None
+
+
+@dataclass(frozen=True)
+class Store:
+    sequence: SequenceSet
+    mode: str  # "+", "-" or "" (replace)
+    silent: bool
+    flags: tuple[str, ...]
+    unchangedsince: int | None = None
+
+
+@dataclass(frozen=True)
+class Copy:
+    """COPY / MOVE."""
+
+    sequence: SequenceSet
+    mailbox: str
+
+
+@dataclass(frozen=True)
+class Expunge:
+    """EXPUNGE, or UID EXPUNGE with a set (RFC 4315)."""
+
+    sequence: SequenceSet | None = None
+
+
+@dataclass(frozen=True)
+class Enable:
+    capabilities: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Id:
+    """ID (RFC 2971): None for NIL."""
+
+    params: tuple[tuple[str, str | None], ...] | None
+
+
+@dataclass(frozen=True)
+class QuotaRoot:
+    """GETQUOTA root."""
+
+    root: str
+
+
+@dataclass(frozen=True)
+class SetQuota:
+    root: str
+    limits: tuple[tuple[str, int], ...]
+
+
+@dataclass(frozen=True)
+class NoArgs:
+    """Commands without arguments (CAPABILITY, NOOP, LOGOUT, IDLE, ...)."""
+

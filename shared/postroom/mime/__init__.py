@@ -1,0 +1,32 @@
+"""MIME analysis for IMAP: parse once at delivery, serve FETCH by slicing the raw bytes."""
+
+from postroom.mime.analyze import SEARCH_FIELDS, analyze, base_subject
+from postroom.mime.model import (
+    Address,
+    Envelope,
+    HeaderField,
+    Limits,
+    MessageMeta,
+    Part,
+)
+from postroom.mime.sections import filter_header_fields, find_part, section_range
+from postroom.mime.wire import nstring, render_bodystructure, render_envelope, string
+
+__all__ = [
+    "SEARCH_FIELDS",
+    "Address",
+    "Envelope",
+    "HeaderField",
+    "Limits",
+    "MessageMeta",
+    "Part",
+    "analyze",
+    "base_subject",
+    "filter_header_fields",
+    "find_part",
+    "nstring",
+    "render_bodystructure",
+    "render_envelope",
+    "section_range",
+    "string",
+]
