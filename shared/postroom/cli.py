@@ -51,7 +51,7 @@ def _with_db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
     settings = _settings()
     database = _database(settings)
     try:
-        check_schema(settings.database_url)
+        check_schema(str(settings.database_url))
         return database.run_sync(fn, *args, **kwargs)
     finally:
         database.dispose()
@@ -196,8 +196,9 @@ def cmd_dkim(args: argparse.Namespace) -> int:
             print(dnsrecords.dkim_record(_plain(key)))
     else:
         rows = _with_db(dkim.list_keys, args.domain)
-        _print_rows([_plain(r) for r in rows], ["domain", "selector", "algorithm", "active"],
-                    args.json)
+        # private keys never leave the database through the CLI
+        public = [{k: v for k, v in _plain(r).items() if k != "private_key_pem"} for r in rows]
+        _print_rows(public, ["domain", "selector", "algorithm", "active"], args.json)
     return 0
 
 
@@ -272,10 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
                        "dies. Without POSTROOM_DATABASE_URL / POSTROOM_REDIS_URL, a private "
                        "PostgreSQL and Redis run under ./var/; without a certificate, a "
                        "self-signed one is made. Ctrl-C stops everything.")
-    p.add_argument("--demo", action="store_true",
-                   help="also create a demo domain and user and print their credentials")
-    p.add_argument("--only", nargs="+", metavar="SERVICE", choices=services,
-                   help="run only these services")
+    from postroom.supervisor import add_arguments
+
+    add_arguments(p)
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser("config", help="list every setting, or check the current environment",
@@ -393,7 +393,7 @@ def _explain(exc: Exception) -> str:
         from postroom.store.errors import StoreError
         from postroom.store.migrate import SchemaOutOfDate
     except ImportError:  # pragma: no cover - the store is part of the library
-        StoreError = SchemaOutOfDate = ()  # type: ignore[misc,assignment] # noqa: N806
+        StoreError = SchemaOutOfDate = ()  # type: ignore[misc,assignment]
     if isinstance(exc, (StoreError, SchemaOutOfDate)):
         return str(exc)
     try:

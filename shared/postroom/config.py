@@ -145,7 +145,8 @@ def _url(*schemes: str) -> Callable[[str], str | None]:
             return None
         scheme = value.split(":", 1)[0].split("+", 1)[0]
         if scheme not in schemes or "://" not in value:
-            raise ValueError(f"must be a URL starting with one of {', '.join(s + '://' for s in schemes)}")
+            allowed = ", ".join(s + "://" for s in schemes)
+            raise ValueError(f"must be a URL starting with one of {allowed}")
         return value
     return parse
 
@@ -234,6 +235,21 @@ class Settings:
         _endpoints, "tcp:8025", "The DMARC policy service's internal HTTP API.")
     dmarc_url: str = setting(
         _str, "http://127.0.0.1:8025", "Where other services reach the DMARC service.")
+    dmarc_org_domain: str = setting(
+        _choice("psl", "treewalk"), "psl",
+        "How DMARC finds organizational domains: the public suffix list (RFC 7489) or the DNS "
+        "tree walk (RFC 9989).")
+    dmarc_monitor_only: str = setting(
+        _str, "",
+        "Comma-separated domains (ours or senders') for which DMARC failures are only reported, "
+        "never rejected or sent to Junk.")
+    dmarc_trusted_forwarders: str = setting(
+        _str, "",
+        "Comma-separated client networks (CIDR) whose mail is never rejected for DMARC, e.g. "
+        "forwarders and mailing lists we trust.")
+    dmarc_trusted_arc_sealers: str = setting(
+        _str, "",
+        "Comma-separated ARC sealer domains whose passing ARC chain overrides a DMARC failure.")
     http_listen: str = setting(
         _endpoint, "tcp:8080",
         "This process's /healthz and /metrics (under `postroom up` each child gets its own free "
@@ -275,6 +291,19 @@ class Settings:
     queue_claim_idle: float = setting(
         _duration, "60s",
         "Idle time after which a dead consumer's unacknowledged entry is claimed by another.")
+    # delivery (mda)
+    mda_concurrency: int = setting(
+        _positive_int, "10", "Queue entries one mda process delivers at once.")
+    recipient_delimiter: str = setting(
+        _str, "+",
+        "Separates an address's detail (user+tag@domain); empty turns plus-addressing off.")
+    deliver_to_detail_folder: bool = setting(
+        _bool, "false",
+        "Deliver user+tag@domain into the account's mailbox named tag when it exists "
+        "(else INBOX).")
+    quota_grace: float = setting(
+        _duration, "1d",
+        "How long mail for an account over quota is retried before it bounces with 5.2.2.")
     # operations
     log_level: str = setting(
         _choice("debug", "info", "warning", "error"), "info",

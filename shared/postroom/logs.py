@@ -15,7 +15,14 @@ import time
 import traceback
 from typing import IO, Any
 
-from twisted.logger import LogLevel, formatEvent, globalLogBeginner, globalLogPublisher
+from twisted.logger import (
+    ILogObserver,
+    LogLevel,
+    formatEvent,
+    globalLogBeginner,
+    globalLogPublisher,
+)
+from zope.interface import provider
 
 LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
 
@@ -41,8 +48,9 @@ class _Sink:
         if LEVELS[level] < self.threshold:
             return
         now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now))
         record: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
+            "ts": f"{stamp}.{int(now % 1 * 1000):03d}Z",
             "level": level,
             "service": self.service,
             "event": event,
@@ -115,6 +123,7 @@ def get_logger(component: str | None = None, **bound: Any) -> Logger:
     return Logger(component, **bound)
 
 
+@provider(ILogObserver)
 def _twisted_observer(event: dict[str, Any]) -> None:
     level = _TWISTED_LEVELS.get(event.get("log_level", LogLevel.info), "info")
     if "log_failure" in event:

@@ -97,7 +97,7 @@ def test_secrets_can_come_from_a_file(tmp_path):
 
 
 def test_an_unreadable_secret_file_names_the_variable(tmp_path):
-    with pytest.raises(ConfigError, match="^POSTROOM_REDIS_URL_FILE"):
+    with pytest.raises(ConfigError, match=r"^POSTROOM_REDIS_URL_FILE"):
         load_settings({"POSTROOM_REDIS_URL_FILE": str(tmp_path / "missing")})
 
 
@@ -107,7 +107,7 @@ def test_certificate_and_key_go_together():
 
 
 def test_require_names_the_missing_variable():
-    with pytest.raises(ConfigError, match="^POSTROOM_DATABASE_URL: required"):
+    with pytest.raises(ConfigError, match=r"^POSTROOM_DATABASE_URL: required"):
         require(load_settings({}), "database_url")
 
 
@@ -125,4 +125,5 @@ def test_the_operator_guide_table_is_generated_from_the_settings():
     from postroom.config import markdown
 
     guide = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
-    assert guide.read_text() == markdown(), "run: postroom config --markdown > docs/configuration.md"
+    expected = markdown()
+    assert guide.read_text() == expected, "run: postroom config --markdown > docs/configuration.md"

@@ -1,0 +1,335 @@
+"""The service runtime: `postroom serve NAME` builds a context, starts the service, runs.
+
+Start-up is strict and quiet: every problem found before the service serves
+(bad settings, missing URL, schema behind the code, unreadable certificate,
+port in use) is one log line and exit code 2, never a traceback. Shutdown on
+SIGTERM/SIGINT: `/healthz` turns 503, listening ports close, the service's
+stop hooks run (newest first) within POSTROOM_SHUTDOWN_GRACE, then pools and
+connections close and the process exits 0.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import serverFromString
+from twisted.internet.error import CannotListenError
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from postroom import health as health_mod
+from postroom.config import ConfigError, Settings, load_settings, require
+from postroom.logs import Logger, configure, get_logger
+from postroom.metrics import Metrics
+from postroom.service import ServiceSpec, UnknownService, load_service
+from postroom.tls import ServerTLS, TLSConfigError, wrap_implicit
+
+EXIT_OK = 0
+EXIT_STARTUP = 2
+
+StopHook = Callable[[], "Deferred[Any] | None"]
+
+
+class StartupError(Exception):
+    """The service cannot start; the message is the one line the operator sees."""
+
+
+def _describe_port(port: Any) -> str:
+    host = port.getHost()
+    if hasattr(host, "port"):
+        address = host.host if ":" not in host.host else f"[{host.host}]"
+        return f"{address}:{host.port}"
+    return str(getattr(host, "name", host))
+
+
+class ServiceContext:
+    """Everything a service gets at start: settings, logger, clients, TLS, metrics, health."""
+
+    def __init__(self, name: str, settings: Settings, reactor: Any, *,
+                 database: Any = None, redis: Any = None, tls: ServerTLS | None = None,
+                 metrics: Metrics | None = None, health: health_mod.Health | None = None,
+                 log: Logger | None = None) -> None:
+        self.name = name
+        self.settings = settings
+        self.reactor = reactor
+        self.database = database
+        self.redis = redis
+        self.tls = tls
+        self.metrics = metrics or Metrics(name)
+        self.health = health or health_mod.Health(reactor)
+        self.log = log or get_logger(name)
+        self.listeners: list[tuple[str, Any]] = []
+        self._stop_hooks: list[StopHook] = []
+        self._pools: list[ThreadPool] = []
+        self._stopping = False
+
+    # --- what services call
+
+    def listen(self, endpoint: str, factory: IProtocolFactory, *,
+               implicit_tls: bool = False) -> Deferred[IListeningPort]:
+        """Listen on a Twisted endpoint string; ``implicit_tls`` wraps the factory in TLS."""
+        check = f"listener {endpoint}"
+        self.health.set_flag(check, False)
+        factory.noisy = False  # type: ignore[attr-defined]  # we log "listening" ourselves
+        if implicit_tls:
+            if self.tls is None:
+                return defer.fail(StartupError(
+                    f"{endpoint}: implicit TLS needs POSTROOM_TLS_CERT_FILE and "
+                    "POSTROOM_TLS_KEY_FILE"))
+            factory = wrap_implicit(factory, self.tls)  # type: ignore[assignment]
+        d: Deferred[IListeningPort] = serverFromString(self.reactor, endpoint).listen(factory)
+
+        def bound(port: IListeningPort) -> IListeningPort:
+            self.listeners.append((endpoint, port))
+            self.health.set_flag(check, True)
+            self.log.info("listening", endpoint=endpoint, address=_describe_port(port),
+                          tls="implicit" if implicit_tls else None)
+            return port
+
+        def failed(failure: Failure) -> Failure:
+            if isinstance(failure.value, CannotListenError):
+                raise StartupError(f"cannot listen on {endpoint}: {failure.value.socketError}")
+            return failure
+
+        return d.addCallbacks(bound, failed)
+
+    async def listen_all(self, endpoints: Sequence[str], factory: IProtocolFactory, *,
+                         implicit_tls: bool = False) -> list[IListeningPort]:
+        """:meth:`listen` on each endpoint of a setting such as ``settings.msa_listen``."""
+        return [await self.listen(e, factory, implicit_tls=implicit_tls) for e in endpoints]
+
+    def on_stop(self, hook: StopHook) -> None:
+        """Run ``hook`` on SIGTERM after the listeners close (newest first, within the grace)."""
+        self._stop_hooks.append(hook)
+
+    def add_health_check(self, name: str, fn: Callable[[], Any], *,
+                         blocking: bool = False) -> None:
+        """Make ``fn`` part of `/healthz` (``blocking=True`` runs it off the reactor thread)."""
+        self.health.add_check(name, fn, blocking=blocking)
+
+    def thread_pool(self, name: str, size: int) -> ThreadPool:
+        """A started, bounded thread pool (never the reactor's default), stopped at shutdown."""
+        pool = ThreadPool(minthreads=0, maxthreads=size, name=f"{self.name}-{name}")
+        pool.start()
+        self._pools.append(pool)
+        return pool
+
+    @property
+    def stopping(self) -> bool:
+        return self._stopping
+
+    # --- what the runtime calls
+
+    async def shutdown(self) -> None:
+        """Stop accepting, run stop hooks within the grace, close pools and clients."""
+        if self._stopping:
+            return
+        self._stopping = True
+        self.health.set_flag("service started", False)  # drain: probes see 503 from now on
+        self.log.info("service stopping", grace=self.settings.shutdown_grace)
+        results = await defer.DeferredList(
+            [defer.maybeDeferred(port.stopListening) for _, port in self.listeners],
+            consumeErrors=True)
+        for success, value in results:
+            if not success:
+                self.log.warning("stop listening failed", error=value.getErrorMessage())
+        hooks = defer.Deferred.fromCoroutine(self._run_hooks())
+        hooks.addTimeout(self.settings.shutdown_grace, self.reactor)
+        try:
+            await hooks
+        except defer.TimeoutError:
+            self.log.warning("stop hooks did not finish within grace",
+                             grace=self.settings.shutdown_grace)
+        if self.tls is not None:
+            self.tls.stop_watching()
+        for pool in self._pools:
+            pool.stop()
+        self.health.stop()
+        if self.database is not None:
+            try:
+                await defer.maybeDeferred(self.database.stop)
+            except Exception as exc:  # noqa: BLE001 (shutdown goes on whatever the pool says)
+                self.log.warning("database stop failed", error=str(exc))
+        if self.redis is not None:
+            try:
+                self.redis.close()
+            except Exception as exc:  # noqa: BLE001
+                self.log.warning("redis close failed", error=str(exc))
+
+    async def _run_hooks(self) -> None:
+        for hook in reversed(self._stop_hooks):
+            try:
+                await defer.maybeDeferred(hook)
+            except defer.CancelledError:
+                raise
+            except Exception as exc:
+                self.log.exception("stop hook failed", exc)
+
+
+def resolve_spec(name: str) -> ServiceSpec:
+    """An installed service by name, or ``package.module:ATTR`` (out-of-tree services, tests)."""
+    if ":" not in name:
+        return load_service(name)
+    module_name, _, attr = name.partition(":")
+    try:
+        spec = getattr(importlib.import_module(module_name), attr)
+    except (ImportError, AttributeError) as exc:
+        raise UnknownService(f"cannot load service {name!r}: {exc}") from None
+    if not isinstance(spec, ServiceSpec):
+        raise UnknownService(f"{name!r} is not a ServiceSpec")
+    return spec
+
+
+def serve_argv(name: str) -> list[str]:
+    """The command line that runs one service in its own process."""
+    return [sys.executable, "-m", "postroom.cli", "serve", name]
+
+
+def _check_schema(url: str) -> None:
+    from postroom.store import migrate  # lazy: the store is optional for services without a db
+
+    try:
+        migrate.check_schema(url)
+    except migrate.SchemaOutOfDate as exc:
+        raise StartupError(str(exc)) from None
+
+
+def _open_database(settings: Settings) -> Any:
+    from postroom.store.db import Database
+
+    assert settings.database_url is not None
+    database = Database(settings.database_url, settings.db_pool_size)
+    database.start()
+    return database
+
+
+def _open_redis(settings: Settings, log: Logger) -> Any:
+    import redis
+
+    assert settings.redis_url is not None
+    client = redis.Redis.from_url(settings.redis_url, socket_timeout=5,
+                                  socket_connect_timeout=5, health_check_interval=30)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        # Redis down is 451 at the front door, not a reason to refuse to start (DESIGN.md)
+        log.warning("redis not reachable at start", error=str(exc))
+    return client
+
+
+def _prepare(name: str, spec: ServiceSpec, settings: Settings, reactor: Any,
+             log: Logger) -> ServiceContext:
+    """Everything blocking that must succeed before the reactor runs."""
+    if spec.needs_database:
+        require(settings, "database_url")
+    if spec.needs_redis:
+        require(settings, "redis_url")
+    tls = None
+    if spec.needs_tls:
+        if not settings.tls_cert_file or not settings.tls_key_file:
+            raise ConfigError("POSTROOM_TLS_CERT_FILE / POSTROOM_TLS_KEY_FILE: required by "
+                              "this service but not set")
+        tls = ServerTLS(settings.tls_cert_file, settings.tls_key_file)
+    health = health_mod.Health(reactor)
+    ctx = ServiceContext(spec.name, settings, reactor, tls=tls, health=health,
+                         metrics=Metrics(spec.name), log=log)
+    if spec.needs_database:
+        assert settings.database_url
+        _check_schema(settings.database_url)
+        ctx.database = _open_database(settings)
+        health.add_check("database", ctx.database.ping)
+    if spec.needs_redis:
+        ctx.redis = _open_redis(settings, log)
+        health.add_check("redis", ctx.redis.ping, blocking=True)
+    return ctx
+
+
+def _startup_message(exc: BaseException) -> tuple[str, bool]:
+    """The operator's one line, and whether it is a bug (then the traceback is logged too)."""
+    expected = (ConfigError, StartupError, TLSConfigError, UnknownService, CannotListenError)
+    if isinstance(exc, expected):
+        return str(exc), False
+    try:
+        from postroom.store.migrate import SchemaOutOfDate
+        if isinstance(exc, SchemaOutOfDate):
+            return str(exc), False
+    except ImportError:
+        pass
+    return f"{type(exc).__name__}: {exc}", True
+
+
+def run_service(name: str, settings: Settings | None = None, *,
+                spec: ServiceSpec | None = None, reactor: Any = None) -> int:
+    """Run one service until SIGTERM/SIGINT; the process exit code (0, or 2 at start-up)."""
+    configure(name.rpartition(":")[2].lower() if ":" in name else name)
+    log = get_logger("runtime")
+    ctx: ServiceContext | None = None
+    try:
+        if settings is None:
+            settings = load_settings()
+        if spec is None:
+            spec = resolve_spec(name)
+        configure(spec.name, settings.log_level)
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        ctx = _prepare(name, spec, settings, reactor, log)
+    except Exception as exc:
+        message, bug = _startup_message(exc)
+        if bug:
+            log.exception("service failed to start", exc, reason=message)
+        else:
+            log.error("service failed to start", reason=message)
+        if ctx is not None and ctx.database is not None:
+            ctx.database.stop()
+        return EXIT_STARTUP
+    return _run(spec, ctx, reactor, log)
+
+
+def _run(spec: ServiceSpec, ctx: ServiceContext, reactor: Any, log: Logger) -> int:
+    exit_code = [EXIT_OK]
+    ctx.health.set_flag("service started", False)
+
+    async def boot() -> None:
+        http_port: Any = await health_mod.listen(reactor, ctx.settings.http_listen, ctx.health,
+                                            ctx.metrics)
+        ctx.on_stop(lambda: http_port.stopListening())  # first registered: closes last
+        if ctx.tls is not None:
+            ctx.tls.start_watching(reactor)
+            ctx.tls.install_sighup(reactor)
+        await defer.maybeDeferred(spec.start, ctx)
+        ctx.health.set_flag("service started", True)
+        log.info("service started", service=spec.name, http=_describe_port(http_port),
+                 listeners=[f"{e} ({_describe_port(p)})" for e, p in ctx.listeners])
+
+    def boot_failed(failure: Failure) -> None:
+        exc = failure.value
+        assert exc is not None
+        if isinstance(exc, CannotListenError):
+            message, bug = f"cannot listen on {exc.interface}:{exc.port}: {exc.socketError}", False
+        else:
+            message, bug = _startup_message(exc)
+        if bug:
+            log.error("service failed to start", reason=message,
+                      traceback=failure.getTraceback().rstrip())
+        else:
+            log.error("service failed to start", reason=message)
+        exit_code[0] = EXIT_STARTUP
+        if reactor.running:
+            reactor.stop()
+
+    def start() -> None:
+        Deferred.fromCoroutine(boot()).addErrback(boot_failed)
+
+    reactor.addSystemEventTrigger(
+        "before", "shutdown", lambda: Deferred.fromCoroutine(ctx.shutdown()))
+    reactor.callWhenRunning(start)
+    reactor.run()
+    log.info("service stopped", service=spec.name, exit_code=exit_code[0])
+    return exit_code[0]

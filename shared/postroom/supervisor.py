@@ -1,0 +1,359 @@
+"""`postroom up`: the whole suite on one machine, each service its own supervised child process.
+
+Order of start: private PostgreSQL/Redis when no URLs are set, a self-signed
+certificate when none is configured, migrations, the optional demo account,
+then one child per service with its output prefixed by its name. A child that
+dies is restarted with back-off; one that keeps dying at start is given up on
+with a clear message. Ctrl-C/SIGTERM: children get SIGTERM, then SIGKILL after
+the grace, and the private servers stop last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import secrets
+import signal
+import sys
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import IO, Any
+
+from twisted.internet import defer, protocol
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from postroom.config import PREFIX, ConfigError, Settings, load_settings
+from postroom.logs import configure, get_logger
+from postroom.runtime import serve_argv
+
+log = get_logger("supervisor")
+
+MIN_UPTIME = 10.0  # a child that dies sooner than this failed "at start"
+MAX_START_FAILURES = 5
+BACKOFF_INITIAL = 0.5
+BACKOFF_MAX = 30.0
+DEMO_DOMAIN = "example.test"
+DEMO_USER = "demo@example.test"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `postroom up` options (the cli may add them to its sub-parser)."""
+    parser.add_argument("--demo", action="store_true",
+                        help="also create a demo domain and user and print their credentials")
+    parser.add_argument("--only", nargs="+", metavar="SERVICE", help="run only these services")
+    parser.add_argument("--host", metavar="ADDRESS",
+                        help="bind every listener not set by a POSTROOM_*_LISTEN variable to "
+                        "this address (e.g. 127.0.0.1)")
+
+
+class Child(protocol.ProcessProtocol):
+    """One running service process; its output lines are prefixed with its name."""
+
+    def __init__(self, supervisor: Supervisor, name: str) -> None:
+        self.supervisor = supervisor
+        self.name = name
+        self.started_at = time.monotonic()
+        self._buffers: dict[int, bytes] = {1: b"", 2: b""}
+        self.ended: Deferred[int] = Deferred()
+        self.last_line = ""
+
+    def childDataReceived(self, fd: int, data: bytes) -> None:
+        buffer = self._buffers.get(fd, b"") + data
+        *lines, rest = buffer.split(b"\n")
+        self._buffers[fd] = rest
+        for line in lines:
+            self._emit(line)
+
+    def _emit(self, line: bytes) -> None:
+        text = line.decode("utf-8", "replace").rstrip("\r")
+        if text:
+            self.last_line = text
+        self.supervisor.write_line(self.name, text)
+
+    def processEnded(self, reason: Failure) -> None:
+        for fd in (1, 2):
+            if self._buffers[fd]:
+                self._emit(self._buffers[fd])
+                self._buffers[fd] = b""
+        code = getattr(reason.value, "exitCode", None)
+        sig = getattr(reason.value, "signal", None)
+        status = code if code is not None else -(sig or 1)
+        self.supervisor.child_exited(self, status)
+        self.ended.callback(status)
+
+    def signal(self, sig: str) -> None:
+        try:
+            transport: Any = self.transport
+            transport.signalProcess(sig)
+        except (OSError, AttributeError):
+            pass  # already gone
+        except Exception as exc:  # noqa: BLE001 (ProcessExitedAlready and friends)
+            log.debug("signal not delivered", service=self.name, error=str(exc))
+
+
+class Supervisor:
+    """Starts, restarts and stops the service children."""
+
+    def __init__(self, reactor: Any, commands: Mapping[str, Sequence[str]],
+                 envs: Mapping[str, Mapping[str, str]], *, out: IO[str] | None = None,
+                 grace: float = 20.0, min_uptime: float = MIN_UPTIME,
+                 max_start_failures: int = MAX_START_FAILURES,
+                 backoff_initial: float = BACKOFF_INITIAL, backoff_max: float = BACKOFF_MAX,
+                 on_all_given_up: Callable[[], None] | None = None) -> None:
+        self.reactor = reactor
+        self.commands = {name: list(argv) for name, argv in commands.items()}
+        self.envs = {name: dict(env) for name, env in envs.items()}
+        self.out = out or sys.stdout
+        self.grace = grace
+        self.min_uptime = min_uptime
+        self.max_start_failures = max_start_failures
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.on_all_given_up = on_all_given_up
+        self.children: dict[str, Child] = {}
+        self.failures: dict[str, int] = dict.fromkeys(self.commands, 0)
+        self.restarts: dict[str, int] = dict.fromkeys(self.commands, 0)
+        self.given_up: set[str] = set()
+        self._pending: dict[str, Any] = {}
+        self._stopping = False
+        self._width = max((len(n) for n in self.commands), default=4)
+
+    def write_line(self, name: str, text: str) -> None:
+        try:
+            self.out.write(f"{name.ljust(self._width)} | {text}\n")
+            self.out.flush()
+        except (OSError, ValueError):
+            pass  # our own stdout went away; the children must keep running
+
+    def start(self) -> None:
+        for name in self.commands:
+            self._spawn(name)
+
+    def _spawn(self, name: str) -> None:
+        self._pending.pop(name, None)
+        if self._stopping:
+            return
+        child = Child(self, name)
+        argv = self.commands[name]
+        self.reactor.spawnProcess(child, argv[0], argv, env=self.envs[name],
+                                  childFDs={0: "w", 1: "r", 2: "r"})
+        self.children[name] = child
+        log.info("service process started", service=name, pid=child.transport.pid)  # type: ignore[union-attr]
+
+    def child_exited(self, child: Child, status: int) -> None:
+        name = child.name
+        if self.children.get(name) is child:
+            del self.children[name]
+        if self._stopping:
+            log.info("service process exited", service=name, status=status)
+            return
+        uptime = time.monotonic() - child.started_at
+        if uptime < self.min_uptime:
+            self.failures[name] += 1
+        else:
+            self.failures[name] = 0
+        if self.failures[name] >= self.max_start_failures:
+            self.given_up.add(name)
+            log.error("service keeps failing at start, giving up", service=name, status=status,
+                      attempts=self.failures[name], last_output=child.last_line[-300:])
+            self.write_line(name, f"*** gave up: exited {self.failures[name]} times within "
+                                  f"{self.min_uptime:.0f}s of starting (last status {status}); "
+                                  "see its output above")
+            if self.on_all_given_up is not None and set(self.commands) <= self.given_up:
+                self.on_all_given_up()
+            return
+        delay = min(self.backoff_max,
+                    self.backoff_initial * (2 ** max(0, self.failures[name] - 1)))
+        self.restarts[name] += 1
+        log.warning("service process died, restarting", service=name, status=status,
+                    uptime=round(uptime, 1), restart_in=delay)
+        self._pending[name] = self.reactor.callLater(delay, self._spawn, name)
+
+    async def stop(self) -> None:
+        """SIGTERM every child, SIGKILL whatever is left after the grace."""
+        self._stopping = True
+        for call in self._pending.values():
+            if call.active():
+                call.cancel()
+        self._pending.clear()
+        children = list(self.children.values())
+        for child in children:
+            child.signal("TERM")
+        waiting = defer.DeferredList([child.ended for child in children], consumeErrors=True)
+        timer = self.reactor.callLater(self.grace, self._kill_all, children)
+        await waiting
+        if timer.active():
+            timer.cancel()
+
+    def _kill_all(self, children: Sequence[Child]) -> None:
+        for child in children:
+            if not child.ended.called:
+                log.warning("service did not stop within grace, killing", service=child.name)
+                child.signal("KILL")
+
+
+# --- `postroom up` itself
+
+
+def bind_host(endpoints: Sequence[str], host: str) -> list[str]:
+    """Add ``interface=host`` to each tcp endpoint string that names no interface."""
+    result = []
+    for endpoint in endpoints:
+        if endpoint.startswith(("tcp:", "tcp6:")) and "interface=" not in endpoint:
+            endpoint = f"{endpoint}:interface={host}"
+        result.append(endpoint)
+    return result
+
+
+def _free_port(host: str) -> int:
+    from postroom.localinfra import free_port
+    return free_port(host)
+
+
+def _listen_overrides(settings: Settings, host: str | None,
+                      environ: Mapping[str, str]) -> dict[str, str]:
+    if not host:
+        return {}
+    overrides = {}
+    for attr, value in vars(settings).items():
+        env = PREFIX + attr.upper()
+        if attr.endswith("_listen") and attr != "http_listen" and env not in environ:
+            overrides[env] = ",".join(bind_host(value, host))
+    return overrides
+
+
+def _ensure_tls(settings: Settings, var: Path) -> dict[str, str]:
+    if settings.tls_cert_file:
+        return {}
+    from postroom.tls import make_self_signed
+
+    cert, key = var / "tls" / "cert.pem", var / "tls" / "key.pem"
+    if not (cert.exists() and key.exists()):
+        make_self_signed(cert, key, settings.hostname)
+    return {PREFIX + "TLS_CERT_FILE": str(cert), PREFIX + "TLS_KEY_FILE": str(key)}
+
+
+def _create_demo(url: str) -> tuple[str, str]:
+    from postroom.store import domains, users
+    from postroom.store.db import Database
+    from postroom.store.errors import AlreadyExists
+
+    password = secrets.token_urlsafe(12)
+    database = Database(url, pool_size=1)
+    try:
+        try:
+            database.run_sync(domains.add_domain, DEMO_DOMAIN)
+        except AlreadyExists:
+            pass
+        try:
+            database.run_sync(users.add_user, DEMO_USER, password)
+        except AlreadyExists:
+            database.run_sync(users.set_password, DEMO_USER, password)
+    finally:
+        database.dispose()
+    return DEMO_USER, password
+
+
+def _describe(name: str, settings: Settings, env: Mapping[str, str]) -> str:
+    from postroom.runtime import resolve_spec
+
+    health = env[PREFIX + "HTTP_LISTEN"].split(":")[1]
+    try:
+        spec = resolve_spec(name)
+        child_settings = load_settings(env)
+        listeners = [e for attr in spec.listen_settings
+                     for e in getattr(child_settings, attr, ())]
+    except Exception:  # noqa: BLE001 (the child will report the real error itself)
+        listeners = []
+    where = ", ".join(listeners) or "no listener"
+    return f"  {name:<6} {where}   health http://127.0.0.1:{health}/healthz"
+
+
+def main(args: argparse.Namespace, *, reactor: Any = None,
+         environ: Mapping[str, str] | None = None) -> int:
+    """Run `postroom up`; returns the exit code."""
+    configure("up")
+    environ = dict(os.environ if environ is None else environ)
+    try:
+        settings = load_settings(environ)
+    except ConfigError as exc:
+        log.error("cannot start", reason=str(exc))
+        return 2
+    configure("up", settings.log_level)
+    from postroom.localinfra import InfraError, LocalInfra
+    from postroom.service import available_services
+
+    names = list(getattr(args, "only", None) or sorted(available_services()))
+    if not names:
+        log.error("cannot start", reason="no services installed")
+        return 2
+    var = Path(settings.var_dir).resolve()
+    infra = LocalInfra(var)
+    overrides: dict[str, str] = {}
+    try:
+        var.mkdir(parents=True, exist_ok=True)
+        database_url = settings.database_url
+        if not database_url:
+            database_url = infra.start_postgres()
+            overrides[PREFIX + "DATABASE_URL"] = database_url
+        if not settings.redis_url:
+            overrides[PREFIX + "REDIS_URL"] = infra.start_redis()
+        overrides.update(_ensure_tls(settings, var))
+        overrides.update(_listen_overrides(settings, getattr(args, "host", None), environ))
+        from postroom.store import migrate
+
+        migrate.upgrade(database_url)
+        log.info("database schema is current", revision=migrate.current_revision(database_url))
+        demo = _create_demo(database_url) if getattr(args, "demo", False) else None
+    except (InfraError, OSError, ImportError) as exc:
+        log.error("cannot start", reason=str(exc))
+        infra.stop()
+        return 2
+    except Exception as exc:
+        log.exception("cannot start", exc, reason=f"{type(exc).__name__}: {exc}")
+        infra.stop()
+        return 2
+    try:
+        return _supervise(names, settings, environ, overrides, demo, reactor)
+    finally:
+        infra.stop()
+
+
+def _supervise(names: Sequence[str], settings: Settings, environ: Mapping[str, str],
+               overrides: Mapping[str, str], demo: tuple[str, str] | None, reactor: Any) -> int:
+    if reactor is None:
+        from twisted.internet import reactor as default_reactor
+        reactor = default_reactor
+    envs: dict[str, dict[str, str]] = {}
+    for name in names:
+        env = {**environ, **overrides}
+        env[PREFIX + "HTTP_LISTEN"] = f"tcp:{_free_port('127.0.0.1')}:interface=127.0.0.1"
+        env[PREFIX + "UP_CHILD"] = "1"
+        env[PREFIX + "SERVICE"] = name
+        envs[name] = env
+    exit_code = [0]
+
+    def all_given_up() -> None:
+        exit_code[0] = 1
+        reactor.stop()
+
+    supervisor = Supervisor(reactor, {n: serve_argv(n) for n in names}, envs,
+                            grace=settings.shutdown_grace + 5, on_all_given_up=all_given_up)
+    print("postroom up: starting " + ", ".join(names), flush=True)
+    for name in names:
+        print(_describe(name, settings, envs[name]), flush=True)
+    if demo is not None:
+        print(f"demo account: {demo[0]}  password: {demo[1]}  (domain {DEMO_DOMAIN})",
+              flush=True)
+    print("Ctrl-C stops everything.", flush=True)
+    reactor.addSystemEventTrigger("before", "shutdown",
+                                  lambda: Deferred.fromCoroutine(supervisor.stop()))
+    reactor.callWhenRunning(supervisor.start)
+    # SIGTERM and SIGINT both stop the reactor (Twisted's handlers), which stops the children
+    reactor.run()
+    if supervisor.given_up and not exit_code[0]:
+        exit_code[0] = 1
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    return exit_code[0]

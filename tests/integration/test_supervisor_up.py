@@ -1,0 +1,68 @@
+"""`postroom up` end to end: private servers, certificate, migrations, demo, children."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from tests.support.procs import base_env
+
+# the real services may not be installed in every checkout; run the runtime's test service
+DRIVER = """
+import argparse, sys
+import postroom.supervisor as supervisor
+supervisor.serve_argv = lambda name: [
+    sys.executable, "-c",
+    "import sys; from postroom.runtime import run_service; sys.exit(run_service(sys.argv[1]))",
+    name]
+sys.exit(supervisor.main(argparse.Namespace(
+    only=["tests.integration.test_runtime_service:ECHO"], demo=True, host="127.0.0.1")))
+"""
+
+
+@pytest.mark.slow
+def test_up_runs_private_infra_and_a_service_then_stops_everything():
+    var = Path(tempfile.mkdtemp(prefix="postroom-up-"))
+    var.chmod(0o755)  # PostgreSQL runs as an unprivileged user when we are root
+    env = base_env({
+        "POSTROOM_VAR_DIR": str(var / "var"), "POSTROOM_HOSTNAME": "up.test",
+        "POSTROOM_MSA_LISTEN": "tcp:0:interface=127.0.0.1",
+        "POSTROOM_MSA_TLS_LISTEN": "tcp:0:interface=127.0.0.1",
+    })
+    log = var / "out.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-c", DRIVER], env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while '"event":"service started"' not in log.read_text():
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+            time.sleep(0.2)
+        text = log.read_text()
+        assert re.search(r"demo account: demo@example\.test  password: \S+", text)
+        health = re.search(r"health (http://127\.0\.0\.1:\d+/healthz)", text)
+        assert health is not None
+        with urllib.request.urlopen(health.group(1), timeout=5) as response:
+            assert response.status == 200
+        assert (var / "var" / "tls" / "cert.pem").exists()
+        pids = [int(p) for p in re.findall(r'"event":"private \w+ started".*?"pid":(\d+)', text)]
+        assert len(pids) == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+        output = log.read_text()
+        shutil.rmtree(var, ignore_errors=True)
+    assert code == 0, output
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
