@@ -1,0 +1,1 @@
+"""Work queues on Redis Streams: envelopes, the stream client, consumers and the reconciler."""
