@@ -1,0 +1,202 @@
+"""MX routing for the relay: which hosts and addresses to try for a domain, and trying them.
+
+RFC 5321 section 5.1: MX records by ascending preference, in random order
+among equal preferences; no MX at all means the domain itself is the one
+"implicit MX" (its A/AAAA). A null MX (RFC 7505, a single ``0 .``) means the
+domain accepts no mail: an immediate permanent failure ``556 5.1.10``. When a
+null MX is mixed with real MX records (a misconfiguration the RFC forbids) the
+``.`` is dropped and the rest is used.
+
+DNS answers are had in a worker thread (``deferToThreadPool``; the resolver
+blocks), never on the reactor. Temporary DNS failures are temporary results;
+a domain that does not exist or has no address at all is a permanent one.
+Hosts whose addresses cannot be resolved are skipped.
+
+:func:`deliver_to_domain` tries each address of each host in order (IPv6
+first, then IPv4), moving on after a connection failure or a failure before
+MAIL FROM (4xx or 5xx greeting, EHLO, TLS, timeout), and stops at the first
+server that answers for the recipients.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from postroom.dns import DNSTempError, NXDomain, Resolver
+from postroom.logs import Logger, get_logger
+from postroom.smtp.replies import Reply
+from postroom_mta.smtpclient import (
+    DEFAULT_TIMEOUTS,
+    OPPORTUNISTIC,
+    DeliveryResult,
+    Envelope,
+    Recipient,
+    Timeouts,
+    TLSPolicy,
+    attempt,
+)
+from postroom_mta.smtpclient_data import DEFAULT_CHUNK_SIZE, MessageSource, iter_chunks
+from postroom_mta.smtpclient_parse import describe, scan_message
+
+log = get_logger("routing")
+
+NULL_MX = Reply(556, "5.1.10", "Recipient address has null MX")
+NO_SUCH_DOMAIN = Reply(550, "5.1.2", "Domain does not exist")
+NO_ADDRESS = Reply(550, "5.1.2", "Domain has no MX and no address records")
+DNS_TEMPORARY = Reply(451, "4.4.3", "DNS lookup failed temporarily")
+LOCAL_ERROR = Reply(451, "4.3.0", "Local error in delivery")
+MX_UNRESOLVABLE = Reply(451, "4.4.3", "No address found for any MX host")
+
+# Bounds on one delivery attempt, like Postfix's smtp_mx_address_limit.
+DEFAULT_MAX_ADDRESSES = 10
+
+
+class RouteError(Exception):
+    """No host can be tried; ``reply`` is the result every recipient gets."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(describe(reply))
+        self.reply = reply
+
+
+@dataclass(frozen=True)
+class Target:
+    """One address to connect to and the MX host name it belongs to."""
+
+    host: str
+    address: str
+
+
+def order_mx(records: Sequence[tuple[int, str]], rng: random.Random | None = None) -> list[str]:
+    """Hosts by ascending preference, shuffled among equal preferences (RFC 5321 5.1)."""
+    rng = rng or random.Random()
+    keyed = [(pref, rng.random(), host) for pref, host in records]
+    ordered: list[str] = []
+    for _pref, _tiebreak, host in sorted(keyed):
+        host = host.lower().rstrip(".")
+        if host not in ordered:
+            ordered.append(host)
+    return ordered
+
+
+def resolve_mx(resolver: Resolver, domain: str, rng: random.Random | None = None) -> list[str]:
+    """The hosts to try for ``domain``, in order; raises RouteError. Blocking: call in a thread."""
+    try:
+        records = resolver.mx(domain)
+    except NXDomain as exc:
+        raise RouteError(NO_SUCH_DOMAIN.with_text(f"Domain {domain} does not exist")) from exc
+    except DNSTempError as exc:
+        raise RouteError(DNS_TEMPORARY.with_text(f"MX lookup for {domain} failed: {exc}")) from exc
+    if not records:
+        return [domain.lower().rstrip(".")]  # the implicit MX
+    real = [(pref, host) for pref, host in records if host not in (".", "")]
+    if not real:
+        raise RouteError(NULL_MX.with_text(f"Domain {domain} accepts no mail (null MX)"))
+    return order_mx(real, rng)
+
+
+def resolve_addresses(resolver: Resolver, host: str) -> list[str]:
+    """IPv6 then IPv4 addresses of ``host``; raises NXDomain or DNSTempError."""
+    addresses = list(resolver.aaaa(host))
+    addresses += resolver.a(host)
+    return addresses
+
+
+def plan_route(resolver: Resolver, domain: str, *, rng: random.Random | None = None,
+               max_addresses: int = DEFAULT_MAX_ADDRESSES) -> list[Target]:
+    """Every address to try for ``domain`` in order; raises RouteError. Blocking."""
+    hosts = resolve_mx(resolver, domain, rng)
+    implicit = hosts == [domain.lower().rstrip(".")]
+    targets: list[Target] = []
+    temp_errors: list[str] = []
+    for host in hosts:
+        try:
+            addresses = resolve_addresses(resolver, host)
+        except DNSTempError as exc:
+            temp_errors.append(str(exc))
+            continue
+        except NXDomain:
+            continue
+        targets += [Target(host, addr) for addr in addresses if Target(host, addr) not in targets]
+        if len(targets) >= max_addresses:
+            break
+    if targets:
+        return targets[:max_addresses]
+    if temp_errors:
+        raise RouteError(DNS_TEMPORARY.with_text(f"Address lookup failed: {temp_errors[0]}"))
+    if implicit:
+        raise RouteError(NO_ADDRESS.with_text(f"Domain {domain} has no MX and no address"))
+    # MX hosts that do not resolve: often a DNS change in progress, so retry rather than bounce
+    raise RouteError(MX_UNRESOLVABLE.with_text(f"No address for any MX host of {domain}"))
+
+
+def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Recipient],
+                      message: MessageSource, *, resolver: Resolver, port: int,
+                      pool: ThreadPool, helo_name: str, reactor: Any = None,
+                      timeouts: Timeouts = DEFAULT_TIMEOUTS, tls: TLSPolicy = OPPORTUNISTIC,
+                      ret: str | None = None, envid: str | None = None,
+                      rng: random.Random | None = None,
+                      max_addresses: int = DEFAULT_MAX_ADDRESSES,
+                      chunk_size: int = DEFAULT_CHUNK_SIZE,
+                      logger: Logger | None = None) -> defer.Deferred[DeliveryResult]:
+    """Send one message to ``recipients`` (all in ``domain``) via its MX hosts.
+
+    ``port`` is POSTROOM_SMTP_OUTBOUND_PORT; ``pool`` is the (started) thread
+    pool DNS runs in. The Deferred never fails: it fires with per-recipient
+    results, ``tried`` listing earlier addresses that failed. ``logger`` may
+    carry bound fields (``queue_id``) into every event.
+    """
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+        reactor = global_reactor
+    envelope = Envelope.of(mail_from, recipients, ret=ret, envid=envid)
+    logger = (logger or log).bind(domain=domain)
+
+    def crashed(failure: Failure) -> DeliveryResult:
+        # a bug must cost a retry, never the message
+        logger.exception("delivery crashed", failure.value)
+        return DeliveryResult.uniform(envelope, LOCAL_ERROR, "route")
+
+    return defer.ensureDeferred(_deliver(
+        reactor, domain, envelope, message, resolver=resolver, port=port, pool=pool,
+        helo_name=helo_name, timeouts=timeouts, tls=tls, rng=rng, max_addresses=max_addresses,
+        chunk_size=chunk_size, logger=logger)).addErrback(crashed)
+
+
+async def _deliver(reactor: Any, domain: str, envelope: Envelope, message: MessageSource, *,
+                   resolver: Resolver, port: int, pool: ThreadPool, helo_name: str,
+                   timeouts: Timeouts, tls: TLSPolicy, rng: random.Random | None,
+                   max_addresses: int, chunk_size: int, logger: Logger) -> DeliveryResult:
+    try:
+        targets = await deferToThreadPool(reactor, pool, plan_route, resolver, domain, rng=rng,
+                                          max_addresses=max_addresses)
+    except RouteError as exc:
+        logger.info("route failed", reply=describe(exc.reply))
+        return DeliveryResult.uniform(envelope, exc.reply, "route")
+    # scanning a large file blocks too, so it runs in the pool as well
+    traits = await deferToThreadPool(reactor, pool, lambda: scan_message(
+        iter_chunks(message, chunk_size)))
+    tried: list[str] = []
+    result: DeliveryResult | None = None
+    for target in targets:
+        result = await attempt(reactor, envelope, message, traits, address=target.address,
+                               port=port, helo_name=helo_name, host=target.host,
+                               timeouts=timeouts, tls=tls, chunk_size=chunk_size,
+                               logger=logger)
+        if not result.session_failure:
+            break
+        first = result.recipients[0] if result.recipients else None
+        tried.append(f"{target.host}[{target.address}]: {first.text if first else ''}")
+        logger.info("mx attempt failed", mx=target.host,
+                 address=target.address, error=first.text if first else None)
+    assert result is not None  # plan_route never returns an empty list
+    return DeliveryResult(result.recipients, result.host, result.address, result.tls,
+                          result.session_failure, tuple(tried))
