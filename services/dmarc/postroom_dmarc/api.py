@@ -1,0 +1,182 @@
+"""The internal HTTP API: ``POST /v1/check`` (JSON in, verdict JSON out) on twisted.web.
+
+The evaluation blocks on DNS, so it runs in the service's bounded `policy`
+thread pool (never the reactor's default pool), with at most ``max_inflight``
+checks at once (a DeferredSemaphore; the rest wait their turn). Each check
+has a deadline: past it, the answer is a ``tempfail`` verdict so the MTA
+replies 451 rather than making its client wait; a slow DNS never becomes a
+rejection. Bodies are bounded; errors are JSON with no traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from typing import Any
+
+from twisted.internet import defer
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+from twisted.web import resource, server
+
+from postroom import authres
+from postroom.dns import Resolver
+from postroom.logs import get_logger
+from postroom_dmarc.verdict import CheckRequest, Options, evaluate
+
+log = get_logger("dmarc-api")
+
+MAX_RECIPIENTS = 10_000
+
+
+class BadRequest(ValueError):
+    """The request JSON is unusable; the message goes back to the client."""
+
+
+def parse_check(body: bytes) -> CheckRequest:
+    """A CheckRequest from the JSON body (see docs/dmarc-api.md)."""
+    try:
+        data = json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise BadRequest("body is not JSON") from exc
+    if not isinstance(data, dict):
+        raise BadRequest("body must be a JSON object")
+
+    def text(name: str, required: bool = True) -> str:
+        value = data.get(name, None if required else "")
+        if not isinstance(value, str):
+            raise BadRequest(f"{name} must be a string")
+        return value
+
+    recipients = data.get("recipients", [])
+    if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients) \
+            or len(recipients) > MAX_RECIPIENTS:
+        raise BadRequest("recipients must be a list of strings")
+    try:
+        message = base64.b64decode(text("message_b64"), validate=True)
+    except binascii.Error as exc:
+        raise BadRequest("message_b64 is not base64") from exc
+    queue_id = data.get("queue_id")
+    return CheckRequest(client_ip=text("client_ip"), helo=text("helo", False),
+                        mail_from=text("mail_from", False), recipients=tuple(recipients),
+                        message=message, queue_id=queue_id if isinstance(queue_id, str) else None)
+
+
+def tempfail_verdict(request: CheckRequest, authserv_id: str, why: str) -> dict[str, Any]:
+    """The answer when no verdict could be had in time: try again later, never reject."""
+    return {
+        "spf": None, "spf_helo": None, "dkim": [], "arc": None,
+        "dmarc": {"result": "temperror", "from_domain": "", "reason": why},
+        "disposition": "tempfail", "reason": why,
+        "authentication_results": authres.header_value(
+            authserv_id, [authres.resinfo("dmarc", "temperror", note=why)]),
+    }
+
+
+class BoundedRequest(server.Request):
+    """A request that stops storing its body past ``max_body`` bytes (answered 413)."""
+
+    max_body = 64 * 1024 * 1024
+    too_large = False
+    _received = 0
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.max_body:
+            self.too_large = True
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        self._received += len(data)
+        if self._received > self.max_body:
+            self.too_large = True
+        if not self.too_large:
+            super().handleContentChunk(data)
+
+
+class CheckResource(resource.Resource):
+    """``/v1/check``: POST a message's envelope and content, get the verdict."""
+
+    isLeaf = True
+
+    def __init__(self, resolver: Resolver, options: Options, pool: ThreadPool, reactor: Any, *,
+                 max_inflight: int, deadline: float) -> None:
+        super().__init__()
+        self.resolver = resolver
+        self.options = options
+        self.pool = pool
+        self.reactor = reactor
+        self.deadline = deadline
+        self.semaphore = defer.DeferredSemaphore(max_inflight)
+
+    def render_POST(self, request: server.Request) -> Any:
+        if getattr(request, "too_large", False):
+            return _json(request, 413, {"error": "request body too large"})
+        assert request.content is not None
+        request.content.seek(0)
+        try:
+            check = parse_check(request.content.read())
+        except BadRequest as exc:
+            return _json(request, 400, {"error": str(exc)})
+        finished = defer.Deferred.fromCoroutine(self._answer(check))
+        finished.addCallback(lambda body: _finish(request, 200, body))
+        finished.addErrback(self._failed, request, check)
+        return server.NOT_DONE_YET
+
+    async def _answer(self, check: CheckRequest) -> dict[str, Any]:
+        await self.semaphore.acquire()
+        try:
+            work = deferToThreadPool(self.reactor, self.pool, evaluate, check, self.resolver,
+                                     self.options)
+            work.addTimeout(self.deadline, self.reactor)
+            try:
+                verdict = await work
+            except defer.TimeoutError:
+                # the thread finishes on its own; its late result is dropped
+                log.warning("dmarc check deadline passed", queue_id=check.queue_id,
+                            deadline=self.deadline)
+                return tempfail_verdict(check, self.options.authserv_id,
+                                        "policy check did not finish in time")
+            return verdict.to_json()
+        finally:
+            self.semaphore.release()
+
+    def _failed(self, failure: Failure, request: server.Request, check: CheckRequest) -> None:
+        log.error("dmarc check failed", queue_id=check.queue_id,
+                  error=failure.getErrorMessage(), traceback=failure.getTraceback())
+        _finish(request, 200, tempfail_verdict(check, self.options.authserv_id,
+                                               "policy check failed"))
+
+    def render_GET(self, request: server.Request) -> bytes:
+        return _json(request, 405, {"error": "use POST"})
+
+
+def _json(request: server.Request, code: int, body: dict[str, Any]) -> bytes:
+    request.setResponseCode(code)
+    request.setHeader(b"content-type", b"application/json")
+    return json.dumps(body).encode()
+
+
+def _finish(request: server.Request, code: int, body: dict[str, Any]) -> None:
+    if request.finished or getattr(request, "_disconnected", False):
+        return
+    request.write(_json(request, code, body))
+    request.finish()
+
+
+def build_site(check: CheckResource, max_body: int) -> server.Site:
+    """The Site serving /v1/check, with request bodies bounded to ``max_body``."""
+    root = resource.Resource()
+    v1: Any = resource.Resource()  # zope interfaces are invisible to mypy
+    root.putChild(b"v1", v1)
+    v1.putChild(b"check", check)
+
+    class Request(BoundedRequest):
+        pass
+
+    Request.max_body = max_body
+    site = server.Site(root)
+    site.requestFactory = Request
+    site.displayTracebacks = False
+    return site

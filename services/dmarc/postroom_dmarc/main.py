@@ -1,0 +1,70 @@
+"""The dmarc service's declaration for `postroom serve dmarc`, and its wiring from settings."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+from twisted.internet.defer import Deferred
+
+from postroom.config import ConfigError, Settings
+from postroom.dns import Resolver
+from postroom.runtime import ServiceContext
+from postroom.service import ServiceSpec
+from postroom_dmarc.api import CheckResource, build_site
+from postroom_dmarc.verdict import DomainOverride, Options
+
+# threads for pyspf/dkimpy evaluations; each mostly waits on DNS
+POLICY_THREADS = 16
+MAX_INFLIGHT = 64
+# base64 grows a message by 4/3; leave room for the JSON around it
+_JSON_OVERHEAD = 64 * 1024
+
+
+def _items(raw: str) -> list[str]:
+    return [item.strip().lower().rstrip(".") for item in raw.split(",") if item.strip()]
+
+
+def options_from_settings(settings: Settings) -> Options:
+    """Evaluation options from POSTROOM_DMARC_*; a bad value is a ConfigError at start-up."""
+    try:
+        forwarders = tuple(ipaddress.ip_network(item, strict=False)
+                           for item in _items(settings.dmarc_trusted_forwarders))
+    except ValueError as exc:
+        raise ConfigError(f"POSTROOM_DMARC_TRUSTED_FORWARDERS: {exc}") from None
+    overrides = {domain: DomainOverride(monitor_only=True)
+                 for domain in _items(settings.dmarc_monitor_only)}
+    return Options(authserv_id=settings.hostname, org_domain_mode=settings.dmarc_org_domain,
+                   trusted_forwarders=forwarders,
+                   trusted_arc_sealers=frozenset(_items(settings.dmarc_trusted_arc_sealers)),
+                   overrides=overrides)
+
+
+def deadline_for(settings: Settings) -> float:
+    """How long one check may take: a few DNS timeouts, well under the SMTP client's patience."""
+    return min(max(settings.dns_timeout * 4, 5.0), 120.0)
+
+
+async def _start(ctx: ServiceContext) -> None:
+    settings = ctx.settings
+    options = options_from_settings(settings)
+    resolver = Resolver.from_settings(settings)
+    pool = ctx.thread_pool("policy", POLICY_THREADS)
+    check = CheckResource(resolver, options, pool, ctx.reactor, max_inflight=MAX_INFLIGHT,
+                          deadline=deadline_for(settings))
+    site: Any = build_site(check, settings.max_message_size * 4 // 3 + _JSON_OVERHEAD)
+    await ctx.listen_all(settings.dmarc_listen, site)
+
+
+def start(ctx: ServiceContext) -> Deferred[Any]:
+    return Deferred.fromCoroutine(_start(ctx))
+
+
+SERVICE = ServiceSpec(
+    name="dmarc",
+    description="SPF, DKIM, ARC and DMARC verdicts for the MTA over an internal HTTP API",
+    start=start,
+    needs_database=False,  # TODO: true once results are stored for aggregate reports
+    needs_redis=False,
+    listen_settings=("dmarc_listen",),
+)

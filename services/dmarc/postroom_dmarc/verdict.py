@@ -1,0 +1,294 @@
+"""The whole check: SPF, DKIM, ARC and DMARC combined into one JSON-able verdict for the MTA.
+
+:func:`evaluate` is blocking (DNS) and runs in the `policy` thread pool. Its
+verdict's ``disposition`` tells the MTA what to do: ``inbox``, ``junk``
+(quarantine), ``reject`` (550 5.7.1 with ``reason``) or ``tempfail`` (451).
+Rules that keep it safe:
+
+* a temporary DNS failure never leads to ``reject``: a DMARC temperror with
+  a policy other than none becomes ``tempfail``;
+* ``pct`` sampling and ``t=y`` downgrade reject to quarantine and quarantine
+  to none (RFC 7489 6.6.4, RFC 9989); the sampler is injectable for tests;
+* operator overrides (monitor-only domains, trusted forwarder networks,
+  trusted ARC sealers) downgrade a failing message to ``inbox`` and are
+  reported with the RFC 7489 Appendix C override type.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import random
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from postroom import authres
+from postroom.dns import DNSTempError, Resolver
+from postroom.logs import get_logger
+from postroom_dmarc import dkimcheck, spfcheck
+from postroom_dmarc.discovery import Discoverer, normalise
+from postroom_dmarc.fromheader import author_domains
+
+log = get_logger("dmarc")
+
+DISPOSITIONS = ("inbox", "junk", "reject", "tempfail")
+_STRICTNESS = {"none": 0, "quarantine": 1, "reject": 2}
+_DOWNGRADE = {"reject": "quarantine", "quarantine": "none", "none": "none"}
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+@dataclass(frozen=True)
+class DomainOverride:
+    """Operator exceptions for one domain (a recipient domain of ours, or an author domain)."""
+
+    monitor_only: bool = False  # report DMARC, never act on it
+    trusted_forwarders: tuple[Network, ...] = ()  # client networks that may break DMARC
+
+
+@dataclass(frozen=True)
+class Options:
+    """How to evaluate: our authserv-id, the org-domain method and the operator's overrides."""
+
+    authserv_id: str
+    org_domain_mode: str = "psl"  # or "treewalk" (RFC 9989)
+    reject_malformed_from: bool = True
+    check_helo: bool = True
+    trusted_forwarders: tuple[Network, ...] = ()
+    trusted_arc_sealers: frozenset[str] = frozenset()
+    # keyed by domain; matched against each recipient domain and each author domain
+    overrides: Mapping[str, DomainOverride] = field(default_factory=dict)
+    min_rsa_bits: int = dkimcheck.MIN_RSA_BITS
+    spf_time_budget: float = 10.0
+    sampler: Callable[[], float] = random.random  # in [0, 1), for pct
+
+
+@dataclass(frozen=True)
+class CheckRequest:
+    """What the MTA knows at the end of DATA."""
+
+    client_ip: str
+    helo: str
+    mail_from: str  # "" for the null reverse-path
+    recipients: tuple[str, ...]
+    message: bytes
+    queue_id: str | None = None
+
+
+@dataclass(frozen=True)
+class DMARCResult:
+    """The DMARC outcome for the message (strictest author domain when there are several)."""
+
+    result: str  # pass, fail, none, temperror, permerror
+    from_domain: str
+    policy_domain: str | None = None
+    org_domain: str | None = None
+    policy: str | None = None  # p, sp or np as published and selected for this domain
+    applied_policy: str = "none"  # after pct, t= and overrides
+    override: str | None = None  # sampled_out, local_policy, trusted_forwarder, forwarded
+    spf_aligned: bool = False
+    dkim_aligned: bool = False
+    reason: str = ""
+    record: dict[str, Any] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Everything the MTA needs and the aggregate report will store."""
+
+    spf: spfcheck.SPFResult
+    spf_helo: spfcheck.SPFResult | None
+    dkim: list[dkimcheck.DKIMResult]
+    arc: dkimcheck.ARCResult
+    dmarc: DMARCResult
+    disposition: str
+    reason: str
+    authentication_results: str  # the field value; prepend "Authentication-Results: " + CRLF
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "spf": self.spf.to_json(),
+            "spf_helo": self.spf_helo.to_json() if self.spf_helo else None,
+            "dkim": [d.to_json() for d in self.dkim],
+            "arc": self.arc.to_json(),
+            "dmarc": self.dmarc.to_json(),
+            "disposition": self.disposition,
+            "reason": self.reason,
+            "authentication_results": self.authentication_results,
+        }
+
+
+def aligned(a: str, b: str, mode: str, discoverer: Discoverer) -> bool:
+    """Identifier alignment (RFC 7489 3.1): strict is equality, relaxed same org domain."""
+    a, b = normalise(a), normalise(b)
+    if not a or not b:
+        return False
+    if a == b:
+        return True
+    return mode == "r" and discoverer.org_domain(a) == discoverer.org_domain(b)
+
+
+def _in_networks(ip: str, networks: Sequence[Network]) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    return any(address in net for net in networks)
+
+
+def _domain_matches(domain: str, key: str) -> bool:
+    return domain == key or domain.endswith("." + key)
+
+
+def _overrides_for(request: CheckRequest, author: str, options: Options) -> list[DomainOverride]:
+    domains = {r.rpartition("@")[2].lower().rstrip(".") for r in request.recipients} | {author}
+    found = [o for key, o in options.overrides.items()
+             if key != "*" and any(_domain_matches(d, key.lower()) for d in domains)]
+    if "*" in options.overrides:
+        found.append(options.overrides["*"])
+    return found
+
+
+def _evaluate_domain(author: str, request: CheckRequest, spf: spfcheck.SPFResult,
+                     dkim: list[dkimcheck.DKIMResult], arc: dkimcheck.ARCResult,
+                     discoverer: Discoverer, options: Options) -> DMARCResult:
+    try:
+        found = discoverer.discover(author)
+    except DNSTempError as exc:
+        return DMARCResult("temperror", author, reason=f"policy lookup failed: {exc}")
+    if found.error is not None:
+        return DMARCResult("permerror", author, found.policy_domain,
+                           reason=f"malformed DMARC record: {found.error}")
+    record = found.record
+    if record is None:
+        return DMARCResult("none", author, reason="no DMARC record")
+    try:
+        org = discoverer.org_domain(author)
+        spf_aligned = spf.result == "pass" and aligned(spf.domain, author, record.aspf, discoverer)
+        dkim_aligned = any(
+            d.result == "pass" and aligned(d.domain, author, record.adkim, discoverer)
+            for d in dkim)
+        temp = (
+            (spf.result == "temperror" and aligned(spf.domain, author, record.aspf, discoverer))
+            or any(d.result == "temperror" and aligned(d.domain, author, record.adkim, discoverer)
+                   for d in dkim))
+        policy = record.p
+        if found.policy_domain != author:
+            policy = record.sp or record.p
+            if record.np and not discoverer.resolver.domain_exists(author):
+                policy = record.np  # RFC 9091 / RFC 9989: a non-existent subdomain
+    except DNSTempError as exc:
+        return DMARCResult("temperror", author, found.policy_domain, reason=f"DNS: {exc}",
+                           record=record.to_json())
+    base: dict[str, Any] = {
+        "from_domain": author, "policy_domain": found.policy_domain, "org_domain": org,
+        "policy": policy, "spf_aligned": spf_aligned, "dkim_aligned": dkim_aligned,
+        "record": record.to_json()}
+    if spf_aligned or dkim_aligned:
+        return DMARCResult("pass", **base, reason="aligned " + ("SPF" if spf_aligned else "DKIM"))
+    if temp:
+        return DMARCResult("temperror", **base, applied_policy=policy,
+                           reason="an aligned identifier had a temporary DNS failure")
+    applied, override = policy, None
+    if record.pct < 100 and options.sampler() * 100 >= record.pct:
+        applied, override = _DOWNGRADE[applied], "sampled_out"
+    if record.t:
+        applied, override = _DOWNGRADE[applied], override or "policy_test_mode"
+    if applied != "none":
+        overrides = _overrides_for(request, author, options)
+        forwarders = list(options.trusted_forwarders)
+        for o in overrides:
+            forwarders.extend(o.trusted_forwarders)
+        if any(o.monitor_only for o in overrides):
+            applied, override = "none", "local_policy"
+        elif _in_networks(request.client_ip, forwarders):
+            applied, override = "none", "trusted_forwarder"
+        elif arc.result == "pass" and arc.sealers() and \
+                arc.sealers()[0] in options.trusted_arc_sealers:
+            applied, override = "none", "forwarded"
+    return DMARCResult("fail", **base, applied_policy=applied, override=override,
+                       reason="neither SPF nor DKIM aligned with the From domain")
+
+
+def _strictest(results: list[DMARCResult]) -> DMARCResult:
+    order = {"fail": 4, "temperror": 3, "permerror": 2, "pass": 1, "none": 0}
+    return max(results, key=lambda r: (order[r.result], _STRICTNESS[r.applied_policy]))
+
+
+def _auth_results(request: CheckRequest, spf: spfcheck.SPFResult,
+                  spf_helo: spfcheck.SPFResult | None, dkim: list[dkimcheck.DKIMResult],
+                  arc: dkimcheck.ARCResult, dmarc: DMARCResult, authserv_id: str) -> str:
+    clauses = []
+    if spf.identity == "mailfrom":
+        clauses.append(authres.resinfo("spf", spf.result, [("smtp.mailfrom", spf.sender)]))
+    else:
+        clauses.append(authres.resinfo("spf", spf.result, [("smtp.helo", request.helo)]))
+    if spf_helo is not None:
+        clauses.append(authres.resinfo("spf", spf_helo.result, [("smtp.helo", request.helo)]))
+    if not dkim:
+        clauses.append("dkim=none")
+    for d in dkim:
+        note = d.reason if d.result != "pass" else (f"{d.key_bits}-bit key" if d.key_bits else None)
+        clauses.append(authres.resinfo("dkim", d.result, [
+            ("header.d", d.domain), ("header.s", d.selector), ("header.a", d.algorithm),
+            ("header.b", d.b)], note))
+    clauses.append(authres.resinfo("arc", arc.result))
+    props = [("header.from", dmarc.from_domain)]
+    note = None
+    if dmarc.policy is not None:
+        note = f"p={dmarc.policy} dis={dmarc.applied_policy}"
+        props.append(("policy.dmarc", dmarc.applied_policy))
+    clauses.append(authres.resinfo("dmarc", dmarc.result, props, note))
+    return authres.header_value(authserv_id, clauses)
+
+
+def evaluate(request: CheckRequest, resolver: Resolver, options: Options) -> Verdict:
+    """Check ``request`` and decide what happens to the message."""
+    spf = spfcheck.check(request.client_ip, request.mail_from, request.helo, resolver,
+                         receiver=options.authserv_id, time_budget=options.spf_time_budget)
+    spf_helo = None
+    if options.check_helo and spf.identity == "mailfrom" and request.helo:
+        spf_helo = spfcheck.check_helo(request.client_ip, request.helo, resolver,
+                                       receiver=options.authserv_id,
+                                       time_budget=options.spf_time_budget)
+    dkim = dkimcheck.verify_all(request.message, resolver, min_rsa_bits=options.min_rsa_bits)
+    arc = dkimcheck.verify_arc(request.message, resolver, min_rsa_bits=options.min_rsa_bits)
+    authors = author_domains(request.message)
+    discoverer = Discoverer(resolver, options.org_domain_mode)
+    if authors.problem is not None:
+        dmarc = DMARCResult("permerror", "", reason=f"malformed message: {authors.problem}")
+    else:
+        dmarc = _strictest([_evaluate_domain(a, request, spf, dkim, arc, discoverer, options)
+                            for a in authors.domains])
+    disposition, reason = _disposition(dmarc, authors.problem, options)
+    header = _auth_results(request, spf, spf_helo, dkim, arc, dmarc, options.authserv_id)
+    log.info("dmarc verdict", queue_id=request.queue_id, client_ip=request.client_ip,
+             from_domain=dmarc.from_domain, spf=spf.result, dkim=[d.result for d in dkim],
+             arc=arc.result, dmarc=dmarc.result, policy=dmarc.policy,
+             applied_policy=dmarc.applied_policy, override=dmarc.override,
+             disposition=disposition)
+    return Verdict(spf, spf_helo, dkim, arc, dmarc, disposition, reason, header)
+
+
+def _disposition(dmarc: DMARCResult, from_problem: str | None,
+                 options: Options) -> tuple[str, str]:
+    if from_problem is not None:
+        if options.reject_malformed_from:
+            return "reject", (f"message rejected: {from_problem}; RFC 5322 requires exactly "
+                              "one From header field with an address")
+        return "inbox", ""
+    if dmarc.result == "temperror":
+        if dmarc.policy is not None and dmarc.applied_policy == "none" and dmarc.policy == "none":
+            return "inbox", ""
+        return "tempfail", f"temporary DNS failure evaluating DMARC for {dmarc.from_domain}"
+    if dmarc.result != "fail":
+        return "inbox", ""
+    if dmarc.applied_policy == "reject":
+        return "reject", (f"DMARC policy of {dmarc.policy_domain} rejects unauthenticated mail "
+                          f"from {dmarc.from_domain}")
+    if dmarc.applied_policy == "quarantine":
+        return "junk", ""
+    return "inbox", ""
