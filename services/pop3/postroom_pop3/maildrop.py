@@ -1,0 +1,305 @@
+"""The POP3 maildrop over the store: login, the per-user Redis lock, the INBOX snapshot, RETR, QUIT.
+
+The maildrop is the user's INBOX as it was at login (RFC 1939: message
+numbers do not change during a session). A Redis key
+``<prefix>pop3:lock:<user id>`` set with NX and a TTL is the lock: every pop3
+replica honours it, the session refreshes it while it lives, and a session
+that dies without releasing it loses it when the TTL runs out. QUIT expunges
+the marked entries in one transaction that also advances the mailbox's
+HIGHESTMODSEQ, then publishes a change event for IMAP sessions.
+
+SQL here is repository code the store does not have yet (listing INBOX entries
+with sizes, fetching by uid, expunging by uid); it uses the store's models and
+only parameterised queries. Blocking calls run in the ``db`` pool
+(:meth:`Database.run`) or the given Redis thread pool, never on the reactor.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import redis
+from sqlalchemy import delete, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.orm import Session
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.task import LoopingCall
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
+
+from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
+from postroom.logs import get_logger
+from postroom.store import users
+from postroom.store.mailboxes import next_modseq
+from postroom.store.messages import delete_orphans
+from postroom.store.models import Mailbox, MailboxEntry, Message
+from postroom_pop3 import wire
+from postroom_pop3.policy import (
+    AuthFailed,
+    DropMessage,
+    LoginDelayed,
+    MaildropInUse,
+    MessageGone,
+    TemporaryFailure,
+)
+
+log = get_logger("pop3")
+
+T = TypeVar("T")
+
+# a dead session's lock is gone after this long; a live one refreshes it every third of it
+LOCK_TTL = 60.0
+
+_REFRESH = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('pexpire', KEYS[1], ARGV[2])
+end
+return 0
+"""
+_RELEASE = """
+if redis.call('get', KEYS[1]) == ARGV[1] then
+  return redis.call('del', KEYS[1])
+end
+return 0
+"""
+
+
+# --- store queries (run in the db pool; plain data only crosses back)
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The INBOX at login: its id, UIDVALIDITY and (uid, size) of each entry by uid."""
+
+    mailbox_id: int | None
+    uidvalidity: int
+    entries: tuple[tuple[int, int], ...]
+
+
+def load_snapshot(session: Session, user_id: int) -> Snapshot:
+    """The user's INBOX entries with their sizes, oldest uid first (empty without an INBOX)."""
+    mailbox = session.execute(
+        select(Mailbox.id, Mailbox.uidvalidity)
+        .where(Mailbox.user_id == user_id, Mailbox.name == "INBOX")).first()
+    if mailbox is None:
+        return Snapshot(None, 0, ())
+    rows = session.execute(
+        select(MailboxEntry.uid, Message.size)
+        .join(Message, Message.id == MailboxEntry.message_id)
+        .where(MailboxEntry.mailbox_id == mailbox.id)
+        .order_by(MailboxEntry.uid)).all()
+    return Snapshot(mailbox.id, mailbox.uidvalidity,
+                    tuple((int(uid), int(size)) for uid, size in rows))
+
+
+def fetch_message(session: Session, mailbox_id: int, uid: int) -> bytes | None:
+    """The message under ``uid`` with CRLF line endings, or None when it was expunged."""
+    blob = session.execute(
+        select(Message.blob)
+        .join(MailboxEntry, MailboxEntry.message_id == Message.id)
+        .where(MailboxEntry.mailbox_id == mailbox_id, MailboxEntry.uid == uid)
+    ).scalar_one_or_none()
+    if blob is None:
+        return None
+    # the store keeps CRLF (the SMTP servers normalise); this only guards older rows
+    return wire.to_crlf(bytes(blob))
+
+
+def expunge_uids(session: Session, mailbox_id: int, uids: Sequence[int]) -> tuple[list[int], int]:
+    """Remove the entries ``uids`` still present; (removed uids, new HIGHESTMODSEQ or 0).
+
+    The mailbox row is locked first, the order IMAP and delivery use, so the
+    three never deadlock; blobs nothing else refers to are deleted too.
+    """
+    session.execute(select(Mailbox.id).where(Mailbox.id == mailbox_id).with_for_update())
+    removed = session.execute(
+        delete(MailboxEntry)
+        .where(MailboxEntry.mailbox_id == mailbox_id, MailboxEntry.uid.in_(list(uids)))
+        .returning(MailboxEntry.uid, MailboxEntry.message_id)).all()
+    if not removed:
+        return [], 0
+    modseq = next_modseq(session, mailbox_id)
+    delete_orphans(session, sorted({int(message_id) for _, message_id in removed}))
+    return sorted(int(uid) for uid, _ in removed), modseq
+
+
+# --- the Authority and Maildrop the protocol talks to
+
+
+class StoreAuthority:
+    """Logs users in against the store and hands out their locked INBOX snapshot."""
+
+    def __init__(self, database: Any, redis_client: redis.Redis, redis_pool: ThreadPool, *,
+                 prefix: str, limiter: LoginRateLimiter | None, reactor: Any = None,
+                 lock_ttl: float = LOCK_TTL) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.database = database
+        self.redis = redis_client
+        self.redis_pool = redis_pool
+        self.prefix = prefix
+        self.limiter = limiter
+        self.reactor = reactor
+        self.lock_ttl = lock_ttl
+
+    def in_redis_thread(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        return deferToThreadPool(self.reactor, self.redis_pool, fn, *args)
+
+    def lock_key(self, user_id: int) -> str:
+        return f"{self.prefix}pop3:lock:{user_id}"
+
+    def login(self, username: str, password: str, peer: str) -> Deferred[Any]:
+        return Deferred.fromCoroutine(self._login(username, password, peer))
+
+    async def _login(self, username: str, password: str, peer: str) -> StoreMaildrop:
+        if self.limiter is not None:
+            try:
+                allowed = await self.in_redis_thread(self.limiter.check, peer, username)
+            except RateLimitUnavailable:
+                raise TemporaryFailure() from None
+            if not allowed:
+                raise LoginDelayed()
+        try:
+            # scrypt runs here, in the db pool: never on the reactor thread
+            user = await self.database.run(users.authenticate, username, password)
+        except SQLAlchemyError as exc:
+            log.error("authentication lookup failed", error=str(exc))
+            raise TemporaryFailure() from None
+        if user is None:
+            if self.limiter is not None:
+                await self.in_redis_thread(self.limiter.record_failure, peer, username)
+            raise AuthFailed()
+        if self.limiter is not None:
+            await self.in_redis_thread(self.limiter.reset, username)
+        token = secrets.token_hex(16)
+        key = self.lock_key(user.id)
+        try:
+            acquired = await self.in_redis_thread(self._acquire, key, token)
+        except redis.RedisError as exc:
+            log.warning("maildrop lock failed", error=str(exc), user=user.address)
+            raise TemporaryFailure() from None
+        if not acquired:
+            raise MaildropInUse()
+        try:
+            snapshot = await self.database.run(load_snapshot, user.id)
+        except Exception as exc:
+            log.error("maildrop snapshot failed", error=str(exc), user=user.address)
+            await self.in_redis_thread(self._release_quietly, key, token)
+            if isinstance(exc, SQLAlchemyError):
+                raise TemporaryFailure() from None
+            raise
+        drop = StoreMaildrop(self, snapshot, key, token, user.address)
+        drop.start_refreshing()
+        return drop
+
+    def _acquire(self, key: str, token: str) -> bool:
+        return bool(self.redis.set(key, token, nx=True, px=int(self.lock_ttl * 1000)))
+
+    def _refresh(self, key: str, token: str) -> bool:
+        return bool(self.redis.eval(_REFRESH, 1, key, token, int(self.lock_ttl * 1000)))
+
+    def _release_quietly(self, key: str, token: str) -> None:
+        try:
+            self.redis.eval(_RELEASE, 1, key, token)
+        except redis.RedisError as exc:
+            # the TTL will free it; a new login waits at most LOCK_TTL
+            log.warning("maildrop unlock failed", error=str(exc))
+
+    def _publish(self, mailbox_id: int, uids: list[int], modseq: int) -> None:
+        event = json.dumps({"event": "expunge", "mailbox_id": mailbox_id, "uids": uids,
+                            "modseq": modseq, "source": "pop3"})
+        try:
+            self.redis.publish(f"{self.prefix}mailbox:{mailbox_id}", event)
+        except redis.RedisError as exc:
+            # a signal only: IMAP sessions also see the change at their next poll of the store
+            log.warning("change event not published", error=str(exc), mailbox_id=mailbox_id)
+
+
+class StoreMaildrop:
+    """One session's locked snapshot of a user's INBOX."""
+
+    def __init__(self, authority: StoreAuthority, snapshot: Snapshot, lock_key: str,
+                 token: str, address: str) -> None:
+        self.authority = authority
+        self.snapshot = snapshot
+        self.lock_key = lock_key
+        self.token = token
+        self.address = address
+        self.messages: list[DropMessage] = [
+            DropMessage(uid=uid, size=size, unique_id=f"{snapshot.uidvalidity}.{uid}")
+            for uid, size in snapshot.entries]
+        self.released = False
+        self._refresher: LoopingCall | None = None
+
+    def start_refreshing(self) -> None:
+        loop = LoopingCall(self._refresh)
+        loop.clock = self.authority.reactor
+        self._refresher = loop
+        loop.start(self.authority.lock_ttl / 3, now=False).addErrback(self._refresh_stopped)
+
+    def _refresh(self) -> Deferred[None]:
+        d = self.authority.in_redis_thread(self.authority._refresh, self.lock_key, self.token)
+
+        def checked(held: bool) -> None:
+            if not held and not self.released:
+                log.warning("maildrop lock lost", user=self.address)
+
+        def failed(failure: Failure) -> None:
+            # keep the session: Redis may be back before the TTL runs out
+            log.warning("maildrop lock refresh failed", error=failure.getErrorMessage())
+
+        return d.addCallbacks(checked, failed)
+
+    def _refresh_stopped(self, failure: Failure) -> None:
+        log.error("maildrop lock refresher stopped", error=failure.getErrorMessage())
+
+    def retrieve(self, index: int) -> Deferred[bytes]:
+        if self.snapshot.mailbox_id is None:
+            raise IndexError(index)
+        uid = self.messages[index].uid
+
+        def got(data: bytes | None) -> bytes:
+            if data is None:
+                raise MessageGone()
+            if len(data) != self.messages[index].size:
+                log.warning("stored size differs from sent size", uid=uid,
+                            listed=self.messages[index].size, sent=len(data))
+            return data
+
+        d: Deferred[Any] = self.authority.database.run(fetch_message, self.snapshot.mailbox_id,
+                                                       uid)
+        return d.addCallback(got)
+
+    def commit(self, deleted: Sequence[int]) -> Deferred[int]:
+        mailbox_id = self.snapshot.mailbox_id
+        uids = [self.messages[i].uid for i in deleted]
+        if mailbox_id is None or not uids:
+            return succeed(0)
+        return Deferred.fromCoroutine(self._commit(mailbox_id, uids))
+
+    async def _commit(self, mailbox_id: int, uids: list[int]) -> int:
+        removed, modseq = await self.authority.database.run(expunge_uids, mailbox_id, uids)
+        log.info("messages expunged", user=self.address, mailbox_id=mailbox_id,
+                 requested=len(uids), removed=len(removed), modseq=modseq)
+        if removed:
+            await self.authority.in_redis_thread(self.authority._publish, mailbox_id, removed,
+                                                 modseq)
+        return len(removed)
+
+    def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        if self._refresher is not None and self._refresher.running:
+            self._refresher.stop()
+        self._refresher = None
+        d = self.authority.in_redis_thread(self.authority._release_quietly, self.lock_key,
+                                           self.token)
+        d.addErrback(lambda f: log.warning("maildrop unlock failed",
+                                           error=f.getErrorMessage()))

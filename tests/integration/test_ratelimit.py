@@ -1,0 +1,149 @@
+"""The shared failed-login limiter against a real Redis."""
+
+from __future__ import annotations
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
+from postroom.config import load_settings
+from tests.support.ports import free_port
+
+
+class FakeTime:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limiter(client: redis.Redis, prefix: str, clock: FakeTime | None = None,
+            limit: int = 3, window: float = 60.0) -> LoginRateLimiter:
+    return LoginRateLimiter(client, prefix, limit, window, clock=clock or FakeTime())
+
+
+def test_fresh_address_and_account_are_allowed(redis_client: redis.Redis,
+                                               redis_prefix: str) -> None:
+    assert limiter(redis_client, redis_prefix).check("192.0.2.1", "bob@example.org")
+
+
+def test_account_is_blocked_after_limit_failures_from_many_addresses(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix)
+    for i in range(3):
+        lim.record_failure(f"192.0.2.{i}", "bob@example.org")
+    assert not lim.check("198.51.100.9", "bob@example.org")
+    assert lim.check("198.51.100.9", "alice@example.org")
+
+
+def test_address_is_blocked_after_limit_failures_on_many_accounts(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix)
+    for i in range(3):
+        lim.record_failure("192.0.2.1", f"user{i}@example.org")
+    assert not lim.check("192.0.2.1", "someone@example.org")
+    assert lim.check("192.0.2.2", "someone@example.org")
+
+
+def test_below_the_limit_is_allowed(redis_client: redis.Redis, redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix)
+    for _ in range(2):
+        lim.record_failure("192.0.2.1", "bob@example.org")
+    assert lim.check("192.0.2.1", "bob@example.org")
+
+
+def test_account_names_are_compared_case_insensitively(redis_client: redis.Redis,
+                                                       redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix)
+    for i in range(3):
+        lim.record_failure(f"192.0.2.{i}", "Bob@Example.org")
+    assert not lim.check("198.51.100.1", "bob@example.org")
+
+
+def test_failures_older_than_the_window_no_longer_count(redis_client: redis.Redis,
+                                                        redis_prefix: str) -> None:
+    clock = FakeTime()
+    lim = limiter(redis_client, redis_prefix, clock)
+    for _ in range(3):
+        lim.record_failure("192.0.2.1", "bob@example.org")
+    clock.now += 30
+    assert not lim.check("192.0.2.1", "bob@example.org")
+    clock.now += 31
+    assert lim.check("192.0.2.1", "bob@example.org")
+
+
+def test_window_slides_rather_than_resetting(redis_client: redis.Redis,
+                                             redis_prefix: str) -> None:
+    clock = FakeTime()
+    lim = limiter(redis_client, redis_prefix, clock)
+    lim.record_failure("192.0.2.1", None)
+    clock.now += 50
+    lim.record_failure("192.0.2.1", None)
+    lim.record_failure("192.0.2.1", None)
+    clock.now += 20  # the first failure has left the window, the other two have not
+    assert lim.check("192.0.2.1", None)
+    lim.record_failure("192.0.2.1", None)
+    assert not lim.check("192.0.2.1", None)
+
+
+def test_reset_forgets_the_account_but_not_the_address(redis_client: redis.Redis,
+                                                       redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix)
+    for _ in range(3):
+        lim.record_failure("192.0.2.1", "bob@example.org")
+    lim.reset("bob@example.org")
+    assert lim.check("192.0.2.2", "bob@example.org")
+    assert not lim.check("192.0.2.1", "carol@example.org")
+
+
+def test_keys_are_bounded_and_expire(redis_client: redis.Redis, redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix)
+    for _ in range(50):
+        lim.record_failure("192.0.2.1", "bob@example.org")
+    key = lim.ip_key("192.0.2.1")
+    assert redis_client.zcard(key) == 4
+    assert 0 < redis_client.pttl(key) <= 60_000
+    assert key.startswith(redis_prefix)
+    assert lim.account_key("bob@example.org").startswith(redis_prefix)
+
+
+def test_works_with_a_bytes_client_as_the_runtime_makes(redis_url: str,
+                                                        redis_prefix: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    try:
+        lim = limiter(client, redis_prefix)
+        for _ in range(3):
+            lim.record_failure("192.0.2.1", "bob@example.org")
+        assert not lim.check("192.0.2.1", "bob@example.org")
+    finally:
+        client.close()
+
+
+def test_from_settings_uses_limit_window_and_prefix(redis_client: redis.Redis) -> None:
+    settings = load_settings({"POSTROOM_AUTH_FAIL_LIMIT": "7", "POSTROOM_AUTH_FAIL_WINDOW": "2m",
+                              "POSTROOM_REDIS_PREFIX": "x:"})
+    lim = LoginRateLimiter.from_settings(redis_client, settings)
+    assert (lim.limit, lim.window, lim.prefix) == (7, 120.0, "x:")
+
+
+def unreachable_redis() -> redis.Redis:
+    # nothing listens on a just-freed loopback port: a real "Redis is down"
+    return redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1,
+                       socket_timeout=1, retry=Retry(NoBackoff(), 0))
+
+
+def test_check_fails_closed_when_redis_is_down(redis_prefix: str) -> None:
+    lim = limiter(unreachable_redis(), redis_prefix)
+    try:
+        lim.check("192.0.2.1", "bob@example.org")
+    except RateLimitUnavailable:
+        return
+    raise AssertionError("check must raise RateLimitUnavailable when Redis is down")
+
+
+def test_record_and_reset_do_not_raise_when_redis_is_down(redis_prefix: str) -> None:
+    lim = limiter(unreachable_redis(), redis_prefix)
+    lim.record_failure("192.0.2.1", "bob@example.org")
+    lim.reset("bob@example.org")
