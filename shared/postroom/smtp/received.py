@@ -1,0 +1,43 @@
+"""The Received: trace header (RFC 5321 section 4.4) prepended to each accepted message."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+from collections.abc import Sequence
+from email.utils import format_datetime
+
+from postroom.smtp.grammar import Address
+from postroom.smtp.session import Session
+
+
+def _address_literal(ip: str) -> str:
+    try:
+        parsed = ipaddress.ip_address(ip)
+    except ValueError:
+        return f"[{ip}]" if ip else "[unknown]"
+    return f"[IPv6:{parsed.compressed}]" if parsed.version == 6 else f"[{parsed}]"
+
+
+def received_header(session: Session, *, hostname: str, queue_id: str,
+                    recipients: Sequence[Address] = (), smtputf8: bool = False,
+                    when: datetime.datetime | None = None) -> bytes:
+    """``Received: from HELO (RDNS [IP]) (using TLS...) by HOST (Postroom) with ESMTPSA id ID
+    for <rcpt>; date``, folded, ending in CRLF.
+
+    ``for`` is given only for a single recipient: listing several would disclose
+    Bcc recipients to each other.
+    """
+    when = when or datetime.datetime.now(datetime.UTC)
+    helo = session.helo or "unknown"
+    peer = _address_literal(session.peer_ip)
+    peer_part = f"({session.peer_name} {peer})" if session.peer_name else f"({peer})"
+    lines = [f"Received: from {helo} {peer_part}"]
+    if session.tls is not None:
+        lines.append(f"\t{session.tls.received_clause()}")
+    by = f"\tby {hostname} (Postroom) with {session.protocol_name(smtputf8)} id {queue_id}"
+    lines.append(by)
+    if len(recipients) == 1:
+        lines.append(f"\tfor <{recipients[0]}>")
+    lines[-1] += f"; {format_datetime(when)}"
+    return ("\r\n".join(lines) + "\r\n").encode("utf-8")

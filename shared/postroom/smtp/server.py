@@ -1,0 +1,684 @@
+"""The ESMTP server state machine (RFC 5321) on LineReceiver, shared by the MSA and the MTA.
+
+It parses and replies; an :class:`~postroom.smtp.policy.SMTPPolicy` decides
+and stores. Properties the twisted.mail server lacks and tests pin down:
+
+* PIPELINING (RFC 2920): while a policy call is pending, reading pauses and
+  the following lines wait in the buffer, so replies always come in order.
+* STARTTLS (RFC 3207): bytes after the STARTTLS line are discarded, never run
+  inside TLS (CVE-2011-0411), and the session forgets HELO, AUTH and the
+  transaction.
+* DATA leaves raw mode only on CRLF.CRLF (see :mod:`postroom.smtp.data`).
+* Every unexpected exception is logged with its traceback; the peer gets
+  ``451 4.3.0`` and never a traceback.
+"""
+
+from __future__ import annotations
+
+import base64
+from collections import Counter
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from twisted.internet.defer import maybeDeferred
+from twisted.internet.interfaces import IReactorTime
+from twisted.internet.protocol import ServerFactory
+from twisted.protocols.basic import LineReceiver
+from twisted.python.failure import Failure
+
+from postroom.auth.sasl import (
+    Challenge,
+    Credentials,
+    NeedSecrets,
+    Outcome,
+    SASLMalformed,
+    ServerMechanism,
+    Step,
+    decode_response,
+    new_mechanism,
+)
+from postroom.logs import get_logger
+from postroom.smtp import grammar
+from postroom.smtp import replies as R
+from postroom.smtp.data import ChunkAccumulator, Content, DataReader, End
+from postroom.smtp.grammar import MailParams, ParseError, RcptParams
+from postroom.smtp.options import ServerOptions
+from postroom.smtp.policy import SMTPPolicy
+from postroom.smtp.replies import Reply
+from postroom.smtp.session import Envelope, Recipient, Session, Transaction
+from postroom.tls import negotiated
+
+_log = get_logger("smtp")
+
+
+class SMTPServerFactory(ServerFactory):
+    """Builds one protocol per connection and counts connections per client address."""
+
+    def __init__(self, policy: SMTPPolicy, options: ServerOptions, *, tls: Any = None,
+                 implicit_tls: bool = False, clock: IReactorTime | None = None) -> None:
+        """``tls`` is an object with ``getContext()`` (postroom.tls.ServerTLS) enabling
+        STARTTLS; ``implicit_tls`` says the listener is already wrapped in TLS (465)."""
+        if clock is None:
+            from twisted.internet import reactor
+
+            clock = reactor
+        self.policy = policy
+        self.options = options
+        self.tls = tls
+        self.implicit_tls = implicit_tls
+        self.clock: Any = clock
+        self.connections: Counter[str] = Counter()
+
+    def buildProtocol(self, addr: Any) -> SMTPServerProtocol:
+        protocol = SMTPServerProtocol(self)
+        protocol.factory = self
+        return protocol
+
+    def register(self, ip: str) -> bool:
+        """Count a new connection from ``ip``; False when it is over the limit."""
+        if self.connections[ip] >= self.options.max_connections_per_ip:
+            return False
+        self.connections[ip] += 1
+        return True
+
+    def unregister(self, ip: str) -> None:
+        self.connections[ip] -= 1
+        if self.connections[ip] <= 0:
+            del self.connections[ip]
+
+
+class SMTPServerProtocol(LineReceiver):
+    """One SMTP session. States: command, sasl, data, bdat, closed."""
+
+    delimiter = b"\r\n"
+    # zope interfaces are opaque to mypy; the transport is a TCP or TLS transport
+    transport: Any
+
+    def __init__(self, factory: SMTPServerFactory) -> None:
+        self.smtp_factory = factory
+        self.policy: SMTPPolicy = factory.policy
+        self.options = factory.options
+        self.clock: Any = factory.clock
+        # LineReceiver's limit excludes the delimiter; longer lines end the session
+        self.MAX_LENGTH = self.options.limits.longest_line
+        self.session = Session(peer_ip="", peer_port=0)
+        self.log = _log
+        self._state = "command"
+        self._waiting = False
+        self._timer: Any = None
+        self._counted = False
+        self._lost = False
+        self._errors = 0
+        self._junk = 0
+        self._reader: DataReader | None = None
+        self._chunks: list[bytes] = []
+        self._bdat: ChunkAccumulator | None = None
+        self._bdat_error: Reply | None = None
+        self._bdat_remaining = 0
+        self._bdat_size = 0
+        self._bdat_last = False
+        self._mechanism: ServerMechanism | None = None
+
+    # --- connection life cycle
+
+    def connectionMade(self) -> None:
+        peer = self.transport.getPeer()
+        host = self.transport.getHost()
+        self.session = Session(peer_ip=str(getattr(peer, "host", "")),
+                               peer_port=int(getattr(peer, "port", 0) or 0),
+                               local_ip=str(getattr(host, "host", "")),
+                               local_port=int(getattr(host, "port", 0) or 0),
+                               tls_active=self.smtp_factory.implicit_tls)
+        self.log = _log.bind(session=self.session.id, peer=self.session.peer_ip)
+        if not self.smtp_factory.register(self.session.peer_ip):
+            self.log.warning("smtp connection refused", reason="too many connections from peer",
+                             limit=self.options.max_connections_per_ip)
+            self._write(R.TOO_MANY_CONNECTIONS)
+            self._close()
+            return
+        self._counted = True
+        self.log.info("smtp connection opened", port=self.session.local_port,
+                      implicit_tls=self.session.tls_active)
+        self._arm_timer()
+        self._call(self.policy.connect, self._connected, self.session,
+                   on_failure=lambda: self._send(R.LOCAL_ERROR_CLOSING))
+
+    def _connected(self, reply: Reply | None) -> None:
+        if reply is None:
+            reply = Reply(220, None, f"{self.options.hostname} ESMTP Postroom")
+        self._send(reply, count=False)
+        if not reply.positive:
+            self._close()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        was = self._state
+        self._state = "closed"
+        self._lost = True
+        self._cancel_timer()
+        if self._counted:
+            self._counted = False
+            self.smtp_factory.unregister(self.session.peer_ip)
+            if was in ("data", "bdat") or self._bdat is not None:
+                self.log.warning("smtp connection lost during message transfer")
+            try:
+                self.policy.closed(self.session)
+            except Exception as exc:
+                self.log.exception("smtp policy closed hook failed", exc)
+            self.log.info("smtp connection closed")
+
+    # --- writing, closing, timers
+
+    def _write(self, reply: Reply) -> None:
+        if self.transport is not None:
+            self.transport.write(reply.render())
+
+    def _send(self, reply: Reply, *, count: bool = True) -> None:
+        """Send a reply; too many 4xx/5xx replies end the session with 421."""
+        if self._state == "closed":
+            return
+        self._write(reply)
+        if count and reply.code >= 400 and reply.code != 421:
+            self._errors += 1
+            if self._errors >= self.options.max_errors:
+                self.log.warning("smtp too many errors", errors=self._errors)
+                self._write(R.TOO_MANY_ERRORS)
+                self._close()
+        elif reply.code == 421:
+            self._close()
+
+    def _close(self) -> None:
+        if self._state == "closed":
+            return
+        self._state = "closed"
+        self._cancel_timer()
+        self.transport.loseConnection()
+        # a peer that neither reads nor finishes its TLS handshake must not hold the socket
+        abort = getattr(self.transport, "abortConnection", None)
+        if abort is not None:
+            self.clock.callLater(self.options.close_grace, self._abort_if_open, abort)
+
+    def _abort_if_open(self, abort: Callable[[], None]) -> None:
+        if not self._lost:
+            self.log.info("smtp connection aborted", reason="peer did not close")
+            abort()
+
+    def _arm_timer(self) -> None:
+        self._cancel_timer()
+        if self._state == "closed":
+            return
+        timeout = (self.options.data_timeout if self._state in ("data", "bdat")
+                   else self.options.command_timeout)
+        self._timer = self.clock.callLater(timeout, self._timed_out)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if self._waiting:
+            # the peer is waiting for us, not idle
+            self._arm_timer()
+            return
+        self.log.info("smtp idle timeout", state=self._state)
+        self._write(R.TIMEOUT)
+        self._close()
+
+    # --- policy calls: pause input while one is pending (PIPELINING done right)
+
+    def _call(self, fn: Callable[..., Any], on_result: Callable[[Any], None], *args: Any,
+              on_failure: Callable[[], None] | None = None) -> None:
+        self._waiting = True
+
+        def succeeded(result: Any) -> None:
+            self._waiting = False
+            if self._state == "closed":
+                return
+            try:
+                on_result(result)
+            except Exception as exc:  # noqa: BLE001 (any bug: 451, never a traceback)
+                self._internal_error(exc)
+            self._resume()
+
+        def failed(failure: Failure) -> None:
+            self._waiting = False
+            self.log.error("smtp policy call failed", call=getattr(fn, "__name__", str(fn)),
+                           error=failure.getErrorMessage(),
+                           traceback=failure.getTraceback().rstrip())
+            if self._state == "closed":
+                return
+            if on_failure is not None:
+                on_failure()
+            self._send(R.LOCAL_ERROR)
+            self._resume()
+
+        maybeDeferred(fn, *args).addCallbacks(succeeded, failed)
+        if self._waiting and self._state != "closed":
+            self.paused = True
+            pause = getattr(self.transport, "pauseProducing", None)
+            if pause is not None and not self.transport.disconnecting:
+                pause()
+
+    def _resume(self) -> None:
+        if self._waiting or not self.paused or self._state == "closed":
+            return
+        self.paused = False
+        resume = getattr(self.transport, "resumeProducing", None)
+        if resume is not None and not self.transport.disconnecting:
+            resume()
+        self._arm_timer()
+        # process whatever was pipelined while we waited
+        self.dataReceived(b"")
+
+    def _internal_error(self, exc: BaseException) -> None:
+        self.log.exception("smtp internal error", exc, state=self._state)
+        self._mechanism = None
+        if self._state in ("data", "bdat"):
+            # the byte stream can no longer be trusted to be in sync
+            self._send(R.LOCAL_ERROR_CLOSING)
+            return
+        if self._state == "sasl":
+            self._state = "command"
+        self._send(R.LOCAL_ERROR)
+
+    # --- input
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._state == "closed":
+            return
+        self._arm_timer()
+        if self.session.tls_active and self.session.tls is None:
+            self.session.tls = negotiated(self.transport)
+        try:
+            if self._state == "sasl":
+                self._sasl_line(line)
+            else:
+                self._command_line(line)
+        except Exception as exc:  # noqa: BLE001 (any bug: 451, never a traceback)
+            self._internal_error(exc)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        # where the over-long line ends is unknown, so nothing after it can be trusted
+        self.log.warning("smtp command line too long", octets=len(line), state=self._state)
+        self._send(R.LINE_TOO_LONG, count=False)
+        self._write(R.TOO_MANY_ERRORS.with_text("Line too long, closing connection"))
+        self._close()
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._state == "closed":
+            return
+        self._arm_timer()
+        try:
+            if self._state == "data":
+                self._data_bytes(data)
+            elif self._state == "bdat":
+                self._bdat_bytes(data)
+            else:
+                self.setLineMode(data)
+        except Exception as exc:  # noqa: BLE001 (any bug: 451, never a traceback)
+            self._internal_error(exc)
+
+    def _command_line(self, line: bytes) -> None:
+        transaction = self.session.transaction
+        smtputf8 = bool(transaction and transaction.mail_params.smtputf8)
+        try:
+            command = grammar.parse_command(line, smtputf8=smtputf8, limits=self.options.limits)
+        except ParseError as error:
+            self.log.debug("smtp command refused", code=error.reply.code, reason=str(error))
+            self._send(error.reply)
+            if line[:5].upper() in (b"BDAT", b"BDAT "):
+                # the chunk that follows a BDAT we cannot read would be run as commands
+                self._write(R.TOO_MANY_ERRORS.with_text("BDAT syntax error, closing connection"))
+                self._close()
+            return
+        handler = getattr(self, "_do_" + type(command).__name__.lower())
+        handler(command)
+
+    def _count_junk(self) -> bool:
+        self._junk += 1
+        if self._junk > self.options.max_junk_commands:
+            self.log.warning("smtp too many commands", commands=self._junk)
+            self._send(R.TOO_MANY_COMMANDS)
+            return True
+        return False
+
+    # --- commands
+
+    def _do_hello(self, command: grammar.Hello) -> None:
+        self._call(self.policy.helo, partial(self._helo_done, command), self.session, command.name)
+
+    def _helo_done(self, command: grammar.Hello, reply: Reply | None) -> None:
+        if reply is not None and not reply.positive:
+            self._send(reply)
+            return
+        session = self.session
+        session.helo = command.name
+        session.esmtp = command.extended
+        session.transaction = None
+        self._bdat = None
+        greeting = f"{self.options.hostname} Hello {command.name}"
+        if command.extended:
+            self._send(Reply(250, None, (greeting, *self.capabilities())))
+        else:
+            self._send(Reply(250, None, greeting))
+
+    def capabilities(self) -> list[str]:
+        """The EHLO keywords for the session's current state."""
+        caps = ["PIPELINING", f"SIZE {self.options.max_message_size}", "8BITMIME", "SMTPUTF8",
+                "ENHANCEDSTATUSCODES", "CHUNKING", "DSN"]
+        if self.smtp_factory.tls is not None and not self.session.tls_active:
+            caps.append("STARTTLS")
+        mechanisms = self.mechanisms()
+        if mechanisms and not self.session.authenticated:
+            caps.append("AUTH " + " ".join(mechanisms))
+        return caps
+
+    def mechanisms(self) -> list[str]:
+        """SASL mechanisms offered now: none before TLS unless the policy allows it."""
+        session = self.session
+        if not self.policy.offer_auth:
+            return []
+        if not session.tls_active and not self.policy.allow_auth_without_tls(session):
+            return []
+        names = ["PLAIN", "LOGIN"]
+        if self.policy.offer_scram:
+            names.append("SCRAM-SHA-256")
+        return names
+
+    def _do_mail(self, command: grammar.Mail) -> None:
+        session = self.session
+        if session.helo is None:
+            self._send(R.HELO_FIRST)
+        elif session.transaction is not None:
+            self._send(R.NESTED_MAIL)
+        elif self.policy.require_auth_for_mail and not session.authenticated:
+            self._send(R.AUTH_REQUIRED)
+        elif not session.esmtp and command.params != MailParams():
+            self._send(R.PARAMETERS_NEED_EHLO)
+        elif command.params.body == "BINARYMIME":
+            self._send(R.BINARYMIME_NOT_SUPPORTED)
+        elif command.params.size is not None and \
+                command.params.size > self.options.max_message_size:
+            self._send(R.MESSAGE_TOO_BIG)
+        else:
+            self._call(self.policy.mail_from, partial(self._mail_done, command), session,
+                       command.path, command.params)
+
+    def _mail_done(self, command: grammar.Mail, reply: Reply) -> None:
+        if not isinstance(reply, Reply):
+            raise TypeError("mail_from must return a Reply")
+        if reply.positive:
+            self.session.transaction = Transaction(command.path, command.params)
+        self._send(reply)
+
+    def _do_rcpt(self, command: grammar.Rcpt) -> None:
+        session = self.session
+        transaction = session.transaction
+        if transaction is None:
+            self._send(R.NEED_MAIL)
+        elif transaction.content_command is not None:
+            self._send(R.BAD_SEQUENCE)
+        elif len(transaction.recipients) >= self.options.max_recipients:
+            self._send(R.TOO_MANY_RECIPIENTS)
+        elif not session.esmtp and command.params != RcptParams():
+            self._send(R.PARAMETERS_NEED_EHLO)
+        else:
+            self._call(self.policy.rcpt_to, partial(self._rcpt_done, command, transaction),
+                       session, command.path, command.params)
+
+    def _rcpt_done(self, command: grammar.Rcpt, transaction: Transaction, reply: Reply) -> None:
+        if not isinstance(reply, Reply):
+            raise TypeError("rcpt_to must return a Reply")
+        if reply.positive and self.session.transaction is transaction:
+            transaction.recipients.append(Recipient(command.path, command.params))
+        self._send(reply)
+
+    def _do_data(self, command: grammar.Data) -> None:
+        transaction = self.session.transaction
+        if transaction is None:
+            self._send(R.NEED_MAIL)
+        elif transaction.content_command == "BDAT":
+            self._send(R.DATA_AFTER_BDAT)
+        elif not transaction.recipients:
+            self._send(R.NO_VALID_RECIPIENTS)
+        else:
+            transaction.content_command = "DATA"
+            self._reader = DataReader(self.options.max_message_size, self.options.max_line_length)
+            self._chunks = []
+            self._state = "data"
+            self._send(R.START_DATA)
+            self._arm_timer()
+            self.setRawMode()
+
+    def _data_bytes(self, data: bytes) -> None:
+        assert self._reader is not None
+        end: End | None = None
+        for event in self._reader.feed(data):
+            if isinstance(event, Content):
+                self._chunks.append(event.data)
+            else:
+                end = event
+        if end is None:
+            return
+        message = b"".join(self._chunks)
+        self._chunks = []
+        self._reader = None
+        self._state = "command"
+        # what followed CRLF.CRLF are pipelined commands: back to the line buffer
+        self.setLineMode(end.rest)
+        self._arm_timer()
+        self._finish_message(end.rejection, message)
+
+    def _do_bdat(self, command: grammar.Bdat) -> None:
+        transaction = self.session.transaction
+        error: Reply | None = None
+        if transaction is None:
+            error = R.NEED_MAIL
+        elif not transaction.recipients:
+            error = R.NO_VALID_RECIPIENTS
+        elif transaction.content_command is None:
+            transaction.content_command = "BDAT"
+            self._bdat = ChunkAccumulator(self.options.max_message_size,
+                                          self.options.max_line_length)
+        # RFC 3030 section 4.2: even a refused chunk is read, or it would be run as commands
+        self._bdat_error = error
+        self._bdat_remaining = command.size
+        self._bdat_size = command.size
+        self._bdat_last = command.last
+        if command.size == 0:
+            self._chunk_done()
+            return
+        self._state = "bdat"
+        self._arm_timer()
+        self.setRawMode()
+
+    def _bdat_bytes(self, data: bytes) -> None:
+        take = data[:self._bdat_remaining]
+        self._bdat_remaining -= len(take)
+        if self._bdat_error is None and self._bdat is not None:
+            self._bdat.feed(take)
+        if self._bdat_remaining == 0:
+            self._state = "command"
+            self.setLineMode(data[len(take):])
+            self._arm_timer()
+            self._chunk_done()
+
+    def _chunk_done(self) -> None:
+        if self._bdat_error is not None:
+            self._send(self._bdat_error)
+            return
+        accumulator = self._bdat
+        assert accumulator is not None
+        if accumulator.rejection is not None:
+            self._bdat = None
+            self.session.transaction = None
+            self.log.warning("smtp message refused", code=accumulator.rejection.code,
+                             reason=accumulator.rejection.lines[0], command="BDAT")
+            self._send(accumulator.rejection)
+            return
+        if not self._bdat_last:
+            self._send(R.CHUNK_RECEIVED.with_text(f"{self._bdat_size} octets received"))
+            return
+        self._bdat = None
+        self._finish_message(accumulator.finish(), accumulator.message())
+
+    def _finish_message(self, rejection: Reply | None, message: bytes) -> None:
+        session = self.session
+        transaction = session.transaction
+        assert transaction is not None
+        if rejection is not None:
+            session.transaction = None
+            self.log.warning("smtp message refused", code=rejection.code,
+                             reason=rejection.lines[0])
+            self._send(rejection)
+            return
+        envelope = Envelope(transaction.mail_from, transaction.mail_params,
+                            tuple(transaction.recipients))
+
+        def reset() -> None:
+            session.transaction = None
+
+        self._call(self.policy.deliver, partial(self._delivered, len(message)), session,
+                   envelope, message, on_failure=reset)
+
+    def _delivered(self, size: int, reply: Reply) -> None:
+        self.session.transaction = None
+        if not isinstance(reply, Reply):
+            raise TypeError("deliver must return a Reply")
+        self.log.info("smtp message delivered" if reply.positive else "smtp message refused",
+                      code=reply.code, size=size, reply=reply.lines[-1])
+        self._send(reply)
+
+    def _do_rset(self, command: grammar.Rset) -> None:
+        if self._count_junk():
+            return
+        self.session.transaction = None
+        self._bdat = None
+        self._send(R.RESET_OK)
+
+    def _do_noop(self, command: grammar.Noop) -> None:
+        if not self._count_junk():
+            self._send(R.OK)
+
+    def _do_vrfy(self, command: grammar.Vrfy) -> None:
+        if not self._count_junk():
+            self._send(R.VRFY_CANNOT)
+
+    def _do_help(self, command: grammar.Help) -> None:
+        if not self._count_junk():
+            self._send(R.HELP_TEXT)
+
+    def _do_unimplemented(self, command: grammar.Unimplemented) -> None:
+        if not self._count_junk():
+            self._send(R.NOT_IMPLEMENTED)
+
+    def _do_quit(self, command: grammar.Quit) -> None:
+        self._send(R.BYE)
+        self._close()
+
+    def _do_starttls(self, command: grammar.StartTLS) -> None:
+        session = self.session
+        if self.smtp_factory.tls is None:
+            self._send(R.NOT_IMPLEMENTED.with_text("STARTTLS not offered"))
+            return
+        if session.tls_active:
+            self._send(R.TLS_ALREADY_ACTIVE)
+            return
+        if session.transaction is not None:
+            self._send(R.BAD_SEQUENCE.with_text("STARTTLS not permitted during a transaction"))
+            return
+        # CVE-2011-0411: anything pipelined after STARTTLS was sent in plaintext; drop it
+        leftover = self.clearLineBuffer()
+        if leftover:
+            self.log.warning("smtp plaintext after STARTTLS discarded", octets=len(leftover))
+        self._send(R.READY_FOR_TLS)
+        self.transport.startTLS(self.smtp_factory.tls)
+        session.reset_after_tls()
+        self._bdat = None
+        self.log.info("smtp tls started")
+
+    # --- AUTH (RFC 4954)
+
+    def _do_auth(self, command: grammar.Auth) -> None:
+        session = self.session
+        if not self.policy.offer_auth:
+            self._send(R.AUTH_NOT_OFFERED)
+        elif session.helo is None or not session.esmtp:
+            self._send(R.HELO_FIRST.with_text("Send EHLO first"))
+        elif session.authenticated:
+            self._send(R.ALREADY_AUTHENTICATED)
+        elif session.transaction is not None:
+            self._send(R.AUTH_IN_TRANSACTION)
+        elif not self.mechanisms():
+            self._send(R.ENCRYPTION_REQUIRED)
+        elif command.mechanism not in self.mechanisms():
+            self._send(R.UNKNOWN_MECHANISM)
+        else:
+            try:
+                initial = None if command.initial is None else decode_response(command.initial)
+                self._mechanism = new_mechanism(command.mechanism)
+                step = self._mechanism.start(initial)
+            except SASLMalformed:
+                self._auth_reset()
+                self._send(R.AUTH_MALFORMED)
+                return
+            self._sasl_step(step)
+
+    def _sasl_line(self, line: bytes) -> None:
+        mechanism = self._mechanism
+        assert mechanism is not None
+        if line.strip(b" ") == b"*":
+            self._auth_reset()
+            self._send(R.AUTH_CANCELLED)
+            return
+        if len(line) + 2 > self.options.limits.auth_line:
+            self._auth_reset()
+            self._send(R.LINE_TOO_LONG)
+            return
+        try:
+            step = mechanism.respond(decode_response(line))
+        except SASLMalformed:
+            self._auth_reset()
+            self._send(R.AUTH_MALFORMED)
+            return
+        self._sasl_step(step)
+
+    def _sasl_step(self, step: Step) -> None:
+        mechanism = self._mechanism
+        assert mechanism is not None
+        if isinstance(step, Challenge):
+            self._state = "sasl"
+            self.transport.write(b"334 " + base64.b64encode(step.data) + b"\r\n")
+        elif isinstance(step, NeedSecrets):
+            self._state = "sasl"
+            self._call(self.policy.scram_secrets,
+                       lambda found: self._sasl_step(mechanism.provide_secrets(found)),
+                       self.session, step.username, on_failure=self._auth_reset)
+        elif isinstance(step, Outcome):
+            self._state = "command"
+            self._call(self.policy.authenticate, partial(self._auth_done, step.credentials),
+                       self.session, step.credentials, on_failure=self._auth_reset)
+
+    def _auth_reset(self) -> None:
+        self._mechanism = None
+        if self._state == "sasl":
+            self._state = "command"
+
+    def _auth_done(self, credentials: Credentials, result: Any) -> None:
+        self._auth_reset()
+        session = self.session
+        fields = {"username": credentials.username, "mechanism": credentials.mechanism}
+        if isinstance(result, Reply):
+            self.log.warning("smtp auth refused", code=result.code, **fields)
+            self._send(result)
+        elif result is None:
+            self.log.warning("smtp auth failed", **fields)
+            self._send(R.AUTH_FAILED)
+        else:
+            session.identity = result
+            session.auth_username = credentials.username
+            session.auth_mechanism = credentials.mechanism
+            self.log.info("smtp auth succeeded", **fields)
+            self._send(R.AUTH_SUCCEEDED)
