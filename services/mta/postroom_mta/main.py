@@ -1,0 +1,81 @@
+"""The mta service's declaration for `postroom serve mta`: the outbound relay (and later inbound).
+
+``start(ctx)`` starts each half: :func:`start_relay` (the `outbound`
+consumer, the reconciler and the bounce sweeper) and, once it exists, the
+port-25 listener as ``start_inbound(ctx)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from postroom.dns import Resolver
+from postroom.queue.consumer import StreamConsumer
+from postroom.queue.reconciler import Reconciler
+from postroom.queue.streams import QueueClient, connect
+from postroom.runtime import ServiceContext
+from postroom.service import ServiceSpec
+from postroom_mta.relay import GROUP, STREAM, Relay, RelayOptions
+from postroom_mta.worker_bounce import BounceSweeper
+
+# DNS answers wait on the network; a few threads keep many domains' lookups moving
+DNS_THREADS = 8
+REDIS_THREADS = 2
+# SMTP sessions are cheap on the reactor; what bounds them is RelayOptions.max_sessions
+RELAY_CONCURRENCY = 20
+
+
+def start_relay(ctx: ServiceContext, options: RelayOptions | None = None) -> Relay:
+    """Consume `outbound`, reconcile the spool and sweep bounces; SIGTERM hands work back."""
+    settings = ctx.settings
+    assert settings.redis_url is not None
+    options = options or RelayOptions.from_settings(settings)
+    client = connect(settings.redis_url)
+    queue = QueueClient(client, settings.redis_prefix)
+    redis_pool = ctx.thread_pool("redis", REDIS_THREADS)
+    relay = Relay(ctx.database, queue, options, resolver=Resolver.from_settings(settings),
+                  dns_pool=ctx.thread_pool("dns", DNS_THREADS), redis_pool=redis_pool,
+                  reactor=ctx.reactor, log=ctx.log.bind(component="relay"), metrics=ctx.metrics)
+    # a little less than the runtime's grace, so the reconciler and pools still stop in time
+    consumer = StreamConsumer(queue, STREAM, GROUP, relay.handle, concurrency=RELAY_CONCURRENCY,
+                              claim_idle=settings.queue_claim_idle,
+                              grace=settings.shutdown_grace * 0.8, reactor=ctx.reactor)
+    reconciler = Reconciler(ctx.database, queue, settings, reactor=ctx.reactor)
+    sweeper = BounceSweeper(ctx.database, queue, options.policy,
+                            interval=settings.reconcile_interval, redis_pool=redis_pool,
+                            reactor=ctx.reactor, log=ctx.log.bind(component="relay"))
+    # stop hooks run newest first: consumer, sweeper, reconciler, then Redis closes
+    ctx.on_stop(client.close)
+    ctx.on_stop(reconciler.stop)
+    ctx.on_stop(sweeper.stop)
+    ctx.on_stop(consumer.stop)
+    consumer.start()
+    sweeper.start()
+
+    def first_pass_failed(failure: Failure) -> None:
+        # Redis or PostgreSQL away at start: the loop retries every reconcile_interval
+        ctx.log.warning("first reconcile pass failed", error=failure.getErrorMessage())
+
+    reconciler.start().addErrback(first_pass_failed)
+    relay.log.info("relay started", stream=STREAM, group=GROUP, consumer=consumer.name,
+                 concurrency=RELAY_CONCURRENCY, max_sessions=options.max_sessions,
+                 max_per_domain=options.max_per_domain, port=options.port)
+    return relay
+
+
+def start(ctx: ServiceContext) -> Deferred[Any] | None:
+    """Start the mta: the outbound relay (the inbound listener is added here as it lands)."""
+    start_relay(ctx)
+    return None
+
+
+SERVICE = ServiceSpec(
+    name="mta",
+    description="Relays `outbound` mail by MX with retries and DSNs (inbound port 25 to come)",
+    start=start,
+    needs_tls=True,
+    listen_settings=("mta_listen",),
+)

@@ -1,0 +1,225 @@
+"""The relay worker: handles `outbound` entries, sends by MX, records results, bounces.
+
+For an entry (:meth:`Relay.handle`, the StreamConsumer handler):
+
+1. one transaction (worker_store.load_work) locks the entry's pending
+   `outbound` recipients, moves those in local domains to the `deliver`
+   stream, and reads the message; after commit the `deliver` entry is put on
+   its stream;
+2. remote recipients are grouped by domain and sent with
+   ``routing.deliver_to_domain``, the domains in parallel, bounded by a
+   global limit of SMTP sessions and a per-domain one (Postfix's
+   ``default_process_limit`` / ``destination_concurrency_limit``);
+3. each domain's results are recorded in one transaction
+   (worker_store.record_results: delivered, deferred with back-off, failed or
+   expired with its DSN); after commit the DSN is enqueued and a retry
+   wake-up set in Redis.
+
+The handler fails only when PostgreSQL is away (the entry then stays pending
+and is claimed again); every delivery outcome is recorded and the handler
+succeeds, so the entry is acknowledged. A crash between an accepted DATA and
+the commit of ``delivered`` sends the message again later: duplicates at the
+remote end are possible, loss is not (RFC 5321 section 6.1 accepts this).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from postroom.config import Settings
+from postroom.dns import Resolver
+from postroom.logs import Logger, get_logger
+from postroom.metrics import Metrics, messages_total
+from postroom.queue.consumer import QueueEntry
+from postroom.queue.reconciler import enqueue_after_commit
+from postroom.queue.streams import QueueClient
+from postroom_mta import bounce
+from postroom_mta.routing import deliver_to_domain
+from postroom_mta.smtpclient import (
+    DEFAULT_TIMEOUTS,
+    OPPORTUNISTIC,
+    DeliveryResult,
+    Outcome,
+    Recipient,
+    Timeouts,
+    TLSPolicy,
+)
+from postroom_mta.worker_store import (
+    DEFERRED,
+    DELIVERED,
+    FAILED,
+    Policy,
+    Recorded,
+    RemoteRecipient,
+    Result,
+    Work,
+    load_work,
+    record_results,
+)
+
+STREAM = "outbound"
+GROUP = "mta"
+# defaults for the limits that have no POSTROOM_* setting yet
+MAX_SESSIONS = 50
+MAX_PER_DOMAIN = 5
+DELAY_NOTICE = 4 * 3600.0
+
+_OUTCOMES = {Outcome.DELIVERED: DELIVERED, Outcome.DEFERRED: DEFERRED, Outcome.FAILED: FAILED}
+
+
+@dataclass(frozen=True)
+class RelayOptions:
+    """How the relay sends and retries."""
+
+    policy: Policy
+    port: int = 25
+    max_sessions: int = MAX_SESSIONS
+    max_per_domain: int = MAX_PER_DOMAIN
+    timeouts: Timeouts = DEFAULT_TIMEOUTS
+    tls: TLSPolicy = OPPORTUNISTIC
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **overrides: Any) -> RelayOptions:
+        policy = Policy(hostname=settings.hostname, retry_initial=settings.retry_initial,
+                        retry_max=settings.retry_max, queue_lifetime=settings.queue_lifetime,
+                        delay_notice=overrides.pop("delay_notice", DELAY_NOTICE))
+        return cls(policy=policy, port=settings.smtp_outbound_port, **overrides)
+
+
+class Relay:
+    """Handles `outbound` queue entries; ``handle`` is the StreamConsumer's handler."""
+
+    def __init__(self, database: Any, queue: QueueClient, options: RelayOptions, *,
+                 resolver: Resolver, dns_pool: ThreadPool, redis_pool: ThreadPool,
+                 reactor: Any = None, log: Logger | None = None,
+                 metrics: Metrics | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+            reactor = global_reactor
+        self.database = database
+        self.queue = queue
+        self.options = options
+        self.resolver = resolver
+        self.dns_pool = dns_pool
+        self.redis_pool = redis_pool
+        self.reactor = reactor
+        self.log = log or get_logger("relay")
+        self.sessions = DeferredSemaphore(options.max_sessions)
+        self._per_domain: dict[str, DeferredSemaphore] = {}
+        self._outcomes = messages_total(metrics) if metrics is not None else None
+
+    def handle(self, entry: QueueEntry) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._handle(entry))
+
+    async def _handle(self, entry: QueueEntry) -> None:
+        envelope = entry.envelope
+        log = self.log.bind(queue_id=envelope.queue_id)
+        work: Work | None = await self.database.run(
+            load_work, envelope.queue_id, envelope.recipient_ids, _now())
+        if work is None:
+            log.warning("queue entry for unknown message", entry_id=entry.entry_id)
+            return
+        for rid, why in work.skipped:
+            log.info("recipient skipped", recipient_id=rid, reason=why, claimed=entry.claimed)
+        for rid, address in work.local:
+            log.info("recipient is local", recipient=address, recipient_id=rid, stream="deliver")
+        await self._enqueue(work.envelopes)
+        if not work.remote:
+            return
+        by_domain: dict[str, list[RemoteRecipient]] = defaultdict(list)
+        for rcpt in work.remote:
+            by_domain[rcpt.domain].append(rcpt)
+        await gatherResults([Deferred.fromCoroutine(self._domain(work, domain, rcpts, log))
+                             for domain, rcpts in by_domain.items()], consumeErrors=True)
+
+    async def _domain(self, work: Work, domain: str, rcpts: list[RemoteRecipient],
+                      log: Logger) -> None:
+        started = self.reactor.seconds()
+        result = await self._send(work, domain, rcpts, log)
+        results = _results(rcpts, result)
+        recorded: Recorded = await self.database.run(
+            record_results, work.queue_id, results, _now(), self.options.policy)
+        await self._enqueue(recorded.envelopes)
+        if recorded.wake_at is not None:
+            await self._wake(work.queue_id, recorded.wake_at, log)
+        elapsed = round((self.reactor.seconds() - started) * 1000, 1)
+        for rcpt, reply in zip(rcpts, result.recipients, strict=True):
+            self._log_outcome(log, rcpt, reply, recorded, elapsed)
+
+    async def _send(self, work: Work, domain: str, rcpts: list[RemoteRecipient],
+                    log: Logger) -> DeliveryResult:
+        # domain first: a message waiting for a busy domain must not hold a global slot
+        limit = self._per_domain.get(domain)
+        if limit is None:
+            limit = self._per_domain[domain] = DeferredSemaphore(self.options.max_per_domain)
+        await limit.acquire()
+        try:
+            await self.sessions.acquire()
+            try:
+                result: DeliveryResult = await deliver_to_domain(
+                    domain, work.mail_from,
+                    [Recipient(r.address, bounce.notify_tuple(r.notify),
+                               bounce.orcpt_address(r.orcpt)) for r in rcpts],
+                    work.message, resolver=self.resolver, port=self.options.port,
+                    pool=self.dns_pool, helo_name=self.options.policy.hostname,
+                    reactor=self.reactor, timeouts=self.options.timeouts, tls=self.options.tls,
+                    ret=work.ret, envid=work.envid, logger=log)
+                return result
+            finally:
+                self.sessions.release()
+        finally:
+            limit.release()
+            if limit.tokens == limit.limit and not limit.waiting:
+                self._per_domain.pop(domain, None)
+
+    async def _enqueue(self, envelopes: Sequence[Any]) -> None:
+        for env in envelopes:
+            # a Redis failure is logged there; the reconciler enqueues it after claim_idle
+            await enqueue_after_commit(self.queue, self.redis_pool, env, reactor=self.reactor)
+
+    async def _wake(self, queue_id: str, when: datetime, log: Logger) -> None:
+        try:
+            await deferToThreadPool(self.reactor, self.redis_pool, self.queue.wake_at, STREAM,
+                                    queue_id, when.timestamp())
+        except redis.RedisError as exc:
+            # only a wake-up: the reconciler's periodic pass finds the due recipient anyway
+            log.warning("retry wake-up not set", error=str(exc))
+
+    def _log_outcome(self, log: Logger, rcpt: RemoteRecipient, reply: Any,
+                     recorded: Recorded, elapsed: float) -> None:
+        outcome = recorded.outcomes.get(rcpt.id, "duplicate")
+        if self._outcomes is not None:
+            self._outcomes.labels(outcome=outcome).inc()
+        when = recorded.next_attempt.get(rcpt.id)
+        fields = {"recipient": rcpt.address, "recipient_id": rcpt.id, "result": outcome,
+                  "mx": reply.host, "address": reply.address, "reply": reply.text,
+                  "stage": reply.stage, "attempt": rcpt.attempts + 1, "ms": elapsed,
+                  "next_attempt_at": when.isoformat() if when else None}
+        if outcome == DELIVERED:
+            log.info("recipient relayed", **fields)
+        else:
+            log.warning("recipient not relayed", **fields)
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _results(rcpts: Sequence[RemoteRecipient], result: DeliveryResult) -> list[Result]:
+    """The spool's view of a delivery: outcome and stored error per recipient id."""
+    out = []
+    for rcpt, reply in zip(rcpts, result.recipients, strict=True):
+        error = None if reply.outcome is Outcome.DELIVERED else bounce.format_error(
+            reply.text, host=reply.host, address=reply.address, stage=reply.stage,
+            remote=reply.remote)
+        out.append(Result(rcpt.id, _OUTCOMES[reply.outcome], error))
+    return out

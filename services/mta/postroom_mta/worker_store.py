@@ -1,0 +1,298 @@
+"""The relay's transactions: load an `outbound` entry's work, record results, spool bounces.
+
+Each function runs as ``fn(session, ...)`` in one transaction on the `db` pool
+(``Database.run``) and returns plain data. Recipients are locked ``FOR
+UPDATE`` while their state changes and only ``pending`` ones are touched, so a
+redelivered entry (at-least-once) never records a result twice or makes a
+second bounce. A permanent failure and its DSN are committed together: there
+is no moment at which a recipient is failed with no bounce on its way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+
+from sqlalchemy import func, select, update
+from sqlalchemy.orm import Session
+
+from postroom.logs import get_logger
+from postroom.queue.envelope import Envelope
+from postroom.store import domains, messages, spool
+from postroom.store.errors import NotFound
+from postroom.store.models import SpoolMessage, SpoolRecipient
+from postroom_mta import bounce
+
+log = get_logger("relay")
+
+DELIVERED = "delivered"
+DEFERRED = "deferred"
+FAILED = "failed"
+EXPIRED = "expired"  # a temporary failure after the queue lifetime: failed and bounced
+
+
+@dataclass(frozen=True)
+class Policy:
+    """The retry and bounce settings the transactions need (plain data for the db thread)."""
+
+    hostname: str
+    retry_initial: float
+    retry_max: float
+    queue_lifetime: float
+    delay_notice: float | None = None  # seconds after arrival; None: no delay DSNs
+    full_limit: int = bounce.DEFAULT_FULL_LIMIT
+
+
+@dataclass(frozen=True)
+class RemoteRecipient:
+    """A pending recipient the relay is to send to a remote MX."""
+
+    id: int
+    address: str
+    domain: str
+    notify: str | None
+    orcpt: str | None
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Work:
+    """What one `outbound` entry asks for, after local recipients were moved to `deliver`."""
+
+    queue_id: str
+    mail_from: str
+    kind: str
+    ret: str | None
+    envid: str | None
+    received_at: datetime
+    message: bytes
+    remote: tuple[RemoteRecipient, ...]
+    local: tuple[tuple[int, str], ...]  # (id, address) now on the deliver stream
+    skipped: tuple[tuple[int, str], ...]  # (id, why)
+    envelopes: tuple[Envelope, ...]  # to enqueue after commit
+
+
+@dataclass(frozen=True)
+class Result:
+    """One recipient's result from a delivery attempt, as the relay records it."""
+
+    recipient_id: int
+    outcome: str  # DELIVERED, DEFERRED or FAILED (what the remote end said)
+    error: str | None = None  # format_error(...) of the reply
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """What recording did: each recipient's final outcome, and what to do after commit."""
+
+    outcomes: dict[int, str] = field(default_factory=dict)  # id -> DELIVERED/DEFERRED/...
+    next_attempt: dict[int, datetime] = field(default_factory=dict)
+    envelopes: tuple[Envelope, ...] = ()
+    wake_at: datetime | None = None
+
+
+def domain_of(address: str) -> str:
+    """The domain of an address, lower case without a trailing dot ('' when there is none)."""
+    _local, at, domain = address.rpartition("@")
+    return domain.lower().rstrip(".") if at else ""
+
+
+def load_work(session: Session, queue_id: str, recipient_ids: Sequence[int],
+              now: datetime) -> Work | None:
+    """Lock the entry's pending `outbound` recipients, move local ones to `deliver`.
+
+    None when the message is gone (deleted by an operator). Recipients that
+    are done, on another stream, or not yet due (a stale entry for a deferred
+    recipient) are skipped.
+    """
+    try:
+        info = spool.get_spool(session, queue_id)
+    except NotFound:
+        return None
+    wanted = set(recipient_ids)
+    rows = session.execute(
+        select(SpoolRecipient).where(SpoolRecipient.spool_message_id == info.id,
+                                     SpoolRecipient.id.in_(wanted))
+        .order_by(SpoolRecipient.id).with_for_update()).scalars().all()
+    found = {row.id for row in rows}
+    skipped = [(rid, "no such recipient") for rid in sorted(wanted - found)]
+    remote: list[RemoteRecipient] = []
+    local: list[tuple[int, str]] = []
+    local_domains: dict[str, bool] = {}
+    for row in rows:
+        if row.state != "pending":
+            skipped.append((row.id, f"already {row.state}"))
+            continue
+        if row.stream != "outbound":
+            skipped.append((row.id, f"on the {row.stream} stream"))
+            continue
+        if row.attempts and row.next_attempt_at > now:
+            skipped.append((row.id, "not yet due"))
+            continue
+        domain = domain_of(row.address)
+        if domain not in local_domains:
+            # no domain (a bare local part) can only be ours
+            local_domains[domain] = not domain or domains.is_local_domain(session, domain)
+        if local_domains[domain]:
+            local.append((row.id, row.address))
+        else:
+            remote.append(RemoteRecipient(row.id, row.address, domain, row.notify, row.orcpt,
+                                          row.attempts))
+    envelopes: list[Envelope] = []
+    if local:
+        move_to_deliver(session, [rid for rid, _ in local], now)
+        envelopes.append(Envelope(queue_id, tuple(rid for rid, _ in local), "deliver",
+                                  disposition=info.disposition))
+    message = messages.get_message(session, info.message_id) if remote else b""
+    return Work(queue_id=queue_id, mail_from=info.mail_from, kind=info.kind, ret=info.ret,
+                envid=info.envid, received_at=info.received_at, message=message,
+                remote=tuple(remote), local=tuple(local), skipped=tuple(skipped),
+                envelopes=tuple(envelopes))
+
+
+def move_to_deliver(session: Session, recipient_ids: Sequence[int], now: datetime) -> None:
+    """Hand recipients to the mda: the `deliver` stream, due now, marked as enqueued now."""
+    session.execute(update(SpoolRecipient).where(SpoolRecipient.id.in_(list(recipient_ids)))
+                    .values(stream="deliver", next_attempt_at=now, enqueued_at=now,
+                            updated_at=func.now()))
+
+
+def record_results(session: Session, queue_id: str, results: Sequence[Result],
+                   now: datetime, policy: Policy) -> Recorded:
+    """Record one domain's results; failures and their DSN (and delay notices) commit together.
+
+    A temporary failure after ``received_at + queue_lifetime`` is a failure
+    (EXPIRED); otherwise the next attempt is ``next_backoff`` away, but never
+    later than the end of the lifetime, so the last try happens on time.
+    """
+    info = spool.get_spool(session, queue_id)
+    expires = info.received_at + timedelta(seconds=policy.queue_lifetime)
+    by_id = {r.recipient_id: r for r in results}
+    rows = session.execute(
+        select(SpoolRecipient).where(SpoolRecipient.id.in_(list(by_id)))
+        .order_by(SpoolRecipient.id).with_for_update()).scalars().all()
+    recorded = Recorded()
+    delayed: list[bounce.DSNRecipient] = []
+    failed_any = False
+    for row in rows:
+        result = by_id[row.id]
+        if row.state != "pending":
+            continue  # a duplicate run recorded it already
+        error = result.error or ""
+        if result.outcome == DELIVERED:
+            spool.mark_delivered(session, row.id)
+            recorded.outcomes[row.id] = DELIVERED
+        elif result.outcome == FAILED:
+            spool.mark_failed(session, row.id, error)
+            recorded.outcomes[row.id] = FAILED
+            failed_any = True
+        elif now >= expires:
+            spool.mark_failed(session, row.id, f"{error} (delivery time expired)")
+            recorded.outcomes[row.id] = EXPIRED
+            failed_any = True
+        else:
+            attempts = row.attempts + 1
+            delay = spool.next_backoff(attempts, policy.retry_initial, policy.retry_max)
+            when = min(now + timedelta(seconds=delay), expires)
+            last_try = row.updated_at if row.attempts else info.received_at
+            spool.mark_deferred(session, row.id, error, when)
+            recorded.outcomes[row.id] = DEFERRED
+            recorded.next_attempt[row.id] = when
+            if _delay_notice_due(policy, info.received_at, last_try, now) \
+                    and bounce.wants_delay(row.notify):
+                delayed.append(bounce.DSNRecipient(row.address, error, row.orcpt,
+                                                   bounce.DELAYED, now, expires))
+    envelopes: list[Envelope] = []
+    if failed_any:
+        made = spool_failure_dsn(session, queue_id, now, policy)
+        if made is not None:
+            envelopes.append(made)
+    if delayed:
+        made = _spool_delay_dsn(session, info, delayed, now, policy)
+        if made is not None:
+            envelopes.append(made)
+    wake = min(recorded.next_attempt.values(), default=None)
+    return Recorded(recorded.outcomes, recorded.next_attempt, tuple(envelopes), wake)
+
+
+def _delay_notice_due(policy: Policy, received_at: datetime, last_try: datetime,
+                      now: datetime) -> bool:
+    """True on the one deferral that crosses ``delay_notice`` after arrival (one notice each)."""
+    if policy.delay_notice is None:
+        return False
+    threshold = received_at + timedelta(seconds=policy.delay_notice)
+    return last_try < threshold <= now
+
+
+def failed_queue_ids(session: Session, limit: int = 100) -> list[str]:
+    """Messages with failed recipients whose bounce is not made yet (e.g. failed by the mda)."""
+    rows = session.execute(
+        select(SpoolMessage.queue_id).join(
+            SpoolRecipient, SpoolRecipient.spool_message_id == SpoolMessage.id)
+        .where(SpoolRecipient.state == "failed").group_by(SpoolMessage.queue_id)
+        .order_by(func.min(SpoolRecipient.updated_at)).limit(limit)).scalars().all()
+    return list(rows)
+
+
+def spool_failure_dsn(session: Session, queue_id: str, now: datetime,
+                      policy: Policy) -> Envelope | None:
+    """Turn a message's failed recipients into one DSN to its sender; the envelope to enqueue.
+
+    Every failed recipient becomes ``bounced`` (the DSN question is settled),
+    but a DSN is made only for those whose NOTIFY asks for failures, and
+    never for a message from the null sender (a bounce of a bounce). Rows
+    another transaction holds are skipped (SKIP LOCKED): that one bounces them.
+    """
+    try:
+        info = spool.get_spool(session, queue_id)
+    except NotFound:
+        return None
+    rows = session.execute(
+        select(SpoolRecipient).where(SpoolRecipient.spool_message_id == info.id,
+                                     SpoolRecipient.state == "failed")
+        .order_by(SpoolRecipient.id).with_for_update(skip_locked=True)).scalars().all()
+    if not rows:
+        return None
+    spool.mark_bounced(session, [row.id for row in rows])
+    if not info.mail_from or info.kind == "bounce":
+        log.info("bounce not sent", queue_id=queue_id, reason="null sender",
+                 recipients=[row.address for row in rows])
+        return None
+    wanted = [row for row in rows if bounce.wants_failure(row.notify)]
+    if not wanted:
+        log.info("bounce not sent", queue_id=queue_id, reason="notify never",
+                 recipients=[row.address for row in rows])
+        return None
+    reported = [bounce.DSNRecipient(row.address, row.last_error or "", row.orcpt, bounce.FAILED,
+                                    row.updated_at) for row in wanted]
+    return _spool_dsn(session, info, reported, now, policy)
+
+
+def _spool_delay_dsn(session: Session, info: spool.SpoolInfo,
+                     recipients: list[bounce.DSNRecipient], now: datetime,
+                     policy: Policy) -> Envelope | None:
+    if not info.mail_from or info.kind == "bounce":
+        return None
+    return _spool_dsn(session, info, recipients, now, policy)
+
+
+def _spool_dsn(session: Session, info: spool.SpoolInfo,
+               recipients: list[bounce.DSNRecipient], now: datetime,
+               policy: Policy) -> Envelope:
+    original = bounce.Original(queue_id=info.queue_id, mail_from=info.mail_from,
+                               message=messages.get_message(session, info.message_id),
+                               received_at=info.received_at, envid=info.envid, ret=info.ret)
+    dsn = bounce.build_dsn(original, recipients, hostname=policy.hostname, now=now,
+                           full_limit=policy.full_limit)
+    domain = domain_of(info.mail_from)
+    stream = "deliver" if not domain or domains.is_local_domain(session, domain) else "outbound"
+    dsn_id = spool.create_spool(session, kind="bounce", mail_from="",
+                                recipients=[spool.NewRecipient(info.mail_from, stream)],
+                                message=dsn, size=len(dsn), body="8BITMIME"
+                                if not dsn.isascii() else "7BIT", enqueued_at=now)
+    made = spool.get_spool(session, dsn_id)
+    log.info("bounce queued", queue_id=info.queue_id, bounce_queue_id=dsn_id,
+             action=recipients[0].action, to=info.mail_from, stream=stream,
+             recipients=[r.address for r in recipients])
+    return Envelope(dsn_id, tuple(r.id for r in made.recipients), stream)
