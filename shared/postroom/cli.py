@@ -1,4 +1,5 @@
-"""`postroom`: the operator's command line (serve, up, db, domain, user, alias, dkim, dns, queue).
+"""`postroom`: the operator's command line (serve, up, db, domain, user, alias, dkim, dns, queue,
+import, export, trace).
 
 Every command explains itself with ``--help``. Errors are one line on stderr
 and a non-zero exit status, never a traceback: 2 for bad usage or
@@ -181,6 +182,28 @@ def cmd_alias(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_rules(args: argparse.Namespace) -> int:
+    from postroom.store import rules
+
+    if args.action == "set":
+        if args.file == "-":
+            text = sys.stdin.read()
+        else:
+            try:
+                with open(args.file, encoding="utf-8") as handle:
+                    text = handle.read()
+            except OSError as exc:
+                raise CLIError(f"cannot read {args.file}: {exc.strerror}") from None
+        count = _with_db(rules.set_rules, args.address, text)
+        print(f"{count} rule(s) set for {args.address.lower()}")
+    elif args.action == "clear":
+        _with_db(rules.set_rules, args.address, [])
+        print(f"rules of {args.address.lower()} removed")
+    else:
+        print(json.dumps(_with_db(rules.get_rules, args.address), indent=2))
+    return 0
+
+
 def cmd_dkim(args: argparse.Namespace) -> int:
     from postroom import dnsrecords
     from postroom.store import dkim
@@ -231,6 +254,69 @@ def cmd_queue(args: argparse.Namespace) -> int:
     else:
         _with_db(spool.delete_spool, args.queue_id)
         print(f"{args.queue_id} deleted")
+    return 0
+
+
+def _open_store() -> Any:
+    """A Database on the configured, current schema (the caller disposes of it)."""
+    from postroom.store.migrate import check_schema
+
+    settings = _settings()
+    database = _database(settings)
+    check_schema(str(settings.database_url))
+    return database
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from postroom.importer import maildir, mbox
+    from postroom.importer.load import import_folders
+    from postroom.importer.progress import Progress
+
+    try:
+        if args.format == "maildir":
+            folders = maildir.scan(args.path)
+        else:
+            folders = mbox.scan(args.path, args.mailbox)
+    except (maildir.NotAMaildir, mbox.NotAnMbox) as exc:
+        raise CLIError(str(exc)) from None
+    except OSError as exc:
+        raise CLIError(f"cannot read {args.path}: {exc.strerror}") from None
+    database = _open_store()
+    progress = Progress(sum(f.count for f in folders))
+    try:
+        result = import_folders(database, args.user, folders, progress)
+    finally:
+        progress.finish()
+        database.dispose()
+    print(result.summary())
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from postroom.importer.export import export_maildir
+    from postroom.importer.progress import Progress
+
+    database = _open_store()
+    progress = Progress(0)
+    try:
+        result = export_maildir(database, args.user, args.path,
+                                on_message=lambda name: progress.advance(name))
+    except OSError as exc:
+        raise CLIError(f"cannot write {args.path}: {exc.strerror}") from None
+    finally:
+        database.dispose()
+    print(result.summary())
+    return 0
+
+
+def cmd_trace(args: argparse.Namespace) -> int:
+    from postroom.trace import format_trace, load_trace
+
+    story = _with_db(load_trace, args.queue_id)
+    if args.json:
+        print(json.dumps(story, default=str, indent=2))
+    else:
+        print(format_trace(story))
     return 0
 
 
@@ -334,6 +420,20 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_alias)
 
+    p = sub.add_parser("rules",
+                       help="per-user delivery rules (fileinto, discard, redirect, vacation)",
+                       description="Set, show or clear an account's delivery rules: a JSON list "
+                       "described in docs/mda.md (a subset of Sieve, RFC 5228).")
+    rsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = rsub.add_parser("set", help="replace the rules with those in a JSON file ('-' = stdin)")
+    q.add_argument("address")
+    q.add_argument("file", help="JSON file with the rules, or - for stdin")
+    q = rsub.add_parser("show", help="print the rules as JSON")
+    q.add_argument("address")
+    q = rsub.add_parser("clear", help="remove every rule")
+    q.add_argument("address")
+    p.set_defaults(func=cmd_rules)
+
     p = sub.add_parser("dkim", help="DKIM signing keys",
                        description="Generate and list DKIM keys; generate prints the DNS TXT "
                        "records to publish.")
@@ -369,6 +469,37 @@ def build_parser() -> argparse.ArgumentParser:
         q = qsub.add_parser(name, help=text)
         q.add_argument("queue_id")
     p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("import", help="import mail from a Maildir tree or an mbox file",
+                       description="Import a user's mail. Flags, internal dates and Maildir++ "
+                       "folders are kept; running it again imports nothing twice. A progress "
+                       "bar shows on a terminal; a summary line ends the run.")
+    isub = p.add_subparsers(dest="format", metavar="FORMAT", required=True)
+    q = isub.add_parser("maildir", help="a Maildir++ tree (Dovecot, Courier): every folder")
+    q.add_argument("path", metavar="PATH", help="the Maildir root (holding cur/ and new/)")
+    q.add_argument("--user", required=True, help="the account that receives the mail")
+    q = isub.add_parser("mbox", help="one mbox file into one mailbox")
+    q.add_argument("path", metavar="FILE")
+    q.add_argument("--user", required=True, help="the account that receives the mail")
+    q.add_argument("--mailbox", required=True, metavar="NAME",
+                   help="the mailbox to fill (created when missing; / separates levels)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="write a user's mailboxes out as a Maildir++ tree",
+                       description="Write every mailbox of a user under PATH as Maildir++ "
+                       "(INBOX at the root, other mailboxes as .Name folders), flags in the "
+                       "file names and internal dates as modification times.")
+    p.add_argument("path", metavar="PATH")
+    p.add_argument("--user", required=True)
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("trace", help="one message's story: received, attempts, mailboxes",
+                       description="Print what the spool knows of a queue id: when and how "
+                       "it was received, the policy verdict, each recipient's attempts and "
+                       "state, and the mailbox and UID each local copy went to.")
+    p.add_argument("queue_id", metavar="QUEUE_ID")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_trace)
     return parser
 
 
@@ -390,11 +521,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _explain(exc: Exception) -> str:
     """One line for an operator, for the failures the CLI can meet."""
     try:
+        from postroom.rules import RulesError
         from postroom.store.errors import StoreError
         from postroom.store.migrate import SchemaOutOfDate
     except ImportError:  # pragma: no cover - the store is part of the library
-        StoreError = SchemaOutOfDate = ()  # type: ignore[misc,assignment]
-    if isinstance(exc, (StoreError, SchemaOutOfDate)):
+        StoreError = SchemaOutOfDate = RulesError = ()  # type: ignore[misc,assignment]
+    if isinstance(exc, (StoreError, SchemaOutOfDate, RulesError)):
         return str(exc)
     try:
         import sqlalchemy.exc

@@ -91,7 +91,7 @@ def _size(raw: str) -> int:
     return size
 
 
-_ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "systemd")
+_ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "systemd", "haproxy")  # haproxy:tcp:N = PROXY protocol
 
 
 def _endpoints(raw: str) -> tuple[str, ...]:
@@ -149,6 +149,19 @@ def _url(*schemes: str) -> Callable[[str], str | None]:
             raise ValueError(f"must be a URL starting with one of {allowed}")
         return value
     return parse
+
+
+def _networks(raw: str) -> tuple[str, ...]:
+    """Comma-separated addresses or CIDR networks (``10.0.0.0/8,2001:db8::1``), normalised."""
+    import ipaddress
+
+    return tuple(str(ipaddress.ip_network(item.strip(), strict=False))
+                 for item in raw.split(",") if item.strip())
+
+
+def _names(raw: str) -> tuple[str, ...]:
+    """Comma-separated DNS names (``zen.example.org,bl.example.net``), lowercased."""
+    return tuple(item.strip().lower().rstrip(".") for item in raw.split(",") if item.strip())
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -274,6 +287,23 @@ class Settings:
         _duration, "10m", "Idle time allowed while receiving DATA or BDAT (RFC 5321 4.5.3.2.6).")
     smtp_max_errors: int = setting(
         _positive_int, "10", "Protocol errors in one session before the server hangs up.")
+    # inbound mta (port 25)
+    mta_proxy_listen: tuple[str, ...] = setting(
+        _endpoints, "",
+        "Inbound SMTP behind a load balancer: listeners that expect a PROXY protocol v1/v2 "
+        "header first (empty: none).")
+    mta_proxy_trusted: tuple[str, ...] = setting(
+        _networks, "",
+        "Addresses/CIDRs of the proxies allowed to send a PROXY header; others are disconnected.")
+    mta_dmarc_timeout: float = setting(
+        _duration, "30s",
+        "How long inbound SMTP waits for the dmarc verdict before answering 451 4.7.0.")
+    mta_greylist: bool = setting(
+        _bool, "false", "Greylist unknown (client network, sender, recipient) triplets.")
+    mta_greylist_delay: float = setting(
+        _duration, "5m", "How long a greylisted triplet must wait before its retry is accepted.")
+    mta_dnsbl_zones: tuple[str, ...] = setting(
+        _names, "", "DNSBL zones checked at connect (comma-separated; empty: no check).")
     auth_fail_limit: int = setting(
         _positive_int, "10", "Failed logins per client address (and per account) per window.")
     auth_fail_window: float = setting(
@@ -281,6 +311,12 @@ class Settings:
     allow_plaintext_auth_on_loopback: bool = setting(
         _bool, "false",
         "Allow password logins without TLS from 127.0.0.0/8 and ::1 (development only).")
+    msa_max_messages_per_hour: int = setting(
+        _positive_int, "200",
+        "Messages one account may submit per hour (sliding window); over it gets 450 4.7.1.")
+    msa_max_recipients_per_day: int = setting(
+        _positive_int, "2000",
+        "Recipients one account may submit to per day (sliding window); over it gets 450 4.7.1.")
     # queue
     queue_lifetime: float = setting(
         _duration, "5d", "How long a message is retried before it bounces.")

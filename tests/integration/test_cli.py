@@ -172,3 +172,24 @@ def test_an_out_of_date_schema_is_refused_with_the_fix(cli):
         assert "current" in cli("db", "check", env={"POSTROOM_DATABASE_URL": empty}).stdout
     finally:
         drop_test_database(empty)
+
+
+def test_rules_are_set_shown_and_cleared(cli, tmp_path):
+    cli("domain", "add", "example.org")
+    cli("user", "add", "erin@example.org", stdin="pw-erin\n")
+    rules = tmp_path / "rules.json"
+    rules.write_text('[{"if": {"header": "subject", "contains": "[dev]"}, '
+                     '"then": [{"fileinto": "Archive"}]}]')
+    assert "1 rule(s)" in cli("rules", "set", "erin@example.org", str(rules)).stdout
+    shown = json.loads(cli("rules", "show", "erin@example.org").stdout)
+    assert shown[0]["then"] == [{"fileinto": "Archive"}]
+    cli("rules", "clear", "erin@example.org")
+    assert json.loads(cli("rules", "show", "erin@example.org").stdout) == []
+
+
+def test_invalid_rules_say_where_in_one_line(cli):
+    cli("domain", "add", "example.org")
+    cli("user", "add", "fay@example.org", stdin="pw-fay\n")
+    line = _one_line_error(cli("rules", "set", "fay@example.org", "-",
+                               stdin='[{"then": [{"fileinto": ""}]}]', ok=False))
+    assert "fileinto" in line

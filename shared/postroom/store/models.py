@@ -9,6 +9,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     CheckConstraint,
+    Column,
     DateTime,
     ForeignKey,
     Index,
@@ -16,6 +17,7 @@ from sqlalchemy import (
     LargeBinary,
     MetaData,
     Sequence,
+    Table,
     Text,
     UniqueConstraint,
     func,
@@ -308,3 +310,22 @@ class DmarcResult(Base):
     # the domain whose rua= receives this row in its aggregate report (the From: domain)
     reporting_domain: Mapped[str] = mapped_column(Text)
     detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+
+
+# --- per-user delivery rules (migration 0002); evaluated by the mda, format in docs/mda.md
+
+# one row per account that has rules
+mail_rules = Table(
+    "mail_rules", Base.metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("rules", JSONB, nullable=False, server_default=text("'[]'::jsonb")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# when an account last sent a vacation reply to a sender (RFC 3834 / RFC 5230 :days)
+vacation_replies = Table(
+    "vacation_replies", Base.metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("sender", Text, primary_key=True),
+    Column("sent_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -1,0 +1,440 @@
+"""What happens to one spooled recipient at delivery: resolve, decide, store, mark (no Redis).
+
+Each function takes a Session and runs inside the caller's transaction (one
+per recipient, see postroom_mda.service), so a mailbox copy and the
+recipient's ``delivered`` state commit together, and the only row lock taken
+besides the recipient's own is one mailbox's (never two: no lock-order
+deadlocks between replicas). Results are plain :class:`Outcome` values; what
+must happen after commit (a change event, stream entries) is described in them
+and done by the caller.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.exc import DataError
+from sqlalchemy.orm import Session
+
+from postroom.config import Settings
+from postroom.logs import get_logger
+from postroom.mime import analyze
+from postroom.queue.envelope import Envelope
+from postroom.rules import HEAD_BYTES, Decision, RulesError, evaluate, facts_from_message
+from postroom.store import spool
+from postroom.store.aliases import Target, resolve_address
+from postroom.store.mailboxes import deliver_to_mailbox, usage
+from postroom.store.messages import get_message
+from postroom.store.models import Mailbox, Message, SpoolMessage, SpoolRecipient, User
+from postroom.store.rules import claim_vacation_reply, rules_for_user
+from postroom_mda.vacation import build_reply, skip_reason
+
+log = get_logger("delivery")
+
+
+@dataclass(frozen=True)
+class Options:
+    """The settings delivery uses (see postroom.config for their meaning)."""
+
+    delimiter: str = "+"
+    detail_folder: bool = False
+    quota_grace: float = 86400.0
+    queue_lifetime: float = 5 * 86400.0
+    retry_initial: float = 300.0
+    retry_max: float = 3600.0
+    hostname: str = "localhost"
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Options:
+        return cls(delimiter=settings.recipient_delimiter,
+                   detail_folder=settings.deliver_to_detail_folder,
+                   quota_grace=settings.quota_grace, queue_lifetime=settings.queue_lifetime,
+                   retry_initial=settings.retry_initial, retry_max=settings.retry_max,
+                   hostname=settings.hostname)
+
+
+# Outcome.result values
+DELIVERED = "delivered"      # a copy is in a mailbox (or was already: ``duplicate``)
+DUPLICATE = "duplicate"      # the recipient was done before: nothing changed
+DISCARDED = "discarded"      # the account's rules discarded it
+EXPANDED = "expanded"        # an alias: ``children`` are to be delivered next
+FORWARDED = "forwarded"      # a remote target: on its way to the outbound stream
+DEFERRED = "deferred"        # try again later (over quota)
+FAILED = "failed"            # permanent failure: the relay bounces it
+MISSING = "missing"          # no such recipient (spool deleted by an operator)
+SKIPPED = "skipped"          # not ours now (another stream, or not yet due)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What delivery did for one recipient, and what the caller must do after commit."""
+
+    recipient_id: int
+    result: str
+    queue_id: str | None = None
+    address: str | None = None
+    user_id: int | None = None
+    mailbox: str | None = None
+    mailbox_id: int | None = None
+    uid: int | None = None
+    modseq: int | None = None
+    size: int | None = None
+    error: str | None = None
+    # local recipients made by alias expansion, each to be delivered in its own transaction
+    children: tuple[int, ...] = ()
+    # stream entries to add once committed (forwards, redirects, vacation replies)
+    envelopes: tuple[Envelope, ...] = field(default_factory=tuple)
+
+
+# --- parse once per blob
+
+
+def _jsonb_safe(value: Any) -> Any:
+    """PostgreSQL jsonb refuses NUL and lone surrogates: replace them, keep everything else."""
+    if isinstance(value, str):
+        if "\x00" in value or any("\ud800" <= c <= "\udfff" for c in value):
+            value = value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+        return value
+    if isinstance(value, dict):
+        return {str(_jsonb_safe(k)): _jsonb_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonb_safe(v) for v in value]
+    return value
+
+
+def ensure_metadata(session: Session, queue_id: str) -> int | None:
+    """Analyze the queued message's blob once and store its IMAP metadata with it.
+
+    Returns the message id (None when the queue entry no longer exists).
+    Identical bodies share one blob, so a second recipient or a second copy of
+    the message finds the metadata already there and parses nothing.
+    """
+    message_id = session.execute(select(SpoolMessage.message_id)
+                                 .where(SpoolMessage.queue_id == queue_id)).scalar_one_or_none()
+    if message_id is None:
+        return None
+    done = session.execute(select(Message.meta.has_key("version"))
+                           .where(Message.id == message_id)).scalar_one()
+    if not done:
+        meta = _jsonb_safe(analyze(get_message(session, message_id)).to_dict())
+        try:
+            with session.begin_nested():
+                # only if still empty: a concurrent replica may have stored it first
+                session.execute(update(Message)
+                                .where(Message.id == message_id,
+                                       ~Message.meta.has_key("version"))
+                                .values(meta=meta))
+        except DataError as exc:
+            # mail is never held back for its metadata: deliver it, readers re-analyze
+            log.warning("message metadata not stored", queue_id=queue_id,
+                        message_id=message_id, error=str(exc.orig).strip())
+    return int(message_id)
+
+
+# --- small queries of our own
+
+
+@dataclass(frozen=True)
+class _Work:
+    """The recipient and the message facts delivery needs, read in one query."""
+
+    rcpt: spool.RecipientInfo
+    spool_message_id: int
+    queue_id: str
+    mail_from: str
+    disposition: str
+    message_id: int
+    message_size: int
+    received_at: datetime
+
+
+def _lock_recipient(session: Session, recipient_id: int) -> _Work | None:
+    """Lock the recipient row (one replica works on a recipient at a time) and read it.
+
+    One row, not spool.get_recipient's whole message with every recipient: an
+    alias to a thousand accounts would otherwise read a million rows.
+    """
+    row = session.execute(
+        select(SpoolRecipient, SpoolMessage.queue_id, SpoolMessage.mail_from,
+               SpoolMessage.disposition, SpoolMessage.message_id, Message.size,
+               SpoolMessage.received_at)
+        .join(SpoolMessage, SpoolMessage.id == SpoolRecipient.spool_message_id)
+        .join(Message, Message.id == SpoolMessage.message_id)
+        .where(SpoolRecipient.id == recipient_id)
+        .with_for_update(of=SpoolRecipient)).first()
+    if row is None:
+        return None
+    r = row[0]
+    rcpt = spool.RecipientInfo(
+        id=r.id, address=r.address, orcpt=r.orcpt, notify=r.notify, stream=r.stream,
+        state=r.state, attempts=r.attempts, next_attempt_at=r.next_attempt_at,
+        enqueued_at=r.enqueued_at, last_error=r.last_error, updated_at=r.updated_at,
+        parent_id=r.parent_id)
+    return _Work(rcpt=rcpt, spool_message_id=r.spool_message_id, queue_id=row[1],
+                 mail_from=row[2], disposition=row[3], message_id=int(row[4]),
+                 message_size=int(row[5]), received_at=row[6])
+
+
+def _pending_children(session: Session, recipient_id: int) -> tuple[int, ...]:
+    return tuple(session.execute(
+        select(SpoolRecipient.id).where(SpoolRecipient.parent_id == recipient_id,
+                                        SpoolRecipient.state == "pending",
+                                        SpoolRecipient.stream == "deliver")
+        .order_by(SpoolRecipient.id)).scalars())
+
+
+def _children(session: Session, recipient_id: int) -> list[tuple[int, str, str]]:
+    return [(r[0], r[1], r[2]) for r in session.execute(
+        select(SpoolRecipient.id, SpoolRecipient.address, SpoolRecipient.stream)
+        .where(SpoolRecipient.parent_id == recipient_id).order_by(SpoolRecipient.id))]
+
+
+def _to_outbound(session: Session, recipient_ids: list[int], now: datetime) -> None:
+    """Hand recipients to the relay: stream ``outbound``, due now, enqueued by our caller."""
+    if recipient_ids:
+        session.execute(update(SpoolRecipient).where(SpoolRecipient.id.in_(recipient_ids))
+                        .values(stream="outbound", next_attempt_at=now, enqueued_at=now,
+                                updated_at=func.now()))
+
+
+def _add_forward(session: Session, parent: spool.RecipientInfo, spool_message_id: int,
+                 address: str, now: datetime) -> int:
+    """A child recipient on the outbound stream (a rule's redirect); idempotent per address."""
+    existing = session.execute(
+        select(SpoolRecipient.id).where(SpoolRecipient.parent_id == parent.id,
+                                        SpoolRecipient.address == address,
+                                        SpoolRecipient.stream == "outbound")).scalar_one_or_none()
+    if existing is not None:
+        return int(existing)
+    child = SpoolRecipient(spool_message_id=spool_message_id, parent_id=parent.id,
+                           address=address, orcpt=parent.orcpt or parent.address,
+                           notify=parent.notify, stream="outbound", next_attempt_at=now,
+                           enqueued_at=now)
+    session.add(child)
+    session.flush()
+    return int(child.id)
+
+
+def _final_target(session: Session, address: str) -> list[Target]:
+    """An alias child's address is final: the account itself, never resolved again."""
+    user_id = session.execute(select(User.id).where(User.address == address,
+                                                    User.active.is_(True))).scalar_one_or_none()
+    return [Target(address=address, user_id=int(user_id))] if user_id is not None else []
+
+
+def _mailbox_id(session: Session, user_id: int, name: str) -> int | None:
+    if name.upper() == "INBOX":
+        name = "INBOX"
+    found = session.execute(select(Mailbox.id).where(Mailbox.user_id == user_id,
+                                                     Mailbox.name == name)).scalar_one_or_none()
+    return None if found is None else int(found)
+
+
+def _special_use(session: Session, user_id: int, use: str) -> tuple[str, int] | None:
+    found = session.execute(select(Mailbox.name, Mailbox.id)
+                            .where(Mailbox.user_id == user_id, Mailbox.special_use == use)
+                            .order_by(Mailbox.id).limit(1)).first()
+    return (found[0], int(found[1])) if found else None
+
+
+def _head(session: Session, message_id: int) -> bytes:
+    """The first HEAD_BYTES of a blob: the header block, without loading a 50 MB body."""
+    data = session.execute(select(func.substring(Message.blob, 1, HEAD_BYTES))
+                           .where(Message.id == message_id)).scalar_one()
+    return bytes(data)
+
+
+def _over_quota(session: Session, user_id: int, size: int) -> bool:
+    quota_bytes, quota_messages = session.execute(
+        select(User.quota_bytes, User.quota_messages).where(User.id == user_id)).one()
+    if quota_bytes is None and quota_messages is None:
+        return False
+    used_bytes, used_messages = usage(session, user_id)
+    return bool((quota_bytes is not None and used_bytes + size > quota_bytes)
+                or (quota_messages is not None and used_messages + 1 > quota_messages))
+
+
+# --- one recipient
+
+
+def deliver_recipient(session: Session, recipient_id: int, options: Options,
+                      now: datetime) -> Outcome:
+    """Deliver one spooled recipient (see the module docstring); idempotent."""
+    info = _lock_recipient(session, recipient_id)
+    if info is None:
+        return Outcome(recipient_id, MISSING)
+    rcpt = info.rcpt
+    base = {"queue_id": info.queue_id, "address": rcpt.address, "size": info.message_size}
+    if rcpt.state != "pending":
+        # a redelivered entry: the work is done, except alias children a crash left behind
+        return Outcome(recipient_id, DUPLICATE, children=_pending_children(session, recipient_id),
+                       **base)
+    if rcpt.stream != "deliver":
+        return Outcome(recipient_id, SKIPPED, error="recipient is on another stream", **base)
+    if rcpt.attempts and rcpt.next_attempt_at > now:
+        # a stale entry for a deferred recipient: the reconciler brings it back when due
+        return Outcome(recipient_id, SKIPPED, error="not yet due", **base)
+    if now - info.received_at > timedelta(seconds=options.queue_lifetime):
+        error = "554 5.4.7 delivery time expired"
+        spool.mark_failed(session, recipient_id, error)
+        return Outcome(recipient_id, FAILED, error=error, **base)
+
+    if rcpt.parent_id is not None:
+        targets = _final_target(session, rcpt.address)
+    else:
+        targets = resolve_address(session, rcpt.address, delimiter=options.delimiter)
+    if not targets:
+        error = "550 5.1.1 no such user here"
+        spool.mark_failed(session, recipient_id, error)
+        return Outcome(recipient_id, FAILED, error=error, **base)
+    if len(targets) == 1 and targets[0].user_id is not None:
+        return _deliver_local(session, info, rcpt, targets[0], options, now)
+    return _expand(session, info, rcpt, targets, now)
+
+
+def _expand(session: Session, info: _Work, rcpt: spool.RecipientInfo,
+            targets: list[Target], now: datetime) -> Outcome:
+    """One child recipient per target: local ones come back to us, remote ones go outbound."""
+    spool.expand_recipient(session, rcpt.id, [t.address for t in targets])
+    remote_addresses = {t.address for t in targets if t.user_id is None}
+    children = _children(session, rcpt.id)
+    remote = [cid for cid, address, stream in children
+              if stream == "deliver" and address in remote_addresses]
+    _to_outbound(session, remote, now)
+    local = tuple(cid for cid, address, stream in children
+                  if stream == "deliver" and address not in remote_addresses)
+    envelopes = (Envelope(info.queue_id, tuple(remote), "outbound"),) if remote else ()
+    result = FORWARDED if remote and not local else EXPANDED
+    return Outcome(rcpt.id, result, queue_id=info.queue_id, address=rcpt.address,
+                   size=info.message_size, children=local, envelopes=envelopes)
+
+
+def _decide(session: Session, info: _Work, rcpt: spool.RecipientInfo,
+            user_id: int) -> tuple[Decision | None, Any]:
+    """The account's rules applied to the message (None when it has none)."""
+    try:
+        rules = rules_for_user(session, user_id)
+    except RulesError as exc:
+        # stored before a validation change: deliver as if there were none, and say so
+        log.warning("stored rules invalid", queue_id=info.queue_id, user_id=user_id,
+                    error=str(exc))
+        return None, None
+    if not rules:
+        return None, None
+    facts = facts_from_message(_head(session, info.message_id), info.message_size,
+                               info.mail_from, rcpt.address)
+    return evaluate(rules, facts), facts
+
+
+def _deliver_local(session: Session, info: _Work, rcpt: spool.RecipientInfo,
+                   target: Target, options: Options, now: datetime) -> Outcome:
+    user_id = target.user_id
+    assert user_id is not None
+    base: dict[str, Any] = {"queue_id": info.queue_id, "address": rcpt.address,
+                            "user_id": user_id, "size": info.message_size}
+    flags: list[str] = []
+    decision: Decision | None = None
+    facts: Any = None
+    if info.disposition == "junk":
+        # quarantined by DMARC: straight to Junk, and no rules, so a spoof of a known
+        # sender is neither filed among real mail nor forwarded nor answered
+        junk = _special_use(session, user_id, "\\Junk")
+        folder, mailbox_id = junk if junk else ("INBOX", _mailbox_id(session, user_id, "INBOX"))
+        flags.append("$Junk")
+    else:
+        folder, mailbox_id = "INBOX", _mailbox_id(session, user_id, "INBOX")
+        if options.detail_folder and target.detail:
+            detail_id = _mailbox_id(session, user_id, target.detail)
+            if detail_id is not None:
+                folder, mailbox_id = target.detail, detail_id
+        decision, facts = _decide(session, info, rcpt, user_id)
+        if decision is not None:
+            folder, mailbox_id = _rule_folder(session, user_id, decision, folder, mailbox_id)
+
+    store = decision is None or decision.keep or bool(decision.folders)
+    if store and _over_quota(session, user_id, info.message_size):
+        return _over(session, info, rcpt, options, now, base)
+    envelopes: list[Envelope] = []
+    uid = modseq = None
+    if store:
+        if mailbox_id is None:
+            # the account has no INBOX (deleted by hand): a temporary, loud failure
+            raise LookupError(f"account {user_id} has no mailbox {folder}")
+        uid, modseq = deliver_to_mailbox(session, user_id=user_id, mailbox_name=folder,
+                                         message_id=info.message_id,
+                                         spool_recipient_id=rcpt.id, flags=flags,
+                                         internaldate=info.received_at)
+    if decision is not None:
+        envelopes.extend(_act(session, info, rcpt, user_id, decision, facts, options, now))
+    spool.mark_delivered(session, rcpt.id)
+    if not store:
+        return Outcome(rcpt.id, FORWARDED if decision and decision.redirects else DISCARDED,
+                       envelopes=tuple(envelopes), **base)
+    return Outcome(rcpt.id, DELIVERED, mailbox=folder, mailbox_id=mailbox_id, uid=uid,
+                   modseq=modseq, envelopes=tuple(envelopes), **base)
+
+
+def _rule_folder(session: Session, user_id: int, decision: Decision, folder: str,
+                 mailbox_id: int | None) -> tuple[str, int | None]:
+    """Where the rules file the one copy: the first fileinto that exists, else the default.
+
+    Sieve would store one copy per mailbox named; we store one (docs/mda.md).
+    """
+    for name in decision.folders:
+        found = _mailbox_id(session, user_id, name)
+        if found is not None:
+            return ("INBOX" if name.upper() == "INBOX" else name), found
+    return folder, mailbox_id
+
+
+def _over(session: Session, info: _Work, rcpt: spool.RecipientInfo,
+          options: Options, now: datetime, base: dict[str, Any]) -> Outcome:
+    """Over quota: defer with back-off, and bounce (5.2.2) once the grace has run out."""
+    give_up_at = info.received_at + timedelta(seconds=options.quota_grace)
+    if now >= give_up_at:
+        error = "552 5.2.2 mailbox full"
+        spool.mark_failed(session, rcpt.id, error)
+        return Outcome(rcpt.id, FAILED, error=error, **base)
+    delay = spool.next_backoff(rcpt.attempts + 1, options.retry_initial, options.retry_max)
+    # never wait past the end of the grace: the bounce should not be late either
+    next_attempt = min(now + timedelta(seconds=delay), give_up_at)
+    error = "452 4.2.2 mailbox full"
+    spool.mark_deferred(session, rcpt.id, error, next_attempt)
+    return Outcome(rcpt.id, DEFERRED, error=error, **base)
+
+
+def _act(session: Session, info: _Work, rcpt: spool.RecipientInfo, user_id: int,
+         decision: Decision, facts: Any, options: Options, now: datetime) -> list[Envelope]:
+    """Redirects and the vacation reply of a rule decision; the entries to enqueue."""
+    envelopes = []
+    forwards = [_add_forward(session, rcpt, info.spool_message_id, address, now)
+                for address in decision.redirects]
+    if forwards:
+        envelopes.append(Envelope(info.queue_id, tuple(forwards), "outbound"))
+    if decision.vacation is not None and facts is not None:
+        account = session.execute(select(User.address).where(User.id == user_id)).scalar_one()
+        why_not = skip_reason(facts, account, decision.vacation)
+        if why_not is not None:
+            log.info("vacation reply skipped", queue_id=info.queue_id, user_id=user_id,
+                     reason=why_not)
+        elif not claim_vacation_reply(session, user_id, info.mail_from,
+                                      decision.vacation.days, now):
+            log.info("vacation reply skipped", queue_id=info.queue_id, user_id=user_id,
+                     reason="already replied to this sender recently")
+        else:
+            message = build_reply(facts, account, decision.vacation,
+                                  hostname=options.hostname, now=now)
+            envelopes.append(_spool_reply(session, message, info.mail_from, now))
+    return envelopes
+
+
+def _spool_reply(session: Session, message: bytes, to: str, now: datetime) -> Envelope:
+    """Queue an auto-reply from the null reverse-path (RFC 3834 3.3), for the relay."""
+    queue_id = spool.create_spool(session, kind="local", mail_from="",
+                                  recipients=[spool.NewRecipient(to, "outbound")],
+                                  message=message, size=len(message), enqueued_at=now)
+    reply = spool.get_spool(session, queue_id)
+    return Envelope(queue_id, tuple(r.id for r in reply.recipients), "outbound")

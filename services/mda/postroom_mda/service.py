@@ -1,0 +1,146 @@
+"""The mda's wiring: a `deliver` queue entry in, one transaction per recipient, events out.
+
+For each entry the blob is analyzed once (postroom_mda.delivery.ensure_metadata),
+then each recipient is delivered in its own transaction on the `db` pool; only
+after commit are change events published (``<prefix>mailbox:<id>``, for IMAP
+IDLE and POP3) and follow-up entries put on their streams. The handler's
+Deferred fires when every recipient is settled, and only then does the
+consumer acknowledge the entry.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from sqlalchemy.exc import DBAPIError
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from postroom.logs import Logger, get_logger
+from postroom.metrics import Metrics, messages_total
+from postroom.queue.consumer import QueueEntry
+from postroom.queue.reconciler import enqueue_after_commit
+from postroom.queue.streams import QueueClient
+from postroom.store import spool
+from postroom_mda.delivery import DELIVERED, Options, Outcome, deliver_recipient, ensure_metadata
+
+# PostgreSQL SQLSTATEs worth an immediate retry: serialization failure, deadlock
+_RETRYABLE = ("40001", "40P01")
+ATTEMPTS = 3
+
+
+def channel(prefix: str, mailbox_id: int) -> str:
+    """The pub/sub channel of a mailbox's change events."""
+    return f"{prefix}mailbox:{mailbox_id}"
+
+
+def change_event(outcome: Outcome) -> str:
+    """The JSON published when a message has been added to a mailbox."""
+    return json.dumps({"kind": "exists", "mailbox_id": outcome.mailbox_id, "uid": outcome.uid,
+                       "modseq": outcome.modseq}, separators=(",", ":"))
+
+
+def _retryable(exc: BaseException) -> bool:
+    return isinstance(exc, DBAPIError) and getattr(exc.orig, "pgcode", None) in _RETRYABLE
+
+
+def _defer_after_error(session: Any, recipient_id: int, error: str, options: Options,
+                       now: datetime) -> None:
+    _info, rcpt = spool.get_recipient(session, recipient_id)
+    if rcpt.state != "pending":
+        return
+    delay = spool.next_backoff(rcpt.attempts + 1, options.retry_initial, options.retry_max)
+    spool.mark_deferred(session, recipient_id, error,
+                        datetime.fromtimestamp(now.timestamp() + delay, UTC))
+
+
+class Deliverer:
+    """Handles `deliver` entries; ``handle`` is the StreamConsumer's handler."""
+
+    def __init__(self, database: Any, queue: QueueClient, options: Options, *,
+                 pool: ThreadPool, reactor: Any = None, log: Logger | None = None,
+                 metrics: Metrics | None = None) -> None:
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+            reactor = global_reactor
+        self.database = database
+        self.queue = queue
+        self.options = options
+        self.pool = pool
+        self.reactor = reactor
+        self.log = log or get_logger("mda")
+        self.delivered = 0
+        self._outcomes = messages_total(metrics) if metrics is not None else None
+
+    def handle(self, entry: QueueEntry) -> Deferred[None]:
+        return Deferred.fromCoroutine(self._handle(entry))
+
+    async def _handle(self, entry: QueueEntry) -> None:
+        envelope = entry.envelope
+        message_id = await self.database.run(ensure_metadata, envelope.queue_id)
+        if message_id is None:
+            self.log.warning("queue entry for unknown message", queue_id=envelope.queue_id)
+            return
+        work = list(envelope.recipient_ids)
+        while work:
+            recipient_id = work.pop(0)
+            started = self.reactor.seconds()
+            outcome = await self._deliver(recipient_id)
+            work.extend(outcome.children)
+            await self._after_commit(outcome)
+            self._log(outcome, envelope.queue_id, self.reactor.seconds() - started,
+                      claimed=entry.claimed)
+
+    async def _deliver(self, recipient_id: int) -> Outcome:
+        for attempt in range(1, ATTEMPTS + 1):
+            try:
+                result: Outcome = await self.database.run(
+                    deliver_recipient, recipient_id, self.options, datetime.now(UTC))
+                return result
+            except Exception as exc:
+                if _retryable(exc) and attempt < ATTEMPTS:
+                    continue
+                if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                    raise  # the database is away: leave the entry unacknowledged
+                # a bug or a broken row: park this recipient with back-off rather than
+                # let one message block the entry forever; the lifetime ends it
+                self.log.exception("recipient delivery failed", exc, recipient_id=recipient_id)
+                await self.database.run(_defer_after_error, recipient_id,
+                                        "451 4.3.0 internal error at delivery", self.options,
+                                        datetime.now(UTC))
+                return Outcome(recipient_id, "deferred", error="internal error")
+        raise AssertionError("unreachable")
+
+    async def _after_commit(self, outcome: Outcome) -> None:
+        if outcome.result == DELIVERED and outcome.mailbox_id is not None:
+            self.delivered += 1
+            try:
+                await deferToThreadPool(self.reactor, self.pool, self.queue.redis.publish,
+                                        channel(self.queue.prefix, outcome.mailbox_id),
+                                        change_event(outcome))
+            except redis.RedisError as exc:
+                # the copy is committed; IDLE clients see it at their next poll instead
+                self.log.warning("change event not published", queue_id=outcome.queue_id,
+                                 mailbox_id=outcome.mailbox_id, error=str(exc))
+        for envelope in outcome.envelopes:
+            # failures are logged there; the reconciler enqueues it after queue_claim_idle
+            await enqueue_after_commit(self.queue, self.pool, envelope, reactor=self.reactor)
+
+    def _log(self, outcome: Outcome, queue_id: str, elapsed: float, *, claimed: bool) -> None:
+        fields: dict[str, Any] = {
+            "queue_id": outcome.queue_id or queue_id, "recipient": outcome.address,
+            "recipient_id": outcome.recipient_id, "result": outcome.result,
+            "user_id": outcome.user_id, "mailbox": outcome.mailbox, "uid": outcome.uid,
+            "size": outcome.size, "error": outcome.error, "ms": round(elapsed * 1000, 1),
+            "children": len(outcome.children) or None, "claimed": claimed or None,
+        }
+        if self._outcomes is not None:
+            self._outcomes.labels(outcome=outcome.result).inc()
+        if outcome.result in ("failed", "deferred"):
+            self.log.warning("recipient not delivered", **fields)
+        else:
+            self.log.info("recipient done", **fields)
