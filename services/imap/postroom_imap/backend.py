@@ -1,0 +1,275 @@
+"""The store-backed Accounts and UserStore: mailstore queries on the `db` pool, events on Redis.
+
+Change events: every process listens on ``<prefix>mailbox:*`` with one Redis
+pub/sub connection in one thread (:class:`ChangeListener`), and wakes the
+sessions that watch the mailbox named in the channel. Sessions publish after
+each change they commit. Events are only a signal: a session asks the store
+what changed (``mailstore.changes``), so a lost event delays, never loses, an
+update.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Sequence
+from datetime import datetime
+from typing import Any
+
+import redis
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
+from postroom.logs import get_logger
+from postroom.store import users
+from postroom_imap import mailstore
+from postroom_imap.policy import (
+    AuthFailed,
+    Changes,
+    CopyResult,
+    FetchRow,
+    LoginDelayed,
+    MailboxRow,
+    MailboxStatus,
+    Quota,
+    SelectState,
+    StoreResult,
+    Unavailable,
+)
+from postroom_imap.syntax_types import SearchKey
+
+log = get_logger("imap")
+
+
+class ChangeListener:
+    """One pub/sub subscription per process, fanned out to watching sessions on the reactor."""
+
+    def __init__(self, client: redis.Redis, prefix: str, reactor: Any) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.reactor = reactor
+        self.watchers: dict[int, list[Callable[[], None]]] = {}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="imap-changes", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def watch(self, mailbox_id: int, callback: Callable[[], None]) -> Callable[[], None]:
+        self.watchers.setdefault(mailbox_id, []).append(callback)
+
+        def unwatch() -> None:
+            callbacks = self.watchers.get(mailbox_id, [])
+            if callback in callbacks:
+                callbacks.remove(callback)
+            if not callbacks:
+                self.watchers.pop(mailbox_id, None)
+
+        return unwatch
+
+    def notify(self, mailbox_id: int) -> None:
+        """On the reactor: wake every session watching ``mailbox_id``."""
+        for callback in list(self.watchers.get(mailbox_id, [])):
+            try:
+                callback()
+            except Exception as exc:  # one broken session must not starve the others
+                log.exception("change callback failed", exc)
+
+    def _loop(self) -> None:
+        pattern = f"{self.prefix}mailbox:*"
+        while not self._stop.is_set():
+            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
+            try:
+                pubsub.psubscribe(pattern)
+                while not self._stop.is_set():
+                    message = pubsub.get_message(timeout=1.0)
+                    if message is None:
+                        continue
+                    channel = message.get("channel")
+                    if isinstance(channel, bytes):
+                        channel = channel.decode("utf-8", "replace")
+                    tail = str(channel).rsplit(":", 1)[-1]
+                    if tail.isdigit():
+                        self.reactor.callFromThread(self.notify, int(tail))
+            except (redis.RedisError, OSError) as exc:
+                log.warning("change listener lost redis", error=str(exc))
+                self._stop.wait(2.0)
+            finally:
+                try:
+                    pubsub.close()
+                except (redis.RedisError, OSError):
+                    pass
+
+
+class StoreAccounts:
+    """Accounts over the store, with the shared failed-login limits in Redis."""
+
+    def __init__(self, database: Any, client: redis.Redis, redis_pool: ThreadPool, *,
+                 prefix: str, limiter: LoginRateLimiter | None, listener: ChangeListener,
+                 reactor: Any) -> None:
+        self.database = database
+        self.redis = client
+        self.pool = redis_pool
+        self.prefix = prefix
+        self.limiter = limiter
+        self.listener = listener
+        self.reactor = reactor
+
+    def in_redis_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self.reactor, self.pool, fn, *args)
+
+    def login(self, username: str, password: str, peer: str) -> Deferred[Any]:
+        return Deferred.fromCoroutine(self._login(username, password, peer))
+
+    async def _login(self, username: str, password: str, peer: str) -> UserStoreImpl:
+        if self.limiter is not None:
+            try:
+                allowed = await self.in_redis_thread(self.limiter.check, peer, username)
+            except RateLimitUnavailable:
+                raise Unavailable() from None
+            if not allowed:
+                raise LoginDelayed()
+        try:
+            info = await self.database.run(users.authenticate, username, password)
+        except Exception as exc:  # noqa: BLE001 -- any failure is logged and answered, never raised to the peer
+            log.warning("login lookup failed", error=str(exc))
+            raise Unavailable() from None
+        if info is None:
+            if self.limiter is not None:
+                await self.in_redis_thread(self.limiter.record_failure, peer, username)
+            raise AuthFailed()
+        if self.limiter is not None:
+            await self.in_redis_thread(self.limiter.reset, username)
+        return UserStoreImpl(self, info.id, info.address)
+
+    def publish(self, mailbox_id: int, kind: str) -> None:
+        event = json.dumps({"event": kind, "mailbox_id": mailbox_id, "source": "imap"})
+        try:
+            self.redis.publish(f"{self.prefix}mailbox:{mailbox_id}", event)
+        except redis.RedisError as exc:
+            log.warning("change event not published", error=str(exc), mailbox_id=mailbox_id)
+
+
+class UserStoreImpl:
+    """One logged-in user's mailboxes."""
+
+    def __init__(self, accounts: StoreAccounts, user_id: int, address: str) -> None:
+        self.accounts = accounts
+        self.user_id = user_id
+        self.address = address
+
+    def _db(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return self.accounts.database.run(fn, *args)
+
+    def _changed(self, result: Any, mailbox_id: int, kind: str) -> Any:
+        self.accounts.in_redis_thread(self.accounts.publish, mailbox_id, kind).addErrback(
+            lambda f: log.warning("publish failed", error=f.getErrorMessage()))
+        return result
+
+    async def _publish_names(self, names: Sequence[str], kind: str) -> None:
+        ids = await self._db(mailstore.user_mailbox_ids, self.user_id, list(names))
+        for mailbox_id in ids:
+            self._changed(None, mailbox_id, kind)
+
+    def list_mailboxes(self) -> Deferred[list[MailboxRow]]:
+        return self._db(mailstore.list_rows, self.user_id)
+
+    def create(self, name: str, special_use: str | None) -> Deferred[None]:
+        return self._db(mailstore.create, self.user_id, name, special_use)
+
+    def delete(self, name: str) -> Deferred[None]:
+        return self._db(mailstore.delete, self.user_id, name)
+
+    def rename(self, old: str, new: str) -> Deferred[None]:
+        return self._db(mailstore.rename, self.user_id, old, new)
+
+    def subscribe(self, name: str, subscribed: bool) -> Deferred[None]:
+        return self._db(mailstore.subscribe, self.user_id, name, subscribed)
+
+    def status(self, name: str) -> Deferred[MailboxStatus]:
+        return self._db(mailstore.status, self.user_id, name)
+
+    def append(self, name: str, data: bytes, flags: Sequence[str],
+               when: datetime | None) -> Deferred[tuple[int, int]]:
+        d = self._db(mailstore.append, self.user_id, name, data, list(flags), when)
+
+        def done(result: tuple[int, int, int]) -> tuple[int, int]:
+            self._changed(None, result[2], "exists")
+            return result[0], result[1]
+
+        return d.addCallback(done)
+
+    def select(self, name: str) -> Deferred[SelectState]:
+        return self._db(mailstore.select, self.user_id, name)
+
+    def changes(self, mailbox_id: int, modseq: int, max_uid: int,
+                count: int) -> Deferred[Changes]:
+        return self._db(mailstore.changes, mailbox_id, modseq, max_uid, count)
+
+    def fetch(self, mailbox_id: int, uids: Sequence[int], *, blob: bool, meta: bool,
+              mark_seen: bool, changedsince: int | None) -> Deferred[list[FetchRow]]:
+        d = self._db(mailstore.fetch, mailbox_id, list(uids), blob, meta, mark_seen,
+                     changedsince)
+
+        def done(rows: list[FetchRow]) -> list[FetchRow]:
+            if any(r.seen_set for r in rows):
+                self._changed(None, mailbox_id, "flags")
+            return rows
+
+        return d.addCallback(done)
+
+    def store(self, mailbox_id: int, uids: Sequence[int], mode: str, flags: Sequence[str],
+              unchangedsince: int | None) -> Deferred[StoreResult]:
+        d = self._db(mailstore.store, mailbox_id, list(uids), mode, list(flags), unchangedsince)
+
+        def done(result: StoreResult) -> StoreResult:
+            if result.changed:
+                self._changed(None, mailbox_id, "flags")
+            return result
+
+        return d.addCallback(done)
+
+    def search(self, mailbox_id: int, key: SearchKey,
+               max_uid: int) -> Deferred[list[tuple[int, int]]]:
+        return self._db(mailstore.search, mailbox_id, key, max_uid)
+
+    def copy(self, mailbox_id: int, uids: Sequence[int], dest: str,
+             move: bool) -> Deferred[CopyResult]:
+        d = self._db(mailstore.copy, self.user_id, mailbox_id, list(uids), dest, move)
+
+        def done(result: CopyResult) -> CopyResult:
+            if result.source:
+                Deferred.fromCoroutine(self._publish_names([dest], "exists")).addErrback(
+                    lambda f: None)
+                if move:
+                    self._changed(None, mailbox_id, "expunge")
+            return result
+
+        return d.addCallback(done)
+
+    def expunge(self, mailbox_id: int, uids: Sequence[int] | None) -> Deferred[list[int]]:
+        d = self._db(mailstore.expunge, mailbox_id, None if uids is None else list(uids))
+
+        def done(removed: list[int]) -> list[int]:
+            if removed:
+                self._changed(None, mailbox_id, "expunge")
+            return removed
+
+        return d.addCallback(done)
+
+    def quota(self) -> Deferred[Quota]:
+        return self._db(mailstore.quota, self.user_id)
+
+    def watch(self, mailbox_id: int, callback: Callable[[], None]) -> Callable[[], None]:
+        return self.accounts.listener.watch(mailbox_id, callback)
+
+    def close(self) -> None:
+        """Nothing is held per session beyond watches, which the protocol removes."""

@@ -1,0 +1,283 @@
+"""Mailbox-level commands: SELECT, CREATE, DELETE, RENAME, LIST, STATUS, APPEND, QUOTA, ENABLE."""
+
+from __future__ import annotations
+
+import re
+from typing import TYPE_CHECKING, Any
+
+from postroom_imap.policy import MailboxRow, NoSuchMailbox, Refusal
+from postroom_imap.render import SYSTEM_FLAGS, canonical_flag, flag_list, mailbox_name
+from postroom_imap.selected import Selected, uid_set_text
+from postroom_imap.syntax import Command
+from postroom_imap.syntax_types import (
+    Append,
+    Create,
+    Enable,
+    ListArgs,
+    MailboxArg,
+    QuotaRoot,
+    Rename,
+    Select,
+    Status,
+)
+
+if TYPE_CHECKING:
+    from postroom_imap.policy import UserStore
+
+DELIMITER = "/"
+Reply = tuple[str, str]
+_SPECIAL_USES = {u.lower(): u for u in ("\\All", "\\Archive", "\\Drafts", "\\Flagged",
+                                        "\\Junk", "\\Sent", "\\Trash")}
+
+
+class TryCreate(Refusal):
+    code = "TRYCREATE"
+    text = "no such mailbox"
+
+
+def pattern_regex(reference: str, pattern: str) -> re.Pattern[str]:
+    """LIST wildcards: ``*`` matches anything, ``%`` anything but the delimiter."""
+    full = reference + pattern if not pattern.startswith(DELIMITER) else pattern
+    out = []
+    for ch in full:
+        if ch == "*":
+            out.append(".*")
+        elif ch == "%":
+            out.append(f"[^{re.escape(DELIMITER)}]*")
+        else:
+            out.append(re.escape(ch))
+    text = "".join(out)
+    # INBOX is case-insensitive, also as the first level of a pattern
+    if full[:5].upper() == "INBOX":
+        text = "(?i:INBOX)" + "".join(out[5:])
+    return re.compile(text + r"\Z", re.S)
+
+
+def list_lines(rows: list[MailboxRow], reference: str, patterns: tuple[str, ...], *,
+               lsub: bool, special_only: bool) -> list[bytes]:
+    """The ``* LIST`` / ``* LSUB`` lines for a user's mailboxes."""
+    names = {r.name: r for r in rows}
+    parents: set[str] = set()
+    for name in names:
+        parts = name.split(DELIMITER)
+        for i in range(1, len(parts)):
+            parents.add(DELIMITER.join(parts[:i]))
+    candidates = sorted(set(names) | parents, key=lambda n: (n != "INBOX", n))
+    regexes = [pattern_regex(reference, p) for p in patterns]
+    verb = b"LSUB" if lsub else b"LIST"
+    lines = []
+    for name in candidates:
+        if not any(r.match(name) for r in regexes):
+            continue
+        row = names.get(name)
+        if lsub and (row is None or not row.subscribed):
+            continue
+        if special_only and (row is None or not row.special_use):
+            continue
+        attrs = []
+        if row is None:
+            attrs.append("\\Noselect")
+        attrs.append("\\HasChildren" if name in parents else "\\HasNoChildren")
+        if row is not None and row.special_use:
+            attrs.append(row.special_use)
+        lines.append(b"* %s (%s) \"%s\" %s\r\n" % (verb, " ".join(attrs).encode("ascii"),
+                                                  DELIMITER.encode("ascii"), mailbox_name(name)))
+    return lines
+
+
+class MailboxCommands:
+    """Mixed into IMAPServer; uses its ``store``, ``selected``, ``write`` and state helpers."""
+
+    store: UserStore | None
+    selected: Selected | None
+    condstore: bool
+    write: Any
+    select_mailbox: Any
+    _drop_selected: Any
+
+    def _user(self) -> UserStore:
+        assert self.store is not None
+        return self.store
+
+    async def _select(self, command: Command, readonly: bool) -> Reply:
+        args = command.args
+        assert isinstance(args, Select)
+        if self.selected is not None:
+            self._drop_selected()
+            self.write(b"* OK [CLOSED] previous mailbox closed\r\n")
+        if args.condstore:
+            self.condstore = True
+        state = await self._user().select(args.mailbox)
+        selected = Selected(state, readonly)
+        flags = [*SYSTEM_FLAGS, *state.keywords]
+        permanent = [] if readonly else [*SYSTEM_FLAGS, *state.keywords, "\\*"]
+        out = [b"* FLAGS %s\r\n" % flag_list(flags),
+               b"* OK [PERMANENTFLAGS %s] flags permitted\r\n" % flag_list(permanent),
+               b"* %d EXISTS\r\n" % len(selected), b"* 0 RECENT\r\n"]
+        if state.first_unseen_uid is not None:
+            seq = selected.seq_of(state.first_unseen_uid)
+            if seq is not None:
+                out.append(b"* OK [UNSEEN %d] first unseen message\r\n" % seq)
+        out += [b"* OK [UIDVALIDITY %d] UIDs valid\r\n" % state.uidvalidity,
+                b"* OK [UIDNEXT %d] predicted next UID\r\n" % state.uidnext,
+                b"* OK [HIGHESTMODSEQ %d] highest modseq\r\n" % state.highestmodseq]
+        self.write(b"".join(out))
+        self.select_mailbox(selected)
+        mode = "READ-ONLY" if readonly else "READ-WRITE"
+        return ("OK", f"[{mode}] {command.name} completed")
+
+    async def do_select(self, command: Command) -> Reply:
+        return await self._select(command, readonly=False)
+
+    async def do_examine(self, command: Command) -> Reply:
+        return await self._select(command, readonly=True)
+
+    async def do_create(self, command: Command) -> Reply:
+        args = command.args
+        assert isinstance(args, Create)
+        name = args.mailbox.rstrip(DELIMITER)
+        if not name or DELIMITER * 2 in name or name.startswith(DELIMITER):
+            return ("NO", "[CANNOT] invalid mailbox name")
+        if name == "INBOX":
+            return ("NO", "[ALREADYEXISTS] INBOX always exists")
+        if len(args.special_use) > 1:
+            return ("NO", "[USEATTR] one special use per mailbox")
+        use = None
+        if args.special_use:
+            use = _SPECIAL_USES.get(args.special_use[0].lower())
+            if use is None:
+                return ("NO", "[USEATTR] unsupported special use")
+        await self._user().create(name, use)
+        return ("OK", "CREATE completed")
+
+    async def do_delete(self, command: Command) -> Reply:
+        args = command.args
+        assert isinstance(args, MailboxArg)
+        if args.mailbox == "INBOX":
+            return ("NO", "[CANNOT] INBOX cannot be deleted")
+        if self.selected is not None and self.selected.name == args.mailbox:
+            self._drop_selected()
+            self.write(b"* OK [CLOSED] mailbox deleted\r\n")
+        await self._user().delete(args.mailbox)
+        return ("OK", "DELETE completed")
+
+    async def do_rename(self, command: Command) -> Reply:
+        args = command.args
+        assert isinstance(args, Rename)
+        new = args.new.rstrip(DELIMITER)
+        if not new or new == "INBOX":
+            return ("NO", "[CANNOT] invalid new name")
+        await self._user().rename(args.old, new)
+        return ("OK", "RENAME completed")
+
+    async def do_subscribe(self, command: Command) -> Reply:
+        args = command.args
+        assert isinstance(args, MailboxArg)
+        await self._user().subscribe(args.mailbox, True)
+        return ("OK", "SUBSCRIBE completed")
+
+    async def do_unsubscribe(self, command: Command) -> Reply:
+        args = command.args
+        assert isinstance(args, MailboxArg)
+        try:
+            await self._user().subscribe(args.mailbox, False)
+        except NoSuchMailbox:
+            pass  # unsubscribing a name that is gone is not an error worth reporting
+        return ("OK", "UNSUBSCRIBE completed")
+
+    async def _list(self, command: Command, lsub: bool) -> Reply:
+        args = command.args
+        assert isinstance(args, ListArgs)
+        if not lsub and args.patterns == ("",):
+            self.write(b'* LIST (\\Noselect) "/" ""\r\n')
+            return ("OK", "LIST completed")
+        rows = await self._user().list_mailboxes()
+        lsub = lsub or "SUBSCRIBED" in args.selection
+        special_only = "SPECIAL-USE" in args.selection
+        self.write(b"".join(list_lines(rows, args.reference, args.patterns, lsub=lsub,
+                                       special_only=special_only)))
+        return ("OK", f"{command.name} completed")
+
+    async def do_list(self, command: Command) -> Reply:
+        return await self._list(command, lsub=False)
+
+    async def do_lsub(self, command: Command) -> Reply:
+        return await self._list(command, lsub=True)
+
+    async def do_status(self, command: Command) -> Reply:
+        args = command.args
+        assert isinstance(args, Status)
+        status = await self._user().status(args.mailbox)
+        values = {"MESSAGES": status.messages, "RECENT": 0, "UIDNEXT": status.uidnext,
+                  "UIDVALIDITY": status.uidvalidity, "UNSEEN": status.unseen,
+                  "HIGHESTMODSEQ": status.highestmodseq, "SIZE": status.size,
+                  "DELETED": status.deleted, "APPENDLIMIT": 0}
+        items = " ".join(f"{item} {values[item]}" for item in args.items
+                         if item != "APPENDLIMIT")
+        self.write(b"* STATUS %s (%s)\r\n" % (mailbox_name(args.mailbox), items.encode("ascii")))
+        return ("OK", "STATUS completed")
+
+    async def do_append(self, command: Command) -> Reply:
+        args = command.args
+        assert isinstance(args, Append)
+        uidvalidity = 0
+        uids = []
+        for message in args.messages:
+            flags = [canonical_flag(f) for f in message.flags if f.lower() != "\\recent"]
+            try:
+                uidvalidity, uid = await self._user().append(
+                    args.mailbox, message.data, flags, message.internal_date)
+            except NoSuchMailbox:
+                raise TryCreate("no such mailbox; create it first") from None
+            uids.append(uid)
+        if self.selected is not None and self.selected.name == args.mailbox:
+            self.selected.dirty = True
+        return ("OK", f"[APPENDUID {uidvalidity} {uid_set_text(uids)}] APPEND completed")
+
+    async def do_namespace(self, command: Command) -> Reply:
+        self.write(b'* NAMESPACE (("" "/")) NIL NIL\r\n')
+        return ("OK", "NAMESPACE completed")
+
+    async def do_enable(self, command: Command) -> Reply:
+        args = command.args
+        assert isinstance(args, Enable)
+        enabled = []
+        if "CONDSTORE" in args.capabilities:
+            self.condstore = True
+            enabled.append("CONDSTORE")
+        self.write(b"* ENABLED%s\r\n" % "".join(" " + e for e in enabled).encode("ascii"))
+        return ("OK", "ENABLE completed")
+
+    async def _quota_line(self) -> bytes | None:
+        quota = await self._user().quota()
+        items = []
+        if quota.limit_bytes is not None:
+            items.append(f"STORAGE {quota.used_bytes // 1024} {quota.limit_bytes // 1024}")
+        if quota.limit_messages is not None:
+            items.append(f"MESSAGE {quota.used_messages} {quota.limit_messages}")
+        if not items:
+            return None
+        return b'* QUOTA "" (%s)\r\n' % " ".join(items).encode("ascii")
+
+    async def do_getquotaroot(self, command: Command) -> Reply:
+        args = command.args
+        assert isinstance(args, MailboxArg)
+        await self._user().status(args.mailbox)  # NO [NONEXISTENT] for unknown mailboxes
+        line = await self._quota_line()
+        if line is None:
+            self.write(b"* QUOTAROOT %s\r\n" % mailbox_name(args.mailbox))
+        else:
+            self.write(b'* QUOTAROOT %s ""\r\n' % mailbox_name(args.mailbox) + line)
+        return ("OK", "GETQUOTAROOT completed")
+
+    async def do_getquota(self, command: Command) -> Reply:
+        args = command.args
+        assert isinstance(args, QuotaRoot)
+        line = await self._quota_line() if args.root == "" else None
+        if line is None:
+            return ("NO", "[NONEXISTENT] no such quota root")
+        self.write(line)
+        return ("OK", "GETQUOTA completed")
+
+    async def do_setquota(self, command: Command) -> Reply:
+        return ("NO", "[NOPERM] quotas are set by the administrator")

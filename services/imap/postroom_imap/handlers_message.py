@@ -1,0 +1,217 @@
+"""Selected-state commands: FETCH, STORE, SEARCH, COPY, MOVE, EXPUNGE, CLOSE, UNSELECT, CHECK."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from postroom_imap.policy import NoSuchMailbox, Refusal
+from postroom_imap.render import canonical_flag, fetch_items, needs_blob, needs_meta
+from postroom_imap.selected import Selected, uid_set_text
+from postroom_imap.syntax import Command
+from postroom_imap.syntax_types import (
+    Copy,
+    Expunge,
+    Fetch,
+    Search,
+    SearchAnd,
+    SearchKey,
+    SearchModseq,
+    SearchNot,
+    SearchOr,
+    SequenceSet,
+    Store,
+)
+
+if TYPE_CHECKING:
+    from postroom_imap.policy import UserStore
+
+Reply = tuple[str, str]
+# messages per store round trip: small when bodies come along, to bound memory per session
+BODY_BATCH = 50
+META_BATCH = 2000
+
+
+class ReadOnly(Refusal):
+    code = "READ-ONLY"
+    text = "mailbox is selected read-only"
+
+
+def _uses_modseq(key: SearchKey) -> bool:
+    if isinstance(key, SearchModseq):
+        return True
+    if isinstance(key, SearchAnd):
+        return any(_uses_modseq(k) for k in key.keys)
+    if isinstance(key, SearchOr):
+        return _uses_modseq(key.left) or _uses_modseq(key.right)
+    if isinstance(key, SearchNot):
+        return _uses_modseq(key.key)
+    return False
+
+
+class MessageCommands:
+    """Mixed into IMAPServer; uses its ``store``, ``selected``, ``write`` and state helpers."""
+
+    store: UserStore | None
+    selected: Selected | None
+    condstore: bool
+    write: Any
+    _drop_selected: Any
+
+    def _box(self) -> tuple[UserStore, Selected]:
+        assert self.store is not None and self.selected is not None
+        return self.store, self.selected
+
+    def _targets(self, command: Command, sequence: SequenceSet) -> list[int]:
+        _, box = self._box()
+        return box.by_uid(sequence) if command.uid else box.by_sequence(sequence)
+
+    async def do_check(self, command: Command) -> Reply:
+        return ("OK", "CHECK completed")
+
+    async def do_close(self, command: Command) -> Reply:
+        store, box = self._box()
+        if not box.readonly:
+            await store.expunge(box.mailbox_id, None)
+        self._drop_selected()
+        return ("OK", "CLOSE completed")
+
+    async def do_unselect(self, command: Command) -> Reply:
+        self._drop_selected()
+        return ("OK", "UNSELECT completed")
+
+    async def do_expunge(self, command: Command) -> Reply:
+        store, box = self._box()
+        if box.readonly:
+            raise ReadOnly()
+        args = command.args
+        assert isinstance(args, Expunge)
+        limit = box.by_uid(args.sequence) if args.sequence is not None else None
+        if limit is not None and not limit:
+            return ("OK", "EXPUNGE completed")
+        gone = await store.expunge(box.mailbox_id, limit)
+        self.write(b"".join(box.forget(gone)))
+        return ("OK", "EXPUNGE completed")
+
+    async def do_search(self, command: Command) -> Reply:
+        store, box = self._box()
+        args = command.args
+        assert isinstance(args, Search)
+        key = box.bind_search(args.key)
+        found = await store.search(box.mailbox_id, key, box.max_uid)
+        numbers = []
+        for uid, _ in found:
+            number = uid if command.uid else box.seq_of(uid)
+            if number is not None:
+                numbers.append(number)
+        line = b"* SEARCH" + b"".join(b" %d" % n for n in numbers)
+        if found and _uses_modseq(args.key):
+            self.condstore = True
+            line += b" (MODSEQ %d)" % max(m for _, m in found)
+        self.write(line + b"\r\n")
+        return ("OK", "SEARCH completed")
+
+    async def do_fetch(self, command: Command) -> Reply:
+        store, box = self._box()
+        args = command.args
+        assert isinstance(args, Fetch)
+        if any(i.name.startswith("BINARY") for i in args.items):
+            return ("BAD", "BINARY is not supported")
+        uids = self._targets(command, args.sequence)
+        if args.changedsince is not None or any(i.name == "MODSEQ" for i in args.items):
+            self.condstore = True
+        want_blob = any(needs_blob(i) for i in args.items)
+        want_meta = any(needs_meta(i) for i in args.items)
+        mark_seen = not box.readonly and any(i.sets_seen for i in args.items)
+        batch = BODY_BATCH if want_blob else META_BATCH
+        for start in range(0, len(uids), batch):
+            rows = await store.fetch(box.mailbox_id, uids[start:start + batch], blob=want_blob,
+                                     meta=want_meta, mark_seen=mark_seen,
+                                     changedsince=args.changedsince)
+            if self.selected is not box:
+                break
+            out = []
+            for row in rows:
+                seq = box.seq_of(row.uid)
+                if seq is None:
+                    continue
+                if row.seen_set:
+                    box.own[row.uid] = row.modseq
+                data = fetch_items(row, args.items, with_uid=command.uid,
+                                   with_modseq=self.condstore)
+                out.append(b"* %d FETCH %s\r\n" % (seq, data))
+            self.write(b"".join(out))
+        return ("OK", "FETCH completed")
+
+    async def do_store(self, command: Command) -> Reply:
+        store, box = self._box()
+        if box.readonly:
+            raise ReadOnly()
+        args = command.args
+        assert isinstance(args, Store)
+        if args.unchangedsince is not None:
+            self.condstore = True
+        uids = self._targets(command, args.sequence)
+        flags = [canonical_flag(f) for f in args.flags if f.lower() != "\\recent"]
+        if not uids:
+            return ("OK", "STORE completed")
+        result = await store.store(box.mailbox_id, uids, args.mode, flags, args.unchangedsince)
+        changed = set(result.changed)
+        out = []
+        for row in result.rows:
+            if row.uid in changed:
+                box.own[row.uid] = row.modseq
+            seq = box.seq_of(row.uid)
+            if seq is None:
+                continue
+            if args.silent:
+                # .SILENT still reports new mod-sequences under CONDSTORE (RFC 7162 3.2)
+                if not (self.condstore and row.uid in changed):
+                    continue
+                items = [b"MODSEQ (%d)" % row.modseq]
+            else:
+                items = [b"FLAGS (" + " ".join(row.flags).encode("utf-8") + b")"]
+                if self.condstore:
+                    items.append(b"MODSEQ (%d)" % row.modseq)
+            if command.uid:
+                items.insert(0, b"UID %d" % row.uid)
+            out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items)))
+        self.write(b"".join(out))
+        if changed:
+            box.dirty = True
+        if result.modified:
+            numbers = result.modified if command.uid else [
+                n for n in (box.seq_of(u) for u in result.modified) if n is not None]
+            return ("OK", f"[MODIFIED {uid_set_text(sorted(numbers))}] conditional STORE failed")
+        return ("OK", "STORE completed")
+
+    async def _copy(self, command: Command, move: bool) -> Reply:
+        store, box = self._box()
+        args = command.args
+        assert isinstance(args, Copy)
+        if move and box.readonly:
+            raise ReadOnly()
+        uids = self._targets(command, args.sequence)
+        if not uids:
+            return ("OK", f"{command.name} completed")
+        try:
+            result = await store.copy(box.mailbox_id, uids, args.mailbox, move)
+        except NoSuchMailbox:
+            return ("NO", "[TRYCREATE] no such mailbox")
+        code = ""
+        if result.source:
+            code = (f"[COPYUID {result.uidvalidity} {uid_set_text(result.source)} "
+                    f"{uid_set_text(result.dest)}] ")
+        if move:
+            if code:
+                self.write(b"* OK " + code.encode("ascii") + b"moved\r\n")
+            self.write(b"".join(box.forget(result.source)))
+            return ("OK", f"{command.name} completed")
+        if args.mailbox == box.name:
+            box.dirty = True
+        return ("OK", f"{code}{command.name} completed")
+
+    async def do_copy(self, command: Command) -> Reply:
+        return await self._copy(command, move=False)
+
+    async def do_move(self, command: Command) -> Reply:
+        return await self._copy(command, move=True)

@@ -1,0 +1,378 @@
+"""IMAP's queries on the mailbox store: parameterised SQL run inside Database.run transactions.
+
+Every function takes a Session first and returns plain data. Whatever changes
+a mailbox's entries locks its row first (SELECT ... FOR UPDATE), the order the
+MDA and POP3 use, and advances HIGHESTMODSEQ, so other sessions notice.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from postroom.mime import analyze
+from postroom.store import mailboxes
+from postroom.store.errors import AlreadyExists, NotFound
+from postroom.store.messages import delete_orphans, store_message
+from postroom_imap.policy import (
+    Changes,
+    CopyResult,
+    FetchRow,
+    FlagUpdate,
+    MailboxExists,
+    MailboxRow,
+    MailboxStatus,
+    NoSuchMailbox,
+    OverQuota,
+    Quota,
+    SelectState,
+    StoreResult,
+)
+from postroom_imap.search_sql import search_where
+
+SYSTEM = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+def _norm(name: str) -> str:
+    return "INBOX" if name.upper() == "INBOX" else name
+
+
+def jsonb_safe(value: Any) -> Any:
+    """PostgreSQL jsonb refuses NUL and lone surrogates: replace them, keep everything else."""
+    if isinstance(value, str):
+        if "\x00" in value or any("\ud800" <= c <= "\udfff" for c in value):
+            value = value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
+        return value
+    if isinstance(value, dict):
+        return {str(jsonb_safe(k)): jsonb_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonb_safe(v) for v in value]
+    return value
+
+
+def _mailbox(s: Session, user_id: int, name: str, lock: bool = False) -> Any:
+    sql = ("SELECT id, uidvalidity, uidnext, highestmodseq FROM mailboxes "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+           "WHERE user_id = :u AND name = :n" + (" FOR UPDATE" if lock else ""))
+    row = s.execute(text(sql), {"u": user_id, "n": _norm(name)}).first()
+    if row is None:
+        raise NoSuchMailbox()
+    return row
+
+
+def _lock_id(s: Session, mailbox_id: int) -> Any:
+    row = s.execute(text("SELECT id, uidvalidity, uidnext, highestmodseq FROM mailboxes "
+                         "WHERE id = :m FOR UPDATE"), {"m": mailbox_id}).first()
+    if row is None:
+        raise NoSuchMailbox()
+    return row
+
+
+def _bump(s: Session, mailbox_id: int, modseq: int) -> None:
+    s.execute(text("UPDATE mailboxes SET highestmodseq = :ms WHERE id = :m"),
+              {"ms": modseq, "m": mailbox_id})
+
+
+# --- mailboxes
+
+
+def list_rows(s: Session, user_id: int) -> list[MailboxRow]:
+    rows = s.execute(text("SELECT name, special_use, subscribed FROM mailboxes "
+                          "WHERE user_id = :u ORDER BY name"), {"u": user_id}).all()
+    return [MailboxRow(r[0], r[1], bool(r[2])) for r in rows]
+
+
+def create(s: Session, user_id: int, name: str, special_use: str | None) -> None:
+    """Create ``name`` and any missing parents (RFC 3501 6.3.3)."""
+    parts = name.split("/")
+    for i in range(1, len(parts)):
+        parent = "/".join(parts[:i])
+        exists = s.execute(text("SELECT 1 FROM mailboxes WHERE user_id = :u AND name = :n"),
+                           {"u": user_id, "n": _norm(parent)}).first()
+        if exists is None:
+            mailboxes.create_mailbox(s, user_id, parent)
+    try:
+        mailboxes.create_mailbox(s, user_id, name, special_use=special_use)
+    except AlreadyExists:
+        raise MailboxExists() from None
+
+
+def delete(s: Session, user_id: int, name: str) -> None:
+    box = _mailbox(s, user_id, name, lock=True)
+    ids = [int(r[0]) for r in s.execute(text(
+        "DELETE FROM mailbox_entries WHERE mailbox_id = :m RETURNING message_id"),
+        {"m": box.id}).all()]
+    s.execute(text("DELETE FROM mailboxes WHERE id = :m"), {"m": box.id})
+    delete_orphans(s, sorted(set(ids)))
+
+
+def rename(s: Session, user_id: int, old: str, new: str) -> None:
+    """Rename a mailbox and its children; renaming INBOX moves its messages (RFC 3501 6.3.5)."""
+    old, new = _norm(old), _norm(new)
+    box = _mailbox(s, user_id, old, lock=True)
+    taken = s.execute(text("SELECT 1 FROM mailboxes WHERE user_id = :u AND "
+                           "(name = :n OR name LIKE :p ESCAPE '\\')"),
+                      {"u": user_id, "n": new, "p": _like_prefix(new)}).first()
+    if taken is not None:
+        raise MailboxExists()
+    if old == "INBOX":
+        create(s, user_id, new, None)
+        uids = [int(r[0]) for r in s.execute(text(
+            "SELECT uid FROM mailbox_entries WHERE mailbox_id = :m ORDER BY uid"),
+            {"m": box.id}).all()]
+        if uids:
+            copy(s, user_id, box.id, uids, new, move=True)
+        return
+    s.execute(text("UPDATE mailboxes SET name = :new || substr(name, :cut) WHERE user_id = :u "
+                   "AND (name = :old OR name LIKE :p ESCAPE '\\')"),
+              {"new": new, "cut": len(old) + 1, "u": user_id, "old": old,
+               "p": _like_prefix(old)})
+
+
+def _like_prefix(name: str) -> str:
+    escaped = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "/%"
+
+
+def subscribe(s: Session, user_id: int, name: str, subscribed: bool) -> None:
+    done = s.execute(text("UPDATE mailboxes SET subscribed = :f WHERE user_id = :u AND name = :n"),
+                     {"f": subscribed, "u": user_id, "n": _norm(name)})
+    if not getattr(done, "rowcount", 0):
+        raise NoSuchMailbox()
+
+
+def status(s: Session, user_id: int, name: str) -> MailboxStatus:
+    box = _mailbox(s, user_id, name)
+    row = s.execute(text(
+        "SELECT count(*), count(*) FILTER (WHERE NOT ('\\Seen' = ANY(e.flags))), "
+        "count(*) FILTER (WHERE '\\Deleted' = ANY(e.flags)), coalesce(sum(m.size), 0) "
+        "FROM mailbox_entries e JOIN messages m ON m.id = e.message_id "
+        "WHERE e.mailbox_id = :m"), {"m": box.id}).one()
+    return MailboxStatus(messages=int(row[0]), uidnext=int(box.uidnext),
+                         uidvalidity=int(box.uidvalidity), unseen=int(row[1]),
+                         highestmodseq=int(box.highestmodseq), size=int(row[3]),
+                         deleted=int(row[2]))
+
+
+def quota(s: Session, user_id: int) -> Quota:
+    limits = s.execute(text("SELECT quota_bytes, quota_messages FROM users WHERE id = :u"),
+                       {"u": user_id}).one()
+    used_bytes, used_messages = mailboxes.usage(s, user_id)
+    return Quota(used_bytes, limits[0], used_messages, limits[1])
+
+
+def _check_quota(s: Session, user_id: int, add_bytes: int, add_messages: int) -> None:
+    q = quota(s, user_id)
+    if q.limit_bytes is not None and q.used_bytes + add_bytes > q.limit_bytes:
+        raise OverQuota()
+    if q.limit_messages is not None and q.used_messages + add_messages > q.limit_messages:
+        raise OverQuota()
+
+
+def append(s: Session, user_id: int, name: str, data: bytes, flags: Sequence[str],
+           when: datetime | None) -> tuple[int, int, int]:
+    """Store a message into a mailbox; (uidvalidity, uid, mailbox id)."""
+    box = _mailbox(s, user_id, name)
+    _check_quota(s, user_id, len(data), 1)
+    message_id = store_message(s, data, jsonb_safe(analyze(data).to_dict()))
+    try:
+        uid, _ = mailboxes.deliver_to_mailbox(
+            s, user_id=user_id, mailbox_name=_norm(name), message_id=message_id,
+            spool_recipient_id=None, flags=list(dict.fromkeys(flags)), internaldate=when)
+    except NotFound:
+        raise NoSuchMailbox() from None
+    return int(box.uidvalidity), int(uid), int(box.id)
+
+
+# --- the selected mailbox
+
+
+def select(s: Session, user_id: int, name: str) -> SelectState:
+    box = _mailbox(s, user_id, name)
+    uids = s.execute(text("SELECT coalesce(array_agg(uid ORDER BY uid), '{}') "
+                          "FROM mailbox_entries WHERE mailbox_id = :m"),
+                     {"m": box.id}).scalar_one()
+    unseen = s.execute(text("SELECT min(uid) FROM mailbox_entries WHERE mailbox_id = :m "
+                            "AND NOT ('\\Seen' = ANY(flags))"), {"m": box.id}).scalar_one()
+    keywords = s.execute(text(
+        "SELECT DISTINCT f FROM (SELECT unnest(flags) AS f FROM mailbox_entries "
+        "WHERE mailbox_id = :m) k WHERE left(f, 1) <> '\\' ORDER BY f LIMIT 100"),
+        {"m": box.id}).scalars().all()
+    return SelectState(mailbox_id=int(box.id), name=_norm(name),
+                       uidvalidity=int(box.uidvalidity), uidnext=int(box.uidnext),
+                       highestmodseq=int(box.highestmodseq), uids=[int(u) for u in uids],
+                       first_unseen_uid=int(unseen) if unseen is not None else None,
+                       keywords=[str(k) for k in keywords])
+
+
+def changes(s: Session, mailbox_id: int, modseq: int, max_uid: int, count: int) -> Changes:
+    """New messages, flag changes since ``modseq`` and, when needed, the UIDs still present."""
+    box = s.execute(text("SELECT highestmodseq, uidnext FROM mailboxes WHERE id = :m"),
+                    {"m": mailbox_id}).first()
+    if box is None:
+        return Changes(modseq, 0, [], [], [])
+    highest, uidnext = int(box[0]), int(box[1])
+    if highest == modseq:
+        return Changes(highest, uidnext, [], None, [])
+    rows = s.execute(text("SELECT uid, flags, modseq FROM mailbox_entries "
+                          "WHERE mailbox_id = :m AND modseq > :ms ORDER BY uid"),
+                     {"m": mailbox_id, "ms": modseq}).all()
+    new = [int(r[0]) for r in rows if r[0] > max_uid]
+    flags = [FlagUpdate(int(r[0]), tuple(r[1]), int(r[2])) for r in rows if r[0] <= max_uid]
+    still = s.execute(text("SELECT count(*) FROM mailbox_entries WHERE mailbox_id = :m "
+                           "AND uid <= :max"), {"m": mailbox_id, "max": max_uid}).scalar_one()
+    present = None
+    if int(still) < count:
+        present = [int(u) for u in s.execute(text(
+            "SELECT uid FROM mailbox_entries WHERE mailbox_id = :m AND uid <= :max"),
+            {"m": mailbox_id, "max": max_uid}).scalars()]
+    return Changes(highest, uidnext, new, present, flags)
+
+
+def fetch(s: Session, mailbox_id: int, uids: Sequence[int], blob: bool, meta: bool,
+          mark_seen: bool, changedsince: int | None) -> list[FetchRow]:
+    seen: dict[int, tuple[tuple[str, ...], int]] = {}
+    if mark_seen:
+        box = _lock_id(s, mailbox_id)
+        modseq = int(box.highestmodseq) + 1
+        updated = s.execute(text(
+            "UPDATE mailbox_entries SET flags = array_append(flags, '\\Seen'), modseq = :ms "
+            "WHERE mailbox_id = :m AND uid = ANY(:uids) AND NOT ('\\Seen' = ANY(flags)) "
+            "RETURNING uid, flags, modseq"), {"m": mailbox_id, "uids": list(uids), "ms": modseq}
+        ).all()
+        if updated:
+            _bump(s, mailbox_id, modseq)
+        seen = {int(r[0]): (tuple(r[1]), int(r[2])) for r in updated}
+    columns = "e.uid, e.flags, e.modseq, e.internaldate, m.size"
+    columns += ", m.metadata" if meta or blob else ", NULL"
+    columns += ", m.blob" if blob else ", NULL"
+    sql = (f"SELECT {columns} FROM mailbox_entries e JOIN messages m ON m.id = e.message_id "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+           "WHERE e.mailbox_id = :m AND e.uid = ANY(:uids)")
+    params: dict[str, Any] = {"m": mailbox_id, "uids": list(uids)}
+    if changedsince is not None:
+        sql += " AND e.modseq > :cs"
+        params["cs"] = changedsince
+    out = []
+    for r in s.execute(text(sql + " ORDER BY e.uid"), params).all():
+        uid = int(r[0])
+        flags, modseq = seen.get(uid, (tuple(r[1]), int(r[2])))
+        out.append(FetchRow(uid=uid, flags=flags, modseq=modseq, internaldate=r[3],
+                            size=int(r[4]), meta=r[5], blob=bytes(r[6]) if r[6] is not None
+                            else None, seen_set=uid in seen))
+    return out
+
+
+_NEW_FLAGS = {
+    "+": "ARRAY(SELECT DISTINCT x FROM unnest(flags || CAST(:f AS text[])) x ORDER BY x)",
+    "-": "ARRAY(SELECT x FROM unnest(flags) x WHERE x <> ALL(CAST(:f AS text[])))",
+    "": "CAST(:f AS text[])",
+}
+_CHANGES = {
+    "+": "NOT (flags @> CAST(:f AS text[]))",
+    "-": "flags && CAST(:f AS text[])",
+    "": "NOT (flags @> CAST(:f AS text[]) AND flags <@ CAST(:f AS text[]))",
+}
+
+
+def store(s: Session, mailbox_id: int, uids: Sequence[int], mode: str, flags: Sequence[str],
+          unchangedsince: int | None) -> StoreResult:
+    box = _lock_id(s, mailbox_id)
+    modseq = int(box.highestmodseq) + 1
+    params: dict[str, Any] = {"m": mailbox_id, "uids": list(uids), "f": list(dict.fromkeys(flags)),
+                              "ms": modseq}
+    modified: list[int] = []
+    guard = ""
+    if unchangedsince is not None:
+        params["us"] = unchangedsince
+        modified = [int(u) for u in s.execute(text(
+            "SELECT uid FROM mailbox_entries WHERE mailbox_id = :m AND uid = ANY(:uids) "
+            "AND modseq > :us ORDER BY uid"), params).scalars()]
+        guard = " AND modseq <= :us"
+    changed = [int(r[0]) for r in s.execute(text(
+        f"UPDATE mailbox_entries SET flags = {_NEW_FLAGS[mode]}, modseq = :ms "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+        f"WHERE mailbox_id = :m AND uid = ANY(:uids) AND {_CHANGES[mode]}{guard} RETURNING uid"),
+        params).all()]
+    if changed:
+        _bump(s, mailbox_id, modseq)
+    rows = s.execute(text("SELECT uid, flags, modseq FROM mailbox_entries "
+                          "WHERE mailbox_id = :m AND uid = ANY(:uids) ORDER BY uid"),
+                     params).all()
+    return StoreResult([FlagUpdate(int(r[0]), tuple(r[1]), int(r[2])) for r in rows],
+                       sorted(changed), modified)
+
+
+def search(s: Session, mailbox_id: int, key: Any, max_uid: int) -> list[tuple[int, int]]:
+    where, params = search_where(key)
+    params.update({"mbox": mailbox_id, "maxuid": max_uid})
+    rows = s.execute(text(
+        "SELECT e.uid, e.modseq FROM mailbox_entries e JOIN messages m ON m.id = e.message_id "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+        f"WHERE e.mailbox_id = :mbox AND e.uid <= :maxuid AND ({where}) ORDER BY e.uid"),
+        params).all()
+    return [(int(r[0]), int(r[1])) for r in rows]
+
+
+def copy(s: Session, user_id: int, mailbox_id: int, uids: Sequence[int], dest: str,
+         move: bool) -> CopyResult:
+    """Copy (or move) entries; the destination's UIDs come from its locked row."""
+    target = s.execute(text("SELECT id FROM mailboxes WHERE user_id = :u AND name = :n"),
+                       {"u": user_id, "n": _norm(dest)}).first()
+    if target is None:
+        raise NoSuchMailbox()
+    # lock both rows in id order, so two opposite moves cannot deadlock
+    locked = {}
+    for mid in sorted({mailbox_id, int(target[0])}):
+        locked[mid] = _lock_id(s, mid)
+    dst = locked[int(target[0])]
+    rows = s.execute(text(
+        "SELECT e.uid, e.message_id, e.flags, e.internaldate, m.size FROM mailbox_entries e "
+        "JOIN messages m ON m.id = e.message_id WHERE e.mailbox_id = :m AND e.uid = ANY(:uids) "
+        "ORDER BY e.uid"), {"m": mailbox_id, "uids": list(uids)}).all()
+    if not rows:
+        return CopyResult(int(dst.uidvalidity), [], [])
+    if not move:
+        _check_quota(s, user_id, sum(int(r[4]) for r in rows), len(rows))
+    uid = int(dst.uidnext)
+    modseq = int(dst.highestmodseq) + 1
+    source, new = [], []
+    for r in rows:
+        s.execute(text("INSERT INTO mailbox_entries (mailbox_id, uid, message_id, flags, modseq, "
+                       "internaldate) VALUES (:m, :uid, :msg, :f, :ms, :d)"),
+                  {"m": dst.id, "uid": uid, "msg": r[1], "f": list(r[2]), "ms": modseq,
+                   "d": r[3]})
+        source.append(int(r[0]))
+        new.append(uid)
+        uid += 1
+    s.execute(text("UPDATE mailboxes SET uidnext = :n, highestmodseq = :ms WHERE id = :m"),
+              {"n": uid, "ms": modseq, "m": dst.id})
+    if move:
+        src = locked[mailbox_id]
+        src_modseq = max(int(src.highestmodseq), modseq if src.id == dst.id else 0) + 1
+        s.execute(text("DELETE FROM mailbox_entries WHERE mailbox_id = :m AND uid = ANY(:uids)"),
+                  {"m": mailbox_id, "uids": source})
+        _bump(s, mailbox_id, src_modseq)
+    return CopyResult(int(dst.uidvalidity), source, new)
+
+
+def expunge(s: Session, mailbox_id: int, uids: Sequence[int] | None) -> list[int]:
+    """Remove \\Deleted messages (only among ``uids`` when given); the UIDs removed."""
+    box = _lock_id(s, mailbox_id)
+    sql = ("DELETE FROM mailbox_entries WHERE mailbox_id = :m AND '\\Deleted' = ANY(flags)")
+    params: dict[str, Any] = {"m": mailbox_id}
+    if uids is not None:
+        sql += " AND uid = ANY(:uids)"
+        params["uids"] = list(uids)
+    removed = s.execute(text(sql + " RETURNING uid, message_id"), params).all()
+    if not removed:
+        return []
+    _bump(s, mailbox_id, int(box.highestmodseq) + 1)
+    delete_orphans(s, sorted({int(r[1]) for r in removed}))
+    return sorted(int(r[0]) for r in removed)
+
+
+def user_mailbox_ids(s: Session, user_id: int, names: Sequence[str]) -> list[int]:
+    rows = s.execute(text("SELECT id FROM mailboxes WHERE user_id = :u AND name = ANY(:n)"),
+                     {"u": user_id, "n": [_norm(n) for n in names]}).scalars()
+    return [int(r) for r in rows]

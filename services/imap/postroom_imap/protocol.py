@@ -1,0 +1,540 @@
+"""The IMAP server state machine (RFC 3501) on Twisted: framing, states, auth, TLS, dispatch.
+
+Why not twisted.mail.imap4: it executes plaintext pipelined after STARTTLS,
+fails APPEND without flags and SEARCH on headers, drops the connection on
+non-ASCII headers in FETCH, and calls mailboxes synchronously. This protocol
+parses with :mod:`postroom_imap.syntax`, replies, and asks a
+:class:`~postroom_imap.policy.Accounts` / :class:`~postroom_imap.policy.UserStore`
+for everything else through Deferreds. Commands run one at a time in the
+order received; untagged mailbox updates are sent before a command's tagged
+reply, and EXPUNGE never during FETCH, STORE or SEARCH (RFC 3501 7.4.1).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from twisted.internet import interfaces
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Protocol, ServerFactory
+from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
+
+from postroom.auth import sasl
+from postroom.logs import get_logger
+from postroom_imap.handlers_mailbox import MailboxCommands
+from postroom_imap.handlers_message import MessageCommands
+from postroom_imap.policy import Accounts, AuthFailed, Refusal, UserStore
+from postroom_imap.selected import Selected
+from postroom_imap.syntax import (
+    Command,
+    CommandReader,
+    Event,
+    LiteralTooBig,
+    NeedContinuation,
+    ParseError,
+    RawLine,
+)
+from postroom_imap.syntax import Limits as ReaderLimits
+from postroom_imap.syntax_lexer import SyntaxProblem
+from postroom_imap.syntax_types import Authenticate, Login
+
+log = get_logger("imap")
+
+NOT_AUTHENTICATED = "not authenticated"
+AUTHENTICATED = "authenticated"
+SELECTED = "selected"
+LOGOUT = "logout"
+
+# RFC 3501 5.4: the autologout timer is at least 30 minutes
+IDLE_TIMEOUT = 30 * 60.0
+# while IDLE, look at the store this often even if no change event arrives (Redis is a signal)
+IDLE_POLL = 60.0
+FAILED_LOGIN_DELAY = 1.0
+MAX_FAILED_LOGINS = 3
+MAX_ERRORS = 20
+# parsed commands waiting behind a running one before reading from the peer pauses
+MAX_QUEUED = 64
+
+BASE_CAPABILITIES = ("IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
+                     "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CREATE-SPECIAL-USE",
+                     "CHILDREN", "CONDSTORE", "QUOTA", "QUOTA=RES-STORAGE",
+                     "QUOTA=RES-MESSAGE")
+
+_ANY = ("CAPABILITY", "NOOP", "LOGOUT", "ID")
+_NOT_AUTH = ("STARTTLS", "AUTHENTICATE", "LOGIN")
+_AUTH = ("SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST",
+         "LSUB", "STATUS", "APPEND", "NAMESPACE", "ENABLE", "IDLE", "GETQUOTA", "GETQUOTAROOT",
+         "SETQUOTA")
+_SELECTED = ("CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE")
+# commands during which EXPUNGE responses must not be sent (RFC 3501 7.4.1)
+_NO_EXPUNGE = ("FETCH", "STORE", "SEARCH")
+_ALWAYS_SYNC = ("NOOP", "CHECK", "IDLE")
+
+Reply = tuple[str, str]  # ("OK" | "NO" | "BAD", text)
+
+
+def _is_tls(transport: Any) -> bool:
+    return bool(interfaces.ISSLTransport.providedBy(transport)
+                or interfaces.INegotiated.providedBy(transport))
+
+
+def _is_loopback(host: str) -> bool:
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return address.is_loopback
+
+
+class IMAPFactory(ServerFactory):
+    """Makes :class:`IMAPServer` protocols sharing accounts, TLS and limits."""
+
+    def __init__(self, accounts: Accounts, *, hostname: str, tls: Any = None,
+                 allow_plaintext_auth_on_loopback: bool = False, clock: Any = None,
+                 limits: ReaderLimits | None = None, idle_timeout: float = IDLE_TIMEOUT,
+                 idle_poll: float = IDLE_POLL, failed_login_delay: float = FAILED_LOGIN_DELAY,
+                 max_failed_logins: int = MAX_FAILED_LOGINS, max_errors: int = MAX_ERRORS,
+                 ) -> None:
+        if clock is None:
+            from twisted.internet import reactor
+            clock = reactor
+        self.accounts = accounts
+        self.hostname = hostname
+        self.tls = tls
+        self.allow_plaintext_auth_on_loopback = allow_plaintext_auth_on_loopback
+        self.clock = clock
+        self.limits = limits or ReaderLimits()
+        self.idle_timeout = idle_timeout
+        self.idle_poll = idle_poll
+        self.failed_login_delay = failed_login_delay
+        self.max_failed_logins = max_failed_logins
+        self.max_errors = max_errors
+        self.sessions: set[IMAPServer] = set()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        server = IMAPServer()
+        server.factory = self
+        return server
+
+    def close_sessions(self) -> None:
+        """Say BYE to every session (shutdown)."""
+        for server in list(self.sessions):
+            server.close(b"* BYE server shutting down\r\n")
+
+
+class IMAPServer(MailboxCommands, MessageCommands, Protocol):
+    """One IMAP connection."""
+
+    factory: IMAPFactory
+
+    def __init__(self) -> None:
+        self.state = NOT_AUTHENTICATED
+        self.tls = False
+        self.peer_ip = ""
+        self.session_id = secrets.token_hex(6)
+        self.log = log.bind(session=self.session_id)
+        self.reader: CommandReader | None = None
+        self.store: UserStore | None = None
+        self.selected: Selected | None = None
+        self.condstore = False
+        self.errors = 0
+        self.failed_logins = 0
+        self.closing = False
+        self._queue: list[Event] = []
+        self._busy = False
+        self._pumping = False
+        self._reading_paused = False
+        self._raw_waiter: Deferred[bytes] | None = None
+        self._timer: Any = None
+        self._unwatch: Callable[[], None] | None = None
+        self._idle_wakeup: Deferred[None] | None = None
+        self._syncing = False
+
+    # --- connection life
+
+    def connectionMade(self) -> None:
+        transport: Any = self.transport
+        self.tls = _is_tls(transport)
+        self.peer_ip = str(getattr(transport.getPeer(), "host", ""))
+        self.log = self.log.bind(peer=self.peer_ip)
+        self.reader = CommandReader(self.factory.limits)
+        self.factory.sessions.add(self)
+        self.log.info("session opened", tls=self.tls)
+        self.write(b"* OK [CAPABILITY %s] %s Postroom IMAP4rev1 ready\r\n"
+                   % (self.capabilities().encode("ascii"), self.factory.hostname.encode("utf-8")))
+        self.touch()
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.closing = True
+        self.factory.sessions.discard(self)
+        if self._timer is not None and self._timer.active():
+            self._timer.cancel()
+        self._timer = None
+        self._drop_selected()
+        if self.store is not None:
+            store, self.store = self.store, None
+            store.close()
+        if self._raw_waiter is not None:
+            waiter, self._raw_waiter = self._raw_waiter, None
+            waiter.errback(Failure(ConnectionError("connection lost")))
+        self.log.info("session closed", state=self.state)
+
+    def write(self, data: bytes) -> None:
+        transport: Any = self.transport
+        if transport is not None and not self.closing:
+            transport.write(data)
+
+    def close(self, line: bytes | None = None) -> None:
+        if line is not None:
+            self.write(line)
+        self.closing = True
+        self.state = LOGOUT
+        transport: Any = self.transport
+        if transport is not None:
+            transport.loseConnection()
+
+    def touch(self) -> None:
+        """Restart the autologout timer (RFC 3501 5.4)."""
+        if self.closing:
+            return
+        if self._timer is not None and self._timer.active():
+            self._timer.reset(self.factory.idle_timeout)
+        else:
+            self._timer = self.factory.clock.callLater(self.factory.idle_timeout, self._timeout)
+
+    def _timeout(self) -> None:
+        self._timer = None
+        self.log.info("idle timeout", state=self.state)
+        self.close(b"* BYE autologout; idle for too long\r\n")
+
+    # --- capabilities and auth rules
+
+    def login_allowed(self) -> bool:
+        return self.tls or (self.factory.allow_plaintext_auth_on_loopback
+                            and _is_loopback(self.peer_ip))
+
+    def capabilities(self) -> str:
+        caps = list(BASE_CAPABILITIES)
+        if self.state == NOT_AUTHENTICATED:
+            if not self.tls and self.factory.tls is not None:
+                caps.append("STARTTLS")
+            if self.login_allowed():
+                caps.append("AUTH=PLAIN")
+            else:
+                caps.append("LOGINDISABLED")
+        return " ".join(caps)
+
+    # --- input
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.closing or self.reader is None:
+            return
+        self.touch()
+        try:
+            self._enqueue(self.reader.feed(data))
+        except Exception as exc:  # a bug in framing must not leak a traceback to the peer
+            self.log.exception("input handling failed", exc)
+            self.close(b"* BYE internal server error\r\n")
+
+    def _enqueue(self, events: list[Event]) -> None:
+        for event in events:
+            if isinstance(event, RawLine) and self._raw_waiter is not None:
+                waiter, self._raw_waiter = self._raw_waiter, None
+                waiter.callback(event.data)
+            else:
+                self._queue.append(event)
+        self._pump()
+
+    def _flow_control(self) -> None:
+        transport: Any = self.transport
+        if transport is None or self.closing:
+            return
+        if len(self._queue) > MAX_QUEUED and not self._reading_paused:
+            self._reading_paused = True
+            transport.pauseProducing()
+        elif len(self._queue) <= MAX_QUEUED // 2 and self._reading_paused:
+            self._reading_paused = False
+            transport.resumeProducing()
+
+    def _pump(self) -> None:
+        if self._pumping:
+            return
+        self._pumping = True
+        try:
+            while self._queue and not self._busy and not self.closing:
+                self._handle_event(self._queue.pop(0))
+        finally:
+            self._pumping = False
+        self._flow_control()
+
+    def _handle_event(self, event: Event) -> None:
+        if isinstance(event, Command):
+            self._busy = True
+            Deferred.fromCoroutine(self._run(event)).addBoth(self._command_done)
+        elif isinstance(event, NeedContinuation):
+            self.write(b"+ Ready for literal data\r\n")
+        elif isinstance(event, LiteralTooBig):
+            tag = (event.tag or "*").encode("ascii")
+            self.write(b"%s NO [TOOBIG] literal of %d octets is too large\r\n" % (tag, event.size))
+        elif isinstance(event, ParseError):
+            if event.code == "BADCHARSET" and event.tag:
+                self.write(b"%s NO [BADCHARSET (UTF-8 US-ASCII)] %s\r\n"
+                           % (event.tag.encode("ascii"), event.text.encode("utf-8")))
+            else:
+                self._bad(event.tag, event.text)
+        elif isinstance(event, RawLine):
+            self._bad(None, "unexpected line")
+
+    def _bad(self, tag: str | None, text: str) -> None:
+        self.errors += 1
+        if self.errors >= self.factory.max_errors:
+            self.log.warning("too many errors", errors=self.errors)
+            self.close(b"* BYE too many protocol errors\r\n")
+            return
+        self.write(b"%s BAD %s\r\n" % ((tag or "*").encode("ascii"),
+                                      text.encode("utf-8", "replace")))
+
+    def _command_done(self, result: Any) -> None:
+        if isinstance(result, Failure):
+            self.log.error("command failed", error=result.getErrorMessage(),
+                           traceback=result.getTraceback())
+            self.close(b"* BYE internal server error\r\n")
+        self._busy = False
+        if self.reader is not None and self.reader.paused and not self.closing:
+            self._enqueue(self.reader.resume())
+        else:
+            self._pump()
+
+    def raw_line(self) -> Deferred[bytes]:
+        """The client's next line, unparsed (SASL responses, IDLE's DONE)."""
+        assert self.reader is not None
+        waiter: Deferred[bytes] = Deferred()
+        self._raw_waiter = waiter
+        self._enqueue(self.reader.resume(raw_line=True))
+        return waiter
+
+    # --- dispatch
+
+    def _allowed(self, name: str) -> bool:
+        if name in _ANY:
+            return True
+        if name in _NOT_AUTH:
+            return self.state == NOT_AUTHENTICATED
+        if name in _AUTH:
+            return self.state in (AUTHENTICATED, SELECTED)
+        return self.state == SELECTED and name in _SELECTED
+
+    async def _run(self, command: Command) -> None:
+        name = command.name
+        known = name in _ANY or name in _NOT_AUTH or name in _AUTH or name in _SELECTED
+        if not known:
+            self._bad(command.tag, "command not supported")
+            return
+        if not self._allowed(name) and not (command.uid and self.state == SELECTED):
+            self._bad(command.tag, f"{name} not allowed now")
+            return
+        handler: Callable[[Command], Coroutine[Any, Any, Reply | None]] = getattr(
+            self, "do_" + name.lower())
+        try:
+            reply = await handler(command)
+        except SyntaxProblem as exc:
+            self._bad(command.tag, str(exc))
+            return
+        except Refusal as exc:
+            reply = ("NO", exc.response())
+        except ConnectionError:
+            return
+        except Exception as exc:
+            self.log.exception("command failed", exc, command=name)
+            reply = ("NO", "[SERVERBUG] internal server error, logged")
+        if reply is None or self.closing:
+            return
+        if self.selected is not None and (self.selected.dirty or name in _ALWAYS_SYNC):
+            await self.sync(allow_expunge=not (name in _NO_EXPUNGE and not command.uid))
+        status, text = reply
+        self.write(b"%s %s %s\r\n" % (command.tag.encode("ascii"), status.encode("ascii"),
+                                      text.encode("utf-8")))
+
+    # --- mailbox updates
+
+    async def sync(self, allow_expunge: bool = True) -> None:
+        """Ask the store what changed in the selected mailbox and tell the client."""
+        selected, store = self.selected, self.store
+        if selected is None or store is None or self._syncing:
+            return
+        self._syncing = True
+        selected.dirty = False
+        try:
+            changes = await store.changes(selected.mailbox_id, selected.highestmodseq,
+                                          selected.max_uid, len(selected))
+            if self.selected is selected:
+                lines = selected.apply(changes, allow_expunge=allow_expunge,
+                                       condstore=self.condstore)
+                self.write(b"".join(lines))
+        except Exception as exc:  # the next sync point tries again  # noqa: BLE001 -- any failure is logged and answered, never raised to the peer
+            self.log.warning("mailbox sync failed", error=str(exc))
+        finally:
+            self._syncing = False
+
+    def _changed(self) -> None:
+        """A change event for the selected mailbox arrived."""
+        if self.selected is None:
+            return
+        self.selected.dirty = True
+        if self._idle_wakeup is not None:
+            wakeup, self._idle_wakeup = self._idle_wakeup, None
+            wakeup.callback(None)
+
+    def select_mailbox(self, selected: Selected) -> None:
+        self._drop_selected()
+        self.selected = selected
+        self.state = SELECTED
+        assert self.store is not None
+        self._unwatch = self.store.watch(selected.mailbox_id, self._changed)
+
+    def _drop_selected(self) -> None:
+        if self._unwatch is not None:
+            unwatch, self._unwatch = self._unwatch, None
+            unwatch()
+        self.selected = None
+        if self.state == SELECTED:
+            self.state = AUTHENTICATED
+
+    # --- commands valid in any state
+
+    async def do_capability(self, command: Command) -> Reply:
+        self.write(b"* CAPABILITY %s\r\n" % self.capabilities().encode("ascii"))
+        return ("OK", "CAPABILITY completed")
+
+    async def do_noop(self, command: Command) -> Reply:
+        return ("OK", "NOOP completed")
+
+    async def do_logout(self, command: Command) -> None:
+        self.write(b"* BYE logging out\r\n%s OK LOGOUT completed\r\n"
+                   % command.tag.encode("ascii"))
+        self.close()
+
+    async def do_id(self, command: Command) -> Reply:
+        self.write(b'* ID ("name" "Postroom" "vendor" "Postroom")\r\n')
+        return ("OK", "ID completed")
+
+    # --- not authenticated
+
+    async def do_starttls(self, command: Command) -> Reply | None:
+        assert self.reader is not None
+        if self.tls or self.factory.tls is None:
+            return ("BAD", "STARTTLS not available")
+        # the injection guard: plaintext pipelined after STARTTLS is never executed
+        dropped = self.reader.discard_pending()
+        if dropped:
+            self.log.warning("plaintext after STARTTLS discarded", octets=dropped)
+        self._queue.clear()
+        self.write(b"%s OK Begin TLS negotiation now\r\n" % command.tag.encode("ascii"))
+        self.transport.startTLS(self.factory.tls)  # type: ignore[union-attr]
+        self.tls = True
+        self.log.info("tls started")
+        return None
+
+    async def _login(self, username: str, password: str) -> Reply:
+        try:
+            store = await self.factory.accounts.login(username, password, self.peer_ip)
+        except AuthFailed as exc:
+            self.failed_logins += 1
+            self.log.info("login failed", user=username, failures=self.failed_logins)
+            if self.factory.failed_login_delay > 0:
+                await deferLater(self.factory.clock, self.factory.failed_login_delay,
+                                 lambda: None)
+            if self.failed_logins >= self.factory.max_failed_logins:
+                self.close(b"* BYE too many failed logins\r\n")
+                return ("NO", exc.response())
+            return ("NO", exc.response())
+        if self.closing:
+            store.close()
+            return ("NO", "connection closing")
+        self.store = store
+        self.state = AUTHENTICATED
+        self.log = self.log.bind(user=store.address)
+        self.log.info("login", user=store.address, tls=self.tls)
+        return ("OK", f"[CAPABILITY {self.capabilities()}] logged in")
+
+    async def do_login(self, command: Command) -> Reply:
+        if not self.login_allowed():
+            return ("NO", "[PRIVACYREQUIRED] LOGIN needs TLS; use STARTTLS first")
+        args = command.args
+        assert isinstance(args, Login)
+        return await self._login(args.user, args.password)
+
+    async def do_authenticate(self, command: Command) -> Reply:
+        args = command.args
+        assert isinstance(args, Authenticate)
+        if not self.login_allowed():
+            return ("NO", "[PRIVACYREQUIRED] AUTHENTICATE needs TLS; use STARTTLS first")
+        if args.mechanism != "PLAIN":
+            return ("NO", "unsupported mechanism")
+        mechanism = sasl.new_mechanism("PLAIN")
+        try:
+            if args.initial is not None:
+                step = mechanism.start(sasl.decode_response(args.initial))
+            else:
+                step = mechanism.start(None)
+            while isinstance(step, sasl.Challenge):
+                self.write(b"+ " + sasl.encode_challenge(step.data).encode("ascii") + b"\r\n")
+                line = await self.raw_line()
+                if line.strip() == b"*":
+                    return ("BAD", "authentication cancelled")
+                step = mechanism.respond(sasl.decode_response(line))
+        except sasl.SASLMalformed as exc:
+            return ("BAD", f"malformed SASL response: {exc}")
+        if not isinstance(step, sasl.Outcome) or not isinstance(
+                step.credentials, sasl.PasswordCredentials):
+            return ("NO", "unsupported mechanism")
+        credentials = step.credentials
+        if credentials.authzid and credentials.authzid != credentials.username:
+            return ("NO", "[AUTHORIZATIONFAILED] cannot act as another user")
+        return await self._login(credentials.username, credentials.password)
+
+    # --- IDLE (RFC 2177)
+
+    async def do_idle(self, command: Command) -> Reply:
+        self.write(b"+ idling\r\n")
+        done = self.raw_line()
+        finished: list[bytes] = []
+
+        def ended(result: bytes | Failure) -> None:
+            finished.append(result if isinstance(result, bytes) else b"")
+            self._wake_idle()
+
+        done.addBoth(ended)
+        if self.selected is not None:
+            await self.sync()
+        while not finished and not self.closing:
+            wakeup: Deferred[None] = Deferred()
+            self._idle_wakeup = wakeup
+            poll = self.factory.clock.callLater(self.factory.idle_poll, self._changed_poll)
+            await wakeup
+            if poll.active():
+                poll.cancel()
+            if not finished and self.selected is not None:
+                await self.sync()
+        self._idle_wakeup = None
+        if self.closing:
+            return ("BAD", "closing")
+        if finished[0].strip().upper() != b"DONE":
+            return ("BAD", "expected DONE")
+        return ("OK", "IDLE terminated")
+
+    def _changed_poll(self) -> None:
+        if self.selected is not None:
+            self.selected.dirty = True
+        self._wake_idle()
+
+    def _wake_idle(self) -> None:
+        if self._idle_wakeup is not None:
+            wakeup, self._idle_wakeup = self._idle_wakeup, None
+            wakeup.callback(None)

@@ -1,0 +1,149 @@
+"""Server response syntax: flag lists, mailbox names, dates, and FETCH data from store rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import UTC, datetime
+
+from postroom.mime import (
+    MessageMeta,
+    analyze,
+    filter_header_fields,
+    render_bodystructure,
+    render_envelope,
+    section_range,
+    string,
+)
+from postroom_imap.policy import FetchRow
+from postroom_imap.syntax_args import is_atom
+from postroom_imap.syntax_mutf7 import encode_mutf7
+from postroom_imap.syntax_types import FetchItem
+
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+SYSTEM_FLAGS = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+_CANONICAL = {f.lower(): f for f in (*SYSTEM_FLAGS, "\\Recent")}
+
+
+def canonical_flag(flag: str) -> str:
+    """System flags in their usual case (they are case-insensitive, RFC 3501 2.3.2)."""
+    return _CANONICAL.get(flag.lower(), flag)
+
+
+def flag_list(flags: Iterable[str]) -> bytes:
+    return b"(" + " ".join(flags).encode("utf-8") + b")"
+
+
+def mailbox_name(name: str) -> bytes:
+    """A mailbox name for the wire: modified UTF-7, quoted unless a plain atom."""
+    wire = encode_mutf7(name)
+    if wire == "INBOX" or (is_atom(wire) and "%" not in wire and "*" not in wire):
+        return wire.encode("ascii")
+    return string(wire)
+
+
+def internaldate(when: datetime) -> bytes:
+    """``"17-Jul-1996 02:44:25 -0700"``."""
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    offset = when.utcoffset()
+    minutes = int(offset.total_seconds() // 60) if offset else 0
+    sign = "-" if minutes < 0 else "+"
+    minutes = abs(minutes)
+    text = (f"{when.day:02d}-{_MONTHS[when.month - 1]}-{when.year:04d} "
+            f"{when.hour:02d}:{when.minute:02d}:{when.second:02d} "
+            f"{sign}{minutes // 60:02d}{minutes % 60:02d}")
+    return b'"' + text.encode("ascii") + b'"'
+
+
+def literal(data: bytes) -> bytes:
+    return b"{%d}\r\n" % len(data) + data
+
+
+def needs_blob(item: FetchItem) -> bool:
+    return item.section is not None or item.name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT")
+
+
+def needs_meta(item: FetchItem) -> bool:
+    return item.name in ("ENVELOPE", "BODY", "BODYSTRUCTURE") or (
+        item.section is not None and bool(item.section.path or item.section.text))
+
+
+def metadata(row: FetchRow) -> MessageMeta:
+    """The row's cached MIME analysis, computed from the blob when the cache is empty."""
+    if row.meta and "body" in row.meta:
+        return MessageMeta.from_dict(row.meta)
+    return analyze(row.blob or b"")
+
+
+def _section(item: FetchItem, row: FetchRow, meta: MessageMeta | None) -> bytes:
+    blob = row.blob or b""
+    section = item.section
+    assert section is not None
+    if not section.path and not section.text:
+        data = blob
+    else:
+        assert meta is not None
+        span = section_range(meta, section.path, section.text.split(".")[0] if
+                             section.text.startswith("HEADER") else section.text)
+        data = b"" if span is None else blob[span[0]:span[1]]
+        if section.text.startswith("HEADER.FIELDS") and span is not None:
+            data = filter_header_fields(data, section.fields,
+                                        exclude=section.text == "HEADER.FIELDS.NOT")
+    if item.partial is not None:
+        start, length = item.partial
+        data = data[start:start + length]
+    return literal(data)
+
+
+def fetch_items(row: FetchRow, items: Iterable[FetchItem], *, with_uid: bool,
+                with_modseq: bool, with_flags: bool = False) -> bytes:
+    """The parenthesised data of one FETCH response (without ``* n FETCH``)."""
+    out: list[bytes] = []
+    names: set[str] = set()
+    meta: MessageMeta | None = None
+
+    def add(name: str, value: bytes) -> None:
+        if name not in names:
+            names.add(name)
+            out.append(name.encode("ascii") + b" " + value)
+
+    if with_uid:
+        add("UID", b"%d" % row.uid)
+    for item in items:
+        if meta is None and needs_meta(item):
+            meta = metadata(row)
+        name = item.name
+        if name == "UID":
+            add("UID", b"%d" % row.uid)
+        elif name == "FLAGS":
+            add("FLAGS", flag_list(row.flags))
+        elif name == "INTERNALDATE":
+            add("INTERNALDATE", internaldate(row.internaldate))
+        elif name == "RFC822.SIZE":
+            add("RFC822.SIZE", b"%d" % row.size)
+        elif name == "MODSEQ":
+            add("MODSEQ", b"(%d)" % row.modseq)
+        elif name == "ENVELOPE":
+            assert meta is not None
+            add("ENVELOPE", render_envelope(meta))
+        elif name == "BODYSTRUCTURE":
+            assert meta is not None
+            add("BODYSTRUCTURE", render_bodystructure(meta, extended=True))
+        elif name == "BODY" and item.section is None:
+            assert meta is not None
+            add("BODY", render_bodystructure(meta, extended=False))
+        elif name == "RFC822":
+            add("RFC822", literal(row.blob or b""))
+        elif name in ("RFC822.HEADER", "RFC822.TEXT"):
+            if meta is None:
+                meta = metadata(row)
+            span = section_range(meta, (), name.split(".")[1])
+            blob = row.blob or b""
+            add(name, literal(b"" if span is None else blob[span[0]:span[1]]))
+        elif item.section is not None:
+            add(item.response_name(), _section(item, row, meta))
+    if (with_flags or row.seen_set) and "FLAGS" not in names:
+        add("FLAGS", flag_list(row.flags))
+    if with_modseq:
+        add("MODSEQ", b"(%d)" % row.modseq)
+    return b"(" + b" ".join(out) + b")"

@@ -1,0 +1,131 @@
+"""SEARCH keys as one parameterised SQL condition over ``mailbox_entries e`` and ``messages m``.
+
+Address and subject keys, and HEADER on the fields MIME analysis keeps, match
+the decoded values cached in ``messages.metadata`` (case-insensitively, any
+script). Other header fields, BODY and TEXT match the raw bytes in the
+database: the blob is rendered with ``encode(..., 'escape')`` (NUL and 8-bit
+bytes become ``\\nnn``, so any byte is safe) and the needle is escaped the
+same way; that folds ASCII case only. Nothing is loaded into Python.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from postroom.mime import SEARCH_FIELDS
+from postroom_imap.syntax_types import (
+    SearchAll,
+    SearchAnd,
+    SearchDate,
+    SearchFlag,
+    SearchHeader,
+    SearchKey,
+    SearchModseq,
+    SearchNot,
+    SearchOr,
+    SearchSet,
+    SearchSize,
+    SearchText,
+)
+
+_BODY_START = "coalesce((m.metadata->'body'->>'body_start')::int, 0)"
+_HEADER_TEXT = f"encode(substring(m.blob FROM 1 FOR {_BODY_START}), 'escape')"
+_BODY_TEXT = f"encode(substring(m.blob FROM {_BODY_START} + 1), 'escape')"
+_WHOLE_TEXT = "encode(m.blob, 'escape')"
+_SENT_DAY = "((m.metadata->'sort'->>'date')::timestamptz AT TIME ZONE 'UTC')::date"
+_INTERNAL_DAY = "(e.internaldate AT TIME ZONE 'UTC')::date"
+_OPS = {"before": "<", "on": "=", "since": ">="}
+
+
+def escape_bytes(data: bytes) -> str:
+    """Bytes as PostgreSQL's ``encode(..., 'escape')`` renders them."""
+    out = []
+    for b in data:
+        if b == 0 or b >= 0x80:
+            out.append(f"\\{b:03o}")
+        elif b == 0x5C:
+            out.append("\\\\")
+        else:
+            out.append(chr(b))
+    return "".join(out)
+
+
+def _regex_literal(text: str) -> str:
+    """``text`` matched literally in a PostgreSQL ARE (escape every non-alphanumeric)."""
+    return "".join(c if c.isascii() and c.isalnum() else "\\" + c for c in text)
+
+
+class _Builder:
+    def __init__(self) -> None:
+        self.params: dict[str, Any] = {}
+
+    def param(self, value: Any) -> str:
+        name = f"p{len(self.params)}"
+        self.params[name] = value
+        return ":" + name
+
+    def contains(self, haystack: str, needle: str) -> str:
+        value = self.param(escape_bytes(needle.encode("utf-8")).lower())
+        return f"strpos(lower({haystack}), {value}) > 0"
+
+    def cached_header(self, names: tuple[str, ...], value: str) -> str:
+        fields = self.param(list(names))
+        cond = f"h->>'name' = ANY(CAST({fields} AS text[]))"
+        if value:
+            cond += f" AND strpos(lower(h->>'decoded'), lower({self.param(value)})) > 0"
+        return (f"EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(m.metadata->'headers', "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+                f"'[]'::jsonb)) h WHERE {cond})")
+
+    def raw_header(self, name: str, value: str) -> str:
+        pattern = ("(^|\n)" + _regex_literal(name) + "[ \t]*:([^\n]|\n[ \t])*"
+                   + _regex_literal(escape_bytes(value.encode("utf-8"))))
+        return f"{_HEADER_TEXT} ~* {self.param(pattern)}"
+
+    def build(self, key: SearchKey) -> str:
+        if isinstance(key, SearchAll):
+            return "TRUE"
+        if isinstance(key, SearchFlag):
+            if key.flag.lower() == "\\recent":
+                # no message is \Recent in this server (see docs/imap.md)
+                return "FALSE" if key.present else "TRUE"
+            cond = f"{self.param(key.flag)} = ANY(e.flags)"
+            return cond if key.present else f"NOT ({cond})"
+        if isinstance(key, SearchText):
+            if key.where in ("from", "to", "cc", "bcc", "subject"):
+                return self.cached_header((key.where,), key.value)
+            if key.where == "body":
+                return self.contains(_BODY_TEXT, key.value)
+            return self.contains(_WHOLE_TEXT, key.value)
+        if isinstance(key, SearchHeader):
+            if key.name in SEARCH_FIELDS:
+                return self.cached_header((key.name,), key.value)
+            return self.raw_header(key.name, key.value)
+        if isinstance(key, SearchDate):
+            day = _SENT_DAY if key.sent else _INTERNAL_DAY
+            return f"{day} {_OPS[key.op]} {self.param(key.day)}"
+        if isinstance(key, SearchSize):
+            op = ">" if key.op == "larger" else "<"
+            return f"m.size {op} {self.param(key.size)}"
+        if isinstance(key, SearchSet):
+            lows = [a or 0 for a, _ in key.sequence.ranges]
+            highs = [b or 0 for _, b in key.sequence.ranges]
+            if not lows:
+                return "FALSE"
+            return (f"EXISTS (SELECT 1 FROM unnest(CAST({self.param(lows)} AS bigint[]), "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+                    f"CAST({self.param(highs)} AS bigint[])) r(lo, hi) "
+                    "WHERE e.uid BETWEEN r.lo AND r.hi)")
+        if isinstance(key, SearchModseq):
+            return f"e.modseq >= {self.param(key.modseq)}"
+        if isinstance(key, SearchAnd):
+            return "(" + " AND ".join(self.build(k) for k in key.keys) + ")"
+        if isinstance(key, SearchOr):
+            return f"({self.build(key.left)} OR {self.build(key.right)})"
+        if isinstance(key, SearchNot):
+            return f"NOT ({self.build(key.key)})"
+        raise ValueError(f"unknown search key {type(key).__name__}")
+
+
+def search_where(key: SearchKey) -> tuple[str, dict[str, Any]]:
+    """(SQL condition, bound parameters); message sets must already be concrete UID ranges."""
+    builder = _Builder()
+    return builder.build(key), builder.params

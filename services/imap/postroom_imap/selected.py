@@ -1,0 +1,161 @@
+"""The selected mailbox as one session sees it: the sequence-number map and pending updates.
+
+Sequence numbers are this session's view (RFC 3501 2.3.1.2): they change only
+when the session is told, through EXISTS and EXPUNGE responses sent at the
+points RFC 3501 7.4.1 allows. Expunges seen while a FETCH, STORE or SEARCH
+runs are held back until the next point where they may be announced.
+"""
+
+from __future__ import annotations
+
+import bisect
+from array import array
+from collections.abc import Sequence
+
+from postroom_imap.policy import Changes, SelectState
+from postroom_imap.render import flag_list
+from postroom_imap.syntax_lexer import SyntaxProblem
+from postroom_imap.syntax_types import (
+    SearchAnd,
+    SearchKey,
+    SearchNot,
+    SearchOr,
+    SearchSet,
+    SequenceSet,
+)
+
+
+class BadSequence(SyntaxProblem):
+    """A sequence number beyond the mailbox (the reply is BAD)."""
+
+
+def compress(uids: Sequence[int]) -> list[tuple[int, int]]:
+    """Sorted UIDs as inclusive ranges."""
+    out: list[tuple[int, int]] = []
+    for uid in uids:
+        if out and uid == out[-1][1] + 1:
+            out[-1] = (out[-1][0], uid)
+        else:
+            out.append((uid, uid))
+    return out
+
+
+def uid_set_text(uids: Sequence[int]) -> str:
+    """``1:3,7`` for COPYUID, APPENDUID and MODIFIED."""
+    return ",".join(f"{a}" if a == b else f"{a}:{b}" for a, b in compress(uids))
+
+
+class Selected:
+    """One session's view of its selected mailbox."""
+
+    def __init__(self, state: SelectState, readonly: bool) -> None:
+        self.mailbox_id = state.mailbox_id
+        self.name = state.name
+        self.readonly = readonly
+        self.uidvalidity = state.uidvalidity
+        self.uidnext = state.uidnext
+        self.highestmodseq = state.highestmodseq
+        # 4 bytes a message: a 100,000-message mailbox costs 400 kB per session
+        self.uids = array("L", state.uids)
+        self.own: dict[int, int] = {}  # uid -> modseq of changes this session made itself
+        self.held_expunges: set[int] = set()
+        self.dirty = False
+
+    def __len__(self) -> int:
+        return len(self.uids)
+
+    @property
+    def max_uid(self) -> int:
+        return self.uids[-1] if self.uids else 0
+
+    def seq_of(self, uid: int) -> int | None:
+        i = bisect.bisect_left(self.uids, uid)
+        return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
+
+    def by_sequence(self, sequence: SequenceSet) -> list[int]:
+        """UIDs of the messages a sequence-number set names; BAD when it names none that exist."""
+        count = len(self.uids)
+        spans = sequence.resolve(count)
+        if count == 0 or (spans and spans[-1][1] > count):
+            raise BadSequence("invalid message sequence number")
+        out: list[int] = []
+        for a, b in spans:
+            out.extend(self.uids[a - 1:b])
+        return out
+
+    def by_uid(self, sequence: SequenceSet) -> list[int]:
+        """Known UIDs within a UID set (``*`` is the largest UID; none is not an error)."""
+        if not self.uids:
+            return []
+        out: list[int] = []
+        for a, b in sequence.resolve(self.max_uid):
+            lo = bisect.bisect_left(self.uids, a)
+            hi = bisect.bisect_right(self.uids, b)
+            out.extend(self.uids[lo:hi])
+        return out
+
+    def bind_search(self, key: SearchKey) -> SearchKey:
+        """The key with every message set replaced by concrete UID ranges."""
+        if isinstance(key, SearchSet):
+            if key.sequence.saved:
+                raise SyntaxProblem("$ is not supported")
+            if key.uid:
+                spans = key.sequence.resolve(self.max_uid) if self.uids else []
+            else:
+                count = len(self.uids)
+                uids: list[int] = []
+                for a, b in key.sequence.resolve(count) if count else []:
+                    uids.extend(self.uids[a - 1:b])
+                spans = compress(uids)
+            return SearchSet(SequenceSet(tuple(spans)), uid=True)
+        if isinstance(key, SearchAnd):
+            return SearchAnd(tuple(self.bind_search(k) for k in key.keys))
+        if isinstance(key, SearchOr):
+            return SearchOr(self.bind_search(key.left), self.bind_search(key.right))
+        if isinstance(key, SearchNot):
+            return SearchNot(self.bind_search(key.key))
+        return key
+
+    def forget(self, uids: Sequence[int]) -> list[bytes]:
+        """Remove expunged UIDs; the ``* n EXPUNGE`` lines, highest number first."""
+        lines = []
+        for uid in sorted(set(uids), reverse=True):
+            seq = self.seq_of(uid)
+            if seq is None:
+                continue
+            del self.uids[seq - 1]
+            self.held_expunges.discard(uid)
+            self.own.pop(uid, None)
+            lines.append(b"* %d EXPUNGE\r\n" % seq)
+        return lines
+
+    def apply(self, changes: Changes, *, allow_expunge: bool, condstore: bool) -> list[bytes]:
+        """Untagged responses announcing ``changes``; expunges wait unless ``allow_expunge``."""
+        lines: list[bytes] = []
+        gone = set(self.held_expunges)
+        if changes.present is not None:
+            keep = set(changes.present)
+            gone.update(u for u in self.uids if u not in keep)
+        if allow_expunge:
+            lines += self.forget(sorted(gone))
+        else:
+            self.held_expunges = gone
+        for update in changes.flags:
+            if update.uid in gone or self.own.get(update.uid) == update.modseq:
+                continue
+            seq = self.seq_of(update.uid)
+            if seq is None:
+                continue
+            data = b"UID %d FLAGS %s" % (update.uid, flag_list(update.flags))
+            if condstore:
+                data += b" MODSEQ (%d)" % update.modseq
+            lines.append(b"* %d FETCH (%s)\r\n" % (seq, data))
+        new = [u for u in changes.new_uids if u > self.max_uid]
+        if new:
+            self.uids.extend(new)
+            lines.append(b"* %d EXISTS\r\n" % len(self.uids))
+        self.uidnext = max(self.uidnext, changes.uidnext)
+        if not self.held_expunges:
+            self.highestmodseq = max(self.highestmodseq, changes.highestmodseq)
+        self.own.clear()
+        return lines

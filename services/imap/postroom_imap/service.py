@@ -1,0 +1,46 @@
+"""Wiring of the imap service: the store-backed accounts, change listener, limits and factory."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from postroom.auth.ratelimit import LoginRateLimiter
+from postroom.runtime import ServiceContext
+from postroom_imap.backend import ChangeListener, StoreAccounts
+from postroom_imap.protocol import IMAPFactory
+from postroom_imap.syntax import Limits
+
+# threads for blocking Redis calls (rate limits, publishing change events); they are short
+REDIS_THREADS = 4
+
+
+def build_factory(ctx: ServiceContext) -> tuple[IMAPFactory, ChangeListener]:
+    """An IMAPFactory over the context's database, Redis and TLS configuration."""
+    settings = ctx.settings
+    pool = ctx.thread_pool("redis", REDIS_THREADS)
+    listener = ChangeListener(ctx.redis, settings.redis_prefix, ctx.reactor)
+    accounts = StoreAccounts(
+        ctx.database, ctx.redis, pool, prefix=settings.redis_prefix,
+        limiter=LoginRateLimiter.from_settings(ctx.redis, settings), listener=listener,
+        reactor=ctx.reactor)
+    factory = IMAPFactory(
+        accounts, hostname=settings.hostname, tls=ctx.tls,
+        allow_plaintext_auth_on_loopback=settings.allow_plaintext_auth_on_loopback,
+        clock=ctx.reactor, limits=Limits(max_append_literal=settings.max_message_size))
+    return factory, listener
+
+
+async def start_listening(ctx: ServiceContext) -> IMAPFactory:
+    """Listen with STARTTLS on POSTROOM_IMAP_LISTEN and implicit TLS on POSTROOM_IMAP_TLS_LISTEN."""
+    factory, listener = build_factory(ctx)
+    listener.start()
+    listening: Any = factory  # an IProtocolFactory (zope interfaces are invisible to mypy)
+    await ctx.listen_all(ctx.settings.imap_listen, listening)
+    await ctx.listen_all(ctx.settings.imap_tls_listen, listening, implicit_tls=True)
+
+    def stop() -> None:
+        factory.close_sessions()
+        listener.stop()
+
+    ctx.on_stop(stop)
+    return factory
