@@ -263,6 +263,18 @@ class Settings:
     dmarc_trusted_arc_sealers: str = setting(
         _str, "",
         "Comma-separated ARC sealer domains whose passing ARC chain overrides a DMARC failure.")
+    dmarc_reports: bool = setting(
+        _bool, "true",
+        "Send DMARC aggregate reports (RFC 7489 rua) for the verdicts stored; off keeps storing.")
+    dmarc_report_interval: float = setting(
+        _duration, "1d",
+        "Length of one aggregate report period, aligned to the Unix epoch (1d: UTC midnight).")
+    dmarc_report_org: str = setting(
+        _str, "", "org_name in our aggregate reports (empty: POSTROOM_HOSTNAME).")
+    dmarc_report_from: str = setting(
+        _str, "", "Sender of our aggregate reports (empty: dmarc-noreply@POSTROOM_HOSTNAME).")
+    dmarc_results_retention: float = setting(
+        _duration, "14d", "How long DMARC verdicts are kept for reports and `postroom dmarc`.")
     http_listen: str = setting(
         _endpoint, "tcp:8080",
         "This process's /healthz and /metrics (under `postroom up` each child gets its own free "

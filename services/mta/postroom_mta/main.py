@@ -18,6 +18,7 @@ from postroom.queue.reconciler import Reconciler
 from postroom.queue.streams import QueueClient, connect
 from postroom.runtime import ServiceContext
 from postroom.service import ServiceSpec
+from postroom_mta.inbound import start_inbound
 from postroom_mta.relay import GROUP, STREAM, Relay, RelayOptions
 from postroom_mta.worker_bounce import BounceSweeper
 
@@ -69,7 +70,7 @@ def start_relay(ctx: ServiceContext, options: RelayOptions | None = None) -> Rel
 def start(ctx: ServiceContext) -> Deferred[Any] | None:
     """Start the mta: the outbound relay (the inbound listener is added here as it lands)."""
     start_relay(ctx)
-    return None
+    return Deferred.fromCoroutine(start_inbound(ctx))
 
 
 SERVICE = ServiceSpec(

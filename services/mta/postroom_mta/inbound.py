@@ -1,0 +1,346 @@
+"""Inbound SMTP on port 25: the SMTPPolicy that accepts mail for local domains only.
+
+Decisions, in the order a session meets them:
+
+* connect: an optional DNSBL check (554 5.7.1 when listed).
+* RCPT: never an open relay, whatever the client's address: address literals,
+  sender-specified routing (``user%other@local``, ``"user@remote"@local``,
+  ``user!host@local``) and non-local domains get ``554 5.7.1 Relay access
+  denied``; local addresses that resolve to nobody get ``550 5.1.1``; then
+  optional greylisting (451 4.7.1).
+* end of DATA / last BDAT: the dmarc service's verdict. ``reject`` is 550 5.7.1
+  (no bounce: the client tells its user), ``tempfail`` or the service
+  unreachable is 451 4.7.0, else the message gets our Received: and
+  Authentication-Results (forged ones claiming our authserv-id removed), is
+  spooled for `deliver` with the disposition (inbox or junk), and only after
+  the commit does the client get ``250 2.0.0 Ok: queued as ID``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from sqlalchemy.orm import Session as DBSession
+from twisted.internet import defer
+from twisted.internet.defer import Deferred
+
+from postroom import authres
+from postroom.config import ConfigError, Settings
+from postroom.dns import Resolver
+from postroom.logs import get_logger
+from postroom.metrics import Metrics, messages_total
+from postroom.queue.envelope import Envelope as QueueEnvelope
+from postroom.queue.reconciler import Enqueuer
+from postroom.queue.streams import QueueClient, connect
+from postroom.runtime import ServiceContext
+from postroom.smtp import replies as R
+from postroom.smtp.grammar import Address, MailParams, RcptParams
+from postroom.smtp.options import ServerOptions
+from postroom.smtp.policy import BasePolicy, MaybeDeferred
+from postroom.smtp.received import received_header
+from postroom.smtp.replies import Reply
+from postroom.smtp.server import SMTPServerFactory
+from postroom.smtp.session import Envelope, Session
+from postroom.store import aliases, domains, spool
+from postroom.store.addresses import normalise_address
+from postroom.store.errors import InvalidAddress
+from postroom.store.queueid import new_queue_id
+from postroom_mta.dmarcclient import DMARCClient, Verdict
+from postroom_mta.dnsbl import DNSBL
+from postroom_mta.greylist import Greylist
+from postroom_mta.proxyproto import ProxyProtocolFactory
+
+_log = get_logger("inbound")
+
+RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+USER_UNKNOWN = Reply(550, "5.1.1", "Recipient address rejected: user unknown")
+QUEUE_UNAVAILABLE = Reply(451, "4.3.0", "Queue temporarily unavailable, try again later")
+PROXY_REFUSAL = Reply(421, "4.7.0", "Connection refused").render()
+# characters that route mail onwards when they appear in a local part (RFC 5321 3.6.1, the
+# percent hack, UUCP bang paths): a local domain must never accept them from outside
+_ROUTING_CHARS = frozenset("@%!")
+# blocking Redis calls (queue ping and XADD, greylisting); DNSBL lookups wait on the network
+REDIS_THREADS = 4
+DNS_THREADS = 4
+
+
+class RelayDenied(Exception):
+    """The recipient is not ours to accept (the reply is RELAY_DENIED)."""
+
+
+class VerdictSource(Protocol):
+    def check(self, *, client_ip: str, helo: str | None, mail_from: str,
+              recipients: Sequence[str], message: bytes, queue_id: str) -> Deferred[Verdict]: ...
+
+
+def unquote_local_part(local_part: str) -> str:
+    """A quoted-string local part without its quotes and backslash escapes."""
+    if len(local_part) < 2 or not (local_part.startswith('"') and local_part.endswith('"')):
+        return local_part
+    out, escaped = [], False
+    for char in local_part[1:-1]:
+        if escaped or char != "\\":
+            out.append(char)
+            escaped = False
+        else:
+            escaped = True
+    return "".join(out)
+
+
+def recipient_parts(path: Address, hostname: str) -> tuple[str, str]:
+    """(local part, domain) of a RCPT path, or RelayDenied for routing tricks.
+
+    The bare ``<Postmaster>`` of RFC 5321 section 4.5.1 is postmaster at our
+    hostname. A pure function: whether the domain is local is asked later.
+    """
+    if not path.domain:
+        return "postmaster", hostname
+    if path.domain.startswith("["):
+        raise RelayDenied("address literal")
+    local = unquote_local_part(path.local_part)
+    if any(char in _ROUTING_CHARS for char in local):
+        raise RelayDenied("sender-specified routing")
+    return local, path.domain
+
+
+def lookup_recipient(session: DBSession, local: str, domain: str,
+                     delimiter: str) -> tuple[str, str | None]:
+    """("ok", address) | ("unknown", address or None) | ("relay", None), in one transaction."""
+    if not domains.is_local_domain(session, domain):
+        return "relay", None
+    try:
+        address = normalise_address(f"{local}@{domain}")
+    except InvalidAddress:
+        return "unknown", None
+    if not aliases.resolve_address(session, address, delimiter=delimiter):
+        return "unknown", address
+    return "ok", address
+
+
+def spool_message(session: DBSession, *, queue_id: str, envelope: Envelope,
+                  recipients: Sequence[str], message: bytes, peer_ip: str, helo: str | None,
+                  disposition: str) -> list[int]:
+    """Spool for `deliver` with the DSN parameters; the new recipients' ids."""
+    params = envelope.mail_params
+    rows = []
+    for recipient, address in zip(envelope.recipients, recipients, strict=True):
+        orcpt = recipient.params.orcpt
+        notify = recipient.params.notify
+        rows.append((address, "deliver", f"{orcpt[0]};{orcpt[1]}" if orcpt else None,
+                     ",".join(notify) if notify else None))
+    spool.create_spool(
+        session, kind="inbound", mail_from=str(envelope.mail_from or ""), recipients=rows,
+        message=message, size=params.size, body=params.body, smtputf8=params.smtputf8,
+        ret=params.ret, envid=params.envid, peer_ip=peer_ip, helo=helo,
+        disposition=disposition, queue_id=queue_id, enqueued_at=datetime.now(UTC))
+    return [r.id for r in spool.get_spool(session, queue_id).recipients]
+
+
+def authentication_results_field(value: str, authserv_id: str) -> bytes:
+    """``Authentication-Results: value`` folded safely (every continuation line indented)."""
+    lines = [line.strip() for line in value.splitlines() if line.strip()]
+    if not lines:
+        lines = [f"{authserv_id}; none"]
+    text = "\r\n\t".join(lines)
+    return f"Authentication-Results: {text}\r\n".encode("utf-8", "replace")
+
+
+class InboundPolicy(BasePolicy):
+    """Port 25: no AUTH, local recipients only, the dmarc verdict before the 250."""
+
+    offer_auth = False
+    offer_scram = False
+    require_auth_for_mail = False
+
+    def __init__(self, database: Any, enqueuer: Enqueuer, dmarc: VerdictSource, *,
+                 hostname: str, delimiter: str = "+", greylist: Greylist | None = None,
+                 dnsbl: DNSBL | None = None, metrics: Metrics | None = None) -> None:
+        self.database = database
+        self.enqueuer = enqueuer
+        self.dmarc = dmarc
+        self.hostname = hostname
+        self.delimiter = delimiter
+        self.greylist = greylist
+        self.dnsbl = dnsbl
+        self._outcomes = messages_total(metrics) if metrics is not None else None
+        self._in_flight: set[Deferred[Any]] = set()
+
+    # --- connection and envelope
+
+    def connect(self, session: Session) -> MaybeDeferred[Reply | None]:
+        if self.dnsbl is None:
+            return None
+        return self.dnsbl.check(session.peer_ip)
+
+    def mail_from(self, session: Session, path: Address | None,
+                  params: MailParams) -> MaybeDeferred[Reply]:
+        # SPF, DKIM and DMARC judge the sender at the end of DATA, with the message at hand
+        return R.SENDER_OK
+
+    def rcpt_to(self, session: Session, path: Address,
+                params: RcptParams) -> MaybeDeferred[Reply]:
+        return Deferred.fromCoroutine(self._rcpt_to(session, path))
+
+    async def _rcpt_to(self, session: Session, path: Address) -> Reply:
+        fields = {"session": session.id, "peer": session.peer_ip, "rcpt": str(path)}
+        try:
+            local, domain = recipient_parts(path, self.hostname)
+        except RelayDenied as exc:
+            _log.warning("inbound recipient refused", reason=f"relay: {exc}", **fields)
+            return RELAY_DENIED
+        status, address = await self.database.run(lookup_recipient, local, domain,
+                                                  self.delimiter)
+        if status == "relay" and path.domain:
+            _log.warning("inbound recipient refused", reason="relay: not a local domain",
+                         **fields)
+            return RELAY_DENIED
+        if status != "ok" or address is None:
+            _log.info("inbound recipient refused", reason="unknown user", **fields)
+            return USER_UNKNOWN
+        if self.greylist is not None:
+            transaction = session.transaction
+            sender = str(transaction.mail_from or "") if transaction is not None else ""
+            deferred = await self.greylist.check(session.peer_ip, sender, address)
+            if deferred is not None:
+                return deferred
+        session.extra.setdefault("recipients", {})[path] = address
+        return R.RECIPIENT_OK.with_text(f"<{address}> Recipient OK")
+
+    def _addresses(self, session: Session, envelope: Envelope) -> list[str]:
+        known: dict[Address, str] = session.extra.get("recipients", {})
+        out = []
+        for recipient in envelope.recipients:
+            address = known.get(recipient.address)
+            if address is None:  # not expected: rcpt_to records every accepted one
+                local, domain = recipient_parts(recipient.address, self.hostname)
+                address = normalise_address(f"{local}@{domain}")
+            out.append(address)
+        # the notes served this transaction; a long session must not keep them all
+        session.extra.pop("recipients", None)
+        return out
+
+    # --- the message
+
+    def deliver(self, session: Session, envelope: Envelope,
+                message: bytes) -> MaybeDeferred[Reply]:
+        d = Deferred.fromCoroutine(self._deliver(session, envelope, message))
+        self._in_flight.add(d)
+
+        def done(result: Any) -> Any:
+            self._in_flight.discard(d)
+            return result
+
+        return d.addBoth(done)
+
+    async def _deliver(self, session: Session, envelope: Envelope, message: bytes) -> Reply:
+        queue_id = new_queue_id()
+        recipients = self._addresses(session, envelope)
+        mail_from = str(envelope.mail_from or "")
+        fields = {"queue_id": queue_id, "session": session.id, "peer": session.peer_ip,
+                  "helo": session.helo, "mail_from": mail_from, "recipients": len(recipients),
+                  "size": len(message)}
+        verdict = await self.dmarc.check(client_ip=session.peer_ip, helo=session.helo,
+                                         mail_from=mail_from, recipients=recipients,
+                                         message=message, queue_id=queue_id)
+        fields.update(verdict=verdict.disposition, dmarc=verdict.dmarc_result,
+                      reason=verdict.reason or None)
+        if verdict.disposition == "reject":
+            self._count("rejected")
+            _log.info("inbound message rejected", **fields)
+            return Reply(550, "5.7.1", f"Message rejected: {verdict.reason or 'DMARC policy'}")
+        if verdict.disposition not in ("inbox", "junk"):
+            self._count("deferred")
+            _log.warning("inbound message deferred", **fields)
+            why = verdict.reason or "policy check failed"
+            return Reply(451, "4.7.0", f"Temporary authentication failure ({why}), try again "
+                         "later")
+        if not await self.enqueuer.available():
+            self._count("deferred")
+            _log.warning("inbound message deferred", **{**fields, "reason": "redis unavailable"})
+            return QUEUE_UNAVAILABLE
+        stored = (received_header(session, hostname=self.hostname, queue_id=queue_id,
+                                  recipients=[r.address for r in envelope.recipients],
+                                  smtputf8=envelope.smtputf8)
+                  + authentication_results_field(verdict.authentication_results, self.hostname)
+                  + authres.strip_forged(message, self.hostname))
+        ids = await self.database.run(spool_message, queue_id=queue_id, envelope=envelope,
+                                      recipients=recipients, message=stored,
+                                      peer_ip=session.peer_ip, helo=session.helo,
+                                      disposition=verdict.disposition)
+        # committed: from here on the message is ours; a failed XADD is the reconciler's job
+        await self.enqueuer.after_commit(QueueEnvelope(queue_id=queue_id, recipient_ids=tuple(
+            ids), stream="deliver", disposition=verdict.disposition))
+        self._count("accepted")
+        _log.info("inbound message accepted", **fields)
+        return R.MESSAGE_ACCEPTED.with_text(f"Ok: queued as {queue_id}")
+
+    def _count(self, outcome: str) -> None:
+        if self._outcomes is not None:
+            self._outcomes.labels(outcome=f"inbound_{outcome}").inc()
+
+    def drain(self) -> Deferred[Any]:
+        """Fires when the messages being decided or spooled now are done (SIGTERM)."""
+        return defer.DeferredList(list(self._in_flight), consumeErrors=True)
+
+
+def build_policy(settings: Settings, database: Any, queue: QueueClient, *, redis_pool: Any,
+                 dns_pool: Any = None, dmarc: VerdictSource | None = None,
+                 metrics: Metrics | None = None, reactor: Any = None) -> InboundPolicy:
+    """The inbound policy with its collaborators made from settings (used by tests too)."""
+    greylist = None
+    if settings.mta_greylist:
+        greylist = Greylist(queue.redis, settings.redis_prefix, settings.mta_greylist_delay,
+                            redis_pool, reactor=reactor)
+    dnsbl = None
+    if settings.mta_dnsbl_zones:
+        dnsbl = DNSBL(Resolver.from_settings(settings), settings.mta_dnsbl_zones,
+                      dns_pool or redis_pool, reactor=reactor)
+    return InboundPolicy(
+        database, Enqueuer(queue, redis_pool, reactor),
+        dmarc or DMARCClient(settings.dmarc_url, settings.mta_dmarc_timeout, reactor=reactor),
+        hostname=settings.hostname, delimiter=settings.recipient_delimiter, greylist=greylist,
+        dnsbl=dnsbl, metrics=metrics)
+
+
+def build_factories(settings: Settings, policy: InboundPolicy, *, tls: Any = None,
+                    clock: Any = None) -> tuple[SMTPServerFactory, ProxyProtocolFactory | None]:
+    """The port-25 SMTP factory, and its PROXY-protocol wrapper when a proxy listener is set."""
+    factory = SMTPServerFactory(policy, ServerOptions.from_settings(settings), tls=tls,
+                                clock=clock)
+    proxied = None
+    if settings.mta_proxy_listen:
+        if not settings.mta_proxy_trusted:
+            raise ConfigError("POSTROOM_MTA_PROXY_TRUSTED: required when "
+                              "POSTROOM_MTA_PROXY_LISTEN is set")
+        proxied = ProxyProtocolFactory(factory, settings.mta_proxy_trusted,
+                                       refusal=PROXY_REFUSAL, clock=clock)
+    return factory, proxied
+
+
+async def start_inbound(ctx: ServiceContext) -> InboundPolicy:
+    """Listen on POSTROOM_MTA_LISTEN (and POSTROOM_MTA_PROXY_LISTEN) for inbound mail."""
+    settings = ctx.settings
+    assert settings.redis_url is not None
+    client = connect(settings.redis_url)
+    queue = QueueClient(client, settings.redis_prefix)
+    dns_pool = ctx.thread_pool("inbound-dns", DNS_THREADS) if settings.mta_dnsbl_zones else None
+    policy = build_policy(settings, ctx.database, queue,
+                          redis_pool=ctx.thread_pool("inbound-redis", REDIS_THREADS),
+                          dns_pool=dns_pool, metrics=ctx.metrics, reactor=ctx.reactor)
+    factory, proxied = build_factories(settings, policy, tls=ctx.tls, clock=ctx.reactor)
+    # stop hooks run newest first: in-flight messages finish, then the clients close
+    ctx.on_stop(client.close)
+    if isinstance(policy.dmarc, DMARCClient):
+        ctx.on_stop(policy.dmarc.close)
+    ctx.on_stop(policy.drain)
+    listening: Any = factory  # an IProtocolFactory (zope interfaces are invisible to mypy)
+    await ctx.listen_all(settings.mta_listen, listening)
+    if proxied is not None:
+        wrapped: Any = proxied
+        await ctx.listen_all(settings.mta_proxy_listen, wrapped)
+    ctx.log.info("inbound started", greylist=settings.mta_greylist,
+                 dnsbl=list(settings.mta_dnsbl_zones), proxy=list(settings.mta_proxy_listen),
+                 starttls=ctx.tls is not None)
+    return policy
