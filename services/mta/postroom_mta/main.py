@@ -1,8 +1,8 @@
-"""The mta service's declaration for `postroom serve mta`: the outbound relay (and later inbound).
+"""The mta service's declaration for `postroom serve mta`: inbound port 25 and the outbound relay.
 
-``start(ctx)`` starts each half: :func:`start_relay` (the `outbound`
-consumer, the reconciler and the bounce sweeper) and, once it exists, the
-port-25 listener as ``start_inbound(ctx)``.
+``start(ctx)`` starts both halves: :func:`start_relay` (the `outbound`
+consumer, the reconciler and the bounce sweeper) and the port-25 listener
+(:func:`postroom_mta.inbound.start_inbound`).
 """
 
 from __future__ import annotations
@@ -75,7 +75,8 @@ def start(ctx: ServiceContext) -> Deferred[Any] | None:
 
 SERVICE = ServiceSpec(
     name="mta",
-    description="Relays `outbound` mail by MX with retries and DSNs (inbound port 25 to come)",
+    description="Receives mail for local domains on port 25 and relays `outbound` mail by MX "
+                "with retries and DSNs",
     start=start,
     needs_tls=True,
     listen_settings=("mta_listen",),
