@@ -83,7 +83,7 @@ ensure_redis() {
 
 ensure_clients() {
   # real clients the tests drive; postfix only for its smtp-source load tool (daemon stays stopped)
-  apt_install swaks curl fetchmail getmail6 isync postfix
+  apt_install swaks libnet-ssleay-perl curl fetchmail getmail6 isync postfix docker-compose haproxy
 }
 
 case "${1:-all}" in

@@ -1,0 +1,99 @@
+"""Store questions the MSA asks, each run in one `db` transaction and returning plain data.
+
+An account owns an address when mail to it reaches the account: its own
+address, an alias or plus-address of it, or a catch-all of a domain that
+points to it (``aliases.resolve_address``), as Postfix's
+``reject_sender_login_mismatch`` with a virtual-alias login map does.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy.orm import Session
+
+from postroom.store import aliases, dkim, domains, spool
+from postroom.store.addresses import normalise_address, split_address
+from postroom.store.errors import InvalidAddress
+
+# RCPT verdicts
+REMOTE = "remote"
+LOCAL = "local"
+UNKNOWN = "unknown"
+INVALID = "invalid"
+
+
+@dataclass(frozen=True)
+class SigningKey:
+    """One active DKIM key of a domain, as plain data for the signing thread."""
+
+    domain: str
+    selector: str
+    algorithm: str
+    private_key_pem: str
+
+
+def _owns(session: Session, user_id: int, own_address: str, address: str) -> bool:
+    try:
+        normal = normalise_address(address)
+    except InvalidAddress:
+        return False
+    if normal == own_address:
+        return True
+    return any(t.user_id == user_id for t in aliases.resolve_address(session, normal))
+
+
+def owns_address(session: Session, user_id: int, own_address: str, address: str) -> bool:
+    """Whether the account ``user_id`` (whose address is ``own_address``) owns ``address``."""
+    return _owns(session, user_id, own_address, address)
+
+
+def not_owned(session: Session, user_id: int, own_address: str,
+              addresses: Iterable[str]) -> list[str]:
+    """Those of ``addresses`` the account does not own (empty: all are its own)."""
+    return [a for a in addresses if not _owns(session, user_id, own_address, a)]
+
+
+def classify_recipient(session: Session, address: str) -> str:
+    """REMOTE, LOCAL (exists here), UNKNOWN (local domain, no such recipient) or INVALID."""
+    try:
+        _local, domain = split_address(address)
+    except InvalidAddress:
+        return INVALID
+    if not domains.is_local_domain(session, domain):
+        return REMOTE
+    return LOCAL if aliases.resolve_address(session, address) else UNKNOWN
+
+
+def signing_keys(session: Session, domain: str) -> list[SigningKey]:
+    """The active DKIM keys of ``domain`` (none when it is not ours or has no keys)."""
+    try:
+        keys = dkim.active_keys(session, domain)
+    except (InvalidAddress, ValueError):
+        return []
+    return [SigningKey(k.domain, k.selector, k.algorithm, k.private_key_pem) for k in keys]
+
+
+@dataclass(frozen=True)
+class Spooled:
+    """What the spool commit returns: the queue id and the recipient row ids to enqueue."""
+
+    queue_id: str
+    recipient_ids: tuple[int, ...]
+
+
+def spool_submission(session: Session, *, queue_id: str, mail_from: str,
+                     recipients: Sequence[spool.NewRecipient], message: bytes,
+                     size: int | None, body: str | None, smtputf8: bool, ret: str | None,
+                     envid: str | None, peer_ip: str, helo: str | None, auth_user: str,
+                     enqueued_at: datetime) -> Spooled:
+    """Spool a submitted message (kind ``submission``) and return its recipient ids."""
+    spool.create_spool(
+        session, kind="submission", mail_from=mail_from, recipients=recipients,
+        message=message, size=size, body=body, smtputf8=smtputf8, ret=ret, envid=envid,
+        peer_ip=peer_ip, helo=helo, auth_user=auth_user, queue_id=queue_id,
+        enqueued_at=enqueued_at)
+    info = spool.get_spool(session, queue_id)
+    return Spooled(queue_id, tuple(r.id for r in info.recipients))

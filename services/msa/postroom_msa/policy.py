@@ -1,0 +1,159 @@
+"""The MSA's SMTPPolicy: AUTH against the store, owned senders, known local recipients, limits.
+
+Submission (RFC 6409) needs AUTH (the engine answers 530 5.7.0 before it),
+and AUTH PLAIN/LOGIN needs TLS (the engine neither offers nor accepts them in
+cleartext unless :meth:`MSAPolicy.allow_auth_without_tls` says so, which only
+POSTROOM_ALLOW_PLAINTEXT_AUTH_ON_LOOPBACK does, for loopback peers). Password
+checks run in the `db` pool (scrypt is slow on purpose), the failed-login
+limiter and the sending limits in the `redis` pool: never on the reactor.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
+from postroom.auth.sasl import Credentials, PasswordCredentials
+from postroom.logs import get_logger
+from postroom.smtp import replies as R
+from postroom.smtp.grammar import Address, MailParams, RcptParams
+from postroom.smtp.policy import BasePolicy
+from postroom.smtp.replies import Reply
+from postroom.smtp.session import Envelope, Session
+from postroom.store import users
+from postroom_msa import lookups
+from postroom_msa import replies as M
+from postroom_msa.limits import LimitUnavailable, SendingLimits
+from postroom_msa.submission import Submitter
+
+log = get_logger("msa")
+
+
+def is_loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
+class MSAPolicy(BasePolicy):
+    """Decisions of the submission listeners (587/2525 with STARTTLS, 465 implicit TLS)."""
+
+    offer_auth = True
+    # the store keeps scrypt hashes only, from which no SCRAM secrets can be derived
+    offer_scram = False
+    require_auth_for_mail = True
+
+    def __init__(self, database: Any, *, limiter: LoginRateLimiter, limits: SendingLimits,
+                 submitter: Submitter, redis_pool: ThreadPool, reactor: Any,
+                 allow_plaintext_auth_on_loopback: bool = False) -> None:
+        self.database = database
+        self.limiter = limiter
+        self.limits = limits
+        self.submitter = submitter
+        self.redis_pool = redis_pool
+        self.reactor = reactor
+        self.allow_plaintext_auth_on_loopback = allow_plaintext_auth_on_loopback
+
+    def _redis(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        return deferToThreadPool(self.reactor, self.redis_pool, fn, *args)
+
+    def allow_auth_without_tls(self, session: Session) -> bool:
+        return self.allow_plaintext_auth_on_loopback and is_loopback(session.peer_ip)
+
+    # --- AUTH
+
+    def authenticate(self, session: Session, credentials: Credentials) -> Deferred[Any]:
+        return Deferred.fromCoroutine(self._authenticate(session, credentials))
+
+    async def _authenticate(self, session: Session, credentials: Credentials) -> Any:
+        account = credentials.username
+        slog = log.bind(session=session.id, peer=session.peer_ip, account=account,
+                        mechanism=credentials.mechanism)
+        try:
+            allowed = await self._redis(self.limiter.check, session.peer_ip, account)
+        except RateLimitUnavailable:
+            slog.warning("login refused", reason="rate limiter unavailable")
+            return M.LOGIN_DELAYED
+        if not allowed:
+            slog.warning("login refused", reason="too many failed logins")
+            return M.LOGIN_DELAYED
+        user = None
+        # an authzid naming someone else would be proxy authentication: not offered
+        if isinstance(credentials, PasswordCredentials) and \
+                credentials.authzid in ("", credentials.username):
+            user = await self.database.run(users.authenticate, account, credentials.password)
+        if user is None:
+            await self._redis(self.limiter.record_failure, session.peer_ip, account)
+            slog.warning("login failed", reason="bad credentials")
+            return None
+        await self._redis(self.limiter.reset, account)
+        slog.info("login succeeded", user=user.address)
+        return user
+
+    # --- envelope
+
+    def mail_from(self, session: Session, path: Address | None,
+                  params: MailParams) -> Deferred[Reply]:
+        return Deferred.fromCoroutine(self._mail_from(session, path))
+
+    async def _mail_from(self, session: Session, path: Address | None) -> Reply:
+        user = session.identity
+        slog = log.bind(session=session.id, peer=session.peer_ip, user=user.address)
+        # the null path is allowed (MDNs use it, RFC 8098); the From: check still applies
+        if path is not None:
+            owned = await self.database.run(lookups.owns_address, user.id, user.address,
+                                            str(path))
+            if not owned:
+                slog.warning("sender refused", reason="not owned", mail_from=str(path))
+                return M.SENDER_NOT_OWNED
+        try:
+            allowed = await self._redis(self.limits.message_allowed, user.id)
+        except LimitUnavailable as exc:
+            slog.warning("sender deferred", reason="sending limits unavailable", error=str(exc))
+            return M.TRY_LATER
+        if not allowed:
+            slog.warning("sending limit reached", limit="messages per hour",
+                         value=self.limits.messages_per_hour)
+            return M.MESSAGE_LIMIT
+        return R.SENDER_OK
+
+    def rcpt_to(self, session: Session, path: Address,
+                params: RcptParams) -> Deferred[Reply]:
+        return Deferred.fromCoroutine(self._rcpt_to(session, path))
+
+    async def _rcpt_to(self, session: Session, path: Address) -> Reply:
+        user = session.identity
+        slog = log.bind(session=session.id, peer=session.peer_ip, user=user.address)
+        if not path.domain or path.domain.startswith("["):
+            return M.BAD_RECIPIENT
+        verdict = await self.database.run(lookups.classify_recipient, str(path))
+        if verdict == lookups.INVALID:
+            return M.BAD_RECIPIENT
+        if verdict == lookups.UNKNOWN:
+            slog.info("recipient refused", reason="no such local recipient", rcpt=str(path))
+            return M.NO_SUCH_USER
+        transaction = session.transaction
+        pending = len(transaction.recipients) if transaction is not None else 0
+        try:
+            allowed = await self._redis(self.limits.recipients_allowed, user.id, pending + 1)
+        except LimitUnavailable as exc:
+            slog.warning("recipient deferred", reason="sending limits unavailable",
+                         error=str(exc))
+            return M.TRY_LATER
+        if not allowed:
+            slog.warning("sending limit reached", limit="recipients per day",
+                         value=self.limits.recipients_per_day)
+            return M.RECIPIENT_LIMIT
+        return R.RECIPIENT_OK
+
+    # --- content
+
+    def deliver(self, session: Session, envelope: Envelope, message: bytes) -> Deferred[Reply]:
+        return self.submitter.submit(session, envelope, message)

@@ -1,0 +1,282 @@
+"""End of DATA on submission: check From:, add Date/Message-ID and Received:, sign, spool.
+
+Order matters for durability (DESIGN.md): the queue is asked whether it is up
+*before* anything is committed (down: 451 4.3.0, nothing stored); the 250
+goes out only after the spool commit; an enqueue that fails after the commit
+is logged and left to the reconciler, and the client still gets its 250
+because the message is durable. DKIM signing is CPU work and runs in its own
+bounded thread pool, never on the reactor thread.
+"""
+
+from __future__ import annotations
+
+import re
+import secrets
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from email.utils import format_datetime, getaddresses
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.threads import deferToThreadPool
+from twisted.python.threadpool import ThreadPool
+
+from postroom import dkimsign
+from postroom.logs import get_logger
+from postroom.metrics import Metrics, messages_total
+from postroom.mime.addresses import parse_addresses
+from postroom.queue.envelope import MAX_RECIPIENTS
+from postroom.queue.envelope import Envelope as QueueEnvelope
+from postroom.queue.reconciler import Enqueuer
+from postroom.smtp.received import received_header
+from postroom.smtp.replies import Reply
+from postroom.smtp.session import Envelope, Session
+from postroom.store.addresses import normalise_domain
+from postroom.store.errors import InvalidAddress
+from postroom.store.queueid import new_queue_id
+from postroom.store.spool import NewRecipient
+from postroom_msa import lookups
+from postroom_msa import replies as M
+from postroom_msa.limits import SendingLimits
+
+log = get_logger("msa")
+
+_FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
+_FOLD = re.compile(r"\r\n(?=[ \t])")
+
+
+# --- pure message helpers
+
+
+def header_end(message: bytes) -> int:
+    """Offset where the header section ends: the blank line, or the first line that is
+    neither a field nor a continuation (then the message has a malformed header)."""
+    pos = 0
+    while pos < len(message):
+        eol = message.find(b"\r\n", pos)
+        if eol == -1:
+            return len(message)
+        line = message[pos:eol]
+        if not line:
+            return pos
+        if not (_FIELD_NAME.match(line) or (pos > 0 and line[:1] in (b" ", b"\t"))):
+            return pos
+        pos = eol + 2
+    return pos
+
+
+def header_fields(message: bytes) -> list[tuple[str, str]]:
+    """(lowercase name, unfolded value) of every header field, in order."""
+    head = message[:header_end(message)].decode("utf-8", "replace")
+    fields: list[tuple[str, str]] = []
+    for raw in re.split(r"\r\n(?![ \t])", head):
+        name, colon, value = raw.partition(":")
+        if colon:
+            fields.append((name.strip().lower(), _FOLD.sub("", value).strip()))
+    return fields
+
+
+def values(fields: Sequence[tuple[str, str]], name: str) -> list[str]:
+    return [value for field, value in fields if field == name]
+
+
+def mailbox_addresses(value: str) -> list[str] | None:
+    """Every address in a From:/Sender: value, as two parsers see it; None when unparseable.
+
+    Both the stdlib's parser and the tolerant one the IMAP side uses are asked
+    and their union returned, so a crafted value that one parser reads as a
+    different address than the other cannot slip an unowned one past the check.
+    """
+    found: list[str] = []
+    for _name, address in getaddresses([value]):
+        if address:
+            found.append(address)
+    for parsed in parse_addresses(value):
+        if parsed.mailbox is None or parsed.host is None:
+            continue  # group markers
+        found.append(f"{parsed.mailbox}@{parsed.host}")
+    if not found or any("@" not in a for a in found):
+        return None
+    return list(dict.fromkeys(found))
+
+
+def make_message_id(queue_id: str, hostname: str) -> str:
+    """``<QUEUEID.random@hostname>``: unique, and traceable to our logs (RFC 5322 3.6.4)."""
+    return f"<{queue_id}.{secrets.token_hex(6)}@{hostname}>"
+
+
+def add_missing_fields(message: bytes, *, queue_id: str, hostname: str,
+                       now: datetime) -> tuple[bytes, list[str]]:
+    """Add Date: and Message-ID: when absent (RFC 6409 section 8.2, 8.3); the new message and
+    the names added. They go at the end of the header section, where MUAs put them."""
+    fields = header_fields(message)
+    added: list[bytes] = []
+    names: list[str] = []
+    if not values(fields, "date"):
+        added.append(f"Date: {format_datetime(now)}\r\n".encode("ascii"))
+        names.append("Date")
+    if not values(fields, "message-id"):
+        added.append(f"Message-ID: {make_message_id(queue_id, hostname)}\r\n".encode())
+        names.append("Message-ID")
+    if not added:
+        return message, names
+    end = header_end(message)
+    return message[:end] + b"".join(added) + message[end:], names
+
+
+def sign_all(message: bytes, keys: Sequence[lookups.SigningKey]) -> bytes:
+    """The DKIM-Signature fields for ``message``, one per key (runs in the signing pool)."""
+    return b"".join(dkimsign.sign(message, key.domain, key.selector, key.private_key_pem,
+                                  key.algorithm) for key in keys)
+
+
+def _domain_of(address: str) -> str | None:
+    try:
+        return normalise_domain(address.rpartition("@")[2])
+    except InvalidAddress:
+        return None
+
+
+def _check_content(session: Any, user_id: int, own_address: str, addresses: Sequence[str],
+                   signing_domain: str | None) -> tuple[list[str], list[lookups.SigningKey]]:
+    refused = lookups.not_owned(session, user_id, own_address, addresses)
+    keys = lookups.signing_keys(session, signing_domain) if signing_domain else []
+    return refused, keys
+
+
+# --- the pipeline
+
+
+class Submitter:
+    """Turns an accepted DATA into a spooled, signed, enqueued message (or a refusal)."""
+
+    def __init__(self, database: Any, enqueuer: Enqueuer, limits: SendingLimits, *,
+                 hostname: str, sign_pool: ThreadPool, redis_pool: ThreadPool,
+                 reactor: Any, metrics: Metrics | None = None) -> None:
+        self.database = database
+        self.enqueuer = enqueuer
+        self.limits = limits
+        self.hostname = hostname
+        self.sign_pool = sign_pool
+        self.redis_pool = redis_pool
+        self.reactor = reactor
+        self._messages = messages_total(metrics) if metrics is not None else None
+        self._in_flight: set[Deferred[Any]] = set()
+
+    def submit(self, session: Session, envelope: Envelope, message: bytes) -> Deferred[Reply]:
+        """The reply to the end of DATA; tracked so that a shutdown can wait for it."""
+        d: Deferred[Reply] = Deferred.fromCoroutine(self._submit(session, envelope, message))
+        self._in_flight.add(d)
+
+        def done(result: Any) -> Any:
+            self._in_flight.discard(d)
+            return result
+
+        return d.addBoth(done)
+
+    def drain(self) -> Deferred[Any]:
+        """Fires when every submission in progress has been answered (for SIGTERM)."""
+        return DeferredList(list(self._in_flight), consumeErrors=True)
+
+    def _count(self, outcome: str) -> None:
+        if self._messages is not None:
+            self._messages.labels(outcome=outcome).inc()
+
+    async def _submit(self, session: Session, envelope: Envelope, message: bytes) -> Reply:
+        user = session.identity
+        slog = log.bind(session=session.id, peer=session.peer_ip, user=user.address)
+        fields = header_fields(message)
+        from_values = values(fields, "from")
+        if len(from_values) != 1:
+            slog.warning("submission refused", reason="not exactly one From field",
+                         count=len(from_values))
+            self._count("rejected")
+            return M.NEED_ONE_FROM
+        authors = mailbox_addresses(from_values[0])
+        claimed = list(authors or [])
+        for sender in values(fields, "sender"):
+            claimed += mailbox_addresses(sender) or ["<unparseable Sender>"]
+        if authors is None:
+            slog.warning("submission refused", reason="From field unparseable")
+            self._count("rejected")
+            return M.FROM_NOT_OWNED
+        refused, keys = await self.database.run(_check_content, user.id, user.address, claimed,
+                                                _domain_of(authors[0]))
+        if refused:
+            slog.warning("submission refused", reason="From or Sender not owned",
+                         addresses=refused[:10])
+            self._count("rejected")
+            return M.FROM_NOT_OWNED
+        if not await self.enqueuer.available():
+            # before the commit: a 4xx now loses nothing and duplicates nothing
+            slog.warning("submission deferred", reason="queue unavailable")
+            self._count("deferred")
+            return M.TRY_LATER
+        return await self._accept(session, envelope, message, keys, slog)
+
+    async def _accept(self, session: Session, envelope: Envelope, message: bytes,
+                      keys: list[lookups.SigningKey], slog: Any) -> Reply:
+        queue_id = new_queue_id()
+        slog = slog.bind(queue_id=queue_id)
+        now = datetime.now(UTC)
+        message, added = add_missing_fields(message, queue_id=queue_id, hostname=self.hostname,
+                                            now=now)
+        rcpts = [r.address for r in envelope.recipients]
+        message = received_header(session, hostname=self.hostname, queue_id=queue_id,
+                                  recipients=rcpts, smtputf8=envelope.smtputf8,
+                                  when=now) + message
+        if keys:
+            try:
+                signatures = await deferToThreadPool(self.reactor, self.sign_pool, sign_all,
+                                                     message, keys)
+            except dkimsign.DKIMSignError as exc:
+                # OpenDKIM's default: a key that cannot sign defers mail rather than send it
+                # unsigned, where DMARC would fail it at every receiver
+                slog.error("dkim signing failed", error=str(exc),
+                           selectors=[k.selector for k in keys])
+                self._count("deferred")
+                return M.TRY_LATER
+            message = signatures + message
+        spooled = await self.database.run(
+            lookups.spool_submission, queue_id=queue_id,
+            mail_from=str(envelope.mail_from) if envelope.mail_from else "",
+            recipients=_spool_recipients(envelope), message=message,
+            size=envelope.mail_params.size, body=envelope.mail_params.body,
+            smtputf8=envelope.smtputf8, ret=envelope.mail_params.ret,
+            envid=envelope.mail_params.envid, peer_ip=session.peer_ip, helo=session.helo,
+            auth_user=session.identity.address, enqueued_at=now)
+        await self.enqueue(spooled)
+        await self._record_usage(session.identity.id, len(spooled.recipient_ids), slog)
+        self._count("accepted")
+        slog.info("message accepted", size=len(message), recipients=len(spooled.recipient_ids),
+                  mail_from=str(envelope.mail_from or ""), added=added or None,
+                  dkim=[f"{k.selector}/{k.algorithm}" for k in keys] or None,
+                  tls=session.tls.version if session.tls else None)
+        return M.queued(queue_id)
+
+    async def enqueue(self, spooled: lookups.Spooled) -> None:
+        """Put the committed recipients on ``outbound`` (failures are the reconciler's)."""
+        ids = spooled.recipient_ids
+        for start in range(0, len(ids), MAX_RECIPIENTS):
+            await self.enqueuer.after_commit(QueueEnvelope(
+                queue_id=spooled.queue_id, recipient_ids=ids[start:start + MAX_RECIPIENTS],
+                stream="outbound"))
+
+    async def _record_usage(self, user_id: int, recipients: int, slog: Any) -> None:
+        try:
+            await deferToThreadPool(self.reactor, self.redis_pool, self.limits.record, user_id,
+                                    recipients)
+        except Exception as exc:  # noqa: BLE001 (the message is accepted; only the count is lost)
+            slog.warning("sending usage not recorded", error=str(exc))
+
+
+def _spool_recipients(envelope: Envelope) -> list[NewRecipient]:
+    """Every recipient on ``outbound`` (the relay moves local ones to ``deliver``), with its
+    DSN parameters as the spool keeps them: NOTIFY as ``A,B``, ORCPT as the bare address."""
+    result = []
+    for rcpt in envelope.recipients:
+        params = rcpt.params
+        notify = ",".join(params.notify) if params.notify else None
+        orcpt = params.orcpt[1] if params.orcpt else None
+        result.append(NewRecipient(str(rcpt.address), "outbound", orcpt, notify))
+    return result

@@ -1,0 +1,68 @@
+"""The msa's per-account sending limits over a real Redis, with a hand-moved clock."""
+
+from __future__ import annotations
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from postroom_msa.limits import DAY, HOUR, LimitUnavailable, SendingLimits
+from tests.support.ports import free_port
+
+
+class Clock:
+    def __init__(self, now: float) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def limits(client: redis.Redis, prefix: str, clock: Clock) -> SendingLimits:
+    return SendingLimits(client, prefix, messages_per_hour=3, recipients_per_day=5, clock=clock)
+
+
+def test_messages_are_allowed_up_to_the_hourly_limit(redis_client, redis_prefix):
+    sl = limits(redis_client, redis_prefix, Clock(100 * HOUR))
+    for _ in range(3):
+        assert sl.message_allowed(7)
+        sl.record(7, 1)
+    assert not sl.message_allowed(7)
+    assert sl.message_allowed(8)  # another account is not affected
+
+
+def test_the_hourly_limit_frees_up_as_the_window_slides(redis_client, redis_prefix):
+    clock = Clock(100 * HOUR + HOUR / 2)
+    sl = limits(redis_client, redis_prefix, clock)
+    for _ in range(3):
+        sl.record(7, 1)
+    clock.now += HOUR  # the three are now in the previous bucket, half overlapping
+    assert sl.usage(7).messages_last_hour == pytest.approx(1.5)
+    assert sl.message_allowed(7)
+    clock.now += HOUR
+    assert sl.usage(7).messages_last_hour == 0
+
+
+def test_recipients_count_against_the_daily_limit(redis_client, redis_prefix):
+    sl = limits(redis_client, redis_prefix, Clock(100 * DAY))
+    sl.record(7, 4)
+    assert sl.recipients_allowed(7, 1)
+    assert not sl.recipients_allowed(7, 2)
+
+
+def test_counters_expire(redis_client, redis_prefix):
+    sl = limits(redis_client, redis_prefix, Clock(100 * DAY))
+    sl.record(7, 1)
+    keys = list(redis_client.scan_iter(match=redis_prefix + "msa:sent:*"))
+    assert len(keys) == 2
+    assert all(0 < redis_client.ttl(k) <= 2 * DAY + 60 for k in keys)
+
+
+def test_unreachable_redis_raises_limit_unavailable(redis_prefix):
+    client = redis.Redis(host="127.0.0.1", port=free_port(), socket_connect_timeout=1,
+                         retry=Retry(NoBackoff(), 0))
+    sl = limits(client, redis_prefix, Clock(100 * HOUR))
+    with pytest.raises(LimitUnavailable):
+        sl.message_allowed(7)
+    client.close()
