@@ -1,5 +1,5 @@
 """`postroom`: the operator's command line (serve, up, db, domain, user, alias, dkim, dns, queue,
-import, export, trace).
+dmarc, import, export, trace).
 
 Every command explains itself with ``--help``. Errors are one line on stderr
 and a non-zero exit status, never a traceback: 2 for bad usage or
@@ -320,6 +320,57 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _since(text: str, now: Any) -> Any:
+    """A time: a duration back from now (``7d``, ``12h``) or an ISO date or date-time (UTC)."""
+    from datetime import UTC, datetime, timedelta
+
+    from postroom.config import _duration
+
+    try:
+        return now - timedelta(seconds=_duration(text))
+    except ValueError:
+        pass
+    try:
+        when = datetime.fromisoformat(text)
+    except ValueError:
+        raise CLIError(f"{text!r} is neither a duration (7d, 12h) nor an ISO date") from None
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def cmd_dmarc(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from postroom import dmarcreport
+    from postroom.store import dmarc
+
+    now = datetime.now(UTC)
+    start = _since(args.since, now)
+    end = _since(args.until, now) if getattr(args, "until", None) else now
+    domain = args.domain.lower().rstrip(".")
+    records = _with_db(dmarc.results_for_report, domain, start, end)
+    if args.action == "sources":
+        _print_rows(dmarcreport.sources(records),
+                    ["source_ip", "messages", "pass", "status", "from", "last_seen"], args.json)
+    elif args.xml:
+        stored = next((r.detail.get("record") for r in reversed(records)
+                       if r.detail.get("record")), None)
+        hostname = _settings().hostname
+        meta = dmarcreport.ReportMeta(org_name=hostname, email=f"dmarc-noreply@{hostname}",
+                                      report_id=f"{domain}-{int(start.timestamp())}",
+                                      begin=start, end=end)
+        sys.stdout.write(dmarcreport.build_xml(
+            meta, dmarcreport.PolicyPublished.from_record(domain, stored),
+            dmarcreport.aggregate(records)).decode())
+    else:
+        columns = (["source_ip", "messages", "pass", "fail", "spf_aligned", "dkim_aligned",
+                    "quarantined", "rejected"] if args.by == "source"
+                   else ["dmarc", "spf", "dkim", "disposition", "messages"])
+        _print_rows(dmarcreport.summarize(records, args.by), columns, args.json)
+    if not records and not args.json and not getattr(args, "xml", False):
+        print(f"no DMARC verdicts for {domain} since {start.isoformat(timespec='seconds')}")
+    return 0
+
+
 def _plain(obj: Any) -> dict[str, Any]:
     """Repository results are dataclasses or dicts; show them as dicts."""
     import dataclasses
@@ -469,6 +520,28 @@ def build_parser() -> argparse.ArgumentParser:
         q = qsub.add_parser(name, help=text)
         q.add_argument("queue_id")
     p.set_defaults(func=cmd_queue)
+
+    p = sub.add_parser("dmarc", help="DMARC verdicts seen: per source, per result, as XML",
+                       description="What the dmarc service saw for a reporting domain (the "
+                       "domain whose DMARC record applied): counts by source address or by "
+                       "result, the aggregate report XML, or the sending sources of one of "
+                       "our own domains and whether they pass (before moving to p=reject).")
+    msub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = msub.add_parser("report", help="pass/fail counts by source IP or by result")
+    q.add_argument("domain")
+    q.add_argument("--since", default="1d", metavar="WHEN",
+                   help="start: a duration back from now (1d, 12h) or an ISO date (default 1d)")
+    q.add_argument("--until", default=None, metavar="WHEN", help="end (default: now)")
+    q.add_argument("--by", choices=["source", "result"], default="source")
+    q.add_argument("--xml", action="store_true",
+                   help="print the RFC 7489 aggregate report XML instead of a table")
+    q.add_argument("--json", action="store_true")
+    q = msub.add_parser("sources", help="the sending sources seen for a domain, and whether "
+                        "they pass DMARC")
+    q.add_argument("domain")
+    q.add_argument("--since", default="7d", metavar="WHEN", help="start (default 7d)")
+    q.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_dmarc)
 
     p = sub.add_parser("import", help="import mail from a Maildir tree or an mbox file",
                        description="Import a user's mail. Flags, internal dates and Maildir++ "

@@ -159,6 +159,13 @@ def _networks(raw: str) -> tuple[str, ...]:
                  for item in raw.split(",") if item.strip())
 
 
+def _opt_address(raw: str) -> str | None:
+    """One IP address (``192.0.2.25``), normalised; empty means none."""
+    import ipaddress
+
+    return str(ipaddress.ip_address(raw.strip())) if raw.strip() else None
+
+
 def _names(raw: str) -> tuple[str, ...]:
     """Comma-separated DNS names (``zen.example.org,bl.example.net``), lowercased."""
     return tuple(item.strip().lower().rstrip(".") for item in raw.split(",") if item.strip())
@@ -286,6 +293,10 @@ class Settings:
         _duration, "5s", "Total time one DNS query may take before it is a temperror.")
     smtp_outbound_port: int = setting(
         _positive_int, "25", "Port the relay connects to on remote MXs (tests only).")
+    smtp_bind_address: str | None = setting(
+        _opt_address, "",
+        "Local IPv4 address the relay connects from (Postfix smtp_bind_address; the one SPF "
+        "must allow); empty: the system's choice.")
     # limits
     max_message_size: int = setting(
         _size, "35M", "Largest message accepted (SMTP SIZE, IMAP APPEND).")

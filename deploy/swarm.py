@@ -1,0 +1,89 @@
+"""Turn `docker compose config --format json` into a stack file `docker stack deploy` accepts.
+
+compose.yaml uses Compose-spec features that Swarm's loader (docker/cli, schema
+3.x) refuses: ``depends_on`` conditions, ``profiles``, ``name`` and ``build``.
+Swarm has no start order anyway (every task restarts until its dependencies
+answer), so the conversion drops them rather than keeping two files in step::
+
+    docker compose --env-file .env config --format json \\
+      | python3 deploy/swarm.py | docker stack deploy -c - postroom
+
+Standard library only, so it runs wherever Docker does.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+# top-level and per-service keys of the docker/cli v3 schema that compose.yaml uses
+TOP_LEVEL = ("version", "services", "networks", "volumes", "secrets", "configs")
+DROPPED_SERVICE_KEYS = ("build", "profiles", "restart", "pull_policy", "container_name")
+
+
+def _ports(ports: list[Any]) -> list[dict[str, Any]]:
+    """Long-syntax ports with integer ports (compose v2 prints ``published`` as a string)."""
+    result = []
+    for port in ports:
+        if not isinstance(port, dict):
+            result.append(port)
+            continue
+        item: dict[str, Any] = {"target": int(port["target"])}
+        if port.get("published") not in (None, ""):
+            item["published"] = int(port["published"])
+        item["protocol"] = port.get("protocol", "tcp")
+        item["mode"] = port.get("mode", "ingress")
+        result.append(item)
+    return result
+
+
+def _service(service: dict[str, Any]) -> dict[str, Any]:
+    out = {k: v for k, v in service.items() if k not in DROPPED_SERVICE_KEYS}
+    depends = out.get("depends_on")
+    if isinstance(depends, dict):
+        out["depends_on"] = sorted(depends)
+    if "ports" in out:
+        out["ports"] = _ports(out["ports"])
+    volumes = []
+    for volume in out.get("volumes", []):
+        if isinstance(volume, dict):
+            # compose v2 adds bind.create_host_path, which the v3 loader does not know
+            volume = dict(volume)
+            bind = {k: v for k, v in volume.get("bind", {}).items() if k == "propagation"}
+            volume.pop("bind", None)
+            if bind:
+                volume["bind"] = bind
+        volumes.append(volume)
+    if volumes:
+        out["volumes"] = volumes
+    return out
+
+
+def to_stack(config: dict[str, Any]) -> dict[str, Any]:
+    """The stack file for a fully resolved compose configuration."""
+    stack: dict[str, Any] = {"version": "3.9"}
+    for key in TOP_LEVEL[1:]:
+        if key in config:
+            stack[key] = config[key]
+    for key, value in config.items():
+        if key.startswith("x-"):
+            stack[key] = value
+    stack["services"] = {name: _service(svc) for name, svc in config["services"].items()}
+    return stack
+
+
+def main() -> int:
+    try:
+        config = json.load(sys.stdin)
+    except ValueError as exc:
+        print(f"swarm.py: stdin is not `docker compose config --format json`: {exc}",
+              file=sys.stderr)
+        return 2
+    json.dump(to_stack(config), sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

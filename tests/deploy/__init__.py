@@ -1,0 +1,1 @@
+"""Deployment tests: compose.yaml, the Dockerfile, and the documented operator commands."""

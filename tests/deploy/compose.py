@@ -1,0 +1,81 @@
+"""Reading compose.yaml as Docker would: services, env_file + environment, bind mounts."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE_FILE = REPO / "compose.yaml"
+ENV_EXAMPLE = REPO / "deploy" / "postroom.env.example"
+MAIL_PORTS = {25, 465, 587, 2525, 110, 995, 143, 993}
+
+
+def load_compose() -> dict[str, Any]:
+    """compose.yaml parsed with YAML merge keys resolved (no ${} interpolation)."""
+    return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """KEY=VALUE lines as compose reads an env_file (comments and blanks skipped)."""
+    env = {}
+    for line in path.read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        key, _, value = line.partition("=")
+        env[key.strip()] = value.strip()
+    return env
+
+
+def service_env(service: dict[str, Any], dotenv: dict[str, str]) -> dict[str, str]:
+    """A container's environment: the env_file (.env) first, then ``environment``."""
+    env: dict[str, str] = {}
+    env_files = service.get("env_file") or []
+    for name in [env_files] if isinstance(env_files, str) else env_files:
+        assert name == ".env", f"unexpected env_file {name}"
+        env.update(dotenv)
+    environment = service.get("environment") or {}
+    if isinstance(environment, list):
+        environment = dict(item.split("=", 1) for item in environment)
+    env.update({k: str(v) for k, v in environment.items()})
+    return env
+
+
+def postroom_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The services that run the Postroom image (``serve NAME`` and the one-shot migrate)."""
+    return {name: svc for name, svc in compose["services"].items()
+            if "postroom" in str(svc.get("image", "")) and svc.get("command")}
+
+
+def endpoint_port(endpoint: str) -> int | None:
+    """The port of a tcp endpoint string, also inside ``haproxy:tcp:N``."""
+    match = re.search(r"(?:^|:)tcp6?:(\d+)", endpoint)
+    return int(match.group(1)) if match else None
+
+
+def docker_compose() -> str:
+    """The docker-compose binary (Debian package; CI installs it via ensure-services.sh)."""
+    binary = shutil.which("docker-compose")
+    if binary is None:
+        pytest.fail("docker-compose is not installed: run `scripts/ensure-services.sh clients` "
+                    "(apt-get install docker-compose)", pytrace=False)
+    return binary
+
+
+def compose_config(workdir: Path, *args: str) -> dict[str, Any]:
+    """`docker-compose config` of compose.yaml with the example env as .env, parsed."""
+    shutil.copy(COMPOSE_FILE, workdir / "compose.yaml")
+    shutil.copy(ENV_EXAMPLE, workdir / ".env")
+    (workdir / "tls").mkdir(exist_ok=True)
+    done = subprocess.run([docker_compose(), "--project-directory", str(workdir),
+                           "-f", str(workdir / "compose.yaml"), *args, "config"],
+                          capture_output=True, text=True, timeout=60, cwd=workdir)
+    assert done.returncode == 0, f"docker-compose config failed:\n{done.stderr}"
+    return yaml.safe_load(done.stdout)

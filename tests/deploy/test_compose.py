@@ -1,0 +1,222 @@
+"""compose.yaml is valid Compose (docker-compose config), and has what issue 9 asks of it."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from postroom.config import load_settings
+from tests.deploy.compose import (
+    ENV_EXAMPLE,
+    MAIL_PORTS,
+    REPO,
+    compose_config,
+    endpoint_port,
+    load_compose,
+    postroom_services,
+    read_env_file,
+    service_env,
+)
+
+SUITE = ("msa", "mta", "dmarc", "mda", "pop3", "imap")
+CONSUMERS = ("mda", "dmarc")
+
+# docker/cli's Swarm loader (compose schema 3.x): the keys `docker stack deploy` accepts
+SWARM_SERVICE_KEYS = {
+    "deploy", "build", "cap_add", "cap_drop", "cgroupns_mode", "cgroup_parent", "command",
+    "configs", "container_name", "credential_spec", "depends_on", "devices", "dns",
+    "dns_search", "domainname", "entrypoint", "env_file", "environment", "expose",
+    "external_links", "extra_hosts", "healthcheck", "hostname", "image", "init", "ipc",
+    "isolation", "labels", "links", "logging", "mac_address", "network_mode", "networks", "pid",
+    "ports", "privileged", "read_only", "restart", "security_opt", "shm_size", "secrets",
+    "sysctls", "stdin_open", "stop_grace_period", "stop_signal", "tmpfs", "tty", "ulimits",
+    "oom_score_adj", "user", "userns_mode", "volumes", "working_dir",
+}
+SWARM_DEPLOY_KEYS: dict[str, set[str] | None] = {
+    "mode": None, "endpoint_mode": None, "replicas": None, "labels": None,
+    "rollback_config": {"parallelism", "delay", "failure_action", "monitor",
+                        "max_failure_ratio", "order"},
+    "update_config": {"parallelism", "delay", "failure_action", "monitor",
+                      "max_failure_ratio", "order"},
+    "resources": {"limits", "reservations", "memory_swap", "memory_swappiness"},
+    "restart_policy": {"condition", "delay", "max_attempts", "window"},
+    "placement": {"constraints", "preferences", "max_replicas_per_node"},
+}
+SWARM_TOP_LEVEL = {"version", "services", "networks", "volumes", "secrets", "configs"}
+
+
+@pytest.fixture(scope="module")
+def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    return compose_config(tmp_path_factory.mktemp("compose"))
+
+
+def _swarm_module() -> Any:
+    spec = importlib.util.spec_from_file_location("postroom_deploy_swarm",
+                                                  REPO / "deploy" / "swarm.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _published(service: dict[str, Any]) -> set[int]:
+    return {int(p["published"]) for p in service.get("ports", []) if p.get("published")}
+
+
+def test_docker_compose_accepts_the_file_and_lists_every_service(config):
+    assert set(config["services"]) >= {"postgres", "redis", "migrate", *SUITE}
+
+
+def test_proxy_service_only_runs_under_its_profile(config):
+    assert config["services"]["proxy"]["profiles"] == ["proxy"]
+    assert config["services"]["proxy"]["image"].startswith("haproxy:")
+    others = [n for n, s in config["services"].items() if n != "proxy" and s.get("profiles")]
+    assert others == []
+
+
+def test_postgres_is_16_or_later_on_a_named_volume(config):
+    postgres = config["services"]["postgres"]
+    major = int(re.match(r"postgres:(\d+)", postgres["image"]).group(1))
+    assert major >= 16
+    assert any(v.startswith("pgdata:") for v in postgres["volumes"])
+    assert "pgdata" in config["volumes"]
+    assert "pg_isready" in " ".join(postgres["healthcheck"]["test"])
+
+
+def test_redis_keeps_an_append_only_file(config):
+    redis = config["services"]["redis"]
+    assert redis["command"][redis["command"].index("--appendonly") + 1] == "yes"
+    assert "redis-cli" in redis["healthcheck"]["test"]
+
+
+def test_migrate_is_one_shot_after_postgres(config):
+    migrate = config["services"]["migrate"]
+    assert migrate["command"] == ["db", "upgrade"]
+    assert migrate["restart"] == "no"
+    assert migrate["depends_on"]["postgres"]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("name", SUITE)
+def test_each_service_is_the_one_image_with_its_own_serve_command(config, name):
+    service = config["services"][name]
+    assert service["command"] == ["serve", name]
+    assert service["image"] == config["services"]["migrate"]["image"]
+
+
+@pytest.mark.parametrize("name", SUITE)
+def test_each_service_waits_for_migrate_postgres_and_redis(config, name):
+    depends = config["services"][name]["depends_on"]
+    assert depends["migrate"]["condition"] == "service_completed_successfully"
+    assert depends["postgres"]["condition"] == "service_healthy"
+    assert depends["redis"]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("name", SUITE)
+def test_each_service_has_a_healthz_healthcheck_and_restart_policy(config, name):
+    service = config["services"][name]
+    assert "/healthz" in " ".join(service["healthcheck"]["test"])
+    assert service["restart"] == "unless-stopped"
+    assert service["deploy"]["restart_policy"]["condition"] == "any"
+
+
+@pytest.mark.parametrize("name", SUITE)
+def test_each_service_mounts_the_tls_folder_read_only(config, name):
+    env = config["services"][name]["environment"]
+    mounts = [v for v in config["services"][name]["volumes"] if ":/etc/postroom/tls" in v]
+    assert mounts and mounts[0].endswith(":ro")
+    assert env["POSTROOM_TLS_CERT_FILE"].startswith("/etc/postroom/tls/")
+    assert env["POSTROOM_TLS_KEY_FILE"].startswith("/etc/postroom/tls/")
+
+
+def test_every_mail_port_is_published(config):
+    published = set().union(*(_published(config["services"][n]) for n in SUITE))
+    assert published == MAIL_PORTS
+
+
+@pytest.mark.parametrize("name", CONSUMERS)
+def test_queue_consumers_publish_nothing_so_they_scale(config, name):
+    service = config["services"][name]
+    assert not service.get("ports")
+    assert "container_name" not in service
+
+
+def test_published_ports_are_the_ports_the_services_listen_on(config):
+    for name in SUITE:
+        env = config["services"][name]["environment"]
+        listening = {endpoint_port(e) for k, v in env.items() if k.endswith("_LISTEN")
+                     and k != "POSTROOM_HTTP_LISTEN" for e in v.split(",")}
+        for port in config["services"][name].get("ports", []):
+            assert int(port["target"]) in listening, (name, port)
+
+
+def test_proxy_backends_reach_proxy_protocol_listeners(config):
+    """Each HAProxy backend `server-template NAME N host:port` hits a haproxy:tcp listener."""
+    cfg = (REPO / "deploy" / "haproxy.cfg").read_text()
+    backends = re.findall(r"server-template \S+ \d+ (\w+):(\d+)", cfg)
+    assert len(backends) == len(MAIL_PORTS)
+    for host, port in backends:
+        env = config["services"][host]["environment"]
+        proxied = [e for k, v in env.items() if k.endswith("_LISTEN") for e in v.split(",")
+                   if e.startswith("haproxy:")]
+        assert f"haproxy:tcp:{port}" in proxied, (host, port)
+        assert int(port) not in _published(config["services"][host])
+
+
+def test_proxy_publishes_every_mail_port(config):
+    assert _published(config["services"]["proxy"]) == MAIL_PORTS
+
+
+def test_haproxy_config_is_valid():
+    binary = shutil.which("haproxy")
+    if binary is None:
+        pytest.fail("haproxy is not installed: run `scripts/ensure-services.sh clients` "
+                    "(apt-get install haproxy)", pytrace=False)
+    done = subprocess.run([binary, "-c", "-f", str(REPO / "deploy" / "haproxy.cfg")],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_swarm_stack_has_only_keys_docker_stack_deploy_accepts(config):
+    stack = _swarm_module().to_stack(config)
+    assert set(stack) <= SWARM_TOP_LEVEL
+    for name, service in stack["services"].items():
+        assert set(service) <= SWARM_SERVICE_KEYS, (name, set(service) - SWARM_SERVICE_KEYS)
+        assert isinstance(service.get("depends_on", []), list)
+        for key, value in (service.get("deploy") or {}).items():
+            assert key in SWARM_DEPLOY_KEYS, (name, key)
+            allowed = SWARM_DEPLOY_KEYS[key]
+            if allowed is not None:
+                assert set(value) <= allowed, (name, key, value)
+        condition = service["deploy"]["restart_policy"]["condition"]
+        assert condition in ("none", "on-failure", "any")
+        for port in service.get("ports", []):
+            assert set(port) <= {"mode", "target", "published", "protocol"}
+
+
+def test_example_env_holds_only_known_settings():
+    env = read_env_file(ENV_EXAMPLE)
+    settings = load_settings({k: v for k, v in env.items() if k.startswith("POSTROOM_")})
+    assert settings.hostname == env["POSTROOM_HOSTNAME"]
+
+
+@pytest.mark.parametrize("name", SUITE)
+def test_each_service_environment_parses_as_settings(name):
+    compose = load_compose()
+    env = service_env(postroom_services(compose)[name], read_env_file(ENV_EXAMPLE))
+    load_settings({k: v for k, v in env.items() if k.startswith("POSTROOM_")})
+
+
+def test_makefile_follows_one_service_log():
+    makefile = (REPO / "Makefile").read_text()
+    assert "docker compose logs -f $(S)" in makefile
+
+
+def test_compose_file_has_no_tabs_and_ends_with_newline():
+    text = Path(REPO / "compose.yaml").read_text()
+    assert "\t" not in text and text.endswith("\n")
