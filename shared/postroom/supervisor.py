@@ -11,6 +11,7 @@ the grace, and the private servers stop last.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import secrets
 import signal
@@ -43,6 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--demo", action="store_true",
                         help="also create a demo domain and user and print their credentials")
     parser.add_argument("--only", nargs="+", metavar="SERVICE", help="run only these services")
+    parser.add_argument("--json", action="store_true",
+                        help="pass the services' JSON log lines through unchanged (for tools); "
+                        "by default they are shown for people, prefixed and coloured")
     parser.add_argument("--host", metavar="ADDRESS",
                         help="bind every listener not set by a POSTROOM_*_LISTEN variable to "
                         "this address (e.g. 127.0.0.1)")
@@ -101,8 +105,10 @@ class Supervisor:
                  grace: float = 20.0, min_uptime: float = MIN_UPTIME,
                  max_start_failures: int = MAX_START_FAILURES,
                  backoff_initial: float = BACKOFF_INITIAL, backoff_max: float = BACKOFF_MAX,
-                 on_all_given_up: Callable[[], None] | None = None) -> None:
+                 on_all_given_up: Callable[[], None] | None = None,
+                 json_output: bool = False, colour: bool | None = None) -> None:
         self.reactor = reactor
+        self.json_output = json_output
         self.commands = {name: list(argv) for name, argv in commands.items()}
         self.envs = {name: dict(env) for name, env in envs.items()}
         self.out = out or sys.stdout
@@ -119,10 +125,19 @@ class Supervisor:
         self._pending: dict[str, Any] = {}
         self._stopping = False
         self._width = max((len(n) for n in self.commands), default=4)
+        self._colour = self.out.isatty() if colour is None else colour
 
     def write_line(self, name: str, text: str) -> None:
+        if self.json_output:
+            line = as_json_line(name, text)
+        else:
+            prefix = name.ljust(self._width)
+            if self._colour:
+                prefix = f"\x1b[{_COLOURS[sorted(self.commands).index(name) % len(_COLOURS)]}m" \
+                    f"{prefix}\x1b[0m" if name in self.commands else prefix
+            line = f"{prefix} | {for_people(text)}"
         try:
-            self.out.write(f"{name.ljust(self._width)} | {text}\n")
+            self.out.write(line + "\n")
             self.out.flush()
         except (OSError, ValueError):
             pass  # our own stdout went away; the children must keep running
@@ -235,8 +250,53 @@ def _ensure_tls(settings: Settings, var: Path) -> dict[str, str]:
     return {PREFIX + "TLS_CERT_FILE": str(cert), PREFIX + "TLS_KEY_FILE": str(key)}
 
 
+# ANSI colours for the service prefixes (cyan, green, yellow, magenta, blue, red)
+_COLOURS = ("36", "32", "33", "35", "34", "31")
+# keys every log line has; the human rendering shows them in its own way
+_STANDARD_KEYS = ("ts", "level", "service", "event", "component")
+
+
+def for_people(text: str) -> str:
+    """A child's JSON log line as `HH:MM:SS level event key=value ...`; other text as it is."""
+    if not text.startswith("{"):
+        return text
+    try:
+        record = json.loads(text)
+    except ValueError:
+        return text
+    if not isinstance(record, dict) or "event" not in record:
+        return text
+    clock = str(record.get("ts", ""))[11:19]
+    fields = " ".join(f"{k}={_short(v)}" for k, v in record.items() if k not in _STANDARD_KEYS
+                      and k != "traceback")
+    line = f"{clock} {record.get('level', 'info')!s:<7} {record['event']}"
+    if fields:
+        line += f"  {fields}"
+    if "traceback" in record:
+        line += "\n" + str(record["traceback"])
+    return line
+
+
+def _short(value: Any) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+    return json.dumps(text) if (" " in text or not text) else text
+
+
+def as_json_line(name: str, text: str) -> str:
+    """`--json`: a child's JSON lines pass through; anything else is wrapped as one."""
+    if text.startswith("{"):
+        try:
+            if isinstance(json.loads(text), dict):
+                return text
+        except ValueError:
+            pass
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime())
+    return json.dumps({"ts": f"{stamp}Z", "level": "info", "service": name,
+                       "event": "output", "line": text}, ensure_ascii=False)
+
+
 def _create_demo(url: str) -> tuple[str, str]:
-    from postroom.store import domains, users
+    from postroom.store import dkim, domains, users
     from postroom.store.db import Database
     from postroom.store.errors import AlreadyExists
 
@@ -251,6 +311,10 @@ def _create_demo(url: str) -> tuple[str, str]:
             database.run_sync(users.add_user, DEMO_USER, password)
         except AlreadyExists:
             database.run_sync(users.set_password, DEMO_USER, password)
+        # the demo's mail is DKIM-signed like a real domain's (RSA and ed25519)
+        if not database.run_sync(dkim.list_keys, DEMO_DOMAIN):
+            for algorithm in ("rsa-sha256", "ed25519-sha256"):
+                database.run_sync(dkim.generate_key, DEMO_DOMAIN, algorithm)
     finally:
         database.dispose()
     return DEMO_USER, password
@@ -316,13 +380,15 @@ def main(args: argparse.Namespace, *, reactor: Any = None,
         infra.stop()
         return 2
     try:
-        return _supervise(names, settings, environ, overrides, demo, reactor)
+        return _supervise(names, settings, environ, overrides, demo, reactor,
+                          json_output=bool(getattr(args, "json", False)))
     finally:
         infra.stop()
 
 
 def _supervise(names: Sequence[str], settings: Settings, environ: Mapping[str, str],
-               overrides: Mapping[str, str], demo: tuple[str, str] | None, reactor: Any) -> int:
+               overrides: Mapping[str, str], demo: tuple[str, str] | None, reactor: Any,
+               *, json_output: bool = False) -> int:
     if reactor is None:
         from twisted.internet import reactor as default_reactor
         reactor = default_reactor
@@ -340,7 +406,8 @@ def _supervise(names: Sequence[str], settings: Settings, environ: Mapping[str, s
         reactor.stop()
 
     supervisor = Supervisor(reactor, {n: serve_argv(n) for n in names}, envs,
-                            grace=settings.shutdown_grace + 5, on_all_given_up=all_given_up)
+                            grace=settings.shutdown_grace + 5, on_all_given_up=all_given_up,
+                            json_output=json_output)
     print("postroom up: starting " + ", ".join(names), flush=True)
     for name in names:
         print(_describe(name, settings, envs[name]), flush=True)
