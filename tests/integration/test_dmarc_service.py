@@ -20,11 +20,14 @@ MESSAGE = (b"From: alice@example.com\r\nTo: bob@receiver.test\r\nSubject: hi\r\n
 
 
 @pytest.fixture(scope="module")
-def dmarc_url(dns_server_session):
+def dmarc_url(dns_server_session, database_url, redis_url):
     port = free_port()
     env = {**dns_server_session.env, "POSTROOM_DNS_TIMEOUT": "1s",
            "POSTROOM_HOSTNAME": "mx.receiver.test",
-           "POSTROOM_DMARC_LISTEN": f"tcp:{port}:interface=127.0.0.1"}
+           "POSTROOM_DMARC_LISTEN": f"tcp:{port}:interface=127.0.0.1",
+           # verdicts are stored for aggregate reports; no reports are sent from these tests
+           "POSTROOM_DATABASE_URL": database_url, "POSTROOM_REDIS_URL": redis_url,
+           "POSTROOM_DMARC_REPORTS": "false"}
     # through the runtime by module path: the entry point is registered by the lead
     with ServiceProcess("dmarc", env, argv=runtime_argv("postroom_dmarc.main:SERVICE")):
         yield f"http://127.0.0.1:{port}/v1/check"

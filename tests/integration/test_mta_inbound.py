@@ -24,9 +24,10 @@ from tests.support.procs import ServiceProcess
 
 
 @pytest.fixture(scope="module")
-def dmarc_url(dns_server_session):
+def dmarc_url(dns_server_session, database_url, redis_url):
     port = free_port()
-    with ServiceProcess("dmarc", dmarc_env(dns_server_session.env, port)):
+    with ServiceProcess("dmarc", dmarc_env(dns_server_session.env, port, database_url,
+                                           redis_url)):
         yield f"http://127.0.0.1:{port}"
 
 
@@ -194,7 +195,8 @@ def test_swaks_relay_attempt_is_refused_and_local_mail_accepted(mx, dns_server):
 
 def test_dmarc_service_stopped_is_451_4_7_0(accounts, env, twisted_reactor, dns_server):
     port = free_port()
-    dmarc = ServiceProcess("dmarc", dmarc_env(dns_server.env, port)).start()
+    dmarc = ServiceProcess("dmarc", dmarc_env(dns_server.env, port, env["POSTROOM_DATABASE_URL"],
+                                               env["POSTROOM_REDIS_URL"])).start()
     dmarc.stop()
     dmarc.close()
     server = InboundServer(accounts, {**env, "POSTROOM_DMARC_URL": f"http://127.0.0.1:{port}"})

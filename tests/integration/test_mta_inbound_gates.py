@@ -26,9 +26,10 @@ CLIENT = "198.51.100.7"
 
 
 @pytest.fixture(scope="module")
-def dmarc_url(dns_server_session):
+def dmarc_url(dns_server_session, database_url, redis_url):
     port = free_port()
-    with ServiceProcess("dmarc", dmarc_env(dns_server_session.env, port)):
+    with ServiceProcess("dmarc", dmarc_env(dns_server_session.env, port, database_url,
+                                           redis_url)):
         yield f"http://127.0.0.1:{port}"
 
 

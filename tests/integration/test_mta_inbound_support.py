@@ -29,10 +29,13 @@ SENDER_DOMAIN = "example.com"
 PRIVATE, PUBLIC_TXT = dkimsign.generate_keys("ed25519-sha256")
 
 
-def dmarc_env(dns_env: Mapping[str, str], port: int) -> dict[str, str]:
-    """Environment of the dmarc service process the tests ask."""
+def dmarc_env(dns_env: Mapping[str, str], port: int, database_url: str,
+              redis_url: str) -> dict[str, str]:
+    """Environment of the dmarc service process the tests ask (it stores verdicts; no reports)."""
     return {**dns_env, "POSTROOM_DNS_TIMEOUT": "1s", "POSTROOM_HOSTNAME": HOSTNAME,
-            "POSTROOM_DMARC_LISTEN": f"tcp:{port}:interface=127.0.0.1"}
+            "POSTROOM_DMARC_LISTEN": f"tcp:{port}:interface=127.0.0.1",
+            "POSTROOM_DATABASE_URL": database_url, "POSTROOM_REDIS_URL": redis_url,
+            "POSTROOM_DMARC_REPORTS": "false"}
 
 
 def make_message(subject: str = "hello", *, sign: bool = True, extra: bytes = b"") -> bytes:

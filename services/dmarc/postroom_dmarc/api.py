@@ -24,6 +24,7 @@ from twisted.web import resource, server
 from postroom import authres
 from postroom.dns import Resolver
 from postroom.logs import get_logger
+from postroom_dmarc.results import ResultRecorder
 from postroom_dmarc.verdict import CheckRequest, Options, evaluate
 
 log = get_logger("dmarc-api")
@@ -101,8 +102,10 @@ class CheckResource(resource.Resource):
     isLeaf = True
 
     def __init__(self, resolver: Resolver, options: Options, pool: ThreadPool, reactor: Any, *,
-                 max_inflight: int, deadline: float) -> None:
+                 max_inflight: int, deadline: float,
+                 recorder: ResultRecorder | None = None) -> None:
         super().__init__()
+        self.recorder = recorder
         self.resolver = resolver
         self.options = options
         self.pool = pool
@@ -138,6 +141,8 @@ class CheckResource(resource.Resource):
                             deadline=self.deadline)
                 return tempfail_verdict(check, self.options.authserv_id,
                                         "policy check did not finish in time")
+            if self.recorder is not None:
+                self.recorder.record(check, verdict)  # in the background; never raises
             return verdict.to_json()
         finally:
             self.semaphore.release()

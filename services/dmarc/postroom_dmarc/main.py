@@ -9,14 +9,20 @@ from twisted.internet.defer import Deferred
 
 from postroom.config import ConfigError, Settings
 from postroom.dns import Resolver
+from postroom.queue.reconciler import Enqueuer
+from postroom.queue.streams import QueueClient
 from postroom.runtime import ServiceContext
 from postroom.service import ServiceSpec
 from postroom_dmarc.api import CheckResource, build_site
+from postroom_dmarc.reports import ReportConfig, ReportScheduler
+from postroom_dmarc.results import ResultRecorder
 from postroom_dmarc.verdict import DomainOverride, Options
 
 # threads for pyspf/dkimpy evaluations; each mostly waits on DNS
 POLICY_THREADS = 16
 MAX_INFLIGHT = 64
+# report runs enqueue one entry per domain: short blocking Redis calls
+REDIS_THREADS = 2
 # base64 grows a message by 4/3; leave room for the JSON around it
 _JSON_OVERHEAD = 64 * 1024
 
@@ -45,15 +51,44 @@ def deadline_for(settings: Settings) -> float:
     return min(max(settings.dns_timeout * 4, 5.0), 120.0)
 
 
+def report_config(settings: Settings) -> ReportConfig:
+    """Who we are in aggregate reports, from POSTROOM_HOSTNAME and POSTROOM_DMARC_REPORT_*."""
+    sender = settings.dmarc_report_from or f"dmarc-noreply@{settings.hostname}"
+    if "@" not in sender or any(c in sender for c in " <>\r\n"):
+        raise ConfigError("POSTROOM_DMARC_REPORT_FROM: must be a plain address (local@domain)")
+    return ReportConfig(receiver=settings.hostname,
+                        org_name=settings.dmarc_report_org or settings.hostname, sender=sender,
+                        interval=settings.dmarc_report_interval,
+                        settle=min(60.0, settings.dmarc_report_interval / 10))
+
+
+def build_scheduler(ctx: ServiceContext, resolver: Resolver, pool: Any) -> ReportScheduler:
+    """The aggregate report scheduler over the context's database and Redis."""
+    settings = ctx.settings
+    queue = QueueClient(ctx.redis, settings.redis_prefix)
+    enqueuer = Enqueuer(queue, ctx.thread_pool("redis", REDIS_THREADS), ctx.reactor)
+    return ReportScheduler(ctx.database, enqueuer, resolver, report_config(settings),
+                           dns_pool=pool, reactor=ctx.reactor,
+                           org_domain_mode=settings.dmarc_org_domain,
+                           retention=settings.dmarc_results_retention)
+
+
 async def _start(ctx: ServiceContext) -> None:
     settings = ctx.settings
     options = options_from_settings(settings)
     resolver = Resolver.from_settings(settings)
     pool = ctx.thread_pool("policy", POLICY_THREADS)
+    recorder = ResultRecorder(ctx.database)
     check = CheckResource(resolver, options, pool, ctx.reactor, max_inflight=MAX_INFLIGHT,
-                          deadline=deadline_for(settings))
+                          deadline=deadline_for(settings), recorder=recorder)
+    scheduler = build_scheduler(ctx, resolver, pool) if settings.dmarc_reports else None
     site: Any = build_site(check, settings.max_message_size * 4 // 3 + _JSON_OVERHEAD)
+    # stop hooks run newest first: the scheduler stops, then the last verdict rows are written
+    ctx.on_stop(recorder.drain)
     await ctx.listen_all(settings.dmarc_listen, site)
+    if scheduler is not None:
+        ctx.on_stop(scheduler.stop)
+        scheduler.start()
 
 
 def start(ctx: ServiceContext) -> Deferred[Any]:
@@ -62,9 +97,10 @@ def start(ctx: ServiceContext) -> Deferred[Any]:
 
 SERVICE = ServiceSpec(
     name="dmarc",
-    description="SPF, DKIM, ARC and DMARC verdicts for the MTA over an internal HTTP API",
+    description="SPF, DKIM, ARC and DMARC verdicts for the MTA over an internal HTTP API; "
+                "aggregate (rua) reports",
     start=start,
-    needs_database=False,  # TODO: true once results are stored for aggregate reports
-    needs_redis=False,
+    needs_database=True,  # verdicts are stored for aggregate reports
+    needs_redis=True,  # reports are enqueued on `outbound`
     listen_settings=("dmarc_listen",),
 )
