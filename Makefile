@@ -14,6 +14,7 @@ help:
 	@echo "make test   - install into .venv and run the whole test suite (needs PostgreSQL and Redis on 127.0.0.1)"
 	@echo "make lint   - ruff, mypy on the library, import-linter contracts"
 	@echo "make bench  - benchmarks against peers (prints figures; never part of make test)"
+	@echo "make fuzz   - atheris on the SMTP, IMAP, POP3 and MIME parsers (FUZZ_SECONDS=60 each)"
 	@echo "make up / down / logs S=<service> - docker compose wrappers"
 
 $(STAMP): pyproject.toml scripts/bootstrap.sh
@@ -35,7 +36,12 @@ lint: $(STAMP)
 	$(BIN)/lint-imports
 
 bench: $(STAMP)
-	$(BIN)/python bench/run.py
+	$(BIN)/pip install -q -e '.[dev,bench]' && $(BIN)/python bench/run.py $(BENCH_ARGS)
+
+# atheris over the wire parsers, FUZZ_SECONDS per target (never part of make test)
+FUZZ_SECONDS ?= 60
+fuzz: $(STAMP)
+	$(BIN)/pip install -q -e '.[dev,fuzz]' && $(BIN)/python bench/fuzz/run.py -t $(FUZZ_SECONDS)
 
 up:
 	docker compose up -d
