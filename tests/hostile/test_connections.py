@@ -70,7 +70,6 @@ def test_connection_flood_from_one_address_meets_the_per_ip_limit(
     still_serves(hostile_suite, listener)
 
 
-@pytest.mark.xfail(strict=True, reason="imap has no per-IP connection limit yet (reported)")
 def test_imap_connection_flood_from_one_address_meets_the_per_ip_limit(
         hostile_suite: Suite) -> None:
     firsts = flood(hostile_suite, "imap-143", "127.0.5.2", 30)

@@ -24,7 +24,9 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from postroom.auth import sasl
+from postroom.connlimit import PerAddressLimit
 from postroom.logs import get_logger
+from postroom.metrics import Metrics, SessionMetrics, imap_idle_sessions
 from postroom_imap.handlers_mailbox import MailboxCommands
 from postroom_imap.handlers_message import MessageCommands
 from postroom_imap.policy import Accounts, AuthFailed, Refusal, UserStore
@@ -100,10 +102,13 @@ class IMAPFactory(ServerFactory):
                  limits: ReaderLimits | None = None, idle_timeout: float = IDLE_TIMEOUT,
                  idle_poll: float = IDLE_POLL, failed_login_delay: float = FAILED_LOGIN_DELAY,
                  max_failed_logins: int = MAX_FAILED_LOGINS, max_errors: int = MAX_ERRORS,
-                 ) -> None:
+                 metrics: Metrics | None = None, max_connections_per_ip: int = 50) -> None:
         if clock is None:
             from twisted.internet import reactor
             clock = reactor
+        self.meter = SessionMetrics(metrics, commands=_ANY + _NOT_AUTH + _AUTH + _SELECTED,
+                                    mechanisms=("LOGIN", "PLAIN"))
+        self.idle_sessions = imap_idle_sessions(metrics) if metrics is not None else None
         self.accounts = accounts
         self.hostname = hostname
         self.tls = tls
@@ -116,6 +121,7 @@ class IMAPFactory(ServerFactory):
         self.max_failed_logins = max_failed_logins
         self.max_errors = max_errors
         self.sessions: set[IMAPServer] = set()
+        self.per_address = PerAddressLimit(max_connections_per_ip)
 
     def buildProtocol(self, addr: Any) -> Any:
         server = IMAPServer()
@@ -137,6 +143,7 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
         self.state = NOT_AUTHENTICATED
         self.tls = False
         self.peer_ip = ""
+        self._counted = False
         self.session_id = secrets.token_hex(6)
         self.log = log.bind(session=self.session_id)
         self.reader: CommandReader | None = None
@@ -155,6 +162,7 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
         self._unwatch: Callable[[], None] | None = None
         self._idle_wakeup: Deferred[None] | None = None
         self._syncing = False
+        self._listener: str | None = None
 
     # --- connection life
 
@@ -163,6 +171,16 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
         self.tls = _is_tls(transport)
         self.peer_ip = str(getattr(transport.getPeer(), "host", ""))
         self.log = self.log.bind(peer=self.peer_ip)
+        if not self.factory.per_address.acquire(self.peer_ip):
+            # a flood from one address must not starve everyone else (RFC 5530 UNAVAILABLE)
+            self.log.warning("connection refused", reason="too many connections from address")
+            self.closing = True
+            transport.write(b"* BYE [UNAVAILABLE] too many connections from your address\r\n")
+            transport.loseConnection()
+            return
+        self._counted = True
+        self._listener = "imaps" if self.tls else "imap"
+        self.factory.meter.opened(self._listener)
         self.reader = CommandReader(self.factory.limits)
         self.factory.sessions.add(self)
         self.log.info("session opened", tls=self.tls)
@@ -172,7 +190,13 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.closing = True
+        if self._counted:
+            self._counted = False
+            self.factory.per_address.release(self.peer_ip)
         self.factory.sessions.discard(self)
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            self.factory.meter.closed(listener)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -332,6 +356,7 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
 
     async def _run(self, command: Command) -> None:
         name = command.name
+        self.factory.meter.command(name)
         known = name in _ANY or name in _NOT_AUTH or name in _AUTH or name in _SELECTED
         if not known:
             self._bad(command.tag, "command not supported")
@@ -441,10 +466,11 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
         self.log.info("tls started")
         return None
 
-    async def _login(self, username: str, password: str) -> Reply:
+    async def _login(self, username: str, password: str, mechanism: str = "LOGIN") -> Reply:
         try:
             store = await self.factory.accounts.login(username, password, self.peer_ip)
         except AuthFailed as exc:
+            self.factory.meter.auth_failed(mechanism)
             self.failed_logins += 1
             self.log.info("login failed", user=username, failures=self.failed_logins)
             if self.factory.failed_login_delay > 0:
@@ -497,11 +523,21 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
         credentials = step.credentials
         if credentials.authzid and credentials.authzid != credentials.username:
             return ("NO", "[AUTHORIZATIONFAILED] cannot act as another user")
-        return await self._login(credentials.username, credentials.password)
+        return await self._login(credentials.username, credentials.password, "PLAIN")
 
     # --- IDLE (RFC 2177)
 
     async def do_idle(self, command: Command) -> Reply:
+        gauge = self.factory.idle_sessions
+        if gauge is not None:
+            gauge.inc()
+        try:
+            return await self._idle(command)
+        finally:
+            if gauge is not None:
+                gauge.dec()
+
+    async def _idle(self, command: Command) -> Reply:
         self.write(b"+ idling\r\n")
         done = self.raw_line()
         finished: list[bytes] = []

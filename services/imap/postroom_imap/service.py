@@ -26,7 +26,8 @@ def build_factory(ctx: ServiceContext) -> tuple[IMAPFactory, ChangeListener]:
     factory = IMAPFactory(
         accounts, hostname=settings.hostname, tls=ctx.tls,
         allow_plaintext_auth_on_loopback=settings.allow_plaintext_auth_on_loopback,
-        clock=ctx.reactor, limits=Limits(max_append_literal=settings.max_message_size))
+        clock=ctx.reactor, limits=Limits(max_append_literal=settings.max_message_size),
+        metrics=ctx.metrics, max_connections_per_ip=settings.max_connections_per_ip)
     return factory, listener
 
 
