@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.support.redisdb",
     "tests.support.dns",
     "tests.support.procs",
+    "tests.support.suite",
 ]

@@ -17,8 +17,10 @@ from datetime import datetime
 from typing import Any
 
 import redis
+from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
@@ -158,6 +160,14 @@ class StoreAccounts:
             log.warning("change event not published", error=str(exc), mailbox_id=mailbox_id)
 
 
+def _database_down(failure: Failure) -> Failure:
+    """PostgreSQL unreachable is a temporary condition: ``NO [UNAVAILABLE]`` (RFC 5530)."""
+    if failure.check(OperationalError, InterfaceError, DisconnectionError):
+        log.warning("database unavailable", error=failure.getErrorMessage()[:300])
+        raise Unavailable()
+    return failure
+
+
 class UserStoreImpl:
     """One logged-in user's mailboxes."""
 
@@ -167,7 +177,7 @@ class UserStoreImpl:
         self.address = address
 
     def _db(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return self.accounts.database.run(fn, *args)
+        return self.accounts.database.run(fn, *args).addErrback(_database_down)
 
     def _changed(self, result: Any, mailbox_id: int, kind: str) -> Any:
         self.accounts.in_redis_thread(self.accounts.publish, mailbox_id, kind).addErrback(
