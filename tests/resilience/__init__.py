@@ -1,0 +1,1 @@
+"""Fault campaign: crashes and outages under load lose no accepted message (issue 11)."""
