@@ -80,7 +80,7 @@ class MSAPolicy(BasePolicy):
             allowed = await self._redis(self.limiter.check, session.peer_ip, account)
         except RateLimitUnavailable:
             slog.warning("login refused", reason="rate limiter unavailable")
-            return M.LOGIN_DELAYED
+            return M.AUTH_UNAVAILABLE
         if not allowed:
             slog.warning("login refused", reason="too many failed logins")
             return M.LOGIN_DELAYED
@@ -112,6 +112,7 @@ class MSAPolicy(BasePolicy):
                                             str(path))
             if not owned:
                 slog.warning("sender refused", reason="not owned", mail_from=str(path))
+                self.submitter.count_refusal("sender_not_owned")
                 return M.SENDER_NOT_OWNED
         try:
             allowed = await self._redis(self.limits.message_allowed, user.id)
@@ -121,6 +122,7 @@ class MSAPolicy(BasePolicy):
         if not allowed:
             slog.warning("sending limit reached", limit="messages per hour",
                          value=self.limits.messages_per_hour)
+            self.submitter.count_refusal("message_limit")
             return M.MESSAGE_LIMIT
         return R.SENDER_OK
 

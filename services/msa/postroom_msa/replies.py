@@ -13,6 +13,8 @@ BAD_RECIPIENT = Reply(550, "5.1.3", "Recipient must be a full address in a domai
 MESSAGE_LIMIT = Reply(450, "4.7.1", "Hourly message limit reached, try again later")
 RECIPIENT_LIMIT = Reply(450, "4.7.1", "Daily recipient limit reached, try again later")
 LOGIN_DELAYED = R.AUTH_TEMPORARY_FAILURE.with_text("Too many failed logins, try again later")
+# the limiter's store (Redis) is away: fail closed, without blaming the user
+AUTH_UNAVAILABLE = R.AUTH_TEMPORARY_FAILURE
 TRY_LATER = R.LOCAL_ERROR
 
 
