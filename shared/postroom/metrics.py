@@ -9,7 +9,7 @@ through the registry's target info rather than per metric.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -95,3 +95,93 @@ def errors_total(m: Metrics) -> Counter:
 def queue_latency(m: Metrics) -> Histogram:
     """Seconds from enqueue to the consumer picking the entry up, per queue."""
     return m.histogram("queue_latency_seconds", "Seconds from enqueue to pick-up.", ["queue"])
+
+
+def commands_total(m: Metrics) -> Counter:
+    """Protocol commands received, per verb (SMTP, POP3 or IMAP, whichever the service speaks)."""
+    return m.counter("commands", "Protocol commands received, by verb.", ["command"])
+
+
+def auth_failures_total(m: Metrics) -> Counter:
+    """Failed logins, per SASL mechanism or login command (never per user: unbounded)."""
+    return m.counter("auth_failures", "Failed authentications, by mechanism.", ["mechanism"])
+
+
+def delivery_attempts_total(m: Metrics) -> Counter:
+    """Relay attempts per recipient, by what the remote end said (delivered, deferred, failed)."""
+    return m.counter("delivery_attempts", "Remote delivery attempts, by result.", ["result"])
+
+
+def dmarc_results_total(m: Metrics) -> Counter:
+    """Policy verdicts, by DMARC result and the disposition the MTA is told to apply."""
+    return m.counter("dmarc_results", "DMARC verdicts, by result and disposition.",
+                     ["result", "disposition"])
+
+
+def queue_depth(m: Metrics) -> Gauge:
+    """Entries in a stream now (unread or pending; acknowledged ones are deleted)."""
+    return m.gauge("queue_depth", "Entries waiting in a queue stream.", ["queue"])
+
+
+def queue_oldest_seconds(m: Metrics) -> Gauge:
+    """Age of the oldest entry in a stream (0 when it is empty)."""
+    return m.gauge("queue_oldest_seconds", "Age in seconds of the oldest entry in a queue.",
+                   ["queue"])
+
+
+def imap_idle_sessions(m: Metrics) -> Gauge:
+    """IMAP sessions in IDLE now."""
+    return m.gauge("imap_idle_sessions", "IMAP sessions currently in IDLE.")
+
+
+OTHER = "other"
+
+
+class SessionMetrics:
+    """What a protocol server counts per listener; every method is a no-op without metrics.
+
+    Label values are bounded by construction: ``command`` and ``mechanism``
+    are reported only when they are in the server's known set, anything else
+    (a client's garbage) as ``other``; ``listener`` is chosen by the wiring.
+    """
+
+    def __init__(self, metrics: Metrics | None, *, commands: Iterable[str] = (),
+                 mechanisms: Iterable[str] = ()) -> None:
+        self.metrics = metrics
+        self.commands = frozenset(c.upper() for c in commands)
+        self.mechanisms = frozenset(c.upper() for c in mechanisms)
+        if metrics is not None:
+            # declared now, so /metrics names them before the first connection
+            for declare in (connections_total, connections_open, commands_total,
+                            auth_failures_total, errors_total):
+                declare(metrics)
+
+    def opened(self, listener: str) -> None:
+        if self.metrics is not None:
+            connections_total(self.metrics).labels(listener=listener).inc()
+            connections_open(self.metrics).labels(listener=listener).inc()
+
+    def closed(self, listener: str) -> None:
+        if self.metrics is not None:
+            connections_open(self.metrics).labels(listener=listener).dec()
+
+    def command(self, verb: str | bytes) -> None:
+        if self.metrics is not None:
+            commands_total(self.metrics).labels(command=self._known(verb, self.commands)).inc()
+
+    def auth_failed(self, mechanism: str | bytes) -> None:
+        if self.metrics is not None:
+            auth_failures_total(self.metrics).labels(
+                mechanism=self._known(mechanism, self.mechanisms)).inc()
+
+    def error(self, kind: str) -> None:
+        """``kind`` must be a constant of the caller's (timeout, internal, too_many_errors...)."""
+        if self.metrics is not None:
+            errors_total(self.metrics).labels(kind=kind).inc()
+
+    @staticmethod
+    def _known(value: str | bytes, known: frozenset[str]) -> str:
+        if isinstance(value, bytes):
+            value = value.decode("ascii", "replace")
+        value = value.upper()
+        return value if value in known else OTHER

@@ -24,6 +24,7 @@ from twisted.web import resource, server
 from postroom import authres
 from postroom.dns import Resolver
 from postroom.logs import get_logger
+from postroom.metrics import Metrics, dmarc_results_total
 from postroom_dmarc.results import ResultRecorder
 from postroom_dmarc.verdict import CheckRequest, Options, evaluate
 
@@ -103,9 +104,10 @@ class CheckResource(resource.Resource):
 
     def __init__(self, resolver: Resolver, options: Options, pool: ThreadPool, reactor: Any, *,
                  max_inflight: int, deadline: float,
-                 recorder: ResultRecorder | None = None) -> None:
+                 recorder: ResultRecorder | None = None, metrics: Metrics | None = None) -> None:
         super().__init__()
         self.recorder = recorder
+        self._results = dmarc_results_total(metrics) if metrics is not None else None
         self.resolver = resolver
         self.options = options
         self.pool = pool
@@ -123,7 +125,7 @@ class CheckResource(resource.Resource):
         except BadRequest as exc:
             return _json(request, 400, {"error": str(exc)})
         finished = defer.Deferred.fromCoroutine(self._answer(check))
-        finished.addCallback(lambda body: _finish(request, 200, body))
+        finished.addCallback(lambda body: _finish(request, 200, self._counted(body)))
         finished.addErrback(self._failed, request, check)
         return server.NOT_DONE_YET
 
@@ -147,11 +149,19 @@ class CheckResource(resource.Resource):
         finally:
             self.semaphore.release()
 
+    def _counted(self, body: dict[str, Any]) -> dict[str, Any]:
+        """Count the verdict by DMARC result and disposition (both from small fixed sets)."""
+        if self._results is not None:
+            dmarc = body.get("dmarc") or {}
+            self._results.labels(result=str(dmarc.get("result") or "none"),
+                                 disposition=str(body.get("disposition") or "none")).inc()
+        return body
+
     def _failed(self, failure: Failure, request: server.Request, check: CheckRequest) -> None:
         log.error("dmarc check failed", queue_id=check.queue_id,
                   error=failure.getErrorMessage(), traceback=failure.getTraceback())
-        _finish(request, 200, tempfail_verdict(check, self.options.authserv_id,
-                                               "policy check failed"))
+        _finish(request, 200, self._counted(tempfail_verdict(check, self.options.authserv_id,
+                                                             "policy check failed")))
 
     def render_GET(self, request: server.Request) -> bytes:
         return _json(request, 405, {"error": "use POST"})

@@ -80,7 +80,8 @@ async def _start(ctx: ServiceContext) -> None:
     pool = ctx.thread_pool("policy", POLICY_THREADS)
     recorder = ResultRecorder(ctx.database)
     check = CheckResource(resolver, options, pool, ctx.reactor, max_inflight=MAX_INFLIGHT,
-                          deadline=deadline_for(settings), recorder=recorder)
+                          deadline=deadline_for(settings), recorder=recorder,
+                          metrics=ctx.metrics)
     scheduler = build_scheduler(ctx, resolver, pool) if settings.dmarc_reports else None
     site: Any = build_site(check, settings.max_message_size * 4 // 3 + _JSON_OVERHEAD)
     # stop hooks run newest first: the scheduler stops, then the last verdict rows are written

@@ -8,6 +8,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from postroom.queue.consumer import StreamConsumer
+from postroom.queue.gauges import QueueGauges
 from postroom.queue.reconciler import Reconciler
 from postroom.queue.streams import QueueClient, connect
 from postroom.runtime import ServiceContext
@@ -32,13 +33,18 @@ def start(ctx: ServiceContext) -> Deferred[Any] | None:
     consumer = StreamConsumer(queue, STREAM, GROUP, deliverer.handle,
                               concurrency=settings.mda_concurrency,
                               claim_idle=settings.queue_claim_idle,
-                              grace=settings.shutdown_grace * 0.8, reactor=ctx.reactor)
+                              grace=settings.shutdown_grace * 0.8, reactor=ctx.reactor,
+                              metrics=ctx.metrics)
     reconciler = Reconciler(ctx.database, queue, settings, reactor=ctx.reactor)
+    gauges = QueueGauges(queue, ctx.metrics, (STREAM,), pool=ctx.thread_pool("metrics", 1),
+                         reactor=ctx.reactor)
     # stop hooks run newest first: the consumer stops, then the reconciler, then Redis closes
     ctx.on_stop(client.close)
+    ctx.on_stop(gauges.stop)
     ctx.on_stop(reconciler.stop)
     ctx.on_stop(consumer.stop)
     consumer.start()
+    gauges.start()
 
     def first_pass_failed(failure: Failure) -> None:
         # Redis or PostgreSQL away at start: the loop retries every reconcile_interval

@@ -45,8 +45,10 @@ async def start_listening(ctx: ServiceContext) -> MSAPolicy:
     """STARTTLS listeners on POSTROOM_MSA_LISTEN, implicit TLS on POSTROOM_MSA_TLS_LISTEN."""
     policy = build_policy(ctx)
     options = ServerOptions.from_settings(ctx.settings)
-    starttls: Any = SMTPServerFactory(policy, options, tls=ctx.tls, clock=ctx.reactor)
-    implicit: Any = SMTPServerFactory(policy, options, implicit_tls=True, clock=ctx.reactor)
+    starttls: Any = SMTPServerFactory(policy, options, tls=ctx.tls, clock=ctx.reactor,
+                                      metrics=ctx.metrics, listener="submission")
+    implicit: Any = SMTPServerFactory(policy, options, implicit_tls=True, clock=ctx.reactor,
+                                      metrics=ctx.metrics, listener="submissions")
     await ctx.listen_all(ctx.settings.msa_listen, starttls)
     await ctx.listen_all(ctx.settings.msa_tls_listen, implicit, implicit_tls=True)
     # listeners close first; then messages being spooled get their reply before pools stop

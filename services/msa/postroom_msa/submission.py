@@ -182,6 +182,10 @@ class Submitter:
         if self._messages is not None:
             self._messages.labels(outcome=outcome).inc()
 
+    def count_refusal(self, reason: str) -> None:
+        """Count a message refused before DATA as ``rejected_<reason>`` (a constant)."""
+        self._count(f"rejected_{reason}")
+
     async def _submit(self, session: Session, envelope: Envelope, message: bytes) -> Reply:
         user = session.identity
         slog = log.bind(session=session.id, peer=session.peer_ip, user=user.address)
@@ -190,7 +194,7 @@ class Submitter:
         if len(from_values) != 1:
             slog.warning("submission refused", reason="not exactly one From field",
                          count=len(from_values))
-            self._count("rejected")
+            self._count("rejected_from_count")
             return M.NEED_ONE_FROM
         authors = mailbox_addresses(from_values[0])
         claimed = list(authors or [])
@@ -198,14 +202,14 @@ class Submitter:
             claimed += mailbox_addresses(sender) or ["<unparseable Sender>"]
         if authors is None:
             slog.warning("submission refused", reason="From field unparseable")
-            self._count("rejected")
+            self._count("rejected_from_unparseable")
             return M.FROM_NOT_OWNED
         refused, keys = await self.database.run(_check_content, user.id, user.address, claimed,
                                                 _domain_of(authors[0]))
         if refused:
             slog.warning("submission refused", reason="From or Sender not owned",
                          addresses=refused[:10])
-            self._count("rejected")
+            self._count("rejected_from_not_owned")
             return M.FROM_NOT_OWNED
         if not await self.enqueuer.available():
             # before the commit: a 4xx now loses nothing and duplicates nothing

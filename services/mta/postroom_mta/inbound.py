@@ -189,15 +189,18 @@ class InboundPolicy(BasePolicy):
             local, domain = recipient_parts(path, self.hostname)
         except RelayDenied as exc:
             _log.warning("inbound recipient refused", reason=f"relay: {exc}", **fields)
+            self._count("rejected_relay")
             return RELAY_DENIED
         status, address = await self.database.run(lookup_recipient, local, domain,
                                                   self.delimiter)
         if status == "relay" and path.domain:
             _log.warning("inbound recipient refused", reason="relay: not a local domain",
                          **fields)
+            self._count("rejected_relay")
             return RELAY_DENIED
         if status != "ok" or address is None:
             _log.info("inbound recipient refused", reason="unknown user", **fields)
+            self._count("rejected_unknown_user")
             return USER_UNKNOWN
         if self.greylist is not None:
             transaction = session.transaction
@@ -247,7 +250,7 @@ class InboundPolicy(BasePolicy):
         fields.update(verdict=verdict.disposition, dmarc=verdict.dmarc_result,
                       reason=verdict.reason or None)
         if verdict.disposition == "reject":
-            self._count("rejected")
+            self._count("rejected_policy")
             _log.info("inbound message rejected", **fields)
             return Reply(550, "5.7.1", f"Message rejected: {verdict.reason or 'DMARC policy'}")
         if verdict.disposition not in ("inbox", "junk"):
@@ -305,10 +308,11 @@ def build_policy(settings: Settings, database: Any, queue: QueueClient, *, redis
 
 
 def build_factories(settings: Settings, policy: InboundPolicy, *, tls: Any = None,
-                    clock: Any = None) -> tuple[SMTPServerFactory, ProxyProtocolFactory | None]:
+                    clock: Any = None, metrics: Metrics | None = None,
+                    ) -> tuple[SMTPServerFactory, ProxyProtocolFactory | None]:
     """The port-25 SMTP factory, and its PROXY-protocol wrapper when a proxy listener is set."""
     factory = SMTPServerFactory(policy, ServerOptions.from_settings(settings), tls=tls,
-                                clock=clock)
+                                clock=clock, metrics=metrics, listener="smtp")
     proxied = None
     if settings.mta_proxy_listen:
         if not settings.mta_proxy_trusted:
@@ -329,7 +333,8 @@ async def start_inbound(ctx: ServiceContext) -> InboundPolicy:
     policy = build_policy(settings, ctx.database, queue,
                           redis_pool=ctx.thread_pool("inbound-redis", REDIS_THREADS),
                           dns_pool=dns_pool, metrics=ctx.metrics, reactor=ctx.reactor)
-    factory, proxied = build_factories(settings, policy, tls=ctx.tls, clock=ctx.reactor)
+    factory, proxied = build_factories(settings, policy, tls=ctx.tls, clock=ctx.reactor,
+                                       metrics=ctx.metrics)
     # stop hooks run newest first: in-flight messages finish, then the clients close
     ctx.on_stop(client.close)
     if isinstance(policy.dmarc, DMARCClient):

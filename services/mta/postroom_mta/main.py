@@ -14,6 +14,7 @@ from twisted.python.failure import Failure
 
 from postroom.dns import Resolver
 from postroom.queue.consumer import StreamConsumer
+from postroom.queue.gauges import QueueGauges
 from postroom.queue.reconciler import Reconciler
 from postroom.queue.streams import QueueClient, connect
 from postroom.runtime import ServiceContext
@@ -43,18 +44,23 @@ def start_relay(ctx: ServiceContext, options: RelayOptions | None = None) -> Rel
     # a little less than the runtime's grace, so the reconciler and pools still stop in time
     consumer = StreamConsumer(queue, STREAM, GROUP, relay.handle, concurrency=RELAY_CONCURRENCY,
                               claim_idle=settings.queue_claim_idle,
-                              grace=settings.shutdown_grace * 0.8, reactor=ctx.reactor)
+                              grace=settings.shutdown_grace * 0.8, reactor=ctx.reactor,
+                              metrics=ctx.metrics)
     reconciler = Reconciler(ctx.database, queue, settings, reactor=ctx.reactor)
+    gauges = QueueGauges(queue, ctx.metrics, (STREAM,), pool=ctx.thread_pool("metrics", 1),
+                         reactor=ctx.reactor)
     sweeper = BounceSweeper(ctx.database, queue, options.policy,
                             interval=settings.reconcile_interval, redis_pool=redis_pool,
                             reactor=ctx.reactor, log=ctx.log.bind(component="relay"))
     # stop hooks run newest first: consumer, sweeper, reconciler, then Redis closes
     ctx.on_stop(client.close)
+    ctx.on_stop(gauges.stop)
     ctx.on_stop(reconciler.stop)
     ctx.on_stop(sweeper.stop)
     ctx.on_stop(consumer.stop)
     consumer.start()
     sweeper.start()
+    gauges.start()
 
     def first_pass_failed(failure: Failure) -> None:
         # Redis or PostgreSQL away at start: the loop retries every reconcile_interval

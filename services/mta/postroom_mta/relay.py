@@ -38,7 +38,7 @@ from twisted.python.threadpool import ThreadPool
 from postroom.config import Settings
 from postroom.dns import Resolver
 from postroom.logs import Logger, get_logger
-from postroom.metrics import Metrics, messages_total
+from postroom.metrics import Metrics, delivery_attempts_total, messages_total
 from postroom.queue.consumer import QueueEntry
 from postroom.queue.reconciler import enqueue_after_commit
 from postroom.queue.streams import QueueClient
@@ -86,13 +86,15 @@ class RelayOptions:
     max_per_domain: int = MAX_PER_DOMAIN
     timeouts: Timeouts = DEFAULT_TIMEOUTS
     tls: TLSPolicy = OPPORTUNISTIC
+    bind_address: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> RelayOptions:
         policy = Policy(hostname=settings.hostname, retry_initial=settings.retry_initial,
                         retry_max=settings.retry_max, queue_lifetime=settings.queue_lifetime,
                         delay_notice=overrides.pop("delay_notice", DELAY_NOTICE))
-        return cls(policy=policy, port=settings.smtp_outbound_port, **overrides)
+        return cls(policy=policy, port=settings.smtp_outbound_port,
+                   bind_address=settings.smtp_bind_address, **overrides)
 
 
 class Relay:
@@ -116,6 +118,7 @@ class Relay:
         self.sessions = DeferredSemaphore(options.max_sessions)
         self._per_domain: dict[str, DeferredSemaphore] = {}
         self._outcomes = messages_total(metrics) if metrics is not None else None
+        self._attempts = delivery_attempts_total(metrics) if metrics is not None else None
 
     def handle(self, entry: QueueEntry) -> Deferred[None]:
         return Deferred.fromCoroutine(self._handle(entry))
@@ -146,6 +149,9 @@ class Relay:
         started = self.reactor.seconds()
         result = await self._send(work, domain, rcpts, log)
         results = _results(rcpts, result)
+        if self._attempts is not None:
+            for attempt in results:
+                self._attempts.labels(result=attempt.outcome).inc()
         recorded: Recorded = await self.database.run(
             record_results, work.queue_id, results, _now(), self.options.policy)
         await self._enqueue(recorded.envelopes)
@@ -172,7 +178,8 @@ class Relay:
                     work.message, resolver=self.resolver, port=self.options.port,
                     pool=self.dns_pool, helo_name=self.options.policy.hostname,
                     reactor=self.reactor, timeouts=self.options.timeouts, tls=self.options.tls,
-                    ret=work.ret, envid=work.envid, logger=log)
+                    ret=work.ret, envid=work.envid, logger=log,
+                    bind_address=self.options.bind_address)
                 return result
             finally:
                 self.sessions.release()

@@ -30,6 +30,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from postroom.logs import get_logger
+from postroom.metrics import Metrics, SessionMetrics
 from postroom_pop3 import wire
 from postroom_pop3.policy import AuthFailed, Authority, LoginDelayed, Maildrop, Refusal
 
@@ -75,10 +76,13 @@ class POP3Factory(ServerFactory):
                  allow_plaintext_auth_on_loopback: bool = False, clock: Any = None,
                  idle_timeout: float = IDLE_TIMEOUT, failed_login_delay: float = FAILED_LOGIN_DELAY,
                  max_failed_logins: int = MAX_FAILED_LOGINS, max_errors: int = MAX_ERRORS,
-                 max_connections_per_ip: int | None = None, login_delay: int = 0) -> None:
+                 max_connections_per_ip: int | None = None, login_delay: int = 0,
+                 metrics: Metrics | None = None) -> None:
         if clock is None:
             from twisted.internet import reactor
             clock = reactor
+        self.meter = SessionMetrics(metrics, commands=POP3Server._STATES,
+                                    mechanisms=("USER", "PLAIN"))
         self.authority = authority
         self.hostname = hostname
         # an IOpenSSLContextFactory for STLS, or None when STLS is not offered
@@ -166,6 +170,7 @@ class POP3Server(LineReceiver):
         self._timer: Any = None  # an IDelayedCall
         self._counted = False
         self._sender: _MessageSender | None = None
+        self._listener: str | None = None
 
     # --- connection life
 
@@ -175,6 +180,8 @@ class POP3Server(LineReceiver):
         self.peer_ip = str(getattr(transport.getPeer(), "host", ""))
         self.log = self.log.bind(peer=self.peer_ip)
         self.log.info("session opened", tls=self.tls)
+        self._listener = "pop3s" if self.tls else "pop3"
+        self.factory.meter.opened(self._listener)
         limit = self.factory.max_connections_per_ip
         count = self.factory.connections.get(self.peer_ip, 0)
         if limit is not None and count >= limit:
@@ -190,6 +197,9 @@ class POP3Server(LineReceiver):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.closing = True
         self.factory.sessions.discard(self)
+        if self._listener is not None:
+            listener, self._listener = self._listener, None
+            self.factory.meter.closed(listener)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
@@ -357,6 +367,7 @@ class POP3Server(LineReceiver):
         except wire.CommandSyntaxError:
             self._error("unknown command")
             return None
+        self.factory.meter.command(command.keyword)
         handler: Callable[[wire.Command], Deferred[Any] | None] | None = getattr(
             self, f"do_{command.keyword}", None)
         if handler is None:
@@ -511,12 +522,12 @@ class POP3Server(LineReceiver):
         if authzid and authzid != authcid:
             self.reply_err("[AUTH] acting as another user is not allowed")
             return None
-        return self._login(authcid, password)
+        return self._login(authcid, password, "PLAIN")
 
-    def _login(self, user: str, password: str) -> Deferred[Any]:
+    def _login(self, user: str, password: str, mechanism: str = "USER") -> Deferred[Any]:
         d = self.factory.authority.login(user, password, self.peer_ip)
         return d.addCallbacks(self._logged_in, self._login_refused,
-                              callbackArgs=(user,), errbackArgs=(user,))
+                              callbackArgs=(user,), errbackArgs=(user, mechanism))
 
     def _logged_in(self, maildrop: Maildrop, user: str) -> None:
         if self.closing:
@@ -530,7 +541,8 @@ class POP3Server(LineReceiver):
         self.log.info("login succeeded", user=user, messages=count, octets=size)
         self.reply_ok(f"maildrop has {count} messages ({size} octets)")
 
-    def _login_refused(self, failure: Failure, user: str) -> Deferred[Any] | None:
+    def _login_refused(self, failure: Failure, user: str,
+                       mechanism: str = "USER") -> Deferred[Any] | None:
         if not failure.check(Refusal):
             return failure  # type: ignore[return-value]  # the internal-error path logs it
         refusal = failure.value
@@ -540,6 +552,7 @@ class POP3Server(LineReceiver):
             self.reply_err(refusal.response())
             return None
         self.failed_logins += 1
+        self.factory.meter.auth_failed(mechanism)
         # the delay holds back pipelined commands too: guessing on one connection stays slow
         return deferLater(self.factory.clock, self.factory.failed_login_delay,
                           self._answer_failed_login, refusal)

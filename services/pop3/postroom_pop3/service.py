@@ -23,7 +23,8 @@ def build_factory(ctx: ServiceContext) -> POP3Factory:
     return POP3Factory(
         authority, hostname=settings.hostname, tls=ctx.tls,
         allow_plaintext_auth_on_loopback=settings.allow_plaintext_auth_on_loopback,
-        clock=ctx.reactor, max_connections_per_ip=settings.max_connections_per_ip)
+        clock=ctx.reactor, max_connections_per_ip=settings.max_connections_per_ip,
+        metrics=ctx.metrics)
 
 
 async def start_listening(ctx: ServiceContext) -> POP3Factory:

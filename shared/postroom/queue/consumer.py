@@ -32,7 +32,9 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from postroom.logs import get_logger
+from postroom.metrics import Metrics, queue_latency
 from postroom.queue.envelope import BadEnvelope, Envelope, decode
+from postroom.queue.gauges import entry_time
 from postroom.queue.streams import Entry, QueueClient
 
 BACKOFF_MIN = 0.1
@@ -72,7 +74,8 @@ class StreamConsumer:
     def __init__(self, queue: QueueClient, stream: str, group: str, handler: Handler, *,
                  concurrency: int = 10, claim_idle: float = 60.0,
                  claim_interval: float | None = None, block_ms: int = 5000,
-                 grace: float = 20.0, name: str | None = None, reactor: Any = None) -> None:
+                 grace: float = 20.0, name: str | None = None, reactor: Any = None,
+                 metrics: Metrics | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         queue.stream_key(stream)  # unknown stream names fail here, not in the thread
@@ -98,6 +101,8 @@ class StreamConsumer:
         self.handled = 0
         self.failed = 0
         self.dropped = 0
+        self._latency = (queue_latency(metrics).labels(queue=stream) if metrics is not None
+                         else None)
         # shared between the reader thread and the reactor thread, under _cond:
         # free slots (the reader never takes entries it cannot start at once, because
         # entries in our pending list are invisible to other consumers until claim_idle)
@@ -230,10 +235,19 @@ class StreamConsumer:
             except BadEnvelope as exc:
                 self._drop(entry_id, str(exc))
                 continue
+            if not claimed:
+                self._observe_latency(entry_id)
             with self._cond:
                 self._free -= 1
                 self._working.add(entry_id)
             self.reactor.callFromThread(self._handle, QueueEntry(entry_id, envelope, claimed))
+
+    def _observe_latency(self, entry_id: str) -> None:
+        # the entry id is Redis's clock at XADD; a claimed entry's wait is not pick-up latency
+        if self._latency is not None:
+            added = entry_time(entry_id)
+            if added is not None:
+                self._latency.observe(max(0.0, time.time() - added))
 
     def _drop(self, entry_id: str, reason: str) -> None:
         """Acknowledge a malformed entry away: retrying it can never succeed."""

@@ -39,6 +39,7 @@ from postroom.auth.sasl import (
     new_mechanism,
 )
 from postroom.logs import get_logger
+from postroom.metrics import Metrics, SessionMetrics
 from postroom.smtp import grammar
 from postroom.smtp import replies as R
 from postroom.smtp.data import ChunkAccumulator, Content, DataReader, End
@@ -51,14 +52,21 @@ from postroom.tls import negotiated
 
 _log = get_logger("smtp")
 
+# verbs counted by name in postroom_commands_total; anything else is "other"
+COMMAND_VERBS = ("HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY",
+                 "EXPN", "HELP", "STARTTLS", "AUTH")
+AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
+
 
 class SMTPServerFactory(ServerFactory):
     """Builds one protocol per connection and counts connections per client address."""
 
     def __init__(self, policy: SMTPPolicy, options: ServerOptions, *, tls: Any = None,
-                 implicit_tls: bool = False, clock: IReactorTime | None = None) -> None:
+                 implicit_tls: bool = False, clock: IReactorTime | None = None,
+                 metrics: Metrics | None = None, listener: str = "smtp") -> None:
         """``tls`` is an object with ``getContext()`` (postroom.tls.ServerTLS) enabling
-        STARTTLS; ``implicit_tls`` says the listener is already wrapped in TLS (465)."""
+        STARTTLS; ``implicit_tls`` says the listener is already wrapped in TLS (465);
+        ``listener`` is the ``listener`` label of the connection metrics."""
         if clock is None:
             from twisted.internet import reactor
 
@@ -69,6 +77,8 @@ class SMTPServerFactory(ServerFactory):
         self.implicit_tls = implicit_tls
         self.clock: Any = clock
         self.connections: Counter[str] = Counter()
+        self.listener = listener
+        self.meter = SessionMetrics(metrics, commands=COMMAND_VERBS, mechanisms=AUTH_MECHANISMS)
 
     def buildProtocol(self, addr: Any) -> SMTPServerProtocol:
         protocol = SMTPServerProtocol(self)
@@ -119,6 +129,7 @@ class SMTPServerProtocol(LineReceiver):
         self._bdat_size = 0
         self._bdat_last = False
         self._mechanism: ServerMechanism | None = None
+        self._metered = False
 
     # --- connection life cycle
 
@@ -131,7 +142,10 @@ class SMTPServerProtocol(LineReceiver):
                                local_port=int(getattr(host, "port", 0) or 0),
                                tls_active=self.smtp_factory.implicit_tls)
         self.log = _log.bind(session=self.session.id, peer=self.session.peer_ip)
+        self.smtp_factory.meter.opened(self.smtp_factory.listener)
+        self._metered = True
         if not self.smtp_factory.register(self.session.peer_ip):
+            self.smtp_factory.meter.error("too_many_connections")
             self.log.warning("smtp connection refused", reason="too many connections from peer",
                              limit=self.options.max_connections_per_ip)
             self._write(R.TOO_MANY_CONNECTIONS)
@@ -156,6 +170,9 @@ class SMTPServerProtocol(LineReceiver):
         self._state = "closed"
         self._lost = True
         self._cancel_timer()
+        if self._metered:
+            self._metered = False
+            self.smtp_factory.meter.closed(self.smtp_factory.listener)
         if self._counted:
             self._counted = False
             self.smtp_factory.unregister(self.session.peer_ip)
@@ -182,6 +199,7 @@ class SMTPServerProtocol(LineReceiver):
             self._errors += 1
             if self._errors >= self.options.max_errors:
                 self.log.warning("smtp too many errors", errors=self._errors)
+                self.smtp_factory.meter.error("too_many_errors")
                 self._write(R.TOO_MANY_ERRORS)
                 self._close()
         elif reply.code == 421:
@@ -223,6 +241,7 @@ class SMTPServerProtocol(LineReceiver):
             self._arm_timer()
             return
         self.log.info("smtp idle timeout", state=self._state)
+        self.smtp_factory.meter.error("timeout")
         self._write(R.TIMEOUT)
         self._close()
 
@@ -244,6 +263,7 @@ class SMTPServerProtocol(LineReceiver):
 
         def failed(failure: Failure) -> None:
             self._waiting = False
+            self.smtp_factory.meter.error("policy")
             self.log.error("smtp policy call failed", call=getattr(fn, "__name__", str(fn)),
                            error=failure.getErrorMessage(),
                            traceback=failure.getTraceback().rstrip())
@@ -274,6 +294,7 @@ class SMTPServerProtocol(LineReceiver):
 
     def _internal_error(self, exc: BaseException) -> None:
         self.log.exception("smtp internal error", exc, state=self._state)
+        self.smtp_factory.meter.error("internal")
         self._mechanism = None
         if self._state in ("data", "bdat"):
             # the byte stream can no longer be trusted to be in sync
@@ -302,6 +323,7 @@ class SMTPServerProtocol(LineReceiver):
     def lineLengthExceeded(self, line: bytes) -> None:
         # where the over-long line ends is unknown, so nothing after it can be trusted
         self.log.warning("smtp command line too long", octets=len(line), state=self._state)
+        self.smtp_factory.meter.error("line_too_long")
         self._send(R.LINE_TOO_LONG, count=False)
         self._write(R.TOO_MANY_ERRORS.with_text("Line too long, closing connection"))
         self._close()
@@ -323,6 +345,7 @@ class SMTPServerProtocol(LineReceiver):
     def _command_line(self, line: bytes) -> None:
         transaction = self.session.transaction
         smtputf8 = bool(transaction and transaction.mail_params.smtputf8)
+        self.smtp_factory.meter.command(line.split(b" ", 1)[0])
         try:
             command = grammar.parse_command(line, smtputf8=smtputf8, limits=self.options.limits)
         except ParseError as error:
@@ -671,9 +694,11 @@ class SMTPServerProtocol(LineReceiver):
         session = self.session
         fields = {"username": credentials.username, "mechanism": credentials.mechanism}
         if isinstance(result, Reply):
+            self.smtp_factory.meter.auth_failed(credentials.mechanism)
             self.log.warning("smtp auth refused", code=result.code, **fields)
             self._send(result)
         elif result is None:
+            self.smtp_factory.meter.auth_failed(credentials.mechanism)
             self.log.warning("smtp auth failed", **fields)
             self._send(R.AUTH_FAILED)
         else:
