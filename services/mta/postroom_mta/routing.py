@@ -146,7 +146,8 @@ def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Re
                       rng: random.Random | None = None,
                       max_addresses: int = DEFAULT_MAX_ADDRESSES,
                       chunk_size: int = DEFAULT_CHUNK_SIZE,
-                      logger: Logger | None = None) -> defer.Deferred[DeliveryResult]:
+                      logger: Logger | None = None,
+                      bind_address: str | None = None) -> defer.Deferred[DeliveryResult]:
     """Send one message to ``recipients`` (all in ``domain``) via its MX hosts.
 
     ``port`` is POSTROOM_SMTP_OUTBOUND_PORT; ``pool`` is the (started) thread
@@ -168,13 +169,14 @@ def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Re
     return defer.ensureDeferred(_deliver(
         reactor, domain, envelope, message, resolver=resolver, port=port, pool=pool,
         helo_name=helo_name, timeouts=timeouts, tls=tls, rng=rng, max_addresses=max_addresses,
-        chunk_size=chunk_size, logger=logger)).addErrback(crashed)
+        chunk_size=chunk_size, logger=logger, bind_address=bind_address)).addErrback(crashed)
 
 
 async def _deliver(reactor: Any, domain: str, envelope: Envelope, message: MessageSource, *,
                    resolver: Resolver, port: int, pool: ThreadPool, helo_name: str,
                    timeouts: Timeouts, tls: TLSPolicy, rng: random.Random | None,
-                   max_addresses: int, chunk_size: int, logger: Logger) -> DeliveryResult:
+                   max_addresses: int, chunk_size: int, logger: Logger,
+                   bind_address: str | None = None) -> DeliveryResult:
     try:
         targets = await deferToThreadPool(reactor, pool, plan_route, resolver, domain, rng=rng,
                                           max_addresses=max_addresses)
@@ -190,7 +192,7 @@ async def _deliver(reactor: Any, domain: str, envelope: Envelope, message: Messa
         result = await attempt(reactor, envelope, message, traits, address=target.address,
                                port=port, helo_name=helo_name, host=target.host,
                                timeouts=timeouts, tls=tls, chunk_size=chunk_size,
-                               logger=logger)
+                               logger=logger, bind_address=bind_address)
         if not result.session_failure:
             break
         first = result.recipients[0] if result.recipients else None

@@ -676,18 +676,26 @@ def _checked(reply: Reply, what: str, ok: range = range(0)) -> tuple[Reply, bool
 def attempt(reactor: Any, envelope: Envelope, message: MessageSource, traits: MessageTraits, *,
             address: str, port: int, helo_name: str, host: str | None = None,
             timeouts: Timeouts = DEFAULT_TIMEOUTS, tls: TLSPolicy = OPPORTUNISTIC,
-            chunk_size: int = DEFAULT_CHUNK_SIZE,
-            logger: Logger | None = None) -> defer.Deferred[DeliveryResult]:
+            chunk_size: int = DEFAULT_CHUNK_SIZE, logger: Logger | None = None,
+            bind_address: str | None = None) -> defer.Deferred[DeliveryResult]:
     """Connect to ``address``:``port`` and run one transaction; never fails, always a result.
 
-    ``logger`` may carry bound fields such as ``queue_id`` into every event.
+    ``logger`` may carry bound fields such as ``queue_id`` into every event;
+    ``bind_address`` (POSTROOM_SMTP_BIND_ADDRESS) is the local IPv4 address to
+    connect from.
     """
     logger = logger or log
     protocol = SMTPClientProtocol(envelope, message, traits, helo_name=helo_name, clock=reactor,
                                   host=host, address=address, timeouts=timeouts, tls=tls,
                                   chunk_size=chunk_size, logger=logger)
-    endpoint_type = TCP6ClientEndpoint if ":" in address else TCP4ClientEndpoint
-    endpoint = endpoint_type(reactor, address, port, timeout=timeouts.connect)
+    endpoint: TCP4ClientEndpoint | TCP6ClientEndpoint
+    if ":" in address:
+        endpoint = TCP6ClientEndpoint(reactor, address, port, timeout=timeouts.connect)
+    else:
+        # the address SPF sees: a multi-homed host must send from the one it publishes
+        source = (bind_address, 0) if bind_address else None
+        endpoint = TCP4ClientEndpoint(reactor, address, port, timeout=timeouts.connect,
+                                      bindAddress=source)
     connecting = connectProtocol(endpoint, protocol)
 
     def connect_failed(reason: Failure) -> DeliveryResult:
