@@ -10,10 +10,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from postroom.dkimsign import dns_txt_value, generate_keys
+from postroom.peers import is_loopback
 from postroom.smtp.session import Session
 from postroom_msa.limits import sliding_estimate
 from postroom_msa.lookups import SigningKey
-from postroom_msa.policy import MSAPolicy, is_loopback
+from postroom_msa.policy import MSAPolicy
 from postroom_msa.submission import (
     add_missing_fields,
     header_end,

@@ -12,12 +12,10 @@ reply, and EXPUNGE never during FETCH, STORE or SEARCH (RFC 3501 7.4.1).
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from twisted.internet import interfaces
 from twisted.internet.defer import Deferred
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.internet.task import deferLater
@@ -27,6 +25,7 @@ from postroom.auth import sasl
 from postroom.connlimit import PerAddressLimit
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, SessionMetrics, imap_idle_sessions
+from postroom.peers import is_loopback, is_tls
 from postroom_imap.handlers_mailbox import MailboxCommands
 from postroom_imap.handlers_message import MessageCommands
 from postroom_imap.policy import Accounts, AuthFailed, Refusal, UserStore
@@ -77,21 +76,6 @@ _NO_EXPUNGE = ("FETCH", "STORE", "SEARCH")
 _ALWAYS_SYNC = ("NOOP", "CHECK", "IDLE")
 
 Reply = tuple[str, str]  # ("OK" | "NO" | "BAD", text)
-
-
-def _is_tls(transport: Any) -> bool:
-    return bool(interfaces.ISSLTransport.providedBy(transport)
-                or interfaces.INegotiated.providedBy(transport))
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 class IMAPFactory(ServerFactory):
@@ -168,7 +152,7 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
-        self.tls = _is_tls(transport)
+        self.tls = is_tls(transport)
         self.peer_ip = str(getattr(transport.getPeer(), "host", ""))
         self.log = self.log.bind(peer=self.peer_ip)
         if not self.factory.per_address.acquire(self.peer_ip):
@@ -241,7 +225,7 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
 
     def login_allowed(self) -> bool:
         return self.tls or (self.factory.allow_plaintext_auth_on_loopback
-                            and _is_loopback(self.peer_ip))
+                            and is_loopback(self.peer_ip))
 
     def capabilities(self) -> str:
         caps = list(BASE_CAPABILITIES)

@@ -10,7 +10,6 @@ limiter and the sending limits in the `redis` pool: never on the reactor.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +20,7 @@ from twisted.python.threadpool import ThreadPool
 from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
 from postroom.auth.sasl import Credentials, PasswordCredentials
 from postroom.logs import get_logger
+from postroom.peers import is_loopback
 from postroom.smtp import replies as R
 from postroom.smtp.grammar import Address, MailParams, RcptParams
 from postroom.smtp.policy import BasePolicy
@@ -33,13 +33,6 @@ from postroom_msa.limits import LimitUnavailable, SendingLimits
 from postroom_msa.submission import Submitter
 
 log = get_logger("msa")
-
-
-def is_loopback(ip: str) -> bool:
-    try:
-        return ipaddress.ip_address(ip).is_loopback
-    except ValueError:
-        return False
 
 
 class MSAPolicy(BasePolicy):

@@ -15,7 +15,6 @@ whatever the policy object does.
 
 from __future__ import annotations
 
-import ipaddress
 import secrets
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,6 +30,7 @@ from zope.interface import implementer
 
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, SessionMetrics
+from postroom.peers import is_loopback, is_tls
 from postroom_pop3 import wire
 from postroom_pop3.policy import AuthFailed, Authority, LoginDelayed, Maildrop, Refusal
 
@@ -52,21 +52,6 @@ MAX_ERRORS = 10
 CHUNK_SIZE = 16384
 # pipelined input held while a command is in progress before reading from the peer pauses
 MAX_BUFFERED = 64 * 1024
-
-
-def _is_tls(transport: Any) -> bool:
-    return bool(interfaces.ISSLTransport.providedBy(transport)
-                or interfaces.INegotiated.providedBy(transport))
-
-
-def _is_loopback(host: str) -> bool:
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
 
 
 class POP3Factory(ServerFactory):
@@ -176,7 +161,7 @@ class POP3Server(LineReceiver):
 
     def connectionMade(self) -> None:
         transport: Any = self.transport
-        self.tls = _is_tls(transport)
+        self.tls = is_tls(transport)
         self.peer_ip = str(getattr(transport.getPeer(), "host", ""))
         self.log = self.log.bind(peer=self.peer_ip)
         self.log.info("session opened", tls=self.tls)
@@ -402,7 +387,7 @@ class POP3Server(LineReceiver):
     def password_allowed(self) -> bool:
         """USER/PASS and AUTH only under TLS, or from loopback when the operator allows it."""
         return self.tls or (self.factory.allow_plaintext_auth_on_loopback
-                            and _is_loopback(self.peer_ip))
+                            and is_loopback(self.peer_ip))
 
     def _stls_available(self) -> bool:
         return (not self.tls and self.factory.tls is not None
