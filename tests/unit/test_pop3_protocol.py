@@ -642,7 +642,7 @@ def test_connections_per_address_are_limited(authority: MemoryAuthority) -> None
     assert transport.value().startswith(b"-ERR [SYS/TEMP]") and transport.disconnecting
     second.connectionLost(None)
     first.server.connectionLost(None)
-    assert first.factory.connections == {}
+    assert not first.factory.per_address.open
 
 
 def test_shutdown_closes_sessions_without_update(logged_in: Client,

@@ -31,7 +31,7 @@ def test_untrusted_peer_is_refused_before_any_header():
     assert transport.value() == b"421 4.7.0 refused\r\n"
     assert transport.disconnecting
     protocol.dataReceived(HEADER + b"EHLO x\r\n")
-    assert protocol.wrapped is None and not smtp.connections
+    assert protocol.wrapped is None and not smtp.per_address.open
 
 
 def test_trusted_proxy_header_sets_the_session_client_address():
@@ -40,7 +40,7 @@ def test_trusted_proxy_header_sets_the_session_client_address():
     assert protocol.wrapped.session.peer_ip == "198.51.100.7"
     assert protocol.wrapped.session.local_port == 25
     assert transport.value().startswith(b"220 mx.test")
-    assert smtp.connections == {"198.51.100.7": 1}
+    assert smtp.per_address.open == {"198.51.100.7": 1}
 
 
 def test_header_split_across_reads_with_pipelined_command():
@@ -67,4 +67,4 @@ def test_connection_lost_reaches_the_smtp_session():
     protocol, _, smtp, _ = connect()
     protocol.dataReceived(HEADER)
     protocol.connectionLost(None)
-    assert not smtp.connections
+    assert not smtp.per_address.open

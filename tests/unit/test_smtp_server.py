@@ -282,7 +282,7 @@ def test_connection_lost_is_reported_to_the_policy_and_uncounted() -> None:
     harness = Harness()
     harness.lose()
     assert harness.policy.closed_sessions == [harness.protocol.session]
-    assert harness.factory.connections == {}
+    assert not harness.factory.per_address.open
 
 
 def test_policy_exception_gives_451_and_the_session_continues() -> None:

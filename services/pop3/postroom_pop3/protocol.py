@@ -28,6 +28,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from postroom.connlimit import PerAddressLimit
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, SessionMetrics
 from postroom.peers import is_loopback, is_tls
@@ -81,7 +82,9 @@ class POP3Factory(ServerFactory):
         self.max_connections_per_ip = max_connections_per_ip
         # the LOGIN-DELAY capability's value (RFC 2449 6.8); we enforce none between logins
         self.login_delay = login_delay
-        self.connections: dict[str, int] = {}
+        # None: no limit (tests); the service passes POSTROOM_MAX_CONNECTIONS_PER_IP
+        self.per_address = PerAddressLimit(max_connections_per_ip) \
+            if max_connections_per_ip is not None else None
         self.sessions: set[POP3Server] = set()
 
     def buildProtocol(self, addr: Any) -> Any:
@@ -167,14 +170,12 @@ class POP3Server(LineReceiver):
         self.log.info("session opened", tls=self.tls)
         self._listener = "pop3s" if self.tls else "pop3"
         self.factory.meter.opened(self._listener)
-        limit = self.factory.max_connections_per_ip
-        count = self.factory.connections.get(self.peer_ip, 0)
-        if limit is not None and count >= limit:
-            self.log.warning("too many connections", limit=limit)
+        limit = self.factory.per_address
+        if limit is not None and not limit.acquire(self.peer_ip):
+            self.log.warning("too many connections", limit=limit.limit)
             self._close(b"-ERR [SYS/TEMP] too many connections from your address")
             return
-        self.factory.connections[self.peer_ip] = count + 1
-        self._counted = True
+        self._counted = limit is not None
         self.factory.sessions.add(self)
         self.reply_ok(f"{self.factory.hostname} POP3 server ready")
         self.touch()
@@ -190,12 +191,8 @@ class POP3Server(LineReceiver):
         self._timer = None
         if self._sender is not None:
             self._sender.stopProducing()
-        if self._counted:
-            remaining = self.factory.connections.get(self.peer_ip, 1) - 1
-            if remaining > 0:
-                self.factory.connections[self.peer_ip] = remaining
-            else:
-                self.factory.connections.pop(self.peer_ip, None)
+        if self._counted and self.factory.per_address is not None:
+            self.factory.per_address.release(self.peer_ip)
             self._counted = False
         self._release()
         self.log.info("session closed", user=self.username, state=self.state)

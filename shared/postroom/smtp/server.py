@@ -16,7 +16,6 @@ and stores. Properties the twisted.mail server lacks and tests pin down:
 from __future__ import annotations
 
 import base64
-from collections import Counter
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -38,6 +37,7 @@ from postroom.auth.sasl import (
     decode_response,
     new_mechanism,
 )
+from postroom.connlimit import PerAddressLimit
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, SessionMetrics
 from postroom.smtp import grammar
@@ -76,7 +76,7 @@ class SMTPServerFactory(ServerFactory):
         self.tls = tls
         self.implicit_tls = implicit_tls
         self.clock: Any = clock
-        self.connections: Counter[str] = Counter()
+        self.per_address = PerAddressLimit(options.max_connections_per_ip)
         self.listener = listener
         self.meter = SessionMetrics(metrics, commands=COMMAND_VERBS, mechanisms=AUTH_MECHANISMS)
 
@@ -87,15 +87,10 @@ class SMTPServerFactory(ServerFactory):
 
     def register(self, ip: str) -> bool:
         """Count a new connection from ``ip``; False when it is over the limit."""
-        if self.connections[ip] >= self.options.max_connections_per_ip:
-            return False
-        self.connections[ip] += 1
-        return True
+        return self.per_address.acquire(ip)
 
     def unregister(self, ip: str) -> None:
-        self.connections[ip] -= 1
-        if self.connections[ip] <= 0:
-            del self.connections[ip]
+        self.per_address.release(ip)
 
 
 class SMTPServerProtocol(LineReceiver):
