@@ -146,7 +146,9 @@ def test_a_4xx_is_retried_on_schedule_and_delivered_later(
     done = datetime.fromisoformat(delivered["ts"].replace("Z", "+00:00"))
     print(f"retry due {(due - first).total_seconds():.2f}s after the 451, "
           f"delivered {(done - first).total_seconds():.2f}s after it")
-    assert due - first >= timedelta(seconds=0.9)  # POSTROOM_RETRY_INITIAL=1s
+    # the deferral is logged after its commit, a moment after next_attempt_at was set to
+    # now + POSTROOM_RETRY_INITIAL (1s): a busy machine eats into the gap, never past half
+    assert due - first >= timedelta(seconds=0.5)
     assert done >= due - timedelta(milliseconds=50)  # on schedule: never early
     assert done - due < timedelta(seconds=10)  # and not forgotten
 

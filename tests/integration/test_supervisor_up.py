@@ -26,7 +26,8 @@ supervisor.serve_argv = lambda name: [
     "import sys; from postroom.runtime import run_service; sys.exit(run_service(sys.argv[1]))",
     name]
 sys.exit(supervisor.main(argparse.Namespace(
-    only=["tests.integration.test_runtime_service:ECHO"], demo=True, host="127.0.0.1")))
+    only=["tests.integration.test_runtime_service:ECHO"], demo=True, host="127.0.0.1",
+    json=True)))
 """
 
 
