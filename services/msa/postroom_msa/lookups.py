@@ -14,7 +14,8 @@ from datetime import datetime
 
 from sqlalchemy.orm import Session
 
-from postroom.store import aliases, dkim, domains, spool
+from postroom.auth.sasl import ScramSecrets
+from postroom.store import aliases, dkim, domains, spool, users
 from postroom.store.addresses import normalise_address, split_address
 from postroom.store.errors import InvalidAddress
 
@@ -65,6 +66,16 @@ def classify_recipient(session: Session, address: str) -> str:
     if not domains.is_local_domain(session, domain):
         return REMOTE
     return LOCAL if aliases.resolve_address(session, address) else UNKNOWN
+
+
+def scram_secrets(session: Session, username: str) -> ScramSecrets | None:
+    """The stored SCRAM-SHA-256 secrets of the active account ``username``, or None."""
+    return users.scram_secrets_for(session, username)
+
+
+def scram_login(session: Session, username: str) -> users.UserInfo | None:
+    """The identity of a SCRAM exchange the mechanism verified: the active account, or None."""
+    return users.get_active_user(session, username)
 
 
 def signing_keys(session: Session, domain: str) -> list[SigningKey]:

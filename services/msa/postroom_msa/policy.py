@@ -1,11 +1,12 @@
 """The MSA's SMTPPolicy: AUTH against the store, owned senders, known local recipients, limits.
 
 Submission (RFC 6409) needs AUTH (the engine answers 530 5.7.0 before it),
-and AUTH PLAIN/LOGIN needs TLS (the engine neither offers nor accepts them in
-cleartext unless :meth:`MSAPolicy.allow_auth_without_tls` says so, which only
+and AUTH PLAIN/LOGIN/SCRAM-SHA-256 needs TLS (the engine neither offers nor accepts
+them in cleartext unless :meth:`MSAPolicy.allow_auth_without_tls` says so, which only
 POSTROOM_ALLOW_PLAINTEXT_AUTH_ON_LOOPBACK does, for loopback peers). Password
-checks run in the `db` pool (scrypt is slow on purpose), the failed-login
-limiter and the sending limits in the `redis` pool: never on the reactor.
+checks and SCRAM secret look-ups run in the `db` pool (scrypt is slow on purpose),
+the failed-login limiter and the sending limits in the `redis` pool: never on the
+reactor. A failed SCRAM proof counts as a failed login like a wrong PLAIN password.
 """
 
 from __future__ import annotations
@@ -18,7 +19,12 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
-from postroom.auth.sasl import Credentials, PasswordCredentials
+from postroom.auth.sasl import (
+    Credentials,
+    PasswordCredentials,
+    ScramSecrets,
+    VerifiedCredentials,
+)
 from postroom.logs import get_logger
 from postroom.peers import is_loopback
 from postroom.smtp import replies as R
@@ -39,8 +45,8 @@ class MSAPolicy(BasePolicy):
     """Decisions of the submission listeners (587/2525 with STARTTLS, 465 implicit TLS)."""
 
     offer_auth = True
-    # the store keeps scrypt hashes only, from which no SCRAM secrets can be derived
-    offer_scram = False
+    # accounts whose password predates stored SCRAM secrets fail SCRAM like a wrong password
+    offer_scram = True
     require_auth_for_mail = True
 
     def __init__(self, database: Any, *, limiter: LoginRateLimiter, limits: SendingLimits,
@@ -62,6 +68,21 @@ class MSAPolicy(BasePolicy):
 
     # --- AUTH
 
+    def scram_secrets(self, session: Session, username: str) -> Deferred[Any]:
+        return Deferred.fromCoroutine(self._scram_secrets(session, username))
+
+    async def _scram_secrets(self, session: Session, username: str) -> ScramSecrets | None:
+        # a locked-out client gets no real secrets, so the server-final message cannot
+        # tell it whether a guess was right; authenticate() then answers 454
+        try:
+            allowed = await self._redis(self.limiter.check, session.peer_ip, username)
+        except RateLimitUnavailable:
+            return None
+        if not allowed:
+            return None
+        found: ScramSecrets | None = await self.database.run(lookups.scram_secrets, username)
+        return found
+
     def authenticate(self, session: Session, credentials: Credentials) -> Deferred[Any]:
         return Deferred.fromCoroutine(self._authenticate(session, credentials))
 
@@ -82,6 +103,9 @@ class MSAPolicy(BasePolicy):
         if isinstance(credentials, PasswordCredentials) and \
                 credentials.authzid in ("", credentials.username):
             user = await self.database.run(users.authenticate, account, credentials.password)
+        elif isinstance(credentials, VerifiedCredentials) and credentials.verified and \
+                credentials.authzid in ("", credentials.username):
+            user = await self.database.run(lookups.scram_login, account)
         if user is None:
             await self._redis(self.limiter.record_failure, session.peer_ip, account)
             slog.warning("login failed", reason="bad credentials")

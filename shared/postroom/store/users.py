@@ -1,7 +1,16 @@
-"""Mail accounts: add (with default mailboxes), list, password changes, removal, login."""
+"""Mail accounts: add (with default mailboxes), list, password changes, removal, login.
+
+A password is kept twice, neither readable back: an scrypt hash for PLAIN/LOGIN
+and the SCRAM-SHA-256 secrets (RFC 5802 section 3) for SCRAM, in the text form
+``SCRAM-SHA-256$<iterations>:<salt b64>$<StoredKey b64>:<ServerKey b64>`` that
+Dovecot and PostgreSQL use. Accounts whose password was set before the secrets
+were kept have none and cannot use SCRAM until the password is set again.
+"""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import functools
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,6 +20,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
 from postroom.auth.passwords import hash_password, needs_rehash, verify_password
+from postroom.auth.sasl import ScramSecrets, scram_secrets
 from postroom.store.addresses import normalise_domain, split_address
 from postroom.store.common import domain_id, insert_unique
 from postroom.store.errors import InvalidAddress, NotFound
@@ -19,6 +29,10 @@ from postroom.store.models import Domain, User
 
 HashFn = Callable[[str], str]
 
+SCRAM_PREFIX = "SCRAM-SHA-256$"
+#: RFC 7677 asks for at least 4096; more makes a stolen secrets column costlier to attack
+DEFAULT_SCRAM_ITERATIONS = 10000
+MIN_SCRAM_ITERATIONS = 4096
 
 
 @functools.cache
@@ -51,10 +65,45 @@ def _check_password(password: str) -> None:
         raise ValueError("empty password")
 
 
+def format_scram_secrets(found: ScramSecrets) -> str:
+    """The stored text form of SCRAM-SHA-256 secrets (see the module docstring)."""
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode("ascii")
+    return (f"{SCRAM_PREFIX}{found.iterations}:{b64(found.salt)}"
+            f"${b64(found.stored_key)}:{b64(found.server_key)}")
+
+
+def parse_scram_secrets(text: str) -> ScramSecrets:
+    """The secrets in their stored text form; ValueError when it is not one."""
+    if not text.startswith(SCRAM_PREFIX):
+        raise ValueError("not SCRAM-SHA-256 secrets")
+    params, sep, keys = text[len(SCRAM_PREFIX):].partition("$")
+    iterations, sep1, salt = params.partition(":")
+    stored_key, sep2, server_key = keys.partition(":")
+    if not (sep and sep1 and sep2) or not iterations.isdigit():
+        raise ValueError("malformed SCRAM-SHA-256 secrets")
+    try:
+        decoded = [base64.b64decode(part, validate=True)
+                   for part in (salt, stored_key, server_key)]
+    except (binascii.Error, ValueError):
+        raise ValueError("bad base64 in SCRAM-SHA-256 secrets") from None
+    if not decoded[0] or len(decoded[1]) != 32 or len(decoded[2]) != 32:
+        raise ValueError("wrong SCRAM-SHA-256 salt or key length")
+    return ScramSecrets(decoded[0], int(iterations), decoded[1], decoded[2])
+
+
+def _scram_text(password: str, iterations: int) -> str:
+    if iterations < MIN_SCRAM_ITERATIONS:
+        raise ValueError(f"SCRAM iterations must be at least {MIN_SCRAM_ITERATIONS}")
+    return format_scram_secrets(scram_secrets(password, iterations=iterations))
+
+
 def add_user(session: Session, address: str, password: str, *, quota_bytes: int | None = None,
-             quota_messages: int | None = None, hash_fn: HashFn = hash_password) -> UserInfo:
+             quota_messages: int | None = None, hash_fn: HashFn = hash_password,
+             scram_iterations: int = DEFAULT_SCRAM_ITERATIONS) -> UserInfo:
     """Add an account in an existing domain, with INBOX, Sent, Drafts, Trash, Junk, Archive.
 
+    The password is stored as an scrypt hash and as SCRAM-SHA-256 secrets.
     Raises InvalidAddress, NotFound (unknown domain) or AlreadyExists.
     """
     localpart, domain = split_address(address)
@@ -64,10 +113,12 @@ def add_user(session: Session, address: str, password: str, *, quota_bytes: int 
             raise ValueError("quota must not be negative")
     ident = domain_id(session, domain)
     normal = f"{localpart}@{domain}"
+    scram_text = _scram_text(password, scram_iterations)
 
     def insert() -> User:
         row = User(domain_id=ident, localpart=localpart, address=normal,
-                   password_hash=hash_fn(password), quota_bytes=quota_bytes,
+                   password_hash=hash_fn(password), scram_secrets=scram_text,
+                   quota_bytes=quota_bytes,
                    quota_messages=quota_messages)
         session.add(row)
         session.flush()
@@ -112,13 +163,35 @@ def list_users(session: Session, domain: str | None = None) -> list[UserInfo]:
 
 
 def set_password(session: Session, address: str, password: str, *,
-                 hash_fn: HashFn = hash_password) -> None:
-    """Replace an account's password; NotFound when there is no such account."""
+                 hash_fn: HashFn = hash_password,
+                 scram_iterations: int = DEFAULT_SCRAM_ITERATIONS) -> None:
+    """Replace an account's password (hash and SCRAM secrets); NotFound when there is none."""
     _check_password(password)
+    scram_text = _scram_text(password, scram_iterations)
     found = _find(session, address)
     if found is None:
         raise NotFound(f"no user {address}")
     found[0].password_hash = hash_fn(password)
+    found[0].scram_secrets = scram_text
+
+
+def scram_secrets_for(session: Session, address: str) -> ScramSecrets | None:
+    """The SCRAM-SHA-256 secrets of the active account ``address``, or None (unknown,
+    inactive, or a password set before secrets were kept)."""
+    found = _find(session, address)
+    if found is None or not found[0].active or found[0].scram_secrets is None:
+        return None
+    try:
+        return parse_scram_secrets(found[0].scram_secrets)
+    except ValueError:
+        # a damaged value must not break logins: the account just cannot use SCRAM
+        return None
+
+
+def get_active_user(session: Session, address: str) -> UserInfo | None:
+    """The account with this address when it is active (a SCRAM login's identity), else None."""
+    found = _find(session, address)
+    return _info(*found) if found and found[0].active else None
 
 
 def set_active(session: Session, address: str, active: bool) -> None:
