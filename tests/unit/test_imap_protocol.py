@@ -62,6 +62,12 @@ class FakeStore:
                                  analyze(self.messages[uid][1]).to_dict(), self.messages[uid][1])
                         for uid in uids if uid in self.messages])
 
+    def fetch_flags(self, mailbox_id: int, uids: Any, **kw: Any) -> Deferred[list[Any]]:
+        if self.fail_fetch:
+            return fail(RuntimeError("database exploded"))
+        return succeed([(uid, " ".join(self.messages[uid][0]), 5)
+                        for uid in uids if uid in self.messages])
+
     def store(self, mailbox_id: int, uids: Any, mode: str, flags: Any,
               unchangedsince: Any) -> Deferred[StoreResult]:
         for uid in uids:

@@ -23,7 +23,9 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from postroom.auth.authcache import AuthCache
 from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
+from postroom.auth.sasl import ScramSecrets
 from postroom.logs import get_logger
 from postroom.store import users
 from postroom_imap import mailstore
@@ -116,8 +118,11 @@ class StoreAccounts:
 
     def __init__(self, database: Any, client: redis.Redis, redis_pool: ThreadPool, *,
                  prefix: str, limiter: LoginRateLimiter | None, listener: ChangeListener,
-                 reactor: Any) -> None:
+                 reactor: Any, auth_cache: AuthCache[users.UserInfo] | None = None) -> None:
         self.database = database
+        # repeated logins skip scrypt for a minute (see postroom.auth.authcache)
+        self.auth_cache: AuthCache[users.UserInfo] = (
+            auth_cache if auth_cache is not None else AuthCache())
         self.redis = client
         self.pool = redis_pool
         self.prefix = prefix
@@ -132,25 +137,76 @@ class StoreAccounts:
         return Deferred.fromCoroutine(self._login(username, password, peer))
 
     async def _login(self, username: str, password: str, peer: str) -> UserStoreImpl:
-        if self.limiter is not None:
-            try:
-                allowed = await self.in_redis_thread(self.limiter.check, peer, username)
-            except RateLimitUnavailable:
-                raise Unavailable() from None
-            if not allowed:
-                raise LoginDelayed()
-        try:
-            info = await self.database.run(users.authenticate, username, password)
-        except Exception as exc:  # noqa: BLE001 -- any failure is logged and answered, never raised to the peer
-            log.warning("login lookup failed", error=str(exc))
-            raise Unavailable() from None
+        await self._allowed_to_try(username, peer)
+        info = self.auth_cache.get(username, password)
         if info is None:
+            try:
+                info = await self.database.run(users.authenticate, username, password)
+            except Exception as exc:  # noqa: BLE001 -- any failure is logged and answered, never raised to the peer
+                log.warning("login lookup failed", error=str(exc))
+                raise Unavailable() from None
+            if info is not None:
+                self.auth_cache.put(username, password, info)
+        return await self._outcome(info, username, peer)
+
+    async def _allowed_to_try(self, username: str, peer: str) -> None:
+        """The shared login rate limit; Redis away means try later (fail closed)."""
+        if self.limiter is None:
+            return
+        try:
+            allowed = await self.in_redis_thread(self.limiter.check, peer, username)
+        except RateLimitUnavailable:
+            raise Unavailable() from None
+        if not allowed:
+            raise LoginDelayed()
+
+    async def _outcome(self, info: users.UserInfo | None, username: str,
+                       peer: str) -> UserStoreImpl:
+        """Count a failure (and forget cached logins) or clear the counter on success."""
+        if info is None:
+            self.auth_cache.invalidate(username)
             if self.limiter is not None:
                 await self.in_redis_thread(self.limiter.record_failure, peer, username)
             raise AuthFailed()
         if self.limiter is not None:
             await self.in_redis_thread(self.limiter.reset, username)
         return UserStoreImpl(self, info.id, info.address)
+
+    def scram_secrets(self, username: str, peer: str) -> Deferred[Any]:
+        return Deferred.fromCoroutine(self._scram_secrets(username, peer))
+
+    async def _scram_secrets(self, username: str, peer: str) -> ScramSecrets | None:
+        # a locked-out client gets no real secrets, so the server-final message cannot
+        # tell it whether a guess was right; login_verified() then refuses it
+        if self.limiter is not None:
+            try:
+                allowed = await self.in_redis_thread(self.limiter.check, peer, username)
+            except RateLimitUnavailable:
+                return None
+            if not allowed:
+                return None
+        try:
+            found: ScramSecrets | None = await self.database.run(users.scram_secrets_for,
+                                                                 username)
+        except Exception as exc:  # noqa: BLE001 -- answered as a failed exchange, never raised to the peer
+            log.warning("scram lookup failed", error=str(exc))
+            return None
+        return found
+
+    def login_verified(self, username: str, verified: bool, peer: str) -> Deferred[Any]:
+        return Deferred.fromCoroutine(self._login_verified(username, verified, peer))
+
+    async def _login_verified(self, username: str, verified: bool,
+                              peer: str) -> UserStoreImpl:
+        await self._allowed_to_try(username, peer)
+        info = None
+        if verified:
+            try:
+                info = await self.database.run(users.get_active_user, username)
+            except Exception as exc:  # noqa: BLE001 -- any failure is logged and answered, never raised to the peer
+                log.warning("login lookup failed", error=str(exc))
+                raise Unavailable() from None
+        return await self._outcome(info, username, peer)
 
     def publish(self, mailbox_id: int, kind: str) -> None:
         event = json.dumps({"event": kind, "mailbox_id": mailbox_id, "source": "imap"})
@@ -235,6 +291,10 @@ class UserStoreImpl:
             return rows
 
         return d.addCallback(done)
+
+    def fetch_flags(self, mailbox_id: int, uids: Sequence[int], *,
+                    changedsince: int | None) -> Deferred[list[tuple[int, str, int]]]:
+        return self._db(mailstore.fetch_flags, mailbox_id, list(uids), changedsince)
 
     def store(self, mailbox_id: int, uids: Sequence[int], mode: str, flags: Sequence[str],
               unchangedsince: int | None) -> Deferred[StoreResult]:

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
-from postroom_imap.policy import NoSuchMailbox, Refusal
-from postroom_imap.render import canonical_flag, fetch_items, needs_blob, needs_meta
+from postroom_imap.flow import attach, detach
+from postroom_imap.policy import FetchRow, NoSuchMailbox, Refusal
+from postroom_imap.render import (
+    FlagsLine,
+    canonical_flag,
+    fetch_items,
+    flags_line_renderer,
+    needs_blob,
+    needs_meta,
+)
 from postroom_imap.selected import Selected, uid_set_text
 from postroom_imap.syntax import Command
 from postroom_imap.syntax_types import (
@@ -29,6 +38,18 @@ Reply = tuple[str, str]
 # messages per store round trip: small when bodies come along, to bound memory per session
 BODY_BATCH = 50
 META_BATCH = 2000
+# UID/FLAGS/MODSEQ only: an index range scan and ~40 bytes a line
+FLAGS_BATCH = 10000
+
+
+def _flag_lines(box: Selected, rows: list[tuple[int, str, int]], line: FlagsLine) -> list[bytes]:
+    """One line per row the session knows; the sequence number is the UID's index, inlined."""
+    uids, count, out = box.uids, len(box.uids), []
+    for uid, flags, modseq in rows:
+        i = bisect_left(uids, uid)
+        if i < count and uids[i] == uid:
+            out.append(line(i + 1, uid, flags, modseq))
+    return out
 
 
 class ReadOnly(Refusal):
@@ -122,25 +143,48 @@ class MessageCommands:
         want_blob = any(needs_blob(i) for i in args.items)
         want_meta = any(needs_meta(i) for i in args.items)
         mark_seen = not box.readonly and any(i.sets_seen for i in args.items)
-        batch = BODY_BATCH if want_blob else META_BATCH
-        for start in range(0, len(uids), batch):
-            rows = await store.fetch(box.mailbox_id, uids[start:start + batch], blob=want_blob,
-                                     meta=want_meta, mark_seen=mark_seen,
-                                     changedsince=args.changedsince)
-            if self.selected is not box:
-                break
-            out = []
-            for row in rows:
-                seq = box.seq_of(row.uid)
-                if seq is None:
-                    continue
-                if row.seen_set:
-                    box.own[row.uid] = row.modseq
-                data = fetch_items(row, args.items, with_uid=command.uid,
-                                   with_modseq=self.condstore)
-                out.append(b"* %d FETCH %s\r\n" % (seq, data))
-            self.write(b"".join(out))
+        line = None if mark_seen else flags_line_renderer(
+            args.items, with_uid=command.uid, with_modseq=self.condstore)
+        batch = BODY_BATCH if want_blob else FLAGS_BATCH if line is not None else META_BATCH
+        transport: Any = getattr(self, "transport", None)
+        gate = attach(transport) if len(uids) > batch else None
+        try:
+            for start in range(0, len(uids), batch):
+                chunk = uids[start:start + batch]
+                if line is not None:
+                    flag_rows = await store.fetch_flags(box.mailbox_id, chunk,
+                                                        changedsince=args.changedsince)
+                    if self.selected is not box:
+                        break
+                    self.write(b"".join(_flag_lines(box, flag_rows, line)))
+                else:
+                    rows = await store.fetch(box.mailbox_id, chunk, blob=want_blob,
+                                             meta=want_meta, mark_seen=mark_seen,
+                                             changedsince=args.changedsince)
+                    if self.selected is not box:
+                        break
+                    self.write(b"".join(self._fetch_lines(box, rows, args, command.uid)))
+                if gate is not None:
+                    # the peer reads slower than we query: hold the next batch back
+                    await gate.drained()
+                    if gate.stopped or self.selected is not box:
+                        break
+        finally:
+            detach(transport, gate)
         return ("OK", "FETCH completed")
+
+    def _fetch_lines(self, box: Selected, rows: list[FetchRow], args: Fetch,
+                     uid: bool) -> list[bytes]:
+        out = []
+        for row in rows:
+            seq = box.seq_of(row.uid)
+            if seq is None:
+                continue
+            if row.seen_set:
+                box.own[row.uid] = row.modseq
+            data = fetch_items(row, args.items, with_uid=uid, with_modseq=self.condstore)
+            out.append(b"* %d FETCH %s\r\n" % (seq, data))
+        return out
 
     async def do_store(self, command: Command) -> Reply:
         store, box = self._box()

@@ -7,9 +7,11 @@ MDA and POP3 use, and advances HIGHESTMODSEQ, so other sessions notice.
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import text
 from sqlalchemy.orm import Session
@@ -190,20 +192,43 @@ def append(s: Session, user_id: int, name: str, data: bytes, flags: Sequence[str
 # --- the selected mailbox
 
 
+def _uid_array(packed: bytes | memoryview | None) -> array[int]:
+    """A bigint[] in PostgreSQL's binary form (``array_send``) as a compact array of UIDs.
+
+    Binary, because parsing 100,000 integers from the text form costs more
+    than the query. Layout: a 20-byte header for one dimension, then per
+    element a 4-byte length and the 8-byte big-endian value, i.e. three
+    32-bit words (length, high, low); IMAP UIDs fit in 32 bits, so high is 0.
+    """
+    words = array("I")
+    if packed is not None and len(packed) > 20:
+        words.frombytes(bytes(packed)[20:])
+        if sys.byteorder == "little":
+            words.byteswap()
+    high = words[1::3]
+    if high.count(0) != len(high):
+        raise ValueError("a UID does not fit in 32 bits")
+    return words[2::3]
+
+
 def select(s: Session, user_id: int, name: str) -> SelectState:
+    """UIDs, first unseen and whether keywords exist in one pass over the mailbox's entries."""
     box = _mailbox(s, user_id, name)
-    uids = s.execute(text("SELECT coalesce(array_agg(uid ORDER BY uid), '{}') "
-                          "FROM mailbox_entries WHERE mailbox_id = :m"),
-                     {"m": box.id}).scalar_one()
-    unseen = s.execute(text("SELECT min(uid) FROM mailbox_entries WHERE mailbox_id = :m "
-                            "AND NOT ('\\Seen' = ANY(flags))"), {"m": box.id}).scalar_one()
-    keywords = s.execute(text(
-        "SELECT DISTINCT f FROM (SELECT unnest(flags) AS f FROM mailbox_entries "
-        "WHERE mailbox_id = :m) k WHERE left(f, 1) <> '\\' ORDER BY f LIMIT 100"),
-        {"m": box.id}).scalars().all()
+    packed, unseen, has_keywords = s.execute(text(
+        "SELECT array_send(array_agg(uid ORDER BY uid)), "
+        "min(uid) FILTER (WHERE NOT ('\\Seen' = ANY(flags))), "
+        "coalesce(bool_or(NOT (flags <@ CAST(:sys AS text[]))), false) "
+        "FROM mailbox_entries WHERE mailbox_id = :m"), {"m": box.id, "sys": list(SYSTEM)}).one()
+    keywords: Sequence[str] = []
+    if has_keywords:  # a second pass only for mailboxes where some message has a keyword
+        keywords = s.execute(text(
+            "SELECT DISTINCT f FROM (SELECT unnest(flags) AS f FROM mailbox_entries "
+            "WHERE mailbox_id = :m AND NOT (flags <@ CAST(:sys AS text[]))) k "
+            "WHERE left(f, 1) <> '\\' ORDER BY f LIMIT 100"),
+            {"m": box.id, "sys": list(SYSTEM)}).scalars().all()
     return SelectState(mailbox_id=int(box.id), name=_norm(name),
                        uidvalidity=int(box.uidvalidity), uidnext=int(box.uidnext),
-                       highestmodseq=int(box.highestmodseq), uids=[int(u) for u in uids],
+                       highestmodseq=int(box.highestmodseq), uids=_uid_array(packed),
                        first_unseen_uid=int(unseen) if unseen is not None else None,
                        keywords=[str(k) for k in keywords])
 
@@ -232,16 +257,71 @@ def changes(s: Session, mailbox_id: int, modseq: int, max_uid: int, count: int) 
     return Changes(highest, uidnext, new, present, flags)
 
 
+def _uid_condition(uids: Sequence[int], params: dict[str, Any],
+                   pyformat: bool = False) -> tuple[str, set[int] | None]:
+    """SQL limiting ``e.uid`` to ``uids`` and, when needed, the set to filter rows by.
+
+    A range is an index range scan on (mailbox_id, uid) whose cost is the
+    range, not the mailbox; a dense set is fetched as its range and the few
+    extra rows dropped in Python, a sparse one adds an array test within it.
+    ``pyformat`` writes the parameters for a DB-API cursor instead of text().
+    """
+    lo, hi, uids_ = ("%(lo)s", "%(hi)s", "%(uids)s") if pyformat else (":lo", ":hi", ":uids")
+    params["lo"], params["hi"] = min(uids), max(uids)
+    condition = f"e.uid BETWEEN {lo} AND {hi}"
+    span = params["hi"] - params["lo"] + 1
+    if span == len(uids):
+        return condition, None
+    if span <= 4 * len(uids):
+        return condition, set(uids)
+    params["uids"] = list(uids)
+    return condition + f" AND e.uid = ANY(CAST({uids_} AS bigint[]))", None
+
+
+def fetch_flags(s: Session, mailbox_id: int, uids: Sequence[int],
+                changedsince: int | None) -> list[tuple[int, str, int]]:
+    """(uid, flags joined by spaces, modseq) for ``FETCH 1:* (UID FLAGS)``: no join, no blobs.
+
+    Flags come as one string: parsing 100,000 text[] values and building a
+    tuple each costs more than the query, and the caller renders per distinct string.
+    """
+    if not uids:
+        return []
+    params: dict[str, Any] = {"m": mailbox_id}
+    condition, keep = _uid_condition(uids, params, pyformat=True)
+    sql = ("SELECT e.uid, array_to_string(e.flags, ' '), e.modseq FROM mailbox_entries e "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+           f"WHERE e.mailbox_id = %(m)s AND {condition}")
+    if changedsince is not None:
+        sql += " AND e.modseq > %(cs)s"
+        params["cs"] = changedsince
+    # the DB-API cursor of the session's own connection (same transaction): plain tuples
+    # cost far less than SQLAlchemy Row objects at 10,000 rows a batch
+    cursor = s.connection().connection.cursor()
+    try:
+        cursor.execute(sql + " ORDER BY e.uid", params)
+        rows = cast("list[tuple[int, str, int]]", cursor.fetchall())
+    finally:
+        cursor.close()
+    if keep is None:
+        return rows
+    return [r for r in rows if r[0] in keep]
+
+
 def fetch(s: Session, mailbox_id: int, uids: Sequence[int], blob: bool, meta: bool,
           mark_seen: bool, changedsince: int | None) -> list[FetchRow]:
+    if not uids:
+        return []
     seen: dict[int, tuple[tuple[str, ...], int]] = {}
     if mark_seen:
         box = _lock_id(s, mailbox_id)
         modseq = int(box.highestmodseq) + 1
         updated = s.execute(text(
             "UPDATE mailbox_entries SET flags = array_append(flags, '\\Seen'), modseq = :ms "
-            "WHERE mailbox_id = :m AND uid = ANY(:uids) AND NOT ('\\Seen' = ANY(flags)) "
-            "RETURNING uid, flags, modseq"), {"m": mailbox_id, "uids": list(uids), "ms": modseq}
+            "WHERE mailbox_id = :m AND uid BETWEEN :lo AND :hi "
+            "AND uid = ANY(CAST(:uids AS bigint[])) AND NOT ('\\Seen' = ANY(flags)) "
+            "RETURNING uid, flags, modseq"),
+            {"m": mailbox_id, "uids": list(uids), "ms": modseq, "lo": min(uids),
+             "hi": max(uids)}
         ).all()
         if updated:
             _bump(s, mailbox_id, modseq)
@@ -249,15 +329,18 @@ def fetch(s: Session, mailbox_id: int, uids: Sequence[int], blob: bool, meta: bo
     columns = "e.uid, e.flags, e.modseq, e.internaldate, m.size"
     columns += ", m.metadata" if meta or blob else ", NULL"
     columns += ", m.blob" if blob else ", NULL"
+    params: dict[str, Any] = {"m": mailbox_id}
+    condition, keep = _uid_condition(uids, params)
     sql = (f"SELECT {columns} FROM mailbox_entries e JOIN messages m ON m.id = e.message_id "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
-           "WHERE e.mailbox_id = :m AND e.uid = ANY(:uids)")
-    params: dict[str, Any] = {"m": mailbox_id, "uids": list(uids)}
+           f"WHERE e.mailbox_id = :m AND {condition}")
     if changedsince is not None:
         sql += " AND e.modseq > :cs"
         params["cs"] = changedsince
     out = []
     for r in s.execute(text(sql + " ORDER BY e.uid"), params).all():
         uid = int(r[0])
+        if keep is not None and uid not in keep:
+            continue
         flags, modseq = seen.get(uid, (tuple(r[1]), int(r[2])))
         out.append(FetchRow(uid=uid, flags=flags, modseq=modseq, internaldate=r[3],
                             size=int(r[4]), meta=r[5], blob=bytes(r[6]) if r[6] is not None
@@ -288,17 +371,20 @@ def store(s: Session, mailbox_id: int, uids: Sequence[int], mode: str, flags: Se
     if unchangedsince is not None:
         params["us"] = unchangedsince
         modified = [int(u) for u in s.execute(text(
-            "SELECT uid FROM mailbox_entries WHERE mailbox_id = :m AND uid = ANY(:uids) "
-            "AND modseq > :us ORDER BY uid"), params).scalars()]
+            "SELECT uid FROM mailbox_entries WHERE mailbox_id = :m "
+            "AND uid = ANY(CAST(:uids AS bigint[])) AND modseq > :us ORDER BY uid"),
+            params).scalars()]
         guard = " AND modseq <= :us"
     changed = [int(r[0]) for r in s.execute(text(
         f"UPDATE mailbox_entries SET flags = {_NEW_FLAGS[mode]}, modseq = :ms "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
-        f"WHERE mailbox_id = :m AND uid = ANY(:uids) AND {_CHANGES[mode]}{guard} RETURNING uid"),
+        "WHERE mailbox_id = :m AND uid = ANY(CAST(:uids AS bigint[])) "
+        f"AND {_CHANGES[mode]}{guard} RETURNING uid"),
         params).all()]
     if changed:
         _bump(s, mailbox_id, modseq)
     rows = s.execute(text("SELECT uid, flags, modseq FROM mailbox_entries "
-                          "WHERE mailbox_id = :m AND uid = ANY(:uids) ORDER BY uid"),
+                          "WHERE mailbox_id = :m AND uid = ANY(CAST(:uids AS bigint[])) "
+                          "ORDER BY uid"),
                      params).all()
     return StoreResult([FlagUpdate(int(r[0]), tuple(r[1]), int(r[2])) for r in rows],
                        sorted(changed), modified)
@@ -328,8 +414,9 @@ def copy(s: Session, user_id: int, mailbox_id: int, uids: Sequence[int], dest: s
     dst = locked[int(target[0])]
     rows = s.execute(text(
         "SELECT e.uid, e.message_id, e.flags, e.internaldate, m.size FROM mailbox_entries e "
-        "JOIN messages m ON m.id = e.message_id WHERE e.mailbox_id = :m AND e.uid = ANY(:uids) "
-        "ORDER BY e.uid"), {"m": mailbox_id, "uids": list(uids)}).all()
+        "JOIN messages m ON m.id = e.message_id WHERE e.mailbox_id = :m "
+        "AND e.uid = ANY(CAST(:uids AS bigint[])) ORDER BY e.uid"),
+        {"m": mailbox_id, "uids": list(uids)}).all()
     if not rows:
         return CopyResult(int(dst.uidvalidity), [], [])
     if not move:
@@ -350,7 +437,8 @@ def copy(s: Session, user_id: int, mailbox_id: int, uids: Sequence[int], dest: s
     if move:
         src = locked[mailbox_id]
         src_modseq = max(int(src.highestmodseq), modseq if src.id == dst.id else 0) + 1
-        s.execute(text("DELETE FROM mailbox_entries WHERE mailbox_id = :m AND uid = ANY(:uids)"),
+        s.execute(text("DELETE FROM mailbox_entries WHERE mailbox_id = :m "
+                       "AND uid = ANY(CAST(:uids AS bigint[]))"),
                   {"m": mailbox_id, "uids": source})
         _bump(s, mailbox_id, src_modseq)
     return CopyResult(int(dst.uidvalidity), source, new)
@@ -362,7 +450,7 @@ def expunge(s: Session, mailbox_id: int, uids: Sequence[int] | None) -> list[int
     sql = ("DELETE FROM mailbox_entries WHERE mailbox_id = :m AND '\\Deleted' = ANY(flags)")
     params: dict[str, Any] = {"m": mailbox_id}
     if uids is not None:
-        sql += " AND uid = ANY(:uids)"
+        sql += " AND uid = ANY(CAST(:uids AS bigint[]))"
         params["uids"] = list(uids)
     removed = s.execute(text(sql + " RETURNING uid, message_id"), params).all()
     if not removed:

@@ -96,7 +96,7 @@ class SelectState:
     uidvalidity: int
     uidnext: int
     highestmodseq: int
-    uids: list[int]
+    uids: Sequence[int]  # ascending; the store hands over a compact array("I")
     first_unseen_uid: int | None
     keywords: list[str] = field(default_factory=list)
 
@@ -174,6 +174,8 @@ class UserStore(Protocol):
                 count: int) -> Deferred[Changes]: ...
     def fetch(self, mailbox_id: int, uids: Sequence[int], *, blob: bool, meta: bool,
               mark_seen: bool, changedsince: int | None) -> Deferred[list[FetchRow]]: ...
+    def fetch_flags(self, mailbox_id: int, uids: Sequence[int], *,
+                    changedsince: int | None) -> Deferred[list[tuple[int, str, int]]]: ...
     def store(self, mailbox_id: int, uids: Sequence[int], mode: str, flags: Sequence[str],
               unchangedsince: int | None) -> Deferred[StoreResult]: ...
     def search(self, mailbox_id: int, key: SearchKey,
@@ -193,4 +195,14 @@ class Accounts(Protocol):
 
     def login(self, username: str, password: str, peer: str) -> Deferred[UserStore]:
         """The user's store; fails with AuthFailed, LoginDelayed or Unavailable."""
+        ...
+
+    def scram_secrets(self, username: str, peer: str) -> Deferred[Any]:
+        """The stored SCRAM-SHA-256 secrets (``sasl.ScramSecrets``) of ``username``, or None
+        (unknown, no secrets, or ``peer``/``username`` locked out by the limiter)."""
+        ...
+
+    def login_verified(self, username: str, verified: bool, peer: str) -> Deferred[UserStore]:
+        """The store after a SCRAM exchange; ``verified`` False counts as a failed login.
+        Fails like :meth:`login`."""
         ...

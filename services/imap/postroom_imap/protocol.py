@@ -234,6 +234,7 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
                 caps.append("STARTTLS")
             if self.login_allowed():
                 caps.append("AUTH=PLAIN")
+                caps.append("AUTH=SCRAM-SHA-256")
             else:
                 caps.append("LOGINDISABLED")
         return " ".join(caps)
@@ -450,9 +451,15 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
         self.log.info("tls started")
         return None
 
-    async def _login(self, username: str, password: str, mechanism: str = "LOGIN") -> Reply:
+    async def _login(self, username: str, password: str, mechanism: str = "LOGIN",
+                     verified: bool | None = None) -> Reply:
+        """Log in with a password, or (``verified`` not None) after a SCRAM exchange."""
+        accounts = self.factory.accounts
         try:
-            store = await self.factory.accounts.login(username, password, self.peer_ip)
+            if verified is None:
+                store = await accounts.login(username, password, self.peer_ip)
+            else:
+                store = await accounts.login_verified(username, verified, self.peer_ip)
         except AuthFailed as exc:
             self.factory.meter.auth_failed(mechanism)
             self.failed_logins += 1
@@ -485,15 +492,20 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
         assert isinstance(args, Authenticate)
         if not self.login_allowed():
             return ("NO", "[PRIVACYREQUIRED] AUTHENTICATE needs TLS; use STARTTLS first")
-        if args.mechanism != "PLAIN":
+        if args.mechanism not in ("PLAIN", "SCRAM-SHA-256"):
             return ("NO", "unsupported mechanism")
-        mechanism = sasl.new_mechanism("PLAIN")
+        mechanism = sasl.new_mechanism(args.mechanism)
         try:
             if args.initial is not None:
                 step = mechanism.start(sasl.decode_response(args.initial))
             else:
                 step = mechanism.start(None)
-            while isinstance(step, sasl.Challenge):
+            while isinstance(step, sasl.Challenge | sasl.NeedSecrets):
+                if isinstance(step, sasl.NeedSecrets):
+                    found = await self.factory.accounts.scram_secrets(step.username,
+                                                                      self.peer_ip)
+                    step = mechanism.provide_secrets(found)
+                    continue
                 self.write(b"+ " + sasl.encode_challenge(step.data).encode("ascii") + b"\r\n")
                 line = await self.raw_line()
                 if line.strip() == b"*":
@@ -501,6 +513,12 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
                 step = mechanism.respond(sasl.decode_response(line))
         except sasl.SASLMalformed as exc:
             return ("BAD", f"malformed SASL response: {exc}")
+        if isinstance(step, sasl.Outcome) and isinstance(step.credentials,
+                                                          sasl.VerifiedCredentials):
+            scram = step.credentials
+            if scram.verified and scram.authzid and scram.authzid != scram.username:
+                return ("NO", "[AUTHORIZATIONFAILED] cannot act as another user")
+            return await self._login(scram.username, "", scram.mechanism, scram.verified)
         if not isinstance(step, sasl.Outcome) or not isinstance(
                 step.credentials, sasl.PasswordCredentials):
             return ("NO", "unsupported mechanism")

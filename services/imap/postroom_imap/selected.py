@@ -55,8 +55,9 @@ class Selected:
         self.uidvalidity = state.uidvalidity
         self.uidnext = state.uidnext
         self.highestmodseq = state.highestmodseq
-        # 4 bytes a message: a 100,000-message mailbox costs 400 kB per session
-        self.uids = array("L", state.uids)
+        # 4 bytes a message ("L" is 8 on 64-bit Linux): 100,000 messages cost 400 kB a session
+        uids = state.uids
+        self.uids = uids if isinstance(uids, array) and uids.typecode == "I" else array("I", uids)
         self.own: dict[int, int] = {}  # uid -> modseq of changes this session made itself
         self.held_expunges: set[int] = set()
         self.dirty = False

@@ -1,0 +1,84 @@
+"""postroom.auth.authcache: the in-process cache of successful password checks."""
+
+from __future__ import annotations
+
+import pytest
+
+from postroom.auth.authcache import AuthCache
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_a_remembered_login_is_found_with_the_same_password() -> None:
+    cache: AuthCache[int] = AuthCache()
+    cache.put("u@example.org", "secret", 7)
+    assert cache.get("u@example.org", "secret") == 7
+
+
+def test_another_password_is_not_found() -> None:
+    cache: AuthCache[int] = AuthCache()
+    cache.put("u@example.org", "secret", 7)
+    assert cache.get("u@example.org", "Secret") is None
+
+
+def test_account_names_are_compared_without_case() -> None:
+    cache: AuthCache[int] = AuthCache()
+    cache.put("U@Example.org", "secret", 7)
+    assert cache.get("u@example.ORG", "secret") == 7
+
+
+def test_an_entry_expires_after_the_ttl() -> None:
+    clock = FakeClock()
+    cache: AuthCache[int] = AuthCache(ttl=60, clock=clock)
+    cache.put("u@example.org", "secret", 7)
+    clock.now += 59.9
+    assert cache.get("u@example.org", "secret") == 7
+    clock.now += 0.2
+    assert cache.get("u@example.org", "secret") is None
+    assert len(cache) == 0
+
+
+def test_a_failure_forgets_every_entry_of_the_account() -> None:
+    cache: AuthCache[int] = AuthCache()
+    cache.put("u@example.org", "old", 7)
+    cache.put("other@example.org", "old", 8)
+    cache.invalidate("U@example.org")
+    assert cache.get("u@example.org", "old") is None
+    assert cache.get("other@example.org", "old") == 8
+
+
+def test_the_least_recently_used_entry_goes_when_full() -> None:
+    cache: AuthCache[int] = AuthCache(max_entries=2)
+    cache.put("a@x", "p", 1)
+    cache.put("b@x", "p", 2)
+    assert cache.get("a@x", "p") == 1  # a is now more recent than b
+    cache.put("c@x", "p", 3)
+    assert len(cache) == 2
+    assert cache.get("b@x", "p") is None
+    assert cache.get("a@x", "p") == 1 and cache.get("c@x", "p") == 3
+
+
+def test_the_password_is_not_kept_in_the_cache() -> None:
+    cache: AuthCache[int] = AuthCache()
+    cache.put("u@example.org", "hunter2-very-secret", 7)
+    stored = repr(cache._entries).encode() + b"".join(k[1] for k in cache._entries)
+    assert b"hunter2" not in stored
+
+
+def test_two_caches_key_the_same_password_differently() -> None:
+    one: AuthCache[int] = AuthCache()
+    two: AuthCache[int] = AuthCache()
+    assert one._key("u@x", "p") != two._key("u@x", "p")
+
+
+def test_nonsense_limits_are_refused() -> None:
+    with pytest.raises(ValueError):
+        AuthCache(ttl=0)
+    with pytest.raises(ValueError):
+        AuthCache(max_entries=0)
