@@ -69,7 +69,8 @@ def start_relay(ctx: ServiceContext, options: RelayOptions | None = None) -> Rel
     reconciler.start().addErrback(first_pass_failed)
     relay.log.info("relay started", stream=STREAM, group=GROUP, consumer=consumer.name,
                  concurrency=RELAY_CONCURRENCY, max_sessions=options.max_sessions,
-                 max_per_domain=options.max_per_domain, port=options.port)
+                 max_per_domain=options.max_per_domain, port=options.port,
+                 mta_sts=options.mta_sts, dane=options.dane)
     return relay
 
 

@@ -43,7 +43,8 @@ from postroom.queue.consumer import QueueEntry
 from postroom.queue.reconciler import enqueue_after_commit
 from postroom.queue.streams import QueueClient
 from postroom_mta import bounce
-from postroom_mta.routing import deliver_to_domain
+from postroom_mta.mtasts import PolicyFinder
+from postroom_mta.routing import TLSSecurity, deliver_to_domain
 from postroom_mta.smtpclient import (
     DEFAULT_TIMEOUTS,
     OPPORTUNISTIC,
@@ -68,7 +69,7 @@ from postroom_mta.worker_store import (
 
 STREAM = "outbound"
 GROUP = "mta"
-# defaults for the limits that have no POSTROOM_* setting yet
+# defaults of POSTROOM_RELAY_MAX_SESSIONS / _MAX_PER_DESTINATION (for options built by hand)
 MAX_SESSIONS = 50
 MAX_PER_DOMAIN = 5
 DELAY_NOTICE = 4 * 3600.0
@@ -87,14 +88,32 @@ class RelayOptions:
     timeouts: Timeouts = DEFAULT_TIMEOUTS
     tls: TLSPolicy = OPPORTUNISTIC
     bind_address: str | None = None
+    mta_sts: bool = False  # off unless from_settings turns it on (POSTROOM_MTA_STS)
+    mta_sts_port: int = 443
+    dane: bool = False
+    ca_file: str | None = None
+
+    def security(self, resolver: Resolver) -> TLSSecurity | None:
+        """MTA-STS and DANE as configured, or None when both are off."""
+        if not (self.mta_sts or self.dane):
+            return None
+        finder = PolicyFinder(resolver, port=self.mta_sts_port, ca_file=self.ca_file) \
+            if self.mta_sts else None
+        return TLSSecurity(resolver, sts=finder, dane_enabled=self.dane, ca_file=self.ca_file)
 
     @classmethod
     def from_settings(cls, settings: Settings, **overrides: Any) -> RelayOptions:
         policy = Policy(hostname=settings.hostname, retry_initial=settings.retry_initial,
                         retry_max=settings.retry_max, queue_lifetime=settings.queue_lifetime,
                         delay_notice=overrides.pop("delay_notice", DELAY_NOTICE))
-        return cls(policy=policy, port=settings.smtp_outbound_port,
-                   bind_address=settings.smtp_bind_address, **overrides)
+        fields: dict[str, Any] = {
+            "port": settings.smtp_outbound_port, "bind_address": settings.smtp_bind_address,
+            "max_sessions": settings.relay_max_sessions,
+            "max_per_domain": settings.relay_max_per_destination,
+            "mta_sts": settings.mta_sts, "mta_sts_port": settings.mta_sts_port,
+            "dane": settings.dane, "ca_file": settings.tls_ca_file}
+        fields.update(overrides)
+        return cls(policy=policy, **fields)
 
 
 class Relay:
@@ -116,6 +135,7 @@ class Relay:
         self.reactor = reactor
         self.log = log or get_logger("relay")
         self.sessions = DeferredSemaphore(options.max_sessions)
+        self.security = options.security(resolver)
         self._per_domain: dict[str, DeferredSemaphore] = {}
         self._outcomes = messages_total(metrics) if metrics is not None else None
         self._attempts = delivery_attempts_total(metrics) if metrics is not None else None
@@ -179,7 +199,7 @@ class Relay:
                     pool=self.dns_pool, helo_name=self.options.policy.hostname,
                     reactor=self.reactor, timeouts=self.options.timeouts, tls=self.options.tls,
                     ret=work.ret, envid=work.envid, logger=log,
-                    bind_address=self.options.bind_address)
+                    bind_address=self.options.bind_address, security=self.security)
                 return result
             finally:
                 self.sessions.release()

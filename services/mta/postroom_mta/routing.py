@@ -16,12 +16,19 @@ Hosts whose addresses cannot be resolved are skipped.
 first, then IPv4), moving on after a connection failure or a failure before
 MAIL FROM (4xx or 5xx greeting, EHLO, TLS, timeout), and stops at the first
 server that answers for the recipients.
+
+TLS policy per destination (see docs/decisions/0003): DANE first (RFC 7672,
+only with TLSA records the resolver validated), then an enforced MTA-STS
+policy (RFC 8461: only MX hosts its ``mx`` patterns allow, TLS required and
+verified against the MX name), otherwise the caller's policy (opportunistic).
+An MTA-STS ``testing`` policy changes nothing and only logs what enforcing
+would have refused.
 """
 
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +40,8 @@ from twisted.python.threadpool import ThreadPool
 from postroom.dns import DNSTempError, NXDomain, Resolver
 from postroom.logs import Logger, get_logger
 from postroom.smtp.replies import Reply
+from postroom_mta import dane
+from postroom_mta.mtasts import NONE, PolicyFinder
 from postroom_mta.smtpclient import (
     DEFAULT_TIMEOUTS,
     OPPORTUNISTIC,
@@ -42,6 +51,7 @@ from postroom_mta.smtpclient import (
     Timeouts,
     TLSPolicy,
     attempt,
+    verifying_creator,
 )
 from postroom_mta.smtpclient_data import DEFAULT_CHUNK_SIZE, MessageSource, iter_chunks
 from postroom_mta.smtpclient_parse import describe, scan_message
@@ -54,6 +64,7 @@ NO_ADDRESS = Reply(550, "5.1.2", "Domain has no MX and no address records")
 DNS_TEMPORARY = Reply(451, "4.4.3", "DNS lookup failed temporarily")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in delivery")
 MX_UNRESOLVABLE = Reply(451, "4.4.3", "No address found for any MX host")
+STS_NO_MX = Reply(451, "4.7.5", "No MX host matches the MTA-STS policy")
 
 # Bounds on one delivery attempt, like Postfix's smtp_mx_address_limit.
 DEFAULT_MAX_ADDRESSES = 10
@@ -111,10 +122,20 @@ def resolve_addresses(resolver: Resolver, host: str) -> list[str]:
 
 
 def plan_route(resolver: Resolver, domain: str, *, rng: random.Random | None = None,
-               max_addresses: int = DEFAULT_MAX_ADDRESSES) -> list[Target]:
-    """Every address to try for ``domain`` in order; raises RouteError. Blocking."""
+               max_addresses: int = DEFAULT_MAX_ADDRESSES,
+               allow: Callable[[str], bool] | None = None) -> list[Target]:
+    """Every address to try for ``domain`` in order; raises RouteError. Blocking.
+
+    ``allow`` (an enforced MTA-STS policy's ``allows``) drops MX hosts it refuses;
+    when it refuses all of them the mail is deferred, never sent elsewhere.
+    """
     hosts = resolve_mx(resolver, domain, rng)
     implicit = hosts == [domain.lower().rstrip(".")]
+    if allow is not None:
+        hosts = [host for host in hosts if allow(host)]
+        if not hosts:
+            raise RouteError(STS_NO_MX.with_text(
+                f"No MX host of {domain} matches its MTA-STS policy"))
     targets: list[Target] = []
     temp_errors: list[str] = []
     for host in hosts:
@@ -147,13 +168,15 @@ def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Re
                       max_addresses: int = DEFAULT_MAX_ADDRESSES,
                       chunk_size: int = DEFAULT_CHUNK_SIZE,
                       logger: Logger | None = None,
-                      bind_address: str | None = None) -> defer.Deferred[DeliveryResult]:
+                      bind_address: str | None = None,
+                      security: TLSSecurity | None = None) -> defer.Deferred[DeliveryResult]:
     """Send one message to ``recipients`` (all in ``domain``) via its MX hosts.
 
     ``port`` is POSTROOM_SMTP_OUTBOUND_PORT; ``pool`` is the (started) thread
     pool DNS runs in. The Deferred never fails: it fires with per-recipient
     results, ``tried`` listing earlier addresses that failed. ``logger`` may
-    carry bound fields (``queue_id``) into every event.
+    carry bound fields (``queue_id``) into every event. ``security`` turns on
+    MTA-STS and DANE; without it ``tls`` applies to every MX.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -169,17 +192,26 @@ def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Re
     return defer.ensureDeferred(_deliver(
         reactor, domain, envelope, message, resolver=resolver, port=port, pool=pool,
         helo_name=helo_name, timeouts=timeouts, tls=tls, rng=rng, max_addresses=max_addresses,
-        chunk_size=chunk_size, logger=logger, bind_address=bind_address)).addErrback(crashed)
+        chunk_size=chunk_size, logger=logger, bind_address=bind_address,
+        security=security)).addErrback(crashed)
 
 
 async def _deliver(reactor: Any, domain: str, envelope: Envelope, message: MessageSource, *,
                    resolver: Resolver, port: int, pool: ThreadPool, helo_name: str,
                    timeouts: Timeouts, tls: TLSPolicy, rng: random.Random | None,
                    max_addresses: int, chunk_size: int, logger: Logger,
-                   bind_address: str | None = None) -> DeliveryResult:
+                   bind_address: str | None = None,
+                   security: TLSSecurity | None = None) -> DeliveryResult:
+    policy = None
+    if security is not None and security.sts is not None:
+        policy = await deferToThreadPool(reactor, pool, security.sts.find, domain)
+        if policy is not None and policy.mode == NONE:
+            policy = None
+    enforced = policy is not None and policy.enforced
     try:
         targets = await deferToThreadPool(reactor, pool, plan_route, resolver, domain, rng=rng,
-                                          max_addresses=max_addresses)
+                                          max_addresses=max_addresses,
+                                          allow=policy.allows if policy and enforced else None)
     except RouteError as exc:
         logger.info("route failed", reply=describe(exc.reply))
         return DeliveryResult.uniform(envelope, exc.reply, "route")
@@ -188,10 +220,17 @@ async def _deliver(reactor: Any, domain: str, envelope: Envelope, message: Messa
         iter_chunks(message, chunk_size)))
     tried: list[str] = []
     result: DeliveryResult | None = None
+    if policy is not None and not enforced:
+        for host in sorted({t.host for t in targets if not policy.allows(t.host)}):
+            logger.warning("mta-sts testing policy would refuse mx", mx=host)
     for target in targets:
+        target_tls = tls
+        if security is not None:
+            target_tls = await security.for_host(reactor, pool, target.host, port, enforced,
+                                                 default=tls, logger=logger)
         result = await attempt(reactor, envelope, message, traits, address=target.address,
                                port=port, helo_name=helo_name, host=target.host,
-                               timeouts=timeouts, tls=tls, chunk_size=chunk_size,
+                               timeouts=timeouts, tls=target_tls, chunk_size=chunk_size,
                                logger=logger, bind_address=bind_address)
         if not result.session_failure:
             break
@@ -202,3 +241,33 @@ async def _deliver(reactor: Any, domain: str, envelope: Envelope, message: Messa
     assert result is not None  # plan_route never returns an empty list
     return DeliveryResult(result.recipients, result.host, result.address, result.tls,
                           result.session_failure, tuple(tried))
+
+
+class TLSSecurity:
+    """MTA-STS and DANE for the relay: which TLSPolicy each MX host gets."""
+
+    def __init__(self, resolver: Resolver, *, sts: PolicyFinder | None = None,
+                 dane_enabled: bool = False, ca_file: str | None = None) -> None:
+        self.resolver = resolver
+        self.sts = sts
+        self.dane_enabled = dane_enabled
+        self.verified = TLSPolicy(required=True, creator=verifying_creator(ca_file))
+
+    def tlsa(self, host: str, port: int) -> list[dane.TLSA] | None:
+        """Usable, validated TLSA records of ``host`` or None. Blocking."""
+        if not self.dane_enabled:
+            return None
+        records = dane.lookup_tlsa(self.resolver, host, port)
+        usable = [r for r in records or () if r.usable]
+        return usable or None
+
+    async def for_host(self, reactor: Any, pool: ThreadPool, host: str, port: int,
+                       sts_enforced: bool, *, default: TLSPolicy,
+                       logger: Logger) -> TLSPolicy:
+        """DANE when the MX has validated TLSA records, else MTA-STS enforce, else ``default``."""
+        records = await deferToThreadPool(reactor, pool, self.tlsa, host, port)
+        if records:
+            logger.info("dane tlsa found", mx=host, records=len(records))
+            return TLSPolicy(required=True,
+                             creator=lambda name: dane.DANECreator(name, records))
+        return self.verified if sts_enforced else default

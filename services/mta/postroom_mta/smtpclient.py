@@ -4,7 +4,8 @@ Our own state machine on ``LineReceiver`` (twisted.mail's client stuffs dots
 per chunk and lacks PIPELINING, SIZE, 8BITMIME, SMTPUTF8 and DSN). One
 :class:`SMTPClientProtocol` runs banner -> EHLO (HELO on 5xx) -> STARTTLS when
 offered -> EHLO again -> MAIL -> RCPT... (pipelined when offered) -> DATA (only
-with an accepted recipient) -> message -> QUIT, and fires
+with an accepted recipient; BDAT chunks when CHUNKING is offered) -> message -> QUIT,
+and fires
 :attr:`SMTPClientProtocol.finished` with a :class:`DeliveryResult` once the
 connection is gone. It never raises to its caller: every failure becomes a
 result.
@@ -35,7 +36,7 @@ from __future__ import annotations
 import enum
 import ipaddress
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -52,7 +53,12 @@ from zope.interface import implementer
 from postroom.logs import Logger, get_logger
 from postroom.smtp.replies import Reply
 from postroom.tls import TLSInfo, negotiated
-from postroom_mta.smtpclient_data import DEFAULT_CHUNK_SIZE, DataProducer, MessageSource
+from postroom_mta.smtpclient_data import (
+    DEFAULT_CHUNK_SIZE,
+    DataProducer,
+    MessageSource,
+    iter_bdat,
+)
 from postroom_mta.smtpclient_parse import (
     Extensions,
     MalformedReply,
@@ -223,6 +229,32 @@ def _is_hostname(name: str) -> bool:
     return False
 
 
+def _trust_root(ca_file: str | None) -> Any:
+    if not ca_file:
+        return tssl.platformTrust()
+    with open(ca_file, "rb") as handle:
+        pem = handle.read()
+    marker = b"-----END CERTIFICATE-----"
+    blocks = [block + marker for block in pem.split(marker) if b"-----BEGIN" in block]
+    return tssl.trustRootFromCertificates([tssl.Certificate.loadPEM(b) for b in blocks])
+
+
+def verifying_creator(ca_file: str | None = None) -> Callable[[str], Any]:
+    """A :attr:`TLSPolicy.creator` that verifies the chain and the MX name (MTA-STS enforce).
+
+    ``ca_file`` (POSTROOM_TLS_CA_FILE) is a PEM bundle; None means the system's CAs.
+    The file is read once, here, so a bad path fails at start-up.
+    """
+    trust = _trust_root(ca_file)
+
+    def creator(hostname: str) -> Any:
+        return tssl.optionsForClientTLS(
+            hostname, trustRoot=trust,
+            extraCertificateOptions={"raiseMinimumTo": tssl.TLSVersion.TLSv1_2})
+
+    return creator
+
+
 @dataclass(frozen=True)
 class TLSPolicy:
     """What TLS a session must have. Opportunistic by default; the MTA-STS/DANE hook.
@@ -290,6 +322,7 @@ class SMTPClientProtocol(LineReceiver):
         self._timer: Any = None  # an IDelayedCall
         self._pending: list[int] = []  # indexes of the recipients sent in RCPT, in order
         self._producer: DataProducer | None = None
+        self._bdat: Iterator[tuple[bytes, bool]] | None = None
         self._closing = False
 
     # --- plumbing: replies in, commands out, timers
@@ -326,6 +359,7 @@ class SMTPClientProtocol(LineReceiver):
     def _timeout_for(self, stage: str) -> float:
         return {"banner": self.timeouts.initial, "mail": self.timeouts.mail,
                 "rcpt": self.timeouts.rcpt, "data": self.timeouts.data_init,
+                "bdat": self.timeouts.data_block,
                 "data-end": self.timeouts.data_end, "quit": self.timeouts.quit
                 }.get(stage, self.timeouts.helo)
 
@@ -588,7 +622,10 @@ class SMTPClientProtocol(LineReceiver):
             if mail_ok and not state.ext.has("PIPELINING"):
                 self._send_rcpt(state.rcpt_replies)
             return
-        if state.accepted:
+        if state.accepted and state.ext.has("CHUNKING"):
+            self._bdat = iter_bdat(self.job.message, self.chunk_size)
+            self._next_bdat()
+        elif state.accepted:
             self._send("DATA", "data", self._on_data, self.timeouts.data_init)
         else:
             self._quit()
@@ -606,6 +643,24 @@ class SMTPClientProtocol(LineReceiver):
             chunk_size=self.chunk_size)
         self._arm("data-block", self.timeouts.data_block)
         self._producer.start()
+
+    def _next_bdat(self) -> None:
+        """One RFC 3030 chunk, then its reply; no pipelining of chunks, so a refusal stops it."""
+        assert self._bdat is not None
+        data, last = next(self._bdat)
+        if last:
+            self._write(f"BDAT {len(data)} LAST\r\n".encode() + data)
+            self._await("data-end", self._on_data_end, self.timeouts.data_end)
+        else:
+            self._write(f"BDAT {len(data)}\r\n".encode() + data)
+            self._await("bdat", self._on_bdat, self.timeouts.data_block)
+
+    def _on_bdat(self, reply: Reply) -> None:
+        if 200 <= reply.code < 300:
+            self._next_bdat()
+            return
+        self._set_accepted(*_checked(reply, "BDAT"), "data")
+        self._quit()
 
     def _on_data_end(self, reply: Reply) -> None:
         reply, remote = _checked(reply, "end of data", ok=range(200, 300))

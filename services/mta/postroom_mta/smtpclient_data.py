@@ -23,9 +23,14 @@ _EOL_RE = re.compile(rb"\r\n|\r|\n")
 
 
 class DotStuffer:
-    """Message bytes in, DATA wire bytes out; feed chunks in order, then call finish()."""
+    """Message bytes in, DATA wire bytes out; feed chunks in order, then call finish().
 
-    def __init__(self) -> None:
+    ``stuff_dots=False`` only normalises line ends: the form BDAT sends (RFC 3030
+    chunks are counted octets, so no dot is special).
+    """
+
+    def __init__(self, stuff_dots: bool = True) -> None:
+        self._stuff_dots = stuff_dots
         self._line_start = True
         self._pending_cr = False
 
@@ -41,15 +46,17 @@ class DotStuffer:
             return b""
         self._pending_cr = chunk.endswith(b"\r")
         out = _EOL_RE.sub(b"\r\n", chunk) if b"\r" in chunk else chunk.replace(b"\n", b"\r\n")
-        out = out.replace(b"\r\n.", b"\r\n..")
-        if self._line_start and out[:1] == b".":
-            out = b"." + out
+        if self._stuff_dots:
+            out = out.replace(b"\r\n.", b"\r\n..")
+            if self._line_start and out[:1] == b".":
+                out = b"." + out
         self._line_start = out.endswith(b"\r\n")
         return out
 
     def finish(self) -> bytes:
-        """The end of data: a CRLF if the last line lacked one, then ``.CRLF``."""
-        return b".\r\n" if self._line_start else b"\r\n.\r\n"
+        """The end of data: a CRLF if the last line lacked one, then ``.CRLF`` (DATA only)."""
+        end = b".\r\n" if self._stuff_dots else b""
+        return end if self._line_start else b"\r\n" + end
 
 
 def stuff(message: bytes, chunk_size: int = DEFAULT_CHUNK_SIZE) -> bytes:
@@ -80,6 +87,22 @@ def iter_chunks(message: MessageSource, chunk_size: int = DEFAULT_CHUNK_SIZE) ->
     message.seek(0)
     while chunk := message.read(chunk_size):
         yield chunk
+
+
+def iter_bdat(message: MessageSource, chunk_size: int = DEFAULT_CHUNK_SIZE
+              ) -> Iterator[tuple[bytes, bool]]:
+    """``(data, last)`` BDAT chunks: CRLF line ends, no dot-stuffing, the final one flagged."""
+    normaliser = DotStuffer(stuff_dots=False)
+    previous: bytes | None = None
+    for chunk in iter_chunks(message, chunk_size):
+        data = normaliser.feed(chunk)
+        if not data:
+            continue
+        if previous is not None:
+            yield previous, False
+        previous = data
+    tail = normaliser.finish()
+    yield (previous or b"") + tail, True
 
 
 @implementer(IPullProducer)
