@@ -24,6 +24,7 @@ from twisted.python.threadpool import ThreadPool
 from twisted.web import resource, server
 from twisted.web.server import Request
 
+from postroom.internalauth import authorized, warn_if_exposed
 from postroom.logs import get_logger
 from postroom.metrics import CONTENT_TYPE, Metrics
 
@@ -127,15 +128,18 @@ class HealthResource(resource.Resource):
 
 
 class MetricsResource(resource.Resource):
-    """`/metrics`: the process registry in Prometheus text format."""
+    """`/metrics`: the process registry in Prometheus text format (bearer ``token`` when set)."""
 
     isLeaf = True
 
-    def __init__(self, metrics: Metrics) -> None:
+    def __init__(self, metrics: Metrics, token: str | None = None) -> None:
         super().__init__()
         self.metrics = metrics
+        self.token = token
 
     def render_GET(self, request: Request) -> bytes:
+        if not authorized(request, self.token):
+            return b"unauthorized\n"
         request.setHeader(b"content-type", CONTENT_TYPE.encode())
         return self.metrics.render()
 
@@ -146,17 +150,19 @@ class _QuietSite(server.Site):
         pass
 
 
-def make_site(health: Health, metrics: Metrics) -> server.Site:
+def make_site(health: Health, metrics: Metrics, token: str | None = None) -> server.Site:
     root = resource.Resource()
+    # /healthz stays open: compose and Docker healthchecks carry no token
     root.putChild(b"healthz", HealthResource(health))  # type: ignore[arg-type]
-    root.putChild(b"metrics", MetricsResource(metrics))  # type: ignore[arg-type]
+    root.putChild(b"metrics", MetricsResource(metrics, token))  # type: ignore[arg-type]
     site = _QuietSite(root)
     site.displayTracebacks = False  # never show a traceback to a peer
     site.noisy = False
     return site
 
 
-def listen(reactor: Any, endpoint: str, health: Health,
-           metrics: Metrics) -> Deferred[IListeningPort]:
+def listen(reactor: Any, endpoint: str, health: Health, metrics: Metrics,
+           token: str | None = None) -> Deferred[IListeningPort]:
     """Serve `/healthz` and `/metrics` on ``endpoint`` (a Twisted server endpoint string)."""
-    return serverFromString(reactor, endpoint).listen(make_site(health, metrics))
+    warn_if_exposed("/metrics", [endpoint], token, log)
+    return serverFromString(reactor, endpoint).listen(make_site(health, metrics, token))

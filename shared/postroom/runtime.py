@@ -298,7 +298,7 @@ def _run(spec: ServiceSpec, ctx: ServiceContext, reactor: Any, log: Logger) -> i
 
     async def boot() -> None:
         http_port: Any = await health_mod.listen(reactor, ctx.settings.http_listen, ctx.health,
-                                            ctx.metrics)
+                                            ctx.metrics, ctx.settings.internal_token)
         ctx.on_stop(lambda: http_port.stopListening())  # first registered: closes last
         if ctx.tls is not None:
             ctx.tls.start_watching(reactor)

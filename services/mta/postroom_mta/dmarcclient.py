@@ -23,6 +23,7 @@ from twisted.web.client import Agent, FileBodyProducer, HTTPConnectionPool, Resp
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 
+from postroom.internalauth import authorization_header
 from postroom.logs import get_logger
 
 _log = get_logger("dmarcclient")
@@ -81,7 +82,8 @@ def request_body(*, client_ip: str, helo: str | None, mail_from: str,
 class DMARCClient:
     """Asks the dmarc service for verdicts over persistent HTTP connections."""
 
-    def __init__(self, url: str, timeout: float, *, reactor: Any = None) -> None:
+    def __init__(self, url: str, timeout: float, *, reactor: Any = None,
+                 token: str | None = None) -> None:
         if reactor is None:
             from twisted.internet import reactor as global_reactor
             reactor = global_reactor
@@ -91,6 +93,9 @@ class DMARCClient:
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = 8
         self.agent = Agent(reactor, pool=self.pool, connectTimeout=min(timeout, 10.0))
+        self._headers: dict[bytes, list[bytes]] = {b"Content-Type": [b"application/json"]}
+        if token is not None:  # POSTROOM_INTERNAL_TOKEN; never logged
+            self._headers[b"Authorization"] = [authorization_header(token)]
 
     def check(self, *, client_ip: str, helo: str | None, mail_from: str,
               recipients: Sequence[str], message: bytes, queue_id: str) -> Deferred[Verdict]:
@@ -100,7 +105,7 @@ class DMARCClient:
         producer: Any = FileBodyProducer(BytesIO(body))  # an IBodyProducer (zope, opaque to mypy)
         d: Deferred[Any] = self.agent.request(
             b"POST", self.url.encode("ascii"),
-            Headers({b"Content-Type": [b"application/json"]}), producer)
+            Headers(self._headers), producer)
         d.addCallback(self._response)
         d.addTimeout(self.timeout, self.reactor)
         return d.addErrback(self._failed, queue_id)
