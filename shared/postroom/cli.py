@@ -349,8 +349,27 @@ def cmd_dmarc(args: argparse.Namespace) -> int:
     domain = args.domain.lower().rstrip(".")
     records = _with_db(dmarc.results_for_report, domain, start, end)
     if args.action == "sources":
+        reported = [(org, dmarcreport.IncomingRow.from_json(row)) for org, row in
+                    _with_db(dmarc.incoming_report_rows, domain, start)]
+        if args.json:
+            # one list: what our service saw ("seen"), then what other receivers reported
+            print(json.dumps([{**r, "origin": "seen"} for r in dmarcreport.sources(records)]
+                             + [{**r, "origin": "reports"}
+                                for r in dmarcreport.incoming_sources(reported)],
+                             default=str, indent=2))
+            return 0
         _print_rows(dmarcreport.sources(records),
-                    ["source_ip", "messages", "pass", "status", "from", "last_seen"], args.json)
+                    ["source_ip", "messages", "pass", "status", "from", "last_seen"], False)
+        if reported:
+            print(f"\nreported by other receivers (aggregate reports since "
+                  f"{start.isoformat(timespec='seconds')}):")
+            _print_rows(dmarcreport.incoming_sources(reported),
+                        ["source_ip", "messages", "pass", "spf_aligned", "dkim_aligned",
+                         "status", "from", "reporters"], False)
+        elif not records:
+            print(f"no DMARC verdicts or reports for {domain} since "
+                  f"{start.isoformat(timespec='seconds')}")
+        return 0
     elif args.xml:
         stored = next((r.detail.get("record") for r in reversed(records)
                        if r.detail.get("record")), None)
@@ -537,7 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the RFC 7489 aggregate report XML instead of a table")
     q.add_argument("--json", action="store_true")
     q = msub.add_parser("sources", help="the sending sources seen for a domain, and whether "
-                        "they pass DMARC")
+                        "they pass DMARC, from our verdicts and from the aggregate reports "
+                        "other receivers sent us")
     q.add_argument("domain")
     q.add_argument("--since", default="7d", metavar="WHEN", help="start (default 7d)")
     q.add_argument("--json", action="store_true")

@@ -267,6 +267,11 @@ class Settings:
         _str, "",
         "Comma-separated client networks (CIDR) whose mail is never rejected for DMARC, e.g. "
         "forwarders and mailing lists we trust.")
+    dmarc_overrides: str = setting(
+        _str, "",
+        "Per-domain DMARC exceptions, `;`-separated: `DOMAIN:OPTION,OPTION`, options `monitor` "
+        "(report, never act) and `forwarder=CIDR` (repeatable), e.g. "
+        "`example.org:monitor;example.net:forwarder=192.0.2.0/24` (docs/dmarc-api.md).")
     dmarc_trusted_arc_sealers: str = setting(
         _str, "",
         "Comma-separated ARC sealer domains whose passing ARC chain overrides a DMARC failure.")
@@ -280,12 +285,27 @@ class Settings:
         _str, "", "org_name in our aggregate reports (empty: POSTROOM_HOSTNAME).")
     dmarc_report_from: str = setting(
         _str, "", "Sender of our aggregate reports (empty: dmarc-noreply@POSTROOM_HOSTNAME).")
+    dmarc_report_mailbox: str = setting(
+        _str, "",
+        "Account whose mail is read as incoming DMARC aggregate reports, e.g. "
+        "dmarc-reports@example.org (empty: none are read; docs/dmarc-reports.md).")
+    dmarc_report_scan_interval: float = setting(
+        _duration, "1m", "How often the dmarc service looks for new mail in that account.")
+    dmarc_report_max_size: int = setting(
+        _size, "10M", "Largest incoming report attachment (zip, gzip or XML) that is read.")
+    dmarc_report_max_xml_size: int = setting(
+        _size, "50M", "Largest incoming report XML after decompression (bombs stop here).")
     dmarc_results_retention: float = setting(
         _duration, "14d", "How long DMARC verdicts are kept for reports and `postroom dmarc`.")
     http_listen: str = setting(
         _endpoint, "tcp:8080",
         "This process's /healthz and /metrics (under `postroom up` each child gets its own free "
         "loopback port).")
+    internal_token: str | None = setting(
+        _opt_str, "",
+        "Bearer token required by the dmarc API (`/v1/check`) and every `/metrics` (`/healthz` "
+        "stays open); the mta sends it. Empty: no token (keep those ports unpublished).",
+        secret=True)
     # DNS and the outside world
     dns_servers: tuple[tuple[str, int], ...] = setting(
         _host_ports, "", "Resolver override, host[:port] list; empty means the system resolver.")
@@ -297,6 +317,20 @@ class Settings:
         _opt_address, "",
         "Local IPv4 address the relay connects from (Postfix smtp_bind_address; the one SPF "
         "must allow); empty: the system's choice.")
+    relay_max_sessions: int = setting(
+        _positive_int, "50", "Outbound SMTP sessions at once in one mta process.")
+    relay_max_per_destination: int = setting(
+        _positive_int, "5", "Outbound SMTP sessions at once to one destination domain.")
+    mta_sts: bool = setting(
+        _bool, "true", "Fetch and apply recipient domains' MTA-STS policies (RFC 8461).")
+    mta_sts_port: int = setting(
+        _positive_int, "443", "Port MTA-STS policies are fetched from (tests only).")
+    tls_ca_file: str | None = setting(
+        _opt_str, "",
+        "PEM CA bundle for verifying MTA-STS hosts and MXs; empty: the system's CAs.")
+    dane: bool = setting(
+        _bool, "true",
+        "Use DANE TLSA records (RFC 7672), only when the resolver sets AD (validates DNSSEC).")
     # limits
     max_message_size: int = setting(
         _size, "35M", "Largest message accepted (SMTP SIZE, IMAP APPEND).")

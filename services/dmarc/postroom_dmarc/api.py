@@ -23,6 +23,7 @@ from twisted.web import resource, server
 
 from postroom import authres
 from postroom.dns import Resolver
+from postroom.internalauth import authorized
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, dmarc_results_total
 from postroom_dmarc.results import ResultRecorder
@@ -104,8 +105,10 @@ class CheckResource(resource.Resource):
 
     def __init__(self, resolver: Resolver, options: Options, pool: ThreadPool, reactor: Any, *,
                  max_inflight: int, deadline: float,
-                 recorder: ResultRecorder | None = None, metrics: Metrics | None = None) -> None:
+                 recorder: ResultRecorder | None = None, metrics: Metrics | None = None,
+                 token: str | None = None) -> None:
         super().__init__()
+        self.token = token  # POSTROOM_INTERNAL_TOKEN: a bearer token every request must carry
         self.recorder = recorder
         self._results = dmarc_results_total(metrics) if metrics is not None else None
         self.resolver = resolver
@@ -116,6 +119,8 @@ class CheckResource(resource.Resource):
         self.semaphore = defer.DeferredSemaphore(max_inflight)
 
     def render_POST(self, request: server.Request) -> Any:
+        if not authorized(request, self.token):
+            return _json(request, 401, {"error": "unauthorized"})
         if getattr(request, "too_large", False):
             return _json(request, 413, {"error": "request body too large"})
         assert request.content is not None
@@ -164,6 +169,8 @@ class CheckResource(resource.Resource):
                                                              "policy check failed")))
 
     def render_GET(self, request: server.Request) -> bytes:
+        if not authorized(request, self.token):
+            return _json(request, 401, {"error": "unauthorized"})
         return _json(request, 405, {"error": "use POST"})
 
 

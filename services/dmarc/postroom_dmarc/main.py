@@ -7,13 +7,17 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from postroom import dmarcreport
 from postroom.config import ConfigError, Settings
 from postroom.dns import Resolver
+from postroom.internalauth import warn_if_exposed
 from postroom.queue.reconciler import Enqueuer
 from postroom.queue.streams import QueueClient
 from postroom.runtime import ServiceContext
 from postroom.service import ServiceSpec
 from postroom_dmarc.api import CheckResource, build_site
+from postroom_dmarc.incoming import IncomingScanner
+from postroom_dmarc.overrides import OverrideSyntaxError, combine, parse_overrides
 from postroom_dmarc.reports import ReportConfig, ReportScheduler
 from postroom_dmarc.results import ResultRecorder
 from postroom_dmarc.verdict import DomainOverride, Options
@@ -38,8 +42,12 @@ def options_from_settings(settings: Settings) -> Options:
                            for item in _items(settings.dmarc_trusted_forwarders))
     except ValueError as exc:
         raise ConfigError(f"POSTROOM_DMARC_TRUSTED_FORWARDERS: {exc}") from None
-    overrides = {domain: DomainOverride(monitor_only=True)
-                 for domain in _items(settings.dmarc_monitor_only)}
+    try:
+        per_domain = parse_overrides(settings.dmarc_overrides)
+    except OverrideSyntaxError as exc:
+        raise ConfigError(f"POSTROOM_DMARC_OVERRIDES: {exc}") from None
+    overrides = combine({domain: DomainOverride(monitor_only=True)
+                         for domain in _items(settings.dmarc_monitor_only)}, per_domain)
     return Options(authserv_id=settings.hostname, org_domain_mode=settings.dmarc_org_domain,
                    trusted_forwarders=forwarders,
                    trusted_arc_sealers=frozenset(_items(settings.dmarc_trusted_arc_sealers)),
@@ -73,6 +81,18 @@ def build_scheduler(ctx: ServiceContext, resolver: Resolver, pool: Any) -> Repor
                            retention=settings.dmarc_results_retention)
 
 
+def build_scanner(ctx: ServiceContext, pool: Any) -> IncomingScanner:
+    """The reader of incoming aggregate reports in POSTROOM_DMARC_REPORT_MAILBOX."""
+    settings = ctx.settings
+    address = settings.dmarc_report_mailbox
+    if "@" not in address or any(c in address for c in " <>\r\n"):
+        raise ConfigError("POSTROOM_DMARC_REPORT_MAILBOX: must be a plain address (local@domain)")
+    limits = dmarcreport.IncomingLimits(max_compressed=settings.dmarc_report_max_size,
+                                        max_xml=settings.dmarc_report_max_xml_size)
+    return IncomingScanner(ctx.database, address, pool=pool, reactor=ctx.reactor,
+                           interval=settings.dmarc_report_scan_interval, limits=limits)
+
+
 async def _start(ctx: ServiceContext) -> None:
     settings = ctx.settings
     options = options_from_settings(settings)
@@ -81,15 +101,20 @@ async def _start(ctx: ServiceContext) -> None:
     recorder = ResultRecorder(ctx.database)
     check = CheckResource(resolver, options, pool, ctx.reactor, max_inflight=MAX_INFLIGHT,
                           deadline=deadline_for(settings), recorder=recorder,
-                          metrics=ctx.metrics)
+                          metrics=ctx.metrics, token=settings.internal_token)
     scheduler = build_scheduler(ctx, resolver, pool) if settings.dmarc_reports else None
+    scanner = build_scanner(ctx, pool) if settings.dmarc_report_mailbox else None
     site: Any = build_site(check, settings.max_message_size * 4 // 3 + _JSON_OVERHEAD)
     # stop hooks run newest first: the scheduler stops, then the last verdict rows are written
     ctx.on_stop(recorder.drain)
+    warn_if_exposed("/v1/check", settings.dmarc_listen, settings.internal_token)
     await ctx.listen_all(settings.dmarc_listen, site)
     if scheduler is not None:
         ctx.on_stop(scheduler.stop)
         scheduler.start()
+    if scanner is not None:
+        ctx.on_stop(scanner.stop)
+        scanner.start()
 
 
 def start(ctx: ServiceContext) -> Deferred[Any]:

@@ -4,12 +4,23 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, exists, func, or_, select
+from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from postroom.store.models import DmarcResult
+from postroom.store.models import (
+    DmarcIncomingReport,
+    DmarcResult,
+    Mailbox,
+    MailboxEntry,
+    Message,
+    User,
+)
+
+if TYPE_CHECKING:
+    from postroom.dmarcreport import IncomingReport
 
 
 @dataclass(frozen=True)
@@ -74,3 +85,56 @@ def purge_results(session: Session, before: datetime) -> int:
     """Delete verdicts older than ``before`` (after their reports were sent)."""
     done = session.execute(delete(DmarcResult).where(DmarcResult.received_at < before))
     return int(getattr(done, "rowcount", 0))
+
+
+# --- incoming aggregate reports (parsed by postroom.dmarcreport, scanned by the dmarc service)
+
+
+def unscanned_report_messages(session: Session, address: str,
+                              limit: int = 50) -> list[tuple[str, bytes]]:
+    """(sha256, bytes) of messages in any mailbox of ``address`` not yet looked at, oldest first."""
+    seen = exists().where(DmarcIncomingReport.message_sha256 == Message.sha256)
+    rows = session.execute(
+        select(Message.sha256, Message.blob)
+        .join(MailboxEntry, MailboxEntry.message_id == Message.id)
+        .join(Mailbox, Mailbox.id == MailboxEntry.mailbox_id)
+        .join(User, User.id == Mailbox.user_id)
+        .where(User.address == address.lower(), ~seen)
+        .group_by(Message.id).order_by(func.min(MailboxEntry.id)).limit(limit))
+    return [(sha, bytes(blob)) for sha, blob in rows]
+
+
+def store_incoming_report(session: Session, sha256: str, report: IncomingReport | None,
+                          error: str | None = None) -> str:
+    """Record one report mail: ``stored``, ``duplicate`` (same reporter and id) or ``refused``."""
+    if report is None:
+        values: dict[str, Any] = {"status": "refused", "error": (error or "")[:500]}
+    else:
+        values = {"status": "stored", "org_name": report.org_name,
+                  "report_id": report.report_id, "domain": report.domain,
+                  "begin_at": report.begin, "end_at": report.end, "policy": report.policy,
+                  "rows": [r.to_json() for r in report.rows]}
+    # no conflict target: a second replica's copy (same sha256) or a resent report (same
+    # reporter and report id) both land here and are not stored twice
+    done = session.execute(insert(DmarcIncomingReport).values(message_sha256=sha256, **values)
+                           .on_conflict_do_nothing().returning(DmarcIncomingReport.id))
+    if done.first() is not None:
+        return str(values["status"])
+    session.execute(insert(DmarcIncomingReport)
+                    .values(message_sha256=sha256, status="duplicate",
+                            org_name=values.get("org_name"), report_id=None)
+                    .on_conflict_do_nothing())
+    return "duplicate"
+
+
+def incoming_report_rows(session: Session, domain: str,
+                         since: datetime) -> list[tuple[str, dict[str, Any]]]:
+    """(reporter, row JSON) of stored reports on ``domain`` or a subdomain since ``since``."""
+    domain = domain.lower().rstrip(".")
+    reports = session.execute(
+        select(DmarcIncomingReport.org_name, DmarcIncomingReport.rows)
+        .where(DmarcIncomingReport.status == "stored", DmarcIncomingReport.end_at >= since,
+               or_(DmarcIncomingReport.domain == domain,
+                   DmarcIncomingReport.domain.endswith("." + domain, autoescape=True)))
+        .order_by(DmarcIncomingReport.id))
+    return [(str(org), row) for org, rows in reports for row in rows]

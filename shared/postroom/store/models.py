@@ -89,6 +89,9 @@ class User(Base):
     localpart: Mapped[str] = mapped_column(Text)
     address: Mapped[str] = mapped_column(Text, unique=True)
     password_hash: Mapped[str] = mapped_column(Text)
+    # SCRAM-SHA-256 salt, iterations, StoredKey, ServerKey (never the password); NULL for
+    # passwords set before they were kept: such accounts cannot use SCRAM (users.py)
+    scram_secrets: Mapped[str | None] = mapped_column(Text)
     quota_bytes: Mapped[int | None] = mapped_column(BigInteger)
     quota_messages: Mapped[int | None] = mapped_column(BigInteger)
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
@@ -310,6 +313,35 @@ class DmarcResult(Base):
     # the domain whose rua= receives this row in its aggregate report (the From: domain)
     reporting_domain: Mapped[str] = mapped_column(Text)
     detail: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+
+
+class DmarcIncomingReport(Base):
+    """An aggregate report another receiver sent about our domains (migration 0004).
+
+    One row per report mail, keyed by the blob's SHA-256 so a rescan never parses
+    it twice; refused mails are kept (``status='refused'``, ``error``) for the same reason.
+    """
+
+    __tablename__ = "dmarc_incoming_reports"
+    __table_args__ = (
+        CheckConstraint(_in("status", ("stored", "refused", "duplicate")), name="status"),
+        Index("uq_dmarc_incoming_reports_org_name_report_id", "org_name", "report_id",
+              unique=True, postgresql_where=text("status = 'stored'")),
+        Index("ix_dmarc_incoming_reports_domain_end_at", "domain", "end_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    message_sha256: Mapped[str] = mapped_column(Text, unique=True)
+    status: Mapped[str] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    org_name: Mapped[str | None] = mapped_column(Text)
+    report_id: Mapped[str | None] = mapped_column(Text)
+    domain: Mapped[str | None] = mapped_column(Text)
+    begin_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    end_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    policy: Mapped[dict[str, Any]] = mapped_column(JSONB, server_default=text("'{}'::jsonb"))
+    rows: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    received_at: Mapped[datetime] = _now()
 
 
 # --- per-user delivery rules (migration 0002); evaluated by the mda, format in docs/mda.md
