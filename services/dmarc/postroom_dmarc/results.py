@@ -11,6 +11,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
+from sqlalchemy.orm import Session
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
@@ -22,6 +23,8 @@ from postroom_dmarc.verdict import CheckRequest, Verdict
 log = get_logger("dmarc-results")
 
 MAX_PENDING = 1000
+# rows written in one transaction at most
+MAX_BATCH = 100
 # the store's check constraints; anything else is stored as the nearest error
 _SPF = ("none", "neutral", "pass", "fail", "softfail", "temperror", "permerror")
 _DKIM = ("none", "pass", "fail", "policy", "neutral", "temperror", "permerror")
@@ -97,17 +100,37 @@ def record_for(request: CheckRequest, verdict: Verdict) -> DmarcRecord | None:
     )
 
 
-class ResultRecorder:
-    """Writes verdict rows through ``database.run`` without anyone waiting for them."""
+def store_batch(session: Session, rows: list[DmarcRecord]) -> None:
+    """Store several verdict rows in the caller's transaction (one commit for all)."""
+    for row in rows:
+        record_result(session, row)
 
-    def __init__(self, database: Any, *, max_pending: int = MAX_PENDING) -> None:
+
+def _log_not_stored(failure: Failure, queue_id: str | None) -> None:
+    log.error("dmarc result not stored", queue_id=queue_id, error=failure.getErrorMessage())
+
+
+class ResultRecorder:
+    """Writes verdict rows through ``database.run`` without anyone waiting for them.
+
+    Group commit: while one write is in flight, new rows gather in a buffer and
+    go together in the next transaction (at most ``max_batch``), so under load
+    a transaction (and its pool ping and commit) serves many checks, and when
+    idle a row is written at once. ``pending`` counts buffered and in-flight rows.
+    """
+
+    def __init__(self, database: Any, *, max_pending: int = MAX_PENDING,
+                 max_batch: int = MAX_BATCH) -> None:
         self.database = database
         self.max_pending = max_pending
-        self._pending: set[defer.Deferred[Any]] = set()
+        self.max_batch = max_batch
+        self._buffer: list[tuple[str | None, DmarcRecord]] = []
+        self._writing = 0
+        self._idle_waiters: list[defer.Deferred[None]] = []
 
     @property
     def pending(self) -> int:
-        return len(self._pending)
+        return len(self._buffer) + self._writing
 
     def record(self, request: CheckRequest, verdict: Verdict) -> None:
         """Start storing ``verdict``; returns at once and never raises."""
@@ -115,26 +138,58 @@ class ResultRecorder:
             row = record_for(request, verdict)
             if row is None:
                 return
-            if len(self._pending) >= self.max_pending:
+            if self.pending >= self.max_pending:
                 log.warning("dmarc result dropped", queue_id=request.queue_id,
-                            reason="too many writes pending", pending=len(self._pending))
+                            reason="too many writes pending", pending=self.pending)
                 return
-            d: defer.Deferred[Any] = self.database.run(record_result, row)
+            self._buffer.append((request.queue_id, row))
+            if not self._writing:
+                self._flush()
         except Exception as exc:  # noqa: BLE001 - storing must never break a check
             log.error("dmarc result not stored", queue_id=request.queue_id, error=str(exc))
-            return
-        self._pending.add(d)
 
-        def failed(failure: Failure) -> None:
-            log.error("dmarc result not stored", queue_id=request.queue_id,
+    def _flush(self) -> None:
+        batch, self._buffer = self._buffer[:self.max_batch], self._buffer[self.max_batch:]
+        self._writing = len(batch)
+        try:
+            d: defer.Deferred[Any] = self.database.run(store_batch, [row for _, row in batch])
+        except Exception as exc:  # noqa: BLE001 - storing must never break a check
+            d = defer.fail(exc)
+        d.addErrback(self._batch_failed, batch)
+        d.addBoth(self._written)
+
+    def _batch_failed(self, failure: Failure,
+                      batch: list[tuple[str | None, DmarcRecord]]) -> Any:
+        if len(batch) == 1:
+            log.error("dmarc result not stored", queue_id=batch[0][0],
                       error=failure.getErrorMessage())
+            return None
+        # one bad row must not cost the others theirs: write them one at a time
+        log.warning("dmarc result batch failed", rows=len(batch),
+                    error=failure.getErrorMessage())
+        singles = []
+        for queue_id, row in batch:
+            try:
+                one: defer.Deferred[Any] = self.database.run(record_result, row)
+            except Exception as exc:  # noqa: BLE001
+                one = defer.fail(exc)
+            one.addErrback(_log_not_stored, queue_id)
+            singles.append(one)
+        return defer.DeferredList(singles, consumeErrors=True)
 
-        def done(_: Any) -> None:
-            self._pending.discard(d)
-
-        d.addErrback(failed)
-        d.addBoth(done)
+    def _written(self, _: Any) -> None:
+        self._writing = 0
+        if self._buffer:
+            self._flush()
+            return
+        waiters, self._idle_waiters = self._idle_waiters, []
+        for waiter in waiters:
+            waiter.callback(None)
 
     def drain(self) -> defer.Deferred[Any]:
-        """Fires when the writes started so far are finished (for SIGTERM)."""
-        return defer.DeferredList(list(self._pending), consumeErrors=True)
+        """Fires when the rows recorded so far are written (or given up; for SIGTERM)."""
+        if not self.pending:
+            return defer.succeed(None)
+        waiter: defer.Deferred[None] = defer.Deferred()
+        self._idle_waiters.append(waiter)
+        return waiter

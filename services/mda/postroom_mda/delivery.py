@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import case, func, select, update
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
@@ -23,13 +23,26 @@ from postroom.config import Settings
 from postroom.logs import get_logger
 from postroom.mime import analyze
 from postroom.queue.envelope import Envelope
-from postroom.rules import HEAD_BYTES, Decision, RulesError, evaluate, facts_from_message
+from postroom.rules import (
+    HEAD_BYTES,
+    Decision,
+    RulesError,
+    evaluate,
+    facts_from_message,
+    parse_rules,
+)
 from postroom.store import spool
 from postroom.store.aliases import Target, resolve_address
 from postroom.store.mailboxes import deliver_to_mailbox, usage
-from postroom.store.messages import get_message
-from postroom.store.models import Mailbox, Message, SpoolMessage, SpoolRecipient, User
-from postroom.store.rules import claim_vacation_reply, rules_for_user
+from postroom.store.models import (
+    Mailbox,
+    Message,
+    SpoolMessage,
+    SpoolRecipient,
+    User,
+    mail_rules,
+)
+from postroom.store.rules import claim_vacation_reply
 from postroom_mda.vacation import build_reply, skip_reason
 
 log = get_logger("delivery")
@@ -112,14 +125,17 @@ def ensure_metadata(session: Session, queue_id: str) -> int | None:
     Identical bodies share one blob, so a second recipient or a second copy of
     the message finds the metadata already there and parses nothing.
     """
-    message_id = session.execute(select(SpoolMessage.message_id)
-                                 .where(SpoolMessage.queue_id == queue_id)).scalar_one_or_none()
-    if message_id is None:
+    # one statement: the id, and the blob only when its metadata is still missing
+    missing = ~Message.meta.has_key("version")
+    row = session.execute(
+        select(Message.id, missing, case((missing, Message.blob)))
+        .join(SpoolMessage, SpoolMessage.message_id == Message.id)
+        .where(SpoolMessage.queue_id == queue_id)).first()
+    if row is None:
         return None
-    done = session.execute(select(Message.meta.has_key("version"))
-                           .where(Message.id == message_id)).scalar_one()
-    if not done:
-        meta = _jsonb_safe(analyze(get_message(session, message_id)).to_dict())
+    message_id = int(row[0])
+    if row[1]:
+        meta = _jsonb_safe(analyze(bytes(row[2])).to_dict())
         try:
             with session.begin_nested():
                 # only if still empty: a concurrent replica may have stored it first
@@ -247,9 +263,28 @@ def _head(session: Session, message_id: int) -> bytes:
     return bytes(data)
 
 
-def _over_quota(session: Session, user_id: int, size: int) -> bool:
-    quota_bytes, quota_messages = session.execute(
-        select(User.quota_bytes, User.quota_messages).where(User.id == user_id)).one()
+@dataclass(frozen=True)
+class _Account:
+    """What delivery reads about an account, in one statement: INBOX, quota, stored rules."""
+
+    inbox_id: int | None
+    quota_bytes: int | None
+    quota_messages: int | None
+    rules: Any
+
+
+def _account(session: Session, user_id: int) -> _Account:
+    inbox = (select(Mailbox.id).where(Mailbox.user_id == user_id, Mailbox.name == "INBOX")
+             .scalar_subquery())
+    rules = select(mail_rules.c.rules).where(mail_rules.c.user_id == user_id).scalar_subquery()
+    row = session.execute(select(inbox, User.quota_bytes, User.quota_messages, rules)
+                          .where(User.id == user_id)).one()
+    return _Account(inbox_id=None if row[0] is None else int(row[0]), quota_bytes=row[1],
+                    quota_messages=row[2], rules=row[3])
+
+
+def _over_quota(session: Session, user_id: int, size: int, account: _Account) -> bool:
+    quota_bytes, quota_messages = account.quota_bytes, account.quota_messages
     if quota_bytes is None and quota_messages is None:
         return False
     used_bytes, used_messages = usage(session, user_id)
@@ -313,10 +348,10 @@ def _expand(session: Session, info: _Work, rcpt: spool.RecipientInfo,
 
 
 def _decide(session: Session, info: _Work, rcpt: spool.RecipientInfo,
-            user_id: int) -> tuple[Decision | None, Any]:
-    """The account's rules applied to the message (None when it has none)."""
+            user_id: int, stored: Any) -> tuple[Decision | None, Any]:
+    """The account's rules (``stored``, as read by _account) applied to the message."""
     try:
-        rules = rules_for_user(session, user_id)
+        rules = parse_rules(stored) if stored else []
     except RulesError as exc:
         # stored before a validation change: deliver as if there were none, and say so
         log.warning("stored rules invalid", queue_id=info.queue_id, user_id=user_id,
@@ -338,24 +373,25 @@ def _deliver_local(session: Session, info: _Work, rcpt: spool.RecipientInfo,
     flags: list[str] = []
     decision: Decision | None = None
     facts: Any = None
+    account = _account(session, user_id)
     if info.disposition == "junk":
         # quarantined by DMARC: straight to Junk, and no rules, so a spoof of a known
         # sender is neither filed among real mail nor forwarded nor answered
         junk = _special_use(session, user_id, "\\Junk")
-        folder, mailbox_id = junk if junk else ("INBOX", _mailbox_id(session, user_id, "INBOX"))
+        folder, mailbox_id = junk if junk else ("INBOX", account.inbox_id)
         flags.append("$Junk")
     else:
-        folder, mailbox_id = "INBOX", _mailbox_id(session, user_id, "INBOX")
+        folder, mailbox_id = "INBOX", account.inbox_id
         if options.detail_folder and target.detail:
             detail_id = _mailbox_id(session, user_id, target.detail)
             if detail_id is not None:
                 folder, mailbox_id = target.detail, detail_id
-        decision, facts = _decide(session, info, rcpt, user_id)
+        decision, facts = _decide(session, info, rcpt, user_id, account.rules)
         if decision is not None:
             folder, mailbox_id = _rule_folder(session, user_id, decision, folder, mailbox_id)
 
     store = decision is None or decision.keep or bool(decision.folders)
-    if store and _over_quota(session, user_id, info.message_size):
+    if store and _over_quota(session, user_id, info.message_size, account):
         return _over(session, info, rcpt, options, now, base)
     envelopes: list[Envelope] = []
     uid = modseq = None
@@ -433,8 +469,7 @@ def _act(session: Session, info: _Work, rcpt: spool.RecipientInfo, user_id: int,
 
 def _spool_reply(session: Session, message: bytes, to: str, now: datetime) -> Envelope:
     """Queue an auto-reply from the null reverse-path (RFC 3834 3.3), for the relay."""
-    queue_id = spool.create_spool(session, kind="local", mail_from="",
-                                  recipients=[spool.NewRecipient(to, "outbound")],
-                                  message=message, size=len(message), enqueued_at=now)
-    reply = spool.get_spool(session, queue_id)
-    return Envelope(queue_id, tuple(r.id for r in reply.recipients), "outbound")
+    queue_id, ids = spool.create_spool_ids(session, kind="local", mail_from="",
+                                           recipients=[spool.NewRecipient(to, "outbound")],
+                                           message=message, size=len(message), enqueued_at=now)
+    return Envelope(queue_id, tuple(ids), "outbound")

@@ -43,9 +43,8 @@ from postroom.smtp.received import received_header
 from postroom.smtp.replies import Reply
 from postroom.smtp.server import SMTPServerFactory
 from postroom.smtp.session import Envelope, Session
-from postroom.store import aliases, domains, spool
+from postroom.store import aliases, spool
 from postroom.store.addresses import normalise_address
-from postroom.store.errors import InvalidAddress
 from postroom.store.queueid import new_queue_id
 from postroom_mta.dmarcclient import DMARCClient, Verdict
 from postroom_mta.dnsbl import DNSBL
@@ -64,6 +63,9 @@ _ROUTING_CHARS = frozenset("@%!")
 # blocking Redis calls (queue ping and XADD, greylisting); DNSBL lookups wait on the network
 REDIS_THREADS = 4
 DNS_THREADS = 4
+# RCPT answers remembered per SMTP session: how long, and how many at most
+RCPT_CACHE_SECONDS = 60.0
+RCPT_CACHE_SIZE = 1000
 
 
 class RelayDenied(Exception):
@@ -107,16 +109,11 @@ def recipient_parts(path: Address, hostname: str) -> tuple[str, str]:
 
 def lookup_recipient(session: DBSession, local: str, domain: str,
                      delimiter: str) -> tuple[str, str | None]:
-    """("ok", address) | ("unknown", address or None) | ("relay", None), in one transaction."""
-    if not domains.is_local_domain(session, domain):
-        return "relay", None
-    try:
-        address = normalise_address(f"{local}@{domain}")
-    except InvalidAddress:
-        return "unknown", None
-    if not aliases.resolve_address(session, address, delimiter=delimiter):
-        return "unknown", address
-    return "ok", address
+    """("ok", address) | ("unknown", address or None) | ("relay", None), in one transaction.
+
+    One statement for an existing account (aliases.recipient_status).
+    """
+    return aliases.recipient_status(session, local, domain, delimiter=delimiter)
 
 
 def spool_message(session: DBSession, *, queue_id: str, envelope: Envelope,
@@ -130,12 +127,12 @@ def spool_message(session: DBSession, *, queue_id: str, envelope: Envelope,
         notify = recipient.params.notify
         rows.append((address, "deliver", f"{orcpt[0]};{orcpt[1]}" if orcpt else None,
                      ",".join(notify) if notify else None))
-    spool.create_spool(
+    _queue_id, ids = spool.create_spool_ids(
         session, kind="inbound", mail_from=str(envelope.mail_from or ""), recipients=rows,
         message=message, size=params.size, body=params.body, smtputf8=params.smtputf8,
         ret=params.ret, envid=params.envid, peer_ip=peer_ip, helo=helo,
         disposition=disposition, queue_id=queue_id, enqueued_at=datetime.now(UTC))
-    return [r.id for r in spool.get_spool(session, queue_id).recipients]
+    return ids
 
 
 def authentication_results_field(value: str, authserv_id: str) -> bytes:
@@ -156,7 +153,11 @@ class InboundPolicy(BasePolicy):
 
     def __init__(self, database: Any, enqueuer: Enqueuer, dmarc: VerdictSource, *,
                  hostname: str, delimiter: str = "+", greylist: Greylist | None = None,
-                 dnsbl: DNSBL | None = None, metrics: Metrics | None = None) -> None:
+                 dnsbl: DNSBL | None = None, metrics: Metrics | None = None,
+                 clock: Any = None) -> None:
+        if clock is None:
+            from twisted.internet import reactor as clock
+        self.clock = clock
         self.database = database
         self.enqueuer = enqueuer
         self.dmarc = dmarc
@@ -191,8 +192,7 @@ class InboundPolicy(BasePolicy):
             _log.warning("inbound recipient refused", reason=f"relay: {exc}", **fields)
             self._count("rejected_relay")
             return RELAY_DENIED
-        status, address = await self.database.run(lookup_recipient, local, domain,
-                                                  self.delimiter)
+        status, address = await self._lookup(session, local, domain)
         if status == "relay" and path.domain:
             _log.warning("inbound recipient refused", reason="relay: not a local domain",
                          **fields)
@@ -210,6 +210,28 @@ class InboundPolicy(BasePolicy):
                 return deferred
         session.extra.setdefault("recipients", {})[path] = address
         return R.RECIPIENT_OK.with_text(f"<{address}> Recipient OK")
+
+    async def _lookup(self, session: Session, local: str,
+                      domain: str) -> tuple[str, str | None]:
+        """lookup_recipient, remembered for the session for RCPT_CACHE_SECONDS.
+
+        A client sending many messages to the same recipients (a mailing list
+        host, a busy peer) asks the database once; a recipient removed meanwhile
+        is still refused at delivery (the mda resolves again).
+        """
+        cache: dict[tuple[str, str], tuple[float, tuple[str, str | None]]] = \
+            session.extra.setdefault("rcpt_cache", {})
+        now = self.clock.seconds()
+        key = (local, domain)
+        hit = cache.get(key)
+        if hit is not None and now - hit[0] < RCPT_CACHE_SECONDS:
+            return hit[1]
+        result: tuple[str, str | None] = await self.database.run(
+            lookup_recipient, local, domain, self.delimiter)
+        if len(cache) >= RCPT_CACHE_SIZE:
+            cache.clear()  # hostile sessions probing addresses must not grow it without bound
+        cache[key] = (now, result)
+        return result
 
     def _addresses(self, session: Session, envelope: Envelope) -> list[str]:
         known: dict[Address, str] = session.extra.get("recipients", {})
@@ -302,9 +324,10 @@ def build_policy(settings: Settings, database: Any, queue: QueueClient, *, redis
                       dns_pool or redis_pool, reactor=reactor)
     return InboundPolicy(
         database, Enqueuer(queue, redis_pool, reactor),
-        dmarc or DMARCClient(settings.dmarc_url, settings.mta_dmarc_timeout, reactor=reactor),
+        dmarc or DMARCClient(settings.dmarc_url, settings.mta_dmarc_timeout, reactor=reactor,
+                             token=settings.internal_token),
         hostname=settings.hostname, delimiter=settings.recipient_delimiter, greylist=greylist,
-        dnsbl=dnsbl, metrics=metrics)
+        dnsbl=dnsbl, metrics=metrics, clock=reactor)
 
 
 def build_factories(settings: Settings, policy: InboundPolicy, *, tls: Any = None,

@@ -112,9 +112,59 @@ def resolve_address(session: Session, address: str, *, delimiter: str = "+") -> 
         normal = normalise_address(address)
     except InvalidAddress:
         return []
+    local, user_id = _first_step(session, normal)
+    if not local:
+        return [Target(address=normal, user_id=None)]
+    if user_id is not None:
+        return [Target(address=normal, user_id=user_id)]
     targets: dict[str, Target] = {}
     _resolve(session, normal, delimiter, 0, {normal}, targets)
     return list(targets.values())
+
+
+def _first_step(session: Session, address: str) -> tuple[bool, int | None]:
+    """(domain is local, account id when ``address`` is an account with no alias over it).
+
+    One statement answers the common case (mail for an existing account) that
+    the general walk answers in three; anything else takes the general walk.
+    """
+    domain = address.rsplit("@", 1)[1]
+    is_local = select(Domain.id).where(Domain.name == domain).exists()
+    aliased = select(Alias.id).where(Alias.source == address).exists()
+    account = (select(User.id).where(User.address == address, User.active.is_(True))
+               .scalar_subquery())
+    row = session.execute(select(is_local, aliased, account)).one()
+    if not row[0]:
+        return False, None
+    if row[1] or row[2] is None:
+        return True, None
+    return True, int(row[2])
+
+
+def recipient_status(session: Session, local: str, domain: str, *,
+                     delimiter: str = "+") -> tuple[str, str | None]:
+    """An SMTP RCPT's fate: ("ok", address) | ("unknown", address or None) | ("relay", None).
+
+    "relay" when ``domain`` is not local; "unknown" when the address is invalid
+    or resolves to nobody. One statement for an existing account.
+    """
+    try:
+        domain = normalise_domain(domain)
+    except ValueError:
+        return "relay", None
+    try:
+        address = normalise_address(f"{local}@{domain}")
+    except InvalidAddress:
+        # the domain decides first: a bad address in a foreign domain is still relaying
+        return ("unknown" if _is_local(session, domain) else "relay"), None
+    is_local, user_id = _first_step(session, address)
+    if not is_local:
+        return "relay", None
+    if user_id is not None:
+        return "ok", address
+    targets: dict[str, Target] = {}
+    _resolve(session, address, delimiter, 0, {address}, targets)
+    return ("ok" if targets else "unknown"), address
 
 
 def _resolve(session: Session, address: str, delimiter: str, depth: int, seen: set[str],

@@ -107,6 +107,23 @@ def _lock_mailbox(session: Session, user_id: int, name: str) -> Mailbox:
     return row
 
 
+def _lock_mailbox_and_find(session: Session, user_id: int, name: str, spool_recipient_id: int
+                           ) -> tuple[Mailbox, tuple[int, int] | None]:
+    earlier = (select(MailboxEntry.uid, MailboxEntry.modseq)
+               .where(MailboxEntry.spool_recipient_id == spool_recipient_id).limit(1))
+    # the subqueries may run on a snapshot from before the lock was granted; a copy a
+    # concurrent delivery committed meanwhile is then caught by the unique key on
+    # spool_recipient_id (deliver_to_mailbox's IntegrityError path), so nothing doubles
+    row = session.execute(
+        select(Mailbox, earlier.with_only_columns(MailboxEntry.uid).scalar_subquery(),
+               earlier.with_only_columns(MailboxEntry.modseq).scalar_subquery())
+        .where(Mailbox.user_id == user_id, Mailbox.name == name)
+        .with_for_update(of=Mailbox)).first()
+    if row is None:
+        raise NotFound(f"no mailbox {name}")
+    return row[0], (None if row[1] is None else (int(row[1]), int(row[2])))
+
+
 def _existing_delivery(session: Session, spool_recipient_id: int) -> tuple[int, int] | None:
     found = session.execute(
         select(MailboxEntry.uid, MailboxEntry.modseq)
@@ -126,10 +143,12 @@ def deliver_to_mailbox(session: Session, *, user_id: int, mailbox_name: str, mes
     """
     if mailbox_name.upper() == "INBOX":
         mailbox_name = "INBOX"
-    mailbox = _lock_mailbox(session, user_id, mailbox_name)
-    # checked under the lock, so a concurrent copy into the same mailbox has committed by now
-    if spool_recipient_id is not None:
-        existing = _existing_delivery(session, spool_recipient_id)
+    if spool_recipient_id is None:
+        mailbox = _lock_mailbox(session, user_id, mailbox_name)
+    else:
+        # one statement: lock the mailbox and look for an earlier delivery
+        mailbox, existing = _lock_mailbox_and_find(session, user_id, mailbox_name,
+                                                   spool_recipient_id)
         if existing is not None:
             return existing
     uid, modseq = mailbox.uidnext, mailbox.highestmodseq + 1

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
 
-from sqlalchemy import case, delete, func, select, update
+from sqlalchemy import case, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from postroom.store.errors import NotFound
@@ -122,6 +122,27 @@ def create_spool(session: Session, *, kind: str, mail_from: str,
     (e.g. at MAIL FROM, for logs); ``enqueued_at`` marks the recipients as
     already handed to Redis when the caller enqueues right after commit.
     """
+    return create_spool_ids(
+        session, kind=kind, mail_from=mail_from, recipients=recipients, message=message,
+        size=size, body=body, smtputf8=smtputf8, ret=ret, envid=envid, peer_ip=peer_ip,
+        helo=helo, auth_user=auth_user, disposition=disposition, metadata=metadata,
+        queue_id=queue_id, enqueued_at=enqueued_at)[0]
+
+
+def create_spool_ids(session: Session, *, kind: str, mail_from: str,
+                     recipients: Sequence[tuple[str, str, str | None, str | None]
+                                          | NewRecipient],
+                     message: bytes, size: int | None = None, body: str | None = None,
+                     smtputf8: bool = False, ret: str | None = None, envid: str | None = None,
+                     peer_ip: str | None = None, helo: str | None = None,
+                     auth_user: str | None = None, disposition: str = "inbox",
+                     metadata: dict[str, Any] | None = None, queue_id: str | None = None,
+                     enqueued_at: datetime | None = None) -> tuple[str, list[int]]:
+    """:func:`create_spool` that also returns the new recipient ids, in the order given.
+
+    Three statements (blob, message, recipients), each with RETURNING: the
+    caller learns the ids it enqueues without reading the spool back.
+    """
     if kind not in SPOOL_KINDS:
         raise ValueError(f"unknown spool kind {kind!r}")
     wanted = [NewRecipient(*r) for r in recipients]
@@ -130,21 +151,26 @@ def create_spool(session: Session, *, kind: str, mail_from: str,
     for rcpt in wanted:
         _check_recipient(rcpt)
     message_id = store_message(session, message, metadata)
-    spooled = SpoolMessage(
-        queue_id=queue_id or new_queue_id(), kind=kind, mail_from=mail_from, size=size,
-        body=body, smtputf8=smtputf8, ret=ret, envid=envid, message_id=message_id,
-        peer_ip=peer_ip, helo=helo, auth_user=auth_user, disposition=disposition)
-    session.add(spooled)
+    queue_id = queue_id or new_queue_id()
+    spool_id = session.execute(
+        insert(SpoolMessage).values(
+            queue_id=queue_id, kind=kind, mail_from=mail_from, size=size, body=body,
+            smtputf8=smtputf8, ret=ret, envid=envid, message_id=message_id, peer_ip=peer_ip,
+            helo=helo, auth_user=auth_user, disposition=disposition)
+        .returning(SpoolMessage.id)).scalar_one()
     seen: set[tuple[str, str]] = set()
+    rows = []
     for rcpt in wanted:
         if (rcpt.address, rcpt.stream) in seen:
             continue
         seen.add((rcpt.address, rcpt.stream))
-        spooled.recipients.append(SpoolRecipient(
-            address=rcpt.address, orcpt=rcpt.orcpt, notify=rcpt.notify, stream=rcpt.stream,
-            enqueued_at=enqueued_at))
-    session.flush()
-    return spooled.queue_id
+        rows.append({"spool_message_id": spool_id, "address": rcpt.address,
+                     "orcpt": rcpt.orcpt, "notify": rcpt.notify, "stream": rcpt.stream,
+                     "enqueued_at": enqueued_at})
+    # one multi-row INSERT; ordered by id, which a sequence hands out in VALUES order
+    ids = session.execute(insert(SpoolRecipient).values(rows)
+                          .returning(SpoolRecipient.id)).scalars().all()
+    return queue_id, sorted(int(i) for i in ids)
 
 
 def _info(session: Session, row: SpoolMessage) -> SpoolInfo:
