@@ -1,8 +1,9 @@
 """`postroom trace QUEUE_ID`: one message's story from the spool, the policy verdict and mailboxes.
 
-The spool keeps, per recipient, its state, attempt count, last error and when
-it last changed; the DMARC results table keeps the verdict under the same queue
-id; mailbox entries point back at the spool recipient they came from. Put in
+The spool keeps, per recipient, its state and the history of every attempt
+(delivered, deferred with the remote's reply, failed, bounced); the DMARC results
+table keeps the verdict under the same queue id; mailbox entries point back at
+the spool recipient they came from. Put in
 time order they tell what happened without reading logs; every log line of
 every service also carries the queue id for the details in between.
 """
@@ -20,6 +21,7 @@ from postroom.store.models import (
     DmarcResult,
     Mailbox,
     MailboxEntry,
+    SpoolAttempt,
     SpoolMessage,
     SpoolRecipient,
     User,
@@ -58,12 +60,21 @@ def load_trace(session: Session, queue_id: str) -> dict[str, Any]:
         assert rid is not None  # the query selects only entries with one
         copies.setdefault(rid, []).append({"user": user, "mailbox": mailbox, "uid": uid,
                                            "stored_at": internaldate, "flags": list(flags)})
+    history: dict[int, list[dict[str, Any]]] = {}
+    attempts = session.execute(
+        select(SpoolAttempt.recipient_id, SpoolAttempt.at, SpoolAttempt.result,
+               SpoolAttempt.detail)
+        .where(SpoolAttempt.recipient_id.in_([r.id for r in recipients]))
+        .order_by(SpoolAttempt.at, SpoolAttempt.id))
+    for rid, at, result, detail in attempts:
+        history.setdefault(rid, []).append({"at": at, "result": result, "detail": detail})
     for r in recipients:
         story["recipients"].append({
             "id": r.id, "address": r.address, "parent_id": r.parent_id, "stream": r.stream,
             "state": r.state, "attempts": r.attempts, "next_attempt_at": r.next_attempt_at,
             "enqueued_at": r.enqueued_at, "last_error": r.last_error,
             "updated_at": r.updated_at, "mailboxes": copies.get(r.id, []),
+            "history": history.get(r.id, []),
         })
     return story
 
@@ -99,10 +110,16 @@ def timeline(story: dict[str, Any]) -> list[tuple[datetime | None, str]]:
         via = f" (alias of #{r['parent_id']})" if r["parent_id"] else ""
         if r["enqueued_at"]:
             events.append((r["enqueued_at"], f"<{r['address']}>{via} queued on {r['stream']}"))
-        line = f"<{r['address']}> {r['state']} after {r['attempts']} attempt(s)"
-        if r["last_error"]:
-            line += f"; last error: {r['last_error']}"
-        events.append((r["updated_at"], line))
+        for step in r["history"]:
+            line = f"<{r['address']}> {step['result']}"
+            if step["detail"]:
+                line += f": {step['detail']}"
+            events.append((step["at"], line))
+        if not r["history"] or r["state"] == "pending":
+            line = f"<{r['address']}> {r['state']} after {r['attempts']} attempt(s)"
+            if r["last_error"] and not r["history"]:
+                line += f"; last error: {r['last_error']}"
+            events.append((r["updated_at"], line))
         for copy in r["mailboxes"]:
             events.append((copy["stored_at"], f"<{r['address']}> stored in {copy['user']} "
                                               f"{copy['mailbox']} uid {copy['uid']}"))

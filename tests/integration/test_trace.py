@@ -57,8 +57,8 @@ def test_trace_tells_received_delivery_and_deferral(queued):
     assert "received inbound <alice@example.org> from 192.0.2.7 (HELO mx.example.org)" in lines[1]
     assert any("<bob@example.test> stored in bob@example.test INBOX uid 1" in li
                for li in lines)
-    assert any("<carol@example.net> pending after 1 attempt(s); last error: 451 4.7.1 "
-               "greylisted" in li for li in lines)
+    assert any("<carol@example.net> deferred: 451 4.7.1 greylisted" in li for li in lines)
+    assert any("<carol@example.net> pending after 1 attempt(s)" in li for li in lines)
     assert "next attempt" in lines[-1]
 
 
@@ -75,3 +75,27 @@ def test_trace_command_prints_the_story_and_fails_in_one_line_for_unknown_ids(qu
     assert missing.returncode == 1
     assert missing.stderr.startswith("postroom: error: no message with queue id NOSUCHID")
     assert len(missing.stderr.strip().splitlines()) == 1
+
+
+def test_trace_lists_every_attempt_in_order(queued):
+    url, queue_id = queued
+    database = Database(url, pool_size=1)
+
+    def retry_then_deliver(session):
+        carol = spool.get_spool(session, queue_id).recipients[1]
+        spool.mark_deferred(session, carol.id, "421 4.3.2 mx.example.net shutting down",
+                            datetime.now(UTC))
+        spool.mark_delivered(session, carol.id, "250 2.0.0 ok from mx.example.net")
+
+    try:
+        database.run_sync(retry_then_deliver)
+        story = database.run_sync(load_trace, queue_id)
+    finally:
+        database.dispose()
+    carol = story["recipients"][1]
+    assert [step["result"] for step in carol["history"]] == ["deferred", "deferred", "delivered"]
+    text = format_trace(story)
+    first, second, done = (text.index("greylisted"), text.index("shutting down"),
+                           text.index("250 2.0.0 ok"))
+    assert first < second < done
+    assert "pending after" not in text

@@ -405,7 +405,8 @@ def _deliver_local(session: Session, info: _Work, rcpt: spool.RecipientInfo,
                                          internaldate=info.received_at)
     if decision is not None:
         envelopes.extend(_act(session, info, rcpt, user_id, decision, facts, options, now))
-    spool.mark_delivered(session, rcpt.id)
+    spool.mark_delivered(session, rcpt.id,
+                         f"stored in {folder} uid {uid}" if store else "handled by the rules")
     if not store:
         return Outcome(rcpt.id, FORWARDED if decision and decision.redirects else DISCARDED,
                        envelopes=tuple(envelopes), **base)

@@ -245,8 +245,8 @@ def _results(rcpts: Sequence[RemoteRecipient], result: DeliveryResult) -> list[R
     """The spool's view of a delivery: outcome and stored error per recipient id."""
     out = []
     for rcpt, reply in zip(rcpts, result.recipients, strict=True):
-        error = None if reply.outcome is Outcome.DELIVERED else bounce.format_error(
-            reply.text, host=reply.host, address=reply.address, stage=reply.stage,
-            remote=reply.remote)
+        # for a delivery this is the remote's 250, kept in the attempt history for trace
+        error = bounce.format_error(reply.text, host=reply.host, address=reply.address,
+                                    stage=reply.stage, remote=reply.remote)
         out.append(Result(rcpt.id, _OUTCOMES[reply.outcome], error))
     return out

@@ -79,7 +79,7 @@ class Result:
 
     recipient_id: int
     outcome: str  # DELIVERED, DEFERRED or FAILED (what the remote end said)
-    error: str | None = None  # format_error(...) of the reply
+    error: str | None = None  # format_error(...) of the reply (the 250 too, for the history)
 
 
 @dataclass(frozen=True)
@@ -181,7 +181,7 @@ def record_results(session: Session, queue_id: str, results: Sequence[Result],
             continue  # a duplicate run recorded it already
         error = result.error or ""
         if result.outcome == DELIVERED:
-            spool.mark_delivered(session, row.id)
+            spool.mark_delivered(session, row.id, result.error)
             recorded.outcomes[row.id] = DELIVERED
         elif result.outcome == FAILED:
             spool.mark_failed(session, row.id, error)

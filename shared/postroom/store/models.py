@@ -276,6 +276,27 @@ class SpoolRecipient(Base):
     spool_message: Mapped[SpoolMessage] = relationship(back_populates="recipients")
 
 
+class SpoolAttempt(Base):
+    """One outcome in a recipient's history (each delivery attempt, bounce): for `postroom trace`.
+
+    Written by the spool's state functions in the same transaction as the state
+    change, so the history can never disagree with the recipient's state.
+    """
+
+    __tablename__ = "spool_attempts"
+    __table_args__ = (
+        CheckConstraint(_in("result", ("delivered", "deferred", "failed", "bounced")),
+                        name="result"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    recipient_id: Mapped[int] = mapped_column(
+        ForeignKey("spool_recipients.id", ondelete="CASCADE"), index=True)
+    at: Mapped[datetime] = _now()
+    result: Mapped[str] = mapped_column(Text)
+    detail: Mapped[str | None] = mapped_column(Text)
+
+
 class DmarcResult(Base):
     """The verdict on one inbound message, kept for DMARC aggregate reports (RFC 7489 7.2)."""
 

@@ -24,6 +24,7 @@ from postroom.store.models import (
     SPOOL_KINDS,
     STREAMS,
     Message,
+    SpoolAttempt,
     SpoolMessage,
     SpoolRecipient,
 )
@@ -240,9 +241,18 @@ def _error(text: str) -> str:
     return text[:MAX_ERROR_CHARS]
 
 
-def mark_delivered(session: Session, recipient_id: int) -> None:
+def _history(session: Session, recipient_ids: Iterable[int], result: str,
+             detail: str | None) -> None:
+    """Append to the recipients' attempt history (read by `postroom trace`)."""
+    rows = [{"recipient_id": rid, "result": result, "detail": detail} for rid in recipient_ids]
+    if rows:
+        session.execute(insert(SpoolAttempt), rows)
+
+
+def mark_delivered(session: Session, recipient_id: int, detail: str | None = None) -> None:
     """The recipient's copy is delivered (stored locally, or accepted by the remote MX)."""
     _set(session, recipient_id, state="delivered", last_error=None, enqueued_at=None)
+    _history(session, [recipient_id], "delivered", detail)
 
 
 def mark_deferred(session: Session, recipient_id: int, error: str,
@@ -250,12 +260,14 @@ def mark_deferred(session: Session, recipient_id: int, error: str,
     """A temporary failure: count the attempt and try again at ``next_attempt_at``."""
     _set(session, recipient_id, attempts=SpoolRecipient.attempts + 1, last_error=_error(error),
          next_attempt_at=next_attempt_at, enqueued_at=None)
+    _history(session, [recipient_id], "deferred", _error(error))
 
 
 def mark_failed(session: Session, recipient_id: int, error: str) -> None:
     """A permanent failure (or the queue lifetime ran out): a bounce is due."""
     _set(session, recipient_id, state="failed", attempts=SpoolRecipient.attempts + 1,
          last_error=_error(error), enqueued_at=None)
+    _history(session, [recipient_id], "failed", _error(error))
 
 
 def mark_bounced(session: Session, recipient_ids: Iterable[int]) -> None:
@@ -264,6 +276,7 @@ def mark_bounced(session: Session, recipient_ids: Iterable[int]) -> None:
     if ids:
         session.execute(update(SpoolRecipient).where(SpoolRecipient.id.in_(ids))
                         .values(state="bounced", updated_at=func.now()))
+        _history(session, ids, "bounced", None)
 
 
 def next_backoff(attempts: int, initial: float, maximum: float) -> float:
