@@ -61,10 +61,15 @@ def test_smtp_hostile_bytes_in_every_command_field_get_replies(hostile_suite: Su
             conn.send(b"EHLO client.example\r\n")
             assert conn.smtp()[0] == 250
             for value in NASTY:
-                if template.startswith(b"RCPT"):
-                    conn.send(b"RSET\r\nMAIL FROM:<a@sender.example>\r\n")
-                    smtp_reply_or_close(conn), smtp_reply_or_close(conn)
-                conn.send(template % value)
+                try:
+                    if template.startswith(b"RCPT"):
+                        conn.send(b"RSET\r\nMAIL FROM:<a@sender.example>\r\n")
+                        # on 587 these are errors (no AUTH) and count towards the limit
+                        if 421 in (smtp_reply_or_close(conn), smtp_reply_or_close(conn)):
+                            break
+                    conn.send(template % value)
+                except (BrokenPipeError, ConnectionResetError):
+                    break  # the server hung up after too many errors: an answer too
                 code = smtp_reply_or_close(conn)
                 LEDGER.tried_on(listener)
                 assert 200 <= code < 600
