@@ -613,22 +613,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 def _explain(exc: Exception) -> str:
     """One line for an operator, for the failures the CLI can meet."""
-    try:
-        from postroom.rules import RulesError
-        from postroom.store.errors import StoreError
-        from postroom.store.migrate import SchemaOutOfDate
-    except ImportError:  # pragma: no cover - the store is part of the library
-        StoreError = SchemaOutOfDate = RulesError = ()  # type: ignore[misc,assignment]
+    import sqlalchemy.exc
+
+    from postroom.rules import RulesError
+    from postroom.store.errors import StoreError
+    from postroom.store.migrate import SchemaOutOfDate
+
     if isinstance(exc, (StoreError, SchemaOutOfDate, RulesError)):
         return str(exc)
-    try:
-        import sqlalchemy.exc
-
-        if isinstance(exc, sqlalchemy.exc.OperationalError):
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "unreachable"
-            return f"cannot use the database: {reason}"
-    except ImportError:  # pragma: no cover
-        pass
+    if isinstance(exc, sqlalchemy.exc.OperationalError):
+        reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "unreachable"
+        return f"cannot use the database: {reason}"
     return f"{type(exc).__name__}: {exc}"
 
 

@@ -22,7 +22,7 @@ from postroom.mime import analyze
 from postroom.store import domains, mailboxes, messages, users
 from postroom.store.db import Database
 from tests.support.ports import free_port
-from tests.support.procs import ServiceProcess, runtime_argv
+from tests.support.procs import ServiceProcess, listener_env, runtime_argv
 from tests.support.redisdb import delete_prefix
 
 PASSWORD = "correct horse"
@@ -42,17 +42,8 @@ class Server:
 def start_imap(database_url: str, redis_url: str, certs: Path, prefix: str) -> tuple[
         ServiceProcess, int, int]:
     port, tls_port = free_port(), free_port()
-    env = {
-        "POSTROOM_DATABASE_URL": database_url,
-        "POSTROOM_REDIS_URL": redis_url,
-        "POSTROOM_REDIS_PREFIX": prefix,
-        "POSTROOM_HOSTNAME": "localhost",
-        "POSTROOM_TLS_CERT_FILE": str(certs / "cert.pem"),
-        "POSTROOM_TLS_KEY_FILE": str(certs / "key.pem"),
-        "POSTROOM_IMAP_LISTEN": f"tcp:{port}:interface=127.0.0.1",
-        "POSTROOM_IMAP_TLS_LISTEN": f"tcp:{tls_port}:interface=127.0.0.1",
-        "POSTROOM_DB_POOL_SIZE": "3",
-    }
+    env = listener_env(database_url, redis_url, prefix, certs,
+                       imap_listen=port, imap_tls_listen=tls_port)
     process = ServiceProcess("imap", env, argv=runtime_argv("postroom_imap.main:SERVICE"))
     process.start()
     return process, port, tls_port

@@ -34,7 +34,7 @@ from postroom.store.db import Database
 from postroom.tls import make_self_signed
 from postroom_msa import replies as M
 from tests.support.ports import free_port
-from tests.support.procs import ServiceProcess, base_env
+from tests.support.procs import ServiceProcess, base_env, listener_env
 from tests.support.redisdb import delete_prefix
 
 PASSWORD = "correct horse battery"
@@ -59,17 +59,8 @@ def msa_env(database_url: str, redis_url: str, prefix: str, certs: Path, port: i
             tls_port: int, **extra: str) -> dict[str, str]:
     """The environment of an msa process listening on loopback ports of the test's own."""
     make_self_signed(certs / "cert.pem", certs / "key.pem", "localhost")
-    env = {
-        "POSTROOM_DATABASE_URL": database_url,
-        "POSTROOM_REDIS_URL": redis_url,
-        "POSTROOM_REDIS_PREFIX": prefix,
-        "POSTROOM_HOSTNAME": "msa.test",
-        "POSTROOM_TLS_CERT_FILE": str(certs / "cert.pem"),
-        "POSTROOM_TLS_KEY_FILE": str(certs / "key.pem"),
-        "POSTROOM_MSA_LISTEN": f"tcp:{port}:interface=127.0.0.1",
-        "POSTROOM_MSA_TLS_LISTEN": f"tcp:{tls_port}:interface=127.0.0.1",
-        "POSTROOM_DB_POOL_SIZE": "3",
-    }
+    env = listener_env(database_url, redis_url, prefix, certs, hostname="msa.test",
+                       msa_listen=port, msa_tls_listen=tls_port)
     env.update(extra)
     return env
 

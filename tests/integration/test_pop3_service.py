@@ -25,7 +25,7 @@ from postroom.store.models import Mailbox, MailboxEntry
 from postroom.tls import make_self_signed
 from postroom_pop3.maildrop import expunge_uids
 from tests.support.ports import free_port
-from tests.support.procs import ServiceProcess, runtime_argv
+from tests.support.procs import ServiceProcess, listener_env, runtime_argv
 from tests.support.redisdb import delete_prefix
 
 PASSWORD = "correct horse"
@@ -49,17 +49,8 @@ def server(database_url: str, redis_url: str,
     make_self_signed(certs / "cert.pem", certs / "key.pem", "localhost")
     port, tls_port = free_port(), free_port()
     prefix = f"prtest:{secrets.token_hex(6)}:"
-    env = {
-        "POSTROOM_DATABASE_URL": database_url,
-        "POSTROOM_REDIS_URL": redis_url,
-        "POSTROOM_REDIS_PREFIX": prefix,
-        "POSTROOM_HOSTNAME": "localhost",
-        "POSTROOM_TLS_CERT_FILE": str(certs / "cert.pem"),
-        "POSTROOM_TLS_KEY_FILE": str(certs / "key.pem"),
-        "POSTROOM_POP3_LISTEN": f"tcp:{port}:interface=127.0.0.1",
-        "POSTROOM_POP3_TLS_LISTEN": f"tcp:{tls_port}:interface=127.0.0.1",
-        "POSTROOM_DB_POOL_SIZE": "3",
-    }
+    env = listener_env(database_url, redis_url, prefix, certs,
+                       pop3_listen=port, pop3_tls_listen=tls_port)
     process = ServiceProcess("pop3", env, argv=runtime_argv("postroom_pop3.main:SERVICE"))
     process.start()
     try:

@@ -51,6 +51,27 @@ def base_env(env: Mapping[str, str] | None = None) -> dict[str, str]:
     return result
 
 
+def listener_env(database_url: str, redis_url: str, prefix: str, certs: Path, *,
+                 hostname: str = "localhost", **listen: str) -> dict[str, str]:
+    """The environment every listening service test shares: store, queue, TLS, small pool.
+
+    ``listen`` maps settings to loopback ports, e.g. ``imap_listen=1143`` becomes
+    ``POSTROOM_IMAP_LISTEN=tcp:1143:interface=127.0.0.1``.
+    """
+    env = {
+        "POSTROOM_DATABASE_URL": database_url,
+        "POSTROOM_REDIS_URL": redis_url,
+        "POSTROOM_REDIS_PREFIX": prefix,
+        "POSTROOM_HOSTNAME": hostname,
+        "POSTROOM_TLS_CERT_FILE": str(certs / "cert.pem"),
+        "POSTROOM_TLS_KEY_FILE": str(certs / "key.pem"),
+        "POSTROOM_DB_POOL_SIZE": "3",
+    }
+    for setting, port in listen.items():
+        env[f"POSTROOM_{setting.upper()}"] = f"tcp:{port}:interface=127.0.0.1"
+    return env
+
+
 class ServiceProcess:
     """One service process under test."""
 
