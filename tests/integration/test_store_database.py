@@ -116,3 +116,78 @@ def test_stop_removes_the_reactor_shutdown_trigger(database_url):
     assert len(reactor.triggers) == 1
     db.stop()
     assert reactor.triggers == {}
+
+
+# --- stale connections: idle ping and one retry (docs/decisions/0005)
+
+
+def _backend_pid(session):
+    return session.execute(text("SELECT pg_backend_pid()")).scalar_one()
+
+
+def _terminate(database_url, pid):
+    from sqlalchemy import create_engine
+
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            conn.commit()
+    finally:
+        engine.dispose()
+
+
+def test_a_connection_killed_under_a_busy_pool_costs_a_retry_not_an_error(database_url, clean_db):
+    db = Database(database_url, pool_size=1, reactor=CallingReactor())
+    db.start()
+    try:
+        first = wait(db.run(_backend_pid))
+        _terminate(database_url, first)
+        calls = []
+
+        def work(session):
+            calls.append(1)
+            return _backend_pid(session)
+
+        # straight away: the connection was idle for less than PING_AFTER_IDLE, so no ping;
+        # the first statement finds it dead, and the transaction runs again on a new one
+        second = wait(db.run(work))
+        assert isinstance(second, int) and second != first
+        assert len(calls) == 2
+    finally:
+        db.stop()
+
+
+def test_an_idle_connection_is_pinged_and_replaced_before_use(database_url, clean_db,
+                                                              monkeypatch):
+    from postroom.store import db as dbmodule
+
+    monkeypatch.setattr(dbmodule, "PING_AFTER_IDLE", 0.0)
+    db = Database(database_url, pool_size=1, reactor=CallingReactor())
+    db.start()
+    try:
+        first = wait(db.run(_backend_pid))
+        _terminate(database_url, first)
+        calls = []
+
+        def work(session):
+            calls.append(1)
+            return _backend_pid(session)
+
+        second = wait(db.run(work))
+        assert isinstance(second, int) and second != first
+        assert len(calls) == 1  # the checkout ping found it: the work ran once
+    finally:
+        db.stop()
+
+
+def test_an_sql_error_is_not_retried(runner):
+    calls = []
+
+    def broken(session):
+        calls.append(1)
+        session.execute(text("SELECT 1/0"))
+
+    result = wait(runner.run(broken))
+    assert isinstance(result, Failure)
+    assert len(calls) == 1

@@ -16,7 +16,7 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from postroom.logs import get_logger
-from postroom.store.dmarc import DmarcRecord, record_result
+from postroom.store.dmarc import DmarcRecord, record_result, record_results
 from postroom_dmarc.dkimcheck import DKIMResult
 from postroom_dmarc.verdict import CheckRequest, Verdict
 
@@ -102,8 +102,7 @@ def record_for(request: CheckRequest, verdict: Verdict) -> DmarcRecord | None:
 
 def store_batch(session: Session, rows: list[DmarcRecord]) -> None:
     """Store several verdict rows in the caller's transaction (one commit for all)."""
-    for row in rows:
-        record_result(session, row)
+    record_results(session, rows)
 
 
 def _log_not_stored(failure: Failure, queue_id: str | None) -> None:

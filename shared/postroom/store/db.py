@@ -1,11 +1,26 @@
-"""The Database: a bounded SQLAlchemy engine and the `db` thread pool that runs store work."""
+"""The Database: a bounded SQLAlchemy engine and the `db` thread pool that runs store work.
+
+Stale connections (PostgreSQL restarted, an idle timeout on the way) are found
+two ways, see docs/decisions/0005:
+
+* a connection idle for more than PING_AFTER_IDLE seconds is pinged when it is
+  checked out (``SELECT 1``; a dead one is replaced before use). This is
+  SQLAlchemy's ``pool_pre_ping`` for idle connections only: under load the
+  connections are busy and the ping, a round trip per transaction, is skipped;
+* a transaction whose connection turns out dead before COMMIT was sent is run
+  once more on a fresh connection (nothing of it was committed, so this is
+  safe). A failure during COMMIT itself is never retried: its outcome is
+  unknown, and the caller's own error handling (a 451, a queue entry claimed
+  again) decides.
+"""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from sqlalchemy import create_engine, text
+from sqlalchemy import create_engine, event, exc, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from twisted.internet.defer import Deferred
@@ -18,6 +33,9 @@ P = ParamSpec("P")
 T = TypeVar("T")
 
 log = get_logger("store")
+
+# a pooled connection idle longer than this is pinged before use (seconds)
+PING_AFTER_IDLE = 2.0
 
 
 class Database:
@@ -32,9 +50,10 @@ class Database:
             raise ValueError("pool_size must be at least 1")
         self.pool_size = pool_size
         self.engine: Engine = create_engine(
-            url, pool_size=pool_size, max_overflow=0, pool_pre_ping=True,
+            url, pool_size=pool_size, max_overflow=0,
             # a connection older than this is replaced: survives server-side idle timeouts
             pool_recycle=1800)
+        _ping_when_idle(self.engine, PING_AFTER_IDLE)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._threadpool = ThreadPool(minthreads=0, maxthreads=pool_size, name="db")
         self._reactor = reactor
@@ -80,8 +99,29 @@ class Database:
 
     def _transaction(self, fn: Callable[Concatenate[Session, P], T],
                      *args: P.args, **kwargs: P.kwargs) -> T:
-        with self._sessions() as session, session.begin():
-            result = fn(session, *args, **kwargs)
+        try:
+            return self._attempt(fn, *args, **kwargs)
+        except _DeadBeforeCommit as dead:
+            log.warning("database connection lost, transaction retried",
+                        error=str(dead.__cause__)[:200])
+            try:
+                return self._attempt(fn, *args, **kwargs)
+            except _DeadBeforeCommit as again:
+                raise again.original from None
+
+    def _attempt(self, fn: Callable[Concatenate[Session, P], T],
+                 *args: P.args, **kwargs: P.kwargs) -> T:
+        session = self._sessions()
+        try:
+            with session.begin():
+                try:
+                    result = fn(session, *args, **kwargs)
+                except exc.DBAPIError as error:
+                    if error.connection_invalidated:
+                        raise _DeadBeforeCommit(error) from error
+                    raise
+        finally:
+            session.close()
         _check_plain(result)
         return result
 
@@ -117,6 +157,37 @@ class Database:
             log.warning("database ping failed", error=str(exc))
             return _succeed(False)
         return d.addErrback(failed)
+
+
+class _DeadBeforeCommit(Exception):
+    """The connection died while ``fn`` ran: nothing was committed, the work may run again."""
+
+    def __init__(self, original: exc.DBAPIError) -> None:
+        super().__init__(str(original))
+        self.original = original
+
+
+def _ping_when_idle(engine: Engine, idle: float) -> None:
+    """``pool_pre_ping`` for connections idle more than ``idle`` seconds only."""
+
+    @event.listens_for(engine, "checkin")
+    def checkin(dbapi_connection: Any, record: Any) -> None:
+        record.info["idle_since"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def checkout(dbapi_connection: Any, record: Any, proxy: Any) -> None:
+        since = record.info.get("idle_since")
+        if since is None or time.monotonic() - since < idle:
+            return
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute("SELECT 1")
+            finally:
+                cursor.close()
+        except Exception as error:
+            # the pool discards this connection and checks out (or opens) another
+            raise exc.DisconnectionError(f"stale pooled connection: {error}") from error
 
 
 def _succeed(value: bool) -> Deferred[bool]:

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import delete, exists, func, or_, select
+from sqlalchemy import Table, delete, exists, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -58,6 +58,19 @@ def record_result(session: Session, record: DmarcRecord) -> int:
     session.add(row)
     session.flush()
     return row.id
+
+
+def record_results(session: Session, records: list[DmarcRecord]) -> None:
+    """Store several verdicts with one multi-row INSERT per shape (Core, no ORM unit of work)."""
+    table = insert(cast(Table, DmarcResult.__table__))  # Core: no unit of work
+    stamped = [r for r in records if r.received_at is not None]
+    now = [r for r in records if r.received_at is None]
+    if now:
+        session.execute(table, [{name: getattr(r, name) for name in _COLUMNS}
+                                         for r in now])
+    if stamped:
+        session.execute(table, [{**{name: getattr(r, name) for name in _COLUMNS},
+                                          "received_at": r.received_at} for r in stamped])
 
 
 def results_for_report(session: Session, reporting_domain: str, start: datetime,

@@ -9,6 +9,8 @@ work that Redis lost.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -141,8 +143,8 @@ def create_spool_ids(session: Session, *, kind: str, mail_from: str,
                      enqueued_at: datetime | None = None) -> tuple[str, list[int]]:
     """:func:`create_spool` that also returns the new recipient ids, in the order given.
 
-    Three statements (blob, message, recipients), each with RETURNING: the
-    caller learns the ids it enqueues without reading the spool back.
+    One statement (blob, message and recipients, with RETURNING): the caller
+    learns the ids it enqueues without reading the spool back.
     """
     if kind not in SPOOL_KINDS:
         raise ValueError(f"unknown spool kind {kind!r}")
@@ -151,27 +153,74 @@ def create_spool_ids(session: Session, *, kind: str, mail_from: str,
         raise ValueError("a spooled message needs at least one recipient")
     for rcpt in wanted:
         _check_recipient(rcpt)
-    message_id = store_message(session, message, metadata)
     queue_id = queue_id or new_queue_id()
+    seen: set[tuple[str, str]] = set()
+    unique = []
+    for rcpt in wanted:
+        if (rcpt.address, rcpt.stream) not in seen:
+            seen.add((rcpt.address, rcpt.stream))
+            unique.append(rcpt)
+    params = {
+        "sha": hashlib.sha256(message).hexdigest(), "msize": len(message), "blob": message,
+        "meta": json.dumps(metadata or {}), "queue_id": queue_id, "kind": kind,
+        "mail_from": mail_from, "size": size, "body": body, "smtputf8": smtputf8, "ret": ret,
+        "envid": envid, "peer_ip": peer_ip, "helo": helo, "auth_user": auth_user,
+        "disposition": disposition, "enqueued_at": enqueued_at,
+        "addresses": [r.address for r in unique], "orcpts": [r.orcpt for r in unique],
+        "notifies": [r.notify for r in unique], "streams": [r.stream for r in unique]}
+    # the hot path of every front door: one round trip, no ORM (see _SPOOL_SQL)
+    # (exec_driver_sql, not a raw cursor: errors still tell the pool a connection died)
+    ids = [int(i) for i in session.connection().exec_driver_sql(_SPOOL_SQL, params).scalars()]
+    if ids:
+        return queue_id, sorted(ids)
+    # the same bytes were being stored by a transaction that committed while this statement
+    # ran: its row is not in this statement's snapshot, but is in the next statement's
+    message_id = store_message(session, message, metadata)
     spool_id = session.execute(
         insert(SpoolMessage).values(
             queue_id=queue_id, kind=kind, mail_from=mail_from, size=size, body=body,
             smtputf8=smtputf8, ret=ret, envid=envid, message_id=message_id, peer_ip=peer_ip,
             helo=helo, auth_user=auth_user, disposition=disposition)
         .returning(SpoolMessage.id)).scalar_one()
-    seen: set[tuple[str, str]] = set()
-    rows = []
-    for rcpt in wanted:
-        if (rcpt.address, rcpt.stream) in seen:
-            continue
-        seen.add((rcpt.address, rcpt.stream))
-        rows.append({"spool_message_id": spool_id, "address": rcpt.address,
-                     "orcpt": rcpt.orcpt, "notify": rcpt.notify, "stream": rcpt.stream,
-                     "enqueued_at": enqueued_at})
+    rows = [{"spool_message_id": spool_id, "address": r.address, "orcpt": r.orcpt,
+             "notify": r.notify, "stream": r.stream, "enqueued_at": enqueued_at}
+            for r in unique]
     # one multi-row INSERT; ordered by id, which a sequence hands out in VALUES order
-    ids = session.execute(insert(SpoolRecipient).values(rows)
-                          .returning(SpoolRecipient.id)).scalars().all()
-    return queue_id, sorted(int(i) for i in ids)
+    inserted = session.execute(insert(SpoolRecipient).values(rows)
+                               .returning(SpoolRecipient.id)).scalars().all()
+    return queue_id, sorted(int(i) for i in inserted)
+
+
+# Blob, spool message and recipients in one statement. The blob is content-addressed: when
+# the bytes are already stored, ON CONFLICT inserts nothing and `msg` finds the existing
+# row. Recipient ids come from a sequence in the order of unnest's rows (ORDER BY n).
+# Returns no rows only when the conflicting blob was committed by another transaction
+# after this statement's snapshot; the caller then takes the statement-per-row path.
+_SPOOL_SQL = """
+WITH blob AS (
+    INSERT INTO messages (sha256, size, blob, metadata)
+    VALUES (%(sha)s, %(msize)s, %(blob)s, CAST(%(meta)s AS jsonb))
+    ON CONFLICT (sha256) DO NOTHING RETURNING id),
+msg AS (
+    SELECT id FROM blob
+    UNION ALL
+    SELECT id FROM messages WHERE sha256 = %(sha)s AND NOT EXISTS (SELECT 1 FROM blob)),
+sp AS (
+    INSERT INTO spool_messages (queue_id, kind, mail_from, size, body, smtputf8, ret, envid,
+                                message_id, peer_ip, helo, auth_user, disposition)
+    SELECT %(queue_id)s, %(kind)s, %(mail_from)s, %(size)s, %(body)s, %(smtputf8)s, %(ret)s,
+           %(envid)s, msg.id, CAST(%(peer_ip)s AS inet), %(helo)s, %(auth_user)s,
+           %(disposition)s
+    FROM msg
+    RETURNING id)
+INSERT INTO spool_recipients (spool_message_id, address, orcpt, notify, stream, enqueued_at)
+SELECT sp.id, r.address, r.orcpt, r.notify, r.stream, %(enqueued_at)s
+FROM sp, unnest(CAST(%(addresses)s AS text[]), CAST(%(orcpts)s AS text[]),
+                CAST(%(notifies)s AS text[]), CAST(%(streams)s AS text[]))
+         WITH ORDINALITY AS r(address, orcpt, notify, stream, n)
+ORDER BY r.n
+RETURNING id
+"""
 
 
 def _info(session: Session, row: SpoolMessage) -> SpoolInfo:
