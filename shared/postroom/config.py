@@ -318,9 +318,19 @@ class Settings:
         "Local IPv4 address the relay connects from (Postfix smtp_bind_address; the one SPF "
         "must allow); empty: the system's choice.")
     relay_max_sessions: int = setting(
-        _positive_int, "50", "Outbound SMTP sessions at once in one mta process.")
+        _positive_int, "50", "Outbound SMTP sessions at once in one mta process (active "
+        "deliveries; idle sessions kept for reuse are not counted).")
     relay_max_per_destination: int = setting(
-        _positive_int, "5", "Outbound SMTP sessions at once to one destination domain.")
+        _positive_int, "5", "Outbound SMTP sessions at once to one destination domain "
+        "(active deliveries, like relay_max_sessions).")
+    relay_session_idle: float = setting(
+        _duration, "2s",
+        "How long a finished outbound SMTP session stays open for the next message to the same "
+        "MX (connection reuse, Postfix smtp_connection_cache_time_limit).")
+    relay_session_reuse_limit: int = setting(
+        _positive_int, "100",
+        "Transactions one outbound SMTP session may carry before it is closed (Postfix "
+        "smtp_connection_reuse_count_limit); 1 turns connection reuse off.")
     mta_sts: bool = setting(
         _bool, "true", "Fetch and apply recipient domains' MTA-STS policies (RFC 8461).")
     mta_sts_port: int = setting(
@@ -330,7 +340,9 @@ class Settings:
         "PEM CA bundle for verifying MTA-STS hosts and MXs; empty: the system's CAs.")
     dane: bool = setting(
         _bool, "true",
-        "Use DANE TLSA records (RFC 7672), only when the resolver sets AD (validates DNSSEC).")
+        "Use DANE TLSA records (RFC 7672). Trusts the AD bit of POSTROOM_DNS_SERVERS, which must "
+        "be a validating resolver on a trusted path (local unbound); a failed TLSA lookup defers "
+        "that MX.")
     # limits
     max_message_size: int = setting(
         _size, "35M", "Largest message accepted (SMTP SIZE, IMAP APPEND).")

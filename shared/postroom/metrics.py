@@ -112,6 +112,11 @@ def delivery_attempts_total(m: Metrics) -> Counter:
     return m.counter("delivery_attempts", "Remote delivery attempts, by result.", ["result"])
 
 
+def sessions_reused_total(m: Metrics) -> Counter:
+    """Relay transactions sent over an idle SMTP session kept from an earlier message."""
+    return m.counter("relay_sessions_reused", "Outbound SMTP transactions on a reused session.")
+
+
 def dmarc_results_total(m: Metrics) -> Counter:
     """Policy verdicts, by DMARC result and the disposition the MTA is told to apply."""
     return m.counter("dmarc_results", "DMARC verdicts, by result and disposition.",

@@ -6,10 +6,14 @@ through the test DNS server (A 127.0.0.1) and POSTROOM_MTA_STS_PORT's
 equivalent, and trusts it through a CA file, as POSTROOM_TLS_CA_FILE does.
 The MX is the test SMTP server of test_smtpclient.py with a certificate for
 ``mx.two.test``.
+
+The shared cache tests use the real test Redis under a key prefix of their
+own (``redis_prefix``); each PolicyFinder stands for one mta process.
 """
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,7 +25,7 @@ from twisted.web import resource, server
 
 from postroom.tls import ServerTLS, make_self_signed
 from postroom_mta.dane import lookup_tlsa
-from postroom_mta.mtasts import PolicyFinder
+from postroom_mta.mtasts import REFETCH_BACKOFF, PolicyFinder, PolicyStore
 from postroom_mta.routing import TLSSecurity, deliver_to_domain
 from postroom_mta.smtpclient import DeliveryResult, Outcome
 from tests.integration.test_smtpclient import FAST, RunningServer, ServerConfig
@@ -185,3 +189,115 @@ def test_policy_fetch_verifies_the_https_certificate(dns_server, policy_site, pk
 def test_tlsa_from_a_non_validating_resolver_is_not_used(dns_server):
     dns_server.set_records("mx.two.test", "A", ["127.0.0.1"])
     assert lookup_tlsa(dns_server.resolver(timeout=1.0), "mx.two.test") is None
+
+
+class Clock:
+    """Wall-clock seconds a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def shared_finder(dns_server: Any, port: int, ca: str, store: PolicyStore,
+                  clock: Clock | None = None) -> PolicyFinder:
+    return PolicyFinder(dns_server.resolver(timeout=1.0), port=port, ca_file=ca, timeout=5,
+                        store=store, clock=clock or Clock())
+
+
+def test_two_processes_share_one_fetch_through_redis(dns_server, policy_site, pki,
+                                                     redis_client, redis_prefix):
+    publish(dns_server)
+    store = PolicyStore(redis_client, redis_prefix)
+    first = shared_finder(dns_server, policy_site[1], pki["ca"], store)
+    second = shared_finder(dns_server, policy_site[1], pki["ca"], store)
+    policy = first.find("two.test")
+    assert policy is not None and policy.enforced
+    assert second.find("two.test") == policy
+    assert (policy_site[0].hits, second.fetches) == (1, 0)
+    key = f"{redis_prefix}mta-sts:two.test"
+    assert 0 < redis_client.ttl(key) <= 86400
+    stored = json.loads(redis_client.get(key))
+    assert (stored["id"], stored["mode"], stored["mx"]) == ("1", "enforce", ["mx.two.test"])
+
+
+def test_a_new_txt_id_triggers_one_refetch(dns_server, policy_site, pki, redis_client,
+                                           redis_prefix):
+    publish(dns_server)
+    store = PolicyStore(redis_client, redis_prefix)
+    first = shared_finder(dns_server, policy_site[1], pki["ca"], store)
+    second = shared_finder(dns_server, policy_site[1], pki["ca"], store)
+    assert first.find("two.test").mode == "enforce"
+    assert second.find("two.test").mode == "enforce"
+    dns_server.set_records("_mta-sts.two.test", "TXT", ["v=STSv1; id=2"])
+    policy_site[0].body = ENFORCE.replace("enforce", "testing")
+    assert (second.find("two.test").mode, second.find("two.test").id) == ("testing", "2")
+    assert first.find("two.test").mode == "testing"  # read from Redis, not fetched again
+    assert policy_site[0].hits == 2
+
+
+def test_a_failed_refetch_keeps_the_cached_policy(dns_server, policy_site, pki, redis_client,
+                                                  redis_prefix):
+    publish(dns_server)
+    store = PolicyStore(redis_client, redis_prefix)
+    clock = Clock()
+    finder = shared_finder(dns_server, policy_site[1], pki["ca"], store, clock)
+    cached = finder.find("two.test")
+    dns_server.set_records("_mta-sts.two.test", "TXT", ["v=STSv1; id=2"])
+    policy_site[0].body = "garbage"
+    other = shared_finder(dns_server, policy_site[1], pki["ca"], store, clock)
+    assert other.find("two.test") == cached
+    assert other.find("two.test") == cached  # within the back-off: no second fetch
+    assert (other.fetches, policy_site[0].hits) == (1, 2)
+    policy_site[0].body = ENFORCE
+    clock.now += REFETCH_BACKOFF + 1
+    refreshed = other.find("two.test")
+    assert refreshed is not None and refreshed.id == "2"
+
+
+def test_policy_is_refreshed_after_half_its_max_age(dns_server, policy_site, pki, redis_client,
+                                                    redis_prefix):
+    publish(dns_server)
+    clock = Clock()
+    finder = shared_finder(dns_server, policy_site[1], pki["ca"],
+                           PolicyStore(redis_client, redis_prefix), clock)
+    finder.find("two.test")
+    clock.now += 86400 / 2 - 10
+    finder.find("two.test")
+    assert policy_site[0].hits == 1
+    clock.now += 20
+    finder.find("two.test")
+    assert policy_site[0].hits == 2
+
+
+def test_a_restarted_process_keeps_the_policy_when_discovery_is_blocked(
+        dns_server, policy_site, pki, redis_client, redis_prefix):
+    publish(dns_server)
+    store = PolicyStore(redis_client, redis_prefix)
+    assert shared_finder(dns_server, policy_site[1], pki["ca"], store).find("two.test")
+    dns_server.servfail("_mta-sts.two.test")
+    restarted = shared_finder(dns_server, policy_site[1], pki["ca"], store)
+    policy = restarted.find("two.test")
+    assert policy is not None and policy.enforced and restarted.fetches == 0
+
+
+def test_an_unreadable_redis_entry_is_refetched(dns_server, policy_site, pki, redis_client,
+                                                redis_prefix):
+    publish(dns_server)
+    redis_client.set(f"{redis_prefix}mta-sts:two.test", "{not json", ex=60)
+    finder = shared_finder(dns_server, policy_site[1], pki["ca"],
+                           PolicyStore(redis_client, redis_prefix))
+    assert finder.find("two.test").enforced and policy_site[0].hits == 1
+
+
+def test_relay_options_give_the_finder_the_shared_store(dns_server, redis_client, redis_prefix):
+    from postroom_mta.relay import RelayOptions
+    from postroom_mta.worker_store import Policy
+
+    store = PolicyStore(redis_client, redis_prefix)
+    options = RelayOptions(policy=Policy("mx.one.test", 300, 3600, 86400), mta_sts=True,
+                           sts_store=store)
+    security = options.security(dns_server.resolver())
+    assert security is not None and security.sts is not None and security.sts.store is store

@@ -25,6 +25,14 @@ What the server does:
 * ``dns_server.timeout(name)`` makes the server never answer for that name
   (optionally one type only): clients see a timeout, i.e. a temperror.
   ``dns_server.servfail(name)`` answers SERVFAIL.
+* TLSA (``[(usage, selector, mtype, "hex data")]``, served as RFC 6698
+  wire data) for DANE tests.
+* ``dns_server.secure(zone)`` marks ``zone`` and every name below it as
+  DNSSEC-validated: answers and denials (NOERROR, NXDOMAIN) for those names
+  carry the AD bit, as a validating resolver's would (RFC 4035 section
+  3.2.3). Nothing is signed; the client trusts the AD bit of its configured
+  resolver, which is how Postfix's ``smtp_dns_support_level = dnssec`` works.
+  SERVFAIL answers (and everything outside a secure zone) never have AD.
 
 One server process serves the whole session (fast); the ``dns_server``
 fixture clears its data before each test. The server runs in a child process
@@ -48,7 +56,9 @@ import pytest
 REPO = Path(__file__).resolve().parents[2]
 _MAX_UDP = 512
 _CNAME_HOPS = 8
-_TYPES = ("A", "AAAA", "MX", "TXT", "PTR", "CNAME", "SPF")
+_TYPES = ("A", "AAAA", "MX", "TXT", "PTR", "CNAME", "SPF", "TLSA")
+# types twisted.names has no name (or record class) for: served as raw rdata
+_RAW_TYPES = {"TLSA": 52}
 
 
 # --------------------------------------------------------------------------- server (child)
@@ -62,6 +72,7 @@ def _serve() -> None:  # pragma: no cover - runs in the child process
 
     records: dict[tuple[str, str], list[tdns.RRHeader]] = {}
     failing: dict[tuple[str, str | None], str] = {}
+    secure: set[str] = set()
 
     class NXDomainWithSOA(tdns.AuthoritativeDomainError):
         pass
@@ -95,7 +106,14 @@ def _serve() -> None:  # pragma: no cover - runs in the child process
             return tdns.Record_PTR(value.encode(), ttl=ttl)
         if rtype == "CNAME":
             return tdns.Record_CNAME(value.encode(), ttl=ttl)
+        if rtype == "TLSA":
+            usage, selector, mtype, data = value
+            return tdns.UnknownRecord(bytes([int(usage), int(selector), int(mtype)])
+                                      + bytes.fromhex(data), ttl=ttl)
         raise ValueError(f"unsupported type {rtype}")
+
+    def is_secure(name: str) -> bool:
+        return any(name == zone or name.endswith("." + zone) for zone in secure)
 
     def name_exists(name: str) -> bool:
         suffix = "." + name
@@ -105,6 +123,7 @@ def _serve() -> None:  # pragma: no cover - runs in the child process
         def _lookup(self, name: bytes, cls: int, type: int, timeout: Any = None) -> Any:
             qname = name.decode("ascii", "replace").lower().rstrip(".")
             rtype = tdns.QUERY_TYPES.get(type, tdns.EXT_QUERIES.get(type, str(type)))
+            rtype = next((n for n, code in _RAW_TYPES.items() if code == type), rtype)
             mode = failing.get((qname, rtype)) or failing.get((qname, None))
             if mode == "timeout":
                 return defer.Deferred()  # never fires: the client times out
@@ -141,6 +160,9 @@ def _serve() -> None:  # pragma: no cover - runs in the child process
             self.sendReply(protocol, response, address)
 
         def sendReply(self, protocol: Any, message: Any, address: Any) -> None:
+            if message.rCode in (tdns.OK, tdns.ENAME) and message.queries and is_secure(
+                    message.queries[0].name.name.decode("ascii", "replace").lower().rstrip(".")):
+                message.authenticData = 1
             if address is not None and len(message.toStr()) > _MAX_UDP:
                 message.answers, message.authority, message.additional = [], [], []
                 message.trunc = 1
@@ -180,7 +202,7 @@ def _serve() -> None:  # pragma: no cover - runs in the child process
                 rtype = cmd["type"].upper()
                 if rtype not in _TYPES:
                     raise ValueError(f"unsupported type {rtype}")
-                typecode = getattr(tdns, rtype)
+                typecode = _RAW_TYPES.get(rtype) or getattr(tdns, rtype)
                 rrs = [tdns.RRHeader(name.encode(), typecode, tdns.IN, cmd["ttl"],
                                      payload(rtype, v, cmd["ttl"]), auth=True)
                        for v in cmd["values"]]
@@ -195,9 +217,16 @@ def _serve() -> None:  # pragma: no cover - runs in the child process
                     failing.pop((name, rtype), None)
                 else:
                     failing[(name, rtype)] = cmd["mode"]
+            elif op == "secure":
+                zone = cmd["name"].lower().rstrip(".")
+                if cmd["on"]:
+                    secure.add(zone)
+                else:
+                    secure.discard(zone)
             elif op == "clear":
                 records.clear()
                 failing.clear()
+                secure.clear()
             elif op != "ping":
                 raise ValueError(f"unknown op {op}")
 
@@ -274,8 +303,12 @@ class DNSServer:
         """Undo timeout()/servfail() for ``name``."""
         self._send(op="fail", name=name, type=rtype, mode=None)
 
+    def secure(self, zone: str, on: bool = True) -> None:
+        """Answer for ``zone`` and the names below it with AD set (``on=False`` undoes it)."""
+        self._send(op="secure", name=zone, on=on)
+
     def clear(self) -> None:
-        """Forget every record and failure."""
+        """Forget every record, failure and secure zone."""
         self._send(op="clear")
 
     def stop(self) -> None:

@@ -4,7 +4,11 @@
 on a free loopback port. ``config.rcpt(address)`` gives each RCPT reply and
 ``config.data(received)`` the reply to the final dot (``None`` never
 answers: a server that hangs mid-transaction). ``sink.received`` lists
-completed transactions with the DATA bytes dot-unstuffed, CRLF lines.
+completed transactions with the DATA bytes dot-unstuffed, CRLF lines;
+``sink.sessions`` has one entry per TCP connection, each with the
+``commands`` it received (for connection-reuse tests). ``config.mail`` and
+``config.rset`` give the MAIL and RSET replies (``rset`` returning None drops
+the connection without a reply; a 421 drops it after the reply).
 """
 
 from __future__ import annotations
@@ -28,10 +32,20 @@ def queued(_received: Received) -> bytes | None:
     return b"250 2.0.0 queued"
 
 
+def mail_ok(_command: str) -> bytes:
+    return b"250 2.1.0 ok"
+
+
+def rset_ok() -> bytes | None:
+    return b"250 2.0.0 ok"
+
+
 @dataclass
 class SinkConfig:
     rcpt: Callable[[str], bytes] = accept
     data: Callable[[Received], bytes | None] = queued
+    mail: Callable[[str], bytes] = mail_ok
+    rset: Callable[[], bytes | None] = rset_ok
     extensions: tuple[str, ...] = ("PIPELINING", "SIZE 50000000", "8BITMIME", "SMTPUTF8", "DSN")
 
 
@@ -54,6 +68,7 @@ class _Session(LineReceiver):
         self.sink = sink
         self.current = Received()
         self.lines: list[bytes] | None = None
+        self.commands: list[str] = []
 
     def connectionMade(self) -> None:
         self.sink.sessions.append(self)
@@ -79,6 +94,7 @@ class _Session(LineReceiver):
             self.reply(answer)
             return
         text = line.decode("utf-8", "replace")
+        self.commands.append(text)
         verb = text.split(" ", 1)[0].upper()
         if verb == "EHLO":
             lines = ["mx.two.test hello", *self.sink.config.extensions]
@@ -87,7 +103,14 @@ class _Session(LineReceiver):
             ).encode())
         elif verb == "MAIL":
             self.current = Received(mail=text)
-            self.reply(b"250 2.1.0 ok")
+            self.reply(self.sink.config.mail(text))
+        elif verb == "RSET":
+            self.current = Received()
+            rset = self.sink.config.rset()
+            if rset is not None:
+                self.reply(rset)
+            if rset is None or rset.startswith(b"421"):
+                self.transport.loseConnection()
         elif verb == "RCPT":
             address = text.split("<", 1)[1].split(">", 1)[0]
             answer = self.sink.config.rcpt(address)

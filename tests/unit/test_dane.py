@@ -7,6 +7,7 @@ import hashlib
 
 import dns.flags
 import dns.message
+import dns.rcode
 import dns.rdataclass
 import dns.rdatatype
 import dns.rrset
@@ -16,7 +17,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from postroom_mta.dane import TLSA, selected, tlsa_from_response, verify_chain
+from postroom_mta.dane import TLSA, TLSALookupError, selected, tlsa_from_response, verify_chain
 
 DER = serialization.Encoding.DER
 MX = "mx.two.test"
@@ -92,7 +93,8 @@ def test_pkix_usages_are_unusable_for_smtp(pki: dict[str, bytes]) -> None:
     assert not verify_chain(records, [pki["leaf"], pki["ca"]], [MX])
 
 
-def _tlsa_response(ad: bool) -> dns.message.Message:
+def _tlsa_response(ad: bool, rcode: dns.rcode.Rcode = dns.rcode.NOERROR
+                   ) -> dns.message.Message:
     query = dns.message.make_query("_25._tcp.mx.two.test", dns.rdatatype.TLSA)
     response = dns.message.make_response(query)
     response.answer.append(dns.rrset.from_text(
@@ -100,6 +102,9 @@ def _tlsa_response(ad: bool) -> dns.message.Message:
         "3 1 1 " + "ab" * 32))
     if ad:
         response.flags |= dns.flags.AD
+    response.set_rcode(rcode)
+    if rcode != dns.rcode.NOERROR:
+        response.answer.clear()
     return response
 
 
@@ -109,3 +114,23 @@ def test_tlsa_answer_with_ad_is_used() -> None:
 
 def test_tlsa_answer_without_ad_is_ignored() -> None:
     assert tlsa_from_response(_tlsa_response(ad=False)) is None
+
+
+def test_secure_nxdomain_is_a_validated_absence_of_tlsa() -> None:
+    assert tlsa_from_response(_tlsa_response(ad=True, rcode=dns.rcode.NXDOMAIN)) == []
+
+
+def test_servfail_is_a_lookup_failure_not_an_absence() -> None:
+    with pytest.raises(TLSALookupError):
+        tlsa_from_response(_tlsa_response(ad=False, rcode=dns.rcode.SERVFAIL))
+
+
+def test_dane_policies_for_equal_records_are_equal() -> None:
+    # the relay's session cache keys idle sessions by TLSPolicy: equal RRsets may share one
+    from postroom_mta.dane import DANEPolicy
+    from postroom_mta.smtpclient import TLSPolicy
+
+    record = TLSA(3, 1, 1, b"\xab" * 32)
+    same = TLSPolicy(required=True, creator=DANEPolicy((record,)))
+    assert same == TLSPolicy(required=True, creator=DANEPolicy((TLSA(3, 1, 1, b"\xab" * 32),)))
+    assert same != TLSPolicy(required=True, creator=DANEPolicy((TLSA(3, 1, 1, b"\xcd" * 32),)))

@@ -1,10 +1,22 @@
 """DANE for SMTP (RFC 7672): TLSA lookup when DNSSEC-validated, and matching a peer's chain.
 
-Only a validating resolver can vouch for TLSA records, so :func:`lookup_tlsa`
-asks with the DO and AD bits and returns None unless the answer has AD set
-(RFC 6698 section 4.1: records that are not secure are unusable). Our own
-test DNS server never sets AD, so DANE is inert there; the matching logic is
-pure and tested alone.
+We do not validate DNSSEC ourselves: like Postfix's
+``smtp_dns_support_level = dnssec`` we trust the AD bit of the configured
+resolver (POSTROOM_DNS_SERVERS), which must therefore be a validating
+resolver we trust and reach over a trusted path (a local unbound). A lookup
+has three outcomes (:func:`lookup_tlsa`, RFC 7672 section 2.2):
+
+* secure (AD set, NOERROR or NXDOMAIN): the usable TLSA records, maybe none;
+* insecure (no AD): None, DANE does not apply (RFC 6698 section 4.1:
+  records that are not secure are unusable), opportunistic TLS;
+* failed (SERVFAIL, REFUSED, timeout: possibly a bogus answer, or an
+  attacker suppressing it): :class:`TLSALookupError`. The MX is then unusable
+  for this attempt (section 2.2.2): the router tries the next one and never
+  falls back to cleartext. As Postfix does, a failed TLSA lookup only counts
+  when the MX host's own address records are secure
+  (:func:`addresses_secure`): a host in an unsigned zone cannot have secure
+  TLSA records, and deferring its mail because its servers choke on TLSA
+  queries would block mail DANE could not have protected.
 
 Usable records (section 3.1.3): usage 3 DANE-EE (the leaf's certificate or
 key matches; no name or expiry check, section 3.1.1) and usage 2 DANE-TA
@@ -13,7 +25,6 @@ name is the MX host, section 3.1.2). PKIX usages 0 and 1 are not used for
 SMTP. Selector 0 is the whole certificate, 1 its SubjectPublicKeyInfo;
 matching type 0 is exact, 1 SHA-256, 2 SHA-512.
 """
-
 from __future__ import annotations
 
 import hashlib
@@ -131,10 +142,21 @@ def verify_chain(records: Sequence[TLSA], chain: Sequence[bytes], names: Sequenc
     return False
 
 
+class TLSALookupError(Exception):
+    """A DNSSEC lookup for DANE failed (SERVFAIL, REFUSED, timeout): try again later."""
+
+
+def _checked(response: dns.message.Message, qname: str) -> bool:
+    """Whether ``response`` is secure (AD); raises TLSALookupError unless NOERROR/NXDOMAIN."""
+    rcode = response.rcode()
+    if rcode not in (dns.rcode.NOERROR, dns.rcode.NXDOMAIN):
+        raise TLSALookupError(f"{qname}: {dns.rcode.to_text(rcode)}")
+    return bool(response.flags & dns.flags.AD)
+
+
 def tlsa_from_response(response: dns.message.Message) -> list[TLSA] | None:
-    """TLSA records of a DNS answer; None unless the resolver validated it (AD set)."""
-    if not response.flags & dns.flags.AD or response.rcode() not in (dns.rcode.NOERROR,
-                                                                       dns.rcode.NXDOMAIN):
+    """TLSA records of a DNS answer; None unless validated (AD); raises TLSALookupError."""
+    if not _checked(response, str(response.question[0].name) if response.question else "?"):
         return None
     found = []
     for rrset in response.answer:
@@ -144,17 +166,14 @@ def tlsa_from_response(response: dns.message.Message) -> list[TLSA] | None:
     return found
 
 
-def lookup_tlsa(resolver: Resolver, host: str, port: int = 25) -> list[TLSA] | None:
-    """``_port._tcp.host`` TLSA records when DNSSEC-validated, else None. Blocking.
-
-    An empty list is a validated "no TLSA": the MX then gets opportunistic
-    (or MTA-STS) TLS. A DNS failure is None too: we do not defer on it yet.
-    """
-    qname = f"_{port}._tcp.{host.rstrip('.')}"
-    query = dns.message.make_query(qname, dns.rdatatype.TLSA, want_dnssec=True)
+def _secure_query(resolver: Resolver, qname: str,
+                  rdtype: dns.rdatatype.RdataType) -> dns.message.Message:
+    """Ask the configured servers with DO and AD set; raises TLSALookupError. Blocking."""
+    query = dns.message.make_query(qname, rdtype, want_dnssec=True)
     query.flags |= dns.flags.AD  # RFC 6840 5.7: ask for the AD bit
     servers = resolver.servers or tuple(
         (str(ns), 53) for ns in dns.resolver.get_default_resolver().nameservers)
+    errors = []
     for address, server_port in servers:
         try:
             response = dns.query.udp(query, address, port=server_port, timeout=resolver.timeout)
@@ -162,10 +181,28 @@ def lookup_tlsa(resolver: Resolver, host: str, port: int = 25) -> list[TLSA] | N
                 response = dns.query.tcp(query, address, port=server_port,
                                          timeout=resolver.timeout)
         except (OSError, dns.exception.DNSException) as exc:
-            log.info("tlsa lookup failed", name=qname, server=address, error=str(exc)[:200])
+            log.info("dnssec lookup failed", name=qname, server=address, error=str(exc)[:200])
+            errors.append(f"{address}: {type(exc).__name__}")
             continue
-        return tlsa_from_response(response)
-    return None
+        return response
+    raise TLSALookupError(f"{qname}: {'; '.join(errors) or 'no DNS server'}")
+
+
+def lookup_tlsa(resolver: Resolver, host: str, port: int = 25) -> list[TLSA] | None:
+    """``_port._tcp.host`` TLSA records when DNSSEC-validated, else None. Blocking.
+
+    An empty list is a validated "no TLSA" (secure NXDOMAIN or NODATA): the MX
+    then gets MTA-STS or opportunistic TLS, as with None (not validated).
+    Raises TLSALookupError when the answer could not be had.
+    """
+    qname = f"_{port}._tcp.{host.rstrip('.')}"
+    return tlsa_from_response(_secure_query(resolver, qname, dns.rdatatype.TLSA))
+
+
+def addresses_secure(resolver: Resolver, host: str) -> bool:
+    """Whether ``host``'s A records (or their denial) are validated; raises TLSALookupError."""
+    name = host.rstrip(".")
+    return _checked(_secure_query(resolver, name, dns.rdatatype.A), name)
 
 
 @implementer(IOpenSSLClientConnectionCreator)
@@ -195,3 +232,19 @@ class DANECreator:
         connection.set_tlsext_host_name(self._hostname.encode("idna"))
         connection.set_connect_state()
         return connection
+
+
+@dataclass(frozen=True)
+class DANEPolicy:
+    """A :attr:`TLSPolicy.creator` for one TLSA RRset: makes a DANECreator per MX name.
+
+    A value, not a closure: two equal RRsets give equal creators, so an idle
+    session the relay's session cache keys by TLSPolicy (already verified
+    against these very records) may be reused, and one verified against other
+    records never is.
+    """
+
+    records: tuple[TLSA, ...]
+
+    def __call__(self, hostname: str) -> DANECreator:
+        return DANECreator(hostname, self.records)

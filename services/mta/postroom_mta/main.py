@@ -7,6 +7,7 @@ consumer, the reconciler and the bounce sweeper) and the port-25 listener
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -20,6 +21,7 @@ from postroom.queue.streams import QueueClient, connect
 from postroom.runtime import ServiceContext
 from postroom.service import ServiceSpec
 from postroom_mta.inbound import start_inbound
+from postroom_mta.mtasts import PolicyStore
 from postroom_mta.relay import GROUP, STREAM, Relay, RelayOptions
 from postroom_mta.worker_bounce import BounceSweeper
 
@@ -37,6 +39,8 @@ def start_relay(ctx: ServiceContext, options: RelayOptions | None = None) -> Rel
     options = options or RelayOptions.from_settings(settings)
     client = connect(settings.redis_url)
     queue = QueueClient(client, settings.redis_prefix)
+    if options.mta_sts and options.sts_store is None:
+        options = replace(options, sts_store=PolicyStore(client, settings.redis_prefix))
     redis_pool = ctx.thread_pool("redis", REDIS_THREADS)
     relay = Relay(ctx.database, queue, options, resolver=Resolver.from_settings(settings),
                   dns_pool=ctx.thread_pool("dns", DNS_THREADS), redis_pool=redis_pool,
@@ -52,11 +56,13 @@ def start_relay(ctx: ServiceContext, options: RelayOptions | None = None) -> Rel
     sweeper = BounceSweeper(ctx.database, queue, options.policy,
                             interval=settings.reconcile_interval, redis_pool=redis_pool,
                             reactor=ctx.reactor, log=ctx.log.bind(component="relay"))
-    # stop hooks run newest first: consumer, sweeper, reconciler, then Redis closes
+    # stop hooks run newest first: consumer, idle SMTP sessions (QUIT once no delivery can
+    # want them), sweeper, reconciler, then Redis closes
     ctx.on_stop(client.close)
     ctx.on_stop(gauges.stop)
     ctx.on_stop(reconciler.stop)
     ctx.on_stop(sweeper.stop)
+    ctx.on_stop(relay.stop)
     ctx.on_stop(consumer.stop)
     consumer.start()
     sweeper.start()
@@ -70,6 +76,8 @@ def start_relay(ctx: ServiceContext, options: RelayOptions | None = None) -> Rel
     relay.log.info("relay started", stream=STREAM, group=GROUP, consumer=consumer.name,
                  concurrency=RELAY_CONCURRENCY, max_sessions=options.max_sessions,
                  max_per_domain=options.max_per_domain, port=options.port,
+                 session_idle=options.session_idle,
+                 session_reuse_limit=options.session_reuse_limit,
                  mta_sts=options.mta_sts, dane=options.dane)
     return relay
 

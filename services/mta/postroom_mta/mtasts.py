@@ -7,30 +7,46 @@ verified against ``mta-sts.<domain>`` (system CAs, or POSTROOM_TLS_CA_FILE).
 The fetch connects to the address our own resolver gives for that name, so
 tests (and split-horizon set-ups) see exactly the DNS the relay uses.
 
-Caching is in process memory, per domain, until ``max_age`` runs out
-(RFC 8461 section 5.1). The trade-off, accepted for now: every mta process
-fetches on its own, and a restart forgets the policies, which reopens the
-trust-on-first-use window an attacker who can block DNS and HTTPS at that
-moment could use to downgrade. A shared cache (Redis) is the TODO.
+Caching (RFC 8461 section 5.1) is in Redis (:class:`PolicyStore`), shared by
+every mta process: one key per domain, ``<prefix>mta-sts:<domain>``, whose
+value is the policy as JSON with its id and the wall-clock time it was
+fetched, expiring with ``max_age``. So one process's fetch serves the
+others, and a restart does not forget policies (which would reopen the
+trust-on-first-use window for an attacker able to block the TXT lookup and
+the HTTPS fetch at that moment). A small in-process front cache spares a
+Redis round trip per delivery; Redis is read again whenever the front entry
+is not fresh, and a Redis outage degrades to the front cache alone.
 
-Cache rules: a TXT id equal to the cached policy's keeps it without a fetch;
-a new id refetches; a failed lookup or fetch keeps a still-valid cached
-policy (section 5.1), and without one the domain has no policy (opportunistic
-TLS), as the RFC requires.
+Cache rules: the TXT id is looked up every time (our resolver caches it for
+its TTL). A cached policy is fresh while its id equals the TXT id and it is
+younger than half its ``max_age``; a fresh policy is used without a fetch.
+Otherwise it is refetched (a new id: section 5.1 and 10.2; half the age:
+the proactive refresh section 10.2 recommends, so a policy in use never runs
+out). A failed lookup or fetch keeps a still-valid cached policy (section
+5.1), and a failed refetch is not retried by this process for
+:data:`REFETCH_BACKOFF` seconds, so a hung policy server does not cost every
+delivery a fetch timeout. Without a cached policy a failure means no policy
+(opportunistic TLS), as the RFC requires. A TXT record that vanished keeps
+the cached policy too: only ``max_age`` or a new policy ends it.
 
-Everything here blocks (DNS, HTTPS): callers run :meth:`PolicyFinder.find`
-in a thread pool.
+Everything here blocks (DNS, HTTPS, Redis): callers run
+:meth:`PolicyFinder.find` in a thread pool.
 """
-
 from __future__ import annotations
 
 import http.client
+import json
 import re
 import socket
 import ssl
 import threading
 import time
+from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
+
+import redis
 
 from postroom.dns import DNSError, Resolver
 from postroom.logs import get_logger
@@ -41,6 +57,8 @@ ENFORCE, TESTING, NONE = "enforce", "testing", "none"
 MAX_POLICY_BYTES = 64 * 1024  # RFC 8461 section 3.3 lets us cap it
 MAX_AGE_LIMIT = 31557600  # one year, section 3.2
 FETCH_TIMEOUT = 60.0  # section 3.3 suggests "a minute"
+REFETCH_BACKOFF = 300.0  # seconds a failed refetch is not retried while a policy is cached
+FRONT_ENTRIES = 1000  # domains in one process's front cache
 _TXT_ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
 
 
@@ -171,56 +189,187 @@ def fetch_policy(resolver: Resolver, domain: str, *, port: int = 443,
     return parse_policy(body.decode("utf-8", "replace"), ident)
 
 
-@dataclass
-class _Cached:
+@dataclass(frozen=True)
+class Cached:
+    """A policy and when it was fetched (wall-clock seconds, comparable across processes)."""
+
     policy: Policy
-    expires: float
+    fetched: float
+
+    @property
+    def expires(self) -> float:
+        return self.fetched + self.policy.max_age
+
+    def valid(self, now: float) -> bool:
+        return now < self.expires
+
+    def fresh(self, ident: str, now: float) -> bool:
+        """Usable without a refetch: same id as the TXT record, younger than half max_age."""
+        return self.policy.id == ident and now < self.fetched + self.policy.max_age / 2
+
+    def to_json(self) -> str:
+        p = self.policy
+        return json.dumps({"mode": p.mode, "mx": list(p.mx), "max_age": p.max_age, "id": p.id,
+                           "fetched": self.fetched})
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Cached:
+        """Raises ValueError (or KeyError/TypeError) on a value we did not write."""
+        data = json.loads(text)
+        policy = Policy(str(data["mode"]), tuple(str(m) for m in data["mx"]),
+                        int(data["max_age"]), str(data["id"]))
+        if policy.mode not in (ENFORCE, TESTING, NONE):
+            raise ValueError(f"unknown mode {policy.mode[:20]!r}")
+        return cls(policy, float(data["fetched"]))
+
+
+class PolicyStore:
+    """The policy cache shared by all mta processes: a Redis key per domain, TTL max_age."""
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+
+    def key(self, domain: str) -> str:
+        return f"{self.prefix}mta-sts:{domain}"
+
+    def load(self, domain: str) -> Cached | None:
+        """The stored policy of ``domain``; None when absent, unreadable or Redis is away."""
+        try:
+            raw: Any = self.client.get(self.key(domain))
+        except redis.RedisError as exc:
+            log.warning("mta-sts cache read failed", domain=domain, error=str(exc)[:200])
+            return None
+        if raw is None:
+            return None
+        try:
+            return Cached.from_json(raw)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.warning("mta-sts cache entry unreadable", domain=domain, error=str(exc)[:200])
+            return None
+
+    def save(self, domain: str, entry: Cached, now: float) -> None:
+        """Store ``entry`` until it expires; a Redis failure is logged, not raised."""
+        ttl = int(entry.expires - now)
+        if ttl <= 0:
+            return
+        try:
+            self.client.set(self.key(domain), entry.to_json(), ex=ttl)
+        except redis.RedisError as exc:
+            log.warning("mta-sts cache write failed", domain=domain, error=str(exc)[:200])
 
 
 class PolicyFinder:
-    """The MTA-STS policy of a domain, with the per-process cache; thread-safe."""
+    """The MTA-STS policy of a domain, cached in Redis and in process; thread-safe.
+
+    ``store`` is the shared cache (None: this process's front cache only);
+    ``clock`` gives wall-clock seconds (tests move it).
+    """
 
     def __init__(self, resolver: Resolver, *, port: int = 443, ca_file: str | None = None,
-                 timeout: float = FETCH_TIMEOUT, max_entries: int = 10000) -> None:
+                 timeout: float = FETCH_TIMEOUT, store: PolicyStore | None = None,
+                 max_entries: int = FRONT_ENTRIES,
+                 clock: Callable[[], float] = time.time) -> None:
         self.resolver = resolver
         self.port = port
         self.ca_file = ca_file
         self.timeout = timeout
+        self.store = store
         self.max_entries = max_entries
-        self._cache: dict[str, _Cached] = {}
+        self.clock = clock
+        self.fetches = 0  # policy fetches attempted by this finder (for tests and logs)
+        self._front: OrderedDict[str, Cached] = OrderedDict()
+        self._backoff: dict[str, float] = {}
         self._lock = threading.Lock()
 
     def cached(self, domain: str) -> Policy | None:
-        """The cached, unexpired policy of ``domain``, if any."""
-        with self._lock:
-            entry = self._cache.get(domain.lower())
-        if entry is None or entry.expires <= time.monotonic():
-            return None
-        return entry.policy
+        """The cached, unexpired policy of ``domain`` (front cache, then Redis), if any."""
+        entry = self._current(domain.lower().rstrip("."), None, self.clock())
+        return entry.policy if entry is not None else None
 
     def find(self, domain: str) -> Policy | None:
         """The policy to apply to ``domain`` now, or None (no policy). Blocking."""
         domain = domain.lower().rstrip(".")
-        cached = self.cached(domain)
+        now = self.clock()
+        entry = self._front_get(domain, now)
         try:
             ident = parse_txt(self.resolver.txt(f"_mta-sts.{domain}"))
         except DNSError as exc:
             log.info("mta-sts txt lookup failed", domain=domain, error=str(exc))
-            return cached
+            ident = None
         if ident is None:
-            return cached  # section 5.1: a cached policy outlives a vanished TXT record
-        if cached is not None and cached.id == ident:
-            return cached
+            # section 5.1: a cached policy outlives a vanished (or unreadable) TXT record
+            entry = self._current(domain, entry, now)
+            return entry.policy if entry is not None else None
+        if entry is None or not entry.fresh(ident, now):
+            shared = self._load(domain, now)  # another process may have refetched it
+            if shared is not None and (entry is None or shared.fresh(ident, now)
+                                       or shared.fetched > entry.fetched):
+                entry = shared
+                self._front_put(domain, shared)
+        if entry is not None and entry.fresh(ident, now):
+            return entry.policy
+        with self._lock:
+            backoff = self._backoff.get(domain, 0.0)
+        if entry is not None and backoff > now:
+            return entry.policy
+        return self._fetch(domain, ident, entry, now)
+
+    def _fetch(self, domain: str, ident: str, entry: Cached | None, now: float) -> Policy | None:
+        self.fetches += 1
         try:
             policy = fetch_policy(self.resolver, domain, port=self.port, ca_file=self.ca_file,
                                   timeout=self.timeout, ident=ident)
         except (PolicyError, OSError, http.client.HTTPException) as exc:
-            log.warning("mta-sts policy fetch failed", domain=domain, error=str(exc)[:300])
-            return cached
+            log.warning("mta-sts policy fetch failed", domain=domain, error=str(exc)[:300],
+                        cached=entry is not None)
+            if entry is None:
+                return None
+            with self._lock:
+                if len(self._backoff) >= self.max_entries:
+                    self._backoff.clear()
+                self._backoff[domain] = now + REFETCH_BACKOFF
+            return entry.policy
         log.info("mta-sts policy fetched", domain=domain, mode=policy.mode, id=ident,
-                 max_age=policy.max_age, mx=list(policy.mx))
+                 max_age=policy.max_age, mx=list(policy.mx),
+                 replaced=entry.policy.id if entry is not None else None)
+        fetched = Cached(policy, now)
         with self._lock:
-            if len(self._cache) >= self.max_entries:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[domain] = _Cached(policy, time.monotonic() + policy.max_age)
+            self._backoff.pop(domain, None)
+        self._front_put(domain, fetched)
+        if self.store is not None:
+            self.store.save(domain, fetched, now)
         return policy
+
+    def _current(self, domain: str, entry: Cached | None, now: float) -> Cached | None:
+        """``entry`` when valid, else whatever valid policy Redis has."""
+        if entry is not None and entry.valid(now):
+            return entry
+        shared = self._load(domain, now)
+        if shared is not None:
+            self._front_put(domain, shared)
+        return shared
+
+    def _load(self, domain: str, now: float) -> Cached | None:
+        if self.store is None:
+            return None
+        shared = self.store.load(domain)
+        return shared if shared is not None and shared.valid(now) else None
+
+    def _front_get(self, domain: str, now: float) -> Cached | None:
+        with self._lock:
+            entry = self._front.get(domain)
+            if entry is None:
+                return None
+            if not entry.valid(now):
+                del self._front[domain]
+                return None
+            self._front.move_to_end(domain)
+            return entry
+
+    def _front_put(self, domain: str, entry: Cached) -> None:
+        with self._lock:
+            self._front[domain] = entry
+            self._front.move_to_end(domain)
+            while len(self._front) > self.max_entries:
+                self._front.popitem(last=False)

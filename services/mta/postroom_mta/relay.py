@@ -9,7 +9,9 @@ For an entry (:meth:`Relay.handle`, the StreamConsumer handler):
 2. remote recipients are grouped by domain and sent with
    ``routing.deliver_to_domain``, the domains in parallel, bounded by a
    global limit of SMTP sessions and a per-domain one (Postfix's
-   ``default_process_limit`` / ``destination_concurrency_limit``);
+   ``default_process_limit`` / ``destination_concurrency_limit``), over an idle
+   session of an earlier message when one is cached (connection reuse,
+   sessioncache.py: idle sessions hold no slot);
 3. each domain's results are recorded in one transaction
    (worker_store.record_results: delivered, deferred with back-off, failed or
    expired with its DSN); after commit the DSN is enqueued and a retry
@@ -26,7 +28,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -38,13 +40,21 @@ from twisted.python.threadpool import ThreadPool
 from postroom.config import Settings
 from postroom.dns import Resolver
 from postroom.logs import Logger, get_logger
-from postroom.metrics import Metrics, delivery_attempts_total, messages_total
+from postroom.metrics import (
+    Metrics,
+    delivery_attempts_total,
+    messages_total,
+    sessions_reused_total,
+)
 from postroom.queue.consumer import QueueEntry
 from postroom.queue.reconciler import enqueue_after_commit
 from postroom.queue.streams import QueueClient
 from postroom_mta import bounce
-from postroom_mta.mtasts import PolicyFinder
+from postroom_mta.mtasts import PolicyFinder, PolicyStore
 from postroom_mta.routing import TLSSecurity, deliver_to_domain
+from postroom_mta.sessioncache import IDLE as SESSION_IDLE
+from postroom_mta.sessioncache import REUSE_LIMIT as SESSION_REUSE_LIMIT
+from postroom_mta.sessioncache import SessionCache
 from postroom_mta.smtpclient import (
     DEFAULT_TIMEOUTS,
     OPPORTUNISTIC,
@@ -92,13 +102,17 @@ class RelayOptions:
     mta_sts_port: int = 443
     dane: bool = False
     ca_file: str | None = None
+    session_idle: float = SESSION_IDLE  # seconds a finished session waits for the next message
+    session_reuse_limit: int = SESSION_REUSE_LIMIT  # transactions a session carries; 1: no reuse
+    # the MTA-STS policy cache shared by all mta processes (start_relay sets it; None: per process)
+    sts_store: PolicyStore | None = field(default=None, compare=False, repr=False)
 
     def security(self, resolver: Resolver) -> TLSSecurity | None:
         """MTA-STS and DANE as configured, or None when both are off."""
         if not (self.mta_sts or self.dane):
             return None
-        finder = PolicyFinder(resolver, port=self.mta_sts_port, ca_file=self.ca_file) \
-            if self.mta_sts else None
+        finder = PolicyFinder(resolver, port=self.mta_sts_port, ca_file=self.ca_file,
+                              store=self.sts_store) if self.mta_sts else None
         return TLSSecurity(resolver, sts=finder, dane_enabled=self.dane, ca_file=self.ca_file)
 
     @classmethod
@@ -111,7 +125,9 @@ class RelayOptions:
             "max_sessions": settings.relay_max_sessions,
             "max_per_domain": settings.relay_max_per_destination,
             "mta_sts": settings.mta_sts, "mta_sts_port": settings.mta_sts_port,
-            "dane": settings.dane, "ca_file": settings.tls_ca_file}
+            "dane": settings.dane, "ca_file": settings.tls_ca_file,
+            "session_idle": settings.relay_session_idle,
+            "session_reuse_limit": settings.relay_session_reuse_limit}
         fields.update(overrides)
         return cls(policy=policy, **fields)
 
@@ -137,11 +153,21 @@ class Relay:
         self.sessions = DeferredSemaphore(options.max_sessions)
         self.security = options.security(resolver)
         self._per_domain: dict[str, DeferredSemaphore] = {}
+        # idle sessions kept for reuse; they hold no slot of the semaphores above
+        self.session_cache = SessionCache(
+            reactor, idle=options.session_idle, reuse_limit=options.session_reuse_limit,
+            max_idle=options.max_sessions, max_idle_per_key=options.max_per_domain,
+            reused=sessions_reused_total(metrics) if metrics is not None else None,
+            logger=self.log) if options.session_reuse_limit > 1 else None
         self._outcomes = messages_total(metrics) if metrics is not None else None
         self._attempts = delivery_attempts_total(metrics) if metrics is not None else None
 
     def handle(self, entry: QueueEntry) -> Deferred[None]:
         return Deferred.fromCoroutine(self._handle(entry))
+
+    def stop(self) -> Deferred[None] | None:
+        """QUIT the idle sessions (after the consumer has stopped: see main.start_relay)."""
+        return self.session_cache.close() if self.session_cache is not None else None
 
     async def _handle(self, entry: QueueEntry) -> None:
         envelope = entry.envelope
@@ -199,7 +225,8 @@ class Relay:
                     pool=self.dns_pool, helo_name=self.options.policy.hostname,
                     reactor=self.reactor, timeouts=self.options.timeouts, tls=self.options.tls,
                     ret=work.ret, envid=work.envid, logger=log,
-                    bind_address=self.options.bind_address, security=self.security)
+                    bind_address=self.options.bind_address, security=self.security,
+                    sessions=self.session_cache)
                 return result
             finally:
                 self.sessions.release()

@@ -42,6 +42,7 @@ from postroom.logs import Logger, get_logger
 from postroom.smtp.replies import Reply
 from postroom_mta import dane
 from postroom_mta.mtasts import NONE, PolicyFinder
+from postroom_mta.sessioncache import SessionCache
 from postroom_mta.smtpclient import (
     DEFAULT_TIMEOUTS,
     OPPORTUNISTIC,
@@ -65,6 +66,7 @@ DNS_TEMPORARY = Reply(451, "4.4.3", "DNS lookup failed temporarily")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in delivery")
 MX_UNRESOLVABLE = Reply(451, "4.4.3", "No address found for any MX host")
 STS_NO_MX = Reply(451, "4.7.5", "No MX host matches the MTA-STS policy")
+TLSA_LOOKUP_FAILED = Reply(451, "4.7.5", "TLSA lookup failed")
 
 # Bounds on one delivery attempt, like Postfix's smtp_mx_address_limit.
 DEFAULT_MAX_ADDRESSES = 10
@@ -169,14 +171,16 @@ def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Re
                       chunk_size: int = DEFAULT_CHUNK_SIZE,
                       logger: Logger | None = None,
                       bind_address: str | None = None,
-                      security: TLSSecurity | None = None) -> defer.Deferred[DeliveryResult]:
+                      security: TLSSecurity | None = None,
+                      sessions: SessionCache | None = None) -> defer.Deferred[DeliveryResult]:
     """Send one message to ``recipients`` (all in ``domain``) via its MX hosts.
 
     ``port`` is POSTROOM_SMTP_OUTBOUND_PORT; ``pool`` is the (started) thread
     pool DNS runs in. The Deferred never fails: it fires with per-recipient
     results, ``tried`` listing earlier addresses that failed. ``logger`` may
     carry bound fields (``queue_id``) into every event. ``security`` turns on
-    MTA-STS and DANE; without it ``tls`` applies to every MX.
+    MTA-STS and DANE; without it ``tls`` applies to every MX. ``sessions`` (the
+    relay's connection cache) reuses idle sessions and keeps new ones open.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -193,7 +197,7 @@ def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Re
         reactor, domain, envelope, message, resolver=resolver, port=port, pool=pool,
         helo_name=helo_name, timeouts=timeouts, tls=tls, rng=rng, max_addresses=max_addresses,
         chunk_size=chunk_size, logger=logger, bind_address=bind_address,
-        security=security)).addErrback(crashed)
+        security=security, sessions=sessions)).addErrback(crashed)
 
 
 async def _deliver(reactor: Any, domain: str, envelope: Envelope, message: MessageSource, *,
@@ -201,7 +205,8 @@ async def _deliver(reactor: Any, domain: str, envelope: Envelope, message: Messa
                    timeouts: Timeouts, tls: TLSPolicy, rng: random.Random | None,
                    max_addresses: int, chunk_size: int, logger: Logger,
                    bind_address: str | None = None,
-                   security: TLSSecurity | None = None) -> DeliveryResult:
+                   security: TLSSecurity | None = None,
+                   sessions: SessionCache | None = None) -> DeliveryResult:
     policy = None
     if security is not None and security.sts is not None:
         policy = await deferToThreadPool(reactor, pool, security.sts.find, domain)
@@ -223,15 +228,25 @@ async def _deliver(reactor: Any, domain: str, envelope: Envelope, message: Messa
     if policy is not None and not enforced:
         for host in sorted({t.host for t in targets if not policy.allows(t.host)}):
             logger.warning("mta-sts testing policy would refuse mx", mx=host)
+    # a cached session is tried first; if it is dead the cache reconnects to the same address
+    send = sessions.attempt if sessions is not None else attempt
     for target in targets:
         target_tls = tls
         if security is not None:
-            target_tls = await security.for_host(reactor, pool, target.host, port, enforced,
-                                                 default=tls, logger=logger)
-        result = await attempt(reactor, envelope, message, traits, address=target.address,
-                               port=port, helo_name=helo_name, host=target.host,
-                               timeouts=timeouts, tls=target_tls, chunk_size=chunk_size,
-                               logger=logger, bind_address=bind_address)
+            try:
+                target_tls = await security.for_host(reactor, pool, target.host, port, enforced,
+                                                     default=tls, logger=logger)
+            except dane.TLSALookupError as exc:
+                # RFC 7672 2.2.2: this MX is unusable for now; never try it in clear instead
+                result = TLSSecurity.lookup_failed(envelope, target, exc)
+                tried.append(f"{target.host}[{target.address}]: {result.recipients[0].text}")
+                logger.warning("mx skipped, tlsa lookup failed", mx=target.host,
+                               address=target.address, error=str(exc))
+                continue
+        result = await send(reactor, envelope, message, traits, address=target.address,
+                            port=port, helo_name=helo_name, host=target.host,
+                            timeouts=timeouts, tls=target_tls, chunk_size=chunk_size,
+                            logger=logger, bind_address=bind_address)
         if not result.session_failure:
             break
         first = result.recipients[0] if result.recipients else None
@@ -244,7 +259,14 @@ async def _deliver(reactor: Any, domain: str, envelope: Envelope, message: Messa
 
 
 class TLSSecurity:
-    """MTA-STS and DANE for the relay: which TLSPolicy each MX host gets."""
+    """MTA-STS and DANE for the relay: which TLSPolicy each MX host gets.
+
+    DANE (see postroom_mta.dane) wins over MTA-STS (RFC 8461 section 2). A
+    secure TLSA RRset with only unusable records still makes TLS mandatory,
+    unauthenticated (RFC 7672 section 2.2). A failed TLSA lookup raises
+    :class:`dane.TLSALookupError` from :meth:`for_host`: the router then skips
+    this MX for this attempt (:meth:`lookup_failed`), RFC 7672 section 2.2.2.
+    """
 
     def __init__(self, resolver: Resolver, *, sts: PolicyFinder | None = None,
                  dane_enabled: bool = False, ca_file: str | None = None) -> None:
@@ -254,20 +276,43 @@ class TLSSecurity:
         self.verified = TLSPolicy(required=True, creator=verifying_creator(ca_file))
 
     def tlsa(self, host: str, port: int) -> list[dane.TLSA] | None:
-        """Usable, validated TLSA records of ``host`` or None. Blocking."""
+        """Validated TLSA records of ``host`` (usable or not), None when DANE does not apply.
+
+        Raises dane.TLSALookupError when the lookup failed for a host whose
+        address records are secure (or whose security could not be told). Blocking.
+        """
         if not self.dane_enabled:
             return None
-        records = dane.lookup_tlsa(self.resolver, host, port)
-        usable = [r for r in records or () if r.usable]
-        return usable or None
+        try:
+            return dane.lookup_tlsa(self.resolver, host, port)
+        except dane.TLSALookupError as exc:
+            if dane.addresses_secure(self.resolver, host):
+                raise
+            log.info("tlsa lookup failed for an insecure mx, dane does not apply", mx=host,
+                     error=str(exc))
+            return None
 
     async def for_host(self, reactor: Any, pool: ThreadPool, host: str, port: int,
                        sts_enforced: bool, *, default: TLSPolicy,
                        logger: Logger) -> TLSPolicy:
-        """DANE when the MX has validated TLSA records, else MTA-STS enforce, else ``default``."""
+        """DANE when the MX has validated TLSA records, else MTA-STS enforce, else ``default``.
+
+        Raises dane.TLSALookupError: the MX must not be used now.
+        """
         records = await deferToThreadPool(reactor, pool, self.tlsa, host, port)
         if records:
-            logger.info("dane tlsa found", mx=host, records=len(records))
-            return TLSPolicy(required=True,
-                             creator=lambda name: dane.DANECreator(name, records))
+            usable = [r for r in records if r.usable]
+            if usable:
+                logger.info("dane tlsa found", mx=host, records=len(usable))
+                return TLSPolicy(required=True, creator=dane.DANEPolicy(tuple(usable)))
+            logger.info("dane tlsa unusable, tls required", mx=host, records=len(records))
+            return self.verified if sts_enforced else TLSPolicy(required=True)
         return self.verified if sts_enforced else default
+
+    @staticmethod
+    def lookup_failed(envelope: Envelope, target: Target,
+                      error: dane.TLSALookupError) -> DeliveryResult:
+        """The result of skipping ``target`` after a failed TLSA lookup: deferred, 4.7.5."""
+        reply = TLSA_LOOKUP_FAILED.with_text(f"TLSA lookup for {target.host} failed: {error}")
+        return DeliveryResult.uniform(envelope, reply, "tls", host=target.host,
+                                      address=target.address, session_failure=True)

@@ -1,4 +1,4 @@
-"""The outbound SMTP client: one mail transaction to one server address, per-recipient results.
+"""The outbound SMTP client: mail transactions to one server address, per-recipient results.
 
 Our own state machine on ``LineReceiver`` (twisted.mail's client stuffs dots
 per chunk and lacks PIPELINING, SIZE, 8BITMIME, SMTPUTF8 and DSN). One
@@ -9,6 +9,20 @@ and fires
 :attr:`SMTPClientProtocol.finished` with a :class:`DeliveryResult` once the
 connection is gone. It never raises to its caller: every failure becomes a
 result.
+
+With ``keep_open`` (connection reuse, see sessioncache.py) the session does not
+QUIT after a transaction that left it sane: :attr:`~SMTPClientProtocol.finished`
+fires at the end of the transaction and the session goes idle until
+:meth:`~SMTPClientProtocol.send` gives it the next message or
+:meth:`~SMTPClientProtocol.quit` ends it. Every reused transaction begins with
+``RSET``, whatever the previous one's outcome (RFC 5321 4.1.1.5; Postfix does
+the same to check that a cached session still works): one round trip buys a
+clean server state after a refused MAIL, RCPT, DATA or BDAT, and a dead
+connection shows up before MAIL FROM, as a ``session_failure``, so the caller
+can retry on a fresh connection without the message having been offered. A
+transaction that ended with a reply we could not make sense of (an odd code, a
+timeout, a 421, garbage) never leaves the session reusable: it is closed as
+before.
 
 Decisions (see also the module docs of routing.py):
 
@@ -197,6 +211,7 @@ class Timeouts:
     data_block: float = 180.0  # each chunk of the body the transport takes
     data_end: float = 600.0
     quit: float = 60.0
+    rset: float = 20.0  # before a reused transaction (Postfix's smtp_rset_timeout)
 
 
 DEFAULT_TIMEOUTS = Timeouts()
@@ -287,6 +302,9 @@ class _State:
     ext: Extensions = field(default_factory=Extensions)
     tls_started: bool = False
     tls_hello_done: bool = False  # EHLO answered inside TLS: the handshake worked
+    transactions: int = 0  # transactions begun on this connection
+    idle: bool = False  # between two transactions of a kept-open session
+    # the current transaction (reset by SMTPClientProtocol._begin)
     answered: bool = False  # a server (or we, by policy) decided about the recipients
     mail_reply: Reply | None = None
     accepted: list[int] = field(default_factory=list)
@@ -295,7 +313,12 @@ class _State:
 
 
 class SMTPClientProtocol(LineReceiver):
-    """Sends one transaction; :attr:`finished` fires with a DeliveryResult when it is over."""
+    """Sends a transaction; :attr:`finished` fires with its DeliveryResult when it is over.
+
+    Without ``keep_open`` that is when the connection is gone (one transaction,
+    then QUIT); with it, when the transaction ends, and :meth:`send` may then
+    run another one on the same connection while :attr:`reusable`.
+    """
 
     delimiter = b"\n"  # tolerate servers that end replies in bare LF; the CR is stripped
     MAX_LENGTH = 4096
@@ -304,8 +327,9 @@ class SMTPClientProtocol(LineReceiver):
                  helo_name: str, clock: Any, host: str | None = None,
                  address: str | None = None, timeouts: Timeouts = DEFAULT_TIMEOUTS,
                  tls: TLSPolicy = OPPORTUNISTIC, chunk_size: int = DEFAULT_CHUNK_SIZE,
-                 logger: Logger | None = None) -> None:
+                 logger: Logger | None = None, keep_open: bool = False) -> None:
         self.job = _Job(envelope, message, traits)
+        self.keep_open = keep_open
         self.helo_name = helo_name
         self.clock = clock
         self.host = host
@@ -315,7 +339,8 @@ class SMTPClientProtocol(LineReceiver):
         self.chunk_size = chunk_size
         self.log = (logger or log).bind(mx=host, address=address)
         self.finished: defer.Deferred[DeliveryResult] = defer.Deferred()
-        self.state = _State()
+        self.closed: defer.Deferred[None] = defer.Deferred()  # fires when the connection is gone
+        self.state = _State(transactions=1)
         self._parser = ReplyParser()
         self._expect: deque[tuple[str, Callable[[Reply], None]]] = deque()
         self._results: dict[int, RecipientResult] = {}
@@ -324,6 +349,7 @@ class SMTPClientProtocol(LineReceiver):
         self._producer: DataProducer | None = None
         self._bdat: Iterator[tuple[bytes, bool]] | None = None
         self._closing = False
+        self._sane = True  # no reply of this transaction was one we could not make sense of
 
     # --- plumbing: replies in, commands out, timers
 
@@ -360,8 +386,8 @@ class SMTPClientProtocol(LineReceiver):
         return {"banner": self.timeouts.initial, "mail": self.timeouts.mail,
                 "rcpt": self.timeouts.rcpt, "data": self.timeouts.data_init,
                 "bdat": self.timeouts.data_block,
-                "data-end": self.timeouts.data_end, "quit": self.timeouts.quit
-                }.get(stage, self.timeouts.helo)
+                "data-end": self.timeouts.data_end, "quit": self.timeouts.quit,
+                "rset": self.timeouts.rset}.get(stage, self.timeouts.helo)
 
     def lineReceived(self, line: bytes) -> None:
         if self._closing:
@@ -375,6 +401,11 @@ class SMTPClientProtocol(LineReceiver):
         if reply is None:
             return
         if not self._expect:
+            if self.state.idle:
+                # typically a 421 before the server drops an idle connection: nothing is lost
+                self.log.info("smtp idle session ended by server", reply=describe(reply))
+                self._close()
+                return
             self._abort(UNEXPECTED.with_text(f"Unexpected reply: {describe(reply)}"[:300]),
                         remote=False)
             return
@@ -428,7 +459,74 @@ class SMTPClientProtocol(LineReceiver):
             transport.loseConnection()
 
     def _quit(self) -> None:
+        self.state.idle = False
         self._send("QUIT", "quit", lambda _reply: self._close(), self.timeouts.quit)
+
+    def _done(self, *, sane: bool = True) -> None:
+        """The transaction is over: QUIT, or (kept open and sane) report it and go idle."""
+        if not (self.keep_open and sane) or self._closing:
+            self._quit()
+            return
+        self.state.idle = True
+        self.state.stage = "idle"
+        self.finished.callback(self._outcome())
+
+    # --- reuse (keep_open)
+
+    @property
+    def reusable(self) -> bool:
+        """Idle between transactions, connected, and not closing: :meth:`send` may be called."""
+        transport: Any = self.transport
+        return (self.state.idle and not self._closing and transport is not None
+                and bool(getattr(transport, "connected", False))
+                and not getattr(transport, "disconnecting", False))
+
+    @property
+    def transactions(self) -> int:
+        return self.state.transactions
+
+    def send(self, envelope: Envelope, message: MessageSource, traits: MessageTraits, *,
+             logger: Logger | None = None) -> defer.Deferred[DeliveryResult]:
+        """RSET, then the next transaction on this idle session; fires with its result.
+
+        A failure before the MAIL FROM reply (RSET refused, a 421, the connection
+        found dead) is a ``session_failure`` result, like a failed new session.
+        """
+        if not self.reusable:
+            raise RuntimeError("send() needs an idle, connected session")
+        self.job = _Job(envelope, message, traits)
+        self.finished = defer.Deferred()
+        if logger is not None:
+            self.log = logger.bind(mx=self.host, address=self.address)
+        self._begin()
+        self._send("RSET", "rset", self._on_rset, self.timeouts.rset)
+        return self.finished
+
+    def quit(self) -> None:
+        """End an idle session politely (QUIT, then close); a no-op once it is closing."""
+        if self.state.idle and not self._closing and self.transport is not None:
+            self._quit()
+
+    def _begin(self) -> None:
+        state = self.state
+        state.idle = False
+        state.transactions += 1
+        state.answered = False
+        state.mail_reply = None
+        state.accepted = []
+        state.rcpt_replies = 0
+        state.failure = None
+        self._results = {}
+        self._pending = []
+        self._producer = None
+        self._bdat = None
+        self._sane = True
+
+    def _on_rset(self, reply: Reply) -> None:
+        if 200 <= reply.code < 300:
+            self._start_transaction()
+        else:
+            self._session_reply_failure(reply, "rset")
 
     # --- the session
 
@@ -562,7 +660,7 @@ class SMTPClientProtocol(LineReceiver):
             for index, rcpt in enumerate(recipients):
                 self._set(index, rcpt.address, refusal, "mail", remote=False)
             self.log.info("smtp transaction refused locally", reply=describe(refusal))
-            self._quit()
+            self._done()
             return
         for index, rcpt in enumerate(recipients):
             if not valid_path_address(rcpt.address) or rcpt.address == "":
@@ -570,7 +668,7 @@ class SMTPClientProtocol(LineReceiver):
         self._pending = [i for i in range(len(recipients)) if i not in self._results]
         if not self._pending:
             state.answered = True
-            self._quit()
+            self._done()
             return
         mail = self._mail_command()
         if state.ext.has("PIPELINING"):
@@ -596,11 +694,13 @@ class SMTPClientProtocol(LineReceiver):
                 self._send_rcpt(0)
             return
         reply, remote = _checked(reply, "MAIL")
+        if not remote:
+            self._sane = False
         for i in self._pending:
             self._set(i, self.job.envelope.recipients[i].address, reply, "mail", remote=remote)
         if not self.state.ext.has("PIPELINING"):
-            self._quit()
-        # pipelined: the RCPT replies still come; _on_rcpt ignores them and QUITs after the last
+            self._done(sane=remote)
+        # pipelined: the RCPT replies still come; _on_rcpt ignores them and ends after the last
 
     def _send_rcpt(self, position: int) -> None:
         index = self._pending[position]
@@ -616,6 +716,8 @@ class SMTPClientProtocol(LineReceiver):
                 state.accepted.append(index)
             else:
                 reply, remote = _checked(reply, "RCPT")
+                if not remote:
+                    self._sane = False
                 self._set(index, self.job.envelope.recipients[index].address, reply, "rcpt",
                           remote=remote)
         if state.rcpt_replies < len(self._pending):
@@ -628,12 +730,13 @@ class SMTPClientProtocol(LineReceiver):
         elif state.accepted:
             self._send("DATA", "data", self._on_data, self.timeouts.data_init)
         else:
-            self._quit()
+            self._done(sane=self._sane)
 
     def _on_data(self, reply: Reply) -> None:
         if reply.code != 354:
-            self._set_accepted(*_checked(reply, "DATA"), "data")
-            self._quit()
+            reply, remote = _checked(reply, "DATA")
+            self._set_accepted(reply, remote, "data")
+            self._done(sane=remote)
             return
         self.state.stage = "data-block"
         self._producer = DataProducer(
@@ -659,15 +762,16 @@ class SMTPClientProtocol(LineReceiver):
         if 200 <= reply.code < 300:
             self._next_bdat()
             return
-        self._set_accepted(*_checked(reply, "BDAT"), "data")
-        self._quit()
+        reply, remote = _checked(reply, "BDAT")
+        self._set_accepted(reply, remote, "data")
+        self._done(sane=remote)
 
     def _on_data_end(self, reply: Reply) -> None:
         reply, remote = _checked(reply, "end of data", ok=range(200, 300))
         self._set_accepted(reply, remote, "data-end")
         self.log.info("smtp transaction done", reply=describe(reply),
-                      recipients=len(self.state.accepted))
-        self._quit()
+                      recipients=len(self.state.accepted), transaction=self.state.transactions)
+        self._done(sane=remote)
 
     def _set_accepted(self, reply: Reply, remote: bool, stage: str) -> None:
         for index in self.state.accepted:
@@ -687,17 +791,27 @@ class SMTPClientProtocol(LineReceiver):
         if self._producer is not None and not self._producer.finished:
             self._producer.stopProducing()
         state = self.state
-        if state.failure is None and len(self._results) < len(self.job.envelope.recipients):
-            if reason.check(SSL.Error) or (state.tls_started and not state.tls_hello_done):
-                self._fail(TLS_FAILED.with_text(
-                    f"TLS negotiation failed: {reason.getErrorMessage()}"[:300]),
-                    state.stage, remote=False)
-            else:
-                self._fail(CONNECTION_LOST.with_text(
-                    f"Connection lost during the {state.stage} stage"), state.stage, remote=False)
-        failure = state.failure
+        state.idle = False
+        if not self.finished.called:  # a transaction was in progress (or never reported)
+            if state.failure is None and len(self._results) < len(self.job.envelope.recipients):
+                if reason.check(SSL.Error) or (state.tls_started and not state.tls_hello_done):
+                    self._fail(TLS_FAILED.with_text(
+                        f"TLS negotiation failed: {reason.getErrorMessage()}"[:300]),
+                        state.stage, remote=False)
+                else:
+                    self._fail(CONNECTION_LOST.with_text(
+                        f"Connection lost during the {state.stage} stage"), state.stage,
+                        remote=False)
+            self.finished.callback(self._outcome())
+        if not self.closed.called:
+            self.closed.callback(None)
+
+    def _outcome(self) -> DeliveryResult:
+        """The current transaction's DeliveryResult; unanswered recipients get the failure."""
+        state = self.state
+        failure = state.failure or (CONNECTION_LOST, state.stage, False)
         for index, rcpt in enumerate(self.job.envelope.recipients):
-            if index not in self._results and failure is not None:
+            if index not in self._results:
                 reply, stage, remote = failure
                 result = _result(rcpt.address, reply, stage, self.host, self.address, remote)
                 if not state.answered:
@@ -705,12 +819,10 @@ class SMTPClientProtocol(LineReceiver):
                     # MX or a later attempt may take it (Postfix's smtp_skip_5xx_greeting)
                     result = replace(result, outcome=Outcome.DEFERRED)
                 self._results[index] = result
-        outcome = DeliveryResult(
+        return DeliveryResult(
             recipients=tuple(self._results[i] for i in range(len(self.job.envelope.recipients))),
             host=self.host, address=self.address, tls=self._tls_info(),
             session_failure=not state.answered)
-        if not self.finished.called:
-            self.finished.callback(outcome)
 
     def _tls_info(self) -> TLSInfo | None:
         if not self.state.tls_started or self.transport is None:
@@ -739,10 +851,30 @@ def attempt(reactor: Any, envelope: Envelope, message: MessageSource, traits: Me
     ``bind_address`` (POSTROOM_SMTP_BIND_ADDRESS) is the local IPv4 address to
     connect from.
     """
+    opening = open_session(reactor, envelope, message, traits, address=address, port=port,
+                           helo_name=helo_name, host=host, timeouts=timeouts, tls=tls,
+                           chunk_size=chunk_size, logger=logger, bind_address=bind_address,
+                           keep_open=False)
+    return opening.addCallback(lambda opened: opened[1])
+
+
+def open_session(reactor: Any, envelope: Envelope, message: MessageSource,
+                 traits: MessageTraits, *, address: str, port: int, helo_name: str,
+                 host: str | None = None, timeouts: Timeouts = DEFAULT_TIMEOUTS,
+                 tls: TLSPolicy = OPPORTUNISTIC, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 logger: Logger | None = None, bind_address: str | None = None,
+                 keep_open: bool = True,
+                 ) -> defer.Deferred[tuple[SMTPClientProtocol | None, DeliveryResult]]:
+    """Like :func:`attempt`, and also the session (None when the connection failed).
+
+    With ``keep_open`` the session is left idle after a sane transaction, for
+    :meth:`SMTPClientProtocol.send` or :meth:`SMTPClientProtocol.quit`; check
+    :attr:`SMTPClientProtocol.reusable` first.
+    """
     logger = logger or log
     protocol = SMTPClientProtocol(envelope, message, traits, helo_name=helo_name, clock=reactor,
                                   host=host, address=address, timeouts=timeouts, tls=tls,
-                                  chunk_size=chunk_size, logger=logger)
+                                  chunk_size=chunk_size, logger=logger, keep_open=keep_open)
     endpoint: TCP4ClientEndpoint | TCP6ClientEndpoint
     if ":" in address:
         endpoint = TCP6ClientEndpoint(reactor, address, port, timeout=timeouts.connect)
@@ -753,14 +885,14 @@ def attempt(reactor: Any, envelope: Envelope, message: MessageSource, traits: Me
                                       bindAddress=source)
     connecting = connectProtocol(endpoint, protocol)
 
-    def connect_failed(reason: Failure) -> DeliveryResult:
+    def connect_failed(reason: Failure) -> tuple[None, DeliveryResult]:
         text = f"connect to {host or address}[{address}]:{port}: {_why(reason)}"
         logger.info("smtp connect failed", mx=host, address=address, port=port, error=_why(reason))
-        return DeliveryResult.uniform(envelope, CONNECT_FAILED.with_text(text), "connect",
-                                      host=host, address=address, session_failure=True)
+        return None, DeliveryResult.uniform(envelope, CONNECT_FAILED.with_text(text), "connect",
+                                            host=host, address=address, session_failure=True)
 
-    def connected(_proto: Any) -> defer.Deferred[DeliveryResult]:
-        return protocol.finished
+    def connected(_proto: Any) -> defer.Deferred[tuple[SMTPClientProtocol, DeliveryResult]]:
+        return protocol.finished.addCallback(lambda result: (protocol, result))
 
     connecting.addCallbacks(connected, connect_failed)
     return connecting
