@@ -155,6 +155,8 @@ class SessionMetrics:
         self.metrics = metrics
         self.commands = frozenset(c.upper() for c in commands)
         self.mechanisms = frozenset(c.upper() for c in mechanisms)
+        # labelled children by verb: a command costs a dict lookup and an increment
+        self._commands: dict[str | bytes, Any] = {}
         if metrics is not None:
             # declared now, so /metrics names them before the first connection
             for declare in (connections_total, connections_open, commands_total,
@@ -171,8 +173,14 @@ class SessionMetrics:
             connections_open(self.metrics).labels(listener=listener).dec()
 
     def command(self, verb: str | bytes) -> None:
-        if self.metrics is not None:
-            commands_total(self.metrics).labels(command=self._known(verb, self.commands)).inc()
+        if self.metrics is None:
+            return
+        child = self._commands.get(verb)
+        if child is None:
+            child = commands_total(self.metrics).labels(command=self._known(verb, self.commands))
+            if len(self._commands) < 256:  # verbs are the peer's bytes: bounded, like the labels
+                self._commands[verb] = child
+        child.inc()
 
     def auth_failed(self, mechanism: str | bytes) -> None:
         if self.metrics is not None:

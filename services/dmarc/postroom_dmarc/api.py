@@ -183,7 +183,10 @@ def _json(request: server.Request, code: int, body: dict[str, Any]) -> bytes:
 def _finish(request: server.Request, code: int, body: dict[str, Any]) -> None:
     if request.finished or getattr(request, "_disconnected", False):
         return
-    request.write(_json(request, code, body))
+    data = _json(request, code, body)
+    # a length, not chunked encoding: the mta's client parses one body, no chunk framing
+    request.setHeader(b"content-length", str(len(data)).encode("ascii"))
+    request.write(data)
     request.finish()
 
 

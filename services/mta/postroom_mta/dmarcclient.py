@@ -31,6 +31,8 @@ _log = get_logger("dmarcclient")
 DISPOSITIONS = ("inbox", "junk", "reject", "tempfail")
 # a verdict body is a few KiB; anything far bigger is not a verdict
 MAX_RESPONSE = 1024 * 1024
+# persistent connections kept to the dmarc service
+MAX_CONNECTIONS = 64
 
 
 @dataclass(frozen=True)
@@ -91,7 +93,9 @@ class DMARCClient:
         self.timeout = timeout
         self.reactor = reactor
         self.pool = HTTPConnectionPool(reactor, persistent=True)
-        self.pool.maxPersistentPerHost = 8
+        # above the checks in flight at once (one per SMTP session at end of DATA): a request
+        # beyond the cached connections opens a new one, a handshake and a lookup each time
+        self.pool.maxPersistentPerHost = MAX_CONNECTIONS
         self.agent = Agent(reactor, pool=self.pool, connectTimeout=min(timeout, 10.0))
         self._headers: dict[bytes, list[bytes]] = {b"Content-Type": [b"application/json"]}
         if token is not None:  # POSTROOM_INTERNAL_TOKEN; never logged

@@ -8,6 +8,7 @@ where RFC 2034 section 3 exempts it: the greeting and the HELO/EHLO replies.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import lru_cache
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,12 @@ class Reply:
 
     def render(self) -> bytes:
         """The wire form: ``250-2.0.0 a`` ... ``250 2.0.0 z``, each line ending in CRLF."""
+        try:
+            return _render(self)
+        except TypeError:  # text given as a list: unhashable, rendered each time
+            return self._render()
+
+    def _render(self) -> bytes:
         lines = self.lines
         out = []
         for index, line in enumerate(lines):
@@ -120,3 +127,9 @@ DATA_LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long in message (limit is 100
 NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
 BINARYMIME_NOT_SUPPORTED = Reply(555, "5.5.4", "BODY=BINARYMIME not supported")
 TRANSACTION_FAILED = Reply(554, "5.0.0", "Transaction failed")
+
+
+@lru_cache(maxsize=512)
+def _render(reply: Reply) -> bytes:
+    """Reply.render, remembered: most replies are the same few constants (EHLO, 250, 354)."""
+    return reply._render()
