@@ -13,10 +13,11 @@ handshake and EHLO. Decisions:
   DANE) is never used for another: a clear-text or unverified session must not
   carry mail whose policy demands verified TLS, and a verified one is not
   offered to the other side either, so a policy change takes effect at once.
-  Policies compare by value and their ``creator`` by identity, so a policy
-  object built afresh for each delivery (DANE's, today) simply never matches
-  and those sessions are not reused; a shared policy object (opportunistic,
-  MTA-STS's verified one) is. Several recipient domains with the same MX share
+  Policies compare by value and their ``creator`` by equality: DANE's
+  creator is a value of its TLSA RRset (``dane.DANEPolicy``), so a session
+  verified against the same records is reused and one verified against other
+  records never is; the shared opportunistic and MTA-STS verified policies
+  match themselves. Several recipient domains with the same MX share
   its sessions, as in Postfix, since the key says where we connect and how,
   not for whom.
 * Every reuse starts with RSET (see smtpclient.py). A cached session that
