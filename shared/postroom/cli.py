@@ -251,10 +251,47 @@ def cmd_queue(args: argparse.Namespace) -> int:
     elif args.action == "retry":
         count = _with_db(spool.retry_now, args.queue_id)
         print(f"{count} recipient(s) of {args.queue_id} scheduled for an attempt now")
+    elif args.action == "purge":
+        return _queue_purge(args.older_than, args.dry_run)
     else:
         _with_db(spool.delete_spool, args.queue_id)
         print(f"{args.queue_id} deleted")
     return 0
+
+
+def _queue_purge(older_than: float | None, dry_run: bool) -> int:
+    """Delete finished messages past the retention (what the mta does every 10 minutes)."""
+    from postroom.queue import retention
+    from postroom.store import spool
+
+    settings = _settings()
+    effective = retention.effective_retention(settings, older_than)
+    before = retention.cutoff(settings, requested=older_than)
+    if older_than is not None and effective > older_than:
+        print(f"note: --older-than raised to {effective:g}s = {effective / 86400:.2f}d "
+              "(2 x POSTROOM_DMARC_REPORT_INTERVAL "
+              "+ 1m), so DMARC aggregate reports stay sent once per period", file=sys.stderr)
+    when = before.strftime("%Y-%m-%dT%H:%M:%SZ")
+    if dry_run:
+        count = _with_db(spool.count_finished, before)
+        print(f"{count} finished message(s) from before {when} would be purged (dry run)")
+        return 0
+    database = _open_store()
+    try:
+        count = retention.purge_sync(database, before)
+    finally:
+        database.dispose()
+    print(f"{count} finished message(s) from before {when} purged")
+    return 0
+
+
+def _duration_arg(text: str) -> float:
+    from postroom.config import _duration
+
+    try:
+        return _duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
 
 def _open_store() -> Any:
@@ -538,6 +575,16 @@ def build_parser() -> argparse.ArgumentParser:
                        ("delete", "delete a message from the queue")):
         q = qsub.add_parser(name, help=text)
         q.add_argument("queue_id")
+    q = qsub.add_parser(
+        "purge", help="delete finished messages past the retention",
+        description="Delete messages whose every recipient is delivered or bounced, received "
+        "and finished longer ago than the retention, with their attempt history and blobs no "
+        "mailbox uses (the mta does this every 10 minutes). The retention is never less than "
+        "2 x POSTROOM_DMARC_REPORT_INTERVAL + 1m.")
+    q.add_argument("--older-than", type=_duration_arg, default=None, metavar="DURATION",
+                   help="retention, e.g. 3d or 12h (default POSTROOM_SPOOL_RETENTION)")
+    q.add_argument("-n", "--dry-run", action="store_true",
+                   help="only count what would be purged")
     p.set_defaults(func=cmd_queue)
 
     p = sub.add_parser("dmarc", help="DMARC verdicts seen: per source, per result, as XML",

@@ -396,6 +396,13 @@ class Settings:
     queue_claim_idle: float = setting(
         _duration, "60s",
         "Idle time after which a dead consumer's unacknowledged entry is claimed by another.")
+    spool_retention: float = setting(
+        _duration, "7d",
+        "How long a finished queued message (every recipient delivered or bounced) and its "
+        "attempt history (`postroom trace`) are kept after it arrived and after its last "
+        "outcome; the mta then deletes it, and its blob unless a mailbox holds it. Never "
+        "less than 2 x POSTROOM_DMARC_REPORT_INTERVAL + 1m: aggregate reports are sent once "
+        "per period thanks to their spool row (docs/operations.md).")
     # delivery (mda)
     mda_concurrency: int = setting(
         _positive_int, "10", "Queue entries one mda process delivers at once.")

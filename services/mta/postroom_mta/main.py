@@ -2,7 +2,8 @@
 
 ``start(ctx)`` starts both halves: :func:`start_relay` (the `outbound`
 consumer, the reconciler and the bounce sweeper) and the port-25 listener
-(:func:`postroom_mta.inbound.start_inbound`).
+(:func:`postroom_mta.inbound.start_inbound`); :func:`start_spool_retention` deletes finished
+spool messages past POSTROOM_SPOOL_RETENTION (every replica runs it; SKIP LOCKED splits work).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from postroom.dns import Resolver
 from postroom.queue.consumer import StreamConsumer
 from postroom.queue.gauges import QueueGauges
 from postroom.queue.reconciler import Reconciler
+from postroom.queue.retention import SpoolPurger
 from postroom.queue.streams import QueueClient, connect
 from postroom.runtime import ServiceContext
 from postroom.service import ServiceSpec
@@ -82,9 +84,19 @@ def start_relay(ctx: ServiceContext, options: RelayOptions | None = None) -> Rel
     return relay
 
 
+def start_spool_retention(ctx: ServiceContext) -> SpoolPurger:
+    """Delete finished spool messages past POSTROOM_SPOOL_RETENTION (postroom.queue.retention)."""
+    purger = SpoolPurger(ctx.database, ctx.settings, metrics=ctx.metrics, reactor=ctx.reactor,
+                         log=ctx.log.bind(component="spool-retention"))
+    ctx.on_stop(purger.stop)
+    purger.start()
+    return purger
+
+
 def start(ctx: ServiceContext) -> Deferred[Any] | None:
-    """Start the mta: the outbound relay (the inbound listener is added here as it lands)."""
+    """Start the mta: the outbound relay, spool retention and the inbound listener."""
     start_relay(ctx)
+    start_spool_retention(ctx)
     return Deferred.fromCoroutine(start_inbound(ctx))
 
 

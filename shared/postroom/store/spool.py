@@ -360,20 +360,42 @@ def delete_spool(session: Session, queue_id: str) -> None:
     delete_orphans(session, [found[1]])
 
 
-def purge_finished(session: Session, before: datetime, *, limit: int = 1000) -> int:
-    """Delete messages received before ``before`` with no pending or failed recipient."""
+def _finished_before(before: datetime) -> Any:
+    """Received before ``before``, and every recipient delivered or bounced before it too.
+
+    Both times count: a message that took days to bounce keeps its history (``postroom
+    trace``) for the retention after its last outcome, not only after its arrival.
+    """
     unfinished = select(SpoolRecipient.id).where(
         SpoolRecipient.spool_message_id == SpoolMessage.id,
-        SpoolRecipient.state.in_(("pending", "failed")))
+        SpoolRecipient.state.in_(("pending", "failed")) | (SpoolRecipient.updated_at >= before))
+    return (SpoolMessage.received_at < before) & ~unfinished.exists()
+
+
+def purge_finished(session: Session, before: datetime, *, limit: int = 1000) -> int:
+    """Delete up to ``limit`` finished messages (see :func:`_finished_before`); how many.
+
+    Their recipients, attempt history and (through mailbox_entries.spool_recipient_id)
+    delivery keys go by ON DELETE CASCADE / SET NULL; then their blobs unless a mailbox
+    entry or another spool message still uses them. Rows another transaction holds are
+    skipped (SKIP LOCKED), so several mta replicas purging at once split the work.
+    """
     rows = session.execute(
         select(SpoolMessage.id, SpoolMessage.message_id)
-        .where(SpoolMessage.received_at < before, ~unfinished.exists())
+        .where(_finished_before(before))
         .limit(limit).with_for_update(skip_locked=True)).all()
     if not rows:
         return 0
-    session.execute(delete(SpoolMessage).where(SpoolMessage.id.in_([r[0] for r in rows])))
+    session.execute(delete(SpoolMessage).where(SpoolMessage.id.in_([r[0] for r in rows]))
+                    .execution_options(synchronize_session=False))
     delete_orphans(session, sorted({r[1] for r in rows}))
     return len(rows)
+
+
+def count_finished(session: Session, before: datetime) -> int:
+    """How many messages :func:`purge_finished` would delete now (`postroom queue purge -n`)."""
+    return int(session.execute(select(func.count()).select_from(SpoolMessage)
+                               .where(_finished_before(before))).scalar_one())
 
 
 def expand_recipient(session: Session, recipient_id: int,
