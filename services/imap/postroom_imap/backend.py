@@ -37,6 +37,7 @@ from postroom_imap.policy import (
     LoginDelayed,
     MailboxRow,
     MailboxStatus,
+    OwnChange,
     Quota,
     SelectState,
     StoreResult,
@@ -54,7 +55,7 @@ class ChangeListener:
         self.client = client
         self.prefix = prefix
         self.reactor = reactor
-        self.watchers: dict[int, list[Callable[[], None]]] = {}
+        self.watchers: dict[int, list[Callable[..., None]]] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -67,7 +68,7 @@ class ChangeListener:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def watch(self, mailbox_id: int, callback: Callable[[], None]) -> Callable[[], None]:
+    def watch(self, mailbox_id: int, callback: Callable[..., None]) -> Callable[[], None]:
         self.watchers.setdefault(mailbox_id, []).append(callback)
 
         def unwatch() -> None:
@@ -79,11 +80,18 @@ class ChangeListener:
 
         return unwatch
 
-    def notify(self, mailbox_id: int) -> None:
-        """On the reactor: wake every session watching ``mailbox_id``."""
+    def notify(self, mailbox_id: int, modseq: int | None = None) -> None:
+        """On the reactor: wake every session watching ``mailbox_id``.
+
+        ``modseq`` is the event's new HIGHESTMODSEQ when it says (IMAP and MDA
+        events do): a session that already knows it need not look.
+        """
         for callback in list(self.watchers.get(mailbox_id, [])):
             try:
-                callback()
+                if modseq is None:
+                    callback()
+                else:
+                    callback(modseq)
             except Exception as exc:  # one broken session must not starve the others
                 log.exception("change callback failed", exc)
 
@@ -102,7 +110,8 @@ class ChangeListener:
                         channel = channel.decode("utf-8", "replace")
                     tail = str(channel).rsplit(":", 1)[-1]
                     if tail.isdigit():
-                        self.reactor.callFromThread(self.notify, int(tail))
+                        self.reactor.callFromThread(self.notify, int(tail),
+                                                    _event_modseq(message.get("data")))
             except (redis.RedisError, OSError) as exc:
                 log.warning("change listener lost redis", error=str(exc))
                 self._stop.wait(2.0)
@@ -111,6 +120,15 @@ class ChangeListener:
                     pubsub.close()
                 except (redis.RedisError, OSError):
                     pass
+
+
+def _event_modseq(data: Any) -> int | None:
+    """The ``modseq`` of a change event's JSON body, or None (absent, or not an event)."""
+    try:
+        value = json.loads(data).get("modseq") if data else None
+    except (ValueError, TypeError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
 
 
 class StoreAccounts:
@@ -208,8 +226,11 @@ class StoreAccounts:
                 raise Unavailable() from None
         return await self._outcome(info, username, peer)
 
-    def publish(self, mailbox_id: int, kind: str) -> None:
-        event = json.dumps({"event": kind, "mailbox_id": mailbox_id, "source": "imap"})
+    def publish(self, mailbox_id: int, kind: str, modseq: int | None = None) -> None:
+        body: dict[str, Any] = {"event": kind, "mailbox_id": mailbox_id, "source": "imap"}
+        if modseq is not None:
+            body["modseq"] = modseq  # sessions that already know this modseq ignore the event
+        event = json.dumps(body)
         try:
             self.redis.publish(f"{self.prefix}mailbox:{mailbox_id}", event)
         except redis.RedisError as exc:
@@ -231,12 +252,22 @@ class UserStoreImpl:
         self.accounts = accounts
         self.user_id = user_id
         self.address = address
+        # changes this session's commands committed, for Selected.own_change (one command
+        # runs at a time per session, so these belong to the command being answered)
+        self._own: list[OwnChange] = []
+
+    def take_own_changes(self) -> list[OwnChange]:
+        """The HIGHESTMODSEQ steps of this session's commands since the last call."""
+        own, self._own = self._own, []
+        return own
 
     def _db(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return self.accounts.database.run(fn, *args).addErrback(_database_down)
 
-    def _changed(self, result: Any, mailbox_id: int, kind: str) -> Any:
-        self.accounts.in_redis_thread(self.accounts.publish, mailbox_id, kind).addErrback(
+    def _changed(self, result: Any, mailbox_id: int, kind: str,
+                 modseq: int | None = None) -> Any:
+        self.accounts.in_redis_thread(self.accounts.publish, mailbox_id, kind,
+                                      modseq).addErrback(
             lambda f: log.warning("publish failed", error=f.getErrorMessage()))
         return result
 
@@ -267,9 +298,11 @@ class UserStoreImpl:
                when: datetime | None) -> Deferred[tuple[int, int]]:
         d = self._db(mailstore.append, self.user_id, name, data, list(flags), when)
 
-        def done(result: tuple[int, int, int]) -> tuple[int, int]:
-            self._changed(None, result[2], "exists")
-            return result[0], result[1]
+        def done(result: tuple[int, int, int, int]) -> tuple[int, int]:
+            uidvalidity, uid, mailbox_id, modseq = result
+            self._own.append(OwnChange(mailbox_id, modseq - 1, modseq, uid))
+            self._changed(None, mailbox_id, "exists", modseq)
+            return uidvalidity, uid
 
         return d.addCallback(done)
 
@@ -301,8 +334,11 @@ class UserStoreImpl:
         d = self._db(mailstore.store, mailbox_id, list(uids), mode, list(flags), unchangedsince)
 
         def done(result: StoreResult) -> StoreResult:
+            if result.modseq_before is not None and result.modseq_after is not None:
+                self._own.append(OwnChange(mailbox_id, result.modseq_before,
+                                           result.modseq_after))
             if result.changed:
-                self._changed(None, mailbox_id, "flags")
+                self._changed(None, mailbox_id, "flags", result.modseq_after)
             return result
 
         return d.addCallback(done)
@@ -328,9 +364,11 @@ class UserStoreImpl:
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None) -> Deferred[list[int]]:
         d = self._db(mailstore.expunge, mailbox_id, None if uids is None else list(uids))
 
-        def done(removed: list[int]) -> list[int]:
+        def done(result: tuple[list[int], int, int]) -> list[int]:
+            removed, before, after = result
+            self._own.append(OwnChange(mailbox_id, before, after))
             if removed:
-                self._changed(None, mailbox_id, "expunge")
+                self._changed(None, mailbox_id, "expunge", after)
             return removed
 
         return d.addCallback(done)
@@ -338,7 +376,7 @@ class UserStoreImpl:
     def quota(self) -> Deferred[Quota]:
         return self._db(mailstore.quota, self.user_id)
 
-    def watch(self, mailbox_id: int, callback: Callable[[], None]) -> Callable[[], None]:
+    def watch(self, mailbox_id: int, callback: Callable[..., None]) -> Callable[[], None]:
         return self.accounts.listener.watch(mailbox_id, callback)
 
     def close(self) -> None:

@@ -94,6 +94,7 @@ class MailboxCommands:
     write: Any
     select_mailbox: Any
     _drop_selected: Any
+    absorb_own_changes: Any
 
     def _user(self) -> UserStore:
         assert self.store is not None
@@ -230,8 +231,9 @@ class MailboxCommands:
             except NoSuchMailbox:
                 raise TryCreate("no such mailbox; create it first") from None
             uids.append(uid)
-        if self.selected is not None and self.selected.name == args.mailbox:
-            self.selected.dirty = True
+        if self.selected is not None:
+            self.absorb_own_changes(self.selected,
+                                    fallback_dirty=self.selected.name == args.mailbox)
         return ("OK", f"[APPENDUID {uidvalidity} {uid_set_text(uids)}] APPEND completed")
 
     async def do_namespace(self, command: Command) -> Reply:

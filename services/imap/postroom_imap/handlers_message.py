@@ -77,6 +77,7 @@ class MessageCommands:
     condstore: bool
     write: Any
     _drop_selected: Any
+    absorb_own_changes: Any
 
     def _box(self) -> tuple[UserStore, Selected]:
         assert self.store is not None and self.selected is not None
@@ -111,6 +112,7 @@ class MessageCommands:
             return ("OK", "EXPUNGE completed")
         gone = await store.expunge(box.mailbox_id, limit)
         self.write(b"".join(box.forget(gone)))
+        self.absorb_own_changes(box)
         return ("OK", "EXPUNGE completed")
 
     async def do_search(self, command: Command) -> Reply:
@@ -141,7 +143,9 @@ class MessageCommands:
         if args.changedsince is not None or any(i.name == "MODSEQ" for i in args.items):
             self.condstore = True
         want_blob = any(needs_blob(i) for i in args.items)
-        want_meta = any(needs_meta(i) for i in args.items)
+        # RFC822.HEADER/TEXT need the header's end, which the cached analysis has
+        want_meta = any(needs_meta(i) or i.name in ("RFC822.HEADER", "RFC822.TEXT")
+                        for i in args.items)
         mark_seen = not box.readonly and any(i.sets_seen for i in args.items)
         line = None if mark_seen else flags_line_renderer(
             args.items, with_uid=command.uid, with_modseq=self.condstore)
@@ -220,8 +224,7 @@ class MessageCommands:
                 items.insert(0, b"UID %d" % row.uid)
             out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items)))
         self.write(b"".join(out))
-        if changed:
-            box.dirty = True
+        self.absorb_own_changes(box, fallback_dirty=bool(changed))
         if result.modified:
             numbers = result.modified if command.uid else [
                 n for n in (box.seq_of(u) for u in result.modified) if n is not None]

@@ -7,9 +7,14 @@ MDA and POP3 use, and advances HIGHESTMODSEQ, so other sessions notice.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
+import threading
 from array import array
+from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, cast
 
@@ -18,8 +23,8 @@ from sqlalchemy.orm import Session
 
 from postroom.mime import analyze
 from postroom.store import mailboxes
-from postroom.store.errors import AlreadyExists, NotFound
-from postroom.store.messages import delete_orphans, store_message
+from postroom.store.errors import AlreadyExists
+from postroom.store.messages import delete_orphans
 from postroom_imap.policy import (
     Changes,
     CopyResult,
@@ -71,6 +76,23 @@ def _lock_id(s: Session, mailbox_id: int) -> Any:
     if row is None:
         raise NoSuchMailbox()
     return row
+
+
+def _lock_bump(s: Session, mailbox_id: int) -> tuple[int, int]:
+    """Lock the mailbox row and advance its HIGHESTMODSEQ in one round trip; (before, after).
+
+    The bump happens even when the command then changes nothing: RFC 7162
+    allows gaps, and one statement instead of a locking SELECT plus a
+    conditional UPDATE saves a round trip on every STORE and EXPUNGE. The
+    row lock is taken before the statement that changes entries runs, so that
+    statement's snapshot (READ COMMITTED: a new one per statement) sees every
+    change committed by whoever held the lock before.
+    """
+    row = s.execute(text("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 "
+                         "WHERE id = :m RETURNING highestmodseq"), {"m": mailbox_id}).first()
+    if row is None:
+        raise NoSuchMailbox()
+    return int(row[0]) - 1, int(row[0])
 
 
 def _bump(s: Session, mailbox_id: int, modseq: int) -> None:
@@ -166,27 +188,84 @@ def quota(s: Session, user_id: int) -> Quota:
     return Quota(used_bytes, limits[0], used_messages, limits[1])
 
 
-def _check_quota(s: Session, user_id: int, add_bytes: int, add_messages: int) -> None:
-    q = quota(s, user_id)
-    if q.limit_bytes is not None and q.used_bytes + add_bytes > q.limit_bytes:
+def _check_quota(s: Session, user_id: int, add_bytes: int, add_messages: int,
+                 limits: tuple[int | None, int | None] | None = None) -> None:
+    """OverQuota when adding this much passes a limit; ``limits`` when already read."""
+    if limits is None:
+        row = s.execute(text("SELECT quota_bytes, quota_messages FROM users WHERE id = :u"),
+                        {"u": user_id}).one()
+        limits = (row[0], row[1])
+    if limits[0] is None and limits[1] is None:
+        return  # no limits: skip summing every message the user has (a scan of all entries)
+    used_bytes, used_messages = mailboxes.usage(s, user_id)
+    if limits[0] is not None and used_bytes + add_bytes > limits[0]:
         raise OverQuota()
-    if q.limit_messages is not None and q.used_messages + add_messages > q.limit_messages:
+    if limits[1] is not None and used_messages + add_messages > limits[1]:
         raise OverQuota()
+
+
+def _store_blob(s: Session, user_id: int, data: bytes,
+                metadata: dict[str, Any]) -> tuple[int, tuple[int | None, int | None]]:
+    """``messages.store_message`` in plain SQL, plus the user's quota limits in the same trip.
+
+    (message id, (quota bytes, quota messages)). The same content addressing
+    (SHA-256, ON CONFLICT DO NOTHING, then a look-up for bytes that were
+    already there) without the ORM's per-statement cost. The look-up is its
+    own statement so that it sees a row a concurrent writer committed while
+    this insert waited on it.
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    row = s.execute(text(
+        "WITH stored AS (INSERT INTO messages (sha256, size, blob, metadata) "
+        "VALUES (:h, :n, :b, CAST(:meta AS jsonb)) "
+        "ON CONFLICT (sha256) DO NOTHING RETURNING id) "
+        "SELECT (SELECT id FROM stored), quota_bytes, quota_messages FROM users WHERE id = :u"),
+        {"h": digest, "n": len(data), "b": data, "meta": json.dumps(metadata),
+         "u": user_id}).one()
+    limits = (row[1], row[2])
+    if row[0] is not None:
+        return int(row[0]), limits
+    return int(s.execute(text("SELECT id FROM messages WHERE sha256 = :h"),
+                         {"h": digest}).scalar_one()), limits
+
+
+def _delete_orphans(s: Session, message_ids: Sequence[int]) -> None:
+    """``messages.delete_orphans`` for known ids, in plain SQL (EXPUNGE's hot path)."""
+    if message_ids:
+        s.execute(text(
+            "DELETE FROM messages m WHERE m.id = ANY(CAST(:ids AS bigint[])) "
+            "AND NOT EXISTS (SELECT 1 FROM mailbox_entries e WHERE e.message_id = m.id) "
+            "AND NOT EXISTS (SELECT 1 FROM spool_messages p WHERE p.message_id = m.id)"),
+            {"ids": list(message_ids)})
 
 
 def append(s: Session, user_id: int, name: str, data: bytes, flags: Sequence[str],
-           when: datetime | None) -> tuple[int, int, int]:
-    """Store a message into a mailbox; (uidvalidity, uid, mailbox id)."""
-    box = _mailbox(s, user_id, name)
-    _check_quota(s, user_id, len(data), 1)
-    message_id = store_message(s, data, jsonb_safe(analyze(data).to_dict()))
-    try:
-        uid, _ = mailboxes.deliver_to_mailbox(
-            s, user_id=user_id, mailbox_name=_norm(name), message_id=message_id,
-            spool_recipient_id=None, flags=list(dict.fromkeys(flags)), internaldate=when)
-    except NotFound:
-        raise NoSuchMailbox() from None
-    return int(box.uidvalidity), int(uid), int(box.id)
+           when: datetime | None) -> tuple[int, int, int, int]:
+    """Store a message into a mailbox; (uidvalidity, uid, mailbox id, modseq).
+
+    Two statements in the usual case, rather than ``mailboxes.deliver_to_mailbox``
+    and its ORM flushes: IMAP has no spool recipient to deduplicate on, so
+    there is no savepoint to take. The first stores the blob and reads the
+    quota limits; the second is one data-modifying CTE whose UPDATE ...
+    RETURNING locks the mailbox row and allocates the UID (the old uidnext)
+    and MODSEQ (the new highestmodseq) that the entry then gets, as MDA
+    deliveries do. Over quota, or no such mailbox, rolls all of it back.
+    """
+    message_id, limits = _store_blob(s, user_id, data, jsonb_safe(analyze(data).to_dict()))
+    _check_quota(s, user_id, len(data), 1, limits)
+    row = s.execute(text(
+        "WITH box AS (UPDATE mailboxes SET uidnext = uidnext + 1, "
+        "highestmodseq = highestmodseq + 1 WHERE user_id = :u AND name = :n "
+        "RETURNING id, uidvalidity, uidnext - 1 AS uid, highestmodseq) "
+        "INSERT INTO mailbox_entries (mailbox_id, uid, message_id, flags, modseq, internaldate) "
+        "SELECT box.id, box.uid, :msg, CAST(:f AS text[]), box.highestmodseq, "
+        "coalesce(:d, now()) FROM box "
+        "RETURNING (SELECT uidvalidity FROM box), uid, mailbox_id, modseq"),
+        {"u": user_id, "n": _norm(name), "msg": message_id, "f": list(dict.fromkeys(flags)),
+         "d": when}).first()
+    if row is None:
+        raise NoSuchMailbox()
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
 
 # --- the selected mailbox
@@ -211,26 +290,112 @@ def _uid_array(packed: bytes | memoryview | None) -> array[int]:
     return words[2::3]
 
 
-def select(s: Session, user_id: int, name: str) -> SelectState:
-    """UIDs, first unseen and whether keywords exist in one pass over the mailbox's entries."""
-    box = _mailbox(s, user_id, name)
-    packed, unseen, has_keywords = s.execute(text(
-        "SELECT array_send(array_agg(uid ORDER BY uid)), "
-        "min(uid) FILTER (WHERE NOT ('\\Seen' = ANY(flags))), "
-        "coalesce(bool_or(NOT (flags <@ CAST(:sys AS text[]))), false) "
-        "FROM mailbox_entries WHERE mailbox_id = :m"), {"m": box.id, "sys": list(SYSTEM)}).one()
+@dataclass(frozen=True)
+class _Loaded:
+    """A mailbox's SELECT data as of one snapshot, and the mailbox row values it was read with."""
+
+    key: tuple[int, int, int, int]  # id, uidvalidity, uidnext, highestmodseq
+    uids: array[int]
+    first_unseen_uid: int | None
+    keywords: tuple[str, ...]
+
+
+class SelectCache:
+    """Per-process SELECT data of big mailboxes, valid while the mailbox row is unchanged.
+
+    Every writer of a mailbox's entries or flags (IMAP, the MDA, POP3, the
+    importer) advances the row's HIGHESTMODSEQ in the same transaction, so
+    (id, uidvalidity, uidnext, highestmodseq) equal to what was cached means
+    the entries are exactly those cached, whichever process changed them.
+    Only mailboxes of at least ``min_messages`` are kept: for small ones the
+    one-statement load costs less than the extra round trip of validating.
+    Bounded by the UIDs held (4 bytes each), least recently used first out.
+    """
+
+    def __init__(self, max_uids: int = 4_000_000, min_messages: int = 2_000) -> None:
+        self.max_uids = max_uids
+        self.min_messages = min_messages
+        self._entries: OrderedDict[tuple[int, str], _Loaded] = OrderedDict()
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def get(self, user_id: int, name: str) -> _Loaded | None:
+        with self._lock:
+            found = self._entries.get((user_id, name))
+            if found is not None:
+                self._entries.move_to_end((user_id, name))
+            return found
+
+    def put(self, user_id: int, name: str, loaded: _Loaded) -> None:
+        with self._lock:
+            old = self._entries.pop((user_id, name), None)
+            if old is not None:
+                self._held -= len(old.uids)
+            if len(loaded.uids) < self.min_messages or len(loaded.uids) > self.max_uids:
+                return
+            self._entries[(user_id, name)] = loaded
+            self._held += len(loaded.uids)
+            while self._held > self.max_uids:
+                _, dropped = self._entries.popitem(last=False)
+                self._held -= len(dropped.uids)
+
+
+SELECT_CACHE = SelectCache()
+
+_SELECT_AGGREGATE = (
+    "SELECT b.id, b.uidvalidity, b.uidnext, b.highestmodseq, a.packed, a.unseen, a.has_keywords "
+    "FROM mailboxes b CROSS JOIN LATERAL ("
+    "SELECT array_send(array_agg(uid ORDER BY uid)) AS packed, "
+    "min(uid) FILTER (WHERE NOT ('\\Seen' = ANY(flags))) AS unseen, "
+    "coalesce(bool_or(NOT (flags <@ CAST(:sys AS text[]))), false) AS has_keywords "
+    "FROM mailbox_entries WHERE mailbox_id = b.id) a ")
+
+
+def _load(s: Session, where: str, params: dict[str, Any]) -> _Loaded:
+    """UIDs, first unseen and keywords; the mailbox row comes from the same snapshot."""
+    row = s.execute(text(_SELECT_AGGREGATE + where), {**params, "sys": list(SYSTEM)}).first()
+    if row is None:
+        raise NoSuchMailbox()
+    mailbox_id = int(row[0])
     keywords: Sequence[str] = []
-    if has_keywords:  # a second pass only for mailboxes where some message has a keyword
+    if row[6]:  # a second pass only for mailboxes where some message has a keyword
         keywords = s.execute(text(
             "SELECT DISTINCT f FROM (SELECT unnest(flags) AS f FROM mailbox_entries "
             "WHERE mailbox_id = :m AND NOT (flags <@ CAST(:sys AS text[]))) k "
             "WHERE left(f, 1) <> '\\' ORDER BY f LIMIT 100"),
-            {"m": box.id, "sys": list(SYSTEM)}).scalars().all()
-    return SelectState(mailbox_id=int(box.id), name=_norm(name),
-                       uidvalidity=int(box.uidvalidity), uidnext=int(box.uidnext),
-                       highestmodseq=int(box.highestmodseq), uids=_uid_array(packed),
-                       first_unseen_uid=int(unseen) if unseen is not None else None,
-                       keywords=[str(k) for k in keywords])
+            {"m": mailbox_id, "sys": list(SYSTEM)}).scalars().all()
+    return _Loaded((mailbox_id, int(row[1]), int(row[2]), int(row[3])), _uid_array(row[4]),
+                   int(row[5]) if row[5] is not None else None, tuple(str(k) for k in keywords))
+
+
+def select(s: Session, user_id: int, name: str, cache: SelectCache | None = None) -> SelectState:
+    """The mailbox's UIDs, first unseen and keywords: from ``cache`` when still valid.
+
+    Without a cached entry, one statement loads everything; with one, a
+    cheap read of the mailbox row decides whether it still holds, and only
+    a changed mailbox is loaded again. Each session gets its own copy of the
+    UID array (sessions change theirs as they announce EXISTS and EXPUNGE).
+    """
+    name = _norm(name)
+    cache = SELECT_CACHE if cache is None else cache
+    cached = cache.get(user_id, name)
+    loaded = None
+    if cached is not None:
+        box = _mailbox(s, user_id, name)
+        key = (int(box.id), int(box.uidvalidity), int(box.uidnext), int(box.highestmodseq))
+        if key == cached.key:
+            loaded = cached
+        else:
+            loaded = _load(s, "WHERE b.id = :m", {"m": key[0]})
+    else:
+        loaded = _load(s, "WHERE b.user_id = :u AND b.name = :n", {"u": user_id, "n": name})
+    if loaded is not cached:
+        cache.put(user_id, name, loaded)
+    mailbox_id, uidvalidity, uidnext, highestmodseq = loaded.key
+    return SelectState(mailbox_id=mailbox_id, name=name, uidvalidity=uidvalidity,
+                       uidnext=uidnext, highestmodseq=highestmodseq, uids=loaded.uids[:],
+                       first_unseen_uid=loaded.first_unseen_uid,
+                       keywords=list(loaded.keywords))
 
 
 def changes(s: Session, mailbox_id: int, modseq: int, max_uid: int, count: int) -> Changes:
@@ -327,7 +492,9 @@ def fetch(s: Session, mailbox_id: int, uids: Sequence[int], blob: bool, meta: bo
             _bump(s, mailbox_id, modseq)
         seen = {int(r[0]): (tuple(r[1]), int(r[2])) for r in updated}
     columns = "e.uid, e.flags, e.modseq, e.internaldate, m.size"
-    columns += ", m.metadata" if meta or blob else ", NULL"
+    # the cached analysis without its decoded header list, which FETCH never renders and
+    # which is most of its size (decoding JSON is the main cost of a header FETCH)
+    columns += ", m.metadata - 'headers'" if meta else ", NULL"
     columns += ", m.blob" if blob else ", NULL"
     params: dict[str, Any] = {"m": mailbox_id}
     condition, keep = _uid_condition(uids, params)
@@ -362,32 +529,35 @@ _CHANGES = {
 
 def store(s: Session, mailbox_id: int, uids: Sequence[int], mode: str, flags: Sequence[str],
           unchangedsince: int | None) -> StoreResult:
-    box = _lock_id(s, mailbox_id)
-    modseq = int(box.highestmodseq) + 1
+    """Change flags; two statements: lock-and-bump, then the update and the rows' flags at once.
+
+    The second is one statement (a data-modifying CTE): the changed rows come
+    from its RETURNING, the unchanged ones from the same snapshot, which
+    still holds their (unchanged) values.
+    """
+    if not uids:
+        return StoreResult([], [], [])
+    before, modseq = _lock_bump(s, mailbox_id)
     params: dict[str, Any] = {"m": mailbox_id, "uids": list(uids), "f": list(dict.fromkeys(flags)),
-                              "ms": modseq}
-    modified: list[int] = []
+                              "ms": modseq, "lo": min(uids), "hi": max(uids)}
+    # the BETWEEN keeps every statement an index range scan on (mailbox_id, uid)
+    within = ("mailbox_id = :m AND uid BETWEEN :lo AND :hi "
+              "AND uid = ANY(CAST(:uids AS bigint[]))")
     guard = ""
     if unchangedsince is not None:
         params["us"] = unchangedsince
-        modified = [int(u) for u in s.execute(text(
-            "SELECT uid FROM mailbox_entries WHERE mailbox_id = :m "
-            "AND uid = ANY(CAST(:uids AS bigint[])) AND modseq > :us ORDER BY uid"),
-            params).scalars()]
         guard = " AND modseq <= :us"
-    changed = [int(r[0]) for r in s.execute(text(
-        f"UPDATE mailbox_entries SET flags = {_NEW_FLAGS[mode]}, modseq = :ms "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
-        "WHERE mailbox_id = :m AND uid = ANY(CAST(:uids AS bigint[])) "
-        f"AND {_CHANGES[mode]}{guard} RETURNING uid"),
-        params).all()]
-    if changed:
-        _bump(s, mailbox_id, modseq)
-    rows = s.execute(text("SELECT uid, flags, modseq FROM mailbox_entries "
-                          "WHERE mailbox_id = :m AND uid = ANY(CAST(:uids AS bigint[])) "
-                          "ORDER BY uid"),
-                     params).all()
+    rows = s.execute(text(
+        f"WITH changed AS (UPDATE mailbox_entries SET flags = {_NEW_FLAGS[mode]}, modseq = :ms "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+        f"WHERE {within} AND {_CHANGES[mode]}{guard} RETURNING uid, flags, modseq) "
+        "SELECT uid, flags, modseq, true FROM changed UNION ALL "
+        f"SELECT uid, flags, modseq, false FROM mailbox_entries WHERE {within} "
+        "AND uid NOT IN (SELECT uid FROM changed) ORDER BY 1"), params).all()
+    changed = [int(r[0]) for r in rows if r[3]]
+    modified = [] if unchangedsince is None else [
+        int(r[0]) for r in rows if not r[3] and int(r[2]) > unchangedsince]
     return StoreResult([FlagUpdate(int(r[0]), tuple(r[1]), int(r[2])) for r in rows],
-                       sorted(changed), modified)
+                       changed, modified, modseq_before=before, modseq_after=modseq)
 
 
 def search(s: Session, mailbox_id: int, key: Any, max_uid: int) -> list[tuple[int, int]]:
@@ -444,20 +614,25 @@ def copy(s: Session, user_id: int, mailbox_id: int, uids: Sequence[int], dest: s
     return CopyResult(int(dst.uidvalidity), source, new)
 
 
-def expunge(s: Session, mailbox_id: int, uids: Sequence[int] | None) -> list[int]:
-    """Remove \\Deleted messages (only among ``uids`` when given); the UIDs removed."""
-    box = _lock_id(s, mailbox_id)
+def expunge(s: Session, mailbox_id: int,
+            uids: Sequence[int] | None) -> tuple[list[int], int, int]:
+    """Remove \\Deleted messages (only among ``uids`` when given).
+
+    (UIDs removed, HIGHESTMODSEQ before, after): the caller may skip asking
+    what changed when ``before`` is what it knew.
+    """
+    before, after = _lock_bump(s, mailbox_id)
     sql = ("DELETE FROM mailbox_entries WHERE mailbox_id = :m AND '\\Deleted' = ANY(flags)")
     params: dict[str, Any] = {"m": mailbox_id}
     if uids is not None:
-        sql += " AND uid = ANY(CAST(:uids AS bigint[]))"
-        params["uids"] = list(uids)
+        if not uids:
+            return [], before, after
+        sql += " AND uid BETWEEN :lo AND :hi AND uid = ANY(CAST(:uids AS bigint[]))"
+        params.update({"uids": list(uids), "lo": min(uids), "hi": max(uids)})
     removed = s.execute(text(sql + " RETURNING uid, message_id"), params).all()
-    if not removed:
-        return []
-    _bump(s, mailbox_id, int(box.highestmodseq) + 1)
-    delete_orphans(s, sorted({int(r[1]) for r in removed}))
-    return sorted(int(r[0]) for r in removed)
+    if removed:
+        _delete_orphans(s, sorted({int(r[1]) for r in removed}))
+    return sorted(int(r[0]) for r in removed), before, after
 
 
 def user_mailbox_ids(s: Session, user_id: int, names: Sequence[str]) -> list[int]:

@@ -139,6 +139,24 @@ class StoreResult:
     rows: list[FlagUpdate]  # current flags of every requested, existing message
     changed: list[int]  # uids this command modified
     modified: list[int]  # uids refused by UNCHANGEDSINCE
+    # the mailbox's HIGHESTMODSEQ just before and after this command, when the store knows
+    modseq_before: int | None = None
+    modseq_after: int | None = None
+
+
+@dataclass(frozen=True)
+class OwnChange:
+    """A change a session committed: the mailbox's HIGHESTMODSEQ went ``before`` -> ``after``.
+
+    Read under the mailbox's row lock, so when ``before`` is the HIGHESTMODSEQ
+    the session last knew, nothing else happened in between and the session
+    can skip asking the store what changed (see ``Selected.own_change``).
+    """
+
+    mailbox_id: int
+    before: int
+    after: int
+    uid: int | None = None  # the message an APPEND added
 
 
 @dataclass(frozen=True)
@@ -184,8 +202,15 @@ class UserStore(Protocol):
              move: bool) -> Deferred[CopyResult]: ...
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None) -> Deferred[list[int]]: ...
     def quota(self) -> Deferred[Quota]: ...
-    def watch(self, mailbox_id: int, callback: Callable[[], None]) -> Callable[[], None]:
-        """Call ``callback`` (on the reactor) when the mailbox may have changed; returns unwatch."""
+
+    # optional (the protocol uses getattr): what the last command changed itself
+    # def take_own_changes(self) -> list[OwnChange]: ...
+    def watch(self, mailbox_id: int, callback: Callable[..., None]) -> Callable[[], None]:
+        """Call ``callback`` (on the reactor) when the mailbox may have changed; returns unwatch.
+
+        The callback gets the change's new HIGHESTMODSEQ as its argument when the
+        event carries one, and no argument otherwise.
+        """
         ...
     def close(self) -> None: ...
 

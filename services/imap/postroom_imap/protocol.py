@@ -13,6 +13,7 @@ reply, and EXPUNGE never during FETCH, STORE or SEARCH (RFC 3501 7.4.1).
 from __future__ import annotations
 
 import secrets
+import socket
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -76,6 +77,7 @@ _NO_EXPUNGE = ("FETCH", "STORE", "SEARCH")
 _ALWAYS_SYNC = ("NOOP", "CHECK", "IDLE")
 
 Reply = tuple[str, str]  # ("OK" | "NO" | "BAD", text)
+_QUICKACK: int | None = getattr(socket, "TCP_QUICKACK", None)  # Linux only
 
 
 class IMAPFactory(ServerFactory):
@@ -163,6 +165,7 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
             transport.loseConnection()
             return
         self._counted = True
+        self._no_delay(transport)
         self._listener = "imaps" if self.tls else "imap"
         self.factory.meter.opened(self._listener)
         self.reader = CommandReader(self.factory.limits)
@@ -246,10 +249,54 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
             return
         self.touch()
         try:
-            self._enqueue(self.reader.feed(data))
+            events = self.reader.feed(data)
+            if self.reader.in_command:
+                self._ack_now()
+            self._enqueue(events)
         except Exception as exc:  # a bug in framing must not leak a traceback to the peer
             self.log.exception("input handling failed", exc)
             self.close(b"* BYE internal server error\r\n")
+
+    @staticmethod
+    def _no_delay(transport: Any) -> None:
+        """Send each write at once (TCP_NODELAY), as Dovecot does.
+
+        Twisted already gathers what one reactor turn writes into one send, so
+        this does not make tiny packets; without it, a reply written in two
+        parts with a database round trip between them (``* OK [CLOSED]`` then
+        the rest of a second SELECT, untagged data then the tagged line after a
+        sync) waits for the client's delayed ACK: 40 ms on Linux, measured on
+        a 100,000-message SELECT served from the cache (44 ms instead of 3).
+        """
+        for layer in (transport, getattr(transport, "transport", None)):
+            set_no_delay = getattr(layer, "setTcpNoDelay", None)
+            if set_no_delay is not None:
+                try:
+                    set_no_delay(True)
+                    return
+                except (OSError, AttributeError):
+                    continue
+
+    def _ack_now(self) -> None:
+        """Acknowledge the bytes of an unfinished command at once (Linux TCP_QUICKACK).
+
+        A client that writes a literal and then its closing CRLF as two small
+        writes (Python's imaplib does, on APPEND) has the CRLF held back by
+        Nagle's algorithm until the literal is acknowledged, and Linux delays
+        that acknowledgement up to 40 ms: measured on loopback, APPEND took
+        52 ms instead of 8. The kernel clears the option by itself, so it is
+        set again whenever a command is still incomplete after a read.
+        """
+        transport: Any = self.transport
+        for layer in (transport, getattr(transport, "transport", None)):
+            handle = getattr(layer, "getHandle", None)
+            sock = handle() if handle is not None else None
+            if sock is not None and hasattr(sock, "setsockopt") and _QUICKACK is not None:
+                try:
+                    sock.setsockopt(socket.IPPROTO_TCP, _QUICKACK, 1)
+                    return
+                except (OSError, TypeError, AttributeError):
+                    continue
 
     def _enqueue(self, events: list[Event]) -> None:
         for event in events:
@@ -363,6 +410,8 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
         except Exception as exc:
             self.log.exception("command failed", exc, command=name)
             reply = ("NO", "[SERVERBUG] internal server error, logged")
+        # whatever the handler did not claim (e.g. an APPEND that failed half-way)
+        self.absorb_own_changes(self.selected)
         if reply is None or self.closing:
             return
         if self.selected is not None and (self.selected.dirty or name in _ALWAYS_SYNC):
@@ -392,10 +441,38 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
         finally:
             self._syncing = False
 
-    def _changed(self) -> None:
-        """A change event for the selected mailbox arrived."""
+    def absorb_own_changes(self, box: Selected | None, fallback_dirty: bool = False) -> None:
+        """Move ``box`` past the changes this session's command just committed.
+
+        Each change is absorbed without a round trip when nothing else happened
+        in between (``Selected.own_change``); otherwise ``box`` is marked dirty
+        and the usual sync runs before the tagged reply. A store that does not
+        report its changes (``take_own_changes``) gets the old rule:
+        ``fallback_dirty`` marks the box dirty.
+        """
+        take = getattr(self.store, "take_own_changes", None)
+        if take is None:
+            if box is not None and fallback_dirty:
+                box.dirty = True
+            return
+        lines: list[bytes] = []
+        for change in take():
+            if box is None or self.selected is not box or change.mailbox_id != box.mailbox_id:
+                continue
+            got = box.own_change(change.before, change.after, change.uid)
+            if got is None:
+                box.dirty = True
+            else:
+                lines += got
+        if lines:
+            self.write(b"".join(lines))
+
+    def _changed(self, modseq: int | None = None) -> None:
+        """A change event for the selected mailbox arrived (with its modseq when known)."""
         if self.selected is None:
             return
+        if modseq is not None and self.selected.knows(modseq):
+            return  # our own change coming back, or one a sync already showed
         self.selected.dirty = True
         if self._idle_wakeup is not None:
             wakeup, self._idle_wakeup = self._idle_wakeup, None

@@ -6,10 +6,22 @@ script). Other header fields, BODY and TEXT match the raw bytes in the
 database: the blob is rendered with ``encode(..., 'escape')`` (NUL and 8-bit
 bytes become ``\\nnn``, so any byte is safe) and the needle is escaped the
 same way; that folds ASCII case only. Nothing is loaded into Python.
+
+HEADER on other fields is the costly key on a big mailbox (a regular
+expression over every message's header block), so cheap necessary conditions
+run first, inside a CASE so the planner cannot reorder them: the longest run
+of the value's bytes that no case folding can change (no ASCII letter) must
+occur in the raw blob (``position`` on bytea, no decoding), then the value, or
+the field name when the value is empty, must occur case-folded in the text up
+to the first empty line, which holds the whole header block. Only the messages
+that pass both are matched exactly. The first test also drops matches that
+only existed inside an escape sequence (``\\200`` for byte 0x80), which were
+never matches of the message's bytes.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from postroom.mime import SEARCH_FIELDS
@@ -32,6 +44,11 @@ _BODY_START = "coalesce((m.metadata->'body'->>'body_start')::int, 0)"
 _HEADER_TEXT = f"encode(substring(m.blob FROM 1 FOR {_BODY_START}), 'escape')"
 _BODY_TEXT = f"encode(substring(m.blob FROM {_BODY_START} + 1), 'escape')"
 _WHOLE_TEXT = "encode(m.blob, 'escape')"
+# the blob up to its first empty line (CRLF CRLF), or all of it: never shorter than the header
+_HEADER_PREFIX = ("encode(substring(m.blob FROM 1 FOR coalesce(nullif(position("
+                  "'\\x0d0a0d0a'::bytea IN m.blob), 0) + 3, octet_length(m.blob))), 'escape')")
+# a run of at least this many case-proof bytes is worth a raw-byte test
+_MIN_RUN = 3
 _SENT_DAY = "((m.metadata->'sort'->>'date')::timestamptz AT TIME ZONE 'UTC')::date"
 _INTERNAL_DAY = "(e.internaldate AT TIME ZONE 'UTC')::date"
 _OPS = {"before": "<", "on": "=", "since": ">="}
@@ -48,6 +65,18 @@ def escape_bytes(data: bytes) -> str:
         else:
             out.append(chr(b))
     return "".join(out)
+
+
+def caseless_run(data: bytes) -> bytes:
+    """The longest run of bytes that are not ASCII letters (case folding leaves them alone)."""
+    best = b""
+    for run in _LETTERS.split(data):
+        if len(run) > len(best):
+            best = run
+    return best
+
+
+_LETTERS = re.compile(rb"[A-Za-z]+")
 
 
 def _regex_literal(text: str) -> str:
@@ -77,9 +106,17 @@ class _Builder:
                 f"'[]'::jsonb)) h WHERE {cond})")
 
     def raw_header(self, name: str, value: str) -> str:
+        raw = value.encode("utf-8")
         pattern = ("(^|\n)" + _regex_literal(name) + "[ \t]*:([^\n]|\n[ \t])*"
-                   + _regex_literal(escape_bytes(value.encode("utf-8"))))
-        return f"{_HEADER_TEXT} ~* {self.param(pattern)}"
+                   + _regex_literal(escape_bytes(raw)))
+        exact = f"{_HEADER_TEXT} ~* {self.param(pattern)}"
+        needle = escape_bytes(raw if raw else name.encode("utf-8"))
+        tests = [f"strpos(lower({_HEADER_PREFIX}), lower({self.param(needle)})) > 0"]
+        run = caseless_run(raw)
+        if len(run) >= _MIN_RUN:
+            tests.insert(0, f"position({self.param(run)} IN m.blob) > 0")
+        # CASE: evaluated in this order, whatever the planner thinks the costs are
+        return f"CASE WHEN {' AND '.join(tests)} THEN {exact} ELSE false END"
 
     def build(self, key: SearchKey) -> str:
         if isinstance(key, SearchAll):

@@ -117,6 +117,29 @@ class Selected:
             return SearchNot(self.bind_search(key.key))
         return key
 
+    def own_change(self, before: int, after: int, new_uid: int | None = None) -> list[bytes] | None:
+        """This session committed a change taking HIGHESTMODSEQ from ``before`` to ``after``.
+
+        When ``before`` is the HIGHESTMODSEQ this view is at, no other change
+        came in between (both were read under the mailbox's row lock), so the
+        view moves to ``after`` without asking the store: the lines to send
+        (EXISTS for an APPENDed ``new_uid``). None when something else may have
+        happened: the caller then marks the view dirty and syncs as before.
+        """
+        if before != self.highestmodseq or self.held_expunges:
+            return None
+        self.highestmodseq = after
+        self.own.clear()  # nothing up to ``after`` will come back from the store
+        if new_uid is not None and new_uid > self.max_uid:
+            self.uids.append(new_uid)
+            self.uidnext = max(self.uidnext, new_uid + 1)
+            return [b"* %d EXISTS\r\n" % len(self.uids)]
+        return []
+
+    def knows(self, modseq: int) -> bool:
+        """True when every change up to ``modseq`` is already in this view."""
+        return modseq <= self.highestmodseq and not self.held_expunges
+
     def forget(self, uids: Sequence[int]) -> list[bytes]:
         """Remove expunged UIDs; the ``* n EXPUNGE`` lines, highest number first."""
         lines = []
