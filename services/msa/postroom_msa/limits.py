@@ -9,7 +9,11 @@ each account costs two small integer keys per limit. Keys:
 ``<prefix>msa:sent:<kind>:<user id>:<bucket>``, expiring after two windows.
 
 Submission is checked before it is accepted (MAIL for messages, RCPT for
-recipients) and counted after the spool commit. Concurrent sessions of one
+recipients) and counted after the spool commit. The MSA reads the counters
+once per mail transaction, at MAIL, and checks each RCPT against that
+reading plus the recipients already accepted in the transaction (nothing is
+counted until the commit, so a fresh read would only add what other sessions
+of the account committed in between). Concurrent sessions of one
 account can overshoot a limit by what they have in flight: acceptable for a
 containment measure. The methods block (redis-py): call them in a thread.
 """
@@ -87,11 +91,19 @@ class SendingLimits:
 
     def message_allowed(self, user_id: int) -> bool:
         """True while one more message fits in the hourly limit."""
-        return self.usage(user_id).messages_last_hour + 1 <= self.messages_per_hour
+        return self.message_fits(self.usage(user_id))
 
     def recipients_allowed(self, user_id: int, count: int) -> bool:
         """True while ``count`` more recipients fit in the daily limit."""
-        return self.usage(user_id).recipients_last_day + count <= self.recipients_per_day
+        return self.recipients_fit(self.usage(user_id), count)
+
+    def message_fits(self, usage: Usage) -> bool:
+        """:meth:`message_allowed` for a usage already read (no Redis call)."""
+        return usage.messages_last_hour + 1 <= self.messages_per_hour
+
+    def recipients_fit(self, usage: Usage, count: int) -> bool:
+        """:meth:`recipients_allowed` for a usage already read (no Redis call)."""
+        return usage.recipients_last_day + count <= self.recipients_per_day
 
     def record(self, user_id: int, recipients: int) -> None:
         """Count one accepted message to ``recipients`` recipients (raises redis errors)."""

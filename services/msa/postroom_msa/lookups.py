@@ -4,6 +4,12 @@ An account owns an address when mail to it reaches the account: its own
 address, an alias or plus-address of it, or a catch-all of a domain that
 points to it (``aliases.resolve_address``), as Postfix's
 ``reject_sender_login_mismatch`` with a virtual-alias login map does.
+
+The questions asked for every message (RCPT, the signing keys, the spool
+commit) are one plain SQL statement each, as docs/decisions/0005 does for
+the mta: the ORM's statement compilation and unit of work were most of the
+msa's CPU under load. An account's own address needs no SQL at all
+(:func:`owns_trivially`), so MAIL FROM with it skips the `db` pool.
 """
 
 from __future__ import annotations
@@ -12,11 +18,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
+from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from postroom.auth.sasl import ScramSecrets
-from postroom.store import aliases, dkim, domains, spool, users
-from postroom.store.addresses import normalise_address, split_address
+from postroom.store import aliases, spool, users
+from postroom.store.addresses import normalise_address, normalise_domain, split_address
 from postroom.store.errors import InvalidAddress
 
 # RCPT verdicts
@@ -34,6 +41,14 @@ class SigningKey:
     selector: str
     algorithm: str
     private_key_pem: str
+
+
+def owns_trivially(own_address: str, address: str) -> bool:
+    """True when ``address`` is the account's own address (no store question needed)."""
+    try:
+        return normalise_address(address) == own_address
+    except InvalidAddress:
+        return False
 
 
 def _owns(session: Session, user_id: int, own_address: str, address: str) -> bool:
@@ -60,12 +75,14 @@ def not_owned(session: Session, user_id: int, own_address: str,
 def classify_recipient(session: Session, address: str) -> str:
     """REMOTE, LOCAL (exists here), UNKNOWN (local domain, no such recipient) or INVALID."""
     try:
-        _local, domain = split_address(address)
+        local, domain = split_address(address)
     except InvalidAddress:
         return INVALID
-    if not domains.is_local_domain(session, domain):
+    # one statement for an existing account (aliases.recipient_status, as the mta's RCPT)
+    status, _address = aliases.recipient_status(session, local, domain)
+    if status == "relay":
         return REMOTE
-    return LOCAL if aliases.resolve_address(session, address) else UNKNOWN
+    return LOCAL if status == "ok" else UNKNOWN
 
 
 def scram_secrets(session: Session, username: str) -> ScramSecrets | None:
@@ -81,10 +98,18 @@ def scram_login(session: Session, username: str) -> users.UserInfo | None:
 def signing_keys(session: Session, domain: str) -> list[SigningKey]:
     """The active DKIM keys of ``domain`` (none when it is not ours or has no keys)."""
     try:
-        keys = dkim.active_keys(session, domain)
+        normal = normalise_domain(domain)
     except (InvalidAddress, ValueError):
         return []
-    return [SigningKey(k.domain, k.selector, k.algorithm, k.private_key_pem) for k in keys]
+    rows = session.execute(_ACTIVE_KEYS, {"domain": normal})
+    return [SigningKey(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+# dkim.active_keys as one plain statement, same order (oldest first)
+_ACTIVE_KEYS = text(
+    "SELECT d.name, k.selector, k.algorithm, k.private_key_pem FROM dkim_keys k"
+    " JOIN domains d ON d.id = k.domain_id WHERE d.name = :domain AND k.active"
+    " ORDER BY k.created_at, k.id")
 
 
 @dataclass(frozen=True)
@@ -100,11 +125,14 @@ def spool_submission(session: Session, *, queue_id: str, mail_from: str,
                      size: int | None, body: str | None, smtputf8: bool, ret: str | None,
                      envid: str | None, peer_ip: str, helo: str | None, auth_user: str,
                      enqueued_at: datetime) -> Spooled:
-    """Spool a submitted message (kind ``submission``) and return its recipient ids."""
-    spool.create_spool(
+    """Spool a submitted message (kind ``submission``) and return its recipient ids.
+
+    One statement (``spool.create_spool_ids``): the ids come back from the
+    INSERT, the spool is not read again.
+    """
+    _queue_id, ids = spool.create_spool_ids(
         session, kind="submission", mail_from=mail_from, recipients=recipients,
         message=message, size=size, body=body, smtputf8=smtputf8, ret=ret, envid=envid,
         peer_ip=peer_ip, helo=helo, auth_user=auth_user, queue_id=queue_id,
         enqueued_at=enqueued_at)
-    info = spool.get_spool(session, queue_id)
-    return Spooled(queue_id, tuple(r.id for r in info.recipients))
+    return Spooled(queue_id, tuple(ids))

@@ -7,6 +7,16 @@ POSTROOM_ALLOW_PLAINTEXT_AUTH_ON_LOOPBACK does, for loopback peers). Password
 checks and SCRAM secret look-ups run in the `db` pool (scrypt is slow on purpose),
 the failed-login limiter and the sending limits in the `redis` pool: never on the
 reactor. A failed SCRAM proof counts as a failed login like a wrong PLAIN password.
+
+Successful PLAIN/LOGIN checks are remembered for 60 s in an
+:class:`~postroom.auth.authcache.AuthCache`, as the IMAP service does: a
+client that logs in again with the same password skips scrypt (tens of
+milliseconds of CPU). The failed-login limiter is still asked first, and a
+failed login drops the account's entries; a password changed elsewhere is
+accepted by this process for at most the cache's lifetime (docs/msa.md).
+MAIL FROM with the account's own address needs no store question and does
+not go through the `db` pool. The sending counters are read once per mail
+transaction, at MAIL, and RCPT checks against that reading (postroom_msa.limits).
 """
 
 from __future__ import annotations
@@ -18,6 +28,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from postroom.auth.authcache import AuthCache
 from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
 from postroom.auth.sasl import (
     Credentials,
@@ -35,10 +46,13 @@ from postroom.smtp.session import Envelope, Session
 from postroom.store import users
 from postroom_msa import lookups
 from postroom_msa import replies as M
-from postroom_msa.limits import LimitUnavailable, SendingLimits
+from postroom_msa.limits import LimitUnavailable, SendingLimits, Usage
 from postroom_msa.submission import Submitter
 
 log = get_logger("msa")
+
+# session.extra key: the sending usage read at MAIL, for the transaction's RCPTs
+_USAGE = "msa_usage"
 
 
 class MSAPolicy(BasePolicy):
@@ -51,8 +65,12 @@ class MSAPolicy(BasePolicy):
 
     def __init__(self, database: Any, *, limiter: LoginRateLimiter, limits: SendingLimits,
                  submitter: Submitter, redis_pool: ThreadPool, reactor: Any,
-                 allow_plaintext_auth_on_loopback: bool = False) -> None:
+                 allow_plaintext_auth_on_loopback: bool = False,
+                 auth_cache: AuthCache[users.UserInfo] | None = None) -> None:
         self.database = database
+        # repeated PLAIN/LOGIN logins skip scrypt for a minute (postroom.auth.authcache)
+        self.auth_cache: AuthCache[users.UserInfo] = (
+            auth_cache if auth_cache is not None else AuthCache())
         self.limiter = limiter
         self.limits = limits
         self.submitter = submitter
@@ -102,11 +120,17 @@ class MSAPolicy(BasePolicy):
         # an authzid naming someone else would be proxy authentication: not offered
         if isinstance(credentials, PasswordCredentials) and \
                 credentials.authzid in ("", credentials.username):
-            user = await self.database.run(users.authenticate, account, credentials.password)
+            user = self.auth_cache.get(account, credentials.password)
+            if user is None:
+                user = await self.database.run(users.authenticate, account,
+                                               credentials.password)
+                if user is not None:
+                    self.auth_cache.put(account, credentials.password, user)
         elif isinstance(credentials, VerifiedCredentials) and credentials.verified and \
                 credentials.authzid in ("", credentials.username):
             user = await self.database.run(lookups.scram_login, account)
         if user is None:
+            self.auth_cache.invalidate(account)
             await self._redis(self.limiter.record_failure, session.peer_ip, account)
             slog.warning("login failed", reason="bad credentials")
             return None
@@ -123,8 +147,9 @@ class MSAPolicy(BasePolicy):
     async def _mail_from(self, session: Session, path: Address | None) -> Reply:
         user = session.identity
         slog = log.bind(session=session.id, peer=session.peer_ip, user=user.address)
+        session.extra.pop(_USAGE, None)
         # the null path is allowed (MDNs use it, RFC 8098); the From: check still applies
-        if path is not None:
+        if path is not None and not lookups.owns_trivially(user.address, str(path)):
             owned = await self.database.run(lookups.owns_address, user.id, user.address,
                                             str(path))
             if not owned:
@@ -132,15 +157,16 @@ class MSAPolicy(BasePolicy):
                 self.submitter.count_refusal("sender_not_owned")
                 return M.SENDER_NOT_OWNED
         try:
-            allowed = await self._redis(self.limits.message_allowed, user.id)
+            usage: Usage = await self._redis(self.limits.usage, user.id)
         except LimitUnavailable as exc:
             slog.warning("sender deferred", reason="sending limits unavailable", error=str(exc))
             return M.TRY_LATER
-        if not allowed:
+        if not self.limits.message_fits(usage):
             slog.warning("sending limit reached", limit="messages per hour",
                          value=self.limits.messages_per_hour)
             self.submitter.count_refusal("message_limit")
             return M.MESSAGE_LIMIT
+        session.extra[_USAGE] = usage
         return R.SENDER_OK
 
     def rcpt_to(self, session: Session, path: Address,
@@ -161,7 +187,11 @@ class MSAPolicy(BasePolicy):
         transaction = session.transaction
         pending = len(transaction.recipients) if transaction is not None else 0
         try:
-            allowed = await self._redis(self.limits.recipients_allowed, user.id, pending + 1)
+            usage = session.extra.get(_USAGE)
+            if usage is None:
+                usage = await self._redis(self.limits.usage, user.id)
+                session.extra[_USAGE] = usage
+            allowed = self.limits.recipients_fit(usage, pending + 1)
         except LimitUnavailable as exc:
             slog.warning("recipient deferred", reason="sending limits unavailable",
                          error=str(exc))

@@ -14,12 +14,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, select, text, update
 from sqlalchemy.orm import Session
 
 from postroom.logs import get_logger
 from postroom.queue.envelope import Envelope
 from postroom.store import domains, messages, spool
+from postroom.store.addresses import normalise_domain
 from postroom.store.errors import NotFound
 from postroom.store.models import SpoolMessage, SpoolRecipient
 from postroom_mta import bounce
@@ -105,50 +106,90 @@ def load_work(session: Session, queue_id: str, recipient_ids: Sequence[int],
     None when the message is gone (deleted by an operator). Recipients that
     are done, on another stream, or not yet due (a stale entry for a deferred
     recipient) are skipped.
+
+    Plain SQL (docs/decisions/0005): one statement reads the message and locks
+    its recipients, one per distinct recipient domain asks whether it is ours,
+    one moves the local ones; an all-local entry (every submission to our own
+    users) is three round trips. The message text is read only for remote ones.
     """
-    try:
-        info = spool.get_spool(session, queue_id)
-    except NotFound:
+    wanted = sorted(set(recipient_ids))
+    rows = session.execute(_LOAD_WORK, {"queue_id": queue_id, "ids": wanted}).all()
+    if not rows:
         return None
-    wanted = set(recipient_ids)
-    rows = session.execute(
-        select(SpoolRecipient).where(SpoolRecipient.spool_message_id == info.id,
-                                     SpoolRecipient.id.in_(wanted))
-        .order_by(SpoolRecipient.id).with_for_update()).scalars().all()
-    found = {row.id for row in rows}
-    skipped = [(rid, "no such recipient") for rid in sorted(wanted - found)]
+    head = rows[0]
+    found = {row.rid for row in rows if row.rid is not None}
+    skipped = [(rid, "no such recipient") for rid in wanted if rid not in found]
     remote: list[RemoteRecipient] = []
     local: list[tuple[int, str]] = []
     local_domains: dict[str, bool] = {}
     for row in rows:
+        if row.rid is None:
+            continue
         if row.state != "pending":
-            skipped.append((row.id, f"already {row.state}"))
+            skipped.append((row.rid, f"already {row.state}"))
             continue
         if row.stream != "outbound":
-            skipped.append((row.id, f"on the {row.stream} stream"))
+            skipped.append((row.rid, f"on the {row.stream} stream"))
             continue
         if row.attempts and row.next_attempt_at > now:
-            skipped.append((row.id, "not yet due"))
+            skipped.append((row.rid, "not yet due"))
             continue
         domain = domain_of(row.address)
         if domain not in local_domains:
             # no domain (a bare local part) can only be ours
-            local_domains[domain] = not domain or domains.is_local_domain(session, domain)
+            local_domains[domain] = not domain or _is_local_domain(session, domain)
         if local_domains[domain]:
-            local.append((row.id, row.address))
+            local.append((row.rid, row.address))
         else:
-            remote.append(RemoteRecipient(row.id, row.address, domain, row.notify, row.orcpt,
+            remote.append(RemoteRecipient(row.rid, row.address, domain, row.notify, row.orcpt,
                                           row.attempts))
     envelopes: list[Envelope] = []
     if local:
-        move_to_deliver(session, [rid for rid, _ in local], now)
-        envelopes.append(Envelope(queue_id, tuple(rid for rid, _ in local), "deliver",
-                                  disposition=info.disposition))
-    message = messages.get_message(session, info.message_id) if remote else b""
-    return Work(queue_id=queue_id, mail_from=info.mail_from, kind=info.kind, ret=info.ret,
-                envid=info.envid, received_at=info.received_at, message=message,
+        ids = [rid for rid, _ in local]
+        session.execute(_MOVE_TO_DELIVER, {"ids": ids, "now": now})
+        envelopes.append(Envelope(queue_id, tuple(ids), "deliver",
+                                  disposition=head.disposition))
+    message = messages.get_message(session, head.message_id) if remote else b""
+    return Work(queue_id=queue_id, mail_from=head.mail_from, kind=head.kind, ret=head.ret,
+                envid=head.envid, received_at=head.received_at, message=message,
                 remote=tuple(remote), local=tuple(local), skipped=tuple(skipped),
                 envelopes=tuple(envelopes))
+
+
+# The message (one row even when no recipient matches: a LEFT JOIN on the locked ones) and
+# the entry's recipients locked in id order, as the ORM's SELECT ... FOR UPDATE did.
+_LOAD_WORK = text("""
+WITH r AS (
+    SELECT r.id, r.address, r.state, r.stream, r.attempts, r.next_attempt_at, r.notify,
+           r.orcpt
+    FROM spool_recipients r
+    WHERE r.spool_message_id = (SELECT id FROM spool_messages WHERE queue_id = :queue_id)
+      AND r.id = ANY(CAST(:ids AS bigint[]))
+    ORDER BY r.id
+    FOR UPDATE)
+SELECT m.mail_from, m.kind, m.ret, m.envid, m.received_at, m.disposition, m.message_id,
+       r.id AS rid, r.address, r.state, r.stream, r.attempts, r.next_attempt_at, r.notify,
+       r.orcpt
+FROM spool_messages m LEFT JOIN r ON true
+WHERE m.queue_id = :queue_id
+ORDER BY r.id
+""")
+
+# move_to_deliver as one plain statement (no ORM session synchronisation)
+_MOVE_TO_DELIVER = text(
+    "UPDATE spool_recipients SET stream = 'deliver', next_attempt_at = :now,"
+    " enqueued_at = :now, updated_at = now() WHERE id = ANY(CAST(:ids AS bigint[]))")
+
+_IS_LOCAL_DOMAIN = text("SELECT EXISTS (SELECT 1 FROM domains WHERE name = :name)")
+
+
+def _is_local_domain(session: Session, domain: str) -> bool:
+    """domains.is_local_domain as one plain statement."""
+    try:
+        name = normalise_domain(domain)
+    except ValueError:
+        return False
+    return bool(session.execute(_IS_LOCAL_DOMAIN, {"name": name}).scalar())
 
 
 def move_to_deliver(session: Session, recipient_ids: Sequence[int], now: datetime) -> None:
