@@ -1,11 +1,12 @@
 """The mda's wiring: a `deliver` queue entry in, one transaction per recipient, events out.
 
-For each entry the blob is analyzed once (postroom_mda.delivery.ensure_metadata),
-then each recipient is delivered in its own transaction on the `db` pool; only
-after commit are change events published (``<prefix>mailbox:<id>``, for IMAP
-IDLE and POP3) and follow-up entries put on their streams. The handler's
-Deferred fires when every recipient is settled, and only then does the
-consumer acknowledge the entry.
+Each recipient is delivered in its own transaction on the `db` pool (which
+also stores the blob's IMAP metadata when it is still missing: the first
+recipient's transaction parses it, later ones find it there); only after commit
+are change events published (``<prefix>mailbox:<id>``, for IMAP IDLE and POP3)
+and follow-up entries put on their streams. The handler's Deferred fires when
+every recipient is settled, and only then does the consumer acknowledge the
+entry.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import redis
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DataError, DBAPIError
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -26,7 +27,7 @@ from postroom.queue.consumer import QueueEntry
 from postroom.queue.reconciler import enqueue_after_commit
 from postroom.queue.streams import QueueClient
 from postroom.store import spool
-from postroom_mda.delivery import DELIVERED, Options, Outcome, deliver_recipient, ensure_metadata
+from postroom_mda.delivery import DELIVERED, MISSING, Options, Outcome, deliver_recipient
 
 # PostgreSQL SQLSTATEs worth an immediate retry: serialization failure, deadlock
 _RETRYABLE = ("40001", "40P01")
@@ -81,10 +82,6 @@ class Deliverer:
 
     async def _handle(self, entry: QueueEntry) -> None:
         envelope = entry.envelope
-        message_id = await self.database.run(ensure_metadata, envelope.queue_id)
-        if message_id is None:
-            self.log.warning("queue entry for unknown message", queue_id=envelope.queue_id)
-            return
         work = list(envelope.recipient_ids)
         while work:
             recipient_id = work.pop(0)
@@ -96,13 +93,22 @@ class Deliverer:
                       claimed=entry.claimed)
 
     async def _deliver(self, recipient_id: int) -> Outcome:
+        store_metadata = True
         for attempt in range(1, ATTEMPTS + 1):
             try:
                 result: Outcome = await self.database.run(
-                    deliver_recipient, recipient_id, self.options, datetime.now(UTC))
+                    deliver_recipient, recipient_id, self.options, datetime.now(UTC),
+                    store_metadata=store_metadata)
                 return result
             except Exception as exc:
                 if _retryable(exc) and attempt < ATTEMPTS:
+                    continue
+                if isinstance(exc, DataError) and store_metadata and attempt < ATTEMPTS:
+                    # PostgreSQL refused the metadata written with the copy: mail is never
+                    # held back for its metadata, so deliver without (readers re-analyze)
+                    self.log.warning("message metadata not stored", recipient_id=recipient_id,
+                                     error=str(exc.orig).strip())
+                    store_metadata = False
                     continue
                 if isinstance(exc, DBAPIError) and exc.connection_invalidated:
                     raise  # the database is away: leave the entry unacknowledged
@@ -140,7 +146,10 @@ class Deliverer:
         }
         if self._outcomes is not None:
             self._outcomes.labels(outcome=outcome.result).inc()
-        if outcome.result in ("failed", "deferred"):
+        if outcome.result == MISSING:
+            # the spool row is gone (deleted by an operator): nothing to deliver
+            self.log.warning("queue entry for unknown message", **fields)
+        elif outcome.result in ("failed", "deferred"):
             self.log.warning("recipient not delivered", **fields)
         else:
             self.log.info("recipient done", **fields)
