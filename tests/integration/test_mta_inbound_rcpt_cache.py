@@ -1,4 +1,5 @@
-"""Inbound RCPT answers are remembered for the SMTP session, and only for it."""
+"""Inbound RCPT answers: remembered for the SMTP session; across sessions only existing
+recipients, and only for KNOWN_SECONDS."""
 
 from __future__ import annotations
 
@@ -41,7 +42,9 @@ def test_recipient_answer_is_reused_within_a_session(mx):
         client.close()
 
 
-def test_new_session_asks_the_database_again(mx):
+def test_an_existing_recipient_is_shared_between_sessions_only_briefly(mx, monkeypatch):
+    from postroom_mta import inbound
+
     first = open_session(mx.port)
     try:
         assert first.rcpt("bob@receiver.test")[0] == 250
@@ -50,6 +53,28 @@ def test_new_session_asks_the_database_again(mx):
     mx.database.run_sync(users.remove_user, "bob@receiver.test")
     second = open_session(mx.port)
     try:
-        assert second.rcpt("bob@receiver.test")[0] == 550
+        # within KNOWN_SECONDS another session gets the remembered answer (the mda still
+        # resolves the address again at delivery)
+        assert second.rcpt("bob@receiver.test")[0] == 250
+    finally:
+        second.close()
+    monkeypatch.setattr(inbound, "KNOWN_SECONDS", 0.0)
+    third = open_session(mx.port)
+    try:
+        assert third.rcpt("bob@receiver.test")[0] == 550
+    finally:
+        third.close()
+
+
+def test_an_unknown_recipient_is_never_shared_between_sessions(mx):
+    first = open_session(mx.port)
+    try:
+        assert first.rcpt("carol@receiver.test")[0] == 550
+    finally:
+        first.close()
+    mx.database.run_sync(users.add_user, "carol@receiver.test", "a long enough password")
+    second = open_session(mx.port)
+    try:
+        assert second.rcpt("carol@receiver.test")[0] == 250
     finally:
         second.close()

@@ -169,3 +169,40 @@ def test_enqueuer_reports_redis_unavailable_before_a_commit(twisted_reactor, poo
 
 def test_enqueuer_reports_redis_available(twisted_reactor, pool, queue_client):
     assert in_reactor(Enqueuer(queue_client, pool, twisted_reactor).available) is True
+
+
+def test_enqueuer_trusts_a_recent_success_and_pings_again_after_a_failure(twisted_reactor, pool,
+                                                                        queue_client):
+    pings = []
+    real_ping = queue_client.ping
+
+    def counted_ping():
+        pings.append(1)
+        return real_ping()
+
+    queue_client.ping = counted_ping
+    enqueuer = Enqueuer(queue_client, pool, twisted_reactor, fresh=30.0)
+    assert in_reactor(enqueuer.available) is True
+    assert in_reactor(enqueuer.available) is True
+    assert in_reactor(enqueuer.after_commit, Envelope("Q1", (1,), "deliver")) is not None
+    assert in_reactor(enqueuer.available) is True
+    assert len(pings) == 1  # the ping and the XADD answered: no second ping
+
+    # a failed XADD forgets the success: the next message is asked about with a ping
+    queue_client.redis.connection_pool.disconnect()
+    broken = QueueClient(redis.Redis(host="127.0.0.1", port=free_port(),
+                                     socket_connect_timeout=0.2, retry=Retry(NoBackoff(), 0)),
+                         "postroom:")
+    enqueuer.queue = broken
+    assert in_reactor(enqueuer.after_commit, Envelope("Q2", (2,), "deliver")) is None
+    assert in_reactor(enqueuer.available) is False
+
+
+def test_enqueuer_pings_again_once_the_success_is_stale(twisted_reactor, pool, queue_client):
+    pings = []
+    real_ping = queue_client.ping
+    queue_client.ping = lambda: (pings.append(1), real_ping())[1]
+    enqueuer = Enqueuer(queue_client, pool, twisted_reactor, fresh=0.0)
+    assert in_reactor(enqueuer.available) is True
+    assert in_reactor(enqueuer.available) is True
+    assert len(pings) == 2

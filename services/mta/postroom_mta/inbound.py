@@ -66,6 +66,9 @@ DNS_THREADS = 4
 # RCPT answers remembered per SMTP session: how long, and how many at most
 RCPT_CACHE_SECONDS = 60.0
 RCPT_CACHE_SIZE = 1000
+# and existing recipients, for every session of the process: only "ok" answers, briefly
+KNOWN_SECONDS = 5.0
+KNOWN_SIZE = 10000
 
 
 class RelayDenied(Exception):
@@ -167,6 +170,8 @@ class InboundPolicy(BasePolicy):
         self.dnsbl = dnsbl
         self._outcomes = messages_total(metrics) if metrics is not None else None
         self._in_flight: set[Deferred[Any]] = set()
+        # existing recipients seen by any session, for KNOWN_SECONDS (see _lookup)
+        self._known: dict[tuple[str, str], tuple[float, tuple[str, str | None]]] = {}
 
     # --- connection and envelope
 
@@ -217,7 +222,10 @@ class InboundPolicy(BasePolicy):
 
         A client sending many messages to the same recipients (a mailing list
         host, a busy peer) asks the database once; a recipient removed meanwhile
-        is still refused at delivery (the mda resolves again).
+        is still refused at delivery (the mda resolves again). Across sessions,
+        only existing recipients are remembered, for KNOWN_SECONDS: under load
+        most RCPTs name the same mailboxes, and a new account or domain is never
+        refused because of a stale answer (negative answers are not shared).
         """
         cache: dict[tuple[str, str], tuple[float, tuple[str, str | None]]] = \
             session.extra.setdefault("rcpt_cache", {})
@@ -226,11 +234,18 @@ class InboundPolicy(BasePolicy):
         hit = cache.get(key)
         if hit is not None and now - hit[0] < RCPT_CACHE_SECONDS:
             return hit[1]
+        hit = self._known.get(key)
+        if hit is not None and now - hit[0] < KNOWN_SECONDS:
+            return hit[1]
         result: tuple[str, str | None] = await self.database.run(
             lookup_recipient, local, domain, self.delimiter)
         if len(cache) >= RCPT_CACHE_SIZE:
             cache.clear()  # hostile sessions probing addresses must not grow it without bound
         cache[key] = (now, result)
+        if result[0] == "ok":
+            if len(self._known) >= KNOWN_SIZE:
+                self._known.clear()
+            self._known[key] = (now, result)
         return result
 
     def _addresses(self, session: Session, envelope: Envelope) -> list[str]:
