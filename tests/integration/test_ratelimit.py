@@ -147,3 +147,38 @@ def test_record_and_reset_do_not_raise_when_redis_is_down(redis_prefix: str) -> 
     lim = limiter(unreachable_redis(), redis_prefix)
     lim.record_failure("192.0.2.1", "bob@example.org")
     lim.reset("bob@example.org")
+
+
+def test_a_login_after_a_clean_check_resets_without_a_redis_call(
+        redis_client: redis.Redis, redis_prefix: str, monkeypatch) -> None:
+    lim = limiter(redis_client, redis_prefix)
+    deletes: list[str] = []
+    real_delete = redis_client.delete
+    monkeypatch.setattr(redis_client, "delete", lambda *keys: (deletes.extend(keys),
+                                                               real_delete(*keys))[1])
+    assert lim.check("192.0.2.1", "bob@example.org")
+    lim.reset("bob@example.org")
+    assert deletes == []
+
+
+def test_a_login_after_failures_still_forgets_them(redis_client: redis.Redis,
+                                                   redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix)
+    assert lim.check("192.0.2.1", "bob@example.org")  # clean, remembered
+    for i in range(2):
+        lim.record_failure(f"192.0.2.{i}", "bob@example.org")  # forgets "clean"
+    assert lim.check("192.0.2.9", "bob@example.org")
+    lim.reset("bob@example.org")
+    lim.record_failure("192.0.2.7", "bob@example.org")
+    # two old failures were deleted: one more is still far below the limit of 3
+    assert lim.check("192.0.2.9", "bob@example.org")
+    assert redis_client.zcard(lim.account_key("bob@example.org")) == 1
+
+
+def test_needs_reset_only_after_failures(redis_client: redis.Redis, redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix)
+    assert lim.check("192.0.2.1", "bob@example.org")
+    assert lim.needs_reset("bob@example.org") is False
+    lim.record_failure("192.0.2.1", "bob@example.org")
+    assert lim.check("192.0.2.1", "bob@example.org")
+    assert lim.needs_reset("bob@example.org") is True

@@ -187,7 +187,8 @@ class StoreAccounts:
                 await self.in_redis_thread(self.limiter.record_failure, peer, username)
             raise AuthFailed()
         if self.limiter is not None:
-            await self.in_redis_thread(self.limiter.reset, username)
+            if self.limiter.needs_reset(username):
+                await self.in_redis_thread(self.limiter.reset, username)
         return UserStoreImpl(self, info.id, info.address)
 
     def scram_secrets(self, username: str, peer: str) -> Deferred[Any]:

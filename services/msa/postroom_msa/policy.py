@@ -134,7 +134,8 @@ class MSAPolicy(BasePolicy):
             await self._redis(self.limiter.record_failure, session.peer_ip, account)
             slog.warning("login failed", reason="bad credentials")
             return None
-        await self._redis(self.limiter.reset, account)
+        if self.limiter.needs_reset(account):
+            await self._redis(self.limiter.reset, account)
         slog.info("login succeeded", user=user.address)
         return user
 

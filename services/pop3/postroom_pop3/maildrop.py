@@ -176,7 +176,8 @@ class StoreAuthority:
                 await self.in_redis_thread(self.limiter.record_failure, peer, username)
             raise AuthFailed()
         if self.limiter is not None:
-            await self.in_redis_thread(self.limiter.reset, username)
+            if self.limiter.needs_reset(username):
+                await self.in_redis_thread(self.limiter.reset, username)
         token = secrets.token_hex(16)
         key = self.lock_key(user.id)
         try:

@@ -49,6 +49,10 @@ def _account_key(account: str) -> str:
     return hashlib.sha256(account.strip().lower().encode("utf-8", "surrogatepass")).hexdigest()
 
 
+# accounts remembered as having no failures (see LoginRateLimiter._clean)
+CLEAN_SIZE = 10000
+
+
 class LoginRateLimiter:
     """Per-address and per-account failed-login counters over a sliding window."""
 
@@ -61,6 +65,10 @@ class LoginRateLimiter:
         self.limit = limit
         self.window = window
         self.clock = clock
+        # accounts whose last check in this process found no failure: their successful login
+        # needs no DELETE (a round trip and a thread hop per login saved). A failure another
+        # process records in between then stays counted until the window ends: stricter only.
+        self._clean: dict[str, bool] = {}
 
     @classmethod
     def from_settings(cls, client: redis.Redis, settings: Settings) -> LoginRateLimiter:
@@ -101,6 +109,13 @@ class LoginRateLimiter:
             log.warning("rate limit check failed", error=str(exc))
             raise RateLimitUnavailable(str(exc)) from None
         counts = replies[1::2]
+        if account:
+            if len(self._clean) >= CLEAN_SIZE:
+                self._clean.clear()
+            if int(counts[-1]) == 0:
+                self._clean[self.account_key(account)] = True
+            else:
+                self._clean.pop(self.account_key(account), None)
         return all(int(count) < self.limit for count in counts)
 
     def record_failure(self, ip: str | None, account: str | None) -> None:
@@ -108,6 +123,8 @@ class LoginRateLimiter:
         keys = self._keys(ip, account)
         if not keys:
             return
+        if account:
+            self._clean.pop(self.account_key(account), None)
         now = self.clock()
         # unique member per failure: two failures in the same microsecond both count
         member = f"{now:.6f}:{secrets.token_hex(4)}"
@@ -124,8 +141,19 @@ class LoginRateLimiter:
         except redis.RedisError as exc:
             log.warning("rate limit record failed", error=str(exc))
 
+    def needs_reset(self, account: str) -> bool:
+        """False when :meth:`reset` would do nothing: callers then skip the hop to a thread."""
+        if self._clean.pop(self.account_key(account), False):
+            return False
+        return True
+
     def reset(self, account: str) -> None:
-        """Forget an account's failures after a successful login (Redis errors are logged only)."""
+        """Forget an account's failures after a successful login (Redis errors are logged only).
+
+        Nothing to do, and no Redis call, when this process's check just found none.
+        """
+        if self._clean.pop(self.account_key(account), False):
+            return
         try:
             self.client.delete(self.account_key(account))
         except redis.RedisError as exc:
