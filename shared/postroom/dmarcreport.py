@@ -39,6 +39,27 @@ from defusedxml import DefusedXmlException
 from postroom.store.dmarc import DmarcRecord
 
 XML_VERSION = "1.0"
+
+# When reports are sent (the dmarc service) and how long their spool rows must live (the
+# mta's retention) follow one rule, kept here because the services never import each other:
+# a period is reported once it ended at least its settle time ago, and only the last whole
+# period ever is; the settle time is a tenth of the interval, at most MAX_REPORT_SETTLE.
+MAX_REPORT_SETTLE = 60.0
+
+
+def report_settle(interval: float) -> float:
+    """Seconds the dmarc service waits after a period ends for the period's last verdicts."""
+    return min(MAX_REPORT_SETTLE, interval / 10)
+
+
+def report_row_lifetime(interval: float) -> float:
+    """Least age (seconds) a report's spool row must reach before it may be purged.
+
+    The row makes a report once per (domain, period): the period stays the last
+    whole one for an interval (plus the settle delay) after it ended, so two
+    intervals plus the longest settle cover it with a whole period to spare.
+    """
+    return 2 * interval + MAX_REPORT_SETTLE
 # RFC 7489 Appendix C PolicyOverrideType; other overrides are reported as "other"
 OVERRIDES = ("forwarded", "sampled_out", "trusted_forwarder", "mailing_list", "local_policy",
              "other")

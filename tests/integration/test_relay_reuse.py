@@ -7,47 +7,24 @@ own transaction and per-recipient results recorded in the spool.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from twisted.internet.defer import gatherResults
-from twisted.python.threadpool import ThreadPool
 
 from postroom.metrics import Metrics
 from postroom.queue.consumer import QueueEntry
 from postroom.queue.envelope import Envelope
-from postroom.store import domains
 from postroom_mta.relay import Relay, RelayOptions
+from tests.integration import test_relay
 from tests.integration.test_relay import FAST, POLICY, handle, spool_out, states
 from tests.support.redisdb import in_reactor, wait_until
 from tests.support.smtpsink import SMTPSink
 
-
-@pytest.fixture
-def db(database, clean_db):
-    database.run_sync(domains.add_domain, "one.test")
-    return database
-
-
-@pytest.fixture
-def pools() -> Iterator[tuple[ThreadPool, ThreadPool]]:
-    dns = ThreadPool(minthreads=0, maxthreads=2, name="test-reuse-dns")
-    rds = ThreadPool(minthreads=0, maxthreads=2, name="test-reuse-redis")
-    dns.start()
-    rds.start()
-    yield dns, rds
-    dns.stop()
-    rds.stop()
-
-
-@pytest.fixture
-def sink(twisted_reactor: Any, dns_server: Any) -> Iterator[SMTPSink]:
-    server = SMTPSink()
-    dns_server.load({"two.test": {"MX": [(10, "mx.two.test")]},
-                     "mx.two.test": {"A": ["127.0.0.1"]}})
-    yield server
-    server.stop()
+# the same database, thread pools and sink as the relay's other tests
+db = test_relay.db
+pools = test_relay.pools
+sink = test_relay.sink
 
 
 def make_relay(db, queue_client, dns_server, sink: SMTPSink, pools,

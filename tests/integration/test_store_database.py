@@ -125,6 +125,14 @@ def _backend_pid(session):
     return session.execute(text("SELECT pg_backend_pid()")).scalar_one()
 
 
+def _counting(fn, calls):
+    def counted(session):
+        calls.append(1)
+        return fn(session)
+
+    return counted
+
+
 def _terminate(database_url, pid):
     from sqlalchemy import create_engine
 
@@ -144,11 +152,7 @@ def test_a_connection_killed_under_a_busy_pool_costs_a_retry_not_an_error(databa
         first = wait(db.run(_backend_pid))
         _terminate(database_url, first)
         calls = []
-
-        def work(session):
-            calls.append(1)
-            return _backend_pid(session)
-
+        work = _counting(_backend_pid, calls)
         # straight away: the connection was idle for less than PING_AFTER_IDLE, so no ping;
         # the first statement finds it dead, and the transaction runs again on a new one
         second = wait(db.run(work))
@@ -169,11 +173,7 @@ def test_an_idle_connection_is_pinged_and_replaced_before_use(database_url, clea
         first = wait(db.run(_backend_pid))
         _terminate(database_url, first)
         calls = []
-
-        def work(session):
-            calls.append(1)
-            return _backend_pid(session)
-
+        work = _counting(_backend_pid, calls)
         second = wait(db.run(work))
         assert isinstance(second, int) and second != first
         assert len(calls) == 1  # the checkout ping found it: the work ran once

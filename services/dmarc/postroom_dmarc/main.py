@@ -67,7 +67,7 @@ def report_config(settings: Settings) -> ReportConfig:
     return ReportConfig(receiver=settings.hostname,
                         org_name=settings.dmarc_report_org or settings.hostname, sender=sender,
                         interval=settings.dmarc_report_interval,
-                        settle=min(60.0, settings.dmarc_report_interval / 10))
+                        settle=dmarcreport.report_settle(settings.dmarc_report_interval))
 
 
 def build_scheduler(ctx: ServiceContext, resolver: Resolver, pool: Any) -> ReportScheduler:

@@ -13,9 +13,8 @@ report's spool row, under a queue id derived from both, is still there when a
 later tick (or another replica) looks for it. It only ever reports the last
 whole period, which it keeps looking at for one interval after the period
 ended (plus the settle delay, at most 1m); two intervals plus a minute cover
-that with a whole period to spare. The services never import each other, so
-the formula is the dmarc scheduler's (``ReportScheduler.retention``) written
-again here.
+that with a whole period to spare (``postroom.dmarcreport.report_row_lifetime``,
+beside the settle rule the dmarc service uses).
 
 The mta runs :class:`SpoolPurger`: shortly after start and every
 ``PURGE_INTERVAL``, up to ``MAX_BATCHES`` transactions of ``BATCH_SIZE``
@@ -34,6 +33,7 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from postroom.config import Settings
+from postroom.dmarcreport import report_row_lifetime
 from postroom.logs import Logger, get_logger
 from postroom.metrics import Metrics
 from postroom.store import spool
@@ -43,13 +43,11 @@ PURGE_INTERVAL = 600.0
 START_DELAY = 5.0
 BATCH_SIZE = 1000
 MAX_BATCHES = 20
-# the dmarc service waits at most this long after a period ends before reporting it
-DMARC_SETTLE = 60.0
 
 
 def dmarc_floor(settings: Settings) -> float:
     """The least retention that keeps DMARC aggregate reports sent once per period (seconds)."""
-    return 2 * settings.dmarc_report_interval + DMARC_SETTLE
+    return report_row_lifetime(settings.dmarc_report_interval)
 
 
 def effective_retention(settings: Settings, requested: float | None = None) -> float:
