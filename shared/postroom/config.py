@@ -301,6 +301,11 @@ class Settings:
         _endpoint, "tcp:8080",
         "This process's /healthz and /metrics (under `postroom up` each child gets its own free "
         "loopback port).")
+    reuse_port: bool = setting(
+        _bool, "false",
+        "Open TCP listeners with SO_REUSEPORT so several replicas of one service on one host "
+        "share a port (the kernel spreads connections between them). Per-address connection "
+        "limits then count per replica. Off: a second process on the same port fails to start.")
     internal_token: str | None = setting(
         _opt_str, "",
         "Bearer token required by the dmarc API (`/v1/check`) and every `/metrics` (`/healthz` "

@@ -11,13 +11,14 @@ connections close and the process exits 0.
 from __future__ import annotations
 
 import importlib
+import socket
 import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from twisted.internet import defer
+from twisted.internet import defer, tcp
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import serverFromString
+from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.python.failure import Failure
@@ -46,6 +47,23 @@ def _describe_port(port: Any) -> str:
         address = host.host if ":" not in host.host else f"[{host.host}]"
         return f"{address}:{host.port}"
     return str(getattr(host, "name", host))
+
+
+class _SharedPort(tcp.Port):
+    """A TCP listening port with SO_REUSEPORT: replicas of a service on one host share it."""
+
+    def createInternetSocket(self) -> socket.socket:
+        sock: socket.socket = super().createInternetSocket()
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        return sock
+
+
+def _listen_shared(reactor: Any, server: TCP4ServerEndpoint | TCP6ServerEndpoint,
+                   factory: IProtocolFactory) -> IListeningPort:
+    # what TCP4ServerEndpoint.listen does through reactor.listenTCP, with our port class
+    port = _SharedPort(server._port, factory, server._backlog, server._interface, reactor)
+    port.startListening()
+    return IListeningPort(port)
 
 
 class ServiceContext:
@@ -83,7 +101,12 @@ class ServiceContext:
                     f"{endpoint}: implicit TLS needs POSTROOM_TLS_CERT_FILE and "
                     "POSTROOM_TLS_KEY_FILE"))
             factory = wrap_implicit(factory, self.tls)  # type: ignore[assignment]
-        d: Deferred[IListeningPort] = serverFromString(self.reactor, endpoint).listen(factory)
+        server = serverFromString(self.reactor, endpoint)
+        d: Deferred[IListeningPort]
+        if self.settings.reuse_port and isinstance(server, TCP4ServerEndpoint | TCP6ServerEndpoint):
+            d = defer.maybeDeferred(_listen_shared, self.reactor, server, factory)
+        else:
+            d = server.listen(factory)
 
         def bound(port: IListeningPort) -> IListeningPort:
             self.listeners.append((endpoint, port))

@@ -35,7 +35,9 @@ class Echo(LineReceiver):
     delimiter = b"\n"
 
     def lineReceived(self, line: bytes) -> None:
-        if line.strip() == b"tls":
+        if line.strip() == b"pid":
+            self.sendLine(str(os.getpid()).encode())
+        elif line.strip() == b"tls":
             info = negotiated(self.transport)
             self.sendLine(info.received_clause().encode() if info else b"no tls")
         else:
@@ -191,3 +193,15 @@ def test_port_in_use_is_a_startup_error(service_process, tmp_path):
     failure = [e for e in proc.log_events() if e["event"] == "service failed to start"]
     assert "cannot listen on" in failure[0]["reason"]
     assert "Traceback" not in proc.output
+
+
+def test_reuse_port_lets_two_replicas_share_one_port(service_process, tmp_path):
+    # POSTROOM_REUSE_PORT: the second replica binds the same port (no "address in use") and the
+    # kernel spreads connections over both
+    env, plain, _tls = echo_env(tmp_path, POSTROOM_REUSE_PORT="true")
+    first = service_process(f"{MODULE}:ECHO", env, argv=runtime_argv(f"{MODULE}:ECHO"))
+    second = service_process(f"{MODULE}:ECHO", env, argv=runtime_argv(f"{MODULE}:ECHO"))
+    assert first.healthz()[0] == 200 and second.healthz()[0] == 200
+    pids = {_echo_line(plain, b"pid") for _ in range(60)}
+    assert len(pids) == 2, pids
+    assert _echo_line(plain, b"hello") == b"hello"

@@ -30,6 +30,7 @@ from postroom.store.models import (
     SpoolMessage,
     SpoolRecipient,
 )
+from postroom.store.prepared import Prepared
 from postroom.store.queueid import new_queue_id
 
 # how much of an error text is kept (a remote server's reply can be long)
@@ -170,7 +171,7 @@ def create_spool_ids(session: Session, *, kind: str, mail_from: str,
         "notifies": [r.notify for r in unique], "streams": [r.stream for r in unique]}
     # the hot path of every front door: one round trip, no ORM (see _SPOOL_SQL)
     # (exec_driver_sql, not a raw cursor: errors still tell the pool a connection died)
-    ids = [int(i) for i in session.connection().exec_driver_sql(_SPOOL_SQL, params).scalars()]
+    ids = [int(i) for i in _SPOOL.execute(session.connection(), params).scalars()]
     if ids:
         return queue_id, sorted(ids)
     # the same bytes were being stored by a transaction that committed while this statement
@@ -221,6 +222,7 @@ FROM sp, unnest(CAST(%(addresses)s AS text[]), CAST(%(orcpts)s AS text[]),
 ORDER BY r.n
 RETURNING id
 """
+_SPOOL = Prepared("spool_message", _SPOOL_SQL)
 
 
 def _info(session: Session, row: SpoolMessage) -> SpoolInfo:
