@@ -22,6 +22,7 @@ from common import POSTROOM, PY, REPO, VAR, free_port, progress, python_env, run
 PG_SERVER = "postgresql+psycopg2://postgres@127.0.0.1:5432/postgres"
 REDIS_URL = "redis://127.0.0.1:6379/0"
 DOMAIN = "bench.test"
+FRONT_DOORS = frozenset({"mta", "msa", "imap", "pop3"})
 PASSWORD = "bench-password-1"
 
 
@@ -100,8 +101,11 @@ class PostroomSuite:
     """A fresh store plus the named services; use as a context manager."""
 
     def __init__(self, services: Sequence[str], *, extra_env: dict[str, str] | None = None,
-                 users: int = 1) -> None:
+                 users: int = 1, replicas: int = 1) -> None:
         self.names = list(services)
+        # front doors run `replicas` processes on one port (POSTROOM_REUSE_PORT), as an
+        # operator scales them on one host; queue consumers and dmarc stay one process
+        self.replicas = max(1, replicas)
         self.extra_env = dict(extra_env or {})
         self.user_count = users
         self.ports = {"mta": free_port(), "msa": free_port(), "imap": free_port(),
@@ -145,6 +149,8 @@ class PostroomSuite:
             "POSTROOM_MSA_MAX_RECIPIENTS_PER_DAY": "1000000",
             "POSTROOM_AUTH_FAIL_LIMIT": "1000000",
         })
+        if self.replicas > 1:
+            env["POSTROOM_REUSE_PORT"] = "true"
         if self.dns is not None:
             env["POSTROOM_DNS_SERVERS"] = self.dns.servers
         env.update(self.extra_env)
@@ -190,9 +196,14 @@ class PostroomSuite:
             self._add_users(range(1, self.user_count))
         for name in self.names:
             self.services[name] = Service(name, self.env)
+            copies = self.replicas if name in FRONT_DOORS else 1
+            for n in range(1, copies):
+                self.services[f"{name}.{n}"] = Service(name, self.env)
         for service in self.services.values():
             service.wait_healthy()
-        progress(f"  postroom up: {', '.join(self.names)} (db {dbname})")
+        shown = [f"{n} x{self.replicas}" if n in FRONT_DOORS and self.replicas > 1 else n
+                 for n in self.names]
+        progress(f"  postroom up: {', '.join(shown)} (db {dbname})")
 
     def _add_users(self, numbers: range) -> None:
         from postroom.store import users
@@ -265,6 +276,11 @@ class PostroomSuite:
 
     def pid(self, name: str) -> int:
         return self.services[name].pid
+
+    def pids(self, name: str) -> dict[str, int]:
+        """Every process of a service (its replicas too), by label."""
+        return {label: s.pid for label, s in self.services.items()
+                if label == name or label.startswith(f"{name}.")}
 
 
 def _drop_database(url: str) -> None:

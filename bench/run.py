@@ -45,6 +45,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="IDLE connections for the memory figure (default 5000)")
     parser.add_argument("--budget", type=float, default=14 * 60,
                         help="seconds the whole run may take (default 840)")
+    parser.add_argument("--replicas", type=int, default=2,
+                        help="processes of each Postroom front door (mta, msa, imap) sharing its "
+                             "port with POSTROOM_REUSE_PORT, and Haraka's nodes; one per core "
+                             "here (default 2)")
     parser.add_argument("--no-install", action="store_true", help="do not install peers")
     parser.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     return parser.parse_args(argv)
@@ -101,7 +105,8 @@ def main(argv: list[str] | None = None) -> int:
                 progress(f"  {peer}: {why}")
     ctx = Context(budget=budget, runs=args.runs, messages=args.messages, services=services,
                   peers_missing=peers_missing, scale_messages=args.scale_messages,
-                  idle_connections=args.idle, profile=not args.no_profile)
+                  idle_connections=args.idle, profile=not args.no_profile,
+                  replicas=max(1, args.replicas))
     rows: list[Row] = []
     skipped: dict[str, str] = {}
     todo = list(args.only or WORKLOADS)

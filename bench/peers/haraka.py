@@ -23,8 +23,9 @@ BINARY = PKG / "node_modules" / ".bin" / "haraka"
 
 
 class Haraka:
-    def __init__(self, dns_server: str) -> None:
+    def __init__(self, dns_server: str, nodes: int = 1) -> None:
         self.port = free_port()
+        self.nodes = nodes
         self.dns_server = dns_server
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -41,7 +42,7 @@ class Haraka:
         shutil.copytree(PKG / "node_modules" / "Haraka" / "config", ROOT / "config")
         shutil.copytree(CONF, ROOT, dirs_exist_ok=True)
         template = (ROOT / "config" / "smtp.ini.in").read_text()
-        (ROOT / "config" / "smtp.ini").write_text(template.format(port=self.port))
+        (ROOT / "config" / "smtp.ini").write_text(template.format(port=self.port, nodes=self.nodes))
         (ROOT / "config" / "smtp.ini.in").unlink()
         env = {**os.environ, "YES_REALLY_DO_DISCARD": "1", "BENCH_DNS_SERVER": self.dns_server}
         self.log = open(ROOT / "haraka.log", "wb")

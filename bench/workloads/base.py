@@ -56,6 +56,8 @@ class Context:
     scale_messages: int
     idle_connections: int
     profile: bool
+    # processes per Postroom front door (one shared port), and Haraka's nodes
+    replicas: int = 1
     # extra results a workload reports besides its rows (profiles, memory details)
     extras: dict[str, Any] = field(default_factory=dict)
     # this workload's slice of the budget (run.py sets it before each workload)

@@ -116,7 +116,7 @@ def _profile(suite: PostroomSuite, users: list[str]) -> dict[str, object]:
         progress(f"  profile skipped: {why}")
         return {}
     progress(f"  profiling imap with py-spy during {DURATION / 2:.0f}s more of the mix (untimed)")
-    prof = profiling.Profiler({"imap": suite.pid("imap")}).start()
+    prof = profiling.Profiler(suite.pids("imap")).start()
     try:
         load(suite.ports["imap"], users, DURATION / 2)
     finally:
@@ -135,7 +135,7 @@ def run(ctx: Context) -> list[Row]:
     dovecot = Dovecot(users=CLIENTS).start()
     try:
         env = {"POSTROOM_ALLOW_PLAINTEXT_AUTH_ON_LOOPBACK": "true"}
-        with PostroomSuite(["imap"], users=CLIENTS, extra_env=env) as suite:
+        with PostroomSuite(["imap"], users=CLIENTS, extra_env=env, replicas=ctx.replicas) as suite:
             users = [suite.user(n) for n in range(CLIENTS)]
             progress(f"  seeding {CLIENTS} x {SEEDED} messages on both sides")
             for user in users:

@@ -26,13 +26,13 @@ def run(ctx: Context) -> list[Row]:
     timeout = max(120.0, n / 8)
     vs_haraka = Row(NAME, "accept rate", "msg/s", "Haraka (queue/discard)")
     vs_postfix = Row(NAME, "accept rate", "msg/s", "Postfix (discard)")
-    with PostroomSuite(["dmarc", "mta"]) as suite:
+    with PostroomSuite(["dmarc", "mta"], replicas=ctx.replicas) as suite:
         assert suite.dns is not None
         haraka = postfix = None
         if ctx.peers_missing.get("haraka") or Haraka.available():
             progress(f"  Haraka skipped: {ctx.peers_missing.get('haraka') or Haraka.available()}")
         else:
-            haraka = Haraka(suite.dns.servers).start()
+            haraka = Haraka(suite.dns.servers, nodes=ctx.replicas).start()
         if ctx.peers_missing.get("debian"):
             progress(f"  Postfix skipped: {ctx.peers_missing['debian']}")
         else:

@@ -32,7 +32,7 @@ def run(ctx: Context) -> list[Row]:
     try:
         postfix = Postfix(f"lmtp:inet:127.0.0.1:{dovecot.lmtp_port}").start()
         try:
-            with PostroomSuite(["dmarc", "mta", "mda"]) as suite:
+            with PostroomSuite(["dmarc", "mta", "mda"], replicas=ctx.replicas) as suite:
                 user = suite.user(0)
                 for i in range(ctx.runs):
                     if not ctx.another_run(i):
@@ -69,7 +69,8 @@ def _profile(suite: PostroomSuite, n: int, timeout: float) -> dict[str, object]:
         progress(f"  profile skipped: {why}")
         return {}
     progress(f"  profiling mta, mda and dmarc with py-spy during {n} more messages (untimed)")
-    prof = profiling.Profiler({name: suite.pid(name) for name in ("mta", "mda", "dmarc")})
+    prof = profiling.Profiler({label: pid for name in ("mta", "mda", "dmarc")
+                               for label, pid in suite.pids(name).items()})
     prof.start()
     try:
         load_and_wait(suite.ports["mta"], suite.user(0), n, suite.delivered, timeout)
