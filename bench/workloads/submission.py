@@ -83,7 +83,8 @@ def run(ctx: Context) -> list[Row]:
         postfix = Postfix(f"lmtp:inet:127.0.0.1:{dovecot.lmtp_port}", auth_port=dovecot.auth_port,
                           submission=True).start()
         try:
-            with PostroomSuite(["msa", "mta", "mda"], users=CLIENTS, replicas=ctx.replicas) as suite:
+            with PostroomSuite(["msa", "mta", "mda"], users=CLIENTS,
+                               replicas=ctx.replicas) as suite:
                 users = [suite.user(n) for n in range(CLIENTS)]
 
                 def peer_count() -> int:

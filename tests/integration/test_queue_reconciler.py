@@ -206,3 +206,21 @@ def test_enqueuer_pings_again_once_the_success_is_stale(twisted_reactor, pool, q
     assert in_reactor(enqueuer.available) is True
     assert in_reactor(enqueuer.available) is True
     assert len(pings) == 2
+
+
+def test_enqueue_in_a_worker_thread_reports_and_notes_like_after_commit(twisted_reactor, pool,
+                                                                      queue_client):
+    enqueuer = Enqueuer(queue_client, pool, twisted_reactor, fresh=30.0)
+    envelope = Envelope("Q1", (1,), "deliver")
+    entry_id = enqueuer.enqueue_blocking(envelope)  # what Database.run_then's thread calls
+    assert in_reactor(lambda: enqueuer.enqueued_in_thread(envelope, entry_id)) == entry_id
+    assert [eid for eid, _ in queue_client.redis.xrange(queue_client.stream_key("deliver"))] \
+        == [entry_id]
+    assert in_reactor(enqueuer.available) is True  # the XADD counts as a recent success
+
+    # a Redis error is None (the reconciler's job), and the next message pings again
+    outcome = redis.ConnectionError("gone")
+    assert in_reactor(lambda: enqueuer.enqueued_in_thread(envelope, outcome)) is None
+    assert enqueuer._ok_at is None
+    with pytest.raises(ValueError):  # anything else is a bug, not a Redis outage
+        enqueuer.enqueued_in_thread(envelope, ValueError("bug"))

@@ -75,6 +75,44 @@ def test_run_rolls_back_and_fails_on_error(runner):
     assert runner.run_sync(domains.list_domains) == []
 
 
+def test_run_then_calls_then_in_the_same_thread_after_the_commit(runner):
+    seen = []
+
+    def then(domain_id):
+        # another connection sees the row: the transaction has committed
+        seen.append((threading.current_thread().name,
+                     [d.name for d in runner.run_sync(domains.list_domains)], domain_id))
+        return "then-result"
+
+    result = wait(runner.run_then(lambda s: (domains.add_domain(s, "example.test"),
+                                             threading.current_thread().name)[1], then))
+    name, then_result = result
+    assert then_result == "then-result"
+    assert seen == [(name, ["example.test"], name)]
+
+
+def test_run_then_returns_the_exception_of_then_the_commit_stands(runner):
+    def then(_):
+        raise ConnectionError("redis went away")
+
+    result = wait(runner.run_then(domains.add_domain, then, "example.test"))
+    assert not isinstance(result, Failure)
+    assert isinstance(result[1], ConnectionError)
+    assert [d.name for d in runner.run_sync(domains.list_domains)] == ["example.test"]
+
+
+def test_run_then_skips_then_when_the_transaction_fails(runner):
+    called = []
+
+    def add_then_fail(session):
+        domains.add_domain(session, "example.test")
+        raise AlreadyExists("boom")
+
+    result = wait(runner.run_then(add_then_fail, called.append))
+    assert isinstance(result, Failure) and result.check(AlreadyExists)
+    assert called == [] and runner.run_sync(domains.list_domains) == []
+
+
 def test_run_refuses_to_return_orm_objects(runner):
     runner.run_sync(domains.add_domain, "example.test")
     result = wait(runner.run(lambda s: s.execute(select(Domain)).scalar_one()))

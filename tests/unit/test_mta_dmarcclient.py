@@ -132,7 +132,7 @@ def test_interim_1xx_answer_is_skipped():
 def test_anything_but_a_verdict_is_tempfail_and_the_connection_is_not_kept(answer):
     c, ep, _ = client()
     result = check(c)
-    proto, transport = ep.connections[0]
+    proto, _ = ep.connections[0]
     proto.dataReceived(answer)
     lost(proto)
     assert result[0].disposition == "tempfail" and result[0].unavailable
@@ -143,7 +143,7 @@ def test_anything_but_a_verdict_is_tempfail_and_the_connection_is_not_kept(answe
 def test_deadline_gives_tempfail_and_drops_the_connection():
     c, ep, clock = client()
     result = check(c)
-    proto, transport = ep.connections[0]
+    proto, _ = ep.connections[0]
     clock.advance(5.1)
     assert result[0].disposition == "tempfail"
     lost(proto)  # the abort's connectionLost arrives later: nothing fires twice

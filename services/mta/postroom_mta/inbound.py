@@ -305,13 +305,19 @@ class InboundPolicy(BasePolicy):
                                   smtputf8=envelope.smtputf8)
                   + authentication_results_field(verdict.authentication_results, self.hostname)
                   + authres.strip_forged(message, self.hostname))
-        ids = await self.database.run(spool_message, queue_id=queue_id, envelope=envelope,
-                                      recipients=recipients, message=stored,
-                                      peer_ip=session.peer_ip, helo=session.helo,
-                                      disposition=verdict.disposition)
+        disposition = verdict.disposition
+
+        def envelope_of(ids: list[int]) -> QueueEnvelope:
+            return QueueEnvelope(queue_id=queue_id, recipient_ids=tuple(ids), stream="deliver",
+                                 disposition=disposition)
+
+        # the XADD runs in the spool's thread right after its COMMIT (one thread hop, not two)
+        ids, outcome = await self.database.run_then(
+            spool_message, lambda ids: self.enqueuer.enqueue_blocking(envelope_of(ids)),
+            queue_id=queue_id, envelope=envelope, recipients=recipients, message=stored,
+            peer_ip=session.peer_ip, helo=session.helo, disposition=disposition)
         # committed: from here on the message is ours; a failed XADD is the reconciler's job
-        await self.enqueuer.after_commit(QueueEnvelope(queue_id=queue_id, recipient_ids=tuple(
-            ids), stream="deliver", disposition=verdict.disposition))
+        self.enqueuer.enqueued_in_thread(envelope_of(ids), outcome)
         self._count("accepted")
         _log.info("inbound message accepted", **fields)
         return R.MESSAGE_ACCEPTED.with_text(f"Ok: queued as {queue_id}")

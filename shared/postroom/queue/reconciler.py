@@ -274,6 +274,24 @@ class Enqueuer:
         self._noted(entry_id is not None)
         return entry_id
 
+    def enqueue_blocking(self, envelope: Envelope) -> str:
+        """The XADD itself, for a thread that is already off the reactor (``Database.run_then``
+        after the spool commit); hand its outcome to :meth:`enqueued_in_thread` on the reactor."""
+        return self.queue.enqueue(envelope.stream, envelope)
+
+    def enqueued_in_thread(self, envelope: Envelope, outcome: str | Exception) -> str | None:
+        """What :meth:`after_commit` reports and notes, for an XADD made by
+        :meth:`enqueue_blocking`; an error other than Redis's is raised (a bug)."""
+        if isinstance(outcome, Exception):
+            if not isinstance(outcome, redis.RedisError):
+                raise outcome
+            log.warning("enqueue failed; the reconciler will enqueue it",
+                        queue_id=envelope.queue_id, stream=envelope.stream, error=str(outcome))
+            return self._enqueued(None)
+        log.info("message enqueued", queue_id=envelope.queue_id, stream=envelope.stream,
+                 recipients=len(envelope.recipient_ids), entry_id=outcome)
+        return self._enqueued(outcome)
+
 
 def enqueue_after_commit(queue: QueueClient, pool: ThreadPool, envelope: Envelope, *,
                          reactor: Any = None) -> Deferred[str | None]:
