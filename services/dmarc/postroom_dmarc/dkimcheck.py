@@ -15,7 +15,7 @@ dkimpy folds "no key", "bad key" and "DNS timeout" into a plain False:
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 import dkim
@@ -23,6 +23,7 @@ from dkim.util import InvalidTagValueList, parse_tag_value
 
 from postroom.dns import DNSTempError, NXDomain, Resolver
 from postroom.logs import get_logger
+from postroom_dmarc.record import json_copy
 
 log = get_logger("dkim")
 
@@ -43,7 +44,10 @@ class DKIMResult:
     key_bits: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # dataclasses.asdict, written out (see postroom_dmarc.record.json_copy)
+        return {"result": self.result, "domain": self.domain, "selector": self.selector,
+                "algorithm": self.algorithm, "b": self.b, "reason": self.reason,
+                "key_bits": self.key_bits}
 
 
 @dataclass(frozen=True)
@@ -56,7 +60,7 @@ class ARCResult:
     sets: list[dict[str, Any]] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return {"result": self.result, "reason": self.reason, "sets": json_copy(self.sets)}
 
     def sealers(self) -> list[str]:
         return [s["sealer"] for s in self.sets if s.get("sealer")]
@@ -85,11 +89,16 @@ class _KeyFetcher:
         return records[0]
 
 
-def _headers(message: bytes) -> list[tuple[bytes, bytes]]:
+def parse_headers(message: bytes) -> list[tuple[bytes, bytes]] | None:
+    """dkimpy's reading of the header fields (name, raw value), or None when it refuses them.
+
+    Done once per check and given to :func:`verify_all` and :func:`verify_arc`.
+    Errors other than dkimpy's own propagate, as from dkimpy itself.
+    """
     try:
         headers, _body = dkim.rfc822_parse(message)
     except dkim.DKIMException:
-        return []
+        return None
     return [(name, value) for name, value in headers]
 
 
@@ -97,10 +106,15 @@ def _tag(tags: dict[bytes, bytes], name: bytes) -> str:
     return tags.get(name, b"").decode("ascii", "replace").strip()
 
 
-def verify_all(message: bytes, resolver: Resolver, *,
-               min_rsa_bits: int = MIN_RSA_BITS) -> list[DKIMResult]:
-    """Verify every DKIM-Signature of ``message``; one result each, top to bottom."""
-    signatures = [value for name, value in _headers(message) if name.lower() == b"dkim-signature"]
+def verify_all(message: bytes, resolver: Resolver, *, min_rsa_bits: int = MIN_RSA_BITS,
+               headers: list[tuple[bytes, bytes]] | None = None) -> list[DKIMResult]:
+    """Verify every DKIM-Signature of ``message``; one result each, top to bottom.
+
+    ``headers`` is :func:`parse_headers` of the message, when the caller has it.
+    """
+    if headers is None:
+        headers = parse_headers(message) or []
+    signatures = [value for name, value in headers if name.lower() == b"dkim-signature"]
     return [_verify_one(message, index, value, resolver, min_rsa_bits)
             for index, value in enumerate(signatures)]
 
@@ -159,9 +173,19 @@ def _verify_one(message: bytes, index: int, value: bytes, resolver: Resolver,
     return result("fail", "signature did not verify", bits)
 
 
-def verify_arc(message: bytes, resolver: Resolver, *,
-               min_rsa_bits: int = MIN_RSA_BITS) -> ARCResult:
-    """Validate the message's ARC chain (RFC 8617 section 5.2)."""
+_ARC_FIELDS = frozenset(dkim.ARC.ARC_HEADERS)
+
+
+def verify_arc(message: bytes, resolver: Resolver, *, min_rsa_bits: int = MIN_RSA_BITS,
+               headers: list[tuple[bytes, bytes]] | None = None) -> ARCResult:
+    """Validate the message's ARC chain (RFC 8617 section 5.2).
+
+    With ``headers`` (:func:`parse_headers` of the message) and no ARC field
+    among them, the answer is dkimpy's for an unsealed message without
+    dkimpy parsing and canonicalizing the whole header again.
+    """
+    if headers is not None and not any(name.lower() in _ARC_FIELDS for name, _ in headers):
+        return ARCResult("none", "Message is not ARC signed", [])
     fetcher = _KeyFetcher(resolver)
     try:
         cv, sets, reason = dkim.arc_verify(message, dnsfunc=fetcher, minkey=min_rsa_bits,

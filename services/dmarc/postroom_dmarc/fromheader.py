@@ -16,6 +16,8 @@ from email.header import decode_header, make_header
 from email.utils import getaddresses
 
 _MAX_HEADER_BYTES = 256 * 1024
+_HEADER_END = re.compile(rb"\r?\n\r?\n")
+_DOMAIN = re.compile(r"[^\s@<>()\[\]]+")
 
 
 @dataclass(frozen=True)
@@ -28,10 +30,13 @@ class AuthorDomains:
 
 def header_fields(message: bytes) -> list[tuple[str, str]]:
     """(lowercased name, unfolded value) of each header field, in order."""
-    end = re.search(rb"\r?\n\r?\n", message[:_MAX_HEADER_BYTES])
+    end = _HEADER_END.search(message, 0, _MAX_HEADER_BYTES)
     head = message[: end.start()] if end else message[:_MAX_HEADER_BYTES]
     fields: list[tuple[str, str]] = []
-    for line in re.split(rb"\r?\n", head):
+    lines = head.split(b"\n")
+    # as re.split(rb"\r?\n"): the one CR before each LF goes with it
+    lines[:-1] = [line[:-1] if line[-1:] == b"\r" else line for line in lines[:-1]]
+    for line in lines:
         if line[:1] in (b" ", b"\t") and fields:
             last_name, last_value = fields[-1]
             fields[-1] = (last_name, last_value + " " + line.strip().decode("utf-8", "replace"))
@@ -50,15 +55,17 @@ def author_domains(message: bytes) -> AuthorDomains:
     if len(froms) > 1:
         return AuthorDomains((), "several From fields")
     value = froms[0]
-    try:
-        value = str(make_header(decode_header(value)))
-    except (ValueError, LookupError):
-        pass  # undecodable encoded-words: parse the raw text
+    # without "=?" there is no encoded-word, and decoding would give the text back unchanged
+    if "=?" in value:
+        try:
+            value = str(make_header(decode_header(value)))
+        except (ValueError, LookupError):
+            pass  # undecodable encoded-words: parse the raw text
     domains: list[str] = []
     for _display, address in getaddresses([value]):
         local, at, domain = address.rpartition("@")
         domain = domain.strip().rstrip(".").lower()
-        if at and local and domain and "." in domain and re.fullmatch(r"[^\s@<>()\[\]]+", domain):
+        if at and local and domain and "." in domain and _DOMAIN.fullmatch(domain):
             if domain not in domains:
                 domains.append(domain)
     if not domains:

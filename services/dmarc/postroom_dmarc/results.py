@@ -8,6 +8,7 @@ past the cap a row is dropped (and logged) rather than queued without bound.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 from typing import Any
 
@@ -25,6 +26,9 @@ log = get_logger("dmarc-results")
 MAX_PENDING = 1000
 # rows written in one transaction at most
 MAX_BATCH = 100
+# under load, a transaction starts at most this often (seconds): the rows of the checks in
+# between share it, its thread hand-off and its commit
+MIN_INTERVAL = 0.05
 # the store's check constraints; anything else is stored as the nearest error
 _SPF = ("none", "neutral", "pass", "fail", "softfail", "temperror", "permerror")
 _DKIM = ("none", "pass", "fail", "policy", "neutral", "temperror", "permerror")
@@ -34,6 +38,15 @@ _POLICIES = ("none", "quarantine", "reject")
 
 def _one_of(value: str | None, allowed: tuple[str, ...], fallback: str) -> str:
     return value if value in allowed else fallback
+
+
+@functools.lru_cache(maxsize=4096)
+def _source_ip(client_ip: str) -> str | None:
+    """The client address in its normal text form, or None when it is not an IP address."""
+    try:
+        return str(ipaddress.ip_address(client_ip))
+    except ValueError:
+        return None
 
 
 def _domain(address: str) -> str | None:
@@ -65,9 +78,8 @@ def record_for(request: CheckRequest, verdict: Verdict) -> DmarcRecord | None:
     dmarc = verdict.dmarc
     if verdict.disposition == "tempfail" or not dmarc.from_domain:
         return None
-    try:
-        source_ip = str(ipaddress.ip_address(request.client_ip))
-    except ValueError:
+    source_ip = _source_ip(request.client_ip)
+    if source_ip is None:
         return None
     best = _best_signature(verdict.dkim, dmarc.from_domain)
     detail: dict[str, Any] = {
@@ -112,19 +124,32 @@ def _log_not_stored(failure: Failure, queue_id: str | None) -> None:
 class ResultRecorder:
     """Writes verdict rows through ``database.run`` without anyone waiting for them.
 
-    Group commit: while one write is in flight, new rows gather in a buffer and
-    go together in the next transaction (at most ``max_batch``), so under load
-    a transaction (and its pool ping and commit) serves many checks, and when
-    idle a row is written at once. ``pending`` counts buffered and in-flight rows.
+    Group commit: while one write is in flight, and until ``min_interval``
+    after the last one started, new rows gather in a buffer and go together in
+    the next transaction (at most ``max_batch``), so under load a transaction
+    (and its thread hand-off, pool ping and commit) serves many checks, and
+    when idle a row is written at once. :meth:`drain` writes what is buffered
+    without waiting out the interval. ``pending`` counts buffered and in-flight
+    rows.
     """
 
     def __init__(self, database: Any, *, max_pending: int = MAX_PENDING,
-                 max_batch: int = MAX_BATCH) -> None:
+                 max_batch: int = MAX_BATCH, min_interval: float = MIN_INTERVAL,
+                 reactor: Any = None) -> None:
         self.database = database
         self.max_pending = max_pending
         self.max_batch = max_batch
+        self.min_interval = min_interval
+        if reactor is None:
+            reactor = getattr(database, "reactor", None)
+        if reactor is None:
+            from twisted.internet import reactor as global_reactor
+            reactor = global_reactor
+        self.reactor: Any = reactor
         self._buffer: list[tuple[str | None, DmarcRecord]] = []
         self._writing = 0
+        self._started = float("-inf")  # when the last write started (reactor.seconds())
+        self._timer: Any = None  # the delayed write, while rows wait out min_interval
         self._idle_waiters: list[defer.Deferred[None]] = []
 
     @property
@@ -143,11 +168,29 @@ class ResultRecorder:
                 return
             self._buffer.append((request.queue_id, row))
             if not self._writing:
-                self._flush()
+                self._next_write()
         except Exception as exc:  # noqa: BLE001 - storing must never break a check
             log.error("dmarc result not stored", queue_id=request.queue_id, error=str(exc))
 
+    def _next_write(self) -> None:
+        """Write the buffer now, or when ``min_interval`` since the last write has passed."""
+        wait = self._started + self.min_interval - self.reactor.seconds()
+        if wait <= 0 or len(self._buffer) >= self.max_batch or self._idle_waiters:
+            self._flush()
+        elif self._timer is None:
+            self._timer = self.reactor.callLater(wait, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._timer = None
+        if not self._writing and self._buffer:
+            self._flush()
+
     def _flush(self) -> None:
+        if self._timer is not None:
+            if self._timer.active():
+                self._timer.cancel()
+            self._timer = None
+        self._started = self.reactor.seconds()
         batch, self._buffer = self._buffer[:self.max_batch], self._buffer[self.max_batch:]
         self._writing = len(batch)
         try:
@@ -179,7 +222,7 @@ class ResultRecorder:
     def _written(self, _: Any) -> None:
         self._writing = 0
         if self._buffer:
-            self._flush()
+            self._next_write()
             return
         waiters, self._idle_waiters = self._idle_waiters, []
         for waiter in waiters:
@@ -191,4 +234,6 @@ class ResultRecorder:
             return defer.succeed(None)
         waiter: defer.Deferred[None] = defer.Deferred()
         self._idle_waiters.append(waiter)
+        if not self._writing:
+            self._flush()  # rows waiting out min_interval go now
         return waiter

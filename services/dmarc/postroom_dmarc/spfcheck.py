@@ -11,7 +11,7 @@ lookups, and a total time budget for the whole check (section 4.6.4).
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 import spf
@@ -35,7 +35,9 @@ class SPFResult:
     explanation: str
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # dataclasses.asdict, written out: a tenth of its cost (fields are all str)
+        return {"result": self.result, "identity": self.identity, "domain": self.domain,
+                "sender": self.sender, "explanation": self.explanation}
 
 
 class _Query(spf.query):  # type: ignore[misc]

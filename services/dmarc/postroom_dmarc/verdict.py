@@ -19,7 +19,7 @@ from __future__ import annotations
 import ipaddress
 import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from typing import Any
 
 from postroom import authres
@@ -28,6 +28,7 @@ from postroom.logs import get_logger
 from postroom_dmarc import dkimcheck, spfcheck
 from postroom_dmarc.discovery import Discoverer, normalise
 from postroom_dmarc.fromheader import author_domains
+from postroom_dmarc.record import json_copy
 
 log = get_logger("dmarc")
 
@@ -92,7 +93,13 @@ class DMARCResult:
     record: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        # dataclasses.asdict, written out (see postroom_dmarc.record.json_copy)
+        return {"result": self.result, "from_domain": self.from_domain,
+                "policy_domain": self.policy_domain, "org_domain": self.org_domain,
+                "policy": self.policy, "applied_policy": self.applied_policy,
+                "override": self.override, "spf_aligned": self.spf_aligned,
+                "dkim_aligned": self.dkim_aligned, "reason": self.reason,
+                "record": json_copy(self.record)}
 
 
 @dataclass(frozen=True)
@@ -154,7 +161,8 @@ def _overrides_for(request: CheckRequest, author: str, options: Options) -> list
 
 def _evaluate_domain(author: str, request: CheckRequest, spf: spfcheck.SPFResult,
                      dkim: list[dkimcheck.DKIMResult], arc: dkimcheck.ARCResult,
-                     discoverer: Discoverer, options: Options) -> DMARCResult:
+                     discoverer: Discoverer, options: Options,
+                     sample: Callable[[], float]) -> DMARCResult:
     try:
         found = discoverer.discover(author)
     except DNSTempError as exc:
@@ -193,7 +201,7 @@ def _evaluate_domain(author: str, request: CheckRequest, spf: spfcheck.SPFResult
         return DMARCResult("temperror", **base, applied_policy=policy,
                            reason="an aligned identifier had a temporary DNS failure")
     applied, override = policy, None
-    if record.pct < 100 and options.sampler() * 100 >= record.pct:
+    if record.pct < 100 and sample() * 100 >= record.pct:
         applied, override = _DOWNGRADE[applied], "sampled_out"
     if record.t:
         applied, override = _DOWNGRADE[applied], override or "policy_test_mode"
@@ -247,6 +255,13 @@ def _auth_results(request: CheckRequest, spf: spfcheck.SPFResult,
 
 def evaluate(request: CheckRequest, resolver: Resolver, options: Options) -> Verdict:
     """Check ``request`` and decide what happens to the message."""
+    verdict = _decide(request, resolver, options, options.sampler)
+    _log_verdict(request, verdict)
+    return verdict
+
+
+def _decide(request: CheckRequest, resolver: Resolver, options: Options,
+            sample: Callable[[], float]) -> Verdict:
     spf = spfcheck.check(request.client_ip, request.mail_from, request.helo, resolver,
                          receiver=options.authserv_id, time_budget=options.spf_time_budget)
     spf_helo = None
@@ -254,23 +269,116 @@ def evaluate(request: CheckRequest, resolver: Resolver, options: Options) -> Ver
         spf_helo = spfcheck.check_helo(request.client_ip, request.helo, resolver,
                                        receiver=options.authserv_id,
                                        time_budget=options.spf_time_budget)
-    dkim = dkimcheck.verify_all(request.message, resolver, min_rsa_bits=options.min_rsa_bits)
-    arc = dkimcheck.verify_arc(request.message, resolver, min_rsa_bits=options.min_rsa_bits)
+    headers = dkimcheck.parse_headers(request.message)
+    dkim = dkimcheck.verify_all(request.message, resolver, min_rsa_bits=options.min_rsa_bits,
+                                headers=headers or [])
+    arc = dkimcheck.verify_arc(request.message, resolver, min_rsa_bits=options.min_rsa_bits,
+                               headers=headers)
     authors = author_domains(request.message)
     discoverer = Discoverer(resolver, options.org_domain_mode)
     if authors.problem is not None:
         dmarc = DMARCResult("permerror", "", reason=f"malformed message: {authors.problem}")
     else:
-        dmarc = _strictest([_evaluate_domain(a, request, spf, dkim, arc, discoverer, options)
-                            for a in authors.domains])
+        dmarc = _strictest([_evaluate_domain(a, request, spf, dkim, arc, discoverer, options,
+                                             sample) for a in authors.domains])
     disposition, reason = _disposition(dmarc, authors.problem, options)
     header = _auth_results(request, spf, spf_helo, dkim, arc, dmarc, options.authserv_id)
-    log.info("dmarc verdict", queue_id=request.queue_id, client_ip=request.client_ip,
-             from_domain=dmarc.from_domain, spf=spf.result, dkim=[d.result for d in dkim],
-             arc=arc.result, dmarc=dmarc.result, policy=dmarc.policy,
-             applied_policy=dmarc.applied_policy, override=dmarc.override,
-             disposition=disposition)
     return Verdict(spf, spf_helo, dkim, arc, dmarc, disposition, reason, header)
+
+
+def _log_verdict(request: CheckRequest, verdict: Verdict) -> None:
+    dmarc = verdict.dmarc
+    log.info("dmarc verdict", queue_id=request.queue_id, client_ip=request.client_ip,
+             from_domain=dmarc.from_domain, spf=verdict.spf.result,
+             dkim=[d.result for d in verdict.dkim], arc=verdict.arc.result, dmarc=dmarc.result,
+             policy=dmarc.policy, applied_policy=dmarc.applied_policy, override=dmarc.override,
+             disposition=verdict.disposition)
+
+
+# --- evaluating from the resolver's cache alone, on the reactor thread
+
+# Larger messages, or ones with more signature fields, are always checked in the `policy`
+# pool: hashing their bodies would hold up the reactor.
+CACHED_MAX_MESSAGE = 128 * 1024
+CACHED_MAX_SIGNATURES = 4
+
+
+class _CacheMiss(DNSTempError):
+    """An answer the cache does not hold: the evaluation is thrown away and done in a thread.
+
+    A DNSTempError, so that every caller's DNS handling stops at it without
+    touching the network (and nothing treats it as hostile input).
+    """
+
+
+class _CachedAnswers(Resolver):
+    """The same resolver (its cache shared, not copied) that never queries a server."""
+
+    def __init__(self, resolver: Resolver) -> None:  # a view of ``resolver``: no super()
+        self.__dict__.update(vars(resolver))
+        self.missed = False
+
+    def _lookup(self, qname: str, qtype: Any, now: float) -> Any:
+        self.missed = True
+        raise _CacheMiss(f"{qname}: not cached")
+
+
+class PendingCheck:
+    """A check tried from the DNS cache first; :meth:`evaluate` finishes it in a thread if needed.
+
+    :meth:`from_cache` runs on the reactor thread and never blocks: it
+    answers when every DNS answer the check needs is cached and fresh (the
+    usual case for a sender seen in the last minutes), else it returns None
+    and the caller runs :meth:`evaluate` in the `policy` pool. The verdict is
+    the one :func:`evaluate` would give; values drawn for ``pct`` sampling by
+    an abandoned attempt are replayed to the second, so it decides as the
+    first would have.
+    """
+
+    def __init__(self, request: CheckRequest, resolver: Resolver, options: Options) -> None:
+        self.request = request
+        self.resolver = resolver
+        self.options = options
+        self._drawn: list[float] = []
+        self._replay = 0
+
+    def _sample(self) -> float:
+        if self._replay < len(self._drawn):
+            self._replay += 1
+            return self._drawn[self._replay - 1]
+        value = self.options.sampler()
+        self._drawn.append(value)
+        self._replay = len(self._drawn)
+        return value
+
+    def _cached_eligible(self) -> bool:
+        message = self.request.message
+        if len(message) > CACHED_MAX_MESSAGE:
+            return False
+        lowered = message.lower()
+        return lowered.count(b"signature") + lowered.count(b"arc-seal") <= CACHED_MAX_SIGNATURES
+
+    def from_cache(self) -> Verdict | None:
+        """The verdict from cached DNS answers alone, or None (never raises, never blocks)."""
+        if not self._cached_eligible():
+            return None
+        cached = _CachedAnswers(self.resolver)
+        try:
+            verdict = _decide(self.request, cached, self.options, self._sample)
+        except Exception:  # noqa: BLE001 - the thread's evaluation fails (and is logged) alike
+            return None
+        if cached.missed:
+            self._replay = 0
+            return None
+        _log_verdict(self.request, verdict)
+        return verdict
+
+    def evaluate(self) -> Verdict:
+        """:func:`evaluate` (blocking: in the `policy` pool) after :meth:`from_cache` gave up."""
+        self._replay = 0
+        verdict = _decide(self.request, self.resolver, self.options, self._sample)
+        _log_verdict(self.request, verdict)
+        return verdict
 
 
 def _disposition(dmarc: DMARCResult, from_problem: str | None,

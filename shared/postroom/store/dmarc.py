@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Table, delete, exists, func, or_, select
+from sqlalchemy import delete, exists, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -18,6 +19,7 @@ from postroom.store.models import (
     Message,
     User,
 )
+from postroom.store.prepared import Prepared
 
 if TYPE_CHECKING:
     from postroom.dmarcreport import IncomingReport
@@ -60,17 +62,49 @@ def record_result(session: Session, record: DmarcRecord) -> int:
     return row.id
 
 
+# One fixed statement for any number of rows, one array per column (docs/decisions/0006): the
+# dmarc service writes a batch per transaction, and SQLAlchemy's multi-row INSERT compiled
+# and bound a new statement for each batch size. A NULL received_at is the server's now(),
+# as the column's default; rows are inserted in list order.
+_RECORD_RESULTS = Prepared("dmarc_record_results", """
+INSERT INTO dmarc_results (received_at, source_ip, header_from, spf_result, dkim_result,
+                           dmarc_result, disposition, reporting_domain, envelope_from,
+                           spf_domain, spf_aligned, dkim_domain, dkim_selector, dkim_aligned,
+                           policy, queue_id, detail)
+SELECT coalesce(r.received_at, now()), CAST(r.source_ip AS inet), r.header_from, r.spf_result,
+       r.dkim_result, r.dmarc_result, r.disposition, r.reporting_domain, r.envelope_from,
+       r.spf_domain, r.spf_aligned, r.dkim_domain, r.dkim_selector, r.dkim_aligned, r.policy,
+       r.queue_id, CAST(r.detail AS jsonb)
+FROM unnest(CAST(%(received_at)s AS timestamptz[]), CAST(%(source_ip)s AS text[]),
+            CAST(%(header_from)s AS text[]), CAST(%(spf_result)s AS text[]),
+            CAST(%(dkim_result)s AS text[]), CAST(%(dmarc_result)s AS text[]),
+            CAST(%(disposition)s AS text[]), CAST(%(reporting_domain)s AS text[]),
+            CAST(%(envelope_from)s AS text[]), CAST(%(spf_domain)s AS text[]),
+            CAST(%(spf_aligned)s AS boolean[]), CAST(%(dkim_domain)s AS text[]),
+            CAST(%(dkim_selector)s AS text[]), CAST(%(dkim_aligned)s AS boolean[]),
+            CAST(%(policy)s AS text[]), CAST(%(queue_id)s AS text[]),
+            CAST(%(detail)s AS text[]))
+     WITH ORDINALITY AS r(received_at, source_ip, header_from, spf_result, dkim_result,
+                          dmarc_result, disposition, reporting_domain, envelope_from,
+                          spf_domain, spf_aligned, dkim_domain, dkim_selector, dkim_aligned,
+                          policy, queue_id, detail, n)
+ORDER BY r.n
+""")
+
+
 def record_results(session: Session, records: list[DmarcRecord]) -> None:
-    """Store several verdicts with one multi-row INSERT per shape (Core, no ORM unit of work)."""
-    table = insert(cast(Table, DmarcResult.__table__))  # Core: no unit of work
-    stamped = [r for r in records if r.received_at is not None]
-    now = [r for r in records if r.received_at is None]
-    if now:
-        session.execute(table, [{name: getattr(r, name) for name in _COLUMNS}
-                                         for r in now])
-    if stamped:
-        session.execute(table, [{**{name: getattr(r, name) for name in _COLUMNS},
-                                          "received_at": r.received_at} for r in stamped])
+    """Store several verdicts with one statement (those without ``received_at`` first)."""
+    if not records:
+        return
+    # the order of the two multi-row INSERTs this replaced: unstamped rows, then stamped ones
+    rows = [r for r in records if r.received_at is None] + \
+        [r for r in records if r.received_at is not None]
+    params: dict[str, list[Any]] = {name: [getattr(r, name) for r in rows]
+                                    for name in _COLUMNS if name != "detail"}
+    # JSONB's own bind processing: json.dumps, None being JSON null
+    params["detail"] = [json.dumps(r.detail) for r in rows]
+    params["received_at"] = [r.received_at for r in rows]
+    _RECORD_RESULTS.execute(session.connection(), params)
 
 
 def results_for_report(session: Session, reporting_domain: str, start: datetime,
