@@ -15,11 +15,11 @@ described in them and done by the caller.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, is_dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import Connection, case, func, select, update
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
@@ -411,21 +411,21 @@ class _FastFacts:
     junk_name: str | None
 
 
-def _fast_facts(session: Session, recipient_id: int, parse: bool = True) -> _FastFacts | None:
+def _fast_facts(connection: Connection, recipient_id: int,
+                parse: bool = True) -> _FastFacts | None:
     row = _FAST_FACTS.execute(
-        session.connection(), {"rid": recipient_id, "junk": "\\Junk", "parse": parse}).first()
+        connection, {"rid": recipient_id, "junk": "\\Junk", "parse": parse}).first()
     if row is None:
         return None
-    blob = row.blob
+    # by position (the statement's column order): a Row's attribute lookups cost more
+    (state, stream, attempts, next_attempt_at, parent_id, address, queue_id, mail_from,
+     disposition, message_id, size, received_at, meta_missing, blob, local_domain, aliased,
+     user_id, quota_bytes, quota_messages, rules, inbox_id, junk_id, junk_name) = row
     return _FastFacts(
-        recipient_id=recipient_id, state=row.state, stream=row.stream, attempts=row.attempts,
-        next_attempt_at=row.next_attempt_at, parent_id=row.parent_id, address=row.address,
-        queue_id=row.queue_id, mail_from=row.mail_from, disposition=row.disposition,
-        message_id=int(row.message_id), size=int(row.size), received_at=row.received_at,
-        meta_missing=bool(row.meta_missing), blob=None if blob is None else bytes(blob),
-        local_domain=bool(row.local_domain), aliased=bool(row.aliased),
-        user_id=row.user_id, quota_bytes=row.quota_bytes, quota_messages=row.quota_messages,
-        rules=row.rules, inbox_id=row.inbox_id, junk_id=row.junk_id, junk_name=row.junk_name)
+        recipient_id, state, stream, attempts, next_attempt_at, parent_id, address, queue_id,
+        mail_from, disposition, int(message_id), int(size), received_at, bool(meta_missing),
+        None if blob is None else bytes(blob), bool(local_domain), bool(aliased), user_id,
+        quota_bytes, quota_messages, rules, inbox_id, junk_id, junk_name)
 
 
 def _fast_target(facts: _FastFacts) -> int | None:
@@ -453,19 +453,45 @@ def _metadata_json(facts: _FastFacts) -> str | None:
     """The blob's metadata as JSON for jsonb, or None when there is nothing to store."""
     if facts.blob is None:
         return None
-    meta = analyze(facts.blob).to_dict()
+    meta = analyze(facts.blob)
     try:
-        text = json.dumps(meta, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        text = _META_ENCODER.encode(meta)
         if "\\u0000" in text or not _is_utf8(text):
             # what jsonb refuses (NUL, lone surrogates): the slow walk, only for such mail
-            text = json.dumps(_jsonb_safe(meta), ensure_ascii=False, allow_nan=False,
-                              separators=(",", ":"))
+            text = json.dumps(_jsonb_safe(meta.to_dict()), ensure_ascii=False,
+                              allow_nan=False, separators=(",", ":"))
         return text
     except ValueError as exc:
         # mail is never held back for its metadata: deliver it, readers re-analyze
         log.warning("message metadata not stored", queue_id=facts.queue_id,
                     message_id=facts.message_id, error=str(exc))
         return None
+
+
+_DATACLASS_FIELDS: dict[type, tuple[str, ...]] = {}
+
+
+def _dataclass_as_dict(value: Any) -> dict[str, Any]:
+    """One level of ``MessageMeta.to_dict`` for the JSON encoder (its ``default`` hook).
+
+    The C encoder writes the lists, strings and numbers itself and calls this
+    only for the dataclasses, so the text is the same as ``json.dumps(to_dict())``
+    without first building the whole dict tree in Python.
+    """
+    names = _DATACLASS_FIELDS.get(type(value))
+    if names is None:
+        if not is_dataclass(value) or isinstance(value, type):
+            to_dict = getattr(value, "to_dict", None)
+            if to_dict is not None:
+                # not one of the model's dataclasses, but it can say itself as plain data
+                return dict(to_dict())
+            raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+        names = _DATACLASS_FIELDS[type(value)] = tuple(f.name for f in fields(value))
+    return {name: getattr(value, name) for name in names}
+
+
+_META_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
+                                 default=_dataclass_as_dict)
 
 
 def _is_utf8(text: str) -> bool:
@@ -477,7 +503,7 @@ def _is_utf8(text: str) -> bool:
     return True
 
 
-def _fast_deliver(session: Session, facts: _FastFacts, options: Options, now: datetime,
+def _fast_deliver(connection: Connection, facts: _FastFacts, options: Options, now: datetime,
                   store_metadata: bool) -> Outcome | None:
     """Deliver through the fast path, or None when the general path must decide."""
     if facts.state != "pending" or facts.stream != "deliver":
@@ -507,16 +533,17 @@ def _fast_deliver(session: Session, facts: _FastFacts, options: Options, now: da
     if mailbox_id is None:
         return None
     meta = _metadata_json(facts) if store_metadata and facts.meta_missing else None
-    row = _FAST_STORE.execute(session.connection(), {
+    row = _FAST_STORE.execute(connection, {
         "meta": meta, "has_meta": meta is not None, "message_id": facts.message_id,
         "mailbox_id": mailbox_id, "rid": facts.recipient_id, "flags": flags,
         "internaldate": facts.received_at,
         "detail": f"stored in {folder} uid "}).first()
     if row is None:
         return None
+    uid, modseq = row
     return Outcome(facts.recipient_id, DELIVERED, queue_id=facts.queue_id,
                    address=facts.address, user_id=user_id, mailbox=folder,
-                   mailbox_id=int(mailbox_id), uid=int(row.uid), modseq=int(row.modseq),
+                   mailbox_id=int(mailbox_id), uid=int(uid), modseq=int(modseq),
                    size=facts.size)
 
 
@@ -531,10 +558,12 @@ def deliver_recipient(session: Session, recipient_id: int, options: Options,
     in the same transaction: see the fast path's notes). ``store_metadata=False``
     skips that (the service's fallback when PostgreSQL refused the metadata).
     """
-    facts = _fast_facts(session, recipient_id, parse=store_metadata)
+    # the transaction's one connection, asked for once (each ask walks the ORM's state)
+    connection = session.connection()
+    facts = _fast_facts(connection, recipient_id, parse=store_metadata)
     if facts is None:
         return Outcome(recipient_id, MISSING)
-    outcome = _fast_deliver(session, facts, options, now, store_metadata)
+    outcome = _fast_deliver(connection, facts, options, now, store_metadata)
     if outcome is not None:
         return outcome
     if store_metadata and facts.meta_missing:

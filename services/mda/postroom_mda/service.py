@@ -7,6 +7,11 @@ are change events published (``<prefix>mailbox:<id>``, for IMAP IDLE and POP3)
 and follow-up entries put on their streams. The handler's Deferred fires when
 every recipient is settled, and only then does the consumer acknowledge the
 entry.
+
+The change event of a stored copy is published from the `db` thread that ran
+the transaction, right after its COMMIT (``Database.run_then``): one thread hop
+per recipient instead of two, with the same content and the same "only after
+commit" rule.
 """
 
 from __future__ import annotations
@@ -18,7 +23,6 @@ from typing import Any
 import redis
 from sqlalchemy.exc import DataError, DBAPIError
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from postroom.logs import Logger, get_logger
@@ -76,6 +80,7 @@ class Deliverer:
         self.log = log or get_logger("mda")
         self.delivered = 0
         self._outcomes = messages_total(metrics) if metrics is not None else None
+        self._outcome_counters: dict[str, Any] = {}
 
     def handle(self, entry: QueueEntry) -> Deferred[None]:
         return Deferred.fromCoroutine(self._handle(entry))
@@ -88,7 +93,12 @@ class Deliverer:
             started = self.reactor.seconds()
             outcome = await self._deliver(recipient_id)
             work.extend(outcome.children)
-            await self._after_commit(outcome)
+            if outcome.result == DELIVERED and outcome.mailbox_id is not None:
+                self.delivered += 1  # its change event went out with the commit
+            for follow_up in outcome.envelopes:
+                # failures are logged there; the reconciler enqueues it after queue_claim_idle
+                await enqueue_after_commit(self.queue, self.pool, follow_up,
+                                           reactor=self.reactor)
             self._log(outcome, envelope.queue_id, self.reactor.seconds() - started,
                       claimed=entry.claimed)
 
@@ -96,9 +106,11 @@ class Deliverer:
         store_metadata = True
         for attempt in range(1, ATTEMPTS + 1):
             try:
-                result: Outcome = await self.database.run(
-                    deliver_recipient, recipient_id, self.options, datetime.now(UTC),
-                    store_metadata=store_metadata)
+                # the change event goes out from the same thread, once committed
+                result: Outcome
+                result, _ = await self.database.run_then(
+                    deliver_recipient, self._publish, recipient_id, self.options,
+                    datetime.now(UTC), store_metadata=store_metadata)
                 return result
             except Exception as exc:
                 if _retryable(exc) and attempt < ATTEMPTS:
@@ -121,20 +133,21 @@ class Deliverer:
                 return Outcome(recipient_id, "deferred", error="internal error")
         raise AssertionError("unreachable")
 
-    async def _after_commit(self, outcome: Outcome) -> None:
-        if outcome.result == DELIVERED and outcome.mailbox_id is not None:
-            self.delivered += 1
-            try:
-                await deferToThreadPool(self.reactor, self.pool, self.queue.redis.publish,
-                                        channel(self.queue.prefix, outcome.mailbox_id),
-                                        change_event(outcome))
-            except redis.RedisError as exc:
-                # the copy is committed; IDLE clients see it at their next poll instead
-                self.log.warning("change event not published", queue_id=outcome.queue_id,
-                                 mailbox_id=outcome.mailbox_id, error=str(exc))
-        for envelope in outcome.envelopes:
-            # failures are logged there; the reconciler enqueues it after queue_claim_idle
-            await enqueue_after_commit(self.queue, self.pool, envelope, reactor=self.reactor)
+    def _publish(self, outcome: Outcome) -> None:
+        """The change event of a committed copy (in the `db` thread, after its commit)."""
+        if outcome.result != DELIVERED or outcome.mailbox_id is None:
+            return
+        try:
+            self.queue.redis.publish(channel(self.queue.prefix, outcome.mailbox_id),
+                                     change_event(outcome))
+        except redis.RedisError as exc:
+            # the copy is committed; IDLE clients see it at their next poll instead
+            self.log.warning("change event not published", queue_id=outcome.queue_id,
+                             mailbox_id=outcome.mailbox_id, error=str(exc))
+        except Exception as exc:
+            # never let it look like a failed delivery: the copy is committed
+            self.log.exception("change event not published", exc, queue_id=outcome.queue_id,
+                               mailbox_id=outcome.mailbox_id)
 
     def _log(self, outcome: Outcome, queue_id: str, elapsed: float, *, claimed: bool) -> None:
         fields: dict[str, Any] = {
@@ -145,7 +158,11 @@ class Deliverer:
             "children": len(outcome.children) or None, "claimed": claimed or None,
         }
         if self._outcomes is not None:
-            self._outcomes.labels(outcome=outcome.result).inc()
+            counter = self._outcome_counters.get(outcome.result)
+            if counter is None:
+                counter = self._outcome_counters[outcome.result] = self._outcomes.labels(
+                    outcome=outcome.result)
+            counter.inc()
         if outcome.result == MISSING:
             # the spool row is gone (deleted by an operator): nothing to deliver
             self.log.warning("queue entry for unknown message", **fields)
