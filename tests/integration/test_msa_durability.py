@@ -165,10 +165,11 @@ class RedisDiesAfterCommit(Submitter):
         self.redis_server = redis_server
         self.spooled: list[Spooled] = []
 
-    async def enqueue(self, spooled: Spooled) -> None:
+    def _after_commit(self, spooled: Spooled, user_id: int) -> Any:
+        # in the spool's thread, after its COMMIT and before the XADD
         self.spooled.append(spooled)
         self.redis_server.stop()
-        await super().enqueue(spooled)
+        return super()._after_commit(spooled, user_id)
 
 
 @pytest.fixture

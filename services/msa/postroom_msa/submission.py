@@ -241,16 +241,22 @@ class Submitter:
                 self._count("deferred")
                 return M.TRY_LATER
             message = signatures + message
-        spooled = await self.database.run(
-            lookups.spool_submission, queue_id=queue_id,
+        user_id = session.identity.id
+        # the XADDs and the usage count run in the spool's thread right after its COMMIT
+        spooled, (enqueued, usage_error) = await self.database.run_then(
+            lookups.spool_submission, lambda spooled: self._after_commit(spooled, user_id),
+            queue_id=queue_id,
             mail_from=str(envelope.mail_from) if envelope.mail_from else "",
             recipients=_spool_recipients(envelope), message=message,
             size=envelope.mail_params.size, body=envelope.mail_params.body,
             smtputf8=envelope.smtputf8, ret=envelope.mail_params.ret,
             envid=envelope.mail_params.envid, peer_ip=session.peer_ip, helo=session.helo,
             auth_user=session.identity.address, enqueued_at=now)
-        await self.enqueue(spooled)
-        await self._record_usage(session.identity.id, len(spooled.recipient_ids), slog)
+        # committed: a failed XADD is the reconciler's job, a lost count only a lost count
+        for queued, outcome in enqueued:
+            self.enqueuer.enqueued_in_thread(queued, outcome)
+        if usage_error is not None:
+            slog.warning("sending usage not recorded", error=str(usage_error))
         self._count("accepted")
         slog.info("message accepted", size=len(message), recipients=len(spooled.recipient_ids),
                   mail_from=str(envelope.mail_from or ""), added=added or None,
@@ -258,20 +264,25 @@ class Submitter:
                   tls=session.tls.version if session.tls else None)
         return M.queued(queue_id)
 
-    async def enqueue(self, spooled: lookups.Spooled) -> None:
-        """Put the committed recipients on ``outbound`` (failures are the reconciler's)."""
+    def _after_commit(self, spooled: lookups.Spooled, user_id: int,
+                      ) -> tuple[list[tuple[QueueEnvelope, str | Exception]], Exception | None]:
+        """In the spool's thread after COMMIT (blocking): the committed recipients onto
+        ``outbound`` and the sending-usage count; each step's error is returned, not raised."""
         ids = spooled.recipient_ids
+        enqueued: list[tuple[QueueEnvelope, str | Exception]] = []
         for start in range(0, len(ids), MAX_RECIPIENTS):
-            await self.enqueuer.after_commit(QueueEnvelope(
-                queue_id=spooled.queue_id, recipient_ids=ids[start:start + MAX_RECIPIENTS],
-                stream="outbound"))
-
-    async def _record_usage(self, user_id: int, recipients: int, slog: Any) -> None:
+            queued = QueueEnvelope(queue_id=spooled.queue_id,
+                                   recipient_ids=ids[start:start + MAX_RECIPIENTS],
+                                   stream="outbound")
+            try:
+                enqueued.append((queued, self.enqueuer.enqueue_blocking(queued)))
+            except Exception as exc:  # noqa: BLE001 (reported on the reactor)
+                enqueued.append((queued, exc))
         try:
-            await deferToThreadPool(self.reactor, self.redis_pool, self.limits.record, user_id,
-                                    recipients)
+            self.limits.record(user_id, len(ids))
         except Exception as exc:  # noqa: BLE001 (the message is accepted; only the count is lost)
-            slog.warning("sending usage not recorded", error=str(exc))
+            return enqueued, exc
+        return enqueued, None
 
 
 def _spool_recipients(envelope: Envelope) -> list[NewRecipient]:
