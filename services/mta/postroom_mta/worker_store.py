@@ -23,6 +23,7 @@ from postroom.store import domains, messages, spool
 from postroom.store.addresses import normalise_domain
 from postroom.store.errors import NotFound
 from postroom.store.models import SpoolMessage, SpoolRecipient
+from postroom.store.prepared import Prepared
 from postroom_mta import bounce
 
 log = get_logger("relay")
@@ -113,7 +114,7 @@ def load_work(session: Session, queue_id: str, recipient_ids: Sequence[int],
     users) is three round trips. The message text is read only for remote ones.
     """
     wanted = sorted(set(recipient_ids))
-    rows = session.execute(_LOAD_WORK, {"queue_id": queue_id, "ids": wanted}).all()
+    rows = _LOAD_WORK.execute(session.connection(), {"queue_id": queue_id, "ids": wanted}).all()
     if not rows:
         return None
     head = rows[0]
@@ -146,7 +147,7 @@ def load_work(session: Session, queue_id: str, recipient_ids: Sequence[int],
     envelopes: list[Envelope] = []
     if local:
         ids = [rid for rid, _ in local]
-        session.execute(_MOVE_TO_DELIVER, {"ids": ids, "now": now})
+        _MOVE_TO_DELIVER.execute(session.connection(), {"ids": ids, "now": now})
         envelopes.append(Envelope(queue_id, tuple(ids), "deliver",
                                   disposition=head.disposition))
     message = messages.get_message(session, head.message_id) if remote else b""
@@ -158,27 +159,28 @@ def load_work(session: Session, queue_id: str, recipient_ids: Sequence[int],
 
 # The message (one row even when no recipient matches: a LEFT JOIN on the locked ones) and
 # the entry's recipients locked in id order, as the ORM's SELECT ... FOR UPDATE did.
-_LOAD_WORK = text("""
+_LOAD_WORK = Prepared("relay_load_work", """
 WITH r AS (
     SELECT r.id, r.address, r.state, r.stream, r.attempts, r.next_attempt_at, r.notify,
            r.orcpt
     FROM spool_recipients r
-    WHERE r.spool_message_id = (SELECT id FROM spool_messages WHERE queue_id = :queue_id)
-      AND r.id = ANY(CAST(:ids AS bigint[]))
+    WHERE r.spool_message_id = (SELECT id FROM spool_messages WHERE queue_id = %(queue_id)s)
+      AND r.id = ANY(CAST(%(ids)s AS bigint[]))
     ORDER BY r.id
     FOR UPDATE)
 SELECT m.mail_from, m.kind, m.ret, m.envid, m.received_at, m.disposition, m.message_id,
        r.id AS rid, r.address, r.state, r.stream, r.attempts, r.next_attempt_at, r.notify,
        r.orcpt
 FROM spool_messages m LEFT JOIN r ON true
-WHERE m.queue_id = :queue_id
+WHERE m.queue_id = %(queue_id)s
 ORDER BY r.id
 """)
 
 # move_to_deliver as one plain statement (no ORM session synchronisation)
-_MOVE_TO_DELIVER = text(
-    "UPDATE spool_recipients SET stream = 'deliver', next_attempt_at = :now,"
-    " enqueued_at = :now, updated_at = now() WHERE id = ANY(CAST(:ids AS bigint[]))")
+_MOVE_TO_DELIVER = Prepared(
+    "relay_move_to_deliver",
+    "UPDATE spool_recipients SET stream = 'deliver', next_attempt_at = %(now)s,"
+    " enqueued_at = %(now)s, updated_at = now() WHERE id = ANY(CAST(%(ids)s AS bigint[]))")
 
 _IS_LOCAL_DOMAIN = text("SELECT EXISTS (SELECT 1 FROM domains WHERE name = :name)")
 
