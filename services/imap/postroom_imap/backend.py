@@ -315,9 +315,10 @@ class UserStoreImpl:
         return self._db(mailstore.changes, mailbox_id, modseq, max_uid, count)
 
     def fetch(self, mailbox_id: int, uids: Sequence[int], *, blob: bool, meta: bool,
-              mark_seen: bool, changedsince: int | None) -> Deferred[list[FetchRow]]:
+              mark_seen: bool, changedsince: int | None,
+              tree: bool = True) -> Deferred[list[FetchRow]]:
         d = self._db(mailstore.fetch, mailbox_id, list(uids), blob, meta, mark_seen,
-                     changedsince)
+                     changedsince, tree)
 
         def done(rows: list[FetchRow]) -> list[FetchRow]:
             if any(r.seen_set for r in rows):

@@ -14,6 +14,7 @@ from postroom_imap.render import (
     flags_line_renderer,
     needs_blob,
     needs_meta,
+    needs_tree,
 )
 from postroom_imap.selected import Selected, uid_set_text
 from postroom_imap.syntax import Command
@@ -146,6 +147,9 @@ class MessageCommands:
         # RFC822.HEADER/TEXT need the header's end, which the cached analysis has
         want_meta = any(needs_meta(i) or i.name in ("RFC822.HEADER", "RFC822.TEXT")
                         for i in args.items)
+        # the whole analysis only for parts and structures; the message's own header and
+        # text need only the offsets of its top part
+        want_tree = any(needs_tree(i) for i in args.items)
         mark_seen = not box.readonly and any(i.sets_seen for i in args.items)
         line = None if mark_seen else flags_line_renderer(
             args.items, with_uid=command.uid, with_modseq=self.condstore)
@@ -163,7 +167,8 @@ class MessageCommands:
                     self.write(b"".join(_flag_lines(box, flag_rows, line)))
                 else:
                     rows = await store.fetch(box.mailbox_id, chunk, blob=want_blob,
-                                             meta=want_meta, mark_seen=mark_seen,
+                                             meta=want_meta, tree=want_tree,
+                                             mark_seen=mark_seen,
                                              changedsince=args.changedsince)
                     if self.selected is not box:
                         break

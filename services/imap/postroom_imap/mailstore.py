@@ -3,6 +3,11 @@
 Every function takes a Session first and returns plain data. Whatever changes
 a mailbox's entries locks its row first (SELECT ... FOR UPDATE), the order the
 MDA and POP3 use, and advances HIGHESTMODSEQ, so other sessions notice.
+
+The statements a typical session runs on every command (SELECT, FETCH,
+STORE, APPEND, EXPUNGE) are server-side prepared statements
+(docs/decisions/0006), written with psycopg2's ``%(name)s`` placeholders;
+the rest stay text() statements.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from postroom.mime import analyze
 from postroom.store import mailboxes
 from postroom.store.errors import AlreadyExists
 from postroom.store.messages import delete_orphans
+from postroom.store.prepared import Prepared
 from postroom_imap.policy import (
     Changes,
     CopyResult,
@@ -88,11 +94,14 @@ def _lock_bump(s: Session, mailbox_id: int) -> tuple[int, int]:
     statement's snapshot (READ COMMITTED: a new one per statement) sees every
     change committed by whoever held the lock before.
     """
-    row = s.execute(text("UPDATE mailboxes SET highestmodseq = highestmodseq + 1 "
-                         "WHERE id = :m RETURNING highestmodseq"), {"m": mailbox_id}).first()
+    row = _LOCK_BUMP.execute(s.connection(), {"m": mailbox_id}).first()
     if row is None:
         raise NoSuchMailbox()
     return int(row[0]) - 1, int(row[0])
+
+
+_LOCK_BUMP = Prepared("imap_lock_bump", "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 "
+                      "WHERE id = %(m)s RETURNING highestmodseq")
 
 
 def _bump(s: Session, mailbox_id: int, modseq: int) -> None:
@@ -215,13 +224,9 @@ def _store_blob(s: Session, user_id: int, data: bytes,
     this insert waited on it.
     """
     digest = hashlib.sha256(data).hexdigest()
-    row = s.execute(text(
-        "WITH stored AS (INSERT INTO messages (sha256, size, blob, metadata) "
-        "VALUES (:h, :n, :b, CAST(:meta AS jsonb)) "
-        "ON CONFLICT (sha256) DO NOTHING RETURNING id) "
-        "SELECT (SELECT id FROM stored), quota_bytes, quota_messages FROM users WHERE id = :u"),
-        {"h": digest, "n": len(data), "b": data, "meta": json.dumps(metadata),
-         "u": user_id}).one()
+    row = _STORE_BLOB.execute(s.connection(), {
+        "h": digest, "n": len(data), "b": data, "meta": json.dumps(metadata),
+        "u": user_id}).one()
     limits = (row[1], row[2])
     if row[0] is not None:
         return int(row[0]), limits
@@ -229,14 +234,23 @@ def _store_blob(s: Session, user_id: int, data: bytes,
                          {"h": digest}).scalar_one()), limits
 
 
+_STORE_BLOB = Prepared("imap_store_blob", (
+    "WITH stored AS (INSERT INTO messages (sha256, size, blob, metadata) "
+    "VALUES (%(h)s, %(n)s, %(b)s, CAST(%(meta)s AS jsonb)) "
+    "ON CONFLICT (sha256) DO NOTHING RETURNING id) "
+    "SELECT (SELECT id FROM stored), quota_bytes, quota_messages FROM users WHERE id = %(u)s"))
+
+
 def _delete_orphans(s: Session, message_ids: Sequence[int]) -> None:
     """``messages.delete_orphans`` for known ids, in plain SQL (EXPUNGE's hot path)."""
     if message_ids:
-        s.execute(text(
-            "DELETE FROM messages m WHERE m.id = ANY(CAST(:ids AS bigint[])) "
-            "AND NOT EXISTS (SELECT 1 FROM mailbox_entries e WHERE e.message_id = m.id) "
-            "AND NOT EXISTS (SELECT 1 FROM spool_messages p WHERE p.message_id = m.id)"),
-            {"ids": list(message_ids)})
+        _DELETE_ORPHANS.execute(s.connection(), {"ids": list(message_ids)})
+
+
+_DELETE_ORPHANS = Prepared("imap_delete_orphans", (
+    "DELETE FROM messages m WHERE m.id = ANY(CAST(%(ids)s AS bigint[])) "
+    "AND NOT EXISTS (SELECT 1 FROM mailbox_entries e WHERE e.message_id = m.id) "
+    "AND NOT EXISTS (SELECT 1 FROM spool_messages p WHERE p.message_id = m.id)"))
 
 
 def append(s: Session, user_id: int, name: str, data: bytes, flags: Sequence[str],
@@ -253,19 +267,22 @@ def append(s: Session, user_id: int, name: str, data: bytes, flags: Sequence[str
     """
     message_id, limits = _store_blob(s, user_id, data, jsonb_safe(analyze(data).to_dict()))
     _check_quota(s, user_id, len(data), 1, limits)
-    row = s.execute(text(
-        "WITH box AS (UPDATE mailboxes SET uidnext = uidnext + 1, "
-        "highestmodseq = highestmodseq + 1 WHERE user_id = :u AND name = :n "
-        "RETURNING id, uidvalidity, uidnext - 1 AS uid, highestmodseq) "
-        "INSERT INTO mailbox_entries (mailbox_id, uid, message_id, flags, modseq, internaldate) "
-        "SELECT box.id, box.uid, :msg, CAST(:f AS text[]), box.highestmodseq, "
-        "coalesce(:d, now()) FROM box "
-        "RETURNING (SELECT uidvalidity FROM box), uid, mailbox_id, modseq"),
-        {"u": user_id, "n": _norm(name), "msg": message_id, "f": list(dict.fromkeys(flags)),
-         "d": when}).first()
+    row = _APPEND.execute(s.connection(), {
+        "u": user_id, "n": _norm(name), "msg": message_id, "f": list(dict.fromkeys(flags)),
+        "d": when}).first()
     if row is None:
         raise NoSuchMailbox()
     return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+
+_APPEND = Prepared("imap_append", (
+    "WITH box AS (UPDATE mailboxes SET uidnext = uidnext + 1, "
+    "highestmodseq = highestmodseq + 1 WHERE user_id = %(u)s AND name = %(n)s "
+    "RETURNING id, uidvalidity, uidnext - 1 AS uid, highestmodseq) "
+    "INSERT INTO mailbox_entries (mailbox_id, uid, message_id, flags, modseq, internaldate) "
+    "SELECT box.id, box.uid, %(msg)s, CAST(%(f)s AS text[]), box.highestmodseq, "
+    "coalesce(CAST(%(d)s AS timestamptz), now()) FROM box "
+    "RETURNING (SELECT uidvalidity FROM box), uid, mailbox_id, modseq"))
 
 
 # --- the selected mailbox
@@ -347,23 +364,28 @@ _SELECT_AGGREGATE = (
     "FROM mailboxes b CROSS JOIN LATERAL ("
     "SELECT array_send(array_agg(uid ORDER BY uid)) AS packed, "
     "min(uid) FILTER (WHERE NOT ('\\Seen' = ANY(flags))) AS unseen, "
-    "coalesce(bool_or(NOT (flags <@ CAST(:sys AS text[]))), false) AS has_keywords "
+    "coalesce(bool_or(NOT (flags <@ CAST(%(sys)s AS text[]))), false) AS has_keywords "
     "FROM mailbox_entries WHERE mailbox_id = b.id) a ")
+_LOAD_BY_NAME = Prepared("imap_load_by_name",
+                         _SELECT_AGGREGATE + "WHERE b.user_id = %(u)s AND b.name = %(n)s")
+_LOAD_BY_ID = Prepared("imap_load_by_id", _SELECT_AGGREGATE + "WHERE b.id = %(m)s")
+_KEYWORDS = Prepared("imap_keywords", (
+    "SELECT DISTINCT f FROM (SELECT unnest(flags) AS f FROM mailbox_entries "
+    "WHERE mailbox_id = %(m)s AND NOT (flags <@ CAST(%(sys)s AS text[]))) k "
+    "WHERE left(f, 1) <> '\\' ORDER BY f LIMIT 100"))
 
 
-def _load(s: Session, where: str, params: dict[str, Any]) -> _Loaded:
+def _load(s: Session, statement: Prepared, params: dict[str, Any]) -> _Loaded:
     """UIDs, first unseen and keywords; the mailbox row comes from the same snapshot."""
-    row = s.execute(text(_SELECT_AGGREGATE + where), {**params, "sys": list(SYSTEM)}).first()
+    connection = s.connection()
+    row = statement.execute(connection, {**params, "sys": list(SYSTEM)}).first()
     if row is None:
         raise NoSuchMailbox()
     mailbox_id = int(row[0])
     keywords: Sequence[str] = []
     if row[6]:  # a second pass only for mailboxes where some message has a keyword
-        keywords = s.execute(text(
-            "SELECT DISTINCT f FROM (SELECT unnest(flags) AS f FROM mailbox_entries "
-            "WHERE mailbox_id = :m AND NOT (flags <@ CAST(:sys AS text[]))) k "
-            "WHERE left(f, 1) <> '\\' ORDER BY f LIMIT 100"),
-            {"m": mailbox_id, "sys": list(SYSTEM)}).scalars().all()
+        keywords = _KEYWORDS.execute(
+            connection, {"m": mailbox_id, "sys": list(SYSTEM)}).scalars().all()
     return _Loaded((mailbox_id, int(row[1]), int(row[2]), int(row[3])), _uid_array(row[4]),
                    int(row[5]) if row[5] is not None else None, tuple(str(k) for k in keywords))
 
@@ -386,9 +408,9 @@ def select(s: Session, user_id: int, name: str, cache: SelectCache | None = None
         if key == cached.key:
             loaded = cached
         else:
-            loaded = _load(s, "WHERE b.id = :m", {"m": key[0]})
+            loaded = _load(s, _LOAD_BY_ID, {"m": key[0]})
     else:
-        loaded = _load(s, "WHERE b.user_id = :u AND b.name = :n", {"u": user_id, "n": name})
+        loaded = _load(s, _LOAD_BY_NAME, {"u": user_id, "n": name})
     if loaded is not cached:
         cache.put(user_id, name, loaded)
     mailbox_id, uidvalidity, uidnext, highestmodseq = loaded.key
@@ -422,25 +444,24 @@ def changes(s: Session, mailbox_id: int, modseq: int, max_uid: int, count: int) 
     return Changes(highest, uidnext, new, present, flags)
 
 
-def _uid_condition(uids: Sequence[int], params: dict[str, Any],
-                   pyformat: bool = False) -> tuple[str, set[int] | None]:
+def _uid_condition(uids: Sequence[int], params: dict[str, Any]) -> tuple[str, set[int] | None]:
     """SQL limiting ``e.uid`` to ``uids`` and, when needed, the set to filter rows by.
 
     A range is an index range scan on (mailbox_id, uid) whose cost is the
     range, not the mailbox; a dense set is fetched as its range and the few
     extra rows dropped in Python, a sparse one adds an array test within it.
-    ``pyformat`` writes the parameters for a DB-API cursor instead of text().
+    The SQL has psycopg2's ``%(name)s`` placeholders (a DB-API cursor, or a
+    Prepared statement).
     """
-    lo, hi, uids_ = ("%(lo)s", "%(hi)s", "%(uids)s") if pyformat else (":lo", ":hi", ":uids")
     params["lo"], params["hi"] = min(uids), max(uids)
-    condition = f"e.uid BETWEEN {lo} AND {hi}"
+    condition = "e.uid BETWEEN %(lo)s AND %(hi)s"
     span = params["hi"] - params["lo"] + 1
     if span == len(uids):
         return condition, None
     if span <= 4 * len(uids):
         return condition, set(uids)
     params["uids"] = list(uids)
-    return condition + f" AND e.uid = ANY(CAST({uids_} AS bigint[]))", None
+    return condition + " AND e.uid = ANY(CAST(%(uids)s AS bigint[]))", None
 
 
 def fetch_flags(s: Session, mailbox_id: int, uids: Sequence[int],
@@ -453,7 +474,7 @@ def fetch_flags(s: Session, mailbox_id: int, uids: Sequence[int],
     if not uids:
         return []
     params: dict[str, Any] = {"m": mailbox_id}
-    condition, keep = _uid_condition(uids, params, pyformat=True)
+    condition, keep = _uid_condition(uids, params)
     sql = ("SELECT e.uid, array_to_string(e.flags, ' '), e.modseq FROM mailbox_entries e "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
            f"WHERE e.mailbox_id = %(m)s AND {condition}")
     if changedsince is not None:
@@ -473,7 +494,8 @@ def fetch_flags(s: Session, mailbox_id: int, uids: Sequence[int],
 
 
 def fetch(s: Session, mailbox_id: int, uids: Sequence[int], blob: bool, meta: bool,
-          mark_seen: bool, changedsince: int | None) -> list[FetchRow]:
+          mark_seen: bool, changedsince: int | None, tree: bool = True) -> list[FetchRow]:
+    """Rows for FETCH; ``meta`` without ``tree``: only the size and top part offsets of it."""
     if not uids:
         return []
     seen: dict[int, tuple[tuple[str, ...], int]] = {}
@@ -491,20 +513,14 @@ def fetch(s: Session, mailbox_id: int, uids: Sequence[int], blob: bool, meta: bo
         if updated:
             _bump(s, mailbox_id, modseq)
         seen = {int(r[0]): (tuple(r[1]), int(r[2])) for r in updated}
-    columns = "e.uid, e.flags, e.modseq, e.internaldate, m.size"
-    # the cached analysis without its decoded header list, which FETCH never renders and
-    # which is most of its size (decoding JSON is the main cost of a header FETCH)
-    columns += ", m.metadata - 'headers'" if meta else ", NULL"
-    columns += ", m.blob" if blob else ", NULL"
     params: dict[str, Any] = {"m": mailbox_id}
-    condition, keep = _uid_condition(uids, params)
-    sql = (f"SELECT {columns} FROM mailbox_entries e JOIN messages m ON m.id = e.message_id "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
-           f"WHERE e.mailbox_id = :m AND {condition}")
+    _, keep = _uid_condition(uids, params)
     if changedsince is not None:
-        sql += " AND e.modseq > :cs"
         params["cs"] = changedsince
+    analysis = ("tree" if tree else "top") if meta else ""
+    statement = _FETCH[analysis, blob, "uids" in params, changedsince is not None]
     out = []
-    for r in s.execute(text(sql + " ORDER BY e.uid"), params).all():
+    for r in statement.execute(s.connection(), params).all():
         uid = int(r[0])
         if keep is not None and uid not in keep:
             continue
@@ -515,15 +531,74 @@ def fetch(s: Session, mailbox_id: int, uids: Sequence[int], blob: bool, meta: bo
     return out
 
 
+# what of the cached analysis a FETCH reads: nothing, the top part's offsets, or all of it
+_ANALYSIS = {
+    "": "NULL",
+    # for the message's own header and text sections (a header FETCH of a message list)
+    "top": ("CASE WHEN m.metadata ? 'body' THEN jsonb_build_object("
+            "'size', m.metadata -> 'size', 'body', jsonb_build_object("
+            "'header_start', m.metadata #> '{body,header_start}', "
+            "'body_start', m.metadata #> '{body,body_start}', "
+            "'end', m.metadata #> '{body,end}')) END"),
+    # without its decoded header list, which FETCH never renders and which is most
+    # of its size (decoding JSON is the main cost of a header FETCH)
+    "tree": "m.metadata - 'headers'",
+}
+
+
+def _fetch_sql(analysis: str, blob: bool, sparse: bool, since: bool) -> str:
+    columns = "e.uid, e.flags, e.modseq, e.internaldate, m.size, " + _ANALYSIS[analysis]
+    columns += ", m.blob" if blob else ", NULL"
+    # what _uid_condition writes for a range, and for a sparse set
+    condition = "e.uid BETWEEN %(lo)s AND %(hi)s"
+    if sparse:
+        condition += " AND e.uid = ANY(CAST(%(uids)s AS bigint[]))"
+    if since:
+        condition += " AND e.modseq > %(cs)s"
+    return (f"SELECT {columns} FROM mailbox_entries e JOIN messages m ON m.id = e.message_id "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+            f"WHERE e.mailbox_id = %(m)s AND {condition} ORDER BY e.uid")
+
+
+# one prepared statement per shape: (analysis, blob, sparse UID set, CHANGEDSINCE)
+_FETCH = {
+    (analysis, blob, sparse, since): Prepared(
+        f"imap_fetch_{analysis or 'no'}_{blob:d}{sparse:d}{since:d}",
+        _fetch_sql(analysis, blob, sparse, since))
+    for analysis in _ANALYSIS for blob in (False, True)
+    for sparse in (False, True) for since in (False, True)
+}
+
 _NEW_FLAGS = {
-    "+": "ARRAY(SELECT DISTINCT x FROM unnest(flags || CAST(:f AS text[])) x ORDER BY x)",
-    "-": "ARRAY(SELECT x FROM unnest(flags) x WHERE x <> ALL(CAST(:f AS text[])))",
-    "": "CAST(:f AS text[])",
+    "+": "ARRAY(SELECT DISTINCT x FROM unnest(flags || CAST(%(f)s AS text[])) x ORDER BY x)",
+    "-": "ARRAY(SELECT x FROM unnest(flags) x WHERE x <> ALL(CAST(%(f)s AS text[])))",
+    "": "CAST(%(f)s AS text[])",
 }
 _CHANGES = {
-    "+": "NOT (flags @> CAST(:f AS text[]))",
-    "-": "flags && CAST(:f AS text[])",
-    "": "NOT (flags @> CAST(:f AS text[]) AND flags <@ CAST(:f AS text[]))",
+    "+": "NOT (flags @> CAST(%(f)s AS text[]))",
+    "-": "flags && CAST(%(f)s AS text[])",
+    "": "NOT (flags @> CAST(%(f)s AS text[]) AND flags <@ CAST(%(f)s AS text[]))",
+}
+# the BETWEEN keeps every statement an index range scan on (mailbox_id, uid)
+_WITHIN = ("mailbox_id = %(m)s AND uid BETWEEN %(lo)s AND %(hi)s "
+           "AND uid = ANY(CAST(%(uids)s AS bigint[]))")
+
+
+def _store_sql(mode: str, guarded: bool) -> str:
+    guard = " AND modseq <= %(us)s" if guarded else ""
+    return (
+        f"WITH changed AS (UPDATE mailbox_entries SET flags = {_NEW_FLAGS[mode]}, "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+        f"modseq = %(ms)s WHERE {_WITHIN} AND {_CHANGES[mode]}{guard} "
+        "RETURNING uid, flags, modseq) "
+        "SELECT uid, flags, modseq, true FROM changed UNION ALL "
+        f"SELECT uid, flags, modseq, false FROM mailbox_entries WHERE {_WITHIN} "
+        "AND uid NOT IN (SELECT uid FROM changed) ORDER BY 1")
+
+
+# one prepared statement per mode ("+", "-", "") and with or without UNCHANGEDSINCE
+_STORE = {
+    (mode, guarded): Prepared(f"imap_store_{name}{guarded:d}", _store_sql(mode, guarded))
+    for mode, name in (("+", "add"), ("-", "remove"), ("", "replace"))
+    for guarded in (False, True)
 }
 
 
@@ -540,19 +615,9 @@ def store(s: Session, mailbox_id: int, uids: Sequence[int], mode: str, flags: Se
     before, modseq = _lock_bump(s, mailbox_id)
     params: dict[str, Any] = {"m": mailbox_id, "uids": list(uids), "f": list(dict.fromkeys(flags)),
                               "ms": modseq, "lo": min(uids), "hi": max(uids)}
-    # the BETWEEN keeps every statement an index range scan on (mailbox_id, uid)
-    within = ("mailbox_id = :m AND uid BETWEEN :lo AND :hi "
-              "AND uid = ANY(CAST(:uids AS bigint[]))")
-    guard = ""
     if unchangedsince is not None:
         params["us"] = unchangedsince
-        guard = " AND modseq <= :us"
-    rows = s.execute(text(
-        f"WITH changed AS (UPDATE mailbox_entries SET flags = {_NEW_FLAGS[mode]}, modseq = :ms "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
-        f"WHERE {within} AND {_CHANGES[mode]}{guard} RETURNING uid, flags, modseq) "
-        "SELECT uid, flags, modseq, true FROM changed UNION ALL "
-        f"SELECT uid, flags, modseq, false FROM mailbox_entries WHERE {within} "
-        "AND uid NOT IN (SELECT uid FROM changed) ORDER BY 1"), params).all()
+    rows = _STORE[mode, unchangedsince is not None].execute(s.connection(), params).all()
     changed = [int(r[0]) for r in rows if r[3]]
     modified = [] if unchangedsince is None else [
         int(r[0]) for r in rows if not r[3] and int(r[2]) > unchangedsince]
@@ -622,17 +687,24 @@ def expunge(s: Session, mailbox_id: int,
     what changed when ``before`` is what it knew.
     """
     before, after = _lock_bump(s, mailbox_id)
-    sql = ("DELETE FROM mailbox_entries WHERE mailbox_id = :m AND '\\Deleted' = ANY(flags)")
     params: dict[str, Any] = {"m": mailbox_id}
+    statement = _EXPUNGE_ALL
     if uids is not None:
         if not uids:
             return [], before, after
-        sql += " AND uid BETWEEN :lo AND :hi AND uid = ANY(CAST(:uids AS bigint[]))"
         params.update({"uids": list(uids), "lo": min(uids), "hi": max(uids)})
-    removed = s.execute(text(sql + " RETURNING uid, message_id"), params).all()
+        statement = _EXPUNGE_UIDS
+    removed = statement.execute(s.connection(), params).all()
     if removed:
         _delete_orphans(s, sorted({int(r[1]) for r in removed}))
     return sorted(int(r[0]) for r in removed), before, after
+
+
+_EXPUNGE_SQL = "DELETE FROM mailbox_entries WHERE mailbox_id = %(m)s AND '\\Deleted' = ANY(flags)"
+_EXPUNGE_ALL = Prepared("imap_expunge", _EXPUNGE_SQL + " RETURNING uid, message_id")
+_EXPUNGE_UIDS = Prepared("imap_expunge_uids", (
+    _EXPUNGE_SQL + " AND uid BETWEEN %(lo)s AND %(hi)s "
+    "AND uid = ANY(CAST(%(uids)s AS bigint[])) RETURNING uid, message_id"))
 
 
 def user_mailbox_ids(s: Session, user_id: int, names: Sequence[str]) -> list[int]:

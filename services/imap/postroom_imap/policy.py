@@ -122,7 +122,12 @@ class Changes:
 
 @dataclass(frozen=True)
 class FetchRow:
-    """One message as FETCH needs it; ``meta`` is MessageMeta.to_dict(), ``blob`` when asked."""
+    """One message as FETCH needs it; ``meta`` is MessageMeta.to_dict(), ``blob`` when asked.
+
+    A fetch asked for no ``tree`` gets in ``meta`` only ``size`` and the top
+    part's offsets (``body``: header_start, body_start, end): what the
+    message's own header and text sections need.
+    """
 
     uid: int
     flags: tuple[str, ...]
@@ -191,7 +196,8 @@ class UserStore(Protocol):
     def changes(self, mailbox_id: int, modseq: int, max_uid: int,
                 count: int) -> Deferred[Changes]: ...
     def fetch(self, mailbox_id: int, uids: Sequence[int], *, blob: bool, meta: bool,
-              mark_seen: bool, changedsince: int | None) -> Deferred[list[FetchRow]]: ...
+              mark_seen: bool, changedsince: int | None,
+              tree: bool = True) -> Deferred[list[FetchRow]]: ...
     def fetch_flags(self, mailbox_id: int, uids: Sequence[int], *,
                     changedsince: int | None) -> Deferred[list[tuple[int, str, int]]]: ...
     def store(self, mailbox_id: int, uids: Sequence[int], mode: str, flags: Sequence[str],

@@ -65,15 +65,49 @@ def needs_blob(item: FetchItem) -> bool:
 
 
 def needs_meta(item: FetchItem) -> bool:
-    return item.name in ("ENVELOPE", "BODY", "BODYSTRUCTURE") or (
-        item.section is not None and bool(item.section.path or item.section.text))
+    """Whether the item needs the cached analysis (BODY[] and BODY.PEEK[] are the blob alone)."""
+    if item.section is None:
+        return item.name in ("ENVELOPE", "BODY", "BODYSTRUCTURE")
+    return bool(item.section.path or item.section.text)
+
+
+def needs_tree(item: FetchItem) -> bool:
+    """Whether the item needs the whole analysis, not only the offsets of the message's header."""
+    if item.section is None:
+        return item.name in ("ENVELOPE", "BODY", "BODYSTRUCTURE")
+    return bool(item.section.path)
 
 
 def metadata(row: FetchRow) -> MessageMeta:
-    """The row's cached MIME analysis, computed from the blob when the cache is empty."""
-    if row.meta and "body" in row.meta:
+    """The row's cached MIME analysis, computed from the blob when the cache is empty.
+
+    Also computed when the row holds only the top part's offsets (a fetch
+    asked for no ``tree``), which never happens for the items that need it.
+    """
+    if row.meta and "body" in row.meta and "envelope" in row.meta:
         return MessageMeta.from_dict(row.meta)
     return analyze(row.blob or b"")
+
+
+def _top_span(row: FetchRow, meta: MessageMeta | None, text: str) -> tuple[int, int] | None:
+    """``section_range(meta, (), text)``; without ``meta``, from the cached analysis's top part.
+
+    Rebuilding the whole MessageMeta of every message costs more than the rest
+    of a header FETCH, which needs two offsets of it. Without ``meta`` the
+    row's cached analysis must have its ``body`` (else the caller built ``meta``).
+    """
+    if meta is not None:
+        return section_range(meta, (), text)
+    assert row.meta is not None
+    body = row.meta["body"]
+    text = text.upper()
+    if text == "":
+        return (0, row.meta["size"])
+    if text.startswith("HEADER"):
+        return (body["header_start"], body["body_start"])
+    if text == "TEXT":
+        return (body["body_start"], body["end"])
+    return None
 
 
 def _section(item: FetchItem, row: FetchRow, meta: MessageMeta | None) -> bytes:
@@ -83,9 +117,12 @@ def _section(item: FetchItem, row: FetchRow, meta: MessageMeta | None) -> bytes:
     if not section.path and not section.text:
         data = blob
     else:
-        assert meta is not None
-        span = section_range(meta, section.path, section.text.split(".")[0] if
-                             section.text.startswith("HEADER") else section.text)
+        text = section.text.split(".")[0] if section.text.startswith("HEADER") else section.text
+        if section.path:
+            assert meta is not None
+            span = section_range(meta, section.path, text)
+        else:
+            span = _top_span(row, meta, text)
         data = b"" if span is None else blob[span[0]:span[1]]
         if section.text.startswith("HEADER.FIELDS") and span is not None:
             data = filter_header_fields(data, section.fields,
@@ -102,6 +139,8 @@ def fetch_items(row: FetchRow, items: Iterable[FetchItem], *, with_uid: bool,
     out: list[bytes] = []
     names: set[str] = set()
     meta: MessageMeta | None = None
+    # the header's offsets come from the cached analysis as it is, when it is there
+    cached = row.meta is not None and "body" in row.meta
 
     def add(name: str, value: bytes) -> None:
         if name not in names:
@@ -111,7 +150,7 @@ def fetch_items(row: FetchRow, items: Iterable[FetchItem], *, with_uid: bool,
     if with_uid:
         add("UID", b"%d" % row.uid)
     for item in items:
-        if meta is None and needs_meta(item):
+        if meta is None and (needs_tree(item) or (not cached and needs_meta(item))):
             meta = metadata(row)
         name = item.name
         if name == "UID":
@@ -136,9 +175,9 @@ def fetch_items(row: FetchRow, items: Iterable[FetchItem], *, with_uid: bool,
         elif name == "RFC822":
             add("RFC822", literal(row.blob or b""))
         elif name in ("RFC822.HEADER", "RFC822.TEXT"):
-            if meta is None:
+            if meta is None and not cached:
                 meta = metadata(row)
-            span = section_range(meta, (), name.split(".")[1])
+            span = _top_span(row, meta, name.split(".")[1])
             blob = row.blob or b""
             add(name, literal(b"" if span is None else blob[span[0]:span[1]]))
         elif item.section is not None:
