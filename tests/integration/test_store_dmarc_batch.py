@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import text
 
 from postroom.store import dmarc
+from postroom.store.db import Database
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 ALL_TIME = (datetime(2000, 1, 1, tzinfo=UTC), datetime(2100, 1, 1, tzinfo=UTC))
@@ -52,16 +53,21 @@ def test_batch_with_and_without_received_at_keeps_the_order(database, clean_db):
     assert ids["N1"] < ids["N2"] < ids["S"]  # unstamped rows first, as before
 
 
-def test_batch_statement_is_prepared_once_per_connection(database, clean_db):
-    for n in range(3):
-        database.run_sync(dmarc.record_results,
-                          [record(queue_id=f"P{n}", received_at=T0 + timedelta(seconds=n))])
+def test_batch_statement_is_prepared_once_per_connection(database_url, clean_db):
+    # one pooled connection, so the check below looks at the session that prepared it
+    single = Database(database_url, pool_size=1)
+    try:
+        for n in range(3):
+            single.run_sync(dmarc.record_results,
+                            [record(queue_id=f"P{n}", received_at=T0 + timedelta(seconds=n))])
 
-    def prepared(session) -> int:
-        return session.execute(text(
-            "SELECT count(*) FROM pg_prepared_statements "
-            "WHERE name = 'postroom_dmarc_record_results'")).scalar_one()
+        def prepared(session) -> int:
+            return session.execute(text(
+                "SELECT count(*) FROM pg_prepared_statements "
+                "WHERE name = 'postroom_dmarc_record_results'")).scalar_one()
 
-    assert database.run_sync(prepared) == 1
-    rows = database.run_sync(dmarc.results_for_report, "remote.test", *ALL_TIME)
-    assert [r.queue_id for r in rows] == ["P0", "P1", "P2"]
+        assert single.run_sync(prepared) == 1
+        rows = single.run_sync(dmarc.results_for_report, "remote.test", *ALL_TIME)
+        assert [r.queue_id for r in rows] == ["P0", "P1", "P2"]
+    finally:
+        single.dispose()
