@@ -444,6 +444,11 @@ def changes(s: Session, mailbox_id: int, modseq: int, max_uid: int, count: int) 
     return Changes(highest, uidnext, new, present, flags)
 
 
+# the UID limits of a FETCH: a range, and within it a sparse set
+_UID_RANGE = "e.uid BETWEEN %(lo)s AND %(hi)s"
+_UID_SPARSE = " AND e.uid = ANY(CAST(%(uids)s AS bigint[]))"
+
+
 def _uid_condition(uids: Sequence[int], params: dict[str, Any]) -> tuple[str, set[int] | None]:
     """SQL limiting ``e.uid`` to ``uids`` and, when needed, the set to filter rows by.
 
@@ -454,14 +459,14 @@ def _uid_condition(uids: Sequence[int], params: dict[str, Any]) -> tuple[str, se
     Prepared statement).
     """
     params["lo"], params["hi"] = min(uids), max(uids)
-    condition = "e.uid BETWEEN %(lo)s AND %(hi)s"
+    condition = _UID_RANGE
     span = params["hi"] - params["lo"] + 1
     if span == len(uids):
         return condition, None
     if span <= 4 * len(uids):
         return condition, set(uids)
     params["uids"] = list(uids)
-    return condition + " AND e.uid = ANY(CAST(%(uids)s AS bigint[]))", None
+    return condition + _UID_SPARSE, None
 
 
 def fetch_flags(s: Session, mailbox_id: int, uids: Sequence[int],
@@ -550,9 +555,7 @@ def _fetch_sql(analysis: str, blob: bool, sparse: bool, since: bool) -> str:
     columns = "e.uid, e.flags, e.modseq, e.internaldate, m.size, " + _ANALYSIS[analysis]
     columns += ", m.blob" if blob else ", NULL"
     # what _uid_condition writes for a range, and for a sparse set
-    condition = "e.uid BETWEEN %(lo)s AND %(hi)s"
-    if sparse:
-        condition += " AND e.uid = ANY(CAST(%(uids)s AS bigint[]))"
+    condition = _UID_RANGE + (_UID_SPARSE if sparse else "")
     if since:
         condition += " AND e.modseq > %(cs)s"
     return (f"SELECT {columns} FROM mailbox_entries e JOIN messages m ON m.id = e.message_id "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter

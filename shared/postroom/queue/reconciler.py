@@ -282,15 +282,7 @@ class Enqueuer:
     def enqueued_in_thread(self, envelope: Envelope, outcome: str | Exception) -> str | None:
         """What :meth:`after_commit` reports and notes, for an XADD made by
         :meth:`enqueue_blocking`; an error other than Redis's is raised (a bug)."""
-        if isinstance(outcome, Exception):
-            if not isinstance(outcome, redis.RedisError):
-                raise outcome
-            log.warning("enqueue failed; the reconciler will enqueue it",
-                        queue_id=envelope.queue_id, stream=envelope.stream, error=str(outcome))
-            return self._enqueued(None)
-        log.info("message enqueued", queue_id=envelope.queue_id, stream=envelope.stream,
-                 recipients=len(envelope.recipient_ids), entry_id=outcome)
-        return self._enqueued(outcome)
+        return self._enqueued(_reported(envelope, outcome))
 
 
 def enqueue_after_commit(queue: QueueClient, pool: ThreadPool, envelope: Envelope, *,
@@ -305,16 +297,19 @@ def enqueue_after_commit(queue: QueueClient, pool: ThreadPool, envelope: Envelop
         from twisted.internet import reactor as global_reactor
         reactor = global_reactor
     d: Deferred[str] = deferToThreadPool(reactor, pool, queue.enqueue, envelope.stream, envelope)
+    return d.addCallbacks(lambda entry_id: _reported(envelope, entry_id),
+                          lambda failure: _reported(envelope, failure.value))
 
-    def failed(failure: Failure) -> None:
-        failure.trap(redis.RedisError)
+
+def _reported(envelope: Envelope, outcome: str | BaseException) -> str | None:
+    """Log an XADD's outcome: its entry id, or None for a Redis error (the reconciler
+    enqueues it later); any other error is raised again (a bug, not an outage)."""
+    if isinstance(outcome, BaseException):
+        if not isinstance(outcome, redis.RedisError):
+            raise outcome
         log.warning("enqueue failed; the reconciler will enqueue it", queue_id=envelope.queue_id,
-                    stream=envelope.stream, error=failure.getErrorMessage())
+                    stream=envelope.stream, error=str(outcome))
         return None
-
-    def enqueued(entry_id: str) -> str:
-        log.info("message enqueued", queue_id=envelope.queue_id, stream=envelope.stream,
-                 recipients=len(envelope.recipient_ids), entry_id=entry_id)
-        return entry_id
-
-    return d.addCallbacks(enqueued, failed)
+    log.info("message enqueued", queue_id=envelope.queue_id, stream=envelope.stream,
+             recipients=len(envelope.recipient_ids), entry_id=outcome)
+    return outcome
