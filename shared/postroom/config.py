@@ -91,24 +91,49 @@ def _size(raw: str) -> int:
     return size
 
 
-_ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "systemd", "haproxy")  # haproxy:tcp:N = PROXY protocol
+_ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "systemd")
+# ``proxy:tcp:10025``: a PROXY protocol listener (postroom.proxyproto); ``haproxy:`` is the
+# older spelling of the same thing. Both go through our strict wrapper, never Twisted's.
+PROXY_PREFIXES = ("proxy", "haproxy")
 
 
-def _endpoints(raw: str) -> tuple[str, ...]:
+def split_proxy(endpoint: str) -> tuple[str, bool]:
+    """``proxy:tcp:10025`` -> (``tcp:10025``, True); a plain endpoint -> (itself, False)."""
+    kind, _, rest = endpoint.partition(":")
+    if kind in PROXY_PREFIXES and rest:
+        return rest, True
+    return endpoint, False
+
+
+def _endpoints(raw: str, *, proxy: bool = False) -> tuple[str, ...]:
     """A comma-separated list of Twisted server endpoint strings (``tcp:587,tcp:2525``).
 
     An empty value means "do not listen" (a service with several listeners may
-    have one of them switched off).
+    have one of them switched off). With ``proxy``, an item may start with
+    ``proxy:`` (a PROXY protocol listener); elsewhere that prefix is refused.
     """
     items = tuple(item.strip() for item in raw.split(",") if item.strip())
     for item in items:
-        kind = item.split(":", 1)[0]
-        if kind not in _ENDPOINT_TYPES or ":" not in item:
+        inner, proxied = split_proxy(item)
+        if proxied and not proxy:
+            raise ValueError(f"{item!r}: PROXY protocol listeners are only for the mta, msa, "
+                             "pop3 and imap listen settings")
+        kind = inner.split(":", 1)[0]
+        if kind not in _ENDPOINT_TYPES or ":" not in inner:
             raise ValueError(
-                f"{item!r} is not a server endpoint string (expected e.g. tcp:587 or "
-                "tcp:587:interface=127.0.0.1)"
+                f"{item!r} is not a server endpoint string (expected e.g. tcp:587, "
+                "tcp:587:interface=127.0.0.1" + (" or proxy:tcp:10587)" if proxy else ")")
             )
     return items
+
+
+_MAIL_LISTEN = ("mta_listen", "msa_listen", "msa_tls_listen", "pop3_listen", "pop3_tls_listen",
+                "imap_listen", "imap_tls_listen")
+
+
+def _mail_endpoints(raw: str) -> tuple[str, ...]:
+    """:func:`_endpoints` for the mail listeners, where ``proxy:`` endpoints are allowed."""
+    return _endpoints(raw, proxy=True)
 
 
 def _endpoint(raw: str) -> str:
@@ -242,15 +267,20 @@ class Settings:
         _opt_str, "", "PEM private key matching POSTROOM_TLS_CERT_FILE.")
     # listeners (Twisted endpoint strings)
     mta_listen: tuple[str, ...] = setting(
-        _endpoints, "tcp:25", "Inbound SMTP (port 25, STARTTLS offered).")
+        _mail_endpoints, "tcp:25",
+        "Inbound SMTP (port 25, STARTTLS offered). Here and in the other mail listen settings, "
+        "`proxy:tcp:N` is a PROXY protocol listener (see POSTROOM_PROXY_TRUSTED).")
     msa_listen: tuple[str, ...] = setting(
-        _endpoints, "tcp:587,tcp:2525", "Submission with STARTTLS required before AUTH (RFC 6409).")
+        _mail_endpoints, "tcp:587,tcp:2525",
+        "Submission with STARTTLS required before AUTH (RFC 6409).")
     msa_tls_listen: tuple[str, ...] = setting(
-        _endpoints, "tcp:465", "Submission with implicit TLS (RFC 8314).")
-    pop3_listen: tuple[str, ...] = setting(_endpoints, "tcp:110", "POP3 with STLS.")
-    pop3_tls_listen: tuple[str, ...] = setting(_endpoints, "tcp:995", "POP3 with implicit TLS.")
-    imap_listen: tuple[str, ...] = setting(_endpoints, "tcp:143", "IMAP with STARTTLS.")
-    imap_tls_listen: tuple[str, ...] = setting(_endpoints, "tcp:993", "IMAP with implicit TLS.")
+        _mail_endpoints, "tcp:465", "Submission with implicit TLS (RFC 8314).")
+    pop3_listen: tuple[str, ...] = setting(_mail_endpoints, "tcp:110", "POP3 with STLS.")
+    pop3_tls_listen: tuple[str, ...] = setting(
+        _mail_endpoints, "tcp:995", "POP3 with implicit TLS.")
+    imap_listen: tuple[str, ...] = setting(_mail_endpoints, "tcp:143", "IMAP with STARTTLS.")
+    imap_tls_listen: tuple[str, ...] = setting(
+        _mail_endpoints, "tcp:993", "IMAP with implicit TLS.")
     dmarc_listen: tuple[str, ...] = setting(
         _endpoints, "tcp:8025", "The DMARC policy service's internal HTTP API.")
     dmarc_url: str = setting(
@@ -361,14 +391,18 @@ class Settings:
         _duration, "10m", "Idle time allowed while receiving DATA or BDAT (RFC 5321 4.5.3.2.6).")
     smtp_max_errors: int = setting(
         _positive_int, "10", "Protocol errors in one session before the server hangs up.")
-    # inbound mta (port 25)
+    # PROXY protocol (load balancers in front of the mail listeners; postroom.proxyproto)
+    proxy_trusted: tuple[str, ...] = setting(
+        _networks, "",
+        "Addresses/CIDRs of the proxies allowed to send a PROXY protocol header to a `proxy:` "
+        "listener of the mta, msa, pop3 or imap; a connection from any other peer is closed. "
+        "Empty: a `proxy:` listener is a start-up error.")
     mta_proxy_listen: tuple[str, ...] = setting(
         _endpoints, "",
-        "Inbound SMTP behind a load balancer: listeners that expect a PROXY protocol v1/v2 "
-        "header first (empty: none).")
+        "Deprecated: the same as adding `proxy:` endpoints to POSTROOM_MTA_LISTEN.")
     mta_proxy_trusted: tuple[str, ...] = setting(
-        _networks, "",
-        "Addresses/CIDRs of the proxies allowed to send a PROXY header; others are disconnected.")
+        _networks, "", "Deprecated name of POSTROOM_PROXY_TRUSTED (set only one of them).")
+    # inbound mta (port 25)
     mta_dmarc_timeout: float = setting(
         _duration, "30s",
         "How long inbound SMTP waits for the dmarc verdict before answering 451 4.7.0.")
@@ -473,6 +507,16 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     unknown = [k for k in unknown if k not in allowed_extra]
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown setting (see `postroom config --help`)")
+    if values["mta_proxy_trusted"]:
+        if values["proxy_trusted"]:
+            raise ConfigError("POSTROOM_MTA_PROXY_TRUSTED: deprecated name of "
+                              "POSTROOM_PROXY_TRUSTED; set only POSTROOM_PROXY_TRUSTED")
+        values["proxy_trusted"] = values["mta_proxy_trusted"]
+    proxied = [e for attr in _MAIL_LISTEN for e in values[attr] if split_proxy(e)[1]]
+    if (proxied or values["mta_proxy_listen"]) and not values["proxy_trusted"]:
+        # a PROXY listener that trusted every peer would let anyone claim any address
+        raise ConfigError(f"POSTROOM_PROXY_TRUSTED: required by the PROXY protocol listener "
+                          f"{(proxied or values['mta_proxy_listen'])[0]}")
     if bool(values["tls_cert_file"]) != bool(values["tls_key_file"]):
         raise ConfigError(
             "POSTROOM_TLS_CERT_FILE / POSTROOM_TLS_KEY_FILE: set both or neither"

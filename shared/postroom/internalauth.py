@@ -13,6 +13,7 @@ import ipaddress
 from collections.abc import Iterable
 from typing import Any
 
+from postroom.config import PROXY_PREFIXES
 from postroom.logs import Logger, get_logger
 
 log = get_logger("internal-auth")
@@ -77,7 +78,7 @@ def is_loopback(endpoint: str) -> bool:
     not loopback; anything we cannot tell (systemd sockets) counts as exposed.
     """
     fields = _split(endpoint)
-    if fields[0] == "haproxy":
+    if fields[0] in PROXY_PREFIXES:
         fields = fields[1:]
     kind = fields[0] if fields else ""
     if kind == "unix":

@@ -25,9 +25,10 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from postroom import health as health_mod
-from postroom.config import ConfigError, Settings, load_settings, require
+from postroom.config import ConfigError, Settings, load_settings, require, split_proxy
 from postroom.logs import Logger, configure, get_logger
 from postroom.metrics import Metrics
+from postroom.proxyproto import ProxyProtocolFactory
 from postroom.service import ServiceSpec, UnknownService, load_service
 from postroom.tls import ServerTLS, TLSConfigError, wrap_implicit
 
@@ -91,7 +92,12 @@ class ServiceContext:
 
     def listen(self, endpoint: str, factory: IProtocolFactory, *,
                implicit_tls: bool = False) -> Deferred[IListeningPort]:
-        """Listen on a Twisted endpoint string; ``implicit_tls`` wraps the factory in TLS."""
+        """Listen on a Twisted endpoint string; ``implicit_tls`` wraps the factory in TLS.
+
+        ``proxy:tcp:N`` (or ``haproxy:tcp:N``) listens on ``tcp:N`` behind the strict PROXY
+        protocol wrapper, which believes a header only from POSTROOM_PROXY_TRUSTED; the
+        header comes before any TLS, as a balancer that does not end TLS sends it.
+        """
         check = f"listener {endpoint}"
         self.health.set_flag(check, False)
         factory.noisy = False  # type: ignore[attr-defined]  # we log "listening" ourselves
@@ -101,7 +107,15 @@ class ServiceContext:
                     f"{endpoint}: implicit TLS needs POSTROOM_TLS_CERT_FILE and "
                     "POSTROOM_TLS_KEY_FILE"))
             factory = wrap_implicit(factory, self.tls)  # type: ignore[assignment]
-        server = serverFromString(self.reactor, endpoint)
+        inner, proxied = split_proxy(endpoint)
+        if proxied:
+            if not self.settings.proxy_trusted:
+                return defer.fail(StartupError(
+                    f"{endpoint}: a PROXY protocol listener needs POSTROOM_PROXY_TRUSTED"))
+            factory = ProxyProtocolFactory(  # type: ignore[assignment]
+                factory, self.settings.proxy_trusted, clock=self.reactor,
+                metrics=self.metrics, listener=endpoint)
+        server = serverFromString(self.reactor, inner)
         d: Deferred[IListeningPort]
         if self.settings.reuse_port and isinstance(server, TCP4ServerEndpoint | TCP6ServerEndpoint):
             d = defer.maybeDeferred(_listen_shared, self.reactor, server, factory)
@@ -112,7 +126,8 @@ class ServiceContext:
             self.listeners.append((endpoint, port))
             self.health.set_flag(check, True)
             self.log.info("listening", endpoint=endpoint, address=_describe_port(port),
-                          tls="implicit" if implicit_tls else None)
+                          tls="implicit" if implicit_tls else None,
+                          proxy_trusted=list(self.settings.proxy_trusted) if proxied else None)
             return port
 
         def failed(failure: Failure) -> Failure:

@@ -27,7 +27,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
 from postroom import authres
-from postroom.config import ConfigError, Settings
+from postroom.config import Settings
 from postroom.dns import Resolver
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, messages_total
@@ -49,14 +49,12 @@ from postroom.store.queueid import new_queue_id
 from postroom_mta.dmarcclient import DMARCClient, Verdict
 from postroom_mta.dnsbl import DNSBL
 from postroom_mta.greylist import Greylist
-from postroom_mta.proxyproto import ProxyProtocolFactory
 
 _log = get_logger("inbound")
 
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
 USER_UNKNOWN = Reply(550, "5.1.1", "Recipient address rejected: user unknown")
 QUEUE_UNAVAILABLE = Reply(451, "4.3.0", "Queue temporarily unavailable, try again later")
-PROXY_REFUSAL = Reply(421, "4.7.0", "Connection refused").render()
 # characters that route mail onwards when they appear in a local part (RFC 5321 3.6.1, the
 # percent hack, UUCP bang paths): a local domain must never accept them from outside
 _ROUTING_CHARS = frozenset("@%!")
@@ -351,24 +349,20 @@ def build_policy(settings: Settings, database: Any, queue: QueueClient, *, redis
         dnsbl=dnsbl, metrics=metrics, clock=reactor)
 
 
-def build_factories(settings: Settings, policy: InboundPolicy, *, tls: Any = None,
-                    clock: Any = None, metrics: Metrics | None = None,
-                    ) -> tuple[SMTPServerFactory, ProxyProtocolFactory | None]:
-    """The port-25 SMTP factory, and its PROXY-protocol wrapper when a proxy listener is set."""
-    factory = SMTPServerFactory(policy, ServerOptions.from_settings(settings), tls=tls,
-                                clock=clock, metrics=metrics, listener="smtp")
-    proxied = None
-    if settings.mta_proxy_listen:
-        if not settings.mta_proxy_trusted:
-            raise ConfigError("POSTROOM_MTA_PROXY_TRUSTED: required when "
-                              "POSTROOM_MTA_PROXY_LISTEN is set")
-        proxied = ProxyProtocolFactory(factory, settings.mta_proxy_trusted,
-                                       refusal=PROXY_REFUSAL, clock=clock)
-    return factory, proxied
+def build_factory(settings: Settings, policy: InboundPolicy, *, tls: Any = None,
+                  clock: Any = None, metrics: Metrics | None = None) -> SMTPServerFactory:
+    """The port-25 SMTP factory (its ``proxy:`` listeners wrap it in the shared PROXY one)."""
+    return SMTPServerFactory(policy, ServerOptions.from_settings(settings), tls=tls,
+                             clock=clock, metrics=metrics, listener="smtp")
+
+
+def listen_endpoints(settings: Settings) -> tuple[str, ...]:
+    """POSTROOM_MTA_LISTEN, plus the deprecated POSTROOM_MTA_PROXY_LISTEN as ``proxy:`` ones."""
+    return settings.mta_listen + tuple(f"proxy:{e}" for e in settings.mta_proxy_listen)
 
 
 async def start_inbound(ctx: ServiceContext) -> InboundPolicy:
-    """Listen on POSTROOM_MTA_LISTEN (and POSTROOM_MTA_PROXY_LISTEN) for inbound mail."""
+    """Listen on POSTROOM_MTA_LISTEN (its ``proxy:`` endpoints behind the PROXY wrapper)."""
     settings = ctx.settings
     assert settings.redis_url is not None
     client = connect(settings.redis_url)
@@ -377,19 +371,19 @@ async def start_inbound(ctx: ServiceContext) -> InboundPolicy:
     policy = build_policy(settings, ctx.database, queue,
                           redis_pool=ctx.thread_pool("inbound-redis", REDIS_THREADS),
                           dns_pool=dns_pool, metrics=ctx.metrics, reactor=ctx.reactor)
-    factory, proxied = build_factories(settings, policy, tls=ctx.tls, clock=ctx.reactor,
-                                       metrics=ctx.metrics)
+    factory = build_factory(settings, policy, tls=ctx.tls, clock=ctx.reactor,
+                            metrics=ctx.metrics)
     # stop hooks run newest first: in-flight messages finish, then the clients close
     ctx.on_stop(client.close)
     if isinstance(policy.dmarc, DMARCClient):
         ctx.on_stop(policy.dmarc.close)
     ctx.on_stop(policy.drain)
+    if settings.mta_proxy_listen:
+        ctx.log.warning("deprecated setting", setting="POSTROOM_MTA_PROXY_LISTEN",
+                        fix="add proxy: endpoints to POSTROOM_MTA_LISTEN")
     listening: Any = factory  # an IProtocolFactory (zope interfaces are invisible to mypy)
-    await ctx.listen_all(settings.mta_listen, listening)
-    if proxied is not None:
-        wrapped: Any = proxied
-        await ctx.listen_all(settings.mta_proxy_listen, wrapped)
+    await ctx.listen_all(listen_endpoints(settings), listening)
     ctx.log.info("inbound started", greylist=settings.mta_greylist,
-                 dnsbl=list(settings.mta_dnsbl_zones), proxy=list(settings.mta_proxy_listen),
+                 dnsbl=list(settings.mta_dnsbl_zones),
                  starttls=ctx.tls is not None)
     return policy

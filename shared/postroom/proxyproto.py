@@ -1,11 +1,15 @@
-"""PROXY protocol v1/v2 (HAProxy spec): a pure header parser and a wrapping factory.
+"""PROXY protocol v1/v2 (HAProxy spec): a pure header parser and the one wrapping factory.
 
-A load balancer in front of port 25 hides the client's address; with the
-PROXY protocol it sends the real addresses first. The header is believed only
-from configured proxy addresses (anyone else could claim any client address),
-is parsed strictly with a bounded size, and must arrive within a timeout.
-Only then is the wrapped protocol (the SMTP session) built, with a transport
-whose ``getPeer()`` is the real client.
+A load balancer in front of the mail listeners (mta, msa, pop3, imap) hides
+each client's address; with the PROXY protocol it sends the real addresses
+first. Every ``proxy:`` listener (``haproxy:`` is the older spelling) goes
+through :class:`ProxyProtocolFactory`, never Twisted's permissive ``haproxy:``
+endpoint: the header is believed only from POSTROOM_PROXY_TRUSTED (anyone else
+could claim any client address, and so pass SPF or dodge per-address limits),
+is parsed strictly with a bounded size, and must arrive within a timeout. Only
+then is the wrapped protocol built, with a transport whose ``getPeer()`` is the
+real client. Every refusal closes the connection without a byte, is logged
+(``proxy header refused``) and counted (``postroom_proxy_refused_total``).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.python.failure import Failure
 
 from postroom.logs import get_logger
+from postroom.metrics import Metrics
 
 _log = get_logger("proxyproto")
 
@@ -189,6 +194,20 @@ class ProxiedTransport:
         return getattr(self._transport, name)
 
 
+# refusal reasons: the metric's label values (a closed set) and the log's ``reason``
+UNTRUSTED = "untrusted_peer"
+MALFORMED = "malformed"
+TOO_LONG = "too_long"
+TIMEOUT = "timeout"
+REASONS = (UNTRUSTED, MALFORMED, TOO_LONG, TIMEOUT)
+
+
+def refused_total(metrics: Metrics) -> Any:
+    """Connections a PROXY listener closed without serving them, by reason."""
+    return metrics.counter("proxy_refused", "Connections refused by a PROXY protocol listener, "
+                           "by reason.", ["reason"])
+
+
 class ProxyProtocolWrapper(Protocol):
     """Reads and checks the PROXY header, then hands the connection to the wrapped protocol."""
 
@@ -200,14 +219,13 @@ class ProxyProtocolWrapper(Protocol):
         self._buffer = b""
         self._timer: Any = None
         self._done = False
+        self._proxy_ip = ""
 
     def connectionMade(self) -> None:
         peer = self.transport.getPeer()
         self._proxy_ip = str(getattr(peer, "host", ""))
         if not is_trusted(self._proxy_ip, self.proxy_factory.trusted):
-            _log.warning("proxy connection refused", peer=self._proxy_ip,
-                         reason="not a trusted proxy address")
-            self._drop(refuse=True)
+            self._refuse(UNTRUSTED)
             return
         self._timer = self.proxy_factory.clock.callLater(self.proxy_factory.timeout,
                                                          self._timed_out)
@@ -222,13 +240,11 @@ class ProxyProtocolWrapper(Protocol):
         try:
             header = parse_header(self._buffer)
         except ProxyHeaderError as exc:
-            _log.warning("proxy header refused", peer=self._proxy_ip, reason=str(exc))
-            self._drop(refuse=True)
+            self._refuse(MALFORMED, str(exc))
             return
         if header is None:
             if len(self._buffer) > V2_FIXED + V2_MAX_PAYLOAD:
-                _log.warning("proxy header refused", peer=self._proxy_ip, reason="too long")
-                self._drop(refuse=True)
+                self._refuse(TOO_LONG)
             return
         rest = self._buffer[header.length:]
         self._buffer = b""
@@ -242,7 +258,7 @@ class ProxyProtocolWrapper(Protocol):
             peer = _twisted_address(*header.source)
             host = _twisted_address(*header.destination)
         _log.debug("proxy header accepted", proxy=self._proxy_ip, version=header.version,
-                   client=getattr(peer, "host", None))
+                   client=getattr(peer, "host", None), listener=self.proxy_factory.listener)
         wrapped = self.proxy_factory.wrapped_factory.buildProtocol(peer)
         if wrapped is None:
             self.transport.loseConnection()
@@ -255,14 +271,17 @@ class ProxyProtocolWrapper(Protocol):
     def _timed_out(self) -> None:
         self._timer = None
         if self.wrapped is None and not self._done:
-            _log.warning("proxy header refused", peer=self._proxy_ip, reason="timeout")
-            self._drop(refuse=True)
+            self._refuse(TIMEOUT)
 
-    def _drop(self, *, refuse: bool) -> None:
+    def _refuse(self, reason: str, detail: str | None = None) -> None:
+        """Close without a byte: the peer is never served, nor taken for the claimed client."""
         self._done = True
+        self._buffer = b""
         self._cancel_timer()
-        if refuse and self.proxy_factory.refusal:
-            self.transport.write(self.proxy_factory.refusal)
+        _log.warning("proxy header refused", peer=self._proxy_ip, reason=reason, detail=detail,
+                     listener=self.proxy_factory.listener)
+        if self.proxy_factory.refused is not None:
+            self.proxy_factory.refused.labels(reason=reason).inc()
         self.transport.loseConnection()
 
     def _cancel_timer(self) -> None:
@@ -279,12 +298,13 @@ class ProxyProtocolWrapper(Protocol):
 
 class ProxyProtocolFactory(ServerFactory):
     """Wraps another factory: every connection must come from ``trusted`` and start with a
-    PROXY header; ``refusal`` (e.g. an SMTP 421 line) is written before dropping one that
-    does not."""
+    PROXY header within ``timeout`` seconds, or it is closed unserved."""
+
+    noisy = False
 
     def __init__(self, wrapped_factory: Any, trusted: Iterable[str], *,
-                 timeout: float = HEADER_TIMEOUT, refusal: bytes = b"",
-                 clock: IReactorTime | None = None) -> None:
+                 timeout: float = HEADER_TIMEOUT, clock: IReactorTime | None = None,
+                 metrics: Metrics | None = None, listener: str = "") -> None:
         if clock is None:
             from twisted.internet import reactor
 
@@ -292,8 +312,21 @@ class ProxyProtocolFactory(ServerFactory):
         self.wrapped_factory = wrapped_factory
         self.trusted = parse_networks(trusted)
         self.timeout = timeout
-        self.refusal = refusal
         self.clock: Any = clock
+        self.listener = listener
+        self.refused = refused_total(metrics) if metrics is not None else None
+        if self.refused is not None:
+            for reason in REASONS:  # every series exists from start, at 0
+                self.refused.labels(reason=reason)
+
+    def doStart(self) -> None:
+        # the wrapped factory is started and stopped with the port, as WrappingFactory does
+        self.wrapped_factory.doStart()
+        super().doStart()
+
+    def doStop(self) -> None:
+        super().doStop()
+        self.wrapped_factory.doStop()
 
     def buildProtocol(self, addr: Any) -> ProxyProtocolWrapper:
         protocol = ProxyProtocolWrapper(self)
