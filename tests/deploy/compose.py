@@ -13,6 +13,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = REPO / "compose.yaml"
+# proxy mode: HAProxy in front, and the only place PROXY protocol listeners are defined
+PROXY_OVERRIDE = REPO / "deploy" / "compose.proxy.yaml"
 ENV_EXAMPLE = REPO / "deploy" / "postroom.env.example"
 MAIL_PORTS = {25, 465, 587, 2525, 110, 995, 143, 993}
 
@@ -20,6 +22,11 @@ MAIL_PORTS = {25, 465, 587, 2525, 110, 995, 143, 993}
 def load_compose() -> dict[str, Any]:
     """compose.yaml parsed with YAML merge keys resolved (no ${} interpolation)."""
     return yaml.safe_load(COMPOSE_FILE.read_text())
+
+
+def load_proxy_override() -> dict[str, Any]:
+    """deploy/compose.proxy.yaml parsed the same way."""
+    return yaml.safe_load(PROXY_OVERRIDE.read_text())
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -55,7 +62,7 @@ def postroom_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def endpoint_port(endpoint: str) -> int | None:
-    """The port of a tcp endpoint string, also inside ``haproxy:tcp:N``."""
+    """The port of a tcp endpoint string, also inside ``proxy:tcp:N``."""
     match = re.search(r"(?:^|:)tcp6?:(\d+)", endpoint)
     return int(match.group(1)) if match else None
 
@@ -69,13 +76,21 @@ def docker_compose() -> str:
     return binary
 
 
-def compose_config(workdir: Path, *args: str) -> dict[str, Any]:
-    """`docker-compose config` of compose.yaml with the example env as .env, parsed."""
+def compose_config(workdir: Path, *args: str, proxy: bool = False) -> dict[str, Any]:
+    """`docker-compose config` of compose.yaml with the example env as .env, parsed.
+
+    ``proxy`` adds deploy/compose.proxy.yaml, as COMPOSE_FILE does in proxy mode.
+    """
     shutil.copy(COMPOSE_FILE, workdir / "compose.yaml")
     shutil.copy(ENV_EXAMPLE, workdir / ".env")
     (workdir / "tls").mkdir(exist_ok=True)
+    files = ["-f", str(workdir / "compose.yaml")]
+    if proxy:
+        (workdir / "deploy").mkdir(exist_ok=True)
+        shutil.copy(PROXY_OVERRIDE, workdir / "deploy" / PROXY_OVERRIDE.name)
+        files += ["-f", str(workdir / "deploy" / PROXY_OVERRIDE.name)]
     done = subprocess.run([docker_compose(), "--project-directory", str(workdir),
-                           "-f", str(workdir / "compose.yaml"), *args, "config"],
+                           *files, *args, "config"],
                           capture_output=True, text=True, timeout=60, cwd=workdir)
     assert done.returncode == 0, f"docker-compose config failed:\n{done.stderr}"
     return yaml.safe_load(done.stdout)

@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from postroom.config import load_settings
+from postroom.config import load_settings, split_proxy
 from tests.deploy.compose import (
     ENV_EXAMPLE,
     MAIL_PORTS,
@@ -26,6 +26,7 @@ from tests.deploy.compose import (
 
 SUITE = ("msa", "mta", "dmarc", "mda", "pop3", "imap")
 CONSUMERS = ("mda", "dmarc")
+LISTENERS = ("msa", "mta", "pop3", "imap")
 
 # docker/cli's Swarm loader (compose schema 3.x): the keys `docker stack deploy` accepts
 SWARM_SERVICE_KEYS = {
@@ -56,6 +57,22 @@ def config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return compose_config(tmp_path_factory.mktemp("compose"))
 
 
+@pytest.fixture(scope="module")
+def proxy_config(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """compose.yaml with deploy/compose.proxy.yaml: proxy mode."""
+    return compose_config(tmp_path_factory.mktemp("compose-proxy"), proxy=True)
+
+
+def _mail_endpoints(service: dict[str, Any]) -> list[str]:
+    env = service.get("environment") or {}
+    return [e for k, v in env.items() if k.endswith("_LISTEN") and k != "POSTROOM_HTTP_LISTEN"
+            for e in str(v).split(",") if e]
+
+
+def _proxy_endpoints(service: dict[str, Any]) -> list[str]:
+    return [e for e in _mail_endpoints(service) if split_proxy(e)[1]]
+
+
 def _swarm_module() -> Any:
     spec = importlib.util.spec_from_file_location("postroom_deploy_swarm",
                                                   REPO / "deploy" / "swarm.py")
@@ -73,11 +90,16 @@ def test_docker_compose_accepts_the_file_and_lists_every_service(config):
     assert set(config["services"]) >= {"postgres", "redis", "migrate", *SUITE}
 
 
-def test_proxy_service_only_runs_under_its_profile(config):
-    assert config["services"]["proxy"]["profiles"] == ["proxy"]
-    assert config["services"]["proxy"]["image"].startswith("haproxy:")
-    others = [n for n, s in config["services"].items() if n != "proxy" and s.get("profiles")]
-    assert others == []
+def test_default_compose_has_neither_the_proxy_nor_a_proxy_protocol_listener(config):
+    assert "proxy" not in config["services"]
+    for name, service in config["services"].items():
+        assert _proxy_endpoints(service) == [], name
+        assert not service.get("profiles"), name
+
+
+def test_proxy_mode_adds_only_the_proxy(config, proxy_config):
+    assert set(proxy_config["services"]) == set(config["services"]) | {"proxy"}
+    assert proxy_config["services"]["proxy"]["image"].startswith("haproxy:")
 
 
 def test_postgres_is_16_or_later_on_a_named_volume(config):
@@ -146,30 +168,52 @@ def test_queue_consumers_publish_nothing_so_they_scale(config, name):
     assert "container_name" not in service
 
 
-def test_published_ports_are_the_ports_the_services_listen_on(config):
+@pytest.mark.parametrize("mode", ["default", "proxy"])
+def test_published_ports_are_plain_listeners_of_the_service(config, proxy_config, mode):
+    services = (config if mode == "default" else proxy_config)["services"]
     for name in SUITE:
-        env = config["services"][name]["environment"]
-        listening = {endpoint_port(e) for k, v in env.items() if k.endswith("_LISTEN")
-                     and k != "POSTROOM_HTTP_LISTEN" for e in v.split(",")}
-        for port in config["services"][name].get("ports", []):
-            assert int(port["target"]) in listening, (name, port)
+        plain = {endpoint_port(e) for e in _mail_endpoints(services[name])
+                 if not split_proxy(e)[1]}
+        proxied = {endpoint_port(e) for e in _proxy_endpoints(services[name])}
+        for port in services[name].get("ports", []):
+            assert int(port["target"]) in plain, (name, port)
+            assert int(port["target"]) not in proxied, (name, port)
 
 
-def test_proxy_backends_reach_proxy_protocol_listeners(config):
-    """Each HAProxy backend `server-template NAME N host:port` hits a haproxy:tcp listener."""
+def test_proxy_backends_reach_proxy_protocol_listeners(proxy_config):
+    """Each HAProxy backend `server-template NAME N host:port` hits a proxy:tcp listener."""
     cfg = (REPO / "deploy" / "haproxy.cfg").read_text()
     backends = re.findall(r"server-template \S+ \d+ (\w+):(\d+)", cfg)
     assert len(backends) == len(MAIL_PORTS)
     for host, port in backends:
-        env = config["services"][host]["environment"]
-        proxied = [e for k, v in env.items() if k.endswith("_LISTEN") for e in v.split(",")
-                   if e.startswith("haproxy:")]
-        assert f"haproxy:tcp:{port}" in proxied, (host, port)
-        assert int(port) not in _published(config["services"][host])
+        service = proxy_config["services"][host]
+        assert f"proxy:tcp:{port}" in _proxy_endpoints(service), (host, port)
+        assert int(port) not in _published(service)
 
 
-def test_proxy_publishes_every_mail_port(config):
-    assert _published(config["services"]["proxy"]) == MAIL_PORTS
+def test_proxy_protocol_listeners_trust_only_the_network_they_share_with_the_proxy(
+        proxy_config):
+    [subnet] = [c["subnet"] for c in proxy_config["networks"]["proxied"]["ipam"]["config"]]
+    assert list(proxy_config["services"]["proxy"]["networks"]) == ["proxied"]
+    proxied = {n for n, s in proxy_config["services"].items() if _proxy_endpoints(s)}
+    assert proxied == set(LISTENERS)
+    on_network = {n for n, s in proxy_config["services"].items()
+                  if "proxied" in (s.get("networks") or {})}
+    assert on_network == proxied | {"proxy"}
+    for name in proxied:
+        env = proxy_config["services"][name]["environment"]
+        assert env["POSTROOM_PROXY_TRUSTED"] == subnet, name
+
+
+@pytest.mark.parametrize("name", LISTENERS)
+def test_proxy_mode_environment_parses_as_settings(proxy_config, name):
+    env = proxy_config["services"][name]["environment"]
+    settings = load_settings({k: str(v) for k, v in env.items() if k.startswith("POSTROOM_")})
+    assert settings.proxy_trusted
+
+
+def test_proxy_publishes_every_mail_port(proxy_config):
+    assert _published(proxy_config["services"]["proxy"]) == MAIL_PORTS
 
 
 def test_haproxy_config_is_valid():
@@ -182,8 +226,9 @@ def test_haproxy_config_is_valid():
     assert done.returncode == 0, done.stdout + done.stderr
 
 
-def test_swarm_stack_has_only_keys_docker_stack_deploy_accepts(config):
-    stack = _swarm_module().to_stack(config)
+@pytest.mark.parametrize("mode", ["default", "proxy"])
+def test_swarm_stack_has_only_keys_docker_stack_deploy_accepts(config, proxy_config, mode):
+    stack = _swarm_module().to_stack(config if mode == "default" else proxy_config)
     assert set(stack) <= SWARM_TOP_LEVEL
     for name, service in stack["services"].items():
         assert set(service) <= SWARM_SERVICE_KEYS, (name, set(service) - SWARM_SERVICE_KEYS)

@@ -51,7 +51,7 @@ def test_internal_listeners_refuse_a_proxy_endpoint(variable, prefix):
 
 @pytest.mark.parametrize("endpoint", ["proxy:proxy:tcp:1", "proxy:", "proxy:ssl:1", "proxy:1"])
 def test_a_proxy_prefix_must_wrap_a_plain_endpoint(endpoint):
-    with pytest.raises(ConfigError, match="^POSTROOM_IMAP_LISTEN="):
+    with pytest.raises(ConfigError, match=r"^POSTROOM_IMAP_LISTEN="):
         load_settings({"POSTROOM_IMAP_LISTEN": endpoint, "POSTROOM_PROXY_TRUSTED": "10.0.0.1"})
 
 
@@ -62,11 +62,11 @@ def test_the_deprecated_mta_name_still_sets_the_trusted_proxies():
 
 
 def test_both_names_of_the_trusted_proxies_at_once_are_refused():
-    with pytest.raises(ConfigError, match="^POSTROOM_MTA_PROXY_TRUSTED: deprecated"):
+    with pytest.raises(ConfigError, match=r"^POSTROOM_MTA_PROXY_TRUSTED: deprecated"):
         load_settings({"POSTROOM_MTA_PROXY_TRUSTED": "10.0.0.1",
                        "POSTROOM_PROXY_TRUSTED": "10.0.0.2"})
 
 
 def test_the_deprecated_mta_proxy_listen_needs_trusted_proxies_too():
-    with pytest.raises(ConfigError, match="^POSTROOM_PROXY_TRUSTED: required"):
+    with pytest.raises(ConfigError, match=r"^POSTROOM_PROXY_TRUSTED: required"):
         load_settings({"POSTROOM_MTA_PROXY_LISTEN": "tcp:10025"})
