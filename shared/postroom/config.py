@@ -384,7 +384,9 @@ class Settings:
     max_recipients: int = setting(
         _positive_int, "1000", "Recipients per SMTP transaction.")
     max_connections_per_ip: int = setting(
-        _positive_int, "50", "Concurrent connections from one client address to one listener.")
+        _positive_int, "50",
+        "Concurrent connections from one client to one listener (a client is an IPv4 address "
+        "or an IPv6 /64).")
     smtp_command_timeout: float = setting(
         _duration, "5m", "Idle time allowed between SMTP commands (RFC 5321 section 4.5.3.2).")
     smtp_data_timeout: float = setting(
@@ -413,7 +415,9 @@ class Settings:
     mta_dnsbl_zones: tuple[str, ...] = setting(
         _names, "", "DNSBL zones checked at connect (comma-separated; empty: no check).")
     auth_fail_limit: int = setting(
-        _positive_int, "10", "Failed logins per client address (and per account) per window.")
+        _positive_int, "10",
+        "Failed logins per client (IPv4 address or IPv6 /64) and per account (however its name "
+        "is spelt) per window.")
     auth_fail_window: float = setting(
         _duration, "10m", "Window of POSTROOM_AUTH_FAIL_LIMIT.")
     allow_plaintext_auth_on_loopback: bool = setting(

@@ -1,4 +1,5 @@
-"""Facts about a connection that every listener asks: is it TLS, is the peer on loopback."""
+"""Facts about a connection that every listener asks: is it TLS, is the peer on loopback,
+which client (address or IPv6 /64) its limits count against."""
 
 from __future__ import annotations
 
@@ -23,3 +24,29 @@ def is_loopback(host: str) -> bool:
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped
     return address.is_loopback
+
+
+# one IPv6 subscriber usually holds a whole /64 (RFC 6177), so it can take a fresh address
+# for every connection: per-client limits count the /64, not the address
+IPV6_CLIENT_PREFIX = 64
+_IPV6_CLIENT_MASK = ((1 << IPV6_CLIENT_PREFIX) - 1) << (128 - IPV6_CLIENT_PREFIX)
+
+
+def client_key(host: str) -> str:
+    """The client a per-address limit counts ``host`` against.
+
+    An IPv4 address (also written IPv4-mapped, ``::ffff:192.0.2.1``) is itself;
+    an IPv6 address is its /64 (``2001:db8:1:2::/64``), zone index dropped;
+    anything unparsable (a UNIX socket's name) is left as it is. The one helper
+    the connection limit and the failed-login limiter share.
+    """
+    if ":" not in host:
+        return host  # IPv4 as the transport gives it (dotted quad), or no address at all
+    try:
+        address = ipaddress.IPv6Address(host)
+    except ValueError:
+        return host
+    if address.ipv4_mapped is not None:
+        return str(address.ipv4_mapped)
+    prefix = ipaddress.IPv6Address(int(address) & _IPV6_CLIENT_MASK)
+    return f"{prefix}/{IPV6_CLIENT_PREFIX}"

@@ -2,16 +2,23 @@
 
 POSTROOM_AUTH_FAIL_LIMIT is 3 in the campaign. Each protocol is attacked from
 a loopback address of its own (127.0.0.x), since the counters are shared by
-every service; the bystander logs in from 127.0.0.1 meanwhile.
+every service; the bystander logs in from 127.0.0.1 meanwhile. The spelling
+attacks spread their failures over names that log in to one account (case,
+``<>``, trailing dots, a full-width domain) and over several addresses, so
+that neither the per-address nor a per-spelling counter would ever trip.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from postroom.auth.passwords import hash_password
+from postroom.store import users
 from tests.support.hostile import (
+    DOMAIN,
     LEDGER,
     PASSWORD,
     Conn,
@@ -126,3 +133,81 @@ def test_credential_stuffing_across_accounts_trips_the_address_limit(
     LEDGER.check("imaps-993", reply.startswith(b"a NO"),
                  "a stuffed credential worked after the address limit")
     imap_ok(hostile_suite, "carol")
+
+
+# names that login resolves to one account, each spelt differently after strip().lower()
+FULL_WIDTH_DOMAIN = "".join("\uff0e" if c == "." else chr(ord(c) + 0xFEE0) for c in DOMAIN)
+
+
+def spellings(user: str) -> list[str]:
+    return [f"{user.upper()}@{DOMAIN}.", f"<{user}@{DOMAIN}>", f"{user}@{FULL_WIDTH_DOMAIN}",
+            f"{user}@{DOMAIN}....", f"{user}@{DOMAIN}"]
+
+
+def new_account(suite: Suite, user: str) -> str:
+    cheap = functools.partial(hash_password, ln=4)
+    suite.database.run_sync(users.add_user, address(user), PASSWORD, hash_fn=cheap)
+    return user
+
+
+def test_msa_failures_over_spellings_and_addresses_lock_the_one_account(
+        hostile_suite: Suite) -> None:
+    names = spellings(new_account(hostile_suite, "spell-msa"))
+    sources = ["127.0.0.61", "127.0.0.62", "127.0.0.63", "127.0.0.64", "127.0.0.65"]
+    # every spelling logs in: they are one account (and the counters start clean)
+    codes = in_parallel(msa_auth, *[(hostile_suite, name, f"guess{i}", source) for i, (
+        name, source) in enumerate(zip(names[:LIMIT], sources, strict=False))])
+    assert codes == [535] * LIMIT
+    LEDGER.tried_on("smtps-465", LIMIT + 2)
+    for name, source in zip(names[LIMIT:], sources[LIMIT:], strict=True):
+        LEDGER.check("smtps-465", msa_auth(hostile_suite, name, PASSWORD, source) == 454,
+                     f"login as {name!r} allowed after failures under other spellings")
+
+
+def test_pop3_failures_over_spellings_and_addresses_lock_the_one_account(
+        hostile_suite: Suite) -> None:
+    names = spellings(new_account(hostile_suite, "spell-pop3"))
+    sources = ["127.0.0.71", "127.0.0.72", "127.0.0.73", "127.0.0.74", "127.0.0.75"]
+    replies = in_parallel(pop3_login, *[(hostile_suite, name, f"guess{i}", source) for i, (
+        name, source) in enumerate(zip(names[:LIMIT], sources, strict=False))])
+    assert all(r.startswith(b"-ERR") for r in replies), replies
+    LEDGER.tried_on("pop3s-995", LIMIT + 2)
+    for name, source in zip(names[LIMIT:], sources[LIMIT:], strict=True):
+        reply = pop3_login(hostile_suite, name, PASSWORD, source)
+        LEDGER.check("pop3s-995", reply.startswith(b"-ERR"),
+                     f"login as {name!r} allowed after failures under other spellings")
+
+
+def test_imap_failures_over_spellings_and_addresses_lock_the_one_account(
+        hostile_suite: Suite) -> None:
+    names = spellings(new_account(hostile_suite, "spell-imap"))
+    sources = ["127.0.0.81", "127.0.0.82", "127.0.0.83", "127.0.0.84", "127.0.0.85"]
+    replies = in_parallel(imap_login, *[(hostile_suite, name, f"guess{i}", source) for i, (
+        name, source) in enumerate(zip(names[:LIMIT], sources, strict=False))])
+    assert all(r.startswith(b"a NO") for r in replies), replies
+    LEDGER.tried_on("imaps-993", LIMIT + 2)
+    for name, source in zip(names[LIMIT:], sources[LIMIT:], strict=True):
+        reply = imap_login(hostile_suite, name, PASSWORD, source)
+        LEDGER.check("imaps-993", reply.startswith(b"a NO"),
+                     f"login as {name!r} allowed after failures under other spellings")
+
+
+def test_every_spelling_of_an_account_logs_in(hostile_suite: Suite) -> None:
+    # the other side of the limit: these really are one account to login resolution
+    names = spellings(new_account(hostile_suite, "spell-ok"))
+    assert [msa_auth(hostile_suite, name, PASSWORD, "127.0.0.1") for name in names] == [
+        235] * len(names)
+    assert all(imap_login(hostile_suite, name, PASSWORD, "127.0.0.1").startswith(b"a OK")
+               for name in names)
+
+
+def test_stuffing_an_unknown_account_under_many_spellings_is_counted_as_one(
+        hostile_suite: Suite) -> None:
+    # as for a real account: whether the name exists changes nothing in the answers
+    names = spellings("ghost")
+    sources = ["127.0.0.91", "127.0.0.92", "127.0.0.93", "127.0.0.94", "127.0.0.95"]
+    codes = [msa_auth(hostile_suite, name, PASSWORD, source)
+             for name, source in zip(names, sources, strict=True)]
+    LEDGER.tried_on("smtps-465", len(names))
+    LEDGER.check("smtps-465", codes == [535] * LIMIT + [454] * (len(names) - LIMIT),
+                 f"unknown-account spellings counted apart: {codes}")

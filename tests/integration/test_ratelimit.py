@@ -182,3 +182,51 @@ def test_needs_reset_only_after_failures(redis_client: redis.Redis, redis_prefix
     lim.record_failure("192.0.2.1", "bob@example.org")
     assert lim.check("192.0.2.1", "bob@example.org")
     assert lim.needs_reset("bob@example.org") is True
+
+
+def test_every_spelling_of_an_account_counts_on_its_one_counter(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    # login resolves all of these to bob@example.org (postroom.store.addresses.login_name)
+    lim = limiter(redis_client, redis_prefix)
+    for i, spelling in enumerate(["BOB@example.org.", "<bob@example.org>",
+                                  "bob@\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.org"]):
+        lim.record_failure(f"192.0.2.{i}", spelling)
+    assert not lim.check("198.51.100.1", "bob@example.org....")
+    assert not lim.check("198.51.100.1", "bob@example.org")
+    assert lim.check("198.51.100.1", "alice@example.org")
+
+
+def test_a_success_under_one_spelling_clears_the_account_for_all(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix)
+    for i in range(3):
+        lim.record_failure(f"192.0.2.{i}", "bob@example.org")
+    lim.reset("<BOB@Example.org.>")
+    assert lim.check("198.51.100.1", "bob@example.org")
+
+
+def test_a_name_no_account_can_have_is_counted_on_the_address_only(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix)
+    assert lim.account_key("not an address") is None
+    for i in range(3):
+        lim.record_failure(f"192.0.2.{i}", "not an address")
+    assert lim.check("198.51.100.1", "not an address")
+    assert not lim.needs_reset("not an address")
+
+
+def test_ipv6_clients_of_one_slash_64_share_the_address_counter(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix)
+    for i in range(3):
+        lim.record_failure(f"2001:db8:1:2::{i + 1:x}", f"user{i}@example.org")
+    assert not lim.check("2001:db8:1:2:ffff:ffff:ffff:fffe", "someone@example.org")
+    assert lim.check("2001:db8:1:3::1", "someone@example.org")
+
+
+def test_ipv4_mapped_ipv6_shares_the_ipv4_counter(redis_client: redis.Redis,
+                                                   redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix)
+    for i in range(3):
+        lim.record_failure("::ffff:192.0.2.5", f"user{i}@example.org")
+    assert not lim.check("192.0.2.5", "someone@example.org")

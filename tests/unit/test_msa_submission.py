@@ -49,6 +49,41 @@ def test_header_fields_are_unfolded_and_body_from_lines_ignored():
     assert values(fields, "from") == ["Alice <alice@example.org>"]
 
 
+def test_a_malformed_line_does_not_hide_the_fields_after_it():
+    data = (b"From: alice@example.org\r\nthis line is no field\r\n"
+            b"From: ceo@example.com\r\nSubject: x\r\n\r\nFrom: body@example.net\r\n")
+    fields = header_fields(data)
+    assert values(fields, "from") == ["alice@example.org", "ceo@example.com"]
+    assert values(fields, "subject") == ["x"]
+
+
+def test_malformed_lines_that_a_lenient_reader_takes_for_from_count_as_from():
+    for head in (b"Subject: x\r\nFrom\x01: ceo@example.com\r\n",
+                 b"Subject: x\r\nFr om: ceo@example.com\r\n",
+                 b" From: ceo@example.com\r\n",  # a first line that is a continuation
+                 b"junk\r\n From: ceo@example.com\r\n"):  # a continuation of junk
+        data = head + b"From: alice@example.org\r\n\r\nbody\r\n"
+        assert values(header_fields(data), "from")[0] == "ceo@example.com", head
+
+
+def test_a_malformed_line_without_a_colon_is_skipped():
+    data = b"Subject: x\r\njunk line\r\nFrom: alice@example.org\r\n\r\n"
+    assert header_fields(data) == [("subject", "x"), ("from", "alice@example.org")]
+
+
+def test_obsolete_folding_with_blank_continuations_keeps_one_field():
+    data = b"From: Alice\r\n \r\n\t<alice@example.org>\r\nTo: b@example.net\r\n\r\n"
+    assert values(header_fields(data), "from") == ["Alice \t<alice@example.org>"]
+
+
+def test_missing_fields_go_before_a_malformed_line():
+    data = b"From: a@b.example\r\nnot a field\r\nSubject: x\r\n\r\nbody\r\n"
+    fixed, added = add_missing_fields(data, queue_id="Q", hostname="h", now=NOW)
+    assert added == ["Date", "Message-ID"]
+    assert fixed.startswith(b"From: a@b.example\r\nDate: ")
+    assert fixed.endswith(b"@h>\r\nnot a field\r\nSubject: x\r\n\r\nbody\r\n")
+
+
 def test_mailbox_addresses_reads_display_names_and_lists():
     assert mailbox_addresses('"Alice" <alice@example.org>, bob@example.net') == [
         "alice@example.org", "bob@example.net"]

@@ -10,7 +10,6 @@ bounded thread pool, never on the reactor thread.
 
 from __future__ import annotations
 
-import re
 import secrets
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -25,6 +24,8 @@ from postroom import dkimsign
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, messages_total
 from postroom.mime.addresses import parse_addresses
+from postroom.mime.headers import HeaderBlock, scan_header
+from postroom.mime.model import Limits
 from postroom.queue.envelope import MAX_RECIPIENTS
 from postroom.queue.envelope import Envelope as QueueEnvelope
 from postroom.queue.reconciler import Enqueuer
@@ -41,39 +42,38 @@ from postroom_msa.limits import SendingLimits
 
 log = get_logger("msa")
 
-_FIELD_NAME = re.compile(rb"^([!-9;-~]+)[ \t]*:")
-_FOLD = re.compile(r"\r\n(?=[ \t])")
-
-
 # --- pure message helpers
 
 
+def header_block(message: bytes) -> HeaderBlock:
+    """The whole header section up to the blank line, as the From: check must see it.
+
+    A malformed line (neither a field nor a continuation) does not end it: a
+    reader downstream may skip that line and take a ``From:`` after it for the
+    author, so every field up to the blank line is checked (a malformed line
+    with a colon counts under its lenient name, so ``From :`` or ``From\\x01:``
+    is a From: field too). Nothing is capped or cut, the message is already in
+    memory, and the scan is one linear pass (``postroom.mime.headers``).
+    """
+    size = len(message) + 1
+    return scan_header(message, 0, len(message),
+                       Limits(max_headers=size, max_header_bytes=size, max_value_chars=size),
+                       whole_block=True)
+
+
 def header_end(message: bytes) -> int:
-    """Offset where the header section ends: the blank line, or the first line that is
-    neither a field nor a continuation (then the message has a malformed header)."""
-    pos = 0
-    while pos < len(message):
-        eol = message.find(b"\r\n", pos)
-        if eol == -1:
-            return len(message)
-        line = message[pos:eol]
-        if not line:
-            return pos
-        if not (_FIELD_NAME.match(line) or (pos > 0 and line[:1] in (b" ", b"\t"))):
-            return pos
-        pos = eol + 2
-    return pos
+    """Where the header's leading run of well-formed fields ends: the blank line, or the
+    first malformed line. Added fields go here, where every reader sees them as header."""
+    return header_block(message).fields_end
 
 
 def header_fields(message: bytes) -> list[tuple[str, str]]:
-    """(lowercase name, unfolded value) of every header field, in order."""
-    head = message[:header_end(message)].decode("utf-8", "replace")
-    fields: list[tuple[str, str]] = []
-    for raw in re.split(r"\r\n(?![ \t])", head):
-        name, colon, value = raw.partition(":")
-        if colon:
-            fields.append((name.strip().lower(), _FOLD.sub("", value).strip()))
-    return fields
+    """(lowercase name, unfolded value) of every field of the whole header, in order."""
+    return _text_fields(header_block(message))
+
+
+def _text_fields(block: HeaderBlock) -> list[tuple[str, str]]:
+    return [(name, value.decode("utf-8", "replace")) for name, value in block.fields]
 
 
 def values(fields: Sequence[tuple[str, str]], name: str) -> list[str]:
@@ -105,11 +105,13 @@ def make_message_id(queue_id: str, hostname: str) -> str:
     return f"<{queue_id}.{secrets.token_hex(6)}@{hostname}>"
 
 
-def add_missing_fields(message: bytes, *, queue_id: str, hostname: str,
-                       now: datetime) -> tuple[bytes, list[str]]:
+def add_missing_fields(message: bytes, *, queue_id: str, hostname: str, now: datetime,
+                       block: HeaderBlock | None = None) -> tuple[bytes, list[str]]:
     """Add Date: and Message-ID: when absent (RFC 6409 section 8.2, 8.3); the new message and
-    the names added. They go at the end of the header section, where MUAs put them."""
-    fields = header_fields(message)
+    the names added. They go at the end of the header section, where MUAs put them.
+    ``block``: ``header_block(message)`` when the caller has it already."""
+    block = header_block(message) if block is None else block
+    fields = _text_fields(block)
     added: list[bytes] = []
     names: list[str] = []
     if not values(fields, "date"):
@@ -120,7 +122,7 @@ def add_missing_fields(message: bytes, *, queue_id: str, hostname: str,
         names.append("Message-ID")
     if not added:
         return message, names
-    end = header_end(message)
+    end = block.fields_end
     return message[:end] + b"".join(added) + message[end:], names
 
 
@@ -189,42 +191,52 @@ class Submitter:
     async def _submit(self, session: Session, envelope: Envelope, message: bytes) -> Reply:
         user = session.identity
         slog = log.bind(session=session.id, peer=session.peer_ip, user=user.address)
-        fields = header_fields(message)
+        block = header_block(message)
+        if block.defects:
+            slog.info("submission header defects", defects=block.defects)
+        fields = _text_fields(block)
         from_values = values(fields, "from")
+        if not from_values:
+            slog.warning("submission refused", reason="not exactly one From field", count=0)
+            self._count("rejected_from_count")
+            return M.NEED_ONE_FROM
+        # every From: field is checked, not only the first: a second one (RFC 5322 allows
+        # one) with a foreign address is an impersonation attempt and refused as such
+        authored = [mailbox_addresses(value) for value in from_values]
+        claimed = [a for authors in authored for a in authors or []]
+        for sender in values(fields, "sender"):
+            claimed += mailbox_addresses(sender) or ["<unparseable Sender>"]
+        if any(authors is None for authors in authored):
+            slog.warning("submission refused", reason="From field unparseable")
+            self._count("rejected_from_unparseable")
+            return M.FROM_NOT_OWNED
+        first = authored[0] or []
+        refused, keys = await self.database.run(_check_content, user.id, user.address, claimed,
+                                                _domain_of(first[0]))
+        if refused:
+            slog.warning("submission refused", reason="From or Sender not owned",
+                         addresses=refused[:10], from_fields=len(from_values))
+            self._count("rejected_from_not_owned")
+            return M.FROM_NOT_OWNED
         if len(from_values) != 1:
             slog.warning("submission refused", reason="not exactly one From field",
                          count=len(from_values))
             self._count("rejected_from_count")
             return M.NEED_ONE_FROM
-        authors = mailbox_addresses(from_values[0])
-        claimed = list(authors or [])
-        for sender in values(fields, "sender"):
-            claimed += mailbox_addresses(sender) or ["<unparseable Sender>"]
-        if authors is None:
-            slog.warning("submission refused", reason="From field unparseable")
-            self._count("rejected_from_unparseable")
-            return M.FROM_NOT_OWNED
-        refused, keys = await self.database.run(_check_content, user.id, user.address, claimed,
-                                                _domain_of(authors[0]))
-        if refused:
-            slog.warning("submission refused", reason="From or Sender not owned",
-                         addresses=refused[:10])
-            self._count("rejected_from_not_owned")
-            return M.FROM_NOT_OWNED
         if not await self.enqueuer.available():
             # before the commit: a 4xx now loses nothing and duplicates nothing
             slog.warning("submission deferred", reason="queue unavailable")
             self._count("deferred")
             return M.TRY_LATER
-        return await self._accept(session, envelope, message, keys, slog)
+        return await self._accept(session, envelope, message, block, keys, slog)
 
     async def _accept(self, session: Session, envelope: Envelope, message: bytes,
-                      keys: list[lookups.SigningKey], slog: Any) -> Reply:
+                      block: HeaderBlock, keys: list[lookups.SigningKey], slog: Any) -> Reply:
         queue_id = new_queue_id()
         slog = slog.bind(queue_id=queue_id)
         now = datetime.now(UTC)
         message, added = add_missing_fields(message, queue_id=queue_id, hostname=self.hostname,
-                                            now=now)
+                                            now=now, block=block)
         rcpts = [r.address for r in envelope.recipients]
         message = received_header(session, hostname=self.hostname, queue_id=queue_id,
                                   recipients=rcpts, smtputf8=envelope.smtputf8,

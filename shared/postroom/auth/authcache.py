@@ -5,9 +5,12 @@ clients log in again and again with the same password. The cache remembers
 that ``(account, password)`` was right for ``ttl`` seconds, so a repeated
 login skips the hash; the hashing itself is never weakened.
 
-Nothing stored can give the password back: the key is the lowercased account
-and HMAC-SHA256 of the password under a secret drawn at random when the cache
-is made, which never leaves the process. Any failed login for an account
+Nothing stored can give the password back: the key is the canonical account
+(:func:`postroom.store.addresses.login_name`, as login resolution and the
+failed-login limiter read it, so every spelling of one account shares its
+entries) and HMAC-SHA256 of the password under a secret drawn at random when
+the cache is made, which never leaves the process. A name that is no
+account's is never cached. Any failed login for an account
 drops its entries (the password may have just changed), the cache holds at
 most ``max_entries`` (least recently used go first), and a password change
 takes effect everywhere within ``ttl`` seconds at worst, the same trade-off
@@ -25,6 +28,8 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
+
+from postroom.store.addresses import login_name
 
 T = TypeVar("T")
 
@@ -47,14 +52,19 @@ class AuthCache(Generic[T]):
         # key -> (expiry, info); insertion order doubles as least-recently-used order
         self._entries: OrderedDict[tuple[str, bytes], tuple[float, T]] = OrderedDict()
 
-    def _key(self, account: str, password: str) -> tuple[str, bytes]:
+    def _key(self, account: str, password: str) -> tuple[str, bytes] | None:
+        name = login_name(account)
+        if name is None:
+            return None
         digest = hmac.new(self._secret, password.encode("utf-8", "surrogatepass"),
                           hashlib.sha256).digest()
-        return account.strip().lower(), digest
+        return name, digest
 
     def get(self, account: str, password: str) -> T | None:
         """The info remembered for this account and password, or None (unknown or expired)."""
         key = self._key(account, password)
+        if key is None:
+            return None
         with self._lock:
             found = self._entries.get(key)
             if found is None:
@@ -68,6 +78,8 @@ class AuthCache(Generic[T]):
     def put(self, account: str, password: str, info: T) -> None:
         """Remember a login that the real check has just accepted."""
         key = self._key(account, password)
+        if key is None:
+            return
         with self._lock:
             self._entries[key] = (self._clock() + self.ttl, info)
             self._entries.move_to_end(key)
@@ -76,7 +88,9 @@ class AuthCache(Generic[T]):
 
     def invalidate(self, account: str) -> None:
         """Forget every entry of ``account`` (called on any failed login for it)."""
-        name = account.strip().lower()
+        name = login_name(account)
+        if name is None:
+            return
         with self._lock:
             for key in [k for k in self._entries if k[0] == name]:
                 del self._entries[key]

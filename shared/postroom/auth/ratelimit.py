@@ -1,14 +1,25 @@
 """Failed-login limits shared by MSA, POP3 and IMAP: sliding-window counters in Redis.
 
-Two counters guard every password login: one per client address (a scanner
-trying many accounts) and one per account (a botnet trying one account from
-many addresses). Each is a Redis sorted set of failure times under
-``<prefix>authfail:ip:<address>`` or ``<prefix>authfail:acct:<sha256 of the
-lowercased account>``; a login is allowed while both hold fewer than
+Two counters guard every password login: one per client (a scanner trying
+many accounts) and one per account (a botnet trying one account from many
+addresses). Each is a Redis sorted set of failure times under
+``<prefix>authfail:ip:<client>`` or ``<prefix>authfail:acct:<sha256 of the
+account>``; a login is allowed while both hold fewer than
 ``limit`` failures younger than ``window`` seconds (an exact sliding window,
 so there is no burst of 2 x limit at a window edge). Each set is trimmed to
 ``limit + 1`` members and expires one window after its last failure, so an
 attacker cannot make it grow.
+
+The client is :func:`postroom.peers.client_key`: an IPv4 address, or the /64
+of an IPv6 one (a host with a /64 has 2**64 addresses to rotate through). The
+account is :func:`postroom.store.addresses.login_name`, the same canonical
+form login resolution looks the account up by, so every spelling that logs in
+to one account (``ALICE@example.com.``, ``<alice@example.com>``, a full-width
+domain, trailing dots) is counted on that account's one counter. It is
+computed without a store question, before the password is checked, and is the
+same whether the account exists or not (unknown-account stuffing is counted
+alike, and the limiter's answers say nothing about existence). A name that is
+no valid address can never log in and is counted per client only.
 
 The methods block (redis-py): callers run them off the reactor thread, in
 the thread pool they use for Redis. When Redis cannot be reached,
@@ -36,6 +47,8 @@ import redis
 
 from postroom.config import Settings
 from postroom.logs import get_logger
+from postroom.peers import client_key
+from postroom.store.addresses import login_name
 
 log = get_logger("ratelimit")
 
@@ -44,9 +57,12 @@ class RateLimitUnavailable(Exception):
     """Redis could not be asked; refuse the login with a temporary error."""
 
 
-def _account_key(account: str) -> str:
-    # hashed: the account is whatever the client typed, and keys should stay short and opaque
-    return hashlib.sha256(account.strip().lower().encode("utf-8", "surrogatepass")).hexdigest()
+def _account_key(account: str) -> str | None:
+    """The hashed canonical account (None: the name is no account's), short and opaque."""
+    canonical = login_name(account)
+    if canonical is None:
+        return None
+    return hashlib.sha256(canonical.encode("utf-8", "surrogatepass")).hexdigest()
 
 
 # accounts remembered as having no failures (see LoginRateLimiter._clean)
@@ -77,25 +93,30 @@ class LoginRateLimiter:
                    settings.auth_fail_window)
 
     def ip_key(self, ip: str) -> str:
-        return f"{self.prefix}authfail:ip:{ip}"
+        """The counter of the client ``ip`` belongs to (its IPv6 /64)."""
+        return f"{self.prefix}authfail:ip:{client_key(ip)}"
 
-    def account_key(self, account: str) -> str:
-        return f"{self.prefix}authfail:acct:{_account_key(account)}"
+    def account_key(self, account: str) -> str | None:
+        """The counter of the account ``account`` logs in to; None when no account can."""
+        hashed = _account_key(account)
+        return None if hashed is None else f"{self.prefix}authfail:acct:{hashed}"
 
-    def _keys(self, ip: str | None, account: str | None) -> list[str]:
+    def _keys(self, ip: str | None, account: str | None) -> tuple[list[str], str | None]:
+        """The counters to read or bump, and which of them is the account's."""
         keys = []
         if ip:
             keys.append(self.ip_key(ip))
-        if account:
-            keys.append(self.account_key(account))
-        return keys
+        acct = self.account_key(account) if account else None
+        if acct is not None:
+            keys.append(acct)
+        return keys, acct
 
     def check(self, ip: str | None, account: str | None) -> bool:
         """True when a login from ``ip`` for ``account`` may be attempted now.
 
         Raises RateLimitUnavailable when Redis cannot be reached (fail closed).
         """
-        keys = self._keys(ip, account)
+        keys, acct = self._keys(ip, account)
         if not keys:
             return True
         oldest = self.clock() - self.window
@@ -109,22 +130,22 @@ class LoginRateLimiter:
             log.warning("rate limit check failed", error=str(exc))
             raise RateLimitUnavailable(str(exc)) from None
         counts = replies[1::2]
-        if account:
+        if acct is not None:
             if len(self._clean) >= CLEAN_SIZE:
                 self._clean.clear()
             if int(counts[-1]) == 0:
-                self._clean[self.account_key(account)] = True
+                self._clean[acct] = True
             else:
-                self._clean.pop(self.account_key(account), None)
+                self._clean.pop(acct, None)
         return all(int(count) < self.limit for count in counts)
 
     def record_failure(self, ip: str | None, account: str | None) -> None:
         """Count one failed login against ``ip`` and ``account`` (Redis errors are logged only)."""
-        keys = self._keys(ip, account)
+        keys, acct = self._keys(ip, account)
         if not keys:
             return
-        if account:
-            self._clean.pop(self.account_key(account), None)
+        if acct is not None:
+            self._clean.pop(acct, None)
         now = self.clock()
         # unique member per failure: two failures in the same microsecond both count
         member = f"{now:.6f}:{secrets.token_hex(4)}"
@@ -143,7 +164,8 @@ class LoginRateLimiter:
 
     def needs_reset(self, account: str) -> bool:
         """False when :meth:`reset` would do nothing: callers then skip the hop to a thread."""
-        if self._clean.pop(self.account_key(account), False):
+        acct = self.account_key(account)
+        if acct is None or self._clean.pop(acct, False):
             return False
         return True
 
@@ -152,9 +174,10 @@ class LoginRateLimiter:
 
         Nothing to do, and no Redis call, when this process's check just found none.
         """
-        if self._clean.pop(self.account_key(account), False):
+        acct = self.account_key(account)
+        if acct is None or self._clean.pop(acct, False):
             return
         try:
-            self.client.delete(self.account_key(account))
+            self.client.delete(acct)
         except redis.RedisError as exc:
             log.warning("rate limit reset failed", error=str(exc))

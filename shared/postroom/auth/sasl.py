@@ -26,6 +26,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import ClassVar
 
+from postroom.store.addresses import login_name
+
 
 class SASLMalformed(ValueError):
     """The client's response does not follow the mechanism's syntax."""
@@ -288,8 +290,11 @@ class ScramSha256Mechanism(ServerMechanism):
             raise RuntimeError("secrets were not asked for")
         self._known_user = found is not None
         if found is None:
-            # an unknown user gets a stable fake salt, so SCRAM does not reveal who exists
-            fake_salt = _hmac(_SCRAM_KEY, self._username.encode("utf-8"))[:16]
+            # an unknown user gets a stable fake salt, so SCRAM does not reveal who exists:
+            # one per account as login resolves it (as a real account's salt is the same
+            # under every spelling of its name)
+            canonical = login_name(self._username) or self._username
+            fake_salt = _hmac(_SCRAM_KEY, canonical.encode("utf-8", "surrogatepass"))[:16]
             found = ScramSecrets(fake_salt, 4096, _hmac(_SCRAM_KEY, b"stored"),
                                  _hmac(_SCRAM_KEY, b"server"))
         self._secrets = found

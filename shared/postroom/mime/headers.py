@@ -12,6 +12,7 @@ from postroom.mime.model import Limits
 
 _FIELD_NAME = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 _BLANK = re.compile(rb"\n\r?\n")
+_LOOSE_DROP = re.compile(rb"[\x00-\x20\x7f]+")
 _CONTROL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _ENCODED_WORD = re.compile(r"=\?([^?\s*]+)(?:\*[^?\s]*)?\?([bBqQ])\?([^?\s]*)\?=")
 _BETWEEN_WORDS = re.compile(r"(\?=)[ \t\r\n]+(=\?)")
@@ -20,13 +21,19 @@ _Q_HEX = re.compile(rb"=([0-9A-Fa-f]{2})")
 
 @dataclass
 class HeaderBlock:
-    """A header block: ``[start, body_start)`` in the raw bytes and its unfolded fields."""
+    """A header block: ``[start, body_start)`` in the raw bytes and its unfolded fields.
+
+    ``fields_end`` is where the leading run of well-formed fields ends (the blank
+    line, the first malformed line, or the end): where a new field can be added
+    that every parser reads as part of the header.
+    """
 
     start: int
     body_start: int
     fields: list[tuple[str, bytes]] = field(default_factory=list)
     separated: bool = False
     defects: list[str] = field(default_factory=list)
+    fields_end: int = -1
 
     def first(self, name: str) -> bytes | None:
         """Value of the first field called ``name`` (lower-case), or None."""
@@ -36,17 +43,37 @@ class HeaderBlock:
         return None
 
 
-def scan_header(raw: bytes, start: int, end: int, limits: Limits) -> HeaderBlock:
+def _loose_field(raw: bytes, pos: int, stop: int) -> tuple[str, int] | None:
+    """The name a lenient parser would give the malformed line at ``pos`` (the text before
+    its first colon, without blanks and control characters, lowercased) and where its
+    value starts; None without a colon in its first 1000 bytes."""
+    colon = raw.find(b":", pos, min(stop, pos + 1000))
+    if colon < 0:
+        return None
+    name = _LOOSE_DROP.sub(b"", raw[pos:colon]).decode("ascii", "replace").lower()
+    return name, colon + 1
+
+
+def scan_header(raw: bytes, start: int, end: int, limits: Limits, *,
+                whole_block: bool = False) -> HeaderBlock:
     """Scan the header block at ``start``; never reads past ``end``.
 
     The block ends after the first empty line, or before the first line that
     is neither a field nor a continuation (that line starts the body, as in
     Python's email package), or at ``end``.
+
+    ``whole_block``: a malformed line does not end the block, only the empty
+    line (or ``end``) does, as a lenient reader sees it. A malformed line with a
+    colon is kept as a field under its lenient name (``_loose_field``), one
+    without is skipped with its continuations; each is a defect. For checks that
+    must see every field some reader of the message may take for one (the
+    MSA's From: check), not for display.
     """
-    block = HeaderBlock(start=start, body_start=end)
+    block = HeaderBlock(start=start, body_start=end, fields_end=end)
     pos = start
     name: str | None = None
     value = bytearray()
+    clean = True  # no malformed line yet (whole_block): fields_end is still ahead
 
     def keep() -> None:
         if name is None:
@@ -62,6 +89,8 @@ def scan_header(raw: bytes, start: int, end: int, limits: Limits) -> HeaderBlock
             # Past the limit, stop collecting and only look for the separator.
             keep()
             block.defects.append("header too large")
+            if clean:
+                block.fields_end = pos
             found = _BLANK.search(raw, max(pos - 1, start), end)
             block.body_start = found.end() if found else end
             block.separated = found is not None
@@ -75,6 +104,8 @@ def scan_header(raw: bytes, start: int, end: int, limits: Limits) -> HeaderBlock
             keep()
             block.body_start = after
             block.separated = True
+            if clean:
+                block.fields_end = pos
             return block
         first = raw[pos]
         if first in (0x20, 0x09) and name is not None:
@@ -85,10 +116,23 @@ def scan_header(raw: bytes, start: int, end: int, limits: Limits) -> HeaderBlock
         match = _FIELD_NAME.match(raw, pos, min(stop, pos + 1000))
         if match is None:
             keep()
-            if pos != start:
-                block.defects.append("missing header separator")
-            block.body_start = pos
-            return block
+            if not whole_block:
+                if pos != start:
+                    block.defects.append("missing header separator")
+                block.body_start = block.fields_end = pos
+                return block
+            if clean:
+                block.fields_end = pos
+                clean = False
+            if "malformed header line" not in block.defects:
+                block.defects.append("malformed header line")
+            loose = _loose_field(raw, pos, stop)
+            name, value = None, bytearray()
+            if loose is not None:
+                name, begin = loose
+                value = bytearray(raw[begin : min(stop, begin + limits.max_value_chars * 4)])
+            pos = after
+            continue
         keep()
         name = match.group(1).decode("ascii").lower()
         value = bytearray(raw[match.end() : min(stop, match.end() + limits.max_value_chars * 4)])

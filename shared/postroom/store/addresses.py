@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 import idna
 
@@ -14,6 +15,9 @@ _LOCALPART = re.compile(rf"{_ATEXT}+(?:\.{_ATEXT}+)*")
 _LABEL = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?")
 MAX_LOCALPART_OCTETS = 64
 MAX_ADDRESS_OCTETS = 254
+# a login name longer than this is no account's, however it is spelt (a valid address is at
+# most 254 octets; the slack is for <>, spaces and trailing dots clients add)
+MAX_LOGIN_NAME_CHARS = 512
 
 
 def normalise_domain(domain: str) -> str:
@@ -57,3 +61,27 @@ def normalise_address(address: str) -> str:
     """The stored form of ``address``: lowercase local part @ lowercase A-label domain."""
     localpart, domain = split_address(address)
     return f"{localpart}@{domain}"
+
+
+def login_name(name: str) -> str | None:
+    """The one canonical form of a login name: the address of the account it logs in to.
+
+    Login resolution (``postroom.store.users``), the failed-login limiter and the
+    login cache all read a name through this function, so ``ALICE@Example.COM.``,
+    ``<alice@example.com>`` and a full-width domain are one account everywhere.
+    It is pure (no store question), so the limiter can ask it before any password
+    check. None: no account can have this name (it is not a valid address).
+    """
+    if len(name) > MAX_LOGIN_NAME_CHARS:
+        return None  # before the cache: no long name is hashed, kept or IDNA-mapped
+    return _canonical_login(name)
+
+
+# every login asks several times (limiter check and reset, login cache): ~6 us a call for
+# ASCII, ~30 us through IDNA, ~0.3 us from this cache, whose size bounds its memory
+@lru_cache(maxsize=4096)
+def _canonical_login(name: str) -> str | None:
+    try:
+        return normalise_address(name)
+    except InvalidAddress:
+        return None

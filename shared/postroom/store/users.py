@@ -21,9 +21,9 @@ from sqlalchemy.orm import Session
 
 from postroom.auth.passwords import hash_password, needs_rehash, verify_password
 from postroom.auth.sasl import ScramSecrets, scram_secrets
-from postroom.store.addresses import normalise_domain, split_address
+from postroom.store.addresses import login_name, normalise_domain, split_address
 from postroom.store.common import domain_id, insert_unique
-from postroom.store.errors import InvalidAddress, NotFound
+from postroom.store.errors import NotFound
 from postroom.store.mailboxes import create_default_mailboxes
 from postroom.store.models import Domain, User
 
@@ -131,13 +131,13 @@ def add_user(session: Session, address: str, password: str, *, quota_bytes: int 
 
 
 def _find(session: Session, address: str) -> tuple[User, str] | None:
-    try:
-        localpart, domain = split_address(address)
-    except InvalidAddress:
+    # login_name: the canonical form the failed-login limiter and login cache key on too
+    normal = login_name(address)
+    if normal is None:
         return None
     found = session.execute(
         select(User, Domain.name).join(Domain, Domain.id == User.domain_id)
-        .where(User.address == f"{localpart}@{domain}")).first()
+        .where(User.address == normal)).first()
     return (found[0], found[1]) if found else None
 
 
