@@ -190,7 +190,7 @@ def verify(message: bytes, resolver: Resolver, *, min_rsa_bits: int = MIN_RSA_BI
 
 def _by_alignment(signatures: list[bytes], authors: Sequence[str]) -> list[int]:
     """Indices of ``signatures``, those whose d= aligns best with ``authors`` first."""
-    if not authors:
+    if not authors or len(signatures) < 2:  # the usual case: nothing to choose between
         return list(range(len(signatures)))
     wanted = {normalise(a) for a in authors}
     orgs: set[str] | None = None  # of the authors, found when first needed
