@@ -327,6 +327,15 @@ class Settings:
         _size, "50M", "Largest incoming report XML after decompression (bombs stop here).")
     dmarc_results_retention: float = setting(
         _duration, "14d", "How long DMARC verdicts are kept for reports and `postroom dmarc`.")
+    dkim_max_signatures: int = setting(
+        _positive_int, "10",
+        "DKIM-Signature fields verified per received message, those whose d= aligns with the "
+        "From domain first; the rest are neither verified nor reported (docs/security.md).")
+    dkim_budget: float = setting(
+        _duration, "8s",
+        "Time for verifying one message's DKIM signatures, key lookups included; what is not "
+        "verified by then is a temperror. The check's deadline (4 x POSTROOM_DNS_TIMEOUT) "
+        "bounds it too.")
     http_listen: str = setting(
         _endpoint, "tcp:8080",
         "This process's /healthz and /metrics (under `postroom up` each child gets its own free "

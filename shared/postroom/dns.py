@@ -17,6 +17,7 @@ so a burst of messages from one sender costs one set of queries.
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import threading
 import time
@@ -71,8 +72,12 @@ class Resolver:
 
     ``servers`` is a sequence of ``(host, port)``; empty means the system's
     resolvers (/etc/resolv.conf). ``timeout`` bounds the whole of one lookup,
-    all servers and retries included.
+    all servers and retries included; :meth:`until` bounds it further by a
+    deadline.
     """
+
+    # a time.monotonic() value past which no query is sent (see until())
+    deadline: float | None = None
 
     def __init__(self, servers: Sequence[tuple[str, int]] = (), timeout: float = 5.0, *,
                  max_entries: int = DEFAULT_MAX_ENTRIES,
@@ -84,6 +89,24 @@ class Resolver:
         self._cache: OrderedDict[tuple[str, int], _Entry] = OrderedDict()
         self._lock = threading.Lock()
         self._local = threading.local()
+
+    def until(self, deadline: float) -> Resolver:
+        """This resolver, its cache shared, whose lookups all end by ``deadline`` (monotonic).
+
+        A lookup's timeout is cut to the time left; once none is left, an
+        answer the cache does not hold raises :class:`DNSTempError` at once, so
+        work whose answer is no longer awaited stops by itself. Bounds nest:
+        the earlier deadline wins.
+        """
+        view = copy.copy(self)  # shallow: the cache, its lock and the per-thread resolvers shared
+        view.deadline = deadline if self.deadline is None else min(deadline, self.deadline)
+        return view
+
+    def time_left(self) -> float:
+        """The longest a lookup may take now: ``timeout``, less near the deadline (<= 0: none)."""
+        if self.deadline is None:
+            return self.timeout
+        return min(self.timeout, self.deadline - time.monotonic())
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Resolver:
@@ -143,10 +166,13 @@ class Resolver:
         return list(entry.records)
 
     def _lookup(self, qname: str, qtype: dns.rdatatype.RdataType, now: float) -> _Entry:
+        lifetime = self.time_left()
+        if lifetime <= 0:
+            raise DNSTempError(f"{qname} {qtype.name}: no time left before the deadline")
         started = time.monotonic()
         try:
             answer = self._dnspython().resolve(qname, qtype, search=False,
-                                               raise_on_no_answer=False)
+                                               raise_on_no_answer=False, lifetime=lifetime)
         except dns.resolver.NXDOMAIN as exc:
             return _Entry(now + self._negative_ttl(exc.responses().values()), True, ())
         except dns.resolver.YXDOMAIN as exc:

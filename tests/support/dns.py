@@ -25,6 +25,8 @@ What the server does:
 * ``dns_server.timeout(name)`` makes the server never answer for that name
   (optionally one type only): clients see a timeout, i.e. a temperror.
   ``dns_server.servfail(name)`` answers SERVFAIL.
+* ``dns_server.queries(suffix)`` counts the queries received (answered or
+  not) per name at or below ``suffix``, since the last clear.
 * TLSA (``[(usage, selector, mtype, "hex data")]``, served as RFC 6698
   wire data) for DANE tests.
 * ``dns_server.secure(zone)`` marks ``zone`` and every name below it as
@@ -73,6 +75,7 @@ def _serve() -> None:  # pragma: no cover - runs in the child process
     records: dict[tuple[str, str], list[tdns.RRHeader]] = {}
     failing: dict[tuple[str, str | None], str] = {}
     secure: set[str] = set()
+    received: dict[str, int] = {}
 
     class NXDomainWithSOA(tdns.AuthoritativeDomainError):
         pass
@@ -122,6 +125,7 @@ def _serve() -> None:  # pragma: no cover - runs in the child process
     class ZoneResolver(common.ResolverBase):
         def _lookup(self, name: bytes, cls: int, type: int, timeout: Any = None) -> Any:
             qname = name.decode("ascii", "replace").lower().rstrip(".")
+            received[qname] = received.get(qname, 0) + 1
             rtype = tdns.QUERY_TYPES.get(type, tdns.EXT_QUERIES.get(type, str(type)))
             rtype = next((n for n, code in _RAW_TYPES.items() if code == type), rtype)
             mode = failing.get((qname, rtype)) or failing.get((qname, None))
@@ -189,13 +193,12 @@ def _serve() -> None:  # pragma: no cover - runs in the child process
 
         def lineReceived(self, line: bytes) -> None:
             try:
-                self.apply(json.loads(line))
-                reply: dict[str, Any] = {"ok": True}
+                reply: dict[str, Any] = {"ok": True, "value": self.apply(json.loads(line))}
             except Exception as exc:  # report to the test, keep serving
                 reply = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
             self.sendLine(json.dumps(reply).encode())
 
-        def apply(self, cmd: dict[str, Any]) -> None:
+        def apply(self, cmd: dict[str, Any]) -> Any:
             op = cmd["op"]
             if op == "set":
                 name = cmd["name"].lower().rstrip(".")
@@ -223,12 +226,18 @@ def _serve() -> None:  # pragma: no cover - runs in the child process
                     secure.add(zone)
                 else:
                     secure.discard(zone)
+            elif op == "queries":
+                suffix = cmd["name"].lower().rstrip(".")
+                return {n: c for n, c in received.items()
+                        if n == suffix or n.endswith("." + suffix)}
             elif op == "clear":
                 records.clear()
                 failing.clear()
                 secure.clear()
+                received.clear()
             elif op != "ping":
                 raise ValueError(f"unknown op {op}")
+            return None
 
         def connectionLost(self, reason: Any = None) -> None:
             # our parent (pytest) went away: stop rather than linger
@@ -272,7 +281,7 @@ class DNSServer:
 
         return Resolver([self.address], timeout=timeout)
 
-    def _send(self, **cmd: Any) -> None:
+    def _send(self, **cmd: Any) -> Any:
         assert self._proc.stdin is not None and self._proc.stdout is not None
         with self._lock:
             self._proc.stdin.write(json.dumps(cmd) + "\n")
@@ -280,6 +289,7 @@ class DNSServer:
             reply = json.loads(self._proc.stdout.readline())
         if not reply["ok"]:
             raise ValueError(reply["error"])
+        return reply.get("value")
 
     def set_records(self, name: str, rtype: str, values: Sequence[Any], ttl: int = 0) -> None:
         """Replace ``name``'s records of ``rtype`` with ``values`` ([] removes them)."""
@@ -307,8 +317,12 @@ class DNSServer:
         """Answer for ``zone`` and the names below it with AD set (``on=False`` undoes it)."""
         self._send(op="secure", name=zone, on=on)
 
+    def queries(self, suffix: str) -> dict[str, int]:
+        """{name: queries received} for ``suffix`` and the names below it, since the last clear."""
+        return dict(self._send(op="queries", name=suffix))
+
     def clear(self) -> None:
-        """Forget every record, failure and secure zone."""
+        """Forget every record, failure, secure zone and query count."""
         self._send(op="clear")
 
     def stop(self) -> None:

@@ -62,6 +62,9 @@ def test_json_copy_is_asdicts_copy():
 class _NoDNS:
     timeout = 1.0
 
+    def time_left(self) -> float:
+        return self.timeout
+
     def txt_bytes(self, name: str) -> list[bytes]:
         raise AssertionError(f"looked up {name}")
 

@@ -9,7 +9,9 @@ Otherwise the evaluation blocks on DNS, so it runs in the service's bounded
 turn). Each check
 has a deadline: past it, the answer is a ``tempfail`` verdict so the MTA
 replies 451 rather than making its client wait; a slow DNS never becomes a
-rejection. Bodies are bounded; errors are JSON with no traceback.
+rejection. The evaluation is given the same deadline and stops its own work
+there, so a thread is not kept busy for an answer nobody waits for. Bodies
+are bounded; errors are JSON with no traceback.
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import time
 from typing import Any
 
+from prometheus_client import Counter
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -115,6 +119,15 @@ class CheckResource(resource.Resource):
         self.token = token  # POSTROOM_INTERNAL_TOKEN: a bearer token every request must carry
         self.recorder = recorder
         self._results = dmarc_results_total(metrics) if metrics is not None else None
+        self._skipped: Counter | None = None
+        self._exhausted: Counter | None = None
+        if metrics is not None:
+            self._skipped = metrics.counter(
+                "dkim_signatures_skipped",
+                "DKIM signatures not verified: beyond the cap (cap) or not reached in time "
+                "(budget).", ["reason"])
+            self._exhausted = metrics.counter(
+                "dkim_budget_exhausted", "Checks whose DKIM step ran out of time.")
         self.resolver = resolver
         self.options = options
         self.pool = pool
@@ -136,6 +149,7 @@ class CheckResource(resource.Resource):
         pending = PendingCheck(check, self.resolver, self.options)
         verdict = pending.from_cache()
         if verdict is not None:
+            self._count_limits(verdict)
             _finish(request, 200, self._counted(self._answered(check, verdict)))
             return server.NOT_DONE_YET
         finished = defer.Deferred.fromCoroutine(self._answer(check, pending))
@@ -146,12 +160,13 @@ class CheckResource(resource.Resource):
     async def _answer(self, check: CheckRequest, pending: PendingCheck) -> dict[str, Any]:
         await self.semaphore.acquire()
         try:
-            work = deferToThreadPool(self.reactor, self.pool, pending.evaluate)
+            deadline = time.monotonic() + self.deadline
+            work = deferToThreadPool(self.reactor, self.pool, self._evaluate, pending, deadline)
             work.addTimeout(self.deadline, self.reactor)
             try:
                 verdict = await work
             except defer.TimeoutError:
-                # the thread finishes on its own; its late result is dropped
+                # the thread stops at the same deadline; its late result is dropped
                 log.warning("dmarc check deadline passed", queue_id=check.queue_id,
                             deadline=self.deadline)
                 return tempfail_verdict(check, self.options.authserv_id,
@@ -159,6 +174,23 @@ class CheckResource(resource.Resource):
             return self._answered(check, verdict)
         finally:
             self.semaphore.release()
+
+    def _evaluate(self, pending: PendingCheck, deadline: float) -> Verdict:
+        """In the `policy` pool: the verdict, its limits counted even when it comes too late."""
+        verdict = pending.evaluate(deadline)
+        self._count_limits(verdict)
+        return verdict
+
+    def _count_limits(self, verdict: Verdict) -> None:
+        run = verdict.dkim_run
+        if run is None or self._skipped is None or self._exhausted is None:
+            return
+        if run.skipped:
+            self._skipped.labels(reason="cap").inc(run.skipped)
+        if run.unfinished:
+            self._skipped.labels(reason="budget").inc(run.unfinished)
+        if run.out_of_time:
+            self._exhausted.inc()
 
     def _answered(self, check: CheckRequest, verdict: Verdict) -> dict[str, Any]:
         if self.recorder is not None:

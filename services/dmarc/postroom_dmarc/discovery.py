@@ -84,6 +84,11 @@ def lookup(domain: str, resolver: Resolver) -> Lookup:
         return Lookup(domain, error=str(exc))
 
 
+def psl_org_domain(domain: str) -> str:
+    """The organizational domain of ``domain`` (normalised) by the public suffix list; no DNS."""
+    return _public_suffixes().privatesuffix(domain) or domain
+
+
 def walk_targets(domain: str) -> list[str]:
     """The domains a tree walk queries, longest first (RFC 9989 section 4.10)."""
     labels = domain.split(".")
@@ -115,7 +120,7 @@ class Discoverer:
     def org_domain(self, domain: str) -> str:
         domain = normalise(domain)
         if self.mode == "psl":
-            return _public_suffixes().privatesuffix(domain) or domain
+            return psl_org_domain(domain)
         return self._walk_org_domain(domain)
 
     def _walk_org_domain(self, domain: str) -> str:

@@ -51,7 +51,8 @@ def options_from_settings(settings: Settings) -> Options:
     return Options(authserv_id=settings.hostname, org_domain_mode=settings.dmarc_org_domain,
                    trusted_forwarders=forwarders,
                    trusted_arc_sealers=frozenset(_items(settings.dmarc_trusted_arc_sealers)),
-                   overrides=overrides)
+                   overrides=overrides, dkim_max_signatures=settings.dkim_max_signatures,
+                   dkim_budget=settings.dkim_budget)
 
 
 def deadline_for(settings: Settings) -> float:

@@ -11,7 +11,9 @@ Rules that keep it safe:
   to none (RFC 7489 6.6.4, RFC 9989); the sampler is injectable for tests;
 * operator overrides (monitor-only domains, trusted forwarder networks,
   trusted ARC sealers) downgrade a failing message to ``inbox`` and are
-  reported with the RFC 7489 Appendix C override type.
+  reported with the RFC 7489 Appendix C override type;
+* a check given a deadline (the API's) stops its own work there: every DNS
+  lookup ends by it, and the DKIM step has its own smaller budget and cap.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ class Options:
     overrides: Mapping[str, DomainOverride] = field(default_factory=dict)
     min_rsa_bits: int = dkimcheck.MIN_RSA_BITS
     spf_time_budget: float = 10.0
+    dkim_max_signatures: int = dkimcheck.MAX_SIGNATURES  # verified per message, aligned first
+    dkim_budget: float = dkimcheck.BUDGET  # seconds for the whole DKIM step
     sampler: Callable[[], float] = random.random  # in [0, 1), for pct
 
 
@@ -114,6 +118,8 @@ class Verdict:
     disposition: str
     reason: str
     authentication_results: str  # the field value; prepend "Authentication-Results: " + CRLF
+    # what the DKIM step's cap and budget left undone (its results are ``dkim``); not in JSON
+    dkim_run: dkimcheck.DKIMRun | None = None
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -253,15 +259,23 @@ def _auth_results(request: CheckRequest, spf: spfcheck.SPFResult,
     return authres.header_value(authserv_id, clauses)
 
 
-def evaluate(request: CheckRequest, resolver: Resolver, options: Options) -> Verdict:
-    """Check ``request`` and decide what happens to the message."""
-    verdict = _decide(request, resolver, options, options.sampler)
-    _log_verdict(request, verdict)
+def evaluate(request: CheckRequest, resolver: Resolver, options: Options, *,
+             deadline: float | None = None) -> Verdict:
+    """Check ``request`` and decide what happens to the message.
+
+    With a ``deadline`` (a time.monotonic() value) every DNS lookup ends by
+    it: past it, what is still unknown is a temperror and the check finishes
+    at once rather than working on for an answer nobody waits for.
+    """
+    verdict = _decide(request, resolver, options, options.sampler, deadline)
+    _log_verdict(request, verdict, options)
     return verdict
 
 
 def _decide(request: CheckRequest, resolver: Resolver, options: Options,
-            sample: Callable[[], float]) -> Verdict:
+            sample: Callable[[], float], deadline: float | None = None) -> Verdict:
+    if deadline is not None:
+        resolver = resolver.until(deadline)
     spf = spfcheck.check(request.client_ip, request.mail_from, request.helo, resolver,
                          receiver=options.authserv_id, time_budget=options.spf_time_budget)
     spf_helo = None
@@ -270,11 +284,14 @@ def _decide(request: CheckRequest, resolver: Resolver, options: Options,
                                        receiver=options.authserv_id,
                                        time_budget=options.spf_time_budget)
     headers = dkimcheck.parse_headers(request.message)
-    dkim = dkimcheck.verify_all(request.message, resolver, min_rsa_bits=options.min_rsa_bits,
-                                headers=headers or [])
+    authors = author_domains(request.message)
+    dkim_run = dkimcheck.verify(request.message, resolver, min_rsa_bits=options.min_rsa_bits,
+                                headers=headers or [], authors=authors.domains,
+                                max_signatures=options.dkim_max_signatures,
+                                budget=options.dkim_budget)
+    dkim = dkim_run.results
     arc = dkimcheck.verify_arc(request.message, resolver, min_rsa_bits=options.min_rsa_bits,
                                headers=headers)
-    authors = author_domains(request.message)
     discoverer = Discoverer(resolver, options.org_domain_mode)
     if authors.problem is not None:
         dmarc = DMARCResult("permerror", "", reason=f"malformed message: {authors.problem}")
@@ -283,10 +300,19 @@ def _decide(request: CheckRequest, resolver: Resolver, options: Options,
                                              sample) for a in authors.domains])
     disposition, reason = _disposition(dmarc, authors.problem, options)
     header = _auth_results(request, spf, spf_helo, dkim, arc, dmarc, options.authserv_id)
-    return Verdict(spf, spf_helo, dkim, arc, dmarc, disposition, reason, header)
+    return Verdict(spf, spf_helo, dkim, arc, dmarc, disposition, reason, header, dkim_run)
 
 
-def _log_verdict(request: CheckRequest, verdict: Verdict) -> None:
+def _log_verdict(request: CheckRequest, verdict: Verdict, options: Options) -> None:
+    run = verdict.dkim_run
+    if run is not None and run.skipped:
+        log.info("dkim signature cap reached", queue_id=request.queue_id,
+                 signatures=run.signatures, verified=len(run.results), skipped=run.skipped,
+                 max_signatures=options.dkim_max_signatures)
+    if run is not None and run.out_of_time:
+        log.warning("dkim time budget exhausted", queue_id=request.queue_id,
+                    budget=options.dkim_budget, signatures=run.signatures,
+                    unfinished=run.unfinished)
     dmarc = verdict.dmarc
     log.info("dmarc verdict", queue_id=request.queue_id, client_ip=request.client_ip,
              from_domain=dmarc.from_domain, spf=verdict.spf.result,
@@ -321,6 +347,9 @@ class _CachedAnswers(Resolver):
     def _lookup(self, qname: str, qtype: Any, now: float) -> Any:
         self.missed = True
         raise _CacheMiss(f"{qname}: not cached")
+
+    def until(self, deadline: float) -> Resolver:
+        return self  # it never waits; a copy would not report its misses here
 
 
 class PendingCheck:
@@ -370,14 +399,14 @@ class PendingCheck:
         if cached.missed:
             self._replay = 0
             return None
-        _log_verdict(self.request, verdict)
+        _log_verdict(self.request, verdict, self.options)
         return verdict
 
-    def evaluate(self) -> Verdict:
+    def evaluate(self, deadline: float | None = None) -> Verdict:
         """:func:`evaluate` (blocking: in the `policy` pool) after :meth:`from_cache` gave up."""
         self._replay = 0
-        verdict = _decide(self.request, self.resolver, self.options, self._sample)
-        _log_verdict(self.request, verdict)
+        verdict = _decide(self.request, self.resolver, self.options, self._sample, deadline)
+        _log_verdict(self.request, verdict, self.options)
         return verdict
 
 
