@@ -12,11 +12,13 @@ delivery builds :class:`MessageFacts` from the message's header block.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from postroom.glob import Glob, sieve_pattern
 from postroom.mime.addresses import parse_addresses
 from postroom.mime.headers import decode_words, scan_header, to_text
 from postroom.mime.model import Limits
@@ -275,26 +277,17 @@ def _compare(match: str, value: str, key: str) -> bool:
         return value == key
     if match == "contains":
         return key in value
-    return _wildcard(key).fullmatch(value) is not None
+    return _matches(key).match(value)
 
 
-def _wildcard(pattern: str) -> re.Pattern[str]:
-    """A Sieve :matches pattern (``*`` and ``?``, backslash escapes) as a regular expression."""
-    out = []
-    escaped = False
-    for char in pattern:
-        if escaped:
-            out.append(re.escape(char))
-            escaped = False
-        elif char == "\\":
-            escaped = True
-        elif char == "*":
-            out.append(".*")
-        elif char == "?":
-            out.append(".")
-        else:
-            out.append(re.escape(char))
-    return re.compile("".join(out), re.S)
+@functools.lru_cache(maxsize=1024)
+def _matches(key: str) -> Glob:
+    """A Sieve :matches key (``*`` and ``?``, backslash escapes), compiled once.
+
+    Matched in linear time (postroom.glob): the values are a sender's header
+    fields, up to 8 KB each, and a backtracking regex of a three-star rule is cubic.
+    """
+    return sieve_pattern(key)
 
 
 def _address_parts(value: str, part: str) -> list[str]:

@@ -139,3 +139,25 @@ def test_facts_survive_hostile_headers():
     assert f.values("__proto__") == ["polluted"]
     rule = {"if": {"address": "from", "is": "x@y"}, "then": [{"discard": True}]}
     assert evaluate(parse_rules([rule]), f).keep
+
+
+def test_matches_keeps_question_marks_and_escapes():
+    rule = {"if": {"header": "subject", "matches": ["urgent?*", r"\*nothing\*"]},
+            "then": [{"fileinto": "Urgent"}]}
+    assert decide([rule]).folders == ["Urgent"]
+    rule = {"if": {"header": "subject", "matches": r"urgent\?*"}, "then": [{"discard": True}]}
+    assert decide([rule]).keep
+
+
+@pytest.mark.timeout(10)
+def test_many_star_rules_against_sender_controlled_8kb_headers_stay_fast():
+    # a backtracking regex of "*a*a*a*b" is cubic in the value's length: minutes per 8 KB field
+    head = b"".join(b"Subject: " + b"a" * 8000 + b"\r\n" for _ in range(30)) + b"\r\n"
+    f = facts_from_message(head, len(head))
+    assert len(f.values("subject")) == 30 and len(f.values("subject")[0]) == 8000
+    keys = ["*a*a*a*b", "*a*a*a*a*a*a*b", "*a?a*a?a*b", "?*?*?*?*?*b"]
+    rules = [{"if": {"header": "subject", "matches": keys}, "then": [{"discard": True}]},
+             {"if": {"header": "subject", "matches": "*a*a*a"},
+              "then": [{"fileinto": "Caught"}]}]
+    decision = evaluate(parse_rules(rules), f)
+    assert not decision.discarded and decision.folders == ["Caught"]

@@ -18,7 +18,7 @@ from typing import Any
 
 import redis
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -136,7 +136,8 @@ class StoreAccounts:
 
     def __init__(self, database: Any, client: redis.Redis, redis_pool: ThreadPool, *,
                  prefix: str, limiter: LoginRateLimiter | None, listener: ChangeListener,
-                 reactor: Any, auth_cache: AuthCache[users.UserInfo] | None = None) -> None:
+                 reactor: Any, auth_cache: AuthCache[users.UserInfo] | None = None,
+                 cpu_pool: ThreadPool | None = None) -> None:
         self.database = database
         # repeated logins skip scrypt for a minute (see postroom.auth.authcache)
         self.auth_cache: AuthCache[users.UserInfo] = (
@@ -147,9 +148,16 @@ class StoreAccounts:
         self.limiter = limiter
         self.listener = listener
         self.reactor = reactor
+        self.cpu_pool = cpu_pool
 
     def in_redis_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return deferToThreadPool(self.reactor, self.pool, fn, *args)
+
+    def in_cpu_thread(self, fn: Callable[[], Any]) -> Deferred[Any]:
+        """Pure CPU work off the reactor (inline when there is no pool, as in tests)."""
+        if self.cpu_pool is None:
+            return maybeDeferred(fn)
+        return deferToThreadPool(self.reactor, self.cpu_pool, fn)
 
     def login(self, username: str, password: str, peer: str) -> Deferred[Any]:
         return Deferred.fromCoroutine(self._login(username, password, peer))
@@ -279,6 +287,9 @@ class UserStoreImpl:
 
     def list_mailboxes(self) -> Deferred[list[MailboxRow]]:
         return self._db(mailstore.list_rows, self.user_id)
+
+    def offload(self, fn: Callable[[], Any]) -> Deferred[Any]:
+        return self.accounts.in_cpu_thread(fn)
 
     def create(self, name: str, special_use: str | None) -> Deferred[None]:
         return self._db(mailstore.create, self.user_id, name, special_use)

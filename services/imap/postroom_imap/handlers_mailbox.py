@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-import re
+import functools
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from postroom import glob
 from postroom_imap.policy import MailboxRow, NoSuchMailbox, Refusal
 from postroom_imap.render import SYSTEM_FLAGS, canonical_flag, flag_list, mailbox_name
 from postroom_imap.selected import Selected, uid_set_text
@@ -35,25 +37,47 @@ class TryCreate(Refusal):
     text = "no such mailbox"
 
 
-def pattern_regex(reference: str, pattern: str) -> re.Pattern[str]:
-    """LIST wildcards: ``*`` matches anything, ``%`` anything but the delimiter."""
+# bounds on one LIST/LSUB pattern (after the reference is prepended) and on one command;
+# the matching is linear (postroom.glob), these keep its constant small
+MAX_LIST_PATTERN = 1024
+MAX_LIST_WILDCARDS = 32  # counted after runs (``**``, ``%*``) collapse into one
+MAX_LIST_PATTERNS = 64
+# names x patterns (in characters) matched on the reactor; a larger LIST runs in a thread
+# (about 20 ms of matching and rendering at worst: a few hundred mailboxes match inline)
+INLINE_LIST_WORK = 20_000
+
+Matcher = Callable[[str], bool]
+
+
+def list_matcher(reference: str, pattern: str) -> Matcher:
+    """LIST wildcards: ``*`` matches anything, ``%`` anything but the delimiter.
+
+    Raises PatternTooComplex past MAX_LIST_PATTERN characters or MAX_LIST_WILDCARDS.
+    """
     full = reference + pattern if not pattern.startswith(DELIMITER) else pattern
-    out = []
-    for ch in full:
-        if ch == "*":
-            out.append(".*")
-        elif ch == "%":
-            out.append(f"[^{re.escape(DELIMITER)}]*")
-        else:
-            out.append(re.escape(ch))
-    text = "".join(out)
+    if len(full) > MAX_LIST_PATTERN:
+        raise glob.PatternTooComplex(f"pattern longer than {MAX_LIST_PATTERN} characters")
     # INBOX is case-insensitive, also as the first level of a pattern
     if full[:5].upper() == "INBOX":
-        text = "(?i:INBOX)" + "".join(out[5:])
-    return re.compile(text + r"\Z", re.S)
+        rest = glob.list_pattern(full[5:], DELIMITER, max_wildcards=MAX_LIST_WILDCARDS)
+        return lambda name: name[:5].upper() == "INBOX" and rest.match(name[5:])
+    return glob.list_pattern(full, DELIMITER, max_wildcards=MAX_LIST_WILDCARDS).match
 
 
-def list_lines(rows: list[MailboxRow], reference: str, patterns: tuple[str, ...], *,
+def list_matchers(reference: str, patterns: tuple[str, ...]) -> list[Matcher]:
+    """One matcher per distinct pattern, or PatternTooComplex (too many, too long, too wild)."""
+    distinct = list(dict.fromkeys(patterns))
+    if len(distinct) > MAX_LIST_PATTERNS:
+        raise glob.PatternTooComplex(f"more than {MAX_LIST_PATTERNS} patterns")
+    return [list_matcher(reference, p) for p in distinct]
+
+
+def list_work(rows: list[MailboxRow], matchers: list[Matcher]) -> int:
+    """How much matching a LIST costs, in characters (to choose reactor or thread)."""
+    return len(matchers) * sum(len(r.name) + 1 for r in rows)
+
+
+def list_lines(rows: list[MailboxRow], matchers: list[Matcher], *,
                lsub: bool, special_only: bool) -> list[bytes]:
     """The ``* LIST`` / ``* LSUB`` lines for a user's mailboxes."""
     names = {r.name: r for r in rows}
@@ -63,11 +87,10 @@ def list_lines(rows: list[MailboxRow], reference: str, patterns: tuple[str, ...]
         for i in range(1, len(parts)):
             parents.add(DELIMITER.join(parts[:i]))
     candidates = sorted(set(names) | parents, key=lambda n: (n != "INBOX", n))
-    regexes = [pattern_regex(reference, p) for p in patterns]
     verb = b"LSUB" if lsub else b"LIST"
     lines = []
     for name in candidates:
-        if not any(r.match(name) for r in regexes):
+        if not any(m(name) for m in matchers):
             continue
         row = names.get(name)
         if lsub and (row is None or not row.subscribed):
@@ -92,6 +115,8 @@ class MailboxCommands:
     selected: Selected | None
     condstore: bool
     write: Any
+    log: Any
+    factory: Any
     select_mailbox: Any
     _drop_selected: Any
     absorb_own_changes: Any
@@ -192,11 +217,21 @@ class MailboxCommands:
         if not lsub and args.patterns == ("",):
             self.write(b'* LIST (\\Noselect) "/" ""\r\n')
             return ("OK", "LIST completed")
+        try:
+            matchers = list_matchers(args.reference, args.patterns)
+        except glob.PatternTooComplex as exc:
+            self.log.info("list pattern refused", command=command.name, reason=str(exc))
+            self.factory.meter.error("list_pattern_refused")
+            return ("NO", f"[LIMIT] {command.name} refused: {exc}")
         rows = await self._user().list_mailboxes()
         lsub = lsub or "SUBSCRIBED" in args.selection
         special_only = "SPECIAL-USE" in args.selection
-        self.write(b"".join(list_lines(rows, args.reference, args.patterns, lsub=lsub,
-                                       special_only=special_only)))
+        if list_work(rows, matchers) <= INLINE_LIST_WORK:
+            lines = list_lines(rows, matchers, lsub=lsub, special_only=special_only)
+        else:  # many mailboxes: the other sessions of this process go on meanwhile
+            lines = await self._user().offload(functools.partial(
+                list_lines, rows, matchers, lsub=lsub, special_only=special_only))
+        self.write(b"".join(lines))
         return ("OK", f"{command.name} completed")
 
     async def do_list(self, command: Command) -> Reply:

@@ -12,6 +12,9 @@ from postroom_imap.syntax import Limits
 
 # threads for blocking Redis calls (rate limits, publishing change events); they are short
 REDIS_THREADS = 4
+# threads for pure CPU work too large for the reactor (LIST over many mailboxes); the GIL
+# makes more of them useless, and two keep one user's huge LIST from queueing another's
+CPU_THREADS = 2
 
 
 def build_factory(ctx: ServiceContext) -> tuple[IMAPFactory, ChangeListener]:
@@ -22,7 +25,7 @@ def build_factory(ctx: ServiceContext) -> tuple[IMAPFactory, ChangeListener]:
     accounts = StoreAccounts(
         ctx.database, ctx.redis, pool, prefix=settings.redis_prefix,
         limiter=LoginRateLimiter.from_settings(ctx.redis, settings), listener=listener,
-        reactor=ctx.reactor)
+        reactor=ctx.reactor, cpu_pool=ctx.thread_pool("cpu", CPU_THREADS))
     factory = IMAPFactory(
         accounts, hostname=settings.hostname, tls=ctx.tls,
         allow_plaintext_auth_on_loopback=settings.allow_plaintext_auth_on_loopback,
