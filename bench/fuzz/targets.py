@@ -58,8 +58,10 @@ def smtp_data(data: bytes) -> None:
 
 def imap_reader(data: bytes) -> None:
     """The IMAP CommandReader frames any byte stream without raising, within its limits."""
+    # the first byte picks the state: before login (small literals only) or after it
     reader = CommandReader(Limits(max_line=4096, max_literal=4096, max_command=16 * 1024,
-                                  max_append_literal=16 * 1024))
+                                  max_append_literal=16 * 1024, spool_threshold=1024),
+                           authenticated=bool(data[:1]) and data[0] & 1 == 1)
     for piece in _split(data):
         reader.feed(piece)
         if reader.paused:

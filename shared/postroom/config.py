@@ -281,6 +281,22 @@ class Settings:
     imap_listen: tuple[str, ...] = setting(_mail_endpoints, "tcp:143", "IMAP with STARTTLS.")
     imap_tls_listen: tuple[str, ...] = setting(
         _mail_endpoints, "tcp:993", "IMAP with implicit TLS.")
+    # imap literals (docs/imap.md "Limits"); before login the limits are fixed and small
+    imap_max_append_bytes: int = setting(
+        _size, "100M",
+        "All messages of one IMAP APPEND command together (MULTIAPPEND); each message is also "
+        "at most POSTROOM_MAX_MESSAGE_SIZE. Over it: NO [TOOBIG] before the literal is sent.")
+    imap_max_literals: int = setting(
+        _positive_int, "100", "Literals in one IMAP command; more get BAD and are skipped.")
+    imap_max_held_bytes: int = setting(
+        _size, "16M",
+        "Bytes one IMAP connection may hold (unread input, commands read but not yet run, "
+        "APPEND data spooled to disk included) before the server stops reading from it until "
+        "they have run.")
+    imap_spool_threshold: int = setting(
+        _size, "1M",
+        "APPEND data one command keeps in memory; larger messages are written to an unlinked "
+        "temporary file in TMPDIR as they arrive.")
     dmarc_listen: tuple[str, ...] = setting(
         _endpoints, "tcp:8025", "The DMARC policy service's internal HTTP API.")
     dmarc_url: str = setting(

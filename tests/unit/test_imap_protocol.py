@@ -22,6 +22,7 @@ from postroom_imap.policy import (
     StoreResult,
 )
 from postroom_imap.protocol import IMAPFactory
+from postroom_imap.spool import SpooledLiteral
 from postroom_imap.syntax import Limits
 
 MESSAGE = b"From: a@example.org\r\nSubject: hi\r\n\r\nbody\r\n"
@@ -36,6 +37,8 @@ class FakeStore:
         self.messages: dict[int, tuple[list[str], bytes]] = {
             uid: ([], MESSAGE) for uid in range(1, count + 1)}
         self.appended: list[tuple[str, bytes, tuple[str, ...], Any]] = []
+        self.spooled: list[SpooledLiteral] = []  # messages that came from disk
+        self.hold_append: Deferred[None] | None = None  # the next APPEND waits for it
         self.pending: Changes | None = None
         self.watchers: list[Any] = []
         self.fail_fetch = False
@@ -79,8 +82,14 @@ class FakeStore:
     def search(self, mailbox_id: int, key: Any, max_uid: int) -> Deferred[list[tuple[int, int]]]:
         return succeed([(u, 5) for u in sorted(self.messages)])
 
-    def append(self, name: str, data: bytes, flags: Any, when: Any) -> Deferred[tuple[int, int]]:
+    def append(self, name: str, data: bytes | SpooledLiteral, flags: Any,
+               when: Any) -> Deferred[tuple[int, int]]:
+        if isinstance(data, SpooledLiteral):
+            self.spooled.append(data)
+            data = data.read()
         self.appended.append((name, data, tuple(flags), when))
+        if self.hold_append is not None:
+            return self.hold_append.addCallback(lambda _: (7, 100 + len(self.appended)))
         return succeed((7, 100 + len(self.appended)))
 
     def watch(self, mailbox_id: int, callback: Any) -> Any:

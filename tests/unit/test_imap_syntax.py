@@ -251,7 +251,7 @@ def test_sort_command():
 
 
 def test_append_with_flags_date_and_literal():
-    reader = CommandReader()
+    reader = CommandReader(authenticated=True)
     events = reader.feed(
         b'A003 APPEND saved-messages (\\Seen) "17-Jul-1996 02:44:25 -0700" {22}\r\n')
     assert [type(e).__name__ for e in events] == ["NeedContinuation"]
@@ -264,12 +264,13 @@ def test_append_with_flags_date_and_literal():
 
 
 def test_append_without_flags_literal_plus():
-    events = CommandReader().feed(b"a APPEND INBOX {5+}\r\nhello\r\n")
+    events = CommandReader(authenticated=True).feed(b"a APPEND INBOX {5+}\r\nhello\r\n")
     assert events[0].args.messages[0].data == b"hello"
 
 
 def test_multiappend_and_literal8():
-    events = CommandReader().feed(b"a APPEND INBOX {1+}\r\nx (\\Draft) ~{2+}\r\n\x00y\r\n")
+    reader = CommandReader(authenticated=True)
+    events = reader.feed(b"a APPEND INBOX {1+}\r\nx (\\Draft) ~{2+}\r\n\x00y\r\n")
     messages = events[0].args.messages
     assert [m.data for m in messages] == [b"x", b"\x00y"]
     assert messages[1].binary and messages[1].flags == ("\\Draft",)

@@ -28,7 +28,7 @@ def test_synchronizing_literal_asks_for_continuation_before_data():
 
 
 def test_huge_synchronizing_literal_is_refused_before_it_is_sent():
-    reader = CommandReader()
+    reader = CommandReader(authenticated=True)
     events = reader.feed(b"a APPEND INBOX {4294967296}\r\nb NOOP\r\n")
     assert events == [LiteralTooBig("a", 4294967296, True), Command("b", "NOOP", events[1].args)]
 
@@ -50,10 +50,11 @@ def test_skipped_command_with_second_literal_is_skipped_whole():
 
 def test_append_literal_uses_the_message_size_limit():
     limits = ReaderLimits(max_literal=10, max_append_literal=1000)
-    reader = CommandReader(limits)
+    reader = CommandReader(limits, authenticated=True)
     events = reader.feed(b"a APPEND INBOX {500+}\r\n" + b"m" * 500 + b"\r\n")
     assert events[0].args.messages[0].data == b"m" * 500
-    assert kinds(CommandReader(limits).feed(b"a APPEND INBOX {1001}\r\n")) == ["LiteralTooBig"]
+    reader = CommandReader(limits, authenticated=True)
+    assert kinds(reader.feed(b"a APPEND INBOX {1001}\r\n")) == ["LiteralTooBig"]
 
 
 def test_small_literal_limit_applies_to_other_commands():
@@ -62,7 +63,7 @@ def test_small_literal_limit_applies_to_other_commands():
 
 
 def test_literal_minus_caps_non_synchronizing_literals():
-    reader = CommandReader(ReaderLimits(literal_minus=True))
+    reader = CommandReader(ReaderLimits(literal_minus=True), authenticated=True)
     assert reader.feed(b"a SELECT {5000+}\r\n") == [LiteralTooBig("a", 5000, False)]
 
 

@@ -43,6 +43,7 @@ from postroom_imap.policy import (
     StoreResult,
     Unavailable,
 )
+from postroom_imap.spool import SpooledLiteral
 from postroom_imap.syntax_types import SearchKey
 
 log = get_logger("imap")
@@ -306,9 +307,9 @@ class UserStoreImpl:
     def status(self, name: str) -> Deferred[MailboxStatus]:
         return self._db(mailstore.status, self.user_id, name)
 
-    def append(self, name: str, data: bytes, flags: Sequence[str],
+    def append(self, name: str, data: bytes | SpooledLiteral, flags: Sequence[str],
                when: datetime | None) -> Deferred[tuple[int, int]]:
-        d = self._db(mailstore.append, self.user_id, name, data, list(flags), when)
+        d = self._db(_append, self.user_id, name, data, list(flags), when)
 
         def done(result: tuple[int, int, int, int]) -> tuple[int, int]:
             uidvalidity, uid, mailbox_id, modseq = result
@@ -394,3 +395,10 @@ class UserStoreImpl:
 
     def close(self) -> None:
         """Nothing is held per session beyond watches, which the protocol removes."""
+
+
+def _append(s: Any, user_id: int, name: str, data: bytes | SpooledLiteral, flags: list[str],
+            when: datetime | None) -> tuple[int, int, int, int]:
+    """``mailstore.append``, reading a spooled message in the db thread (off the reactor)."""
+    body = data if isinstance(data, bytes) else data.read()
+    return mailstore.append(s, user_id, name, body, flags, when)

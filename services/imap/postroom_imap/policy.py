@@ -14,6 +14,7 @@ from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
+from postroom_imap.spool import SpooledLiteral
 from postroom_imap.syntax_types import SearchKey
 
 
@@ -192,7 +193,7 @@ class UserStore(Protocol):
     def rename(self, old: str, new: str) -> Deferred[None]: ...
     def subscribe(self, name: str, subscribed: bool) -> Deferred[None]: ...
     def status(self, name: str) -> Deferred[MailboxStatus]: ...
-    def append(self, name: str, data: bytes, flags: Sequence[str],
+    def append(self, name: str, data: bytes | SpooledLiteral, flags: Sequence[str],
                when: datetime | None) -> Deferred[tuple[int, int]]: ...
     def select(self, name: str) -> Deferred[SelectState]: ...
     def changes(self, mailbox_id: int, modseq: int, max_uid: int,

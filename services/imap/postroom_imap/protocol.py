@@ -35,6 +35,7 @@ from postroom_imap.syntax import (
     Command,
     CommandReader,
     Event,
+    LiteralRefused,
     LiteralTooBig,
     NeedContinuation,
     ParseError,
@@ -42,7 +43,7 @@ from postroom_imap.syntax import (
 )
 from postroom_imap.syntax import Limits as ReaderLimits
 from postroom_imap.syntax_lexer import SyntaxProblem
-from postroom_imap.syntax_types import Authenticate, Login
+from postroom_imap.syntax_types import Append, Authenticate, Login
 
 log = get_logger("imap")
 
@@ -58,7 +59,8 @@ IDLE_POLL = 60.0
 FAILED_LOGIN_DELAY = 1.0
 MAX_FAILED_LOGINS = 3
 MAX_ERRORS = 20
-# parsed commands waiting behind a running one before reading from the peer pauses
+# parsed commands waiting behind a running one before reading from the peer pauses (the bytes
+# they hold have a budget of their own: Limits.max_held, max_preauth_held)
 MAX_QUEUED = 64
 
 BASE_CAPABILITIES = ("IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
@@ -140,6 +142,8 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
         self.failed_logins = 0
         self.closing = False
         self._queue: list[Event] = []
+        self._queued_bytes = 0  # Command.size of the commands in _queue
+        self._running_bytes = 0  # and of the one running
         self._busy = False
         self._pumping = False
         self._reading_paused = False
@@ -181,6 +185,9 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
             self._counted = False
             self.factory.per_address.release(self.peer_ip)
         self.factory.sessions.discard(self)
+        self._clear_queue()
+        if self.reader is not None:
+            self.reader.close()
         if self._listener is not None:
             listener, self._listener = self._listener, None
             self.factory.meter.closed(listener)
@@ -304,17 +311,50 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
                 waiter, self._raw_waiter = self._raw_waiter, None
                 waiter.callback(event.data)
             else:
+                if isinstance(event, Command):
+                    self._queued_bytes += event.size
                 self._queue.append(event)
         self._pump()
 
+    def _clear_queue(self) -> None:
+        """Drop the commands not yet run, freeing what they hold (an APPEND's temporary files)."""
+        queue, self._queue = self._queue, []
+        self._queued_bytes = 0
+        for event in queue:
+            if isinstance(event, Command) and isinstance(event.args, Append):
+                event.args.close()
+
+    @property
+    def held(self) -> int:
+        """Bytes this connection holds: unread input, the command being read, queued, running."""
+        reader = self.reader.held if self.reader is not None else 0
+        return reader + self._queued_bytes + self._running_bytes
+
+    def _should_pause(self) -> bool:
+        queued = len(self._queue)
+        if queued > MAX_QUEUED or (self._reading_paused and queued > MAX_QUEUED // 2):
+            return True
+        if not (self._busy or queued) or self._raw_waiter is not None:
+            # nothing will run and free bytes without more input (the command being read, or
+            # IDLE/AUTHENTICATE waiting for a line): what is held is bounded by the per-command
+            # and line limits, so reading on is both safe and necessary
+            return False
+        limits = self.factory.limits
+        budget = limits.max_preauth_held if self.state == NOT_AUTHENTICATED else limits.max_held
+        return self.held > budget
+
     def _flow_control(self) -> None:
+        """Stop reading from the peer while too much is held; go on once commands have run."""
         transport: Any = self.transport
         if transport is None or self.closing:
             return
-        if len(self._queue) > MAX_QUEUED and not self._reading_paused:
+        pause = self._should_pause()
+        if pause and not self._reading_paused:
             self._reading_paused = True
+            self.factory.meter.error("input_paused")
+            self.log.info("reading paused", held=self.held, queued=len(self._queue))
             transport.pauseProducing()
-        elif len(self._queue) <= MAX_QUEUED // 2 and self._reading_paused:
+        elif not pause and self._reading_paused:
             self._reading_paused = False
             transport.resumeProducing()
 
@@ -324,7 +364,10 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
         self._pumping = True
         try:
             while self._queue and not self._busy and not self.closing:
-                self._handle_event(self._queue.pop(0))
+                event = self._queue.pop(0)
+                if isinstance(event, Command):
+                    self._queued_bytes -= event.size
+                self._handle_event(event)
         finally:
             self._pumping = False
         self._flow_control()
@@ -332,12 +375,23 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
     def _handle_event(self, event: Event) -> None:
         if isinstance(event, Command):
             self._busy = True
+            self._running_bytes = event.size
             Deferred.fromCoroutine(self._run(event)).addBoth(self._command_done)
         elif isinstance(event, NeedContinuation):
             self.write(b"+ Ready for literal data\r\n")
         elif isinstance(event, LiteralTooBig):
+            self.factory.meter.error("literal_too_big")
             tag = (event.tag or "*").encode("ascii")
             self.write(b"%s NO [TOOBIG] literal of %d octets is too large\r\n" % (tag, event.size))
+        elif isinstance(event, LiteralRefused):
+            self.factory.meter.error("literal_" + event.why)
+            self.log.info("literal refused", why=event.why, state=self.state)
+            if event.status == "BAD":
+                self._bad(event.tag, event.text)
+            else:
+                self.write(b"%s %s %s\r\n" % ((event.tag or "*").encode("ascii"),
+                                              event.status.encode("ascii"),
+                                              event.text.encode("utf-8")))
         elif isinstance(event, ParseError):
             if event.code == "BADCHARSET" and event.tag:
                 self.write(b"%s NO [BADCHARSET (UTF-8 US-ASCII)] %s\r\n"
@@ -362,6 +416,7 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
                            traceback=result.getTraceback())
             self.close(b"* BYE internal server error\r\n")
         self._busy = False
+        self._running_bytes = 0
         if self.reader is not None and self.reader.paused and not self.closing:
             self._enqueue(self.reader.resume())
         else:
@@ -387,6 +442,13 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
         return self.state == SELECTED and name in _SELECTED
 
     async def _run(self, command: Command) -> None:
+        try:
+            await self._dispatch(command)
+        finally:
+            if isinstance(command.args, Append):
+                command.args.close()  # its spooled messages are stored, or never will be
+
+    async def _dispatch(self, command: Command) -> None:
         name = command.name
         self.factory.meter.command(name)
         known = name in _ANY or name in _NOT_AUTH or name in _AUTH or name in _SELECTED
@@ -521,7 +583,7 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
         dropped = self.reader.discard_pending()
         if dropped:
             self.log.warning("plaintext after STARTTLS discarded", octets=dropped)
-        self._queue.clear()
+        self._clear_queue()
         self.write(b"%s OK Begin TLS negotiation now\r\n" % command.tag.encode("ascii"))
         self.transport.startTLS(self.factory.tls)  # type: ignore[union-attr]
         self.tls = True
@@ -553,6 +615,8 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
             return ("NO", "connection closing")
         self.store = store
         self.state = AUTHENTICATED
+        if self.reader is not None:
+            self.reader.authenticated = True  # literals now get the logged-in limits
         self.log = self.log.bind(user=store.address)
         self.log.info("login", user=store.address, tls=self.tls)
         return ("OK", f"[CAPABILITY {self.capabilities()}] logged in")

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from postroom.auth.ratelimit import LoginRateLimiter
+from postroom.config import Settings
 from postroom.runtime import ServiceContext
 from postroom_imap.backend import ChangeListener, StoreAccounts
 from postroom_imap.protocol import IMAPFactory
@@ -15,6 +16,15 @@ REDIS_THREADS = 4
 # threads for pure CPU work too large for the reactor (LIST over many mailboxes); the GIL
 # makes more of them useless, and two keep one user's huge LIST from queueing another's
 CPU_THREADS = 2
+
+
+def limits_from_settings(settings: Settings) -> Limits:
+    """The command reader's limits from POSTROOM_MAX_MESSAGE_SIZE and the POSTROOM_IMAP_* ones."""
+    return Limits(max_append_literal=settings.max_message_size,
+                  max_append_command=settings.imap_max_append_bytes,
+                  max_literals=settings.imap_max_literals,
+                  max_held=settings.imap_max_held_bytes,
+                  spool_threshold=settings.imap_spool_threshold)
 
 
 def build_factory(ctx: ServiceContext) -> tuple[IMAPFactory, ChangeListener]:
@@ -29,7 +39,7 @@ def build_factory(ctx: ServiceContext) -> tuple[IMAPFactory, ChangeListener]:
     factory = IMAPFactory(
         accounts, hostname=settings.hostname, tls=ctx.tls,
         allow_plaintext_auth_on_loopback=settings.allow_plaintext_auth_on_loopback,
-        clock=ctx.reactor, limits=Limits(max_append_literal=settings.max_message_size),
+        clock=ctx.reactor, limits=limits_from_settings(settings),
         metrics=ctx.metrics, max_connections_per_ip=settings.max_connections_per_ip)
     return factory, listener
 

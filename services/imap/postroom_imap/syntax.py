@@ -6,6 +6,14 @@ into a :class:`Command` with typed arguments (see ``syntax_types``). Hostile
 input yields :class:`ParseError` (answer BAD) and the reader resynchronises at
 the next line; it never raises.
 
+Literals are judged when announced, before a byte of them is read or a ``+``
+is sent (see :class:`Limits`): before login (``authenticated`` false) only
+small ones are read and APPEND is refused; after it, each command has a
+literal count and a byte budget. A refused literal's data is skipped, never
+held. A large APPEND literal is written to a temporary file as it arrives
+(:mod:`postroom_imap.spool`) rather than kept in memory. :attr:`CommandReader.held`
+tells the server how much one connection holds, so that it can stop reading.
+
 After STARTTLS, AUTHENTICATE and IDLE the reader pauses: unread bytes stay
 buffered until the server calls :meth:`CommandReader.resume` (optionally
 asking for the next line raw, for SASL responses and ``DONE``) or drops them
@@ -15,11 +23,12 @@ with :meth:`CommandReader.discard_pending` (the STARTTLS injection guard).
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from postroom_imap.spool import SpooledLiteral
 from postroom_imap.syntax_args import Args
 from postroom_imap.syntax_commands import COMMANDS, UID_COMMANDS
-from postroom_imap.syntax_lexer import Atom, SyntaxProblem, tokenize
+from postroom_imap.syntax_lexer import Atom, Literal, SyntaxProblem, tokenize
 from postroom_imap.syntax_search import BadCharset
 
 _LITERAL = re.compile(rb"(~?)\{(\d{1,20})(\+?)\}$")
@@ -30,12 +39,24 @@ LITERAL_MINUS_MAX = 4096  # RFC 7888: largest non-synchronizing literal under LI
 
 @dataclass(frozen=True)
 class Limits:
-    """Bounds on what one client may make the reader hold or do."""
+    """Bounds on what one client may make the reader (and its connection) hold or do."""
 
     max_line: int = 64 * 1024
     max_literal: int = 64 * 1024
     max_append_literal: int = 35 * 1024 * 1024
     max_command: int = 1024 * 1024  # all lines and literals of one non-APPEND command
+    max_append_command: int = 100 * 1024 * 1024  # all lines and literals of one APPEND
+    max_literals: int = 100  # literals in one command (MULTIAPPEND's messages included)
+    # before login: the largest literal (LOGIN's user and password), and all of one command;
+    # APPEND is refused outright, so an anonymous peer never gets a "+" for more than this
+    max_preauth_literal: int = 4096
+    max_preauth_command: int = 64 * 1024
+    # an APPEND's literals beyond this many bytes in memory go to a temporary file instead
+    spool_threshold: int = 1024 * 1024
+    # bytes one connection may hold (unread input, the command being read, commands waiting
+    # or running; spooled literals included) before the server stops reading from it
+    max_held: int = 16 * 1024 * 1024
+    max_preauth_held: int = 256 * 1024
     max_depth: int = 32
     max_args: int = 10_000
     literal_minus: bool = False  # advertise LITERAL- instead of LITERAL+
@@ -43,12 +64,17 @@ class Limits:
 
 @dataclass(frozen=True)
 class Command:
-    """A complete, parsed command; ``args`` is a dataclass from ``syntax_types``."""
+    """A complete, parsed command; ``args`` is a dataclass from ``syntax_types``.
+
+    ``size`` is the bytes it arrived as (lines and literals, spooled ones too):
+    what the connection holds until the command has run.
+    """
 
     tag: str
     name: str
     args: object
     uid: bool = False
+    size: int = field(default=0, compare=False)
 
 
 @dataclass(frozen=True)
@@ -69,6 +95,21 @@ class LiteralTooBig:
 
 
 @dataclass(frozen=True)
+class LiteralRefused:
+    """A literal the reader will not read (its data, if sent anyway, is skipped).
+
+    Answer ``tag <status> text``; a BAD counts as a protocol error. ``why``
+    names the rule for logs and metrics: ``preauth_append``, ``preauth_size``,
+    ``count`` (too many literals in one command), ``spool`` (no room on disk).
+    """
+
+    tag: str | None
+    text: str
+    why: str
+    status: str = "BAD"
+
+
+@dataclass(frozen=True)
 class ParseError:
     """Answer ``tag BAD text`` (``* BAD`` when tag is None); ``code`` like BADCHARSET means NO."""
 
@@ -84,7 +125,7 @@ class RawLine:
     data: bytes
 
 
-Event = Command | NeedContinuation | LiteralTooBig | ParseError | RawLine
+Event = Command | NeedContinuation | LiteralTooBig | LiteralRefused | ParseError | RawLine
 
 # reader states
 _LINE, _LITERAL_STATE, _SKIP_LINE, _SKIP_LITERAL = range(4)
@@ -102,7 +143,7 @@ def _head(line: bytes) -> tuple[str | None, str, str]:
 
 
 def parse_command(
-    segments: list[bytes], literals: list[tuple[bytes, bool]], limits: Limits | None = None
+    segments: list[bytes], literals: list[Literal], limits: Limits | None = None, size: int = 0
 ) -> Command | ParseError:
     """Parse one framed command (text segments around its literals); never raises."""
     limits = limits or Limits()
@@ -128,7 +169,7 @@ def parse_command(
         if grammar is None:
             raise SyntaxProblem("unknown command")
         args = grammar(Args(tokens[rest:], name))
-        return Command(tag, name, args, uid)
+        return Command(tag, name, args, uid, size)
     except BadCharset as exc:
         return ParseError(tag, str(exc), "BADCHARSET")
     except SyntaxProblem as exc:
@@ -138,34 +179,51 @@ def parse_command(
 
 
 class CommandReader:
-    """Frames and parses client commands from a byte stream."""
+    """Frames and parses client commands from a byte stream.
 
-    def __init__(self, limits: Limits | None = None) -> None:
+    ``authenticated`` is the server's to set once a login succeeds; until
+    then literals are held to the pre-login limits. A LOGIN pauses the reader
+    (as AUTHENTICATE does) so that commands pipelined behind it are judged by
+    its outcome.
+    """
+
+    def __init__(self, limits: Limits | None = None, *, authenticated: bool = False) -> None:
         self.limits = limits or Limits()
+        self.authenticated = authenticated
         self._buf = bytearray()
         self._state = _LINE
         self._scan = 0  # where to resume looking for LF in the current line
         self._segments: list[bytes] = []
-        self._literals: list[tuple[bytes, bool]] = []
+        self._literals: list[Literal] = []
         self._literal = bytearray()
+        self._spool: SpooledLiteral | None = None  # the literal being read, if not to memory
         self._literal_size = 0
+        self._literal_got = 0
         self._literal_binary = False
         self._skip = 0
         self._tag: str | None = None
         self._name = ""
-        self._total = 0
+        self._total = 0  # bytes of the current command, its literals counted when announced
+        self._held = 0  # bytes of the current command received so far (spooled ones too)
+        self._spooled = 0  # of which in temporary files
+        self._count = 0  # literals announced in the current command
         self._paused = False
         self._raw_line = False
 
     @property
     def paused(self) -> bool:
-        """True after STARTTLS/AUTHENTICATE/IDLE until :meth:`resume`."""
+        """True after STARTTLS/AUTHENTICATE/IDLE (and LOGIN before login) until :meth:`resume`."""
         return self._paused
 
     @property
     def pending(self) -> int:
         """Bytes received and not yet consumed."""
         return len(self._buf)
+
+    @property
+    def held(self) -> int:
+        """Bytes held for this connection: unread input and the command being read."""
+        return len(self._buf) + self._held
 
     @property
     def in_command(self) -> bool:
@@ -190,20 +248,38 @@ class CommandReader:
         self._scan = 0
         return dropped
 
+    def close(self) -> None:
+        """Free what the command being read holds (its temporary files); the connection is gone."""
+        self._buf.clear()
+        self._reset_command()
+        self._state = _LINE
+
     # -- internals --
 
-    def _reset_command(self) -> None:
+    def _reset_command(self, keep_literals: bool = False) -> None:
+        """Forget the current command; close its spooled literals unless a Command owns them."""
+        if not keep_literals:
+            for data, _ in self._literals:
+                if isinstance(data, SpooledLiteral):
+                    data.close()
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+        self._literal = bytearray()
         self._segments = []
         self._literals = []
         self._tag = None
         self._name = ""
         self._total = 0
+        self._held = 0
+        self._spooled = 0
+        self._count = 0
 
     def _run(self) -> list[Event]:
         events: list[Event] = []
         while not self._paused and self._buf:
             if self._state == _LITERAL_STATE:
-                if not self._take_literal():
+                if not self._take_literal(events):
                     break
             elif self._state == _SKIP_LITERAL:
                 take = min(self._skip, len(self._buf))
@@ -269,6 +345,7 @@ class CommandReader:
             if self._name == "UID":
                 self._name = "UID " + sub
         self._total += len(line) + 2
+        self._held += len(line) + 2
         match = _LITERAL.search(line)
         if match is None:
             self._segments.append(line)
@@ -276,24 +353,10 @@ class CommandReader:
             return
         size = int(match.group(2))
         sync = not match.group(3)
-        binary = bool(match.group(1))
-        append = self._name == "APPEND"
-        limit = self.limits.max_append_literal if append else self.limits.max_literal
-        too_big = size > limit
-        if not too_big and self._name != "APPEND":
-            too_big = self._total + size > self.limits.max_command
-        if not sync and self.limits.literal_minus and size > LITERAL_MINUS_MAX:
-            too_big = True
-        if too_big:
-            events.append(LiteralTooBig(self._tag, size, synchronizing=sync))
-            self._reset_command()
-            if not sync:
-                self._skip = size
-                self._state = _SKIP_LITERAL
-            return
-        if self._tag is None:
-            # Untagged garbage announcing a literal: refuse it rather than read it.
-            events.append(ParseError(None, "missing tag"))
+        self._count += 1
+        refusal = self._refusal(size, sync)
+        if refusal is not None:
+            events.append(refusal)
             self._reset_command()
             if not sync:
                 self._skip = size
@@ -301,29 +364,90 @@ class CommandReader:
             return
         self._segments.append(line[: match.start()])
         self._total += size
-        self._literal = bytearray()
         self._literal_size = size
-        self._literal_binary = binary
+        self._literal_got = 0
+        self._literal_binary = bool(match.group(1))
+        in_memory = self._held - self._spooled
+        if self._name == "APPEND" and in_memory + size > self.limits.spool_threshold:
+            try:
+                self._spool = SpooledLiteral(size)
+            except OSError:
+                events.append(_no_room(self._tag))
+                self._reset_command()
+                if not sync:
+                    self._skip = size
+                    self._state = _SKIP_LITERAL
+                return
         self._state = _LITERAL_STATE
         if sync:
-            events.append(NeedContinuation(self._tag, size))
+            events.append(NeedContinuation(self._tag or "", size))
 
-    def _take_literal(self) -> bool:
-        need = self._literal_size - len(self._literal)
-        chunk = self._buf[:need]
-        self._literal += chunk
-        del self._buf[: len(chunk)]
-        if len(self._literal) < self._literal_size:
+    def _refusal(self, size: int, sync: bool) -> Event | None:
+        """Why a literal just announced must not be read, if it must not."""
+        limits = self.limits
+        append = self._name == "APPEND"
+        if not self.authenticated:
+            if append:
+                return LiteralRefused(self._tag, "APPEND not allowed now", "preauth_append")
+            if size > limits.max_preauth_literal or self._total + size > limits.max_preauth_command:
+                return LiteralRefused(self._tag, "[TOOBIG] literal too large before login",
+                                      "preauth_size")
+        if self._count > limits.max_literals:
+            return LiteralRefused(self._tag, "too many literals in one command", "count")
+        if append:
+            too_big = (size > limits.max_append_literal
+                       or self._total + size > limits.max_append_command)
+        else:
+            too_big = size > limits.max_literal or self._total + size > limits.max_command
+        if not sync and limits.literal_minus and size > LITERAL_MINUS_MAX:
+            too_big = True
+        if too_big:
+            return LiteralTooBig(self._tag, size, synchronizing=sync)
+        if self._tag is None:
+            # Untagged garbage announcing a literal: refuse it rather than read it.
+            return ParseError(None, "missing tag")
+        return None
+
+    def _take_literal(self, events: list[Event]) -> bool:
+        take = min(self._literal_size - self._literal_got, len(self._buf))
+        if self._spool is not None:
+            try:
+                with memoryview(self._buf) as view, view[:take] as chunk:
+                    self._spool.write(chunk)
+            except OSError:
+                events.append(_no_room(self._tag))
+                self._skip = self._literal_size - self._literal_got
+                self._reset_command()
+                self._state = _SKIP_LITERAL
+                return True
+            self._spooled += take
+        else:
+            self._literal += self._buf[:take]
+        del self._buf[:take]
+        self._literal_got += take
+        self._held += take
+        if self._literal_got < self._literal_size:
             return False
-        self._literals.append((bytes(self._literal), self._literal_binary))
-        self._literal = bytearray()
+        if self._spool is not None:
+            self._literals.append((self._spool, self._literal_binary))
+            self._spool = None
+        else:
+            self._literals.append((bytes(self._literal), self._literal_binary))
+            self._literal = bytearray()
         self._state = _LINE
         self._scan = 0
         return True
 
     def _finish(self, events: list[Event]) -> None:
-        result = parse_command(self._segments, self._literals, self.limits)
-        self._reset_command()
+        result = parse_command(self._segments, self._literals, self.limits, self._held)
+        # a parsed command owns its spooled literals (APPEND closes them once it has run)
+        self._reset_command(keep_literals=isinstance(result, Command))
         events.append(result)
-        if isinstance(result, Command) and result.name in _PAUSE_AFTER and not result.uid:
+        if isinstance(result, Command) and not result.uid and (
+                result.name in _PAUSE_AFTER or (result.name == "LOGIN" and not self.authenticated)):
             self._paused = True
+
+
+def _no_room(tag: str | None) -> LiteralRefused:
+    """The temporary file for an APPEND literal could not be made or written (disk full)."""
+    return LiteralRefused(tag, "[UNAVAILABLE] no room to receive the message now", "spool", "NO")

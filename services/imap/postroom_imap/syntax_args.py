@@ -76,6 +76,8 @@ class Args:
     def astring_bytes(self, expected: str = "string") -> bytes:
         tok = self.next(expected)
         if isinstance(tok, Str):
+            if tok.spooled is not None:
+                raise SyntaxProblem(f"{expected} too long")
             return tok.data
         if isinstance(tok, Atom):
             return tok.text.encode("utf-8")
@@ -92,6 +94,8 @@ class Args:
         tok = self.next(expected)
         if not isinstance(tok, Str):
             raise SyntaxProblem(f"expected {expected} as a quoted string or literal")
+        if tok.spooled is not None:
+            raise SyntaxProblem(f"{expected} too long")
         try:
             return tok.data.decode("utf-8")
         except UnicodeDecodeError as exc:

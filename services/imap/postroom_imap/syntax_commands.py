@@ -165,7 +165,8 @@ def _append(args: Args) -> Append:
         tok = args.next("message literal")
         if not isinstance(tok, Str) or not tok.literal:
             raise SyntaxProblem("APPEND needs the message as a literal")
-        messages.append(AppendMessage(flags, when, tok.data, tok.binary))
+        data = tok.data if tok.spooled is None else tok.spooled
+        messages.append(AppendMessage(flags, when, data, tok.binary))
     return Append(mailbox, tuple(messages))
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from postroom_imap.spool import SpooledLiteral
+
 # Atoms that carry a bracketed section with spaces inside: BODY[HEADER.FIELDS (A B)].
 _SECTION_ATOMS = (b"BODY", b"BODY.PEEK", b"BINARY", b"BINARY.PEEK", b"BINARY.SIZE")
 _ATOM_END = frozenset(b' ()"\t')
@@ -23,11 +25,17 @@ class Atom:
 
 @dataclass(frozen=True, slots=True)
 class Str:
-    """A quoted string or literal (``binary`` for literal8)."""
+    """A quoted string or literal (``binary`` for literal8).
+
+    A large APPEND literal arrives ``spooled`` to a temporary file, with empty
+    ``data``; only APPEND's message argument accepts one (``Args`` refuses it
+    anywhere else).
+    """
 
     data: bytes
     literal: bool = False
     binary: bool = False
+    spooled: SpooledLiteral | None = None
 
 
 Token = Atom | Str | list
@@ -40,8 +48,11 @@ def _text(data: bytes) -> str:
         raise SyntaxProblem("invalid UTF-8 in atom") from exc
 
 
+Literal = tuple[bytes | SpooledLiteral, bool]  # a literal's data and whether it is literal8
+
+
 def tokenize(
-    segments: list[bytes], literals: list[tuple[bytes, bool]], max_depth: int, max_tokens: int
+    segments: list[bytes], literals: list[Literal], max_depth: int, max_tokens: int
 ) -> list[Token]:
     """Tokens of a command given as text segments with a literal after each but the last."""
     if len(segments) != len(literals) + 1:
@@ -84,7 +95,10 @@ def tokenize(
                 pos = _atom(seg, pos, add)
         if index < len(literals):
             data, binary = literals[index]
-            add(Str(data, literal=True, binary=binary))
+            if isinstance(data, SpooledLiteral):
+                add(Str(b"", literal=True, binary=binary, spooled=data))
+            else:
+                add(Str(data, literal=True, binary=binary))
     if len(stack) != 1:
         raise SyntaxProblem("unbalanced parenthesis")
     return root

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date, datetime
 
+from postroom_imap.spool import SpooledLiteral
+
 MAX_NUMBER = 4294967295  # nz-number / number are 32-bit (RFC 3501 section 9)
 MAX_NUMBER64 = 2**63 - 1  # mod-sequence-value (RFC 7162)
 
@@ -243,9 +245,11 @@ class Status:
 
 @dataclass(frozen=True)
 class AppendMessage:
+    """One message of APPEND: in memory, or (large) on disk until the handler stores it."""
+
     flags: tuple[str, ...]
     internal_date: datetime | None
-    data: bytes
+    data: bytes | SpooledLiteral
     binary: bool = False
 
 
@@ -253,6 +257,12 @@ class AppendMessage:
 class Append:
     mailbox: str
     messages: tuple[AppendMessage, ...]
+
+    def close(self) -> None:
+        """Free the messages' temporary files (the command ran, or never will)."""
+        for message in self.messages:
+            if isinstance(message.data, SpooledLiteral):
+                message.data.close()
 
 
 @dataclass(frozen=True)
