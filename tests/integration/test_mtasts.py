@@ -23,12 +23,14 @@ import pytest
 from twisted.python.threadpool import ThreadPool
 from twisted.web import resource, server
 
+from postroom.destinations import DestinationPolicy
 from postroom.tls import ServerTLS, make_self_signed
 from postroom_mta.dane import lookup_tlsa
 from postroom_mta.mtasts import REFETCH_BACKOFF, PolicyFinder, PolicyStore
 from postroom_mta.routing import TLSSecurity, deliver_to_domain
 from postroom_mta.smtpclient import DeliveryResult, Outcome
 from tests.integration.test_smtpclient import FAST, RunningServer, ServerConfig
+from tests.support.dns import LOOPBACK_NETWORKS
 from tests.support.ports import free_port
 from tests.support.redisdb import in_reactor
 
@@ -110,7 +112,8 @@ def deliver(dns_server: Any, pool: ThreadPool, smtp_port: int, sts_port: int,
     result: DeliveryResult = in_reactor(
         deliver_to_domain, "two.test", "alice@one.test", ["bob@two.test"], MESSAGE,
         resolver=resolver, port=smtp_port, pool=pool, helo_name="one.test", reactor=reactor,
-        timeouts=FAST, rng=random.Random(7), security=security, timeout=30)
+        timeouts=FAST, rng=random.Random(7), security=security,
+        destinations=DestinationPolicy.allowing(LOOPBACK_NETWORKS), timeout=30)
     return result
 
 
