@@ -111,12 +111,17 @@ class RelayOptions:
     # the MTA-STS policy cache shared by all mta processes (start_relay sets it; None: per process)
     sts_store: PolicyStore | None = field(default=None, compare=False, repr=False)
 
+    def destinations(self) -> DestinationPolicy:
+        """Where the relay may connect: public addresses, and internal ones only if allowed."""
+        return DestinationPolicy.allowing(self.allowed_networks)
+
     def security(self, resolver: Resolver) -> TLSSecurity | None:
         """MTA-STS and DANE as configured, or None when both are off."""
         if not (self.mta_sts or self.dane):
             return None
         finder = PolicyFinder(resolver, port=self.mta_sts_port, ca_file=self.ca_file,
-                              store=self.sts_store) if self.mta_sts else None
+                              store=self.sts_store,
+                              destinations=self.destinations()) if self.mta_sts else None
         return TLSSecurity(resolver, sts=finder, dane_enabled=self.dane, ca_file=self.ca_file)
 
     @classmethod
@@ -157,7 +162,7 @@ class Relay:
         self.log = log or get_logger("relay")
         self.sessions = DeferredSemaphore(options.max_sessions)
         self.security = options.security(resolver)
-        self.destinations = DestinationPolicy.allowing(options.allowed_networks)
+        self.destinations = options.destinations()
         self._refused = relay_internal_refused_total(metrics) if metrics is not None else None
         self._per_domain: dict[str, DeferredSemaphore] = {}
         # idle sessions kept for reuse; they hold no slot of the semaphores above
