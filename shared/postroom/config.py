@@ -391,6 +391,12 @@ class Settings:
         _positive_int, "100",
         "Transactions one outbound SMTP session may carry before it is closed (Postfix "
         "smtp_connection_reuse_count_limit); 1 turns connection reuse off.")
+    relay_allowed_networks: tuple[str, ...] = setting(
+        _networks, "",
+        "Internal networks (CIDR list, e.g. `10.20.0.0/16,fd00:1::/64`) the relay may connect "
+        "to when an MX, or a domain without MX, resolves into them. Empty: MX addresses in "
+        "loopback, RFC 1918, CGNAT, link-local, multicast, reserved and unique-local ranges "
+        "are refused and the recipient bounces like a null MX (556 5.1.10; docs/relay.md).")
     mta_sts: bool = setting(
         _bool, "true", "Fetch and apply recipient domains' MTA-STS policies (RFC 8461).")
     mta_sts_port: int = setting(

@@ -117,6 +117,12 @@ def sessions_reused_total(m: Metrics) -> Counter:
     return m.counter("relay_sessions_reused", "Outbound SMTP transactions on a reused session.")
 
 
+def relay_internal_refused_total(m: Metrics) -> Counter:
+    """MX addresses the relay would not connect to: internal and not in the allowed networks."""
+    return m.counter("relay_internal_mx_refused",
+                     "MX addresses refused because they are internal (loopback, private, ...).")
+
+
 def dmarc_results_total(m: Metrics) -> Counter:
     """Policy verdicts, by DMARC result and the disposition the MTA is told to apply."""
     return m.counter("dmarc_results", "DMARC verdicts, by result and disposition.",

@@ -29,11 +29,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.python.threadpool import ThreadPool
 
+from postroom.destinations import DestinationPolicy
 from postroom.tls import ServerTLS, make_self_signed
 from postroom_mta.dane import TLSALookupError, lookup_tlsa, selected
 from postroom_mta.routing import TLSSecurity, deliver_to_domain
 from postroom_mta.smtpclient import DeliveryResult, Outcome
 from tests.integration.test_smtpclient import FAST, RunningServer, ServerConfig
+from tests.support.dns import LOOPBACK_NETWORKS
 from tests.support.redisdb import in_reactor
 
 MESSAGE = b"From: alice@one.test\r\nTo: bob@two.test\r\nSubject: dane\r\n\r\nhi\r\n"
@@ -131,7 +133,8 @@ def deliver(dns_server: Any, pool: ThreadPool, port: int) -> DeliveryResult:
         deliver_to_domain, "two.test", "alice@one.test", ["bob@two.test"], MESSAGE,
         resolver=resolver, port=port, pool=pool, helo_name="one.test", reactor=reactor,
         timeouts=FAST, rng=random.Random(7),
-        security=TLSSecurity(resolver, dane_enabled=True), timeout=30)
+        security=TLSSecurity(resolver, dane_enabled=True),
+        destinations=DestinationPolicy.allowing(LOOPBACK_NETWORKS), timeout=30)
     return result
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import errno
+import json
 import os
 import pty
 import select
@@ -254,3 +256,80 @@ def test_imported_mail_shows_the_same_over_imap(maildir, store, clean_db, redis_
             assert seen == messages, name
     finally:
         client.logout()
+
+
+# --- an untrusted tree and a private export (issue 16)
+
+
+def test_import_never_reads_a_link_out_of_the_tree(maildir, store, postroom, tmp_path):
+    secret = tmp_path / "secret"
+    secret.write_bytes(b"Subject: stolen\n\nroot:$6$hash:19000::::::\n")
+    (maildir / "cur" / f"{BASE + 8}.M8P1.mx:2,S").symlink_to(secret)
+    (maildir / ".Stolen").symlink_to(maildir / ".Sent")  # a folder link, even inside
+    result = postroom("import", "maildir", str(maildir), "--user", USER)
+    assert _contents(store) == EXPECTED
+    events = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert {(e["path"].rsplit("/", 2)[-1], e["reason"]) for e in events
+            if e["event"] == "maildir entry skipped"} == {
+        (f"{BASE + 8}.M8P1.mx:2,S", "symbolic link"), (".Stolen", "symbolic link")}
+
+
+def modes(root: Path) -> set[tuple[str, int]]:
+    """{(kind, permission bits)} of everything under ``root``, ``root`` included."""
+    found = {("dir", root.stat().st_mode & 0o777)}
+    for path in root.rglob("*"):
+        found.add(("dir" if path.is_dir() else "file", path.stat().st_mode & 0o777))
+    return found
+
+
+@pytest.mark.parametrize("umask", [0o000, 0o022])
+def test_export_makes_folders_0700_and_files_0600_whatever_the_umask(maildir, store, tmp_path,
+                                                                      umask):
+    _import(store, maildir)
+    out = tmp_path / "new" / "exported"
+    previous = os.umask(umask)
+    try:
+        export_maildir(store, USER, out)
+    finally:
+        os.umask(previous)
+    assert modes(out) == {("dir", 0o700), ("file", 0o600)}
+    assert (tmp_path / "new").stat().st_mode & 0o777 == 0o700  # a parent it had to make
+
+
+def test_a_rerun_makes_an_earlier_exports_files_private(maildir, store, tmp_path):
+    _import(store, maildir)
+    out = tmp_path / "exported"
+    export_maildir(store, USER, out)
+    for path in [out, *out.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    export_maildir(store, USER, out)
+    assert modes(out) == {("dir", 0o755), ("dir", 0o700), ("file", 0o600)}
+    assert out.stat().st_mode & 0o777 == 0o755  # the root is the operator's: left alone
+
+
+def test_export_refuses_to_write_through_a_linked_folder(maildir, store, tmp_path):
+    _import(store, maildir)
+    out, elsewhere = tmp_path / "exported", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / ".Sent").symlink_to(elsewhere)
+    with pytest.raises(OSError) as caught:
+        export_maildir(store, USER, out)
+    assert caught.value.errno == errno.ELOOP
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_export_does_not_follow_a_link_planted_in_tmp(maildir, store, tmp_path):
+    _import(store, maildir)
+    out, target = tmp_path / "exported", tmp_path / "target"
+    export_maildir(store, USER, out)
+    names = sorted(p.name for p in (out / "cur").iterdir())
+    for path in (out / "cur").iterdir():
+        path.unlink()
+    target.write_bytes(b"not yours\n")
+    for name in names:
+        (out / "tmp" / name.split(",", 1)[0]).symlink_to(target)
+    export_maildir(store, USER, out)
+    assert target.read_bytes() == b"not yours\n"
+    assert sorted(p.name for p in (out / "cur").iterdir()) == names
+    assert all(not p.is_symlink() for p in (out / "cur").iterdir())

@@ -23,14 +23,18 @@ import pytest
 from twisted.python.threadpool import ThreadPool
 from twisted.web import resource, server
 
+from postroom.destinations import DestinationPolicy
 from postroom.tls import ServerTLS, make_self_signed
 from postroom_mta.dane import lookup_tlsa
 from postroom_mta.mtasts import REFETCH_BACKOFF, PolicyFinder, PolicyStore
 from postroom_mta.routing import TLSSecurity, deliver_to_domain
 from postroom_mta.smtpclient import DeliveryResult, Outcome
 from tests.integration.test_smtpclient import FAST, RunningServer, ServerConfig
+from tests.support.dns import LOOPBACK_NETWORKS
 from tests.support.ports import free_port
 from tests.support.redisdb import in_reactor
+
+LOOPBACK = DestinationPolicy.allowing(LOOPBACK_NETWORKS)  # the policy site and MXs are local
 
 MESSAGE = b"From: alice@one.test\r\nTo: bob@two.test\r\nSubject: sts\r\n\r\nhi\r\n"
 ENFORCE = "version: STSv1\nmode: enforce\nmx: mx.two.test\nmax_age: 86400\n"
@@ -106,11 +110,13 @@ def deliver(dns_server: Any, pool: ThreadPool, smtp_port: int, sts_port: int,
 
     resolver = dns_server.resolver(timeout=1.0)
     security = TLSSecurity(resolver, sts=PolicyFinder(resolver, port=sts_port, ca_file=ca_file,
-                                                      timeout=5), ca_file=ca_file)
+                                                      timeout=5, destinations=LOOPBACK),
+                           ca_file=ca_file)
     result: DeliveryResult = in_reactor(
         deliver_to_domain, "two.test", "alice@one.test", ["bob@two.test"], MESSAGE,
         resolver=resolver, port=smtp_port, pool=pool, helo_name="one.test", reactor=reactor,
-        timeouts=FAST, rng=random.Random(7), security=security, timeout=30)
+        timeouts=FAST, rng=random.Random(7), security=security,
+        destinations=LOOPBACK, timeout=30)
     return result
 
 
@@ -161,7 +167,7 @@ def test_testing_policy_only_reports(dns_server, dns_pool, policy_site, tls_mx, 
 def test_policy_is_cached_for_max_age(dns_server, policy_site, pki):
     publish(dns_server)
     finder = PolicyFinder(dns_server.resolver(timeout=1.0), port=policy_site[1],
-                          ca_file=pki["ca"], timeout=5)
+                          ca_file=pki["ca"], timeout=5, destinations=LOOPBACK)
     first, second = finder.find("two.test"), finder.find("two.test")
     assert first is not None and first.enforced and second == first
     assert policy_site[0].hits == 1
@@ -170,7 +176,7 @@ def test_policy_is_cached_for_max_age(dns_server, policy_site, pki):
 def test_cached_policy_survives_a_failed_fetch(dns_server, policy_site, pki):
     publish(dns_server)
     finder = PolicyFinder(dns_server.resolver(timeout=1.0), port=policy_site[1],
-                          ca_file=pki["ca"], timeout=5)
+                          ca_file=pki["ca"], timeout=5, destinations=LOOPBACK)
     first = finder.find("two.test")
     dns_server.set_records("_mta-sts.two.test", "TXT", ["v=STSv1; id=2"])
     policy_site[0].body = "garbage"
@@ -182,8 +188,17 @@ def test_policy_fetch_verifies_the_https_certificate(dns_server, policy_site, pk
     (tmp_path / "empty.pem").write_bytes(Path(pki["ca"]).read_bytes().split(
         b"-----END CERTIFICATE-----")[1] + b"-----END CERTIFICATE-----\n")  # mx cert only
     finder = PolicyFinder(dns_server.resolver(timeout=1.0), port=policy_site[1],
-                          ca_file=str(tmp_path / "empty.pem"), timeout=5)
+                          ca_file=str(tmp_path / "empty.pem"), timeout=5,
+                          destinations=LOOPBACK)
     assert finder.find("two.test") is None
+
+
+def test_a_policy_host_on_an_internal_address_is_not_fetched(dns_server, policy_site, pki):
+    publish(dns_server)  # mta-sts.two.test is 127.0.0.1, where the policy site listens
+    finder = PolicyFinder(dns_server.resolver(timeout=1.0), port=policy_site[1],
+                          ca_file=pki["ca"], timeout=5)
+    assert finder.find("two.test") is None and finder.fetches == 1
+    assert policy_site[0].hits == 0
 
 
 def test_tlsa_from_a_non_validating_resolver_is_not_used(dns_server):
@@ -204,7 +219,7 @@ class Clock:
 def shared_finder(dns_server: Any, port: int, ca: str, store: PolicyStore,
                   clock: Clock | None = None) -> PolicyFinder:
     return PolicyFinder(dns_server.resolver(timeout=1.0), port=port, ca_file=ca, timeout=5,
-                        store=store, clock=clock or Clock())
+                        store=store, clock=clock or Clock(), destinations=LOOPBACK)
 
 
 def test_two_processes_share_one_fetch_through_redis(dns_server, policy_site, pki,
@@ -298,6 +313,9 @@ def test_relay_options_give_the_finder_the_shared_store(dns_server, redis_client
 
     store = PolicyStore(redis_client, redis_prefix)
     options = RelayOptions(policy=Policy("mx.one.test", 300, 3600, 86400), mta_sts=True,
-                           sts_store=store)
+                           sts_store=store, allowed_networks=("10.20.0.0/16",))
     security = options.security(dns_server.resolver())
     assert security is not None and security.sts is not None and security.sts.store is store
+    # the policy host is held to the relay's allowed networks, like the MXs
+    assert security.sts.destinations.permits("10.20.1.1")
+    assert not security.sts.destinations.permits("10.30.1.1")

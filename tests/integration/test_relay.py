@@ -20,6 +20,7 @@ from postroom_mta.relay import Relay, RelayOptions
 from postroom_mta.smtpclient import Timeouts
 from postroom_mta.worker_bounce import BounceSweeper
 from postroom_mta.worker_store import Policy
+from tests.support.dns import LOOPBACK_NETWORKS
 from tests.support.redisdb import in_reactor
 from tests.support.smtpsink import SinkConfig, SMTPSink
 
@@ -60,7 +61,8 @@ def sink(twisted_reactor: Any, dns_server: Any) -> Iterator[SMTPSink]:
 @pytest.fixture
 def relay(db, queue_client, dns_server, sink, pools) -> Relay:
     dns, rds = pools
-    options = RelayOptions(policy=POLICY, port=sink.port, timeouts=FAST)
+    options = RelayOptions(policy=POLICY, port=sink.port, timeouts=FAST,
+                           allowed_networks=LOOPBACK_NETWORKS)
     return Relay(db, queue_client, options, resolver=dns_server.resolver(timeout=1.0),
                  dns_pool=dns, redis_pool=rds)
 
@@ -228,6 +230,50 @@ def test_null_mx_bounces_at_once(db, relay, sink, dns_server):
     _, [block] = status_blocks(dsn_of(db, bounces(db)[0]))
     assert block["Status"] == "5.1.10" and block["Remote-MTA"] is None
     assert sink.sessions == []
+
+
+def strict_relay(db, queue_client, dns_server, pools, metrics=None) -> Relay:
+    """A relay as shipped: no internal network allowed (POSTROOM_RELAY_ALLOWED_NETWORKS empty)."""
+    dns, rds = pools
+    return Relay(db, queue_client, RelayOptions(policy=POLICY, port=1, timeouts=FAST),
+                 resolver=dns_server.resolver(timeout=1.0), dns_pool=dns, redis_pool=rds,
+                 metrics=metrics)
+
+
+def test_an_mx_on_loopback_bounces_with_a_dsn_that_says_why(db, queue_client, dns_server, pools,
+                                                            sink):
+    from postroom.metrics import Metrics
+
+    metrics = Metrics("mta", process_metrics=False)
+    dns_server.load({"evil.test": {"MX": [(10, "mx.evil.test")]},
+                     "mx.evil.test": {"A": ["127.0.0.1"], "AAAA": ["::1"]}})
+    relay = strict_relay(db, queue_client, dns_server, pools, metrics)
+    qid, rids = spool_out(db, "victim@evil.test")
+    handle(relay, qid, rids)
+    assert states(db, qid) == {"victim@evil.test": "bounced"}
+    assert sink.sessions == []
+    [dsn_info] = bounces(db)
+    assert [r.address for r in dsn_info.recipients] == ["alice@one.test"]
+    _, [block] = status_blocks(dsn_of(db, dsn_info))
+    assert (block["Action"], block["Status"]) == ("failed", "5.1.10")
+    assert block["Remote-MTA"] is None
+    assert "556 5.1.10 MX mx.evil.test of evil.test points to an internal address" in (
+        block["Diagnostic-Code"])
+    assert metrics.registry.get_sample_value(
+        "postroom_relay_internal_mx_refused_total") == 2
+
+
+def test_a_bounce_to_a_sender_whose_mx_is_internal_is_dropped_unsent(db, queue_client,
+                                                                     dns_server, pools, sink):
+    # a bounce or vacation reply is mail anyone can make us send, to any address they like
+    dns_server.set_records("evil.test", "A", ["10.0.0.25"])
+    relay = strict_relay(db, queue_client, dns_server, pools)
+    qid, rids = spool_out(db, "zed@evil.test", mail_from="", kind="bounce")
+    handle(relay, qid, rids)
+    assert states(db, qid) == {"zed@evil.test": "bounced"}
+    assert [b.queue_id for b in bounces(db)] == [qid]  # no DSN about a DSN
+    assert "points to an internal address (10.0.0.25)" in (
+        db.run_sync(spool.get_spool, qid).recipients[0].last_error)
 
 
 def test_a_temporary_failure_after_the_lifetime_bounces(db, relay, sink):

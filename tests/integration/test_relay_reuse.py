@@ -18,6 +18,7 @@ from postroom.queue.envelope import Envelope
 from postroom_mta.relay import Relay, RelayOptions
 from tests.integration import test_relay
 from tests.integration.test_relay import FAST, POLICY, handle, spool_out, states
+from tests.support.dns import LOOPBACK_NETWORKS
 from tests.support.redisdb import in_reactor, wait_until
 from tests.support.smtpsink import SMTPSink
 
@@ -30,6 +31,7 @@ sink = test_relay.sink
 def make_relay(db, queue_client, dns_server, sink: SMTPSink, pools,
                metrics: Metrics | None = None, **options: Any) -> Relay:
     dns, rds = pools
+    options.setdefault("allowed_networks", LOOPBACK_NETWORKS)
     return Relay(db, queue_client, RelayOptions(policy=POLICY, port=sink.port, timeouts=FAST,
                                                 **options),
                  resolver=dns_server.resolver(timeout=1.0), dns_pool=dns, redis_pool=rds,

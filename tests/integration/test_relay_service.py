@@ -13,6 +13,7 @@ from postroom.queue.envelope import Envelope
 from postroom.queue.streams import QueueClient
 from postroom.store import domains, spool
 from postroom.tls import make_self_signed
+from tests.support.dns import LOOPBACK_ENV
 from tests.support.procs import runtime_argv
 from tests.support.redisdb import wait_until
 from tests.support.smtpsink import Received, SinkConfig, SMTPSink
@@ -45,7 +46,8 @@ def mta_env(tmp_path: Path, database_url, redis_url, redis_prefix, dns_server, s
             "POSTROOM_QUEUE_CLAIM_IDLE": "2s", "POSTROOM_RECONCILE_INTERVAL": "1s",
             "POSTROOM_RETRY_INITIAL": "1s", "POSTROOM_RETRY_MAX": "2s",
             "POSTROOM_SHUTDOWN_GRACE": "5s", "POSTROOM_TLS_CERT_FILE": str(tmp_path / "cert.pem"),
-            "POSTROOM_TLS_KEY_FILE": str(tmp_path / "key.pem"), **dns_server.env}
+            "POSTROOM_TLS_KEY_FILE": str(tmp_path / "key.pem"), **dns_server.env,
+            **LOOPBACK_ENV}
 
 
 def spool_and_enqueue(db, queue: QueueClient, address: str) -> tuple[str, int]:

@@ -2,6 +2,8 @@
 
 Every MX host resolves to a 127.0.0.x address; the test SMTP server listens on
 127.0.0.1 only, so an MX at 127.0.0.2 is a refused connection on the same port.
+Loopback is an internal network the relay refuses by default, so these routes
+allow it (``LOOPBACK``) the way an operator would (POSTROOM_RELAY_ALLOWED_NETWORKS).
 """
 
 from __future__ import annotations
@@ -13,12 +15,20 @@ from typing import Any
 import pytest
 from twisted.python.threadpool import ThreadPool
 
-from postroom_mta.routing import RouteError, Target, deliver_to_domain, plan_route
+from postroom.destinations import DestinationPolicy
+from postroom_mta.routing import RouteError, Target, deliver_to_domain
+from postroom_mta.routing import plan_route as strict_plan_route
 from postroom_mta.smtpclient import DeliveryResult, Outcome
 from tests.integration.test_smtpclient import FAST, RunningServer, ServerConfig
+from tests.support.dns import LOOPBACK_NETWORKS
 from tests.support.redisdb import in_reactor
 
+LOOPBACK = DestinationPolicy.allowing(LOOPBACK_NETWORKS)
 MESSAGE = b"From: alice@one.test\r\nTo: bob@two.test\r\nSubject: routed\r\n\r\nhi\r\n.\r\n"
+
+
+def plan_route(resolver: Any, domain: str, **kwargs: Any) -> list[Target]:
+    return strict_plan_route(resolver, domain, destinations=LOOPBACK, **kwargs)
 
 
 @pytest.fixture
@@ -37,13 +47,15 @@ def smtp_server(twisted_reactor: Any) -> Iterator[RunningServer]:
 
 
 def deliver(dns_server: Any, pool: ThreadPool, port: int, domain: str = "two.test",
-            recipients: tuple[str, ...] = ("bob@two.test",)) -> DeliveryResult:
+            recipients: tuple[str, ...] = ("bob@two.test",),
+            destinations: DestinationPolicy = LOOPBACK) -> DeliveryResult:
     from twisted.internet import reactor
 
     result: DeliveryResult = in_reactor(
         deliver_to_domain, domain, "alice@one.test", recipients, MESSAGE,
         resolver=dns_server.resolver(timeout=1.0), port=port, pool=pool, helo_name="one.test",
-        reactor=reactor, timeouts=FAST, rng=random.Random(7), timeout=30)
+        reactor=reactor, timeouts=FAST, rng=random.Random(7), destinations=destinations,
+        timeout=30)
     return result
 
 
@@ -162,5 +174,65 @@ def test_internal_error_defers_instead_of_failing(dns_server, dns_pool, twisted_
     result = in_reactor(
         deliver_to_domain, "two.test", "alice@one.test", ["bob@two.test"], object(),
         resolver=dns_server.resolver(), port=1, pool=dns_pool, helo_name="one.test",
-        reactor=reactor, timeouts=FAST)
+        reactor=reactor, timeouts=FAST, destinations=LOOPBACK)
     assert [(r.outcome, r.enhanced) for r in result.recipients] == [(Outcome.DEFERRED, "4.3.0")]
+
+
+# --- internal MX addresses (issue 16): refused unless their network is allowed
+
+
+def test_an_mx_on_loopback_is_refused_like_a_null_mx_and_never_connected(
+        dns_server, dns_pool, smtp_server):
+    dns_server.load({"evil.test": {"MX": [(10, "mx.evil.test")]},
+                     "mx.evil.test": {"A": ["127.0.0.1"], "AAAA": ["::ffff:127.0.0.1"]}})
+    result = deliver(dns_server, dns_pool, smtp_server.port, domain="evil.test",
+                     recipients=("a@evil.test", "b@evil.test"),
+                     destinations=DestinationPolicy())
+    assert [(r.outcome, r.code, r.enhanced) for r in result.recipients] == [
+        (Outcome.FAILED, 556, "5.1.10"), (Outcome.FAILED, 556, "5.1.10")]
+    assert "MX mx.evil.test of evil.test points to an internal address" in (
+        result.recipients[0].text)
+    assert smtp_server.factory.sessions == [] and smtp_server.received == []
+
+
+def test_a_domain_without_mx_whose_address_is_internal_is_refused(dns_server):
+    dns_server.set_records("evil.test", "A", ["169.254.169.254"])
+    refused: list[Target] = []
+    with pytest.raises(RouteError) as caught:
+        strict_plan_route(dns_server.resolver(), "evil.test", refused=refused)
+    reply = caught.value.reply
+    assert (reply.code, reply.enhanced) == (556, "5.1.10")
+    assert "Domain evil.test has no MX and its address points to an internal address" in (
+        " ".join(reply.lines))
+    assert refused == [Target("evil.test", "169.254.169.254")]
+
+
+def test_internal_addresses_are_dropped_and_public_ones_kept(dns_server):
+    dns_server.load({"two.test": {"MX": [(10, "mx1.two.test"), (20, "mx2.two.test")]},
+                     "mx1.two.test": {"A": ["10.0.0.25", "192.168.1.25"], "AAAA": ["fd00::25"]},
+                     "mx2.two.test": {"A": ["127.0.0.1", "93.184.215.14"],
+                                      "AAAA": ["::1", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"]}})
+    refused: list[Target] = []
+    assert strict_plan_route(dns_server.resolver(), "two.test", refused=refused) == [
+        Target("mx2.two.test", "2606:2800:21f:cb07:6820:80da:af6b:8b2c"),
+        Target("mx2.two.test", "93.184.215.14")]
+    assert [t.address for t in refused] == ["fd00::25", "10.0.0.25", "192.168.1.25", "::1",
+                                            "127.0.0.1"]
+
+
+def test_an_internal_mx_beside_one_in_dns_trouble_is_retried_not_bounced(dns_server):
+    dns_server.load({"two.test": {"MX": [(10, "mx1.two.test"), (20, "mx2.two.test")]},
+                     "mx1.two.test": {"A": ["10.0.0.25"]},
+                     "mx2.two.test": {"A": ["93.184.215.14"]}})
+    dns_server.servfail("mx2.two.test")
+    with pytest.raises(RouteError) as caught:
+        strict_plan_route(dns_server.resolver(), "two.test")
+    assert caught.value.reply.code == 451
+
+
+def test_an_allowed_network_is_routed_to(dns_server):
+    dns_server.load({"two.test": {"MX": [(10, "mx.two.test")]},
+                     "mx.two.test": {"A": ["10.20.0.25", "10.30.0.25"]}})
+    allowed = DestinationPolicy.allowing(["10.20.0.0/16"])
+    assert strict_plan_route(dns_server.resolver(), "two.test", destinations=allowed) == [
+        Target("mx.two.test", "10.20.0.25")]

@@ -232,7 +232,8 @@ class Suite:
     startup: dict[str, float]
 
     # listener names, as in the ledger: "smtp-25", "smtp-587", "smtps-465", "pop3-110",
-    # "pop3s-995", "imap-143", "imaps-993", "dmarc-http"
+    # "pop3s-995", "imap-143", "imaps-993", "dmarc-http"; "relay-sink" is no listener of
+    # ours but the port the mta's relay connects to on remote MXs (POSTROOM_SMTP_OUTBOUND_PORT)
 
     def spool_count(self, marker: bytes | None = None) -> int:
         """Spooled messages (whose blob contains ``marker``, when given)."""
@@ -325,7 +326,7 @@ def hostile_suite(redis_url: str, dns_server_session: Any,
     make_self_signed(certs / "cert.pem", certs / "key.pem", "localhost")
     ports = {name: free_port() for name in (
         "smtp-25", "smtp-587", "smtps-465", "pop3-110", "pop3s-995", "imap-143", "imaps-993",
-        "dmarc-http")}
+        "dmarc-http", "relay-sink")}
     common = {
         "POSTROOM_DATABASE_URL": url, "POSTROOM_REDIS_URL": redis_url,
         "POSTROOM_REDIS_PREFIX": prefix, "POSTROOM_HOSTNAME": HOSTNAME,
@@ -337,7 +338,9 @@ def hostile_suite(redis_url: str, dns_server_session: Any,
     }
     processes = {
         "dmarc": ServiceProcess("dmarc", _env(common, dmarc_listen=_listen(ports["dmarc-http"]))),
-        "mta": ServiceProcess("mta", _env(common, mta_listen=_listen(ports["smtp-25"]))),
+        # the relay as shipped (no internal network allowed); remote MXs on "relay-sink"'s port
+        "mta": ServiceProcess("mta", _env(common, mta_listen=_listen(ports["smtp-25"]),
+                                          smtp_outbound_port=str(ports["relay-sink"]))),
         "msa": ServiceProcess("msa", _env(common, msa_listen=_listen(ports["smtp-587"]),
                                           msa_tls_listen=_listen(ports["smtps-465"]))),
         "pop3": ServiceProcess("pop3", _env(common, pop3_listen=_listen(ports["pop3-110"]),

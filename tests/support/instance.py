@@ -51,7 +51,7 @@ from postroom.store.db import Database
 from postroom.store.migrate import upgrade
 from postroom.tls import make_self_signed
 from tests.support.db import create_test_database, drop_test_database
-from tests.support.dns import DNSServer
+from tests.support.dns import LOOPBACK_ENV, DNSServer
 from tests.support.procs import ServiceProcess, base_env, cli_argv
 from tests.support.redisdb import delete_prefix, wait_until
 
@@ -146,6 +146,8 @@ class Instance:
             "POSTROOM_DNS_TIMEOUT": "2s",
             "POSTROOM_SMTP_OUTBOUND_PORT": str(self.smtp_port),
             "POSTROOM_SMTP_BIND_ADDRESS": self.address,
+            # the other instances and test MXs are on loopback, internal to a real relay
+            **LOOPBACK_ENV,
             "POSTROOM_DB_POOL_SIZE": "3",
             "POSTROOM_QUEUE_CLAIM_IDLE": "2s",
             "POSTROOM_RECONCILE_INTERVAL": "1s",

@@ -73,6 +73,7 @@ def test_an_empty_listener_list_switches_it_off():
     ({"POSTROOM_DATABASE_URL": "mysql://x/y"}, "POSTROOM_DATABASE_URL"),
     ({"POSTROOM_DNS_SERVERS": "127.0.0.1:99999"}, "POSTROOM_DNS_SERVERS"),
     ({"POSTROOM_MAX_MESSAGE_SIZE": "huge"}, "POSTROOM_MAX_MESSAGE_SIZE"),
+    ({"POSTROOM_RELAY_ALLOWED_NETWORKS": "10.0.0.0/33"}, "POSTROOM_RELAY_ALLOWED_NETWORKS"),
     ({"POSTROOM_IMAP_LISTNE": "tcp:143"}, "POSTROOM_IMAP_LISTNE"),
 ])
 def test_a_bad_value_is_one_line_naming_the_variable(env, name):

@@ -84,3 +84,10 @@ def test_options_follow_the_settings():
     assert options.port == 2525 and options.policy.hostname == "mx.one.test"
     assert (options.policy.retry_initial, options.policy.queue_lifetime) == (60, 172800)
     assert options.policy.delay_notice == DELAY_NOTICE
+
+
+def test_options_take_the_allowed_networks_and_refuse_internal_ones_by_default():
+    assert RelayOptions.from_settings(load_settings({})).allowed_networks == ()
+    settings = load_settings({"POSTROOM_RELAY_ALLOWED_NETWORKS": "10.20.0.0/16, fd00:1::/64"})
+    assert RelayOptions.from_settings(settings).allowed_networks == ("10.20.0.0/16",
+                                                                     "fd00:1::/64")

@@ -80,7 +80,8 @@ def start_relay(ctx: ServiceContext, options: RelayOptions | None = None) -> Rel
                  max_per_domain=options.max_per_domain, port=options.port,
                  session_idle=options.session_idle,
                  session_reuse_limit=options.session_reuse_limit,
-                 mta_sts=options.mta_sts, dane=options.dane)
+                 mta_sts=options.mta_sts, dane=options.dane,
+                 allowed_networks=",".join(options.allowed_networks))
     return relay
 
 

@@ -5,7 +5,10 @@ the policy is fetched over HTTPS from
 ``https://mta-sts.<domain>/.well-known/mta-sts.txt`` with the certificate
 verified against ``mta-sts.<domain>`` (system CAs, or POSTROOM_TLS_CA_FILE).
 The fetch connects to the address our own resolver gives for that name, so
-tests (and split-horizon set-ups) see exactly the DNS the relay uses.
+tests (and split-horizon set-ups) see exactly the DNS the relay uses; like an
+MX, that name is the domain owner's to point anywhere, so internal addresses
+are refused unless POSTROOM_RELAY_ALLOWED_NETWORKS allows them
+(postroom.destinations): the fetch then fails, which means no policy.
 
 Caching (RFC 8461 section 5.1) is in Redis (:class:`PolicyStore`), shared by
 every mta process: one key per domain, ``<prefix>mta-sts:<domain>``, whose
@@ -48,6 +51,7 @@ from typing import Any
 
 import redis
 
+from postroom.destinations import STRICT, DestinationPolicy
 from postroom.dns import DNSError, Resolver
 from postroom.logs import get_logger
 
@@ -162,7 +166,7 @@ def tls_context(ca_file: str | None) -> ssl.SSLContext:
 
 def fetch_policy(resolver: Resolver, domain: str, *, port: int = 443,
                  ca_file: str | None = None, timeout: float = FETCH_TIMEOUT,
-                 ident: str = "") -> Policy:
+                 ident: str = "", destinations: DestinationPolicy = STRICT) -> Policy:
     """GET and parse the policy of ``domain``; raises PolicyError (or OSError). Blocking."""
     host = f"mta-sts.{domain}"
     try:
@@ -171,7 +175,10 @@ def fetch_policy(resolver: Resolver, domain: str, *, port: int = 443,
         raise PolicyError(f"{host}: {exc}") from exc
     if not addresses:
         raise PolicyError(f"{host} has no address")
-    conn = _PinnedHTTPS(host, addresses[0], port, tls_context(ca_file), timeout)
+    permitted = [address for address in addresses if destinations.permits(address)]
+    if not permitted:
+        raise PolicyError(f"{host} points to an internal address ({addresses[0]}); refused")
+    conn = _PinnedHTTPS(host, permitted[0], port, tls_context(ca_file), timeout)
     try:
         conn.request("GET", "/.well-known/mta-sts.txt", headers={"Accept": "text/plain"})
         response = conn.getresponse()
@@ -263,14 +270,17 @@ class PolicyFinder:
     """The MTA-STS policy of a domain, cached in Redis and in process; thread-safe.
 
     ``store`` is the shared cache (None: this process's front cache only);
-    ``clock`` gives wall-clock seconds (tests move it).
+    ``clock`` gives wall-clock seconds (tests move it); ``destinations`` says
+    which internal networks the policy host may be in (none by default).
     """
 
     def __init__(self, resolver: Resolver, *, port: int = 443, ca_file: str | None = None,
                  timeout: float = FETCH_TIMEOUT, store: PolicyStore | None = None,
                  max_entries: int = FRONT_ENTRIES,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time,
+                 destinations: DestinationPolicy = STRICT) -> None:
         self.resolver = resolver
+        self.destinations = destinations
         self.port = port
         self.ca_file = ca_file
         self.timeout = timeout
@@ -319,7 +329,8 @@ class PolicyFinder:
         self.fetches += 1
         try:
             policy = fetch_policy(self.resolver, domain, port=self.port, ca_file=self.ca_file,
-                                  timeout=self.timeout, ident=ident)
+                                  timeout=self.timeout, ident=ident,
+                                  destinations=self.destinations)
         except (PolicyError, OSError, http.client.HTTPException) as exc:
             log.warning("mta-sts policy fetch failed", domain=domain, error=str(exc)[:300],
                         cached=entry is not None)

@@ -38,12 +38,14 @@ from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from postroom.config import Settings
+from postroom.destinations import DestinationPolicy
 from postroom.dns import Resolver
 from postroom.logs import Logger, get_logger
 from postroom.metrics import (
     Metrics,
     delivery_attempts_total,
     messages_total,
+    relay_internal_refused_total,
     sessions_reused_total,
 )
 from postroom.queue.consumer import QueueEntry
@@ -104,15 +106,22 @@ class RelayOptions:
     ca_file: str | None = None
     session_idle: float = SESSION_IDLE  # seconds a finished session waits for the next message
     session_reuse_limit: int = SESSION_REUSE_LIMIT  # transactions a session carries; 1: no reuse
+    # internal networks MX addresses may be in (POSTROOM_RELAY_ALLOWED_NETWORKS); () refuses all
+    allowed_networks: tuple[str, ...] = ()
     # the MTA-STS policy cache shared by all mta processes (start_relay sets it; None: per process)
     sts_store: PolicyStore | None = field(default=None, compare=False, repr=False)
+
+    def destinations(self) -> DestinationPolicy:
+        """Where the relay may connect: public addresses, and internal ones only if allowed."""
+        return DestinationPolicy.allowing(self.allowed_networks)
 
     def security(self, resolver: Resolver) -> TLSSecurity | None:
         """MTA-STS and DANE as configured, or None when both are off."""
         if not (self.mta_sts or self.dane):
             return None
         finder = PolicyFinder(resolver, port=self.mta_sts_port, ca_file=self.ca_file,
-                              store=self.sts_store) if self.mta_sts else None
+                              store=self.sts_store,
+                              destinations=self.destinations()) if self.mta_sts else None
         return TLSSecurity(resolver, sts=finder, dane_enabled=self.dane, ca_file=self.ca_file)
 
     @classmethod
@@ -127,7 +136,8 @@ class RelayOptions:
             "mta_sts": settings.mta_sts, "mta_sts_port": settings.mta_sts_port,
             "dane": settings.dane, "ca_file": settings.tls_ca_file,
             "session_idle": settings.relay_session_idle,
-            "session_reuse_limit": settings.relay_session_reuse_limit}
+            "session_reuse_limit": settings.relay_session_reuse_limit,
+            "allowed_networks": settings.relay_allowed_networks}
         fields.update(overrides)
         return cls(policy=policy, **fields)
 
@@ -152,6 +162,8 @@ class Relay:
         self.log = log or get_logger("relay")
         self.sessions = DeferredSemaphore(options.max_sessions)
         self.security = options.security(resolver)
+        self.destinations = options.destinations()
+        self._refused = relay_internal_refused_total(metrics) if metrics is not None else None
         self._per_domain: dict[str, DeferredSemaphore] = {}
         # idle sessions kept for reuse; they hold no slot of the semaphores above
         self.session_cache = SessionCache(
@@ -226,7 +238,8 @@ class Relay:
                     reactor=self.reactor, timeouts=self.options.timeouts, tls=self.options.tls,
                     ret=work.ret, envid=work.envid, logger=log,
                     bind_address=self.options.bind_address, security=self.security,
-                    sessions=self.session_cache)
+                    sessions=self.session_cache, destinations=self.destinations,
+                    refused_metric=self._refused)
                 return result
             finally:
                 self.sessions.release()

@@ -7,6 +7,13 @@ domain accepts no mail: an immediate permanent failure ``556 5.1.10``. When a
 null MX is mixed with real MX records (a misconfiguration the RFC forbids) the
 ``.`` is dropped and the rest is used.
 
+Addresses in internal networks (loopback, RFC 1918, link-local, ...: see
+postroom.destinations) are dropped before anything connects, unless the
+operator allows their network (POSTROOM_RELAY_ALLOWED_NETWORKS): the domain's
+owner writes its DNS, and mail anyone can make us send (bounces, vacation
+replies) must not reach our own services. When nothing is left the domain is
+treated like a null MX, ``556 5.1.10`` saying why.
+
 DNS answers are had in a worker thread (``deferToThreadPool``; the resolver
 blocks), never on the reactor. Temporary DNS failures are temporary results;
 a domain that does not exist or has no address at all is a permanent one.
@@ -32,11 +39,13 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from prometheus_client import Counter
 from twisted.internet import defer
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from postroom.destinations import STRICT, DestinationPolicy
 from postroom.dns import DNSTempError, NXDomain, Resolver
 from postroom.logs import Logger, get_logger
 from postroom.smtp.replies import Reply
@@ -67,6 +76,8 @@ LOCAL_ERROR = Reply(451, "4.3.0", "Local error in delivery")
 MX_UNRESOLVABLE = Reply(451, "4.4.3", "No address found for any MX host")
 STS_NO_MX = Reply(451, "4.7.5", "No MX host matches the MTA-STS policy")
 TLSA_LOOKUP_FAILED = Reply(451, "4.7.5", "TLSA lookup failed")
+# every address of every MX is internal: as final as a null MX (RFC 7505 section 4.3)
+MX_INTERNAL = Reply(556, "5.1.10", "MX points to an internal address")
 
 # Bounds on one delivery attempt, like Postfix's smtp_mx_address_limit.
 DEFAULT_MAX_ADDRESSES = 10
@@ -125,11 +136,15 @@ def resolve_addresses(resolver: Resolver, host: str) -> list[str]:
 
 def plan_route(resolver: Resolver, domain: str, *, rng: random.Random | None = None,
                max_addresses: int = DEFAULT_MAX_ADDRESSES,
-               allow: Callable[[str], bool] | None = None) -> list[Target]:
+               allow: Callable[[str], bool] | None = None,
+               destinations: DestinationPolicy = STRICT,
+               refused: list[Target] | None = None) -> list[Target]:
     """Every address to try for ``domain`` in order; raises RouteError. Blocking.
 
     ``allow`` (an enforced MTA-STS policy's ``allows``) drops MX hosts it refuses;
     when it refuses all of them the mail is deferred, never sent elsewhere.
+    Addresses ``destinations`` does not permit are dropped and appended to
+    ``refused``; when they were all there was, the route fails with MX_INTERNAL.
     """
     hosts = resolve_mx(resolver, domain, rng)
     implicit = hosts == [domain.lower().rstrip(".")]
@@ -139,6 +154,7 @@ def plan_route(resolver: Resolver, domain: str, *, rng: random.Random | None = N
             raise RouteError(STS_NO_MX.with_text(
                 f"No MX host of {domain} matches its MTA-STS policy"))
     targets: list[Target] = []
+    dropped: list[Target] = []
     temp_errors: list[str] = []
     for host in hosts:
         try:
@@ -148,13 +164,26 @@ def plan_route(resolver: Resolver, domain: str, *, rng: random.Random | None = N
             continue
         except NXDomain:
             continue
-        targets += [Target(host, addr) for addr in addresses if Target(host, addr) not in targets]
+        for addr in addresses:
+            target = Target(host, addr)
+            if not destinations.permits(addr):
+                dropped.append(target)
+            elif target not in targets:
+                targets.append(target)
         if len(targets) >= max_addresses:
             break
+    if refused is not None:
+        refused.extend(dropped)
     if targets:
         return targets[:max_addresses]
     if temp_errors:
         raise RouteError(DNS_TEMPORARY.with_text(f"Address lookup failed: {temp_errors[0]}"))
+    if dropped:
+        first = dropped[0]
+        what = (f"Domain {domain} has no MX and its address" if implicit
+                else f"MX {first.host} of {domain}")
+        raise RouteError(MX_INTERNAL.with_text(
+            f"{what} points to an internal address ({first.address}); refused"))
     if implicit:
         raise RouteError(NO_ADDRESS.with_text(f"Domain {domain} has no MX and no address"))
     # MX hosts that do not resolve: often a DNS change in progress, so retry rather than bounce
@@ -172,7 +201,9 @@ def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Re
                       logger: Logger | None = None,
                       bind_address: str | None = None,
                       security: TLSSecurity | None = None,
-                      sessions: SessionCache | None = None) -> defer.Deferred[DeliveryResult]:
+                      sessions: SessionCache | None = None,
+                      destinations: DestinationPolicy = STRICT,
+                      refused_metric: Counter | None = None) -> defer.Deferred[DeliveryResult]:
     """Send one message to ``recipients`` (all in ``domain``) via its MX hosts.
 
     ``port`` is POSTROOM_SMTP_OUTBOUND_PORT; ``pool`` is the (started) thread
@@ -181,6 +212,8 @@ def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Re
     carry bound fields (``queue_id``) into every event. ``security`` turns on
     MTA-STS and DANE; without it ``tls`` applies to every MX. ``sessions`` (the
     relay's connection cache) reuses idle sessions and keeps new ones open.
+    ``destinations`` says which internal networks MX addresses may be in (none
+    by default); each address it refuses is logged and counted on ``refused_metric``.
     """
     if reactor is None:
         from twisted.internet import reactor as global_reactor
@@ -197,7 +230,8 @@ def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Re
         reactor, domain, envelope, message, resolver=resolver, port=port, pool=pool,
         helo_name=helo_name, timeouts=timeouts, tls=tls, rng=rng, max_addresses=max_addresses,
         chunk_size=chunk_size, logger=logger, bind_address=bind_address,
-        security=security, sessions=sessions)).addErrback(crashed)
+        security=security, sessions=sessions, destinations=destinations,
+        refused_metric=refused_metric)).addErrback(crashed)
 
 
 async def _deliver(reactor: Any, domain: str, envelope: Envelope, message: MessageSource, *,
@@ -206,20 +240,26 @@ async def _deliver(reactor: Any, domain: str, envelope: Envelope, message: Messa
                    max_addresses: int, chunk_size: int, logger: Logger,
                    bind_address: str | None = None,
                    security: TLSSecurity | None = None,
-                   sessions: SessionCache | None = None) -> DeliveryResult:
+                   sessions: SessionCache | None = None,
+                   destinations: DestinationPolicy = STRICT,
+                   refused_metric: Counter | None = None) -> DeliveryResult:
     policy = None
     if security is not None and security.sts is not None:
         policy = await deferToThreadPool(reactor, pool, security.sts.find, domain)
         if policy is not None and policy.mode == NONE:
             policy = None
     enforced = policy is not None and policy.enforced
+    refused: list[Target] = []
     try:
         targets = await deferToThreadPool(reactor, pool, plan_route, resolver, domain, rng=rng,
                                           max_addresses=max_addresses,
-                                          allow=policy.allows if policy and enforced else None)
+                                          allow=policy.allows if policy and enforced else None,
+                                          destinations=destinations, refused=refused)
     except RouteError as exc:
+        _log_refused(logger, refused, refused_metric)
         logger.info("route failed", reply=describe(exc.reply))
         return DeliveryResult.uniform(envelope, exc.reply, "route")
+    _log_refused(logger, refused, refused_metric)
     # scanning a large file blocks too, so it runs in the pool as well
     traits = await deferToThreadPool(reactor, pool, lambda: scan_message(
         iter_chunks(message, chunk_size)))
@@ -256,6 +296,14 @@ async def _deliver(reactor: Any, domain: str, envelope: Envelope, message: Messa
     assert result is not None  # plan_route never returns an empty list
     return DeliveryResult(result.recipients, result.host, result.address, result.tls,
                           result.session_failure, tuple(tried))
+
+
+def _log_refused(logger: Logger, refused: Sequence[Target], metric: Counter | None) -> None:
+    for target in refused:
+        logger.warning("mx address refused, internal network", mx=target.host,
+                       address=target.address)
+    if metric is not None and refused:
+        metric.inc(len(refused))
 
 
 class TLSSecurity:
