@@ -113,8 +113,15 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from postroom.store import migrate
+    from postroom.store import migrate, roles
 
+    unknown = [s for s in args.services if s not in roles.SERVICES]
+    if (args.services and args.action != "roles") or unknown:
+        raise CLIError(f"unknown service {unknown[0]!r} (one of: {', '.join(roles.SERVICES)})"
+                       if unknown else "only `db roles` takes services")
+    if args.action == "roles" and not args.apply:
+        sys.stdout.write(roles.script(args.services or roles.SERVICES, prefix=args.prefix))
+        return 0
     settings = _settings()
     require(settings, "database_url")
     url = settings.database_url
@@ -122,6 +129,15 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.action == "upgrade":
         migrate.upgrade(url)
         print(f"database schema is at {migrate.current_revision(url)} (head)")
+        # a new table is granted to the service roles that exist (docs/operations.md)
+        refreshed = roles.refresh_url(url)
+        if refreshed:
+            print(f"privileges of {', '.join(refreshed)} refreshed")
+    elif args.action == "roles":
+        migrate.check_schema(url)
+        done = roles.apply_url(url, args.services or roles.SERVICES, prefix=args.prefix)
+        print(f"roles {', '.join(done)} have their privileges (new roles are NOLOGIN: "
+              "ALTER ROLE ... WITH LOGIN PASSWORD '...')")
     elif args.action == "current":
         print(migrate.current_revision(url) or "empty (no migrations applied)")
     else:
@@ -540,11 +556,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the settings table as Markdown (docs/configuration.md)")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("db", help="database schema migrations",
-                       description="Apply or inspect the database schema migrations.")
-    p.add_argument("action", choices=["upgrade", "current", "check"],
-                   help="upgrade: apply every pending migration; current: print the revision; "
-                   "check: fail unless the schema is current")
+    p = sub.add_parser("db", help="database schema migrations and service roles",
+                       description="Apply or inspect the database schema migrations; print or "
+                       "apply the least-privilege roles of the services (docs/operations.md).")
+    p.add_argument("action", choices=["upgrade", "current", "check", "roles"],
+                   help="upgrade: apply every pending migration (and refresh the privileges "
+                   "of the service roles that exist); current: print the revision; check: fail "
+                   "unless the schema is current; roles: print the SQL of the service roles "
+                   "(--apply: run it)")
+    p.add_argument("services", nargs="*", metavar="SERVICE",
+                   help="roles: only these services (default: all)")
+    p.add_argument("--apply", action="store_true",
+                   help="roles: create the missing roles and grant their privileges now")
+    p.add_argument("--prefix", default="postroom_",
+                   help="roles: role names are PREFIX + service (default postroom_; roles are "
+                   "per server, so give each Postroom database on one server its own)")
     p.set_defaults(func=cmd_db)
 
     p = sub.add_parser("domain", help="local domains", description="Manage local domains.")
