@@ -284,6 +284,16 @@ def test_msa_refuses_to_start_with_the_wrong_secret_key(own_db, db, keys, redis_
     assert "POSTROOM_SECRET_OLD_KEY_FILES" in reason
 
 
+def test_msa_refuses_to_start_with_an_unreadable_key_file(own_db, db, redis_url, tmp_path):
+    process, _port = start_msa(own_db, redis_url, tmp_path, start=False,
+                               POSTROOM_SECRET_KEY_FILE=str(tmp_path / "missing.key"))
+    try:
+        reason = failure_reason(process)
+    finally:
+        process.close()
+    assert reason.startswith("POSTROOM_SECRET_KEY_FILE: cannot read")
+
+
 def test_msa_signs_with_a_key_of_an_old_secret_key_during_rotation(
         own_db, db, keys, redis_url, tmp_path):
     records = sealed_domain(db, keys["old"])
