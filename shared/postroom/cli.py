@@ -1,5 +1,5 @@
-"""`postroom`: the operator's command line (serve, up, db, domain, user, alias, dkim, dns, queue,
-dmarc, import, export, trace).
+"""`postroom`: the operator's command line (serve, up, db, domain, user, alias, dkim, secret-key,
+dns, queue, dmarc, import, export, trace).
 
 Every command explains itself with ``--help``. Errors are one line on stderr
 and a non-zero exit status, never a traceback: 2 for bad usage or
@@ -113,8 +113,15 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def cmd_db(args: argparse.Namespace) -> int:
-    from postroom.store import migrate
+    from postroom.store import migrate, roles
 
+    unknown = [s for s in args.services if s not in roles.SERVICES]
+    if (args.services and args.action != "roles") or unknown:
+        raise CLIError(f"unknown service {unknown[0]!r} (one of: {', '.join(roles.SERVICES)})"
+                       if unknown else "only `db roles` takes services")
+    if args.action == "roles" and not args.apply:
+        sys.stdout.write(roles.script(args.services or roles.SERVICES, prefix=args.prefix))
+        return 0
     settings = _settings()
     require(settings, "database_url")
     url = settings.database_url
@@ -122,6 +129,15 @@ def cmd_db(args: argparse.Namespace) -> int:
     if args.action == "upgrade":
         migrate.upgrade(url)
         print(f"database schema is at {migrate.current_revision(url)} (head)")
+        # a new table is granted to the service roles that exist (docs/operations.md)
+        refreshed = roles.refresh_url(url)
+        if refreshed:
+            print(f"privileges of {', '.join(refreshed)} refreshed")
+    elif args.action == "roles":
+        migrate.check_schema(url)
+        done = roles.apply_url(url, args.services or roles.SERVICES, prefix=args.prefix)
+        print(f"roles {', '.join(done)} have their privileges (new roles are NOLOGIN: "
+              "ALTER ROLE ... WITH LOGIN PASSWORD '...')")
     elif args.action == "current":
         print(migrate.current_revision(url) or "empty (no migrations applied)")
     else:
@@ -204,6 +220,43 @@ def cmd_rules(args: argparse.Namespace) -> int:
     return 0
 
 
+def _keyring(settings: Settings) -> Any:
+    """The secret keys of POSTROOM_SECRET_KEY_FILE / _OLD_KEY_FILES (a bad file: exit 2)."""
+    from postroom.secretbox import Keyring, SecretError
+
+    try:
+        return Keyring.from_files(settings.secret_key_file, settings.secret_old_key_files)
+    except SecretError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def cmd_secret_key(args: argparse.Namespace) -> int:
+    from postroom import secretbox
+
+    if args.path == "-":
+        key = secretbox.new_key()
+        sys.stdout.buffer.write(secretbox.encode_key(key))
+        sys.stdout.flush()
+    else:
+        try:
+            key = secretbox.write_key_file(args.path)
+        except FileExistsError:
+            raise CLIError(f"{args.path} exists; a key file is never overwritten (move it "
+                           "away first, and keep it while anything is sealed with it)") from None
+        except OSError as exc:
+            raise CLIError(f"cannot write {args.path}: {exc.strerror}") from None
+        print(f"secret key {secretbox.key_id(key)} written to {args.path} (mode 0600); "
+              f"point POSTROOM_SECRET_KEY_FILE at it", file=sys.stderr)
+    return 0
+
+
+def _dkim_row(key: Any) -> dict[str, Any]:
+    # private keys never leave the database through the CLI, sealed or not
+    row = {k: v for k, v in _plain(key).items() if k != "private_key"}
+    row["encrypted"] = key.key_id or "no"
+    return row
+
+
 def cmd_dkim(args: argparse.Namespace) -> int:
     from postroom import dnsrecords
     from postroom.store import dkim
@@ -211,17 +264,41 @@ def cmd_dkim(args: argparse.Namespace) -> int:
     if args.action == "generate":
         algorithms = ["rsa-sha256", "ed25519-sha256"] if args.algorithm == "both" else [
             {"rsa": "rsa-sha256", "ed25519": "ed25519-sha256"}[args.algorithm]]
+        keyring = _keyring(_settings())
+        if not keyring.can_seal:
+            print("postroom: warning: POSTROOM_SECRET_KEY_FILE is not set: the private key "
+                  "is stored unencrypted (docs/security.md)", file=sys.stderr)
         created = []
         for algorithm in algorithms:
-            created.append(_with_db(dkim.generate_key, args.domain, algorithm, args.selector))
+            created.append(_with_db(dkim.generate_key, args.domain, algorithm, args.selector,
+                                    keyring=keyring))
         print(f"; DKIM keys for {args.domain.lower()}: publish these TXT records")
         for key in created:
             print(dnsrecords.dkim_record(_plain(key)))
+    elif args.action == "encrypt-keys":
+        return _dkim_encrypt_keys(args.dry_run)
     else:
         rows = _with_db(dkim.list_keys, args.domain)
-        # private keys never leave the database through the CLI
-        public = [{k: v for k, v in _plain(r).items() if k != "private_key_pem"} for r in rows]
-        _print_rows(public, ["domain", "selector", "algorithm", "active"], args.json)
+        _print_rows([_dkim_row(r) for r in rows],
+                    ["domain", "selector", "algorithm", "active", "encrypted"], args.json)
+    return 0
+
+
+def _dkim_encrypt_keys(dry_run: bool) -> int:
+    from postroom.store import dkim
+
+    keyring = _keyring(_settings())
+    if not keyring.can_seal:
+        raise ConfigError("POSTROOM_SECRET_KEY_FILE: required to encrypt keys but not set")
+    done = _with_db(dkim.encrypt_keys, keyring, dry_run=dry_run)
+    verb = "would be" if dry_run else "were"
+    for name in done.encrypted:
+        print(f"{name}: encrypted" + (" (dry run)" if dry_run else ""))
+    for name in done.reencrypted:
+        print(f"{name}: re-encrypted with key {keyring.current_id}"
+              + (" (dry run)" if dry_run else ""))
+    print(f"{len(done.encrypted)} key(s) {verb} encrypted, {len(done.reencrypted)} "
+          f"re-encrypted with key {keyring.current_id}, {done.current} already current")
     return 0
 
 
@@ -479,11 +556,21 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the settings table as Markdown (docs/configuration.md)")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("db", help="database schema migrations",
-                       description="Apply or inspect the database schema migrations.")
-    p.add_argument("action", choices=["upgrade", "current", "check"],
-                   help="upgrade: apply every pending migration; current: print the revision; "
-                   "check: fail unless the schema is current")
+    p = sub.add_parser("db", help="database schema migrations and service roles",
+                       description="Apply or inspect the database schema migrations; print or "
+                       "apply the least-privilege roles of the services (docs/operations.md).")
+    p.add_argument("action", choices=["upgrade", "current", "check", "roles"],
+                   help="upgrade: apply every pending migration (and refresh the privileges "
+                   "of the service roles that exist); current: print the revision; check: fail "
+                   "unless the schema is current; roles: print the SQL of the service roles "
+                   "(--apply: run it)")
+    p.add_argument("services", nargs="*", metavar="SERVICE",
+                   help="roles: only these services (default: all)")
+    p.add_argument("--apply", action="store_true",
+                   help="roles: create the missing roles and grant their privileges now")
+    p.add_argument("--prefix", default="postroom_",
+                   help="roles: role names are PREFIX + service (default postroom_; roles are "
+                   "per server, so give each Postroom database on one server its own)")
     p.set_defaults(func=cmd_db)
 
     p = sub.add_parser("domain", help="local domains", description="Manage local domains.")
@@ -551,10 +638,27 @@ def build_parser() -> argparse.ArgumentParser:
                    help="key type (default both: RSA-2048 and ed25519, RFC 8463)")
     q.add_argument("--selector", default=None,
                    help="selector name (default: derived from the date and algorithm)")
-    q = ksub.add_parser("list", help="list a domain's keys")
+    q = ksub.add_parser("list", help="list a domain's keys (ENCRYPTED: the secret key id)")
     q.add_argument("domain", nargs="?")
     q.add_argument("--json", action="store_true")
+    q = ksub.add_parser("encrypt-keys",
+                        help="encrypt every plaintext private key, and re-encrypt those of an "
+                        "older secret key, with POSTROOM_SECRET_KEY_FILE's key",
+                        description="Encrypt every stored DKIM private key that is plaintext, "
+                        "or sealed with a key of POSTROOM_SECRET_OLD_KEY_FILES, with the key of "
+                        "POSTROOM_SECRET_KEY_FILE. All or nothing: a key that cannot be "
+                        "decrypted stops the run before anything is written.")
+    q.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
     p.set_defaults(func=cmd_dkim)
+
+    p = sub.add_parser("secret-key", help="make the key that encrypts secrets at rest",
+                       description="Write a new random 32-byte key (base64) to PATH with mode "
+                       "0600, never over an existing file, for POSTROOM_SECRET_KEY_FILE; "
+                       "PATH '-' prints it to stdout instead.")
+    ssub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = ssub.add_parser("generate", help="write a new key file")
+    q.add_argument("path", metavar="PATH")
+    p.set_defaults(func=cmd_secret_key)
 
     p = sub.add_parser("dns", help="print every DNS record to publish for a domain",
                        description="Print the MX, SPF, DKIM, DMARC, MTA-STS and TLS-RPT records "
@@ -663,10 +767,11 @@ def _explain(exc: Exception) -> str:
     import sqlalchemy.exc
 
     from postroom.rules import RulesError
+    from postroom.secretbox import SecretError
     from postroom.store.errors import StoreError
     from postroom.store.migrate import SchemaOutOfDate
 
-    if isinstance(exc, (StoreError, SchemaOutOfDate, RulesError)):
+    if isinstance(exc, (StoreError, SchemaOutOfDate, RulesError, SecretError)):
         return str(exc)
     if isinstance(exc, sqlalchemy.exc.OperationalError):
         reason = str(exc.orig).strip().splitlines()[0] if exc.orig else "unreachable"

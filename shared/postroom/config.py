@@ -196,6 +196,11 @@ def _names(raw: str) -> tuple[str, ...]:
     return tuple(item.strip().lower().rstrip(".") for item in raw.split(",") if item.strip())
 
 
+def _paths(raw: str) -> tuple[str, ...]:
+    """Comma-separated file paths (``/run/secrets/a,/run/secrets/b``)."""
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -366,6 +371,17 @@ class Settings:
         "Bearer token required by the dmarc API (`/v1/check`) and every `/metrics` (`/healthz` "
         "stays open); the mta sends it. Empty: no token (keep those ports unpublished).",
         secret=True)
+    # secrets at rest (docs/security.md, docs/decisions/0008-secrets-at-rest.md)
+    secret_key_file: str | None = setting(
+        _opt_str, "",
+        "File holding the 32-byte key (base64, or 32 raw bytes) that encrypts DKIM private "
+        "keys in the database (AES-256-GCM); `postroom secret-key generate PATH` makes one. "
+        "Needed by the msa and by `postroom dkim`. `postroom up` makes VAR_DIR/secret.key when "
+        "unset. Unset elsewhere: new keys are stored unencrypted and the msa warns at start-up.")
+    secret_old_key_files: tuple[str, ...] = setting(
+        _paths, "",
+        "Comma-separated files of earlier keys, used only to decrypt (key rotation: "
+        "`postroom dkim encrypt-keys` then re-encrypts every key with the current one).")
     # DNS and the outside world
     dns_servers: tuple[tuple[str, int], ...] = setting(
         _host_ports, "", "Resolver override, host[:port] list; empty means the system resolver.")

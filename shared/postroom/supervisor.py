@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 from postroom.config import PREFIX, ConfigError, Settings, load_settings
 from postroom.logs import configure, get_logger
 from postroom.runtime import serve_argv
+from postroom.secretbox import SecretError
 
 log = get_logger("supervisor")
 
@@ -250,6 +251,19 @@ def _ensure_tls(settings: Settings, var: Path) -> dict[str, str]:
     return {PREFIX + "TLS_CERT_FILE": str(cert), PREFIX + "TLS_KEY_FILE": str(key)}
 
 
+def _ensure_secret_key(settings: Settings, var: Path) -> dict[str, str]:
+    """VAR_DIR/secret.key (made once, mode 0600) when POSTROOM_SECRET_KEY_FILE is unset, so
+    the demo stores its DKIM keys encrypted as a careful production set-up would."""
+    if settings.secret_key_file:
+        return {}
+    from postroom.secretbox import write_key_file
+
+    path = var / "secret.key"
+    if not path.exists():
+        write_key_file(str(path))
+    return {PREFIX + "SECRET_KEY_FILE": str(path)}
+
+
 # ANSI colours for the service prefixes (cyan, green, yellow, magenta, blue, red)
 _COLOURS = ("36", "32", "33", "35", "34", "31")
 # keys every log line has; the human rendering shows them in its own way
@@ -295,7 +309,9 @@ def as_json_line(name: str, text: str) -> str:
                        "event": "output", "line": text}, ensure_ascii=False)
 
 
-def _create_demo(url: str) -> tuple[str, str]:
+def _create_demo(url: str, secret_key_file: str | None,
+                 old_key_files: Sequence[str] = ()) -> tuple[str, str]:
+    from postroom.secretbox import Keyring
     from postroom.store import dkim, domains, users
     from postroom.store.db import Database
     from postroom.store.errors import AlreadyExists
@@ -313,8 +329,9 @@ def _create_demo(url: str) -> tuple[str, str]:
             database.run_sync(users.set_password, DEMO_USER, password)
         # the demo's mail is DKIM-signed like a real domain's (RSA and ed25519)
         if not database.run_sync(dkim.list_keys, DEMO_DOMAIN):
+            keyring = Keyring.from_files(secret_key_file, old_key_files)
             for algorithm in ("rsa-sha256", "ed25519-sha256"):
-                database.run_sync(dkim.generate_key, DEMO_DOMAIN, algorithm)
+                database.run_sync(dkim.generate_key, DEMO_DOMAIN, algorithm, keyring=keyring)
     finally:
         database.dispose()
     return DEMO_USER, password
@@ -365,13 +382,16 @@ def main(args: argparse.Namespace, *, reactor: Any = None,
         if not settings.redis_url:
             overrides[PREFIX + "REDIS_URL"] = infra.start_redis()
         overrides.update(_ensure_tls(settings, var))
+        overrides.update(_ensure_secret_key(settings, var))
         overrides.update(_listen_overrides(settings, getattr(args, "host", None), environ))
         from postroom.store import migrate
 
         migrate.upgrade(database_url)
         log.info("database schema is current", revision=migrate.current_revision(database_url))
-        demo = _create_demo(database_url) if getattr(args, "demo", False) else None
-    except (InfraError, OSError, ImportError) as exc:
+        secret_key_file = overrides.get(PREFIX + "SECRET_KEY_FILE", settings.secret_key_file)
+        demo = (_create_demo(database_url, secret_key_file, settings.secret_old_key_files)
+                if getattr(args, "demo", False) else None)
+    except (InfraError, OSError, ImportError, SecretError) as exc:
         log.error("cannot start", reason=str(exc))
         infra.stop()
         return 2

@@ -7,8 +7,9 @@ environment compose would give it: deploy/postroom.env.example as ``.env``, then
 the service's ``environment``. Only what a container gets from Docker itself is
 translated: service hostnames become 127.0.0.1, each container port a free
 loopback port (in every POSTROOM_*_LISTEN and in URLs that name a service),
-bind-mounted folders a temporary folder (the TLS certificate), PostgreSQL and
-Redis the test database and a test key prefix, and DNS the loopback test server.
+bind-mounted folders a temporary folder (the TLS certificate), /run/secrets a
+temporary folder with a new key for each file secret, PostgreSQL and Redis the
+test database and a test key prefix, and DNS the loopback test server.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from typing import Any
 import pytest
 import redis
 
+from postroom.secretbox import write_key_file
 from postroom.service import available_services
 from postroom.tls import make_self_signed
 from tests.deploy.compose import (
@@ -119,6 +121,10 @@ def suite(tmp_path_factory: pytest.TempPathFactory, redis_url: str,
                 if s["command"][0] == "serve" and s["command"][1] in installed}
     tls = tmp_path_factory.mktemp("tls")
     make_self_signed(tls / "fullchain.pem", tls / "privkey.pem", dotenv["POSTROOM_HOSTNAME"])
+    # Docker mounts each file secret at /run/secrets/NAME: a new key stands in for each
+    run_secrets = tmp_path_factory.mktemp("secrets")
+    for secret in compose.get("secrets", {}):
+        write_key_file(str(run_secrets / secret))
 
     ports: dict[tuple[str, int], int] = {}
     raw_envs = {name: service_env(svc, dotenv) for name, svc in services.items()}
@@ -136,6 +142,8 @@ def suite(tmp_path_factory: pytest.TempPathFactory, redis_url: str,
             source, target = volume.split(":")[:2]
             assert source == "./tls", f"unexpected bind mount {volume} in {name}"
             mounts[target] = tls
+        if services[name].get("secrets"):
+            mounts["/run/secrets"] = run_secrets
         return {**_localise(name, raw_envs[name], ports, mounts), **overrides}
 
     migrate = subprocess.run(postroom_argv(services["migrate"]["command"]),

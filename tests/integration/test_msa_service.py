@@ -3,6 +3,8 @@
 smtplib, swaks and curl submit over 587+STARTTLS and 465; each accepted
 message is checked in the spool (DKIM signatures verified with dkimpy against
 the TXT records `postroom dkim generate` printed) and on the `outbound` stream.
+The keys are generated and signed with POSTROOM_SECRET_KEY_FILE set, so they are
+stored encrypted and the msa decrypts them (docs/security.md).
 Tests that fail logins connect from loopback addresses of their own
 (127.0.0.2, 127.0.0.3) so they do not lock the others out.
 """
@@ -29,7 +31,9 @@ import redis
 from postroom.auth.passwords import hash_password
 from postroom.queue.envelope import decode
 from postroom.queue.streams import QueueClient, connect
+from postroom.secretbox import write_key_file
 from postroom.store import aliases, domains, messages, spool, users
+from postroom.store import dkim as dkim_store
 from postroom.store.db import Database
 from postroom.tls import make_self_signed
 from postroom_msa import replies as M
@@ -53,6 +57,7 @@ class Server:
     redis_url: str
     database_url: str
     process: ServiceProcess
+    secret_key_file: str
 
 
 def msa_env(database_url: str, redis_url: str, prefix: str, certs: Path, port: int,
@@ -71,14 +76,18 @@ def server(database_url: str, redis_url: str,
     """One msa process for the module, started as compose does: `postroom serve msa`."""
     port, tls_port = free_port(), free_port()
     prefix = f"prtest:{secrets.token_hex(6)}:"
+    secret_key_file = str(tmp_path_factory.mktemp("msa-secret") / "secret.key")
+    write_key_file(secret_key_file)
     env = msa_env(database_url, redis_url, prefix, tmp_path_factory.mktemp("msa-tls"), port,
                   tls_port, POSTROOM_AUTH_FAIL_LIMIT=str(AUTH_FAIL_LIMIT),
                   POSTROOM_MSA_MAX_MESSAGES_PER_HOUR=str(MESSAGES_PER_HOUR),
-                  POSTROOM_MSA_MAX_RECIPIENTS_PER_DAY=str(RECIPIENTS_PER_DAY))
+                  POSTROOM_MSA_MAX_RECIPIENTS_PER_DAY=str(RECIPIENTS_PER_DAY),
+                  POSTROOM_SECRET_KEY_FILE=secret_key_file)
     process = ServiceProcess("msa", env)
     process.start()
     try:
-        yield Server("127.0.0.1", port, tls_port, prefix, redis_url, database_url, process)
+        yield Server("127.0.0.1", port, tls_port, prefix, redis_url, database_url, process,
+                     secret_key_file)
     finally:
         process.close()
         client = redis.Redis.from_url(redis_url)
@@ -88,12 +97,15 @@ def server(database_url: str, redis_url: str,
             client.close()
 
 
-def generate_dkim(database_url: str, domain: str) -> dict[str, bytes]:
+def generate_dkim(database_url: str, domain: str,
+                  secret_key_file: str | None = None) -> dict[str, bytes]:
     """Run `postroom dkim generate DOMAIN` and return its TXT records: {name: value}."""
+    env = {"POSTROOM_DATABASE_URL": database_url}
+    if secret_key_file:
+        env["POSTROOM_SECRET_KEY_FILE"] = secret_key_file
     out = subprocess.run(
         [sys.executable, "-m", "postroom.cli", "dkim", "generate", domain],
-        env=base_env({"POSTROOM_DATABASE_URL": database_url}), capture_output=True,
-        text=True, timeout=60, check=True).stdout
+        env=base_env(env), capture_output=True, text=True, timeout=60, check=True).stdout
     records = {}
     for match in re.finditer(r'^(\S+) IN TXT (\(.*?\)|"[^"]*")', out, re.M | re.S):
         value = "".join(re.findall(r'"([^"]*)"', match.group(2)))
@@ -112,10 +124,14 @@ class Domain:
 
 
 @pytest.fixture(scope="module")
-def domain(server: Server, database: Database) -> Domain:
+def domain(server: Server, database: Database) -> Iterator[Domain]:
     name = f"msa{secrets.token_hex(4)}.example"
     database.run_sync(domains.add_domain, name)
-    return Domain(name, generate_dkim(server.database_url, name))
+    yield Domain(name, generate_dkim(server.database_url, name, server.secret_key_file))
+    # retired: an msa started later on the session database without this module's secret
+    # key would (rightly) refuse to start on an active key it cannot decrypt
+    for key in database.run_sync(dkim_store.list_keys, name):
+        database.run_sync(dkim_store.set_key_active, name, key.selector, False)
 
 
 @dataclass
@@ -248,6 +264,29 @@ def test_smtplib_starttls_auth_plain_submits_signed_and_queued(
                             ["friend@remote.example"])
     assert f"by msa.test (Postroom) with ESMTPSA id {queue_id}".encode() in data
     assert b"(using TLSv1." in data
+
+
+def test_dkim_private_keys_are_stored_encrypted_and_still_sign(
+        server: Server, database: Database, domain: Domain, account: Account):
+    from sqlalchemy import text
+
+    from postroom.secretbox import key_id, read_key_file
+
+    def stored(session: Any) -> list[str]:
+        return list(session.execute(text(
+            "SELECT k.private_key_pem FROM dkim_keys k JOIN domains d ON d.id = k.domain_id"
+            " WHERE d.name = :name"), {"name": domain.name}).scalars())
+
+    rows = database.run_sync(stored)
+    kid = key_id(read_key_file(server.secret_key_file))
+    assert len(rows) == 2
+    assert all(r.startswith(f"enc:v1:{kid}:") and "PRIVATE KEY" not in r for r in rows)
+    # and the msa, which holds the key, signs with them (both signatures verify)
+    with submission(server) as client:
+        client.login(account.address, PASSWORD)
+        queue_id = send(client, account.address, ["friend@remote.example"],
+                        message(account.address))
+    assert_submitted(server, database, domain, queue_id, account, ["friend@remote.example"])
 
 
 def test_smtps_auth_login_submits_signed_and_queued(

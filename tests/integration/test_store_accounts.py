@@ -249,7 +249,8 @@ def test_alias_to_itself_keeps_local_copy(example):
 def test_generate_keys_of_both_algorithms(example):
     rsa = example.run_sync(dkim.generate_key, "example.test", "rsa-sha256", "r1")
     ed = example.run_sync(dkim.generate_key, "example.test", "ed25519-sha256", "e1")
-    assert "PRIVATE KEY" in rsa.private_key_pem and len(rsa.public_key_b64) > 300
+    assert "PRIVATE KEY" in rsa.private_key and not rsa.encrypted  # no keyring: plaintext
+    assert len(rsa.public_key_b64) > 300
     assert len(ed.public_key_b64) == 44  # 32 raw bytes in base64
 
 

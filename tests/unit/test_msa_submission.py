@@ -6,11 +6,13 @@ import re
 from datetime import UTC, datetime
 
 import dkim
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from postroom.dkimsign import dns_txt_value, generate_keys
 from postroom.peers import is_loopback
+from postroom.secretbox import DKIM_PRIVATE_KEY, Keyring, SecretError
 from postroom.smtp.session import Session
 from postroom_msa.limits import sliding_estimate
 from postroom_msa.lookups import SigningKey
@@ -128,7 +130,7 @@ def test_sign_all_makes_one_verifiable_signature_per_key():
         pem, _ = generate_keys(algorithm)
         keys.append(SigningKey("example.org", selector, algorithm, pem.decode()))
         txt[f"{selector}._domainkey.example.org."] = dns_txt_value(pem, algorithm).encode()
-    signed = sign_all(MSG, keys) + MSG
+    signed = sign_all(MSG, keys, Keyring()) + MSG
     verifier = dkim.DKIM(signed)
     assert [verifier.verify(idx=i, dnsfunc=lambda name, timeout=5: txt[name.decode()])
             for i in range(2)] == [True, True]
@@ -160,3 +162,25 @@ def test_header_scanning_never_fails_on_any_bytes(data: bytes):
     header_fields(message)
     fixed, _ = add_missing_fields(message, queue_id="Q", hostname="h", now=NOW)
     assert fixed.endswith(message[end:])
+
+
+def test_sign_all_opens_encrypted_keys_and_plaintext_ones_alike():
+    ring = Keyring(bytes(32))
+    keys, txt = [], {}
+    for algorithm, selector, sealed in (("rsa-sha256", "r1", True),
+                                        ("ed25519-sha256", "e1", False)):
+        pem, _ = generate_keys(algorithm)
+        stored = ring.seal(pem.decode(), DKIM_PRIVATE_KEY) if sealed else pem.decode()
+        keys.append(SigningKey("example.org", selector, algorithm, stored))
+        txt[f"{selector}._domainkey.example.org."] = dns_txt_value(pem, algorithm).encode()
+    signed = sign_all(MSG, keys, ring) + MSG
+    verifier = dkim.DKIM(signed)
+    assert [verifier.verify(idx=i, dnsfunc=lambda name, timeout=5: txt[name.decode()])
+            for i in range(2)] == [True, True]
+
+
+def test_sign_all_with_a_key_sealed_by_an_unknown_key_raises_a_secret_error():
+    pem, _ = generate_keys("ed25519-sha256")
+    stored = Keyring(bytes(32)).seal(pem.decode(), DKIM_PRIVATE_KEY)
+    with pytest.raises(SecretError, match="POSTROOM_SECRET_KEY_FILE"):
+        sign_all(MSG, [SigningKey("example.org", "e1", "ed25519-sha256", stored)], Keyring())

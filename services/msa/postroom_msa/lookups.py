@@ -40,7 +40,8 @@ class SigningKey:
     domain: str
     selector: str
     algorithm: str
-    private_key_pem: str
+    # as stored: a PEM or a secretbox envelope; the signing thread opens it (cached)
+    private_key: str
 
 
 def owns_trivially(own_address: str, address: str) -> bool:

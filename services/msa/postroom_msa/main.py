@@ -9,7 +9,8 @@ from twisted.internet.defer import Deferred
 from postroom.auth.ratelimit import LoginRateLimiter
 from postroom.queue.reconciler import Enqueuer
 from postroom.queue.streams import QueueClient
-from postroom.runtime import ServiceContext
+from postroom.runtime import ServiceContext, StartupError
+from postroom.secretbox import DKIM_PRIVATE_KEY, KEY_SETTING, Keyring, SecretError
 from postroom.service import ServiceSpec
 from postroom.smtp.options import ServerOptions
 from postroom.smtp.server import SMTPServerFactory
@@ -23,7 +24,42 @@ REDIS_THREADS = 4
 SIGN_THREADS = 2
 
 
-def build_policy(ctx: ServiceContext) -> MSAPolicy:
+def load_keyring(ctx: ServiceContext) -> Keyring:
+    """The keys of POSTROOM_SECRET_KEY_FILE / _OLD_KEY_FILES; a bad file stops the start."""
+    try:
+        return Keyring.from_files(ctx.settings.secret_key_file,
+                                  ctx.settings.secret_old_key_files)
+    except SecretError as exc:
+        raise StartupError(str(exc)) from None
+
+
+async def check_signing_keys(ctx: ServiceContext, keyring: Keyring) -> None:
+    """Open every active DKIM key once before serving: a key this msa cannot decrypt stops
+    the start with one line naming the setting (rather than 451 on every message)."""
+    from postroom.store import dkim
+
+    keys = await ctx.database.run(dkim.list_keys, None, active_only=True)
+    for key in keys:
+        try:
+            keyring.open(key.private_key, DKIM_PRIVATE_KEY)
+        except SecretError as exc:
+            raise StartupError(f"DKIM key {key.selector} of {key.domain}: {exc}") from None
+    plaintext = [f"{k.domain}/{k.selector}" for k in keys if not k.encrypted]
+    if not keyring.can_seal:
+        ctx.log.warning("secret key not configured", setting=KEY_SETTING,
+                        effect="DKIM private keys are stored unencrypted",
+                        plaintext_keys=len(plaintext))
+    elif plaintext:
+        ctx.log.warning("dkim private keys not encrypted", keys=plaintext[:20],
+                        count=len(plaintext), fix="postroom dkim encrypt-keys")
+    old = [f"{k.domain}/{k.selector}" for k in keys
+           if k.encrypted and k.key_id != keyring.current_id]
+    if keyring.can_seal and old:
+        ctx.log.info("dkim private keys sealed with an old secret key", keys=old[:20],
+                     count=len(old), fix="postroom dkim encrypt-keys")
+
+
+def build_policy(ctx: ServiceContext, keyring: Keyring | None = None) -> MSAPolicy:
     """The MSAPolicy over the context's database, Redis and settings."""
     settings = ctx.settings
     redis_pool = ctx.thread_pool("redis", REDIS_THREADS)
@@ -34,7 +70,8 @@ def build_policy(ctx: ServiceContext) -> MSAPolicy:
                            recipients_per_day=settings.msa_max_recipients_per_day)
     submitter = Submitter(ctx.database, Enqueuer(queue, redis_pool, ctx.reactor), limits,
                           hostname=settings.hostname, sign_pool=sign_pool,
-                          redis_pool=redis_pool, reactor=ctx.reactor, metrics=ctx.metrics)
+                          redis_pool=redis_pool, reactor=ctx.reactor, metrics=ctx.metrics,
+                          keyring=keyring)
     return MSAPolicy(ctx.database, limiter=LoginRateLimiter.from_settings(ctx.redis, settings),
                      limits=limits, submitter=submitter, redis_pool=redis_pool,
                      reactor=ctx.reactor,
@@ -43,7 +80,9 @@ def build_policy(ctx: ServiceContext) -> MSAPolicy:
 
 async def start_listening(ctx: ServiceContext) -> MSAPolicy:
     """STARTTLS listeners on POSTROOM_MSA_LISTEN, implicit TLS on POSTROOM_MSA_TLS_LISTEN."""
-    policy = build_policy(ctx)
+    keyring = load_keyring(ctx)
+    await check_signing_keys(ctx, keyring)
+    policy = build_policy(ctx, keyring)
     options = ServerOptions.from_settings(ctx.settings)
     starttls: Any = SMTPServerFactory(policy, options, tls=ctx.tls, clock=ctx.reactor,
                                       metrics=ctx.metrics, listener="submission")

@@ -1,4 +1,9 @@
-"""DKIM signing keys of local domains: generate, add, list, deactivate."""
+"""DKIM signing keys of local domains: generate, add, list, deactivate, encrypt at rest.
+
+The private key column holds either a PEM (rows written without
+POSTROOM_SECRET_KEY_FILE, and those from before encryption) or a
+:mod:`postroom.secretbox` envelope; readers open it with their Keyring.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from postroom.secretbox import DKIM_PRIVATE_KEY, Keyring, SecretError, is_sealed, sealed_with
 from postroom.store.addresses import normalise_domain
 from postroom.store.common import domain_id, insert_unique
 from postroom.store.errors import NotFound
@@ -26,21 +32,36 @@ class DkimKeyInfo:
     domain: str
     selector: str
     algorithm: str
-    private_key_pem: str
+    # as stored: a PEM, or an `enc:v1:` envelope (Keyring.open gives the PEM)
+    private_key: str
     public_key_b64: str
     active: bool
     created_at: datetime
 
+    @property
+    def encrypted(self) -> bool:
+        return is_sealed(self.private_key)
+
+    @property
+    def key_id(self) -> str | None:
+        """The id of the secret key that sealed the private key (None: plaintext)."""
+        return sealed_with(self.private_key)
+
 
 def _info(row: DkimKey, domain: str) -> DkimKeyInfo:
     return DkimKeyInfo(id=row.id, domain=domain, selector=row.selector, algorithm=row.algorithm,
-                       private_key_pem=row.private_key_pem, public_key_b64=row.public_key_b64,
+                       private_key=row.private_key_pem, public_key_b64=row.public_key_b64,
                        active=row.active, created_at=row.created_at)
 
 
 def add_key(session: Session, domain: str, selector: str, algorithm: str, private_key_pem: str,
-            public_key_b64: str, *, active: bool = True) -> DkimKeyInfo:
-    """Store a key for a local domain; AlreadyExists when the selector is taken."""
+            public_key_b64: str, *, active: bool = True,
+            keyring: Keyring | None = None) -> DkimKeyInfo:
+    """Store a key for a local domain; AlreadyExists when the selector is taken.
+
+    With a ``keyring`` that has a current key the private key is stored
+    encrypted; without one (or with an empty keyring) it is stored as it is.
+    """
     if algorithm not in DKIM_ALGORITHMS:
         raise ValueError(f"unknown DKIM algorithm {algorithm!r}")
     selector = selector.strip().lower()
@@ -48,10 +69,12 @@ def add_key(session: Session, domain: str, selector: str, algorithm: str, privat
         raise ValueError(f"invalid DKIM selector {selector!r}")
     name = normalise_domain(domain)
     ident = domain_id(session, name)
+    stored = (keyring.seal_if_possible(private_key_pem, DKIM_PRIVATE_KEY) if keyring is not None
+              else private_key_pem)
 
     def insert() -> DkimKey:
         row = DkimKey(domain_id=ident, selector=selector, algorithm=algorithm,
-                      private_key_pem=private_key_pem, public_key_b64=public_key_b64,
+                      private_key_pem=stored, public_key_b64=public_key_b64,
                       active=active)
         session.add(row)
         session.flush()
@@ -91,11 +114,11 @@ def default_selector(algorithm: str) -> str:
 
 
 def generate_key(session: Session, domain: str, algorithm: str,
-                 selector: str | None = None) -> DkimKeyInfo:
-    """Make and store a new active key for a local domain."""
+                 selector: str | None = None, *, keyring: Keyring | None = None) -> DkimKeyInfo:
+    """Make and store a new active key for a local domain (encrypted with ``keyring``'s key)."""
     pem, public = make_keypair(algorithm)
     return add_key(session, domain, selector or default_selector(algorithm), algorithm, pem,
-                   public)
+                   public, keyring=keyring)
 
 
 def list_keys(session: Session, domain: str | None = None, *,
@@ -123,3 +146,44 @@ def set_key_active(session: Session, domain: str, selector: str, active: bool) -
                            .values(active=active))
     if not getattr(done, "rowcount", 0):
         raise NotFound(f"no DKIM selector {selector} for {domain}")
+
+
+@dataclass(frozen=True)
+class ResealReport:
+    """What :func:`encrypt_keys` did: keys newly encrypted, re-encrypted, already current."""
+
+    encrypted: list[str]
+    reencrypted: list[str]
+    current: int
+
+
+def encrypt_keys(session: Session, keyring: Keyring, *, dry_run: bool = False) -> ResealReport:
+    """Encrypt every plaintext private key, and re-encrypt those sealed with an older key,
+    with ``keyring``'s current key (``postroom dkim encrypt-keys``).
+
+    Every row is opened before any is written, so a key that cannot be opened
+    (SecretError: sealed with a key the keyring lacks, or damaged) changes
+    nothing. The rows are locked against a concurrent run.
+    """
+    if not keyring.can_seal:
+        keyring.seal("", DKIM_PRIVATE_KEY)  # raises SecretKeyMissing, naming the setting
+    rows = session.execute(
+        select(DkimKey.id, Domain.name, DkimKey.selector, DkimKey.private_key_pem)
+        .join(Domain, Domain.id == DkimKey.domain_id)
+        .order_by(Domain.name, DkimKey.selector).with_for_update(of=DkimKey)).all()
+    changes: list[tuple[int, str, bool]] = []
+    current = 0
+    for ident, domain, selector, stored in rows:
+        if not keyring.needs_reseal(stored):
+            current += 1
+            continue
+        try:
+            pem = keyring.open(stored, DKIM_PRIVATE_KEY)
+        except SecretError as exc:
+            raise type(exc)(f"DKIM key {selector} of {domain}: {exc}") from None
+        changes.append((ident, f"{domain}/{selector}", is_sealed(stored)))
+        if not dry_run:
+            session.execute(update(DkimKey).where(DkimKey.id == ident).values(
+                private_key_pem=keyring.seal(pem, DKIM_PRIVATE_KEY)))
+    return ResealReport(encrypted=[name for _i, name, was in changes if not was],
+                        reencrypted=[name for _i, name, was in changes if was], current=current)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any
 
-from sqlalchemy import delete, exists, select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -60,9 +60,11 @@ def delete_orphans(session: Session, message_ids: list[int] | None = None) -> in
 
     With ``message_ids`` only those are considered (cheap, after a spool delete).
     """
+    # the sub-selects name a column rather than `SELECT *`, so that a role granted only
+    # SELECT (message_id) on these tables may run this (postroom.store.roles)
     query = delete(Message).where(
-        ~exists().where(MailboxEntry.message_id == Message.id),
-        ~exists().where(SpoolMessage.message_id == Message.id))
+        ~select(MailboxEntry.message_id).where(MailboxEntry.message_id == Message.id).exists(),
+        ~select(SpoolMessage.message_id).where(SpoolMessage.message_id == Message.id).exists())
     if message_ids is not None:
         if not message_ids:
             return 0

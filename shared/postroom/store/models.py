@@ -134,6 +134,7 @@ class DkimKey(Base):
                                            index=True)
     selector: Mapped[str] = mapped_column(Text)
     algorithm: Mapped[str] = mapped_column(Text)
+    # a PEM, or a postroom.secretbox envelope (`enc:v1:...`) under POSTROOM_SECRET_KEY_FILE
     private_key_pem: Mapped[str] = mapped_column(Text)
     public_key_b64: Mapped[str] = mapped_column(Text)
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))

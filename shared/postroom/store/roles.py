@@ -1,0 +1,233 @@
+"""Least-privilege PostgreSQL roles for the services: what each may read and write, as SQL.
+
+One NOLOGIN role per service (``postroom_msa``, ...) holds exactly the table,
+column and sequence privileges that service's store statements need;
+operators give it a password and LOGIN (or make login roles members of it)
+and point that service's POSTROOM_DATABASE_URL at it (docs/operations.md).
+The owner of the schema (the role `postroom db upgrade` runs as) keeps every
+right: migrations and the operator CLI use it.
+
+What matters most is what a role cannot do: only the msa reads DKIM private
+keys, only the login services (msa, pop3, imap) read password hashes and SCRAM
+secrets, the access services (pop3, imap) never write the spool, and no
+service changes accounts, domains, aliases, keys or the schema. Foreign-key
+checks and ON DELETE actions run as the table owner, so a role needs no rights
+on the tables they reach. The table is checked against real PostgreSQL by
+tests/integration/test_db_roles.py, which runs each service's store work as
+its role.
+
+:func:`statements` is idempotent: re-running it revokes what a role had and
+grants the table anew, so `postroom db upgrade` refreshes the roles that
+exist after a migration adds a table (a new table is granted to no one until
+it is listed here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection
+
+ROLE_PREFIX = "postroom_"
+SCHEMA = "public"
+
+# users without the login secrets (password_hash, scram_secrets)
+_USERS_PUBLIC = "SELECT (id, domain_id, localpart, address, quota_bytes, quota_messages, active, " \
+    "created_at)"
+# what a login needs: every column, and rewriting an old password hash (users.authenticate)
+_USERS_LOGIN = ("SELECT", "UPDATE (password_hash)")
+# the content-addressed blob store, without reading other people's mail
+_BLOBS_WRITE_ONLY = ("SELECT (id, sha256, size)", "INSERT")
+# delete_orphans asks whether a queued message (or a mailbox entry) still refers to a blob
+_SPOOL_REFERENCES = ("SELECT (message_id)",)
+
+# service -> table -> privileges (a privilege may name columns: "SELECT (a, b)")
+GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
+    "msa": {
+        "domains": ("SELECT",),
+        "aliases": ("SELECT",),
+        "users": _USERS_LOGIN,
+        "dkim_keys": ("SELECT",),
+        "messages": _BLOBS_WRITE_ONLY,
+        "spool_messages": ("SELECT", "INSERT"),
+        "spool_recipients": ("SELECT", "INSERT"),
+    },
+    "mta": {
+        "domains": ("SELECT",),
+        "aliases": ("SELECT",),
+        "users": (_USERS_PUBLIC,),
+        "messages": ("SELECT", "INSERT", "DELETE"),
+        "spool_messages": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+        "spool_recipients": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+        "spool_attempts": ("SELECT", "INSERT"),
+        # the retention job deletes a blob only when no mailbox holds it
+        "mailbox_entries": ("SELECT (message_id)",),
+    },
+    "dmarc": {
+        "domains": ("SELECT",),
+        "users": (_USERS_PUBLIC,),
+        "dmarc_results": ("SELECT", "INSERT", "DELETE"),
+        "dmarc_incoming_reports": ("SELECT", "INSERT"),
+        # incoming aggregate reports are read from an account's mailbox
+        "mailboxes": ("SELECT",),
+        "mailbox_entries": ("SELECT",),
+        "messages": ("SELECT", "INSERT"),
+        # outgoing aggregate reports are spooled as local mail
+        "spool_messages": ("SELECT", "INSERT"),
+        "spool_recipients": ("SELECT", "INSERT"),
+    },
+    "mda": {
+        "domains": ("SELECT",),
+        "aliases": ("SELECT",),
+        "users": (_USERS_PUBLIC,),
+        "mail_rules": ("SELECT",),
+        "vacation_replies": ("SELECT", "INSERT", "UPDATE"),
+        "mailboxes": ("SELECT", "UPDATE"),
+        "mailbox_entries": ("SELECT", "INSERT"),
+        "messages": ("SELECT", "INSERT", "UPDATE"),
+        "spool_messages": ("SELECT", "INSERT"),
+        "spool_recipients": ("SELECT", "INSERT", "UPDATE"),
+        "spool_attempts": ("SELECT", "INSERT"),
+    },
+    "pop3": {
+        "domains": ("SELECT",),
+        "users": _USERS_LOGIN,
+        "mailboxes": ("SELECT", "UPDATE"),
+        "mailbox_entries": ("SELECT", "DELETE"),
+        "messages": ("SELECT", "DELETE"),
+        "spool_messages": _SPOOL_REFERENCES,
+    },
+    "imap": {
+        "domains": ("SELECT",),
+        "users": _USERS_LOGIN,
+        "mailboxes": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+        "mailbox_entries": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+        "messages": ("SELECT", "INSERT", "DELETE"),
+        "spool_messages": _SPOOL_REFERENCES,
+    },
+}
+SERVICES: tuple[str, ...] = tuple(GRANTS)
+# every service checks the schema revision at start-up
+COMMON: dict[str, tuple[str, ...]] = {"alembic_version": ("SELECT",)}
+# sequences beyond the id of each table a role inserts into: setval/nextval of CREATE mailbox
+EXTRA_SEQUENCES: dict[str, dict[str, str]] = {
+    "imap": {"mailbox_uidvalidity_seq": "USAGE, UPDATE"},
+}
+
+
+def role_name(service: str, prefix: str = ROLE_PREFIX) -> str:
+    return prefix + service
+
+
+def _check_prefix(prefix: str) -> str:
+    # role names are written into SQL (GRANT cannot take them as parameters)
+    if not prefix or not all(c.isascii() and (c.isalnum() or c == "_") for c in prefix) \
+            or not prefix[0].isalpha() or prefix.lower() != prefix:
+        raise ValueError(f"role prefix {prefix!r}: lowercase letters, digits and _ only")
+    return prefix
+
+
+def _serial_tables() -> set[str]:
+    """Tables whose ``id`` comes from a sequence named ``<table>_id_seq`` (SERIAL)."""
+    from postroom.store.models import Base
+
+    return {name for name, table in Base.metadata.tables.items()
+            if "id" in table.c and table.c.id.primary_key and table.c.id.autoincrement in (
+                True, "auto")}
+
+
+def statements(services: Iterable[str] = SERVICES, *, prefix: str = ROLE_PREFIX,
+               create: bool = True) -> list[str]:
+    """The SQL that gives each service's role (``prefix`` + service) exactly its privileges
+    (run in one transaction as the schema owner); ``create`` adds missing NOLOGIN roles."""
+    serial = _serial_tables()
+    prefix = _check_prefix(prefix)
+    sql = []
+    for service in services:
+        grants: Mapping[str, tuple[str, ...]] = {**COMMON, **GRANTS[service]}
+        role = role_name(service, prefix)
+        if create:
+            sql.append(f"DO $$ BEGIN IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = "
+                       f"'{role}') THEN CREATE ROLE {role} NOLOGIN; END IF; END $$")
+        # revoking a table's privileges revokes its column privileges too
+        sql.append(f"REVOKE ALL ON ALL TABLES IN SCHEMA {SCHEMA} FROM {role}")
+        sql.append(f"REVOKE ALL ON ALL SEQUENCES IN SCHEMA {SCHEMA} FROM {role}")
+        sql.append(f"REVOKE CREATE ON SCHEMA {SCHEMA} FROM {role}")
+        sql.append(f"GRANT USAGE ON SCHEMA {SCHEMA} TO {role}")
+        for table, privileges in grants.items():
+            for privilege in privileges:
+                verb, _, columns = privilege.partition(" ")
+                sql.append(f"GRANT {verb} {columns} ON TABLE {table} TO {role}".replace("  ", " "))
+            if table in serial and any(p.startswith("INSERT") for p in privileges):
+                sql.append(f"GRANT USAGE ON SEQUENCE {table}_id_seq TO {role}")
+        for sequence, rights in EXTRA_SEQUENCES.get(service, {}).items():
+            sql.append(f"GRANT {rights} ON SEQUENCE {sequence} TO {role}")
+    return sql
+
+
+def script(services: Iterable[str] = SERVICES, *, prefix: str = ROLE_PREFIX) -> str:
+    """:func:`statements` as a psql script (`postroom db roles` prints it)."""
+    lines = ["-- Postroom: least-privilege roles for the services (docs/operations.md).",
+             "-- Run as the owner of the schema; then, per service:",
+             f"--   ALTER ROLE {prefix}msa WITH LOGIN PASSWORD '...';",
+             "BEGIN;"]
+    lines += [s + ";" for s in statements(services, prefix=prefix)]
+    lines.append("COMMIT;")
+    return "\n".join(lines) + "\n"
+
+
+# every service role, whatever its prefix, can read alembic_version in this database
+_GRANTEES = text(
+    "SELECT r.rolname FROM pg_class c, aclexplode(c.relacl) a JOIN pg_roles r"
+    " ON r.oid = a.grantee WHERE c.oid = CAST('alembic_version' AS regclass)"
+    " AND a.privilege_type = 'SELECT' AND a.grantee <> c.relowner")
+
+
+def existing(connection: Connection) -> list[tuple[str, str]]:
+    """(service, prefix) of every service role granted in this database."""
+    found = []
+    for name in connection.execute(_GRANTEES).scalars():
+        for service in SERVICES:
+            prefix = str(name)[:-len(service)]
+            if str(name).endswith(service) and prefix:
+                try:
+                    found.append((service, _check_prefix(prefix)))
+                except ValueError:
+                    continue
+    return sorted(found)
+
+
+def apply(connection: Connection, services: Iterable[str] = SERVICES, *,
+          prefix: str = ROLE_PREFIX, create: bool = True) -> None:
+    """Run :func:`statements` on ``connection`` (the caller commits)."""
+    for statement in statements(services, prefix=prefix, create=create):
+        connection.execute(text(statement))
+
+
+def apply_url(url: str, services: Iterable[str] = SERVICES, *,
+              prefix: str = ROLE_PREFIX) -> list[str]:
+    """Create the missing roles and grant each its privileges, in one transaction on the
+    database at ``url`` (as the schema owner); the role names."""
+    done = list(services)
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            apply(connection, done, prefix=prefix)
+    finally:
+        engine.dispose()
+    return [role_name(s, prefix) for s in done]
+
+
+def refresh_url(url: str) -> list[str]:
+    """Re-grant the service roles already granted in this database (after a migration: a
+    new table, a changed grant); creates none. The role names."""
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            found = existing(connection)
+            for service, prefix in found:
+                apply(connection, [service], prefix=prefix, create=False)
+    finally:
+        engine.dispose()
+    return [role_name(s, p) for s, p in found]

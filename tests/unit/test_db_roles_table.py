@@ -1,0 +1,78 @@
+"""The service roles' privilege table (postroom.store.roles) against the schema it grants on."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from postroom.store import roles
+from postroom.store.models import Base
+
+TABLES = Base.metadata.tables
+SECRETS = {"dkim_keys": {"private_key_pem"}, "users": {"password_hash", "scram_secrets"}}
+
+
+def _columns(privilege: str, table: str) -> set[str]:
+    """The columns a privilege covers (all of them when it names none)."""
+    named = re.search(r"\((.*)\)", privilege)
+    if named is None:
+        return {c.name for c in TABLES[table].c}
+    return {c.strip() for c in named.group(1).split(",")}
+
+
+def _readers(table: str, column: str) -> set[str]:
+    return {service for service, grants in roles.GRANTS.items()
+            for privilege in grants.get(table, ())
+            if privilege.startswith("SELECT") and column in _columns(privilege, table)}
+
+
+def test_every_granted_table_and_column_exists():
+    for grants in roles.GRANTS.values():
+        for table, privileges in grants.items():
+            assert table in TABLES, table
+            for privilege in privileges:
+                assert privilege.split(" ")[0] in ("SELECT", "INSERT", "UPDATE", "DELETE")
+                assert _columns(privilege, table) <= {c.name for c in TABLES[table].c}
+
+
+def test_every_table_is_someones_decision():
+    """A migration that adds a table must say which services get it (else none can use it)."""
+    granted = {t for grants in roles.GRANTS.values() for t in grants}
+    assert set(TABLES) == granted
+
+
+def test_only_the_msa_reads_dkim_private_keys():
+    assert _readers("dkim_keys", "private_key_pem") == {"msa"}
+
+
+@pytest.mark.parametrize("column", ["password_hash", "scram_secrets"])
+def test_only_the_login_services_read_password_secrets(column):
+    assert _readers("users", column) == {"msa", "pop3", "imap"}
+
+
+def test_no_service_writes_accounts_domains_aliases_or_keys():
+    for service, grants in roles.GRANTS.items():
+        for table in ("domains", "aliases", "dkim_keys", "mail_rules"):
+            assert all(p.startswith("SELECT") for p in grants.get(table, ())), (service, table)
+        assert set(grants.get("users", ())) <= {"SELECT", "UPDATE (password_hash)",
+                                               roles._USERS_PUBLIC}, service
+
+
+@pytest.mark.parametrize("service", ["pop3", "imap"])
+def test_the_access_services_never_write_the_spool(service):
+    for table in ("spool_messages", "spool_recipients", "spool_attempts"):
+        assert all(p.startswith("SELECT") for p in roles.GRANTS[service].get(table, ()))
+
+
+def test_the_script_is_one_transaction_and_names_every_role():
+    script = roles.script()
+    assert script.count("BEGIN;") == 1 and script.rstrip().endswith("COMMIT;")
+    for service in roles.SERVICES:
+        assert f"CREATE ROLE postroom_{service} NOLOGIN" in script
+
+
+@pytest.mark.parametrize("prefix", ["", "Postroom_", "a;drop role x;", "1abc_", "pré_"])
+def test_a_prefix_that_is_not_a_plain_name_is_refused(prefix):
+    with pytest.raises(ValueError, match="role prefix"):
+        roles.statements(prefix=prefix)
