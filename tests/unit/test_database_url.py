@@ -1,4 +1,4 @@
-"""POSTROOM_DATABASE_URL: the forms operators write map to psycopg2; other drivers fail in one line."""
+"""POSTROOM_DATABASE_URL: the usual forms mean psycopg2; other drivers fail in one line."""
 
 from __future__ import annotations
 
