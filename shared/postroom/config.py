@@ -263,7 +263,9 @@ class Settings:
         "Connections in this process's SQLAlchemy pool; the `db` thread pool has the same size.")
     var_dir: str = setting(
         _str, "var",
-        "Where `postroom up` keeps its private database, Redis, certificates and logs.")
+        "Where `postroom up` keeps its private database, Redis, certificates and logs. As root, "
+        "when the database's unprivileged user cannot enter it (a checkout in a 0700 home), "
+        "the database alone runs in a per-run directory under /var/tmp, removed at stop.")
     # identity and TLS
     hostname: str = setting(
         _str, _fqdn,
