@@ -41,6 +41,14 @@ if [ "$want_servers" = "--servers" ]; then
   fi
 fi
 
+# `make run` calls us twice: first for .venv (only when it is out of date), then with
+# --servers; the second time the install is already current, so only the servers are checked
+stamp="$VENV/.installed"
+if [ "$want_servers" = "--servers" ] && [ -f "$stamp" ] && [ "$stamp" -nt pyproject.toml ] && \
+   [ "$stamp" -nt "$0" ]; then
+  exit 0
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   log "creating $VENV"
   "$PY" -m venv "$VENV"

@@ -176,6 +176,38 @@ def _url(*schemes: str) -> Callable[[str], str | None]:
     return parse
 
 
+# --- the database URL: the forms operators and hosting services write, one driver behind them
+
+DATABASE_DRIVER = "psycopg2"  # the one PostgreSQL driver Postroom ships and is tested with
+
+
+def normalise_database_url(raw: str) -> str:
+    """``postgresql://``, ``postgres://`` or ``postgresql+psycopg2://`` as the SQLAlchemy URL.
+
+    SQLAlchemy 2.1 maps a bare ``postgresql://`` to psycopg 3 and knows no
+    ``postgres://`` at all; both are what operators and hosting services write,
+    so both mean the driver we ship. Any other driver is refused here, at
+    start-up, rather than as an ImportError at the first connection. Every
+    engine (services, CLI, migrations) is made from a URL that went through
+    this function (``postroom.store.db.make_engine``).
+    """
+    value = raw.strip()
+    scheme, sep, rest = value.partition("://")
+    dialect, _, driver = scheme.lower().partition("+")
+    if not sep or dialect not in ("postgresql", "postgres"):
+        raise ValueError("must be a URL such as postgresql://user:password@host:5432/postroom "
+                         "(postgres:// is accepted too)")
+    if driver and driver != DATABASE_DRIVER:
+        raise ValueError(f"driver {driver!r} is not installed with Postroom, which runs on "
+                         f"{DATABASE_DRIVER}: write postgresql://... (or "
+                         f"postgresql+{DATABASE_DRIVER}://...)")
+    return f"postgresql+{DATABASE_DRIVER}://{rest}"
+
+
+def _opt_database_url(raw: str) -> str | None:
+    return normalise_database_url(raw) if raw.strip() else None
+
+
 def _networks(raw: str) -> tuple[str, ...]:
     """Comma-separated addresses or CIDR networks (``10.0.0.0/8,2001:db8::1``), normalised."""
     import ipaddress
@@ -244,9 +276,11 @@ class Settings:
 
     # where state lives
     database_url: str | None = setting(
-        _url("postgresql"), "",
-        "SQLAlchemy URL of PostgreSQL (postgresql+psycopg2://user@host/db). Under `postroom up` "
-        "a private instance under ./var/ when unset; else required.", secret=True)
+        _opt_database_url, "",
+        "URL of PostgreSQL: postgresql://user:password@host:5432/db, or postgres://..., both run "
+        "on the psycopg2 driver Postroom ships (postgresql+psycopg2:// is the same; any other "
+        "+driver is refused at start-up). Under `postroom up` a private instance under "
+        "POSTROOM_VAR_DIR when unset; else required.", secret=True)
     redis_url: str | None = setting(
         _url("redis", "rediss", "unix"), "",
         "redis:// URL of Redis, db index allowed. Under `postroom up` a private instance when "
@@ -259,7 +293,9 @@ class Settings:
         "Connections in this process's SQLAlchemy pool; the `db` thread pool has the same size.")
     var_dir: str = setting(
         _str, "var",
-        "Where `postroom up` keeps its private database, Redis, certificates and logs.")
+        "Where `postroom up` keeps its private database, Redis, certificates and logs. As root, "
+        "when the database's unprivileged user cannot enter it (a checkout in a 0700 home), "
+        "the database alone runs in a per-run directory under /var/tmp, removed at stop.")
     # identity and TLS
     hostname: str = setting(
         _str, _fqdn,

@@ -10,6 +10,7 @@ hold is the postmaster's; see docs/decisions/0002-private-infrastructure.md.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import pwd
 import secrets
@@ -17,6 +18,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -91,8 +93,24 @@ class PrivatePostgres:
         self.durable = durable
         self.proc: subprocess.Popen[bytes] | None = None
         self._run_as: pwd.struct_passwd | None = None
+        # the per-run directory holding the cluster when its user cannot reach var/pg/data
+        # (as root in a 0700 home); removed at stop
+        self.fallback: Path | None = None
         if os.geteuid() == 0:
             self._run_as = _unprivileged_user()
+
+    def _choose_data_dir(self) -> None:
+        """As root, put the cluster where its user can reach it (see FALLBACK_PARENTS)."""
+        if self._run_as is None or self.fallback is not None:
+            return
+        blocked = _first_unreachable(self.root, self._run_as)
+        if blocked is None:
+            return
+        self.fallback = _make_fallback_dir(self.root, self._run_as, blocked)
+        self.data = self.fallback / "data"
+        log.info("private postgresql runs in a per-run directory", path=str(self.fallback),
+                 reason=f"user {self._run_as.pw_name} cannot enter {blocked}",
+                 removed="when postroom up stops")
 
     @property
     def url(self) -> str:
@@ -114,6 +132,7 @@ class PrivatePostgres:
     def _initdb(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         os.chmod(self.root, 0o755)  # noqa: S103 (no secrets here; the server user must reach data/ through it
+        self._choose_data_dir()
         if not self.password_file.exists():
             self.password_file.write_text(secrets.token_urlsafe(24) + "\n")
             os.chmod(self.password_file, 0o600)
@@ -122,7 +141,7 @@ class PrivatePostgres:
         self.data.mkdir(mode=0o700, exist_ok=True)
         self._chown(self.data)
         # initdb wants an empty data directory, and the server user must read this file
-        pwfile = self.root / ".initdb-password"
+        pwfile = self.data.parent / ".initdb-password"
         pwfile.write_text(self.password_file.read_text())
         os.chmod(pwfile, 0o600)
         self._chown(pwfile)
@@ -193,6 +212,10 @@ class PrivatePostgres:
             _stop_process(self.proc, signal.SIGINT, timeout)
             log.info("private postgresql stopped", pid=self.proc.pid)
             self.proc = None
+        if self.fallback is not None:
+            shutil.rmtree(self.fallback, ignore_errors=True)
+            log.info("private postgresql directory removed", path=str(self.fallback))
+            self.fallback = None
 
 
 class PrivateRedis:
@@ -244,17 +267,94 @@ def _unprivileged_user() -> pwd.struct_passwd:
                      "PostgreSQL refuses to run as root")
 
 
+def _can_enter(path: Path, user: pwd.struct_passwd) -> bool:
+    st = path.stat()
+    if st.st_uid == user.pw_uid:
+        return bool(st.st_mode & 0o100)
+    groups = set(os.getgrouplist(user.pw_name, user.pw_gid))
+    if st.st_gid in groups:
+        return bool(st.st_mode & 0o010)
+    return bool(st.st_mode & 0o001)
+
+
+def _first_unreachable(path: Path, user: pwd.struct_passwd) -> Path | None:
+    """The first existing directory on the way to ``path`` that ``user`` cannot enter."""
+    for directory in [*reversed(path.parents), path]:
+        if directory.exists() and not _can_enter(directory, user):
+            return directory
+    return None
+
+
 def _check_reachable(path: Path, user: pwd.struct_passwd | None) -> None:
-    """Fail clearly when the server user cannot traverse to var/ (e.g. under a 0700 home)."""
+    """Fail clearly when the server user cannot traverse to ``path``'s directory."""
     if user is None:
         return
-    for parent in reversed(path.parents):
-        st = parent.stat()
-        if st.st_uid == user.pw_uid:
+    blocked = _first_unreachable(path.parent, user)
+    if blocked is not None:
+        raise InfraError(f"user {user.pw_name} cannot enter {blocked}; set POSTROOM_VAR_DIR "
+                         "to a directory it can reach (e.g. under /tmp or /srv)")
+
+
+# As root, PostgreSQL runs as an unprivileged user that often cannot reach the checkout
+# (root's home is 0700). Its cluster then lives for one run in a fresh directory here.
+FALLBACK_PARENTS = ("/var/tmp", "/tmp")  # noqa: S108 (mkdtemp: random name, 0700, atomic)
+
+
+def fallback_prefix(wanted: Path) -> str:
+    """The name every per-run directory standing in for ``wanted`` starts with."""
+    return f"postroom-pg-{hashlib.sha256(str(wanted).encode()).hexdigest()[:12]}-"
+
+
+def _make_fallback_dir(wanted: Path, user: pwd.struct_passwd, blocked: Path) -> Path:
+    """A new per-run directory for the cluster, 0700 and owned by ``user``.
+
+    Its name says which checkout it serves (a hash of ``wanted``) so that one
+    left behind by a killed run of the same checkout is found and removed the
+    next time, once no postmaster runs in it. mkdtemp makes it atomically with
+    a random suffix and mode 0700, so nobody else on the machine can have
+    planted it; it is handed to ``user`` only after that.
+    """
+    prefix = fallback_prefix(wanted)
+    for parent in map(Path, FALLBACK_PARENTS):
+        if parent.is_dir() and _first_unreachable(parent, user) is None:
+            _remove_stale(parent, prefix, user)
+            path = Path(tempfile.mkdtemp(prefix=prefix, dir=parent))
+            os.chown(path, user.pw_uid, user.pw_gid)
+            return path
+    raise InfraError(f"user {user.pw_name} cannot enter {blocked} nor any of "
+                     f"{', '.join(FALLBACK_PARENTS)}; set POSTROOM_VAR_DIR to a directory it "
+                     "can reach")
+
+
+def _remove_stale(parent: Path, prefix: str, user: pwd.struct_passwd) -> None:
+    """Remove this checkout's fallback directories whose postmaster is gone (a killed run)."""
+    for path in parent.glob(prefix + "*"):
+        try:
+            st = path.lstat()
+        except OSError:
             continue
-        if not st.st_mode & 0o001 and not (st.st_gid == user.pw_gid and st.st_mode & 0o010):
-            raise InfraError(f"user {user.pw_name} cannot enter {parent}; set POSTROOM_VAR_DIR "
-                             "to a directory it can reach (e.g. under /tmp or /srv)")
+        if not path.is_dir() or path.is_symlink() or st.st_uid != user.pw_uid:
+            continue
+        if _postmaster_alive(path / "data" / "postmaster.pid"):
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        log.info("stale private postgresql directory removed", path=str(path))
+
+
+def _postmaster_alive(pid_file: Path) -> bool:
+    try:
+        pid = int(pid_file.read_text().split("\n", 1)[0])
+    except FileNotFoundError:
+        return False
+    except (OSError, ValueError):
+        return True  # unreadable or odd: leave it alone
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 class LocalInfra:

@@ -3,7 +3,8 @@
 Start-up is strict and quiet: every problem found before the service serves
 (bad settings, missing URL, schema behind the code, unreadable certificate,
 port in use) is one log line and exit code 2, never a traceback. Shutdown on
-SIGTERM/SIGINT: `/healthz` turns 503, listening ports close, the service's
+SIGTERM/SIGINT (the first of them; later ones only note that a stop is under
+way, see ReactorStop): `/healthz` turns 503, listening ports close, the service's
 stop hooks run (newest first) within POSTROOM_SHUTDOWN_GRACE, then pools and
 connections close and the process exits 0.
 """
@@ -11,15 +12,17 @@ connections close and the process exits 0.
 from __future__ import annotations
 
 import importlib
+import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import defer, tcp
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
-from twisted.internet.error import CannotListenError
+from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
@@ -34,12 +37,74 @@ from postroom.tls import ServerTLS, TLSConfigError, wrap_implicit
 
 EXIT_OK = 0
 EXIT_STARTUP = 2
+EXIT_INTERRUPTED = 130  # stopped by SIGINT before serving (the shell's 128 + 2)
 
 StopHook = Callable[[], "Deferred[Any] | None"]
 
 
 class StartupError(Exception):
     """The service cannot start; the message is the one line the operator sees."""
+
+
+class ReactorStop:
+    """The one way a Postroom process stops its reactor: once, whether a signal or code asks.
+
+    Twisted's own SIGINT/SIGTERM handlers call ``reactor.stop()`` on every signal.
+    A terminal's Ctrl-C reaches `postroom up` and each of its children at once and
+    the supervisor's SIGTERM follows, so every child got two, and the second
+    ``stop()`` of the already stopping reactor raised ReactorNotRunning with a
+    traceback. Once the reactor runs, this replaces those handlers; the first
+    request stops the reactor, any later one (a second signal, a start-up failure
+    during shutdown, a direct ``reactor.stop()`` before it) is only noted.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, reactor: Any, log: Logger) -> None:
+        self.reactor = reactor
+        self.log = log
+        self.reason: str | None = None
+        reactor.addSystemEventTrigger("before", "shutdown", self._shutting_down)
+        # after startup: Twisted installs its handlers during startup, these replace them
+        reactor.addSystemEventTrigger("after", "startup", self._install_signal_handlers)
+
+    def __call__(self, reason: str) -> None:
+        """Stop the reactor, unless a stop is already under way."""
+        if self.reason is not None:
+            self.log.info("stop already under way", reason=reason, stopping_for=self.reason)
+            return
+        self.reason = reason
+        self.log.info("stop requested", reason=reason)
+        try:
+            self.reactor.stop()
+        except ReactorNotRunning:
+            pass  # stopped directly (reactor.stop()) an instant before the trigger below ran
+
+    def _shutting_down(self) -> None:
+        if self.reason is None:  # a direct reactor.stop() counts as the one stop
+            self.reason = "reactor stopped"
+
+    def _install_signal_handlers(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set from the main thread (embedded reactors)
+        for sig in self.SIGNALS:
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum: int, frame: Any) -> None:
+        # runs between two bytecodes of whatever the main thread was doing: hand over
+        self.reactor.callFromThread(self, signal.Signals(signum).name)
+
+    @classmethod
+    def ignore_further(cls) -> None:
+        """Once the reactor has stopped, the process is on its way out: ignore stop signals.
+
+        Python resets its signal handlers to the default while the interpreter
+        finalises, so a late SIGTERM (the supervisor's, after a Ctrl-C already
+        stopped us) would otherwise end a clean exit as "killed by signal".
+        """
+        if threading.current_thread() is threading.main_thread():
+            for sig in cls.SIGNALS:
+                signal.signal(sig, signal.SIG_IGN)
 
 
 def _describe_port(port: Any) -> str:
@@ -318,6 +383,12 @@ def run_service(name: str, settings: Settings | None = None, *,
             from twisted.internet import reactor as default_reactor
             reactor = default_reactor
         ctx = _prepare(name, spec, settings, reactor, log)
+    except KeyboardInterrupt:
+        # Ctrl-C while starting (before the reactor and its handlers run): quiet, not a bug
+        log.info("service stopped before it started", reason="SIGINT")
+        if ctx is not None and ctx.database is not None:
+            ctx.database.stop()
+        return EXIT_INTERRUPTED
     except Exception as exc:
         message, bug = _startup_message(exc)
         if bug:
@@ -332,6 +403,7 @@ def run_service(name: str, settings: Settings | None = None, *,
 
 def _run(spec: ServiceSpec, ctx: ServiceContext, reactor: Any, log: Logger) -> int:
     exit_code = [EXIT_OK]
+    stop = ReactorStop(reactor, log)
     ctx.health.set_flag("service started", False)
 
     async def boot() -> None:
@@ -359,8 +431,7 @@ def _run(spec: ServiceSpec, ctx: ServiceContext, reactor: Any, log: Logger) -> i
         else:
             log.error("service failed to start", reason=message)
         exit_code[0] = EXIT_STARTUP
-        if reactor.running:
-            reactor.stop()
+        stop("start-up failed")
 
     def start() -> None:
         Deferred.fromCoroutine(boot()).addErrback(boot_failed)
@@ -369,5 +440,6 @@ def _run(spec: ServiceSpec, ctx: ServiceContext, reactor: Any, log: Logger) -> i
         "before", "shutdown", lambda: Deferred.fromCoroutine(ctx.shutdown()))
     reactor.callWhenRunning(start)
     reactor.run()
+    ReactorStop.ignore_further()
     log.info("service stopped", service=spec.name, exit_code=exit_code[0])
     return exit_code[0]

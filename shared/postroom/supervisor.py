@@ -27,7 +27,7 @@ from twisted.python.failure import Failure
 
 from postroom.config import PREFIX, ConfigError, Settings, load_settings
 from postroom.logs import configure, get_logger
-from postroom.runtime import serve_argv
+from postroom.runtime import ReactorStop, serve_argv
 from postroom.secretbox import SecretError
 
 log = get_logger("supervisor")
@@ -373,37 +373,56 @@ def main(args: argparse.Namespace, *, reactor: Any = None,
     var = Path(settings.var_dir).resolve()
     infra = LocalInfra(var)
     overrides: dict[str, str] = {}
+    # until the reactor's handlers take over, SIGTERM interrupts start-up as Ctrl-C does,
+    # so that the private servers already started are stopped rather than left running
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
-        var.mkdir(parents=True, exist_ok=True)
-        database_url = settings.database_url
-        if not database_url:
-            database_url = infra.start_postgres()
-            overrides[PREFIX + "DATABASE_URL"] = database_url
-        if not settings.redis_url:
-            overrides[PREFIX + "REDIS_URL"] = infra.start_redis()
-        overrides.update(_ensure_tls(settings, var))
-        overrides.update(_ensure_secret_key(settings, var))
-        overrides.update(_listen_overrides(settings, getattr(args, "host", None), environ))
-        from postroom.store import migrate
+        try:
+            var.mkdir(parents=True, exist_ok=True)
+            database_url = settings.database_url
+            if not database_url:
+                database_url = infra.start_postgres()
+                overrides[PREFIX + "DATABASE_URL"] = database_url
+            if not settings.redis_url:
+                overrides[PREFIX + "REDIS_URL"] = infra.start_redis()
+            overrides.update(_ensure_tls(settings, var))
+            overrides.update(_ensure_secret_key(settings, var))
+            overrides.update(_listen_overrides(settings, getattr(args, "host", None), environ))
+            from postroom.store import migrate
 
-        migrate.upgrade(database_url)
-        log.info("database schema is current", revision=migrate.current_revision(database_url))
-        secret_key_file = overrides.get(PREFIX + "SECRET_KEY_FILE", settings.secret_key_file)
-        demo = (_create_demo(database_url, secret_key_file, settings.secret_old_key_files)
-                if getattr(args, "demo", False) else None)
-    except (InfraError, OSError, ImportError, SecretError) as exc:
-        log.error("cannot start", reason=str(exc))
-        infra.stop()
-        return 2
-    except Exception as exc:
-        log.exception("cannot start", exc, reason=f"{type(exc).__name__}: {exc}")
-        infra.stop()
-        return 2
-    try:
+            migrate.upgrade(database_url)
+            log.info("database schema is current",
+                     revision=migrate.current_revision(database_url))
+            secret_key_file = overrides.get(PREFIX + "SECRET_KEY_FILE", settings.secret_key_file)
+            demo = (_create_demo(database_url, secret_key_file, settings.secret_old_key_files)
+                    if getattr(args, "demo", False) else None)
+        except (InfraError, ConfigError, OSError, ImportError, SecretError) as exc:
+            log.error("cannot start", reason=str(exc))
+            return 2
+        except Exception as exc:
+            log.exception("cannot start", exc, reason=f"{type(exc).__name__}: {exc}")
+            return 2
         return _supervise(names, settings, environ, overrides, demo, reactor,
                           json_output=bool(getattr(args, "json", False)))
+    except KeyboardInterrupt:
+        log.info("stopped before the services started")
+        return 130
     finally:
-        infra.stop()
+        _stop_infra(infra)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _stop_infra(infra: Any) -> None:
+    """Stop the private servers (bounded by their timeouts) with stop signals ignored.
+
+    `up` is on its way out; a second Ctrl-C here would otherwise leave a
+    postmaster running in its own session, and a root run's per-run directory.
+    """
+    ReactorStop.ignore_further()
+    infra.stop()
 
 
 def _supervise(names: Sequence[str], settings: Settings, environ: Mapping[str, str],
@@ -420,10 +439,11 @@ def _supervise(names: Sequence[str], settings: Settings, environ: Mapping[str, s
         env[PREFIX + "SERVICE"] = name
         envs[name] = env
     exit_code = [0]
+    stop = ReactorStop(reactor, log)
 
     def all_given_up() -> None:
         exit_code[0] = 1
-        reactor.stop()
+        stop("every service gave up")
 
     supervisor = Supervisor(reactor, {n: serve_argv(n) for n in names}, envs,
                             grace=settings.shutdown_grace + 5, on_all_given_up=all_given_up,
@@ -438,9 +458,9 @@ def _supervise(names: Sequence[str], settings: Settings, environ: Mapping[str, s
     reactor.addSystemEventTrigger("before", "shutdown",
                                   lambda: Deferred.fromCoroutine(supervisor.stop()))
     reactor.callWhenRunning(supervisor.start)
-    # SIGTERM and SIGINT both stop the reactor (Twisted's handlers), which stops the children
+    # SIGTERM and SIGINT stop the reactor once (ReactorStop), which stops the children;
+    # then main stops the private servers
     reactor.run()
     if supervisor.given_up and not exit_code[0]:
         exit_code[0] = 1
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
     return exit_code[0]

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -12,7 +14,7 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
-from postroom.localinfra import LocalInfra
+from postroom.localinfra import LocalInfra, fallback_prefix
 
 
 @pytest.fixture
@@ -58,3 +60,79 @@ def test_private_postgres_refuses_password_less_logins(var_dir):
                              dbname=db_url.database, password="wrong")
     finally:
         infra.stop()
+
+
+root_only = pytest.mark.skipif(os.geteuid() != 0, reason="only root runs PostgreSQL as "
+                               "another user (CI and the development containers are root)")
+
+
+@pytest.fixture
+def private_var_dir():
+    """A var directory inside a 0700 one, like a checkout in root's home."""
+    path = Path(tempfile.mkdtemp(prefix="postroom-infra-"))  # 0700
+    yield path / "var"
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@root_only
+@pytest.mark.slow
+def test_a_cluster_its_user_cannot_reach_runs_in_a_per_run_directory_removed_at_stop(
+        private_var_dir):
+    infra = LocalInfra(private_var_dir, durable=False)
+    try:
+        db_url = make_url(infra.start_postgres())
+        assert infra.postgres is not None
+        fallback = infra.postgres.fallback
+        assert fallback is not None and fallback.parent in (Path("/var/tmp"), Path("/tmp"))
+        assert fallback.name.startswith(fallback_prefix(private_var_dir.resolve() / "pg"))
+        st = fallback.stat()
+        assert st.st_mode & 0o777 == 0o700
+        assert pwd.getpwuid(st.st_uid).pw_name in ("postgres", "nobody")
+        assert not (private_var_dir / "pg" / "data").exists()
+        conn = psycopg2.connect(host=db_url.host, port=db_url.port, user=db_url.username,
+                                password=db_url.password, dbname=db_url.database)
+        conn.close()
+        pid = infra.postgres.proc.pid
+    finally:
+        infra.stop()
+    assert not fallback.exists()
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+
+
+@root_only
+@pytest.mark.slow
+def test_a_per_run_directory_left_by_a_killed_run_is_removed_next_time(private_var_dir):
+    user = pwd.getpwnam("postgres") if _has_user("postgres") else pwd.getpwnam("nobody")
+    prefix = fallback_prefix(private_var_dir.resolve() / "pg")
+    stale = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    live = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
+    dead_pid = _a_dead_pid()
+    for path, pid in ((stale, dead_pid), (live, os.getpid())):
+        (path / "data").mkdir()
+        (path / "data" / "postmaster.pid").write_text(f"{pid}\n/x\n")
+        for item in (path, path / "data", path / "data" / "postmaster.pid"):
+            os.chown(item, user.pw_uid, user.pw_gid)
+    infra = LocalInfra(private_var_dir, durable=False)
+    try:
+        infra.start_postgres()
+        assert not stale.exists()  # its postmaster is gone: a leftover of a killed run
+        assert live.exists()  # a postmaster still runs there: not ours to remove
+    finally:
+        infra.stop()
+        shutil.rmtree(stale, ignore_errors=True)
+        shutil.rmtree(live, ignore_errors=True)
+
+
+def _has_user(name: str) -> bool:
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        return False
+    return True
+
+
+def _a_dead_pid() -> int:
+    proc = subprocess.Popen(["true"])
+    proc.wait()
+    return proc.pid

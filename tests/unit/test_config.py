@@ -94,7 +94,7 @@ def test_secrets_can_come_from_a_file(tmp_path):
     secret = tmp_path / "db"
     secret.write_text("postgresql://postroom:s3cret@db/postroom\n")
     settings = load_settings({"POSTROOM_DATABASE_URL_FILE": str(secret)})
-    assert settings.database_url == "postgresql://postroom:s3cret@db/postroom"
+    assert settings.database_url == "postgresql+psycopg2://postroom:s3cret@db/postroom"
 
 
 def test_an_unreadable_secret_file_names_the_variable(tmp_path):

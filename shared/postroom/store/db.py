@@ -22,11 +22,13 @@ from typing import Any, Concatenate, ParamSpec, TypeVar
 
 from sqlalchemy import create_engine, event, exc, text
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
+from postroom.config import ConfigError, normalise_database_url
 from postroom.logs import get_logger
 
 P = ParamSpec("P")
@@ -37,6 +39,25 @@ log = get_logger("store")
 
 # a pooled connection idle longer than this is pinged before use (seconds)
 PING_AFTER_IDLE = 2.0
+
+
+def make_engine(url: str, **options: Any) -> Engine:
+    """The one way Postroom makes an SQLAlchemy engine (services, CLI, migrations, `up`).
+
+    ``url`` in any form POSTROOM_DATABASE_URL accepts (``postgresql://``,
+    ``postgres://``, ``postgresql+psycopg2://``); a bad URL or a driver that
+    cannot be loaded is a one-line ConfigError naming the variable, never an
+    ImportError with a traceback.
+    """
+    try:
+        normalised = normalise_database_url(url)
+    except ValueError as exc:
+        raise ConfigError(f"POSTROOM_DATABASE_URL: {exc}") from None
+    try:
+        return create_engine(normalised, **options)
+    except (ImportError, NoSuchModuleError) as exc:
+        raise ConfigError(f"POSTROOM_DATABASE_URL: cannot load the database driver: {exc} "
+                          "(reinstall Postroom with its dependencies)") from None
 
 
 class Database:
@@ -50,7 +71,7 @@ class Database:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         self.pool_size = pool_size
-        self.engine: Engine = create_engine(
+        self.engine: Engine = make_engine(
             url, pool_size=pool_size, max_overflow=0,
             # a connection older than this is replaced: survives server-side idle timeouts
             pool_recycle=1800)

@@ -8,8 +8,9 @@ from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
+
+from postroom.store.db import make_engine
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -33,7 +34,7 @@ def head_revision() -> str:
 
 def upgrade(url: str, revision: str = "head") -> None:
     """Bring the database at ``url`` up to ``revision`` (the newest by default)."""
-    engine = create_engine(url, poolclass=NullPool)
+    engine = make_engine(url, poolclass=NullPool)
     try:
         with engine.begin() as connection:
             config = _config()
@@ -45,7 +46,7 @@ def upgrade(url: str, revision: str = "head") -> None:
 
 def current_revision(url: str) -> str | None:
     """The revision the database at ``url`` is at, or None when it was never migrated."""
-    engine = create_engine(url, poolclass=NullPool)
+    engine = make_engine(url, poolclass=NullPool)
     try:
         with engine.connect() as connection:
             return MigrationContext.configure(connection).get_current_revision()
