@@ -31,7 +31,7 @@ from postroom import health as health_mod
 from postroom.config import ConfigError, Settings, load_settings, require, split_proxy
 from postroom.logs import Logger, configure, get_logger
 from postroom.metrics import Metrics
-from postroom.proxyproto import ProxyProtocolFactory
+from postroom.proxyproto import ProxyProtocolFactory, refused_total
 from postroom.service import ServiceSpec, UnknownService, load_service
 from postroom.tls import ServerTLS, TLSConfigError, wrap_implicit
 
@@ -173,6 +173,9 @@ class ServiceContext:
                     "POSTROOM_TLS_KEY_FILE"))
             factory = wrap_implicit(factory, self.tls)  # type: ignore[assignment]
         inner, proxied = split_proxy(endpoint)
+        # every listening service exports the refusal counter (zero without PROXY listeners),
+        # so dashboards and alerts see the series before the first refusal
+        refused_total(self.metrics)
         if proxied:
             if not self.settings.proxy_trusted:
                 return defer.fail(StartupError(
