@@ -16,7 +16,6 @@ only parameterised queries. Blocking calls run in the ``db`` pool
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -34,6 +33,8 @@ from twisted.python.threadpool import ThreadPool
 
 from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
 from postroom.logs import get_logger
+from postroom.queue import events
+from postroom.queue.redisclient import RedisError
 from postroom.store import users
 from postroom.store.mailboxes import next_modseq
 from postroom.store.messages import delete_orphans
@@ -213,11 +214,11 @@ class StoreAuthority:
             log.warning("maildrop unlock failed", error=str(exc))
 
     def _publish(self, mailbox_id: int, uids: list[int], modseq: int) -> None:
-        event = json.dumps({"event": "expunge", "mailbox_id": mailbox_id, "uids": uids,
-                            "modseq": modseq, "source": "pop3"})
+        event = events.ChangeEvent(events.EXPUNGE, mailbox_id, "pop3", modseq=modseq,
+                                   uids=tuple(uids))
         try:
-            self.redis.publish(f"{self.prefix}mailbox:{mailbox_id}", event)
-        except redis.RedisError as exc:
+            events.publish(self.redis, self.prefix, event)
+        except RedisError as exc:
             # a signal only: IMAP sessions also see the change at their next poll of the store
             log.warning("change event not published", error=str(exc), mailbox_id=mailbox_id)
 
