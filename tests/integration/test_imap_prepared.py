@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import create_engine, event, text
 
 from postroom.auth.passwords import hash_password
-from postroom.mime import analyze
+from postroom.mime import analyze, metadata_dict
 from postroom.store import domains, users
 from postroom.store.db import Database
 from postroom.store.prepared import Prepared
@@ -67,7 +67,7 @@ def _message(n: int) -> bytes:
 
 def _cached(n: int) -> dict[str, Any]:
     """The analysis the store keeps for message ``n``, as a FETCH reads it (no header list)."""
-    cached = mailstore.jsonb_safe(analyze(_message(n)).to_dict())
+    cached = metadata_dict(analyze(_message(n)))
     cached.pop("headers")
     return cached
 

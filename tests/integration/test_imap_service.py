@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import imaplib
-import json
 import re
 import secrets
 import ssl
@@ -19,6 +18,7 @@ from imapclient import IMAPClient
 
 from postroom.auth.passwords import hash_password
 from postroom.mime import analyze
+from postroom.queue import events
 from postroom.store import domains, mailboxes, messages, users
 from postroom.store.db import Database
 from tests.support.ports import free_port
@@ -100,8 +100,8 @@ class Account:
         uid, mailbox_id = self.database.run_sync(work)
         client = redis.Redis.from_url(self.server.redis_url)
         try:
-            client.publish(f"{self.server.prefix}mailbox:{mailbox_id}",
-                           json.dumps({"kind": "exists", "mailbox_id": mailbox_id, "uid": uid}))
+            events.publish(client, self.server.prefix,
+                           events.ChangeEvent(events.EXISTS, mailbox_id, "test", uid=uid))
         finally:
             client.close()
         return uid

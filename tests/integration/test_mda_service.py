@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import signal
 import time
 from collections import defaultdict
@@ -14,13 +13,14 @@ from sqlalchemy import delete, func, select
 from twisted.python.threadpool import ThreadPool
 
 from postroom.auth.passwords import hash_password
+from postroom.queue import events
 from postroom.queue.consumer import QueueEntry
 from postroom.queue.envelope import Envelope
 from postroom.queue.streams import QueueClient
 from postroom.store import domains, spool, users
 from postroom.store.models import Mailbox, MailboxEntry, SpoolRecipient
 from postroom_mda.delivery import Options
-from postroom_mda.service import Deliverer, channel
+from postroom_mda.service import Deliverer
 from tests.support.procs import runtime_argv
 from tests.support.redisdb import in_reactor, wait_until
 
@@ -84,7 +84,7 @@ def test_delivery_publishes_a_change_event(db, twisted_reactor, queue_client, re
     inbox_id = db.run_sync(lambda s: s.execute(select(Mailbox.id).where(
         Mailbox.user_id == alice.id, Mailbox.name == "INBOX")).scalar_one())
     pubsub = redis_client.pubsub()
-    pubsub.subscribe(channel(queue_client.prefix, inbox_id))
+    pubsub.subscribe(events.channel(queue_client.prefix, inbox_id))
     assert pubsub.get_message(timeout=5)["type"] == "subscribe"
     pool = ThreadPool(minthreads=0, maxthreads=1, name="test-publish")
     pool.start()
@@ -96,8 +96,8 @@ def test_delivery_publishes_a_change_event(db, twisted_reactor, queue_client, re
         pool.stop()
         pubsub.close()
     assert event is not None and event["type"] == "message"
-    assert json.loads(event["data"]) == {"kind": "exists", "mailbox_id": inbox_id, "uid": 1,
-                                         "modseq": 2}
+    assert events.ChangeEvent.parse(event["data"]) == events.ChangeEvent(
+        events.EXISTS, inbox_id, "mda", modseq=2, uid=1)
 
 
 def test_recipient_that_cannot_be_delivered_is_parked_and_the_entry_completes(

@@ -21,7 +21,6 @@ fixture is per test; a module that wants one suite for all its tests builds
 
 from __future__ import annotations
 
-import json
 import secrets
 import shutil
 import signal
@@ -36,6 +35,7 @@ import redis
 
 from postroom.auth.passwords import hash_password
 from postroom.mime import analyze
+from postroom.queue import events
 from postroom.queue.envelope import Envelope
 from postroom.queue.streams import QueueClient, connect
 from postroom.store import domains, mailboxes, messages, spool, users
@@ -185,8 +185,8 @@ class Suite:
     def publish_change(self, user_id: int, mailbox: str = "INBOX") -> None:
         """Wake IMAP sessions watching ``mailbox`` (after :meth:`store`, as the mda would)."""
         info = self.db.run_sync(mailboxes.get_mailbox, user_id, mailbox)
-        self.redis.publish(f"{self.prefix}mailbox:{info.id}",
-                           json.dumps({"kind": "exists", "mailbox_id": info.id}))
+        events.publish(self.redis, self.prefix,
+                       events.ChangeEvent(events.EXISTS, info.id, "test"))
 
     def enqueue_delivery(self, address: str, data: bytes,
                          mail_from: str = "sender@remote.test") -> str:

@@ -6,10 +6,10 @@ import json
 
 import pytest
 
+from postroom.queue.greylist import client_network, triplet_key
 from postroom.smtp import grammar
 from postroom_mta.dmarcclient import parse_verdict, request_body
 from postroom_mta.dnsbl import is_listing, query_name
-from postroom_mta.greylist import client_network, triplet_key
 from postroom_mta.inbound import (
     RelayDenied,
     authentication_results_field,

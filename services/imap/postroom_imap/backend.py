@@ -10,13 +10,11 @@ update.
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-import redis
 from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
@@ -27,6 +25,8 @@ from postroom.auth.authcache import AuthCache
 from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
 from postroom.auth.sasl import ScramSecrets
 from postroom.logs import get_logger
+from postroom.queue import events
+from postroom.queue.redisclient import RedisClient, RedisError
 from postroom.store import users
 from postroom_imap import mailstore
 from postroom_imap.policy import (
@@ -52,7 +52,7 @@ log = get_logger("imap")
 class ChangeListener:
     """One pub/sub subscription per process, fanned out to watching sessions on the reactor."""
 
-    def __init__(self, client: redis.Redis, prefix: str, reactor: Any) -> None:
+    def __init__(self, client: RedisClient, prefix: str, reactor: Any) -> None:
         self.client = client
         self.prefix = prefix
         self.reactor = reactor
@@ -97,45 +97,21 @@ class ChangeListener:
                 log.exception("change callback failed", exc)
 
     def _loop(self) -> None:
-        pattern = f"{self.prefix}mailbox:*"
         while not self._stop.is_set():
-            pubsub = self.client.pubsub(ignore_subscribe_messages=True)
             try:
-                pubsub.psubscribe(pattern)
-                while not self._stop.is_set():
-                    message = pubsub.get_message(timeout=1.0)
-                    if message is None:
-                        continue
-                    channel = message.get("channel")
-                    if isinstance(channel, bytes):
-                        channel = channel.decode("utf-8", "replace")
-                    tail = str(channel).rsplit(":", 1)[-1]
-                    if tail.isdigit():
-                        self.reactor.callFromThread(self.notify, int(tail),
-                                                    _event_modseq(message.get("data")))
-            except (redis.RedisError, OSError) as exc:
+                events.listen(self.client, self.prefix, self._stop, self._from_thread)
+            except (RedisError, OSError) as exc:
                 log.warning("change listener lost redis", error=str(exc))
                 self._stop.wait(2.0)
-            finally:
-                try:
-                    pubsub.close()
-                except (redis.RedisError, OSError):
-                    pass
 
-
-def _event_modseq(data: Any) -> int | None:
-    """The ``modseq`` of a change event's JSON body, or None (absent, or not an event)."""
-    try:
-        value = json.loads(data).get("modseq") if data else None
-    except (ValueError, TypeError, AttributeError):
-        return None
-    return value if isinstance(value, int) and not isinstance(value, bool) else None
+    def _from_thread(self, mailbox_id: int, modseq: int | None) -> None:
+        self.reactor.callFromThread(self.notify, mailbox_id, modseq)
 
 
 class StoreAccounts:
     """Accounts over the store, with the shared failed-login limits in Redis."""
 
-    def __init__(self, database: Any, client: redis.Redis, redis_pool: ThreadPool, *,
+    def __init__(self, database: Any, client: RedisClient, redis_pool: ThreadPool, *,
                  prefix: str, limiter: LoginRateLimiter | None, listener: ChangeListener,
                  reactor: Any, auth_cache: AuthCache[users.UserInfo] | None = None,
                  cpu_pool: ThreadPool | None = None) -> None:
@@ -237,13 +213,11 @@ class StoreAccounts:
         return await self._outcome(info, username, peer)
 
     def publish(self, mailbox_id: int, kind: str, modseq: int | None = None) -> None:
-        body: dict[str, Any] = {"event": kind, "mailbox_id": mailbox_id, "source": "imap"}
-        if modseq is not None:
-            body["modseq"] = modseq  # sessions that already know this modseq ignore the event
-        event = json.dumps(body)
+        # with modseq, sessions that already know it ignore the event
+        event = events.ChangeEvent(kind, mailbox_id, "imap", modseq=modseq)
         try:
-            self.redis.publish(f"{self.prefix}mailbox:{mailbox_id}", event)
-        except redis.RedisError as exc:
+            events.publish(self.redis, self.prefix, event)
+        except RedisError as exc:
             log.warning("change event not published", error=str(exc), mailbox_id=mailbox_id)
 
 

@@ -13,7 +13,6 @@ the rest stay text() statements.
 from __future__ import annotations
 
 import hashlib
-import json
 import sys
 import threading
 from array import array
@@ -26,7 +25,7 @@ from typing import Any, cast
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from postroom.mime import analyze
+from postroom.mime import analyze, metadata_json
 from postroom.store import mailboxes
 from postroom.store.errors import AlreadyExists
 from postroom.store.messages import delete_orphans
@@ -52,19 +51,6 @@ SYSTEM = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
 
 def _norm(name: str) -> str:
     return "INBOX" if name.upper() == "INBOX" else name
-
-
-def jsonb_safe(value: Any) -> Any:
-    """PostgreSQL jsonb refuses NUL and lone surrogates: replace them, keep everything else."""
-    if isinstance(value, str):
-        if "\x00" in value or any("\ud800" <= c <= "\udfff" for c in value):
-            value = value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
-        return value
-    if isinstance(value, dict):
-        return {str(jsonb_safe(k)): jsonb_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [jsonb_safe(v) for v in value]
-    return value
 
 
 def _mailbox(s: Session, user_id: int, name: str, lock: bool = False) -> Any:
@@ -214,7 +200,7 @@ def _check_quota(s: Session, user_id: int, add_bytes: int, add_messages: int,
 
 
 def _store_blob(s: Session, user_id: int, data: bytes,
-                metadata: dict[str, Any]) -> tuple[int, tuple[int | None, int | None]]:
+                metadata: str) -> tuple[int, tuple[int | None, int | None]]:
     """``messages.store_message`` in plain SQL, plus the user's quota limits in the same trip.
 
     (message id, (quota bytes, quota messages)). The same content addressing
@@ -225,7 +211,7 @@ def _store_blob(s: Session, user_id: int, data: bytes,
     """
     digest = hashlib.sha256(data).hexdigest()
     row = _STORE_BLOB.execute(s.connection(), {
-        "h": digest, "n": len(data), "b": data, "meta": json.dumps(metadata),
+        "h": digest, "n": len(data), "b": data, "meta": metadata,
         "u": user_id}).one()
     limits = (row[1], row[2])
     if row[0] is not None:
@@ -265,7 +251,7 @@ def append(s: Session, user_id: int, name: str, data: bytes, flags: Sequence[str
     and MODSEQ (the new highestmodseq) that the entry then gets, as MDA
     deliveries do. Over quota, or no such mailbox, rolls all of it back.
     """
-    message_id, limits = _store_blob(s, user_id, data, jsonb_safe(analyze(data).to_dict()))
+    message_id, limits = _store_blob(s, user_id, data, metadata_json(analyze(data)))
     _check_quota(s, user_id, len(data), 1, limits)
     row = _APPEND.execute(s.connection(), {
         "u": user_id, "n": _norm(name), "msg": message_id, "f": list(dict.fromkeys(flags)),

@@ -14,8 +14,7 @@ described in them and done by the caller.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass, field, fields, is_dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from postroom.config import Settings
 from postroom.logs import get_logger
-from postroom.mime import analyze
+from postroom.mime import analyze, metadata_dict, metadata_json
 from postroom.queue.envelope import Envelope
 from postroom.rules import (
     HEAD_BYTES,
@@ -112,19 +111,6 @@ class Outcome:
 # --- parse once per blob
 
 
-def _jsonb_safe(value: Any) -> Any:
-    """PostgreSQL jsonb refuses NUL and lone surrogates: replace them, keep everything else."""
-    if isinstance(value, str):
-        if "\x00" in value or any("\ud800" <= c <= "\udfff" for c in value):
-            value = value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
-        return value
-    if isinstance(value, dict):
-        return {str(_jsonb_safe(k)): _jsonb_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonb_safe(v) for v in value]
-    return value
-
-
 def ensure_metadata(session: Session, queue_id: str) -> int | None:
     """Analyze the queued message's blob once and store its IMAP metadata with it.
 
@@ -142,7 +128,7 @@ def ensure_metadata(session: Session, queue_id: str) -> int | None:
         return None
     message_id = int(row[0])
     if row[1]:
-        meta = _jsonb_safe(analyze(bytes(row[2])).to_dict())
+        meta = metadata_dict(analyze(bytes(row[2])))
         try:
             with session.begin_nested():
                 # only if still empty: a concurrent replica may have stored it first
@@ -453,54 +439,13 @@ def _metadata_json(facts: _FastFacts) -> str | None:
     """The blob's metadata as JSON for jsonb, or None when there is nothing to store."""
     if facts.blob is None:
         return None
-    meta = analyze(facts.blob)
     try:
-        text = _META_ENCODER.encode(meta)
-        if "\\u0000" in text or not _is_utf8(text):
-            # what jsonb refuses (NUL, lone surrogates): the slow walk, only for such mail
-            text = json.dumps(_jsonb_safe(meta.to_dict()), ensure_ascii=False,
-                              allow_nan=False, separators=(",", ":"))
-        return text
+        return metadata_json(analyze(facts.blob))  # the one stored form (postroom.mime.stored)
     except ValueError as exc:
         # mail is never held back for its metadata: deliver it, readers re-analyze
         log.warning("message metadata not stored", queue_id=facts.queue_id,
                     message_id=facts.message_id, error=str(exc))
         return None
-
-
-_DATACLASS_FIELDS: dict[type, tuple[str, ...]] = {}
-
-
-def _dataclass_as_dict(value: Any) -> dict[str, Any]:
-    """One level of ``MessageMeta.to_dict`` for the JSON encoder (its ``default`` hook).
-
-    The C encoder writes the lists, strings and numbers itself and calls this
-    only for the dataclasses, so the text is the same as ``json.dumps(to_dict())``
-    without first building the whole dict tree in Python.
-    """
-    names = _DATACLASS_FIELDS.get(type(value))
-    if names is None:
-        if not is_dataclass(value) or isinstance(value, type):
-            to_dict = getattr(value, "to_dict", None)
-            if to_dict is not None:
-                # not one of the model's dataclasses, but it can say itself as plain data
-                return dict(to_dict())
-            raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
-        names = _DATACLASS_FIELDS[type(value)] = tuple(f.name for f in fields(value))
-    return {name: getattr(value, name) for name in names}
-
-
-_META_ENCODER = json.JSONEncoder(ensure_ascii=False, allow_nan=False, separators=(",", ":"),
-                                 default=_dataclass_as_dict)
-
-
-def _is_utf8(text: str) -> bool:
-    """False when ``text`` holds a lone surrogate (one C-speed pass, no per-character loop)."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError:
-        return False
-    return True
 
 
 def _fast_deliver(connection: Connection, facts: _FastFacts, options: Options, now: datetime,

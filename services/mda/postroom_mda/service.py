@@ -16,19 +16,19 @@ commit" rule.
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
 from sqlalchemy.exc import DataError, DBAPIError
 from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
 from postroom.logs import Logger, get_logger
 from postroom.metrics import Metrics, messages_total
+from postroom.queue import events
 from postroom.queue.consumer import QueueEntry
 from postroom.queue.reconciler import enqueue_after_commit
+from postroom.queue.redisclient import RedisError
 from postroom.queue.streams import QueueClient
 from postroom.store import spool
 from postroom_mda.delivery import DELIVERED, MISSING, Options, Outcome, deliver_recipient
@@ -38,15 +38,11 @@ _RETRYABLE = ("40001", "40P01")
 ATTEMPTS = 3
 
 
-def channel(prefix: str, mailbox_id: int) -> str:
-    """The pub/sub channel of a mailbox's change events."""
-    return f"{prefix}mailbox:{mailbox_id}"
-
-
-def change_event(outcome: Outcome) -> str:
-    """The JSON published when a message has been added to a mailbox."""
-    return json.dumps({"kind": "exists", "mailbox_id": outcome.mailbox_id, "uid": outcome.uid,
-                       "modseq": outcome.modseq}, separators=(",", ":"))
+def change_event(outcome: Outcome) -> events.ChangeEvent:
+    """The event published when a message has been added to a mailbox."""
+    assert outcome.mailbox_id is not None
+    return events.ChangeEvent(events.EXISTS, outcome.mailbox_id, "mda", modseq=outcome.modseq,
+                              uid=outcome.uid)
 
 
 def _retryable(exc: BaseException) -> bool:
@@ -138,9 +134,8 @@ class Deliverer:
         if outcome.result != DELIVERED or outcome.mailbox_id is None:
             return
         try:
-            self.queue.redis.publish(channel(self.queue.prefix, outcome.mailbox_id),
-                                     change_event(outcome))
-        except redis.RedisError as exc:
+            events.publish(self.queue.redis, self.queue.prefix, change_event(outcome))
+        except RedisError as exc:
             # the copy is committed; IDLE clients see it at their next poll instead
             self.log.warning("change event not published", queue_id=outcome.queue_id,
                              mailbox_id=outcome.mailbox_id, error=str(exc))

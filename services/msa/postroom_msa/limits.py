@@ -23,9 +23,9 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
-import redis
+from postroom.queue import counters
+from postroom.queue.redisclient import RedisClient, RedisError
 
 HOUR = 3600.0
 DAY = 86400.0
@@ -59,7 +59,7 @@ class Usage:
 class SendingLimits:
     """The two per-account limits, over one Redis client and key prefix."""
 
-    def __init__(self, client: redis.Redis, prefix: str, *, messages_per_hour: int,
+    def __init__(self, client: RedisClient, prefix: str, *, messages_per_hour: int,
                  recipients_per_day: int, clock: Callable[[], float] = time.time) -> None:
         self.client = client
         self.prefix = prefix
@@ -80,10 +80,9 @@ class SendingLimits:
         for kind, _window, bucket in self._windows(now):
             keys += [self._key(kind, user_id, bucket - 1), self._key(kind, user_id, bucket)]
         try:
-            values: list[Any] = list(self.client.mget(keys))
-        except redis.RedisError as exc:
+            counts = counters.read(self.client, keys)
+        except RedisError as exc:
             raise LimitUnavailable(str(exc)) from None
-        counts = [int(v) if v is not None else 0 for v in values]
         estimates = [
             sliding_estimate(counts[2 * i], counts[2 * i + 1], now - bucket * window, window)
             for i, (_kind, window, bucket) in enumerate(self._windows(now))]
@@ -108,10 +107,8 @@ class SendingLimits:
     def record(self, user_id: int, recipients: int) -> None:
         """Count one accepted message to ``recipients`` recipients (raises redis errors)."""
         now = self.clock()
-        pipe = self.client.pipeline(transaction=True)
-        for kind, window, bucket in self._windows(now):
-            key = self._key(kind, user_id, bucket)
-            pipe.incrby(key, 1 if kind == MESSAGES else recipients)
-            # the bucket is read as "previous" for one more window, then never again
-            pipe.expire(key, int(2 * window) + 60)
-        pipe.execute()
+        # the bucket is read as "previous" for one more window, then never again
+        counters.add(self.client, [
+            (self._key(kind, user_id, bucket), 1 if kind == MESSAGES else recipients,
+             int(2 * window) + 60)
+            for kind, window, bucket in self._windows(now)])

@@ -47,13 +47,12 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-import redis
 
 from postroom.destinations import STRICT, DestinationPolicy
 from postroom.dns import DNSError, Resolver
 from postroom.logs import get_logger
+from postroom.queue import cache
+from postroom.queue.redisclient import RedisClient, RedisError
 
 log = get_logger("mtasts")
 
@@ -233,7 +232,7 @@ class Cached:
 class PolicyStore:
     """The policy cache shared by all mta processes: a Redis key per domain, TTL max_age."""
 
-    def __init__(self, client: redis.Redis, prefix: str) -> None:
+    def __init__(self, client: RedisClient, prefix: str) -> None:
         self.client = client
         self.prefix = prefix
 
@@ -243,8 +242,8 @@ class PolicyStore:
     def load(self, domain: str) -> Cached | None:
         """The stored policy of ``domain``; None when absent, unreadable or Redis is away."""
         try:
-            raw: Any = self.client.get(self.key(domain))
-        except redis.RedisError as exc:
+            raw = cache.get(self.client, self.key(domain))
+        except RedisError as exc:
             log.warning("mta-sts cache read failed", domain=domain, error=str(exc)[:200])
             return None
         if raw is None:
@@ -261,8 +260,8 @@ class PolicyStore:
         if ttl <= 0:
             return
         try:
-            self.client.set(self.key(domain), entry.to_json(), ex=ttl)
-        except redis.RedisError as exc:
+            cache.put(self.client, self.key(domain), entry.to_json(), ttl)
+        except RedisError as exc:
             log.warning("mta-sts cache write failed", domain=domain, error=str(exc)[:200])
 
 

@@ -32,7 +32,6 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import redis
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -50,6 +49,7 @@ from postroom.metrics import (
 )
 from postroom.queue.consumer import QueueEntry
 from postroom.queue.reconciler import enqueue_after_commit
+from postroom.queue.redisclient import RedisError
 from postroom.queue.streams import QueueClient
 from postroom_mta import bounce
 from postroom_mta.mtasts import PolicyFinder, PolicyStore
@@ -257,7 +257,7 @@ class Relay:
         try:
             await deferToThreadPool(self.reactor, self.redis_pool, self.queue.wake_at, STREAM,
                                     queue_id, when.timestamp())
-        except redis.RedisError as exc:
+        except RedisError as exc:
             # only a wake-up: the reconciler's periodic pass finds the due recipient anyway
             log.warning("retry wake-up not set", error=str(exc))
 

@@ -1,8 +1,8 @@
 """The POP3 maildrop over the store: login, the per-user Redis lock, the INBOX snapshot, RETR, QUIT.
 
 The maildrop is the user's INBOX as it was at login (RFC 1939: message
-numbers do not change during a session). A Redis key
-``<prefix>pop3:lock:<user id>`` set with NX and a TTL is the lock: every pop3
+numbers do not change during a session). A Redis lease on
+``<prefix>pop3:lock:<user id>`` (``postroom.queue.locks``) is the lock: every pop3
 replica honours it, the session refreshes it while it lives, and a session
 that dies without releasing it loses it when the TTL runs out. QUIT expunges
 the marked entries in one transaction that also advances the mailbox's
@@ -16,13 +16,11 @@ only parameterised queries. Blocking calls run in the ``db`` pool
 
 from __future__ import annotations
 
-import json
 import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-import redis
 from sqlalchemy import delete, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
@@ -34,6 +32,8 @@ from twisted.python.threadpool import ThreadPool
 
 from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
 from postroom.logs import get_logger
+from postroom.queue import events, locks
+from postroom.queue.redisclient import RedisClient, RedisError
 from postroom.store import users
 from postroom.store.mailboxes import next_modseq
 from postroom.store.messages import delete_orphans
@@ -54,20 +54,6 @@ T = TypeVar("T")
 
 # a dead session's lock is gone after this long; a live one refreshes it every third of it
 LOCK_TTL = 60.0
-
-_REFRESH = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('pexpire', KEYS[1], ARGV[2])
-end
-return 0
-"""
-_RELEASE = """
-if redis.call('get', KEYS[1]) == ARGV[1] then
-  return redis.call('del', KEYS[1])
-end
-return 0
-"""
-
 
 # --- store queries (run in the db pool; plain data only crosses back)
 
@@ -134,7 +120,7 @@ def expunge_uids(session: Session, mailbox_id: int, uids: Sequence[int]) -> tupl
 class StoreAuthority:
     """Logs users in against the store and hands out their locked INBOX snapshot."""
 
-    def __init__(self, database: Any, redis_client: redis.Redis, redis_pool: ThreadPool, *,
+    def __init__(self, database: Any, redis_client: RedisClient, redis_pool: ThreadPool, *,
                  prefix: str, limiter: LoginRateLimiter | None, reactor: Any = None,
                  lock_ttl: float = LOCK_TTL) -> None:
         if reactor is None:
@@ -182,7 +168,7 @@ class StoreAuthority:
         key = self.lock_key(user.id)
         try:
             acquired = await self.in_redis_thread(self._acquire, key, token)
-        except redis.RedisError as exc:
+        except RedisError as exc:
             log.warning("maildrop lock failed", error=str(exc), user=user.address)
             raise TemporaryFailure() from None
         if not acquired:
@@ -200,24 +186,24 @@ class StoreAuthority:
         return drop
 
     def _acquire(self, key: str, token: str) -> bool:
-        return bool(self.redis.set(key, token, nx=True, px=int(self.lock_ttl * 1000)))
+        return locks.acquire(self.redis, key, token, self.lock_ttl)
 
     def _refresh(self, key: str, token: str) -> bool:
-        return bool(self.redis.eval(_REFRESH, 1, key, token, int(self.lock_ttl * 1000)))
+        return locks.refresh(self.redis, key, token, self.lock_ttl)
 
     def _release_quietly(self, key: str, token: str) -> None:
         try:
-            self.redis.eval(_RELEASE, 1, key, token)
-        except redis.RedisError as exc:
+            locks.release(self.redis, key, token)
+        except RedisError as exc:
             # the TTL will free it; a new login waits at most LOCK_TTL
             log.warning("maildrop unlock failed", error=str(exc))
 
     def _publish(self, mailbox_id: int, uids: list[int], modseq: int) -> None:
-        event = json.dumps({"event": "expunge", "mailbox_id": mailbox_id, "uids": uids,
-                            "modseq": modseq, "source": "pop3"})
+        event = events.ChangeEvent(events.EXPUNGE, mailbox_id, "pop3", modseq=modseq,
+                                   uids=tuple(uids))
         try:
-            self.redis.publish(f"{self.prefix}mailbox:{mailbox_id}", event)
-        except redis.RedisError as exc:
+            events.publish(self.redis, self.prefix, event)
+        except RedisError as exc:
             # a signal only: IMAP sessions also see the change at their next poll of the store
             log.warning("change event not published", error=str(exc), mailbox_id=mailbox_id)
 

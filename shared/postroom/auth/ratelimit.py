@@ -41,13 +41,12 @@ import hashlib
 import secrets
 import time
 from collections.abc import Callable
-from typing import Any
-
-import redis
 
 from postroom.config import Settings
 from postroom.logs import get_logger
 from postroom.peers import client_key
+from postroom.queue import windows
+from postroom.queue.redisclient import RedisClient, RedisError
 from postroom.store.addresses import login_name
 
 log = get_logger("ratelimit")
@@ -72,7 +71,7 @@ CLEAN_SIZE = 10000
 class LoginRateLimiter:
     """Per-address and per-account failed-login counters over a sliding window."""
 
-    def __init__(self, client: redis.Redis, prefix: str, limit: int, window: float, *,
+    def __init__(self, client: RedisClient, prefix: str, limit: int, window: float, *,
                  clock: Callable[[], float] = time.time) -> None:
         if limit < 1 or window <= 0:
             raise ValueError("limit and window must be positive")
@@ -87,7 +86,7 @@ class LoginRateLimiter:
         self._clean: dict[str, bool] = {}
 
     @classmethod
-    def from_settings(cls, client: redis.Redis, settings: Settings) -> LoginRateLimiter:
+    def from_settings(cls, client: RedisClient, settings: Settings) -> LoginRateLimiter:
         """The limiter of POSTROOM_AUTH_FAIL_LIMIT, _AUTH_FAIL_WINDOW and _REDIS_PREFIX."""
         return cls(client, settings.redis_prefix, settings.auth_fail_limit,
                    settings.auth_fail_window)
@@ -121,15 +120,10 @@ class LoginRateLimiter:
             return True
         oldest = self.clock() - self.window
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for key in keys:
-                pipe.zremrangebyscore(key, "-inf", oldest)
-                pipe.zcard(key)
-            replies: list[Any] = pipe.execute()
-        except redis.RedisError as exc:
+            counts = windows.counts_since(self.client, keys, oldest)
+        except RedisError as exc:
             log.warning("rate limit check failed", error=str(exc))
             raise RateLimitUnavailable(str(exc)) from None
-        counts = replies[1::2]
         if acct is not None:
             if len(self._clean) >= CLEAN_SIZE:
                 self._clean.clear()
@@ -149,17 +143,10 @@ class LoginRateLimiter:
         now = self.clock()
         # unique member per failure: two failures in the same microsecond both count
         member = f"{now:.6f}:{secrets.token_hex(4)}"
-        ttl_ms = max(1, int(self.window * 1000))
         try:
-            pipe = self.client.pipeline(transaction=True)
-            for key in keys:
-                pipe.zadd(key, {member: now})
-                pipe.zremrangebyscore(key, "-inf", now - self.window)
-                # keep only the newest limit+1: enough to stay over the limit, bounded memory
-                pipe.zremrangebyrank(key, 0, -(self.limit + 2))
-                pipe.pexpire(key, ttl_ms)
-            pipe.execute()
-        except redis.RedisError as exc:
+            # keep only the newest limit+1: enough to stay over the limit, bounded memory
+            windows.record(self.client, keys, member, now, self.window, self.limit + 1)
+        except RedisError as exc:
             log.warning("rate limit record failed", error=str(exc))
 
     def needs_reset(self, account: str) -> bool:
@@ -178,6 +165,6 @@ class LoginRateLimiter:
         if acct is None or self._clean.pop(acct, False):
             return
         try:
-            self.client.delete(acct)
-        except redis.RedisError as exc:
+            windows.forget(self.client, acct)
+        except RedisError as exc:
             log.warning("rate limit reset failed", error=str(exc))

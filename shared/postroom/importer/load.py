@@ -19,7 +19,7 @@ from sqlalchemy.orm import Session
 from postroom.importer.progress import Progress
 from postroom.importer.source import SourceFolder, SourceMessage
 from postroom.logs import get_logger
-from postroom.mime import analyze
+from postroom.mime import analyze, metadata_dict
 from postroom.store import mailboxes, messages
 from postroom.store.errors import NotFound
 from postroom.store.models import Mailbox, MailboxEntry, Message
@@ -42,17 +42,6 @@ class ImportResult:
             else ""
         return (f"imported {self.imported} message(s) into {len(self.per_mailbox)} mailbox(es), "
                 f"skipped {self.skipped} already present{created}")
-
-
-def _jsonb_safe(value: Any) -> Any:
-    """PostgreSQL jsonb refuses NUL and lone surrogates; replace them, keep the rest."""
-    if isinstance(value, str):
-        return value.encode("utf-8", "replace").decode("utf-8").replace("\x00", "\ufffd")
-    if isinstance(value, dict):
-        return {str(_jsonb_safe(k)): _jsonb_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonb_safe(v) for v in value]
-    return value
 
 
 def _user_id(session: Session, address: str) -> int:
@@ -92,7 +81,7 @@ def _import_one(session: Session, user_id: int, name: str, message: SourceMessag
     if _present(session, user_id, name, message.sha256) >= occurrence:
         return False
     message_id = messages.store_message(session, message.data,
-                                        _jsonb_safe(analyze(message.data).to_dict()))
+                                        metadata_dict(analyze(message.data)))
     mailboxes.deliver_to_mailbox(session, user_id=user_id, mailbox_name=name,
                                  message_id=message_id, spool_recipient_id=None,
                                  flags=list(message.flags), internaldate=message.internaldate)

@@ -10,6 +10,7 @@ from postroom.mime.model import (
     Part,
 )
 from postroom.mime.sections import filter_header_fields, find_part, section_range
+from postroom.mime.stored import jsonb_safe, metadata_dict, metadata_json
 from postroom.mime.wire import nstring, render_bodystructure, render_envelope, string
 
 __all__ = [
@@ -24,6 +25,9 @@ __all__ = [
     "base_subject",
     "filter_header_fields",
     "find_part",
+    "jsonb_safe",
+    "metadata_dict",
+    "metadata_json",
     "nstring",
     "render_bodystructure",
     "render_envelope",
