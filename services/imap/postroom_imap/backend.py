@@ -17,7 +17,6 @@ from datetime import datetime
 from typing import Any
 
 import redis
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -28,6 +27,7 @@ from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
 from postroom.auth.sasl import ScramSecrets
 from postroom.logs import get_logger
 from postroom.store import users
+from postroom.store.db import UNAVAILABLE
 from postroom_imap import mailstore
 from postroom_imap.policy import (
     AuthFailed,
@@ -249,7 +249,7 @@ class StoreAccounts:
 
 def _database_down(failure: Failure) -> Failure:
     """PostgreSQL unreachable is a temporary condition: ``NO [UNAVAILABLE]`` (RFC 5530)."""
-    if failure.check(OperationalError, InterfaceError, DisconnectionError):
+    if failure.check(*UNAVAILABLE):
         log.warning("database unavailable", error=failure.getErrorMessage()[:300])
         raise Unavailable()
     return failure
