@@ -17,7 +17,7 @@ from sqlalchemy import create_engine, event, text
 
 from postroom.auth.passwords import hash_password
 from postroom.mime import analyze, metadata_dict
-from postroom.store import domains, users
+from postroom.store import domains, entries, users
 from postroom.store.db import Database
 from postroom.store.prepared import Prepared
 from postroom_imap import mailstore
@@ -28,7 +28,7 @@ RUNS = 7  # past the five custom plans
 
 def _statements() -> list[Prepared]:
     found: list[Prepared] = []
-    for value in vars(mailstore).values():
+    for value in vars(entries).values():
         if isinstance(value, Prepared):
             found.append(value)
         elif isinstance(value, dict):

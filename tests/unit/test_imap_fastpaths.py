@@ -7,8 +7,8 @@ from datetime import UTC, datetime
 import pytest
 from twisted.internet.testing import StringTransport
 
+from postroom.store.entries import _uid_array
 from postroom_imap.flow import WriteGate, attach, detach
-from postroom_imap.mailstore import _uid_array
 from postroom_imap.policy import FetchRow
 from postroom_imap.render import fetch_items, flags_line_renderer
 from postroom_imap.syntax import Command, parse_command

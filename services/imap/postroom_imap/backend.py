@@ -15,7 +15,6 @@ from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy.exc import DisconnectionError, InterfaceError, OperationalError
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
@@ -28,6 +27,7 @@ from postroom.logs import get_logger
 from postroom.queue import events
 from postroom.queue.redisclient import RedisClient, RedisError
 from postroom.store import users
+from postroom.store.db import UNAVAILABLE
 from postroom_imap import mailstore
 from postroom_imap.policy import (
     AuthFailed,
@@ -223,7 +223,7 @@ class StoreAccounts:
 
 def _database_down(failure: Failure) -> Failure:
     """PostgreSQL unreachable is a temporary condition: ``NO [UNAVAILABLE]`` (RFC 5530)."""
-    if failure.check(OperationalError, InterfaceError, DisconnectionError):
+    if failure.check(*UNAVAILABLE):
         log.warning("database unavailable", error=failure.getErrorMessage()[:300])
         raise Unavailable()
     return failure

@@ -8,14 +8,49 @@ PostgreSQL and Redis; the unit tests implement them in memory.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
 
+# the plain-data results are the store's (postroom.store.entries)
+from postroom.store.entries import (
+    Changes,
+    CopyResult,
+    FetchRow,
+    FlagUpdate,
+    MailboxRow,
+    MailboxStatus,
+    Quota,
+    SelectState,
+    StoreResult,
+)
 from postroom_imap.spool import SpooledLiteral
 from postroom_imap.syntax_types import SearchKey
+
+__all__ = [
+    "Accounts",
+    "AuthFailed",
+    "CannotDo",
+    "Changes",
+    "CopyResult",
+    "FetchRow",
+    "FlagUpdate",
+    "LoginDelayed",
+    "MailboxExists",
+    "MailboxRow",
+    "MailboxStatus",
+    "NoSuchMailbox",
+    "OverQuota",
+    "OwnChange",
+    "Quota",
+    "Refusal",
+    "SelectState",
+    "StoreResult",
+    "Unavailable",
+    "UserStore",
+]
 
 
 class Refusal(Exception):
@@ -69,88 +104,6 @@ class OverQuota(Refusal):
 
 
 @dataclass(frozen=True)
-class MailboxRow:
-    """One mailbox of a user, as LIST shows it."""
-
-    name: str
-    special_use: str | None
-    subscribed: bool
-
-
-@dataclass(frozen=True)
-class MailboxStatus:
-    messages: int
-    uidnext: int
-    uidvalidity: int
-    unseen: int
-    highestmodseq: int
-    size: int
-    deleted: int
-
-
-@dataclass
-class SelectState:
-    """A selected mailbox as the store sees it at SELECT time."""
-
-    mailbox_id: int
-    name: str
-    uidvalidity: int
-    uidnext: int
-    highestmodseq: int
-    uids: Sequence[int]  # ascending; the store hands over a compact array("I")
-    first_unseen_uid: int | None
-    keywords: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class FlagUpdate:
-    uid: int
-    flags: tuple[str, ...]
-    modseq: int
-
-
-@dataclass(frozen=True)
-class Changes:
-    """What changed in a mailbox since a session's last look."""
-
-    highestmodseq: int
-    uidnext: int
-    new_uids: list[int]
-    # every UID <= the session's largest still present, sent only when some known one is gone
-    present: list[int] | None
-    flags: list[FlagUpdate]
-
-
-@dataclass(frozen=True)
-class FetchRow:
-    """One message as FETCH needs it; ``meta`` is MessageMeta.to_dict(), ``blob`` when asked.
-
-    A fetch asked for no ``tree`` gets in ``meta`` only ``size`` and the top
-    part's offsets (``body``: header_start, body_start, end): what the
-    message's own header and text sections need.
-    """
-
-    uid: int
-    flags: tuple[str, ...]
-    modseq: int
-    internaldate: datetime
-    size: int
-    meta: dict[str, Any] | None
-    blob: bytes | None
-    seen_set: bool = False  # \Seen was just set by this fetch
-
-
-@dataclass(frozen=True)
-class StoreResult:
-    rows: list[FlagUpdate]  # current flags of every requested, existing message
-    changed: list[int]  # uids this command modified
-    modified: list[int]  # uids refused by UNCHANGEDSINCE
-    # the mailbox's HIGHESTMODSEQ just before and after this command, when the store knows
-    modseq_before: int | None = None
-    modseq_after: int | None = None
-
-
-@dataclass(frozen=True)
 class OwnChange:
     """A change a session committed: the mailbox's HIGHESTMODSEQ went ``before`` -> ``after``.
 
@@ -164,20 +117,6 @@ class OwnChange:
     after: int
     uid: int | None = None  # the message an APPEND added
 
-
-@dataclass(frozen=True)
-class CopyResult:
-    uidvalidity: int
-    source: list[int]
-    dest: list[int]
-
-
-@dataclass(frozen=True)
-class Quota:
-    used_bytes: int
-    limit_bytes: int | None
-    used_messages: int
-    limit_messages: int | None
 
 
 class UserStore(Protocol):

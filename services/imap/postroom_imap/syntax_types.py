@@ -2,139 +2,70 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import datetime
 
+# the search keys and sequence sets are the store's query language (postroom.store.search)
+from postroom.store.search import (
+    SearchAll,
+    SearchAnd,
+    SearchDate,
+    SearchFlag,
+    SearchHeader,
+    SearchKey,
+    SearchModseq,
+    SearchNot,
+    SearchOr,
+    SearchSet,
+    SearchSize,
+    SearchText,
+    SequenceSet,
+)
 from postroom_imap.spool import SpooledLiteral
+
+__all__ = [
+    "MAX_NUMBER",
+    "MAX_NUMBER64",
+    "Append",
+    "AppendMessage",
+    "Authenticate",
+    "Copy",
+    "Create",
+    "Enable",
+    "Expunge",
+    "Fetch",
+    "FetchItem",
+    "Id",
+    "ListArgs",
+    "Login",
+    "MailboxArg",
+    "NoArgs",
+    "QuotaRoot",
+    "Rename",
+    "Search",
+    "SearchAll",
+    "SearchAnd",
+    "SearchDate",
+    "SearchFlag",
+    "SearchHeader",
+    "SearchKey",
+    "SearchModseq",
+    "SearchNot",
+    "SearchOr",
+    "SearchSet",
+    "SearchSize",
+    "SearchText",
+    "Section",
+    "Select",
+    "SequenceSet",
+    "SetQuota",
+    "Sort",
+    "Status",
+    "Store",
+]
 
 MAX_NUMBER = 4294967295  # nz-number / number are 32-bit (RFC 3501 section 9)
 MAX_NUMBER64 = 2**63 - 1  # mod-sequence-value (RFC 7162)
-
-
-@dataclass(frozen=True)
-class SequenceSet:
-    """``1:*,3,5:7``; ``None`` stands for ``*``; ``saved`` is ``$`` (RFC 5182)."""
-
-    ranges: tuple[tuple[int | None, int | None], ...] = ()
-    saved: bool = False
-
-    def resolve(self, largest: int) -> list[tuple[int, int]]:
-        """Ordered, merged inclusive ranges with ``*`` replaced by ``largest``."""
-        spans = []
-        for lo, hi in self.ranges:
-            a = largest if lo is None else lo
-            b = largest if hi is None else hi
-            a, b = min(a, b), max(a, b)
-            spans.append((a, b))
-        spans.sort()
-        merged: list[tuple[int, int]] = []
-        for a, b in spans:
-            if merged and a <= merged[-1][1] + 1:
-                merged[-1] = (merged[-1][0], max(b, merged[-1][1]))
-            else:
-                merged.append((a, b))
-        return merged
-
-    def contains(self, number: int, largest: int) -> bool:
-        """Whether ``number`` is in the set when ``*`` is ``largest``."""
-        return any(a <= number <= b for a, b in self.resolve(largest))
-
-    def iter(self, largest: int, limit: int | None = None) -> Iterator[int]:
-        """Members up to ``largest`` (callers bound huge sets by ``largest``)."""
-        for a, b in self.resolve(largest):
-            yield from range(a, min(b, largest if limit is None else limit) + 1)
-
-
-# ---- search keys (RFC 3501 section 6.4.4, RFC 7162 MODSEQ) ----
-
-@dataclass(frozen=True)
-class SearchAll:
-    """ALL."""
-
-
-@dataclass(frozen=True)
-class SearchFlag:
-    """A system flag or keyword set (``present``) or not; RECENT/OLD use ``\\Recent``."""
-
-    flag: str
-    present: bool = True
-
-
-@dataclass(frozen=True)
-class SearchText:
-    """BCC, BODY, CC, FROM, SUBJECT, TEXT, TO with a (decoded) substring."""
-
-    where: str
-    value: str
-
-
-@dataclass(frozen=True)
-class SearchHeader:
-    """HEADER field-name string (empty string matches any message with the field)."""
-
-    name: str
-    value: str
-
-
-@dataclass(frozen=True)
-class SearchDate:
-    """BEFORE/ON/SINCE (internal date) and SENTBEFORE/SENTON/SENTSINCE (Date header)."""
-
-    sent: bool
-    op: str  # "before", "on", "since"
-    day: date
-
-
-@dataclass(frozen=True)
-class SearchSize:
-    """LARGER / SMALLER n."""
-
-    op: str  # "larger", "smaller"
-    size: int
-
-
-@dataclass(frozen=True)
-class SearchSet:
-    """A message set: sequence numbers, or UIDs when ``uid``."""
-
-    sequence: SequenceSet
-    uid: bool = False
-
-
-@dataclass(frozen=True)
-class SearchModseq:
-    """MODSEQ [entry-name entry-type-req] mod-sequence-valzer (RFC 7162)."""
-
-    modseq: int
-    entry: str | None = None
-    entry_type: str | None = None
-
-
-@dataclass(frozen=True)
-class SearchAnd:
-    """All of ``keys`` (a parenthesised list, or the top level)."""
-
-    keys: tuple[SearchKey, ...]
-
-
-@dataclass(frozen=True)
-class SearchOr:
-    """OR a b."""
-
-    left: SearchKey
-    right: SearchKey
-
-
-@dataclass(frozen=True)
-class SearchNot:
-    """NOT key."""
-
-    key: SearchKey
-
-
-SearchKey = (SearchAll | SearchFlag | SearchText | SearchHeader | SearchDate | SearchSize
-             | SearchSet | SearchModseq | SearchAnd | SearchOr | SearchNot)
 
 
 # ---- fetch ----

@@ -19,7 +19,6 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy.exc import DataError, DBAPIError
 from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
@@ -31,10 +30,9 @@ from postroom.queue.reconciler import enqueue_after_commit
 from postroom.queue.redisclient import RedisError
 from postroom.queue.streams import QueueClient
 from postroom.store import spool
+from postroom.store.db import DataError, connection_lost, driver_message, retryable
 from postroom_mda.delivery import DELIVERED, MISSING, Options, Outcome, deliver_recipient
 
-# PostgreSQL SQLSTATEs worth an immediate retry: serialization failure, deadlock
-_RETRYABLE = ("40001", "40P01")
 ATTEMPTS = 3
 
 
@@ -43,10 +41,6 @@ def change_event(outcome: Outcome) -> events.ChangeEvent:
     assert outcome.mailbox_id is not None
     return events.ChangeEvent(events.EXISTS, outcome.mailbox_id, "mda", modseq=outcome.modseq,
                               uid=outcome.uid)
-
-
-def _retryable(exc: BaseException) -> bool:
-    return isinstance(exc, DBAPIError) and getattr(exc.orig, "pgcode", None) in _RETRYABLE
 
 
 def _defer_after_error(session: Any, recipient_id: int, error: str, options: Options,
@@ -109,16 +103,16 @@ class Deliverer:
                     datetime.now(UTC), store_metadata=store_metadata)
                 return result
             except Exception as exc:
-                if _retryable(exc) and attempt < ATTEMPTS:
+                if retryable(exc) and attempt < ATTEMPTS:
                     continue
                 if isinstance(exc, DataError) and store_metadata and attempt < ATTEMPTS:
                     # PostgreSQL refused the metadata written with the copy: mail is never
                     # held back for its metadata, so deliver without (readers re-analyze)
                     self.log.warning("message metadata not stored", recipient_id=recipient_id,
-                                     error=str(exc.orig).strip())
+                                     error=driver_message(exc))
                     store_metadata = False
                     continue
-                if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+                if connection_lost(exc):
                     raise  # the database is away: leave the entry unacknowledged
                 # a bug or a broken row: park this recipient with back-off rather than
                 # let one message block the entry forever; the lifetime ends it

@@ -37,6 +37,12 @@ U = TypeVar("U")
 
 log = get_logger("store")
 
+# What services see of SQLAlchemy (they import neither it nor the models: pyproject.toml's
+# import-linter contract): the session their store work receives from Database.run, and
+# the base of every error the database or a statement raises.
+StoreSession = Session
+DatabaseError = exc.SQLAlchemyError
+
 # a pooled connection idle longer than this is pinged before use (seconds)
 PING_AFTER_IDLE = 2.0
 
@@ -245,3 +251,30 @@ def _check_plain(result: Any) -> None:
     for item in items:
         if isinstance(item, DeclarativeBase):
             raise TypeError(f"store functions must return plain data, not {type(item).__name__}")
+
+
+# --- how a service tells the database's errors apart (it imports no SQLAlchemy)
+
+# PostgreSQL unreachable or the connection lost: a temporary condition, not a bug
+UNAVAILABLE: tuple[type[Exception], ...] = (exc.OperationalError, exc.InterfaceError,
+                                            exc.DisconnectionError)
+# PostgreSQL refused a value (e.g. jsonb that holds what it cannot store)
+DataError = exc.DataError
+# SQLSTATEs worth an immediate retry: serialization failure, deadlock
+_RETRYABLE = ("40001", "40P01")
+
+
+def retryable(error: BaseException) -> bool:
+    """Whether ``error`` is a serialization failure or deadlock: run the transaction again."""
+    return isinstance(error, exc.DBAPIError) and getattr(error.orig, "pgcode", None) in _RETRYABLE
+
+
+def connection_lost(error: BaseException) -> bool:
+    """Whether ``error`` invalidated its connection (the database went away)."""
+    return isinstance(error, exc.DBAPIError) and bool(error.connection_invalidated)
+
+
+def driver_message(error: BaseException) -> str:
+    """The driver's own text of a database error (without SQLAlchemy's statement dump)."""
+    orig = getattr(error, "orig", None)
+    return str(orig if orig is not None else error).strip()

@@ -21,3 +21,7 @@ class InvalidAddress(StoreError, ValueError):
 
 class InUse(StoreError):
     """The object is still referenced (e.g. a domain that still has users)."""
+
+
+class OverQuota(StoreError):
+    """Adding the message(s) would pass the account's byte or message quota."""

@@ -1,4 +1,10 @@
-"""IMAP mailboxes: creation with a fresh UIDVALIDITY, listing, and UID/MODSEQ allocation."""
+"""IMAP mailboxes: creation with a fresh UIDVALIDITY, listing, and UID/MODSEQ allocation.
+
+:func:`add_entry_sql` is the one implementation of "lock the mailbox row,
+take uidnext, bump modseq": :func:`deliver_to_mailbox`, IMAP's APPEND
+(postroom.store.entries) and the mda's fast store (postroom.store.delivery)
+all add their entries with its text.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +18,7 @@ from sqlalchemy.orm import Session
 from postroom.store.common import insert_unique
 from postroom.store.errors import NotFound
 from postroom.store.models import Mailbox, MailboxEntry, Message
+from postroom.store.prepared import Prepared
 
 # created with every account (RFC 6154 special-use attributes)
 DEFAULT_MAILBOXES: tuple[tuple[str, str | None], ...] = (
@@ -151,18 +158,13 @@ def deliver_to_mailbox(session: Session, *, user_id: int, mailbox_name: str, mes
                                                    spool_recipient_id)
         if existing is not None:
             return existing
-    uid, modseq = mailbox.uidnext, mailbox.highestmodseq + 1
     try:
         # a savepoint, so that losing a race on spool_recipient_id into ANOTHER mailbox
         # (whose lock we do not hold) undoes this mailbox's counters too
         with session.begin_nested():
-            mailbox.uidnext = uid + 1
-            mailbox.highestmodseq = modseq
-            session.add(MailboxEntry(
-                mailbox_id=mailbox.id, uid=uid, message_id=message_id, flags=list(flags or []),
-                modseq=modseq, internaldate=internaldate or func.now(),
-                spool_recipient_id=spool_recipient_id))
-            session.flush()
+            row = _ADD_ENTRY.execute(session.connection(), {
+                "m": mailbox.id, "msg": message_id, "f": list(flags or []),
+                "d": internaldate, "rid": spool_recipient_id}).one()
     except IntegrityError:
         if spool_recipient_id is None:
             raise
@@ -171,7 +173,40 @@ def deliver_to_mailbox(session: Session, *, user_id: int, mailbox_name: str, mes
         if existing is None:
             raise
         return existing
-    return uid, modseq
+    # the statement moved the counters behind the ORM's back: reload them when next read
+    session.expire(mailbox, ["uidnext", "highestmodseq"])
+    return int(row[1]), int(row[2])
+
+
+def add_entry_sql(box: str, *, message: str, flags: str, internaldate: str,
+                  spool_recipient: str = "NULL") -> str:
+    """The one way to add an entry: lock the mailbox row, take uidnext, bump modseq.
+
+    Two CTEs for a ``WITH`` clause, the SQL fragments in the arguments naming
+    their values: ``box`` is the mailbox row's condition (``id = %(m)s``, plus
+    whatever else must hold for the entry to be added). The UPDATE of the
+    row takes its lock, held to COMMIT, so concurrent writers get
+    consecutive UIDs in commit order with no reuse and no gap; the entry gets
+    the old uidnext and the new highestmodseq. ``box`` yields (id,
+    uidvalidity, uid, modseq) and ``entry`` (mailbox_id, uid, modseq), one row
+    each, or none when no mailbox row matched (then nothing changed).
+    """
+    return (
+        "box AS (UPDATE mailboxes SET uidnext = uidnext + 1, "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+        f"highestmodseq = highestmodseq + 1 WHERE {box} "
+        "RETURNING id, uidvalidity, uidnext - 1 AS uid, highestmodseq AS modseq), "
+        "entry AS (INSERT INTO mailbox_entries (mailbox_id, uid, message_id, flags, modseq, "
+        "internaldate, spool_recipient_id) "
+        f"SELECT box.id, box.uid, {message}, CAST({flags} AS text[]), box.modseq, "
+        f"{internaldate}, {spool_recipient} FROM box "
+        "RETURNING mailbox_id, uid, modseq)")
+
+
+
+_ADD_ENTRY = Prepared("mailbox_add_entry", "WITH " + add_entry_sql(  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+    "id = %(m)s", message="%(msg)s", flags="%(f)s",
+    internaldate="coalesce(CAST(%(d)s AS timestamptz), now())", spool_recipient="%(rid)s")
+    + " SELECT mailbox_id, uid, modseq FROM entry")
 
 
 def next_modseq(session: Session, mailbox_id: int) -> int:

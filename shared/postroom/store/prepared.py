@@ -23,7 +23,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection, CursorResult
+from sqlalchemy import Connection
 
 _PARAM = re.compile(r"%\((\w+)\)s")
 _INFO_KEY = "postroom_prepared"
@@ -49,8 +49,12 @@ class Prepared:
         args = ", ".join(f"%({n})s" for n in names)
         self.execute_sql = f"EXECUTE {self.name} ({args})" if names else f"EXECUTE {self.name}"
 
-    def execute(self, connection: Connection, params: Mapping[str, Any]) -> CursorResult[Any]:
-        """EXECUTE on ``connection`` (PREPARE first if this connection has not yet)."""
+    def execute(self, connection: Connection, params: Mapping[str, Any]) -> Any:
+        """EXECUTE on ``connection`` (PREPARE first if this connection has not yet).
+
+        A CursorResult; typed Any because its rows are read by position, which the
+        untyped ``CursorResult[Any]`` makes mypy refuse (``Tuple index out of range``).
+        """
         held: set[str] = connection.connection.info.setdefault(_INFO_KEY, set())
         if self.name not in held:
             connection.exec_driver_sql(self.prepare_sql)

@@ -1,0 +1,786 @@
+"""Mailbox entries: IMAP's queries, and the one way an entry is added to a mailbox.
+
+Every function takes a Session first and returns plain data. Whatever changes
+a mailbox's entries locks its row first (SELECT ... FOR UPDATE, or an UPDATE of
+it), the order the MDA and POP3 use, and advances HIGHESTMODSEQ, so other
+sessions notice. Adding an entry ("lock the mailbox row, take uidnext, bump
+modseq") is written once, in ``mailboxes.add_entry_sql``; IMAP's APPEND, the mda's
+fast store (postroom.store.delivery) and ``mailboxes.deliver_to_mailbox`` all
+run that text.
+
+The statements a typical IMAP session runs on every command (SELECT, FETCH,
+STORE, APPEND, EXPUNGE) are server-side prepared statements
+(docs/decisions/0006), written with psycopg2's ``%(name)s`` placeholders;
+the rest stay text() statements. A missing mailbox is :class:`NotFound`, a
+taken name :class:`AlreadyExists`, a passed quota :class:`OverQuota`; the imap
+service maps them to its refusals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import threading
+from array import array
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, cast
+
+from sqlalchemy import text
+from sqlalchemy.orm import Session
+
+from postroom.store import mailboxes, messages
+from postroom.store.errors import AlreadyExists, NotFound, OverQuota
+from postroom.store.prepared import Prepared
+from postroom.store.search import SearchKey, search_where
+
+
+@dataclass(frozen=True)
+class MailboxRow:
+    """One mailbox of a user, as LIST shows it."""
+
+    name: str
+    special_use: str | None
+    subscribed: bool
+
+
+@dataclass(frozen=True)
+class MailboxStatus:
+    messages: int
+    uidnext: int
+    uidvalidity: int
+    unseen: int
+    highestmodseq: int
+    size: int
+    deleted: int
+
+
+@dataclass
+class SelectState:
+    """A selected mailbox as the store sees it at SELECT time."""
+
+    mailbox_id: int
+    name: str
+    uidvalidity: int
+    uidnext: int
+    highestmodseq: int
+    uids: Sequence[int]  # ascending; the store hands over a compact array("I")
+    first_unseen_uid: int | None
+    keywords: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class FlagUpdate:
+    uid: int
+    flags: tuple[str, ...]
+    modseq: int
+
+
+@dataclass(frozen=True)
+class Changes:
+    """What changed in a mailbox since a session's last look."""
+
+    highestmodseq: int
+    uidnext: int
+    new_uids: list[int]
+    # every UID <= the session's largest still present, sent only when some known one is gone
+    present: list[int] | None
+    flags: list[FlagUpdate]
+
+
+@dataclass(frozen=True)
+class FetchRow:
+    """One message as FETCH needs it; ``meta`` is MessageMeta.to_dict(), ``blob`` when asked.
+
+    A fetch asked for no ``tree`` gets in ``meta`` only ``size`` and the top
+    part's offsets (``body``: header_start, body_start, end): what the
+    message's own header and text sections need.
+    """
+
+    uid: int
+    flags: tuple[str, ...]
+    modseq: int
+    internaldate: datetime
+    size: int
+    meta: dict[str, Any] | None
+    blob: bytes | None
+    seen_set: bool = False  # \Seen was just set by this fetch
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    rows: list[FlagUpdate]  # current flags of every requested, existing message
+    changed: list[int]  # uids this command modified
+    modified: list[int]  # uids refused by UNCHANGEDSINCE
+    # the mailbox's HIGHESTMODSEQ just before and after this command, when the store knows
+    modseq_before: int | None = None
+    modseq_after: int | None = None
+
+
+@dataclass(frozen=True)
+class CopyResult:
+    uidvalidity: int
+    source: list[int]
+    dest: list[int]
+
+
+@dataclass(frozen=True)
+class Quota:
+    used_bytes: int
+    limit_bytes: int | None
+    used_messages: int
+    limit_messages: int | None
+
+
+SYSTEM = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+
+
+def _norm(name: str) -> str:
+    return "INBOX" if name.upper() == "INBOX" else name
+
+
+def _mailbox(s: Session, user_id: int, name: str, lock: bool = False) -> Any:
+    sql = ("SELECT id, uidvalidity, uidnext, highestmodseq FROM mailboxes "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+           "WHERE user_id = :u AND name = :n" + (" FOR UPDATE" if lock else ""))
+    row = s.execute(text(sql), {"u": user_id, "n": _norm(name)}).first()
+    if row is None:
+        raise NotFound("no such mailbox")
+    return row
+
+
+def _lock_id(s: Session, mailbox_id: int) -> Any:
+    row = s.execute(text("SELECT id, uidvalidity, uidnext, highestmodseq FROM mailboxes "
+                         "WHERE id = :m FOR UPDATE"), {"m": mailbox_id}).first()
+    if row is None:
+        raise NotFound("no such mailbox")
+    return row
+
+
+def _lock_bump(s: Session, mailbox_id: int) -> tuple[int, int]:
+    """Lock the mailbox row and advance its HIGHESTMODSEQ in one round trip; (before, after).
+
+    The bump happens even when the command then changes nothing: RFC 7162
+    allows gaps, and one statement instead of a locking SELECT plus a
+    conditional UPDATE saves a round trip on every STORE and EXPUNGE. The
+    row lock is taken before the statement that changes entries runs, so that
+    statement's snapshot (READ COMMITTED: a new one per statement) sees every
+    change committed by whoever held the lock before.
+    """
+    row = _LOCK_BUMP.execute(s.connection(), {"m": mailbox_id}).first()
+    if row is None:
+        raise NotFound("no such mailbox")
+    return int(row[0]) - 1, int(row[0])
+
+
+_LOCK_BUMP = Prepared("imap_lock_bump", "UPDATE mailboxes SET highestmodseq = highestmodseq + 1 "
+                      "WHERE id = %(m)s RETURNING highestmodseq")
+
+
+def _bump(s: Session, mailbox_id: int, modseq: int) -> None:
+    s.execute(text("UPDATE mailboxes SET highestmodseq = :ms WHERE id = :m"),
+              {"ms": modseq, "m": mailbox_id})
+
+
+# --- mailboxes
+
+
+def list_rows(s: Session, user_id: int) -> list[MailboxRow]:
+    rows = s.execute(text("SELECT name, special_use, subscribed FROM mailboxes "
+                          "WHERE user_id = :u ORDER BY name"), {"u": user_id}).all()
+    return [MailboxRow(r[0], r[1], bool(r[2])) for r in rows]
+
+
+def create(s: Session, user_id: int, name: str, special_use: str | None) -> None:
+    """Create ``name`` and any missing parents (RFC 3501 6.3.3)."""
+    parts = name.split("/")
+    for i in range(1, len(parts)):
+        parent = "/".join(parts[:i])
+        exists = s.execute(text("SELECT 1 FROM mailboxes WHERE user_id = :u AND name = :n"),
+                           {"u": user_id, "n": _norm(parent)}).first()
+        if exists is None:
+            mailboxes.create_mailbox(s, user_id, parent)
+    try:
+        mailboxes.create_mailbox(s, user_id, name, special_use=special_use)
+    except AlreadyExists:
+        raise AlreadyExists("mailbox already exists") from None
+
+
+def delete(s: Session, user_id: int, name: str) -> None:
+    box = _mailbox(s, user_id, name, lock=True)
+    ids = [int(r[0]) for r in s.execute(text(
+        "DELETE FROM mailbox_entries WHERE mailbox_id = :m RETURNING message_id"),
+        {"m": box.id}).all()]
+    s.execute(text("DELETE FROM mailboxes WHERE id = :m"), {"m": box.id})
+    messages.delete_orphans(s, sorted(set(ids)))
+
+
+def rename(s: Session, user_id: int, old: str, new: str) -> None:
+    """Rename a mailbox and its children; renaming INBOX moves its messages (RFC 3501 6.3.5)."""
+    old, new = _norm(old), _norm(new)
+    box = _mailbox(s, user_id, old, lock=True)
+    taken = s.execute(text("SELECT 1 FROM mailboxes WHERE user_id = :u AND "
+                           "(name = :n OR name LIKE :p ESCAPE '\\')"),
+                      {"u": user_id, "n": new, "p": _like_prefix(new)}).first()
+    if taken is not None:
+        raise AlreadyExists("mailbox already exists")
+    if old == "INBOX":
+        create(s, user_id, new, None)
+        uids = [int(r[0]) for r in s.execute(text(
+            "SELECT uid FROM mailbox_entries WHERE mailbox_id = :m ORDER BY uid"),
+            {"m": box.id}).all()]
+        if uids:
+            copy(s, user_id, box.id, uids, new, move=True)
+        return
+    s.execute(text("UPDATE mailboxes SET name = :new || substr(name, :cut) WHERE user_id = :u "
+                   "AND (name = :old OR name LIKE :p ESCAPE '\\')"),
+              {"new": new, "cut": len(old) + 1, "u": user_id, "old": old,
+               "p": _like_prefix(old)})
+
+
+def _like_prefix(name: str) -> str:
+    escaped = name.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    return escaped + "/%"
+
+
+def subscribe(s: Session, user_id: int, name: str, subscribed: bool) -> None:
+    done = s.execute(text("UPDATE mailboxes SET subscribed = :f WHERE user_id = :u AND name = :n"),
+                     {"f": subscribed, "u": user_id, "n": _norm(name)})
+    if not getattr(done, "rowcount", 0):
+        raise NotFound("no such mailbox")
+
+
+def status(s: Session, user_id: int, name: str) -> MailboxStatus:
+    box = _mailbox(s, user_id, name)
+    row = s.execute(text(
+        "SELECT count(*), count(*) FILTER (WHERE NOT ('\\Seen' = ANY(e.flags))), "
+        "count(*) FILTER (WHERE '\\Deleted' = ANY(e.flags)), coalesce(sum(m.size), 0) "
+        "FROM mailbox_entries e JOIN messages m ON m.id = e.message_id "
+        "WHERE e.mailbox_id = :m"), {"m": box.id}).one()
+    return MailboxStatus(messages=int(row[0]), uidnext=int(box.uidnext),
+                         uidvalidity=int(box.uidvalidity), unseen=int(row[1]),
+                         highestmodseq=int(box.highestmodseq), size=int(row[3]),
+                         deleted=int(row[2]))
+
+
+def quota(s: Session, user_id: int) -> Quota:
+    limits = s.execute(text("SELECT quota_bytes, quota_messages FROM users WHERE id = :u"),
+                       {"u": user_id}).one()
+    used_bytes, used_messages = mailboxes.usage(s, user_id)
+    return Quota(used_bytes, limits[0], used_messages, limits[1])
+
+
+def _check_quota(s: Session, user_id: int, add_bytes: int, add_messages: int,
+                 limits: tuple[int | None, int | None] | None = None) -> None:
+    """OverQuota when adding this much passes a limit; ``limits`` when already read."""
+    if limits is None:
+        row = s.execute(text("SELECT quota_bytes, quota_messages FROM users WHERE id = :u"),
+                        {"u": user_id}).one()
+        limits = (row[0], row[1])
+    if limits[0] is None and limits[1] is None:
+        return  # no limits: skip summing every message the user has (a scan of all entries)
+    used_bytes, used_messages = mailboxes.usage(s, user_id)
+    if limits[0] is not None and used_bytes + add_bytes > limits[0]:
+        raise OverQuota()
+    if limits[1] is not None and used_messages + add_messages > limits[1]:
+        raise OverQuota()
+
+
+def _store_blob(s: Session, user_id: int, data: bytes,
+                metadata: str) -> tuple[int, tuple[int | None, int | None]]:
+    """``messages.store_message`` in plain SQL, plus the user's quota limits in the same trip.
+
+    (message id, (quota bytes, quota messages)). The same content addressing
+    (SHA-256, ON CONFLICT DO NOTHING, then a look-up for bytes that were
+    already there) without the ORM's per-statement cost. The look-up is its
+    own statement so that it sees a row a concurrent writer committed while
+    this insert waited on it.
+    """
+    digest = hashlib.sha256(data).hexdigest()
+    row = _STORE_BLOB.execute(s.connection(), {
+        "h": digest, "n": len(data), "b": data, "meta": metadata,
+        "u": user_id}).one()
+    limits = (row[1], row[2])
+    if row[0] is not None:
+        return int(row[0]), limits
+    return int(s.execute(text("SELECT id FROM messages WHERE sha256 = :h"),
+                         {"h": digest}).scalar_one()), limits
+
+
+_STORE_BLOB = Prepared("imap_store_blob", (
+    "WITH stored AS (INSERT INTO messages (sha256, size, blob, metadata) "
+    "VALUES (%(h)s, %(n)s, %(b)s, CAST(%(meta)s AS jsonb)) "
+    "ON CONFLICT (sha256) DO NOTHING RETURNING id) "
+    "SELECT (SELECT id FROM stored), quota_bytes, quota_messages FROM users WHERE id = %(u)s"))
+
+
+def _delete_orphans(s: Session, message_ids: Sequence[int]) -> None:
+    """``messages.delete_orphans`` for known ids, in plain SQL (EXPUNGE's hot path)."""
+    if message_ids:
+        _DELETE_ORPHANS.execute(s.connection(), {"ids": list(message_ids)})
+
+
+_DELETE_ORPHANS = Prepared("imap_delete_orphans", (
+    "DELETE FROM messages m WHERE m.id = ANY(CAST(%(ids)s AS bigint[])) "
+    "AND NOT EXISTS (SELECT 1 FROM mailbox_entries e WHERE e.message_id = m.id) "
+    "AND NOT EXISTS (SELECT 1 FROM spool_messages p WHERE p.message_id = m.id)"))
+
+
+def append(s: Session, user_id: int, name: str, data: bytes, metadata: str,
+           flags: Sequence[str], when: datetime | None) -> tuple[int, int, int, int]:
+    """Store a message into a mailbox; (uidvalidity, uid, mailbox id, modseq).
+
+    ``metadata`` is the message's analysis as the store keeps it (``postroom.mime.metadata_json``).
+    Two statements in the usual case, rather than ``mailboxes.deliver_to_mailbox``
+    and its ORM flushes: IMAP has no spool recipient to deduplicate on, so
+    there is no savepoint to take. The first stores the blob and reads the
+    quota limits; the second adds the entry (``mailboxes.add_entry_sql``) in one
+    data-modifying statement, as MDA deliveries do. Over quota, or no such
+    mailbox, rolls all of it back.
+    """
+    message_id, limits = _store_blob(s, user_id, data, metadata)
+    _check_quota(s, user_id, len(data), 1, limits)
+    row = _APPEND.execute(s.connection(), {
+        "u": user_id, "n": _norm(name), "msg": message_id, "f": list(dict.fromkeys(flags)),
+        "d": when}).first()
+    if row is None:
+        raise NotFound("no such mailbox")
+    return int(row[0]), int(row[1]), int(row[2]), int(row[3])
+
+
+_APPEND = Prepared("imap_append", "WITH " + mailboxes.add_entry_sql(  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+    "user_id = %(u)s AND name = %(n)s", message="%(msg)s", flags="%(f)s",
+    internaldate="coalesce(CAST(%(d)s AS timestamptz), now())")
+    + " SELECT box.uidvalidity, entry.uid, entry.mailbox_id, entry.modseq FROM box, entry")
+
+
+# --- the selected mailbox
+
+
+def _uid_array(packed: bytes | memoryview | None) -> array[int]:
+    """A bigint[] in PostgreSQL's binary form (``array_send``) as a compact array of UIDs.
+
+    Binary, because parsing 100,000 integers from the text form costs more
+    than the query. Layout: a 20-byte header for one dimension, then per
+    element a 4-byte length and the 8-byte big-endian value, i.e. three
+    32-bit words (length, high, low); IMAP UIDs fit in 32 bits, so high is 0.
+    """
+    words = array("I")
+    if packed is not None and len(packed) > 20:
+        words.frombytes(bytes(packed)[20:])
+        if sys.byteorder == "little":
+            words.byteswap()
+    high = words[1::3]
+    if high.count(0) != len(high):
+        raise ValueError("a UID does not fit in 32 bits")
+    return words[2::3]
+
+
+@dataclass(frozen=True)
+class _Loaded:
+    """A mailbox's SELECT data as of one snapshot, and the mailbox row values it was read with."""
+
+    key: tuple[int, int, int, int]  # id, uidvalidity, uidnext, highestmodseq
+    uids: array[int]
+    first_unseen_uid: int | None
+    keywords: tuple[str, ...]
+
+
+class SelectCache:
+    """Per-process SELECT data of big mailboxes, valid while the mailbox row is unchanged.
+
+    Every writer of a mailbox's entries or flags (IMAP, the MDA, POP3, the
+    importer) advances the row's HIGHESTMODSEQ in the same transaction, so
+    (id, uidvalidity, uidnext, highestmodseq) equal to what was cached means
+    the entries are exactly those cached, whichever process changed them.
+    Only mailboxes of at least ``min_messages`` are kept: for small ones the
+    one-statement load costs less than the extra round trip of validating.
+    Bounded by the UIDs held (4 bytes each), least recently used first out.
+    """
+
+    def __init__(self, max_uids: int = 4_000_000, min_messages: int = 2_000) -> None:
+        self.max_uids = max_uids
+        self.min_messages = min_messages
+        self._entries: OrderedDict[tuple[int, str], _Loaded] = OrderedDict()
+        self._held = 0
+        self._lock = threading.Lock()
+
+    def get(self, user_id: int, name: str) -> _Loaded | None:
+        with self._lock:
+            found = self._entries.get((user_id, name))
+            if found is not None:
+                self._entries.move_to_end((user_id, name))
+            return found
+
+    def put(self, user_id: int, name: str, loaded: _Loaded) -> None:
+        with self._lock:
+            old = self._entries.pop((user_id, name), None)
+            if old is not None:
+                self._held -= len(old.uids)
+            if len(loaded.uids) < self.min_messages or len(loaded.uids) > self.max_uids:
+                return
+            self._entries[(user_id, name)] = loaded
+            self._held += len(loaded.uids)
+            while self._held > self.max_uids:
+                _, dropped = self._entries.popitem(last=False)
+                self._held -= len(dropped.uids)
+
+
+SELECT_CACHE = SelectCache()
+
+_SELECT_AGGREGATE = (
+    "SELECT b.id, b.uidvalidity, b.uidnext, b.highestmodseq, a.packed, a.unseen, a.has_keywords "
+    "FROM mailboxes b CROSS JOIN LATERAL ("
+    "SELECT array_send(array_agg(uid ORDER BY uid)) AS packed, "
+    "min(uid) FILTER (WHERE NOT ('\\Seen' = ANY(flags))) AS unseen, "
+    "coalesce(bool_or(NOT (flags <@ CAST(%(sys)s AS text[]))), false) AS has_keywords "
+    "FROM mailbox_entries WHERE mailbox_id = b.id) a ")
+_LOAD_BY_NAME = Prepared("imap_load_by_name",
+                         _SELECT_AGGREGATE + "WHERE b.user_id = %(u)s AND b.name = %(n)s")
+_LOAD_BY_ID = Prepared("imap_load_by_id", _SELECT_AGGREGATE + "WHERE b.id = %(m)s")
+_KEYWORDS = Prepared("imap_keywords", (
+    "SELECT DISTINCT f FROM (SELECT unnest(flags) AS f FROM mailbox_entries "
+    "WHERE mailbox_id = %(m)s AND NOT (flags <@ CAST(%(sys)s AS text[]))) k "
+    "WHERE left(f, 1) <> '\\' ORDER BY f LIMIT 100"))
+
+
+def _load(s: Session, statement: Prepared, params: dict[str, Any]) -> _Loaded:
+    """UIDs, first unseen and keywords; the mailbox row comes from the same snapshot."""
+    connection = s.connection()
+    row = statement.execute(connection, {**params, "sys": list(SYSTEM)}).first()
+    if row is None:
+        raise NotFound("no such mailbox")
+    mailbox_id = int(row[0])
+    keywords: Sequence[str] = []
+    if row[6]:  # a second pass only for mailboxes where some message has a keyword
+        keywords = _KEYWORDS.execute(
+            connection, {"m": mailbox_id, "sys": list(SYSTEM)}).scalars().all()
+    return _Loaded((mailbox_id, int(row[1]), int(row[2]), int(row[3])), _uid_array(row[4]),
+                   int(row[5]) if row[5] is not None else None, tuple(str(k) for k in keywords))
+
+
+def select(s: Session, user_id: int, name: str, cache: SelectCache | None = None) -> SelectState:
+    """The mailbox's UIDs, first unseen and keywords: from ``cache`` when still valid.
+
+    Without a cached entry, one statement loads everything; with one, a
+    cheap read of the mailbox row decides whether it still holds, and only
+    a changed mailbox is loaded again. Each session gets its own copy of the
+    UID array (sessions change theirs as they announce EXISTS and EXPUNGE).
+    """
+    name = _norm(name)
+    cache = SELECT_CACHE if cache is None else cache
+    cached = cache.get(user_id, name)
+    loaded = None
+    if cached is not None:
+        box = _mailbox(s, user_id, name)
+        key = (int(box.id), int(box.uidvalidity), int(box.uidnext), int(box.highestmodseq))
+        if key == cached.key:
+            loaded = cached
+        else:
+            loaded = _load(s, _LOAD_BY_ID, {"m": key[0]})
+    else:
+        loaded = _load(s, _LOAD_BY_NAME, {"u": user_id, "n": name})
+    if loaded is not cached:
+        cache.put(user_id, name, loaded)
+    mailbox_id, uidvalidity, uidnext, highestmodseq = loaded.key
+    return SelectState(mailbox_id=mailbox_id, name=name, uidvalidity=uidvalidity,
+                       uidnext=uidnext, highestmodseq=highestmodseq, uids=loaded.uids[:],
+                       first_unseen_uid=loaded.first_unseen_uid,
+                       keywords=list(loaded.keywords))
+
+
+def changes(s: Session, mailbox_id: int, modseq: int, max_uid: int, count: int) -> Changes:
+    """New messages, flag changes since ``modseq`` and, when needed, the UIDs still present."""
+    box = s.execute(text("SELECT highestmodseq, uidnext FROM mailboxes WHERE id = :m"),
+                    {"m": mailbox_id}).first()
+    if box is None:
+        return Changes(modseq, 0, [], [], [])
+    highest, uidnext = int(box[0]), int(box[1])
+    if highest == modseq:
+        return Changes(highest, uidnext, [], None, [])
+    rows = s.execute(text("SELECT uid, flags, modseq FROM mailbox_entries "
+                          "WHERE mailbox_id = :m AND modseq > :ms ORDER BY uid"),
+                     {"m": mailbox_id, "ms": modseq}).all()
+    new = [int(r[0]) for r in rows if r[0] > max_uid]
+    flags = [FlagUpdate(int(r[0]), tuple(r[1]), int(r[2])) for r in rows if r[0] <= max_uid]
+    still = s.execute(text("SELECT count(*) FROM mailbox_entries WHERE mailbox_id = :m "
+                           "AND uid <= :max"), {"m": mailbox_id, "max": max_uid}).scalar_one()
+    present = None
+    if int(still) < count:
+        present = [int(u) for u in s.execute(text(
+            "SELECT uid FROM mailbox_entries WHERE mailbox_id = :m AND uid <= :max"),
+            {"m": mailbox_id, "max": max_uid}).scalars()]
+    return Changes(highest, uidnext, new, present, flags)
+
+
+# the UID limits of a FETCH: a range, and within it a sparse set
+_UID_RANGE = "e.uid BETWEEN %(lo)s AND %(hi)s"
+_UID_SPARSE = " AND e.uid = ANY(CAST(%(uids)s AS bigint[]))"
+
+
+def _uid_condition(uids: Sequence[int], params: dict[str, Any]) -> tuple[str, set[int] | None]:
+    """SQL limiting ``e.uid`` to ``uids`` and, when needed, the set to filter rows by.
+
+    A range is an index range scan on (mailbox_id, uid) whose cost is the
+    range, not the mailbox; a dense set is fetched as its range and the few
+    extra rows dropped in Python, a sparse one adds an array test within it.
+    The SQL has psycopg2's ``%(name)s`` placeholders (a DB-API cursor, or a
+    Prepared statement).
+    """
+    params["lo"], params["hi"] = min(uids), max(uids)
+    condition = _UID_RANGE
+    span = params["hi"] - params["lo"] + 1
+    if span == len(uids):
+        return condition, None
+    if span <= 4 * len(uids):
+        return condition, set(uids)
+    params["uids"] = list(uids)
+    return condition + _UID_SPARSE, None
+
+
+def fetch_flags(s: Session, mailbox_id: int, uids: Sequence[int],
+                changedsince: int | None) -> list[tuple[int, str, int]]:
+    """(uid, flags joined by spaces, modseq) for ``FETCH 1:* (UID FLAGS)``: no join, no blobs.
+
+    Flags come as one string: parsing 100,000 text[] values and building a
+    tuple each costs more than the query, and the caller renders per distinct string.
+    """
+    if not uids:
+        return []
+    params: dict[str, Any] = {"m": mailbox_id}
+    condition, keep = _uid_condition(uids, params)
+    sql = ("SELECT e.uid, array_to_string(e.flags, ' '), e.modseq FROM mailbox_entries e "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+           f"WHERE e.mailbox_id = %(m)s AND {condition}")
+    if changedsince is not None:
+        sql += " AND e.modseq > %(cs)s"
+        params["cs"] = changedsince
+    # the DB-API cursor of the session's own connection (same transaction): plain tuples
+    # cost far less than SQLAlchemy Row objects at 10,000 rows a batch
+    cursor = s.connection().connection.cursor()
+    try:
+        cursor.execute(sql + " ORDER BY e.uid", params)
+        rows = cast("list[tuple[int, str, int]]", cursor.fetchall())
+    finally:
+        cursor.close()
+    if keep is None:
+        return rows
+    return [r for r in rows if r[0] in keep]
+
+
+def fetch(s: Session, mailbox_id: int, uids: Sequence[int], blob: bool, meta: bool,
+          mark_seen: bool, changedsince: int | None, tree: bool = True) -> list[FetchRow]:
+    """Rows for FETCH; ``meta`` without ``tree``: only the size and top part offsets of it."""
+    if not uids:
+        return []
+    seen: dict[int, tuple[tuple[str, ...], int]] = {}
+    if mark_seen:
+        box = _lock_id(s, mailbox_id)
+        modseq = int(box.highestmodseq) + 1
+        updated = s.execute(text(
+            "UPDATE mailbox_entries SET flags = array_append(flags, '\\Seen'), modseq = :ms "
+            "WHERE mailbox_id = :m AND uid BETWEEN :lo AND :hi "
+            "AND uid = ANY(CAST(:uids AS bigint[])) AND NOT ('\\Seen' = ANY(flags)) "
+            "RETURNING uid, flags, modseq"),
+            {"m": mailbox_id, "uids": list(uids), "ms": modseq, "lo": min(uids),
+             "hi": max(uids)}
+        ).all()
+        if updated:
+            _bump(s, mailbox_id, modseq)
+        seen = {int(r[0]): (tuple(r[1]), int(r[2])) for r in updated}
+    params: dict[str, Any] = {"m": mailbox_id}
+    _, keep = _uid_condition(uids, params)
+    if changedsince is not None:
+        params["cs"] = changedsince
+    analysis = ("tree" if tree else "top") if meta else ""
+    statement = _FETCH[analysis, blob, "uids" in params, changedsince is not None]
+    out = []
+    for r in statement.execute(s.connection(), params).all():
+        uid = int(r[0])
+        if keep is not None and uid not in keep:
+            continue
+        flags, modseq = seen.get(uid, (tuple(r[1]), int(r[2])))
+        out.append(FetchRow(uid=uid, flags=flags, modseq=modseq, internaldate=r[3],
+                            size=int(r[4]), meta=r[5], blob=bytes(r[6]) if r[6] is not None
+                            else None, seen_set=uid in seen))
+    return out
+
+
+# what of the cached analysis a FETCH reads: nothing, the top part's offsets, or all of it
+_ANALYSIS = {
+    "": "NULL",
+    # for the message's own header and text sections (a header FETCH of a message list)
+    "top": ("CASE WHEN m.metadata ? 'body' THEN jsonb_build_object("
+            "'size', m.metadata -> 'size', 'body', jsonb_build_object("
+            "'header_start', m.metadata #> '{body,header_start}', "
+            "'body_start', m.metadata #> '{body,body_start}', "
+            "'end', m.metadata #> '{body,end}')) END"),
+    # without its decoded header list, which FETCH never renders and which is most
+    # of its size (decoding JSON is the main cost of a header FETCH)
+    "tree": "m.metadata - 'headers'",
+}
+
+
+def _fetch_sql(analysis: str, blob: bool, sparse: bool, since: bool) -> str:
+    columns = "e.uid, e.flags, e.modseq, e.internaldate, m.size, " + _ANALYSIS[analysis]
+    columns += ", m.blob" if blob else ", NULL"
+    # what _uid_condition writes for a range, and for a sparse set
+    condition = _UID_RANGE + (_UID_SPARSE if sparse else "")
+    if since:
+        condition += " AND e.modseq > %(cs)s"
+    return (f"SELECT {columns} FROM mailbox_entries e JOIN messages m ON m.id = e.message_id "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+            f"WHERE e.mailbox_id = %(m)s AND {condition} ORDER BY e.uid")
+
+
+# one prepared statement per shape: (analysis, blob, sparse UID set, CHANGEDSINCE)
+_FETCH = {
+    (analysis, blob, sparse, since): Prepared(
+        f"imap_fetch_{analysis or 'no'}_{blob:d}{sparse:d}{since:d}",
+        _fetch_sql(analysis, blob, sparse, since))
+    for analysis in _ANALYSIS for blob in (False, True)
+    for sparse in (False, True) for since in (False, True)
+}
+
+_NEW_FLAGS = {
+    "+": "ARRAY(SELECT DISTINCT x FROM unnest(flags || CAST(%(f)s AS text[])) x ORDER BY x)",
+    "-": "ARRAY(SELECT x FROM unnest(flags) x WHERE x <> ALL(CAST(%(f)s AS text[])))",
+    "": "CAST(%(f)s AS text[])",
+}
+_CHANGES = {
+    "+": "NOT (flags @> CAST(%(f)s AS text[]))",
+    "-": "flags && CAST(%(f)s AS text[])",
+    "": "NOT (flags @> CAST(%(f)s AS text[]) AND flags <@ CAST(%(f)s AS text[]))",
+}
+# the BETWEEN keeps every statement an index range scan on (mailbox_id, uid)
+_WITHIN = ("mailbox_id = %(m)s AND uid BETWEEN %(lo)s AND %(hi)s "
+           "AND uid = ANY(CAST(%(uids)s AS bigint[]))")
+
+
+def _store_sql(mode: str, guarded: bool) -> str:
+    guard = " AND modseq <= %(us)s" if guarded else ""
+    return (
+        f"WITH changed AS (UPDATE mailbox_entries SET flags = {_NEW_FLAGS[mode]}, "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+        f"modseq = %(ms)s WHERE {_WITHIN} AND {_CHANGES[mode]}{guard} "
+        "RETURNING uid, flags, modseq) "
+        "SELECT uid, flags, modseq, true FROM changed UNION ALL "
+        f"SELECT uid, flags, modseq, false FROM mailbox_entries WHERE {_WITHIN} "
+        "AND uid NOT IN (SELECT uid FROM changed) ORDER BY 1")
+
+
+# one prepared statement per mode ("+", "-", "") and with or without UNCHANGEDSINCE
+_STORE = {
+    (mode, guarded): Prepared(f"imap_store_{name}{guarded:d}", _store_sql(mode, guarded))
+    for mode, name in (("+", "add"), ("-", "remove"), ("", "replace"))
+    for guarded in (False, True)
+}
+
+
+def store(s: Session, mailbox_id: int, uids: Sequence[int], mode: str, flags: Sequence[str],
+          unchangedsince: int | None) -> StoreResult:
+    """Change flags; two statements: lock-and-bump, then the update and the rows' flags at once.
+
+    The second is one statement (a data-modifying CTE): the changed rows come
+    from its RETURNING, the unchanged ones from the same snapshot, which
+    still holds their (unchanged) values.
+    """
+    if not uids:
+        return StoreResult([], [], [])
+    before, modseq = _lock_bump(s, mailbox_id)
+    params: dict[str, Any] = {"m": mailbox_id, "uids": list(uids), "f": list(dict.fromkeys(flags)),
+                              "ms": modseq, "lo": min(uids), "hi": max(uids)}
+    if unchangedsince is not None:
+        params["us"] = unchangedsince
+    rows = _STORE[mode, unchangedsince is not None].execute(s.connection(), params).all()
+    changed = [int(r[0]) for r in rows if r[3]]
+    modified = [] if unchangedsince is None else [
+        int(r[0]) for r in rows if not r[3] and int(r[2]) > unchangedsince]
+    return StoreResult([FlagUpdate(int(r[0]), tuple(r[1]), int(r[2])) for r in rows],
+                       changed, modified, modseq_before=before, modseq_after=modseq)
+
+
+def search(s: Session, mailbox_id: int, key: SearchKey, max_uid: int) -> list[tuple[int, int]]:
+    where, params = search_where(key)
+    params.update({"mbox": mailbox_id, "maxuid": max_uid})
+    rows = s.execute(text(
+        "SELECT e.uid, e.modseq FROM mailbox_entries e JOIN messages m ON m.id = e.message_id "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+        f"WHERE e.mailbox_id = :mbox AND e.uid <= :maxuid AND ({where}) ORDER BY e.uid"),
+        params).all()
+    return [(int(r[0]), int(r[1])) for r in rows]
+
+
+def copy(s: Session, user_id: int, mailbox_id: int, uids: Sequence[int], dest: str,
+         move: bool) -> CopyResult:
+    """Copy (or move) entries; the destination's UIDs come from its locked row."""
+    target = s.execute(text("SELECT id FROM mailboxes WHERE user_id = :u AND name = :n"),
+                       {"u": user_id, "n": _norm(dest)}).first()
+    if target is None:
+        raise NotFound("no such mailbox")
+    # lock both rows in id order, so two opposite moves cannot deadlock
+    locked = {}
+    for mid in sorted({mailbox_id, int(target[0])}):
+        locked[mid] = _lock_id(s, mid)
+    dst = locked[int(target[0])]
+    rows = s.execute(text(
+        "SELECT e.uid, e.message_id, e.flags, e.internaldate, m.size FROM mailbox_entries e "
+        "JOIN messages m ON m.id = e.message_id WHERE e.mailbox_id = :m "
+        "AND e.uid = ANY(CAST(:uids AS bigint[])) ORDER BY e.uid"),
+        {"m": mailbox_id, "uids": list(uids)}).all()
+    if not rows:
+        return CopyResult(int(dst.uidvalidity), [], [])
+    if not move:
+        _check_quota(s, user_id, sum(int(r[4]) for r in rows), len(rows))
+    uid = int(dst.uidnext)
+    modseq = int(dst.highestmodseq) + 1
+    source, new = [], []
+    for r in rows:
+        s.execute(text("INSERT INTO mailbox_entries (mailbox_id, uid, message_id, flags, modseq, "
+                       "internaldate) VALUES (:m, :uid, :msg, :f, :ms, :d)"),
+                  {"m": dst.id, "uid": uid, "msg": r[1], "f": list(r[2]), "ms": modseq,
+                   "d": r[3]})
+        source.append(int(r[0]))
+        new.append(uid)
+        uid += 1
+    s.execute(text("UPDATE mailboxes SET uidnext = :n, highestmodseq = :ms WHERE id = :m"),
+              {"n": uid, "ms": modseq, "m": dst.id})
+    if move:
+        src = locked[mailbox_id]
+        src_modseq = max(int(src.highestmodseq), modseq if src.id == dst.id else 0) + 1
+        s.execute(text("DELETE FROM mailbox_entries WHERE mailbox_id = :m "
+                       "AND uid = ANY(CAST(:uids AS bigint[]))"),
+                  {"m": mailbox_id, "uids": source})
+        _bump(s, mailbox_id, src_modseq)
+    return CopyResult(int(dst.uidvalidity), source, new)
+
+
+def expunge(s: Session, mailbox_id: int,
+            uids: Sequence[int] | None) -> tuple[list[int], int, int]:
+    """Remove \\Deleted messages (only among ``uids`` when given).
+
+    (UIDs removed, HIGHESTMODSEQ before, after): the caller may skip asking
+    what changed when ``before`` is what it knew.
+    """
+    before, after = _lock_bump(s, mailbox_id)
+    params: dict[str, Any] = {"m": mailbox_id}
+    statement = _EXPUNGE_ALL
+    if uids is not None:
+        if not uids:
+            return [], before, after
+        params.update({"uids": list(uids), "lo": min(uids), "hi": max(uids)})
+        statement = _EXPUNGE_UIDS
+    removed = statement.execute(s.connection(), params).all()
+    if removed:
+        _delete_orphans(s, sorted({int(r[1]) for r in removed}))
+    return sorted(int(r[0]) for r in removed), before, after
+
+
+_EXPUNGE_SQL = "DELETE FROM mailbox_entries WHERE mailbox_id = %(m)s AND '\\Deleted' = ANY(flags)"
+_EXPUNGE_ALL = Prepared("imap_expunge", _EXPUNGE_SQL + " RETURNING uid, message_id")
+_EXPUNGE_UIDS = Prepared("imap_expunge_uids", (
+    _EXPUNGE_SQL + " AND uid BETWEEN %(lo)s AND %(hi)s "
+    "AND uid = ANY(CAST(%(uids)s AS bigint[])) RETURNING uid, message_id"))
+
+
+def user_mailbox_ids(s: Session, user_id: int, names: Sequence[str]) -> list[int]:
+    rows = s.execute(text("SELECT id FROM mailboxes WHERE user_id = :u AND name = ANY(:n)"),
+                     {"u": user_id, "n": [_norm(n) for n in names]}).scalars()
+    return [int(r) for r in rows]
