@@ -37,6 +37,12 @@ U = TypeVar("U")
 
 log = get_logger("store")
 
+# What services see of SQLAlchemy (they import neither it nor the models: pyproject.toml's
+# import-linter contract): the session their store work receives from Database.run, and
+# the base of every error the database or a statement raises.
+StoreSession = Session
+DatabaseError = exc.SQLAlchemyError
+
 # a pooled connection idle longer than this is pinged before use (seconds)
 PING_AFTER_IDLE = 2.0
 
