@@ -29,8 +29,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select
-from sqlalchemy.orm import Session
 from twisted.internet import defer, task
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
@@ -42,6 +40,7 @@ from postroom.queue.envelope import Envelope
 from postroom.queue.reconciler import Enqueuer
 from postroom.store import dmarc as dmarc_store
 from postroom.store import spool
+from postroom.store.db import StoreSession
 from postroom.store.errors import NotFound
 from postroom_dmarc.discovery import Discoverer, lookup
 from postroom_dmarc.record import DMARCRecord, is_dmarc
@@ -172,15 +171,11 @@ def report_id(domain: str, begin: datetime, end: datetime) -> str:
     return f"DMARC-{begin:%Y%m%dT%H%M}-{b32encode(digest[:10]).decode()}"
 
 
-def _lock_key(queue_id: str) -> int:
-    return int.from_bytes(hashlib.sha256(queue_id.encode()).digest()[:8], "big", signed=True)
-
-
-def spool_report(session: Session, domain: str, begin: datetime, end: datetime,
+def spool_report(session: StoreSession, domain: str, begin: datetime, end: datetime,
                  targets: Targets, config: ReportConfig, now: datetime) -> Outcome:
     """Build and spool ``domain``'s report for [begin, end) unless it exists or is being made."""
     queue_id = report_id(domain, begin, end)
-    if not session.execute(select(func.pg_try_advisory_xact_lock(_lock_key(queue_id)))).scalar():
+    if not dmarc_store.try_lock_report(session, queue_id):
         return Outcome("busy", queue_id)
     try:
         spool.get_spool(session, queue_id)

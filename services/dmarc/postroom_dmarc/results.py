@@ -12,11 +12,11 @@ import functools
 import ipaddress
 from typing import Any
 
-from sqlalchemy.orm import Session
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
 from postroom.logs import get_logger
+from postroom.store.db import StoreSession
 from postroom.store.dmarc import DmarcRecord, record_result, record_results
 from postroom_dmarc.dkimcheck import DKIMResult
 from postroom_dmarc.verdict import CheckRequest, Verdict
@@ -112,7 +112,7 @@ def record_for(request: CheckRequest, verdict: Verdict) -> DmarcRecord | None:
     )
 
 
-def store_batch(session: Session, rows: list[DmarcRecord]) -> None:
+def store_batch(session: StoreSession, rows: list[DmarcRecord]) -> None:
     """Store several verdict rows in the caller's transaction (one commit for all)."""
     record_results(session, rows)
 

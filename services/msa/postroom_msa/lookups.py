@@ -6,9 +6,9 @@ points to it (``aliases.resolve_address``), as Postfix's
 ``reject_sender_login_mismatch`` with a virtual-alias login map does.
 
 The questions asked for every message (RCPT, the signing keys, the spool
-commit) are one plain SQL statement each, as docs/decisions/0005 does for
-the mta: the ORM's statement compilation and unit of work were most of the
-msa's CPU under load. An account's own address needs no SQL at all
+commit) are one plain SQL statement each in ``postroom.store``, as
+docs/decisions/0005 does for the mta: the ORM's statement compilation and
+unit of work were most of the msa's CPU under load. An account's own address needs no SQL at all
 (:func:`owns_trivially`), so MAIL FROM with it skips the `db` pool.
 """
 
@@ -18,12 +18,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import text
-from sqlalchemy.orm import Session
-
 from postroom.auth.sasl import ScramSecrets
-from postroom.store import aliases, spool, users
-from postroom.store.addresses import normalise_address, normalise_domain, split_address
+from postroom.store import aliases, dkim, spool, users
+from postroom.store.addresses import normalise_address, split_address
+from postroom.store.db import StoreSession
+from postroom.store.dkim import SigningKey
 from postroom.store.errors import InvalidAddress
 
 # RCPT verdicts
@@ -31,17 +30,6 @@ REMOTE = "remote"
 LOCAL = "local"
 UNKNOWN = "unknown"
 INVALID = "invalid"
-
-
-@dataclass(frozen=True)
-class SigningKey:
-    """One active DKIM key of a domain, as plain data for the signing thread."""
-
-    domain: str
-    selector: str
-    algorithm: str
-    # as stored: a PEM or a secretbox envelope; the signing thread opens it (cached)
-    private_key: str
 
 
 def owns_trivially(own_address: str, address: str) -> bool:
@@ -52,7 +40,7 @@ def owns_trivially(own_address: str, address: str) -> bool:
         return False
 
 
-def _owns(session: Session, user_id: int, own_address: str, address: str) -> bool:
+def _owns(session: StoreSession, user_id: int, own_address: str, address: str) -> bool:
     try:
         normal = normalise_address(address)
     except InvalidAddress:
@@ -62,18 +50,18 @@ def _owns(session: Session, user_id: int, own_address: str, address: str) -> boo
     return any(t.user_id == user_id for t in aliases.resolve_address(session, normal))
 
 
-def owns_address(session: Session, user_id: int, own_address: str, address: str) -> bool:
+def owns_address(session: StoreSession, user_id: int, own_address: str, address: str) -> bool:
     """Whether the account ``user_id`` (whose address is ``own_address``) owns ``address``."""
     return _owns(session, user_id, own_address, address)
 
 
-def not_owned(session: Session, user_id: int, own_address: str,
+def not_owned(session: StoreSession, user_id: int, own_address: str,
               addresses: Iterable[str]) -> list[str]:
     """Those of ``addresses`` the account does not own (empty: all are its own)."""
     return [a for a in addresses if not _owns(session, user_id, own_address, a)]
 
 
-def classify_recipient(session: Session, address: str) -> str:
+def classify_recipient(session: StoreSession, address: str) -> str:
     """REMOTE, LOCAL (exists here), UNKNOWN (local domain, no such recipient) or INVALID."""
     try:
         local, domain = split_address(address)
@@ -86,31 +74,19 @@ def classify_recipient(session: Session, address: str) -> str:
     return LOCAL if status == "ok" else UNKNOWN
 
 
-def scram_secrets(session: Session, username: str) -> ScramSecrets | None:
+def scram_secrets(session: StoreSession, username: str) -> ScramSecrets | None:
     """The stored SCRAM-SHA-256 secrets of the active account ``username``, or None."""
     return users.scram_secrets_for(session, username)
 
 
-def scram_login(session: Session, username: str) -> users.UserInfo | None:
+def scram_login(session: StoreSession, username: str) -> users.UserInfo | None:
     """The identity of a SCRAM exchange the mechanism verified: the active account, or None."""
     return users.get_active_user(session, username)
 
 
-def signing_keys(session: Session, domain: str) -> list[SigningKey]:
+def signing_keys(session: StoreSession, domain: str) -> list[SigningKey]:
     """The active DKIM keys of ``domain`` (none when it is not ours or has no keys)."""
-    try:
-        normal = normalise_domain(domain)
-    except (InvalidAddress, ValueError):
-        return []
-    rows = session.execute(_ACTIVE_KEYS, {"domain": normal})
-    return [SigningKey(r[0], r[1], r[2], r[3]) for r in rows]
-
-
-# dkim.active_keys as one plain statement, same order (oldest first)
-_ACTIVE_KEYS = text(
-    "SELECT d.name, k.selector, k.algorithm, k.private_key_pem FROM dkim_keys k"
-    " JOIN domains d ON d.id = k.domain_id WHERE d.name = :domain AND k.active"
-    " ORDER BY k.created_at, k.id")
+    return dkim.active_keys(session, domain)
 
 
 @dataclass(frozen=True)
@@ -121,7 +97,7 @@ class Spooled:
     recipient_ids: tuple[int, ...]
 
 
-def spool_submission(session: Session, *, queue_id: str, mail_from: str,
+def spool_submission(session: StoreSession, *, queue_id: str, mail_from: str,
                      recipients: Sequence[spool.NewRecipient], message: bytes,
                      size: int | None, body: str | None, smtputf8: bool, ret: str | None,
                      envid: str | None, peer_ip: str, helo: str | None, auth_user: str,

@@ -22,7 +22,6 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from sqlalchemy.orm import Session as DBSession
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
 
@@ -45,6 +44,7 @@ from postroom.smtp.server import SMTPServerFactory
 from postroom.smtp.session import Envelope, Session
 from postroom.store import aliases, spool
 from postroom.store.addresses import normalise_address
+from postroom.store.db import StoreSession as DBSession
 from postroom.store.queueid import new_queue_id
 from postroom_mta.dmarcclient import DMARCClient, Verdict
 from postroom_mta.dnsbl import DNSBL

@@ -5,7 +5,8 @@ Each function runs as ``fn(session, ...)`` in one transaction on the `db` pool
 UPDATE`` while their state changes and only ``pending`` ones are touched, so a
 redelivered entry (at-least-once) never records a result twice or makes a
 second bounce. A permanent failure and its DSN are committed together: there
-is no moment at which a recipient is failed with no bounce on its way.
+is no moment at which a recipient is failed with no bounce on its way. The SQL
+is the store's (``postroom.store.spool_work``, ``spool``, ``domains``).
 """
 
 from __future__ import annotations
@@ -14,16 +15,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import func, select, text, update
-from sqlalchemy.orm import Session
-
 from postroom.logs import get_logger
 from postroom.queue.envelope import Envelope
-from postroom.store import domains, messages, spool
-from postroom.store.addresses import normalise_domain
+from postroom.store import domains, messages, spool, spool_work
+from postroom.store.db import StoreSession
 from postroom.store.errors import NotFound
-from postroom.store.models import SpoolMessage, SpoolRecipient
-from postroom.store.prepared import Prepared
+from postroom.store.spool_work import failed_queue_ids as failed_queue_ids  # for worker_bounce
 from postroom_mta import bounce
 
 log = get_logger("relay")
@@ -100,7 +97,7 @@ def domain_of(address: str) -> str:
     return domain.lower().rstrip(".") if at else ""
 
 
-def load_work(session: Session, queue_id: str, recipient_ids: Sequence[int],
+def load_work(session: StoreSession, queue_id: str, recipient_ids: Sequence[int],
               now: datetime) -> Work | None:
     """Lock the entry's pending `outbound` recipients, move local ones to `deliver`.
 
@@ -114,94 +111,47 @@ def load_work(session: Session, queue_id: str, recipient_ids: Sequence[int],
     users) is three round trips. The message text is read only for remote ones.
     """
     wanted = sorted(set(recipient_ids))
-    rows = _LOAD_WORK.execute(session.connection(), {"queue_id": queue_id, "ids": wanted}).all()
-    if not rows:
+    entry = spool_work.lock_entry(session, queue_id, wanted)
+    if entry is None:
         return None
-    head = rows[0]
-    found = {row.rid for row in rows if row.rid is not None}
+    found = {row.id for row in entry.recipients}
     skipped = [(rid, "no such recipient") for rid in wanted if rid not in found]
     remote: list[RemoteRecipient] = []
     local: list[tuple[int, str]] = []
     local_domains: dict[str, bool] = {}
-    for row in rows:
-        if row.rid is None:
-            continue
+    for row in entry.recipients:
         if row.state != "pending":
-            skipped.append((row.rid, f"already {row.state}"))
+            skipped.append((row.id, f"already {row.state}"))
             continue
         if row.stream != "outbound":
-            skipped.append((row.rid, f"on the {row.stream} stream"))
+            skipped.append((row.id, f"on the {row.stream} stream"))
             continue
         if row.attempts and row.next_attempt_at > now:
-            skipped.append((row.rid, "not yet due"))
+            skipped.append((row.id, "not yet due"))
             continue
         domain = domain_of(row.address)
         if domain not in local_domains:
             # no domain (a bare local part) can only be ours
-            local_domains[domain] = not domain or _is_local_domain(session, domain)
+            local_domains[domain] = not domain or domains.is_local_domain(session, domain)
         if local_domains[domain]:
-            local.append((row.rid, row.address))
+            local.append((row.id, row.address))
         else:
-            remote.append(RemoteRecipient(row.rid, row.address, domain, row.notify, row.orcpt,
+            remote.append(RemoteRecipient(row.id, row.address, domain, row.notify, row.orcpt,
                                           row.attempts))
     envelopes: list[Envelope] = []
     if local:
         ids = [rid for rid, _ in local]
-        _MOVE_TO_DELIVER.execute(session.connection(), {"ids": ids, "now": now})
+        spool_work.move_to_deliver(session, ids, now)
         envelopes.append(Envelope(queue_id, tuple(ids), "deliver",
-                                  disposition=head.disposition))
-    message = messages.get_message(session, head.message_id) if remote else b""
-    return Work(queue_id=queue_id, mail_from=head.mail_from, kind=head.kind, ret=head.ret,
-                envid=head.envid, received_at=head.received_at, message=message,
+                                  disposition=entry.disposition))
+    message = messages.get_message(session, entry.message_id) if remote else b""
+    return Work(queue_id=queue_id, mail_from=entry.mail_from, kind=entry.kind, ret=entry.ret,
+                envid=entry.envid, received_at=entry.received_at, message=message,
                 remote=tuple(remote), local=tuple(local), skipped=tuple(skipped),
                 envelopes=tuple(envelopes))
 
 
-# The message (one row even when no recipient matches: a LEFT JOIN on the locked ones) and
-# the entry's recipients locked in id order, as the ORM's SELECT ... FOR UPDATE did.
-_LOAD_WORK = Prepared("relay_load_work", """
-WITH r AS (
-    SELECT r.id, r.address, r.state, r.stream, r.attempts, r.next_attempt_at, r.notify,
-           r.orcpt
-    FROM spool_recipients r
-    WHERE r.spool_message_id = (SELECT id FROM spool_messages WHERE queue_id = %(queue_id)s)
-      AND r.id = ANY(CAST(%(ids)s AS bigint[]))
-    ORDER BY r.id
-    FOR UPDATE)
-SELECT m.mail_from, m.kind, m.ret, m.envid, m.received_at, m.disposition, m.message_id,
-       r.id AS rid, r.address, r.state, r.stream, r.attempts, r.next_attempt_at, r.notify,
-       r.orcpt
-FROM spool_messages m LEFT JOIN r ON true
-WHERE m.queue_id = %(queue_id)s
-ORDER BY r.id
-""")
-
-# move_to_deliver as one plain statement (no ORM session synchronisation)
-_MOVE_TO_DELIVER = Prepared(
-    "relay_move_to_deliver",
-    "UPDATE spool_recipients SET stream = 'deliver', next_attempt_at = %(now)s,"
-    " enqueued_at = %(now)s, updated_at = now() WHERE id = ANY(CAST(%(ids)s AS bigint[]))")
-
-_IS_LOCAL_DOMAIN = text("SELECT EXISTS (SELECT 1 FROM domains WHERE name = :name)")
-
-
-def _is_local_domain(session: Session, domain: str) -> bool:
-    """domains.is_local_domain as one plain statement."""
-    try:
-        name = normalise_domain(domain)
-    except ValueError:
-        return False
-    return bool(session.execute(_IS_LOCAL_DOMAIN, {"name": name}).scalar())
-
-
-def move_to_deliver(session: Session, recipient_ids: Sequence[int], now: datetime) -> None:
-    """Hand recipients to the mda: the `deliver` stream, due now, marked as enqueued now."""
-    session.execute(update(SpoolRecipient).where(SpoolRecipient.id.in_(list(recipient_ids)))
-                    .values(stream="deliver", next_attempt_at=now, enqueued_at=now,
-                            updated_at=func.now()))
-
-
-def record_results(session: Session, queue_id: str, results: Sequence[Result],
+def record_results(session: StoreSession, queue_id: str, results: Sequence[Result],
                    now: datetime, policy: Policy) -> Recorded:
     """Record one domain's results; failures and their DSN (and delay notices) commit together.
 
@@ -212,9 +162,7 @@ def record_results(session: Session, queue_id: str, results: Sequence[Result],
     info = spool.get_spool(session, queue_id)
     expires = info.received_at + timedelta(seconds=policy.queue_lifetime)
     by_id = {r.recipient_id: r for r in results}
-    rows = session.execute(
-        select(SpoolRecipient).where(SpoolRecipient.id.in_(list(by_id)))
-        .order_by(SpoolRecipient.id).with_for_update()).scalars().all()
+    rows = spool_work.lock_recipients(session, list(by_id))
     recorded = Recorded()
     delayed: list[bounce.DSNRecipient] = []
     failed_any = False
@@ -268,17 +216,7 @@ def _delay_notice_due(policy: Policy, received_at: datetime, last_try: datetime,
     return last_try < threshold <= now
 
 
-def failed_queue_ids(session: Session, limit: int = 100) -> list[str]:
-    """Messages with failed recipients whose bounce is not made yet (e.g. failed by the mda)."""
-    rows = session.execute(
-        select(SpoolMessage.queue_id).join(
-            SpoolRecipient, SpoolRecipient.spool_message_id == SpoolMessage.id)
-        .where(SpoolRecipient.state == "failed").group_by(SpoolMessage.queue_id)
-        .order_by(func.min(SpoolRecipient.updated_at)).limit(limit)).scalars().all()
-    return list(rows)
-
-
-def spool_failure_dsn(session: Session, queue_id: str, now: datetime,
+def spool_failure_dsn(session: StoreSession, queue_id: str, now: datetime,
                       policy: Policy) -> Envelope | None:
     """Turn a message's failed recipients into one DSN to its sender; the envelope to enqueue.
 
@@ -291,13 +229,9 @@ def spool_failure_dsn(session: Session, queue_id: str, now: datetime,
         info = spool.get_spool(session, queue_id)
     except NotFound:
         return None
-    rows = session.execute(
-        select(SpoolRecipient).where(SpoolRecipient.spool_message_id == info.id,
-                                     SpoolRecipient.state == "failed")
-        .order_by(SpoolRecipient.id).with_for_update(skip_locked=True)).scalars().all()
+    rows = spool_work.bounce_failed(session, info.id)
     if not rows:
         return None
-    spool.mark_bounced(session, [row.id for row in rows])
     if not info.mail_from or info.kind == "bounce":
         log.info("bounce not sent", queue_id=queue_id, reason="null sender",
                  recipients=[row.address for row in rows])
@@ -312,7 +246,7 @@ def spool_failure_dsn(session: Session, queue_id: str, now: datetime,
     return _spool_dsn(session, info, reported, now, policy)
 
 
-def _spool_delay_dsn(session: Session, info: spool.SpoolInfo,
+def _spool_delay_dsn(session: StoreSession, info: spool.SpoolInfo,
                      recipients: list[bounce.DSNRecipient], now: datetime,
                      policy: Policy) -> Envelope | None:
     if not info.mail_from or info.kind == "bounce":
@@ -320,7 +254,7 @@ def _spool_delay_dsn(session: Session, info: spool.SpoolInfo,
     return _spool_dsn(session, info, recipients, now, policy)
 
 
-def _spool_dsn(session: Session, info: spool.SpoolInfo,
+def _spool_dsn(session: StoreSession, info: spool.SpoolInfo,
                recipients: list[bounce.DSNRecipient], now: datetime,
                policy: Policy) -> Envelope:
     original = bounce.Original(queue_id=info.queue_id, mail_from=info.mail_from,

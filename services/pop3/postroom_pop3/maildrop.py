@@ -8,22 +8,17 @@ that dies without releasing it loses it when the TTL runs out. QUIT expunges
 the marked entries in one transaction that also advances the mailbox's
 HIGHESTMODSEQ, then publishes a change event for IMAP sessions.
 
-SQL here is repository code the store does not have yet (listing INBOX entries
-with sizes, fetching by uid, expunging by uid); it uses the store's models and
-only parameterised queries. Blocking calls run in the ``db`` pool
-(:meth:`Database.run`) or the given Redis thread pool, never on the reactor.
+The SQL (the INBOX snapshot, one message, expunge) is ``postroom.store.maildrop``.
+Blocking calls run in the ``db`` pool (:meth:`Database.run`) or the given
+Redis thread pool, never on the reactor.
 """
 
 from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from sqlalchemy import delete, select
-from sqlalchemy.exc import SQLAlchemyError
-from sqlalchemy.orm import Session
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
 from twisted.internet.threads import deferToThreadPool
@@ -34,10 +29,10 @@ from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
 from postroom.logs import get_logger
 from postroom.queue import events, locks
 from postroom.queue.redisclient import RedisClient, RedisError
+from postroom.store import maildrop as store_maildrop
 from postroom.store import users
-from postroom.store.mailboxes import next_modseq
-from postroom.store.messages import delete_orphans
-from postroom.store.models import Mailbox, MailboxEntry, Message
+from postroom.store.db import DatabaseError, StoreSession
+from postroom.store.maildrop import Snapshot, expunge_uids, load_snapshot
 from postroom_pop3 import wire
 from postroom_pop3.policy import (
     AuthFailed,
@@ -55,63 +50,16 @@ T = TypeVar("T")
 # a dead session's lock is gone after this long; a live one refreshes it every third of it
 LOCK_TTL = 60.0
 
-# --- store queries (run in the db pool; plain data only crosses back)
+# --- store work (run in the db pool; plain data only crosses back)
 
 
-@dataclass(frozen=True)
-class Snapshot:
-    """The INBOX at login: its id, UIDVALIDITY and (uid, size) of each entry by uid."""
-
-    mailbox_id: int | None
-    uidvalidity: int
-    entries: tuple[tuple[int, int], ...]
-
-
-def load_snapshot(session: Session, user_id: int) -> Snapshot:
-    """The user's INBOX entries with their sizes, oldest uid first (empty without an INBOX)."""
-    mailbox = session.execute(
-        select(Mailbox.id, Mailbox.uidvalidity)
-        .where(Mailbox.user_id == user_id, Mailbox.name == "INBOX")).first()
-    if mailbox is None:
-        return Snapshot(None, 0, ())
-    rows = session.execute(
-        select(MailboxEntry.uid, Message.size)
-        .join(Message, Message.id == MailboxEntry.message_id)
-        .where(MailboxEntry.mailbox_id == mailbox.id)
-        .order_by(MailboxEntry.uid)).all()
-    return Snapshot(mailbox.id, mailbox.uidvalidity,
-                    tuple((int(uid), int(size)) for uid, size in rows))
-
-
-def fetch_message(session: Session, mailbox_id: int, uid: int) -> bytes | None:
+def fetch_message(session: StoreSession, mailbox_id: int, uid: int) -> bytes | None:
     """The message under ``uid`` with CRLF line endings, or None when it was expunged."""
-    blob = session.execute(
-        select(Message.blob)
-        .join(MailboxEntry, MailboxEntry.message_id == Message.id)
-        .where(MailboxEntry.mailbox_id == mailbox_id, MailboxEntry.uid == uid)
-    ).scalar_one_or_none()
-    if blob is None:
+    data = store_maildrop.message_at(session, mailbox_id, uid)
+    if data is None:
         return None
     # the store keeps CRLF (the SMTP servers normalise); this only guards older rows
-    return wire.to_crlf(bytes(blob))
-
-
-def expunge_uids(session: Session, mailbox_id: int, uids: Sequence[int]) -> tuple[list[int], int]:
-    """Remove the entries ``uids`` still present; (removed uids, new HIGHESTMODSEQ or 0).
-
-    The mailbox row is locked first, the order IMAP and delivery use, so the
-    three never deadlock; blobs nothing else refers to are deleted too.
-    """
-    session.execute(select(Mailbox.id).where(Mailbox.id == mailbox_id).with_for_update())
-    removed = session.execute(
-        delete(MailboxEntry)
-        .where(MailboxEntry.mailbox_id == mailbox_id, MailboxEntry.uid.in_(list(uids)))
-        .returning(MailboxEntry.uid, MailboxEntry.message_id)).all()
-    if not removed:
-        return [], 0
-    modseq = next_modseq(session, mailbox_id)
-    delete_orphans(session, sorted({int(message_id) for _, message_id in removed}))
-    return sorted(int(uid) for uid, _ in removed), modseq
+    return wire.to_crlf(data)
 
 
 # --- the Authority and Maildrop the protocol talks to
@@ -154,7 +102,7 @@ class StoreAuthority:
         try:
             # scrypt runs here, in the db pool: never on the reactor thread
             user = await self.database.run(users.authenticate, username, password)
-        except SQLAlchemyError as exc:
+        except DatabaseError as exc:
             log.error("authentication lookup failed", error=str(exc))
             raise TemporaryFailure() from None
         if user is None:
@@ -178,7 +126,7 @@ class StoreAuthority:
         except Exception as exc:
             log.error("maildrop snapshot failed", error=str(exc), user=user.address)
             await self.in_redis_thread(self._release_quietly, key, token)
-            if isinstance(exc, SQLAlchemyError):
+            if isinstance(exc, DatabaseError):
                 raise TemporaryFailure() from None
             raise
         drop = StoreMaildrop(self, snapshot, key, token, user.address)

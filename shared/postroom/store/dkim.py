@@ -14,13 +14,13 @@ from datetime import datetime
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
-from sqlalchemy import select, update
+from sqlalchemy import select, text, update
 from sqlalchemy.orm import Session
 
 from postroom.secretbox import DKIM_PRIVATE_KEY, Keyring, SecretError, is_sealed, sealed_with
 from postroom.store.addresses import normalise_domain
 from postroom.store.common import domain_id, insert_unique
-from postroom.store.errors import NotFound
+from postroom.store.errors import InvalidAddress, NotFound
 from postroom.store.models import DKIM_ALGORITHMS, DkimKey, Domain
 
 RSA_BITS = 2048
@@ -133,9 +133,36 @@ def list_keys(session: Session, domain: str | None = None, *,
     return [_info(r[0], r[1]) for r in rows]
 
 
-def active_keys(session: Session, domain: str) -> list[DkimKeyInfo]:
-    """The keys the MSA signs a domain's mail with (one signature per key)."""
-    return list_keys(session, domain, active_only=True)
+@dataclass(frozen=True)
+class SigningKey:
+    """One active DKIM key of a domain, as plain data for the signing thread."""
+
+    domain: str
+    selector: str
+    algorithm: str
+    # as stored: a PEM or a secretbox envelope; the signing thread opens it (cached)
+    private_key: str
+
+
+def active_keys(session: Session, domain: str) -> list[SigningKey]:
+    """The keys the MSA signs a domain's mail with (one signature per key), oldest first.
+
+    None when ``domain`` is not ours, has no active key or is not a domain name.
+    Asked for every submitted message: one plain statement (docs/decisions/0005),
+    reading only the columns signing needs (the msa's database role may read no more).
+    """
+    try:
+        normal = normalise_domain(domain)
+    except (InvalidAddress, ValueError):
+        return []
+    rows = session.execute(_ACTIVE_KEYS, {"domain": normal})
+    return [SigningKey(r[0], r[1], r[2], r[3]) for r in rows]
+
+
+_ACTIVE_KEYS = text(
+    "SELECT d.name, k.selector, k.algorithm, k.private_key_pem FROM dkim_keys k"
+    " JOIN domains d ON d.id = k.domain_id WHERE d.name = :domain AND k.active"
+    " ORDER BY k.created_at, k.id")
 
 
 def set_key_active(session: Session, domain: str, selector: str, active: bool) -> None:

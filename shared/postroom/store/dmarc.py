@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -132,6 +133,17 @@ def purge_results(session: Session, before: datetime) -> int:
     """Delete verdicts older than ``before`` (after their reports were sent)."""
     done = session.execute(delete(DmarcResult).where(DmarcResult.received_at < before))
     return int(getattr(done, "rowcount", 0))
+
+
+def try_lock_report(session: Session, report_id: str) -> bool:
+    """Take the transaction's advisory lock on aggregate report ``report_id``; False if taken.
+
+    Several dmarc replicas build a (domain, period) report at once: the one that
+    holds the lock spools it; the others see it taken and try again later. The
+    lock ends with the transaction.
+    """
+    key = int.from_bytes(hashlib.sha256(report_id.encode()).digest()[:8], "big", signed=True)
+    return bool(session.execute(select(func.pg_try_advisory_xact_lock(key))).scalar())
 
 
 # --- incoming aggregate reports (parsed by postroom.dmarcreport, scanned by the dmarc service)

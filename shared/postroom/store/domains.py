@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from postroom.store.addresses import normalise_domain
 from postroom.store.common import domain_id, insert_unique
-from postroom.store.errors import InUse, NotFound
+from postroom.store.errors import InUse
 from postroom.store.models import Alias, Domain, User
 
 
@@ -49,12 +49,19 @@ def list_domains(session: Session) -> list[DomainInfo]:
 
 
 def is_local_domain(session: Session, name: str) -> bool:
-    """True when ``name`` is one of our domains (the MTA's relay check)."""
+    """True when ``name`` is one of our domains (the MTA's relay check).
+
+    Asked per recipient domain of every relayed message: one plain statement
+    (docs/decisions/0005), no ORM.
+    """
     try:
-        domain_id(session, normalise_domain(name))
-    except (NotFound, ValueError):
+        normal = normalise_domain(name)
+    except ValueError:
         return False
-    return True
+    return bool(session.execute(_IS_LOCAL_DOMAIN, {"name": normal}).scalar())
+
+
+_IS_LOCAL_DOMAIN = text("SELECT EXISTS (SELECT 1 FROM domains WHERE name = :name)")
 
 
 def remove_domain(session: Session, name: str) -> None:
