@@ -15,6 +15,7 @@ from __future__ import annotations
 import secrets
 import socket
 from collections.abc import Callable, Coroutine
+from enum import StrEnum
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -47,10 +48,21 @@ from postroom_imap.syntax_types import Append, Authenticate, Login
 
 log = get_logger("imap")
 
-NOT_AUTHENTICATED = "not authenticated"
-AUTHENTICATED = "authenticated"
-SELECTED = "selected"
-LOGOUT = "logout"
+
+
+class State(StrEnum):
+    """The connection states of RFC 3501 section 3 (a StrEnum: logs keep the plain names)."""
+
+    NOT_AUTHENTICATED = "not authenticated"
+    AUTHENTICATED = "authenticated"
+    SELECTED = "selected"
+    LOGOUT = "logout"
+
+
+NOT_AUTHENTICATED = State.NOT_AUTHENTICATED
+AUTHENTICATED = State.AUTHENTICATED
+SELECTED = State.SELECTED
+LOGOUT = State.LOGOUT
 
 # RFC 3501 5.4: the autologout timer is at least 30 minutes
 IDLE_TIMEOUT = 30 * 60.0
@@ -128,7 +140,7 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
     factory: IMAPFactory
 
     def __init__(self) -> None:
-        self.state = NOT_AUTHENTICATED
+        self.state: State = NOT_AUTHENTICATED
         self.tls = False
         self.peer_ip = ""
         self._counted = False

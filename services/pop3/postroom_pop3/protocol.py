@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Callable, Sequence
+from enum import StrEnum
 from typing import Any
 
 from twisted.internet import interfaces
@@ -37,9 +38,19 @@ from postroom_pop3.policy import AuthFailed, Authority, LoginDelayed, Maildrop, 
 
 log = get_logger("pop3")
 
-AUTHORIZATION = "AUTHORIZATION"
-TRANSACTION = "TRANSACTION"
-UPDATE = "UPDATE"
+
+
+class State(StrEnum):
+    """The session states of RFC 1939 section 3 (a StrEnum: logs keep the plain names)."""
+
+    AUTHORIZATION = "AUTHORIZATION"
+    TRANSACTION = "TRANSACTION"
+    UPDATE = "UPDATE"
+
+
+AUTHORIZATION = State.AUTHORIZATION
+TRANSACTION = State.TRANSACTION
+UPDATE = State.UPDATE
 
 # RFC 1939 section 3: an autologout timer of at least 10 minutes
 IDLE_TIMEOUT = 600.0
@@ -137,7 +148,7 @@ class POP3Server(LineReceiver):
     delimiter = b"\r\n"
 
     def __init__(self) -> None:
-        self.state = AUTHORIZATION
+        self.state: State = AUTHORIZATION
         self.tls = False
         self.peer_ip = ""
         self.session = secrets.token_hex(6)
@@ -361,7 +372,7 @@ class POP3Server(LineReceiver):
             return None
         return handler(command)
 
-    _STATES: dict[str, tuple[str, ...]] = {
+    _STATES: dict[str, tuple[State, ...]] = {
         "CAPA": (AUTHORIZATION, TRANSACTION),
         "QUIT": (AUTHORIZATION, TRANSACTION),
         "NOOP": (TRANSACTION,),
