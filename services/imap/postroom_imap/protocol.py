@@ -28,6 +28,7 @@ from postroom.connlimit import PerAddressLimit
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, SessionMetrics, imap_idle_sessions
 from postroom.peers import is_loopback, is_tls
+from postroom.session import ListenerSession
 from postroom_imap.handlers_mailbox import MailboxCommands
 from postroom_imap.handlers_message import MessageCommands
 from postroom_imap.policy import Accounts, AuthFailed, Refusal, UserStore
@@ -134,7 +135,7 @@ class IMAPFactory(ServerFactory):
             server.close(b"* BYE server shutting down\r\n")
 
 
-class IMAPServer(MailboxCommands, MessageCommands, Protocol):
+class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
     """One IMAP connection."""
 
     factory: IMAPFactory
@@ -143,7 +144,6 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
         self.state: State = NOT_AUTHENTICATED
         self.tls = False
         self.peer_ip = ""
-        self._counted = False
         self.session_id = secrets.token_hex(6)
         self.log = log.bind(session=self.session_id)
         self.reader: CommandReader | None = None
@@ -164,7 +164,6 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
         self._unwatch: Callable[[], None] | None = None
         self._idle_wakeup: Deferred[None] | None = None
         self._syncing = False
-        self._listener: str | None = None
 
     # --- connection life
 
@@ -173,17 +172,15 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
         self.tls = is_tls(transport)
         self.peer_ip = str(getattr(transport.getPeer(), "host", ""))
         self.log = self.log.bind(peer=self.peer_ip)
-        if not self.factory.per_address.acquire(self.peer_ip):
+        if not self.admit(self.factory.meter, "imaps" if self.tls else "imap",
+                          self.factory.per_address, self.peer_ip):
             # a flood from one address must not starve everyone else (RFC 5530 UNAVAILABLE)
             self.log.warning("connection refused", reason="too many connections from address")
             self.closing = True
             transport.write(b"* BYE [UNAVAILABLE] too many connections from your address\r\n")
             transport.loseConnection()
             return
-        self._counted = True
         self._no_delay(transport)
-        self._listener = "imaps" if self.tls else "imap"
-        self.factory.meter.opened(self._listener)
         self.reader = CommandReader(self.factory.limits)
         self.factory.sessions.add(self)
         self.log.info("session opened", tls=self.tls)
@@ -193,16 +190,11 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.closing = True
-        if self._counted:
-            self._counted = False
-            self.factory.per_address.release(self.peer_ip)
+        self.leave()
         self.factory.sessions.discard(self)
         self._clear_queue()
         if self.reader is not None:
             self.reader.close()
-        if self._listener is not None:
-            listener, self._listener = self._listener, None
-            self.factory.meter.closed(listener)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None

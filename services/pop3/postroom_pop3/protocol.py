@@ -33,6 +33,7 @@ from postroom.connlimit import PerAddressLimit
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, SessionMetrics
 from postroom.peers import is_loopback, is_tls
+from postroom.session import ListenerSession
 from postroom_pop3 import wire
 from postroom_pop3.policy import AuthFailed, Authority, LoginDelayed, Maildrop, Refusal
 
@@ -141,7 +142,7 @@ class _MessageSender:
             self.done.callback(None)
 
 
-class POP3Server(LineReceiver):
+class POP3Server(ListenerSession, LineReceiver):
     """One POP3 session: AUTHORIZATION, then TRANSACTION, then UPDATE on QUIT."""
 
     factory: POP3Factory
@@ -167,9 +168,7 @@ class POP3Server(LineReceiver):
         self._reading_paused = False
         self._sasl_pending = False
         self._timer: Any = None  # an IDelayedCall
-        self._counted = False
         self._sender: _MessageSender | None = None
-        self._listener: str | None = None
 
     # --- connection life
 
@@ -179,14 +178,13 @@ class POP3Server(LineReceiver):
         self.peer_ip = str(getattr(transport.getPeer(), "host", ""))
         self.log = self.log.bind(peer=self.peer_ip)
         self.log.info("session opened", tls=self.tls)
-        self._listener = "pop3s" if self.tls else "pop3"
-        self.factory.meter.opened(self._listener)
         limit = self.factory.per_address
-        if limit is not None and not limit.acquire(self.peer_ip):
+        if not self.admit(self.factory.meter, "pop3s" if self.tls else "pop3", limit,
+                          self.peer_ip):
+            assert limit is not None
             self.log.warning("too many connections", limit=limit.limit)
             self._close(b"-ERR [SYS/TEMP] too many connections from your address")
             return
-        self._counted = limit is not None
         self.factory.sessions.add(self)
         self.reply_ok(f"{self.factory.hostname} POP3 server ready")
         self.touch()
@@ -194,17 +192,12 @@ class POP3Server(LineReceiver):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.closing = True
         self.factory.sessions.discard(self)
-        if self._listener is not None:
-            listener, self._listener = self._listener, None
-            self.factory.meter.closed(listener)
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
         self._timer = None
         if self._sender is not None:
             self._sender.stopProducing()
-        if self._counted and self.factory.per_address is not None:
-            self.factory.per_address.release(self.peer_ip)
-            self._counted = False
+        self.leave()
         self._release()
         self.log.info("session closed", user=self.username, state=self.state)
 

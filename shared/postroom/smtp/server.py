@@ -41,6 +41,7 @@ from postroom.auth.sasl import (
 from postroom.connlimit import PerAddressLimit
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, SessionMetrics
+from postroom.session import ListenerSession
 from postroom.smtp import grammar
 from postroom.smtp import replies as R
 from postroom.smtp.data import ChunkAccumulator, Content, DataReader, End
@@ -96,15 +97,8 @@ class SMTPServerFactory(ServerFactory):
         protocol.factory = self
         return protocol
 
-    def register(self, ip: str) -> bool:
-        """Count a new connection from ``ip``; False when it is over the limit."""
-        return self.per_address.acquire(ip)
 
-    def unregister(self, ip: str) -> None:
-        self.per_address.release(ip)
-
-
-class SMTPServerProtocol(LineReceiver):
+class SMTPServerProtocol(ListenerSession, LineReceiver):
     """One SMTP session; ``_state`` is a :class:`State`."""
 
     delimiter = b"\r\n"
@@ -123,7 +117,7 @@ class SMTPServerProtocol(LineReceiver):
         self._state: State = State.COMMAND
         self._waiting = False
         self._timer: Any = None
-        self._counted = False
+        self._admitted = False
         self._lost = False
         self._errors = 0
         self._junk = 0
@@ -135,7 +129,6 @@ class SMTPServerProtocol(LineReceiver):
         self._bdat_size = 0
         self._bdat_last = False
         self._mechanism: ServerMechanism | None = None
-        self._metered = False
 
     # --- connection life cycle
 
@@ -148,16 +141,14 @@ class SMTPServerProtocol(LineReceiver):
                                local_port=int(getattr(host, "port", 0) or 0),
                                tls_active=self.smtp_factory.implicit_tls)
         self.log = _log.bind(session=self.session.id, peer=self.session.peer_ip)
-        self.smtp_factory.meter.opened(self.smtp_factory.listener)
-        self._metered = True
-        if not self.smtp_factory.register(self.session.peer_ip):
-            self.smtp_factory.meter.error("too_many_connections")
+        if not self.admit(self.smtp_factory.meter, self.smtp_factory.listener,
+                          self.smtp_factory.per_address, self.session.peer_ip):
             self.log.warning("smtp connection refused", reason="too many connections from peer",
                              limit=self.options.max_connections_per_ip)
             self._write(R.TOO_MANY_CONNECTIONS)
             self._close()
             return
-        self._counted = True
+        self._admitted = True
         self.log.info("smtp connection opened", port=self.session.local_port,
                       implicit_tls=self.session.tls_active)
         self._arm_timer()
@@ -176,12 +167,9 @@ class SMTPServerProtocol(LineReceiver):
         self._state = State.CLOSED
         self._lost = True
         self._cancel_timer()
-        if self._metered:
-            self._metered = False
-            self.smtp_factory.meter.closed(self.smtp_factory.listener)
-        if self._counted:
-            self._counted = False
-            self.smtp_factory.unregister(self.session.peer_ip)
+        self.leave()
+        if self._admitted:
+            self._admitted = False
             if was in (State.DATA, State.BDAT) or self._bdat is not None:
                 self.log.warning("smtp connection lost during message transfer")
             try:
