@@ -11,8 +11,8 @@ hostile peer meets first are written once:
   undoes both exactly once, whatever order the close happens in.
 * the idle timer is Twisted's :class:`~twisted.protocols.policies.TimeoutMixin`
   running on the session's ``clock`` (a test's ``Clock``, or the reactor);
-  :meth:`restart_timer` reuses the pending call when the period is unchanged
-  (one ``reset`` per line instead of a cancel and a new call).
+  :meth:`restart_timer` reuses the pending call (one ``reset`` per line
+  rather than a cancel and a new call).
 * the error budget: :meth:`spend_error` counts a protocol error and says when
   the budget is spent (``postroom_errors_total{kind="too_many_errors"}``); the
   protocol says goodbye in its own words.
@@ -93,10 +93,8 @@ class ListenerSession(TimeoutMixin):
 
     def restart_timer(self, period: float) -> None:
         """Fire :meth:`session_timed_out` after ``period`` seconds without a restart."""
-        if self.timeOut == period:
-            self.resetTimeout()
-        else:
-            self.setTimeout(period)
+        # TimeoutMixin resets the pending call when there is one, else makes a new one
+        self.setTimeout(period)
 
     def stop_timer(self) -> None:
         self.setTimeout(None)

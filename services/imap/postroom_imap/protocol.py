@@ -160,7 +160,6 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
         self._pumping = False
         self._reading_paused = False
         self._raw_waiter: Deferred[bytes] | None = None
-        self._timer: Any = None
         self._unwatch: Callable[[], None] | None = None
         self._idle_wakeup: Deferred[None] | None = None
         self._syncing = False
@@ -195,9 +194,6 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
         self._clear_queue()
         if self.reader is not None:
             self.reader.close()
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
         self._drop_selected()
         if self.store is not None:
             store, self.store = self.store, None
@@ -225,13 +221,12 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
         """Restart the autologout timer (RFC 3501 5.4)."""
         if self.closing:
             return
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self.factory.idle_timeout)
-        else:
-            self._timer = self.factory.clock.callLater(self.factory.idle_timeout, self._timeout)
+        self.restart_timer(self.factory.idle_timeout)
 
-    def _timeout(self) -> None:
-        self._timer = None
+    def session_clock(self) -> Any:
+        return self.factory.clock
+
+    def session_timed_out(self) -> None:
         self.log.info("idle timeout", state=self.state)
         self.close(b"* BYE autologout; idle for too long\r\n")
 

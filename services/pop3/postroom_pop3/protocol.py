@@ -167,7 +167,6 @@ class POP3Server(ListenerSession, LineReceiver):
         self._in_process = False
         self._reading_paused = False
         self._sasl_pending = False
-        self._timer: Any = None  # an IDelayedCall
         self._sender: _MessageSender | None = None
 
     # --- connection life
@@ -192,9 +191,6 @@ class POP3Server(ListenerSession, LineReceiver):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.closing = True
         self.factory.sessions.discard(self)
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
         if self._sender is not None:
             self._sender.stopProducing()
         self.leave()
@@ -213,14 +209,13 @@ class POP3Server(ListenerSession, LineReceiver):
         """Restart the autologout timer (RFC 1939 section 3)."""
         if self.closing:
             return
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self.factory.idle_timeout)
-        else:
-            self._timer = self.factory.clock.callLater(self.factory.idle_timeout, self._idle)
+        self.restart_timer(self.factory.idle_timeout)
 
-    def _idle(self) -> None:
+    def session_clock(self) -> Any:
+        return self.factory.clock
+
+    def session_timed_out(self) -> None:
         # autologout: the session ends WITHOUT entering UPDATE, so nothing is expunged
-        self._timer = None
         self.log.info("idle timeout", state=self.state)
         self._close(b"-ERR autologout: idle for too long")
 

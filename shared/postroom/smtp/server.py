@@ -116,7 +116,6 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
         self.log = _log
         self._state: State = State.COMMAND
         self._waiting = False
-        self._timer: Any = None
         self._admitted = False
         self._lost = False
         self._errors = 0
@@ -166,7 +165,7 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
         was = self._state
         self._state = State.CLOSED
         self._lost = True
-        self._cancel_timer()
+        self.stop_timer()
         self.leave()
         if self._admitted:
             self._admitted = False
@@ -203,7 +202,7 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
         if self._state == State.CLOSED:
             return
         self._state = State.CLOSED
-        self._cancel_timer()
+        self.stop_timer()
         self.transport.loseConnection()
         # a peer that neither reads nor finishes its TLS handshake must not hold the socket
         abort = getattr(self.transport, "abortConnection", None)
@@ -215,21 +214,18 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
             self.log.info("smtp connection aborted", reason="peer did not close")
             abort()
 
+    def session_clock(self) -> Any:
+        return self.clock
+
     def _arm_timer(self) -> None:
-        self._cancel_timer()
         if self._state == State.CLOSED:
+            self.stop_timer()
             return
         timeout = (self.options.data_timeout if self._state in (State.DATA, State.BDAT)
                    else self.options.command_timeout)
-        self._timer = self.clock.callLater(timeout, self._timed_out)
+        self.restart_timer(timeout)
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _timed_out(self) -> None:
-        self._timer = None
+    def session_timed_out(self) -> None:
         if self._waiting:
             # the peer is waiting for us, not idle
             self._arm_timer()
