@@ -401,8 +401,7 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
             self._bad(None, "unexpected line")
 
     def _bad(self, tag: str | None, text: str) -> None:
-        self.errors += 1
-        if self.errors >= self.factory.max_errors:
+        if self.spend_error(self.factory.max_errors, self.factory.meter):
             self.log.warning("too many errors", errors=self.errors)
             self.close(b"* BYE too many protocol errors\r\n")
             return

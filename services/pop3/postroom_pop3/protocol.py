@@ -247,8 +247,7 @@ class POP3Server(ListenerSession, LineReceiver):
 
     def _error(self, text: str) -> None:
         """A protocol error by the client: counted, and too many end the session."""
-        self.errors += 1
-        if self.errors >= self.factory.max_errors:
+        if self.spend_error(self.factory.max_errors, self.factory.meter):
             self.log.warning("too many errors", errors=self.errors)
             self._close(b"-ERR too many errors, closing connection")
             return

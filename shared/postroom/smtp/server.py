@@ -118,7 +118,7 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
         self._waiting = False
         self._admitted = False
         self._lost = False
-        self._errors = 0
+        self.errors = 0
         self._junk = 0
         self._reader: DataReader | None = None
         self._chunks: list[bytes] = []
@@ -189,10 +189,8 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
             return
         self._write(reply)
         if count and reply.code >= 400 and reply.code != 421:
-            self._errors += 1
-            if self._errors >= self.options.max_errors:
-                self.log.warning("smtp too many errors", errors=self._errors)
-                self.smtp_factory.meter.error("too_many_errors")
+            if self.spend_error(self.options.max_errors, self.smtp_factory.meter):
+                self.log.warning("smtp too many errors", errors=self.errors)
                 self._write(R.TOO_MANY_ERRORS)
                 self._close()
         elif reply.code == 421:
