@@ -158,7 +158,6 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
         self._running_bytes = 0  # and of the one running
         self._busy = False
         self._pumping = False
-        self._reading_paused = False
         self._raw_waiter: Deferred[bytes] | None = None
         self._unwatch: Callable[[], None] | None = None
         self._idle_wakeup: Deferred[None] | None = None
@@ -331,7 +330,7 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
 
     def _should_pause(self) -> bool:
         queued = len(self._queue)
-        if queued > MAX_QUEUED or (self._reading_paused and queued > MAX_QUEUED // 2):
+        if queued > MAX_QUEUED or (self.reading_paused and queued > MAX_QUEUED // 2):
             return True
         if not (self._busy or queued) or self._raw_waiter is not None:
             # nothing will run and free bytes without more input (the command being read, or
@@ -344,18 +343,15 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
 
     def _flow_control(self) -> None:
         """Stop reading from the peer while too much is held; go on once commands have run."""
-        transport: Any = self.transport
-        if transport is None or self.closing:
+        if self.transport is None or self.closing:
             return
         pause = self._should_pause()
-        if pause and not self._reading_paused:
-            self._reading_paused = True
+        if pause and not self.reading_paused:
             self.factory.meter.error("input_paused")
             self.log.info("reading paused", held=self.held, queued=len(self._queue))
-            transport.pauseProducing()
-        elif not pause and self._reading_paused:
-            self._reading_paused = False
-            transport.resumeProducing()
+            self.pause_reading()
+        elif not pause and self.reading_paused:
+            self.resume_reading()
 
     def _pump(self) -> None:
         if self._pumping:

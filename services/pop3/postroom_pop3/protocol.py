@@ -165,7 +165,6 @@ class POP3Server(ListenerSession, LineReceiver):
         self._skipping = False
         self._busy = False
         self._in_process = False
-        self._reading_paused = False
         self._sasl_pending = False
         self._sender: _MessageSender | None = None
 
@@ -303,12 +302,10 @@ class POP3Server(ListenerSession, LineReceiver):
     def _flow_control(self) -> None:
         if self.transport is None or self.closing:
             return
-        if self._busy and len(self._buffer) > MAX_BUFFERED and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pauseProducing()
-        elif not self._busy and self._reading_paused:
-            self._reading_paused = False
-            self.transport.resumeProducing()
+        if self._busy and len(self._buffer) > MAX_BUFFERED:
+            self.pause_reading()
+        elif not self._busy:
+            self.resume_reading()
 
     def _line_too_long(self) -> None:
         self.touch()

@@ -264,18 +264,15 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
 
         maybeDeferred(fn, *args).addCallbacks(succeeded, failed)
         if self._waiting and self._state != State.CLOSED:
+            # LineReceiver keeps the pipelined lines; the transport stops reading more
             self.paused = True
-            pause = getattr(self.transport, "pauseProducing", None)
-            if pause is not None and not self.transport.disconnecting:
-                pause()
+            self.pause_reading()
 
     def _resume(self) -> None:
         if self._waiting or not self.paused or self._state == State.CLOSED:
             return
         self.paused = False
-        resume = getattr(self.transport, "resumeProducing", None)
-        if resume is not None and not self.transport.disconnecting:
-            resume()
+        self.resume_reading()
         self._arm_timer()
         # process whatever was pipelined while we waited
         self.dataReceived(b"")
