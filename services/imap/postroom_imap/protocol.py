@@ -193,7 +193,7 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
         self._clear_queue()
         if self.reader is not None:
             self.reader.close()
-        self._drop_selected()
+        self.drop_selected()
         if self.store is not None:
             store, self.store = self.store, None
             store.close()
@@ -201,6 +201,10 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
             waiter, self._raw_waiter = self._raw_waiter, None
             waiter.errback(Failure(ConnectionError("connection lost")))
         self.log.info("session closed", state=self.state)
+
+    @property
+    def meter(self) -> SessionMetrics:
+        return self.factory.meter
 
     def write(self, data: bytes) -> None:
         transport: Any = self.transport
@@ -535,13 +539,13 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
             wakeup.callback(None)
 
     def select_mailbox(self, selected: Selected) -> None:
-        self._drop_selected()
+        self.drop_selected()
         self.selected = selected
         self.state = SELECTED
         assert self.store is not None
         self._unwatch = self.store.watch(selected.mailbox_id, self._changed)
 
-    def _drop_selected(self) -> None:
+    def drop_selected(self) -> None:
         if self._unwatch is not None:
             unwatch, self._unwatch = self._unwatch, None
             unwatch()
