@@ -165,8 +165,7 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
         was = self._state
         self._state = State.CLOSED
         self._lost = True
-        self.stop_timer()
-        self.leave()
+        self.leave()  # stops the timer too
         if self._admitted:
             self._admitted = False
             if was in (State.DATA, State.BDAT) or self._bdat is not None:
