@@ -541,6 +541,22 @@ def test_quit_without_deletions_commits_nothing(logged_in: Client,
     assert authority.commits == []
 
 
+def test_failed_update_says_so_and_still_releases_the_lock(
+        logged_in: Client, authority: MemoryAuthority) -> None:
+    logged_in.cmd("DELE 1")
+    drop = authority.drops[0]
+    drop.commit = lambda deleted: fail(RuntimeError("database went away"))  # type: ignore
+    assert logged_in.cmd("QUIT") == b"-ERR [SYS/TEMP] some deleted messages not removed\r\n"
+    assert drop.released and logged_in.closed
+
+
+def test_unexpected_retrieve_error_is_a_temporary_error_and_the_session_goes_on(
+        logged_in: Client, authority: MemoryAuthority) -> None:
+    authority.drops[0].retrieve = lambda index: fail(RuntimeError("blob lost"))  # type: ignore
+    assert logged_in.cmd("RETR 1") == b"-ERR [SYS/TEMP] internal error, try again later\r\n"
+    assert logged_in.cmd("NOOP") == b"+OK\r\n"
+
+
 def test_dropped_connection_does_not_expunge_but_releases_lock(
         logged_in: Client, authority: MemoryAuthority) -> None:
     logged_in.cmd("DELE 1")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from postroom import glob
 from postroom_imap.policy import MailboxRow, NoSuchMailbox, Refusal
@@ -24,7 +24,10 @@ from postroom_imap.syntax_types import (
 )
 
 if TYPE_CHECKING:
+    from postroom_imap.host import CommandHost
     from postroom_imap.policy import UserStore
+else:
+    CommandHost = object  # a Protocol for mypy; at run time the host is IMAPServer itself
 
 DELIMITER = "/"
 Reply = tuple[str, str]
@@ -108,18 +111,8 @@ def list_lines(rows: list[MailboxRow], matchers: list[Matcher], *,
     return lines
 
 
-class MailboxCommands:
-    """Mixed into IMAPServer; uses its ``store``, ``selected``, ``write`` and state helpers."""
-
-    store: UserStore | None
-    selected: Selected | None
-    condstore: bool
-    write: Any
-    log: Any
-    factory: Any
-    select_mailbox: Any
-    _drop_selected: Any
-    absorb_own_changes: Any
+class MailboxCommands(CommandHost):
+    """Mixed into IMAPServer; uses only what :class:`~postroom_imap.host.CommandHost` lists."""
 
     def _user(self) -> UserStore:
         assert self.store is not None
@@ -129,7 +122,7 @@ class MailboxCommands:
         args = command.args
         assert isinstance(args, Select)
         if self.selected is not None:
-            self._drop_selected()
+            self.drop_selected()
             self.write(b"* OK [CLOSED] previous mailbox closed\r\n")
         if args.condstore:
             self.condstore = True
@@ -182,7 +175,7 @@ class MailboxCommands:
         if args.mailbox == "INBOX":
             return ("NO", "[CANNOT] INBOX cannot be deleted")
         if self.selected is not None and self.selected.name == args.mailbox:
-            self._drop_selected()
+            self.drop_selected()
             self.write(b"* OK [CLOSED] mailbox deleted\r\n")
         await self._user().delete(args.mailbox)
         return ("OK", "DELETE completed")
@@ -221,7 +214,7 @@ class MailboxCommands:
             matchers = list_matchers(args.reference, args.patterns)
         except glob.PatternTooComplex as exc:
             self.log.info("list pattern refused", command=command.name, reason=str(exc))
-            self.factory.meter.error("list_pattern_refused")
+            self.meter.error("list_pattern_refused")
             return ("NO", f"[LIMIT] {command.name} refused: {exc}")
         rows = await self._user().list_mailboxes()
         lsub = lsub or "SUBSCRIBED" in args.selection

@@ -33,7 +33,10 @@ from postroom_imap.syntax_types import (
 )
 
 if TYPE_CHECKING:
+    from postroom_imap.host import CommandHost
     from postroom_imap.policy import UserStore
+else:
+    CommandHost = object  # a Protocol for mypy; at run time the host is IMAPServer itself
 
 Reply = tuple[str, str]
 # messages per store round trip: small when bodies come along, to bound memory per session
@@ -70,15 +73,8 @@ def _uses_modseq(key: SearchKey) -> bool:
     return False
 
 
-class MessageCommands:
-    """Mixed into IMAPServer; uses its ``store``, ``selected``, ``write`` and state helpers."""
-
-    store: UserStore | None
-    selected: Selected | None
-    condstore: bool
-    write: Any
-    _drop_selected: Any
-    absorb_own_changes: Any
+class MessageCommands(CommandHost):
+    """Mixed into IMAPServer; uses only what :class:`~postroom_imap.host.CommandHost` lists."""
 
     def _box(self) -> tuple[UserStore, Selected]:
         assert self.store is not None and self.selected is not None
@@ -95,11 +91,11 @@ class MessageCommands:
         store, box = self._box()
         if not box.readonly:
             await store.expunge(box.mailbox_id, None)
-        self._drop_selected()
+        self.drop_selected()
         return ("OK", "CLOSE completed")
 
     async def do_unselect(self, command: Command) -> Reply:
-        self._drop_selected()
+        self.drop_selected()
         return ("OK", "UNSELECT completed")
 
     async def do_expunge(self, command: Command) -> Reply:

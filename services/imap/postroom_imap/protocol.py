@@ -15,6 +15,7 @@ from __future__ import annotations
 import secrets
 import socket
 from collections.abc import Callable, Coroutine
+from enum import StrEnum
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -27,6 +28,7 @@ from postroom.connlimit import PerAddressLimit
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, SessionMetrics, imap_idle_sessions
 from postroom.peers import is_loopback, is_tls
+from postroom.session import ListenerSession
 from postroom_imap.handlers_mailbox import MailboxCommands
 from postroom_imap.handlers_message import MessageCommands
 from postroom_imap.policy import Accounts, AuthFailed, Refusal, UserStore
@@ -47,10 +49,21 @@ from postroom_imap.syntax_types import Append, Authenticate, Login
 
 log = get_logger("imap")
 
-NOT_AUTHENTICATED = "not authenticated"
-AUTHENTICATED = "authenticated"
-SELECTED = "selected"
-LOGOUT = "logout"
+
+
+class State(StrEnum):
+    """The connection states of RFC 3501 section 3 (a StrEnum: logs keep the plain names)."""
+
+    NOT_AUTHENTICATED = "not authenticated"
+    AUTHENTICATED = "authenticated"
+    SELECTED = "selected"
+    LOGOUT = "logout"
+
+
+NOT_AUTHENTICATED = State.NOT_AUTHENTICATED
+AUTHENTICATED = State.AUTHENTICATED
+SELECTED = State.SELECTED
+LOGOUT = State.LOGOUT
 
 # RFC 3501 5.4: the autologout timer is at least 30 minutes
 IDLE_TIMEOUT = 30 * 60.0
@@ -122,16 +135,15 @@ class IMAPFactory(ServerFactory):
             server.close(b"* BYE server shutting down\r\n")
 
 
-class IMAPServer(MailboxCommands, MessageCommands, Protocol):
+class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
     """One IMAP connection."""
 
     factory: IMAPFactory
 
     def __init__(self) -> None:
-        self.state = NOT_AUTHENTICATED
+        self.state: State = NOT_AUTHENTICATED
         self.tls = False
         self.peer_ip = ""
-        self._counted = False
         self.session_id = secrets.token_hex(6)
         self.log = log.bind(session=self.session_id)
         self.reader: CommandReader | None = None
@@ -146,13 +158,10 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
         self._running_bytes = 0  # and of the one running
         self._busy = False
         self._pumping = False
-        self._reading_paused = False
         self._raw_waiter: Deferred[bytes] | None = None
-        self._timer: Any = None
         self._unwatch: Callable[[], None] | None = None
         self._idle_wakeup: Deferred[None] | None = None
         self._syncing = False
-        self._listener: str | None = None
 
     # --- connection life
 
@@ -161,17 +170,15 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
         self.tls = is_tls(transport)
         self.peer_ip = str(getattr(transport.getPeer(), "host", ""))
         self.log = self.log.bind(peer=self.peer_ip)
-        if not self.factory.per_address.acquire(self.peer_ip):
+        if not self.admit(self.factory.meter, "imaps" if self.tls else "imap",
+                          self.factory.per_address, self.peer_ip):
             # a flood from one address must not starve everyone else (RFC 5530 UNAVAILABLE)
             self.log.warning("connection refused", reason="too many connections from address")
             self.closing = True
             transport.write(b"* BYE [UNAVAILABLE] too many connections from your address\r\n")
             transport.loseConnection()
             return
-        self._counted = True
         self._no_delay(transport)
-        self._listener = "imaps" if self.tls else "imap"
-        self.factory.meter.opened(self._listener)
         self.reader = CommandReader(self.factory.limits)
         self.factory.sessions.add(self)
         self.log.info("session opened", tls=self.tls)
@@ -181,20 +188,12 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.closing = True
-        if self._counted:
-            self._counted = False
-            self.factory.per_address.release(self.peer_ip)
+        self.leave()
         self.factory.sessions.discard(self)
         self._clear_queue()
         if self.reader is not None:
             self.reader.close()
-        if self._listener is not None:
-            listener, self._listener = self._listener, None
-            self.factory.meter.closed(listener)
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self._drop_selected()
+        self.drop_selected()
         if self.store is not None:
             store, self.store = self.store, None
             store.close()
@@ -202,6 +201,10 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
             waiter, self._raw_waiter = self._raw_waiter, None
             waiter.errback(Failure(ConnectionError("connection lost")))
         self.log.info("session closed", state=self.state)
+
+    @property
+    def meter(self) -> SessionMetrics:
+        return self.factory.meter
 
     def write(self, data: bytes) -> None:
         transport: Any = self.transport
@@ -221,13 +224,12 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
         """Restart the autologout timer (RFC 3501 5.4)."""
         if self.closing:
             return
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self.factory.idle_timeout)
-        else:
-            self._timer = self.factory.clock.callLater(self.factory.idle_timeout, self._timeout)
+        self.restart_timer(self.factory.idle_timeout)
 
-    def _timeout(self) -> None:
-        self._timer = None
+    def session_clock(self) -> Any:
+        return self.factory.clock
+
+    def session_timed_out(self) -> None:
         self.log.info("idle timeout", state=self.state)
         self.close(b"* BYE autologout; idle for too long\r\n")
 
@@ -332,7 +334,7 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
 
     def _should_pause(self) -> bool:
         queued = len(self._queue)
-        if queued > MAX_QUEUED or (self._reading_paused and queued > MAX_QUEUED // 2):
+        if queued > MAX_QUEUED or (self.reading_paused and queued > MAX_QUEUED // 2):
             return True
         if not (self._busy or queued) or self._raw_waiter is not None:
             # nothing will run and free bytes without more input (the command being read, or
@@ -345,18 +347,15 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
 
     def _flow_control(self) -> None:
         """Stop reading from the peer while too much is held; go on once commands have run."""
-        transport: Any = self.transport
-        if transport is None or self.closing:
+        if self.transport is None or self.closing:
             return
         pause = self._should_pause()
-        if pause and not self._reading_paused:
-            self._reading_paused = True
+        if pause and not self.reading_paused:
             self.factory.meter.error("input_paused")
             self.log.info("reading paused", held=self.held, queued=len(self._queue))
-            transport.pauseProducing()
-        elif not pause and self._reading_paused:
-            self._reading_paused = False
-            transport.resumeProducing()
+            self.pause_reading()
+        elif not pause and self.reading_paused:
+            self.resume_reading()
 
     def _pump(self) -> None:
         if self._pumping:
@@ -402,8 +401,7 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
             self._bad(None, "unexpected line")
 
     def _bad(self, tag: str | None, text: str) -> None:
-        self.errors += 1
-        if self.errors >= self.factory.max_errors:
+        if self.spend_error(self.factory.max_errors, self.factory.meter):
             self.log.warning("too many errors", errors=self.errors)
             self.close(b"* BYE too many protocol errors\r\n")
             return
@@ -541,13 +539,13 @@ class IMAPServer(MailboxCommands, MessageCommands, Protocol):
             wakeup.callback(None)
 
     def select_mailbox(self, selected: Selected) -> None:
-        self._drop_selected()
+        self.drop_selected()
         self.selected = selected
         self.state = SELECTED
         assert self.store is not None
         self._unwatch = self.store.watch(selected.mailbox_id, self._changed)
 
-    def _drop_selected(self) -> None:
+    def drop_selected(self) -> None:
         if self._unwatch is not None:
             unwatch, self._unwatch = self._unwatch, None
             unwatch()

@@ -12,14 +12,11 @@ from dataclasses import replace
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.python.failure import Failure
 
 from postroom.dns import Resolver
-from postroom.queue.consumer import StreamConsumer
-from postroom.queue.gauges import QueueGauges
-from postroom.queue.reconciler import Reconciler
 from postroom.queue.retention import SpoolPurger
 from postroom.queue.streams import QueueClient, connect
+from postroom.queue.worker import start_stream_worker
 from postroom.runtime import ServiceContext
 from postroom.service import ServiceSpec
 from postroom_mta.inbound import start_inbound
@@ -47,35 +44,16 @@ def start_relay(ctx: ServiceContext, options: RelayOptions | None = None) -> Rel
     relay = Relay(ctx.database, queue, options, resolver=Resolver.from_settings(settings),
                   dns_pool=ctx.thread_pool("dns", DNS_THREADS), redis_pool=redis_pool,
                   reactor=ctx.reactor, log=ctx.log.bind(component="relay"), metrics=ctx.metrics)
-    # a little less than the runtime's grace, so the reconciler and pools still stop in time
-    consumer = StreamConsumer(queue, STREAM, GROUP, relay.handle, concurrency=RELAY_CONCURRENCY,
-                              claim_idle=settings.queue_claim_idle,
-                              grace=settings.shutdown_grace * 0.8, reactor=ctx.reactor,
-                              metrics=ctx.metrics)
-    reconciler = Reconciler(ctx.database, queue, settings, reactor=ctx.reactor)
-    gauges = QueueGauges(queue, ctx.metrics, (STREAM,), pool=ctx.thread_pool("metrics", 1),
-                         reactor=ctx.reactor)
     sweeper = BounceSweeper(ctx.database, queue, options.policy,
                             interval=settings.reconcile_interval, redis_pool=redis_pool,
                             reactor=ctx.reactor, log=ctx.log.bind(component="relay"))
-    # stop hooks run newest first: consumer, idle SMTP sessions (QUIT once no delivery can
-    # want them), sweeper, reconciler, then Redis closes
-    ctx.on_stop(client.close)
-    ctx.on_stop(gauges.stop)
-    ctx.on_stop(reconciler.stop)
-    ctx.on_stop(sweeper.stop)
-    ctx.on_stop(relay.stop)
-    ctx.on_stop(consumer.stop)
-    consumer.start()
+    # once the consumer has stopped: idle SMTP sessions (QUIT once no delivery can want
+    # them), then the sweeper; the reconciler, gauges and Redis follow
+    worker = start_stream_worker(ctx, client, queue, stream=STREAM, group=GROUP,
+                                 handler=relay.handle, concurrency=RELAY_CONCURRENCY,
+                                 stop_after_consumer=(relay.stop, sweeper.stop))
     sweeper.start()
-    gauges.start()
-
-    def first_pass_failed(failure: Failure) -> None:
-        # Redis or PostgreSQL away at start: the loop retries every reconcile_interval
-        ctx.log.warning("first reconcile pass failed", error=failure.getErrorMessage())
-
-    reconciler.start().addErrback(first_pass_failed)
-    relay.log.info("relay started", stream=STREAM, group=GROUP, consumer=consumer.name,
+    relay.log.info("relay started", stream=STREAM, group=GROUP, consumer=worker.consumer.name,
                  concurrency=RELAY_CONCURRENCY, max_sessions=options.max_sessions,
                  max_per_domain=options.max_per_domain, port=options.port,
                  session_idle=options.session_idle,

@@ -7,8 +7,9 @@ parses and replies only; every decision and every byte of mail comes from an
 :class:`~postroom_pop3.policy.Authority` and the
 :class:`~postroom_pop3.policy.Maildrop` it hands out, through Deferreds.
 
-Commands are handled one at a time in the order received: while one waits
-for a Deferred or streams a message, later pipelined lines stay buffered
+Each command is one ``async def do_VERB`` handler. Commands are handled one
+at a time in the order received: while one awaits a Deferred or streams a
+message, later pipelined lines stay buffered
 (and reading pauses when the buffer grows), so PIPELINING (RFC 2449) works
 whatever the policy object does.
 """
@@ -16,11 +17,12 @@ whatever the policy object does.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
+from enum import StrEnum
 from typing import Any
 
 from twisted.internet import interfaces
-from twisted.internet.defer import Deferred, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import IPullProducer
 from twisted.internet.protocol import ServerFactory
 from twisted.internet.task import deferLater
@@ -32,14 +34,25 @@ from postroom.connlimit import PerAddressLimit
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, SessionMetrics
 from postroom.peers import is_loopback, is_tls
+from postroom.session import ListenerSession
 from postroom_pop3 import wire
 from postroom_pop3.policy import AuthFailed, Authority, LoginDelayed, Maildrop, Refusal
 
 log = get_logger("pop3")
 
-AUTHORIZATION = "AUTHORIZATION"
-TRANSACTION = "TRANSACTION"
-UPDATE = "UPDATE"
+
+
+class State(StrEnum):
+    """The session states of RFC 1939 section 3 (a StrEnum: logs keep the plain names)."""
+
+    AUTHORIZATION = "AUTHORIZATION"
+    TRANSACTION = "TRANSACTION"
+    UPDATE = "UPDATE"
+
+
+AUTHORIZATION = State.AUTHORIZATION
+TRANSACTION = State.TRANSACTION
+UPDATE = State.UPDATE
 
 # RFC 1939 section 3: an autologout timer of at least 10 minutes
 IDLE_TIMEOUT = 600.0
@@ -53,6 +66,9 @@ MAX_ERRORS = 10
 CHUNK_SIZE = 16384
 # pipelined input held while a command is in progress before reading from the peer pauses
 MAX_BUFFERED = 64 * 1024
+
+# every command handler: ``async def do_VERB(self, command)``, replying as it goes
+Handler = Callable[[wire.Command], Coroutine[Any, Any, None]]
 
 
 class POP3Factory(ServerFactory):
@@ -130,14 +146,14 @@ class _MessageSender:
             self.done.callback(None)
 
 
-class POP3Server(LineReceiver):
+class POP3Server(ListenerSession, LineReceiver):
     """One POP3 session: AUTHORIZATION, then TRANSACTION, then UPDATE on QUIT."""
 
     factory: POP3Factory
     delimiter = b"\r\n"
 
     def __init__(self) -> None:
-        self.state = AUTHORIZATION
+        self.state: State = AUTHORIZATION
         self.tls = False
         self.peer_ip = ""
         self.session = secrets.token_hex(6)
@@ -153,12 +169,8 @@ class POP3Server(LineReceiver):
         self._skipping = False
         self._busy = False
         self._in_process = False
-        self._reading_paused = False
         self._sasl_pending = False
-        self._timer: Any = None  # an IDelayedCall
-        self._counted = False
         self._sender: _MessageSender | None = None
-        self._listener: str | None = None
 
     # --- connection life
 
@@ -168,14 +180,13 @@ class POP3Server(LineReceiver):
         self.peer_ip = str(getattr(transport.getPeer(), "host", ""))
         self.log = self.log.bind(peer=self.peer_ip)
         self.log.info("session opened", tls=self.tls)
-        self._listener = "pop3s" if self.tls else "pop3"
-        self.factory.meter.opened(self._listener)
         limit = self.factory.per_address
-        if limit is not None and not limit.acquire(self.peer_ip):
+        if not self.admit(self.factory.meter, "pop3s" if self.tls else "pop3", limit,
+                          self.peer_ip):
+            assert limit is not None
             self.log.warning("too many connections", limit=limit.limit)
             self._close(b"-ERR [SYS/TEMP] too many connections from your address")
             return
-        self._counted = limit is not None
         self.factory.sessions.add(self)
         self.reply_ok(f"{self.factory.hostname} POP3 server ready")
         self.touch()
@@ -183,17 +194,9 @@ class POP3Server(LineReceiver):
     def connectionLost(self, reason: Failure | None = None) -> None:
         self.closing = True
         self.factory.sessions.discard(self)
-        if self._listener is not None:
-            listener, self._listener = self._listener, None
-            self.factory.meter.closed(listener)
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
         if self._sender is not None:
             self._sender.stopProducing()
-        if self._counted and self.factory.per_address is not None:
-            self.factory.per_address.release(self.peer_ip)
-            self._counted = False
+        self.leave()
         self._release()
         self.log.info("session closed", user=self.username, state=self.state)
 
@@ -209,14 +212,13 @@ class POP3Server(LineReceiver):
         """Restart the autologout timer (RFC 1939 section 3)."""
         if self.closing:
             return
-        if self._timer is not None and self._timer.active():
-            self._timer.reset(self.factory.idle_timeout)
-        else:
-            self._timer = self.factory.clock.callLater(self.factory.idle_timeout, self._idle)
+        self.restart_timer(self.factory.idle_timeout)
 
-    def _idle(self) -> None:
+    def session_clock(self) -> Any:
+        return self.factory.clock
+
+    def session_timed_out(self) -> None:
         # autologout: the session ends WITHOUT entering UPDATE, so nothing is expunged
-        self._timer = None
         self.log.info("idle timeout", state=self.state)
         self._close(b"-ERR autologout: idle for too long")
 
@@ -248,8 +250,7 @@ class POP3Server(LineReceiver):
 
     def _error(self, text: str) -> None:
         """A protocol error by the client: counted, and too many end the session."""
-        self.errors += 1
-        if self.errors >= self.factory.max_errors:
+        if self.spend_error(self.factory.max_errors, self.factory.meter):
             self.log.warning("too many errors", errors=self.errors)
             self._close(b"-ERR too many errors, closing connection")
             return
@@ -305,12 +306,10 @@ class POP3Server(LineReceiver):
     def _flow_control(self) -> None:
         if self.transport is None or self.closing:
             return
-        if self._busy and len(self._buffer) > MAX_BUFFERED and not self._reading_paused:
-            self._reading_paused = True
-            self.transport.pauseProducing()
-        elif not self._busy and self._reading_paused:
-            self._reading_paused = False
-            self.transport.resumeProducing()
+        if self._busy and len(self._buffer) > MAX_BUFFERED:
+            self.pause_reading()
+        elif not self._busy:
+            self.resume_reading()
 
     def _line_too_long(self) -> None:
         self.touch()
@@ -321,7 +320,8 @@ class POP3Server(LineReceiver):
     def _run(self, line: bytes) -> None:
         self.touch()
         self._busy = True
-        d = maybeDeferred(self._dispatch, line)
+        # a handler that never waits finishes here, before the next line is looked at
+        d = Deferred.fromCoroutine(self._dispatch(line))
         d.addErrback(self._internal_error)
         d.addBoth(self._finished)
 
@@ -340,28 +340,28 @@ class POP3Server(LineReceiver):
 
     # --- dispatch
 
-    def _dispatch(self, line: bytes) -> Deferred[Any] | None:
+    async def _dispatch(self, line: bytes) -> None:
         if self._sasl_pending:
             self._sasl_pending = False
-            return self._sasl_response(line)
+            await self._sasl_response(line)
+            return
         try:
             command = wire.parse_command(line)
         except wire.CommandSyntaxError:
             self._error("unknown command")
-            return None
+            return
         self.factory.meter.command(command.keyword)
-        handler: Callable[[wire.Command], Deferred[Any] | None] | None = getattr(
-            self, f"do_{command.keyword}", None)
+        handler: Handler | None = getattr(self, f"do_{command.keyword}", None)
         if handler is None:
             self._error("unknown command")
-            return None
+            return
         allowed = self._STATES.get(command.keyword, ())
         if self.state not in allowed:
             self._error(f"{command.keyword} not allowed now")
-            return None
-        return handler(command)
+            return
+        await handler(command)
 
-    _STATES: dict[str, tuple[str, ...]] = {
+    _STATES: dict[str, tuple[State, ...]] = {
         "CAPA": (AUTHORIZATION, TRANSACTION),
         "QUIT": (AUTHORIZATION, TRANSACTION),
         "NOOP": (TRANSACTION,),
@@ -402,20 +402,20 @@ class POP3Server(LineReceiver):
         caps.append("IMPLEMENTATION Postroom")
         return caps
 
-    def do_CAPA(self, command: wire.Command) -> None:
+    async def do_CAPA(self, command: wire.Command) -> None:
         self.reply_multi("capability list follows", self.capabilities())
 
-    def do_QUIT(self, command: wire.Command) -> Deferred[Any] | None:
+    async def do_QUIT(self, command: wire.Command) -> None:
         if self.state == AUTHORIZATION:
             self._close(f"+OK {self.factory.hostname} POP3 server signing off".encode())
-            return None
-        return self._update()
+            return
+        await self._update()
 
-    def do_UTF8(self, command: wire.Command) -> None:
+    async def do_UTF8(self, command: wire.Command) -> None:
         # RFC 6856: we take UTF-8 user names and passwords and never downgrade messages
         self.reply_ok("UTF8 enabled")
 
-    def do_STLS(self, command: wire.Command) -> None:
+    async def do_STLS(self, command: wire.Command) -> None:
         if self.tls:
             self._error("command not permitted when TLS active")
             return
@@ -439,7 +439,7 @@ class POP3Server(LineReceiver):
         self.reply_err("[AUTH] plaintext authentication disallowed without TLS, use STLS")
         return True
 
-    def do_USER(self, command: wire.Command) -> None:
+    async def do_USER(self, command: wire.Command) -> None:
         if self._refuse_cleartext():
             return
         name = command.argument.strip()
@@ -453,63 +453,66 @@ class POP3Server(LineReceiver):
             return
         self.reply_ok("send PASS")
 
-    def do_PASS(self, command: wire.Command) -> Deferred[Any] | None:
+    async def do_PASS(self, command: wire.Command) -> None:
         if self._refuse_cleartext():
-            return None
+            return
         if self.user is None:
             self._error("USER first")
-            return None
+            return
         user, self.user = self.user, None
         try:
             # the whole rest of the line: passwords may contain spaces
             password = command.argument.decode("utf-8")
         except UnicodeDecodeError:
             self._error("password is not UTF-8")
-            return None
+            return
         if not password:
             self._error("PASS needs a password")
-            return None
-        return self._login(user, password)
+            return
+        await self._login(user, password)
 
-    def do_AUTH(self, command: wire.Command) -> Deferred[Any] | None:
+    async def do_AUTH(self, command: wire.Command) -> None:
         if self._refuse_cleartext():
-            return None
+            return
         words = command.words()
         if not words:
             # RFC 1734 clients (Outlook) list mechanisms with a bare AUTH
             self.reply_multi("SASL mechanisms follow", ["PLAIN"])
-            return None
+            return
         if len(words) > 2:
             self._error("AUTH takes a mechanism and an optional initial response")
-            return None
+            return
         if words[0].upper() != b"PLAIN":
             self._error("unsupported authentication mechanism")
-            return None
+            return
         self.user = None
         if len(words) == 2:
-            return self._sasl_response(words[1])
+            await self._sasl_response(words[1])
+            return
         self._sasl_pending = True
         self.sendLine(b"+ ")
-        return None
 
-    def _sasl_response(self, line: bytes) -> Deferred[Any] | None:
+    async def _sasl_response(self, line: bytes) -> None:
         if line.strip() == b"*":
             self.reply_err("authentication cancelled")
-            return None
+            return
         try:
             authzid, authcid, password = wire.decode_sasl_plain(line)
         except wire.SaslError as exc:
             self._error(str(exc))
-            return None
+            return
         if authzid and authzid != authcid:
             self.reply_err("[AUTH] acting as another user is not allowed")
-            return None
-        return self._login(authcid, password, "PLAIN")
+            return
+        await self._login(authcid, password, "PLAIN")
 
-    def _login(self, user: str, password: str, mechanism: str = "USER") -> Deferred[Any]:
-        d = self.factory.authority.login(user, password, self.peer_ip)
-        return d.addCallbacks(self._logged_in, self._login_refused,
-                              callbackArgs=(user,), errbackArgs=(user, mechanism))
+    async def _login(self, user: str, password: str, mechanism: str = "USER") -> None:
+        try:
+            maildrop = await self.factory.authority.login(user, password, self.peer_ip)
+        except Refusal as refusal:
+            await self._login_refused(refusal, user, mechanism)
+            return
+        self._logged_in(maildrop, user)
 
     def _logged_in(self, maildrop: Maildrop, user: str) -> None:
         if self.closing:
@@ -523,21 +526,17 @@ class POP3Server(LineReceiver):
         self.log.info("login succeeded", user=user, messages=count, octets=size)
         self.reply_ok(f"maildrop has {count} messages ({size} octets)")
 
-    def _login_refused(self, failure: Failure, user: str,
-                       mechanism: str = "USER") -> Deferred[Any] | None:
-        if not failure.check(Refusal):
-            return failure  # type: ignore[return-value]  # the internal-error path logs it
-        refusal = failure.value
-        assert isinstance(refusal, Refusal)
+    async def _login_refused(self, refusal: Refusal, user: str, mechanism: str) -> None:
+        # anything but a Refusal goes on to the internal-error path, which logs it
         self.log.info("login refused", user=user, reason=refusal.code)
         if not isinstance(refusal, (AuthFailed, LoginDelayed)):
             self.reply_err(refusal.response())
-            return None
+            return
         self.failed_logins += 1
         self.factory.meter.auth_failed(mechanism)
         # the delay holds back pipelined commands too: guessing on one connection stays slow
-        return deferLater(self.factory.clock, self.factory.failed_login_delay,
-                          self._answer_failed_login, refusal)
+        await deferLater(self.factory.clock, self.factory.failed_login_delay,
+                         self._answer_failed_login, refusal)
 
     def _answer_failed_login(self, refusal: Refusal) -> None:
         if self.closing:
@@ -576,7 +575,7 @@ class POP3Server(LineReceiver):
             return None
         return words[0]
 
-    def do_STAT(self, command: wire.Command) -> None:
+    async def do_STAT(self, command: wire.Command) -> None:
         count, size = self._totals()
         self.reply_ok(f"{count} {size}")
 
@@ -597,17 +596,17 @@ class POP3Server(LineReceiver):
         count, size = self._totals()
         self.reply_multi(f"{count} messages ({size} octets)", lines)
 
-    def do_LIST(self, command: wire.Command) -> None:
+    async def do_LIST(self, command: wire.Command) -> None:
         assert self.maildrop is not None
         messages = self.maildrop.messages
         self._listing(command, "LIST", lambda i: str(messages[i].size))
 
-    def do_UIDL(self, command: wire.Command) -> None:
+    async def do_UIDL(self, command: wire.Command) -> None:
         assert self.maildrop is not None
         messages = self.maildrop.messages
         self._listing(command, "UIDL", lambda i: messages[i].unique_id)
 
-    def do_DELE(self, command: wire.Command) -> None:
+    async def do_DELE(self, command: wire.Command) -> None:
         argument = self._one_argument(command, "DELE")
         if argument is None:
             return
@@ -617,52 +616,51 @@ class POP3Server(LineReceiver):
         self.deleted.add(index)
         self.reply_ok(f"message {index + 1} deleted")
 
-    def do_RSET(self, command: wire.Command) -> None:
+    async def do_RSET(self, command: wire.Command) -> None:
         self.deleted = set()
         count, size = self._totals()
         self.reply_ok(f"maildrop has {count} messages ({size} octets)")
 
-    def do_NOOP(self, command: wire.Command) -> None:
+    async def do_NOOP(self, command: wire.Command) -> None:
         self.reply_ok()
 
-    def do_RETR(self, command: wire.Command) -> Deferred[Any] | None:
+    async def do_RETR(self, command: wire.Command) -> None:
         argument = self._one_argument(command, "RETR")
         if argument is None:
-            return None
+            return
         index = self._message_index(argument)
         if index is None:
-            return None
-        assert self.maildrop is not None
-        d = self.maildrop.retrieve(index)
-        return d.addCallbacks(lambda data: self._send(f"{len(data)} octets", data),
-                              self._retrieve_failed)
+            return
+        data = await self._retrieve(index)
+        if data is not None:
+            await self._send(f"{len(data)} octets", data)
 
-    def do_TOP(self, command: wire.Command) -> Deferred[Any] | None:
+    async def do_TOP(self, command: wire.Command) -> None:
         words = command.words()
         if len(words) != 2:
             self._error("TOP takes a message number and a line count")
-            return None
+            return
         lines = wire.parse_number(words[1])
         if lines is None:
             self._error("invalid line count")
-            return None
+            return
         index = self._message_index(words[0])
         if index is None:
-            return None
-        assert self.maildrop is not None
-        d = self.maildrop.retrieve(index)
-        return d.addCallbacks(lambda data: self._send("top of message follows",
-                                                      wire.top(data, lines)),
-                              self._retrieve_failed)
+            return
+        data = await self._retrieve(index)
+        if data is not None:
+            await self._send("top of message follows", wire.top(data, lines))
 
-    def _retrieve_failed(self, failure: Failure) -> Failure | None:
-        if not failure.check(Refusal):
-            return failure
-        refusal = failure.value
-        assert isinstance(refusal, Refusal)
-        if not self.closing:
-            self.reply_err(refusal.response())
-        return None
+    async def _retrieve(self, index: int) -> bytes | None:
+        """The message's bytes, or None when the maildrop refused (the client has been told)."""
+        assert self.maildrop is not None
+        try:
+            return await self.maildrop.retrieve(index)
+        except Refusal as refusal:
+            # anything else goes on to the internal-error path, which logs it
+            if not self.closing:
+                self.reply_err(refusal.response())
+            return None
 
     def _send(self, first: str, data: bytes) -> Deferred[None]:
         if self.closing or self.transport is None:
@@ -678,15 +676,19 @@ class POP3Server(LineReceiver):
 
     # --- UPDATE
 
-    def _update(self) -> Deferred[Any] | None:
+    async def _update(self) -> None:
         assert self.maildrop is not None
         self.state = UPDATE
         deleted = sorted(self.deleted)
         if not deleted:
             self._quit_done(0)
-            return None
-        d = self.maildrop.commit(deleted)
-        return d.addCallbacks(self._quit_done, self._commit_failed)
+            return
+        try:
+            removed = await self.maildrop.commit(deleted)
+        except Exception:  # noqa: BLE001 -- any failure: logged, the client told, locks freed
+            self._commit_failed(Failure())
+            return
+        self._quit_done(removed)
 
     def _quit_done(self, removed: int) -> None:
         self.log.info("maildrop updated", user=self.username, deleted=removed)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import base64
 from collections.abc import Callable
+from enum import StrEnum
 from functools import partial
 from typing import Any
 
@@ -40,6 +41,7 @@ from postroom.auth.sasl import (
 from postroom.connlimit import PerAddressLimit
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, SessionMetrics
+from postroom.session import ListenerSession
 from postroom.smtp import grammar
 from postroom.smtp import replies as R
 from postroom.smtp.data import ChunkAccumulator, Content, DataReader, End
@@ -56,6 +58,16 @@ _log = get_logger("smtp")
 COMMAND_VERBS = ("HELO", "EHLO", "MAIL", "RCPT", "DATA", "BDAT", "RSET", "NOOP", "QUIT", "VRFY",
                  "EXPN", "HELP", "STARTTLS", "AUTH")
 AUTH_MECHANISMS = ("PLAIN", "LOGIN", "SCRAM-SHA-256")
+
+
+class State(StrEnum):
+    """Where a session is; a StrEnum, so logs keep showing the plain names."""
+
+    COMMAND = "command"
+    SASL = "sasl"  # between AUTH and the last SASL response
+    DATA = "data"  # raw mode until CRLF.CRLF
+    BDAT = "bdat"  # raw mode for one chunk's octets
+    CLOSED = "closed"
 
 
 class SMTPServerFactory(ServerFactory):
@@ -85,16 +97,9 @@ class SMTPServerFactory(ServerFactory):
         protocol.factory = self
         return protocol
 
-    def register(self, ip: str) -> bool:
-        """Count a new connection from ``ip``; False when it is over the limit."""
-        return self.per_address.acquire(ip)
 
-    def unregister(self, ip: str) -> None:
-        self.per_address.release(ip)
-
-
-class SMTPServerProtocol(LineReceiver):
-    """One SMTP session. States: command, sasl, data, bdat, closed."""
+class SMTPServerProtocol(ListenerSession, LineReceiver):
+    """One SMTP session; ``_state`` is a :class:`State`."""
 
     delimiter = b"\r\n"
     # zope interfaces are opaque to mypy; the transport is a TCP or TLS transport
@@ -109,12 +114,11 @@ class SMTPServerProtocol(LineReceiver):
         self.MAX_LENGTH = self.options.limits.longest_line
         self.session = Session(peer_ip="", peer_port=0)
         self.log = _log
-        self._state = "command"
+        self._state: State = State.COMMAND
         self._waiting = False
-        self._timer: Any = None
-        self._counted = False
+        self._admitted = False
         self._lost = False
-        self._errors = 0
+        self.errors = 0
         self._junk = 0
         self._reader: DataReader | None = None
         self._chunks: list[bytes] = []
@@ -124,7 +128,6 @@ class SMTPServerProtocol(LineReceiver):
         self._bdat_size = 0
         self._bdat_last = False
         self._mechanism: ServerMechanism | None = None
-        self._metered = False
 
     # --- connection life cycle
 
@@ -137,16 +140,14 @@ class SMTPServerProtocol(LineReceiver):
                                local_port=int(getattr(host, "port", 0) or 0),
                                tls_active=self.smtp_factory.implicit_tls)
         self.log = _log.bind(session=self.session.id, peer=self.session.peer_ip)
-        self.smtp_factory.meter.opened(self.smtp_factory.listener)
-        self._metered = True
-        if not self.smtp_factory.register(self.session.peer_ip):
-            self.smtp_factory.meter.error("too_many_connections")
+        if not self.admit(self.smtp_factory.meter, self.smtp_factory.listener,
+                          self.smtp_factory.per_address, self.session.peer_ip):
             self.log.warning("smtp connection refused", reason="too many connections from peer",
                              limit=self.options.max_connections_per_ip)
             self._write(R.TOO_MANY_CONNECTIONS)
             self._close()
             return
-        self._counted = True
+        self._admitted = True
         self.log.info("smtp connection opened", port=self.session.local_port,
                       implicit_tls=self.session.tls_active)
         self._arm_timer()
@@ -162,16 +163,12 @@ class SMTPServerProtocol(LineReceiver):
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         was = self._state
-        self._state = "closed"
+        self._state = State.CLOSED
         self._lost = True
-        self._cancel_timer()
-        if self._metered:
-            self._metered = False
-            self.smtp_factory.meter.closed(self.smtp_factory.listener)
-        if self._counted:
-            self._counted = False
-            self.smtp_factory.unregister(self.session.peer_ip)
-            if was in ("data", "bdat") or self._bdat is not None:
+        self.leave()  # stops the timer too
+        if self._admitted:
+            self._admitted = False
+            if was in (State.DATA, State.BDAT) or self._bdat is not None:
                 self.log.warning("smtp connection lost during message transfer")
             try:
                 self.policy.closed(self.session)
@@ -187,24 +184,22 @@ class SMTPServerProtocol(LineReceiver):
 
     def _send(self, reply: Reply, *, count: bool = True) -> None:
         """Send a reply; too many 4xx/5xx replies end the session with 421."""
-        if self._state == "closed":
+        if self._state == State.CLOSED:
             return
         self._write(reply)
         if count and reply.code >= 400 and reply.code != 421:
-            self._errors += 1
-            if self._errors >= self.options.max_errors:
-                self.log.warning("smtp too many errors", errors=self._errors)
-                self.smtp_factory.meter.error("too_many_errors")
+            if self.spend_error(self.options.max_errors, self.smtp_factory.meter):
+                self.log.warning("smtp too many errors", errors=self.errors)
                 self._write(R.TOO_MANY_ERRORS)
                 self._close()
         elif reply.code == 421:
             self._close()
 
     def _close(self) -> None:
-        if self._state == "closed":
+        if self._state == State.CLOSED:
             return
-        self._state = "closed"
-        self._cancel_timer()
+        self._state = State.CLOSED
+        self.stop_timer()
         self.transport.loseConnection()
         # a peer that neither reads nor finishes its TLS handshake must not hold the socket
         abort = getattr(self.transport, "abortConnection", None)
@@ -216,21 +211,18 @@ class SMTPServerProtocol(LineReceiver):
             self.log.info("smtp connection aborted", reason="peer did not close")
             abort()
 
+    def session_clock(self) -> Any:
+        return self.clock
+
     def _arm_timer(self) -> None:
-        self._cancel_timer()
-        if self._state == "closed":
+        if self._state == State.CLOSED:
+            self.stop_timer()
             return
-        timeout = (self.options.data_timeout if self._state in ("data", "bdat")
+        timeout = (self.options.data_timeout if self._state in (State.DATA, State.BDAT)
                    else self.options.command_timeout)
-        self._timer = self.clock.callLater(timeout, self._timed_out)
+        self.restart_timer(timeout)
 
-    def _cancel_timer(self) -> None:
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-
-    def _timed_out(self) -> None:
-        self._timer = None
+    def session_timed_out(self) -> None:
         if self._waiting:
             # the peer is waiting for us, not idle
             self._arm_timer()
@@ -248,7 +240,7 @@ class SMTPServerProtocol(LineReceiver):
 
         def succeeded(result: Any) -> None:
             self._waiting = False
-            if self._state == "closed":
+            if self._state == State.CLOSED:
                 return
             try:
                 on_result(result)
@@ -262,7 +254,7 @@ class SMTPServerProtocol(LineReceiver):
             self.log.error("smtp policy call failed", call=getattr(fn, "__name__", str(fn)),
                            error=failure.getErrorMessage(),
                            traceback=failure.getTraceback().rstrip())
-            if self._state == "closed":
+            if self._state == State.CLOSED:
                 return
             if on_failure is not None:
                 on_failure()
@@ -270,19 +262,16 @@ class SMTPServerProtocol(LineReceiver):
             self._resume()
 
         maybeDeferred(fn, *args).addCallbacks(succeeded, failed)
-        if self._waiting and self._state != "closed":
+        if self._waiting and self._state != State.CLOSED:
+            # LineReceiver keeps the pipelined lines; the transport stops reading more
             self.paused = True
-            pause = getattr(self.transport, "pauseProducing", None)
-            if pause is not None and not self.transport.disconnecting:
-                pause()
+            self.pause_reading()
 
     def _resume(self) -> None:
-        if self._waiting or not self.paused or self._state == "closed":
+        if self._waiting or not self.paused or self._state == State.CLOSED:
             return
         self.paused = False
-        resume = getattr(self.transport, "resumeProducing", None)
-        if resume is not None and not self.transport.disconnecting:
-            resume()
+        self.resume_reading()
         self._arm_timer()
         # process whatever was pipelined while we waited
         self.dataReceived(b"")
@@ -291,24 +280,24 @@ class SMTPServerProtocol(LineReceiver):
         self.log.exception("smtp internal error", exc, state=self._state)
         self.smtp_factory.meter.error("internal")
         self._mechanism = None
-        if self._state in ("data", "bdat"):
+        if self._state in (State.DATA, State.BDAT):
             # the byte stream can no longer be trusted to be in sync
             self._send(R.LOCAL_ERROR_CLOSING)
             return
-        if self._state == "sasl":
-            self._state = "command"
+        if self._state == State.SASL:
+            self._state = State.COMMAND
         self._send(R.LOCAL_ERROR)
 
     # --- input
 
     def lineReceived(self, line: bytes) -> None:
-        if self._state == "closed":
+        if self._state == State.CLOSED:
             return
         self._arm_timer()
         if self.session.tls_active and self.session.tls is None:
             self.session.tls = negotiated(self.transport)
         try:
-            if self._state == "sasl":
+            if self._state == State.SASL:
                 self._sasl_line(line)
             else:
                 self._command_line(line)
@@ -324,13 +313,13 @@ class SMTPServerProtocol(LineReceiver):
         self._close()
 
     def rawDataReceived(self, data: bytes) -> None:
-        if self._state == "closed":
+        if self._state == State.CLOSED:
             return
         self._arm_timer()
         try:
-            if self._state == "data":
+            if self._state == State.DATA:
                 self._data_bytes(data)
-            elif self._state == "bdat":
+            elif self._state == State.BDAT:
                 self._bdat_bytes(data)
             else:
                 self.setLineMode(data)
@@ -465,7 +454,7 @@ class SMTPServerProtocol(LineReceiver):
             transaction.content_command = "DATA"
             self._reader = DataReader(self.options.max_message_size, self.options.max_line_length)
             self._chunks = []
-            self._state = "data"
+            self._state = State.DATA
             self._send(R.START_DATA)
             self._arm_timer()
             self.setRawMode()
@@ -483,7 +472,7 @@ class SMTPServerProtocol(LineReceiver):
         message = b"".join(self._chunks)
         self._chunks = []
         self._reader = None
-        self._state = "command"
+        self._state = State.COMMAND
         # what followed CRLF.CRLF are pipelined commands: back to the line buffer
         self.setLineMode(end.rest)
         self._arm_timer()
@@ -508,7 +497,7 @@ class SMTPServerProtocol(LineReceiver):
         if command.size == 0:
             self._chunk_done()
             return
-        self._state = "bdat"
+        self._state = State.BDAT
         self._arm_timer()
         self.setRawMode()
 
@@ -518,7 +507,7 @@ class SMTPServerProtocol(LineReceiver):
         if self._bdat_error is None and self._bdat is not None:
             self._bdat.feed(take)
         if self._bdat_remaining == 0:
-            self._state = "command"
+            self._state = State.COMMAND
             self.setLineMode(data[len(take):])
             self._arm_timer()
             self._chunk_done()
@@ -667,22 +656,22 @@ class SMTPServerProtocol(LineReceiver):
         mechanism = self._mechanism
         assert mechanism is not None
         if isinstance(step, Challenge):
-            self._state = "sasl"
+            self._state = State.SASL
             self.transport.write(b"334 " + base64.b64encode(step.data) + b"\r\n")
         elif isinstance(step, NeedSecrets):
-            self._state = "sasl"
+            self._state = State.SASL
             self._call(self.policy.scram_secrets,
                        lambda found: self._sasl_step(mechanism.provide_secrets(found)),
                        self.session, step.username, on_failure=self._auth_reset)
         elif isinstance(step, Outcome):
-            self._state = "command"
+            self._state = State.COMMAND
             self._call(self.policy.authenticate, partial(self._auth_done, step.credentials),
                        self.session, step.credentials, on_failure=self._auth_reset)
 
     def _auth_reset(self) -> None:
         self._mechanism = None
-        if self._state == "sasl":
-            self._state = "command"
+        if self._state == State.SASL:
+            self._state = State.COMMAND
 
     def _auth_done(self, credentials: Credentials, result: Any) -> None:
         self._auth_reset()
