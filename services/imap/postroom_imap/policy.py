@@ -58,11 +58,6 @@ class MailboxExists(Refusal):
     text = "mailbox already exists"
 
 
-class CannotDo(Refusal):
-    code = "CANNOT"
-    text = "operation not permitted"
-
-
 class OverQuota(Refusal):
     code = "OVERQUOTA"
     text = "quota exceeded"
