@@ -16,7 +16,15 @@ from collections.abc import Callable, Sequence
 from typing import Any, NoReturn
 
 from postroom import __version__
-from postroom.config import ConfigError, Settings, describe, load_settings, markdown, require
+from postroom.config import (
+    ConfigError,
+    Settings,
+    describe,
+    load_settings,
+    markdown,
+    parse_duration,
+    require,
+)
 
 
 class CLIError(Exception):
@@ -363,10 +371,8 @@ def _queue_purge(older_than: float | None, dry_run: bool) -> int:
 
 
 def _duration_arg(text: str) -> float:
-    from postroom.config import _duration
-
     try:
-        return _duration(text)
+        return parse_duration(text)
     except ValueError as exc:
         raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
 
@@ -438,10 +444,8 @@ def _since(text: str, now: Any) -> Any:
     """A time: a duration back from now (``7d``, ``12h``) or an ISO date or date-time (UTC)."""
     from datetime import UTC, datetime, timedelta
 
-    from postroom.config import _duration
-
     try:
-        return now - timedelta(seconds=_duration(text))
+        return now - timedelta(seconds=parse_duration(text))
     except ValueError:
         pass
     try:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from postroom import authres
+from postroom.config import DmarcOverride, Network
 from postroom.dns import DNSTempError, Resolver
 from postroom.logs import get_logger
 from postroom_dmarc import dkimcheck, spfcheck
@@ -38,15 +39,9 @@ DISPOSITIONS = ("inbox", "junk", "reject", "tempfail")
 _STRICTNESS = {"none": 0, "quarantine": 1, "reject": 2}
 _DOWNGRADE = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass(frozen=True)
-class DomainOverride:
-    """Operator exceptions for one domain (a recipient domain of ours, or an author domain)."""
-
-    monitor_only: bool = False  # report DMARC, never act on it
-    trusted_forwarders: tuple[Network, ...] = ()  # client networks that may break DMARC
+# Operator exceptions for one domain (a recipient domain of ours, or an author domain):
+# POSTROOM_DMARC_OVERRIDES as postroom.config parses it
+DomainOverride = DmarcOverride
 
 
 @dataclass(frozen=True)
