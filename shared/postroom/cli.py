@@ -94,6 +94,27 @@ def _print_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], as_json:
         print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns).rstrip())
 
 
+def _open_store() -> Any:
+    """A Database on the configured, current schema (the caller disposes of it)."""
+    from postroom.store.migrate import check_schema
+
+    settings = _settings()
+    database = _database(settings)
+    check_schema(str(settings.database_url))
+    return database
+
+
+def _plain(obj: Any) -> dict[str, Any]:
+    """Repository results are dataclasses or dicts; show them as dicts."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return obj
+    return dict(obj)
+
+
 # --- the commands: each declares its arguments beside its handler
 
 Handler = Callable[[argparse.Namespace], int]
@@ -683,16 +704,6 @@ def cmd_dmarc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _open_store() -> Any:
-    """A Database on the configured, current schema (the caller disposes of it)."""
-    from postroom.store.migrate import check_schema
-
-    settings = _settings()
-    database = _database(settings)
-    check_schema(str(settings.database_url))
-    return database
-
-
 def _import_arguments(p: argparse.ArgumentParser) -> None:
     isub = p.add_subparsers(dest="format", metavar="FORMAT", required=True)
     q = isub.add_parser("maildir", help="a Maildir++ tree (Dovecot, Courier): every folder")
@@ -781,17 +792,6 @@ def cmd_trace(args: argparse.Namespace) -> int:
     else:
         print(format_trace(story))
     return 0
-
-
-def _plain(obj: Any) -> dict[str, Any]:
-    """Repository results are dataclasses or dicts; show them as dicts."""
-    import dataclasses
-
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, dict):
-        return obj
-    return dict(obj)
 
 
 # --- the parser
