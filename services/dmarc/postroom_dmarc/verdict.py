@@ -39,10 +39,6 @@ DISPOSITIONS = ("inbox", "junk", "reject", "tempfail")
 _STRICTNESS = {"none": 0, "quarantine": 1, "reject": 2}
 _DOWNGRADE = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 
-# Operator exceptions for one domain (a recipient domain of ours, or an author domain):
-# POSTROOM_DMARC_OVERRIDES as postroom.config parses it
-DomainOverride = DmarcOverride
-
 
 @dataclass(frozen=True)
 class Options:
@@ -55,7 +51,7 @@ class Options:
     trusted_forwarders: tuple[Network, ...] = ()
     trusted_arc_sealers: frozenset[str] = frozenset()
     # keyed by domain; matched against each recipient domain and each author domain
-    overrides: Mapping[str, DomainOverride] = field(default_factory=dict)
+    overrides: Mapping[str, DmarcOverride] = field(default_factory=dict)
     min_rsa_bits: int = dkimcheck.MIN_RSA_BITS
     spf_time_budget: float = 10.0
     dkim_max_signatures: int = dkimcheck.MAX_SIGNATURES  # verified per message, aligned first
@@ -151,7 +147,7 @@ def _domain_matches(domain: str, key: str) -> bool:
     return domain == key or domain.endswith("." + key)
 
 
-def _overrides_for(request: CheckRequest, author: str, options: Options) -> list[DomainOverride]:
+def _overrides_for(request: CheckRequest, author: str, options: Options) -> list[DmarcOverride]:
     domains = {r.rpartition("@")[2].lower().rstrip(".") for r in request.recipients} | {author}
     found = [o for key, o in options.overrides.items()
              if key != "*" and any(_domain_matches(d, key.lower()) for d in domains)]
