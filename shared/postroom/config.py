@@ -299,6 +299,17 @@ def _paths(raw: str) -> tuple[str, ...]:
     return tuple(item.strip() for item in raw.split(",") if item.strip())
 
 
+def _internal_http_url(raw: str) -> str:
+    """``http://host[:port]``: the dmarc API is plain HTTP on the internal network."""
+    value = raw.strip()
+    scheme, sep, rest = value.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    if scheme.lower() != "http" or not sep or not host or host.startswith(":"):
+        raise ValueError("must be an http:// URL with a host (the policy API is plain HTTP on "
+                         "the internal network)")
+    return value
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -407,7 +418,8 @@ class Settings:
     dmarc_listen: tuple[str, ...] = setting(
         _endpoints, "tcp:8025", "The DMARC policy service's internal HTTP API.")
     dmarc_url: str = setting(
-        _str, "http://127.0.0.1:8025", "Where other services reach the DMARC service.")
+        _internal_http_url, "http://127.0.0.1:8025",
+        "Where other services reach the DMARC service.")
     dmarc_org_domain: str = setting(
         _choice("psl", "treewalk"), "psl",
         "How DMARC finds organizational domains: the public suffix list (RFC 7489) or the DNS "

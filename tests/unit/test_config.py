@@ -80,6 +80,8 @@ def test_an_empty_listener_list_switches_it_off():
     ({"POSTROOM_DMARC_OVERRIDES": "example.org:forwarder=x"}, "POSTROOM_DMARC_OVERRIDES"),
     ({"POSTROOM_DMARC_REPORT_FROM": "Reports <r@example.org>"}, "POSTROOM_DMARC_REPORT_FROM"),
     ({"POSTROOM_DMARC_REPORT_MAILBOX": "reports"}, "POSTROOM_DMARC_REPORT_MAILBOX"),
+    ({"POSTROOM_DMARC_URL": "https://dmarc:8025"}, "POSTROOM_DMARC_URL"),
+    ({"POSTROOM_DMARC_URL": "http://"}, "POSTROOM_DMARC_URL"),
 ])
 def test_a_bad_value_is_one_line_naming_the_variable(env, name):
     with pytest.raises(ConfigError) as info:
