@@ -13,10 +13,19 @@ import getpass
 import json
 import sys
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any, NoReturn
 
 from postroom import __version__
-from postroom.config import ConfigError, Settings, describe, load_settings, markdown, require
+from postroom.config import (
+    ConfigError,
+    Settings,
+    describe,
+    load_settings,
+    markdown,
+    parse_duration,
+    require,
+)
 
 
 class CLIError(Exception):
@@ -85,21 +94,102 @@ def _print_rows(rows: Sequence[dict[str, Any]], columns: Sequence[str], as_json:
         print("  ".join(str(row.get(c, "")).ljust(widths[c]) for c in columns).rstrip())
 
 
-# --- command implementations
+def _open_store() -> Any:
+    """A Database on the configured, current schema (the caller disposes of it)."""
+    from postroom.store.migrate import check_schema
+
+    settings = _settings()
+    database = _database(settings)
+    check_schema(str(settings.database_url))
+    return database
 
 
+def _plain(obj: Any) -> dict[str, Any]:
+    """Repository results are dataclasses or dicts; show them as dicts."""
+    import dataclasses
+
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return dataclasses.asdict(obj)
+    if isinstance(obj, dict):
+        return obj
+    return dict(obj)
+
+
+# --- the commands: each declares its arguments beside its handler
+
+Handler = Callable[[argparse.Namespace], int]
+Arguments = Callable[[argparse.ArgumentParser], None]
+
+
+@dataclass(frozen=True)
+class Command:
+    """One `postroom NAME`: its one-line summary, description, arguments and handler."""
+
+    name: str
+    summary: str
+    description: str
+    arguments: Arguments
+    handler: Handler
+
+
+COMMANDS: list[Command] = []  # in the order `postroom --help` lists them
+
+
+def command(name: str, arguments: Arguments, *, summary: str,
+            description: str) -> Callable[[Handler], Handler]:
+    """Register the decorated function as `postroom NAME`, its parser built by ``arguments``."""
+    def register(handler: Handler) -> Handler:
+        COMMANDS.append(Command(name, summary, description, arguments, handler))
+        return handler
+    return register
+
+
+def _serve_arguments(p: argparse.ArgumentParser) -> None:
+    from postroom.service import available_services
+
+    services = sorted(available_services())
+    p.add_argument("service", choices=services, metavar="SERVICE",
+                   help=f"one of: {', '.join(services) or '(none installed)'}")
+
+
+@command("serve", _serve_arguments,
+         summary="run one service in the foreground (what compose runs)",
+         description="Run one service in the foreground, logging JSON lines to stdout, "
+                     "until SIGTERM.")
 def cmd_serve(args: argparse.Namespace) -> int:
     from postroom.runtime import run_service
 
     return run_service(args.service)
 
 
+def _up_arguments(p: argparse.ArgumentParser) -> None:
+    from postroom.supervisor import add_arguments
+
+    add_arguments(p)
+
+
+@command("up", _up_arguments,
+         summary="run the whole suite on this machine",
+         description=("Run every service as a child process, restarting any that dies. Without "
+                      "POSTROOM_DATABASE_URL / POSTROOM_REDIS_URL, a private PostgreSQL and Redis "
+                      "run under ./var/; without a certificate, a self-signed one is made. Ctrl-C "
+                      "stops everything."))
 def cmd_up(args: argparse.Namespace) -> int:
     from postroom.supervisor import main as supervise
 
     return supervise(args)
 
 
+def _config_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--check", action="store_true", help="validate the current environment")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the settings table as Markdown (docs/configuration.md)")
+
+
+@command("config", _config_arguments,
+         summary="list every setting, or check the current environment",
+         description=("Without options: every POSTROOM_* variable with its default and meaning. "
+                      "With --check: parse the environment and report."))
 def cmd_config(args: argparse.Namespace) -> int:
     if args.markdown:
         sys.stdout.write(markdown())
@@ -112,6 +202,25 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def _db_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("action", choices=["upgrade", "current", "check", "roles"],
+                   help="upgrade: apply every pending migration (and refresh the privileges "
+                   "of the service roles that exist); current: print the revision; check: fail "
+                   "unless the schema is current; roles: print the SQL of the service roles "
+                   "(--apply: run it)")
+    p.add_argument("services", nargs="*", metavar="SERVICE",
+                   help="roles: only these services (default: all)")
+    p.add_argument("--apply", action="store_true",
+                   help="roles: create the missing roles and grant their privileges now")
+    p.add_argument("--prefix", default="postroom_",
+                   help="roles: role names are PREFIX + service (default postroom_; roles are "
+                   "per server, so give each Postroom database on one server its own)")
+
+
+@command("db", _db_arguments,
+         summary="database schema migrations and service roles",
+         description=("Apply or inspect the database schema migrations; print or apply the "
+                      "least-privilege roles of the services (docs/operations.md)."))
 def cmd_db(args: argparse.Namespace) -> int:
     from postroom.store import migrate, roles
 
@@ -146,6 +255,19 @@ def cmd_db(args: argparse.Namespace) -> int:
     return 0
 
 
+def _domain_arguments(p: argparse.ArgumentParser) -> None:
+    dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = dsub.add_parser("add", help="add a local domain")
+    q.add_argument("domain")
+    q = dsub.add_parser("remove", help="remove a domain that has no users left")
+    q.add_argument("domain")
+    q = dsub.add_parser("list", help="list local domains")
+    q.add_argument("--json", action="store_true")
+
+
+@command("domain", _domain_arguments,
+         summary="local domains",
+         description="Manage local domains.")
 def cmd_domain(args: argparse.Namespace) -> int:
     from postroom.store import domains
 
@@ -162,6 +284,25 @@ def cmd_domain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _user_arguments(p: argparse.ArgumentParser) -> None:
+    usub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = usub.add_parser("add", help="add a user (password from stdin or prompt)")
+    q.add_argument("address")
+    q.add_argument("--quota", type=int, default=None, metavar="BYTES",
+                   help="storage quota in bytes (default: unlimited)")
+    q = usub.add_parser("passwd", help="change a user's password")
+    q.add_argument("address")
+    q = usub.add_parser("remove", help="remove a user and their mailboxes")
+    q.add_argument("address")
+    q = usub.add_parser("list", help="list users")
+    q.add_argument("domain", nargs="?", help="only this domain")
+    q.add_argument("--json", action="store_true")
+
+
+@command("user", _user_arguments,
+         summary="mail users",
+         description=("Manage users. Passwords are read from stdin when it is not a terminal, else "
+                      "prompted for twice; never taken from the command line."))
 def cmd_user(args: argparse.Namespace) -> int:
     from postroom.store import users
 
@@ -183,6 +324,22 @@ def cmd_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def _alias_arguments(p: argparse.ArgumentParser) -> None:
+    asub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = asub.add_parser("add", help="add an alias")
+    q.add_argument("source")
+    q.add_argument("destination")
+    q = asub.add_parser("remove", help="remove an alias (every destination when none given)")
+    q.add_argument("source")
+    q.add_argument("destination", nargs="?")
+    q = asub.add_parser("list", help="list aliases")
+    q.add_argument("domain", nargs="?")
+    q.add_argument("--json", action="store_true")
+
+
+@command("alias", _alias_arguments,
+         summary="address aliases",
+         description="Manage aliases. A source of @domain is a catch-all.")
 def cmd_alias(args: argparse.Namespace) -> int:
     from postroom.store import aliases
 
@@ -198,6 +355,21 @@ def cmd_alias(args: argparse.Namespace) -> int:
     return 0
 
 
+def _rules_arguments(p: argparse.ArgumentParser) -> None:
+    rsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = rsub.add_parser("set", help="replace the rules with those in a JSON file ('-' = stdin)")
+    q.add_argument("address")
+    q.add_argument("file", help="JSON file with the rules, or - for stdin")
+    q = rsub.add_parser("show", help="print the rules as JSON")
+    q.add_argument("address")
+    q = rsub.add_parser("clear", help="remove every rule")
+    q.add_argument("address")
+
+
+@command("rules", _rules_arguments,
+         summary="per-user delivery rules (fileinto, discard, redirect, vacation)",
+         description=("Set, show or clear an account's delivery rules: a JSON list described in "
+                      "docs/mda.md (a subset of Sieve, RFC 5228)."))
 def cmd_rules(args: argparse.Namespace) -> int:
     from postroom.store import rules
 
@@ -230,26 +402,6 @@ def _keyring(settings: Settings) -> Any:
         raise ConfigError(str(exc)) from None
 
 
-def cmd_secret_key(args: argparse.Namespace) -> int:
-    from postroom import secretbox
-
-    if args.path == "-":
-        key = secretbox.new_key()
-        sys.stdout.buffer.write(secretbox.encode_key(key))
-        sys.stdout.flush()
-    else:
-        try:
-            key = secretbox.write_key_file(args.path)
-        except FileExistsError:
-            raise CLIError(f"{args.path} exists; a key file is never overwritten (move it "
-                           "away first, and keep it while anything is sealed with it)") from None
-        except OSError as exc:
-            raise CLIError(f"cannot write {args.path}: {exc.strerror}") from None
-        print(f"secret key {secretbox.key_id(key)} written to {args.path} (mode 0600); "
-              f"point POSTROOM_SECRET_KEY_FILE at it", file=sys.stderr)
-    return 0
-
-
 def _dkim_row(key: Any) -> dict[str, Any]:
     # private keys never leave the database through the CLI, sealed or not
     row = {k: v for k, v in _plain(key).items() if k != "private_key"}
@@ -257,6 +409,30 @@ def _dkim_row(key: Any) -> dict[str, Any]:
     return row
 
 
+def _dkim_arguments(p: argparse.ArgumentParser) -> None:
+    ksub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = ksub.add_parser("generate", help="generate keys for a domain and print their records")
+    q.add_argument("domain")
+    q.add_argument("--algorithm", choices=["rsa", "ed25519", "both"], default="both",
+                   help="key type (default both: RSA-2048 and ed25519, RFC 8463)")
+    q.add_argument("--selector", default=None,
+                   help="selector name (default: derived from the date and algorithm)")
+    q = ksub.add_parser("list", help="list a domain's keys (ENCRYPTED: the secret key id)")
+    q.add_argument("domain", nargs="?")
+    q.add_argument("--json", action="store_true")
+    q = ksub.add_parser("encrypt-keys",
+                        help="encrypt every plaintext private key, and re-encrypt those of an "
+                        "older secret key, with POSTROOM_SECRET_KEY_FILE's key",
+                        description="Encrypt every stored DKIM private key that is plaintext, "
+                        "or sealed with a key of POSTROOM_SECRET_OLD_KEY_FILES, with the key of "
+                        "POSTROOM_SECRET_KEY_FILE. All or nothing: a key that cannot be "
+                        "decrypted stops the run before anything is written.")
+    q.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
+
+
+@command("dkim", _dkim_arguments,
+         summary="DKIM signing keys",
+         description="Generate and list DKIM keys; generate prints the DNS TXT records to publish.")
 def cmd_dkim(args: argparse.Namespace) -> int:
     from postroom import dnsrecords
     from postroom.store import dkim
@@ -302,6 +478,47 @@ def _dkim_encrypt_keys(dry_run: bool) -> int:
     return 0
 
 
+def _secret_key_arguments(p: argparse.ArgumentParser) -> None:
+    ssub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = ssub.add_parser("generate", help="write a new key file")
+    q.add_argument("path", metavar="PATH")
+
+
+@command("secret-key", _secret_key_arguments,
+         summary="make the key that encrypts secrets at rest",
+         description=("Write a new random 32-byte key (base64) to PATH with mode 0600, never over "
+                      "an existing file, for POSTROOM_SECRET_KEY_FILE; PATH '-' prints it "
+                      "to stdout instead."))
+def cmd_secret_key(args: argparse.Namespace) -> int:
+    from postroom import secretbox
+
+    if args.path == "-":
+        key = secretbox.new_key()
+        sys.stdout.buffer.write(secretbox.encode_key(key))
+        sys.stdout.flush()
+    else:
+        try:
+            key = secretbox.write_key_file(args.path)
+        except FileExistsError:
+            raise CLIError(f"{args.path} exists; a key file is never overwritten (move it "
+                           "away first, and keep it while anything is sealed with it)") from None
+        except OSError as exc:
+            raise CLIError(f"cannot write {args.path}: {exc.strerror}") from None
+        print(f"secret key {secretbox.key_id(key)} written to {args.path} (mode 0600); "
+              f"point POSTROOM_SECRET_KEY_FILE at it", file=sys.stderr)
+    return 0
+
+
+def _dns_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("domain")
+    p.add_argument("--rua", default=None, metavar="ADDRESS",
+                   help="where DMARC aggregate and TLS reports go (default postmaster@DOMAIN)")
+
+
+@command("dns", _dns_arguments,
+         summary="print every DNS record to publish for a domain",
+         description=("Print the MX, SPF, DKIM, DMARC, MTA-STS and TLS-RPT records a domain needs, "
+                      "in zone-file syntax."))
 def cmd_dns(args: argparse.Namespace) -> int:
     from postroom import dnsrecords
     from postroom.store import dkim
@@ -314,6 +531,38 @@ def cmd_dns(args: argparse.Namespace) -> int:
     return 0
 
 
+def _duration_arg(text: str) -> float:
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
+
+
+def _queue_arguments(p: argparse.ArgumentParser) -> None:
+    qsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = qsub.add_parser("list", help="list queued messages")
+    q.add_argument("--state", choices=["pending", "delivered", "failed", "bounced"], default=None)
+    q.add_argument("--json", action="store_true")
+    for name, text in (("show", "show one message's envelope and recipients"),
+                       ("retry", "attempt pending recipients now"),
+                       ("delete", "delete a message from the queue")):
+        q = qsub.add_parser(name, help=text)
+        q.add_argument("queue_id")
+    q = qsub.add_parser(
+        "purge", help="delete finished messages past the retention",
+        description="Delete messages whose every recipient is delivered or bounced, received "
+        "and finished longer ago than the retention, with their attempt history and blobs no "
+        "mailbox uses (the mta does this every 10 minutes). The retention is never less than "
+        "2 x POSTROOM_DMARC_REPORT_INTERVAL + 1m.")
+    q.add_argument("--older-than", type=_duration_arg, default=None, metavar="DURATION",
+                   help="retention, e.g. 3d or 12h (default POSTROOM_SPOOL_RETENTION)")
+    q.add_argument("-n", "--dry-run", action="store_true",
+                   help="only count what would be purged")
+
+
+@command("queue", _queue_arguments,
+         summary="the mail queue (spool)",
+         description="Inspect and act on queued messages.")
 def cmd_queue(args: argparse.Namespace) -> int:
     from postroom.store import spool
 
@@ -362,86 +611,12 @@ def _queue_purge(older_than: float | None, dry_run: bool) -> int:
     return 0
 
 
-def _duration_arg(text: str) -> float:
-    from postroom.config import _duration
-
-    try:
-        return _duration(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(f"{text!r}: {exc}") from None
-
-
-def _open_store() -> Any:
-    """A Database on the configured, current schema (the caller disposes of it)."""
-    from postroom.store.migrate import check_schema
-
-    settings = _settings()
-    database = _database(settings)
-    check_schema(str(settings.database_url))
-    return database
-
-
-def cmd_import(args: argparse.Namespace) -> int:
-    from postroom.importer import maildir, mbox
-    from postroom.importer.load import import_folders
-    from postroom.importer.progress import Progress
-
-    try:
-        if args.format == "maildir":
-            folders = maildir.scan(args.path)
-        else:
-            folders = mbox.scan(args.path, args.mailbox)
-    except (maildir.NotAMaildir, mbox.NotAnMbox) as exc:
-        raise CLIError(str(exc)) from None
-    except OSError as exc:
-        raise CLIError(f"cannot read {args.path}: {exc.strerror}") from None
-    database = _open_store()
-    progress = Progress(sum(f.count for f in folders))
-    try:
-        result = import_folders(database, args.user, folders, progress)
-    finally:
-        progress.finish()
-        database.dispose()
-    print(result.summary())
-    return 0
-
-
-def cmd_export(args: argparse.Namespace) -> int:
-    from postroom.importer.export import export_maildir
-    from postroom.importer.progress import Progress
-
-    database = _open_store()
-    progress = Progress(0)
-    try:
-        result = export_maildir(database, args.user, args.path,
-                                on_message=lambda name: progress.advance(name))
-    except OSError as exc:
-        raise CLIError(f"cannot write {args.path}: {exc.strerror}") from None
-    finally:
-        database.dispose()
-    print(result.summary())
-    return 0
-
-
-def cmd_trace(args: argparse.Namespace) -> int:
-    from postroom.trace import format_trace, load_trace
-
-    story = _with_db(load_trace, args.queue_id)
-    if args.json:
-        print(json.dumps(story, default=str, indent=2))
-    else:
-        print(format_trace(story))
-    return 0
-
-
 def _since(text: str, now: Any) -> Any:
     """A time: a duration back from now (``7d``, ``12h``) or an ISO date or date-time (UTC)."""
     from datetime import UTC, datetime, timedelta
 
-    from postroom.config import _duration
-
     try:
-        return now - timedelta(seconds=_duration(text))
+        return now - timedelta(seconds=parse_duration(text))
     except ValueError:
         pass
     try:
@@ -451,6 +626,31 @@ def _since(text: str, now: Any) -> Any:
     return when if when.tzinfo else when.replace(tzinfo=UTC)
 
 
+def _dmarc_arguments(p: argparse.ArgumentParser) -> None:
+    msub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = msub.add_parser("report", help="pass/fail counts by source IP or by result")
+    q.add_argument("domain")
+    q.add_argument("--since", default="1d", metavar="WHEN",
+                   help="start: a duration back from now (1d, 12h) or an ISO date (default 1d)")
+    q.add_argument("--until", default=None, metavar="WHEN", help="end (default: now)")
+    q.add_argument("--by", choices=["source", "result"], default="source")
+    q.add_argument("--xml", action="store_true",
+                   help="print the RFC 7489 aggregate report XML instead of a table")
+    q.add_argument("--json", action="store_true")
+    q = msub.add_parser("sources", help="the sending sources seen for a domain, and whether "
+                        "they pass DMARC, from our verdicts and from the aggregate reports "
+                        "other receivers sent us")
+    q.add_argument("domain")
+    q.add_argument("--since", default="7d", metavar="WHEN", help="start (default 7d)")
+    q.add_argument("--json", action="store_true")
+
+
+@command("dmarc", _dmarc_arguments,
+         summary="DMARC verdicts seen: per source, per result, as XML",
+         description=("What the dmarc service saw for a reporting domain (the domain whose DMARC "
+                      "record applied): counts by source address or by result, the aggregate "
+                      "report XML, or the sending sources of one of our own domains and whether "
+                      "they pass (before moving to p=reject)."))
 def cmd_dmarc(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
@@ -504,220 +704,7 @@ def cmd_dmarc(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plain(obj: Any) -> dict[str, Any]:
-    """Repository results are dataclasses or dicts; show them as dicts."""
-    import dataclasses
-
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        return dataclasses.asdict(obj)
-    if isinstance(obj, dict):
-        return obj
-    return dict(obj)
-
-
-# --- the parser
-
-
-def build_parser() -> argparse.ArgumentParser:
-    from postroom.service import available_services
-
-    parser = argparse.ArgumentParser(
-        prog="postroom",
-        description="Postroom mail server suite: run services and manage domains, users and "
-        "the queue. Configuration comes from POSTROOM_* environment variables "
-        "(`postroom config` lists them).",
-    )
-    parser.add_argument("--version", action="version", version=f"postroom {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    services = sorted(available_services())
-    p = sub.add_parser("serve", help="run one service in the foreground (what compose runs)",
-                       description="Run one service in the foreground, logging JSON lines "
-                       "to stdout, until SIGTERM.")
-    p.add_argument("service", choices=services, metavar="SERVICE",
-                   help=f"one of: {', '.join(services) or '(none installed)'}")
-    p.set_defaults(func=cmd_serve)
-
-    p = sub.add_parser("up", help="run the whole suite on this machine",
-                       description="Run every service as a child process, restarting any that "
-                       "dies. Without POSTROOM_DATABASE_URL / POSTROOM_REDIS_URL, a private "
-                       "PostgreSQL and Redis run under ./var/; without a certificate, a "
-                       "self-signed one is made. Ctrl-C stops everything.")
-    from postroom.supervisor import add_arguments
-
-    add_arguments(p)
-    p.set_defaults(func=cmd_up)
-
-    p = sub.add_parser("config", help="list every setting, or check the current environment",
-                       description="Without options: every POSTROOM_* variable with its "
-                       "default and meaning. With --check: parse the environment and report.")
-    p.add_argument("--check", action="store_true", help="validate the current environment")
-    p.add_argument("--markdown", action="store_true",
-                   help="print the settings table as Markdown (docs/configuration.md)")
-    p.set_defaults(func=cmd_config)
-
-    p = sub.add_parser("db", help="database schema migrations and service roles",
-                       description="Apply or inspect the database schema migrations; print or "
-                       "apply the least-privilege roles of the services (docs/operations.md).")
-    p.add_argument("action", choices=["upgrade", "current", "check", "roles"],
-                   help="upgrade: apply every pending migration (and refresh the privileges "
-                   "of the service roles that exist); current: print the revision; check: fail "
-                   "unless the schema is current; roles: print the SQL of the service roles "
-                   "(--apply: run it)")
-    p.add_argument("services", nargs="*", metavar="SERVICE",
-                   help="roles: only these services (default: all)")
-    p.add_argument("--apply", action="store_true",
-                   help="roles: create the missing roles and grant their privileges now")
-    p.add_argument("--prefix", default="postroom_",
-                   help="roles: role names are PREFIX + service (default postroom_; roles are "
-                   "per server, so give each Postroom database on one server its own)")
-    p.set_defaults(func=cmd_db)
-
-    p = sub.add_parser("domain", help="local domains", description="Manage local domains.")
-    dsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = dsub.add_parser("add", help="add a local domain")
-    q.add_argument("domain")
-    q = dsub.add_parser("remove", help="remove a domain that has no users left")
-    q.add_argument("domain")
-    q = dsub.add_parser("list", help="list local domains")
-    q.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_domain)
-
-    p = sub.add_parser("user", help="mail users",
-                       description="Manage users. Passwords are read from stdin when it is not "
-                       "a terminal, else prompted for twice; never taken from the command line.")
-    usub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = usub.add_parser("add", help="add a user (password from stdin or prompt)")
-    q.add_argument("address")
-    q.add_argument("--quota", type=int, default=None, metavar="BYTES",
-                   help="storage quota in bytes (default: unlimited)")
-    q = usub.add_parser("passwd", help="change a user's password")
-    q.add_argument("address")
-    q = usub.add_parser("remove", help="remove a user and their mailboxes")
-    q.add_argument("address")
-    q = usub.add_parser("list", help="list users")
-    q.add_argument("domain", nargs="?", help="only this domain")
-    q.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_user)
-
-    p = sub.add_parser("alias", help="address aliases",
-                       description="Manage aliases. A source of @domain is a catch-all.")
-    asub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = asub.add_parser("add", help="add an alias")
-    q.add_argument("source")
-    q.add_argument("destination")
-    q = asub.add_parser("remove", help="remove an alias (every destination when none given)")
-    q.add_argument("source")
-    q.add_argument("destination", nargs="?")
-    q = asub.add_parser("list", help="list aliases")
-    q.add_argument("domain", nargs="?")
-    q.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_alias)
-
-    p = sub.add_parser("rules",
-                       help="per-user delivery rules (fileinto, discard, redirect, vacation)",
-                       description="Set, show or clear an account's delivery rules: a JSON list "
-                       "described in docs/mda.md (a subset of Sieve, RFC 5228).")
-    rsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = rsub.add_parser("set", help="replace the rules with those in a JSON file ('-' = stdin)")
-    q.add_argument("address")
-    q.add_argument("file", help="JSON file with the rules, or - for stdin")
-    q = rsub.add_parser("show", help="print the rules as JSON")
-    q.add_argument("address")
-    q = rsub.add_parser("clear", help="remove every rule")
-    q.add_argument("address")
-    p.set_defaults(func=cmd_rules)
-
-    p = sub.add_parser("dkim", help="DKIM signing keys",
-                       description="Generate and list DKIM keys; generate prints the DNS TXT "
-                       "records to publish.")
-    ksub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = ksub.add_parser("generate", help="generate keys for a domain and print their records")
-    q.add_argument("domain")
-    q.add_argument("--algorithm", choices=["rsa", "ed25519", "both"], default="both",
-                   help="key type (default both: RSA-2048 and ed25519, RFC 8463)")
-    q.add_argument("--selector", default=None,
-                   help="selector name (default: derived from the date and algorithm)")
-    q = ksub.add_parser("list", help="list a domain's keys (ENCRYPTED: the secret key id)")
-    q.add_argument("domain", nargs="?")
-    q.add_argument("--json", action="store_true")
-    q = ksub.add_parser("encrypt-keys",
-                        help="encrypt every plaintext private key, and re-encrypt those of an "
-                        "older secret key, with POSTROOM_SECRET_KEY_FILE's key",
-                        description="Encrypt every stored DKIM private key that is plaintext, "
-                        "or sealed with a key of POSTROOM_SECRET_OLD_KEY_FILES, with the key of "
-                        "POSTROOM_SECRET_KEY_FILE. All or nothing: a key that cannot be "
-                        "decrypted stops the run before anything is written.")
-    q.add_argument("--dry-run", action="store_true", help="say what would change, change nothing")
-    p.set_defaults(func=cmd_dkim)
-
-    p = sub.add_parser("secret-key", help="make the key that encrypts secrets at rest",
-                       description="Write a new random 32-byte key (base64) to PATH with mode "
-                       "0600, never over an existing file, for POSTROOM_SECRET_KEY_FILE; "
-                       "PATH '-' prints it to stdout instead.")
-    ssub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = ssub.add_parser("generate", help="write a new key file")
-    q.add_argument("path", metavar="PATH")
-    p.set_defaults(func=cmd_secret_key)
-
-    p = sub.add_parser("dns", help="print every DNS record to publish for a domain",
-                       description="Print the MX, SPF, DKIM, DMARC, MTA-STS and TLS-RPT records "
-                       "a domain needs, in zone-file syntax.")
-    p.add_argument("domain")
-    p.add_argument("--rua", default=None, metavar="ADDRESS",
-                   help="where DMARC aggregate and TLS reports go (default postmaster@DOMAIN)")
-    p.set_defaults(func=cmd_dns)
-
-    p = sub.add_parser("queue", help="the mail queue (spool)",
-                       description="Inspect and act on queued messages.")
-    qsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = qsub.add_parser("list", help="list queued messages")
-    q.add_argument("--state", choices=["pending", "delivered", "failed", "bounced"], default=None)
-    q.add_argument("--json", action="store_true")
-    for name, text in (("show", "show one message's envelope and recipients"),
-                       ("retry", "attempt pending recipients now"),
-                       ("delete", "delete a message from the queue")):
-        q = qsub.add_parser(name, help=text)
-        q.add_argument("queue_id")
-    q = qsub.add_parser(
-        "purge", help="delete finished messages past the retention",
-        description="Delete messages whose every recipient is delivered or bounced, received "
-        "and finished longer ago than the retention, with their attempt history and blobs no "
-        "mailbox uses (the mta does this every 10 minutes). The retention is never less than "
-        "2 x POSTROOM_DMARC_REPORT_INTERVAL + 1m.")
-    q.add_argument("--older-than", type=_duration_arg, default=None, metavar="DURATION",
-                   help="retention, e.g. 3d or 12h (default POSTROOM_SPOOL_RETENTION)")
-    q.add_argument("-n", "--dry-run", action="store_true",
-                   help="only count what would be purged")
-    p.set_defaults(func=cmd_queue)
-
-    p = sub.add_parser("dmarc", help="DMARC verdicts seen: per source, per result, as XML",
-                       description="What the dmarc service saw for a reporting domain (the "
-                       "domain whose DMARC record applied): counts by source address or by "
-                       "result, the aggregate report XML, or the sending sources of one of "
-                       "our own domains and whether they pass (before moving to p=reject).")
-    msub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = msub.add_parser("report", help="pass/fail counts by source IP or by result")
-    q.add_argument("domain")
-    q.add_argument("--since", default="1d", metavar="WHEN",
-                   help="start: a duration back from now (1d, 12h) or an ISO date (default 1d)")
-    q.add_argument("--until", default=None, metavar="WHEN", help="end (default: now)")
-    q.add_argument("--by", choices=["source", "result"], default="source")
-    q.add_argument("--xml", action="store_true",
-                   help="print the RFC 7489 aggregate report XML instead of a table")
-    q.add_argument("--json", action="store_true")
-    q = msub.add_parser("sources", help="the sending sources seen for a domain, and whether "
-                        "they pass DMARC, from our verdicts and from the aggregate reports "
-                        "other receivers sent us")
-    q.add_argument("domain")
-    q.add_argument("--since", default="7d", metavar="WHEN", help="start (default 7d)")
-    q.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_dmarc)
-
-    p = sub.add_parser("import", help="import mail from a Maildir tree or an mbox file",
-                       description="Import a user's mail. Flags, internal dates and Maildir++ "
-                       "folders are kept; running it again imports nothing twice. A progress "
-                       "bar shows on a terminal; a summary line ends the run.")
+def _import_arguments(p: argparse.ArgumentParser) -> None:
     isub = p.add_subparsers(dest="format", metavar="FORMAT", required=True)
     q = isub.add_parser("maildir", help="a Maildir++ tree (Dovecot, Courier): every folder")
     q.add_argument("path", metavar="PATH", help="the Maildir root (holding cur/ and new/)")
@@ -727,23 +714,102 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--user", required=True, help="the account that receives the mail")
     q.add_argument("--mailbox", required=True, metavar="NAME",
                    help="the mailbox to fill (created when missing; / separates levels)")
-    p.set_defaults(func=cmd_import)
 
-    p = sub.add_parser("export", help="write a user's mailboxes out as a Maildir++ tree",
-                       description="Write every mailbox of a user under PATH as Maildir++ "
-                       "(INBOX at the root, other mailboxes as .Name folders), flags in the "
-                       "file names and internal dates as modification times.")
+
+@command("import", _import_arguments,
+         summary="import mail from a Maildir tree or an mbox file",
+         description=("Import a user's mail. Flags, internal dates and Maildir++ folders are kept; "
+                      "running it again imports nothing twice. A progress bar shows on a "
+                      "terminal; a summary line ends the run."))
+def cmd_import(args: argparse.Namespace) -> int:
+    from postroom.importer import maildir, mbox
+    from postroom.importer.load import import_folders
+    from postroom.importer.progress import Progress
+
+    try:
+        if args.format == "maildir":
+            folders = maildir.scan(args.path)
+        else:
+            folders = mbox.scan(args.path, args.mailbox)
+    except (maildir.NotAMaildir, mbox.NotAnMbox) as exc:
+        raise CLIError(str(exc)) from None
+    except OSError as exc:
+        raise CLIError(f"cannot read {args.path}: {exc.strerror}") from None
+    database = _open_store()
+    progress = Progress(sum(f.count for f in folders))
+    try:
+        result = import_folders(database, args.user, folders, progress)
+    finally:
+        progress.finish()
+        database.dispose()
+    print(result.summary())
+    return 0
+
+
+def _export_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("path", metavar="PATH")
     p.add_argument("--user", required=True)
-    p.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("trace", help="one message's story: received, attempts, mailboxes",
-                       description="Print what the spool knows of a queue id: when and how "
-                       "it was received, the policy verdict, each recipient's attempts and "
-                       "state, and the mailbox and UID each local copy went to.")
+
+@command("export", _export_arguments,
+         summary="write a user's mailboxes out as a Maildir++ tree",
+         description=("Write every mailbox of a user under PATH as Maildir++ (INBOX at the root, "
+                      "other mailboxes as .Name folders), flags in the file names and internal "
+                      "dates as modification times."))
+def cmd_export(args: argparse.Namespace) -> int:
+    from postroom.importer.export import export_maildir
+    from postroom.importer.progress import Progress
+
+    database = _open_store()
+    progress = Progress(0)
+    try:
+        result = export_maildir(database, args.user, args.path,
+                                on_message=lambda name: progress.advance(name))
+    except OSError as exc:
+        raise CLIError(f"cannot write {args.path}: {exc.strerror}") from None
+    finally:
+        database.dispose()
+    print(result.summary())
+    return 0
+
+
+def _trace_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("queue_id", metavar="QUEUE_ID")
     p.add_argument("--json", action="store_true")
-    p.set_defaults(func=cmd_trace)
+
+
+@command("trace", _trace_arguments,
+         summary="one message's story: received, attempts, mailboxes",
+         description=("Print what the spool knows of a queue id: when and how it was received, the "
+                      "policy verdict, each recipient's attempts and state, and the mailbox and "
+                      "UID each local copy went to."))
+def cmd_trace(args: argparse.Namespace) -> int:
+    from postroom.trace import format_trace, load_trace
+
+    story = _with_db(load_trace, args.queue_id)
+    if args.json:
+        print(json.dumps(story, default=str, indent=2))
+    else:
+        print(format_trace(story))
+    return 0
+
+
+# --- the parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="postroom",
+        description="Postroom mail server suite: run services and manage domains, users and "
+        "the queue. Configuration comes from POSTROOM_* environment variables "
+        "(`postroom config` lists them).",
+    )
+    parser.add_argument("--version", action="version", version=f"postroom {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for spec in COMMANDS:
+        p = sub.add_parser(spec.name, help=spec.summary, description=spec.description)
+        spec.arguments(p)
+        p.set_defaults(func=spec.handler)
     return parser
 
 

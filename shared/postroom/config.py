@@ -11,10 +11,12 @@ serves anything rather than failing at first use.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 PREFIX = "POSTROOM_"
@@ -59,7 +61,7 @@ def _bool(raw: str) -> bool:
 _DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
 
-def _duration(raw: str) -> float:
+def parse_duration(raw: str) -> float:
     """Seconds, or a number with a unit: ``30s``, ``5m``, ``2h``, ``5d``."""
     value = raw.strip().lower()
     if not value:
@@ -208,18 +210,22 @@ def _opt_database_url(raw: str) -> str | None:
     return normalise_database_url(raw) if raw.strip() else None
 
 
-def _networks(raw: str) -> tuple[str, ...]:
-    """Comma-separated addresses or CIDR networks (``10.0.0.0/8,2001:db8::1``), normalised."""
-    import ipaddress
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
-    return tuple(str(ipaddress.ip_network(item.strip(), strict=False))
+
+def _ip_networks(raw: str) -> tuple[Network, ...]:
+    """Comma-separated addresses or CIDR networks (``10.0.0.0/8,2001:db8::1``)."""
+    return tuple(ipaddress.ip_network(item.strip(), strict=False)
                  for item in raw.split(",") if item.strip())
+
+
+def _networks(raw: str) -> tuple[str, ...]:
+    """:func:`_ip_networks`, each written out normalised (``10.0.0.0/8``)."""
+    return tuple(str(network) for network in _ip_networks(raw))
 
 
 def _opt_address(raw: str) -> str | None:
     """One IP address (``192.0.2.25``), normalised; empty means none."""
-    import ipaddress
-
     return str(ipaddress.ip_address(raw.strip())) if raw.strip() else None
 
 
@@ -228,9 +234,80 @@ def _names(raw: str) -> tuple[str, ...]:
     return tuple(item.strip().lower().rstrip(".") for item in raw.split(",") if item.strip())
 
 
+def _opt_mail_address(raw: str) -> str:
+    """One plain mail address (``local@domain``, no display name or brackets); empty: none."""
+    value = raw.strip()
+    if value and ("@" not in value or any(c in value for c in " <>\r\n")):
+        raise ValueError("must be a plain address (local@domain)")
+    return value
+
+
+@dataclass(frozen=True)
+class DmarcOverride:
+    """Operator DMARC exceptions for one domain (POSTROOM_DMARC_OVERRIDES, docs/dmarc-api.md)."""
+
+    monitor_only: bool = False  # report DMARC, never act on it
+    trusted_forwarders: tuple[Network, ...] = ()  # client networks that may break DMARC
+
+    def merged(self, other: DmarcOverride) -> DmarcOverride:
+        """Both sets of exceptions: monitored if either is, every forwarder of both."""
+        return DmarcOverride(monitor_only=self.monitor_only or other.monitor_only,
+                             trusted_forwarders=self.trusted_forwarders + other.trusted_forwarders)
+
+
+def _dmarc_override(text: str) -> tuple[str, DmarcOverride]:
+    domain, sep, options = text.partition(":")
+    domain = domain.strip().lower().rstrip(".")
+    if not sep or not domain or " " in domain:
+        raise ValueError(f"{text!r}: expected DOMAIN:OPTION[,OPTION]")
+    monitor = False
+    networks: list[Network] = []
+    for option in (o.strip() for o in options.split(",")):
+        name, _, value = option.partition("=")
+        name = name.strip().lower()
+        if name == "monitor" and not value:
+            monitor = True
+        elif name in ("forwarder", "forwarders") and value:
+            try:
+                networks.append(ipaddress.ip_network(value.strip(), strict=False))
+            except ValueError as exc:
+                raise ValueError(f"{domain}: {exc}") from None
+        else:
+            raise ValueError(f"{domain}: unknown option {option!r} (monitor or forwarder=CIDR)")
+    return domain, DmarcOverride(monitor_only=monitor, trusted_forwarders=tuple(networks))
+
+
+def parse_dmarc_overrides(raw: str) -> Mapping[str, DmarcOverride]:
+    """``DOMAIN:OPTION[,OPTION];...`` by domain; one domain's entries merge.
+
+    Options: ``monitor`` (DMARC failures are reported, never acted on) and
+    ``forwarder=CIDR`` (mail from that network is not rejected or sent to Junk
+    for DMARC; repeatable). ``*`` as the domain applies to all; a domain
+    matches itself and its subdomains.
+    """
+    result: dict[str, DmarcOverride] = {}
+    for text in (t.strip() for t in raw.split(";")):
+        if text:
+            domain, override = _dmarc_override(text)
+            earlier = result.get(domain)
+            result[domain] = earlier.merged(override) if earlier else override
+    return MappingProxyType(result)  # read-only, like the rest of the frozen Settings
+
+
 def _paths(raw: str) -> tuple[str, ...]:
     """Comma-separated file paths (``/run/secrets/a,/run/secrets/b``)."""
     return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
+def _internal_http_url(raw: str) -> str:
+    """``http://host[:port]``: the dmarc API is plain HTTP on the internal network."""
+    value = raw.strip()
+    scheme, sep, rest = value.partition("://")
+    host = rest.split("/", 1)[0].rsplit("@", 1)[-1]
+    if scheme.lower() != "http" or not sep or not host or host.startswith(":"):
+        raise ValueError("must be an http:// URL with a host (the policy API is plain HTTP on "
+                         "the internal network)")
+    return value
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -341,55 +418,57 @@ class Settings:
     dmarc_listen: tuple[str, ...] = setting(
         _endpoints, "tcp:8025", "The DMARC policy service's internal HTTP API.")
     dmarc_url: str = setting(
-        _str, "http://127.0.0.1:8025", "Where other services reach the DMARC service.")
+        _internal_http_url, "http://127.0.0.1:8025",
+        "Where other services reach the DMARC service.")
     dmarc_org_domain: str = setting(
         _choice("psl", "treewalk"), "psl",
         "How DMARC finds organizational domains: the public suffix list (RFC 7489) or the DNS "
         "tree walk (RFC 9989).")
-    dmarc_monitor_only: str = setting(
-        _str, "",
+    dmarc_monitor_only: tuple[str, ...] = setting(
+        _names, "",
         "Comma-separated domains (ours or senders') for which DMARC failures are only reported, "
         "never rejected or sent to Junk.")
-    dmarc_trusted_forwarders: str = setting(
-        _str, "",
+    dmarc_trusted_forwarders: tuple[Network, ...] = setting(
+        _ip_networks, "",
         "Comma-separated client networks (CIDR) whose mail is never rejected for DMARC, e.g. "
         "forwarders and mailing lists we trust.")
-    dmarc_overrides: str = setting(
-        _str, "",
+    dmarc_overrides: Mapping[str, DmarcOverride] = setting(
+        parse_dmarc_overrides, "",
         "Per-domain DMARC exceptions, `;`-separated: `DOMAIN:OPTION,OPTION`, options `monitor` "
         "(report, never act) and `forwarder=CIDR` (repeatable), e.g. "
         "`example.org:monitor;example.net:forwarder=192.0.2.0/24` (docs/dmarc-api.md).")
-    dmarc_trusted_arc_sealers: str = setting(
-        _str, "",
+    dmarc_trusted_arc_sealers: tuple[str, ...] = setting(
+        _names, "",
         "Comma-separated ARC sealer domains whose passing ARC chain overrides a DMARC failure.")
     dmarc_reports: bool = setting(
         _bool, "true",
         "Send DMARC aggregate reports (RFC 7489 rua) for the verdicts stored; off keeps storing.")
     dmarc_report_interval: float = setting(
-        _duration, "1d",
+        parse_duration, "1d",
         "Length of one aggregate report period, aligned to the Unix epoch (1d: UTC midnight).")
     dmarc_report_org: str = setting(
         _str, "", "org_name in our aggregate reports (empty: POSTROOM_HOSTNAME).")
     dmarc_report_from: str = setting(
-        _str, "", "Sender of our aggregate reports (empty: dmarc-noreply@POSTROOM_HOSTNAME).")
+        _opt_mail_address, "",
+        "Sender of our aggregate reports (empty: dmarc-noreply@POSTROOM_HOSTNAME).")
     dmarc_report_mailbox: str = setting(
-        _str, "",
+        _opt_mail_address, "",
         "Account whose mail is read as incoming DMARC aggregate reports, e.g. "
         "dmarc-reports@example.org (empty: none are read; docs/dmarc-reports.md).")
     dmarc_report_scan_interval: float = setting(
-        _duration, "1m", "How often the dmarc service looks for new mail in that account.")
+        parse_duration, "1m", "How often the dmarc service looks for new mail in that account.")
     dmarc_report_max_size: int = setting(
         _size, "10M", "Largest incoming report attachment (zip, gzip or XML) that is read.")
     dmarc_report_max_xml_size: int = setting(
         _size, "50M", "Largest incoming report XML after decompression (bombs stop here).")
     dmarc_results_retention: float = setting(
-        _duration, "14d", "How long DMARC verdicts are kept for reports and `postroom dmarc`.")
+        parse_duration, "14d", "How long DMARC verdicts are kept for reports and `postroom dmarc`.")
     dkim_max_signatures: int = setting(
         _positive_int, "10",
         "DKIM-Signature fields verified per received message, those whose d= aligns with the "
         "From domain first; the rest are neither verified nor reported (docs/security.md).")
     dkim_budget: float = setting(
-        _duration, "8s",
+        parse_duration, "8s",
         "Time for verifying one message's DKIM signatures, key lookups included; what is not "
         "verified by then is a temperror. The check's deadline (4 x POSTROOM_DNS_TIMEOUT) "
         "bounds it too.")
@@ -422,7 +501,7 @@ class Settings:
     dns_servers: tuple[tuple[str, int], ...] = setting(
         _host_ports, "", "Resolver override, host[:port] list; empty means the system resolver.")
     dns_timeout: float = setting(
-        _duration, "5s", "Total time one DNS query may take before it is a temperror.")
+        parse_duration, "5s", "Total time one DNS query may take before it is a temperror.")
     smtp_outbound_port: int = setting(
         _positive_int, "25", "Port the relay connects to on remote MXs (tests only).")
     smtp_bind_address: str | None = setting(
@@ -436,7 +515,7 @@ class Settings:
         _positive_int, "5", "Outbound SMTP sessions at once to one destination domain "
         "(active deliveries, like relay_max_sessions).")
     relay_session_idle: float = setting(
-        _duration, "2s",
+        parse_duration, "2s",
         "How long a finished outbound SMTP session stays open for the next message to the same "
         "MX (connection reuse, Postfix smtp_connection_cache_time_limit).")
     relay_session_reuse_limit: int = setting(
@@ -471,9 +550,10 @@ class Settings:
         "Concurrent connections from one client to one listener (a client is an IPv4 address "
         "or an IPv6 /64).")
     smtp_command_timeout: float = setting(
-        _duration, "5m", "Idle time allowed between SMTP commands (RFC 5321 section 4.5.3.2).")
+        parse_duration, "5m", "Idle time allowed between SMTP commands (RFC 5321 section 4.5.3.2).")
     smtp_data_timeout: float = setting(
-        _duration, "10m", "Idle time allowed while receiving DATA or BDAT (RFC 5321 4.5.3.2.6).")
+        parse_duration, "10m",
+        "Idle time allowed while receiving DATA or BDAT (RFC 5321 4.5.3.2.6).")
     smtp_max_errors: int = setting(
         _positive_int, "10", "Protocol errors in one session before the server hangs up.")
     # PROXY protocol (load balancers in front of the mail listeners; postroom.proxyproto)
@@ -489,12 +569,13 @@ class Settings:
         _networks, "", "Deprecated name of POSTROOM_PROXY_TRUSTED (set only one of them).")
     # inbound mta (port 25)
     mta_dmarc_timeout: float = setting(
-        _duration, "30s",
+        parse_duration, "30s",
         "How long inbound SMTP waits for the dmarc verdict before answering 451 4.7.0.")
     mta_greylist: bool = setting(
         _bool, "false", "Greylist unknown (client network, sender, recipient) triplets.")
     mta_greylist_delay: float = setting(
-        _duration, "5m", "How long a greylisted triplet must wait before its retry is accepted.")
+        parse_duration, "5m",
+        "How long a greylisted triplet must wait before its retry is accepted.")
     mta_dnsbl_zones: tuple[str, ...] = setting(
         _names, "", "DNSBL zones checked at connect (comma-separated; empty: no check).")
     auth_fail_limit: int = setting(
@@ -502,7 +583,7 @@ class Settings:
         "Failed logins per client (IPv4 address or IPv6 /64) and per account (however its name "
         "is spelt) per window.")
     auth_fail_window: float = setting(
-        _duration, "10m", "Window of POSTROOM_AUTH_FAIL_LIMIT.")
+        parse_duration, "10m", "Window of POSTROOM_AUTH_FAIL_LIMIT.")
     allow_plaintext_auth_on_loopback: bool = setting(
         _bool, "false",
         "Allow password logins without TLS from 127.0.0.0/8 and ::1 (development only).")
@@ -514,16 +595,18 @@ class Settings:
         "Recipients one account may submit to per day (sliding window); over it gets 450 4.7.1.")
     # queue
     queue_lifetime: float = setting(
-        _duration, "5d", "How long a message is retried before it bounces.")
-    retry_initial: float = setting(_duration, "5m", "First retry delay; it doubles each attempt.")
-    retry_max: float = setting(_duration, "1h", "Longest delay between two attempts.")
+        parse_duration, "5d", "How long a message is retried before it bounces.")
+    retry_initial: float = setting(
+        parse_duration, "5m", "First retry delay; it doubles each attempt.")
+    retry_max: float = setting(parse_duration, "1h", "Longest delay between two attempts.")
     reconcile_interval: float = setting(
-        _duration, "60s", "How often the reconciler re-enqueues pending spool work Redis lost.")
+        parse_duration, "60s",
+        "How often the reconciler re-enqueues pending spool work Redis lost.")
     queue_claim_idle: float = setting(
-        _duration, "60s",
+        parse_duration, "60s",
         "Idle time after which a dead consumer's unacknowledged entry is claimed by another.")
     spool_retention: float = setting(
-        _duration, "7d",
+        parse_duration, "7d",
         "How long a finished queued message (every recipient delivered or bounced) and its "
         "attempt history (`postroom trace`) are kept after it arrived and after its last "
         "outcome; the mta then deletes it, and its blob unless a mailbox holds it. Never "
@@ -540,14 +623,15 @@ class Settings:
         "Deliver user+tag@domain into the account's mailbox named tag when it exists "
         "(else INBOX).")
     quota_grace: float = setting(
-        _duration, "1d",
+        parse_duration, "1d",
         "How long mail for an account over quota is retried before it bounces with 5.2.2.")
     # operations
     log_level: str = setting(
         _choice("debug", "info", "warning", "error"), "info",
         "Lowest level written to the JSON log on stdout.")
     shutdown_grace: float = setting(
-        _duration, "20s", "On SIGTERM, how long in-flight work may take before it is handed back.")
+        parse_duration, "20s",
+        "On SIGTERM, how long in-flight work may take before it is handed back.")
 
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)

@@ -20,7 +20,6 @@ from twisted.logger import (
     LogLevel,
     formatEvent,
     globalLogBeginner,
-    globalLogPublisher,
 )
 from zope.interface import provider
 
@@ -156,7 +155,3 @@ def configure(service: str, level: str = "info", stream: IO[str] | None = None) 
         _configured = True
         globalLogBeginner.beginLoggingTo([_twisted_observer], redirectStandardIO=False,
                                          discardBuffer=True)
-
-
-def twisted_observer_installed() -> bool:
-    return _configured and _twisted_observer in getattr(globalLogPublisher, "_observers", [])

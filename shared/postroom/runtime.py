@@ -324,7 +324,8 @@ def _open_redis(settings: Settings, log: Logger) -> Any:
     try:
         client.ping()
     except redis.RedisError as exc:
-        # Redis down is 451 at the front door, not a reason to refuse to start (DESIGN.md)
+        # Redis down is 451 at the front door, not a reason to refuse to start
+        # (docs/architecture.md, "Durability")
         log.warning("redis not reachable at start", error=str(exc))
     return client
 

@@ -9,7 +9,8 @@ from dataclasses import replace
 import pytest
 
 from postroom import dkimsign
-from postroom_dmarc.verdict import CheckRequest, DomainOverride, Options, evaluate
+from postroom.config import DmarcOverride
+from postroom_dmarc.verdict import CheckRequest, Options, evaluate
 
 GOOD_IP = "192.0.2.10"
 BAD_IP = "198.51.100.1"
@@ -216,7 +217,7 @@ def test_policy_lookup_timeout_is_tempfail(zone):
 
 def test_monitor_only_domain_is_never_rejected(zone):
     dmarc_record(zone, "v=DMARC1; p=reject")
-    options = replace(OPTIONS, overrides={"receiver.test": DomainOverride(monitor_only=True)})
+    options = replace(OPTIONS, overrides={"receiver.test": DmarcOverride(monitor_only=True)})
     verdict = evaluate(request(message(), "b@other.net", BAD_IP), zone.resolver(), options)
     assert (verdict.dmarc.result, verdict.dmarc.override, verdict.disposition) == (
         "fail", "local_policy", "inbox")

@@ -75,6 +75,13 @@ def test_an_empty_listener_list_switches_it_off():
     ({"POSTROOM_MAX_MESSAGE_SIZE": "huge"}, "POSTROOM_MAX_MESSAGE_SIZE"),
     ({"POSTROOM_RELAY_ALLOWED_NETWORKS": "10.0.0.0/33"}, "POSTROOM_RELAY_ALLOWED_NETWORKS"),
     ({"POSTROOM_IMAP_LISTNE": "tcp:143"}, "POSTROOM_IMAP_LISTNE"),
+    ({"POSTROOM_DMARC_TRUSTED_FORWARDERS": "192.0.2.0/33"}, "POSTROOM_DMARC_TRUSTED_FORWARDERS"),
+    ({"POSTROOM_DMARC_OVERRIDES": "example.org:reject"}, "POSTROOM_DMARC_OVERRIDES"),
+    ({"POSTROOM_DMARC_OVERRIDES": "example.org:forwarder=x"}, "POSTROOM_DMARC_OVERRIDES"),
+    ({"POSTROOM_DMARC_REPORT_FROM": "Reports <r@example.org>"}, "POSTROOM_DMARC_REPORT_FROM"),
+    ({"POSTROOM_DMARC_REPORT_MAILBOX": "reports"}, "POSTROOM_DMARC_REPORT_MAILBOX"),
+    ({"POSTROOM_DMARC_URL": "https://dmarc:8025"}, "POSTROOM_DMARC_URL"),
+    ({"POSTROOM_DMARC_URL": "http://"}, "POSTROOM_DMARC_URL"),
 ])
 def test_a_bad_value_is_one_line_naming_the_variable(env, name):
     with pytest.raises(ConfigError) as info:
@@ -128,3 +135,35 @@ def test_the_operator_guide_table_is_generated_from_the_settings():
     guide = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
     expected = markdown()
     assert guide.read_text() == expected, "run: postroom config --markdown > docs/configuration.md"
+
+
+def test_dmarc_settings_are_parsed_into_their_types():
+    import ipaddress
+
+    from postroom.config import DmarcOverride
+
+    settings = load_settings({
+        "POSTROOM_DMARC_MONITOR_ONLY": "Example.ORG., example.net",
+        "POSTROOM_DMARC_TRUSTED_FORWARDERS": "192.0.2.0/24, 2001:db8::1",
+        "POSTROOM_DMARC_TRUSTED_ARC_SEALERS": "Lists.Example.com",
+        "POSTROOM_DMARC_OVERRIDES": "a.example:monitor;a.example:forwarder=198.51.100.0/24",
+        "POSTROOM_DMARC_REPORT_FROM": "dmarc@example.org",
+    })
+    assert settings.dmarc_monitor_only == ("example.org", "example.net")
+    assert settings.dmarc_trusted_forwarders == (ipaddress.ip_network("192.0.2.0/24"),
+                                                 ipaddress.ip_network("2001:db8::1/128"))
+    assert settings.dmarc_trusted_arc_sealers == ("lists.example.com",)
+    assert dict(settings.dmarc_overrides) == {"a.example": DmarcOverride(
+        monitor_only=True, trusted_forwarders=(ipaddress.ip_network("198.51.100.0/24"),))}
+    assert settings.dmarc_report_from == "dmarc@example.org"
+    with pytest.raises(TypeError):  # frozen like the rest of the settings
+        settings.dmarc_overrides["b.example"] = DmarcOverride()  # type: ignore[index]
+
+
+def test_the_cli_parses_durations_with_the_settings_parser():
+    from postroom.config import parse_duration
+
+    assert parse_duration("90") == 90.0
+    assert parse_duration("2h") == 7200.0
+    with pytest.raises(ValueError):
+        parse_duration("0s")

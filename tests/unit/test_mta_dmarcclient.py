@@ -16,7 +16,6 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
-from postroom.config import ConfigError
 from postroom_mta.dmarcclient import DMARCClient
 
 VERDICT = json.dumps({"disposition": "inbox", "reason": "", "authentication_results": "x; none",
@@ -178,5 +177,5 @@ def test_refused_connection_is_tempfail():
 
 
 def test_only_http_urls_are_accepted():
-    with pytest.raises(ConfigError):
+    with pytest.raises(ValueError, match="not an http:// URL"):
         DMARCClient("https://dmarc:8025", 5.0, reactor=Clock(), endpoint=FakeEndpoint())

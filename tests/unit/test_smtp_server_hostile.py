@@ -1,4 +1,4 @@
-"""Regression tests for the twisted.mail defects in DESIGN.md, and other hostile input."""
+"""Regression tests for the twisted.mail defects (docs/architecture.md), and other hostile input."""
 
 from __future__ import annotations
 

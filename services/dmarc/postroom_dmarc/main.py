@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import ipaddress
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred
 
 from postroom import dmarcreport
-from postroom.config import ConfigError, Settings
+from postroom.config import DmarcOverride, Settings
 from postroom.dns import Resolver
 from postroom.internalauth import warn_if_exposed
 from postroom.queue.reconciler import Enqueuer
@@ -17,10 +17,9 @@ from postroom.runtime import ServiceContext
 from postroom.service import ServiceSpec
 from postroom_dmarc.api import CheckResource, build_site
 from postroom_dmarc.incoming import IncomingScanner
-from postroom_dmarc.overrides import OverrideSyntaxError, combine, parse_overrides
 from postroom_dmarc.reports import ReportConfig, ReportScheduler
 from postroom_dmarc.results import ResultRecorder
-from postroom_dmarc.verdict import DomainOverride, Options
+from postroom_dmarc.verdict import Options
 
 # threads for pyspf/dkimpy evaluations; each mostly waits on DNS
 POLICY_THREADS = 16
@@ -31,27 +30,25 @@ REDIS_THREADS = 2
 _JSON_OVERHEAD = 64 * 1024
 
 
-def _items(raw: str) -> list[str]:
-    return [item.strip().lower().rstrip(".") for item in raw.split(",") if item.strip()]
+def combine(*sources: Mapping[str, DmarcOverride]) -> dict[str, DmarcOverride]:
+    """Several override maps as one; a domain in several gets the union of its options."""
+    result: dict[str, DmarcOverride] = {}
+    for source in sources:
+        for domain, override in source.items():
+            earlier = result.get(domain)
+            result[domain] = earlier.merged(override) if earlier else override
+    return result
 
 
 def options_from_settings(settings: Settings) -> Options:
-    """Evaluation options from POSTROOM_DMARC_*; a bad value is a ConfigError at start-up."""
-    try:
-        forwarders = tuple(ipaddress.ip_network(item, strict=False)
-                           for item in _items(settings.dmarc_trusted_forwarders))
-    except ValueError as exc:
-        raise ConfigError(f"POSTROOM_DMARC_TRUSTED_FORWARDERS: {exc}") from None
-    try:
-        per_domain = parse_overrides(settings.dmarc_overrides)
-    except OverrideSyntaxError as exc:
-        raise ConfigError(f"POSTROOM_DMARC_OVERRIDES: {exc}") from None
-    overrides = combine({domain: DomainOverride(monitor_only=True)
-                         for domain in _items(settings.dmarc_monitor_only)}, per_domain)
+    """Evaluation options from POSTROOM_DMARC_* (parsed and checked by postroom.config)."""
+    monitored = {domain: DmarcOverride(monitor_only=True)
+                 for domain in settings.dmarc_monitor_only}
     return Options(authserv_id=settings.hostname, org_domain_mode=settings.dmarc_org_domain,
-                   trusted_forwarders=forwarders,
-                   trusted_arc_sealers=frozenset(_items(settings.dmarc_trusted_arc_sealers)),
-                   overrides=overrides, dkim_max_signatures=settings.dkim_max_signatures,
+                   trusted_forwarders=settings.dmarc_trusted_forwarders,
+                   trusted_arc_sealers=frozenset(settings.dmarc_trusted_arc_sealers),
+                   overrides=combine(monitored, settings.dmarc_overrides),
+                   dkim_max_signatures=settings.dkim_max_signatures,
                    dkim_budget=settings.dkim_budget)
 
 
@@ -63,8 +60,6 @@ def deadline_for(settings: Settings) -> float:
 def report_config(settings: Settings) -> ReportConfig:
     """Who we are in aggregate reports, from POSTROOM_HOSTNAME and POSTROOM_DMARC_REPORT_*."""
     sender = settings.dmarc_report_from or f"dmarc-noreply@{settings.hostname}"
-    if "@" not in sender or any(c in sender for c in " <>\r\n"):
-        raise ConfigError("POSTROOM_DMARC_REPORT_FROM: must be a plain address (local@domain)")
     return ReportConfig(receiver=settings.hostname,
                         org_name=settings.dmarc_report_org or settings.hostname, sender=sender,
                         interval=settings.dmarc_report_interval,
@@ -85,13 +80,11 @@ def build_scheduler(ctx: ServiceContext, resolver: Resolver, pool: Any) -> Repor
 def build_scanner(ctx: ServiceContext, pool: Any) -> IncomingScanner:
     """The reader of incoming aggregate reports in POSTROOM_DMARC_REPORT_MAILBOX."""
     settings = ctx.settings
-    address = settings.dmarc_report_mailbox
-    if "@" not in address or any(c in address for c in " <>\r\n"):
-        raise ConfigError("POSTROOM_DMARC_REPORT_MAILBOX: must be a plain address (local@domain)")
     limits = dmarcreport.IncomingLimits(max_compressed=settings.dmarc_report_max_size,
                                         max_xml=settings.dmarc_report_max_xml_size)
-    return IncomingScanner(ctx.database, address, pool=pool, reactor=ctx.reactor,
-                           interval=settings.dmarc_report_scan_interval, limits=limits)
+    return IncomingScanner(ctx.database, settings.dmarc_report_mailbox, pool=pool,
+                           reactor=ctx.reactor, interval=settings.dmarc_report_scan_interval,
+                           limits=limits)
 
 
 async def _start(ctx: ServiceContext) -> None:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from postroom import authres
+from postroom.config import DmarcOverride, Network
 from postroom.dns import DNSTempError, Resolver
 from postroom.logs import get_logger
 from postroom_dmarc import dkimcheck, spfcheck
@@ -38,16 +39,6 @@ DISPOSITIONS = ("inbox", "junk", "reject", "tempfail")
 _STRICTNESS = {"none": 0, "quarantine": 1, "reject": 2}
 _DOWNGRADE = {"reject": "quarantine", "quarantine": "none", "none": "none"}
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
-
-
-@dataclass(frozen=True)
-class DomainOverride:
-    """Operator exceptions for one domain (a recipient domain of ours, or an author domain)."""
-
-    monitor_only: bool = False  # report DMARC, never act on it
-    trusted_forwarders: tuple[Network, ...] = ()  # client networks that may break DMARC
-
 
 @dataclass(frozen=True)
 class Options:
@@ -60,7 +51,7 @@ class Options:
     trusted_forwarders: tuple[Network, ...] = ()
     trusted_arc_sealers: frozenset[str] = frozenset()
     # keyed by domain; matched against each recipient domain and each author domain
-    overrides: Mapping[str, DomainOverride] = field(default_factory=dict)
+    overrides: Mapping[str, DmarcOverride] = field(default_factory=dict)
     min_rsa_bits: int = dkimcheck.MIN_RSA_BITS
     spf_time_budget: float = 10.0
     dkim_max_signatures: int = dkimcheck.MAX_SIGNATURES  # verified per message, aligned first
@@ -156,7 +147,7 @@ def _domain_matches(domain: str, key: str) -> bool:
     return domain == key or domain.endswith("." + key)
 
 
-def _overrides_for(request: CheckRequest, author: str, options: Options) -> list[DomainOverride]:
+def _overrides_for(request: CheckRequest, author: str, options: Options) -> list[DmarcOverride]:
     domains = {r.rpartition("@")[2].lower().rstrip(".") for r in request.recipients} | {author}
     found = [o for key, o in options.overrides.items()
              if key != "*" and any(_domain_matches(d, key.lower()) for d in domains)]

@@ -32,7 +32,6 @@ from postroom_imap.syntax_types import SearchKey
 __all__ = [
     "Accounts",
     "AuthFailed",
-    "CannotDo",
     "Changes",
     "CopyResult",
     "FetchRow",
@@ -91,11 +90,6 @@ class NoSuchMailbox(Refusal):
 class MailboxExists(Refusal):
     code = "ALREADYEXISTS"
     text = "mailbox already exists"
-
-
-class CannotDo(Refusal):
-    code = "CANNOT"
-    text = "operation not permitted"
 
 
 class OverQuota(Refusal):

@@ -1,6 +1,6 @@
 """End of DATA on submission: check From:, add Date/Message-ID and Received:, sign, spool.
 
-Order matters for durability (DESIGN.md): the queue is asked whether it is up
+Order matters for durability (docs/architecture.md): the queue is asked whether it is up
 *before* anything is committed (down: 451 4.3.0, nothing stored); the 250
 goes out only after the spool commit; an enqueue that fails after the commit
 is logged and left to the reconciler, and the client still gets its 250

@@ -29,7 +29,6 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
-from postroom.config import ConfigError
 from postroom.internalauth import authorization_header
 from postroom.logs import get_logger
 
@@ -98,8 +97,8 @@ class DMARCClient:
             reactor = global_reactor
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
-            raise ConfigError(f"POSTROOM_DMARC_URL: {url!r} is not an http:// URL (the policy "
-                              "API is plain HTTP on the internal network)")
+            # POSTROOM_DMARC_URL is checked by postroom.config; this guards other callers
+            raise ValueError(f"{url!r} is not an http:// URL")
         self.url = url.rstrip("/") + "/v1/check"
         self.timeout = timeout
         self.reactor = reactor

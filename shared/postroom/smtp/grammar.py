@@ -194,7 +194,6 @@ _ADL = rf"@{_DOMAIN}(?:,@{_DOMAIN})*"
 _PATH_RE = re.compile(
     rf"<(?:{_ADL}:)?(?P<local>{_DOT_STRING}|{_QUOTED})@(?P<domain>{_DOMAIN}|{_LITERAL})>")
 _POSTMASTER_RE = re.compile(r"<(?P<local>[Pp][Oo][Ss][Tt][Mm][Aa][Ss][Tt][Ee][Rr])>")
-_DOMAIN_RE = re.compile(_DOMAIN)
 _ASCII_DOMAIN_RE = re.compile(
     r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*")
 _LITERAL_RE = re.compile(_LITERAL)

@@ -74,7 +74,6 @@ AUTH_SUCCEEDED = Reply(235, "2.7.0", "Authentication successful")
 START_DATA = Reply(354, None, "End data with <CR><LF>.<CR><LF>")
 
 # --- 4xx
-SERVICE_UNAVAILABLE = Reply(421, "4.3.2", "Service not available, closing transmission channel")
 TOO_MANY_ERRORS = Reply(421, "4.7.0", "Too many errors, closing connection")
 TOO_MANY_COMMANDS = Reply(421, "4.7.0", "Too many commands, closing connection")
 TOO_MANY_CONNECTIONS = Reply(421, "4.7.0", "Too many connections from your address, try later")
@@ -82,7 +81,6 @@ TIMEOUT = Reply(421, "4.4.2", "Timeout exceeded, closing connection")
 LOCAL_ERROR = Reply(451, "4.3.0", "Local error in processing, try again later")
 LOCAL_ERROR_CLOSING = Reply(421, "4.3.0", "Local error in processing, closing connection")
 TOO_MANY_RECIPIENTS = Reply(452, "4.5.3", "Too many recipients")
-TLS_NOT_AVAILABLE = Reply(454, "4.7.0", "TLS not available")
 AUTH_TEMPORARY_FAILURE = Reply(454, "4.7.0", "Temporary authentication failure")
 
 # --- 5xx: syntax and sequence
@@ -100,9 +98,7 @@ BAD_SEQUENCE = Reply(503, "5.5.1", "Bad sequence of commands")
 HELO_FIRST = Reply(503, "5.5.1", "Send HELO/EHLO first")
 NESTED_MAIL = Reply(503, "5.5.1", "Sender already specified")
 NEED_MAIL = Reply(503, "5.5.1", "Need MAIL command first")
-NEED_RCPT = Reply(503, "5.5.1", "Need RCPT command first")
 DATA_AFTER_BDAT = Reply(503, "5.5.1", "DATA cannot follow BDAT in one transaction")
-BINARYMIME_NEEDS_BDAT = Reply(503, "5.5.1", "BODY=BINARYMIME requires BDAT")
 ALREADY_AUTHENTICATED = Reply(503, "5.5.1", "Already authenticated")
 AUTH_IN_TRANSACTION = Reply(503, "5.5.1", "AUTH not permitted during a mail transaction")
 TLS_ALREADY_ACTIVE = Reply(503, "5.5.1", "TLS already active")
@@ -126,7 +122,6 @@ NUL_IN_MESSAGE = Reply(550, "5.6.0", "Message contains NUL characters")
 DATA_LINE_TOO_LONG = Reply(500, "5.5.2", "Line too long in message (limit is 1000 octets)")
 NEEDS_SMTPUTF8 = Reply(553, "5.6.7", "Non-ASCII address requires SMTPUTF8")
 BINARYMIME_NOT_SUPPORTED = Reply(555, "5.5.4", "BODY=BINARYMIME not supported")
-TRANSACTION_FAILED = Reply(554, "5.0.0", "Transaction failed")
 
 
 @lru_cache(maxsize=512)

@@ -24,7 +24,7 @@ from sqlalchemy import create_engine, event, exc, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, succeed
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
@@ -204,7 +204,7 @@ class Database:
             d = self.run(probe)
         except RuntimeError as exc:
             log.warning("database ping failed", error=str(exc))
-            return _succeed(False)
+            return succeed(False)
         return d.addErrback(failed)
 
 
@@ -237,12 +237,6 @@ def _ping_when_idle(engine: Engine, idle: float) -> None:
         except Exception as error:
             # the pool discards this connection and checks out (or opens) another
             raise exc.DisconnectionError(f"stale pooled connection: {error}") from error
-
-
-def _succeed(value: bool) -> Deferred[bool]:
-    d: Deferred[bool] = Deferred()
-    d.callback(value)
-    return d
 
 
 def _check_plain(result: Any) -> None:

@@ -10,7 +10,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
-from postroom.rules import Rule, RulesError, parse_rules
+from postroom.rules import RulesError, parse_rules
 from postroom.store.addresses import normalise_address
 from postroom.store.errors import NotFound
 from postroom.store.models import User, mail_rules, vacation_replies
@@ -55,13 +55,6 @@ def get_rules(session: Session, address: str) -> list[Any]:
     stored = session.execute(select(mail_rules.c.rules).where(mail_rules.c.user_id == user_id)
                              ).scalar_one_or_none()
     return list(stored or [])
-
-
-def rules_for_user(session: Session, user_id: int) -> list[Rule]:
-    """The parsed rules of an account, for delivery (empty when none)."""
-    stored = session.execute(select(mail_rules.c.rules).where(mail_rules.c.user_id == user_id)
-                             ).scalar_one_or_none()
-    return parse_rules(stored) if stored else []
 
 
 def claim_vacation_reply(session: Session, user_id: int, sender: str, days: int,

@@ -147,13 +147,6 @@ def get_user(session: Session, address: str) -> UserInfo | None:
     return _info(*found) if found else None
 
 
-def get_user_by_id(session: Session, user_id: int) -> UserInfo | None:
-    found = session.execute(
-        select(User, Domain.name).join(Domain, Domain.id == User.domain_id)
-        .where(User.id == user_id)).first()
-    return _info(found[0], found[1]) if found else None
-
-
 def list_users(session: Session, domain: str | None = None) -> list[UserInfo]:
     """Every account, or those of one domain, by address."""
     query = select(User, Domain.name).join(Domain, Domain.id == User.domain_id)
