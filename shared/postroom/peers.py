@@ -15,15 +15,25 @@ def is_tls(transport: Any) -> bool:
                 or interfaces.INegotiated.providedBy(transport))
 
 
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def parse_ip(text: str) -> IPAddress | None:
+    """``text`` as an address, IPv4-mapped IPv6 (``::ffff:192.0.2.1``) as the IPv4 it maps;
+    None when it is not one. The one place a peer's address text is parsed."""
+    try:
+        address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
 def is_loopback(host: str) -> bool:
     """127.0.0.0/8, ::1 and IPv4-mapped loopback; anything unparsable is not loopback."""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
-    return address.is_loopback
+    address = parse_ip(host)
+    return address is not None and address.is_loopback
 
 
 # one IPv6 subscriber usually holds a whole /64 (RFC 6177), so it can take a fresh address

@@ -28,6 +28,7 @@ from twisted.python.failure import Failure
 
 from postroom.logs import get_logger
 from postroom.metrics import Metrics
+from postroom.peers import parse_ip
 
 _log = get_logger("proxyproto")
 
@@ -160,12 +161,9 @@ def parse_networks(items: Iterable[str]) -> tuple[ipaddress.IPv4Network | ipaddr
 
 def is_trusted(ip: str, networks: Iterable[ipaddress.IPv4Network | ipaddress.IPv6Network]) -> bool:
     """True when ``ip`` is inside one of ``networks`` (IPv4-mapped IPv6 counts as IPv4)."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
+    address = parse_ip(ip)
+    if address is None:
         return False
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     return any(address.version == net.version and address in net for net in networks)
 
 

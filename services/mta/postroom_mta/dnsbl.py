@@ -19,6 +19,7 @@ from twisted.python.threadpool import ThreadPool
 
 from postroom.dns import DNSError, Resolver
 from postroom.logs import get_logger
+from postroom.peers import parse_ip
 from postroom.smtp.replies import Reply
 
 _log = get_logger("dnsbl")
@@ -29,12 +30,9 @@ _ERROR_CODES = ipaddress.ip_network("127.255.255.0/24")
 
 def query_name(ip: str, zone: str) -> str | None:
     """The name to look up for ``ip`` in ``zone`` (nibbles for IPv6), or None if not an IP."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
+    address = parse_ip(ip)
+    if address is None:
         return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     if address.version == 4:
         labels = str(address).split(".")
     else:

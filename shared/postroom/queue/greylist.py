@@ -14,6 +14,8 @@ import time
 
 import redis
 
+from postroom.peers import parse_ip
+
 # how long a first sighting waits for its retry, and how long a passed triplet is remembered
 RETRY_WINDOW = 2 * 86400
 PASS_TTL = 36 * 86400
@@ -21,12 +23,9 @@ PASS_TTL = 36 * 86400
 
 def client_network(ip: str) -> str:
     """The network greylisting keys on: /24 for IPv4, /64 for IPv6 (the address if unparsable)."""
-    try:
-        address = ipaddress.ip_address(ip)
-    except ValueError:
+    address = parse_ip(ip)
+    if address is None:
         return ip
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     prefix = 24 if address.version == 4 else 64
     return str(ipaddress.ip_network(f"{address}/{prefix}", strict=False))
 
