@@ -52,6 +52,7 @@ from postroom.store.migrate import upgrade
 from postroom.tls import make_self_signed
 from tests.support.db import create_test_database, drop_test_database
 from tests.support.dns import LOOPBACK_ENV, DNSServer
+from tests.support.ports import free_port
 from tests.support.procs import ServiceProcess, base_env, cli_argv
 from tests.support.redisdb import delete_prefix, wait_until
 
@@ -71,9 +72,7 @@ def _port_free(address: str, port: int) -> bool:
 def shared_free_port(*addresses: str) -> int:
     """A TCP port free on every one of ``addresses`` (so one number serves them all)."""
     for _ in range(200):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind((addresses[0], 0))
-            candidate = int(sock.getsockname()[1])
+        candidate = free_port(addresses[0])  # outside the ephemeral range (tests.support.ports)
         if all(_port_free(a, candidate) for a in addresses):
             return candidate
     raise RuntimeError(f"no port free on all of {addresses}")

@@ -2,13 +2,27 @@
 
 from __future__ import annotations
 
+import random
 import socket
 
 import pytest
 
+# Below Linux's ephemeral range (32768-60999 by default): a port the kernel handed out for
+# bind(0) can be taken by any outgoing connection (a client, a database pool) between the
+# moment it is read and the moment the server binds it; a port from this range cannot.
+_RANGE = (20000, 32000)
+
 
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on right now (bind to 0, read, release)."""
+    """A TCP port that nothing listens on right now, outside the ephemeral range."""
+    for _ in range(200):
+        candidate = random.randrange(*_RANGE)
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            try:
+                sock.bind((host, candidate))
+            except OSError:
+                continue
+            return candidate
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
