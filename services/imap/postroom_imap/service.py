@@ -33,7 +33,7 @@ def build_factory(ctx: ServiceContext) -> tuple[IMAPFactory, ChangeListener]:
     pool = ctx.thread_pool("redis", REDIS_THREADS)
     listener = ChangeListener(ctx.redis, settings.redis_prefix, ctx.reactor)
     accounts = StoreAccounts(
-        ctx.database, ctx.redis, pool, prefix=settings.redis_prefix,
+        ctx.db, ctx.redis, pool, prefix=settings.redis_prefix,
         limiter=LoginRateLimiter.from_settings(ctx.redis, settings), listener=listener,
         reactor=ctx.reactor, cpu_pool=ctx.thread_pool("cpu", CPU_THREADS))
     factory = IMAPFactory(

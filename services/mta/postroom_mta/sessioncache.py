@@ -52,6 +52,7 @@ from typing import Any
 from prometheus_client import Counter
 from twisted.internet import defer
 
+from postroom.interfaces import ReactorThreads
 from postroom.logs import Logger, get_logger
 from postroom_mta.smtpclient import (
     DEFAULT_TIMEOUTS,
@@ -94,7 +95,8 @@ class SessionCache:
     """Idle outbound sessions by :class:`SessionKey`; :meth:`attempt` is a drop-in for
     :func:`postroom_mta.smtpclient.attempt` that takes one when it can."""
 
-    def __init__(self, reactor: Any, *, idle: float = IDLE, reuse_limit: int = REUSE_LIMIT,
+    def __init__(self, reactor: ReactorThreads, *, idle: float = IDLE,
+                 reuse_limit: int = REUSE_LIMIT,
                  max_idle: int = 50, max_idle_per_key: int = 5,
                  reused: Counter | None = None, logger: Logger | None = None) -> None:
         self.reactor = reactor
@@ -112,7 +114,7 @@ class SessionCache:
         """Idle sessions now."""
         return sum(len(parked) for parked in self._sessions.values())
 
-    async def attempt(self, reactor: Any, envelope: Envelope, message: MessageSource,
+    async def attempt(self, reactor: ReactorThreads, envelope: Envelope, message: MessageSource,
                       traits: MessageTraits, *, address: str, port: int, helo_name: str,
                       host: str | None = None, timeouts: Timeouts = DEFAULT_TIMEOUTS,
                       tls: TLSPolicy = OPPORTUNISTIC, chunk_size: int = DEFAULT_CHUNK_SIZE,

@@ -18,7 +18,7 @@ def build_factory(ctx: ServiceContext) -> POP3Factory:
     settings = ctx.settings
     pool = ctx.thread_pool("redis", REDIS_THREADS)
     authority = StoreAuthority(
-        ctx.database, ctx.redis, pool, prefix=settings.redis_prefix,
+        ctx.db, ctx.redis, pool, prefix=settings.redis_prefix,
         limiter=LoginRateLimiter.from_settings(ctx.redis, settings), reactor=ctx.reactor)
     return POP3Factory(
         authority, hostname=settings.hostname, tls=ctx.tls,

@@ -51,7 +51,7 @@ def start_stream_worker(ctx: ServiceContext, client: Any, queue: QueueClient, *,
                               claim_idle=settings.queue_claim_idle,
                               grace=settings.shutdown_grace * CONSUMER_GRACE_SHARE,
                               reactor=ctx.reactor, metrics=ctx.metrics)
-    reconciler = Reconciler(ctx.database, queue, settings, reactor=ctx.reactor)
+    reconciler = Reconciler(ctx.db, queue, settings, reactor=ctx.reactor)
     gauges = QueueGauges(queue, ctx.metrics, (stream,), pool=ctx.thread_pool("metrics", 1),
                          reactor=ctx.reactor)
     # registered oldest first; they run newest first
