@@ -25,7 +25,7 @@ from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.python.failure import Failure
 
-from postroom.interfaces import ReactorTime, global_reactor
+from postroom.interfaces import DelayedCall, ReactorTime, global_reactor
 from postroom.logs import get_logger
 from postroom.metrics import Metrics
 
@@ -217,7 +217,7 @@ class ProxyProtocolWrapper(Protocol):
         self.proxy_factory = factory
         self.wrapped: Any = None
         self._buffer = b""
-        self._timer: Any = None
+        self._timer: DelayedCall | None = None
         self._done = False
         self._proxy_ip = ""
 

@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, tcp
 from twisted.internet.defer import Deferred
@@ -34,8 +34,11 @@ from postroom.logs import Logger, configure, get_logger
 from postroom.metrics import Metrics
 from postroom.proxyproto import ProxyProtocolFactory, refused_total
 from postroom.service import ServiceSpec, UnknownService, load_service
-from postroom.store.db import Database
 from postroom.tls import ServerTLS, TLSConfigError, wrap_implicit
+
+if TYPE_CHECKING:  # both imported when a service needs them (the store and Redis are optional)
+    from postroom.queue.redisclient import RedisClient
+    from postroom.store.db import Database
 
 EXIT_OK = 0
 EXIT_STARTUP = 2
@@ -138,7 +141,8 @@ class ServiceContext:
     """Everything a service gets at start: settings, logger, clients, TLS, metrics, health."""
 
     def __init__(self, name: str, settings: Settings, reactor: Reactor, *,
-                 database: Database | None = None, redis: Any = None, tls: ServerTLS | None = None,
+                 database: Database | None = None, redis: RedisClient | None = None,
+                 tls: ServerTLS | None = None,
                  metrics: Metrics | None = None, health: health_mod.Health | None = None,
                  log: Logger | None = None) -> None:
         self.name = name
@@ -163,6 +167,13 @@ class ServiceContext:
         if self.database is None:
             raise StartupError(f"{self.name} uses the database but its spec does not need it")
         return self.database
+
+    @property
+    def redis_client(self) -> RedisClient:
+        """The Redis client, for a service whose spec sets ``needs_redis`` (opened before start)."""
+        if self.redis is None:
+            raise StartupError(f"{self.name} uses Redis but its spec does not need it")
+        return self.redis
 
     def listen(self, endpoint: str, factory: IProtocolFactory, *,
                implicit_tls: bool = False) -> Deferred[IListeningPort]:
@@ -324,7 +335,7 @@ def _open_database(settings: Settings) -> Any:
     return database
 
 
-def _open_redis(settings: Settings, log: Logger) -> Any:
+def _open_redis(settings: Settings, log: Logger) -> RedisClient:
     import redis
 
     assert settings.redis_url is not None

@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.threadpool import ThreadPool
 
 from postroom import dmarcreport
 from postroom.config import DmarcOverride, Settings
@@ -66,10 +67,10 @@ def report_config(settings: Settings) -> ReportConfig:
                         settle=dmarcreport.report_settle(settings.dmarc_report_interval))
 
 
-def build_scheduler(ctx: ServiceContext, resolver: Resolver, pool: Any) -> ReportScheduler:
+def build_scheduler(ctx: ServiceContext, resolver: Resolver, pool: ThreadPool) -> ReportScheduler:
     """The aggregate report scheduler over the context's database and Redis."""
     settings = ctx.settings
-    queue = QueueClient(ctx.redis, settings.redis_prefix)
+    queue = QueueClient(ctx.redis_client, settings.redis_prefix)
     enqueuer = Enqueuer(queue, ctx.thread_pool("redis", REDIS_THREADS), ctx.reactor)
     return ReportScheduler(ctx.db, enqueuer, resolver, report_config(settings),
                            dns_pool=pool, reactor=ctx.reactor,
@@ -77,7 +78,7 @@ def build_scheduler(ctx: ServiceContext, resolver: Resolver, pool: Any) -> Repor
                            retention=settings.dmarc_results_retention)
 
 
-def build_scanner(ctx: ServiceContext, pool: Any) -> IncomingScanner:
+def build_scanner(ctx: ServiceContext, pool: ThreadPool) -> IncomingScanner:
     """The reader of incoming aggregate reports in POSTROOM_DMARC_REPORT_MAILBOX."""
     settings = ctx.settings
     limits = dmarcreport.IncomingLimits(max_compressed=settings.dmarc_report_max_size,

@@ -15,7 +15,7 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
-from postroom.interfaces import ReactorThreads, global_reactor
+from postroom.interfaces import DelayedCall, ReactorThreads, global_reactor
 from postroom.logs import get_logger
 from postroom.store.db import Database, StoreSession
 from postroom.store.dmarc import DmarcRecord, record_result, record_results
@@ -149,7 +149,8 @@ class ResultRecorder:
         self._buffer: list[tuple[str | None, DmarcRecord]] = []
         self._writing = 0
         self._started = float("-inf")  # when the last write started (reactor.seconds())
-        self._timer: Any = None  # the delayed write, while rows wait out min_interval
+        # the delayed write, while rows wait out min_interval
+        self._timer: DelayedCall | None = None
         self._idle_waiters: list[defer.Deferred[None]] = []
 
     @property

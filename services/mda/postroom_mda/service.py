@@ -31,7 +31,14 @@ from postroom.queue.reconciler import enqueue_after_commit
 from postroom.queue.redisclient import RedisError
 from postroom.queue.streams import QueueClient
 from postroom.store import spool
-from postroom.store.db import Database, DataError, connection_lost, driver_message, retryable
+from postroom.store.db import (
+    Database,
+    DataError,
+    StoreSession,
+    connection_lost,
+    driver_message,
+    retryable,
+)
 from postroom_mda.delivery import DELIVERED, MISSING, Options, Outcome, deliver_recipient
 
 ATTEMPTS = 3
@@ -44,7 +51,7 @@ def change_event(outcome: Outcome) -> events.ChangeEvent:
                               uid=outcome.uid)
 
 
-def _defer_after_error(session: Any, recipient_id: int, error: str, options: Options,
+def _defer_after_error(session: StoreSession, recipient_id: int, error: str, options: Options,
                        now: datetime) -> None:
     _info, rcpt = spool.get_recipient(session, recipient_id)
     if rcpt.state != "pending":

@@ -65,15 +65,15 @@ def build_policy(ctx: ServiceContext, keyring: Keyring | None = None) -> MSAPoli
     settings = ctx.settings
     redis_pool = ctx.thread_pool("redis", REDIS_THREADS)
     sign_pool = ctx.thread_pool("dkim", SIGN_THREADS)
-    queue = QueueClient(ctx.redis, settings.redis_prefix)
-    limits = SendingLimits(ctx.redis, settings.redis_prefix,
+    queue = QueueClient(ctx.redis_client, settings.redis_prefix)
+    limits = SendingLimits(ctx.redis_client, settings.redis_prefix,
                            messages_per_hour=settings.msa_max_messages_per_hour,
                            recipients_per_day=settings.msa_max_recipients_per_day)
     submitter = Submitter(ctx.db, Enqueuer(queue, redis_pool, ctx.reactor), limits,
                           hostname=settings.hostname, sign_pool=sign_pool,
                           redis_pool=redis_pool, reactor=ctx.reactor, metrics=ctx.metrics,
                           keyring=keyring)
-    return MSAPolicy(ctx.db, limiter=LoginRateLimiter.from_settings(ctx.redis, settings),
+    return MSAPolicy(ctx.db, limiter=LoginRateLimiter.from_settings(ctx.redis_client, settings),
                      limits=limits, submitter=submitter, redis_pool=redis_pool,
                      reactor=ctx.reactor,
                      allow_plaintext_auth_on_loopback=settings.allow_plaintext_auth_on_loopback)

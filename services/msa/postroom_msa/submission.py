@@ -34,7 +34,7 @@ from postroom.smtp.received import received_header
 from postroom.smtp.replies import Reply
 from postroom.smtp.session import Envelope, Session
 from postroom.store.addresses import normalise_domain
-from postroom.store.db import Database
+from postroom.store.db import Database, StoreSession
 from postroom.store.errors import InvalidAddress
 from postroom.store.queueid import new_queue_id
 from postroom.store.spool import NewRecipient
@@ -147,7 +147,7 @@ def _domain_of(address: str) -> str | None:
         return None
 
 
-def _check_content(session: Any, user_id: int, own_address: str, addresses: Sequence[str],
+def _check_content(session: StoreSession, user_id: int, own_address: str, addresses: Sequence[str],
                    signing_domain: str | None) -> tuple[list[str], list[lookups.SigningKey]]:
     refused = lookups.not_owned(session, user_id, own_address, addresses)
     keys = lookups.signing_keys(session, signing_domain) if signing_domain else []

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.python.threadpool import ThreadPool
 
 from postroom import authres
 from postroom.config import Settings
@@ -48,6 +49,7 @@ from postroom.store.addresses import normalise_address
 from postroom.store.db import Database
 from postroom.store.db import StoreSession as DBSession
 from postroom.store.queueid import new_queue_id
+from postroom.tls import ServerTLS
 from postroom_mta.dmarcclient import DMARCClient, Verdict
 from postroom_mta.dnsbl import DNSBL
 from postroom_mta.greylist import Greylist
@@ -329,8 +331,9 @@ class InboundPolicy(BasePolicy):
         return defer.DeferredList(list(self._in_flight), consumeErrors=True)
 
 
-def build_policy(settings: Settings, database: Database, queue: QueueClient, *, redis_pool: Any,
-                 dns_pool: Any = None, dmarc: VerdictSource | None = None,
+def build_policy(settings: Settings, database: Database, queue: QueueClient, *,
+                 redis_pool: ThreadPool,
+                 dns_pool: ThreadPool | None = None, dmarc: VerdictSource | None = None,
                  metrics: Metrics | None = None,
                  reactor: ReactorThreads | None = None) -> InboundPolicy:
     """The inbound policy with its collaborators made from settings (used by tests too)."""
@@ -350,7 +353,8 @@ def build_policy(settings: Settings, database: Database, queue: QueueClient, *, 
         dnsbl=dnsbl, metrics=metrics, clock=reactor)
 
 
-def build_factory(settings: Settings, policy: InboundPolicy, *, tls: Any = None,
+def build_factory(settings: Settings, policy: InboundPolicy, *,
+                  tls: ServerTLS | None = None,
                   clock: ReactorTime | None = None,
                   metrics: Metrics | None = None) -> SMTPServerFactory:
     """The port-25 SMTP factory (its ``proxy:`` listeners wrap it in the shared PROXY one)."""

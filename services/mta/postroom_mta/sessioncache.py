@@ -47,12 +47,11 @@ handshake and EHLO. Decisions:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import Counter
 from twisted.internet import defer
 
-from postroom.interfaces import ReactorThreads
+from postroom.interfaces import DelayedCall, ReactorThreads
 from postroom.logs import Logger, get_logger
 from postroom_mta.smtpclient import (
     DEFAULT_TIMEOUTS,
@@ -88,7 +87,7 @@ class SessionKey:
 class _Idle:
     key: SessionKey
     protocol: SMTPClientProtocol
-    timer: Any  # IDelayedCall
+    timer: DelayedCall | None
 
 
 class SessionCache:
@@ -182,7 +181,8 @@ class SessionCache:
             self._evict(parked[0])
         if len(self) > self.max_idle:
             oldest = min((p[0] for p in self._sessions.values() if p),
-                         key=lambda e: e.timer.getTime())
+                         # a parked entry has its timer (None only while it expires)
+                         key=lambda e: e.timer.getTime() if e.timer else float("-inf"))
             self._evict(oldest)
 
     def _unpark(self, entry: _Idle) -> None:

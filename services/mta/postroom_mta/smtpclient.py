@@ -64,7 +64,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from postroom.interfaces import ReactorThreads, ReactorTime
+from postroom.interfaces import DelayedCall, ReactorThreads, ReactorTime
 from postroom.logs import Logger, get_logger
 from postroom.smtp.replies import Reply
 from postroom.tls import TLSInfo, negotiated
@@ -345,7 +345,7 @@ class SMTPClientProtocol(LineReceiver):
         self._parser = ReplyParser()
         self._expect: deque[tuple[str, Callable[[Reply], None]]] = deque()
         self._results: dict[int, RecipientResult] = {}
-        self._timer: Any = None  # an IDelayedCall
+        self._timer: DelayedCall | None = None
         self._pending: list[int] = []  # indexes of the recipients sent in RCPT, in order
         self._producer: DataProducer | None = None
         self._bdat: Iterator[tuple[bytes, bool]] | None = None
