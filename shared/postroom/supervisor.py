@@ -19,7 +19,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from twisted.internet import defer, protocol
 from twisted.internet.defer import Deferred
@@ -31,6 +31,9 @@ from postroom.logs import configure, get_logger
 from postroom.runtime import ReactorStop, serve_argv
 from postroom.secretbox import SecretError
 from postroom.store.db import Database
+
+if TYPE_CHECKING:  # imported where `up` starts it
+    from postroom.localinfra import LocalInfra
 
 log = get_logger("supervisor")
 
@@ -416,7 +419,7 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _stop_infra(infra: Any) -> None:
+def _stop_infra(infra: LocalInfra) -> None:
     """Stop the private servers (bounded by their timeouts) with stop signals ignored.
 
     `up` is on its way out; a second Ctrl-C here would otherwise leave a

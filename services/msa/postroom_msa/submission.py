@@ -21,7 +21,7 @@ from twisted.python.threadpool import ThreadPool
 
 from postroom import dkimsign
 from postroom.interfaces import ReactorThreads, defer_to_pool
-from postroom.logs import get_logger
+from postroom.logs import Logger, get_logger
 from postroom.metrics import Metrics, errors_total, messages_total
 from postroom.mime.addresses import parse_addresses
 from postroom.mime.headers import HeaderBlock, scan_header
@@ -242,7 +242,7 @@ class Submitter:
         return await self._accept(session, envelope, message, block, keys, slog)
 
     async def _accept(self, session: Session, envelope: Envelope, message: bytes,
-                      block: HeaderBlock, keys: list[lookups.SigningKey], slog: Any) -> Reply:
+                      block: HeaderBlock, keys: list[lookups.SigningKey], slog: Logger) -> Reply:
         queue_id = new_queue_id()
         slog = slog.bind(queue_id=queue_id)
         now = datetime.now(UTC)

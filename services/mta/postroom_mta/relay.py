@@ -64,6 +64,7 @@ from postroom_mta.smtpclient import (
     DeliveryResult,
     Outcome,
     Recipient,
+    RecipientResult,
     Timeouts,
     TLSPolicy,
 )
@@ -261,7 +262,7 @@ class Relay:
             # only a wake-up: the reconciler's periodic pass finds the due recipient anyway
             log.warning("retry wake-up not set", error=str(exc))
 
-    def _log_outcome(self, log: Logger, rcpt: RemoteRecipient, reply: Any,
+    def _log_outcome(self, log: Logger, rcpt: RemoteRecipient, reply: RecipientResult,
                      recorded: Recorded, elapsed: float) -> None:
         outcome = recorded.outcomes.get(rcpt.id, "duplicate")
         if self._outcomes is not None:

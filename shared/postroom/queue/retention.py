@@ -34,7 +34,7 @@ from twisted.python.failure import Failure
 
 from postroom.config import Settings
 from postroom.dmarcreport import report_row_lifetime
-from postroom.interfaces import ReactorThreads, global_reactor, twisted_clock
+from postroom.interfaces import DelayedCall, ReactorThreads, global_reactor, twisted_clock
 from postroom.logs import Logger, get_logger
 from postroom.metrics import Metrics
 from postroom.store import spool
@@ -104,7 +104,7 @@ class SpoolPurger:
         self._counter = purged_counter(metrics) if metrics is not None else None
         self._loop = LoopingCall(self._tick)
         self._loop.clock = twisted_clock(reactor)
-        self._delayed: Any = None
+        self._delayed: DelayedCall | None = None
         self._current: Deferred[int] | None = None
         self._stopping = False
         self.purged_total = 0

@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from postroom.queue.consumer import Handler, StreamConsumer
 from postroom.queue.gauges import QueueGauges
 from postroom.queue.reconciler import Reconciler
+from postroom.queue.redisclient import RedisClient
 from postroom.queue.streams import QueueClient
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ class StreamWorker:
     gauges: QueueGauges
 
 
-def start_stream_worker(ctx: ServiceContext, client: Any, queue: QueueClient, *, stream: str,
+def start_stream_worker(ctx: ServiceContext, client: RedisClient, queue: QueueClient, *,
+                        stream: str,
                         group: str, handler: Handler, concurrency: int,
                         stop_after_consumer: Sequence[Callable[[], Any]] = ()) -> StreamWorker:
     """Consume ``stream`` as ``group`` with ``handler``, reconcile the spool, export gauges.

@@ -25,6 +25,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from twisted.internet.defer import Deferred, succeed
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from postroom.config import ConfigError, normalise_database_url
@@ -196,7 +197,7 @@ class Database:
         def probe(session: Session) -> bool:
             return session.execute(text("SELECT 1")).scalar() == 1
 
-        def failed(failure: Any) -> bool:
+        def failed(failure: Failure) -> bool:
             log.warning("database ping failed", error=failure.getErrorMessage())
             return False
 
