@@ -12,7 +12,7 @@ PYTEST_ARGS ?=
 help:
 	@echo "make run    - install into .venv and run the whole suite on this machine (postroom up --demo)"
 	@echo "make test   - install into .venv and run the whole test suite (needs PostgreSQL and Redis on 127.0.0.1)"
-	@echo "make lint   - ruff, mypy on the library, import-linter contracts"
+	@echo "make lint   - ruff, mypy on the library and services, import-linter contracts"
 	@echo "make bench  - benchmarks against peers (prints figures; never part of make test)"
 	@echo "make fuzz   - atheris on the SMTP, IMAP, POP3 and MIME parsers (FUZZ_SECONDS=60 each)"
 	@echo "make up / down / logs S=<service> - docker compose wrappers"

@@ -18,12 +18,12 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web import resource, server
 from twisted.web.server import Request
 
+from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
 from postroom.internalauth import authorized, warn_if_exposed
 from postroom.logs import get_logger
 from postroom.metrics import CONTENT_TYPE, Metrics
@@ -36,7 +36,7 @@ Check = Callable[[], Any]
 class Health:
     """The registered checks of one process and how to run them."""
 
-    def __init__(self, reactor: Any, *, timeout: float = 2.0, threads: int = 2) -> None:
+    def __init__(self, reactor: ReactorThreads, *, timeout: float = 2.0, threads: int = 2) -> None:
         self.reactor = reactor
         self.timeout = timeout
         self._checks: dict[str, tuple[Check, bool]] = {}
@@ -62,10 +62,10 @@ class Health:
             if not self._pool_started:
                 self._pool.start()
                 self._pool_started = True
-            d = deferToThreadPool(self.reactor, self._pool, fn)
+            d = defer_to_pool(self.reactor, self._pool, fn)
         else:
             d = defer.maybeDeferred(fn)
-        d.addTimeout(self.timeout, self.reactor)
+        d.addTimeout(self.timeout, twisted_clock(self.reactor))
         return d
 
     async def run(self) -> dict[str, dict[str, Any]]:
@@ -161,7 +161,7 @@ def make_site(health: Health, metrics: Metrics, token: str | None = None) -> ser
     return site
 
 
-def listen(reactor: Any, endpoint: str, health: Health, metrics: Metrics,
+def listen(reactor: ReactorThreads, endpoint: str, health: Health, metrics: Metrics,
            token: str | None = None) -> Deferred[IListeningPort]:
     """Serve `/healthz` and `/metrics` on ``endpoint`` (a Twisted server endpoint string)."""
     warn_if_exposed("/metrics", [endpoint], token, log)

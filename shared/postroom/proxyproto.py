@@ -22,10 +22,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.address import IPv4Address, IPv6Address
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol, ServerFactory
 from twisted.python.failure import Failure
 
+from postroom.interfaces import DelayedCall, ReactorTime, global_reactor
 from postroom.logs import get_logger
 from postroom.metrics import Metrics
 from postroom.peers import parse_ip
@@ -215,7 +215,7 @@ class ProxyProtocolWrapper(Protocol):
         self.proxy_factory = factory
         self.wrapped: Any = None
         self._buffer = b""
-        self._timer: Any = None
+        self._timer: DelayedCall | None = None
         self._done = False
         self._proxy_ip = ""
 
@@ -301,16 +301,14 @@ class ProxyProtocolFactory(ServerFactory):
     noisy = False
 
     def __init__(self, wrapped_factory: Any, trusted: Iterable[str], *,
-                 timeout: float = HEADER_TIMEOUT, clock: IReactorTime | None = None,
+                 timeout: float = HEADER_TIMEOUT, clock: ReactorTime | None = None,
                  metrics: Metrics | None = None, listener: str = "") -> None:
         if clock is None:
-            from twisted.internet import reactor
-
-            clock = reactor  # type: ignore[assignment]
+            clock = global_reactor()
         self.wrapped_factory = wrapped_factory
         self.trusted = parse_networks(trusted)
         self.timeout = timeout
-        self.clock: Any = clock
+        self.clock: ReactorTime = clock
         self.listener = listener
         self.refused = refused_total(metrics) if metrics is not None else None
         if self.refused is not None:

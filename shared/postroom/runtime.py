@@ -17,7 +17,7 @@ import socket
 import sys
 import threading
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, tcp
 from twisted.internet.defer import Deferred
@@ -29,11 +29,16 @@ from twisted.python.threadpool import ThreadPool
 
 from postroom import health as health_mod
 from postroom.config import ConfigError, Settings, load_settings, require, split_proxy
+from postroom.interfaces import Reactor, global_reactor, twisted_clock
 from postroom.logs import Logger, configure, get_logger
 from postroom.metrics import Metrics
 from postroom.proxyproto import ProxyProtocolFactory, refused_total
 from postroom.service import ServiceSpec, UnknownService, load_service
 from postroom.tls import ServerTLS, TLSConfigError, wrap_implicit
+
+if TYPE_CHECKING:  # both imported when a service needs them (the store and Redis are optional)
+    from postroom.queue.redisclient import RedisClient
+    from postroom.store.db import Database
 
 EXIT_OK = 0
 EXIT_STARTUP = 2
@@ -60,7 +65,7 @@ class ReactorStop:
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self, reactor: Any, log: Logger) -> None:
+    def __init__(self, reactor: Reactor, log: Logger) -> None:
         self.reactor = reactor
         self.log = log
         self.reason: str | None = None
@@ -124,7 +129,7 @@ class _SharedPort(tcp.Port):
         return sock
 
 
-def _listen_shared(reactor: Any, server: TCP4ServerEndpoint | TCP6ServerEndpoint,
+def _listen_shared(reactor: Reactor, server: TCP4ServerEndpoint | TCP6ServerEndpoint,
                    factory: IProtocolFactory) -> IListeningPort:
     # what TCP4ServerEndpoint.listen does through reactor.listenTCP, with our port class
     port = _SharedPort(server._port, factory, server._backlog, server._interface, reactor)
@@ -135,8 +140,9 @@ def _listen_shared(reactor: Any, server: TCP4ServerEndpoint | TCP6ServerEndpoint
 class ServiceContext:
     """Everything a service gets at start: settings, logger, clients, TLS, metrics, health."""
 
-    def __init__(self, name: str, settings: Settings, reactor: Any, *,
-                 database: Any = None, redis: Any = None, tls: ServerTLS | None = None,
+    def __init__(self, name: str, settings: Settings, reactor: Reactor, *,
+                 database: Database | None = None, redis: RedisClient | None = None,
+                 tls: ServerTLS | None = None,
                  metrics: Metrics | None = None, health: health_mod.Health | None = None,
                  log: Logger | None = None) -> None:
         self.name = name
@@ -154,6 +160,20 @@ class ServiceContext:
         self._stopping = False
 
     # --- what services call
+
+    @property
+    def db(self) -> Database:
+        """The database, for a service whose spec sets ``needs_database`` (opened before start)."""
+        if self.database is None:
+            raise StartupError(f"{self.name} uses the database but its spec does not need it")
+        return self.database
+
+    @property
+    def redis_client(self) -> RedisClient:
+        """The Redis client, for a service whose spec sets ``needs_redis`` (opened before start)."""
+        if self.redis is None:
+            raise StartupError(f"{self.name} uses Redis but its spec does not need it")
+        return self.redis
 
     def listen(self, endpoint: str, factory: IProtocolFactory, *,
                implicit_tls: bool = False) -> Deferred[IListeningPort]:
@@ -246,7 +266,7 @@ class ServiceContext:
             if not success:
                 self.log.warning("stop listening failed", error=value.getErrorMessage())
         hooks = defer.Deferred.fromCoroutine(self._run_hooks())
-        hooks.addTimeout(self.settings.shutdown_grace, self.reactor)
+        hooks.addTimeout(self.settings.shutdown_grace, twisted_clock(self.reactor))
         try:
             await hooks
         except defer.TimeoutError:
@@ -315,7 +335,7 @@ def _open_database(settings: Settings) -> Any:
     return database
 
 
-def _open_redis(settings: Settings, log: Logger) -> Any:
+def _open_redis(settings: Settings, log: Logger) -> RedisClient:
     import redis
 
     assert settings.redis_url is not None
@@ -330,7 +350,7 @@ def _open_redis(settings: Settings, log: Logger) -> Any:
     return client
 
 
-def _prepare(name: str, spec: ServiceSpec, settings: Settings, reactor: Any,
+def _prepare(name: str, spec: ServiceSpec, settings: Settings, reactor: Reactor,
              log: Logger) -> ServiceContext:
     """Everything blocking that must succeed before the reactor runs."""
     if spec.needs_database:
@@ -372,7 +392,7 @@ def _startup_message(exc: BaseException) -> tuple[str, bool]:
 
 
 def run_service(name: str, settings: Settings | None = None, *,
-                spec: ServiceSpec | None = None, reactor: Any = None) -> int:
+                spec: ServiceSpec | None = None, reactor: Reactor | None = None) -> int:
     """Run one service until SIGTERM/SIGINT; the process exit code (0, or 2 at start-up)."""
     configure(name.rpartition(":")[2].lower() if ":" in name else name)
     log = get_logger("runtime")
@@ -384,8 +404,7 @@ def run_service(name: str, settings: Settings | None = None, *,
             spec = resolve_spec(name)
         configure(spec.name, settings.log_level)
         if reactor is None:
-            from twisted.internet import reactor as default_reactor
-            reactor = default_reactor
+            reactor = global_reactor()
         ctx = _prepare(name, spec, settings, reactor, log)
     except KeyboardInterrupt:
         # Ctrl-C while starting (before the reactor and its handlers run): quiet, not a bug
@@ -405,7 +424,7 @@ def run_service(name: str, settings: Settings | None = None, *,
     return _run(spec, ctx, reactor, log)
 
 
-def _run(spec: ServiceSpec, ctx: ServiceContext, reactor: Any, log: Logger) -> int:
+def _run(spec: ServiceSpec, ctx: ServiceContext, reactor: Reactor, log: Logger) -> int:
     exit_code = [EXIT_OK]
     stop = ReactorStop(reactor, log)
     ctx.health.set_flag("service started", False)

@@ -19,16 +19,21 @@ import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 from twisted.internet import defer, protocol
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from postroom.config import PREFIX, ConfigError, Settings, load_settings
+from postroom.interfaces import Reactor, global_reactor
 from postroom.logs import configure, get_logger
 from postroom.runtime import ReactorStop, serve_argv
 from postroom.secretbox import SecretError
+from postroom.store.db import Database
+
+if TYPE_CHECKING:  # imported where `up` starts it
+    from postroom.localinfra import LocalInfra
 
 log = get_logger("supervisor")
 
@@ -101,7 +106,7 @@ class Child(protocol.ProcessProtocol):
 class Supervisor:
     """Starts, restarts and stops the service children."""
 
-    def __init__(self, reactor: Any, commands: Mapping[str, Sequence[str]],
+    def __init__(self, reactor: Reactor, commands: Mapping[str, Sequence[str]],
                  envs: Mapping[str, Mapping[str, str]], *, out: IO[str] | None = None,
                  grace: float = 20.0, min_uptime: float = MIN_UPTIME,
                  max_start_failures: int = MAX_START_FAILURES,
@@ -313,7 +318,6 @@ def _create_demo(url: str, secret_key_file: str | None,
                  old_key_files: Sequence[str] = ()) -> tuple[str, str]:
     from postroom.secretbox import Keyring
     from postroom.store import dkim, domains, users
-    from postroom.store.db import Database
     from postroom.store.errors import AlreadyExists
 
     password = secrets.token_urlsafe(12)
@@ -352,7 +356,7 @@ def _describe(name: str, settings: Settings, env: Mapping[str, str]) -> str:
     return f"  {name:<6} {where}   health http://127.0.0.1:{health}/healthz"
 
 
-def main(args: argparse.Namespace, *, reactor: Any = None,
+def main(args: argparse.Namespace, *, reactor: Reactor | None = None,
          environ: Mapping[str, str] | None = None) -> int:
     """Run `postroom up`; returns the exit code."""
     configure("up")
@@ -415,7 +419,7 @@ def _interrupt(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-def _stop_infra(infra: Any) -> None:
+def _stop_infra(infra: LocalInfra) -> None:
     """Stop the private servers (bounded by their timeouts) with stop signals ignored.
 
     `up` is on its way out; a second Ctrl-C here would otherwise leave a
@@ -426,11 +430,10 @@ def _stop_infra(infra: Any) -> None:
 
 
 def _supervise(names: Sequence[str], settings: Settings, environ: Mapping[str, str],
-               overrides: Mapping[str, str], demo: tuple[str, str] | None, reactor: Any,
-               *, json_output: bool = False) -> int:
+               overrides: Mapping[str, str], demo: tuple[str, str] | None,
+               reactor: Reactor | None, *, json_output: bool = False) -> int:
     if reactor is None:
-        from twisted.internet import reactor as default_reactor
-        reactor = default_reactor
+        reactor = global_reactor()
     envs: dict[str, dict[str, str]] = {}
     for name in names:
         env = {**environ, **overrides}

@@ -29,6 +29,7 @@ from twisted.internet.task import LoopingCall
 from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
+from postroom.interfaces import ReactorThreads, ReactorTime, twisted_clock
 from postroom.logs import get_logger
 
 log = get_logger("tls")
@@ -138,13 +139,13 @@ class ServerTLS:
             return self.reload()
         return False
 
-    def start_watching(self, reactor: Any = None) -> None:
+    def start_watching(self, reactor: ReactorTime | None = None) -> None:
         """Poll the files every ``watch_interval`` seconds on the reactor."""
         if self._watch is not None:
             return
         self._watch = LoopingCall(self.check)
         if reactor is not None:
-            self._watch.clock = reactor
+            self._watch.clock = twisted_clock(reactor)
         self._watch.start(self.watch_interval, now=False)
 
     def stop_watching(self) -> None:
@@ -152,7 +153,7 @@ class ServerTLS:
             self._watch.stop()
         self._watch = None
 
-    def install_sighup(self, reactor: Any) -> None:
+    def install_sighup(self, reactor: ReactorThreads) -> None:
         """Reload on SIGHUP (the signal arrives on the main thread; reload on the reactor)."""
         signal.signal(signal.SIGHUP, lambda _sig, _frame: reactor.callFromThread(self.reload))
 

@@ -172,10 +172,21 @@ class RedisDiesAfterCommit(Submitter):
         return super()._after_commit(spooled, user_id)
 
 
+class AfterCommitRaises(RedisDiesAfterCommit):
+    """A bug in the after-commit steps: they raise instead of returning their errors."""
+
+    def _after_commit(self, spooled: Spooled, user_id: int) -> Any:
+        self.spooled.append(spooled)
+        raise RuntimeError("a bug after the COMMIT")
+
+
 @pytest.fixture
-def inprocess_msa(twisted_reactor: Any, database: Database, own_redis: PrivateRedis,
+def inprocess_msa(request: pytest.FixtureRequest, twisted_reactor: Any, database: Database,
+                  own_redis: PrivateRedis,
                   tmp_path: Path) -> Iterator[tuple[int, RedisDiesAfterCommit, str]]:
-    """The msa policy and engine on a real implicit-TLS port in this process's reactor."""
+    """The msa policy and engine on a real implicit-TLS port in this process's reactor
+    (the submitter class is the test's parameter, RedisDiesAfterCommit by default)."""
+    submitter_class = getattr(request, "param", RedisDiesAfterCommit)
     make_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem", "localhost")
     prefix = f"prtest:{secrets.token_hex(6)}:"
     client = redis.Redis.from_url(own_redis.url, socket_timeout=5, socket_connect_timeout=5)
@@ -183,7 +194,7 @@ def inprocess_msa(twisted_reactor: Any, database: Database, own_redis: PrivateRe
     for pool in pools:
         pool.start()
     limits = SendingLimits(client, prefix, messages_per_hour=100, recipients_per_day=100)
-    submitter = RedisDiesAfterCommit(
+    submitter = submitter_class(
         database, Enqueuer(QueueClient(client, prefix), pools[0], twisted_reactor), limits,
         hostname="msa.test", sign_pool=pools[1], redis_pool=pools[0], reactor=twisted_reactor,
         redis_server=own_redis)
@@ -230,3 +241,32 @@ def test_redis_lost_after_commit_still_250_and_reconciler_enqueues_it(
     assert len(entries) == 1
     assert set(entries[0].recipient_ids) == set(submitter.spooled[0].recipient_ids)
 
+
+@pytest.mark.parametrize("inprocess_msa", [AfterCommitRaises], indirect=True)
+def test_a_raise_after_commit_still_250_and_reconciler_enqueues_it(
+        inprocess_msa: tuple[int, RedisDiesAfterCommit, str], database: Database,
+        account: Account, own_redis: PrivateRedis):
+    # Database.run_then hands back the exception of its `then` step in place of the
+    # result: the message is committed, so the client must hear 250, not 451 (a retry
+    # would send it twice), and the reconciler enqueues it as for a failed XADD
+    port, submitter, prefix = inprocess_msa
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    with smtplib.SMTP_SSL("127.0.0.1", port, timeout=20, context=context) as client:
+        client.login(account.address, PASSWORD)
+        client.mail(account.address)
+        client.rcpt("friend@remote.example")
+        code, reply = client.data(message(account.address))
+    assert code == 250, reply
+    queue_id = queue_id_of(reply)
+    assert [s.queue_id for s in submitter.spooled] == [queue_id]  # the raise was reached
+    assert [s.queue_id for s in spooled_from(database, account.address)] == [queue_id]
+    assert outbound(own_redis.url, prefix) == []
+    queue = QueueClient(connect(own_redis.url), prefix)
+    later = datetime.now(UTC) + timedelta(seconds=1)
+    try:
+        database.run_sync(reconcile_batch, queue, later, later)
+    finally:
+        queue.redis.close()
+    entries = [e for e in outbound(own_redis.url, prefix) if e.queue_id == queue_id]
+    assert len(entries) == 1

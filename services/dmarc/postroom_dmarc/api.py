@@ -24,13 +24,13 @@ from typing import Any
 
 from prometheus_client import Counter
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web import resource, server
 
 from postroom import authres
 from postroom.dns import Resolver
+from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
 from postroom.internalauth import authorized
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, dmarc_results_total
@@ -111,7 +111,8 @@ class CheckResource(resource.Resource):
 
     isLeaf = True
 
-    def __init__(self, resolver: Resolver, options: Options, pool: ThreadPool, reactor: Any, *,
+    def __init__(self, resolver: Resolver, options: Options, pool: ThreadPool,
+                 reactor: ReactorThreads, *,
                  max_inflight: int, deadline: float,
                  recorder: ResultRecorder | None = None, metrics: Metrics | None = None,
                  token: str | None = None) -> None:
@@ -161,8 +162,8 @@ class CheckResource(resource.Resource):
         await self.semaphore.acquire()
         try:
             deadline = time.monotonic() + self.deadline
-            work = deferToThreadPool(self.reactor, self.pool, self._evaluate, pending, deadline)
-            work.addTimeout(self.deadline, self.reactor)
+            work = defer_to_pool(self.reactor, self.pool, self._evaluate, pending, deadline)
+            work.addTimeout(self.deadline, twisted_clock(self.reactor))
             try:
                 verdict = await work
             except defer.TimeoutError:

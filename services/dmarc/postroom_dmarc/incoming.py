@@ -15,12 +15,13 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet import defer, task
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from postroom import dmarcreport
+from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
 from postroom.logs import get_logger
 from postroom.store import dmarc as dmarc_store
+from postroom.store.db import Database
 
 log = get_logger("dmarc-incoming")
 
@@ -30,7 +31,8 @@ BATCH = 20  # messages per database round; the rest wait for the next one
 class IncomingScanner:
     """Parses and stores new messages in the report mailbox every ``interval`` seconds."""
 
-    def __init__(self, database: Any, address: str, *, pool: ThreadPool, reactor: Any,
+    def __init__(self, database: Database, address: str, *, pool: ThreadPool,
+                 reactor: ReactorThreads,
                  interval: float = 60.0,
                  limits: dmarcreport.IncomingLimits | None = None) -> None:
         self.database = database
@@ -40,7 +42,7 @@ class IncomingScanner:
         self.interval = interval
         self.limits = limits or dmarcreport.IncomingLimits()
         self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = reactor
+        self._loop.clock = twisted_clock(reactor)
         self._current: defer.Deferred[Any] | None = None
 
     def start(self) -> None:
@@ -73,8 +75,8 @@ class IncomingScanner:
 
     async def _one(self, sha256: str, blob: bytes) -> str:
         try:
-            report = await deferToThreadPool(self.reactor, self.pool,
-                                             dmarcreport.parse_report_message, blob, self.limits)
+            report = await defer_to_pool(self.reactor, self.pool,
+                                         dmarcreport.parse_report_message, blob, self.limits)
         except Exception as exc:  # noqa: BLE001 - a mail that breaks the parser must not loop
             why = str(exc) if isinstance(exc, dmarcreport.ReportError) else "unparseable report"
             log.warning("dmarc report refused", message_sha256=sha256, error=why)

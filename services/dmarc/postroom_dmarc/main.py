@@ -6,6 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.threadpool import ThreadPool
 
 from postroom import dmarcreport
 from postroom.config import DmarcOverride, Settings
@@ -66,23 +67,23 @@ def report_config(settings: Settings) -> ReportConfig:
                         settle=dmarcreport.report_settle(settings.dmarc_report_interval))
 
 
-def build_scheduler(ctx: ServiceContext, resolver: Resolver, pool: Any) -> ReportScheduler:
+def build_scheduler(ctx: ServiceContext, resolver: Resolver, pool: ThreadPool) -> ReportScheduler:
     """The aggregate report scheduler over the context's database and Redis."""
     settings = ctx.settings
-    queue = QueueClient(ctx.redis, settings.redis_prefix)
+    queue = QueueClient(ctx.redis_client, settings.redis_prefix)
     enqueuer = Enqueuer(queue, ctx.thread_pool("redis", REDIS_THREADS), ctx.reactor)
-    return ReportScheduler(ctx.database, enqueuer, resolver, report_config(settings),
+    return ReportScheduler(ctx.db, enqueuer, resolver, report_config(settings),
                            dns_pool=pool, reactor=ctx.reactor,
                            org_domain_mode=settings.dmarc_org_domain,
                            retention=settings.dmarc_results_retention)
 
 
-def build_scanner(ctx: ServiceContext, pool: Any) -> IncomingScanner:
+def build_scanner(ctx: ServiceContext, pool: ThreadPool) -> IncomingScanner:
     """The reader of incoming aggregate reports in POSTROOM_DMARC_REPORT_MAILBOX."""
     settings = ctx.settings
     limits = dmarcreport.IncomingLimits(max_compressed=settings.dmarc_report_max_size,
                                         max_xml=settings.dmarc_report_max_xml_size)
-    return IncomingScanner(ctx.database, settings.dmarc_report_mailbox, pool=pool,
+    return IncomingScanner(ctx.db, settings.dmarc_report_mailbox, pool=pool,
                            reactor=ctx.reactor, interval=settings.dmarc_report_scan_interval,
                            limits=limits)
 
@@ -92,7 +93,7 @@ async def _start(ctx: ServiceContext) -> None:
     options = options_from_settings(settings)
     resolver = Resolver.from_settings(settings)
     pool = ctx.thread_pool("policy", POLICY_THREADS)
-    recorder = ResultRecorder(ctx.database)
+    recorder = ResultRecorder(ctx.db)
     check = CheckResource(resolver, options, pool, ctx.reactor, max_inflight=MAX_INFLIGHT,
                           deadline=deadline_for(settings), recorder=recorder,
                           metrics=ctx.metrics, token=settings.internal_token)

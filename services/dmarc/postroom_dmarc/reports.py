@@ -30,17 +30,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from twisted.internet import defer, task
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from postroom import dmarcreport
 from postroom.dns import DNSTempError, NXDomain, Resolver
+from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
 from postroom.logs import get_logger
 from postroom.queue.envelope import Envelope
 from postroom.queue.reconciler import Enqueuer
 from postroom.store import dmarc as dmarc_store
 from postroom.store import spool
-from postroom.store.db import StoreSession
+from postroom.store.db import Database, StoreSession
 from postroom.store.errors import NotFound
 from postroom_dmarc.discovery import Discoverer, lookup
 from postroom_dmarc.record import DMARCRecord, is_dmarc
@@ -224,8 +224,8 @@ def spool_report(session: StoreSession, domain: str, begin: datetime, end: datet
 class ReportScheduler:
     """Every little while, sends the reports of the last whole period that are not sent yet."""
 
-    def __init__(self, database: Any, enqueuer: Enqueuer, resolver: Resolver,
-                 config: ReportConfig, *, dns_pool: ThreadPool, reactor: Any,
+    def __init__(self, database: Database, enqueuer: Enqueuer, resolver: Resolver,
+                 config: ReportConfig, *, dns_pool: ThreadPool, reactor: ReactorThreads,
                  org_domain_mode: str = "psl", retention: float | None = None) -> None:
         self.database = database
         self.enqueuer = enqueuer
@@ -239,7 +239,7 @@ class ReportScheduler:
         self._period: datetime | None = None
         self._finished: set[str] = set()
         self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = reactor
+        self._loop.clock = twisted_clock(reactor)
         self._current: defer.Deferred[Any] | None = None
 
     @property
@@ -291,8 +291,8 @@ class ReportScheduler:
         fields = {"domain": domain, "begin": begin.isoformat(), "end": end.isoformat()}
         discoverer = Discoverer(self.resolver, self.org_domain_mode)
         try:
-            targets = await deferToThreadPool(self.reactor, self.dns_pool, find_targets,
-                                              self.resolver, domain, discoverer)
+            targets = await defer_to_pool(self.reactor, self.dns_pool, find_targets,
+                                          self.resolver, domain, discoverer)
         except DNSTempError as exc:
             log.warning("dmarc report deferred", reason="DNS", error=str(exc), **fields)
             return Outcome("retry")

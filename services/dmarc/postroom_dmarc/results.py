@@ -15,8 +15,9 @@ from typing import Any
 from twisted.internet import defer
 from twisted.python.failure import Failure
 
+from postroom.interfaces import DelayedCall, ReactorThreads, global_reactor
 from postroom.logs import get_logger
-from postroom.store.db import StoreSession
+from postroom.store.db import Database, StoreSession
 from postroom.store.dmarc import DmarcRecord, record_result, record_results
 from postroom_dmarc.dkimcheck import DKIMResult
 from postroom_dmarc.verdict import CheckRequest, Verdict
@@ -133,9 +134,9 @@ class ResultRecorder:
     rows.
     """
 
-    def __init__(self, database: Any, *, max_pending: int = MAX_PENDING,
+    def __init__(self, database: Database, *, max_pending: int = MAX_PENDING,
                  max_batch: int = MAX_BATCH, min_interval: float = MIN_INTERVAL,
-                 reactor: Any = None) -> None:
+                 reactor: ReactorThreads | None = None) -> None:
         self.database = database
         self.max_pending = max_pending
         self.max_batch = max_batch
@@ -143,13 +144,13 @@ class ResultRecorder:
         if reactor is None:
             reactor = getattr(database, "reactor", None)
         if reactor is None:
-            from twisted.internet import reactor as global_reactor
-            reactor = global_reactor
-        self.reactor: Any = reactor
+            reactor = global_reactor()
+        self.reactor: ReactorThreads = reactor
         self._buffer: list[tuple[str | None, DmarcRecord]] = []
         self._writing = 0
         self._started = float("-inf")  # when the last write started (reactor.seconds())
-        self._timer: Any = None  # the delayed write, while rows wait out min_interval
+        # the delayed write, while rows wait out min_interval
+        self._timer: DelayedCall | None = None
         self._idle_waiters: list[defer.Deferred[None]] = []
 
     @property

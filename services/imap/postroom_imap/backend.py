@@ -16,18 +16,18 @@ from datetime import datetime
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from postroom.auth.authcache import AuthCache
 from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
 from postroom.auth.sasl import ScramSecrets
+from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import get_logger
 from postroom.queue import events
 from postroom.queue.redisclient import RedisClient, RedisError
 from postroom.store import users
-from postroom.store.db import UNAVAILABLE
+from postroom.store.db import UNAVAILABLE, Database
 from postroom_imap import mailstore
 from postroom_imap.policy import (
     AuthFailed,
@@ -52,7 +52,7 @@ log = get_logger("imap")
 class ChangeListener:
     """One pub/sub subscription per process, fanned out to watching sessions on the reactor."""
 
-    def __init__(self, client: RedisClient, prefix: str, reactor: Any) -> None:
+    def __init__(self, client: RedisClient, prefix: str, reactor: ReactorThreads) -> None:
         self.client = client
         self.prefix = prefix
         self.reactor = reactor
@@ -111,9 +111,9 @@ class ChangeListener:
 class StoreAccounts:
     """Accounts over the store, with the shared failed-login limits in Redis."""
 
-    def __init__(self, database: Any, client: RedisClient, redis_pool: ThreadPool, *,
+    def __init__(self, database: Database, client: RedisClient, redis_pool: ThreadPool, *,
                  prefix: str, limiter: LoginRateLimiter | None, listener: ChangeListener,
-                 reactor: Any, auth_cache: AuthCache[users.UserInfo] | None = None,
+                 reactor: ReactorThreads, auth_cache: AuthCache[users.UserInfo] | None = None,
                  cpu_pool: ThreadPool | None = None) -> None:
         self.database = database
         # repeated logins skip scrypt for a minute (see postroom.auth.authcache)
@@ -128,13 +128,13 @@ class StoreAccounts:
         self.cpu_pool = cpu_pool
 
     def in_redis_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self.reactor, self.pool, fn, *args)
+        return defer_to_pool(self.reactor, self.pool, fn, *args)
 
     def in_cpu_thread(self, fn: Callable[[], Any]) -> Deferred[Any]:
         """Pure CPU work off the reactor (inline when there is no pool, as in tests)."""
         if self.cpu_pool is None:
             return maybeDeferred(fn)
-        return deferToThreadPool(self.reactor, self.cpu_pool, fn)
+        return defer_to_pool(self.reactor, self.cpu_pool, fn)
 
     def login(self, username: str, password: str, peer: str) -> Deferred[Any]:
         return Deferred.fromCoroutine(self._login(username, password, peer))

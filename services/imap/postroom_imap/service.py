@@ -31,10 +31,10 @@ def build_factory(ctx: ServiceContext) -> tuple[IMAPFactory, ChangeListener]:
     """An IMAPFactory over the context's database, Redis and TLS configuration."""
     settings = ctx.settings
     pool = ctx.thread_pool("redis", REDIS_THREADS)
-    listener = ChangeListener(ctx.redis, settings.redis_prefix, ctx.reactor)
+    listener = ChangeListener(ctx.redis_client, settings.redis_prefix, ctx.reactor)
     accounts = StoreAccounts(
-        ctx.database, ctx.redis, pool, prefix=settings.redis_prefix,
-        limiter=LoginRateLimiter.from_settings(ctx.redis, settings), listener=listener,
+        ctx.db, ctx.redis_client, pool, prefix=settings.redis_prefix,
+        limiter=LoginRateLimiter.from_settings(ctx.redis_client, settings), listener=listener,
         reactor=ctx.reactor, cpu_pool=ctx.thread_pool("cpu", CPU_THREADS))
     factory = IMAPFactory(
         accounts, hostname=settings.hostname, tls=ctx.tls,

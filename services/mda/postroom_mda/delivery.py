@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 from postroom.config import Settings
 from postroom.logs import get_logger
@@ -96,6 +96,15 @@ class Outcome:
     children: tuple[int, ...] = ()
     # stream entries to add once committed (forwards, redirects, vacation replies)
     envelopes: tuple[Envelope, ...] = field(default_factory=tuple)
+
+
+class _Basics(TypedDict):
+    """The facts every outcome of the slow path reports (spread into ``Outcome``)."""
+
+    queue_id: str
+    address: str
+    size: int
+    user_id: NotRequired[int]
 
 
 # --- parse once per blob
@@ -246,7 +255,7 @@ def _deliver_slow(session: Session, recipient_id: int, options: Options,
     if info is None:
         return Outcome(recipient_id, MISSING)
     rcpt = info.rcpt
-    base = {"queue_id": info.queue_id, "address": rcpt.address, "size": info.message_size}
+    base: _Basics = {"queue_id": info.queue_id, "address": rcpt.address, "size": info.message_size}
     if rcpt.state != "pending":
         # a redelivered entry: the work is done, except alias children a crash left behind
         return Outcome(recipient_id, DUPLICATE,
@@ -314,8 +323,8 @@ def _deliver_local(session: Session, info: deliveries.LockedRecipient, rcpt: spo
                    target: Target, options: Options, now: datetime) -> Outcome:
     user_id = target.user_id
     assert user_id is not None
-    base: dict[str, Any] = {"queue_id": info.queue_id, "address": rcpt.address,
-                            "user_id": user_id, "size": info.message_size}
+    base: _Basics = {"queue_id": info.queue_id, "address": rcpt.address,
+                     "user_id": user_id, "size": info.message_size}
     flags: list[str] = []
     decision: Decision | None = None
     facts: Any = None
@@ -374,7 +383,7 @@ def _rule_folder(session: Session, user_id: int, decision: Decision, folder: str
 
 
 def _over(session: Session, info: deliveries.LockedRecipient, rcpt: spool.RecipientInfo,
-          options: Options, now: datetime, base: dict[str, Any]) -> Outcome:
+          options: Options, now: datetime, base: _Basics) -> Outcome:
     """Over quota: defer with back-off, and bounce (5.2.2) once the grace has run out."""
     give_up_at = info.received_at + timedelta(seconds=options.quota_grace)
     if now >= give_up_at:

@@ -22,6 +22,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
+from postroom.interfaces import ReactorThreads, global_reactor
 from postroom.logs import Logger, get_logger
 from postroom.metrics import Metrics, messages_total
 from postroom.queue import events
@@ -30,7 +31,14 @@ from postroom.queue.reconciler import enqueue_after_commit
 from postroom.queue.redisclient import RedisError
 from postroom.queue.streams import QueueClient
 from postroom.store import spool
-from postroom.store.db import DataError, connection_lost, driver_message, retryable
+from postroom.store.db import (
+    Database,
+    DataError,
+    StoreSession,
+    connection_lost,
+    driver_message,
+    retryable,
+)
 from postroom_mda.delivery import DELIVERED, MISSING, Options, Outcome, deliver_recipient
 
 ATTEMPTS = 3
@@ -43,7 +51,7 @@ def change_event(outcome: Outcome) -> events.ChangeEvent:
                               uid=outcome.uid)
 
 
-def _defer_after_error(session: Any, recipient_id: int, error: str, options: Options,
+def _defer_after_error(session: StoreSession, recipient_id: int, error: str, options: Options,
                        now: datetime) -> None:
     _info, rcpt = spool.get_recipient(session, recipient_id)
     if rcpt.state != "pending":
@@ -56,12 +64,11 @@ def _defer_after_error(session: Any, recipient_id: int, error: str, options: Opt
 class Deliverer:
     """Handles `deliver` entries; ``handle`` is the StreamConsumer's handler."""
 
-    def __init__(self, database: Any, queue: QueueClient, options: Options, *,
-                 pool: ThreadPool, reactor: Any = None, log: Logger | None = None,
+    def __init__(self, database: Database, queue: QueueClient, options: Options, *,
+                 pool: ThreadPool, reactor: ReactorThreads | None = None, log: Logger | None = None,
                  metrics: Metrics | None = None) -> None:
         if reactor is None:
-            from twisted.internet import reactor as global_reactor
-            reactor = global_reactor
+            reactor = global_reactor()
         self.database = database
         self.queue = queue
         self.options = options

@@ -7,6 +7,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from postroom.auth.ratelimit import LoginRateLimiter
+from postroom.interfaces import twisted_clock
 from postroom.queue.reconciler import Enqueuer
 from postroom.queue.streams import QueueClient
 from postroom.runtime import ServiceContext, StartupError
@@ -38,7 +39,7 @@ async def check_signing_keys(ctx: ServiceContext, keyring: Keyring) -> None:
     the start with one line naming the setting (rather than 451 on every message)."""
     from postroom.store import dkim
 
-    keys = await ctx.database.run(dkim.list_keys, None, active_only=True)
+    keys = await ctx.db.run(dkim.list_keys, None, active_only=True)
     for key in keys:
         try:
             keyring.open(key.private_key, DKIM_PRIVATE_KEY)
@@ -64,15 +65,15 @@ def build_policy(ctx: ServiceContext, keyring: Keyring | None = None) -> MSAPoli
     settings = ctx.settings
     redis_pool = ctx.thread_pool("redis", REDIS_THREADS)
     sign_pool = ctx.thread_pool("dkim", SIGN_THREADS)
-    queue = QueueClient(ctx.redis, settings.redis_prefix)
-    limits = SendingLimits(ctx.redis, settings.redis_prefix,
+    queue = QueueClient(ctx.redis_client, settings.redis_prefix)
+    limits = SendingLimits(ctx.redis_client, settings.redis_prefix,
                            messages_per_hour=settings.msa_max_messages_per_hour,
                            recipients_per_day=settings.msa_max_recipients_per_day)
-    submitter = Submitter(ctx.database, Enqueuer(queue, redis_pool, ctx.reactor), limits,
+    submitter = Submitter(ctx.db, Enqueuer(queue, redis_pool, ctx.reactor), limits,
                           hostname=settings.hostname, sign_pool=sign_pool,
                           redis_pool=redis_pool, reactor=ctx.reactor, metrics=ctx.metrics,
                           keyring=keyring)
-    return MSAPolicy(ctx.database, limiter=LoginRateLimiter.from_settings(ctx.redis, settings),
+    return MSAPolicy(ctx.db, limiter=LoginRateLimiter.from_settings(ctx.redis_client, settings),
                      limits=limits, submitter=submitter, redis_pool=redis_pool,
                      reactor=ctx.reactor,
                      allow_plaintext_auth_on_loopback=settings.allow_plaintext_auth_on_loopback)
@@ -84,9 +85,11 @@ async def start_listening(ctx: ServiceContext) -> MSAPolicy:
     await check_signing_keys(ctx, keyring)
     policy = build_policy(ctx, keyring)
     options = ServerOptions.from_settings(ctx.settings)
-    starttls: Any = SMTPServerFactory(policy, options, tls=ctx.tls, clock=ctx.reactor,
+    starttls: Any = SMTPServerFactory(policy, options, tls=ctx.tls,
+                                      clock=twisted_clock(ctx.reactor),
                                       metrics=ctx.metrics, listener="submission")
-    implicit: Any = SMTPServerFactory(policy, options, implicit_tls=True, clock=ctx.reactor,
+    implicit: Any = SMTPServerFactory(policy, options, implicit_tls=True,
+                                      clock=twisted_clock(ctx.reactor),
                                       metrics=ctx.metrics, listener="submissions")
     await ctx.listen_all(ctx.settings.msa_listen, starttls)
     await ctx.listen_all(ctx.settings.msa_tls_listen, implicit, implicit_tls=True)

@@ -25,7 +25,6 @@ from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from postroom.auth.authcache import AuthCache
@@ -36,6 +35,7 @@ from postroom.auth.sasl import (
     ScramSecrets,
     VerifiedCredentials,
 )
+from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import get_logger
 from postroom.peers import is_loopback
 from postroom.smtp import replies as R
@@ -44,6 +44,7 @@ from postroom.smtp.policy import BasePolicy
 from postroom.smtp.replies import Reply
 from postroom.smtp.session import Envelope, Session
 from postroom.store import users
+from postroom.store.db import Database
 from postroom_msa import lookups
 from postroom_msa import replies as M
 from postroom_msa.limits import LimitUnavailable, SendingLimits, Usage
@@ -63,8 +64,8 @@ class MSAPolicy(BasePolicy):
     offer_scram = True
     require_auth_for_mail = True
 
-    def __init__(self, database: Any, *, limiter: LoginRateLimiter, limits: SendingLimits,
-                 submitter: Submitter, redis_pool: ThreadPool, reactor: Any,
+    def __init__(self, database: Database, *, limiter: LoginRateLimiter, limits: SendingLimits,
+                 submitter: Submitter, redis_pool: ThreadPool, reactor: ReactorThreads,
                  allow_plaintext_auth_on_loopback: bool = False,
                  auth_cache: AuthCache[users.UserInfo] | None = None) -> None:
         self.database = database
@@ -79,7 +80,7 @@ class MSAPolicy(BasePolicy):
         self.allow_plaintext_auth_on_loopback = allow_plaintext_auth_on_loopback
 
     def _redis(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
-        return deferToThreadPool(self.reactor, self.redis_pool, fn, *args)
+        return defer_to_pool(self.reactor, self.redis_pool, fn, *args)
 
     def allow_auth_without_tls(self, session: Session) -> bool:
         return self.allow_plaintext_auth_on_loopback and is_loopback(session.peer_ip)

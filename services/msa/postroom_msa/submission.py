@@ -17,11 +17,11 @@ from email.utils import format_datetime, getaddresses
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from postroom import dkimsign
-from postroom.logs import get_logger
+from postroom.interfaces import ReactorThreads, defer_to_pool
+from postroom.logs import Logger, get_logger
 from postroom.metrics import Metrics, errors_total, messages_total
 from postroom.mime.addresses import parse_addresses
 from postroom.mime.headers import HeaderBlock, scan_header
@@ -34,6 +34,7 @@ from postroom.smtp.received import received_header
 from postroom.smtp.replies import Reply
 from postroom.smtp.session import Envelope, Session
 from postroom.store.addresses import normalise_domain
+from postroom.store.db import Database, StoreSession
 from postroom.store.errors import InvalidAddress
 from postroom.store.queueid import new_queue_id
 from postroom.store.spool import NewRecipient
@@ -146,7 +147,7 @@ def _domain_of(address: str) -> str | None:
         return None
 
 
-def _check_content(session: Any, user_id: int, own_address: str, addresses: Sequence[str],
+def _check_content(session: StoreSession, user_id: int, own_address: str, addresses: Sequence[str],
                    signing_domain: str | None) -> tuple[list[str], list[lookups.SigningKey]]:
     refused = lookups.not_owned(session, user_id, own_address, addresses)
     keys = lookups.signing_keys(session, signing_domain) if signing_domain else []
@@ -159,9 +160,9 @@ def _check_content(session: Any, user_id: int, own_address: str, addresses: Sequ
 class Submitter:
     """Turns an accepted DATA into a spooled, signed, enqueued message (or a refusal)."""
 
-    def __init__(self, database: Any, enqueuer: Enqueuer, limits: SendingLimits, *,
+    def __init__(self, database: Database, enqueuer: Enqueuer, limits: SendingLimits, *,
                  hostname: str, sign_pool: ThreadPool, redis_pool: ThreadPool,
-                 reactor: Any, metrics: Metrics | None = None,
+                 reactor: ReactorThreads, metrics: Metrics | None = None,
                  keyring: Keyring | None = None) -> None:
         self.database = database
         self.keyring = keyring if keyring is not None else Keyring()
@@ -241,7 +242,7 @@ class Submitter:
         return await self._accept(session, envelope, message, block, keys, slog)
 
     async def _accept(self, session: Session, envelope: Envelope, message: bytes,
-                      block: HeaderBlock, keys: list[lookups.SigningKey], slog: Any) -> Reply:
+                      block: HeaderBlock, keys: list[lookups.SigningKey], slog: Logger) -> Reply:
         queue_id = new_queue_id()
         slog = slog.bind(queue_id=queue_id)
         now = datetime.now(UTC)
@@ -253,8 +254,8 @@ class Submitter:
                                   when=now) + message
         if keys:
             try:
-                signatures = await deferToThreadPool(self.reactor, self.sign_pool, sign_all,
-                                                     message, keys, self.keyring)
+                signatures = await defer_to_pool(self.reactor, self.sign_pool, sign_all,
+                                                 message, keys, self.keyring)
             except SecretError as exc:
                 # a key sealed with a key we lack (or damaged): defer, as for a bad key
                 slog.error("dkim key unreadable", error=str(exc),
@@ -273,7 +274,7 @@ class Submitter:
             message = signatures + message
         user_id = session.identity.id
         # the XADDs and the usage count run in the spool's thread right after its COMMIT
-        spooled, (enqueued, usage_error) = await self.database.run_then(
+        spooled, after = await self.database.run_then(
             lookups.spool_submission, lambda spooled: self._after_commit(spooled, user_id),
             queue_id=queue_id,
             mail_from=str(envelope.mail_from) if envelope.mail_from else "",
@@ -283,6 +284,14 @@ class Submitter:
             envid=envelope.mail_params.envid, peer_ip=session.peer_ip, helo=session.helo,
             auth_user=session.identity.address, enqueued_at=now)
         # committed: a failed XADD is the reconciler's job, a lost count only a lost count
+        if isinstance(after, Exception):
+            # _after_commit returns its errors; one it raised is a bug, but the message is
+            # committed all the same: the reconciler enqueues it, and the client hears 250
+            slog.error("after-commit steps failed", error=str(after))
+            enqueued: list[tuple[QueueEnvelope, str | Exception]] = []
+            usage_error: Exception | None = after
+        else:
+            enqueued, usage_error = after
         for queued, outcome in enqueued:
             self.enqueuer.enqueued_in_thread(queued, outcome)
         if usage_error is not None:

@@ -29,6 +29,7 @@ from twisted.internet.endpoints import HostnameEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 
+from postroom.interfaces import ReactorThreads, global_reactor
 from postroom.internalauth import authorization_header
 from postroom.logs import get_logger
 
@@ -90,11 +91,10 @@ def request_body(*, client_ip: str, helo: str | None, mail_from: str,
 class DMARCClient:
     """Asks the dmarc service for verdicts over persistent HTTP/1.1 connections."""
 
-    def __init__(self, url: str, timeout: float, *, reactor: Any = None,
+    def __init__(self, url: str, timeout: float, *, reactor: ReactorThreads | None = None,
                  token: str | None = None, endpoint: Any = None) -> None:
         if reactor is None:
-            from twisted.internet import reactor as global_reactor
-            reactor = global_reactor
+            reactor = global_reactor()
         parts = urlsplit(url)
         if parts.scheme != "http" or not parts.hostname:
             # POSTROOM_DMARC_URL is checked by postroom.config; this guards other callers

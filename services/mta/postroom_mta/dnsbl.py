@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from postroom.dns import DNSError, Resolver
+from postroom.interfaces import ReactorThreads, defer_to_pool, global_reactor
 from postroom.logs import get_logger
 from postroom.peers import parse_ip
 from postroom.smtp.replies import Reply
@@ -72,10 +71,9 @@ class DNSBL:
     """The connect-time check over a resolver, its lookups in a bounded thread pool."""
 
     def __init__(self, resolver: Resolver, zones: Sequence[str], pool: ThreadPool, *,
-                 reactor: Any = None) -> None:
+                 reactor: ReactorThreads | None = None) -> None:
         if reactor is None:
-            from twisted.internet import reactor as global_reactor
-            reactor = global_reactor
+            reactor = global_reactor()
         self.resolver = resolver
         self.zones = tuple(zones)
         self.pool = pool
@@ -83,8 +81,8 @@ class DNSBL:
 
     def check(self, ip: str) -> Deferred[Reply | None]:
         """None when the client is not listed; a 554 5.7.1 reply when it is."""
-        d: Deferred[str | None] = deferToThreadPool(self.reactor, self.pool, listed_in,
-                                                     self.resolver, ip, self.zones)
+        d: Deferred[str | None] = defer_to_pool(self.reactor, self.pool, listed_in,
+                                                 self.resolver, ip, self.zones)
 
         def decided(zone: str | None) -> Reply | None:
             if zone is None:

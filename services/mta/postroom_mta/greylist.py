@@ -11,13 +11,11 @@ filter, not a gate worth losing mail for).
 
 from __future__ import annotations
 
-from typing import Any
-
 from twisted.internet.defer import Deferred
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from postroom.interfaces import ReactorThreads, defer_to_pool, global_reactor
 from postroom.logs import get_logger
 from postroom.queue.greylist import check_triplet, triplet_key
 from postroom.queue.redisclient import RedisClient, RedisError
@@ -32,10 +30,9 @@ class Greylist:
     """Greylisting on a Redis client, its blocking calls in a bounded thread pool."""
 
     def __init__(self, client: RedisClient, prefix: str, delay: float, pool: ThreadPool, *,
-                 reactor: Any = None) -> None:
+                 reactor: ReactorThreads | None = None) -> None:
         if reactor is None:
-            from twisted.internet import reactor as global_reactor
-            reactor = global_reactor
+            reactor = global_reactor()
         self.client = client
         self.prefix = prefix
         self.delay = delay
@@ -45,8 +42,8 @@ class Greylist:
     def check(self, ip: str, sender: str, recipient: str) -> Deferred[Reply | None]:
         """None lets the recipient through; GREYLISTED defers it."""
         key = triplet_key(self.prefix, ip, sender, recipient)
-        d: Deferred[bool] = deferToThreadPool(self.reactor, self.pool, check_triplet,
-                                              self.client, key, self.delay)
+        d: Deferred[bool] = defer_to_pool(self.reactor, self.pool, check_triplet,
+                                          self.client, key, self.delay)
 
         def decided(passed: bool) -> Reply | None:
             if passed:

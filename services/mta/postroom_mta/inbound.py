@@ -24,10 +24,12 @@ from typing import Any, Protocol
 
 from twisted.internet import defer
 from twisted.internet.defer import Deferred
+from twisted.python.threadpool import ThreadPool
 
 from postroom import authres
 from postroom.config import Settings
 from postroom.dns import Resolver
+from postroom.interfaces import ReactorThreads, ReactorTime, global_reactor, twisted_clock
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, messages_total
 from postroom.queue.envelope import Envelope as QueueEnvelope
@@ -44,8 +46,10 @@ from postroom.smtp.server import SMTPServerFactory
 from postroom.smtp.session import Envelope, Session
 from postroom.store import aliases, spool
 from postroom.store.addresses import normalise_address
+from postroom.store.db import Database
 from postroom.store.db import StoreSession as DBSession
 from postroom.store.queueid import new_queue_id
+from postroom.tls import ServerTLS
 from postroom_mta.dmarcclient import DMARCClient, Verdict
 from postroom_mta.dnsbl import DNSBL
 from postroom_mta.greylist import Greylist
@@ -152,13 +156,11 @@ class InboundPolicy(BasePolicy):
     offer_scram = False
     require_auth_for_mail = False
 
-    def __init__(self, database: Any, enqueuer: Enqueuer, dmarc: VerdictSource, *,
+    def __init__(self, database: Database, enqueuer: Enqueuer, dmarc: VerdictSource, *,
                  hostname: str, delimiter: str = "+", greylist: Greylist | None = None,
                  dnsbl: DNSBL | None = None, metrics: Metrics | None = None,
-                 clock: Any = None) -> None:
-        if clock is None:
-            from twisted.internet import reactor as clock
-        self.clock = clock
+                 clock: ReactorTime | None = None) -> None:
+        self.clock: ReactorTime = global_reactor() if clock is None else clock
         self.database = database
         self.enqueuer = enqueuer
         self.dmarc = dmarc
@@ -329,9 +331,11 @@ class InboundPolicy(BasePolicy):
         return defer.DeferredList(list(self._in_flight), consumeErrors=True)
 
 
-def build_policy(settings: Settings, database: Any, queue: QueueClient, *, redis_pool: Any,
-                 dns_pool: Any = None, dmarc: VerdictSource | None = None,
-                 metrics: Metrics | None = None, reactor: Any = None) -> InboundPolicy:
+def build_policy(settings: Settings, database: Database, queue: QueueClient, *,
+                 redis_pool: ThreadPool,
+                 dns_pool: ThreadPool | None = None, dmarc: VerdictSource | None = None,
+                 metrics: Metrics | None = None,
+                 reactor: ReactorThreads | None = None) -> InboundPolicy:
     """The inbound policy with its collaborators made from settings (used by tests too)."""
     greylist = None
     if settings.mta_greylist:
@@ -349,11 +353,14 @@ def build_policy(settings: Settings, database: Any, queue: QueueClient, *, redis
         dnsbl=dnsbl, metrics=metrics, clock=reactor)
 
 
-def build_factory(settings: Settings, policy: InboundPolicy, *, tls: Any = None,
-                  clock: Any = None, metrics: Metrics | None = None) -> SMTPServerFactory:
+def build_factory(settings: Settings, policy: InboundPolicy, *,
+                  tls: ServerTLS | None = None,
+                  clock: ReactorTime | None = None,
+                  metrics: Metrics | None = None) -> SMTPServerFactory:
     """The port-25 SMTP factory (its ``proxy:`` listeners wrap it in the shared PROXY one)."""
     return SMTPServerFactory(policy, ServerOptions.from_settings(settings), tls=tls,
-                             clock=clock, metrics=metrics, listener="smtp")
+                             clock=None if clock is None else twisted_clock(clock),
+                             metrics=metrics, listener="smtp")
 
 
 def listen_endpoints(settings: Settings) -> tuple[str, ...]:
@@ -368,7 +375,7 @@ async def start_inbound(ctx: ServiceContext) -> InboundPolicy:
     client = connect(settings.redis_url)
     queue = QueueClient(client, settings.redis_prefix)
     dns_pool = ctx.thread_pool("inbound-dns", DNS_THREADS) if settings.mta_dnsbl_zones else None
-    policy = build_policy(settings, ctx.database, queue,
+    policy = build_policy(settings, ctx.db, queue,
                           redis_pool=ctx.thread_pool("inbound-redis", REDIS_THREADS),
                           dns_pool=dns_pool, metrics=ctx.metrics, reactor=ctx.reactor)
     factory = build_factory(settings, policy, tls=ctx.tls, clock=ctx.reactor,

@@ -41,10 +41,10 @@ def start_relay(ctx: ServiceContext, options: RelayOptions | None = None) -> Rel
     if options.mta_sts and options.sts_store is None:
         options = replace(options, sts_store=PolicyStore(client, settings.redis_prefix))
     redis_pool = ctx.thread_pool("redis", REDIS_THREADS)
-    relay = Relay(ctx.database, queue, options, resolver=Resolver.from_settings(settings),
+    relay = Relay(ctx.db, queue, options, resolver=Resolver.from_settings(settings),
                   dns_pool=ctx.thread_pool("dns", DNS_THREADS), redis_pool=redis_pool,
                   reactor=ctx.reactor, log=ctx.log.bind(component="relay"), metrics=ctx.metrics)
-    sweeper = BounceSweeper(ctx.database, queue, options.policy,
+    sweeper = BounceSweeper(ctx.db, queue, options.policy,
                             interval=settings.reconcile_interval, redis_pool=redis_pool,
                             reactor=ctx.reactor, log=ctx.log.bind(component="relay"))
     # once the consumer has stopped: idle SMTP sessions (QUIT once no delivery can want
@@ -65,7 +65,7 @@ def start_relay(ctx: ServiceContext, options: RelayOptions | None = None) -> Rel
 
 def start_spool_retention(ctx: ServiceContext) -> SpoolPurger:
     """Delete finished spool messages past POSTROOM_SPOOL_RETENTION (postroom.queue.retention)."""
-    purger = SpoolPurger(ctx.database, ctx.settings, metrics=ctx.metrics, reactor=ctx.reactor,
+    purger = SpoolPurger(ctx.db, ctx.settings, metrics=ctx.metrics, reactor=ctx.reactor,
                          log=ctx.log.bind(component="spool-retention"))
     ctx.on_stop(purger.stop)
     purger.start()

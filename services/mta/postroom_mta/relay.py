@@ -33,12 +33,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.threadpool import ThreadPool
 
 from postroom.config import Settings
 from postroom.destinations import DestinationPolicy
 from postroom.dns import Resolver
+from postroom.interfaces import ReactorThreads, defer_to_pool, global_reactor
 from postroom.logs import Logger, get_logger
 from postroom.metrics import (
     Metrics,
@@ -51,6 +51,7 @@ from postroom.queue.consumer import QueueEntry
 from postroom.queue.reconciler import enqueue_after_commit
 from postroom.queue.redisclient import RedisError
 from postroom.queue.streams import QueueClient
+from postroom.store.db import Database
 from postroom_mta import bounce
 from postroom_mta.mtasts import PolicyFinder, PolicyStore
 from postroom_mta.routing import TLSSecurity, deliver_to_domain
@@ -63,6 +64,7 @@ from postroom_mta.smtpclient import (
     DeliveryResult,
     Outcome,
     Recipient,
+    RecipientResult,
     Timeouts,
     TLSPolicy,
 )
@@ -145,13 +147,12 @@ class RelayOptions:
 class Relay:
     """Handles `outbound` queue entries; ``handle`` is the StreamConsumer's handler."""
 
-    def __init__(self, database: Any, queue: QueueClient, options: RelayOptions, *,
+    def __init__(self, database: Database, queue: QueueClient, options: RelayOptions, *,
                  resolver: Resolver, dns_pool: ThreadPool, redis_pool: ThreadPool,
-                 reactor: Any = None, log: Logger | None = None,
+                 reactor: ReactorThreads | None = None, log: Logger | None = None,
                  metrics: Metrics | None = None) -> None:
         if reactor is None:
-            from twisted.internet import reactor as global_reactor
-            reactor = global_reactor
+            reactor = global_reactor()
         self.database = database
         self.queue = queue
         self.options = options
@@ -255,13 +256,13 @@ class Relay:
 
     async def _wake(self, queue_id: str, when: datetime, log: Logger) -> None:
         try:
-            await deferToThreadPool(self.reactor, self.redis_pool, self.queue.wake_at, STREAM,
-                                    queue_id, when.timestamp())
+            await defer_to_pool(self.reactor, self.redis_pool, self.queue.wake_at, STREAM,
+                                queue_id, when.timestamp())
         except RedisError as exc:
             # only a wake-up: the reconciler's periodic pass finds the due recipient anyway
             log.warning("retry wake-up not set", error=str(exc))
 
-    def _log_outcome(self, log: Logger, rcpt: RemoteRecipient, reply: Any,
+    def _log_outcome(self, log: Logger, rcpt: RemoteRecipient, reply: RecipientResult,
                      recorded: Recorded, elapsed: float) -> None:
         outcome = recorded.outcomes.get(rcpt.id, "duplicate")
         if self._outcomes is not None:

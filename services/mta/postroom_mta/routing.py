@@ -37,16 +37,15 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import Counter
 from twisted.internet import defer
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from postroom.destinations import STRICT, DestinationPolicy
 from postroom.dns import DNSTempError, NXDomain, Resolver
+from postroom.interfaces import ReactorThreads, defer_to_pool, global_reactor
 from postroom.logs import Logger, get_logger
 from postroom.smtp.replies import Reply
 from postroom_mta import dane
@@ -192,7 +191,7 @@ def plan_route(resolver: Resolver, domain: str, *, rng: random.Random | None = N
 
 def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Recipient],
                       message: MessageSource, *, resolver: Resolver, port: int,
-                      pool: ThreadPool, helo_name: str, reactor: Any = None,
+                      pool: ThreadPool, helo_name: str, reactor: ReactorThreads | None = None,
                       timeouts: Timeouts = DEFAULT_TIMEOUTS, tls: TLSPolicy = OPPORTUNISTIC,
                       ret: str | None = None, envid: str | None = None,
                       rng: random.Random | None = None,
@@ -216,8 +215,7 @@ def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Re
     by default); each address it refuses is logged and counted on ``refused_metric``.
     """
     if reactor is None:
-        from twisted.internet import reactor as global_reactor
-        reactor = global_reactor
+        reactor = global_reactor()
     envelope = Envelope.of(mail_from, recipients, ret=ret, envid=envid)
     logger = (logger or log).bind(domain=domain)
 
@@ -234,7 +232,8 @@ def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Re
         refused_metric=refused_metric)).addErrback(crashed)
 
 
-async def _deliver(reactor: Any, domain: str, envelope: Envelope, message: MessageSource, *,
+async def _deliver(reactor: ReactorThreads, domain: str, envelope: Envelope,
+                   message: MessageSource, *,
                    resolver: Resolver, port: int, pool: ThreadPool, helo_name: str,
                    timeouts: Timeouts, tls: TLSPolicy, rng: random.Random | None,
                    max_addresses: int, chunk_size: int, logger: Logger,
@@ -245,23 +244,23 @@ async def _deliver(reactor: Any, domain: str, envelope: Envelope, message: Messa
                    refused_metric: Counter | None = None) -> DeliveryResult:
     policy = None
     if security is not None and security.sts is not None:
-        policy = await deferToThreadPool(reactor, pool, security.sts.find, domain)
+        policy = await defer_to_pool(reactor, pool, security.sts.find, domain)
         if policy is not None and policy.mode == NONE:
             policy = None
     enforced = policy is not None and policy.enforced
     refused: list[Target] = []
     try:
-        targets = await deferToThreadPool(reactor, pool, plan_route, resolver, domain, rng=rng,
-                                          max_addresses=max_addresses,
-                                          allow=policy.allows if policy and enforced else None,
-                                          destinations=destinations, refused=refused)
+        targets = await defer_to_pool(reactor, pool, plan_route, resolver, domain, rng=rng,
+                                      max_addresses=max_addresses,
+                                      allow=policy.allows if policy and enforced else None,
+                                      destinations=destinations, refused=refused)
     except RouteError as exc:
         _log_refused(logger, refused, refused_metric)
         logger.info("route failed", reply=describe(exc.reply))
         return DeliveryResult.uniform(envelope, exc.reply, "route")
     _log_refused(logger, refused, refused_metric)
     # scanning a large file blocks too, so it runs in the pool as well
-    traits = await deferToThreadPool(reactor, pool, lambda: scan_message(
+    traits = await defer_to_pool(reactor, pool, lambda: scan_message(
         iter_chunks(message, chunk_size)))
     tried: list[str] = []
     result: DeliveryResult | None = None
@@ -340,14 +339,14 @@ class TLSSecurity:
                      error=str(exc))
             return None
 
-    async def for_host(self, reactor: Any, pool: ThreadPool, host: str, port: int,
+    async def for_host(self, reactor: ReactorThreads, pool: ThreadPool, host: str, port: int,
                        sts_enforced: bool, *, default: TLSPolicy,
                        logger: Logger) -> TLSPolicy:
         """DANE when the MX has validated TLSA records, else MTA-STS enforce, else ``default``.
 
         Raises dane.TLSALookupError: the MX must not be used now.
         """
-        records = await deferToThreadPool(reactor, pool, self.tlsa, host, port)
+        records = await defer_to_pool(reactor, pool, self.tlsa, host, port)
         if records:
             usable = [r for r in records if r.usable]
             if usable:

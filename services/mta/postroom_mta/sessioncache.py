@@ -47,11 +47,11 @@ handshake and EHLO. Decisions:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import Counter
 from twisted.internet import defer
 
+from postroom.interfaces import DelayedCall, ReactorThreads
 from postroom.logs import Logger, get_logger
 from postroom_mta.smtpclient import (
     DEFAULT_TIMEOUTS,
@@ -87,14 +87,15 @@ class SessionKey:
 class _Idle:
     key: SessionKey
     protocol: SMTPClientProtocol
-    timer: Any  # IDelayedCall
+    timer: DelayedCall | None
 
 
 class SessionCache:
     """Idle outbound sessions by :class:`SessionKey`; :meth:`attempt` is a drop-in for
     :func:`postroom_mta.smtpclient.attempt` that takes one when it can."""
 
-    def __init__(self, reactor: Any, *, idle: float = IDLE, reuse_limit: int = REUSE_LIMIT,
+    def __init__(self, reactor: ReactorThreads, *, idle: float = IDLE,
+                 reuse_limit: int = REUSE_LIMIT,
                  max_idle: int = 50, max_idle_per_key: int = 5,
                  reused: Counter | None = None, logger: Logger | None = None) -> None:
         self.reactor = reactor
@@ -112,7 +113,7 @@ class SessionCache:
         """Idle sessions now."""
         return sum(len(parked) for parked in self._sessions.values())
 
-    async def attempt(self, reactor: Any, envelope: Envelope, message: MessageSource,
+    async def attempt(self, reactor: ReactorThreads, envelope: Envelope, message: MessageSource,
                       traits: MessageTraits, *, address: str, port: int, helo_name: str,
                       host: str | None = None, timeouts: Timeouts = DEFAULT_TIMEOUTS,
                       tls: TLSPolicy = OPPORTUNISTIC, chunk_size: int = DEFAULT_CHUNK_SIZE,
@@ -180,7 +181,8 @@ class SessionCache:
             self._evict(parked[0])
         if len(self) > self.max_idle:
             oldest = min((p[0] for p in self._sessions.values() if p),
-                         key=lambda e: e.timer.getTime())
+                         # a parked entry has its timer (None only while it expires)
+                         key=lambda e: e.timer.getTime() if e.timer else float("-inf"))
             self._evict(oldest)
 
     def _unpark(self, entry: _Idle) -> None:

@@ -64,6 +64,7 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from postroom.interfaces import DelayedCall, ReactorThreads, ReactorTime
 from postroom.logs import Logger, get_logger
 from postroom.smtp.replies import Reply
 from postroom.tls import TLSInfo, negotiated
@@ -324,7 +325,7 @@ class SMTPClientProtocol(LineReceiver):
     MAX_LENGTH = 4096
 
     def __init__(self, envelope: Envelope, message: MessageSource, traits: MessageTraits, *,
-                 helo_name: str, clock: Any, host: str | None = None,
+                 helo_name: str, clock: ReactorTime, host: str | None = None,
                  address: str | None = None, timeouts: Timeouts = DEFAULT_TIMEOUTS,
                  tls: TLSPolicy = OPPORTUNISTIC, chunk_size: int = DEFAULT_CHUNK_SIZE,
                  logger: Logger | None = None, keep_open: bool = False) -> None:
@@ -344,7 +345,7 @@ class SMTPClientProtocol(LineReceiver):
         self._parser = ReplyParser()
         self._expect: deque[tuple[str, Callable[[Reply], None]]] = deque()
         self._results: dict[int, RecipientResult] = {}
-        self._timer: Any = None  # an IDelayedCall
+        self._timer: DelayedCall | None = None
         self._pending: list[int] = []  # indexes of the recipients sent in RCPT, in order
         self._producer: DataProducer | None = None
         self._bdat: Iterator[tuple[bytes, bool]] | None = None
@@ -840,7 +841,8 @@ def _checked(reply: Reply, what: str, ok: range = range(0)) -> tuple[Reply, bool
     return UNEXPECTED.with_text(f"Unexpected {what} reply: {describe(reply)}"[:300]), False
 
 
-def attempt(reactor: Any, envelope: Envelope, message: MessageSource, traits: MessageTraits, *,
+def attempt(reactor: ReactorThreads, envelope: Envelope, message: MessageSource,
+            traits: MessageTraits, *,
             address: str, port: int, helo_name: str, host: str | None = None,
             timeouts: Timeouts = DEFAULT_TIMEOUTS, tls: TLSPolicy = OPPORTUNISTIC,
             chunk_size: int = DEFAULT_CHUNK_SIZE, logger: Logger | None = None,
@@ -858,7 +860,7 @@ def attempt(reactor: Any, envelope: Envelope, message: MessageSource, traits: Me
     return opening.addCallback(lambda opened: opened[1])
 
 
-def open_session(reactor: Any, envelope: Envelope, message: MessageSource,
+def open_session(reactor: ReactorThreads, envelope: Envelope, message: MessageSource,
                  traits: MessageTraits, *, address: str, port: int, helo_name: str,
                  host: str | None = None, timeouts: Timeouts = DEFAULT_TIMEOUTS,
                  tls: TLSPolicy = OPPORTUNISTIC, chunk_size: int = DEFAULT_CHUNK_SIZE,

@@ -17,9 +17,11 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from postroom.interfaces import ReactorThreads, global_reactor, twisted_clock
 from postroom.logs import Logger, get_logger
 from postroom.queue.reconciler import enqueue_after_commit
 from postroom.queue.streams import QueueClient
+from postroom.store.db import Database
 from postroom_mta.worker_store import Policy, failed_queue_ids, spool_failure_dsn
 
 BATCH = 100
@@ -28,11 +30,11 @@ BATCH = 100
 class BounceSweeper:
     """Periodically turns committed ``failed`` recipients into DSNs."""
 
-    def __init__(self, database: Any, queue: QueueClient, policy: Policy, *, interval: float,
-                 redis_pool: ThreadPool, reactor: Any = None, log: Logger | None = None) -> None:
+    def __init__(self, database: Database, queue: QueueClient, policy: Policy, *, interval: float,
+                 redis_pool: ThreadPool, reactor: ReactorThreads | None = None,
+                 log: Logger | None = None) -> None:
         if reactor is None:
-            from twisted.internet import reactor as global_reactor
-            reactor = global_reactor
+            reactor = global_reactor()
         self.database = database
         self.queue = queue
         self.policy = policy
@@ -47,7 +49,7 @@ class BounceSweeper:
     def start(self) -> None:
         """Sweep now and then every ``interval``."""
         self._loop = LoopingCall(self._tick)
-        self._loop.clock = self.reactor
+        self._loop.clock = twisted_clock(self.reactor)
         self._loop.start(self.interval, now=True)
 
     def stop(self) -> Deferred[Any]:

@@ -21,17 +21,17 @@ from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
+from postroom.interfaces import ReactorThreads, defer_to_pool, global_reactor, twisted_clock
 from postroom.logs import get_logger
 from postroom.queue import events, locks
 from postroom.queue.redisclient import RedisClient, RedisError
 from postroom.store import maildrop as store_maildrop
 from postroom.store import users
-from postroom.store.db import DatabaseError, StoreSession
+from postroom.store.db import Database, DatabaseError, StoreSession
 from postroom.store.maildrop import Snapshot, expunge_uids, load_snapshot
 from postroom_pop3 import wire
 from postroom_pop3.policy import (
@@ -68,12 +68,12 @@ def fetch_message(session: StoreSession, mailbox_id: int, uid: int) -> bytes | N
 class StoreAuthority:
     """Logs users in against the store and hands out their locked INBOX snapshot."""
 
-    def __init__(self, database: Any, redis_client: RedisClient, redis_pool: ThreadPool, *,
-                 prefix: str, limiter: LoginRateLimiter | None, reactor: Any = None,
+    def __init__(self, database: Database, redis_client: RedisClient, redis_pool: ThreadPool, *,
+                 prefix: str, limiter: LoginRateLimiter | None,
+                 reactor: ReactorThreads | None = None,
                  lock_ttl: float = LOCK_TTL) -> None:
         if reactor is None:
-            from twisted.internet import reactor as default_reactor
-            reactor = default_reactor
+            reactor = global_reactor()
         self.database = database
         self.redis = redis_client
         self.redis_pool = redis_pool
@@ -83,7 +83,7 @@ class StoreAuthority:
         self.lock_ttl = lock_ttl
 
     def in_redis_thread(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
-        return deferToThreadPool(self.reactor, self.redis_pool, fn, *args)
+        return defer_to_pool(self.reactor, self.redis_pool, fn, *args)
 
     def lock_key(self, user_id: int) -> str:
         return f"{self.prefix}pop3:lock:{user_id}"
@@ -174,7 +174,7 @@ class StoreMaildrop:
 
     def start_refreshing(self) -> None:
         loop = LoopingCall(self._refresh)
-        loop.clock = self.authority.reactor
+        loop.clock = twisted_clock(self.authority.reactor)
         self._refresher = loop
         loop.start(self.authority.lock_ttl / 3, now=False).addErrback(self._refresh_stopped)
 

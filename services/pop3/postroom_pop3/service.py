@@ -18,8 +18,8 @@ def build_factory(ctx: ServiceContext) -> POP3Factory:
     settings = ctx.settings
     pool = ctx.thread_pool("redis", REDIS_THREADS)
     authority = StoreAuthority(
-        ctx.database, ctx.redis, pool, prefix=settings.redis_prefix,
-        limiter=LoginRateLimiter.from_settings(ctx.redis, settings), reactor=ctx.reactor)
+        ctx.db, ctx.redis_client, pool, prefix=settings.redis_prefix,
+        limiter=LoginRateLimiter.from_settings(ctx.redis_client, settings), reactor=ctx.reactor)
     return POP3Factory(
         authority, hostname=settings.hostname, tls=ctx.tls,
         allow_plaintext_auth_on_loopback=settings.allow_plaintext_auth_on_loopback,

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session
 from postroom.importer.load import _user_id
 from postroom.importer.maildir import info_suffix
 from postroom.importer.source import to_lf
+from postroom.store.db import Database
 from postroom.store.mailboxes import list_mailboxes
 from postroom.store.models import MailboxEntry, Message
 
@@ -127,7 +128,7 @@ def _entries(session: Session, mailbox_id: int) -> list[tuple[int, list[str], An
     return [(r[0], list(r[1]), r[2], bytes(r[3])) for r in rows]
 
 
-def export_maildir(database: Any, address: str, root: str | os.PathLike[str],
+def export_maildir(database: Database, address: str, root: str | os.PathLike[str],
                    on_message: Callable[[str], None] | None = None) -> ExportResult:
     """Write every mailbox of ``address`` under ``root`` (created 0700 when missing).
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -21,6 +20,7 @@ from postroom.importer.source import SourceFolder, SourceMessage
 from postroom.logs import get_logger
 from postroom.mime import analyze, metadata_dict
 from postroom.store import mailboxes, messages
+from postroom.store.db import Database
 from postroom.store.errors import NotFound
 from postroom.store.models import Mailbox, MailboxEntry, Message
 from postroom.store.users import get_user
@@ -88,7 +88,7 @@ def _import_one(session: Session, user_id: int, name: str, message: SourceMessag
     return True
 
 
-def import_folders(database: Any, address: str, folders: Sequence[SourceFolder],
+def import_folders(database: Database, address: str, folders: Sequence[SourceFolder],
                    progress: Progress | None = None) -> ImportResult:
     """Import ``folders`` for the user ``address``; one transaction per message.
 

@@ -27,10 +27,10 @@ from typing import Any
 import redis
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore, maybeDeferred
 from twisted.internet.task import deferLater
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from postroom.interfaces import ReactorThreads, defer_to_pool, global_reactor, twisted_clock
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, queue_latency
 from postroom.queue.envelope import BadEnvelope, Envelope, decode
@@ -74,14 +74,14 @@ class StreamConsumer:
     def __init__(self, queue: QueueClient, stream: str, group: str, handler: Handler, *,
                  concurrency: int = 10, claim_idle: float = 60.0,
                  claim_interval: float | None = None, block_ms: int = 5000,
-                 grace: float = 20.0, name: str | None = None, reactor: Any = None,
+                 grace: float = 20.0, name: str | None = None,
+                 reactor: ReactorThreads | None = None,
                  metrics: Metrics | None = None) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
         queue.stream_key(stream)  # unknown stream names fail here, not in the thread
         if reactor is None:
-            from twisted.internet import reactor as global_reactor
-            reactor = global_reactor
+            reactor = global_reactor()
         self.queue = queue
         self.stream = stream
         self.group = group
@@ -151,7 +151,7 @@ class StreamConsumer:
         # the reader notices within one block_ms; entries it read meanwhile are dispatched
         while self._thread is not None and self._thread.is_alive() \
                 and self.reactor.seconds() < deadline:
-            await deferLater(self.reactor, 0.02, lambda: None)
+            await deferLater(twisted_clock(self.reactor), 0.02, lambda: None)
         if self._in_flight:
             await _first_of(DeferredList(list(self._in_flight), consumeErrors=True),
                             max(0.0, deadline - self.reactor.seconds()), self.reactor)
@@ -270,8 +270,8 @@ class StreamConsumer:
 
     def _succeeded(self, _result: Any, entry: QueueEntry) -> Deferred[None]:
         self.handled += 1
-        d = deferToThreadPool(self.reactor, self._pool, self.queue.ack, self.stream, self.group,
-                              [entry.entry_id], entry.envelope.recipient_ids)
+        d = defer_to_pool(self.reactor, self._pool, self.queue.ack, self.stream, self.group,
+                          [entry.entry_id], entry.envelope.recipient_ids)
 
         def ack_failed(failure: Failure) -> None:
             # the work is done but the entry stays pending: it is redelivered after
@@ -305,7 +305,7 @@ def _chain_to(result: Any, target: Deferred[None]) -> Any:
     return result
 
 
-def _first_of(d: Deferred[Any], timeout: float, reactor: Any) -> Deferred[None]:
+def _first_of(d: Deferred[Any], timeout: float, reactor: ReactorThreads) -> Deferred[None]:
     """Fire when ``d`` fires or ``timeout`` passes, whichever is first, without cancelling ``d``."""
     done: Deferred[None] = Deferred()
 

@@ -15,10 +15,10 @@ from typing import Any
 import redis
 from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, errors_total, queue_depth, queue_oldest_seconds
 from postroom.queue.streams import QueueClient
@@ -57,7 +57,8 @@ class QueueGauges:
     """Keeps ``postroom_queue_depth`` and ``postroom_queue_oldest_seconds`` current."""
 
     def __init__(self, queue: QueueClient, metrics: Metrics, streams: Sequence[str], *,
-                 pool: ThreadPool, reactor: Any, interval: float = DEFAULT_INTERVAL) -> None:
+                 pool: ThreadPool, reactor: ReactorThreads,
+                 interval: float = DEFAULT_INTERVAL) -> None:
         for stream in streams:
             queue.stream_key(stream)  # unknown names fail here, not in the loop
         self.queue = queue
@@ -69,7 +70,7 @@ class QueueGauges:
         self._oldest = queue_oldest_seconds(metrics)
         self._errors = errors_total(metrics)
         self._loop = LoopingCall(self.refresh)
-        self._loop.clock = reactor
+        self._loop.clock = twisted_clock(reactor)
         self._loop_done: Deferred[Any] | None = None
 
     def start(self) -> None:
@@ -83,7 +84,7 @@ class QueueGauges:
 
     def refresh(self) -> Deferred[None]:
         """Measure every stream in the pool thread, then set the gauges; never fails."""
-        d = deferToThreadPool(self.reactor, self.pool, self._measure_all)
+        d = defer_to_pool(self.reactor, self.pool, self._measure_all)
         return d.addCallbacks(self._set, self._failed)
 
     def _measure_all(self) -> list[tuple[str, int, float]]:

@@ -29,15 +29,16 @@ import redis
 from sqlalchemy.orm import Session
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.task import LoopingCall
-from twisted.internet.threads import deferToThreadPool
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from postroom.config import Settings
+from postroom.interfaces import ReactorThreads, defer_to_pool, global_reactor, twisted_clock
 from postroom.logs import get_logger
 from postroom.queue.envelope import DISPOSITIONS, MAX_RECIPIENTS, STREAMS, Envelope
 from postroom.queue.streams import QueueClient
 from postroom.store import spool
+from postroom.store.db import Database
 
 log = get_logger("reconciler")
 
@@ -92,12 +93,11 @@ def reconcile_batch(session: Session, queue: QueueClient, now: datetime,
 class Reconciler:
     """Runs :func:`reconcile_batch` until no due work is left, periodically and on wake-ups."""
 
-    def __init__(self, database: Any, queue: QueueClient, settings: Settings, *,
+    def __init__(self, database: Database, queue: QueueClient, settings: Settings, *,
                  batch_size: int = BATCH_SIZE, wake_poll_interval: float = WAKE_POLL_INTERVAL,
-                 pool: ThreadPool | None = None, reactor: Any = None) -> None:
+                 pool: ThreadPool | None = None, reactor: ReactorThreads | None = None) -> None:
         if reactor is None:
-            from twisted.internet import reactor as global_reactor
-            reactor = global_reactor
+            reactor = global_reactor()
         self.database = database
         self.queue = queue
         self.interval = settings.reconcile_interval
@@ -121,10 +121,10 @@ class Reconciler:
         if self._own_pool:
             self._pool.start()
         self._loop = LoopingCall(self._tick)
-        self._loop.clock = self.reactor
+        self._loop.clock = twisted_clock(self.reactor)
         self._loop.start(self.interval, now=False)
         self._wake_loop = LoopingCall(self._poll_wakeups)
-        self._wake_loop.clock = self.reactor
+        self._wake_loop.clock = twisted_clock(self.reactor)
         self._wake_loop.start(self.wake_poll_interval, now=False)
         log.info("reconciler started", interval=self.interval, claim_idle=self.claim_idle)
         return self.reconcile()
@@ -222,7 +222,7 @@ class Reconciler:
                 self._wake_failing = True
                 log.warning("wake-up poll failed", error=failure.getErrorMessage())
 
-        d = deferToThreadPool(self.reactor, self._pool, due)
+        d = defer_to_pool(self.reactor, self._pool, due)
         return d.addCallbacks(woke, failed)
 
 
@@ -242,11 +242,11 @@ class Enqueuer:
     ``queue_claim_idle``; from the first failure on, the front door answers 451.
     """
 
-    def __init__(self, queue: QueueClient, pool: ThreadPool, reactor: Any = None, *,
+    def __init__(self, queue: QueueClient, pool: ThreadPool,
+                 reactor: ReactorThreads | None = None, *,
                  fresh: float = RECENTLY_OK) -> None:
         if reactor is None:
-            from twisted.internet import reactor as global_reactor
-            reactor = global_reactor
+            reactor = global_reactor()
         self.queue = queue
         self.pool = pool
         self.reactor = reactor
@@ -258,7 +258,7 @@ class Enqueuer:
         now = self.reactor.seconds()
         if self._ok_at is not None and now - self._ok_at < self.fresh:
             return succeed(True)
-        d: Deferred[bool] = deferToThreadPool(self.reactor, self.pool, self.queue.ping)
+        d: Deferred[bool] = defer_to_pool(self.reactor, self.pool, self.queue.ping)
         return d.addCallback(self._noted)
 
     def _noted(self, ok: bool) -> bool:
@@ -286,7 +286,7 @@ class Enqueuer:
 
 
 def enqueue_after_commit(queue: QueueClient, pool: ThreadPool, envelope: Envelope, *,
-                         reactor: Any = None) -> Deferred[str | None]:
+                         reactor: ReactorThreads | None = None) -> Deferred[str | None]:
     """Enqueue committed spool work; the entry id, or None when Redis failed (never an error).
 
     None is not a reason to refuse the message: it is committed, and the
@@ -294,9 +294,8 @@ def enqueue_after_commit(queue: QueueClient, pool: ThreadPool, envelope: Envelop
     make the client send it again and the recipient get it twice.
     """
     if reactor is None:
-        from twisted.internet import reactor as global_reactor
-        reactor = global_reactor
-    d: Deferred[str] = deferToThreadPool(reactor, pool, queue.enqueue, envelope.stream, envelope)
+        reactor = global_reactor()
+    d: Deferred[str] = defer_to_pool(reactor, pool, queue.enqueue, envelope.stream, envelope)
     return d.addCallbacks(lambda entry_id: _reported(envelope, entry_id),
                           lambda failure: _reported(envelope, failure.value))
 

@@ -34,9 +34,11 @@ from twisted.python.failure import Failure
 
 from postroom.config import Settings
 from postroom.dmarcreport import report_row_lifetime
+from postroom.interfaces import DelayedCall, ReactorThreads, global_reactor, twisted_clock
 from postroom.logs import Logger, get_logger
 from postroom.metrics import Metrics
 from postroom.store import spool
+from postroom.store.db import Database
 
 PURGE_INTERVAL = 600.0
 # the first tick waits this long after start: the service is listening and healthy first
@@ -63,7 +65,7 @@ def cutoff(settings: Settings, now: datetime | None = None,
     return now - timedelta(seconds=effective_retention(settings, requested))
 
 
-def purge_sync(database: Any, before: datetime, *, batch_size: int = BATCH_SIZE,
+def purge_sync(database: Database, before: datetime, *, batch_size: int = BATCH_SIZE,
                max_batches: int | None = None) -> int:
     """Purge in transactions of ``batch_size`` until done (or ``max_batches``); how many."""
     total = batches = 0
@@ -84,13 +86,12 @@ def purged_counter(metrics: Metrics) -> Any:
 class SpoolPurger:
     """Deletes finished spool messages past the retention, periodically, never raising."""
 
-    def __init__(self, database: Any, settings: Settings, *, metrics: Metrics | None = None,
-                 reactor: Any = None, log: Logger | None = None,
+    def __init__(self, database: Database, settings: Settings, *, metrics: Metrics | None = None,
+                 reactor: ReactorThreads | None = None, log: Logger | None = None,
                  interval: float = PURGE_INTERVAL, start_delay: float = START_DELAY,
                  batch_size: int = BATCH_SIZE, max_batches: int = MAX_BATCHES) -> None:
         if reactor is None:
-            from twisted.internet import reactor as global_reactor
-            reactor = global_reactor
+            reactor = global_reactor()
         self.database = database
         self.settings = settings
         self.reactor = reactor
@@ -102,8 +103,8 @@ class SpoolPurger:
         # declared now, so /metrics shows it at 0 before the first purge
         self._counter = purged_counter(metrics) if metrics is not None else None
         self._loop = LoopingCall(self._tick)
-        self._loop.clock = reactor
-        self._delayed: Any = None
+        self._loop.clock = twisted_clock(reactor)
+        self._delayed: DelayedCall | None = None
         self._current: Deferred[int] | None = None
         self._stopping = False
         self.purged_total = 0

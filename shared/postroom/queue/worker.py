@@ -20,6 +20,7 @@ from twisted.python.failure import Failure
 from postroom.queue.consumer import Handler, StreamConsumer
 from postroom.queue.gauges import QueueGauges
 from postroom.queue.reconciler import Reconciler
+from postroom.queue.redisclient import RedisClient
 from postroom.queue.streams import QueueClient
 
 if TYPE_CHECKING:
@@ -38,7 +39,8 @@ class StreamWorker:
     gauges: QueueGauges
 
 
-def start_stream_worker(ctx: ServiceContext, client: Any, queue: QueueClient, *, stream: str,
+def start_stream_worker(ctx: ServiceContext, client: RedisClient, queue: QueueClient, *,
+                        stream: str,
                         group: str, handler: Handler, concurrency: int,
                         stop_after_consumer: Sequence[Callable[[], Any]] = ()) -> StreamWorker:
     """Consume ``stream`` as ``group`` with ``handler``, reconcile the spool, export gauges.
@@ -51,7 +53,7 @@ def start_stream_worker(ctx: ServiceContext, client: Any, queue: QueueClient, *,
                               claim_idle=settings.queue_claim_idle,
                               grace=settings.shutdown_grace * CONSUMER_GRACE_SHARE,
                               reactor=ctx.reactor, metrics=ctx.metrics)
-    reconciler = Reconciler(ctx.database, queue, settings, reactor=ctx.reactor)
+    reconciler = Reconciler(ctx.db, queue, settings, reactor=ctx.reactor)
     gauges = QueueGauges(queue, ctx.metrics, (stream,), pool=ctx.thread_pool("metrics", 1),
                          reactor=ctx.reactor)
     # registered oldest first; they run newest first

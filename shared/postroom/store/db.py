@@ -25,10 +25,11 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import NoSuchModuleError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.threads import deferToThreadPool
+from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from postroom.config import ConfigError, normalise_database_url
+from postroom.interfaces import ReactorEvents, defer_to_pool, global_reactor
 from postroom.logs import get_logger
 
 P = ParamSpec("P")
@@ -73,7 +74,8 @@ class Database:
     thread never waits for a connection, and the reactor never blocks on SQL.
     """
 
-    def __init__(self, url: str, pool_size: int = 5, *, reactor: Any = None) -> None:
+    def __init__(self, url: str, pool_size: int = 5, *,
+                 reactor: ReactorEvents | None = None) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         self.pool_size = pool_size
@@ -88,10 +90,9 @@ class Database:
         self._shutdown_trigger: Any = None
 
     @property
-    def reactor(self) -> Any:
+    def reactor(self) -> ReactorEvents:
         if self._reactor is None:
-            from twisted.internet import reactor
-            self._reactor = reactor
+            self._reactor = global_reactor()
         return self._reactor
 
     @property
@@ -162,8 +163,8 @@ class Database:
         """
         if not self._threadpool.started:
             raise RuntimeError("Database.run before Database.start")
-        return deferToThreadPool(self.reactor, self._threadpool,
-                                 lambda: self._transaction(fn, *args, **kwargs))
+        return defer_to_pool(self.reactor, self._threadpool,
+                             lambda: self._transaction(fn, *args, **kwargs))
 
     def run_then(self, fn: Callable[Concatenate[Session, P], T], then: Callable[[T], U],
                  *args: P.args, **kwargs: P.kwargs) -> Deferred[tuple[T, U | Exception]]:
@@ -184,7 +185,7 @@ class Database:
             except Exception as error:  # noqa: BLE001 - committed: the caller decides
                 return result, error
 
-        return deferToThreadPool(self.reactor, self._threadpool, work)
+        return defer_to_pool(self.reactor, self._threadpool, work)
 
     def run_sync(self, fn: Callable[Concatenate[Session, P], T],
                  *args: P.args, **kwargs: P.kwargs) -> T:
@@ -196,7 +197,7 @@ class Database:
         def probe(session: Session) -> bool:
             return session.execute(text("SELECT 1")).scalar() == 1
 
-        def failed(failure: Any) -> bool:
+        def failed(failure: Failure) -> bool:
             log.warning("database ping failed", error=failure.getErrorMessage())
             return False
 
