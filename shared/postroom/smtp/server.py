@@ -230,35 +230,20 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
     def _run(self, handler: Coroutine[Any, Any, None]) -> None:
         """Run one command's handler; while it awaits the policy, later input waits unread.
 
-        Most handlers never wait (most replies, and policies that answer at
-        once): the first step, taken here, finishes them, at the cost of the
-        coroutine alone (Deferred.fromCoroutine would add about 5 us a command
-        on the port-25 hot path). One that waits is handed to
-        Deferred.fromCoroutine, which resumes it when the awaited Deferred
-        fires (a Deferred ignores what it is sent and yields its own result);
-        meanwhile the line buffer and the transport are paused, and its end
-        resumes both and runs whatever was pipelined, so a command never
-        starts before the previous one's reply is decided.
+        ListenerSession.run_command finishes a handler that never waits inside
+        this call; while one waits, the line buffer and the transport are
+        paused, and its end resumes both and runs whatever was pipelined, so a
+        command never starts before the previous one's reply is decided.
         """
-        try:
-            handler.send(None)
-        except StopIteration:
-            return
-        except Exception as exc:  # noqa: BLE001 (any bug: 451, never a traceback)
-            self._handler_error(exc)
-            return
-        done = Deferred.fromCoroutine(handler)
-        if not done.called and self._state != State.CLOSED:
+        self.run_command(handler)
+        if self.command_running and self._state != State.CLOSED:
             # LineReceiver keeps the pipelined lines; the transport stops reading more
             self.paused = True
             self.pause_reading()
-        done.addCallbacks(self._handled, self._handler_failed)
 
-    def _handled(self, _: None) -> None:
-        self._resume()
-
-    def _handler_failed(self, failure: Failure) -> None:
-        self._handler_error(failure.value)
+    def command_ended(self, failure: Failure | None) -> None:
+        if failure is not None:
+            self._handler_error(failure.value)
         self._resume()
 
     def _handler_error(self, exc: BaseException | None) -> None:
