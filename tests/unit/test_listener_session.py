@@ -100,3 +100,59 @@ def test_a_closing_transport_is_not_paused():
     session.transport.loseConnection()
     session.pause_reading()
     assert session.transport.producerState == "producing"
+
+
+class Commands(Session):
+    """Records what command_ended saw."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(clock)
+        self.ended: list[str | None] = []
+
+    def command_ended(self, failure: Any) -> None:
+        self.ended.append(None if failure is None else failure.getErrorMessage())
+
+
+def test_a_handler_that_never_waits_ends_inside_run_command():
+    session = Commands(Clock())
+
+    async def handler() -> None:
+        return None
+
+    session.run_command(handler())
+    assert session.ended == [None] and not session.command_running
+
+
+def test_a_handler_that_waits_keeps_the_next_command_waiting_until_it_ends():
+    from twisted.internet.task import deferLater
+
+    clock: Any = Clock()  # an IReactorTime to deferLater
+    session = Commands(clock)
+    steps: list[str] = []
+
+    async def handler() -> None:
+        steps.append("asked")
+        steps.append(await deferLater(clock, 1, lambda: "answered"))
+
+    session.run_command(handler())
+    assert session.command_running and session.ended == [] and steps == ["asked"]
+    clock.advance(1)
+    assert steps == ["asked", "answered"]
+    assert session.ended == [None] and not session.command_running
+
+
+@pytest.mark.parametrize("wait", [False, True])
+def test_a_handler_that_raises_is_reported_to_command_ended(wait):
+    from twisted.internet.task import deferLater
+
+    clock: Any = Clock()  # an IReactorTime to deferLater
+    session = Commands(clock)
+
+    async def handler() -> None:
+        if wait:
+            await deferLater(clock, 1, lambda: None)
+        raise ValueError("bug in a handler")
+
+    session.run_command(handler())
+    clock.advance(1)
+    assert session.ended == ["bug in a handler"] and not session.command_running

@@ -307,10 +307,10 @@ def test_internal_error_in_handler_gives_451_without_traceback() -> None:
     harness = Harness()
     harness.greet()
 
-    def broken(command: object) -> None:
+    async def broken(command: object) -> None:
         raise ValueError("internal detail")
 
-    harness.protocol._do_noop = broken  # type: ignore[method-assign]
+    harness.protocol.smtp_NOOP = broken  # type: ignore[method-assign]
     harness.send(b"NOOP\r\nRSET\r\n")
     wire = harness.take()
     assert wire.startswith(b"451 4.3.0") and b"internal detail" not in wire

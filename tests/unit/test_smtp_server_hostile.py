@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from twisted.internet.task import deferLater
 
 from postroom.smtp import replies as R
 from tests.unit.test_smtp_support import Harness, RecordingPolicy
@@ -161,6 +163,86 @@ def test_commands_sent_before_the_greeting_wait_for_it() -> None:
     harness.clock.advance(1)
     harness.clock.advance(1)
     assert harness.codes() == [220, 250]
+
+
+class LateFailingPolicy(RecordingPolicy):
+    """Answers after ``delay``; the call named in ``fail_later`` fails then (a lost database)."""
+
+    fail_later: str | None = None
+
+    def _answer(self, name: str, value: object) -> object:
+        if name != self.fail_later:
+            return super()._answer(name, value)
+        self.calls.append(name)
+
+        def fail() -> None:
+            raise RuntimeError(f"late boom in {name}")
+
+        return deferLater(self.clock, self.delay or 1.0, fail)
+
+
+def test_a_policy_failing_later_gives_451_and_the_pipelined_commands_still_run_in_order() -> None:
+    harness = Harness(LateFailingPolicy(delay=1.0))
+    harness.policy.fail_later = "deliver"  # type: ignore[attr-defined]
+    harness.clock.advance(1)
+    harness.send(b"EHLO c.test\r\n")
+    harness.clock.advance(1)
+    harness.take()
+    harness.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\nDATA\r\n")
+    for _ in range(3):
+        harness.clock.advance(1)
+    assert harness.codes() == [250, 250, 354]
+    harness.send(MESSAGE + b".\r\nRCPT TO:<c@example.net>\r\nNOOP\r\n")
+    assert harness.take() == b""
+    assert harness.transport.producerState == "paused"
+    harness.clock.advance(1)
+    # the failed delivery ended the transaction before the pipelined RCPT ran
+    wire = harness.take()
+    assert [int(line[:3]) for line in wire.split(b"\r\n") if line] == [451, 503, 250]
+    assert b"boom" not in wire
+    assert harness.transport.producerState == "producing"
+
+
+def test_the_peer_leaving_while_the_policy_thinks_ends_the_handler_silently(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    harness = Harness(RecordingPolicy(delay=1.0))
+    harness.clock.advance(1)
+    harness.send(b"EHLO c.test\r\n")
+    harness.clock.advance(1)
+    harness.take()
+    harness.send(b"MAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n")
+    harness.lose()
+    harness.clock.advance(5)
+    assert harness.take() == b""
+    assert harness.policy.calls.count("rcpt_to") == 0
+    assert "smtp internal error" not in capsys.readouterr().out
+
+
+def test_starttls_held_behind_a_pending_command_still_discards_what_follows_it() -> None:
+    harness = Harness(RecordingPolicy(delay=1.0))
+    harness.clock.advance(1)
+    harness.take()
+    harness.send(b"EHLO c.test\r\nSTARTTLS\r\nMAIL FROM:<evil@example.org>\r\n")
+    harness.clock.advance(1)
+    replies = harness.replies()
+    assert replies[-1] == "220 2.0.0 Ready to start TLS" and len(replies) == 2
+    assert harness.transport.tls_started
+    harness.clock.advance(5)
+    assert harness.take() == b"" and "mail_from" not in harness.policy.calls
+
+
+def test_bdat_last_with_a_deferred_policy_answers_before_the_pipelined_command() -> None:
+    harness = Harness(RecordingPolicy(delay=1.0))
+    harness.clock.advance(1)
+    harness.send(b"EHLO c.test\r\nMAIL FROM:<a@example.org>\r\nRCPT TO:<b@example.net>\r\n")
+    for _ in range(3):
+        harness.clock.advance(1)
+    harness.take()
+    harness.send(b"BDAT %d LAST\r\n" % len(MESSAGE) + MESSAGE + b"RSET\r\n")
+    assert harness.take() == b""
+    harness.clock.advance(1)
+    assert harness.codes() == [250, 250]
+    assert harness.policy.delivered[0][1] == MESSAGE
 
 
 # --- dot-stuffing across arbitrary read boundaries

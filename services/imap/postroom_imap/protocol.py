@@ -156,7 +156,6 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
         self._queue: list[Event] = []
         self._queued_bytes = 0  # Command.size of the commands in _queue
         self._running_bytes = 0  # and of the one running
-        self._busy = False
         self._pumping = False
         self._raw_waiter: Deferred[bytes] | None = None
         self._unwatch: Callable[[], None] | None = None
@@ -336,7 +335,7 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
         queued = len(self._queue)
         if queued > MAX_QUEUED or (self.reading_paused and queued > MAX_QUEUED // 2):
             return True
-        if not (self._busy or queued) or self._raw_waiter is not None:
+        if not (self.command_running or queued) or self._raw_waiter is not None:
             # nothing will run and free bytes without more input (the command being read, or
             # IDLE/AUTHENTICATE waiting for a line): what is held is bounded by the per-command
             # and line limits, so reading on is both safe and necessary
@@ -362,7 +361,7 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
             return
         self._pumping = True
         try:
-            while self._queue and not self._busy and not self.closing:
+            while self._queue and not self.command_running and not self.closing:
                 event = self._queue.pop(0)
                 if isinstance(event, Command):
                     self._queued_bytes -= event.size
@@ -373,9 +372,8 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
 
     def _handle_event(self, event: Event) -> None:
         if isinstance(event, Command):
-            self._busy = True
             self._running_bytes = event.size
-            Deferred.fromCoroutine(self._run(event)).addBoth(self._command_done)
+            self.run_command(self._run(event))
         elif isinstance(event, NeedContinuation):
             self.write(b"+ Ready for literal data\r\n")
         elif isinstance(event, LiteralTooBig):
@@ -408,12 +406,11 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
         self.write(b"%s BAD %s\r\n" % ((tag or "*").encode("ascii"),
                                       text.encode("utf-8", "replace")))
 
-    def _command_done(self, result: Any) -> None:
-        if isinstance(result, Failure):
-            self.log.error("command failed", error=result.getErrorMessage(),
-                           traceback=result.getTraceback())
+    def command_ended(self, failure: Failure | None) -> None:
+        if failure is not None:
+            self.log.error("command failed", error=failure.getErrorMessage(),
+                           traceback=failure.getTraceback())
             self.close(b"* BYE internal server error\r\n")
-        self._busy = False
         self._running_bytes = 0
         if self.reader is not None and self.reader.paused and not self.closing:
             self._enqueue(self.reader.resume())

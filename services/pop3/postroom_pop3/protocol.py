@@ -167,7 +167,6 @@ class POP3Server(ListenerSession, LineReceiver):
         self.closing = False
         self._buffer = b""
         self._skipping = False
-        self._busy = False
         self._in_process = False
         self._sasl_pending = False
         self._sender: _MessageSender | None = None
@@ -272,7 +271,7 @@ class POP3Server(ListenerSession, LineReceiver):
             return
         self._in_process = True
         try:
-            while not self._busy and not self.closing and self._buffer:
+            while not self.command_running and not self.closing and self._buffer:
                 if self._skipping:
                     # the rest of an over-long line: drop it up to and including its LF
                     end = self._buffer.find(b"\n")
@@ -306,9 +305,9 @@ class POP3Server(ListenerSession, LineReceiver):
     def _flow_control(self) -> None:
         if self.transport is None or self.closing:
             return
-        if self._busy and len(self._buffer) > MAX_BUFFERED:
+        if self.command_running and len(self._buffer) > MAX_BUFFERED:
             self.pause_reading()
-        elif not self._busy:
+        elif not self.command_running:
             self.resume_reading()
 
     def _line_too_long(self) -> None:
@@ -319,14 +318,12 @@ class POP3Server(ListenerSession, LineReceiver):
 
     def _run(self, line: bytes) -> None:
         self.touch()
-        self._busy = True
         # a handler that never waits finishes here, before the next line is looked at
-        d = Deferred.fromCoroutine(self._dispatch(line))
-        d.addErrback(self._internal_error)
-        d.addBoth(self._finished)
+        self.run_command(self._dispatch(line))
 
-    def _finished(self, _: Any) -> None:
-        self._busy = False
+    def command_ended(self, failure: Failure | None) -> None:
+        if failure is not None:
+            self._internal_error(failure)
         if not self.closing:
             self.touch()
             self._process()

@@ -1,9 +1,11 @@
 """The ESMTP server state machine (RFC 5321) on LineReceiver, shared by the MSA and the MTA.
 
 It parses and replies; an :class:`~postroom.smtp.policy.SMTPPolicy` decides
-and stores. Properties the twisted.mail server lacks and tests pin down:
+and stores. Each command has one ``async def smtp_VERB(self, command)``
+handler (aiosmtpd's shape) that awaits the policy and replies as it goes.
+Properties the twisted.mail server lacks and tests pin down:
 
-* PIPELINING (RFC 2920): while a policy call is pending, reading pauses and
+* PIPELINING (RFC 2920): while a handler awaits the policy, reading pauses and
   the following lines wait in the buffer, so replies always come in order.
 * STARTTLS (RFC 3207): bytes after the STARTTLS line are discarded, never run
   inside TLS (CVE-2011-0411), and the session forgets HELO, AUTH and the
@@ -16,12 +18,11 @@ and stores. Properties the twisted.mail server lacks and tests pin down:
 from __future__ import annotations
 
 import base64
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from enum import StrEnum
-from functools import partial
 from typing import Any
 
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import ServerFactory
 from twisted.protocols.basic import LineReceiver
@@ -151,15 +152,7 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
         self.log.info("smtp connection opened", port=self.session.local_port,
                       implicit_tls=self.session.tls_active)
         self._arm_timer()
-        self._call(self.policy.connect, self._connected, self.session,
-                   on_failure=lambda: self._send(R.LOCAL_ERROR_CLOSING))
-
-    def _connected(self, reply: Reply | None) -> None:
-        if reply is None:
-            reply = Reply(220, None, f"{self.options.hostname} ESMTP Postroom")
-        self._send(reply, count=False)
-        if not reply.positive:
-            self._close()
+        self._run(self._greet())
 
     def connectionLost(self, reason: Failure | None = None) -> None:
         was = self._state
@@ -232,40 +225,57 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
         self._write(R.TIMEOUT)
         self._close()
 
-    # --- policy calls: pause input while one is pending (PIPELINING done right)
+    # --- running handlers: one command at a time, replies in order (PIPELINING done right)
 
-    def _call(self, fn: Callable[..., Any], on_result: Callable[[Any], None], *args: Any,
-              on_failure: Callable[[], None] | None = None) -> None:
-        self._waiting = True
+    def _run(self, handler: Coroutine[Any, Any, None]) -> None:
+        """Run one command's handler; while it awaits the policy, later input waits unread.
 
-        def succeeded(result: Any) -> None:
-            self._waiting = False
-            if self._state == State.CLOSED:
-                return
-            try:
-                on_result(result)
-            except Exception as exc:  # noqa: BLE001 (any bug: 451, never a traceback)
-                self._internal_error(exc)
-            self._resume()
-
-        def failed(failure: Failure) -> None:
-            self._waiting = False
-            self.smtp_factory.meter.error("policy")
-            self.log.error("smtp policy call failed", call=getattr(fn, "__name__", str(fn)),
-                           error=failure.getErrorMessage(),
-                           traceback=failure.getTraceback().rstrip())
-            if self._state == State.CLOSED:
-                return
-            if on_failure is not None:
-                on_failure()
-            self._send(R.LOCAL_ERROR)
-            self._resume()
-
-        maybeDeferred(fn, *args).addCallbacks(succeeded, failed)
-        if self._waiting and self._state != State.CLOSED:
+        ListenerSession.run_command finishes a handler that never waits inside
+        this call; while one waits, the line buffer and the transport are
+        paused, and its end resumes both and runs whatever was pipelined, so a
+        command never starts before the previous one's reply is decided.
+        """
+        self.run_command(handler)
+        if self.command_running and self._state != State.CLOSED:
             # LineReceiver keeps the pipelined lines; the transport stops reading more
             self.paused = True
             self.pause_reading()
+
+    def command_ended(self, failure: Failure | None) -> None:
+        if failure is not None:
+            self._handler_error(failure.value)
+        self._resume()
+
+    def _handler_error(self, exc: BaseException | None) -> None:
+        if isinstance(exc, _PolicyFailed):
+            self._send(R.LOCAL_ERROR)
+        elif not isinstance(exc, _SessionClosed):
+            self._internal_error(exc)
+
+    def _ask(self, call: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Call the policy; awaiting this raises _PolicyFailed if it failed, _SessionClosed if
+        the session ended meanwhile (the handler then stops without a word)."""
+        answer = maybeDeferred(call, *args)
+        if not answer.called:
+            # the peer is waiting for us, not idle
+            self._waiting = True
+        return answer.addCallbacks(self._answered, self._policy_failed, errbackArgs=(call,))
+
+    def _answered(self, result: Any) -> Any:
+        self._waiting = False
+        if self._state == State.CLOSED:
+            raise _SessionClosed()
+        return result
+
+    def _policy_failed(self, failure: Failure, call: Callable[..., Any]) -> None:
+        self._waiting = False
+        self.smtp_factory.meter.error("policy")
+        self.log.error("smtp policy call failed", call=getattr(call, "__name__", str(call)),
+                       error=failure.getErrorMessage(),
+                       traceback=failure.getTraceback().rstrip())
+        if self._state == State.CLOSED:
+            raise _SessionClosed()
+        raise _PolicyFailed()
 
     def _resume(self) -> None:
         if self._waiting or not self.paused or self._state == State.CLOSED:
@@ -276,7 +286,7 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
         # process whatever was pipelined while we waited
         self.dataReceived(b"")
 
-    def _internal_error(self, exc: BaseException) -> None:
+    def _internal_error(self, exc: BaseException | None) -> None:
         self.log.exception("smtp internal error", exc, state=self._state)
         self.smtp_factory.meter.error("internal")
         self._mechanism = None
@@ -298,7 +308,7 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
             self.session.tls = negotiated(self.transport)
         try:
             if self._state == State.SASL:
-                self._sasl_line(line)
+                self._run(self._sasl_line(line))
             else:
                 self._command_line(line)
         except Exception as exc:  # noqa: BLE001 (any bug: 451, never a traceback)
@@ -340,8 +350,7 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
                 self._write(R.TOO_MANY_ERRORS.with_text("BDAT syntax error, closing connection"))
                 self._close()
             return
-        handler = getattr(self, "_do_" + type(command).__name__.lower())
-        handler(command)
+        self._run(getattr(self, _HANDLERS[type(command)])(command))
 
     def _count_junk(self) -> bool:
         self._junk += 1
@@ -351,12 +360,23 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
             return True
         return False
 
-    # --- commands
+    # --- commands: one handler each, run by _run (aiosmtpd's smtp_VERB)
 
-    def _do_hello(self, command: grammar.Hello) -> None:
-        self._call(self.policy.helo, partial(self._helo_done, command), self.session, command.name)
+    async def _greet(self) -> None:
+        try:
+            reply = await self._ask(self.policy.connect, self.session)
+        except _PolicyFailed:
+            self._send(R.LOCAL_ERROR_CLOSING)
+            return
+        if reply is None:
+            reply = Reply(220, None, f"{self.options.hostname} ESMTP Postroom")
+        self._send(reply, count=False)
+        if not reply.positive:
+            self._close()
 
-    def _helo_done(self, command: grammar.Hello, reply: Reply | None) -> None:
+    async def smtp_HELO(self, command: grammar.Hello) -> None:
+        """HELO and EHLO (``command.extended``)."""
+        reply = await self._ask(self.policy.helo, self.session, command.name)
         if reply is not None and not reply.positive:
             self._send(reply)
             return
@@ -394,7 +414,7 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
             names.append("SCRAM-SHA-256")
         return names
 
-    def _do_mail(self, command: grammar.Mail) -> None:
+    async def smtp_MAIL(self, command: grammar.Mail) -> None:
         session = self.session
         if session.helo is None:
             self._send(R.HELO_FIRST)
@@ -410,17 +430,14 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
                 command.params.size > self.options.max_message_size:
             self._send(R.MESSAGE_TOO_BIG)
         else:
-            self._call(self.policy.mail_from, partial(self._mail_done, command), session,
-                       command.path, command.params)
+            reply = await self._ask(self.policy.mail_from, session, command.path, command.params)
+            if not isinstance(reply, Reply):
+                raise TypeError("mail_from must return a Reply")
+            if reply.positive:
+                self.session.transaction = Transaction(command.path, command.params)
+            self._send(reply)
 
-    def _mail_done(self, command: grammar.Mail, reply: Reply) -> None:
-        if not isinstance(reply, Reply):
-            raise TypeError("mail_from must return a Reply")
-        if reply.positive:
-            self.session.transaction = Transaction(command.path, command.params)
-        self._send(reply)
-
-    def _do_rcpt(self, command: grammar.Rcpt) -> None:
+    async def smtp_RCPT(self, command: grammar.Rcpt) -> None:
         session = self.session
         transaction = session.transaction
         if transaction is None:
@@ -432,17 +449,14 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
         elif not session.esmtp and command.params != RcptParams():
             self._send(R.PARAMETERS_NEED_EHLO)
         else:
-            self._call(self.policy.rcpt_to, partial(self._rcpt_done, command, transaction),
-                       session, command.path, command.params)
+            reply = await self._ask(self.policy.rcpt_to, session, command.path, command.params)
+            if not isinstance(reply, Reply):
+                raise TypeError("rcpt_to must return a Reply")
+            if reply.positive and self.session.transaction is transaction:
+                transaction.recipients.append(Recipient(command.path, command.params))
+            self._send(reply)
 
-    def _rcpt_done(self, command: grammar.Rcpt, transaction: Transaction, reply: Reply) -> None:
-        if not isinstance(reply, Reply):
-            raise TypeError("rcpt_to must return a Reply")
-        if reply.positive and self.session.transaction is transaction:
-            transaction.recipients.append(Recipient(command.path, command.params))
-        self._send(reply)
-
-    def _do_data(self, command: grammar.Data) -> None:
+    async def smtp_DATA(self, command: grammar.Data) -> None:
         transaction = self.session.transaction
         if transaction is None:
             self._send(R.NEED_MAIL)
@@ -476,9 +490,9 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
         # what followed CRLF.CRLF are pipelined commands: back to the line buffer
         self.setLineMode(end.rest)
         self._arm_timer()
-        self._finish_message(end.rejection, message)
+        self._run(self._finish_message(end.rejection, message))
 
-    def _do_bdat(self, command: grammar.Bdat) -> None:
+    async def smtp_BDAT(self, command: grammar.Bdat) -> None:
         transaction = self.session.transaction
         error: Reply | None = None
         if transaction is None:
@@ -495,7 +509,7 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
         self._bdat_size = command.size
         self._bdat_last = command.last
         if command.size == 0:
-            self._chunk_done()
+            await self._chunk_done()
             return
         self._state = State.BDAT
         self._arm_timer()
@@ -510,9 +524,9 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
             self._state = State.COMMAND
             self.setLineMode(data[len(take):])
             self._arm_timer()
-            self._chunk_done()
+            self._run(self._chunk_done())
 
-    def _chunk_done(self) -> None:
+    async def _chunk_done(self) -> None:
         if self._bdat_error is not None:
             self._send(self._bdat_error)
             return
@@ -529,9 +543,9 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
             self._send(R.CHUNK_RECEIVED.with_text(f"{self._bdat_size} octets received"))
             return
         self._bdat = None
-        self._finish_message(accumulator.finish(), accumulator.message())
+        await self._finish_message(accumulator.finish(), accumulator.message())
 
-    def _finish_message(self, rejection: Reply | None, message: bytes) -> None:
+    async def _finish_message(self, rejection: Reply | None, message: bytes) -> None:
         session = self.session
         transaction = session.transaction
         assert transaction is not None
@@ -543,49 +557,47 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
             return
         envelope = Envelope(transaction.mail_from, transaction.mail_params,
                             tuple(transaction.recipients))
-
-        def reset() -> None:
+        try:
+            reply = await self._ask(self.policy.deliver, session, envelope, message)
+        except _PolicyFailed:
             session.transaction = None
-
-        self._call(self.policy.deliver, partial(self._delivered, len(message)), session,
-                   envelope, message, on_failure=reset)
-
-    def _delivered(self, size: int, reply: Reply) -> None:
-        self.session.transaction = None
+            raise
+        session.transaction = None
         if not isinstance(reply, Reply):
             raise TypeError("deliver must return a Reply")
         self.log.info("smtp message delivered" if reply.positive else "smtp message refused",
-                      code=reply.code, size=size, reply=reply.lines[-1])
+                      code=reply.code, size=len(message), reply=reply.lines[-1])
         self._send(reply)
 
-    def _do_rset(self, command: grammar.Rset) -> None:
+    async def smtp_RSET(self, command: grammar.Rset) -> None:
         if self._count_junk():
             return
         self.session.transaction = None
         self._bdat = None
         self._send(R.RESET_OK)
 
-    def _do_noop(self, command: grammar.Noop) -> None:
+    async def smtp_NOOP(self, command: grammar.Noop) -> None:
         if not self._count_junk():
             self._send(R.OK)
 
-    def _do_vrfy(self, command: grammar.Vrfy) -> None:
+    async def smtp_VRFY(self, command: grammar.Vrfy) -> None:
         if not self._count_junk():
             self._send(R.VRFY_CANNOT)
 
-    def _do_help(self, command: grammar.Help) -> None:
+    async def smtp_HELP(self, command: grammar.Help) -> None:
         if not self._count_junk():
             self._send(R.HELP_TEXT)
 
-    def _do_unimplemented(self, command: grammar.Unimplemented) -> None:
+    async def smtp_unimplemented(self, command: grammar.Unimplemented) -> None:
+        """EXPN, TURN and the other verbs we know but do not do."""
         if not self._count_junk():
             self._send(R.NOT_IMPLEMENTED)
 
-    def _do_quit(self, command: grammar.Quit) -> None:
+    async def smtp_QUIT(self, command: grammar.Quit) -> None:
         self._send(R.BYE)
         self._close()
 
-    def _do_starttls(self, command: grammar.StartTLS) -> None:
+    async def smtp_STARTTLS(self, command: grammar.StartTLS) -> None:
         session = self.session
         if self.smtp_factory.tls is None:
             self._send(R.NOT_IMPLEMENTED.with_text("STARTTLS not offered"))
@@ -596,7 +608,9 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
         if session.transaction is not None:
             self._send(R.BAD_SEQUENCE.with_text("STARTTLS not permitted during a transaction"))
             return
-        # CVE-2011-0411: anything pipelined after STARTTLS was sent in plaintext; drop it
+        # CVE-2011-0411: anything pipelined after STARTTLS was sent in plaintext; drop it.
+        # This handler never awaits, so it runs inside lineReceived: the rest of the
+        # packet is still in the line buffer, not yet parsed.
         leftover = self.clearLineBuffer()
         if leftover:
             self.log.warning("smtp plaintext after STARTTLS discarded", octets=len(leftover))
@@ -608,7 +622,7 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
 
     # --- AUTH (RFC 4954)
 
-    def _do_auth(self, command: grammar.Auth) -> None:
+    async def smtp_AUTH(self, command: grammar.Auth) -> None:
         session = self.session
         if not self.policy.offer_auth:
             self._send(R.AUTH_NOT_OFFERED)
@@ -631,9 +645,10 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
                 self._auth_reset()
                 self._send(R.AUTH_MALFORMED)
                 return
-            self._sasl_step(step)
+            await self._sasl_step(step)
 
-    def _sasl_line(self, line: bytes) -> None:
+    async def _sasl_line(self, line: bytes) -> None:
+        """One SASL response line (State.SASL), handled like a command."""
         mechanism = self._mechanism
         assert mechanism is not None
         if line.strip(b" ") == b"*":
@@ -650,9 +665,9 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
             self._auth_reset()
             self._send(R.AUTH_MALFORMED)
             return
-        self._sasl_step(step)
+        await self._sasl_step(step)
 
-    def _sasl_step(self, step: Step) -> None:
+    async def _sasl_step(self, step: Step) -> None:
         mechanism = self._mechanism
         assert mechanism is not None
         if isinstance(step, Challenge):
@@ -660,13 +675,21 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
             self.transport.write(b"334 " + base64.b64encode(step.data) + b"\r\n")
         elif isinstance(step, NeedSecrets):
             self._state = State.SASL
-            self._call(self.policy.scram_secrets,
-                       lambda found: self._sasl_step(mechanism.provide_secrets(found)),
-                       self.session, step.username, on_failure=self._auth_reset)
+            try:
+                found = await self._ask(self.policy.scram_secrets, self.session, step.username)
+            except _PolicyFailed:
+                self._auth_reset()
+                raise
+            await self._sasl_step(mechanism.provide_secrets(found))
         elif isinstance(step, Outcome):
             self._state = State.COMMAND
-            self._call(self.policy.authenticate, partial(self._auth_done, step.credentials),
-                       self.session, step.credentials, on_failure=self._auth_reset)
+            credentials = step.credentials
+            try:
+                result = await self._ask(self.policy.authenticate, self.session, credentials)
+            except _PolicyFailed:
+                self._auth_reset()
+                raise
+            self._auth_done(credentials, result)
 
     def _auth_reset(self) -> None:
         self._mechanism = None
@@ -691,3 +714,30 @@ class SMTPServerProtocol(ListenerSession, LineReceiver):
             session.auth_mechanism = credentials.mechanism
             self.log.info("smtp auth succeeded", **fields)
             self._send(R.AUTH_SUCCEEDED)
+
+
+class _PolicyFailed(Exception):
+    """A policy call failed (logged and counted where it failed): the peer gets 451."""
+
+
+class _SessionClosed(Exception):
+    """The session closed while a handler awaited the policy: the handler stops, silently."""
+
+
+# the handler (a method name, so a test can replace it) of each parsed command type;
+# HELO and EHLO share one (Hello.extended says which)
+_HANDLERS: dict[type, str] = {
+    grammar.Hello: "smtp_HELO",
+    grammar.Mail: "smtp_MAIL",
+    grammar.Rcpt: "smtp_RCPT",
+    grammar.Data: "smtp_DATA",
+    grammar.Bdat: "smtp_BDAT",
+    grammar.Rset: "smtp_RSET",
+    grammar.Noop: "smtp_NOOP",
+    grammar.Quit: "smtp_QUIT",
+    grammar.Vrfy: "smtp_VRFY",
+    grammar.Help: "smtp_HELP",
+    grammar.StartTLS: "smtp_STARTTLS",
+    grammar.Auth: "smtp_AUTH",
+    grammar.Unimplemented: "smtp_unimplemented",
+}
