@@ -173,7 +173,7 @@ class PostroomSuite:
         from sqlalchemy import create_engine, text
         from sqlalchemy.engine import make_url
 
-        from postroom.tls import make_self_signed
+        from postroom.net.tls import make_self_signed
 
         tls = VAR / "tls"
         if not (tls / "cert.pem").exists():

@@ -94,7 +94,7 @@ def _size(raw: str) -> int:
 
 
 _ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "systemd")
-# ``proxy:tcp:10025``: a PROXY protocol listener (postroom.proxyproto); ``haproxy:`` is the
+# ``proxy:tcp:10025``: a PROXY protocol listener (postroom.net.proxyproto); ``haproxy:`` is the
 # older spelling of the same thing. Both go through our strict wrapper, never Twisted's.
 PROXY_PREFIXES = ("proxy", "haproxy")
 
@@ -556,7 +556,7 @@ class Settings:
         "Idle time allowed while receiving DATA or BDAT (RFC 5321 4.5.3.2.6).")
     smtp_max_errors: int = setting(
         _positive_int, "10", "Protocol errors in one session before the server hangs up.")
-    # PROXY protocol (load balancers in front of the mail listeners; postroom.proxyproto)
+    # PROXY protocol (load balancers in front of the mail listeners; postroom.net.proxyproto)
     proxy_trusted: tuple[str, ...] = setting(
         _networks, "",
         "Addresses/CIDRs of the proxies allowed to send a PROXY protocol header to a `proxy:` "

@@ -32,9 +32,9 @@ from postroom.config import ConfigError, Settings, load_settings, require, split
 from postroom.interfaces import Reactor, global_reactor, twisted_clock
 from postroom.logs import Logger, configure, get_logger
 from postroom.metrics import Metrics
-from postroom.proxyproto import ProxyProtocolFactory, refused_total
+from postroom.net.proxyproto import ProxyProtocolFactory, refused_total
+from postroom.net.tls import ServerTLS, TLSConfigError, wrap_implicit
 from postroom.service import ServiceSpec, UnknownService, load_service
-from postroom.tls import ServerTLS, TLSConfigError, wrap_implicit
 
 if TYPE_CHECKING:  # both imported when a service needs them (the store and Redis are optional)
     from postroom.queue.redisclient import RedisClient
@@ -314,7 +314,7 @@ def resolve_spec(name: str) -> ServiceSpec:
 
 def serve_argv(name: str) -> list[str]:
     """The command line that runs one service in its own process."""
-    return [sys.executable, "-m", "postroom.cli", "serve", name]
+    return [sys.executable, "-m", "postroom.ops.cli", "serve", name]
 
 
 def _check_schema(url: str) -> None:

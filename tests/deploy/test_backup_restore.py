@@ -11,8 +11,8 @@ import pytest
 from sqlalchemy import select
 from sqlalchemy.engine import make_url
 
-from postroom.importer.load import import_folders
-from postroom.importer.source import SourceFolder, SourceMessage
+from postroom.ops.importer.load import import_folders
+from postroom.ops.importer.source import SourceFolder, SourceMessage
 from postroom.service import available_services
 from postroom.store import domains, mailboxes, users
 from postroom.store.db import Database
@@ -119,7 +119,7 @@ def test_restored_database_serves_the_same_mailboxes_over_imap(databases, tmp_pa
         return
     import imaplib
 
-    from postroom.tls import make_self_signed
+    from postroom.net.tls import make_self_signed
     from tests.support.ports import free_port
 
     make_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem", "localhost")

@@ -29,9 +29,9 @@ from typing import Any
 import pytest
 import redis
 
+from postroom.net.tls import make_self_signed
 from postroom.secretbox import write_key_file
 from postroom.service import available_services
-from postroom.tls import make_self_signed
 from tests.deploy.compose import (
     ENV_EXAMPLE,
     load_compose,
@@ -54,7 +54,7 @@ def postroom_argv(command: list[str]) -> list[str]:
     """What the container runs: the ``postroom`` console script, then compose's command."""
     script = Path(sys.executable).parent / "postroom"
     return [str(script), *command] if script.exists() else [
-        sys.executable, "-m", "postroom.cli", *command]
+        sys.executable, "-m", "postroom.ops.cli", *command]
 
 
 @dataclass

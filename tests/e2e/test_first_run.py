@@ -144,7 +144,7 @@ def test_make_run_from_a_fresh_clone_in_a_0700_directory_serves_mail_and_stops_c
     with open(log, "wb") as out:
         # `make run` runs `.venv/bin/postroom up --demo` from the checkout, in the terminal's
         # foreground process group; here a group of its own that stands for the terminal
-        proc = subprocess.Popen([sys.executable, "-m", "postroom.cli", "up", "--demo"],
+        proc = subprocess.Popen([sys.executable, "-m", "postroom.ops.cli", "up", "--demo"],
                                 cwd=clone, env=env, stdin=subprocess.DEVNULL, stdout=out,
                                 stderr=subprocess.STDOUT, start_new_session=True)
     pids: list[int] = []

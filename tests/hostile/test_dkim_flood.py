@@ -19,7 +19,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from postroom import dkimsign
+from postroom.mailauth import dkimsign
 from postroom_dmarc.main import POLICY_THREADS
 from tests.support.hostile import LEDGER, LIMITS, Suite, address, no_traceback, smtp_session
 

@@ -33,11 +33,11 @@ import redis
 from sqlalchemy import select
 
 from postroom.auth.passwords import hash_password
+from postroom.net.tls import make_self_signed
 from postroom.store import domains, users
 from postroom.store.db import Database
 from postroom.store.migrate import upgrade
 from postroom.store.models import Message, SpoolMessage
-from postroom.tls import make_self_signed
 from tests.support.db import create_test_database, drop_test_database
 from tests.support.hostile import LEDGER, Closed, Conn, no_traceback
 from tests.support.ports import free_port

@@ -18,7 +18,7 @@ def cli(clean_db):
         environ = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
         environ["POSTROOM_DATABASE_URL"] = clean_db
         environ.update(env or {})
-        result = subprocess.run([sys.executable, "-m", "postroom.cli", *args], input=stdin,
+        result = subprocess.run([sys.executable, "-m", "postroom.ops.cli", *args], input=stdin,
                                 capture_output=True, text=True, env=environ, timeout=120)
         if ok:
             assert result.returncode == 0, result.stderr
@@ -37,7 +37,7 @@ def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
 
 
 def test_help_explains_every_command():
-    out = subprocess.run([sys.executable, "-m", "postroom.cli", "--help"], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "postroom.ops.cli", "--help"], capture_output=True,
                          text=True, check=True).stdout
     for command in ("serve", "up", "db", "domain", "user", "alias", "dkim", "dns", "queue"):
         assert command in out
@@ -146,7 +146,7 @@ def test_an_empty_password_is_refused(cli):
 
 def test_a_missing_database_url_names_the_variable():
     environ = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
-    result = subprocess.run([sys.executable, "-m", "postroom.cli", "domain", "list"],
+    result = subprocess.run([sys.executable, "-m", "postroom.ops.cli", "domain", "list"],
                             capture_output=True, text=True, env=environ, timeout=60)
     assert "POSTROOM_DATABASE_URL" in _one_line_error(result)
     assert result.returncode == 2
@@ -155,7 +155,7 @@ def test_a_missing_database_url_names_the_variable():
 def test_an_unreachable_database_is_one_line():
     environ = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
     environ["POSTROOM_DATABASE_URL"] = "postgresql+psycopg2://postgres@127.0.0.1:1/none"
-    result = subprocess.run([sys.executable, "-m", "postroom.cli", "domain", "list"],
+    result = subprocess.run([sys.executable, "-m", "postroom.ops.cli", "domain", "list"],
                             capture_output=True, text=True, env=environ, timeout=60)
     assert "database" in _one_line_error(result)
 

@@ -29,8 +29,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from twisted.python.threadpool import ThreadPool
 
-from postroom.destinations import DestinationPolicy
-from postroom.tls import ServerTLS, make_self_signed
+from postroom.net.destinations import DestinationPolicy
+from postroom.net.tls import ServerTLS, make_self_signed
 from postroom_mta.dane import TLSALookupError, lookup_tlsa, selected
 from postroom_mta.routing import TLSSecurity, deliver_to_domain
 from postroom_mta.smtpclient import DeliveryResult, Outcome

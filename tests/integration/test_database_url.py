@@ -47,7 +47,7 @@ def test_migrations_take_the_plain_url_too(database_url, scheme):
 
 def _cli(*argv: str, url: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
     env = base_env({"POSTROOM_DATABASE_URL": url})
-    return subprocess.run([sys.executable, "-m", "postroom.cli", *argv], env=env,
+    return subprocess.run([sys.executable, "-m", "postroom.ops.cli", *argv], env=env,
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=timeout,
                           check=False)
 

@@ -287,7 +287,7 @@ def test_upgrade_refreshes_the_roles_granted_in_this_database(rdb):
     engine.dispose()
     with pytest.raises(ProgrammingError):
         run_as(rdb, "msa", dkim.list_keys, "example.test")
-    done = subprocess.run([sys.executable, "-m", "postroom.cli", "db", "upgrade"],
+    done = subprocess.run([sys.executable, "-m", "postroom.ops.cli", "db", "upgrade"],
                           env=base_env({"POSTROOM_DATABASE_URL": rdb.url}), capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -296,10 +296,10 @@ def test_upgrade_refreshes_the_roles_granted_in_this_database(rdb):
 
 
 def test_db_roles_prints_a_script_and_refuses_unknown_services():
-    out = subprocess.run([sys.executable, "-m", "postroom.cli", "db", "roles", "imap"],
+    out = subprocess.run([sys.executable, "-m", "postroom.ops.cli", "db", "roles", "imap"],
                          env=base_env(), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert "CREATE ROLE postroom_imap NOLOGIN" in out.stdout and "dkim_keys" not in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "postroom.cli", "db", "roles", "web"],
+    bad = subprocess.run([sys.executable, "-m", "postroom.ops.cli", "db", "roles", "web"],
                          env=base_env(), capture_output=True, text=True, timeout=60)
     assert bad.returncode == 1 and "unknown service 'web'" in bad.stderr

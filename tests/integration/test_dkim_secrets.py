@@ -78,7 +78,7 @@ def stored_keys(db: Database) -> dict[str, str]:
 
 def cli(own_db: str, *args: str, ok: bool = True,
         **env: str) -> subprocess.CompletedProcess[str]:
-    done = subprocess.run([sys.executable, "-m", "postroom.cli", *args], capture_output=True,
+    done = subprocess.run([sys.executable, "-m", "postroom.ops.cli", *args], capture_output=True,
                           text=True, timeout=120,
                           env=base_env({"POSTROOM_DATABASE_URL": own_db, **env}))
     if ok:
@@ -108,7 +108,7 @@ def test_a_key_generated_with_a_secret_key_is_encrypted_in_its_row(db, keys):
     pem = ring.open(row, DKIM_PRIVATE_KEY)
     assert "PRIVATE KEY" in pem
     # the decrypted key is the one whose public half was stored for DNS
-    from postroom.dkimsign import dns_txt_value
+    from postroom.mailauth.dkimsign import dns_txt_value
     assert dns_txt_value(pem, "ed25519-sha256").endswith(info.public_key_b64)
 
 
@@ -200,8 +200,8 @@ def test_secret_key_generate_writes_a_private_file_once(own_db, tmp_path):
 
 def test_up_makes_a_secret_key_once_and_the_demo_keys_are_encrypted_with_it(own_db, db,
                                                                             tmp_path):
-    from postroom import supervisor
     from postroom.config import load_settings
+    from postroom.ops import supervisor
 
     settings = load_settings({})
     override = supervisor._ensure_secret_key(settings, tmp_path)

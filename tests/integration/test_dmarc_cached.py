@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from postroom import dkimsign
-from postroom.dns import Resolver
+from postroom.mailauth import dkimsign
+from postroom.net.dns import Resolver
 from postroom_dmarc.verdict import (
     CACHED_MAX_MESSAGE,
     CheckRequest,

@@ -8,7 +8,7 @@ from pathlib import Path
 import dkim
 import pytest
 
-from postroom import dkimsign
+from postroom.mailauth import dkimsign
 from postroom_dmarc import dkimcheck
 
 DATA = Path(__file__).resolve().parents[1] / "data" / "dkim"

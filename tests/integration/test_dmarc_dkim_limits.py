@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import time
 
-from postroom import dkimsign
-from postroom.dns import DNSTempError
+from postroom.mailauth import dkimsign
+from postroom.net.dns import DNSTempError
 from postroom_dmarc import dkimcheck
 from postroom_dmarc.verdict import CheckRequest, Options, evaluate
 

@@ -9,8 +9,8 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from postroom.cli import main
-from postroom.dmarcreport import parse_report_message
+from postroom.mailauth.dmarcreport import parse_report_message
+from postroom.ops.cli import main
 from postroom.store import dmarc as dmarc_store
 from tests.unit.test_dmarc_incoming import XML, mail
 

@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from postroom import dkimsign
 from postroom.config import DmarcOverride
+from postroom.mailauth import dkimsign
 from postroom_dmarc.verdict import CheckRequest, Options, evaluate
 
 GOOD_IP = "192.0.2.10"

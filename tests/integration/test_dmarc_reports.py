@@ -13,7 +13,7 @@ import pytest
 from twisted.internet import defer
 from twisted.python.threadpool import ThreadPool
 
-from postroom import dkimsign
+from postroom.mailauth import dkimsign
 from postroom.queue.envelope import decode
 from postroom.queue.reconciler import Enqueuer
 from postroom.store import dmarc as dmarc_store

@@ -11,7 +11,7 @@ from xml.etree import ElementTree as ET
 
 import pytest
 
-from postroom.cli import main
+from postroom.ops.cli import main
 from postroom.store import dmarc as dmarc_store
 
 RECENT = datetime.now(UTC) - timedelta(hours=2)
@@ -56,7 +56,7 @@ def cli(stored, monkeypatch, capsys):
 def test_the_command_runs_as_a_process(stored):
     environ = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
     environ["POSTROOM_DATABASE_URL"] = stored
-    result = subprocess.run([sys.executable, "-m", "postroom.cli", "dmarc", "sources",
+    result = subprocess.run([sys.executable, "-m", "postroom.ops.cli", "dmarc", "sources",
                              "example.com"], capture_output=True, text=True, env=environ,
                             timeout=120)
     assert result.returncode == 0, result.stderr

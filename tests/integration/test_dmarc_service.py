@@ -10,7 +10,7 @@ import urllib.request
 
 import pytest
 
-from postroom import dkimsign
+from postroom.mailauth import dkimsign
 from tests.support.ports import free_port
 from tests.support.procs import ServiceProcess, runtime_argv
 

@@ -1,4 +1,4 @@
-"""postroom.dns.Resolver against the real loopback DNS server: answers, errors, cache, threads."""
+"""postroom.net.dns.Resolver against the real loopback DNS server: answers, errors, cache."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from postroom.config import load_settings
-from postroom.dns import DNSTempError, NXDomain, Resolver
+from postroom.net.dns import DNSTempError, NXDomain, Resolver
 
 
 def test_a_and_aaaa_return_addresses(dns_server):

@@ -51,7 +51,7 @@ def start_imap(database_url: str, redis_url: str, certs: Path, prefix: str) -> t
 
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from postroom.tls import make_self_signed
+    from postroom.net.tls import make_self_signed
 
     path: Path = tmp_path_factory.mktemp("imap-tls")
     make_self_signed(path / "cert.pem", path / "key.pem", "localhost")

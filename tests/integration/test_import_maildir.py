@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from postroom.importer import maildir as maildir_source
-from postroom.importer import mbox as mbox_source
-from postroom.importer.export import export_maildir
-from postroom.importer.load import import_folders
+from postroom.ops.importer import maildir as maildir_source
+from postroom.ops.importer import mbox as mbox_source
+from postroom.ops.importer.export import export_maildir
+from postroom.ops.importer.load import import_folders
 from postroom.service import available_services
 from postroom.store import domains, mailboxes, users
 from postroom.store.db import Database
@@ -82,7 +82,7 @@ def postroom(clean_db):
     def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
         env["POSTROOM_DATABASE_URL"] = clean_db
-        result = subprocess.run([sys.executable, "-m", "postroom.cli", *args],
+        result = subprocess.run([sys.executable, "-m", "postroom.ops.cli", *args],
                                 capture_output=True, text=True, env=env, timeout=120)
         if ok:
             assert result.returncode == 0, result.stderr
@@ -147,7 +147,7 @@ def test_progress_bar_shows_on_a_terminal(maildir, store, clean_db):
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
     env["POSTROOM_DATABASE_URL"] = clean_db
     leader, follower = pty.openpty()
-    proc = subprocess.Popen([sys.executable, "-m", "postroom.cli", "import", "maildir",
+    proc = subprocess.Popen([sys.executable, "-m", "postroom.ops.cli", "import", "maildir",
                              str(maildir), "--user", USER], stdin=follower, stdout=follower,
                             stderr=follower, env=env)
     os.close(follower)
@@ -226,7 +226,7 @@ def test_imported_mail_shows_the_same_over_imap(maildir, store, clean_db, redis_
     import imaplib
     import time
 
-    from postroom.tls import make_self_signed
+    from postroom.net.tls import make_self_signed
     from tests.support.ports import free_port
 
     make_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem", "localhost")

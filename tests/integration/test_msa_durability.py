@@ -19,6 +19,7 @@ import redis
 from twisted.python.threadpool import ThreadPool
 
 from postroom.auth.ratelimit import LoginRateLimiter
+from postroom.net.tls import ServerTLS, make_self_signed, wrap_implicit
 from postroom.queue.envelope import decode
 from postroom.queue.reconciler import Enqueuer, reconcile_batch
 from postroom.queue.streams import QueueClient, connect
@@ -26,7 +27,6 @@ from postroom.smtp.options import ServerOptions
 from postroom.smtp.server import SMTPServerFactory
 from postroom.store import domains, spool
 from postroom.store.db import Database
-from postroom.tls import ServerTLS, make_self_signed, wrap_implicit
 from postroom_msa.limits import SendingLimits
 from postroom_msa.lookups import Spooled
 from postroom_msa.policy import MSAPolicy

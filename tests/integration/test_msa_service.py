@@ -29,13 +29,13 @@ import pytest
 import redis
 
 from postroom.auth.passwords import hash_password
+from postroom.net.tls import make_self_signed
 from postroom.queue.envelope import decode
 from postroom.queue.streams import QueueClient, connect
 from postroom.secretbox import write_key_file
 from postroom.store import aliases, domains, messages, spool, users
 from postroom.store import dkim as dkim_store
 from postroom.store.db import Database
-from postroom.tls import make_self_signed
 from postroom_msa import replies as M
 from tests.support.ports import free_port
 from tests.support.procs import ServiceProcess, base_env, listener_env
@@ -104,7 +104,7 @@ def generate_dkim(database_url: str, domain: str,
     if secret_key_file:
         env["POSTROOM_SECRET_KEY_FILE"] = secret_key_file
     out = subprocess.run(
-        [sys.executable, "-m", "postroom.cli", "dkim", "generate", domain],
+        [sys.executable, "-m", "postroom.ops.cli", "dkim", "generate", domain],
         env=base_env(env), capture_output=True, text=True, timeout=60, check=True).stdout
     records = {}
     for match in re.finditer(r'^(\S+) IN TXT (\(.*?\)|"[^"]*")', out, re.M | re.S):

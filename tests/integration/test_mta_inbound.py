@@ -233,7 +233,7 @@ def test_dmarc_service_silent_past_the_deadline_is_451_4_7_0(accounts, env, twis
 
 def test_mta_service_process_takes_mail_over_starttls_with_swaks(accounts, env, dns_server,
                                                                   tmp_path, service_process):
-    from postroom.tls import make_self_signed
+    from postroom.net.tls import make_self_signed
 
     make_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem", HOSTNAME)
     port = free_port()

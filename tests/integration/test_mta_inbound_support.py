@@ -16,9 +16,9 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from postroom import dkimsign
 from postroom.auth.passwords import hash_password
 from postroom.config import load_settings
+from postroom.mailauth import dkimsign
 from postroom.runtime import ServiceContext
 from postroom.store import domains, spool, users
 from postroom_mta.inbound import start_inbound

@@ -23,8 +23,8 @@ import pytest
 from twisted.python.threadpool import ThreadPool
 from twisted.web import resource, server
 
-from postroom.destinations import DestinationPolicy
-from postroom.tls import ServerTLS, make_self_signed
+from postroom.net.destinations import DestinationPolicy
+from postroom.net.tls import ServerTLS, make_self_signed
 from postroom_mta.dane import lookup_tlsa
 from postroom_mta.mtasts import REFETCH_BACKOFF, PolicyFinder, PolicyStore
 from postroom_mta.routing import TLSSecurity, deliver_to_domain

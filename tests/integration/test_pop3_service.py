@@ -19,10 +19,10 @@ import redis
 from sqlalchemy import select
 
 from postroom.auth.passwords import hash_password
+from postroom.net.tls import make_self_signed
 from postroom.store import domains, mailboxes, messages, users
 from postroom.store.db import Database
 from postroom.store.models import Mailbox, MailboxEntry
-from postroom.tls import make_self_signed
 from postroom_pop3.maildrop import expunge_uids
 from tests.support.ports import free_port
 from tests.support.procs import ServiceProcess, listener_env, runtime_argv

@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
+from postroom.net.tls import make_self_signed
 from postroom.queue.envelope import Envelope
 from postroom.queue.streams import QueueClient
 from postroom.store import domains, spool
-from postroom.tls import make_self_signed
 from tests.support.dns import LOOPBACK_ENV
 from tests.support.procs import runtime_argv
 from tests.support.redisdb import wait_until

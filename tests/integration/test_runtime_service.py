@@ -16,9 +16,9 @@ from twisted.internet import task
 from twisted.internet.protocol import Factory
 from twisted.protocols.basic import LineReceiver
 
+from postroom.net.tls import make_self_signed, negotiated
 from postroom.runtime import ServiceContext
 from postroom.service import ServiceSpec
-from postroom.tls import make_self_signed, negotiated
 from tests.support.ports import free_port
 
 # The service processes import this module to find ECHO: keep its imports light (no pytest,

@@ -17,7 +17,7 @@ import pytest
 from twisted.internet import protocol
 from twisted.protocols.basic import LineReceiver
 
-from postroom.tls import ServerTLS, make_self_signed
+from postroom.net.tls import ServerTLS, make_self_signed
 from postroom_mta.smtpclient import (
     DeliveryResult,
     Envelope,

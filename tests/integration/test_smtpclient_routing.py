@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from twisted.python.threadpool import ThreadPool
 
-from postroom.destinations import DestinationPolicy
+from postroom.net.destinations import DestinationPolicy
 from postroom_mta.routing import RouteError, Target, deliver_to_domain
 from postroom_mta.routing import plan_route as strict_plan_route
 from postroom_mta.smtpclient import DeliveryResult, Outcome

@@ -17,6 +17,7 @@ from twisted.internet.task import Clock
 from postroom.auth.passwords import hash_password
 from postroom.config import Settings, load_settings
 from postroom.metrics import Metrics
+from postroom.net.tls import make_self_signed
 from postroom.queue import retention
 from postroom.store import domains, mailboxes, spool, users
 from postroom.store.models import (
@@ -26,7 +27,6 @@ from postroom.store.models import (
     SpoolMessage,
     SpoolRecipient,
 )
-from postroom.tls import make_self_signed
 from tests.support.ports import free_port
 from tests.support.procs import runtime_argv
 from tests.support.redisdb import in_reactor, wait_until
@@ -245,7 +245,7 @@ def cli(clean_db):
         environ = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
         environ["POSTROOM_DATABASE_URL"] = clean_db
         environ.update(env or {})
-        result = subprocess.run([sys.executable, "-m", "postroom.cli", *args],
+        result = subprocess.run([sys.executable, "-m", "postroom.ops.cli", *args],
                                 capture_output=True, text=True, env=environ, timeout=120)
         if ok:
             assert result.returncode == 0, result.stderr

@@ -14,14 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-from postroom.supervisor import bind_host
+from postroom.ops.supervisor import bind_host
 from tests.support.procs import base_env
 
 DRIVER = """
 import os, sys
 from twisted.internet import reactor
 from twisted.internet.defer import Deferred
-from postroom.supervisor import Supervisor
+from postroom.ops.supervisor import Supervisor
 child, max_failures = sys.argv[1], int(sys.argv[2])
 sup = Supervisor(reactor, {"flaky": [sys.executable, "-c", child, *sys.argv[3:]]},
                  {"flaky": dict(os.environ)}, grace=3, min_uptime=2,

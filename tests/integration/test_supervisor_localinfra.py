@@ -14,7 +14,7 @@ import pytest
 import redis
 from sqlalchemy.engine import make_url
 
-from postroom.localinfra import LocalInfra, fallback_prefix
+from postroom.ops.localinfra import LocalInfra, fallback_prefix
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from tests.support.procs import base_env
 # the real services may not be installed in every checkout; run the runtime's test service
 DRIVER = """
 import argparse, sys
-import postroom.supervisor as supervisor
+import postroom.ops.supervisor as supervisor
 supervisor.serve_argv = lambda name: [
     sys.executable, "-c",
     "import sys; from postroom.runtime import run_service; sys.exit(run_service(sys.argv[1]))",

@@ -9,7 +9,7 @@ import time
 
 from cryptography import x509
 
-from postroom.tls import make_self_signed
+from postroom.net.tls import make_self_signed
 from tests.integration.test_runtime_service import MODULE, echo_env
 from tests.support.procs import runtime_argv
 

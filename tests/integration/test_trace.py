@@ -9,9 +9,9 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from postroom.ops.trace import format_trace, load_trace
 from postroom.store import domains, mailboxes, spool, users
 from postroom.store.db import Database
-from postroom.trace import format_trace, load_trace
 
 
 @pytest.fixture
@@ -66,11 +66,11 @@ def test_trace_command_prints_the_story_and_fails_in_one_line_for_unknown_ids(qu
     url, queue_id = queued
     env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
     env["POSTROOM_DATABASE_URL"] = url
-    found = subprocess.run([sys.executable, "-m", "postroom.cli", "trace", queue_id],
+    found = subprocess.run([sys.executable, "-m", "postroom.ops.cli", "trace", queue_id],
                            capture_output=True, text=True, env=env, timeout=60)
     assert found.returncode == 0, found.stderr
     assert "stored in bob@example.test INBOX uid 1" in found.stdout
-    missing = subprocess.run([sys.executable, "-m", "postroom.cli", "trace", "NOSUCHID"],
+    missing = subprocess.run([sys.executable, "-m", "postroom.ops.cli", "trace", "NOSUCHID"],
                              capture_output=True, text=True, env=env, timeout=60)
     assert missing.returncode == 1
     assert missing.stderr.startswith("postroom: error: no message with queue id NOSUCHID")

@@ -5,7 +5,7 @@ Usage in a test::
     def test_mx(dns_server):
         dns_server.set_records("example.org", "MX", [(10, "mx.example.org")])
         dns_server.set_records("mx.example.org", "A", ["127.0.0.2"])
-        resolver = dns_server.resolver()            # a postroom.dns.Resolver aimed at it
+        resolver = dns_server.resolver()            # a postroom.net.dns.Resolver aimed at it
         env = dns_server.env                        # {"POSTROOM_DNS_SERVERS": "127.0.0.1:PORT"}
 
 What the server does:
@@ -280,8 +280,8 @@ class DNSServer:
         return {"POSTROOM_DNS_SERVERS": f"{self.address[0]}:{self.address[1]}"}
 
     def resolver(self, timeout: float = 2.0) -> Any:
-        """A fresh postroom.dns.Resolver using only this server."""
-        from postroom.dns import Resolver
+        """A fresh postroom.net.dns.Resolver using only this server."""
+        from postroom.net.dns import Resolver
 
         return Resolver([self.address], timeout=timeout)
 

@@ -2,7 +2,7 @@
 
 The fault campaign kills and restarts PostgreSQL and Redis, so it must never
 run against the machine's shared servers. :class:`FaultInstance` starts a
-PostgreSQL cluster and a redis-server of its own (``postroom.localinfra``)
+PostgreSQL cluster and a redis-server of its own (``postroom.ops.localinfra``)
 under a temporary directory, migrates the database with ``postroom db
 upgrade``, provisions one domain with users and DKIM keys, and runs msa, mta,
 dmarc, mda, pop3 and imap as real ``postroom serve NAME`` processes on free
@@ -31,10 +31,10 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from postroom.auth.passwords import hash_password
-from postroom.localinfra import PrivatePostgres, PrivateRedis
+from postroom.net.tls import make_self_signed
+from postroom.ops.localinfra import PrivatePostgres, PrivateRedis
 from postroom.store import dkim, domains, users
 from postroom.store.db import Database
-from postroom.tls import make_self_signed
 from tests.support.ports import free_port
 from tests.support.procs import REPO_ROOT, ServiceProcess, base_env
 
@@ -131,7 +131,7 @@ class FaultInstance:
 
     def _migrate(self, database_url: str) -> None:
         result = subprocess.run(
-            [sys.executable, "-m", "postroom.cli", "db", "upgrade"], cwd=REPO_ROOT,
+            [sys.executable, "-m", "postroom.ops.cli", "db", "upgrade"], cwd=REPO_ROOT,
             env=base_env({"POSTROOM_DATABASE_URL": database_url}), capture_output=True,
             text=True, timeout=120, check=False)
         if result.returncode != 0:

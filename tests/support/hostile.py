@@ -35,11 +35,11 @@ import redis
 from sqlalchemy import func, select
 
 from postroom.auth.passwords import hash_password
+from postroom.net.tls import make_self_signed
 from postroom.store import domains, mailboxes, messages, users
 from postroom.store.db import Database
 from postroom.store.migrate import upgrade
 from postroom.store.models import Mailbox, MailboxEntry, Message, SpoolMessage
-from postroom.tls import make_self_signed
 from tests.support.db import create_test_database, drop_test_database
 from tests.support.ports import free_port
 from tests.support.procs import ServiceProcess

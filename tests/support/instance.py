@@ -44,12 +44,12 @@ import redis
 from sqlalchemy import text
 
 from postroom.auth.passwords import hash_password
-from postroom.dnsrecords import dkim_txt
+from postroom.mailauth.dnsrecords import dkim_txt
+from postroom.net.tls import make_self_signed
 from postroom.queue.streams import connect
 from postroom.store import dkim, spool, users
 from postroom.store.db import Database
 from postroom.store.migrate import upgrade
-from postroom.tls import make_self_signed
 from tests.support.db import create_test_database, drop_test_database
 from tests.support.dns import LOOPBACK_ENV, DNSServer
 from tests.support.ports import free_port
@@ -192,9 +192,9 @@ class Instance:
 
     def cli(self, *args: str, stdin: str | None = None) -> str:
         """Run ``postroom ARGS`` against this instance; its stdout (fails on a non-zero exit)."""
-        done = subprocess.run([sys.executable, "-m", "postroom.cli", *args], input=stdin, text=True,
-                              env=base_env(self.env()), capture_output=True, timeout=60,
-                              check=False)
+        done = subprocess.run([sys.executable, "-m", "postroom.ops.cli", *args], input=stdin,
+                              text=True, env=base_env(self.env()), capture_output=True,
+                              timeout=60, check=False)
         assert done.returncode == 0, f"postroom {' '.join(args)}: {done.stderr}"
         return done.stdout
 

@@ -38,7 +38,7 @@ def runtime_argv(name: str) -> list[str]:
 
 def cli_argv(name: str) -> list[str]:
     """Run a service exactly as compose does: ``postroom serve NAME``."""
-    return [sys.executable, "-m", "postroom.cli", "serve", name]
+    return [sys.executable, "-m", "postroom.ops.cli", "serve", name]
 
 
 def base_env(env: Mapping[str, str] | None = None) -> dict[str, str]:

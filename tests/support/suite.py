@@ -35,13 +35,13 @@ import redis
 
 from postroom.auth.passwords import hash_password
 from postroom.mime import analyze
+from postroom.net.tls import make_self_signed
 from postroom.queue import events
 from postroom.queue.envelope import Envelope
 from postroom.queue.streams import QueueClient, connect
 from postroom.store import domains, mailboxes, messages, spool, users
 from postroom.store.db import Database
 from postroom.store.migrate import upgrade
-from postroom.tls import make_self_signed
 from tests.support.db import create_test_database, drop_test_database
 from tests.support.ports import free_port
 from tests.support.procs import ServiceProcess, runtime_argv

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from postroom.cli import COMMANDS, build_parser
+from postroom.ops.cli import COMMANDS, build_parser
 
 
 def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:

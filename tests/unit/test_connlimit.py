@@ -1,6 +1,6 @@
 """The per-address connection limit shared by the listeners."""
 
-from postroom.connlimit import PerAddressLimit
+from postroom.net.connlimit import PerAddressLimit
 
 
 def test_connections_past_the_limit_are_refused_per_address():
@@ -20,14 +20,14 @@ def test_a_released_connection_makes_room_and_leaves_no_residue():
 
 
 def test_loopback_includes_ipv4_mapped_and_excludes_garbage():
-    from postroom.peers import is_loopback
+    from postroom.net.peers import is_loopback
 
     assert is_loopback("127.0.0.2") and is_loopback("::1") and is_loopback("::ffff:127.0.0.1")
     assert not is_loopback("192.0.2.1") and not is_loopback("not an ip")
 
 
 def test_client_key_is_the_ipv4_address_or_the_ipv6_slash_64():
-    from postroom.peers import client_key
+    from postroom.net.peers import client_key
 
     assert client_key("192.0.2.1") == "192.0.2.1"
     assert client_key("2001:db8:1:2:a:b:c:d") == "2001:db8:1:2::/64"
@@ -38,7 +38,7 @@ def test_client_key_is_the_ipv4_address_or_the_ipv6_slash_64():
 
 
 def test_client_key_of_ipv4_mapped_ipv6_is_the_ipv4_address():
-    from postroom.peers import client_key
+    from postroom.net.peers import client_key
 
     assert client_key("::ffff:192.0.2.1") == "192.0.2.1"
     assert client_key("::ffff:c000:201") == "192.0.2.1"

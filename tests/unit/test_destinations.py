@@ -1,10 +1,10 @@
-"""Which addresses the relay may connect to (postroom.destinations): internal ones are refused."""
+"""Which addresses the relay may connect to (postroom.net.destinations): internal ones refused."""
 
 from __future__ import annotations
 
 import pytest
 
-from postroom.destinations import STRICT, DestinationPolicy
+from postroom.net.destinations import STRICT, DestinationPolicy
 
 INTERNAL = [
     "0.0.0.0", "0.1.2.3", "127.0.0.1", "127.255.255.254", "10.0.0.1", "10.255.255.255",

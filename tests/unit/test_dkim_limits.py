@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from postroom import dkimsign
-from postroom.dns import DNSTempError, NXDomain, Resolver
+from postroom.mailauth import dkimsign
+from postroom.net.dns import DNSTempError, NXDomain, Resolver
 from postroom_dmarc import dkimcheck
 
 PRIVATE, _TXT = dkimsign.generate_keys("ed25519-sha256")

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from postroom import dkimsign
+from postroom.mailauth import dkimsign
 
 MESSAGE = b"From: a@example.org\r\nTo: b@example.net\r\nSubject: hi\r\n\r\nbody\r\n"
 

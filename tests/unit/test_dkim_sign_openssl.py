@@ -1,6 +1,6 @@
 """DKIM signing through OpenSSL with cached keys gives exactly dkimpy's own signature field.
 
-postroom.dkimsign rebuilds dkimpy's ``DKIM.sign`` with the private-key step
+postroom.mailauth.dkimsign rebuilds dkimpy's ``DKIM.sign`` with the private-key step
 done by `cryptography` and the loaded key cached (see its docstring). RSA
 PKCS#1 v1.5 and ed25519 are deterministic, so for the same message, key and
 second (``t=``) the field must equal dkimpy's byte for byte, and verify.
@@ -16,7 +16,7 @@ import dkim
 import pytest
 from cryptography.hazmat.primitives import serialization
 
-from postroom import dkimsign
+from postroom.mailauth import dkimsign
 
 MESSAGE = (b"Received: from client by mx\r\n"
            b"From: Ann <ann@example.org>\r\nTo: b@example.net,\r\n  c@example.net\r\n"

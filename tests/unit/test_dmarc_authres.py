@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from postroom import authres
+from postroom.mailauth import authres
 
 
 def test_address_values_stay_unquoted():

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from postroom.dns import Resolver
+from postroom.net.dns import Resolver
 from postroom_dmarc.discovery import Discoverer, walk_targets
 
 

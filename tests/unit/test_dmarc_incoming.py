@@ -11,8 +11,8 @@ from email.message import EmailMessage
 
 import pytest
 
-from postroom import dmarcreport
-from postroom.dmarcreport import IncomingLimits, ReportError, parse_report_message
+from postroom.mailauth import dmarcreport
+from postroom.mailauth.dmarcreport import IncomingLimits, ReportError, parse_report_message
 
 XML = b"""<?xml version="1.0" encoding="UTF-8"?>
 <feedback>

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from email import policy as email_policy
 from xml.etree import ElementTree as ET
 
-from postroom import dmarcreport
+from postroom.mailauth import dmarcreport
 from postroom.store.dmarc import DmarcRecord
 
 BEGIN = datetime(2026, 3, 1, tzinfo=UTC)

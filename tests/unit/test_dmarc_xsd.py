@@ -7,7 +7,7 @@ import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
-from postroom import dmarcreport
+from postroom.mailauth import dmarcreport
 from postroom.store.dmarc import DmarcRecord
 
 XSD = Path(__file__).parent.parent / "data" / "dmarc" / "rua.xsd"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from postroom.dnsrecords import all_records, dkim_record, txt_value
+from postroom.mailauth.dnsrecords import all_records, dkim_record, txt_value
 
 
 def test_a_long_txt_value_is_split_into_255_octet_strings():

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from postroom import logs
-from postroom.importer import maildir
+from postroom.ops.importer import maildir
 
 SECRET = b"root:$6$secret-hash:19000:0:99999:7:::\n"
 MESSAGE = b"From: bob@example.org\nSubject: %s\n\nhello\n"

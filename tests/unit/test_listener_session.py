@@ -1,4 +1,4 @@
-"""postroom.session.ListenerSession: admission, the idle timer, the error budget, pausing."""
+"""postroom.net.session.ListenerSession: admission, the idle timer, the error budget, pausing."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 
 from postroom import metrics as M
-from postroom.connlimit import PerAddressLimit
-from postroom.session import ListenerSession
+from postroom.net.connlimit import PerAddressLimit
+from postroom.net.session import ListenerSession
 from tests.unit.test_metrics import value
 
 

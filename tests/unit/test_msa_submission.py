@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from postroom.dkimsign import dns_txt_value, generate_keys
-from postroom.peers import is_loopback
+from postroom.mailauth.dkimsign import dns_txt_value, generate_keys
+from postroom.net.peers import is_loopback
 from postroom.secretbox import DKIM_PRIVATE_KEY, Keyring, SecretError
 from postroom.smtp.session import Session
 from postroom_msa.limits import sliding_estimate

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from postroom.proxyproto import (
+from postroom.net.proxyproto import (
     V1_MAX,
     V2_MAX_PAYLOAD,
     V2_SIGNATURE,

@@ -12,7 +12,7 @@ from twisted.internet.testing import StringTransport
 
 from postroom import logs
 from postroom.metrics import Metrics
-from postroom.proxyproto import HEADER_TIMEOUT, REASONS, ProxyProtocolFactory
+from postroom.net.proxyproto import HEADER_TIMEOUT, REASONS, ProxyProtocolFactory
 from postroom.smtp.options import ServerOptions
 from postroom.smtp.server import SMTPServerFactory
 from tests.unit.test_smtp_support import RecordingPolicy

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import datetime
 
+from postroom.net.tls import TLSInfo
 from postroom.smtp.grammar import Address
 from postroom.smtp.received import received_header
 from postroom.smtp.session import Session
-from postroom.tls import TLSInfo
 
 WHEN = datetime.datetime(2024, 1, 2, 3, 4, 5, tzinfo=datetime.UTC)
 

@@ -117,7 +117,7 @@ class RecordingPolicy(BasePolicy):
 
 
 class FakeServerTLS:
-    """Stands in for postroom.tls.ServerTLS in StringTransport tests (never handshakes)."""
+    """Stands in for postroom.net.tls.ServerTLS in StringTransport tests (never handshakes)."""
 
     def getContext(self) -> None:
         return None

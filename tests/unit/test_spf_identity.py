@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from postroom.dns import Resolver
+from postroom.net.dns import Resolver
 from postroom_dmarc import spfcheck
 
 # nothing listens on the discard port; these cases must not need an answer

@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 import json
 
-from postroom.supervisor import Supervisor, as_json_line, for_people
+from postroom.ops.supervisor import Supervisor, as_json_line, for_people
 
 LINE = json.dumps({"ts": "2026-11-26T21:17:20.349Z", "level": "info", "service": "msa",
                    "event": "message accepted", "component": "msa", "queue_id": "Q1",

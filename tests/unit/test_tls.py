@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import load_pem_private_key
 from twisted.internet.testing import StringTransport
 
-from postroom.tls import (
+from postroom.net.tls import (
     SELF_SIGNED_DAYS,
     ServerTLS,
     TLSConfigError,

@@ -28,12 +28,12 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web import resource, server
 
-from postroom import authres
-from postroom.dns import Resolver
 from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
 from postroom.internalauth import authorized
 from postroom.logs import get_logger
+from postroom.mailauth import authres
 from postroom.metrics import Metrics, dmarc_results_total
+from postroom.net.dns import Resolver
 from postroom_dmarc.results import ResultRecorder
 from postroom_dmarc.verdict import CheckRequest, Options, PendingCheck, Verdict
 

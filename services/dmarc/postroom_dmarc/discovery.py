@@ -11,7 +11,7 @@ Two methods, chosen by ``mode``:
   more than 8 labels jumps to its last 7), with ``psd=`` marking where an
   organization ends.
 
-DNS temporary failures raise :class:`postroom.dns.DNSTempError`; callers
+DNS temporary failures raise :class:`postroom.net.dns.DNSTempError`; callers
 turn that into a DMARC ``temperror``.
 """
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from publicsuffixlist import PublicSuffixList
 
-from postroom.dns import NXDomain, Resolver
+from postroom.net.dns import NXDomain, Resolver
 from postroom_dmarc.record import DMARCRecord, MalformedRecord, NotDMARC, is_dmarc, parse
 
 MODES = ("psl", "treewalk")

@@ -30,8 +30,8 @@ from typing import Any
 import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
-from postroom.dns import DNSTempError, NXDomain, Resolver
 from postroom.logs import get_logger
+from postroom.net.dns import DNSTempError, NXDomain, Resolver
 from postroom_dmarc.discovery import normalise, psl_org_domain
 from postroom_dmarc.record import json_copy
 
@@ -160,7 +160,7 @@ def verify(message: bytes, resolver: Resolver, *, min_rsa_bits: int = MIN_RSA_BI
     follow in message order. Those beyond the cap are skipped and not
     reported. Before each signature the time left is checked; every key
     lookup's timeout is cut to it (``resolver`` may carry the whole check's
-    deadline too, see :meth:`postroom.dns.Resolver.until`); signatures not
+    deadline too, see :meth:`postroom.net.dns.Resolver.until`); signatures not
     started in time are reported as ``temperror``. ``headers`` is
     :func:`parse_headers` of the message, when the caller has it.
     """

@@ -4,7 +4,7 @@ The MTA and MDA deliver mail for ``POSTROOM_DMARC_REPORT_MAILBOX`` like any
 other mail. Every ``POSTROOM_DMARC_REPORT_SCAN_INTERVAL`` this scanner takes
 the messages in that account's mailboxes that have no row in
 ``dmarc_incoming_reports`` yet, parses each in the `policy` thread pool (a
-pure function, :func:`postroom.dmarcreport.parse_report_message`) and stores
+pure function, :func:`postroom.mailauth.dmarcreport.parse_report_message`) and stores
 the result, or the refusal, keyed by the message's SHA-256. So a message is
 looked at once whatever happens to the queues, several replicas never store
 a report twice, and a mail the user deletes simply stops being a candidate.
@@ -17,9 +17,9 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.python.threadpool import ThreadPool
 
-from postroom import dmarcreport
 from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
 from postroom.logs import get_logger
+from postroom.mailauth import dmarcreport
 from postroom.store import dmarc as dmarc_store
 from postroom.store.db import Database
 

@@ -8,10 +8,10 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
-from postroom import dmarcreport
 from postroom.config import DmarcOverride, Settings
-from postroom.dns import Resolver
 from postroom.internalauth import warn_if_exposed
+from postroom.mailauth import dmarcreport
+from postroom.net.dns import Resolver
 from postroom.queue.reconciler import Enqueuer
 from postroom.queue.streams import QueueClient
 from postroom.runtime import ServiceContext

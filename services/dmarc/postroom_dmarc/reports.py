@@ -32,10 +32,10 @@ from typing import Any
 from twisted.internet import defer, task
 from twisted.python.threadpool import ThreadPool
 
-from postroom import dmarcreport
-from postroom.dns import DNSTempError, NXDomain, Resolver
 from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
 from postroom.logs import get_logger
+from postroom.mailauth import dmarcreport
+from postroom.net.dns import DNSTempError, NXDomain, Resolver
 from postroom.queue.envelope import Envelope
 from postroom.queue.reconciler import Enqueuer
 from postroom.store import dmarc as dmarc_store

@@ -16,7 +16,7 @@ from typing import Any
 
 import spf
 
-from postroom.dns import DNSTempError, NXDomain, Resolver
+from postroom.net.dns import DNSTempError, NXDomain, Resolver
 
 RESULTS = ("pass", "fail", "softfail", "neutral", "none", "temperror", "permerror")
 # RFC 7208 section 4.6.4: at least 20 seconds for the whole evaluation is suggested;

@@ -24,10 +24,10 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from postroom import authres
 from postroom.config import DmarcOverride, Network
-from postroom.dns import DNSTempError, Resolver
 from postroom.logs import get_logger
+from postroom.mailauth import authres
+from postroom.net.dns import DNSTempError, Resolver
 from postroom_dmarc import dkimcheck, spfcheck
 from postroom_dmarc.discovery import Discoverer, normalise
 from postroom_dmarc.fromheader import author_domains

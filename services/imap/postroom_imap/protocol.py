@@ -24,11 +24,11 @@ from twisted.internet.task import deferLater
 from twisted.python.failure import Failure
 
 from postroom.auth import sasl
-from postroom.connlimit import PerAddressLimit
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, SessionMetrics, imap_idle_sessions
-from postroom.peers import is_loopback, is_tls
-from postroom.session import ListenerSession
+from postroom.net.connlimit import PerAddressLimit
+from postroom.net.peers import is_loopback, is_tls
+from postroom.net.session import ListenerSession
 from postroom_imap.handlers_mailbox import MailboxCommands
 from postroom_imap.handlers_message import MessageCommands
 from postroom_imap.policy import Accounts, AuthFailed, Refusal, UserStore

@@ -37,7 +37,7 @@ from postroom.auth.sasl import (
 )
 from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import get_logger
-from postroom.peers import is_loopback
+from postroom.net.peers import is_loopback
 from postroom.smtp import replies as R
 from postroom.smtp.grammar import Address, MailParams, RcptParams
 from postroom.smtp.policy import BasePolicy

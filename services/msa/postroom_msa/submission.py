@@ -19,9 +19,9 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.threadpool import ThreadPool
 
-from postroom import dkimsign
 from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import Logger, get_logger
+from postroom.mailauth import dkimsign
 from postroom.metrics import Metrics, errors_total, messages_total
 from postroom.mime.addresses import parse_addresses
 from postroom.mime.headers import HeaderBlock, scan_header

@@ -47,8 +47,8 @@ from twisted.internet import ssl as tssl
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from zope.interface import implementer
 
-from postroom.dns import Resolver
 from postroom.logs import get_logger
+from postroom.net.dns import Resolver
 
 log = get_logger("dane")
 

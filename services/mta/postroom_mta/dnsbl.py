@@ -15,10 +15,10 @@ from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from postroom.dns import DNSError, Resolver
 from postroom.interfaces import ReactorThreads, defer_to_pool, global_reactor
 from postroom.logs import get_logger
-from postroom.peers import parse_ip
+from postroom.net.dns import DNSError, Resolver
+from postroom.net.peers import parse_ip
 from postroom.smtp.replies import Reply
 
 _log = get_logger("dnsbl")

@@ -26,12 +26,13 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
-from postroom import authres
 from postroom.config import Settings
-from postroom.dns import Resolver
 from postroom.interfaces import ReactorThreads, ReactorTime, global_reactor, twisted_clock
 from postroom.logs import get_logger
+from postroom.mailauth import authres
 from postroom.metrics import Metrics, messages_total
+from postroom.net.dns import Resolver
+from postroom.net.tls import ServerTLS
 from postroom.queue.envelope import Envelope as QueueEnvelope
 from postroom.queue.reconciler import Enqueuer
 from postroom.queue.streams import QueueClient, connect
@@ -49,7 +50,6 @@ from postroom.store.addresses import normalise_address
 from postroom.store.db import Database
 from postroom.store.db import StoreSession as DBSession
 from postroom.store.queueid import new_queue_id
-from postroom.tls import ServerTLS
 from postroom_mta.dmarcclient import DMARCClient, Verdict
 from postroom_mta.dnsbl import DNSBL
 from postroom_mta.greylist import Greylist

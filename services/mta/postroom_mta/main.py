@@ -13,7 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
-from postroom.dns import Resolver
+from postroom.net.dns import Resolver
 from postroom.queue.retention import SpoolPurger
 from postroom.queue.streams import QueueClient, connect
 from postroom.queue.worker import start_stream_worker

@@ -8,7 +8,7 @@ The fetch connects to the address our own resolver gives for that name, so
 tests (and split-horizon set-ups) see exactly the DNS the relay uses; like an
 MX, that name is the domain owner's to point anywhere, so internal addresses
 are refused unless POSTROOM_RELAY_ALLOWED_NETWORKS allows them
-(postroom.destinations): the fetch then fails, which means no policy.
+(postroom.net.destinations): the fetch then fails, which means no policy.
 
 Caching (RFC 8461 section 5.1) is in Redis (:class:`PolicyStore`), shared by
 every mta process: one key per domain, ``<prefix>mta-sts:<domain>``, whose
@@ -48,9 +48,9 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from postroom.destinations import STRICT, DestinationPolicy
-from postroom.dns import DNSError, Resolver
 from postroom.logs import get_logger
+from postroom.net.destinations import STRICT, DestinationPolicy
+from postroom.net.dns import DNSError, Resolver
 from postroom.queue import cache
 from postroom.queue.redisclient import RedisClient, RedisError
 

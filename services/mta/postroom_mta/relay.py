@@ -36,8 +36,6 @@ from twisted.internet.defer import Deferred, DeferredSemaphore, gatherResults
 from twisted.python.threadpool import ThreadPool
 
 from postroom.config import Settings
-from postroom.destinations import DestinationPolicy
-from postroom.dns import Resolver
 from postroom.interfaces import ReactorThreads, defer_to_pool, global_reactor
 from postroom.logs import Logger, get_logger
 from postroom.metrics import (
@@ -47,6 +45,8 @@ from postroom.metrics import (
     relay_internal_refused_total,
     sessions_reused_total,
 )
+from postroom.net.destinations import DestinationPolicy
+from postroom.net.dns import Resolver
 from postroom.queue.consumer import QueueEntry
 from postroom.queue.reconciler import enqueue_after_commit
 from postroom.queue.redisclient import RedisError

@@ -8,7 +8,7 @@ null MX is mixed with real MX records (a misconfiguration the RFC forbids) the
 ``.`` is dropped and the rest is used.
 
 Addresses in internal networks (loopback, RFC 1918, link-local, ...: see
-postroom.destinations) are dropped before anything connects, unless the
+postroom.net.destinations) are dropped before anything connects, unless the
 operator allows their network (POSTROOM_RELAY_ALLOWED_NETWORKS): the domain's
 owner writes its DNS, and mail anyone can make us send (bounces, vacation
 replies) must not reach our own services. When nothing is left the domain is
@@ -43,10 +43,10 @@ from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from postroom.destinations import STRICT, DestinationPolicy
-from postroom.dns import DNSTempError, NXDomain, Resolver
 from postroom.interfaces import ReactorThreads, defer_to_pool, global_reactor
 from postroom.logs import Logger, get_logger
+from postroom.net.destinations import STRICT, DestinationPolicy
+from postroom.net.dns import DNSTempError, NXDomain, Resolver
 from postroom.smtp.replies import Reply
 from postroom_mta import dane
 from postroom_mta.mtasts import NONE, PolicyFinder

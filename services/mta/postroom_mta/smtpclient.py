@@ -66,8 +66,8 @@ from zope.interface import implementer
 
 from postroom.interfaces import DelayedCall, ReactorThreads, ReactorTime
 from postroom.logs import Logger, get_logger
+from postroom.net.tls import TLSInfo, negotiated
 from postroom.smtp.replies import Reply
-from postroom.tls import TLSInfo, negotiated
 from postroom_mta.smtpclient_data import (
     DEFAULT_CHUNK_SIZE,
     DataProducer,

@@ -30,11 +30,11 @@ from twisted.protocols.basic import LineReceiver
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from postroom.connlimit import PerAddressLimit
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, SessionMetrics
-from postroom.peers import is_loopback, is_tls
-from postroom.session import ListenerSession
+from postroom.net.connlimit import PerAddressLimit
+from postroom.net.peers import is_loopback, is_tls
+from postroom.net.session import ListenerSession
 from postroom_pop3 import wire
 from postroom_pop3.policy import AuthFailed, Authority, LoginDelayed, Maildrop, Refusal
 

@@ -10,7 +10,7 @@ so there is no burst of 2 x limit at a window edge). Each set is trimmed to
 ``limit + 1`` members and expires one window after its last failure, so an
 attacker cannot make it grow.
 
-The client is :func:`postroom.peers.client_key`: an IPv4 address, or the /64
+The client is :func:`postroom.net.peers.client_key`: an IPv4 address, or the /64
 of an IPv6 one (a host with a /64 has 2**64 addresses to rotate through). The
 account is :func:`postroom.store.addresses.login_name`, the same canonical
 form login resolution looks the account up by, so every spelling that logs in
@@ -44,7 +44,7 @@ from collections.abc import Callable
 
 from postroom.config import Settings
 from postroom.logs import get_logger
-from postroom.peers import client_key
+from postroom.net.peers import client_key
 from postroom.queue import windows
 from postroom.queue.redisclient import RedisClient, RedisError
 from postroom.store.addresses import login_name

@@ -14,7 +14,7 @@ import time
 
 import redis
 
-from postroom.peers import parse_ip
+from postroom.net.peers import parse_ip
 
 # how long a first sighting waits for its retry, and how long a passed triplet is remembered
 RETRY_WINDOW = 2 * 86400

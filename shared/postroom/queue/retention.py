@@ -13,7 +13,7 @@ report's spool row, under a queue id derived from both, is still there when a
 later tick (or another replica) looks for it. It only ever reports the last
 whole period, which it keeps looking at for one interval after the period
 ended (plus the settle delay, at most 1m); two intervals plus a minute cover
-that with a whole period to spare (``postroom.dmarcreport.report_row_lifetime``,
+that with a whole period to spare (``postroom.mailauth.dmarcreport.report_row_lifetime``,
 beside the settle rule the dmarc service uses).
 
 The mta runs :class:`SpoolPurger`: shortly after start and every
@@ -33,9 +33,9 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 
 from postroom.config import Settings
-from postroom.dmarcreport import report_row_lifetime
 from postroom.interfaces import DelayedCall, ReactorThreads, global_reactor, twisted_clock
 from postroom.logs import Logger, get_logger
+from postroom.mailauth.dmarcreport import report_row_lifetime
 from postroom.metrics import Metrics
 from postroom.store import spool
 from postroom.store.db import Database

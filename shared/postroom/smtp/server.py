@@ -39,10 +39,11 @@ from postroom.auth.sasl import (
     decode_response,
     new_mechanism,
 )
-from postroom.connlimit import PerAddressLimit
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, SessionMetrics
-from postroom.session import ListenerSession
+from postroom.net.connlimit import PerAddressLimit
+from postroom.net.session import ListenerSession
+from postroom.net.tls import negotiated
 from postroom.smtp import grammar
 from postroom.smtp import replies as R
 from postroom.smtp.data import ChunkAccumulator, Content, DataReader, End
@@ -51,7 +52,6 @@ from postroom.smtp.options import ServerOptions
 from postroom.smtp.policy import SMTPPolicy
 from postroom.smtp.replies import Reply
 from postroom.smtp.session import Envelope, Recipient, Session, Transaction
-from postroom.tls import negotiated
 
 _log = get_logger("smtp")
 
@@ -77,7 +77,7 @@ class SMTPServerFactory(ServerFactory):
     def __init__(self, policy: SMTPPolicy, options: ServerOptions, *, tls: Any = None,
                  implicit_tls: bool = False, clock: IReactorTime | None = None,
                  metrics: Metrics | None = None, listener: str = "smtp") -> None:
-        """``tls`` is an object with ``getContext()`` (postroom.tls.ServerTLS) enabling
+        """``tls`` is an object with ``getContext()`` (postroom.net.tls.ServerTLS) enabling
         STARTTLS; ``implicit_tls`` says the listener is already wrapped in TLS (465);
         ``listener`` is the ``listener`` label of the connection metrics."""
         if clock is None:

@@ -6,8 +6,8 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from postroom.net.tls import TLSInfo
 from postroom.smtp.grammar import Address, MailParams, RcptParams
-from postroom.tls import TLSInfo
 
 
 @dataclass(frozen=True)

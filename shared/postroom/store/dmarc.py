@@ -23,7 +23,7 @@ from postroom.store.models import (
 from postroom.store.prepared import Prepared
 
 if TYPE_CHECKING:
-    from postroom.dmarcreport import IncomingReport
+    from postroom.mailauth.dmarcreport import IncomingReport
 
 
 @dataclass(frozen=True)
@@ -146,7 +146,7 @@ def try_lock_report(session: Session, report_id: str) -> bool:
     return bool(session.execute(select(func.pg_try_advisory_xact_lock(key))).scalar())
 
 
-# --- incoming aggregate reports (parsed by postroom.dmarcreport, scanned by the dmarc service)
+# --- incoming aggregate reports (parsed by postroom.mailauth.dmarcreport, scanned by dmarc)
 
 
 def unscanned_report_messages(session: Session, address: str,

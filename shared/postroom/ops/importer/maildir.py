@@ -24,8 +24,8 @@ import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime
 
-from postroom.importer.source import SourceFolder, SourceMessage, to_crlf
 from postroom.logs import get_logger
+from postroom.ops.importer.source import SourceFolder, SourceMessage, to_crlf
 
 log = get_logger("import")
 

@@ -33,7 +33,7 @@ from postroom.secretbox import SecretError
 from postroom.store.db import Database
 
 if TYPE_CHECKING:  # imported where `up` starts it
-    from postroom.localinfra import LocalInfra
+    from postroom.ops.localinfra import LocalInfra
 
 log = get_logger("supervisor")
 
@@ -229,7 +229,7 @@ def bind_host(endpoints: Sequence[str], host: str) -> list[str]:
 
 
 def _free_port(host: str) -> int:
-    from postroom.localinfra import free_port
+    from postroom.ops.localinfra import free_port
     return free_port(host)
 
 
@@ -248,7 +248,7 @@ def _listen_overrides(settings: Settings, host: str | None,
 def _ensure_tls(settings: Settings, var: Path) -> dict[str, str]:
     if settings.tls_cert_file:
         return {}
-    from postroom.tls import make_self_signed
+    from postroom.net.tls import make_self_signed
 
     cert, key = var / "tls" / "cert.pem", var / "tls" / "key.pem"
     if not (cert.exists() and key.exists()):
@@ -367,7 +367,7 @@ def main(args: argparse.Namespace, *, reactor: Reactor | None = None,
         log.error("cannot start", reason=str(exc))
         return 2
     configure("up", settings.log_level)
-    from postroom.localinfra import InfraError, LocalInfra
+    from postroom.ops.localinfra import InfraError, LocalInfra
     from postroom.service import available_services
 
     names = list(getattr(args, "only", None) or sorted(available_services()))

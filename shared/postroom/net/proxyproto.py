@@ -28,7 +28,7 @@ from twisted.python.failure import Failure
 from postroom.interfaces import DelayedCall, ReactorTime, global_reactor
 from postroom.logs import get_logger
 from postroom.metrics import Metrics
-from postroom.peers import parse_ip
+from postroom.net.peers import parse_ip
 
 _log = get_logger("proxyproto")
 

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-from postroom.importer.source import SourceFolder, SourceMessage, to_crlf
+from postroom.ops.importer.source import SourceFolder, SourceMessage, to_crlf
 
 _QUOTED_FROM = re.compile(rb"^>(>*From )")
 _X_STATUS = {"A": "\\Answered", "F": "\\Flagged", "T": "\\Draft", "D": "\\Deleted"}

@@ -1,6 +1,6 @@
 """Concurrent connections per client, shared by the SMTP, POP3 and IMAP listeners.
 
-A client is an IPv4 address or an IPv6 /64 (:func:`postroom.peers.client_key`,
+A client is an IPv4 address or an IPv6 /64 (:func:`postroom.net.peers.client_key`,
 the key the failed-login limiter uses too): a host given a /64 could otherwise
 open ``limit`` connections from each of its 2**64 addresses.
 """
@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections import Counter
 
-from postroom.peers import client_key
+from postroom.net.peers import client_key
 
 
 class PerAddressLimit:

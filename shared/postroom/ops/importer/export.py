@@ -26,9 +26,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from postroom.importer.load import _user_id
-from postroom.importer.maildir import info_suffix
-from postroom.importer.source import to_lf
+from postroom.ops.importer.load import _user_id
+from postroom.ops.importer.maildir import info_suffix
+from postroom.ops.importer.source import to_lf
 from postroom.store.db import Database
 from postroom.store.mailboxes import list_mailboxes
 from postroom.store.models import MailboxEntry, Message

@@ -15,10 +15,10 @@ from dataclasses import dataclass, field
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from postroom.importer.progress import Progress
-from postroom.importer.source import SourceFolder, SourceMessage
 from postroom.logs import get_logger
 from postroom.mime import analyze, metadata_dict
+from postroom.ops.importer.progress import Progress
+from postroom.ops.importer.source import SourceFolder, SourceMessage
 from postroom.store import mailboxes, messages
 from postroom.store.db import Database
 from postroom.store.errors import NotFound

@@ -163,7 +163,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def _up_arguments(p: argparse.ArgumentParser) -> None:
-    from postroom.supervisor import add_arguments
+    from postroom.ops.supervisor import add_arguments
 
     add_arguments(p)
 
@@ -175,7 +175,7 @@ def _up_arguments(p: argparse.ArgumentParser) -> None:
                       "run under ./var/; without a certificate, a self-signed one is made. Ctrl-C "
                       "stops everything."))
 def cmd_up(args: argparse.Namespace) -> int:
-    from postroom.supervisor import main as supervise
+    from postroom.ops.supervisor import main as supervise
 
     return supervise(args)
 
@@ -434,7 +434,7 @@ def _dkim_arguments(p: argparse.ArgumentParser) -> None:
          summary="DKIM signing keys",
          description="Generate and list DKIM keys; generate prints the DNS TXT records to publish.")
 def cmd_dkim(args: argparse.Namespace) -> int:
-    from postroom import dnsrecords
+    from postroom.mailauth import dnsrecords
     from postroom.store import dkim
 
     if args.action == "generate":
@@ -520,7 +520,7 @@ def _dns_arguments(p: argparse.ArgumentParser) -> None:
          description=("Print the MX, SPF, DKIM, DMARC, MTA-STS and TLS-RPT records a domain needs, "
                       "in zone-file syntax."))
 def cmd_dns(args: argparse.Namespace) -> int:
-    from postroom import dnsrecords
+    from postroom.mailauth import dnsrecords
     from postroom.store import dkim
 
     settings = _settings()
@@ -654,7 +654,7 @@ def _dmarc_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_dmarc(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
-    from postroom import dmarcreport
+    from postroom.mailauth import dmarcreport
     from postroom.store import dmarc
 
     now = datetime.now(UTC)
@@ -722,9 +722,9 @@ def _import_arguments(p: argparse.ArgumentParser) -> None:
                       "running it again imports nothing twice. A progress bar shows on a "
                       "terminal; a summary line ends the run."))
 def cmd_import(args: argparse.Namespace) -> int:
-    from postroom.importer import maildir, mbox
-    from postroom.importer.load import import_folders
-    from postroom.importer.progress import Progress
+    from postroom.ops.importer import maildir, mbox
+    from postroom.ops.importer.load import import_folders
+    from postroom.ops.importer.progress import Progress
 
     try:
         if args.format == "maildir":
@@ -757,8 +757,8 @@ def _export_arguments(p: argparse.ArgumentParser) -> None:
                       "other mailboxes as .Name folders), flags in the file names and internal "
                       "dates as modification times."))
 def cmd_export(args: argparse.Namespace) -> int:
-    from postroom.importer.export import export_maildir
-    from postroom.importer.progress import Progress
+    from postroom.ops.importer.export import export_maildir
+    from postroom.ops.importer.progress import Progress
 
     database = _open_store()
     progress = Progress(0)
@@ -784,7 +784,7 @@ def _trace_arguments(p: argparse.ArgumentParser) -> None:
                       "policy verdict, each recipient's attempts and state, and the mailbox and "
                       "UID each local copy went to."))
 def cmd_trace(args: argparse.Namespace) -> int:
-    from postroom.trace import format_trace, load_trace
+    from postroom.ops.trace import format_trace, load_trace
 
     story = _with_db(load_trace, args.queue_id)
     if args.json:

@@ -6,7 +6,7 @@ hostile peer meets first are written once:
 
 * admission: the connection is counted in ``postroom_connections_total`` /
   ``_open`` under its ``listener`` label, then against the per-client limit
-  (:class:`~postroom.connlimit.PerAddressLimit`); a refusal is counted as
+  (:class:`~postroom.net.connlimit.PerAddressLimit`); a refusal is counted as
   ``postroom_errors_total{kind="too_many_connections"}``. :meth:`leave`
   undoes both exactly once, whatever order the close happens in.
 * the idle timer is Twisted's :class:`~twisted.protocols.policies.TimeoutMixin`
@@ -39,8 +39,8 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
 
-from postroom.connlimit import PerAddressLimit
 from postroom.metrics import SessionMetrics
+from postroom.net.connlimit import PerAddressLimit
 
 
 class ListenerSession(TimeoutMixin):

@@ -1,0 +1,1 @@
+"""Mail authentication: DKIM signing, Authentication-Results, DMARC reports, DNS records."""

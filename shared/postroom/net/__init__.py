@@ -1,0 +1,1 @@
+"""Network: TLS, PROXY protocol, connection limits, peers, listener sessions, DNS."""

@@ -1,0 +1,1 @@
+"""Operations: the CLI, the supervisor, private infrastructure, trace and import/export."""
