@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import codecs
 
-from postroom_imap.syntax_args import Args, parse_sequence_set
-from postroom_imap.syntax_lexer import Atom, SyntaxProblem
-from postroom_imap.syntax_types import (
+from postroom.store.search import (
     SearchAll,
     SearchAnd,
     SearchDate,
@@ -20,6 +18,8 @@ from postroom_imap.syntax_types import (
     SearchSize,
     SearchText,
 )
+from postroom_imap.syntax_args import Args, parse_sequence_set
+from postroom_imap.syntax_lexer import Atom, SyntaxProblem
 
 _FLAG_KEYS = {
     "ANSWERED": ("\\Answered", True), "UNANSWERED": ("\\Answered", False),
