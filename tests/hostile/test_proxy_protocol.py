@@ -19,7 +19,6 @@ import base64
 import functools
 import re
 import secrets
-import signal
 import socket
 import struct
 import time
@@ -29,7 +28,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import select
 
 from postroom.auth.passwords import hash_password
@@ -38,11 +36,10 @@ from postroom.store import domains, users
 from postroom.store.db import Database
 from postroom.store.migrate import upgrade
 from postroom.store.models import Message, SpoolMessage
-from tests.support.db import create_test_database, drop_test_database
-from tests.support.hostile import LEDGER, Closed, Conn, no_traceback
+from tests.support.db import create_test_database
+from tests.support.hostile import LEDGER, Closed, Conn, no_traceback, stop_live_services
 from tests.support.ports import free_port
 from tests.support.procs import ServiceProcess
-from tests.support.redisdb import delete_prefix
 
 pytestmark = pytest.mark.slow
 
@@ -120,18 +117,7 @@ def proxied(redis_url: str, dns_server_session: Any,
             process.wait_healthy(60)
         yield ProxiedSuite(database, ports, processes)
     finally:
-        for process in processes.values():
-            if process.proc is not None:
-                process.signal(signal.SIGTERM)
-        for process in processes.values():
-            process.close()
-        database.stop()
-        drop_test_database(url)
-        client = redis.Redis.from_url(redis_url)
-        try:
-            delete_prefix(client, prefix)
-        finally:
-            client.close()
+        stop_live_services(processes, database, url, redis_url, prefix)
 
 
 def v1_header(client: str, port: int) -> bytes:

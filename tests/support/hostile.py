@@ -365,18 +365,24 @@ def hostile_suite(redis_url: str, dns_server_session: Any,
         suite.deliver("alice", b"From: x@example.org\r\nSubject: alice mail\r\n\r\nhi\r\n")
         yield suite
     finally:
-        for process in processes.values():  # SIGTERM them all first: they stop in parallel
-            if process.proc is not None:
-                process.signal(signal.SIGTERM)
-        for process in processes.values():
-            process.close()
-        database.stop()
-        drop_test_database(url)
-        client = redis.Redis.from_url(redis_url)
-        try:
-            delete_prefix(client, prefix)
-        finally:
-            client.close()
+        stop_live_services(processes, database, url, redis_url, prefix)
+
+
+def stop_live_services(processes: dict[str, ServiceProcess], database: Database, url: str,
+                       redis_url: str, prefix: str) -> None:
+    """Tear down what a live-service fixture started: processes, test database, Redis keys."""
+    for process in processes.values():  # SIGTERM them all first: they stop in parallel
+        if process.proc is not None:
+            process.signal(signal.SIGTERM)
+    for process in processes.values():
+        process.close()
+    database.stop()
+    drop_test_database(url)
+    client = redis.Redis.from_url(redis_url)
+    try:
+        delete_prefix(client, prefix)
+    finally:
+        client.close()
 
 
 # --------------------------------------------------------------------------- normal clients
