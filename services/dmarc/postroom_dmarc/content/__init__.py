@@ -11,7 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from postroom_dmarc.verdict import CheckRequest
 
 ACTIONS = ("accept", "quarantine", "tempfail", "reject")
 _RANK = {action: rank for rank, action in enumerate(ACTIONS)}
@@ -37,6 +40,16 @@ class ContentResult:
     def to_json(self) -> dict[str, Any]:
         return {"check": self.check, "action": self.action, "reason": self.reason,
                 "headers": [list(h) for h in self.headers], "details": self.details}
+
+
+class ContentCheck(Protocol):
+    """One content check as the API runs it: blocking, in the `policy` pool, by a deadline."""
+
+    name: str
+
+    def run(self, request: CheckRequest, deadline: float) -> ContentResult:
+        """The result for ``request``; ``deadline`` is a time.monotonic() value."""
+        ...
 
 
 def combine(results: Iterable[ContentResult]) -> ContentResult | None:

@@ -29,23 +29,25 @@ import binascii
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from postroom.config import ATTACHMENT_BLOCKED_DEFAULT, Settings
+from postroom.logs import get_logger
 from postroom.mime import Limits as MimeLimits
 from postroom.mime import Part, analyze
 from postroom_dmarc.content import ContentResult
 from postroom_dmarc.content import archives
 from postroom_dmarc.content.filenames import FileName, inspect_name, part_filename
 
+if TYPE_CHECKING:
+    from postroom_dmarc.verdict import CheckRequest
+
+log = get_logger("attachments")
+
 CHECK = "attachments"
 
-DEFAULT_BLOCKED = (
-    "ade", "adp", "app", "application", "appx", "appxbundle", "bas", "bat", "cab", "chm", "cmd",
-    "com", "cpl", "crt", "dll", "exe", "gadget", "hlp", "hta", "inf", "ins", "iso", "img", "isp",
-    "jar", "js", "jse", "lnk", "mde", "msc", "msh", "msi", "msix", "msixbundle", "msp", "mst",
-    "pif", "ps1", "ps1xml", "ps2", "psc1", "psm1", "reg", "scf", "scr", "sct", "shb", "shs",
-    "sys", "url", "vb", "vbe", "vbs", "vhd", "vhdx", "ws", "wsc", "wsf", "wsh", "xll", "xbap",
-)
+# the default of POSTROOM_ATTACHMENT_BLOCKED_EXTENSIONS, declared once in postroom.config
+DEFAULT_BLOCKED = tuple(ATTACHMENT_BLOCKED_DEFAULT.split(","))
 # what a double extension pretends to be (the first of two: "invoice.pdf.exe")
 _DECOYS = frozenset({
     "pdf", "doc", "docx", "docm", "xls", "xlsx", "xlsm", "ppt", "pptx", "odt", "ods", "rtf",
@@ -72,6 +74,39 @@ class Policy:
     uninspectable_action: str = "quarantine"
     limits: archives.Limits = archives.Limits()
     mime: MimeLimits = MimeLimits()
+
+
+def policy_from_settings(settings: Settings) -> Policy:
+    """The policy from POSTROOM_ATTACHMENT_* (checked by postroom.config)."""
+    limits = archives.Limits(max_depth=settings.attachment_max_depth,
+                             max_members=settings.attachment_max_members,
+                             max_total_size=settings.attachment_max_uncompressed,
+                             max_ratio=settings.attachment_max_ratio,
+                             time_budget=settings.attachment_time_budget)
+    return Policy(enabled=settings.attachment_policy,
+                  blocked_extensions=frozenset(settings.attachment_blocked_extensions),
+                  blocked_action=settings.attachment_blocked_action,
+                  uninspectable_action=settings.attachment_uninspectable_action,
+                  limits=limits)
+
+
+class AttachmentCheck:
+    """The attachment policy as a content check of ``/v1/check``."""
+
+    name = CHECK
+
+    def __init__(self, policy: Policy, clock: Callable[[], float] = time.monotonic) -> None:
+        self.policy = policy
+        self.clock = clock
+
+    def run(self, request: CheckRequest, deadline: float) -> ContentResult:
+        # the check's own budget, and never past the API's deadline
+        budget_end = min(deadline, self.clock() + self.policy.limits.time_budget)
+        result = check(request.message, self.policy, clock=self.clock, deadline=budget_end)
+        if result.action != "accept":
+            log.info("attachment refused", queue_id=request.queue_id, action=result.action,
+                     category=result.details.get("category"), reason=result.reason)
+        return result
 
 
 @dataclass
@@ -263,12 +298,12 @@ def _attachment(walk: _Walk, message: bytes, part: Part) -> None:
         walk.attachments.append(entry)
 
 
-def check(message: bytes, policy: Policy, *,
-          clock: Callable[[], float] = time.monotonic) -> ContentResult:
+def check(message: bytes, policy: Policy, *, clock: Callable[[], float] = time.monotonic,
+          deadline: float = 0.0) -> ContentResult:
     """The attachment verdict for one message (blocking, CPU-bound: run it in a pool)."""
     if not policy.enabled:
         return ContentResult(CHECK, "accept", details={"category": "off"})
-    walk = _Walk(policy, archives.Budget(policy.limits, clock))
+    walk = _Walk(policy, archives.Budget(policy.limits, clock, deadline))
     meta = analyze(message, policy.mime)
     complex_ = meta.degraded and any(d in ("too many parts", "too deep") or
                                      d.startswith("parser error") for d in meta.defects)
