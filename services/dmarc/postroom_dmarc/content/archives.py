@@ -405,14 +405,22 @@ def _sevenzip(data: bytes, where: str, depth: int, budget: Budget, report: Repor
     except (Bad7zFile, UnsupportedCompressionMethodError) as exc:
         raise ValueError(str(exc)) from exc
     with archive:
-        entries = [e for e in archive.list() if not e.is_directory]
-        declared = sum(e.uncompressed or 0 for e in entries)
+        entries = [f for f in archive.files if not f.is_directory]
+        declared = sum(f.uncompressed or 0 for f in entries)
         if declared > budget.limits.max_total_size - budget.bytes_read:
             raise Stop("bomb", "archive bomb: members declare more than the size limit")
         _check_ratio(declared, len(data), budget.limits)
         encrypted = archive.needs_password()
-        members = {e.filename: _member(report, budget, e.filename, where, e.uncompressed,
-                                       encrypted=encrypted) for e in entries}
+        members: dict[str, Member] = {}
+        for entry in entries:
+            member = _member(report, budget, entry.filename or "", where, entry.uncompressed,
+                             encrypted=encrypted)
+            # py7zr makes a path of each name even when it writes to our writers (refusing
+            # names like "../x", looking the rest up under the working directory): it gets a
+            # placeholder, never anything from the message
+            placeholder = f"member-{entry.id}"
+            entry._file_info["filename"] = placeholder  # noqa: SLF001 - see above
+            members[placeholder] = member
         if encrypted:
             report.findings.append(Finding("uninspectable", "encrypted archive", where))
             return
@@ -420,7 +428,6 @@ def _sevenzip(data: bytes, where: str, depth: int, budget: Budget, report: Repor
         try:
             archive.extract(factory=factory)  # type: ignore[arg-type]
         except (Bad7zFile, UnsupportedCompressionMethodError) as exc:
-            # py7zr refuses names like "../x" before anything is read: the names were judged
             report.findings.append(Finding("uninspectable", f"7z members not readable "
                                            f"({type(exc).__name__})", where))
             return
