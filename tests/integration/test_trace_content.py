@@ -5,9 +5,9 @@ from __future__ import annotations
 from postroom.ops.trace import format_trace, load_trace
 from postroom.store.db import Database
 from postroom.store.dmarc import DmarcRecord, record_result
+from postroom_dmarc import dkimcheck, spfcheck
 from postroom_dmarc.content import ContentResult
 from postroom_dmarc.results import record_for
-from postroom_dmarc import dkimcheck, spfcheck
 from postroom_dmarc.verdict import CheckRequest, DMARCResult, Verdict, with_content
 
 

@@ -1,4 +1,5 @@
-"""The attachment policy: blocked types, double extensions, deceptive names, lying types, archives."""
+"""The attachment policy: blocked types, double extensions, deceptive names, lying types,
+archives."""
 
 from __future__ import annotations
 

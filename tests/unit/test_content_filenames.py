@@ -1,4 +1,5 @@
-"""Attachment names decoded as clients show them (RFC 2231, RFC 2047, zip flags) and their tricks."""
+"""Attachment names decoded as clients show them (RFC 2231, RFC 2047, zip flags), and their
+tricks."""
 
 from __future__ import annotations
 

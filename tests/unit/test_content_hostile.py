@@ -79,7 +79,7 @@ class Watch:
         if event.startswith(_STARTS) or event.startswith(_WRITES):
             self.events.append((event, args))
         elif event == "open":
-            path, mode, flags = (list(args) + [None, None])[:3]
+            path, mode, flags = [*args, None, None][:3]
             writing = (isinstance(mode, str) and any(c in mode for c in "wax+")) or (
                 isinstance(flags, int) and flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT))
             text = os.fsdecode(path) if isinstance(path, (str, bytes)) else ""

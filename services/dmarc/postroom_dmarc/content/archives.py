@@ -42,7 +42,8 @@ CHUNK = 64 * 1024
 _MAGIC: tuple[tuple[int, bytes, str], ...] = (
     (0, b"PK\x03\x04", "zip"), (0, b"PK\x05\x06", "zip"), (0, b"PK\x07\x08", "zip"),
     (0, b"\x1f\x8b", "gzip"), (0, b"BZh", "bzip2"), (0, b"\xfd7zXZ\x00", "xz"),
-    (0, b"7z\xbc\xaf\x27\x1c", "7z"), (0, b"Rar!\x1a\x07", "rar"), (0, b"MSCF\x00\x00\x00\x00", "cab"),
+    (0, b"7z\xbc\xaf\x27\x1c", "7z"), (0, b"Rar!\x1a\x07", "rar"),
+    (0, b"MSCF\x00\x00\x00\x00", "cab"),
     (0, b"\x60\xea", "arj"), (7, b"**ACE**", "ace"), (0, b"\x28\xb5\x2f\xfd", "zstd"),
     (0, b"\x1f\x9d", "compress"), (257, b"ustar", "tar"),
 )
@@ -419,7 +420,7 @@ def _sevenzip(data: bytes, where: str, depth: int, budget: Budget, report: Repor
             # names like "../x", looking the rest up under the working directory): it gets a
             # placeholder, never anything from the message
             placeholder = f"member-{entry.id}"
-            entry._file_info["filename"] = placeholder  # noqa: SLF001 - see above
+            entry._file_info["filename"] = placeholder
             members[placeholder] = member
         if encrypted:
             report.findings.append(Finding("uninspectable", "encrypted archive", where))
@@ -432,9 +433,10 @@ def _sevenzip(data: bytes, where: str, depth: int, budget: Budget, report: Repor
                                            f"({type(exc).__name__})", where))
             return
     for filename, writer in factory.writers.items():
-        member = members.get(filename)
-        if member is None:
+        found = members.get(filename)
+        if found is None:
             continue
+        member = found
         kept = bytes(writer.kept)
         member.head = kept[:HEAD]
         if writer.nested:

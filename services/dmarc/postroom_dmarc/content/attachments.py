@@ -35,8 +35,7 @@ from postroom.config import ATTACHMENT_BLOCKED_DEFAULT, Settings
 from postroom.logs import get_logger
 from postroom.mime import Limits as MimeLimits
 from postroom.mime import Part, analyze
-from postroom_dmarc.content import ContentResult
-from postroom_dmarc.content import archives
+from postroom_dmarc.content import ContentResult, archives
 from postroom_dmarc.content.filenames import FileName, inspect_name, part_filename
 
 if TYPE_CHECKING:
@@ -72,8 +71,8 @@ class Policy:
     blocked_extensions: frozenset[str] = frozenset(DEFAULT_BLOCKED)
     blocked_action: str = "reject"
     uninspectable_action: str = "quarantine"
-    limits: archives.Limits = archives.Limits()
-    mime: MimeLimits = MimeLimits()
+    limits: archives.Limits = field(default_factory=archives.Limits)
+    mime: MimeLimits = field(default_factory=MimeLimits)
 
 
 def policy_from_settings(settings: Settings) -> Policy:
@@ -166,7 +165,7 @@ def detected_extension(head: bytes) -> str | None:
     if not head:
         return None
     try:
-        guess = puremagic.from_string(head)
+        guess = puremagic.from_string(head[:archives.HEAD])
     except (puremagic.PureError, ValueError):
         return None
     return guess.lstrip(".").lower() or None
@@ -211,7 +210,7 @@ def _names(raw: str) -> list[FileName]:
 def _decode_body(message: bytes, part: Part) -> bytes:
     body = message[part.body_start:part.end]
     if part.encoding == "base64":
-        cleaned = bytes(b for b in body if b not in b" \t\r\n")
+        cleaned = body.translate(None, b" \t\r\n")
         cleaned = cleaned[: len(cleaned) - len(cleaned) % 4]
         try:
             return binascii.a2b_base64(cleaned)
