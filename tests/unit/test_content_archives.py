@@ -149,8 +149,9 @@ def test_gzip_bomb_by_ratio_and_by_size() -> None:
 
 def test_nested_bomb_is_found_inside_another_archive() -> None:
     inner = zipped({"zeros.bin": b"\x00" * (20 * 1024 * 1024)})
-    report = run(zipped({"inner.zip": inner}, zipfile.ZIP_STORED))
+    report = run(zipped({"inner.zip": inner}, zipfile.ZIP_STORED), name="outer.zip")
     assert kinds(report) == ["bomb"]
+    assert report.findings[0].where == "outer.zip / inner.zip"
 
 
 def test_many_members_stop_at_the_limit() -> None:

@@ -113,11 +113,11 @@ def test_content_type_lies_are_found_by_magic_bytes() -> None:
 
 
 def test_dangerous_types() -> None:
-    assert dangerous_type(PE) == "Windows executable"
-    assert dangerous_type(b"L\x00\x00\x00\x01\x14\x02\x00" + b"\x00" * 60) == "Windows shortcut"
+    assert dangerous_type(PE) == "a Windows executable"
+    assert dangerous_type(b"L\x00\x00\x00\x01\x14\x02\x00" + b"\x00" * 60) == "a Windows shortcut"
     iso = bytearray(0x9000)
     iso[0x8001:0x8006] = b"CD001"
-    assert dangerous_type(bytes(iso)) == "disk image"
+    assert dangerous_type(bytes(iso)) == "a disk image"
     assert dangerous_type(PDF) is None
 
 
@@ -185,3 +185,20 @@ def test_combine_orders_actions() -> None:
     assert combine([r("reject"), r("tempfail")]).action == "reject"  # type: ignore[union-attr]
     with pytest.raises(ValueError):
         r("maybe")
+
+
+def _encrypted_zip(name: str) -> bytes:
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as archive:
+        archive.writestr(name, b"MZ" * 20)
+    data = bytearray(buf.getvalue())
+    for sig, offset in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):
+        data[data.find(sig) + offset] |= 0x01  # the "encrypted" flag, as ZipCrypto sets it
+    return bytes(data)
+
+
+def test_encrypted_archives_are_uninspectable_unless_a_name_is_blocked() -> None:
+    hidden = verdict(message(("secret.zip", _encrypted_zip("report.txt"))))
+    assert hidden.action == "quarantine" and hidden.details["category"] == "encrypted"
+    named = verdict(message(("secret.zip", _encrypted_zip("setup.exe"))))
+    assert named.action == "reject" and "setup.exe" in named.reason

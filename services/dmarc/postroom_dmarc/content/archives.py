@@ -81,6 +81,7 @@ class Stop(Exception):
         super().__init__(what)
         self.kind = kind
         self.what = what
+        self.where: str | None = None  # the innermost archive it happened in
 
 
 @dataclass
@@ -148,7 +149,7 @@ def inspect(data: bytes, shown: str, budget: Budget) -> Report:
     try:
         _archive(data, shown, 1, budget, report)
     except Stop as stop:
-        report.findings.append(Finding(stop.kind, stop.what, shown))
+        report.findings.append(Finding(stop.kind, stop.what, stop.where or shown))
     return report
 
 
@@ -172,7 +173,9 @@ def _archive(data: bytes, where: str, depth: int, budget: Budget, report: Report
             _sevenzip(data, where, depth, budget, report)
         else:
             _stream(data, kind, where, depth, budget, report)
-    except Stop:
+    except Stop as stop:
+        if stop.where is None:
+            stop.where = where
         raise
     except (zipfile.BadZipFile, tarfile.TarError, zlib.error, lzma.LZMAError, OSError,
             EOFError, ValueError, NotImplementedError, RuntimeError, KeyError, IndexError,

@@ -137,15 +137,15 @@ def _pe(head: bytes) -> bool:
 
 
 _DANGEROUS: tuple[tuple[str, Callable[[bytes], bool]], ...] = (
-    ("Windows executable", _pe),
-    ("ELF executable", lambda h: h.startswith(b"\x7fELF")),
-    ("Mach-O executable", lambda h: h[:4] in (b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf",
+    ("a Windows executable", _pe),
+    ("an ELF executable", lambda h: h.startswith(b"\x7fELF")),
+    ("a Mach-O executable", lambda h: h[:4] in (b"\xfe\xed\xfa\xce", b"\xfe\xed\xfa\xcf",
                                               b"\xce\xfa\xed\xfe", b"\xcf\xfa\xed\xfe")),
-    ("Windows shortcut", lambda h: h.startswith(b"\x4c\x00\x00\x00\x01\x14\x02\x00")),
-    ("compiled HTML help", lambda h: h.startswith(b"ITSF\x03\x00\x00\x00")),
-    ("disk image", lambda h: h.startswith(b"conectix") or h.startswith(b"vhdxfile")
+    ("a Windows shortcut", lambda h: h.startswith(b"\x4c\x00\x00\x00\x01\x14\x02\x00")),
+    ("a compiled HTML help file", lambda h: h.startswith(b"ITSF\x03\x00\x00\x00")),
+    ("a disk image", lambda h: h.startswith(b"conectix") or h.startswith(b"vhdxfile")
      or any(h.startswith(b"CD001", off) for off in (0x8001, 0x8801, 0x9001))),
-    ("registry file", lambda h: h.startswith(b"REGEDIT4") or h.startswith(
+    ("a registry file", lambda h: h.startswith(b"REGEDIT4") or h.startswith(
         b"Windows Registry Editor") or h.startswith(
         "Windows Registry Editor".encode("utf-16-le"), 2)),
 )
@@ -246,7 +246,7 @@ def _judge(walk: _Walk, where: str, names: list[FileName], head: bytes) -> None:
     if danger is not None:
         named = f" named .{ext}" if ext else ""
         walk.findings.append(_Finding("blocked", "type_mismatch", where,
-                                      f"content is a {danger}{named}"))
+                                      f"content is {danger}{named}"))
         return
     detected = detected_extension(head)
     if detected is not None and detected in policy.blocked_extensions:
