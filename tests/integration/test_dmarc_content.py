@@ -70,6 +70,19 @@ def test_a_clean_message_is_inbox_with_the_check_listed(url):
                                    "headers": []}]
 
 
+def test_a_plain_message_twice_the_second_from_the_dns_cache(url):
+    for _ in range(2):
+        verdict = check(url, message())
+        assert verdict["disposition"] == "inbox"
+        assert verdict["content"][0]["action"] == "accept"
+
+
+def test_an_attachment_after_a_cached_verdict_is_still_judged(url):
+    check(url, message())  # the sender's DNS answers are now cached
+    verdict = check(url, message("tool.exe", b"x"))
+    assert verdict["disposition"] == "reject"
+
+
 def test_a_blocked_attachment_rejects_with_its_reason(url, service):
     verdict = check(url, message("tool.exe", b"x"), queue_id="QEXE1")
     assert verdict["disposition"] == "reject"

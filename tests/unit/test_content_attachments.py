@@ -202,3 +202,20 @@ def test_encrypted_archives_are_uninspectable_unless_a_name_is_blocked() -> None
     assert hidden.action == "quarantine" and hidden.details["category"] == "encrypted"
     named = verdict(message(("secret.zip", _encrypted_zip("setup.exe"))))
     assert named.action == "reject" and "setup.exe" in named.reason
+
+
+def test_inline_answers_only_when_there_is_nothing_to_decode() -> None:
+    from postroom_dmarc.content.attachments import AttachmentCheck
+    from postroom_dmarc.verdict import CheckRequest
+
+    def req(raw: bytes) -> CheckRequest:
+        return CheckRequest("192.0.2.1", "h", "a@example.org", ("b@example.net",), raw, "Q")
+
+    check_ = AttachmentCheck(Policy())
+    plain = check_.inline(req(message()))
+    assert plain is not None and plain.action == "accept"
+    assert check_.inline(req(message(("report.pdf", PDF)))) is None
+    assert check_.inline(req(message(("notes.txt", b"x")))) is None  # named: judged in the pool
+    assert check_.inline(req(b"Subject: x\r\n\r\n" + b"x" * 200_000)) is None  # large
+    off = AttachmentCheck(Policy(enabled=False)).inline(req(message(("x.exe", PE))))
+    assert off is not None and off.action == "accept"

@@ -15,7 +15,9 @@ are bounded; errors are JSON with no traceback.
 
 The content checks (:mod:`postroom_dmarc.content`: attachments, and the
 scanners beside it) run after the DMARC evaluation in the same pool thread,
-by the same deadline; a message DMARC already rejects is not scanned. A check
+by the same deadline; a message DMARC already rejects is not scanned. A
+verdict from the DNS cache stays on the reactor only when every check can
+answer at once (``inline``: a small message with nothing to decode). A check
 that fails gives ``tempfail`` (451): configured scanning never lets unscanned
 mail through. Each check's result is counted and the combined verdict logged
 once (``content verdict``, with the queue id).
@@ -171,11 +173,18 @@ class CheckResource(resource.Resource):
         verdict = pending.from_cache()
         if verdict is not None:
             self._count_limits(verdict)
-            if not self.content or verdict.disposition == "reject":
-                _finish(request, 200, self._counted(self._answered(check, verdict)))
-                return server.NOT_DONE_YET
-        # content checks read the whole message: never on the reactor thread
-        finished = defer.Deferred.fromCoroutine(self._answer(check, pending, verdict))
+            if self.content and verdict.disposition != "reject":
+                decided = self._inline_content(check, verdict)
+                verdict = decided if decided is not None else verdict
+                if decided is None:  # a check needs the pool: the cached DMARC part goes along
+                    finished = defer.Deferred.fromCoroutine(
+                        self._answer(check, pending, verdict))
+                    finished.addCallback(lambda body: _finish(request, 200, self._counted(body)))
+                    finished.addErrback(self._failed, request, check)
+                    return server.NOT_DONE_YET
+            _finish(request, 200, self._counted(self._answered(check, verdict)))
+            return server.NOT_DONE_YET
+        finished = defer.Deferred.fromCoroutine(self._answer(check, pending))
         finished.addCallback(lambda body: _finish(request, 200, self._counted(body)))
         finished.addErrback(self._failed, request, check)
         return server.NOT_DONE_YET
@@ -211,8 +220,22 @@ class CheckResource(resource.Resource):
             verdict = self._with_content(pending.request, verdict, deadline)
         return verdict
 
+    def _inline_content(self, check: CheckRequest, verdict: Verdict) -> Verdict | None:
+        """On the reactor: the verdict with every check's cheap answer, or None (use the pool)."""
+        timed: list[tuple[ContentResult, float]] = []
+        for content in self.content:
+            started = time.monotonic()
+            try:
+                result = content.inline(check)
+            except Exception:  # noqa: BLE001 - the pool runs it again and reports its failure
+                return None
+            if result is None:
+                return None
+            timed.append((result, time.monotonic() - started))
+        return self._combined(check, verdict, timed)
+
     def _with_content(self, check: CheckRequest, verdict: Verdict, deadline: float) -> Verdict:
-        results: list[ContentResult] = []
+        timed: list[tuple[ContentResult, float]] = []
         for content in self.content:
             started = time.monotonic()
             try:
@@ -222,13 +245,19 @@ class CheckResource(resource.Resource):
                           error=str(exc) or type(exc).__name__, error_type=type(exc).__name__)
                 result = ContentResult(content.name, "tempfail", f"{content.name} check failed",
                                        details={"category": "error"})
-            results.append(result)
-            if self._content_results is not None:
+            timed.append((result, time.monotonic() - started))
+        return self._combined(check, verdict, timed)
+
+    def _combined(self, check: CheckRequest, verdict: Verdict,
+                  timed: list[tuple[ContentResult, float]]) -> Verdict:
+        """The verdict with the checks' results: counted, logged once with the queue id."""
+        results = [result for result, _ in timed]
+        if self._content_results is not None:
+            for result, seconds in timed:
                 self._content_results.labels(
                     check=result.check, action=result.action,
                     category=str(result.details.get("category") or "none")).inc()
-                self._content_seconds.labels(check=result.check).observe(
-                    time.monotonic() - started)
+                self._content_seconds.labels(check=result.check).observe(seconds)
         combined = with_content(verdict, results)
         log.info("content verdict", queue_id=check.queue_id, disposition=combined.disposition,
                  reason=combined.reason or None,

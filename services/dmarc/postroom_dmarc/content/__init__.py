@@ -51,6 +51,14 @@ class ContentCheck(Protocol):
         """The result for ``request``; ``deadline`` is a time.monotonic() value."""
         ...
 
+    def inline(self, request: CheckRequest) -> ContentResult | None:
+        """The result when it costs next to nothing (no I/O, no decoding), else None.
+
+        The API calls it on the reactor thread for checks answered from the DNS
+        cache; None sends the whole check to the `policy` pool.
+        """
+        ...
+
 
 def combine(results: Iterable[ContentResult]) -> ContentResult | None:
     """The result that decides: the strictest action, the first such check on a tie."""
