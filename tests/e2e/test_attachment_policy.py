@@ -3,7 +3,8 @@
 three.test runs dmarc, mda, mta and imap on 127.0.0.4; a plain smtplib
 client on 127.0.0.1 talks to its port 25 with the sender's SPF passing: an
 .exe attachment is refused at the end of DATA with 554 5.7.1 naming it and
-nothing is spooled or bounced; a clean PDF is delivered to INBOX.
+nothing is spooled or bounced; a clean PDF is delivered to INBOX; an archive
+that cannot be looked into (rar) goes to Junk.
 """
 
 from __future__ import annotations
@@ -96,3 +97,13 @@ def test_a_clean_pdf_is_delivered(three: Instance) -> None:
     assert code == 250, (code, reply)
     [raw] = three.wait_for_mail(bob)
     assert b"report.pdf" in raw
+
+
+def test_an_uninspectable_archive_lands_in_junk(three: Instance) -> None:
+    bob = fresh_user(three, "bob")
+    rar = b"Rar!\x1a\x07\x01\x00" + b"\x00" * 64
+    code, reply = send(three, bob, message(bob, "files.rar", rar, "vnd.rar"))
+    assert code == 250, (code, reply)
+    [raw] = three.wait_for_mail(bob, mailbox="Junk")
+    assert b"files.rar" in raw
+    assert three.fetch_all(bob) == []

@@ -312,6 +312,8 @@ class InboundPolicy(BasePolicy):
                                   recipients=[r.address for r in envelope.recipients],
                                   smtputf8=envelope.smtputf8)
                   + authentication_results_field(verdict.authentication_results, self.hostname)
+                  + b"".join(f"{name}: {value}\r\n".encode("utf-8", "replace")
+                             for name, value in verdict.headers)
                   + authres.strip_forged(message, self.hostname))
         disposition = verdict.disposition
 
