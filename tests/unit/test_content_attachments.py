@@ -217,5 +217,28 @@ def test_inline_answers_only_when_there_is_nothing_to_decode() -> None:
     assert check_.inline(req(message(("report.pdf", PDF)))) is None
     assert check_.inline(req(message(("notes.txt", b"x")))) is None  # named: judged in the pool
     assert check_.inline(req(b"Subject: x\r\n\r\n" + b"x" * 200_000)) is None  # large
+    assert check_.inline(req(b"Subject: x\r\n\r\nbegin 644 a.exe\r\nend\r\n")) is None
+    qp = b"Subject: x\r\nContent-Transfer-Encoding: quoted-printable\r\n\r\n=62egin\r\n"
+    assert check_.inline(req(qp)) is None
     off = AttachmentCheck(Policy(enabled=False)).inline(req(message(("x.exe", PE))))
     assert off is not None and off.action == "accept"
+
+
+def test_attachments_inside_a_base64_forwarded_message_are_judged() -> None:
+    inner = message(("setup.exe", b"x"))
+    outer = (b"From: a@example.org\r\nTo: b@example.net\r\nSubject: fwd\r\nMIME-Version: 1.0\r\n"
+             b"Content-Type: multipart/mixed; boundary=BB\r\n\r\n--BB\r\n"
+             b"Content-Type: text/plain\r\n\r\nsee below\r\n--BB\r\n"
+             b"Content-Type: message/rfc822\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+             + base64.encodebytes(inner) + b"--BB--\r\n")
+    result = verdict(outer)
+    assert result.action == "reject" and "setup.exe" in result.reason
+
+
+def test_uuencoded_file_names_in_text_are_judged() -> None:
+    body = b"hello\r\nbegin 644 invoice.pdf.exe\r\nM86)C\r\n`\r\nend\r\n"
+    raw = b"From: a@example.org\r\nSubject: uu\r\n\r\n" + body
+    result = verdict(raw)
+    assert result.action == "reject" and "double extension" in result.reason
+    fine = b"From: a@example.org\r\nSubject: uu\r\n\r\nbegin 644 notes.txt\r\nend\r\n"
+    assert verdict(fine).action == "accept"

@@ -26,6 +26,7 @@ reaches a file name, a shell or a subprocess.
 from __future__ import annotations
 
 import binascii
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -109,8 +110,11 @@ class AttachmentCheck:
         meta = analyze(request.message, self.policy.mime)
         if meta.degraded and meta.defects and meta.defects[0] in ("too many parts", "too deep"):
             return None
-        if any(_needs_inspection(part) for part in _leaves(meta.body)):
-            return None
+        if any(_needs_inspection(part) or part.encoding not in ("7bit", "8bit", "binary")
+               for part in _leaves(meta.body)):
+            return None  # something to decode or judge
+        if _UUBEGIN.search(request.message):
+            return None  # a uuencoded file's name to judge
         return ContentResult(CHECK, "accept", details={"attachments": [], "findings": [],
                                                        "archive_bytes": 0, "category": "clean"})
 
@@ -326,22 +330,69 @@ def check(message: bytes, policy: Policy, *, clock: Callable[[], float] = time.m
     if not policy.enabled:
         return ContentResult(CHECK, "accept", details={"category": "off"})
     walk = _Walk(policy, archives.Budget(policy.limits, clock, deadline))
-    meta = analyze(message, policy.mime)
+    try:
+        _walk_message(walk, message, 0)
+    except archives.Stop as stop:
+        walk.findings.append(_Finding(
+            "blocked" if stop.kind == "bomb" else "uninspectable",
+            "archive_bomb" if stop.kind == "bomb" else "uninspectable", "message",
+            stop.what))
+    return _result(walk)
+
+
+MAX_ENCLOSED = 3  # base64-encoded message/rfc822 parts opened inside one another
+
+
+def _walk_message(walk: _Walk, message: bytes, enclosed: int) -> None:
+    meta = analyze(message, walk.policy.mime)
     complex_ = meta.degraded and any(d in ("too many parts", "too deep") or
                                      d.startswith("parser error") for d in meta.defects)
     if complex_:
         walk.findings.append(_Finding("uninspectable", "uninspectable", "message",
                                       f"MIME structure cannot be inspected ({meta.defects[0]})"))
-    else:
-        try:
-            for part in _leaves(meta.body):
-                _attachment(walk, message, part)
-        except archives.Stop as stop:
-            walk.findings.append(_Finding(
-                "blocked" if stop.kind == "bomb" else "uninspectable",
-                "archive_bomb" if stop.kind == "bomb" else "uninspectable", "message",
-                stop.what))
-    return _result(walk)
+        return
+    for part in _leaves(meta.body):
+        if _encoded_message(message, part):
+            # postroom.mime describes an encoded message/rfc822 as application/octet-stream
+            # (IMAP cannot show it as a message); clients still open it and its attachments
+            if enclosed >= MAX_ENCLOSED:
+                walk.findings.append(_Finding("uninspectable", "uninspectable", "message",
+                                              "forwarded messages nested too deep"))
+                continue
+            walk.budget.tick()
+            _walk_message(walk, _decode_body(message, part), enclosed + 1)
+            continue
+        _attachment(walk, message, part)
+        if part.type == "text":
+            _uuencoded_names(walk, message, part)
+
+
+def _encoded_message(message: bytes, part: Part) -> bool:
+    if (part.type, part.subtype) != ("application", "octet-stream") or \
+            part.encoding in ("7bit", "8bit", "binary"):
+        return False
+    header = message[part.header_start:part.body_start].lower()
+    return b"message/rfc822" in header and b"content-type" in header
+
+
+# "begin 644 name" starts a uuencoded file in a text body; several clients still decode it
+_UUBEGIN = re.compile(rb"^begin(?:-base64)? [0-7]{3,4} ([^\r\n]{1,1024})\r?$", re.M)
+MAX_UUENCODED = 20
+
+
+def _uuencoded_names(walk: _Walk, message: bytes, part: Part) -> None:
+    body = _decode_body(message, part)
+    if b"begin" not in body:
+        return
+    for count, match in enumerate(_UUBEGIN.finditer(body)):
+        if count >= MAX_UUENCODED:
+            break
+        raw = match.group(1).decode("utf-8", "replace")
+        names = _names(raw)
+        problem = _name_problem(names[0], walk.policy.blocked_extensions)
+        if problem is not None:
+            walk.findings.append(_Finding("blocked", problem[0], f"uuencoded {names[0].shown}",
+                                          problem[1]))
 
 
 def _result(walk: _Walk) -> ContentResult:
