@@ -28,7 +28,6 @@ import lzma
 import tarfile
 import time
 import zipfile
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -177,10 +176,9 @@ def _archive(data: bytes, where: str, depth: int, budget: Budget, report: Report
         if stop.where is None:
             stop.where = where
         raise
-    except (zipfile.BadZipFile, tarfile.TarError, zlib.error, lzma.LZMAError, OSError,
-            EOFError, ValueError, NotImplementedError, RuntimeError, KeyError, IndexError,
-            OverflowError, MemoryError, UnicodeError, AttributeError, TypeError) as exc:
-        # anything a reader raises on a malformed archive: it is not inspected, not trusted
+    except Exception as exc:  # noqa: BLE001 - zipfile.BadZipFile, tarfile.TarError, zlib.error,
+        # lzma.LZMAError, OSError, EOFError, struct.error, py7zr's own errors...: whatever a
+        # reader raises on a malformed archive, it is not inspected and not trusted
         report.findings.append(Finding("uninspectable", f"corrupt {kind} archive "
                                        f"({type(exc).__name__})", where))
 
