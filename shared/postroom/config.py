@@ -326,6 +326,24 @@ def _fqdn() -> str:
 # --- the settings themselves: one field each, in the order the operator guide lists them
 
 
+# attachment policy (the dmarc service's content checks; docs/content-filtering.md)
+ATTACHMENT_BLOCKED_DEFAULT = (
+    "ade,adp,app,application,appx,appxbundle,bas,bat,cab,chm,cmd,com,cpl,crt,dll,exe,gadget,"
+    "hlp,hta,inf,ins,iso,img,isp,jar,js,jse,lnk,mde,msc,msh,msi,msix,msixbundle,msp,mst,pif,ps1,"
+    "ps1xml,ps2,psc1,psm1,reg,scf,scr,sct,shb,shs,sys,url,vb,vbe,vbs,vhd,vhdx,ws,wsc,wsf,wsh,xll,"
+    "xbap")
+
+
+def _extensions(raw: str) -> tuple[str, ...]:
+    """Comma-separated file name extensions (``exe,.scr, JS``): lower case, no dots."""
+    items = tuple(item.strip().lstrip(".").lower() for item in raw.split(",") if item.strip())
+    for item in items:
+        if not item or any(c in item for c in "./\\ \t"):
+            raise ValueError(f"{item!r} is not a file name extension")
+    return items
+
+
+
 @dataclass(frozen=True)
 class Spec:
     """How one setting is read: its variable, parser, default and meaning."""
@@ -593,6 +611,39 @@ class Settings:
     msa_max_recipients_per_day: int = setting(
         _positive_int, "2000",
         "Recipients one account may submit to per day (sliding window); over it gets 450 4.7.1.")
+    # attachment policy (dmarc service content checks; docs/content-filtering.md "Attachments")
+    attachment_policy: bool = setting(
+        _bool, "on",
+        "Check attachments at the end of DATA on port 25: blocked file types, double extensions, "
+        "deceptive names, contents that lie about their type, archives (looked into in memory, "
+        "never by another program).")
+    attachment_blocked_extensions: tuple[str, ...] = setting(
+        _extensions, ATTACHMENT_BLOCKED_DEFAULT,
+        "Comma-separated extensions blocked in attachments and in archive members (the whole "
+        "list: it replaces the default).")
+    attachment_blocked_action: str = setting(
+        _choice("reject", "quarantine"), "reject",
+        "What a blocked attachment does: reject (554 5.7.1 at end of DATA) or quarantine (Junk).")
+    attachment_uninspectable_action: str = setting(
+        _choice("reject", "quarantine", "accept"), "quarantine",
+        "What an archive that cannot be looked into does (encrypted, rar and other formats, "
+        "past a limit, corrupt): reject, quarantine (Junk) or accept.")
+    attachment_max_depth: int = setting(
+        _positive_int, "4", "Archives inside archives looked into; deeper ones are uninspectable.")
+    attachment_max_members: int = setting(
+        _positive_int, "1000",
+        "Archive members looked at per message; past it the message is uninspectable.")
+    attachment_max_uncompressed: int = setting(
+        _size, "100M",
+        "Uncompressed bytes read from one message's archives; past it the message is an archive "
+        "bomb (blocked).")
+    attachment_max_ratio: int = setting(
+        _positive_int, "100",
+        "Largest compression ratio of an archive member or stream (counted past 1 MiB); over it "
+        "is an archive bomb (blocked).")
+    attachment_time_budget: float = setting(
+        parse_duration, "10s",
+        "Time for one message's attachment check; past it the message is uninspectable.")
     # queue
     queue_lifetime: float = setting(
         parse_duration, "5d", "How long a message is retried before it bounces.")

@@ -2,7 +2,7 @@
 
 two.test runs its six services on 127.0.0.3; senders' domains are published
 on the test DNS server and a plain smtplib client on 127.0.0.1 talks to
-two's port 25 directly: a p=reject failure is refused at DATA with 550 5.7.1,
+two's port 25 directly: a p=reject failure is refused at DATA with 554 5.7.1,
 a p=quarantine failure lands in Junk, a pass lands in INBOX with our
 Authentication-Results (and no forged one), and a DNS timeout gives 451,
 never a reject.
@@ -75,12 +75,12 @@ def spooled_from(two: Instance, sender: str) -> list[tuple[str, str]]:
         "SELECT kind, disposition FROM spool_messages WHERE mail_from = :s", s=sender)]
 
 
-def test_dmarc_reject_gets_550_at_data_and_nothing_is_spooled(
+def test_dmarc_reject_gets_554_at_data_and_nothing_is_spooled(
         two: Instance, zones: DNSServer) -> None:
     sender_domain(zones, "reject.test", "127.0.0.2", "p=reject")
     bob = fresh_user(two, "bob")
     code, reply, _ = send(two, "mallory@reject.test", bob)
-    assert code == 550 and reply.startswith("5.7.1"), (code, reply)
+    assert code == 554 and reply.startswith("5.7.1"), (code, reply)
     assert spooled_from(two, "mallory@reject.test") == []
     assert two.query("SELECT count(*) FROM spool_messages WHERE kind = 'bounce'")[0][0] == 0
 

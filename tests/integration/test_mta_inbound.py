@@ -89,10 +89,10 @@ def test_forged_authentication_results_claiming_us_are_removed(mx, dns_server):
     assert blob.count(b"Authentication-Results: " + HOSTNAME.encode()) == 1
 
 
-def test_dmarc_reject_policy_failure_is_550_and_nothing_spooled(mx, dns_server, queue_client):
+def test_dmarc_reject_policy_failure_is_554_and_nothing_spooled(mx, dns_server, queue_client):
     publish_sender(dns_server, spf_ip="192.0.2.10", dkim=False)
     _, data = send(mx.port, make_message("spoof", sign=False))
-    assert data[0] == 550 and data[1].startswith(b"5.7.1 ")
+    assert data[0] == 554 and data[1].startswith(b"5.7.1 ")
     assert b"example.com" in data[1]
     assert mx.spooled() == []
     assert deliver_entries(queue_client) == []

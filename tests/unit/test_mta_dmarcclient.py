@@ -179,3 +179,19 @@ def test_refused_connection_is_tempfail():
 def test_only_http_urls_are_accepted():
     with pytest.raises(ValueError, match="not an http:// URL"):
         DMARCClient("https://dmarc:8025", 5.0, reactor=Clock(), endpoint=FakeEndpoint())
+
+
+
+def test_content_headers_are_kept_only_when_safe():
+    from postroom_mta.dmarcclient import content_headers, parse_verdict
+    body = json.dumps({"disposition": "junk", "content": [
+        {"check": "spam", "action": "quarantine", "reason": "", "headers": [
+            ["X-Spam-Status", "Yes, score=9.1\r\n\tfolded"], ["Bad Name", "x"],
+            ["X-Evil", "a\r\nInjected: yes"], ["X-Ctl", "a\x00b"], ["short"]]},
+        {"check": "attachments", "action": "accept", "reason": "", "headers": []}]}).encode()
+    verdict = parse_verdict(body)
+    assert verdict.headers == (("X-Spam-Status", "Yes, score=9.1 folded"),
+                               ("X-Evil", "a Injected: yes"), ("X-Ctl", "ab"))
+    assert content_headers(None) == () and content_headers([{"headers": "x"}]) == ()
+    many = [{"headers": [["X-A", "1"]] * 40}]
+    assert len(content_headers(many)) == 16

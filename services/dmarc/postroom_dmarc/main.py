@@ -17,6 +17,8 @@ from postroom.queue.streams import QueueClient
 from postroom.runtime import ServiceContext
 from postroom.service import ServiceSpec
 from postroom_dmarc.api import CheckResource, build_site
+from postroom_dmarc.content import ContentCheck
+from postroom_dmarc.content.attachments import AttachmentCheck, policy_from_settings
 from postroom_dmarc.incoming import IncomingScanner
 from postroom_dmarc.reports import ReportConfig, ReportScheduler
 from postroom_dmarc.results import ResultRecorder
@@ -51,6 +53,14 @@ def options_from_settings(settings: Settings) -> Options:
                    overrides=combine(monitored, settings.dmarc_overrides),
                    dkim_max_signatures=settings.dkim_max_signatures,
                    dkim_budget=settings.dkim_budget)
+
+
+def content_checks(settings: Settings) -> list[ContentCheck]:
+    """The content checks turned on by the settings, in the order they run."""
+    checks: list[ContentCheck] = []
+    if settings.attachment_policy:
+        checks.append(AttachmentCheck(policy_from_settings(settings)))
+    return checks
 
 
 def deadline_for(settings: Settings) -> float:
@@ -96,7 +106,8 @@ async def _start(ctx: ServiceContext) -> None:
     recorder = ResultRecorder(ctx.db)
     check = CheckResource(resolver, options, pool, ctx.reactor, max_inflight=MAX_INFLIGHT,
                           deadline=deadline_for(settings), recorder=recorder,
-                          metrics=ctx.metrics, token=settings.internal_token)
+                          metrics=ctx.metrics, token=settings.internal_token,
+                          content=content_checks(settings))
     scheduler = build_scheduler(ctx, resolver, pool) if settings.dmarc_reports else None
     scanner = build_scanner(ctx, pool) if settings.dmarc_report_mailbox else None
     site: Any = build_site(check, settings.max_message_size * 4 // 3 + _JSON_OVERHEAD)

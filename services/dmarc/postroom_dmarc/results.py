@@ -91,6 +91,11 @@ def record_for(request: CheckRequest, verdict: Verdict) -> DmarcRecord | None:
         "record": dmarc.record,
         "arc": verdict.arc.result,
     }
+    if verdict.content:
+        # for `postroom trace`: each content check's result and the verdict they led to
+        detail["content"] = [{"check": c.check, "action": c.action, "reason": c.reason}
+                             for c in verdict.content]
+        detail["verdict"] = verdict.disposition
     return DmarcRecord(
         source_ip=source_ip,
         header_from=dmarc.from_domain,

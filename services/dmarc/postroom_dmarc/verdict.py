@@ -2,7 +2,9 @@
 
 :func:`evaluate` is blocking (DNS) and runs in the `policy` thread pool. Its
 verdict's ``disposition`` tells the MTA what to do: ``inbox``, ``junk``
-(quarantine), ``reject`` (550 5.7.1 with ``reason``) or ``tempfail`` (451).
+(quarantine), ``reject`` (554 5.7.1 with ``reason``) or ``tempfail`` (451).
+The content checks (:mod:`postroom_dmarc.content`) join in through
+:func:`with_content`: the stricter of the two decides.
 Rules that keep it safe:
 
 * a temporary DNS failure never leads to ``reject``: a DMARC temperror with
@@ -18,6 +20,7 @@ Rules that keep it safe:
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import random
 from collections.abc import Callable, Mapping, Sequence
@@ -29,6 +32,7 @@ from postroom.logs import get_logger
 from postroom.mailauth import authres
 from postroom.net.dns import DNSTempError, Resolver
 from postroom_dmarc import dkimcheck, spfcheck
+from postroom_dmarc.content import DISPOSITION, ContentResult, combine
 from postroom_dmarc.discovery import Discoverer, normalise
 from postroom_dmarc.fromheader import author_domains
 from postroom_dmarc.record import json_copy
@@ -111,9 +115,11 @@ class Verdict:
     authentication_results: str  # the field value; prepend "Authentication-Results: " + CRLF
     # what the DKIM step's cap and budget left undone (its results are ``dkim``); not in JSON
     dkim_run: dkimcheck.DKIMRun | None = None
+    # each content check's result (attachments, spam, viruses), in the order they ran
+    content: tuple[ContentResult, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {
+        body: dict[str, Any] = {
             "spf": self.spf.to_json(),
             "spf_helo": self.spf_helo.to_json() if self.spf_helo else None,
             "dkim": [d.to_json() for d in self.dkim],
@@ -123,6 +129,30 @@ class Verdict:
             "reason": self.reason,
             "authentication_results": self.authentication_results,
         }
+        if self.content:
+            body["content"] = [{"check": c.check, "action": c.action, "reason": c.reason,
+                                "headers": [list(h) for h in c.headers]} for c in self.content]
+        return body
+
+
+_SEVERITY = {"inbox": 0, "junk": 1, "tempfail": 2, "reject": 3}
+
+
+def with_content(verdict: Verdict, results: Sequence[ContentResult]) -> Verdict:
+    """``verdict`` with the content checks' results: the stricter disposition wins.
+
+    A content check's reason replaces the DMARC one only when it decides.
+    """
+    if not results:
+        return verdict
+    winner = combine(results)
+    assert winner is not None
+    disposition, reason = verdict.disposition, verdict.reason
+    wanted = DISPOSITION[winner.action]
+    if _SEVERITY[wanted] > _SEVERITY[disposition]:
+        disposition, reason = wanted, winner.reason
+    return dataclasses.replace(verdict, disposition=disposition, reason=reason,
+                               content=tuple(results))
 
 
 def aligned(a: str, b: str, mode: str, discoverer: Discoverer) -> bool:

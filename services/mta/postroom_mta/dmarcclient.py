@@ -51,6 +51,8 @@ class Verdict:
     authentication_results: str = ""
     dmarc_result: str | None = None
     unavailable: bool = False
+    # header fields the content checks want on the stored message (name, one-line value)
+    headers: tuple[tuple[str, str], ...] = ()
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -75,7 +77,39 @@ def parse_verdict(body: bytes) -> Verdict:
     dmarc_result = dmarc.get("result") if isinstance(dmarc, dict) else None
     return Verdict(disposition=disposition, reason=reason, authentication_results=results,
                    dmarc_result=dmarc_result if isinstance(dmarc_result, str) else None,
-                   raw=data)
+                   headers=content_headers(data.get("content")), raw=data)
+
+
+MAX_HEADERS = 16
+MAX_HEADER_VALUE = 900
+_HEADER_NAME = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+
+
+def content_headers(content: Any) -> tuple[tuple[str, str], ...]:
+    """The header fields of the verdict's ``content`` results that are safe to add.
+
+    A name is letters, digits and hyphens (at most 64); a value is made one
+    line of printable text (line breaks unfolded, control characters dropped)
+    and cut at MAX_HEADER_VALUE characters; anything else is left out.
+    """
+    found: list[tuple[str, str]] = []
+    if not isinstance(content, list):
+        return ()
+    for result in content:
+        pairs = result.get("headers") if isinstance(result, dict) else None
+        for pair in pairs if isinstance(pairs, list) else []:
+            if len(found) >= MAX_HEADERS:
+                return tuple(found)
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str)
+                                                                       for p in pair)):
+                continue
+            name, value = pair
+            if not name or len(name) > 64 or not set(name) <= _HEADER_NAME:
+                continue
+            value = " ".join(value.split())
+            value = "".join(ch for ch in value if ch >= " " and ch != "\x7f")
+            found.append((name, value[:MAX_HEADER_VALUE]))
+    return tuple(found)
 
 
 def request_body(*, client_ip: str, helo: str | None, mail_from: str,

@@ -8,8 +8,9 @@ Decisions, in the order a session meets them:
   ``user!host@local``) and non-local domains get ``554 5.7.1 Relay access
   denied``; local addresses that resolve to nobody get ``550 5.1.1``; then
   optional greylisting (451 4.7.1).
-* end of DATA / last BDAT: the dmarc service's verdict. ``reject`` is 550 5.7.1
-  (no bounce: the client tells its user), ``tempfail`` or the service
+* end of DATA / last BDAT: the dmarc service's verdict (DMARC and the content
+  checks, docs/content-filtering.md). ``reject`` is 554 5.7.1 with the verdict's
+  reason (no bounce: the client tells its user), ``tempfail`` or the service
   unreachable is 451 4.7.0, else the message gets our Received: and
   Authentication-Results (forged ones claiming our authserv-id removed), is
   spooled for `deliver` with the disposition (inbox or junk), and only after
@@ -57,6 +58,13 @@ from postroom_mta.greylist import Greylist
 _log = get_logger("inbound")
 
 RELAY_DENIED = Reply(554, "5.7.1", "Relay access denied")
+MAX_REASON = 400  # characters of a verdict's reason in a reply line
+
+
+def _reply_text(reason: str) -> str:
+    """A verdict's reason as one reply line: printable ASCII only, bounded."""
+    text = "".join(ch if " " <= ch <= "~" else "?" for ch in reason[:MAX_REASON])
+    return text + ("..." if len(reason) > MAX_REASON else "")
 USER_UNKNOWN = Reply(550, "5.1.1", "Recipient address rejected: user unknown")
 QUEUE_UNAVAILABLE = Reply(451, "4.3.0", "Queue temporarily unavailable, try again later")
 # characters that route mail onwards when they appear in a local part (RFC 5321 3.6.1, the
@@ -289,7 +297,7 @@ class InboundPolicy(BasePolicy):
         if verdict.disposition == "reject":
             self._count("rejected_policy")
             _log.info("inbound message rejected", **fields)
-            return Reply(550, "5.7.1", f"Message rejected: {verdict.reason or 'DMARC policy'}")
+            return Reply(554, "5.7.1", _reply_text(verdict.reason or "Message rejected by policy"))
         if verdict.disposition not in ("inbox", "junk"):
             self._count("deferred")
             _log.warning("inbound message deferred", **fields)
@@ -304,6 +312,8 @@ class InboundPolicy(BasePolicy):
                                   recipients=[r.address for r in envelope.recipients],
                                   smtputf8=envelope.smtputf8)
                   + authentication_results_field(verdict.authentication_results, self.hostname)
+                  + b"".join(f"{name}: {value}\r\n".encode("utf-8", "replace")
+                             for name, value in verdict.headers)
                   + authres.strip_forged(message, self.hostname))
         disposition = verdict.disposition
 

@@ -80,9 +80,14 @@ def load_trace(session: Session, queue_id: str) -> dict[str, Any]:
 
 
 def _verdict(row: DmarcResult) -> dict[str, Any]:
+    detail = row.detail if isinstance(row.detail, dict) else {}
+    content = detail.get("content")
     return {"at": row.received_at, "header_from": row.header_from, "spf": row.spf_result,
             "dkim": row.dkim_result, "dmarc": row.dmarc_result, "policy": row.policy,
-            "disposition": row.disposition, "source_ip": row.source_ip}
+            "disposition": row.disposition, "source_ip": row.source_ip,
+            # the content checks (attachments, spam, viruses) and the verdict they led to
+            "content": content if isinstance(content, list) else [],
+            "verdict": detail.get("verdict")}
 
 
 def _when(value: datetime | None) -> str:
@@ -106,6 +111,13 @@ def timeline(story: dict[str, Any]) -> list[tuple[datetime | None, str]]:
                        f"policy: DMARC {verdict['dmarc']} (SPF {verdict['spf']}, DKIM "
                        f"{verdict['dkim']}) for {verdict['header_from']} -> "
                        f"{verdict['disposition']}"))
+        for result in verdict.get("content") or []:
+            line = f"content: {result.get('check')} -> {result.get('action')}"
+            if result.get("reason"):
+                line += f": {result['reason']}"
+            events.append((verdict["at"], line))
+        if verdict.get("verdict"):
+            events.append((verdict["at"], f"verdict: {verdict['verdict']}"))
     for r in story["recipients"]:
         via = f" (alias of #{r['parent_id']})" if r["parent_id"] else ""
         if r["enqueued_at"]:
