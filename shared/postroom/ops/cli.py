@@ -21,6 +21,7 @@ from postroom.config import (
     ConfigError,
     Settings,
     describe,
+    describe_effective,
     load_settings,
     markdown,
     parse_duration,
@@ -182,14 +183,18 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="store_true", help="validate the current environment")
+    p.add_argument("--describe", action="store_true",
+                   help="every setting with its default and meaning")
     p.add_argument("--markdown", action="store_true",
                    help="print the settings table as Markdown (docs/configuration.md)")
 
 
 @command("config", _config_arguments,
-         summary="list every setting, or check the current environment",
-         description=("Without options: every POSTROOM_* variable with its default and meaning. "
-                      "With --check: parse the environment and report."))
+         summary="show the effective settings, or check the current environment",
+         description=("Without options: every POSTROOM_* setting's effective value, marked "
+                      "[environment], [file] (<NAME>_FILE) or [default]; secrets are never "
+                      "shown. With --describe: defaults and meanings. With --check: parse the "
+                      "environment and report."))
 def cmd_config(args: argparse.Namespace) -> int:
     if args.markdown:
         sys.stdout.write(markdown())
@@ -198,7 +203,10 @@ def cmd_config(args: argparse.Namespace) -> int:
         settings = _settings()
         print(f"configuration is valid (hostname {settings.hostname})")
         return 0
-    print(describe())
+    if args.describe:
+        print(describe())
+        return 0
+    print(describe_effective())
     return 0
 
 
