@@ -211,13 +211,14 @@ def cmd_config(args: argparse.Namespace) -> int:
 
 
 def _db_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["upgrade", "current", "check", "roles"],
+    p.add_argument("action", choices=["upgrade", "downgrade", "current", "check", "roles"],
                    help="upgrade: apply every pending migration (and refresh the privileges "
-                   "of the service roles that exist); current: print the revision; check: fail "
-                   "unless the schema is current; roles: print the SQL of the service roles "
-                   "(--apply: run it)")
+                   "of the service roles that exist); downgrade REVISION: take the schema back "
+                   "(for a rollback past the compatibility window, docs/upgrades.md); current: "
+                   "print the revision; check: fail unless this release runs on the schema; "
+                   "roles: print the SQL of the service roles (--apply: run it)")
     p.add_argument("services", nargs="*", metavar="SERVICE",
-                   help="roles: only these services (default: all)")
+                   help="roles: only these services (default: all); downgrade: the revision")
     p.add_argument("--apply", action="store_true",
                    help="roles: create the missing roles and grant their privileges now")
     p.add_argument("--prefix", default="postroom_",
@@ -232,6 +233,10 @@ def _db_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_db(args: argparse.Namespace) -> int:
     from postroom.store import migrate, roles
 
+    if args.action == "downgrade":
+        if len(args.services) != 1:
+            raise CLIError("db downgrade takes one revision (e.g. `postroom db downgrade 0005`)")
+        return _db_downgrade(args.services[0])
     unknown = [s for s in args.services if s not in roles.SERVICES]
     if (args.services and args.action != "roles") or unknown:
         raise CLIError(f"unknown service {unknown[0]!r} (one of: {', '.join(roles.SERVICES)})"
@@ -244,8 +249,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     url = settings.database_url
     assert url is not None
     if args.action == "upgrade":
-        migrate.upgrade(url)
-        print(f"database schema is at {migrate.current_revision(url)} (head)")
+        print(migrate.upgrade(url))
         # a new table is granted to the service roles that exist (docs/operations.md)
         refreshed = roles.refresh_url(url)
         if refreshed:
@@ -258,8 +262,24 @@ def cmd_db(args: argparse.Namespace) -> int:
     elif args.action == "current":
         print(migrate.current_revision(url) or "empty (no migrations applied)")
     else:
-        migrate.check_schema(url)
-        print(f"database schema is current ({migrate.head_revision()})")
+        at = migrate.check_schema(url)
+        head = migrate.head_revision()
+        print(f"database schema is current ({head})" if at == head else
+              f"database schema is at {at}, newer than this release ({head}) and compatible "
+              "with it")
+    return 0
+
+
+def _db_downgrade(revision: str) -> int:
+    from postroom.store import migrate
+
+    settings = _settings()
+    require(settings, "database_url")
+    url = settings.database_url
+    assert url is not None
+    migrate.downgrade(url, revision)
+    # the service roles keep the (newer) grants they have: GRANT cannot name dropped tables
+    print(f"database schema is at {migrate.current_revision(url) or 'no revision'}")
     return 0
 
 

@@ -60,6 +60,18 @@ def _now() -> Any:
     return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
 
+class SchemaCompat(Base):
+    """One row per revision whose release runs on the schema as it is now (docs/upgrades.md).
+
+    Written by `postroom db upgrade` / `db downgrade` from the migrations' kinds, so an
+    older release, which cannot know the newer migrations, can tell whether it fits.
+    """
+
+    __tablename__ = "schema_compat"
+
+    revision: Mapped[str] = mapped_column(Text, primary_key=True)
+
+
 class Domain(Base):
     """A domain we receive mail for; the name is the lowercase A-label form."""
 
