@@ -633,6 +633,13 @@ class Settings:
         parse_duration, "20s",
         "On SIGTERM, how long in-flight work may take before it is handed back.")
 
+    # --- operations: role addresses and DKIM lifecycle (issue 24)
+    role_address_target: str = setting(
+        _opt_mail_address, "",
+        "Where postmaster@ and abuse@ of a new domain go (RFC 5321, RFC 2142): `postroom "
+        "domain add` makes them aliases of this address. Unset: of the domain's first user, "
+        "when it is added. Change them with `postroom alias` (docs/mda.md).")
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 

@@ -291,6 +291,15 @@ def _domain_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("domain")
     q = dsub.add_parser("list", help="list local domains")
     q.add_argument("--json", action="store_true")
+    q = dsub.add_parser(
+        "ensure-role-addresses", help="create the missing postmaster@ and abuse@ aliases",
+        description="Make postmaster@ (RFC 5321) and abuse@ (RFC 2142) of each domain (all "
+        "by default) an alias of --target, else POSTROOM_ROLE_ADDRESS_TARGET, else the "
+        "domain's first user, where neither an alias nor a user has that address already.")
+    q.add_argument("domains", nargs="*", metavar="DOMAIN")
+    q.add_argument("--target", default=None, metavar="ADDRESS",
+                   help="where they go (default POSTROOM_ROLE_ADDRESS_TARGET, else the "
+                   "domain's first user)")
 
 
 @command("domain", _domain_arguments,
@@ -300,8 +309,15 @@ def cmd_domain(args: argparse.Namespace) -> int:
     from postroom.store import domains
 
     if args.action == "add":
-        _with_db(domains.add_domain, args.domain)
+        target = _settings().role_address_target or None
+        _with_db(domains.add_domain, args.domain, role_target=target)
         print(f"domain {args.domain.lower()} added")
+        name = args.domain.lower().rstrip(".")
+        print(f"postmaster@{name} and abuse@{name} are aliases of {target}" if target else
+              f"postmaster@{name} and abuse@{name} will be aliases of its first user "
+              "(`postroom alias` changes them)")
+    elif args.action == "ensure-role-addresses":
+        return _ensure_role_addresses(args.domains, args.target)
     elif args.action == "remove":
         _with_db(domains.remove_domain, args.domain)
         print(f"domain {args.domain.lower()} removed")
@@ -309,6 +325,22 @@ def cmd_domain(args: argparse.Namespace) -> int:
         rows = _with_db(domains.list_domains)
         _print_rows([_plain(r) for r in rows], ["name", "users", "aliases", "created_at"],
                     args.json)
+    return 0
+
+
+def _ensure_role_addresses(names: list[str], target: str | None) -> int:
+    from postroom.store import aliases
+
+    target = target or _settings().role_address_target or None
+    done = _with_db(aliases.ensure_all_role_addresses, names or None, target)
+    for domain, created in done.items():
+        for alias in created:
+            print(f"alias {alias.source} -> {alias.destination} added")
+        if not created:
+            there = _with_db(aliases.recipient_status, "postmaster", domain)[0] == "ok"
+            print(f"{domain}: nothing to add" if there else
+                  f"{domain}: no user yet; its first user will get postmaster@ and "
+                  "abuse@ (or pass --target)")
     return 0
 
 
