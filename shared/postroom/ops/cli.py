@@ -466,6 +466,8 @@ def _dkim_row(key: Any) -> dict[str, Any]:
     # private keys never leave the database through the CLI, sealed or not
     row = {k: v for k, v in _plain(key).items() if k != "private_key"}
     row["encrypted"] = key.key_id or "no"
+    row["state"] = key.state
+    row["replaces"] = key.replaces or ""
     return row
 
 
@@ -480,6 +482,29 @@ def _dkim_arguments(p: argparse.ArgumentParser) -> None:
     q = ksub.add_parser("list", help="list a domain's keys (ENCRYPTED: the secret key id)")
     q.add_argument("domain", nargs="?")
     q.add_argument("--json", action="store_true")
+    q = ksub.add_parser(
+        "activate", help="make a pending (or retired) key sign, once its record is published",
+        description="Activate a key after checking that DNS serves its record (what "
+        "`postroom dns DOMAIN --check` does for every pending key); --force skips the check, "
+        "for setups where this host cannot see the published zone.")
+    q.add_argument("domain")
+    q.add_argument("selector")
+    q.add_argument("--force", action="store_true",
+                   help="activate without looking the record up")
+    q = ksub.add_parser(
+        "retire", help="stop signing with a key (leave its record published a while)",
+        description="Stop signing with a key. Keep its DNS record published for a week or "
+        "so, until the mail it signed has been delivered and read; then remove it.")
+    q.add_argument("domain")
+    q.add_argument("selector")
+    q = ksub.add_parser(
+        "rotate", help="make a pending successor for each active key",
+        description="Generate a new pending key for each active key (of --algorithm); print "
+        "their records. The old keys keep signing until the new ones are active (`postroom "
+        "dns DOMAIN --check` once the records are published); then the old ones are retired.")
+    q.add_argument("domain")
+    q.add_argument("--algorithm", choices=["rsa", "ed25519", "all"], default="all",
+                   help="rotate only the keys of this type (default all)")
     q = ksub.add_parser("encrypt-keys",
                         help="encrypt every plaintext private key, and re-encrypt those of an "
                         "older secret key, with POSTROOM_SECRET_KEY_FILE's key",
@@ -492,11 +517,15 @@ def _dkim_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("dkim", _dkim_arguments,
          summary="DKIM signing keys",
-         description="Generate and list DKIM keys; generate prints the DNS TXT records to publish.")
+         description=("Generate, list, activate, retire and rotate DKIM keys. A new key is "
+                      "pending: it signs once `postroom dns DOMAIN --check` sees its record "
+                      "(docs/msa.md, \"DKIM key lifecycle\")."))
 def cmd_dkim(args: argparse.Namespace) -> int:
     from postroom.mailauth import dnsrecords
     from postroom.store import dkim
 
+    if args.action in ("activate", "retire", "rotate"):
+        return _dkim_lifecycle(args)
     if args.action == "generate":
         algorithms = ["rsa-sha256", "ed25519-sha256"] if args.algorithm == "both" else [
             {"rsa": "rsa-sha256", "ed25519": "ed25519-sha256"}[args.algorithm]]
@@ -507,17 +536,75 @@ def cmd_dkim(args: argparse.Namespace) -> int:
         created = []
         for algorithm in algorithms:
             created.append(_with_db(dkim.generate_key, args.domain, algorithm, args.selector,
-                                    keyring=keyring))
+                                    keyring=keyring, pending=True))
         print(f"; DKIM keys for {args.domain.lower()}: publish these TXT records")
         for key in created:
             print(dnsrecords.dkim_record(_plain(key)))
+        _pending_note(args.domain.lower(), created)
     elif args.action == "encrypt-keys":
         return _dkim_encrypt_keys(args.dry_run)
     else:
         rows = _with_db(dkim.list_keys, args.domain)
         _print_rows([_dkim_row(r) for r in rows],
-                    ["domain", "selector", "algorithm", "active", "encrypted"], args.json)
+                    ["domain", "selector", "algorithm", "state", "replaces", "encrypted"],
+                    args.json)
     return 0
+
+
+def _pending_note(domain: str, keys: Sequence[Any]) -> None:
+    selectors = " ".join(k.selector for k in keys)
+    print(f"; pending ({selectors}): they sign once `postroom dns {domain} --check` sees "
+          f"these records published (or `postroom dkim activate {domain} SELECTOR --force`)",
+          file=sys.stderr)
+
+
+def _dkim_lifecycle(args: argparse.Namespace) -> int:
+    """dkim activate | retire | rotate (docs/msa.md, "DKIM key lifecycle")."""
+    from postroom.mailauth import dnsrecords
+    from postroom.store import dkim
+
+    domain = args.domain.lower().rstrip(".")
+    if args.action == "rotate":
+        algorithms = None if args.algorithm == "all" else [
+            {"rsa": "rsa-sha256", "ed25519": "ed25519-sha256"}[args.algorithm]]
+        created = _with_db(dkim.rotate_keys, domain, keyring=_keyring(_settings()),
+                           algorithms=algorithms)
+        print(f"; new DKIM keys for {domain}: publish these TXT records (keep the old ones)")
+        for key in created:
+            print(dnsrecords.dkim_record(_plain(key)))
+        _pending_note(domain, created)
+        return 0
+    if args.action == "retire":
+        _with_db(dkim.retire_key, domain, args.selector)
+        print(f"DKIM key {args.selector.lower()} of {domain} retired: it no longer signs; "
+              "keep its record published a week or so, then remove it")
+        return 0
+    if not args.force:
+        from postroom.net.dns import Resolver
+        from postroom.ops.dnscheck import check_dkim
+
+        keys = [k for k in _with_db(dkim.list_keys, domain)
+                if k.selector == args.selector.lower()]
+        if not keys:
+            raise CLIError(f"no DKIM selector {args.selector} for {domain}")
+        [finding] = check_dkim(Resolver.from_settings(_settings()),
+                               [_as_pending(keys[0])])
+        if not finding.ok:
+            raise CLIError(f"{finding.name}: {finding.detail.split(':')[0]}; publish the "
+                           "record (`postroom dns`) or pass --force")
+    retired = _with_db(dkim.activate_key, domain, args.selector)
+    print(f"DKIM key {args.selector.lower()} of {domain} is active: it signs from the next "
+          "message")
+    for old in retired:
+        print(f"DKIM key {old} of {domain} retired (replaced by {args.selector.lower()})")
+    return 0
+
+
+def _as_pending(key: Any) -> Any:
+    """``key`` as the DNS check sees a key about to be activated."""
+    import dataclasses
+
+    return dataclasses.replace(key, active=False, pending=True)
 
 
 def _dkim_encrypt_keys(dry_run: bool) -> int:
@@ -573,10 +660,14 @@ def _dns_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("domain")
     p.add_argument("--rua", default=None, metavar="ADDRESS",
                    help="where DMARC aggregate and TLS reports go (default postmaster@DOMAIN)")
+    p.add_argument("--check", action="store_true",
+                   help="look the MX, SPF, DMARC and DKIM records up and say which are "
+                   "published; activate each pending DKIM key whose record is (exit 1 when "
+                   "something is missing)")
 
 
 @command("dns", _dns_arguments,
-         summary="print every DNS record to publish for a domain",
+         summary="print every DNS record to publish for a domain, or --check them",
          description=("Print the MX, SPF, DKIM, DMARC, MTA-STS and TLS-RPT records a domain needs, "
                       "in zone-file syntax."))
 def cmd_dns(args: argparse.Namespace) -> int:
@@ -584,11 +675,33 @@ def cmd_dns(args: argparse.Namespace) -> int:
     from postroom.store import dkim
 
     settings = _settings()
-    keys = [_plain(k) for k in _with_db(dkim.list_keys, args.domain)]
+    if args.check:
+        return _dns_check(args.domain, settings)
+    keys = [{**_plain(k), "state": k.state} for k in _with_db(dkim.list_keys, args.domain)]
     for line in dnsrecords.all_records(args.domain, settings.hostname, keys,
                                        report_address=args.rua):
         print(line)
     return 0
+
+
+def _dns_check(domain: str, settings: Settings) -> int:
+    from postroom.net.dns import Resolver
+    from postroom.ops.dnscheck import check_domain
+    from postroom.store import dkim
+
+    domain = domain.lower().rstrip(".")
+    keys = _with_db(dkim.list_keys, domain)
+    findings = check_domain(Resolver.from_settings(settings), domain, settings.hostname, keys)
+    for f in findings:
+        what = f"{f.record} {f.selector}" if f.selector else f.record
+        print(f"{'ok  ' if f.ok else 'FAIL'}  {what:<16} {f.name}: {f.detail}")
+    for f in findings:
+        if f.activate and f.selector:
+            retired = _with_db(dkim.activate_key, domain, f.selector)
+            print(f"DKIM key {f.selector} of {domain} is now active (its record is published)")
+            for old in retired:
+                print(f"DKIM key {old} of {domain} retired (replaced by {f.selector})")
+    return 0 if all(f.ok for f in findings) else 1
 
 
 def _duration_arg(text: str) -> float:

@@ -132,13 +132,19 @@ class Alias(Base):
 
 
 class DkimKey(Base):
-    """A DKIM signing key of a domain; ``public_key_b64`` is the p= value of the DNS record."""
+    """A DKIM signing key of a domain; ``public_key_b64`` is the p= value of the DNS record.
+
+    Its state (docs/msa.md, "DKIM key lifecycle"): pending (``pending``: generated, its
+    record not yet seen in DNS, never signs), active (``active``: signs) or retired
+    (neither). ``active`` alone decides signing, as before migration 0007.
+    """
 
     __tablename__ = "dkim_keys"
     __table_args__ = (
         UniqueConstraint("domain_id", "selector"),
         CheckConstraint(_in("algorithm", DKIM_ALGORITHMS), name="algorithm"),
         CheckConstraint("selector <> ''", name="selector"),
+        CheckConstraint("NOT (active AND pending)", name="pending_not_active"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
@@ -151,6 +157,12 @@ class DkimKey(Base):
     public_key_b64: Mapped[str] = mapped_column(Text)
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     created_at: Mapped[datetime] = _now()
+    # migration 0007 (expand): the lifecycle
+    pending: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # the key `dkim rotate` made this one to replace: retired when this one becomes active
+    replaces_id: Mapped[int | None] = mapped_column(
+        ForeignKey("dkim_keys.id", ondelete="SET NULL"), nullable=True)
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Mailbox(Base):
