@@ -92,6 +92,24 @@ def test_the_new_migration_template_makes_the_author_choose():
     assert "kind: str =" in template
 
 
+def test_the_previous_release_runs_on_this_schema_when_the_head_is_an_expand(
+        empty_database_url, tmp_path):
+    """The window of the real tree: this release's head migration, if an expand one, keeps
+    the release before it (the same tree without that file) running."""
+    head = head_revision()
+    previous = tmp_path / "previous"
+    shutil.copytree(MIGRATIONS_DIR, previous, ignore=shutil.ignore_patterns("__pycache__"))
+    [head_file] = [p for p in (previous / "versions").glob("*.py")
+                   if f'revision: str = "{head}"' in p.read_text()]
+    head_file.unlink()
+    upgrade(empty_database_url)
+    if migrate.migration_kind(MIGRATIONS_DIR, head) == "expand":
+        assert check_schema(empty_database_url, migrations=previous) == head
+    else:
+        with pytest.raises(SchemaTooNew):
+            check_schema(empty_database_url, migrations=previous)
+
+
 def test_release_n_runs_on_n_plus_1_expand(empty_database_url, tmp_path):
     newer = newer_release(tmp_path, "expand")
     upgrade(empty_database_url, migrations=newer)

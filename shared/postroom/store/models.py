@@ -136,7 +136,8 @@ class DkimKey(Base):
 
     Its state (docs/msa.md, "DKIM key lifecycle"): pending (``pending``: generated, its
     record not yet seen in DNS, never signs), active (``active``: signs) or retired
-    (neither). ``active`` alone decides signing, as before migration 0007.
+    (neither). ``active`` alone decides signing, as before migration 0007, and wins over
+    ``pending`` (no constraint ties them: the release before 0007 sets ``active`` alone).
     """
 
     __tablename__ = "dkim_keys"
@@ -144,7 +145,6 @@ class DkimKey(Base):
         UniqueConstraint("domain_id", "selector"),
         CheckConstraint(_in("algorithm", DKIM_ALGORITHMS), name="algorithm"),
         CheckConstraint("selector <> ''", name="selector"),
-        CheckConstraint("NOT (active AND pending)", name="pending_not_active"),
     )
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)

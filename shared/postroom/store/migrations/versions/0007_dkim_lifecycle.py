@@ -21,7 +21,9 @@ down_revision: str | None = "0006"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 # new columns with defaults; the previous release signs with `active` keys, which a
-# pending key never is, and its inserts (no pending column) make active keys as before
+# pending key never is, and its inserts (no pending column) make active keys as before.
+# No constraint ties `active` to `pending`: the previous release's `set_key_active` sets
+# `active` alone, and `active` wins (models.DkimKey).
 kind: str = "expand"
 
 
@@ -33,12 +35,9 @@ def upgrade() -> None:
                                          nullable=True))
     op.create_foreign_key(op.f("fk_dkim_keys_replaces_id_dkim_keys"), "dkim_keys",
                           "dkim_keys", ["replaces_id"], ["id"], ondelete="SET NULL")
-    op.create_check_constraint(op.f("ck_dkim_keys_pending_not_active"), "dkim_keys",
-                               "NOT (active AND pending)")
 
 
 def downgrade() -> None:
-    op.drop_constraint(op.f("ck_dkim_keys_pending_not_active"), "dkim_keys", type_="check")
     op.drop_constraint(op.f("fk_dkim_keys_replaces_id_dkim_keys"), "dkim_keys",
                        type_="foreignkey")
     op.drop_column("dkim_keys", "retired_at")
