@@ -590,8 +590,8 @@ def _dkim_lifecycle(args: argparse.Namespace) -> int:
         [finding] = check_dkim(Resolver.from_settings(_settings()),
                                [_as_pending(keys[0])])
         if not finding.ok:
-            raise CLIError(f"{finding.name}: {finding.detail.split(':')[0]}; publish the "
-                           "record (`postroom dns`) or pass --force")
+            raise CLIError(f"{finding.name}: {finding.detail}; publish the record "
+                           f"(`postroom dns {domain}`) or pass --force")
     retired = _with_db(dkim.activate_key, domain, args.selector)
     print(f"DKIM key {args.selector.lower()} of {domain} is active: it signs from the next "
           "message")
