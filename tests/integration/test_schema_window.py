@@ -173,3 +173,34 @@ def test_cli_db_check_and_upgrade_on_a_newer_compatible_schema(empty_database_ur
                               env=env, capture_output=True, text=True, timeout=60)
         assert done.returncode == 0, done.stderr
         assert expected in done.stdout
+
+
+@pytest.mark.parametrize("kind", ["expand", "contract"])
+def test_a_service_of_this_release_on_a_newer_schema(kind, empty_database_url, tmp_path,
+                                                     redis_url):
+    """The rollback itself: `postroom serve mda` of this release on a schema a newer release
+    migrated starts (expand) or stops at once with the one line saying which side is newer
+    (contract), rather than crash-looping on "needs NNNN"."""
+    import secrets
+
+    from tests.support.procs import ServiceProcess
+
+    upgrade(empty_database_url, migrations=newer_release(tmp_path, kind))
+    env = {"POSTROOM_DATABASE_URL": empty_database_url, "POSTROOM_REDIS_URL": redis_url,
+           "POSTROOM_REDIS_PREFIX": f"window{secrets.token_hex(4)}:",
+           "POSTROOM_DB_POOL_SIZE": "2"}
+    proc = ServiceProcess("mda", env)  # `postroom serve mda`, as compose runs it
+    try:
+        if kind == "expand":
+            proc.start()
+            events = [e for e in proc.log_events()
+                      if e.get("event") == "database schema newer than this release"]
+            assert events and events[0]["schema"] == NEXT
+        else:
+            proc.spawn()
+            assert proc.wait_exit(timeout=60) == 2
+            [line] = [e for e in proc.log_events() if e.get("event") == "service failed to start"]
+            assert line["reason"].startswith("the database schema is newer than this release")
+            assert f"postroom db downgrade {head_revision()}" in line["reason"]
+    finally:
+        proc.close()
