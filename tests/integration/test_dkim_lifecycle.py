@@ -167,3 +167,17 @@ def test_rotate_without_an_active_key_says_how_to_start(cli):
     done = cli("dkim", "rotate", "example.org", ok=False)
     assert "no active DKIM key to rotate" in done.stderr
     assert "postroom dkim generate example.org" in done.stderr
+
+
+def test_a_failing_lookup_is_a_fail_and_activates_nothing(cli, dns_server, database):
+    cli("domain", "add", "example.org")
+    cli("dkim", "generate", "example.org", "--algorithm", "ed25519", "--selector", "s1")
+    publish_base(dns_server)
+    publish_key(dns_server, database, "s1")
+    dns_server.servfail("s1._domainkey.example.org")
+    check = cli("dns", "example.org", "--check", ok=False)
+    assert re.search(r"^FAIL\s+DKIM s1\s.*lookup failed", check.stdout, re.M)
+    assert states(cli)["s1"][0] == "pending"
+    dns_server.heal("s1._domainkey.example.org")
+    cli("dns", "example.org", "--check")
+    assert states(cli)["s1"][0] == "active"

@@ -107,3 +107,11 @@ def test_cli_domain_add_with_target_and_ensure_for_existing_domains(db, clean_db
     out = _cli(clean_db, "domain", "ensure-role-addresses", "empty.test",
                "--target", "alice@old.test")
     assert "alias abuse@empty.test -> alice@old.test added" in out
+
+
+def test_cli_user_add_says_where_the_role_addresses_go(db, clean_db):
+    _cli(clean_db, "domain", "add", "new.test")
+    out = _cli(clean_db, "user", "add", "boss@new.test", stdin="a long enough password\n")
+    assert "postmaster@new.test and abuse@new.test go to boss@new.test" in out
+    out = _cli(clean_db, "user", "add", "second@new.test", stdin="a long enough password\n")
+    assert "postmaster" not in out

@@ -344,6 +344,19 @@ def _ensure_role_addresses(names: list[str], target: str | None) -> int:
     return 0
 
 
+def _say_role_addresses(address: str) -> None:
+    """After `user add`: which role addresses (postmaster@, abuse@) now reach this user."""
+    from postroom.store import aliases
+
+    user = address.strip().lower()
+    domain = user.rpartition("@")[2]
+    mine = [a.source for a in _with_db(aliases.list_aliases, domain)
+            if a.destination == user and a.source.split("@")[0] in aliases.ROLE_LOCALPARTS]
+    mine.sort(key=lambda source: aliases.ROLE_LOCALPARTS.index(source.split("@")[0]))
+    if mine:
+        print(f"{' and '.join(mine)} go to {user} (`postroom alias` changes that)")
+
+
 def _user_arguments(p: argparse.ArgumentParser) -> None:
     usub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     q = usub.add_parser("add", help="add a user (password from stdin or prompt)")
@@ -370,6 +383,7 @@ def cmd_user(args: argparse.Namespace) -> int:
         password = _read_password()
         _with_db(users.add_user, args.address, password, quota_bytes=args.quota)
         print(f"user {args.address.lower()} added")
+        _say_role_addresses(args.address)
     elif args.action == "passwd":
         password = _read_password("New password: ")
         _with_db(users.set_password, args.address, password)
