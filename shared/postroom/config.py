@@ -684,6 +684,13 @@ class Settings:
         parse_duration, "20s",
         "On SIGTERM, how long in-flight work may take before it is handed back.")
 
+    # --- operations: role addresses and DKIM lifecycle (issue 24)
+    role_address_target: str = setting(
+        _opt_mail_address, "",
+        "Where postmaster@ and abuse@ of a new domain go (RFC 5321, RFC 2142): `postroom "
+        "domain add` makes them aliases of this address. Unset: of the domain's first user, "
+        "when it is added. Change them with `postroom alias` (docs/mda.md).")
+
     def replace(self, **changes: Any) -> Settings:
         return dataclasses.replace(self, **changes)
 
@@ -693,6 +700,73 @@ SPECS: tuple[Spec, ...] = tuple(
          f.metadata["secret"])
     for f in dataclasses.fields(Settings)
 )
+
+
+# --- compose variables vs settings (issue 24): POSTROOM_* names that are not settings
+# compose's .env is both the file compose reads ${...} from and every service's env_file, so a
+# variable compose.yaml uses lands in the services' environment too. These pass the
+# unknown-setting check; tests/unit/test_config_effective.py keeps the list in step with every
+# ${POSTROOM_*} in compose.yaml and deploy/*.yaml.
+NOT_SETTINGS: Mapping[str, str] = MappingProxyType({
+    "POSTROOM_IMAGE": "the image compose.yaml runs (compose reads it from .env)",
+    "POSTROOM_SERVICE": "reserved for the service name a container runs",
+    "POSTROOM_UP_CHILD": "set by `postroom up` in its child processes",
+})
+
+
+@dataclass(frozen=True)
+class Effective:
+    """One setting as the environment makes it: the value shown and where it came from."""
+
+    env: str
+    shown: str
+    source: str  # "environment", "file" (<NAME>_FILE) or "default"
+    secret: bool
+
+
+_HIDDEN = "(set, hidden)"
+
+
+def effective(environ: Mapping[str, str] | None = None) -> list[Effective]:
+    """What each setting is in ``environ`` (os.environ by default), secrets masked.
+
+    Values are shown as given (not parsed: `postroom config --check` validates);
+    a secret is never shown, whether it came from the variable or its _FILE.
+    """
+    environ = os.environ if environ is None else environ
+    rows = []
+    for spec in SPECS:
+        file_var = spec.env + "_FILE"
+        if spec.env in environ:
+            source, raw = "environment", environ[spec.env]
+        elif spec.secret and environ.get(file_var):
+            source, raw = "file", f"{file_var}={environ[file_var]}"
+        else:
+            source = "default"
+            try:
+                raw = spec.default() if callable(spec.default) else spec.default
+            except OSError:
+                raw = "(computed)"
+        if spec.secret and source == "environment" and raw:
+            shown = _HIDDEN
+        elif spec.secret and source == "file":
+            shown = f"{_HIDDEN}, from {raw}"
+        else:
+            shown = raw if raw else "(unset)"
+        rows.append(Effective(spec.env, shown, source, spec.secret))
+    return rows
+
+
+def describe_effective(environ: Mapping[str, str] | None = None) -> str:
+    """`postroom config`: every setting's effective value, marked env/file/default."""
+    rows = effective(environ)
+    width = max(len(r.env) for r in rows)
+    lines = [f"{r.env.ljust(width)}  {r.shown}  [{r.source}]" for r in rows]
+    environ = os.environ if environ is None else environ
+    extra = sorted(k for k in environ if k in NOT_SETTINGS)
+    lines += [f"{k.ljust(width)}  {environ[k]}  [not a setting: {NOT_SETTINGS[k]}]"
+              for k in extra]
+    return "\n".join(lines)
 
 
 def _raw_value(spec: Spec, environ: Mapping[str, str]) -> str | None:
@@ -724,9 +798,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
             shown = "(secret)" if spec.secret else repr(raw)
             raise ConfigError(f"{spec.env}={shown}: {exc}") from None
     unknown = sorted(k for k in environ if k.startswith(PREFIX) and k not in known)
-    # Unknown names are very often typos of real ones; refuse them rather than ignore.
-    allowed_extra = {"POSTROOM_SERVICE", "POSTROOM_UP_CHILD"}
-    unknown = [k for k in unknown if k not in allowed_extra]
+    # Unknown names are very often typos of real ones; refuse them rather than ignore,
+    # except the variables that are not settings at all (NOT_SETTINGS).
+    unknown = [k for k in unknown if k not in NOT_SETTINGS]
     if unknown:
         raise ConfigError(f"{unknown[0]}: unknown setting (see `postroom config --help`)")
     if values["mta_proxy_trusted"]:
@@ -764,6 +838,15 @@ def markdown() -> str:
         "the service at start-up with one line naming the variable; an unknown",
         "`POSTROOM_*` variable is refused too (it is nearly always a typo).",
         "Durations take `s`, `m`, `h` or `d`; sizes take `K`, `M` or `G`.",
+        "",
+        "`postroom config` prints the value each setting has in the current environment,",
+        "marked `[environment]`, `[file]` (from `<NAME>_FILE`) or `[default]`; secrets are",
+        "never printed. `postroom config --describe` lists defaults and meanings.",
+        "",
+        "These `POSTROOM_*` names are not settings and pass the unknown-variable check",
+        "(compose's `.env` feeds both compose and every service):",
+        "",
+        *[f"- `{name}`: {why}" for name, why in NOT_SETTINGS.items()],
         "",
         "This file is generated by `postroom config --markdown`.",
         "",

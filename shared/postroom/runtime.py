@@ -317,13 +317,17 @@ def serve_argv(name: str) -> list[str]:
     return [sys.executable, "-m", "postroom.ops.cli", "serve", name]
 
 
-def _check_schema(url: str) -> None:
+def _check_schema(url: str, log: Logger) -> None:
     from postroom.store import migrate  # lazy: the store is optional for services without a db
 
     try:
-        migrate.check_schema(url)
+        at = migrate.check_schema(url)
     except migrate.SchemaOutOfDate as exc:
         raise StartupError(str(exc)) from None
+    if at != migrate.head_revision():
+        # a rollback inside the compatibility window (docs/upgrades.md)
+        log.warning("database schema newer than this release", schema=at,
+                    release=migrate.head_revision(), effect="compatible: expand migrations only")
 
 
 def _open_database(settings: Settings) -> Any:
@@ -368,7 +372,7 @@ def _prepare(name: str, spec: ServiceSpec, settings: Settings, reactor: Reactor,
                          metrics=Metrics(spec.name), log=log)
     if spec.needs_database:
         assert settings.database_url
-        _check_schema(settings.database_url)
+        _check_schema(settings.database_url, log)
         ctx.database = _open_database(settings)
         health.add_check("database", ctx.database.ping)
     if spec.needs_redis:

@@ -109,6 +109,26 @@ def test_alice_to_bob_arrives_over_imap_and_pop3_with_spf_dkim_dmarc_pass(pair: 
     assert b"\r\n".join(lines) + b"\r\n" == raw
 
 
+def test_postmaster_and_abuse_of_a_new_domain_reach_its_first_user(pair: Pair) -> None:
+    """RFC 5321 4.5.1 / RFC 2142: the domain was made by `postroom domain add` with no
+    role addresses; its first user got them (docs/mda.md, "Role addresses")."""
+    from postroom.store import aliases
+
+    first = (pair.one.db.run_sync(aliases.first_user, pair.one.domain)
+             or fresh_user(pair.one, "first"))
+    sender = fresh_user(pair.two, "reporter")
+    already = len(pair.one.fetch_all(first))
+    subjects = []
+    for role in ("Postmaster", "abuse"):
+        subject = f"to {role} {secrets.token_hex(4)}"
+        subjects.append(subject)
+        message = (f"From: <{sender}>\r\nTo: <{role}@{pair.one.domain}>\r\n"
+                   f"Subject: {subject}\r\n\r\nplease look\r\n").encode()
+        pair.two.submit(sender, [f"{role}@{pair.one.domain}"], message)
+    arrived = pair.one.wait_for_mail(first, count=already + 2, timeout=30)
+    assert sorted(parse(raw)["Subject"] for raw in arrived[already:]) == sorted(subjects)
+
+
 def test_bob_replies_to_alice_and_she_sees_pass_from_one_test(pair: Pair) -> None:
     alice, bob = fresh_user(pair.one, "alice"), fresh_user(pair.two, "bob")
     pair.one.submit(alice, [bob], f"From: {alice}\r\nTo: {bob}\r\nSubject: ping\r\n\r\n"

@@ -34,3 +34,18 @@ def test_every_record_a_domain_needs_is_listed():
 def test_without_keys_the_output_says_how_to_make_them():
     lines = "\n".join(all_records("example.org", "mx.example.org", []))
     assert "postroom dkim generate example.org" in lines
+
+
+def test_pending_keys_are_printed_and_retired_ones_named_for_removal():
+    key = {"domain": "example.org", "algorithm": "ed25519-sha256", "public_key_b64": "K"}
+    lines = "\n".join(all_records("example.org", "mx.example.org", [
+        {**key, "selector": "new", "state": "pending"},
+        {**key, "selector": "cur", "state": "active"},
+        {**key, "selector": "old", "state": "retired"},
+    ]))
+    assert "; pending: new" in lines
+    assert "new._domainkey.example.org. IN TXT" in lines
+    assert "cur._domainkey.example.org. IN TXT" in lines
+    assert "old._domainkey" not in lines
+    assert "then remove them: old" in lines
+    assert "postroom dns example.org --check" in lines

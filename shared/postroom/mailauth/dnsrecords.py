@@ -33,6 +33,13 @@ def dkim_record(key: Mapping[str, Any]) -> str:
     return f"{_fqdn(name)} IN TXT {txt_value(dkim_txt(key))}"
 
 
+def _state(key: Mapping[str, Any]) -> str:
+    """A stored key's lifecycle state (docs/msa.md); keys without one are active or retired."""
+    if "state" in key:
+        return str(key["state"])
+    return "active" if key.get("active", True) else "retired"
+
+
 def all_records(domain: str, hostname: str, dkim_keys: Iterable[Mapping[str, Any]],
                 report_address: str | None = None) -> list[str]:
     """Every record a domain needs: MX, SPF, DKIM, DMARC, MTA-STS and TLS-RPT."""
@@ -45,10 +52,20 @@ def all_records(domain: str, hostname: str, dkim_keys: Iterable[Mapping[str, Any
         "; SPF (RFC 7208): only our MX may send for this domain; others fail",
         f"{_fqdn(domain)} IN TXT {txt_value('v=spf1 mx -all')}",
     ]
-    keys = [k for k in dkim_keys if k.get("active", True)]
-    if keys:
-        lines.append("; DKIM (RFC 6376, RFC 8463): one record per active key")
-        lines.extend(dkim_record(k) for k in keys)
+    keys = list(dkim_keys)
+    live = [k for k in keys if _state(k) in ("active", "pending")]
+    retired = [k for k in keys if _state(k) == "retired"]
+    if live:
+        lines.append("; DKIM (RFC 6376, RFC 8463): one record per key; a pending key signs "
+                     f"once `postroom dns {domain} --check` sees its record")
+        for key in live:
+            if _state(key) == "pending":
+                lines.append(f"; pending: {key['selector']}")
+            lines.append(dkim_record(key))
+        if retired:
+            lines.append("; retired DKIM keys (no longer sign): keep their records a week or "
+                         "so after retiring, then remove them: "
+                         + ", ".join(str(k["selector"]) for k in retired))
     else:
         lines.append(f"; DKIM: no keys yet, run `postroom dkim generate {domain}`")
     lines += [

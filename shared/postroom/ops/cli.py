@@ -21,6 +21,7 @@ from postroom.config import (
     ConfigError,
     Settings,
     describe,
+    describe_effective,
     load_settings,
     markdown,
     parse_duration,
@@ -182,14 +183,18 @@ def cmd_up(args: argparse.Namespace) -> int:
 
 def _config_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--check", action="store_true", help="validate the current environment")
+    p.add_argument("--describe", action="store_true",
+                   help="every setting with its default and meaning")
     p.add_argument("--markdown", action="store_true",
                    help="print the settings table as Markdown (docs/configuration.md)")
 
 
 @command("config", _config_arguments,
-         summary="list every setting, or check the current environment",
-         description=("Without options: every POSTROOM_* variable with its default and meaning. "
-                      "With --check: parse the environment and report."))
+         summary="show the effective settings, or check the current environment",
+         description=("Without options: every POSTROOM_* setting's effective value, marked "
+                      "[environment], [file] (<NAME>_FILE) or [default]; secrets are never "
+                      "shown. With --describe: defaults and meanings. With --check: parse the "
+                      "environment and report."))
 def cmd_config(args: argparse.Namespace) -> int:
     if args.markdown:
         sys.stdout.write(markdown())
@@ -198,18 +203,22 @@ def cmd_config(args: argparse.Namespace) -> int:
         settings = _settings()
         print(f"configuration is valid (hostname {settings.hostname})")
         return 0
-    print(describe())
+    if args.describe:
+        print(describe())
+        return 0
+    print(describe_effective())
     return 0
 
 
 def _db_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("action", choices=["upgrade", "current", "check", "roles"],
+    p.add_argument("action", choices=["upgrade", "downgrade", "current", "check", "roles"],
                    help="upgrade: apply every pending migration (and refresh the privileges "
-                   "of the service roles that exist); current: print the revision; check: fail "
-                   "unless the schema is current; roles: print the SQL of the service roles "
-                   "(--apply: run it)")
+                   "of the service roles that exist); downgrade REVISION: take the schema back "
+                   "(for a rollback past the compatibility window, docs/upgrades.md); current: "
+                   "print the revision; check: fail unless this release runs on the schema; "
+                   "roles: print the SQL of the service roles (--apply: run it)")
     p.add_argument("services", nargs="*", metavar="SERVICE",
-                   help="roles: only these services (default: all)")
+                   help="roles: only these services (default: all); downgrade: the revision")
     p.add_argument("--apply", action="store_true",
                    help="roles: create the missing roles and grant their privileges now")
     p.add_argument("--prefix", default="postroom_",
@@ -224,6 +233,10 @@ def _db_arguments(p: argparse.ArgumentParser) -> None:
 def cmd_db(args: argparse.Namespace) -> int:
     from postroom.store import migrate, roles
 
+    if args.action == "downgrade":
+        if len(args.services) != 1:
+            raise CLIError("db downgrade takes one revision (e.g. `postroom db downgrade 0005`)")
+        return _db_downgrade(args.services[0])
     unknown = [s for s in args.services if s not in roles.SERVICES]
     if (args.services and args.action != "roles") or unknown:
         raise CLIError(f"unknown service {unknown[0]!r} (one of: {', '.join(roles.SERVICES)})"
@@ -236,8 +249,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     url = settings.database_url
     assert url is not None
     if args.action == "upgrade":
-        migrate.upgrade(url)
-        print(f"database schema is at {migrate.current_revision(url)} (head)")
+        print(migrate.upgrade(url))
         # a new table is granted to the service roles that exist (docs/operations.md)
         refreshed = roles.refresh_url(url)
         if refreshed:
@@ -250,8 +262,24 @@ def cmd_db(args: argparse.Namespace) -> int:
     elif args.action == "current":
         print(migrate.current_revision(url) or "empty (no migrations applied)")
     else:
-        migrate.check_schema(url)
-        print(f"database schema is current ({migrate.head_revision()})")
+        at = migrate.check_schema(url)
+        head = migrate.head_revision()
+        print(f"database schema is current ({head})" if at == head else
+              f"database schema is at {at}, newer than this release ({head}) and compatible "
+              "with it")
+    return 0
+
+
+def _db_downgrade(revision: str) -> int:
+    from postroom.store import migrate
+
+    settings = _settings()
+    require(settings, "database_url")
+    url = settings.database_url
+    assert url is not None
+    migrate.downgrade(url, revision)
+    # the service roles keep the (newer) grants they have: GRANT cannot name dropped tables
+    print(f"database schema is at {migrate.current_revision(url) or 'no revision'}")
     return 0
 
 
@@ -263,6 +291,15 @@ def _domain_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("domain")
     q = dsub.add_parser("list", help="list local domains")
     q.add_argument("--json", action="store_true")
+    q = dsub.add_parser(
+        "ensure-role-addresses", help="create the missing postmaster@ and abuse@ aliases",
+        description="Make postmaster@ (RFC 5321) and abuse@ (RFC 2142) of each domain (all "
+        "by default) an alias of --target, else POSTROOM_ROLE_ADDRESS_TARGET, else the "
+        "domain's first user, where neither an alias nor a user has that address already.")
+    q.add_argument("domains", nargs="*", metavar="DOMAIN")
+    q.add_argument("--target", default=None, metavar="ADDRESS",
+                   help="where they go (default POSTROOM_ROLE_ADDRESS_TARGET, else the "
+                   "domain's first user)")
 
 
 @command("domain", _domain_arguments,
@@ -272,8 +309,15 @@ def cmd_domain(args: argparse.Namespace) -> int:
     from postroom.store import domains
 
     if args.action == "add":
-        _with_db(domains.add_domain, args.domain)
+        target = _settings().role_address_target or None
+        _with_db(domains.add_domain, args.domain, role_target=target)
         print(f"domain {args.domain.lower()} added")
+        name = args.domain.lower().rstrip(".")
+        print(f"postmaster@{name} and abuse@{name} are aliases of {target}" if target else
+              f"postmaster@{name} and abuse@{name} will be aliases of its first user "
+              "(`postroom alias` changes them)")
+    elif args.action == "ensure-role-addresses":
+        return _ensure_role_addresses(args.domains, args.target)
     elif args.action == "remove":
         _with_db(domains.remove_domain, args.domain)
         print(f"domain {args.domain.lower()} removed")
@@ -282,6 +326,35 @@ def cmd_domain(args: argparse.Namespace) -> int:
         _print_rows([_plain(r) for r in rows], ["name", "users", "aliases", "created_at"],
                     args.json)
     return 0
+
+
+def _ensure_role_addresses(names: list[str], target: str | None) -> int:
+    from postroom.store import aliases
+
+    target = target or _settings().role_address_target or None
+    done = _with_db(aliases.ensure_all_role_addresses, names or None, target)
+    for domain, created in done.items():
+        for alias in created:
+            print(f"alias {alias.source} -> {alias.destination} added")
+        if not created:
+            there = _with_db(aliases.recipient_status, "postmaster", domain)[0] == "ok"
+            print(f"{domain}: nothing to add" if there else
+                  f"{domain}: no user yet; its first user will get postmaster@ and "
+                  "abuse@ (or pass --target)")
+    return 0
+
+
+def _say_role_addresses(address: str) -> None:
+    """After `user add`: which role addresses (postmaster@, abuse@) now reach this user."""
+    from postroom.store import aliases
+
+    user = address.strip().lower()
+    domain = user.rpartition("@")[2]
+    mine = [a.source for a in _with_db(aliases.list_aliases, domain)
+            if a.destination == user and a.source.split("@")[0] in aliases.ROLE_LOCALPARTS]
+    mine.sort(key=lambda source: aliases.ROLE_LOCALPARTS.index(source.split("@")[0]))
+    if mine:
+        print(f"{' and '.join(mine)} go to {user} (`postroom alias` changes that)")
 
 
 def _user_arguments(p: argparse.ArgumentParser) -> None:
@@ -310,6 +383,7 @@ def cmd_user(args: argparse.Namespace) -> int:
         password = _read_password()
         _with_db(users.add_user, args.address, password, quota_bytes=args.quota)
         print(f"user {args.address.lower()} added")
+        _say_role_addresses(args.address)
     elif args.action == "passwd":
         password = _read_password("New password: ")
         _with_db(users.set_password, args.address, password)
@@ -406,6 +480,8 @@ def _dkim_row(key: Any) -> dict[str, Any]:
     # private keys never leave the database through the CLI, sealed or not
     row = {k: v for k, v in _plain(key).items() if k != "private_key"}
     row["encrypted"] = key.key_id or "no"
+    row["state"] = key.state
+    row["replaces"] = key.replaces or ""
     return row
 
 
@@ -420,6 +496,29 @@ def _dkim_arguments(p: argparse.ArgumentParser) -> None:
     q = ksub.add_parser("list", help="list a domain's keys (ENCRYPTED: the secret key id)")
     q.add_argument("domain", nargs="?")
     q.add_argument("--json", action="store_true")
+    q = ksub.add_parser(
+        "activate", help="make a pending (or retired) key sign, once its record is published",
+        description="Activate a key after checking that DNS serves its record (what "
+        "`postroom dns DOMAIN --check` does for every pending key); --force skips the check, "
+        "for setups where this host cannot see the published zone.")
+    q.add_argument("domain")
+    q.add_argument("selector")
+    q.add_argument("--force", action="store_true",
+                   help="activate without looking the record up")
+    q = ksub.add_parser(
+        "retire", help="stop signing with a key (leave its record published a while)",
+        description="Stop signing with a key. Keep its DNS record published for a week or "
+        "so, until the mail it signed has been delivered and read; then remove it.")
+    q.add_argument("domain")
+    q.add_argument("selector")
+    q = ksub.add_parser(
+        "rotate", help="make a pending successor for each active key",
+        description="Generate a new pending key for each active key (of --algorithm); print "
+        "their records. The old keys keep signing until the new ones are active (`postroom "
+        "dns DOMAIN --check` once the records are published); then the old ones are retired.")
+    q.add_argument("domain")
+    q.add_argument("--algorithm", choices=["rsa", "ed25519", "all"], default="all",
+                   help="rotate only the keys of this type (default all)")
     q = ksub.add_parser("encrypt-keys",
                         help="encrypt every plaintext private key, and re-encrypt those of an "
                         "older secret key, with POSTROOM_SECRET_KEY_FILE's key",
@@ -432,11 +531,15 @@ def _dkim_arguments(p: argparse.ArgumentParser) -> None:
 
 @command("dkim", _dkim_arguments,
          summary="DKIM signing keys",
-         description="Generate and list DKIM keys; generate prints the DNS TXT records to publish.")
+         description=("Generate, list, activate, retire and rotate DKIM keys. A new key is "
+                      "pending: it signs once `postroom dns DOMAIN --check` sees its record "
+                      "(docs/msa.md, \"DKIM key lifecycle\")."))
 def cmd_dkim(args: argparse.Namespace) -> int:
     from postroom.mailauth import dnsrecords
     from postroom.store import dkim
 
+    if args.action in ("activate", "retire", "rotate"):
+        return _dkim_lifecycle(args)
     if args.action == "generate":
         algorithms = ["rsa-sha256", "ed25519-sha256"] if args.algorithm == "both" else [
             {"rsa": "rsa-sha256", "ed25519": "ed25519-sha256"}[args.algorithm]]
@@ -447,17 +550,75 @@ def cmd_dkim(args: argparse.Namespace) -> int:
         created = []
         for algorithm in algorithms:
             created.append(_with_db(dkim.generate_key, args.domain, algorithm, args.selector,
-                                    keyring=keyring))
+                                    keyring=keyring, pending=True))
         print(f"; DKIM keys for {args.domain.lower()}: publish these TXT records")
         for key in created:
             print(dnsrecords.dkim_record(_plain(key)))
+        _pending_note(args.domain.lower(), created)
     elif args.action == "encrypt-keys":
         return _dkim_encrypt_keys(args.dry_run)
     else:
         rows = _with_db(dkim.list_keys, args.domain)
         _print_rows([_dkim_row(r) for r in rows],
-                    ["domain", "selector", "algorithm", "active", "encrypted"], args.json)
+                    ["domain", "selector", "algorithm", "state", "replaces", "encrypted"],
+                    args.json)
     return 0
+
+
+def _pending_note(domain: str, keys: Sequence[Any]) -> None:
+    selectors = " ".join(k.selector for k in keys)
+    print(f"; pending ({selectors}): they sign once `postroom dns {domain} --check` sees "
+          f"these records published (or `postroom dkim activate {domain} SELECTOR --force`)",
+          file=sys.stderr)
+
+
+def _dkim_lifecycle(args: argparse.Namespace) -> int:
+    """dkim activate | retire | rotate (docs/msa.md, "DKIM key lifecycle")."""
+    from postroom.mailauth import dnsrecords
+    from postroom.store import dkim
+
+    domain = args.domain.lower().rstrip(".")
+    if args.action == "rotate":
+        algorithms = None if args.algorithm == "all" else [
+            {"rsa": "rsa-sha256", "ed25519": "ed25519-sha256"}[args.algorithm]]
+        created = _with_db(dkim.rotate_keys, domain, keyring=_keyring(_settings()),
+                           algorithms=algorithms)
+        print(f"; new DKIM keys for {domain}: publish these TXT records (keep the old ones)")
+        for key in created:
+            print(dnsrecords.dkim_record(_plain(key)))
+        _pending_note(domain, created)
+        return 0
+    if args.action == "retire":
+        _with_db(dkim.retire_key, domain, args.selector)
+        print(f"DKIM key {args.selector.lower()} of {domain} retired: it no longer signs; "
+              "keep its record published a week or so, then remove it")
+        return 0
+    if not args.force:
+        from postroom.net.dns import Resolver
+        from postroom.ops.dnscheck import check_dkim
+
+        keys = [k for k in _with_db(dkim.list_keys, domain)
+                if k.selector == args.selector.lower()]
+        if not keys:
+            raise CLIError(f"no DKIM selector {args.selector} for {domain}")
+        [finding] = check_dkim(Resolver.from_settings(_settings()),
+                               [_as_pending(keys[0])])
+        if not finding.ok:
+            raise CLIError(f"{finding.name}: {finding.detail}; publish the record "
+                           f"(`postroom dns {domain}`) or pass --force")
+    retired = _with_db(dkim.activate_key, domain, args.selector)
+    print(f"DKIM key {args.selector.lower()} of {domain} is active: it signs from the next "
+          "message")
+    for old in retired:
+        print(f"DKIM key {old} of {domain} retired (replaced by {args.selector.lower()})")
+    return 0
+
+
+def _as_pending(key: Any) -> Any:
+    """``key`` as the DNS check sees a key about to be activated."""
+    import dataclasses
+
+    return dataclasses.replace(key, active=False, pending=True)
 
 
 def _dkim_encrypt_keys(dry_run: bool) -> int:
@@ -513,10 +674,14 @@ def _dns_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("domain")
     p.add_argument("--rua", default=None, metavar="ADDRESS",
                    help="where DMARC aggregate and TLS reports go (default postmaster@DOMAIN)")
+    p.add_argument("--check", action="store_true",
+                   help="look the MX, SPF, DMARC and DKIM records up and say which are "
+                   "published; activate each pending DKIM key whose record is (exit 1 when "
+                   "something is missing)")
 
 
 @command("dns", _dns_arguments,
-         summary="print every DNS record to publish for a domain",
+         summary="print every DNS record to publish for a domain, or --check them",
          description=("Print the MX, SPF, DKIM, DMARC, MTA-STS and TLS-RPT records a domain needs, "
                       "in zone-file syntax."))
 def cmd_dns(args: argparse.Namespace) -> int:
@@ -524,11 +689,33 @@ def cmd_dns(args: argparse.Namespace) -> int:
     from postroom.store import dkim
 
     settings = _settings()
-    keys = [_plain(k) for k in _with_db(dkim.list_keys, args.domain)]
+    if args.check:
+        return _dns_check(args.domain, settings)
+    keys = [{**_plain(k), "state": k.state} for k in _with_db(dkim.list_keys, args.domain)]
     for line in dnsrecords.all_records(args.domain, settings.hostname, keys,
                                        report_address=args.rua):
         print(line)
     return 0
+
+
+def _dns_check(domain: str, settings: Settings) -> int:
+    from postroom.net.dns import Resolver
+    from postroom.ops.dnscheck import check_domain
+    from postroom.store import dkim
+
+    domain = domain.lower().rstrip(".")
+    keys = _with_db(dkim.list_keys, domain)
+    findings = check_domain(Resolver.from_settings(settings), domain, settings.hostname, keys)
+    for f in findings:
+        what = f"{f.record} {f.selector}" if f.selector else f.record
+        print(f"{'ok  ' if f.ok else 'FAIL'}  {what:<16} {f.name}: {f.detail}")
+    for f in findings:
+        if f.activate and f.selector:
+            retired = _with_db(dkim.activate_key, domain, f.selector)
+            print(f"DKIM key {f.selector} of {domain} is now active (its record is published)")
+            for old in retired:
+                print(f"DKIM key {old} of {domain} retired (replaced by {f.selector})")
+    return 0 if all(f.ok for f in findings) else 1
 
 
 def _duration_arg(text: str) -> float:

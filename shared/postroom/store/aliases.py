@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, exists, func, select, text
 from sqlalchemy.orm import Session
 
 from postroom.store.addresses import normalise_address, normalise_domain, split_address
@@ -61,6 +61,62 @@ def add_alias(session: Session, source: str, destination: str) -> AliasInfo:
     session.refresh(row)
     return AliasInfo(id=row.id, source=row.source, destination=row.destination,
                      created_at=row.created_at)
+
+
+# every domain has these (RFC 5321 4.5.1: postmaster; RFC 2142 section 4: abuse)
+ROLE_LOCALPARTS = ("postmaster", "abuse")
+
+
+def first_user(session: Session, domain: str) -> str | None:
+    """The address of the domain's first account (the oldest), or None when it has none."""
+    ident = domain_id(session, normalise_domain(domain))
+    return session.execute(select(User.address).where(User.domain_id == ident)
+                           .order_by(User.created_at, User.id).limit(1)).scalar_one_or_none()
+
+
+def user_count(session: Session, domain_ident: int) -> int:
+    return int(session.execute(select(func.count()).select_from(User)
+                               .where(User.domain_id == domain_ident)).scalar_one())
+
+
+def ensure_role_addresses(session: Session, domain: str,
+                          target: str | None = None) -> list[AliasInfo]:
+    """Make postmaster@ and abuse@ of ``domain`` deliverable (docs/mda.md, "Role addresses").
+
+    Each role address that is neither an alias source nor an account becomes an
+    alias of ``target`` (POSTROOM_ROLE_ADDRESS_TARGET) or, without one, of the
+    domain's first account. With neither, nothing is created: adding the
+    domain's first account does it (users.add_user). The aliases created.
+    """
+    name = normalise_domain(domain)
+    destination = normalise_address(target) if target else first_user(session, name)
+    if destination is None:
+        return []
+    created = []
+    for localpart in ROLE_LOCALPARTS:
+        source = f"{localpart}@{name}"
+        taken = session.execute(select(
+            exists().where(Alias.source == source) | exists().where(User.address == source)
+        )).scalar()
+        if taken or source == destination:
+            continue
+        created.append(add_alias(session, source, destination))
+    return created
+
+
+def drop_role_alias(session: Session, address: str) -> int:
+    """Remove the aliases from role address ``address`` (an account of that name is added)."""
+    return int(getattr(session.execute(delete(Alias).where(Alias.source == address)),
+                       "rowcount", 0))
+
+
+def ensure_all_role_addresses(session: Session, domains: list[str] | None = None,
+                              target: str | None = None) -> dict[str, list[AliasInfo]]:
+    """:func:`ensure_role_addresses` for ``domains`` (every local domain by default):
+    `postroom domain ensure-role-addresses`, for domains made before it existed."""
+    names = ([normalise_domain(d) for d in domains] if domains else
+             list(session.execute(select(Domain.name).order_by(Domain.name)).scalars()))
+    return {name: ensure_role_addresses(session, name, target) for name in names}
 
 
 def list_aliases(session: Session, domain: str | None = None) -> list[AliasInfo]:

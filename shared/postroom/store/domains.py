@@ -9,6 +9,7 @@ from sqlalchemy import delete, func, select, text
 from sqlalchemy.orm import Session
 
 from postroom.store.addresses import normalise_domain
+from postroom.store.aliases import ensure_role_addresses
 from postroom.store.common import domain_id, insert_unique
 from postroom.store.errors import InUse
 from postroom.store.models import Alias, Domain, User
@@ -23,8 +24,13 @@ class DomainInfo:
     aliases: int = 0
 
 
-def add_domain(session: Session, name: str) -> DomainInfo:
-    """Add a local domain (stored lowercase, IDNs as A-labels); AlreadyExists when present."""
+def add_domain(session: Session, name: str, *, role_target: str | None = None) -> DomainInfo:
+    """Add a local domain (stored lowercase, IDNs as A-labels); AlreadyExists when present.
+
+    With ``role_target`` (POSTROOM_ROLE_ADDRESS_TARGET), postmaster@ and abuse@ of the
+    new domain become its aliases at once; without, the domain's first account gets
+    them when it is added (aliases.ensure_role_addresses).
+    """
     normal = normalise_domain(name)
 
     def insert() -> Domain:
@@ -35,6 +41,8 @@ def add_domain(session: Session, name: str) -> DomainInfo:
 
     row = insert_unique(session, insert, f"domain {normal} already exists")
     session.refresh(row)
+    if role_target:
+        ensure_role_addresses(session, normal, role_target)
     return DomainInfo(id=row.id, name=row.name, created_at=row.created_at)
 
 

@@ -60,6 +60,18 @@ def _now() -> Any:
     return mapped_column(DateTime(timezone=True), nullable=False, server_default=func.now())
 
 
+class SchemaCompat(Base):
+    """One row per revision whose release runs on the schema as it is now (docs/upgrades.md).
+
+    Written by `postroom db upgrade` / `db downgrade` from the migrations' kinds, so an
+    older release, which cannot know the newer migrations, can tell whether it fits.
+    """
+
+    __tablename__ = "schema_compat"
+
+    revision: Mapped[str] = mapped_column(Text, primary_key=True)
+
+
 class Domain(Base):
     """A domain we receive mail for; the name is the lowercase A-label form."""
 
@@ -120,7 +132,13 @@ class Alias(Base):
 
 
 class DkimKey(Base):
-    """A DKIM signing key of a domain; ``public_key_b64`` is the p= value of the DNS record."""
+    """A DKIM signing key of a domain; ``public_key_b64`` is the p= value of the DNS record.
+
+    Its state (docs/msa.md, "DKIM key lifecycle"): pending (``pending``: generated, its
+    record not yet seen in DNS, never signs), active (``active``: signs) or retired
+    (neither). ``active`` alone decides signing, as before migration 0007, and wins over
+    ``pending`` (no constraint ties them: the release before 0007 sets ``active`` alone).
+    """
 
     __tablename__ = "dkim_keys"
     __table_args__ = (
@@ -139,6 +157,12 @@ class DkimKey(Base):
     public_key_b64: Mapped[str] = mapped_column(Text)
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     created_at: Mapped[datetime] = _now()
+    # migration 0007 (expand): the lifecycle
+    pending: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # the key `dkim rotate` made this one to replace: retired when this one becomes active
+    replaces_id: Mapped[int | None] = mapped_column(
+        ForeignKey("dkim_keys.id", ondelete="SET NULL"), nullable=True)
+    retired_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class Mailbox(Base):

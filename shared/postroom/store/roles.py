@@ -108,8 +108,9 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 SERVICES: tuple[str, ...] = tuple(GRANTS)
-# every service checks the schema revision at start-up
-COMMON: dict[str, tuple[str, ...]] = {"alembic_version": ("SELECT",)}
+# every service checks the schema revision (and the compatibility window) at start-up
+COMMON: dict[str, tuple[str, ...]] = {"alembic_version": ("SELECT",),
+                                      "schema_compat": ("SELECT",)}
 # sequences beyond the id of each table a role inserts into: setval/nextval of CREATE mailbox
 EXTRA_SEQUENCES: dict[str, dict[str, str]] = {
     "imap": {"mailbox_uidvalidity_seq": "USAGE, UPDATE"},

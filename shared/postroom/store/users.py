@@ -22,6 +22,12 @@ from sqlalchemy.orm import Session
 from postroom.auth.passwords import hash_password, needs_rehash, verify_password
 from postroom.auth.sasl import ScramSecrets, scram_secrets
 from postroom.store.addresses import login_name, normalise_domain, split_address
+from postroom.store.aliases import (
+    ROLE_LOCALPARTS,
+    drop_role_alias,
+    ensure_role_addresses,
+    user_count,
+)
 from postroom.store.common import domain_id, insert_unique
 from postroom.store.errors import NotFound
 from postroom.store.mailboxes import create_default_mailboxes
@@ -127,6 +133,13 @@ def add_user(session: Session, address: str, password: str, *, quota_bytes: int 
     row = insert_unique(session, insert, f"user {normal} already exists")
     session.refresh(row)
     create_default_mailboxes(session, row.id)
+    if localpart in ROLE_LOCALPARTS:
+        # an account postmaster@/abuse@ receives its role mail itself: the role alias,
+        # which would take precedence over it (aliases.resolve_address), goes
+        drop_role_alias(session, normal)
+    if user_count(session, ident) == 1:
+        # the domain's first account receives postmaster@ and abuse@ unless they exist
+        ensure_role_addresses(session, domain)
     return _info(row, domain)
 
 

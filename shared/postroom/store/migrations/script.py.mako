@@ -17,6 +17,9 @@ revision: str = ${repr(up_revision)}
 down_revision: str | None = ${repr(down_revision)}
 branch_labels: str | Sequence[str] | None = ${repr(branch_labels)}
 depends_on: str | Sequence[str] | None = ${repr(depends_on)}
+# "expand": additive, the previous release runs on the new schema unchanged; "contract":
+# removes or changes what it uses. Choose one; the rules are in docs/upgrades.md.
+kind: str = "contract"
 
 
 def upgrade() -> None:

@@ -20,6 +20,8 @@ revision: str = "0001"
 down_revision: str | None = None
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# the first schema: no older release exists to run on it
+kind: str = "contract"
 
 # a copy, not an import of the model's: a migration must not change when models.py does
 UIDVALIDITY_SEQUENCE = sa.Sequence("mailbox_uidvalidity_seq", minvalue=1, maxvalue=4294967295)

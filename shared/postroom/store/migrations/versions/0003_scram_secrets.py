@@ -20,6 +20,8 @@ revision: str = "0003"
 down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
+# a nullable column: the previous release neither reads nor needs it
+kind: str = "expand"
 
 
 def upgrade() -> None:
