@@ -23,7 +23,6 @@ import ssl
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -66,7 +65,7 @@ def unverified() -> ssl.SSLContext:
 Mailbox = dict[str, object]  # uidvalidity, uidnext, messages: {message-id: (uid, flags)}
 
 
-def _message_ids(client: imaplib.IMAP4, flags_too: bool = True) -> dict[str, tuple[int, frozenset[str]]]:
+def _message_ids(client: imaplib.IMAP4) -> dict[str, tuple[int, frozenset[str]]]:
     typ, data = client.uid("FETCH", "1:*", "(UID FLAGS BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
     assert typ == "OK", data
     found = {}
