@@ -47,8 +47,9 @@ class ImportTarget:
         return {uidl for _sha, uidl in self.present.values() if uidl}
 
     @property
-    def digests(self) -> set[str]:
-        return {sha for sha, _uidl in self.present.values()}
+    def digests_without_uidl(self) -> set[str]:
+        """Messages here under a UID and UIDL of ours (delivered here, or imported unlisted)."""
+        return {sha for sha, uidl in self.present.values() if not uidl}
 
 
 def _ensure_mailbox(session: Session, user_id: int, name: str) -> bool:

@@ -358,16 +358,12 @@ def _uidl_for(file: _File, uidlist: Uidlist | None, uidl_format: str) -> str | N
     return uidl if _UIDL_CHARS.fullmatch(uidl) else None
 
 
-def _decide(file: _File, target: imports.ImportTarget, digest: str | None) -> str:
-    """``skip`` or ``import`` for one file, from what the mailbox held before this run."""
-    if file.uid is not None and target.import_uidnext is not None \
-            and file.uid < target.import_uidnext:
-        return "skip"  # handled by an earlier run (imported, or deleted here since)
-    if file.uid is not None and target.keep_uids and file.uid in target.present:
-        return "skip" if target.present[file.uid][1] is not None else "import"
-    if digest is not None and digest in target.digests:
-        return "skip"  # the same bytes, imported before without a UID of their own
-    return "import"
+def _already_here(file: _File, uidl: str | None, import_uidnext: int | None,
+                  known_uidls: set[str]) -> bool:
+    """Known without reading it: an earlier run took it (or it was deleted here since)."""
+    if file.uid is not None and import_uidnext is not None and file.uid < import_uidnext:
+        return True
+    return uidl is not None and uidl in known_uidls
 
 
 def import_maildir(database: Database, user_id: int, root: str, *, uidl_format: str,
@@ -389,10 +385,13 @@ def import_maildir(database: Database, user_id: int, root: str, *, uidl_format: 
             result.problems.append(f"{name}: had mail here already; imported with new UIDs "
                                    "(clients fetch this mailbox again)")
         count = 0
+        unlisted_digests = target.digests_without_uidl
+        known_uidls = target.uidls
         for file in _folder_files(root, folder, uidlist):
             if progress is not None:
                 progress.advance(name)
-            if _decide(file, target, None) == "skip":
+            uidl = _uidl_for(file, uidlist, uidl_format)
+            if _already_here(file, uidl, target.import_uidnext, known_uidls):
                 result.skipped += 1
                 continue
             read = maildir.read_message(root, file.parts)
@@ -400,16 +399,12 @@ def import_maildir(database: Database, user_id: int, root: str, *, uidl_format: 
                 continue
             data, mtime = read
             data = to_crlf(data)
-            message = analyze(data)
-            digest = hashlib.sha256(data).hexdigest()
-            if file.uid is None and _decide(file, target, digest) == "skip":
+            if hashlib.sha256(data).hexdigest() in unlisted_digests:
+                # imported before the uidlist knew it, under a UID of ours
                 result.skipped += 1
                 continue
             flags = file_flags(file.parts[-1], keywords) if file.parts[-2] == "cur" else []
-            uidl = _uidl_for(file, uidlist, uidl_format)
-            if uidl is not None and uidl in target.uidls:
-                result.skipped += 1
-                continue
+            message = analyze(data)
             given = database.run_sync(_file_message, user_id, target, data,
                                       metadata_dict(message), file.uid, flags,
                                       datetime.fromtimestamp(mtime, UTC), uidl)
