@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import stat
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -324,6 +325,10 @@ def _read_small(root: str, parts: maildir.Parts) -> bytes | None:
     except OSError:
         return None
     with os.fdopen(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+            log.warning("dovecot index file not a regular file, ignored",
+                        path=os.path.join(root, *parts))
+            return None
         data = handle.read(MAX_INDEX_FILE + 1)
     if len(data) > MAX_INDEX_FILE:
         log.warning("dovecot index file too large, ignored", path=os.path.join(root, *parts))
