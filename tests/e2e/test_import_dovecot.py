@@ -39,6 +39,8 @@ DOMAIN = "moving.example.test"
 SCHEMES = ["SHA512-CRYPT", "SHA256-CRYPT", "BLF-CRYPT", "ARGON2I", "ARGON2ID", "SSHA512",
            "PLAIN-MD5", "MD5-CRYPT"]
 ALICE = f"alice@{DOMAIN}"  # the one with mail (SHA512-CRYPT)
+DRAFTS_DE = "Entw&APw-rfe"  # "Entwürfe" in modified UTF-7
+MAILBOXES = ("INBOX", "Lists.python", DRAFTS_DE)
 
 
 def address_of(scheme: str) -> str:
@@ -147,6 +149,9 @@ def fill_dovecot(dovecot: Dovecot) -> None:
     assert client.append("Lists.python", r"(\Seen $Label1 project-x)", None, message(10))[0] \
         == "OK"
     assert client.append("Lists.python", r"(\Flagged)", None, message(11))[0] == "OK"
+    # a folder name outside ASCII: modified UTF-7 on the wire and in Dovecot's folder name
+    assert client.create(DRAFTS_DE)[0] == "OK"
+    assert client.append(DRAFTS_DE, r"(\Draft $Label2)", None, message(20))[0] == "OK"
     client.select("INBOX")
     # message 2 goes: the UIDs that stay have a gap, as real mailboxes do
     client.uid("STORE", "2", "+FLAGS.SILENT", r"(\Deleted)")
@@ -166,7 +171,7 @@ def moved(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
             dovecot.start()
             fill_dovecot(dovecot)
             client = dovecot.imap(ALICE, password_of("SHA512-CRYPT"))
-            state.before = {name: snapshot(client, name) for name in ("INBOX", "Lists.python")}
+            state.before = {name: snapshot(client, name) for name in MAILBOXES}
             client.logout()
             pop = poplib.POP3("127.0.0.1", dovecot.pop3_port, timeout=30)
             pop.user(ALICE)
@@ -187,6 +192,7 @@ def test_the_files_were_dovecots_and_private(moved: Moved) -> None:
     root = moved.dovecot.maildir(ALICE)
     assert (root / "dovecot-uidlist").read_text().startswith("3 V")
     assert "project-x" in (root / ".Lists.python" / "dovecot-keywords").read_text()
+    assert (root / ("." + DRAFTS_DE) / "dovecot-uidlist").exists()
     files = list((root / "cur").iterdir())
     assert files and all(f.stat().st_mode & 0o777 == 0o600 and f.stat().st_uid != 0
                          for f in files)
@@ -228,6 +234,8 @@ def test_uidvalidity_uids_flags_and_keywords_are_unchanged(moved: Moved) -> None
     assert "<m2@remote.test>" not in inbox and len(inbox) == 3  # the gap is kept
     assert "Important" in inbox["<m1@remote.test>"][1]
     assert "$Forwarded" in inbox["<m1@remote.test>"][1]
+    assert moved.before[DRAFTS_DE]["messages"] == {
+        "<m20@remote.test>": (1, frozenset({"\\Draft", "$Label2"}))}
 
 
 def test_pop3_uidls_are_unchanged(moved: Moved) -> None:

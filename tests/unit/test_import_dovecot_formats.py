@@ -152,3 +152,16 @@ def test_uidl_formats_as_dovecot_prints_them() -> None:
                                guid="g1") == "g1-000000FF"
     with pytest.raises(dovecot.DovecotFormatError):
         dovecot.check_uidl_format("%m")
+
+
+def test_folder_names_are_modified_utf7_both_ways(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from postroom.ops.importer.export import folder_path
+    from postroom.ops.importer.maildir import folder_name
+
+    assert folder_name(".Entw&APw-rfe") == "Entwürfe"
+    assert folder_name(".INBOX.Lists.Entw&APw-rfe") == "Lists/Entwürfe"
+    assert folder_name(".R&AOk-sum&AOk-s") == "Résumés"
+    assert folder_name(".Tom & Jerry") == "Tom & Jerry"  # not modified UTF-7: kept
+    assert folder_name(".Entwürfe") == "Entwürfe"  # Dovecot's UTF-8 option
+    assert folder_path(tmp_path, "Lists/Entwürfe") == tmp_path / ".Lists.Entw&APw-rfe"
+    assert folder_path(tmp_path, "a.b/c") == tmp_path / ".a_b.c"

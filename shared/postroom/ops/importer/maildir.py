@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from postroom.logs import get_logger
+from postroom.mutf7 import MailboxNameError, decode_mutf7
 from postroom.ops.importer.source import SourceFolder, SourceMessage, to_crlf
 
 log = get_logger("import")
@@ -62,11 +63,23 @@ def info_suffix(flags: list[str] | tuple[str, ...]) -> str:
 
 
 def folder_name(dirname: str) -> str:
-    """``.Lists.python`` -> ``Lists/python``; ``.INBOX.x`` (Dovecot's INBOX children) -> ``x``."""
+    """``.Lists.python`` -> ``Lists/python``; ``.INBOX.x`` (Dovecot's INBOX children) -> ``x``.
+
+    Each level is decoded from modified UTF-7 as Dovecot and Courier write it
+    (``.Entw&APw-rfe`` -> ``Entwürfe``); a level that is not valid modified
+    UTF-7 (a tree written with Dovecot's UTF-8 option) is kept as it is.
+    """
     name = dirname[1:]
     if name.upper().startswith("INBOX."):
         name = name[len("INBOX."):]
-    return "/".join(part for part in name.split(".") if part)
+    return "/".join(_decoded(part) for part in name.split(".") if part)
+
+
+def _decoded(part: str) -> str:
+    try:
+        return decode_mutf7(part)
+    except MailboxNameError:
+        return part
 
 
 def open_beneath(root: str, parts: Parts, *, directory: bool = False) -> int:
