@@ -83,13 +83,14 @@ def _message_ids(client: imaplib.IMAP4) -> dict[str, tuple[int, frozenset[str]]]
 
 
 def snapshot(client: imaplib.IMAP4, mailbox: str) -> Mailbox:
-    typ, data = client.status(mailbox, "(UIDVALIDITY UIDNEXT MESSAGES)")
+    typ, data = client.status(mailbox, "(UIDVALIDITY UIDNEXT MESSAGES HIGHESTMODSEQ)")
     assert typ == "OK", data
     status = data[0].decode()
     typ, _ = client.select(mailbox, readonly=True)
     assert typ == "OK"
     return {"uidvalidity": int(re.search(r"UIDVALIDITY (\d+)", status).group(1)),  # type: ignore[union-attr]
             "uidnext": int(re.search(r"UIDNEXT (\d+)", status).group(1)),  # type: ignore[union-attr]
+            "highestmodseq": int(re.search(r"HIGHESTMODSEQ (\d+)", status).group(1)),  # type: ignore[union-attr]
             "messages": _message_ids(client)}
 
 
@@ -227,6 +228,8 @@ def test_uidvalidity_uids_flags_and_keywords_are_unchanged(moved: Moved) -> None
             assert after["uidvalidity"] == before["uidvalidity"], name
             assert after["messages"] == before["messages"], name
             assert after["uidnext"] == before["uidnext"], name
+            assert isinstance(after["highestmodseq"], int)
+            assert after["highestmodseq"] > before["highestmodseq"], name  # type: ignore[operator]
     finally:
         client.logout()
     inbox = moved.before["INBOX"]["messages"]
@@ -236,6 +239,25 @@ def test_uidvalidity_uids_flags_and_keywords_are_unchanged(moved: Moved) -> None
     assert "$Forwarded" in inbox["<m1@remote.test>"][1]
     assert moved.before[DRAFTS_DE]["messages"] == {
         "<m20@remote.test>": (1, frozenset({"\\Draft", "$Label2"}))}
+
+
+def test_condstore_clients_see_changes_made_after_the_move(moved: Moved) -> None:
+    """A client that cached Dovecot's HIGHESTMODSEQ asks what changed since: it gets this."""
+    known = moved.before["Lists.python"]["highestmodseq"]
+    assert isinstance(known, int)
+    client = moved.postroom_imap(ALICE, password_of("SHA512-CRYPT"))
+    try:
+        client.select("Lists/python")
+        typ, data = client.uid("FETCH", "1:*", f"(FLAGS) (CHANGEDSINCE {known})")
+        assert typ == "OK" and data == [None], data  # nothing changed since the move
+        uid = moved.before["Lists.python"]["messages"]["<m11@remote.test>"][0]  # type: ignore[index]
+        client.uid("STORE", str(uid), "+FLAGS.SILENT", r"(\Seen)")
+        typ, data = client.uid("FETCH", "1:*", f"(FLAGS) (CHANGEDSINCE {known})")
+        assert typ == "OK" and len([d for d in data if d]) == 1, data
+        assert b"UID %d" % uid in data[0] and b"\\Seen" in data[0], data  # type: ignore[operator]
+        client.uid("STORE", str(uid), "-FLAGS.SILENT", r"(\Seen)")  # as it was, for the next test
+    finally:
+        client.logout()
 
 
 def test_pop3_uidls_are_unchanged(moved: Moved) -> None:

@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import select
 
 from postroom.ops.importer import dovecot
-from postroom.store import domains, mailboxes, maildrop, messages, users
+from postroom.store import domains, imports, mailboxes, maildrop, messages, users
 from postroom.store.db import Database
 from postroom.store.models import MailboxEntry, User
 
@@ -82,6 +82,7 @@ def test_fresh_mailbox_takes_the_old_uidvalidity_uids_flags_keywords_and_uidls(
     assert (result.users_created, result.imported, result.uids_kept) == (1, 2, 2)
     box, entries = inbox(store)
     assert (box.uidvalidity, box.uidnext) == (UIDVALIDITY, 9)
+    assert box.highestmodseq >= imports.MODSEQ_FLOOR  # changes here: newer than Dovecot's
     assert entries == {3: (["\\Seen"], "00000003" + format(UIDVALIDITY, "08x")),
                        7: (["$Label1", "Work", "\\Answered", "\\Seen"],
                            "00000007" + format(UIDVALIDITY, "08x"))}
@@ -102,6 +103,7 @@ def test_a_mailbox_that_had_mail_here_keeps_its_uidvalidity_and_gives_new_uids(
     result = run(store, tmp_path)
     box, entries = inbox(store)
     assert box.uidvalidity != UIDVALIDITY and sorted(entries) == [1, 2]
+    assert box.highestmodseq < imports.MODSEQ_FLOOR  # its own clients' modseqs stay valid
     assert result.uids_new == 1 and any("new UIDs" in p for p in result.problems)
     assert result.users_kept == 1  # a password set here is never replaced by an import
 

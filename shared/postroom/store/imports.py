@@ -10,6 +10,15 @@ reused, because an old UID is taken only when it is at or above the
 mailbox's UIDNEXT (the counter is moved up to it, then the one entry-adding
 statement takes it); below that the message gets a fresh UID.
 
+CONDSTORE/QRESYNC clients also cache the mailbox's HIGHESTMODSEQ and ask
+for what changed since. Dovecot's mod-sequences live in its binary index and
+are not carried over, so a mailbox whose UIDs are kept gets a HIGHESTMODSEQ
+of at least :data:`MODSEQ_FLOOR`, above any a Dovecot mailbox reaches (its
+counter grows by one per change): every change made here afterwards is then
+newer than what such a client knows, and none is missed. The imported
+messages' own mod-sequences stay below it: as of the import, the client's
+cached flags are the ones imported.
+
 ``mailboxes.import_uidnext`` records the old server's UIDNEXT at the last
 import, so a rerun (import, switch MX, import again) takes only what arrived
 since, and does not bring back what a user deleted here in between.
@@ -26,6 +35,11 @@ from sqlalchemy.orm import Session
 from postroom.store import mailboxes
 from postroom.store.errors import NotFound
 from postroom.store.models import Mailbox, MailboxEntry, Message
+
+
+#: 2^30: far above a Dovecot mailbox's mod-sequence, and within what a client keeping it
+#: in a signed 32-bit integer can hold (RFC 7162 allows 63 bits)
+MODSEQ_FLOOR = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -118,11 +132,13 @@ def add_imported(session: Session, *, user_id: int, target: ImportTarget, messag
 
 
 def finish_import_mailbox(session: Session, target: ImportTarget, nextuid: int | None) -> None:
-    """Remember the old server's UIDNEXT; with kept UIDs, new mail here gets UIDs above it."""
+    """Remember the old server's UIDNEXT; with kept UIDs, new mail here gets UIDs above it,
+    and changes here get mod-sequences above the old server's (:data:`MODSEQ_FLOOR`)."""
     if nextuid is None:
         return
     values: dict[str, object] = {
         "import_uidnext": func.greatest(func.coalesce(Mailbox.import_uidnext, 0), nextuid)}
     if target.keep_uids:
         values["uidnext"] = func.greatest(Mailbox.uidnext, nextuid)
+        values["highestmodseq"] = func.greatest(Mailbox.highestmodseq, MODSEQ_FLOOR)
     session.execute(update(Mailbox).where(Mailbox.id == target.mailbox_id).values(**values))
