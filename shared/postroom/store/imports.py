@@ -36,7 +36,6 @@ from postroom.store import mailboxes
 from postroom.store.errors import NotFound
 from postroom.store.models import Mailbox, MailboxEntry, Message
 
-
 #: 2^30: far above a Dovecot mailbox's mod-sequence, and within what a client keeping it
 #: in a signed 32-bit integer can hold (RFC 7162 allows 63 bits)
 MODSEQ_FLOOR = 1 << 30
