@@ -248,12 +248,10 @@ def import_user(session: Session, address: str, stored_hash: str, *,
     still has an imported one (its password may have changed on the old
     server meanwhile) and leaves alone one that has logged in here since.
     """
-    if is_plaintext(stored_hash):
-        value = hash_fn(split_scheme(stored_hash)[2])  # type: ignore[index]
-    elif split_scheme(stored_hash) is not None:
-        value = stored_hash
-    else:
+    scheme = split_scheme(stored_hash)
+    if scheme is None:
         raise ValueError("the hash has no {SCHEME} prefix")
+    value = hash_fn(scheme[2]) if is_plaintext(stored_hash) else stored_hash
     found = _find(session, address)
     if found is not None:
         row, domain = found
