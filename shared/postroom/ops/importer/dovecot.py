@@ -52,7 +52,6 @@ MAX_LINE = 4096
 MAX_UIDL = 70  # RFC 1939: 1 to 70 characters in 0x21-0x7E
 _KEYWORD = re.compile(r"[!#$&'+,\-.0-9:;<=>?@A-Z^_`a-z|~\x27]{1,64}")  # an IMAP atom, no \ or %
 _UIDL_CHARS = re.compile(r"[\x21-\x7e]{1,70}")
-_SYSTEM_LETTERS = frozenset(maildir.FLAG_LETTERS)
 
 
 class DovecotFormatError(ValueError):
