@@ -153,6 +153,7 @@ def fill_dovecot(dovecot: Dovecot) -> None:
     # a folder name outside ASCII: modified UTF-7 on the wire and in Dovecot's folder name
     assert client.create(DRAFTS_DE)[0] == "OK"
     assert client.append(DRAFTS_DE, r"(\Draft $Label2)", None, message(20))[0] == "OK"
+    assert client.subscribe("Lists.python")[0] == "OK"  # and not DRAFTS_DE
     client.select("INBOX")
     # message 2 goes: the UIDs that stay have a gap, as real mailboxes do
     client.uid("STORE", "2", "+FLAGS.SILENT", r"(\Deleted)")
@@ -258,6 +259,18 @@ def test_condstore_clients_see_changes_made_after_the_move(moved: Moved) -> None
         client.uid("STORE", str(uid), "-FLAGS.SILENT", r"(\Seen)")  # as it was, for the next test
     finally:
         client.logout()
+
+
+def test_subscriptions_are_kept(moved: Moved) -> None:
+    client = moved.postroom_imap(ALICE, password_of("SHA512-CRYPT"))
+    try:
+        typ, data = client.lsub('""', "*")
+        assert typ == "OK", data
+        listed = {line.decode().rsplit(" ", 1)[-1].strip('"') for line in data if line}
+    finally:
+        client.logout()
+    assert "Lists/python" in listed and "INBOX" in listed
+    assert DRAFTS_DE not in listed
 
 
 def test_pop3_uidls_are_unchanged(moved: Moved) -> None:

@@ -165,3 +165,9 @@ def test_folder_names_are_modified_utf7_both_ways(tmp_path) -> None:  # type: ig
     assert folder_name(".Entwürfe") == "Entwürfe"  # Dovecot's UTF-8 option
     assert folder_path(tmp_path, "Lists/Entwürfe") == tmp_path / ".Lists.Entw&APw-rfe"
     assert folder_path(tmp_path, "a.b/c") == tmp_path / ".a_b.c"
+
+
+def test_subscriptions_both_versions() -> None:
+    assert dovecot.parse_subscriptions(b"V\t2\n\nLists\tpython\nEntw&APw-rfe\nINBOX\n") == {
+        "Lists/python", "Entwürfe", "INBOX"}
+    assert dovecot.parse_subscriptions(b"Lists.python\nINBOX.Sent\n") == {"Lists/python", "Sent"}

@@ -38,6 +38,7 @@ from postroom.ops.importer.progress import Progress
 from postroom.ops.importer.source import to_crlf
 from postroom.store import imports, messages, users
 from postroom.store.db import Database
+from postroom.store.entries import subscribe
 
 log = get_logger("import")
 
@@ -229,6 +230,27 @@ def parse_keywords(data: bytes) -> dict[int, str]:
     return found
 
 
+def parse_subscriptions(data: bytes) -> set[str]:
+    """The subscribed mailboxes of a Maildir's ``subscriptions`` file, as Postroom names.
+
+    Version 2 (``V<TAB>2``, a blank line, then one name a line with TAB between
+    levels) and the older one (one name a line, ``.`` between levels); levels
+    are modified UTF-7 and an ``INBOX.`` namespace prefix is dropped.
+    """
+    lines = data.decode("utf-8", "replace").split("\n")
+    separator = "."
+    if lines and lines[0].startswith("V\t"):
+        lines, separator = lines[1:], "\t"
+    names: set[str] = set()
+    for line in lines:
+        parts = [p for p in line.rstrip("\r").split(separator) if p]
+        if len(parts) > 1 and parts[0].upper() == "INBOX":
+            parts = parts[1:]
+        if parts and len(line) <= MAX_LINE:
+            names.add("/".join(maildir.decode_level(p) for p in parts))
+    return names
+
+
 def file_base(filename: str) -> str:
     """The name Dovecot's uidlist knows a file by: everything before the ``:2,`` info."""
     return filename.split(":", 1)[0]
@@ -373,6 +395,8 @@ def _already_here(file: _File, uidl: str | None, import_uidnext: int | None,
 def import_maildir(database: Database, user_id: int, root: str, *, uidl_format: str,
                    result: DovecotImportResult, progress: Progress | None = None) -> None:
     """Import one account's Maildir tree at ``root`` (a real path)."""
+    subscriptions_raw = _read_small(root, ("subscriptions",))
+    subscribed = parse_subscriptions(subscriptions_raw) if subscriptions_raw else None
     for name, folder in maildir.folders(root):
         raw = _read_small(root, (*folder, "dovecot-uidlist"))
         uidlist: Uidlist | None = None
@@ -419,6 +443,9 @@ def import_maildir(database: Database, user_id: int, root: str, *, uidl_format: 
                 result.uids_new += 1
         database.run_sync(imports.finish_import_mailbox, target,
                           uidlist.nextuid if uidlist else None)
+        if subscribed is not None and target.name != "INBOX":
+            # as the user had it on Dovecot (clients that show subscribed folders only)
+            database.run_sync(subscribe, user_id, target.name, target.name in subscribed)
         result.imported += count
         log.info("mailbox imported", user_id=user_id, mailbox=name, imported=count,
                  uidvalidity=uidlist.uidvalidity if uidlist else None,

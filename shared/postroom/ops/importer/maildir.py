@@ -72,10 +72,11 @@ def folder_name(dirname: str) -> str:
     name = dirname[1:]
     if name.upper().startswith("INBOX."):
         name = name[len("INBOX."):]
-    return "/".join(_decoded(part) for part in name.split(".") if part)
+    return "/".join(decode_level(part) for part in name.split(".") if part)
 
 
-def _decoded(part: str) -> str:
+def decode_level(part: str) -> str:
+    """One level of a folder name from modified UTF-7; as it is when it is not that."""
     try:
         return decode_mutf7(part)
     except MailboxNameError:
