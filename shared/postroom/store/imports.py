@@ -35,6 +35,7 @@ from sqlalchemy.orm import Session
 from postroom.store import mailboxes
 from postroom.store.errors import NotFound
 from postroom.store.models import Mailbox, MailboxEntry, Message
+from postroom.store.prepared import Prepared
 
 #: 2^30: far above a Dovecot mailbox's mod-sequence, and within what a client keeping it
 #: in a signed 32-bit integer can hold (RFC 7162 allows 63 bits)
@@ -107,27 +108,28 @@ def open_import_mailbox(session: Session, user_id: int, name: str,
                         import_uidnext=row.import_uidnext, present=present)
 
 
-def add_imported(session: Session, *, user_id: int, target: ImportTarget, message_id: int,
+# the one entry-adding statement (mailboxes.add_entry_sql), with UIDNEXT first raised to
+# the old UID (never lowered) and the old UIDL kept
+_ADD_IMPORTED = Prepared("import_add_entry", "WITH " + mailboxes.add_entry_sql(  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+    "id = %(m)s", message="%(msg)s", flags="%(f)s",
+    internaldate="CAST(%(d)s AS timestamptz)", uidnext="CAST(%(uid)s AS bigint)",
+    pop3_uidl="CAST(%(uidl)s AS text)") + " SELECT uid FROM entry")
+
+
+def add_imported(session: Session, *, target: ImportTarget, message_id: int,
                  uid: int | None, flags: list[str], internaldate: datetime,
                  pop3_uidl: str | None) -> int:
     """File stored message ``message_id`` under ``uid`` when it is free and ahead; its UID.
 
-    The mailbox's UIDNEXT is first raised to ``uid`` (never lowered), then the
-    one statement that adds entries (:func:`mailboxes.deliver_to_mailbox`)
-    takes UIDNEXT: that is ``uid`` when it was at or above it, else a fresh one.
+    One statement: the mailbox row's UIDNEXT is raised to ``uid`` (never
+    lowered) and taken, so the entry gets ``uid`` when that was at or above
+    UIDNEXT, else the next fresh one. Without kept UIDs, always a fresh one.
     """
-    if uid is not None and target.keep_uids:
-        session.execute(update(Mailbox).where(Mailbox.id == target.mailbox_id)
-                        .values(uidnext=func.greatest(Mailbox.uidnext, uid)))
-    given, _modseq = mailboxes.deliver_to_mailbox(
-        session, user_id=user_id, mailbox_name=target.name, message_id=message_id,
-        spool_recipient_id=None, flags=flags, internaldate=internaldate)
-    if pop3_uidl is not None:
-        session.execute(update(MailboxEntry)
-                        .where(MailboxEntry.mailbox_id == target.mailbox_id,
-                               MailboxEntry.uid == given)
-                        .values(pop3_uidl=pop3_uidl))
-    return given
+    wanted = uid if uid is not None and target.keep_uids else 0
+    row = _ADD_IMPORTED.execute(session.connection(), {
+        "m": target.mailbox_id, "msg": message_id, "f": list(flags), "d": internaldate,
+        "uid": wanted, "uidl": pop3_uidl}).one()
+    return int(row[0])
 
 
 def finish_import_mailbox(session: Session, target: ImportTarget, nextuid: int | None) -> None:
