@@ -441,9 +441,9 @@ def import_maildir(database: Database, user_id: int, root: str, *, uidl_format: 
                                   datetime.fromtimestamp(mtime, UTC), uidl))
             batch_bytes += len(data)
             if len(batch) >= BATCH_MESSAGES or batch_bytes >= BATCH_BYTES:
-                count += _flush(database, user_id, target, batch, result)
+                count += _flush(database, target, batch, result)
                 batch, batch_bytes = [], 0
-        count += _flush(database, user_id, target, batch, result)
+        count += _flush(database, target, batch, result)
         database.run_sync(imports.finish_import_mailbox, target,
                           uidlist.nextuid if uidlist else None)
         if subscribed is not None and target.name != "INBOX":
@@ -465,7 +465,7 @@ class _Pending:
     uidl: str | None
 
 
-def _file_batch(session: Session, user_id: int, target: imports.ImportTarget,
+def _file_batch(session: Session, target: imports.ImportTarget,
                 batch: list[_Pending]) -> list[int]:
     """Store and file ``batch`` in UID order, in one transaction; the UIDs given."""
     given = []
@@ -478,11 +478,11 @@ def _file_batch(session: Session, user_id: int, target: imports.ImportTarget,
     return given
 
 
-def _flush(database: Database, user_id: int, target: imports.ImportTarget,
+def _flush(database: Database, target: imports.ImportTarget,
            batch: list[_Pending], result: DovecotImportResult) -> int:
     if not batch:
         return 0
-    given = database.run_sync(_file_batch, user_id, target, batch)
+    given = database.run_sync(_file_batch, target, batch)
     for item, uid in zip(batch, given, strict=True):
         if item.uid is not None and uid == item.uid:
             result.uids_kept += 1
