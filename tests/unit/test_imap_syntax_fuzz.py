@@ -5,6 +5,7 @@ import dataclasses
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from postroom.mutf7 import decode_mutf7, encode_mutf7
 from postroom_imap.syntax import (
     Command,
     CommandReader,
@@ -15,7 +16,6 @@ from postroom_imap.syntax import (
     RawLine,
 )
 from postroom_imap.syntax import Limits as ReaderLimits
-from postroom_imap.syntax_mutf7 import decode_mutf7, encode_mutf7
 
 FUZZ = settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 EVENTS = (Command, NeedContinuation, LiteralTooBig, LiteralRefused, ParseError, RawLine)

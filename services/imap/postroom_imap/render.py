@@ -15,9 +15,9 @@ from postroom.mime import (
     section_range,
     string,
 )
+from postroom.mutf7 import encode_mutf7
 from postroom_imap.policy import FetchRow
 from postroom_imap.syntax_args import is_atom
-from postroom_imap.syntax_mutf7 import encode_mutf7
 from postroom_imap.syntax_types import FetchItem
 
 _MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")

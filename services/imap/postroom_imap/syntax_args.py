@@ -5,8 +5,8 @@ from __future__ import annotations
 import re
 from datetime import UTC, date, datetime, timedelta, timezone
 
+from postroom.mutf7 import MailboxNameError, decode_mutf7
 from postroom_imap.syntax_lexer import Atom, Str, SyntaxProblem, Token
-from postroom_imap.syntax_mutf7 import MailboxNameError, decode_mutf7
 from postroom_imap.syntax_types import MAX_NUMBER, MAX_NUMBER64, SequenceSet
 
 _MONTHS = {m: i + 1 for i, m in enumerate(

@@ -167,7 +167,7 @@ class StoreMaildrop:
         self.token = token
         self.address = address
         self.messages: list[DropMessage] = [
-            DropMessage(uid=uid, size=size, unique_id=f"{snapshot.uidvalidity}.{uid}")
+            DropMessage(uid=uid, size=size, unique_id=snapshot.uidl(uid))
             for uid, size in snapshot.entries]
         self.released = False
         self._refresher: LoopingCall | None = None

@@ -67,7 +67,8 @@ class DropMessage:
     uid: int
     # octets RETR sends: the message with CRLF line endings, before dot-stuffing
     size: int
-    # the UIDL value: "<uidvalidity>.<uid>", stable for the life of the mailbox
+    # the UIDL value: "<uidvalidity>.<uid>", stable for the life of the mailbox, or the one
+    # an imported message had on the old server (Snapshot.uidl)
     unique_id: str
 
 

@@ -1,9 +1,13 @@
-"""Password hashing: scrypt in a self-describing string; bcrypt hashes verified when possible.
+"""Password hashing: scrypt in a self-describing string; imported hashes verified until replaced.
 
 Stored form: ``$scrypt$ln=14,r=8,p=1$<salt>$<hash>`` where salt and hash are
 unpadded standard base64, ``ln`` is log2 of scrypt's N. Passwords are
 NFC-normalised first so that the same password typed on two systems that
 compose accents differently still matches.
+
+A bare bcrypt string, or a ``{SCHEME}hash`` that `postroom import dovecot`
+kept from the old server (:mod:`postroom.auth.dovecotpw`), is verified too;
+:func:`needs_rehash` is true for both, so the next successful login stores ours.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import hashlib
 import hmac
 import os
 import unicodedata
+
+from postroom.auth import dovecotpw
 
 # ln=14 (N=16384, 16 MiB) costs about 60 ms on the project's machines: slow enough to make
 # offline guessing expensive, fast enough that a burst of IMAP logins does not stall the db pool.
@@ -77,7 +83,7 @@ def _parse_scrypt(stored: str) -> tuple[int, int, int, bytes, bytes] | None:
 
 
 def verify_password(password: str, stored: str) -> bool:
-    """True when ``password`` matches ``stored`` (scrypt, or bcrypt when the package exists).
+    """True when ``password`` matches ``stored`` (scrypt, bcrypt, or an imported Dovecot hash).
 
     Never raises for a malformed or unknown stored value: that is simply no match.
     """
@@ -88,12 +94,14 @@ def verify_password(password: str, stored: str) -> bool:
         return hmac.compare_digest(candidate, digest)
     if stored.startswith(_BCRYPT_PREFIXES):
         return _verify_bcrypt(password, stored)
+    if stored.startswith("{"):
+        return dovecotpw.verify(password, stored)
     return False
 
 
 def _verify_bcrypt(password: str, stored: str) -> bool:
     try:
-        import bcrypt  # type: ignore[import-not-found]  # optional: only for imported hashes
+        import bcrypt
     except ImportError:
         return False
     try:

@@ -901,10 +901,29 @@ def _import_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--user", required=True, help="the account that receives the mail")
     q.add_argument("--mailbox", required=True, metavar="NAME",
                    help="the mailbox to fill (created when missing; / separates levels)")
+    q = isub.add_parser(
+        "dovecot", help="accounts with their password hashes, and their Maildirs with UIDs "
+        "and POP3 UIDLs kept (docs/migrating-from-dovecot.md)")
+    q.add_argument("passwd_file", metavar="PASSWD_FILE",
+                   help="Dovecot's passwd-file (user:{SCHEME}hash:uid:gid::home::extra)")
+    q.add_argument("--domain", help="the domain of user names without one")
+    q.add_argument("--mail-location", metavar="LOCATION",
+                   help="where each Maildir is, as Dovecot's mail_location "
+                        "(~ home, %%u user, %%n local part, %%d domain; default: the "
+                        "passwd-file's userdb_mail, else maildir:~/Maildir)")
+    q.add_argument("--pop3-uidl-format", default=None, metavar="FORMAT",
+                   help="Dovecot's pop3_uidl_format (default %%08Xu%%08Xv, Dovecot's own)")
+    q.add_argument("--default-scheme", default="CRYPT", metavar="SCHEME",
+                   help="the scheme of hashes without a {SCHEME} prefix "
+                        "(Dovecot's default_pass_scheme; default CRYPT)")
+    q.add_argument("--user", action="append", dest="only", metavar="ADDRESS",
+                   help="import only this account (repeatable)")
+    q.add_argument("--users-only", action="store_true",
+                   help="accounts and passwords only, no mail")
 
 
 @command("import", _import_arguments,
-         summary="import mail from a Maildir tree or an mbox file",
+         summary="import mail from a Maildir tree or an mbox file, or a whole Dovecot server",
          description=("Import a user's mail. Flags, internal dates and Maildir++ folders are kept; "
                       "running it again imports nothing twice. A progress bar shows on a "
                       "terminal; a summary line ends the run."))
@@ -913,6 +932,8 @@ def cmd_import(args: argparse.Namespace) -> int:
     from postroom.ops.importer.load import import_folders
     from postroom.ops.importer.progress import Progress
 
+    if args.format == "dovecot":
+        return _import_dovecot(args)
     try:
         if args.format == "maildir":
             folders = maildir.scan(args.path)
@@ -929,6 +950,52 @@ def cmd_import(args: argparse.Namespace) -> int:
     finally:
         progress.finish()
         database.dispose()
+    print(result.summary())
+    return 0
+
+
+def _import_dovecot(args: argparse.Namespace) -> int:
+    from postroom.ops.importer import dovecot
+    from postroom.ops.importer.progress import Progress
+    from postroom.store import domains
+
+    uidl_format = args.pop3_uidl_format or dovecot.DEFAULT_UIDL_FORMAT
+    try:
+        dovecot.check_uidl_format(uidl_format)
+        with open(args.passwd_file, encoding="utf-8", errors="replace") as handle:
+            text = handle.read(64 << 20)
+    except dovecot.DovecotFormatError as exc:
+        raise CLIError(str(exc)) from None
+    except OSError as exc:
+        raise CLIError(f"cannot read {args.passwd_file}: {exc.strerror}") from None
+    entries, problems = dovecot.parse_passwd_file(
+        text, domain=args.domain.lower() if args.domain else None,
+        default_scheme=args.default_scheme)
+    if args.only:
+        wanted = {address.lower() for address in args.only}
+        entries = [e for e in entries if e.address in wanted]
+        missing = wanted - {e.address for e in entries}
+        if missing:
+            raise CLIError(f"not in {args.passwd_file}: {', '.join(sorted(missing))}")
+    for problem in problems:
+        print(f"postroom: {problem}", file=sys.stderr)
+    database = _open_store()
+    progress = Progress(0)
+    try:
+        known = {d.name for d in database.run_sync(domains.list_domains)}
+        unknown = sorted({e.address.partition("@")[2] for e in entries} - known)
+        if unknown:
+            raise CLIError("add these domains first (postroom domain add): " + ", ".join(unknown))
+        result = dovecot.import_dovecot(database, entries, mail_location=args.mail_location,
+                                        uidl_format=uidl_format,
+                                        with_mail=not args.users_only, progress=progress)
+    except dovecot.DovecotFormatError as exc:
+        raise CLIError(str(exc)) from None
+    finally:
+        progress.finish()
+        database.dispose()
+    for problem in result.problems:
+        print(f"postroom: {problem}", file=sys.stderr)
     print(result.summary())
     return 0
 

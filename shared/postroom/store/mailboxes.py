@@ -179,7 +179,8 @@ def deliver_to_mailbox(session: Session, *, user_id: int, mailbox_name: str, mes
 
 
 def add_entry_sql(box: str, *, message: str, flags: str, internaldate: str,
-                  spool_recipient: str = "NULL") -> str:
+                  spool_recipient: str = "NULL", uidnext: str | None = None,
+                  pop3_uidl: str | None = None) -> str:
     """The one way to add an entry: lock the mailbox row, take uidnext, bump modseq.
 
     Two CTEs for a ``WITH`` clause, the SQL fragments in the arguments naming
@@ -190,15 +191,23 @@ def add_entry_sql(box: str, *, message: str, flags: str, internaldate: str,
     the old uidnext and the new highestmodseq. ``box`` yields (id,
     uidvalidity, uid, modseq) and ``entry`` (mailbox_id, uid, modseq), one row
     each, or none when no mailbox row matched (then nothing changed).
+
+    ``uidnext`` may raise the counter first (``greatest(uidnext, %(uid)s)``:
+    `postroom import dovecot` keeping an old UID that is still ahead, see
+    :mod:`postroom.store.imports`); it can never lower it, so no UID is reused.
+    ``pop3_uidl`` is an imported message's old UIDL. Without either, the
+    statement is the plain one every delivery path uses.
     """
+    taken = "uidnext" if uidnext is None else f"greatest(uidnext, {uidnext})"
+    uidl_column, uidl_value = ("", "") if pop3_uidl is None else (", pop3_uidl", f", {pop3_uidl}")
     return (
-        "box AS (UPDATE mailboxes SET uidnext = uidnext + 1, "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+        f"box AS (UPDATE mailboxes SET uidnext = {taken} + 1, "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
         f"highestmodseq = highestmodseq + 1 WHERE {box} "
         "RETURNING id, uidvalidity, uidnext - 1 AS uid, highestmodseq AS modseq), "
         "entry AS (INSERT INTO mailbox_entries (mailbox_id, uid, message_id, flags, modseq, "
-        "internaldate, spool_recipient_id) "
+        f"internaldate, spool_recipient_id{uidl_column}) "
         f"SELECT box.id, box.uid, {message}, CAST({flags} AS text[]), box.modseq, "
-        f"{internaldate}, {spool_recipient} FROM box "
+        f"{internaldate}, {spool_recipient}{uidl_value} FROM box "
         "RETURNING mailbox_id, uid, modseq)")
 
 

@@ -8,7 +8,7 @@ one transaction that also advances the mailbox's HIGHESTMODSEQ.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
@@ -20,11 +20,20 @@ from postroom.store.models import Mailbox, MailboxEntry, Message
 
 @dataclass(frozen=True)
 class Snapshot:
-    """The INBOX at login: its id, UIDVALIDITY and (uid, size) of each entry by uid."""
+    """The INBOX at login: its id, UIDVALIDITY and (uid, size) of each entry by uid.
+
+    ``uidls`` holds the UIDLs imported messages had on their old server
+    (`postroom import dovecot`), by uid; the others answer the default.
+    """
 
     mailbox_id: int | None
     uidvalidity: int
     entries: tuple[tuple[int, int], ...]
+    uidls: dict[int, str] = field(default_factory=dict)
+
+    def uidl(self, uid: int) -> str:
+        """The POP3 unique-id of the entry ``uid``: imported, else ``<uidvalidity>.<uid>``."""
+        return self.uidls.get(uid) or f"{self.uidvalidity}.{uid}"
 
 
 def load_snapshot(session: Session, user_id: int) -> Snapshot:
@@ -35,12 +44,13 @@ def load_snapshot(session: Session, user_id: int) -> Snapshot:
     if mailbox is None:
         return Snapshot(None, 0, ())
     rows = session.execute(
-        select(MailboxEntry.uid, Message.size)
+        select(MailboxEntry.uid, Message.size, MailboxEntry.pop3_uidl)
         .join(Message, Message.id == MailboxEntry.message_id)
         .where(MailboxEntry.mailbox_id == mailbox.id)
         .order_by(MailboxEntry.uid)).all()
     return Snapshot(mailbox.id, mailbox.uidvalidity,
-                    tuple((int(uid), int(size)) for uid, size in rows))
+                    tuple((int(uid), int(size)) for uid, size, _uidl in rows),
+                    {int(uid): uidl for uid, _size, uidl in rows if uidl})
 
 
 def message_at(session: Session, mailbox_id: int, uid: int) -> bytes | None:

@@ -188,6 +188,9 @@ class Mailbox(Base):
     special_use: Mapped[str | None] = mapped_column(Text)
     subscribed: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     created_at: Mapped[datetime] = _now()
+    # `postroom import dovecot`: the old server's UIDNEXT when this mailbox was last imported;
+    # a rerun takes only UIDs from here up (what is below was imported, or expunged since)
+    import_uidnext: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class Message(Base):
@@ -232,6 +235,8 @@ class MailboxEntry(Base):
     # the idempotency key of delivery: a redelivered queue entry finds its copy here
     spool_recipient_id: Mapped[int | None] = mapped_column(
         ForeignKey("spool_recipients.id", ondelete="SET NULL"), unique=True)
+    # the POP3 UIDL an imported message had on the old server (NULL: "<uidvalidity>.<uid>")
+    pop3_uidl: Mapped[str | None] = mapped_column(Text)
 
 
 class SpoolMessage(Base):

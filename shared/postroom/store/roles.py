@@ -35,8 +35,9 @@ SCHEMA = "public"
 # users without the login secrets (password_hash, scram_secrets)
 _USERS_PUBLIC = "SELECT (id, domain_id, localpart, address, quota_bytes, quota_messages, active, " \
     "created_at)"
-# what a login needs: every column, and rewriting an old password hash (users.authenticate)
-_USERS_LOGIN = ("SELECT", "UPDATE (password_hash)")
+# what a login needs: every column, and rewriting an old or imported password hash (with the
+# SCRAM secrets an imported account lacks; users.authenticate)
+_USERS_LOGIN = ("SELECT", "UPDATE (password_hash, scram_secrets)")
 # the content-addressed blob store, without reading other people's mail
 _BLOBS_WRITE_ONLY = ("SELECT (id, sha256, size)", "INSERT")
 # delete_orphans asks whether a queued message (or a mailbox entry) still refers to a blob

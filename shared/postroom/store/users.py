@@ -19,6 +19,7 @@ from datetime import datetime
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from postroom.auth.dovecotpw import is_plaintext, split_scheme
 from postroom.auth.passwords import hash_password, needs_rehash, verify_password
 from postroom.auth.sasl import ScramSecrets, scram_secrets
 from postroom.store.addresses import login_name, normalise_domain, split_address
@@ -220,8 +221,9 @@ def authenticate(session: Session, address: str, password: str, *,
                  hash_fn: HashFn = hash_password) -> UserInfo | None:
     """The active account when ``password`` is right, else None (unknown, inactive, wrong).
 
-    A hash made with old parameters (or bcrypt) is replaced by a current one on
-    a successful login, inside the caller's transaction.
+    A hash made with old parameters (or bcrypt, or one imported from Dovecot)
+    is replaced by a current one on a successful login, inside the caller's
+    transaction; an account without SCRAM secrets (an imported one) gets them then.
     """
     found = _find(session, address)
     if found is None:
@@ -232,4 +234,56 @@ def authenticate(session: Session, address: str, password: str, *,
         return None
     if needs_rehash(row.password_hash):
         row.password_hash = hash_fn(password)
+        if row.scram_secrets is None:
+            row.scram_secrets = _scram_text(password, DEFAULT_SCRAM_ITERATIONS)
     return _info(row, domain)
+
+
+@dataclass(frozen=True)
+class ImportedUser:
+    """What :func:`import_user` did: ``created``, ``hash_updated`` or ``kept``."""
+
+    info: UserInfo
+    outcome: str
+
+
+def import_user(session: Session, address: str, stored_hash: str, *,
+                hash_fn: HashFn = hash_password) -> ImportedUser:
+    """Add (or refresh) an account moved in from another server, keeping its password hash.
+
+    ``stored_hash`` is the old server's value with its scheme prefix
+    (``{SHA512-CRYPT}$6$...``, see :mod:`postroom.auth.dovecotpw`); it is kept
+    as it is and replaced by ours at the first successful login. A plaintext
+    entry (``{PLAIN}...``) is hashed with ours right away. No password-strength
+    check applies: the password was chosen elsewhere and is not known here.
+
+    A rerun (a cutover imports twice) refreshes the hash of an account that
+    still has an imported one (its password may have changed on the old
+    server meanwhile) and leaves alone one that has logged in here since.
+    """
+    scheme = split_scheme(stored_hash)
+    if scheme is None:
+        raise ValueError("the hash has no {SCHEME} prefix")
+    value = hash_fn(scheme[2]) if is_plaintext(stored_hash) else stored_hash
+    found = _find(session, address)
+    if found is not None:
+        row, domain = found
+        if row.password_hash != value and split_scheme(row.password_hash) is not None:
+            row.password_hash = value
+            return ImportedUser(_info(row, domain), "hash_updated")
+        return ImportedUser(_info(row, domain), "kept")
+    localpart, domain = split_address(address)
+    ident = domain_id(session, domain)
+    normal = f"{localpart}@{domain}"
+
+    def insert() -> User:
+        row = User(domain_id=ident, localpart=localpart, address=normal, password_hash=value,
+                   scram_secrets=None)
+        session.add(row)
+        session.flush()
+        return row
+
+    row = insert_unique(session, insert, f"user {normal} already exists")
+    session.refresh(row)
+    create_default_mailboxes(session, row.id)
+    return ImportedUser(_info(row, domain), "created")

@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from postroom.mutf7 import encode_mutf7
 from postroom.ops.importer.load import _user_id
 from postroom.ops.importer.maildir import info_suffix
 from postroom.ops.importer.source import to_lf
@@ -110,9 +111,11 @@ def _existing(cur: Path) -> dict[str, Path]:
 
 
 def folder_path(root: Path, mailbox: str) -> Path:
+    """INBOX is the root; ``Lists/Entwürfe`` is ``.Lists.Entw&APw-rfe`` (modified UTF-7)."""
     if mailbox == "INBOX":
         return root
-    return root / ("." + mailbox.replace(".", "_").replace("/", "."))
+    return root / ("." + ".".join(encode_mutf7(part.replace(".", "_"))
+                                  for part in mailbox.split("/")))
 
 
 def _mailboxes(session: Session, address: str) -> list[tuple[int, str, int]]:

@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime
 
 from postroom.logs import get_logger
+from postroom.mutf7 import MailboxNameError, decode_mutf7
 from postroom.ops.importer.source import SourceFolder, SourceMessage, to_crlf
 
 log = get_logger("import")
@@ -62,11 +63,24 @@ def info_suffix(flags: list[str] | tuple[str, ...]) -> str:
 
 
 def folder_name(dirname: str) -> str:
-    """``.Lists.python`` -> ``Lists/python``; ``.INBOX.x`` (Dovecot's INBOX children) -> ``x``."""
+    """``.Lists.python`` -> ``Lists/python``; ``.INBOX.x`` (Dovecot's INBOX children) -> ``x``.
+
+    Each level is decoded from modified UTF-7 as Dovecot and Courier write it
+    (``.Entw&APw-rfe`` -> ``Entwürfe``); a level that is not valid modified
+    UTF-7 (a tree written with Dovecot's UTF-8 option) is kept as it is.
+    """
     name = dirname[1:]
     if name.upper().startswith("INBOX."):
         name = name[len("INBOX."):]
-    return "/".join(part for part in name.split(".") if part)
+    return "/".join(decode_level(part) for part in name.split(".") if part)
+
+
+def decode_level(part: str) -> str:
+    """One level of a folder name from modified UTF-7; as it is when it is not that."""
+    try:
+        return decode_mutf7(part)
+    except MailboxNameError:
+        return part
 
 
 def open_beneath(root: str, parts: Parts, *, directory: bool = False) -> int:
@@ -194,13 +208,15 @@ def _messages(root: str, files: list[Parts]) -> Iterator[SourceMessage]:
                             internaldate=datetime.fromtimestamp(mtime, UTC))
 
 
-def scan(root: str | os.PathLike[str]) -> list[SourceFolder]:
-    """Every folder of the tree at ``root``, INBOX first, then by name."""
-    base = os.path.realpath(root)
-    if not _is_maildir(base, ()):
+def folders(root: str) -> list[tuple[str, Parts]]:
+    """(mailbox name, path below ``root``) of every folder, INBOX first, then by name.
+
+    ``root`` is a real path (``os.path.realpath``); NotAMaildir when it is not one.
+    """
+    if not _is_maildir(root, ()):
         raise NotAMaildir(f"{root} is not a Maildir (no cur/ and new/ folders)")
-    folders: list[tuple[str, Parts]] = [("INBOX", ())]
-    fd = open_beneath(base, (), directory=True)
+    found: list[tuple[str, Parts]] = [("INBOX", ())]
+    fd = open_beneath(root, (), directory=True)
     try:
         with os.scandir(fd) as entries:
             children = sorted((e.name, e.is_symlink(), e.is_dir(follow_symlinks=False))
@@ -211,14 +227,30 @@ def scan(root: str | os.PathLike[str]) -> list[SourceFolder]:
         if not name.startswith(".") or name in (".", ".."):
             continue
         if is_link:
-            _skip(base, (name,), "symbolic link")
+            _skip(root, (name,), "symbolic link")
             continue
-        if is_dir and _is_maildir(base, (name,)):
+        if is_dir and _is_maildir(root, (name,)):
             folder = folder_name(name)
             if folder:
-                folders.append((folder, (name,)))
+                found.append((folder, (name,)))
+    return found
+
+
+def message_files(root: str, folder: Parts) -> list[Parts]:
+    """The folder's message files (regular files in cur/ and new/), oldest first."""
+    return _files(root, folder)
+
+
+def read_message(root: str, parts: Parts) -> tuple[bytes, float] | None:
+    """(content, mtime) of a regular file inside the tree; None (logged) otherwise."""
+    return _read(root, parts)
+
+
+def scan(root: str | os.PathLike[str]) -> list[SourceFolder]:
+    """Every folder of the tree at ``root``, INBOX first, then by name."""
+    base = os.path.realpath(root)
     result = []
-    for name, parts in folders:
+    for name, parts in folders(base):
         files = _files(base, parts)
         result.append(SourceFolder(name=name, count=len(files), messages=_messages(base, files)))
     return result

@@ -1,4 +1,10 @@
-"""Modified UTF-7 mailbox names (RFC 3501 section 5.1.3)."""
+"""Modified UTF-7 mailbox names (RFC 3501 section 5.1.3).
+
+One codec for both places the form appears: IMAP's wire (the imap service
+decodes what clients send and encodes what it lists) and Maildir++ folder
+names, which Dovecot and Courier write in the same form (``.Entw&APw-rfe``),
+read by the importers and written by the export. The store keeps Unicode.
+"""
 
 from __future__ import annotations
 
