@@ -284,14 +284,46 @@ def cmd_domain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _size_arg(text: str) -> int:
+    from postroom.config import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _quota_arg(text: str) -> int | None:
+    """A size (500M, 2G, 1.5G, 1024K, bytes) or ``none`` for no quota."""
+    if text.strip().lower() in ("none", "unlimited"):
+        return None
+    return _size_arg(text)
+
+
+def _strong_password(password: str, address: str) -> str:
+    """The password, unless POSTROOM_PASSWORD_MIN_LENGTH or the common list refuse it."""
+    from postroom.auth.passwords import WeakPassword, check_password_strength
+
+    try:
+        check_password_strength(password, min_length=_settings().password_min_length,
+                                account=address)
+    except WeakPassword as exc:
+        raise CLIError(str(exc)) from None
+    return password
+
+
 def _user_arguments(p: argparse.ArgumentParser) -> None:
     usub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     q = usub.add_parser("add", help="add a user (password from stdin or prompt)")
     q.add_argument("address")
-    q.add_argument("--quota", type=int, default=None, metavar="BYTES",
-                   help="storage quota in bytes (default: unlimited)")
+    q.add_argument("--quota", type=_size_arg, default=None, metavar="SIZE",
+                   help="storage quota: 500M, 2G, 1.5G, 1024K or bytes (default: unlimited)")
     q = usub.add_parser("passwd", help="change a user's password")
     q.add_argument("address")
+    q = usub.add_parser("quota", help="set or remove a user's storage quota")
+    q.add_argument("address")
+    q.add_argument("size", type=_quota_arg, metavar="SIZE",
+                   help="500M, 2G, 1.5G, 1024K, bytes, or none")
     q = usub.add_parser("remove", help="remove a user and their mailboxes")
     q.add_argument("address")
     q = usub.add_parser("list", help="list users")
@@ -302,18 +334,24 @@ def _user_arguments(p: argparse.ArgumentParser) -> None:
 @command("user", _user_arguments,
          summary="mail users",
          description=("Manage users. Passwords are read from stdin when it is not a terminal, else "
-                      "prompted for twice; never taken from the command line."))
+                      "prompted for twice; never taken from the command line. A password needs "
+                      "POSTROOM_PASSWORD_MIN_LENGTH characters (default 12) and must not be a "
+                      "common one. Sizes take K, M, G or T (binary: 2G = 2 GiB)."))
 def cmd_user(args: argparse.Namespace) -> int:
     from postroom.store import users
 
     if args.action == "add":
-        password = _read_password()
+        password = _strong_password(_read_password(), args.address)
         _with_db(users.add_user, args.address, password, quota_bytes=args.quota)
         print(f"user {args.address.lower()} added")
     elif args.action == "passwd":
-        password = _read_password("New password: ")
+        password = _strong_password(_read_password("New password: "), args.address)
         _with_db(users.set_password, args.address, password)
         print(f"password of {args.address.lower()} changed")
+    elif args.action == "quota":
+        _with_db(users.set_quota, args.address, args.size)
+        shown = "removed" if args.size is None else f"set to {args.size} bytes"
+        print(f"quota of {args.address.lower()} {shown}")
     elif args.action == "remove":
         _with_db(users.remove_user, args.address)
         print(f"user {args.address.lower()} removed")
