@@ -1,5 +1,5 @@
-"""`postroom`: the operator's command line (serve, up, db, domain, user, alias, dkim, secret-key,
-dns, queue, dmarc, import, export, trace).
+"""`postroom`: the operator's command line (serve, up, db, domain, user, auth, alias, dkim,
+secret-key, dns, queue, dmarc, import, export, trace).
 
 Every command explains itself with ``--help``. Errors are one line on stderr
 and a non-zero exit status, never a traceback: 2 for bad usage or
@@ -362,6 +362,58 @@ def cmd_user(args: argparse.Namespace) -> int:
     return 0
 
 
+def _auth_arguments(p: argparse.ArgumentParser) -> None:
+    asub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = asub.add_parser(
+        "unlock", help="forget failed logins: of an account, of one client, or both",
+        description="Forget the failed logins that delay or lock out logins (kept in Redis). "
+        "ADDRESS alone: the account's failures from every client. With --ip: the account's "
+        "failures from that client and the client's own count across accounts. --ip alone: "
+        "everything of that client (an IPv6 address stands for its /64).")
+    q.add_argument("address", nargs="?", metavar="ADDRESS", help="the account's address")
+    q.add_argument("--ip", default=None, metavar="IP", help="the client's address")
+
+
+def _ip_text(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise CLIError(f"{text!r} is not an IP address") from None
+
+
+@command("auth", _auth_arguments,
+         summary="failed-login delays and locks",
+         description="Inspect and clear the failed-login state the msa, imap and pop3 share "
+                     "(POSTROOM_AUTH_* settings, docs/security.md).")
+def cmd_auth(args: argparse.Namespace) -> int:
+    from postroom.auth.ratelimit import LoginRateLimiter
+    from postroom.queue.redisclient import RedisError
+    from postroom.queue.streams import connect
+
+    if args.address is None and args.ip is None:
+        raise CLIError("name an ADDRESS, an --ip, or both")
+    ip = _ip_text(args.ip) if args.ip is not None else None
+    settings = _settings()
+    require(settings, "redis_url")
+    assert settings.redis_url is not None
+    client = connect(settings.redis_url)
+    try:
+        limiter = LoginRateLimiter.from_settings(client, settings)
+        try:
+            deleted = limiter.unlock(args.address, ip)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        except RedisError as exc:
+            raise CLIError(f"cannot use Redis: {exc}") from None
+    finally:
+        client.close()
+    who = " from ".join(x for x in (args.address, ip) if x)
+    print(f"failed logins of {who} forgotten ({deleted} record(s))")
+    return 0
+
+
 def _alias_arguments(p: argparse.ArgumentParser) -> None:
     asub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     q = asub.add_parser("add", help="add an alias")
@@ -578,8 +630,21 @@ def _duration_arg(text: str) -> float:
 
 def _queue_arguments(p: argparse.ArgumentParser) -> None:
     qsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = qsub.add_parser("list", help="list queued messages")
-    q.add_argument("--state", choices=["pending", "delivered", "failed", "bounced"], default=None)
+    from postroom.store.spool import LIST_STATES
+
+    q = qsub.add_parser(
+        "list", help="list queued messages, by state and address",
+        description="Queued messages, oldest first (at most 1000). A message is listed when a "
+        "recipient is in the --state (queued: not tried yet; deferred: tried, waiting for a "
+        "retry; pending: either) and its sender or a recipient contains the --from, --to or "
+        "--address text (any case; @example.org matches a domain).")
+    q.add_argument("--state", choices=LIST_STATES, default=None)
+    q.add_argument("--from", dest="mail_from", default=None, metavar="TEXT",
+                   help="the sender contains TEXT")
+    q.add_argument("--to", dest="rcpt_to", default=None, metavar="TEXT",
+                   help="a recipient contains TEXT")
+    q.add_argument("--address", default=None, metavar="TEXT",
+                   help="the sender or a recipient contains TEXT")
     q.add_argument("--json", action="store_true")
     for name, text in (("show", "show one message's envelope and recipients"),
                        ("retry", "attempt pending recipients now"),
@@ -605,7 +670,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
     from postroom.store import spool
 
     if args.action == "list":
-        rows = _with_db(spool.list_spool, args.state)
+        rows = _with_db(spool.list_spool, args.state, mail_from=args.mail_from,
+                        rcpt_to=args.rcpt_to, address=args.address)
         _print_rows([_plain(r) for r in rows],
                     ["queue_id", "kind", "mail_from", "recipients", "state", "received_at"],
                     args.json)
