@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import pytest
 from sqlalchemy import select
@@ -246,13 +247,13 @@ def test_resolve_alias_loop_terminates(example):
 
 
 def test_alias_to_itself_is_refused_unless_it_keeps_an_account_copy(example):
-    with pytest.raises(AliasLoop, match="loop: a@example.test -> a@example.test"):
+    with pytest.raises(AliasLoop, match=re.escape("loop: a@example.test -> a@example.test")):
         example.run_sync(aliases.add_alias, "a@example.test", "A@example.test")
 
 
 def test_two_alias_loop_is_refused(example):
     example.run_sync(aliases.add_alias, "a@example.test", "b@example.test")
-    with pytest.raises(AliasLoop, match="b@example.test -> a@example.test -> b@example.test"):
+    with pytest.raises(AliasLoop, match=re.escape("b@example.test -> a@example.test -> b@example.test")):
         example.run_sync(aliases.add_alias, "b@example.test", "a@example.test")
     assert [a.source for a in example.run_sync(aliases.list_aliases)] == ["a@example.test"]
 
@@ -263,7 +264,7 @@ def test_longer_loop_through_other_aliases_is_refused(example):
     example.run_sync(aliases.add_alias, "b@example.test", "c@example.test")
     example.run_sync(aliases.add_alias, "c@example.test", "alice@example.test")
     example.run_sync(aliases.add_alias, "c@example.test", "d@example.test")
-    with pytest.raises(AliasLoop, match="d@example.test -> a@example.test -> b@example.test"):
+    with pytest.raises(AliasLoop, match=re.escape("d@example.test -> a@example.test -> b@example.test")):
         example.run_sync(aliases.add_alias, "d@example.test", "a@example.test")
     # an account in the chain does not break the loop: its alias wins over its mailbox
     with pytest.raises(AliasLoop):
@@ -274,7 +275,7 @@ def test_loop_through_plus_address_and_catch_all_is_refused(example):
     with pytest.raises(AliasLoop):
         example.run_sync(aliases.add_alias, "x@example.test", "x+copy@example.test")
     # nobody is postmaster: mail to it would fall to the catch-all again
-    with pytest.raises(AliasLoop, match="@example.test -> postmaster@example.test"):
+    with pytest.raises(AliasLoop, match=re.escape("@example.test -> postmaster@example.test")):
         example.run_sync(aliases.add_alias, "@example.test", "postmaster@example.test")
 
 
