@@ -262,3 +262,24 @@ def test_record_and_reset_do_not_raise_when_redis_is_down(redis_prefix: str) -> 
     lim = limiter(unreachable_redis(), redis_prefix)
     lim.record_failure(OFFICE, BOB)
     lim.reset(OFFICE, BOB)
+
+
+def test_held_back_logins_are_counted_by_outcome(redis_client: redis.Redis,
+                                                 redis_prefix: str) -> None:
+    from postroom.metrics import Metrics, login_limits_total
+
+    metrics = Metrics("test", process_metrics=False)
+    lim = LoginRateLimiter(redis_client, redis_prefix, 2, 60.0, delay_max=1.0, metrics=metrics)
+    clock = task.Clock()
+
+    def hop(fn, *args) -> Deferred:
+        return succeed(fn(*args))
+
+    fail(lim, OFFICE, BOB)
+    Deferred.fromCoroutine(admit(lim, clock, hop, OFFICE, BOB))
+    clock.advance(1)
+    fail(lim, OFFICE, BOB)
+    Deferred.fromCoroutine(admit(lim, clock, hop, OFFICE, BOB)).addErrback(lambda _: None)
+    counter = login_limits_total(metrics)
+    assert counter.labels(outcome="delayed")._value.get() == 1
+    assert counter.labels(outcome="pair")._value.get() == 1

@@ -65,6 +65,7 @@ from twisted.internet.task import deferLater
 from postroom.config import Network, Settings
 from postroom.interfaces import ReactorTime
 from postroom.logs import get_logger
+from postroom.metrics import Metrics, login_limits_total
 from postroom.net.peers import client_key
 from postroom.queue import loginfail
 from postroom.queue.redisclient import RedisClient, RedisError
@@ -131,7 +132,7 @@ class LoginRateLimiter:
 
     def __init__(self, client: RedisClient, prefix: str, limit: int, window: float, *,
                  address_limit: int | None = None, delay_max: float = 0.0,
-                 trusted: Sequence[Network] = (),
+                 trusted: Sequence[Network] = (), metrics: Metrics | None = None,
                  clock: Callable[[], float] = time.time) -> None:
         if limit < 1 or window <= 0 or delay_max < 0:
             raise ValueError("limit and window must be positive, delay_max not negative")
@@ -145,17 +146,28 @@ class LoginRateLimiter:
         self.delay_max = delay_max
         self.trusted = tuple(trusted)
         self.clock = clock
+        self.metrics = metrics
+        if metrics is not None:
+            login_limits_total(metrics)  # named on /metrics before the first event
         # pairs whose last check in this process found no failure: their successful login
         # needs no DELETE (a round trip and a thread hop per login saved). A failure another
         # process records in between then stays counted until the window ends: stricter only.
         self._clean: dict[str, bool] = {}
 
     @classmethod
-    def from_settings(cls, client: RedisClient, settings: Settings) -> LoginRateLimiter:
+    def from_settings(cls, client: RedisClient, settings: Settings,
+                      metrics: Metrics | None = None) -> LoginRateLimiter:
         """The limiter of the POSTROOM_AUTH_* settings and POSTROOM_REDIS_PREFIX."""
         return cls(client, settings.redis_prefix, settings.auth_fail_limit,
                    settings.auth_fail_window, address_limit=settings.auth_address_fail_limit,
-                   delay_max=settings.auth_delay_max, trusted=settings.auth_trusted_networks)
+                   delay_max=settings.auth_delay_max, trusted=settings.auth_trusted_networks,
+                   metrics=metrics)
+
+    def count(self, outcome: str) -> None:
+        """One held-back login in postroom_login_limits_total (delayed, pair, address,
+        unavailable)."""
+        if self.metrics is not None:
+            login_limits_total(self.metrics).labels(outcome=outcome).inc()
 
     def ip_key(self, ip: str) -> str:
         """The window of the client ``ip`` belongs to (its IPv6 /64)."""
@@ -280,10 +292,16 @@ async def admit(limiter: LoginRateLimiter, reactor: ReactorTime,
     failed logins"). ``wait=False`` skips the delay, for the second half of a SCRAM exchange
     whose first half (the secrets' lookup) waited already.
     """
-    verdict: Verdict = await hop(limiter.check, ip, account)
+    try:
+        verdict: Verdict = await hop(limiter.check, ip, account)
+    except RateLimitUnavailable:
+        limiter.count("unavailable")
+        raise
     if not verdict.allowed:
+        limiter.count(verdict.reason)
         log.warning("login locked out", peer=ip, reason=verdict.reason)
         raise LoginLocked(verdict.reason)
     if wait and verdict.delay > 0:
+        limiter.count("delayed")
         log.info("login delayed", peer=ip, delay=verdict.delay)
         await deferLater(reactor, verdict.delay, lambda: None)
