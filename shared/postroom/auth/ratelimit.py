@@ -63,7 +63,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 
 from postroom.config import Network, Settings
-from postroom.interfaces import ReactorTime
+from postroom.interfaces import ReactorTime, twisted_clock
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, login_limits_total
 from postroom.net.peers import client_key
@@ -304,4 +304,4 @@ async def admit(limiter: LoginRateLimiter, reactor: ReactorTime,
     if wait and verdict.delay > 0:
         limiter.count("delayed")
         log.info("login delayed", peer=ip, delay=verdict.delay)
-        await deferLater(reactor, verdict.delay, lambda: None)
+        await deferLater(twisted_clock(reactor), verdict.delay, lambda: None)
