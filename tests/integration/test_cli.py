@@ -287,7 +287,13 @@ def test_auth_unlock_forgets_failed_logins(cli, redis_url, redis_prefix, redis_c
             lim.record_failure(ip, "bob@example.org")
     for _ in range(3):
         lim.record_failure("192.0.2.1", "carol@example.org")
-    env = {"POSTROOM_REDIS_URL": redis_url, "POSTROOM_REDIS_PREFIX": redis_prefix}
+    env = {"POSTROOM_REDIS_URL": redis_url, "POSTROOM_REDIS_PREFIX": redis_prefix,
+           "POSTROOM_AUTH_FAIL_LIMIT": "3"}
+    shown = json.loads(cli("auth", "status", "bob@example.org", "--json", env=env).stdout)
+    assert [(p["client"], p["failures"], p["locked"]) for p in shown["pairs"]] == [
+        ("192.0.2.1", 3, True), ("198.51.100.7", 3, True)]
+    table = cli("auth", "status", "bob@example.org", "--ip", "192.0.2.1", env=env).stdout
+    assert "192.0.2.1" in table and "failures from 192.0.2.1 across accounts: 6 of 200" in table
     out = cli("auth", "unlock", "bob@example.org", "--ip", "192.0.2.1", env=env).stdout
     assert "bob@example.org from 192.0.2.1" in out
     assert lim.check("192.0.2.1", "bob@example.org")

@@ -283,3 +283,21 @@ def test_held_back_logins_are_counted_by_outcome(redis_client: redis.Redis,
     counter = login_limits_total(metrics)
     assert counter.labels(outcome="delayed")._value.get() == 1
     assert counter.labels(outcome="pair")._value.get() == 1
+
+
+def test_status_shows_each_client_of_an_account(redis_client: redis.Redis,
+                                                redis_prefix: str) -> None:
+    from postroom.auth.ratelimit import status
+
+    lim = limiter(redis_client, redis_prefix, address_limit=10)
+    fail(lim, OFFICE, BOB, 3)
+    fail(lim, "2001:db8:1:2::5", BOB, 1)
+    fail(lim, OFFICE, CAROL, 1)
+    pairs, from_client = status(lim, "Bob@example.org")
+    assert [(p.client, p.failures, p.locked, p.next_delay) for p in pairs] == [
+        ("192.0.2.1", 3, True, 0.0), ("2001:db8:1:2::/64", 1, False, 2.0)]
+    assert all(0 < p.expires_in <= 60 for p in pairs) and from_client is None
+    pairs, from_client = status(lim, None, OFFICE)
+    assert sorted(p.failures for p in pairs) == [1, 3] and from_client == 4
+    with pytest.raises(ValueError):
+        status(lim, None)

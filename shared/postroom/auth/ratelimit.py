@@ -282,6 +282,48 @@ class LoginRateLimiter:
         return deleted + loginfail.forget(self.client, pair)
 
 
+@dataclass(frozen=True)
+class PairState:
+    """One (client, account) pair's failures, for `postroom auth status`."""
+
+    client: str
+    failures: int
+    #: seconds until the pair's failures are forgotten
+    expires_in: float
+    locked: bool
+    #: the wait before its next login is checked
+    next_delay: float
+
+
+def status(limiter: LoginRateLimiter, account: str | None,
+           ip: str | None = None) -> tuple[list[PairState], int | None]:
+    """The pairs of ``account`` with failures (from ``ip``'s client only, when given; every
+    account's from it when ``account`` is None), and the failures from ``ip``'s client across
+    accounts (None without ``ip``). ValueError when ``account`` is no login name."""
+    if account is None and ip is None:
+        raise ValueError("name an account, an address, or both")
+    hashed = "*"
+    if account is not None:
+        found = _account_hash(account)
+        if found is None:
+            raise ValueError(f"{account!r} is no account's login name")
+        hashed = found
+    where = _glob_escape(client_key(ip)) if ip is not None else "*"
+    raw = f"{limiter.prefix}authfail:pair:"
+    pattern = f"{_glob_escape(raw)}{hashed}:{where}"
+    pairs = []
+    for key, failures, ttl_ms in loginfail.counters(limiter.client, pattern):
+        client = key[len(raw) + 65:]  # after the 64 hex digits of the account and a colon
+        locked = failures >= limiter.limit and not limiter.is_trusted(client.split("/")[0])
+        pairs.append(PairState(client, failures, max(ttl_ms, 0) / 1000, locked,
+                               0.0 if locked else delay_for(failures, limiter.delay_max)))
+    from_client = None
+    if ip is not None:
+        from_client, _ = loginfail.window_size(limiter.client, limiter.ip_key(ip),
+                                               limiter.clock() - limiter.window)
+    return sorted(pairs, key=lambda p: p.client), from_client
+
+
 async def admit(limiter: LoginRateLimiter, reactor: ReactorTime,
                 hop: Callable[..., Deferred[Any]], ip: str | None, account: str, *,
                 wait: bool = True) -> None:

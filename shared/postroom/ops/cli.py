@@ -372,6 +372,14 @@ def _auth_arguments(p: argparse.ArgumentParser) -> None:
         "everything of that client (an IPv6 address stands for its /64).")
     q.add_argument("address", nargs="?", metavar="ADDRESS", help="the account's address")
     q.add_argument("--ip", default=None, metavar="IP", help="the client's address")
+    q = asub.add_parser(
+        "status", help="show failed logins: of an account, of one client, or both",
+        description="The clients an account failed to log in from (failures, the wait before "
+        "its next login, whether it is locked, when it is forgotten); with --ip, the client's "
+        "failures across accounts.")
+    q.add_argument("address", nargs="?", metavar="ADDRESS", help="the account's address")
+    q.add_argument("--ip", default=None, metavar="IP", help="the client's address")
+    q.add_argument("--json", action="store_true")
 
 
 def _ip_text(text: str) -> str:
@@ -402,6 +410,8 @@ def cmd_auth(args: argparse.Namespace) -> int:
     try:
         limiter = LoginRateLimiter.from_settings(client, settings)
         try:
+            if args.action == "status":
+                return _auth_status(limiter, args.address, ip, args.json)
             deleted = limiter.unlock(args.address, ip)
         except ValueError as exc:
             raise CLIError(str(exc)) from None
@@ -411,6 +421,31 @@ def cmd_auth(args: argparse.Namespace) -> int:
         client.close()
     who = " from ".join(x for x in (args.address, ip) if x)
     print(f"failed logins of {who} forgotten ({deleted} record(s))")
+    return 0
+
+
+def _auth_status(limiter: Any, address: str | None, ip: str | None, as_json: bool) -> int:
+    import dataclasses
+
+    from postroom.auth.ratelimit import status
+
+    pairs, from_client = status(limiter, address, ip)
+    rows = [dataclasses.asdict(p) for p in pairs]
+    if as_json:
+        print(json.dumps({"pairs": rows, "client_failures": from_client}, indent=2))
+        return 0
+    if address is not None:
+        if not rows:
+            print(f"no failed logins of {address}" + (f" from {ip}" if ip else ""))
+        _print_rows(rows, ["client", "failures", "next_delay", "locked", "expires_in"], False)
+    else:
+        locked = sum(1 for p in pairs if p.locked)
+        print(f"{len(pairs)} account(s) with failed logins from {ip}, {locked} locked")
+    if from_client is not None:
+        cap = "locked" if from_client >= limiter.address_limit and not limiter.is_trusted(ip) \
+            else "not locked"
+        print(f"failures from {ip} across accounts: {from_client} of "
+              f"{limiter.address_limit} ({cap})")
     return 0
 
 

@@ -52,6 +52,33 @@ def record(client: redis.Redis, pair_key: str | None, address_key: str | None, m
     return int(replies[0]) if pair_key is not None else 0
 
 
+def counters(client: redis.Redis, pattern: str, limit: int = 1000) -> list[tuple[str, int, int]]:
+    """(key, value, milliseconds to live) of up to ``limit`` counters matching ``pattern``."""
+    keys: list[str] = []
+    for key in client.scan_iter(match=pattern, count=1000):
+        keys.append(key.decode() if isinstance(key, bytes) else key)
+        if len(keys) >= limit:
+            break
+    if not keys:
+        return []
+    pipe = client.pipeline(transaction=False)
+    for key in keys:
+        pipe.get(key)
+        pipe.pttl(key)
+    replies: list[Any] = pipe.execute()
+    return [(key, int(replies[2 * i] or 0), int(replies[2 * i + 1]))
+            for i, key in enumerate(keys) if replies[2 * i] is not None]
+
+
+def window_size(client: redis.Redis, key: str, oldest: float) -> tuple[int, int]:
+    """(events after ``oldest``, milliseconds to live) of one sliding window."""
+    pipe = client.pipeline(transaction=False)
+    pipe.zcount(key, f"({oldest}", "+inf")
+    pipe.pttl(key)
+    count, ttl = pipe.execute()
+    return int(count), int(ttl)
+
+
 def forget(client: redis.Redis, *keys: str) -> int:
     """Delete the given keys; how many existed."""
     return int(client.delete(*keys)) if keys else 0
