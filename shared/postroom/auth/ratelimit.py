@@ -341,9 +341,9 @@ async def admit(limiter: LoginRateLimiter, reactor: ReactorTime,
         raise
     if not verdict.allowed:
         limiter.count(verdict.reason)
-        log.warning("login locked out", peer=ip, reason=verdict.reason)
+        log.warning("login locked out", peer=ip, account=account[:256], reason=verdict.reason)
         raise LoginLocked(verdict.reason)
     if wait and verdict.delay > 0:
         limiter.count("delayed")
-        log.info("login delayed", peer=ip, delay=verdict.delay)
+        log.info("login delayed", peer=ip, account=account[:256], delay=verdict.delay)
         await deferLater(twisted_clock(reactor), verdict.delay, lambda: None)
