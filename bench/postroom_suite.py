@@ -148,6 +148,8 @@ class PostroomSuite:
             "POSTROOM_MSA_MAX_MESSAGES_PER_HOUR": "1000000",
             "POSTROOM_MSA_MAX_RECIPIENTS_PER_DAY": "1000000",
             "POSTROOM_AUTH_FAIL_LIMIT": "1000000",
+            "POSTROOM_AUTH_ADDRESS_FAIL_LIMIT": "1000000",
+            "POSTROOM_AUTH_DELAY_MAX": "0",
         })
         if self.replicas > 1:
             env["POSTROOM_REUSE_PORT"] = "true"

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import socket
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -77,20 +78,40 @@ def parse_duration(raw: str) -> float:
     return seconds
 
 
-_SIZE_UNITS = {"k": 1024, "m": 1024**2, "g": 1024**3}
+def _non_negative_duration(raw: str) -> float:
+    """:func:`parse_duration`, or ``0`` (turned off)."""
+    if raw.strip() in ("0", "0s"):
+        return 0.0
+    return parse_duration(raw)
 
 
-def _size(raw: str) -> int:
-    """Bytes, or a number with K, M or G (binary multiples): ``35M``."""
-    value = raw.strip().lower().removesuffix("b").removesuffix("i")
-    if not value:
-        raise ValueError("empty size")
-    factor = _SIZE_UNITS.get(value[-1], 1)
-    number = value[:-1] if value[-1] in _SIZE_UNITS else value
-    size = int(float(number) * factor)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+# digits, an optional fraction, an optional unit: no nested repetition, so no backtracking
+_SIZE = re.compile(r"([0-9]{1,15})(?:\.([0-9]{1,9}))?([kmgt]?)(?:i?b)?")
+
+
+def parse_size(raw: str) -> int:
+    """Bytes from ``1048576``, ``1024K``, ``500M``, ``2G``, ``1.5G``, ``1T`` (binary multiples;
+    ``MB``, ``MiB`` and lower case are the same). The one size parser: settings and the CLI's
+    quotas use it. ValueError for anything else, and for sizes that are not positive."""
+    value = raw.strip().lower().replace(" ", "")
+    found = _SIZE.fullmatch(value) if len(value) <= 32 else None
+    if found is None:
+        raise ValueError(f"{raw[:40]!r} is not a size such as 500M, 2G, 1.5G, 1024K or bytes")
+    whole, fraction, unit = found.groups()
+    if fraction and not unit:
+        raise ValueError("a size in bytes is a whole number")
+    factor = _SIZE_UNITS[unit]
+    size = int(whole) * factor
+    if fraction:
+        # exact arithmetic: 1.5G is 1610612736 bytes, not a float's rounding of it
+        size += int(fraction) * factor // 10 ** len(fraction)
     if size <= 0:
-        raise ValueError("must be a positive size such as 35M")
+        raise ValueError("must be a positive size such as 500M or 2G")
     return size
+
+
+_size = parse_size
 
 
 _ENDPOINT_TYPES = ("tcp", "tcp6", "unix", "systemd")
@@ -596,12 +617,32 @@ class Settings:
         "How long a greylisted triplet must wait before its retry is accepted.")
     mta_dnsbl_zones: tuple[str, ...] = setting(
         _names, "", "DNSBL zones checked at connect (comma-separated; empty: no check).")
+    # failed logins and passwords (op-auth: postroom.auth.ratelimit, postroom.auth.passwords)
     auth_fail_limit: int = setting(
-        _positive_int, "10",
-        "Failed logins per client (IPv4 address or IPv6 /64) and per account (however its name "
-        "is spelt) per window.")
+        _positive_int, "20",
+        "Failed logins for one account from one client (IPv4 address or IPv6 /64) within "
+        "POSTROOM_AUTH_FAIL_WINDOW before that pair is locked out; other accounts from the same "
+        "client and the same account from elsewhere are not. Before the lock each attempt waits "
+        "a delay that doubles per failure (POSTROOM_AUTH_DELAY_MAX).")
     auth_fail_window: float = setting(
-        parse_duration, "10m", "Window of POSTROOM_AUTH_FAIL_LIMIT.")
+        parse_duration, "15m",
+        "How long failed logins are remembered: a lock ends this long after the last failure.")
+    auth_address_fail_limit: int = setting(
+        _positive_int, "200",
+        "Failed logins from one client across all accounts within POSTROOM_AUTH_FAIL_WINDOW "
+        "before every login from it is refused (password spraying).")
+    auth_delay_max: float = setting(
+        _non_negative_duration, "15s",
+        "Longest delay before a login is checked for an account that failed from the same "
+        "client: 0, 2, 4, 8 s ... doubling per failure up to this (0 turns delays off).")
+    auth_trusted_networks: tuple[Network, ...] = setting(
+        _ip_networks, "",
+        "Client networks (CIDR list, e.g. `192.0.2.0/24,2001:db8:1::/48`) never locked out by "
+        "POSTROOM_AUTH_FAIL_LIMIT or POSTROOM_AUTH_ADDRESS_FAIL_LIMIT; the delays still apply.")
+    password_min_length: int = setting(
+        _positive_int, "12",
+        "Shortest password `postroom user add` and `user passwd` accept (common passwords are "
+        "refused whatever their length).")
     allow_plaintext_auth_on_loopback: bool = setting(
         _bool, "false",
         "Allow password logins without TLS from 127.0.0.0/8 and ::1 (development only).")

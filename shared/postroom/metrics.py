@@ -107,6 +107,13 @@ def auth_failures_total(m: Metrics) -> Counter:
     return m.counter("auth_failures", "Failed authentications, by mechanism.", ["mechanism"])
 
 
+def login_limits_total(m: Metrics) -> Counter:
+    """Logins the failed-login limiter held back: delayed, locked (pair or address), or
+    refused because its Redis was away (postroom.auth.ratelimit)."""
+    return m.counter("login_limits", "Logins delayed or refused by the failed-login limits, "
+                     "by outcome.", ["outcome"])
+
+
 def delivery_attempts_total(m: Metrics) -> Counter:
     """Relay attempts per recipient, by what the remote end said (delivered, deferred, failed)."""
     return m.counter("delivery_attempts", "Remote delivery attempts, by result.", ["result"])

@@ -63,13 +63,13 @@ def test_the_password_comes_from_stdin_and_is_stored_hashed(cli, clean_db):
     from sqlalchemy import create_engine, text
 
     cli("domain", "add", "example.org")
-    cli("user", "add", "bob@example.org", stdin="s3cret-pass\n")
-    cli("user", "passwd", "bob@example.org", stdin="n3w-pass\n")
+    cli("user", "add", "bob@example.org", stdin="s3cret-pass-for-bob\n")
+    cli("user", "passwd", "bob@example.org", stdin="n3w-pass-for-bob\n")
     engine = create_engine(clean_db)
     with engine.connect() as conn:
         stored = conn.execute(text("SELECT password_hash FROM users")).scalar_one()
     engine.dispose()
-    assert "n3w-pass" not in stored and stored.startswith("$scrypt$")
+    assert "n3w-pass-for-bob" not in stored and stored.startswith("$scrypt$")
 
 
 def test_dkim_generate_prints_records_that_verify_a_signature(cli, clean_db):
@@ -130,7 +130,7 @@ def test_queue_commands_show_retry_and_delete(cli, clean_db):
     (("user", "add", "not an address"), "address"),
 ])
 def test_refused_operations_are_one_line(cli, args, needle):
-    line = _one_line_error(cli(*args, stdin="pw\n", ok=False))
+    line = _one_line_error(cli(*args, stdin="a long enough password\n", ok=False))
     assert needle in line
 
 
@@ -177,7 +177,7 @@ def test_an_out_of_date_schema_is_refused_with_the_fix(cli):
 
 def test_rules_are_set_shown_and_cleared(cli, tmp_path):
     cli("domain", "add", "example.org")
-    cli("user", "add", "erin@example.org", stdin="pw-erin\n")
+    cli("user", "add", "erin@example.org", stdin="erin-long-password\n")
     rules = tmp_path / "rules.json"
     rules.write_text('[{"if": {"header": "subject", "contains": "[dev]"}, '
                      '"then": [{"fileinto": "Archive"}]}]')
@@ -190,7 +190,120 @@ def test_rules_are_set_shown_and_cleared(cli, tmp_path):
 
 def test_invalid_rules_say_where_in_one_line(cli):
     cli("domain", "add", "example.org")
-    cli("user", "add", "fay@example.org", stdin="pw-fay\n")
+    cli("user", "add", "fay@example.org", stdin="fay-long-password\n")
     line = _one_line_error(cli("rules", "set", "fay@example.org", "-",
                                stdin='[{"then": [{"fileinto": ""}]}]', ok=False))
     assert "fileinto" in line
+
+
+# --- weak passwords, quotas, alias loops, queue filters, auth unlock (issue 24)
+
+
+@pytest.mark.parametrize(("action", "password", "needle"), [
+    ("add", "short-pw1", "at least 12 characters"),
+    ("add", "QWERTY123456", "common passwords"),
+    ("add", "grace@example.org", "own name"),
+    ("passwd", "2short", "at least 12 characters"),
+    ("passwd", "1q2w3e4r5t6y", "common passwords"),
+])
+def test_weak_passwords_are_refused_wherever_one_is_set(cli, action, password, needle):
+    cli("domain", "add", "example.org")
+    if action == "passwd":
+        cli("user", "add", "grace@example.org", stdin="grace's first password\n")
+    line = _one_line_error(cli("user", action, "grace@example.org", stdin=password + "\n",
+                               ok=False))
+    assert needle in line
+
+
+def test_the_minimum_length_is_a_setting(cli):
+    cli("domain", "add", "example.org")
+    env = {"POSTROOM_PASSWORD_MIN_LENGTH": "20"}
+    assert "at least 20" in _one_line_error(
+        cli("user", "add", "hal@example.org", stdin="nineteen characters\n", env=env, ok=False))
+    cli("user", "add", "hal@example.org", stdin="nineteen characters\n")
+
+
+def test_quotas_take_sizes_with_units(cli):
+    cli("domain", "add", "example.org")
+    cli("user", "add", "ivy@example.org", "--quota", "1.5G", stdin="ivy's long password\n")
+    listed = json.loads(cli("user", "list", "--json").stdout)
+    assert listed[0]["quota_bytes"] == 1610612736
+    assert "set to 524288000 bytes" in cli("user", "quota", "ivy@example.org", "500M").stdout
+    assert json.loads(cli("user", "list", "--json").stdout)[0]["quota_bytes"] == 524288000
+    cli("user", "quota", "ivy@example.org", "none")
+    assert json.loads(cli("user", "list", "--json").stdout)[0]["quota_bytes"] is None
+    bad = cli("user", "quota", "ivy@example.org", "2X", ok=False)
+    assert bad.returncode == 2 and "500M, 2G" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_an_alias_loop_is_refused_in_one_line(cli):
+    cli("domain", "add", "example.org")
+    assert "loop" in _one_line_error(
+        cli("alias", "add", "sales@example.org", "Sales@example.org", ok=False))
+    cli("alias", "add", "a@example.org", "b@example.org")
+    cli("alias", "add", "b@example.org", "c@example.org")
+    line = _one_line_error(cli("alias", "add", "c@example.org", "a@example.org", ok=False))
+    assert "c@example.org -> a@example.org -> b@example.org -> c@example.org" in line
+
+
+def test_queue_list_filters_by_address_and_state(cli, clean_db):
+    from datetime import UTC, datetime, timedelta
+
+    from postroom.store import spool
+    from postroom.store.db import Database
+
+    db = Database(clean_db, pool_size=1)
+
+    def queue(sender: str, rcpt: str) -> str:
+        return db.run_sync(lambda s: spool.create_spool(
+            s, kind="submission", mail_from=sender, recipients=[(rcpt, "outbound", None, None)],
+            message=b"Subject: x\r\n\r\nx\r\n"))
+
+    to_bob = queue("alice@example.org", "bob@example.net")
+    to_carol = queue("dave@example.org", "carol@example.net")
+    [rcpt] = db.run_sync(spool.get_spool, to_carol).recipients
+    db.run_sync(spool.mark_deferred, rcpt.id, "451 later",
+                datetime.now(UTC) + timedelta(minutes=5))
+    db.dispose()
+
+    def listed(*args: str) -> list[str]:
+        return [m["queue_id"] for m in json.loads(cli("queue", "list", "--json", *args).stdout)]
+
+    assert listed("--from", "ALICE@example.org") == [to_bob]
+    assert listed("--to", "carol@example.net") == [to_carol]
+    assert listed("--address", "bob@example.net") == [to_bob]
+    assert listed("--address", "@example.org") == [to_bob, to_carol]
+    assert listed("--state", "deferred") == [to_carol]
+    assert listed("--state", "queued", "--address", "@example.org") == [to_bob]
+    assert listed("--state", "deferred", "--from", "alice") == []
+    assert cli("queue", "list", "--state", "stuck", ok=False).returncode == 2
+
+
+def test_auth_unlock_forgets_failed_logins(cli, redis_url, redis_prefix, redis_client):
+    from postroom.auth.ratelimit import LoginRateLimiter
+
+    lim = LoginRateLimiter(redis_client, redis_prefix, 3, 600.0, address_limit=100)
+    for ip in ("192.0.2.1", "198.51.100.7"):
+        for _ in range(3):
+            lim.record_failure(ip, "bob@example.org")
+    for _ in range(3):
+        lim.record_failure("192.0.2.1", "carol@example.org")
+    env = {"POSTROOM_REDIS_URL": redis_url, "POSTROOM_REDIS_PREFIX": redis_prefix,
+           "POSTROOM_AUTH_FAIL_LIMIT": "3"}
+    shown = json.loads(cli("auth", "status", "bob@example.org", "--json", env=env).stdout)
+    assert [(p["client"], p["failures"], p["locked"]) for p in shown["pairs"]] == [
+        ("192.0.2.1", 3, True), ("198.51.100.7", 3, True)]
+    table = cli("auth", "status", "bob@example.org", "--ip", "192.0.2.1", env=env).stdout
+    assert "192.0.2.1" in table and "failures from 192.0.2.1 across accounts: 6 of 200" in table
+    out = cli("auth", "unlock", "bob@example.org", "--ip", "192.0.2.1", env=env).stdout
+    assert "bob@example.org from 192.0.2.1" in out
+    assert lim.check("192.0.2.1", "bob@example.org")
+    assert not lim.check("198.51.100.7", "bob@example.org")
+    assert not lim.check("192.0.2.1", "carol@example.org")
+    cli("auth", "unlock", "BOB@example.org", env=env)
+    assert lim.check("198.51.100.7", "bob@example.org")
+    cli("auth", "unlock", "--ip", "192.0.2.1", env=env)
+    assert lim.check("192.0.2.1", "carol@example.org")
+    assert "IP address" in _one_line_error(cli("auth", "unlock", "--ip", "nope", env=env,
+                                               ok=False))
+    assert "ADDRESS" in _one_line_error(cli("auth", "unlock", env=env, ok=False))

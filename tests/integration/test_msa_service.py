@@ -80,6 +80,7 @@ def server(database_url: str, redis_url: str,
     write_key_file(secret_key_file)
     env = msa_env(database_url, redis_url, prefix, tmp_path_factory.mktemp("msa-tls"), port,
                   tls_port, POSTROOM_AUTH_FAIL_LIMIT=str(AUTH_FAIL_LIMIT),
+                  POSTROOM_AUTH_DELAY_MAX="0",
                   POSTROOM_MSA_MAX_MESSAGES_PER_HOUR=str(MESSAGES_PER_HOUR),
                   POSTROOM_MSA_MAX_RECIPIENTS_PER_DAY=str(RECIPIENTS_PER_DAY),
                   POSTROOM_SECRET_KEY_FILE=secret_key_file)

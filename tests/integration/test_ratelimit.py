@@ -1,14 +1,30 @@
-"""The shared failed-login limiter against a real Redis."""
+"""The shared failed-login limiter against a real Redis: delays and locks per (client, account),
+the cap per client, trusted networks, unlock, and Redis away."""
 
 from __future__ import annotations
 
+import ipaddress
+
+import pytest
 import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
+from twisted.internet import task
+from twisted.internet.defer import Deferred, succeed
 
-from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
+from postroom.auth.ratelimit import (
+    LoginLocked,
+    LoginRateLimiter,
+    RateLimitUnavailable,
+    Verdict,
+    admit,
+    delay_for,
+)
 from postroom.config import load_settings
 from tests.support.ports import free_port
+
+BOB, CAROL = "bob@example.org", "carol@example.org"
+OFFICE = "192.0.2.1"
 
 
 class FakeTime:
@@ -19,94 +35,169 @@ class FakeTime:
         return self.now
 
 
-def limiter(client: redis.Redis, prefix: str, clock: FakeTime | None = None,
-            limit: int = 3, window: float = 60.0) -> LoginRateLimiter:
-    return LoginRateLimiter(client, prefix, limit, window, clock=clock or FakeTime())
+def limiter(client: redis.Redis, prefix: str, clock: FakeTime | None = None, *,
+            limit: int = 3, address_limit: int = 10, window: float = 60.0,
+            delay_max: float = 15.0, trusted: str = "") -> LoginRateLimiter:
+    networks = [ipaddress.ip_network(n) for n in trusted.split(",") if n]
+    return LoginRateLimiter(client, prefix, limit, window, address_limit=address_limit,
+                            delay_max=delay_max, trusted=networks, clock=clock or FakeTime())
 
 
-def test_fresh_address_and_account_are_allowed(redis_client: redis.Redis,
-                                               redis_prefix: str) -> None:
-    assert limiter(redis_client, redis_prefix).check("192.0.2.1", "bob@example.org")
+def fail(lim: LoginRateLimiter, ip: str, account: str | None, times: int = 1) -> None:
+    for _ in range(times):
+        lim.record_failure(ip, account)
 
 
-def test_account_is_blocked_after_limit_failures_from_many_addresses(
-        redis_client: redis.Redis, redis_prefix: str) -> None:
-    lim = limiter(redis_client, redis_prefix)
-    for i in range(3):
-        lim.record_failure(f"192.0.2.{i}", "bob@example.org")
-    assert not lim.check("198.51.100.9", "bob@example.org")
-    assert lim.check("198.51.100.9", "alice@example.org")
+def test_delays_double_per_failure_up_to_the_cap() -> None:
+    assert [delay_for(n, 15.0) for n in range(7)] == [0, 2, 4, 8, 15, 15, 15]
+    assert delay_for(100, 15.0) == 15.0
+    assert delay_for(3, 0.0) == 0.0
 
 
-def test_address_is_blocked_after_limit_failures_on_many_accounts(
-        redis_client: redis.Redis, redis_prefix: str) -> None:
-    lim = limiter(redis_client, redis_prefix)
-    for i in range(3):
-        lim.record_failure("192.0.2.1", f"user{i}@example.org")
-    assert not lim.check("192.0.2.1", "someone@example.org")
-    assert lim.check("192.0.2.2", "someone@example.org")
-
-
-def test_below_the_limit_is_allowed(redis_client: redis.Redis, redis_prefix: str) -> None:
-    lim = limiter(redis_client, redis_prefix)
-    for _ in range(2):
-        lim.record_failure("192.0.2.1", "bob@example.org")
-    assert lim.check("192.0.2.1", "bob@example.org")
-
-
-def test_account_names_are_compared_case_insensitively(redis_client: redis.Redis,
-                                                       redis_prefix: str) -> None:
-    lim = limiter(redis_client, redis_prefix)
-    for i in range(3):
-        lim.record_failure(f"192.0.2.{i}", "Bob@Example.org")
-    assert not lim.check("198.51.100.1", "bob@example.org")
-
-
-def test_failures_older_than_the_window_no_longer_count(redis_client: redis.Redis,
-                                                        redis_prefix: str) -> None:
-    clock = FakeTime()
-    lim = limiter(redis_client, redis_prefix, clock)
-    for _ in range(3):
-        lim.record_failure("192.0.2.1", "bob@example.org")
-    clock.now += 30
-    assert not lim.check("192.0.2.1", "bob@example.org")
-    clock.now += 31
-    assert lim.check("192.0.2.1", "bob@example.org")
-
-
-def test_window_slides_rather_than_resetting(redis_client: redis.Redis,
+def test_fresh_pair_is_allowed_without_delay(redis_client: redis.Redis,
                                              redis_prefix: str) -> None:
-    clock = FakeTime()
-    lim = limiter(redis_client, redis_prefix, clock)
-    lim.record_failure("192.0.2.1", None)
-    clock.now += 50
-    lim.record_failure("192.0.2.1", None)
-    lim.record_failure("192.0.2.1", None)
-    clock.now += 20  # the first failure has left the window, the other two have not
-    assert lim.check("192.0.2.1", None)
-    lim.record_failure("192.0.2.1", None)
-    assert not lim.check("192.0.2.1", None)
+    assert limiter(redis_client, redis_prefix).check(OFFICE, BOB) == Verdict(True, 0.0)
 
 
-def test_reset_forgets_the_account_but_not_the_address(redis_client: redis.Redis,
-                                                       redis_prefix: str) -> None:
+def test_each_failure_of_the_pair_lengthens_its_delay(redis_client: redis.Redis,
+                                                      redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix, limit=10)
+    delays = []
+    for _ in range(6):
+        delays.append(lim.check(OFFICE, BOB).delay)
+        fail(lim, OFFICE, BOB)
+    assert delays == [0, 2, 4, 8, 15, 15]
+
+
+def test_office_case_one_bad_client_locks_only_its_own_account(redis_client: redis.Redis,
+                                                                redis_prefix: str) -> None:
     lim = limiter(redis_client, redis_prefix)
-    for _ in range(3):
-        lim.record_failure("192.0.2.1", "bob@example.org")
-    lim.reset("bob@example.org")
-    assert lim.check("192.0.2.2", "bob@example.org")
-    assert not lim.check("192.0.2.1", "carol@example.org")
+    fail(lim, OFFICE, BOB, 3)  # the phone with the old password
+    assert lim.check(OFFICE, BOB) == Verdict(False, reason="pair")
+    # the colleague behind the same NAT: not delayed, not locked
+    assert lim.check(OFFICE, CAROL) == Verdict(True, 0.0)
+    # bob himself from home: not locked either
+    assert lim.check("198.51.100.9", BOB) == Verdict(True, 0.0)
+
+
+def test_address_cap_across_accounts_stops_spraying(redis_client: redis.Redis,
+                                                    redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix, address_limit=10)
+    for i in range(10):
+        fail(lim, "203.0.113.5", f"user{i}@example.org")
+    assert lim.check("203.0.113.5", "someone@example.org") == Verdict(False, reason="address")
+    assert lim.check("203.0.113.6", "someone@example.org")
+
+
+def test_address_cap_counts_names_that_are_no_account(redis_client: redis.Redis,
+                                                      redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix, address_limit=4)
+    fail(lim, "203.0.113.5", "no address at all", 4)
+    assert not lim.check("203.0.113.5", BOB)
+
+
+def test_account_names_are_compared_as_login_resolves_them(redis_client: redis.Redis,
+                                                           redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix)
+    for name in ("Bob@Example.org", "<bob@example.org>", "BOB@example.org."):
+        fail(lim, OFFICE, name)
+    assert not lim.check(OFFICE, BOB)
+
+
+def test_ipv6_clients_are_counted_per_64(redis_client: redis.Redis, redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix)
+    for host in ("2001:db8:1:2::1", "2001:db8:1:2::2", "2001:db8:1:2:ffff::3"):
+        fail(lim, host, BOB)
+    assert not lim.check("2001:db8:1:2::99", BOB)
+    assert lim.check("2001:db8:1:3::1", BOB)
+
+
+def test_lock_ends_one_window_after_the_last_failure(redis_client: redis.Redis,
+                                                     redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix, window=1.0)
+    fail(lim, OFFICE, BOB, 3)
+    assert not lim.check(OFFICE, BOB)
+    redis_client.pexpire(lim.pair_key(OFFICE, BOB), 1)  # as if the window had passed
+    import time
+    time.sleep(0.05)
+    assert lim.check(OFFICE, BOB) == Verdict(True, 0.0)
+
+
+def test_success_forgets_the_pair_but_not_the_client_window(redis_client: redis.Redis,
+                                                            redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix, address_limit=3)
+    fail(lim, OFFICE, BOB, 2)
+    assert lim.check(OFFICE, BOB).delay == 4
+    assert lim.needs_reset(OFFICE, BOB)
+    lim.reset(OFFICE, BOB)
+    assert lim.check(OFFICE, BOB) == Verdict(True, 0.0)
+    assert not lim.needs_reset(OFFICE, BOB)  # the check just found it clean
+    fail(lim, OFFICE, CAROL)
+    assert lim.check(OFFICE, "dave@example.org") == Verdict(False, reason="address")
+
+
+def test_trusted_networks_are_never_locked_but_still_delayed(redis_client: redis.Redis,
+                                                             redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix, trusted="192.0.2.0/24,2001:db8::/32",
+                  address_limit=3)
+    fail(lim, OFFICE, BOB, 5)
+    assert lim.check(OFFICE, BOB) == Verdict(True, 15.0)
+    assert lim.check(OFFICE, CAROL) == Verdict(True, 0.0)
+    assert lim.check("::ffff:192.0.2.1", BOB).allowed  # IPv4-mapped is the same client
+    fail(lim, "198.51.100.1", BOB, 3)
+    assert not lim.check("198.51.100.1", BOB)
+
+
+def test_unlock_one_account_everywhere(redis_client: redis.Redis, redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix)
+    fail(lim, OFFICE, BOB, 3)
+    fail(lim, "198.51.100.9", BOB, 3)
+    fail(lim, OFFICE, CAROL, 3)
+    assert lim.unlock("BOB@example.org") == 2
+    assert lim.check(OFFICE, BOB) and lim.check("198.51.100.9", BOB)
+    assert not lim.check(OFFICE, CAROL)
+
+
+def test_unlock_with_an_address_clears_the_pair_and_the_client_window(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix, address_limit=6)
+    fail(lim, OFFICE, BOB, 3)
+    fail(lim, OFFICE, CAROL, 3)
+    fail(lim, "198.51.100.9", BOB, 3)
+    assert not lim.check(OFFICE, "dave@example.org")
+    assert lim.unlock(BOB, OFFICE) == 2
+    assert lim.check(OFFICE, BOB) and lim.check(OFFICE, "dave@example.org")
+    assert not lim.check(OFFICE, CAROL)  # carol's pair is still locked
+    assert not lim.check("198.51.100.9", BOB)
+
+
+def test_unlock_an_address_alone_clears_every_account_from_it(redis_client: redis.Redis,
+                                                               redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix)
+    fail(lim, OFFICE, BOB, 3)
+    fail(lim, OFFICE, CAROL, 3)
+    fail(lim, "198.51.100.9", BOB, 3)
+    assert lim.unlock(None, OFFICE) == 3
+    assert lim.check(OFFICE, BOB) and lim.check(OFFICE, CAROL)
+    assert not lim.check("198.51.100.9", BOB)
+
+
+def test_unlock_refuses_a_name_that_is_no_account(redis_client: redis.Redis,
+                                                  redis_prefix: str) -> None:
+    with pytest.raises(ValueError):
+        limiter(redis_client, redis_prefix).unlock("not an address")
 
 
 def test_keys_are_bounded_and_expire(redis_client: redis.Redis, redis_prefix: str) -> None:
-    lim = limiter(redis_client, redis_prefix)
-    for _ in range(50):
-        lim.record_failure("192.0.2.1", "bob@example.org")
-    key = lim.ip_key("192.0.2.1")
-    assert redis_client.zcard(key) == 4
+    lim = limiter(redis_client, redis_prefix, address_limit=5)
+    fail(lim, OFFICE, BOB, 50)
+    key = lim.ip_key(OFFICE)
+    assert redis_client.zcard(key) == 6
     assert 0 < redis_client.pttl(key) <= 60_000
-    assert key.startswith(redis_prefix)
-    assert lim.account_key("bob@example.org").startswith(redis_prefix)
+    pair = lim.pair_key(OFFICE, BOB)
+    assert pair is not None and pair.startswith(redis_prefix)
+    assert int(redis_client.get(pair)) == 50
+    assert 0 < redis_client.pttl(pair) <= 60_000
 
 
 def test_works_with_a_bytes_client_as_the_runtime_makes(redis_url: str,
@@ -114,18 +205,45 @@ def test_works_with_a_bytes_client_as_the_runtime_makes(redis_url: str,
     client = redis.Redis.from_url(redis_url)
     try:
         lim = limiter(client, redis_prefix)
-        for _ in range(3):
-            lim.record_failure("192.0.2.1", "bob@example.org")
-        assert not lim.check("192.0.2.1", "bob@example.org")
+        fail(lim, OFFICE, BOB, 3)
+        assert not lim.check(OFFICE, BOB)
+        assert lim.unlock(BOB) == 1
     finally:
         client.close()
 
 
-def test_from_settings_uses_limit_window_and_prefix(redis_client: redis.Redis) -> None:
-    settings = load_settings({"POSTROOM_AUTH_FAIL_LIMIT": "7", "POSTROOM_AUTH_FAIL_WINDOW": "2m",
-                              "POSTROOM_REDIS_PREFIX": "x:"})
+def test_from_settings_uses_every_setting(redis_client: redis.Redis) -> None:
+    settings = load_settings({
+        "POSTROOM_AUTH_FAIL_LIMIT": "7", "POSTROOM_AUTH_FAIL_WINDOW": "2m",
+        "POSTROOM_AUTH_ADDRESS_FAIL_LIMIT": "70", "POSTROOM_AUTH_DELAY_MAX": "0",
+        "POSTROOM_AUTH_TRUSTED_NETWORKS": "10.0.0.0/8", "POSTROOM_REDIS_PREFIX": "x:"})
     lim = LoginRateLimiter.from_settings(redis_client, settings)
-    assert (lim.limit, lim.window, lim.prefix) == (7, 120.0, "x:")
+    assert (lim.limit, lim.window, lim.address_limit, lim.delay_max, lim.prefix) == (
+        7, 120.0, 70, 0.0, "x:")
+    assert lim.is_trusted("10.1.2.3") and not lim.is_trusted("11.0.0.1")
+
+
+def test_admit_waits_the_delay_on_the_reactor_clock(redis_client: redis.Redis,
+                                                    redis_prefix: str) -> None:
+    lim = limiter(redis_client, redis_prefix)
+    fail(lim, OFFICE, BOB, 2)
+    clock = task.Clock()
+
+    def hop(fn, *args) -> Deferred:
+        return succeed(fn(*args))
+
+    done = Deferred.fromCoroutine(admit(lim, clock, hop, OFFICE, BOB))
+    assert not done.called  # no thread held: a timer on the reactor
+    clock.advance(3.9)
+    assert not done.called
+    clock.advance(0.2)
+    assert done.called and done.result is None
+    quick = Deferred.fromCoroutine(admit(lim, clock, hop, OFFICE, BOB, wait=False))
+    assert quick.called
+    fail(lim, OFFICE, BOB)
+    locked = Deferred.fromCoroutine(admit(lim, clock, hop, OFFICE, BOB))
+    assert isinstance(locked.result.value, LoginLocked)
+    locked.addErrback(lambda _: None)
 
 
 def unreachable_redis() -> redis.Redis:
@@ -136,97 +254,50 @@ def unreachable_redis() -> redis.Redis:
 
 def test_check_fails_closed_when_redis_is_down(redis_prefix: str) -> None:
     lim = limiter(unreachable_redis(), redis_prefix)
-    try:
-        lim.check("192.0.2.1", "bob@example.org")
-    except RateLimitUnavailable:
-        return
-    raise AssertionError("check must raise RateLimitUnavailable when Redis is down")
+    with pytest.raises(RateLimitUnavailable):
+        lim.check(OFFICE, BOB)
 
 
 def test_record_and_reset_do_not_raise_when_redis_is_down(redis_prefix: str) -> None:
     lim = limiter(unreachable_redis(), redis_prefix)
-    lim.record_failure("192.0.2.1", "bob@example.org")
-    lim.reset("bob@example.org")
+    lim.record_failure(OFFICE, BOB)
+    lim.reset(OFFICE, BOB)
 
 
-def test_a_login_after_a_clean_check_resets_without_a_redis_call(
-        redis_client: redis.Redis, redis_prefix: str, monkeypatch) -> None:
-    lim = limiter(redis_client, redis_prefix)
-    deletes: list[str] = []
-    real_delete = redis_client.delete
-    monkeypatch.setattr(redis_client, "delete", lambda *keys: (deletes.extend(keys),
-                                                               real_delete(*keys))[1])
-    assert lim.check("192.0.2.1", "bob@example.org")
-    lim.reset("bob@example.org")
-    assert deletes == []
+def test_held_back_logins_are_counted_by_outcome(redis_client: redis.Redis,
+                                                 redis_prefix: str) -> None:
+    from postroom.metrics import Metrics, login_limits_total
+
+    metrics = Metrics("test", process_metrics=False)
+    lim = LoginRateLimiter(redis_client, redis_prefix, 2, 60.0, delay_max=1.0, metrics=metrics)
+    clock = task.Clock()
+
+    def hop(fn, *args) -> Deferred:
+        return succeed(fn(*args))
+
+    fail(lim, OFFICE, BOB)
+    Deferred.fromCoroutine(admit(lim, clock, hop, OFFICE, BOB))
+    clock.advance(1)
+    fail(lim, OFFICE, BOB)
+    Deferred.fromCoroutine(admit(lim, clock, hop, OFFICE, BOB)).addErrback(lambda _: None)
+    counter = login_limits_total(metrics)
+    assert counter.labels(outcome="delayed")._value.get() == 1
+    assert counter.labels(outcome="pair")._value.get() == 1
 
 
-def test_a_login_after_failures_still_forgets_them(redis_client: redis.Redis,
-                                                   redis_prefix: str) -> None:
-    lim = limiter(redis_client, redis_prefix)
-    assert lim.check("192.0.2.1", "bob@example.org")  # clean, remembered
-    for i in range(2):
-        lim.record_failure(f"192.0.2.{i}", "bob@example.org")  # forgets "clean"
-    assert lim.check("192.0.2.9", "bob@example.org")
-    lim.reset("bob@example.org")
-    lim.record_failure("192.0.2.7", "bob@example.org")
-    # two old failures were deleted: one more is still far below the limit of 3
-    assert lim.check("192.0.2.9", "bob@example.org")
-    assert redis_client.zcard(lim.account_key("bob@example.org")) == 1
+def test_status_shows_each_client_of_an_account(redis_client: redis.Redis,
+                                                redis_prefix: str) -> None:
+    from postroom.auth.ratelimit import status
 
-
-def test_needs_reset_only_after_failures(redis_client: redis.Redis, redis_prefix: str) -> None:
-    lim = limiter(redis_client, redis_prefix)
-    assert lim.check("192.0.2.1", "bob@example.org")
-    assert lim.needs_reset("bob@example.org") is False
-    lim.record_failure("192.0.2.1", "bob@example.org")
-    assert lim.check("192.0.2.1", "bob@example.org")
-    assert lim.needs_reset("bob@example.org") is True
-
-
-def test_every_spelling_of_an_account_counts_on_its_one_counter(
-        redis_client: redis.Redis, redis_prefix: str) -> None:
-    # login resolves all of these to bob@example.org (postroom.store.addresses.login_name)
-    lim = limiter(redis_client, redis_prefix)
-    for i, spelling in enumerate(["BOB@example.org.", "<bob@example.org>",
-                                  "bob@\uff45\uff58\uff41\uff4d\uff50\uff4c\uff45.org"]):
-        lim.record_failure(f"192.0.2.{i}", spelling)
-    assert not lim.check("198.51.100.1", "bob@example.org....")
-    assert not lim.check("198.51.100.1", "bob@example.org")
-    assert lim.check("198.51.100.1", "alice@example.org")
-
-
-def test_a_success_under_one_spelling_clears_the_account_for_all(
-        redis_client: redis.Redis, redis_prefix: str) -> None:
-    lim = limiter(redis_client, redis_prefix)
-    for i in range(3):
-        lim.record_failure(f"192.0.2.{i}", "bob@example.org")
-    lim.reset("<BOB@Example.org.>")
-    assert lim.check("198.51.100.1", "bob@example.org")
-
-
-def test_a_name_no_account_can_have_is_counted_on_the_address_only(
-        redis_client: redis.Redis, redis_prefix: str) -> None:
-    lim = limiter(redis_client, redis_prefix)
-    assert lim.account_key("not an address") is None
-    for i in range(3):
-        lim.record_failure(f"192.0.2.{i}", "not an address")
-    assert lim.check("198.51.100.1", "not an address")
-    assert not lim.needs_reset("not an address")
-
-
-def test_ipv6_clients_of_one_slash_64_share_the_address_counter(
-        redis_client: redis.Redis, redis_prefix: str) -> None:
-    lim = limiter(redis_client, redis_prefix)
-    for i in range(3):
-        lim.record_failure(f"2001:db8:1:2::{i + 1:x}", f"user{i}@example.org")
-    assert not lim.check("2001:db8:1:2:ffff:ffff:ffff:fffe", "someone@example.org")
-    assert lim.check("2001:db8:1:3::1", "someone@example.org")
-
-
-def test_ipv4_mapped_ipv6_shares_the_ipv4_counter(redis_client: redis.Redis,
-                                                   redis_prefix: str) -> None:
-    lim = limiter(redis_client, redis_prefix)
-    for i in range(3):
-        lim.record_failure("::ffff:192.0.2.5", f"user{i}@example.org")
-    assert not lim.check("192.0.2.5", "someone@example.org")
+    lim = limiter(redis_client, redis_prefix, address_limit=10)
+    fail(lim, OFFICE, BOB, 3)
+    fail(lim, "2001:db8:1:2::5", BOB, 1)
+    fail(lim, OFFICE, CAROL, 1)
+    pairs, from_client = status(lim, "Bob@example.org")
+    assert [(p.client, p.failures, p.locked, p.next_delay) for p in pairs] == [
+        ("192.0.2.1", 3, True, 0.0), ("2001:db8:1:2::/64", 1, False, 2.0)]
+    assert all(0 < p.expires_in <= 60 for p in pairs) and from_client is None
+    pairs, from_client = status(lim, None, OFFICE)
+    assert sorted(p.failures for p in pairs) == [1, 3] and from_client == 4
+    with pytest.raises(ValueError):
+        status(lim, None)

@@ -35,7 +35,8 @@ def suite_and_services(redis_url: str, tmp_path_factory: pytest.TempPathFactory)
         tuple[Suite, Running, Running]]:
     """One suite for the module with an msa and an imap process (limit: 3 failures)."""
     with Suite(redis_url, Path(tmp_path_factory.mktemp("scram"))) as suite:
-        limit = {"POSTROOM_AUTH_FAIL_LIMIT": str(AUTH_FAIL_LIMIT)}
+        limit = {"POSTROOM_AUTH_FAIL_LIMIT": str(AUTH_FAIL_LIMIT),
+                 "POSTROOM_AUTH_DELAY_MAX": "0"}
         msa = suite.start("msa", wait=False, **limit)
         imap = suite.start("imap", wait=False, **limit)
         for running in (msa, imap):

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
+import re
 
 import pytest
+from sqlalchemy import select
 
 from postroom.auth.passwords import hash_password, verify_password
 from postroom.store import aliases, dkim, domains, mailboxes, users
-from postroom.store.errors import AlreadyExists, InUse, InvalidAddress, NotFound
-from postroom.store.models import User
+from postroom.store.errors import AliasLoop, AlreadyExists, InUse, InvalidAddress, NotFound
+from postroom.store.models import Domain, User
 
 cheap = functools.partial(hash_password, ln=4)
 
@@ -232,9 +234,65 @@ def test_resolve_catch_all_only_for_unknown_addresses(example):
 
 
 def test_resolve_alias_loop_terminates(example):
-    example.run_sync(aliases.add_alias, "a@example.test", "b@example.test")
-    example.run_sync(aliases.add_alias, "b@example.test", "a@example.test")
+    # made behind add_alias's back (rows from before the loop check): resolution still ends
+    from postroom.store.models import Alias
+
+    def loop(session):
+        ident = session.execute(select(Domain.id)).scalar_one()
+        session.add_all([Alias(domain_id=ident, source="a@example.test",
+                               destination="b@example.test"),
+                         Alias(domain_id=ident, source="b@example.test",
+                               destination="a@example.test")])
+    example.run_sync(loop)
     assert resolve(example, "a@example.test") == []
+
+
+def test_alias_to_itself_is_refused_unless_it_keeps_an_account_copy(example):
+    with pytest.raises(AliasLoop, match=re.escape("loop: a@example.test -> a@example.test")):
+        example.run_sync(aliases.add_alias, "a@example.test", "A@example.test")
+
+
+def test_two_alias_loop_is_refused(example):
+    example.run_sync(aliases.add_alias, "a@example.test", "b@example.test")
+    with pytest.raises(AliasLoop, match=re.escape("b@example.test -> a@example.test -> b@")):
+        example.run_sync(aliases.add_alias, "b@example.test", "a@example.test")
+    assert [a.source for a in example.run_sync(aliases.list_aliases)] == ["a@example.test"]
+
+
+def test_longer_loop_through_other_aliases_is_refused(example):
+    add_user(example, "alice@example.test")
+    example.run_sync(aliases.add_alias, "a@example.test", "b@example.test")
+    example.run_sync(aliases.add_alias, "b@example.test", "c@example.test")
+    example.run_sync(aliases.add_alias, "c@example.test", "alice@example.test")
+    example.run_sync(aliases.add_alias, "c@example.test", "d@example.test")
+    with pytest.raises(AliasLoop, match=re.escape("d@example.test -> a@example.test -> b@")):
+        example.run_sync(aliases.add_alias, "d@example.test", "a@example.test")
+    # an account in the chain does not break the loop: its alias wins over its mailbox
+    with pytest.raises(AliasLoop):
+        example.run_sync(aliases.add_alias, "alice@example.test", "a@example.test")
+
+
+def test_loop_through_plus_address_and_catch_all_is_refused(example):
+    with pytest.raises(AliasLoop):
+        example.run_sync(aliases.add_alias, "x@example.test", "x+copy@example.test")
+    # nobody is postmaster: mail to it would fall to the catch-all again
+    with pytest.raises(AliasLoop, match=re.escape("@example.test -> postmaster@example.test")):
+        example.run_sync(aliases.add_alias, "@example.test", "postmaster@example.test")
+
+
+def test_chains_that_end_somewhere_are_accepted(example):
+    add_user(example, "alice@example.test")
+    add_user(example, "postmaster@example.test")
+    example.run_sync(aliases.add_alias, "a@example.test", "b@example.test")
+    example.run_sync(aliases.add_alias, "b@example.test", "alice@example.test")
+    example.run_sync(aliases.add_alias, "b@example.test", "x@remote.test")
+    example.run_sync(aliases.add_alias, "c@example.test", "a@example.test")
+    example.run_sync(aliases.add_alias, "@example.test", "postmaster@example.test")
+    assert resolve(example, "c@example.test") == [
+        ("alice@example.test", True, None), ("x@remote.test", False, None)]
+    # an account aliased to its own +detail would never reach its mailbox again
+    with pytest.raises(AliasLoop):
+        example.run_sync(aliases.add_alias, "alice@example.test", "alice+copy@example.test")
 
 
 def test_alias_to_itself_keeps_local_copy(example):

@@ -195,3 +195,35 @@ def test_purge_finished_removes_only_finished_messages(db):
     db.run_sync(spool.mark_delivered, rcpt.id)
     assert db.run_sync(spool.purge_finished, now() + timedelta(seconds=1)) == 1
     assert [s.queue_id for s in db.run_sync(spool.list_spool)] == [pending]
+
+
+def test_list_spool_tells_queued_from_deferred(db):
+    fresh, tried = make(db), make(db)
+    [rcpt] = db.run_sync(spool.get_spool, tried).recipients
+    db.run_sync(spool.mark_deferred, rcpt.id, "451 try later", now() + timedelta(minutes=5))
+    assert [s.queue_id for s in db.run_sync(spool.list_spool, "queued")] == [fresh]
+    assert [s.queue_id for s in db.run_sync(spool.list_spool, "deferred")] == [tried]
+    assert [s.queue_id for s in db.run_sync(spool.list_spool, "pending")] == [fresh, tried]
+    with pytest.raises(ValueError, match="unknown state"):
+        db.run_sync(spool.list_spool, "stuck")
+
+
+def test_list_spool_filters_by_sender_recipient_or_either(db):
+    one = make(db, mail_from="Alice@Remote.test",
+                recipients=[("bob@example.test", "deliver", None, None)])
+    two = make(db, mail_from="carol@other.test",
+                recipients=[("dave@example.test", "deliver", None, None),
+                            ("alice@remote.test", "outbound", None, None)])
+    three = make(db, mail_from="", recipients=[("x_y@example.test", "deliver", None, None)])
+
+    def ids(**kw):
+        return [s.queue_id for s in db.run_sync(spool.list_spool, **kw)]
+
+    assert ids(mail_from="alice@remote.test") == [one]
+    assert ids(rcpt_to="ALICE@remote.test") == [two]
+    assert ids(address="alice@remote.test") == [one, two]
+    assert ids(rcpt_to="@example.test") == [one, two, three]
+    assert ids(mail_from="@other.test", rcpt_to="dave") == [two]
+    # LIKE wildcards are literal: x_y matches, x%y or a lone _ only themselves
+    assert ids(rcpt_to="x_y@") == [three] and ids(rcpt_to="x%y") == [] and ids(rcpt_to="b_b") == []
+    assert ids(address="nobody@nowhere.test") == []

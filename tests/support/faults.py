@@ -122,6 +122,8 @@ class FaultInstance:
             "POSTROOM_MSA_MAX_MESSAGES_PER_HOUR": "100000",
             "POSTROOM_MSA_MAX_RECIPIENTS_PER_DAY": "100000",
             "POSTROOM_AUTH_FAIL_LIMIT": "100000",
+            "POSTROOM_AUTH_ADDRESS_FAIL_LIMIT": "100000",
+            "POSTROOM_AUTH_DELAY_MAX": "0",
             **self.dns_env,
         }
         for name, variable in _LISTEN_VARS.items():

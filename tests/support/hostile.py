@@ -52,6 +52,8 @@ ACCOUNTS = ("alice", "bob", "carol", "lock-msa", "lock-pop3", "lock-imap")
 # small limits, so each attack trips its defence in a few steps
 LIMITS = {
     "POSTROOM_AUTH_FAIL_LIMIT": "3",
+    "POSTROOM_AUTH_ADDRESS_FAIL_LIMIT": "6",
+    "POSTROOM_AUTH_DELAY_MAX": "1s",
     "POSTROOM_MAX_CONNECTIONS_PER_IP": "20",
     "POSTROOM_MAX_MESSAGE_SIZE": "1M",
     "POSTROOM_MAX_RECIPIENTS": "100",

@@ -20,7 +20,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from postroom.auth.authcache import AuthCache
-from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
+from postroom.auth.ratelimit import LoginLocked, LoginRateLimiter, RateLimitUnavailable, admit
 from postroom.auth.sasl import ScramSecrets
 from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import get_logger
@@ -152,16 +152,18 @@ class StoreAccounts:
                 self.auth_cache.put(username, password, info)
         return await self._outcome(info, username, peer)
 
-    async def _allowed_to_try(self, username: str, peer: str) -> None:
-        """The shared login rate limit; Redis away means try later (fail closed)."""
+    async def _allowed_to_try(self, username: str, peer: str, *, wait: bool = True) -> None:
+        """The shared login limits (and the pair's delay, on the reactor's clock); Redis away
+        means try later (fail closed)."""
         if self.limiter is None:
             return
         try:
-            allowed = await self.in_redis_thread(self.limiter.check, peer, username)
+            await admit(self.limiter, self.reactor, self.in_redis_thread, peer, username,
+                        wait=wait)
         except RateLimitUnavailable:
             raise Unavailable() from None
-        if not allowed:
-            raise LoginDelayed()
+        except LoginLocked:
+            raise LoginDelayed() from None
 
     async def _outcome(self, info: users.UserInfo | None, username: str,
                        peer: str) -> UserStoreImpl:
@@ -172,8 +174,8 @@ class StoreAccounts:
                 await self.in_redis_thread(self.limiter.record_failure, peer, username)
             raise AuthFailed()
         if self.limiter is not None:
-            if self.limiter.needs_reset(username):
-                await self.in_redis_thread(self.limiter.reset, username)
+            if self.limiter.needs_reset(peer, username):
+                await self.in_redis_thread(self.limiter.reset, peer, username)
         return UserStoreImpl(self, info.id, info.address)
 
     def scram_secrets(self, username: str, peer: str) -> Deferred[Any]:
@@ -182,13 +184,10 @@ class StoreAccounts:
     async def _scram_secrets(self, username: str, peer: str) -> ScramSecrets | None:
         # a locked-out client gets no real secrets, so the server-final message cannot
         # tell it whether a guess was right; login_verified() then refuses it
-        if self.limiter is not None:
-            try:
-                allowed = await self.in_redis_thread(self.limiter.check, peer, username)
-            except RateLimitUnavailable:
-                return None
-            if not allowed:
-                return None
+        try:
+            await self._allowed_to_try(username, peer)
+        except (Unavailable, LoginDelayed):
+            return None
         try:
             found: ScramSecrets | None = await self.database.run(users.scram_secrets_for,
                                                                  username)
@@ -202,7 +201,8 @@ class StoreAccounts:
 
     async def _login_verified(self, username: str, verified: bool,
                               peer: str) -> UserStoreImpl:
-        await self._allowed_to_try(username, peer)
+        # the secrets' lookup (scram_secrets) waited the delay already
+        await self._allowed_to_try(username, peer, wait=False)
         info = None
         if verified:
             try:

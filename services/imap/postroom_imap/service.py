@@ -34,7 +34,8 @@ def build_factory(ctx: ServiceContext) -> tuple[IMAPFactory, ChangeListener]:
     listener = ChangeListener(ctx.redis_client, settings.redis_prefix, ctx.reactor)
     accounts = StoreAccounts(
         ctx.db, ctx.redis_client, pool, prefix=settings.redis_prefix,
-        limiter=LoginRateLimiter.from_settings(ctx.redis_client, settings), listener=listener,
+        limiter=LoginRateLimiter.from_settings(ctx.redis_client, settings, ctx.metrics),
+        listener=listener,
         reactor=ctx.reactor, cpu_pool=ctx.thread_pool("cpu", CPU_THREADS))
     factory = IMAPFactory(
         accounts, hostname=settings.hostname, tls=ctx.tls,

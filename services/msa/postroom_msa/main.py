@@ -73,7 +73,8 @@ def build_policy(ctx: ServiceContext, keyring: Keyring | None = None) -> MSAPoli
                           hostname=settings.hostname, sign_pool=sign_pool,
                           redis_pool=redis_pool, reactor=ctx.reactor, metrics=ctx.metrics,
                           keyring=keyring)
-    return MSAPolicy(ctx.db, limiter=LoginRateLimiter.from_settings(ctx.redis_client, settings),
+    limiter = LoginRateLimiter.from_settings(ctx.redis_client, settings, ctx.metrics)
+    return MSAPolicy(ctx.db, limiter=limiter,
                      limits=limits, submitter=submitter, redis_pool=redis_pool,
                      reactor=ctx.reactor,
                      allow_plaintext_auth_on_loopback=settings.allow_plaintext_auth_on_loopback)

@@ -28,7 +28,7 @@ from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
 from postroom.auth.authcache import AuthCache
-from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
+from postroom.auth.ratelimit import LoginLocked, LoginRateLimiter, RateLimitUnavailable, admit
 from postroom.auth.sasl import (
     Credentials,
     PasswordCredentials,
@@ -94,10 +94,8 @@ class MSAPolicy(BasePolicy):
         # a locked-out client gets no real secrets, so the server-final message cannot
         # tell it whether a guess was right; authenticate() then answers 454
         try:
-            allowed = await self._redis(self.limiter.check, session.peer_ip, username)
-        except RateLimitUnavailable:
-            return None
-        if not allowed:
+            await admit(self.limiter, self.reactor, self._redis, session.peer_ip, username)
+        except (RateLimitUnavailable, LoginLocked):
             return None
         found: ScramSecrets | None = await self.database.run(lookups.scram_secrets, username)
         return found
@@ -110,12 +108,14 @@ class MSAPolicy(BasePolicy):
         slog = log.bind(session=session.id, peer=session.peer_ip, account=account,
                         mechanism=credentials.mechanism)
         try:
-            allowed = await self._redis(self.limiter.check, session.peer_ip, account)
+            # a SCRAM exchange waited the delay when its secrets were looked up
+            await admit(self.limiter, self.reactor, self._redis, session.peer_ip, account,
+                        wait=not isinstance(credentials, VerifiedCredentials))
         except RateLimitUnavailable:
             slog.warning("login refused", reason="rate limiter unavailable")
             return M.AUTH_UNAVAILABLE
-        if not allowed:
-            slog.warning("login refused", reason="too many failed logins")
+        except LoginLocked as exc:
+            slog.warning("login refused", reason="too many failed logins", lock=exc.reason)
             return M.LOGIN_DELAYED
         user = None
         # an authzid naming someone else would be proxy authentication: not offered
@@ -135,8 +135,8 @@ class MSAPolicy(BasePolicy):
             await self._redis(self.limiter.record_failure, session.peer_ip, account)
             slog.warning("login failed", reason="bad credentials")
             return None
-        if self.limiter.needs_reset(account):
-            await self._redis(self.limiter.reset, account)
+        if self.limiter.needs_reset(session.peer_ip, account):
+            await self._redis(self.limiter.reset, session.peer_ip, account)
         slog.info("login succeeded", user=user.address)
         return user
 

@@ -24,7 +24,7 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from postroom.auth.ratelimit import LoginRateLimiter, RateLimitUnavailable
+from postroom.auth.ratelimit import LoginLocked, LoginRateLimiter, RateLimitUnavailable, admit
 from postroom.interfaces import ReactorThreads, defer_to_pool, global_reactor, twisted_clock
 from postroom.logs import get_logger
 from postroom.queue import events, locks
@@ -94,11 +94,12 @@ class StoreAuthority:
     async def _login(self, username: str, password: str, peer: str) -> StoreMaildrop:
         if self.limiter is not None:
             try:
-                allowed = await self.in_redis_thread(self.limiter.check, peer, username)
+                # the pair's delay is waited here, on the reactor's clock, before scrypt
+                await admit(self.limiter, self.reactor, self.in_redis_thread, peer, username)
             except RateLimitUnavailable:
                 raise TemporaryFailure() from None
-            if not allowed:
-                raise LoginDelayed()
+            except LoginLocked:
+                raise LoginDelayed() from None
         try:
             # scrypt runs here, in the db pool: never on the reactor thread
             user = await self.database.run(users.authenticate, username, password)
@@ -110,8 +111,8 @@ class StoreAuthority:
                 await self.in_redis_thread(self.limiter.record_failure, peer, username)
             raise AuthFailed()
         if self.limiter is not None:
-            if self.limiter.needs_reset(username):
-                await self.in_redis_thread(self.limiter.reset, username)
+            if self.limiter.needs_reset(peer, username):
+                await self.in_redis_thread(self.limiter.reset, peer, username)
         token = secrets.token_hex(16)
         key = self.lock_key(user.id)
         try:

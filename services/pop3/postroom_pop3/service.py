@@ -19,7 +19,8 @@ def build_factory(ctx: ServiceContext) -> POP3Factory:
     pool = ctx.thread_pool("redis", REDIS_THREADS)
     authority = StoreAuthority(
         ctx.db, ctx.redis_client, pool, prefix=settings.redis_prefix,
-        limiter=LoginRateLimiter.from_settings(ctx.redis_client, settings), reactor=ctx.reactor)
+        limiter=LoginRateLimiter.from_settings(ctx.redis_client, settings, ctx.metrics),
+        reactor=ctx.reactor)
     return POP3Factory(
         authority, hostname=settings.hostname, tls=ctx.tls,
         allow_plaintext_auth_on_loopback=settings.allow_plaintext_auth_on_loopback,

@@ -1,4 +1,5 @@
-"""Password hashing: scrypt in a self-describing string; imported hashes verified until replaced.
+"""Password hashing: scrypt in a self-describing string; imported hashes verified until replaced;
+and the strength rule every password a person chooses must pass (:func:`check_password_strength`).
 
 Stored form: ``$scrypt$ln=14,r=8,p=1$<salt>$<hash>`` where salt and hash are
 unpadded standard base64, ``ln`` is log2 of scrypt's N. Passwords are
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import os
@@ -118,3 +120,55 @@ def needs_rehash(stored: str, *, ln: int = DEFAULT_LN, r: int = DEFAULT_R,
     if parsed is None:
         return True
     return parsed[:3] != (ln, r, p)
+
+
+# --- strength: what a person may choose (imported hashes are exempt: their plaintext is unknown)
+
+#: the default of POSTROOM_PASSWORD_MIN_LENGTH (NIST SP 800-63B asks for 8 at least; 12 keeps
+#: an online guesser, even a patient one behind the login delays, far from any chance)
+DEFAULT_MIN_LENGTH = 12
+# longer is a paste accident, and scrypt of megabytes is a cost nobody needs
+MAX_LENGTH = 1024
+
+
+class WeakPassword(ValueError):
+    """A password refused by :func:`check_password_strength`; the message says why."""
+
+
+@functools.cache
+def _common_passwords() -> frozenset[str]:
+    """The 30,000 most common passwords (lower case), from the zxcvbn package (MIT licence,
+    Dropbox's list built from leaked password sets); loaded once, when first needed."""
+    from zxcvbn.frequency_lists import FREQUENCY_LISTS  # type: ignore[import-untyped]
+
+    return frozenset(word.lower() for word in FREQUENCY_LISTS["passwords"])
+
+
+def is_common_password(password: str) -> bool:
+    """True when ``password`` (compared case-insensitively) is on the common-password list."""
+    return unicodedata.normalize("NFC", password).casefold() in _common_passwords()
+
+
+def check_password_strength(password: str, *, min_length: int = DEFAULT_MIN_LENGTH,
+                            account: str | None = None) -> None:
+    """Raise WeakPassword unless ``password`` may be set: at least ``min_length`` characters
+    (POSTROOM_PASSWORD_MIN_LENGTH), not one character repeated, not on the common-password
+    list (case-insensitively), and not the ``account``'s address or local part.
+
+    Every place that sets a password from plaintext calls it (the CLI's `user add` and
+    `user passwd`, imports of plaintext passwords); imported hashes cannot be checked.
+    """
+    text = unicodedata.normalize("NFC", password)
+    if len(text) < min_length:
+        raise WeakPassword(f"password too short: at least {min_length} characters are needed")
+    if len(text) > MAX_LENGTH:
+        raise WeakPassword(f"password too long: at most {MAX_LENGTH} characters")
+    folded = text.casefold()
+    if len(set(folded)) == 1:
+        raise WeakPassword("password is one character repeated")
+    if folded in _common_passwords():
+        raise WeakPassword("password is on the list of common passwords; choose another")
+    if account:
+        name = account.strip().casefold()
+        if folded in (name, name.split("@", 1)[0]):
+            raise WeakPassword("password is the account's own name")

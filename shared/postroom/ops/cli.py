@@ -1,5 +1,5 @@
-"""`postroom`: the operator's command line (serve, up, db, domain, user, alias, dkim, secret-key,
-dns, queue, dmarc, import, export, trace).
+"""`postroom`: the operator's command line (serve, up, db, domain, user, auth, alias, dkim,
+secret-key, dns, queue, dmarc, import, export, trace).
 
 Every command explains itself with ``--help``. Errors are one line on stderr
 and a non-zero exit status, never a traceback: 2 for bad usage or
@@ -357,14 +357,46 @@ def _say_role_addresses(address: str) -> None:
         print(f"{' and '.join(mine)} go to {user} (`postroom alias` changes that)")
 
 
+def _size_arg(text: str) -> int:
+    from postroom.config import parse_size
+
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _quota_arg(text: str) -> int | None:
+    """A size (500M, 2G, 1.5G, 1024K, bytes) or ``none`` for no quota."""
+    if text.strip().lower() in ("none", "unlimited"):
+        return None
+    return _size_arg(text)
+
+
+def _strong_password(password: str, address: str) -> str:
+    """The password, unless POSTROOM_PASSWORD_MIN_LENGTH or the common list refuse it."""
+    from postroom.auth.passwords import WeakPassword, check_password_strength
+
+    try:
+        check_password_strength(password, min_length=_settings().password_min_length,
+                                account=address)
+    except WeakPassword as exc:
+        raise CLIError(str(exc)) from None
+    return password
+
+
 def _user_arguments(p: argparse.ArgumentParser) -> None:
     usub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     q = usub.add_parser("add", help="add a user (password from stdin or prompt)")
     q.add_argument("address")
-    q.add_argument("--quota", type=int, default=None, metavar="BYTES",
-                   help="storage quota in bytes (default: unlimited)")
+    q.add_argument("--quota", type=_size_arg, default=None, metavar="SIZE",
+                   help="storage quota: 500M, 2G, 1.5G, 1024K or bytes (default: unlimited)")
     q = usub.add_parser("passwd", help="change a user's password")
     q.add_argument("address")
+    q = usub.add_parser("quota", help="set or remove a user's storage quota")
+    q.add_argument("address")
+    q.add_argument("size", type=_quota_arg, metavar="SIZE",
+                   help="500M, 2G, 1.5G, 1024K, bytes, or none")
     q = usub.add_parser("remove", help="remove a user and their mailboxes")
     q.add_argument("address")
     q = usub.add_parser("list", help="list users")
@@ -375,19 +407,25 @@ def _user_arguments(p: argparse.ArgumentParser) -> None:
 @command("user", _user_arguments,
          summary="mail users",
          description=("Manage users. Passwords are read from stdin when it is not a terminal, else "
-                      "prompted for twice; never taken from the command line."))
+                      "prompted for twice; never taken from the command line. A password needs "
+                      "POSTROOM_PASSWORD_MIN_LENGTH characters (default 12) and must not be a "
+                      "common one. Sizes take K, M, G or T (binary: 2G = 2 GiB)."))
 def cmd_user(args: argparse.Namespace) -> int:
     from postroom.store import users
 
     if args.action == "add":
-        password = _read_password()
+        password = _strong_password(_read_password(), args.address)
         _with_db(users.add_user, args.address, password, quota_bytes=args.quota)
         print(f"user {args.address.lower()} added")
         _say_role_addresses(args.address)
     elif args.action == "passwd":
-        password = _read_password("New password: ")
+        password = _strong_password(_read_password("New password: "), args.address)
         _with_db(users.set_password, args.address, password)
         print(f"password of {args.address.lower()} changed")
+    elif args.action == "quota":
+        _with_db(users.set_quota, args.address, args.size)
+        shown = "removed" if args.size is None else f"set to {args.size} bytes"
+        print(f"quota of {args.address.lower()} {shown}")
     elif args.action == "remove":
         _with_db(users.remove_user, args.address)
         print(f"user {args.address.lower()} removed")
@@ -395,6 +433,93 @@ def cmd_user(args: argparse.Namespace) -> int:
         rows = _with_db(users.list_users, args.domain)
         _print_rows([_plain(r) for r in rows], ["address", "active", "quota_bytes", "created_at"],
                     args.json)
+    return 0
+
+
+def _auth_arguments(p: argparse.ArgumentParser) -> None:
+    asub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = asub.add_parser(
+        "unlock", help="forget failed logins: of an account, of one client, or both",
+        description="Forget the failed logins that delay or lock out logins (kept in Redis). "
+        "ADDRESS alone: the account's failures from every client. With --ip: the account's "
+        "failures from that client and the client's own count across accounts. --ip alone: "
+        "everything of that client (an IPv6 address stands for its /64).")
+    q.add_argument("address", nargs="?", metavar="ADDRESS", help="the account's address")
+    q.add_argument("--ip", default=None, metavar="IP", help="the client's address")
+    q = asub.add_parser(
+        "status", help="show failed logins: of an account, of one client, or both",
+        description="The clients an account failed to log in from (failures, the wait before "
+        "its next login, whether it is locked, when it is forgotten); with --ip, the client's "
+        "failures across accounts.")
+    q.add_argument("address", nargs="?", metavar="ADDRESS", help="the account's address")
+    q.add_argument("--ip", default=None, metavar="IP", help="the client's address")
+    q.add_argument("--json", action="store_true")
+
+
+def _ip_text(text: str) -> str:
+    import ipaddress
+
+    try:
+        return str(ipaddress.ip_address(text.strip()))
+    except ValueError:
+        raise CLIError(f"{text!r} is not an IP address") from None
+
+
+@command("auth", _auth_arguments,
+         summary="failed-login delays and locks",
+         description="Inspect and clear the failed-login state the msa, imap and pop3 share "
+                     "(POSTROOM_AUTH_* settings, docs/security.md).")
+def cmd_auth(args: argparse.Namespace) -> int:
+    from postroom.auth.ratelimit import LoginRateLimiter
+    from postroom.queue.redisclient import RedisError
+    from postroom.queue.streams import connect
+
+    if args.address is None and args.ip is None:
+        raise CLIError("name an ADDRESS, an --ip, or both")
+    ip = _ip_text(args.ip) if args.ip is not None else None
+    settings = _settings()
+    require(settings, "redis_url")
+    assert settings.redis_url is not None
+    client = connect(settings.redis_url)
+    try:
+        limiter = LoginRateLimiter.from_settings(client, settings)
+        try:
+            if args.action == "status":
+                return _auth_status(limiter, args.address, ip, args.json)
+            deleted = limiter.unlock(args.address, ip)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        except RedisError as exc:
+            raise CLIError(f"cannot use Redis: {exc}") from None
+    finally:
+        client.close()
+    who = " from ".join(x for x in (args.address, ip) if x)
+    print(f"failed logins of {who} forgotten ({deleted} record(s))")
+    return 0
+
+
+def _auth_status(limiter: Any, address: str | None, ip: str | None, as_json: bool) -> int:
+    import dataclasses
+
+    from postroom.auth.ratelimit import status
+
+    pairs, from_client = status(limiter, address, ip)
+    rows = [dataclasses.asdict(p) for p in pairs]
+    if as_json:
+        print(json.dumps({"pairs": rows, "client_failures": from_client}, indent=2))
+        return 0
+    if address is not None:
+        if not rows:
+            print(f"no failed logins of {address}" + (f" from {ip}" if ip else ""))
+        _print_rows(rows, ["client", "failures", "next_delay", "locked", "expires_in"], False)
+    else:
+        locked = sum(1 for p in pairs if p.locked)
+        print(f"{len(pairs)} account(s) with failed logins from {ip}, {locked} locked")
+    if from_client is not None:
+        cap = "locked" if from_client >= limiter.address_limit and not limiter.is_trusted(ip) \
+            else "not locked"
+        print(f"failures from {ip} across accounts: {from_client} of "
+              f"{limiter.address_limit} ({cap})")
     return 0
 
 
@@ -727,8 +852,21 @@ def _duration_arg(text: str) -> float:
 
 def _queue_arguments(p: argparse.ArgumentParser) -> None:
     qsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = qsub.add_parser("list", help="list queued messages")
-    q.add_argument("--state", choices=["pending", "delivered", "failed", "bounced"], default=None)
+    from postroom.store.spool import LIST_STATES
+
+    q = qsub.add_parser(
+        "list", help="list queued messages, by state and address",
+        description="Queued messages, oldest first (at most 1000). A message is listed when a "
+        "recipient is in the --state (queued: not tried yet; deferred: tried, waiting for a "
+        "retry; pending: either) and its sender or a recipient contains the --from, --to or "
+        "--address text (any case; @example.org matches a domain).")
+    q.add_argument("--state", choices=LIST_STATES, default=None)
+    q.add_argument("--from", dest="mail_from", default=None, metavar="TEXT",
+                   help="the sender contains TEXT")
+    q.add_argument("--to", dest="rcpt_to", default=None, metavar="TEXT",
+                   help="a recipient contains TEXT")
+    q.add_argument("--address", default=None, metavar="TEXT",
+                   help="the sender or a recipient contains TEXT")
     q.add_argument("--json", action="store_true")
     for name, text in (("show", "show one message's envelope and recipients"),
                        ("retry", "attempt pending recipients now"),
@@ -754,7 +892,8 @@ def cmd_queue(args: argparse.Namespace) -> int:
     from postroom.store import spool
 
     if args.action == "list":
-        rows = _with_db(spool.list_spool, args.state)
+        rows = _with_db(spool.list_spool, args.state, mail_from=args.mail_from,
+                        rcpt_to=args.rcpt_to, address=args.address)
         _print_rows([_plain(r) for r in rows],
                     ["queue_id", "kind", "mail_from", "recipients", "state", "received_at"],
                     args.json)

@@ -10,11 +10,13 @@ from sqlalchemy.orm import Session
 
 from postroom.store.addresses import normalise_address, normalise_domain, split_address
 from postroom.store.common import domain_id, insert_unique
-from postroom.store.errors import InvalidAddress, NotFound
+from postroom.store.errors import AliasLoop, InvalidAddress, NotFound
 from postroom.store.models import Alias, Domain, User
 
 # alias chains longer than this are a configuration loop, not a design
 MAX_ALIAS_DEPTH = 10
+# addresses a loop check visits at most (a domain's whole alias graph, in practice)
+MAX_LOOP_WALK = 10000
 
 
 @dataclass(frozen=True)
@@ -44,12 +46,19 @@ def _source(source: str) -> tuple[str, str]:
     return f"{localpart}@{domain}", domain
 
 
-def add_alias(session: Session, source: str, destination: str) -> AliasInfo:
-    """Forward ``source`` (in a local domain; ``@domain`` = catch-all) to ``destination``."""
+def add_alias(session: Session, source: str, destination: str, *,
+              delimiter: str = "+") -> AliasInfo:
+    """Forward ``source`` (in a local domain; ``@domain`` = catch-all) to ``destination``.
+
+    Raises AliasLoop when mail to ``source`` would come back to it (see :func:`find_loop`).
+    """
     stored, domain = _source(source)
     dest = normalise_address(destination)
-    # source == destination is allowed: with other destinations it keeps the account's own copy
     ident = domain_id(session, domain)
+    loop = find_loop(session, stored, dest, delimiter=delimiter)
+    if loop is not None:
+        raise AliasLoop(f"alias {stored} -> {dest} would make a loop: "
+                        + " -> ".join([stored, *loop]))
 
     def insert() -> Alias:
         row = Alias(domain_id=ident, source=stored, destination=dest)
@@ -117,6 +126,63 @@ def ensure_all_role_addresses(session: Session, domains: list[str] | None = None
     names = ([normalise_domain(d) for d in domains] if domains else
              list(session.execute(select(Domain.name).order_by(Domain.name)).scalars()))
     return {name: ensure_role_addresses(session, name, target) for name in names}
+
+
+def find_loop(session: Session, source: str, destination: str, *,
+              delimiter: str = "+") -> list[str] | None:
+    """The way back to ``source`` if the alias ``source`` -> ``destination`` were added (the
+    addresses from ``destination`` on, ending with ``source``), or None when there is none.
+
+    The walk follows what resolution follows (an exact alias, else an account, the same
+    two without the ``+detail``, else the domain's catch-all, written ``@domain``), with the
+    new alias counted. An alias of an active account to itself is no loop: beside other
+    destinations it keeps the account's own copy (resolution delivers it).
+    """
+    if destination == source:
+        if _user(session, source) is not None:
+            return None
+        return [source]
+    parents: dict[str, str | None] = {destination: None}
+    todo = [destination]
+    while todo and len(parents) < MAX_LOOP_WALK:
+        node = todo.pop()
+        for hop in _hops(session, node, delimiter, source, destination):
+            if hop in parents:
+                continue
+            parents[hop] = node
+            if hop == source:
+                path: list[str] = []
+                step: str | None = hop
+                while step is not None:
+                    path.append(step)
+                    step = parents[step]
+                return path[::-1]
+            todo.append(hop)
+    return None
+
+
+def _hops(session: Session, node: str, delimiter: str, new_source: str,
+          new_destination: str) -> list[str]:
+    """Where resolution goes from ``node`` (an address or ``@domain``), the new alias included."""
+    def aliased(name: str) -> list[str]:
+        found = _destinations(session, name)
+        return [*found, new_destination] if name == new_source else found
+
+    if node.startswith("@"):
+        return aliased(node)
+    localpart, domain = node.rsplit("@", 1)
+    if not _is_local(session, domain):
+        return []
+    found = aliased(node)
+    if found:
+        return found
+    if _user(session, node) is not None:
+        return []
+    if delimiter and delimiter in localpart:
+        base = localpart.split(delimiter, 1)[0]
+        if base:
+            return [f"{base}@{domain}"]  # that address decides, catch-all included
+    return [f"@{domain}"]
 
 
 def list_aliases(session: Session, domain: str | None = None) -> list[AliasInfo]:

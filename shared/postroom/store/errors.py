@@ -25,3 +25,7 @@ class InUse(StoreError):
 
 class OverQuota(StoreError):
     """Adding the message(s) would pass the account's byte or message quota."""
+
+
+class AliasLoop(StoreError, ValueError):
+    """A new alias would make mail go round: to itself, or back through other aliases."""

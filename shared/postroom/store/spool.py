@@ -258,11 +258,33 @@ _STATE_RANK = {state: rank for rank, state in enumerate(("pending", "failed", "b
                                                          "delivered"))}
 
 
-def list_spool(session: Session, state: str | None = None, *,
+#: what `postroom queue list --state` filters on: a recipient's state, or for a pending one
+#: whether it was tried yet (``queued``: not yet; ``deferred``: tried, waiting for a retry)
+LIST_STATES = ("queued", "deferred", *RECIPIENT_STATES)
+
+
+def _state_filter(state: str) -> Any:
+    pending = SpoolRecipient.state == "pending"
+    if state == "queued":
+        return pending & (SpoolRecipient.attempts == 0)
+    if state == "deferred":
+        return pending & (SpoolRecipient.attempts > 0)
+    return SpoolRecipient.state == state
+
+
+def _contains(column: Any, text: str) -> Any:
+    """Case-insensitive substring match, ``%`` and ``_`` in ``text`` taken literally."""
+    return func.lower(column).contains(text.strip().lower(), autoescape=True)
+
+
+def list_spool(session: Session, state: str | None = None, *, mail_from: str | None = None,
+               rcpt_to: str | None = None, address: str | None = None,
                limit: int = 1000) -> list[SpoolSummary]:
-    """Queued messages, oldest first; with ``state``, those having a recipient in it."""
-    if state is not None and state not in RECIPIENT_STATES:
-        raise ValueError(f"unknown state {state!r}")
+    """Queued messages, oldest first; with ``state`` (one of LIST_STATES), those having a
+    recipient in it; ``mail_from``, ``rcpt_to``, ``address`` (either) keep messages whose
+    sender or a recipient contains the text, in any case (``@example.org`` = a domain)."""
+    if state is not None and state not in LIST_STATES:
+        raise ValueError(f"unknown state {state!r} (one of {', '.join(LIST_STATES)})")
     rank = case(_STATE_RANK, value=SpoolRecipient.state)
     query = (
         select(SpoolMessage.queue_id, SpoolMessage.kind, SpoolMessage.mail_from,
@@ -274,7 +296,14 @@ def list_spool(session: Session, state: str | None = None, *,
         .order_by(SpoolMessage.received_at, SpoolMessage.queue_id)
         .limit(limit))
     if state is not None:
-        query = query.having(func.bool_or(SpoolRecipient.state == state))
+        query = query.having(func.bool_or(_state_filter(state)))
+    if mail_from:
+        query = query.where(_contains(SpoolMessage.mail_from, mail_from))
+    if rcpt_to:
+        query = query.having(func.bool_or(_contains(SpoolRecipient.address, rcpt_to)))
+    if address:
+        query = query.having(_contains(SpoolMessage.mail_from, address)
+                             | func.bool_or(_contains(SpoolRecipient.address, address)))
     names = {rank: name for name, rank in _STATE_RANK.items()}
     return [SpoolSummary(queue_id=r[0], kind=r[1], mail_from=r[2], recipients=r[3],
                          state=names[r[4]], received_at=r[5], size=r[6])

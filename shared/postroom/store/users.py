@@ -182,6 +182,16 @@ def set_password(session: Session, address: str, password: str, *,
     found[0].scram_secrets = scram_text
 
 
+def set_quota(session: Session, address: str, quota_bytes: int | None) -> None:
+    """Set (or, with None, remove) an account's storage quota; NotFound when there is none."""
+    if quota_bytes is not None and quota_bytes < 0:
+        raise ValueError("quota must not be negative")
+    found = _find(session, address)
+    if found is None:
+        raise NotFound(f"no user {address}")
+    found[0].quota_bytes = quota_bytes
+
+
 def scram_secrets_for(session: Session, address: str) -> ScramSecrets | None:
     """The SCRAM-SHA-256 secrets of the active account ``address``, or None (unknown,
     inactive, or a password set before secrets were kept)."""
