@@ -34,6 +34,7 @@ from postroom.logs import get_logger
 from postroom.mailauth import authres
 from postroom.metrics import Metrics, dmarc_results_total
 from postroom.net.dns import Resolver
+from postroom_dmarc.content.checks import ContentChecks, Started
 from postroom_dmarc.results import ResultRecorder
 from postroom_dmarc.verdict import CheckRequest, Options, PendingCheck, Verdict
 
@@ -115,8 +116,10 @@ class CheckResource(resource.Resource):
                  reactor: ReactorThreads, *,
                  max_inflight: int, deadline: float,
                  recorder: ResultRecorder | None = None, metrics: Metrics | None = None,
-                 token: str | None = None) -> None:
+                 token: str | None = None, content: ContentChecks | None = None) -> None:
         super().__init__()
+        # the content checks (rspamd, clamd, attachments); None or none configured: off
+        self.content = content if content is not None and content.configured else None
         self.token = token  # POSTROOM_INTERNAL_TOKEN: a bearer token every request must carry
         self.recorder = recorder
         self._results = dmarc_results_total(metrics) if metrics is not None else None
@@ -147,13 +150,21 @@ class CheckResource(resource.Resource):
             check = parse_check(request.content.read())
         except BadRequest as exc:
             return _json(request, 400, {"error": str(exc)})
+        # the scans that need only the message start now, alongside the DMARC evaluation
+        scanning = self.content.start(check) if self.content is not None else None
         pending = PendingCheck(check, self.resolver, self.options)
         verdict = pending.from_cache()
-        if verdict is not None:
+        if verdict is not None and scanning is None:
             self._count_limits(verdict)
             _finish(request, 200, self._counted(self._answered(check, verdict)))
             return server.NOT_DONE_YET
-        finished = defer.Deferred.fromCoroutine(self._answer(check, pending))
+        if verdict is not None:
+            self._count_limits(verdict)
+            finished = defer.succeed(self._answered(check, verdict))
+        else:
+            finished = defer.Deferred.fromCoroutine(self._answer(check, pending))
+        if scanning is not None:
+            finished.addCallback(self._scanned, scanning)
         finished.addCallback(lambda body: _finish(request, 200, self._counted(body)))
         finished.addErrback(self._failed, request, check)
         return server.NOT_DONE_YET
@@ -175,6 +186,11 @@ class CheckResource(resource.Resource):
             return self._answered(check, verdict)
         finally:
             self.semaphore.release()
+
+    @staticmethod
+    def _scanned(body: dict[str, Any], scanning: Started) -> defer.Deferred[dict[str, Any]]:
+        """The verdict with the content checks' results folded in (content/checks.py)."""
+        return defer.Deferred.fromCoroutine(scanning.finish(body))
 
     def _evaluate(self, pending: PendingCheck, deadline: float) -> Verdict:
         """In the `policy` pool: the verdict, its limits counted even when it comes too late."""

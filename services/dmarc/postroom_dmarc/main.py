@@ -17,6 +17,9 @@ from postroom.queue.streams import QueueClient
 from postroom.runtime import ServiceContext
 from postroom.service import ServiceSpec
 from postroom_dmarc.api import CheckResource, build_site
+from postroom_dmarc.content.checks import ContentChecks
+from postroom_dmarc.content.clamd import ClamdCheck
+from postroom_dmarc.content.rspamd import RspamdClient
 from postroom_dmarc.incoming import IncomingScanner
 from postroom_dmarc.reports import ReportConfig, ReportScheduler
 from postroom_dmarc.results import ResultRecorder
@@ -88,20 +91,40 @@ def build_scanner(ctx: ServiceContext, pool: ThreadPool) -> IncomingScanner:
                            limits=limits)
 
 
+def build_content(ctx: ServiceContext) -> ContentChecks:
+    """The content scanners POSTROOM_RSPAMD_URL and POSTROOM_CLAMD_ADDRESS turn on."""
+    settings = ctx.settings
+    rspamd = None
+    if settings.rspamd_url:
+        rspamd = RspamdClient(settings.rspamd_url, reactor=ctx.reactor,
+                              timeout=settings.rspamd_timeout, password=settings.rspamd_password,
+                              fail_open=settings.rspamd_fail_open,
+                              controller_url=settings.rspamd_controller_url,
+                              metrics=ctx.metrics)
+    clamd = None
+    if settings.clamd_address:
+        clamd = ClamdCheck(settings.clamd_address, reactor=ctx.reactor,
+                           timeout=settings.clamd_timeout,
+                           max_stream=settings.clamd_max_stream, metrics=ctx.metrics)
+    return ContentChecks(rspamd=rspamd, clamd=clamd)
+
+
 async def _start(ctx: ServiceContext) -> None:
     settings = ctx.settings
     options = options_from_settings(settings)
     resolver = Resolver.from_settings(settings)
     pool = ctx.thread_pool("policy", POLICY_THREADS)
     recorder = ResultRecorder(ctx.db)
+    content = build_content(ctx)
     check = CheckResource(resolver, options, pool, ctx.reactor, max_inflight=MAX_INFLIGHT,
                           deadline=deadline_for(settings), recorder=recorder,
-                          metrics=ctx.metrics, token=settings.internal_token)
+                          metrics=ctx.metrics, token=settings.internal_token, content=content)
     scheduler = build_scheduler(ctx, resolver, pool) if settings.dmarc_reports else None
     scanner = build_scanner(ctx, pool) if settings.dmarc_report_mailbox else None
     site: Any = build_site(check, settings.max_message_size * 4 // 3 + _JSON_OVERHEAD)
     # stop hooks run newest first: the scheduler stops, then the last verdict rows are written
     ctx.on_stop(recorder.drain)
+    ctx.on_stop(lambda: Deferred.fromCoroutine(content.close()))
     warn_if_exposed("/v1/check", settings.dmarc_listen, settings.internal_token)
     await ctx.listen_all(settings.dmarc_listen, site)
     if scheduler is not None:

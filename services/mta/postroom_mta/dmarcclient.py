@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,7 +52,31 @@ class Verdict:
     authentication_results: str = ""
     dmarc_result: str | None = None
     unavailable: bool = False
+    # fields the content checks add to the stored message (X-Spamd-Result...), in order
+    headers: tuple[tuple[str, str], ...] = ()
+    # the check that decided, when a content check (rspamd, clamd, attachments) did
+    decided_by: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+
+_FIELD_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
+MAX_ADDED_HEADERS = 20
+MAX_HEADER_VALUE = 8192
+
+
+def _added_headers(raw: Any) -> tuple[tuple[str, str], ...]:
+    """The ``headers`` of a verdict: [name, value] pairs with safe names; ValueError else."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or len(raw) > MAX_ADDED_HEADERS:
+        raise ValueError("headers must be a short list")
+    out = []
+    for item in raw:
+        if not (isinstance(item, list) and len(item) == 2 and all(isinstance(x, str) for x in item)
+                and _FIELD_NAME.fullmatch(item[0]) and len(item[1]) <= MAX_HEADER_VALUE):
+            raise ValueError("each header must be [name, value] with a plain field name")
+        out.append((item[0], item[1]))
+    return tuple(out)
 
 
 def tempfail(reason: str) -> Verdict:
@@ -73,8 +98,11 @@ def parse_verdict(body: bytes) -> Verdict:
         raise ValueError("reason and authentication_results must be strings")
     dmarc = data.get("dmarc")
     dmarc_result = dmarc.get("result") if isinstance(dmarc, dict) else None
+    decided_by = data.get("decided_by")
     return Verdict(disposition=disposition, reason=reason, authentication_results=results,
                    dmarc_result=dmarc_result if isinstance(dmarc_result, str) else None,
+                   headers=_added_headers(data.get("headers")),
+                   decided_by=decided_by if isinstance(decided_by, str) else None,
                    raw=data)
 
 
