@@ -128,8 +128,6 @@ class RspamdServer:
         (local / "multimap.conf").write_text(
             'POSTROOM_TEST_JUNK {\n  type = "header";\n  header = "Subject";\n'
             f'  regexp = true;\n  map = "{self.dir}/junk-subjects.map";\n  score = 12.0;\n}}\n')
-        # learn from the first message (tests teach a handful)
-        (local / "classifier-bayes.conf").write_text("min_learns = 1;\n")
 
     def start(self, timeout: float = 180.0) -> None:
         self.redis.start()
