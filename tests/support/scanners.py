@@ -194,7 +194,8 @@ class ClamdServer:
         conf.write_text("\n".join([
             f"TCPSocket {self.port}", "TCPAddr 127.0.0.1", f"DatabaseDirectory {db}",
             "Foreground yes", f"LogFile {self.dir}/clamd.log", f"PidFile {self.dir}/clamd.pid",
-            f"StreamMaxLength {self.max_stream}", "Bytecode no", *([f"User {user}"] if user else []),
+            f"StreamMaxLength {self.max_stream}", "Bytecode no",
+            *([f"User {user}"] if user else []),
         ]) + "\n")
         log = self.dir / "stdout.log"
         with open(log, "wb") as out:

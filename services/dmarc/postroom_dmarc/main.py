@@ -19,6 +19,7 @@ from postroom.service import ServiceSpec
 from postroom_dmarc.api import CheckResource, build_site
 from postroom_dmarc.content.checks import ContentChecks
 from postroom_dmarc.content.clamd import ClamdCheck
+from postroom_dmarc.content.learning import LearnWorker
 from postroom_dmarc.content.rspamd import RspamdClient
 from postroom_dmarc.incoming import IncomingScanner
 from postroom_dmarc.reports import ReportConfig, ReportScheduler
@@ -133,6 +134,13 @@ async def _start(ctx: ServiceContext) -> None:
     if scanner is not None:
         ctx.on_stop(scanner.stop)
         scanner.start()
+    if content.rspamd is not None and settings.rspamd_controller_url:
+        learner = LearnWorker(content.rspamd, ctx.db, ctx.redis_client, settings.redis_prefix,
+                              ctx.thread_pool("learn", 1), ctx.reactor,
+                              max_attempts=settings.rspamd_learn_attempts,
+                              metrics=ctx.metrics)
+        ctx.on_stop(learner.stop)
+        learner.start()
 
 
 def start(ctx: ServiceContext) -> Deferred[Any]:

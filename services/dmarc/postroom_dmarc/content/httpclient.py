@@ -44,7 +44,9 @@ class _Collect(Protocol):
             return
         self.parts.append(data)
 
-    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        if reason is None:
+            reason = Failure(ResponseDone())
         if self.done.called:
             return
         if reason.check(ResponseDone, PotentialDataLoss):
