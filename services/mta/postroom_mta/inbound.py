@@ -303,6 +303,11 @@ class InboundPolicy(BasePolicy):
                       reason=verdict.reason or None)
         if verdict.decided_by is not None:
             fields["decided_by"] = verdict.decided_by
+        content = verdict.raw.get("content")
+        if isinstance(content, list) and content:
+            # each content check's outcome, e.g. ["clamd:accept", "rspamd:quarantine"]
+            fields["content"] = [f"{c.get('name')}:{c.get('action')}" for c in content[:10]
+                                 if isinstance(c, dict)]
         if verdict.disposition == "reject" and verdict.decided_by is not None:
             # a content check (spam, virus, attachment policy): 554, as RFC 5321 uses it
             self._count("rejected_content")
