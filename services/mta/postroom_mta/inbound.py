@@ -293,9 +293,10 @@ class InboundPolicy(BasePolicy):
         queue_id = new_queue_id()
         recipients = self._addresses(session, envelope)
         mail_from = str(envelope.mail_from or "")
-        fields = {"queue_id": queue_id, "session": session.id, "peer": session.peer_ip,
-                  "helo": session.helo, "mail_from": mail_from, "recipients": len(recipients),
-                  "size": len(message)}
+        fields: dict[str, Any] = {
+            "queue_id": queue_id, "session": session.id, "peer": session.peer_ip,
+            "helo": session.helo, "mail_from": mail_from, "recipients": len(recipients),
+            "size": len(message)}
         verdict = await self.dmarc.check(client_ip=session.peer_ip, helo=session.helo,
                                          mail_from=mail_from, recipients=recipients,
                                          message=message, queue_id=queue_id)

@@ -88,13 +88,14 @@ def parse_reply(reply: bytes) -> tuple[str, str]:
 class _Instream(Protocol):
     """Sends the frames, collects the NUL-terminated answer (bounded)."""
 
+    transport: Any
+
     def __init__(self, frames: list[bytes], done: defer.Deferred[bytes]) -> None:
         self.frames = frames
         self.done = done
         self.buffer = b""
 
     def connectionMade(self) -> None:
-        assert self.transport is not None
         self.transport.writeSequence(self.frames)
 
     def dataReceived(self, data: bytes) -> None:
@@ -103,7 +104,6 @@ class _Instream(Protocol):
             answer = self.buffer.split(b"\0", 1)[0][:MAX_REPLY]
             if not self.done.called:
                 self.done.callback(answer)
-            assert self.transport is not None
             self.transport.loseConnection()
 
     def connectionLost(self, reason: Failure | None = None) -> None:

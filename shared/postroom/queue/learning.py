@@ -107,22 +107,24 @@ def read(client: redis.Redis, prefix: str, consumer: str, count: int, block_ms: 
     """Entries another consumer left idle ``claim_idle_ms`` (XAUTOCLAIM), else new ones."""
     key = stream_key(prefix)
     try:
-        claimed = client.xautoclaim(key, GROUP, consumer, min_idle_time=claim_idle_ms,
+        claimed: Any = client.xautoclaim(key, GROUP, consumer, min_idle_time=claim_idle_ms,
                                     start_id="0-0", count=count)
         entries = [(_text(i), _fields(f)) for i, f in claimed[1] if f]
         if entries:
             return entries
-        reply = client.xreadgroup(GROUP, consumer, {key: ">"}, count=count,
-                                  block=block_ms or None)
+        reply: Any = client.xreadgroup(GROUP, consumer, {key: ">"}, count=count,
+                                       block=block_ms or None)
     except redis.ResponseError as exc:
         if "NOGROUP" not in str(exc):
             raise
         ensure_group(client, prefix)
         return []
-    out = []
-    for _key, raw in (reply.items() if isinstance(reply, dict) else reply or []):
-        if isinstance(reply, dict):
-            raw = raw[0] if raw else []
+    out: list[tuple[str, dict[str, str]]] = []
+    if isinstance(reply, dict):  # RESP3: {key: [entries]}
+        batches = [raw[0] if raw else [] for raw in reply.values()]
+    else:  # RESP2: [[key, entries]]
+        batches = [raw for _key, raw in reply or []]
+    for raw in batches:
         out.extend((_text(i), _fields(f)) for i, f in raw if f)
     return out
 

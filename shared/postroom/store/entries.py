@@ -720,7 +720,7 @@ def copy(s: Session, user_id: int, mailbox_id: int, uids: Sequence[int], dest: s
                        {"u": user_id, "n": _norm(dest), "src": mailbox_id}).first()
     if target is None:
         raise NotFound("no such mailbox")
-    names = {"source_name": str(target[2] or ""), "dest_name": str(target[1])}
+    source_name, dest_name = str(target[2] or ""), str(target[1])
     # lock both rows in id order, so two opposite moves cannot deadlock
     locked = {}
     for mid in sorted({mailbox_id, int(target[0])}):
@@ -732,7 +732,8 @@ def copy(s: Session, user_id: int, mailbox_id: int, uids: Sequence[int], dest: s
         "AND e.uid = ANY(CAST(:uids AS bigint[])) ORDER BY e.uid"),
         {"m": mailbox_id, "uids": list(uids)}).all()
     if not rows:
-        return CopyResult(int(dst.uidvalidity), [], [], **names)
+        return CopyResult(int(dst.uidvalidity), [], [], source_name=source_name,
+                          dest_name=dest_name)
     if not move:
         _check_quota(s, user_id, sum(int(r[4]) for r in rows), len(rows))
     uid = int(dst.uidnext)
@@ -755,7 +756,8 @@ def copy(s: Session, user_id: int, mailbox_id: int, uids: Sequence[int], dest: s
                        "AND uid = ANY(CAST(:uids AS bigint[]))"),
                   {"m": mailbox_id, "uids": source})
         _bump(s, mailbox_id, src_modseq)
-    return CopyResult(int(dst.uidvalidity), source, new, [int(r[1]) for r in rows], **names)
+    return CopyResult(int(dst.uidvalidity), source, new, [int(r[1]) for r in rows],
+                      source_name=source_name, dest_name=dest_name)
 
 
 def expunge(s: Session, mailbox_id: int,

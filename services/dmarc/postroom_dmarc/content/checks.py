@@ -62,6 +62,10 @@ def merge(body: dict[str, Any], results: Sequence[ContentResult]) -> dict[str, A
     return body
 
 
+def _call(extra: ExtraCheck, check: CheckRequest) -> Any:
+    return extra(check)
+
+
 class ContentChecks:
     """The configured scanners (each optional) for the dmarc API."""
 
@@ -82,7 +86,7 @@ class ContentChecks:
             early.append(defer.Deferred.fromCoroutine(
                 self.clamd.check(check.message, queue_id=check.queue_id)))
         for extra in self.extra:
-            early.append(defer.maybeDeferred(extra, check))
+            early.append(defer.maybeDeferred(_call, extra, check))
         return Started(self, check, early)
 
     async def close(self) -> None:

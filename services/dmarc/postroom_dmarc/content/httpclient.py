@@ -79,7 +79,8 @@ class PostClient:
 
     async def _exchange(self, url: bytes, headers: Headers,
                         producer: FileBodyProducer) -> tuple[int, bytes]:
-        response = await self.agent.request(b"POST", url, headers, producer)
+        body_producer: Any = producer  # an IBodyProducer (zope interfaces are opaque to mypy)
+        response: Any = await self.agent.request(b"POST", url, headers, body_producer)
         done: defer.Deferred[bytes] = defer.Deferred()
         response.deliverBody(_Collect(done, self.max_answer))
         body = await done
