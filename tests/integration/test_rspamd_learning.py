@@ -41,7 +41,8 @@ def stored(database: Database) -> tuple[int, int]:
 
     def work(session: Any) -> tuple[int, int]:
         domains.add_domain(session, domain)
-        user = users.add_user(session, f"u@{domain}", "pw", hash_fn=lambda p: hash_password(p, ln=4))
+        user = users.add_user(session, f"u@{domain}", "pw",
+                              hash_fn=lambda p: hash_password(p, ln=4))
         data = _message()
         message_id = messages.store_message(session, data, analyze(data).to_dict())
         mailboxes.deliver_to_mailbox(session, user_id=user.id, mailbox_name="Junk",
