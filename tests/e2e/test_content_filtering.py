@@ -24,6 +24,7 @@ from tests.support.instance import (
     PASSWORD,
     Instance,
     fresh_user,
+    queue_id_of,
     shared_free_port,
     unverified_tls,
 )
@@ -113,6 +114,20 @@ def test_clean_mail_reaches_inbox_with_rspamds_result_and_no_forged_one(inst: In
     [result] = fields(raw, "X-Spamd-Result")
     assert result.startswith("default: False ["), result
     assert fields(raw, "X-Spam-Score")
+
+
+def test_trace_shows_each_content_checks_result(inst: Instance) -> None:
+    bob = fresh_user(inst, "bob")
+    code, reply = send(inst, bob, message())
+    assert code == 250, reply
+    queue_id = queue_id_of(reply)
+
+    def traced() -> str | None:
+        out = inst.cli("trace", queue_id)
+        return out if "content: rspamd" in out else None
+
+    out = wait_until(traced, timeout=20, interval=0.5)
+    assert "content: clamd -> accept" in out and "content: rspamd -> accept" in out, out
 
 
 def test_gtube_is_refused_with_554_and_nothing_is_spooled(inst: Instance) -> None:

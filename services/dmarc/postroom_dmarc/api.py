@@ -160,16 +160,18 @@ class CheckResource(resource.Resource):
             return server.NOT_DONE_YET
         if verdict is not None:
             self._count_limits(verdict)
-            finished = defer.succeed(self._answered(check, verdict))
+            finished = defer.succeed(self._answered(check, verdict, scanning))
         else:
-            finished = defer.Deferred.fromCoroutine(self._answer(check, pending))
+            finished = defer.Deferred.fromCoroutine(self._answer(check, pending, scanning))
         if scanning is not None:
-            finished.addCallback(self._scanned, scanning)
+            finished.addCallback(
+                lambda body: defer.Deferred.fromCoroutine(self._scanned(body, scanning)))
         finished.addCallback(lambda body: _finish(request, 200, self._counted(body)))
         finished.addErrback(self._failed, request, check)
         return server.NOT_DONE_YET
 
-    async def _answer(self, check: CheckRequest, pending: PendingCheck) -> dict[str, Any]:
+    async def _answer(self, check: CheckRequest, pending: PendingCheck,
+                      scanning: Started | None = None) -> dict[str, Any]:
         await self.semaphore.acquire()
         try:
             deadline = time.monotonic() + self.deadline
@@ -183,14 +185,22 @@ class CheckResource(resource.Resource):
                             deadline=self.deadline)
                 return tempfail_verdict(check, self.options.authserv_id,
                                         "policy check did not finish in time")
-            return self._answered(check, verdict)
+            return self._answered(check, verdict, scanning)
         finally:
             self.semaphore.release()
 
-    @staticmethod
-    def _scanned(body: dict[str, Any], scanning: Started) -> defer.Deferred[dict[str, Any]]:
-        """The verdict with the content checks' results folded in (content/checks.py)."""
-        return defer.Deferred.fromCoroutine(scanning.finish(body))
+    async def _scanned(self, body: dict[str, Any], scanning: Started) -> dict[str, Any]:
+        """The verdict with the content checks' results folded in (content/checks.py).
+
+        Its row is stored now, with the content results for ``postroom trace``; not when
+        the message is to be retried (tempfail), whose next attempt is checked again.
+        """
+        merged = await scanning.finish(body)
+        verdict = scanning.verdict
+        if self.recorder is not None and verdict is not None \
+                and merged.get("disposition") != "tempfail":
+            self.recorder.record(scanning.check, verdict, content=merged.get("content"))
+        return merged
 
     def _evaluate(self, pending: PendingCheck, deadline: float) -> Verdict:
         """In the `policy` pool: the verdict, its limits counted even when it comes too late."""
@@ -209,8 +219,11 @@ class CheckResource(resource.Resource):
         if run.out_of_time:
             self._exhausted.inc()
 
-    def _answered(self, check: CheckRequest, verdict: Verdict) -> dict[str, Any]:
-        if self.recorder is not None:
+    def _answered(self, check: CheckRequest, verdict: Verdict,
+                  scanning: Started | None = None) -> dict[str, Any]:
+        if scanning is not None:
+            scanning.verdict = verdict  # stored with the content results (_scanned)
+        elif self.recorder is not None:
             self.recorder.record(check, verdict)  # in the background; never raises
         return verdict.to_json()
 

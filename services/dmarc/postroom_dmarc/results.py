@@ -69,7 +69,8 @@ def _best_signature(dkim: list[DKIMResult], from_domain: str) -> DKIMResult | No
     return dkim[0] if dkim else None
 
 
-def record_for(request: CheckRequest, verdict: Verdict) -> DmarcRecord | None:
+def record_for(request: CheckRequest, verdict: Verdict,
+               content: list[dict[str, Any]] | None = None) -> DmarcRecord | None:
     """The row to keep for ``verdict``, or None when it has nothing to report.
 
     Nothing is kept for a ``tempfail`` (the message was not taken; its retry
@@ -91,6 +92,10 @@ def record_for(request: CheckRequest, verdict: Verdict) -> DmarcRecord | None:
         "record": dmarc.record,
         "arc": verdict.arc.result,
     }
+    if content:
+        # each content check's outcome (rspamd, clamd, attachments) for `postroom trace`
+        detail["content"] = [{"name": c.get("name"), "action": c.get("action"),
+                              "reason": c.get("reason")} for c in content[:10]]
     return DmarcRecord(
         source_ip=source_ip,
         header_from=dmarc.from_domain,
@@ -157,10 +162,11 @@ class ResultRecorder:
     def pending(self) -> int:
         return len(self._buffer) + self._writing
 
-    def record(self, request: CheckRequest, verdict: Verdict) -> None:
-        """Start storing ``verdict``; returns at once and never raises."""
+    def record(self, request: CheckRequest, verdict: Verdict,
+               content: list[dict[str, Any]] | None = None) -> None:
+        """Start storing ``verdict`` (and the content checks' results); never raises."""
         try:
-            row = record_for(request, verdict)
+            row = record_for(request, verdict, content)
             if row is None:
                 return
             if self.pending >= self.max_pending:

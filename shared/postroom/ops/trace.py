@@ -82,7 +82,8 @@ def load_trace(session: Session, queue_id: str) -> dict[str, Any]:
 def _verdict(row: DmarcResult) -> dict[str, Any]:
     return {"at": row.received_at, "header_from": row.header_from, "spf": row.spf_result,
             "dkim": row.dkim_result, "dmarc": row.dmarc_result, "policy": row.policy,
-            "disposition": row.disposition, "source_ip": row.source_ip}
+            "disposition": row.disposition, "source_ip": row.source_ip,
+            "content": list((row.detail or {}).get("content") or [])}
 
 
 def _when(value: datetime | None) -> str:
@@ -106,6 +107,11 @@ def timeline(story: dict[str, Any]) -> list[tuple[datetime | None, str]]:
                        f"policy: DMARC {verdict['dmarc']} (SPF {verdict['spf']}, DKIM "
                        f"{verdict['dkim']}) for {verdict['header_from']} -> "
                        f"{verdict['disposition']}"))
+        for check in verdict.get("content") or []:
+            line = f"content: {check.get('name')} -> {check.get('action')}"
+            if check.get("reason"):
+                line += f" ({check['reason']})"
+            events.append((verdict["at"], line))
     for r in story["recipients"]:
         via = f" (alias of #{r['parent_id']})" if r["parent_id"] else ""
         if r["enqueued_at"]:

@@ -19,7 +19,7 @@ from twisted.internet import defer
 from postroom_dmarc.content import ContentResult, combine
 from postroom_dmarc.content.clamd import ClamdCheck
 from postroom_dmarc.content.rspamd import RspamdClient, ScanRequest
-from postroom_dmarc.verdict import CheckRequest
+from postroom_dmarc.verdict import CheckRequest, Verdict
 
 # content action -> verdict disposition, and the order in which dispositions win
 DISPOSITION = {"accept": "inbox", "quarantine": "junk", "tempfail": "tempfail",
@@ -102,6 +102,7 @@ class Started:
         self.checks = checks
         self.check = check
         self.early = early
+        self.verdict: Verdict | None = None  # DMARC's, once evaluated (for the stored row)
 
     async def finish(self, body: dict[str, Any]) -> dict[str, Any]:
         """The verdict with the content results; the scanners never raise."""
