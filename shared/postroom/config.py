@@ -488,13 +488,13 @@ class Settings:
         "bounds it too.")
     # content filtering: spam (rspamd) and viruses (clamd), docs/content-filtering.md
     rspamd_url: str | None = setting(
-        _url("http"), "",
+        _url("http", "https"), "",
         "rspamd's normal worker, e.g. http://rspamd:11333: every inbound message is scored "
         "(`/checkv2`) in the dmarc service's check. Empty: no spam scoring.")
     rspamd_controller_url: str | None = setting(
-        _url("http"), "",
+        _url("http", "https"), "",
         "rspamd's controller, e.g. http://rspamd:11334, taught spam and ham when users move "
-        "mail into or out of Junk. Empty: no learning.")
+        "mail into or out of Junk (with POSTROOM_RSPAMD_URL set too). Empty: no learning.")
     rspamd_password: str | None = setting(
         _opt_str, "", "Password sent to rspamd (its controller's `password`).", secret=True)
     rspamd_timeout: float = setting(
