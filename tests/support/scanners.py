@@ -85,7 +85,9 @@ def _stop(proc: subprocess.Popen[bytes] | None) -> None:
 class RspamdServer:
     """rspamd on 127.0.0.1: ``url`` (normal worker) and ``controller_url``."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, milter: bool = False, clamd_address: str | None = None) -> None:
+        """``milter``: also a milter proxy on ``milter_port`` (Postfix's smtpd_milters), which
+        with ``clamd_address`` (tcp:HOST:PORT) has rspamd's antivirus module ask that clamd."""
         binary = shutil.which("rspamd")
         if binary is None:
             pytest.fail("rspamd is not installed (scripts/ensure-services.sh installs it)",
@@ -98,6 +100,8 @@ class RspamdServer:
         self.controller_url = f"http://127.0.0.1:{self.controller_port}"
         self.redis = PrivateRedis()
         self.proc: subprocess.Popen[bytes] | None = None
+        self.milter_port = free_port() if milter else 0
+        self.clamd_address = clamd_address
 
     def _write_config(self) -> None:
         local, override = self.dir / "local.d", self.dir / "override.d"
@@ -109,8 +113,13 @@ class RspamdServer:
             f'bind_socket = "127.0.0.1:{self.controller_port}";\ncount = 1;\n'
             f'password = "{RSPAMD_PASSWORD}";\nenable_password = "{RSPAMD_PASSWORD}";\n'
             'secure_ip = "127.0.0.2";\n')  # not the tests' address: the password is checked
-        (override / "worker-proxy.inc").write_text(
-            f'enabled = false;\nbind_socket = "127.0.0.1:{free_port()}";\n')
+        if self.milter_port:
+            (override / "worker-proxy.inc").write_text(
+                f'bind_socket = "127.0.0.1:{self.milter_port}";\nmilter = yes;\ncount = 1;\n'
+                'upstream "local" {\n  default = yes;\n  self_scan = yes;\n}\n')
+        else:
+            (override / "worker-proxy.inc").write_text(
+                f'enabled = false;\nbind_socket = "127.0.0.1:{free_port()}";\n')
         (override / "worker-fuzzy.inc").write_text("count = -1;\n")
         (override / "logging.inc").write_text(
             f'type = "file";\nfilename = "{self.dir}/log/rspamd.log";\nlevel = "info";\n')
@@ -122,6 +131,12 @@ class RspamdServer:
             "reject = 30;\nadd_header = 10;\ngreylist = null;\nrewrite_subject = null;\n")
         for module in _OFF:
             (local / f"{module}.conf").write_text("enabled = false;\n")
+        if self.clamd_address:
+            host_port = self.clamd_address.removeprefix("tcp:")
+            (local / "antivirus.conf").write_text(
+                f'clamav {{\n  type = "clamav";\n  servers = "{host_port}";\n'
+                '  action = "reject";\n  symbol = "CLAM_VIRUS";\n  scan_mime_parts = false;\n'
+                '  log_clean = false;\n}\n')
         # our SPF/DKIM/DMARC results arrive as request headers (postroom_dmarc.content.rspamd)
         (local / "http_headers.conf").write_text("enabled = true;\n")
         (self.dir / "junk-subjects.map").write_text(f"/{JUNK_SUBJECT}/i\n")
