@@ -149,10 +149,15 @@ def test_add_header_action_lands_in_junk(inst: Instance) -> None:
 
 def test_eicar_is_refused_naming_the_signature(inst: Instance) -> None:
     bob = fresh_user(inst, "bob")
-    code, reply = send(inst, bob, message_with_attachment(EICAR, "eicar.com",
+    code, reply = send(inst, bob, message_with_attachment(EICAR, "eicar.txt",
                                                           "application/octet-stream"))
     assert code == 554 and reply.startswith("5.7.1"), (code, reply)
     assert "virus found: Postroom.Test.EICAR.UNOFFICIAL" in reply, reply
+    # named .com, the attachment policy refuses it too; on a tie the first check in
+    # order (attachments, clamd, rspamd) names the reason; both are in the trace
+    code, reply = send(inst, bob, message_with_attachment(EICAR, "eicar.com",
+                                                          "application/octet-stream"))
+    assert code == 554 and "blocked file type .com" in reply, (code, reply)
 
 
 def test_a_pattern_inside_a_zip_is_refused(inst: Instance) -> None:
