@@ -155,10 +155,10 @@ class ContentChecks:
 
     def _failed(self, failure: Failure, name: str, check: CheckRequest) -> ContentResult:
         timed_out = failure.check(defer.TimeoutError, defer.CancelledError) is not None
-        error = "no answer in time" if timed_out else (
-            failure.getErrorMessage() or str(failure.type.__name__))
+        error_type = type(failure.value).__name__
+        error = "no answer in time" if timed_out else (failure.getErrorMessage() or error_type)
         log.error("content check failed", queue_id=check.queue_id, check=name, error=error,
-                  error_type=failure.type.__name__)
+                  error_type=error_type)
         return ContentResult(name, "tempfail", f"{name} check failed",
                              details={"category": "error"})
 
