@@ -27,9 +27,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import BENCH, Budget, Skip, progress, say_error
 from workloads.base import Context, Row
 
-WORKLOADS = ("smtp_inbound", "smtp_accept", "submission", "imap_mix", "imap_scale")
+WORKLOADS = ("smtp_inbound", "smtp_accept", "submission", "imap_mix", "imap_scale",
+             "smtp_filter")
 # how the budget is shared between the workloads that are still to run
-WEIGHTS = {"smtp_inbound": 3, "smtp_accept": 2, "submission": 2, "imap_mix": 2, "imap_scale": 3}
+WEIGHTS = {"smtp_inbound": 3, "smtp_accept": 2, "submission": 2, "imap_mix": 2, "imap_scale": 3,
+           "smtp_filter": 2}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

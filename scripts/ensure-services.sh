@@ -89,10 +89,17 @@ ensure_clients() {
   apt_install dovecot-core dovecot-imapd dovecot-pop3d
 }
 
+ensure_scanners() {
+  # rspamd and clamd for the content filtering tests (tests/support/scanners.py starts its
+  # own daemons on loopback with their own configuration; the packaged services stay stopped)
+  apt_install rspamd clamav-daemon clamav
+}
+
 case "${1:-all}" in
   postgres) ensure_postgres ;;
   redis) ensure_redis ;;
   clients) ensure_clients ;;
-  all) ensure_postgres; ensure_redis; ensure_clients ;;
-  *) echo "usage: $0 [all|postgres|redis|clients]" >&2; exit 2 ;;
+  scanners) ensure_scanners ;;
+  all) ensure_postgres; ensure_redis; ensure_clients; ensure_scanners ;;
+  *) echo "usage: $0 [all|postgres|redis|clients|scanners]" >&2; exit 2 ;;
 esac

@@ -7,4 +7,5 @@ pytest_plugins = [
     "tests.support.dns",
     "tests.support.procs",
     "tests.support.suite",
+    "tests.support.scanners",
 ]

@@ -104,8 +104,11 @@ SUBMISSION = """\
 class Postfix:
     """A private Postfix instance; ``transport`` is where bench.test mail goes."""
 
-    def __init__(self, transport: str, *, auth_port: int = 0, submission: bool = False) -> None:
+    def __init__(self, transport: str, *, auth_port: int = 0, submission: bool = False,
+                 milter: str | None = None) -> None:
         self.transport = transport
+        # e.g. "inet:127.0.0.1:PORT": every message is checked by that milter (rspamd's proxy)
+        self.milter = milter
         self.auth_port = auth_port
         self.smtp_port = free_port()
         self.submission_port = free_port() if submission else 0
@@ -130,6 +133,12 @@ class Postfix:
         (self.etc / "main.cf").write_text(MAIN_CF.format(
             etc=self.etc, root=ROOT, transport=self.transport, cert=tls / "cert.pem",
             key=tls / "key.pem", auth_port=self.auth_port or 1))
+        if self.milter:
+            with open(self.etc / "main.cf", "a") as main_cf:
+                # a milter that cannot be asked defers the message, as Postroom does
+                main_cf.write(f"smtpd_milters = {self.milter}\nmilter_default_action = tempfail\n"
+                              "milter_protocol = 6\nmilter_mail_macros = i {mail_addr} "
+                              "{client_addr} {client_name} {auth_authen}\n")
         submission = (SUBMISSION.format(port=self.submission_port)
                       if self.submission_port else "")
         (self.etc / "master.cf").write_text(MASTER_CF.format(smtp_port=self.smtp_port,

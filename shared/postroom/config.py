@@ -331,6 +331,20 @@ def _internal_http_url(raw: str) -> str:
     return value
 
 
+def _opt_clamd_address(raw: str) -> str | None:
+    """``tcp:HOST:PORT`` or ``unix:PATH`` of clamd (empty: no virus scanning)."""
+    value = raw.strip()
+    if not value:
+        return None
+    kind, sep, rest = value.partition(":")
+    if kind == "unix" and sep and rest.startswith("/"):
+        return value
+    host, colon, port = rest.rpartition(":")
+    if kind != "tcp" or not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be tcp:HOST:PORT or unix:/absolute/path")
+    return value
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -511,6 +525,43 @@ class Settings:
         "Time for verifying one message's DKIM signatures, key lookups included; what is not "
         "verified by then is a temperror. The check's deadline (4 x POSTROOM_DNS_TIMEOUT) "
         "bounds it too.")
+    # content filtering: spam (rspamd) and viruses (clamd), docs/content-filtering.md
+    rspamd_url: str | None = setting(
+        _url("http", "https"), "",
+        "rspamd's normal worker, e.g. http://rspamd:11333: every inbound message is scored "
+        "(`/checkv2`) in the dmarc service's check. Empty: no spam scoring.")
+    rspamd_controller_url: str | None = setting(
+        _url("http", "https"), "",
+        "rspamd's controller, e.g. http://rspamd:11334, taught spam and ham when users move "
+        "mail into or out of Junk (with POSTROOM_RSPAMD_URL set too). Empty: no learning.")
+    rspamd_password: str | None = setting(
+        _opt_str, "", "Password sent to rspamd (its controller's `password`).", secret=True)
+    rspamd_timeout: float = setting(
+        parse_duration, "10s",
+        "How long a message's rspamd scan may take; past it the check fails (see "
+        "POSTROOM_RSPAMD_FAIL_OPEN).")
+    rspamd_fail_open: bool = setting(
+        _bool, "false",
+        "When rspamd cannot be reached or answers nonsense, accept the message unscored "
+        "(X-Spam-Status: Unknown) instead of answering 451 4.7.0. Spam scoring only: an "
+        "unreachable virus scanner always gives 451.")
+    rspamd_learn_attempts: int = setting(
+        _positive_int, "10",
+        "Attempts to submit one learning request to rspamd before it is dropped (logged).")
+    clamd_address: str | None = setting(
+        _opt_clamd_address, "",
+        "clamd, as `tcp:HOST:PORT` or `unix:/path/clamd.ctl`: every inbound message is "
+        "scanned (INSTREAM); a virus is refused with 554 5.7.1. Empty: no virus scanning.")
+    clamd_timeout: float = setting(
+        parse_duration, "15s", "How long one clamd scan may take before the message gets 451.")
+    clamd_max_stream: int = setting(
+        _size, "25M",
+        "Bytes of a message sent to clamd; keep equal to clamd's StreamMaxLength (larger "
+        "messages are scanned up to this size).")
+    msa_virus_scan: bool = setting(
+        _bool, "true",
+        "Submission (msa) scans outgoing mail with clamd too, when POSTROOM_CLAMD_ADDRESS is "
+        "set: a virus gets 554 5.7.1, clamd unreachable 451 4.7.0.")
     http_listen: str = setting(
         _endpoint, "tcp:8080",
         "This process's /healthz and /metrics (under `postroom up` each child gets its own free "

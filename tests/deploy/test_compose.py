@@ -82,6 +82,9 @@ def _swarm_module() -> Any:
     return module
 
 
+FILTER = ("rspamd", "clamav")
+
+
 def _published(service: dict[str, Any]) -> set[int]:
     return {int(p["published"]) for p in service.get("ports", []) if p.get("published")}
 
@@ -94,7 +97,14 @@ def test_default_compose_has_neither_the_proxy_nor_a_proxy_protocol_listener(con
     assert "proxy" not in config["services"]
     for name, service in config["services"].items():
         assert _proxy_endpoints(service) == [], name
-        assert not service.get("profiles"), name
+        # only the optional scanners (issue 17) wait behind a profile
+        assert not service.get("profiles") or (
+            name in FILTER and service["profiles"] == ["filter"]), name
+
+
+def test_the_scanners_are_the_official_images_under_the_filter_profile(config):
+    images = {name: config["services"][name]["image"].split(":")[0] for name in FILTER}
+    assert images == {"rspamd": "rspamd/rspamd", "clamav": "clamav/clamav"}
 
 
 def test_proxy_mode_adds_only_the_proxy(config, proxy_config):

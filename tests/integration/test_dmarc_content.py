@@ -66,8 +66,10 @@ def check(url: str, raw: bytes, ip: str = "192.0.2.10", queue_id: str = "QC1") -
 def test_a_clean_message_is_inbox_with_the_check_listed(url):
     verdict = check(url, message("notes.txt", b"hello\n"))
     assert verdict["disposition"] == "inbox", verdict
-    assert verdict["content"] == [{"check": "attachments", "action": "accept", "reason": "",
-                                   "headers": []}]
+    assert [{k: c[k] for k in ("check", "action", "reason", "headers")}
+            for c in verdict["content"]] == [{"check": "attachments", "action": "accept",
+                                              "reason": "", "headers": []}]
+    assert verdict["headers"] == [] and verdict["decided_by"] is None
 
 
 def test_a_plain_message_twice_the_second_from_the_dns_cache(url):
@@ -88,6 +90,7 @@ def test_a_blocked_attachment_rejects_with_its_reason(url, service):
     assert verdict["disposition"] == "reject"
     assert verdict["reason"] == 'attachment "tool.exe" blocked: blocked file type .exe'
     assert verdict["content"][0]["action"] == "reject"
+    assert verdict["decided_by"] == "attachments"
     assert verdict["dmarc"]["result"] == "pass"  # DMARC alone would have let it in
     lines = [e for e in service[2].log_events() if e.get("event") == "content verdict"
              and e.get("queue_id") == "QEXE1"]

@@ -184,14 +184,15 @@ def test_only_http_urls_are_accepted():
 
 def test_content_headers_are_kept_only_when_safe():
     from postroom_mta.dmarcclient import content_headers, parse_verdict
-    body = json.dumps({"disposition": "junk", "content": [
-        {"check": "spam", "action": "quarantine", "reason": "", "headers": [
-            ["X-Spam-Status", "Yes, score=9.1\r\n\tfolded"], ["Bad Name", "x"],
-            ["X-Evil", "a\r\nInjected: yes"], ["X-Ctl", "a\x00b"], ["short"]]},
-        {"check": "attachments", "action": "accept", "reason": "", "headers": []}]}).encode()
+    body = json.dumps({"disposition": "junk", "decided_by": "rspamd", "headers": [
+        ["X-Spam-Status", "Yes, score=9.1\n folded"], ["Bad Name", "x"], ["X: y", "x"],
+        ["X-Evil", "a\r\nInjected: yes"], ["short"], ["X-A", 1], ["X-Long", "x" * 9000]],
+        "content": [{"check": "rspamd", "action": "quarantine", "reason": "",
+                     "headers": [["X-Ignored", "only the top-level list is added"]]}]}).encode()
     verdict = parse_verdict(body)
-    assert verdict.headers == (("X-Spam-Status", "Yes, score=9.1 folded"),
-                               ("X-Evil", "a Injected: yes"), ("X-Ctl", "ab"))
-    assert content_headers(None) == () and content_headers([{"headers": "x"}]) == ()
-    many = [{"headers": [["X-A", "1"]] * 40}]
-    assert len(content_headers(many)) == 16
+    # values keep their line breaks: inbound.added_field folds them and neutralises the rest
+    assert verdict.headers == (("X-Spam-Status", "Yes, score=9.1\n folded"),
+                               ("X-Evil", "a\r\nInjected: yes"))
+    assert verdict.decided_by == "rspamd"
+    assert content_headers(None) == () and content_headers("X-A: b") == ()
+    assert len(content_headers([["X-A", "1"]] * 40)) == 16

@@ -13,14 +13,15 @@ rejection. The evaluation is given the same deadline and stops its own work
 there, so a thread is not kept busy for an answer nobody waits for. Bodies
 are bounded; errors are JSON with no traceback.
 
-The content checks (:mod:`postroom_dmarc.content`: attachments, and the
-scanners beside it) run after the DMARC evaluation in the same pool thread,
-by the same deadline; a message DMARC already rejects is not scanned. A
-verdict from the DNS cache stays on the reactor only when every check can
-answer at once (``inline``: a small message with nothing to decode). A check
-that fails gives ``tempfail`` (451): configured scanning never lets unscanned
-mail through. Each check's result is counted and the combined verdict logged
-once (``content verdict``, with the queue id).
+The content checks (:class:`postroom_dmarc.content.checks.ContentChecks`:
+attachments, clamd, rspamd) run once the DMARC verdict is known, outside the
+semaphore; a message DMARC already rejects is not scanned. A verdict from the
+DNS cache stays on the reactor when every check answers at once (a message
+with no attachment and no scanner configured). A check that fails gives
+``tempfail`` (451): configured scanning never lets unscanned mail through.
+The verdict's row is stored with the checks' results for ``postroom trace``,
+except for a message the checks told to retry (tempfail), which is checked
+again on its next attempt.
 """
 
 from __future__ import annotations
@@ -29,7 +30,6 @@ import base64
 import binascii
 import json
 import time
-from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import Counter
@@ -44,7 +44,7 @@ from postroom.logs import get_logger
 from postroom.mailauth import authres
 from postroom.metrics import Metrics, dmarc_results_total
 from postroom.net.dns import Resolver
-from postroom_dmarc.content import ContentCheck, ContentResult
+from postroom_dmarc.content.checks import ContentChecks
 from postroom_dmarc.results import ResultRecorder
 from postroom_dmarc.verdict import CheckRequest, Options, PendingCheck, Verdict, with_content
 
@@ -126,25 +126,16 @@ class CheckResource(resource.Resource):
                  reactor: ReactorThreads, *,
                  max_inflight: int, deadline: float,
                  recorder: ResultRecorder | None = None, metrics: Metrics | None = None,
-                 token: str | None = None, content: Sequence[ContentCheck] = ()) -> None:
+                 token: str | None = None, content: ContentChecks | None = None) -> None:
         super().__init__()
-        self.content = tuple(content)
+        # the content checks (attachments, clamd, rspamd); None or none configured: off
+        self.content = content if content is not None and content.configured else None
         self.token = token  # POSTROOM_INTERNAL_TOKEN: a bearer token every request must carry
         self.recorder = recorder
         self._results = dmarc_results_total(metrics) if metrics is not None else None
         self._skipped: Counter | None = None
         self._exhausted: Counter | None = None
-        self._content_results: Counter | None = None
-        self._content_seconds: Any = None
         if metrics is not None:
-            self._content_results = metrics.counter(
-                "content_results",
-                "Content check results by check (attachments, ...), action and reason category "
-                "(a small fixed set per check, docs/content-filtering.md).",
-                ["check", "action", "category"])
-            self._content_seconds = metrics.histogram(
-                "content_check_seconds", "Time one content check took for one message.",
-                ["check"])
             self._skipped = metrics.counter(
                 "dkim_signatures_skipped",
                 "DKIM signatures not verified: beyond the cap (cap) or not reached in time "
@@ -173,29 +164,19 @@ class CheckResource(resource.Resource):
         verdict = pending.from_cache()
         if verdict is not None:
             self._count_limits(verdict)
-            if self.content and verdict.disposition != "reject":
-                decided = self._inline_content(check, verdict)
-                verdict = decided if decided is not None else verdict
-                if decided is None:  # a check needs the pool: the cached DMARC part goes along
-                    finished = defer.Deferred.fromCoroutine(
-                        self._answer(check, pending, verdict))
-                    finished.addCallback(lambda body: _finish(request, 200, self._counted(body)))
-                    finished.addErrback(self._failed, request, check)
-                    return server.NOT_DONE_YET
-            _finish(request, 200, self._counted(self._answered(check, verdict)))
-            return server.NOT_DONE_YET
-        finished = defer.Deferred.fromCoroutine(self._answer(check, pending))
+            # answered in this call when every content check answers at once
+            finished = defer.Deferred.fromCoroutine(self._scanned(check, verdict))
+        else:
+            finished = defer.Deferred.fromCoroutine(self._answer(check, pending))
         finished.addCallback(lambda body: _finish(request, 200, self._counted(body)))
         finished.addErrback(self._failed, request, check)
         return server.NOT_DONE_YET
 
-    async def _answer(self, check: CheckRequest, pending: PendingCheck,
-                      cached: Verdict | None = None) -> dict[str, Any]:
+    async def _answer(self, check: CheckRequest, pending: PendingCheck) -> dict[str, Any]:
         await self.semaphore.acquire()
         try:
             deadline = time.monotonic() + self.deadline
-            work = defer_to_pool(self.reactor, self.pool, self._evaluate, pending, deadline,
-                                 cached)
+            work = defer_to_pool(self.reactor, self.pool, self._evaluate, pending, deadline)
             work.addTimeout(self.deadline, twisted_clock(self.reactor))
             try:
                 verdict = await work
@@ -205,65 +186,34 @@ class CheckResource(resource.Resource):
                             deadline=self.deadline)
                 return tempfail_verdict(check, self.options.authserv_id,
                                         "policy check did not finish in time")
-            return self._answered(check, verdict)
         finally:
             self.semaphore.release()
+        return await self._scanned(check, verdict)
 
-    def _evaluate(self, pending: PendingCheck, deadline: float,
-                  cached: Verdict | None = None) -> Verdict:
+    async def _scanned(self, check: CheckRequest, verdict: Verdict) -> dict[str, Any]:
+        """The verdict with the content checks' results, stored, as JSON.
+
+        A message DMARC rejects is not scanned. Its row is stored (in the background;
+        never raises) unless the content checks told the message to retry.
+        """
+        if self.content is not None and verdict.disposition != "reject":
+            results = await self.content.run(check, verdict)
+            verdict = with_content(verdict, results)
+            log.info("content verdict", queue_id=check.queue_id,
+                     disposition=verdict.disposition, decided_by=verdict.decided_by,
+                     reason=verdict.reason or None,
+                     checks=[{"check": r.check, "action": r.action, "category": r.category}
+                             for r in results])
+        if self.recorder is not None and not (verdict.content
+                                              and verdict.disposition == "tempfail"):
+            self.recorder.record(check, verdict)
+        return verdict.to_json()
+
+    def _evaluate(self, pending: PendingCheck, deadline: float) -> Verdict:
         """In the `policy` pool: the verdict, its limits counted even when it comes too late."""
-        verdict = cached
-        if verdict is None:
-            verdict = pending.evaluate(deadline)
-            self._count_limits(verdict)
-        if self.content and verdict.disposition != "reject":
-            verdict = self._with_content(pending.request, verdict, deadline)
+        verdict = pending.evaluate(deadline)
+        self._count_limits(verdict)
         return verdict
-
-    def _inline_content(self, check: CheckRequest, verdict: Verdict) -> Verdict | None:
-        """On the reactor: the verdict with every check's cheap answer, or None (use the pool)."""
-        timed: list[tuple[ContentResult, float]] = []
-        for content in self.content:
-            started = time.monotonic()
-            try:
-                result = content.inline(check)
-            except Exception:  # noqa: BLE001 - the pool runs it again and reports its failure
-                return None
-            if result is None:
-                return None
-            timed.append((result, time.monotonic() - started))
-        return self._combined(check, verdict, timed)
-
-    def _with_content(self, check: CheckRequest, verdict: Verdict, deadline: float) -> Verdict:
-        timed: list[tuple[ContentResult, float]] = []
-        for content in self.content:
-            started = time.monotonic()
-            try:
-                result = content.run(check, deadline)
-            except Exception as exc:  # noqa: BLE001 - a failed check is a 451, never a pass
-                log.error("content check failed", queue_id=check.queue_id, check=content.name,
-                          error=str(exc) or type(exc).__name__, error_type=type(exc).__name__)
-                result = ContentResult(content.name, "tempfail", f"{content.name} check failed",
-                                       details={"category": "error"})
-            timed.append((result, time.monotonic() - started))
-        return self._combined(check, verdict, timed)
-
-    def _combined(self, check: CheckRequest, verdict: Verdict,
-                  timed: list[tuple[ContentResult, float]]) -> Verdict:
-        """The verdict with the checks' results: counted, logged once with the queue id."""
-        results = [result for result, _ in timed]
-        if self._content_results is not None:
-            for result, seconds in timed:
-                self._content_results.labels(
-                    check=result.check, action=result.action,
-                    category=str(result.details.get("category") or "none")).inc()
-                self._content_seconds.labels(check=result.check).observe(seconds)
-        combined = with_content(verdict, results)
-        log.info("content verdict", queue_id=check.queue_id, disposition=combined.disposition,
-                 reason=combined.reason or None,
-                 checks=[{"check": r.check, "action": r.action,
-                          "category": r.details.get("category")} for r in results])
-        return combined
 
     def _count_limits(self, verdict: Verdict) -> None:
         run = verdict.dkim_run
@@ -275,11 +225,6 @@ class CheckResource(resource.Resource):
             self._skipped.labels(reason="budget").inc(run.unfinished)
         if run.out_of_time:
             self._exhausted.inc()
-
-    def _answered(self, check: CheckRequest, verdict: Verdict) -> dict[str, Any]:
-        if self.recorder is not None:
-            self.recorder.record(check, verdict)  # in the background; never raises
-        return verdict.to_json()
 
     def _counted(self, body: dict[str, Any]) -> dict[str, Any]:
         """Count the verdict by DMARC result and disposition (both from small fixed sets)."""

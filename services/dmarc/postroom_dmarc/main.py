@@ -17,8 +17,11 @@ from postroom.queue.streams import QueueClient
 from postroom.runtime import ServiceContext
 from postroom.service import ServiceSpec
 from postroom_dmarc.api import CheckResource, build_site
-from postroom_dmarc.content import ContentCheck
 from postroom_dmarc.content.attachments import AttachmentCheck, policy_from_settings
+from postroom_dmarc.content.checks import ContentChecks, Entry, PooledCheck
+from postroom_dmarc.content.clamd import ClamdCheck
+from postroom_dmarc.content.learning import LearnWorker
+from postroom_dmarc.content.rspamd import RspamdClient
 from postroom_dmarc.incoming import IncomingScanner
 from postroom_dmarc.reports import ReportConfig, ReportScheduler
 from postroom_dmarc.results import ResultRecorder
@@ -53,14 +56,6 @@ def options_from_settings(settings: Settings) -> Options:
                    overrides=combine(monitored, settings.dmarc_overrides),
                    dkim_max_signatures=settings.dkim_max_signatures,
                    dkim_budget=settings.dkim_budget)
-
-
-def content_checks(settings: Settings) -> list[ContentCheck]:
-    """The content checks turned on by the settings, in the order they run."""
-    checks: list[ContentCheck] = []
-    if settings.attachment_policy:
-        checks.append(AttachmentCheck(policy_from_settings(settings)))
-    return checks
 
 
 def deadline_for(settings: Settings) -> float:
@@ -98,21 +93,46 @@ def build_scanner(ctx: ServiceContext, pool: ThreadPool) -> IncomingScanner:
                            limits=limits)
 
 
+def build_content(ctx: ServiceContext, pool: ThreadPool) -> ContentChecks:
+    """The content checks the settings turn on: the attachment policy (in ``pool``),
+    clamd (POSTROOM_CLAMD_ADDRESS) and rspamd (POSTROOM_RSPAMD_URL)."""
+    settings = ctx.settings
+    extra: list[Entry] = []
+    if settings.attachment_policy:
+        extra.append(PooledCheck(AttachmentCheck(policy_from_settings(settings)), pool,
+                                 ctx.reactor, deadline=deadline_for(settings),
+                                 max_inflight=MAX_INFLIGHT))
+    rspamd = None
+    if settings.rspamd_url:
+        rspamd = RspamdClient(settings.rspamd_url, reactor=ctx.reactor,
+                              timeout=settings.rspamd_timeout, password=settings.rspamd_password,
+                              fail_open=settings.rspamd_fail_open,
+                              controller_url=settings.rspamd_controller_url,
+                              metrics=ctx.metrics)
+    clamd = None
+    if settings.clamd_address:
+        clamd = ClamdCheck(settings.clamd_address, reactor=ctx.reactor,
+                           timeout=settings.clamd_timeout,
+                           max_stream=settings.clamd_max_stream, metrics=ctx.metrics)
+    return ContentChecks(rspamd=rspamd, clamd=clamd, extra=extra, metrics=ctx.metrics)
+
+
 async def _start(ctx: ServiceContext) -> None:
     settings = ctx.settings
     options = options_from_settings(settings)
     resolver = Resolver.from_settings(settings)
     pool = ctx.thread_pool("policy", POLICY_THREADS)
     recorder = ResultRecorder(ctx.db)
+    content = build_content(ctx, pool)
     check = CheckResource(resolver, options, pool, ctx.reactor, max_inflight=MAX_INFLIGHT,
                           deadline=deadline_for(settings), recorder=recorder,
-                          metrics=ctx.metrics, token=settings.internal_token,
-                          content=content_checks(settings))
+                          metrics=ctx.metrics, token=settings.internal_token, content=content)
     scheduler = build_scheduler(ctx, resolver, pool) if settings.dmarc_reports else None
     scanner = build_scanner(ctx, pool) if settings.dmarc_report_mailbox else None
     site: Any = build_site(check, settings.max_message_size * 4 // 3 + _JSON_OVERHEAD)
     # stop hooks run newest first: the scheduler stops, then the last verdict rows are written
     ctx.on_stop(recorder.drain)
+    ctx.on_stop(lambda: Deferred.fromCoroutine(content.close()))
     warn_if_exposed("/v1/check", settings.dmarc_listen, settings.internal_token)
     await ctx.listen_all(settings.dmarc_listen, site)
     if scheduler is not None:
@@ -121,6 +141,13 @@ async def _start(ctx: ServiceContext) -> None:
     if scanner is not None:
         ctx.on_stop(scanner.stop)
         scanner.start()
+    if content.rspamd is not None and settings.rspamd_controller_url:
+        learner = LearnWorker(content.rspamd, ctx.db, ctx.redis_client, settings.redis_prefix,
+                              ctx.thread_pool("learn", 1), ctx.reactor,
+                              max_attempts=settings.rspamd_learn_attempts,
+                              metrics=ctx.metrics)
+        ctx.on_stop(learner.stop)
+        learner.start()
 
 
 def start(ctx: ServiceContext) -> Deferred[Any]:

@@ -117,6 +117,8 @@ class Verdict:
     dkim_run: dkimcheck.DKIMRun | None = None
     # each content check's result (attachments, spam, viruses), in the order they ran
     content: tuple[ContentResult, ...] = ()
+    # the content check that decided the disposition, when one did (else DMARC did)
+    decided_by: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         body: dict[str, Any] = {
@@ -130,8 +132,10 @@ class Verdict:
             "authentication_results": self.authentication_results,
         }
         if self.content:
-            body["content"] = [{"check": c.check, "action": c.action, "reason": c.reason,
-                                "headers": [list(h) for h in c.headers]} for c in self.content]
+            body["content"] = [c.to_json() for c in self.content]
+            # the fields to add to the stored message, every check's, in order
+            body["headers"] = [[name, value] for c in self.content for name, value in c.headers]
+            body["decided_by"] = self.decided_by
         return body
 
 
@@ -146,13 +150,12 @@ def with_content(verdict: Verdict, results: Sequence[ContentResult]) -> Verdict:
     if not results:
         return verdict
     winner = combine(results)
-    assert winner is not None
-    disposition, reason = verdict.disposition, verdict.reason
+    disposition, reason, decided_by = verdict.disposition, verdict.reason, None
     wanted = DISPOSITION[winner.action]
     if _SEVERITY[wanted] > _SEVERITY[disposition]:
-        disposition, reason = wanted, winner.reason
+        disposition, reason, decided_by = wanted, winner.reason, winner.check
     return dataclasses.replace(verdict, disposition=disposition, reason=reason,
-                               content=tuple(results))
+                               content=tuple(results), decided_by=decided_by)
 
 
 def aligned(a: str, b: str, mode: str, discoverer: Discoverer) -> bool:

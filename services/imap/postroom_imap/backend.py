@@ -24,7 +24,7 @@ from postroom.auth.ratelimit import LoginLocked, LoginRateLimiter, RateLimitUnav
 from postroom.auth.sasl import ScramSecrets
 from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import get_logger
-from postroom.queue import events
+from postroom.queue import events, learning
 from postroom.queue.redisclient import RedisClient, RedisError
 from postroom.store import users
 from postroom.store.db import UNAVAILABLE, Database
@@ -114,8 +114,10 @@ class StoreAccounts:
     def __init__(self, database: Database, client: RedisClient, redis_pool: ThreadPool, *,
                  prefix: str, limiter: LoginRateLimiter | None, listener: ChangeListener,
                  reactor: ReactorThreads, auth_cache: AuthCache[users.UserInfo] | None = None,
-                 cpu_pool: ThreadPool | None = None) -> None:
+                 cpu_pool: ThreadPool | None = None, learn: bool = False) -> None:
         self.database = database
+        # moves into and out of Junk become rspamd learning requests (the `learn` stream)
+        self.learn = learn
         # repeated logins skip scrypt for a minute (see postroom.auth.authcache)
         self.auth_cache: AuthCache[users.UserInfo] = (
             auth_cache if auth_cache is not None else AuthCache())
@@ -211,6 +213,25 @@ class StoreAccounts:
                 log.warning("login lookup failed", error=str(exc))
                 raise Unavailable() from None
         return await self._outcome(info, username, peer)
+
+    def request_learning(self, user_id: int, result: CopyResult) -> None:
+        """After a committed copy or move: XADD its learning requests, never waited for."""
+        klass = learning.learn_class(result.source_name, result.dest_name)
+        if not self.learn or klass is None or not result.message_ids:
+            return
+        requests = [learning.LearnRequest(user_id, m, klass) for m in result.message_ids]
+
+        def failed(failure: Failure) -> None:
+            # the message is where the user put it; only the classifier misses this hint
+            log.warning("learning request not queued", user_id=user_id, klass=klass,
+                        messages=len(requests), error=failure.getErrorMessage())
+
+        def queued(ids: list[str]) -> None:
+            log.info("learning requested", user_id=user_id, klass=klass, messages=len(ids),
+                     source=result.source_name, dest=result.dest_name)
+
+        self.in_redis_thread(learning.enqueue, self.redis, self.prefix, requests).addCallbacks(
+            queued, failed)
 
     def publish(self, mailbox_id: int, kind: str, modseq: int | None = None) -> None:
         # with modseq, sessions that already know it ignore the event
@@ -340,6 +361,7 @@ class UserStoreImpl:
         d = self._db(mailstore.copy, self.user_id, mailbox_id, list(uids), dest, move)
 
         def done(result: CopyResult) -> CopyResult:
+            self.accounts.request_learning(self.user_id, result)
             if result.source:
                 Deferred.fromCoroutine(self._publish_names([dest], "exists")).addErrback(
                     lambda f: None)

@@ -36,7 +36,8 @@ def build_factory(ctx: ServiceContext) -> tuple[IMAPFactory, ChangeListener]:
         ctx.db, ctx.redis_client, pool, prefix=settings.redis_prefix,
         limiter=LoginRateLimiter.from_settings(ctx.redis_client, settings, ctx.metrics),
         listener=listener,
-        reactor=ctx.reactor, cpu_pool=ctx.thread_pool("cpu", CPU_THREADS))
+        reactor=ctx.reactor, cpu_pool=ctx.thread_pool("cpu", CPU_THREADS),
+        learn=bool(settings.rspamd_url and settings.rspamd_controller_url))
     factory = IMAPFactory(
         accounts, hostname=settings.hostname, tls=ctx.tls,
         allow_plaintext_auth_on_loopback=settings.allow_plaintext_auth_on_loopback,

@@ -8,6 +8,7 @@ from twisted.internet.defer import Deferred
 
 from postroom.auth.ratelimit import LoginRateLimiter
 from postroom.interfaces import twisted_clock
+from postroom.net.clamd import ClamdClient
 from postroom.queue.reconciler import Enqueuer
 from postroom.queue.streams import QueueClient
 from postroom.runtime import ServiceContext, StartupError
@@ -73,11 +74,17 @@ def build_policy(ctx: ServiceContext, keyring: Keyring | None = None) -> MSAPoli
                           hostname=settings.hostname, sign_pool=sign_pool,
                           redis_pool=redis_pool, reactor=ctx.reactor, metrics=ctx.metrics,
                           keyring=keyring)
+    scanner = None
+    if settings.clamd_address and settings.msa_virus_scan:
+        scanner = ClamdClient(settings.clamd_address, reactor=ctx.reactor,
+                              timeout=settings.clamd_timeout,
+                              max_stream=settings.clamd_max_stream, metrics=ctx.metrics)
     limiter = LoginRateLimiter.from_settings(ctx.redis_client, settings, ctx.metrics)
     return MSAPolicy(ctx.db, limiter=limiter,
                      limits=limits, submitter=submitter, redis_pool=redis_pool,
                      reactor=ctx.reactor,
-                     allow_plaintext_auth_on_loopback=settings.allow_plaintext_auth_on_loopback)
+                     allow_plaintext_auth_on_loopback=settings.allow_plaintext_auth_on_loopback,
+                     virus_scanner=scanner)
 
 
 async def start_listening(ctx: ServiceContext) -> MSAPolicy:

@@ -37,6 +37,7 @@ from postroom.auth.sasl import (
 )
 from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import get_logger
+from postroom.net.clamd import ClamdClient
 from postroom.net.peers import is_loopback
 from postroom.smtp import replies as R
 from postroom.smtp.grammar import Address, MailParams, RcptParams
@@ -67,8 +68,11 @@ class MSAPolicy(BasePolicy):
     def __init__(self, database: Database, *, limiter: LoginRateLimiter, limits: SendingLimits,
                  submitter: Submitter, redis_pool: ThreadPool, reactor: ReactorThreads,
                  allow_plaintext_auth_on_loopback: bool = False,
-                 auth_cache: AuthCache[users.UserInfo] | None = None) -> None:
+                 auth_cache: AuthCache[users.UserInfo] | None = None,
+                 virus_scanner: ClamdClient | None = None) -> None:
         self.database = database
+        # POSTROOM_MSA_VIRUS_SCAN with POSTROOM_CLAMD_ADDRESS: outgoing mail is scanned too
+        self.virus_scanner = virus_scanner
         # repeated PLAIN/LOGIN logins skip scrypt for a minute (postroom.auth.authcache)
         self.auth_cache: AuthCache[users.UserInfo] = (
             auth_cache if auth_cache is not None else AuthCache())
@@ -207,4 +211,21 @@ class MSAPolicy(BasePolicy):
     # --- content
 
     def deliver(self, session: Session, envelope: Envelope, message: bytes) -> Deferred[Reply]:
-        return self.submitter.submit(session, envelope, message)
+        if self.virus_scanner is None:
+            return self.submitter.submit(session, envelope, message)
+        return Deferred.fromCoroutine(self._scanned(session, envelope, message))
+
+    async def _scanned(self, session: Session, envelope: Envelope, message: bytes) -> Reply:
+        """clamd first: a virus is refused (554), an unreachable scanner is 451, never skipped."""
+        assert self.virus_scanner is not None
+        verdict = await self.virus_scanner.verdict(message)
+        slog = log.bind(session=session.id, peer=session.peer_ip, user=session.auth_username,
+                        size=len(message))
+        if verdict.outcome == "virus":
+            slog.warning("submission refused: virus", signature=verdict.signature)
+            return M.virus_found(verdict.signature)
+        if verdict.outcome != "clean":
+            slog.warning("submission deferred: virus scanner unavailable", error=verdict.error)
+            return M.VIRUS_SCANNER_UNAVAILABLE
+        reply: Reply = await self.submitter.submit(session, envelope, message)
+        return reply

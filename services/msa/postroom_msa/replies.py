@@ -18,6 +18,16 @@ AUTH_UNAVAILABLE = R.AUTH_TEMPORARY_FAILURE
 TRY_LATER = R.LOCAL_ERROR
 
 
+# POSTROOM_MSA_VIRUS_SCAN with clamd configured: the scanner could not be asked
+VIRUS_SCANNER_UNAVAILABLE = Reply(451, "4.7.0",
+                                  "Temporary failure (virus scanner unavailable), try again later")
+
+
+def virus_found(signature: str) -> Reply:
+    """The refusal of a submitted message clamd found a virus in, naming the signature."""
+    return Reply(554, "5.7.1", f"Message rejected: virus found: {signature}")
+
+
 def queued(queue_id: str) -> Reply:
     """The final 250 after DATA, naming the queue id every later log line carries."""
     return R.MESSAGE_ACCEPTED.with_text(f"Message accepted, queued as {queue_id}")

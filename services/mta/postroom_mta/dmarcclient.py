@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -51,8 +52,10 @@ class Verdict:
     authentication_results: str = ""
     dmarc_result: str | None = None
     unavailable: bool = False
-    # header fields the content checks want on the stored message (name, one-line value)
+    # fields the content checks add to the stored message (X-Spamd-Result...), in order
     headers: tuple[tuple[str, str], ...] = ()
+    # the check that decided, when a content check (attachments, clamd, rspamd) did
+    decided_by: str | None = None
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
 
 
@@ -75,40 +78,39 @@ def parse_verdict(body: bytes) -> Verdict:
         raise ValueError("reason and authentication_results must be strings")
     dmarc = data.get("dmarc")
     dmarc_result = dmarc.get("result") if isinstance(dmarc, dict) else None
+    decided_by = data.get("decided_by")
     return Verdict(disposition=disposition, reason=reason, authentication_results=results,
                    dmarc_result=dmarc_result if isinstance(dmarc_result, str) else None,
-                   headers=content_headers(data.get("content")), raw=data)
+                   headers=content_headers(data.get("headers")),
+                   decided_by=decided_by if isinstance(decided_by, str) else None,
+                   raw=data)
 
 
 MAX_HEADERS = 16
-MAX_HEADER_VALUE = 900
-_HEADER_NAME = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+MAX_HEADER_VALUE = 8192
+_FIELD_NAME = re.compile(r"[A-Za-z0-9-]{1,64}")
 
 
-def content_headers(content: Any) -> tuple[tuple[str, str], ...]:
-    """The header fields of the verdict's ``content`` results that are safe to add.
+def content_headers(raw: Any) -> tuple[tuple[str, str], ...]:
+    """The verdict's ``headers`` (the content checks' fields) that are safe to add.
 
-    A name is letters, digits and hyphens (at most 64); a value is made one
-    line of printable text (line breaks unfolded, control characters dropped)
-    and cut at MAX_HEADER_VALUE characters; anything else is left out.
+    A pair is kept when its name is letters, digits and hyphens (at most 64)
+    and its value a string of at most MAX_HEADER_VALUE characters; at most
+    MAX_HEADERS are kept; anything else is left out (the message is still
+    accepted: a field we cannot add safely is not worth a 451). The value's
+    line breaks and control characters are made safe where the field is
+    written (:func:`postroom_mta.inbound.added_field`).
     """
     found: list[tuple[str, str]] = []
-    if not isinstance(content, list):
-        return ()
-    for result in content:
-        pairs = result.get("headers") if isinstance(result, dict) else None
-        for pair in pairs if isinstance(pairs, list) else []:
-            if len(found) >= MAX_HEADERS:
-                return tuple(found)
-            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(p, str)
-                                                                       for p in pair)):
-                continue
-            name, value = pair
-            if not name or len(name) > 64 or not set(name) <= _HEADER_NAME:
-                continue
-            value = " ".join(value.split())
-            value = "".join(ch for ch in value if ch >= " " and ch != "\x7f")
-            found.append((name, value[:MAX_HEADER_VALUE]))
+    for pair in raw if isinstance(raw, list) else []:
+        if len(found) >= MAX_HEADERS:
+            break
+        if not (isinstance(pair, list) and len(pair) == 2
+                and all(isinstance(p, str) for p in pair)):
+            continue
+        name, value = pair
+        if _FIELD_NAME.fullmatch(name) and len(value) <= MAX_HEADER_VALUE:
+            found.append((name, value))
     return tuple(found)
 
 

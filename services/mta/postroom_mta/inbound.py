@@ -8,11 +8,14 @@ Decisions, in the order a session meets them:
   ``user!host@local``) and non-local domains get ``554 5.7.1 Relay access
   denied``; local addresses that resolve to nobody get ``550 5.1.1``; then
   optional greylisting (451 4.7.1).
-* end of DATA / last BDAT: the dmarc service's verdict (DMARC and the content
-  checks, docs/content-filtering.md). ``reject`` is 554 5.7.1 with the verdict's
-  reason (no bounce: the client tells its user), ``tempfail`` or the service
-  unreachable is 451 4.7.0, else the message gets our Received: and
-  Authentication-Results (forged ones claiming our authserv-id removed), is
+* end of DATA / last BDAT: the dmarc service's verdict (SPF/DKIM/DMARC and the
+  content checks: attachments, clamd, rspamd; docs/content-filtering.md).
+  ``reject`` is 554 5.7.1 with the verdict's reason, whichever decided (no
+  bounce: the client tells its user), ``tempfail`` or the service
+  unreachable is 451 4.7.0, else the message gets our Received:,
+  Authentication-Results (forged ones claiming our authserv-id removed) and
+  the content checks' fields (X-Spamd-Result...; the sender's own copies of
+  those removed), is
   spooled for `deliver` with the disposition (inbox or junk), and only after
   the commit does the client get ``250 2.0.0 Ok: queued as ID``.
 """
@@ -146,6 +149,17 @@ def spool_message(session: DBSession, *, queue_id: str, envelope: Envelope,
         ret=params.ret, envid=params.envid, peer_ip=peer_ip, helo=helo,
         disposition=disposition, queue_id=queue_id, enqueued_at=datetime.now(UTC))
     return ids
+
+
+def added_field(name: str, value: str) -> bytes:
+    """``Name: value`` from a content check, folded at its ``\\n`` (each continuation indented).
+
+    Control characters become "?": nothing in a value can start a field of its own.
+    """
+    lines = ["".join(c if c.isprintable() else "?" for c in line).strip()
+             for line in value.split("\n")]
+    text = "\r\n\t".join(line for line in lines if line) or "none"
+    return f"{name}: {text}\r\n".encode("utf-8", "replace")
 
 
 def authentication_results_field(value: str, authserv_id: str) -> bytes:
@@ -286,22 +300,35 @@ class InboundPolicy(BasePolicy):
         queue_id = new_queue_id()
         recipients = self._addresses(session, envelope)
         mail_from = str(envelope.mail_from or "")
-        fields = {"queue_id": queue_id, "session": session.id, "peer": session.peer_ip,
-                  "helo": session.helo, "mail_from": mail_from, "recipients": len(recipients),
-                  "size": len(message)}
+        fields: dict[str, Any] = {
+            "queue_id": queue_id, "session": session.id, "peer": session.peer_ip,
+            "helo": session.helo, "mail_from": mail_from, "recipients": len(recipients),
+            "size": len(message)}
         verdict = await self.dmarc.check(client_ip=session.peer_ip, helo=session.helo,
                                          mail_from=mail_from, recipients=recipients,
                                          message=message, queue_id=queue_id)
         fields.update(verdict=verdict.disposition, dmarc=verdict.dmarc_result,
                       reason=verdict.reason or None)
+        if verdict.decided_by is not None:
+            fields["decided_by"] = verdict.decided_by
+        content = verdict.raw.get("content")
+        if isinstance(content, list) and content:
+            # each content check's outcome, e.g. ["clamd:accept", "rspamd:quarantine"]
+            fields["content"] = [f"{c.get('check')}:{c.get('action')}" for c in content[:10]
+                                 if isinstance(c, dict)]
         if verdict.disposition == "reject":
-            self._count("rejected_policy")
+            # DMARC or a content check (spam, virus, attachment policy): 554 5.7.1 with the
+            # reason at the end of DATA, no bounce (the client tells its user)
+            self._count("rejected_content" if verdict.decided_by is not None
+                        else "rejected_policy")
             _log.info("inbound message rejected", **fields)
             return Reply(554, "5.7.1", _reply_text(verdict.reason or "Message rejected by policy"))
         if verdict.disposition not in ("inbox", "junk"):
             self._count("deferred")
             _log.warning("inbound message deferred", **fields)
             why = verdict.reason or "policy check failed"
+            if verdict.decided_by is not None:  # a content scanner could not scan it
+                return Reply(451, "4.7.0", f"Temporary failure ({why}), try again later")
             return Reply(451, "4.7.0", f"Temporary authentication failure ({why}), try again "
                          "later")
         if not await self.enqueuer.available():
@@ -312,9 +339,11 @@ class InboundPolicy(BasePolicy):
                                   recipients=[r.address for r in envelope.recipients],
                                   smtputf8=envelope.smtputf8)
                   + authentication_results_field(verdict.authentication_results, self.hostname)
-                  + b"".join(f"{name}: {value}\r\n".encode("utf-8", "replace")
-                             for name, value in verdict.headers)
-                  + authres.strip_forged(message, self.hostname))
+                  # the content checks' fields; the sender's own copies of them removed
+                  + b"".join(added_field(name, value) for name, value in verdict.headers)
+                  + authres.strip_fields(authres.strip_forged(message, self.hostname),
+                                         frozenset(name.lower().encode("ascii")
+                                                   for name, _ in verdict.headers)))
         disposition = verdict.disposition
 
         def envelope_of(ids: list[int]) -> QueueEnvelope:

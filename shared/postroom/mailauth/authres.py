@@ -116,3 +116,29 @@ def strip_forged(message: bytes, authserv_id: str) -> bytes:
         if not dropping:
             out.append(line)
     return b"".join(out)
+
+
+def strip_fields(message: bytes, names: frozenset[bytes]) -> bytes:
+    """``message`` without the header fields named in ``names`` (lower case), continuations too.
+
+    Used for fields we add ourselves (X-Spamd-Result, X-Spam-Status...): a
+    sender's own copy must not pass for ours.
+    """
+    if not names:
+        return message
+    lines = message.splitlines(keepends=True)
+    out: list[bytes] = []
+    dropping = False
+    for index, line in enumerate(lines):
+        if line in (b"\r\n", b"\n"):
+            out.extend(lines[index:])  # the body is never touched
+            return b"".join(out)
+        if line[:1] in (b" ", b"\t"):
+            if not dropping:
+                out.append(line)
+            continue
+        name, sep, _rest = line.partition(b":")
+        dropping = bool(sep) and name.strip().lower() in names
+        if not dropping:
+            out.append(line)
+    return b"".join(out)

@@ -124,6 +124,10 @@ class CopyResult:
     uidvalidity: int
     source: list[int]
     dest: list[int]
+    # for spam learning (a move into or out of Junk): what was copied, from where
+    message_ids: list[int] = field(default_factory=list)
+    source_name: str = ""
+    dest_name: str = ""
 
 
 @dataclass(frozen=True)
@@ -711,10 +715,12 @@ def search(s: Session, mailbox_id: int, key: SearchKey, max_uid: int) -> list[tu
 def copy(s: Session, user_id: int, mailbox_id: int, uids: Sequence[int], dest: str,
          move: bool) -> CopyResult:
     """Copy (or move) entries; the destination's UIDs come from its locked row."""
-    target = s.execute(text("SELECT id FROM mailboxes WHERE user_id = :u AND name = :n"),
-                       {"u": user_id, "n": _norm(dest)}).first()
+    target = s.execute(text("SELECT id, name, (SELECT name FROM mailboxes WHERE id = :src) "
+                            "FROM mailboxes WHERE user_id = :u AND name = :n"),
+                       {"u": user_id, "n": _norm(dest), "src": mailbox_id}).first()
     if target is None:
         raise NotFound("no such mailbox")
+    source_name, dest_name = str(target[2] or ""), str(target[1])
     # lock both rows in id order, so two opposite moves cannot deadlock
     locked = {}
     for mid in sorted({mailbox_id, int(target[0])}):
@@ -726,7 +732,8 @@ def copy(s: Session, user_id: int, mailbox_id: int, uids: Sequence[int], dest: s
         "AND e.uid = ANY(CAST(:uids AS bigint[])) ORDER BY e.uid"),
         {"m": mailbox_id, "uids": list(uids)}).all()
     if not rows:
-        return CopyResult(int(dst.uidvalidity), [], [])
+        return CopyResult(int(dst.uidvalidity), [], [], source_name=source_name,
+                          dest_name=dest_name)
     if not move:
         _check_quota(s, user_id, sum(int(r[4]) for r in rows), len(rows))
     uid = int(dst.uidnext)
@@ -749,7 +756,8 @@ def copy(s: Session, user_id: int, mailbox_id: int, uids: Sequence[int], dest: s
                        "AND uid = ANY(CAST(:uids AS bigint[]))"),
                   {"m": mailbox_id, "uids": source})
         _bump(s, mailbox_id, src_modseq)
-    return CopyResult(int(dst.uidvalidity), source, new)
+    return CopyResult(int(dst.uidvalidity), source, new, [int(r[1]) for r in rows],
+                      source_name=source_name, dest_name=dest_name)
 
 
 def expunge(s: Session, mailbox_id: int,

@@ -1,0 +1,150 @@
+"""The learn worker: the `learn` stream on the real Redis, the store, a real rspamd controller.
+
+A request whose submission fails is put back with its attempt count raised
+(and learnt once rspamd answers), dropped past the attempt limit, skipped
+when the user no longer has the message, and a malformed entry is removed.
+"""
+
+from __future__ import annotations
+
+import secrets
+from typing import Any
+
+import pytest
+import redis
+from twisted.internet import defer
+
+from postroom.auth.passwords import hash_password
+from postroom.metrics import Metrics
+from postroom.mime import analyze
+from postroom.queue import learning
+from postroom.store import domains, mailboxes, messages, users
+from postroom.store.db import Database
+from postroom_dmarc.content.learning import LearnWorker
+from postroom_dmarc.content.rspamd import RspamdClient
+from tests.support.ports import free_port
+from tests.support.redisdb import in_reactor
+from tests.support.scanners import RSPAMD_PASSWORD, RspamdServer
+
+
+def _message() -> bytes:
+    words = "\r\n".join(f"cheap{i} replica watches casino bonus {secrets.token_hex(4)}"
+                        for i in range(40))
+    return (f"From: <spam@spam.example>\r\nTo: <u@learn.test>\r\nSubject: bonus\r\n"
+            f"Message-ID: <{secrets.token_hex(8)}@spam.example>\r\n\r\n{words}\r\n").encode()
+
+
+@pytest.fixture
+def stored(database: Database) -> tuple[int, int]:
+    """(user id, message id) of a message in a fresh user's Junk."""
+    domain = f"learn-{secrets.token_hex(3)}.test"
+
+    def work(session: Any) -> tuple[int, int]:
+        domains.add_domain(session, domain)
+        user = users.add_user(session, f"u@{domain}", "pw",
+                              hash_fn=lambda p: hash_password(p, ln=4))
+        data = _message()
+        message_id = messages.store_message(session, data, analyze(data).to_dict())
+        mailboxes.deliver_to_mailbox(session, user_id=user.id, mailbox_name="Junk",
+                                     message_id=message_id, spool_recipient_id=None)
+        return int(user.id), int(message_id)
+
+    return database.run_sync(work)
+
+
+@pytest.fixture
+def client(redis_url: str) -> Any:
+    c = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield c
+    c.close()
+
+
+def _worker(database: Database, client: redis.Redis, prefix: str, url: str, reactor: Any,
+            **kw: Any) -> LearnWorker:
+    from twisted.python.threadpool import ThreadPool
+
+    rspamd = RspamdClient(url, reactor=reactor, timeout=5, password=RSPAMD_PASSWORD,
+                          controller_url=url)
+    pool = ThreadPool(1, 1, name="learn-test")
+    pool.start()
+    worker = LearnWorker(rspamd, database, client, prefix, pool, reactor,
+                         metrics=Metrics("test", process_metrics=False), **kw)
+    worker._pause = lambda seconds: defer.succeed(None)  # type: ignore[method-assign,assignment,return-value]
+    return worker
+
+
+def _next(worker: LearnWorker) -> str:
+    entries = learning.read(worker.redis, worker.prefix, "test", 1, 100, 60_000)
+    assert len(entries) == 1, entries
+    entry_id, fields = entries[0]
+    return str(in_reactor(lambda: defer.Deferred.fromCoroutine(worker.handle(entry_id, fields)),
+                          timeout=30))
+
+
+def test_a_failed_submission_is_retried_then_learnt(
+        database: Database, client: redis.Redis, redis_prefix: str, stored: tuple[int, int],
+        rspamd_server: RspamdServer, twisted_reactor: Any) -> None:
+    user_id, message_id = stored
+    learning.ensure_group(client, redis_prefix)
+    learning.enqueue(client, redis_prefix, [learning.LearnRequest(user_id, message_id, "spam")])
+    down = _worker(database, client, redis_prefix, f"http://127.0.0.1:{free_port()}",
+                   twisted_reactor)
+    try:
+        assert _next(down) == "retry"
+        [(_id, fields)] = client.xrange(learning.stream_key(redis_prefix))
+        assert learning.decode(fields).attempt == 1
+        before = rspamd_server.stat()["learned"]
+        down.rspamd = RspamdClient(rspamd_server.url, reactor=twisted_reactor, timeout=10,
+                                   password=RSPAMD_PASSWORD,
+                                   controller_url=rspamd_server.controller_url)
+        assert _next(down) in ("learned", "already")
+        assert learning.length(client, redis_prefix) == 0
+        assert rspamd_server.stat()["learned"] == before + 1
+    finally:
+        down.pool.stop()
+
+
+def test_past_the_attempt_limit_a_request_is_dropped(
+        database: Database, client: redis.Redis, redis_prefix: str, stored: tuple[int, int],
+        twisted_reactor: Any) -> None:
+    user_id, message_id = stored
+    learning.ensure_group(client, redis_prefix)
+    learning.enqueue(client, redis_prefix,
+                     [learning.LearnRequest(user_id, message_id, "ham", attempt=2)])
+    worker = _worker(database, client, redis_prefix, f"http://127.0.0.1:{free_port()}",
+                     twisted_reactor, max_attempts=3)
+    try:
+        assert _next(worker) == "dropped"
+        assert learning.length(client, redis_prefix) == 0
+    finally:
+        worker.pool.stop()
+
+
+def test_another_users_message_is_never_read(
+        database: Database, client: redis.Redis, redis_prefix: str, stored: tuple[int, int],
+        twisted_reactor: Any) -> None:
+    _user_id, message_id = stored
+    learning.ensure_group(client, redis_prefix)
+    learning.enqueue(client, redis_prefix,
+                     [learning.LearnRequest(999_999_999, message_id, "spam")])
+    worker = _worker(database, client, redis_prefix, f"http://127.0.0.1:{free_port()}",
+                     twisted_reactor)
+    try:
+        assert _next(worker) == "gone"
+        assert learning.length(client, redis_prefix) == 0
+    finally:
+        worker.pool.stop()
+
+
+def test_a_malformed_entry_is_removed(database: Database, client: redis.Redis,
+                                      redis_prefix: str, twisted_reactor: Any) -> None:
+    learning.ensure_group(client, redis_prefix)
+    client.xadd(learning.stream_key(redis_prefix), {"u": "1; rm -rf /", "m": "2", "c": "spam",
+                                                     "a": "0"})
+    worker = _worker(database, client, redis_prefix, f"http://127.0.0.1:{free_port()}",
+                     twisted_reactor)
+    try:
+        assert _next(worker) == "bad"
+        assert learning.length(client, redis_prefix) == 0
+    finally:
+        worker.pool.stop()
