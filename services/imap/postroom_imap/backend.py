@@ -37,6 +37,7 @@ from postroom_imap.policy import (
     LoginDelayed,
     MailboxRow,
     MailboxStatus,
+    NewMessage,
     OwnChange,
     Quota,
     SelectState,
@@ -281,15 +282,17 @@ class UserStoreImpl:
     def status(self, name: str) -> Deferred[MailboxStatus]:
         return self._db(mailstore.status, self.user_id, name)
 
-    def append(self, name: str, data: bytes | SpooledLiteral, flags: Sequence[str],
-               when: datetime | None) -> Deferred[tuple[int, int]]:
-        d = self._db(_append, self.user_id, name, data, list(flags), when)
+    def append(self, name: str,
+               messages: Sequence[NewMessage]) -> Deferred[tuple[int, list[int]]]:
+        d = self._db(_append, self.user_id, name, list(messages))
 
-        def done(result: tuple[int, int, int, int]) -> tuple[int, int]:
-            uidvalidity, uid, mailbox_id, modseq = result
-            self._own.append(OwnChange(mailbox_id, modseq - 1, modseq, uid))
+        def done(results: list[tuple[int, int, int, int]]) -> tuple[int, list[int]]:
+            for _, uid, mailbox_id, modseq in results:
+                self._own.append(OwnChange(mailbox_id, modseq - 1, modseq, uid))
+            # one event for them all: other sessions announce one EXISTS
+            _, _, mailbox_id, modseq = results[-1]
             self._changed(None, mailbox_id, "exists", modseq)
-            return uidvalidity, uid
+            return results[0][0], [r[1] for r in results]
 
         return d.addCallback(done)
 
@@ -371,8 +374,16 @@ class UserStoreImpl:
         """Nothing is held per session beyond watches, which the protocol removes."""
 
 
-def _append(s: Any, user_id: int, name: str, data: bytes | SpooledLiteral, flags: list[str],
-            when: datetime | None) -> tuple[int, int, int, int]:
-    """``mailstore.append``, reading a spooled message in the db thread (off the reactor)."""
-    body = data if isinstance(data, bytes) else data.read()
-    return mailstore.append(s, user_id, name, body, flags, when)
+def _append(s: Any, user_id: int, name: str,
+            messages: list[NewMessage]) -> list[tuple[int, int, int, int]]:
+    """``mailstore.append`` of each message in one transaction (MULTIAPPEND: all or none).
+
+    Spooled messages are read in the db thread (off the reactor), one at a
+    time: the memory held is one message, however many the command carries.
+    """
+    results = []
+    for data, flags, when in messages:
+        body = data if isinstance(data, bytes) else data.read()
+        results.append(mailstore.append(s, user_id, name, body, list(flags), when))
+        del body
+    return results

@@ -249,16 +249,13 @@ class MailboxCommands(CommandHost):
     async def do_append(self, command: Command) -> Reply:
         args = command.args
         assert isinstance(args, Append)
-        uidvalidity = 0
-        uids = []
-        for message in args.messages:
-            flags = [canonical_flag(f) for f in message.flags if f.lower() != "\\recent"]
-            try:
-                uidvalidity, uid = await self._user().append(
-                    args.mailbox, message.data, flags, message.internal_date)
-            except NoSuchMailbox:
-                raise TryCreate("no such mailbox; create it first") from None
-            uids.append(uid)
+        messages = [(m.data, [canonical_flag(f) for f in m.flags if f.lower() != "\\recent"],
+                     m.internal_date) for m in args.messages]
+        try:
+            # MULTIAPPEND (RFC 3502): one transaction, so all messages are stored or none
+            uidvalidity, uids = await self._user().append(args.mailbox, messages)
+        except NoSuchMailbox:
+            raise TryCreate("no such mailbox; create it first") from None
         if self.selected is not None:
             self.absorb_own_changes(self.selected,
                                     fallback_dirty=self.selected.name == args.mailbox)

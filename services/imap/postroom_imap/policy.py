@@ -113,6 +113,10 @@ class OwnChange:
 
 
 
+# one message of an APPEND: its bytes (in memory or spooled), flags, and INTERNALDATE if given
+NewMessage = tuple[bytes | SpooledLiteral, Sequence[str], datetime | None]
+
+
 class UserStore(Protocol):
     """A logged-in user's mailboxes; ``uids`` arguments are ordered, existing UIDs."""
 
@@ -126,8 +130,10 @@ class UserStore(Protocol):
     def rename(self, old: str, new: str) -> Deferred[None]: ...
     def subscribe(self, name: str, subscribed: bool) -> Deferred[None]: ...
     def status(self, name: str) -> Deferred[MailboxStatus]: ...
-    def append(self, name: str, data: bytes | SpooledLiteral, flags: Sequence[str],
-               when: datetime | None) -> Deferred[tuple[int, int]]: ...
+    def append(self, name: str,
+               messages: Sequence[NewMessage]) -> Deferred[tuple[int, list[int]]]:
+        """Store the messages in one transaction (all or none); (uidvalidity, their UIDs)."""
+        ...
     def select(self, name: str) -> Deferred[SelectState]: ...
     def changes(self, mailbox_id: int, modseq: int, max_uid: int,
                 count: int) -> Deferred[Changes]: ...

@@ -11,6 +11,7 @@ from postroom_imap.syntax_search import check_charset, parse_search_keys
 from postroom_imap.syntax_types import (
     Append,
     AppendMessage,
+    Compress,
     Authenticate,
     Copy,
     Create,
@@ -306,6 +307,12 @@ def _setquota(args: Args) -> SetQuota:
     return SetQuota(root, tuple(limits))
 
 
+def _compress(args: Args) -> Compress:
+    mechanism = args.atom("compression mechanism").upper()
+    args.end()
+    return Compress(mechanism)
+
+
 COMMANDS: dict[str, Callable[[Args], object]] = {
     **{name: _no_args for name in NO_ARGS},
     "EXPUNGE": _expunge,
@@ -333,6 +340,7 @@ COMMANDS: dict[str, Callable[[Args], object]] = {
     "GETQUOTA": _getquota,
     "GETQUOTAROOT": _mailbox,
     "SETQUOTA": _setquota,
+    "COMPRESS": _compress,
 }
 
 UID_COMMANDS: dict[str, Callable[[Args], object]] = {

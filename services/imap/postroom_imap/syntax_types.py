@@ -31,6 +31,7 @@ __all__ = [
     "Authenticate",
     "Copy",
     "Create",
+    "Compress",
     "Enable",
     "Expunge",
     "Fetch",
@@ -111,7 +112,7 @@ class FetchItem:
     @property
     def sets_seen(self) -> bool:
         """Whether fetching this implicitly sets \\Seen (RFC 3501 6.4.5)."""
-        if self.peek:
+        if self.peek or self.name == "BINARY.SIZE":
             return False
         return self.section is not None or self.name in ("RFC822", "RFC822.TEXT")
 
@@ -245,6 +246,13 @@ class Expunge:
     """EXPUNGE, or UID EXPUNGE with a set (RFC 4315)."""
 
     sequence: SequenceSet | None = None
+
+
+@dataclass(frozen=True)
+class Compress:
+    """COMPRESS (RFC 4978): the mechanism, upper-cased."""
+
+    mechanism: str
 
 
 @dataclass(frozen=True)
