@@ -63,7 +63,8 @@ def test_rfc3502_example_stores_both_with_one_appenduid_range(server: Server,  #
     try:
         assert b"MULTIAPPEND" in client.command(b"c CAPABILITY")
         reply = multiappend(client, b"A003", b"INBOX",
-                            [(b"(\\Seen)", FRED), (b"(\\Seen) \" 1-Jul-2002 22:30:00 -0700\"", JOE)])
+                            [(b"(\\Seen)", FRED),
+                             (b"(\\Seen) \" 1-Jul-2002 22:30:00 -0700\"", JOE)])
         match = re.fullmatch(rb"A003 OK \[APPENDUID (\d+) (\d+):(\d+)\] APPEND completed\r\n",
                              reply)
         assert match, reply

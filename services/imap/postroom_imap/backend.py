@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -44,7 +43,6 @@ from postroom_imap.policy import (
     StoreResult,
     Unavailable,
 )
-from postroom_imap.spool import SpooledLiteral
 from postroom_imap.syntax_types import SearchKey
 
 log = get_logger("imap")

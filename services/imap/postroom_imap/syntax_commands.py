@@ -11,8 +11,8 @@ from postroom_imap.syntax_search import check_charset, parse_search_keys
 from postroom_imap.syntax_types import (
     Append,
     AppendMessage,
-    Compress,
     Authenticate,
+    Compress,
     Copy,
     Create,
     Enable,
