@@ -85,3 +85,32 @@ def test_compress_command_pauses_the_reader_and_leaves_what_follows_unread() -> 
     assert reader.paused
     assert reader.take_pending() == b"\x01\x02compressed"
     assert reader.pending == 0
+
+
+def test_catenate_urls_of_rfc4469_parse() -> None:
+    from postroom_imap.catenate import MessageUrl, parse_url
+
+    assert parse_url("/Drafts;UIDVALIDITY=385759045/;UID=20/;section=1.MIME") == MessageUrl(
+        "Drafts", 385759045, 20, Section((1,), "MIME"))
+    assert parse_url("/INBOX/;uid=9") == MessageUrl("INBOX", None, 9, None)
+    assert parse_url("/a%20b%2Fc/;UID=3/;SECTION=HEADER.FIELDS%20(FROM)") == MessageUrl(
+        "a b/c", None, 3, Section((), "HEADER.FIELDS", ("FROM",)))
+    for bad in ("imap://host/INBOX/;UID=1", "/INBOX", "/INBOX/;UID=0", "/INBOX/;UID=x",
+                "/;UID=1", "/INBOX/;UID=1/;PARTIAL=0.5", "/INBOX;UIDVALIDITY=/;UID=1",
+                "/INBOX/;UID=1/;SECTION=BOGUS", "/" + "a" * 5000 + "/;UID=1"):
+        with pytest.raises(ValueError):
+            parse_url(bad)
+
+
+def test_catenate_parses_text_and_url_parts_beside_plain_messages() -> None:
+    from postroom_imap.syntax_types import Append, CatText, CatUrl
+
+    reader = CommandReader(authenticated=True)
+    events = reader.feed(b'a APPEND INBOX (\\Seen) CATENATE (URL "/INBOX/;UID=1" TEXT {3+}\r\n'
+                         b"abc) {2+}\r\nhi\r\n")
+    command = events[-1]
+    assert isinstance(command, Command) and isinstance(command.args, Append)
+    first, second = command.args.messages
+    assert first.flags == ("\\Seen",) and first.catenate == (CatUrl("/INBOX/;UID=1"),
+                                                            CatText(b"abc"))
+    assert second.data == b"hi" and second.catenate == ()

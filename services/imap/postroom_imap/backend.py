@@ -27,7 +27,7 @@ from postroom.queue import events
 from postroom.queue.redisclient import RedisClient, RedisError
 from postroom.store import users
 from postroom.store.db import UNAVAILABLE, Database
-from postroom_imap import mailstore
+from postroom_imap import catenate, mailstore
 from postroom_imap.policy import (
     AuthFailed,
     Changes,
@@ -37,6 +37,7 @@ from postroom_imap.policy import (
     MailboxRow,
     MailboxStatus,
     NewMessage,
+    NoSuchMailbox,
     OwnChange,
     Quota,
     SelectState,
@@ -280,9 +281,9 @@ class UserStoreImpl:
     def status(self, name: str) -> Deferred[MailboxStatus]:
         return self._db(mailstore.status, self.user_id, name)
 
-    def append(self, name: str,
-               messages: Sequence[NewMessage]) -> Deferred[tuple[int, list[int]]]:
-        d = self._db(_append, self.user_id, name, list(messages))
+    def append(self, name: str, messages: Sequence[NewMessage],
+               max_size: int) -> Deferred[tuple[int, list[int]]]:
+        d = self._db(_append, self.user_id, name, list(messages), max_size)
 
         def done(results: list[tuple[int, int, int, int]]) -> tuple[int, list[int]]:
             for _, uid, mailbox_id, modseq in results:
@@ -372,16 +373,30 @@ class UserStoreImpl:
         """Nothing is held per session beyond watches, which the protocol removes."""
 
 
-def _append(s: Any, user_id: int, name: str,
-            messages: list[NewMessage]) -> list[tuple[int, int, int, int]]:
+def _append(s: Any, user_id: int, name: str, messages: list[NewMessage],
+            max_size: int) -> list[tuple[int, int, int, int]]:
     """``mailstore.append`` of each message in one transaction (MULTIAPPEND: all or none).
 
     Spooled messages are read in the db thread (off the reactor), one at a
     time: the memory held is one message, however many the command carries.
     """
     results = []
+
+    def lookup(box: str, uidvalidity: int | None, uid: int) -> FetchRow | None:
+        try:
+            mailbox_id, current = mailstore.mailbox_identity(s, user_id, box)
+        except NoSuchMailbox:
+            return None
+        if uidvalidity is not None and uidvalidity != current:
+            return None
+        rows = mailstore.fetch(s, mailbox_id, [uid], True, True, False, None, True)
+        return rows[0] if rows else None
+
     for data, flags, when in messages:
-        body = data if isinstance(data, bytes) else data.read()
+        if isinstance(data, tuple):  # CATENATE (RFC 4469)
+            body = catenate.assemble(data, lookup, max_size)
+        else:
+            body = data if isinstance(data, bytes) else data.read()
         results.append(mailstore.append(s, user_id, name, body, list(flags), when))
         del body
     return results

@@ -81,7 +81,7 @@ BASE_CAPABILITIES = ("IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE",
                      "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CREATE-SPECIAL-USE",
                      "CHILDREN", "CONDSTORE", "QUOTA", "QUOTA=RES-STORAGE",
                      "QUOTA=RES-MESSAGE",
-                     "MULTIAPPEND", "BINARY", "COMPRESS=DEFLATE")
+                     "MULTIAPPEND", "BINARY", "COMPRESS=DEFLATE", "CATENATE")
 
 _ANY = ("CAPABILITY", "NOOP", "LOGOUT", "ID")
 _NOT_AUTH = ("STARTTLS", "AUTHENTICATE", "LOGIN")
@@ -209,6 +209,10 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
     @property
     def meter(self) -> SessionMetrics:
         return self.factory.meter
+
+    @property
+    def max_message_size(self) -> int:
+        return self.factory.limits.max_append_literal
 
     def write(self, data: bytes) -> None:
         transport: Any = self.transport

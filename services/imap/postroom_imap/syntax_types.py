@@ -29,6 +29,8 @@ __all__ = [
     "Append",
     "AppendMessage",
     "Authenticate",
+    "CatText",
+    "CatUrl",
     "Compress",
     "Copy",
     "Create",
@@ -183,6 +185,21 @@ class AppendMessage:
     internal_date: datetime | None
     data: bytes | SpooledLiteral
     binary: bool = False
+    catenate: tuple[CatText | CatUrl, ...] = ()  # CATENATE (RFC 4469): data is then b""
+
+
+@dataclass(frozen=True)
+class CatText:
+    """CATENATE's ``TEXT literal`` (RFC 4469)."""
+
+    data: bytes | SpooledLiteral
+
+
+@dataclass(frozen=True)
+class CatUrl:
+    """CATENATE's ``URL astring``: an IMAP URL (RFC 5092) of a message or part of this user's."""
+
+    url: str
 
 
 @dataclass(frozen=True)
@@ -195,6 +212,9 @@ class Append:
         for message in self.messages:
             if isinstance(message.data, SpooledLiteral):
                 message.data.close()
+            for part in message.catenate:
+                if isinstance(part, CatText) and isinstance(part.data, SpooledLiteral):
+                    part.data.close()
 
 
 @dataclass(frozen=True)
