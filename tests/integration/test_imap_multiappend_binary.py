@@ -199,3 +199,26 @@ def test_append_with_literal8_reaches_another_device_byte_exact(
     finally:
         reader.close()
         writer.close()
+
+
+def test_imapclient_multiappend_with_flags_and_dates(server: Server,  # noqa: F811
+                                                     account: Account) -> None:  # noqa: F811
+    from datetime import UTC, datetime
+
+    client = IMAPClient(server.host, server.tls_port, ssl=True, ssl_context=unverified(),
+                        timeout=30)
+    try:
+        client.login(account.address, PASSWORD)
+        when = datetime(2002, 7, 2, 5, 30, tzinfo=UTC)
+        reply = client.multiappend("INBOX", [FRED, {"msg": JOE, "flags": ["\\Flagged"],
+                                                    "date": when}])
+        status, lines = reply  # imapclient's raw command answer
+        assert status == "OK", reply
+        assert re.fullmatch(rb"\[APPENDUID \d+ 1:2\] APPEND completed", lines[-1]), reply
+        client.select_folder("INBOX", readonly=True)
+        fetched = client.fetch([1, 2], ["FLAGS", "INTERNALDATE", "RFC822"])
+        assert fetched[1][b"RFC822"] == FRED and fetched[2][b"RFC822"] == JOE
+        assert fetched[2][b"FLAGS"] == (b"\\Flagged",)
+        assert fetched[2][b"INTERNALDATE"].astimezone(UTC) == when
+    finally:
+        client.logout()
