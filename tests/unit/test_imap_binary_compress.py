@@ -114,3 +114,21 @@ def test_catenate_parses_text_and_url_parts_beside_plain_messages() -> None:
     assert first.flags == ("\\Seen",) and first.catenate == (CatUrl("/INBOX/;UID=1"),
                                                             CatText(b"abc"))
     assert second.data == b"hi" and second.catenate == ()
+
+
+def test_compressed_commands_pipelined_behind_compress_are_run() -> None:
+    from tests.unit.test_imap_protocol import Harness
+
+    h = Harness(tls=True)
+    h.login()
+    client_out = zlib.compressobj(6, zlib.DEFLATED, -15)
+    client_in = zlib.decompressobj(-15)
+    pipelined = client_out.compress(b"n NOOP\r\nc COMPRESS DEFLATE\r\n") + client_out.flush(
+        zlib.Z_SYNC_FLUSH)
+    reply = h.send(b"z COMPRESS DEFLATE\r\n" + pipelined)
+    h.clock.advance(0)  # the backlog is inflated a step a reactor turn
+    head = b"z OK DEFLATE active\r\n"
+    assert reply.startswith(head)
+    rest = reply[len(head):] + h.transport.value()[len(reply):]
+    assert client_in.decompress(rest) == (b"n OK NOOP completed\r\n"
+                                          b"c NO [COMPRESSIONACTIVE] DEFLATE active via COMPRESS\r\n")
