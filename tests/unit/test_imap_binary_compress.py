@@ -130,5 +130,5 @@ def test_compressed_commands_pipelined_behind_compress_are_run() -> None:
     head = b"z OK DEFLATE active\r\n"
     assert reply.startswith(head)
     rest = reply[len(head):] + h.transport.value()[len(reply):]
-    assert client_in.decompress(rest) == (b"n OK NOOP completed\r\n"
-                                          b"c NO [COMPRESSIONACTIVE] DEFLATE active via COMPRESS\r\n")
+    assert client_in.decompress(rest) == (
+        b"n OK NOOP completed\r\nc NO [COMPRESSIONACTIVE] DEFLATE active via COMPRESS\r\n")
