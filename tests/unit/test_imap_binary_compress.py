@@ -132,3 +132,12 @@ def test_compressed_commands_pipelined_behind_compress_are_run() -> None:
     rest = reply[len(head):] + h.transport.value()[len(reply):]
     assert client_in.decompress(rest) == (
         b"n OK NOOP completed\r\nc NO [COMPRESSIONACTIVE] DEFLATE active via COMPRESS\r\n")
+
+
+def test_badurl_echoes_the_url_bare_without_brackets_or_controls() -> None:
+    from postroom_imap.catenate import BadUrl
+
+    assert BadUrl("/INBOX/;UID=99").response() == (
+        "[BADURL /INBOX/;UID=99] URL does not name a message here")
+    assert BadUrl("/a]b\r\n*\x00").response().startswith("[BADURL /ab*] ")
+    assert BadUrl("]\r\n").response().startswith("[BADURL /] ")

@@ -25,8 +25,10 @@ class BadUrl(Refusal):
 
     def __init__(self, url: str) -> None:
         super().__init__(self.text)
-        quoted = url[:200].replace("\\", "\\\\").replace('"', '\\"')
-        self.code = f'BADURL "{quoted}"'
+        # url-resp-text is the bare URL, any TEXT-CHAR but "]" (RFC 4469 section 5 and its
+        # verified erratum 4046: not quoted); the peer's other bytes are left out
+        shown = "".join(c for c in url[:200] if " " <= c <= "~" and c != "]") or "/"
+        self.code = f"BADURL {shown}"
 
 
 class CatTooBig(Refusal):
