@@ -82,15 +82,18 @@ class FakeStore:
     def search(self, mailbox_id: int, key: Any, max_uid: int) -> Deferred[list[tuple[int, int]]]:
         return succeed([(u, 5) for u in sorted(self.messages)])
 
-    def append(self, name: str, data: bytes | SpooledLiteral, flags: Any,
-               when: Any) -> Deferred[tuple[int, int]]:
-        if isinstance(data, SpooledLiteral):
-            self.spooled.append(data)
-            data = data.read()
-        self.appended.append((name, data, tuple(flags), when))
+    def append(self, name: str, messages: Any,
+               max_size: int = 0) -> Deferred[tuple[int, list[int]]]:
+        uids = []
+        for data, flags, when in messages:
+            if isinstance(data, SpooledLiteral):
+                self.spooled.append(data)
+                data = data.read()
+            self.appended.append((name, data, tuple(flags), when))
+            uids.append(100 + len(self.appended))
         if self.hold_append is not None:
-            return self.hold_append.addCallback(lambda _: (7, 100 + len(self.appended)))
-        return succeed((7, 100 + len(self.appended)))
+            return self.hold_append.addCallback(lambda _: (7, uids))
+        return succeed((7, uids))
 
     def watch(self, mailbox_id: int, callback: Any) -> Any:
         self.watchers.append(callback)

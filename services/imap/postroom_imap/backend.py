@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from datetime import datetime
 from typing import Any
 
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -28,7 +27,7 @@ from postroom.queue import events, learning
 from postroom.queue.redisclient import RedisClient, RedisError
 from postroom.store import users
 from postroom.store.db import UNAVAILABLE, Database
-from postroom_imap import mailstore
+from postroom_imap import catenate, mailstore
 from postroom_imap.policy import (
     AuthFailed,
     Changes,
@@ -37,13 +36,14 @@ from postroom_imap.policy import (
     LoginDelayed,
     MailboxRow,
     MailboxStatus,
+    NewMessage,
+    NoSuchMailbox,
     OwnChange,
     Quota,
     SelectState,
     StoreResult,
     Unavailable,
 )
-from postroom_imap.spool import SpooledLiteral
 from postroom_imap.syntax_types import SearchKey
 
 log = get_logger("imap")
@@ -302,15 +302,17 @@ class UserStoreImpl:
     def status(self, name: str) -> Deferred[MailboxStatus]:
         return self._db(mailstore.status, self.user_id, name)
 
-    def append(self, name: str, data: bytes | SpooledLiteral, flags: Sequence[str],
-               when: datetime | None) -> Deferred[tuple[int, int]]:
-        d = self._db(_append, self.user_id, name, data, list(flags), when)
+    def append(self, name: str, messages: Sequence[NewMessage],
+               max_size: int) -> Deferred[tuple[int, list[int]]]:
+        d = self._db(_append, self.user_id, name, list(messages), max_size)
 
-        def done(result: tuple[int, int, int, int]) -> tuple[int, int]:
-            uidvalidity, uid, mailbox_id, modseq = result
-            self._own.append(OwnChange(mailbox_id, modseq - 1, modseq, uid))
+        def done(results: list[tuple[int, int, int, int]]) -> tuple[int, list[int]]:
+            for _, uid, mailbox_id, modseq in results:
+                self._own.append(OwnChange(mailbox_id, modseq - 1, modseq, uid))
+            # one event for them all: other sessions announce one EXISTS
+            _, _, mailbox_id, modseq = results[-1]
             self._changed(None, mailbox_id, "exists", modseq)
-            return uidvalidity, uid
+            return results[0][0], [r[1] for r in results]
 
         return d.addCallback(done)
 
@@ -393,8 +395,30 @@ class UserStoreImpl:
         """Nothing is held per session beyond watches, which the protocol removes."""
 
 
-def _append(s: Any, user_id: int, name: str, data: bytes | SpooledLiteral, flags: list[str],
-            when: datetime | None) -> tuple[int, int, int, int]:
-    """``mailstore.append``, reading a spooled message in the db thread (off the reactor)."""
-    body = data if isinstance(data, bytes) else data.read()
-    return mailstore.append(s, user_id, name, body, flags, when)
+def _append(s: Any, user_id: int, name: str, messages: list[NewMessage],
+            max_size: int) -> list[tuple[int, int, int, int]]:
+    """``mailstore.append`` of each message in one transaction (MULTIAPPEND: all or none).
+
+    Spooled messages are read in the db thread (off the reactor), one at a
+    time: the memory held is one message, however many the command carries.
+    """
+    results = []
+
+    def lookup(box: str, uidvalidity: int | None, uid: int) -> FetchRow | None:
+        try:
+            mailbox_id, current = mailstore.mailbox_identity(s, user_id, box)
+        except NoSuchMailbox:
+            return None
+        if uidvalidity is not None and uidvalidity != current:
+            return None
+        rows = mailstore.fetch(s, mailbox_id, [uid], True, True, False, None, True)
+        return rows[0] if rows else None
+
+    for data, flags, when in messages:
+        if isinstance(data, tuple):  # CATENATE (RFC 4469)
+            body = catenate.assemble(data, lookup, max_size)
+        else:
+            body = data if isinstance(data, bytes) else data.read()
+        results.append(mailstore.append(s, user_id, name, body, list(flags), when))
+        del body
+    return results

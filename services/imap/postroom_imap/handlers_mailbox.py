@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from postroom import glob
-from postroom_imap.policy import MailboxRow, NoSuchMailbox, Refusal
+from postroom_imap.policy import MailboxRow, NewMessage, NoSuchMailbox, Refusal
 from postroom_imap.render import SYSTEM_FLAGS, canonical_flag, flag_list, mailbox_name
 from postroom_imap.selected import Selected, uid_set_text
 from postroom_imap.syntax import Command
@@ -249,16 +249,15 @@ class MailboxCommands(CommandHost):
     async def do_append(self, command: Command) -> Reply:
         args = command.args
         assert isinstance(args, Append)
-        uidvalidity = 0
-        uids = []
-        for message in args.messages:
-            flags = [canonical_flag(f) for f in message.flags if f.lower() != "\\recent"]
-            try:
-                uidvalidity, uid = await self._user().append(
-                    args.mailbox, message.data, flags, message.internal_date)
-            except NoSuchMailbox:
-                raise TryCreate("no such mailbox; create it first") from None
-            uids.append(uid)
+        messages: list[NewMessage] = [
+            (m.catenate or m.data, [canonical_flag(f) for f in m.flags if f.lower() != "\\recent"],
+             m.internal_date) for m in args.messages]
+        try:
+            # MULTIAPPEND (RFC 3502): one transaction, so all messages are stored or none
+            uidvalidity, uids = await self._user().append(
+                args.mailbox, messages, self.max_message_size)
+        except NoSuchMailbox:
+            raise TryCreate("no such mailbox; create it first") from None
         if self.selected is not None:
             self.absorb_own_changes(self.selected,
                                     fallback_dirty=self.selected.name == args.mailbox)

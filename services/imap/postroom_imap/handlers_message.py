@@ -134,8 +134,6 @@ class MessageCommands(CommandHost):
         store, box = self._box()
         args = command.args
         assert isinstance(args, Fetch)
-        if any(i.name.startswith("BINARY") for i in args.items):
-            return ("BAD", "BINARY is not supported")
         uids = self._targets(command, args.sequence)
         if args.changedsince is not None or any(i.name == "MODSEQ" for i in args.items):
             self.condstore = True

@@ -34,6 +34,11 @@ class CommandHost(Protocol):
         """The listener's counters (``error(kind)`` for refusals)."""
         ...
 
+    @property
+    def max_message_size(self) -> int:
+        """The largest message APPEND takes (a CATENATE's assembled message included)."""
+        ...
+
     def write(self, data: bytes) -> None:
         """Send ``data`` unless the connection is closing."""
         ...

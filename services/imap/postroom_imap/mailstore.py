@@ -21,7 +21,7 @@ from postroom.store.errors import OverQuota as QuotaPassed
 from postroom_imap.policy import MailboxExists, NoSuchMailbox, OverQuota
 
 __all__ = ["append", "changes", "copy", "create",
-           "delete", "expunge", "fetch", "fetch_flags", "list_rows", "quota",
+           "delete", "expunge", "fetch", "fetch_flags", "list_rows", "mailbox_identity", "quota",
            "rename", "search", "select", "status", "store", "subscribe", "user_mailbox_ids"]
 
 P = ParamSpec("P")
@@ -69,3 +69,4 @@ search = _refusing(entries.search)
 copy = _refusing(entries.copy)
 expunge = _refusing(entries.expunge)
 user_mailbox_ids = _refusing(entries.user_mailbox_ids)
+mailbox_identity = _refusing(entries.mailbox_identity)

@@ -27,7 +27,7 @@ from postroom.store.entries import (
     StoreResult,
 )
 from postroom_imap.spool import SpooledLiteral
-from postroom_imap.syntax_types import SearchKey
+from postroom_imap.syntax_types import CatText, CatUrl, SearchKey
 
 __all__ = [
     "Accounts",
@@ -113,6 +113,12 @@ class OwnChange:
 
 
 
+# one message of an APPEND: its bytes (in memory or spooled), flags, and INTERNALDATE if given
+# (CATENATE: the parts it is made of)
+NewMessage = tuple[bytes | SpooledLiteral | tuple[CatText | CatUrl, ...], Sequence[str],
+                   datetime | None]
+
+
 class UserStore(Protocol):
     """A logged-in user's mailboxes; ``uids`` arguments are ordered, existing UIDs."""
 
@@ -126,8 +132,14 @@ class UserStore(Protocol):
     def rename(self, old: str, new: str) -> Deferred[None]: ...
     def subscribe(self, name: str, subscribed: bool) -> Deferred[None]: ...
     def status(self, name: str) -> Deferred[MailboxStatus]: ...
-    def append(self, name: str, data: bytes | SpooledLiteral, flags: Sequence[str],
-               when: datetime | None) -> Deferred[tuple[int, int]]: ...
+    def append(self, name: str, messages: Sequence[NewMessage],
+               max_size: int) -> Deferred[tuple[int, list[int]]]:
+        """Store the messages in one transaction (all or none); (uidvalidity, their UIDs).
+
+        A CATENATE message is assembled there, from this user's messages; at
+        most ``max_size`` bytes (else TOOBIG), a URL naming nothing BADURL.
+        """
+        ...
     def select(self, name: str) -> Deferred[SelectState]: ...
     def changes(self, mailbox_id: int, modseq: int, max_uid: int,
                 count: int) -> Deferred[Changes]: ...

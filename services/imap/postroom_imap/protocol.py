@@ -29,6 +29,7 @@ from postroom.metrics import Metrics, SessionMetrics, imap_idle_sessions
 from postroom.net.connlimit import PerAddressLimit
 from postroom.net.peers import is_loopback, is_tls
 from postroom.net.session import ListenerSession
+from postroom_imap.compress import STEPS_PER_TURN, Deflate
 from postroom_imap.handlers_mailbox import MailboxCommands
 from postroom_imap.handlers_message import MessageCommands
 from postroom_imap.policy import Accounts, AuthFailed, Refusal, UserStore
@@ -45,7 +46,7 @@ from postroom_imap.syntax import (
 )
 from postroom_imap.syntax import Limits as ReaderLimits
 from postroom_imap.syntax_lexer import SyntaxProblem
-from postroom_imap.syntax_types import Append, Authenticate, Login
+from postroom_imap.syntax_types import Append, Authenticate, Compress, Login
 
 log = get_logger("imap")
 
@@ -79,13 +80,14 @@ MAX_QUEUED = 64
 BASE_CAPABILITIES = ("IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
                      "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CREATE-SPECIAL-USE",
                      "CHILDREN", "CONDSTORE", "QUOTA", "QUOTA=RES-STORAGE",
-                     "QUOTA=RES-MESSAGE")
+                     "QUOTA=RES-MESSAGE",
+                     "MULTIAPPEND", "BINARY", "COMPRESS=DEFLATE", "CATENATE")
 
 _ANY = ("CAPABILITY", "NOOP", "LOGOUT", "ID")
 _NOT_AUTH = ("STARTTLS", "AUTHENTICATE", "LOGIN")
 _AUTH = ("SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST",
          "LSUB", "STATUS", "APPEND", "NAMESPACE", "ENABLE", "IDLE", "GETQUOTA", "GETQUOTAROOT",
-         "SETQUOTA")
+         "SETQUOTA", "COMPRESS")
 _SELECTED = ("CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE")
 # commands during which EXPUNGE responses must not be sent (RFC 3501 7.4.1)
 _NO_EXPUNGE = ("FETCH", "STORE", "SEARCH")
@@ -161,6 +163,9 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
         self._unwatch: Callable[[], None] | None = None
         self._idle_wakeup: Deferred[None] | None = None
         self._syncing = False
+        self.deflate: Deflate | None = None  # after COMPRESS DEFLATE (RFC 4978)
+        self._inflating = False
+        self._inflate_call: Any = None
 
     # --- connection life
 
@@ -205,9 +210,15 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
     def meter(self) -> SessionMetrics:
         return self.factory.meter
 
+    @property
+    def max_message_size(self) -> int:
+        return self.factory.limits.max_append_literal
+
     def write(self, data: bytes) -> None:
         transport: Any = self.transport
         if transport is not None and not self.closing:
+            if self.deflate is not None:
+                data = self.deflate.compress(data)
             transport.write(data)
 
     def close(self, line: bytes | None = None) -> None:
@@ -256,6 +267,15 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
         if self.closing or self.reader is None:
             return
         self.touch()
+        if self.deflate is not None:
+            self.deflate.feed(data)
+            self._inflate_more()
+            return
+        self._take(data)
+
+    def _take(self, data: bytes) -> None:
+        """Frame and queue the (decompressed) bytes the peer sent."""
+        assert self.reader is not None
         try:
             events = self.reader.feed(data)
             if self.reader.in_command:
@@ -329,7 +349,8 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
     def held(self) -> int:
         """Bytes this connection holds: unread input, the command being read, queued, running."""
         reader = self.reader.held if self.reader is not None else 0
-        return reader + self._queued_bytes + self._running_bytes
+        backlog = self.deflate.backlog if self.deflate is not None else 0
+        return reader + backlog + self._queued_bytes + self._running_bytes
 
     def _should_pause(self) -> bool:
         queued = len(self._queue)
@@ -349,12 +370,48 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
         if self.transport is None or self.closing:
             return
         pause = self._should_pause()
+        if self.deflate is not None and self.deflate.backlog:
+            # compressed input is waiting: inflate more of it (a step a turn) before reading on
+            if not pause and not self._inflating and self._inflate_call is None:
+                self._inflate_call = self.factory.clock.callLater(0, self._inflate_more)
+            self.pause_reading()
+            return
         if pause and not self.reading_paused:
             self.factory.meter.error("input_paused")
             self.log.info("reading paused", held=self.held, queued=len(self._queue))
             self.pause_reading()
         elif not pause and self.reading_paused:
             self.resume_reading()
+
+    def _inflate_more(self) -> None:
+        """Decompress what the peer sent, a bounded step at a time (RFC 4978 after COMPRESS).
+
+        Between steps the session's byte budget is looked at, as for
+        uncompressed input, so a deflate bomb is held compressed rather than
+        expanded; and a turn does at most STEPS_PER_TURN steps, so other
+        connections are served while one inflates.
+        """
+        self._inflate_call = None
+        deflate = self.deflate
+        if deflate is None or self.closing or self._inflating:
+            return
+        self._inflating = True
+        try:
+            for _ in range(STEPS_PER_TURN):
+                if self.closing or self._should_pause():
+                    break
+                data = deflate.inflate()
+                if deflate.broken:
+                    self.factory.meter.error("compress_broken")
+                    self.log.warning("invalid compressed input")
+                    self.close(b"* BYE invalid compressed data\r\n")
+                    return
+                if not data:
+                    break
+                self._take(data)
+        finally:
+            self._inflating = False
+        self._flow_control()
 
     def _pump(self) -> None:
         if self._pumping:
@@ -521,6 +578,11 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
                 box.dirty = True
             else:
                 lines += got
+        exists = [i for i, line in enumerate(lines) if line.endswith(b" EXISTS\r\n")]
+        if len(exists) > 1:
+            # a MULTIAPPEND's messages: the last count says it all, as other sessions see it
+            drop = set(exists[:-1])
+            lines = [line for i, line in enumerate(lines) if i not in drop]
         if lines:
             self.write(b"".join(lines))
 
@@ -567,6 +629,23 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
     async def do_id(self, command: Command) -> Reply:
         self.write(b'* ID ("name" "Postroom" "vendor" "Postroom")\r\n')
         return ("OK", "ID completed")
+
+    async def do_compress(self, command: Command) -> Reply | None:
+        args = command.args
+        assert isinstance(args, Compress) and self.reader is not None
+        if self.deflate is not None:
+            return ("NO", "[COMPRESSIONACTIVE] DEFLATE active via COMPRESS")
+        if args.mechanism != "DEFLATE":
+            return ("BAD", "unsupported compression mechanism")
+        self.write(b"%s OK DEFLATE active\r\n" % command.tag.encode("ascii"))
+        # from here on both directions are compressed; what the peer sent after the
+        # command (the reader paused on it) is the start of its compressed stream
+        self.deflate = Deflate()
+        pending = self.reader.take_pending()
+        if pending:
+            self.deflate.feed(pending)
+        self.log.info("compression started", mechanism="DEFLATE")
+        return None
 
     # --- not authenticated
 

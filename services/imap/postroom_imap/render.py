@@ -16,6 +16,7 @@ from postroom.mime import (
     string,
 )
 from postroom.mutf7 import encode_mutf7
+from postroom_imap.binary import binary_section
 from postroom_imap.policy import FetchRow
 from postroom_imap.syntax_args import is_atom
 from postroom_imap.syntax_types import FetchItem
@@ -58,6 +59,13 @@ def internaldate(when: datetime) -> bytes:
 
 def literal(data: bytes) -> bytes:
     return b"{%d}\r\n" % len(data) + data
+
+
+def literal8(data: bytes) -> bytes:
+    """A literal, or ``~{n}`` (RFC 3516 literal8) when the data holds a NUL."""
+    if b"\x00" in data:
+        return b"~{%d}\r\n" % len(data) + data
+    return literal(data)
 
 
 def needs_blob(item: FetchItem) -> bool:
@@ -180,6 +188,15 @@ def fetch_items(row: FetchRow, items: Iterable[FetchItem], *, with_uid: bool,
             span = _top_span(row, meta, name.split(".")[1])
             blob = row.blob or b""
             add(name, literal(b"" if span is None else blob[span[0]:span[1]]))
+        elif item.section is not None and name.startswith("BINARY"):
+            data = binary_section(row.blob or b"", meta, item.section.path)
+            if name == "BINARY.SIZE":
+                add(item.response_name(), b"%d" % len(data))
+            else:
+                if item.partial is not None:
+                    start, length = item.partial
+                    data = data[start:start + length]
+                add(item.response_name(), literal8(data))
         elif item.section is not None:
             add(item.response_name(), _section(item, row, meta))
     if (with_flags or row.seen_set) and "FLAGS" not in names:

@@ -248,6 +248,12 @@ class CommandReader:
         self._scan = 0
         return dropped
 
+    def take_pending(self) -> bytes:
+        """Remove and return the buffered, unread bytes (the compressed stream after COMPRESS)."""
+        data = bytes(self._buf)
+        self.discard_pending()
+        return data
+
     def close(self) -> None:
         """Free what the command being read holds (its temporary files); the connection is gone."""
         self._buf.clear()

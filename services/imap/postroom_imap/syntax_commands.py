@@ -12,6 +12,9 @@ from postroom_imap.syntax_types import (
     Append,
     AppendMessage,
     Authenticate,
+    CatText,
+    CatUrl,
+    Compress,
     Copy,
     Create,
     Enable,
@@ -162,12 +165,36 @@ def _append(args: Args) -> Append:
         if isinstance(tok, Str) and not tok.literal:
             args.pos += 1
             when = parse_date_time(tok.data.decode("ascii", "replace"))
+        if args.peek_atom() == "CATENATE":
+            args.pos += 1
+            messages.append(AppendMessage(flags, when, b"", False, _catenate(args)))
+            continue
         tok = args.next("message literal")
         if not isinstance(tok, Str) or not tok.literal:
             raise SyntaxProblem("APPEND needs the message as a literal")
         data = tok.data if tok.spooled is None else tok.spooled
         messages.append(AppendMessage(flags, when, data, tok.binary))
     return Append(mailbox, tuple(messages))
+
+
+def _catenate(args: Args) -> tuple[CatText | CatUrl, ...]:
+    """``(TEXT literal / URL astring ...)`` of RFC 4469."""
+    items = Args(args.list("CATENATE parts"), "CATENATE parts")
+    parts: list[CatText | CatUrl] = []
+    while items.more():
+        kind = items.atom("TEXT or URL").upper()
+        if kind == "TEXT":
+            tok = items.next("text literal")
+            if not isinstance(tok, Str) or not tok.literal:
+                raise SyntaxProblem("CATENATE TEXT needs a literal")
+            parts.append(CatText(tok.data if tok.spooled is None else tok.spooled))
+        elif kind == "URL":
+            parts.append(CatUrl(items.astring("URL")))
+        else:
+            raise SyntaxProblem("CATENATE parts are TEXT or URL")
+    if not parts:
+        raise SyntaxProblem("empty CATENATE")
+    return tuple(parts)
 
 
 def _search_prefix(args: Args) -> tuple[tuple[str, ...] | None, str | None]:
@@ -306,6 +333,12 @@ def _setquota(args: Args) -> SetQuota:
     return SetQuota(root, tuple(limits))
 
 
+def _compress(args: Args) -> Compress:
+    mechanism = args.atom("compression mechanism").upper()
+    args.end()
+    return Compress(mechanism)
+
+
 COMMANDS: dict[str, Callable[[Args], object]] = {
     **{name: _no_args for name in NO_ARGS},
     "EXPUNGE": _expunge,
@@ -333,6 +366,7 @@ COMMANDS: dict[str, Callable[[Args], object]] = {
     "GETQUOTA": _getquota,
     "GETQUOTAROOT": _mailbox,
     "SETQUOTA": _setquota,
+    "COMPRESS": _compress,
 }
 
 UID_COMMANDS: dict[str, Callable[[Args], object]] = {

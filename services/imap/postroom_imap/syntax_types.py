@@ -29,6 +29,9 @@ __all__ = [
     "Append",
     "AppendMessage",
     "Authenticate",
+    "CatText",
+    "CatUrl",
+    "Compress",
     "Copy",
     "Create",
     "Enable",
@@ -111,7 +114,7 @@ class FetchItem:
     @property
     def sets_seen(self) -> bool:
         """Whether fetching this implicitly sets \\Seen (RFC 3501 6.4.5)."""
-        if self.peek:
+        if self.peek or self.name == "BINARY.SIZE":
             return False
         return self.section is not None or self.name in ("RFC822", "RFC822.TEXT")
 
@@ -182,6 +185,21 @@ class AppendMessage:
     internal_date: datetime | None
     data: bytes | SpooledLiteral
     binary: bool = False
+    catenate: tuple[CatText | CatUrl, ...] = ()  # CATENATE (RFC 4469): data is then b""
+
+
+@dataclass(frozen=True)
+class CatText:
+    """CATENATE's ``TEXT literal`` (RFC 4469)."""
+
+    data: bytes | SpooledLiteral
+
+
+@dataclass(frozen=True)
+class CatUrl:
+    """CATENATE's ``URL astring``: an IMAP URL (RFC 5092) of a message or part of this user's."""
+
+    url: str
 
 
 @dataclass(frozen=True)
@@ -194,6 +212,9 @@ class Append:
         for message in self.messages:
             if isinstance(message.data, SpooledLiteral):
                 message.data.close()
+            for part in message.catenate:
+                if isinstance(part, CatText) and isinstance(part.data, SpooledLiteral):
+                    part.data.close()
 
 
 @dataclass(frozen=True)
@@ -245,6 +266,13 @@ class Expunge:
     """EXPUNGE, or UID EXPUNGE with a set (RFC 4315)."""
 
     sequence: SequenceSet | None = None
+
+
+@dataclass(frozen=True)
+class Compress:
+    """COMPRESS (RFC 4978): the mechanism, upper-cased."""
+
+    mechanism: str
 
 
 @dataclass(frozen=True)

@@ -154,6 +154,12 @@ def _mailbox(s: Session, user_id: int, name: str, lock: bool = False) -> Any:
     return row
 
 
+def mailbox_identity(s: Session, user_id: int, name: str) -> tuple[int, int]:
+    """(id, uidvalidity) of a user's mailbox by name; NotFound when there is none."""
+    box = _mailbox(s, user_id, name)
+    return int(box.id), int(box.uidvalidity)
+
+
 def _lock_id(s: Session, mailbox_id: int) -> Any:
     row = s.execute(text("SELECT id, uidvalidity, uidnext, highestmodseq FROM mailboxes "
                          "WHERE id = :m FOR UPDATE"), {"m": mailbox_id}).first()
