@@ -3,7 +3,19 @@
 compose.yaml uses Compose-spec features that Swarm's loader (docker/cli, schema
 3.x) refuses: ``depends_on`` conditions, ``profiles``, ``name`` and ``build``.
 Swarm has no start order anyway (every task restarts until its dependencies
-answer), so the conversion drops them rather than keeping two files in step::
+answer), so the conversion drops them rather than keeping two files in step.
+It also makes what compose gets right by itself right on a Swarm
+(docs/deploy-docker.md, "Docker Swarm"):
+
+* published ports in ``host`` mode: ingress mode hands every connection to a
+  task through IPVS with the ingress network's address as its source, so the mta
+  would judge SPF/DMARC, and the limits would count, the wrong client;
+* HAProxy (proxy mode) resolves ``tasks.SERVICE`` (each task's address) instead
+  of ``SERVICE``, which on a Swarm is one virtual IP;
+* the default network is attachable, so ``docker run --network`` reaches it;
+* services behind a compose profile (the operator's ``cli``) get 0 replicas.
+
+::
 
     docker compose --env-file .env config --format json \\
       | python3 deploy/swarm.py | docker stack deploy -c - postroom
@@ -33,7 +45,7 @@ def _ports(ports: list[Any]) -> list[dict[str, Any]]:
         if port.get("published") not in (None, ""):
             item["published"] = int(port["published"])
         item["protocol"] = port.get("protocol", "tcp")
-        item["mode"] = port.get("mode", "ingress")
+        item["mode"] = "host"
         result.append(item)
     return result
 
@@ -45,6 +57,17 @@ def _service(service: dict[str, Any]) -> dict[str, Any]:
         out["depends_on"] = sorted(depends)
     if "ports" in out:
         out["ports"] = _ports(out["ports"])
+    if service.get("profiles"):
+        # started only on demand under compose (`docker compose run --rm cli ...`)
+        deploy = dict(out.get("deploy") or {})
+        deploy["replicas"] = 0
+        deploy["restart_policy"] = {"condition": "none"}
+        out["deploy"] = deploy
+    if "haproxy" in str(out.get("image", "")):
+        # deploy/haproxy.cfg's server-template names "${BACKEND_PREFIX}SERVICE"
+        environment = dict(out.get("environment") or {})
+        environment["BACKEND_PREFIX"] = "tasks."
+        out["environment"] = environment
     volumes = []
     for volume in out.get("volumes", []):
         if isinstance(volume, dict):
@@ -70,6 +93,14 @@ def to_stack(config: dict[str, Any]) -> dict[str, Any]:
         if key.startswith("x-"):
             stack[key] = value
     stack["services"] = {name: _service(svc) for name, svc in config["services"].items()}
+    networks = {name: dict(net or {}) for name, net in (stack.get("networks") or {}).items()}
+    default = networks.setdefault("default", {})
+    if not default.get("external"):
+        # an overlay that `docker run --network STACK_default` may join (operator tools)
+        default.pop("name", None)
+        default["driver"] = "overlay"
+        default["attachable"] = True
+    stack["networks"] = networks
     return stack
 
 

@@ -13,10 +13,12 @@ import pytest
 
 from postroom.config import load_settings, split_proxy
 from tests.deploy.compose import (
+    COMPOSE_FILE,
     ENV_EXAMPLE,
     MAIL_PORTS,
     REPO,
     compose_config,
+    docker_compose,
     endpoint_port,
     load_compose,
     postroom_services,
@@ -94,7 +96,8 @@ def test_default_compose_has_neither_the_proxy_nor_a_proxy_protocol_listener(con
     assert "proxy" not in config["services"]
     for name, service in config["services"].items():
         assert _proxy_endpoints(service) == [], name
-        assert not service.get("profiles"), name
+        # the operator's `cli` (profile tools) is the only service `up` does not start
+        assert not service.get("profiles") or (name, service["profiles"]) == ("cli", ["tools"])
 
 
 def test_proxy_mode_adds_only_the_proxy(config, proxy_config):
@@ -183,7 +186,7 @@ def test_published_ports_are_plain_listeners_of_the_service(config, proxy_config
 def test_proxy_backends_reach_proxy_protocol_listeners(proxy_config):
     """Each HAProxy backend `server-template NAME N host:port` hits a proxy:tcp listener."""
     cfg = (REPO / "deploy" / "haproxy.cfg").read_text()
-    backends = re.findall(r"server-template \S+ \d+ (\w+):(\d+)", cfg)
+    backends = re.findall(r'server-template \S+ \d+ "\$\{BACKEND_PREFIX\}(\w+):(\d+)"', cfg)
     assert len(backends) == len(MAIL_PORTS)
     for host, port in backends:
         service = proxy_config["services"][host]
@@ -265,3 +268,59 @@ def test_makefile_follows_one_service_log():
 def test_compose_file_has_no_tabs_and_ends_with_newline():
     text = Path(REPO / "compose.yaml").read_text()
     assert "\t" not in text and text.endswith("\n")
+
+
+def test_swarm_publishes_in_host_mode_and_haproxy_resolves_each_task(proxy_config):
+    """Ingress mode would hide every client behind the ingress network's address, and a
+    Swarm service name is one virtual IP: HAProxy must resolve tasks.SERVICE."""
+    stack = _swarm_module().to_stack(proxy_config)
+    for name, service in stack["services"].items():
+        for port in service.get("ports", []):
+            assert port["mode"] == "host", (name, port)
+    assert stack["services"]["proxy"]["environment"]["BACKEND_PREFIX"] == "tasks."
+    assert proxy_config["services"]["proxy"]["environment"]["BACKEND_PREFIX"] == ""
+    assert stack["networks"]["default"]["attachable"] is True
+
+
+def test_swarm_keeps_profile_services_at_zero_replicas(config):
+    stack = _swarm_module().to_stack(config)
+    assert stack["services"]["cli"]["deploy"]["replicas"] == 0
+    assert "profiles" not in stack["services"]["cli"]
+
+
+def test_listen_settings_in_dotenv_are_not_overridden_by_compose(tmp_path):
+    """compose's `environment:` wins over env_file: .env's POSTROOM_*_LISTEN must reach it."""
+    compose = load_compose()
+    for name, service in postroom_services(compose).items():
+        for key, value in (service.get("environment") or {}).items():
+            if key.endswith("_LISTEN"):
+                assert str(value).startswith("${" + key + ":-"), (name, key, value)
+    dotenv = {**read_env_file(ENV_EXAMPLE), "POSTROOM_MTA_LISTEN": "tcp:2500"}
+    env = service_env(postroom_services(compose)["mta"], dotenv)
+    assert env["POSTROOM_MTA_LISTEN"] == "tcp:2500"
+
+
+def test_an_empty_publish_variable_never_publishes_the_default():
+    """`PUBLISH_POP3=` must not quietly become 110:110 (`${VAR:-default}` would)."""
+    text = COMPOSE_FILE.read_text()
+    publish = re.findall(r'"\$\{(PUBLISH_\w+)(:?-)', text)
+    assert publish and all(op == "-" for _, op in publish), publish
+
+
+def test_compose_does_not_claim_that_listeners_scale_without_the_proxy():
+    text = COMPOSE_FILE.read_text()
+    for line in text.splitlines():
+        if "--scale" in line and "mta=" in line:
+            assert "proxy" in line.lower() or "fails" in line or "imap=" in line, line
+
+
+def test_docker_compose_refuses_an_empty_publish_variable(tmp_path):
+    """Empty is an error compose reports, never a silent publish of the default port;
+    docs/deploy-docker.md says how to leave a port unpublished (`ports: !reset []`)."""
+    shutil.copy(COMPOSE_FILE, tmp_path / "compose.yaml")
+    (tmp_path / ".env").write_text(ENV_EXAMPLE.read_text() + "\nPUBLISH_POP3=\n")
+    (tmp_path / "tls").mkdir()
+    done = subprocess.run([docker_compose(), "--project-directory", str(tmp_path), "config"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode != 0, done.stdout
+    assert "pop3" in done.stderr or "port" in done.stderr.lower(), done.stderr

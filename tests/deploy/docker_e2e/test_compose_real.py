@@ -1,0 +1,294 @@
+"""The shipped compose.yaml, really run: `docker compose up` on our own dockerd.
+
+Images come from no registry (scripts/docker-e2e-images.sh: debootstrap + docker import,
+PostgreSQL and Redis from Debian's packages, Postroom built by deploy/Dockerfile from
+wheels made on the host). The only override (compose.e2e.yaml) swaps image names and
+adds a DNS stub for the Internet the test network does not have. Then, as an operator
+would: up, every healthcheck green, migrate done, a domain and a user through the `cli`
+service, mail to the published 25 and 587 (STARTTLS + AUTH) read back over 993,
+`--scale mda=3` with each message delivered exactly once, `logs mta` showing only the
+mta, an mda killed mid-flow with nothing lost, `down -v`. Timings are printed.
+
+`make compose-e2e` runs this module alone. A daemon that cannot start fails the test:
+nothing here skips.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import os
+import re
+import secrets
+import signal
+import smtplib
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.deploy.docker_e2e.harness import (
+    COMPOSE_SUBNET,
+    DNS_ADDRESS,
+    IMAGES_SCRIPT,
+    Compose,
+    Dockerd,
+    E2EError,
+    Timings,
+    copy_project,
+    run,
+)
+from tests.support.ports import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.compose, pytest.mark.timeout(1500)]
+
+IMAGE = "postroom-e2e/postroom:test"
+DOMAIN = "example.org"
+USER = f"alice@{DOMAIN}"
+PASSWORD = "e2e-" + secrets.token_hex(12)
+# container port -> PUBLISH_* variable of compose.yaml
+PUBLISHED = {25: "PUBLISH_SMTP", 465: "PUBLISH_SUBMISSIONS", 587: "PUBLISH_SUBMISSION",
+             2525: "PUBLISH_SUBMISSION_ALT", 110: "PUBLISH_POP3", 995: "PUBLISH_POP3S",
+             143: "PUBLISH_IMAP", 993: "PUBLISH_IMAPS"}
+
+
+def tls_client() -> ssl.SSLContext:
+    # the stack's own self-signed certificate (compose's `tls` service made it)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def write_env(project: Path, ports: dict[int, int]) -> None:
+    """.env from the shipped example, with this run's passwords, ports and DNS stub."""
+    password = secrets.token_hex(16)
+    values = {
+        "POSTGRES_PASSWORD": password,
+        "POSTROOM_DATABASE_URL": f"postgresql://postroom:{password}@postgres:5432/postroom",
+        "POSTROOM_DNS_SERVERS": DNS_ADDRESS,
+        # nothing listens beyond the host's loopback
+        **{var: f"127.0.0.1:{ports[port]}:{port}" for port, var in PUBLISHED.items()},
+    }
+    lines = []
+    for line in (project / "deploy" / "postroom.env.example").read_text().splitlines():
+        key = line.partition("=")[0]
+        if key in values:
+            line = f"{key}={values.pop(key)}"
+        lines.append(line)
+    lines += [f"{key}={value}" for key, value in values.items()]
+    (project / ".env").write_text("\n".join(lines) + "\n")
+    secret_dir = project / "secrets"
+    secret_dir.mkdir(exist_ok=True)
+    key_file = secret_dir / "postroom_secret_key"
+    run([str(REPO_VENV_POSTROOM), "secret-key", "generate", str(key_file)])
+    os.chown(key_file, 10025, 10025)
+
+
+REPO_VENV_POSTROOM = Path(__file__).resolve().parents[3] / ".venv" / "bin" / "postroom"
+
+
+def message(subject: str, msgid: str, sender: str = "bob@remote.test") -> str:
+    return (f"From: {sender}\r\nTo: {USER}\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{msgid}>\r\n\r\nbody of {subject}\r\n")
+
+
+def send_plain(port: int, msgid: str, subject: str = "inbound") -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        smtp.sendmail("bob@remote.test", [USER], message(subject, msgid))
+
+
+def send_submission(port: int, msgid: str) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        smtp.starttls(context=tls_client())
+        smtp.login(USER, PASSWORD)
+        smtp.sendmail(USER, [USER], message("submitted", msgid, sender=USER))
+
+
+def count_by_msgid(port: int, msgids: list[str]) -> dict[str, int]:
+    counts = {}
+    imap = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=tls_client(), timeout=30)
+    try:
+        imap.login(USER, PASSWORD)
+        imap.select("INBOX", readonly=True)
+        for msgid in msgids:
+            status, data = imap.search(None, "HEADER", "Message-ID", f"<{msgid}>")
+            assert status == "OK", data
+            counts[msgid] = len(data[0].split())
+    finally:
+        imap.logout()
+    return counts
+
+
+def wait_delivered(port: int, msgids: list[str], timeout: float = 120) -> None:
+    """Every message in INBOX; then, after a pause, each still exactly once."""
+    deadline = time.monotonic() + timeout
+    counts: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        counts = count_by_msgid(port, msgids)
+        if all(counts.values()):
+            break
+        time.sleep(1)
+    else:
+        missing = [m for m, n in counts.items() if not n]
+        raise E2EError(f"{len(missing)} of {len(msgids)} messages never arrived: {missing[:5]}")
+    time.sleep(3)
+    counts = count_by_msgid(port, msgids)
+    twice = {m: n for m, n in counts.items() if n != 1}
+    assert not twice, f"delivered other than exactly once: {twice}"
+
+
+@pytest.fixture(scope="module")
+def timings() -> Iterator[Timings]:
+    t = Timings()
+    yield t
+    print("\n" + t.summary(), flush=True)
+
+
+@pytest.fixture(scope="module")
+def daemon(timings: Timings) -> Iterator[Dockerd]:
+    with tempfile.TemporaryDirectory(prefix="postroom-e2e-") as tmp:
+        d = Dockerd(Path(tmp))
+        try:
+            with timings.phase("dockerd start"):
+                d.start()
+            yield d
+        finally:
+            with timings.phase("clean up and stop dockerd"):
+                d.stop()
+
+
+@pytest.fixture(scope="module")
+def project(daemon: Dockerd, timings: Timings) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="postroom-e2e-project-") as tmp:
+        path = copy_project(Path(tmp) / "postroom")
+        with timings.phase("images (debootstrap/import/build; cached)"):
+            run(["bash", str(IMAGES_SCRIPT), "images", str(path)], env=daemon.env, timeout=1200)
+        yield path
+
+
+@pytest.fixture(scope="module")
+def ports() -> dict[int, int]:
+    return {port: free_port() for port in PUBLISHED}
+
+
+def test_compose_up_mail_round_trip_scale_and_crash(daemon: Dockerd, project: Path,
+                                                   ports: dict[int, int], timings: Timings):
+    write_env(project, ports)
+    compose = Compose(daemon, project, "pre2e", IMAGE)
+    try:
+        _compose_scenario(compose, daemon, ports, timings)
+    except BaseException:
+        print("--- docker compose logs (tail) on failure\n" + compose.logs_tail(60), flush=True)
+        raise
+    finally:
+        with timings.phase("compose down -v"):
+            compose("down", "-v", "--remove-orphans", "-t", "10", check=False, timeout=180)
+
+
+def _compose_scenario(compose: Compose, daemon: Dockerd, ports: dict[int, int],
+                      timings: Timings) -> None:
+    with timings.phase("compose up -d (no certificate yet)"):
+        assert not (compose.dir / "tls" / "fullchain.pem").exists()
+        compose("up", "-d", "--no-build", timeout=300)
+    with timings.phase("healthchecks green, migrate + tls done"):
+        containers = compose.wait_ready()
+    services = {c["Service"] for c in containers}
+    assert {"postgres", "redis", "migrate", "tls", "dmarc", "mta", "msa", "mda", "pop3",
+            "imap"} <= services, services
+    assert "cli" not in services, "the cli service (profile tools) must not start with up"
+    # the `tls` one-shot made a self-signed pair the services' user can read
+    assert (compose.dir / "tls" / "fullchain.pem").stat().st_uid == 10025
+    assert (compose.dir / "tls" / "privkey.pem").stat().st_mode & 0o777 == 0o600
+
+    with timings.phase("cli: domain add + user add"):
+        compose("run", "--rm", "-T", "cli", "domain", "add", DOMAIN, timeout=120)
+        compose("run", "--rm", "-T", "cli", "user", "add", USER, input=PASSWORD + "\n",
+                timeout=120)
+
+    with timings.phase("mail: 25 plain + 587 STARTTLS/AUTH, read on 993"):
+        first = [f"plain-{secrets.token_hex(4)}@remote.test",
+                 f"sub-{secrets.token_hex(4)}@{DOMAIN}"]
+        send_plain(ports[25], first[0])
+        send_submission(ports[587], first[1])
+        wait_delivered(ports[993], first)
+
+    with timings.phase("client address seen by the mta"):
+        _check_client_addresses(compose)
+
+    with timings.phase("--scale mda=3, 10 messages exactly once"):
+        compose("up", "-d", "--no-build", "--scale", "mda=3", timeout=300)
+        containers = compose.wait_ready()
+        assert sum(c["Service"] == "mda" for c in containers) == 3
+        batch = [f"scaled-{i}-{secrets.token_hex(4)}@remote.test" for i in range(10)]
+        for msgid in batch:
+            send_plain(ports[25], msgid, "scaled")
+        wait_delivered(ports[993], batch)
+
+    with timings.phase("logs mta shows only the mta"):
+        lines = compose.log_lines("mta")
+        assert lines, "no mta log lines"
+        for prefix, payload in lines:
+            assert prefix.startswith("mta-"), (prefix, payload)
+            assert json.loads(payload)["service"] == "mta", payload
+
+    with timings.phase("an mda killed (SIGKILL) mid-flow: nothing lost"):
+        _crash_an_mda(compose, daemon, ports)
+
+
+def _check_client_addresses(compose: Compose) -> None:
+    """From another container: the mta logs that container's own address. From the host
+    through a published port: docker-proxy's address on the compose network (what
+    docs/deploy-docker.md, "Client addresses", tells operators to avoid on port 25)."""
+    script = (
+        "import smtplib,socket;"
+        "s=smtplib.SMTP('mta',25,timeout=20);"
+        "print(s.sock.getsockname()[0]);s.ehlo('probe.test');s.quit()"
+    )
+    out = compose("run", "--rm", "-T", "--entrypoint", "python", "cli", "-c", script,
+                  timeout=120).stdout
+    address = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"\d+\.\d+\.\d+\.\d+", address), out
+    deadline = time.monotonic() + 20
+    peers: set[str] = set()
+    while time.monotonic() < deadline:
+        peers = {json.loads(payload).get("peer", "") for _, payload in compose.log_lines("mta")
+                 if '"smtp connection opened"' in payload}
+        if address in peers:
+            break
+        time.sleep(1)
+    assert address in peers, f"the mta did not log the client {address}: {peers}"
+    gateway = COMPOSE_SUBNET.rsplit(".", 1)[0] + ".1"
+    print(f"[docker-e2e] mta saw container client {address}; host clients through "
+          f"docker-proxy arrive as {sorted(peers - {address})} (gateway {gateway})")
+
+
+def _crash_an_mda(compose: Compose, daemon: Dockerd, ports: dict[int, int]) -> None:
+    batch = [f"crash-{i}-{secrets.token_hex(4)}@remote.test" for i in range(20)]
+    errors: list[BaseException] = []
+
+    def sender() -> None:
+        try:
+            for msgid in batch:
+                send_plain(ports[25], msgid, "crash")
+                time.sleep(0.1)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    time.sleep(0.5)
+    victim = next(c for c in compose.ps() if c["Service"] == "mda")
+    pid = int(daemon.docker("inspect", "-f", "{{.State.Pid}}", victim["Name"]).stdout)
+    os.kill(pid, signal.SIGKILL)  # a crash, not a stop: the restart policy brings it back
+    thread.join(timeout=120)
+    assert not errors, errors
+    wait_delivered(ports[993], batch, timeout=180)
+    # the killed replica came back by itself (restart: unless-stopped)
+    compose.wait_ready(timeout=120)
+    restarts = daemon.docker("inspect", "-f", "{{.RestartCount}}", victim["Name"]).stdout
+    assert int(restarts) >= 1, f"{victim['Name']} was not restarted"
