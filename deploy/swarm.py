@@ -12,8 +12,16 @@ It also makes what compose gets right by itself right on a Swarm
   would judge SPF/DMARC, and the limits would count, the wrong client;
 * HAProxy (proxy mode) resolves ``tasks.SERVICE`` (each task's address) instead
   of ``SERVICE``, which on a Swarm is one virtual IP;
+* every service resolves by DNS round robin (``endpoint_mode: dnsrr``): each
+  client connects to a task's own address, never through a virtual IP, which
+  needs IPVS and Docker's iptables rules on every node (and host-mode ports,
+  above, are what dnsrr allows);
 * the default network is attachable, so ``docker run --network`` reaches it;
-* services behind a compose profile (the operator's ``cli``) get 0 replicas.
+* services behind a compose profile (the operator's ``cli``) get 0 replicas;
+* the ./tls bind mount becomes the named volume ``tls`` (a Swarm never creates a
+  bind source, and each node would need the folder), and the one-shot ``tls``
+  service runs once on every node (mode global), so each node's volume holds a
+  certificate before its listeners start; real ones replace it there.
 
 ::
 
@@ -31,6 +39,8 @@ from typing import Any
 
 # top-level and per-service keys of the docker/cli v3 schema that compose.yaml uses
 TOP_LEVEL = ("version", "services", "networks", "volumes", "secrets", "configs")
+TLS_DIR = "/etc/postroom/tls"
+TLS_VOLUME = "tls"
 DROPPED_SERVICE_KEYS = ("build", "profiles", "restart", "pull_policy", "container_name")
 
 
@@ -51,17 +61,25 @@ def _ports(ports: list[Any]) -> list[dict[str, Any]]:
 
 
 def _service(service: dict[str, Any]) -> dict[str, Any]:
-    out = {k: v for k, v in service.items() if k not in DROPPED_SERVICE_KEYS}
+    # compose v2 prints unset keys as null ("entrypoint": null), which the v3 loader refuses
+    out = {k: v for k, v in service.items() if k not in DROPPED_SERVICE_KEYS and v is not None}
     depends = out.get("depends_on")
     if isinstance(depends, dict):
         out["depends_on"] = sorted(depends)
     if "ports" in out:
         out["ports"] = _ports(out["ports"])
+    deploy = dict(out.get("deploy") or {})
+    deploy["endpoint_mode"] = "dnsrr"
+    out["deploy"] = deploy
     if service.get("profiles"):
         # started only on demand under compose (`docker compose run --rm cli ...`)
         deploy = dict(out.get("deploy") or {})
         deploy["replicas"] = 0
         deploy["restart_policy"] = {"condition": "none"}
+        out["deploy"] = deploy
+    if (service.get("command") or [])[:2] == ["tls", "self-signed"]:
+        deploy = {k: v for k, v in (out.get("deploy") or {}).items() if k != "replicas"}
+        deploy["mode"] = "global"
         out["deploy"] = deploy
     if "haproxy" in str(out.get("image", "")):
         # deploy/haproxy.cfg's server-template names "${BACKEND_PREFIX}SERVICE"
@@ -77,6 +95,16 @@ def _service(service: dict[str, Any]) -> dict[str, Any]:
             volume.pop("bind", None)
             if bind:
                 volume["bind"] = bind
+        if isinstance(volume, str):
+            # short syntax (compose v1's config): SOURCE:TARGET[:MODE]
+            parts = volume.split(":")
+            if len(parts) >= 2 and parts[1] == TLS_DIR and parts[0].startswith(("/", ".")):
+                volume = {"type": "bind", "source": parts[0], "target": TLS_DIR,
+                          "read_only": parts[2:3] == ["ro"]}
+        if isinstance(volume, dict) and volume.get("type") == "bind" \
+                and volume.get("target") == TLS_DIR:
+            volume = {"type": "volume", "source": TLS_VOLUME, "target": TLS_DIR,
+                      "read_only": bool(volume.get("read_only"))}
         volumes.append(volume)
     if volumes:
         out["volumes"] = volumes
@@ -93,6 +121,9 @@ def to_stack(config: dict[str, Any]) -> dict[str, Any]:
         if key.startswith("x-"):
             stack[key] = value
     stack["services"] = {name: _service(svc) for name, svc in config["services"].items()}
+    if any(v.get("source") == TLS_VOLUME for svc in stack["services"].values()
+           for v in svc.get("volumes", []) if isinstance(v, dict)):
+        stack["volumes"] = {**(stack.get("volumes") or {}), TLS_VOLUME: {}}
     networks = {name: dict(net or {}) for name, net in (stack.get("networks") or {}).items()}
     default = networks.setdefault("default", {})
     if not default.get("external"):

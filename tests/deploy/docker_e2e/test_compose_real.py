@@ -292,3 +292,111 @@ def _crash_an_mda(compose: Compose, daemon: Dockerd, ports: dict[int, int]) -> N
     compose.wait_ready(timeout=120)
     restarts = daemon.docker("inspect", "-f", "{{.RestartCount}}", victim["Name"]).stdout
     assert int(restarts) >= 1, f"{victim['Name']} was not restarted"
+
+
+STACK = "pr"
+SWARM_LONG_RUNNING = ("postgres", "redis", "dns", "dmarc", "mta", "msa", "mda", "pop3", "imap")
+
+
+def test_single_node_swarm_stack_round_trip_and_scale(daemon: Dockerd, project: Path,
+                                                     ports: dict[int, int], timings: Timings):
+    """docs/deploy-docker.md's conversion (compose config | deploy/swarm.py) deployed with
+    `docker stack deploy` on a one-node Swarm of the same daemon, mail through it,
+    `docker service scale`. Runs after the compose test (same daemon, same images)."""
+    if not (project / ".env").exists():
+        write_env(project, ports)
+    compose = Compose(daemon, project, STACK, IMAGE)
+    try:
+        _swarm_scenario(compose, daemon, project, timings)
+    except BaseException:
+        for name in ("mta", "msa", "mda", "migrate", "imap"):
+            logs = daemon.docker("service", "logs", "--raw", "--tail", "20", f"{STACK}_{name}",
+                                 check=False, timeout=60)
+            print(f"--- service logs {name}\n{logs.stdout[-3000:]}{logs.stderr[-1000:]}")
+        raise
+    finally:
+        with timings.phase("stack rm + swarm leave"):
+            daemon.docker("stack", "rm", STACK, check=False, timeout=120)
+            daemon.docker("swarm", "leave", "--force", check=False, timeout=120)
+
+
+def _swarm_scenario(compose: Compose, daemon: Dockerd, project: Path, timings: Timings) -> None:
+    with timings.phase("swarm init (loopback only)"):
+        daemon.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr",
+                      "127.0.0.1:2377", "--default-addr-pool", "10.214.0.0/16", timeout=120)
+        node = daemon.docker("node", "ls", "-q").stdout.split()[0]
+        # compose.yaml pins the database to the node labelled for it
+        daemon.docker("node", "update", "--label-add", "postroom.db=true", node)
+
+    with timings.phase("conversion + stack deploy"):
+        config = compose("--profile", "tools", "config", "--format", "json", timeout=60).stdout
+        stack = json.loads(run(["python3", "deploy/swarm.py"], cwd=project, input=config).stdout)
+        assert stack["services"]["cli"]["deploy"]["replicas"] == 0
+        for service in stack["services"].values():
+            # Swarm publishes on every address whatever dockerd's --ip says: this test
+            # reaches the services over the attachable stack network instead
+            assert all(port["mode"] == "host" for port in service.pop("ports", []))
+        (project / "stack.json").write_text(json.dumps(stack))
+        daemon.docker("stack", "deploy", "-c", str(project / "stack.json"), STACK, timeout=180)
+
+    with timings.phase("every service running and healthy"):
+        _wait_services(daemon, {name: 1 for name in SWARM_LONG_RUNNING})
+
+    with timings.phase("DNS stub address to mta + dmarc"):
+        dns = _task_containers(daemon, "dns")[0]
+        address = daemon.docker("inspect", "-f",
+                                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                                dns).stdout.strip()
+        for name in ("mta", "dmarc"):
+            daemon.docker("service", "update", "-q", "--env-add",
+                          f"POSTROOM_DNS_SERVERS={address}", f"{STACK}_{name}", timeout=300)
+        _wait_services(daemon, {name: 1 for name in SWARM_LONG_RUNNING})
+
+    with timings.phase("operator CLI: docker exec into the msa task"):
+        msa = _task_containers(daemon, "msa")[0]
+        daemon.docker("exec", msa, "postroom", "domain", "add", DOMAIN, timeout=60)
+        daemon.docker("exec", "-i", msa, "postroom", "user", "add", USER,
+                      input=PASSWORD + "\n", timeout=60)
+
+    with timings.phase("swarm mail: 25 + 587, read on 993"):
+        _swarm_mail(daemon, "swarm1", 3)
+
+    with timings.phase("docker service scale mda=3 + mail exactly once"):
+        daemon.docker("service", "scale", f"{STACK}_mda=3", timeout=300)
+        _wait_services(daemon, {"mda": 3})
+        _swarm_mail(daemon, "swarm2", 8)
+
+
+def _task_containers(daemon: Dockerd, service: str) -> list[str]:
+    return daemon.docker("ps", "-q", "-f",
+                         f"label=com.docker.swarm.service.name={STACK}_{service}").stdout.split()
+
+
+def _wait_services(daemon: Dockerd, want: dict[str, int], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    pending: list[str] = []
+    while time.monotonic() < deadline:
+        pending = []
+        for service, replicas in want.items():
+            ids = _task_containers(daemon, service)
+            healthy = [c for c in ids if daemon.docker(
+                "inspect", "-f", "{{if .State.Health}}{{.State.Health.Status}}{{else}}"
+                "{{.State.Status}}{{end}}", c, check=False).stdout.strip()
+                in ("healthy", "running")]
+            if len(healthy) < replicas:
+                pending.append(f"{service}: {len(healthy)}/{replicas}")
+        if not pending:
+            return
+        time.sleep(3)
+    raise E2EError(f"services not healthy within {timeout}s: {pending}")
+
+
+def _swarm_mail(daemon: Dockerd, tag: str, total: int) -> None:
+    client = Path(__file__).with_name("mail_client.py")
+    out = daemon.docker("run", "--rm", "--network", f"{STACK}_default", "--entrypoint", "python",
+                        "-v", f"{client}:/mail_client.py:ro", IMAGE, "/mail_client.py", USER,
+                        PASSWORD, f"{tag}-{secrets.token_hex(3)}", str(total),
+                        timeout=240).stdout
+    counts = json.loads(out.strip().splitlines()[-1])
+    assert len(counts) == total + 1, counts
+    assert all(n == 1 for n in counts.values()), f"not exactly once: {counts}"
