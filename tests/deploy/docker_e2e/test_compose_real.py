@@ -22,6 +22,7 @@ import re
 import secrets
 import signal
 import smtplib
+import socket
 import ssl
 import tempfile
 import threading
@@ -30,6 +31,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from cryptography import x509
 
 from tests.deploy.docker_e2e.harness import (
     COMPOSE_SUBNET,
@@ -217,6 +219,9 @@ def _compose_scenario(compose: Compose, daemon: Dockerd, ports: dict[int, int],
         send_submission(ports[587], first[1])
         wait_delivered(ports[993], first)
 
+    with timings.phase("real certificate dropped in: 993 serves it"):
+        _replace_certificate(compose, ports)
+
     with timings.phase("client address seen by the mta"):
         _check_client_addresses(compose)
 
@@ -236,8 +241,39 @@ def _compose_scenario(compose: Compose, daemon: Dockerd, ports: dict[int, int],
             assert prefix.startswith("mta-"), (prefix, payload)
             assert json.loads(payload)["service"] == "mta", payload
 
+    with timings.phase("--scale mta=2 refused: 25 is published"):
+        done = compose("up", "-d", "--no-build", "--scale", "mda=3", "--scale", "mta=2",
+                       check=False, timeout=300)
+        output = done.stdout + done.stderr
+        assert done.returncode != 0 and "allocated" in output, output[-2000:]
+        compose("up", "-d", "--no-build", "--scale", "mda=3", "--scale", "mta=1", timeout=300)
+        compose.wait_ready()
+
     with timings.phase("an mda killed (SIGKILL) mid-flow: nothing lost"):
         _crash_an_mda(compose, daemon, ports)
+
+
+def _replace_certificate(compose: Compose, ports: dict[int, int]) -> None:
+    """The operator copies the real pair over the self-signed one; no restart needed."""
+    from postroom.net.tls import make_self_signed
+
+    tls = compose.dir / "tls"
+    staging = compose.dir / "tls-new"
+    make_self_signed(staging / "fullchain.pem", staging / "privkey.pem", "real.example.org")
+    for name in ("privkey.pem", "fullchain.pem"):  # key first, as certbot's deploy hooks do
+        os.chown(staging / name, 10025, 10025)
+        os.replace(staging / name, tls / name)
+    deadline = time.monotonic() + 60
+    subject = ""
+    while time.monotonic() < deadline:
+        with socket.create_connection(("127.0.0.1", ports[993]), timeout=10) as raw, \
+                tls_client().wrap_socket(raw) as conn:
+            der = conn.getpeercert(binary_form=True)
+        subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+        if "real.example.org" in subject:
+            return
+        time.sleep(1)
+    raise E2EError(f"imap still serves {subject} a minute after the certificate changed")
 
 
 def _check_client_addresses(compose: Compose) -> None:
