@@ -21,8 +21,8 @@ HERE=$(cd "$(dirname "$0")/.." && pwd)
 SUITE=bookworm
 MIRROR=${POSTROOM_E2E_MIRROR:-http://deb.debian.org/debian}
 # python3 + venv for Postroom, the two servers compose.yaml needs (their clients come
-# with them), tini as PID 1 for them
-PACKAGES=python3,python3-venv,ca-certificates,postgresql-15,redis-server,tini
+# with them), HAProxy for proxy mode, tini as PID 1 for them
+PACKAGES=python3,python3-venv,ca-certificates,postgresql-15,redis-server,haproxy,tini
 ROOTFS_REV=1
 KEY=$(printf '%s %s %s' "$SUITE" "$PACKAGES" "$ROOTFS_REV" | sha256sum | cut -c1-12)
 BASE_TAG=postroom-e2e/debian:$SUITE-$KEY
@@ -107,7 +107,7 @@ ensure_images() {
   # (BuildKit would fetch its Dockerfile frontend from a registry)
   export DOCKER_BUILDKIT=0
   local name
-  for name in postgres redis; do
+  for name in postgres redis haproxy; do
     log "docker build postroom-e2e/$name"
     docker build -q --network none --build-arg BASE_IMAGE="$BASE_TAG" \
       -t "postroom-e2e/$name:latest" "$IMAGES_DIR/$name" >/dev/null

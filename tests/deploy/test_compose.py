@@ -324,3 +324,11 @@ def test_docker_compose_refuses_an_empty_publish_variable(tmp_path):
                           capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode != 0, done.stdout
     assert "pop3" in done.stderr or "port" in done.stderr.lower(), done.stderr
+
+
+def test_proxy_derives_maxconn_from_its_descriptor_limit():
+    """A fixed maxconn above half the container's descriptor limit stops HAProxy at start;
+    without one HAProxy sizes itself to the limit (capped by fd-hard-limit)."""
+    cfg = (REPO / "deploy" / "haproxy.cfg").read_text()
+    assert not re.search(r"^\s*maxconn\s", cfg, re.M)
+    assert re.search(r"^\s*fd-hard-limit \d+$", cfg, re.M)

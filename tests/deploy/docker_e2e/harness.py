@@ -33,6 +33,8 @@ SWARM_POOL = "10.214.0.0/16"
 # the compose network of the test project, and the DNS stub's fixed address on it
 COMPOSE_SUBNET = "10.213.250.0/24"
 DNS_ADDRESS = "10.213.250.53"
+# proxy mode's `proxied` network (compose.proxy.yaml's PROXY_SUBNET)
+PROXY_SUBNET = "10.213.251.0/24"
 # docker CLI: v28 (/usr/local/bin) takes the compose v2 plugin; Debian's 20.10 as fallback
 DOCKER_CLI = next((p for p in ("/usr/local/bin/docker", "/usr/bin/docker") if Path(p).exists()),
                   "docker")
@@ -134,6 +136,9 @@ class Dockerd:
                "--pidfile", str(self.pidfile), "-H", f"unix://{self.socket}",
                "--iptables=false", "--ip-masq=false", "--ip6tables=false", "--bridge=none",
                "--default-address-pool", f"base={ADDRESS_POOL},size=24",
+               # a port published without an address (proxy mode's bare PUBLISH_*) binds
+               # loopback only (Swarm's host-mode ports ignore this: the test publishes none)
+               "--ip=127.0.0.1",
                "--storage-driver=overlay2", "--log-level=warn"]
         log = open(self.log, "wb")
         self.process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT,
@@ -199,7 +204,9 @@ def copy_project(dest: Path) -> Path:
 class Compose:
     """`docker compose` on the test project: shipped compose.yaml + the e2e override."""
 
-    def __init__(self, daemon: Dockerd, project_dir: Path, name: str, image: str) -> None:
+    def __init__(self, daemon: Dockerd, project_dir: Path, name: str, image: str,
+                 extra_files: Sequence[str] = ()) -> None:
+        self.extra_files = list(extra_files)
         self.daemon = daemon
         self.dir = project_dir
         self.name = name
@@ -209,12 +216,13 @@ class Compose:
     def env(self) -> dict[str, str]:
         env = self.daemon.env
         env.update(POSTROOM_IMAGE=self.image, E2E_SUBNET=COMPOSE_SUBNET,
-                   E2E_DNS_ADDRESS=DNS_ADDRESS)
+                   E2E_DNS_ADDRESS=DNS_ADDRESS, PROXY_SUBNET=PROXY_SUBNET)
         return env
 
     def base(self) -> list[str]:
-        return [DOCKER_CLI, "compose", "-p", self.name, "-f", "compose.yaml",
-                "-f", "tests/deploy/docker_e2e/compose.e2e.yaml"]
+        files = ["compose.yaml", *self.extra_files, "tests/deploy/docker_e2e/compose.e2e.yaml"]
+        return [DOCKER_CLI, "compose", "-p", self.name,
+                *(arg for name in files for arg in ("-f", name))]
 
     def __call__(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         kwargs.setdefault("timeout", 300)

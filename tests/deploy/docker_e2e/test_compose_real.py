@@ -66,15 +66,24 @@ def tls_client() -> ssl.SSLContext:
     return context
 
 
-def write_env(project: Path, ports: dict[int, int]) -> None:
-    """.env from the shipped example, with this run's passwords, ports and DNS stub."""
+def write_env(project: Path, ports: dict[int, int], proxy: bool = False) -> None:
+    """.env from the shipped example, with this run's passwords, ports and DNS stub.
+
+    ``proxy``: the example's proxy mode, HAProxy holding the ports (on loopback) and the
+    listeners publishing bare container ports (dockerd's --ip keeps them on loopback)."""
+    if proxy:
+        publish = {var: str(port) for port, var in PUBLISHED.items()}
+        publish.update({f"PROXY_{var}": f"127.0.0.1:{ports[port]}:{port}"
+                        for port, var in PUBLISHED.items()})
+    else:
+        publish = {var: f"127.0.0.1:{ports[port]}:{port}" for port, var in PUBLISHED.items()}
     password = secrets.token_hex(16)
     values = {
         "POSTGRES_PASSWORD": password,
         "POSTROOM_DATABASE_URL": f"postgresql://postroom:{password}@postgres:5432/postroom",
         "POSTROOM_DNS_SERVERS": DNS_ADDRESS,
         # nothing listens beyond the host's loopback
-        **{var: f"127.0.0.1:{ports[port]}:{port}" for port, var in PUBLISHED.items()},
+        **publish,
     }
     lines = []
     for line in (project / "deploy" / "postroom.env.example").read_text().splitlines():
@@ -87,6 +96,7 @@ def write_env(project: Path, ports: dict[int, int]) -> None:
     secret_dir = project / "secrets"
     secret_dir.mkdir(exist_ok=True)
     key_file = secret_dir / "postroom_secret_key"
+    key_file.unlink(missing_ok=True)
     run([str(REPO_VENV_POSTROOM), "secret-key", "generate", str(key_file)])
     os.chown(key_file, 10025, 10025)
 
@@ -328,6 +338,53 @@ def _crash_an_mda(compose: Compose, daemon: Dockerd, ports: dict[int, int]) -> N
     compose.wait_ready(timeout=120)
     restarts = daemon.docker("inspect", "-f", "{{.RestartCount}}", victim["Name"]).stdout
     assert int(restarts) >= 1, f"{victim['Name']} was not restarted"
+
+
+def test_compose_proxy_mode_with_scaled_listeners(daemon: Dockerd, project: Path,
+                                                 ports: dict[int, int], timings: Timings):
+    """The documented proxy mode (deploy/compose.proxy.yaml): HAProxy holds the ports,
+    mta and imap run two replicas each, mail through the proxy arrives exactly once,
+    and the mta logs the address HAProxy saw (PROXY v2), not HAProxy's own."""
+    write_env(project, ports, proxy=True)
+    compose = Compose(daemon, project, "pre2p", IMAGE, extra_files=[
+        "deploy/compose.proxy.yaml", "tests/deploy/docker_e2e/compose.e2e-proxy.yaml"])
+    try:
+        with timings.phase("proxy mode: up --scale mta=2 imap=2 mda=2"):
+            compose("up", "-d", "--no-build", "--scale", "mta=2", "--scale", "imap=2",
+                    "--scale", "mda=2", timeout=300)
+            containers = compose.wait_ready()
+            assert sum(c["Service"] == "mta" for c in containers) == 2
+            assert sum(c["Service"] == "imap" for c in containers) == 2
+            assert any(c["Service"] == "proxy" for c in containers)
+        with timings.phase("proxy mode: cli + 8 messages via HAProxy, read on 993"):
+            compose("run", "--rm", "-T", "cli", "domain", "add", DOMAIN, timeout=120)
+            compose("run", "--rm", "-T", "cli", "user", "add", USER, input=PASSWORD + "\n",
+                    timeout=120)
+            batch = [f"proxied-{i}-{secrets.token_hex(4)}@remote.test" for i in range(8)]
+            for msgid in batch:
+                send_plain(ports[25], msgid, "proxied")
+            send_submission(ports[587], f"proxied-sub-{secrets.token_hex(4)}@{DOMAIN}")
+            wait_delivered(ports[993], batch)
+        with timings.phase("proxy mode: the mta logs the client HAProxy saw"):
+            proxy_ips = set(daemon.docker("inspect", "-f",
+                                          "{{range .NetworkSettings.Networks}}{{.IPAddress}} "
+                                          "{{end}}", *[c["Name"] for c in containers
+                                                       if c["Service"] == "proxy"]
+                                          ).stdout.split())
+            # the sessions that carried our mail (HAProxy's health checks, PROXY "LOCAL",
+            # are logged with HAProxy's own address, as they should be)
+            events = [json.loads(payload) for _, payload in compose.log_lines("mta")
+                      if payload.startswith("{")]
+            peers = {e.get("peer", "") for e in events if e.get("mail_from") == "bob@remote.test"}
+            assert peers, "no message from bob@remote.test logged by the mtas"
+            assert not peers & proxy_ips, f"the mta logged HAProxy itself: {peers}"
+            print(f"[docker-e2e] proxy mode: mtas logged {sorted(peers)} (HAProxy {proxy_ips})")
+    except BaseException:
+        print("--- docker compose logs (tail) on failure\n" + compose.logs_tail(40), flush=True)
+        raise
+    finally:
+        with timings.phase("proxy mode: down -v"):
+            compose("down", "-v", "--remove-orphans", "-t", "10", check=False, timeout=180)
 
 
 STACK = "pr"
