@@ -149,6 +149,9 @@ class Dockerd:
                 raise E2EError(f"dockerd exited with {self.process.returncode}:\n{self.tail()}")
             if self.socket.exists() and run([DOCKER_CLI, "info"], env=self.env, check=False,
                                             timeout=20).returncode == 0:
+                # a run that died before its clean-up left containers (restarted by their
+                # policy) or a swarm in the cached data root: start from nothing
+                self.clean()
                 return
             time.sleep(0.5)
         raise E2EError(f"dockerd did not answer within 90s:\n{self.tail()}")
