@@ -332,3 +332,17 @@ def test_proxy_derives_maxconn_from_its_descriptor_limit():
     cfg = (REPO / "deploy" / "haproxy.cfg").read_text()
     assert not re.search(r"^\s*maxconn\s", cfg, re.M)
     assert re.search(r"^\s*fd-hard-limit \d+$", cfg, re.M)
+
+
+def test_services_wait_for_the_certificate_one_shot():
+    """First `up` without ./tls: the `tls` one-shot writes a self-signed pair before any
+    listener starts (they restart-looped on the missing files before it existed)."""
+    compose = load_compose()
+    tls = compose["services"]["tls"]
+    assert tls["command"][:3] == ["tls", "self-signed", "--if-missing"]
+    assert tls["restart"] == "no"
+    assert any(v.startswith("./tls:/etc/postroom/tls") and not v.endswith(":ro")
+               for v in tls["volumes"])
+    for name in SUITE:
+        depends = compose["services"][name]["depends_on"]
+        assert depends["tls"]["condition"] == "service_completed_successfully", name
