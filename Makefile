@@ -7,11 +7,12 @@ STAMP  := $(VENV)/.installed
 S      ?=
 PYTEST_ARGS ?=
 
-.PHONY: run test test-fast lint bench fuzz up down logs clean help
+.PHONY: run test test-fast compose-e2e lint bench fuzz up down logs clean help
 
 help:
 	@echo "make run    - install into .venv and run the whole suite on this machine (postroom up --demo)"
 	@echo "make test   - install into .venv and run the whole test suite (needs PostgreSQL and Redis on 127.0.0.1)"
+	@echo "make compose-e2e - only the real docker compose + Swarm run (private dockerd, ~5-10 min)"
 	@echo "make lint   - ruff, mypy on the library and services, import-linter contracts"
 	@echo "make bench  - benchmarks against peers (prints figures; never part of make test)"
 	@echo "make fuzz   - atheris on the SMTP, IMAP, POP3 and MIME parsers (FUZZ_SECONDS=60 each)"
@@ -29,6 +30,11 @@ test: $(STAMP)
 
 test-fast: $(STAMP)
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+# the shipped compose.yaml and a one-node Swarm, really run on a private dockerd
+# (tests/deploy/docker_e2e; part of make test too)
+compose-e2e: $(STAMP)
+	$(BIN)/pytest -m compose tests/deploy/docker_e2e $(PYTEST_ARGS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check shared services tests bench

@@ -95,11 +95,21 @@ ensure_scanners() {
   apt_install rspamd clamav-daemon clamav
 }
 
+ensure_docker_e2e() {
+  # the real compose/Swarm test (tests/deploy/docker_e2e) starts its own dockerd from
+  # Debian's docker.io and makes its images with debootstrap; the compose v2 CLI plugin
+  # and the Debian root tarball are fetched into the cache now, not during the test
+  apt_install docker.io debootstrap
+  bash "$(dirname "$0")/docker-e2e-images.sh" plugin >/dev/null
+  bash "$(dirname "$0")/docker-e2e-images.sh" rootfs >/dev/null
+}
+
 case "${1:-all}" in
   postgres) ensure_postgres ;;
   redis) ensure_redis ;;
   clients) ensure_clients ;;
   scanners) ensure_scanners ;;
-  all) ensure_postgres; ensure_redis; ensure_clients; ensure_scanners ;;
-  *) echo "usage: $0 [all|postgres|redis|clients|scanners]" >&2; exit 2 ;;
+  docker-e2e) ensure_docker_e2e ;;
+  all) ensure_postgres; ensure_redis; ensure_clients; ensure_scanners; ensure_docker_e2e ;;
+  *) echo "usage: $0 [all|postgres|redis|clients|scanners|docker-e2e]" >&2; exit 2 ;;
 esac

@@ -51,8 +51,22 @@ def service_env(service: dict[str, Any], dotenv: dict[str, str]) -> dict[str, st
     environment = service.get("environment") or {}
     if isinstance(environment, list):
         environment = dict(item.split("=", 1) for item in environment)
-    env.update({k: str(v) for k, v in environment.items()})
+    env.update({k: interpolate(str(v), dotenv) for k, v in environment.items()})
     return env
+
+
+_VARIABLE = re.compile(r"\$\{(\w+)(?:(:?-)([^}]*))?\}")
+
+
+def interpolate(value: str, dotenv: dict[str, str]) -> str:
+    """Compose's ``${VAR}``, ``${VAR:-default}`` (unset or empty) and ``${VAR-default}``
+    (unset only), read from .env as compose reads it."""
+    def one(match: re.Match[str]) -> str:
+        name, op, default = match.groups()
+        if name in dotenv and (dotenv[name] or op != ":-"):
+            return dotenv[name]
+        return default if op else ""
+    return _VARIABLE.sub(one, value)
 
 
 def postroom_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -13,10 +13,12 @@ import pytest
 
 from postroom.config import load_settings, split_proxy
 from tests.deploy.compose import (
+    COMPOSE_FILE,
     ENV_EXAMPLE,
     MAIL_PORTS,
     REPO,
     compose_config,
+    docker_compose,
     endpoint_port,
     load_compose,
     postroom_services,
@@ -97,9 +99,11 @@ def test_default_compose_has_neither_the_proxy_nor_a_proxy_protocol_listener(con
     assert "proxy" not in config["services"]
     for name, service in config["services"].items():
         assert _proxy_endpoints(service) == [], name
-        # only the optional scanners (issue 17) wait behind a profile
+        # the optional scanners (issue 17) wait behind the filter profile, the operator's
+        # `cli` behind tools: the only services `up` does not start
         assert not service.get("profiles") or (
-            name in FILTER and service["profiles"] == ["filter"]), name
+            name in FILTER and service["profiles"] == ["filter"]) or (
+            (name, service["profiles"]) == ("cli", ["tools"])), name
 
 
 def test_the_scanners_are_the_official_images_under_the_filter_profile(config):
@@ -193,7 +197,7 @@ def test_published_ports_are_plain_listeners_of_the_service(config, proxy_config
 def test_proxy_backends_reach_proxy_protocol_listeners(proxy_config):
     """Each HAProxy backend `server-template NAME N host:port` hits a proxy:tcp listener."""
     cfg = (REPO / "deploy" / "haproxy.cfg").read_text()
-    backends = re.findall(r"server-template \S+ \d+ (\w+):(\d+)", cfg)
+    backends = re.findall(r'server-template \S+ \d+ "\$\{BACKEND_PREFIX\}(\w+):(\d+)"', cfg)
     assert len(backends) == len(MAIL_PORTS)
     for host, port in backends:
         service = proxy_config["services"][host]
@@ -275,3 +279,81 @@ def test_makefile_follows_one_service_log():
 def test_compose_file_has_no_tabs_and_ends_with_newline():
     text = Path(REPO / "compose.yaml").read_text()
     assert "\t" not in text and text.endswith("\n")
+
+
+def test_swarm_publishes_in_host_mode_and_haproxy_resolves_each_task(proxy_config):
+    """Ingress mode would hide every client behind the ingress network's address, and a
+    Swarm service name is one virtual IP: HAProxy must resolve tasks.SERVICE."""
+    stack = _swarm_module().to_stack(proxy_config)
+    for name, service in stack["services"].items():
+        for port in service.get("ports", []):
+            assert port["mode"] == "host", (name, port)
+    assert stack["services"]["proxy"]["environment"]["BACKEND_PREFIX"] == "tasks."
+    assert proxy_config["services"]["proxy"]["environment"]["BACKEND_PREFIX"] == ""
+    assert stack["networks"]["default"]["attachable"] is True
+
+
+def test_swarm_keeps_profile_services_at_zero_replicas(config):
+    stack = _swarm_module().to_stack(config)
+    assert stack["services"]["cli"]["deploy"]["replicas"] == 0
+    assert "profiles" not in stack["services"]["cli"]
+
+
+def test_listen_settings_in_dotenv_are_not_overridden_by_compose(tmp_path):
+    """compose's `environment:` wins over env_file: .env's POSTROOM_*_LISTEN must reach it."""
+    compose = load_compose()
+    for name, service in postroom_services(compose).items():
+        for key, value in (service.get("environment") or {}).items():
+            if key.endswith("_LISTEN"):
+                assert str(value).startswith("${" + key + ":-"), (name, key, value)
+    dotenv = {**read_env_file(ENV_EXAMPLE), "POSTROOM_MTA_LISTEN": "tcp:2500"}
+    env = service_env(postroom_services(compose)["mta"], dotenv)
+    assert env["POSTROOM_MTA_LISTEN"] == "tcp:2500"
+
+
+def test_an_empty_publish_variable_never_publishes_the_default():
+    """`PUBLISH_POP3=` must not quietly become 110:110 (`${VAR:-default}` would)."""
+    text = COMPOSE_FILE.read_text()
+    publish = re.findall(r'"\$\{(PUBLISH_\w+)(:?-)', text)
+    assert publish and all(op == "-" for _, op in publish), publish
+
+
+def test_compose_does_not_claim_that_listeners_scale_without_the_proxy():
+    text = COMPOSE_FILE.read_text()
+    for line in text.splitlines():
+        if "--scale" in line and "mta=" in line:
+            assert "proxy" in line.lower() or "fails" in line or "imap=" in line, line
+
+
+def test_docker_compose_refuses_an_empty_publish_variable(tmp_path):
+    """Empty is an error compose reports, never a silent publish of the default port;
+    docs/deploy-docker.md says how to leave a port unpublished (`ports: !reset []`)."""
+    shutil.copy(COMPOSE_FILE, tmp_path / "compose.yaml")
+    (tmp_path / ".env").write_text(ENV_EXAMPLE.read_text() + "\nPUBLISH_POP3=\n")
+    (tmp_path / "tls").mkdir()
+    done = subprocess.run([docker_compose(), "--project-directory", str(tmp_path), "config"],
+                          capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert done.returncode != 0, done.stdout
+    assert "pop3" in done.stderr or "port" in done.stderr.lower(), done.stderr
+
+
+def test_proxy_derives_maxconn_from_its_descriptor_limit():
+    """A fixed maxconn above half the container's descriptor limit stops HAProxy at start;
+    without one HAProxy sizes itself to the limit (capped by fd-hard-limit)."""
+    cfg = (REPO / "deploy" / "haproxy.cfg").read_text()
+    assert not re.search(r"^\s*maxconn\s", cfg, re.M)
+    assert re.search(r"^\s*fd-hard-limit \d+$", cfg, re.M)
+
+
+def test_services_wait_for_the_certificate_one_shot():
+    """First `up` without ./tls: the `tls` one-shot writes a self-signed pair before any
+    listener starts (they restart-looped on the missing files before it existed)."""
+    compose = load_compose()
+    tls = compose["services"]["tls"]
+    assert tls["command"][:3] == ["tls", "self-signed", "--if-missing"]
+    assert tls["restart"] == "no"
+    assert any(v.startswith("./tls:/etc/postroom/tls") and not v.endswith(":ro")
+               for v in tls["volumes"])
+    for name in SUITE:
+        depends = compose["services"][name]["depends_on"]
+        assert depends["tls"]["condition"] == "service_completed_successfully", name

@@ -17,7 +17,8 @@ from tests.deploy.compose import (
 )
 
 SECRET = "postroom_secret_key"
-HOLDERS = {"msa", "migrate"}  # migrate is where `docker compose run --rm migrate dkim ...` runs
+# the operator's `docker compose run --rm cli dkim generate ...` seals new keys with it
+HOLDERS = {"msa", "migrate", "cli"}
 
 
 @pytest.fixture(scope="module")

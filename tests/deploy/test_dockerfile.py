@@ -41,13 +41,20 @@ def parse(text: str) -> list[Stage]:
         logical.append(current + line)
         current = ""
     stages: list[Stage] = []
+    global_args: dict[str, str] = {}
     for line in logical:
         keyword, _, args = line.partition(" ")
         keyword = keyword.upper()
+        if keyword == "ARG" and not stages:
+            # an ARG before the first FROM: a default that FROM lines may name as ${NAME}
+            name, _, default = args.strip().partition("=")
+            global_args[name] = default
+            continue
         if keyword == "FROM":
             match = re.match(r"(\S+)(?:\s+AS\s+(\S+))?", args.strip(), re.IGNORECASE)
             assert match, line
-            stages.append(Stage(match.group(1), match.group(2)))
+            base = re.sub(r"\$\{(\w+)\}", lambda m: global_args[m.group(1)], match.group(1))
+            stages.append(Stage(base, match.group(2)))
         else:
             assert stages, f"{keyword} before FROM"
             stages[-1].instructions.append((keyword, args.strip()))
@@ -73,6 +80,28 @@ def test_every_base_image_is_a_pinned_slim_python(stages):
     for stage in stages:
         assert re.fullmatch(r"python:\d+\.\d+\.\d+-slim-[a-z]+(@sha256:[0-9a-f]{64})?",
                             stage.base), stage.base
+
+
+def test_base_image_is_a_build_argument_defaulting_to_the_pinned_image():
+    """The offline build (docs/deploy-docker.md) swaps the base; the shipped default stays."""
+    text = DOCKERFILE.read_text()
+    assert re.search(r"^ARG BASE_IMAGE=python:\d+\.\d+\.\d+-slim-bookworm$", text, re.M)
+    froms = re.findall(r"^FROM (\S+)", text, re.M)
+    assert froms and all(base == "${BASE_IMAGE}" for base in froms), froms
+
+
+def test_the_build_stage_runs_on_a_plain_debian_python(stages):
+    """Debian's python3 has no `python` command; only the venv's own python may be called."""
+    for stage in stages:
+        for run in stage.all("RUN"):
+            assert not re.search(r"(^|[\s&;])python\s", run), run
+
+
+def test_offline_wheels_are_optional(stages):
+    """The wheel folder exists in the repository (a README), so the default build works."""
+    assert (REPO / "deploy" / "wheels" / "README.md").is_file()
+    assert "deploy/wheels /wheels" in stages[0].all("COPY")
+    assert any("${PIP_ARGS}" in run for run in stages[0].all("RUN"))
 
 
 def test_base_python_satisfies_requires_python(stages):

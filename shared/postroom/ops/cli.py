@@ -11,9 +11,11 @@ from __future__ import annotations
 import argparse
 import getpass
 import json
+import os
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, NoReturn
 
 from postroom import __version__
@@ -792,6 +794,48 @@ def cmd_secret_key(args: argparse.Namespace) -> int:
             raise CLIError(f"cannot write {args.path}: {exc.strerror}") from None
         print(f"secret key {secretbox.key_id(key)} written to {args.path} (mode 0600); "
               f"point POSTROOM_SECRET_KEY_FILE at it", file=sys.stderr)
+    return 0
+
+
+def _tls_arguments(p: argparse.ArgumentParser) -> None:
+    tsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = tsub.add_parser("self-signed", help="write a self-signed certificate and key")
+    q.add_argument("--if-missing", action="store_true",
+                   help="do nothing when both files exist (what compose's `tls` service runs)")
+    q.add_argument("--owner", type=int, metavar="UID",
+                   help="when run as root, give both files to this user (and its group)")
+
+
+@command("tls", _tls_arguments,
+         summary="a self-signed certificate until the real one is there",
+         description=("Write a self-signed certificate for POSTROOM_HOSTNAME to "
+                      "POSTROOM_TLS_CERT_FILE and its key to POSTROOM_TLS_KEY_FILE, so the "
+                      "services start on first `docker compose up`; drop the real files in "
+                      "their place later and every service reloads them. --if-missing never "
+                      "touches an existing pair and refuses a half one."))
+def cmd_tls(args: argparse.Namespace) -> int:
+    from postroom.net.tls import make_self_signed
+
+    settings = _settings()
+    if not settings.tls_cert_file or not settings.tls_key_file:
+        raise CLIError("set POSTROOM_TLS_CERT_FILE and POSTROOM_TLS_KEY_FILE first")
+    cert, key = Path(settings.tls_cert_file), Path(settings.tls_key_file)
+    present = [path for path in (cert, key) if path.exists()]
+    if args.if_missing and len(present) == 2:
+        print(f"{cert} and {key} exist; left as they are", file=sys.stderr)
+        return 0
+    if present:
+        raise CLIError(f"{present[0]} exists and is never overwritten (its pair: "
+                       f"{key if present[0] == cert else cert}); move it away first")
+    try:
+        make_self_signed(cert, key, settings.hostname)
+        if args.owner is not None and os.geteuid() == 0:
+            for path in (key, cert):
+                os.chown(path, args.owner, args.owner)
+    except OSError as exc:
+        raise CLIError(f"cannot write the certificate: {exc}") from None
+    print(f"self-signed certificate for {settings.hostname} written to {cert} (key {key}); "
+          "replace both with the real ones when you have them", file=sys.stderr)
     return 0
 
 

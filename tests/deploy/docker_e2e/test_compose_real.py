@@ -1,0 +1,495 @@
+"""The shipped compose.yaml, really run: `docker compose up` on our own dockerd.
+
+Images come from no registry (scripts/docker-e2e-images.sh: debootstrap + docker import,
+PostgreSQL and Redis from Debian's packages, Postroom built by deploy/Dockerfile from
+wheels made on the host). The only override (compose.e2e.yaml) swaps image names and
+adds a DNS stub for the Internet the test network does not have. Then, as an operator
+would: up, every healthcheck green, migrate done, a domain and a user through the `cli`
+service, mail to the published 25 and 587 (STARTTLS + AUTH) read back over 993,
+`--scale mda=3` with each message delivered exactly once, `logs mta` showing only the
+mta, an mda killed mid-flow with nothing lost, `down -v`. Timings are printed.
+
+`make compose-e2e` runs this module alone. A daemon that cannot start fails the test:
+nothing here skips.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import json
+import os
+import re
+import secrets
+import signal
+import smtplib
+import socket
+import ssl
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+
+from tests.deploy.docker_e2e.harness import (
+    COMPOSE_SUBNET,
+    DNS_ADDRESS,
+    IMAGES_SCRIPT,
+    Compose,
+    Dockerd,
+    E2EError,
+    Timings,
+    copy_project,
+    run,
+)
+from tests.support.ports import free_port
+
+pytestmark = [pytest.mark.slow, pytest.mark.compose, pytest.mark.timeout(1500)]
+
+IMAGE = "postroom-e2e/postroom:test"
+DOMAIN = "example.org"
+USER = f"alice@{DOMAIN}"
+PASSWORD = "e2e-" + secrets.token_hex(12)
+# container port -> PUBLISH_* variable of compose.yaml
+PUBLISHED = {25: "PUBLISH_SMTP", 465: "PUBLISH_SUBMISSIONS", 587: "PUBLISH_SUBMISSION",
+             2525: "PUBLISH_SUBMISSION_ALT", 110: "PUBLISH_POP3", 995: "PUBLISH_POP3S",
+             143: "PUBLISH_IMAP", 993: "PUBLISH_IMAPS"}
+
+
+def tls_client() -> ssl.SSLContext:
+    # the stack's own self-signed certificate (compose's `tls` service made it)
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    return context
+
+
+def write_env(project: Path, ports: dict[int, int], proxy: bool = False) -> None:
+    """.env from the shipped example, with this run's passwords, ports and DNS stub.
+
+    ``proxy``: the example's proxy mode, HAProxy holding the ports (on loopback) and the
+    listeners publishing bare container ports (dockerd's --ip keeps them on loopback)."""
+    if proxy:
+        publish = {var: str(port) for port, var in PUBLISHED.items()}
+        publish.update({f"PROXY_{var}": f"127.0.0.1:{ports[port]}:{port}"
+                        for port, var in PUBLISHED.items()})
+    else:
+        publish = {var: f"127.0.0.1:{ports[port]}:{port}" for port, var in PUBLISHED.items()}
+    password = secrets.token_hex(16)
+    values = {
+        "POSTGRES_PASSWORD": password,
+        "POSTROOM_DATABASE_URL": f"postgresql://postroom:{password}@postgres:5432/postroom",
+        "POSTROOM_DNS_SERVERS": DNS_ADDRESS,
+        # nothing listens beyond the host's loopback
+        **publish,
+    }
+    lines = []
+    for line in (project / "deploy" / "postroom.env.example").read_text().splitlines():
+        key = line.partition("=")[0]
+        if key in values:
+            line = f"{key}={values.pop(key)}"
+        lines.append(line)
+    lines += [f"{key}={value}" for key, value in values.items()]
+    (project / ".env").write_text("\n".join(lines) + "\n")
+    secret_dir = project / "secrets"
+    secret_dir.mkdir(exist_ok=True)
+    key_file = secret_dir / "postroom_secret_key"
+    key_file.unlink(missing_ok=True)
+    run([str(REPO_VENV_POSTROOM), "secret-key", "generate", str(key_file)])
+    os.chown(key_file, 10025, 10025)
+
+
+REPO_VENV_POSTROOM = Path(__file__).resolve().parents[3] / ".venv" / "bin" / "postroom"
+
+
+def message(subject: str, msgid: str, sender: str = "bob@remote.test") -> str:
+    return (f"From: {sender}\r\nTo: {USER}\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{msgid}>\r\n\r\nbody of {subject}\r\n")
+
+
+def send_plain(port: int, msgid: str, subject: str = "inbound") -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        smtp.sendmail("bob@remote.test", [USER], message(subject, msgid))
+
+
+def send_submission(port: int, msgid: str) -> None:
+    with smtplib.SMTP("127.0.0.1", port, timeout=30) as smtp:
+        smtp.starttls(context=tls_client())
+        smtp.login(USER, PASSWORD)
+        smtp.sendmail(USER, [USER], message("submitted", msgid, sender=USER))
+
+
+def count_by_msgid(port: int, msgids: list[str]) -> dict[str, int]:
+    counts = {}
+    imap = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=tls_client(), timeout=30)
+    try:
+        imap.login(USER, PASSWORD)
+        imap.select("INBOX", readonly=True)
+        for msgid in msgids:
+            status, data = imap.search(None, "HEADER", "Message-ID", f"<{msgid}>")
+            assert status == "OK", data
+            counts[msgid] = len(data[0].split())
+    finally:
+        imap.logout()
+    return counts
+
+
+def wait_delivered(port: int, msgids: list[str], timeout: float = 120) -> None:
+    """Every message in INBOX; then, after a pause, each still exactly once."""
+    deadline = time.monotonic() + timeout
+    counts: dict[str, int] = {}
+    while time.monotonic() < deadline:
+        counts = count_by_msgid(port, msgids)
+        if all(counts.values()):
+            break
+        time.sleep(1)
+    else:
+        missing = [m for m, n in counts.items() if not n]
+        raise E2EError(f"{len(missing)} of {len(msgids)} messages never arrived: {missing[:5]}")
+    time.sleep(3)
+    counts = count_by_msgid(port, msgids)
+    twice = {m: n for m, n in counts.items() if n != 1}
+    assert not twice, f"delivered other than exactly once: {twice}"
+
+
+@pytest.fixture(scope="module")
+def timings() -> Iterator[Timings]:
+    t = Timings()
+    yield t
+    print("\n" + t.summary(), flush=True)
+
+
+@pytest.fixture(scope="module")
+def daemon(timings: Timings) -> Iterator[Dockerd]:
+    with tempfile.TemporaryDirectory(prefix="postroom-e2e-") as tmp:
+        d = Dockerd(Path(tmp))
+        try:
+            with timings.phase("dockerd start"):
+                d.start()
+            yield d
+        finally:
+            with timings.phase("clean up and stop dockerd"):
+                d.stop()
+
+
+@pytest.fixture(scope="module")
+def project(daemon: Dockerd, timings: Timings) -> Iterator[Path]:
+    with tempfile.TemporaryDirectory(prefix="postroom-e2e-project-") as tmp:
+        path = copy_project(Path(tmp) / "postroom")
+        with timings.phase("images (debootstrap/import/build; cached)"):
+            run(["bash", str(IMAGES_SCRIPT), "images", str(path)], env=daemon.env, timeout=1200)
+        yield path
+
+
+@pytest.fixture(scope="module")
+def ports() -> dict[int, int]:
+    return {port: free_port() for port in PUBLISHED}
+
+
+def test_compose_up_mail_round_trip_scale_and_crash(daemon: Dockerd, project: Path,
+                                                   ports: dict[int, int], timings: Timings):
+    write_env(project, ports)
+    compose = Compose(daemon, project, "pre2e", IMAGE)
+    try:
+        _compose_scenario(compose, daemon, ports, timings)
+    except BaseException:
+        print("--- docker compose logs (tail) on failure\n" + compose.logs_tail(60), flush=True)
+        raise
+    finally:
+        with timings.phase("compose down -v"):
+            compose("down", "-v", "--remove-orphans", "-t", "10", check=False, timeout=180)
+
+
+def _compose_scenario(compose: Compose, daemon: Dockerd, ports: dict[int, int],
+                      timings: Timings) -> None:
+    with timings.phase("compose up -d (no certificate yet)"):
+        assert not (compose.dir / "tls" / "fullchain.pem").exists()
+        compose("up", "-d", "--no-build", timeout=300)
+    with timings.phase("healthchecks green, migrate + tls done"):
+        containers = compose.wait_ready()
+    services = {c["Service"] for c in containers}
+    assert {"postgres", "redis", "migrate", "tls", "dmarc", "mta", "msa", "mda", "pop3",
+            "imap"} <= services, services
+    assert "cli" not in services, "the cli service (profile tools) must not start with up"
+    # the `tls` one-shot made a self-signed pair the services' user can read
+    assert (compose.dir / "tls" / "fullchain.pem").stat().st_uid == 10025
+    assert (compose.dir / "tls" / "privkey.pem").stat().st_mode & 0o777 == 0o600
+
+    with timings.phase("cli: domain add + user add"):
+        compose("run", "--rm", "-T", "cli", "domain", "add", DOMAIN, timeout=120)
+        compose("run", "--rm", "-T", "cli", "user", "add", USER, input=PASSWORD + "\n",
+                timeout=120)
+
+    with timings.phase("mail: 25 plain + 587 STARTTLS/AUTH, read on 993"):
+        first = [f"plain-{secrets.token_hex(4)}@remote.test",
+                 f"sub-{secrets.token_hex(4)}@{DOMAIN}"]
+        send_plain(ports[25], first[0])
+        send_submission(ports[587], first[1])
+        wait_delivered(ports[993], first)
+
+    with timings.phase("real certificate dropped in: 993 serves it"):
+        _replace_certificate(compose, ports)
+
+    with timings.phase("client address seen by the mta"):
+        _check_client_addresses(compose)
+
+    with timings.phase("--scale mda=3, 10 messages exactly once"):
+        compose("up", "-d", "--no-build", "--scale", "mda=3", timeout=300)
+        containers = compose.wait_ready()
+        assert sum(c["Service"] == "mda" for c in containers) == 3
+        batch = [f"scaled-{i}-{secrets.token_hex(4)}@remote.test" for i in range(10)]
+        for msgid in batch:
+            send_plain(ports[25], msgid, "scaled")
+        wait_delivered(ports[993], batch)
+
+    with timings.phase("logs mta shows only the mta"):
+        lines = compose.log_lines("mta")
+        assert lines, "no mta log lines"
+        for prefix, payload in lines:
+            assert prefix.startswith("mta-"), (prefix, payload)
+            assert json.loads(payload)["service"] == "mta", payload
+
+    with timings.phase("--scale mta=2 refused: 25 is published"):
+        done = compose("up", "-d", "--no-build", "--scale", "mda=3", "--scale", "mta=2",
+                       check=False, timeout=300)
+        output = done.stdout + done.stderr
+        assert done.returncode != 0 and "allocated" in output, output[-2000:]
+        compose("up", "-d", "--no-build", "--scale", "mda=3", "--scale", "mta=1", timeout=300)
+        compose.wait_ready()
+
+    with timings.phase("an mda killed (SIGKILL) mid-flow: nothing lost"):
+        _crash_an_mda(compose, daemon, ports)
+
+
+def _replace_certificate(compose: Compose, ports: dict[int, int]) -> None:
+    """The operator copies the real pair over the self-signed one; no restart needed."""
+    from postroom.net.tls import make_self_signed
+
+    tls = compose.dir / "tls"
+    staging = compose.dir / "tls-new"
+    make_self_signed(staging / "fullchain.pem", staging / "privkey.pem", "real.example.org")
+    for name in ("privkey.pem", "fullchain.pem"):  # key first, as certbot's deploy hooks do
+        os.chown(staging / name, 10025, 10025)
+        os.replace(staging / name, tls / name)
+    deadline = time.monotonic() + 60
+    subject = ""
+    while time.monotonic() < deadline:
+        with socket.create_connection(("127.0.0.1", ports[993]), timeout=10) as raw, \
+                tls_client().wrap_socket(raw) as conn:
+            der = conn.getpeercert(binary_form=True)
+        subject = x509.load_der_x509_certificate(der).subject.rfc4514_string()
+        if "real.example.org" in subject:
+            return
+        time.sleep(1)
+    raise E2EError(f"imap still serves {subject} a minute after the certificate changed")
+
+
+def _check_client_addresses(compose: Compose) -> None:
+    """From another container: the mta logs that container's own address. From the host
+    through a published port: docker-proxy's address on the compose network (what
+    docs/deploy-docker.md, "Client addresses", tells operators to avoid on port 25)."""
+    script = (
+        "import smtplib,socket;"
+        "s=smtplib.SMTP('mta',25,timeout=20);"
+        "print(s.sock.getsockname()[0]);s.ehlo('probe.test');s.quit()"
+    )
+    out = compose("run", "--rm", "-T", "--entrypoint", "python", "cli", "-c", script,
+                  timeout=120).stdout
+    address = out.strip().splitlines()[-1]
+    assert re.fullmatch(r"\d+\.\d+\.\d+\.\d+", address), out
+    deadline = time.monotonic() + 20
+    peers: set[str] = set()
+    while time.monotonic() < deadline:
+        peers = {json.loads(payload).get("peer", "") for _, payload in compose.log_lines("mta")
+                 if '"smtp connection opened"' in payload}
+        if address in peers:
+            break
+        time.sleep(1)
+    assert address in peers, f"the mta did not log the client {address}: {peers}"
+    gateway = COMPOSE_SUBNET.rsplit(".", 1)[0] + ".1"
+    print(f"[docker-e2e] mta saw container client {address}; host clients through "
+          f"docker-proxy arrive as {sorted(peers - {address})} (gateway {gateway})")
+
+
+def _crash_an_mda(compose: Compose, daemon: Dockerd, ports: dict[int, int]) -> None:
+    batch = [f"crash-{i}-{secrets.token_hex(4)}@remote.test" for i in range(20)]
+    errors: list[BaseException] = []
+
+    def sender() -> None:
+        try:
+            for msgid in batch:
+                send_plain(ports[25], msgid, "crash")
+                time.sleep(0.1)
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    thread = threading.Thread(target=sender)
+    thread.start()
+    time.sleep(0.5)
+    victim = next(c for c in compose.ps() if c["Service"] == "mda")
+    pid = int(daemon.docker("inspect", "-f", "{{.State.Pid}}", victim["Name"]).stdout)
+    os.kill(pid, signal.SIGKILL)  # a crash, not a stop: the restart policy brings it back
+    thread.join(timeout=120)
+    assert not errors, errors
+    wait_delivered(ports[993], batch, timeout=180)
+    # the killed replica came back by itself (restart: unless-stopped)
+    compose.wait_ready(timeout=120)
+    restarts = daemon.docker("inspect", "-f", "{{.RestartCount}}", victim["Name"]).stdout
+    assert int(restarts) >= 1, f"{victim['Name']} was not restarted"
+
+
+def test_compose_proxy_mode_with_scaled_listeners(daemon: Dockerd, project: Path,
+                                                 ports: dict[int, int], timings: Timings):
+    """The documented proxy mode (deploy/compose.proxy.yaml): HAProxy holds the ports,
+    mta and imap run two replicas each, mail through the proxy arrives exactly once,
+    and the mta logs the address HAProxy saw (PROXY v2), not HAProxy's own."""
+    write_env(project, ports, proxy=True)
+    compose = Compose(daemon, project, "pre2p", IMAGE, extra_files=[
+        "deploy/compose.proxy.yaml", "tests/deploy/docker_e2e/compose.e2e-proxy.yaml"])
+    try:
+        with timings.phase("proxy mode: up --scale mta=2 imap=2 mda=2"):
+            compose("up", "-d", "--no-build", "--scale", "mta=2", "--scale", "imap=2",
+                    "--scale", "mda=2", timeout=300)
+            containers = compose.wait_ready()
+            assert sum(c["Service"] == "mta" for c in containers) == 2
+            assert sum(c["Service"] == "imap" for c in containers) == 2
+            assert any(c["Service"] == "proxy" for c in containers)
+        with timings.phase("proxy mode: cli + 8 messages via HAProxy, read on 993"):
+            compose("run", "--rm", "-T", "cli", "domain", "add", DOMAIN, timeout=120)
+            compose("run", "--rm", "-T", "cli", "user", "add", USER, input=PASSWORD + "\n",
+                    timeout=120)
+            batch = [f"proxied-{i}-{secrets.token_hex(4)}@remote.test" for i in range(8)]
+            for msgid in batch:
+                send_plain(ports[25], msgid, "proxied")
+            send_submission(ports[587], f"proxied-sub-{secrets.token_hex(4)}@{DOMAIN}")
+            wait_delivered(ports[993], batch)
+        with timings.phase("proxy mode: the mta logs the client HAProxy saw"):
+            proxy_ips = set(daemon.docker("inspect", "-f",
+                                          "{{range .NetworkSettings.Networks}}{{.IPAddress}} "
+                                          "{{end}}", *[c["Name"] for c in containers
+                                                       if c["Service"] == "proxy"]
+                                          ).stdout.split())
+            # the sessions that carried our mail (HAProxy's health checks, PROXY "LOCAL",
+            # are logged with HAProxy's own address, as they should be)
+            events = [json.loads(payload) for _, payload in compose.log_lines("mta")
+                      if payload.startswith("{")]
+            peers = {e.get("peer", "") for e in events if e.get("mail_from") == "bob@remote.test"}
+            assert peers, "no message from bob@remote.test logged by the mtas"
+            assert not peers & proxy_ips, f"the mta logged HAProxy itself: {peers}"
+            print(f"[docker-e2e] proxy mode: mtas logged {sorted(peers)} (HAProxy {proxy_ips})")
+    except BaseException:
+        print("--- docker compose logs (tail) on failure\n" + compose.logs_tail(40), flush=True)
+        raise
+    finally:
+        with timings.phase("proxy mode: down -v"):
+            compose("down", "-v", "--remove-orphans", "-t", "10", check=False, timeout=180)
+
+
+STACK = "pr"
+SWARM_LONG_RUNNING = ("postgres", "redis", "dns", "dmarc", "mta", "msa", "mda", "pop3", "imap")
+
+
+def test_single_node_swarm_stack_round_trip_and_scale(daemon: Dockerd, project: Path,
+                                                     ports: dict[int, int], timings: Timings):
+    """docs/deploy-docker.md's conversion (compose config | deploy/swarm.py) deployed with
+    `docker stack deploy` on a one-node Swarm of the same daemon, mail through it,
+    `docker service scale`. Runs after the compose test (same daemon, same images)."""
+    if not (project / ".env").exists():
+        write_env(project, ports)
+    compose = Compose(daemon, project, STACK, IMAGE)
+    try:
+        _swarm_scenario(compose, daemon, project, timings)
+    except BaseException:
+        for name in ("mta", "msa", "mda", "migrate", "imap"):
+            logs = daemon.docker("service", "logs", "--raw", "--tail", "20", f"{STACK}_{name}",
+                                 check=False, timeout=60)
+            print(f"--- service logs {name}\n{logs.stdout[-3000:]}{logs.stderr[-1000:]}")
+        raise
+    finally:
+        with timings.phase("stack rm + swarm leave"):
+            daemon.docker("stack", "rm", STACK, check=False, timeout=120)
+            daemon.docker("swarm", "leave", "--force", check=False, timeout=120)
+
+
+def _swarm_scenario(compose: Compose, daemon: Dockerd, project: Path, timings: Timings) -> None:
+    with timings.phase("swarm init (loopback only)"):
+        daemon.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr",
+                      "127.0.0.1:2377", "--default-addr-pool", "10.214.0.0/16", timeout=120)
+        node = daemon.docker("node", "ls", "-q").stdout.split()[0]
+        # compose.yaml pins the database to the node labelled for it
+        daemon.docker("node", "update", "--label-add", "postroom.db=true", node)
+
+    with timings.phase("conversion + stack deploy"):
+        config = compose("--profile", "tools", "config", "--format", "json", timeout=60).stdout
+        stack = json.loads(run(["python3", "deploy/swarm.py"], cwd=project, input=config).stdout)
+        assert stack["services"]["cli"]["deploy"]["replicas"] == 0
+        for service in stack["services"].values():
+            # Swarm publishes on every address whatever dockerd's --ip says: this test
+            # reaches the services over the attachable stack network instead
+            assert all(port["mode"] == "host" for port in service.pop("ports", []))
+        (project / "stack.json").write_text(json.dumps(stack))
+        daemon.docker("stack", "deploy", "-c", str(project / "stack.json"), STACK, timeout=180)
+
+    with timings.phase("every service running and healthy"):
+        _wait_services(daemon, {name: 1 for name in SWARM_LONG_RUNNING})
+
+    with timings.phase("DNS stub address to mta + dmarc"):
+        dns = _task_containers(daemon, "dns")[0]
+        address = daemon.docker("inspect", "-f",
+                                "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}",
+                                dns).stdout.strip()
+        for name in ("mta", "dmarc"):
+            daemon.docker("service", "update", "-q", "--env-add",
+                          f"POSTROOM_DNS_SERVERS={address}", f"{STACK}_{name}", timeout=300)
+        _wait_services(daemon, {name: 1 for name in SWARM_LONG_RUNNING})
+
+    with timings.phase("operator CLI: docker exec into the msa task"):
+        msa = _task_containers(daemon, "msa")[0]
+        daemon.docker("exec", msa, "postroom", "domain", "add", DOMAIN, timeout=60)
+        daemon.docker("exec", "-i", msa, "postroom", "user", "add", USER,
+                      input=PASSWORD + "\n", timeout=60)
+
+    with timings.phase("swarm mail: 25 + 587, read on 993"):
+        _swarm_mail(daemon, "swarm1", 3)
+
+    with timings.phase("docker service scale mda=3 + mail exactly once"):
+        daemon.docker("service", "scale", f"{STACK}_mda=3", timeout=300)
+        _wait_services(daemon, {"mda": 3})
+        _swarm_mail(daemon, "swarm2", 8)
+
+
+def _task_containers(daemon: Dockerd, service: str) -> list[str]:
+    return daemon.docker("ps", "-q", "-f",
+                         f"label=com.docker.swarm.service.name={STACK}_{service}").stdout.split()
+
+
+def _wait_services(daemon: Dockerd, want: dict[str, int], timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    pending: list[str] = []
+    while time.monotonic() < deadline:
+        pending = []
+        for service, replicas in want.items():
+            ids = _task_containers(daemon, service)
+            healthy = [c for c in ids if daemon.docker(
+                "inspect", "-f", "{{if .State.Health}}{{.State.Health.Status}}{{else}}"
+                "{{.State.Status}}{{end}}", c, check=False).stdout.strip()
+                in ("healthy", "running")]
+            if len(healthy) < replicas:
+                pending.append(f"{service}: {len(healthy)}/{replicas}")
+        if not pending:
+            return
+        time.sleep(3)
+    raise E2EError(f"services not healthy within {timeout}s: {pending}")
+
+
+def _swarm_mail(daemon: Dockerd, tag: str, total: int) -> None:
+    client = Path(__file__).with_name("mail_client.py")
+    out = daemon.docker("run", "--rm", "--network", f"{STACK}_default", "--entrypoint", "python",
+                        "-v", f"{client}:/mail_client.py:ro", IMAGE, "/mail_client.py", USER,
+                        PASSWORD, f"{tag}-{secrets.token_hex(3)}", str(total),
+                        timeout=240).stdout
+    counts = json.loads(out.strip().splitlines()[-1])
+    assert len(counts) == total + 1, counts
+    assert all(n == 1 for n in counts.values()), f"not exactly once: {counts}"
