@@ -393,6 +393,10 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
             if event.code == "BADCHARSET" and event.tag:
                 self.write(b"%s NO [BADCHARSET (UTF-8 US-ASCII)] %s\r\n"
                            % (event.tag.encode("ascii"), event.text.encode("utf-8")))
+            elif event.code == "CANNOT" and event.tag:
+                # a legal command naming a mailbox that cannot be made: NO, no error spent
+                self.write(b"%s NO [CANNOT] %s\r\n"
+                           % (event.tag.encode("ascii"), event.text.encode("utf-8")))
             else:
                 self._bad(event.tag, event.text)
         elif isinstance(event, RawLine):

