@@ -9,10 +9,10 @@ matter; imaplib for the multi-session scenarios.
 
 from __future__ import annotations
 
-import imaplib
 import re
 import socket
 import ssl
+import threading
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -52,7 +52,7 @@ class Wire:
         while b"\r\n" not in self.buffer:
             chunk = self.sock.recv(65536)
             if not chunk:
-                raise ConnectionError("server closed the connection: %r" % self.buffer)
+                raise ConnectionError(f"server closed the connection: {self.buffer!r}")
             self.buffer += chunk
         line, self.buffer = self.buffer.split(b"\r\n", 1)
         return line + b"\r\n"
@@ -181,3 +181,166 @@ def test_lsub_percent_returns_an_unsubscribed_parent_as_noselect(wire: Wire) -> 
     # LIST is unchanged: foo is a real, selectable mailbox
     assert wire.send(b'LIST "" foo') == [
         b'* LIST (\\HasChildren) "/" foo\r\n', b"TAG OK LIST completed\r\n"]
+
+
+# --- \Recent (RFC 3501 2.3.2): one session, the first read-write SELECT that sees it
+
+FLAGS_LINE = b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft)\r\n"
+
+
+def _select_lines(reply: list[bytes]) -> list[bytes]:
+    """The EXISTS/RECENT lines of a SELECT reply (the rest has UIDVALIDITY, dates...)."""
+    return [line for line in reply if re.fullmatch(rb"\* \d+ (EXISTS|RECENT)\r\n", line)]
+
+
+def test_recent_belongs_to_the_first_read_write_select_only(server: Server,
+                                                            account: Account) -> None:
+    account.deliver(MESSAGE)
+    account.deliver(MESSAGE)
+    first, second = Wire(server, account), Wire(server, account)
+    try:
+        assert first.send(b"STATUS INBOX (MESSAGES RECENT)") == [
+            b"* STATUS INBOX (MESSAGES 2 RECENT 2)\r\n", b"TAG OK STATUS completed\r\n"]
+        # EXAMINE reports the recent messages without taking them
+        examined = first.send(b"EXAMINE INBOX")
+        assert _select_lines(examined) == [b"* 2 EXISTS\r\n", b"* 2 RECENT\r\n"]
+        assert first.send(b"FETCH 1:2 (FLAGS)") == [
+            b"* 1 FETCH (FLAGS (\\Recent))\r\n", b"* 2 FETCH (FLAGS (\\Recent))\r\n",
+            b"TAG OK FETCH completed\r\n"]
+        # the first read-write SELECT takes them
+        assert _select_lines(second.send(b"SELECT INBOX")) == [
+            b"* 2 EXISTS\r\n", b"* 2 RECENT\r\n"]
+        assert second.send(b"SEARCH RECENT") == [b"* SEARCH 1 2\r\n",
+                                                 b"TAG OK SEARCH completed\r\n"]
+        assert second.send(b"SEARCH NEW") == [b"* SEARCH 1 2\r\n", b"TAG OK SEARCH completed\r\n"]
+        assert second.send(b"SEARCH OLD") == [b"* SEARCH\r\n", b"TAG OK SEARCH completed\r\n"]
+        assert second.send(b"STORE 1 +FLAGS (\\Seen)") == [
+            b"* 1 FETCH (FLAGS (\\Seen \\Recent))\r\n", b"TAG OK STORE completed\r\n"]
+        assert second.send(b"SEARCH NEW") == [b"* SEARCH 2\r\n", b"TAG OK SEARCH completed\r\n"]
+        assert second.send(b"UID FETCH 1:* (FLAGS)") == [
+            b"* 1 FETCH (UID 1 FLAGS (\\Seen \\Recent))\r\n",
+            b"* 2 FETCH (UID 2 FLAGS (\\Recent))\r\n", b"TAG OK FETCH completed\r\n"]
+        # nobody else sees them as recent any more
+        assert _select_lines(first.send(b"SELECT INBOX")) == [
+            b"* 2 EXISTS\r\n", b"* 0 RECENT\r\n"]
+        assert first.send(b"SEARCH RECENT") == [b"* SEARCH\r\n", b"TAG OK SEARCH completed\r\n"]
+        assert first.send(b"SEARCH OLD") == [b"* SEARCH 1 2\r\n", b"TAG OK SEARCH completed\r\n"]
+        assert first.send(b"FETCH 2 (FLAGS)") == [b"* 2 FETCH (FLAGS ())\r\n",
+                                                  b"TAG OK FETCH completed\r\n"]
+        assert first.send(b"STATUS INBOX (RECENT)") == [
+            b"* STATUS INBOX (RECENT 0)\r\n", b"TAG OK STATUS completed\r\n"]
+
+        # new mail while both have it selected: the session that syncs first takes it
+        account.deliver(MESSAGE)
+        assert second.send(b"NOOP") == [b"* 3 EXISTS\r\n", b"* 3 RECENT\r\n",
+                                        b"TAG OK NOOP completed\r\n"]
+        assert first.send(b"NOOP") == [b"* 3 EXISTS\r\n", b"TAG OK NOOP completed\r\n"]
+        assert second.send(b"FETCH 3 (FLAGS)") == [b"* 3 FETCH (FLAGS (\\Recent))\r\n",
+                                                   b"TAG OK FETCH completed\r\n"]
+        assert first.send(b"FETCH 3 (FLAGS)") == [b"* 3 FETCH (FLAGS ())\r\n",
+                                                  b"TAG OK FETCH completed\r\n"]
+    finally:
+        first.close()
+        second.close()
+
+
+def test_new_mail_is_recent_in_exactly_one_of_two_racing_sessions(server: Server,
+                                                                  account: Account) -> None:
+    clients = [imaps(server, account), imaps(server, account)]
+    try:
+        for client in clients:
+            client.select("INBOX")
+            client.untagged_responses.clear()
+        for round_ in range(1, 6):
+            account.deliver(MESSAGE)
+            barrier = threading.Barrier(2)
+            replies: list[tuple[list[bytes], list[bytes]]] = [([], []), ([], [])]
+
+            def sync(i: int, barrier: threading.Barrier = barrier,
+                     replies: list[tuple[list[bytes], list[bytes]]] = replies) -> None:
+                barrier.wait()
+                clients[i].noop()
+                replies[i] = (clients[i].untagged_responses.pop("EXISTS", []),
+                              clients[i].untagged_responses.pop("RECENT", []))
+
+            threads = [threading.Thread(target=sync, args=(i,)) for i in range(2)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            assert [r[0] for r in replies] == [[str(round_).encode()]] * 2
+            took = [i for i in range(2) if replies[i][1]]
+            assert len(took) == 1, replies
+            _, data = clients[took[0]].search(None, "RECENT")
+            assert str(round_).encode() in data[0].split()
+            _, data = clients[1 - took[0]].search(None, "RECENT")
+            assert str(round_).encode() not in data[0].split()
+    finally:
+        for client in clients:
+            client.logout()
+
+
+# --- keywords announced before a FETCH uses them
+
+
+def test_a_new_keyword_is_announced_to_every_session_before_fetch_uses_it(
+        server: Server, account: Account) -> None:
+    account.deliver(MESSAGE)
+    account.deliver(MESSAGE)
+    actor, watcher, reader = Wire(server, account), Wire(server, account), Wire(server, account)
+    try:
+        assert actor.send(b"SELECT INBOX")[:2] == [
+            FLAGS_LINE,
+            b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft \\*)] "
+            b"flags permitted\r\n"]
+        watcher.send(b"SELECT INBOX")
+        reader.send(b"EXAMINE INBOX")
+        announced = [
+            b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $hello)\r\n",
+            b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $hello \\*)] "
+            b"flags permitted\r\n"]
+        assert actor.send(b"STORE 1 +FLAGS ($hello)") == [
+            *announced, b"* 1 FETCH (FLAGS ($hello \\Recent))\r\n", b"TAG OK STORE completed\r\n"]
+        assert watcher.send(b"NOOP") == [*announced, b"* 1 FETCH (UID 1 FLAGS ($hello))\r\n",
+                                         b"TAG OK NOOP completed\r\n"]
+        # read-only: the same FLAGS, and no flag may be changed permanently
+        assert reader.send(b"NOOP") == [
+            announced[0], b"* OK [PERMANENTFLAGS ()] flags permitted\r\n",
+            b"* 1 FETCH (UID 1 FLAGS ($hello))\r\n", b"TAG OK NOOP completed\r\n"]
+        # a keyword already announced is not announced again
+        assert actor.send(b"STORE 2 +FLAGS ($hello)") == [
+            b"* 2 FETCH (FLAGS ($hello \\Recent))\r\n", b"TAG OK STORE completed\r\n"]
+        assert watcher.send(b"NOOP") == [b"* 2 FETCH (UID 2 FLAGS ($hello))\r\n",
+                                         b"TAG OK NOOP completed\r\n"]
+        # the list persists: a new SELECT lists it, even once no message has it
+        actor.send(b"STORE 1:2 -FLAGS ($hello)")
+        assert Wire(server, account).send(b"SELECT INBOX")[:2] == announced
+        # APPEND with a new keyword into the selected mailbox: announced before its tagged OK
+        appended = watcher.send(b"APPEND INBOX ($keyword1) {%d+}\r\n" % len(MESSAGE)
+                                + MESSAGE)
+        assert appended[:2] == [
+            b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $hello $keyword1)\r\n",
+            b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $hello "
+            b"$keyword1 \\*)] flags permitted\r\n"]
+        assert actor.send(b"NOOP")[:1] == [appended[0]]
+    finally:
+        for connection in (actor, watcher, reader):
+            connection.close()
+
+
+def test_keywords_over_imaplib_two_devices(server: Server, account: Account) -> None:
+    account.deliver(MESSAGE)
+    phone, laptop = imaps(server, account), imaps(server, account)
+    try:
+        phone.select("INBOX")
+        laptop.select("INBOX")
+        laptop.untagged_responses.clear()
+        typ, _ = phone.store("1", "+FLAGS", "($label1)")
+        assert typ == "OK"
+        laptop.noop()
+        assert laptop.untagged_responses["FLAGS"] == [
+            b"(\\Answered \\Flagged \\Deleted \\Seen \\Draft $label1)"]
+        assert b"$label1" in laptop.untagged_responses["FETCH"][0]
+    finally:
+        phone.logout()
+        laptop.logout()

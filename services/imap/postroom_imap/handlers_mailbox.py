@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from postroom import glob
 from postroom_imap.policy import MailboxRow, NoSuchMailbox, Refusal
-from postroom_imap.render import SYSTEM_FLAGS, canonical_flag, flag_list, mailbox_name
+from postroom_imap.render import canonical_flag, mailbox_name
 from postroom_imap.selected import Selected, uid_set_text
 from postroom_imap.syntax import Command
 from postroom_imap.syntax_types import (
@@ -154,13 +154,12 @@ class MailboxCommands(CommandHost):
             self.write(b"* OK [CLOSED] previous mailbox closed\r\n")
         if args.condstore:
             self.condstore = True
-        state = await self._user().select(args.mailbox)
+        # a read-write SELECT takes the messages no session took as \\Recent; EXAMINE
+        # only reports them (RFC 3501 6.3.1, 6.3.2)
+        state = await self._user().select(args.mailbox, take_recent=not readonly)
         selected = Selected(state, readonly)
-        flags = [*SYSTEM_FLAGS, *state.keywords]
-        permanent = [] if readonly else [*SYSTEM_FLAGS, *state.keywords, "\\*"]
-        out = [b"* FLAGS %s\r\n" % flag_list(flags),
-               b"* OK [PERMANENTFLAGS %s] flags permitted\r\n" % flag_list(permanent),
-               b"* %d EXISTS\r\n" % len(selected), b"* 0 RECENT\r\n"]
+        out = [*selected.flags_lines(), b"* %d EXISTS\r\n" % len(selected),
+               b"* %d RECENT\r\n" % selected.recent_count()]
         if state.first_unseen_uid is not None:
             seq = selected.seq_of(state.first_unseen_uid)
             if seq is not None:
@@ -267,7 +266,7 @@ class MailboxCommands(CommandHost):
         args = command.args
         assert isinstance(args, Status)
         status = await self._user().status(args.mailbox)
-        values = {"MESSAGES": status.messages, "RECENT": 0, "UIDNEXT": status.uidnext,
+        values = {"MESSAGES": status.messages, "RECENT": status.recent, "UIDNEXT": status.uidnext,
                   "UIDVALIDITY": status.uidvalidity, "UNSEEN": status.unseen,
                   "HIGHESTMODSEQ": status.highestmodseq, "SIZE": status.size,
                   "DELETED": status.deleted, "APPENDLIMIT": 0}
@@ -292,6 +291,9 @@ class MailboxCommands(CommandHost):
         if self.selected is not None:
             self.absorb_own_changes(self.selected,
                                     fallback_dirty=self.selected.name == args.mailbox)
+            if self.selected.name == args.mailbox and not self.selected.keywords.issuperset(
+                    f for m in args.messages for f in m.flags if not f.startswith("\\")):
+                self.selected.dirty = True  # the sync announces the new keywords
         return ("OK", f"[APPENDUID {uidvalidity} {uid_set_text(uids)}] APPEND completed")
 
     async def do_namespace(self, command: Command) -> Reply:

@@ -491,8 +491,10 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
         self._syncing = True
         selected.dirty = False
         try:
+            # a read-write session takes the new messages' \\Recent (only one session does)
             changes = await store.changes(selected.mailbox_id, selected.highestmodseq,
-                                          selected.max_uid, len(selected))
+                                          selected.max_uid, len(selected),
+                                          take_recent=not selected.readonly)
             if self.selected is selected:
                 lines = selected.apply(changes, allow_expunge=allow_expunge,
                                        condstore=self.condstore)

@@ -126,7 +126,7 @@ class Args:
         return parse_sequence_set(self.atom("sequence set"))
 
     def mailbox(self, *, strict: bool = False) -> str:
-        """A mailbox name; ``strict`` (a name to be created) refuses one that is not modified UTF-7."""
+        """A mailbox name; ``strict`` (a name to create) refuses one not in modified UTF-7."""
         return mailbox_name(self.astring_bytes("mailbox name"), strict=strict)
 
     def flag(self) -> str:
