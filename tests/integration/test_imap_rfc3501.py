@@ -13,11 +13,13 @@ import re
 import socket
 import ssl
 import threading
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from postroom.store.mailboxes import MAX_KEYWORDS
 from tests.integration import test_imap_service as base
 from tests.integration.test_imap_service import (
     MESSAGE,
@@ -344,3 +346,48 @@ def test_keywords_over_imaplib_two_devices(server: Server, account: Account) -> 
     finally:
         phone.logout()
         laptop.logout()
+
+
+def test_a_mailbox_keyword_list_is_bounded(wire: Wire, account: Account) -> None:
+    account.deliver(MESSAGE)
+    wire.send(b"SELECT INBOX")
+    first = b" ".join(b"$k%d" % i for i in range(MAX_KEYWORDS))
+    reply = wire.send(b"STORE 1 +FLAGS.SILENT (" + first + b")")
+    assert reply[-1] == b"TAG OK STORE completed\r\n" and reply[0].startswith(b"* FLAGS (")
+    assert wire.send(b"STORE 1 +FLAGS.SILENT ($one-too-many)") == [
+        b"TAG NO [LIMIT] too many keywords in this mailbox\r\n"]
+    # nothing of the refused STORE stayed
+    assert wire.send(b"SEARCH KEYWORD $one-too-many") == [
+        b"* SEARCH\r\n", b"TAG OK SEARCH completed\r\n"]
+
+
+def test_recent_is_taken_once_across_two_imap_processes(
+        server: Server, account: Account, database_url: str, redis_url: str,
+        certs: Path) -> None:
+    process, _, tls_port = base.start_imap(database_url, redis_url, certs, server.prefix)
+    try:
+        other = Server(server.host, server.port, tls_port, server.prefix, server.domain,
+                       server.redis_url, process)
+        account.deliver(MESSAGE)
+        here, there = Wire(server, account), Wire(other, account)
+        try:
+            assert _select_lines(there.send(b"SELECT INBOX")) == [
+                b"* 1 EXISTS\r\n", b"* 1 RECENT\r\n"]
+            assert _select_lines(here.send(b"SELECT INBOX")) == [
+                b"* 1 EXISTS\r\n", b"* 0 RECENT\r\n"]
+            account.deliver(MESSAGE)
+            assert here.send(b"NOOP") == [b"* 2 EXISTS\r\n", b"* 1 RECENT\r\n",
+                                          b"TAG OK NOOP completed\r\n"]
+            assert there.send(b"NOOP") == [b"* 2 EXISTS\r\n", b"TAG OK NOOP completed\r\n"]
+            assert there.send(b"STORE 2 +FLAGS ($two)")[:1] == [
+                b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $two)\r\n"]
+            assert here.send(b"NOOP") == [
+                b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $two)\r\n",
+                b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $two \\*)]"
+                b" flags permitted\r\n",
+                b"* 2 FETCH (UID 2 FLAGS ($two \\Recent))\r\n", b"TAG OK NOOP completed\r\n"]
+        finally:
+            here.close()
+            there.close()
+    finally:
+        process.close()

@@ -66,7 +66,7 @@ quota = _refusing(entries.quota)
 
 
 @_refusing
-def select(s: Any, user_id: int, name: str, take_recent: bool) -> entries.SelectState:
+def select(s: Any, user_id: int, name: str, take_recent: bool = False) -> entries.SelectState:
     return entries.select(s, user_id, name, take_recent=take_recent)
 
 

@@ -141,8 +141,7 @@ class Quota:
 
 
 SYSTEM = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
-# distinct keywords one mailbox may have: FLAGS and PERMANENTFLAGS list them all
-MAX_KEYWORDS = 200
+MAX_KEYWORDS = mailboxes.MAX_KEYWORDS
 
 
 def _norm(name: str) -> str:
@@ -356,7 +355,6 @@ def append(s: Session, user_id: int, name: str, data: bytes, metadata: str,
         "d": when}).first()
     if row is None:
         raise NotFound("no such mailbox")
-    add_keywords(s, int(row[2]), flags)  # the entry's statement locked the mailbox row
     return int(row[0]), int(row[1]), int(row[2]), int(row[3])
 
 
