@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from postroom_imap.flow import attach, detach
-from postroom_imap.policy import FetchRow, NoSuchMailbox, Refusal
+from postroom_imap.policy import FetchRow, NoSuchMailbox, Refusal, TooManyKeywords
 from postroom_imap.render import (
     FlagsLine,
     canonical_flag,
@@ -209,7 +209,14 @@ class MessageCommands(CommandHost):
         flags = [canonical_flag(f) for f in args.flags if f.lower() != "\\recent"]
         if not uids:
             return ("OK", "STORE completed")
-        result = await store.store(box.mailbox_id, uids, args.mode, flags, args.unchangedsince)
+        try:
+            result = await store.store(box.mailbox_id, uids, args.mode, flags,
+                                       args.unchangedsince)
+        except TooManyKeywords:
+            self.log.info("keyword refused", reason="mailbox keyword list full",
+                          mailbox_id=box.mailbox_id)
+            self.meter.error("keyword_limit")
+            raise
         changed = set(result.changed)
         # a keyword the mailbox never had: FLAGS first (the other sessions' syncs do the same)
         out = box.announce_keywords(result.keywords)
