@@ -42,9 +42,11 @@ def test_new_mail_taken_by_this_session_is_announced_with_recent() -> None:
                       condstore=False)
     assert lines == [b"* 4 EXISTS\r\n", b"* 2 RECENT\r\n"]
     assert [u for u in (1, 2, 3, 4) if box.is_recent(u)] == [2, 4]
+    box.apply(Changes(12, 6, [5], None, [], recent=[5]), allow_expunge=True, condstore=False)
+    assert box.recent == [(2, 2), (4, 5)]  # contiguous takes stay one range
     # taken by another session: EXISTS alone
-    assert box.apply(Changes(12, 6, [5], None, [], recent=[]), allow_expunge=True,
-                     condstore=False) == [b"* 5 EXISTS\r\n"]
+    assert box.apply(Changes(13, 7, [6], None, [], recent=[]), allow_expunge=True,
+                     condstore=False) == [b"* 6 EXISTS\r\n"]
 
 
 def test_keywords_are_announced_once_and_before_fetch() -> None:

@@ -228,7 +228,11 @@ class Selected:
             self.uids.extend(new)
             lines.append(b"* %d EXISTS\r\n" % len(self.uids))
             if changes.recent:
-                self.recent += compress(changes.recent)
+                spans = compress(changes.recent)
+                if self.recent and self.recent[-1][1] + 1 >= spans[0][0]:
+                    # contiguous with what this session already took: one range stays one
+                    spans[0] = (self.recent.pop()[0], spans[0][1])
+                self.recent += spans
                 lines.append(b"* %d RECENT\r\n" % self.recent_count())
         self.uidnext = max(self.uidnext, changes.uidnext)
         if not self.held_expunges:
