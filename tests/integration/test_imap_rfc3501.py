@@ -14,11 +14,14 @@ import socket
 import ssl
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from postroom.mime import analyze
+from postroom.store import mailboxes, messages
 from postroom.store.mailboxes import MAX_KEYWORDS
 from tests.integration import test_imap_service as base
 from tests.integration.test_imap_service import (
@@ -391,3 +394,25 @@ def test_recent_is_taken_once_across_two_imap_processes(
             there.close()
     finally:
         process.close()
+
+
+def test_a_delivery_with_a_sieve_keyword_is_announced_before_its_exists(
+        wire: Wire, account: Account) -> None:
+    account.deliver(MESSAGE)
+    wire.send(b"SELECT INBOX")
+
+    def deliver_flagged(session: Any) -> int:
+        message_id = messages.store_message(session, MESSAGE, analyze(MESSAGE).to_dict())
+        uid, _ = mailboxes.deliver_to_mailbox(
+            session, user_id=account.user_id, mailbox_name="INBOX", message_id=message_id,
+            spool_recipient_id=None, flags=["\\Flagged", "$sieve"])
+        return uid
+
+    account.database.run_sync(deliver_flagged)
+    assert wire.send(b"NOOP") == [
+        b"* FLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $sieve)\r\n",
+        b"* OK [PERMANENTFLAGS (\\Answered \\Flagged \\Deleted \\Seen \\Draft $sieve \\*)] "
+        b"flags permitted\r\n",
+        b"* 2 EXISTS\r\n", b"* 2 RECENT\r\n", b"TAG OK NOOP completed\r\n"]
+    assert wire.send(b"FETCH 2 (FLAGS)") == [b"* 2 FETCH (FLAGS (\\Flagged $sieve \\Recent))\r\n",
+                                             b"TAG OK FETCH completed\r\n"]
