@@ -36,8 +36,9 @@ def fill(account: Account, count: int) -> None:
             "AS text[]), g, now() FROM generate_series(2, :n) g"),
             {"box": box, "msg": message_id, "n": count, "f0": FLAGS_OF[0], "f1": FLAGS_OF[1],
              "f2": FLAGS_OF[2], "f3": FLAGS_OF[3]})
-        s.execute(text("UPDATE mailboxes SET uidnext = :n + 1, highestmodseq = :n + 1 "  # type: ignore[attr-defined]
-                       "WHERE id = :box"), {"n": count, "box": box})
+        # old mail: no longer \Recent (a session took it), so FLAGS are the stored ones
+        s.execute(text("UPDATE mailboxes SET uidnext = :n + 1, highestmodseq = :n + 1, "  # type: ignore[attr-defined]
+                       "recent_uid = :n + 1 WHERE id = :box"), {"n": count, "box": box})
 
     account.database.run_sync(work)
 

@@ -72,3 +72,29 @@ def test_migrations_match_the_models(database_url):
     finally:
         engine.dispose()
     assert diff == []
+
+
+def test_0009_starts_existing_mailboxes_with_nothing_recent_and_their_keywords(
+        empty_database_url):
+    upgrade(empty_database_url, "0008")
+    engine = create_engine(empty_database_url)
+    try:
+        with engine.begin() as c:
+            c.exec_driver_sql(
+                "INSERT INTO domains (name) VALUES ('m9.example');"
+                "INSERT INTO users (localpart, address, domain_id, password_hash) "
+                "SELECT 'a', 'a@m9.example', id, 'x' FROM domains;"
+                "INSERT INTO mailboxes (user_id, name, uidvalidity, uidnext) "
+                "SELECT id, 'INBOX', 1, 3 FROM users;"
+                "INSERT INTO messages (sha256, size, blob) VALUES (repeat('1', 64), 1, 'x'), "
+                "(repeat('2', 64), 1, 'y');"
+                "INSERT INTO mailbox_entries (mailbox_id, uid, message_id, flags, modseq, "
+                "internaldate) SELECT b.id, m.id, m.id, CASE m.id WHEN 1 THEN "
+                "ARRAY['\\Seen', '$b', '$a'] ELSE ARRAY['$a'] END, 1, now() "
+                "FROM mailboxes b, messages m")
+        upgrade(empty_database_url)
+        with engine.begin() as c:
+            row = c.exec_driver_sql("SELECT recent_uid, keywords FROM mailboxes").one()
+            assert row == (3, ["$a", "$b"])
+    finally:
+        engine.dispose()

@@ -46,13 +46,14 @@ class FakeStore:
     def list_mailboxes(self) -> Deferred[list[MailboxRow]]:
         return succeed([MailboxRow("INBOX", None, True), MailboxRow("Sent", "\\Sent", True)])
 
-    def select(self, name: str) -> Deferred[SelectState]:
+    def select(self, name: str, *, take_recent: bool = False) -> Deferred[SelectState]:
         if name != "INBOX":
             return fail(NoSuchMailbox())
         return succeed(SelectState(1, "INBOX", 7, max(self.messages, default=0) + 1, 10,
                                    sorted(self.messages), None))
 
-    def changes(self, mailbox_id: int, modseq: int, max_uid: int, count: int) -> Deferred[Changes]:
+    def changes(self, mailbox_id: int, modseq: int, max_uid: int, count: int, *,
+                take_recent: bool = False) -> Deferred[Changes]:
         found, self.pending = self.pending, None
         return succeed(found or Changes(modseq, 0, [], None, []))
 

@@ -82,8 +82,17 @@ def test_mailbox_names_decode_modified_utf7():
     assert cmd.args.mailbox == "~peter/mail/台北/日本語"
 
 
-def test_invalid_modified_utf7_is_bad():
-    assert bad(b"a DELETE &Jjo\r\n").text == "invalid mailbox name"
+def test_invalid_modified_utf7_is_taken_as_it_is_but_never_created():
+    # a legal astring: DELETE/SELECT of it then answer NO [NONEXISTENT], not BAD
+    assert one(b"a DELETE &Jjo\r\n").args.mailbox == "&Jjo"
+    name = b"!#$&'+,-.0123456789:;<=>?@^_`|[}"
+    assert one(b"a SELECT " + name + b"\r\n").args.mailbox == name.decode()
+    assert one(b'a LIST "" ' + name + b"%*\r\n").args.patterns == (name.decode() + "%*",)
+    refused = bad(b"a CREATE " + name + b"\r\n")
+    assert refused.code == "CANNOT" and "not modified UTF-7" in refused.text
+    assert bad(b"a RENAME x " + name + b"\r\n").code == "CANNOT"
+    escaped = name.replace(b"&", b"&-")  # the same name written as modified UTF-7
+    assert one(b"a CREATE " + escaped + b"\r\n").args.mailbox == name.decode()
 
 
 def test_create_special_use():

@@ -316,12 +316,12 @@ class UserStoreImpl:
 
         return d.addCallback(done)
 
-    def select(self, name: str) -> Deferred[SelectState]:
-        return self._db(mailstore.select, self.user_id, name)
+    def select(self, name: str, *, take_recent: bool = False) -> Deferred[SelectState]:
+        return self._db(mailstore.select, self.user_id, name, take_recent)
 
     def changes(self, mailbox_id: int, modseq: int, max_uid: int,
-                count: int) -> Deferred[Changes]:
-        return self._db(mailstore.changes, mailbox_id, modseq, max_uid, count)
+                count: int, *, take_recent: bool = False) -> Deferred[Changes]:
+        return self._db(mailstore.changes, mailbox_id, modseq, max_uid, count, take_recent)
 
     def fetch(self, mailbox_id: int, uids: Sequence[int], *, blob: bool, meta: bool,
               mark_seen: bool, changedsince: int | None,

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 
 from postroom import glob
 from postroom_imap.policy import MailboxRow, NewMessage, NoSuchMailbox, Refusal
-from postroom_imap.render import SYSTEM_FLAGS, canonical_flag, flag_list, mailbox_name
+from postroom_imap.render import canonical_flag, mailbox_name
 from postroom_imap.selected import Selected, uid_set_text
 from postroom_imap.syntax import Command
 from postroom_imap.syntax_types import (
@@ -80,9 +80,35 @@ def list_work(rows: list[MailboxRow], matchers: list[Matcher]) -> int:
     return len(matchers) * sum(len(r.name) + 1 for r in rows)
 
 
+def _hidden_subscribed_parents(names: dict[str, MailboxRow],
+                               matchers: list[Matcher]) -> set[str]:
+    """Unsubscribed parents LSUB shows for subscribed children its patterns do not reach.
+
+    RFC 3501 6.3.9: with ``foo/bar`` subscribed and ``foo`` not, ``LSUB "" %``
+    returns ``foo`` flagged ``\\Noselect`` (here: "not subscribed, has a
+    subscribed child"). A parent is shown only when some subscribed
+    descendant is not itself listed, so ``*`` lists the subscribed names alone.
+    """
+    out: set[str] = set()
+    for name, row in names.items():
+        if not row.subscribed or any(m(name) for m in matchers):
+            continue
+        parts = name.split(DELIMITER)
+        for i in range(1, len(parts)):
+            parent = DELIMITER.join(parts[:i])
+            above = names.get(parent)
+            if (above is None or not above.subscribed) and any(m(parent) for m in matchers):
+                out.add(parent)
+    return out
+
+
 def list_lines(rows: list[MailboxRow], matchers: list[Matcher], *,
-               lsub: bool, special_only: bool) -> list[bytes]:
-    """The ``* LIST`` / ``* LSUB`` lines for a user's mailboxes."""
+               lsub: bool, special_only: bool, subscribed: bool = False) -> list[bytes]:
+    """The ``* LIST`` / ``* LSUB`` lines for a user's mailboxes.
+
+    ``lsub`` is the LSUB command (its RFC 3501 6.3.9 rule for parents);
+    ``subscribed`` a LIST selecting only subscribed names.
+    """
     names = {r.name: r for r in rows}
     parents: set[str] = set()
     for name in names:
@@ -91,17 +117,19 @@ def list_lines(rows: list[MailboxRow], matchers: list[Matcher], *,
             parents.add(DELIMITER.join(parts[:i]))
     candidates = sorted(set(names) | parents, key=lambda n: (n != "INBOX", n))
     verb = b"LSUB" if lsub else b"LIST"
+    hidden = _hidden_subscribed_parents(names, matchers) if lsub and not subscribed else set()
     lines = []
     for name in candidates:
         if not any(m(name) for m in matchers):
             continue
         row = names.get(name)
-        if lsub and (row is None or not row.subscribed):
+        stands_in = name in hidden
+        if (lsub or subscribed) and not stands_in and (row is None or not row.subscribed):
             continue
         if special_only and (row is None or not row.special_use):
             continue
         attrs = []
-        if row is None:
+        if row is None or stands_in:
             attrs.append("\\Noselect")
         attrs.append("\\HasChildren" if name in parents else "\\HasNoChildren")
         if row is not None and row.special_use:
@@ -126,13 +154,12 @@ class MailboxCommands(CommandHost):
             self.write(b"* OK [CLOSED] previous mailbox closed\r\n")
         if args.condstore:
             self.condstore = True
-        state = await self._user().select(args.mailbox)
+        # a read-write SELECT takes the messages no session took as \\Recent; EXAMINE
+        # only reports them (RFC 3501 6.3.1, 6.3.2)
+        state = await self._user().select(args.mailbox, take_recent=not readonly)
         selected = Selected(state, readonly)
-        flags = [*SYSTEM_FLAGS, *state.keywords]
-        permanent = [] if readonly else [*SYSTEM_FLAGS, *state.keywords, "\\*"]
-        out = [b"* FLAGS %s\r\n" % flag_list(flags),
-               b"* OK [PERMANENTFLAGS %s] flags permitted\r\n" % flag_list(permanent),
-               b"* %d EXISTS\r\n" % len(selected), b"* 0 RECENT\r\n"]
+        out = [*selected.flags_lines(), b"* %d EXISTS\r\n" % len(selected),
+               b"* %d RECENT\r\n" % selected.recent_count()]
         if state.first_unseen_uid is not None:
             seq = selected.seq_of(state.first_unseen_uid)
             if seq is not None:
@@ -217,13 +244,15 @@ class MailboxCommands(CommandHost):
             self.meter.error("list_pattern_refused")
             return ("NO", f"[LIMIT] {command.name} refused: {exc}")
         rows = await self._user().list_mailboxes()
-        lsub = lsub or "SUBSCRIBED" in args.selection
+        subscribed = "SUBSCRIBED" in args.selection
         special_only = "SPECIAL-USE" in args.selection
         if list_work(rows, matchers) <= INLINE_LIST_WORK:
-            lines = list_lines(rows, matchers, lsub=lsub, special_only=special_only)
+            lines = list_lines(rows, matchers, lsub=lsub, special_only=special_only,
+                               subscribed=subscribed)
         else:  # many mailboxes: the other sessions of this process go on meanwhile
             lines = await self._user().offload(functools.partial(
-                list_lines, rows, matchers, lsub=lsub, special_only=special_only))
+                list_lines, rows, matchers, lsub=lsub, special_only=special_only,
+                subscribed=subscribed))
         self.write(b"".join(lines))
         return ("OK", f"{command.name} completed")
 
@@ -237,7 +266,7 @@ class MailboxCommands(CommandHost):
         args = command.args
         assert isinstance(args, Status)
         status = await self._user().status(args.mailbox)
-        values = {"MESSAGES": status.messages, "RECENT": 0, "UIDNEXT": status.uidnext,
+        values = {"MESSAGES": status.messages, "RECENT": status.recent, "UIDNEXT": status.uidnext,
                   "UIDVALIDITY": status.uidvalidity, "UNSEEN": status.unseen,
                   "HIGHESTMODSEQ": status.highestmodseq, "SIZE": status.size,
                   "DELETED": status.deleted, "APPENDLIMIT": 0}
@@ -261,6 +290,9 @@ class MailboxCommands(CommandHost):
         if self.selected is not None:
             self.absorb_own_changes(self.selected,
                                     fallback_dirty=self.selected.name == args.mailbox)
+            if self.selected.name == args.mailbox and not self.selected.keywords.issuperset(
+                    f for m in args.messages for f in m.flags if not f.startswith("\\")):
+                self.selected.dirty = True  # the sync announces the new keywords
         return ("OK", f"[APPENDUID {uidvalidity} {uid_set_text(uids)}] APPEND completed")
 
     async def do_namespace(self, command: Command) -> Reply:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 from bisect import bisect_left
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from postroom_imap.flow import attach, detach
-from postroom_imap.policy import FetchRow, NoSuchMailbox, Refusal
+from postroom_imap.policy import FetchRow, NoSuchMailbox, Refusal, TooManyKeywords
 from postroom_imap.render import (
     FlagsLine,
     canonical_flag,
@@ -49,9 +50,12 @@ FLAGS_BATCH = 10000
 def _flag_lines(box: Selected, rows: list[tuple[int, str, int]], line: FlagsLine) -> list[bytes]:
     """One line per row the session knows; the sequence number is the UID's index, inlined."""
     uids, count, out = box.uids, len(box.uids), []
+    recent = box.is_recent if box.recent else None
     for uid, flags, modseq in rows:
         i = bisect_left(uids, uid)
         if i < count and uids[i] == uid:
+            if recent is not None and recent(uid):
+                flags = f"{flags} \\Recent" if flags else "\\Recent"
             out.append(line(i + 1, uid, flags, modseq))
     return out
 
@@ -185,6 +189,8 @@ class MessageCommands(CommandHost):
                 continue
             if row.seen_set:
                 box.own[row.uid] = row.modseq
+            if box.recent and box.is_recent(row.uid):
+                row = replace(row, flags=box.with_recent(row.uid, row.flags))
             data = fetch_items(row, args.items, with_uid=uid, with_modseq=self.condstore)
             out.append(b"* %d FETCH %s\r\n" % (seq, data))
         return out
@@ -201,9 +207,17 @@ class MessageCommands(CommandHost):
         flags = [canonical_flag(f) for f in args.flags if f.lower() != "\\recent"]
         if not uids:
             return ("OK", "STORE completed")
-        result = await store.store(box.mailbox_id, uids, args.mode, flags, args.unchangedsince)
+        try:
+            result = await store.store(box.mailbox_id, uids, args.mode, flags,
+                                       args.unchangedsince)
+        except TooManyKeywords:
+            self.log.info("keyword refused", reason="mailbox keyword list full",
+                          mailbox_id=box.mailbox_id)
+            self.meter.error("keyword_limit")
+            raise
         changed = set(result.changed)
-        out = []
+        # a keyword the mailbox never had: FLAGS first (the other sessions' syncs do the same)
+        out = box.announce_keywords(result.keywords)
         for row in result.rows:
             if row.uid in changed:
                 box.own[row.uid] = row.modseq
@@ -216,7 +230,8 @@ class MessageCommands(CommandHost):
                     continue
                 items = [b"MODSEQ (%d)" % row.modseq]
             else:
-                items = [b"FLAGS (" + " ".join(row.flags).encode("utf-8") + b")"]
+                shown = box.with_recent(row.uid, row.flags)
+                items = [b"FLAGS (" + " ".join(shown).encode("utf-8") + b")"]
                 if self.condstore:
                     items.append(b"MODSEQ (%d)" % row.modseq)
             if command.uid:

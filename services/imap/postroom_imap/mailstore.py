@@ -18,7 +18,8 @@ from postroom.mime import analyze, metadata_json
 from postroom.store import entries
 from postroom.store.errors import AlreadyExists, NotFound
 from postroom.store.errors import OverQuota as QuotaPassed
-from postroom_imap.policy import MailboxExists, NoSuchMailbox, OverQuota
+from postroom.store.errors import TooManyKeywords as KeywordsPassed
+from postroom_imap.policy import MailboxExists, NoSuchMailbox, OverQuota, TooManyKeywords
 
 __all__ = ["append", "changes", "copy", "create",
            "delete", "expunge", "fetch", "fetch_flags", "list_rows", "mailbox_identity", "quota",
@@ -41,6 +42,8 @@ def _refusing(fn: Callable[P, T]) -> Callable[P, T]:
             raise MailboxExists() from None
         except QuotaPassed:
             raise OverQuota() from None
+        except KeywordsPassed:
+            raise TooManyKeywords() from None
 
     return call
 
@@ -60,7 +63,13 @@ rename = _refusing(entries.rename)
 subscribe = _refusing(entries.subscribe)
 status = _refusing(entries.status)
 quota = _refusing(entries.quota)
-select = _refusing(entries.select)
+
+
+@_refusing
+def select(s: Any, user_id: int, name: str, take_recent: bool = False) -> entries.SelectState:
+    return entries.select(s, user_id, name, take_recent=take_recent)
+
+
 changes = _refusing(entries.changes)
 fetch_flags = _refusing(entries.fetch_flags)
 fetch = _refusing(entries.fetch)

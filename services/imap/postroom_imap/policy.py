@@ -47,6 +47,7 @@ __all__ = [
     "Refusal",
     "SelectState",
     "StoreResult",
+    "TooManyKeywords",
     "Unavailable",
     "UserStore",
 ]
@@ -97,6 +98,11 @@ class OverQuota(Refusal):
     text = "quota exceeded"
 
 
+class TooManyKeywords(Refusal):
+    code = "LIMIT"
+    text = "too many keywords in this mailbox"
+
+
 @dataclass(frozen=True)
 class OwnChange:
     """A change a session committed: the mailbox's HIGHESTMODSEQ went ``before`` -> ``after``.
@@ -140,9 +146,10 @@ class UserStore(Protocol):
         most ``max_size`` bytes (else TOOBIG), a URL naming nothing BADURL.
         """
         ...
-    def select(self, name: str) -> Deferred[SelectState]: ...
+    # ``take_recent``: a read-write SELECT or session takes the \\Recent messages it sees
+    def select(self, name: str, *, take_recent: bool = False) -> Deferred[SelectState]: ...
     def changes(self, mailbox_id: int, modseq: int, max_uid: int,
-                count: int) -> Deferred[Changes]: ...
+                count: int, *, take_recent: bool = False) -> Deferred[Changes]: ...
     def fetch(self, mailbox_id: int, uids: Sequence[int], *, blob: bool, meta: bool,
               mark_seen: bool, changedsince: int | None,
               tree: bool = True) -> Deferred[list[FetchRow]]: ...

@@ -450,6 +450,10 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
             if event.code == "BADCHARSET" and event.tag:
                 self.write(b"%s NO [BADCHARSET (UTF-8 US-ASCII)] %s\r\n"
                            % (event.tag.encode("ascii"), event.text.encode("utf-8")))
+            elif event.code == "CANNOT" and event.tag:
+                # a legal command naming a mailbox that cannot be made: NO, no error spent
+                self.write(b"%s NO [CANNOT] %s\r\n"
+                           % (event.tag.encode("ascii"), event.text.encode("utf-8")))
             else:
                 self._bad(event.tag, event.text)
         elif isinstance(event, RawLine):
@@ -544,8 +548,10 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
         self._syncing = True
         selected.dirty = False
         try:
+            # a read-write session takes the new messages' \\Recent (only one session does)
             changes = await store.changes(selected.mailbox_id, selected.highestmodseq,
-                                          selected.max_uid, len(selected))
+                                          selected.max_uid, len(selected),
+                                          take_recent=not selected.readonly)
             if self.selected is selected:
                 lines = selected.apply(changes, allow_expunge=allow_expunge,
                                        condstore=self.condstore)

@@ -13,10 +13,12 @@ from array import array
 from collections.abc import Sequence
 
 from postroom_imap.policy import Changes, SelectState
-from postroom_imap.render import flag_list
+from postroom_imap.render import SYSTEM_FLAGS, flag_list
 from postroom_imap.syntax_lexer import SyntaxProblem
 from postroom_imap.syntax_types import (
+    SearchAll,
     SearchAnd,
+    SearchFlag,
     SearchKey,
     SearchNot,
     SearchOr,
@@ -61,6 +63,13 @@ class Selected:
         self.own: dict[int, int] = {}  # uid -> modseq of changes this session made itself
         self.held_expunges: set[int] = set()
         self.dirty = False
+        # the keywords FLAGS announced to this session
+        self.keywords: set[str] = set(state.keywords)
+        # this session's \Recent UIDs (RFC 3501 2.3.2) as inclusive ranges: those the
+        # SELECT took (or, read-only, found untaken), then those new ones a sync took
+        self.recent: list[tuple[int, int]] = []
+        if state.recent_from is not None and self.uids and state.recent_from <= self.uids[-1]:
+            self.recent = [(state.recent_from, self.uids[-1])]
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -68,6 +77,36 @@ class Selected:
     @property
     def max_uid(self) -> int:
         return self.uids[-1] if self.uids else 0
+
+    def is_recent(self, uid: int) -> bool:
+        recent = self.recent
+        if not recent:
+            return False
+        i = bisect.bisect_right(recent, (uid, 1 << 62)) - 1
+        return i >= 0 and recent[i][0] <= uid <= recent[i][1]
+
+    def recent_count(self) -> int:
+        """How many messages of this view are \\Recent in this session (``* n RECENT``)."""
+        return sum(bisect.bisect_right(self.uids, b) - bisect.bisect_left(self.uids, a)
+                   for a, b in self.recent)
+
+    def with_recent(self, uid: int, flags: tuple[str, ...]) -> tuple[str, ...]:
+        """``flags`` with ``\\Recent`` added when ``uid`` is recent in this session."""
+        return (*flags, "\\Recent") if self.is_recent(uid) else flags
+
+    def flags_lines(self) -> list[bytes]:
+        """``* FLAGS`` and ``* OK [PERMANENTFLAGS]`` with every keyword announced so far."""
+        keywords = sorted(self.keywords)
+        permanent = [] if self.readonly else [*SYSTEM_FLAGS, *keywords, "\\*"]
+        return [b"* FLAGS %s\r\n" % flag_list([*SYSTEM_FLAGS, *keywords]),
+                b"* OK [PERMANENTFLAGS %s] flags permitted\r\n" % flag_list(permanent)]
+
+    def announce_keywords(self, keywords: Sequence[str] | None) -> list[bytes]:
+        """The FLAGS lines when ``keywords`` holds one not announced yet (before any FETCH)."""
+        if not keywords or self.keywords.issuperset(keywords):
+            return []
+        self.keywords.update(keywords)
+        return self.flags_lines()
 
     def seq_of(self, uid: int) -> int | None:
         i = bisect.bisect_left(self.uids, uid)
@@ -96,7 +135,15 @@ class Selected:
         return out
 
     def bind_search(self, key: SearchKey) -> SearchKey:
-        """The key with every message set replaced by concrete UID ranges."""
+        """The key with every message set replaced by concrete UID ranges.
+
+        ``\\Recent`` (RECENT, OLD, NEW) is this session's, not the store's: it
+        becomes the session's recent UID ranges.
+        """
+        if isinstance(key, SearchFlag) and key.flag.lower() == "\\recent":
+            recent = SearchSet(SequenceSet(tuple(self.recent)), uid=True) if self.recent \
+                else SearchNot(SearchAll())
+            return recent if key.present else SearchNot(recent)
         if isinstance(key, SearchSet):
             if key.sequence.saved:
                 raise SyntaxProblem("$ is not supported")
@@ -155,7 +202,8 @@ class Selected:
 
     def apply(self, changes: Changes, *, allow_expunge: bool, condstore: bool) -> list[bytes]:
         """Untagged responses announcing ``changes``; expunges wait unless ``allow_expunge``."""
-        lines: list[bytes] = []
+        # a keyword new to this session is announced before any FETCH shows it
+        lines: list[bytes] = self.announce_keywords(changes.keywords)
         gone = set(self.held_expunges)
         if changes.present is not None:
             keep = set(changes.present)
@@ -170,7 +218,8 @@ class Selected:
             seq = self.seq_of(update.uid)
             if seq is None:
                 continue
-            data = b"UID %d FLAGS %s" % (update.uid, flag_list(update.flags))
+            data = b"UID %d FLAGS %s" % (update.uid,
+                                         flag_list(self.with_recent(update.uid, update.flags)))
             if condstore:
                 data += b" MODSEQ (%d)" % update.modseq
             lines.append(b"* %d FETCH (%s)\r\n" % (seq, data))
@@ -178,6 +227,13 @@ class Selected:
         if new:
             self.uids.extend(new)
             lines.append(b"* %d EXISTS\r\n" % len(self.uids))
+            if changes.recent:
+                spans = compress(changes.recent)
+                if self.recent and self.recent[-1][1] + 1 >= spans[0][0]:
+                    # contiguous with what this session already took: one range stays one
+                    spans[0] = (self.recent.pop()[0], spans[0][1])
+                self.recent += spans
+                lines.append(b"* %d RECENT\r\n" % self.recent_count())
         self.uidnext = max(self.uidnext, changes.uidnext)
         if not self.held_expunges:
             self.highestmodseq = max(self.highestmodseq, changes.highestmodseq)

@@ -26,7 +26,7 @@ import re
 from dataclasses import dataclass, field
 
 from postroom_imap.spool import SpooledLiteral
-from postroom_imap.syntax_args import Args
+from postroom_imap.syntax_args import Args, InvalidMailboxName
 from postroom_imap.syntax_commands import COMMANDS, UID_COMMANDS
 from postroom_imap.syntax_lexer import Atom, Literal, SyntaxProblem, tokenize
 from postroom_imap.syntax_search import BadCharset
@@ -172,6 +172,8 @@ def parse_command(
         return Command(tag, name, args, uid, size)
     except BadCharset as exc:
         return ParseError(tag, str(exc), "BADCHARSET")
+    except InvalidMailboxName as exc:
+        return ParseError(tag, str(exc), "CANNOT")
     except SyntaxProblem as exc:
         return ParseError(tag, str(exc))
     except RecursionError:

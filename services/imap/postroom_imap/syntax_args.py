@@ -125,8 +125,9 @@ class Args:
     def sequence_set(self) -> SequenceSet:
         return parse_sequence_set(self.atom("sequence set"))
 
-    def mailbox(self) -> str:
-        return mailbox_name(self.astring_bytes("mailbox name"))
+    def mailbox(self, *, strict: bool = False) -> str:
+        """A mailbox name; ``strict`` (a name to create) refuses one not in modified UTF-7."""
+        return mailbox_name(self.astring_bytes("mailbox name"), strict=strict)
 
     def flag(self) -> str:
         text = self.atom("flag")
@@ -153,8 +154,21 @@ class Args:
             raise SyntaxProblem("invalid date") from exc
 
 
-def mailbox_name(data: bytes) -> str:
-    """A wire mailbox name as Unicode; ``INBOX`` in any case is INBOX (RFC 3501 5.1)."""
+class InvalidMailboxName(SyntaxProblem):
+    """A name to be created that is not valid modified UTF-7: the reply is ``NO [CANNOT]``."""
+
+
+def mailbox_name(data: bytes, *, strict: bool = False) -> str:
+    """A wire mailbox name as Unicode; ``INBOX`` in any case is INBOX (RFC 3501 5.1).
+
+    An ASCII name that is not valid modified UTF-7 (``&'+,-`` is an
+    unterminated &-sequence) is a legal astring: it is taken as it is, so
+    SELECT of it answers ``NO [NONEXISTENT]`` and a LIST pattern made of it
+    matches nothing, instead of ``BAD`` (each BAD spends the session's error
+    budget, and enough of them close the connection). ``strict`` (CREATE,
+    RENAME's new name) refuses it instead: no name is stored that LIST would
+    show in another form.
+    """
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -165,7 +179,9 @@ def mailbox_name(data: bytes) -> str:
         try:
             name = decode_mutf7(text)
         except MailboxNameError as exc:
-            raise SyntaxProblem("invalid mailbox name") from exc
+            if strict:
+                raise InvalidMailboxName(f"mailbox name is not modified UTF-7: {exc}") from exc
+            name = text
     if any(ord(c) < 0x20 or c == "\x7f" for c in name):
         raise SyntaxProblem("invalid mailbox name")
     if name.upper() == "INBOX":

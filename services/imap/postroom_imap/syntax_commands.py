@@ -83,7 +83,7 @@ def _mailbox(args: Args) -> MailboxArg:
 
 
 def _create(args: Args) -> Create:
-    mailbox = args.mailbox()
+    mailbox = args.mailbox(strict=True)
     uses: list[str] = []
     if args.more():
         params = Args(args.list("create parameters"), "create parameters")
@@ -98,7 +98,7 @@ def _create(args: Args) -> Create:
 
 def _rename(args: Args) -> Rename:
     old = args.mailbox()
-    new = args.mailbox()
+    new = args.mailbox(strict=True)
     args.end()
     return Rename(old, new)
 

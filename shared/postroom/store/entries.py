@@ -32,7 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from postroom.store import mailboxes, messages
-from postroom.store.errors import AlreadyExists, NotFound, OverQuota
+from postroom.store.errors import AlreadyExists, NotFound, OverQuota, TooManyKeywords
 from postroom.store.prepared import Prepared
 from postroom.store.search import SearchKey, search_where
 
@@ -55,6 +55,7 @@ class MailboxStatus:
     highestmodseq: int
     size: int
     deleted: int
+    recent: int = 0  # messages no session has taken as \\Recent yet
 
 
 @dataclass
@@ -69,6 +70,8 @@ class SelectState:
     uids: Sequence[int]  # ascending; the store hands over a compact array("I")
     first_unseen_uid: int | None
     keywords: list[str] = field(default_factory=list)
+    # the UIDs of ``uids`` from here up are \\Recent in this session (RFC 3501 2.3.2)
+    recent_from: int | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +91,8 @@ class Changes:
     # every UID <= the session's largest still present, sent only when some known one is gone
     present: list[int] | None
     flags: list[FlagUpdate]
+    recent: list[int] = field(default_factory=list)  # of new_uids, those recent for the session
+    keywords: tuple[str, ...] = ()  # the mailbox's keyword list (announced when it grew)
 
 
 @dataclass(frozen=True)
@@ -117,6 +122,7 @@ class StoreResult:
     # the mailbox's HIGHESTMODSEQ just before and after this command, when the store knows
     modseq_before: int | None = None
     modseq_after: int | None = None
+    keywords: tuple[str, ...] | None = None  # the mailbox's keyword list, when this STORE grew it
 
 
 @dataclass(frozen=True)
@@ -139,6 +145,7 @@ class Quota:
 
 
 SYSTEM = ("\\Answered", "\\Flagged", "\\Deleted", "\\Seen", "\\Draft")
+MAX_KEYWORDS = mailboxes.MAX_KEYWORDS
 
 
 def _norm(name: str) -> str:
@@ -265,13 +272,15 @@ def status(s: Session, user_id: int, name: str) -> MailboxStatus:
     box = _mailbox(s, user_id, name)
     row = s.execute(text(
         "SELECT count(*), count(*) FILTER (WHERE NOT ('\\Seen' = ANY(e.flags))), "
-        "count(*) FILTER (WHERE '\\Deleted' = ANY(e.flags)), coalesce(sum(m.size), 0) "
-        "FROM mailbox_entries e JOIN messages m ON m.id = e.message_id "
-        "WHERE e.mailbox_id = :m"), {"m": box.id}).one()
+        "count(*) FILTER (WHERE '\\Deleted' = ANY(e.flags)), coalesce(sum(m.size), 0), "
+        "count(*) FILTER (WHERE e.uid >= b.recent_uid) "
+        "FROM mailboxes b JOIN mailbox_entries e ON e.mailbox_id = b.id "
+        "JOIN messages m ON m.id = e.message_id "
+        "WHERE b.id = :m"), {"m": box.id}).one()
     return MailboxStatus(messages=int(row[0]), uidnext=int(box.uidnext),
                          uidvalidity=int(box.uidvalidity), unseen=int(row[1]),
                          highestmodseq=int(box.highestmodseq), size=int(row[3]),
-                         deleted=int(row[2]))
+                         deleted=int(row[2]), recent=int(row[4]))
 
 
 def quota(s: Session, user_id: int) -> Quota:
@@ -440,7 +449,8 @@ class SelectCache:
 SELECT_CACHE = SelectCache()
 
 _SELECT_AGGREGATE = (
-    "SELECT b.id, b.uidvalidity, b.uidnext, b.highestmodseq, a.packed, a.unseen, a.has_keywords "
+    "SELECT b.id, b.uidvalidity, b.uidnext, b.highestmodseq, a.packed, a.unseen, a.has_keywords, "
+    "b.keywords "
     "FROM mailboxes b CROSS JOIN LATERAL ("
     "SELECT array_send(array_agg(uid ORDER BY uid)) AS packed, "
     "min(uid) FILTER (WHERE NOT ('\\Seen' = ANY(flags))) AS unseen, "
@@ -462,16 +472,24 @@ def _load(s: Session, statement: Prepared, params: dict[str, Any]) -> _Loaded:
     if row is None:
         raise NotFound("no such mailbox")
     mailbox_id = int(row[0])
-    keywords: Sequence[str] = []
-    if row[6]:  # a second pass only for mailboxes where some message has a keyword
-        keywords = _KEYWORDS.execute(
-            connection, {"m": mailbox_id, "sys": list(SYSTEM)}).scalars().all()
+    # the mailbox's keyword list, and any keyword a writer that does not keep it (the MDA's
+    # sieve flags, an older release) left on a message: a second pass only when some has one
+    keywords: set[str] = {str(k) for k in row[7] or ()}
+    if row[6]:
+        keywords.update(str(k) for k in _KEYWORDS.execute(
+            connection, {"m": mailbox_id, "sys": list(SYSTEM)}).scalars().all())
     return _Loaded((mailbox_id, int(row[1]), int(row[2]), int(row[3])), _uid_array(row[4]),
-                   int(row[5]) if row[5] is not None else None, tuple(str(k) for k in keywords))
+                   int(row[5]) if row[5] is not None else None, tuple(sorted(keywords)))
 
 
-def select(s: Session, user_id: int, name: str, cache: SelectCache | None = None) -> SelectState:
+def select(s: Session, user_id: int, name: str, cache: SelectCache | None = None,
+           take_recent: bool = False) -> SelectState:
     """The mailbox's UIDs, first unseen and keywords: from ``cache`` when still valid.
+
+    ``take_recent`` (a read-write SELECT) takes the messages of this view that
+    no session took before as this session's \\Recent ones, in this
+    transaction (:func:`take_recent`); without it (EXAMINE) they are only
+    reported. ``recent_from`` says where they start.
 
     Without a cached entry, one statement loads everything; with one, a
     cheap read of the mailbox row decides whether it still holds, and only
@@ -494,21 +512,54 @@ def select(s: Session, user_id: int, name: str, cache: SelectCache | None = None
     if loaded is not cached:
         cache.put(user_id, name, loaded)
     mailbox_id, uidvalidity, uidnext, highestmodseq = loaded.key
+    if take_recent:
+        recent_from = take_recent_uids(s, mailbox_id, uidnext)
+    else:
+        recent_from = int(s.execute(text("SELECT recent_uid FROM mailboxes WHERE id = :m"),
+                                    {"m": mailbox_id}).scalar_one())
     return SelectState(mailbox_id=mailbox_id, name=name, uidvalidity=uidvalidity,
                        uidnext=uidnext, highestmodseq=highestmodseq, uids=loaded.uids[:],
                        first_unseen_uid=loaded.first_unseen_uid,
-                       keywords=list(loaded.keywords))
+                       keywords=list(loaded.keywords), recent_from=recent_from)
 
 
-def changes(s: Session, mailbox_id: int, modseq: int, max_uid: int, count: int) -> Changes:
-    """New messages, flag changes since ``modseq`` and, when needed, the UIDs still present."""
-    box = s.execute(text("SELECT highestmodseq, uidnext FROM mailboxes WHERE id = :m"),
-                    {"m": mailbox_id}).first()
+def take_recent_uids(s: Session, mailbox_id: int, upto: int) -> int:
+    """Take the UIDs below ``upto`` that no session took yet; where they start (RFC 3501 2.3.2).
+
+    The one place the recent mark moves: under the mailbox row's lock, only
+    forward, in the caller's transaction. So each UID is taken by exactly
+    one session, whichever process or replica runs it: the caller's recent
+    messages are those of its view from the returned UID up (none when the
+    mark was already past ``upto``).
+    """
+    before = int(_LOCK_RECENT.execute(s.connection(), {"m": mailbox_id}).scalar_one())
+    if before < upto:
+        _TAKE_RECENT.execute(s.connection(), {"m": mailbox_id, "n": upto})
+    return before
+
+
+_LOCK_RECENT = Prepared("imap_lock_recent",
+                        "SELECT recent_uid FROM mailboxes WHERE id = %(m)s FOR UPDATE")
+_TAKE_RECENT = Prepared("imap_take_recent",
+                        "UPDATE mailboxes SET recent_uid = %(n)s WHERE id = %(m)s")
+
+
+def changes(s: Session, mailbox_id: int, modseq: int, max_uid: int, count: int,
+            take_recent: bool = False) -> Changes:
+    """New messages, flag changes since ``modseq`` and, when needed, the UIDs still present.
+
+    Of the new messages, ``recent`` are those \\Recent for the caller: taken
+    by it (``take_recent``, a read-write session) or, read-only, those no
+    session took yet. ``keywords`` is the mailbox's keyword list.
+    """
+    box = s.execute(text("SELECT highestmodseq, uidnext, recent_uid, keywords FROM mailboxes "
+                         "WHERE id = :m"), {"m": mailbox_id}).first()
     if box is None:
         return Changes(modseq, 0, [], [], [])
     highest, uidnext = int(box[0]), int(box[1])
+    keywords = tuple(box[3] or ())
     if highest == modseq:
-        return Changes(highest, uidnext, [], None, [])
+        return Changes(highest, uidnext, [], None, [], keywords=keywords)
     rows = s.execute(text("SELECT uid, flags, modseq FROM mailbox_entries "
                           "WHERE mailbox_id = :m AND modseq > :ms ORDER BY uid"),
                      {"m": mailbox_id, "ms": modseq}).all()
@@ -521,7 +572,12 @@ def changes(s: Session, mailbox_id: int, modseq: int, max_uid: int, count: int) 
         present = [int(u) for u in s.execute(text(
             "SELECT uid FROM mailbox_entries WHERE mailbox_id = :m AND uid <= :max"),
             {"m": mailbox_id, "max": max_uid}).scalars()]
-    return Changes(highest, uidnext, new, present, flags)
+    recent: list[int] = []
+    if new:
+        start = (take_recent_uids(s, mailbox_id, max(new) + 1) if take_recent
+                 else int(box[2]))
+        recent = [u for u in new if u >= start]
+    return Changes(highest, uidnext, new, present, flags, recent=recent, keywords=keywords)
 
 
 # the UID limits of a FETCH: a range, and within it a sparse set
@@ -702,10 +758,36 @@ def store(s: Session, mailbox_id: int, uids: Sequence[int], mode: str, flags: Se
         params["us"] = unchangedsince
     rows = _STORE[mode, unchangedsince is not None].execute(s.connection(), params).all()
     changed = [int(r[0]) for r in rows if r[3]]
+    keywords = add_keywords(s, mailbox_id, flags) if changed and mode != "-" else None
     modified = [] if unchangedsince is None else [
         int(r[0]) for r in rows if not r[3] and int(r[2]) > unchangedsince]
     return StoreResult([FlagUpdate(int(r[0]), tuple(r[1]), int(r[2])) for r in rows],
-                       changed, modified, modseq_before=before, modseq_after=modseq)
+                       changed, modified, modseq_before=before, modseq_after=modseq,
+                       keywords=keywords)
+
+
+def add_keywords(s: Session, mailbox_id: int, flags: Sequence[str]) -> tuple[str, ...] | None:
+    """Add the keywords among ``flags`` to the mailbox's list; the new list when it grew.
+
+    The caller holds the mailbox row's lock (it changed entries). Past
+    MAX_KEYWORDS it raises TooManyKeywords, and the caller's transaction,
+    flag changes included, rolls back.
+    """
+    keywords = sorted({f for f in flags if not f.startswith("\\")})
+    if not keywords:
+        return None
+    row = _ADD_KEYWORDS.execute(s.connection(), {"m": mailbox_id, "k": keywords}).first()
+    if row is None:
+        return None
+    if len(row[0]) > MAX_KEYWORDS:
+        raise TooManyKeywords(f"more than {MAX_KEYWORDS} keywords in one mailbox")
+    return tuple(row[0])
+
+
+_ADD_KEYWORDS = Prepared("imap_add_keywords", (
+    "UPDATE mailboxes SET keywords = ARRAY(SELECT DISTINCT x FROM "
+    "unnest(keywords || CAST(%(k)s AS text[])) x ORDER BY x) "
+    "WHERE id = %(m)s AND NOT keywords @> CAST(%(k)s AS text[]) RETURNING keywords"))
 
 
 def search(s: Session, mailbox_id: int, key: SearchKey, max_uid: int) -> list[tuple[int, int]]:
@@ -755,6 +837,7 @@ def copy(s: Session, user_id: int, mailbox_id: int, uids: Sequence[int], dest: s
         uid += 1
     s.execute(text("UPDATE mailboxes SET uidnext = :n, highestmodseq = :ms WHERE id = :m"),
               {"n": uid, "ms": modseq, "m": dst.id})
+    add_keywords(s, int(dst.id), [f for r in rows for f in r[2]])
     if move:
         src = locked[mailbox_id]
         src_modseq = max(int(src.highestmodseq), modseq if src.id == dst.id else 0) + 1

@@ -29,3 +29,7 @@ class OverQuota(StoreError):
 
 class AliasLoop(StoreError, ValueError):
     """A new alias would make mail go round: to itself, or back through other aliases."""
+
+
+class TooManyKeywords(StoreError):
+    """A STORE, APPEND or COPY would give a mailbox more distinct keywords than it may have."""

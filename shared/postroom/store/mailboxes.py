@@ -178,6 +178,10 @@ def deliver_to_mailbox(session: Session, *, user_id: int, mailbox_name: str, mes
     return int(row[1]), int(row[2])
 
 
+# distinct keywords one mailbox lists (IMAP FLAGS and PERMANENTFLAGS announce them all)
+MAX_KEYWORDS = 200
+
+
 def add_entry_sql(box: str, *, message: str, flags: str, internaldate: str,
                   spool_recipient: str = "NULL", uidnext: str | None = None,
                   pop3_uidl: str | None = None) -> str:
@@ -197,12 +201,16 @@ def add_entry_sql(box: str, *, message: str, flags: str, internaldate: str,
     :mod:`postroom.store.imports`); it can never lower it, so no UID is reused.
     ``pop3_uidl`` is an imported message's old UIDL. Without either, the
     statement is the plain one every delivery path uses.
+
+    The entry's keywords join the mailbox's keyword list (which IMAP
+    announces before a FETCH shows them), up to MAX_KEYWORDS.
     """
     taken = "uidnext" if uidnext is None else f"greatest(uidnext, {uidnext})"
     uidl_column, uidl_value = ("", "") if pop3_uidl is None else (", pop3_uidl", f", {pop3_uidl}")
     return (
         f"box AS (UPDATE mailboxes SET uidnext = {taken} + 1, "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
-        f"highestmodseq = highestmodseq + 1 WHERE {box} "
+        f"highestmodseq = highestmodseq + 1, keywords = {_merged_keywords(flags)} "
+        f"WHERE {box} "
         "RETURNING id, uidvalidity, uidnext - 1 AS uid, highestmodseq AS modseq), "
         "entry AS (INSERT INTO mailbox_entries (mailbox_id, uid, message_id, flags, modseq, "
         f"internaldate, spool_recipient_id{uidl_column}) "
@@ -210,6 +218,16 @@ def add_entry_sql(box: str, *, message: str, flags: str, internaldate: str,
         f"{internaldate}, {spool_recipient}{uidl_value} FROM box "
         "RETURNING mailbox_id, uid, modseq)")
 
+
+
+def _merged_keywords(flags: str) -> str:
+    """SQL for the keyword list with the keywords of ``flags`` added (unchanged past the cap)."""
+    new = f"coalesce(CAST({flags} AS text[]), '{{}}')"
+    merged = (f"ARRAY(SELECT DISTINCT x FROM unnest(keywords || {new}) x "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+              "WHERE left(x, 1) <> '\\' ORDER BY x)")
+    return (f"CASE WHEN keywords @> {new} OR NOT EXISTS (SELECT 1 FROM unnest({new}) f "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+            "WHERE left(f, 1) <> '\\') THEN keywords "
+            f"WHEN cardinality({merged}) > {MAX_KEYWORDS} THEN keywords ELSE {merged} END")
 
 
 _ADD_ENTRY = Prepared("mailbox_add_entry", "WITH " + add_entry_sql(  # noqa: S608 -- constant SQL fragments; every value is a bound parameter

@@ -191,6 +191,11 @@ class Mailbox(Base):
     # `postroom import dovecot`: the old server's UIDNEXT when this mailbox was last imported;
     # a rerun takes only UIDs from here up (what is below was imported, or expunged since)
     import_uidnext: Mapped[int | None] = mapped_column(BigInteger)
+    # IMAP: the first UID no session has taken as \\Recent yet (RFC 3501 2.3.2), and every
+    # keyword the mailbox has had, which SELECT and FLAGS responses announce (0009)
+    recent_uid: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
+    keywords: Mapped[list[str]] = mapped_column(ARRAY(Text),
+                                                server_default=text("'{}'::text[]"))
 
 
 class Message(Base):
