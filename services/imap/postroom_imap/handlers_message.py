@@ -3,9 +3,17 @@
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from postroom_imap.flow import attach, detach
+from postroom_imap.ordering import (
+    SortItem,
+    render_threads,
+    sort_items,
+    thread_orderedsubject,
+    thread_references,
+)
 from postroom_imap.policy import FetchRow, NoSuchMailbox, Refusal
 from postroom_imap.render import (
     FlagsLine,
@@ -29,7 +37,9 @@ from postroom_imap.syntax_types import (
     SearchNot,
     SearchOr,
     SequenceSet,
+    Sort,
     Store,
+    Thread,
 )
 
 if TYPE_CHECKING:
@@ -117,18 +127,92 @@ class MessageCommands(CommandHost):
         args = command.args
         assert isinstance(args, Search)
         key = box.bind_search(args.key)
-        found = await store.search(box.mailbox_id, key, box.max_uid)
+        returns = args.returns
+        saving = returns is not None and "SAVE" in returns
+        try:
+            found = await store.search(box.mailbox_id, key, box.max_uid)
+        except Exception:
+            if saving:
+                box.saved = []  # a failed SEARCH ... (SAVE) leaves $ empty (RFC 5182 2.1)
+            raise
+        modseq = max((m for _, m in found), default=0) if _uses_modseq(args.key) else None
+        if modseq:
+            self.condstore = True
+        if returns is not None:
+            self.write(self._esearch(command, box, [u for u, _ in found], returns, modseq))
+            return ("OK", "SEARCH completed" + (", result saved" if saving else ""))
         numbers = []
         for uid, _ in found:
             number = uid if command.uid else box.seq_of(uid)
             if number is not None:
                 numbers.append(number)
         line = b"* SEARCH" + b"".join(b" %d" % n for n in numbers)
-        if found and _uses_modseq(args.key):
-            self.condstore = True
-            line += b" (MODSEQ %d)" % max(m for _, m in found)
+        if found and modseq:
+            line += b" (MODSEQ %d)" % modseq
         self.write(line + b"\r\n")
         return ("OK", "SEARCH completed")
+
+    def _esearch(self, command: Command, box: Selected, found: list[int],
+                 returns: tuple[str, ...], modseq: int | None) -> bytes:
+        """The ESEARCH response (RFC 4731) and the SAVE of ``$`` (RFC 5182)."""
+        uids = [u for u in found if box.seq_of(u) is not None]
+        numbers = uids if command.uid else [n for n in map(box.seq_of, uids) if n is not None]
+        wanted = set(returns)
+        if "SAVE" in wanted:
+            if wanted & {"MIN", "MAX"} and not wanted & {"ALL", "COUNT"}:
+                # SAVE with MIN and/or MAX alone keeps just those messages (RFC 5182 2.4)
+                keep = {uids[0] if "MIN" in wanted else None,
+                        uids[-1] if "MAX" in wanted else None} if uids else set()
+                box.saved = sorted(u for u in keep if u is not None)
+            else:
+                box.saved = list(uids)
+            if wanted == {"SAVE"}:
+                return b""  # SAVE alone: no ESEARCH response
+        parts = [b'* ESEARCH (TAG "%s")' % command.tag.encode("ascii")]
+        if command.uid:
+            parts.append(b"UID")
+        if numbers and "MIN" in wanted:
+            parts.append(b"MIN %d" % numbers[0])
+        if numbers and "MAX" in wanted:
+            parts.append(b"MAX %d" % numbers[-1])
+        if numbers and "ALL" in wanted:
+            parts.append(b"ALL " + uid_set_text(numbers).encode("ascii"))
+        if "COUNT" in wanted:
+            parts.append(b"COUNT %d" % len(numbers))
+        if numbers and modseq:
+            parts.append(b"MODSEQ %d" % modseq)
+        return b" ".join(parts) + b"\r\n"
+
+    async def _ordering(self, box: Selected, key: SearchKey) -> list[SortItem]:
+        store, _ = self._box()
+        items = await store.ordering(box.mailbox_id, box.bind_search(key), box.max_uid)
+        return [i for i in items if box.seq_of(i.uid) is not None]
+
+    def _number(self, command: Command, box: Selected) -> Callable[[int], int | None]:
+        return (lambda uid: uid) if command.uid else box.seq_of
+
+    async def do_sort(self, command: Command) -> Reply:
+        _, box = self._box()
+        args = command.args
+        assert isinstance(args, Sort)
+        items = sort_items(await self._ordering(box, args.key), args.criteria)
+        number = self._number(command, box)
+        numbers = [n for n in (number(i.uid) for i in items) if n is not None]
+        self.write(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
+        return ("OK", "SORT completed")
+
+    async def do_thread(self, command: Command) -> Reply:
+        _, box = self._box()
+        args = command.args
+        assert isinstance(args, Thread)
+        items = await self._ordering(box, args.key)
+        if args.algorithm == "REFERENCES":
+            roots = thread_references(items)
+        else:
+            roots = thread_orderedsubject(items)
+        data = render_threads(roots, self._number(command, box))
+        self.write(b"* THREAD" + (b" " + data if data else b"") + b"\r\n")
+        return ("OK", "THREAD completed")
 
     async def do_fetch(self, command: Command) -> Reply:
         store, box = self._box()

@@ -61,6 +61,9 @@ class Selected:
         self.own: dict[int, int] = {}  # uid -> modseq of changes this session made itself
         self.held_expunges: set[int] = set()
         self.dirty = False
+        # SEARCHRES ``$`` (RFC 5182): the UIDs a SEARCH RETURN (SAVE) kept, in this selection
+        # only; expunged ones drop out as this view forgets them
+        self.saved: list[int] = []
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -73,8 +76,14 @@ class Selected:
         i = bisect.bisect_left(self.uids, uid)
         return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
 
+    def saved_uids(self) -> list[int]:
+        """The ``$`` messages still in this view (an empty set is no error, RFC 5182 2.1)."""
+        return [u for u in self.saved if self.seq_of(u) is not None]
+
     def by_sequence(self, sequence: SequenceSet) -> list[int]:
         """UIDs of the messages a sequence-number set names; BAD when it names none that exist."""
+        if sequence.saved:
+            return self.saved_uids()
         count = len(self.uids)
         spans = sequence.resolve(count)
         if count == 0 or (spans and spans[-1][1] > count):
@@ -86,6 +95,8 @@ class Selected:
 
     def by_uid(self, sequence: SequenceSet) -> list[int]:
         """Known UIDs within a UID set (``*`` is the largest UID; none is not an error)."""
+        if sequence.saved:
+            return self.saved_uids()
         if not self.uids:
             return []
         out: list[int] = []
@@ -99,8 +110,8 @@ class Selected:
         """The key with every message set replaced by concrete UID ranges."""
         if isinstance(key, SearchSet):
             if key.sequence.saved:
-                raise SyntaxProblem("$ is not supported")
-            if key.uid:
+                spans = compress(self.saved_uids())
+            elif key.uid:
                 spans = key.sequence.resolve(self.max_uid) if self.uids else []
             else:
                 count = len(self.uids)

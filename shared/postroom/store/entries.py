@@ -784,3 +784,29 @@ def user_mailbox_ids(s: Session, user_id: int, names: Sequence[str]) -> list[int
     rows = s.execute(text("SELECT id FROM mailboxes WHERE user_id = :u AND name = ANY(:n)"),
                      {"u": user_id, "n": [_norm(n) for n in names]}).scalars()
     return [int(r) for r in rows]
+
+
+# one row per match for SORT and THREAD: only what the cached metadata holds, never the blob
+_ORDERING_COLUMNS = (
+    "e.uid, extract(epoch FROM e.internaldate)::float8, "
+    "extract(epoch FROM (m.metadata->'sort'->>'date')::timestamptz)::float8, m.size, "
+    "m.metadata->'envelope'->>'subject', m.metadata->'sort'->>'from', "
+    "m.metadata->'sort'->>'to', m.metadata->'sort'->>'cc', "
+    "m.metadata->'sort'->>'display_from', m.metadata->'sort'->>'display_to', "
+    "m.metadata->'envelope'->'from_'->0, m.metadata->'envelope'->'to'->0, "
+    "m.metadata->'envelope'->>'message_id', m.metadata->'envelope'->>'in_reply_to', "
+    "(SELECT h->>'raw' FROM jsonb_array_elements(coalesce(m.metadata->'headers', '[]'::jsonb)) h "
+    "WHERE h->>'name' = 'references' LIMIT 1)")
+
+
+def ordering_rows(s: Session, mailbox_id: int, key: SearchKey,
+                  max_uid: int) -> list[tuple[Any, ...]]:
+    """SORT/THREAD facts of the messages matching ``key`` (see ``_ORDERING_COLUMNS``)."""
+    where, params = search_where(key)
+    params.update({"mbox": mailbox_id, "maxuid": max_uid})
+    rows = s.execute(text(
+        f"SELECT {_ORDERING_COLUMNS} FROM mailbox_entries e "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+        "JOIN messages m ON m.id = e.message_id "
+        f"WHERE e.mailbox_id = :mbox AND e.uid <= :maxuid AND ({where}) ORDER BY e.uid"),
+        params).all()
+    return [tuple(r) for r in rows]
