@@ -8,6 +8,7 @@ number), as RFC 5256 requires, whatever REVERSE says.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,6 +43,11 @@ def _fold(text: str) -> str:
 _ASCII_UPPER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
 
 
+def _unicode_casemap(text: str) -> str:
+    """i;unicode-casemap (RFC 5051, which RFC 5957 names): case folded, then decomposed."""
+    return unicodedata.normalize("NFKD", text.casefold())
+
+
 def _key(item: SortItem, criterion: str) -> Any:
     if criterion == "ARRIVAL":
         return item.arrival
@@ -58,9 +64,9 @@ def _key(item: SortItem, criterion: str) -> Any:
     if criterion == "TO":
         return _fold(item.to)
     if criterion == "DISPLAYFROM":
-        return item.display_from.casefold()
+        return _unicode_casemap(item.display_from)
     if criterion == "DISPLAYTO":
-        return item.display_to.casefold()
+        return _unicode_casemap(item.display_to)
     raise ValueError(f"unknown sort criterion {criterion}")
 
 
@@ -140,9 +146,21 @@ def _date_key(node: Node) -> tuple[float, int]:
     return (item.sent, item.uid) if item is not None else (0.0, 0)
 
 
+def _preorder(roots: list[Node]) -> list[Node]:
+    """Every node under ``roots``, parents before children (no recursion: threads run deep)."""
+    out: list[Node] = []
+    stack = list(reversed(roots))
+    while stack:
+        node = stack.pop()
+        out.append(node)
+        stack.extend(reversed(node.children))
+    return out
+
+
 def _sort_siblings(nodes: list[Node]) -> None:
-    for node in nodes:
-        _sort_siblings(node.children)
+    # children first: a dummy is dated by its first child once those are in order
+    for node in reversed(_preorder(nodes)):
+        node.children.sort(key=_date_key)
     nodes.sort(key=_date_key)
 
 
@@ -197,7 +215,7 @@ def _link(items: list[SortItem]) -> list[Node]:
             if ids and ids[0] not in table:
                 table[ids[0]] = own
             # a duplicate message id: the message stands on its own (a unique id)
-        nodes.append(own)
+            nodes.append(own)
         refs = message_ids(item.references)
         if not refs:
             refs = message_ids(item.in_reply_to, 1)
@@ -221,23 +239,29 @@ def _link(items: list[SortItem]) -> list[Node]:
     return [n for n in nodes if n.parent is None]
 
 
-def _prune(nodes: list[Node], at_root: bool) -> list[Node]:
-    """Step 4: drop empty dummies, splice a dummy's children into its place."""
-    out: list[Node] = []
-    for node in nodes:
-        node.children = _prune(node.children, False)
-        for child in node.children:
-            child.parent = node
-        if node.item is None:
-            if not node.children:
-                continue
-            if not at_root or len(node.children) == 1:
-                for child in node.children:
-                    child.parent = node.parent
-                out.extend(node.children)
-                continue
-        out.append(node)
-    return out
+def _prune(roots: list[Node]) -> list[Node]:
+    """Step 4: drop empty dummies, splice a dummy's children into its place.
+
+    At the root a dummy stays when it holds several children (they are siblings).
+    """
+    def pruned(children: list[Node], parent: Node | None) -> list[Node]:
+        out: list[Node] = []
+        for child in children:
+            if child.item is None:
+                if not child.children:
+                    continue
+                if parent is not None or len(child.children) == 1:
+                    for grandchild in child.children:
+                        grandchild.parent = parent
+                    out.extend(child.children)
+                    continue
+            child.parent = parent
+            out.append(child)
+        return out
+
+    for node in reversed(_preorder(roots)):  # children before their parents
+        node.children = pruned(node.children, node)
+    return pruned(roots, None)
 
 
 def _subject_of(node: Node) -> tuple[str, bool] | None:
@@ -251,9 +275,7 @@ def _subject_of(node: Node) -> tuple[str, bool] | None:
 
 def thread_references(items: Iterable[SortItem]) -> list[Node]:
     """RFC 5256 REFERENCES (section 3, steps 1 to 6)."""
-    roots = _prune(_link(list(items)), True)
-    for root in roots:
-        root.parent = None
+    roots = _prune(_link(list(items)))
     # (5) sort the root set by sent date (a dummy: by its first child, after sorting those)
     _sort_siblings(roots)
     # (6) gather the roots with the same base subject
@@ -315,31 +337,31 @@ def thread_references(items: Iterable[SortItem]) -> list[Node]:
 
 
 def render_threads(roots: Sequence[Node], number: Callable[[int], int | None]) -> bytes:
-    """The THREAD response's data: ``(2)(3 6 (4 23)(44 7 96))``; ``number`` maps UIDs."""
-    out: list[str] = []
+    """The THREAD response's data: ``(2)(3 6 (4 23)(44 7 96))``; ``number`` maps UIDs.
 
-    def chain(node: Node) -> None:
-        # a run of single children is written flat; several children each get parentheses
-        while True:
-            if node.item is not None:
-                n = number(node.item.uid)
-                if n is not None:
-                    if out and out[-1] not in ("(", ")"):
-                        out.append(" ")
-                    out.append(str(n))
-            if len(node.children) == 1:
-                node = node.children[0]
-                continue
-            for child in node.children:
+    A run of single children is written flat; several children each get parentheses.
+    """
+    out: list[str] = []
+    # an explicit stack of nodes to write and parentheses to close (threads run deep)
+    stack: list[Node | str] = []
+    for root in reversed(roots):
+        stack += [")", root, "("]
+    while stack:
+        top = stack.pop()
+        if isinstance(top, str):
+            out.append(top)
+            continue
+        if top.item is not None:
+            n = number(top.item.uid)
+            if n is not None:
                 if out and out[-1] not in ("(", ")"):
                     out.append(" ")
-                out.append("(")
-                chain(child)
-                out.append(")")
-            return
-
-    for root in roots:
-        out.append("(")
-        chain(root)
-        out.append(")")
+                out.append(str(n))
+        if len(top.children) == 1:
+            stack.append(top.children[0])
+            continue
+        if top.children and out and out[-1] not in ("(", ")"):
+            out.append(" ")
+        for child in reversed(top.children):
+            stack += [")", child, "("]
     return "".join(out).encode("ascii")

@@ -327,14 +327,15 @@ def _leader_end(text: str) -> int:
 
 
 def _strip_trailer(text: str) -> str:
-    """Step 2: remove trailing ``(fwd)`` and white space."""
+    """Step 2: remove trailing ``(fwd)`` and white space (one backwards pass)."""
+    end = len(text)
     while True:
-        stripped = text.rstrip(_WSP)
-        if stripped.lower().endswith("(fwd)"):
-            stripped = stripped[:-5]
-        if stripped == text:
-            return text
-        text = stripped
+        while end > 0 and text[end - 1] in _WSP:
+            end -= 1
+        if end >= 5 and text[end - 5:end].lower() == "(fwd)":
+            end -= 5
+            continue
+        return text[:end]
 
 
 def _base_subject(subject: str) -> tuple[str, bool]:
