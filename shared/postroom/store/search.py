@@ -4,9 +4,12 @@ The condition is over ``mailbox_entries e`` and ``messages m``; the imap
 service parses a client's SEARCH into these keys and :mod:`postroom.store.entries`
 runs the condition.
 
-Address and subject keys, and HEADER on the fields MIME analysis keeps, match
-the decoded values cached in ``messages.metadata`` (case-insensitively, any
-script). Other header fields, BODY and TEXT match the raw bytes in the
+Address keys match the text MIME analysis keeps for them in
+``metadata.sort.text`` (the decoded field plus every address as a client shows
+it, ``Name <mailbox@host>``); subject keys, and HEADER on the fields MIME
+analysis keeps, match the decoded values cached in ``messages.metadata``
+(case-insensitively, any script). SENT* use the Date: header's own day
+(``metadata.sort.sent_day``), else INTERNALDATE's. Other header fields, BODY and TEXT match the raw bytes in the
 database: the blob is rendered with ``encode(..., 'escape')`` (NUL and 8-bit
 bytes become ``\\nnn``, so any byte is safe) and the needle is escaped the
 same way; that folds ASCII case only. Nothing is loaded into Python.
