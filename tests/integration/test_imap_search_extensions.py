@@ -9,6 +9,9 @@ exact lines the server sends, read off the wire after an imaplib login.
 from __future__ import annotations
 
 import imaplib
+import os
+import subprocess
+import sys
 from datetime import UTC, datetime
 
 from postroom.store.db import Database
@@ -302,7 +305,7 @@ def test_thread_both_algorithms(server: Server, account: Account) -> None:
 
 
 def test_old_metadata_still_answers(server: Server, account: Account,
-                                    database: Database) -> None:
+                                    database: Database, database_url: str) -> None:
     """Mail analysed before the search text and display keys were kept (lazy fallbacks)."""
     from sqlalchemy import text
 
@@ -322,5 +325,19 @@ def test_old_metadata_still_answers(server: Server, account: Account,
         assert wire("SEARCH FROM timer")[0] == b"* SEARCH 1"
         assert wire("SEARCH SENTON 8-Jan-2025")[0] == b"* SEARCH 1"  # the UTC day, as before
         assert wire("SORT (DISPLAYFROM) UTF-8 ALL")[0] == b"* SORT 1"
+        # the backfill brings the old mail to the exact rules
+        environ = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
+        environ["POSTROOM_DATABASE_URL"] = database_url
+        result = subprocess.run([sys.executable, "-m", "postroom.ops.cli", "reanalyze",
+                                 "--batch", "1"], capture_output=True, text=True, env=environ,
+                                timeout=120, check=False)
+        assert result.returncode == 0, result.stderr
+        assert result.stdout.strip().endswith("message(s) reanalyzed")
+        assert wire("SEARCH SENTON 7-Jan-2025")[0] == b"* SEARCH 1"
+        assert wire("SEARCH FROM old@example.org")[0] == b"* SEARCH 1"
+        rerun = subprocess.run([sys.executable, "-m", "postroom.ops.cli", "reanalyze"],
+                               capture_output=True, text=True, env=environ, timeout=120,
+                               check=False)
+        assert rerun.stdout.strip() == "0 message(s) reanalyzed"
     finally:
         client.logout()

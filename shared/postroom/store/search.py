@@ -9,10 +9,11 @@ Address keys match the text MIME analysis keeps for them in
 it, ``Name <mailbox@host>``); subject keys, and HEADER on the fields MIME
 analysis keeps, match the decoded values cached in ``messages.metadata``
 (case-insensitively, any script). SENT* use the Date: header's own day
-(``metadata.sort.sent_day``), else INTERNALDATE's. Other header fields, BODY and TEXT match the raw bytes in the
-database: the blob is rendered with ``encode(..., 'escape')`` (NUL and 8-bit
-bytes become ``\\nnn``, so any byte is safe) and the needle is escaped the
-same way; that folds ASCII case only. Nothing is loaded into Python.
+(``metadata.sort.sent_day``), else INTERNALDATE's. Other header fields, BODY
+and TEXT match the raw bytes in the database: the blob is rendered with
+``encode(..., 'escape')`` (NUL and 8-bit bytes become ``\\nnn``, so any byte
+is safe) and the needle is escaped the same way; that folds ASCII case only.
+Nothing is loaded into Python.
 
 HEADER on other fields is the costly key on a big mailbox (a regular
 expression over every message's header block), so cheap necessary conditions
