@@ -341,3 +341,40 @@ def test_old_metadata_still_answers(server: Server, account: Account,
         assert rerun.stdout.strip() == "0 message(s) reanalyzed"
     finally:
         client.logout()
+
+
+def test_two_devices_see_each_others_changes_in_esearch_sort_and_thread(
+        server: Server, account: Account) -> None:
+    """The laptop answers, flags and deletes; the phone's views follow after a NOOP."""
+    account.deliver(message(1, subject="plans", date="1 Feb 1994 10:00:00 +0000",
+                            sender="Zoe <zoe@example.org>"))
+    account.deliver(message(2, subject="lunch", date="2 Feb 1994 10:00:00 +0000",
+                            sender="Adam <adam@example.org>"))
+    phone, wire = open_wire(server, account)
+    laptop = imaps(server, account)
+    try:
+        laptop.select("INBOX")
+        assert wire("THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (1)(2)"
+        reply = message(3, subject="Re: plans", date="3 Feb 1994 10:00:00 +0000",
+                        sender="Bea <bea@example.org>", extra="References: <1.plans@test>\r\n")
+        assert laptop.append("INBOX", "(\\Flagged)", None, reply)[0] == "OK"
+        laptop.store("2", "+FLAGS.SILENT", "(\\Flagged)")
+        assert b"* 3 EXISTS" in wire("NOOP")
+        assert wire("THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (1 3)(2)"
+        assert wire("THREAD ORDEREDSUBJECT UTF-8 ALL")[0] == b"* THREAD (1 3)(2)"
+        assert wire("SORT (DISPLAYFROM) UTF-8 ALL")[0] == b"* SORT 2 3 1"
+        assert wire("SORT (REVERSE ARRIVAL) UTF-8 ALL")[0] == b"* SORT 3 2 1"
+        assert wire("SEARCH RETURN (ALL COUNT) FLAGGED")[0] == (
+            b'* ESEARCH (TAG "TAG") ALL 2:3 COUNT 2')
+        laptop.store("1", "+FLAGS.SILENT", "(\\Deleted)")
+        laptop.expunge()
+        # held back while THREAD runs (sequence numbers stay valid), then announced
+        assert wire("THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (2)(3)"
+        assert b"* 1 EXPUNGE" in wire("NOOP")
+        assert wire("THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (1)(2)"
+        assert wire("UID THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (2)(3)"
+        assert wire("SORT (DISPLAYFROM) UTF-8 ALL")[0] == b"* SORT 1 2"
+        assert wire("SEARCH RETURN (MIN MAX) FLAGGED")[0] == b'* ESEARCH (TAG "TAG") MIN 1 MAX 2'
+    finally:
+        phone.logout()
+        laptop.logout()

@@ -201,3 +201,24 @@ def test_deep_threads_need_no_recursion() -> None:
     box.append(item(depth + 1, depth + 1, "Re: deep", mid="<b@x>", refs=f"<{depth - 1}@x>"))
     out = render(thread_references(box))
     assert out.startswith(b"(1 2 3 ") and out.endswith(b" (%d)(%d))" % (depth, depth + 1))
+
+
+@pytest.mark.parametrize(("line", "ok"), [
+    (b"t THREAD REFERENCES UTF-8 ALL\r\n", True),
+    (b"t THREAD orderedsubject us-ascii SINCE 5-MAR-2000\r\n", True),
+    (b"t UID THREAD REFERENCES UTF-8 1:*\r\n", True),
+    (b"t THREAD REFERENCES UTF-8 $\r\n", True),
+    (b"t THREAD JWZ UTF-8 ALL\r\n", False),
+    (b"t THREAD REFERENCES UTF-8\r\n", False),
+    (b"t THREAD REFERENCES\r\n", False),
+    (b"t SORT (REVERSE DISPLAYFROM) UTF-8 ALL\r\n", True),
+    (b"t SORT (REVERSE) UTF-8 ALL\r\n", False),
+    (b"t SEARCH RETURN (SAVE MIN) FLAGGED\r\n", True),
+    (b"t SEARCH RETURN (PARTIAL 1:5) ALL\r\n", False),
+])
+def test_thread_sort_and_return_syntax(line: bytes, ok: bool) -> None:
+    from postroom_imap.syntax import Command, CommandReader
+
+    events = CommandReader().feed(line)
+    assert len(events) == 1
+    assert isinstance(events[0], Command) is ok
