@@ -222,3 +222,36 @@ def test_thread_sort_and_return_syntax(line: bytes, ok: bool) -> None:
     events = CommandReader().feed(line)
     assert len(events) == 1
     assert isinstance(events[0], Command) is ok
+
+
+@pytest.mark.parametrize(("date", "day"), [
+    ("Tue, 7 Jan 2025 23:30:00 -0800", "2025-01-07"),  # 8 January in UTC
+    ("Wed, 8 Jan 2025 00:30:00 +0200", "2025-01-08"),  # 7 January in UTC
+    ("8 Jan 25 00:30 +1400", "2025-01-08"),  # two-digit year, no seconds
+    ("Wed, 31 Feb 2025 10:00:00 +0000", None),  # no such day
+    ("yesterday", None),
+])
+def test_analysis_keeps_the_date_header_day_as_written(date: str, day: str | None) -> None:
+    from postroom.mime import analyze
+
+    meta = analyze(f"From: a@b.example\r\nDate: {date}\r\n\r\nx".encode())
+    assert meta.sort["sent_day"] == day
+
+
+def test_analysis_keeps_address_text_and_display_names() -> None:
+    from postroom.mime import analyze
+
+    meta = analyze(b"From: user-from (a comment) @ domain.org\r\n"
+                   b"To: =?utf-8?q?J=C3=B6rg?= <j@x.example>, group: a@y.example;\r\n"
+                   b"Cc: \"Quoted, Name\" <q@z.example>\r\n\r\nx")
+    text = meta.sort["text"]
+    assert "user-from@domain.org" in text["from"]
+    assert "Jörg <j@x.example>" in text["to"] and "a@y.example" in text["to"]
+    assert "Quoted, Name <q@z.example>" in text["cc"]
+    assert text["bcc"] == ""
+    # the display name is the ENVELOPE's: a comment stands in for a missing phrase
+    assert meta.sort["display_from"] == "a comment"
+    assert meta.sort["display_to"] == "Jörg"
+    bare = analyze(b"From: <bare@x.example>\r\nTo: undisclosed-recipients:;\r\n\r\nx")
+    assert bare.sort["display_from"] == "bare@x.example"
+    assert bare.sort["display_to"] == ""
