@@ -12,7 +12,10 @@ import imaplib
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
+
+import pytest
 
 from postroom.store.db import Database
 from tests.integration import test_imap_service as base
@@ -378,3 +381,28 @@ def test_two_devices_see_each_others_changes_in_esearch_sort_and_thread(
     finally:
         phone.logout()
         laptop.logout()
+
+
+@pytest.mark.slow
+def test_sort_thread_and_esearch_on_a_big_mailbox(server: Server, account: Account) -> None:
+    """50,000 messages: each command answers from cached metadata in a few seconds."""
+    from tests.integration import test_imap_large_mailbox as large
+
+    count = 50_000
+    large.fill(account, count)
+    client, wire = open_wire(server, account)
+    try:
+        timings = {}
+        for command in ("SORT (REVERSE DATE SUBJECT) UTF-8 ALL", "THREAD REFERENCES UTF-8 ALL",
+                        "THREAD ORDEREDSUBJECT UTF-8 ALL", "SORT (DISPLAYFROM) UTF-8 ALL",
+                        "SEARCH RETURN (MIN MAX COUNT) FROM alice"):
+            started = time.monotonic()
+            lines = wire(command)
+            timings[command] = time.monotonic() - started
+            assert lines[-1].startswith(b"TAG OK"), lines[-1]
+        assert wire("SEARCH RETURN (COUNT) FROM alice")[0] == (
+            b'* ESEARCH (TAG "TAG") COUNT %d' % count)
+        assert max(timings.values()) < 30, timings
+        print(timings)
+    finally:
+        client.logout()

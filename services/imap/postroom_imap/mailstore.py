@@ -102,14 +102,14 @@ def _display(address: Any) -> str:
 def ordering(s: Any, mailbox_id: int, key: Any, max_uid: int) -> list[SortItem]:
     """The SORT/THREAD facts of the messages matching ``key``, from cached metadata."""
     items = []
-    for (uid, arrival, sent, size, subject, from_, to, cc, dfrom, dto, first_from, first_to,
-         message_id, in_reply_to, references) in entries.ordering_rows(s, mailbox_id, key,
-                                                                       max_uid):
+    for row in entries.ordering_rows(s, mailbox_id, key, max_uid):
+        (uid, arrival, size, sent, from_, to, cc, display_from, display_to, subject,
+         message_id, in_reply_to, references, first_from, first_to) = row
         items.append(SortItem(
             uid=int(uid), arrival=float(arrival),
-            sent=float(sent if sent is not None else arrival), size=int(size),
+            sent=float(sent) if sent is not None else float(arrival), size=int(size),
             subject=subject or "", from_=from_ or "", to=to or "", cc=cc or "",
-            display_from=dfrom if dfrom is not None else _display(first_from),
-            display_to=dto if dto is not None else _display(first_to),
+            display_from=display_from if display_from is not None else _display(first_from),
+            display_to=display_to if display_to is not None else _display(first_to),
             message_id=message_id, in_reply_to=in_reply_to, references=references))
     return items

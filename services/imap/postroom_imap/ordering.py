@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from postroom.mime import base_subject, reply_subject
+from postroom.mime import subject_base
 
 
 @dataclass(frozen=True)
@@ -33,6 +33,14 @@ class SortItem:
     message_id: str | None = None
     in_reply_to: str | None = None
     references: str | None = None
+    # the subject's RFC 5256 base subject and whether it was a reply: worked out once
+    base: str = field(init=False, default="")
+    reply: bool = field(init=False, default=False)
+
+    def __post_init__(self) -> None:
+        base, reply = subject_base(self.subject)
+        object.__setattr__(self, "base", base)
+        object.__setattr__(self, "reply", reply)
 
 
 def _fold(text: str) -> str:
@@ -60,7 +68,7 @@ def _key(item: SortItem, criterion: str) -> Any:
     if criterion == "SIZE":
         return item.size
     if criterion == "SUBJECT":
-        return base_subject(item.subject)
+        return item.base
     if criterion == "TO":
         return _fold(item.to)
     if criterion == "DISPLAYFROM":
@@ -186,11 +194,11 @@ def message_ids(text: str | None, limit: int = 1000) -> list[str]:
 
 def thread_orderedsubject(items: Iterable[SortItem]) -> list[Node]:
     """RFC 5256 ORDEREDSUBJECT: one thread per base subject, the rest children of the first."""
-    ordered = sorted(items, key=lambda i: (base_subject(i.subject), i.sent, i.uid))
+    ordered = sorted(items, key=lambda i: (i.base, i.sent, i.uid))
     roots: list[Node] = []
     last_subject: str | None = None
     for item in ordered:
-        subject = base_subject(item.subject)
+        subject = item.base
         if roots and subject == last_subject:
             roots[-1].add(Node(item))
         else:
@@ -270,7 +278,7 @@ def _subject_of(node: Node) -> tuple[str, bool] | None:
         node.children[0].item if node.children else None)
     if item is None:
         return None
-    return base_subject(item.subject), reply_subject(item.subject)
+    return item.base, item.reply
 
 
 def thread_references(items: Iterable[SortItem]) -> list[Node]:
@@ -289,7 +297,7 @@ def thread_references(items: Iterable[SortItem]) -> list[Node]:
         if old is None or (root.item is None and old.item is not None):
             table[subject] = root
             continue
-        old_reply = old.item is not None and reply_subject(old.item.subject)
+        old_reply = old.item is not None and old.item.reply
         if old.item is not None and old_reply and not reply and root.item is not None:
             table[subject] = root
     merged: list[Node] = []
@@ -317,7 +325,7 @@ def thread_references(items: Iterable[SortItem]) -> list[Node]:
             else:
                 gone.add(id(other))
                 merged.append(root)
-        elif not reply_subject(other.item.subject) and reply_subject(root.item.subject):
+        elif not other.item.reply and root.item.reply:
             other.add(root)
         else:
             dummy = Node()

@@ -1,6 +1,12 @@
 """MIME analysis for IMAP: parse once at delivery, serve FETCH by slicing the raw bytes."""
 
-from postroom.mime.analyze import SEARCH_FIELDS, analyze, base_subject, reply_subject
+from postroom.mime.analyze import (
+    SEARCH_FIELDS,
+    analyze,
+    base_subject,
+    reply_subject,
+    subject_base,
+)
 from postroom.mime.model import (
     Address,
     Envelope,
@@ -34,4 +40,5 @@ __all__ = [
     "reply_subject",
     "section_range",
     "string",
+    "subject_base",
 ]

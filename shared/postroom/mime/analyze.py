@@ -267,6 +267,10 @@ def _sort_keys(envelope: Envelope, date_text: str | None,
         decoded = [h.decoded for h in headers or () if h.name == name]
         text[name] = "\n".join([*decoded, _address_text(addrs)])
     keys["text"] = text
+    # what SORT and THREAD need besides: one small object to read per message
+    references = next((h.raw for h in headers or () if h.name == "references"), None)
+    keys["thread"] = {"subject": envelope.subject, "message_id": envelope.message_id,
+                      "in_reply_to": envelope.in_reply_to, "references": references}
     return keys
 
 
@@ -338,7 +342,7 @@ def _strip_trailer(text: str) -> str:
         return text[:end]
 
 
-def _base_subject(subject: str) -> tuple[str, bool]:
+def subject_base(subject: str) -> tuple[str, bool]:
     """RFC 5256 section 2.1: (base subject, whether a reply/forward marker was removed)."""
     # (1) decode, collapse white space
     text = _SPACES.sub(" ", decode_words(subject))
@@ -368,12 +372,12 @@ def _base_subject(subject: str) -> tuple[str, bool]:
 
 def base_subject(subject: str) -> str:
     """RFC 5256 section 2.1 base subject, case-folded (i;ascii-casemap compares it)."""
-    return _base_subject(subject)[0]
+    return subject_base(subject)[0]
 
 
 def reply_subject(subject: str) -> bool:
     """Whether extracting the base subject removed a reply or forward marker (RFC 5256 3)."""
-    return _base_subject(subject)[1]
+    return subject_base(subject)[1]
 
 
 def _search_fields(block: HeaderBlock, limits: Limits) -> list[HeaderField]:
