@@ -314,11 +314,14 @@ def test_old_metadata_still_answers(server: Server, account: Account,
 
     account.deliver(message(1, sender="Old Timer <old@example.org>",
                             date="Tue, 7 Jan 2025 23:30:00 -0800"))
+    account.deliver(message(2, subject="Re: s", sender="Young <young@example.org>",
+                            date="Wed, 8 Jan 2025 10:00:00 +0000",
+                            extra="In-Reply-To: <1.s@test>\r\n"))
 
     def strip(session: object) -> None:
         session.execute(text(  # type: ignore[attr-defined]
             "UPDATE messages SET metadata = jsonb_set(metadata, '{sort}', "
-            "(metadata->'sort') - 'text' - 'sent_day' - 'display_from' - 'display_to') "
+            "(metadata->'sort') - 'text' - 'sent_day' - 'display_from' - 'display_to' - 'thread') "
             "WHERE id IN (SELECT message_id FROM mailbox_entries e JOIN mailboxes b "
             "ON b.id = e.mailbox_id WHERE b.user_id = :u)"), {"u": account.user_id})
 
@@ -326,8 +329,9 @@ def test_old_metadata_still_answers(server: Server, account: Account,
     client, wire = open_wire(server, account)
     try:
         assert wire("SEARCH FROM timer")[0] == b"* SEARCH 1"
-        assert wire("SEARCH SENTON 8-Jan-2025")[0] == b"* SEARCH 1"  # the UTC day, as before
-        assert wire("SORT (DISPLAYFROM) UTF-8 ALL")[0] == b"* SORT 1"
+        assert wire("SEARCH SENTON 8-Jan-2025")[0] == b"* SEARCH 1 2"  # UTC days, as before
+        assert wire("SORT (REVERSE DISPLAYFROM) UTF-8 ALL")[0] == b"* SORT 2 1"
+        assert wire("THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (1 2)"
         # the backfill brings the old mail to the exact rules
         environ = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
         environ["POSTROOM_DATABASE_URL"] = database_url
@@ -338,6 +342,7 @@ def test_old_metadata_still_answers(server: Server, account: Account,
         assert result.stdout.strip().endswith("message(s) reanalyzed")
         assert wire("SEARCH SENTON 7-Jan-2025")[0] == b"* SEARCH 1"
         assert wire("SEARCH FROM old@example.org")[0] == b"* SEARCH 1"
+        assert wire("THREAD REFERENCES UTF-8 ALL")[0] == b"* THREAD (1 2)"
         rerun = subprocess.run([sys.executable, "-m", "postroom.ops.cli", "reanalyze"],
                                capture_output=True, text=True, env=environ, timeout=120,
                                check=False)

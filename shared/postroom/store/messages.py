@@ -75,9 +75,10 @@ def delete_orphans(session: Session, message_ids: list[int] | None = None) -> in
 
 def stale_metadata(session: Session, after_id: int, limit: int) -> list[tuple[int, bytes]]:
     """(id, blob) of up to ``limit`` messages past ``after_id`` whose metadata predates the
-    search keys (``sort.text``: FROM/TO/CC/BCC as clients see them, ``sort.sent_day``), by id.
+    IMAP search keys (``sort.text``: FROM/TO/CC/BCC as clients see them, ``sort.sent_day``,
+    the display names and ``sort.thread``, all added together), by id.
     """
     query = (select(Message.id, Message.blob)
-             .where(Message.id > after_id, ~Message.meta["sort"].has_key("text"))
+             .where(Message.id > after_id, ~Message.meta["sort"].has_key("thread"))
              .order_by(Message.id).limit(limit))
     return [(int(r[0]), bytes(r[1])) for r in session.execute(query)]
