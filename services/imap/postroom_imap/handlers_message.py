@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from bisect import bisect_left
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
@@ -64,6 +65,21 @@ def _flag_lines(box: Selected, rows: list[tuple[int, str, int]], line: FlagsLine
         if i < count and uids[i] == uid:
             out.append(line(i + 1, uid, flags, modseq))
     return out
+
+
+# SORT/THREAD on more messages than this run in the cpu pool, not on the reactor
+INLINE_ORDERING = 2000
+
+
+def _sort_line(items: list[SortItem], numbers: dict[int, int], criteria: tuple[str, ...]) -> bytes:
+    ordered = sort_items(items, criteria)
+    return b"* SORT" + b"".join(b" %d" % numbers[i.uid] for i in ordered) + b"\r\n"
+
+
+def _thread_line(items: list[SortItem], numbers: dict[int, int], algorithm: str) -> bytes:
+    roots = thread_references(items) if algorithm == "REFERENCES" else thread_orderedsubject(items)
+    data = render_threads(roots, numbers.get)
+    return b"* THREAD" + (b" " + data if data else b"") + b"\r\n"
 
 
 class ReadOnly(Refusal):
@@ -183,35 +199,37 @@ class MessageCommands(CommandHost):
             parts.append(b"MODSEQ %d" % modseq)
         return b" ".join(parts) + b"\r\n"
 
-    async def _ordering(self, box: Selected, key: SearchKey) -> list[SortItem]:
-        store, _ = self._box()
-        items = await store.ordering(box.mailbox_id, box.bind_search(key), box.max_uid)
-        return [i for i in items if box.seq_of(i.uid) is not None]
-
-    def _number(self, command: Command, box: Selected) -> Callable[[int], int | None]:
-        return (lambda uid: uid) if command.uid else box.seq_of
+    async def _ordered(self, command: Command, key: SearchKey,
+                       work: Callable[[list[SortItem], dict[int, int]], bytes]) -> bytes:
+        """``work(items, numbers)`` on the matching messages' cached metadata; ``numbers``
+        maps each UID to what the reply names it by (a sequence number, or the UID)."""
+        store, box = self._box()
+        found = await store.ordering(box.mailbox_id, box.bind_search(key), box.max_uid)
+        numbers: dict[int, int] = {}
+        items = []
+        for item in found:
+            seq = box.seq_of(item.uid)
+            if seq is not None:
+                numbers[item.uid] = item.uid if command.uid else seq
+                items.append(item)
+        if len(items) <= INLINE_ORDERING:
+            return work(items, numbers)
+        # a big mailbox: the other sessions of this process go on meanwhile
+        data: bytes = await store.offload(functools.partial(work, items, numbers))
+        return data
 
     async def do_sort(self, command: Command) -> Reply:
-        _, box = self._box()
         args = command.args
         assert isinstance(args, Sort)
-        items = sort_items(await self._ordering(box, args.key), args.criteria)
-        number = self._number(command, box)
-        numbers = [n for n in (number(i.uid) for i in items) if n is not None]
-        self.write(b"* SORT" + b"".join(b" %d" % n for n in numbers) + b"\r\n")
+        self.write(await self._ordered(command, args.key, functools.partial(
+            _sort_line, criteria=args.criteria)))
         return ("OK", "SORT completed")
 
     async def do_thread(self, command: Command) -> Reply:
-        _, box = self._box()
         args = command.args
         assert isinstance(args, Thread)
-        items = await self._ordering(box, args.key)
-        if args.algorithm == "REFERENCES":
-            roots = thread_references(items)
-        else:
-            roots = thread_orderedsubject(items)
-        data = render_threads(roots, self._number(command, box))
-        self.write(b"* THREAD" + (b" " + data if data else b"") + b"\r\n")
+        self.write(await self._ordered(command, args.key, functools.partial(
+            _thread_line, algorithm=args.algorithm)))
         return ("OK", "THREAD completed")
 
     async def do_fetch(self, command: Command) -> Reply:
