@@ -168,6 +168,14 @@ def test_esearch_rfc4731_examples(server: Server, account: Account) -> None:
         # CONDSTORE's MODSEQ rides along (RFC 7162 3.1.5)
         line = wire("SEARCH RETURN (COUNT) MODSEQ 1 FLAGGED")[0]
         assert line.startswith(b'* ESEARCH (TAG "TAG") COUNT 5 MODSEQ ')
+        wire("STORE 11 +FLAGS.SILENT (\\Seen)")  # 11 now has the highest mod-sequence
+        highest = int(wire("SEARCH RETURN (COUNT) MODSEQ 1 FLAGGED")[0].split()[-1])
+        assert highest > int(line.split()[-1])
+        # MIN/MAX alone: the mod-sequence of the messages returned
+        assert wire("SEARCH RETURN (MAX) MODSEQ 1 FLAGGED")[0] == (
+            b'* ESEARCH (TAG "TAG") MAX 11 MODSEQ %d' % highest)
+        assert wire("SEARCH RETURN (MIN) MODSEQ 1 FLAGGED")[0] == (
+            b'* ESEARCH (TAG "TAG") MIN 2 MODSEQ %d' % int(line.split()[-1]))
     finally:
         client.logout()
 

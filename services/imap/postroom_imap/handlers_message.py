@@ -155,7 +155,7 @@ class MessageCommands(CommandHost):
         if modseq:
             self.condstore = True
         if returns is not None:
-            self.write(self._esearch(command, box, [u for u, _ in found], returns, modseq))
+            self.write(self._esearch(command, box, found, returns, modseq))
             return ("OK", "SEARCH completed" + (", result saved" if saving else ""))
         numbers = []
         for uid, _ in found:
@@ -168,10 +168,11 @@ class MessageCommands(CommandHost):
         self.write(line + b"\r\n")
         return ("OK", "SEARCH completed")
 
-    def _esearch(self, command: Command, box: Selected, found: list[int],
+    def _esearch(self, command: Command, box: Selected, found: list[tuple[int, int]],
                  returns: tuple[str, ...], modseq: int | None) -> bytes:
         """The ESEARCH response (RFC 4731) and the SAVE of ``$`` (RFC 5182)."""
-        uids = [u for u in found if box.seq_of(u) is not None]
+        seen = [(u, m) for u, m in found if box.seq_of(u) is not None]
+        uids = [u for u, _ in seen]
         numbers = uids if command.uid else [n for n in map(box.seq_of, uids) if n is not None]
         wanted = set(returns)
         if "SAVE" in wanted:
@@ -196,6 +197,11 @@ class MessageCommands(CommandHost):
         if "COUNT" in wanted:
             parts.append(b"COUNT %d" % len(numbers))
         if numbers and modseq:
+            if not wanted & {"ALL", "COUNT"}:
+                # MIN/MAX alone: the highest mod-sequence of those returned (RFC 7162 3.1.5)
+                ends = {seen[0], seen[-1]} if wanted >= {"MIN", "MAX"} else (
+                    {seen[0]} if "MIN" in wanted else {seen[-1]})
+                modseq = max(m for _, m in ends)
             parts.append(b"MODSEQ %d" % modseq)
         return b" ".join(parts) + b"\r\n"
 
