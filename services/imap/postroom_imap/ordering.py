@@ -43,16 +43,12 @@ class SortItem:
         object.__setattr__(self, "reply", reply)
 
 
-def _fold(text: str) -> str:
-    """i;ascii-casemap: only ASCII letters fold."""
-    return text.translate(_ASCII_UPPER)
-
-
-_ASCII_UPPER = {c: c + 32 for c in range(ord("A"), ord("Z") + 1)}
-
-
 def _unicode_casemap(text: str) -> str:
-    """i;unicode-casemap (RFC 5051, which RFC 5957 names): case folded, then decomposed."""
+    """i;unicode-casemap (RFC 5051): case folded, then decomposed.
+
+    RFC 5256 asks for I18NLEVEL=1 collation (RFC 5255), which is this comparator; RFC 5957
+    names it for DISPLAYFROM/DISPLAYTO.
+    """
     return unicodedata.normalize("NFKD", text.casefold())
 
 
@@ -60,17 +56,17 @@ def _key(item: SortItem, criterion: str) -> Any:
     if criterion == "ARRIVAL":
         return item.arrival
     if criterion == "CC":
-        return _fold(item.cc)
+        return _unicode_casemap(item.cc)
     if criterion == "DATE":
         return item.sent
     if criterion == "FROM":
-        return _fold(item.from_)
+        return _unicode_casemap(item.from_)
     if criterion == "SIZE":
         return item.size
     if criterion == "SUBJECT":
-        return item.base
+        return _unicode_casemap(item.base)
     if criterion == "TO":
-        return _fold(item.to)
+        return _unicode_casemap(item.to)
     if criterion == "DISPLAYFROM":
         return _unicode_casemap(item.display_from)
     if criterion == "DISPLAYTO":

@@ -371,7 +371,7 @@ def subject_base(subject: str) -> tuple[str, bool]:
 
 
 def base_subject(subject: str) -> str:
-    """RFC 5256 section 2.1 base subject, case-folded (i;ascii-casemap compares it)."""
+    """RFC 5256 section 2.1 base subject, lower-cased (SORT and THREAD compare it so)."""
     return subject_base(subject)[0]
 
 
