@@ -28,6 +28,7 @@ from postroom.queue.redisclient import RedisClient, RedisError
 from postroom.store import users
 from postroom.store.db import UNAVAILABLE, Database
 from postroom_imap import catenate, mailstore
+from postroom_imap.ordering import SortItem
 from postroom_imap.policy import (
     AuthFailed,
     Changes,
@@ -357,6 +358,10 @@ class UserStoreImpl:
     def search(self, mailbox_id: int, key: SearchKey,
                max_uid: int) -> Deferred[list[tuple[int, int]]]:
         return self._db(mailstore.search, mailbox_id, key, max_uid)
+
+    def ordering(self, mailbox_id: int, key: SearchKey,
+                 max_uid: int) -> Deferred[list[SortItem]]:
+        return self._db(mailstore.ordering, mailbox_id, key, max_uid)
 
     def copy(self, mailbox_id: int, uids: Sequence[int], dest: str,
              move: bool) -> Deferred[CopyResult]:

@@ -2,11 +2,20 @@
 
 from __future__ import annotations
 
+import functools
 from bisect import bisect_left
+from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from postroom_imap.flow import attach, detach
+from postroom_imap.ordering import (
+    SortItem,
+    render_threads,
+    sort_items,
+    thread_orderedsubject,
+    thread_references,
+)
 from postroom_imap.policy import FetchRow, NoSuchMailbox, Refusal, TooManyKeywords
 from postroom_imap.render import (
     FlagsLine,
@@ -30,7 +39,9 @@ from postroom_imap.syntax_types import (
     SearchNot,
     SearchOr,
     SequenceSet,
+    Sort,
     Store,
+    Thread,
 )
 
 if TYPE_CHECKING:
@@ -58,6 +69,21 @@ def _flag_lines(box: Selected, rows: list[tuple[int, str, int]], line: FlagsLine
                 flags = f"{flags} \\Recent" if flags else "\\Recent"
             out.append(line(i + 1, uid, flags, modseq))
     return out
+
+
+# SORT/THREAD on more messages than this run in the cpu pool, not on the reactor
+INLINE_ORDERING = 2000
+
+
+def _sort_line(items: list[SortItem], numbers: dict[int, int], criteria: tuple[str, ...]) -> bytes:
+    ordered = sort_items(items, criteria)
+    return b"* SORT" + b"".join(b" %d" % numbers[i.uid] for i in ordered) + b"\r\n"
+
+
+def _thread_line(items: list[SortItem], numbers: dict[int, int], algorithm: str) -> bytes:
+    roots = thread_references(items) if algorithm == "REFERENCES" else thread_orderedsubject(items)
+    data = render_threads(roots, numbers.get)
+    return b"* THREAD" + (b" " + data if data else b"") + b"\r\n"
 
 
 class ReadOnly(Refusal):
@@ -121,18 +147,100 @@ class MessageCommands(CommandHost):
         args = command.args
         assert isinstance(args, Search)
         key = box.bind_search(args.key)
-        found = await store.search(box.mailbox_id, key, box.max_uid)
+        returns = args.returns
+        saving = returns is not None and "SAVE" in returns
+        try:
+            found = await store.search(box.mailbox_id, key, box.max_uid)
+        except Exception:
+            if saving:
+                box.saved = []  # a failed SEARCH ... (SAVE) leaves $ empty (RFC 5182 2.1)
+            raise
+        modseq = max((m for _, m in found), default=0) if _uses_modseq(args.key) else None
+        if modseq:
+            self.condstore = True
+        if returns is not None:
+            self.write(self._esearch(command, box, found, returns, modseq))
+            return ("OK", "SEARCH completed" + (", result saved" if saving else ""))
         numbers = []
         for uid, _ in found:
             number = uid if command.uid else box.seq_of(uid)
             if number is not None:
                 numbers.append(number)
         line = b"* SEARCH" + b"".join(b" %d" % n for n in numbers)
-        if found and _uses_modseq(args.key):
-            self.condstore = True
-            line += b" (MODSEQ %d)" % max(m for _, m in found)
+        if found and modseq:
+            line += b" (MODSEQ %d)" % modseq
         self.write(line + b"\r\n")
         return ("OK", "SEARCH completed")
+
+    def _esearch(self, command: Command, box: Selected, found: list[tuple[int, int]],
+                 returns: tuple[str, ...], modseq: int | None) -> bytes:
+        """The ESEARCH response (RFC 4731) and the SAVE of ``$`` (RFC 5182)."""
+        seen = [(u, m) for u, m in found if box.seq_of(u) is not None]
+        uids = [u for u, _ in seen]
+        numbers = uids if command.uid else [n for n in map(box.seq_of, uids) if n is not None]
+        wanted = set(returns)
+        if "SAVE" in wanted:
+            if wanted & {"MIN", "MAX"} and not wanted & {"ALL", "COUNT"}:
+                # SAVE with MIN and/or MAX alone keeps just those messages (RFC 5182 2.4)
+                keep = {uids[0] if "MIN" in wanted else None,
+                        uids[-1] if "MAX" in wanted else None} if uids else set()
+                box.saved = sorted(u for u in keep if u is not None)
+            else:
+                box.saved = list(uids)
+            if wanted == {"SAVE"}:
+                return b""  # SAVE alone: no ESEARCH response
+        parts = [b'* ESEARCH (TAG "%s")' % command.tag.encode("ascii")]
+        if command.uid:
+            parts.append(b"UID")
+        if numbers and "MIN" in wanted:
+            parts.append(b"MIN %d" % numbers[0])
+        if numbers and "MAX" in wanted:
+            parts.append(b"MAX %d" % numbers[-1])
+        if numbers and "ALL" in wanted:
+            parts.append(b"ALL " + uid_set_text(numbers).encode("ascii"))
+        if "COUNT" in wanted:
+            parts.append(b"COUNT %d" % len(numbers))
+        if numbers and modseq:
+            if not wanted & {"ALL", "COUNT"}:
+                # MIN/MAX alone: the highest mod-sequence of those returned (RFC 7162 3.1.5)
+                ends = {seen[0], seen[-1]} if wanted >= {"MIN", "MAX"} else (
+                    {seen[0]} if "MIN" in wanted else {seen[-1]})
+                modseq = max(m for _, m in ends)
+            parts.append(b"MODSEQ %d" % modseq)
+        return b" ".join(parts) + b"\r\n"
+
+    async def _ordered(self, command: Command, key: SearchKey,
+                       work: Callable[[list[SortItem], dict[int, int]], bytes]) -> bytes:
+        """``work(items, numbers)`` on the matching messages' cached metadata; ``numbers``
+        maps each UID to what the reply names it by (a sequence number, or the UID)."""
+        store, box = self._box()
+        found = await store.ordering(box.mailbox_id, box.bind_search(key), box.max_uid)
+        numbers: dict[int, int] = {}
+        items = []
+        for item in found:
+            seq = box.seq_of(item.uid)
+            if seq is not None:
+                numbers[item.uid] = item.uid if command.uid else seq
+                items.append(item)
+        if len(items) <= INLINE_ORDERING:
+            return work(items, numbers)
+        # a big mailbox: the other sessions of this process go on meanwhile
+        data: bytes = await store.offload(functools.partial(work, items, numbers))
+        return data
+
+    async def do_sort(self, command: Command) -> Reply:
+        args = command.args
+        assert isinstance(args, Sort)
+        self.write(await self._ordered(command, args.key, functools.partial(
+            _sort_line, criteria=args.criteria)))
+        return ("OK", "SORT completed")
+
+    async def do_thread(self, command: Command) -> Reply:
+        args = command.args
+        assert isinstance(args, Thread)
+        self.write(await self._ordered(command, args.key, functools.partial(
+            _thread_line, algorithm=args.algorithm)))
+        return ("OK", "THREAD completed")
 
     async def do_fetch(self, command: Command) -> Reply:
         store, box = self._box()

@@ -15,14 +15,17 @@ from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 from postroom.mime import analyze, metadata_json
+from postroom.mime.headers import decode_words
 from postroom.store import entries
 from postroom.store.errors import AlreadyExists, NotFound
 from postroom.store.errors import OverQuota as QuotaPassed
 from postroom.store.errors import TooManyKeywords as KeywordsPassed
+from postroom_imap.ordering import SortItem
 from postroom_imap.policy import MailboxExists, NoSuchMailbox, OverQuota, TooManyKeywords
 
 __all__ = ["append", "changes", "copy", "create",
-           "delete", "expunge", "fetch", "fetch_flags", "list_rows", "mailbox_identity", "quota",
+           "delete", "expunge", "fetch", "fetch_flags", "list_rows", "mailbox_identity",
+           "ordering", "quota",
            "rename", "search", "select", "status", "store", "subscribe", "user_mailbox_ids"]
 
 P = ParamSpec("P")
@@ -79,3 +82,28 @@ copy = _refusing(entries.copy)
 expunge = _refusing(entries.expunge)
 user_mailbox_ids = _refusing(entries.user_mailbox_ids)
 mailbox_identity = _refusing(entries.mailbox_identity)
+
+
+def _display(address: Any) -> str:
+    """RFC 5957 display of a cached envelope address (mail analysed before it was kept)."""
+    if not isinstance(address, dict) or address.get("host") is None:
+        return ""
+    name = " ".join(decode_words(address.get("name") or "").split())
+    return name or f"{address.get('mailbox') or ''}@{address['host']}"
+
+
+@_refusing
+def ordering(s: Any, mailbox_id: int, key: Any, max_uid: int) -> list[SortItem]:
+    """The SORT/THREAD facts of the messages matching ``key``, from cached metadata."""
+    items = []
+    for row in entries.ordering_rows(s, mailbox_id, key, max_uid):
+        (uid, arrival, size, sent, from_, to, cc, display_from, display_to, subject,
+         message_id, in_reply_to, references, first_from, first_to) = row
+        items.append(SortItem(
+            uid=int(uid), arrival=float(arrival),
+            sent=float(sent) if sent is not None else float(arrival), size=int(size),
+            subject=subject or "", from_=from_ or "", to=to or "", cc=cc or "",
+            display_from=display_from if display_from is not None else _display(first_from),
+            display_to=display_to if display_to is not None else _display(first_to),
+            message_id=message_id, in_reply_to=in_reply_to, references=references))
+    return items

@@ -26,6 +26,7 @@ from postroom.store.entries import (
     SelectState,
     StoreResult,
 )
+from postroom_imap.ordering import SortItem
 from postroom_imap.spool import SpooledLiteral
 from postroom_imap.syntax_types import CatText, CatUrl, SearchKey
 
@@ -159,6 +160,8 @@ class UserStore(Protocol):
               unchangedsince: int | None) -> Deferred[StoreResult]: ...
     def search(self, mailbox_id: int, key: SearchKey,
                max_uid: int) -> Deferred[list[tuple[int, int]]]: ...
+    def ordering(self, mailbox_id: int, key: SearchKey,
+                 max_uid: int) -> Deferred[list[SortItem]]: ...
     def copy(self, mailbox_id: int, uids: Sequence[int], dest: str,
              move: bool) -> Deferred[CopyResult]: ...
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None) -> Deferred[list[int]]: ...

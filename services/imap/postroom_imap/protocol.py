@@ -82,15 +82,19 @@ BASE_CAPABILITIES = ("IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE",
                      "CHILDREN", "CONDSTORE", "QUOTA", "QUOTA=RES-STORAGE",
                      "QUOTA=RES-MESSAGE",
                      "MULTIAPPEND", "BINARY", "COMPRESS=DEFLATE", "CATENATE")
+# imap-search (issue 18): RFC 4731, 5182, 5256, 5957
+SEARCH_CAPABILITIES = ("ESEARCH", "SEARCHRES", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
+                       "THREAD=REFERENCES")
 
 _ANY = ("CAPABILITY", "NOOP", "LOGOUT", "ID")
 _NOT_AUTH = ("STARTTLS", "AUTHENTICATE", "LOGIN")
 _AUTH = ("SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST",
          "LSUB", "STATUS", "APPEND", "NAMESPACE", "ENABLE", "IDLE", "GETQUOTA", "GETQUOTAROOT",
          "SETQUOTA", "COMPRESS")
-_SELECTED = ("CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE")
-# commands during which EXPUNGE responses must not be sent (RFC 3501 7.4.1)
-_NO_EXPUNGE = ("FETCH", "STORE", "SEARCH")
+_SELECTED = ("CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE",
+             "SORT", "THREAD")
+# commands during which EXPUNGE responses must not be sent (RFC 3501 7.4.1, RFC 5256)
+_NO_EXPUNGE = ("FETCH", "STORE", "SEARCH", "SORT", "THREAD")
 _ALWAYS_SYNC = ("NOOP", "CHECK", "IDLE")
 
 Reply = tuple[str, str]  # ("OK" | "NO" | "BAD", text)
@@ -250,7 +254,7 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
                             and is_loopback(self.peer_ip))
 
     def capabilities(self) -> str:
-        caps = list(BASE_CAPABILITIES)
+        caps = list(BASE_CAPABILITIES) + list(SEARCH_CAPABILITIES)
         if self.state == NOT_AUTHENTICATED:
             if not self.tls and self.factory.tls is not None:
                 caps.append("STARTTLS")

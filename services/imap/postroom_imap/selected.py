@@ -70,6 +70,9 @@ class Selected:
         self.recent: list[tuple[int, int]] = []
         if state.recent_from is not None and self.uids and state.recent_from <= self.uids[-1]:
             self.recent = [(state.recent_from, self.uids[-1])]
+        # SEARCHRES ``$`` (RFC 5182): the UIDs a SEARCH RETURN (SAVE) kept, in this selection
+        # only; expunged ones drop out as this view forgets them
+        self.saved: list[int] = []
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -112,8 +115,14 @@ class Selected:
         i = bisect.bisect_left(self.uids, uid)
         return i + 1 if i < len(self.uids) and self.uids[i] == uid else None
 
+    def saved_uids(self) -> list[int]:
+        """The ``$`` messages still in this view (an empty set is no error, RFC 5182 2.1)."""
+        return [u for u in self.saved if self.seq_of(u) is not None]
+
     def by_sequence(self, sequence: SequenceSet) -> list[int]:
         """UIDs of the messages a sequence-number set names; BAD when it names none that exist."""
+        if sequence.saved:
+            return self.saved_uids()
         count = len(self.uids)
         spans = sequence.resolve(count)
         if count == 0 or (spans and spans[-1][1] > count):
@@ -125,6 +134,8 @@ class Selected:
 
     def by_uid(self, sequence: SequenceSet) -> list[int]:
         """Known UIDs within a UID set (``*`` is the largest UID; none is not an error)."""
+        if sequence.saved:
+            return self.saved_uids()
         if not self.uids:
             return []
         out: list[int] = []
@@ -146,8 +157,8 @@ class Selected:
             return recent if key.present else SearchNot(recent)
         if isinstance(key, SearchSet):
             if key.sequence.saved:
-                raise SyntaxProblem("$ is not supported")
-            if key.uid:
+                spans = compress(self.saved_uids())
+            elif key.uid:
                 spans = key.sequence.resolve(self.max_uid) if self.uids else []
             else:
                 count = len(self.uids)

@@ -33,11 +33,13 @@ from postroom_imap.syntax_types import (
     Sort,
     Status,
     Store,
+    Thread,
 )
 
 STATUS_ITEMS = ("MESSAGES", "RECENT", "UIDNEXT", "UIDVALIDITY", "UNSEEN", "HIGHESTMODSEQ",
                 "SIZE", "DELETED", "APPENDLIMIT")
 SORT_KEYS = ("ARRIVAL", "CC", "DATE", "FROM", "SIZE", "SUBJECT", "TO", "DISPLAYFROM", "DISPLAYTO")
+THREAD_ALGORITHMS = ("ORDEREDSUBJECT", "REFERENCES")
 ESEARCH_RETURNS = ("MIN", "MAX", "ALL", "COUNT", "SAVE")
 NO_ARGS = ("CAPABILITY", "NOOP", "LOGOUT", "STARTTLS", "CHECK", "CLOSE", "UNSELECT", "IDLE",
            "NAMESPACE")
@@ -229,6 +231,14 @@ def _sort(args: Args) -> Sort:
     return Sort(criteria, charset, parse_search_keys(args, charset))
 
 
+def _thread(args: Args) -> Thread:
+    algorithm = args.atom("threading algorithm").upper()
+    if algorithm not in THREAD_ALGORITHMS:
+        raise SyntaxProblem("unknown threading algorithm")
+    charset = check_charset(args.astring("charset"))
+    return Thread(algorithm, charset, parse_search_keys(args, charset))
+
+
 def _fetch(args: Args) -> Fetch:
     sequence = args.sequence_set()
     items, macro = parse_fetch_items(args)
@@ -357,6 +367,7 @@ COMMANDS: dict[str, Callable[[Args], object]] = {
     "APPEND": _append,
     "SEARCH": _search,
     "SORT": _sort,
+    "THREAD": _thread,
     "FETCH": _fetch,
     "STORE": _store,
     "COPY": _copy,
@@ -373,6 +384,7 @@ UID_COMMANDS: dict[str, Callable[[Args], object]] = {
     "FETCH": _fetch,
     "SEARCH": _search,
     "SORT": _sort,
+    "THREAD": _thread,
     "STORE": _store,
     "COPY": _copy,
     "MOVE": _copy,

@@ -65,6 +65,7 @@ __all__ = [
     "Sort",
     "Status",
     "Store",
+    "Thread",
 ]
 
 MAX_NUMBER = 4294967295  # nz-number / number are 32-bit (RFC 3501 section 9)
@@ -231,6 +232,15 @@ class Sort:
     """SORT (RFC 5256): criteria like ("REVERSE", "DATE")."""
 
     criteria: tuple[str, ...]
+    charset: str
+    key: SearchKey
+
+
+@dataclass(frozen=True)
+class Thread:
+    """THREAD (RFC 5256): "ORDEREDSUBJECT" or "REFERENCES"."""
+
+    algorithm: str
     charset: str
     key: SearchKey
 

@@ -1,6 +1,12 @@
 """MIME analysis for IMAP: parse once at delivery, serve FETCH by slicing the raw bytes."""
 
-from postroom.mime.analyze import SEARCH_FIELDS, analyze, base_subject
+from postroom.mime.analyze import (
+    SEARCH_FIELDS,
+    analyze,
+    base_subject,
+    reply_subject,
+    subject_base,
+)
 from postroom.mime.model import (
     Address,
     Envelope,
@@ -31,6 +37,8 @@ __all__ = [
     "nstring",
     "render_bodystructure",
     "render_envelope",
+    "reply_subject",
     "section_range",
     "string",
+    "subject_base",
 ]

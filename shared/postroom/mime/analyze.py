@@ -5,7 +5,7 @@ from __future__ import annotations
 import email.utils
 import itertools
 import re
-from datetime import UTC
+from datetime import UTC, date
 
 from postroom.mime.addresses import parse_addresses
 from postroom.mime.headers import (
@@ -16,7 +16,7 @@ from postroom.mime.headers import (
     scan_header,
     to_text,
 )
-from postroom.mime.model import Envelope, HeaderField, Limits, MessageMeta, Part
+from postroom.mime.model import Address, Envelope, HeaderField, Limits, MessageMeta, Part
 
 # Header fields kept for SEARCH and SORT without touching the blob again.
 SEARCH_FIELDS = (
@@ -25,9 +25,6 @@ SEARCH_FIELDS = (
 )
 _IDENTITY_ENCODINGS = ("7bit", "8bit", "binary")
 _TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9a-z]+$")
-_SUBJECT_LEADER = re.compile(r"^(?:\s*(?:\[[^\[\]]*\]\s*)*(?:re|fwd?)\s*(?:\[[^\[\]]*\])?\s*:\s*)+",
-                             re.I)
-_SUBJECT_TRAILER = re.compile(r"(?:\s*\(fwd\)\s*)+$", re.I)
 
 
 class _TooComplex(Exception):
@@ -211,7 +208,42 @@ class _Builder:
                 header_start=start, body_start=start, end=start, lines=0))
 
 
-def _sort_keys(envelope: Envelope, date_text: str | None) -> dict[str, object]:
+def _sent_day(date_text: str | None) -> str | None:
+    """The Date: header's calendar date as written, in its own zone (RFC 3501 6.4.4)."""
+    if not date_text:
+        return None
+    try:
+        parts = email.utils.parsedate_tz(date_text)
+        if parts is None:
+            return None
+        return date(parts[0], parts[1], parts[2]).isoformat()
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
+
+
+def _address_text(addrs: list[Address]) -> str:
+    """Addresses as a client shows them: ``Display Name <mailbox@host>``, decoded."""
+    out = []
+    for a in addrs:
+        if a.host is None:  # group start/end markers
+            continue
+        spec = f"{a.mailbox or ''}@{a.host}"
+        out.append(f"{decode_words(a.name)} <{spec}>" if a.name else spec)
+    return ", ".join(out)
+
+
+def _display(addrs: list[Address]) -> str:
+    """RFC 5957 display: the first address's decoded display name, else its addr-spec."""
+    first = next((a for a in addrs if a.host is not None), None)
+    if first is None:
+        return ""
+    if first.name and decode_words(first.name).strip():
+        return " ".join(decode_words(first.name).split())
+    return f"{first.mailbox or ''}@{first.host}"
+
+
+def _sort_keys(envelope: Envelope, date_text: str | None,
+               headers: list[HeaderField] | None = None) -> dict[str, object]:
     keys: dict[str, object] = {"date": None, "subject": "", "from": "", "to": "", "cc": ""}
     if date_text:
         try:
@@ -221,25 +253,131 @@ def _sort_keys(envelope: Envelope, date_text: str | None) -> dict[str, object]:
             keys["date"] = when.astimezone(UTC).isoformat()
         except (TypeError, ValueError, IndexError, OverflowError):
             keys["date"] = None
+    keys["sent_day"] = _sent_day(date_text)
     keys["subject"] = base_subject(envelope.subject or "")
     for name, addrs in (("from", envelope.from_), ("to", envelope.to), ("cc", envelope.cc)):
         first = next((a for a in addrs if a.host is not None), None)
         keys[name] = (first.mailbox or "").lower() if first else ""
+    keys["display_from"] = _display(envelope.from_)
+    keys["display_to"] = _display(envelope.to)
+    # SEARCH FROM/TO/CC/BCC text: the decoded fields plus each address as a client shows it
+    text = {}
+    for name, addrs in (("from", envelope.from_), ("to", envelope.to), ("cc", envelope.cc),
+                        ("bcc", envelope.bcc)):
+        decoded = [h.decoded for h in headers or () if h.name == name]
+        text[name] = "\n".join([*decoded, _address_text(addrs)])
+    keys["text"] = text
+    # what SORT and THREAD need besides: one small object to read per message
+    references = next((h.raw for h in headers or () if h.name == "references"), None)
+    keys["thread"] = {"subject": envelope.subject, "message_id": envelope.message_id,
+                      "in_reply_to": envelope.in_reply_to, "references": references}
     return keys
 
 
+_WSP = " \t"
+_SPACES = re.compile(r"[ \t\r\n]+")
+
+
+def _skip_wsp(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in _WSP:
+        pos += 1
+    return pos
+
+
+def _blob_end(text: str, pos: int) -> int | None:
+    """After ``subj-blob`` ("[" *BLOBCHAR "]" *WSP) at ``pos``, or None."""
+    if pos >= len(text) or text[pos] != "[":
+        return None
+    close = pos + 1
+    while close < len(text) and text[close] not in "[]":
+        close += 1
+    if close >= len(text) or text[close] != "]":
+        return None
+    return _skip_wsp(text, close + 1)
+
+
+def _refwd_end(text: str, pos: int) -> int | None:
+    """After ``subj-refwd`` (("re" / "fw" ["d"]) *WSP [subj-blob] ":") at ``pos``, or None."""
+    low = text[pos:pos + 3].lower()
+    if low.startswith("re"):
+        pos += 2
+    elif low.startswith("fwd"):
+        pos += 3
+    elif low.startswith("fw"):
+        pos += 2
+    else:
+        return None
+    pos = _skip_wsp(text, pos)
+    after = _blob_end(text, pos)
+    if after is not None:
+        pos = after
+    return pos + 1 if pos < len(text) and text[pos] == ":" else None
+
+
+def _leader_end(text: str) -> int:
+    """Length of the leading ``subj-leader`` run (WSP, or blobs then a reply marker)."""
+    pos = 0
+    while True:
+        if pos < len(text) and text[pos] in _WSP:
+            pos += 1
+            continue
+        probe = pos
+        while (after := _blob_end(text, probe)) is not None:
+            probe = after
+        end = _refwd_end(text, probe)
+        if end is None:
+            return pos
+        pos = end
+
+
+def _strip_trailer(text: str) -> str:
+    """Step 2: remove trailing ``(fwd)`` and white space (one backwards pass)."""
+    end = len(text)
+    while True:
+        while end > 0 and text[end - 1] in _WSP:
+            end -= 1
+        if end >= 5 and text[end - 5:end].lower() == "(fwd)":
+            end -= 5
+            continue
+        return text[:end]
+
+
+def subject_base(subject: str) -> tuple[str, bool]:
+    """RFC 5256 section 2.1: (base subject, whether a reply/forward marker was removed)."""
+    # (1) decode, collapse white space
+    text = _SPACES.sub(" ", decode_words(subject))
+    reply = False
+    while True:
+        stripped = _strip_trailer(text)  # (2)
+        reply = reply or stripped.lower() != text.rstrip(_WSP).lower()
+        text = stripped
+        while True:  # (5): (3) and (4) until nothing changes
+            before = text
+            lead = _leader_end(text)  # (3)
+            if text[:lead].strip(_WSP):
+                reply = True
+            text = text[lead:]
+            blob = _blob_end(text, 0)  # (4)
+            if blob is not None and text[blob:].strip(_WSP):
+                text = text[blob:]
+            if text == before:
+                break
+        # (6) [fwd: ...]
+        if text[:5].lower() == "[fwd:" and text.endswith("]"):
+            text = text[5:-1]
+            reply = True
+            continue
+        return text.lower(), reply
+
+
 def base_subject(subject: str) -> str:
-    """RFC 5256 base subject (simplified): decoded, without Re:/Fwd:/[list] and (fwd)."""
-    text = " ".join(decode_words(subject).split())
-    for _ in range(10):
-        before = text
-        text = _SUBJECT_TRAILER.sub("", text)
-        text = _SUBJECT_LEADER.sub("", text)
-        if text.lower().startswith("[fwd:") and text.endswith("]"):
-            text = text[5:-1].strip()
-        if text == before:
-            break
-    return text.lower()
+    """RFC 5256 section 2.1 base subject, lower-cased (SORT and THREAD compare it so)."""
+    return subject_base(subject)[0]
+
+
+def reply_subject(subject: str) -> bool:
+    """Whether extracting the base subject removed a reply or forward marker (RFC 5256 3)."""
+    return subject_base(subject)[1]
 
 
 def _search_fields(block: HeaderBlock, limits: Limits) -> list[HeaderField]:
@@ -264,8 +402,8 @@ def _fallback(raw: bytes, limits: Limits, why: str) -> MessageMeta:
     envelope = envelope_from(block, limits)
     return MessageMeta(
         size=len(raw), lines=_lines(raw, 0, len(raw)), envelope=envelope, body=part,
-        headers=_search_fields(block, limits),
-        sort=_sort_keys(envelope, _text(block, "date", limits)),
+        headers=(fields := _search_fields(block, limits)),
+        sort=_sort_keys(envelope, _text(block, "date", limits), fields),
         degraded=True, defects=[why],
     )
 
@@ -291,8 +429,8 @@ def analyze(raw: bytes, limits: Limits | None = None) -> MessageMeta:
         lines=_lines(raw, 0, len(raw)),
         envelope=envelope,
         body=body,
-        headers=_search_fields(top, limits),
-        sort=_sort_keys(envelope, _text(top, "date", limits)),
+        headers=(fields := _search_fields(top, limits)),
+        sort=_sort_keys(envelope, _text(top, "date", limits), fields),
         degraded=bool(builder.defects),
         defects=builder.defects,
     )

@@ -1231,6 +1231,47 @@ def cmd_trace(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reanalyze_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--batch", type=int, default=200, metavar="N",
+                   help="messages per transaction (default 200)")
+
+
+@command("reanalyze", _reanalyze_arguments,
+         summary="bring stored mail's cached metadata up to date (IMAP search keys)",
+         description=("Re-run MIME analysis on stored messages whose cached metadata predates "
+                      "the IMAP search keys (FROM/TO/CC/BCC as a client sees them, the Date: "
+                      "header's own day for SENT*; docs/imap.md). Safe to run while serving "
+                      "and to interrupt: each batch is one transaction, rerun resumes."))
+def cmd_reanalyze(args: argparse.Namespace) -> int:
+    from postroom.mime import analyze, metadata_dict
+    from postroom.store import messages
+    from postroom.store.migrate import check_schema
+
+    if args.batch < 1:
+        raise CLIError("--batch must be at least 1")
+    settings = _settings()
+    database = _database(settings)
+
+    def batch(session: Any, after: int) -> tuple[int, int]:
+        rows = messages.stale_metadata(session, after, args.batch)
+        for message_id, blob in rows:
+            messages.set_metadata(session, message_id, metadata_dict(analyze(blob)))
+        return len(rows), rows[-1][0] if rows else after
+
+    done, after = 0, 0
+    try:
+        check_schema(str(settings.database_url))
+        while True:
+            count, after = database.run_sync(batch, after)
+            done += count
+            if count < args.batch:
+                break
+    finally:
+        database.dispose()
+    print(f"{done} message(s) reanalyzed")
+    return 0
+
+
 # --- the parser
 
 

@@ -881,3 +881,40 @@ def user_mailbox_ids(s: Session, user_id: int, names: Sequence[str]) -> list[int
     rows = s.execute(text("SELECT id FROM mailboxes WHERE user_id = :u AND name = ANY(:n)"),
                      {"u": user_id, "n": [_norm(n) for n in names]}).scalars()
     return [int(r) for r in rows]
+
+
+# one row per match for SORT and THREAD: only what the cached metadata holds, never the blob.
+# ``metadata.sort`` is read out once per row (OFFSET 0 keeps the lateral from being inlined,
+# which would decompress the whole metadata for each use); mail analysed before the sort
+# object carried the thread and display keys gets them from the envelope instead
+_ORDERING_SQL = """
+SELECT e.uid, extract(epoch FROM e.internaldate)::float8, m.size,
+       extract(epoch FROM (x.srt->>'date')::timestamptz)::float8,
+       x.srt->>'from', x.srt->>'to', x.srt->>'cc', x.srt->>'display_from', x.srt->>'display_to',
+       y.thr->>'subject', y.thr->>'message_id', y.thr->>'in_reply_to', y.thr->>'references',
+       y.thr->'from', y.thr->'to'
+FROM mailbox_entries e JOIN messages m ON m.id = e.message_id
+CROSS JOIN LATERAL (SELECT coalesce(m.metadata->'sort', '{}'::jsonb) AS srt OFFSET 0) x
+CROSS JOIN LATERAL (SELECT CASE WHEN x.srt ? 'thread' THEN x.srt->'thread' ELSE jsonb_build_object(
+    'subject', m.metadata->'envelope'->'subject',
+    'message_id', m.metadata->'envelope'->'message_id',
+    'in_reply_to', m.metadata->'envelope'->'in_reply_to',
+    'from', m.metadata->'envelope'->'from_'->0,
+    'to', m.metadata->'envelope'->'to'->0,
+    'references', (SELECT h->'raw' FROM jsonb_array_elements(
+        coalesce(m.metadata->'headers', '[]'::jsonb)) h
+        WHERE h->>'name' = 'references' LIMIT 1)) END AS thr OFFSET 0) y
+WHERE e.mailbox_id = :mbox AND e.uid <= :maxuid AND (%s) ORDER BY e.uid
+"""
+
+
+def ordering_rows(s: Session, mailbox_id: int, key: SearchKey,
+                  max_uid: int) -> list[tuple[Any, ...]]:
+    """SORT/THREAD facts of the messages matching ``key``, plain columns (see ``_ORDERING_SQL``):
+    uid, INTERNALDATE and Date: as epoch seconds, size, first from/to/cc mailbox, display
+    from/to, subject, message-id, in-reply-to, references, and (old mail only) the first
+    From and To envelope addresses."""
+    where, params = search_where(key)
+    params.update({"mbox": mailbox_id, "maxuid": max_uid})
+    rows = s.execute(text(_ORDERING_SQL % where), params).all()
+    return [tuple(r) for r in rows]

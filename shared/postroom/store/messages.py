@@ -71,3 +71,14 @@ def delete_orphans(session: Session, message_ids: list[int] | None = None) -> in
         query = query.where(Message.id.in_(message_ids))
     result = session.execute(query)
     return int(getattr(result, "rowcount", 0))
+
+
+def stale_metadata(session: Session, after_id: int, limit: int) -> list[tuple[int, bytes]]:
+    """(id, blob) of up to ``limit`` messages past ``after_id`` whose metadata predates the
+    IMAP search keys (``sort.text``: FROM/TO/CC/BCC as clients see them, ``sort.sent_day``,
+    the display names and ``sort.thread``, all added together), by id.
+    """
+    query = (select(Message.id, Message.blob)
+             .where(Message.id > after_id, ~Message.meta["sort"].has_key("thread"))
+             .order_by(Message.id).limit(limit))
+    return [(int(r[0]), bytes(r[1])) for r in session.execute(query)]

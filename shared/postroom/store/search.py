@@ -4,12 +4,16 @@ The condition is over ``mailbox_entries e`` and ``messages m``; the imap
 service parses a client's SEARCH into these keys and :mod:`postroom.store.entries`
 runs the condition.
 
-Address and subject keys, and HEADER on the fields MIME analysis keeps, match
-the decoded values cached in ``messages.metadata`` (case-insensitively, any
-script). Other header fields, BODY and TEXT match the raw bytes in the
-database: the blob is rendered with ``encode(..., 'escape')`` (NUL and 8-bit
-bytes become ``\\nnn``, so any byte is safe) and the needle is escaped the
-same way; that folds ASCII case only. Nothing is loaded into Python.
+Address keys match the text MIME analysis keeps for them in
+``metadata.sort.text`` (the decoded field plus every address as a client shows
+it, ``Name <mailbox@host>``); subject keys, and HEADER on the fields MIME
+analysis keeps, match the decoded values cached in ``messages.metadata``
+(case-insensitively, any script). SENT* use the Date: header's own day
+(``metadata.sort.sent_day``), else INTERNALDATE's. Other header fields, BODY
+and TEXT match the raw bytes in the database: the blob is rendered with
+``encode(..., 'escape')`` (NUL and 8-bit bytes become ``\\nnn``, so any byte
+is safe) and the needle is escaped the same way; that folds ASCII case only.
+Nothing is loaded into Python.
 
 HEADER on other fields is the costly key on a big mailbox (a regular
 expression over every message's header block), so cheap necessary conditions
@@ -170,8 +174,12 @@ _HEADER_PREFIX = ("encode(substring(m.blob FROM 1 FOR coalesce(nullif(position("
                   "'\\x0d0a0d0a'::bytea IN m.blob), 0) + 3, octet_length(m.blob))), 'escape')")
 # a run of at least this many case-proof bytes is worth a raw-byte test
 _MIN_RUN = 3
-_SENT_DAY = "((m.metadata->'sort'->>'date')::timestamptz AT TIME ZONE 'UTC')::date"
 _INTERNAL_DAY = "(e.internaldate AT TIME ZONE 'UTC')::date"
+# the Date: header's day as written (its own zone); mail analysed before sent_day was kept
+# falls back to the UTC day of its date, and mail without a parsable Date: to INTERNALDATE
+_SENT_DAY = ("coalesce((m.metadata->'sort'->>'sent_day')::date, "
+             "((m.metadata->'sort'->>'date')::timestamptz AT TIME ZONE 'UTC')::date, "
+             f"{_INTERNAL_DAY})")
 _OPS = {"before": "<", "on": "=", "since": ">="}
 
 
@@ -226,6 +234,13 @@ class _Builder:
         return (f"EXISTS (SELECT 1 FROM jsonb_array_elements(coalesce(m.metadata->'headers', "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
                 f"'[]'::jsonb)) h WHERE {cond})")
 
+    def address_text(self, name: str, value: str) -> str:
+        """FROM/TO/CC/BCC: the decoded field and its addresses as a client shows them."""
+        text = f"m.metadata->'sort'->'text'->>{self.param(name)}"
+        old = self.cached_header((name,), value)  # mail analysed before the text was kept
+        return (f"CASE WHEN m.metadata->'sort'->'text' IS NULL THEN {old} "
+                f"ELSE strpos(lower(coalesce({text}, '')), lower({self.param(value)})) > 0 END")
+
     def raw_header(self, name: str, value: str) -> str:
         raw = value.encode("utf-8")
         pattern = ("(^|\n)" + _regex_literal(name) + "[ \t]*:([^\n]|\n[ \t])*"
@@ -249,7 +264,9 @@ class _Builder:
             cond = f"{self.param(key.flag)} = ANY(e.flags)"
             return cond if key.present else f"NOT ({cond})"
         if isinstance(key, SearchText):
-            if key.where in ("from", "to", "cc", "bcc", "subject"):
+            if key.where in ("from", "to", "cc", "bcc"):
+                return self.address_text(key.where, key.value)
+            if key.where == "subject":
                 return self.cached_header((key.where,), key.value)
             if key.where == "body":
                 return self.contains(_BODY_TEXT, key.value)
