@@ -283,7 +283,8 @@ class UserStoreImpl:
 
     def append(self, name: str, data: bytes | SpooledLiteral, flags: Sequence[str],
                when: datetime | None) -> Deferred[tuple[int, int]]:
-        d = self._db(_append, self.user_id, name, data, list(flags), when)
+        d = self._db(_append, self.user_id, name, data, list(flags), when,
+                     self.accounts.database.fts_max_bytes)
 
         def done(result: tuple[int, int, int, int]) -> tuple[int, int]:
             uidvalidity, uid, mailbox_id, modseq = result
@@ -372,7 +373,7 @@ class UserStoreImpl:
 
 
 def _append(s: Any, user_id: int, name: str, data: bytes | SpooledLiteral, flags: list[str],
-            when: datetime | None) -> tuple[int, int, int, int]:
+            when: datetime | None, fts_max_bytes: int) -> tuple[int, int, int, int]:
     """``mailstore.append``, reading a spooled message in the db thread (off the reactor)."""
     body = data if isinstance(data, bytes) else data.read()
-    return mailstore.append(s, user_id, name, body, flags, when)
+    return mailstore.append(s, user_id, name, body, flags, when, fts_max_bytes)

@@ -6,10 +6,12 @@ runs the condition.
 
 Address and subject keys, and HEADER on the fields MIME analysis keeps, match
 the decoded values cached in ``messages.metadata`` (case-insensitively, any
-script). Other header fields, BODY and TEXT match the raw bytes in the
-database: the blob is rendered with ``encode(..., 'escape')`` (NUL and 8-bit
-bytes become ``\\nnn``, so any byte is safe) and the needle is escaped the
-same way; that folds ASCII case only. Nothing is loaded into Python.
+script). BODY and TEXT match the decoded text kept by :mod:`postroom.store.fts`
+(its full-text index, then a substring check). Other header fields, and BODY
+and TEXT on a blob not indexed yet, match the raw bytes in the database:
+the blob is rendered with ``encode(..., 'escape')`` (NUL and 8-bit bytes
+become ``\\nnn``, so any byte is safe) and the needle is escaped the same way;
+that folds ASCII case only. Nothing is loaded into Python.
 
 HEADER on other fields is the costly key on a big mailbox (a regular
 expression over every message's header block), so cheap necessary conditions
@@ -32,6 +34,7 @@ from datetime import date
 from typing import Any
 
 from postroom.mime import SEARCH_FIELDS
+from postroom.store import fts
 
 # ---- search keys (RFC 3501 section 6.4.4, RFC 7162 MODSEQ) ----
 
@@ -251,9 +254,10 @@ class _Builder:
         if isinstance(key, SearchText):
             if key.where in ("from", "to", "cc", "bcc", "subject"):
                 return self.cached_header((key.where,), key.value)
-            if key.where == "body":
-                return self.contains(_BODY_TEXT, key.value)
-            return self.contains(_WHOLE_TEXT, key.value)
+            # BODY and TEXT: the full-text index, raw bytes for blobs not indexed (fts)
+            raw = _BODY_TEXT if key.where == "body" else _WHOLE_TEXT
+            return fts.search_condition(self.param, key.where, key.value,
+                                        self.contains(raw, key.value))
         if isinstance(key, SearchHeader):
             if key.name in SEARCH_FIELDS:
                 return self.cached_header((key.name,), key.value)
