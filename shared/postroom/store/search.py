@@ -288,6 +288,10 @@ class _Builder:
 
 
 def search_where(key: SearchKey) -> tuple[str, dict[str, Any]]:
-    """(SQL condition, bound parameters); message sets must already be concrete UID ranges."""
+    """(SQL condition, bound parameters); message sets must already be concrete UID ranges.
+
+    BODY and TEXT refer to the searched mailbox's id as ``:mbox`` (postroom.store.fts),
+    which the caller binds.
+    """
     builder = _Builder()
     return builder.build(key), builder.params
