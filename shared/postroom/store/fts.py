@@ -130,7 +130,7 @@ def tsquery(needle: str, body_only: bool) -> str | None:
 
 def search_condition(param: Callable[[Any], str], where: str, value: str,
                      raw_match: str, mailbox: str = ":mbox") -> str:
-    """The condition over ``messages m`` for BODY (``where == "body"``) or TEXT ``value``.
+    """The condition over ``mailbox_entries e`` and ``messages m`` for BODY (``where == "body"``) or TEXT ``value``.
 
     ``param`` binds a value and returns its placeholder; ``raw_match`` is the
     raw-byte condition used for blobs not (fully) indexed; ``mailbox`` the
@@ -148,8 +148,8 @@ def search_condition(param: Callable[[Any], str], where: str, value: str,
     if query is not None:
         found = f"t.words @@ to_tsquery(CAST({param(query)} AS text)) AND {found}"
     return (
-        "(m.id IN (SELECT t.message_id FROM message_texts t JOIN mailbox_entries x"  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+        "(e.message_id IN (SELECT t.message_id FROM message_texts t JOIN mailbox_entries x"  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
         f" ON x.message_id = t.message_id WHERE x.mailbox_id = {mailbox} AND {found})"
-        " OR (m.id IN (SELECT x.message_id FROM mailbox_entries x"
+        " OR (e.message_id IN (SELECT x.message_id FROM mailbox_entries x"
         f" WHERE x.mailbox_id = {mailbox} AND NOT EXISTS (SELECT 1 FROM message_texts t"
         f" WHERE t.message_id = x.message_id AND NOT t.truncated)) AND {raw_match}))")
