@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 from postroom.mime import analyze, metadata_json
-from postroom.mime.fulltext import DEFAULT_MAX_BYTES, extract_text
+from postroom.mime.fulltext import DEFAULT_MAX_BYTES, text_or_unreadable
 from postroom.store import entries
 from postroom.store.errors import AlreadyExists, NotFound
 from postroom.store.errors import OverQuota as QuotaPassed
@@ -52,7 +52,7 @@ def append(s: Any, user_id: int, name: str, data: bytes, flags: Sequence[str],
            fts_max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[int, int, int, int]:
     """Store a message and its searchable text; (uidvalidity, uid, mailbox id, modseq)."""
     return entries.append(s, user_id, name, data, metadata_json(analyze(data)),
-                          flags, when, doc=extract_text(data, fts_max_bytes))
+                          flags, when, doc=text_or_unreadable(data, fts_max_bytes))
 
 
 list_rows = _refusing(entries.list_rows)

@@ -22,7 +22,12 @@ from typing import Any, NotRequired, TypedDict
 from postroom.config import Settings
 from postroom.logs import get_logger
 from postroom.mime import analyze, metadata_dict, metadata_json
-from postroom.mime.fulltext import DEFAULT_MAX_BYTES, MessageText, extract_text
+from postroom.mime.fulltext import (
+    DEFAULT_MAX_BYTES,
+    UNREADABLE,
+    MessageText,
+    text_or_unreadable,
+)
 from postroom.queue.envelope import Envelope
 from postroom.rules import (
     HEAD_BYTES,
@@ -133,20 +138,17 @@ def ensure_metadata(session: Session, queue_id: str,
             log.warning("message metadata not stored", queue_id=queue_id,
                         message_id=message_id, error=refused)
     if blob is not None and found.text_missing:
-        doc = _text(blob, max_bytes, queue_id, message_id)
-        if doc is not None:
-            fts.store_text(session, message_id, doc)
+        fts.store_text(session, message_id, _text(blob, max_bytes, queue_id, message_id))
     return message_id
 
 
-def _text(blob: bytes, max_bytes: int, queue_id: str, message_id: int) -> MessageText | None:
-    """The blob's searchable text (postroom.store.fts); None, logged, if it cannot be read."""
-    try:
-        return extract_text(blob, max_bytes)
-    except Exception as exc:  # noqa: BLE001 -- hostile MIME must never hold mail back
-        log.warning("message text not indexed", queue_id=queue_id, message_id=message_id,
-                    error=str(exc)[:200])
-        return None
+def _text(blob: bytes, max_bytes: int, queue_id: str, message_id: int) -> MessageText:
+    """The blob's searchable text (postroom.store.fts); unreadable MIME is logged, and
+    indexed as nothing (the message is then searched by its raw bytes)."""
+    doc = text_or_unreadable(blob, max_bytes)
+    if doc is UNREADABLE:
+        log.warning("message text not indexed", queue_id=queue_id, message_id=message_id)
+    return doc
 
 
 # --- the general path's reads

@@ -178,3 +178,15 @@ def extract_text(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> MessageText
             body.add(_part_text(part))
     return MessageText(head=head.text(), body=body.text(),
                        truncated=head.truncated or body.truncated)
+
+
+#: what a message whose MIME cannot be read is indexed as: nothing, searched by its raw bytes
+UNREADABLE = MessageText(head="", body="", truncated=True)
+
+
+def text_or_unreadable(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> MessageText:
+    """:func:`extract_text`, or :data:`UNREADABLE` when hostile MIME breaks the parser."""
+    try:
+        return extract_text(data, max_bytes)
+    except Exception:  # noqa: BLE001 -- mail is never refused or held back for its text
+        return UNREADABLE

@@ -31,7 +31,14 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from postroom.mime.fulltext import MAX_WORD, MessageText, extract_text, normalise, words
+from postroom.mime.fulltext import (
+    MAX_WORD,
+    UNREADABLE,
+    MessageText,
+    normalise,
+    text_or_unreadable,
+    words,
+)
 
 _WORD = re.compile(r"[^\W_]+")
 
@@ -86,11 +93,8 @@ def backfill_batch(session: Session, after: int, limit: int,
     """
     last, done, failed = after, 0, 0
     for message_id, blob in unindexed(session, after, limit):
-        try:
-            doc = extract_text(blob, max_bytes)
-        except Exception:  # noqa: BLE001 -- a hostile blob must not stop the backfill
-            doc = MessageText(head="", body="", truncated=True)
-            failed += 1
+        doc = text_or_unreadable(blob, max_bytes)
+        failed += doc is UNREADABLE
         store_text(session, message_id, doc)
         last, done = message_id, done + 1
     return last, done, failed
@@ -130,7 +134,9 @@ def tsquery(needle: str, body_only: bool) -> str | None:
 
 def search_condition(param: Callable[[Any], str], where: str, value: str,
                      raw_match: str, mailbox: str = ":mbox") -> str:
-    """The condition over ``mailbox_entries e`` and ``messages m`` for BODY (``where == "body"``) or TEXT ``value``.
+    """The condition over ``mailbox_entries e``, ``messages m`` for BODY or TEXT ``value``.
+
+    ``where`` is ``"body"`` or ``"text"``.
 
     ``param`` binds a value and returns its placeholder; ``raw_match`` is the
     raw-byte condition used for blobs not (fully) indexed; ``mailbox`` the

@@ -33,7 +33,7 @@ from sqlalchemy.orm import Session
 from postroom.auth.dovecotpw import SUPPORTED_SCHEMES, split_scheme
 from postroom.logs import get_logger
 from postroom.mime import analyze, metadata_dict
-from postroom.mime.fulltext import MessageText, extract_text
+from postroom.mime.fulltext import MessageText, text_or_unreadable
 from postroom.ops.importer import maildir
 from postroom.ops.importer.progress import Progress
 from postroom.ops.importer.source import to_crlf
@@ -440,7 +440,7 @@ def import_maildir(database: Database, user_id: int, root: str, *, uidl_format: 
             flags = file_flags(file.parts[-1], keywords) if file.parts[-2] == "cur" else []
             batch.append(_Pending(data, metadata_dict(analyze(data)), file.uid, flags,
                                   datetime.fromtimestamp(mtime, UTC), uidl,
-                                  extract_text(data, database.fts_max_bytes)))
+                                  text_or_unreadable(data, database.fts_max_bytes)))
             batch_bytes += len(data)
             if len(batch) >= BATCH_MESSAGES or batch_bytes >= BATCH_BYTES:
                 count += _flush(database, target, batch, result)

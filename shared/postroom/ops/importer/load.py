@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from postroom.logs import get_logger
 from postroom.mime import analyze, metadata_dict
-from postroom.mime.fulltext import DEFAULT_MAX_BYTES, extract_text
+from postroom.mime.fulltext import DEFAULT_MAX_BYTES, text_or_unreadable
 from postroom.ops.importer.progress import Progress
 from postroom.ops.importer.source import SourceFolder, SourceMessage
 from postroom.store import mailboxes, messages
@@ -83,7 +83,7 @@ def _import_one(session: Session, user_id: int, name: str, message: SourceMessag
         return False
     message_id = messages.store_message(session, message.data,
                                         metadata_dict(analyze(message.data)),
-                                        extract_text(message.data, fts_max_bytes))
+                                        text_or_unreadable(message.data, fts_max_bytes))
     mailboxes.deliver_to_mailbox(session, user_id=user_id, mailbox_name=name,
                                  message_id=message_id, spool_recipient_id=None,
                                  flags=list(message.flags), internaldate=message.internaldate)
