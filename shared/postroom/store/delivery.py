@@ -267,7 +267,7 @@ FOR UPDATE OF r
 # the recipient lock; the general path then answers with that copy, as before).
 #
 # Lock order: recipient (_FAST_FACTS_SQL), then the blob's row (the metadata UPDATE),
-# then its text row (`ftext`, which reads `meta` as `box` reads `ftext`), then the
+# then its text row (`ftext` reads `meta` when it inserts; `box` reads both), then the
 # mailbox, as in the general path (ensure_metadata runs before the mailbox
 # is locked). `box` reads `meta` in an uncorrelated subquery, so the metadata UPDATE
 # has run to completion before the mailbox row is reached; without that the order of
@@ -284,7 +284,8 @@ _FAST_STORE_SQL = "WITH " + ",\n".join((  # noqa: S608 -- constant SQL fragments
         t="%(fts_t)s", where="WHERE %(has_text)s AND (SELECT count(*) FROM meta) >= 0")
     + " RETURNING message_id)",
     add_entry_sql(
-        "id = %(mailbox_id)s AND (SELECT count(*) FROM ftext) >= 0 AND NOT EXISTS "
+        "id = %(mailbox_id)s AND (SELECT count(*) FROM meta) >= 0 "
+        "AND (SELECT count(*) FROM ftext) >= 0 AND NOT EXISTS "
         "(SELECT 1 FROM mailbox_entries e WHERE e.spool_recipient_id = %(rid)s)",
         message="%(message_id)s", flags="%(flags)s", internaldate="%(internaldate)s",
         spool_recipient="%(rid)s"),
