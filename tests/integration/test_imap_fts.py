@@ -271,3 +271,18 @@ def test_mailbox_search_uses_the_gin_index(database: Database, box: Box) -> None
     assert "ix_message_texts_words" in plan, plan
     found = database.run_sync(lambda s: s.execute(text(sql), params).scalars().all())
     assert found == [1234]
+
+
+def test_imported_mail_is_indexed(box: Box, database_url: str, tmp_path: Path) -> None:
+    mbox = tmp_path / "in.mbox"
+    mbox.write_bytes(b"From alice@example.org Mon Dec  7 06:00:00 2026\n"
+                     + HTML.replace(b"\r\n", b"\n").replace(b"quayside", b"boatyard") + b"\n")
+    out = _cli(database_url, "import", "mbox", str(mbox), "--user", box.address,
+               "--mailbox", "INBOX")
+    assert out
+    client = box.imap()
+    try:
+        assert search(client, "BODY", "boatyard") == [1]
+        assert search(client, "BODY", "<i>") == []  # the text was indexed, not the raw HTML
+    finally:
+        client.logout()
