@@ -46,6 +46,8 @@ def test_an_attached_message_contributes_its_header_and_text() -> None:
 def test_text_is_bounded_and_truncation_is_said() -> None:
     doc = extract_text(b"Subject: s\r\n\r\n" + b"word " * 1000, max_bytes=100)
     assert len(doc.body.encode()) <= 100 and doc.truncated
+    big_html = b"Content-Type: text/html\r\n\r\n" + b"<p>x</p>" * 200_000
+    assert extract_text(big_html, max_bytes=1000).truncated
     many = _multipart(*[b"Content-Type: text/plain\r\n\r\np"] * (MAX_PARTS + 5))
     assert extract_text(many).truncated
 

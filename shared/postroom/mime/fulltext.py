@@ -122,10 +122,14 @@ def _header_text(message: Message) -> str:
     return " ".join(f"{name}: {_decoded_header(value)}" for name, value in message.items())
 
 
-def _part_text(part: Message) -> str:
+def _part_text(part: Message, limit: int) -> tuple[str, bool]:
+    """The decoded text of a text part from at most ``limit`` of its bytes; and whether cut."""
     payload = part.get_payload(decode=True)
     if not isinstance(payload, bytes):
-        return ""
+        return "", False
+    # bounded before the charset codec and the HTML parser see it (a 35 MB part is legal)
+    cut = len(payload) > limit
+    payload = payload[:limit]
     charset = part.get_content_charset() or "us-ascii"
     try:
         text = payload.decode(charset, "replace")
@@ -133,7 +137,7 @@ def _part_text(part: Message) -> str:
         text = payload.decode("utf-8", "replace")
     if part.get_content_subtype() == "html":
         text = html_text(text)
-    return text
+    return text, cut
 
 
 def _filename(part: Message) -> str:
@@ -175,7 +179,13 @@ def extract_text(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> MessageText
         if name:
             body.add(name)
         if part.get_content_maintype() == "text":  # text attachments too, as raw bytes were
-            body.add(_part_text(part))
+            if body.budget <= 0:
+                body.truncated = True
+                continue
+            # HTML is mostly markup: read up to 4x the text budget left
+            text, cut = _part_text(part, 4 * body.budget)
+            body.add(text)
+            body.truncated = body.truncated or cut
     return MessageText(head=head.text(), body=body.text(),
                        truncated=head.truncated or body.truncated)
 
