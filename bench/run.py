@@ -28,10 +28,10 @@ from common import BENCH, Budget, Skip, progress, say_error
 from workloads.base import Context, Row
 
 WORKLOADS = ("smtp_inbound", "smtp_accept", "submission", "imap_mix", "imap_scale",
-             "smtp_filter")
+             "smtp_filter", "imap_fts")
 # how the budget is shared between the workloads that are still to run
 WEIGHTS = {"smtp_inbound": 3, "smtp_accept": 2, "submission": 2, "imap_mix": 2, "imap_scale": 3,
-           "smtp_filter": 2}
+           "smtp_filter": 2, "imap_fts": 3}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -42,7 +42,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--messages", type=int, default=2000,
                         help="messages per smtp-source load (default 2000, as issue 10 says)")
     parser.add_argument("--scale-messages", type=int, default=100_000,
-                        help="size of the scale workload's mailbox (default 100000)")
+                        help="size of the scale and full-text workloads' mailbox (default 100000)")
     parser.add_argument("--idle", type=int, default=5000,
                         help="IDLE connections for the memory figure (default 5000)")
     parser.add_argument("--budget", type=float, default=14 * 60,

@@ -23,7 +23,7 @@ CONFIG = """\
 base_dir = {root}/run
 state_dir = {root}/state
 instance_name = bench-dovecot
-protocols = imap lmtp
+protocols = {protocols}
 listen = 127.0.0.1
 log_path = {root}/dovecot.log
 info_log_path = {root}/dovecot.log
@@ -93,8 +93,10 @@ protocol lmtp {{
 class Dovecot:
     """A private Dovecot; ``users`` are user0@bench.test ... with PASSWORD."""
 
-    def __init__(self, users: int = 1, *, hibernate: str = "0") -> None:
+    def __init__(self, users: int = 1, *, hibernate: str = "0", lmtp: bool = True) -> None:
         self.users = users
+        # IMAP only (lmtp=False): workloads that fill the Maildir themselves need no dovecot-lmtpd
+        self.lmtp = lmtp
         self.hibernate = hibernate
         self.imap_port = free_port()
         self.lmtp_port = free_port()
@@ -102,12 +104,12 @@ class Dovecot:
         self.proc: subprocess.Popen[bytes] | None = None
 
     @staticmethod
-    def available() -> str | None:
+    def available(lmtp: bool = True) -> str | None:
         """None when installed, else why not."""
         for name in ("dovecot", "doveadm"):
             if tool(name) is None:
                 return f"{name} is not installed"
-        if not Path("/usr/lib/dovecot/lmtp").exists():
+        if lmtp and not Path("/usr/lib/dovecot/lmtp").exists():
             return "dovecot-lmtpd is not installed"
         return None
 
@@ -127,10 +129,13 @@ class Dovecot:
         conf = ROOT / "dovecot.conf"
         conf.write_text(CONFIG.format(root=ROOT, uid=MAIL_UID, imap_port=self.imap_port,
                                       lmtp_port=self.lmtp_port, auth_port=self.auth_port,
-                                      hibernate=self.hibernate))
+                                      hibernate=self.hibernate,
+                                      protocols="imap lmtp" if self.lmtp else "imap"))
         self.proc = subprocess.Popen([tool("dovecot") or "dovecot", "-F", "-c", str(conf)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-        for port in (self.imap_port, self.lmtp_port, self.auth_port):
+        for port in (self.imap_port, self.lmtp_port if self.lmtp else 0, self.auth_port):
+            if not port:
+                continue
             try:
                 wait_port(port)
             except RuntimeError:

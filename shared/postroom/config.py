@@ -250,6 +250,16 @@ def _opt_address(raw: str) -> str | None:
     return str(ipaddress.ip_address(raw.strip())) if raw.strip() else None
 
 
+_TS_CONFIG = re.compile(r"[a-z_][a-z0-9_]*(\.[a-z_][a-z0-9_]*)?")
+
+
+def _text_search_config(raw: str) -> str:
+    value = raw.strip().lower()
+    if not _TS_CONFIG.fullmatch(value):
+        raise ValueError("must be a text search configuration name such as simple or english")
+    return value
+
+
 def _names(raw: str) -> tuple[str, ...]:
     """Comma-separated DNS names (``zen.example.org,bl.example.net``), lowercased."""
     return tuple(item.strip().lower().rstrip(".") for item in raw.split(",") if item.strip())
@@ -468,6 +478,16 @@ class Settings:
         _size, "1M",
         "APPEND data one command keeps in memory; larger messages are written to an unlinked "
         "temporary file in TMPDIR as they arrive.")
+    # imap-fts: full-text search of BODY/TEXT (docs/imap.md "Full-text search")
+    fts_config: str = setting(
+        _text_search_config, "simple",
+        "PostgreSQL text search configuration of the full-text index (simple, english, "
+        "german, ...). `simple` keeps every word as written, which partial-word searches "
+        "need; after a change, empty message_texts and run `postroom fts backfill`.")
+    fts_max_bytes: int = setting(
+        _size, "1M",
+        "Decoded text indexed per message, for its header and for its body each; a message "
+        "with more is also searched by its raw bytes.")
     dmarc_listen: tuple[str, ...] = setting(
         _endpoints, "tcp:8025", "The DMARC policy service's internal HTTP API.")
     dmarc_url: str = setting(

@@ -334,7 +334,8 @@ def _open_database(settings: Settings) -> Any:
     from postroom.store.db import Database
 
     assert settings.database_url is not None
-    database = Database(settings.database_url, settings.db_pool_size)
+    database = Database(settings.database_url, settings.db_pool_size,
+                        fts_config=settings.fts_config, fts_max_bytes=settings.fts_max_bytes)
     database.start()
     return database
 

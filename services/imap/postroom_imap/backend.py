@@ -305,7 +305,8 @@ class UserStoreImpl:
 
     def append(self, name: str, messages: Sequence[NewMessage],
                max_size: int) -> Deferred[tuple[int, list[int]]]:
-        d = self._db(_append, self.user_id, name, list(messages), max_size)
+        d = self._db(_append, self.user_id, name, list(messages), max_size,
+                     self.accounts.database.fts_max_bytes)
 
         def done(results: list[tuple[int, int, int, int]]) -> tuple[int, list[int]]:
             for _, uid, mailbox_id, modseq in results:
@@ -401,7 +402,7 @@ class UserStoreImpl:
 
 
 def _append(s: Any, user_id: int, name: str, messages: list[NewMessage],
-            max_size: int) -> list[tuple[int, int, int, int]]:
+            max_size: int, fts_max_bytes: int) -> list[tuple[int, int, int, int]]:
     """``mailstore.append`` of each message in one transaction (MULTIAPPEND: all or none).
 
     Spooled messages are read in the db thread (off the reactor), one at a
@@ -424,6 +425,7 @@ def _append(s: Any, user_id: int, name: str, messages: list[NewMessage],
             body = catenate.assemble(data, lookup, max_size)
         else:
             body = data if isinstance(data, bytes) else data.read()
-        results.append(mailstore.append(s, user_id, name, body, list(flags), when))
+        results.append(mailstore.append(s, user_id, name, body, list(flags), when,
+                                        fts_max_bytes))
         del body
     return results

@@ -16,6 +16,7 @@ from typing import Any, ParamSpec, TypeVar
 
 from postroom.mime import analyze, metadata_json
 from postroom.mime.headers import decode_words
+from postroom.mime.fulltext import DEFAULT_MAX_BYTES, text_or_unreadable
 from postroom.store import entries
 from postroom.store.errors import AlreadyExists, NotFound
 from postroom.store.errors import OverQuota as QuotaPassed
@@ -53,10 +54,11 @@ def _refusing(fn: Callable[P, T]) -> Callable[P, T]:
 
 @_refusing
 def append(s: Any, user_id: int, name: str, data: bytes, flags: Sequence[str],
-           when: datetime | None) -> tuple[int, int, int, int]:
-    """Store a message into a mailbox; (uidvalidity, uid, mailbox id, modseq)."""
+           when: datetime | None,
+           fts_max_bytes: int = DEFAULT_MAX_BYTES) -> tuple[int, int, int, int]:
+    """Store a message and its searchable text; (uidvalidity, uid, mailbox id, modseq)."""
     return entries.append(s, user_id, name, data, metadata_json(analyze(data)),
-                          flags, when)
+                          flags, when, doc=text_or_unreadable(data, fts_max_bytes))
 
 
 list_rows = _refusing(entries.list_rows)

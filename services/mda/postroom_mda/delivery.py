@@ -22,6 +22,12 @@ from typing import Any, NotRequired, TypedDict
 from postroom.config import Settings
 from postroom.logs import get_logger
 from postroom.mime import analyze, metadata_dict, metadata_json
+from postroom.mime.fulltext import (
+    DEFAULT_MAX_BYTES,
+    UNREADABLE,
+    MessageText,
+    text_or_unreadable,
+)
 from postroom.queue.envelope import Envelope
 from postroom.rules import (
     HEAD_BYTES,
@@ -32,7 +38,7 @@ from postroom.rules import (
     parse_rules,
 )
 from postroom.store import delivery as deliveries
-from postroom.store import spool
+from postroom.store import fts, spool
 from postroom.store.addresses import normalise_address
 from postroom.store.aliases import Target, resolve_address
 from postroom.store.db import StoreSession as Session
@@ -55,6 +61,7 @@ class Options:
     retry_initial: float = 300.0
     retry_max: float = 3600.0
     hostname: str = "localhost"
+    fts_max_bytes: int = DEFAULT_MAX_BYTES
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Options:
@@ -62,7 +69,7 @@ class Options:
                    detail_folder=settings.deliver_to_detail_folder,
                    quota_grace=settings.quota_grace, queue_lifetime=settings.queue_lifetime,
                    retry_initial=settings.retry_initial, retry_max=settings.retry_max,
-                   hostname=settings.hostname)
+                   hostname=settings.hostname, fts_max_bytes=settings.fts_max_bytes)
 
 
 # Outcome.result values
@@ -110,8 +117,10 @@ class _Basics(TypedDict):
 # --- parse once per blob
 
 
-def ensure_metadata(session: Session, queue_id: str) -> int | None:
-    """Analyze the queued message's blob once and store its IMAP metadata with it.
+def ensure_metadata(session: Session, queue_id: str,
+                    max_bytes: int = DEFAULT_MAX_BYTES) -> int | None:
+    """Analyze the queued message's blob once and store its IMAP metadata with it,
+    and its searchable text (``max_bytes`` of it; postroom.store.fts).
 
     Returns the message id (None when the queue entry no longer exists).
     Identical bodies share one blob, so a second recipient or a second copy of
@@ -120,15 +129,26 @@ def ensure_metadata(session: Session, queue_id: str) -> int | None:
     found = deliveries.metadata_to_parse(session, queue_id)
     if found is None:
         return None
-    message_id, blob = found
-    if blob is not None:
+    message_id, blob = found.message_id, found.blob
+    if blob is not None and found.meta_missing:
         refused = deliveries.store_metadata_if_missing(session, message_id,
                                                   metadata_dict(analyze(blob)))
         if refused is not None:
             # mail is never held back for its metadata: deliver it, readers re-analyze
             log.warning("message metadata not stored", queue_id=queue_id,
                         message_id=message_id, error=refused)
+    if blob is not None and found.text_missing:
+        fts.store_text(session, message_id, _text(blob, max_bytes, queue_id, message_id))
     return message_id
+
+
+def _text(blob: bytes, max_bytes: int, queue_id: str, message_id: int) -> MessageText:
+    """The blob's searchable text (postroom.store.fts); unreadable MIME is logged, and
+    indexed as nothing (the message is then searched by its raw bytes)."""
+    doc = text_or_unreadable(blob, max_bytes)
+    if doc is UNREADABLE:
+        log.warning("message text not indexed", queue_id=queue_id, message_id=message_id)
+    return doc
 
 
 # --- the general path's reads
@@ -211,10 +231,13 @@ def _fast_deliver(connection: Any, facts: deliveries.FastFacts, options: Options
     if mailbox_id is None:
         return None
     meta = _metadata_json(facts) if store_metadata and facts.meta_missing else None
+    doc = None
+    if store_metadata and facts.text_missing and facts.blob is not None:
+        doc = _text(facts.blob, options.fts_max_bytes, facts.queue_id, facts.message_id)
     stored = deliveries.fast_store(connection, recipient_id=facts.recipient_id,
                               message_id=facts.message_id, mailbox_id=mailbox_id, flags=flags,
                               internaldate=facts.received_at, meta=meta,
-                              detail=f"stored in {folder} uid ")
+                              detail=f"stored in {folder} uid ", doc=doc)
     if stored is None:
         return None
     uid, modseq = stored
@@ -243,8 +266,8 @@ def deliver_recipient(session: Session, recipient_id: int, options: Options,
     outcome = _fast_deliver(connection, facts, options, now, store_metadata)
     if outcome is not None:
         return outcome
-    if store_metadata and facts.meta_missing:
-        ensure_metadata(session, facts.queue_id)
+    if store_metadata and (facts.meta_missing or facts.text_missing):
+        ensure_metadata(session, facts.queue_id, options.fts_max_bytes)
     return _deliver_slow(session, recipient_id, options, now)
 
 

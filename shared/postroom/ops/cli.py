@@ -13,6 +13,7 @@ import getpass
 import json
 import os
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,7 +55,8 @@ def _database(settings: Settings) -> Any:
 
     require(settings, "database_url")
     assert settings.database_url is not None
-    return Database(settings.database_url, pool_size=1)
+    return Database(settings.database_url, pool_size=1, fts_config=settings.fts_config,
+                    fts_max_bytes=settings.fts_max_bytes)
 
 
 def _with_db(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -1071,6 +1073,51 @@ def cmd_dmarc(args: argparse.Namespace) -> int:
         _print_rows(dmarcreport.summarize(records, args.by), columns, args.json)
     if not records and not args.json and not getattr(args, "xml", False):
         print(f"no DMARC verdicts for {domain} since {start.isoformat(timespec='seconds')}")
+    return 0
+
+
+def _fts_arguments(p: argparse.ArgumentParser) -> None:
+    fsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = fsub.add_parser("backfill", help="index the text of stored mail that has none yet "
+                        "(resumable: stop and run it again at any time)")
+    q.add_argument("--batch", type=int, default=200, metavar="N",
+                   help="messages per transaction (default 200)")
+    fsub.add_parser("status", help="how many stored messages have their text indexed")
+
+
+@command("fts", _fts_arguments, summary="the full-text index of SEARCH BODY/TEXT",
+         description=("Mail is indexed as it is delivered, appended or imported; "
+                      "`backfill` indexes mail stored before (docs/imap.md, Full-text search)."))
+def cmd_fts(args: argparse.Namespace) -> int:
+    from postroom.store import fts
+    from postroom.store.migrate import check_schema
+
+    settings = _settings()
+    if args.action == "status":
+        total, indexed = _with_db(fts.counts)
+        print(f"{indexed} of {total} messages indexed")
+        return 0
+    if args.batch < 1:
+        raise CLIError("--batch must be at least 1")
+    database = _database(settings)
+    after = indexed = failed = 0
+    started = time.monotonic()
+    try:
+        check_schema(str(settings.database_url))
+        while True:
+            after, done, bad = database.run_sync(fts.backfill_batch, after, args.batch,
+                                                 database.fts_max_bytes)
+            indexed, failed = indexed + done, failed + bad
+            if done < args.batch:
+                break
+            if sys.stderr.isatty():
+                sys.stderr.write(f"\r{indexed} indexed (message id {after})")
+    finally:
+        database.dispose()
+    if sys.stderr.isatty():
+        sys.stderr.write("\n")
+    print(f"{indexed} messages indexed in {time.monotonic() - started:.1f} s "
+          f"({failed} unreadable: searched by their raw bytes)")
     return 0
 
 

@@ -31,6 +31,7 @@ from twisted.python.threadpool import ThreadPool
 from postroom.config import ConfigError, normalise_database_url
 from postroom.interfaces import ReactorEvents, defer_to_pool, global_reactor
 from postroom.logs import get_logger
+from postroom.mime.fulltext import DEFAULT_MAX_BYTES
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -48,18 +49,26 @@ DatabaseError = exc.SQLAlchemyError
 PING_AFTER_IDLE = 2.0
 
 
-def make_engine(url: str, **options: Any) -> Engine:
+def make_engine(url: str, *, fts_config: str = "simple", **options: Any) -> Engine:
     """The one way Postroom makes an SQLAlchemy engine (services, CLI, migrations, `up`).
 
     ``url`` in any form POSTROOM_DATABASE_URL accepts (``postgresql://``,
     ``postgres://``, ``postgresql+psycopg2://``); a bad URL or a driver that
     cannot be loaded is a one-line ConfigError naming the variable, never an
-    ImportError with a traceback.
+    ImportError with a traceback. Every connection's ``default_text_search_config``
+    is ``fts_config`` (POSTROOM_FTS_CONFIG): the full-text index's writers and
+    searches use that one (postroom.store.fts), never the server's own default.
     """
     try:
         normalised = normalise_database_url(url)
     except ValueError as exc:
         raise ConfigError(f"POSTROOM_DATABASE_URL: {exc}") from None
+    connect_args = dict(options.pop("connect_args", {}))
+    if normalised.startswith("postgresql") and "options" not in connect_args:
+        # a validated name (postroom.config): letters, digits, _ and one dot
+        connect_args["options"] = f"-c default_text_search_config={fts_config}"
+    if connect_args:
+        options["connect_args"] = connect_args
     try:
         return create_engine(normalised, **options)
     except (ImportError, NoSuchModuleError) as exc:
@@ -75,12 +84,15 @@ class Database:
     """
 
     def __init__(self, url: str, pool_size: int = 5, *,
-                 reactor: ReactorEvents | None = None) -> None:
+                 reactor: ReactorEvents | None = None, fts_config: str = "simple",
+                 fts_max_bytes: int = DEFAULT_MAX_BYTES) -> None:
         if pool_size < 1:
             raise ValueError("pool_size must be at least 1")
         self.pool_size = pool_size
+        #: the decoded text indexed per message (POSTROOM_FTS_MAX_BYTES; postroom.store.fts)
+        self.fts_max_bytes = fts_max_bytes
         self.engine: Engine = make_engine(
-            url, pool_size=pool_size, max_overflow=0,
+            url, fts_config=fts_config, pool_size=pool_size, max_overflow=0,
             # a connection older than this is replaced: survives server-side idle timeouts
             pool_recycle=1800)
         _ping_when_idle(self.engine, PING_AFTER_IDLE)

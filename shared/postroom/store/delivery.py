@@ -19,7 +19,8 @@ from sqlalchemy import Connection, case, func, select, update
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
-from postroom.store import spool
+from postroom.mime.fulltext import MessageText
+from postroom.store import fts, spool
 from postroom.store.mailboxes import add_entry_sql
 from postroom.store.models import (
     Mailbox,
@@ -28,23 +29,37 @@ from postroom.store.models import (
     SpoolRecipient,
     User,
     mail_rules,
+    message_texts,
 )
 from postroom.store.prepared import Prepared
 
 # --- the blob's IMAP metadata, stored once
 
 
-def metadata_to_parse(session: Session, queue_id: str) -> tuple[int, bytes | None] | None:
-    """(message id, its blob when its metadata is still missing); None: no such queue entry."""
-    # one statement: the id, and the blob only when its metadata is still missing
+@dataclass(frozen=True)
+class ToParse:
+    """A queued message's blob id, and its bytes when its metadata or its text is missing."""
+
+    message_id: int
+    blob: bytes | None
+    meta_missing: bool
+    text_missing: bool
+
+
+def metadata_to_parse(session: Session, queue_id: str) -> ToParse | None:
+    """The blob of a queued message and what is missing of its analysis; None: no such entry."""
+    # one statement: the id, and the blob only when its metadata or its text is still missing
     missing = ~Message.meta.has_key("version")
+    no_text = ~select(message_texts.c.message_id).where(
+        message_texts.c.message_id == Message.id).exists()
     row = session.execute(
-        select(Message.id, missing, case((missing, Message.blob)))
+        select(Message.id, missing, no_text, case((missing | no_text, Message.blob)))
         .join(SpoolMessage, SpoolMessage.message_id == Message.id)
         .where(SpoolMessage.queue_id == queue_id)).first()
     if row is None:
         return None
-    return int(row[0]), (bytes(row[2]) if row[1] else None)
+    return ToParse(int(row[0]), None if row[3] is None else bytes(row[3]), bool(row[1]),
+                   bool(row[2]))
 
 
 def store_metadata_if_missing(session: Session, message_id: int,
@@ -222,7 +237,9 @@ _FAST_FACTS_SQL = """
 SELECT r.state, r.stream, r.attempts, r.next_attempt_at, r.parent_id, r.address,
        sm.queue_id, sm.mail_from, sm.disposition, sm.message_id, m.size, sm.received_at,
        NOT (m.metadata ? 'version') AS meta_missing,
-       CASE WHEN %(parse)s AND NOT (m.metadata ? 'version') THEN m.blob END AS blob,
+       NOT EXISTS (SELECT 1 FROM message_texts t WHERE t.message_id = m.id) AS text_missing,
+       CASE WHEN %(parse)s AND (NOT (m.metadata ? 'version') OR NOT EXISTS
+            (SELECT 1 FROM message_texts t WHERE t.message_id = m.id)) THEN m.blob END AS blob,
        EXISTS (SELECT 1 FROM domains d
                WHERE d.name = substring(r.address FROM '[^@]*$')) AS local_domain,
        EXISTS (SELECT 1 FROM aliases a WHERE a.source = r.address) AS aliased,
@@ -250,7 +267,8 @@ FOR UPDATE OF r
 # the recipient lock; the general path then answers with that copy, as before).
 #
 # Lock order: recipient (_FAST_FACTS_SQL), then the blob's row (the metadata UPDATE),
-# then the mailbox, as in the general path (ensure_metadata runs before the mailbox
+# then its text row (`ftext` reads `meta` when it inserts; `box` reads both), then the
+# mailbox, as in the general path (ensure_metadata runs before the mailbox
 # is locked). `box` reads `meta` in an uncorrelated subquery, so the metadata UPDATE
 # has run to completion before the mailbox row is reached; without that the order of
 # the two UPDATEs would be unspecified, and two deliveries of one new blob into one
@@ -260,8 +278,14 @@ _FAST_STORE_SQL = "WITH " + ",\n".join((  # noqa: S608 -- constant SQL fragments
     UPDATE messages SET metadata = CAST(%(meta)s AS jsonb)
     WHERE %(has_meta)s AND id = %(message_id)s AND NOT (metadata ? 'version')
     RETURNING id)""",
+    # the blob's searchable text (postroom.store.fts), after the metadata and before the mailbox
+    "ftext AS (" + fts.INSERT_SQL.format(  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+        id="%(message_id)s", h="%(fts_h)s", b="%(fts_b)s", hw="%(fts_hw)s", bw="%(fts_bw)s",
+        t="%(fts_t)s", where="WHERE %(has_text)s AND (SELECT count(*) FROM meta) >= 0")
+    + " RETURNING message_id)",
     add_entry_sql(
-        "id = %(mailbox_id)s AND (SELECT count(*) FROM meta) >= 0 AND NOT EXISTS "
+        "id = %(mailbox_id)s AND (SELECT count(*) FROM meta) >= 0 "
+        "AND (SELECT count(*) FROM ftext) >= 0 AND NOT EXISTS "
         "(SELECT 1 FROM mailbox_entries e WHERE e.spool_recipient_id = %(rid)s)",
         message="%(message_id)s", flags="%(flags)s", internaldate="%(internaldate)s",
         spool_recipient="%(rid)s"),
@@ -277,6 +301,7 @@ _FAST_STORE_SQL = "WITH " + ",\n".join((  # noqa: S608 -- constant SQL fragments
 # prepared once per connection: planning _FAST_FACTS_SQL cost more than running it
 _FAST_FACTS = Prepared("mda_fast_facts", _FAST_FACTS_SQL)
 _FAST_STORE = Prepared("mda_fast_store", _FAST_STORE_SQL)
+_NO_TEXT = MessageText(head="", body="")
 
 
 @dataclass(frozen=True)
@@ -297,6 +322,7 @@ class FastFacts:
     size: int
     received_at: datetime
     meta_missing: bool
+    text_missing: bool
     blob: bytes | None
     local_domain: bool
     aliased: bool
@@ -321,28 +347,32 @@ def fast_facts(connection: Connection, recipient_id: int,
         return None
     # by position (the statement's column order): a Row's attribute lookups cost more
     (state, stream, attempts, next_attempt_at, parent_id, address, queue_id, mail_from,
-     disposition, message_id, size, received_at, meta_missing, blob, local_domain, aliased,
+     disposition, message_id, size, received_at, meta_missing, text_missing, blob, local_domain,
+     aliased,
      user_id, quota_bytes, quota_messages, rules, inbox_id, junk_id, junk_name) = row
     return FastFacts(
         recipient_id, state, stream, attempts, next_attempt_at, parent_id, address, queue_id,
         mail_from, disposition, int(message_id), int(size), received_at, bool(meta_missing),
-        None if blob is None else bytes(blob), bool(local_domain), bool(aliased), user_id,
+        bool(text_missing), None if blob is None else bytes(blob), bool(local_domain),
+        bool(aliased), user_id,
         quota_bytes, quota_messages, rules, inbox_id, junk_id, junk_name)
 
 
 def fast_store(connection: Connection, *, recipient_id: int, message_id: int, mailbox_id: int,
                flags: list[str], internaldate: datetime, meta: str | None,
-               detail: str) -> tuple[int, int] | None:
+               detail: str, doc: MessageText | None = None) -> tuple[int, int] | None:
     """Store the copy and finish the recipient in one statement; (uid, modseq).
 
-    ``meta`` is the blob's metadata as JSON text (None: leave it); ``detail``
+    ``meta`` is the blob's metadata as JSON text (None: leave it); ``doc`` its
+    searchable text (None: leave it; kept only when it has none); ``detail``
     the history row's text, to which the UID is appended. None when the
     recipient already has a copy somewhere (nothing but the metadata is written).
     """
     row = _FAST_STORE.execute(connection, {
         "meta": meta, "has_meta": meta is not None, "message_id": message_id,
         "mailbox_id": mailbox_id, "rid": recipient_id, "flags": flags,
-        "internaldate": internaldate, "detail": detail}).first()
+        "internaldate": internaldate, "detail": detail, "has_text": doc is not None,
+        **{"fts_" + k: v for k, v in fts.text_params(doc or _NO_TEXT).items()}}).first()
     if row is None:
         return None
     return int(row[0]), int(row[1])

@@ -31,7 +31,8 @@ from typing import Any, cast
 from sqlalchemy import text
 from sqlalchemy.orm import Session
 
-from postroom.store import mailboxes, messages
+from postroom.mime.fulltext import MessageText
+from postroom.store import fts, mailboxes, messages
 from postroom.store.errors import AlreadyExists, NotFound, OverQuota, TooManyKeywords
 from postroom.store.prepared import Prepared
 from postroom.store.search import SearchKey, search_where
@@ -347,7 +348,8 @@ _DELETE_ORPHANS = Prepared("imap_delete_orphans", (
 
 
 def append(s: Session, user_id: int, name: str, data: bytes, metadata: str,
-           flags: Sequence[str], when: datetime | None) -> tuple[int, int, int, int]:
+           flags: Sequence[str], when: datetime | None,
+           doc: MessageText | None = None) -> tuple[int, int, int, int]:
     """Store a message into a mailbox; (uidvalidity, uid, mailbox id, modseq).
 
     ``metadata`` is the message's analysis as the store keeps it (``postroom.mime.metadata_json``).
@@ -360,6 +362,8 @@ def append(s: Session, user_id: int, name: str, data: bytes, metadata: str,
     """
     message_id, limits = _store_blob(s, user_id, data, metadata)
     _check_quota(s, user_id, len(data), 1, limits)
+    if doc is not None:
+        fts.store_text(s, message_id, doc)  # ``doc``: its searchable text (postroom.store.fts)
     row = _APPEND.execute(s.connection(), {
         "u": user_id, "n": _norm(name), "msg": message_id, "f": list(dict.fromkeys(flags)),
         "d": when}).first()

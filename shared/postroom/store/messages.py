@@ -9,16 +9,27 @@ from sqlalchemy import delete, select, update
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
+from postroom.mime.fulltext import MessageText
+from postroom.store import fts
 from postroom.store.errors import NotFound
 from postroom.store.models import MailboxEntry, Message, SpoolMessage
 
 
-def store_message(session: Session, data: bytes, metadata: dict[str, Any] | None = None) -> int:
+def store_message(session: Session, data: bytes, metadata: dict[str, Any] | None = None,
+                  doc: MessageText | None = None) -> int:
     """The id of the message with these exact bytes, inserting it when it is new.
 
     ``metadata`` (cached envelope, bodystructure, headers) is kept only when the
-    message is new; use :func:`set_metadata` to replace it.
+    message is new; use :func:`set_metadata` to replace it. ``doc``, its
+    searchable text (postroom.store.fts), is kept when the blob has none.
     """
+    message_id = _store_blob(session, data, metadata)
+    if doc is not None:
+        fts.store_text(session, message_id, doc)
+    return message_id
+
+
+def _store_blob(session: Session, data: bytes, metadata: dict[str, Any] | None) -> int:
     digest = hashlib.sha256(data).hexdigest()
     # ON CONFLICT DO NOTHING: two concurrent writers of the same bytes both succeed
     inserted = session.execute(

@@ -23,7 +23,7 @@ from sqlalchemy import (
     func,
     text,
 )
-from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB
+from sqlalchemy.dialects.postgresql import ARRAY, INET, JSONB, TSVECTOR
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # stable constraint names, so migrations and error handling can refer to them
@@ -416,4 +416,22 @@ vacation_replies = Table(
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
     Column("sender", Text, primary_key=True),
     Column("sent_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# --- the searchable text of each blob (migration 0010; postroom.store.fts, docs/imap.md)
+
+# one row per blob, made by the mda at delivery, APPEND, imports and `postroom fts backfill`
+message_texts = Table(
+    "message_texts", Base.metadata,
+    Column("message_id", BigInteger, ForeignKey("messages.id", ondelete="CASCADE"),
+           primary_key=True),
+    # lowercased, space-normalised decoded text (postroom.mime.fulltext): the substring check
+    Column("head", Text, nullable=False),
+    Column("body", Text, nullable=False),
+    # the words: header words weight A, body words weight D (BODY asks for D only)
+    Column("words", TSVECTOR, nullable=False),
+    # text beyond POSTROOM_FTS_MAX_BYTES was left out: searches also scan the raw bytes
+    Column("truncated", Boolean, nullable=False, server_default=text("false")),
+    Column("indexed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Index("ix_message_texts_words", "words", postgresql_using="gin"),
 )

@@ -90,6 +90,7 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "spool_messages": ("SELECT", "INSERT"),
         "spool_recipients": ("SELECT", "INSERT", "UPDATE"),
         "spool_attempts": ("SELECT", "INSERT"),
+        "message_texts": ("SELECT", "INSERT"),
     },
     "pop3": {
         "domains": ("SELECT",),
@@ -106,6 +107,7 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "mailbox_entries": ("SELECT", "INSERT", "UPDATE", "DELETE"),
         "messages": ("SELECT", "INSERT", "DELETE"),
         "spool_messages": _SPOOL_REFERENCES,
+        "message_texts": ("SELECT", "INSERT"),
     },
 }
 SERVICES: tuple[str, ...] = tuple(GRANTS)

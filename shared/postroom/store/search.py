@@ -9,8 +9,10 @@ Address keys match the text MIME analysis keeps for them in
 it, ``Name <mailbox@host>``); subject keys, and HEADER on the fields MIME
 analysis keeps, match the decoded values cached in ``messages.metadata``
 (case-insensitively, any script). SENT* use the Date: header's own day
-(``metadata.sort.sent_day``), else INTERNALDATE's. Other header fields, BODY
-and TEXT match the raw bytes in the database: the blob is rendered with
+(``metadata.sort.sent_day``), else INTERNALDATE's. BODY and TEXT match the
+decoded text kept by :mod:`postroom.store.fts` (its full-text index, then a
+substring check). Other header fields, and BODY and TEXT on a blob not indexed
+yet, match the raw bytes in the database: the blob is rendered with
 ``encode(..., 'escape')`` (NUL and 8-bit bytes become ``\\nnn``, so any byte
 is safe) and the needle is escaped the same way; that folds ASCII case only.
 Nothing is loaded into Python.
@@ -36,6 +38,7 @@ from datetime import date
 from typing import Any
 
 from postroom.mime import SEARCH_FIELDS
+from postroom.store import fts
 
 # ---- search keys (RFC 3501 section 6.4.4, RFC 7162 MODSEQ) ----
 
@@ -268,9 +271,10 @@ class _Builder:
                 return self.address_text(key.where, key.value)
             if key.where == "subject":
                 return self.cached_header((key.where,), key.value)
-            if key.where == "body":
-                return self.contains(_BODY_TEXT, key.value)
-            return self.contains(_WHOLE_TEXT, key.value)
+            # BODY and TEXT: the full-text index, raw bytes for blobs not indexed (fts)
+            raw = _BODY_TEXT if key.where == "body" else _WHOLE_TEXT
+            return fts.search_condition(self.param, key.where, key.value,
+                                        self.contains(raw, key.value))
         if isinstance(key, SearchHeader):
             if key.name in SEARCH_FIELDS:
                 return self.cached_header((key.name,), key.value)
@@ -301,6 +305,10 @@ class _Builder:
 
 
 def search_where(key: SearchKey) -> tuple[str, dict[str, Any]]:
-    """(SQL condition, bound parameters); message sets must already be concrete UID ranges."""
+    """(SQL condition, bound parameters); message sets must already be concrete UID ranges.
+
+    BODY and TEXT refer to the searched mailbox's id as ``:mbox`` (postroom.store.fts),
+    which the caller binds.
+    """
     builder = _Builder()
     return builder.build(key), builder.params

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from postroom.auth.dovecotpw import SUPPORTED_SCHEMES, split_scheme
 from postroom.logs import get_logger
 from postroom.mime import analyze, metadata_dict
+from postroom.mime.fulltext import MessageText, text_or_unreadable
 from postroom.ops.importer import maildir
 from postroom.ops.importer.progress import Progress
 from postroom.ops.importer.source import to_crlf
@@ -438,7 +439,8 @@ def import_maildir(database: Database, user_id: int, root: str, *, uidl_format: 
                 continue
             flags = file_flags(file.parts[-1], keywords) if file.parts[-2] == "cur" else []
             batch.append(_Pending(data, metadata_dict(analyze(data)), file.uid, flags,
-                                  datetime.fromtimestamp(mtime, UTC), uidl))
+                                  datetime.fromtimestamp(mtime, UTC), uidl,
+                                  text_or_unreadable(data, database.fts_max_bytes)))
             batch_bytes += len(data)
             if len(batch) >= BATCH_MESSAGES or batch_bytes >= BATCH_BYTES:
                 count += _flush(database, target, batch, result)
@@ -463,6 +465,7 @@ class _Pending:
     flags: list[str]
     internaldate: datetime
     uidl: str | None
+    doc: MessageText | None = None
 
 
 def _file_batch(session: Session, target: imports.ImportTarget,
@@ -470,7 +473,7 @@ def _file_batch(session: Session, target: imports.ImportTarget,
     """Store and file ``batch`` in UID order, in one transaction; the UIDs given."""
     given = []
     for item in batch:
-        message_id = messages.store_message(session, item.data, item.metadata)
+        message_id = messages.store_message(session, item.data, item.metadata, item.doc)
         given.append(imports.add_imported(session, target=target,
                                           message_id=message_id, uid=item.uid,
                                           flags=item.flags, internaldate=item.internaldate,

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from postroom.logs import get_logger
 from postroom.mime import analyze, metadata_dict
+from postroom.mime.fulltext import DEFAULT_MAX_BYTES, text_or_unreadable
 from postroom.ops.importer.progress import Progress
 from postroom.ops.importer.source import SourceFolder, SourceMessage
 from postroom.store import mailboxes, messages
@@ -76,12 +77,13 @@ def _present(session: Session, user_id: int, name: str, sha256: str) -> int:
 
 
 def _import_one(session: Session, user_id: int, name: str, message: SourceMessage,
-                occurrence: int) -> bool:
+                occurrence: int, fts_max_bytes: int = DEFAULT_MAX_BYTES) -> bool:
     """Store and file one message unless its ``occurrence``-th copy is there already."""
     if _present(session, user_id, name, message.sha256) >= occurrence:
         return False
     message_id = messages.store_message(session, message.data,
-                                        metadata_dict(analyze(message.data)))
+                                        metadata_dict(analyze(message.data)),
+                                        text_or_unreadable(message.data, fts_max_bytes))
     mailboxes.deliver_to_mailbox(session, user_id=user_id, mailbox_name=name,
                                  message_id=message_id, spool_recipient_id=None,
                                  flags=list(message.flags), internaldate=message.internaldate)
@@ -106,7 +108,7 @@ def import_folders(database: Database, address: str, folders: Sequence[SourceFol
         for message in folder.messages:
             seen[message.sha256] += 1
             added = database.run_sync(_import_one, user_id, name, message,
-                                      seen[message.sha256])
+                                      seen[message.sha256], database.fts_max_bytes)
             if added:
                 count += 1
             else:
