@@ -15,8 +15,8 @@ from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 from postroom.mime import analyze, metadata_json
-from postroom.mime.headers import decode_words
 from postroom.mime.fulltext import DEFAULT_MAX_BYTES, text_or_unreadable
+from postroom.mime.headers import decode_words
 from postroom.store import entries
 from postroom.store.errors import AlreadyExists, NotFound
 from postroom.store.errors import OverQuota as QuotaPassed
