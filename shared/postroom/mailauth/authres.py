@@ -12,7 +12,7 @@ would let a sender inject header fields.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 # RFC 2045 token: printable ASCII except SPACE and tspecials
 _TOKEN = re.compile(r"^[!#$%&'*+\-.0-9A-Z^_`a-z{|}~]+$")
@@ -90,9 +90,12 @@ def authserv_id_of(value: bytes) -> str:
     return ident.decode("ascii", "replace").strip().lower()
 
 
-def strip_forged(message: bytes, authserv_id: str) -> bytes:
-    """``message`` without the Authentication-Results fields that claim ``authserv_id``."""
-    ours = authserv_id.strip().lower()
+def _drop_fields(message: bytes, drop: Callable[[bytes, Callable[[], bytes]], bool]) -> bytes:
+    """``message`` without the header fields ``drop(name, value)`` picks, continuations too.
+
+    ``name`` is the field name in lower case; ``value()`` gives its whole value
+    (unfolded lines joined), computed only when asked. The body is never touched.
+    """
     lines = message.splitlines(keepends=True)
     out: list[bytes] = []
     dropping = False
@@ -105,17 +108,26 @@ def strip_forged(message: bytes, authserv_id: str) -> bytes:
                 out.append(line)
             continue
         name, sep, rest = line.partition(b":")
-        dropping = False
-        if sep and name.strip().lower() == _FIELD_NAME:
-            value = rest
+
+        def value(index: int = index, rest: bytes = rest) -> bytes:
+            whole = rest
             for follow in lines[index + 1:]:
                 if follow[:1] not in (b" ", b"\t"):
                     break
-                value += follow
-            dropping = authserv_id_of(value) == ours
+                whole += follow
+            return whole
+
+        dropping = bool(sep) and drop(name.strip().lower(), value)
         if not dropping:
             out.append(line)
     return b"".join(out)
+
+
+def strip_forged(message: bytes, authserv_id: str) -> bytes:
+    """``message`` without the Authentication-Results fields that claim ``authserv_id``."""
+    ours = authserv_id.strip().lower()
+    return _drop_fields(message, lambda name, value: name == _FIELD_NAME
+                        and authserv_id_of(value()) == ours)
 
 
 def strip_fields(message: bytes, names: frozenset[bytes]) -> bytes:
@@ -126,19 +138,4 @@ def strip_fields(message: bytes, names: frozenset[bytes]) -> bytes:
     """
     if not names:
         return message
-    lines = message.splitlines(keepends=True)
-    out: list[bytes] = []
-    dropping = False
-    for index, line in enumerate(lines):
-        if line in (b"\r\n", b"\n"):
-            out.extend(lines[index:])  # the body is never touched
-            return b"".join(out)
-        if line[:1] in (b" ", b"\t"):
-            if not dropping:
-                out.append(line)
-            continue
-        name, sep, _rest = line.partition(b":")
-        dropping = bool(sep) and name.strip().lower() in names
-        if not dropping:
-            out.append(line)
-    return b"".join(out)
+    return _drop_fields(message, lambda name, _value: name in names)
