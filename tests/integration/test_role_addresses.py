@@ -42,6 +42,14 @@ def test_first_user_receives_postmaster_and_abuse(db):
         "ok", "postmaster@new.test")
 
 
+def test_an_imported_first_user_receives_them_too(db):
+    """`postroom import dovecot` makes accounts through the same path as `user add`."""
+    db.run_sync(domains.add_domain, "moved.test")
+    db.run_sync(users.import_user, "boss@moved.test", "{PLAIN}an-old-password", hash_fn=cheap)
+    assert _aliases(db, "moved.test") == [("abuse@moved.test", "boss@moved.test"),
+                                          ("postmaster@moved.test", "boss@moved.test")]
+
+
 def test_a_configured_target_gets_them_when_the_domain_is_added(db):
     db.run_sync(domains.add_domain, "other.test")
     db.run_sync(domains.add_domain, "new.test", role_target="Hostmaster@Other.test")

@@ -118,15 +118,24 @@ def add_user(session: Session, address: str, password: str, *, quota_bytes: int 
     for quota in (quota_bytes, quota_messages):
         if quota is not None and quota < 0:
             raise ValueError("quota must not be negative")
+    row = _create_account(session, localpart, domain, password_hash=hash_fn(password),
+                          scram_secrets=_scram_text(password, scram_iterations),
+                          quota_bytes=quota_bytes, quota_messages=quota_messages)
+    return _info(row, domain)
+
+
+def _create_account(session: Session, localpart: str, domain: str, *, password_hash: str,
+                    scram_secrets: str | None, quota_bytes: int | None = None,
+                    quota_messages: int | None = None) -> User:
+    """The one way an account is made (user add and imports): the row, its default
+    mailboxes, and its domain's role addresses (docs/mda.md, "Role addresses")."""
     ident = domain_id(session, domain)
     normal = f"{localpart}@{domain}"
-    scram_text = _scram_text(password, scram_iterations)
 
     def insert() -> User:
         row = User(domain_id=ident, localpart=localpart, address=normal,
-                   password_hash=hash_fn(password), scram_secrets=scram_text,
-                   quota_bytes=quota_bytes,
-                   quota_messages=quota_messages)
+                   password_hash=password_hash, scram_secrets=scram_secrets,
+                   quota_bytes=quota_bytes, quota_messages=quota_messages)
         session.add(row)
         session.flush()
         return row
@@ -141,7 +150,7 @@ def add_user(session: Session, address: str, password: str, *, quota_bytes: int 
     if user_count(session, ident) == 1:
         # the domain's first account receives postmaster@ and abuse@ unless they exist
         ensure_role_addresses(session, domain)
-    return _info(row, domain)
+    return row
 
 
 def _find(session: Session, address: str) -> tuple[User, str] | None:
@@ -283,17 +292,5 @@ def import_user(session: Session, address: str, stored_hash: str, *,
             return ImportedUser(_info(row, domain), "hash_updated")
         return ImportedUser(_info(row, domain), "kept")
     localpart, domain = split_address(address)
-    ident = domain_id(session, domain)
-    normal = f"{localpart}@{domain}"
-
-    def insert() -> User:
-        row = User(domain_id=ident, localpart=localpart, address=normal, password_hash=value,
-                   scram_secrets=None)
-        session.add(row)
-        session.flush()
-        return row
-
-    row = insert_unique(session, insert, f"user {normal} already exists")
-    session.refresh(row)
-    create_default_mailboxes(session, row.id)
+    row = _create_account(session, localpart, domain, password_hash=value, scram_secrets=None)
     return ImportedUser(_info(row, domain), "created")
