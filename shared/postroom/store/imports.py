@@ -33,7 +33,6 @@ from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from postroom.store import mailboxes
-from postroom.store.errors import NotFound
 from postroom.store.models import Mailbox, MailboxEntry, Message
 from postroom.store.prepared import Prepared
 
@@ -66,20 +65,6 @@ class ImportTarget:
         return {sha for sha, uidl in self.present.values() if not uidl}
 
 
-def _ensure_mailbox(session: Session, user_id: int, name: str) -> bool:
-    """Create the mailbox and its parents when missing; True when ``name`` itself was made."""
-    made = False
-    parts = name.split("/")
-    for depth in range(1, len(parts) + 1):
-        path = "/".join(parts[:depth])
-        try:
-            mailboxes.get_mailbox(session, user_id, path)
-        except NotFound:
-            mailboxes.create_mailbox(session, user_id, path)
-            made = depth == len(parts)
-    return made
-
-
 def open_import_mailbox(session: Session, user_id: int, name: str,
                         uidvalidity: int | None) -> ImportTarget:
     """The mailbox ``name`` (made when missing), given ``uidvalidity`` when that is safe.
@@ -91,7 +76,7 @@ def open_import_mailbox(session: Session, user_id: int, name: str,
     """
     if name.upper() == "INBOX":
         name = "INBOX"
-    created = _ensure_mailbox(session, user_id, name)
+    created = mailboxes.ensure_mailbox(session, user_id, name)
     row = session.execute(select(Mailbox).where(Mailbox.user_id == user_id,
                                                 Mailbox.name == name)
                           .with_for_update()).scalar_one()

@@ -236,6 +236,21 @@ _ADD_ENTRY = Prepared("mailbox_add_entry", "WITH " + add_entry_sql(  # noqa: S60
     + " SELECT mailbox_id, uid, modseq FROM entry")
 
 
+def ensure_mailbox(session: Session, user_id: int, name: str) -> bool:
+    """Create the mailbox and its parents when missing; True when ``name`` itself was made
+    (the importers: a Maildir++ or Dovecot folder tree names children before parents)."""
+    made = False
+    parts = name.split("/")
+    for depth in range(1, len(parts) + 1):
+        path = "/".join(parts[:depth])
+        try:
+            get_mailbox(session, user_id, path)
+        except NotFound:
+            create_mailbox(session, user_id, path)
+            made = depth == len(parts)
+    return made
+
+
 def next_modseq(session: Session, mailbox_id: int) -> int:
     """Advance and return a mailbox's HIGHESTMODSEQ (for flag changes and expunges)."""
     mailbox = session.execute(select(Mailbox).where(Mailbox.id == mailbox_id)

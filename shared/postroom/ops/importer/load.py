@@ -52,20 +52,6 @@ def _user_id(session: Session, address: str) -> int:
     return user.id
 
 
-def _ensure_mailbox(session: Session, user_id: int, name: str) -> bool:
-    """Create the mailbox and its parents when missing; True when ``name`` itself was made."""
-    made = False
-    parts = name.split("/")
-    for depth in range(1, len(parts) + 1):
-        path = "/".join(parts[:depth])
-        try:
-            mailboxes.get_mailbox(session, user_id, path)
-        except NotFound:
-            mailboxes.create_mailbox(session, user_id, path)
-            made = depth == len(parts)
-    return made
-
-
 def _present(session: Session, user_id: int, name: str, sha256: str) -> int:
     """How many copies of these bytes the mailbox holds."""
     return int(session.execute(
@@ -101,7 +87,7 @@ def import_folders(database: Database, address: str, folders: Sequence[SourceFol
     user_id = database.run_sync(_user_id, address)
     for folder in folders:
         name = "INBOX" if folder.name.upper() == "INBOX" else folder.name
-        if database.run_sync(_ensure_mailbox, user_id, name):
+        if database.run_sync(mailboxes.ensure_mailbox, user_id, name):
             result.mailboxes_created.append(name)
         seen: Counter[str] = Counter()
         count = 0
