@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from postroom import glob
+from postroom_imap.list_extended import extended_lines, parse_options, status_values
 from postroom_imap.policy import MailboxRow, NoSuchMailbox, Refusal
 from postroom_imap.render import SYSTEM_FLAGS, canonical_flag, flag_list, mailbox_name
 from postroom_imap.selected import Selected, uid_set_text
@@ -216,6 +217,8 @@ class MailboxCommands(CommandHost):
             self.log.info("list pattern refused", command=command.name, reason=str(exc))
             self.meter.error("list_pattern_refused")
             return ("NO", f"[LIMIT] {command.name} refused: {exc}")
+        if not lsub and (args.selection or args.returns):
+            return await self._list_extended(command, matchers)
         rows = await self._user().list_mailboxes()
         lsub = lsub or "SUBSCRIBED" in args.selection
         special_only = "SPECIAL-USE" in args.selection
@@ -226,6 +229,30 @@ class MailboxCommands(CommandHost):
                 list_lines, rows, matchers, lsub=lsub, special_only=special_only))
         self.write(b"".join(lines))
         return ("OK", f"{command.name} completed")
+
+    async def _list_extended(self, command: Command, matchers: list[Matcher]) -> Reply:
+        """LIST with RFC 5258 selection/return options, and RFC 5819 STATUS."""
+        args = command.args
+        assert isinstance(args, ListArgs)
+        options = parse_options(args.selection, args.returns)
+        rows = await self._user().list_mailboxes()
+        if list_work(rows, matchers) <= INLINE_LIST_WORK:
+            listed = extended_lines(rows, matchers, options)
+        else:
+            listed = await self._user().offload(functools.partial(
+                extended_lines, rows, matchers, options))
+        out: list[bytes] = []
+        for entry in listed:
+            out.append(entry.line)
+            if options.status and entry.selectable:
+                try:
+                    status = await self._user().status(entry.name)
+                except NoSuchMailbox:
+                    continue  # deleted meanwhile: its LIST line stands, without STATUS
+                out.append(b"* STATUS %s (%s)\r\n" % (mailbox_name(entry.name),
+                                                       status_values(status, options.status)))
+        self.write(b"".join(out))
+        return ("OK", "LIST completed")
 
     async def do_list(self, command: Command) -> Reply:
         return await self._list(command, lsub=False)

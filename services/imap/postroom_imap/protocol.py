@@ -79,7 +79,8 @@ MAX_QUEUED = 64
 BASE_CAPABILITIES = ("IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
                      "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CREATE-SPECIAL-USE",
                      "CHILDREN", "CONDSTORE", "QUOTA", "QUOTA=RES-STORAGE",
-                     "QUOTA=RES-MESSAGE")
+                     "QUOTA=RES-MESSAGE",
+                     "LIST-EXTENDED", "LIST-STATUS")
 
 _ANY = ("CAPABILITY", "NOOP", "LOGOUT", "ID")
 _NOT_AUTH = ("STARTTLS", "AUTHENTICATE", "LOGIN")
