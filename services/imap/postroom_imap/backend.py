@@ -364,6 +364,10 @@ class UserStoreImpl:
     def quota(self) -> Deferred[Quota]:
         return self._db(mailstore.quota, self.user_id)
 
+    def vanished(self, mailbox_id: int, since: int,
+                 spans: list[tuple[int, int]] | None) -> Deferred[list[tuple[int, int]]]:
+        return self._db(mailstore.vanished, mailbox_id, since, spans)
+
     def watch(self, mailbox_id: int, callback: Callable[..., None]) -> Callable[[], None]:
         return self.accounts.listener.watch(mailbox_id, callback)
 

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from postroom import glob
+from postroom_imap import qresync
 from postroom_imap.list_extended import extended_lines, parse_options, status_values
 from postroom_imap.policy import MailboxRow, NoSuchMailbox, Refusal
 from postroom_imap.render import SYSTEM_FLAGS, canonical_flag, flag_list, mailbox_name
@@ -122,6 +123,8 @@ class MailboxCommands(CommandHost):
     async def _select(self, command: Command, readonly: bool) -> Reply:
         args = command.args
         assert isinstance(args, Select)
+        if args.qresync is not None and not self.qresync:
+            return ("BAD", "QRESYNC parameter needs ENABLE QRESYNC first")
         if self.selected is not None:
             self.drop_selected()
             self.write(b"* OK [CLOSED] previous mailbox closed\r\n")
@@ -143,6 +146,9 @@ class MailboxCommands(CommandHost):
                 b"* OK [HIGHESTMODSEQ %d] highest modseq\r\n" % state.highestmodseq]
         self.write(b"".join(out))
         self.select_mailbox(selected)
+        selected.vanished = self.qresync
+        if args.qresync is not None and args.qresync.uidvalidity == state.uidvalidity:
+            self.write(await qresync.resync(self._user(), selected, args.qresync))
         mode = "READ-ONLY" if readonly else "READ-WRITE"
         return ("OK", f"[{mode}] {command.name} completed")
 
@@ -302,6 +308,12 @@ class MailboxCommands(CommandHost):
         if "CONDSTORE" in args.capabilities:
             self.condstore = True
             enabled.append("CONDSTORE")
+        if "QRESYNC" in args.capabilities and not self.qresync:
+            # QRESYNC implies CONDSTORE (RFC 7162 3.2.3); expunges are VANISHED from now on
+            self.qresync = self.condstore = True
+            if self.selected is not None:
+                self.selected.vanished = True
+            enabled.append("QRESYNC")
         self.write(b"* ENABLED%s\r\n" % "".join(" " + e for e in enabled).encode("ascii"))
         return ("OK", "ENABLE completed")
 

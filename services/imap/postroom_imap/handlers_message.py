@@ -5,6 +5,7 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
+from postroom_imap import qresync
 from postroom_imap.flow import attach, detach
 from postroom_imap.policy import FetchRow, NoSuchMailbox, Refusal
 from postroom_imap.render import (
@@ -139,6 +140,11 @@ class MessageCommands(CommandHost):
         uids = self._targets(command, args.sequence)
         if args.changedsince is not None or any(i.name == "MODSEQ" for i in args.items):
             self.condstore = True
+        if args.vanished:  # RFC 7162 3.2.6
+            if not (command.uid and self.qresync and args.changedsince is not None):
+                return ("BAD", "VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC")
+            self.write(await qresync.vanished_earlier(store, box, args.changedsince,
+                                                      args.sequence))
         want_blob = any(needs_blob(i) for i in args.items)
         # RFC822.HEADER/TEXT need the header's end, which the cached analysis has
         want_meta = any(needs_meta(i) or i.name in ("RFC822.HEADER", "RFC822.TEXT")

@@ -16,13 +16,15 @@ from typing import Any, ParamSpec, TypeVar
 
 from postroom.mime import analyze, metadata_json
 from postroom.store import entries
+from postroom.store import vanished as expunges
 from postroom.store.errors import AlreadyExists, NotFound
 from postroom.store.errors import OverQuota as QuotaPassed
 from postroom_imap.policy import MailboxExists, NoSuchMailbox, OverQuota
 
 __all__ = ["append", "changes", "copy", "create",
            "delete", "expunge", "fetch", "fetch_flags", "list_rows", "quota",
-           "rename", "search", "select", "status", "store", "subscribe", "user_mailbox_ids"]
+           "rename", "search", "select", "status", "store", "subscribe", "user_mailbox_ids",
+           "vanished"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -69,3 +71,4 @@ search = _refusing(entries.search)
 copy = _refusing(entries.copy)
 expunge = _refusing(entries.expunge)
 user_mailbox_ids = _refusing(entries.user_mailbox_ids)
+vanished = _refusing(expunges.vanished)

@@ -80,7 +80,8 @@ BASE_CAPABILITIES = ("IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE",
                      "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CREATE-SPECIAL-USE",
                      "CHILDREN", "CONDSTORE", "QUOTA", "QUOTA=RES-STORAGE",
                      "QUOTA=RES-MESSAGE",
-                     "LIST-EXTENDED", "LIST-STATUS")
+                     "LIST-EXTENDED", "LIST-STATUS",
+                     "QRESYNC")
 
 _ANY = ("CAPABILITY", "NOOP", "LOGOUT", "ID")
 _NOT_AUTH = ("STARTTLS", "AUTHENTICATE", "LOGIN")
@@ -151,6 +152,7 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
         self.store: UserStore | None = None
         self.selected: Selected | None = None
         self.condstore = False
+        self.qresync = False
         self.errors = 0
         self.failed_logins = 0
         self.closing = False

@@ -45,6 +45,12 @@ def uid_set_text(uids: Sequence[int]) -> str:
     return ",".join(f"{a}" if a == b else f"{a}:{b}" for a, b in compress(uids))
 
 
+def vanished_line(spans: Sequence[tuple[int, int]], *, earlier: bool) -> bytes:
+    """``* VANISHED [(EARLIER)] uid-set`` for UID ranges (RFC 7162 3.2.10)."""
+    text = ",".join(f"{a}" if a == b else f"{a}:{b}" for a, b in spans)
+    return b"* VANISHED %s%s\r\n" % (b"(EARLIER) " if earlier else b"", text.encode("ascii"))
+
+
 class Selected:
     """One session's view of its selected mailbox."""
 
@@ -61,6 +67,8 @@ class Selected:
         self.own: dict[int, int] = {}  # uid -> modseq of changes this session made itself
         self.held_expunges: set[int] = set()
         self.dirty = False
+        # QRESYNC enabled: expunges are told as ``* VANISHED uids`` (RFC 7162 3.2.10)
+        self.vanished = False
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -141,8 +149,12 @@ class Selected:
         return modseq <= self.highestmodseq and not self.held_expunges
 
     def forget(self, uids: Sequence[int]) -> list[bytes]:
-        """Remove expunged UIDs; the ``* n EXPUNGE`` lines, highest number first."""
+        """Remove expunged UIDs; the ``* n EXPUNGE`` lines, highest number first.
+
+        With QRESYNC enabled, one ``* VANISHED`` line naming the UIDs instead.
+        """
         lines = []
+        removed = []
         for uid in sorted(set(uids), reverse=True):
             seq = self.seq_of(uid)
             if seq is None:
@@ -150,7 +162,10 @@ class Selected:
             del self.uids[seq - 1]
             self.held_expunges.discard(uid)
             self.own.pop(uid, None)
+            removed.append(uid)
             lines.append(b"* %d EXPUNGE\r\n" % seq)
+        if self.vanished:
+            return [vanished_line(compress(sorted(removed)), earlier=False)] if removed else []
         return lines
 
     def apply(self, changes: Changes, *, allow_expunge: bool, condstore: bool) -> list[bytes]:

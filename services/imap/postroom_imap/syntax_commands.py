@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from postroom_imap.syntax_args import Args, mailbox_name, parse_date_time
 from postroom_imap.syntax_fetch import parse_fetch_items
@@ -22,6 +23,7 @@ from postroom_imap.syntax_types import (
     Login,
     MailboxArg,
     NoArgs,
+    Qresync,
     QuotaRoot,
     Rename,
     Search,
@@ -65,12 +67,34 @@ def _select(args: Args) -> Select:
     mailbox = args.mailbox()
     params: tuple[object, ...] = ()
     condstore = False
+    qresync = None
     if args.more():
         raw = args.list("select parameters")
         params = tuple(t.text.upper() if isinstance(t, Atom) else t for t in raw)
         condstore = "CONDSTORE" in params
+        if "QRESYNC" in params:
+            at = params.index("QRESYNC")
+            if at + 1 >= len(raw) or not isinstance(raw[at + 1], list):
+                raise SyntaxProblem("QRESYNC needs its parameters")
+            qresync = _qresync(Args(cast(list[Token], raw[at + 1]), "QRESYNC parameters"))
     args.end()
-    return Select(mailbox, condstore, params)
+    return Select(mailbox, condstore, params, qresync)
+
+
+def _qresync(args: Args) -> Qresync:
+    """``(uidvalidity modseq [known-uids [(seq-set uid-set)]])`` (RFC 7162 4)."""
+    uidvalidity = args.number("uidvalidity")
+    modseq = args.modseq()
+    if uidvalidity == 0 or modseq == 0:
+        raise SyntaxProblem("invalid QRESYNC parameters")
+    known = args.sequence_set() if isinstance(args.peek(), Atom) else None
+    seq_match = None
+    if args.more():
+        pair = Args(args.list("sequence match data"), "sequence match data")
+        seq_match = (pair.sequence_set(), pair.sequence_set())
+        pair.end()
+    args.end()
+    return Qresync(uidvalidity, modseq, known, seq_match)
 
 
 def _mailbox(args: Args) -> MailboxArg:

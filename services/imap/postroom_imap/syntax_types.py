@@ -40,6 +40,7 @@ __all__ = [
     "Login",
     "MailboxArg",
     "NoArgs",
+    "Qresync",
     "QuotaRoot",
     "Rename",
     "Search",
@@ -137,6 +138,18 @@ class Select:
     mailbox: str
     condstore: bool = False
     params: tuple[object, ...] = ()
+    qresync: Qresync | None = None
+
+
+@dataclass(frozen=True)
+class Qresync:
+    """SELECT's QRESYNC parameter (RFC 7162 3.2.5): what the client knew when it left."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+    # (sequence numbers, their UIDs): accepted and checked, not needed (expunges are remembered)
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
 
 
 @dataclass(frozen=True)

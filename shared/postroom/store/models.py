@@ -191,6 +191,8 @@ class Mailbox(Base):
     # `postroom import dovecot`: the old server's UIDNEXT when this mailbox was last imported;
     # a rerun takes only UIDs from here up (what is below was imported, or expunged since)
     import_uidnext: Mapped[int | None] = mapped_column(BigInteger)
+    # QRESYNC: expunges at or below this modseq are no longer remembered (expunged_entries)
+    vanished_floor: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
 class Message(Base):
@@ -210,6 +212,21 @@ class Message(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB,
                                                  server_default=text("'{}'::jsonb"))
     created_at: Mapped[datetime] = _now()
+
+
+class ExpungedEntry(Base):
+    """A UID expunged from a mailbox and the modseq of the expunge (QRESYNC's VANISHED)."""
+
+    __tablename__ = "expunged_entries"
+    __table_args__ = (
+        Index("ix_expunged_entries_mailbox_id_modseq", "mailbox_id", "modseq"),
+    )
+
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    uid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    modseq: Mapped[int] = mapped_column(BigInteger)
+    expunged_at: Mapped[datetime] = _now()
 
 
 class MailboxEntry(Base):
