@@ -95,6 +95,14 @@ def test_uid_fetch_vanished_leaves_out_uids_the_session_still_shows() -> None:
         (100, 116), (118, 118), (120, 120), (540, 540), (543, 545)]
 
 
+def test_store_responses_carry_the_uid_once_enabled() -> None:
+    h = session()
+    h.send(b"A01 ENABLE QRESYNC\r\n")
+    h.send(b"A02 SELECT INBOX\r\n")
+    assert h.send(b"A03 STORE 1 +FLAGS (\\Seen)\r\n") == (
+        b"* 1 FETCH (UID 1 FLAGS (\\Seen) MODSEQ (11))\r\nA03 OK STORE completed\r\n")
+
+
 def selected_with(uids: list[int]) -> Selected:
     return Selected(SelectState(1, "INBOX", 1, 600, 1, array("I", uids), None), False)
 

@@ -227,7 +227,7 @@ class MessageCommands(CommandHost):
                 items = [b"FLAGS (" + " ".join(row.flags).encode("utf-8") + b")"]
                 if self.condstore:
                     items.append(b"MODSEQ (%d)" % row.modseq)
-            if command.uid:
+            if command.uid or self.qresync:  # RFC 7162 3.2.4 (errata 1807): UID once enabled
                 items.insert(0, b"UID %d" % row.uid)
             out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items)))
         self.write(b"".join(out))
