@@ -26,7 +26,7 @@ from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import get_logger
 from postroom.queue import events
 from postroom.queue.redisclient import RedisClient, RedisError
-from postroom.store import users
+from postroom.store import annotations, users
 from postroom.store.db import UNAVAILABLE, Database
 from postroom_imap import mailstore
 from postroom_imap.policy import (
@@ -47,6 +47,9 @@ from postroom_imap.spool import SpooledLiteral
 from postroom_imap.syntax_types import SearchKey
 
 log = get_logger("imap")
+# the POSTROOM_IMAP_METADATA_* defaults, for factories built without settings (tests)
+DEFAULT_METADATA_LIMITS = annotations.Limits(max_size=16 * 1024, max_entries=100,
+                                             max_total=1024 * 1024)
 
 
 class ChangeListener:
@@ -114,8 +117,10 @@ class StoreAccounts:
     def __init__(self, database: Database, client: RedisClient, redis_pool: ThreadPool, *,
                  prefix: str, limiter: LoginRateLimiter | None, listener: ChangeListener,
                  reactor: ReactorThreads, auth_cache: AuthCache[users.UserInfo] | None = None,
-                 cpu_pool: ThreadPool | None = None) -> None:
+                 cpu_pool: ThreadPool | None = None,
+                 metadata_limits: annotations.Limits | None = None) -> None:
         self.database = database
+        self.metadata_limits = metadata_limits or DEFAULT_METADATA_LIMITS
         # repeated logins skip scrypt for a minute (see postroom.auth.authcache)
         self.auth_cache: AuthCache[users.UserInfo] = (
             auth_cache if auth_cache is not None else AuthCache())
@@ -363,6 +368,15 @@ class UserStoreImpl:
 
     def quota(self) -> Deferred[Quota]:
         return self._db(mailstore.quota, self.user_id)
+
+    def get_metadata(self, mailbox: str, names: Sequence[str],
+                     depth: str) -> Deferred[list[tuple[str, bytes | None]]]:
+        return self._db(mailstore.get_metadata, self.user_id, mailbox, list(names), depth)
+
+    def set_metadata(self, mailbox: str,
+                     entries: Sequence[tuple[str, bytes | None]]) -> Deferred[None]:
+        return self._db(mailstore.set_metadata, self.user_id, mailbox, list(entries),
+                        self.accounts.metadata_limits)
 
     def vanished(self, mailbox_id: int, since: int,
                  spans: list[tuple[int, int]] | None) -> Deferred[list[tuple[int, int]]]:

@@ -15,16 +15,22 @@ from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 from postroom.mime import analyze, metadata_json
-from postroom.store import entries
+from postroom.store import annotations, entries
 from postroom.store import vanished as expunges
 from postroom.store.errors import AlreadyExists, NotFound
 from postroom.store.errors import OverQuota as QuotaPassed
-from postroom_imap.policy import MailboxExists, NoSuchMailbox, OverQuota
+from postroom_imap.policy import (
+    MailboxExists,
+    MetadataMaxSize,
+    MetadataTooMany,
+    NoSuchMailbox,
+    OverQuota,
+)
 
 __all__ = ["append", "changes", "copy", "create",
-           "delete", "expunge", "fetch", "fetch_flags", "list_rows", "quota",
-           "rename", "search", "select", "status", "store", "subscribe", "user_mailbox_ids",
-           "vanished"]
+           "delete", "expunge", "fetch", "fetch_flags", "get_metadata", "list_rows", "quota",
+           "rename", "search", "select", "set_metadata", "status", "store", "subscribe",
+           "user_mailbox_ids", "vanished"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -43,6 +49,10 @@ def _refusing(fn: Callable[P, T]) -> Callable[P, T]:
             raise MailboxExists() from None
         except QuotaPassed:
             raise OverQuota() from None
+        except annotations.TooLarge as exc:
+            raise MetadataMaxSize(exc.max_size) from None
+        except annotations.TooMany as exc:
+            raise MetadataTooMany(str(exc)) from None
 
     return call
 
@@ -72,3 +82,5 @@ copy = _refusing(entries.copy)
 expunge = _refusing(entries.expunge)
 user_mailbox_ids = _refusing(entries.user_mailbox_ids)
 vanished = _refusing(expunges.vanished)
+get_metadata = _refusing(annotations.get)
+set_metadata = _refusing(annotations.set_entries)

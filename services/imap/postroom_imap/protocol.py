@@ -31,6 +31,7 @@ from postroom.net.peers import is_loopback, is_tls
 from postroom.net.session import ListenerSession
 from postroom_imap.handlers_mailbox import MailboxCommands
 from postroom_imap.handlers_message import MessageCommands
+from postroom_imap.handlers_metadata import MetadataCommands
 from postroom_imap.policy import Accounts, AuthFailed, Refusal, UserStore
 from postroom_imap.selected import Selected
 from postroom_imap.syntax import (
@@ -81,13 +82,15 @@ BASE_CAPABILITIES = ("IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE",
                      "CHILDREN", "CONDSTORE", "QUOTA", "QUOTA=RES-STORAGE",
                      "QUOTA=RES-MESSAGE",
                      "LIST-EXTENDED", "LIST-STATUS",
-                     "QRESYNC")
+                     "QRESYNC",
+                     "METADATA")
 
 _ANY = ("CAPABILITY", "NOOP", "LOGOUT", "ID")
 _NOT_AUTH = ("STARTTLS", "AUTHENTICATE", "LOGIN")
 _AUTH = ("SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST",
          "LSUB", "STATUS", "APPEND", "NAMESPACE", "ENABLE", "IDLE", "GETQUOTA", "GETQUOTAROOT",
-         "SETQUOTA")
+         "SETQUOTA",
+         "GETMETADATA", "SETMETADATA")
 _SELECTED = ("CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE")
 # commands during which EXPUNGE responses must not be sent (RFC 3501 7.4.1)
 _NO_EXPUNGE = ("FETCH", "STORE", "SEARCH")
@@ -137,7 +140,8 @@ class IMAPFactory(ServerFactory):
             server.close(b"* BYE server shutting down\r\n")
 
 
-class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
+class IMAPServer(MailboxCommands, MessageCommands, MetadataCommands, ListenerSession,
+                 Protocol):
     """One IMAP connection."""
 
     factory: IMAPFactory

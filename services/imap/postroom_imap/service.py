@@ -7,6 +7,7 @@ from typing import Any
 from postroom.auth.ratelimit import LoginRateLimiter
 from postroom.config import Settings
 from postroom.runtime import ServiceContext
+from postroom.store import annotations
 from postroom_imap.backend import ChangeListener, StoreAccounts
 from postroom_imap.protocol import IMAPFactory
 from postroom_imap.syntax import Limits
@@ -36,7 +37,10 @@ def build_factory(ctx: ServiceContext) -> tuple[IMAPFactory, ChangeListener]:
         ctx.db, ctx.redis_client, pool, prefix=settings.redis_prefix,
         limiter=LoginRateLimiter.from_settings(ctx.redis_client, settings, ctx.metrics),
         listener=listener,
-        reactor=ctx.reactor, cpu_pool=ctx.thread_pool("cpu", CPU_THREADS))
+        reactor=ctx.reactor, cpu_pool=ctx.thread_pool("cpu", CPU_THREADS),
+        metadata_limits=annotations.Limits(max_size=settings.imap_metadata_max_size,
+                                           max_entries=settings.imap_metadata_max_entries,
+                                           max_total=settings.imap_metadata_max_total))
     factory = IMAPFactory(
         accounts, hostname=settings.hostname, tls=ctx.tls,
         allow_plaintext_auth_on_loopback=settings.allow_plaintext_auth_on_loopback,

@@ -35,6 +35,7 @@ __all__ = [
     "Expunge",
     "Fetch",
     "FetchItem",
+    "GetMetadata",
     "Id",
     "ListArgs",
     "Login",
@@ -59,6 +60,7 @@ __all__ = [
     "Section",
     "Select",
     "SequenceSet",
+    "SetMetadata",
     "SetQuota",
     "Sort",
     "Status",
@@ -139,6 +141,24 @@ class Select:
     condstore: bool = False
     params: tuple[object, ...] = ()
     qresync: Qresync | None = None
+
+
+@dataclass(frozen=True)
+class GetMetadata:
+    """GETMETADATA (RFC 5464 4.2); ``mailbox`` "" is the server; entry names lower-cased."""
+
+    mailbox: str
+    entries: tuple[str, ...]
+    maxsize: int | None = None
+    depth: str = "0"  # "0", "1" or "infinity"
+
+
+@dataclass(frozen=True)
+class SetMetadata:
+    """SETMETADATA (RFC 5464 4.3): (entry, value or None to remove) pairs."""
+
+    mailbox: str
+    entries: tuple[tuple[str, bytes | None], ...]
 
 
 @dataclass(frozen=True)

@@ -214,6 +214,28 @@ class Message(Base):
     created_at: Mapped[datetime] = _now()
 
 
+class ServerAnnotation(Base):
+    """A METADATA entry (RFC 5464) of an account on the server (``GETMETADATA ""``)."""
+
+    __tablename__ = "server_annotations"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class MailboxAnnotation(Base):
+    """A METADATA entry (RFC 5464) of one mailbox; RENAME keeps it, DELETE removes it."""
+
+    __tablename__ = "mailbox_annotations"
+
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+
+
 class ExpungedEntry(Base):
     """A UID expunged from a mailbox and the modseq of the expunge (QRESYNC's VANISHED)."""
 

@@ -106,6 +106,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "mailboxes": ("SELECT", "INSERT", "UPDATE", "DELETE"),
         "mailbox_entries": ("SELECT", "INSERT", "UPDATE", "DELETE"),
         "expunged_entries": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+        "server_annotations": ("SELECT", "INSERT", "UPDATE", "DELETE"),
+        "mailbox_annotations": ("SELECT", "INSERT", "UPDATE", "DELETE"),
         "messages": ("SELECT", "INSERT", "DELETE"),
         "spool_messages": _SPOOL_REFERENCES,
     },

@@ -1,15 +1,17 @@
-"""QRESYNC (RFC 7162): the UIDs expunged from each mailbox with their modseq, and a floor.
+"""imap-sync: QRESYNC's expunged UIDs (RFC 7162) and METADATA's annotations (RFC 5464).
 
 Revision ID: 0011
 Revises: 0008
 Create Date: 2026-12-07
 
-Expand-only: a new table and a column with a default. ``vanished_floor`` starts
-at each mailbox's HIGHESTMODSEQ: what was expunged before this revision is not
-known, so a client resyncing from an older modseq is told the UIDs it may know
-that are gone (RFC 7162 3.2.5.1 allows that), not the exact list. A release
-that does not know the table expunges as before; its expunges are missed by
-VANISHED until the upgrade is complete (docs/imap.md, QRESYNC).
+Expand-only: new tables and a column with a default. ``server_annotations``
+and ``mailbox_annotations`` hold METADATA entries (docs/imap.md, METADATA).
+``vanished_floor`` starts at each mailbox's HIGHESTMODSEQ: what was expunged
+before this revision is not known, so a client resyncing from an older modseq
+is told the UIDs it may know that are gone (RFC 7162 3.2.5.1 allows that), not
+the exact list. A release that does not know the tables expunges as before;
+its expunges are missed by VANISHED until the upgrade is complete (docs/imap.md,
+QRESYNC).
 """
 
 from __future__ import annotations
@@ -42,9 +44,25 @@ def upgrade() -> None:
     )
     op.create_index("ix_expunged_entries_mailbox_id_modseq", "expunged_entries",
                     ["mailbox_id", "modseq"])
+    op.create_table(
+        "server_annotations",
+        sa.Column("user_id", sa.Integer(), sa.ForeignKey("users.id", ondelete="CASCADE"),
+                  primary_key=True),
+        sa.Column("name", sa.Text(), primary_key=True),
+        sa.Column("value", sa.LargeBinary(), nullable=False),
+    )
+    op.create_table(
+        "mailbox_annotations",
+        sa.Column("mailbox_id", sa.Integer(),
+                  sa.ForeignKey("mailboxes.id", ondelete="CASCADE"), primary_key=True),
+        sa.Column("name", sa.Text(), primary_key=True),
+        sa.Column("value", sa.LargeBinary(), nullable=False),
+    )
 
 
 def downgrade() -> None:
+    op.drop_table("mailbox_annotations")
+    op.drop_table("server_annotations")
     op.drop_index("ix_expunged_entries_mailbox_id_modseq", table_name="expunged_entries")
     op.drop_table("expunged_entries")
     op.drop_column("mailboxes", "vanished_floor")
