@@ -186,3 +186,29 @@ def test_pop3_deletes_are_remembered_and_old_modseqs_get_the_superset(
     assert exact == [(4, 4)]
     assert superset == [(2, 2), (4, 4)]
     assert within == [(4, 4)]
+
+
+def test_entries_past_the_retention_are_pruned_and_raise_the_floor(
+        account: Account, database: Database) -> None:
+    for _ in range(4):
+        account.deliver(MESSAGE)
+
+    def work(s: object) -> tuple[int, list[tuple[int, int]], list[tuple[int, int]]]:
+        box = s.execute(text("SELECT id FROM mailboxes "  # type: ignore[attr-defined]
+                             "WHERE user_id = :u AND name = 'INBOX'"),
+                        {"u": account.user_id}).scalar_one()
+        _, first = maildrop.expunge_uids(s, box, [1])  # type: ignore[arg-type]
+        s.execute(text("UPDATE expunged_entries SET expunged_at = now() - "  # type: ignore[attr-defined]
+                       "interval '91 days' WHERE mailbox_id = :m"), {"m": box})
+        maildrop.expunge_uids(s, box, [3])  # type: ignore[arg-type]
+        floor = s.execute(text("SELECT vanished_floor FROM mailboxes "  # type: ignore[attr-defined]
+                               "WHERE id = :m"), {"m": box}).scalar_one()
+        left = [int(u) for u in s.execute(text(  # type: ignore[attr-defined]
+            "SELECT uid FROM expunged_entries WHERE mailbox_id = :m"), {"m": box}).scalars()]
+        assert left == [3] and floor == first
+        return first, vanished.vanished(s, box, first, None), vanished.vanished(  # type: ignore[arg-type]
+            s, box, first - 1, None)  # type: ignore[arg-type]
+
+    _, exact, below = database.run_sync(work)
+    assert exact == [(3, 3)]  # at the floor: still exact
+    assert below == [(1, 1), (3, 3)]  # below it: every UID known that is gone

@@ -35,6 +35,13 @@ def remember(s: Session, mailbox_id: int, uids: Sequence[int], modseq: int) -> N
         "SELECT :m, u, :ms FROM unnest(CAST(:uids AS bigint[])) AS u "
         "ON CONFLICT (mailbox_id, uid) DO UPDATE SET modseq = EXCLUDED.modseq, "
         "expunged_at = now()"), {"m": mailbox_id, "ms": modseq, "uids": list(uids)})
+    # one row of the (mailbox_id, modseq) index says whether anything is old enough to go
+    oldest = s.execute(text(
+        "SELECT expunged_at < now() - CAST(:keep AS interval) FROM expunged_entries "
+        "WHERE mailbox_id = :m ORDER BY modseq LIMIT 1"),
+        {"m": mailbox_id, "keep": f"{int(RETENTION.total_seconds())} seconds"}).scalar()
+    if not oldest:
+        return
     s.execute(text(
         "WITH old AS (SELECT uid FROM expunged_entries WHERE mailbox_id = :m "
         "ORDER BY modseq LIMIT :batch), "
