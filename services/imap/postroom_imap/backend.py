@@ -26,7 +26,7 @@ from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import get_logger
 from postroom.queue import events
 from postroom.queue.redisclient import RedisClient, RedisError
-from postroom.store import annotations, users
+from postroom.store import imap_metadata, users
 from postroom.store.db import UNAVAILABLE, Database
 from postroom_imap import mailstore
 from postroom_imap.policy import (
@@ -48,8 +48,8 @@ from postroom_imap.syntax_types import SearchKey
 
 log = get_logger("imap")
 # the POSTROOM_IMAP_METADATA_* defaults, for factories built without settings (tests)
-DEFAULT_METADATA_LIMITS = annotations.Limits(max_size=16 * 1024, max_entries=100,
-                                             max_total=1024 * 1024)
+DEFAULT_METADATA_LIMITS = imap_metadata.Limits(max_size=16 * 1024, max_entries=100,
+                                               max_total=1024 * 1024)
 
 
 class ChangeListener:
@@ -118,7 +118,7 @@ class StoreAccounts:
                  prefix: str, limiter: LoginRateLimiter | None, listener: ChangeListener,
                  reactor: ReactorThreads, auth_cache: AuthCache[users.UserInfo] | None = None,
                  cpu_pool: ThreadPool | None = None,
-                 metadata_limits: annotations.Limits | None = None) -> None:
+                 metadata_limits: imap_metadata.Limits | None = None) -> None:
         self.database = database
         self.metadata_limits = metadata_limits or DEFAULT_METADATA_LIMITS
         # repeated logins skip scrypt for a minute (see postroom.auth.authcache)

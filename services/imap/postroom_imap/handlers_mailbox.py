@@ -7,9 +7,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from postroom import glob
-from postroom_imap import qresync
 from postroom_imap.list_extended import extended_lines, parse_options, status_values
 from postroom_imap.policy import MailboxRow, NoSuchMailbox, Refusal
+from postroom_imap.qresync import resync
 from postroom_imap.render import SYSTEM_FLAGS, canonical_flag, flag_list, mailbox_name
 from postroom_imap.selected import Selected, uid_set_text
 from postroom_imap.syntax import Command
@@ -116,6 +116,8 @@ def list_lines(rows: list[MailboxRow], matchers: list[Matcher], *,
 class MailboxCommands(CommandHost):
     """Mixed into IMAPServer; uses only what :class:`~postroom_imap.host.CommandHost` lists."""
 
+    qresync_enabled: bool  # CommandHost's; declared again so mypy types the assignment here
+
     def _user(self) -> UserStore:
         assert self.store is not None
         return self.store
@@ -123,7 +125,7 @@ class MailboxCommands(CommandHost):
     async def _select(self, command: Command, readonly: bool) -> Reply:
         args = command.args
         assert isinstance(args, Select)
-        if args.qresync is not None and not self.qresync:
+        if args.qresync is not None and not self.qresync_enabled:
             return ("BAD", "QRESYNC parameter needs ENABLE QRESYNC first")
         if self.selected is not None:
             self.drop_selected()
@@ -146,9 +148,9 @@ class MailboxCommands(CommandHost):
                 b"* OK [HIGHESTMODSEQ %d] highest modseq\r\n" % state.highestmodseq]
         self.write(b"".join(out))
         self.select_mailbox(selected)
-        selected.vanished = self.qresync
+        selected.vanished = self.qresync_enabled
         if args.qresync is not None and args.qresync.uidvalidity == state.uidvalidity:
-            self.write(await qresync.resync(self._user(), selected, args.qresync))
+            self.write(await resync(self._user(), selected, args.qresync))
         mode = "READ-ONLY" if readonly else "READ-WRITE"
         return ("OK", f"[{mode}] {command.name} completed")
 
@@ -308,9 +310,10 @@ class MailboxCommands(CommandHost):
         if "CONDSTORE" in args.capabilities:
             self.condstore = True
             enabled.append("CONDSTORE")
-        if "QRESYNC" in args.capabilities and not self.qresync:
+        if "QRESYNC" in args.capabilities and not self.qresync_enabled:
             # QRESYNC implies CONDSTORE (RFC 7162 3.2.3); expunges are VANISHED from now on
-            self.qresync = self.condstore = True
+            self.qresync_enabled = True
+            self.condstore = True
             if self.selected is not None:
                 self.selected.vanished = True
             enabled.append("QRESYNC")

@@ -5,9 +5,9 @@ from __future__ import annotations
 from bisect import bisect_left
 from typing import TYPE_CHECKING, Any
 
-from postroom_imap import qresync
 from postroom_imap.flow import attach, detach
 from postroom_imap.policy import FetchRow, NoSuchMailbox, Refusal
+from postroom_imap.qresync import vanished_earlier
 from postroom_imap.render import (
     FlagsLine,
     canonical_flag,
@@ -141,9 +141,9 @@ class MessageCommands(CommandHost):
         if args.changedsince is not None or any(i.name == "MODSEQ" for i in args.items):
             self.condstore = True
         if args.vanished:  # RFC 7162 3.2.6
-            if not (command.uid and self.qresync and args.changedsince is not None):
+            if not (command.uid and self.qresync_enabled and args.changedsince is not None):
                 return ("BAD", "VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC")
-            self.write(await qresync.vanished_earlier(store, box, args.changedsince,
+            self.write(await vanished_earlier(store, box, args.changedsince,
                                                       args.sequence))
         want_blob = any(needs_blob(i) for i in args.items)
         # RFC822.HEADER/TEXT need the header's end, which the cached analysis has
@@ -227,7 +227,7 @@ class MessageCommands(CommandHost):
                 items = [b"FLAGS (" + " ".join(row.flags).encode("utf-8") + b")"]
                 if self.condstore:
                     items.append(b"MODSEQ (%d)" % row.modseq)
-            if command.uid or self.qresync:  # RFC 7162 3.2.4 (errata 1807): UID once enabled
+            if command.uid or self.qresync_enabled:  # RFC 7162 3.2.4 (errata 1807)
                 items.insert(0, b"UID %d" % row.uid)
             out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items)))
         self.write(b"".join(out))

@@ -28,7 +28,7 @@ class CommandHost(Protocol):
     # CONDSTORE enabled (RFC 7162 3.1): MODSEQ in FETCH and untagged FETCH responses
     condstore: bool
     # QRESYNC enabled (RFC 7162 3.2.3): VANISHED instead of EXPUNGE, SELECT (QRESYNC ...)
-    qresync: bool
+    qresync_enabled: bool
     log: Logger
 
     @property

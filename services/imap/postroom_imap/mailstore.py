@@ -15,7 +15,7 @@ from datetime import datetime
 from typing import Any, ParamSpec, TypeVar
 
 from postroom.mime import analyze, metadata_json
-from postroom.store import annotations, entries
+from postroom.store import entries, imap_metadata
 from postroom.store import vanished as expunges
 from postroom.store.errors import AlreadyExists, NotFound
 from postroom.store.errors import OverQuota as QuotaPassed
@@ -49,9 +49,9 @@ def _refusing(fn: Callable[P, T]) -> Callable[P, T]:
             raise MailboxExists() from None
         except QuotaPassed:
             raise OverQuota() from None
-        except annotations.TooLarge as exc:
+        except imap_metadata.TooLarge as exc:
             raise MetadataMaxSize(exc.max_size) from None
-        except annotations.TooMany as exc:
+        except imap_metadata.TooMany as exc:
             raise MetadataTooMany(str(exc)) from None
 
     return call
@@ -82,5 +82,5 @@ copy = _refusing(entries.copy)
 expunge = _refusing(entries.expunge)
 user_mailbox_ids = _refusing(entries.user_mailbox_ids)
 vanished = _refusing(expunges.vanished)
-get_metadata = _refusing(annotations.get)
-set_metadata = _refusing(annotations.set_entries)
+get_metadata = _refusing(imap_metadata.get)
+set_metadata = _refusing(imap_metadata.set_entries)

@@ -156,7 +156,7 @@ class IMAPServer(MailboxCommands, MessageCommands, MetadataCommands, ListenerSes
         self.store: UserStore | None = None
         self.selected: Selected | None = None
         self.condstore = False
-        self.qresync = False
+        self.qresync_enabled = False
         self.errors = 0
         self.failed_logins = 0
         self.closing = False

@@ -7,7 +7,7 @@ from typing import Any
 from postroom.auth.ratelimit import LoginRateLimiter
 from postroom.config import Settings
 from postroom.runtime import ServiceContext
-from postroom.store import annotations
+from postroom.store import imap_metadata
 from postroom_imap.backend import ChangeListener, StoreAccounts
 from postroom_imap.protocol import IMAPFactory
 from postroom_imap.syntax import Limits
@@ -38,9 +38,9 @@ def build_factory(ctx: ServiceContext) -> tuple[IMAPFactory, ChangeListener]:
         limiter=LoginRateLimiter.from_settings(ctx.redis_client, settings, ctx.metrics),
         listener=listener,
         reactor=ctx.reactor, cpu_pool=ctx.thread_pool("cpu", CPU_THREADS),
-        metadata_limits=annotations.Limits(max_size=settings.imap_metadata_max_size,
-                                           max_entries=settings.imap_metadata_max_entries,
-                                           max_total=settings.imap_metadata_max_total))
+        metadata_limits=imap_metadata.Limits(max_size=settings.imap_metadata_max_size,
+                                             max_entries=settings.imap_metadata_max_entries,
+                                             max_total=settings.imap_metadata_max_total))
     factory = IMAPFactory(
         accounts, hostname=settings.hostname, tls=ctx.tls,
         allow_plaintext_auth_on_loopback=settings.allow_plaintext_auth_on_loopback,

@@ -73,7 +73,7 @@ def get(s: Session, user_id: int, mailbox: str, names: Sequence[str],
     box = _mailbox_id(s, user_id, mailbox)
     table, _, where = _table(box)
     owner = user_id if box is None else box
-    rows = dict(s.execute(text(
+    rows: dict[str, bytes] = dict(s.execute(text(
         f"SELECT name, value FROM {table} WHERE {where} AND name = ANY(:names)"),  # noqa: S608 -- table and condition are constants
         {"owner": owner, "names": list(names)}).all())
     out: list[tuple[str, bytes | None]] = []
