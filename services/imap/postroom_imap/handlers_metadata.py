@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from postroom_imap.policy import MetadataMaxSize, MetadataTooMany
 from postroom_imap.render import mailbox_name
 from postroom_imap.syntax import Command
 from postroom_imap.syntax_types import GetMetadata, SetMetadata
@@ -65,6 +66,11 @@ class MetadataCommands(CommandHost):
     async def do_setmetadata(self, command: Command) -> Reply:
         args = command.args
         assert isinstance(args, SetMetadata)
-        await self._metadata_store().set_metadata(args.mailbox, args.entries)
+        try:
+            await self._metadata_store().set_metadata(args.mailbox, args.entries)
+        except (MetadataMaxSize, MetadataTooMany) as exc:
+            self.meter.error("metadata_limit")  # the errors_total counter, by kind
+            self.log.info("metadata refused", mailbox=args.mailbox, reason=exc.response())
+            raise
         self.log.info("metadata set", mailbox=args.mailbox, entries=len(args.entries))
         return ("OK", "SETMETADATA completed")
