@@ -212,3 +212,45 @@ def test_entries_past_the_retention_are_pruned_and_raise_the_floor(
     _, exact, below = database.run_sync(work)
     assert exact == [(3, 3)]  # at the floor: still exact
     assert below == [(1, 1), (3, 3)]  # below it: every UID known that is gone
+
+
+def test_qresync_session_keeps_recent_single_exists_and_searchres(
+        server: Server, account: Account) -> None:
+    """After ENABLE QRESYNC: `* n RECENT` with new mail, one EXISTS for an own APPEND,
+    and VANISHED takes expunged messages out of `$` and of the session's \\Recent."""
+    for _ in range(3):
+        account.deliver(MESSAGE)
+    phone = Raw(server, account)
+    laptop = Raw(server, account)
+    try:
+        assert phone.cmd("ENABLE QRESYNC")[0] == b"* ENABLED QRESYNC\r\n"
+        selected = phone.cmd("SELECT INBOX")
+        assert b"* 3 EXISTS\r\n" in selected and b"* 3 RECENT\r\n" in selected
+        # new mail: EXISTS then RECENT, as without QRESYNC
+        account.deliver(MESSAGE)
+        assert phone.cmd("NOOP")[:2] == [b"* 4 EXISTS\r\n", b"* 4 RECENT\r\n"]
+        # the session's own APPEND: one EXISTS (imap-ext's absorb), no second one at NOOP
+        appended = phone.cmd(f"APPEND INBOX {{{len(MESSAGE)}+}}\r\n" + MESSAGE.decode())
+        assert [line for line in appended if line.endswith(b"EXISTS\r\n")] == [b"* 5 EXISTS\r\n"]
+        assert phone.cmd("NOOP") == [phone_tag(phone) + b" OK NOOP completed\r\n"]
+        # $ holds 2 and 4; another device expunges 2
+        assert phone.cmd("SEARCH RETURN (SAVE) 2,4")[-1].endswith(b"result saved\r\n")
+        assert laptop.cmd("SELECT INBOX")[-1].endswith(b"SELECT completed\r\n")
+        laptop.cmd("UID STORE 2 +FLAGS.SILENT (\\Deleted)")
+        laptop.cmd("EXPUNGE")
+        assert phone.cmd("NOOP")[0] == b"* VANISHED 2\r\n"
+        assert phone.cmd("UID SEARCH $")[0] == b"* SEARCH 4\r\n"
+        assert phone.cmd("SEARCH RECENT")[0] == b"* SEARCH 1 2 3\r\n"  # UIDs 1, 3, 4
+        fetched = phone.cmd("UID FETCH $ (FLAGS)")
+        assert fetched[0].startswith(b"* 3 FETCH (UID 4 FLAGS (\\Recent) MODSEQ (")
+        # a new SELECT: nothing left to take, $ forgotten
+        again = phone.cmd("SELECT INBOX")
+        assert b"* 4 EXISTS\r\n" in again and b"* 0 RECENT\r\n" in again
+        assert phone.cmd("UID SEARCH $")[0] == b"* SEARCH\r\n"
+    finally:
+        phone.close()
+        laptop.close()
+
+
+def phone_tag(client: Raw) -> bytes:
+    return f"t{client.n}".encode()

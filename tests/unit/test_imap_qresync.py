@@ -11,7 +11,7 @@ from postroom_imap.policy import Changes, SelectState
 from postroom_imap.qresync import outside_view
 from postroom_imap.selected import Selected
 from postroom_imap.syntax import Command, CommandReader, Limits
-from postroom_imap.syntax_types import Qresync, Select
+from postroom_imap.syntax_types import Qresync, SearchFlag, SearchSet, Select, SequenceSet
 from tests.unit.test_imap_protocol import FakeStore, Harness
 
 # RFC 7162 3.2.5.2's example: UIDVALIDITY 67890007, UIDNEXT 600, what survived its expunges
@@ -117,6 +117,26 @@ def test_expunges_become_one_vanished_line_once_enabled() -> None:
     box.vanished = True
     lines = box.apply(Changes(5, 9, [], [5], []), allow_expunge=True, condstore=True)
     assert lines == [b"* VANISHED 1\r\n"]
+
+
+def test_forget_drops_expunged_uids_from_searchres_and_recent() -> None:
+    box = Selected(SelectState(1, "INBOX", 1, 600, 1, array("I", [1, 2, 3, 5, 8]), None,
+                               recent_from=3), False)
+    box.vanished = True
+    box.saved = [2, 3, 8]
+    assert box.recent == [(3, 8)] and box.recent_count() == 3
+    assert box.forget([3, 8]) == [b"* VANISHED 3,8\r\n"]
+    assert box.saved == [2] and box.saved_uids() == [2]
+    # the range shrinks to what is left (5), it does not split
+    assert box.recent == [(5, 5)] and box.recent_count() == 1
+    assert box.bind_search(SearchFlag("\\Recent")) == SearchSet(SequenceSet(((5, 5),)), uid=True)
+    # new mail taken after only expunged UIDs joins the range
+    lines = box.apply(Changes(9, 11, [9, 10], None, [], recent=[9, 10]),
+                      allow_expunge=True, condstore=True)
+    assert lines == [b"* 5 EXISTS\r\n", b"* 3 RECENT\r\n"]
+    assert box.recent == [(5, 10)]
+    assert box.forget([5, 9, 10]) == [b"* VANISHED 5,9:10\r\n"]
+    assert box.recent == [] and box.recent_count() == 0
 
 
 def parse(line: bytes) -> Select:
