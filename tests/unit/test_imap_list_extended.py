@@ -30,7 +30,7 @@ class Produce(FakeStore):
             return fail(NoSuchMailbox())  # deleted between LIST and STATUS
         n = len(name)
         return succeed(MailboxStatus(messages=n, uidnext=n + 1, uidvalidity=7, unseen=1,
-                                     highestmodseq=9, size=100, deleted=0))
+                                     highestmodseq=9, size=100, deleted=0, recent=2))
 
 
 def session(rows: list[tuple[str, bool]] = RFC5258) -> Harness:
@@ -146,3 +146,15 @@ def test_parse_options_implied_return_subscribed() -> None:
     assert parse_options((), ("STATUS", "(MESSAGES)")).status == ("MESSAGES",)
     with pytest.raises(SyntaxProblem):
         parse_options(("SPECIAL-USE", "RECURSIVEMATCH"), ())
+
+
+def test_list_status_recent_is_the_one_status_reports() -> None:
+    """LIST-STATUS and STATUS render the same values, RECENT included (not a fixed 0)."""
+    h = session([("INBOX", True)])
+    items = b"(MESSAGES RECENT UIDNEXT UIDVALIDITY UNSEEN HIGHESTMODSEQ SIZE DELETED)"
+    listed = h.send(b'A01 LIST "" INBOX RETURN (STATUS %s)\r\n' % items)
+    status = h.send(b"A02 STATUS INBOX %s\r\n" % items)
+    line = (b"* STATUS INBOX (MESSAGES 5 RECENT 2 UIDNEXT 6 UIDVALIDITY 7 UNSEEN 1 "
+            b"HIGHESTMODSEQ 9 SIZE 100 DELETED 0)\r\n")
+    assert listed == b'* LIST (\\HasNoChildren) "/" INBOX\r\n' + line + b"A01 OK LIST completed\r\n"
+    assert status == line + b"A02 OK STATUS completed\r\n"
