@@ -488,6 +488,18 @@ class Settings:
         _size, "1M",
         "Decoded text indexed per message, for its header and for its body each; a message "
         "with more is also searched by its raw bytes.")
+    # --- imap-sync: METADATA (RFC 5464) limits
+    imap_metadata_max_size: int = setting(
+        _size, "16K",
+        "Largest value of one IMAP METADATA entry (SETMETADATA over it: NO [METADATA MAXSIZE]).")
+    imap_metadata_max_entries: int = setting(
+        _positive_int, "100",
+        "IMAP METADATA entries on the server, and on each mailbox, per account (over it: "
+        "NO [METADATA TOOMANY]).")
+    imap_metadata_max_total: int = setting(
+        _size, "1M",
+        "Bytes of every IMAP METADATA value of one account together (over it: "
+        "NO [METADATA TOOMANY]).")
     dmarc_listen: tuple[str, ...] = setting(
         _endpoints, "tcp:8025", "The DMARC policy service's internal HTTP API.")
     dmarc_url: str = setting(

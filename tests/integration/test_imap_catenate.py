@@ -60,7 +60,9 @@ def test_rfc4469_style_forward_is_assembled_and_seen_by_another_device(
         # the other device sees it arrive, byte for byte the same
         assert b"* 2 EXISTS" in watcher.command(b"n NOOP")
         assert body_of(watcher, b"g", 2) == expected
-        assert b"FLAGS (\\Seen \\Draft $MDNSent)" in watcher.command(b"h FETCH 2 (FLAGS)")
+        # the watcher's sync is the first session to see it: \Recent there (RFC 3501 2.3.2)
+        assert b"FLAGS (\\Seen \\Draft $MDNSent \\Recent)" in watcher.command(
+            b"h FETCH 2 (FLAGS)")
     finally:
         writer.close()
         watcher.close()

@@ -72,8 +72,9 @@ def test_rfc3502_example_stores_both_with_one_appenduid_range(server: Server,  #
         fetched = client.command(b"f EXAMINE INBOX") + client.command(
             b"g FETCH 1:* (FLAGS INTERNALDATE RFC822.SIZE)")
         assert b"* 2 EXISTS" in fetched
-        # the same instant (the store keeps INTERNALDATE in UTC)
-        assert b'* 2 FETCH (FLAGS (\\Seen) INTERNALDATE "02-Jul-2002 05:30:00 +0000" ' \
+        # the same instant (the store keeps INTERNALDATE in UTC); EXAMINE shows the untaken
+        # messages \Recent without taking them (RFC 3501 6.3.2)
+        assert b'* 2 FETCH (FLAGS (\\Seen \\Recent) INTERNALDATE "02-Jul-2002 05:30:00 +0000" ' \
                b"RFC822.SIZE %d)" % len(JOE) in fetched, fetched
         assert b"RFC822.SIZE %d)" % len(FRED) in fetched
     finally:
@@ -162,14 +163,14 @@ def test_binary_fetch_decodes_base64_and_quoted_printable(server: Server,  # noq
                          b"f OK FETCH completed\r\n" % (len(NUL_BYTES), len(NUL_BYTES), NUL_BYTES))
         reply = client.command(b"g FETCH 1 (BINARY.PEEK[2] BINARY.PEEK[1]<256.4> FLAGS)")
         assert reply == (b"* 1 FETCH (BINARY[2] {21}\r\ncaf\xc3\xa9 and a softbreak "
-                         b"BINARY[1]<256> ~{4}\r\n\x00\x01\x02\x03 FLAGS ())\r\n"
+                         b"BINARY[1]<256> ~{4}\r\n\x00\x01\x02\x03 FLAGS (\\Recent))\r\n"
                          b"g OK FETCH completed\r\n"), reply
         # an encoding nobody defined (RFC 3516 4.3)
         reply = client.command(b"h FETCH 1 (BINARY.PEEK[3])")
         assert reply.startswith(b"h NO [UNKNOWN-CTE]"), reply
         # BINARY without .PEEK sets \Seen
         reply = client.command(b"i FETCH 1 (BINARY[2])")
-        assert b"FLAGS (\\Seen)" in reply, reply
+        assert b"FLAGS (\\Seen \\Recent)" in reply, reply
         # BINARY[] is the whole message as stored
         reply = client.command(b"j FETCH 1 (BINARY.PEEK[])")
         assert b"BINARY[] {%d}\r\n%s)" % (len(PARTS), PARTS) in reply
@@ -218,7 +219,7 @@ def test_imapclient_multiappend_with_flags_and_dates(server: Server,  # noqa: F8
         client.select_folder("INBOX", readonly=True)
         fetched = client.fetch([1, 2], ["FLAGS", "INTERNALDATE", "RFC822"])
         assert fetched[1][b"RFC822"] == FRED and fetched[2][b"RFC822"] == JOE
-        assert fetched[2][b"FLAGS"] == (b"\\Flagged",)
+        assert fetched[2][b"FLAGS"] == (b"\\Flagged", b"\\Recent")  # untaken, read-only
         assert fetched[2][b"INTERNALDATE"].astimezone(UTC) == when
     finally:
         client.logout()

@@ -189,10 +189,9 @@ def test_searchres_rfc5182_examples(server: Server, account: Account) -> None:
         assert wire("FETCH $ (UID)") == [b"* 2 FETCH (UID 2)", b"* 10 FETCH (UID 10)",
                                          b"* 11 FETCH (UID 11)", b"TAG OK FETCH completed"]
         assert wire("UID FETCH $ (FLAGS)")[:3] == [
-            # this session's SELECT took them as \\Recent (RFC 3501 2.3.2)
             b"* 2 FETCH (UID 2 FLAGS (\\Flagged \\Recent))",
             b"* 10 FETCH (UID 10 FLAGS (\\Flagged \\Recent))",
-            b"* 11 FETCH (UID 11 FLAGS (\\Flagged \\Recent))"]
+            b"* 11 FETCH (UID 11 FLAGS (\\Flagged \\Recent))"]  # the second SELECT took them
         # $ in a later SEARCH, combined with other keys
         assert wire("SEARCH $ UID 10:*")[0] == b"* SEARCH 10 11"
         assert wire("SEARCH OR $ 1")[0] == b"* SEARCH 1 2 10 11"

@@ -26,7 +26,7 @@ NAMES = ["INBOX", "INBOX/Receipts", "Sent", "Lists/postroom", "Lists/postroom/20
 
 def listed(reference: str, *patterns: str) -> list[str]:
     rows = [MailboxRow(n, None, True) for n in NAMES]
-    lines = list_lines(rows, list_matchers(reference, patterns), lsub=False, special_only=False)
+    lines = list_lines(rows, list_matchers(reference, patterns), lsub=False)
     return [line.rsplit(b" ", 1)[1].strip().decode() for line in lines]
 
 

@@ -66,7 +66,7 @@ def test_keywords_are_announced_once_and_before_fetch() -> None:
 
 
 def _lsub(rows: list[MailboxRow], pattern: str) -> list[bytes]:
-    return list_lines(rows, list_matchers("", (pattern,)), lsub=True, special_only=False)
+    return list_lines(rows, list_matchers("", (pattern,)), lsub=True)
 
 
 def test_lsub_parent_of_a_subscribed_child_is_noselect_only_when_the_child_is_hidden() -> None:

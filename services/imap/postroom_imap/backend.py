@@ -25,7 +25,7 @@ from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import get_logger
 from postroom.queue import events, learning
 from postroom.queue.redisclient import RedisClient, RedisError
-from postroom.store import users
+from postroom.store import imap_metadata, users
 from postroom.store.db import UNAVAILABLE, Database
 from postroom_imap import catenate, mailstore
 from postroom_imap.ordering import SortItem
@@ -48,6 +48,9 @@ from postroom_imap.policy import (
 from postroom_imap.syntax_types import SearchKey
 
 log = get_logger("imap")
+# the POSTROOM_IMAP_METADATA_* defaults, for factories built without settings (tests)
+DEFAULT_METADATA_LIMITS = imap_metadata.Limits(max_size=16 * 1024, max_entries=100,
+                                               max_total=1024 * 1024)
 
 
 class ChangeListener:
@@ -115,10 +118,12 @@ class StoreAccounts:
     def __init__(self, database: Database, client: RedisClient, redis_pool: ThreadPool, *,
                  prefix: str, limiter: LoginRateLimiter | None, listener: ChangeListener,
                  reactor: ReactorThreads, auth_cache: AuthCache[users.UserInfo] | None = None,
-                 cpu_pool: ThreadPool | None = None, learn: bool = False) -> None:
+                 cpu_pool: ThreadPool | None = None, learn: bool = False,
+                 metadata_limits: imap_metadata.Limits | None = None) -> None:
         self.database = database
         # moves into and out of Junk become rspamd learning requests (the `learn` stream)
         self.learn = learn
+        self.metadata_limits = metadata_limits or DEFAULT_METADATA_LIMITS
         # repeated logins skip scrypt for a minute (see postroom.auth.authcache)
         self.auth_cache: AuthCache[users.UserInfo] = (
             auth_cache if auth_cache is not None else AuthCache())
@@ -393,6 +398,19 @@ class UserStoreImpl:
 
     def quota(self) -> Deferred[Quota]:
         return self._db(mailstore.quota, self.user_id)
+
+    def get_metadata(self, mailbox: str, names: Sequence[str],
+                     depth: str) -> Deferred[list[tuple[str, bytes | None]]]:
+        return self._db(mailstore.get_metadata, self.user_id, mailbox, list(names), depth)
+
+    def set_metadata(self, mailbox: str,
+                     entries: Sequence[tuple[str, bytes | None]]) -> Deferred[None]:
+        return self._db(mailstore.set_metadata, self.user_id, mailbox, list(entries),
+                        self.accounts.metadata_limits)
+
+    def vanished(self, mailbox_id: int, since: int,
+                 spans: list[tuple[int, int]] | None) -> Deferred[list[tuple[int, int]]]:
+        return self._db(mailstore.vanished, mailbox_id, since, spans)
 
     def watch(self, mailbox_id: int, callback: Callable[..., None]) -> Callable[[], None]:
         return self.accounts.listener.watch(mailbox_id, callback)

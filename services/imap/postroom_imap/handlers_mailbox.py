@@ -7,7 +7,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from postroom import glob
+from postroom_imap.list_extended import extended_lines, parse_options, status_values
 from postroom_imap.policy import MailboxRow, NewMessage, NoSuchMailbox, Refusal
+from postroom_imap.qresync import resync
 from postroom_imap.render import canonical_flag, mailbox_name
 from postroom_imap.selected import Selected, uid_set_text
 from postroom_imap.syntax import Command
@@ -102,12 +104,12 @@ def _hidden_subscribed_parents(names: dict[str, MailboxRow],
     return out
 
 
-def list_lines(rows: list[MailboxRow], matchers: list[Matcher], *,
-               lsub: bool, special_only: bool, subscribed: bool = False) -> list[bytes]:
-    """The ``* LIST`` / ``* LSUB`` lines for a user's mailboxes.
+def list_lines(rows: list[MailboxRow], matchers: list[Matcher], *, lsub: bool) -> list[bytes]:
+    """The ``* LIST`` / ``* LSUB`` lines for a user's mailboxes (plain RFC 3501 LIST and LSUB).
 
-    ``lsub`` is the LSUB command (its RFC 3501 6.3.9 rule for parents);
-    ``subscribed`` a LIST selecting only subscribed names.
+    ``lsub`` is the LSUB command (its RFC 3501 6.3.9 rule for parents). A LIST
+    with selection or return options (``LIST (SUBSCRIBED)``, ``(SPECIAL-USE)``)
+    is RFC 5258's: :func:`postroom_imap.list_extended.extended_lines`.
     """
     names = {r.name: r for r in rows}
     parents: set[str] = set()
@@ -117,16 +119,14 @@ def list_lines(rows: list[MailboxRow], matchers: list[Matcher], *,
             parents.add(DELIMITER.join(parts[:i]))
     candidates = sorted(set(names) | parents, key=lambda n: (n != "INBOX", n))
     verb = b"LSUB" if lsub else b"LIST"
-    hidden = _hidden_subscribed_parents(names, matchers) if lsub and not subscribed else set()
+    hidden = _hidden_subscribed_parents(names, matchers) if lsub else set()
     lines = []
     for name in candidates:
         if not any(m(name) for m in matchers):
             continue
         row = names.get(name)
         stands_in = name in hidden
-        if (lsub or subscribed) and not stands_in and (row is None or not row.subscribed):
-            continue
-        if special_only and (row is None or not row.special_use):
+        if lsub and not stands_in and (row is None or not row.subscribed):
             continue
         attrs = []
         if row is None or stands_in:
@@ -142,6 +142,8 @@ def list_lines(rows: list[MailboxRow], matchers: list[Matcher], *,
 class MailboxCommands(CommandHost):
     """Mixed into IMAPServer; uses only what :class:`~postroom_imap.host.CommandHost` lists."""
 
+    qresync_enabled: bool  # CommandHost's; declared again so mypy types the assignment here
+
     def _user(self) -> UserStore:
         assert self.store is not None
         return self.store
@@ -149,6 +151,8 @@ class MailboxCommands(CommandHost):
     async def _select(self, command: Command, readonly: bool) -> Reply:
         args = command.args
         assert isinstance(args, Select)
+        if args.qresync is not None and not self.qresync_enabled:
+            return ("BAD", "QRESYNC parameter needs ENABLE QRESYNC first")
         if self.selected is not None:
             self.drop_selected()
             self.write(b"* OK [CLOSED] previous mailbox closed\r\n")
@@ -169,6 +173,9 @@ class MailboxCommands(CommandHost):
                 b"* OK [HIGHESTMODSEQ %d] highest modseq\r\n" % state.highestmodseq]
         self.write(b"".join(out))
         self.select_mailbox(selected)
+        selected.vanished = self.qresync_enabled
+        if args.qresync is not None and args.qresync.uidvalidity == state.uidvalidity:
+            self.write(await resync(self._user(), selected, args.qresync))
         mode = "READ-ONLY" if readonly else "READ-WRITE"
         return ("OK", f"[{mode}] {command.name} completed")
 
@@ -243,18 +250,41 @@ class MailboxCommands(CommandHost):
             self.log.info("list pattern refused", command=command.name, reason=str(exc))
             self.meter.error("list_pattern_refused")
             return ("NO", f"[LIMIT] {command.name} refused: {exc}")
+        if not lsub and (args.selection or args.returns):
+            # RFC 5258: LIST (SUBSCRIBED) / (SPECIAL-USE) / RETURN (...) are listed there only
+            return await self._list_extended(command, matchers)
         rows = await self._user().list_mailboxes()
-        subscribed = "SUBSCRIBED" in args.selection
-        special_only = "SPECIAL-USE" in args.selection
         if list_work(rows, matchers) <= INLINE_LIST_WORK:
-            lines = list_lines(rows, matchers, lsub=lsub, special_only=special_only,
-                               subscribed=subscribed)
+            lines = list_lines(rows, matchers, lsub=lsub)
         else:  # many mailboxes: the other sessions of this process go on meanwhile
             lines = await self._user().offload(functools.partial(
-                list_lines, rows, matchers, lsub=lsub, special_only=special_only,
-                subscribed=subscribed))
+                list_lines, rows, matchers, lsub=lsub))
         self.write(b"".join(lines))
         return ("OK", f"{command.name} completed")
+
+    async def _list_extended(self, command: Command, matchers: list[Matcher]) -> Reply:
+        """LIST with RFC 5258 selection/return options, and RFC 5819 STATUS."""
+        args = command.args
+        assert isinstance(args, ListArgs)
+        options = parse_options(args.selection, args.returns)
+        rows = await self._user().list_mailboxes()
+        if list_work(rows, matchers) <= INLINE_LIST_WORK:
+            listed = extended_lines(rows, matchers, options)
+        else:
+            listed = await self._user().offload(functools.partial(
+                extended_lines, rows, matchers, options))
+        out: list[bytes] = []
+        for entry in listed:
+            out.append(entry.line)
+            if options.status and entry.selectable:
+                try:
+                    status = await self._user().status(entry.name)
+                except NoSuchMailbox:
+                    continue  # deleted meanwhile: its LIST line stands, without STATUS
+                out.append(b"* STATUS %s (%s)\r\n" % (mailbox_name(entry.name),
+                                                       status_values(status, options.status)))
+        self.write(b"".join(out))
+        return ("OK", "LIST completed")
 
     async def do_list(self, command: Command) -> Reply:
         return await self._list(command, lsub=False)
@@ -266,13 +296,9 @@ class MailboxCommands(CommandHost):
         args = command.args
         assert isinstance(args, Status)
         status = await self._user().status(args.mailbox)
-        values = {"MESSAGES": status.messages, "RECENT": status.recent, "UIDNEXT": status.uidnext,
-                  "UIDVALIDITY": status.uidvalidity, "UNSEEN": status.unseen,
-                  "HIGHESTMODSEQ": status.highestmodseq, "SIZE": status.size,
-                  "DELETED": status.deleted, "APPENDLIMIT": 0}
-        items = " ".join(f"{item} {values[item]}" for item in args.items
-                         if item != "APPENDLIMIT")
-        self.write(b"* STATUS %s (%s)\r\n" % (mailbox_name(args.mailbox), items.encode("ascii")))
+        # the same values LIST-STATUS returns (APPENDLIMIT is asked for but not reported)
+        self.write(b"* STATUS %s (%s)\r\n" % (mailbox_name(args.mailbox),
+                                               status_values(status, args.items)))
         return ("OK", "STATUS completed")
 
     async def do_append(self, command: Command) -> Reply:
@@ -306,6 +332,13 @@ class MailboxCommands(CommandHost):
         if "CONDSTORE" in args.capabilities:
             self.condstore = True
             enabled.append("CONDSTORE")
+        if "QRESYNC" in args.capabilities and not self.qresync_enabled:
+            # QRESYNC implies CONDSTORE (RFC 7162 3.2.3); expunges are VANISHED from now on
+            self.qresync_enabled = True
+            self.condstore = True
+            if self.selected is not None:
+                self.selected.vanished = True
+            enabled.append("QRESYNC")
         self.write(b"* ENABLED%s\r\n" % "".join(" " + e for e in enabled).encode("ascii"))
         return ("OK", "ENABLE completed")
 

@@ -17,6 +17,7 @@ from postroom_imap.ordering import (
     thread_references,
 )
 from postroom_imap.policy import FetchRow, NoSuchMailbox, Refusal, TooManyKeywords
+from postroom_imap.qresync import vanished_earlier
 from postroom_imap.render import (
     FlagsLine,
     canonical_flag,
@@ -249,6 +250,11 @@ class MessageCommands(CommandHost):
         uids = self._targets(command, args.sequence)
         if args.changedsince is not None or any(i.name == "MODSEQ" for i in args.items):
             self.condstore = True
+        if args.vanished:  # RFC 7162 3.2.6
+            if not (command.uid and self.qresync_enabled and args.changedsince is not None):
+                return ("BAD", "VANISHED needs UID FETCH, CHANGEDSINCE and ENABLE QRESYNC")
+            self.write(await vanished_earlier(store, box, args.changedsince,
+                                                      args.sequence))
         want_blob = any(needs_blob(i) for i in args.items)
         # RFC822.HEADER/TEXT need the header's end, which the cached analysis has
         want_meta = any(needs_meta(i) or i.name in ("RFC822.HEADER", "RFC822.TEXT")
@@ -342,7 +348,7 @@ class MessageCommands(CommandHost):
                 items = [b"FLAGS (" + " ".join(shown).encode("utf-8") + b")"]
                 if self.condstore:
                     items.append(b"MODSEQ (%d)" % row.modseq)
-            if command.uid:
+            if command.uid or self.qresync_enabled:  # RFC 7162 3.2.4 (errata 1807)
                 items.insert(0, b"UID %d" % row.uid)
             out.append(b"* %d FETCH (%s)\r\n" % (seq, b" ".join(items)))
         self.write(b"".join(out))

@@ -27,6 +27,8 @@ class CommandHost(Protocol):
     selected: Selected | None
     # CONDSTORE enabled (RFC 7162 3.1): MODSEQ in FETCH and untagged FETCH responses
     condstore: bool
+    # QRESYNC enabled (RFC 7162 3.2.3): VANISHED instead of EXPUNGE, SELECT (QRESYNC ...)
+    qresync_enabled: bool
     log: Logger
 
     @property

@@ -17,17 +17,26 @@ from typing import Any, ParamSpec, TypeVar
 from postroom.mime import analyze, metadata_json
 from postroom.mime.fulltext import DEFAULT_MAX_BYTES, text_or_unreadable
 from postroom.mime.headers import decode_words
-from postroom.store import entries
+from postroom.store import entries, imap_metadata
+from postroom.store import vanished as expunges
 from postroom.store.errors import AlreadyExists, NotFound
 from postroom.store.errors import OverQuota as QuotaPassed
 from postroom.store.errors import TooManyKeywords as KeywordsPassed
 from postroom_imap.ordering import SortItem
-from postroom_imap.policy import MailboxExists, NoSuchMailbox, OverQuota, TooManyKeywords
+from postroom_imap.policy import (
+    MailboxExists,
+    MetadataMaxSize,
+    MetadataTooMany,
+    NoSuchMailbox,
+    OverQuota,
+    TooManyKeywords,
+)
 
 __all__ = ["append", "changes", "copy", "create",
-           "delete", "expunge", "fetch", "fetch_flags", "list_rows", "mailbox_identity",
-           "ordering", "quota",
-           "rename", "search", "select", "status", "store", "subscribe", "user_mailbox_ids"]
+           "delete", "expunge", "fetch", "fetch_flags", "get_metadata", "list_rows",
+           "mailbox_identity", "ordering", "quota",
+           "rename", "search", "select", "set_metadata", "status", "store", "subscribe",
+           "user_mailbox_ids", "vanished"]
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -48,6 +57,10 @@ def _refusing(fn: Callable[P, T]) -> Callable[P, T]:
             raise OverQuota() from None
         except KeywordsPassed:
             raise TooManyKeywords() from None
+        except imap_metadata.TooLarge as exc:
+            raise MetadataMaxSize(exc.max_size) from None
+        except imap_metadata.TooMany as exc:
+            raise MetadataTooMany(str(exc)) from None
 
     return call
 
@@ -84,6 +97,9 @@ copy = _refusing(entries.copy)
 expunge = _refusing(entries.expunge)
 user_mailbox_ids = _refusing(entries.user_mailbox_ids)
 mailbox_identity = _refusing(entries.mailbox_identity)
+vanished = _refusing(expunges.vanished)
+get_metadata = _refusing(imap_metadata.get)
+set_metadata = _refusing(imap_metadata.set_entries)
 
 
 def _display(address: Any) -> str:

@@ -41,6 +41,8 @@ __all__ = [
     "MailboxExists",
     "MailboxRow",
     "MailboxStatus",
+    "MetadataMaxSize",
+    "MetadataTooMany",
     "NoSuchMailbox",
     "OverQuota",
     "OwnChange",
@@ -92,6 +94,21 @@ class NoSuchMailbox(Refusal):
 class MailboxExists(Refusal):
     code = "ALREADYEXISTS"
     text = "mailbox already exists"
+
+
+class MetadataMaxSize(Refusal):
+    """RFC 5464 4.3: a value over the limit; the code names the limit."""
+
+    text = "metadata value too large"
+
+    def __init__(self, max_size: int) -> None:
+        super().__init__()
+        self.code = f"METADATA MAXSIZE {max_size}"
+
+
+class MetadataTooMany(Refusal):
+    code = "METADATA TOOMANY"
+    text = "too many metadata entries"
 
 
 class OverQuota(Refusal):
@@ -166,6 +183,14 @@ class UserStore(Protocol):
              move: bool) -> Deferred[CopyResult]: ...
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None) -> Deferred[list[int]]: ...
     def quota(self) -> Deferred[Quota]: ...
+    # METADATA (RFC 5464): mailbox "" is the server
+    def get_metadata(self, mailbox: str, names: Sequence[str],
+                     depth: str) -> Deferred[list[tuple[str, bytes | None]]]: ...
+    def set_metadata(self, mailbox: str,
+                     entries: Sequence[tuple[str, bytes | None]]) -> Deferred[None]: ...
+    # QRESYNC: UID ranges expunged after modseq ``since`` (within ``spans`` when given)
+    def vanished(self, mailbox_id: int, since: int,
+                 spans: list[tuple[int, int]] | None) -> Deferred[list[tuple[int, int]]]: ...
 
     # optional (the protocol uses getattr): what the last command changed itself
     # def take_own_changes(self) -> list[OwnChange]: ...

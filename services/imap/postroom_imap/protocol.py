@@ -32,6 +32,7 @@ from postroom.net.session import ListenerSession
 from postroom_imap.compress import STEPS_PER_TURN, Deflate
 from postroom_imap.handlers_mailbox import MailboxCommands
 from postroom_imap.handlers_message import MessageCommands
+from postroom_imap.handlers_metadata import MetadataCommands
 from postroom_imap.policy import Accounts, AuthFailed, Refusal, UserStore
 from postroom_imap.selected import Selected
 from postroom_imap.syntax import (
@@ -81,7 +82,10 @@ BASE_CAPABILITIES = ("IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE",
                      "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CREATE-SPECIAL-USE",
                      "CHILDREN", "CONDSTORE", "QUOTA", "QUOTA=RES-STORAGE",
                      "QUOTA=RES-MESSAGE",
-                     "MULTIAPPEND", "BINARY", "COMPRESS=DEFLATE", "CATENATE")
+                     "MULTIAPPEND", "BINARY", "COMPRESS=DEFLATE", "CATENATE",
+                     "LIST-EXTENDED", "LIST-STATUS",
+                     "QRESYNC",
+                     "METADATA")
 # imap-search (issue 18): RFC 4731, 5182, 5256, 5957
 SEARCH_CAPABILITIES = ("ESEARCH", "SEARCHRES", "SORT", "SORT=DISPLAY", "THREAD=ORDEREDSUBJECT",
                        "THREAD=REFERENCES")
@@ -90,7 +94,8 @@ _ANY = ("CAPABILITY", "NOOP", "LOGOUT", "ID")
 _NOT_AUTH = ("STARTTLS", "AUTHENTICATE", "LOGIN")
 _AUTH = ("SELECT", "EXAMINE", "CREATE", "DELETE", "RENAME", "SUBSCRIBE", "UNSUBSCRIBE", "LIST",
          "LSUB", "STATUS", "APPEND", "NAMESPACE", "ENABLE", "IDLE", "GETQUOTA", "GETQUOTAROOT",
-         "SETQUOTA", "COMPRESS")
+         "SETQUOTA", "COMPRESS",
+         "GETMETADATA", "SETMETADATA")
 _SELECTED = ("CHECK", "CLOSE", "UNSELECT", "EXPUNGE", "SEARCH", "FETCH", "STORE", "COPY", "MOVE",
              "SORT", "THREAD")
 # commands during which EXPUNGE responses must not be sent (RFC 3501 7.4.1, RFC 5256)
@@ -141,7 +146,8 @@ class IMAPFactory(ServerFactory):
             server.close(b"* BYE server shutting down\r\n")
 
 
-class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
+class IMAPServer(MailboxCommands, MessageCommands, MetadataCommands, ListenerSession,
+                 Protocol):
     """One IMAP connection."""
 
     factory: IMAPFactory
@@ -156,6 +162,7 @@ class IMAPServer(MailboxCommands, MessageCommands, ListenerSession, Protocol):
         self.store: UserStore | None = None
         self.selected: Selected | None = None
         self.condstore = False
+        self.qresync_enabled = False
         self.errors = 0
         self.failed_logins = 0
         self.closing = False

@@ -47,6 +47,12 @@ def uid_set_text(uids: Sequence[int]) -> str:
     return ",".join(f"{a}" if a == b else f"{a}:{b}" for a, b in compress(uids))
 
 
+def vanished_line(spans: Sequence[tuple[int, int]], *, earlier: bool) -> bytes:
+    """``* VANISHED [(EARLIER)] uid-set`` for UID ranges (RFC 7162 3.2.10)."""
+    text = ",".join(f"{a}" if a == b else f"{a}:{b}" for a, b in spans)
+    return b"* VANISHED %s%s\r\n" % (b"(EARLIER) " if earlier else b"", text.encode("ascii"))
+
+
 class Selected:
     """One session's view of its selected mailbox."""
 
@@ -73,6 +79,8 @@ class Selected:
         # SEARCHRES ``$`` (RFC 5182): the UIDs a SEARCH RETURN (SAVE) kept, in this selection
         # only; expunged ones drop out as this view forgets them
         self.saved: list[int] = []
+        # QRESYNC enabled: expunges are told as ``* VANISHED uids`` (RFC 7162 3.2.10)
+        self.vanished = False
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -199,8 +207,12 @@ class Selected:
         return modseq <= self.highestmodseq and not self.held_expunges
 
     def forget(self, uids: Sequence[int]) -> list[bytes]:
-        """Remove expunged UIDs; the ``* n EXPUNGE`` lines, highest number first."""
+        """Remove expunged UIDs; the ``* n EXPUNGE`` lines, highest number first.
+
+        With QRESYNC enabled, one ``* VANISHED`` line naming the UIDs instead.
+        """
         lines = []
+        removed = []
         for uid in sorted(set(uids), reverse=True):
             seq = self.seq_of(uid)
             if seq is None:
@@ -208,8 +220,33 @@ class Selected:
             del self.uids[seq - 1]
             self.held_expunges.discard(uid)
             self.own.pop(uid, None)
+            removed.append(uid)
             lines.append(b"* %d EXPUNGE\r\n" % seq)
+        if removed:
+            self._drop_saved_and_recent(removed)
+        if self.vanished:
+            return [vanished_line(compress(sorted(removed)), earlier=False)] if removed else []
         return lines
+
+    def _drop_saved_and_recent(self, removed: Sequence[int]) -> None:
+        """Expunged UIDs leave ``$`` and this session's \\Recent ranges.
+
+        A recent range shrinks to the first and last UIDs still in the view and
+        goes when none is left; a gap inside a range names no message (UIDs are
+        never reused), so ranges never split and their number never grows.
+        """
+        gone = set(removed)
+        if self.saved:
+            self.saved = [u for u in self.saved if u not in gone]
+        if self.recent:
+            uids = self.uids
+            kept: list[tuple[int, int]] = []
+            for a, b in self.recent:
+                lo = bisect.bisect_left(uids, a)
+                hi = bisect.bisect_right(uids, b)
+                if lo < hi:
+                    kept.append((uids[lo], uids[hi - 1]))
+            self.recent = kept
 
     def apply(self, changes: Changes, *, allow_expunge: bool, condstore: bool) -> list[bytes]:
         """Untagged responses announcing ``changes``; expunges wait unless ``allow_expunge``."""
@@ -240,8 +277,11 @@ class Selected:
             lines.append(b"* %d EXISTS\r\n" % len(self.uids))
             if changes.recent:
                 spans = compress(changes.recent)
-                if self.recent and self.recent[-1][1] + 1 >= spans[0][0]:
-                    # contiguous with what this session already took: one range stays one
+                last = self.recent[-1][1] if self.recent else None
+                if last is not None and (last + 1 >= spans[0][0] or bisect.bisect_right(
+                        self.uids, last) == bisect.bisect_left(self.uids, spans[0][0])):
+                    # contiguous with what this session already took (or only expunged UIDs
+                    # between): one range stays one
                     spans[0] = (self.recent.pop()[0], spans[0][1])
                 self.recent += spans
                 lines.append(b"* %d RECENT\r\n" % self.recent_count())

@@ -7,6 +7,7 @@ from typing import Any
 from postroom.auth.ratelimit import LoginRateLimiter
 from postroom.config import Settings
 from postroom.runtime import ServiceContext
+from postroom.store import imap_metadata
 from postroom_imap.backend import ChangeListener, StoreAccounts
 from postroom_imap.protocol import IMAPFactory
 from postroom_imap.syntax import Limits
@@ -37,7 +38,10 @@ def build_factory(ctx: ServiceContext) -> tuple[IMAPFactory, ChangeListener]:
         limiter=LoginRateLimiter.from_settings(ctx.redis_client, settings, ctx.metrics),
         listener=listener,
         reactor=ctx.reactor, cpu_pool=ctx.thread_pool("cpu", CPU_THREADS),
-        learn=bool(settings.rspamd_url and settings.rspamd_controller_url))
+        learn=bool(settings.rspamd_url and settings.rspamd_controller_url),
+        metadata_limits=imap_metadata.Limits(max_size=settings.imap_metadata_max_size,
+                                             max_entries=settings.imap_metadata_max_entries,
+                                             max_total=settings.imap_metadata_max_total))
     factory = IMAPFactory(
         accounts, hostname=settings.hostname, tls=ctx.tls,
         allow_plaintext_auth_on_loopback=settings.allow_plaintext_auth_on_loopback,

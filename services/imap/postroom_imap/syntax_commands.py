@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import cast
 
 from postroom_imap.syntax_args import Args, mailbox_name, parse_date_time
 from postroom_imap.syntax_fetch import parse_fetch_items
@@ -20,15 +21,18 @@ from postroom_imap.syntax_types import (
     Enable,
     Expunge,
     Fetch,
+    GetMetadata,
     Id,
     ListArgs,
     Login,
     MailboxArg,
     NoArgs,
+    Qresync,
     QuotaRoot,
     Rename,
     Search,
     Select,
+    SetMetadata,
     SetQuota,
     Sort,
     Status,
@@ -70,12 +74,34 @@ def _select(args: Args) -> Select:
     mailbox = args.mailbox()
     params: tuple[object, ...] = ()
     condstore = False
+    qresync = None
     if args.more():
         raw = args.list("select parameters")
         params = tuple(t.text.upper() if isinstance(t, Atom) else t for t in raw)
         condstore = "CONDSTORE" in params
+        if "QRESYNC" in params:
+            at = params.index("QRESYNC")
+            if at + 1 >= len(raw) or not isinstance(raw[at + 1], list):
+                raise SyntaxProblem("QRESYNC needs its parameters")
+            qresync = _qresync(Args(cast(list[Token], raw[at + 1]), "QRESYNC parameters"))
     args.end()
-    return Select(mailbox, condstore, params)
+    return Select(mailbox, condstore, params, qresync)
+
+
+def _qresync(args: Args) -> Qresync:
+    """``(uidvalidity modseq [known-uids [(seq-set uid-set)]])`` (RFC 7162 4)."""
+    uidvalidity = args.number("uidvalidity")
+    modseq = args.modseq()
+    if uidvalidity == 0 or modseq == 0:
+        raise SyntaxProblem("invalid QRESYNC parameters")
+    known = args.sequence_set() if isinstance(args.peek(), Atom) else None
+    seq_match = None
+    if args.more():
+        pair = Args(args.list("sequence match data"), "sequence match data")
+        seq_match = (pair.sequence_set(), pair.sequence_set())
+        pair.end()
+    args.end()
+    return Qresync(uidvalidity, modseq, known, seq_match)
 
 
 def _mailbox(args: Args) -> MailboxArg:
@@ -144,6 +170,87 @@ def _list(args: Args) -> ListArgs:
         returns = _atoms(args.list("return options"), "return options")
     args.end()
     return ListArgs(reference, tuple(patterns), selection, returns)
+
+
+# RFC 5464 3.2: entry names; "*" and "%" are reserved, "/" separates, no empty component
+MAX_ENTRY_NAME = 1024
+MAX_ENTRIES = 100
+
+
+def metadata_entry(raw: bytes) -> str:
+    """An entry name, lower-cased (entries are case-insensitive), or SyntaxProblem."""
+    if not raw or len(raw) > MAX_ENTRY_NAME or not raw.isascii():
+        raise SyntaxProblem("invalid metadata entry name")
+    name = raw.decode("ascii").lower()
+    if (any(c in "*%" or ord(c) < 0x20 or ord(c) == 0x7F for c in name)
+            or "//" in name or name.endswith("/")
+            or not (name.startswith("/private/") or name.startswith("/shared/"))):
+        raise SyntaxProblem("invalid metadata entry name")
+    return name
+
+
+def _metadata_mailbox(args: Args) -> str:
+    data = args.astring_bytes("mailbox name")
+    return "" if data == b"" else mailbox_name(data)
+
+
+def _metadata_options(args: Args, maxsize: int | None, depth: str) -> tuple[int | None, str]:
+    options = Args(args.list("GETMETADATA options"), "GETMETADATA options")
+    while options.more():
+        option = options.atom("GETMETADATA option").upper()
+        if option == "MAXSIZE":
+            maxsize = options.number("MAXSIZE")
+        elif option == "DEPTH":
+            depth = options.atom("DEPTH").lower()
+            if depth not in ("0", "1", "infinity"):
+                raise SyntaxProblem("DEPTH is 0, 1 or infinity")
+        else:
+            raise SyntaxProblem("unknown GETMETADATA option")
+    return maxsize, depth
+
+
+def _is_options(tok: Token | None) -> bool:
+    return (isinstance(tok, list) and bool(tok) and isinstance(tok[0], Atom)
+            and tok[0].text.upper() in ("MAXSIZE", "DEPTH"))
+
+
+def _getmetadata(args: Args) -> GetMetadata:
+    maxsize: int | None = None
+    depth = "0"
+    if isinstance(args.peek(), list):
+        maxsize, depth = _metadata_options(args, maxsize, depth)
+    mailbox = _metadata_mailbox(args)
+    # RFC 5464's own examples put the options after the mailbox (errata 2785): take both
+    if _is_options(args.peek()) and args.pos + 1 < len(args.tokens):
+        maxsize, depth = _metadata_options(args, maxsize, depth)
+    if isinstance(args.peek(), list):
+        names = [metadata_entry(Args([t]).astring_bytes("entry")) for t in args.list("entries")]
+    else:
+        names = [metadata_entry(args.astring_bytes("entry"))]
+    args.end()
+    if not names or len(names) > MAX_ENTRIES:
+        raise SyntaxProblem(f"GETMETADATA takes 1 to {MAX_ENTRIES} entries")
+    return GetMetadata(mailbox, tuple(dict.fromkeys(names)), maxsize, depth)
+
+
+def _setmetadata(args: Args) -> SetMetadata:
+    mailbox = _metadata_mailbox(args)
+    pairs = Args(args.list("entry values"), "entry values")
+    args.end()
+    entries: dict[str, bytes | None] = {}
+    while pairs.more():
+        name = metadata_entry(pairs.astring_bytes("entry"))
+        if pairs.peek_atom() == "NIL":
+            pairs.pos += 1
+            entries[name] = None
+            continue
+        value = pairs.next("entry value")
+        if not isinstance(value, Str) or value.spooled is not None:
+            raise SyntaxProblem("expected an entry value (string, literal or NIL)")
+        entries[name] = value.data
+    if not entries or len(entries) > MAX_ENTRIES:
+        raise SyntaxProblem(f"SETMETADATA takes 1 to {MAX_ENTRIES} entries")
+    return SetMetadata(mailbox, tuple(entries.items()))
 
 
 def _status(args: Args) -> Status:
@@ -373,6 +480,8 @@ COMMANDS: dict[str, Callable[[Args], object]] = {
     "COPY": _copy,
     "MOVE": _copy,
     "ENABLE": _enable,
+    "GETMETADATA": _getmetadata,
+    "SETMETADATA": _setmetadata,
     "ID": _id,
     "GETQUOTA": _getquota,
     "GETQUOTAROOT": _mailbox,

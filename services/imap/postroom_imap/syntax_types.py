@@ -38,11 +38,13 @@ __all__ = [
     "Expunge",
     "Fetch",
     "FetchItem",
+    "GetMetadata",
     "Id",
     "ListArgs",
     "Login",
     "MailboxArg",
     "NoArgs",
+    "Qresync",
     "QuotaRoot",
     "Rename",
     "Search",
@@ -61,6 +63,7 @@ __all__ = [
     "Section",
     "Select",
     "SequenceSet",
+    "SetMetadata",
     "SetQuota",
     "Sort",
     "Status",
@@ -141,6 +144,36 @@ class Select:
     mailbox: str
     condstore: bool = False
     params: tuple[object, ...] = ()
+    qresync: Qresync | None = None
+
+
+@dataclass(frozen=True)
+class GetMetadata:
+    """GETMETADATA (RFC 5464 4.2); ``mailbox`` "" is the server; entry names lower-cased."""
+
+    mailbox: str
+    entries: tuple[str, ...]
+    maxsize: int | None = None
+    depth: str = "0"  # "0", "1" or "infinity"
+
+
+@dataclass(frozen=True)
+class SetMetadata:
+    """SETMETADATA (RFC 5464 4.3): (entry, value or None to remove) pairs."""
+
+    mailbox: str
+    entries: tuple[tuple[str, bytes | None], ...]
+
+
+@dataclass(frozen=True)
+class Qresync:
+    """SELECT's QRESYNC parameter (RFC 7162 3.2.5): what the client knew when it left."""
+
+    uidvalidity: int
+    modseq: int
+    known_uids: SequenceSet | None = None
+    # (sequence numbers, their UIDs): accepted and checked, not needed (expunges are remembered)
+    seq_match: tuple[SequenceSet, SequenceSet] | None = None
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from postroom.mime.fulltext import MessageText
-from postroom.store import fts, mailboxes, messages
+from postroom.store import fts, mailboxes, messages, vanished
 from postroom.store.errors import AlreadyExists, NotFound, OverQuota, TooManyKeywords
 from postroom.store.prepared import Prepared
 from postroom.store.search import SearchKey, search_where
@@ -849,6 +849,7 @@ def copy(s: Session, user_id: int, mailbox_id: int, uids: Sequence[int], dest: s
                        "AND uid = ANY(CAST(:uids AS bigint[]))"),
                   {"m": mailbox_id, "uids": source})
         _bump(s, mailbox_id, src_modseq)
+        vanished.remember(s, mailbox_id, source, src_modseq)
     return CopyResult(int(dst.uidvalidity), source, new, [int(r[1]) for r in rows],
                       source_name=source_name, dest_name=dest_name)
 
@@ -871,6 +872,7 @@ def expunge(s: Session, mailbox_id: int,
     removed = statement.execute(s.connection(), params).all()
     if removed:
         _delete_orphans(s, sorted({int(r[1]) for r in removed}))
+        vanished.remember(s, mailbox_id, sorted(int(r[0]) for r in removed), after)
     return sorted(int(r[0]) for r in removed), before, after
 
 

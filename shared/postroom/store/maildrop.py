@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import delete, select
 from sqlalchemy.orm import Session
 
+from postroom.store import vanished
 from postroom.store.mailboxes import next_modseq
 from postroom.store.messages import delete_orphans
 from postroom.store.models import Mailbox, MailboxEntry, Message
@@ -77,5 +78,6 @@ def expunge_uids(session: Session, mailbox_id: int, uids: Sequence[int]) -> tupl
     if not removed:
         return [], 0
     modseq = next_modseq(session, mailbox_id)
+    vanished.remember(session, mailbox_id, sorted(int(uid) for uid, _ in removed), modseq)
     delete_orphans(session, sorted({int(message_id) for _, message_id in removed}))
     return sorted(int(uid) for uid, _ in removed), modseq

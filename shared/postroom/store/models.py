@@ -196,6 +196,8 @@ class Mailbox(Base):
     recent_uid: Mapped[int] = mapped_column(BigInteger, server_default=text("1"))
     keywords: Mapped[list[str]] = mapped_column(ARRAY(Text),
                                                 server_default=text("'{}'::text[]"))
+    # QRESYNC: expunges at or below this modseq are no longer remembered (expunged_entries)
+    vanished_floor: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
 
 
 class Message(Base):
@@ -215,6 +217,43 @@ class Message(Base):
     meta: Mapped[dict[str, Any]] = mapped_column("metadata", JSONB,
                                                  server_default=text("'{}'::jsonb"))
     created_at: Mapped[datetime] = _now()
+
+
+class ServerAnnotation(Base):
+    """A METADATA entry (RFC 5464) of an account on the server (``GETMETADATA ""``)."""
+
+    __tablename__ = "server_annotations"
+
+    user_id: Mapped[int] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"),
+                                         primary_key=True)
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class MailboxAnnotation(Base):
+    """A METADATA entry (RFC 5464) of one mailbox; RENAME keeps it, DELETE removes it."""
+
+    __tablename__ = "mailbox_annotations"
+
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    name: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[bytes] = mapped_column(LargeBinary)
+
+
+class ExpungedEntry(Base):
+    """A UID expunged from a mailbox and the modseq of the expunge (QRESYNC's VANISHED)."""
+
+    __tablename__ = "expunged_entries"
+    __table_args__ = (
+        Index("ix_expunged_entries_mailbox_id_modseq", "mailbox_id", "modseq"),
+    )
+
+    mailbox_id: Mapped[int] = mapped_column(ForeignKey("mailboxes.id", ondelete="CASCADE"),
+                                            primary_key=True)
+    uid: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    modseq: Mapped[int] = mapped_column(BigInteger)
+    expunged_at: Mapped[datetime] = _now()
 
 
 class MailboxEntry(Base):
