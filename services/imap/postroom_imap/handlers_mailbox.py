@@ -143,6 +143,7 @@ class MailboxCommands(CommandHost):
     """Mixed into IMAPServer; uses only what :class:`~postroom_imap.host.CommandHost` lists."""
 
     qresync_enabled: bool  # CommandHost's; declared again so mypy types the assignment here
+    rev2: bool  # likewise
 
     def _user(self) -> UserStore:
         assert self.store is not None
@@ -160,11 +161,17 @@ class MailboxCommands(CommandHost):
             self.condstore = True
         # a read-write SELECT takes the messages no session took as \\Recent; EXAMINE
         # only reports them (RFC 3501 6.3.1, 6.3.2)
-        state = await self._user().select(args.mailbox, take_recent=not readonly)
+        # IMAP4rev2 (RFC 9051 6.3.2, Appendix E): no \\Recent, no RECENT and no UNSEEN code,
+        # and nothing taken from the rev1 sessions
+        state = await self._user().select(args.mailbox,
+                                          take_recent=not readonly and not self.rev2)
         selected = Selected(state, readonly)
-        out = [*selected.flags_lines(), b"* %d EXISTS\r\n" % len(selected),
-               b"* %d RECENT\r\n" % selected.recent_count()]
-        if state.first_unseen_uid is not None:
+        out = [*selected.flags_lines(), b"* %d EXISTS\r\n" % len(selected)]
+        if self.rev2:
+            selected.drop_recent()
+        else:
+            out.append(b"* %d RECENT\r\n" % selected.recent_count())
+        if state.first_unseen_uid is not None and not self.rev2:
             seq = selected.seq_of(state.first_unseen_uid)
             if seq is not None:
                 out.append(b"* OK [UNSEEN %d] first unseen message\r\n" % seq)
@@ -267,6 +274,8 @@ class MailboxCommands(CommandHost):
         args = command.args
         assert isinstance(args, ListArgs)
         options = parse_options(args.selection, args.returns)
+        if self.rev2 and options.status and "RECENT" in options.status:
+            return ("BAD", "STATUS RECENT is not part of IMAP4rev2")
         rows = await self._user().list_mailboxes()
         if list_work(rows, matchers) <= INLINE_LIST_WORK:
             listed = extended_lines(rows, matchers, options)
@@ -295,6 +304,8 @@ class MailboxCommands(CommandHost):
     async def do_status(self, command: Command) -> Reply:
         args = command.args
         assert isinstance(args, Status)
+        if self.rev2 and "RECENT" in args.items:
+            return ("BAD", "STATUS RECENT is not part of IMAP4rev2")
         status = await self._user().status(args.mailbox)
         # the same values LIST-STATUS returns (APPENDLIMIT is asked for but not reported)
         self.write(b"* STATUS %s (%s)\r\n" % (mailbox_name(args.mailbox),
@@ -339,6 +350,12 @@ class MailboxCommands(CommandHost):
             if self.selected is not None:
                 self.selected.vanished = True
             enabled.append("QRESYNC")
+        if "IMAP4REV2" in args.capabilities and not self.rev2:
+            # RFC 9051: this session follows rev2's rules from now on
+            self.rev2 = True
+            if self.selected is not None:
+                self.selected.drop_recent()
+            enabled.append("IMAP4rev2")
         self.write(b"* ENABLED%s\r\n" % "".join(" " + e for e in enabled).encode("ascii"))
         return ("OK", "ENABLE completed")
 

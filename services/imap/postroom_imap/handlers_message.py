@@ -149,6 +149,8 @@ class MessageCommands(CommandHost):
         assert isinstance(args, Search)
         key = box.bind_search(args.key)
         returns = args.returns
+        if returns is None and self.rev2:
+            returns = ("ALL",)  # RFC 9051 6.4.4: SEARCH is answered with ESEARCH
         saving = returns is not None and "SAVE" in returns
         try:
             found = await store.search(box.mailbox_id, key, box.max_uid)

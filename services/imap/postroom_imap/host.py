@@ -29,6 +29,7 @@ class CommandHost(Protocol):
     condstore: bool
     # QRESYNC enabled (RFC 7162 3.2.3): VANISHED instead of EXPUNGE, SELECT (QRESYNC ...)
     qresync_enabled: bool
+    rev2: bool  # ENABLE IMAP4rev2 (RFC 9051)
     log: Logger
 
     @property

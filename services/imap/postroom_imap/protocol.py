@@ -163,6 +163,8 @@ class IMAPServer(MailboxCommands, MessageCommands, MetadataCommands, ListenerSes
         self.selected: Selected | None = None
         self.condstore = False
         self.qresync_enabled = False
+        # after ENABLE IMAP4rev2 (RFC 9051): no \\Recent, SEARCH answered with ESEARCH
+        self.rev2 = False
         self.errors = 0
         self.failed_logins = 0
         self.closing = False
@@ -560,9 +562,11 @@ class IMAPServer(MailboxCommands, MessageCommands, MetadataCommands, ListenerSes
         selected.dirty = False
         try:
             # a read-write session takes the new messages' \\Recent (only one session does)
+            # (an IMAP4rev2 session has no \\Recent, so it leaves it to rev1 sessions)
             changes = await store.changes(selected.mailbox_id, selected.highestmodseq,
                                           selected.max_uid, len(selected),
-                                          take_recent=not selected.readonly)
+                                          take_recent=selected.track_recent
+                                          and not selected.readonly)
             if self.selected is selected:
                 lines = selected.apply(changes, allow_expunge=allow_expunge,
                                        condstore=self.condstore)

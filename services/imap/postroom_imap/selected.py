@@ -81,6 +81,13 @@ class Selected:
         self.saved: list[int] = []
         # QRESYNC enabled: expunges are told as ``* VANISHED uids`` (RFC 7162 3.2.10)
         self.vanished = False
+        # an IMAP4rev2 session (RFC 9051) has no \\Recent: see :meth:`drop_recent`
+        self.track_recent = True
+
+    def drop_recent(self) -> None:
+        """No \\Recent in this view from now on (``ENABLE IMAP4rev2``, RFC 9051 Appendix E)."""
+        self.recent = []
+        self.track_recent = False
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -275,7 +282,7 @@ class Selected:
         if new:
             self.uids.extend(new)
             lines.append(b"* %d EXISTS\r\n" % len(self.uids))
-            if changes.recent:
+            if changes.recent and self.track_recent:
                 spans = compress(changes.recent)
                 last = self.recent[-1][1] if self.recent else None
                 if last is not None and (last + 1 >= spans[0][0] or bisect.bisect_right(

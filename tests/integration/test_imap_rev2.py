@@ -1,0 +1,85 @@
+"""ENABLE IMAP4rev2 (RFC 9051): a rev2 session beside a rev1 one on the same mailbox.
+
+Exact server replies: after ``ENABLE IMAP4rev2`` no ``* n RECENT`` and no
+``\\Recent`` flag (and no \\Recent taken from rev1 sessions), SEARCH answered
+with ``* ESEARCH``, STATUS RECENT refused; the rev1 device keeps RFC 3501 rules.
+"""
+
+from __future__ import annotations
+
+from tests.integration import test_imap_service as base
+from tests.integration.test_imap_qresync import Raw
+from tests.integration.test_imap_service import MESSAGE, Account, Server
+
+certs, server, domain, account = base.certs, base.server, base.domain, base.account
+
+
+def test_rev2_session_beside_a_rev1_session(server: Server, account: Account) -> None:
+    for _ in range(2):
+        account.deliver(MESSAGE)
+    phone = Raw(server, account)  # IMAP4rev2
+    laptop = Raw(server, account)  # IMAP4rev1
+    try:
+        assert phone.cmd("ENABLE IMAP4rev2") == [b"* ENABLED IMAP4rev2\r\n",
+                                                 phone_tag(phone)
+                                                 + b" OK ENABLE completed\r\n"]
+        # enabling twice lists nothing new (RFC 5161 3.1)
+        assert phone.cmd("ENABLE IMAP4rev2")[0] == b"* ENABLED\r\n"
+        selected = phone.cmd("SELECT INBOX")
+        assert b"* 2 EXISTS\r\n" in selected
+        assert not [line for line in selected if b"RECENT" in line or b"UNSEEN" in line]
+        assert selected[-1] == phone_tag(phone) + b" OK [READ-WRITE] SELECT completed\r\n"
+        # the rev2 SELECT took nothing: the rev1 device still gets both messages as recent
+        got = laptop.cmd("SELECT INBOX")
+        assert b"* 2 RECENT\r\n" in got
+        assert laptop.cmd("SEARCH RECENT")[0] == b"* SEARCH 1 2\r\n"
+        # new mail: EXISTS alone for rev2, EXISTS and RECENT for rev1
+        account.deliver(MESSAGE)
+        assert phone.cmd("NOOP") == [b"* 3 EXISTS\r\n",
+                                     phone_tag(phone) + b" OK NOOP completed\r\n"]
+        assert laptop.cmd("NOOP")[:2] == [b"* 3 EXISTS\r\n", b"* 3 RECENT\r\n"]
+        # SEARCH without RETURN: ESEARCH (RFC 9051 6.4.4), UID indicator for UID SEARCH
+        tag = b"t%d" % (phone.n + 1)
+        assert phone.cmd("SEARCH ALL") == [b'* ESEARCH (TAG "' + tag + b'") ALL 1:3\r\n',
+                                           tag + b" OK SEARCH completed\r\n"]
+        tag = b"t%d" % (phone.n + 1)
+        assert phone.cmd("UID SEARCH 2:3")[0] == b'* ESEARCH (TAG "' + tag + b'") UID ALL 2:3\r\n'
+        tag = b"t%d" % (phone.n + 1)
+        assert phone.cmd("SEARCH DELETED")[0] == b'* ESEARCH (TAG "' + tag + b'")\r\n'
+        assert laptop.cmd("SEARCH ALL")[0] == b"* SEARCH 1 2 3\r\n"
+        # no \Recent in FETCH for rev2, RFC 3501's for rev1
+        assert phone.cmd("FETCH 3 (FLAGS)")[0] == b"* 3 FETCH (FLAGS ())\r\n"
+        assert laptop.cmd("FETCH 3 (FLAGS)")[0] == b"* 3 FETCH (FLAGS (\\Recent))\r\n"
+        # STATUS RECENT is not IMAP4rev2 (RFC 9051 6.3.11); the other items are
+        assert phone.cmd("STATUS INBOX (RECENT)")[-1].startswith(phone_tag(phone) + b" BAD ")
+        assert phone.cmd('LIST "" INBOX RETURN (STATUS (RECENT))')[-1].startswith(
+            phone_tag(phone) + b" BAD ")
+        assert phone.cmd("STATUS INBOX (MESSAGES SIZE DELETED)")[0].startswith(
+            b"* STATUS INBOX (MESSAGES 3 SIZE ")
+        assert laptop.cmd("STATUS INBOX (RECENT)")[0] == b"* STATUS INBOX (RECENT 0)\r\n"
+    finally:
+        phone.close()
+        laptop.close()
+
+
+def test_enable_imap4rev2_while_selected_drops_recent(server: Server, account: Account) -> None:
+    account.deliver(MESSAGE)
+    client = Raw(server, account)
+    try:
+        assert b"* 1 RECENT\r\n" in client.cmd("SELECT INBOX")
+        assert client.cmd("ENABLE IMAP4rev2")[0] == b"* ENABLED IMAP4rev2\r\n"
+        assert client.cmd("FETCH 1 (FLAGS)")[0] == b"* 1 FETCH (FLAGS ())\r\n"
+        tag = b"t%d" % (client.n + 1)
+        assert client.cmd("SEARCH RECENT")[0] == b'* ESEARCH (TAG "' + tag + b'")\r\n'
+        account.deliver(MESSAGE)
+        assert client.cmd("NOOP")[0] == b"* 2 EXISTS\r\n"
+        # SELECT while selected: OK [CLOSED] first (RFC 9051 6.3.2)
+        again = client.cmd("SELECT INBOX")
+        assert again[0] == b"* OK [CLOSED] previous mailbox closed\r\n"
+        assert not [line for line in again if b"RECENT" in line]
+    finally:
+        client.close()
+
+
+def phone_tag(client: Raw) -> bytes:
+    return b"t%d" % client.n
