@@ -83,3 +83,36 @@ def test_enable_imap4rev2_while_selected_drops_recent(server: Server, account: A
 
 def phone_tag(client: Raw) -> bytes:
     return b"t%d" % client.n
+
+
+def test_rev2_mailbox_names_are_utf8_and_select_sends_list(server: Server,
+                                                           account: Account) -> None:
+    """RFC 9051 5.1: UTF-8 names both ways in a rev2 session, modified UTF-7 in a rev1 one;
+    6.3.2: SELECT sends the mailbox's LIST response."""
+    phone = Raw(server, account)  # IMAP4rev2
+    laptop = Raw(server, account)  # IMAP4rev1
+    try:
+        # pipelined: the CREATE after ENABLE is read with rev2's rules
+        tag = b"t%d" % (phone.n + 1)
+        phone.sock.sendall(tag + b" ENABLE IMAP4rev2\r\n" + tag + b"b CREATE \"Tom & Jerry\"\r\n")
+        assert phone.file.readline() == b"* ENABLED IMAP4rev2\r\n"
+        assert phone.file.readline() == tag + b" OK ENABLE completed\r\n"
+        assert phone.file.readline() == tag + b"b OK CREATE completed\r\n"
+        assert laptop.cmd('CREATE "&AOk-t&AOk-"')[-1].endswith(b"OK CREATE completed\r\n")
+        assert phone.cmd('CREATE "Entw\u00fcrfe"')[-1].endswith(b"OK CREATE completed\r\n")
+        assert phone.cmd('LIST "" "Tom*"')[0] == b'* LIST (\\HasNoChildren) "/" "Tom & Jerry"\r\n'
+        assert laptop.cmd('LIST "" "Tom*"')[0] == b'* LIST (\\HasNoChildren) "/" "Tom &- Jerry"\r\n'
+        assert phone.cmd('LIST "" "\u00e9t\u00e9"')[0] == (
+            '* LIST (\\HasNoChildren) "/" "\u00e9t\u00e9"\r\n'.encode())
+        assert laptop.cmd('LIST "" Entw*')[0] == b'* LIST (\\HasNoChildren) "/" Entw&APw-rfe\r\n'
+        assert phone.cmd('STATUS "Entw\u00fcrfe" (MESSAGES)')[0] == (
+            '* STATUS "Entw\u00fcrfe" (MESSAGES 0)\r\n'.encode())
+        # an ASCII name is taken as it is, not as modified UTF-7
+        assert phone.cmd('SELECT "&AOk-"')[-1].startswith(phone_tag(phone) + b" NO ")
+        selected = phone.cmd('SELECT "\u00e9t\u00e9"')
+        assert '* LIST (\\HasNoChildren) "/" "\u00e9t\u00e9"\r\n'.encode() in selected
+        assert selected[-1] == phone_tag(phone) + b" OK [READ-WRITE] SELECT completed\r\n"
+        assert b'* LIST (\\HasNoChildren) "/" INBOX\r\n' in phone.cmd("SELECT INBOX")
+    finally:
+        phone.close()
+        laptop.close()

@@ -104,7 +104,8 @@ def _hidden_subscribed_parents(names: dict[str, MailboxRow],
     return out
 
 
-def list_lines(rows: list[MailboxRow], matchers: list[Matcher], *, lsub: bool) -> list[bytes]:
+def list_lines(rows: list[MailboxRow], matchers: list[Matcher], *, lsub: bool,
+               utf8: bool = False) -> list[bytes]:
     """The ``* LIST`` / ``* LSUB`` lines for a user's mailboxes (plain RFC 3501 LIST and LSUB).
 
     ``lsub`` is the LSUB command (its RFC 3501 6.3.9 rule for parents). A LIST
@@ -135,7 +136,7 @@ def list_lines(rows: list[MailboxRow], matchers: list[Matcher], *, lsub: bool) -
         if row is not None and row.special_use:
             attrs.append(row.special_use)
         lines.append(b"* %s (%s) \"%s\" %s\r\n" % (verb, " ".join(attrs).encode("ascii"),
-                                                  DELIMITER.encode("ascii"), mailbox_name(name)))
+                                                  DELIMITER.encode("ascii"), mailbox_name(name, utf8)))
     return lines
 
 
@@ -169,6 +170,9 @@ class MailboxCommands(CommandHost):
         out = [*selected.flags_lines(), b"* %d EXISTS\r\n" % len(selected)]
         if self.rev2:
             selected.drop_recent()
+            # RFC 9051 6.3.2: the mailbox's LIST response, with accurate attributes
+            rows = await self._user().list_mailboxes()
+            out += list_lines(rows, [state.name.__eq__], lsub=False, utf8=True)
         else:
             out.append(b"* %d RECENT\r\n" % selected.recent_count())
         if state.first_unseen_uid is not None and not self.rev2:
@@ -262,10 +266,10 @@ class MailboxCommands(CommandHost):
             return await self._list_extended(command, matchers)
         rows = await self._user().list_mailboxes()
         if list_work(rows, matchers) <= INLINE_LIST_WORK:
-            lines = list_lines(rows, matchers, lsub=lsub)
+            lines = list_lines(rows, matchers, lsub=lsub, utf8=self.rev2)
         else:  # many mailboxes: the other sessions of this process go on meanwhile
             lines = await self._user().offload(functools.partial(
-                list_lines, rows, matchers, lsub=lsub))
+                list_lines, rows, matchers, lsub=lsub, utf8=self.rev2))
         self.write(b"".join(lines))
         return ("OK", f"{command.name} completed")
 
@@ -278,10 +282,10 @@ class MailboxCommands(CommandHost):
             return ("BAD", "STATUS RECENT is not part of IMAP4rev2")
         rows = await self._user().list_mailboxes()
         if list_work(rows, matchers) <= INLINE_LIST_WORK:
-            listed = extended_lines(rows, matchers, options)
+            listed = extended_lines(rows, matchers, options, utf8=self.rev2)
         else:
             listed = await self._user().offload(functools.partial(
-                extended_lines, rows, matchers, options))
+                extended_lines, rows, matchers, options, utf8=self.rev2))
         out: list[bytes] = []
         for entry in listed:
             out.append(entry.line)
@@ -290,7 +294,7 @@ class MailboxCommands(CommandHost):
                     status = await self._user().status(entry.name)
                 except NoSuchMailbox:
                     continue  # deleted meanwhile: its LIST line stands, without STATUS
-                out.append(b"* STATUS %s (%s)\r\n" % (mailbox_name(entry.name),
+                out.append(b"* STATUS %s (%s)\r\n" % (mailbox_name(entry.name, self.rev2),
                                                        status_values(status, options.status)))
         self.write(b"".join(out))
         return ("OK", "LIST completed")
@@ -308,7 +312,7 @@ class MailboxCommands(CommandHost):
             return ("BAD", "STATUS RECENT is not part of IMAP4rev2")
         status = await self._user().status(args.mailbox)
         # the same values LIST-STATUS returns (APPENDLIMIT is asked for but not reported)
-        self.write(b"* STATUS %s (%s)\r\n" % (mailbox_name(args.mailbox),
+        self.write(b"* STATUS %s (%s)\r\n" % (mailbox_name(args.mailbox, self.rev2),
                                                status_values(status, args.items)))
         return ("OK", "STATUS completed")
 
@@ -356,6 +360,8 @@ class MailboxCommands(CommandHost):
             if self.selected is not None:
                 self.selected.drop_recent()
             enabled.append("IMAP4rev2")
+            if self.reader is not None:
+                self.reader.utf8_names = True  # the commands after this one (RFC 9051 5.1)
         self.write(b"* ENABLED%s\r\n" % "".join(" " + e for e in enabled).encode("ascii"))
         return ("OK", "ENABLE completed")
 
@@ -376,9 +382,9 @@ class MailboxCommands(CommandHost):
         await self._user().status(args.mailbox)  # NO [NONEXISTENT] for unknown mailboxes
         line = await self._quota_line()
         if line is None:
-            self.write(b"* QUOTAROOT %s\r\n" % mailbox_name(args.mailbox))
+            self.write(b"* QUOTAROOT %s\r\n" % mailbox_name(args.mailbox, self.rev2))
         else:
-            self.write(b'* QUOTAROOT %s ""\r\n' % mailbox_name(args.mailbox) + line)
+            self.write(b'* QUOTAROOT %s ""\r\n' % mailbox_name(args.mailbox, self.rev2) + line)
         return ("OK", "GETQUOTAROOT completed")
 
     async def do_getquota(self, command: Command) -> Reply:

@@ -31,8 +31,8 @@ def metadata_value(value: bytes | None) -> bytes:
     return b"{%d}\r\n" % len(value) + value
 
 
-def metadata_mailbox(name: str) -> bytes:
-    return b'""' if name == "" else mailbox_name(name)
+def metadata_mailbox(name: str, utf8: bool = False) -> bytes:
+    return b'""' if name == "" else mailbox_name(name, utf8)
 
 
 class MetadataCommands(CommandHost):
@@ -57,7 +57,7 @@ class MetadataCommands(CommandHost):
                 continue  # descendants were asked for: a missing entry is simply not there
             shown.append(name.encode("ascii") + b" " + metadata_value(value))
         if shown:
-            self.write(b"* METADATA %s (%s)\r\n" % (metadata_mailbox(args.mailbox),
+            self.write(b"* METADATA %s (%s)\r\n" % (metadata_mailbox(args.mailbox, self.rev2),
                                                    b" ".join(shown)))
         if longest:
             return ("OK", f"[METADATA LONGENTRIES {longest}] GETMETADATA completed")

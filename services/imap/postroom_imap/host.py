@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     from postroom.metrics import SessionMetrics
     from postroom_imap.policy import UserStore
     from postroom_imap.selected import Selected
+    from postroom_imap.syntax import CommandReader
 
 
 class CommandHost(Protocol):
@@ -30,6 +31,8 @@ class CommandHost(Protocol):
     # QRESYNC enabled (RFC 7162 3.2.3): VANISHED instead of EXPUNGE, SELECT (QRESYNC ...)
     qresync_enabled: bool
     rev2: bool  # ENABLE IMAP4rev2 (RFC 9051)
+    # frames and parses the peer's commands; None once the connection is gone
+    reader: CommandReader | None
     log: Logger
 
     @property

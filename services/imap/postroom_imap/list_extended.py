@@ -83,7 +83,7 @@ class ListedName:
 
 
 def extended_lines(rows: list[MailboxRow], matchers: list[Matcher],
-                   options: ListOptions) -> list[ListedName]:
+                   options: ListOptions, *, utf8: bool = False) -> list[ListedName]:
     """The ``* LIST`` lines of RFC 5258 for a user's mailboxes.
 
     Names are the mailboxes and the hierarchy levels above them; a level
@@ -137,7 +137,7 @@ def extended_lines(rows: list[MailboxRow], matchers: list[Matcher],
         if row is not None and row.special_use:
             attrs.append(row.special_use)
         line = b'* LIST (%s) "%s" %s' % (" ".join(attrs).encode("ascii"),
-                                         DELIMITER.encode("ascii"), mailbox_name(name))
+                                         DELIMITER.encode("ascii"), mailbox_name(name, utf8))
         if name in childinfo:
             line += b' ("CHILDINFO" ("SUBSCRIBED"))'
         out.append(ListedName(name, line + b"\r\n", row is not None and chosen))

@@ -35,11 +35,19 @@ def flag_list(flags: Iterable[str]) -> bytes:
     return b"(" + " ".join(flags).encode("utf-8") + b")"
 
 
-def mailbox_name(name: str) -> bytes:
-    """A mailbox name for the wire: modified UTF-7, quoted unless a plain atom."""
-    wire = encode_mutf7(name)
-    if wire == "INBOX" or (is_atom(wire) and "%" not in wire and "*" not in wire):
+def mailbox_name(name: str, utf8: bool = False) -> bytes:
+    """A mailbox name for the wire: modified UTF-7, quoted unless a plain atom.
+
+    ``utf8`` (an IMAP4rev2 session, RFC 9051 5.1): the name as it is, in UTF-8,
+    quoted (RFC 9051 allows UTF-8 in quoted strings) unless a plain atom.
+    """
+    wire = name if utf8 else encode_mutf7(name)
+    if wire == "INBOX" or (wire.isascii() and is_atom(wire) and "%" not in wire
+                           and "*" not in wire):
         return wire.encode("ascii")
+    if utf8 and not wire.isascii() and len(wire) <= 1024 and all(
+            c >= " " and c != "\x7f" for c in wire):
+        return b'"' + wire.replace("\\", "\\\\").replace('"', '\\"').encode("utf-8") + b'"'
     return string(wire)
 
 

@@ -26,14 +26,15 @@ import re
 from dataclasses import dataclass, field
 
 from postroom_imap.spool import SpooledLiteral
-from postroom_imap.syntax_args import Args, InvalidMailboxName
+from postroom_imap.syntax_args import UTF8_NAMES, Args, InvalidMailboxName
 from postroom_imap.syntax_commands import COMMANDS, UID_COMMANDS
 from postroom_imap.syntax_lexer import Atom, Literal, SyntaxProblem, tokenize
 from postroom_imap.syntax_search import BadCharset
 
 _LITERAL = re.compile(rb"(~?)\{(\d{1,20})(\+?)\}$")
 _TAG = re.compile(rb"^([\x21\x23\x24\x26\x27\x2c-\x5b\x5d-\x7a\x7c\x7e]+)(?: |$)")
-_PAUSE_AFTER = frozenset({"STARTTLS", "AUTHENTICATE", "IDLE", "COMPRESS"})
+# ENABLE: an ENABLE IMAP4rev2 changes how the next commands are parsed (``utf8_names``)
+_PAUSE_AFTER = frozenset({"STARTTLS", "AUTHENTICATE", "IDLE", "COMPRESS", "ENABLE"})
 LITERAL_MINUS_MAX = 4096  # RFC 7888: largest non-synchronizing literal under LITERAL-
 
 
@@ -192,6 +193,8 @@ class CommandReader:
     def __init__(self, limits: Limits | None = None, *, authenticated: bool = False) -> None:
         self.limits = limits or Limits()
         self.authenticated = authenticated
+        # mailbox names in UTF-8, not modified UTF-7: set by ENABLE IMAP4rev2 (RFC 9051 5.1)
+        self.utf8_names = False
         self._buf = bytearray()
         self._state = _LINE
         self._scan = 0  # where to resume looking for LF in the current line
@@ -447,7 +450,11 @@ class CommandReader:
         return True
 
     def _finish(self, events: list[Event]) -> None:
-        result = parse_command(self._segments, self._literals, self.limits, self._held)
+        utf8 = UTF8_NAMES.set(self.utf8_names)
+        try:
+            result = parse_command(self._segments, self._literals, self.limits, self._held)
+        finally:
+            UTF8_NAMES.reset(utf8)
         # a parsed command owns its spooled literals (APPEND closes them once it has run)
         self._reset_command(keep_literals=isinstance(result, Command))
         events.append(result)

@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import re
+from contextvars import ContextVar
 from datetime import UTC, date, datetime, timedelta, timezone
 
 from postroom.mutf7 import MailboxNameError, decode_mutf7
 from postroom_imap.syntax_lexer import Atom, Str, SyntaxProblem, Token
 from postroom_imap.syntax_types import MAX_NUMBER, MAX_NUMBER64, SequenceSet
+
+# true while the reader parses a command of an IMAP4rev2 session (RFC 9051 5.1: mailbox names
+# are UTF-8 there, so an ASCII name such as "a&b" or "&AOk-" is what it says)
+UTF8_NAMES: ContextVar[bool] = ContextVar("imap_utf8_names", default=False)
 
 _MONTHS = {m: i + 1 for i, m in enumerate(
     ("jan", "feb", "mar", "apr", "may", "jun", "jul", "aug", "sep", "oct", "nov", "dec"))}
@@ -173,8 +178,8 @@ def mailbox_name(data: bytes, *, strict: bool = False) -> str:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise SyntaxProblem("invalid mailbox name") from exc
-    if not text.isascii():
-        name = text  # UTF-8 names from clients that skip modified UTF-7
+    if not text.isascii() or UTF8_NAMES.get():
+        name = text  # UTF-8 names from clients that skip modified UTF-7, and IMAP4rev2's
     else:
         try:
             name = decode_mutf7(text)
