@@ -116,3 +116,16 @@ def test_rev2_mailbox_names_are_utf8_and_select_sends_list(server: Server,
     finally:
         phone.close()
         laptop.close()
+
+
+def test_capability_lists_imap4rev2_beside_imap4rev1(server: Server, account: Account) -> None:
+    client = Raw(server, account)
+    try:
+        caps = client.cmd("CAPABILITY")[0]
+        assert caps.startswith(b"* CAPABILITY IMAP4rev1 IMAP4rev2 ")
+        for cap in (b"ESEARCH", b"SEARCHRES", b"LIST-EXTENDED", b"LIST-STATUS", b"STATUS=SIZE",
+                    b"NAMESPACE", b"UIDPLUS", b"MOVE", b"UNSELECT", b"SPECIAL-USE", b"ENABLE",
+                    b"IDLE", b"SASL-IR", b"BINARY", b"CHILDREN", b"LITERAL+"):
+            assert b" " + cap + b" " in caps.replace(b"\r\n", b" ")
+    finally:
+        client.close()

@@ -78,12 +78,13 @@ MAX_ERRORS = 20
 # they hold have a budget of their own: Limits.max_held, max_preauth_held)
 MAX_QUEUED = 64
 
-BASE_CAPABILITIES = ("IMAP4rev1", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
+# IMAP4rev2 (RFC 9051): its rules apply to a session after ENABLE IMAP4rev2 (docs/imap.md)
+BASE_CAPABILITIES = ("IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
                      "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CREATE-SPECIAL-USE",
                      "CHILDREN", "CONDSTORE", "QUOTA", "QUOTA=RES-STORAGE",
                      "QUOTA=RES-MESSAGE",
                      "MULTIAPPEND", "BINARY", "COMPRESS=DEFLATE", "CATENATE",
-                     "LIST-EXTENDED", "LIST-STATUS",
+                     "LIST-EXTENDED", "LIST-STATUS", "STATUS=SIZE",
                      "QRESYNC",
                      "METADATA")
 # imap-search (issue 18): RFC 4731, 5182, 5256, 5957
