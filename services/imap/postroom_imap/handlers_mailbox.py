@@ -136,7 +136,8 @@ def list_lines(rows: list[MailboxRow], matchers: list[Matcher], *, lsub: bool,
         if row is not None and row.special_use:
             attrs.append(row.special_use)
         lines.append(b"* %s (%s) \"%s\" %s\r\n" % (verb, " ".join(attrs).encode("ascii"),
-                                                  DELIMITER.encode("ascii"), mailbox_name(name, utf8)))
+                                                  DELIMITER.encode("ascii"),
+                                                  mailbox_name(name, utf8)))
     return lines
 
 

@@ -79,7 +79,8 @@ MAX_ERRORS = 20
 MAX_QUEUED = 64
 
 # IMAP4rev2 (RFC 9051): its rules apply to a session after ENABLE IMAP4rev2 (docs/imap.md)
-BASE_CAPABILITIES = ("IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE", "NAMESPACE",
+BASE_CAPABILITIES = ("IMAP4rev1", "IMAP4rev2", "LITERAL+", "SASL-IR", "ID", "ENABLE", "IDLE",
+                     "NAMESPACE",
                      "UIDPLUS", "MOVE", "UNSELECT", "SPECIAL-USE", "CREATE-SPECIAL-USE",
                      "CHILDREN", "CONDSTORE", "QUOTA", "QUOTA=RES-STORAGE",
                      "QUOTA=RES-MESSAGE",
