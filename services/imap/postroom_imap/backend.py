@@ -374,7 +374,7 @@ class UserStoreImpl:
     def copy(self, mailbox_id: int, uids: Sequence[int], dest: str,
              move: bool) -> Deferred[CopyResult]:
         d = self._db(mailstore.copy, self.user_id, mailbox_id, list(uids), dest, move,
-                     learn=self.accounts.learn)
+                     self.accounts.learn)
 
         def done(result: CopyResult) -> CopyResult:
             self.accounts.request_learning(self.user_id, result)

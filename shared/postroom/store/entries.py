@@ -807,7 +807,7 @@ def search(s: Session, mailbox_id: int, key: SearchKey, max_uid: int) -> list[tu
 
 
 def copy(s: Session, user_id: int, mailbox_id: int, uids: Sequence[int], dest: str,
-         move: bool, *, learn: bool = False) -> CopyResult:
+         move: bool, learn: bool = False) -> CopyResult:
     """Copy (or move) entries; the destination's UIDs come from its locked row.
 
     With ``learn``, a copy into or out of Junk records its spam/ham learning
