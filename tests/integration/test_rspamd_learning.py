@@ -11,7 +11,10 @@ is not learnt twice.
 
 from __future__ import annotations
 
+import imaplib
 import secrets
+import ssl
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -28,7 +31,8 @@ from postroom.store.db import Database
 from postroom_dmarc.content.learning import LearnWorker
 from postroom_dmarc.content.rspamd import RspamdClient
 from tests.support.ports import free_port
-from tests.support.redisdb import in_reactor
+from tests.support.procs import ServiceProcess, listener_env, runtime_argv
+from tests.support.redisdb import in_reactor, wait_until
 from tests.support.scanners import RSPAMD_PASSWORD, RspamdServer
 
 
@@ -271,3 +275,54 @@ def test_a_move_out_of_junk_to_trash_records_nothing(
     result = database.run_sync(lambda s: entries.copy(s, user_id, junk, [1], "Trash", True,
                                                       learn=True))
     assert result.learn_class is None and _rows(database, user_id) == []
+
+
+def test_a_move_over_imap_whose_signal_redis_lost_is_learnt_after_the_reconcile(
+        database_url: str, database: Database, client: redis.Redis, redis_url: str,
+        redis_prefix: str, in_inbox: tuple[int, int, int, int], rspamd_server: RspamdServer,
+        twisted_reactor: Any, tmp_path: Path) -> None:
+    """The imap service (own process) moves into Junk and signals; Redis then loses the
+    stream (its data gone); the request in PostgreSQL is re-signalled and learnt."""
+    from postroom.net.tls import make_self_signed
+
+    user_id, message_id, _inbox, _uid = in_inbox
+    address = database.run_sync(lambda s: s.execute(text(
+        "SELECT address FROM users WHERE id = :u"), {"u": user_id}).scalar_one())
+    make_self_signed(tmp_path / "cert.pem", tmp_path / "key.pem", "localhost")
+    port = free_port()
+    env = listener_env(database_url, redis_url, redis_prefix, tmp_path, imap_listen=port)
+    env.update(POSTROOM_RSPAMD_URL=rspamd_server.url,
+               POSTROOM_RSPAMD_CONTROLLER_URL=rspamd_server.controller_url)
+    imap = ServiceProcess("imap", env, argv=runtime_argv("postroom_imap.main:SERVICE"))
+    imap.start()
+    worker = _worker(database, client, redis_prefix, rspamd_server.url, twisted_reactor,
+                     grace=0.0)
+    worker.rspamd = RspamdClient(rspamd_server.url, reactor=twisted_reactor, timeout=10,
+                                 password=RSPAMD_PASSWORD,
+                                 controller_url=rspamd_server.controller_url)
+    try:
+        session = imaplib.IMAP4("127.0.0.1", port, timeout=30)
+        try:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            session.starttls(context)
+            assert session.login(address, "pw")[0] == "OK"
+            assert session.select("INBOX")[0] == "OK"
+            typ, data = session.uid("MOVE", "1:*", "Junk")
+            assert typ == "OK", data
+        finally:
+            session.logout()
+        assert _rows(database, user_id) == [(message_id, "spam", 0)]
+        # the signal arrived; then Redis loses its data
+        wait_until(lambda: learning.length(client, redis_prefix) == 1, timeout=10)
+        client.delete(learning.stream_key(redis_prefix))
+        learning.ensure_group(client, redis_prefix)
+        before = rspamd_server.stat()["learned"]
+        assert _reconcile(worker) == 1
+        assert _next(worker) in ("learned", "already")
+        assert rspamd_server.stat()["learned"] == before + 1
+        assert _rows(database, user_id) == []
+    finally:
+        worker.pool.stop()
+        imap.close()
