@@ -72,9 +72,13 @@ class LearnWorker:
         self._loop: defer.Deferred[None] | None = None
         self._failures = 0
         self.dropped: Counter | None = None
+        self.resignalled: Counter | None = None
         if metrics is not None:
             self.dropped = metrics.counter(
                 "rspamd_learn_dropped", "Learning requests given up on, by reason.", ["reason"])
+            self.resignalled = metrics.counter(
+                "rspamd_learn_resignalled",
+                "Learning requests whose stream signal was lost, signalled again from PostgreSQL.")
 
     def _redis(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
         return defer_to_pool(self.reactor, self.pool, fn, self.redis, self.prefix, *args)
@@ -107,6 +111,8 @@ class LearnWorker:
                 break
         if total:
             log.info("learning requests re-signalled", count=total)
+            if self.resignalled is not None:
+                self.resignalled.inc(total)
         return total
 
     def _reconcile_tick(self) -> defer.Deferred[Any]:
