@@ -776,7 +776,8 @@ class Settings:
     retry_max: float = setting(parse_duration, "1h", "Longest delay between two attempts.")
     reconcile_interval: float = setting(
         parse_duration, "60s",
-        "How often the reconciler re-enqueues pending spool work Redis lost.")
+        "How often the reconciler re-enqueues pending spool work Redis lost (and the rspamd "
+        "learn worker re-signals pending learning requests).")
     queue_claim_idle: float = setting(
         parse_duration, "60s",
         "Idle time after which a dead consumer's unacknowledged entry is claimed by another.")

@@ -210,6 +210,27 @@ def test_imap_role_creates_appends_stores_and_deletes(rdb):
     assert run_as(rdb, "imap", mailstore.quota, alice.id) is not None
 
 
+def test_imap_role_records_learning_requests_and_dmarc_role_works_them(rdb):
+    from postroom.store import learning as stored
+    from postroom_imap import mailstore
+
+    bob = rdb.owner.run_sync(users.get_user, "bob@example.test")
+    _validity, uid, mbox, _modseq = run_as(rdb, "imap", mailstore.append, bob.id, "INBOX",
+                                           MESSAGE + b"learn\r\n", [], None)
+    result = run_as(rdb, "imap", mailstore.copy, bob.id, mbox, [uid], "Junk", True, True)
+    assert result.learn_class == "spam"
+    [message_id] = result.message_ids
+    assert run_as(rdb, "dmarc", stored.pending, bob.id, message_id, "spam")
+    now = datetime.now(UTC)
+    run_as(rdb, "dmarc", stored.failed, bob.id, message_id, "spam", now)
+    [due] = run_as(rdb, "dmarc", stored.due, now + timedelta(seconds=1),
+                   now + timedelta(seconds=1), 10)
+    assert (due.message_id, due.attempts) == (message_id, 1)
+    assert run_as(rdb, "dmarc", stored.message_for_learning, bob.id, message_id) is not None
+    run_as(rdb, "dmarc", stored.finish, bob.id, message_id, "spam")
+    assert not run_as(rdb, "dmarc", stored.pending, bob.id, message_id, "spam")
+
+
 def test_dmarc_role_records_reports_and_purges(rdb):
     from postroom_dmarc.reports import ReportConfig, Target, Targets, spool_report
 
@@ -254,6 +275,10 @@ FORBIDDEN = [
     ("msa", "DELETE FROM mailbox_entries"),
     ("mta", "UPDATE mailbox_entries SET flags = '{}'"),
     ("dmarc", "DELETE FROM mailbox_entries"),
+    # imap records learning requests, only the learn worker reads or removes them
+    ("imap", "SELECT * FROM learn_requests"),
+    ("imap", "DELETE FROM learn_requests"),
+    ("dmarc", "INSERT INTO learn_requests (user_id, message_id, klass) VALUES (1, 1, 'spam')"),
     # nobody but the owner changes accounts, keys, domains, aliases or the schema
     *[(s, "UPDATE users SET active = false") for s in roles.SERVICES],
     *[(s, "UPDATE dkim_keys SET active = false") for s in roles.SERVICES],

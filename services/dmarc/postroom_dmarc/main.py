@@ -145,6 +145,8 @@ async def _start(ctx: ServiceContext) -> None:
         learner = LearnWorker(content.rspamd, ctx.db, ctx.redis_client, settings.redis_prefix,
                               ctx.thread_pool("learn", 1), ctx.reactor,
                               max_attempts=settings.rspamd_learn_attempts,
+                              claim_idle=settings.queue_claim_idle,
+                              reconcile_interval=settings.reconcile_interval,
                               metrics=ctx.metrics)
         ctx.on_stop(learner.stop)
         learner.start()

@@ -221,15 +221,17 @@ class StoreAccounts:
         return await self._outcome(info, username, peer)
 
     def request_learning(self, user_id: int, result: CopyResult) -> None:
-        """After a committed copy or move: XADD its learning requests, never waited for."""
-        klass = learning.learn_class(result.source_name, result.dest_name)
+        """After a committed copy or move that recorded learning requests (learn_requests):
+        XADD their signals, never waited for; a lost one is re-signalled by the learn worker."""
+        klass = result.learn_class
         if not self.learn or klass is None or not result.message_ids:
             return
-        requests = [learning.LearnRequest(user_id, m, klass) for m in result.message_ids]
+        requests = [learning.LearnRequest(user_id, m, klass, tracked=True)
+                    for m in result.message_ids]
 
         def failed(failure: Failure) -> None:
-            # the message is where the user put it; only the classifier misses this hint
-            log.warning("learning request not queued", user_id=user_id, klass=klass,
+            # the request is in PostgreSQL: the learn worker re-signals it after its grace period
+            log.warning("learning request not signalled", user_id=user_id, klass=klass,
                         messages=len(requests), error=failure.getErrorMessage())
 
         def queued(ids: list[str]) -> None:
@@ -371,7 +373,8 @@ class UserStoreImpl:
 
     def copy(self, mailbox_id: int, uids: Sequence[int], dest: str,
              move: bool) -> Deferred[CopyResult]:
-        d = self._db(mailstore.copy, self.user_id, mailbox_id, list(uids), dest, move)
+        d = self._db(mailstore.copy, self.user_id, mailbox_id, list(uids), dest, move,
+                     self.accounts.learn)
 
         def done(result: CopyResult) -> CopyResult:
             self.accounts.request_learning(self.user_id, result)

@@ -10,26 +10,30 @@ acknowledges (XACK + XDEL) once rspamd answered (learned, or already learned:
 learning is idempotent); a failed submission is put back with its attempt
 count raised, and dropped (logged) past the limit.
 
-Durability: like the other streams, an entry survives restarts of its
-consumers (pending entries are claimed again). Unlike `deliver`, nothing in
-PostgreSQL re-creates a lost entry: if Redis is down at the move, or loses
-its data, that learning request is lost (logged and counted); the message
-itself is untouched. Learning is a hint to the classifier, never mail.
+Durability, as for `deliver` (DESIGN, durability): PostgreSQL is the truth.
+The COPY/MOVE's transaction records each request in ``learn_requests``
+(postroom.store.learning); the entry here only signals it. The worker deletes
+the row once rspamd answered and skips an entry whose row is gone (done
+already); every reconcile interval it re-signals rows left pending longer
+than its grace period (:func:`resignal_batch`), so Redis down at the move, or
+losing its data, only delays learning.
 """
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import redis
+from sqlalchemy.orm import Session
+
+from postroom.store import learning as stored
 
 STREAM = "learn"
 GROUP = "learners"
 CLASSES = ("spam", "ham")
-JUNK = "Junk"
-TRASH = "Trash"
 _DIGITS = re.compile(r"[0-9]{1,19}")
 MAX_ATTEMPT = 1000
 
@@ -40,12 +44,19 @@ class BadLearnRequest(ValueError):
 
 @dataclass(frozen=True)
 class LearnRequest:
-    """Teach rspamd that the user's message ``message_id`` is ``klass``."""
+    """Teach rspamd that the user's message ``message_id`` is ``klass``.
+
+    ``tracked``: the request has a row in ``learn_requests`` (written with the
+    COPY/MOVE, or re-signalled from it); the worker skips it when the row is
+    gone (done already) and deletes the row when done. Entries of a release
+    before 0012 are untracked and learnt as they come.
+    """
 
     user_id: int
     message_id: int
     klass: str
     attempt: int = 0
+    tracked: bool = False
 
     def __post_init__(self) -> None:
         if self.klass not in CLASSES:
@@ -54,30 +65,22 @@ class LearnRequest:
             raise BadLearnRequest("ids must be positive and attempt in range")
 
 
-def learn_class(source: str, dest: str) -> str | None:
-    """What moving or copying from ``source`` to ``dest`` teaches: spam, ham or nothing."""
-    def junk(name: str) -> bool:
-        return name.lower() == JUNK.lower()
-
-    if junk(dest) and not junk(source):
-        return "spam"
-    if junk(source) and not junk(dest) and dest.lower() != TRASH.lower():
-        return "ham"
-    return None
-
-
 def encode(request: LearnRequest) -> dict[str, str]:
-    return {"u": str(request.user_id), "m": str(request.message_id), "c": request.klass,
-            "a": str(request.attempt)}
+    fields = {"u": str(request.user_id), "m": str(request.message_id), "c": request.klass,
+              "a": str(request.attempt)}
+    if request.tracked:
+        fields["t"] = "1"
+    return fields
 
 
 def decode(fields: dict[str, str]) -> LearnRequest:
     """The request in a stream entry; BadLearnRequest for anything else."""
-    if set(fields) != {"u", "m", "c", "a"}:
+    if set(fields) - {"t"} != {"u", "m", "c", "a"} or fields.get("t", "1") != "1":
         raise BadLearnRequest("unexpected fields")
     if not all(_DIGITS.fullmatch(fields[k]) for k in ("u", "m", "a")):
         raise BadLearnRequest("ids must be decimal")
-    return LearnRequest(int(fields["u"]), int(fields["m"]), fields["c"], int(fields["a"]))
+    return LearnRequest(int(fields["u"]), int(fields["m"]), fields["c"], int(fields["a"]),
+                        tracked="t" in fields)
 
 
 def stream_key(prefix: str) -> str:
@@ -140,12 +143,24 @@ def ack(client: redis.Redis, prefix: str, entry_id: str) -> None:
 def retry(client: redis.Redis, prefix: str, entry_id: str, request: LearnRequest) -> str:
     """Put the request back with its attempt raised and finish the old entry, atomically."""
     again = LearnRequest(request.user_id, request.message_id, request.klass,
-                         request.attempt + 1)
+                         request.attempt + 1, request.tracked)
     pipe = client.pipeline(transaction=True)
     pipe.xadd(stream_key(prefix), encode(again))  # type: ignore[arg-type]
     pipe.xack(stream_key(prefix), GROUP, entry_id)
     pipe.xdel(stream_key(prefix), entry_id)
     return _text(pipe.execute()[0])
+
+
+def resignal_batch(session: Session, client: redis.Redis, prefix: str, now: datetime,
+                   stale_before: datetime, limit: int) -> int:
+    """Re-signal requests pending since before ``stale_before``, inside the caller's
+    transaction (a `db` thread: PostgreSQL and Redis); how many. A failed XADD raises,
+    the transaction rolls back, and nothing is marked."""
+    rows = stored.due(session, now, stale_before, limit)
+    enqueue(client, prefix, [LearnRequest(r.user_id, r.message_id, r.klass,
+                                          min(r.attempts, MAX_ATTEMPT), tracked=True)
+                             for r in rows])
+    return len(rows)
 
 
 def length(client: redis.Redis, prefix: str) -> int:

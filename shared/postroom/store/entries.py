@@ -32,7 +32,7 @@ from sqlalchemy import text
 from sqlalchemy.orm import Session
 
 from postroom.mime.fulltext import MessageText
-from postroom.store import fts, mailboxes, messages, vanished
+from postroom.store import fts, learning, mailboxes, messages, vanished
 from postroom.store.errors import AlreadyExists, NotFound, OverQuota, TooManyKeywords
 from postroom.store.prepared import Prepared
 from postroom.store.search import SearchKey, search_where
@@ -135,6 +135,8 @@ class CopyResult:
     message_ids: list[int] = field(default_factory=list)
     source_name: str = ""
     dest_name: str = ""
+    # spam or ham when this copy recorded learning requests (copy(learn=True)), else None
+    learn_class: str | None = None
 
 
 @dataclass(frozen=True)
@@ -805,8 +807,12 @@ def search(s: Session, mailbox_id: int, key: SearchKey, max_uid: int) -> list[tu
 
 
 def copy(s: Session, user_id: int, mailbox_id: int, uids: Sequence[int], dest: str,
-         move: bool) -> CopyResult:
-    """Copy (or move) entries; the destination's UIDs come from its locked row."""
+         move: bool, learn: bool = False) -> CopyResult:
+    """Copy (or move) entries; the destination's UIDs come from its locked row.
+
+    With ``learn``, a copy into or out of Junk records its spam/ham learning
+    requests in this transaction (postroom.store.learning.record).
+    """
     target = s.execute(text("SELECT id, name, (SELECT name FROM mailboxes WHERE id = :src) "
                             "FROM mailboxes WHERE user_id = :u AND name = :n"),
                        {"u": user_id, "n": _norm(dest), "src": mailbox_id}).first()
@@ -850,8 +856,12 @@ def copy(s: Session, user_id: int, mailbox_id: int, uids: Sequence[int], dest: s
                   {"m": mailbox_id, "uids": source})
         _bump(s, mailbox_id, src_modseq)
         vanished.remember(s, mailbox_id, source, src_modseq)
-    return CopyResult(int(dst.uidvalidity), source, new, [int(r[1]) for r in rows],
-                      source_name=source_name, dest_name=dest_name)
+    message_ids = [int(r[1]) for r in rows]
+    klass = learning.learn_class(source_name, dest_name) if learn else None
+    if klass is not None:
+        learning.record(s, user_id, message_ids, klass)
+    return CopyResult(int(dst.uidvalidity), source, new, message_ids,
+                      source_name=source_name, dest_name=dest_name, learn_class=klass)
 
 
 def expunge(s: Session, mailbox_id: int,

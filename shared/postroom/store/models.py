@@ -256,6 +256,29 @@ class ExpungedEntry(Base):
     expunged_at: Mapped[datetime] = _now()
 
 
+class LearnRequest(Base):
+    """A message to teach rspamd as spam or ham, until the learn worker did (then deleted).
+
+    Written by the imap service in the COPY/MOVE transaction; the ``learn``
+    stream only signals it (docs/content-filtering.md, Learning). No foreign
+    keys: a row whose message or user is gone is skipped and deleted by the
+    worker, and deleting mail pays no extra lookup.
+    """
+
+    __tablename__ = "learn_requests"
+    __table_args__ = (
+        CheckConstraint("klass IN ('spam', 'ham')", name="klass"),
+        Index("ix_learn_requests_signalled_at", "signalled_at"),
+    )
+
+    user_id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    message_id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=False)
+    klass: Mapped[str] = mapped_column(Text, primary_key=True)
+    attempts: Mapped[int] = mapped_column(Integer, server_default=text("0"))
+    created_at: Mapped[datetime] = _now()
+    signalled_at: Mapped[datetime] = _now()
+
+
 class MailboxEntry(Base):
     """A message in a mailbox under a UID, with its flags and CONDSTORE mod-sequence."""
 

@@ -77,6 +77,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         # outgoing aggregate reports are spooled as local mail
         "spool_messages": ("SELECT", "INSERT"),
         "spool_recipients": ("SELECT", "INSERT"),
+        # the rspamd learn worker: done, retried and re-signalled requests
+        "learn_requests": ("SELECT", "UPDATE", "DELETE"),
     },
     "mda": {
         "domains": ("SELECT",),
@@ -112,6 +114,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "messages": ("SELECT", "INSERT", "DELETE"),
         "spool_messages": _SPOOL_REFERENCES,
         "message_texts": ("SELECT", "INSERT"),
+        # a COPY/MOVE into or out of Junk records its learning requests (never reads them)
+        "learn_requests": ("INSERT",),
     },
 }
 SERVICES: tuple[str, ...] = tuple(GRANTS)
