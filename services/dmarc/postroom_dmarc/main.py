@@ -11,6 +11,7 @@ from twisted.python.threadpool import ThreadPool
 from postroom.config import DmarcOverride, Settings
 from postroom.internalauth import warn_if_exposed
 from postroom.mailauth import dmarcreport
+from postroom.net.clamd import clamd_metrics
 from postroom.net.dns import Resolver
 from postroom.queue.reconciler import Enqueuer
 from postroom.queue.streams import QueueClient
@@ -20,8 +21,8 @@ from postroom_dmarc.api import CheckResource, build_site
 from postroom_dmarc.content.attachments import AttachmentCheck, policy_from_settings
 from postroom_dmarc.content.checks import ContentChecks, Entry, PooledCheck
 from postroom_dmarc.content.clamd import ClamdCheck
-from postroom_dmarc.content.learning import LearnWorker
-from postroom_dmarc.content.rspamd import RspamdClient
+from postroom_dmarc.content.learning import LearnWorker, learn_metrics
+from postroom_dmarc.content.rspamd import RspamdClient, RspamdMetrics
 from postroom_dmarc.incoming import IncomingScanner
 from postroom_dmarc.reports import ReportConfig, ReportScheduler
 from postroom_dmarc.results import ResultRecorder
@@ -97,6 +98,11 @@ def build_content(ctx: ServiceContext, pool: ThreadPool) -> ContentChecks:
     """The content checks the settings turn on: the attachment policy (in ``pool``),
     clamd (POSTROOM_CLAMD_ADDRESS) and rspamd (POSTROOM_RSPAMD_URL)."""
     settings = ctx.settings
+    # every scanner's metric families exist from the start, configured or not: a
+    # dashboard reads 0 rather than "no data", and docs/metrics.md lists them all
+    RspamdMetrics(ctx.metrics)
+    clamd_metrics(ctx.metrics)
+    learn_metrics(ctx.metrics)
     extra: list[Entry] = []
     if settings.attachment_policy:
         extra.append(PooledCheck(AttachmentCheck(policy_from_settings(settings)), pool,

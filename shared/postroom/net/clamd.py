@@ -124,6 +124,18 @@ class ClamdVerdict:
     truncated: bool = False  # only the first max_stream bytes were scanned
 
 
+def clamd_metrics(metrics: Metrics) -> tuple[Histogram, Counter, Counter]:
+    """clamd's metric families: latency, errors by kind, scans by outcome (declared by
+    the services that may scan, configured or not, so dashboards read 0, not no data)."""
+    return (metrics.histogram("content_scan_seconds", "Time a content scanner took per message.",
+                              ["scanner"]),
+            metrics.counter("content_scan_errors",
+                            "Content scans that failed, by scanner and kind.",
+                            ["scanner", "kind"]),
+            metrics.counter("clamd_scans", "clamd scans by outcome (clean, virus, error).",
+                            ["outcome"]))
+
+
 class ClamdClient:
     """Scans bytes with clamd; one connection per scan (clamd's own session model)."""
 
@@ -138,14 +150,7 @@ class ClamdClient:
         self.errors: Counter | None = None
         self.results: Counter | None = None
         if metrics is not None:
-            self.latency = metrics.histogram(
-                "content_scan_seconds", "Time a content scanner took per message.",
-                ["scanner"])
-            self.errors = metrics.counter(
-                "content_scan_errors", "Content scans that failed, by scanner and kind.",
-                ["scanner", "kind"])
-            self.results = metrics.counter(
-                "clamd_scans", "clamd scans by outcome (clean, virus, error).", ["outcome"])
+            self.latency, self.errors, self.results = clamd_metrics(metrics)
 
     def _endpoint(self) -> Any:
         connect_timeout = max(1, int(min(self.timeout, 10)))

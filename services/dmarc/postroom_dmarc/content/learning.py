@@ -46,6 +46,14 @@ BACKOFF_MAX = 60.0
 RESIGNAL_BATCH = 500
 
 
+def learn_metrics(metrics: Metrics) -> tuple[Counter, Counter]:
+    """The learn worker's metric families (dropped, re-signalled requests)."""
+    return (metrics.counter("rspamd_learn_dropped", "Learning requests given up on, by reason.",
+                            ["reason"]),
+            metrics.counter("rspamd_learn_resignalled", "Learning requests whose stream signal "
+                            "was lost, signalled again from PostgreSQL."))
+
+
 class LearnWorker:
     """Consumes the learn stream until :meth:`stop`."""
 
@@ -74,11 +82,7 @@ class LearnWorker:
         self.dropped: Counter | None = None
         self.resignalled: Counter | None = None
         if metrics is not None:
-            self.dropped = metrics.counter(
-                "rspamd_learn_dropped", "Learning requests given up on, by reason.", ["reason"])
-            self.resignalled = metrics.counter(
-                "rspamd_learn_resignalled",
-                "Learning requests whose stream signal was lost, signalled again from PostgreSQL.")
+            self.dropped, self.resignalled = learn_metrics(metrics)
 
     def _redis(self, fn: Any, *args: Any) -> defer.Deferred[Any]:
         return defer_to_pool(self.reactor, self.pool, fn, self.redis, self.prefix, *args)
