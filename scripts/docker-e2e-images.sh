@@ -6,8 +6,11 @@
 #
 #   scripts/docker-e2e-images.sh plugin            # compose v2 CLI plugin into the cache
 #   scripts/docker-e2e-images.sh rootfs            # the debootstrap tarball (cached)
+#   scripts/docker-e2e-images.sh filter-rootfs     # the scanners' tarball (cached)
 #   DOCKER_HOST=unix://... scripts/docker-e2e-images.sh images PROJECT_DIR
 #                                                  # base, postgres, redis, postroom images
+#   DOCKER_HOST=unix://... scripts/docker-e2e-images.sh filter-images
+#                                                  # rspamd and clamav (compose's filter profile)
 #
 # Everything lands in POSTROOM_E2E_CACHE (default /var/cache/postroom-e2e), outside the
 # clone, and is reused: the root tarball while its package list is unchanged and it is
@@ -26,6 +29,12 @@ PACKAGES=python3,python3-venv,ca-certificates,postgresql-15,redis-server,haproxy
 ROOTFS_REV=1
 KEY=$(printf '%s %s %s' "$SUITE" "$PACKAGES" "$ROOTFS_REV" | sha256sum | cut -c1-12)
 BASE_TAG=postroom-e2e/debian:$SUITE-$KEY
+# the filter profile's scanners get a root of their own (their packages pull in a few
+# hundred MB the other images do not need; the base's key, and so its images, stay as
+# they are): Debian's rspamd and clamd, as the content tests run them
+FILTER_PACKAGES=ca-certificates,rspamd,clamav-daemon,tini
+FILTER_KEY=$(printf '%s %s %s' "$SUITE" "$FILTER_PACKAGES" "$ROOTFS_REV" | sha256sum | cut -c1-12)
+FILTER_TAG=postroom-e2e/debian-filter:$SUITE-$FILTER_KEY
 IMAGES_DIR=$HERE/tests/deploy/docker_e2e/images
 mkdir -p "$CACHE"
 
@@ -52,26 +61,30 @@ ensure_plugin() {
   echo "$bin"
 }
 
-# --- the Debian root, as a tarball `docker import` reads
-rootfs_path() { echo "$CACHE/rootfs-$SUITE-$KEY.tar"; }
-ensure_rootfs() {
-  local tar; tar=$(rootfs_path)
+# --- a Debian root, as a tarball `docker import` reads: NAME (the cache file's prefix)
+# KEY PACKAGES
+build_rootfs() {
+  local name=$1 key=$2 packages=$3
+  local tar="$CACHE/$name-$SUITE-$key.tar"
   if [ -s "$tar" ] && [ -z "$(find "$tar" -mtime +30)" ]; then echo "$tar"; return 0; fi
   command -v debootstrap >/dev/null || { log "debootstrap is missing (scripts/ensure-services.sh installs it)"; return 1; }
-  local dir="$CACHE/rootfs.build"
+  local dir="$CACHE/$name.build"
   rm -rf "$dir"
-  log "debootstrap $SUITE ($PACKAGES); a few minutes the first time"
-  debootstrap --variant=minbase --include="$PACKAGES" "$SUITE" "$dir" "$MIRROR" >"$CACHE/debootstrap.log" 2>&1 \
-    || { tail -n 30 "$CACHE/debootstrap.log" >&2; return 1; }
-  # the package's own cluster and caches are not part of an image
+  log "debootstrap $SUITE ($packages); a few minutes the first time"
+  debootstrap --variant=minbase --include="$packages" "$SUITE" "$dir" "$MIRROR" >"$CACHE/debootstrap-$name.log" 2>&1 \
+    || { tail -n 30 "$CACHE/debootstrap-$name.log" >&2; return 1; }
+  # the packages' own clusters, databases and caches are not part of an image
   rm -rf "$dir"/var/lib/postgresql/15/main "$dir"/etc/postgresql/15/main "$dir"/var/cache/apt/archives/*.deb \
          "$dir"/var/lib/apt/lists/*_Packages
   tar -C "$dir" --numeric-owner -cf "$tar.tmp" .
   mv "$tar.tmp" "$tar"
   rm -rf "$dir"
-  find "$CACHE" -maxdepth 1 -name "rootfs-*.tar" ! -name "$(basename "$tar")" -delete
+  find "$CACHE" -maxdepth 1 -name "$name-*.tar" ! -name "$(basename "$tar")" -delete
   echo "$tar"
 }
+rootfs_path() { echo "$CACHE/rootfs-$SUITE-$KEY.tar"; }
+ensure_rootfs() { build_rootfs rootfs "$KEY" "$PACKAGES"; }
+ensure_filter_rootfs() { build_rootfs filterfs "$FILTER_KEY" "$FILTER_PACKAGES"; }
 
 # --- wheels for Postroom's dependencies (and its build backend), built with the host's
 # python (3.11, the same cp311 ABI as bookworm's python3)
@@ -121,10 +134,29 @@ ensure_images() {
     -t postroom-e2e/postroom:test "$project" >/dev/null
 }
 
+# --- rspamd and clamd for compose's filter profile, on their own root
+ensure_filter_images() {
+  : "${DOCKER_HOST:?DOCKER_HOST must name the test daemon}"
+  if ! have_image "$FILTER_TAG"; then
+    local tar; tar=$(ensure_filter_rootfs)
+    log "docker import $FILTER_TAG"
+    docker import "$tar" "$FILTER_TAG" >/dev/null
+  fi
+  export DOCKER_BUILDKIT=0
+  local name
+  for name in rspamd clamav; do
+    log "docker build postroom-e2e/$name"
+    docker build -q --network none --build-arg BASE_IMAGE="$FILTER_TAG" \
+      -t "postroom-e2e/$name:latest" "$IMAGES_DIR/$name" >/dev/null
+  done
+}
+
 case "${1:-}" in
   plugin) ensure_plugin ;;
   rootfs) ensure_rootfs ;;
+  filter-rootfs) ensure_filter_rootfs ;;
+  filter-images) ensure_filter_images ;;
   wheels) ensure_wheels ;;
   images) ensure_images "${2:-}" ;;
-  *) echo "usage: $0 plugin|rootfs|wheels|images PROJECT_DIR" >&2; exit 2 ;;
+  *) echo "usage: $0 plugin|rootfs|filter-rootfs|wheels|images PROJECT_DIR|filter-images" >&2; exit 2 ;;
 esac

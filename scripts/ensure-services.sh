@@ -102,6 +102,7 @@ ensure_docker_e2e() {
   apt_install docker.io debootstrap
   bash "$(dirname "$0")/docker-e2e-images.sh" plugin >/dev/null
   bash "$(dirname "$0")/docker-e2e-images.sh" rootfs >/dev/null
+  bash "$(dirname "$0")/docker-e2e-images.sh" filter-rootfs >/dev/null
 }
 
 case "${1:-all}" in

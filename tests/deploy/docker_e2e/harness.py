@@ -208,8 +208,9 @@ class Compose:
     """`docker compose` on the test project: shipped compose.yaml + the e2e override."""
 
     def __init__(self, daemon: Dockerd, project_dir: Path, name: str, image: str,
-                 extra_files: Sequence[str] = ()) -> None:
+                 extra_files: Sequence[str] = (), profiles: Sequence[str] = ()) -> None:
         self.extra_files = list(extra_files)
+        self.profiles = list(profiles)
         self.daemon = daemon
         self.dir = project_dir
         self.name = name
@@ -225,7 +226,8 @@ class Compose:
     def base(self) -> list[str]:
         files = ["compose.yaml", *self.extra_files, "tests/deploy/docker_e2e/compose.e2e.yaml"]
         return [DOCKER_CLI, "compose", "-p", self.name,
-                *(arg for name in files for arg in ("-f", name))]
+                *(arg for name in files for arg in ("-f", name)),
+                *(arg for profile in self.profiles for arg in ("--profile", profile))]
 
     def __call__(self, *args: str, **kwargs: Any) -> subprocess.CompletedProcess[str]:
         kwargs.setdefault("timeout", 300)

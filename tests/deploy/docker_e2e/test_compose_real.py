@@ -3,8 +3,11 @@
 Images come from no registry (scripts/docker-e2e-images.sh: debootstrap + docker import,
 PostgreSQL and Redis from Debian's packages, Postroom built by deploy/Dockerfile from
 wheels made on the host). The only override (compose.e2e.yaml) swaps image names and
-adds a DNS stub for the Internet the test network does not have. Then, as an operator
-would: up, every healthcheck green, migrate done, a domain and a user through the `cli`
+adds a DNS stub for the Internet the test network does not have (and clamd's test
+signature file for the filter profile). Then, as an operator would: up with
+`--profile filter` (rspamd and clamd from Debian's packages), every healthcheck green,
+EICAR refused with 554, GTUBE refused or filed in Junk, a clean message with
+X-Spamd-Result, migrate done, a domain and a user through the `cli`
 service, mail to the published 25 and 587 (STARTTLS + AUTH) read back over 993,
 `--scale mda=3` with each message delivered exactly once, `logs mta` showing only the
 mta, an mda killed mid-flow with nothing lost, `down -v`. Timings are printed.
@@ -45,6 +48,7 @@ from tests.deploy.docker_e2e.harness import (
     run,
 )
 from tests.support.ports import free_port
+from tests.support.scanners import EICAR, GTUBE
 
 pytestmark = [pytest.mark.slow, pytest.mark.compose, pytest.mark.timeout(1500)]
 
@@ -66,11 +70,14 @@ def tls_client() -> ssl.SSLContext:
     return context
 
 
-def write_env(project: Path, ports: dict[int, int], proxy: bool = False) -> None:
+def write_env(project: Path, ports: dict[int, int], proxy: bool = False,
+              filter: bool = False) -> None:
     """.env from the shipped example, with this run's passwords, ports and DNS stub.
 
     ``proxy``: the example's proxy mode, HAProxy holding the ports (on loopback) and the
-    listeners publishing bare container ports (dockerd's --ip keeps them on loopback)."""
+    listeners publishing bare container ports (dockerd's --ip keeps them on loopback).
+    ``filter``: the filter profile's scanners configured as compose.yaml's comment says, and
+    clamd's test signatures written where compose.e2e.yaml mounts them."""
     if proxy:
         publish = {var: str(port) for port, var in PUBLISHED.items()}
         publish.update({f"PROXY_{var}": f"127.0.0.1:{ports[port]}:{port}"
@@ -85,6 +92,13 @@ def write_env(project: Path, ports: dict[int, int], proxy: bool = False) -> None
         # nothing listens beyond the host's loopback
         **publish,
     }
+    if filter:
+        values.update(POSTROOM_RSPAMD_URL="http://rspamd:11333",
+                      POSTROOM_CLAMD_ADDRESS="tcp:clamav:3310")
+        signatures = project / "e2e-clamav" / "postroom-test.ndb"
+        signatures.parent.mkdir(exist_ok=True)
+        signatures.write_text(f"Postroom.Test.EICAR:0:*:{EICAR.hex()}\n")
+        signatures.chmod(0o644)
     lines = []
     for line in (project / "deploy" / "postroom.env.example").read_text().splitlines():
         key = line.partition("=")[0]
@@ -180,6 +194,8 @@ def project(daemon: Dockerd, timings: Timings) -> Iterator[Path]:
         path = copy_project(Path(tmp) / "postroom")
         with timings.phase("images (debootstrap/import/build; cached)"):
             run(["bash", str(IMAGES_SCRIPT), "images", str(path)], env=daemon.env, timeout=1200)
+        with timings.phase("filter images: rspamd, clamav (cached)"):
+            run(["bash", str(IMAGES_SCRIPT), "filter-images"], env=daemon.env, timeout=1200)
         yield path
 
 
@@ -190,8 +206,8 @@ def ports() -> dict[int, int]:
 
 def test_compose_up_mail_round_trip_scale_and_crash(daemon: Dockerd, project: Path,
                                                    ports: dict[int, int], timings: Timings):
-    write_env(project, ports)
-    compose = Compose(daemon, project, "pre2e", IMAGE)
+    write_env(project, ports, filter=True)
+    compose = Compose(daemon, project, "pre2e", IMAGE, profiles=["filter"])
     try:
         _compose_scenario(compose, daemon, ports, timings)
     except BaseException:
@@ -211,11 +227,14 @@ def _compose_scenario(compose: Compose, daemon: Dockerd, ports: dict[int, int],
         containers = compose.wait_ready()
     services = {c["Service"] for c in containers}
     assert {"postgres", "redis", "migrate", "tls", "dmarc", "mta", "msa", "mda", "pop3",
-            "imap"} <= services, services
+            "imap", "rspamd", "clamav"} <= services, services
     assert "cli" not in services, "the cli service (profile tools) must not start with up"
     # the `tls` one-shot made a self-signed pair the services' user can read
     assert (compose.dir / "tls" / "fullchain.pem").stat().st_uid == 10025
     assert (compose.dir / "tls" / "privkey.pem").stat().st_mode & 0o777 == 0o600
+
+    with timings.phase("filter: rspamd and clamd answer"):
+        _wait_scanners(compose)
 
     with timings.phase("cli: domain add + user add"):
         compose("run", "--rm", "-T", "cli", "domain", "add", DOMAIN, timeout=120)
@@ -228,6 +247,9 @@ def _compose_scenario(compose: Compose, daemon: Dockerd, ports: dict[int, int],
         send_plain(ports[25], first[0])
         send_submission(ports[587], first[1])
         wait_delivered(ports[993], first)
+
+    with timings.phase("filter: EICAR 554, GTUBE refused/Junk, clean with X-Spamd-Result"):
+        _check_filter(ports)
 
     with timings.phase("real certificate dropped in: 993 serves it"):
         _replace_certificate(compose, ports)
@@ -261,6 +283,92 @@ def _compose_scenario(compose: Compose, daemon: Dockerd, ports: dict[int, int],
 
     with timings.phase("an mda killed (SIGKILL) mid-flow: nothing lost"):
         _crash_an_mda(compose, daemon, ports)
+
+
+def _wait_scanners(compose: Compose, timeout: float = 120) -> None:
+    """rspamd's /ping and clamd's PING, asked from the dmarc container (the one that
+    scans): before they answer, inbound mail would wait with 451."""
+    script = (
+        "import socket,urllib.request\n"
+        "print(urllib.request.urlopen('http://rspamd:11333/ping',timeout=5).read())\n"
+        "s=socket.create_connection(('clamav',3310),timeout=5);s.sendall(b'zPING\\0')\n"
+        "assert s.recv(16).startswith(b'PONG')\n"
+    )
+    deadline = time.monotonic() + timeout
+    done = None
+    while time.monotonic() < deadline:
+        done = compose("exec", "-T", "dmarc", "python", "-c", script, check=False, timeout=60)
+        if done.returncode == 0:
+            return
+        time.sleep(2)
+    logs = compose("logs", "--no-color", "--tail", "40", "rspamd", "clamav", check=False)
+    raise E2EError(f"scanners not answering within {timeout}s: "
+                   f"{done.stderr[-2000:] if done else ''}\n{logs.stdout}")
+
+
+def _send_raw(port: int, body: bytes, subject: str, msgid: str) -> tuple[int, str]:
+    """(code, text) of the end of DATA for a message to USER through port 25."""
+    data = (f"From: bob@remote.test\r\nTo: {USER}\r\nSubject: {subject}\r\n"
+            f"Message-ID: <{msgid}>\r\nDate: Mon, 07 Dec 2026 07:00:00 +0000\r\n"
+            "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n"
+            ).encode() + body + b"\r\n"
+    with smtplib.SMTP("127.0.0.1", port, timeout=60) as smtp:
+        try:
+            smtp.sendmail("bob@remote.test", [USER], data)
+        except smtplib.SMTPDataError as exc:
+            return exc.smtp_code, exc.smtp_error.decode(errors="replace")
+    return 250, ""
+
+
+def _fetch_header(port: int, mailbox: str, msgid: str, field: str) -> str | None:
+    """``field`` of the message with ``msgid`` in ``mailbox`` ('' when it lacks it),
+    None when the message is not there."""
+    imap = imaplib.IMAP4_SSL("127.0.0.1", port, ssl_context=tls_client(), timeout=30)
+    try:
+        imap.login(USER, PASSWORD)
+        status, data = imap.select(mailbox, readonly=True)
+        if status != "OK":
+            return None
+        status, data = imap.search(None, "HEADER", "Message-ID", f"<{msgid}>")
+        numbers = data[0].split()
+        if status != "OK" or not numbers:
+            return None
+        status, data = imap.fetch(numbers[0], f"(BODY.PEEK[HEADER.FIELDS ({field})])")
+        assert status == "OK", data
+        part = data[0]
+        return part[1].decode(errors="replace").strip() if isinstance(part, tuple) else ""
+    finally:
+        imap.logout()
+
+
+def _check_filter(ports: dict[int, int]) -> None:
+    """Through the published 25: clamd refuses EICAR naming the test signature; rspamd's
+    GTUBE action (reject in rspamd's own config) refuses it or files it in Junk; a clean
+    message reaches INBOX with rspamd's X-Spamd-Result (docs/content-filtering.md)."""
+    code, text = _send_raw(ports[25], EICAR, "eicar", f"eicar-{secrets.token_hex(4)}@remote.test")
+    assert code == 554 and "Postroom.Test.EICAR" in text, (code, text)
+    print(f"[docker-e2e] EICAR: {code} {text}")
+    gtube_id = f"gtube-{secrets.token_hex(4)}@remote.test"
+    code, text = _send_raw(ports[25], b"spam spam\r\n" + GTUBE, "gtube", gtube_id)
+    if code == 250:
+        deadline = time.monotonic() + 60
+        while _fetch_header(ports[993], "Junk", gtube_id, "X-Spamd-Result") is None:
+            assert time.monotonic() < deadline, "GTUBE accepted but never reached Junk"
+            time.sleep(1)
+        print("[docker-e2e] GTUBE: accepted into Junk")
+    else:
+        assert code == 554 and "spam" in text.lower(), (code, text)
+        print(f"[docker-e2e] GTUBE: {code} {text}")
+    clean_id = f"clean-{secrets.token_hex(4)}@remote.test"
+    code, text = _send_raw(ports[25], b"Hello Alice, lunch on Thursday?", "lunch", clean_id)
+    assert code == 250, (code, text)
+    deadline = time.monotonic() + 60
+    header = None
+    while (header := _fetch_header(ports[993], "INBOX", clean_id, "X-Spamd-Result")) is None:
+        assert time.monotonic() < deadline, "the clean message never reached INBOX"
+        time.sleep(1)
+    assert header.lower().startswith("x-spamd-result:"), header
+    print(f"[docker-e2e] clean: INBOX, {header.splitlines()[0][:120]}")
 
 
 def _replace_certificate(compose: Compose, ports: dict[int, int]) -> None:
