@@ -128,3 +128,14 @@ def finish_import_mailbox(session: Session, target: ImportTarget, nextuid: int |
         values["uidnext"] = func.greatest(Mailbox.uidnext, nextuid)
         values["highestmodseq"] = func.greatest(Mailbox.highestmodseq, MODSEQ_FLOOR)
     session.execute(update(Mailbox).where(Mailbox.id == target.mailbox_id).values(**values))
+
+
+def copies_present(session: Session, user_id: int, name: str, sha256: str) -> int:
+    """How many copies of these bytes (by SHA-256) the mailbox ``name`` holds
+    (`postroom import maildir|mbox` adds a copy only when the folder has more)."""
+    return int(session.execute(
+        select(func.count(MailboxEntry.id))
+        .join(Mailbox, Mailbox.id == MailboxEntry.mailbox_id)
+        .join(Message, Message.id == MailboxEntry.message_id)
+        .where(Mailbox.user_id == user_id, Mailbox.name == name, Message.sha256 == sha256))
+        .scalar_one())

@@ -12,7 +12,6 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from postroom.logs import get_logger
@@ -20,10 +19,9 @@ from postroom.mime import analyze, metadata_dict
 from postroom.mime.fulltext import DEFAULT_MAX_BYTES, text_or_unreadable
 from postroom.ops.importer.progress import Progress
 from postroom.ops.importer.source import SourceFolder, SourceMessage
-from postroom.store import mailboxes, messages
+from postroom.store import imports, mailboxes, messages
 from postroom.store.db import Database
 from postroom.store.errors import NotFound
-from postroom.store.models import Mailbox, MailboxEntry, Message
 from postroom.store.users import get_user
 
 log = get_logger("import")
@@ -52,20 +50,10 @@ def _user_id(session: Session, address: str) -> int:
     return user.id
 
 
-def _present(session: Session, user_id: int, name: str, sha256: str) -> int:
-    """How many copies of these bytes the mailbox holds."""
-    return int(session.execute(
-        select(func.count(MailboxEntry.id))
-        .join(Mailbox, Mailbox.id == MailboxEntry.mailbox_id)
-        .join(Message, Message.id == MailboxEntry.message_id)
-        .where(Mailbox.user_id == user_id, Mailbox.name == name, Message.sha256 == sha256))
-        .scalar_one())
-
-
 def _import_one(session: Session, user_id: int, name: str, message: SourceMessage,
                 occurrence: int, fts_max_bytes: int = DEFAULT_MAX_BYTES) -> bool:
     """Store and file one message unless its ``occurrence``-th copy is there already."""
-    if _present(session, user_id, name, message.sha256) >= occurrence:
+    if imports.copies_present(session, user_id, name, message.sha256) >= occurrence:
         return False
     message_id = messages.store_message(session, message.data,
                                         metadata_dict(analyze(message.data)),
