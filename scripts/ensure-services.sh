@@ -95,6 +95,12 @@ ensure_scanners() {
   apt_install rspamd clamav-daemon clamav
 }
 
+ensure_browser() {
+  # the web console's browser tests drive Debian's headless Chromium through its driver
+  # (nothing may download a browser on these machines)
+  apt_install chromium chromium-driver fonts-dejavu-core
+}
+
 ensure_docker_e2e() {
   # the real compose/Swarm test (tests/deploy/docker_e2e) starts its own dockerd from
   # Debian's docker.io and makes its images with debootstrap; the compose v2 CLI plugin
@@ -110,7 +116,8 @@ case "${1:-all}" in
   redis) ensure_redis ;;
   clients) ensure_clients ;;
   scanners) ensure_scanners ;;
+  browser) ensure_browser ;;
   docker-e2e) ensure_docker_e2e ;;
-  all) ensure_postgres; ensure_redis; ensure_clients; ensure_scanners; ensure_docker_e2e ;;
-  *) echo "usage: $0 [all|postgres|redis|clients|scanners|docker-e2e]" >&2; exit 2 ;;
+  all) ensure_postgres; ensure_redis; ensure_clients; ensure_scanners; ensure_browser; ensure_docker_e2e ;;
+  *) echo "usage: $0 [all|postgres|redis|clients|scanners|browser|docker-e2e]" >&2; exit 2 ;;
 esac
