@@ -1,0 +1,1 @@
+"""The web console and REST API (docs/web.md)."""
