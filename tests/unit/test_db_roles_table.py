@@ -40,7 +40,13 @@ def test_every_table_is_someones_decision():
     """A migration that adds a table must say which services get it (else none can use it)."""
     granted = {t for grants in roles.GRANTS.values() for t in grants} | set(roles.COMMON)
     # alembic_version is Alembic's own table, not a model
-    assert set(TABLES) == granted - {"alembic_version"}
+    assert set(TABLES) == (granted | roles.OWNER_ONLY) - {"alembic_version"}
+
+
+def test_no_service_role_gets_an_owner_only_table():
+    """Console access (tokens, sessions, managers) is for the schema owner alone."""
+    granted = {t for grants in roles.GRANTS.values() for t in grants} | set(roles.COMMON)
+    assert not granted & roles.OWNER_ONLY
 
 
 def test_only_the_msa_reads_dkim_private_keys():

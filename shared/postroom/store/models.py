@@ -108,6 +108,8 @@ class User(Base):
     quota_messages: Mapped[int | None] = mapped_column(BigInteger)
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     created_at: Mapped[datetime] = _now()
+    # a global admin of the web console and REST API: every domain (migration 0013)
+    is_admin: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
     domain: Mapped[Domain] = relationship()
 
@@ -496,4 +498,38 @@ message_texts = Table(
     Column("truncated", Boolean, nullable=False, server_default=text("false")),
     Column("indexed_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Index("ix_message_texts_words", "words", postgresql_using="gin"),
+)
+
+# --- console and REST API access (migration 0013; postroom.store.webaccess)
+
+# which domains a (non-admin) account manages in the console and the REST API
+domain_managers = Table(
+    "domain_managers", Base.metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("domain_id", Integer, ForeignKey("domains.id", ondelete="CASCADE"),
+           primary_key=True, index=True),
+)
+
+# REST API tokens: only the SHA-256 of the secret is kept; domain_id NULL = every domain
+api_tokens = Table(
+    "api_tokens", Base.metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", Text, nullable=False, unique=True),
+    Column("token_sha256", Text, nullable=False, unique=True),
+    Column("domain_id", Integer, ForeignKey("domains.id", ondelete="CASCADE"), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+)
+
+# console login sessions: only the SHA-256 of the cookie's secret is kept
+web_sessions = Table(
+    "web_sessions", Base.metadata,
+    Column("id_sha256", Text, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False,
+           index=True),
+    Column("csrf_token", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
 )

@@ -34,7 +34,7 @@ SCHEMA = "public"
 
 # users without the login secrets (password_hash, scram_secrets)
 _USERS_PUBLIC = "SELECT (id, domain_id, localpart, address, quota_bytes, quota_messages, active, " \
-    "created_at)"
+    "created_at, is_admin)"
 # what a login needs: every column, and rewriting an old or imported password hash (with the
 # SCRAM secrets an imported account lacks; users.authenticate)
 _USERS_LOGIN = ("SELECT", "UPDATE (password_hash, scram_secrets)")
@@ -119,6 +119,9 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     },
 }
 SERVICES: tuple[str, ...] = tuple(GRANTS)
+# tables no service role gets: only the schema owner uses them, i.e. the operator CLI and the
+# web console and REST API, which change accounts and domains anyway (migration 0013)
+OWNER_ONLY: frozenset[str] = frozenset({"domain_managers", "api_tokens", "web_sessions"})
 # every service checks the schema revision (and the compatibility window) at start-up
 COMMON: dict[str, tuple[str, ...]] = {"alembic_version": ("SELECT",),
                                       "schema_compat": ("SELECT",)}

@@ -59,12 +59,15 @@ class UserInfo:
     quota_bytes: int | None
     quota_messages: int | None
     created_at: datetime
+    # a global admin of the web console and REST API (postroom.store.webaccess)
+    is_admin: bool = False
 
 
 def _info(row: User, domain: str) -> UserInfo:
     return UserInfo(id=row.id, address=row.address, localpart=row.localpart, domain=domain,
                     active=row.active, quota_bytes=row.quota_bytes,
-                    quota_messages=row.quota_messages, created_at=row.created_at)
+                    quota_messages=row.quota_messages, created_at=row.created_at,
+                    is_admin=row.is_admin)
 
 
 def _check_password(password: str) -> None:
