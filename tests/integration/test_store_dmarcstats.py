@@ -162,3 +162,10 @@ def test_unusable_ranges_are_refused(start, end):
 def test_bucket_is_hourly_up_to_two_days():
     assert dmarcstats.bucket_for(T0, T0 + timedelta(days=2)) == "hour"
     assert dmarcstats.bucket_for(T0, T0 + timedelta(days=2, seconds=1)) == "day"
+
+
+def test_source_lists_give_both_lists_in_one_statement(filled):
+    busiest, failing = filled.run_sync(dmarcstats.source_lists, DOMAIN, *RANGE, limit=2,
+                                       failing_limit=1)
+    assert [s.source_ip for s in busiest] == ["192.0.2.1", "198.51.100.7"]
+    assert [(s.source_ip, s.counts.dmarc_fail) for s in failing] == [("198.51.100.7", 5)]

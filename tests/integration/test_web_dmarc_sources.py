@@ -119,3 +119,19 @@ def test_a_slow_server_costs_one_budget_and_shows_unknown(dns_server):
 ])
 def test_organisation_of(name, expected):
     assert organisation_of(name) == expected
+
+
+def test_lookups_are_counted_by_outcome(dns_server):
+    from postroom.metrics import Metrics
+
+    metrics = Metrics("web", process_metrics=False)
+    publish(dns_server, "192.0.2.60", "a.example.net", "192.0.2.60")
+    publish(dns_server, "192.0.2.61", "b.example.net", "192.0.2.99")
+    names = SourceNames(dns_server.resolver(), metrics=metrics)
+    try:
+        names.lookup(["192.0.2.60", "192.0.2.61", "192.0.2.62"])
+    finally:
+        names.close()
+    text = metrics.render().decode()
+    for outcome in ("confirmed", "unconfirmed", "none"):
+        assert f'postroom_web_source_lookups_total{{outcome="{outcome}"}} 1.0' in text

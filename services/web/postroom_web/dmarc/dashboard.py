@@ -79,14 +79,15 @@ def load_figures(session: StoreSession, domain: str, start: datetime,
     """The domain's figures over [start, end) (:class:`dmarcstats.RangeError` if unusable)."""
     domain = domain.strip().lower().rstrip(".")
     bucket = dmarcstats.bucket_for(start, end)
+    busiest, failing = dmarcstats.source_lists(session, domain, start, end,
+                                               limit=SOURCES_LIMIT, failing_limit=FAILING_LIMIT)
     return Figures(
         domain, start, end, bucket,
         totals=dmarcstats.totals(session, domain, start, end),
         buckets=dmarcstats.buckets(session, domain, start, end, bucket),
-        sources=dmarcstats.sources(session, domain, start, end, limit=SOURCES_LIMIT)
+        sources=busiest
         + dmarcstats.reported_sources(session, domain, start, end, limit=SOURCES_LIMIT),
-        failing=dmarcstats.sources(session, domain, start, end, limit=FAILING_LIMIT,
-                                   failing=True)
+        failing=failing
         + dmarcstats.reported_sources(session, domain, start, end, limit=FAILING_LIMIT,
                                       failing=True),
         reporters=dmarcstats.reporters(session, domain, start, end))

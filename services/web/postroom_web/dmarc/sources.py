@@ -27,6 +27,7 @@ from dataclasses import dataclass
 
 from postroom.logs import get_logger
 from postroom.mailauth.dmarcdiscovery import psl_org_domain
+from postroom.metrics import Metrics
 from postroom.net.dns import DNSError, DNSTempError, NXDomain, Resolver
 
 log = get_logger("web-dmarc-sources")
@@ -136,7 +137,8 @@ class SourceNames:
 
     def __init__(self, resolver: Resolver, *, ttl: float = 3600.0, retry_after: float = 120.0,
                  max_entries: int = 10_000, per_render: int = 32, budget: float = 1.5,
-                 workers: int = 8, clock: Callable[[], float] = time.monotonic) -> None:
+                 workers: int = 8, clock: Callable[[], float] = time.monotonic,
+                 metrics: Metrics | None = None) -> None:
         self.resolver = resolver
         self.ttl = ttl
         self.retry_after = retry_after
@@ -148,6 +150,11 @@ class SourceNames:
         self._pending: set[str] = set()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="web-ptr")
+        # postroom_web_source_lookups_total{outcome}: confirmed, unconfirmed, none, temperror,
+        # and over_budget for addresses a render stopped waiting for
+        self._lookups = metrics.counter(
+            "web_source_lookups_total", "Reverse lookups of sending addresses for the DMARC "
+            "dashboard, by outcome", ["outcome"]) if metrics is not None else None
 
     def close(self) -> None:
         """Stop the lookup threads (lookups in flight are abandoned)."""
@@ -174,16 +181,23 @@ class SourceNames:
     def _one(self, resolver: Resolver, ip: str) -> SourceName:
         try:
             name, ttl = resolve_name(resolver, ip), self.ttl
+            outcome = ("confirmed" if name.confirmed else
+                       "unconfirmed" if name.ptr else "none")
         except DNSTempError:
             # a timeout or the render's deadline: unknown for now, asked again soon
-            name, ttl = SourceName(ip), self.retry_after
+            name, ttl, outcome = SourceName(ip), self.retry_after, "temperror"
         except (DNSError, ValueError):
-            name, ttl = SourceName(ip, looked_up=True), self.ttl
+            name, ttl, outcome = SourceName(ip, looked_up=True), self.ttl, "none"
         finally:
             with self._lock:
                 self._pending.discard(ip)
         self._store(ip, name, ttl)
+        self._count(outcome)
         return name
+
+    def _count(self, outcome: str, n: int = 1) -> None:
+        if self._lookups is not None:
+            self._lookups.labels(outcome=outcome).inc(n)
 
     def lookup(self, ips: Iterable[str]) -> dict[str, SourceName]:
         """A :class:`SourceName` for each address (in order, duplicates once): cached ones,
@@ -212,5 +226,6 @@ class SourceNames:
             if future.exception() is None:
                 result[futures[future]] = future.result()
         if late:
+            self._count("over_budget", len(late))
             log.info("reverse lookups over budget", addresses=len(late), budget=self.budget)
         return result
