@@ -75,7 +75,7 @@ def _legend(series: Sequence[Series], width: int) -> list[str]:
                      'width="12" height="12" rx="2"/>')
         parts.append(f'<text class="chart-text" x="{_num(x + 17)}" y="20">{text(s.name, 32)}'
                      "</text>")
-        x += 17 + 7.5 * min(len(s.name), 32) + 18
+        x += 17 + 6.8 * min(len(s.name), 32) + 16
         if x > width - 60:
             break
     parts.append("</g>")

@@ -187,8 +187,8 @@ def assemble(figures: Figures, *, names: SourceNames | None = None,
     readiness = assess(domain, t, figures.sources, record, names=known,
                        thresholds=thresholds, report_address=report_address)
     notes = []
-    pending = sum(1 for ip in ips if ip not in known)
-    if names is not None and pending:
+    pending = sum(1 for ip in ips if ip not in known) if names is not None else 0
+    if pending:
         notes.append(f"{pending} source names are still being looked up; they show on a "
                      "later visit.")
     return Dashboard(domain, figures.start, figures.end, bucket, totals, rates_chart,

@@ -5,8 +5,8 @@ of reverse lookups. :class:`SourceNames` keeps answers in a bounded TTL
 cache shared by every render, and looks up at most ``per_render`` addresses
 it does not know yet, in a few threads, all bounded by one deadline
 (``budget`` seconds, through :meth:`postroom.net.dns.Resolver.until`). An
-address not answered in time is shown as unknown ("—") and its answer,
-when it comes, is cached for the next render.
+address not answered in time, or beyond ``per_render``, is shown as unknown
+("—") and asked again by a later render.
 
 The organisation is the organizational domain (public suffix list,
 :func:`postroom.mailauth.dmarcdiscovery.psl_org_domain`) of the reverse name,
