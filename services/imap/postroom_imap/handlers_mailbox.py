@@ -325,8 +325,11 @@ class MailboxCommands(CommandHost):
              m.internal_date) for m in args.messages]
         try:
             # MULTIAPPEND (RFC 3502): one transaction, so all messages are stored or none
+            box = self.selected
             uidvalidity, uids = await self._user().append(
-                args.mailbox, messages, self.max_message_size)
+                args.mailbox, messages, self.max_message_size,
+                recent_for=box.mailbox_id if box is not None and box.track_recent
+                and not box.readonly else None)
         except NoSuchMailbox:
             raise TryCreate("no such mailbox; create it first") from None
         if self.selected is not None:
