@@ -198,6 +198,10 @@ class Selected:
         becomes the session's recent UID ranges.
         """
         if isinstance(key, SearchFlag) and key.flag.lower() == "\\recent":
+            if not self.track_recent:
+                # IMAP4rev2 has neither \\Recent nor these keys (RFC 9051 6.4.4, section 9
+                # search-key), as it has no STATUS RECENT: the reply is BAD, nothing is searched
+                raise SyntaxProblem("RECENT, NEW and OLD are not IMAP4rev2 search keys")
             recent = SearchSet(SequenceSet(tuple(self.recent)), uid=True) if self.recent \
                 else SearchNot(SearchAll())
             return recent if key.present else SearchNot(recent)
