@@ -54,8 +54,10 @@ def test_rev2_session_beside_a_rev1_session(server: Server, account: Account) ->
         assert phone.cmd("STATUS INBOX (RECENT)")[-1].startswith(phone_tag(phone) + b" BAD ")
         assert phone.cmd('LIST "" INBOX RETURN (STATUS (RECENT))')[-1].startswith(
             phone_tag(phone) + b" BAD ")
-        assert phone.cmd("STATUS INBOX (MESSAGES SIZE DELETED)")[0].startswith(
-            b"* STATUS INBOX (MESSAGES 3 SIZE ")
+        # SIZE and DELETED, rev2's status items (RFC 9051 6.3.11; SIZE also RFC 8438)
+        laptop.cmd("STORE 2 +FLAGS.SILENT (\\Deleted)")
+        assert phone.cmd("STATUS INBOX (MESSAGES SIZE DELETED)")[0] == (
+            b"* STATUS INBOX (MESSAGES 3 SIZE %d DELETED 1)\r\n" % (3 * len(MESSAGE)))
         assert laptop.cmd("STATUS INBOX (RECENT)")[0] == b"* STATUS INBOX (RECENT 0)\r\n"
     finally:
         phone.close()
@@ -69,8 +71,12 @@ def test_enable_imap4rev2_while_selected_drops_recent(server: Server, account: A
         assert b"* 1 RECENT\r\n" in client.cmd("SELECT INBOX")
         assert client.cmd("ENABLE IMAP4rev2")[0] == b"* ENABLED IMAP4rev2\r\n"
         assert client.cmd("FETCH 1 (FLAGS)")[0] == b"* 1 FETCH (FLAGS ())\r\n"
-        tag = b"t%d" % (client.n + 1)
-        assert client.cmd("SEARCH RECENT")[0] == b'* ESEARCH (TAG "' + tag + b'")\r\n'
+        # RECENT, NEW and OLD are not rev2 search keys (RFC 9051 6.4.4, section 9): BAD
+        for key in ("RECENT", "NEW", "OLD", "NOT (OR RECENT DELETED)"):
+            assert client.cmd(f"SEARCH {key}") == [
+                phone_tag(client) + b" BAD RECENT, NEW and OLD are not IMAP4rev2 search keys\r\n"]
+        assert client.cmd("UID SORT (ARRIVAL) UTF-8 NEW")[-1].startswith(
+            phone_tag(client) + b" BAD ")
         account.deliver(MESSAGE)
         assert client.cmd("NOOP")[0] == b"* 2 EXISTS\r\n"
         # SELECT while selected: OK [CLOSED] first (RFC 9051 6.3.2)
@@ -113,6 +119,45 @@ def test_rev2_mailbox_names_are_utf8_and_select_sends_list(server: Server,
         assert '* LIST (\\HasNoChildren) "/" "\u00e9t\u00e9"\r\n'.encode() in selected
         assert selected[-1] == phone_tag(phone) + b" OK [READ-WRITE] SELECT completed\r\n"
         assert b'* LIST (\\HasNoChildren) "/" INBOX\r\n' in phone.cmd("SELECT INBOX")
+    finally:
+        phone.close()
+        laptop.close()
+
+
+def test_rev2_rename_and_normalized_create_tell_oldname(server: Server,
+                                                      account: Account) -> None:
+    """RFC 9051 6.3.6 and 6.3.9.7: after RENAME a rev2 session gets the mailbox's LIST with
+    OLDNAME; 6.3.4: a name sent denormalized is created in NFC and told the same way.
+    A rev1 session gets neither, and keeps its names as sent."""
+    phone = Raw(server, account)  # IMAP4rev2
+    laptop = Raw(server, account)  # IMAP4rev1
+    try:
+        phone.cmd("ENABLE IMAP4rev2")
+        phone.cmd("CREATE Projects/2025")
+        assert phone.cmd("RENAME Projects Archive-Projects") == [
+            b'* LIST (\\HasChildren \\Subscribed) "/" Archive-Projects ("OLDNAME" (Projects))\r\n',
+            phone_tag(phone) + b" OK RENAME completed\r\n"]
+        phone.cmd("UNSUBSCRIBE Archive-Projects/2025")
+        assert phone.cmd('RENAME Archive-Projects/2025 "Old 2025"') == [
+            b'* LIST (\\HasNoChildren) "/" "Old 2025" ("OLDNAME" (Archive-Projects/2025))\r\n',
+            phone_tag(phone) + b" OK RENAME completed\r\n"]
+        # "e" + COMBINING ACUTE ACCENT: stored as U+00E9, the client told which name it got
+        decomposed = "Caf" + "e\u0301"
+        assert phone.cmd(f'CREATE "{decomposed}"') == [
+            f'* LIST (\\HasNoChildren \\Subscribed) "/" "Caf\u00e9" ("OLDNAME" ("{decomposed}"))'
+            '\r\n'.encode(), phone_tag(phone) + b" OK CREATE completed\r\n"]
+        assert phone.cmd('LIST "" "Caf*"')[0] == (
+            '* LIST (\\HasNoChildren) "/" "Caf\u00e9"\r\n'.encode())
+        assert phone.cmd(f'RENAME "Caf\u00e9" "T{decomposed}"')[0] == (
+            '* LIST (\\HasNoChildren \\Subscribed) "/" "TCaf\u00e9" ("OLDNAME" ("Caf\u00e9"))'
+            '\r\n'.encode())
+        # RENAME INBOX: INBOX stays (RFC 9051 6.3.6), no LIST for it
+        assert phone.cmd("RENAME INBOX Saved") == [phone_tag(phone) + b" OK RENAME completed\r\n"]
+        # rev1: no unsolicited LIST, and the name is kept as sent (modified UTF-7 of e + U+0301)
+        assert laptop.cmd("RENAME Saved Saved2") == [
+            phone_tag(laptop) + b" OK RENAME completed\r\n"]
+        assert laptop.cmd('CREATE "Cafe&AwE-"') == [phone_tag(laptop) + b" OK CREATE completed\r\n"]
+        assert laptop.cmd('LIST "" "Cafe*"')[0] == b'* LIST (\\HasNoChildren) "/" Cafe&AwE-\r\n'
     finally:
         phone.close()
         laptop.close()

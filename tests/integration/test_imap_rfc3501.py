@@ -249,6 +249,49 @@ def test_recent_belongs_to_the_first_read_write_select_only(server: Server,
         second.close()
 
 
+def test_own_append_to_the_selected_mailbox_is_recent_in_that_session(
+        server: Server, account: Account) -> None:
+    """RFC 3501 2.3.2 and 6.3.11: the appending session is the first told of the message (its
+    EXISTS comes with the APPEND), so it takes \\Recent, as a read-write SELECT would."""
+    account.deliver(MESSAGE)
+    appender, other, viewer = Wire(server, account), Wire(server, account), Wire(server, account)
+    literal = b"APPEND INBOX (\\Seen) {%d+}\r\n%s" % (len(MESSAGE), MESSAGE)
+    try:
+        assert _select_lines(appender.send(b"SELECT INBOX")) == [
+            b"* 1 EXISTS\r\n", b"* 1 RECENT\r\n"]
+        assert _select_lines(other.send(b"SELECT INBOX")) == [
+            b"* 1 EXISTS\r\n", b"* 0 RECENT\r\n"]
+        appended = appender.send(literal)
+        assert appended[:2] == [b"* 2 EXISTS\r\n", b"* 2 RECENT\r\n"]
+        assert appended[2].startswith(b"TAG OK [APPENDUID ") and appended[2].endswith(
+            b" 2] APPEND completed\r\n")
+        assert appender.send(b"FETCH 2 (FLAGS)") == [b"* 2 FETCH (FLAGS (\\Seen \\Recent))\r\n",
+                                                     b"TAG OK FETCH completed\r\n"]
+        assert appender.send(b"SEARCH RECENT") == [b"* SEARCH 1 2\r\n",
+                                                   b"TAG OK SEARCH completed\r\n"]
+        # the other read-write session is told of it too, but second: not recent there
+        assert other.send(b"NOOP") == [b"* 2 EXISTS\r\n", b"TAG OK NOOP completed\r\n"]
+        # a MULTIAPPEND: one EXISTS, one RECENT for both messages
+        appended = appender.send(literal + b" {%d+}\r\n%s" % (len(MESSAGE), MESSAGE))
+        assert appended[:2] == [b"* 4 EXISTS\r\n", b"* 4 RECENT\r\n"]
+        # nothing is left for the next session, nor reported by STATUS
+        assert viewer.send(b"STATUS INBOX (MESSAGES RECENT)")[0] == (
+            b"* STATUS INBOX (MESSAGES 4 RECENT 0)\r\n")
+        # EXAMINE takes nothing: an APPEND there leaves the message recent for the next session
+        assert _select_lines(viewer.send(b"EXAMINE INBOX")) == [
+            b"* 4 EXISTS\r\n", b"* 0 RECENT\r\n"]
+        assert viewer.send(literal)[0] == b"* 5 EXISTS\r\n"
+        assert viewer.send(b"STATUS INBOX (RECENT)")[0] == b"* STATUS INBOX (RECENT 1)\r\n"
+        # and an APPEND to another mailbox takes nothing either
+        appender.send(b"CREATE Other")
+        appender.send(b"APPEND Other {%d+}\r\n%s" % (len(MESSAGE), MESSAGE))
+        assert appender.send(b"STATUS Other (RECENT)")[0] == b"* STATUS Other (RECENT 1)\r\n"
+    finally:
+        appender.close()
+        other.close()
+        viewer.close()
+
+
 def test_new_mail_is_recent_in_exactly_one_of_two_racing_sessions(server: Server,
                                                                   account: Account) -> None:
     clients = [imaps(server, account), imaps(server, account)]

@@ -83,8 +83,8 @@ class FakeStore:
     def search(self, mailbox_id: int, key: Any, max_uid: int) -> Deferred[list[tuple[int, int]]]:
         return succeed([(u, 5) for u in sorted(self.messages)])
 
-    def append(self, name: str, messages: Any,
-               max_size: int = 0) -> Deferred[tuple[int, list[int]]]:
+    def append(self, name: str, messages: Any, max_size: int = 0,
+               **kw: Any) -> Deferred[tuple[int, list[int]]]:
         uids = []
         for data, flags, when in messages:
             if isinstance(data, SpooledLiteral):

@@ -49,6 +49,24 @@ def test_new_mail_taken_by_this_session_is_announced_with_recent() -> None:
                      condstore=False) == [b"* 6 EXISTS\r\n"]
 
 
+def test_own_append_recent_waits_until_the_view_has_the_messages() -> None:
+    """An APPEND took UIDs 3..5 (4 and 5 its own, 3 delivered meanwhile): the range joins the
+    session's set only when a sync brought all of them, and an expunge before that loses none."""
+    box = _box([1, 2], recent_from=None)
+    box.took_recent(3, 5)
+    assert not box.claim_pending_recent() and box.recent_count() == 0
+    assert box.forget([2]) == [b"* 2 EXPUNGE\r\n"]  # the shrinking of ranges happens first
+    lines = box.apply(Changes(11, 6, [3, 4, 5], None, [], recent=[]), allow_expunge=True,
+                      condstore=False)
+    assert lines == [b"* 4 EXISTS\r\n", b"* 3 RECENT\r\n"]
+    assert box.recent == [(3, 5)] and not box.pending_recent
+    # a rev2 session (no \\Recent) takes nothing
+    rev2 = _box([1], recent_from=None)
+    rev2.drop_recent()
+    rev2.took_recent(2, 2)
+    assert rev2.pending_recent == []
+
+
 def test_keywords_are_announced_once_and_before_fetch() -> None:
     from postroom_imap.policy import FlagUpdate
 

@@ -30,3 +30,18 @@ def test_utf8_names_are_written_as_they_are() -> None:
     assert mailbox_name("INBOX", utf8=True) == b"INBOX"
     # control characters never go into a quoted string
     assert mailbox_name("\u00e9\x01", utf8=True).startswith(b"{")
+
+
+def test_oldname_line_carries_the_mailbox_attributes_and_the_old_name() -> None:
+    from postroom_imap.handlers_mailbox import oldname_line
+    from postroom_imap.policy import MailboxRow
+
+    rows = [MailboxRow("INBOX", None, True), MailboxRow("Alt", "\\Archive", True),
+            MailboxRow("Alt/2024", None, False), MailboxRow("\u00e9t\u00e9", None, False)]
+    assert oldname_line(rows, "Alt", "Archive") == (
+        b'* LIST (\\HasChildren \\Archive \\Subscribed) "/" Alt ("OLDNAME" (Archive))\r\n')
+    assert oldname_line(rows, "\u00e9t\u00e9", "e\u0301te\u0301") == (
+        '* LIST (\\HasNoChildren) "/" "\u00e9t\u00e9" ("OLDNAME" ("e\u0301te\u0301"))\r\n'
+        .encode())
+    # gone again before the LIST could be sent: no attributes known
+    assert oldname_line(rows, "Gone", "Old") == b'* LIST () "/" Gone ("OLDNAME" (Old))\r\n'

@@ -310,14 +310,17 @@ class UserStoreImpl:
     def status(self, name: str) -> Deferred[MailboxStatus]:
         return self._db(mailstore.status, self.user_id, name)
 
-    def append(self, name: str, messages: Sequence[NewMessage],
-               max_size: int) -> Deferred[tuple[int, list[int]]]:
+    def append(self, name: str, messages: Sequence[NewMessage], max_size: int, *,
+               recent_for: int | None = None) -> Deferred[tuple[int, list[int]]]:
         d = self._db(_append, self.user_id, name, list(messages), max_size,
-                     self.accounts.database.fts_max_bytes)
+                     self.accounts.database.fts_max_bytes, recent_for)
 
-        def done(results: list[tuple[int, int, int, int]]) -> tuple[int, list[int]]:
+        def done(stored: tuple[list[tuple[int, int, int, int]], int | None]
+                 ) -> tuple[int, list[int]]:
+            results, recent_from = stored
             for _, uid, mailbox_id, modseq in results:
-                self._own.append(OwnChange(mailbox_id, modseq - 1, modseq, uid))
+                self._own.append(OwnChange(mailbox_id, modseq - 1, modseq, uid,
+                                           recent_from=recent_from))
             # one event for them all: other sessions announce one EXISTS
             _, _, mailbox_id, modseq = results[-1]
             self._changed(None, mailbox_id, "exists", modseq)
@@ -422,12 +425,18 @@ class UserStoreImpl:
         """Nothing is held per session beyond watches, which the protocol removes."""
 
 
-def _append(s: Any, user_id: int, name: str, messages: list[NewMessage],
-            max_size: int, fts_max_bytes: int) -> list[tuple[int, int, int, int]]:
+def _append(s: Any, user_id: int, name: str, messages: list[NewMessage], max_size: int,
+            fts_max_bytes: int, recent_for: int | None = None
+            ) -> tuple[list[tuple[int, int, int, int]], int | None]:
     """``mailstore.append`` of each message in one transaction (MULTIAPPEND: all or none).
 
     Spooled messages are read in the db thread (off the reactor), one at a
     time: the memory held is one message, however many the command carries.
+    When they go to ``recent_for`` (the appending session's selected mailbox),
+    the session takes their \\Recent in the same transaction, under the
+    mailbox row's lock: the UIDs from the returned one up to the last message
+    (with any delivered meanwhile that no session took yet). None: another
+    mailbox.
     """
     results = []
 
@@ -449,4 +458,9 @@ def _append(s: Any, user_id: int, name: str, messages: list[NewMessage],
         results.append(mailstore.append(s, user_id, name, body, list(flags), when,
                                         fts_max_bytes))
         del body
-    return results
+    recent_from = None
+    if recent_for is not None and results and results[-1][2] == recent_for:
+        last_uid = results[-1][1]
+        first = mailstore.take_recent_uids(s, recent_for, last_uid + 1)
+        recent_from = first if first <= last_uid else None
+    return results, recent_from

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import unicodedata
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -104,6 +105,30 @@ def _hidden_subscribed_parents(names: dict[str, MailboxRow],
     return out
 
 
+def oldname_line(rows: list[MailboxRow], name: str, old: str) -> bytes:
+    """``* LIST (attrs) "/" name ("OLDNAME" (old))`` for an IMAP4rev2 session (RFC 9051 6.3.9.7).
+
+    Told to a rev2 session after its RENAME, and after a CREATE or RENAME whose
+    name it sent denormalized (6.3.4, 6.3.6), so it can tie the name it sent to
+    the mailbox. The attributes are the mailbox's, ``\\Subscribed`` included
+    (CREATE subscribes, and a subscription follows its mailbox through RENAME,
+    which RFC 9051 then asks to show); empty when the mailbox is gone already.
+    """
+    row = next((r for r in rows if r.name == name), None)
+    attrs: list[str] = []
+    if row is not None:
+        prefix = name + DELIMITER
+        attrs.append("\\HasChildren" if any(r.name.startswith(prefix) for r in rows)
+                     else "\\HasNoChildren")
+        if row.special_use:
+            attrs.append(row.special_use)
+        if row.subscribed:
+            attrs.append("\\Subscribed")
+    return b'* LIST (%s) "%s" %s ("OLDNAME" (%s))\r\n' % (
+        " ".join(attrs).encode("ascii"), DELIMITER.encode("ascii"),
+        mailbox_name(name, True), mailbox_name(old, True))
+
+
 def list_lines(rows: list[MailboxRow], matchers: list[Matcher], *, lsub: bool,
                utf8: bool = False) -> list[bytes]:
     """The ``* LIST`` / ``* LSUB`` lines for a user's mailboxes (plain RFC 3501 LIST and LSUB).
@@ -197,10 +222,24 @@ class MailboxCommands(CommandHost):
     async def do_examine(self, command: Command) -> Reply:
         return await self._select(command, readonly=True)
 
+    def _net_unicode(self, name: str) -> str:
+        """An IMAP4rev2 session's new mailbox name in NFC (RFC 9051 6.3.4: Net-Unicode, RFC 5198).
+
+        Control characters never get this far (the parser answers BAD). A rev1
+        session's names are kept as sent: RFC 3501 asks for no normalization.
+        """
+        return unicodedata.normalize("NFC", name) if self.rev2 else name
+
+    async def _tell_oldname(self, name: str, old: str) -> None:
+        """Send :func:`oldname_line` (an IMAP4rev2 session only)."""
+        if self.rev2:
+            self.write(oldname_line(await self._user().list_mailboxes(), name, old))
+
     async def do_create(self, command: Command) -> Reply:
         args = command.args
         assert isinstance(args, Create)
-        name = args.mailbox.rstrip(DELIMITER)
+        supplied = args.mailbox.rstrip(DELIMITER)
+        name = self._net_unicode(supplied)
         if not name or DELIMITER * 2 in name or name.startswith(DELIMITER):
             return ("NO", "[CANNOT] invalid mailbox name")
         if name == "INBOX":
@@ -213,6 +252,9 @@ class MailboxCommands(CommandHost):
             if use is None:
                 return ("NO", "[USEATTR] unsupported special use")
         await self._user().create(name, use)
+        if name != supplied:
+            # normalized: the client learns the name it got (RFC 9051 6.3.4, 6.3.9.7)
+            await self._tell_oldname(name, args.mailbox)
         return ("OK", "CREATE completed")
 
     async def do_delete(self, command: Command) -> Reply:
@@ -229,10 +271,14 @@ class MailboxCommands(CommandHost):
     async def do_rename(self, command: Command) -> Reply:
         args = command.args
         assert isinstance(args, Rename)
-        new = args.new.rstrip(DELIMITER)
+        new = self._net_unicode(args.new.rstrip(DELIMITER))
         if not new or new == "INBOX":
             return ("NO", "[CANNOT] invalid new name")
         await self._user().rename(args.old, new)
+        if args.old != "INBOX":
+            # RFC 9051 6.3.6: the optional LIST with OLDNAME (the SHOULD when the new name was
+            # normalized); none for INBOX, which "is assumed to be created" again
+            await self._tell_oldname(new, args.old)
         return ("OK", "RENAME completed")
 
     async def do_subscribe(self, command: Command) -> Reply:
@@ -325,8 +371,11 @@ class MailboxCommands(CommandHost):
              m.internal_date) for m in args.messages]
         try:
             # MULTIAPPEND (RFC 3502): one transaction, so all messages are stored or none
+            box = self.selected
             uidvalidity, uids = await self._user().append(
-                args.mailbox, messages, self.max_message_size)
+                args.mailbox, messages, self.max_message_size,
+                recent_for=box.mailbox_id if box is not None and box.track_recent
+                and not box.readonly else None)
         except NoSuchMailbox:
             raise TryCreate("no such mailbox; create it first") from None
         if self.selected is not None:

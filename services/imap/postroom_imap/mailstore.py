@@ -75,6 +75,7 @@ def append(s: Any, user_id: int, name: str, data: bytes, flags: Sequence[str],
 
 
 list_rows = _refusing(entries.list_rows)
+take_recent_uids = entries.take_recent_uids
 create = _refusing(entries.create)
 delete = _refusing(entries.delete)
 rename = _refusing(entries.rename)

@@ -134,6 +134,9 @@ class OwnChange:
     before: int
     after: int
     uid: int | None = None  # the message an APPEND added
+    # an APPEND into the session's selected mailbox took \\Recent of the UIDs from this one
+    # up to its last message (RFC 3501 2.3.2: this session is the first to be told of them)
+    recent_from: int | None = None
 
 
 
@@ -156,12 +159,15 @@ class UserStore(Protocol):
     def rename(self, old: str, new: str) -> Deferred[None]: ...
     def subscribe(self, name: str, subscribed: bool) -> Deferred[None]: ...
     def status(self, name: str) -> Deferred[MailboxStatus]: ...
-    def append(self, name: str, messages: Sequence[NewMessage],
-               max_size: int) -> Deferred[tuple[int, list[int]]]:
+    def append(self, name: str, messages: Sequence[NewMessage], max_size: int, *,
+               recent_for: int | None = None) -> Deferred[tuple[int, list[int]]]:
         """Store the messages in one transaction (all or none); (uidvalidity, their UIDs).
 
         A CATENATE message is assembled there, from this user's messages; at
         most ``max_size`` bytes (else TOOBIG), a URL naming nothing BADURL.
+        ``recent_for``: the mailbox id the session has selected read-write and
+        takes \\Recent in; when the messages go there, the same transaction
+        takes them (``OwnChange.recent_from``).
         """
         ...
     # ``take_recent``: a read-write SELECT or session takes the \\Recent messages it sees

@@ -596,6 +596,8 @@ class IMAPServer(MailboxCommands, MessageCommands, MetadataCommands, ListenerSes
         for change in take():
             if box is None or self.selected is not box or change.mailbox_id != box.mailbox_id:
                 continue
+            if change.recent_from is not None and change.uid is not None:
+                box.took_recent(change.recent_from, change.uid)
             got = box.own_change(change.before, change.after, change.uid)
             if got is None:
                 box.dirty = True
@@ -606,6 +608,10 @@ class IMAPServer(MailboxCommands, MessageCommands, MetadataCommands, ListenerSes
             # a MULTIAPPEND's messages: the last count says it all, as other sessions see it
             drop = set(exists[:-1])
             lines = [line for i, line in enumerate(lines) if i not in drop]
+        if box is not None and self.selected is box and box.claim_pending_recent():
+            # its own APPEND: this session is the first told of the messages (RFC 3501 2.3.2);
+            # when the view does not have them yet, the sync that brings them claims them
+            lines.append(b"* %d RECENT\r\n" % box.recent_count())
         if lines:
             self.write(b"".join(lines))
 

@@ -83,11 +83,42 @@ class Selected:
         self.vanished = False
         # an IMAP4rev2 session (RFC 9051) has no \\Recent: see :meth:`drop_recent`
         self.track_recent = True
+        # UID ranges this session took \\Recent of by its own APPEND, until the view has them
+        self.pending_recent: list[tuple[int, int]] = []
 
     def drop_recent(self) -> None:
         """No \\Recent in this view from now on (``ENABLE IMAP4rev2``, RFC 9051 Appendix E)."""
         self.recent = []
+        self.pending_recent = []
         self.track_recent = False
+
+    def took_recent(self, first: int, last: int) -> None:
+        """This session's APPEND took \\Recent of UIDs ``first``..``last`` (RFC 3501 2.3.2).
+
+        They join :attr:`recent` once the view has every one of them (the
+        fast path of :meth:`own_change`, or the next sync): only then does the
+        RECENT count include them, and an expunge meanwhile cannot lose them.
+        """
+        if self.track_recent and (first, last) not in self.pending_recent:
+            self.pending_recent.append((first, last))
+
+    def claim_pending_recent(self) -> bool:
+        """Move the taken ranges the view now covers into :attr:`recent`; True if any moved."""
+        if not self.pending_recent:
+            return False
+        top = self.max_uid
+        ready = [span for span in self.pending_recent if span[1] <= top]
+        if not ready:
+            return False
+        self.pending_recent = [span for span in self.pending_recent if span[1] > top]
+        merged: list[tuple[int, int]] = []
+        for a, b in sorted(self.recent + ready):
+            if merged and a <= merged[-1][1] + 1:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+            else:
+                merged.append((a, b))
+        self.recent = merged
+        return True
 
     def __len__(self) -> int:
         return len(self.uids)
@@ -167,6 +198,10 @@ class Selected:
         becomes the session's recent UID ranges.
         """
         if isinstance(key, SearchFlag) and key.flag.lower() == "\\recent":
+            if not self.track_recent:
+                # IMAP4rev2 has neither \\Recent nor these keys (RFC 9051 6.4.4, section 9
+                # search-key), as it has no STATUS RECENT: the reply is BAD, nothing is searched
+                raise SyntaxProblem("RECENT, NEW and OLD are not IMAP4rev2 search keys")
             recent = SearchSet(SequenceSet(tuple(self.recent)), uid=True) if self.recent \
                 else SearchNot(SearchAll())
             return recent if key.present else SearchNot(recent)
@@ -282,6 +317,9 @@ class Selected:
         if new:
             self.uids.extend(new)
             lines.append(b"* %d EXISTS\r\n" % len(self.uids))
+            claimed = self.claim_pending_recent()  # this session's own APPEND took them
+            if claimed and not changes.recent and self.track_recent:
+                lines.append(b"* %d RECENT\r\n" % self.recent_count())
             if changes.recent and self.track_recent:
                 spans = compress(changes.recent)
                 last = self.recent[-1][1] if self.recent else None
