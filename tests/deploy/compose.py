@@ -16,6 +16,7 @@ COMPOSE_FILE = REPO / "compose.yaml"
 # proxy mode: HAProxy in front, and the only place PROXY protocol listeners are defined
 PROXY_OVERRIDE = REPO / "deploy" / "compose.proxy.yaml"
 ENV_EXAMPLE = REPO / "deploy" / "postroom.env.example"
+DEPLOY_DOC = REPO / "docs" / "deploy-docker.md"
 MAIL_PORTS = {25, 465, 587, 2525, 110, 995, 143, 993}
 
 
@@ -108,3 +109,17 @@ def compose_config(workdir: Path, *args: str, proxy: bool = False) -> dict[str, 
                           capture_output=True, text=True, timeout=60, cwd=workdir)
     assert done.returncode == 0, f"docker-compose config failed:\n{done.stderr}"
     return yaml.safe_load(done.stdout)
+
+
+def docs_blocks(doc: Path, heading: str) -> dict[str, list[str]]:
+    """The fenced code blocks of one section of a Markdown page, by language."""
+    text = doc.read_text()
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    section = text[start:end if end != -1 else len(text)]
+    blocks: dict[str, list[str]] = {}
+    for match in re.finditer(r"^ *```(\w+)\n(.*?)^ *```", section, re.M | re.S):
+        indent = len(match.group(0)) - len(match.group(0).lstrip(" "))
+        body = "\n".join(line[indent:] for line in match.group(2).splitlines()) + "\n"
+        blocks.setdefault(match.group(1), []).append(body)
+    return blocks

@@ -10,7 +10,10 @@ EICAR refused with 554, GTUBE refused or filed in Junk, a clean message with
 X-Spamd-Result, migrate done, a domain and a user through the `cli`
 service, mail to the published 25 and 587 (STARTTLS + AUTH) read back over 993,
 `--scale mda=3` with each message delivered exactly once, `logs mta` showing only the
-mta, an mda killed mid-flow with nothing lost, `down -v`. Timings are printed.
+mta, an mda killed mid-flow with nothing lost, `down -v`. Then proxy mode, a one-node
+Swarm, and the client-address settings of docs/deploy-docker.md section 4 on a second
+dockerd with Docker's own NAT in a private network namespace (netns.py). Timings are
+printed.
 
 `make compose-e2e` runs this module alone. A daemon that cannot start fails the test:
 nothing here skips.
@@ -36,6 +39,7 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from tests.deploy.compose import DEPLOY_DOC, docs_blocks
 from tests.deploy.docker_e2e.harness import (
     COMPOSE_SUBNET,
     DNS_ADDRESS,
@@ -46,6 +50,14 @@ from tests.deploy.docker_e2e.harness import (
     Timings,
     copy_project,
     run,
+)
+from tests.deploy.docker_e2e.netns import (
+    CLIENT_V4,
+    CLIENT_V6,
+    HOST_V4,
+    HOST_V6,
+    NatHost,
+    dockerd_major,
 )
 from tests.support.ports import free_port
 from tests.support.scanners import EICAR, GTUBE
@@ -70,28 +82,35 @@ def tls_client() -> ssl.SSLContext:
     return context
 
 
-def write_env(project: Path, ports: dict[int, int], proxy: bool = False,
-              filter: bool = False) -> None:
+def write_env(project: Path, ports: dict[int, int] | None, proxy: bool = False,
+              filter: bool = False, extra: dict[str, str] | None = None) -> None:
     """.env from the shipped example, with this run's passwords, ports and DNS stub.
+
+    ``ports`` None: the example's own PUBLISH_* (and no DNS stub), for the daemon in a
+    network namespace of its own (netns.py). ``extra``: more lines, e.g. the documented
+    IPv6 listeners.
 
     ``proxy``: the example's proxy mode, HAProxy holding the ports (on loopback) and the
     listeners publishing bare container ports (dockerd's --ip keeps them on loopback).
     ``filter``: the filter profile's scanners configured as compose.yaml's comment says, and
     clamd's test signatures written where compose.e2e.yaml mounts them."""
-    if proxy:
+    publish: dict[str, str] = {}
+    if ports is not None and proxy:
         publish = {var: str(port) for port, var in PUBLISHED.items()}
         publish.update({f"PROXY_{var}": f"127.0.0.1:{ports[port]}:{port}"
                         for port, var in PUBLISHED.items()})
-    else:
+    elif ports is not None:
         publish = {var: f"127.0.0.1:{ports[port]}:{port}" for port, var in PUBLISHED.items()}
     password = secrets.token_hex(16)
     values = {
         "POSTGRES_PASSWORD": password,
         "POSTROOM_DATABASE_URL": f"postgresql://postroom:{password}@postgres:5432/postroom",
-        "POSTROOM_DNS_SERVERS": DNS_ADDRESS,
         # nothing listens beyond the host's loopback
         **publish,
+        **(extra or {}),
     }
+    if ports is not None:
+        values["POSTROOM_DNS_SERVERS"] = DNS_ADDRESS
     if filter:
         values.update(POSTROOM_RSPAMD_URL="http://rspamd:11333",
                       POSTROOM_CLAMD_ADDRESS="tcp:clamav:3310")
@@ -601,3 +620,82 @@ def _swarm_mail(daemon: Dockerd, tag: str, total: int) -> None:
     counts = json.loads(out.strip().splitlines()[-1])
     assert len(counts) == total + 1, counts
     assert all(n == 1 for n in counts.values()), f"not exactly once: {counts}"
+
+
+# a client outside Docker: connect to the Docker host's published 25 (retrying while the
+# mta starts), EHLO, QUIT; print which local address each connection went out from
+_NAT_PROBE = """
+import json, smtplib, sys, time
+seen = {}
+deadline = time.monotonic() + 90
+for host in sys.argv[1:]:
+    while True:
+        try:
+            with smtplib.SMTP(host, 25, timeout=20) as smtp:
+                seen[host] = smtp.sock.getsockname()[0]
+                assert smtp.ehlo("client.example.net")[0] == 250
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+print(json.dumps(seen))
+"""
+
+
+def test_client_addresses_through_docker_nat_in_a_network_namespace(
+        daemon: Dockerd, project: Path, timings: Timings):
+    """docs/deploy-docker.md, "Client addresses", as written: a dockerd with the page's
+    daemon.json (iptables and ip6tables on) in a network namespace of its own, compose.yaml
+    with the page's compose.override.yaml and .env lines, and a client that is a process
+    in another namespace (not a container): the mta logs the client's own IPv4 and IPv6
+    address as ``peer``, never the gateway's."""
+    blocks = docs_blocks(DEPLOY_DOC, "## 4. Client addresses")
+    daemon_json = json.loads(blocks["json"][0])
+    assert daemon_json["userland-proxy"] is False and daemon_json["ip6tables"] is True
+    if dockerd_major() < 27:
+        # the page's note: Debian's 20.10 refuses ip6tables without it
+        daemon_json["experimental"] = True
+    (project / "compose.override.yaml").write_text(blocks["yaml"][0])
+    listen = dict(line.split("=", 1) for line in blocks["ini"][0].splitlines() if "=" in line)
+    assert listen["POSTROOM_MTA_LISTEN"] == "tcp:25,tcp6:25", listen
+    write_env(project, None, extra=listen)
+    with tempfile.TemporaryDirectory(prefix="postroom-e2e-nat-") as tmp:
+        host = NatHost(Path(tmp), daemon_json)
+        compose = Compose(host, project, "pre2n", IMAGE, extra_files=["compose.override.yaml"],
+                          override="tests/deploy/docker_e2e/compose.e2e-nat.yaml")
+        try:
+            with timings.phase("NAT: namespaces + dockerd with the documented daemon.json"):
+                host.start()
+            with timings.phase("NAT: images (docker save | docker load)"):
+                host.load_images(daemon, [IMAGE, "postroom-e2e/postgres:latest",
+                                          "postroom-e2e/redis:latest"])
+            with timings.phase("NAT: up postgres redis migrate tls dmarc mta"):
+                compose("up", "-d", "--no-build", "dmarc", "mta", timeout=300)
+            with timings.phase("NAT: IPv4 + IPv6 client (not a container) to the published 25"):
+                out = host.client(_NAT_PROBE, HOST_V4, HOST_V6, timeout=120)
+                assert json.loads(out.strip().splitlines()[-1]) == {
+                    HOST_V4: CLIENT_V4, HOST_V6: CLIENT_V6}, out
+                peers: set[str] = set()
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    peers = {json.loads(payload).get("peer", "")
+                             for _, payload in compose.log_lines("mta")
+                             if '"smtp connection opened"' in payload}
+                    if len(peers) >= 2:
+                        break
+                    time.sleep(1)
+                # exactly the client's two addresses: neither a gateway nor docker-proxy
+                assert peers == {CLIENT_V4, CLIENT_V6}, (peers, host.rules())
+                print(f"[docker-e2e] NAT: the mta logged peers {sorted(peers)}")
+        except BaseException:
+            print("--- NAT compose logs (tail)\n" + compose.logs_tail(40) + "\n--- rules\n"
+                  + host.rules() + "\n--- dockerd\n" + host.tail(), flush=True)
+            raise
+        finally:
+            with timings.phase("NAT: down -v, dockerd stopped, namespaces removed"):
+                if host.process is not None and host.process.poll() is None:
+                    compose("down", "-v", "--remove-orphans", "-t", "0", check=False,
+                            timeout=180)
+                host.stop()
+                (project / "compose.override.yaml").unlink(missing_ok=True)
