@@ -59,6 +59,7 @@ from tests.deploy.docker_e2e.netns import (
     NatHost,
     dockerd_major,
 )
+from tests.support.dovecot import hash_password
 from tests.support.ports import free_port
 from tests.support.scanners import EICAR, GTUBE
 
@@ -260,6 +261,9 @@ def _compose_scenario(compose: Compose, daemon: Dockerd, ports: dict[int, int],
         compose("run", "--rm", "-T", "cli", "user", "add", USER, input=PASSWORD + "\n",
                 timeout=120)
 
+    with timings.phase("Dovecot import as vmail (uid 5000, read-only) + export as operator"):
+        _dovecot_import_and_export(compose, ports)
+
     with timings.phase("mail: 25 plain + 587 STARTTLS/AUTH, read on 993"):
         first = [f"plain-{secrets.token_hex(4)}@remote.test",
                  f"sub-{secrets.token_hex(4)}@{DOMAIN}"]
@@ -302,6 +306,75 @@ def _compose_scenario(compose: Compose, daemon: Dockerd, ports: dict[int, int],
 
     with timings.phase("an mda killed (SIGKILL) mid-flow: nothing lost"):
         _crash_an_mda(compose, daemon, ports)
+
+
+# docs/migrating-from-dovecot.md, "Running it in compose": the mail user (vmail) owns the
+# Maildirs 0700/0600, the operator who exports is someone else again
+VMAIL_UID = 5000
+OPERATOR_UID = 5001
+DOVECOT_USER = f"carol@{DOMAIN}"
+DOVECOT_UIDVALIDITY = 1733000000
+DOVECOT_UID = 42
+
+
+def _dovecot_import_and_export(compose: Compose, ports: dict[int, int]) -> None:
+    """A Dovecot server's files, owned by vmail with Dovecot's modes, imported through
+    the `cli` service run as vmail with read-only mounts, exactly as the migration page
+    says; the imported password logs in over the published 993 and the message has its
+    Dovecot UID. Then `export` as the operator writes to the folder they mounted, files
+    theirs, 0600 in 0700 folders."""
+    project = compose.dir
+    password = "dovecot-" + secrets.token_hex(8)
+    vmail = project / "vmail"
+    maildir = vmail / DOMAIN / "carol" / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    base = "1733550000.M1P1.oldmx"
+    msgid = f"dovecot-{secrets.token_hex(4)}@remote.test"
+    (maildir / "cur" / f"{base}:2,S").write_bytes(
+        f"From: dave@remote.test\nTo: {DOVECOT_USER}\nSubject: kept\n"
+        f"Message-ID: <{msgid}>\n\nfrom the old server\n".encode())
+    (maildir / "dovecot-uidlist").write_text(
+        f"3 V{DOVECOT_UIDVALIDITY} N{DOVECOT_UID + 1} G{secrets.token_hex(16)}\n"
+        f"{DOVECOT_UID} :{base}\n")
+    users = project / "import-users"
+    users.write_text(f"{DOVECOT_USER}:{hash_password('SHA512-CRYPT', password)}:"
+                     f"{VMAIL_UID}:{VMAIL_UID}::/var/vmail/{DOMAIN}/carol::\n")
+    for path in (vmail, *vmail.rglob("*"), users):
+        os.chown(path, VMAIL_UID, VMAIL_UID)
+        os.chmod(path, 0o700 if path.is_dir() else 0o600)
+    users.chmod(0o400)
+
+    done = compose("run", "--rm", "-T", "--user", f"{VMAIL_UID}:{VMAIL_UID}",
+                   "-v", f"{vmail}:/var/vmail:ro", "-v", f"{users}:/import/users:ro",
+                   "cli", "import", "dovecot", "/import/users", timeout=120)
+    assert "1 imported (1 with their old UID" in done.stdout, done.stdout + done.stderr
+    imap = imaplib.IMAP4_SSL("127.0.0.1", ports[993], ssl_context=tls_client(), timeout=30)
+    try:
+        imap.login(DOVECOT_USER, password)
+        imap.select("INBOX", readonly=True)
+        assert imap.untagged_responses["UIDVALIDITY"] == [str(DOVECOT_UIDVALIDITY).encode()]
+        status, data = imap.uid("FETCH", str(DOVECOT_UID),
+                                "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+        assert status == "OK" and isinstance(data[0], tuple), data
+        assert msgid.encode() in data[0][1], data
+    finally:
+        imap.logout()
+
+    out = project / "out"
+    out.mkdir()
+    os.chown(out, OPERATOR_UID, OPERATOR_UID)
+    compose("run", "--rm", "-T", "--user", f"{OPERATOR_UID}:{OPERATOR_UID}",
+            "-v", f"{out}:/export", "cli", "export", "/export/carol", "--user", DOVECOT_USER,
+            timeout=120)
+    files = list((out / "carol" / "cur").iterdir())
+    assert len(files) == 1 and msgid.encode() in files[0].read_bytes(), files
+    for path in (out / "carol", *(out / "carol").rglob("*")):
+        info = path.stat()
+        assert (info.st_uid, info.st_gid) == (OPERATOR_UID, OPERATOR_UID), path
+        assert info.st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
+    print(f"[docker-e2e] dovecot: UID {DOVECOT_UID} kept; export {files[0].name} owned by "
+          f"{OPERATOR_UID}")
 
 
 def _wait_scanners(compose: Compose, timeout: float = 120) -> None:
