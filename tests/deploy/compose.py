@@ -91,18 +91,23 @@ def docker_compose() -> str:
     return binary
 
 
-def compose_config(workdir: Path, *args: str, proxy: bool = False) -> dict[str, Any]:
+def compose_config(workdir: Path, *args: str, proxy: bool = False,
+                   env: dict[str, str] | None = None) -> dict[str, Any]:
     """`docker-compose config` of compose.yaml with the example env as .env, parsed.
 
-    ``proxy`` adds deploy/compose.proxy.yaml, as COMPOSE_FILE does in proxy mode.
+    ``proxy`` adds deploy/compose.proxy.yaml, as COMPOSE_FILE does in proxy mode; ``env``
+    adds lines to .env. The deploy folder is copied too: the files compose.yaml binds
+    (haproxy.cfg, rspamd's local.d) are there, as in a clone.
     """
     shutil.copy(COMPOSE_FILE, workdir / "compose.yaml")
     shutil.copy(ENV_EXAMPLE, workdir / ".env")
+    if env:
+        with open(workdir / ".env", "a") as dotenv:
+            dotenv.writelines(f"{key}={value}\n" for key, value in env.items())
     (workdir / "tls").mkdir(exist_ok=True)
+    shutil.copytree(REPO / "deploy", workdir / "deploy", dirs_exist_ok=True)
     files = ["-f", str(workdir / "compose.yaml")]
     if proxy:
-        (workdir / "deploy").mkdir(exist_ok=True)
-        shutil.copy(PROXY_OVERRIDE, workdir / "deploy" / PROXY_OVERRIDE.name)
         files += ["-f", str(workdir / "deploy" / PROXY_OVERRIDE.name)]
     done = subprocess.run([docker_compose(), "--project-directory", str(workdir),
                            *files, *args, "config"],
