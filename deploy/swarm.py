@@ -21,7 +21,15 @@ It also makes what compose gets right by itself right on a Swarm
 * the ./tls bind mount becomes the named volume ``tls`` (a Swarm never creates a
   bind source, and each node would need the folder), and the one-shot ``tls``
   service runs once on every node (mode global), so each node's volume holds a
-  certificate before its listeners start; real ones replace it there.
+  certificate before its listeners start; real ones replace it there;
+* every other bind mount of a host file (haproxy.cfg) or folder of files
+  (rspamd's local.d) becomes Swarm configs, one a file, which the manager hands to
+  whichever node runs the task; each config's name ends in a hash of its content, so
+  a redeploy after an edit makes a new one (a Swarm config cannot change);
+* services that publish host ports are placed on nodes labelled ``postroom.mail=true``:
+  with host-mode ports, DNS (MX, A/AAAA) must name the nodes the listeners run on;
+* a warning on stderr when an image compose builds has no registry host in its
+  name (``postroom:latest``): other nodes cannot pull it.
 
 ::
 
@@ -33,7 +41,10 @@ Standard library only, so it runs wherever Docker does.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import re
 import sys
 from typing import Any
 
@@ -42,6 +53,57 @@ TOP_LEVEL = ("version", "services", "networks", "volumes", "secrets", "configs")
 TLS_DIR = "/etc/postroom/tls"
 TLS_VOLUME = "tls"
 DROPPED_SERVICE_KEYS = ("build", "profiles", "restart", "pull_policy", "container_name")
+# where the listeners run: the nodes DNS names (docs/deploy-docker.md, "Docker Swarm")
+LISTENER_CONSTRAINT = "node.labels.postroom.mail == true"
+CONFIG_MODE = 0o444
+_CONFIG_NAME = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+class ConversionError(Exception):
+    """The compose configuration cannot become a stack file; the message says why."""
+
+
+def _bind(volume: Any) -> tuple[str, str, bool] | None:
+    """(source, target, read-only) of a bind mount in either syntax; None otherwise."""
+    if isinstance(volume, dict):
+        if volume.get("type") != "bind":
+            return None
+        return str(volume["source"]), str(volume["target"]), bool(volume.get("read_only"))
+    if isinstance(volume, str):
+        # short syntax (compose v1's config): SOURCE:TARGET[:MODE]
+        parts = volume.split(":")
+        if len(parts) >= 2 and parts[0].startswith(("/", ".")):
+            return parts[0], parts[1], "ro" in parts[2:3]
+    return None
+
+
+def _config_key(path: str) -> str:
+    with open(path, "rb") as handle:
+        digest = hashlib.sha256(handle.read()).hexdigest()[:12]
+    return _CONFIG_NAME.sub("_", os.path.basename(path))[:40] + "-" + digest
+
+
+def _as_configs(source: str, target: str, configs: dict[str, dict[str, str]]
+                ) -> list[dict[str, Any]]:
+    """A bound file, or each file of a bound folder, as Swarm configs at the same place."""
+    if os.path.isfile(source):
+        files = [(source, target)]
+    elif os.path.isdir(source):
+        files = []
+        for name in sorted(os.listdir(source)):
+            path = os.path.join(source, name)
+            if not os.path.isfile(path):
+                raise ConversionError(f"{path}: only files can become Swarm configs")
+            files.append((path, target.rstrip("/") + "/" + name))
+    else:
+        raise ConversionError(f"bind mount source {source} does not exist here: run the "
+                              "conversion in the project folder, on the manager")
+    mounts = []
+    for path, where in files:
+        key = _config_key(path)
+        configs[key] = {"file": path}
+        mounts.append({"source": key, "target": where, "mode": CONFIG_MODE})
+    return mounts
 
 
 def _ports(ports: list[Any]) -> list[dict[str, Any]]:
@@ -60,7 +122,7 @@ def _ports(ports: list[Any]) -> list[dict[str, Any]]:
     return result
 
 
-def _service(service: dict[str, Any]) -> dict[str, Any]:
+def _service(service: dict[str, Any], configs: dict[str, dict[str, str]]) -> dict[str, Any]:
     # compose v2 prints unset keys as null ("entrypoint": null), which the v3 loader refuses
     out = {k: v for k, v in service.items() if k not in DROPPED_SERVICE_KEYS and v is not None}
     depends = out.get("depends_on")
@@ -87,28 +149,43 @@ def _service(service: dict[str, Any]) -> dict[str, Any]:
         environment["BACKEND_PREFIX"] = "tasks."
         out["environment"] = environment
     volumes = []
+    mounted = list(out.get("configs") or [])
     for volume in out.get("volumes", []):
-        if isinstance(volume, dict):
-            # compose v2 adds bind.create_host_path, which the v3 loader does not know
-            volume = dict(volume)
-            bind = {k: v for k, v in volume.get("bind", {}).items() if k == "propagation"}
-            volume.pop("bind", None)
-            if bind:
-                volume["bind"] = bind
-        if isinstance(volume, str):
-            # short syntax (compose v1's config): SOURCE:TARGET[:MODE]
-            parts = volume.split(":")
-            if len(parts) >= 2 and parts[1] == TLS_DIR and parts[0].startswith(("/", ".")):
-                volume = {"type": "bind", "source": parts[0], "target": TLS_DIR,
-                          "read_only": parts[2:3] == ["ro"]}
-        if isinstance(volume, dict) and volume.get("type") == "bind" \
-                and volume.get("target") == TLS_DIR:
+        bind = _bind(volume)
+        if bind is not None and bind[1] == TLS_DIR:
             volume = {"type": "volume", "source": TLS_VOLUME, "target": TLS_DIR,
-                      "read_only": bool(volume.get("read_only"))}
+                      "read_only": bind[2]}
+        elif bind is not None:
+            mounted += _as_configs(bind[0], bind[1], configs)
+            continue
         volumes.append(volume)
     if volumes:
         out["volumes"] = volumes
+    else:
+        out.pop("volumes", None)
+    if mounted:
+        out["configs"] = mounted
+    if any(isinstance(port, dict) and "published" in port for port in out.get("ports", [])):
+        placement = dict(out["deploy"].get("placement") or {})
+        constraints = list(placement.get("constraints") or [])
+        if LISTENER_CONSTRAINT not in constraints:
+            constraints.append(LISTENER_CONSTRAINT)
+        placement["constraints"] = constraints
+        out["deploy"]["placement"] = placement
     return out
+
+
+def unpullable_images(config: dict[str, Any]) -> list[str]:
+    """Images compose builds here whose names have no registry host: only this node
+    has them."""
+    names = set()
+    for service in config["services"].values():
+        image = str(service.get("image") or "")
+        first = image.split("/", 1)[0]
+        registry = "/" in image and ("." in first or ":" in first or first == "localhost")
+        if service.get("build") and image and not registry:
+            names.add(image)
+    return sorted(names)
 
 
 def to_stack(config: dict[str, Any]) -> dict[str, Any]:
@@ -120,7 +197,11 @@ def to_stack(config: dict[str, Any]) -> dict[str, Any]:
     for key, value in config.items():
         if key.startswith("x-"):
             stack[key] = value
-    stack["services"] = {name: _service(svc) for name, svc in config["services"].items()}
+    configs: dict[str, dict[str, str]] = dict(stack.get("configs") or {})
+    stack["services"] = {name: _service(svc, configs)
+                         for name, svc in config["services"].items()}
+    if configs:
+        stack["configs"] = configs
     if any(v.get("source") == TLS_VOLUME for svc in stack["services"].values()
            for v in svc.get("volumes", []) if isinstance(v, dict)):
         stack["volumes"] = {**(stack.get("volumes") or {}), TLS_VOLUME: {}}
@@ -142,7 +223,17 @@ def main() -> int:
         print(f"swarm.py: stdin is not `docker compose config --format json`: {exc}",
               file=sys.stderr)
         return 2
-    json.dump(to_stack(config), sys.stdout, indent=2)
+    try:
+        stack = to_stack(config)
+    except ConversionError as exc:
+        print(f"swarm.py: {exc}", file=sys.stderr)
+        return 2
+    for image in unpullable_images(config):
+        print(f"swarm.py: warning: {image} is built here and names no registry: other "
+              "nodes cannot pull it. Push it to a registry and set POSTROOM_IMAGE to "
+              "REGISTRY/NAME:TAG (docs/deploy-docker.md, 'What a second node needs')",
+              file=sys.stderr)
+    json.dump(stack, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0
 

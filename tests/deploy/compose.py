@@ -16,6 +16,7 @@ COMPOSE_FILE = REPO / "compose.yaml"
 # proxy mode: HAProxy in front, and the only place PROXY protocol listeners are defined
 PROXY_OVERRIDE = REPO / "deploy" / "compose.proxy.yaml"
 ENV_EXAMPLE = REPO / "deploy" / "postroom.env.example"
+DEPLOY_DOC = REPO / "docs" / "deploy-docker.md"
 MAIL_PORTS = {25, 465, 587, 2525, 110, 995, 143, 993}
 
 
@@ -90,21 +91,40 @@ def docker_compose() -> str:
     return binary
 
 
-def compose_config(workdir: Path, *args: str, proxy: bool = False) -> dict[str, Any]:
+def compose_config(workdir: Path, *args: str, proxy: bool = False,
+                   env: dict[str, str] | None = None) -> dict[str, Any]:
     """`docker-compose config` of compose.yaml with the example env as .env, parsed.
 
-    ``proxy`` adds deploy/compose.proxy.yaml, as COMPOSE_FILE does in proxy mode.
+    ``proxy`` adds deploy/compose.proxy.yaml, as COMPOSE_FILE does in proxy mode; ``env``
+    adds lines to .env. The deploy folder is copied too: the files compose.yaml binds
+    (haproxy.cfg, rspamd's local.d) are there, as in a clone.
     """
     shutil.copy(COMPOSE_FILE, workdir / "compose.yaml")
     shutil.copy(ENV_EXAMPLE, workdir / ".env")
+    if env:
+        with open(workdir / ".env", "a") as dotenv:
+            dotenv.writelines(f"{key}={value}\n" for key, value in env.items())
     (workdir / "tls").mkdir(exist_ok=True)
+    shutil.copytree(REPO / "deploy", workdir / "deploy", dirs_exist_ok=True)
     files = ["-f", str(workdir / "compose.yaml")]
     if proxy:
-        (workdir / "deploy").mkdir(exist_ok=True)
-        shutil.copy(PROXY_OVERRIDE, workdir / "deploy" / PROXY_OVERRIDE.name)
         files += ["-f", str(workdir / "deploy" / PROXY_OVERRIDE.name)]
     done = subprocess.run([docker_compose(), "--project-directory", str(workdir),
                            *files, *args, "config"],
                           capture_output=True, text=True, timeout=60, cwd=workdir)
     assert done.returncode == 0, f"docker-compose config failed:\n{done.stderr}"
     return yaml.safe_load(done.stdout)
+
+
+def docs_blocks(doc: Path, heading: str) -> dict[str, list[str]]:
+    """The fenced code blocks of one section of a Markdown page, by language."""
+    text = doc.read_text()
+    start = text.index(heading)
+    end = text.find("\n## ", start + len(heading))
+    section = text[start:end if end != -1 else len(text)]
+    blocks: dict[str, list[str]] = {}
+    for match in re.finditer(r"^ *```(\w+)\n(.*?)^ *```", section, re.M | re.S):
+        indent = len(match.group(0)) - len(match.group(0).lstrip(" "))
+        body = "\n".join(line[indent:] for line in match.group(2).splitlines()) + "\n"
+        blocks.setdefault(match.group(1), []).append(body)
+    return blocks

@@ -10,15 +10,18 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from postroom.config import load_settings, split_proxy
 from tests.deploy.compose import (
     COMPOSE_FILE,
+    DEPLOY_DOC,
     ENV_EXAMPLE,
     MAIL_PORTS,
     REPO,
     compose_config,
     docker_compose,
+    docs_blocks,
     endpoint_port,
     load_compose,
     postroom_services,
@@ -357,3 +360,29 @@ def test_services_wait_for_the_certificate_one_shot():
     for name in SUITE:
         depends = compose["services"][name]["depends_on"]
         assert depends["tls"]["condition"] == "service_completed_successfully", name
+
+
+def test_documented_ipv6_listeners_pair_each_default_port_with_an_ipv6_only_socket():
+    """docs/deploy-docker.md, "Client addresses" (run for real by the NAT test in
+    docker_e2e): each listener's .env line keeps compose.yaml's default IPv4 endpoints,
+    adds a tcp6 one per port, parses as settings, and its service gets bindv6only."""
+    blocks = docs_blocks(DEPLOY_DOC, "## 4. Client addresses")
+    env = dict(line.split("=", 1) for line in blocks["ini"][0].splitlines() if "=" in line)
+    load_settings(env)
+    override = yaml.safe_load(blocks["yaml"][0])
+    assert override["networks"]["default"]["enable_ipv6"] is True
+    defaults = {}
+    for name, service in load_compose()["services"].items():
+        for value in (service.get("environment") or {}).values():
+            match = re.fullmatch(r"\$\{(POSTROOM_\w+_LISTEN):-([^}]*)\}", str(value))
+            if match and name in LISTENERS:
+                defaults[match.group(1)] = (name, match.group(2))
+    assert set(env) == set(defaults), set(env) ^ set(defaults)
+    for key, value in env.items():
+        name, default = defaults[key]
+        endpoints = value.split(",")
+        assert endpoints[:len(default.split(","))] == default.split(","), (key, value)
+        ipv4 = {e.split(":")[1] for e in endpoints if e.startswith("tcp:")}
+        ipv6 = {e.split(":")[1] for e in endpoints if e.startswith("tcp6:")}
+        assert ipv4 == ipv6, (key, value)
+        assert override["services"][name]["sysctls"]["net.ipv6.bindv6only"] == 1, name

@@ -204,12 +204,17 @@ def copy_project(dest: Path) -> Path:
     return dest
 
 
+E2E_OVERRIDE = "tests/deploy/docker_e2e/compose.e2e.yaml"
+
+
 class Compose:
     """`docker compose` on the test project: shipped compose.yaml + the e2e override."""
 
     def __init__(self, daemon: Dockerd, project_dir: Path, name: str, image: str,
-                 extra_files: Sequence[str] = (), profiles: Sequence[str] = ()) -> None:
+                 extra_files: Sequence[str] = (), profiles: Sequence[str] = (),
+                 override: str = E2E_OVERRIDE) -> None:
         self.extra_files = list(extra_files)
+        self.override = override
         self.profiles = list(profiles)
         self.daemon = daemon
         self.dir = project_dir
@@ -224,7 +229,7 @@ class Compose:
         return env
 
     def base(self) -> list[str]:
-        files = ["compose.yaml", *self.extra_files, "tests/deploy/docker_e2e/compose.e2e.yaml"]
+        files = ["compose.yaml", *self.extra_files, self.override]
         return [DOCKER_CLI, "compose", "-p", self.name,
                 *(arg for name in files for arg in ("-f", name)),
                 *(arg for profile in self.profiles for arg in ("--profile", profile))]

@@ -10,7 +10,10 @@ EICAR refused with 554, GTUBE refused or filed in Junk, a clean message with
 X-Spamd-Result, migrate done, a domain and a user through the `cli`
 service, mail to the published 25 and 587 (STARTTLS + AUTH) read back over 993,
 `--scale mda=3` with each message delivered exactly once, `logs mta` showing only the
-mta, an mda killed mid-flow with nothing lost, `down -v`. Timings are printed.
+mta, an mda killed mid-flow with nothing lost, `down -v`. Then proxy mode, a one-node
+Swarm, and the client-address settings of docs/deploy-docker.md section 4 on a second
+dockerd with Docker's own NAT in a private network namespace (netns.py). Timings are
+printed.
 
 `make compose-e2e` runs this module alone. A daemon that cannot start fails the test:
 nothing here skips.
@@ -36,9 +39,11 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from tests.deploy.compose import DEPLOY_DOC, docs_blocks
 from tests.deploy.docker_e2e.harness import (
     COMPOSE_SUBNET,
     DNS_ADDRESS,
+    DOCKER_CLI,
     IMAGES_SCRIPT,
     Compose,
     Dockerd,
@@ -47,6 +52,15 @@ from tests.deploy.docker_e2e.harness import (
     copy_project,
     run,
 )
+from tests.deploy.docker_e2e.netns import (
+    CLIENT_V4,
+    CLIENT_V6,
+    HOST_V4,
+    HOST_V6,
+    NatHost,
+    dockerd_major,
+)
+from tests.support.dovecot import hash_password
 from tests.support.ports import free_port
 from tests.support.scanners import EICAR, GTUBE
 
@@ -70,28 +84,35 @@ def tls_client() -> ssl.SSLContext:
     return context
 
 
-def write_env(project: Path, ports: dict[int, int], proxy: bool = False,
-              filter: bool = False) -> None:
+def write_env(project: Path, ports: dict[int, int] | None, proxy: bool = False,
+              filter: bool = False, extra: dict[str, str] | None = None) -> None:
     """.env from the shipped example, with this run's passwords, ports and DNS stub.
+
+    ``ports`` None: the example's own PUBLISH_* (and no DNS stub), for the daemon in a
+    network namespace of its own (netns.py). ``extra``: more lines, e.g. the documented
+    IPv6 listeners.
 
     ``proxy``: the example's proxy mode, HAProxy holding the ports (on loopback) and the
     listeners publishing bare container ports (dockerd's --ip keeps them on loopback).
     ``filter``: the filter profile's scanners configured as compose.yaml's comment says, and
     clamd's test signatures written where compose.e2e.yaml mounts them."""
-    if proxy:
+    publish: dict[str, str] = {}
+    if ports is not None and proxy:
         publish = {var: str(port) for port, var in PUBLISHED.items()}
         publish.update({f"PROXY_{var}": f"127.0.0.1:{ports[port]}:{port}"
                         for port, var in PUBLISHED.items()})
-    else:
+    elif ports is not None:
         publish = {var: f"127.0.0.1:{ports[port]}:{port}" for port, var in PUBLISHED.items()}
     password = secrets.token_hex(16)
     values = {
         "POSTGRES_PASSWORD": password,
         "POSTROOM_DATABASE_URL": f"postgresql://postroom:{password}@postgres:5432/postroom",
-        "POSTROOM_DNS_SERVERS": DNS_ADDRESS,
         # nothing listens beyond the host's loopback
         **publish,
+        **(extra or {}),
     }
+    if ports is not None:
+        values["POSTROOM_DNS_SERVERS"] = DNS_ADDRESS
     if filter:
         values.update(POSTROOM_RSPAMD_URL="http://rspamd:11333",
                       POSTROOM_CLAMD_ADDRESS="tcp:clamav:3310")
@@ -241,6 +262,9 @@ def _compose_scenario(compose: Compose, daemon: Dockerd, ports: dict[int, int],
         compose("run", "--rm", "-T", "cli", "user", "add", USER, input=PASSWORD + "\n",
                 timeout=120)
 
+    with timings.phase("Dovecot import as vmail (uid 5000, read-only) + export as operator"):
+        _dovecot_import_and_export(compose, ports)
+
     with timings.phase("mail: 25 plain + 587 STARTTLS/AUTH, read on 993"):
         first = [f"plain-{secrets.token_hex(4)}@remote.test",
                  f"sub-{secrets.token_hex(4)}@{DOMAIN}"]
@@ -283,6 +307,75 @@ def _compose_scenario(compose: Compose, daemon: Dockerd, ports: dict[int, int],
 
     with timings.phase("an mda killed (SIGKILL) mid-flow: nothing lost"):
         _crash_an_mda(compose, daemon, ports)
+
+
+# docs/migrating-from-dovecot.md, "Running it in compose": the mail user (vmail) owns the
+# Maildirs 0700/0600, the operator who exports is someone else again
+VMAIL_UID = 5000
+OPERATOR_UID = 5001
+DOVECOT_USER = f"carol@{DOMAIN}"
+DOVECOT_UIDVALIDITY = 1733000000
+DOVECOT_UID = 42
+
+
+def _dovecot_import_and_export(compose: Compose, ports: dict[int, int]) -> None:
+    """A Dovecot server's files, owned by vmail with Dovecot's modes, imported through
+    the `cli` service run as vmail with read-only mounts, exactly as the migration page
+    says; the imported password logs in over the published 993 and the message has its
+    Dovecot UID. Then `export` as the operator writes to the folder they mounted, files
+    theirs, 0600 in 0700 folders."""
+    project = compose.dir
+    password = "dovecot-" + secrets.token_hex(8)
+    vmail = project / "vmail"
+    maildir = vmail / DOMAIN / "carol" / "Maildir"
+    for sub in ("cur", "new", "tmp"):
+        (maildir / sub).mkdir(parents=True)
+    base = "1733550000.M1P1.oldmx"
+    msgid = f"dovecot-{secrets.token_hex(4)}@remote.test"
+    (maildir / "cur" / f"{base}:2,S").write_bytes(
+        f"From: dave@remote.test\nTo: {DOVECOT_USER}\nSubject: kept\n"
+        f"Message-ID: <{msgid}>\n\nfrom the old server\n".encode())
+    (maildir / "dovecot-uidlist").write_text(
+        f"3 V{DOVECOT_UIDVALIDITY} N{DOVECOT_UID + 1} G{secrets.token_hex(16)}\n"
+        f"{DOVECOT_UID} :{base}\n")
+    users = project / "import-users"
+    users.write_text(f"{DOVECOT_USER}:{hash_password('SHA512-CRYPT', password)}:"
+                     f"{VMAIL_UID}:{VMAIL_UID}::/var/vmail/{DOMAIN}/carol::\n")
+    for path in (vmail, *vmail.rglob("*"), users):
+        os.chown(path, VMAIL_UID, VMAIL_UID)
+        os.chmod(path, 0o700 if path.is_dir() else 0o600)
+    users.chmod(0o400)
+
+    done = compose("run", "--rm", "-T", "--user", f"{VMAIL_UID}:{VMAIL_UID}",
+                   "-v", f"{vmail}:/var/vmail:ro", "-v", f"{users}:/import/users:ro",
+                   "cli", "import", "dovecot", "/import/users", timeout=120)
+    assert "1 imported (1 with their old UID" in done.stdout, done.stdout + done.stderr
+    imap = imaplib.IMAP4_SSL("127.0.0.1", ports[993], ssl_context=tls_client(), timeout=30)
+    try:
+        imap.login(DOVECOT_USER, password)
+        imap.select("INBOX", readonly=True)
+        assert imap.untagged_responses["UIDVALIDITY"] == [str(DOVECOT_UIDVALIDITY).encode()]
+        status, data = imap.uid("FETCH", str(DOVECOT_UID),
+                                "(BODY.PEEK[HEADER.FIELDS (MESSAGE-ID)])")
+        assert status == "OK" and isinstance(data[0], tuple), data
+        assert msgid.encode() in data[0][1], data
+    finally:
+        imap.logout()
+
+    out = project / "out"
+    out.mkdir()
+    os.chown(out, OPERATOR_UID, OPERATOR_UID)
+    compose("run", "--rm", "-T", "--user", f"{OPERATOR_UID}:{OPERATOR_UID}",
+            "-v", f"{out}:/export", "cli", "export", "/export/carol", "--user", DOVECOT_USER,
+            timeout=120)
+    files = list((out / "carol" / "cur").iterdir())
+    assert len(files) == 1 and msgid.encode() in files[0].read_bytes(), files
+    for path in (out / "carol", *(out / "carol").rglob("*")):
+        info = path.stat()
+        assert (info.st_uid, info.st_gid) == (OPERATOR_UID, OPERATOR_UID), path
+        assert info.st_mode & 0o777 == (0o700 if path.is_dir() else 0o600), path
+    print(f"[docker-e2e] dovecot: UID {DOVECOT_UID} kept; export {files[0].name} owned by "
+          f"{OPERATOR_UID}")
 
 
 def _wait_scanners(compose: Compose, timeout: float = 120) -> None:
@@ -504,8 +597,9 @@ def test_single_node_swarm_stack_round_trip_and_scale(daemon: Dockerd, project: 
     """docs/deploy-docker.md's conversion (compose config | deploy/swarm.py) deployed with
     `docker stack deploy` on a one-node Swarm of the same daemon, mail through it,
     `docker service scale`. Runs after the compose test (same daemon, same images)."""
-    if not (project / ".env").exists():
-        write_env(project, ports)
+    # a fresh .env: the filter profile's scanner settings of the compose test would make
+    # the mta wait for a clamd this stack does not run
+    write_env(project, ports)
     compose = Compose(daemon, project, STACK, IMAGE)
     try:
         _swarm_scenario(compose, daemon, project, timings)
@@ -526,8 +620,10 @@ def _swarm_scenario(compose: Compose, daemon: Dockerd, project: Path, timings: T
         daemon.docker("swarm", "init", "--advertise-addr", "127.0.0.1", "--listen-addr",
                       "127.0.0.1:2377", "--default-addr-pool", "10.214.0.0/16", timeout=120)
         node = daemon.docker("node", "ls", "-q").stdout.split()[0]
-        # compose.yaml pins the database to the node labelled for it
-        daemon.docker("node", "update", "--label-add", "postroom.db=true", node)
+        # compose.yaml pins the database to the node labelled for it, the conversion the
+        # listeners to the mail nodes (docs/deploy-docker.md, "Docker Swarm")
+        daemon.docker("node", "update", "--label-add", "postroom.db=true", "--label-add",
+                      "postroom.mail=true", node)
 
     with timings.phase("conversion + stack deploy"):
         config = compose("--profile", "tools", "config", "--format", "json", timeout=60).stdout
@@ -542,6 +638,9 @@ def _swarm_scenario(compose: Compose, daemon: Dockerd, project: Path, timings: T
 
     with timings.phase("every service running and healthy"):
         _wait_services(daemon, {name: 1 for name in SWARM_LONG_RUNNING})
+
+    with timings.phase("second node: shipped stacks bind nothing; docker stack config"):
+        _check_shipped_stacks(daemon, project)
 
     with timings.phase("DNS stub address to mta + dmarc"):
         dns = _task_containers(daemon, "dns")[0]
@@ -566,6 +665,45 @@ def _swarm_scenario(compose: Compose, daemon: Dockerd, project: Path, timings: T
         daemon.docker("service", "scale", f"{STACK}_mda=3", timeout=300)
         _wait_services(daemon, {"mda": 3})
         _swarm_mail(daemon, "swarm2", 8)
+
+
+REGISTRY_IMAGE = "registry.example.org:5000/postroom:1.4.0"
+
+
+def _check_shipped_stacks(daemon: Dockerd, project: Path) -> None:
+    """docs/deploy-docker.md, "What a second node needs", on the shipped files alone (no
+    test override), every profile, with and without proxy mode, through compose v2's
+    config and deploy/swarm.py: no bind mount of a host file is left (configs instead,
+    which the manager hands to any node), POSTROOM_IMAGE's registry name is every
+    Postroom service's image (no warning), and Swarm's own loader (`docker stack config`,
+    where this CLI has it) reads the result."""
+    env = dict(daemon.env, POSTROOM_IMAGE=REGISTRY_IMAGE)
+    has_stack_config = "stack config" in run([DOCKER_CLI, "stack", "config", "--help"],
+                                             env=env, check=False, timeout=30).stdout
+    for extra in ([], ["-f", "deploy/compose.proxy.yaml"]):
+        config = run([DOCKER_CLI, "compose", "-p", "shipped", "-f", "compose.yaml", *extra,
+                      "--profile", "tools", "--profile", "filter", "config", "--format",
+                      "json"], env=env, cwd=project, timeout=60).stdout
+        done = run(["python3", "deploy/swarm.py"], cwd=project, input=config)
+        assert "warning" not in done.stderr, done.stderr
+        stack = json.loads(done.stdout)
+        for name, service in stack["services"].items():
+            binds = [v for v in service.get("volumes", []) if v.get("type") == "bind"]
+            assert not binds, (name, binds)
+            if json.loads(config)["services"][name].get("build"):
+                assert service["image"] == REGISTRY_IMAGE, name
+        rspamd = {c["target"] for c in stack["services"]["rspamd"]["configs"]}
+        assert "/etc/rspamd/local.d/actions.conf" in rspamd, rspamd
+        if extra:
+            assert stack["services"]["proxy"]["configs"][0]["target"].endswith("haproxy.cfg")
+        path = project / f"stack-shipped{len(extra)}.json"
+        path.write_text(json.dumps(stack))
+        if has_stack_config:
+            loaded = run([DOCKER_CLI, "stack", "config", "-c", str(path)], env=env,
+                         timeout=60).stdout
+            assert REGISTRY_IMAGE in loaded and "configs:" in loaded, loaded[-2000:]
+    print(f"[docker-e2e] shipped stacks: no bind mounts; docker stack config "
+          f"{'accepted them' if has_stack_config else 'not in this CLI'}")
 
 
 def _task_containers(daemon: Dockerd, service: str) -> list[str]:
@@ -601,3 +739,82 @@ def _swarm_mail(daemon: Dockerd, tag: str, total: int) -> None:
     counts = json.loads(out.strip().splitlines()[-1])
     assert len(counts) == total + 1, counts
     assert all(n == 1 for n in counts.values()), f"not exactly once: {counts}"
+
+
+# a client outside Docker: connect to the Docker host's published 25 (retrying while the
+# mta starts), EHLO, QUIT; print which local address each connection went out from
+_NAT_PROBE = """
+import json, smtplib, sys, time
+seen = {}
+deadline = time.monotonic() + 90
+for host in sys.argv[1:]:
+    while True:
+        try:
+            with smtplib.SMTP(host, 25, timeout=20) as smtp:
+                seen[host] = smtp.sock.getsockname()[0]
+                assert smtp.ehlo("client.example.net")[0] == 250
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+print(json.dumps(seen))
+"""
+
+
+def test_client_addresses_through_docker_nat_in_a_network_namespace(
+        daemon: Dockerd, project: Path, timings: Timings):
+    """docs/deploy-docker.md, "Client addresses", as written: a dockerd with the page's
+    daemon.json (iptables and ip6tables on) in a network namespace of its own, compose.yaml
+    with the page's compose.override.yaml and .env lines, and a client that is a process
+    in another namespace (not a container): the mta logs the client's own IPv4 and IPv6
+    address as ``peer``, never the gateway's."""
+    blocks = docs_blocks(DEPLOY_DOC, "## 4. Client addresses")
+    daemon_json = json.loads(blocks["json"][0])
+    assert daemon_json["userland-proxy"] is False and daemon_json["ip6tables"] is True
+    if dockerd_major() < 27:
+        # the page's note: Debian's 20.10 refuses ip6tables without it
+        daemon_json["experimental"] = True
+    (project / "compose.override.yaml").write_text(blocks["yaml"][0])
+    listen = dict(line.split("=", 1) for line in blocks["ini"][0].splitlines() if "=" in line)
+    assert listen["POSTROOM_MTA_LISTEN"] == "tcp:25,tcp6:25", listen
+    write_env(project, None, extra=listen)
+    with tempfile.TemporaryDirectory(prefix="postroom-e2e-nat-") as tmp:
+        host = NatHost(Path(tmp), daemon_json)
+        compose = Compose(host, project, "pre2n", IMAGE, extra_files=["compose.override.yaml"],
+                          override="tests/deploy/docker_e2e/compose.e2e-nat.yaml")
+        try:
+            with timings.phase("NAT: namespaces + dockerd with the documented daemon.json"):
+                host.start()
+            with timings.phase("NAT: images (docker save | docker load)"):
+                host.load_images(daemon, [IMAGE, "postroom-e2e/postgres:latest",
+                                          "postroom-e2e/redis:latest"])
+            with timings.phase("NAT: up postgres redis migrate tls dmarc mta"):
+                compose("up", "-d", "--no-build", "dmarc", "mta", timeout=300)
+            with timings.phase("NAT: IPv4 + IPv6 client (not a container) to the published 25"):
+                out = host.client(_NAT_PROBE, HOST_V4, HOST_V6, timeout=120)
+                assert json.loads(out.strip().splitlines()[-1]) == {
+                    HOST_V4: CLIENT_V4, HOST_V6: CLIENT_V6}, out
+                peers: set[str] = set()
+                deadline = time.monotonic() + 20
+                while time.monotonic() < deadline:
+                    peers = {json.loads(payload).get("peer", "")
+                             for _, payload in compose.log_lines("mta")
+                             if '"smtp connection opened"' in payload}
+                    if len(peers) >= 2:
+                        break
+                    time.sleep(1)
+                # exactly the client's two addresses: neither a gateway nor docker-proxy
+                assert peers == {CLIENT_V4, CLIENT_V6}, (peers, host.rules())
+                print(f"[docker-e2e] NAT: the mta logged peers {sorted(peers)}")
+        except BaseException:
+            print("--- NAT compose logs (tail)\n" + compose.logs_tail(40) + "\n--- rules\n"
+                  + host.rules() + "\n--- dockerd\n" + host.tail(), flush=True)
+            raise
+        finally:
+            with timings.phase("NAT: down -v, dockerd stopped, namespaces removed"):
+                if host.process is not None and host.process.poll() is None:
+                    compose("down", "-v", "--remove-orphans", "-t", "0", check=False,
+                            timeout=180)
+                host.stop()
+                (project / "compose.override.yaml").unlink(missing_ok=True)
