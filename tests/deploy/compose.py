@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -90,10 +91,12 @@ def docker_compose() -> str:
     return binary
 
 
-def compose_config(workdir: Path, *args: str, proxy: bool = False) -> dict[str, Any]:
+def compose_config(workdir: Path, *args: str, proxy: bool = False,
+                   extra: Sequence[str] = ()) -> dict[str, Any]:
     """`docker-compose config` of compose.yaml with the example env as .env, parsed.
 
-    ``proxy`` adds deploy/compose.proxy.yaml, as COMPOSE_FILE does in proxy mode.
+    ``proxy`` adds deploy/compose.proxy.yaml, as COMPOSE_FILE does in proxy mode;
+    ``extra``: further override files by their path in the repository.
     """
     shutil.copy(COMPOSE_FILE, workdir / "compose.yaml")
     shutil.copy(ENV_EXAMPLE, workdir / ".env")
@@ -103,6 +106,10 @@ def compose_config(workdir: Path, *args: str, proxy: bool = False) -> dict[str, 
         (workdir / "deploy").mkdir(exist_ok=True)
         shutil.copy(PROXY_OVERRIDE, workdir / "deploy" / PROXY_OVERRIDE.name)
         files += ["-f", str(workdir / "deploy" / PROXY_OVERRIDE.name)]
+    for name in extra:
+        (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, workdir / name)
+        files += ["-f", str(workdir / name)]
     done = subprocess.run([docker_compose(), "--project-directory", str(workdir),
                            *files, *args, "config"],
                           capture_output=True, text=True, timeout=60, cwd=workdir)

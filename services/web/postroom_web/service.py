@@ -1,0 +1,46 @@
+"""Wiring of the web service: the app over the context's database and Redis, and its listeners."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from postroom.auth.ratelimit import LoginRateLimiter
+from postroom.net.tls import ServerTLS
+from postroom.runtime import ServiceContext, StartupError
+from postroom_web import routes
+from postroom_web.auth import Logins
+from postroom_web.http import WebApp, WebSite
+from postroom_web.templating import load_static, make_environment
+
+# threads for the login limiter's Redis calls (short)
+REDIS_THREADS = 2
+
+
+def build_app(ctx: ServiceContext) -> WebApp:
+    """The WebApp of the context's settings, database, Redis and metrics."""
+    settings = ctx.settings
+    pool = ctx.thread_pool("redis", REDIS_THREADS)
+    limiter = LoginRateLimiter.from_settings(ctx.redis_client, settings, ctx.metrics)
+    logins = Logins(ctx.db, limiter, pool, ctx.reactor, ctx.metrics,
+                    session_ttl=int(settings.web_session_ttl))
+    static = load_static()
+    return WebApp(settings=settings, database=ctx.db, registry=routes.registry(),
+                  templates=make_environment(static), static=static, metrics=ctx.metrics,
+                  reactor=ctx.reactor, logins=logins, redis=ctx.redis_client)
+
+
+async def start_listening(ctx: ServiceContext) -> WebApp:
+    """Serve on POSTROOM_WEB_LISTEN, and with TLS on POSTROOM_WEB_TLS_LISTEN when set."""
+    app = build_app(ctx)
+    site: Any = WebSite(app)
+    await ctx.listen_all(ctx.settings.web_listen, site)
+    if ctx.settings.web_tls_listen:
+        if ctx.tls is None:
+            if not ctx.settings.tls_cert_file or not ctx.settings.tls_key_file:
+                raise StartupError("POSTROOM_WEB_TLS_LISTEN needs POSTROOM_TLS_CERT_FILE and "
+                                   "POSTROOM_TLS_KEY_FILE")
+            ctx.tls = ServerTLS(ctx.settings.tls_cert_file, ctx.settings.tls_key_file)
+            ctx.tls.start_watching(ctx.reactor)
+            ctx.tls.install_sighup(ctx.reactor)
+        await ctx.listen_all(ctx.settings.web_tls_listen, site, implicit_tls=True)
+    return app
