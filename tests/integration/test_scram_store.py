@@ -79,7 +79,7 @@ def test_set_password_replaces_the_secrets(database: Database, address: str) -> 
 
 def test_inactive_account_has_no_secrets_to_offer(database: Database, address: str) -> None:
     database.run_sync(users.add_user, address, PASSWORD, hash_fn=fast_hash)
-    database.run_sync(users.set_active, address, False)
+    database.run_sync(users.set_user_active, address, False)
     assert database.run_sync(users.scram_secrets_for, address) is None
     assert database.run_sync(users.get_active_user, address) is None
 

@@ -152,7 +152,7 @@ def test_authenticate_unknown_user_returns_none(example):
 
 def test_authenticate_inactive_user_returns_none(example):
     add_user(example, "alice@example.test", "pw")
-    example.run_sync(users.set_active, "alice@example.test", False)
+    example.run_sync(users.set_user_active, "alice@example.test", False)
     assert example.run_sync(users.authenticate, "alice@example.test", "pw") is None
 
 

@@ -69,5 +69,5 @@ def test_alias_over_an_account_wins_over_the_account(example):
 
 
 def test_inactive_account_does_not_resolve(example):
-    example.run_sync(users.set_active, "alice@example.test", False)
+    example.run_sync(users.set_user_active, "alice@example.test", False)
     assert example.run_sync(aliases.resolve_address, "alice@example.test") == []

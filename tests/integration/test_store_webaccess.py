@@ -186,7 +186,7 @@ def test_managers_lists_and_remove_manager_removes(db):
 def test_an_inactive_user_is_no_one(db):
     info = add_user(db, "a@example.test")
     db.run_sync(webaccess.set_admin, "a@example.test", True)
-    db.run_sync(users.set_active, "a@example.test", False)
+    db.run_sync(users.set_user_active, "a@example.test", False)
     assert db.run_sync(webaccess.principal_for_user, info.id) is None
     assert db.run_sync(webaccess.principal_for_user, 999999) is None
 
@@ -252,7 +252,7 @@ def test_last_seen_is_refreshed_at_most_once_a_minute(db):
 def test_a_disabled_users_session_is_none(db):
     info = add_user(db, "a@example.test")
     secret, _ = db.run_sync(webaccess.create_web_session, info.id, 3600)
-    db.run_sync(users.set_active, "a@example.test", False)
+    db.run_sync(users.set_user_active, "a@example.test", False)
     assert db.run_sync(webaccess.web_session, secret, 600) is None
 
 

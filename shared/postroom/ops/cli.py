@@ -1,5 +1,5 @@
-"""`postroom`: the operator's command line (serve, up, db, domain, user, auth, alias, dkim,
-secret-key, dns, queue, dmarc, import, export, trace).
+"""`postroom`: the operator's command line (serve, up, db, domain, user, token, auth, alias,
+dkim, secret-key, dns, queue, dmarc, import, export, trace).
 
 Every command explains itself with ``--help``. Errors are one line on stderr
 and a non-zero exit status, never a traceback: 2 for bad usage or
@@ -395,8 +395,28 @@ def _user_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("address")
     q.add_argument("--quota", type=_size_arg, default=None, metavar="SIZE",
                    help="storage quota: 500M, 2G, 1.5G, 1024K or bytes (default: unlimited)")
-    q = usub.add_parser("passwd", help="change a user's password")
+    q.add_argument("--admin", action="store_true",
+                   help="a global admin of the web console and REST API (every domain)")
+    q = usub.add_parser("passwd", help="change a user's password (ends their console sessions)")
     q.add_argument("address")
+    q = usub.add_parser("disable", help="stop logins and delivery (ends their console sessions)")
+    q.add_argument("address")
+    q = usub.add_parser("enable", help="allow logins and delivery again")
+    q.add_argument("address")
+    q = usub.add_parser("admin", help="make a user a global admin of the web console",
+                        description="A global admin sees and changes every domain in the web "
+                        "console and the REST API; --off takes that away.")
+    q.add_argument("address")
+    q.add_argument("--off", action="store_true", help="no longer an admin")
+    q = usub.add_parser("manager", help="let a user manage a domain in the web console",
+                        description="A domain manager logs in to the web console and sees "
+                        "and changes only the domains they manage; --remove takes one away.")
+    q.add_argument("address")
+    q.add_argument("domain")
+    q.add_argument("--remove", action="store_true", help="no longer manages DOMAIN")
+    q = usub.add_parser("managers", help="list domain managers")
+    q.add_argument("domain", nargs="?", help="only this domain's")
+    q.add_argument("--json", action="store_true")
     q = usub.add_parser("quota", help="set or remove a user's storage quota")
     q.add_argument("address")
     q.add_argument("size", type=_quota_arg, metavar="SIZE",
@@ -415,17 +435,32 @@ def _user_arguments(p: argparse.ArgumentParser) -> None:
                       "POSTROOM_PASSWORD_MIN_LENGTH characters (default 12) and must not be a "
                       "common one. Sizes take K, M, G or T (binary: 2G = 2 GiB)."))
 def cmd_user(args: argparse.Namespace) -> int:
-    from postroom.store import users
+    from postroom.store import users, webaccess
 
+    address = args.address.lower() if getattr(args, "address", None) else None
     if args.action == "add":
         password = _strong_password(_read_password(), args.address)
-        _with_db(users.add_user, args.address, password, quota_bytes=args.quota)
-        print(f"user {args.address.lower()} added")
+        _with_db(users.add_user, args.address, password, quota_bytes=args.quota,
+                 is_admin=args.admin)
+        print(f"user {address} added" + (" as a global admin" if args.admin else ""))
         _say_role_addresses(args.address)
     elif args.action == "passwd":
         password = _strong_password(_read_password("New password: "), args.address)
         _with_db(users.set_password, args.address, password)
-        print(f"password of {args.address.lower()} changed")
+        print(f"password of {address} changed; their web console sessions ended")
+    elif args.action in ("disable", "enable"):
+        _with_db(users.set_user_active, args.address, args.action == "enable")
+        print(f"user {address} {args.action}d" +
+              ("; their web console sessions ended" if args.action == "disable" else ""))
+    elif args.action == "admin":
+        _with_db(webaccess.set_admin, args.address, not args.off)
+        print(f"user {address} is {'no longer' if args.off else 'now'} a global admin")
+    elif args.action == "manager":
+        return _user_manager(args.address, args.domain, args.remove)
+    elif args.action == "managers":
+        found = _with_db(webaccess.managers, args.domain)
+        _print_rows([{"address": a, "domain": d} for a, d in found], ["domain", "address"],
+                    args.json)
     elif args.action == "quota":
         _with_db(users.set_quota, args.address, args.size)
         shown = "removed" if args.size is None else f"set to {args.size} bytes"
@@ -434,9 +469,70 @@ def cmd_user(args: argparse.Namespace) -> int:
         _with_db(users.remove_user, args.address)
         print(f"user {args.address.lower()} removed")
     else:
-        rows = _with_db(users.list_users, args.domain)
-        _print_rows([_plain(r) for r in rows], ["address", "active", "quota_bytes", "created_at"],
+        rows = [_plain(r) for r in _with_db(users.list_users, args.domain)]
+        if not args.json:
+            rows = [{**r, "admin": "yes" if r["is_admin"] else ""} for r in rows]
+        _print_rows(rows, ["address", "active", "admin", "quota_bytes", "created_at"],
                     args.json)
+    return 0
+
+
+def _user_manager(address: str, domain: str, remove: bool) -> int:
+    from postroom.store import webaccess
+
+    if remove:
+        if not _with_db(webaccess.remove_manager, address, domain):
+            raise CLIError(f"{address} does not manage {domain}")
+        print(f"user {address.lower()} no longer manages {domain.lower()}")
+    else:
+        _with_db(webaccess.add_manager, address, domain)
+        print(f"user {address.lower()} manages {domain.lower()}")
+    return 0
+
+
+def _token_arguments(p: argparse.ArgumentParser) -> None:
+    tsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = tsub.add_parser("create", help="create a REST API token (its secret is shown once)",
+                        description="Create a token for the REST API, sent as "
+                        "'Authorization: Bearer SECRET'. Without --domain it may do what a "
+                        "global admin may; with it, only what a manager of that domain may.")
+    q.add_argument("name", help="a name to tell it by: letters, digits, '-', '_', '.'")
+    q.add_argument("--domain", default=None, metavar="DOMAIN", help="only this domain")
+    q = tsub.add_parser("revoke", help="revoke a token for good")
+    q.add_argument("name")
+    q = tsub.add_parser("list", help="list tokens (never their secrets)")
+    q.add_argument("--json", action="store_true")
+
+
+@command("token", _token_arguments,
+         summary="REST API tokens",
+         description="Manage the web service's REST API tokens. Only a token's SHA-256 is "
+                     "stored: its secret is printed once, at creation.")
+def cmd_token(args: argparse.Namespace) -> int:
+    from postroom.store import webaccess
+
+    if args.action == "create":
+        try:
+            secret = _with_db(webaccess.create_token, args.name, args.domain)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        scope = f"domain {args.domain.lower()}" if args.domain else "every domain (admin)"
+        print(f"token {args.name} created for {scope}:")
+        print(secret)
+        print("keep it now: it is stored hashed and will not be shown again")
+    elif args.action == "revoke":
+        if not _with_db(webaccess.revoke_token, args.name):
+            raise CLIError(f"no token {args.name} to revoke")
+        print(f"token {args.name} revoked")
+    else:
+        rows = []
+        for info in _with_db(webaccess.list_tokens):
+            row = _plain(info)
+            if not args.json:
+                row["domain"] = info.domain or "(all)"
+                row["state"] = "revoked" if info.revoked_at else "active"
+            rows.append(row)
+        _print_rows(rows, ["name", "domain", "state", "created_at", "last_used_at"], args.json)
     return 0
 
 

@@ -38,6 +38,18 @@ def normalise_domain(domain: str) -> str:
     return ascii_name
 
 
+def valid_domains(names: set[str] | frozenset[str]) -> set[str]:
+    """The stored forms of ``names`` (a filter's domains); one that is no valid domain name
+    is left out: it matches no domain."""
+    done = set()
+    for name in names:
+        try:
+            done.add(normalise_domain(name))
+        except InvalidAddress:
+            continue
+    return done
+
+
 def split_address(address: str) -> tuple[str, str]:
     """(localpart, domain) of ``address``, both normalised (lowercase), or InvalidAddress."""
     text = address.strip()

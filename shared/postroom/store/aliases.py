@@ -5,11 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, exists, func, select, text
+from sqlalchemy import ColumnElement, delete, exists, func, select, text
 from sqlalchemy.orm import Session
 
-from postroom.store.addresses import normalise_address, normalise_domain, split_address
-from postroom.store.common import domain_id, insert_unique
+from postroom.store.addresses import (
+    normalise_address,
+    normalise_domain,
+    split_address,
+    valid_domains,
+)
+from postroom.store.common import check_page, domain_id, insert_unique, search_text
 from postroom.store.errors import AliasLoop, InvalidAddress, NotFound
 from postroom.store.models import Alias, Domain, User
 
@@ -194,6 +199,32 @@ def list_aliases(session: Session, domain: str | None = None) -> list[AliasInfo]
     rows = session.execute(query.order_by(Alias.source, Alias.destination)).scalars()
     return [AliasInfo(id=r.id, source=r.source, destination=r.destination,
                       created_at=r.created_at) for r in rows]
+
+
+def list_aliases_page(session: Session, *, domains: set[str] | None, offset: int, limit: int,
+                      search: str | None) -> tuple[list[AliasInfo], int]:
+    """One page of the aliases, by source then destination, and how many match in all.
+
+    ``domains``: only aliases of these domains (the source's; None: every one);
+    ``search``: a substring of the source or the destination. The order is the
+    (source, destination) unique index's.
+    """
+    check_page(offset, limit)
+    conditions: list[ColumnElement[bool]] = []
+    if domains is not None:
+        conditions.append(Alias.domain_id.in_(
+            select(Domain.id).where(Domain.name.in_(sorted(valid_domains(domains))))))
+    found = search_text(search)
+    if found is not None:
+        conditions.append(Alias.source.contains(found, autoescape=True)
+                          | Alias.destination.contains(found, autoescape=True))
+    total = session.execute(
+        select(func.count()).select_from(Alias).where(*conditions)).scalar_one()
+    rows = session.execute(select(Alias).where(*conditions)
+                           .order_by(Alias.source, Alias.destination)
+                           .offset(offset).limit(limit)).scalars()
+    return ([AliasInfo(id=r.id, source=r.source, destination=r.destination,
+                       created_at=r.created_at) for r in rows], int(total))
 
 
 def remove_alias(session: Session, source: str, destination: str | None = None) -> int:

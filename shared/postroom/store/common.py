@@ -36,3 +36,30 @@ def domain_id(session: Session, name: str) -> int:
     if found is None:
         raise NotFound(f"unknown domain {name}")
     return found
+
+
+# --- pages of a list (the web console and REST API): LIMIT/OFFSET on an indexed order
+
+#: the most rows one page may ask for
+MAX_PAGE_LIMIT = 1000
+#: a search text longer than this matches nothing anyone typed
+MAX_SEARCH_CHARS = 254
+
+
+def check_page(offset: int, limit: int) -> None:
+    """ValueError unless 0 <= offset and 1 <= limit <= MAX_PAGE_LIMIT."""
+    if offset < 0:
+        raise ValueError("offset must not be negative")
+    if not 1 <= limit <= MAX_PAGE_LIMIT:
+        raise ValueError(f"limit must be between 1 and {MAX_PAGE_LIMIT}")
+
+
+def search_text(search: str | None) -> str | None:
+    """The lowercased substring to look for (names and addresses are stored lowercase), or
+    None for no search; ValueError when it is too long. LIKE's wildcards in it are escaped
+    by the callers (``contains(..., autoescape=True)``)."""
+    if search is None or not search.strip():
+        return None
+    if len(search) > MAX_SEARCH_CHARS:
+        raise ValueError(f"search text over {MAX_SEARCH_CHARS} characters")
+    return search.strip().lower()

@@ -5,12 +5,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, func, select, text
+from sqlalchemy import ColumnElement, delete, func, select, text
 from sqlalchemy.orm import Session
 
-from postroom.store.addresses import normalise_domain
+from postroom.store.addresses import normalise_domain, valid_domains
 from postroom.store.aliases import ensure_role_addresses
-from postroom.store.common import domain_id, insert_unique
+from postroom.store.common import check_page, domain_id, insert_unique, search_text
 from postroom.store.errors import InUse
 from postroom.store.models import Alias, Domain, User
 
@@ -54,6 +54,33 @@ def list_domains(session: Session) -> list[DomainInfo]:
         select(Domain.id, Domain.name, Domain.created_at, users, aliases).order_by(Domain.name))
     return [DomainInfo(id=r[0], name=r[1], created_at=r[2], users=r[3], aliases=r[4])
             for r in rows]
+
+
+def list_domains_page(session: Session, *, names: set[str] | None, offset: int, limit: int,
+                      search: str | None) -> tuple[list[DomainInfo], int]:
+    """One page of :func:`list_domains` and how many there are in all.
+
+    ``names``: only these domains (a domain manager's; None: every one);
+    ``search``: a substring of the name. Ordered by name (the unique index);
+    the users and aliases are counted for the page's rows only.
+    """
+    check_page(offset, limit)
+    conditions: list[ColumnElement[bool]] = []
+    if names is not None:
+        conditions.append(Domain.name.in_(sorted(valid_domains(names))))
+    found = search_text(search)
+    if found is not None:
+        conditions.append(Domain.name.contains(found, autoescape=True))
+    total = session.execute(
+        select(func.count()).select_from(Domain).where(*conditions)).scalar_one()
+    page = (select(Domain.id, Domain.name, Domain.created_at).where(*conditions)
+            .order_by(Domain.name).offset(offset).limit(limit).subquery())
+    users = select(func.count()).where(User.domain_id == page.c.id).scalar_subquery()
+    aliases = select(func.count()).where(Alias.domain_id == page.c.id).scalar_subquery()
+    rows = session.execute(select(page.c.id, page.c.name, page.c.created_at, users, aliases)
+                           .order_by(page.c.name))
+    return ([DomainInfo(id=r[0], name=r[1], created_at=r[2], users=r[3], aliases=r[4])
+             for r in rows], int(total))
 
 
 def is_local_domain(session: Session, name: str) -> bool:

@@ -16,23 +16,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import delete, select
+from sqlalchemy import ColumnElement, delete, func, select
 from sqlalchemy.orm import Session
 
 from postroom.auth.dovecotpw import is_plaintext, split_scheme
 from postroom.auth.passwords import hash_password, needs_rehash, verify_password
 from postroom.auth.sasl import ScramSecrets, scram_secrets
-from postroom.store.addresses import login_name, normalise_domain, split_address
+from postroom.store.addresses import login_name, normalise_domain, split_address, valid_domains
 from postroom.store.aliases import (
     ROLE_LOCALPARTS,
     drop_role_alias,
     ensure_role_addresses,
     user_count,
 )
-from postroom.store.common import domain_id, insert_unique
+from postroom.store.common import check_page, domain_id, insert_unique, search_text
 from postroom.store.errors import NotFound
 from postroom.store.mailboxes import create_default_mailboxes
-from postroom.store.models import Domain, User
+from postroom.store.models import Domain, Mailbox, MailboxEntry, Message, User
+from postroom.store.webaccess import delete_user_web_sessions
 
 HashFn = Callable[[str], str]
 
@@ -110,10 +111,12 @@ def _scram_text(password: str, iterations: int) -> str:
 
 def add_user(session: Session, address: str, password: str, *, quota_bytes: int | None = None,
              quota_messages: int | None = None, hash_fn: HashFn = hash_password,
-             scram_iterations: int = DEFAULT_SCRAM_ITERATIONS) -> UserInfo:
+             scram_iterations: int = DEFAULT_SCRAM_ITERATIONS,
+             is_admin: bool = False) -> UserInfo:
     """Add an account in an existing domain, with INBOX, Sent, Drafts, Trash, Junk, Archive.
 
-    The password is stored as an scrypt hash and as SCRAM-SHA-256 secrets.
+    The password is stored as an scrypt hash and as SCRAM-SHA-256 secrets;
+    ``is_admin`` makes it a global admin of the web console (postroom.store.webaccess).
     Raises InvalidAddress, NotFound (unknown domain) or AlreadyExists.
     """
     localpart, domain = split_address(address)
@@ -124,6 +127,9 @@ def add_user(session: Session, address: str, password: str, *, quota_bytes: int 
     row = _create_account(session, localpart, domain, password_hash=hash_fn(password),
                           scram_secrets=_scram_text(password, scram_iterations),
                           quota_bytes=quota_bytes, quota_messages=quota_messages)
+    if is_admin:
+        row.is_admin = True
+        session.flush()
     return _info(row, domain)
 
 
@@ -184,7 +190,10 @@ def list_users(session: Session, domain: str | None = None) -> list[UserInfo]:
 def set_password(session: Session, address: str, password: str, *,
                  hash_fn: HashFn = hash_password,
                  scram_iterations: int = DEFAULT_SCRAM_ITERATIONS) -> None:
-    """Replace an account's password (hash and SCRAM secrets); NotFound when there is none."""
+    """Replace an account's password (hash and SCRAM secrets); NotFound when there is none.
+
+    Its web console sessions end: whoever logged in with the old password is out.
+    """
     _check_password(password)
     scram_text = _scram_text(password, scram_iterations)
     found = _find(session, address)
@@ -192,6 +201,7 @@ def set_password(session: Session, address: str, password: str, *,
         raise NotFound(f"no user {address}")
     found[0].password_hash = hash_fn(password)
     found[0].scram_secrets = scram_text
+    delete_user_web_sessions(session, found[0].id)
 
 
 def set_quota(session: Session, address: str, quota_bytes: int | None) -> None:
@@ -223,12 +233,69 @@ def get_active_user(session: Session, address: str) -> UserInfo | None:
     return _info(*found) if found and found[0].active else None
 
 
-def set_active(session: Session, address: str, active: bool) -> None:
-    """Enable or disable logins and delivery for an account."""
+def set_user_active(session: Session, address: str, active: bool) -> None:
+    """Enable or disable logins and delivery for an account; NotFound when there is none.
+
+    Disabling ends its web console sessions too.
+    """
     found = _find(session, address)
     if found is None:
         raise NotFound(f"no user {address}")
     found[0].active = active
+    if not active:
+        delete_user_web_sessions(session, found[0].id)
+
+
+@dataclass(frozen=True)
+class UserRow:
+    """An account as a page of the console's or REST API's user list shows it."""
+
+    id: int
+    address: str
+    domain: str
+    quota_bytes: int | None
+    # what its mailboxes hold; None unless asked for (list_users_page ``with_usage``)
+    used_bytes: int | None
+    active: bool
+    is_admin: bool
+    created_at: datetime
+
+
+def list_users_page(session: Session, *, domains: set[str] | None, offset: int, limit: int,
+                    search: str | None, with_usage: bool = False) -> tuple[list[UserRow], int]:
+    """One page of the accounts, by address, and how many match in all.
+
+    ``domains``: only accounts of these domains (a domain manager's; None: every
+    one); ``search``: a substring of the address. Ordered by address (its unique
+    index), so a page costs its rows plus one COUNT however many accounts there
+    are; ``with_usage`` adds each page row's used bytes (one sum per row).
+    """
+    check_page(offset, limit)
+    conditions: list[ColumnElement[bool]] = []
+    if domains is not None:
+        conditions.append(User.domain_id.in_(
+            select(Domain.id).where(Domain.name.in_(sorted(valid_domains(domains))))))
+    found = search_text(search)
+    if found is not None:
+        conditions.append(User.address.contains(found, autoescape=True))
+    total = session.execute(
+        select(func.count()).select_from(User).where(*conditions)).scalar_one()
+    page = (select(User.id, User.address, User.domain_id, User.quota_bytes, User.active,
+                   User.is_admin, User.created_at)
+            .where(*conditions).order_by(User.address).offset(offset).limit(limit).subquery())
+    used = (select(func.coalesce(func.sum(Message.size), 0)).select_from(MailboxEntry)
+            .join(Mailbox, Mailbox.id == MailboxEntry.mailbox_id)
+            .join(Message, Message.id == MailboxEntry.message_id)
+            .where(Mailbox.user_id == page.c.id).scalar_subquery()) if with_usage else None
+    columns = [page.c.id, page.c.address, Domain.name, page.c.quota_bytes, page.c.active,
+               page.c.is_admin, page.c.created_at]
+    query = select(*columns, used) if used is not None else select(*columns)
+    rows = session.execute(query.join(Domain, Domain.id == page.c.domain_id)
+                           .order_by(page.c.address))
+    return ([UserRow(id=r[0], address=r[1], domain=r[2], quota_bytes=r[3], active=r[4],
+                     is_admin=r[5], created_at=r[6],
+                     used_bytes=int(r[7]) if used is not None else None) for r in rows],
+            int(total))
 
 
 def remove_user(session: Session, address: str) -> None:

@@ -246,7 +246,8 @@ def web_session(session: Session, secret: str,
     """(principal, CSRF token) of the session whose cookie is ``secret``.
 
     None when unknown, expired, unused for ``idle_seconds``, or its account is
-    inactive. Notes the use (``last_seen_at``) at most once a minute.
+    inactive. Notes the use (``last_seen_at``) at most once a minute, so idleness is
+    measured to the minute.
     """
     digest = _presented(secret)
     if digest is None:
