@@ -3,6 +3,8 @@ authentication, CSRF, cross-site refusals, roles, errors, headers and the OpenAP
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
 from typing import Any
 
 from postroom.store import webaccess
@@ -272,3 +274,19 @@ def test_each_request_is_one_log_line_without_secrets(web: WebServer) -> None:
     assert {"method", "route", "status", "ms", "principal"} <= set(last)
     assert web.admin_token not in web.process.output
     assert PASSWORD not in web.process.output
+
+
+def test_the_documented_web_metrics_count_requests_by_route_template(web: WebServer) -> None:
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
+    documented = set(re.findall(r"postroom_web_[a-z_]+", docs))
+    assert documented == {"postroom_web_requests_total", "postroom_web_request_seconds"}
+    web.client(bearer=web.admin_token).api("GET", "/domains")
+    status, body = web.process.get("/metrics")
+    text = body.decode()
+    assert status == 200
+    for name in documented:
+        assert f"# TYPE {name.removesuffix('_total')} " in text or \
+            f"# TYPE {name} " in text, name
+    assert 'postroom_web_requests_total{method="GET",route="/api/v1/domains",status="200"}' \
+        in text
+    assert "postroom_web_request_seconds_bucket" in text
