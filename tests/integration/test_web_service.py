@@ -8,7 +8,10 @@ from pathlib import Path
 from typing import Any
 
 from postroom.store import webaccess
-from tests.support.web import PASSWORD, WebServer
+from tests.support.ports import free_port
+from tests.support.procs import ServiceProcess
+from tests.support.redisdb import wait_until
+from tests.support.web import PASSWORD, WebClient, WebServer
 
 CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self'; script-src 'self'; "
        "frame-ancestors 'none'; form-action 'self'; base-uri 'none'")
@@ -177,6 +180,8 @@ def test_invalid_requests_get_one_error_shape(web: WebServer) -> None:
     error = too_many.json()["error"]
     assert error["code"] == "invalid_request"
     assert error["details"][0]["loc"] == ["query", "limit"]
+    far = bot.api("GET", "/domains?offset=56589874330901202730133370175488")
+    assert far.status == 422  # not a database error: PostgreSQL's OFFSET is a bigint
     unknown = bot.api("GET", "/domains?color=red")
     assert unknown.status == 422
     not_json = bot.request("POST", "/api/v1/domains", body=b"{",
@@ -290,3 +295,40 @@ def test_the_documented_web_metrics_count_requests_by_route_template(web: WebSer
     assert 'postroom_web_requests_total{method="GET",route="/api/v1/domains",status="200"}' \
         in text
     assert "postroom_web_request_seconds_bucket" in text
+
+
+def test_over_https_the_session_cookie_is_secure(web: WebServer) -> None:
+    admin = web.client(tls=True)
+    reply = admin.login(web.admin)
+    assert reply.status == 303
+    [session] = [c for c in reply.cookies() if c.startswith("postroom_session=")]
+    assert "Secure" in {a.strip() for a in session.split(";")}
+    assert admin.api("GET", "/domains").status == 200
+
+
+def test_with_redis_away_a_login_is_a_temporary_failure(web: WebServer) -> None:
+    """The limiter cannot be asked: refuse (fail closed) with a message to try later."""
+    env = dict(web.process.env)
+    port = free_port()
+    env.pop("POSTROOM_HTTP_LISTEN")
+    env["POSTROOM_REDIS_URL"] = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens
+    env["POSTROOM_WEB_LISTEN"] = f"tcp:{port}:interface=127.0.0.1"
+    env["POSTROOM_WEB_TLS_LISTEN"] = ""
+    process = ServiceProcess("web-noredis", env, argv=web.process.argv).spawn()
+    try:
+        client = WebClient(web.host, port)
+        wait_until(lambda: _answers(client), timeout=60)
+        reply = client.login(web.admin)
+        assert reply.status == 503
+        assert "temporarily unavailable" in reply.text
+        assert "postroom_session" not in client.cookies
+        assert process.healthz()[0] == 503
+    finally:
+        process.close()
+
+
+def _answers(client: WebClient) -> bool:
+    try:
+        return client.get("/login").status == 200
+    except OSError:
+        return False

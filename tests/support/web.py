@@ -18,6 +18,7 @@ import http.client
 import json
 import re
 import secrets
+import ssl
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -68,10 +69,19 @@ class WebClient:
     bearer: str | None = None
     cookies: dict[str, str] = field(default_factory=dict)
     csrf: str | None = None
+    tls: bool = False      # HTTPS (the suite's self-signed certificate, not verified)
 
     def request(self, method: str, path: str, *, body: bytes | None = None,
                 headers: Mapping[str, str] | None = None) -> Response:
-        conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
+        conn: http.client.HTTPConnection
+        if self.tls:
+            context = ssl.create_default_context()
+            context.check_hostname = False
+            context.verify_mode = ssl.CERT_NONE
+            conn = http.client.HTTPSConnection(self.host, self.port, timeout=30,
+                                               context=context)
+        else:
+            conn = http.client.HTTPConnection(self.host, self.port, timeout=30)
         try:
             sent = {"Host": f"{self.host}:{self.port}"}
             if self.cookies:
@@ -137,6 +147,7 @@ class WebClient:
 class WebServer:
     host: str
     port: int
+    tls_port: int
     process: ServiceProcess
     db: Database
     prefix: str
@@ -148,8 +159,10 @@ class WebServer:
     admin_token: str
     managed_token: str
 
-    def client(self, *, bearer: str | None = None) -> WebClient:
-        return WebClient(self.host, self.port, bearer=bearer)
+    def client(self, *, bearer: str | None = None, tls: bool = False) -> WebClient:
+        """A client of the plain listener, or with ``tls`` of the HTTPS one."""
+        return WebClient(self.host, self.tls_port if tls else self.port, bearer=bearer,
+                         tls=tls)
 
 
 def _setup(db: Database, tag: str) -> dict[str, str]:
@@ -182,12 +195,13 @@ def web(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[We
     try:
         upgrade(database_url)
         names = _setup(db, secrets.token_hex(3))
-        port = free_port()
-        env = listener_env(database_url, redis_url, prefix, certs, web_listen=port)
+        port, tls_port = free_port(), free_port()
+        env = listener_env(database_url, redis_url, prefix, certs, web_listen=port,
+                           web_tls_listen=tls_port)
         env["POSTROOM_AUTH_DELAY_MAX"] = "0"
         process = ServiceProcess("web", env, argv=runtime_argv("postroom_web.main:SERVICE"))
         process.start(timeout=60)
-        yield WebServer("127.0.0.1", port, process, db, prefix, **names)
+        yield WebServer("127.0.0.1", port, tls_port, process, db, prefix, **names)
     finally:
         if process is not None:
             process.close()

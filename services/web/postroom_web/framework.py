@@ -35,6 +35,8 @@ if TYPE_CHECKING:
 API_PREFIX = "/api/v1"
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 500
+# far past any list we keep, and inside PostgreSQL's bigint OFFSET
+MAX_OFFSET = 10**9
 
 T = TypeVar("T")
 
@@ -109,7 +111,7 @@ class PageQuery(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    offset: int = Field(0, ge=0, description="Items to skip.")
+    offset: int = Field(0, ge=0, le=MAX_OFFSET, description="Items to skip.")
     limit: int = Field(DEFAULT_LIMIT, ge=1, le=MAX_LIMIT, description="Items to return.")
 
 
