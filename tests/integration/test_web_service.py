@@ -332,3 +332,13 @@ def _answers(client: WebClient) -> bool:
         return client.get("/login").status == 200
     except OSError:
         return False
+
+
+def test_a_login_form_still_works_when_a_session_cookie_comes_along(web: WebServer) -> None:
+    client = web.client()
+    token = client.form_csrf("/login")   # an open login tab
+    assert client.login(web.plain).status == 303  # another tab logs in meanwhile
+    client.cookies["postroom_login_csrf"] = token
+    reply = client.post_form("/login", {"csrf_token": token, "address": web.admin,
+                                        "password": PASSWORD})
+    assert reply.status == 303

@@ -314,9 +314,12 @@ class WebApp:
             return
         ctx.form = _first_values(request.args)
         given = ctx.form.pop(security.CSRF_FIELD, None)
-        expected = identity.csrf_token if identity.via == "cookie" else \
-            self._cookie(request, security.LOGIN_CSRF_COOKIE)
-        if not security.tokens_equal(given, expected):
+        # a session's forms carry its token; a public form (the login) the double-submit
+        # cookie's, also when an old session cookie comes along
+        expected = [identity.csrf_token] if identity.via == "cookie" else []
+        if route.access is Access.PUBLIC:
+            expected.append(self._cookie(request, security.LOGIN_CSRF_COOKIE))
+        if not any(security.tokens_equal(given, e) for e in expected):
             raise ApiError(403, "the form has expired or did not come from this site; "
                                 "reload the page and try again", code="csrf")
 
