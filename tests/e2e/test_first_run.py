@@ -31,8 +31,8 @@ from pathlib import Path
 import pytest
 
 from tests.support.ports import free_port
-from tests.support.web import WebClient
 from tests.support.procs import REPO_ROOT, base_env
+from tests.support.web import WebClient
 
 pytestmark = pytest.mark.slow
 
