@@ -342,3 +342,14 @@ def test_a_login_form_still_works_when_a_session_cookie_comes_along(web: WebServ
     reply = client.post_form("/login", {"csrf_token": token, "address": web.admin,
                                         "password": PASSWORD})
     assert reply.status == 303
+
+
+def test_the_overview_shows_domains_queues_and_health(web: WebServer) -> None:
+    admin = web.client()
+    admin.login(web.admin)
+    html = admin.get("/").text
+    assert "outbound" in html and "deliver" in html
+    assert "database" in html and "redis" in html
+    boss = web.client()
+    boss.login(web.manager)
+    assert '<a href="/domains">1</a>' in boss.get("/").text

@@ -225,6 +225,12 @@ class Ctx:
         assert self.database is not None
         return self.database.run(fn, *args, **kwargs)
 
+    def in_thread(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """``fn(*args)`` in the service's small pool for blocking non-SQL work (Redis)."""
+        assert self.app is not None
+        result: Deferred[T] = self.app.in_thread(fn, *args)
+        return result
+
     # --- the answer
 
     def set_cookie(self, name: str, value: str, *, max_age: int | None = None) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, quote, unquote
@@ -26,10 +26,12 @@ from pydantic import BaseModel, TypeAdapter, ValidationError
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.python.failure import Failure
+from twisted.python.threadpool import ThreadPool
 from twisted.web import resource, server
 
 from postroom.config import Settings
-from postroom.interfaces import ReactorThreads, twisted_clock
+from postroom.health import Health
+from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
 from postroom.logs import get_logger
 from postroom.metrics import Histogram, Metrics
 from postroom.store import errors as store_errors
@@ -160,7 +162,8 @@ class WebApp:
     def __init__(self, *, settings: Settings, database: Database, registry: Registry,
                  templates: Environment, static: dict[str, StaticFile], metrics: Metrics,
                  reactor: ReactorThreads, logins: Logins | None = None,
-                 redis: Any = None) -> None:
+                 redis: Any = None, pool: ThreadPool | None = None,
+                 health: Health | None = None) -> None:
         self.settings = settings
         self.database = database
         self.registry = registry
@@ -170,9 +173,18 @@ class WebApp:
         self.reactor = reactor
         self.logins = logins
         self.redis = redis
+        self.pool = pool
+        #: this process's /healthz checks (database, Redis, listeners), for the overview
+        self.health = health
         self._adapters: dict[int, TypeAdapter[Any]] = {}
         requests_total(metrics)
         request_seconds(metrics)
+
+    def in_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Blocking non-SQL work (Redis) off the reactor, in the service's small pool."""
+        if self.pool is None:
+            return defer.maybeDeferred(fn, *args)
+        return defer_to_pool(self.reactor, self.pool, fn, *args)
 
     # --- the pipeline
 

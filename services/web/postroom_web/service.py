@@ -12,7 +12,7 @@ from postroom_web.auth import Logins
 from postroom_web.http import WebApp, WebSite
 from postroom_web.templating import load_static, make_environment
 
-# threads for the login limiter's Redis calls (short)
+# threads for Redis calls: the login limiter's, the overview's queue depths (short)
 REDIS_THREADS = 2
 
 
@@ -26,7 +26,8 @@ def build_app(ctx: ServiceContext) -> WebApp:
     static = load_static()
     return WebApp(settings=settings, database=ctx.db, registry=routes.registry(),
                   templates=make_environment(static), static=static, metrics=ctx.metrics,
-                  reactor=ctx.reactor, logins=logins, redis=ctx.redis_client)
+                  reactor=ctx.reactor, logins=logins, redis=ctx.redis_client, pool=pool,
+                  health=ctx.health)
 
 
 async def start_listening(ctx: ServiceContext) -> WebApp:
