@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import text
+
 from postroom.store import webaccess
 from tests.support.ports import free_port
 from tests.support.procs import ServiceProcess
@@ -353,3 +355,11 @@ def test_the_overview_shows_domains_queues_and_health(web: WebServer) -> None:
     boss = web.client()
     boss.login(web.manager)
     assert '<a href="/domains">1</a>' in boss.get("/").text
+
+
+def test_expired_sessions_are_purged_at_start(web: WebServer) -> None:
+    def expired() -> int:
+        return int(web.db.run_sync(lambda s: s.execute(text(
+            "SELECT count(*) FROM web_sessions WHERE expires_at <= now()")).scalar_one()))
+
+    wait_until(lambda: expired() == 0, timeout=10)  # the fixture made one

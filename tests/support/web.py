@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import text
 
 from postroom.auth.passwords import hash_password
 from postroom.net.tls import make_self_signed
@@ -178,6 +179,11 @@ def _setup(db: Database, tag: str) -> dict[str, str]:
     db.run_sync(webaccess.add_manager, names["manager"], managed)
     names["admin_token"] = db.run_sync(webaccess.create_token, f"admin-{tag}", None)
     names["managed_token"] = db.run_sync(webaccess.create_token, f"managed-{tag}", managed)
+    # an expired session, for the service's purge at start
+    user_id = db.run_sync(users.get_user, names["plain"]).id
+    db.run_sync(webaccess.create_web_session, user_id, 60)
+    db.run_sync(lambda s: s.execute(text(
+        "UPDATE web_sessions SET expires_at = now() - interval '1 hour'")))
     return names
 
 

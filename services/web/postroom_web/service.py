@@ -4,14 +4,24 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.internet.task import LoopingCall
+
 from postroom.auth.ratelimit import LoginRateLimiter
+from postroom.interfaces import twisted_clock
+from postroom.logs import get_logger
 from postroom.net.tls import ServerTLS
 from postroom.runtime import ServiceContext, StartupError
+from postroom.store import webaccess
 from postroom_web import routes
 from postroom_web.auth import Logins
 from postroom_web.http import WebApp, WebSite
 from postroom_web.templating import load_static, make_environment
 
+log = get_logger("web")
+
+# expired console sessions are deleted this often (seconds; every replica does it, harmlessly)
+PURGE_INTERVAL = 3600.0
 # threads for Redis calls: the login limiter's, the overview's queue depths (short)
 REDIS_THREADS = 2
 
@@ -44,4 +54,20 @@ async def start_listening(ctx: ServiceContext) -> WebApp:
             ctx.tls.start_watching(ctx.reactor)
             ctx.tls.install_sighup(ctx.reactor)
         await ctx.listen_all(ctx.settings.web_tls_listen, site, implicit_tls=True)
+    purge = LoopingCall(lambda: Deferred.fromCoroutine(_purge_sessions(ctx)))
+    purge.clock = twisted_clock(ctx.reactor)
+    purge.start(PURGE_INTERVAL, now=True).addErrback(
+        lambda f: log.error("session purge stopped", error=f.getErrorMessage()))
+    ctx.on_stop(lambda: purge.stop() if purge.running else None)
     return app
+
+
+async def _purge_sessions(ctx: ServiceContext) -> None:
+    """Delete expired console sessions (a failure is logged; the next round tries again)."""
+    try:
+        deleted = await ctx.db.run(webaccess.purge_web_sessions)
+    except Exception as exc:  # noqa: BLE001 -- logged; the sessions are refused anyway
+        log.warning("session purge failed", error=str(exc)[:200])
+        return
+    if deleted:
+        log.info("expired sessions deleted", count=deleted)
