@@ -363,3 +363,28 @@ def test_expired_sessions_are_purged_at_start(web: WebServer) -> None:
             "SELECT count(*) FROM web_sessions WHERE expires_at <= now()")).scalar_one()))
 
     wait_until(lambda: expired() == 0, timeout=10)  # the fixture made one
+
+
+def test_one_domain_by_path_checks_who_manages_it(web: WebServer) -> None:
+    boss = web.client(bearer=web.managed_token)
+    mine = boss.api("GET", f"/domains/{web.managed.upper()}")
+    assert mine.status == 200 and mine.json()["name"] == web.managed
+    assert mine.json()["users"] == 2
+    assert boss.api("GET", f"/domains/{web.other}").status == 403
+    assert boss.api("GET", "/domains/nowhere.test").status == 403  # not: 404, it exists?
+    admin = web.client(bearer=web.admin_token)
+    assert admin.api("GET", "/domains/nowhere.test").json()["error"]["code"] == "not_found"
+    assert admin.api("GET", "/domains/%2e%2e").status == 404
+
+
+def test_removing_a_domain_is_for_admins_and_refused_while_it_has_users(
+        web: WebServer) -> None:
+    admin = web.client(bearer=web.admin_token)
+    assert admin.api("POST", "/domains", {"name": "short-lived.test"}).status == 201
+    manager = web.client(bearer=web.managed_token)
+    assert manager.api("DELETE", f"/domains/{web.managed}").status == 403
+    busy = admin.api("DELETE", f"/domains/{web.managed}")
+    assert busy.status == 409 and "user" in busy.json()["error"]["message"]
+    gone = admin.api("DELETE", "/domains/short-lived.test")
+    assert gone.status == 204 and gone.body == b""
+    assert admin.api("GET", "/domains/short-lived.test").status == 404

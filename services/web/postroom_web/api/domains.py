@@ -7,7 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, ConfigDict, Field
 
 from postroom.store import domains
-from postroom_web.framework import Access, Ctx, Page, PageQuery, endpoint
+from postroom_web.framework import Access, Ctx, Page, PageQuery, endpoint, not_found
 
 
 class Domain(BaseModel):
@@ -48,3 +48,25 @@ def add_domain(ctx: Ctx, body: DomainCreate) -> Domain:
     info = domains.add_domain(ctx.store, body.name,
                               role_target=ctx.settings.role_address_target or None)
     return Domain.model_validate(info, from_attributes=True)
+
+
+@endpoint("GET", "/domains/{domain}", summary="One domain", tags=["domains"],
+          response=Domain, access=Access.CONSOLE)
+def get_domain(ctx: Ctx, domain: str) -> Domain:
+    """The domain with its numbers of users and aliases; 403 when the caller does not manage
+    it, 404 when there is no such domain."""
+    name = ctx.require_manage(domain)
+    found, _ = domains.list_domains_page(ctx.store, names={name}, offset=0, limit=1,
+                                         search=None)
+    if not found:
+        raise not_found(f"no domain {name}")
+    return Domain.model_validate(found[0], from_attributes=True)
+
+
+@endpoint("DELETE", "/domains/{domain}", summary="Remove a domain", tags=["domains"],
+          status=204, access=Access.ADMIN)
+def remove_domain(ctx: Ctx, domain: str) -> None:
+    """Remove the domain with its aliases, DKIM keys, managers and tokens; 409 while it
+    still has users."""
+    name = ctx.require_manage(domain)
+    domains.remove_domain(ctx.store, name)
