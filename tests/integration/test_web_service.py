@@ -3,6 +3,7 @@ authentication, CSRF, cross-site refusals, roles, errors, headers and the OpenAP
 
 from __future__ import annotations
 
+import http.client
 import re
 from pathlib import Path
 from typing import Any
@@ -388,3 +389,24 @@ def test_removing_a_domain_is_for_admins_and_refused_while_it_has_users(
     gone = admin.api("DELETE", "/domains/short-lived.test")
     assert gone.status == 204 and gone.body == b""
     assert admin.api("GET", "/domains/short-lived.test").status == 404
+
+
+def test_a_multipart_form_is_never_parsed(web: WebServer) -> None:
+    client = web.client()
+    token = client.form_csrf("/login")
+    body = (f'--zz\r\nContent-Disposition: form-data; name="csrf_token"\r\n\r\n{token}\r\n'
+            f'--zz\r\nContent-Disposition: form-data; name="address"\r\n\r\n{web.admin}\r\n'
+            f'--zz\r\nContent-Disposition: form-data; name="password"\r\n\r\n{PASSWORD}\r\n'
+            "--zz--\r\n").encode()
+    reply = client.request("POST", "/login", body=body,
+                           headers={"Content-Type": "multipart/form-data; boundary=zz"})
+    assert reply.status == 403 and "postroom_session" not in client.cookies
+
+
+def test_statuses_carry_their_reason_phrase(web: WebServer) -> None:
+    conn = http.client.HTTPConnection(web.host, web.port, timeout=10)
+    conn.request("GET", "/api/v1/domains?limit=0",
+                 headers={"Authorization": f"Bearer {web.admin_token}"})
+    reply = conn.getresponse()
+    assert (reply.status, reply.reason) == (422, "Unprocessable Entity")
+    conn.close()
