@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -410,3 +411,24 @@ def test_statuses_carry_their_reason_phrase(web: WebServer) -> None:
     reply = conn.getresponse()
     assert (reply.status, reply.reason) == (422, "Unprocessable Entity")
     conn.close()
+
+
+def test_connections_past_the_per_client_limit_are_closed(web: WebServer) -> None:
+    held = []
+    try:
+        for _ in range(50):  # POSTROOM_MAX_CONNECTIONS_PER_IP
+            held.append(socket.create_connection((web.host, web.port), timeout=5))
+        wait_until(lambda: _refused(web), timeout=10)
+    finally:
+        for sock in held:
+            sock.close()
+    assert web.client().get("/login").status == 200  # freed again
+
+
+def _refused(web: WebServer) -> bool:
+    with socket.create_connection((web.host, web.port), timeout=5) as extra:
+        try:
+            extra.sendall(b"GET /login HTTP/1.1\r\nHost: x\r\n\r\n")
+            return extra.recv(100) == b""  # closed unanswered
+        except ConnectionResetError:
+            return True

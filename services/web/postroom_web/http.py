@@ -26,6 +26,7 @@ from jinja2 import Environment
 from pydantic import BaseModel, TypeAdapter, ValidationError
 from twisted.internet import defer
 from twisted.internet.defer import CancelledError, Deferred
+from twisted.protocols import policies
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web import resource, server
@@ -34,7 +35,8 @@ from postroom.config import Settings
 from postroom.health import Health
 from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
 from postroom.logs import get_logger
-from postroom.metrics import Histogram, Metrics
+from postroom.metrics import Histogram, Metrics, errors_total
+from postroom.net.connlimit import PerAddressLimit
 from postroom.store import errors as store_errors
 from postroom.store.db import UNAVAILABLE, Database
 from postroom_web import security
@@ -127,6 +129,33 @@ class WebSite(server.Site):
 
     def log(self, request: Any) -> None:
         pass
+
+
+class PerClientLimit(policies.WrappingFactory):
+    """The site behind the per-client connection limit every listener has
+    (POSTROOM_MAX_CONNECTIONS_PER_IP; a client is an IPv4 address or an IPv6 /64)."""
+
+    def __init__(self, site: WebSite, limit: int, metrics: Metrics) -> None:
+        super().__init__(site)
+        self.limit = PerAddressLimit(limit)
+        self.metrics = metrics
+        self._clients: dict[int, str] = {}
+
+    def buildProtocol(self, addr: Any) -> Any:
+        host = getattr(addr, "host", "") or ""
+        if not self.limit.acquire(host):
+            errors_total(self.metrics).labels(kind="too_many_connections").inc()
+            log.warning("connection refused", reason="too many connections", peer=host)
+            return None
+        wrapper = super().buildProtocol(addr)
+        self._clients[id(wrapper)] = host
+        return wrapper
+
+    def unregisterProtocol(self, p: Any) -> None:
+        super().unregisterProtocol(p)
+        host = self._clients.pop(id(p), None)
+        if host is not None:
+            self.limit.release(host)
 
 
 class WebResource(resource.Resource):

@@ -15,7 +15,7 @@ from postroom.runtime import ServiceContext, StartupError
 from postroom.store import webaccess
 from postroom_web import routes
 from postroom_web.auth import Logins
-from postroom_web.http import WebApp, WebSite
+from postroom_web.http import PerClientLimit, WebApp, WebSite
 from postroom_web.templating import load_static, make_environment
 
 log = get_logger("web")
@@ -43,7 +43,7 @@ def build_app(ctx: ServiceContext) -> WebApp:
 async def start_listening(ctx: ServiceContext) -> WebApp:
     """Serve on POSTROOM_WEB_LISTEN, and with TLS on POSTROOM_WEB_TLS_LISTEN when set."""
     app = build_app(ctx)
-    site: Any = WebSite(app)
+    site: Any = PerClientLimit(WebSite(app), ctx.settings.max_connections_per_ip, ctx.metrics)
     await ctx.listen_all(ctx.settings.web_listen, site)
     if ctx.settings.web_tls_listen:
         if ctx.tls is None:
