@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
 from typing import Any
@@ -31,7 +31,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 from twisted.web import resource, server
 
-from postroom.config import Settings
+from postroom.config import Network, Settings
 from postroom.health import Health
 from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
 from postroom.logs import get_logger
@@ -135,14 +135,19 @@ class PerClientLimit(policies.WrappingFactory):
     """The site behind the per-client connection limit every listener has
     (POSTROOM_MAX_CONNECTIONS_PER_IP; a client is an IPv4 address or an IPv6 /64)."""
 
-    def __init__(self, site: WebSite, limit: int, metrics: Metrics) -> None:
+    def __init__(self, site: WebSite, limit: int, metrics: Metrics,
+                 exempt: Sequence[Network] = ()) -> None:
         super().__init__(site)
         self.limit = PerAddressLimit(limit)
         self.metrics = metrics
+        # the trusted reverse proxies: all clients come through them
+        self.exempt = tuple(exempt)
         self._clients: dict[int, str] = {}
 
     def buildProtocol(self, addr: Any) -> Any:
         host = getattr(addr, "host", "") or ""
+        if security.trusted(host, self.exempt):
+            return super().buildProtocol(addr)
         if not self.limit.acquire(host):
             errors_total(self.metrics).labels(kind="too_many_connections").inc()
             log.warning("connection refused", reason="too many connections", peer=host)

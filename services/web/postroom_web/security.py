@@ -64,31 +64,32 @@ def cross_site(headers: Mapping[str, str], host: str | None) -> bool:
 
 
 def client_address(peer: str, forwarded_for: str | None,
-                   trusted: Sequence[Network]) -> str:
+                   proxies: Sequence[Network]) -> str:
     """The client's address: the peer's, or, when the peer is a trusted proxy, the
     rightmost X-Forwarded-For entry that is not itself a trusted proxy."""
-    if not forwarded_for or not _trusted(peer, trusted):
+    if not forwarded_for or not trusted(peer, proxies):
         return peer
     hops = [h.strip() for h in forwarded_for.split(",")[-16:] if h.strip()]
     for hop in reversed(hops):
         if parse_ip(hop) is None:
             return peer  # a malformed chain: believe nothing of it
-        if not _trusted(hop, trusted):
+        if not trusted(hop, proxies):
             return hop
     return hops[0] if hops else peer
 
 
 def forwarded_secure(peer: str, forwarded_proto: str | None,
-                     trusted: Sequence[Network]) -> bool:
+                     proxies: Sequence[Network]) -> bool:
     """True when a trusted proxy says the client spoke HTTPS to it."""
-    return bool(forwarded_proto) and _trusted(peer, trusted) and \
+    return bool(forwarded_proto) and trusted(peer, proxies) and \
         forwarded_proto.split(",")[0].strip().lower() == "https"  # type: ignore[union-attr]
 
 
-def _trusted(ip: str, trusted: Sequence[Network]) -> bool:
+def trusted(ip: str, networks: Sequence[Network]) -> bool:
+    """True when ``ip`` is in one of ``networks`` (POSTROOM_WEB_PROXY_TRUSTED)."""
     address = parse_ip(ip)
     return address is not None and any(
-        address.version == net.version and address in net for net in trusted)
+        address.version == net.version and address in net for net in networks)
 
 
 def cookie_header(name: str, value: str, *, secure: bool, max_age: int | None = None) -> bytes:

@@ -43,7 +43,8 @@ def build_app(ctx: ServiceContext) -> WebApp:
 async def start_listening(ctx: ServiceContext) -> WebApp:
     """Serve on POSTROOM_WEB_LISTEN, and with TLS on POSTROOM_WEB_TLS_LISTEN when set."""
     app = build_app(ctx)
-    site: Any = PerClientLimit(WebSite(app), ctx.settings.max_connections_per_ip, ctx.metrics)
+    site: Any = PerClientLimit(WebSite(app), ctx.settings.max_connections_per_ip, ctx.metrics,
+                               exempt=ctx.settings.web_proxy_trusted)
     await ctx.listen_all(ctx.settings.web_listen, site)
     if ctx.settings.web_tls_listen:
         if ctx.tls is None:
