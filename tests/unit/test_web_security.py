@@ -73,3 +73,9 @@ def test_the_bearer_scheme_is_read_case_insensitively() -> None:
     assert bearer_token("bearer  prt_x ") == "prt_x"
     assert bearer_token("Basic eDp5") == ""
     assert bearer_token(None) is None
+
+
+def test_only_the_trusted_proxies_are_trusted() -> None:
+    assert security.trusted("10.9.8.7", PROXY)
+    assert not security.trusted("192.0.2.1", PROXY)
+    assert not security.trusted("not an address", PROXY)

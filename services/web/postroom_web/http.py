@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+import typing
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -383,7 +384,8 @@ class WebApp:
         if route.kind == "page":
             return kwargs
         if route.query is not None:
-            kwargs["query"] = _validate(route.query, ctx.args, "query")
+            kwargs["query"] = _validate(route.query, _query_values(route.query, ctx.request.path),
+                                        "query")
         elif ctx.args:
             raise ApiError(422, "this endpoint takes no query parameters",
                            details=[{"loc": ["query", k], "msg": "unexpected parameter",
@@ -546,6 +548,26 @@ class _LoginRedirect(Exception):
     def __init__(self, location: str) -> None:
         super().__init__(location)
         self.location = location
+
+
+def _query_values(model: type[BaseModel], uri: str) -> dict[str, Any]:
+    """The query string for ``model``: a repeated parameter, or any of a list field, is a
+    list (``?domain=a&domain=b``); otherwise a parameter's value (a repeated one: a list,
+    which a scalar field refuses with 422)."""
+    pairs = parse_qsl(uri.partition("?")[2], keep_blank_values=True)[:200]
+    values: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in values:
+            current = values[key]
+            values[key] = [*current, value] if isinstance(current, list) else [current, value]
+        else:
+            values[key] = value
+    for key, value in values.items():
+        field = model.model_fields.get(key)
+        if field is not None and not isinstance(value, list) and \
+                typing.get_origin(field.annotation) in (list, tuple, set, frozenset):
+            values[key] = [value]
+    return values
 
 
 def _details(exc: ValidationError, where: str) -> list[dict[str, Any]]:
