@@ -334,7 +334,7 @@ class WebApp:
         if bearer is None and not cookie:
             return Identity(None, "none", None)
         identity: Identity = await self.database.run(
-            identify, bearer, cookie, int(self.settings.web_session_idle))
+            identify, bearer, cookie, max(1, int(self.settings.web_session_idle)))
         if identity.bad_bearer:
             raise ApiError(401, "unknown or revoked token")
         return identity

@@ -32,7 +32,7 @@ def build_app(ctx: ServiceContext) -> WebApp:
     pool = ctx.thread_pool("redis", REDIS_THREADS)
     limiter = LoginRateLimiter.from_settings(ctx.redis_client, settings, ctx.metrics)
     logins = Logins(ctx.db, limiter, pool, ctx.reactor, ctx.metrics,
-                    session_ttl=int(settings.web_session_ttl))
+                    session_ttl=max(1, int(settings.web_session_ttl)))
     static = load_static()
     return WebApp(settings=settings, database=ctx.db, registry=routes.registry(),
                   templates=make_environment(static), static=static, metrics=ctx.metrics,

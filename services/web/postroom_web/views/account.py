@@ -31,7 +31,7 @@ async def login(ctx: Ctx) -> dict[str, Any] | Redirect:
         return {"next": next_path, "login_csrf": ctx.app.login_csrf(ctx),
                 "address": address[:320], "error": refused.message}
     ctx.set_cookie(security.SESSION_COOKIE, done.cookie_secret,
-                   max_age=int(ctx.settings.web_session_ttl))
+                   max_age=max(1, int(ctx.settings.web_session_ttl)))
     ctx.set_cookie(security.LOGIN_CSRF_COOKIE, "", max_age=0)
     return Redirect(next_path)
 
