@@ -307,7 +307,10 @@ def test_over_https_the_session_cookie_is_secure(web: WebServer) -> None:
     assert reply.status == 303
     [session] = [c for c in reply.cookies() if c.startswith("postroom_session=")]
     assert "Secure" in {a.strip() for a in session.split(";")}
-    assert admin.api("GET", "/domains").status == 200
+    page = admin.api("GET", "/domains")
+    assert page.status == 200
+    assert page.header("strict-transport-security") == "max-age=31536000"
+    assert web.client().get("/login").header("strict-transport-security") is None
 
 
 def test_with_redis_away_a_login_is_a_temporary_failure(web: WebServer) -> None:

@@ -523,6 +523,8 @@ class WebApp:
         request.setResponseCode(answer.status, _REASONS.get(answer.status, b"Error"))
         for name, value in security.SECURITY_HEADERS:
             request.setHeader(name, value)
+        if self._secure(request):
+            request.setHeader(b"strict-transport-security", security.HSTS)
         has_cache = any(n == b"cache-control" for n, _ in answer.headers)
         if not has_cache:
             request.setHeader(b"cache-control", b"no-store")

@@ -29,6 +29,9 @@ SECURITY_HEADERS: tuple[tuple[bytes, bytes], ...] = (
     (b"cross-origin-opener-policy", b"same-origin"),
 )
 
+# over HTTPS (ours, or a trusted proxy's): browsers come back only over HTTPS for a year
+HSTS = b"max-age=31536000"
+
 # Sec-Fetch-Site values of a request the page itself (or the user, typing) made
 _SAME_SITE_FETCH = ("same-origin", "none")
 
