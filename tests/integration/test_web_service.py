@@ -124,7 +124,10 @@ def test_a_cross_site_form_post_is_refused_even_with_the_token(web: WebServer) -
                            headers={"Origin": f"http://{web.host}:{web.port}",
                                     "Sec-Fetch-Site": "same-origin"})
     assert same.status == 303 and same.header("location") == "/domains"
-    assert "same-site.test" in admin.get("/domains?limit=500").text
+    listing = admin.get("/domains?limit=500").text
+    assert "same-site.test" in listing
+    assert "Domain same-site.test added." in listing  # the notice, once
+    assert "added." not in admin.get("/domains?limit=500").text
 
 
 def test_a_login_form_from_another_site_is_refused(web: WebServer) -> None:

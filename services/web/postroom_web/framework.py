@@ -132,9 +132,11 @@ class Page(BaseModel, Generic[T]):
 
 @dataclass(frozen=True)
 class Redirect:
-    """A page handler's answer that sends the browser elsewhere (303 See Other)."""
+    """A page handler's answer that sends the browser elsewhere (303 See Other); ``notice``
+    is shown once on the next page (``Domain added.``), carried in a short-lived cookie."""
 
     location: str
+    notice: str | None = None
 
 
 @dataclass

@@ -464,6 +464,9 @@ class WebApp:
                 return Answer(status, b"", "", [])
             return Answer(status, body, "application/json", [])
         if isinstance(result, Redirect):
+            if result.notice:
+                ctx.set_cookie(security.NOTICE_COOKIE, quote(result.notice[:200], safe=""),
+                               max_age=60)
             return self._redirect(security.local_path(result.location))
         if route.template is None:
             raise RuntimeError(f"page {route.path} has no template and did not redirect")
@@ -471,8 +474,12 @@ class WebApp:
 
     def _page(self, template: str, ctx: Ctx, values: Mapping[str, Any], status: int) -> Answer:
         path = ctx.request.path.partition("?")[0]
+        notice = _cookie_value(ctx.request.headers.get("cookie", ""), security.NOTICE_COOKIE)
+        if notice is not None:
+            ctx.set_cookie(security.NOTICE_COOKIE, "", max_age=0)  # shown once
         context = {"principal": ctx.principal, "csrf_token": ctx.csrf_token,
-                   "current_path": path, **values}
+                   "current_path": path, "notice": unquote(notice)[:200] if notice else None,
+                   **values}
         html = self.templates.get_template(template).render(context)
         return Answer(status, html.encode("utf-8"), "text/html; charset=utf-8", [])
 
@@ -508,12 +515,8 @@ class WebApp:
 
     def login_csrf(self, ctx: Ctx) -> str:
         """The login form's double-submit token: the cookie's, or a new one set now."""
-        token = ctx.request.headers.get("cookie", "")
-        current = None
-        for part in token.split(";"):
-            name, _, value = part.strip().partition("=")
-            if name == security.LOGIN_CSRF_COOKIE and value:
-                current = value
+        current = _cookie_value(ctx.request.headers.get("cookie", ""),
+                                security.LOGIN_CSRF_COOKIE)
         if current is None or len(current) > 100:
             current = secrets.token_urlsafe(32)
             ctx.set_cookie(security.LOGIN_CSRF_COOKIE, current)
@@ -550,6 +553,16 @@ class _LoginRedirect(Exception):
     def __init__(self, location: str) -> None:
         super().__init__(location)
         self.location = location
+
+
+def _cookie_value(header: str, wanted: str) -> str | None:
+    """The value of cookie ``wanted`` in a Cookie header (the last one; None without)."""
+    found = None
+    for part in header.split(";"):
+        name, _, value = part.strip().partition("=")
+        if name == wanted and value:
+            found = value
+    return found
 
 
 def _query_values(model: type[BaseModel], uri: str) -> dict[str, Any]:

@@ -15,6 +15,8 @@ from postroom.net.peers import parse_ip
 SESSION_COOKIE = "postroom_session"
 # the login form's double-submit token (there is no session yet to hold one)
 LOGIN_CSRF_COOKIE = "postroom_login_csrf"
+# a page's one-time notice after a redirect ("Domain added."), percent-encoded
+NOTICE_COOKIE = "postroom_notice"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 

@@ -25,9 +25,10 @@ def domains_page(ctx: Ctx) -> dict[str, Any]:
 def add_domain_form(ctx: Ctx) -> dict[str, Any] | Redirect:
     name = ctx.form.get("name", "").strip()
     try:
-        domains.add_domain(ctx.store, name, role_target=ctx.settings.role_address_target or None)
+        info = domains.add_domain(ctx.store, name,
+                                  role_target=ctx.settings.role_address_target or None)
     except (AlreadyExists, InvalidAddress, ValueError) as exc:
         ctx.status = 422
         values = domains_page(ctx)
         return {**values, "error": str(exc), "name": name[:253]}
-    return Redirect("/domains")
+    return Redirect("/domains", notice=f"Domain {info.name} added.")
