@@ -8,4 +8,5 @@ pytest_plugins = [
     "tests.support.procs",
     "tests.support.suite",
     "tests.support.scanners",
+    "tests.support.web",
 ]

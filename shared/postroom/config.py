@@ -502,6 +502,31 @@ class Settings:
         "NO [METADATA TOOMANY]).")
     dmarc_listen: tuple[str, ...] = setting(
         _endpoints, "tcp:8025", "The DMARC policy service's internal HTTP API.")
+    # the web console and REST API (docs/web.md)
+    web_listen: tuple[str, ...] = setting(
+        _endpoints, "tcp:8000",
+        "The web console and REST API (plain HTTP; put TLS in front, or use "
+        "POSTROOM_WEB_TLS_LISTEN).")
+    web_tls_listen: tuple[str, ...] = setting(
+        _endpoints, "",
+        "The web console and REST API with implicit TLS (HTTPS) on our certificate "
+        "(POSTROOM_TLS_CERT_FILE); empty: off. compose.yaml maps it to 443 when enabled.")
+    web_session_ttl: float = setting(
+        parse_duration, "12h",
+        "How long a console login lasts at most, however active the session is.")
+    web_session_idle: float = setting(
+        parse_duration, "30m",
+        "A console session unused this long ends (the next request goes to the login page).")
+    web_cookie_secure: bool = setting(
+        _bool, "false",
+        "Mark the session cookie Secure on plain HTTP too (set it behind a reverse proxy that "
+        "ends TLS); over POSTROOM_WEB_TLS_LISTEN it is always Secure.")
+    web_max_body: int = setting(
+        _size, "1M", "Largest request body the web service reads (larger: 413).")
+    web_proxy_trusted: tuple[Network, ...] = setting(
+        _ip_networks, "",
+        "Reverse proxies (addresses/CIDRs) whose X-Forwarded-For and X-Forwarded-Proto the web "
+        "service believes; from any other peer those headers are ignored.")
     dmarc_url: str = setting(
         _internal_http_url, "http://127.0.0.1:8025",
         "Where other services reach the DMARC service.")

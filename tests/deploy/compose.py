@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,12 +93,14 @@ def docker_compose() -> str:
 
 
 def compose_config(workdir: Path, *args: str, proxy: bool = False,
-                   env: dict[str, str] | None = None) -> dict[str, Any]:
+                   env: dict[str, str] | None = None,
+                   extra: Sequence[str] = ()) -> dict[str, Any]:
     """`docker-compose config` of compose.yaml with the example env as .env, parsed.
 
     ``proxy`` adds deploy/compose.proxy.yaml, as COMPOSE_FILE does in proxy mode; ``env``
-    adds lines to .env. The deploy folder is copied too: the files compose.yaml binds
-    (haproxy.cfg, rspamd's local.d) are there, as in a clone.
+    adds lines to .env; ``extra``: further override files by their path in the repository.
+    The deploy folder is copied too: the files compose.yaml binds (haproxy.cfg, rspamd's
+    local.d) are there, as in a clone.
     """
     shutil.copy(COMPOSE_FILE, workdir / "compose.yaml")
     shutil.copy(ENV_EXAMPLE, workdir / ".env")
@@ -109,6 +112,10 @@ def compose_config(workdir: Path, *args: str, proxy: bool = False,
     files = ["-f", str(workdir / "compose.yaml")]
     if proxy:
         files += ["-f", str(workdir / "deploy" / PROXY_OVERRIDE.name)]
+    for name in extra:
+        (workdir / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(REPO / name, workdir / name)
+        files += ["-f", str(workdir / name)]
     done = subprocess.run([docker_compose(), "--project-directory", str(workdir),
                            *files, *args, "config"],
                           capture_output=True, text=True, timeout=60, cwd=workdir)

@@ -29,7 +29,9 @@ from tests.deploy.compose import (
     service_env,
 )
 
-SUITE = ("msa", "mta", "dmarc", "mda", "pop3", "imap")
+SUITE = ("msa", "mta", "dmarc", "mda", "pop3", "imap", "web")
+MAIL = ("msa", "mta", "dmarc", "mda", "pop3", "imap")
+WEB_PORT = 8000
 CONSUMERS = ("mda", "dmarc")
 LISTENERS = ("msa", "mta", "pop3", "imap")
 
@@ -174,8 +176,23 @@ def test_each_service_mounts_the_tls_folder_read_only(config, name):
 
 
 def test_every_mail_port_is_published(config):
-    published = set().union(*(_published(config["services"][n]) for n in SUITE))
+    published = set().union(*(_published(config["services"][n]) for n in MAIL))
     assert published == MAIL_PORTS
+
+
+def test_the_web_console_publishes_8000_and_no_tls_port_by_default(config):
+    web = config["services"]["web"]
+    assert _published(web) == {WEB_PORT}
+    settings = load_settings({k: str(v) for k, v in web["environment"].items()
+                              if k.startswith("POSTROOM_")})
+    assert settings.web_listen == ("tcp:8000",) and settings.web_tls_listen == ()
+
+
+def test_the_web_tls_override_serves_and_publishes_443(tmp_path):
+    config = compose_config(tmp_path, extra=["deploy/compose.web-tls.yaml"])
+    web = config["services"]["web"]
+    assert _published(web) == {WEB_PORT, 443}
+    assert web["environment"]["POSTROOM_WEB_TLS_LISTEN"] == "tcp:443"
 
 
 @pytest.mark.parametrize("name", CONSUMERS)

@@ -32,10 +32,11 @@ import pytest
 
 from tests.support.ports import free_port
 from tests.support.procs import REPO_ROOT, base_env
+from tests.support.web import WebClient
 
 pytestmark = pytest.mark.slow
 
-SERVICES = ("dmarc", "imap", "mda", "msa", "mta", "pop3")
+SERVICES = ("dmarc", "imap", "mda", "msa", "mta", "pop3", "web")
 COPY_IGNORE = shutil.ignore_patterns(".venv", "var", ".git", "__pycache__", "*.pyc",
                                      ".mypy_cache", ".ruff_cache", ".pytest_cache")
 
@@ -50,7 +51,7 @@ def _unverified() -> ssl.SSLContext:
 def _loopback_listeners() -> tuple[dict[str, str], dict[str, int]]:
     """Every listener on a free loopback port (tests never bind 0.0.0.0 or well-known ports)."""
     ports = {name: free_port() for name in ("msa", "msa_tls", "mta", "dmarc", "pop3",
-                                            "pop3_tls", "imap", "imap_tls")}
+                                            "pop3_tls", "imap", "imap_tls", "web")}
     env = {f"POSTROOM_{name.upper()}_LISTEN": f"tcp:{port}:interface=127.0.0.1"
            for name, port in ports.items()}
     env["POSTROOM_DMARC_URL"] = f"http://127.0.0.1:{ports['dmarc']}"
@@ -166,6 +167,11 @@ def test_make_run_from_a_fresh_clone_in_a_0700_directory_serves_mail_and_stops_c
         subject = f"first run {secrets.token_hex(4)}"
         body = _send_and_read(ports, password.group(1), subject)
         assert subject.encode() in body and b"Hello from the first run." in body
+        # the demo account administers the web console
+        console = WebClient("127.0.0.1", ports["web"])
+        assert console.login("demo@example.test", password.group(1)).status == 303
+        overview = console.get("/")
+        assert overview.status == 200 and "demo@example.test (admin)" in overview.text
 
         os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the whole foreground process group
         code = proc.wait(90)

@@ -261,6 +261,8 @@ def test_pop3_counts_a_failed_login(inst: Instance):
 def test_every_metric_named_in_the_docs_is_exported_by_some_service(inst: Instance):
     documented = set(re.findall(r"postroom_[a-z_]+", DOCS.read_text()))
     assert len(documented) >= 12
+    # the web service is not part of this instance: test_web_service.py checks its own
+    documented = {n for n in documented if not n.startswith("postroom_web")}
     exported: set[str] = set()
     for name in SERVICES:
         _status, body = inst.processes[name].get("/metrics")

@@ -57,6 +57,7 @@ LISTEN_VARS: dict[str, tuple[str | None, str | None]] = {
     "mta": ("POSTROOM_MTA_LISTEN", None),
     "dmarc": ("POSTROOM_DMARC_LISTEN", None),
     "mda": (None, None),
+    "web": ("POSTROOM_WEB_LISTEN", "POSTROOM_WEB_TLS_LISTEN"),
 }
 
 

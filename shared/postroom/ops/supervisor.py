@@ -317,7 +317,7 @@ def as_json_line(name: str, text: str) -> str:
 def _create_demo(url: str, secret_key_file: str | None,
                  old_key_files: Sequence[str] = ()) -> tuple[str, str]:
     from postroom.secretbox import Keyring
-    from postroom.store import dkim, domains, users
+    from postroom.store import dkim, domains, users, webaccess
     from postroom.store.errors import AlreadyExists
 
     password = secrets.token_urlsafe(12)
@@ -331,6 +331,8 @@ def _create_demo(url: str, secret_key_file: str | None,
             database.run_sync(users.add_user, DEMO_USER, password)
         except AlreadyExists:
             database.run_sync(users.set_password, DEMO_USER, password)
+        # the demo account administers the web console (POSTROOM_WEB_LISTEN, docs/web.md)
+        database.run_sync(webaccess.set_admin, DEMO_USER, True)
         # the demo's mail is DKIM-signed like a real domain's (RSA and ed25519)
         if not database.run_sync(dkim.list_keys, DEMO_DOMAIN):
             keyring = Keyring.from_files(secret_key_file, old_key_files)
@@ -455,8 +457,8 @@ def _supervise(names: Sequence[str], settings: Settings, environ: Mapping[str, s
     for name in names:
         print(_describe(name, settings, envs[name]), flush=True)
     if demo is not None:
-        print(f"demo account: {demo[0]}  password: {demo[1]}  (domain {DEMO_DOMAIN})",
-              flush=True)
+        print(f"demo account: {demo[0]}  password: {demo[1]}  (domain {DEMO_DOMAIN}; "
+              "an admin of the web console)", flush=True)
     print("Ctrl-C stops everything.", flush=True)
     reactor.addSystemEventTrigger("before", "shutdown",
                                   lambda: Deferred.fromCoroutine(supervisor.stop()))
