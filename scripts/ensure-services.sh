@@ -101,6 +101,11 @@ ensure_browser() {
   apt_install chromium chromium-driver fonts-dejavu-core
 }
 
+ensure_acme() {
+  # the ACME tests run Debian's pebble (a test ACME server) on loopback
+  apt_install pebble
+}
+
 ensure_docker_e2e() {
   # the real compose/Swarm test (tests/deploy/docker_e2e) starts its own dockerd from
   # Debian's docker.io and makes its images with debootstrap; the compose v2 CLI plugin
@@ -117,7 +122,8 @@ case "${1:-all}" in
   clients) ensure_clients ;;
   scanners) ensure_scanners ;;
   browser) ensure_browser ;;
+  acme) ensure_acme ;;
   docker-e2e) ensure_docker_e2e ;;
-  all) ensure_postgres; ensure_redis; ensure_clients; ensure_scanners; ensure_browser; ensure_docker_e2e ;;
-  *) echo "usage: $0 [all|postgres|redis|clients|scanners|browser|docker-e2e]" >&2; exit 2 ;;
+  all) ensure_postgres; ensure_redis; ensure_clients; ensure_scanners; ensure_browser; ensure_acme; ensure_docker_e2e ;;
+  *) echo "usage: $0 [all|postgres|redis|clients|scanners|browser|acme|docker-e2e]" >&2; exit 2 ;;
 esac
