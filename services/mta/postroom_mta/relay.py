@@ -31,7 +31,7 @@ remote end are possible, loss is not (RFC 5321 section 6.1 accepts this).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -64,7 +64,12 @@ from postroom_mta.routing import TLSSecurity, deliver_to_domain
 from postroom_mta.sessioncache import IDLE as SESSION_IDLE
 from postroom_mta.sessioncache import REUSE_LIMIT as SESSION_REUSE_LIMIT
 from postroom_mta.sessioncache import SessionCache
-from postroom_mta.smarthost import SmarthostError, SmarthostOptions, Smarthosts
+from postroom_mta.smarthost import (
+    SmarthostError,
+    SmarthostOptions,
+    Smarthosts,
+    login_failure,
+)
 from postroom_mta.smtpclient import (
     DEFAULT_TIMEOUTS,
     OPPORTUNISTIC,
@@ -288,26 +293,16 @@ class Relay:
 
     def _check_login(self, route: Route, result: DeliveryResult,
                      log: Logger) -> DeliveryResult:
-        """Log a failed smarthost login loudly and count it; bounce only when so configured.
-
-        The client reports a refused login as a temporary session failure (the
-        recipients were never offered), so by default the mail stays queued.
-        """
-        failed = [r for r in result.recipients if r.stage == "auth"]
-        if not failed:
+        """Log a failed smarthost login loudly and count it (smarthost.login_failure decides)."""
+        action = self.options.smarthost.auth_failure
+        first, result = login_failure(result, action)
+        if first is None:
             return result
-        first = failed[0]
         log.error("smarthost authentication failed", user=route.username, mx=first.host,
-                  address=first.address, reply=first.text, remote=first.remote,
-                  action=self.options.smarthost.auth_failure)
+                  address=first.address, reply=first.text, remote=first.remote, action=action)
         if self._auth_failures is not None:
             self._auth_failures.labels(nexthop=str(route.nexthop)).inc()
-        if self.options.smarthost.auth_failure != "bounce" or not first.remote \
-                or first.code < 500:
-            return result
-        recipients = tuple(replace(r, outcome=Outcome.FAILED) if r.stage == "auth" else r
-                           for r in result.recipients)
-        return replace(result, recipients=recipients)
+        return result
 
     async def _enqueue(self, envelopes: Sequence[Any]) -> None:
         for env in envelopes:

@@ -20,7 +20,7 @@ unreadable file defers the mail (``451 4.3.5``) and is logged as an error.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from twisted.python.threadpool import ThreadPool
@@ -35,6 +35,9 @@ from postroom.store.db import Database
 from postroom_mta.smtpclient import (
     OPPORTUNISTIC,
     Credentials,
+    DeliveryResult,
+    Outcome,
+    RecipientResult,
     TLSPolicy,
     UnverifiedCreator,
     verifying_creator,
@@ -87,6 +90,26 @@ def read_password(ref: str) -> str:
         raise SmarthostError(PASSWORD_UNREADABLE.with_text(
             f"Smarthost password file {path} is empty or too long"))
     return password
+
+
+def login_failure(result: DeliveryResult,
+                  action: str) -> tuple[RecipientResult | None, DeliveryResult]:
+    """The first recipient whose attempt ended at AUTH (None: no login failed), and the result.
+
+    The client reports a failed login as a temporary session failure (the
+    recipients were never offered), so by default the mail stays queued. With
+    ``action`` ``bounce`` (POSTROOM_RELAY_AUTH_FAILURE) a server's 5xx to AUTH
+    fails the recipients; our own refusals (no mechanism, no TLS) stay temporary.
+    """
+    failed = [r for r in result.recipients if r.stage == "auth"]
+    if not failed:
+        return None, result
+    first = failed[0]
+    if action != "bounce" or not first.remote or first.code < 500:
+        return first, result
+    recipients = tuple(replace(r, outcome=Outcome.FAILED) if r.stage == "auth" else r
+                       for r in result.recipients)
+    return first, replace(result, recipients=recipients)
 
 
 class Smarthosts:

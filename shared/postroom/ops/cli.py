@@ -689,13 +689,13 @@ def cmd_relay(args: argparse.Namespace) -> int:
         ref = args.password_file
         if ref and "/" in ref:
             ref = os.path.abspath(ref)
-            if not os.path.isfile(ref):
-                print(f"warning: {ref} is not a file here; the mta must be able to read it",
-                      file=sys.stderr)
         entry = _with_db(transports.set_transport, args.domain, args.nexthop, tls=args.tls,
                          username=args.user, password_ref=ref)
         print(f"relay {entry.domain} -> {entry.nexthop} tls={entry.tls}"
               + (f" user={entry.username}" if entry.username else "") + " set")
+        if ref and not os.path.isfile(transports.password_path(ref)):
+            print(f"warning: {transports.password_path(ref)} is not a file here; the mta "
+                  "must be able to read it", file=sys.stderr)
     elif args.action == "remove":
         _with_db(transports.remove_transport, args.domain)
         print(f"relay {args.domain} removed")
