@@ -375,6 +375,17 @@ def _opt_readable_file(raw: str) -> str | None:
     return path
 
 
+def _opt_ca_file(raw: str) -> str | None:
+    """A readable PEM file with at least one certificate (a CA bundle)."""
+    path = _opt_readable_file(raw)
+    if path is None:
+        return None
+    with open(path, "rb") as handle:
+        if b"-----BEGIN CERTIFICATE-----" not in handle.read(1 << 20):
+            raise ValueError("the file holds no PEM certificate")
+    return path
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -686,15 +697,16 @@ class Settings:
         "needs POSTROOM_RELAY_PASSWORD_FILE.")
     relay_password_file: str | None = setting(
         _opt_readable_file, "",
-        "File holding the smarthost password (one line; read by the mta at start, never "
-        "logged). There is no variable for the password itself.")
+        "File holding the smarthost password (its first line). Checked at start-up and read "
+        "again while running (cached 5 s), so a rotated password is picked up; never logged. "
+        "There is no variable for the password itself.")
     relay_tls_verify: bool = setting(
         _bool, "true",
         "Verify the smarthost's certificate (chain and name). Off: any certificate is "
         "accepted (a warning is logged at start); the password is then open to whoever can "
         "intercept the connection.")
     relay_tls_ca_file: str | None = setting(
-        _opt_readable_file, "",
+        _opt_ca_file, "",
         "PEM CA bundle trusted for the smarthost's certificate instead of the system's CAs "
         "(a private CA).")
     relay_auth_failure: str = setting(

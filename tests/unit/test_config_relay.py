@@ -83,3 +83,10 @@ def test_the_password_never_shows_in_the_effective_settings(password_file):
            "POSTROOM_RELAY_PASSWORD_FILE": password_file}
     shown = describe_effective(env)
     assert "s3cret-smarthost" not in shown
+
+
+def test_a_ca_file_without_a_certificate_is_refused(tmp_path):
+    bad = tmp_path / "ca.pem"
+    bad.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match=r"POSTROOM_RELAY_TLS_CA_FILE.*no PEM certificate"):
+        load_settings({"POSTROOM_RELAY_TLS_CA_FILE": str(bad)})

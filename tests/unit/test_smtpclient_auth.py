@@ -91,3 +91,19 @@ def test_implicit_tls_sends_ehlo_and_auth_without_starttls():
 
 def test_the_password_is_not_in_the_policy_repr():
     assert "pa55" not in repr(SMARTHOST)
+
+
+def test_an_unanswerable_challenge_is_cancelled_once_then_the_session_ends():
+    s = session(tls=SMARTHOST, transport=TLSTransport())
+    _into_tls(s, b"250-smarthost\r\n250 AUTH LOGIN\r\n")
+    s.sent()
+    s.server(b"334 VXNlcm5hbWU6\r\n")
+    s.sent()
+    s.server(b"334 UGFzc3dvcmQ6\r\n")
+    s.sent()
+    s.server(b"334 bW9yZT8=\r\n")  # a third challenge: LOGIN has none
+    assert s.lines() == [b"*"]
+    s.server(b"334 bW9yZT8=\r\n")
+    assert s.lines() == []  # no second cancel, no loop
+    assert s.transport.disconnecting
+    assert outcomes(s.close()) == [("bob@two.test", Outcome.DEFERRED, 451)]

@@ -647,9 +647,15 @@ class SMTPClientProtocol(LineReceiver):
             self._start_transaction()
             return
         if reply.code == 334:
-            # a challenge we have no answer for: cancel the exchange (RFC 4954 section 4)
-            self._send("*", "auth", self._on_auth, self.timeouts.helo)
+            # a challenge we have no answer for: cancel the exchange (RFC 4954 section 4),
+            # once; whatever comes back ends the session
+            self._send("*", "auth", self._on_auth_cancelled, self.timeouts.helo)
             return
+        self._session_reply_failure(reply, "auth")
+
+    def _on_auth_cancelled(self, reply: Reply) -> None:
+        if reply.code == 235:  # a server that took "*" as a password is not one to trust
+            reply = UNEXPECTED.with_text("Unexpected AUTH reply: login accepted after cancel")
         self._session_reply_failure(reply, "auth")
 
     def _on_starttls(self, reply: Reply) -> None:
