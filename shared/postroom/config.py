@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from postroom.net.nexthop import TLS_MODES, NextHop, parse_nexthop
+
 PREFIX = "POSTROOM_"
 
 
@@ -355,6 +357,35 @@ def _opt_clamd_address(raw: str) -> str | None:
     return value
 
 
+def _opt_nexthop(raw: str) -> NextHop | None:
+    """A smarthost, Postfix relayhost syntax: ``host:port`` (MX lookup) or ``[host]:port``."""
+    return parse_nexthop(raw) if raw.strip() else None
+
+
+def _opt_readable_file(raw: str) -> str | None:
+    """A path to a file that exists and can be read now (its content is read where used)."""
+    path = raw.strip()
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            handle.read(1)
+    except OSError as exc:
+        raise ValueError(f"cannot read {path!r}: {exc.strerror}") from exc
+    return path
+
+
+def _opt_ca_file(raw: str) -> str | None:
+    """A readable PEM file with at least one certificate (a CA bundle)."""
+    path = _opt_readable_file(raw)
+    if path is None:
+        return None
+    with open(path, "rb") as handle:
+        if b"-----BEGIN CERTIFICATE-----" not in handle.read(1 << 20):
+            raise ValueError("the file holds no PEM certificate")
+    return path
+
+
 def _choice(*choices: str) -> Callable[[str], str]:
     def parse(raw: str) -> str:
         value = raw.strip().lower()
@@ -675,6 +706,38 @@ class Settings:
         "to when an MX, or a domain without MX, resolves into them. Empty: MX addresses in "
         "loopback, RFC 1918, CGNAT, link-local, multicast, reserved and unique-local ranges "
         "are refused and the recipient bounces like a null MX (556 5.1.10; docs/relay.md).")
+    # the smarthost (docs/relay.md, "Smarthost"); per-domain routes: `postroom relay set`
+    relay_host: NextHop | None = setting(  # noqa: RUF009 - NextHop is frozen
+        _opt_nexthop, "",
+        "Smarthost for all outbound mail (Postfix relayhost): `host:port` looks up the MX "
+        "records of host, `[host]:port` does not; port 25 when left out. Empty: deliver by MX. "
+        "A `postroom relay` transport entry for a recipient domain wins over it.")
+    relay_tls: str = setting(
+        _choice(*TLS_MODES), "starttls",
+        "TLS to the smarthost: `starttls` (required: nothing, not even AUTH, is sent in "
+        "clear), `tls` (implicit TLS, port 465), or `none` (STARTTLS when offered, "
+        "unverified; no AUTH).")
+    relay_user: str | None = setting(
+        _opt_str, "", "SASL user name for the smarthost (AUTH PLAIN or LOGIN, only under TLS); "
+        "needs POSTROOM_RELAY_PASSWORD_FILE.")
+    relay_password_file: str | None = setting(
+        _opt_readable_file, "",
+        "File holding the smarthost password (its first line). Checked at start-up and read "
+        "again while running (cached 5 s), so a rotated password is picked up; never logged. "
+        "There is no variable for the password itself.")
+    relay_tls_verify: bool = setting(
+        _bool, "true",
+        "Verify the smarthost's certificate (chain and name). Off: any certificate is "
+        "accepted (a warning is logged at start); the password is then open to whoever can "
+        "intercept the connection.")
+    relay_tls_ca_file: str | None = setting(
+        _opt_ca_file, "",
+        "PEM CA bundle trusted for the smarthost's certificate instead of the system's CAs "
+        "(a private CA).")
+    relay_auth_failure: str = setting(
+        _choice("defer", "bounce"), "defer",
+        "What a smarthost's refusal of our login (535) does to the mail: `defer` keeps it "
+        "queued and retries (logged as an error), `bounce` returns it to the sender.")
     mta_sts: bool = setting(
         _bool, "true", "Fetch and apply recipient domains' MTA-STS policies (RFC 8461).")
     mta_sts_port: int = setting(
@@ -963,6 +1026,14 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
         # a PROXY listener that trusted every peer would let anyone claim any address
         raise ConfigError(f"POSTROOM_PROXY_TRUSTED: required by the PROXY protocol listener "
                           f"{(proxied or values['mta_proxy_listen'])[0]}")
+    if bool(values["relay_user"]) != bool(values["relay_password_file"]):
+        raise ConfigError("POSTROOM_RELAY_USER / POSTROOM_RELAY_PASSWORD_FILE: set both or "
+                          "neither")
+    if values["relay_user"] and values["relay_tls"] == "none":
+        raise ConfigError("POSTROOM_RELAY_TLS: AUTH is only sent under TLS; with "
+                          "POSTROOM_RELAY_USER it must be starttls or tls")
+    if values["relay_user"] and not values["relay_host"]:
+        raise ConfigError("POSTROOM_RELAY_USER: set POSTROOM_RELAY_HOST too")
     if bool(values["tls_cert_file"]) != bool(values["tls_key_file"]):
         raise ConfigError(
             "POSTROOM_TLS_CERT_FILE / POSTROOM_TLS_KEY_FILE: set both or neither"

@@ -124,6 +124,18 @@ def sessions_reused_total(m: Metrics) -> Counter:
     return m.counter("relay_sessions_reused", "Outbound SMTP transactions on a reused session.")
 
 
+def relay_routes_total(m: Metrics) -> Counter:
+    """Recipient groups the relay sent, by route: a transport entry, the relay host, or MX."""
+    return m.counter("relay_routes", "Outbound deliveries by route (transport, relayhost, mx).",
+                     labels=("route",))
+
+
+def relay_smarthost_auth_failures_total(m: Metrics) -> Counter:
+    """Smarthost logins refused (535 and the like) or impossible (no PLAIN/LOGIN, no TLS)."""
+    return m.counter("relay_smarthost_auth_failures",
+                     "Smarthost SASL logins that failed, by next hop.", labels=("nexthop",))
+
+
 def relay_internal_refused_total(m: Metrics) -> Counter:
     """MX addresses the relay would not connect to: internal and not in the allowed networks."""
     return m.counter("relay_internal_mx_refused",

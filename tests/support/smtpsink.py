@@ -8,7 +8,9 @@ completed transactions with the DATA bytes dot-unstuffed, CRLF lines;
 ``sink.sessions`` has one entry per TCP connection, each with the
 ``commands`` it received (for connection-reuse tests). ``config.mail`` and
 ``config.rset`` give the MAIL and RSET replies (``rset`` returning None drops
-the connection without a reply; a 421 drops it after the reply).
+the connection without a reply; a 421 drops it after the reply). With
+``config.tls`` (a Twisted server TLS context factory) the sink offers STARTTLS
+and starts TLS with it; ``session.tls`` says whether a session did.
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ class SinkConfig:
     mail: Callable[[str], bytes] = mail_ok
     rset: Callable[[], bytes | None] = rset_ok
     extensions: tuple[str, ...] = ("PIPELINING", "SIZE 50000000", "8BITMIME", "SMTPUTF8", "DSN")
+    tls: Any = None  # a server context factory: STARTTLS is offered and done with it
 
 
 @dataclass
@@ -69,6 +72,7 @@ class _Session(LineReceiver):
         self.current = Received()
         self.lines: list[bytes] | None = None
         self.commands: list[str] = []
+        self.tls = False
 
     def connectionMade(self) -> None:
         self.sink.sessions.append(self)
@@ -98,6 +102,8 @@ class _Session(LineReceiver):
         verb = text.split(" ", 1)[0].upper()
         if verb == "EHLO":
             lines = ["mx.two.test hello", *self.sink.config.extensions]
+            if self.sink.config.tls is not None and not self.tls:
+                lines.append("STARTTLS")
             self.transport.write("".join(
                 f"250{'-' if i < len(lines) - 1 else ' '}{x}\r\n" for i, x in enumerate(lines)
             ).encode())
@@ -121,6 +127,10 @@ class _Session(LineReceiver):
         elif verb == "DATA":
             self.lines = []
             self.reply(b"354 go ahead")
+        elif verb == "STARTTLS" and self.sink.config.tls is not None and not self.tls:
+            self.reply(b"220 2.0.0 go ahead")
+            self.tls = True
+            self.transport.startTLS(self.sink.config.tls)
         elif verb == "QUIT":
             self.reply(b"221 2.0.0 bye")
             self.transport.loseConnection()

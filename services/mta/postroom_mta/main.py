@@ -13,6 +13,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from postroom.config import ConfigError
 from postroom.net.dns import Resolver
 from postroom.queue.retention import SpoolPurger
 from postroom.queue.streams import QueueClient, connect
@@ -22,6 +23,7 @@ from postroom.service import ServiceSpec
 from postroom_mta.inbound import start_inbound
 from postroom_mta.mtasts import PolicyStore
 from postroom_mta.relay import GROUP, STREAM, Relay, RelayOptions
+from postroom_mta.smarthost import SmarthostError
 from postroom_mta.worker_bounce import BounceSweeper
 
 # DNS answers wait on the network; a few threads keep many domains' lookups moving
@@ -44,6 +46,7 @@ def start_relay(ctx: ServiceContext, options: RelayOptions | None = None) -> Rel
     relay = Relay(ctx.db, queue, options, resolver=Resolver.from_settings(settings),
                   dns_pool=ctx.thread_pool("dns", DNS_THREADS), redis_pool=redis_pool,
                   reactor=ctx.reactor, log=ctx.log.bind(component="relay"), metrics=ctx.metrics)
+    _check_smarthost(relay, options)
     sweeper = BounceSweeper(ctx.db, queue, options.policy,
                             interval=settings.reconcile_interval, redis_pool=redis_pool,
                             reactor=ctx.reactor, log=ctx.log.bind(component="relay"))
@@ -61,6 +64,23 @@ def start_relay(ctx: ServiceContext, options: RelayOptions | None = None) -> Rel
                  mta_sts=options.mta_sts, dane=options.dane,
                  allowed_networks=",".join(options.allowed_networks))
     return relay
+
+
+def _check_smarthost(relay: Relay, options: RelayOptions) -> None:
+    """Stop start-up on an unreadable relay host password; warn when certificates go unchecked."""
+    route = options.smarthost.relayhost
+    try:
+        relay.smarthosts.check()
+    except SmarthostError as exc:
+        raise ConfigError(f"POSTROOM_RELAY_PASSWORD_FILE: {exc.reply.text}") from None
+    if route is not None:
+        relay.log.info("smarthost configured", nexthop=str(route.nexthop), tls=route.tls,
+                       user=route.username, verify=options.smarthost.verify,
+                       ca_file=options.smarthost.ca_file)
+    if not options.smarthost.verify:
+        relay.log.warning("smarthost certificates are not verified",
+                          setting="POSTROOM_RELAY_TLS_VERIFY",
+                          risk="a login and mail may go to whoever intercepts the connection")
 
 
 def start_spool_retention(ctx: ServiceContext) -> SpoolPurger:

@@ -6,9 +6,13 @@ For an entry (:meth:`Relay.handle`, the StreamConsumer handler):
    `outbound` recipients, moves those in local domains to the `deliver`
    stream, and reads the message; after commit the `deliver` entry is put on
    its stream;
-2. remote recipients are grouped by domain and sent with
-   ``routing.deliver_to_domain``, the domains in parallel, bounded by a
-   global limit of SMTP sessions and a per-domain one (Postfix's
+2. remote recipients are grouped by destination and sent with
+   ``routing.deliver_to_domain``: by recipient domain when it goes by MX, by
+   next hop (and login) when a smarthost route applies (smarthost.py: a
+   transport entry, then POSTROOM_RELAY_HOST), so all of a message's
+   recipients behind one smarthost share a transaction. Destinations go in
+   parallel, bounded by a global limit of SMTP sessions and a per-destination
+   one keyed on the domain or the next hop (Postfix's
    ``default_process_limit`` / ``destination_concurrency_limit``), over an idle
    session of an earlier message when one is cached (connection reuse,
    sessioncache.py: idle sessions hold no slot);
@@ -26,7 +30,6 @@ remote end are possible, loss is not (RFC 5321 section 6.1 accepts this).
 
 from __future__ import annotations
 
-from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,10 +46,13 @@ from postroom.metrics import (
     delivery_attempts_total,
     messages_total,
     relay_internal_refused_total,
+    relay_routes_total,
+    relay_smarthost_auth_failures_total,
     sessions_reused_total,
 )
 from postroom.net.destinations import DestinationPolicy
 from postroom.net.dns import Resolver
+from postroom.net.nexthop import Route
 from postroom.queue.consumer import QueueEntry
 from postroom.queue.reconciler import enqueue_after_commit
 from postroom.queue.redisclient import RedisError
@@ -58,10 +64,17 @@ from postroom_mta.routing import TLSSecurity, deliver_to_domain
 from postroom_mta.sessioncache import IDLE as SESSION_IDLE
 from postroom_mta.sessioncache import REUSE_LIMIT as SESSION_REUSE_LIMIT
 from postroom_mta.sessioncache import SessionCache
+from postroom_mta.smarthost import (
+    SmarthostError,
+    SmarthostOptions,
+    Smarthosts,
+    login_failure,
+)
 from postroom_mta.smtpclient import (
     DEFAULT_TIMEOUTS,
     OPPORTUNISTIC,
     DeliveryResult,
+    Envelope,
     Outcome,
     Recipient,
     RecipientResult,
@@ -112,6 +125,8 @@ class RelayOptions:
     allowed_networks: tuple[str, ...] = ()
     # the MTA-STS policy cache shared by all mta processes (start_relay sets it; None: per process)
     sts_store: PolicyStore | None = field(default=None, compare=False, repr=False)
+    # POSTROOM_RELAY_HOST and friends; transport entries come from the database
+    smarthost: SmarthostOptions = field(default_factory=SmarthostOptions)
 
     def destinations(self) -> DestinationPolicy:
         """Where the relay may connect: public addresses, and internal ones only if allowed."""
@@ -139,7 +154,8 @@ class RelayOptions:
             "dane": settings.dane, "ca_file": settings.tls_ca_file,
             "session_idle": settings.relay_session_idle,
             "session_reuse_limit": settings.relay_session_reuse_limit,
-            "allowed_networks": settings.relay_allowed_networks}
+            "allowed_networks": settings.relay_allowed_networks,
+            "smarthost": SmarthostOptions.from_settings(settings)}
         fields.update(overrides)
         return cls(policy=policy, **fields)
 
@@ -174,6 +190,11 @@ class Relay:
             logger=self.log) if options.session_reuse_limit > 1 else None
         self._outcomes = messages_total(metrics) if metrics is not None else None
         self._attempts = delivery_attempts_total(metrics) if metrics is not None else None
+        self._routes = relay_routes_total(metrics) if metrics is not None else None
+        self._auth_failures = (relay_smarthost_auth_failures_total(metrics)
+                               if metrics is not None else None)
+        self.smarthosts = Smarthosts(database, options.smarthost, pool=dns_pool,
+                                     reactor=reactor, log=self.log)
 
     def handle(self, entry: QueueEntry) -> Deferred[None]:
         return Deferred.fromCoroutine(self._handle(entry))
@@ -197,16 +218,28 @@ class Relay:
         await self._enqueue(work.envelopes)
         if not work.remote:
             return
-        by_domain: dict[str, list[RemoteRecipient]] = defaultdict(list)
+        routes = await self.smarthosts.routes({r.domain for r in work.remote})
+        groups: dict[str, tuple[str, Route | None, list[RemoteRecipient]]] = {}
         for rcpt in work.remote:
-            by_domain[rcpt.domain].append(rcpt)
-        await gatherResults([Deferred.fromCoroutine(self._domain(work, domain, rcpts, log))
-                             for domain, rcpts in by_domain.items()], consumeErrors=True)
+            route = routes.get(rcpt.domain.lower())
+            # by MX: one group per domain; by smarthost: one per next hop and login
+            key = route.key if route is not None else rcpt.domain
+            groups.setdefault(key, (rcpt.domain, route, []))[2].append(rcpt)
+        await gatherResults([Deferred.fromCoroutine(self._domain(work, key, domain, route,
+                                                                 rcpts, log))
+                             for key, (domain, route, rcpts) in groups.items()],
+                            consumeErrors=True)
 
-    async def _domain(self, work: Work, domain: str, rcpts: list[RemoteRecipient],
-                      log: Logger) -> None:
+    async def _domain(self, work: Work, key: str, domain: str, route: Route | None,
+                      rcpts: list[RemoteRecipient], log: Logger) -> None:
         started = self.reactor.seconds()
-        result = await self._send(work, domain, rcpts, log)
+        if route is not None:
+            log = log.bind(nexthop=str(route.nexthop), route=route.source)
+        if self._routes is not None:
+            self._routes.labels(route=route.source.split(":", 1)[0] if route else "mx").inc()
+        result = await self._send(work, key, domain, route, rcpts, log)
+        if route is not None:
+            result = self._check_login(route, result, log)
         results = _results(rcpts, result)
         if self._attempts is not None:
             for attempt in results:
@@ -220,34 +253,56 @@ class Relay:
         for rcpt, reply in zip(rcpts, result.recipients, strict=True):
             self._log_outcome(log, rcpt, reply, recorded, elapsed)
 
-    async def _send(self, work: Work, domain: str, rcpts: list[RemoteRecipient],
-                    log: Logger) -> DeliveryResult:
-        # domain first: a message waiting for a busy domain must not hold a global slot
-        limit = self._per_domain.get(domain)
+    async def _send(self, work: Work, key: str, domain: str, route: Route | None,
+                    rcpts: list[RemoteRecipient], log: Logger) -> DeliveryResult:
+        recipients = [Recipient(r.address, bounce.notify_tuple(r.notify),
+                                bounce.orcpt_address(r.orcpt)) for r in rcpts]
+        tls = self.options.tls
+        if route is not None:
+            try:
+                tls = await self.smarthosts.policy(route)
+            except SmarthostError as exc:
+                log.error("smarthost password unreadable", error=exc.reply.text)
+                return DeliveryResult.uniform(Envelope.of(work.mail_from, recipients),
+                                              exc.reply, "route")
+        # destination first: a message waiting for a busy one must not hold a global slot
+        limit = self._per_domain.get(key)
         if limit is None:
-            limit = self._per_domain[domain] = DeferredSemaphore(self.options.max_per_domain)
+            limit = self._per_domain[key] = DeferredSemaphore(self.options.max_per_domain)
         await limit.acquire()
         try:
             await self.sessions.acquire()
             try:
                 result: DeliveryResult = await deliver_to_domain(
-                    domain, work.mail_from,
-                    [Recipient(r.address, bounce.notify_tuple(r.notify),
-                               bounce.orcpt_address(r.orcpt)) for r in rcpts],
+                    domain, work.mail_from, recipients,
                     work.message, resolver=self.resolver, port=self.options.port,
                     pool=self.dns_pool, helo_name=self.options.policy.hostname,
-                    reactor=self.reactor, timeouts=self.options.timeouts, tls=self.options.tls,
+                    reactor=self.reactor, timeouts=self.options.timeouts, tls=tls,
                     ret=work.ret, envid=work.envid, logger=log,
                     bind_address=self.options.bind_address, security=self.security,
                     sessions=self.session_cache, destinations=self.destinations,
-                    refused_metric=self._refused)
+                    refused_metric=self._refused,
+                    nexthop=route.nexthop if route is not None else None)
                 return result
             finally:
                 self.sessions.release()
         finally:
             limit.release()
             if limit.tokens == limit.limit and not limit.waiting:
-                self._per_domain.pop(domain, None)
+                self._per_domain.pop(key, None)
+
+    def _check_login(self, route: Route, result: DeliveryResult,
+                     log: Logger) -> DeliveryResult:
+        """Log a failed smarthost login loudly and count it (smarthost.login_failure decides)."""
+        action = self.options.smarthost.auth_failure
+        first, result = login_failure(result, action)
+        if first is None:
+            return result
+        log.error("smarthost authentication failed", user=route.username, mx=first.host,
+                  address=first.address, reply=first.text, remote=first.remote, action=action)
+        if self._auth_failures is not None:
+            self._auth_failures.labels(nexthop=str(route.nexthop)).inc()
+        return result
 
     async def _enqueue(self, envelopes: Sequence[Any]) -> None:
         for env in envelopes:

@@ -30,6 +30,13 @@ policy (RFC 8461: only MX hosts its ``mx`` patterns allow, TLS required and
 verified against the MX name), otherwise the caller's policy (opportunistic).
 An MTA-STS ``testing`` policy changes nothing and only logs what enforcing
 would have refused.
+
+A smarthost route (``nexthop``, see postroom.net.nexthop and smarthost.py)
+replaces the recipient domain's MX: ``[host]`` is tried at its own addresses,
+``host`` by its MX records; the port and the TLS policy are the route's, and
+neither MTA-STS nor DANE nor the internal-address check applies (the operator
+named the host). A smarthost that cannot be resolved defers (``451 4.4.3``):
+a typo in a setting must not bounce every message.
 """
 
 from __future__ import annotations
@@ -47,6 +54,7 @@ from postroom.interfaces import ReactorThreads, defer_to_pool, global_reactor
 from postroom.logs import Logger, get_logger
 from postroom.net.destinations import STRICT, DestinationPolicy
 from postroom.net.dns import DNSTempError, NXDomain, Resolver
+from postroom.net.nexthop import NextHop
 from postroom.smtp.replies import Reply
 from postroom_mta import dane
 from postroom_mta.mtasts import NONE, PolicyFinder
@@ -75,6 +83,7 @@ LOCAL_ERROR = Reply(451, "4.3.0", "Local error in delivery")
 MX_UNRESOLVABLE = Reply(451, "4.4.3", "No address found for any MX host")
 STS_NO_MX = Reply(451, "4.7.5", "No MX host matches the MTA-STS policy")
 TLSA_LOOKUP_FAILED = Reply(451, "4.7.5", "TLSA lookup failed")
+SMARTHOST_UNRESOLVABLE = Reply(451, "4.4.3", "Smarthost not found")
 # every address of every MX is internal: as final as a null MX (RFC 7505 section 4.3)
 MX_INTERNAL = Reply(556, "5.1.10", "MX points to an internal address")
 
@@ -189,6 +198,39 @@ def plan_route(resolver: Resolver, domain: str, *, rng: random.Random | None = N
     raise RouteError(MX_UNRESOLVABLE.with_text(f"No address for any MX host of {domain}"))
 
 
+# a smarthost is the operator's choice: wherever it is, it may be connected to
+ANYWHERE = DestinationPolicy.allowing(["0.0.0.0/0", "::/0"])
+
+
+def plan_nexthop(resolver: Resolver, nexthop: NextHop, *, rng: random.Random | None = None,
+                 max_addresses: int = DEFAULT_MAX_ADDRESSES) -> list[Target]:
+    """The addresses of a smarthost: ``[host]`` its own, ``host`` its MX hosts'. Blocking.
+
+    Raises RouteError, always temporary: the route is configuration, not the recipient's.
+    """
+    if nexthop.is_address:
+        return [Target(nexthop.host, nexthop.host)]
+    try:
+        if nexthop.mx_lookup:
+            return plan_route(resolver, nexthop.host, rng=rng, max_addresses=max_addresses,
+                              destinations=ANYWHERE)
+        addresses = resolve_addresses(resolver, nexthop.host)
+    except RouteError as exc:
+        if exc.reply.code < 500:
+            raise
+        raise RouteError(SMARTHOST_UNRESOLVABLE.with_text(
+            f"Smarthost {nexthop}: {exc.reply.text}")) from exc
+    except DNSTempError as exc:
+        raise RouteError(DNS_TEMPORARY.with_text(
+            f"Address lookup for smarthost {nexthop} failed: {exc}")) from exc
+    except NXDomain as exc:
+        raise RouteError(SMARTHOST_UNRESOLVABLE.with_text(
+            f"Smarthost {nexthop} does not exist")) from exc
+    if not addresses:
+        raise RouteError(SMARTHOST_UNRESOLVABLE.with_text(f"Smarthost {nexthop} has no address"))
+    return [Target(nexthop.host, a) for a in addresses[:max_addresses]]
+
+
 def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Recipient],
                       message: MessageSource, *, resolver: Resolver, port: int,
                       pool: ThreadPool, helo_name: str, reactor: ReactorThreads | None = None,
@@ -202,7 +244,8 @@ def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Re
                       security: TLSSecurity | None = None,
                       sessions: SessionCache | None = None,
                       destinations: DestinationPolicy = STRICT,
-                      refused_metric: Counter | None = None) -> defer.Deferred[DeliveryResult]:
+                      refused_metric: Counter | None = None,
+                      nexthop: NextHop | None = None) -> defer.Deferred[DeliveryResult]:
     """Send one message to ``recipients`` (all in ``domain``) via its MX hosts.
 
     ``port`` is POSTROOM_SMTP_OUTBOUND_PORT; ``pool`` is the (started) thread
@@ -213,6 +256,7 @@ def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Re
     relay's connection cache) reuses idle sessions and keeps new ones open.
     ``destinations`` says which internal networks MX addresses may be in (none
     by default); each address it refuses is logged and counted on ``refused_metric``.
+    ``nexthop`` (a smarthost route) replaces the MX of ``domain``, with ``tls`` its policy.
     """
     if reactor is None:
         reactor = global_reactor()
@@ -229,7 +273,7 @@ def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Re
         helo_name=helo_name, timeouts=timeouts, tls=tls, rng=rng, max_addresses=max_addresses,
         chunk_size=chunk_size, logger=logger, bind_address=bind_address,
         security=security, sessions=sessions, destinations=destinations,
-        refused_metric=refused_metric)).addErrback(crashed)
+        refused_metric=refused_metric, nexthop=nexthop)).addErrback(crashed)
 
 
 async def _deliver(reactor: ReactorThreads, domain: str, envelope: Envelope,
@@ -241,7 +285,10 @@ async def _deliver(reactor: ReactorThreads, domain: str, envelope: Envelope,
                    security: TLSSecurity | None = None,
                    sessions: SessionCache | None = None,
                    destinations: DestinationPolicy = STRICT,
-                   refused_metric: Counter | None = None) -> DeliveryResult:
+                   refused_metric: Counter | None = None,
+                   nexthop: NextHop | None = None) -> DeliveryResult:
+    if nexthop is not None:
+        port, security = nexthop.port, None
     policy = None
     if security is not None and security.sts is not None:
         policy = await defer_to_pool(reactor, pool, security.sts.find, domain)
@@ -250,10 +297,14 @@ async def _deliver(reactor: ReactorThreads, domain: str, envelope: Envelope,
     enforced = policy is not None and policy.enforced
     refused: list[Target] = []
     try:
-        targets = await defer_to_pool(reactor, pool, plan_route, resolver, domain, rng=rng,
-                                      max_addresses=max_addresses,
-                                      allow=policy.allows if policy and enforced else None,
-                                      destinations=destinations, refused=refused)
+        if nexthop is not None:
+            targets = await defer_to_pool(reactor, pool, plan_nexthop, resolver, nexthop,
+                                          rng=rng, max_addresses=max_addresses)
+        else:
+            targets = await defer_to_pool(reactor, pool, plan_route, resolver, domain, rng=rng,
+                                          max_addresses=max_addresses,
+                                          allow=policy.allows if policy and enforced else None,
+                                          destinations=destinations, refused=refused)
     except RouteError as exc:
         _log_refused(logger, refused, refused_metric)
         logger.info("route failed", reply=describe(exc.reply))

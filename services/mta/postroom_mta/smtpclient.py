@@ -47,6 +47,7 @@ Decisions (see also the module docs of routing.py):
 
 from __future__ import annotations
 
+import base64
 import enum
 import ipaddress
 from collections import deque
@@ -57,7 +58,12 @@ from typing import Any
 from OpenSSL import SSL
 from twisted.internet import defer, error
 from twisted.internet import ssl as tssl
-from twisted.internet.endpoints import TCP4ClientEndpoint, TCP6ClientEndpoint, connectProtocol
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    connectProtocol,
+    wrapClientTLS,
+)
 from twisted.internet.interfaces import IOpenSSLClientConnectionCreator
 from twisted.internet.protocol import connectionDone
 from twisted.protocols.basic import LineReceiver
@@ -104,6 +110,10 @@ NEEDS_SMTPUTF8_HEADERS = Reply(554, "5.6.9", "UTF-8 headers and the server does 
                                             "SMTPUTF8")
 BAD_RECIPIENT = Reply(553, "5.1.3", "Recipient address cannot be sent over SMTP")
 BAD_SENDER = Reply(553, "5.1.7", "Sender address cannot be sent over SMTP")
+# smarthost logins (Postfix says "SASL authentication failed" with 4.7.0 for these)
+AUTH_NOT_OFFERED = Reply(451, "4.7.0", "SASL authentication failed: the server offers no "
+                                       "PLAIN or LOGIN mechanism")
+AUTH_NEEDS_TLS = Reply(451, "4.7.4", "SASL authentication is only done under TLS")
 
 
 _NOTIFY = frozenset({"NEVER", "SUCCESS", "FAILURE", "DELAY"})
@@ -235,6 +245,10 @@ class _UnverifiedCreator:
         return connection
 
 
+# the creator of opportunistic TLS, public for policies built elsewhere (smarthost.py)
+UnverifiedCreator = _UnverifiedCreator
+
+
 def _is_hostname(name: str) -> bool:
     if not name:
         return False
@@ -272,17 +286,32 @@ def verifying_creator(ca_file: str | None = None) -> Callable[[str], Any]:
 
 
 @dataclass(frozen=True)
+class Credentials:
+    """A SASL login for a smarthost; the password never appears in a repr or a log."""
+
+    username: str
+    password: str = field(repr=False)
+
+
+@dataclass(frozen=True)
 class TLSPolicy:
     """What TLS a session must have. Opportunistic by default; the MTA-STS/DANE hook.
 
     ``creator`` makes the client TLS connection creator for an MX host name
     (a verifying one for MTA-STS enforce or DANE); ``required`` defers the
     mail when STARTTLS is missing or fails instead of sending in clear.
+    A smarthost route adds ``implicit`` (TLS from the first byte, port 465)
+    and ``auth``, the login sent with AUTH PLAIN or LOGIN after EHLO inside
+    TLS and never in clear. Being part of the policy, the login is part of a
+    cached session's key: a session authenticated as one user never carries
+    mail for another login.
     """
 
     required: bool = False
     creator: Callable[[str], Any] = _UnverifiedCreator  # -> IOpenSSLClientConnectionCreator
     use_tls: bool = True  # False: never STARTTLS (tests, broken peers)
+    implicit: bool = False
+    auth: Credentials | None = None
 
 
 OPPORTUNISTIC = TLSPolicy()
@@ -303,6 +332,7 @@ class _State:
     ext: Extensions = field(default_factory=Extensions)
     tls_started: bool = False
     tls_hello_done: bool = False  # EHLO answered inside TLS: the handshake worked
+    authenticated: bool = False  # AUTH answered 235 (a smarthost login)
     transactions: int = 0  # transactions begun on this connection
     idle: bool = False  # between two transactions of a kept-open session
     # the current transaction (reset by SMTPClientProtocol._begin)
@@ -341,7 +371,7 @@ class SMTPClientProtocol(LineReceiver):
         self.log = (logger or log).bind(mx=host, address=address)
         self.finished: defer.Deferred[DeliveryResult] = defer.Deferred()
         self.closed: defer.Deferred[None] = defer.Deferred()  # fires when the connection is gone
-        self.state = _State(transactions=1)
+        self.state = _State(transactions=1, tls_started=tls.implicit)
         self._parser = ReplyParser()
         self._expect: deque[tuple[str, Callable[[Reply], None]]] = deque()
         self._results: dict[int, RecipientResult] = {}
@@ -574,11 +604,59 @@ class SMTPClientProtocol(LineReceiver):
         state, tls = self.state, self.tls
         if not state.tls_started and tls.use_tls and state.ext.has("STARTTLS"):
             self._send("STARTTLS", "starttls", self._on_starttls, self.timeouts.helo)
-        elif tls.required and not state.tls_started:
-            self._fail(TLS_REQUIRED, "ehlo", remote=False)
+        elif (tls.required or tls.auth is not None) and not state.tls_started:
+            # a login is never sent in clear, whatever the policy says
+            self._fail(TLS_REQUIRED if tls.required else AUTH_NEEDS_TLS, "ehlo", remote=False)
             self._quit()
+        elif tls.auth is not None and not state.authenticated:
+            self._authenticate(tls.auth)
         else:
             self._start_transaction()
+
+    # --- SASL (smarthost logins, RFC 4954): PLAIN (RFC 4616) or LOGIN, whichever is offered
+
+    def _authenticate(self, auth: Credentials) -> None:
+        offered = {m.upper() for m in self.state.ext.keywords.get("AUTH", ())}
+        if "PLAIN" in offered:
+            token = _b64(f"\0{auth.username}\0{auth.password}")
+            self._send(f"AUTH PLAIN {token}", "auth", self._on_auth, self.timeouts.helo)
+        elif "LOGIN" in offered:
+            self._send("AUTH LOGIN", "auth", self._on_login_username, self.timeouts.helo)
+        else:
+            self._fail(AUTH_NOT_OFFERED, "auth", remote=False)
+            self._quit()
+
+    def _on_login_username(self, reply: Reply) -> None:
+        assert self.tls.auth is not None
+        if reply.code != 334:
+            self._on_auth(reply)
+            return
+        self._send(_b64(self.tls.auth.username), "auth", self._on_login_password,
+                   self.timeouts.helo)
+
+    def _on_login_password(self, reply: Reply) -> None:
+        assert self.tls.auth is not None
+        if reply.code != 334:
+            self._on_auth(reply)
+            return
+        self._send(_b64(self.tls.auth.password), "auth", self._on_auth, self.timeouts.helo)
+
+    def _on_auth(self, reply: Reply) -> None:
+        if reply.code == 235:
+            self.state.authenticated = True
+            self._start_transaction()
+            return
+        if reply.code == 334:
+            # a challenge we have no answer for: cancel the exchange (RFC 4954 section 4),
+            # once; whatever comes back ends the session
+            self._send("*", "auth", self._on_auth_cancelled, self.timeouts.helo)
+            return
+        self._session_reply_failure(reply, "auth")
+
+    def _on_auth_cancelled(self, reply: Reply) -> None:
+        if reply.code == 235:  # a server that took "*" as a password is not one to trust
+            reply = UNEXPECTED.with_text("Unexpected AUTH reply: login accepted after cancel")
+        self._session_reply_failure(reply, "auth")
 
     def _on_starttls(self, reply: Reply) -> None:
         if reply.code != 220:
@@ -834,6 +912,10 @@ class SMTPClientProtocol(LineReceiver):
             return None
 
 
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode("utf-8")).decode("ascii")
+
+
 def _checked(reply: Reply, what: str, ok: range = range(0)) -> tuple[Reply, bool]:
     """A failure reply as is (said by the server), or an odd code as a local temporary one."""
     if reply.code >= 400 or reply.code in ok:
@@ -885,7 +967,13 @@ def open_session(reactor: ReactorThreads, envelope: Envelope, message: MessageSo
         source = (bind_address, 0) if bind_address else None
         endpoint = TCP4ClientEndpoint(reactor, address, port, timeout=timeouts.connect,
                                       bindAddress=source)
-    connecting = connectProtocol(endpoint, protocol)
+    if tls.implicit:
+        # implicit TLS (RFC 8314): the handshake comes first, verified as the policy says.
+        # Twisted types these with zope interfaces, which mypy reads without the plugin.
+        wrapped = wrapClientTLS(tls.creator(host or address), endpoint)  # type: ignore[arg-type]
+        connecting = connectProtocol(wrapped, protocol)
+    else:
+        connecting = connectProtocol(endpoint, protocol)
 
     def connect_failed(reason: Failure) -> tuple[None, DeliveryResult]:
         text = f"connect to {host or address}[{address}]:{port}: {_why(reason)}"

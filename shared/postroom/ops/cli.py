@@ -654,6 +654,88 @@ def cmd_alias(args: argparse.Namespace) -> int:
     return 0
 
 
+def _relay_arguments(p: argparse.ArgumentParser) -> None:
+    rsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = rsub.add_parser("list", help="list transport entries (passwords only by reference)")
+    q.add_argument("--json", action="store_true")
+    q = rsub.add_parser("set", help="route a domain (.domain: its subdomains) via a smarthost")
+    q.add_argument("domain", help="example.com, or .example.com for its subdomains")
+    q.add_argument("nexthop", help="host:port (MX lookup of host) or [host]:port (none)")
+    q.add_argument("--tls", choices=("starttls", "tls", "none"), default="starttls",
+                   help="starttls (required, default), tls (implicit, port 465) or none")
+    q.add_argument("--user", help="SASL user name (AUTH PLAIN or LOGIN, only under TLS)")
+    q.add_argument("--password-file", help="file holding the password (absolute path), or the "
+                   "name of a secret in /run/secrets; the password itself is never stored")
+    q = rsub.add_parser("remove", help="remove a domain's transport entry")
+    q.add_argument("domain")
+    q = rsub.add_parser("test", help="print the route mail to an address would take")
+    q.add_argument("address")
+
+
+@command("relay", _relay_arguments,
+         summary="smarthost routes per recipient domain (a transport map)",
+         description=("Route outbound mail for a domain through a smarthost instead of its MX "
+                      "(Postfix transport_maps). A domain's entry wins over .parent entries, "
+                      "which win over POSTROOM_RELAY_HOST; the mta picks up changes within "
+                      "seconds. docs/relay.md, \"Smarthost\"."))
+def cmd_relay(args: argparse.Namespace) -> int:
+    import os
+
+    from postroom.store import transports
+
+    if args.action == "set":
+        if bool(args.user) != bool(args.password_file):
+            raise CLIError("--user and --password-file go together")
+        ref = args.password_file
+        if ref and "/" in ref:
+            ref = os.path.abspath(ref)
+        entry = _with_db(transports.set_transport, args.domain, args.nexthop, tls=args.tls,
+                         username=args.user, password_ref=ref)
+        print(f"relay {entry.domain} -> {entry.nexthop} tls={entry.tls}"
+              + (f" user={entry.username}" if entry.username else "") + " set")
+        if ref and not os.path.isfile(transports.password_path(ref)):
+            print(f"warning: {transports.password_path(ref)} is not a file here; the mta "
+                  "must be able to read it", file=sys.stderr)
+    elif args.action == "remove":
+        _with_db(transports.remove_transport, args.domain)
+        print(f"relay {args.domain} removed")
+    elif args.action == "list":
+        rows = _with_db(transports.list_transports)
+        _print_rows([_plain(r) for r in rows],
+                    ["domain", "nexthop", "tls", "username", "password_ref"], args.json)
+    else:
+        print(_relay_test(args.address))
+    return 0
+
+
+def _relay_test(address: str) -> str:
+    """One line saying which route mail to ``address`` takes (nothing is sent)."""
+    from postroom.net.nexthop import Route, choose_route
+    from postroom.store import domains, transports
+    from postroom.store.addresses import split_address
+
+    settings = _settings()
+    _local, domain = split_address(address)
+
+    def look(session: Any) -> tuple[bool, dict[str, Route]]:
+        return (domains.is_local_domain(session, domain),
+                transports.routes_for(session, [domain]))
+
+    local, entries = _with_db(look)
+    if local:
+        return f"{address}: local domain {domain}, delivered here (no relay)"
+    relayhost = None
+    if settings.relay_host is not None:
+        relayhost = Route(settings.relay_host, settings.relay_tls, settings.relay_user,
+                          settings.relay_password_file)
+    route = choose_route(domain, entries, relayhost)
+    if route is None:
+        return f"{address}: by MX of {domain} (no transport entry, no POSTROOM_RELAY_HOST)"
+    how = ("MX lookup of " + route.nexthop.host) if route.nexthop.mx_lookup else "no MX lookup"
+    login = f" user={route.username}" if route.username else ""
+    return (f"{address}: {route.source} -> {route.nexthop} ({how}) tls={route.tls}{login}")
+
+
 def _rules_arguments(p: argparse.ArgumentParser) -> None:
     rsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     q = rsub.add_parser("set", help="replace the rules with those in a JSON file ('-' = stdin)")

@@ -33,3 +33,7 @@ class AliasLoop(StoreError, ValueError):
 
 class TooManyKeywords(StoreError):
     """A STORE, APPEND or COPY would give a mailbox more distinct keywords than it may have."""
+
+
+class InvalidRoute(StoreError, ValueError):
+    """A transport entry (`postroom relay set`) that cannot be a route; says what is wrong."""

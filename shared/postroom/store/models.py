@@ -533,3 +533,15 @@ web_sessions = Table(
     Column("last_seen_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
     Column("expires_at", DateTime(timezone=True), nullable=False, index=True),
 )
+
+# smarthost routes per recipient domain (Postfix transport_maps; migration 0015): the key is
+# a domain or `.parent` (its subdomains); password_ref names a file or secret, never a password
+relay_transports = Table(
+    "relay_transports", Base.metadata,
+    Column("domain", Text, primary_key=True),
+    Column("nexthop", Text, nullable=False),
+    Column("tls", Text, nullable=False, server_default=text("'starttls'")),
+    Column("username", Text, nullable=True),
+    Column("password_ref", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)

@@ -64,6 +64,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "spool_attempts": ("SELECT", "INSERT"),
         # the retention job deletes a blob only when no mailbox holds it
         "mailbox_entries": ("SELECT (message_id)",),
+        # smarthost routes per recipient domain (written only by `postroom relay`)
+        "relay_transports": ("SELECT",),
     },
     "dmarc": {
         "domains": ("SELECT",),
