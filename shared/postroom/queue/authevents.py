@@ -41,19 +41,19 @@ def listen(client: redis.Redis, prefix: str, stop: threading.Event,
     subscription is in place (announcements from then on are heard). Raises
     redis errors (and OSError) when the connection is lost.
     """
-    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub = client.pubsub()
     try:
         pubsub.subscribe(channel(prefix))
         # the subscription is confirmed by its first reply: only then is nothing missed
         while not stop.is_set():
-            reply = pubsub.get_message(ignore_subscribe_messages=False, timeout=poll)
+            reply = pubsub.get_message(timeout=poll)
             if reply is not None and reply.get("type") == "subscribe":
                 break
         if on_subscribed is not None and not stop.is_set():
             on_subscribed()
         while not stop.is_set():
             message = pubsub.get_message(timeout=poll)
-            if message is None:
+            if message is None or message.get("type") != "message":
                 continue
             data = message.get("data")
             if isinstance(data, bytes) and 0 < len(data) <= MAX_BODY_BYTES:
