@@ -114,6 +114,21 @@ def login_limits_total(m: Metrics) -> Counter:
                      "by outcome.", ["outcome"])
 
 
+def login_credentials_total(m: Metrics) -> Counter:
+    """Logins checked against the store, by credential: ``password`` (the main one),
+    ``app_password``, or ``app_password_required`` (the main password of an account with
+    two-factor login on, refused; postroom.store.apppasswords)."""
+    return m.counter("login_credentials", "Logins checked against the store, by credential "
+                     "used or refused.", ["credential"])
+
+
+def auth_cache_invalidations_total(m: Metrics) -> Counter:
+    """Login-cache invalidations: ``announced`` (one account's credentials changed) or
+    ``resubscribed`` (the whole cache emptied after the listener (re)joined Redis)."""
+    return m.counter("auth_cache_invalidations", "Login cache invalidations, by reason.",
+                     ["reason"])
+
+
 def delivery_attempts_total(m: Metrics) -> Counter:
     """Relay attempts per recipient, by what the remote end said (delivered, deferred, failed)."""
     return m.counter("delivery_attempts", "Remote delivery attempts, by result.", ["result"])

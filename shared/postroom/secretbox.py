@@ -1,4 +1,5 @@
-"""Authenticated encryption of secrets kept in the database (DKIM private keys), and its key files.
+"""Authenticated encryption of secrets kept in the database (DKIM private keys, TOTP secrets),
+and its key files.
 
 A sealed value is one line of ASCII, so it fits the Text column that used to
 hold the plaintext::
@@ -43,6 +44,8 @@ PREFIX = "enc:"
 V1 = "enc:v1:"
 # the purpose of DKIM private keys (dkim_keys.private_key_pem); bound into every seal
 DKIM_PRIVATE_KEY = "dkim_keys.private_key_pem"
+# the purpose of two-factor login secrets (users.totp_secret; postroom.store.totp)
+TOTP_SECRET = "users.totp_secret"  # noqa: S105 - a purpose label, not a secret
 
 KEY_SETTING = "POSTROOM_SECRET_KEY_FILE"
 OLD_KEYS_SETTING = "POSTROOM_SECRET_OLD_KEY_FILES"

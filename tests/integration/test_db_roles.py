@@ -286,6 +286,12 @@ FORBIDDEN = [
     *[(s, "DELETE FROM aliases") for s in roles.SERVICES],
     *[(s, "DELETE FROM alembic_version") for s in roles.SERVICES],
     *[(s, "CREATE TABLE stolen (x text)") for s in roles.SERVICES],
+    # TOTP secrets and recovery codes are the web console's (the owner's) alone; app passwords
+    # are made and revoked by the owner, the login services only note their use
+    *[(s, "SELECT totp_secret FROM users") for s in roles.SERVICES],
+    *[(s, "SELECT * FROM totp_recovery_codes") for s in roles.SERVICES],
+    *[(s, "UPDATE app_passwords SET revoked_at = NULL") for s in ("msa", "pop3", "imap")],
+    *[(s, "SELECT hash FROM app_passwords") for s in ("mta", "mda", "dmarc")],
 ]
 
 
@@ -300,6 +306,22 @@ def test_the_server_refuses(rdb, service, sql):
         engine.dispose()
     assert refused.value.orig is not None
     assert refused.value.orig.pgcode == "42501", refused.value  # insufficient_privilege
+
+
+@pytest.mark.parametrize(("service", "protocol"), [("msa", "submission"), ("pop3", "pop3"),
+                                                    ("imap", "imap")])
+def test_login_roles_log_in_with_an_app_password_and_note_its_use(rdb, service, protocol):
+    from postroom.store import apppasswords
+
+    name = f"device-{service}"
+    secret = rdb.owner.run_sync(apppasswords.create, "bob@example.test", name, None,
+                                hash_fn=cheap)
+    login = run_as(rdb, service, apppasswords.authenticate, "bob@example.test", secret,
+                   protocol=protocol, peer="192.0.2.1")
+    assert login.user is not None and login.app_password == name
+    found = {i.name: i for i in rdb.owner.run_sync(apppasswords.list_app_passwords,
+                                                   "bob@example.test")}
+    assert found[name].last_used_ip == "192.0.2.1"
 
 
 # --- keeping the roles in step with the schema

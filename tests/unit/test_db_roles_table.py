@@ -10,7 +10,9 @@ from postroom.store import roles
 from postroom.store.models import Base
 
 TABLES = Base.metadata.tables
-SECRETS = {"dkim_keys": {"private_key_pem"}, "users": {"password_hash", "scram_secrets"}}
+SECRETS = {"dkim_keys": {"private_key_pem"},
+           "users": {"password_hash", "scram_secrets", "totp_secret"},
+           "app_passwords": {"hash"}}
 
 
 def _columns(privilege: str, table: str) -> set[str]:
@@ -63,8 +65,20 @@ def test_no_service_writes_accounts_domains_aliases_or_keys():
         for table in ("domains", "aliases", "dkim_keys", "mail_rules"):
             assert all(p.startswith("SELECT") for p in grants.get(table, ())), (service, table)
         # a login rewrites an old or imported hash (and adds the SCRAM secrets it lacked)
-        assert set(grants.get("users", ())) <= {"SELECT", "UPDATE (password_hash, scram_secrets)",
-                                               roles._USERS_PUBLIC}, service
+        assert set(grants.get("users", ())) <= {*roles._USERS_LOGIN, roles._USERS_PUBLIC}, service
+
+
+def test_only_the_login_services_read_app_password_hashes_and_note_their_use():
+    assert _readers("app_passwords", "hash") == {"msa", "pop3", "imap"}
+    for service in ("msa", "pop3", "imap"):
+        assert roles.GRANTS[service]["app_passwords"] == ("SELECT",
+                                                          "UPDATE (last_used_at, last_used_ip)")
+
+
+def test_no_service_reads_totp_secrets_or_recovery_codes():
+    assert _readers("users", "totp_secret") == set()
+    assert _readers("users", "totp_last_step") == set()
+    assert "totp_recovery_codes" in roles.OWNER_ONLY
 
 
 @pytest.mark.parametrize("service", ["pop3", "imap"])

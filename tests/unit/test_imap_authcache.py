@@ -82,3 +82,26 @@ def test_nonsense_limits_are_refused() -> None:
         AuthCache(ttl=0)
     with pytest.raises(ValueError):
         AuthCache(max_entries=0)
+
+
+def test_clear_forgets_every_account() -> None:
+    cache: AuthCache[int] = AuthCache()
+    cache.put("u@example.org", "secret", 7)
+    cache.put("v@example.org", "other", 8)
+    cache.clear()
+    assert len(cache) == 0 and cache.get("v@example.org", "other") is None
+
+
+def test_an_announced_change_drops_only_that_account() -> None:
+    from postroom.auth.authcache import CacheInvalidation
+
+    first: AuthCache[int] = AuthCache()
+    second: AuthCache[int] = AuthCache()
+    for cache in (first, second):
+        cache.put("u@example.org", "secret", 7)
+        cache.put("v@example.org", "other", 8)
+    # forget() is what the listener thread calls for each announcement
+    CacheInvalidation(None, "p:", [first, second]).forget("U@Example.org")  # type: ignore[arg-type]
+    for cache in (first, second):
+        assert cache.get("u@example.org", "secret") is None
+        assert cache.get("v@example.org", "other") == 8

@@ -23,9 +23,10 @@ from postroom.auth.ratelimit import LoginLocked, LoginRateLimiter, RateLimitUnav
 from postroom.auth.sasl import ScramSecrets
 from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import get_logger
+from postroom.metrics import Metrics, login_credentials_total
 from postroom.queue import events, learning
 from postroom.queue.redisclient import RedisClient, RedisError
-from postroom.store import imap_metadata, users
+from postroom.store import apppasswords, imap_metadata, users
 from postroom.store.db import UNAVAILABLE, Database
 from postroom_imap import catenate, mailstore
 from postroom_imap.ordering import SortItem
@@ -119,8 +120,10 @@ class StoreAccounts:
                  prefix: str, limiter: LoginRateLimiter | None, listener: ChangeListener,
                  reactor: ReactorThreads, auth_cache: AuthCache[users.UserInfo] | None = None,
                  cpu_pool: ThreadPool | None = None, learn: bool = False,
-                 metadata_limits: imap_metadata.Limits | None = None) -> None:
+                 metadata_limits: imap_metadata.Limits | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.database = database
+        self.credentials = login_credentials_total(metrics) if metrics is not None else None
         # moves into and out of Junk become rspamd learning requests (the `learn` stream)
         self.learn = learn
         self.metadata_limits = metadata_limits or DEFAULT_METADATA_LIMITS
@@ -150,15 +153,24 @@ class StoreAccounts:
     async def _login(self, username: str, password: str, peer: str) -> UserStoreImpl:
         await self._allowed_to_try(username, peer)
         info = self.auth_cache.get(username, password)
+        refusal = None
         if info is None:
             try:
-                info = await self.database.run(users.authenticate, username, password)
+                # the main password, or an app password allowed for IMAP (two-factor accounts)
+                login = await self.database.run(apppasswords.authenticate, username, password,
+                                                protocol="imap", peer=peer)
             except Exception as exc:  # noqa: BLE001 -- any failure is logged and answered, never raised to the peer
                 log.warning("login lookup failed", error=str(exc))
                 raise Unavailable() from None
+            info, refusal = login.user, login.refusal
+            self._count_credential(login)
             if info is not None:
                 self.auth_cache.put(username, password, info)
-        return await self._outcome(info, username, peer)
+        return await self._outcome(info, username, peer, refusal=refusal)
+
+    def _count_credential(self, login: apppasswords.Login) -> None:
+        if self.credentials is not None and login.credential is not None:
+            self.credentials.labels(credential=login.credential).inc()
 
     async def _allowed_to_try(self, username: str, peer: str, *, wait: bool = True) -> None:
         """The shared login limits (and the pair's delay, on the reactor's clock); Redis away
@@ -174,12 +186,14 @@ class StoreAccounts:
             raise LoginDelayed() from None
 
     async def _outcome(self, info: users.UserInfo | None, username: str,
-                       peer: str) -> UserStoreImpl:
+                       peer: str, *, refusal: str | None = None) -> UserStoreImpl:
         """Count a failure (and forget cached logins) or clear the counter on success."""
         if info is None:
             self.auth_cache.invalidate(username)
             if self.limiter is not None:
                 await self.in_redis_thread(self.limiter.record_failure, peer, username)
+            if refusal == apppasswords.TWO_FACTOR_REFUSAL:
+                raise AuthFailed(apppasswords.TWO_FACTOR_REFUSAL_TEXT)
             raise AuthFailed()
         if self.limiter is not None:
             if self.limiter.needs_reset(peer, username):

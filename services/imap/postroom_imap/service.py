@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from postroom.auth.authcache import AuthCache, CacheInvalidation
 from postroom.auth.ratelimit import LoginRateLimiter
 from postroom.config import Settings
 from postroom.runtime import ServiceContext
-from postroom.store import imap_metadata
+from postroom.store import imap_metadata, users
 from postroom_imap.backend import ChangeListener, StoreAccounts
 from postroom_imap.protocol import IMAPFactory
 from postroom_imap.syntax import Limits
@@ -28,32 +29,39 @@ def limits_from_settings(settings: Settings) -> Limits:
                   spool_threshold=settings.imap_spool_threshold)
 
 
-def build_factory(ctx: ServiceContext) -> tuple[IMAPFactory, ChangeListener]:
-    """An IMAPFactory over the context's database, Redis and TLS configuration."""
+def build_factory(ctx: ServiceContext) -> tuple[IMAPFactory, ChangeListener, CacheInvalidation]:
+    """An IMAPFactory over the context's database, Redis and TLS configuration, with the
+    threads that listen for mailbox changes and for credential changes."""
     settings = ctx.settings
+    auth_cache: AuthCache[users.UserInfo] = AuthCache()
+    # revoked app passwords, changed passwords: every cached login of the account goes
+    invalidation = CacheInvalidation(ctx.redis_client, settings.redis_prefix, [auth_cache],
+                                     metrics=ctx.metrics)
     pool = ctx.thread_pool("redis", REDIS_THREADS)
     listener = ChangeListener(ctx.redis_client, settings.redis_prefix, ctx.reactor)
     accounts = StoreAccounts(
         ctx.db, ctx.redis_client, pool, prefix=settings.redis_prefix,
         limiter=LoginRateLimiter.from_settings(ctx.redis_client, settings, ctx.metrics),
-        listener=listener,
+        listener=listener, auth_cache=auth_cache,
         reactor=ctx.reactor, cpu_pool=ctx.thread_pool("cpu", CPU_THREADS),
         learn=bool(settings.rspamd_url and settings.rspamd_controller_url),
         metadata_limits=imap_metadata.Limits(max_size=settings.imap_metadata_max_size,
                                              max_entries=settings.imap_metadata_max_entries,
-                                             max_total=settings.imap_metadata_max_total))
+                                             max_total=settings.imap_metadata_max_total),
+        metrics=ctx.metrics)
     factory = IMAPFactory(
         accounts, hostname=settings.hostname, tls=ctx.tls,
         allow_plaintext_auth_on_loopback=settings.allow_plaintext_auth_on_loopback,
         clock=ctx.reactor, limits=limits_from_settings(settings),
         metrics=ctx.metrics, max_connections_per_ip=settings.max_connections_per_ip)
-    return factory, listener
+    return factory, listener, invalidation
 
 
 async def start_listening(ctx: ServiceContext) -> IMAPFactory:
     """Listen with STARTTLS on POSTROOM_IMAP_LISTEN and implicit TLS on POSTROOM_IMAP_TLS_LISTEN."""
-    factory, listener = build_factory(ctx)
+    factory, listener, invalidation = build_factory(ctx)
     listener.start()
+    invalidation.start()
     listening: Any = factory  # an IProtocolFactory (zope interfaces are invisible to mypy)
     await ctx.listen_all(ctx.settings.imap_listen, listening)
     await ctx.listen_all(ctx.settings.imap_tls_listen, listening, implicit_tls=True)
@@ -61,6 +69,7 @@ async def start_listening(ctx: ServiceContext) -> IMAPFactory:
     def stop() -> None:
         factory.close_sessions()
         listener.stop()
+        invalidation.stop()
 
     ctx.on_stop(stop)
     return factory

@@ -6,6 +6,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 
+from postroom.auth.authcache import CacheInvalidation
 from postroom.auth.ratelimit import LoginRateLimiter
 from postroom.interfaces import twisted_clock
 from postroom.net.clamd import ClamdClient
@@ -84,7 +85,7 @@ def build_policy(ctx: ServiceContext, keyring: Keyring | None = None) -> MSAPoli
                      limits=limits, submitter=submitter, redis_pool=redis_pool,
                      reactor=ctx.reactor,
                      allow_plaintext_auth_on_loopback=settings.allow_plaintext_auth_on_loopback,
-                     virus_scanner=scanner)
+                     virus_scanner=scanner, metrics=ctx.metrics)
 
 
 async def start_listening(ctx: ServiceContext) -> MSAPolicy:
@@ -92,6 +93,11 @@ async def start_listening(ctx: ServiceContext) -> MSAPolicy:
     keyring = load_keyring(ctx)
     await check_signing_keys(ctx, keyring)
     policy = build_policy(ctx, keyring)
+    # revoked app passwords, changed passwords: every cached login of the account goes
+    invalidation = CacheInvalidation(ctx.redis_client, ctx.settings.redis_prefix,
+                                     [policy.auth_cache], metrics=ctx.metrics)
+    invalidation.start()
+    ctx.on_stop(invalidation.stop)
     options = ServerOptions.from_settings(ctx.settings)
     starttls: Any = SMTPServerFactory(policy, options, tls=ctx.tls,
                                       clock=twisted_clock(ctx.reactor),

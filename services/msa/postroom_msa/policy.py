@@ -8,12 +8,16 @@ checks and SCRAM secret look-ups run in the `db` pool (scrypt is slow on purpose
 the failed-login limiter and the sending limits in the `redis` pool: never on the
 reactor. A failed SCRAM proof counts as a failed login like a wrong PLAIN password.
 
-Successful PLAIN/LOGIN checks are remembered for 60 s in an
-:class:`~postroom.auth.authcache.AuthCache`, as the IMAP service does: a
-client that logs in again with the same password skips scrypt (tens of
-milliseconds of CPU). The failed-login limiter is still asked first, and a
-failed login drops the account's entries; a password changed elsewhere is
-accepted by this process for at most the cache's lifetime (docs/msa.md).
+PLAIN/LOGIN take the main password, or an app password allowed for
+``submission`` (:func:`postroom.store.apppasswords.authenticate`); with
+two-factor login on, only app passwords (535 says so). Successful checks are
+remembered for 60 s in an :class:`~postroom.auth.authcache.AuthCache`, as the
+IMAP service does: a client that logs in again with the same password skips
+scrypt (tens of milliseconds of CPU). The failed-login limiter is still asked
+first, and a failed login drops the account's entries; a revoked app password
+or a password changed elsewhere is announced on Redis and dropped within
+milliseconds (postroom.auth.authcache.CacheInvalidation), at worst at the
+end of the cache's lifetime (docs/msa.md).
 MAIL FROM with the account's own address needs no store question and does
 not go through the `db` pool. The sending counters are read once per mail
 transaction, at MAIL, and RCPT checks against that reading (postroom_msa.limits).
@@ -37,6 +41,7 @@ from postroom.auth.sasl import (
 )
 from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import get_logger
+from postroom.metrics import Metrics, login_credentials_total
 from postroom.net.clamd import ClamdClient
 from postroom.net.peers import is_loopback
 from postroom.smtp import replies as R
@@ -44,7 +49,7 @@ from postroom.smtp.grammar import Address, MailParams, RcptParams
 from postroom.smtp.policy import BasePolicy
 from postroom.smtp.replies import Reply
 from postroom.smtp.session import Envelope, Session
-from postroom.store import users
+from postroom.store import apppasswords, users
 from postroom.store.db import Database
 from postroom_msa import lookups
 from postroom_msa import replies as M
@@ -69,8 +74,10 @@ class MSAPolicy(BasePolicy):
                  submitter: Submitter, redis_pool: ThreadPool, reactor: ReactorThreads,
                  allow_plaintext_auth_on_loopback: bool = False,
                  auth_cache: AuthCache[users.UserInfo] | None = None,
-                 virus_scanner: ClamdClient | None = None) -> None:
+                 virus_scanner: ClamdClient | None = None,
+                 metrics: Metrics | None = None) -> None:
         self.database = database
+        self.credentials = login_credentials_total(metrics) if metrics is not None else None
         # POSTROOM_MSA_VIRUS_SCAN with POSTROOM_CLAMD_ADDRESS: outgoing mail is scanned too
         self.virus_scanner = virus_scanner
         # repeated PLAIN/LOGIN logins skip scrypt for a minute (postroom.auth.authcache)
@@ -122,21 +129,32 @@ class MSAPolicy(BasePolicy):
             slog.warning("login refused", reason="too many failed logins", lock=exc.reason)
             return M.LOGIN_DELAYED
         user = None
+        refusal = None
         # an authzid naming someone else would be proxy authentication: not offered
         if isinstance(credentials, PasswordCredentials) and \
                 credentials.authzid in ("", credentials.username):
             user = self.auth_cache.get(account, credentials.password)
             if user is None:
-                user = await self.database.run(users.authenticate, account,
-                                               credentials.password)
+                # the main password, or an app password allowed for submission
+                login = await self.database.run(apppasswords.authenticate, account,
+                                                credentials.password, protocol="submission",
+                                                peer=session.peer_ip)
+                user, refusal = login.user, login.refusal
+                if self.credentials is not None and login.credential is not None:
+                    self.credentials.labels(credential=login.credential).inc()
                 if user is not None:
                     self.auth_cache.put(account, credentials.password, user)
+                    if login.app_password is not None:
+                        slog = slog.bind(app_password=login.app_password)
         elif isinstance(credentials, VerifiedCredentials) and credentials.verified and \
                 credentials.authzid in ("", credentials.username):
             user = await self.database.run(lookups.scram_login, account)
         if user is None:
             self.auth_cache.invalidate(account)
             await self._redis(self.limiter.record_failure, session.peer_ip, account)
+            if refusal == apppasswords.TWO_FACTOR_REFUSAL:
+                slog.warning("login failed", reason="app password required")
+                return M.APP_PASSWORD_REQUIRED
             slog.warning("login failed", reason="bad credentials")
             return None
         if self.limiter.needs_reset(session.peer_ip, account):

@@ -15,6 +15,10 @@ RECIPIENT_LIMIT = Reply(450, "4.7.1", "Daily recipient limit reached, try again 
 LOGIN_DELAYED = R.AUTH_TEMPORARY_FAILURE.with_text("Too many failed logins, try again later")
 # the limiter's store (Redis) is away: fail closed, without blaming the user
 AUTH_UNAVAILABLE = R.AUTH_TEMPORARY_FAILURE
+# the main password of an account with two-factor login on (postroom.store.apppasswords)
+APP_PASSWORD_REQUIRED = R.AUTH_FAILED.with_text(
+    "Application password required: two-factor login is on for this account, "
+    "create an app password in the web console")
 TRY_LATER = R.LOCAL_ERROR
 
 

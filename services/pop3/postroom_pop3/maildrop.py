@@ -27,14 +27,16 @@ from twisted.python.threadpool import ThreadPool
 from postroom.auth.ratelimit import LoginLocked, LoginRateLimiter, RateLimitUnavailable, admit
 from postroom.interfaces import ReactorThreads, defer_to_pool, global_reactor, twisted_clock
 from postroom.logs import get_logger
+from postroom.metrics import Metrics, login_credentials_total
 from postroom.queue import events, locks
 from postroom.queue.redisclient import RedisClient, RedisError
+from postroom.store import apppasswords
 from postroom.store import maildrop as store_maildrop
-from postroom.store import users
 from postroom.store.db import Database, DatabaseError, StoreSession
 from postroom.store.maildrop import Snapshot, expunge_uids, load_snapshot
 from postroom_pop3 import wire
 from postroom_pop3.policy import (
+    AppPasswordRequired,
     AuthFailed,
     DropMessage,
     LoginDelayed,
@@ -71,7 +73,8 @@ class StoreAuthority:
     def __init__(self, database: Database, redis_client: RedisClient, redis_pool: ThreadPool, *,
                  prefix: str, limiter: LoginRateLimiter | None,
                  reactor: ReactorThreads | None = None,
-                 lock_ttl: float = LOCK_TTL) -> None:
+                 lock_ttl: float = LOCK_TTL, metrics: Metrics | None = None) -> None:
+        self.credentials = login_credentials_total(metrics) if metrics is not None else None
         if reactor is None:
             reactor = global_reactor()
         self.database = database
@@ -101,14 +104,21 @@ class StoreAuthority:
             except LoginLocked:
                 raise LoginDelayed() from None
         try:
-            # scrypt runs here, in the db pool: never on the reactor thread
-            user = await self.database.run(users.authenticate, username, password)
+            # scrypt runs here, in the db pool: never on the reactor thread; the main password,
+            # or an app password allowed for POP3 (the only way in with two-factor login on)
+            login = await self.database.run(apppasswords.authenticate, username, password,
+                                            protocol="pop3", peer=peer)
         except DatabaseError as exc:
             log.error("authentication lookup failed", error=str(exc))
             raise TemporaryFailure() from None
+        if self.credentials is not None and login.credential is not None:
+            self.credentials.labels(credential=login.credential).inc()
+        user = login.user
         if user is None:
             if self.limiter is not None:
                 await self.in_redis_thread(self.limiter.record_failure, peer, username)
+            if login.refusal == apppasswords.TWO_FACTOR_REFUSAL:
+                raise AppPasswordRequired()
             raise AuthFailed()
         if self.limiter is not None:
             if self.limiter.needs_reset(peer, username):

@@ -14,6 +14,8 @@ from typing import Protocol
 
 from twisted.internet.defer import Deferred
 
+from postroom.store.apppasswords import TWO_FACTOR_REFUSAL_TEXT
+
 
 class Refusal(Exception):
     """A refusal the client is told about: ``-ERR <code> <reply>``."""
@@ -30,6 +32,12 @@ class AuthFailed(Refusal):
 
     code = "[AUTH]"
     reply = "authentication failed"
+
+
+class AppPasswordRequired(AuthFailed):
+    """The main password of an account with two-factor login on: only app passwords log in."""
+
+    reply = TWO_FACTOR_REFUSAL_TEXT
 
 
 class LoginDelayed(Refusal):

@@ -20,7 +20,7 @@ def build_factory(ctx: ServiceContext) -> POP3Factory:
     authority = StoreAuthority(
         ctx.db, ctx.redis_client, pool, prefix=settings.redis_prefix,
         limiter=LoginRateLimiter.from_settings(ctx.redis_client, settings, ctx.metrics),
-        reactor=ctx.reactor)
+        reactor=ctx.reactor, metrics=ctx.metrics)
     return POP3Factory(
         authority, hostname=settings.hostname, tls=ctx.tls,
         allow_plaintext_auth_on_loopback=settings.allow_plaintext_auth_on_loopback,

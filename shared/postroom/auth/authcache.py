@@ -27,9 +27,14 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
+from postroom.logs import get_logger
+from postroom.queue import authevents
+from postroom.queue.redisclient import RedisClient, RedisError
 from postroom.store.addresses import login_name
+
+log = get_logger("auth")
 
 T = TypeVar("T")
 
@@ -95,5 +100,69 @@ class AuthCache(Generic[T]):
             for key in [k for k in self._entries if k[0] == name]:
                 del self._entries[key]
 
+    def clear(self) -> None:
+        """Forget every entry (the invalidation listener lost and regained Redis)."""
+        with self._lock:
+            self._entries.clear()
+
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class CacheInvalidation:
+    """One thread per process: listens for credential changes and drops the account's entries
+    from every cache it serves (see the module docstring)."""
+
+    RETRY_SECONDS = 2.0
+
+    def __init__(self, client: RedisClient, prefix: str, caches: list[AuthCache[Any]], *,
+                 metrics: Any = None) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.caches = caches
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._counter = None
+        if metrics is not None:
+            from postroom.metrics import auth_cache_invalidations_total
+
+            self._counter = auth_cache_invalidations_total(metrics)
+        # set once subscribed (tests wait for it before announcing)
+        self.subscribed = threading.Event()
+
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._loop, name="auth-invalidation",
+                                        daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+    def _count(self, reason: str) -> None:
+        if self._counter is not None:
+            self._counter.labels(reason=reason).inc()
+
+    def forget(self, address: str) -> None:
+        for cache in self.caches:
+            cache.invalidate(address)
+        self._count("announced")
+        log.info("cached logins forgotten", account=address[:254])
+
+    def _subscribed(self) -> None:
+        # anything announced while we were not listening could be missed: start afresh
+        for cache in self.caches:
+            cache.clear()
+        self._count("resubscribed")
+        self.subscribed.set()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                authevents.listen(self.client, self.prefix, self._stop, self.forget,
+                                  on_subscribed=self._subscribed)
+            except (RedisError, OSError) as exc:
+                self.subscribed.clear()
+                log.warning("credential change listener lost redis", error=str(exc))
+                self._stop.wait(self.RETRY_SECONDS)

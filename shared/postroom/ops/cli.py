@@ -1,5 +1,5 @@
-"""`postroom`: the operator's command line (serve, up, db, domain, user, token, auth, alias,
-dkim, secret-key, dns, queue, dmarc, import, export, trace).
+"""`postroom`: the operator's command line (serve, up, db, domain, user, app-password, token,
+auth, alias, dkim, secret-key, dns, queue, dmarc, import, export, trace).
 
 Every command explains itself with ``--help``. Errors are one line on stderr
 and a non-zero exit status, never a traceback: 2 for bad usage or
@@ -389,6 +389,27 @@ def _strong_password(password: str, address: str) -> str:
     return password
 
 
+def _announce_credentials(address: str) -> None:
+    """Tell the running services to forget their cached logins of ``address`` (after a
+    committed change: revoked app password, new password, two-factor login, disabled)."""
+    from postroom.queue import authevents
+    from postroom.queue.redisclient import RedisError
+    from postroom.queue.streams import connect
+
+    settings = _settings()
+    if not settings.redis_url:
+        return
+    try:
+        client = connect(settings.redis_url)
+        try:
+            authevents.publish(client, settings.redis_prefix, address.lower())
+        finally:
+            client.close()
+    except (RedisError, OSError) as exc:
+        print(f"postroom: warning: the running services were not told ({exc}); their cached "
+              f"logins of {address.lower()} end within a minute", file=sys.stderr)
+
+
 def _user_arguments(p: argparse.ArgumentParser) -> None:
     usub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     q = usub.add_parser("add", help="add a user (password from stdin or prompt)")
@@ -426,6 +447,15 @@ def _user_arguments(p: argparse.ArgumentParser) -> None:
     q = usub.add_parser("list", help="list users")
     q.add_argument("domain", nargs="?", help="only this domain")
     q.add_argument("--json", action="store_true")
+    q = usub.add_parser(
+        "totp", help="show a user's two-factor login, or turn it off (--off)",
+        description="Two-factor login (TOTP) is turned on by the user in the web console; "
+        "while it is on, IMAP, POP3 and SMTP take app passwords only. Without --off: whether "
+        "it is on and how many recovery codes are left. --off turns it off for a user who "
+        "lost their phone and recovery codes (their main password works everywhere again).")
+    q.add_argument("address")
+    q.add_argument("--off", action="store_true", help="turn two-factor login off")
+    q.add_argument("--json", action="store_true")
 
 
 @command("user", _user_arguments,
@@ -447,9 +477,14 @@ def cmd_user(args: argparse.Namespace) -> int:
     elif args.action == "passwd":
         password = _strong_password(_read_password("New password: "), args.address)
         _with_db(users.set_password, args.address, password)
+        _announce_credentials(args.address)
         print(f"password of {address} changed; their web console sessions ended")
+    elif args.action == "totp":
+        return _user_totp(args.address, args.off, args.json)
     elif args.action in ("disable", "enable"):
         _with_db(users.set_user_active, args.address, args.action == "enable")
+        if args.action == "disable":
+            _announce_credentials(args.address)
         print(f"user {address} {args.action}d" +
               ("; their web console sessions ended" if args.action == "disable" else ""))
     elif args.action == "admin":
@@ -467,6 +502,7 @@ def cmd_user(args: argparse.Namespace) -> int:
         print(f"quota of {args.address.lower()} {shown}")
     elif args.action == "remove":
         _with_db(users.remove_user, args.address)
+        _announce_credentials(args.address)
         print(f"user {args.address.lower()} removed")
     else:
         rows = [_plain(r) for r in _with_db(users.list_users, args.domain)]
@@ -474,6 +510,90 @@ def cmd_user(args: argparse.Namespace) -> int:
             rows = [{**r, "admin": "yes" if r["is_admin"] else ""} for r in rows]
         _print_rows(rows, ["address", "active", "admin", "quota_bytes", "created_at"],
                     args.json)
+    return 0
+
+
+def _user_totp(address: str, off: bool, as_json: bool) -> int:
+    from postroom.store import totp
+
+    if off:
+        was = _with_db(totp.disable_totp, address)
+        _announce_credentials(address)
+        print(f"two-factor login of {address.lower()} " +
+              ("turned off: the main password works everywhere again" if was
+               else "was not on (any set-up begun was forgotten)"))
+        return 0
+    status = _with_db(totp.totp_status, address)
+    if as_json:
+        print(json.dumps(_plain(status), indent=2))
+    else:
+        state = "on" if status.enabled else ("being set up" if status.pending else "off")
+        print(f"two-factor login of {address.lower()}: {state}" +
+              (f"; {status.recovery_codes_left} recovery code(s) left" if status.enabled
+               else ""))
+    return 0
+
+
+def _app_password_arguments(p: argparse.ArgumentParser) -> None:
+    from postroom.store.apppasswords import PROTOCOLS
+
+    asub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = asub.add_parser(
+        "add", help="make an app password for a device (shown once)",
+        description="Make an app password: four groups of four letters, generated by the "
+        "server, printed once and stored hashed. Without --protocol it works for every "
+        "protocol; with it, only for those named.")
+    q.add_argument("address")
+    q.add_argument("name", help="the device it is for, e.g. 'phone' (unique per user)")
+    q.add_argument("--protocol", action="append", choices=PROTOCOLS, default=None,
+                   dest="protocols", help="allow only this protocol (repeat for several)")
+    q = asub.add_parser("list", help="list a user's app passwords (never their secrets)")
+    q.add_argument("address")
+    q.add_argument("--json", action="store_true")
+    q = asub.add_parser("revoke", help="revoke an app password (running services forget it "
+                        "at once)")
+    q.add_argument("address")
+    q.add_argument("name")
+
+
+@command("app-password", _app_password_arguments,
+         summary="per-device app passwords for IMAP, POP3, SMTP and ManageSieve",
+         description="Manage a user's app passwords: per device, optionally per protocol "
+                     "(imap, pop3, submission, managesieve). They log in like the main "
+                     "password (PLAIN/LOGIN, not SCRAM) and are the only way in for users "
+                     "with two-factor login on (docs/security.md).")
+def cmd_app_password(args: argparse.Namespace) -> int:
+    from postroom.store import apppasswords
+
+    address = args.address.lower()
+    if args.action == "add":
+        try:
+            secret = _with_db(apppasswords.create, args.address, args.name, args.protocols)
+        except ValueError as exc:
+            raise CLIError(str(exc)) from None
+        scope = ", ".join(sorted(set(args.protocols))) if args.protocols else "every protocol"
+        print(f"app password {args.name} of {address} for {scope}:")
+        print(secret)
+        print("enter it in the device now: it is stored hashed and will not be shown again")
+    elif args.action == "revoke":
+        if not _with_db(apppasswords.revoke, args.address, args.name):
+            raise CLIError(f"{address} has no app password {args.name} to revoke")
+        _announce_credentials(args.address)
+        print(f"app password {args.name} of {address} revoked")
+    else:
+        rows = []
+        for info in _with_db(apppasswords.list_app_passwords, args.address):
+            row = _plain(info)
+            if args.json:
+                row["protocols"] = list(info.protocols) if info.protocols else None
+            else:
+                row["protocols"] = ",".join(info.protocols) if info.protocols else "(all)"
+                row["state"] = "revoked" if info.revoked_at else "active"
+                row["last_used_at"] = info.last_used_at or "never"
+                row["last_used_ip"] = info.last_used_ip or ""
+            rows.append(row)
+        _print_rows(rows, ["name", "protocols", "state", "created_at", "last_used_at",
+                           "last_used_ip"], args.json)
     return 0
 
 

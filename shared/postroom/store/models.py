@@ -110,6 +110,14 @@ class User(Base):
     created_at: Mapped[datetime] = _now()
     # a global admin of the web console and REST API: every domain (migration 0013)
     is_admin: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # two-factor login for the web console (migration 0016; postroom.store.totp): the TOTP
+    # secret (a postroom.secretbox envelope under POSTROOM_SECRET_KEY_FILE) is deferred, so a
+    # login service's select(User) never reads it (its role may not: postroom.store.roles)
+    totp_secret: Mapped[str | None] = mapped_column(Text, deferred=True)
+    # on: the main password is refused by IMAP, POP3 and SMTP; only app passwords log in
+    totp_enabled: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    # the last accepted TOTP time step: a code is never accepted twice (replay)
+    totp_last_step: Mapped[int | None] = mapped_column(BigInteger, deferred=True)
 
     domain: Mapped[Domain] = relationship()
 
@@ -544,4 +552,37 @@ relay_transports = Table(
     Column("username", Text, nullable=True),
     Column("password_ref", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+# --- app passwords and two-factor login (migration 0016; postroom.store.apppasswords, .totp)
+
+APP_PASSWORD_PROTOCOLS = ("imap", "pop3", "submission", "managesieve")
+
+# per-device passwords for IMAP, POP3, submission and ManageSieve: the scrypt hash only; the
+# secret's first group (``lookup``) picks the row; protocols NULL = every protocol
+app_passwords = Table(
+    "app_passwords", Base.metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("lookup", Text, nullable=False),
+    Column("hash", Text, nullable=False),
+    Column("protocols", ARRAY(Text), nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("last_used_at", DateTime(timezone=True), nullable=True),
+    Column("last_used_ip", INET, nullable=True),
+    Column("revoked_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("user_id", "name"),
+    UniqueConstraint("user_id", "lookup"),
+    CheckConstraint("protocols IS NULL OR (cardinality(protocols) > 0 AND protocols <@ "
+                    "ARRAY['imap', 'pop3', 'submission', 'managesieve']::text[])",
+                    name="protocols"),
+)
+
+# single-use recovery codes of two-factor login: only their SHA-256 (they are random)
+totp_recovery_codes = Table(
+    "totp_recovery_codes", Base.metadata,
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
+    Column("code_sha256", Text, primary_key=True),
+    Column("used_at", DateTime(timezone=True), nullable=True),
 )

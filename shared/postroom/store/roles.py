@@ -8,8 +8,9 @@ The owner of the schema (the role `postroom db upgrade` runs as) keeps every
 right: migrations and the operator CLI use it.
 
 What matters most is what a role cannot do: only the msa reads DKIM private
-keys, only the login services (msa, pop3, imap) read password hashes and SCRAM
-secrets, the access services (pop3, imap) never write the spool, and no
+keys, only the login services (msa, pop3, imap) read password hashes, SCRAM
+secrets and app-password hashes, no service reads TOTP secrets or recovery
+codes, the access services (pop3, imap) never write the spool, and no
 service changes accounts, domains, aliases, keys or the schema. Foreign-key
 checks and ON DELETE actions run as the table owner, so a role needs no rights
 on the tables they reach. The table is checked against real PostgreSQL by
@@ -35,9 +36,14 @@ SCHEMA = "public"
 # users without the login secrets (password_hash, scram_secrets)
 _USERS_PUBLIC = "SELECT (id, domain_id, localpart, address, quota_bytes, quota_messages, active, " \
     "created_at, is_admin)"
-# what a login needs: every column, and rewriting an old or imported password hash (with the
-# SCRAM secrets an imported account lacks; users.authenticate)
-_USERS_LOGIN = ("SELECT", "UPDATE (password_hash, scram_secrets)")
+# what a login needs: its columns, and rewriting an old or imported password hash (with the
+# SCRAM secrets an imported account lacks; users.authenticate); never the TOTP secret, which
+# only the web console (the schema owner) reads
+_USERS_LOGIN = ("SELECT (id, domain_id, localpart, address, password_hash, scram_secrets, "
+                "quota_bytes, quota_messages, active, created_at, is_admin, totp_enabled)",
+                "UPDATE (password_hash, scram_secrets)")
+# a login checks app passwords and notes their last use (postroom.store.apppasswords)
+_APP_PASSWORDS_LOGIN = ("SELECT", "UPDATE (last_used_at, last_used_ip)")
 # the content-addressed blob store, without reading other people's mail
 _BLOBS_WRITE_ONLY = ("SELECT (id, sha256, size)", "INSERT")
 # delete_orphans asks whether a queued message (or a mailbox entry) still refers to a blob
@@ -49,6 +55,7 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "domains": ("SELECT",),
         "aliases": ("SELECT",),
         "users": _USERS_LOGIN,
+        "app_passwords": _APP_PASSWORDS_LOGIN,
         "dkim_keys": ("SELECT",),
         "messages": _BLOBS_WRITE_ONLY,
         "spool_messages": ("SELECT", "INSERT"),
@@ -99,6 +106,7 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     "pop3": {
         "domains": ("SELECT",),
         "users": _USERS_LOGIN,
+        "app_passwords": _APP_PASSWORDS_LOGIN,
         "mailboxes": ("SELECT", "UPDATE"),
         "mailbox_entries": ("SELECT", "DELETE"),
         "expunged_entries": ("SELECT", "INSERT", "UPDATE", "DELETE"),
@@ -108,6 +116,7 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     "imap": {
         "domains": ("SELECT",),
         "users": _USERS_LOGIN,
+        "app_passwords": _APP_PASSWORDS_LOGIN,
         "mailboxes": ("SELECT", "INSERT", "UPDATE", "DELETE"),
         "mailbox_entries": ("SELECT", "INSERT", "UPDATE", "DELETE"),
         "expunged_entries": ("SELECT", "INSERT", "UPDATE", "DELETE"),
@@ -123,7 +132,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
 SERVICES: tuple[str, ...] = tuple(GRANTS)
 # tables no service role gets: only the schema owner uses them, i.e. the operator CLI and the
 # web console and REST API, which change accounts and domains anyway (migration 0013)
-OWNER_ONLY: frozenset[str] = frozenset({"domain_managers", "api_tokens", "web_sessions"})
+OWNER_ONLY: frozenset[str] = frozenset({"domain_managers", "api_tokens", "web_sessions",
+                                        "totp_recovery_codes"})
 # every service checks the schema revision (and the compatibility window) at start-up
 COMMON: dict[str, tuple[str, ...]] = {"alembic_version": ("SELECT",),
                                       "schema_compat": ("SELECT",)}

@@ -62,13 +62,16 @@ class UserInfo:
     created_at: datetime
     # a global admin of the web console and REST API (postroom.store.webaccess)
     is_admin: bool = False
+    # two-factor login is on: the main password logs in to the web console only (with a
+    # TOTP code); the mail protocols take app passwords (postroom.store.apppasswords)
+    totp_enabled: bool = False
 
 
 def _info(row: User, domain: str) -> UserInfo:
     return UserInfo(id=row.id, address=row.address, localpart=row.localpart, domain=domain,
                     active=row.active, quota_bytes=row.quota_bytes,
                     quota_messages=row.quota_messages, created_at=row.created_at,
-                    is_admin=row.is_admin)
+                    is_admin=row.is_admin, totp_enabled=row.totp_enabled)
 
 
 def _check_password(password: str) -> None:
@@ -173,6 +176,19 @@ def _find(session: Session, address: str) -> tuple[User, str] | None:
     return (found[0], found[1]) if found else None
 
 
+def login_account(session: Session, address: str) -> tuple[User, UserInfo] | None:
+    """The row (for a login's checks and rehash) and info of the account ``address``, or None.
+
+    For :mod:`postroom.store.apppasswords`, which owns the protocol services' login check."""
+    found = _find(session, address)
+    return (found[0], _info(*found)) if found else None
+
+
+def verify_dummy(password: str) -> None:
+    """Spend what a password check costs, for a login whose account does not exist."""
+    verify_password(password, _dummy_hash())
+
+
 def get_user(session: Session, address: str) -> UserInfo | None:
     """The account with this address (any case), or None."""
     found = _find(session, address)
@@ -192,7 +208,9 @@ def set_password(session: Session, address: str, password: str, *,
                  scram_iterations: int = DEFAULT_SCRAM_ITERATIONS) -> None:
     """Replace an account's password (hash and SCRAM secrets); NotFound when there is none.
 
-    Its web console sessions end: whoever logged in with the old password is out.
+    Its web console sessions end: whoever logged in with the old password is out. The
+    caller announces the change after commit (postroom.queue.authevents) so that every
+    process forgets its cached logins of the account.
     """
     _check_password(password)
     scram_text = _scram_text(password, scram_iterations)
@@ -216,9 +234,12 @@ def set_quota(session: Session, address: str, quota_bytes: int | None) -> None:
 
 def scram_secrets_for(session: Session, address: str) -> ScramSecrets | None:
     """The SCRAM-SHA-256 secrets of the active account ``address``, or None (unknown,
-    inactive, or a password set before secrets were kept)."""
+    inactive, a password set before secrets were kept, or two-factor login on: then the
+    main password logs in nowhere but the web console, and app passwords have no SCRAM
+    secrets, docs/security.md)."""
     found = _find(session, address)
-    if found is None or not found[0].active or found[0].scram_secrets is None:
+    if found is None or not found[0].active or found[0].scram_secrets is None \
+            or found[0].totp_enabled:
         return None
     try:
         return parse_scram_secrets(found[0].scram_secrets)
@@ -308,7 +329,9 @@ def remove_user(session: Session, address: str) -> None:
 
 def authenticate(session: Session, address: str, password: str, *,
                  hash_fn: HashFn = hash_password) -> UserInfo | None:
-    """The active account when ``password`` is right, else None (unknown, inactive, wrong).
+    """The active account when its main ``password`` is right, else None (unknown, inactive,
+    wrong). The web console's first factor; the mail protocols log in through
+    :func:`postroom.store.apppasswords.authenticate` (app passwords, two-factor accounts).
 
     A hash made with old parameters (or bcrypt, or one imported from Dovecot)
     is replaced by a current one on a successful login, inside the caller's
@@ -319,13 +342,23 @@ def authenticate(session: Session, address: str, password: str, *,
         verify_password(password, _dummy_hash())
         return None
     row, domain = found
-    if not verify_password(password, row.password_hash) or not row.active:
+    if not check_main_password(row, password, hash_fn=hash_fn):
         return None
+    return _info(row, domain)
+
+
+def check_main_password(row: User, password: str, *, hash_fn: HashFn = hash_password) -> bool:
+    """True when ``password`` is the active account's main password (one hash check).
+
+    A hash made with old parameters (or an imported one) is replaced by a current
+    one inside the caller's transaction, with the SCRAM secrets it lacked."""
+    if not verify_password(password, row.password_hash) or not row.active:
+        return False
     if needs_rehash(row.password_hash):
         row.password_hash = hash_fn(password)
         if row.scram_secrets is None:
             row.scram_secrets = _scram_text(password, DEFAULT_SCRAM_ITERATIONS)
-    return _info(row, domain)
+    return True
 
 
 @dataclass(frozen=True)
