@@ -625,7 +625,8 @@ class Settings:
         "File of SRS secrets, one a line: the first signs, every line verifies (rotation; "
         "`postroom srs key generate PATH` makes one). Set: mail forwarded off our domains "
         "(aliases, redirects) gets an SRS0/SRS1 envelope sender and port 25 accepts bounces "
-        "to those addresses. Unset: forwards keep the original sender and SPF may fail them.")
+        "to those addresses. `postroom up` makes VAR_DIR/srs.keys when unset. Unset elsewhere: "
+        "forwards keep the original sender and SPF at the next hop may fail them.")
     srs_max_age: float = setting(
         parse_duration, "21d",
         "How long an SRS address we made stays valid for bounces (whole days, at most 1000d).")
