@@ -87,6 +87,8 @@ ensure_clients() {
   # the Dovecot that tests/e2e/test_import_dovecot.py moves a domain from (started by the test
   # on loopback; the package's own daemon stays stopped)
   apt_install dovecot-core dovecot-imapd dovecot-pop3d
+  # a real ManageSieve client (RFC 5804) for the managesieve service's tests
+  apt_install sieve-connect
 }
 
 ensure_scanners() {
