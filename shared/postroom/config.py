@@ -675,6 +675,17 @@ class Settings:
         _paths, "",
         "Comma-separated files of earlier keys, used only to decrypt (key rotation: "
         "`postroom dkim encrypt-keys` then re-encrypts every key with the current one).")
+    # forwarding off our domains (docs/relay.md, "Forwarding: SRS and ARC")
+    srs_key_file: str | None = setting(
+        _opt_str, "",
+        "File of SRS secrets, one a line: the first signs, every line verifies (rotation; "
+        "`postroom srs key generate PATH` makes one). Set: mail forwarded off our domains "
+        "(aliases, redirects) gets an SRS0/SRS1 envelope sender and port 25 accepts bounces "
+        "to those addresses. `postroom up` makes VAR_DIR/srs.keys when unset. Unset elsewhere: "
+        "forwards keep the original sender and SPF at the next hop may fail them.")
+    srs_max_age: float = setting(
+        parse_duration, "21d",
+        "How long an SRS address we made stays valid for bounces (whole days, at most 1000d).")
     # DNS and the outside world
     dns_servers: tuple[tuple[str, int], ...] = setting(
         _host_ports, "", "Resolver override, host[:port] list; empty means the system resolver.")

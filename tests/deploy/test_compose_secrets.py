@@ -1,5 +1,6 @@
-"""compose.yaml hands the secret key (POSTROOM_SECRET_KEY_FILE) to the msa and the operator CLI
-only, as a Docker secret; the shared .env never holds it (issue 16)."""
+"""compose.yaml hands the secret key (POSTROOM_SECRET_KEY_FILE) to the services that sign mail
+(msa; mta, mda and dmarc for the mail they write, issue 21) and the operator CLI only, as a
+Docker secret; the shared .env never holds it (issue 16)."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from tests.deploy.compose import (
 
 SECRET = "postroom_secret_key"
 # the operator's `docker compose run --rm cli dkim generate ...` seals new keys with it
-HOLDERS = {"msa", "migrate", "cli"}
+HOLDERS = {"msa", "mta", "mda", "dmarc", "migrate", "cli"}
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +35,7 @@ def test_the_secret_key_is_a_file_secret(config):
     assert config["secrets"][SECRET]["file"].endswith("/secrets/postroom_secret_key")
 
 
-def test_only_the_msa_and_the_cli_get_the_secret_key(config):
+def test_only_the_signing_services_and_the_cli_get_the_secret_key(config):
     holders = {name for name, svc in config["services"].items() if SECRET in _secret_names(svc)}
     assert holders == HOLDERS
 

@@ -122,15 +122,19 @@ def test_alias_to_several_users_makes_one_copy_each(db, accounts):
 
 
 def test_alias_to_remote_address_goes_to_outbound(db, accounts):
+    """The copy is a message of its own (postroom.outgoing.forward: SRS sender, ARC seal;
+    tests/integration/test_outgoing.py); the alias's child is settled as forwarded."""
     db.run_sync(aliases.add_alias, "fwd@example.test", "someone@remote.test")
     qid, [rid] = spool_message(db, "fwd@example.test")
     outcome = deliver(db, qid, rid)
     assert outcome.result == "forwarded"
     [envelope] = outcome.envelopes
-    assert envelope.stream == "outbound"
-    child = recipient(db, envelope.recipient_ids[0])
-    assert (child.address, child.stream, child.state, child.orcpt) == (
+    assert envelope.stream == "outbound" and envelope.queue_id != qid
+    copy = recipient(db, envelope.recipient_ids[0])
+    assert (copy.address, copy.stream, copy.state, copy.orcpt) == (
         "someone@remote.test", "outbound", "pending", "fwd@example.test")
+    [child] = [r for r in db.run_sync(spool.get_spool, qid).recipients if r.parent_id == rid]
+    assert (child.address, child.state) == ("someone@remote.test", "delivered")
 
 
 def test_catch_all_takes_unknown_localparts(db, accounts):
@@ -275,8 +279,10 @@ def test_rules_redirect_forwards_without_a_local_copy(db, accounts):
     assert outcome.result == "forwarded"
     assert entries(db, accounts["alice"].id) == []
     [envelope] = outcome.envelopes
-    child = recipient(db, envelope.recipient_ids[0])
-    assert (child.address, child.stream, child.parent_id) == ("me@else.test", "outbound", rid)
+    copy = recipient(db, envelope.recipient_ids[0])
+    assert (copy.address, copy.stream, copy.orcpt) == ("me@else.test", "outbound",
+                                                       "alice@example.test")
+    assert envelope.queue_id != qid  # a copy of its own: SRS sender, ARC seal
 
 
 def test_rules_are_not_applied_to_quarantined_mail(db, accounts):

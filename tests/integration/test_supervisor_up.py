@@ -58,6 +58,8 @@ def test_up_runs_private_infra_and_a_service_then_stops_everything():
         assert (var / "var" / "tls" / "cert.pem").exists()
         # the demo's DKIM keys are encrypted with a key made for it (docs/security.md)
         assert (var / "var" / "secret.key").stat().st_mode & 0o777 == 0o600
+        # and it forwards off its domains with SRS, from a key file made for it
+        assert (var / "var" / "srs.keys").stat().st_mode & 0o777 == 0o600
         pids = [int(p) for p in re.findall(r'"event":"private \w+ started".*?"pid":(\d+)', text)]
         assert len(pids) == 2
     finally:

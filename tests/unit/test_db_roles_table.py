@@ -49,8 +49,9 @@ def test_no_service_role_gets_an_owner_only_table():
     assert not granted & roles.OWNER_ONLY
 
 
-def test_only_the_msa_reads_dkim_private_keys():
-    assert _readers("dkim_keys", "private_key_pem") == {"msa"}
+def test_only_the_services_that_send_mail_read_dkim_private_keys():
+    # the msa signs submissions; mta, mda and dmarc sign what they write (postroom.outgoing)
+    assert _readers("dkim_keys", "private_key_pem") == {"msa", "mta", "mda", "dmarc"}
 
 
 @pytest.mark.parametrize("column", ["password_hash", "scram_secrets"])

@@ -13,6 +13,7 @@ from postroom.internalauth import warn_if_exposed
 from postroom.mailauth import dmarcreport
 from postroom.net.clamd import clamd_metrics
 from postroom.net.dns import Resolver
+from postroom.outgoing import Outgoing
 from postroom.queue.reconciler import Enqueuer
 from postroom.queue.streams import QueueClient
 from postroom.runtime import ServiceContext
@@ -81,7 +82,8 @@ def build_scheduler(ctx: ServiceContext, resolver: Resolver, pool: ThreadPool) -
     return ReportScheduler(ctx.db, enqueuer, resolver, report_config(settings),
                            dns_pool=pool, reactor=ctx.reactor,
                            org_domain_mode=settings.dmarc_org_domain,
-                           retention=settings.dmarc_results_retention)
+                           retention=settings.dmarc_results_retention,
+                           outgoing=Outgoing.from_settings(settings))
 
 
 def build_scanner(ctx: ServiceContext, pool: ThreadPool) -> IncomingScanner:

@@ -38,6 +38,7 @@ from postroom.mailauth import dmarcreport
 from postroom.mailauth.dmarcdiscovery import Discoverer, lookup
 from postroom.mailauth.dmarcrecord import DMARCRecord, is_dmarc
 from postroom.net.dns import DNSTempError, NXDomain, Resolver
+from postroom.outgoing import Outgoing, originate
 from postroom.queue.envelope import Envelope
 from postroom.queue.reconciler import Enqueuer
 from postroom.store import dmarc as dmarc_store
@@ -172,8 +173,13 @@ def report_id(domain: str, begin: datetime, end: datetime) -> str:
 
 
 def spool_report(session: StoreSession, domain: str, begin: datetime, end: datetime,
-                 targets: Targets, config: ReportConfig, now: datetime) -> Outcome:
-    """Build and spool ``domain``'s report for [begin, end) unless it exists or is being made."""
+                 targets: Targets, config: ReportConfig, now: datetime,
+                 outgoing: Outgoing | None = None) -> Outcome:
+    """Build and spool ``domain``'s report for [begin, end) unless it exists or is being made.
+
+    The report is mail we write: signed for the sender's domain and queued by
+    postroom.outgoing.originate, as every message the suite writes.
+    """
     queue_id = report_id(domain, begin, end)
     if not dmarc_store.try_lock_report(session, queue_id):
         return Outcome("busy", queue_id)
@@ -208,14 +214,11 @@ def spool_report(session: StoreSession, domain: str, begin: datetime, end: datet
         wanted = fitting
     if not wanted:
         return Outcome("too_large", queue_id)
-    spool.create_spool(session, kind="local", mail_from=config.sender,
-                       recipients=[spool.NewRecipient(t.address, "outbound", None, "NEVER")
-                                   for t in wanted],
-                       message=message, size=len(message), body="7BIT", queue_id=queue_id,
-                       enqueued_at=now)
-    info = spool.get_spool(session, queue_id)
-    return Outcome("spooled", queue_id, tuple(r.id for r in info.recipients),
-                   tuple(t.address for t in wanted))
+    made = originate(session, outgoing or Outgoing(config.receiver), message,
+                     mail_from=config.sender, rcpts=[t.address for t in wanted],
+                     from_domain=config.sender.rpartition("@")[2], now=now, notify="NEVER",
+                     queue_id=queue_id, why="dmarc report")
+    return Outcome("spooled", queue_id, made.recipient_ids, tuple(t.address for t in wanted))
 
 
 # --- the scheduler
@@ -226,7 +229,8 @@ class ReportScheduler:
 
     def __init__(self, database: Database, enqueuer: Enqueuer, resolver: Resolver,
                  config: ReportConfig, *, dns_pool: ThreadPool, reactor: ReactorThreads,
-                 org_domain_mode: str = "psl", retention: float | None = None) -> None:
+                 org_domain_mode: str = "psl", retention: float | None = None,
+                 outgoing: Outgoing | None = None) -> None:
         self.database = database
         self.enqueuer = enqueuer
         self.resolver = resolver
@@ -234,6 +238,7 @@ class ReportScheduler:
         self.dns_pool = dns_pool
         self.reactor = reactor
         self.org_domain_mode = org_domain_mode
+        self.outgoing = outgoing or Outgoing(config.receiver)
         # verdicts are kept at least two periods, so a late tick still finds its period's
         self.retention = max(retention or 0.0, 2 * config.interval + config.settle)
         self._period: datetime | None = None
@@ -303,7 +308,7 @@ class ReportScheduler:
             return Outcome("no_destination")
         try:
             outcome: Outcome = await self.database.run(spool_report, domain, begin, end, targets,
-                                                       self.config, now)
+                                                       self.config, now, self.outgoing)
         except Exception as exc:  # noqa: BLE001 - one domain's failure must not stop the others
             log.error("dmarc report not spooled", error=str(exc), **fields)
             return Outcome("retry")

@@ -15,6 +15,7 @@ described in them and done by the caller.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NotRequired, TypedDict
@@ -28,6 +29,7 @@ from postroom.mime.fulltext import (
     MessageText,
     text_or_unreadable,
 )
+from postroom.outgoing import Outgoing, forward, originate
 from postroom.queue.envelope import Envelope
 from postroom.rules import (
     HEAD_BYTES,
@@ -38,10 +40,11 @@ from postroom.rules import (
     parse_rules,
 )
 from postroom.store import delivery as deliveries
-from postroom.store import fts, spool
+from postroom.store import fts, messages, spool
 from postroom.store.addresses import normalise_address
 from postroom.store.aliases import Target, resolve_address
 from postroom.store.db import StoreSession as Session
+from postroom.store.domains import is_local_domain
 from postroom.store.errors import InvalidAddress
 from postroom.store.mailboxes import deliver_to_mailbox, usage
 from postroom.store.rules import claim_vacation_reply
@@ -62,6 +65,8 @@ class Options:
     retry_max: float = 3600.0
     hostname: str = "localhost"
     fts_max_bytes: int = DEFAULT_MAX_BYTES
+    # DKIM keys for replies, SRS and ARC for forwards (postroom.outgoing); None: none
+    outgoing: Outgoing | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Options:
@@ -69,7 +74,13 @@ class Options:
                    detail_folder=settings.deliver_to_detail_folder,
                    quota_grace=settings.quota_grace, queue_lifetime=settings.queue_lifetime,
                    retry_initial=settings.retry_initial, retry_max=settings.retry_max,
-                   hostname=settings.hostname, fts_max_bytes=settings.fts_max_bytes)
+                   hostname=settings.hostname, fts_max_bytes=settings.fts_max_bytes,
+                   outgoing=Outgoing.from_settings(settings))
+
+    @property
+    def sender(self) -> Outgoing:
+        """How we sign and forward (a bare one, unsigned and unrewritten, when not set)."""
+        return self.outgoing if self.outgoing is not None else Outgoing(self.hostname)
 
 
 # Outcome.result values
@@ -305,21 +316,30 @@ def _deliver_slow(session: Session, recipient_id: int, options: Options,
         return Outcome(recipient_id, FAILED, error=error, **base)
     if len(targets) == 1 and targets[0].user_id is not None:
         return _deliver_local(session, info, rcpt, targets[0], options, now)
-    return _expand(session, info, rcpt, targets, now)
+    return _expand(session, info, rcpt, targets, options, now)
 
 
 def _expand(session: Session, info: deliveries.LockedRecipient, rcpt: spool.RecipientInfo,
-            targets: list[Target], now: datetime) -> Outcome:
-    """One child recipient per target: local ones come back to us, remote ones go outbound."""
+            targets: list[Target], options: Options, now: datetime) -> Outcome:
+    """One child recipient per target: local ones come back to us; remote ones are settled
+    here, their copy forwarded as the alias's domain forwards it (SRS sender, ARC seal:
+    postroom.outgoing.forward), so a bounce of the copy comes back through us."""
     spool.expand_recipient(session, rcpt.id, [t.address for t in targets])
     remote_addresses = {t.address for t in targets if t.user_id is None}
     children = deliveries.children(session, rcpt.id)
-    remote = [cid for cid, address, stream in children
+    remote = [(cid, address) for cid, address, stream in children
               if stream == "deliver" and address in remote_addresses]
-    deliveries.to_outbound(session, remote, now)
     local = tuple(cid for cid, address, stream in children
                   if stream == "deliver" and address not in remote_addresses)
-    envelopes = (Envelope(info.queue_id, tuple(remote), "outbound"),) if remote else ()
+    envelopes: tuple[Envelope, ...] = ()
+    if remote:
+        made = forward(session, options.sender, messages.get_message(session, info.message_id),
+                       mail_from=info.mail_from, rcpts=[address for _cid, address in remote],
+                       forwarding_domain=_domain(rcpt.address), now=now, notify=rcpt.notify,
+                       orcpt=rcpt.orcpt or rcpt.address)
+        for cid, _address in remote:
+            spool.mark_delivered(session, cid, f"forwarded as {made.queue_id}")
+        envelopes = (made,)
     result = FORWARDED if remote and not local else EXPANDED
     return Outcome(rcpt.id, result, queue_id=info.queue_id, address=rcpt.address,
                    size=info.message_size, children=local, envelopes=envelopes)
@@ -426,10 +446,18 @@ def _act(session: Session, info: deliveries.LockedRecipient, rcpt: spool.Recipie
          now: datetime) -> list[Envelope]:
     """Redirects and the vacation reply of a rule decision; the entries to enqueue."""
     envelopes = []
+    local, remote = _split_local(session, decision.redirects)
     forwards = [deliveries.add_forward(session, rcpt, info.spool_message_id, address, now)
-                for address in decision.redirects]
+                for address in local]
     if forwards:
         envelopes.append(Envelope(info.queue_id, tuple(forwards), "outbound"))
+    if remote:
+        # off our domains: as the account's domain forwards it (SRS, ARC)
+        envelopes.append(forward(session, options.sender,
+                                 messages.get_message(session, info.message_id),
+                                 mail_from=info.mail_from, rcpts=remote,
+                                 forwarding_domain=_domain(rcpt.address), now=now,
+                                 notify=rcpt.notify, orcpt=rcpt.orcpt or rcpt.address))
     if decision.vacation is not None and facts is not None:
         account = deliveries.account_address(session, user_id)
         why_not = skip_reason(facts, account, decision.vacation)
@@ -443,13 +471,22 @@ def _act(session: Session, info: deliveries.LockedRecipient, rcpt: spool.Recipie
         else:
             message = build_reply(facts, account, decision.vacation,
                                   hostname=options.hostname, now=now)
-            envelopes.append(_spool_reply(session, message, info.mail_from, now))
+            # from the null reverse-path (RFC 3834 3.3), signed for the account's domain
+            envelopes.append(originate(session, options.sender, message, mail_from="",
+                                       rcpts=[info.mail_from], from_domain=_domain(account),
+                                       now=now, why="vacation"))
     return envelopes
 
 
-def _spool_reply(session: Session, message: bytes, to: str, now: datetime) -> Envelope:
-    """Queue an auto-reply from the null reverse-path (RFC 3834 3.3), for the relay."""
-    queue_id, ids = spool.create_spool_ids(session, kind="local", mail_from="",
-                                           recipients=[spool.NewRecipient(to, "outbound")],
-                                           message=message, size=len(message), enqueued_at=now)
-    return Envelope(queue_id, tuple(ids), "outbound")
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+def _split_local(session: Session, addresses: Sequence[str]) -> tuple[list[str], list[str]]:
+    """(addresses in our domains, the others): only the others are forwarded with SRS/ARC."""
+    local: list[str] = []
+    remote: list[str] = []
+    for address in addresses:
+        domain = _domain(address)
+        (local if not domain or is_local_domain(session, domain) else remote).append(address)
+    return local, remote

@@ -19,6 +19,7 @@ from typing import Any
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.threadpool import ThreadPool
 
+from postroom import outgoing
 from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import Logger, get_logger
 from postroom.mailauth import dkimsign
@@ -29,7 +30,7 @@ from postroom.mime.model import Limits
 from postroom.queue.envelope import MAX_RECIPIENTS
 from postroom.queue.envelope import Envelope as QueueEnvelope
 from postroom.queue.reconciler import Enqueuer
-from postroom.secretbox import DKIM_PRIVATE_KEY, Keyring, SecretError
+from postroom.secretbox import Keyring, SecretError
 from postroom.smtp.received import received_header
 from postroom.smtp.replies import Reply
 from postroom.smtp.session import Envelope, Session
@@ -131,13 +132,10 @@ def add_missing_fields(message: bytes, *, queue_id: str, hostname: str, now: dat
 def sign_all(message: bytes, keys: Sequence[lookups.SigningKey], keyring: Keyring) -> bytes:
     """The DKIM-Signature fields for ``message``, one per key (runs in the signing pool).
 
-    A stored key is decrypted once, when it first enters the keyring's cache
-    (keyed by the sealed text), and its loaded form then comes from
-    dkimsign's cache: per message this costs two dictionary look-ups.
+    The one signer of everything we send (``postroom.outgoing.sign``: bounces,
+    replies and reports are signed by it too).
     """
-    return b"".join(dkimsign.sign(message, key.domain, key.selector,
-                                  keyring.open_cached(key.private_key, DKIM_PRIVATE_KEY),
-                                  key.algorithm) for key in keys)
+    return outgoing.sign(message, keys, keyring)
 
 
 def _domain_of(address: str) -> str | None:

@@ -34,9 +34,11 @@ from postroom.config import Settings
 from postroom.interfaces import ReactorThreads, ReactorTime, global_reactor, twisted_clock
 from postroom.logs import get_logger
 from postroom.mailauth import authres
+from postroom.mailauth.srs import SRS, SRSError, is_srs
 from postroom.metrics import Metrics, messages_total
 from postroom.net.dns import Resolver
 from postroom.net.tls import ServerTLS
+from postroom.outgoing import Outgoing
 from postroom.queue.envelope import Envelope as QueueEnvelope
 from postroom.queue.reconciler import Enqueuer
 from postroom.queue.streams import QueueClient, connect
@@ -69,6 +71,8 @@ def _reply_text(reason: str) -> str:
     text = "".join(ch if " " <= ch <= "~" else "?" for ch in reason[:MAX_REASON])
     return text + ("..." if len(reason) > MAX_REASON else "")
 USER_UNKNOWN = Reply(550, "5.1.1", "Recipient address rejected: user unknown")
+# an SRS address of ours with a wrong hash, or older than POSTROOM_SRS_MAX_AGE
+SRS_INVALID = Reply(550, "5.1.1", "Recipient address rejected: invalid or expired SRS address")
 QUEUE_UNAVAILABLE = Reply(451, "4.3.0", "Queue temporarily unavailable, try again later")
 # characters that route mail onwards when they appear in a local part (RFC 5321 3.6.1, the
 # percent hack, UUCP bang paths): a local domain must never accept them from outside
@@ -134,15 +138,28 @@ def lookup_recipient(session: DBSession, local: str, domain: str,
 
 def spool_message(session: DBSession, *, queue_id: str, envelope: Envelope,
                   recipients: Sequence[str], message: bytes, peer_ip: str, helo: str | None,
-                  disposition: str) -> list[int]:
-    """Spool for `deliver` with the DSN parameters; the new recipients' ids."""
+                  disposition: str, outbound: frozenset[str] = frozenset()) -> list[int]:
+    """Spool for `deliver` with the DSN parameters; the new recipients' ids.
+
+    Addresses in ``outbound`` (original senders behind our SRS addresses: a
+    bounce on its way back) go to the relay instead, after the `deliver` ones:
+    the first ``len(deliver ids)`` ids are `deliver`'s (:func:`split_ids`).
+    """
     params = envelope.mail_params
-    rows = []
+    rows: list[tuple[str, str, str | None, str | None]] = []
+    later: list[tuple[str, str, str | None, str | None]] = []
+    seen: set[tuple[str, str]] = set()
     for recipient, address in zip(envelope.recipients, recipients, strict=True):
         orcpt = recipient.params.orcpt
         notify = recipient.params.notify
-        rows.append((address, "deliver", f"{orcpt[0]};{orcpt[1]}" if orcpt else None,
-                     ",".join(notify) if notify else None))
+        stream = "outbound" if address in outbound else "deliver"
+        if (address, stream) in seen:
+            continue  # kept once by the spool as well; the ids stay in step
+        seen.add((address, stream))
+        (later if stream == "outbound" else rows).append(
+            (address, stream, f"{orcpt[0]};{orcpt[1]}" if orcpt else None,
+             ",".join(notify) if notify else None))
+    rows += later
     _queue_id, ids = spool.create_spool_ids(
         session, kind="inbound", mail_from=str(envelope.mail_from or ""), recipients=rows,
         message=message, size=params.size, body=params.body, smtputf8=params.smtputf8,
@@ -181,7 +198,7 @@ class InboundPolicy(BasePolicy):
     def __init__(self, database: Database, enqueuer: Enqueuer, dmarc: VerdictSource, *,
                  hostname: str, delimiter: str = "+", greylist: Greylist | None = None,
                  dnsbl: DNSBL | None = None, metrics: Metrics | None = None,
-                 clock: ReactorTime | None = None) -> None:
+                 clock: ReactorTime | None = None, srs: SRS | None = None) -> None:
         self.clock: ReactorTime = global_reactor() if clock is None else clock
         self.database = database
         self.enqueuer = enqueuer
@@ -190,6 +207,7 @@ class InboundPolicy(BasePolicy):
         self.delimiter = delimiter
         self.greylist = greylist
         self.dnsbl = dnsbl
+        self.srs = srs
         self._outcomes = messages_total(metrics) if metrics is not None else None
         self._in_flight: set[Deferred[Any]] = set()
         # existing recipients seen by any session, for KNOWN_SECONDS (see _lookup)
@@ -220,6 +238,18 @@ class InboundPolicy(BasePolicy):
             self._count("rejected_relay")
             return RELAY_DENIED
         status, address = await self._lookup(session, local, domain)
+        if status == "unknown" and self.srs is not None and is_srs(f"{local}@{domain}"):
+            # a bounce to an address we rewrote when forwarding: back to the original sender
+            try:
+                original = self.srs.reverse(f"{local}@{domain}")
+            except SRSError as exc:
+                _log.info("inbound recipient refused", reason=f"srs: {exc}", **fields)
+                self._count("rejected_srs")
+                return SRS_INVALID
+            session.extra.setdefault("recipients", {})[path] = original
+            session.extra.setdefault("srs_reversed", set()).add(original)
+            _log.info("srs address reversed", to=original, **fields)
+            return R.RECIPIENT_OK.with_text(f"<{local}@{domain}> Recipient OK")
         if status == "relay" and path.domain:
             _log.warning("inbound recipient refused", reason="relay: not a local domain",
                          **fields)
@@ -345,6 +375,10 @@ class InboundPolicy(BasePolicy):
                                          frozenset(name.lower().encode("ascii")
                                                    for name, _ in verdict.headers)))
         disposition = verdict.disposition
+        reversed_srs: frozenset[str] = frozenset(session.extra.pop("srs_reversed", ()))
+        if reversed_srs:
+            return await self._spool_with_srs(session, envelope, recipients, stored, queue_id,
+                                              disposition, reversed_srs, fields)
 
         def envelope_of(ids: list[int]) -> QueueEnvelope:
             return QueueEnvelope(queue_id=queue_id, recipient_ids=tuple(ids), stream="deliver",
@@ -359,6 +393,25 @@ class InboundPolicy(BasePolicy):
         self.enqueuer.enqueued_in_thread(envelope_of(ids), outcome)
         self._count("accepted")
         _log.info("inbound message accepted", **fields)
+        return R.MESSAGE_ACCEPTED.with_text(f"Ok: queued as {queue_id}")
+
+    async def _spool_with_srs(self, session: Session, envelope: Envelope, recipients: list[str],
+                              stored: bytes, queue_id: str, disposition: str,
+                              reversed_srs: frozenset[str], fields: dict[str, Any]) -> Reply:
+        """Spool a message some of whose recipients are original senders behind our SRS
+        addresses (bounces of forwarded mail): those go to the relay, the rest to the mda."""
+        ids = await self.database.run(
+            spool_message, queue_id=queue_id, envelope=envelope, recipients=recipients,
+            message=stored, peer_ip=session.peer_ip, helo=session.helo,
+            disposition=disposition, outbound=reversed_srs)
+        local = len({a for a in recipients if a not in reversed_srs})
+        for stream, part in (("deliver", ids[:local]), ("outbound", ids[local:])):
+            if part:
+                await self.enqueuer.after_commit(QueueEnvelope(
+                    queue_id=queue_id, recipient_ids=tuple(part), stream=stream,
+                    disposition=disposition))
+        self._count("accepted")
+        _log.info("inbound message accepted", srs_reversed=len(ids) - local, **fields)
         return R.MESSAGE_ACCEPTED.with_text(f"Ok: queued as {queue_id}")
 
     def _count(self, outcome: str) -> None:
@@ -389,7 +442,7 @@ def build_policy(settings: Settings, database: Database, queue: QueueClient, *,
         dmarc or DMARCClient(settings.dmarc_url, settings.mta_dmarc_timeout, reactor=reactor,
                              token=settings.internal_token),
         hostname=settings.hostname, delimiter=settings.recipient_delimiter, greylist=greylist,
-        dnsbl=dnsbl, metrics=metrics, clock=reactor)
+        dnsbl=dnsbl, metrics=metrics, clock=reactor, srs=Outgoing.from_settings(settings).srs)
 
 
 def build_factory(settings: Settings, policy: InboundPolicy, *,

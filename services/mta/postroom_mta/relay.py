@@ -53,6 +53,7 @@ from postroom.metrics import (
 from postroom.net.destinations import DestinationPolicy
 from postroom.net.dns import Resolver
 from postroom.net.nexthop import Route
+from postroom.outgoing import Outgoing
 from postroom.queue.consumer import QueueEntry
 from postroom.queue.reconciler import enqueue_after_commit
 from postroom.queue.redisclient import RedisError
@@ -145,7 +146,9 @@ class RelayOptions:
     def from_settings(cls, settings: Settings, **overrides: Any) -> RelayOptions:
         policy = Policy(hostname=settings.hostname, retry_initial=settings.retry_initial,
                         retry_max=settings.retry_max, queue_lifetime=settings.queue_lifetime,
-                        delay_notice=overrides.pop("delay_notice", DELAY_NOTICE))
+                        delay_notice=overrides.pop("delay_notice", DELAY_NOTICE),
+                        outgoing=(overrides.pop("outgoing", None)
+                                  or Outgoing.from_settings(settings)))
         fields: dict[str, Any] = {
             "port": settings.smtp_outbound_port, "bind_address": settings.smtp_bind_address,
             "max_sessions": settings.relay_max_sessions,

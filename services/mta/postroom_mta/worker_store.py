@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from postroom.logs import get_logger
+from postroom.outgoing import Outgoing, bounce_recipient, originate
 from postroom.queue.envelope import Envelope
 from postroom.store import domains, messages, spool, spool_work
 from postroom.store.db import StoreSession
@@ -41,6 +42,8 @@ class Policy:
     queue_lifetime: float
     delay_notice: float | None = None  # seconds after arrival; None: no delay DSNs
     full_limit: int = bounce.DEFAULT_FULL_LIMIT
+    # DKIM keys and SRS for the DSNs we write (postroom.outgoing); None: a bare one
+    outgoing: Outgoing | None = None
 
 
 @dataclass(frozen=True)
@@ -262,14 +265,17 @@ def _spool_dsn(session: StoreSession, info: spool.SpoolInfo,
                                received_at=info.received_at, envid=info.envid, ret=info.ret)
     dsn = bounce.build_dsn(original, recipients, hostname=policy.hostname, now=now,
                            full_limit=policy.full_limit)
-    domain = domain_of(info.mail_from)
+    outgoing = policy.outgoing or Outgoing(policy.hostname)
+    # a forward's sender is our SRS address: the bounce goes to the original sender
+    to = bounce_recipient(outgoing, info.mail_from)
+    domain = domain_of(to)
     stream = "deliver" if not domain or domains.is_local_domain(session, domain) else "outbound"
-    dsn_id = spool.create_spool(session, kind="bounce", mail_from="",
-                                recipients=[spool.NewRecipient(info.mail_from, stream)],
-                                message=dsn, size=len(dsn), body="8BITMIME"
-                                if not dsn.isascii() else "7BIT", enqueued_at=now)
-    made = spool.get_spool(session, dsn_id)
-    log.info("bounce queued", queue_id=info.queue_id, bounce_queue_id=dsn_id,
-             action=recipients[0].action, to=info.mail_from, stream=stream,
+    # signed for MAILER-DAEMON@<hostname> (the nearest domain with keys), null reverse-path
+    made = originate(session, outgoing, dsn, mail_from="", rcpts=[to],
+                     from_domain=policy.hostname, now=now, kind="bounce", why="dsn",
+                     stream=stream)
+    log.info("bounce queued", queue_id=info.queue_id, bounce_queue_id=made.queue_id,
+             action=recipients[0].action, to=to, stream=stream,
+             srs_sender=info.mail_from if to != info.mail_from else None,
              recipients=[r.address for r in recipients])
-    return Envelope(dsn_id, tuple(r.id for r in made.recipients), stream)
+    return made

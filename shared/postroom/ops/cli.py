@@ -1,5 +1,5 @@
 """`postroom`: the operator's command line (serve, up, db, domain, user, token, auth, alias,
-dkim, secret-key, dns, queue, dmarc, import, export, trace).
+dkim, secret-key, srs, dns, queue, dmarc, doctor, import, export, trace).
 
 Every command explains itself with ``--help``. Errors are one line on stderr
 and a non-zero exit status, never a traceback: 2 for bad usage or
@@ -974,6 +974,49 @@ def cmd_secret_key(args: argparse.Namespace) -> int:
             raise CLIError(f"cannot write {args.path}: {exc.strerror}") from None
         print(f"secret key {secretbox.key_id(key)} written to {args.path} (mode 0600); "
               f"point POSTROOM_SECRET_KEY_FILE at it", file=sys.stderr)
+    return 0
+
+
+def _srs_arguments(p: argparse.ArgumentParser) -> None:
+    ssub = p.add_subparsers(dest="what", metavar="WHAT", required=True)
+    key = ssub.add_parser("key", help="SRS secrets")
+    ksub = key.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = ksub.add_parser("generate", help="write a new SRS key file")
+    q.add_argument("path", metavar="PATH")
+    q.add_argument("--keep", metavar="OLD_FILE",
+                   help="append the keys of this file after the new one: they keep verifying "
+                        "addresses made before the rotation")
+
+
+@command("srs", _srs_arguments,
+         summary="make the secrets of the Sender Rewriting Scheme",
+         description=("`srs key generate PATH` writes a new random SRS secret to PATH (mode "
+                      "0600, never over an existing file) for POSTROOM_SRS_KEY_FILE; with "
+                      "--keep OLD the old file's secrets follow it, so SRS addresses made "
+                      "before the rotation stay valid (docs/operations.md). PATH '-' prints "
+                      "the new secret."))
+def cmd_srs(args: argparse.Namespace) -> int:
+    from postroom.mailauth import srs
+
+    old: tuple[bytes, ...] = ()
+    if args.keep:
+        try:
+            old = srs.load_keys(args.keep)
+        except (OSError, ValueError) as exc:
+            raise CLIError(f"cannot read {args.keep}: {exc}") from None
+    if args.path == "-":
+        sys.stdout.buffer.write(srs.new_key() + b"\n")
+        sys.stdout.flush()
+        return 0
+    try:
+        srs.write_key_file(args.path, old)
+    except FileExistsError:
+        raise CLIError(f"{args.path} exists; write the new key file elsewhere and point "
+                       "POSTROOM_SRS_KEY_FILE at it") from None
+    except OSError as exc:
+        raise CLIError(f"cannot write {args.path}: {exc.strerror}") from None
+    print(f"SRS key written to {args.path} (mode 0600, {len(old) + 1} key(s)); point "
+          "POSTROOM_SRS_KEY_FILE at it and restart the mta and mda", file=sys.stderr)
     return 0
 
 

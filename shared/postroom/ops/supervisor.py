@@ -269,6 +269,19 @@ def _ensure_secret_key(settings: Settings, var: Path) -> dict[str, str]:
     return {PREFIX + "SECRET_KEY_FILE": str(path)}
 
 
+def _ensure_srs_key(settings: Settings, var: Path) -> dict[str, str]:
+    """VAR_DIR/srs.keys (made once, mode 0600) when POSTROOM_SRS_KEY_FILE is unset, so the
+    demo forwards off its domains with SRS as a production set-up would (docs/relay.md)."""
+    if settings.srs_key_file:
+        return {}
+    from postroom.mailauth.srs import write_key_file
+
+    path = var / "srs.keys"
+    if not path.exists():
+        write_key_file(str(path))
+    return {PREFIX + "SRS_KEY_FILE": str(path)}
+
+
 # ANSI colours for the service prefixes (cyan, green, yellow, magenta, blue, red)
 _COLOURS = ("36", "32", "33", "35", "34", "31")
 # keys every log line has; the human rendering shows them in its own way
@@ -393,6 +406,7 @@ def main(args: argparse.Namespace, *, reactor: Reactor | None = None,
                 overrides[PREFIX + "REDIS_URL"] = infra.start_redis()
             overrides.update(_ensure_tls(settings, var))
             overrides.update(_ensure_secret_key(settings, var))
+            overrides.update(_ensure_srs_key(settings, var))
             overrides.update(_listen_overrides(settings, getattr(args, "host", None), environ))
             from postroom.store import migrate
 

@@ -7,8 +7,10 @@ and point that service's POSTROOM_DATABASE_URL at it (docs/operations.md).
 The owner of the schema (the role `postroom db upgrade` runs as) keeps every
 right: migrations and the operator CLI use it.
 
-What matters most is what a role cannot do: only the msa reads DKIM private
-keys, only the login services (msa, pop3, imap) read password hashes and SCRAM
+What matters most is what a role cannot do: only the services that send mail
+read DKIM private keys (the msa signs submissions; the mta, mda and dmarc sign
+the bounces, replies and reports they write, and the mda ARC-seals forwards:
+postroom.outgoing), only the login services (msa, pop3, imap) read password hashes and SCRAM
 secrets, the access services (pop3, imap) never write the spool, and no
 service changes accounts, domains, aliases, keys or the schema. Foreign-key
 checks and ON DELETE actions run as the table owner, so a role needs no rights
@@ -56,6 +58,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "mta": {
         "domains": ("SELECT",),
+        # DSN bounces and delay notices are signed (postroom.outgoing)
+        "dkim_keys": ("SELECT",),
         "aliases": ("SELECT",),
         "users": (_USERS_PUBLIC,),
         "messages": ("SELECT", "INSERT", "DELETE"),
@@ -69,6 +73,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "dmarc": {
         "domains": ("SELECT",),
+        # aggregate reports are signed (postroom.outgoing)
+        "dkim_keys": ("SELECT",),
         "users": (_USERS_PUBLIC,),
         "dmarc_results": ("SELECT", "INSERT", "DELETE"),
         "dmarc_incoming_reports": ("SELECT", "INSERT"),
@@ -84,6 +90,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "mda": {
         "domains": ("SELECT",),
+        # vacation replies are signed, forwards ARC-sealed (postroom.outgoing)
+        "dkim_keys": ("SELECT",),
         "aliases": ("SELECT",),
         "users": (_USERS_PUBLIC,),
         "mail_rules": ("SELECT",),
