@@ -155,17 +155,18 @@ def _deliver(session, address: str, raw: bytes) -> None:
                                  message_id=message_id, spool_recipient_id=None)
 
 
-def _report_mail(domain: str = "example.org") -> bytes:
+def _report_mail(domain: str = "example.org", begin: datetime = DAY,
+                 end: datetime = NEXT_DAY) -> bytes:
     report = tlsrpt.build_report(
         org_name="Big Sender", contact="tls@big.test", report_id="2026-03-01T00:00:00Z_x",
-        policy_domain=domain, begin=DAY, end=NEXT_DAY,
+        policy_domain=domain, begin=begin, end=end,
         rows=[tlsrpt.ResultRow("sts", STS, "mx.example.org", "203.0.113.9", "192.0.2.25",
                                None, count=120),
               tlsrpt.ResultRow("sts", STS, "mx.example.org", "203.0.113.9", "192.0.2.25",
                                "certificate-expired", None, count=4)])
     return tlsrpt.build_message(report, domain, submitter="big.test",
                                 sender="tlsrpt@big.test", recipients=["reports@example.org"],
-                                message_id="<r1@big.test>", now=NEXT_DAY)
+                                message_id="<r1@big.test>", now=end)
 
 
 @pytest.fixture
