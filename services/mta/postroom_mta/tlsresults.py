@@ -35,11 +35,9 @@ _NOT_TLS = ("connect", "greeting", "route", "helo")
 
 def classify(result: DeliveryResult, policy_type: str) -> tuple[str | None, str | None] | None:
     """(result type or None for success, detail) of one attempt; None when not a TLS session."""
-    if result.tls is not None:
-        return None, None
     first = result.recipients[0] if result.recipients else None
     if first is None:
-        return None
+        return None if result.tls is None else (None, None)
     text = first.text
     lowered = text.lower()
     if first.enhanced == TLS_REQUIRED.enhanced and first.code == TLS_REQUIRED.code:
@@ -58,6 +56,9 @@ def classify(result: DeliveryResult, policy_type: str) -> tuple[str | None, str 
                 or "self-signed" in lowered:
             return "certificate-not-trusted", text[:300]
         return "validation-failure", text[:300]
+    # (a handshake that failed verification may still show a cipher: the reply decides first)
+    if result.tls is not None:
+        return None, None
     if first.stage in _NOT_TLS and not first.remote:
         return None  # never got as far as the EHLO answer: no TLS question asked
     if first.stage == "ehlo" and first.remote:
