@@ -13,17 +13,13 @@ from postroom_mta.mtasts import PolicyFinder
 from postroom_mta.routing import TLSSecurity, deliver_to_domain
 from postroom_mta.smtpclient import DeliveryResult, Outcome
 from postroom_mta.tlsresults import TLSResultRecorder
-from tests.integration.test_mtasts import (  # noqa: F401 - fixtures
-    LOOPBACK,
-    MESSAGE,
-    dns_pool,
-    pki,
-    policy_site,
-    publish,
-    tls_mx,
-)
+from tests.integration import test_mtasts as sts
 from tests.integration.test_smtpclient import FAST, RunningServer, ServerConfig
 from tests.support.redisdb import in_reactor
+
+LOOPBACK, MESSAGE, publish = sts.LOOPBACK, sts.MESSAGE, sts.publish
+# the MTA-STS tests' fixtures: the PKI, the policy site, the DNS pool and a TLS MX
+pki, policy_site, dns_pool, tls_mx = sts.pki, sts.policy_site, sts.dns_pool, sts.tls_mx
 
 
 def _send(dns_server: Any, pool: Any, smtp_port: int, recorder: TLSResultRecorder,

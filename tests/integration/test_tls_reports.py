@@ -17,8 +17,8 @@ from postroom.mailauth import tlsrpt
 from postroom.outgoing import Outgoing
 from postroom.queue.envelope import decode
 from postroom.queue.reconciler import Enqueuer
-from postroom.store import domains, mailboxes, messages, spool, tlsreports, users
 from postroom.store import dmarc as dmarc_store
+from postroom.store import domains, mailboxes, messages, spool, tlsreports, users
 from postroom.store.tlsreports import TLSResult
 from postroom_dmarc.incoming import IncomingScanner
 from postroom_dmarc.tlsreports import TLSReportConfig, TLSReportScheduler, report_id

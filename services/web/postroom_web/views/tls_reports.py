@@ -6,7 +6,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from postroom.store import domains, tlsreports
-from postroom_web.api.tls import diagnose
+from postroom_web.api.tls_reports import diagnose
 from postroom_web.framework import Access, Ctx, page
 
 DAYS = 30
