@@ -87,6 +87,13 @@ def messages_total(m: Metrics) -> Counter:
     return m.counter("messages", "Messages handled, by outcome.", ["outcome"])
 
 
+def outgoing_total(m: Metrics) -> Counter:
+    """Messages we wrote (``kind`` dsn, vacation, dmarc_report...: ``result`` signed,
+    unsigned, sign_failed) or forwarded (``kind`` forward: ``result`` sealed, unsealed)."""
+    return m.counter("outgoing", "Messages we wrote or forwarded, by kind and result.",
+                     ["kind", "result"])
+
+
 def errors_total(m: Metrics) -> Counter:
     """Errors by kind (protocol, database, redis, internal...)."""
     return m.counter("errors", "Errors, by kind.", ["kind"])

@@ -41,6 +41,7 @@ from postroom.config import Settings
 from postroom.logs import get_logger
 from postroom.mailauth import dkimsign
 from postroom.mailauth.srs import SRS, SRSError, is_srs, load_keys
+from postroom.metrics import Metrics, outgoing_total
 from postroom.queue.envelope import Envelope
 from postroom.secretbox import DKIM_PRIVATE_KEY, Keyring, SecretError
 from postroom.store import dkim as dkim_store
@@ -64,15 +65,23 @@ class Outgoing:
     hostname: str
     keyring: Keyring = field(default_factory=Keyring)
     srs: SRS | None = None
+    # postroom_outgoing_total{kind, result} of the service (None: not counted)
+    counter: Any = field(default=None, compare=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Outgoing:
+    def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> Outgoing:
         keyring = Keyring.from_files(settings.secret_key_file, settings.secret_old_key_files)
         rewriter = None
         if settings.srs_key_file:
             days = max(1, min(1000, int(settings.srs_max_age // _DAY)))
             rewriter = SRS(load_keys(settings.srs_key_file), max_age_days=days)
-        return cls(settings.hostname, keyring, rewriter)
+        counter = outgoing_total(metrics) if metrics is not None else None
+        return cls(settings.hostname, keyring, rewriter, counter)
+
+    def count(self, kind: str, result: str) -> None:
+        """One message written or forwarded (thread-safe: called in the `db` thread)."""
+        if self.counter is not None:
+            self.counter.labels(kind=kind.replace(" ", "_"), result=result).inc()
 
 
 # --- DKIM for what we write
@@ -102,16 +111,16 @@ def sign(message: bytes, keys: Sequence[SigningKey], keyring: Keyring) -> bytes:
 
 
 def _signed(message: bytes, keys: Sequence[SigningKey], keyring: Keyring,
-            fields: dict[str, Any]) -> bytes:
+            fields: dict[str, Any]) -> tuple[bytes, str]:
     if not keys:
         log.warning("originated message not signed", reason="no active DKIM key", **fields)
-        return message
+        return message, "unsigned"
     try:
-        return sign(message, keys, keyring) + message
+        return sign(message, keys, keyring) + message, "signed"
     except (SecretError, dkimsign.DKIMSignError) as exc:
         log.error("originated message not signed", reason="dkim signing failed",
                   error=str(exc), selectors=[k.selector for k in keys], **fields)
-        return message
+        return message, "sign_failed"
 
 
 def originate(session: StoreSession, outgoing: Outgoing, message: bytes, *, mail_from: str,
@@ -131,7 +140,7 @@ def originate(session: StoreSession, outgoing: Outgoing, message: bytes, *, mail
     """
     fields: dict[str, Any] = {"what": why, "from_domain": from_domain}
     keys = signing_keys(session, from_domain)
-    signed = _signed(message, keys, outgoing.keyring, fields)
+    signed, result = _signed(message, keys, outgoing.keyring, fields)
     made, ids = spool.create_spool_ids(
         session, kind=kind, mail_from=mail_from,
         recipients=[spool.NewRecipient(r, stream, None, notify) for r in rcpts],
@@ -140,6 +149,7 @@ def originate(session: StoreSession, outgoing: Outgoing, message: bytes, *, mail
     log.info("originated message queued", queue_id=made, to=list(rcpts)[:10],
              mail_from=mail_from, dkim=[f"{k.domain}/{k.selector}" for k in keys] or None,
              **fields)
+    outgoing.count(why, result)
     return Envelope(made, tuple(ids), stream)
 
 
@@ -217,6 +227,7 @@ def forward(session: StoreSession, outgoing: Outgoing, message: bytes, *, mail_f
     log.info("forward queued", queue_id=made, to=list(rcpts)[:10], mail_from=sender,
              original_sender=mail_from if sender != mail_from else None,
              domain=forwarding_domain, arc=sealed is not message)
+    outgoing.count("forward", "unsealed" if sealed is message else "sealed")
     return Envelope(made, tuple(ids), "outbound")
 
 

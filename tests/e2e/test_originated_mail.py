@@ -119,6 +119,16 @@ def wait_for(instance: Instance, user: str, predicate: Any, timeout: float = 60.
         time.sleep(0.3)
 
 
+def counted(instance: Instance, service: str, **labels: str) -> float:
+    """postroom_outgoing_total{labels} on ``service``'s /metrics (0 when absent)."""
+    _status, body = instance.processes[service].get("/metrics")
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in body.decode().splitlines():
+        if line.startswith(f"postroom_outgoing_total{{{wanted}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
 def dns_txt(*instances: Instance) -> Any:
     """A dkimpy ``dnsfunc`` answering from the instances' published records."""
     zone: dict[str, Any] = {}
@@ -154,6 +164,7 @@ def test_a_forward_by_alias_passes_spf_with_srs_dmarc_and_carries_a_valid_arc_se
     # what one.test saw (dkim and dmarc pass for two.test) travels in the seal
     aar = parse(raw)["ARC-Authentication-Results"]
     assert pair.one.hostname in aar and "dmarc=pass" in aar
+    assert counted(pair.one, "mda", kind="forward", result="sealed") >= 1
 
 
 def test_a_bounce_of_a_forward_reaches_the_original_sender_signed_by_the_forwarder(
@@ -178,6 +189,7 @@ def test_a_bounce_of_a_forward_reaches_the_original_sender_signed_by_the_forward
         " ON m.id = r.spool_message_id WHERE m.kind = 'bounce'"
         " AND r.address = :carol", carol=carol)]
     assert to == carol
+    assert counted(pair.one, "mta", kind="dsn", result="signed") >= 1
 
 
 def test_a_vacation_reply_arrives_signed_for_the_account_domain(pair: Pair) -> None:

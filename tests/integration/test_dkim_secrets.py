@@ -328,3 +328,21 @@ def test_a_key_the_msa_cannot_decrypt_added_after_start_defers_with_451(
         assert b'postroom_errors_total{kind="dkim_key"} 1.0' in metrics
     finally:
         process.close()
+
+
+def test_srs_key_generate_writes_a_private_file_once_and_keeps_old_keys_on_rotation(
+        own_db, tmp_path):
+    from postroom.mailauth import srs
+
+    first = tmp_path / "srs.keys"
+    cli(own_db, "srs", "key", "generate", str(first))
+    assert stat.S_IMODE(os.stat(first).st_mode) == 0o600
+    [old] = srs.load_keys(str(first))
+    line = one_line_error(cli(own_db, "srs", "key", "generate", str(first), ok=False))
+    assert "exists" in line and srs.load_keys(str(first)) == (old,)
+    rotated = tmp_path / "srs-new.keys"
+    done = cli(own_db, "srs", "key", "generate", str(rotated), "--keep", str(first))
+    new, kept = srs.load_keys(str(rotated))
+    assert kept == old and new != old and "2 key(s)" in done.stderr
+    printed = cli(own_db, "srs", "key", "generate", "-").stdout.strip()
+    assert printed and printed.encode() not in (old, new)

@@ -84,7 +84,7 @@ def build_scheduler(ctx: ServiceContext, resolver: Resolver, pool: ThreadPool) -
                            dns_pool=pool, reactor=ctx.reactor,
                            org_domain_mode=settings.dmarc_org_domain,
                            retention=settings.dmarc_results_retention,
-                           outgoing=Outgoing.from_settings(settings))
+                           outgoing=Outgoing.from_settings(settings, ctx.metrics))
 
 
 def build_tls_scheduler(ctx: ServiceContext, resolver: Resolver,

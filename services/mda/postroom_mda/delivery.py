@@ -22,6 +22,7 @@ from typing import Any, NotRequired, TypedDict
 
 from postroom.config import Settings
 from postroom.logs import get_logger
+from postroom.metrics import Metrics
 from postroom.mime import analyze, metadata_dict, metadata_json
 from postroom.mime.fulltext import (
     DEFAULT_MAX_BYTES,
@@ -69,13 +70,13 @@ class Options:
     outgoing: Outgoing | None = None
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Options:
+    def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> Options:
         return cls(delimiter=settings.recipient_delimiter,
                    detail_folder=settings.deliver_to_detail_folder,
                    quota_grace=settings.quota_grace, queue_lifetime=settings.queue_lifetime,
                    retry_initial=settings.retry_initial, retry_max=settings.retry_max,
                    hostname=settings.hostname, fts_max_bytes=settings.fts_max_bytes,
-                   outgoing=Outgoing.from_settings(settings))
+                   outgoing=Outgoing.from_settings(settings, metrics))
 
     @property
     def sender(self) -> Outgoing:

@@ -23,7 +23,7 @@ def start(ctx: ServiceContext) -> Deferred[Any] | None:
     assert settings.redis_url is not None
     client = connect(settings.redis_url)
     queue = QueueClient(client, settings.redis_prefix)
-    deliverer = Deliverer(ctx.db, queue, Options.from_settings(settings),
+    deliverer = Deliverer(ctx.db, queue, Options.from_settings(settings, ctx.metrics),
                           pool=ctx.thread_pool("redis", 2), reactor=ctx.reactor, log=ctx.log,
                           metrics=ctx.metrics)
     worker = start_stream_worker(ctx, client, queue, stream=STREAM, group=GROUP,

@@ -15,6 +15,7 @@ from twisted.internet.defer import Deferred
 
 from postroom.config import ConfigError
 from postroom.net.dns import Resolver
+from postroom.outgoing import Outgoing
 from postroom.queue.retention import SpoolPurger
 from postroom.queue.streams import QueueClient, connect
 from postroom.queue.worker import start_stream_worker
@@ -37,7 +38,8 @@ def start_relay(ctx: ServiceContext, options: RelayOptions | None = None) -> Rel
     """Consume `outbound`, reconcile the spool and sweep bounces; SIGTERM hands work back."""
     settings = ctx.settings
     assert settings.redis_url is not None
-    options = options or RelayOptions.from_settings(settings)
+    options = options or RelayOptions.from_settings(
+        settings, outgoing=Outgoing.from_settings(settings, ctx.metrics))
     client = connect(settings.redis_url)
     queue = QueueClient(client, settings.redis_prefix)
     if options.mta_sts and options.sts_store is None:

@@ -1,4 +1,5 @@
-"""DKIM signing (RFC 6376, RSA-2048 and ed25519 per RFC 8463) and key generation, for the MSA.
+"""DKIM signing (RFC 6376, RSA-2048 and ed25519 per RFC 8463) and key generation: the msa's
+signer, and through postroom.outgoing that of every message the suite writes.
 
 Signatures are relaxed/relaxed, cover the header fields RFC 6376 section
 5.4.1 recommends that are present, and "oversign" the fields a recipient
