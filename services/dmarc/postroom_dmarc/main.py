@@ -97,7 +97,8 @@ def build_tls_scheduler(ctx: ServiceContext, resolver: Resolver,
     config = TLSReportConfig(submitter=settings.hostname, org_name=dmarc.org_name,
                              sender=dmarc.sender, contact=dmarc.sender)
     return TLSReportScheduler(ctx.db, enqueuer, resolver, config, dns_pool=pool,
-                              reactor=ctx.reactor, outgoing=Outgoing.from_settings(settings))
+                              reactor=ctx.reactor,
+                              outgoing=Outgoing.from_settings(settings, ctx.metrics))
 
 
 def build_scanner(ctx: ServiceContext, pool: ThreadPool) -> IncomingScanner:
