@@ -89,13 +89,15 @@ def build_scheduler(ctx: ServiceContext, resolver: Resolver, pool: ThreadPool) -
 
 def build_tls_scheduler(ctx: ServiceContext, resolver: Resolver,
                         pool: ThreadPool) -> TLSReportScheduler:
-    """The daily TLS report (RFC 8460) sender, from the same identity as the DMARC reports."""
+    """The TLS report (RFC 8460) sender: the DMARC reports' identity and period (a UTC day by
+    default, as RFC 8460 asks; shorter only for tests)."""
     settings = ctx.settings
     dmarc = report_config(settings)
     queue = QueueClient(ctx.redis_client, settings.redis_prefix)
     enqueuer = Enqueuer(queue, ctx.thread_pool("redis", REDIS_THREADS), ctx.reactor)
     config = TLSReportConfig(submitter=settings.hostname, org_name=dmarc.org_name,
-                             sender=dmarc.sender, contact=dmarc.sender)
+                             sender=dmarc.sender, contact=dmarc.sender,
+                             interval=dmarc.interval, settle=dmarc.settle)
     return TLSReportScheduler(ctx.db, enqueuer, resolver, config, dns_pool=pool,
                               reactor=ctx.reactor,
                               outgoing=Outgoing.from_settings(settings, ctx.metrics))

@@ -1,6 +1,7 @@
 """Sending TLS reports (RFC 8460): one a day per policy domain we sent mail to, once.
 
-A little after each UTC day ends, every recipient domain the relay recorded
+The period is the DMARC reports' (POSTROOM_DMARC_REPORT_INTERVAL, a UTC day by
+default). A little after each period ends, every recipient domain the relay recorded
 TLS sessions for (``tls_results``) whose ``_smtp._tls.<domain>`` TXT record
 is a valid ``v=TLSRPTv1`` record gets one report: the JSON of RFC 8460
 section 4, gzip-compressed, in a ``multipart/report; report-type="tlsrpt"``
@@ -42,7 +43,7 @@ from postroom_dmarc.reports import Outcome, period_of
 log = get_logger("tls-reports")
 
 DAY = 86400.0
-SETTLE = 300.0  # wait this long after midnight: the relay flushes its results every few seconds
+SETTLE = 60.0  # wait this long after midnight: the relay flushes its results every few seconds
 RETENTION = 3 * DAY  # results are kept this long, so a late run still finds its day
 
 
