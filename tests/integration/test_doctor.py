@@ -180,3 +180,32 @@ def test_json_form_has_a_summary_and_every_check(healthy):
     doc = doctor.as_json("example.org", checks)
     assert doc["summary"] == {"pass": len(checks) - 1, "warn": 1, "fail": 0}
     assert {"name", "status", "detail", "fix"} <= set(doc["checks"][0])
+
+
+def test_the_cli_prints_json_and_exits_1_on_a_failure(database, clean_db, dns_server,
+                                                      monkeypatch, capsys):
+    import json
+    import os
+
+    from postroom.ops.cli import main
+    from postroom.store import domains
+
+    for name in [k for k in os.environ if k.startswith("POSTROOM_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("POSTROOM_DATABASE_URL", clean_db)
+    monkeypatch.setenv("POSTROOM_HOSTNAME", "mx.doctor.test")
+    monkeypatch.setenv("POSTROOM_DNS_SERVERS", dns_server.env["POSTROOM_DNS_SERVERS"])
+    database.run_sync(domains.add_domain, "doctor.test")
+    dns_server.set_records("_smtp._tls.doctor.test", "TXT",
+                           ["v=TLSRPTv1; rua=mailto:tls@doctor.test"])
+    capsys.readouterr()
+    assert main(["doctor", "doctor.test", "--json", "--timeout", "1"]) == 1
+    doc = json.loads(capsys.readouterr().out)
+    by = {c["name"]: c for c in doc["checks"]}
+    assert by["tls-rpt"]["status"] == "pass"
+    assert by["mx"]["status"] == "fail" and "IN MX 10 mx.doctor.test." in by["mx"]["fix"]
+    assert by["dkim"]["fix"] == "postroom dkim generate doctor.test"
+    assert doc["summary"]["fail"] >= 1
+    assert main(["doctor", "doctor.test", "--timeout", "1"]) == 1
+    out = capsys.readouterr().out
+    assert "PASS  tls-rpt" in out and "fix: publish" in out
