@@ -64,19 +64,41 @@ class Probes(Protocol):
         ...
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """RFC 8461 3.3: a policy is never fetched through a redirect."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> None:
+        raise OSError(f"HTTP {code} redirect (not followed, RFC 8461 3.3)")
+
+
 @dataclass(frozen=True)
 class NetProbes:
-    """The real probes: HTTPS with certificate checks, TCP connects, short timeouts."""
+    """The real probes: HTTPS with certificate checks, TCP connects, short timeouts.
+
+    The policy host must resolve to a public address (the console runs these for
+    domain managers, who control their domain's DNS: no fetches into our network).
+    """
 
     timeout: float = 5.0
     https_port: int = 443
     context: ssl.SSLContext | None = None
+    allow_internal: bool = False
+
+    def _public(self, host: str) -> None:
+        infos = socket.getaddrinfo(host, self.https_port, type=socket.SOCK_STREAM)
+        for info in infos:
+            address = ipaddress.ip_address(str(info[4][0]))
+            if not address.is_global and not self.allow_internal:
+                raise OSError(f"{host} resolves to an internal address ({address}); refused")
 
     def fetch_sts_policy(self, domain: str) -> str:
+        host = f"mta-sts.{domain}"
+        self._public(host)
         port = "" if self.https_port == 443 else f":{self.https_port}"
-        url = f"https://mta-sts.{domain}{port}/.well-known/mta-sts.txt"
+        url = f"https://{host}{port}/.well-known/mta-sts.txt"
         handler = urllib.request.HTTPSHandler(context=self.context or ssl.create_default_context())
-        opener = urllib.request.build_opener(handler)
+        opener = urllib.request.build_opener(handler, _NoRedirects())
         with opener.open(url, timeout=self.timeout) as answer:
             return bytes(answer.read(MAX_POLICY)).decode("utf-8", "replace")
 
