@@ -592,6 +592,11 @@ class Settings:
     dmarc_report_from: str = setting(
         _opt_mail_address, "",
         "Sender of our aggregate reports (empty: dmarc-noreply@POSTROOM_HOSTNAME).")
+    tls_reports: bool = setting(
+        _bool, "true",
+        "TLS reporting (RFC 8460): the mta records every outbound TLS session's outcome and "
+        "the dmarc service sends a daily report to each domain publishing _smtp._tls "
+        "(rua=mailto: only). Off: neither (docs/relay.md, \"TLS reports\").")
     dmarc_report_mailbox: str = setting(
         _opt_mail_address, "",
         "Account whose mail is read as incoming DMARC aggregate reports, e.g. "

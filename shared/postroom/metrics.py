@@ -152,6 +152,18 @@ def relay_routes_total(m: Metrics) -> Counter:
                      labels=("route",))
 
 
+def relay_tls_results_total(m: Metrics) -> Counter:
+    """Outbound TLS sessions recorded for TLS reports (RFC 8460), by result type or success."""
+    return m.counter("relay_tls_results", "Outbound TLS sessions recorded for TLS reports, by "
+                     "result (success or an RFC 8460 result type).", labels=("result",))
+
+
+def relay_tls_results_dropped_total(m: Metrics) -> Counter:
+    """TLS results not recorded because too many were waiting to be written."""
+    return m.counter("relay_tls_results_dropped",
+                     "Outbound TLS results dropped: too many waiting to be written.")
+
+
 def relay_smarthost_auth_failures_total(m: Metrics) -> Counter:
     """Smarthost logins refused (535 and the like) or impossible (no PLAIN/LOGIN, no TLS)."""
     return m.counter("relay_smarthost_auth_failures",

@@ -255,6 +255,30 @@ def test_dmarc_role_records_reports_and_purges(rdb):
     assert run_as(rdb, "dmarc", dmarc_store.purge_results, begin + timedelta(days=2)) == 2
 
 
+def test_mta_records_tls_results_and_dmarc_reports_reads_and_purges_them(rdb):
+    from postroom.mailauth.tlsrpt import Record
+    from postroom.outgoing import Outgoing
+    from postroom.store import tlsreports
+    from postroom_dmarc.tlsreports import TLSReportConfig
+    from postroom_dmarc.tlsreports import spool_report as spool_tls_report
+
+    begin = datetime(2026, 1, 1, tzinfo=UTC)
+    run_as(rdb, "mta", tlsreports.record_results, [tlsreports.TLSResult(
+        "remote.test", "sts", "mx.remote.test", "certificate-expired", ("version: STSv1",),
+        "192.0.2.1", "192.0.2.2", "expired", begin + timedelta(hours=1))])
+    config = TLSReportConfig(submitter="mx.example.test", org_name="example",
+                             sender="tlsrpt-noreply@example.test",
+                             contact="postmaster@example.test")
+    outcome = run_as(rdb, "dmarc", spool_tls_report, "remote.test", begin,
+                     begin + timedelta(days=1), Record(("mailto:tls@remote.test",)), config,
+                     datetime.now(UTC), Outgoing("mx.example.test"))
+    assert outcome.status == "spooled"
+    assert run_as(rdb, "dmarc", tlsreports.store_incoming_report, "1" * 64, None,
+                  "not a report") == "refused"
+    assert run_as(rdb, "dmarc", tlsreports.incoming_reports, "example.test") == []
+    assert run_as(rdb, "dmarc", tlsreports.purge_results, begin + timedelta(days=2)) == 1
+
+
 # --- what each role must not do
 
 

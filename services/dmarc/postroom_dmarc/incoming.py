@@ -8,6 +8,11 @@ pure function, :func:`postroom.mailauth.dmarcreport.parse_report_message`) and s
 the result, or the refusal, keyed by the message's SHA-256. So a message is
 looked at once whatever happens to the queues, several replicas never store
 a report twice, and a mail the user deletes simply stops being a candidate.
+
+TLS reports (RFC 8460) come to the same address (``postroom dns`` publishes it
+in ``_smtp._tls``): a mail whose header says it is one goes to
+:func:`postroom.mailauth.tlsrpt.parse_report_message` and ``tls_incoming_reports``
+instead.
 """
 
 from __future__ import annotations
@@ -19,8 +24,9 @@ from twisted.python.threadpool import ThreadPool
 
 from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
 from postroom.logs import get_logger
-from postroom.mailauth import dmarcreport
+from postroom.mailauth import dmarcreport, tlsrpt
 from postroom.store import dmarc as dmarc_store
+from postroom.store import tlsreports
 from postroom.store.db import Database
 
 log = get_logger("dmarc-incoming")
@@ -34,13 +40,15 @@ class IncomingScanner:
     def __init__(self, database: Database, address: str, *, pool: ThreadPool,
                  reactor: ReactorThreads,
                  interval: float = 60.0,
-                 limits: dmarcreport.IncomingLimits | None = None) -> None:
+                 limits: dmarcreport.IncomingLimits | None = None,
+                 tls_limits: tlsrpt.TLSLimits | None = None) -> None:
         self.database = database
         self.address = address.lower()
         self.pool = pool
         self.reactor = reactor
         self.interval = interval
         self.limits = limits or dmarcreport.IncomingLimits()
+        self.tls_limits = tls_limits or tlsrpt.TLSLimits()
         self._loop = task.LoopingCall(self._tick)
         self._loop.clock = twisted_clock(reactor)
         self._current: defer.Deferred[Any] | None = None
@@ -74,6 +82,8 @@ class IncomingScanner:
                 return counts
 
     async def _one(self, sha256: str, blob: bytes) -> str:
+        if tlsrpt.is_report_message(blob):
+            return await self._one_tls(sha256, blob)
         try:
             report = await defer_to_pool(self.reactor, self.pool,
                                          dmarcreport.parse_report_message, blob, self.limits)
@@ -86,4 +96,20 @@ class IncomingScanner:
         log.info("dmarc report received", message_sha256=sha256, status=status,
                  org_name=report.org_name, report_id=report.report_id, domain=report.domain,
                  records=len(report.rows))
+        return str(status)
+
+    async def _one_tls(self, sha256: str, blob: bytes) -> str:
+        try:
+            report = await defer_to_pool(self.reactor, self.pool, tlsrpt.parse_report_message,
+                                         blob, self.tls_limits)
+        except Exception as exc:  # noqa: BLE001 - a mail that breaks the parser must not loop
+            why = str(exc) if isinstance(exc, dmarcreport.ReportError) else "unparseable report"
+            log.warning("tls report refused", message_sha256=sha256, error=why)
+            return str(await self.database.run(tlsreports.store_incoming_report, sha256, None,
+                                               why))
+        status = await self.database.run(tlsreports.store_incoming_report, sha256, report)
+        log.info("tls report received", message_sha256=sha256, status=status,
+                 org_name=report.org_name, report_id=report.report_id,
+                 domains=list(report.domains)[:10], successful=report.successes,
+                 failed=report.failures)
         return str(status)

@@ -27,6 +27,7 @@ from postroom_dmarc.content.rspamd import RspamdClient, RspamdMetrics
 from postroom_dmarc.incoming import IncomingScanner
 from postroom_dmarc.reports import ReportConfig, ReportScheduler
 from postroom_dmarc.results import ResultRecorder
+from postroom_dmarc.tlsreports import TLSReportConfig, TLSReportScheduler
 from postroom_dmarc.verdict import Options
 
 # threads for pyspf/dkimpy evaluations; each mostly waits on DNS
@@ -86,6 +87,22 @@ def build_scheduler(ctx: ServiceContext, resolver: Resolver, pool: ThreadPool) -
                            outgoing=Outgoing.from_settings(settings, ctx.metrics))
 
 
+def build_tls_scheduler(ctx: ServiceContext, resolver: Resolver,
+                        pool: ThreadPool) -> TLSReportScheduler:
+    """The TLS report (RFC 8460) sender: the DMARC reports' identity and period (a UTC day by
+    default, as RFC 8460 asks; shorter only for tests)."""
+    settings = ctx.settings
+    dmarc = report_config(settings)
+    queue = QueueClient(ctx.redis_client, settings.redis_prefix)
+    enqueuer = Enqueuer(queue, ctx.thread_pool("redis", REDIS_THREADS), ctx.reactor)
+    config = TLSReportConfig(submitter=settings.hostname, org_name=dmarc.org_name,
+                             sender=dmarc.sender, contact=dmarc.sender,
+                             interval=dmarc.interval, settle=dmarc.settle)
+    return TLSReportScheduler(ctx.db, enqueuer, resolver, config, dns_pool=pool,
+                              reactor=ctx.reactor,
+                              outgoing=Outgoing.from_settings(settings, ctx.metrics))
+
+
 def build_scanner(ctx: ServiceContext, pool: ThreadPool) -> IncomingScanner:
     """The reader of incoming aggregate reports in POSTROOM_DMARC_REPORT_MAILBOX."""
     settings = ctx.settings
@@ -137,6 +154,7 @@ async def _start(ctx: ServiceContext) -> None:
                           metrics=ctx.metrics, token=settings.internal_token, content=content)
     scheduler = build_scheduler(ctx, resolver, pool) if settings.dmarc_reports else None
     scanner = build_scanner(ctx, pool) if settings.dmarc_report_mailbox else None
+    tls_scheduler = build_tls_scheduler(ctx, resolver, pool) if settings.tls_reports else None
     site: Any = build_site(check, settings.max_message_size * 4 // 3 + _JSON_OVERHEAD)
     # stop hooks run newest first: the scheduler stops, then the last verdict rows are written
     ctx.on_stop(recorder.drain)
@@ -146,6 +164,9 @@ async def _start(ctx: ServiceContext) -> None:
     if scheduler is not None:
         ctx.on_stop(scheduler.stop)
         scheduler.start()
+    if tls_scheduler is not None:
+        ctx.on_stop(tls_scheduler.stop)
+        tls_scheduler.start()
     if scanner is not None:
         ctx.on_stop(scanner.stop)
         scanner.start()

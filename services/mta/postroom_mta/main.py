@@ -58,12 +58,13 @@ def start_relay(ctx: ServiceContext, options: RelayOptions | None = None) -> Rel
                                  handler=relay.handle, concurrency=RELAY_CONCURRENCY,
                                  stop_after_consumer=(relay.stop, sweeper.stop))
     sweeper.start()
+    relay.start()
     relay.log.info("relay started", stream=STREAM, group=GROUP, consumer=worker.consumer.name,
                  concurrency=RELAY_CONCURRENCY, max_sessions=options.max_sessions,
                  max_per_domain=options.max_per_domain, port=options.port,
                  session_idle=options.session_idle,
                  session_reuse_limit=options.session_reuse_limit,
-                 mta_sts=options.mta_sts, dane=options.dane,
+                 mta_sts=options.mta_sts, dane=options.dane, tls_reports=options.tls_reports,
                  allowed_networks=",".join(options.allowed_networks))
     return relay
 

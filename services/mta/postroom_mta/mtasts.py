@@ -69,6 +69,10 @@ class PolicyError(ValueError):
     """A TXT record or policy body that does not follow RFC 8461."""
 
 
+class PolicyInvalid(PolicyError):
+    """A policy body that was fetched but does not parse (TLS-RPT's sts-policy-invalid)."""
+
+
 @dataclass(frozen=True)
 class Policy:
     """A parsed policy: ``mode``, the ``mx`` patterns and ``max_age`` seconds."""
@@ -122,23 +126,38 @@ def parse_policy(text: str, ident: str = "") -> Policy:
             continue
         key, sep, value = line.partition(":")
         if not sep:
-            raise PolicyError(f"line without a colon: {line[:80]!r}")
+            raise PolicyInvalid(f"line without a colon: {line[:80]!r}")
         fields.setdefault(key.strip(), []).append(value.strip())
     if fields.get("version") != ["STSv1"]:
-        raise PolicyError("version is not STSv1")
+        raise PolicyInvalid("version is not STSv1")
     mode = (fields.get("mode") or [""])[0]
     if mode not in (ENFORCE, TESTING, NONE):
-        raise PolicyError(f"unknown mode {mode[:20]!r}")
+        raise PolicyInvalid(f"unknown mode {mode[:20]!r}")
     try:
         max_age = int((fields.get("max_age") or [""])[0])
     except ValueError:
-        raise PolicyError("max_age is not an integer") from None
+        raise PolicyInvalid("max_age is not an integer") from None
     if max_age < 0:
-        raise PolicyError("max_age is negative")
+        raise PolicyInvalid("max_age is negative")
     mx = tuple(m.lower() for m in fields.get("mx", []) if m)
     if mode != NONE and not mx:
-        raise PolicyError("no mx patterns")
+        raise PolicyInvalid("no mx patterns")
     return Policy(mode, mx, min(max_age, MAX_AGE_LIMIT), ident)
+
+
+def failure_type(exc: Exception) -> str:
+    """The RFC 8460 result type of a failed policy fetch."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return "sts-webpki-invalid"
+    if isinstance(exc, PolicyInvalid):
+        return "sts-policy-invalid"
+    return "sts-policy-fetch-error"
+
+
+def policy_strings(policy: Policy) -> tuple[str, ...]:
+    """The policy as the lines of its text (TLS-RPT's policy-string)."""
+    return ("version: STSv1", f"mode: {policy.mode}", *(f"mx: {m}" for m in policy.mx),
+            f"max_age: {policy.max_age}")
 
 
 class _PinnedHTTPS(http.client.HTTPSConnection):
@@ -191,7 +210,7 @@ def fetch_policy(resolver: Resolver, domain: str, *, port: int = 443,
     finally:
         conn.close()
     if len(body) > MAX_POLICY_BYTES:
-        raise PolicyError("policy too large")
+        raise PolicyInvalid("policy too large")
     return parse_policy(body.decode("utf-8", "replace"), ident)
 
 
@@ -277,9 +296,12 @@ class PolicyFinder:
                  timeout: float = FETCH_TIMEOUT, store: PolicyStore | None = None,
                  max_entries: int = FRONT_ENTRIES,
                  clock: Callable[[], float] = time.time,
-                 destinations: DestinationPolicy = STRICT) -> None:
+                 destinations: DestinationPolicy = STRICT,
+                 on_failure: Callable[[str, str, str], None] | None = None) -> None:
         self.resolver = resolver
         self.destinations = destinations
+        # TLS reporting: called with (domain, RFC 8460 result type, detail) when a fetch fails
+        self.on_failure = on_failure
         self.port = port
         self.ca_file = ca_file
         self.timeout = timeout
@@ -333,6 +355,8 @@ class PolicyFinder:
         except (PolicyError, OSError, http.client.HTTPException) as exc:
             log.warning("mta-sts policy fetch failed", domain=domain, error=str(exc)[:300],
                         cached=entry is not None)
+            if self.on_failure is not None:
+                self.on_failure(domain, failure_type(exc), str(exc)[:300])
             if entry is None:
                 return None
             with self._lock:

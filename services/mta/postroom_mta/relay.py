@@ -30,7 +30,7 @@ remote end are possible, loss is not (RFC 5321 section 6.1 accepts this).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -48,6 +48,8 @@ from postroom.metrics import (
     relay_internal_refused_total,
     relay_routes_total,
     relay_smarthost_auth_failures_total,
+    relay_tls_results_dropped_total,
+    relay_tls_results_total,
     sessions_reused_total,
 )
 from postroom.net.destinations import DestinationPolicy
@@ -82,6 +84,7 @@ from postroom_mta.smtpclient import (
     Timeouts,
     TLSPolicy,
 )
+from postroom_mta.tlsresults import TLSResultRecorder
 from postroom_mta.worker_store import (
     DEFERRED,
     DELIVERED,
@@ -128,18 +131,21 @@ class RelayOptions:
     sts_store: PolicyStore | None = field(default=None, compare=False, repr=False)
     # POSTROOM_RELAY_HOST and friends; transport entries come from the database
     smarthost: SmarthostOptions = field(default_factory=SmarthostOptions)
+    # record each outbound TLS session for TLS reports (POSTROOM_TLS_REPORTS)
+    tls_reports: bool = False
 
     def destinations(self) -> DestinationPolicy:
         """Where the relay may connect: public addresses, and internal ones only if allowed."""
         return DestinationPolicy.allowing(self.allowed_networks)
 
-    def security(self, resolver: Resolver) -> TLSSecurity | None:
+    def security(self, resolver: Resolver, on_sts_failure: Callable[[str, str, str], None]
+                 | None = None) -> TLSSecurity | None:
         """MTA-STS and DANE as configured, or None when both are off."""
         if not (self.mta_sts or self.dane):
             return None
         finder = PolicyFinder(resolver, port=self.mta_sts_port, ca_file=self.ca_file,
-                              store=self.sts_store,
-                              destinations=self.destinations()) if self.mta_sts else None
+                              store=self.sts_store, destinations=self.destinations(),
+                              on_failure=on_sts_failure) if self.mta_sts else None
         return TLSSecurity(resolver, sts=finder, dane_enabled=self.dane, ca_file=self.ca_file)
 
     @classmethod
@@ -158,7 +164,8 @@ class RelayOptions:
             "session_idle": settings.relay_session_idle,
             "session_reuse_limit": settings.relay_session_reuse_limit,
             "allowed_networks": settings.relay_allowed_networks,
-            "smarthost": SmarthostOptions.from_settings(settings)}
+            "smarthost": SmarthostOptions.from_settings(settings),
+            "tls_reports": settings.tls_reports}
         fields.update(overrides)
         return cls(policy=policy, **fields)
 
@@ -181,7 +188,13 @@ class Relay:
         self.reactor = reactor
         self.log = log or get_logger("relay")
         self.sessions = DeferredSemaphore(options.max_sessions)
-        self.security = options.security(resolver)
+        self.tls_recorder = TLSResultRecorder(
+            database, reactor=reactor,
+            recorded=relay_tls_results_total(metrics) if metrics is not None else None,
+            dropped=relay_tls_results_dropped_total(metrics) if metrics is not None else None,
+        ) if options.tls_reports else None
+        self.security = options.security(
+            resolver, self.tls_recorder.sts_failure if self.tls_recorder is not None else None)
         self.destinations = options.destinations()
         self._refused = relay_internal_refused_total(metrics) if metrics is not None else None
         self._per_domain: dict[str, DeferredSemaphore] = {}
@@ -202,9 +215,21 @@ class Relay:
     def handle(self, entry: QueueEntry) -> Deferred[None]:
         return Deferred.fromCoroutine(self._handle(entry))
 
-    def stop(self) -> Deferred[None] | None:
-        """QUIT the idle sessions (after the consumer has stopped: see main.start_relay)."""
-        return self.session_cache.close() if self.session_cache is not None else None
+    def start(self) -> None:
+        """Start the background writer of TLS results."""
+        if self.tls_recorder is not None:
+            self.tls_recorder.start()
+
+    def stop(self) -> Deferred[Any] | None:
+        """QUIT the idle sessions (after the consumer has stopped: see main.start_relay), then
+        write the TLS results still buffered."""
+        closing = self.session_cache.close() if self.session_cache is not None else None
+        recorder = self.tls_recorder
+        if recorder is None:
+            return closing
+        if closing is None:
+            return recorder.stop()
+        return closing.addCallback(lambda _: recorder.stop())
 
     async def _handle(self, entry: QueueEntry) -> None:
         envelope = entry.envelope
@@ -285,7 +310,8 @@ class Relay:
                     bind_address=self.options.bind_address, security=self.security,
                     sessions=self.session_cache, destinations=self.destinations,
                     refused_metric=self._refused,
-                    nexthop=route.nexthop if route is not None else None)
+                    nexthop=route.nexthop if route is not None else None,
+                    tls_recorder=self.tls_recorder)
                 return result
             finally:
                 self.sessions.release()

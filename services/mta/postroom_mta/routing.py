@@ -44,6 +44,7 @@ from __future__ import annotations
 import random
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 from prometheus_client import Counter
 from twisted.internet import defer
@@ -56,8 +57,9 @@ from postroom.net.destinations import STRICT, DestinationPolicy
 from postroom.net.dns import DNSTempError, NXDomain, Resolver
 from postroom.net.nexthop import NextHop
 from postroom.smtp.replies import Reply
+from postroom.store.tlsreports import TLSResult
 from postroom_mta import dane
-from postroom_mta.mtasts import NONE, PolicyFinder
+from postroom_mta.mtasts import NONE, Policy, PolicyFinder, policy_strings
 from postroom_mta.sessioncache import SessionCache
 from postroom_mta.smtpclient import (
     DEFAULT_TIMEOUTS,
@@ -72,6 +74,7 @@ from postroom_mta.smtpclient import (
 )
 from postroom_mta.smtpclient_data import DEFAULT_CHUNK_SIZE, MessageSource, iter_chunks
 from postroom_mta.smtpclient_parse import describe, scan_message
+from postroom_mta.tlsresults import classify
 
 log = get_logger("routing")
 
@@ -245,7 +248,8 @@ def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Re
                       sessions: SessionCache | None = None,
                       destinations: DestinationPolicy = STRICT,
                       refused_metric: Counter | None = None,
-                      nexthop: NextHop | None = None) -> defer.Deferred[DeliveryResult]:
+                      nexthop: NextHop | None = None,
+                      tls_recorder: TLSRecorder | None = None) -> defer.Deferred[DeliveryResult]:
     """Send one message to ``recipients`` (all in ``domain``) via its MX hosts.
 
     ``port`` is POSTROOM_SMTP_OUTBOUND_PORT; ``pool`` is the (started) thread
@@ -257,6 +261,7 @@ def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Re
     ``destinations`` says which internal networks MX addresses may be in (none
     by default); each address it refuses is logged and counted on ``refused_metric``.
     ``nexthop`` (a smarthost route) replaces the MX of ``domain``, with ``tls`` its policy.
+    ``tls_recorder`` gets each MX attempt's TLS outcome for TLS reports (RFC 8460).
     """
     if reactor is None:
         reactor = global_reactor()
@@ -273,7 +278,8 @@ def deliver_to_domain(domain: str, mail_from: str, recipients: Sequence[str | Re
         helo_name=helo_name, timeouts=timeouts, tls=tls, rng=rng, max_addresses=max_addresses,
         chunk_size=chunk_size, logger=logger, bind_address=bind_address,
         security=security, sessions=sessions, destinations=destinations,
-        refused_metric=refused_metric, nexthop=nexthop)).addErrback(crashed)
+        refused_metric=refused_metric, nexthop=nexthop,
+        tls_recorder=tls_recorder)).addErrback(crashed)
 
 
 async def _deliver(reactor: ReactorThreads, domain: str, envelope: Envelope,
@@ -286,9 +292,11 @@ async def _deliver(reactor: ReactorThreads, domain: str, envelope: Envelope,
                    sessions: SessionCache | None = None,
                    destinations: DestinationPolicy = STRICT,
                    refused_metric: Counter | None = None,
-                   nexthop: NextHop | None = None) -> DeliveryResult:
+                   nexthop: NextHop | None = None,
+                   tls_recorder: TLSRecorder | None = None) -> DeliveryResult:
     if nexthop is not None:
-        port, security = nexthop.port, None
+        # a smarthost is not the domain's MX: TLS reports are about the domain's own hosts
+        port, security, tls_recorder = nexthop.port, None, None
     policy = None
     if security is not None and security.sts is not None:
         policy = await defer_to_pool(reactor, pool, security.sts.find, domain)
@@ -329,6 +337,11 @@ async def _deliver(reactor: ReactorThreads, domain: str, envelope: Envelope,
             except dane.TLSALookupError as exc:
                 # RFC 7672 2.2.2: this MX is unusable for now; never try it in clear instead
                 result = TLSSecurity.lookup_failed(envelope, target, exc)
+                if tls_recorder is not None:
+                    tls_recorder.record(TLSResult(
+                        policy_domain=domain, policy_type="tlsa", mx_host=target.host,
+                        result_type="dnssec-invalid", sending_ip=bind_address,
+                        receiving_ip=target.address, failure_detail=str(exc)[:300]))
                 tried.append(f"{target.host}[{target.address}]: {result.recipients[0].text}")
                 logger.warning("mx skipped, tlsa lookup failed", mx=target.host,
                                address=target.address, error=str(exc))
@@ -337,6 +350,8 @@ async def _deliver(reactor: ReactorThreads, domain: str, envelope: Envelope,
                             port=port, helo_name=helo_name, host=target.host,
                             timeouts=timeouts, tls=target_tls, chunk_size=chunk_size,
                             logger=logger, bind_address=bind_address)
+        if tls_recorder is not None and target_tls.use_tls:
+            _record_tls(tls_recorder, domain, target, target_tls, policy, result, bind_address)
         if not result.session_failure:
             break
         first = result.recipients[0] if result.recipients else None
@@ -346,6 +361,34 @@ async def _deliver(reactor: ReactorThreads, domain: str, envelope: Envelope,
     assert result is not None  # plan_route never returns an empty list
     return DeliveryResult(result.recipients, result.host, result.address, result.tls,
                           result.session_failure, tuple(tried))
+
+
+class TLSRecorder(Protocol):
+    """Where TLS outcomes go (postroom_mta.tlsresults.TLSResultRecorder)."""
+
+    def record(self, row: TLSResult) -> None: ...
+
+
+def _record_tls(recorder: TLSRecorder, domain: str, target: Target, tls: TLSPolicy,
+                policy: Policy | None, result: DeliveryResult, bind_address: str | None) -> None:
+    """One MX attempt's TLS outcome, with the policy that applied: DANE, MTA-STS or none."""
+    strings: tuple[str, ...] | None = None
+    if isinstance(tls.creator, dane.DANEPolicy):
+        kind = "tlsa"
+        strings = tuple(f"{r.usage} {r.selector} {r.mtype} {r.data.hex()}"
+                        for r in tls.creator.records)
+    elif policy is not None:
+        kind, strings = "sts", policy_strings(policy)
+    else:
+        kind = "no-policy-found"
+    outcome = classify(result, kind)
+    if outcome is None:
+        return
+    result_type, detail = outcome
+    recorder.record(TLSResult(policy_domain=domain, policy_type=kind, policy_string=strings,
+                              mx_host=target.host, sending_ip=bind_address,
+                              receiving_ip=target.address, result_type=result_type,
+                              failure_detail=detail))
 
 
 def _log_refused(logger: Logger, refused: Sequence[Target], metric: Counter | None) -> None:

@@ -23,6 +23,7 @@ NAV: tuple[tuple[str, str], ...] = (
     ("DKIM", "/dkim"),
     ("Queue", "/queue"),
     ("DMARC", "/dmarc"),
+    ("TLS", "/tls"),
 )
 
 _TYPES = {".css": "text/css; charset=utf-8", ".js": "text/javascript; charset=utf-8",

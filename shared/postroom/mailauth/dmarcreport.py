@@ -398,6 +398,16 @@ def _gunzip(data: bytes, limits: IncomingLimits) -> bytes:
     return bytes(out)
 
 
+def gunzip_bounded(data: bytes, limits: IncomingLimits) -> bytes:
+    """Decompress gzip ``data`` within ``limits`` (size and ratio); ReportError otherwise.
+
+    The TLS report reader (postroom.mailauth.tlsrpt) uses it too, with its own limits.
+    """
+    if len(data) > limits.max_compressed:
+        raise ReportError(f"attachment larger than {limits.max_compressed} bytes")
+    return _gunzip(data, limits)
+
+
 def _check_growth(produced: int, compressed: int, limits: IncomingLimits) -> None:
     if produced > limits.max_xml:
         raise ReportError(f"report expands past {limits.max_xml} bytes")

@@ -1,5 +1,5 @@
 """`postroom`: the operator's command line (serve, up, db, domain, user, app-password, token,
-auth, alias, dkim, secret-key, srs, dns, queue, dmarc, import, export, trace).
+auth, alias, dkim, secret-key, srs, dns, queue, dmarc, doctor, import, export, trace).
 
 Every command explains itself with ``--help``. Errors are one line on stderr
 and a non-zero exit status, never a traceback: 2 for bad usage or
@@ -1190,6 +1190,42 @@ def _dns_arguments(p: argparse.ArgumentParser) -> None:
                    help="look the MX, SPF, DMARC and DKIM records up and say which are "
                    "published; activate each pending DKIM key whose record is (exit 1 when "
                    "something is missing)")
+
+
+def _doctor_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("domain")
+    p.add_argument("--json", action="store_true", help="one JSON document (for monitoring)")
+    p.add_argument("--timeout", type=float, default=5.0, metavar="SECONDS",
+                   help="for each HTTPS fetch and TCP connect (default 5)")
+
+
+@command("doctor", _doctor_arguments,
+         summary="check from the outside everything that decides a domain's deliverability",
+         description=("MX and its addresses, FCrDNS of the sending address, SPF, every DKIM "
+                      "key, DMARC and its rua, MTA-STS, TLS-RPT, DANE against our certificate, "
+                      "the certificate's names and expiry, and our listeners: one line per "
+                      "check (pass, warn, fail) with the fix. Exit 1 when any check fails."))
+def cmd_doctor(args: argparse.Namespace) -> int:
+    import json
+
+    from postroom.net.dns import Resolver
+    from postroom.ops import doctor
+    from postroom.store import dkim
+
+    settings = _settings()
+    domain = args.domain.lower().rstrip(".")
+    keys = _with_db(dkim.list_keys, domain)
+    facts = doctor.facts_from_settings(settings, domain, keys)
+    checks = doctor.run_checks(Resolver.from_settings(settings),
+                               doctor.NetProbes(timeout=args.timeout), facts)
+    if args.json:
+        print(json.dumps(doctor.as_json(domain, checks), indent=2))
+    else:
+        for line in doctor.render(checks):
+            print(line)
+        counts = doctor.summary(checks)
+        print(f"{counts['pass']} passed, {counts['warn']} warnings, {counts['fail']} failed")
+    return 1 if any(c.status == doctor.FAIL for c in checks) else 0
 
 
 @command("dns", _dns_arguments,

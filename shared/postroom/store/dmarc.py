@@ -18,6 +18,7 @@ from postroom.store.models import (
     Mailbox,
     MailboxEntry,
     Message,
+    TlsIncomingReport,
     User,
 )
 from postroom.store.prepared import Prepared
@@ -151,8 +152,13 @@ def try_lock_report(session: Session, report_id: str) -> bool:
 
 def unscanned_report_messages(session: Session, address: str,
                               limit: int = 50) -> list[tuple[str, bytes]]:
-    """(sha256, bytes) of messages in any mailbox of ``address`` not yet looked at, oldest first."""
-    seen = exists().where(DmarcIncomingReport.message_sha256 == Message.sha256)
+    """(sha256, bytes) of messages in any mailbox of ``address`` not yet looked at, oldest first.
+
+    A TLS report (RFC 8460) sent to the same address is looked at once too: its
+    row is in ``tls_incoming_reports`` (postroom.store.tlsreports).
+    """
+    seen = or_(exists().where(DmarcIncomingReport.message_sha256 == Message.sha256),
+               exists().where(TlsIncomingReport.message_sha256 == Message.sha256))
     rows = session.execute(
         select(Message.sha256, Message.blob)
         .join(MailboxEntry, MailboxEntry.message_id == Message.id)

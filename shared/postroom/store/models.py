@@ -472,6 +472,61 @@ class DmarcIncomingReport(Base):
     received_at: Mapped[datetime] = _now()
 
 
+class TlsResult(Base):
+    """One outbound TLS negotiation or policy failure of the relay (migration 0018, RFC 8460).
+
+    ``result_type`` NULL is a success; else an RFC 8460 section 4.3 result type.
+    Written in batches by the mta (postroom.store.tlsreports), read by the dmarc
+    service's daily TLS report.
+    """
+
+    __tablename__ = "tls_results"
+    __table_args__ = (
+        CheckConstraint(_in("policy_type", ("sts", "tlsa", "no-policy-found")),
+                        name="policy_type"),
+        Index("ix_tls_results_policy_domain_recorded_at", "policy_domain", "recorded_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    recorded_at: Mapped[datetime] = _now()
+    policy_domain: Mapped[str] = mapped_column(Text)
+    policy_type: Mapped[str] = mapped_column(Text)
+    policy_string: Mapped[list[str] | None] = mapped_column(ARRAY(Text))
+    mx_host: Mapped[str] = mapped_column(Text, server_default=text("''"))
+    sending_ip: Mapped[str | None] = mapped_column(INET)
+    receiving_ip: Mapped[str | None] = mapped_column(INET)
+    result_type: Mapped[str | None] = mapped_column(Text)
+    failure_detail: Mapped[str | None] = mapped_column(Text)
+
+
+class TlsIncomingReport(Base):
+    """A TLS report (RFC 8460) another sender sent about our domains (migration 0018).
+
+    Keyed by the mail's SHA-256 as :class:`DmarcIncomingReport`; ``domains`` are
+    the policy domains it covers, ``policies`` its ``policies`` array as sent.
+    """
+
+    __tablename__ = "tls_incoming_reports"
+    __table_args__ = (
+        CheckConstraint(_in("status", ("stored", "refused", "duplicate")), name="status"),
+        Index("uq_tls_incoming_reports_org_name_report_id", "org_name", "report_id",
+              unique=True, postgresql_where=text("status = 'stored'")),
+        Index("ix_tls_incoming_reports_domains", "domains", postgresql_using="gin"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True)
+    message_sha256: Mapped[str] = mapped_column(Text, unique=True)
+    status: Mapped[str] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    org_name: Mapped[str | None] = mapped_column(Text)
+    report_id: Mapped[str | None] = mapped_column(Text)
+    begin_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    end_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    domains: Mapped[list[str]] = mapped_column(ARRAY(Text), server_default=text("'{}'::text[]"))
+    policies: Mapped[list[Any]] = mapped_column(JSONB, server_default=text("'[]'::jsonb"))
+    received_at: Mapped[datetime] = _now()
+
+
 # --- per-user delivery rules (migration 0002); evaluated by the mda, format in docs/mda.md
 
 # one row per account that has rules

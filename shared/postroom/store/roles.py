@@ -77,6 +77,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "mailbox_entries": ("SELECT (message_id)",),
         # smarthost routes per recipient domain (written only by `postroom relay`)
         "relay_transports": ("SELECT",),
+        # one row per outbound TLS session (RFC 8460), read by the dmarc service's report
+        "tls_results": ("INSERT",),
     },
     "dmarc": {
         "domains": ("SELECT",),
@@ -85,6 +87,10 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "users": (_USERS_PUBLIC,),
         "dmarc_results": ("SELECT", "INSERT", "DELETE"),
         "dmarc_incoming_reports": ("SELECT", "INSERT"),
+        # TLS reports (RFC 8460): ours built from the relay's results (purged after), others'
+        # read from the report mailbox
+        "tls_results": ("SELECT", "DELETE"),
+        "tls_incoming_reports": ("SELECT", "INSERT"),
         # incoming aggregate reports are read from an account's mailbox
         "mailboxes": ("SELECT",),
         "mailbox_entries": ("SELECT",),

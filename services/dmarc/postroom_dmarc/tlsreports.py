@@ -1,0 +1,195 @@
+"""Sending TLS reports (RFC 8460): one a day per policy domain we sent mail to, once.
+
+The period is the DMARC reports' (POSTROOM_DMARC_REPORT_INTERVAL, a UTC day by
+default). A little after each period ends, every recipient domain the relay recorded
+TLS sessions for (``tls_results``) whose ``_smtp._tls.<domain>`` TXT record
+is a valid ``v=TLSRPTv1`` record gets one report: the JSON of RFC 8460
+section 4, gzip-compressed, in a ``multipart/report; report-type="tlsrpt"``
+mail to its ``rua=mailto:`` addresses, written through postroom.outgoing
+(DKIM-signed for our sender's domain, spooled, queued on ``outbound``).
+
+``rua=https:`` URIs are not POSTed: the URL is chosen by whoever runs the
+receiving domain's DNS, and a POST from our servers to any address it names
+is a request forgery channel; they are logged and skipped (a domain that
+lists only https gets no report). Once per (domain, day) across replicas,
+exactly as the DMARC reports: a queue id derived from both, made under a
+PostgreSQL advisory lock.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from base64 import b32encode
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from twisted.internet import defer, task
+from twisted.python.threadpool import ThreadPool
+
+from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
+from postroom.logs import get_logger
+from postroom.mailauth import tlsrpt
+from postroom.net.dns import DNSTempError, NXDomain, Resolver
+from postroom.outgoing import Outgoing, originate
+from postroom.queue.envelope import Envelope
+from postroom.queue.reconciler import Enqueuer
+from postroom.store import dmarc as dmarc_store
+from postroom.store import spool, tlsreports
+from postroom.store.db import Database, StoreSession
+from postroom.store.errors import NotFound
+from postroom_dmarc.reports import Outcome, period_of
+
+log = get_logger("tls-reports")
+
+DAY = 86400.0
+SETTLE = 60.0  # wait this long after midnight: the relay flushes its results every few seconds
+RETENTION = 3 * DAY  # results are kept this long, so a late run still finds its day
+
+
+@dataclass(frozen=True)
+class TLSReportConfig:
+    """Who we are in TLS reports."""
+
+    submitter: str  # our host name: TLS-Report-Submitter, the file name
+    org_name: str
+    sender: str  # envelope and From of the report mail
+    contact: str  # contact-info
+    interval: float = DAY
+    settle: float = SETTLE
+
+
+def lookup_record(resolver: Resolver, domain: str) -> tlsrpt.Record | None:
+    """The TLSRPT record of ``domain`` (None: none, or not one valid record). Blocking."""
+    try:
+        return tlsrpt.find_record(resolver.txt(f"_smtp._tls.{domain}"))
+    except NXDomain:
+        return None
+
+
+def report_id(domain: str, begin: datetime, end: datetime) -> str:
+    """The report's id and queue id: the same for a (domain, day) on every replica."""
+    digest = hashlib.sha256(f"tls|{domain}|{begin.isoformat()}|{end.isoformat()}"
+                            .encode()).digest()
+    return f"TLSRPT-{begin:%Y%m%d}-{b32encode(digest[:10]).decode()}"
+
+
+def spool_report(session: StoreSession, domain: str, begin: datetime, end: datetime,
+                 record: tlsrpt.Record, config: TLSReportConfig, now: datetime,
+                 outgoing: Outgoing) -> Outcome:
+    """Build and spool ``domain``'s TLS report for [begin, end) unless done or in progress."""
+    queue_id = report_id(domain, begin, end)
+    if not dmarc_store.try_lock_report(session, queue_id):
+        return Outcome("busy", queue_id)
+    try:
+        spool.get_spool(session, queue_id)
+        return Outcome("exists", queue_id)
+    except NotFound:
+        pass
+    rows = tlsreports.results_for_report(session, domain, begin, end)
+    if not rows:
+        return Outcome("empty", queue_id)
+    report = tlsrpt.build_report(org_name=config.org_name, contact=config.contact,
+                                 report_id=queue_id, policy_domain=domain, begin=begin,
+                                 end=end, rows=rows)
+    rcpts = list(record.mailto)
+    message = tlsrpt.build_message(report, domain, submitter=config.submitter,
+                                   sender=config.sender, recipients=rcpts,
+                                   message_id=f"<{queue_id}@{config.submitter}>", now=now)
+    made = originate(session, outgoing, message, mail_from=config.sender, rcpts=rcpts,
+                     from_domain=config.sender.rpartition("@")[2], now=now, notify="NEVER",
+                     queue_id=queue_id, why="tls report")
+    return Outcome("spooled", queue_id, made.recipient_ids, tuple(rcpts))
+
+
+class TLSReportScheduler:
+    """Every little while, sends the TLS reports of the last whole day not sent yet."""
+
+    def __init__(self, database: Database, enqueuer: Enqueuer, resolver: Resolver,
+                 config: TLSReportConfig, *, dns_pool: ThreadPool, reactor: ReactorThreads,
+                 outgoing: Outgoing) -> None:
+        self.database = database
+        self.enqueuer = enqueuer
+        self.resolver = resolver
+        self.config = config
+        self.dns_pool = dns_pool
+        self.reactor = reactor
+        self.outgoing = outgoing
+        self.retention = max(RETENTION, 2 * config.interval + config.settle)
+        self._period: datetime | None = None
+        self._finished: set[str] = set()
+        self._loop = task.LoopingCall(self._tick)
+        self._loop.clock = twisted_clock(reactor)
+        self._current: defer.Deferred[Any] | None = None
+
+    @property
+    def check_every(self) -> float:
+        return max(1.0, min(self.config.interval / 4, 900.0))
+
+    def start(self) -> None:
+        self._loop.start(self.check_every, now=True)
+
+    def stop(self) -> defer.Deferred[Any]:
+        if self._loop.running:
+            self._loop.stop()
+        return self._current if self._current is not None else defer.succeed(None)
+
+    def _tick(self) -> defer.Deferred[Any]:
+        d = defer.Deferred.fromCoroutine(self.run_once())
+        d.addErrback(lambda f: log.error("tls report run failed", error=f.getErrorMessage(),
+                                         traceback=f.getTraceback()))
+        self._current = d
+        return d
+
+    async def run_once(self, now: datetime | None = None) -> list[Outcome]:
+        """Report the last whole day for each domain not done yet; purge old results."""
+        now = now or datetime.now(UTC)
+        begin, end = period_of(now, self.config.interval, self.config.settle)
+        if begin != self._period:
+            self._period, self._finished = begin, set()
+        domains = await self.database.run(tlsreports.reporting_domains, begin, end)
+        outcomes = []
+        for domain in domains:
+            if domain in self._finished:
+                continue
+            outcome = await self.report(domain, begin, end, now)
+            outcomes.append(outcome)
+            if outcome.status not in ("busy", "retry"):
+                self._finished.add(domain)
+        purged = await self.database.run(tlsreports.purge_results,
+                                         now - timedelta(seconds=self.retention))
+        if purged:
+            log.info("tls results purged", rows=purged)
+        return outcomes
+
+    async def report(self, domain: str, begin: datetime, end: datetime,
+                     now: datetime) -> Outcome:
+        """One domain's report for [begin, end): find its rua, spool, enqueue."""
+        fields = {"domain": domain, "begin": begin.isoformat(), "end": end.isoformat()}
+        try:
+            record = await defer_to_pool(self.reactor, self.dns_pool, lookup_record,
+                                         self.resolver, domain)
+        except DNSTempError as exc:
+            log.warning("tls report deferred", reason="DNS", error=str(exc), **fields)
+            return Outcome("retry")
+        if record is not None and record.https:
+            log.info("tls report https rua skipped", rua=list(record.https)[:3], **fields)
+        if record is None or not record.mailto:
+            log.info("tls report not sent", reason="no usable rua", **fields)
+            return Outcome("no_destination")
+        try:
+            outcome: Outcome = await self.database.run(spool_report, domain, begin, end, record,
+                                                       self.config, now, self.outgoing)
+        except Exception as exc:  # noqa: BLE001 - one domain's failure must not stop the others
+            log.error("tls report not spooled", error=str(exc), **fields)
+            return Outcome("retry")
+        if outcome.status == "spooled":
+            assert outcome.queue_id is not None
+            await self.enqueuer.after_commit(
+                Envelope(outcome.queue_id, outcome.recipient_ids, "outbound"))
+            log.info("tls report queued", queue_id=outcome.queue_id,
+                     to=list(outcome.recipients), **fields)
+        else:
+            log.info("tls report skipped", queue_id=outcome.queue_id, reason=outcome.status,
+                     **fields)
+        return outcome
