@@ -53,6 +53,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "messages": _BLOBS_WRITE_ONLY,
         "spool_messages": ("SELECT", "INSERT"),
         "spool_recipients": ("SELECT", "INSERT"),
+        # the certificate by ACME, loaded into the TLS listeners (migration 0017)
+        "tls_certificates": ("SELECT",),
     },
     "mta": {
         "domains": ("SELECT",),
@@ -64,6 +66,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "spool_attempts": ("SELECT", "INSERT"),
         # the retention job deletes a blob only when no mailbox holds it
         "mailbox_entries": ("SELECT (message_id)",),
+        # the certificate by ACME, loaded into the TLS listeners (migration 0017)
+        "tls_certificates": ("SELECT",),
     },
     "dmarc": {
         "domains": ("SELECT",),
@@ -102,6 +106,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "expunged_entries": ("SELECT", "INSERT", "UPDATE", "DELETE"),
         "messages": ("SELECT", "DELETE"),
         "spool_messages": _SPOOL_REFERENCES,
+        # the certificate by ACME, loaded into the TLS listeners (migration 0017)
+        "tls_certificates": ("SELECT",),
     },
     "imap": {
         "domains": ("SELECT",),
@@ -116,12 +122,17 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "message_texts": ("SELECT", "INSERT"),
         # a COPY/MOVE into or out of Junk records its learning requests (never reads them)
         "learn_requests": ("INSERT",),
+        # the certificate by ACME, loaded into the TLS listeners (migration 0017)
+        "tls_certificates": ("SELECT",),
     },
 }
 SERVICES: tuple[str, ...] = tuple(GRANTS)
 # tables no service role gets: only the schema owner uses them, i.e. the operator CLI and the
-# web console and REST API, which change accounts and domains anyway (migration 0013)
-OWNER_ONLY: frozenset[str] = frozenset({"domain_managers", "api_tokens", "web_sessions"})
+# web console and REST API, which change accounts and domains anyway
+# (0013), and the ACME account key and HTTP-01 answers, which only the web service's renewer
+# and the CLI use (0017)
+OWNER_ONLY: frozenset[str] = frozenset({"domain_managers", "api_tokens", "web_sessions",
+                                        "acme_account", "acme_challenges"})
 # every service checks the schema revision (and the compatibility window) at start-up
 COMMON: dict[str, tuple[str, ...]] = {"alembic_version": ("SELECT",),
                                       "schema_compat": ("SELECT",)}
