@@ -8,10 +8,12 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 
 from postroom.auth.ratelimit import LoginRateLimiter
-from postroom.interfaces import twisted_clock
+from postroom.interfaces import defer_to_pool, twisted_clock
 from postroom.logs import get_logger
 from postroom.net.tls import ServerTLS
+from postroom.ops.acme import Issuer
 from postroom.runtime import ServiceContext, StartupError
+from postroom.secretbox import Keyring
 from postroom.store import webaccess
 from postroom_web import routes
 from postroom_web.auth import Logins
@@ -54,13 +56,38 @@ async def start_listening(ctx: ServiceContext) -> WebApp:
             ctx.tls = ServerTLS(ctx.settings.tls_cert_file, ctx.settings.tls_key_file)
             ctx.tls.start_watching(ctx.reactor)
             ctx.tls.install_sighup(ctx.reactor)
+            if ctx.cert_sync is not None:
+                ctx.cert_sync.tls = ctx.tls
         await ctx.listen_all(ctx.settings.web_tls_listen, site, implicit_tls=True)
     purge = LoopingCall(lambda: Deferred.fromCoroutine(_purge_sessions(ctx)))
     purge.clock = twisted_clock(ctx.reactor)
     purge.start(PURGE_INTERVAL, now=True).addErrback(
         lambda f: log.error("session purge stopped", error=f.getErrorMessage()))
     ctx.on_stop(lambda: purge.stop() if purge.running else None)
+    if ctx.settings.acme:
+        _start_renewer(ctx)
     return app
+
+
+def _start_renewer(ctx: ServiceContext) -> None:
+    """Every POSTROOM_ACME_CHECK_INTERVAL, issue or renew the certificate when it is due.
+
+    Every replica checks; the PostgreSQL advisory lock lets one of them issue at a time
+    (postroom.ops.acme). The work is blocking HTTPS to the CA: it runs in a thread of its own.
+    """
+    keyring = Keyring.from_files(ctx.settings.secret_key_file, ctx.settings.secret_old_key_files)
+    issuer = Issuer(ctx.db, ctx.settings, keyring=keyring, metrics=ctx.metrics)
+    pool = ctx.thread_pool("acme", 1)
+
+    def check() -> Deferred[Any]:
+        return defer_to_pool(ctx.reactor, pool, issuer.ensure).addErrback(
+            lambda f: log.error("acme check failed", error=f.getErrorMessage()))
+
+    renew = LoopingCall(check)
+    renew.clock = twisted_clock(ctx.reactor)
+    renew.start(ctx.settings.acme_check_interval, now=True).addErrback(
+        lambda f: log.error("acme renewer stopped", error=f.getErrorMessage()))
+    ctx.on_stop(lambda: renew.stop() if renew.running else None)
 
 
 async def _purge_sessions(ctx: ServiceContext) -> None:

@@ -1,4 +1,4 @@
-"""Certificates by ACME: the account key, the issued certificates, HTTP-01 answers, the renewer lock.
+"""Certificates by ACME: account key, issued certificates, HTTP-01 answers, the renewer lock.
 
 Private keys (the account's, each certificate's) are stored sealed with the
 keyring's current key when one is configured (POSTROOM_SECRET_KEY_FILE), as DKIM
