@@ -13,6 +13,7 @@ with it, verified against pebble's root.
 from __future__ import annotations
 
 import http.client
+import json
 import secrets
 import socket
 import ssl
@@ -176,6 +177,9 @@ def test_an_imap_started_later_serves_the_certificate_and_a_renewed_one_without_
 def test_renew_issues_only_when_expiry_is_nearer_than_renew_before(setup: Setup):
     _wait(lambda: _issued(setup), 60, "the first issuance")
     before = setup.certificate()
+    status = json.loads(setup.cli("acme", "status", "--json").stdout)
+    assert status["due"] is False and status["covers"] == list(before.names)
+    assert status["directory"] == setup.pebble.directory
     out = setup.cli("acme", "renew").stdout
     assert "nothing to do" in out
     assert _serial(setup.certificate().cert_pem) == _serial(before.cert_pem)
