@@ -31,6 +31,8 @@ def test_the_policy_is_served_over_https_for_the_mta_sts_host_only(web: WebServe
     assert reply.header("content-type") == "text/plain; charset=utf-8"
     assert reply.body == (b"version: STSv1\r\nmode: enforce\r\nmx: localhost\r\n"
                           b"max_age: 604800\r\n")
+    with_port = {"Host": f"MTA-STS.{web.other}:443"}
+    assert web.client(tls=True).get("/.well-known/mta-sts.txt", headers=with_port).status == 200
     # not over plain HTTP, not for another host, not for a domain whose mode is none
     assert web.client().get("/.well-known/mta-sts.txt", headers=host).status == 404
     assert web.client(tls=True).get("/.well-known/mta-sts.txt",
@@ -45,5 +47,6 @@ def test_an_acme_challenge_is_answered_from_the_database(web: WebServer) -> None
     assert (reply.status, reply.body) == (200, b"tok-En_1.thumbprint")
     assert web.client().get("/.well-known/acme-challenge/unknown").status == 404
     assert web.client().get("/.well-known/acme-challenge/bad%20token").status == 404
+    assert web.client().get("/.well-known/acme-challenge/" + "a" * 5000).status == 404
     web.db.run_sync(acme.delete_challenges, ["tok-En_1"])
     assert web.client().get("/.well-known/acme-challenge/tok-En_1").status == 404
