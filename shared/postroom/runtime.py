@@ -377,19 +377,25 @@ def _prepare(name: str, spec: ServiceSpec, settings: Settings, reactor: Reactor,
         _check_schema(settings.database_url, log)
         ctx.database = _open_database(settings)
         health.add_check("database", ctx.database.ping)
-    uses_tls = spec.needs_tls or (spec.name == "web" and bool(settings.web_tls_listen))
+    # a service that needs TLS, or one whose optional TLS listener is configured (web)
+    uses_tls = spec.needs_tls or ("web_tls_listen" in spec.listen_settings
+                                  and bool(settings.web_tls_listen))
     if settings.acme and uses_tls and ctx.database is not None \
             and settings.tls_cert_file and settings.tls_key_file:
         # the certificate by ACME, from the database into this process's files (before the
         # listeners load them)
         from postroom.net.certsync import CertificateSync
-        from postroom.secretbox import Keyring
+        from postroom.secretbox import Keyring, SecretError
 
-        ctx.cert_sync = CertificateSync(
-            ctx.database, settings.tls_cert_file, settings.tls_key_file,
-            keyring=Keyring.from_files(settings.secret_key_file, settings.secret_old_key_files),
-            hostname=settings.hostname)
-        ctx.cert_sync.prepare()
+        try:
+            keyring = Keyring.from_files(settings.secret_key_file, settings.secret_old_key_files)
+            ctx.cert_sync = CertificateSync(ctx.database, settings.tls_cert_file,
+                                            settings.tls_key_file, keyring=keyring,
+                                            hostname=settings.hostname)
+            # a sealed key without POSTROOM_SECRET_KEY_FILE: one line, not a traceback
+            ctx.cert_sync.prepare()
+        except SecretError as exc:
+            raise ConfigError(f"the certificate by ACME: {exc}") from None
     if spec.needs_tls:
         assert settings.tls_cert_file and settings.tls_key_file
         ctx.tls = ServerTLS(settings.tls_cert_file, settings.tls_key_file)

@@ -28,8 +28,10 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
+from postroom import secretbox
 from postroom.config import load_settings
 from postroom.ops.acme import Issuer
+from postroom.secretbox import Keyring
 from postroom.store import acme, domains
 from postroom.store.db import Database
 from postroom.store.migrate import upgrade
@@ -54,6 +56,7 @@ class Setup:
     web_tls_port: int
     env: dict[str, str]     # what the CLI and services share
     tmp: Path
+    keyring: Keyring        # keys are sealed at rest (POSTROOM_SECRET_KEY_FILE)
 
     def cli(self, *args: str, env: dict[str, str] | None = None,
             ok: bool = True) -> subprocess.CompletedProcess[str]:
@@ -65,8 +68,9 @@ class Setup:
         return result
 
     def certificate(self) -> acme.Certificate:
-        found = self.db.run_sync(acme.get_certificate)
+        found = self.db.run_sync(acme.get_certificate, keyring=self.keyring)
         assert found is not None
+        assert found.key_pem.startswith("-----BEGIN PRIVATE KEY-----")
         return found
 
     def settings_env(self, **extra: str) -> dict[str, str]:
@@ -113,7 +117,9 @@ def setup(dns_server_session: DNSServer, redis_url: str,
         db.run_sync(domains.add_domain, domain)
         pebble = Pebble(tmp, dns_server_session.address, web_port)
         (tmp / "web").mkdir()
-        env = {"POSTROOM_DATABASE_URL": database_url, "POSTROOM_HOSTNAME": hostname,
+        keyring = Keyring(secretbox.write_key_file(str(tmp / "secret.key")))
+        env = {"POSTROOM_SECRET_KEY_FILE": str(tmp / "secret.key"),
+               "POSTROOM_DATABASE_URL": database_url, "POSTROOM_HOSTNAME": hostname,
                "POSTROOM_ACME": "true", "POSTROOM_ACME_DIRECTORY": pebble.directory,
                "POSTROOM_ACME_CA_FILE": pebble.ca_file,
                "POSTROOM_ACME_EMAIL": f"postmaster@{domain}", "POSTROOM_TLS_DB_POLL": "1s"}
@@ -123,7 +129,7 @@ def setup(dns_server_session: DNSServer, redis_url: str,
         web = ServiceProcess("web", web_env, argv=runtime_argv("postroom_web.main:SERVICE"))
         web.start(timeout=60)
         yield Setup(db, database_url, redis_url, domain, hostname, pebble, web, web_tls_port,
-                    env, tmp)
+                    env, tmp, keyring)
     finally:
         if web is not None:
             web.close()
@@ -145,6 +151,9 @@ def test_the_web_service_issues_the_certificate_at_start_for_every_name(setup: S
     leaf = x509.load_pem_x509_certificates(cert.cert_pem.encode())[0]
     sans = leaf.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert set(sans.get_values_for_type(x509.DNSName)) == set(cert.names)
+    # the key is sealed at rest: without the secret key it cannot be read
+    with pytest.raises(secretbox.SecretError):
+        setup.db.run_sync(acme.get_certificate)
     events = [e for e in setup.web.log_events() if e.get("event") == "acme certificate issued"]
     assert events and events[0]["names"] == list(cert.names)
     # the web service's own HTTPS listener took it from the database
@@ -193,7 +202,8 @@ def test_two_renewers_racing_issue_once(setup: Setup):
     _wait(lambda: _issued(setup), 60, "the first issuance")
     before = setup.certificate()
     settings = load_settings(setup.env)
-    issuers = [Issuer(Database(setup.database_url, pool_size=2), settings) for _ in range(2)]
+    issuers = [Issuer(Database(setup.database_url, pool_size=2), settings,
+                      keyring=setup.keyring) for _ in range(2)]
     start, outcomes = threading.Barrier(2), []
 
     def run(issuer: Issuer) -> None:
