@@ -541,6 +541,10 @@ class Settings:
     acme_email: str = setting(
         _opt_mail_address, "",
         "Contact address given to the ACME account (expiry notices); empty: none.")
+    acme_challenge: str = setting(
+        _choice("http-01", "tls-alpn-01"), "http-01",
+        "How the CA checks each name: http-01 (port 80 to POSTROOM_WEB_LISTEN) or tls-alpn-01 "
+        "(port 443 to POSTROOM_WEB_TLS_LISTEN, for hosts where port 80 cannot be opened).")
     acme_renew_before: float = setting(
         parse_duration, "30d",
         "Renew the certificate when it expires sooner than this.")

@@ -3,8 +3,9 @@
 One module-wide set-up: a database of its own with one domain, the test DNS
 server publishing A 127.0.0.1 for the mail host and the domain's mta-sts. and
 autoconfig. names, pebble resolving through it and fetching HTTP-01 answers
-from the web service's plain port, and `postroom serve web` with POSTROOM_ACME
-(its renewer issues at start). Services then load the certificate from the
+from the web service's plain port (TLS-ALPN-01 ones from its TLS port), and
+`postroom serve web` with POSTROOM_ACME (its renewer issues at start, by
+TLS-ALPN-01; the CLI and the other issuers use HTTP-01). Services then load the certificate from the
 database: an imap started afterwards serves it on 993, and swaps to a renewed
 one without a restart; the web service serves the MTA-STS policy over HTTPS
 with it, verified against pebble's root.
@@ -24,6 +25,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -92,11 +94,11 @@ def _peer_serial(port: int, server_name: str) -> int:
     return x509.load_der_x509_certificate(der).serial_number
 
 
-def _wait(condition, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+def _wait(condition, timeout: float, what: Any) -> None:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
+            raise AssertionError(f"timed out waiting for {what() if callable(what) else what}")
         time.sleep(0.2)
 
 
@@ -115,7 +117,7 @@ def setup(dns_server_session: DNSServer, redis_url: str,
     try:
         upgrade(database_url)
         db.run_sync(domains.add_domain, domain)
-        pebble = Pebble(tmp, dns_server_session.address, web_port)
+        pebble = Pebble(tmp, dns_server_session.address, web_port, web_tls_port)
         (tmp / "web").mkdir()
         keyring = Keyring(secretbox.write_key_file(str(tmp / "secret.key")))
         env = {"POSTROOM_SECRET_KEY_FILE": str(tmp / "secret.key"),
@@ -123,9 +125,12 @@ def setup(dns_server_session: DNSServer, redis_url: str,
                "POSTROOM_ACME": "true", "POSTROOM_ACME_DIRECTORY": pebble.directory,
                "POSTROOM_ACME_CA_FILE": pebble.ca_file,
                "POSTROOM_ACME_EMAIL": f"postmaster@{domain}", "POSTROOM_TLS_DB_POLL": "1s"}
+        # the web service's own renewer answers by TLS-ALPN-01 on its TLS listener; the CLI
+        # and the issuers of the tests below by HTTP-01 on its plain one
         web_env = {**listener_env(database_url, redis_url, f"prtest:{tag}:", tmp / "web",
                                   hostname=hostname, web_listen=web_port,
-                                  web_tls_listen=web_tls_port), **env}
+                                  web_tls_listen=web_tls_port), **env,
+                   "POSTROOM_ACME_CHALLENGE": "tls-alpn-01"}
         web = ServiceProcess("web", web_env, argv=runtime_argv("postroom_web.main:SERVICE"))
         web.start(timeout=60)
         yield Setup(db, database_url, redis_url, domain, hostname, pebble, web, web_tls_port,
@@ -143,8 +148,9 @@ def _issued(setup: Setup) -> bool:
     return setup.db.run_sync(acme.certificate_info) is not None
 
 
-def test_the_web_service_issues_the_certificate_at_start_for_every_name(setup: Setup):
-    _wait(lambda: _issued(setup), 60, "the first issuance\n" + setup.web.output[-3000:])
+def test_the_web_service_issues_the_certificate_at_start_by_tls_alpn_01(setup: Setup):
+    _wait(lambda: _issued(setup), 60, lambda: "the first issuance\n" + setup.web.output[-3000:]
+          + "\npebble:\n" + setup.pebble.output())
     cert = setup.certificate()
     assert cert.names == (setup.hostname, f"mta-sts.{setup.domain}",
                           f"autoconfig.{setup.domain}")
@@ -156,6 +162,9 @@ def test_the_web_service_issues_the_certificate_at_start_for_every_name(setup: S
         setup.db.run_sync(acme.get_certificate)
     events = [e for e in setup.web.log_events() if e.get("event") == "acme certificate issued"]
     assert events and events[0]["names"] == list(cert.names)
+    answered = {e["name"] for e in setup.web.log_events()
+                if e.get("event") == "tls-alpn-01 answer loaded"}
+    assert answered == set(cert.names)
     # the web service's own HTTPS listener took it from the database
     _wait(lambda: _peer_serial(setup.web_tls_port, setup.hostname) == _serial(cert.cert_pem),
           15, "the web service to load the issued certificate")

@@ -4,7 +4,8 @@
 a self-signed certificate for its own HTTPS that :attr:`ca_file` trusts),
 runs it with no validation sleeps and no rejected nonces, and waits for its
 directory. Its validation authority resolves names through ``dns_address`` and
-fetches HTTP-01 answers from ``http_port`` of the address it finds there.
+fetches HTTP-01 answers from ``http_port`` of the address it finds there (TLS-ALPN-01
+ones from ``tls_port``).
 :meth:`root_pem` is the root it issues under (a new one every run).
 """
 
@@ -26,9 +27,11 @@ PEBBLE = shutil.which("pebble") or "/usr/bin/pebble"
 
 
 class Pebble:
-    def __init__(self, workdir: Path, dns_address: tuple[str, int], http_port: int) -> None:
+    def __init__(self, workdir: Path, dns_address: tuple[str, int], http_port: int,
+                 tls_port: int | None = None) -> None:
         self.workdir = workdir
-        self.port, self.management_port, self.tls_port = free_port(), free_port(), free_port()
+        self.port, self.management_port = free_port(), free_port()
+        self.tls_port = tls_port or free_port()
         self.ca_file = str(workdir / "pebble-cert.pem")
         make_self_signed(self.ca_file, workdir / "pebble-key.pem", "localhost")
         config = {"pebble": {

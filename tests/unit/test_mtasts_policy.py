@@ -51,3 +51,18 @@ def test_the_certificate_covers_the_host_then_each_domains_web_names_once():
     assert wanted_names("MX.example.org.", ["b.test", "a.test", "A.test"]) == [
         "mx.example.org", "mta-sts.a.test", "autoconfig.a.test", "mta-sts.b.test",
         "autoconfig.b.test"]
+
+
+def test_the_tls_alpn_01_certificate_names_the_host_and_carries_the_critical_digest():
+    import hashlib
+
+    from cryptography import x509
+
+    from postroom.net.tls import ACME_IDENTIFIER_OID, tls_alpn_certificate
+
+    cert, _key = tls_alpn_certificate("mx.example.org", "token.thumbprint")
+    sans = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert sans.get_values_for_type(x509.DNSName) == ["mx.example.org"]
+    ext = cert.extensions.get_extension_for_oid(ACME_IDENTIFIER_OID)
+    assert ext.critical
+    assert ext.value.value == b"\x04\x20" + hashlib.sha256(b"token.thumbprint").digest()

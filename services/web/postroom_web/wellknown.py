@@ -14,7 +14,8 @@ import re
 from typing import Any
 
 from postroom.mailauth.mtasts import policy_text
-from postroom.store import acme, mtasts
+from postroom.store.acme import challenge_answer
+from postroom.store.mtasts import get_setting
 
 ACME_PREFIX = "/.well-known/acme-challenge/"
 MTA_STS_PATH = "/.well-known/mta-sts.txt"
@@ -31,7 +32,7 @@ async def answer(app: Any, request: Any, path: str) -> tuple[int, bytes, str] | 
         token = path[len(ACME_PREFIX):]
         found = None
         if _TOKEN.fullmatch(token):
-            found = await app.database.run(acme.challenge_answer, token)
+            found = await app.database.run(challenge_answer, token)
         if found is None:
             return 404, b"no such challenge\n", ACME_ROUTE
         return 200, found.encode("ascii"), ACME_ROUTE
@@ -47,7 +48,7 @@ async def _mta_sts(app: Any, request: Any) -> tuple[int, bytes]:
     host = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     if not host.startswith("mta-sts.") or not _HOST.fullmatch(host) or not app.secure(request):
         return 404, b"no MTA-STS policy here\n"
-    setting = await app.database.run(mtasts.get_setting, host[len("mta-sts."):].rstrip("."))
+    setting = await app.database.run(get_setting, host[len("mta-sts."):].rstrip("."))
     if setting is None or setting.mode == "none":
         return 404, b"no MTA-STS policy here\n"
     return 200, policy_text(setting.mode, [app.settings.hostname]).encode("ascii")

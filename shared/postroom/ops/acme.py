@@ -28,6 +28,8 @@ from postroom.secretbox import Keyring
 
 log = get_logger("acme")
 
+# the web replicas load TLS-ALPN-01 answers every second: the CA is asked to look after this
+ALPN_SETTLE = 2.0
 # the order is given this long to validate and be finalized
 ORDER_TIMEOUT = dt.timedelta(seconds=120)
 USER_AGENT = "postroom-acme"
@@ -160,7 +162,7 @@ class Issuer:
         return acme_client
 
     def _issue(self, names: Sequence[str]) -> Outcome:
-        from acme import challenges, crypto_util
+        from acme import crypto_util
 
         from postroom.store import acme
 
@@ -173,21 +175,28 @@ class Issuer:
         order = acme_client.new_order(crypto_util.make_csr(key_pem, list(names)))
         tokens: list[str] = []
         answers: list[tuple[Any, Any]] = []
+        wanted = self.settings.acme_challenge
         try:
             for authz in order.authorizations:
                 if authz.body.status.name == "valid":
                     continue  # validated recently for this account: nothing to answer
+                name = authz.body.identifier.value
                 challenge = next((c for c in authz.body.challenges
-                                  if isinstance(c.chall, challenges.HTTP01)), None)
+                                  if _challenge_type(c) == wanted), None)
                 if challenge is None:
-                    raise AcmeError(f"the CA offers no http-01 challenge for "
-                                    f"{authz.body.identifier.value}")
-                response, validation = challenge.response_and_validation(
-                    acme_client.net.key)
-                token = challenge.chall.encode("token")
-                self.database.run_sync(acme.put_challenge, token, validation)
-                tokens.append(token)
-                answers.append((challenge, response))
+                    raise AcmeError(f"the CA offers no {wanted} challenge for {name}")
+                token = _token(challenge)
+                key_authorization = f"{token}.{_thumbprint(acme_client.net.key)}"
+                if wanted == "http-01":
+                    self.database.run_sync(acme.put_challenge, token, key_authorization)
+                    tokens.append(token)
+                else:
+                    self.database.run_sync(acme.put_alpn_challenge, name, key_authorization)
+                    tokens.append(acme.ALPN_PREFIX + name)
+                answers.append((challenge, _empty_response()))
+            if wanted == "tls-alpn-01" and answers:
+                # every web replica takes new TLS-ALPN-01 answers within a second
+                time.sleep(ALPN_SETTLE)
             # every answer is published before the CA is told to look at any of them
             for challenge, response in answers:
                 acme_client.answer_challenge(challenge, response)
@@ -217,6 +226,51 @@ class Issuer:
     def _gauge(self, not_after: dt.datetime | None) -> None:
         if self.metrics is not None:
             expiry_gauge(self.metrics).set(not_after.timestamp() if not_after else 0)
+
+
+def _challenge_type(challenge: Any) -> str | None:
+    chall = challenge.chall
+    jobj = getattr(chall, "jobj", None)
+    if isinstance(jobj, dict):  # a type the acme package does not model (tls-alpn-01 now)
+        return str(jobj.get("type")) if jobj.get("type") else None
+    typ = getattr(type(chall), "typ", None)
+    return typ if isinstance(typ, str) else None
+
+
+def _token(challenge: Any) -> str:
+    chall = challenge.chall
+    jobj = getattr(chall, "jobj", None)
+    if isinstance(jobj, dict):
+        return str(jobj["token"])
+    return str(chall.encode("token"))
+
+
+def _thumbprint(key: Any) -> str:
+    """The account key's JWK thumbprint (RFC 7638), as key authorizations carry it."""
+    import josepy as jose
+    from cryptography.hazmat.primitives import hashes
+
+    return str(jose.b64encode(key.public_key().thumbprint(hash_function=hashes.SHA256))
+               .decode())
+
+
+_EMPTY_RESPONSE: list[Any] = []
+
+
+def _empty_response() -> Any:
+    """The ``{}`` RFC 8555 section 7.5.1 asks a client to POST to a challenge."""
+    if not _EMPTY_RESPONSE:
+        from acme import challenges
+
+        class EmptyResponse(challenges.ChallengeResponse):
+            typ = "empty"  # never sent: ChallengeResponse drops its type field
+
+            def __bool__(self) -> bool:
+                # a falsy payload would be sent as POST-as-GET (empty), which answers nothing
+                return True
+
+        _EMPTY_RESPONSE.append(EmptyResponse)
+    return _EMPTY_RESPONSE[0]()
 
 
 def _describe(exc: BaseException) -> str:

@@ -29,6 +29,9 @@ TLS_PRIVATE_KEY = "tls_certificates.key_pem"
 DEFAULT_CERTIFICATE = "default"
 # pg_try_advisory_lock key of the renewer: "ACME" in ASCII, fixed so every replica agrees
 RENEWER_LOCK_KEY = 0x41434D45
+# TLS-ALPN-01 answers share the table, keyed by this prefix and the name (":" is never in an
+# HTTP-01 token, so the HTTP route cannot serve them)
+ALPN_PREFIX = "tls-alpn-01:"
 # the longest an HTTP-01 answer is kept (an order's validation takes seconds)
 CHALLENGE_TTL = timedelta(hours=1)
 
@@ -100,6 +103,21 @@ def put_challenge(session: Session, token: str, key_authorization: str, *,
         token=token, key_authorization=key_authorization, expires_at=expires)
         .on_conflict_do_update(index_elements=["token"], set_={
             "key_authorization": key_authorization, "expires_at": expires}))
+
+
+def put_alpn_challenge(session: Session, name: str, key_authorization: str, *,
+                       ttl: timedelta = CHALLENGE_TTL) -> None:
+    """Publish a TLS-ALPN-01 answer for ``name`` (the web's TLS listener presents it)."""
+    put_challenge(session, ALPN_PREFIX + name, key_authorization, ttl=ttl)
+
+
+def alpn_challenges(session: Session) -> dict[str, str]:
+    """Every unexpired TLS-ALPN-01 answer: name -> key authorization."""
+    rows = session.execute(
+        select(acme_challenges.c.token, acme_challenges.c.key_authorization)
+        .where(acme_challenges.c.token.startswith(ALPN_PREFIX, autoescape=True),
+               acme_challenges.c.expires_at > datetime.now(UTC)))
+    return {token[len(ALPN_PREFIX):]: answer for token, answer in rows}
 
 
 def challenge_answer(session: Session, token: str) -> str | None:

@@ -9,7 +9,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from postroom.mailauth.mtasts import policy_id
-from postroom.store import domains, mtasts
+from postroom.store import domains
+from postroom.store.mtasts import set_mode
 from postroom_web.framework import Access, Ctx, Page, PageQuery, endpoint, not_found
 
 
@@ -98,6 +99,6 @@ def change_domain(ctx: Ctx, domain: str, body: DomainChange) -> DomainPolicy:
     """Set the MTA-STS mode (every change, even to the same mode, makes a new policy id, as
     `postroom domain mta-sts` does)."""
     name = ctx.require_manage(domain)
-    sts = mtasts.set_mode(ctx.store, name, body.mta_sts_mode)
+    sts = set_mode(ctx.store, name, body.mta_sts_mode)
     return DomainPolicy(name=sts.domain, mta_sts_mode=sts.mode,
                         mta_sts_id=policy_id(sts.stamp, sts.mode, [ctx.settings.hostname]))
