@@ -558,6 +558,39 @@ class Settings:
         _ip_networks, "",
         "Reverse proxies (addresses/CIDRs) whose X-Forwarded-For and X-Forwarded-Proto the web "
         "service believes; from any other peer those headers are ignored.")
+    # certificates by ACME (docs/operations.md, "Certificates by ACME")
+    acme: bool = setting(
+        _bool, "false",
+        "Get the certificate by ACME: the web service issues and renews it (HTTP-01 answered on "
+        "POSTROOM_WEB_LISTEN, which port 80 must reach) and stores it in the database; every "
+        "service loads the current one from there into its own POSTROOM_TLS_CERT_FILE / "
+        "POSTROOM_TLS_KEY_FILE (local paths, not shared) and reloads.")
+    acme_directory: str = setting(
+        _str, "https://acme-v02.api.letsencrypt.org/directory",
+        "The ACME directory URL (Let's Encrypt's production one by default; try "
+        "https://acme-staging-v02.api.letsencrypt.org/directory first).")
+    acme_email: str = setting(
+        _opt_mail_address, "",
+        "Contact address given to the ACME account (expiry notices); empty: none.")
+    acme_challenge: str = setting(
+        _choice("http-01", "tls-alpn-01"), "http-01",
+        "How the CA checks each name: http-01 (port 80 to POSTROOM_WEB_LISTEN) or tls-alpn-01 "
+        "(port 443 to POSTROOM_WEB_TLS_LISTEN, for hosts where port 80 cannot be opened).")
+    acme_renew_before: float = setting(
+        parse_duration, "30d",
+        "Renew the certificate when it expires sooner than this.")
+    acme_check_interval: float = setting(
+        parse_duration, "1h",
+        "How often the web service checks whether the certificate needs issuing or renewing "
+        "(one replica at a time, under a PostgreSQL advisory lock).")
+    acme_ca_file: str | None = setting(
+        _opt_str, "",
+        "PEM CA bundle for the HTTPS connection to the ACME directory; empty: the system's "
+        "CAs (tests point it at pebble's certificate).")
+    tls_db_poll: float = setting(
+        parse_duration, "60s",
+        "With POSTROOM_ACME: how often each service looks for a newer certificate in the "
+        "database.")
     dmarc_url: str = setting(
         _internal_http_url, "http://127.0.0.1:8025",
         "Where other services reach the DMARC service.")

@@ -24,6 +24,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ServerEndpoint, TCP6ServerEndpoint, serverFromString
 from twisted.internet.error import CannotListenError, ReactorNotRunning
 from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
@@ -37,6 +38,7 @@ from postroom.net.tls import ServerTLS, TLSConfigError, wrap_implicit
 from postroom.service import ServiceSpec, UnknownService, load_service
 
 if TYPE_CHECKING:  # both imported when a service needs them (the store and Redis are optional)
+    from postroom.net.certsync import CertificateSync
     from postroom.queue.redisclient import RedisClient
     from postroom.store.db import Database
 
@@ -151,6 +153,8 @@ class ServiceContext:
         self.database = database
         self.redis = redis
         self.tls = tls
+        #: with POSTROOM_ACME: keeps the certificate files at the database's certificate
+        self.cert_sync: CertificateSync | None = None
         self.metrics = metrics or Metrics(name)
         self.health = health or health_mod.Health(reactor)
         self.log = log or get_logger(name)
@@ -362,20 +366,41 @@ def _prepare(name: str, spec: ServiceSpec, settings: Settings, reactor: Reactor,
         require(settings, "database_url")
     if spec.needs_redis:
         require(settings, "redis_url")
-    tls = None
-    if spec.needs_tls:
-        if not settings.tls_cert_file or not settings.tls_key_file:
-            raise ConfigError("POSTROOM_TLS_CERT_FILE / POSTROOM_TLS_KEY_FILE: required by "
-                              "this service but not set")
-        tls = ServerTLS(settings.tls_cert_file, settings.tls_key_file)
+    if spec.needs_tls and (not settings.tls_cert_file or not settings.tls_key_file):
+        raise ConfigError("POSTROOM_TLS_CERT_FILE / POSTROOM_TLS_KEY_FILE: required by "
+                          "this service but not set")
     health = health_mod.Health(reactor)
-    ctx = ServiceContext(spec.name, settings, reactor, tls=tls, health=health,
+    ctx = ServiceContext(spec.name, settings, reactor, health=health,
                          metrics=Metrics(spec.name), log=log)
     if spec.needs_database:
         assert settings.database_url
         _check_schema(settings.database_url, log)
         ctx.database = _open_database(settings)
         health.add_check("database", ctx.database.ping)
+    # a service that needs TLS, or one whose optional TLS listener is configured (web)
+    uses_tls = spec.needs_tls or ("web_tls_listen" in spec.listen_settings
+                                  and bool(settings.web_tls_listen))
+    if settings.acme and uses_tls and ctx.database is not None \
+            and settings.tls_cert_file and settings.tls_key_file:
+        # the certificate by ACME, from the database into this process's files (before the
+        # listeners load them)
+        from postroom.net.certsync import CertificateSync
+        from postroom.secretbox import Keyring, SecretError
+
+        try:
+            keyring = Keyring.from_files(settings.secret_key_file, settings.secret_old_key_files)
+            ctx.cert_sync = CertificateSync(ctx.database, settings.tls_cert_file,
+                                            settings.tls_key_file, keyring=keyring,
+                                            hostname=settings.hostname)
+            # a sealed key without POSTROOM_SECRET_KEY_FILE: one line, not a traceback
+            ctx.cert_sync.prepare()
+        except SecretError as exc:
+            raise ConfigError(f"the certificate by ACME: {exc}") from None
+    if spec.needs_tls:
+        assert settings.tls_cert_file and settings.tls_key_file
+        ctx.tls = ServerTLS(settings.tls_cert_file, settings.tls_key_file)
+        if ctx.cert_sync is not None:
+            ctx.cert_sync.tls = ctx.tls
     if spec.needs_redis:
         ctx.redis = _open_redis(settings, log)
         health.add_check("redis", ctx.redis.ping, blocking=True)
@@ -429,6 +454,17 @@ def run_service(name: str, settings: Settings | None = None, *,
     return _run(spec, ctx, reactor, log)
 
 
+def _poll_certificates(ctx: ServiceContext, reactor: Reactor, log: Logger) -> None:
+    """Every POSTROOM_TLS_DB_POLL, take a newer certificate from the database (POSTROOM_ACME)."""
+    sync = ctx.cert_sync
+    assert sync is not None
+    poll = LoopingCall(lambda: Deferred.fromCoroutine(sync.poll()))
+    poll.clock = twisted_clock(reactor)
+    poll.start(ctx.settings.tls_db_poll, now=False).addErrback(
+        lambda f: log.error("tls certificate poll stopped", error=f.getErrorMessage()))
+    ctx.on_stop(lambda: poll.stop() if poll.running else None)
+
+
 def _run(spec: ServiceSpec, ctx: ServiceContext, reactor: Reactor, log: Logger) -> int:
     exit_code = [EXIT_OK]
     stop = ReactorStop(reactor, log)
@@ -441,6 +477,8 @@ def _run(spec: ServiceSpec, ctx: ServiceContext, reactor: Reactor, log: Logger) 
         if ctx.tls is not None:
             ctx.tls.start_watching(reactor)
             ctx.tls.install_sighup(reactor)
+        if ctx.cert_sync is not None:
+            _poll_certificates(ctx, reactor, log)
         await defer.maybeDeferred(spec.start, ctx)
         ctx.health.set_flag("service started", True)
         log.info("service started", service=spec.name, http=_describe_port(http_port),

@@ -195,6 +195,17 @@ def test_the_web_tls_override_serves_and_publishes_443(tmp_path):
     assert web["environment"]["POSTROOM_WEB_TLS_LISTEN"] == "tcp:443"
 
 
+def test_the_acme_override_publishes_80_to_the_web_and_keeps_certificates_local(tmp_path):
+    config = compose_config(tmp_path, extra=["deploy/compose.acme.yaml"])
+    web = config["services"]["web"]
+    assert _published(web) == {WEB_PORT, 80}
+    for name in ("msa", "mta", "imap", "pop3", "web"):
+        env = config["services"][name]["environment"]
+        assert env["POSTROOM_ACME"] == "true", name
+        # not under the read-only ./tls mount: each container writes its own copy
+        assert env["POSTROOM_TLS_CERT_FILE"].startswith("/tmp/postroom-tls/"), name
+
+
 @pytest.mark.parametrize("name", CONSUMERS)
 def test_queue_consumers_publish_nothing_so_they_scale(config, name):
     service = config["services"][name]

@@ -180,6 +180,16 @@ def test_mda_role_delivers_into_a_mailbox(rdb):
                       datetime.now(UTC)).result == DELIVERED
 
 
+@pytest.mark.parametrize("service", ["msa", "mta", "pop3", "imap"])
+def test_tls_service_roles_read_the_certificate_by_acme(rdb, service):
+    from postroom.store import acme
+
+    rdb.owner.run_sync(acme.save_certificate, acme.DEFAULT_CERTIFICATE, "CERT", "KEY",
+                       datetime.now(UTC), ["mx.example.test"])
+    found = run_as(rdb, service, acme.get_certificate)
+    assert (found.cert_pem, found.key_pem) == ("CERT", "KEY")
+
+
 def test_pop3_role_lists_retrieves_and_deletes(rdb):
     from postroom_mda.delivery import Options, deliver_recipient
     from postroom_pop3 import maildrop
@@ -315,6 +325,13 @@ FORBIDDEN = [
     *[(s, "SELECT * FROM totp_recovery_codes") for s in roles.SERVICES],
     *[(s, "UPDATE app_passwords SET revoked_at = NULL") for s in ("msa", "pop3", "imap")],
     *[(s, "SELECT hash FROM app_passwords") for s in ("mta", "mda", "dmarc")],
+    # the ACME account key and challenge answers are the owner's (the web renewer, the CLI);
+    # a TLS service reads the certificate and never writes it
+    *[(s, "SELECT key_pem FROM acme_account") for s in roles.SERVICES],
+    *[(s, "SELECT token FROM acme_challenges") for s in roles.SERVICES],
+    *[(s, "DELETE FROM tls_certificates") for s in roles.SERVICES],
+    ("dmarc", "SELECT key_pem FROM tls_certificates"),
+    ("mda", "SELECT key_pem FROM tls_certificates"),
 ]
 
 

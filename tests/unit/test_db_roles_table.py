@@ -99,3 +99,11 @@ def test_the_script_is_one_transaction_and_names_every_role():
 def test_a_prefix_that_is_not_a_plain_name_is_refused(prefix):
     with pytest.raises(ValueError, match="role prefix"):
         roles.statements(prefix=prefix)
+
+
+def test_only_the_tls_services_read_the_acme_certificate_key():
+    assert _readers("tls_certificates", "key_pem") == {"msa", "mta", "pop3", "imap"}
+
+
+def test_the_acme_account_key_and_challenges_are_the_owners_alone():
+    assert {"acme_account", "acme_challenges"} <= roles.OWNER_ONLY

@@ -40,7 +40,7 @@ from postroom.metrics import Histogram, Metrics, errors_total
 from postroom.net.connlimit import PerAddressLimit
 from postroom.store import errors as store_errors
 from postroom.store.db import UNAVAILABLE, Database
-from postroom_web import security
+from postroom_web import security, wellknown
 from postroom_web.auth import Identity, Logins, bearer_token, identify
 from postroom_web.framework import (
     API_PREFIX,
@@ -264,6 +264,10 @@ class WebApp:
         return security.client_address(peer, _header(request, "x-forwarded-for"),
                                        self.settings.web_proxy_trusted)
 
+    def secure(self, request: Any) -> bool:
+        """Whether ``request`` came over HTTPS (ours, or a trusted proxy's)."""
+        return self._secure(request)
+
     def _secure(self, request: Any) -> bool:
         if request.isSecure():
             return True
@@ -275,6 +279,11 @@ class WebApp:
         raw_path = request.path.decode("latin-1")
         if raw_path.startswith("/static/") and method in ("GET", "HEAD"):
             return self._static(raw_path[len("/static/"):]), "/static/{file}", None
+        if raw_path.startswith("/.well-known/") and method in ("GET", "HEAD"):
+            known = await wellknown.answer(self, request, raw_path)
+            if known is not None:
+                status, body, label = known
+                return Answer(status, body, wellknown.TEXT, []), label, None
         is_api = raw_path == API_PREFIX or raw_path.startswith(API_PREFIX + "/")
         matches, _ = self.registry.find(raw_path)
         if not matches:

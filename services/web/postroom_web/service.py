@@ -8,11 +8,14 @@ from twisted.internet.defer import Deferred
 from twisted.internet.task import LoopingCall
 
 from postroom.auth.ratelimit import LoginRateLimiter
-from postroom.interfaces import twisted_clock
+from postroom.interfaces import defer_to_pool, twisted_clock
 from postroom.logs import get_logger
-from postroom.net.tls import ServerTLS
+from postroom.net.tls import ServerTLS, tls_alpn_certificate
+from postroom.ops.acme import Issuer
 from postroom.runtime import ServiceContext, StartupError
+from postroom.secretbox import Keyring
 from postroom.store import webaccess
+from postroom.store.acme import alpn_challenges
 from postroom_web import routes
 from postroom_web.auth import Logins
 from postroom_web.http import PerClientLimit, WebApp, WebSite
@@ -22,6 +25,9 @@ log = get_logger("web")
 
 # expired console sessions are deleted this often (seconds; every replica does it, harmlessly)
 PURGE_INTERVAL = 3600.0
+# how often TLS-ALPN-01 answers are loaded from the database (seconds; postroom.ops.acme
+# waits a little longer than this before asking the CA to look)
+ALPN_POLL = 1.0
 # threads for Redis calls: the login limiter's, the overview's queue depths (short)
 REDIS_THREADS = 2
 
@@ -54,13 +60,73 @@ async def start_listening(ctx: ServiceContext) -> WebApp:
             ctx.tls = ServerTLS(ctx.settings.tls_cert_file, ctx.settings.tls_key_file)
             ctx.tls.start_watching(ctx.reactor)
             ctx.tls.install_sighup(ctx.reactor)
+            if ctx.cert_sync is not None:
+                ctx.cert_sync.tls = ctx.tls
         await ctx.listen_all(ctx.settings.web_tls_listen, site, implicit_tls=True)
     purge = LoopingCall(lambda: Deferred.fromCoroutine(_purge_sessions(ctx)))
     purge.clock = twisted_clock(ctx.reactor)
     purge.start(PURGE_INTERVAL, now=True).addErrback(
         lambda f: log.error("session purge stopped", error=f.getErrorMessage()))
     ctx.on_stop(lambda: purge.stop() if purge.running else None)
+    if ctx.settings.acme:
+        if ctx.settings.acme_challenge == "tls-alpn-01":
+            _answer_tls_alpn(ctx)
+        _start_renewer(ctx)
     return app
+
+
+def _answer_tls_alpn(ctx: ServiceContext) -> None:
+    """Every second, present the TLS-ALPN-01 answers in the database on the TLS listener (any
+    replica may be the one the CA reaches; a new certificate per answer, made once)."""
+    if ctx.tls is None:
+        raise StartupError("POSTROOM_ACME_CHALLENGE=tls-alpn-01 needs POSTROOM_WEB_TLS_LISTEN "
+                           "(the CA connects to port 443)")
+    tls = ctx.tls
+    made: dict[tuple[str, str], Any] = {}
+
+    async def refresh() -> None:
+        try:
+            wanted = await ctx.db.run(alpn_challenges)
+        except Exception as exc:  # noqa: BLE001 -- logged; the next round tries again
+            log.warning("tls-alpn-01 answers not loaded", error=str(exc)[:200])
+            return
+        current = {}
+        for name, key_authorization in wanted.items():
+            pair = made.get((name, key_authorization))
+            if pair is None:
+                pair = tls_alpn_certificate(name, key_authorization)
+                log.info("tls-alpn-01 answer loaded", name=name)
+            current[(name, key_authorization)] = pair
+        made.clear()
+        made.update(current)
+        tls.answer_tls_alpn({name: pair for (name, _), pair in current.items()})
+
+    poll = LoopingCall(lambda: Deferred.fromCoroutine(refresh()))
+    poll.clock = twisted_clock(ctx.reactor)
+    poll.start(ALPN_POLL, now=True).addErrback(
+        lambda f: log.error("tls-alpn-01 answerer stopped", error=f.getErrorMessage()))
+    ctx.on_stop(lambda: poll.stop() if poll.running else None)
+
+
+def _start_renewer(ctx: ServiceContext) -> None:
+    """Every POSTROOM_ACME_CHECK_INTERVAL, issue or renew the certificate when it is due.
+
+    Every replica checks; the PostgreSQL advisory lock lets one of them issue at a time
+    (postroom.ops.acme). The work is blocking HTTPS to the CA: it runs in a thread of its own.
+    """
+    keyring = Keyring.from_files(ctx.settings.secret_key_file, ctx.settings.secret_old_key_files)
+    issuer = Issuer(ctx.db, ctx.settings, keyring=keyring, metrics=ctx.metrics)
+    pool = ctx.thread_pool("acme", 1)
+
+    def check() -> Deferred[Any]:
+        return defer_to_pool(ctx.reactor, pool, issuer.ensure).addErrback(
+            lambda f: log.error("acme check failed", error=f.getErrorMessage()))
+
+    renew = LoopingCall(check)
+    renew.clock = twisted_clock(ctx.reactor)
+    renew.start(ctx.settings.acme_check_interval, now=True).addErrback(
+        lambda f: log.error("acme renewer stopped", error=f.getErrorMessage()))
+    ctx.on_stop(lambda: renew.stop() if renew.running else None)
 
 
 async def _purge_sessions(ctx: ServiceContext) -> None:

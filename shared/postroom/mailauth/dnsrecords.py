@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+from postroom.mailauth.mtasts import MAX_AGE, policy_id
 
 # A TXT character-string holds at most 255 octets (RFC 1035 3.3.14); longer values
 # (an RSA-2048 DKIM key) are split into several strings of one record.
@@ -52,8 +53,28 @@ def dmarc_record(domain: str, value: str) -> str:
     return f"{_fqdn('_dmarc.' + domain.lower().rstrip('.'))} IN TXT {txt_value(value)}"
 
 
+def mta_sts_records(domain: str, hostname: str, mode: str, stamp: str | None) -> list[str]:
+    """The MTA-STS lines: the TXT record whose id follows every change of the mode or the MX
+    (postroom.mailauth.mtasts.policy_id), or, with mode none, how to turn it on."""
+    txt = f"{_fqdn('_mta-sts.' + domain)} IN TXT " \
+        f"{txt_value('v=STSv1; id=' + policy_id(stamp, mode, [hostname]))}"
+    cname = f"{_fqdn('mta-sts.' + domain)} IN CNAME {_fqdn(hostname)}"
+    if mode == "none":
+        return [f"; MTA-STS (RFC 8461): off; `postroom domain mta-sts {domain} testing` serves a "
+                f"policy at https://mta-sts.{domain}/.well-known/mta-sts.txt, then publish:",
+                "; " + txt, "; " + cname]
+    return [
+        f"; MTA-STS (RFC 8461): mode {mode}, policy served at https://mta-sts.{domain}"
+        "/.well-known/mta-sts.txt (the id changes whenever the mode or the MX does)",
+        txt, cname,
+        f"; policy file: version: STSv1 / mode: {mode} / mx: {hostname} / "
+        f"max_age: {MAX_AGE[mode]}",
+    ]
+
+
 def all_records(domain: str, hostname: str, dkim_keys: Iterable[Mapping[str, Any]],
-                report_address: str | None = None) -> list[str]:
+                report_address: str | None = None, *, mta_sts_mode: str = "none",
+                mta_sts_stamp: str | None = None) -> list[str]:
     """Every record a domain needs: MX, SPF, DKIM, DMARC, MTA-STS and TLS-RPT."""
     domain = domain.lower().rstrip(".")
     rua = report_address or f"postmaster@{domain}"
@@ -83,12 +104,9 @@ def all_records(domain: str, hostname: str, dkim_keys: Iterable[Mapping[str, Any
     lines += [
         "; DMARC (RFC 7489): start with p=none and aggregate reports, then quarantine or reject",
         dmarc_record(domain, dmarc_starter(domain, rua)),
-        "; MTA-STS (RFC 8461): serve the policy at https://mta-sts."
-        f"{domain}/.well-known/mta-sts.txt",
-        f"{_fqdn('_mta-sts.' + domain)} IN TXT "
-        f"{txt_value('v=STSv1; id=' + time.strftime('%Y%m%d%H%M%S', time.gmtime()))}",
-        f"{_fqdn('mta-sts.' + domain)} IN CNAME {_fqdn(hostname)}",
-        f"; policy file: version: STSv1 / mode: testing / mx: {hostname} / max_age: 86400",
+    ]
+    lines += mta_sts_records(domain, hostname, mta_sts_mode, mta_sts_stamp)
+    lines += [
         "; TLS-RPT (RFC 8460): where sending MTAs report TLS failures",
         f"{_fqdn('_smtp._tls.' + domain)} IN TXT {txt_value(f'v=TLSRPTv1; rua=mailto:{rua}')}",
     ]

@@ -10,6 +10,7 @@ only; established sessions keep the one they negotiated with.
 from __future__ import annotations
 
 import datetime
+import hashlib
 import ipaddress
 import os
 import signal
@@ -116,6 +117,14 @@ class ServerTLS:
         self._options = build_context_factory(cert_file, key_file)
         self._watch: LoopingCall | None = None
         self.reloads = 0
+        #: TLS-ALPN-01 (RFC 8737): name -> the challenge certificate and key to present to a
+        #: client that offers only "acme-tls/1" for that name (set by the ACME answerer)
+        self.alpn_challenges: dict[str, tuple[x509.Certificate, Any]] | None = None
+
+    def answer_tls_alpn(self, challenges: dict[str, tuple[x509.Certificate, Any]]) -> None:
+        """Present these challenge certificates on "acme-tls/1" connections from now on."""
+        self.alpn_challenges = challenges
+        _select_alpn(self._options.getContext(), self)
 
     def getContext(self) -> SSL.Context:
         return self._options.getContext()
@@ -128,6 +137,8 @@ class ServerTLS:
         except TLSConfigError as exc:
             log.error("tls reload failed, keeping previous certificate", error=str(exc))
             return False
+        if self.alpn_challenges is not None:
+            _select_alpn(options.getContext(), self)
         self._options = options
         self.reloads += 1
         log.info("tls certificate reloaded", cert_file=self.cert_file)
@@ -156,6 +167,48 @@ class ServerTLS:
     def install_sighup(self, reactor: ReactorThreads) -> None:
         """Reload on SIGHUP (the signal arrives on the main thread; reload on the reactor)."""
         signal.signal(signal.SIGHUP, lambda _sig, _frame: reactor.callFromThread(self.reload))
+
+
+ACME_TLS_ALPN = b"acme-tls/1"
+# id-pe-acmeIdentifier (RFC 8737 section 6.1)
+ACME_IDENTIFIER_OID = x509.ObjectIdentifier("1.3.6.1.5.5.7.1.31")
+
+
+def _select_alpn(context: SSL.Context, tls: ServerTLS) -> None:
+    """Answer "acme-tls/1" with the name's challenge certificate; ignore every other ALPN."""
+    def select(conn: SSL.Connection, offered: list[bytes]) -> Any:
+        if ACME_TLS_ALPN in offered and tls.alpn_challenges:
+            raw = conn.get_servername()
+            name = raw.decode("ascii", "replace").lower() if raw else ""
+            found = tls.alpn_challenges.get(name)
+            if found is not None:
+                # OpenSSL picks the certificate after ALPN, so switching here is in time
+                conn.use_certificate(found[0])
+                conn.use_privatekey(found[1])
+                return ACME_TLS_ALPN
+        return SSL.NO_OVERLAPPING_PROTOCOLS  # as before: no ALPN for anyone else
+    context.set_alpn_select_callback(select)
+
+
+def tls_alpn_certificate(name: str, key_authorization: str) -> tuple[x509.Certificate, Any]:
+    """The self-signed TLS-ALPN-01 certificate for ``name`` (RFC 8737 section 3)."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    digest = hashlib.sha256(key_authorization.encode("ascii")).digest()
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name[:64])])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(subject).issuer_name(subject).public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=7))
+        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
+        # the extension's value is the DER OCTET STRING of the digest
+        .add_extension(x509.UnrecognizedExtension(ACME_IDENTIFIER_OID,
+                                                  b"\x04\x20" + digest), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    return cert, key
 
 
 def wrap_implicit(factory: IProtocolFactory, tls: ServerTLS) -> TLSMemoryBIOFactory:

@@ -1,5 +1,6 @@
 """`postroom`: the operator's command line (serve, up, db, domain, user, app-password, token,
-auth, alias, dkim, secret-key, srs, dns, queue, dmarc, doctor, import, export, trace).
+auth, alias, dkim, secret-key, srs, tls, acme, dns, queue, dmarc, doctor, import, export,
+trace).
 
 Every command explains itself with ``--help``. Errors are one line on stderr
 and a non-zero exit status, never a traceback: 2 for bad usage or
@@ -296,6 +297,13 @@ def _domain_arguments(p: argparse.ArgumentParser) -> None:
     q = dsub.add_parser("list", help="list local domains")
     q.add_argument("--json", action="store_true")
     q = dsub.add_parser(
+        "mta-sts", help="set the MTA-STS mode of a domain (none, testing, enforce)",
+        description="Set the mode of the MTA-STS policy (RFC 8461) the web service serves at "
+        "https://mta-sts.DOMAIN/.well-known/mta-sts.txt (none: no policy). Every change makes "
+        "a new policy id: publish the _mta-sts TXT record `postroom dns DOMAIN` prints then.")
+    q.add_argument("domain")
+    q.add_argument("mode", choices=("none", "testing", "enforce"))
+    q = dsub.add_parser(
         "ensure-role-addresses", help="create the missing postmaster@ and abuse@ aliases",
         description="Make postmaster@ (RFC 5321) and abuse@ (RFC 2142) of each domain (all "
         "by default) an alias of --target, else POSTROOM_ROLE_ADDRESS_TARGET, else the "
@@ -322,6 +330,14 @@ def cmd_domain(args: argparse.Namespace) -> int:
               "(`postroom alias` changes them)")
     elif args.action == "ensure-role-addresses":
         return _ensure_role_addresses(args.domains, args.target)
+    elif args.action == "mta-sts":
+        from postroom.mailauth.dnsrecords import mta_sts_records
+        from postroom.store import mtasts
+
+        sts = _with_db(mtasts.set_mode, args.domain, args.mode)
+        print(f"MTA-STS mode of {sts.domain} is now {sts.mode}; publish:")
+        for line in mta_sts_records(sts.domain, _settings().hostname, sts.mode, sts.stamp):
+            print(line)
     elif args.action == "remove":
         _with_db(domains.remove_domain, args.domain)
         print(f"domain {args.domain.lower()} removed")
@@ -1182,6 +1198,62 @@ def cmd_tls(args: argparse.Namespace) -> int:
     return 0
 
 
+def _acme_arguments(p: argparse.ArgumentParser) -> None:
+    asub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    asub.add_parser("issue", help="issue the certificate now, due or not")
+    asub.add_parser("renew", help="issue only when due (what the web service does hourly)")
+    q = asub.add_parser("status", help="what the stored certificate covers and when it expires")
+    q.add_argument("--json", action="store_true")
+
+
+@command("acme", _acme_arguments,
+         summary="the certificate by ACME: issue, renew, status",
+         description=("Issue or renew the certificate of POSTROOM_HOSTNAME and each domain's "
+                      "mta-sts. and autoconfig. names from POSTROOM_ACME_DIRECTORY (HTTP-01, "
+                      "answered by the web service, which must be reachable on port 80 of "
+                      "each name), and store it in the database, from which every service "
+                      "loads it (POSTROOM_ACME). Exit 1 when the CA refused or another replica "
+                      "is renewing."))
+def cmd_acme(args: argparse.Namespace) -> int:
+    from postroom.ops.acme import Issuer
+    from postroom.store import acme
+
+    settings = _settings()
+    database = _open_store()
+    try:
+        if args.action == "status":
+            info = database.run_sync(acme.certificate_info)
+            due, names = Issuer(database, settings).due()
+            row = {"directory": settings.acme_directory, "names": list(names), "due": due,
+                   "issued_at": info.issued_at.isoformat() if info else None,
+                   "not_after": info.not_after.isoformat() if info else None,
+                   "covers": list(info.names) if info else []}
+            if args.json:
+                print(json.dumps(row, indent=2))
+            else:
+                for key, value in row.items():
+                    shown = ", ".join(value) if isinstance(value, list) else value
+                    print(f"{key:<10} {shown if shown is not None else '-'}")
+            return 0
+        outcome = Issuer(database, settings, keyring=_keyring(settings)).ensure(
+            force=args.action == "issue")
+    finally:
+        database.dispose()
+    if outcome.outcome == "issued":
+        assert outcome.not_after is not None
+        print(f"certificate issued for {', '.join(outcome.names)}, valid until "
+              f"{outcome.not_after.isoformat()}; every service loads it within "
+              f"POSTROOM_TLS_DB_POLL")
+        return 0
+    if outcome.outcome == "current":
+        assert outcome.not_after is not None
+        print(f"certificate current until {outcome.not_after.isoformat()}; nothing to do")
+        return 0
+    if outcome.outcome == "busy":
+        raise CLIError("another replica is renewing the certificate now; try again later")
+    raise CLIError(f"ACME issuance failed: {outcome.error}")
+
+
 def _dns_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("domain")
     p.add_argument("--rua", default=None, metavar="ADDRESS",
@@ -1234,14 +1306,17 @@ def cmd_doctor(args: argparse.Namespace) -> int:
                       "in zone-file syntax."))
 def cmd_dns(args: argparse.Namespace) -> int:
     from postroom.mailauth import dnsrecords
-    from postroom.store import dkim
+    from postroom.store import dkim, mtasts
 
     settings = _settings()
     if args.check:
         return _dns_check(args.domain, settings)
     keys = [{**_plain(k), "state": k.state} for k in _with_db(dkim.list_keys, args.domain)]
+    sts = _with_db(mtasts.get_setting, args.domain)
     for line in dnsrecords.all_records(args.domain, settings.hostname, keys,
-                                       report_address=args.rua):
+                                       report_address=args.rua,
+                                       mta_sts_mode=sts.mode if sts else "none",
+                                       mta_sts_stamp=sts.stamp if sts else None):
         print(line)
     return 0
 

@@ -36,6 +36,7 @@ NAMING_CONVENTION = {
 }
 
 SPECIAL_USES = ("\\All", "\\Archive", "\\Drafts", "\\Flagged", "\\Junk", "\\Sent", "\\Trash")
+MTA_STS_MODES = ("none", "testing", "enforce")
 SPOOL_KINDS = ("inbound", "submission", "bounce", "local")
 STREAMS = ("deliver", "outbound")
 RECIPIENT_STATES = ("pending", "delivered", "failed", "bounced")
@@ -76,11 +77,16 @@ class Domain(Base):
     """A domain we receive mail for; the name is the lowercase A-label form."""
 
     __tablename__ = "domains"
-    __table_args__ = (CheckConstraint("name = lower(name) AND name <> ''", name="name_lower"),)
+    __table_args__ = (CheckConstraint("name = lower(name) AND name <> ''", name="name_lower"),
+                      CheckConstraint(_in("mta_sts_mode", MTA_STS_MODES), name="mta_sts_mode"))
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True)
     name: Mapped[str] = mapped_column(Text, unique=True)
     created_at: Mapped[datetime] = _now()
+    # RFC 8461: the policy the web service serves at mta-sts.<name> (none: no policy), and
+    # the id= of its _mta-sts TXT record, new whenever the policy changes (migration 0017)
+    mta_sts_mode: Mapped[str] = mapped_column(Text, server_default=text("'none'"))
+    mta_sts_id: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class User(Base):
@@ -640,4 +646,33 @@ totp_recovery_codes = Table(
     Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), primary_key=True),
     Column("code_sha256", Text, primary_key=True),
     Column("used_at", DateTime(timezone=True), nullable=True),
+)
+
+# certificates by ACME (migration 0017): the account key per directory (sealed when a
+# secret key is configured), the certificates every service loads (key sealed likewise),
+# and the HTTP-01 answers the web service gives while an order is validated
+acme_account = Table(
+    "acme_account", Base.metadata,
+    Column("id", Integer, primary_key=True),
+    Column("directory", Text, nullable=False, unique=True),
+    Column("key_pem", Text, nullable=False),
+    Column("uri", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+)
+
+tls_certificates = Table(
+    "tls_certificates", Base.metadata,
+    Column("name", Text, primary_key=True),
+    Column("cert_pem", Text, nullable=False),
+    Column("key_pem", Text, nullable=False),
+    Column("not_after", DateTime(timezone=True), nullable=False),
+    Column("issued_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("names", ARRAY(Text), nullable=False),
+)
+
+acme_challenges = Table(
+    "acme_challenges", Base.metadata,
+    Column("token", Text, primary_key=True),
+    Column("key_authorization", Text, nullable=False),
+    Column("expires_at", DateTime(timezone=True), nullable=False),
 )

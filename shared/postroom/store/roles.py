@@ -62,6 +62,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "messages": _BLOBS_WRITE_ONLY,
         "spool_messages": ("SELECT", "INSERT"),
         "spool_recipients": ("SELECT", "INSERT"),
+        # the certificate by ACME, loaded into the TLS listeners (migration 0017)
+        "tls_certificates": ("SELECT",),
     },
     "mta": {
         "domains": ("SELECT",),
@@ -79,6 +81,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "relay_transports": ("SELECT",),
         # one row per outbound TLS session (RFC 8460), read by the dmarc service's report
         "tls_results": ("INSERT",),
+        # the certificate by ACME, loaded into the TLS listeners (migration 0017)
+        "tls_certificates": ("SELECT",),
     },
     "dmarc": {
         "domains": ("SELECT",),
@@ -126,6 +130,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "expunged_entries": ("SELECT", "INSERT", "UPDATE", "DELETE"),
         "messages": ("SELECT", "DELETE"),
         "spool_messages": _SPOOL_REFERENCES,
+        # the certificate by ACME, loaded into the TLS listeners (migration 0017)
+        "tls_certificates": ("SELECT",),
     },
     "imap": {
         "domains": ("SELECT",),
@@ -141,13 +147,18 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "message_texts": ("SELECT", "INSERT"),
         # a COPY/MOVE into or out of Junk records its learning requests (never reads them)
         "learn_requests": ("INSERT",),
+        # the certificate by ACME, loaded into the TLS listeners (migration 0017)
+        "tls_certificates": ("SELECT",),
     },
 }
 SERVICES: tuple[str, ...] = tuple(GRANTS)
 # tables no service role gets: only the schema owner uses them, i.e. the operator CLI and the
-# web console and REST API, which change accounts and domains anyway (migration 0013)
+# web console and REST API, which change accounts and domains anyway (0013), TOTP recovery
+# codes (0016), and the ACME account key and HTTP-01 answers, which only the web service's
+# renewer and the CLI use (0017)
 OWNER_ONLY: frozenset[str] = frozenset({"domain_managers", "api_tokens", "web_sessions",
-                                        "totp_recovery_codes"})
+                                        "totp_recovery_codes", "acme_account",
+                                        "acme_challenges"})
 # every service checks the schema revision (and the compatibility window) at start-up
 COMMON: dict[str, tuple[str, ...]] = {"alembic_version": ("SELECT",),
                                       "schema_compat": ("SELECT",)}

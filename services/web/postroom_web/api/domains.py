@@ -1,12 +1,16 @@
-"""/api/v1/domains: list (paginated; a manager sees only theirs) and add (admins)."""
+"""/api/v1/domains: list (paginated; a manager sees only theirs), add (admins), change the
+MTA-STS mode (managers)."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from postroom.mailauth.mtasts import policy_id
 from postroom.store import domains
+from postroom.store.mtasts import set_mode
 from postroom_web.framework import Access, Ctx, Page, PageQuery, endpoint, not_found
 
 
@@ -70,3 +74,31 @@ def remove_domain(ctx: Ctx, domain: str) -> None:
     still has users."""
     name = ctx.require_manage(domain)
     domains.remove_domain(ctx.store, name)
+
+
+class DomainChange(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mta_sts_mode: Literal["none", "testing", "enforce"] = Field(
+        description="The MTA-STS policy served at https://mta-sts.DOMAIN/.well-known/"
+                    "mta-sts.txt (none: no policy).")
+
+
+class DomainPolicy(BaseModel):
+    """A domain's MTA-STS mode and the id to publish in its _mta-sts TXT record."""
+
+    name: str
+    mta_sts_mode: str
+    mta_sts_id: str = Field(description="The id= of the _mta-sts TXT record: publish "
+                                        "`v=STSv1; id=<this>` after every change.")
+
+
+@endpoint("PATCH", "/domains/{domain}", summary="Change a domain's MTA-STS mode",
+          tags=["domains"], body=DomainChange, response=DomainPolicy, access=Access.CONSOLE)
+def change_domain(ctx: Ctx, domain: str, body: DomainChange) -> DomainPolicy:
+    """Set the MTA-STS mode (every change, even to the same mode, makes a new policy id, as
+    `postroom domain mta-sts` does)."""
+    name = ctx.require_manage(domain)
+    sts = set_mode(ctx.store, name, body.mta_sts_mode)
+    return DomainPolicy(name=sts.domain, mta_sts_mode=sts.mode,
+                        mta_sts_id=policy_id(sts.stamp, sts.mode, [ctx.settings.hostname]))

@@ -1,7 +1,7 @@
 """tls-reports: outbound TLS session results and incoming TLS reports (RFC 8460, TLS-RPT).
 
 Revision ID: 0018
-Revises: 0016
+Revises: 0017
 Create Date: 2026-12-07
 
 Expand-only: two new tables. ``tls_results`` gets one row per outbound TLS
@@ -20,7 +20,7 @@ from alembic import op
 from sqlalchemy.dialects import postgresql
 
 revision: str = "0018"
-down_revision: str | None = "0016"
+down_revision: str | None = "0017"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 # new tables: the previous release never reads or writes them
