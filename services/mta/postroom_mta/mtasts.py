@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import socket
 import ssl
 import threading
@@ -49,6 +48,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from postroom.logs import get_logger
+from postroom.mailauth.mtasts import (
+    ENFORCE,
+    MAX_AGE_LIMIT,
+    MAX_POLICY_BYTES,
+    NONE,
+    TESTING,
+    Policy,
+    PolicyError,
+    PolicyInvalid,
+    mx_matches,
+    parse_policy,
+    parse_txt,
+    policy_strings,
+)
 from postroom.net.destinations import STRICT, DestinationPolicy
 from postroom.net.dns import DNSError, Resolver
 from postroom.queue import cache
@@ -56,93 +69,28 @@ from postroom.queue.redisclient import RedisClient, RedisError
 
 log = get_logger("mtasts")
 
-ENFORCE, TESTING, NONE = "enforce", "testing", "none"
-MAX_POLICY_BYTES = 64 * 1024  # RFC 8461 section 3.3 lets us cap it
-MAX_AGE_LIMIT = 31557600  # one year, section 3.2
+
 FETCH_TIMEOUT = 60.0  # section 3.3 suggests "a minute"
 REFETCH_BACKOFF = 300.0  # seconds a failed refetch is not retried while a policy is cached
 FRONT_ENTRIES = 1000  # domains in one process's front cache
-_TXT_ID = re.compile(r"^[A-Za-z0-9]{1,32}$")
 
-
-class PolicyError(ValueError):
-    """A TXT record or policy body that does not follow RFC 8461."""
-
-
-class PolicyInvalid(PolicyError):
-    """A policy body that was fetched but does not parse (TLS-RPT's sts-policy-invalid)."""
-
-
-@dataclass(frozen=True)
-class Policy:
-    """A parsed policy: ``mode``, the ``mx`` patterns and ``max_age`` seconds."""
-
-    mode: str
-    mx: tuple[str, ...]
-    max_age: int
-    id: str = ""
-
-    @property
-    def enforced(self) -> bool:
-        return self.mode == ENFORCE
-
-    def allows(self, host: str) -> bool:
-        """Whether MX ``host`` matches one of the policy's ``mx`` patterns (section 4.1)."""
-        return any(mx_matches(pattern, host) for pattern in self.mx)
-
-
-def mx_matches(pattern: str, host: str) -> bool:
-    """``mx.example.com`` matches itself; ``*.example.com`` matches exactly one more label."""
-    pattern = pattern.lower().rstrip(".")
-    host = host.lower().rstrip(".")
-    if pattern.startswith("*."):
-        label, _dot, rest = host.partition(".")
-        return bool(label) and rest == pattern[2:]
-    return host == pattern
-
-
-def parse_txt(records: list[str]) -> str | None:
-    """The policy id from the ``_mta-sts`` TXT records; None unless exactly one is STSv1."""
-    candidates = [r for r in records if r.startswith("v=STSv1")]
-    if len(candidates) != 1:
-        return None  # none, or several: section 3.1 says treat as no policy
-    fields: dict[str, str] = {}
-    for part in candidates[0].split(";"):
-        key, sep, value = part.strip().partition("=")
-        if sep:
-            fields.setdefault(key.strip(), value.strip())
-    if fields.get("v") != "STSv1":
-        return None
-    ident = fields.get("id", "")
-    return ident if _TXT_ID.match(ident) else None
-
-
-def parse_policy(text: str, ident: str = "") -> Policy:
-    """The policy in a ``mta-sts.txt`` body; raises PolicyError."""
-    fields: dict[str, list[str]] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
-        if not line:
-            continue
-        key, sep, value = line.partition(":")
-        if not sep:
-            raise PolicyInvalid(f"line without a colon: {line[:80]!r}")
-        fields.setdefault(key.strip(), []).append(value.strip())
-    if fields.get("version") != ["STSv1"]:
-        raise PolicyInvalid("version is not STSv1")
-    mode = (fields.get("mode") or [""])[0]
-    if mode not in (ENFORCE, TESTING, NONE):
-        raise PolicyInvalid(f"unknown mode {mode[:20]!r}")
-    try:
-        max_age = int((fields.get("max_age") or [""])[0])
-    except ValueError:
-        raise PolicyInvalid("max_age is not an integer") from None
-    if max_age < 0:
-        raise PolicyInvalid("max_age is negative")
-    mx = tuple(m.lower() for m in fields.get("mx", []) if m)
-    if mode != NONE and not mx:
-        raise PolicyInvalid("no mx patterns")
-    return Policy(mode, mx, min(max_age, MAX_AGE_LIMIT), ident)
+__all__ = [
+    "ENFORCE",
+    "MAX_AGE_LIMIT",
+    "MAX_POLICY_BYTES",
+    "NONE",
+    "TESTING",
+    "Policy",
+    "PolicyError",
+    "PolicyFinder",
+    "PolicyInvalid",
+    "PolicyStore",
+    "failure_type",
+    "mx_matches",
+    "parse_policy",
+    "parse_txt",
+    "policy_strings",
+]
 
 
 def failure_type(exc: Exception) -> str:
@@ -153,11 +101,6 @@ def failure_type(exc: Exception) -> str:
         return "sts-policy-invalid"
     return "sts-policy-fetch-error"
 
-
-def policy_strings(policy: Policy) -> tuple[str, ...]:
-    """The policy as the lines of its text (TLS-RPT's policy-string)."""
-    return ("version: STSv1", f"mode: {policy.mode}", *(f"mx: {m}" for m in policy.mx),
-            f"max_age: {policy.max_age}")
 
 
 class _PinnedHTTPS(http.client.HTTPSConnection):

@@ -28,7 +28,7 @@ from typing import Any, Protocol
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from postroom.mailauth import dmarcrecord, dnsrecords, tlsrpt
+from postroom.mailauth import dmarcrecord, dnsrecords, mtasts, tlsrpt
 from postroom.net.dns import DNSError, NXDomain, Resolver
 from postroom.ops.dnscheck import check_dkim
 
@@ -141,7 +141,11 @@ def _record(domain: str, hostname: str, report_address: str | None, marker: str,
             keys: Iterable[Any] = ()) -> str:
     """The line of `postroom dns DOMAIN` that contains ``marker`` (the fix to publish)."""
     lines = dnsrecords.all_records(domain, hostname, keys, report_address=report_address)
-    return next((line for line in lines if marker in line and not line.startswith(";")), "")
+    found = next((line for line in lines if marker in line and not line.startswith(";")), "")
+    # a record `postroom dns` prints commented out until it is switched on (MTA-STS in mode
+    # none) is still the one to publish
+    return found or next((line[2:] for line in lines
+                          if line.startswith("; ") and line[2:].lstrip().startswith(marker)), "")
 
 
 # --- the checks
@@ -363,51 +367,39 @@ def check_dmarc(resolver: Resolver, facts: Facts) -> list[Check]:
     return out
 
 
-def _policy_fields(text: str) -> dict[str, list[str]]:
-    fields: dict[str, list[str]] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep:
-            fields.setdefault(key.strip().lower(), []).append(value.strip().lower())
-    return fields
-
-
-def _mx_matches(pattern: str, host: str) -> bool:
-    if pattern.startswith("*."):
-        return host.endswith(pattern[1:]) and "." not in host[:-len(pattern) + 1]
-    return pattern == host
-
-
 def check_mta_sts(resolver: Resolver, probes: Probes, facts: Facts) -> list[Check]:
     """The ``_mta-sts`` record, the policy served over HTTPS, and its ``mx`` naming our MX."""
-    fix = "publish " + _record(facts.domain, facts.hostname, None, "_mta-sts.") + \
-        " and serve the policy (docs/relay.md, MTA-STS)"
+    fix = (f"`postroom domain mta-sts {facts.domain} testing` (then enforce), publish "
+           + _record(facts.domain, facts.hostname, None, "_mta-sts.")
+           + " and serve the policy (docs/relay.md, MTA-STS)")
     texts, failed = _lookup(resolver.txt, f"_mta-sts.{facts.domain}")
     if texts is None:
         return [Check("mta-sts", FAIL, failed, fix)]
     found = [t for t in texts if t.startswith("v=STSv1")]
-    if len(found) != 1:
+    if len(found) != 1 or mtasts.parse_txt(found) is None:
         return [Check("mta-sts", WARN, "no MTA-STS record: senders may deliver without TLS"
-                      if not found else f"{len(found)} MTA-STS records", fix)]
+                      if not found else f"{len(found)} MTA-STS records" if len(found) > 1
+                      else "MTA-STS record malformed (v=STSv1; id=...)", fix)]
     try:
-        policy = _policy_fields(probes.fetch_sts_policy(facts.domain))
+        text = probes.fetch_sts_policy(facts.domain)
     except (OSError, ValueError) as exc:
         return [Check("mta-sts", FAIL, f"policy not reachable: {exc}"[:300],
                       f"serve https://mta-sts.{facts.domain}/.well-known/mta-sts.txt "
                       "with a valid certificate")]
-    mode = (policy.get("mode") or [""])[0]
-    if policy.get("version") != ["stsv1"] or mode not in ("enforce", "testing", "none"):
-        return [Check("mta-sts", FAIL, "policy malformed (version or mode)", fix)]
+    try:
+        policy = mtasts.parse_policy(text)
+    except mtasts.PolicyError as exc:
+        return [Check("mta-sts", FAIL, f"policy malformed: {exc}"[:300], fix)]
     mx, _ = _lookup(resolver.mx, facts.domain)
     hosts = [h.lower().rstrip(".") for _p, h in mx or []]
-    unmatched = [h for h in hosts if not any(_mx_matches(p, h) for p in policy.get("mx", []))]
+    unmatched = [h for h in hosts if not policy.allows(h)]
     if unmatched:
-        return [Check("mta-sts", FAIL, f"policy mx {policy.get('mx')} does not match "
+        return [Check("mta-sts", FAIL, f"policy mx {list(policy.mx)} does not match "
                       f"{', '.join(unmatched)}", f"add 'mx: {unmatched[0]}' to the policy")]
-    if mode != "enforce":
-        return [Check("mta-sts", WARN, f"mode {mode}",
+    if not policy.enforced:
+        return [Check("mta-sts", WARN, f"mode {policy.mode}",
                       "switch to mode: enforce once TLS reports show no failures")]
-    return [Check("mta-sts", PASS, f"mode enforce, mx {', '.join(policy.get('mx', []))}")]
+    return [Check("mta-sts", PASS, f"mode enforce, mx {', '.join(policy.mx)}")]
 
 
 def check_tlsrpt(resolver: Resolver, facts: Facts) -> list[Check]:
@@ -446,7 +438,7 @@ def check_certificate(facts: Facts) -> list[Check]:
     leaf = load_chain(facts.certificate)[0]
     names = _names(leaf)
     out = []
-    if facts.hostname in names or any(_mx_matches(n, facts.hostname) for n in names
+    if facts.hostname in names or any(mtasts.mx_matches(n, facts.hostname) for n in names
                                       if n.startswith("*.")):
         out.append(Check("certificate-name", PASS, f"names {', '.join(names[:5])}"))
     else:
