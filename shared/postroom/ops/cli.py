@@ -1195,6 +1195,7 @@ def _dns_arguments(p: argparse.ArgumentParser) -> None:
 @command("dns", _dns_arguments,
          summary="print every DNS record to publish for a domain, or --check them",
          description=("Print the MX, SPF, DKIM, DMARC, MTA-STS and TLS-RPT records a domain needs, "
+                      "and the mail clients' SRV (RFC 6186), autoconfig and autodiscover names, "
                       "in zone-file syntax."))
 def cmd_dns(args: argparse.Namespace) -> int:
     from postroom.mailauth import dnsrecords
