@@ -1,0 +1,172 @@
+"""A plain account's own pages in the real web service: its landing page, password change,
+app passwords (shown once, listed, revoked), two-factor login with its second login step,
+and the mail clients' autoconfig, autodiscover and Apple profile routes."""
+
+from __future__ import annotations
+
+import html
+import plistlib
+import re
+import secrets
+import time
+import xml.etree.ElementTree as ET
+
+from postroom.auth import totp as totp_codes
+from postroom.auth.passwords import hash_password
+from postroom.ops import autoconfig
+from postroom.store import apppasswords, totp, users
+from tests.support.web import PASSWORD, WebClient, WebServer
+
+SECRET = re.compile(r'id="app-password-secret">([a-z-]+)<')
+TOTP_SECRET = re.compile(r'data-secret="([A-Z2-7]+)"')
+
+
+def new_user(web: WebServer) -> str:
+    address = f"self-{secrets.token_hex(3)}@{web.managed}"
+    web.db.run_sync(users.add_user, address, PASSWORD, hash_fn=lambda p: hash_password(p, ln=4))
+    return address
+
+
+def logged_in(web: WebServer, address: str, password: str = PASSWORD) -> WebClient:
+    client = web.client()
+    assert client.login(address, password).status == 303
+    return client
+
+
+def post(client: WebClient, path: str, fields: dict[str, str], page: str | None = None):
+    token = client.form_csrf(page or path)
+    return client.post_form(path, {"csrf_token": token, **fields})
+
+
+def test_a_plain_account_lands_on_its_account_page(web: WebServer) -> None:
+    client = logged_in(web, web.plain)
+    reply = client.get("/")
+    assert reply.status == 303 and reply.header("location") == "/account"
+    page = client.get("/account")
+    assert page.status == 200 and web.plain in page.text and "App passwords" in page.text
+
+
+def test_the_password_changes_only_with_the_old_one_and_other_sessions_end(
+        web: WebServer) -> None:
+    address = new_user(web)
+    elsewhere = logged_in(web, address)
+    client = logged_in(web, address)
+    new = "a fresh passphrase 4 me"
+    wrong = post(client, "/account/password", {"old_password": "not it", "new_password": new,
+                                              "new_password_again": new})
+    assert wrong.status == 422 and "not right" in wrong.text
+    weak = post(client, "/account/password", {"old_password": PASSWORD,
+                                             "new_password": "password",
+                                             "new_password_again": "password"})
+    assert weak.status == 422
+    done = post(client, "/account/password", {"old_password": PASSWORD, "new_password": new,
+                                             "new_password_again": new})
+    assert done.status == 303
+    assert client.get("/account").status == 200              # this browser got a new session
+    assert elsewhere.get("/account").status == 303           # the other one is out
+    assert web.client().login(address, PASSWORD).status == 401
+    assert web.client().login(address, new).status == 303
+
+
+def test_an_app_password_is_shown_once_listed_and_revoked(web: WebServer) -> None:
+    address = new_user(web)
+    client = logged_in(web, address)
+    made = post(client, "/account/app-passwords", {"name": "phone", "protocol_imap": "on"})
+    assert made.status == 200
+    secret = SECRET.search(made.text).group(1)  # type: ignore[union-attr]
+    [info] = web.db.run_sync(apppasswords.list_app_passwords, address)
+    assert info.name == "phone" and info.protocols == ("imap",)
+    assert web.db.run_sync(lambda s: apppasswords.authenticate(
+        s, address, secret, protocol="imap", peer="127.0.0.1")).user is not None
+    listing = client.get("/account/app-passwords").text
+    assert "phone" in listing and secret not in listing and "127.0.0.1" in listing  # last use
+    revoked = post(client, "/account/app-passwords/revoke", {"name": "phone"},
+                   page="/account/app-passwords")
+    assert revoked.status == 303
+    assert web.db.run_sync(lambda s: apppasswords.authenticate(
+        s, address, secret, protocol="imap", peer="127.0.0.1")).user is None
+
+
+def test_two_factor_login_needs_the_code_and_the_half_login_can_do_nothing(
+        web: WebServer) -> None:
+    address = new_user(web)
+    client = logged_in(web, address)
+    begun = post(client, "/account/two-factor/begin", {}, page="/account/two-factor")
+    assert begun.status == 200 and "<svg" in begun.text
+    secret = TOTP_SECRET.search(begun.text).group(1)  # type: ignore[union-attr]
+    now = totp_codes.code_at_step(secret, totp_codes.step_at(time.time()))
+    enabled = post(client, "/account/two-factor/enable", {"code": now},
+                   page="/account/two-factor")
+    assert enabled.status == 200 and 'id="recovery-codes"' in enabled.text
+    codes = re.findall(r"<li>([a-z0-9-]+)</li>", enabled.text)
+    assert len(codes) == 10
+    assert web.db.run_sync(totp.totp_status, address).enabled
+
+    second = web.client()
+    first_step = second.login(address)
+    assert first_step.status == 303 and (first_step.header("location") or "").startswith("/login/code")
+    assert "postroom_session" not in second.cookies
+    assert second.get("/account").status == 303              # not logged in: to /login
+    form = second.get("/login/code")
+    assert form.status == 200 and html.escape(address) in form.text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form.text).group(1)  # type: ignore[union-attr]
+    wrong = second.post_form("/login/code", {"csrf_token": token, "code": "000000"})
+    assert wrong.status == 401 and "Wrong code" in wrong.text
+    right = second.post_form("/login/code", {"csrf_token": token, "code": codes[0]})
+    assert right.status == 303 and "postroom_session" in second.cookies
+    assert second.get("/account").status == 200
+
+    off = post(second, "/account/two-factor/disable",
+               {"password": PASSWORD, "code": codes[1]}, page="/account/two-factor")
+    assert off.status == 303
+    assert not web.db.run_sync(totp.totp_status, address).enabled
+
+
+def test_thunderbird_autoconfig_is_served_at_both_paths(web: WebServer) -> None:
+    client = web.client()
+    for path in ("/.well-known/autoconfig/mail/config-v1.1.xml?emailaddress=a%40b.org",
+                 "/mail/config-v1.1.xml?emailaddress=a%40b.org"):
+        reply = client.get(path)
+        assert reply.status == 200 and (reply.header("content-type") or "").startswith("application/xml")
+        root = ET.fromstring(reply.body)
+        ports = {(n.get("type"), n.findtext("port"), n.findtext("socketType"))
+                 for n in root.iter() if n.tag in ("incomingServer", "outgoingServer")}
+        assert ("imap", "993", "SSL") in ports and ("smtp", "587", "STARTTLS") in ports
+        assert root.find("emailProvider").get("id") == "b.org"  # type: ignore[union-attr]
+
+
+def test_outlook_autodiscover_is_answered_without_a_login(web: WebServer) -> None:
+    body = (b'<?xml version="1.0"?><Autodiscover xmlns="http://schemas.microsoft.com/exchange/'
+            b'autodiscover/outlook/requestschema/2006"><Request><EMailAddress>ann@b.org'
+            b'</EMailAddress></Request></Autodiscover>')
+    reply = web.client().request("POST", "/autodiscover/autodiscover.xml", body=body,
+                                 headers={"Content-Type": "text/xml"})
+    assert reply.status == 200
+    root = ET.fromstring(reply.body)
+    ns = {"r": autoconfig.RESPONSE_SCHEMA}
+    ports = {p.findtext("r:Type", namespaces=ns): p.findtext("r:Port", namespaces=ns)
+             for p in root.iter(f"{{{autoconfig.RESPONSE_SCHEMA}}}Protocol")}
+    assert ports == {"IMAP": "993", "SMTP": "465"}
+    bad = web.client().request("POST", "/autodiscover/autodiscover.xml", body=b"<x",
+                               headers={"Content-Type": "text/xml"})
+    assert bad.status == 400
+
+
+def test_the_apple_profile_is_for_the_logged_in_user_only(web: WebServer) -> None:
+    assert web.client().get("/account/mail.mobileconfig").status == 303
+    reply = logged_in(web, web.plain).get("/account/mail.mobileconfig")
+    assert reply.status == 200
+    assert reply.header("content-type") == autoconfig.MOBILECONFIG_TYPE
+    [mail] = plistlib.loads(reply.body)["PayloadContent"]
+    assert mail["EmailAddress"] == web.plain and mail["IncomingMailServerPortNumber"] == 993
+
+
+def test_the_account_pages_have_no_inline_script_or_style(web: WebServer) -> None:
+    client = logged_in(web, new_user(web))
+    pages = [client.get(p).text for p in ("/account", "/account/password",
+                                          "/account/app-passwords", "/account/two-factor")]
+    pages.append(post(client, "/account/two-factor/begin", {}, page="/account/two-factor").text)
+    for text in pages:
+        lower = text.lower()
+        assert "<style" not in lower and " style=" not in lower and " onclick" not in lower
+        assert "<script>" not in lower
