@@ -33,3 +33,7 @@ class AliasLoop(StoreError, ValueError):
 
 class TooManyKeywords(StoreError):
     """A STORE, APPEND or COPY would give a mailbox more distinct keywords than it may have."""
+
+
+class InvalidName(StoreError, ValueError):
+    """A name the protocol refuses (e.g. a Sieve script name with control characters)."""

@@ -85,6 +85,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "aliases": ("SELECT",),
         "users": (_USERS_PUBLIC,),
         "mail_rules": ("SELECT",),
+        # the account's active Sieve script, run at delivery (migration 0014)
+        "sieve_scripts": ("SELECT",),
         "vacation_replies": ("SELECT", "INSERT", "UPDATE"),
         "mailboxes": ("SELECT", "UPDATE"),
         "mailbox_entries": ("SELECT", "INSERT"),
