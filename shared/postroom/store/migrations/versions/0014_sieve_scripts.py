@@ -8,14 +8,23 @@ Expand-only: one new table. The mda runs an account's active script at
 delivery (docs/mda.md, "Sieve"); `postroom sieve` and ManageSieve (RFC 5804)
 edit the scripts. A partial unique index keeps one active script per account.
 A release that does not know the table reads and writes as before.
+
+Data: each account's JSON rules (``mail_rules``, migration 0002) are written
+as the Sieve script they stand for (postroom.sieve.convert), named ``rules``
+and made active. ``mail_rules`` itself is left as it was (expand-only: the
+previous release still reads it; a later contract migration drops it), so a
+downgrade returns to the rules.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 
 import sqlalchemy as sa
 from alembic import op
+
+log = logging.getLogger("alembic.runtime.migration")
 
 revision: str = "0014"
 down_revision: str | None = "0013"
@@ -45,6 +54,29 @@ def upgrade() -> None:
     )
     op.create_index(op.f("ix_sieve_scripts_user_id_active"), "sieve_scripts", ["user_id"],
                     unique=True, postgresql_where=sa.text("active"))
+    _convert_rules()
+
+
+def _convert_rules() -> None:
+    """Every account's JSON rules as its active Sieve script ``rules``."""
+    from postroom.rules import RulesError
+    from postroom.sieve.convert import SCRIPT_NAME, rules_to_sieve
+
+    bind = op.get_bind()
+    rows = bind.execute(sa.text("SELECT user_id, rules FROM mail_rules ORDER BY user_id")).all()
+    for user_id, rules in rows:
+        if not rules:
+            continue
+        try:
+            script = rules_to_sieve(rules)
+        except RulesError as exc:
+            # stored before a validation change: the mda ran none of them either
+            log.warning("rules of user %s not converted: %s", user_id, exc)
+            continue
+        bind.execute(sa.text(
+            "INSERT INTO sieve_scripts (user_id, name, content, active, size)"
+            " VALUES (:u, :n, :c, true, :s)"),
+            {"u": user_id, "n": SCRIPT_NAME, "c": script, "s": len(script.encode("utf-8"))})
 
 
 def downgrade() -> None:
