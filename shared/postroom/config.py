@@ -820,6 +820,11 @@ class Settings:
         _opt_str, "",
         "File of a global Sieve script run before each account's own (like Dovecot's "
         "sieve_before); its `stop` ends the run. Unset: none. Read when the mda starts.")
+    sieve_global_dir: str | None = setting(
+        _opt_str, "",
+        "Directory of the global Sieve scripts `include :global \"NAME\"` runs (RFC 6609): "
+        "the file NAME.sieve in it. Unset: every :global include is an error (or skipped "
+        "with :optional).")
     sieve_after: str | None = setting(
         _opt_str, "",
         "File of a global Sieve script run after each account's own, unless that ran `stop` "

@@ -15,6 +15,7 @@ described in them and done by the caller.
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -80,6 +81,7 @@ class Options:
     sieve_max_run_time: float = 1.0
     sieve_before: Script | None = None
     sieve_after: Script | None = None
+    sieve_global_dir: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Options:
@@ -96,7 +98,8 @@ class Options:
                    sieve_before=load_global_script("before", settings.sieve_before,
                                                    settings.sieve_max_script_bytes),
                    sieve_after=load_global_script("after", settings.sieve_after,
-                                                  settings.sieve_max_script_bytes))
+                                                  settings.sieve_max_script_bytes),
+                   sieve_global_dir=settings.sieve_global_dir)
 
 
 def load_global_script(name: str, path: str | None, max_bytes: int) -> Script | None:
@@ -389,6 +392,21 @@ class _Plan:
     result: str | None = None  # None: no script ran; "ok"; "error"
 
 
+_GLOBAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
+
+
+def global_script(directory: str | None, name: str, max_bytes: int) -> str | None:
+    """The text of global script ``name`` (RFC 6609 :global): ``<directory>/<name>.sieve``,
+    or None (no directory, a name that is not a plain file name, no such file)."""
+    if not directory or not _GLOBAL_NAME.fullmatch(name) or ".." in name:
+        return None
+    try:
+        with open(os.path.join(directory, name + ".sieve"), encoding="utf-8") as handle:
+            return handle.read(max_bytes + 1)
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
 def _message_view(session: Session, info: deliveries.LockedRecipient,
                   rcpt: spool.RecipientInfo) -> tuple[MessageFacts, MessageView]:
     facts = facts_from_message(deliveries.head(session, info.message_id, HEAD_BYTES),
@@ -429,7 +447,9 @@ def _run_sieve(session: Session, info: deliveries.LockedRecipient, rcpt: spool.R
             max_redirects=options.sieve_max_redirects, max_run_time=options.sieve_max_run_time,
             max_script_bytes=options.sieve_max_bytes,
             mailbox_exists=lambda box: deliveries.mailbox_id(session, user_id, box) is not None,
-            personal_script=lambda script: sieve_store.get_script(session, user_id, script))
+            personal_script=lambda script: sieve_store.get_script(session, user_id, script),
+            global_script=lambda script: global_script(options.sieve_global_dir, script,
+                                                       options.sieve_max_bytes))
         try:
             return (run_scripts(scripts, view, EnvelopeView(info.mail_from, rcpt.address), ctx),
                     facts, "ok")

@@ -288,10 +288,11 @@ class _Run:
         rel = node.extra.get("match-type")
         if match == ":count":
             return count_matches(str(rel), len(values), keys)
-        cost = 1 + sum(len(v) for v in values) * max(1, len(keys)) // 512
-        self.step(frame, node, cost)
-        for value in values:
-            for key in keys:
+        # each key costs a step per 512 characters it is compared with (and a look at the clock)
+        cost = 2 + sum(len(v) for v in values) // 512
+        for key in keys:
+            self.step(frame, node, cost)
+            for value in values:
                 ok, found = match_one(match, comparator, value, key,
                                       str(rel) if rel is not None else None)
                 if ok:
