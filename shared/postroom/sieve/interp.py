@@ -442,7 +442,8 @@ class _Run:
             names = self.strings(frame, node.args.get("variable-list"))
             flags = (_split_flags(" ".join(self.variable(frame, n) for n in names))
                      if names else list(self.flags))
-            return self.compare(frame, node, flags, keys)
+            wanted = _split_flags(" ".join(self.strings(frame, node.args.get("list-of-flags"))))
+            return self.compare(frame, node, flags, wanted)
         if name in ("date", "currentdate"):
             part = self.string(frame, node.args.get("date-part")).lower()
             zone = node.extra.get("zone")
