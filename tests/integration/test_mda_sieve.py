@@ -244,7 +244,7 @@ if size :over 1 {
     addflag "$Big";
 }
 if hasflag :contains "$big" {
-    addflag ["\\\\Seen", "\\\\Recent", "not a keyword("];
+    addflag ["\\\\Seen", "\\\\Recent", "bad(keyword"];
 }
 removeflag "\\\\Seen";
 """)
@@ -652,6 +652,82 @@ def test_a_message_with_too_many_received_fields_is_not_redirected(db, alice):
     assert outbound(db) == []
 
 
+# --- RFC 5293 editheader
+
+
+def stored_messages(db, address, name="INBOX"):
+    rows = db.run_sync(lambda s: s.execute(
+        select(MailboxEntry.message_id).join(Mailbox, Mailbox.id == MailboxEntry.mailbox_id)
+        .where(Mailbox.user_id == user_id(db, address), Mailbox.name == name)
+        .order_by(MailboxEntry.uid)).scalars().all())
+    return [db.run_sync(messages.get_message, m) for m in rows]
+
+
+def test_rfc5293_addheader_and_redirect_marks_the_new_message(db, alice):
+    set_script(db, "alice@example.test", """require ["editheader"];
+/* Don't redirect if we already have */
+if not header :contains "X-Sieve-Filtered"
+        ["<kim@job.example.com>", "<kim@home.example.com>"]
+{
+        addheader "X-Sieve-Filtered" "<kim@job.example.com>";
+        redirect "kim@home.example.com";
+}
+""")
+    outcome = deliver(db, message())
+    assert outcome.result == "forwarded"
+    [(kind, sender, target)] = outbound(db)
+    assert (kind, sender, target) == ("local", "bob@remote.test", "kim@home.example.com")
+    [summary] = [m for m in db.run_sync(spool.list_spool) if m.kind == "local"]
+    raw = db.run_sync(messages.get_message,
+                      db.run_sync(spool.get_spool, summary.queue_id).message_id)
+    assert raw.startswith(b"X-Postroom-Loop: alice@example.test\r\n"
+                          b"X-Sieve-Filtered: <kim@job.example.com>\r\n")
+    assert raw.endswith(message())
+    # a message that already has the field is kept instead
+    assert deliver(db, message("X-Sieve-Filtered: <kim@home.example.com>")).mailbox == "INBOX"
+
+
+def test_rfc5293_deleteheader_changes_only_this_accounts_copy(db, alice):
+    set_script(db, "alice@example.test", """require ["editheader", "variables"];
+if header :matches "X-Spam-Score" "*" { addheader :last "X-Was-Score" "${1}"; }
+deleteheader :contains "X-Spam-Score" "9";
+deleteheader :index 1 :last "X-Note";
+deleteheader "Received";
+if not exists "X-Spam-Score" { addheader "X-Cleaned" "yes"; }
+""")
+    raw = message("Received: from a by b; Mon, 1 Jan 2024 00:00:00 +0000",
+                  "X-Spam-Score: 9.5", "X-Note: one", "X-Note: two")
+    qid = db.run_sync(spool.create_spool, kind="inbound", mail_from="bob@remote.test",
+                      recipients=[("alice@example.test", "deliver", None, None),
+                                  ("bob@example.test", "deliver", None, None)], message=raw)
+    db.run_sync(ensure_metadata, qid)
+    for r in db.run_sync(spool.get_spool, qid).recipients:
+        db.run_sync(deliver_recipient, r.id, OPTIONS, datetime.now(UTC))
+    [mine] = stored_messages(db, "alice@example.test")
+    assert mine.startswith(b"X-Cleaned: yes\r\nReceived: from a by b")
+    assert b"X-Spam-Score" not in mine and b"X-Note: one\r\n" in mine
+    assert b"X-Note: two" not in mine and b"X-Was-Score: 9.5\r\n\r\n" in mine
+    assert stored_messages(db, "bob@example.test") == [raw]
+
+
+def test_an_edited_redirect_loop_stops_too(db, alice):
+    script = 'require "editheader";\naddheader "X-Seen" "1";\nredirect "{}";'
+    set_script(db, "alice@example.test", script.format("bob@example.test"))
+    set_script(db, "bob@example.test", script.format("alice@example.test"))
+    outcome = deliver(db, message())
+    hops = 0
+    while outcome.envelopes and hops < 5:
+        [envelope] = outcome.envelopes
+        db.run_sync(spool_work.move_to_deliver, list(envelope.recipient_ids), datetime.now(UTC))
+        db.run_sync(ensure_metadata, envelope.queue_id)
+        outcome = db.run_sync(deliver_recipient, envelope.recipient_ids[0], OPTIONS,
+                              datetime.now(UTC))
+        hops += 1
+    assert hops == 1 and outcome.mailbox == "INBOX"
+    [kept] = stored_messages(db, "bob@example.test")
+    assert kept.count(b"X-Seen: 1") == 2  # alice's, then bob's own (his copy is edited too)
+
+
 # --- the operator's scripts around the account's
 
 
@@ -679,5 +755,5 @@ def test_global_before_and_after_scripts(db, alice):
 def test_every_announced_extension_is_exercised_here():
     tested = {"fileinto", "reject", "ereject", "envelope", "encoded-character", "vacation",
               "imap4flags", "body", "variables", "relational", "comparator-i;ascii-numeric",
-              "subaddress", "copy", "include", "date", "index", "mailbox"}
+              "subaddress", "copy", "include", "date", "index", "mailbox", "editheader"}
     assert set(SIEVE_EXTENSIONS) == tested

@@ -22,6 +22,7 @@ def test_every_extension_we_claim_parses_in_one_script():
         'if string :matches "${a}" "*" { set :lower "b" "${a}"; }\n'
         'if date :zone "+0100" "date" "year" "2024" { stop; }\n'
         'if header :count "ge" :comparator "i;ascii-numeric" "to" "2" { discard; }\n'
+        'addheader :last "X-A" "b";\ndeleteheader "X-B";\n'
         'include :personal :once "other";\n'
         'if mailboxexists "Junk" { keep; }\n'
         'vacation :days 3 :from "me@example.org" :addresses ["a@x.org"] :subject "s" text:\n'
@@ -43,7 +44,8 @@ def test_every_extension_we_claim_parses_in_one_script():
     ('require "relational";\nif header :count "xx" "to" "1" { keep; }', 2, ""),
     ('require "date";\nif currentdate "century" "1" { keep; }', 2, "date part"),
     ('if address :user "to" "a" { keep; }', 1, "subaddress"),
-    ('require "editheader";\naddheader "X-A" "b";', 1, 'unsupported extension "editheader"'),
+    ('require "enotify";\nkeep;', 1, 'unsupported extension "enotify"'),
+    ('require "editheader";\naddheader "Bad Name" "b";', 2, "not a header field name"),
 ])
 def test_an_invalid_script_says_where(script, line, needle):
     found = errors(script)

@@ -15,6 +15,7 @@ described in them and done by the caller.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -38,8 +39,10 @@ from postroom.sieve.interp import (
     MAX_BODY_BYTES,
     Action,
     Context,
+    EditHeaders,
     EnvelopeView,
     FileInto,
+    HeaderEdit,
     Keep,
     MessageView,
     Redirect,
@@ -47,10 +50,11 @@ from postroom.sieve.interp import (
     Script,
     SieveRuntimeError,
     Vacation,
+    apply_edits,
     run_scripts,
 )
 from postroom.store import delivery as deliveries
-from postroom.store import fts, mailboxes, spool
+from postroom.store import fts, mailboxes, messages, spool
 from postroom.store import sieve as sieve_store
 from postroom.store.addresses import normalise_address
 from postroom.store.aliases import Target, resolve_address
@@ -378,6 +382,8 @@ def _expand(session: Session, info: deliveries.LockedRecipient, rcpt: spool.Reci
 MAX_REDIRECT_HOPS = 20
 # a message with more Received: fields than this is not redirected again (RFC 5321 6.3)
 MAX_RECEIVED = 30
+# the field an edited message (editheader) is redirected with: the account that redirected it
+LOOP_FIELD = "X-Postroom-Loop"
 
 
 @dataclass
@@ -388,6 +394,7 @@ class _Plan:
     redirects: list[str] = field(default_factory=list)
     reject: Reject | None = None
     vacation: Vacation | None = None
+    edits: tuple[HeaderEdit, ...] = ()  # editheader: store and redirect the edited message
     facts: MessageFacts | None = None
     result: str | None = None  # None: no script ran; "ok"; "error"
 
@@ -405,6 +412,13 @@ def global_script(directory: str | None, name: str, max_bytes: int) -> str | Non
             return handle.read(max_bytes + 1)
     except (OSError, UnicodeDecodeError):
         return None
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(name: str, text: str, max_bytes: int) -> Script:
+    """An account's script, parsed once per process while it is unchanged (the tree is
+    immutable; a changed script is a new key). ScriptError is not cached."""
+    return Script.compile(name, text, max_bytes=max_bytes)
 
 
 def _message_view(session: Session, info: deliveries.LockedRecipient,
@@ -433,7 +447,7 @@ def _run_sieve(session: Session, info: deliveries.LockedRecipient, rcpt: spool.R
     if stored is not None:
         name, text = stored
         try:
-            scripts.append(Script.compile(name, text, max_bytes=options.sieve_max_bytes))
+            scripts.append(_compiled(name, text, options.sieve_max_bytes))
         except ScriptError as exc:
             error = f"{name}: {exc}"
     if options.sieve_after is not None:
@@ -484,6 +498,8 @@ def _plan(session: Session, info: deliveries.LockedRecipient, rcpt: spool.Recipi
             plan.reject = action
         elif isinstance(action, Vacation):
             plan.vacation = action
+        elif isinstance(action, EditHeaders):
+            plan.edits = action.edits
     if plan.redirects:
         plan.redirects = _loop_free(session, info, rcpt, address, plan.redirects, facts)
         if not plan.redirects and not plan.stores and plan.reject is None:
@@ -522,6 +538,10 @@ def _loop_free(session: Session, info: deliveries.LockedRecipient, rcpt: spool.R
     fields (a loop through other servers).
     """
     chain = [a.lower() for a in deliveries.ancestors(session, rcpt.id, MAX_REDIRECT_HOPS)]
+    # an edited message is redirected as a new queued message, marked with the accounts it
+    # was redirected by (the chain does not follow it there)
+    marks = [v.strip().lower() for v in facts.values(LOOP_FIELD)] if facts is not None else []
+    chain += marks
     received = len(facts.values("received")) if facts is not None else 0
     kept = []
     for target in redirects:
@@ -613,7 +633,14 @@ def _deliver_local(session: Session, info: deliveries.LockedRecipient, rcpt: spo
     stores: dict[int | None, tuple[str, tuple[str, ...]]] = {}
     for name, box, flags in plan.stores:
         stores.setdefault(box, (name, flags))
-    if stores and _over_quota(session, user_id, info.message_size * len(stores), account):
+    message_id, size = info.message_id, info.message_size
+    edited: bytes | None = None
+    if plan.edits and (stores or plan.redirects):
+        edited = apply_edits(messages.get_message(session, info.message_id), plan.edits)
+        size = len(edited)
+        if stores:
+            message_id = _store_edited(session, info, edited, options)
+    if stores and _over_quota(session, user_id, size * len(stores), account):
         return _over(session, info, rcpt, options, now, base)
     copies: list[tuple[str, int, int, int]] = []
     for box in sorted(stores, key=lambda b: -1 if b is None else b):
@@ -622,11 +649,11 @@ def _deliver_local(session: Session, info: deliveries.LockedRecipient, rcpt: spo
             # the account has no such mailbox (INBOX deleted by hand): a temporary, loud failure
             raise LookupError(f"account {user_id} has no mailbox {name}")
         uid, modseq = deliver_to_mailbox(
-            session, user_id=user_id, mailbox_name=name, message_id=info.message_id,
+            session, user_id=user_id, mailbox_name=name, message_id=message_id,
             spool_recipient_id=rcpt.id if not copies else None, flags=list(flags),
             internaldate=info.received_at)
         copies.append((name, box, uid, modseq))
-    envelopes = _act(session, info, rcpt, user_id, plan, options, now)
+    envelopes = _act(session, info, rcpt, user_id, plan, options, now, edited)
     if copies:
         detail = "stored in " + ", ".join(f"{n} uid {u}" for n, _b, u, _m in copies)
     else:
@@ -676,14 +703,38 @@ def _over(session: Session, info: deliveries.LockedRecipient, rcpt: spool.Recipi
     return Outcome(rcpt.id, DEFERRED, error=error, **base)
 
 
+def _store_edited(session: Session, info: deliveries.LockedRecipient, edited: bytes,
+                  options: Options) -> int:
+    """The blob of a message editheader changed, analysed and indexed like any delivered."""
+    try:
+        meta: dict[str, Any] | None = metadata_dict(analyze(edited))
+    except ValueError:
+        meta = None  # readers re-analyze, as for any message whose metadata was refused
+    return messages.store_message(session, edited, meta,
+                                  doc=_text(edited, options.fts_max_bytes, info.queue_id,
+                                            info.message_id))
+
+
 def _act(session: Session, info: deliveries.LockedRecipient, rcpt: spool.RecipientInfo,
-         user_id: int, plan: _Plan, options: Options, now: datetime) -> list[Envelope]:
+         user_id: int, plan: _Plan, options: Options, now: datetime,
+         edited: bytes | None = None) -> list[Envelope]:
     """Redirects and the vacation reply of a Sieve run; the entries to enqueue."""
     envelopes = []
-    forwards = [deliveries.add_forward(session, rcpt, info.spool_message_id, address, now)
-                for address in plan.redirects]
-    if forwards:
-        envelopes.append(Envelope(info.queue_id, tuple(forwards), "outbound"))
+    if edited is not None and plan.redirects:
+        # the edited message goes as a new queued message, with the envelope sender kept
+        # and the loop mark of this account on top (RFC 5228 4.2)
+        account = deliveries.account_address(session, user_id)
+        marked = f"{LOOP_FIELD}: {account}\r\n".encode() + edited
+        queue_id, ids = spool.create_spool_ids(
+            session, kind="local", mail_from=info.mail_from,
+            recipients=[spool.NewRecipient(a, "outbound") for a in plan.redirects],
+            message=marked, size=len(marked), enqueued_at=now)
+        envelopes.append(Envelope(queue_id, tuple(ids), "outbound"))
+    else:
+        forwards = [deliveries.add_forward(session, rcpt, info.spool_message_id, address, now)
+                    for address in plan.redirects]
+        if forwards:
+            envelopes.append(Envelope(info.queue_id, tuple(forwards), "outbound"))
     if plan.vacation is not None and plan.facts is not None:
         facts, vacation = plan.facts, plan.vacation
         spec = ReplySpec(reason=vacation.reason, subject=vacation.subject, days=vacation.days,

@@ -17,7 +17,7 @@ from postroom.sieve.grammar import Node, ScriptError, Value, parse
 SIEVE_EXTENSIONS: tuple[str, ...] = (
     "fileinto", "reject", "ereject", "envelope", "encoded-character", "vacation",
     "imap4flags", "body", "variables", "relational", "comparator-i;ascii-numeric",
-    "subaddress", "copy", "include", "date", "index", "mailbox",
+    "subaddress", "copy", "include", "date", "index", "mailbox", "editheader",
 )
 # what RFC 5228 and its extensions allow in each position
 _DATE_PARTS = ("year", "month", "day", "date", "julian", "hour", "minute", "second",

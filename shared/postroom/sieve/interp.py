@@ -4,7 +4,8 @@
 before-script, the account's own, the after-script) walk the trees
 :func:`postroom.sieve.check.compile_script` made and return the actions to
 take: :class:`Keep`, :class:`FileInto`, :class:`Redirect`, :class:`Discard`,
-:class:`Reject`, :class:`Vacation`. Nothing is done here: delivery
+:class:`Reject`, :class:`Vacation`, :class:`EditHeaders` (made to the bytes by
+:func:`apply_edits`). Nothing is done here: delivery
 (postroom_mda.delivery) stores, forwards and answers, and checks what needs
 the database (loops, the vacation log). What needs to look something up
 (``mailboxexists``, ``include``) asks the :class:`Context`'s callbacks.
@@ -155,7 +156,27 @@ class Vacation:
     mime: bool = False
 
 
-Action = Keep | FileInto | Redirect | Discard | Reject | Vacation
+@dataclass(frozen=True)
+class HeaderEdit:
+    """One editheader change (RFC 5293), to be made to the message's bytes in the same order:
+    ``add`` a field (first, or last), or ``delete`` the ``occurrences`` (0-based, among the
+    fields of that name as they were then) of a field."""
+
+    op: str  # "add" or "delete"
+    name: str
+    value: str = ""
+    last: bool = False
+    occurrences: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class EditHeaders:
+    """The message was edited (RFC 5293): what is stored and redirected is the edited one."""
+
+    edits: tuple[HeaderEdit, ...]
+
+
+Action = Keep | FileInto | Redirect | Discard | Reject | Vacation | EditHeaders
 
 
 @dataclass(frozen=True)
@@ -209,6 +230,13 @@ class _Run:
         self.include_stack: list[tuple[str, str]] = []
         self.includes = 0
         self.body_cache: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+        # editheader (RFC 5293): the header fields as the script has made them, and how
+        self.headers: list[tuple[str, str]] = list(message.headers)
+        self.edits: list[HeaderEdit] = []
+
+    def values(self, name: str) -> list[str]:
+        key = name.lower()
+        return [value for field_name, value in self.headers if field_name.lower() == key]
 
     # --- bounds
 
@@ -312,7 +340,7 @@ class _Run:
     def header_values(self, frame: _Frame, node: Node, names: list[str]) -> list[str]:
         out: list[str] = []
         for name in names:
-            out.extend(self._indexed(node, self.message.values(name)))
+            out.extend(self._indexed(node, self.values(name)))
         return out
 
     def address_parts(self, node: Node, raw_values: list[str]) -> list[str]:
@@ -386,7 +414,7 @@ class _Run:
         if node.name == "currentdate":
             return [self.ctx.now]
         name = self.string(frame, node.args.get("header-name"))
-        values = self._indexed(node, self.message.values(name))
+        values = self._indexed(node, self.values(name))
         out = []
         for value in values:
             if name.lower() == "received":
@@ -418,7 +446,7 @@ class _Run:
             over = node.args.get("comparator") == ":over"
             return self.message.size > limit if over else self.message.size < limit
         if name == "exists":
-            return all(self.message.values(n) for n in
+            return all(self.values(n) for n in
                        self.strings(frame, node.args.get("header-names")))
         keys = self.strings(frame, node.args.get("key-list"))
         if name == "header":
@@ -554,11 +582,67 @@ class _Run:
             self.flag_command(frame, node)
         elif name == "include":
             self.include(frame, node)
+        elif name == "addheader":
+            self.addheader(frame, node)
+        elif name == "deleteheader":
+            self.deleteheader(frame, node)
         elif name == "global":
             frame.global_names.update(v.lower() for v in
                                       self.strings(frame, node.args.get("value")))
         else:
             raise SieveRuntimeError(node.line, f"unsupported command {name}", frame.script)
+
+    def _field_name(self, frame: _Frame, node: Node, raw: Value | None) -> str | None:
+        name = self.string(frame, raw).strip()
+        if not _FIELD_NAME.fullmatch(name):
+            raise SieveRuntimeError(node.line, f"{name[:80]!r} is not a header field name",
+                                    frame.script)
+        # RFC 5293 6: fields that tell the message's path are not the script's to change
+        return None if name.lower() in PROTECTED_FIELDS else name
+
+    def addheader(self, frame: _Frame, node: Node) -> None:
+        name = self._field_name(frame, node, node.args.get("field-name"))
+        if name is None:
+            return
+        value = _LINE_BREAKS.sub(" ", self.string(frame, node.args.get("value")))[:MAX_FIELD]
+        last = "last" in node.args
+        if len(self.edits) >= MAX_EDITS:
+            raise SieveRuntimeError(node.line, "too many header edits", frame.script)
+        if last:
+            self.headers.append((name, value))
+        else:
+            self.headers.insert(0, (name, value))
+        self.edits.append(HeaderEdit("add", name, value, last=last))
+
+    def deleteheader(self, frame: _Frame, node: Node) -> None:
+        raw_name: Value | None
+        patterns: Value | None = None
+        if "field-name" in node.args:
+            raw_name, patterns = node.args["field-name"], node.args.get("value-patterns")
+        else:
+            raw_name = node.args.get("value-patterns")
+        name = self._field_name(frame, node, raw_name)
+        if name is None:
+            return
+        keys = self.strings(frame, patterns) if patterns is not None else None
+        key = name.lower()
+        positions = [i for i, (n, _v) in enumerate(self.headers) if n.lower() == key]
+        chosen = list(range(len(positions)))
+        if "index" in node.args:
+            index = _number(node.extra.get("index"), 1)
+            if "last" in node.args:
+                index = len(positions) - index + 1
+            chosen = [index - 1] if 1 <= index <= len(positions) else []
+        if keys is not None:
+            chosen = [k for k in chosen
+                      if self.compare(frame, node, [self.headers[positions[k]][1]], keys)]
+        if not chosen:
+            return
+        if len(self.edits) >= MAX_EDITS:
+            raise SieveRuntimeError(node.line, "too many header edits", frame.script)
+        drop = {positions[k] for k in chosen}
+        self.headers = [f for i, f in enumerate(self.headers) if i not in drop]
+        self.edits.append(HeaderEdit("delete", name, occurrences=tuple(chosen)))
 
     def vacation(self, frame: _Frame, node: Node) -> Vacation:
         days = node.extra.get("days", 7)
@@ -703,6 +787,12 @@ def _date_part(moment: datetime, part: str) -> str:
 
 
 _ADDRESS = re.compile(r"[^\s@<>\"(),;:\\\[\]]{1,64}@[A-Za-z0-9][A-Za-z0-9.-]{0,252}")
+_FIELD_NAME = re.compile(r"[!-9;-~]{1,200}")
+_LINE_BREAKS = re.compile(r"[\r\n\x00]+")
+#: fields editheader leaves alone: the message's path and our loop marker
+PROTECTED_FIELDS = frozenset({"received", "auto-submitted", "x-postroom-loop"})
+MAX_EDITS = 32
+MAX_FIELD = 998
 
 
 def _check_mailbox(frame: _Frame, node: Node, name: str) -> None:
@@ -781,7 +871,58 @@ def run_scripts(scripts: Sequence[Script], message: MessageView, envelope: Envel
     actions = run.actions
     if run.implicit_keep and not any(isinstance(a, Keep) for a in actions):
         actions.append(Keep(tuple(run.flags), implicit=True))
+    if run.edits:
+        actions.append(EditHeaders(tuple(run.edits)))
     return _unique(actions)
+
+
+def apply_edits(raw: bytes, edits: Sequence[HeaderEdit]) -> bytes:
+    """``raw`` with the editheader changes made: the same changes in the same order to its
+    header fields (names and occurrences as the run saw them), the body untouched. New
+    values are RFC 2047-encoded when they are not ASCII."""
+    end = raw.find(b"\r\n\r\n")
+    sep = 4
+    if end < 0:
+        end, sep = raw.find(b"\n\n"), 2
+    if end < 0:
+        end, sep = len(raw), 0
+    head, body = raw[:end], raw[end:]
+    fields: list[list[bytes]] = []  # each: its lines, continuations included
+    for line in head.splitlines(keepends=True):
+        if line[:1] in (b" ", b"\t") and fields:
+            fields[-1].append(line)
+        else:
+            fields.append([line])
+    if fields and not fields[-1][-1].endswith(b"\n"):
+        fields[-1][-1] += b"\r\n"
+
+    def name_of(field: list[bytes]) -> str:
+        return field[0].split(b":", 1)[0].strip().decode("ascii", "replace").lower()
+
+    for edit in edits:
+        if edit.op == "add":
+            added = [f"{edit.name}: {_encode_value(edit.value)}\r\n".encode("ascii")]
+            if edit.last:
+                fields.append(added)
+            else:
+                fields.insert(0, added)
+        else:
+            key = edit.name.lower()
+            positions = [i for i, f in enumerate(fields) if name_of(f) == key]
+            drop = {positions[k] for k in edit.occurrences if k < len(positions)}
+            fields = [f for i, f in enumerate(fields) if i not in drop]
+    out = b"".join(b"".join(f) for f in fields)
+    if sep == 0:
+        return out + b"\r\n"
+    return out.rstrip(b"\r\n") + body
+
+
+def _encode_value(value: str) -> str:
+    if value.isascii():
+        return value
+    from email.header import Header
+
+    return Header(value, "utf-8", maxlinelen=998).encode()
 
 
 def _unique(actions: list[Action]) -> list[Action]:
@@ -805,6 +946,22 @@ def evaluate(script: Script, message: MessageView, envelope: EnvelopeView,
     return run_scripts([script], message, envelope, ctx)
 
 
-__all__ = ["Action", "Context", "Discard", "EnvelopeView", "FileInto", "Keep", "MessageView",
-           "Redirect", "Reject", "Script", "SieveRuntimeError", "Vacation", "evaluate",
-           "run_scripts"]
+__all__ = [
+    "Action",
+    "Context",
+    "Discard",
+    "EditHeaders",
+    "EnvelopeView",
+    "FileInto",
+    "HeaderEdit",
+    "Keep",
+    "MessageView",
+    "Redirect",
+    "Reject",
+    "Script",
+    "SieveRuntimeError",
+    "Vacation",
+    "apply_edits",
+    "evaluate",
+    "run_scripts",
+]
