@@ -14,7 +14,9 @@ import xml.etree.ElementTree as ET
 from postroom.auth import totp as totp_codes
 from postroom.auth.passwords import hash_password
 from postroom.ops import autoconfig
-from postroom.store import apppasswords, totp, users
+from postroom.sieve import check_script
+from postroom.sieve.simple import SCRIPT_NAME, parse
+from postroom.store import apppasswords, sieve, totp, users
 from tests.support.web import PASSWORD, WebClient, WebServer
 
 SECRET = re.compile(r'id="app-password-secret">([a-z-]+)<')
@@ -104,7 +106,8 @@ def test_two_factor_login_needs_the_code_and_the_half_login_can_do_nothing(
 
     second = web.client()
     first_step = second.login(address)
-    assert first_step.status == 303 and (first_step.header("location") or "").startswith("/login/code")
+    assert first_step.status == 303
+    assert (first_step.header("location") or "").startswith("/login/code")
     assert "postroom_session" not in second.cookies
     assert second.get("/account").status == 303              # not logged in: to /login
     form = second.get("/login/code")
@@ -127,7 +130,8 @@ def test_thunderbird_autoconfig_is_served_at_both_paths(web: WebServer) -> None:
     for path in ("/.well-known/autoconfig/mail/config-v1.1.xml?emailaddress=a%40b.org",
                  "/mail/config-v1.1.xml?emailaddress=a%40b.org"):
         reply = client.get(path)
-        assert reply.status == 200 and (reply.header("content-type") or "").startswith("application/xml")
+        assert reply.status == 200
+        assert (reply.header("content-type") or "").startswith("application/xml")
         root = ET.fromstring(reply.body)
         ports = {(n.get("type"), n.findtext("port"), n.findtext("socketType"))
                  for n in root.iter() if n.tag in ("incomingServer", "outgoingServer")}
@@ -164,9 +168,70 @@ def test_the_apple_profile_is_for_the_logged_in_user_only(web: WebServer) -> Non
 def test_the_account_pages_have_no_inline_script_or_style(web: WebServer) -> None:
     client = logged_in(web, new_user(web))
     pages = [client.get(p).text for p in ("/account", "/account/password",
-                                          "/account/app-passwords", "/account/two-factor")]
+                                          "/account/app-passwords", "/account/two-factor",
+                                          "/account/vacation", "/account/filters",
+                                          "/account/sieve")]
     pages.append(post(client, "/account/two-factor/begin", {}, page="/account/two-factor").text)
     for text in pages:
         lower = text.lower()
         assert "<style" not in lower and " style=" not in lower and " onclick" not in lower
         assert "<script>" not in lower
+
+
+def _scripts(web: WebServer, address: str) -> tuple[str | None, str | None]:
+    uid = web.db.run_sync(users.get_user, address).id
+    active = web.db.run_sync(sieve.active_script, uid)
+    return (active[0], active[1]) if active else (None, None)
+
+
+def test_the_vacation_and_filter_pages_write_one_active_script_that_reads_back(
+        web: WebServer) -> None:
+    address = new_user(web)
+    client = logged_in(web, address)
+    saved = post(client, "/account/vacation", {
+        "enabled": "on", "start": "2026-12-20", "end": "2027-01-03", "subject": "Away",
+        "text": "Back in January.", "days": "5", "addresses": "other@b.org"})
+    assert saved.status == 303, saved.text
+    name, text = _scripts(web, address)
+    assert name == SCRIPT_NAME and text is not None and ":days 5" in text
+    assert check_script(text, max_bytes=65536) == []
+    page = client.get("/account/vacation").text
+    assert "Back in January." in page and 'value="2027-01-03"' in page and "checked" in page
+    rules = post(client, "/account/filters", {
+        "rule_0_field": "subject", "rule_0_contains": "[list]", "rule_0_action": "fileinto",
+        "rule_0_target": "Lists", "rule_1_field": "from", "rule_1_contains": "boss@",
+        "rule_1_action": "redirect", "rule_1_target": "me@home.example"})
+    assert rules.status == 303, rules.text
+    _, text = _scripts(web, address)
+    assert parse(text or "") is not None
+    assert 'fileinto "Lists";' in (text or "") and ":days 5" in (text or "")  # vacation kept
+    page = client.get("/account/filters").text
+    assert 'value="[list]"' in page and 'value="me@home.example"' in page
+    bad = post(client, "/account/filters", {
+        "rule_0_field": "from", "rule_0_contains": "x", "rule_0_action": "redirect",
+        "rule_0_target": "not an address"}, page="/account/filters")
+    assert bad.status == 422 and "not an e-mail address" in html.unescape(bad.text)
+
+
+def test_a_hand_edited_script_is_left_alone_by_the_simple_editors(web: WebServer) -> None:
+    address = new_user(web)
+    client = logged_in(web, address)
+    raw = 'require "fileinto";\nif header :contains "subject" "x" { fileinto "X"; }\n'
+    saved = post(client, "/account/sieve", {"name": "mine", "text": raw})
+    assert saved.status == 303
+    assert _scripts(web, address) == ("mine", raw)
+    page = client.get("/account/vacation").text
+    assert "written or changed by hand" in page and "/account/sieve" in page
+    refused = post(client, "/account/vacation", {"enabled": "on", "text": "away", "days": "7"})
+    assert refused.status == 422 and _scripts(web, address)[0] == "mine"
+    replaced = post(client, "/account/vacation", {"enabled": "on", "text": "away", "days": "7",
+                                                 "replace_foreign": "on"})
+    assert replaced.status == 303 and _scripts(web, address)[0] == SCRIPT_NAME
+
+
+def test_the_sieve_editor_shows_the_line_and_message_of_a_mistake(web: WebServer) -> None:
+    client = logged_in(web, new_user(web))
+    reply = post(client, "/account/sieve", {"name": "mine",
+                                            "text": 'require "fileinto";\n\nfileinto 42;\n'})
+    assert reply.status == 422
+    assert re.search(r"<li>line 3: [^<]+</li>", reply.text), reply.text[-1500:]

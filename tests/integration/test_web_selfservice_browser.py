@@ -119,8 +119,9 @@ def test_app_passwords_and_two_factor_login_through_the_browser_and_mail_clients
                        timeout=10)
     assert len(codes) == 10, browser.page_source[-3000:]
     shoot(browser, "two-factor-recovery-codes")
-    browser.get(f"{base}/account/password")
-    shoot(browser, "password")
+    for page in ("password", "vacation", "filters", "sieve"):
+        browser.get(f"{base}/account/{page}")
+        shoot(browser, page)
 
     # out, and in again: the password, then a fresh code (a later step than the last one)
     browser.find_element(By.CSS_SELECTOR, "form.logout button").click()

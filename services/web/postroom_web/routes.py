@@ -11,11 +11,12 @@ from postroom_web.framework import REGISTRY, Registry
 from postroom_web.views import account as views_account
 from postroom_web.views import autoconfig as views_autoconfig
 from postroom_web.views import domains as views_domains
+from postroom_web.views import mailfilters as views_mailfilters
 from postroom_web.views import overview as views_overview
 from postroom_web.views import selfservice as views_selfservice
 
 MODULES = (api_meta, api_domains, views_account, views_overview, views_domains,
-           views_selfservice, views_autoconfig)
+           views_selfservice, views_mailfilters, views_autoconfig)
 
 
 def registry() -> Registry:
