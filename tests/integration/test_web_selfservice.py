@@ -235,3 +235,24 @@ def test_the_sieve_editor_shows_the_line_and_message_of_a_mistake(web: WebServer
                                             "text": 'require "fileinto";\n\nfileinto 42;\n'})
     assert reply.status == 422
     assert re.search(r"<li>line 3: [^<]+</li>", reply.text), reply.text[-1500:]
+
+
+def test_the_account_api_makes_lists_and_revokes_app_passwords_for_a_session_only(
+        web: WebServer) -> None:
+    address = new_user(web)
+    client = logged_in(web, address)
+    assert client.api("GET", "/account").json() == {
+        "address": address, "two_factor": False, "recovery_codes_left": 0}
+    made = client.api("POST", "/account/app-passwords", {"name": "cli", "protocols": ["pop3"]})
+    assert made.status == 201 and made.json()["protocols"] == ["pop3"]
+    secret = made.json()["secret"]
+    assert web.db.run_sync(lambda s: apppasswords.authenticate(
+        s, address, secret, protocol="pop3", peer="127.0.0.1")).user is not None
+    listed = client.api("GET", "/account/app-passwords").json()["items"]
+    assert [i["name"] for i in listed] == ["cli"] and "secret" not in listed[0]
+    assert client.api("DELETE", "/account/app-passwords/cli").status == 204
+    assert client.api("DELETE", "/account/app-passwords/cli").status == 404
+    assert client.api("GET", "/account/app-passwords").json()["items"] == []
+    checked = client.api("POST", "/account/sieve/check", {"script": "fileinto 1;\n"}).json()
+    assert not checked["ok"] and checked["problems"][0]["line"] == 1
+    assert web.client(bearer=web.admin_token).api("GET", "/account").status == 403

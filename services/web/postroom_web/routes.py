@@ -5,6 +5,7 @@ Adding an area is one line here (docs/web.md, "Adding an endpoint and a page").
 
 from __future__ import annotations
 
+from postroom_web.api import account as api_account
 from postroom_web.api import domains as api_domains
 from postroom_web.api import meta as api_meta
 from postroom_web.framework import REGISTRY, Registry
@@ -15,7 +16,7 @@ from postroom_web.views import mailfilters as views_mailfilters
 from postroom_web.views import overview as views_overview
 from postroom_web.views import selfservice as views_selfservice
 
-MODULES = (api_meta, api_domains, views_account, views_overview, views_domains,
+MODULES = (api_meta, api_domains, api_account, views_account, views_overview, views_domains,
            views_selfservice, views_mailfilters, views_autoconfig)
 
 
