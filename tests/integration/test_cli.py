@@ -100,7 +100,11 @@ def test_dns_prints_every_record(cli):
     cli("dkim", "generate", "example.org", "--algorithm", "ed25519")
     out = cli("dns", "example.org", env={"POSTROOM_HOSTNAME": "mx.example.org"}).stdout
     for needle in ("IN MX 10 mx.example.org.", "v=spf1", "_domainkey.example.org.",
-                   "_dmarc.example.org.", "_mta-sts.example.org.", "_smtp._tls.example.org."):
+                   "_dmarc.example.org.", "_mta-sts.example.org.", "_smtp._tls.example.org.",
+                   "_submissions._tcp.example.org. IN SRV 0 1 465 mx.example.org.",
+                   "_imaps._tcp.example.org. IN SRV 0 1 993 mx.example.org.",
+                   "autoconfig.example.org. IN CNAME mx.example.org.",
+                   "autodiscover.example.org. IN CNAME mx.example.org."):
         assert needle in out
 
 
