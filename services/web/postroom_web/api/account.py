@@ -104,11 +104,11 @@ def create_app_password(ctx: Ctx, body: AppPasswordCreate) -> AppPasswordCreated
     """A new app password; its secret is in this answer only. 409 when the name is taken."""
     address = _address(ctx)
     secret = apppasswords.create(ctx.store, address, body.name, body.protocols or None)
-    [info] = [i for i in apppasswords.list_app_passwords(ctx.store, address)
-              if i.name == body.name.strip() and i.revoked_at is None] or [None]
-    if info is None:
+    found = [i for i in apppasswords.list_app_passwords(ctx.store, address)
+             if i.name == body.name.strip() and i.revoked_at is None]
+    if not found:
         raise not_found("the app password was not kept")
-    return AppPasswordCreated(**_shape(info).model_dump(), secret=secret)
+    return AppPasswordCreated(**_shape(found[0]).model_dump(), secret=secret)
 
 
 @endpoint("DELETE", "/account/app-passwords/{name}", summary="Revoke an app password",
