@@ -256,3 +256,23 @@ def test_the_account_api_makes_lists_and_revokes_app_passwords_for_a_session_onl
     checked = client.api("POST", "/account/sieve/check", {"script": "fileinto 1;\n"}).json()
     assert not checked["ok"] and checked["problems"][0]["line"] == 1
     assert web.client(bearer=web.admin_token).api("GET", "/account").status == 403
+
+
+def test_five_wrong_codes_end_the_pending_login(web: WebServer) -> None:
+    address = new_user(web)
+    secret, _ = web.db.run_sync(totp.begin_totp, address)
+    web.db.run_sync(totp.enable_totp, address,
+                    totp_codes.code_at_step(secret, totp_codes.step_at(time.time())))
+    client = web.client()
+    assert client.login(address).status == 303
+    token = client.form_csrf("/login/code")
+    for _ in range(4):
+        reply = client.post_form("/login/code", {"csrf_token": token, "code": "000000"})
+        assert reply.status == 401
+    last = client.post_form("/login/code", {"csrf_token": token, "code": "000000"})
+    assert last.status == 303 and last.header("location") == "/login"
+    assert "postroom_pending_login" not in client.cookies
+    right = totp_codes.code_at_step(secret, totp_codes.step_at(time.time()) + 1)
+    again = client.post_form("/login/code", {"csrf_token": token, "code": right})
+    assert again.status == 303 and again.header("location") == "/login"
+    assert "postroom_session" not in client.cookies
