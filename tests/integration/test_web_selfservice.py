@@ -276,3 +276,27 @@ def test_five_wrong_codes_end_the_pending_login(web: WebServer) -> None:
     again = client.post_form("/login/code", {"csrf_token": token, "code": right})
     assert again.status == 303 and again.header("location") == "/login"
     assert "postroom_session" not in client.cookies
+
+
+def test_the_account_api_sets_and_reads_the_vacation_and_rules_as_the_pages_do(
+        web: WebServer) -> None:
+    address = new_user(web)
+    client = logged_in(web, address)
+    wanted = {"vacation": {"enabled": True, "start": "2026-12-20", "end": None,
+                           "subject": "Away", "text": "Back soon.", "days": 3,
+                           "addresses": []},
+              "rules": [{"field": "subject", "contains": "[x]", "action": "addflag",
+                         "target": "", "stop": True}]}
+    put = client.api("PUT", "/account/mail-handling", wanted)
+    assert put.status == 200, put.text
+    got = client.api("GET", "/account/mail-handling").json()
+    assert got["vacation"] == wanted["vacation"] and got["rules"] == wanted["rules"]
+    assert not got["foreign"]
+    assert "Back soon." in client.get("/account/vacation").text  # the page reads it back
+    post(client, "/account/sieve", {"name": "mine", "text": "keep;\n"})
+    assert client.api("GET", "/account/mail-handling").json()["foreign"]
+    assert client.api("PUT", "/account/mail-handling", wanted).status == 409
+    replaced = client.api("PUT", "/account/mail-handling", {**wanted, "replace_foreign": True})
+    assert replaced.status == 200 and _scripts(web, address)[0] == SCRIPT_NAME
+    empty = {"vacation": {**wanted["vacation"], "text": ""}, "rules": []}
+    assert client.api("PUT", "/account/mail-handling", empty).status == 422

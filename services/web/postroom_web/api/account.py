@@ -1,17 +1,20 @@
 """/api/v1/account: the caller's own account (a console session; an API token has none):
-its app passwords and a Sieve check, as the account pages offer them."""
+its app passwords, its vacation reply and filter rules, and a Sieve check, as the account
+pages offer them (the Sieve part through the same functions as the pages)."""
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from postroom.queue import authevents
 from postroom.sieve import check_script
+from postroom.sieve.simple import Rule, SimpleSettings, Vacation
 from postroom.store import apppasswords, totp
-from postroom_web.framework import Access, Ctx, endpoint, forbidden, not_found
+from postroom_web.framework import Access, ApiError, Ctx, conflict, endpoint, forbidden, not_found
+from postroom_web.views import mailfilters
 
 Protocol = Literal["imap", "pop3", "submission", "managesieve"]
 
@@ -135,3 +138,94 @@ def check_sieve(ctx: Ctx, body: SieveCheck) -> SieveCheckResult:
     problems = check_script(body.script, max_bytes=ctx.settings.sieve_max_script_bytes)
     return SieveCheckResult(ok=not problems, problems=[
         SieveProblem(line=p.line, message=p.message) for p in problems])
+
+
+# --- the vacation reply and filter rules (one generated Sieve script, as on the pages)
+
+class VacationSettings(BaseModel):
+    """The vacation reply."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    enabled: bool = False
+    start: date | None = Field(None, description="First day (UTC), inclusive.")
+    end: date | None = Field(None, description="Last day (UTC), inclusive.")
+    subject: str = Field("", max_length=200, pattern=r"^[^\r\n]*$")
+    text: str = Field("", max_length=4000)
+    days: int = Field(7, ge=1, le=365, description="Answer each sender once in this many days.")
+    addresses: list[str] = Field([], max_length=10,
+                                 description="Other addresses of the account to answer for.")
+
+
+class FilterRule(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    field: Literal["from", "to", "subject"]
+    contains: str = Field(min_length=1, max_length=200, pattern=r"^[^\r\n\x00]+$")
+    action: Literal["fileinto", "addflag", "redirect", "stop"]
+    target: str = Field("", max_length=200, pattern=r"^[^\r\n\x00]*$",
+                        description="The folder (fileinto) or the address (redirect).")
+    stop: bool = False
+
+
+class MailHandling(BaseModel):
+    """The vacation reply and filter rules the account pages edit."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    vacation: VacationSettings
+    rules: list[FilterRule] = Field([], max_length=50)
+    replace_foreign: bool = Field(default=False, description="On PUT: replace an active script not "
+                                                     "written by these settings (else 409).")
+    foreign: bool = Field(default=False, description="On GET: the active script was written by hand; "
+                                             "these are not what runs.")
+
+
+def _handling(current: mailfilters.Current) -> MailHandling:
+    v = current.settings.vacation
+    return MailHandling(
+        vacation=VacationSettings(enabled=v.enabled, start=v.start, end=v.end,
+                                  subject=v.subject, text=v.text, days=v.days,
+                                  addresses=list(v.addresses)),
+        rules=[FilterRule(field=r.field, contains=r.contains, action=r.action,  # type: ignore[arg-type]
+                          target=r.target, stop=r.stop) for r in current.settings.rules],
+        foreign=current.foreign)
+
+
+def _user_id(ctx: Ctx) -> int:
+    _address(ctx)
+    assert ctx.user.user_id is not None
+    return ctx.user.user_id
+
+
+@endpoint("GET", "/account/mail-handling", summary="Your vacation reply and filter rules",
+          tags=["account"], response=MailHandling, access=Access.USER)
+def get_mail_handling(ctx: Ctx) -> MailHandling:
+    """As the account pages show them; ``foreign`` when the active Sieve script was edited
+    by hand (then these settings are not what runs)."""
+    return _handling(mailfilters.load(ctx.store, _user_id(ctx)))
+
+
+@endpoint("PUT", "/account/mail-handling", summary="Set your vacation reply and filter rules",
+          tags=["account"], body=MailHandling, response=MailHandling, access=Access.USER,
+          errors=(409,))
+def put_mail_handling(ctx: Ctx, body: MailHandling) -> MailHandling:
+    """Written as the Sieve script postroom-web and made active; 409 when the active script
+    was written by hand and ``replace_foreign`` is false, 422 with what is wrong."""
+    user_id = _user_id(ctx)
+    current = mailfilters.load(ctx.store, user_id)
+    if current.foreign and not body.replace_foreign:
+        raise conflict("the active Sieve script was written by hand; set replace_foreign")
+    v = body.vacation
+    settings = SimpleSettings(
+        Vacation(enabled=v.enabled, start=v.start.isoformat() if v.start else None,
+                 end=v.end.isoformat() if v.end else None, subject=v.subject, text=v.text,
+                 days=v.days, addresses=tuple(v.addresses)),
+        tuple(Rule(r.field, r.contains, r.action, r.target, r.stop) for r in body.rules))
+    problems = mailfilters.save_simple(
+        ctx.store, user_id, current, settings, replace_foreign=True,
+        max_bytes=ctx.settings.sieve_max_script_bytes,
+        max_scripts=ctx.settings.sieve_max_scripts)
+    if problems:
+        raise ApiError(422, "; ".join(problems)[:1000])
+    return _handling(mailfilters.load(ctx.store, user_id))

@@ -70,23 +70,33 @@ def _save(session: StoreSession, user_id: int, name: str, text: str, max_scripts
     sieve.set_active(session, user_id, name)
 
 
-def _save_simple(ctx: Ctx, current: Current, settings: SimpleSettings) -> list[str]:
-    """Write the generated script and make it active; the problems found, if any."""
-    if current.foreign and ctx.form.get("replace_foreign") != "on":
+def save_simple(session: StoreSession, user_id: int, current: Current,
+                settings: SimpleSettings, *, replace_foreign: bool, max_bytes: int,
+                max_scripts: int) -> list[str]:
+    """Write the generated script and make it active; the problems found (nothing written
+    then). The page and the API both save through here."""
+    if current.foreign and not replace_foreign:
         return [f"Your active Sieve script ({current.active_name}) was not written by these "
                 "pages. Edit it in the Sieve editor, or tick the box to replace it."]
     try:
         text = generate(settings)
     except ValueError as exc:
         return [str(exc)]
-    problems = check_script(text, max_bytes=ctx.settings.sieve_max_script_bytes)
+    problems = check_script(text, max_bytes=max_bytes)
     if problems:
         return [f"line {p.line}: {p.message}" for p in problems]
     try:
-        _save(ctx.store, _user_id(ctx), SCRIPT_NAME, text, ctx.settings.sieve_max_scripts)
+        _save(session, user_id, SCRIPT_NAME, text, max_scripts)
     except (StoreError, ValueError) as exc:
         return [str(exc)]
     return []
+
+
+def _save_simple(ctx: Ctx, current: Current, settings: SimpleSettings) -> list[str]:
+    return save_simple(ctx.store, _user_id(ctx), current, settings,
+                       replace_foreign=ctx.form.get("replace_foreign") == "on",
+                       max_bytes=ctx.settings.sieve_max_script_bytes,
+                       max_scripts=ctx.settings.sieve_max_scripts)
 
 
 def _form_int(ctx: Ctx, name: str, default: int) -> int:
