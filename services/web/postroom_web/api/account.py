@@ -175,10 +175,12 @@ class MailHandling(BaseModel):
 
     vacation: VacationSettings
     rules: list[FilterRule] = Field([], max_length=50)
-    replace_foreign: bool = Field(default=False, description="On PUT: replace an active script not "
-                                                     "written by these settings (else 409).")
-    foreign: bool = Field(default=False, description="On GET: the active script was written by hand; "
-                                             "these are not what runs.")
+    replace_foreign: bool = Field(
+        default=False,
+        description="On PUT: replace an active script not written by these settings (else 409).")
+    foreign: bool = Field(
+        default=False,
+        description="On GET: the active script was written by hand; these are not what runs.")
 
 
 def _handling(current: mailfilters.Current) -> MailHandling:
