@@ -186,7 +186,9 @@ class MailHandling(BaseModel):
 def _handling(current: mailfilters.Current) -> MailHandling:
     v = current.settings.vacation
     return MailHandling(
-        vacation=VacationSettings(enabled=v.enabled, start=v.start, end=v.end,
+        vacation=VacationSettings(enabled=v.enabled,
+                                  start=date.fromisoformat(v.start) if v.start else None,
+                                  end=date.fromisoformat(v.end) if v.end else None,
                                   subject=v.subject, text=v.text, days=v.days,
                                   addresses=list(v.addresses)),
         rules=[FilterRule(field=r.field, contains=r.contains, action=r.action,  # type: ignore[arg-type]
