@@ -938,6 +938,34 @@ class Settings:
     quota_grace: float = setting(
         parse_duration, "1d",
         "How long mail for an account over quota is retried before it bounces with 5.2.2.")
+    # Sieve (RFC 5228) at delivery: docs/mda.md "Sieve"
+    sieve_max_script_bytes: int = setting(
+        parse_size, "64K",
+        "Largest Sieve script an account may store (`postroom sieve put`, ManageSieve "
+        "PUTSCRIPT); the mda also refuses to run a larger one (the message goes to INBOX).")
+    sieve_max_scripts: int = setting(
+        _positive_int, "20", "How many Sieve scripts one account may store.")
+    sieve_max_redirects: int = setting(
+        _positive_int, "4",
+        "How many redirect actions one message may take in one Sieve run (RFC 5228 4.2: "
+        "a limit is advised); further redirects are an error and the message is kept.")
+    sieve_max_run_time: float = setting(
+        parse_duration, "1s",
+        "Longest one Sieve run (global and user scripts of one recipient) may take; a run "
+        "over it, or over its step budget, is an error and the message goes to INBOX.")
+    sieve_before: str | None = setting(
+        _opt_str, "",
+        "File of a global Sieve script run before each account's own (like Dovecot's "
+        "sieve_before); its `stop` ends the run. Unset: none. Read when the mda starts.")
+    sieve_global_dir: str | None = setting(
+        _opt_str, "",
+        "Directory of the global Sieve scripts `include :global \"NAME\"` runs (RFC 6609): "
+        "the file NAME.sieve in it. Unset: every :global include is an error (or skipped "
+        "with :optional).")
+    sieve_after: str | None = setting(
+        _opt_str, "",
+        "File of a global Sieve script run after each account's own, unless that ran `stop` "
+        "(e.g. `if header :contains \"X-Spam\" \"yes\" { fileinto \"Junk\"; }`). Unset: none.")
     # operations
     log_level: str = setting(
         _choice("debug", "info", "warning", "error"), "info",

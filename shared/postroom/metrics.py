@@ -94,6 +94,11 @@ def outgoing_total(m: Metrics) -> Counter:
                      ["kind", "result"])
 
 
+def sieve_runs_total(m: Metrics) -> Counter:
+    """Sieve runs at delivery, by result: ok, or error (the message was filed in INBOX)."""
+    return m.counter("sieve_runs", "Sieve runs at delivery, by result.", ["result"])
+
+
 def errors_total(m: Metrics) -> Counter:
     """Errors by kind (protocol, database, redis, internal...)."""
     return m.counter("errors", "Errors, by kind.", ["kind"])

@@ -70,6 +70,10 @@ class Vacation:
     days: int = DEFAULT_VACATION_DAYS
     # more addresses of the account that count as "addressed to me" (RFC 5230 :addresses)
     addresses: tuple[str, ...] = ()
+    # the reply's From (RFC 5230 :from); None: the account's address
+    sender: str | None = None
+    # the reason is a MIME entity, headers and body (RFC 5230 :mime)
+    mime: bool = False
 
 
 @dataclass

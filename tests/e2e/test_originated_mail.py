@@ -30,8 +30,7 @@ import dkim
 import pytest
 
 from postroom.mailauth import srs
-from postroom.store import aliases
-from postroom.store.rules import set_rules
+from postroom.store import aliases, sieve, users
 from tests.support.dns import DNSServer
 from tests.support.instance import (
     Instance,
@@ -53,6 +52,15 @@ class Pair:
         self.two = two
         self.srs_key_file = srs_key_file
         self.reports_to = ""
+
+
+def set_sieve(session: Any, address: str, text: str) -> None:
+    """Make ``text`` the active Sieve script of ``address``."""
+    found = users.get_user(session, address)
+    assert found is not None
+    user_id = found.id
+    sieve.put_script(session, user_id, "main", text)
+    sieve.set_active(session, user_id, "main")
 
 
 @pytest.fixture(scope="module")
@@ -167,6 +175,25 @@ def test_a_forward_by_alias_passes_spf_with_srs_dmarc_and_carries_a_valid_arc_se
     assert counted(pair.one, "mda", kind="forward", result="sealed") >= 1
 
 
+def test_a_sieve_redirect_off_our_domains_goes_with_srs_and_a_valid_arc_seal(
+        pair: Pair) -> None:
+    carol, dave = fresh_user(pair.two, "carol"), fresh_user(pair.two, "dave")
+    bob = fresh_user(pair.one, "bob")
+    pair.one.db.run_sync(set_sieve, bob, f'redirect "{dave}";\n')
+    subject = f"redirected {secrets.token_hex(4)}"
+    pair.two.submit(carol, [bob], (f"From: Carol <{carol}>\r\nTo: <{bob}>\r\n"
+                                   f"Subject: {subject}\r\n\r\nvia bob's script\r\n").encode())
+    raw = wait_for(pair.two, dave, lambda m: m["Subject"] == subject)
+    found = results_of(raw, pair.two)
+    ours = next(v for i, v in authentication_results(raw) if i == pair.two.hostname)
+    assert found.get("spf") and set(found["spf"]) == {"pass"}, ours
+    assert "smtp.mailfrom=srs0=" in ours.lower() and f"@{pair.one.domain}" in ours.lower()
+    assert found.get("dmarc") == ["pass"], ours
+    assert found.get("arc") == ["pass"], ours
+    cv, sets, why = dkim.arc_verify(raw, dnsfunc=dns_txt(pair.one, pair.two))
+    assert cv == b"pass", (why, sets)
+
+
 def test_a_bounce_of_a_forward_reaches_the_original_sender_signed_by_the_forwarder(
         pair: Pair) -> None:
     carol = fresh_user(pair.two, "carol")
@@ -194,8 +221,8 @@ def test_a_bounce_of_a_forward_reaches_the_original_sender_signed_by_the_forward
 
 def test_a_vacation_reply_arrives_signed_for_the_account_domain(pair: Pair) -> None:
     bob, carol = fresh_user(pair.one, "bob"), fresh_user(pair.two, "carol")
-    pair.one.db.run_sync(set_rules, bob, [{"then": [{"vacation": {
-        "reason": "Away until Monday", "subject": "Out of office", "days": 1}}]}])
+    pair.one.db.run_sync(set_sieve, bob, 'require "vacation";\n'
+                         'vacation :days 1 :subject "Out of office" "Away until Monday";\n')
     pair.two.submit(carol, [bob], (f"From: <{carol}>\r\nTo: <{bob}>\r\n"
                                    "Subject: are you there\r\n\r\nping\r\n").encode())
     raw = wait_for(pair.two, carol, lambda m: m["Subject"] == "Out of office")

@@ -100,7 +100,11 @@ def test_dns_prints_every_record(cli):
     cli("dkim", "generate", "example.org", "--algorithm", "ed25519")
     out = cli("dns", "example.org", env={"POSTROOM_HOSTNAME": "mx.example.org"}).stdout
     for needle in ("IN MX 10 mx.example.org.", "v=spf1", "_domainkey.example.org.",
-                   "_dmarc.example.org.", "_mta-sts.example.org.", "_smtp._tls.example.org."):
+                   "_dmarc.example.org.", "_mta-sts.example.org.", "_smtp._tls.example.org.",
+                   "_submissions._tcp.example.org. IN SRV 0 1 465 mx.example.org.",
+                   "_imaps._tcp.example.org. IN SRV 0 1 993 mx.example.org.",
+                   "autoconfig.example.org. IN CNAME mx.example.org.",
+                   "autodiscover.example.org. IN CNAME mx.example.org."):
         assert needle in out
 
 
@@ -175,17 +179,56 @@ def test_an_out_of_date_schema_is_refused_with_the_fix(cli):
         drop_test_database(empty)
 
 
-def test_rules_are_set_shown_and_cleared(cli, tmp_path):
+def test_rules_set_converts_into_the_active_sieve_script_rules(cli, tmp_path):
     cli("domain", "add", "example.org")
     cli("user", "add", "erin@example.org", stdin="erin-long-password\n")
     rules = tmp_path / "rules.json"
     rules.write_text('[{"if": {"header": "subject", "contains": "[dev]"}, '
                      '"then": [{"fileinto": "Archive"}]}]')
-    assert "1 rule(s)" in cli("rules", "set", "erin@example.org", str(rules)).stdout
-    shown = json.loads(cli("rules", "show", "erin@example.org").stdout)
-    assert shown[0]["then"] == [{"fileinto": "Archive"}]
+    done = cli("rules", "set", "erin@example.org", str(rules))
+    assert "active Sieve script 'rules'" in done.stdout
+    assert "replaced by `postroom sieve`" in done.stderr
+    shown = cli("rules", "show", "erin@example.org").stdout
+    assert 'if header :contains "subject" "[dev]" {' in shown
+    assert cli("sieve", "show", "erin@example.org").stdout == shown
     cli("rules", "clear", "erin@example.org")
-    assert json.loads(cli("rules", "show", "erin@example.org").stdout) == []
+    assert cli("sieve", "list", "erin@example.org", "--json").stdout.strip() == "[]"
+
+
+def test_sieve_scripts_are_put_listed_activated_and_deleted(cli, tmp_path):
+    cli("domain", "add", "example.org")
+    cli("user", "add", "gil@example.org", stdin="gil-long-password\n")
+    script = tmp_path / "main.sieve"
+    script.write_text('require "fileinto";\nif exists "list-id" { fileinto "Lists"; }\n')
+    cli("sieve", "put", "gil@example.org", "main", str(script), "--activate")
+    cli("sieve", "put", "gil@example.org", "spare", "-", stdin="keep;\n")
+    listed = json.loads(cli("sieve", "list", "gil@example.org", "--json").stdout)
+    assert [(r["name"], r["active"]) for r in listed] == [("main", True), ("spare", False)]
+    assert cli("sieve", "check", "gil@example.org").stdout.strip() == "valid"
+    assert cli("sieve", "check", "--file", "-", stdin="keep;").stdout.strip() == "valid"
+    line = _one_line_error(cli("sieve", "delete", "gil@example.org", "main", ok=False))
+    assert "active" in line
+    cli("sieve", "activate", "gil@example.org", "spare")
+    cli("sieve", "delete", "gil@example.org", "main")
+    cli("sieve", "deactivate", "gil@example.org")
+    listed = json.loads(cli("sieve", "list", "gil@example.org", "--json").stdout)
+    assert [(r["name"], r["active"]) for r in listed] == [("spare", False)]
+
+
+def test_an_invalid_sieve_script_is_refused_with_its_line(cli):
+    cli("domain", "add", "example.org")
+    cli("user", "add", "hal@example.org", stdin="hal-long-password\n")
+    line = _one_line_error(cli("sieve", "put", "hal@example.org", "bad", "-",
+                               stdin='keep;\nfileinto "x";', ok=False))
+    assert "line 2" in line and "fileinto" in line
+    line = _one_line_error(cli("sieve", "put", "hal@example.org", "big", "-", stdin="keep;" * 20,
+                               env={"POSTROOM_SIEVE_MAX_SCRIPT_BYTES": "50"}, ok=False))
+    assert "more than 50" in line
+    cli("sieve", "put", "hal@example.org", "one", "-", stdin="keep;",
+        env={"POSTROOM_SIEVE_MAX_SCRIPTS": "1"})
+    line = _one_line_error(cli("sieve", "put", "hal@example.org", "two", "-", stdin="keep;",
+                               env={"POSTROOM_SIEVE_MAX_SCRIPTS": "1"}, ok=False))
+    assert "POSTROOM_SIEVE_MAX_SCRIPTS=1" in line
 
 
 def test_invalid_rules_say_where_in_one_line(cli):

@@ -190,6 +190,24 @@ def test_tls_service_roles_read_the_certificate_by_acme(rdb, service):
     assert (found.cert_pem, found.key_pem) == ("CERT", "KEY")
 
 
+def test_mda_role_runs_a_sieve_script(rdb):
+    from postroom.store import sieve
+    from postroom_mda.delivery import DELIVERED, Options, deliver_recipient, ensure_metadata
+
+    alice = rdb.owner.run_sync(users.get_user, "alice@example.test")
+    rdb.owner.run_sync(sieve.put_script, alice.id, "main",
+                       'require ["fileinto", "mailbox", "vacation", "copy", "imap4flags"];\n'
+                       'fileinto :create :flags "\\\\Seen" "Made/Here";\n'
+                       'redirect :copy "elsewhere@remote.test";\n'
+                       'vacation "away";\n')
+    rdb.owner.run_sync(sieve.set_active, alice.id, "main")
+    qid, (rid,) = spool_inbound(rdb, "alice@example.test", message=MESSAGE + b"sieve\r\n")
+    run_as(rdb, "mda", ensure_metadata, qid)
+    outcome = run_as(rdb, "mda", deliver_recipient, rid, Options(), datetime.now(UTC))
+    assert outcome.result == DELIVERED and outcome.mailbox == "Made/Here"
+    assert len(outcome.envelopes) == 2  # the redirect and the vacation reply
+
+
 def test_pop3_role_lists_retrieves_and_deletes(rdb):
     from postroom_mda.delivery import Options, deliver_recipient
     from postroom_pop3 import maildrop

@@ -1,4 +1,4 @@
-"""Delivery decisions against a real PostgreSQL: mailboxes, aliases, quota, rules, idempotency."""
+"""Delivery decisions against a real PostgreSQL: mailboxes, aliases, quota, Sieve, idempotency."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from postroom.auth.passwords import hash_password
 from postroom.rules import RulesError
-from postroom.store import aliases, domains, mailboxes, messages, spool, users
+from postroom.store import aliases, domains, mailboxes, messages, sieve, spool, users
 from postroom.store.models import Mailbox, MailboxEntry, SpoolRecipient
 from postroom.store.rules import get_rules, set_rules
 from postroom_mda import delivery
@@ -67,6 +67,12 @@ def entries(db, user_id, name="INBOX"):
             .where(Mailbox.user_id == user_id, Mailbox.name == name)
             .order_by(MailboxEntry.uid)).scalars()]
     return db.run_sync(query)
+
+
+def set_sieve(db, user, text):
+    """Make ``text`` the account's active Sieve script."""
+    db.run_sync(sieve.put_script, user.id, "main", text)
+    db.run_sync(sieve.set_active, user.id, "main")
 
 
 def recipient(db, rid):
@@ -247,33 +253,31 @@ def test_unparseable_message_is_delivered_whole_with_fallback_metadata(db, accou
     assert meta["size"] == len(hostile) and meta["degraded"] is True
 
 
-def test_rules_fileinto_files_into_the_named_folder(db, accounts):
+def test_sieve_fileinto_files_into_the_named_folder(db, accounts):
     db.run_sync(mailboxes.create_mailbox, accounts["alice"].id, "Bob")
-    db.run_sync(set_rules, "alice@example.test",
-                '[{"if": {"address": "from", "is": "bob@remote.test"},'
-                ' "then": [{"fileinto": "Bob"}]}]')
+    set_sieve(db, accounts["alice"], 'require "fileinto";\n'
+              'if address :is "from" "bob@remote.test" { fileinto "Bob"; }')
     qid, [rid] = spool_message(db, "alice@example.test")
     assert deliver(db, qid, rid).mailbox == "Bob"
     assert entries(db, accounts["alice"].id) == []
 
 
-def test_rules_fileinto_missing_folder_falls_back_to_inbox(db, accounts):
-    db.run_sync(set_rules, "alice@example.test", [{"then": [{"fileinto": "Nope"}]}])
+def test_sieve_fileinto_missing_folder_falls_back_to_inbox(db, accounts):
+    set_sieve(db, accounts["alice"], 'require "fileinto"; fileinto "Nope";')
     qid, [rid] = spool_message(db, "alice@example.test")
     assert deliver(db, qid, rid).mailbox == "INBOX"
 
 
-def test_rules_discard_stores_nothing_and_finishes_the_recipient(db, accounts):
-    db.run_sync(set_rules, "alice@example.test",
-                [{"if": {"header": "subject", "contains": "HELLO"}, "then": [{"discard": True}]}])
+def test_sieve_discard_stores_nothing_and_finishes_the_recipient(db, accounts):
+    set_sieve(db, accounts["alice"], 'if header :contains "subject" "HELLO" { discard; }')
     qid, [rid] = spool_message(db, "alice@example.test")
     assert deliver(db, qid, rid).result == "discarded"
     assert entries(db, accounts["alice"].id) == []
     assert recipient(db, rid).state == "delivered"
 
 
-def test_rules_redirect_forwards_without_a_local_copy(db, accounts):
-    db.run_sync(set_rules, "alice@example.test", [{"then": [{"redirect": "me@else.test"}]}])
+def test_sieve_redirect_forwards_without_a_local_copy(db, accounts):
+    set_sieve(db, accounts["alice"], 'redirect "me@else.test";')
     qid, [rid] = spool_message(db, "alice@example.test")
     outcome = deliver(db, qid, rid)
     assert outcome.result == "forwarded"
@@ -285,8 +289,8 @@ def test_rules_redirect_forwards_without_a_local_copy(db, accounts):
     assert envelope.queue_id != qid  # a copy of its own: SRS sender, ARC seal
 
 
-def test_rules_are_not_applied_to_quarantined_mail(db, accounts):
-    db.run_sync(set_rules, "alice@example.test", [{"then": [{"redirect": "me@else.test"}]}])
+def test_sieve_are_not_applied_to_quarantined_mail(db, accounts):
+    set_sieve(db, accounts["alice"], 'redirect "me@else.test";')
     qid, [rid] = spool_message(db, "alice@example.test", disposition="junk")
     outcome = deliver(db, qid, rid)
     assert outcome.mailbox == "Junk" and outcome.envelopes == ()
@@ -299,8 +303,7 @@ def vacation_replies_sent(db):
 
 
 def test_vacation_replies_once_per_sender_within_the_period(db, accounts):
-    db.run_sync(set_rules, "alice@example.test",
-                [{"then": [{"vacation": {"reason": "Away until Monday", "days": 7}}]}])
+    set_sieve(db, accounts["alice"], 'require "vacation"; vacation :days 7 "Away until Monday";')
     now = datetime.now(UTC)
     for i in range(2):
         qid, [rid] = spool_message(db, "alice@example.test", message=MESSAGE + b"%d" % i)
@@ -317,7 +320,7 @@ def test_vacation_replies_once_per_sender_within_the_period(db, accounts):
 
 
 def test_vacation_never_answers_the_null_sender(db, accounts):
-    db.run_sync(set_rules, "alice@example.test", [{"then": [{"vacation": {"reason": "away"}}]}])
+    set_sieve(db, accounts["alice"], 'require "vacation"; vacation "away";')
     qid, [rid] = spool_message(db, "alice@example.test", mail_from="")
     deliver(db, qid, rid)
     assert vacation_replies_sent(db) == []

@@ -1,6 +1,6 @@
 """The mda's fast path (plain SQL, one write statement) writes what the general path writes.
 
-postroom_mda.delivery takes the fast path for an account with no alias, rules or
+postroom_mda.delivery takes the fast path for an account with no alias, Sieve script or
 quota; everything else goes the general (ORM) way in the same transaction. These
 tests pin what the fast path must keep: the recipient's state and history row,
 the entry's flags and UID/MODSEQ, the metadata, the Junk disposition, and lock

@@ -176,3 +176,69 @@ def test_killed_process_entries_are_claimed_by_another(
     uids = uids_by_mailbox(db)
     for account in accounts:
         assert uids[account.id] == list(range(1, total // 5 + 1))
+
+
+def test_each_copy_sieve_stores_publishes_its_change_event(db, twisted_reactor, queue_client,
+                                                           redis_client):
+    from postroom.store import mailboxes, sieve
+
+    [alice] = add_users(db, 1)
+    db.run_sync(mailboxes.create_mailbox, alice.id, "Lists")
+    db.run_sync(sieve.put_script, alice.id, "main",
+                'require ["fileinto", "copy"]; fileinto :copy "Lists";')
+    db.run_sync(sieve.set_active, alice.id, "main")
+    qid = db.run_sync(spool.create_spool, kind="inbound", mail_from="a@remote.test",
+                      recipients=[("u0@example.test", "deliver", None, None)],
+                      message=b"Subject: x\r\n\r\nbody\r\n")
+    rids = tuple(r.id for r in db.run_sync(spool.get_spool, qid).recipients)
+    boxes = dict(db.run_sync(lambda s: s.execute(select(Mailbox.name, Mailbox.id).where(
+        Mailbox.user_id == alice.id)).all()))
+    pubsub = redis_client.pubsub()
+    for name in ("INBOX", "Lists"):
+        pubsub.subscribe(events.channel(queue_client.prefix, boxes[name]))
+        assert pubsub.get_message(timeout=5)["type"] == "subscribe"
+    pool = ThreadPool(minthreads=0, maxthreads=1, name="test-publish")
+    pool.start()
+    try:
+        deliverer = Deliverer(db, queue_client, Options(), pool=pool, reactor=twisted_reactor)
+        in_reactor(deliverer.handle, QueueEntry("1-0", Envelope(qid, rids, "deliver")))
+        got = [pubsub.get_message(timeout=5) for _ in range(2)]
+    finally:
+        pool.stop()
+        pubsub.close()
+    seen = {events.ChangeEvent.parse(m["data"]).mailbox_id for m in got if m}
+    assert seen == {boxes["INBOX"], boxes["Lists"]}
+
+
+@pytest.mark.slow
+def test_mda_process_runs_the_operators_before_script(
+        db, redis_url, redis_prefix, redis_client, service_process, database_url, tmp_path):
+    [alice] = add_users(db, 1)
+    before = tmp_path / "before.sieve"
+    before.write_text('require "fileinto";\nif header :contains "subject" "1" '
+                      '{ fileinto "Junk"; stop; }\n')
+    queue = QueueClient(redis_client, redis_prefix)
+    env = mda_env(database_url, redis_url, redis_prefix, POSTROOM_SIEVE_BEFORE=str(before))
+    mda = service_process("mda", env, argv=runtime_argv(SERVICE))
+    spool_and_enqueue(db, queue, "u0@example.test", 1)
+    spool_and_enqueue(db, queue, "u0@example.test", 2)
+    wait_until(lambda: delivered_count(db) == 2, timeout=20)
+    names = db.run_sync(lambda s: s.execute(
+        select(Mailbox.name).join(MailboxEntry, MailboxEntry.mailbox_id == Mailbox.id)
+        .where(Mailbox.user_id == alice.id).order_by(MailboxEntry.message_id)).scalars().all())
+    assert names == ["Junk", "INBOX"]
+    assert mda.stop() == 0
+    done = [e for e in mda.log_events() if e["event"] == "recipient done"]
+    assert {e.get("sieve") for e in done} == {"ok"}
+
+
+@pytest.mark.slow
+def test_mda_refuses_to_start_with_an_invalid_global_script(
+        db, redis_url, redis_prefix, service_process, database_url, tmp_path):
+    after = tmp_path / "after.sieve"
+    after.write_text('keep;\nfileinto "x";\n')
+    env = mda_env(database_url, redis_url, redis_prefix, POSTROOM_SIEVE_AFTER=str(after))
+    mda = service_process("mda", env, argv=runtime_argv(SERVICE), start=False)
+    assert mda.wait_exit(30) != 0
+    assert "POSTROOM_SIEVE_AFTER" in mda.output and "line 2" in mda.output
+    assert "Traceback" not in mda.output

@@ -98,3 +98,35 @@ def test_0009_starts_existing_mailboxes_with_nothing_recent_and_their_keywords(
             assert row == (3, ["$a", "$b"])
     finally:
         engine.dispose()
+
+
+def test_0014_makes_each_accounts_json_rules_its_active_sieve_script(empty_database_url):
+    upgrade(empty_database_url, "0013")
+    engine = create_engine(empty_database_url)
+    rules = ('[{"if": {"header": "list-id", "contains": "dev"}, '
+             '"then": [{"fileinto": "Lists"}, {"stop": true}]}]')
+    try:
+        with engine.begin() as c:
+            c.exec_driver_sql(
+                "INSERT INTO domains (name) VALUES ('m14.example');"
+                "INSERT INTO users (localpart, address, domain_id, password_hash) "
+                "SELECT l, l || '@m14.example', id, 'x' FROM domains, "
+                "(VALUES ('a'), ('b'), ('c')) v(l);")
+            c.exec_driver_sql(
+                "INSERT INTO mail_rules (user_id, rules) SELECT id, CAST(%(r)s AS jsonb) "
+                "FROM users WHERE localpart = 'a'", {"r": rules})
+            # an empty rule set is no script
+            c.exec_driver_sql("INSERT INTO mail_rules (user_id, rules) SELECT id, '[]' "
+                              "FROM users WHERE localpart = 'b'")
+        upgrade(empty_database_url)
+        with engine.begin() as c:
+            rows = c.exec_driver_sql(
+                "SELECT u.localpart, s.name, s.active, s.content, s.size FROM sieve_scripts s "
+                "JOIN users u ON u.id = s.user_id").all()
+        assert [(r[0], r[1], r[2]) for r in rows] == [("a", "rules", True)]
+        content = rows[0][3]
+        assert 'require "fileinto";' in content
+        assert 'if header :contains "list-id" "dev" {' in content
+        assert rows[0][4] == len(content.encode())
+    finally:
+        engine.dispose()

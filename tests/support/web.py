@@ -139,8 +139,8 @@ class WebClient:
         token = self.form_csrf("/login")
         reply = self.post_form("/login", {"csrf_token": token, "address": address,
                                           "password": password, "next": "/"})
-        if reply.status == 303:
-            self.csrf = self.form_csrf("/")
+        if reply.status == 303 and "postroom_session" in self.cookies:  # not a 2FA step
+            self.csrf = self.form_csrf("/account")  # every account has one
         return reply
 
 

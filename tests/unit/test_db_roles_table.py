@@ -63,7 +63,7 @@ def test_only_the_login_services_read_password_secrets(column):
 
 def test_no_service_writes_accounts_domains_aliases_or_keys():
     for service, grants in roles.GRANTS.items():
-        for table in ("domains", "aliases", "dkim_keys", "mail_rules"):
+        for table in ("domains", "aliases", "dkim_keys", "mail_rules", "sieve_scripts"):
             assert all(p.startswith("SELECT") for p in grants.get(table, ())), (service, table)
         # a login rewrites an old or imported hash (and adds the SCRAM secrets it lacked)
         assert set(grants.get("users", ())) <= {*roles._USERS_LOGIN, roles._USERS_PUBLIC}, service

@@ -5,7 +5,7 @@ per recipient, see postroom_mda.service), so a mailbox copy and the
 recipient's ``delivered`` state commit together, and the only row locks taken
 besides the recipient's own are the blob's (when its metadata is stored) and
 one mailbox's, always in that order (no lock-order deadlocks between replicas).
-Mail for an account with no alias, rules or quota takes a fast path of two
+Mail for an account with no alias, Sieve script or quota takes a fast path of two
 prepared statements (postroom.store.delivery); everything else takes the
 general path. The SQL of both is in the store (postroom.store.delivery,
 mailboxes, spool). Results are plain :class:`Outcome`
@@ -15,12 +15,15 @@ described in them and done by the caller.
 
 from __future__ import annotations
 
+import functools
+import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, NotRequired, TypedDict
 
-from postroom.config import Settings
+from postroom.config import ConfigError, Settings
 from postroom.logs import get_logger
 from postroom.metrics import Metrics
 from postroom.mime import analyze, metadata_dict, metadata_json
@@ -32,21 +35,35 @@ from postroom.mime.fulltext import (
 )
 from postroom.outgoing import Outgoing, forward, originate
 from postroom.queue.envelope import Envelope
-from postroom.rules import (
-    HEAD_BYTES,
-    Decision,
-    RulesError,
-    evaluate,
-    facts_from_message,
-    parse_rules,
+from postroom.rules import HEAD_BYTES, MessageFacts, facts_from_message
+from postroom.rules import Vacation as ReplySpec
+from postroom.sieve.grammar import ScriptError
+from postroom.sieve.interp import (
+    MAX_BODY_BYTES,
+    Action,
+    Context,
+    EditHeaders,
+    EnvelopeView,
+    FileInto,
+    HeaderEdit,
+    Keep,
+    MessageView,
+    Redirect,
+    Reject,
+    Script,
+    SieveRuntimeError,
+    Vacation,
+    apply_edits,
+    run_scripts,
 )
 from postroom.store import delivery as deliveries
-from postroom.store import fts, messages, spool
+from postroom.store import fts, mailboxes, messages, spool
+from postroom.store import sieve as sieve_store
 from postroom.store.addresses import normalise_address
 from postroom.store.aliases import Target, resolve_address
 from postroom.store.db import StoreSession as Session
 from postroom.store.domains import is_local_domain
-from postroom.store.errors import InvalidAddress
+from postroom.store.errors import InvalidAddress, StoreError
 from postroom.store.mailboxes import deliver_to_mailbox, usage
 from postroom.store.rules import claim_vacation_reply
 from postroom_mda.vacation import build_reply, skip_reason
@@ -68,15 +85,32 @@ class Options:
     fts_max_bytes: int = DEFAULT_MAX_BYTES
     # DKIM keys for replies, SRS and ARC for forwards (postroom.outgoing); None: none
     outgoing: Outgoing | None = None
+    # Sieve (docs/mda.md, "Sieve"): limits, and the operator's scripts around the account's
+    sieve_max_bytes: int = 64 * 1024
+    sieve_max_redirects: int = 4
+    sieve_max_run_time: float = 1.0
+    sieve_before: Script | None = None
+    sieve_after: Script | None = None
+    sieve_global_dir: str | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, metrics: Metrics | None = None) -> Options:
+        """The options of ``settings``; ConfigError (naming the file) when a global Sieve
+        script cannot be read or is not valid: the mda does not start with it."""
         return cls(delimiter=settings.recipient_delimiter,
                    detail_folder=settings.deliver_to_detail_folder,
                    quota_grace=settings.quota_grace, queue_lifetime=settings.queue_lifetime,
                    retry_initial=settings.retry_initial, retry_max=settings.retry_max,
                    hostname=settings.hostname, fts_max_bytes=settings.fts_max_bytes,
-                   outgoing=Outgoing.from_settings(settings, metrics))
+                   outgoing=Outgoing.from_settings(settings, metrics),
+                   sieve_max_bytes=settings.sieve_max_script_bytes,
+                   sieve_max_redirects=settings.sieve_max_redirects,
+                   sieve_max_run_time=settings.sieve_max_run_time,
+                   sieve_before=load_global_script("before", settings.sieve_before,
+                                                   settings.sieve_max_script_bytes),
+                   sieve_after=load_global_script("after", settings.sieve_after,
+                                                  settings.sieve_max_script_bytes),
+                   sieve_global_dir=settings.sieve_global_dir)
 
     @property
     def sender(self) -> Outgoing:
@@ -84,10 +118,25 @@ class Options:
         return self.outgoing if self.outgoing is not None else Outgoing(self.hostname)
 
 
+def load_global_script(name: str, path: str | None, max_bytes: int) -> Script | None:
+    """POSTROOM_SIEVE_BEFORE / _AFTER compiled once (None when unset), or ConfigError."""
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read(max_bytes + 1)
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"POSTROOM_SIEVE_{name.upper()}: cannot read {path}: {exc}") from None
+    try:
+        return Script.compile(name, text, max_bytes=max_bytes)
+    except ScriptError as exc:
+        raise ConfigError(f"POSTROOM_SIEVE_{name.upper()}: {path}: {exc}") from None
+
+
 # Outcome.result values
 DELIVERED = "delivered"      # a copy is in a mailbox (or was already: ``duplicate``)
 DUPLICATE = "duplicate"      # the recipient was done before: nothing changed
-DISCARDED = "discarded"      # the account's rules discarded it
+DISCARDED = "discarded"      # the Sieve scripts discarded it (or rejected it without a DSN)
 EXPANDED = "expanded"        # an alias: ``children`` are to be delivered next
 FORWARDED = "forwarded"      # a remote target: on its way to the outbound stream
 DEFERRED = "deferred"        # try again later (over quota)
@@ -115,6 +164,10 @@ class Outcome:
     children: tuple[int, ...] = ()
     # stream entries to add once committed (forwards, redirects, vacation replies)
     envelopes: tuple[Envelope, ...] = field(default_factory=tuple)
+    # more copies than the one above (Sieve fileinto, keep): (mailbox_id, uid, modseq) each
+    copies: tuple[tuple[int, int, int], ...] = ()
+    # how the Sieve run went: None (no script), "ok" or "error" (filed in INBOX)
+    sieve: str | None = None
 
 
 class _Basics(TypedDict):
@@ -236,7 +289,7 @@ def _fast_deliver(connection: Any, facts: deliveries.FastFacts, options: Options
         else:
             folder, mailbox_id = "INBOX", facts.inbox_id
         flags.append("$Junk")
-    elif facts.rules:
+    elif facts.rules or options.sieve_before is not None or options.sieve_after is not None:
         return None
     else:
         folder, mailbox_id = "INBOX", facts.inbox_id
@@ -346,21 +399,226 @@ def _expand(session: Session, info: deliveries.LockedRecipient, rcpt: spool.Reci
                    size=info.message_size, children=local, envelopes=envelopes)
 
 
-def _decide(session: Session, info: deliveries.LockedRecipient, rcpt: spool.RecipientInfo,
-            user_id: int, stored: Any) -> tuple[Decision | None, Any]:
-    """The account's rules (``stored``, as read by deliveries.account) applied to the message."""
+# how far up a recipient's chain of aliases, forwards and redirects a loop is looked for
+MAX_REDIRECT_HOPS = 20
+# a message with more Received: fields than this is not redirected again (RFC 5321 6.3)
+MAX_RECEIVED = 30
+# the field an edited message (editheader) is redirected with: the account that redirected it
+LOOP_FIELD = "X-Postroom-Loop"
+
+
+@dataclass
+class _Plan:
+    """What the Sieve run decided, in terms delivery acts on."""
+
+    stores: list[tuple[str, int | None, tuple[str, ...]]] = field(default_factory=list)
+    redirects: list[str] = field(default_factory=list)
+    reject: Reject | None = None
+    vacation: Vacation | None = None
+    edits: tuple[HeaderEdit, ...] = ()  # editheader: store and redirect the edited message
+    facts: MessageFacts | None = None
+    result: str | None = None  # None: no script ran; "ok"; "error"
+
+
+_GLOBAL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}")
+
+
+def global_script(directory: str | None, name: str, max_bytes: int) -> str | None:
+    """The text of global script ``name`` (RFC 6609 :global): ``<directory>/<name>.sieve``,
+    or None (no directory, a name that is not a plain file name, no such file)."""
+    if not directory or not _GLOBAL_NAME.fullmatch(name) or ".." in name:
+        return None
     try:
-        rules = parse_rules(stored) if stored else []
-    except RulesError as exc:
-        # stored before a validation change: deliver as if there were none, and say so
-        log.warning("stored rules invalid", queue_id=info.queue_id, user_id=user_id,
-                    error=str(exc))
-        return None, None
-    if not rules:
-        return None, None
+        with open(os.path.join(directory, name + ".sieve"), encoding="utf-8") as handle:
+            return handle.read(max_bytes + 1)
+    except (OSError, UnicodeDecodeError):
+        return None
+
+
+@functools.lru_cache(maxsize=256)
+def _compiled(name: str, text: str, max_bytes: int) -> Script:
+    """An account's script, parsed once per process while it is unchanged (the tree is
+    immutable; a changed script is a new key). ScriptError is not cached."""
+    return Script.compile(name, text, max_bytes=max_bytes)
+
+
+def _message_view(session: Session, info: deliveries.LockedRecipient,
+                  rcpt: spool.RecipientInfo) -> tuple[MessageFacts, MessageView]:
     facts = facts_from_message(deliveries.head(session, info.message_id, HEAD_BYTES),
                                info.message_size, info.mail_from, rcpt.address)
-    return evaluate(rules, facts), facts
+    cache: list[bytes] = []
+
+    def raw() -> bytes:
+        if not cache:
+            cache.append(deliveries.head(session, info.message_id, MAX_BODY_BYTES))
+        return cache[0]
+
+    return facts, MessageView(headers=facts.headers, size=info.message_size, raw=raw)
+
+
+def _run_sieve(session: Session, info: deliveries.LockedRecipient, rcpt: spool.RecipientInfo,
+               user_id: int, address: str, stored: tuple[str, str] | None, options: Options,
+               now: datetime) -> tuple[list[Action] | None, MessageFacts | None, str | None]:
+    """The actions of the operator's and the account's scripts, or (None, facts, "error")
+    when a script is broken or its run failed (logged: the message goes to INBOX)."""
+    scripts: list[Script] = []
+    if options.sieve_before is not None:
+        scripts.append(options.sieve_before)
+    error: str | None = None
+    if stored is not None:
+        name, text = stored
+        try:
+            scripts.append(_compiled(name, text, options.sieve_max_bytes))
+        except ScriptError as exc:
+            error = f"{name}: {exc}"
+    if options.sieve_after is not None:
+        scripts.append(options.sieve_after)
+    if not scripts and error is None:
+        return None, None, None
+    facts, view = _message_view(session, info, rcpt)
+    if error is None:
+        ctx = Context(
+            account=address, now=now, delimiter=options.delimiter,
+            max_redirects=options.sieve_max_redirects, max_run_time=options.sieve_max_run_time,
+            max_script_bytes=options.sieve_max_bytes,
+            mailbox_exists=lambda box: deliveries.mailbox_id(session, user_id, box) is not None,
+            personal_script=lambda script: sieve_store.get_script(session, user_id, script),
+            global_script=lambda script: global_script(options.sieve_global_dir, script,
+                                                       options.sieve_max_bytes))
+        try:
+            return (run_scripts(scripts, view, EnvelopeView(info.mail_from, rcpt.address), ctx),
+                    facts, "ok")
+        except SieveRuntimeError as exc:
+            error = str(exc)
+    # RFC 5228 2.10.6: a script that fails keeps the message; never lose mail to a script
+    log.warning("sieve error", queue_id=info.queue_id, user_id=user_id, error=error[:500])
+    return None, facts, "error"
+
+
+def _plan(session: Session, info: deliveries.LockedRecipient, rcpt: spool.RecipientInfo,
+          user_id: int, address: str, account: deliveries.Account, default: tuple[str, int | None],
+          options: Options, now: datetime) -> _Plan:
+    """Run the scripts and turn their actions into mailboxes, redirects and replies."""
+    actions, facts, result = _run_sieve(session, info, rcpt, user_id, address, account.script,
+                                        options, now)
+    plan = _Plan(facts=facts, result=result)
+    if actions is None:
+        if result == "error":
+            plan.stores.append(("INBOX", account.inbox_id, ()))
+        else:
+            plan.stores.append((default[0], default[1], ()))
+        return plan
+    for action in actions:
+        if isinstance(action, Keep):
+            plan.stores.append((default[0], default[1], action.flags))
+        elif isinstance(action, FileInto):
+            plan.stores.append(_fileinto(session, info, user_id, action, default))
+        elif isinstance(action, Redirect):
+            plan.redirects.append(action.address)
+        elif isinstance(action, Reject):
+            plan.reject = action
+        elif isinstance(action, Vacation):
+            plan.vacation = action
+        elif isinstance(action, EditHeaders):
+            plan.edits = action.edits
+    if plan.redirects:
+        plan.redirects = _loop_free(session, info, rcpt, address, plan.redirects, facts)
+        if not plan.redirects and not plan.stores and plan.reject is None:
+            # every redirect was a loop: keep the message rather than lose it
+            plan.stores.append((default[0], default[1], ()))
+    return plan
+
+
+def _fileinto(session: Session, info: deliveries.LockedRecipient, user_id: int,
+              action: FileInto, default: tuple[str, int | None]
+              ) -> tuple[str, int | None, tuple[str, ...]]:
+    name = "INBOX" if action.mailbox.upper() == "INBOX" else action.mailbox
+    found = deliveries.mailbox_id(session, user_id, name)
+    if found is None and action.create:
+        try:
+            mailboxes.ensure_mailbox(session, user_id, name)  # RFC 5490 :create
+        except StoreError as exc:
+            log.warning("sieve fileinto :create failed", queue_id=info.queue_id,
+                        user_id=user_id, mailbox=name, error=str(exc))
+        found = deliveries.mailbox_id(session, user_id, name)
+    if found is None:
+        log.info("sieve fileinto: no such mailbox, kept in the default folder",
+                 queue_id=info.queue_id, user_id=user_id, mailbox=name)
+        return default[0], default[1], action.flags
+    return name, found, action.flags
+
+
+def _loop_free(session: Session, info: deliveries.LockedRecipient, rcpt: spool.RecipientInfo,
+               address: str, redirects: list[str], facts: MessageFacts | None) -> list[str]:
+    """The redirects that make no loop (RFC 5228 4.2: loop control is ours to do).
+
+    A redirect is refused when it goes to the account itself, when the message already
+    came through the account or the target on its way here (the chain of aliases,
+    forwards and redirects this recipient was made from), when that chain is already
+    MAX_REDIRECT_HOPS long, or when the message has more than MAX_RECEIVED Received:
+    fields (a loop through other servers).
+    """
+    chain = [a.lower() for a in deliveries.ancestors(session, rcpt.id, MAX_REDIRECT_HOPS)]
+    # an edited message is redirected as a new queued message, marked with the accounts it
+    # was redirected by (the chain does not follow it there)
+    marks = [v.strip().lower() for v in facts.values(LOOP_FIELD)] if facts is not None else []
+    chain += marks
+    received = len(facts.values("received")) if facts is not None else 0
+    kept = []
+    for target in redirects:
+        lowered = target.lower()
+        if lowered == address.lower() or lowered == rcpt.address.lower():
+            why = "redirect to the account itself"
+        elif lowered in chain or address.lower() in chain:
+            why = "the message came this way before"
+        elif len(chain) >= MAX_REDIRECT_HOPS:
+            why = f"more than {MAX_REDIRECT_HOPS} hops"
+        elif received > MAX_RECEIVED:
+            why = f"more than {MAX_RECEIVED} Received: fields"
+        else:
+            kept.append(target)
+            continue
+        log.warning("sieve redirect refused: loop", queue_id=info.queue_id, target=target,
+                    reason=why)
+    return kept
+
+
+_AR_CLAUSE = re.compile(r"\s*([A-Za-z0-9_-]{1,32})\s*=\s*([A-Za-z0-9_-]{1,32})")
+_AR_PROPERTY = re.compile(r"([A-Za-z0-9_.-]{1,64})=(\"[^\"]{0,512}\"|[^\s;()\"]{1,512})")
+
+
+def authentic_return_path(facts: MessageFacts | None, mail_from: str, kind: str,
+                          authserv_id: str) -> bool:
+    """Whether a reject may be answered (RFC 5429 2.1.2: no backscatter to forged senders).
+
+    True for mail our own users submitted, and for mail whose Authentication-Results field
+    (ours, by its authserv-id: the MTA strips forged ones) says SPF passed for exactly
+    this reverse-path, or DKIM passed for its domain.
+    """
+    if not mail_from or "@" not in mail_from:
+        return False
+    if kind == "submission":
+        return True
+    if facts is None:
+        return False
+    domain = mail_from.rsplit("@", 1)[1].lower()
+    ours = authserv_id.strip().lower()
+    for value in facts.values("authentication-results"):
+        ident, _, rest = value.partition(";")
+        if ident.strip().strip('"').lower() != ours:
+            continue
+        for clause in rest.split(";")[:20]:
+            found = _AR_CLAUSE.match(clause)
+            if found is None or found.group(2).lower() != "pass":
+                continue
+            props = {k.lower(): v.strip('"').lower() for k, v in _AR_PROPERTY.findall(clause)}
+            method = found.group(1).lower()
+            if method == "spf" and props.get("smtp.mailfrom") == mail_from.lower():
+                return True
+            if method == "dkim" and props.get("header.d") == domain:
+                return True
+        return False  # only the topmost of ours counts
+    return False
 
 
 def _deliver_local(session: Session, info: deliveries.LockedRecipient, rcpt: spool.RecipientInfo,
@@ -369,61 +627,85 @@ def _deliver_local(session: Session, info: deliveries.LockedRecipient, rcpt: spo
     assert user_id is not None
     base: _Basics = {"queue_id": info.queue_id, "address": rcpt.address,
                      "user_id": user_id, "size": info.message_size}
-    flags: list[str] = []
-    decision: Decision | None = None
-    facts: Any = None
     account = deliveries.account(session, user_id)
     if info.disposition == "junk":
-        # quarantined by DMARC: straight to Junk, and no rules, so a spoof of a known
+        # quarantined by DMARC: straight to Junk, and no scripts, so a spoof of a known
         # sender is neither filed among real mail nor forwarded nor answered
         junk = deliveries.special_use(session, user_id, "\\Junk")
         folder, mailbox_id = junk if junk else ("INBOX", account.inbox_id)
-        flags.append("$Junk")
+        plan = _Plan(stores=[(folder, mailbox_id, ("$Junk",))])
     else:
         folder, mailbox_id = "INBOX", account.inbox_id
         if options.detail_folder and target.detail:
             detail_id = deliveries.mailbox_id(session, user_id, target.detail)
             if detail_id is not None:
                 folder, mailbox_id = target.detail, detail_id
-        decision, facts = _decide(session, info, rcpt, user_id, account.rules)
-        if decision is not None:
-            folder, mailbox_id = _rule_folder(session, user_id, decision, folder, mailbox_id)
+        address = deliveries.account_address(session, user_id) if (
+            account.script is not None or options.sieve_before or options.sieve_after
+        ) else rcpt.address
+        plan = _plan(session, info, rcpt, user_id, address, account, (folder, mailbox_id),
+                     options, now)
+    base_sieve = plan.result
 
-    store = decision is None or decision.keep or bool(decision.folders)
-    if store and _over_quota(session, user_id, info.message_size, account):
+    if plan.reject is not None:
+        return _reject(session, info, rcpt, plan, options, base)
+    # one copy per mailbox, taken in mailbox id order: two deliveries that lock the same
+    # mailboxes lock them in the same order (no deadlock between replicas)
+    stores: dict[int | None, tuple[str, tuple[str, ...]]] = {}
+    for name, box, flags in plan.stores:
+        stores.setdefault(box, (name, flags))
+    message_id, size = info.message_id, info.message_size
+    edited: bytes | None = None
+    if plan.edits and (stores or plan.redirects):
+        edited = apply_edits(messages.get_message(session, info.message_id), plan.edits)
+        size = len(edited)
+        if stores:
+            message_id = _store_edited(session, info, edited, options)
+    if stores and _over_quota(session, user_id, size * len(stores), account):
         return _over(session, info, rcpt, options, now, base)
-    envelopes: list[Envelope] = []
-    uid = modseq = None
-    if store:
-        if mailbox_id is None:
-            # the account has no INBOX (deleted by hand): a temporary, loud failure
-            raise LookupError(f"account {user_id} has no mailbox {folder}")
-        uid, modseq = deliver_to_mailbox(session, user_id=user_id, mailbox_name=folder,
-                                         message_id=info.message_id,
-                                         spool_recipient_id=rcpt.id, flags=flags,
-                                         internaldate=info.received_at)
-    if decision is not None:
-        envelopes.extend(_act(session, info, rcpt, user_id, decision, facts, options, now))
-    spool.mark_delivered(session, rcpt.id,
-                         f"stored in {folder} uid {uid}" if store else "handled by the rules")
-    if not store:
-        return Outcome(rcpt.id, FORWARDED if decision and decision.redirects else DISCARDED,
-                       envelopes=tuple(envelopes), **base)
-    return Outcome(rcpt.id, DELIVERED, mailbox=folder, mailbox_id=mailbox_id, uid=uid,
-                   modseq=modseq, envelopes=tuple(envelopes), **base)
+    copies: list[tuple[str, int, int, int]] = []
+    for box in sorted(stores, key=lambda b: -1 if b is None else b):
+        name, flags = stores[box]
+        if box is None:
+            # the account has no such mailbox (INBOX deleted by hand): a temporary, loud failure
+            raise LookupError(f"account {user_id} has no mailbox {name}")
+        uid, modseq = deliver_to_mailbox(
+            session, user_id=user_id, mailbox_name=name, message_id=message_id,
+            spool_recipient_id=rcpt.id if not copies else None, flags=list(flags),
+            internaldate=info.received_at)
+        copies.append((name, box, uid, modseq))
+    envelopes = _act(session, info, rcpt, user_id, plan, options, now, edited)
+    if copies:
+        detail = "stored in " + ", ".join(f"{n} uid {u}" for n, _b, u, _m in copies)
+    else:
+        detail = "redirected by sieve" if plan.redirects else "discarded by sieve"
+    spool.mark_delivered(session, rcpt.id, detail[:500])
+    if not copies:
+        return Outcome(rcpt.id, FORWARDED if plan.redirects else DISCARDED,
+                       envelopes=tuple(envelopes), sieve=base_sieve, **base)
+    first = copies[0]
+    return Outcome(rcpt.id, DELIVERED, mailbox=first[0], mailbox_id=first[1], uid=first[2],
+                   modseq=first[3], envelopes=tuple(envelopes),
+                   copies=tuple((b, u, m) for _n, b, u, m in copies[1:]), sieve=base_sieve,
+                   **base)
 
 
-def _rule_folder(session: Session, user_id: int, decision: Decision, folder: str,
-                 mailbox_id: int | None) -> tuple[str, int | None]:
-    """Where the rules file the one copy: the first fileinto that exists, else the default.
-
-    Sieve would store one copy per mailbox named; we store one (docs/mda.md).
-    """
-    for name in decision.folders:
-        found = deliveries.mailbox_id(session, user_id, name)
-        if found is not None:
-            return ("INBOX" if name.upper() == "INBOX" else name), found
-    return folder, mailbox_id
+def _reject(session: Session, info: deliveries.LockedRecipient, rcpt: spool.RecipientInfo,
+            plan: _Plan, options: Options, base: _Basics) -> Outcome:
+    """reject/ereject at delivery (RFC 5429): a failed recipient, so the relay sends the
+    sender a DSN, when the return path is authentic; else nothing is sent (no backscatter)."""
+    assert plan.reject is not None
+    reason = re.sub(r"[\x00-\x1f\x7f]+", " ", plan.reject.reason).strip()[:200] or "rejected"
+    if authentic_return_path(plan.facts, info.mail_from, info.kind, options.hostname):
+        error = f"550 5.7.1 {reason}"
+        spool.mark_failed(session, rcpt.id, error)
+        log.info("sieve reject answered", queue_id=info.queue_id, recipient=rcpt.address)
+        return Outcome(rcpt.id, FAILED, error=error, sieve=plan.result, **base)
+    spool.mark_delivered(session, rcpt.id, "rejected by sieve; no DSN: return path not "
+                         "authenticated")
+    log.info("sieve reject not answered: return path not authenticated",
+             queue_id=info.queue_id, recipient=rcpt.address, mail_from=info.mail_from)
+    return Outcome(rcpt.id, DISCARDED, sieve=plan.result, **base)
 
 
 def _over(session: Session, info: deliveries.LockedRecipient, rcpt: spool.RecipientInfo,
@@ -442,36 +724,65 @@ def _over(session: Session, info: deliveries.LockedRecipient, rcpt: spool.Recipi
     return Outcome(rcpt.id, DEFERRED, error=error, **base)
 
 
+def _store_edited(session: Session, info: deliveries.LockedRecipient, edited: bytes,
+                  options: Options) -> int:
+    """The blob of a message editheader changed, analysed and indexed like any delivered."""
+    try:
+        meta: dict[str, Any] | None = metadata_dict(analyze(edited))
+    except ValueError:
+        meta = None  # readers re-analyze, as for any message whose metadata was refused
+    return messages.store_message(session, edited, meta,
+                                  doc=_text(edited, options.fts_max_bytes, info.queue_id,
+                                            info.message_id))
+
+
 def _act(session: Session, info: deliveries.LockedRecipient, rcpt: spool.RecipientInfo,
-         user_id: int, decision: Decision, facts: Any, options: Options,
-         now: datetime) -> list[Envelope]:
-    """Redirects and the vacation reply of a rule decision; the entries to enqueue."""
+         user_id: int, plan: _Plan, options: Options, now: datetime,
+         edited: bytes | None = None) -> list[Envelope]:
+    """Redirects and the vacation reply of a Sieve run; the entries to enqueue."""
     envelopes = []
-    local, remote = _split_local(session, decision.redirects)
-    forwards = [deliveries.add_forward(session, rcpt, info.spool_message_id, address, now)
-                for address in local]
-    if forwards:
+    local, remote = _split_local(session, plan.redirects)
+    message: bytes | None = None
+    if edited is not None and plan.redirects:
+        # the edited message goes as a new queued message, with the envelope sender kept
+        # and the loop mark of this account on top (RFC 5228 4.2)
+        account = deliveries.account_address(session, user_id)
+        message = f"{LOOP_FIELD}: {account}\r\n".encode() + edited
+    if local and message is not None:
+        queue_id, ids = spool.create_spool_ids(
+            session, kind="local", mail_from=info.mail_from,
+            recipients=[spool.NewRecipient(a, "outbound") for a in local],
+            message=message, size=len(message), enqueued_at=now)
+        envelopes.append(Envelope(queue_id, tuple(ids), "outbound"))
+    elif local:
+        forwards = [deliveries.add_forward(session, rcpt, info.spool_message_id, address, now)
+                    for address in local]
         envelopes.append(Envelope(info.queue_id, tuple(forwards), "outbound"))
     if remote:
-        # off our domains: as the account's domain forwards it (SRS, ARC)
-        envelopes.append(forward(session, options.sender,
-                                 messages.get_message(session, info.message_id),
-                                 mail_from=info.mail_from, rcpts=remote,
-                                 forwarding_domain=_domain(rcpt.address), now=now,
-                                 notify=rcpt.notify, orcpt=rcpt.orcpt or rcpt.address))
-    if decision.vacation is not None and facts is not None:
+        # off our domains: as the account's domain forwards it (SRS sender, ARC seal)
+        if message is None:
+            message = messages.get_message(session, info.message_id)
+        envelopes.append(forward(session, options.sender, message, mail_from=info.mail_from,
+                                 rcpts=remote, forwarding_domain=_domain(rcpt.address),
+                                 now=now, notify=rcpt.notify,
+                                 orcpt=rcpt.orcpt or rcpt.address))
+    if plan.vacation is not None and plan.facts is not None:
+        facts, vacation = plan.facts, plan.vacation
+        spec = ReplySpec(reason=vacation.reason, subject=vacation.subject, days=vacation.days,
+                         addresses=vacation.addresses, sender=vacation.sender,
+                         mime=vacation.mime)
         account = deliveries.account_address(session, user_id)
-        why_not = skip_reason(facts, account, decision.vacation)
+        why_not = skip_reason(facts, account, spec)
+        # one log row per sender and handle (RFC 5230 4.2: different handles, separate counts)
+        key = info.mail_from + (f" {vacation.handle[:64]}" if vacation.handle else "")
         if why_not is not None:
             log.info("vacation reply skipped", queue_id=info.queue_id, user_id=user_id,
                      reason=why_not)
-        elif not claim_vacation_reply(session, user_id, info.mail_from,
-                                      decision.vacation.days, now):
+        elif not claim_vacation_reply(session, user_id, key, spec.days, now):
             log.info("vacation reply skipped", queue_id=info.queue_id, user_id=user_id,
                      reason="already replied to this sender recently")
         else:
-            message = build_reply(facts, account, decision.vacation,
-                                  hostname=options.hostname, now=now)
+            message = build_reply(facts, account, spec, hostname=options.hostname, now=now)
             # from the null reverse-path (RFC 3834 3.3), signed for the account's domain
             envelopes.append(originate(session, options.sender, message, mail_from="",
                                        rcpts=[info.mail_from], from_domain=_domain(account),

@@ -24,7 +24,7 @@ from twisted.python.threadpool import ThreadPool
 
 from postroom.interfaces import ReactorThreads, global_reactor
 from postroom.logs import Logger, get_logger
-from postroom.metrics import Metrics, messages_total
+from postroom.metrics import Metrics, messages_total, sieve_runs_total
 from postroom.queue import events
 from postroom.queue.consumer import QueueEntry
 from postroom.queue.reconciler import enqueue_after_commit
@@ -49,6 +49,14 @@ def change_event(outcome: Outcome) -> events.ChangeEvent:
     assert outcome.mailbox_id is not None
     return events.ChangeEvent(events.EXISTS, outcome.mailbox_id, "mda", modseq=outcome.modseq,
                               uid=outcome.uid)
+
+
+def change_events(outcome: Outcome) -> list[events.ChangeEvent]:
+    """The events of every copy a delivery stored (Sieve may file one message in several)."""
+    found = [change_event(outcome)]
+    found += [events.ChangeEvent(events.EXISTS, box, "mda", modseq=modseq, uid=uid)
+              for box, uid, modseq in outcome.copies]
+    return found
 
 
 def _defer_after_error(session: StoreSession, recipient_id: int, error: str, options: Options,
@@ -77,6 +85,7 @@ class Deliverer:
         self.log = log or get_logger("mda")
         self.delivered = 0
         self._outcomes = messages_total(metrics) if metrics is not None else None
+        self._sieve_runs = sieve_runs_total(metrics) if metrics is not None else None
         self._outcome_counters: dict[str, Any] = {}
 
     def handle(self, entry: QueueEntry) -> Deferred[None]:
@@ -135,7 +144,8 @@ class Deliverer:
         if outcome.result != DELIVERED or outcome.mailbox_id is None:
             return
         try:
-            events.publish(self.queue.redis, self.queue.prefix, change_event(outcome))
+            for event in change_events(outcome):
+                events.publish(self.queue.redis, self.queue.prefix, event)
         except RedisError as exc:
             # the copy is committed; IDLE clients see it at their next poll instead
             self.log.warning("change event not published", queue_id=outcome.queue_id,
@@ -152,6 +162,8 @@ class Deliverer:
             "user_id": outcome.user_id, "mailbox": outcome.mailbox, "uid": outcome.uid,
             "size": outcome.size, "error": outcome.error, "ms": round(elapsed * 1000, 1),
             "children": len(outcome.children) or None, "claimed": claimed or None,
+            "copies": len(outcome.copies) + 1 if outcome.copies else None,
+            "sieve": outcome.sieve,
         }
         if self._outcomes is not None:
             counter = self._outcome_counters.get(outcome.result)
@@ -159,6 +171,8 @@ class Deliverer:
                 counter = self._outcome_counters[outcome.result] = self._outcomes.labels(
                     outcome=outcome.result)
             counter.inc()
+        if self._sieve_runs is not None and outcome.sieve is not None:
+            self._sieve_runs.labels(result=outcome.sieve).inc()
         if outcome.result == MISSING:
             # the spool row is gone (deleted by an operator): nothing to deliver
             self.log.warning("queue entry for unknown message", **fields)

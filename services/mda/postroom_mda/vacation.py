@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from datetime import datetime
+from email import message_from_string
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid
@@ -73,7 +74,7 @@ def build_reply(facts: MessageFacts, account: str, vacation: Vacation, *, hostna
     subject = vacation.subject or (f"Auto: {original_subject}" if original_subject
                                    else "Automatic reply")
     reply = EmailMessage(policy=SMTP)
-    reply["From"] = account
+    reply["From"] = _one_line(vacation.sender) if vacation.sender else account
     reply["To"] = _one_line(facts.envelope_from)
     reply["Subject"] = _one_line(subject)
     reply["Date"] = format_datetime(now)
@@ -83,5 +84,29 @@ def build_reply(facts: MessageFacts, account: str, vacation: Vacation, *, hostna
     if _MESSAGE_ID.fullmatch(original_id):
         reply["In-Reply-To"] = original_id
         reply["References"] = original_id
-    reply.set_content(vacation.reason)
+    if vacation.mime:
+        _mime_content(reply, vacation.reason)
+    else:
+        reply.set_content(vacation.reason)
     return reply.as_bytes()
+
+
+def _mime_content(reply: EmailMessage, entity: str) -> None:
+    """The reason as a MIME entity (RFC 5230 :mime): its Content-* fields and its body."""
+    part = message_from_string(entity.replace("\r\n", "\n"), policy=SMTP)
+    kept = False
+    for name in ("Content-Type", "Content-Transfer-Encoding", "MIME-Version"):
+        value = part.get(name)
+        if value is not None:
+            reply[name] = _CONTROL.sub(" ", str(value)).strip()
+            kept = True
+    if not kept:
+        reply.set_content(entity)
+        return
+    if "MIME-Version" not in reply:
+        reply["MIME-Version"] = "1.0"
+    payload = part.get_payload()
+    if isinstance(payload, list):  # a multipart entity: its parts as they were written
+        reply.set_payload(payload)
+    else:
+        reply.set_payload(str(payload))

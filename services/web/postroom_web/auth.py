@@ -5,10 +5,18 @@ AUTH): the shared failed-login limiter first (its delay on the reactor's clock,
 Redis away: a temporary failure), then ``users.authenticate`` in the `db` pool
 (which rehashes an old hash), then the failure is counted or the pair's counter
 cleared. Only then is a console session made.
+
+An account with two-factor login on gets no session for its password: it gets a
+*pending* login (a random token in a short-lived cookie, known only to this
+process's memory, good for nothing but the second step's form) and the session
+comes after :meth:`Logins.second_factor` accepts a TOTP or recovery code, which
+passes through the same limiter (a wrong code counts as a failed login).
 """
 
 from __future__ import annotations
 
+import secrets
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +27,8 @@ from postroom.auth.ratelimit import LoginLocked, LoginRateLimiter, RateLimitUnav
 from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, auth_failures_total
-from postroom.store import users, webaccess
+from postroom.secretbox import Keyring
+from postroom.store import totp, users, webaccess
 from postroom.store.db import Database, StoreSession
 from postroom.store.webaccess import Principal
 
@@ -28,6 +37,12 @@ log = get_logger("web.auth")
 # a login form's fields are short; longer ones are refused before any work
 MAX_ADDRESS_CHARS = 320
 MAX_PASSWORD_CHARS = 1024
+MAX_CODE_CHARS = 64
+# a password-checked login waits this long for its second factor, for this many tries
+PENDING_SECONDS = 300
+PENDING_TRIES = 5
+# pending logins kept at most (the oldest go first): memory stays bounded under a flood
+MAX_PENDING = 10_000
 
 
 @dataclass(frozen=True)
@@ -76,8 +91,17 @@ class LoginRefused(Exception):
 class LoggedIn:
     user_id: int
     address: str
-    cookie_secret: str
+    cookie_secret: str          # the session's; for a pending login, the pending token
     csrf_token: str
+    pending: bool = False       # the password was right; the second factor is still due
+
+
+@dataclass
+class _Pending:
+    user_id: int
+    address: str
+    expires: float
+    tries: int = 0
 
 
 class Logins:
@@ -85,8 +109,10 @@ class Logins:
 
     def __init__(self, database: Database, limiter: LoginRateLimiter | None,
                  redis_pool: ThreadPool, reactor: ReactorThreads, metrics: Metrics, *,
-                 session_ttl: int) -> None:
+                 session_ttl: int, keyring: Keyring | None = None) -> None:
         self.database = database
+        self.keyring = keyring
+        self._pending: dict[str, _Pending] = {}
         self.limiter = limiter
         self.redis_pool = redis_pool
         self.reactor = reactor
@@ -97,12 +123,7 @@ class Logins:
     def _hop(self, fn: Any, *args: Any) -> Deferred[Any]:
         return defer_to_pool(self.reactor, self.redis_pool, fn, *args)
 
-    async def login(self, address: str, password: str, client: str) -> LoggedIn:
-        """Check the password and start a session; LoginRefused with what to tell the person."""
-        address = address.strip()
-        if not address or not password or len(address) > MAX_ADDRESS_CHARS \
-                or len(password) > MAX_PASSWORD_CHARS:
-            raise LoginRefused(401, "Wrong address or password.")
+    async def admit(self, client: str, address: str) -> None:
         if self.limiter is not None:
             try:
                 await admit(self.limiter, self.reactor, self._hop, client, address)
@@ -111,6 +132,24 @@ class Logins:
                                         "try again in a minute.") from None
             except LoginLocked:
                 raise LoginRefused(429, "Too many failed logins; try again later.") from None
+
+    async def failed(self, client: str, address: str) -> None:
+        auth_failures_total(self.metrics).labels(mechanism="web").inc()
+        if self.limiter is not None:
+            await self._hop(self.limiter.record_failure, client, address)
+
+    async def _succeeded(self, client: str, address: str) -> None:
+        if self.limiter is not None and self.limiter.needs_reset(client, address):
+            await self._hop(self.limiter.reset, client, address)
+
+    async def login(self, address: str, password: str, client: str) -> LoggedIn:
+        """Check the password and start a session (or, with two-factor login on, a pending
+        login); LoginRefused with what to tell the person."""
+        address = address.strip()
+        if not address or not password or len(address) > MAX_ADDRESS_CHARS \
+                or len(password) > MAX_PASSWORD_CHARS:
+            raise LoginRefused(401, "Wrong address or password.")
+        await self.admit(client, address)
         try:
             info = await self.database.run(users.authenticate, address, password)
         except Exception as exc:  # noqa: BLE001 -- answered as a temporary failure, logged
@@ -118,14 +157,70 @@ class Logins:
             raise LoginRefused(503, "Logins are temporarily unavailable; "
                                     "try again in a minute.") from None
         if info is None:
-            auth_failures_total(self.metrics).labels(mechanism="web").inc()
-            if self.limiter is not None:
-                await self._hop(self.limiter.record_failure, client, address)
+            await self.failed(client, address)
             log.info("login failed", peer=client)
             raise LoginRefused(401, "Wrong address or password.")
-        if self.limiter is not None and self.limiter.needs_reset(client, address):
-            await self._hop(self.limiter.reset, client, address)
+        if info.totp_enabled:
+            # the limiter's counter stays until the second factor is right too
+            token = self._remember(info.id, info.address)
+            log.info("login second factor due", peer=client, user=info.address)
+            return LoggedIn(info.id, info.address, token, "", pending=True)
+        await self._succeeded(client, address)
+        return await self._session(info.id, info.address, client)
+
+    async def _session(self, user_id: int, address: str, client: str) -> LoggedIn:
         secret, csrf = await self.database.run(
-            webaccess.create_web_session, info.id, self.session_ttl)
-        log.info("login", peer=client, user=info.address)
-        return LoggedIn(info.id, info.address, secret, csrf)
+            webaccess.create_web_session, user_id, self.session_ttl)
+        log.info("login", peer=client, user=address)
+        return LoggedIn(user_id, address, secret, csrf)
+
+    # --- the second factor
+
+    def _remember(self, user_id: int, address: str) -> str:
+        now = time.monotonic()
+        for token in [t for t, p in self._pending.items() if p.expires <= now]:
+            del self._pending[token]
+        while len(self._pending) >= MAX_PENDING:
+            del self._pending[next(iter(self._pending))]
+        token = secrets.token_urlsafe(32)
+        self._pending[token] = _Pending(user_id, address, now + PENDING_SECONDS)
+        return token
+
+    def pending_address(self, token: str | None) -> str | None:
+        """The address a pending login is for, None when there is none (or it expired)."""
+        found = self._pending.get(token or "")
+        if found is None or found.expires <= time.monotonic():
+            return None
+        return found.address
+
+    def forget_pending(self, token: str | None) -> None:
+        self._pending.pop(token or "", None)
+
+    async def second_factor(self, token: str | None, code: str, client: str) -> LoggedIn:
+        """The session of a pending login when ``code`` is a right TOTP or recovery code."""
+        found = self._pending.get(token or "")
+        if found is None or found.expires <= time.monotonic():
+            self.forget_pending(token)
+            raise LoginRefused(401, "The login has expired; log in again.")
+        code = code.strip()
+        if not code or len(code) > MAX_CODE_CHARS:
+            raise LoginRefused(401, "Wrong code.")
+        await self.admit(client, found.address)
+        try:
+            right = await self.database.run(totp.verify_second_factor, found.user_id, code,
+                                            keyring=self.keyring)
+        except Exception as exc:  # noqa: BLE001 -- answered as a temporary failure, logged
+            log.warning("second factor lookup failed", error=str(exc)[:200])
+            raise LoginRefused(503, "Logins are temporarily unavailable; "
+                                    "try again in a minute.") from None
+        if not right:
+            await self.failed(client, found.address)
+            found.tries += 1
+            log.info("login second factor failed", peer=client, user=found.address)
+            if found.tries >= PENDING_TRIES:
+                self.forget_pending(token)
+                raise LoginRefused(401, "Too many wrong codes; log in again.")
+            raise LoginRefused(401, "Wrong code.")
+        self.forget_pending(token)
+        await self._succeeded(client, found.address)
+        return await self._session(found.user_id, found.address, client)

@@ -139,6 +139,16 @@ class Redirect:
     notice: str | None = None
 
 
+@dataclass(frozen=True)
+class Raw:
+    """A page handler's answer that is not HTML: a document served as it is (the mail
+    clients' autoconfig XML, an Apple configuration profile)."""
+
+    body: bytes
+    content_type: str
+    filename: str | None = None    # sent as an attachment with this name
+
+
 @dataclass
 class RequestInfo:
     method: str
@@ -175,6 +185,8 @@ class Ctx:
         self.form: dict[str, str] = {}
         #: the raw query arguments of a page request (first value of each)
         self.args: dict[str, str] = {}
+        #: a page's raw request body (only for routes registered with ``raw_body=True``)
+        self.body: bytes = b""
         self.cookies_to_set: list[tuple[str, str, dict[str, Any]]] = []
         self.status: int | None = None
 
@@ -272,6 +284,7 @@ class Route:
     segments: tuple[str, ...] = ()
     errors: tuple[int, ...] = ()
     hidden: bool = False           # left out of the OpenAPI document
+    raw_body: bool = False         # a public page reading its body itself (no form, no CSRF)
 
     def match(self, segments: Sequence[str]) -> dict[str, str] | None:
         if len(segments) != len(self.segments):
@@ -368,13 +381,20 @@ def endpoint(method: str, path: str, *, summary: str, access: Access,
 
 
 def page(method: str, path: str, *, template: str | None, access: Access,
-         title: str = "", registry: Registry | None = None) -> Callable[[Handler], Handler]:
+         title: str = "", raw_body: bool = False,
+         registry: Registry | None = None) -> Callable[[Handler], Handler]:
     """Register an HTML page: ``handler(ctx, <path params>)`` returns the template's context
-    (a dict) or a :class:`Redirect`. POSTs are checked for the form's ``csrf_token`` and
-    refused when cross-site before the handler runs; ``ctx.form`` holds the fields."""
+    (a dict), a :class:`Redirect` or a :class:`Raw` document. POSTs are checked for the
+    form's ``csrf_token`` and refused when cross-site before the handler runs; ``ctx.form``
+    holds the fields. ``raw_body`` (public routes only: a machine's POST, e.g. Outlook's
+    autodiscover, which carries no cookie and no form) skips the form and its CSRF token
+    and gives the handler ``ctx.body`` instead."""
+    if raw_body and access is not Access.PUBLIC:
+        raise ValueError("raw_body is only for public routes (no session, nothing to forge)")
+
     def register(handler: Handler) -> Handler:
         return _make_route("page", method, path, handler, access=access, registry=registry,
-                           summary=title, template=template)
+                           summary=title, template=template, raw_body=raw_body)
     return register
 
 

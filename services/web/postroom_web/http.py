@@ -47,6 +47,7 @@ from postroom_web.framework import (
     Access,
     ApiError,
     Ctx,
+    Raw,
     Redirect,
     Registry,
     RequestInfo,
@@ -366,6 +367,11 @@ class WebApp:
             raise ApiError(403, "only administrators may do this")
 
     def _check_csrf(self, request: Any, route: Route, identity: Identity, ctx: Ctx) -> None:
+        if route.raw_body:
+            # a public machine endpoint: no session is used, so there is nothing to forge
+            request.content.seek(0)
+            ctx.body = request.content.read(self.settings.web_max_body + 1)
+            return
         if not route.changes_state or identity.via == "bearer":
             return
         host = _header(request, "host")
@@ -480,6 +486,12 @@ class WebApp:
                 ctx.set_cookie(security.NOTICE_COOKIE, quote(result.notice[:200], safe=""),
                                max_age=60)
             return self._redirect(security.local_path(result.location))
+        if isinstance(result, Raw):
+            headers = []
+            if result.filename:
+                headers.append((b"content-disposition",
+                                f'attachment; filename="{result.filename}"'.encode()))
+            return Answer(ctx.status or 200, result.body, result.content_type, headers)
         if route.template is None:
             raise RuntimeError(f"page {route.path} has no template and did not redirect")
         return self._page(route.template, ctx, result or {}, ctx.status or 200)
@@ -497,6 +509,9 @@ class WebApp:
 
     def _page_error(self, route: Route, ctx: Ctx, error: ApiError) -> Answer:
         if error.code == "no_console_access":
+            # an account without console access lands on its own account page
+            if ctx.request.method in ("GET", "HEAD") and ctx.request.path.partition("?")[0] == "/":
+                return self._redirect("/account")
             return self._page("no_access.html", ctx, {}, 403)
         return self._page("error.html", ctx, {"status": error.status, "message": error.message},
                           error.status)

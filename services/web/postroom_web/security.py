@@ -17,6 +17,8 @@ SESSION_COOKIE = "postroom_session"
 LOGIN_CSRF_COOKIE = "postroom_login_csrf"
 # a page's one-time notice after a redirect ("Domain added."), percent-encoded
 NOTICE_COOKIE = "postroom_notice"
+# a password-checked login waiting for its second factor (postroom_web.auth.Logins)
+PENDING_COOKIE = "postroom_pending_login"
 CSRF_HEADER = "x-csrf-token"
 CSRF_FIELD = "csrf_token"
 

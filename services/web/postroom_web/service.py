@@ -13,7 +13,7 @@ from postroom.logs import get_logger
 from postroom.net.tls import ServerTLS, tls_alpn_certificate
 from postroom.ops.acme import Issuer
 from postroom.runtime import ServiceContext, StartupError
-from postroom.secretbox import Keyring
+from postroom.secretbox import Keyring, SecretError
 from postroom.store import webaccess
 from postroom.store.acme import alpn_challenges
 from postroom_web import routes
@@ -38,12 +38,23 @@ def build_app(ctx: ServiceContext) -> WebApp:
     pool = ctx.thread_pool("redis", REDIS_THREADS)
     limiter = LoginRateLimiter.from_settings(ctx.redis_client, settings, ctx.metrics)
     logins = Logins(ctx.db, limiter, pool, ctx.reactor, ctx.metrics,
-                    session_ttl=max(1, int(settings.web_session_ttl)))
+                    session_ttl=max(1, int(settings.web_session_ttl)), keyring=_keyring(ctx))
     static = load_static()
     return WebApp(settings=settings, database=ctx.db, registry=routes.registry(),
                   templates=make_environment(static), static=static, metrics=ctx.metrics,
                   reactor=ctx.reactor, logins=logins, redis=ctx.redis_client, pool=pool,
                   health=ctx.health)
+
+
+def _keyring(ctx: ServiceContext) -> Keyring | None:
+    """The secret keys that seal two-factor secrets (POSTROOM_SECRET_KEY_FILE), if set."""
+    settings = ctx.settings
+    if not settings.secret_key_file and not settings.secret_old_key_files:
+        return None
+    try:
+        return Keyring.from_files(settings.secret_key_file, settings.secret_old_key_files)
+    except (OSError, SecretError) as exc:
+        raise StartupError(f"POSTROOM_SECRET_KEY_FILE: {exc}") from None
 
 
 async def start_listening(ctx: ServiceContext) -> WebApp:

@@ -72,10 +72,38 @@ def mta_sts_records(domain: str, hostname: str, mode: str, stamp: str | None) ->
     ]
 
 
+# RFC 6186 (and RFC 8314 for _submissions): service, port; priority 0 and weight 1 for
+# the ones we prefer (implicit TLS), 10 for the STARTTLS ones
+CLIENT_SERVICES: tuple[tuple[str, int, int], ...] = (
+    ("_submissions._tcp", 465, 0), ("_submission._tcp", 587, 10),
+    ("_imaps._tcp", 993, 0), ("_imap._tcp", 143, 10),
+    ("_pop3s._tcp", 995, 0), ("_pop3._tcp", 110, 10),
+)
+
+
+def client_records(domain: str, hostname: str) -> list[str]:
+    """The records mail clients use to find the servers: RFC 6186 SRV records and the
+    names Thunderbird (autoconfig.DOMAIN) and Outlook (autodiscover.DOMAIN) look up."""
+    domain = domain.lower().rstrip(".")
+    lines = ["; mail clients (RFC 6186, RFC 8314): where to submit and read mail"]
+    for service, port, priority in CLIENT_SERVICES:
+        lines.append(f"{_fqdn(service + '.' + domain)} IN SRV {priority} 1 {port} "
+                     f"{_fqdn(hostname)}")
+    lines += [
+        "; autoconfig (Thunderbird) and autodiscover (Outlook): names for the web service, "
+        "which answers /mail/config-v1.1.xml and /autodiscover/autodiscover.xml",
+        f"{_fqdn('autoconfig.' + domain)} IN CNAME {_fqdn(hostname)}",
+        f"{_fqdn('autodiscover.' + domain)} IN CNAME {_fqdn(hostname)}",
+        f"{_fqdn('_autodiscover._tcp.' + domain)} IN SRV 0 1 443 {_fqdn(hostname)}",
+    ]
+    return lines
+
+
 def all_records(domain: str, hostname: str, dkim_keys: Iterable[Mapping[str, Any]],
                 report_address: str | None = None, *, mta_sts_mode: str = "none",
                 mta_sts_stamp: str | None = None) -> list[str]:
-    """Every record a domain needs: MX, SPF, DKIM, DMARC, MTA-STS and TLS-RPT."""
+    """Every record a domain needs: MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT and the clients'
+    SRV, autoconfig and autodiscover names."""
     domain = domain.lower().rstrip(".")
     rua = report_address or f"postmaster@{domain}"
     lines = [
@@ -109,5 +137,6 @@ def all_records(domain: str, hostname: str, dkim_keys: Iterable[Mapping[str, Any
     lines += [
         "; TLS-RPT (RFC 8460): where sending MTAs report TLS failures",
         f"{_fqdn('_smtp._tls.' + domain)} IN TXT {txt_value(f'v=TLSRPTv1; rua=mailto:{rua}')}",
+        *client_records(domain, hostname),
     ]
     return lines

@@ -874,38 +874,205 @@ def _relay_test(address: str) -> str:
 
 def _rules_arguments(p: argparse.ArgumentParser) -> None:
     rsub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
-    q = rsub.add_parser("set", help="replace the rules with those in a JSON file ('-' = stdin)")
+    q = rsub.add_parser("set", help="convert a JSON rules file ('-' = stdin) into the Sieve "
+                        "script 'rules' and make it active")
     q.add_argument("address")
     q.add_argument("file", help="JSON file with the rules, or - for stdin")
-    q = rsub.add_parser("show", help="print the rules as JSON")
+    q = rsub.add_parser("show", help="print the Sieve script 'rules'")
     q.add_argument("address")
-    q = rsub.add_parser("clear", help="remove every rule")
+    q = rsub.add_parser("clear", help="deactivate and delete the Sieve script 'rules'")
     q.add_argument("address")
+
+
+_RULES_REPLACED = ("note: `postroom rules` is replaced by `postroom sieve`; JSON rules are "
+                   "converted into the Sieve script 'rules' (docs/mda.md, \"Sieve\")")
 
 
 @command("rules", _rules_arguments,
-         summary="per-user delivery rules (fileinto, discard, redirect, vacation)",
-         description=("Set, show or clear an account's delivery rules: a JSON list described in "
-                      "docs/mda.md (a subset of Sieve, RFC 5228)."))
+         summary="the old JSON delivery rules, converted into Sieve (see `postroom sieve`)",
+         description=("Replaced by `postroom sieve`. `set` converts a JSON rule list (the old "
+                      "format, docs/mda.md) into the Sieve script 'rules' and activates it; "
+                      "`show` prints that script; `clear` removes it."))
 def cmd_rules(args: argparse.Namespace) -> int:
-    from postroom.store import rules
+    from postroom.rules import RulesError
+    from postroom.sieve.convert import SCRIPT_NAME, rules_to_sieve
 
     if args.action == "set":
-        if args.file == "-":
-            text = sys.stdin.read()
-        else:
-            try:
-                with open(args.file, encoding="utf-8") as handle:
-                    text = handle.read()
-            except OSError as exc:
-                raise CLIError(f"cannot read {args.file}: {exc.strerror}") from None
-        count = _with_db(rules.set_rules, args.address, text)
-        print(f"{count} rule(s) set for {args.address.lower()}")
+        text = _read_input(args.file)
+        try:
+            data = json.loads(text)
+        except ValueError as exc:
+            raise CLIError(f"rules: not valid JSON ({exc})") from None
+        try:
+            script = rules_to_sieve(data)
+        except RulesError as exc:
+            raise CLIError(str(exc)) from None
+        _put_script(args.address, SCRIPT_NAME, script, activate=True)
+        print(f"rules of {args.address.lower()} stored as the active Sieve script "
+              f"'{SCRIPT_NAME}'")
     elif args.action == "clear":
-        _with_db(rules.set_rules, args.address, [])
-        print(f"rules of {args.address.lower()} removed")
+        _with_db(_sieve_remove, args.address, SCRIPT_NAME)
+        print(f"Sieve script '{SCRIPT_NAME}' of {args.address.lower()} removed")
     else:
-        print(json.dumps(_with_db(rules.get_rules, args.address), indent=2))
+        sys.stdout.write(_with_db(_sieve_get, args.address, SCRIPT_NAME))
+    print(_RULES_REPLACED, file=sys.stderr)
+    return 0
+
+
+def _read_input(path: str) -> str:
+    if path == "-":
+        return sys.stdin.read()
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CLIError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+
+
+def _sieve_user(session: Any, address: str) -> int:
+    from postroom.store import users
+
+    user = users.get_user(session, address)
+    if user is None:
+        raise CLIError(f"no account {address}")
+    return int(user.id)
+
+
+def _sieve_get(session: Any, address: str, name: str | None) -> str:
+    from postroom.store import sieve
+
+    uid = _sieve_user(session, address)
+    if name is None:
+        active = sieve.active_script(session, uid)
+        if active is None:
+            raise CLIError(f"{address} has no active Sieve script")
+        return active[1]
+    text = sieve.get_script(session, uid, name)
+    if text is None:
+        raise CLIError(f"{address} has no Sieve script {name!r}")
+    return text
+
+
+def _sieve_store(session: Any, address: str, name: str, text: str, activate: bool,
+                 max_scripts: int) -> None:
+    from postroom.store import sieve
+
+    uid = _sieve_user(session, address)
+    count, _bytes = sieve.scripts_usage(session, uid)
+    if sieve.get_script(session, uid, name) is None and count >= max_scripts:
+        raise CLIError(f"{address} has {count} Sieve scripts already "
+                       f"(POSTROOM_SIEVE_MAX_SCRIPTS={max_scripts})")
+    sieve.put_script(session, uid, name, text)
+    if activate:
+        sieve.set_active(session, uid, name)
+
+
+def _sieve_remove(session: Any, address: str, name: str) -> None:
+    from postroom.store import sieve
+
+    uid = _sieve_user(session, address)
+    active = sieve.active_script(session, uid)
+    if active is not None and active[0] == name:
+        sieve.set_active(session, uid, None)
+    if not sieve.delete_script(session, uid, name):
+        raise CLIError(f"{address} has no Sieve script {name!r}")
+
+
+def _check_or_fail(text: str, max_bytes: int) -> None:
+    from postroom.sieve import check_script
+
+    errors = check_script(text, max_bytes=max_bytes)
+    if errors:
+        raise CLIError("\n".join(str(e) for e in errors))
+
+
+def _put_script(address: str, name: str, text: str, *, activate: bool) -> None:
+    settings = _settings()
+    _check_or_fail(text, settings.sieve_max_script_bytes)
+    _with_db(_sieve_store, address, name, text, activate, settings.sieve_max_scripts)
+
+
+def _sieve_arguments(p: argparse.ArgumentParser) -> None:
+    ssub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    q = ssub.add_parser("list", help="the account's scripts (the active one marked)")
+    q.add_argument("address")
+    q.add_argument("--json", action="store_true")
+    q = ssub.add_parser("show", help="print a script (the active one when no name is given)")
+    q.add_argument("address")
+    q.add_argument("name", nargs="?")
+    q = ssub.add_parser("put", help="check and store a script from a file ('-' = stdin)")
+    q.add_argument("address")
+    q.add_argument("name")
+    q.add_argument("file", help="the script, or - for stdin")
+    q.add_argument("--activate", action="store_true", help="and make it the active script")
+    q = ssub.add_parser("activate", help="make a script the one run at delivery")
+    q.add_argument("address")
+    q.add_argument("name")
+    q = ssub.add_parser("deactivate", help="run no script of the account at delivery")
+    q.add_argument("address")
+    q = ssub.add_parser("delete", help="delete a script (not the active one)")
+    q.add_argument("address")
+    q.add_argument("name")
+    q = ssub.add_parser("check", help="check a stored script (the active one when no name "
+                        "is given), or a file with --file")
+    q.add_argument("address", nargs="?")
+    q.add_argument("name", nargs="?")
+    q.add_argument("--file", help="check this file ('-' = stdin) instead")
+
+
+@command("sieve", _sieve_arguments,
+         summary="each account's Sieve scripts (RFC 5228), run at delivery",
+         description=("List, show, store, activate, deactivate, delete and check an account's "
+                      "Sieve scripts; the active one runs at delivery, between the operator's "
+                      "POSTROOM_SIEVE_BEFORE and _AFTER scripts (docs/mda.md, \"Sieve\")."))
+def cmd_sieve(args: argparse.Namespace) -> int:
+    from postroom.store import sieve
+
+    if args.action == "list":
+        def listing(session: Any, address: str) -> list[Any]:
+            return sieve.list_scripts(session, _sieve_user(session, address))
+        rows = [_plain(r) for r in _with_db(listing, args.address)]
+        _print_rows(rows, ["name", "active", "size", "updated_at"], args.json)
+    elif args.action == "show":
+        sys.stdout.write(_with_db(_sieve_get, args.address, args.name))
+    elif args.action == "put":
+        _put_script(args.address, args.name, _read_input(args.file), activate=args.activate)
+        print(f"Sieve script {args.name!r} of {args.address.lower()} stored"
+              + (" and active" if args.activate else ""))
+    elif args.action == "activate":
+        def activate(session: Any, address: str, name: str) -> bool:
+            return sieve.set_active(session, _sieve_user(session, address), name)
+        text = _with_db(_sieve_get, args.address, args.name)
+        _check_or_fail(text, _settings().sieve_max_script_bytes)
+        if not _with_db(activate, args.address, args.name):
+            raise CLIError(f"{args.address} has no Sieve script {args.name!r}")
+        print(f"Sieve script {args.name!r} of {args.address.lower()} is active")
+    elif args.action == "deactivate":
+        def deactivate(session: Any, address: str) -> bool:
+            return sieve.set_active(session, _sieve_user(session, address), None)
+        _with_db(deactivate, args.address)
+        print(f"no Sieve script of {args.address.lower()} is active")
+    elif args.action == "delete":
+        def remove(session: Any, address: str, name: str) -> bool:
+            return sieve.delete_script(session, _sieve_user(session, address), name)
+        from postroom.store.errors import InUse
+
+        try:
+            done = _with_db(remove, args.address, args.name)
+        except InUse as exc:
+            raise CLIError(str(exc)) from None
+        if not done:
+            raise CLIError(f"{args.address} has no Sieve script {args.name!r}")
+        print(f"Sieve script {args.name!r} of {args.address.lower()} deleted")
+    else:
+        if args.file is not None:
+            text = _read_input(args.file)
+        elif args.address is not None:
+            text = _with_db(_sieve_get, args.address, args.name)
+        else:
+            raise CLIError("give an address (and a script name) or --file")
+        _check_or_fail(text, _settings().sieve_max_script_bytes)
+        print("valid")
     return 0
 
 
@@ -1303,6 +1470,7 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 @command("dns", _dns_arguments,
          summary="print every DNS record to publish for a domain, or --check them",
          description=("Print the MX, SPF, DKIM, DMARC, MTA-STS and TLS-RPT records a domain needs, "
+                      "and the mail clients' SRV (RFC 6186), autoconfig and autodiscover names, "
                       "in zone-file syntax."))
 def cmd_dns(args: argparse.Namespace) -> int:
     from postroom.mailauth import dnsrecords

@@ -2,7 +2,7 @@
 
 The mda (postroom_mda.delivery) decides; these functions read and write, in
 the caller's transaction, and return plain data. Mail for an account with no
-alias, rules or quota takes the fast path: :func:`fast_facts` (lock the
+alias, Sieve script or quota takes the fast path: :func:`fast_facts` (lock the
 recipient and read everything) then :func:`fast_store` (write everything),
 two prepared statements (docs/decisions/0005, 0006). The general path uses
 the small queries below and ``mailboxes.deliver_to_mailbox``; both add the
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Connection, case, func, select, update
+from sqlalchemy import Connection, case, func, select, text, update
 from sqlalchemy.exc import DataError
 from sqlalchemy.orm import Session
 
@@ -28,8 +28,8 @@ from postroom.store.models import (
     SpoolMessage,
     SpoolRecipient,
     User,
-    mail_rules,
     message_texts,
+    sieve_scripts,
 )
 from postroom.store.prepared import Prepared
 
@@ -96,6 +96,7 @@ class LockedRecipient:
     message_id: int
     message_size: int
     received_at: datetime
+    kind: str = "inbound"  # the spool message's kind (submission: our own user sent it)
 
 
 def lock_recipient(session: Session, recipient_id: int) -> LockedRecipient | None:
@@ -107,7 +108,7 @@ def lock_recipient(session: Session, recipient_id: int) -> LockedRecipient | Non
     row = session.execute(
         select(SpoolRecipient, SpoolMessage.queue_id, SpoolMessage.mail_from,
                SpoolMessage.disposition, SpoolMessage.message_id, Message.size,
-               SpoolMessage.received_at)
+               SpoolMessage.received_at, SpoolMessage.kind)
         .join(SpoolMessage, SpoolMessage.id == SpoolRecipient.spool_message_id)
         .join(Message, Message.id == SpoolMessage.message_id)
         .where(SpoolRecipient.id == recipient_id)
@@ -122,7 +123,21 @@ def lock_recipient(session: Session, recipient_id: int) -> LockedRecipient | Non
         parent_id=r.parent_id)
     return LockedRecipient(rcpt=rcpt, spool_message_id=r.spool_message_id, queue_id=row[1],
                  mail_from=row[2], disposition=row[3], message_id=int(row[4]),
-                 message_size=int(row[5]), received_at=row[6])
+                 message_size=int(row[5]), received_at=row[6], kind=str(row[7]))
+
+
+def ancestors(session: Session, recipient_id: int, limit: int) -> list[str]:
+    """The addresses of the recipients ``recipient_id`` was made from (alias expansion,
+    forwards, redirects), nearest first, at most ``limit``: how delivery tells a redirect
+    loop (docs/mda.md, "Sieve")."""
+    rows = session.execute(text(
+        "WITH RECURSIVE up(id, parent_id, address, depth) AS ("
+        " SELECT id, parent_id, address, 0 FROM spool_recipients WHERE id = :rid"
+        " UNION ALL SELECT r.id, r.parent_id, r.address, up.depth + 1"
+        " FROM spool_recipients r JOIN up ON r.id = up.parent_id WHERE up.depth < :limit)"
+        " SELECT address FROM up WHERE depth > 0 ORDER BY depth"),
+        {"rid": recipient_id, "limit": limit}).scalars()
+    return [str(a) for a in rows]
 
 
 def pending_children(session: Session, recipient_id: int) -> tuple[int, ...]:
@@ -196,22 +211,26 @@ def head(session: Session, message_id: int, limit: int) -> bytes:
 
 @dataclass(frozen=True)
 class Account:
-    """What delivery reads about an account, in one statement: INBOX, quota, stored rules."""
+    """What delivery reads about an account, in one statement: INBOX, quota, the active Sieve
+    script (name, text) if any."""
 
     inbox_id: int | None
     quota_bytes: int | None
     quota_messages: int | None
-    rules: Any
+    script: tuple[str, str] | None
 
 
 def account(session: Session, user_id: int) -> Account:
     inbox = (select(Mailbox.id).where(Mailbox.user_id == user_id, Mailbox.name == "INBOX")
              .scalar_subquery())
-    rules = select(mail_rules.c.rules).where(mail_rules.c.user_id == user_id).scalar_subquery()
-    row = session.execute(select(inbox, User.quota_bytes, User.quota_messages, rules)
+    active = (sieve_scripts.c.user_id == user_id) & sieve_scripts.c.active
+    name = select(sieve_scripts.c.name).where(active).scalar_subquery()
+    content = select(sieve_scripts.c.content).where(active).scalar_subquery()
+    row = session.execute(select(inbox, User.quota_bytes, User.quota_messages, name, content)
                           .where(User.id == user_id)).one()
     return Account(inbox_id=None if row[0] is None else int(row[0]), quota_bytes=row[1],
-                    quota_messages=row[2], rules=row[3])
+                   quota_messages=row[2],
+                   script=None if row[3] is None else (str(row[3]), str(row[4])))
 
 
 
@@ -244,7 +263,7 @@ SELECT r.state, r.stream, r.attempts, r.next_attempt_at, r.parent_id, r.address,
                WHERE d.name = substring(r.address FROM '[^@]*$')) AS local_domain,
        EXISTS (SELECT 1 FROM aliases a WHERE a.source = r.address) AS aliased,
        u.id AS user_id, u.quota_bytes, u.quota_messages,
-       (SELECT mr.rules FROM mail_rules mr WHERE mr.user_id = u.id) AS rules,
+       EXISTS (SELECT 1 FROM sieve_scripts s WHERE s.user_id = u.id AND s.active) AS rules,
        (SELECT b.id FROM mailboxes b WHERE b.user_id = u.id AND b.name = 'INBOX') AS inbox_id,
        j.id AS junk_id, j.name AS junk_name
 FROM spool_recipients r
@@ -329,7 +348,7 @@ class FastFacts:
     user_id: int | None
     quota_bytes: int | None
     quota_messages: int | None
-    rules: Any
+    rules: bool  # the account has an active Sieve script
     inbox_id: int | None
     junk_id: int | None
     junk_name: str | None
@@ -355,7 +374,7 @@ def fast_facts(connection: Connection, recipient_id: int,
         mail_from, disposition, int(message_id), int(size), received_at, bool(meta_missing),
         bool(text_missing), None if blob is None else bytes(blob), bool(local_domain),
         bool(aliased), user_id,
-        quota_bytes, quota_messages, rules, inbox_id, junk_id, junk_name)
+        quota_bytes, quota_messages, bool(rules), inbox_id, junk_id, junk_name)
 
 
 def fast_store(connection: Connection, *, recipient_id: int, message_id: int, mailbox_id: int,

@@ -37,3 +37,7 @@ class TooManyKeywords(StoreError):
 
 class InvalidRoute(StoreError, ValueError):
     """A transport entry (`postroom relay set`) that cannot be a route; says what is wrong."""
+
+
+class InvalidName(StoreError, ValueError):
+    """A name the protocol refuses (e.g. a Sieve script name with control characters)."""

@@ -676,3 +676,23 @@ acme_challenges = Table(
     Column("key_authorization", Text, nullable=False),
     Column("expires_at", DateTime(timezone=True), nullable=False),
 )
+
+# --- Sieve scripts (migration 0014; postroom.store.sieve, docs/mda.md "Sieve")
+
+# each account's Sieve scripts (RFC 5228), at most one of them active (the one run at delivery)
+sieve_scripts = Table(
+    "sieve_scripts", Base.metadata,
+    Column("id", Integer, primary_key=True),
+    Column("user_id", Integer, ForeignKey("users.id", ondelete="CASCADE"), nullable=False),
+    Column("name", Text, nullable=False),
+    Column("content", Text, nullable=False),
+    Column("active", Boolean, nullable=False, server_default=text("false")),
+    # the UTF-8 length of content, in bytes (what the ManageSieve quota counts)
+    Column("size", Integer, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=func.now()),
+    UniqueConstraint("user_id", "name"),
+    # one active script per account (RFC 5804 SETACTIVE)
+    Index("ix_sieve_scripts_user_id_active", "user_id", unique=True,
+          postgresql_where=text("active")),
+)

@@ -112,8 +112,11 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "aliases": ("SELECT",),
         "users": (_USERS_PUBLIC,),
         "mail_rules": ("SELECT",),
+        # the account's active Sieve script, run at delivery (migration 0014)
+        "sieve_scripts": ("SELECT",),
         "vacation_replies": ("SELECT", "INSERT", "UPDATE"),
-        "mailboxes": ("SELECT", "UPDATE"),
+        # INSERT: Sieve's fileinto :create (RFC 5490) makes the mailbox it names
+        "mailboxes": ("SELECT", "INSERT", "UPDATE"),
         "mailbox_entries": ("SELECT", "INSERT"),
         "messages": ("SELECT", "INSERT", "UPDATE"),
         "spool_messages": ("SELECT", "INSERT"),
@@ -163,8 +166,10 @@ OWNER_ONLY: frozenset[str] = frozenset({"domain_managers", "api_tokens", "web_se
 COMMON: dict[str, tuple[str, ...]] = {"alembic_version": ("SELECT",),
                                       "schema_compat": ("SELECT",)}
 # sequences beyond the id of each table a role inserts into: setval/nextval of CREATE mailbox
+# (imap) and of Sieve's fileinto :create (mda)
 EXTRA_SEQUENCES: dict[str, dict[str, str]] = {
     "imap": {"mailbox_uidvalidity_seq": "USAGE, UPDATE"},
+    "mda": {"mailbox_uidvalidity_seq": "USAGE, UPDATE"},
 }
 
 

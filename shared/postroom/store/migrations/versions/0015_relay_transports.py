@@ -1,7 +1,7 @@
 """relay-transports: smarthost routes per recipient domain (`postroom relay set`).
 
 Revision ID: 0015
-Revises: 0013 (to be rechained onto 0014 when the branches meet)
+Revises: 0014
 Create Date: 2026-12-07
 
 Expand-only: one new table. ``relay_transports`` maps a recipient domain, or
@@ -19,7 +19,7 @@ import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0015"
-down_revision: str | None = "0013"
+down_revision: str | None = "0014"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 # a new table: the previous release reads and writes as before
