@@ -19,7 +19,7 @@ from tests.deploy.compose import (
 
 SECRET = "postroom_secret_key"
 # the operator's `docker compose run --rm cli dkim generate ...` seals new keys with it
-HOLDERS = {"msa", "mta", "mda", "dmarc", "migrate", "cli"}
+HOLDERS = {"msa", "mta", "mda", "dmarc", "web", "migrate", "cli"}
 
 
 @pytest.fixture(scope="module")
