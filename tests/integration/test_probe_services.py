@@ -24,7 +24,7 @@ postroom_messages_total{outcome="rejected_message_limit"} 1.0
 
 def _server(status: int, health: bytes, token: str | None = None) -> ThreadingHTTPServer:
     class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+        def do_GET(self) -> None:
             if self.path == "/metrics":
                 if token and self.headers.get("Authorization") != f"Bearer {token}":
                     self.send_response(401)

@@ -7,12 +7,16 @@ from __future__ import annotations
 
 from postroom_web.api import domains as api_domains
 from postroom_web.api import meta as api_meta
+from postroom_web.api import metrics as api_metrics
+from postroom_web.api import queue as api_queue
 from postroom_web.framework import REGISTRY, Registry
 from postroom_web.views import account as views_account
 from postroom_web.views import domains as views_domains
 from postroom_web.views import overview as views_overview
+from postroom_web.views import queue as views_queue
 
-MODULES = (api_meta, api_domains, views_account, views_overview, views_domains)
+MODULES = (api_meta, api_domains, api_queue, api_metrics, views_account, views_overview,
+           views_domains, views_queue)
 
 
 def registry() -> Registry:
