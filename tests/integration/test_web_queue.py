@@ -11,9 +11,11 @@ from email.message import EmailMessage
 from typing import Any
 
 import pytest
+from selenium.webdriver.common.by import By
 
 from postroom.store import spool
 from postroom.store.errors import NotFound
+from tests.support.browser import csp_violations, screenshot
 from tests.support.instance import queue_id_of, unverified_tls
 from tests.support.ports import free_port
 from tests.support.redisdb import wait_until
@@ -231,3 +233,35 @@ def test_the_pages_show_the_queue_a_message_and_a_trace(stack, clients):
     overview = clients["admin"].get("/")
     assert overview.status == 200 and "Deliveries" in overview.text and "<svg" in overview.text
     assert "mda" in overview.text
+
+
+def test_the_pages_in_a_browser_without_csp_violations(stack, clients, browser):
+    """The overview, the queue, a message and a trace in headless Chromium, as an
+    administrator; screenshots under POSTROOM_TEST_ARTIFACTS for people to look at."""
+    _, web, mail = stack
+    base = f"http://{web.host}:{web.port}"
+    browser.get(f"{base}/login")
+    browser.find_element(By.ID, "address").send_keys(web.admin)
+    browser.find_element(By.ID, "password").send_keys(PASSWORD)
+    browser.find_element(By.CSS_SELECTOR, ".login button[type=submit]").click()
+    wait_until(lambda: browser.current_url == f"{base}/", timeout=10)
+    charts = browser.find_elements(By.CSS_SELECTOR, "svg.chart")
+    assert len(charts) == 2  # deliveries and rejects
+    bars = browser.find_elements(By.CSS_SELECTOR, "svg.chart rect.chart-series-deferred")
+    assert bars and bars[0].value_of_css_property("fill") != "rgb(0, 0, 0)"  # charts.css
+    screenshot(browser, "webqueue-overview")
+    browser.get(f"{base}/queue")
+    rows = browser.find_elements(By.CSS_SELECTOR, "table.queue tbody tr")
+    assert mail.out in rows[0].text
+    screenshot(browser, "webqueue-queue")
+    # the list's retry form: back to the list with the notice
+    rows[0].find_element(By.CSS_SELECTOR, "form.row-action button").click()
+    wait_until(lambda: "will be tried now" in browser.page_source, timeout=10)
+    browser.get(f"{base}/queue/{mail.out}")
+    assert "Delete (no bounce)" in browser.page_source
+    screenshot(browser, "webqueue-message")
+    browser.get(f"{base}/trace/{mail.out}")
+    events = browser.find_elements(By.CSS_SELECTOR, "ol.timeline li")
+    assert len(events) >= 3 and "received submission" in events[0].text
+    screenshot(browser, "webqueue-trace")
+    assert csp_violations(browser) == []

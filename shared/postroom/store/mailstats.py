@@ -26,7 +26,8 @@ MAX_REASON_CHARS = 40
 
 @dataclass(frozen=True)
 class HourCount:
-    """How many of one kind in one UTC hour (``hour`` is its start)."""
+    """How many of one kind in one UTC hour (``hour`` is its start, whatever the session's
+    time zone)."""
 
     hour: datetime
     reason: str
@@ -54,7 +55,7 @@ def outcomes_per_hour(session: Session, since: datetime,
                       domains: Collection[str] | None = None) -> list[HourCount]:
     """Delivery attempts' outcomes (delivered, deferred, failed, bounced) per hour since
     ``since``; with ``domains``, only recipients whose own or sender's domain is one."""
-    hour = func.date_trunc("hour", SpoolAttempt.at)
+    hour = func.date_trunc("hour", SpoolAttempt.at, "UTC")
     query = (select(hour, SpoolAttempt.result, func.count())
              .join(SpoolRecipient, SpoolRecipient.id == SpoolAttempt.recipient_id)
              .join(SpoolMessage, SpoolMessage.id == SpoolRecipient.spool_message_id)
@@ -76,7 +77,7 @@ _CONTENT_REASON = text(
 def rejects_per_hour(session: Session, since: datetime) -> list[HourCount]:
     """Inbound messages refused after DATA per hour since ``since``, by reason: ``dmarc``
     (the sender's DMARC policy) or ``content:<check>`` (attachments, clamd, rspamd)."""
-    hour = func.date_trunc("hour", DmarcResult.received_at)
+    hour = func.date_trunc("hour", DmarcResult.received_at, "UTC")
     reason = case(
         (DmarcResult.disposition == "reject", literal("dmarc")),
         else_=func.left(literal("content:") + func.coalesce(cast(_CONTENT_REASON, Text),
