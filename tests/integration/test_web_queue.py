@@ -209,6 +209,8 @@ def test_the_summary_has_backlog_hourly_outcomes_rejects_and_service_health(stac
         "msa": "up", "mta": "up", "mda": "down"}
     mine = clients["manager"].api("GET", "/metrics/summary").json()
     assert mine["rejects"] is None and mine["smtp_rejects"] is None
+    token = clients["domain_token"].api("GET", "/metrics/summary").json()
+    assert token["rejects"] is None and token["backlog"] == mine["backlog"]
     assert {b["stream"]: b for b in mine["backlog"]}["outbound"]["pending"] \
         <= outbound["pending"]
     assert clients["plain"].api("GET", "/metrics/summary").status == 403
@@ -216,7 +218,7 @@ def test_the_summary_has_backlog_hourly_outcomes_rejects_and_service_health(stac
 
 
 def test_the_pages_show_the_queue_a_message_and_a_trace(stack, clients):
-    _, _, mail = stack
+    suite, web, mail = stack
     manager = clients["manager"]
     listing = manager.get("/queue?state=deferred")
     assert listing.status == 200 and mail.out in listing.text and mail.foreign not in listing.text
@@ -230,6 +232,24 @@ def test_the_pages_show_the_queue_a_message_and_a_trace(stack, clients):
     retried = manager.post_form(f"/queue/{mail.out}/retry", {"csrf_token": token})
     assert retried.status == 303 and retried.header("location") == f"/queue/{mail.out}"
     assert manager.post_form(f"/queue/{mail.out}/retry", {"csrf_token": "x"}).status == 403
+    # the message page's delete form drops a message (here one spooled for it)
+    doomed = suite.db.run_sync(spool.create_spool, kind="submission", mail_from=web.manager,
+                               recipients=[(f"gone@{FAR}", "outbound", None, None)],
+                               message=b"Subject: doomed\r\n\r\nx\r\n")
+    page = manager.get(f"/queue/{doomed}")
+    assert "Delete (no bounce)" in page.text
+    token = manager.form_csrf(f"/queue/{doomed}")
+    deleted = manager.post_form(f"/queue/{doomed}/delete", {"csrf_token": token})
+    assert deleted.status == 303 and deleted.header("location") == "/queue"
+    with pytest.raises(NotFound):
+        suite.db.run_sync(spool.get_spool, doomed)
+    shared = suite.db.run_sync(spool.create_spool, kind="submission", mail_from=web.manager,
+                               recipients=[(web.admin, "deliver", None, None)],
+                               message=b"Subject: shared\r\n\r\nx\r\n")
+    page = manager.get(f"/queue/{shared}")
+    assert page.status == 200 and "Delete (no bounce)" not in page.text
+    token = manager.form_csrf(f"/queue/{shared}")
+    assert manager.post_form(f"/queue/{shared}/delete", {"csrf_token": token}).status == 403
     overview = clients["admin"].get("/")
     assert overview.status == 200 and "Deliveries" in overview.text and "<svg" in overview.text
     assert "mda" in overview.text
