@@ -343,6 +343,20 @@ def _internal_http_url(raw: str) -> str:
     return value
 
 
+def _service_urls(raw: str) -> tuple[tuple[str, str], ...]:
+    """``name=http://host:port`` pairs, comma-separated (the services' /healthz and /metrics)."""
+    found = []
+    for item in (i.strip() for i in raw.split(",")):
+        if not item:
+            continue
+        name, sep, url = item.partition("=")
+        name = name.strip().lower()
+        if not sep or not re.fullmatch(r"[a-z0-9][a-z0-9_-]{0,31}", name):
+            raise ValueError(f"{item!r}: expected NAME=http://HOST:PORT")
+        found.append((name, _internal_http_url(url).rstrip("/")))
+    return tuple(found)
+
+
 def _opt_clamd_address(raw: str) -> str | None:
     """``tcp:HOST:PORT`` or ``unix:PATH`` of clamd (empty: no virus scanning)."""
     value = raw.strip()
@@ -591,6 +605,12 @@ class Settings:
         parse_duration, "60s",
         "With POSTROOM_ACME: how often each service looks for a newer certificate in the "
         "database.")
+    web_services: tuple[tuple[str, str], ...] = setting(
+        _service_urls, "",
+        "The services whose /healthz and /metrics the console's overview and "
+        "/api/v1/metrics/summary ask, comma-separated NAME=http://HOST:PORT (each one's "
+        "POSTROOM_HTTP_LISTEN). compose.yaml lists its services; `postroom up` fills it in. "
+        "Empty: only the web service's own checks are shown.")
     dmarc_url: str = setting(
         _internal_http_url, "http://127.0.0.1:8025",
         "Where other services reach the DMARC service.")

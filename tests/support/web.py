@@ -216,3 +216,12 @@ def web(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[We
         client = redis.Redis.from_url(redis_url)
         delete_prefix(client, prefix)
         client.close()
+
+
+def web_on_suite(suite: Any, **extra_env: str) -> WebServer:
+    """The accounts and tokens above on a :class:`tests.support.suite.Suite`'s database, and
+    its `web` service started beside the suite's other services (real mail in the queue)."""
+    names = _setup(suite.db, secrets.token_hex(3))
+    running = suite.start("web", POSTROOM_AUTH_DELAY_MAX="0", **extra_env)
+    return WebServer("127.0.0.1", running.port, running.tls_port, running.process, suite.db,
+                     suite.prefix, **names)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from postroom_web.api import account as api_account
 from postroom_web.api import domains as api_domains
 from postroom_web.api import meta as api_meta
+from postroom_web.api import metrics as api_metrics
+from postroom_web.api import queue as api_queue
 from postroom_web.api import tls_reports as api_tls
 from postroom_web.framework import REGISTRY, Registry
 from postroom_web.views import account as views_account
@@ -15,11 +17,13 @@ from postroom_web.views import autoconfig as views_autoconfig
 from postroom_web.views import domains as views_domains
 from postroom_web.views import mailfilters as views_mailfilters
 from postroom_web.views import overview as views_overview
+from postroom_web.views import queue as views_queue
 from postroom_web.views import selfservice as views_selfservice
 from postroom_web.views import tls_reports as views_tls
 
-MODULES = (api_meta, api_domains, api_account, api_tls, views_account, views_overview,
-           views_domains, views_selfservice, views_mailfilters, views_autoconfig, views_tls)
+MODULES = (api_meta, api_domains, api_account, api_tls, api_queue, api_metrics, views_account,
+           views_overview, views_domains, views_selfservice, views_mailfilters,
+           views_autoconfig, views_tls, views_queue)
 
 
 def registry() -> Registry:

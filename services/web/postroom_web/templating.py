@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import mimetypes
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from importlib import resources
 from typing import Any
 
@@ -59,6 +60,11 @@ def load_static() -> dict[str, StaticFile]:
     return found
 
 
+def utc(value: datetime | None, fmt: str = "%Y-%m-%d %H:%M:%S") -> str:
+    """A time as UTC text (the database hands them in its session's time zone); "" for None."""
+    return value.astimezone(UTC).strftime(fmt) if value is not None else ""
+
+
 def make_environment(static: dict[str, StaticFile]) -> Environment:
     """The one Jinja2 environment: autoescape for every template, the nav and static_url."""
     env = Environment(
@@ -73,5 +79,6 @@ def make_environment(static: dict[str, StaticFile]) -> Environment:
         return f"/static/{name}?v={item.version}"
 
     env.globals["static_url"] = static_url
+    env.filters["utc"] = utc
     env.globals["NAV"] = NAV
     return env

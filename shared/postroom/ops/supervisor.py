@@ -233,6 +233,16 @@ def _free_port(host: str) -> int:
     return free_port(host)
 
 
+def service_urls(envs: Mapping[str, Mapping[str, str]]) -> str:
+    """POSTROOM_WEB_SERVICES for the web child: every other child's /healthz and /metrics."""
+    found = []
+    for name, env in sorted(envs.items()):
+        if name != "web":
+            port = env[PREFIX + "HTTP_LISTEN"].split(":")[1]
+            found.append(f"{name}=http://127.0.0.1:{port}")
+    return ",".join(found)
+
+
 def _listen_overrides(settings: Settings, host: str | None,
                       environ: Mapping[str, str]) -> dict[str, str]:
     if not host:
@@ -457,6 +467,8 @@ def _supervise(names: Sequence[str], settings: Settings, environ: Mapping[str, s
         env[PREFIX + "UP_CHILD"] = "1"
         env[PREFIX + "SERVICE"] = name
         envs[name] = env
+    if "web" in envs and PREFIX + "WEB_SERVICES" not in environ:
+        envs["web"][PREFIX + "WEB_SERVICES"] = service_urls(envs)
     exit_code = [0]
     stop = ReactorStop(reactor, log)
 

@@ -21,11 +21,11 @@ from postroom.store.models import (
     DmarcResult,
     Mailbox,
     MailboxEntry,
-    SpoolAttempt,
     SpoolMessage,
     SpoolRecipient,
     User,
 )
+from postroom.store.spool import attempts_of
 
 
 def load_trace(session: Session, queue_id: str) -> dict[str, Any]:
@@ -61,13 +61,9 @@ def load_trace(session: Session, queue_id: str) -> dict[str, Any]:
         copies.setdefault(rid, []).append({"user": user, "mailbox": mailbox, "uid": uid,
                                            "stored_at": internaldate, "flags": list(flags)})
     history: dict[int, list[dict[str, Any]]] = {}
-    attempts = session.execute(
-        select(SpoolAttempt.recipient_id, SpoolAttempt.at, SpoolAttempt.result,
-               SpoolAttempt.detail)
-        .where(SpoolAttempt.recipient_id.in_([r.id for r in recipients]))
-        .order_by(SpoolAttempt.at, SpoolAttempt.id))
-    for rid, at, result, detail in attempts:
-        history.setdefault(rid, []).append({"at": at, "result": result, "detail": detail})
+    for step in attempts_of(session, [r.id for r in recipients]):
+        history.setdefault(step.recipient_id, []).append(
+            {"at": step.at, "result": step.result, "detail": step.detail})
     for r in recipients:
         story["recipients"].append({
             "id": r.id, "address": r.address, "parent_id": r.parent_id, "stream": r.stream,

@@ -53,6 +53,11 @@ def measure(queue: QueueClient, stream: str, now: float | None = None) -> tuple[
     return int(depth), age
 
 
+def depths(queue: QueueClient, streams: Sequence[str]) -> list[tuple[str, int, float]]:
+    """(stream, depth, oldest entry's age in seconds) of each stream. Blocks on Redis."""
+    return [(stream, *measure(queue, stream)) for stream in streams]
+
+
 class QueueGauges:
     """Keeps ``postroom_queue_depth`` and ``postroom_queue_oldest_seconds`` current."""
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, NamedTuple
@@ -277,12 +277,22 @@ def _contains(column: Any, text: str) -> Any:
     return func.lower(column).contains(text.strip().lower(), autoescape=True)
 
 
-def list_spool(session: Session, state: str | None = None, *, mail_from: str | None = None,
-               rcpt_to: str | None = None, address: str | None = None,
-               limit: int = 1000) -> list[SpoolSummary]:
-    """Queued messages, oldest first; with ``state`` (one of LIST_STATES), those having a
-    recipient in it; ``mail_from``, ``rcpt_to``, ``address`` (either) keep messages whose
-    sender or a recipient contains the text, in any case (``@example.org`` = a domain)."""
+def address_domain(address: str) -> str | None:
+    """The domain of ``address`` (after its last ``@``), lowercased; None without one (``<>``)."""
+    _, at, domain = address.rpartition("@")
+    if not at:
+        return None
+    return domain.strip().rstrip(".").lower() or None
+
+
+def domain_sql(column: Any) -> Any:
+    """:func:`address_domain` in SQL (NULL without an ``@``)."""
+    return func.rtrim(func.lower(func.substring(column, "@([^@]*)$")), ".")
+
+
+def _filtered(state: str | None, *, mail_from: str | None, rcpt_to: str | None,
+              address: str | None, domains: Collection[str] | None) -> Any:
+    """The messages :func:`list_spool` and :func:`count_spool` agree on: one row each."""
     if state is not None and state not in LIST_STATES:
         raise ValueError(f"unknown state {state!r} (one of {', '.join(LIST_STATES)})")
     rank = case(_STATE_RANK, value=SpoolRecipient.state)
@@ -292,9 +302,7 @@ def list_spool(session: Session, state: str | None = None, *, mail_from: str | N
                Message.size)
         .join(SpoolRecipient, SpoolRecipient.spool_message_id == SpoolMessage.id)
         .join(Message, Message.id == SpoolMessage.message_id)
-        .group_by(SpoolMessage.id, Message.size)
-        .order_by(SpoolMessage.received_at, SpoolMessage.queue_id)
-        .limit(limit))
+        .group_by(SpoolMessage.id, Message.size))
     if state is not None:
         query = query.having(func.bool_or(_state_filter(state)))
     if mail_from:
@@ -304,10 +312,39 @@ def list_spool(session: Session, state: str | None = None, *, mail_from: str | N
     if address:
         query = query.having(_contains(SpoolMessage.mail_from, address)
                              | func.bool_or(_contains(SpoolRecipient.address, address)))
+    if domains is not None:
+        # a domain manager's view: the sender's or a recipient's domain is one of theirs
+        wanted = sorted({d.lower() for d in domains})
+        query = query.having(func.coalesce(domain_sql(SpoolMessage.mail_from).in_(wanted), False)
+                             | func.bool_or(domain_sql(SpoolRecipient.address).in_(wanted)))
+    return query
+
+
+def list_spool(session: Session, state: str | None = None, *, mail_from: str | None = None,
+               rcpt_to: str | None = None, address: str | None = None,
+               domains: Collection[str] | None = None, offset: int = 0,
+               limit: int = 1000) -> list[SpoolSummary]:
+    """Queued messages, oldest first; with ``state`` (one of LIST_STATES), those having a
+    recipient in it; ``mail_from``, ``rcpt_to``, ``address`` (either) keep messages whose
+    sender or a recipient contains the text, in any case (``@example.org`` = a domain);
+    ``domains`` (None: all) keeps messages whose sender or a recipient is in one of them."""
+    query = (_filtered(state, mail_from=mail_from, rcpt_to=rcpt_to, address=address,
+                       domains=domains)
+             .order_by(SpoolMessage.received_at, SpoolMessage.queue_id)
+             .offset(offset).limit(limit))
     names = {rank: name for name, rank in _STATE_RANK.items()}
     return [SpoolSummary(queue_id=r[0], kind=r[1], mail_from=r[2], recipients=r[3],
                          state=names[r[4]], received_at=r[5], size=r[6])
             for r in session.execute(query)]
+
+
+def count_spool(session: Session, state: str | None = None, *, mail_from: str | None = None,
+                rcpt_to: str | None = None, address: str | None = None,
+                domains: Collection[str] | None = None) -> int:
+    """How many messages :func:`list_spool` lists with the same filters, without a limit."""
+    inner = _filtered(state, mail_from=mail_from, rcpt_to=rcpt_to, address=address,
+                      domains=domains).subquery()
+    return int(session.execute(select(func.count()).select_from(inner)).scalar_one())
 
 
 def _set(session: Session, recipient_id: int, **values: Any) -> None:
@@ -327,6 +364,29 @@ def _history(session: Session, recipient_ids: Iterable[int], result: str,
     rows = [{"recipient_id": rid, "result": result, "detail": detail} for rid in recipient_ids]
     if rows:
         session.execute(insert(SpoolAttempt), rows)
+
+
+@dataclass(frozen=True)
+class AttemptInfo:
+    """One outcome in a recipient's history."""
+
+    recipient_id: int
+    at: datetime
+    result: str
+    detail: str | None
+
+
+def attempts_of(session: Session, recipient_ids: Collection[int]) -> list[AttemptInfo]:
+    """The recipients' histories (each attempt, the bounce), oldest first."""
+    if not recipient_ids:
+        return []
+    rows = session.execute(
+        select(SpoolAttempt.recipient_id, SpoolAttempt.at, SpoolAttempt.result,
+               SpoolAttempt.detail)
+        .where(SpoolAttempt.recipient_id.in_(sorted(recipient_ids)))
+        .order_by(SpoolAttempt.at, SpoolAttempt.id))
+    return [AttemptInfo(recipient_id=r, at=at, result=result, detail=detail)
+            for r, at, result, detail in rows]
 
 
 def mark_delivered(session: Session, recipient_id: int, detail: str | None = None) -> None:
