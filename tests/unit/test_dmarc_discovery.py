@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from postroom.mailauth.dmarcdiscovery import Discoverer, walk_targets
 from postroom.net.dns import Resolver
-from postroom_dmarc.discovery import Discoverer, walk_targets
 
 
 def _psl() -> Discoverer:

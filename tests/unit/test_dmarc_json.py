@@ -7,9 +7,9 @@ from dataclasses import asdict, fields
 
 import pytest
 
+from postroom.mailauth.dmarcrecord import DMARCRecord, json_copy, parse
 from postroom_dmarc import dkimcheck
 from postroom_dmarc.dkimcheck import ARCResult, DKIMResult, parse_headers, verify_arc
-from postroom_dmarc.record import DMARCRecord, json_copy, parse
 from postroom_dmarc.spfcheck import SPFResult
 from postroom_dmarc.verdict import DMARCResult
 

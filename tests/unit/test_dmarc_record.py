@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from postroom_dmarc.record import DMARCRecord, MalformedRecord, NotDMARC, parse
+from postroom.mailauth.dmarcrecord import DMARCRecord, MalformedRecord, NotDMARC, parse
 
 
 def test_full_record_parses_every_tag():

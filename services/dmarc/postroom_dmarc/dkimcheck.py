@@ -31,9 +31,9 @@ import dkim
 from dkim.util import InvalidTagValueList, parse_tag_value
 
 from postroom.logs import get_logger
+from postroom.mailauth.dmarcdiscovery import normalise, psl_org_domain
+from postroom.mailauth.dmarcrecord import json_copy
 from postroom.net.dns import DNSTempError, NXDomain, Resolver
-from postroom_dmarc.discovery import normalise, psl_org_domain
-from postroom_dmarc.record import json_copy
 
 log = get_logger("dkim")
 
@@ -58,7 +58,7 @@ class DKIMResult:
     key_bits: int | None = None
 
     def to_json(self) -> dict[str, Any]:
-        # dataclasses.asdict, written out (see postroom_dmarc.record.json_copy)
+        # dataclasses.asdict, written out (see postroom.mailauth.dmarcrecord.json_copy)
         return {"result": self.result, "domain": self.domain, "selector": self.selector,
                 "algorithm": self.algorithm, "b": self.b, "reason": self.reason,
                 "key_bits": self.key_bits}

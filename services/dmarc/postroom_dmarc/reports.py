@@ -35,6 +35,8 @@ from twisted.python.threadpool import ThreadPool
 from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
 from postroom.logs import get_logger
 from postroom.mailauth import dmarcreport
+from postroom.mailauth.dmarcdiscovery import Discoverer, lookup
+from postroom.mailauth.dmarcrecord import DMARCRecord, is_dmarc
 from postroom.net.dns import DNSTempError, NXDomain, Resolver
 from postroom.queue.envelope import Envelope
 from postroom.queue.reconciler import Enqueuer
@@ -42,8 +44,6 @@ from postroom.store import dmarc as dmarc_store
 from postroom.store import spool
 from postroom.store.db import Database, StoreSession
 from postroom.store.errors import NotFound
-from postroom_dmarc.discovery import Discoverer, lookup
-from postroom_dmarc.record import DMARCRecord, is_dmarc
 
 log = get_logger("dmarc-reports")
 

@@ -30,12 +30,12 @@ from typing import Any
 from postroom.config import DmarcOverride, Network
 from postroom.logs import get_logger
 from postroom.mailauth import authres
+from postroom.mailauth.dmarcdiscovery import Discoverer, normalise
+from postroom.mailauth.dmarcrecord import json_copy
 from postroom.net.dns import DNSTempError, Resolver
 from postroom_dmarc import dkimcheck, spfcheck
 from postroom_dmarc.content import DISPOSITION, ContentResult, combine
-from postroom_dmarc.discovery import Discoverer, normalise
 from postroom_dmarc.fromheader import author_domains
-from postroom_dmarc.record import json_copy
 
 log = get_logger("dmarc")
 
@@ -92,7 +92,7 @@ class DMARCResult:
     record: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
-        # dataclasses.asdict, written out (see postroom_dmarc.record.json_copy)
+        # dataclasses.asdict, written out (see postroom.mailauth.dmarcrecord.json_copy)
         return {"result": self.result, "from_domain": self.from_domain,
                 "policy_domain": self.policy_domain, "org_domain": self.org_domain,
                 "policy": self.policy, "applied_policy": self.applied_policy,

@@ -252,6 +252,11 @@ def build_message(meta: ReportMeta, domain: str, xml: bytes, *, receiver: str, s
 # --- what `postroom dmarc report` and `postroom dmarc sources` show
 
 
+def source_status(passed: int, messages: int) -> str:
+    """A source's DMARC status from its counts: ``passes`` (all), ``fails`` (none) or ``mixed``."""
+    return "passes" if passed == messages else "fails" if passed == 0 else "mixed"
+
+
 def summarize(records: Iterable[DmarcRecord], by: str = "source") -> list[dict[str, Any]]:
     """Counts per source address (``by="source"``) or per result combination (``"result"``)."""
     table: dict[tuple[str, ...], dict[str, Any]] = {}
@@ -289,9 +294,8 @@ def sources(records: Iterable[DmarcRecord]) -> list[dict[str, Any]]:
             row["last_seen"] = r.received_at
     result = []
     for row in seen.values():
-        verdict = ("passes" if row["pass"] == row["messages"] else
-                   "fails" if row["pass"] == 0 else "mixed")
-        result.append({**row, "from": ",".join(sorted(row["from"])), "status": verdict,
+        result.append({**row, "from": ",".join(sorted(row["from"])),
+                       "status": source_status(row["pass"], row["messages"]),
                        "last_seen": row["last_seen"].isoformat(timespec="seconds")
                        if row["last_seen"] else ""})
     return sorted(result, key=lambda row: (-row["messages"], row["source_ip"]))
@@ -591,8 +595,7 @@ def incoming_sources(rows: Iterable[tuple[str, IncomingRow]]) -> list[dict[str, 
         row["dkim_aligned"] += r.count if r.dkim == "pass" else 0
     result = []
     for row in seen.values():
-        status = ("passes" if row["pass"] == row["messages"] else
-                  "fails" if row["pass"] == 0 else "mixed")
         result.append({**row, "reporters": ",".join(sorted(row["reporters"])),
-                       "from": ",".join(sorted(row["from"])), "status": status})
+                       "from": ",".join(sorted(row["from"])),
+                       "status": source_status(row["pass"], row["messages"])})
     return sorted(result, key=lambda row: (-row["messages"], row["source_ip"]))

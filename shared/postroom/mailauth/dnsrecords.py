@@ -40,6 +40,18 @@ def _state(key: Mapping[str, Any]) -> str:
     return "active" if key.get("active", True) else "retired"
 
 
+def dmarc_starter(domain: str, report_address: str | None = None) -> str:
+    """The first DMARC record's value: p=none, aggregate reports to ``report_address``."""
+    domain = domain.lower().rstrip(".")
+    rua = report_address or f"postmaster@{domain}"
+    return f"v=DMARC1; p=none; rua=mailto:{rua}; adkim=r; aspf=r"
+
+
+def dmarc_record(domain: str, value: str) -> str:
+    """The zone line publishing DMARC record ``value`` for ``domain``."""
+    return f"{_fqdn('_dmarc.' + domain.lower().rstrip('.'))} IN TXT {txt_value(value)}"
+
+
 def all_records(domain: str, hostname: str, dkim_keys: Iterable[Mapping[str, Any]],
                 report_address: str | None = None) -> list[str]:
     """Every record a domain needs: MX, SPF, DKIM, DMARC, MTA-STS and TLS-RPT."""
@@ -70,8 +82,7 @@ def all_records(domain: str, hostname: str, dkim_keys: Iterable[Mapping[str, Any
         lines.append(f"; DKIM: no keys yet, run `postroom dkim generate {domain}`")
     lines += [
         "; DMARC (RFC 7489): start with p=none and aggregate reports, then quarantine or reject",
-        f"{_fqdn('_dmarc.' + domain)} IN TXT "
-        f"{txt_value(f'v=DMARC1; p=none; rua=mailto:{rua}; adkim=r; aspf=r')}",
+        dmarc_record(domain, dmarc_starter(domain, rua)),
         "; MTA-STS (RFC 8461): serve the policy at https://mta-sts."
         f"{domain}/.well-known/mta-sts.txt",
         f"{_fqdn('_mta-sts.' + domain)} IN TXT "

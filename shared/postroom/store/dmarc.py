@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, exists, func, or_, select
+from sqlalchemy import ColumnElement, delete, exists, func, or_, select
 from sqlalchemy.dialects.postgresql import insert
 from sqlalchemy.orm import Session
 
@@ -186,6 +186,13 @@ def store_incoming_report(session: Session, sha256: str, report: IncomingReport 
     return "duplicate"
 
 
+def reports_on(domain: str) -> ColumnElement[bool]:
+    """The condition "a stored report is about ``domain`` or one of its subdomains"."""
+    domain = domain.lower().rstrip(".")
+    return or_(DmarcIncomingReport.domain == domain,
+               DmarcIncomingReport.domain.endswith("." + domain, autoescape=True))
+
+
 def incoming_report_rows(session: Session, domain: str,
                          since: datetime) -> list[tuple[str, dict[str, Any]]]:
     """(reporter, row JSON) of stored reports on ``domain`` or a subdomain since ``since``."""
@@ -193,7 +200,6 @@ def incoming_report_rows(session: Session, domain: str,
     reports = session.execute(
         select(DmarcIncomingReport.org_name, DmarcIncomingReport.rows)
         .where(DmarcIncomingReport.status == "stored", DmarcIncomingReport.end_at >= since,
-               or_(DmarcIncomingReport.domain == domain,
-                   DmarcIncomingReport.domain.endswith("." + domain, autoescape=True)))
+               reports_on(domain))
         .order_by(DmarcIncomingReport.id))
     return [(str(org), row) for org, rows in reports for row in rows]

@@ -1,5 +1,8 @@
 """Finding a DMARC record and the organizational domain: by public suffix list or tree walk.
 
+In the library so the dmarc service (verdicts, reports) and the web console (the
+readiness of a domain for p=reject, the organisations of sending sources) share it.
+
 Two methods, chosen by ``mode``:
 
 * ``"psl"`` (RFC 7489 section 3.2 and 6.6.3): the organizational domain is
@@ -22,8 +25,8 @@ from dataclasses import dataclass
 
 from publicsuffixlist import PublicSuffixList
 
+from postroom.mailauth.dmarcrecord import DMARCRecord, MalformedRecord, NotDMARC, is_dmarc, parse
 from postroom.net.dns import NXDomain, Resolver
-from postroom_dmarc.record import DMARCRecord, MalformedRecord, NotDMARC, is_dmarc, parse
 
 MODES = ("psl", "treewalk")
 _MAX_LABELS = 8
