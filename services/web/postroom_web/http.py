@@ -204,7 +204,7 @@ class WebApp:
                  templates: Environment, static: dict[str, StaticFile], metrics: Metrics,
                  reactor: ReactorThreads, logins: Logins | None = None,
                  redis: Any = None, pool: ThreadPool | None = None,
-                 health: Health | None = None) -> None:
+                 health: Health | None = None, dmarc: Any = None) -> None:
         self.settings = settings
         self.database = database
         self.registry = registry
@@ -217,6 +217,8 @@ class WebApp:
         self.pool = pool
         #: this process's /healthz checks (database, Redis, listeners), for the overview
         self.health = health
+        #: the DMARC pages' source-name cache and DNS threads (postroom_web.dmarc.console)
+        self.dmarc = dmarc
         self._adapters: dict[int, TypeAdapter[Any]] = {}
         requests_total(metrics)
         request_seconds(metrics)
