@@ -145,9 +145,12 @@ def test_the_dmarc_page_lists_domains_and_its_picker_leads_to_the_dashboard(
     admin.login(data.admin)
     index = admin.get("/dmarc")
     assert index.status == 200 and data.managed in index.text and SENDER in index.text
-    picked = admin.get(f"/dmarc?domain={data.managed.upper()}&range=30d")
+    picked = admin.get(f"/dmarc?domain={data.managed.upper()}&range=30d&from=2026-01-01&to=x")
     assert picked.status == 303
     assert picked.header("location") == f"/dmarc/{data.managed}?range=30d"
+    custom = admin.get(f"/dmarc?domain={data.managed}&range=custom&from=2026-03-01&to=2026-03-02")
+    assert custom.header("location") == \
+        f"/dmarc/{data.managed}?range=custom&from=2026-03-01&to=2026-03-02"
     page = admin.get(f"/dmarc/{data.managed}?range=30d")
     assert page.status == 200
     for text in (GOOD, BAD, REPORTED, "Not ready yet", "google.com", "<svg"):

@@ -24,7 +24,9 @@ def _domains(session: StoreSession, principal: Principal) -> list[dmarcstats.Dom
 
 
 def _range_args(ctx: Ctx) -> dict[str, str]:
-    return {k: ctx.args[k][:20] for k in ("range", "from", "to") if k in ctx.args}
+    """The picker's period for the dashboard's URL: the days only for a custom range."""
+    keys = ("range", "from", "to") if ctx.args.get("range") == "custom" else ("range",)
+    return {k: ctx.args[k][:20] for k in keys if k in ctx.args}
 
 
 @page("GET", "/dmarc", template="dmarc/index.html", access=Access.CONSOLE, title="DMARC")
