@@ -28,7 +28,7 @@ from selenium.webdriver.common.by import By
 from postroom.mailauth.dmarcreport import IncomingReport, IncomingRow
 from postroom.store import dmarc as dmarc_store
 from postroom.store import webaccess
-from tests.support.browser import chromium, csp_violations, screenshot
+from tests.support.browser import csp_violations, save_screenshot
 from tests.support.dns import DNSServer
 from tests.support.instance import Instance, shared_free_port
 from tests.support.ports import free_port
@@ -166,10 +166,17 @@ def mail(dash: tuple[Instance, str], dns_server_session: DNSServer) -> tuple[Ins
     return inst, base
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    with chromium() as driver:
-        yield driver
+def screenshot(browser: Any, name: str, *, dark: bool = False) -> None:
+    """The page as a test artifact; ``dark``: with prefers-color-scheme: dark."""
+    if not dark:
+        save_screenshot(browser, name)
+        return
+    browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {
+        "features": [{"name": "prefers-color-scheme", "value": "dark"}]})
+    try:
+        save_screenshot(browser, f"{name}-dark")
+    finally:
+        browser.execute_cdp_cmd("Emulation.setEmulatedMedia", {"features": []})
 
 
 def _text(browser: Any) -> str:

@@ -39,6 +39,8 @@ from tests.support.procs import ServiceProcess, listener_env, runtime_argv
 from tests.support.redisdb import delete_prefix
 
 PASSWORD = "correct horse battery"
+#: POSTROOM_HOSTNAME of the service: the host its DNS records name
+HOSTNAME = "mail.postroom.test"
 _CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -191,8 +193,8 @@ def _setup(db: Database, tag: str) -> dict[str, str]:
 @pytest.fixture(scope="module")
 def web(redis_url: str, tmp_path_factory: pytest.TempPathFactory,
         dns_server_session: DNSServer) -> Iterator[WebServer]:
-    """`postroom serve web` on its own database, with the accounts and tokens above; its DNS
-    is the loopback test server (the DMARC pages look names up)."""
+    """`postroom serve web` on its own database, with the accounts and tokens above; its
+    DNS lookups (the DNS pages' checks) go to the loopback test server (``dns_server``)."""
     import redis
 
     certs: Path = tmp_path_factory.mktemp("web-tls")
@@ -209,6 +211,8 @@ def web(redis_url: str, tmp_path_factory: pytest.TempPathFactory,
                            web_tls_listen=tls_port)
         env["POSTROOM_AUTH_DELAY_MAX"] = "0"
         env.update(dns_server_session.env)
+        env["POSTROOM_HOSTNAME"] = HOSTNAME
+        env["POSTROOM_DNS_TIMEOUT"] = "1"
         process = ServiceProcess("web", env, argv=runtime_argv("postroom_web.main:SERVICE"))
         process.start(timeout=60)
         yield WebServer("127.0.0.1", port, tls_port, process, db, prefix, **names)

@@ -200,11 +200,15 @@ def _header(request: Any, name: str) -> str | None:
 class WebApp:
     """The service's shared state and the request pipeline."""
 
+    #: the DMARC pages' source-name cache and DNS threads (postroom_web.dmarc.console), set
+    #: by the service at start; one per process
+    dmarc: Any = None
+
     def __init__(self, *, settings: Settings, database: Database, registry: Registry,
                  templates: Environment, static: dict[str, StaticFile], metrics: Metrics,
                  reactor: ReactorThreads, logins: Logins | None = None,
                  redis: Any = None, pool: ThreadPool | None = None,
-                 health: Health | None = None, dmarc: Any = None) -> None:
+                 health: Health | None = None) -> None:
         self.settings = settings
         self.database = database
         self.registry = registry
@@ -217,8 +221,6 @@ class WebApp:
         self.pool = pool
         #: this process's /healthz checks (database, Redis, listeners), for the overview
         self.health = health
-        #: the DMARC pages' source-name cache and DNS threads (postroom_web.dmarc.console)
-        self.dmarc = dmarc
         self._adapters: dict[int, TypeAdapter[Any]] = {}
         requests_total(metrics)
         request_seconds(metrics)

@@ -15,7 +15,7 @@ from postroom.runtime import ServiceContext, StartupError
 from postroom.store import webaccess
 from postroom_web import routes
 from postroom_web.auth import Logins
-from postroom_web.dmarc.console import DNS_THREADS, DmarcConsole
+from postroom_web.dmarc.console import LOOKUP_THREADS, DmarcConsole
 from postroom_web.http import PerClientLimit, WebApp, WebSite
 from postroom_web.templating import load_static, make_environment
 
@@ -35,19 +35,19 @@ def build_app(ctx: ServiceContext) -> WebApp:
     logins = Logins(ctx.db, limiter, pool, ctx.reactor, ctx.metrics,
                     session_ttl=max(1, int(settings.web_session_ttl)))
     static = load_static()
-    # one per process: its name cache serves every render (docs/web.md, DMARC dashboard)
-    dmarc = DmarcConsole(settings, ctx.metrics, ctx.reactor,
-                         ctx.thread_pool("dmarc-dns", DNS_THREADS))
-    ctx.on_stop(dmarc.close)
     return WebApp(settings=settings, database=ctx.db, registry=routes.registry(),
                   templates=make_environment(static), static=static, metrics=ctx.metrics,
                   reactor=ctx.reactor, logins=logins, redis=ctx.redis_client, pool=pool,
-                  health=ctx.health, dmarc=dmarc)
+                  health=ctx.health)
 
 
 async def start_listening(ctx: ServiceContext) -> WebApp:
     """Serve on POSTROOM_WEB_LISTEN, and with TLS on POSTROOM_WEB_TLS_LISTEN when set."""
     app = build_app(ctx)
+    # one per process: its name cache serves every render (docs/web.md, DMARC dashboard)
+    app.dmarc = DmarcConsole(ctx.settings, ctx.metrics, ctx.reactor,
+                             ctx.thread_pool("dmarc-dns", LOOKUP_THREADS))
+    ctx.on_stop(app.dmarc.close)
     site: Any = PerClientLimit(WebSite(app), ctx.settings.max_connections_per_ip, ctx.metrics,
                                exempt=ctx.settings.web_proxy_trusted)
     await ctx.listen_all(ctx.settings.web_listen, site)

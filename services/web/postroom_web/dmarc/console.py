@@ -37,7 +37,7 @@ RANGES: dict[str, timedelta] = {"24h": timedelta(hours=24), "7d": timedelta(days
 DEFAULT_RANGE = "7d"
 # the current DMARC record is looked up within this many seconds (then: "not read")
 RECORD_BUDGET = 2.0
-DNS_THREADS = 4
+LOOKUP_THREADS = 4
 
 
 class Hidden(Exception):
