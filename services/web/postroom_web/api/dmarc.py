@@ -8,8 +8,9 @@ is 404.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -19,14 +20,12 @@ from postroom.store.webaccess import Principal
 from postroom_web.dmarc import console
 from postroom_web.dmarc.dashboard import (
     SOURCES_LIMIT,
-    Figures,
     dashboard_json,
     reporter_row,
     source_row,
 )
 from postroom_web.dmarc.sources import SourceName
 from postroom_web.framework import (
-    MAX_LIMIT,
     Access,
     ApiError,
     Ctx,
@@ -37,6 +36,7 @@ from postroom_web.framework import (
     not_found,
 )
 
+T = TypeVar("T")
 Rate = Field(None, ge=0, le=100, description="Percent of the messages, None without any.")
 Count = Field(ge=0)
 
@@ -147,15 +147,15 @@ class SourcesQuery(PageQuery):
     end: datetime | None = Field(None, description="As for the dashboard.")
     origin: Literal["seen", "reported"] | None = Field(
         None, description="Only our verdicts (seen) or only the reports' rows (reported).")
-    limit: int = Field(50, ge=1, le=MAX_LIMIT, description="Items to return.")
 
 
 # --- handlers
 
-async def _figures(ctx: Ctx, domain: str, start: datetime, end: datetime,
-                   ) -> tuple[Figures, bool]:
+async def visible_run(ctx: Ctx, fn: Callable[..., T], domain: str, *args: Any) -> T:
+    """``fn(session, principal, domain, *args)`` in a ``db`` transaction, its visibility
+    checks (postroom_web.dmarc.console) answered as 403 and 404."""
     try:
-        return await ctx.run(console.load, ctx.user, domain, start, end)
+        return await ctx.run(fn, ctx.user, domain, *args)
     except console.Hidden as exc:
         raise forbidden(f"you may not see the DMARC data of {exc}") from None
     except console.NoData as exc:
@@ -170,7 +170,8 @@ def _range(start: datetime | None, end: datetime | None) -> tuple[datetime, date
                                                 "type": "range"}]) from None
 
 
-def _domains(session: StoreSession, principal: Principal) -> list[DmarcDomain]:
+def domains_seen_by(session: StoreSession, principal: Principal) -> list[DmarcDomain]:
+    """The domains with data ``principal`` may see (ours first, then by name)."""
     return [DmarcDomain(domain=d.domain, local=d.local, seen=d.seen, reported=d.reported)
             for d in dmarcstats.domains_with_data(session, local_only=not principal.is_admin)
             if console.may_see(principal, d.domain)]
@@ -182,7 +183,7 @@ async def list_dmarc_domains(ctx: Ctx, query: PageQuery) -> Page[DmarcDomain]:
     """Every domain with verdicts or aggregate reports that the caller may see, ours first,
     then by name: administrators also the sender domains only seen in the From: of mail we
     received; a manager its own domains and their subdomains only."""
-    found: list[DmarcDomain] = await ctx.run(_domains, ctx.user)
+    found: list[DmarcDomain] = await ctx.run(domains_seen_by, ctx.user)
     return Page[DmarcDomain].of(found[query.offset:query.offset + query.limit], len(found),
                                 query)
 
@@ -195,7 +196,7 @@ async def get_dmarc_dashboard(ctx: Ctx, domain: str, query: RangeQuery) -> dict[
     reporting receiver said, and the readiness for p=quarantine / p=reject with the DNS
     record to publish. The range is at most 400 days; default the last 7 days."""
     start, end = _range(query.start, query.end)
-    figures, local = await _figures(ctx, domain, start, end)
+    figures, local = await visible_run(ctx, console.load, domain, start, end)
     dashboard = await ctx.app.dmarc.assemble(figures, local=local)
     return dashboard_json(dashboard)
 
@@ -214,12 +215,7 @@ async def list_dmarc_sources(ctx: Ctx, domain: str, query: SourcesQuery) -> Page
     """Every sending address over the range, the busiest first, one row per origin, with
     its pass rates, status and (where known) reverse name and organisation."""
     start, end = _range(query.start, query.end)
-    try:
-        rows, total = await ctx.run(_source_page, ctx.user, domain, query, start, end)
-    except console.Hidden as exc:
-        raise forbidden(f"you may not see the DMARC data of {exc}") from None
-    except console.NoData as exc:
-        raise not_found(f"no DMARC data for {exc}") from None
+    rows, total = await visible_run(ctx, _source_page, domain, query, start, end)
     names: dict[str, SourceName] = await ctx.app.dmarc.lookup([r.source_ip for r in rows])
     items = [Source.model_validate(source_row(r, names)) for r in rows]
     return Page[Source].of(items, total, query)
@@ -232,10 +228,5 @@ async def list_dmarc_reporters(ctx: Ctx, domain: str, query: RangeQuery) -> list
     domain whose period begins in the range, their messages, aligned SPF / DKIM and DMARC
     pass rates, and what it did with the mail."""
     start, end = _range(query.start, query.end)
-    try:
-        found = await ctx.run(console.load_reporters, ctx.user, domain, start, end)
-    except console.Hidden as exc:
-        raise forbidden(f"you may not see the DMARC data of {exc}") from None
-    except console.NoData as exc:
-        raise not_found(f"no DMARC data for {exc}") from None
+    found = await visible_run(ctx, console.load_reporters, domain, start, end)
     return [Reporter.model_validate(reporter_row(r)) for r in found]

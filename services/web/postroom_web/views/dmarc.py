@@ -7,20 +7,13 @@ from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import quote, urlencode
 
-from postroom.store import dmarcstats
 from postroom.store.addresses import normalise_domain
-from postroom.store.db import StoreSession
-from postroom.store.webaccess import Principal
+from postroom_web.api.dmarc import domains_seen_by, visible_run
 from postroom_web.dmarc import console
-from postroom_web.framework import Access, Ctx, Redirect, forbidden, not_found, page
+from postroom_web.framework import Access, Ctx, Redirect, page
 
 # the domain picker lists this many at most (the rest: type the name)
 PICKER_LIMIT = 500
-
-
-def _domains(session: StoreSession, principal: Principal) -> list[dmarcstats.DomainWithData]:
-    return [d for d in dmarcstats.domains_with_data(session, local_only=not principal.is_admin)
-            if console.may_see(principal, d.domain)]
 
 
 def _range_args(ctx: Ctx) -> dict[str, str]:
@@ -40,7 +33,7 @@ async def dmarc_index(ctx: Ctx) -> dict[str, Any] | Redirect:
         if name:
             query = urlencode(_range_args(ctx))
             return Redirect(f"/dmarc/{quote(name, safe='')}" + (f"?{query}" if query else ""))
-    found = await ctx.run(_domains, ctx.user)
+    found = await ctx.run(domains_seen_by, ctx.user)
     picked = console.page_range(ctx.args, datetime.now(UTC))
     return {"domains": found[:PICKER_LIMIT], "more": max(0, len(found) - PICKER_LIMIT),
             "range": picked, "ranges": list(console.RANGES), "domain": None,
@@ -51,13 +44,8 @@ async def dmarc_index(ctx: Ctx) -> dict[str, Any] | Redirect:
       title="DMARC")
 async def dmarc_domain(ctx: Ctx, domain: str) -> dict[str, Any]:
     picked = console.page_range(ctx.args, datetime.now(UTC))
-    try:
-        figures, local = await ctx.run(console.load, ctx.user, domain, picked.start, picked.end)
-    except console.Hidden as exc:
-        raise forbidden(f"You may not see the DMARC data of {exc}.") from None
-    except console.NoData as exc:
-        raise not_found(f"No DMARC data for {exc}.") from None
-    found = await ctx.run(_domains, ctx.user)
+    figures, local = await visible_run(ctx, console.load, domain, picked.start, picked.end)
+    found = await ctx.run(domains_seen_by, ctx.user)
     dashboard = await ctx.app.dmarc.assemble(figures, local=local)
     return {"dashboard": dashboard, "domain": figures.domain, "local": local,
             "domains": found[:PICKER_LIMIT], "more": max(0, len(found) - PICKER_LIMIT),
