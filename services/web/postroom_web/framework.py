@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 from twisted.internet.defer import Deferred
 
 from postroom.config import Settings
-from postroom.store import domains as store_domains
 from postroom.store.addresses import normalise_domain
+from postroom.store.domains import is_local_domain
 from postroom.store.webaccess import Principal
 
 if TYPE_CHECKING:
@@ -205,7 +205,7 @@ class Ctx:
             raise not_found(f"no domain {domain[:255]}") from None
         if not self.user.can_manage(name):
             raise forbidden(f"you do not manage {name}")
-        if not store_domains.is_local_domain(self.store, name):
+        if not is_local_domain(self.store, name):
             raise not_found(f"no domain {name}")
         return name
 
