@@ -80,6 +80,9 @@ def test_admins_see_sender_domains_and_unknown_ones_are_404(data: WebServer) -> 
     assert sender["totals"][0]["messages"] == 4 and sender["totals"][0]["dmarc_rate"] == 50.0
     assert admin.api("GET", "/dmarc/nothing-here.test").status == 404
     assert admin.api("GET", "/dmarc/not..a..name").status == 404
+    for hostile in ("a" * 1000 + ".test", quote("b\u00fccher.test"), "%00.test", "..", "x%2Fy"):
+        reply = admin.api("GET", f"/dmarc/{hostile}")
+        assert reply.status == 404 and reply.json()["error"]["code"] == "not_found", hostile
     # ours without data: an empty dashboard, not a 404
     empty = admin.api("GET", f"/dmarc/{data.other}").json()
     assert empty["readiness"]["verdict"] == "no_data"
