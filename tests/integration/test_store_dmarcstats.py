@@ -169,3 +169,27 @@ def test_source_lists_give_both_lists_in_one_statement(filled):
                                        failing_limit=1)
     assert [s.source_ip for s in busiest] == ["192.0.2.1", "198.51.100.7"]
     assert [(s.source_ip, s.counts.dmarc_fail) for s in failing] == [("198.51.100.7", 5)]
+
+
+def test_source_page_pages_both_origins_busiest_first_with_a_total(filled):
+    every, total = filled.run_sync(dmarcstats.source_page, DOMAIN, *RANGE, limit=10)
+    assert total == 5
+    assert [(s.source_ip, s.origin, s.counts.messages) for s in every] == [
+        ("203.0.113.5", "reported", 150), ("203.0.113.6", "reported", 27),
+        ("192.0.2.1", "seen", 12), ("198.51.100.7", "seen", 5), ("2001:db8::1", "seen", 3)]
+    assert every[2].counts == Counts(12, 6, 10, 10) and every[2].header_from == (DOMAIN,)
+    page, total = filled.run_sync(dmarcstats.source_page, DOMAIN, *RANGE, offset=2, limit=2)
+    assert [s.source_ip for s in page] == ["192.0.2.1", "198.51.100.7"] and total == 5
+    past, total = filled.run_sync(dmarcstats.source_page, DOMAIN, *RANGE, offset=50, limit=2)
+    assert past == [] and total == 5
+    seen, total = filled.run_sync(dmarcstats.source_page, DOMAIN, *RANGE, origin="seen")
+    assert total == 3 and {s.origin for s in seen} == {"seen"}
+    with pytest.raises(dmarcstats.RangeError):
+        filled.run_sync(dmarcstats.source_page, DOMAIN, *RANGE, origin="both")
+
+
+def test_has_data_probes_verdicts_and_reports(filled):
+    assert filled.run_sync(dmarcstats.has_data, "other.test")  # verdicts only
+    assert filled.run_sync(dmarcstats.has_data, "notexample.org")  # a report only
+    assert filled.run_sync(dmarcstats.has_data, "Example.ORG.")
+    assert not filled.run_sync(dmarcstats.has_data, "nothing.test")

@@ -15,7 +15,7 @@ from selenium.webdriver.common.by import By
 
 from postroom.store import spool
 from postroom.store.errors import NotFound
-from tests.support.browser import csp_violations, screenshot
+from tests.support.browser import csp_violations, save_screenshot
 from tests.support.instance import queue_id_of, unverified_tls
 from tests.support.ports import free_port
 from tests.support.redisdb import wait_until
@@ -269,19 +269,19 @@ def test_the_pages_in_a_browser_without_csp_violations(stack, clients, browser):
     assert len(charts) == 2  # deliveries and rejects
     bars = browser.find_elements(By.CSS_SELECTOR, "svg.chart rect.chart-series-deferred")
     assert bars and bars[0].value_of_css_property("fill") != "rgb(0, 0, 0)"  # charts.css
-    screenshot(browser, "webqueue-overview")
+    save_screenshot(browser, "webqueue-overview")
     browser.get(f"{base}/queue")
     rows = browser.find_elements(By.CSS_SELECTOR, "table.queue tbody tr")
     assert mail.out in rows[0].text
-    screenshot(browser, "webqueue-queue")
+    save_screenshot(browser, "webqueue-queue")
     # the list's retry form: back to the list with the notice
     rows[0].find_element(By.CSS_SELECTOR, "form.row-action button").click()
     wait_until(lambda: "will be tried now" in browser.page_source, timeout=10)
     browser.get(f"{base}/queue/{mail.out}")
     assert "Delete (no bounce)" in browser.page_source
-    screenshot(browser, "webqueue-message")
+    save_screenshot(browser, "webqueue-message")
     browser.get(f"{base}/trace/{mail.out}")
     events = browser.find_elements(By.CSS_SELECTOR, "ol.timeline li")
     assert len(events) >= 3 and "received submission" in events[0].text
-    screenshot(browser, "webqueue-trace")
+    save_screenshot(browser, "webqueue-trace")
     assert csp_violations(browser) == []

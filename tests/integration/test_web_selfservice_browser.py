@@ -2,11 +2,10 @@
 password and turns two-factor login on, logs in again with a TOTP code, and the real imap, pop3
 and msa processes (stdlib clients) then refuse the main password and take the app password
 until it is revoked in the browser. Screenshots of each self-service page are kept
-(POSTROOM_TEST_ARTIFACTS, default var/test-artifacts/web)."""
+(POSTROOM_TEST_ARTIFACTS, default test-artifacts/)."""
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from collections.abc import Iterator
@@ -15,11 +14,10 @@ from typing import Any
 
 import pyotp
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
 from tests.integration.test_login_limits import imap_login, pop3_login, smtp_login
+from tests.support.browser import csp_violations, save_screenshot
 from tests.support.redisdb import wait_until
 from tests.support.suite import PASSWORD, Running, Suite
 
@@ -29,8 +27,6 @@ LIMITS = {"POSTROOM_AUTH_FAIL_LIMIT": "1000", "POSTROOM_AUTH_ADDRESS_FAIL_LIMIT"
           "POSTROOM_AUTH_DELAY_MAX": "0"}
 USER = "walter@selfservice.example"
 SOURCE = "127.0.0.1"
-ARTIFACTS = Path(os.environ.get("POSTROOM_TEST_ARTIFACTS",
-                                Path(__file__).resolve().parents[2] / "var" / "test-artifacts"))
 
 
 @pytest.fixture(scope="module")
@@ -45,30 +41,8 @@ def services(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterat
         yield suite, started
 
 
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    options = webdriver.ChromeOptions()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--disable-gpu", "--window-size=1200,1100"):
-        options.add_argument(argument)
-    options.binary_location = "/usr/bin/chromium"
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
 def shoot(browser: Any, name: str) -> None:
-    folder = ARTIFACTS / "web"
-    folder.mkdir(parents=True, exist_ok=True)
-    browser.save_screenshot(str(folder / f"selfservice-{name}.png"))
-
-
-def csp_violations(browser: Any) -> list[str]:
-    return [e["message"] for e in browser.get_log("browser")
-            if "Content Security Policy" in e["message"] or "Refused to" in e["message"]]
+    save_screenshot(browser, f"selfservice-{name}")
 
 
 def fill(browser: Any, field: str, value: str) -> None:

@@ -291,7 +291,8 @@ def test_each_request_is_one_log_line_without_secrets(web: WebServer) -> None:
 def test_the_documented_web_metrics_count_requests_by_route_template(web: WebServer) -> None:
     docs = (Path(__file__).resolve().parents[2] / "docs" / "metrics.md").read_text()
     documented = set(re.findall(r"postroom_web_[a-z_]+", docs))
-    assert documented == {"postroom_web_requests_total", "postroom_web_request_seconds"}
+    assert documented == {"postroom_web_requests_total", "postroom_web_request_seconds",
+                          "postroom_web_source_lookups_total"}
     web.client(bearer=web.admin_token).api("GET", "/domains")
     status, body = web.process.get("/metrics")
     text = body.decode()

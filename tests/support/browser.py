@@ -1,9 +1,12 @@
-"""Headless Chromium for the console's browser tests (Debian's chromium and chromium-driver).
+"""A real headless Chromium (Debian's chromium through chromium-driver) for console tests,
+and screenshots saved as test artifacts.
 
-The ``browser`` fixture (one per module) is a selenium WebDriver with the browser log on;
-:func:`csp_violations` reads the Content-Security-Policy refusals from it, and
-:func:`screenshot` saves a page under ``POSTROOM_TEST_ARTIFACTS`` (default
-``test-artifacts/``, ignored by git) for people to look at.
+    def test_page(web: WebServer, browser: Any) -> None:
+        browser.get(...)
+        save_screenshot(browser, "users")     # -> $POSTROOM_TEST_ARTIFACTS/users.png
+
+Screenshots go to the directory in ``POSTROOM_TEST_ARTIFACTS`` (default ``test-artifacts/``
+in the repository, which git ignores); each saved path is printed.
 """
 
 from __future__ import annotations
@@ -14,14 +17,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Any]:
+    """One headless Chromium for the module, 1200x900, with the console's log kept."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
     options = webdriver.ChromeOptions()
     for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
                      "--disable-gpu", "--window-size=1200,900"):
@@ -36,22 +41,24 @@ def browser() -> Iterator[Any]:
 
 
 def csp_violations(browser: Any) -> list[str]:
-    """The browser log's Content-Security-Policy refusals since the last call."""
+    """The Content-Security-Policy refusals in the browser's console since the last call."""
     return [e["message"] for e in browser.get_log("browser")
             if "Content Security Policy" in e["message"] or "Refused to" in e["message"]]
 
 
 def artifacts_dir() -> Path:
-    where = Path(os.environ.get("POSTROOM_TEST_ARTIFACTS", "test-artifacts"))
-    path = where if where.is_absolute() else REPO_ROOT / where
+    """POSTROOM_TEST_ARTIFACTS, else test-artifacts/ in the repository (made if missing)."""
+    path = Path(os.environ.get("POSTROOM_TEST_ARTIFACTS") or REPO / "test-artifacts")
     path.mkdir(parents=True, exist_ok=True)
     return path
 
 
-def screenshot(browser: Any, name: str) -> Path:
-    """The whole page as ``<artifacts>/<name>.png``; its path."""
+def save_screenshot(browser: Any, name: str) -> Path:
+    """The whole page as ``<artifacts>/<name>.png``; prints the path."""
+    path = artifacts_dir() / f"{name}.png"
     height = browser.execute_script("return document.documentElement.scrollHeight")
     browser.set_window_size(1200, max(900, min(int(height) + 40, 6000)))
-    path = artifacts_dir() / f"{name}.png"
     browser.save_screenshot(str(path))
+    browser.set_window_size(1200, 900)
+    print(f"screenshot: {path}")
     return path

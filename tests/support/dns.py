@@ -72,6 +72,7 @@ _RAW_TYPES = {"TLSA": 52}
 
 def _serve() -> None:  # pragma: no cover - runs in the child process
     from twisted.internet import defer, reactor, stdio
+    from twisted.internet.error import CannotListenError
     from twisted.names import common, server
     from twisted.names import dns as tdns
     from twisted.protocols.basic import LineReceiver
@@ -186,7 +187,7 @@ def _serve() -> None:  # pragma: no cover - runs in the child process
             port = udp.getHost().port
             try:
                 reactor.listenTCP(port, factory, interface="127.0.0.1")  # type: ignore[attr-defined]
-            except OSError:
+            except (OSError, CannotListenError):  # the latter is no OSError: retry it too
                 udp.stopListening()
                 continue
             return int(port)

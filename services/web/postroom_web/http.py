@@ -201,6 +201,10 @@ def _header(request: Any, name: str) -> str | None:
 class WebApp:
     """The service's shared state and the request pipeline."""
 
+    #: the DMARC pages' source-name cache and DNS threads (postroom_web.dmarc.console), set
+    #: by the service at start; one per process
+    dmarc: Any = None
+
     def __init__(self, *, settings: Settings, database: Database, registry: Registry,
                  templates: Environment, static: dict[str, StaticFile], metrics: Metrics,
                  reactor: ReactorThreads, logins: Logins | None = None,

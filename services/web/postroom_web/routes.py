@@ -6,6 +6,7 @@ Adding an area is one line here (docs/web.md, "Adding an endpoint and a page").
 from __future__ import annotations
 
 from postroom_web.api import account as api_account
+from postroom_web.api import dmarc as api_dmarc
 from postroom_web.api import domains as api_domains
 from postroom_web.api import meta as api_meta
 from postroom_web.api import metrics as api_metrics
@@ -14,6 +15,7 @@ from postroom_web.api import tls_reports as api_tls
 from postroom_web.framework import REGISTRY, Registry
 from postroom_web.views import account as views_account
 from postroom_web.views import autoconfig as views_autoconfig
+from postroom_web.views import dmarc as views_dmarc
 from postroom_web.views import domains as views_domains
 from postroom_web.views import mailfilters as views_mailfilters
 from postroom_web.views import overview as views_overview
@@ -21,9 +23,9 @@ from postroom_web.views import queue as views_queue
 from postroom_web.views import selfservice as views_selfservice
 from postroom_web.views import tls_reports as views_tls
 
-MODULES = (api_meta, api_domains, api_account, api_tls, api_queue, api_metrics, views_account,
-           views_overview, views_domains, views_selfservice, views_mailfilters,
-           views_autoconfig, views_tls, views_queue)
+MODULES = (api_meta, api_domains, api_account, api_tls, api_queue, api_metrics, api_dmarc,
+           views_account, views_overview, views_domains, views_selfservice, views_mailfilters,
+           views_autoconfig, views_tls, views_queue, views_dmarc)
 
 
 def registry() -> Registry:

@@ -18,6 +18,7 @@ from postroom.store import webaccess
 from postroom.store.acme import alpn_challenges
 from postroom_web import routes
 from postroom_web.auth import Logins
+from postroom_web.dmarc.console import LOOKUP_THREADS, DmarcConsole
 from postroom_web.http import PerClientLimit, WebApp, WebSite
 from postroom_web.templating import load_static, make_environment
 
@@ -60,6 +61,10 @@ def _keyring(ctx: ServiceContext) -> Keyring | None:
 async def start_listening(ctx: ServiceContext) -> WebApp:
     """Serve on POSTROOM_WEB_LISTEN, and with TLS on POSTROOM_WEB_TLS_LISTEN when set."""
     app = build_app(ctx)
+    # one per process: its name cache serves every render (docs/web.md, DMARC dashboard)
+    app.dmarc = DmarcConsole(ctx.settings, ctx.metrics, ctx.reactor,
+                             ctx.thread_pool("dmarc-dns", LOOKUP_THREADS))
+    ctx.on_stop(app.dmarc.close)
     site: Any = PerClientLimit(WebSite(app), ctx.settings.max_connections_per_ip, ctx.metrics,
                                exempt=ctx.settings.web_proxy_trusted)
     await ctx.listen_all(ctx.settings.web_listen, site)

@@ -19,12 +19,27 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import BigInteger, Select, cast, column, distinct, func, or_, select, text, true
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import (
+    BigInteger,
+    Select,
+    Text,
+    cast,
+    column,
+    distinct,
+    func,
+    literal,
+    literal_column,
+    or_,
+    select,
+    text,
+    true,
+    union_all,
+)
+from sqlalchemy.dialects.postgresql import ARRAY, JSONB
 from sqlalchemy.orm import Session
 
 from postroom.store.dmarc import reports_on
-from postroom.store.models import DmarcIncomingReport, Domain
+from postroom.store.models import DmarcIncomingReport, DmarcResult, Domain
 
 BUCKETS = ("hour", "day")
 HOURLY_UP_TO = timedelta(days=2)  # a longer range is drawn by day
@@ -328,6 +343,69 @@ def reporters(session: Session, domain: str, start: datetime,
             for r in session.execute(query)]
 
 
+def source_page(session: Session, domain: str, start: datetime, end: datetime, *,
+                origin: str | None = None, offset: int = 0,
+                limit: int = 50) -> tuple[list[SourceCounts], int]:
+    """One page of every source address over the range, of one origin (``seen`` or
+    ``reported``) or of both (an address in both is on two rows), the busiest first; and
+    how many rows there are in all."""
+    if origin is not None and origin not in ORIGINS:
+        raise RangeError(f"origin must be one of {', '.join(ORIGINS)}")
+    bucket_for(start, end)
+    name = _domain(domain)
+    parts: list[Any] = []
+    if origin in (None, "seen"):
+        r = DmarcResult
+        parts.append(
+            select(func.host(r.source_ip).label("source_ip"),
+                   literal_column("'seen'").label("origin"),
+                   func.count().label("messages"),
+                   func.count().filter(r.spf_aligned).label("spf_pass"),
+                   func.count().filter(r.dkim_aligned).label("dkim_pass"),
+                   func.count().filter(r.dmarc_result == "pass").label("dmarc_pass"),
+                   func.max(r.received_at).label("last_seen"),
+                   cast(func.array_agg(distinct(r.header_from)), ARRAY(Text))
+                   .label("header_from"))
+            .where(r.reporting_domain == name, r.received_at >= start, r.received_at < end)
+            .group_by(r.source_ip))
+    if origin in (None, "reported"):
+        report = _reports(name, start, end)
+        row, count, spf, dkim, dmarc = _report_rows(report)
+        ip = row.c.value["source_ip"].astext
+        parts.append(
+            select(ip.label("source_ip"), literal_column("'reported'").label("origin"),
+                   *_report_sums(count, spf, dkim, dmarc),
+                   func.max(report.c.end_at).label("last_seen"),
+                   cast(func.array_agg(distinct(row.c.value["header_from"].astext)),
+                        ARRAY(Text)).label("header_from"))
+            .select_from(report.join(row, true())).group_by(ip))
+    combined: Any = parts[0] if len(parts) == 1 else union_all(*parts)
+    every: Any = combined.subquery("source")
+    query = (select(every, func.count().over().label("total"))
+             .order_by(every.c.messages.desc(), every.c.source_ip, every.c.origin)
+             .offset(max(0, int(offset))).limit(max(0, int(limit))))
+    rows = session.execute(query).all()
+    if not rows and offset > 0:
+        total = int(session.execute(select(func.count()).select_from(every)).scalar_one())
+    else:
+        total = int(rows[0].total) if rows else 0
+    return [SourceCounts(r.source_ip, r.origin, _counts(r), r.last_seen,
+                         tuple(sorted(h for h in r.header_from if h)[:5]))
+            for r in rows], total
+
+
+def has_data(session: Session, domain: str) -> bool:
+    """Whether any verdict or stored report is about ``domain`` (one index probe each)."""
+    name = _domain(domain)
+    seen = session.execute(select(literal(1)).where(
+        select(DmarcResult.id).where(DmarcResult.reporting_domain == name).exists())).first()
+    if seen is not None:
+        return True
+    r = DmarcIncomingReport
+    return session.execute(select(literal(1)).where(
+        select(r.id).where(r.status == "stored", reports_on(name)).exists())).first() is not None
+
+
 @dataclass(frozen=True)
 class DomainWithData:
     """A domain the dashboard can show: ours (a local domain) or only seen in From:."""
@@ -367,5 +445,5 @@ def domains_with_data(session: Session, *, local_only: bool = False) -> list[Dom
 
 
 __all__ = ["BUCKETS", "Bucket", "Counts", "DomainWithData", "RangeError", "ReporterCounts",
-           "SourceCounts", "Totals", "bucket_for", "buckets", "domains_with_data",
-           "reported_sources", "reporters", "source_lists", "sources", "totals"]
+           "SourceCounts", "Totals", "bucket_for", "buckets", "domains_with_data", "has_data",
+           "reported_sources", "reporters", "source_lists", "source_page", "sources", "totals"]

@@ -10,6 +10,7 @@ mind (the bench, the tests). :func:`dashboard_json` is the API's form.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -115,13 +116,23 @@ def _iso(when: datetime | None) -> str | None:
     return when.isoformat(timespec="seconds") if when is not None else None
 
 
-def _source_row(s: SourceCounts, names: dict[str, SourceName]) -> dict[str, Any]:
+def source_row(s: SourceCounts, names: Mapping[str, SourceName]) -> dict[str, Any]:
+    """A source's row in the tables and the API."""
     name = names.get(s.source_ip) or SourceName(s.source_ip)
     return {"source_ip": s.source_ip, "origin": s.origin, "ptr": name.ptr_shown,
             "confirmed": name.confirmed, "organisation": name.organisation_shown,
             "header_from": ", ".join(s.header_from), "last_seen": _iso(s.last_seen),
             "status": source_status(s.counts.dmarc_pass, s.counts.messages),
             **_rates(s.counts)}
+
+
+def reporter_row(r: ReporterCounts) -> dict[str, Any]:
+    """A reporting organisation's row in the table and the API."""
+    return {"org_name": r.org_name or UNKNOWN, "reports": r.reports,
+            "first_begin": _iso(r.first_begin), "last_end": _iso(r.last_end),
+            "disposition_none": r.dispositions.get("none", 0),
+            "disposition_quarantine": r.dispositions.get("quarantine", 0),
+            "disposition_reject": r.dispositions.get("reject", 0), **_rates(r.counts)}
 
 
 def assemble(figures: Figures, *, names: SourceNames | None = None,
@@ -154,7 +165,7 @@ def assemble(figures: Figures, *, names: SourceNames | None = None,
                      "dmarc_pass": b.combined.dmarc_pass, "dmarc_fail": b.combined.dmarc_fail}
                     for label, b in zip(labels, figures.buckets, strict=True)]
 
-    sources = sorted((_source_row(s, found) for s in figures.sources),
+    sources = sorted((source_row(s, found) for s in figures.sources),
                      key=lambda r: (-r["messages"], r["source_ip"], r["origin"]))
     per_ip: dict[str, Counts] = {}
     for s in figures.sources:
@@ -170,14 +181,9 @@ def assemble(figures: Figures, *, names: SourceNames | None = None,
         [chart_label(ip) for ip, _ in top],
         [charts.Series("Pass", "pass", [c.dmarc_pass for _, c in top]),
          charts.Series("Fail", "fail", [c.dmarc_fail for _, c in top])])
-    failing = sorted((_source_row(s, found) for s in figures.failing),
+    failing = sorted((source_row(s, found) for s in figures.failing),
                      key=lambda r: (-r["dmarc_fail"], -r["messages"], r["source_ip"]))
-    reporters = [{"org_name": r.org_name or UNKNOWN, "reports": r.reports,
-                  "first_begin": _iso(r.first_begin), "last_end": _iso(r.last_end),
-                  "disposition_none": r.dispositions.get("none", 0),
-                  "disposition_quarantine": r.dispositions.get("quarantine", 0),
-                  "disposition_reject": r.dispositions.get("reject", 0), **_rates(r.counts)}
-                 for r in figures.reporters]
+    reporters = [reporter_row(r) for r in figures.reporters]
     t = figures.totals
     totals = [{"origin": "seen", **_rates(t.seen), "sources": t.seen_sources,
                "days": t.seen_days},
