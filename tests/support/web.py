@@ -33,11 +33,14 @@ from postroom.store import domains, users, webaccess
 from postroom.store.db import Database
 from postroom.store.migrate import upgrade
 from tests.support.db import create_test_database, drop_test_database
+from tests.support.dns import DNSServer
 from tests.support.ports import free_port
 from tests.support.procs import ServiceProcess, listener_env, runtime_argv
 from tests.support.redisdb import delete_prefix
 
 PASSWORD = "correct horse battery"
+#: POSTROOM_HOSTNAME of the service: the host its DNS records name
+HOSTNAME = "mail.postroom.test"
 _CSRF_FIELD = re.compile(r'name="csrf_token" value="([^"]+)"')
 
 
@@ -188,8 +191,10 @@ def _setup(db: Database, tag: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def web(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebServer]:
-    """`postroom serve web` on its own database, with the accounts and tokens above."""
+def web(redis_url: str, tmp_path_factory: pytest.TempPathFactory,
+        dns_server_session: DNSServer) -> Iterator[WebServer]:
+    """`postroom serve web` on its own database, with the accounts and tokens above; its
+    DNS lookups (the DNS pages' checks) go to the loopback test server (``dns_server``)."""
     import redis
 
     certs: Path = tmp_path_factory.mktemp("web-tls")
@@ -205,6 +210,9 @@ def web(redis_url: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[We
         env = listener_env(database_url, redis_url, prefix, certs, web_listen=port,
                            web_tls_listen=tls_port)
         env["POSTROOM_AUTH_DELAY_MAX"] = "0"
+        env.update(dns_server_session.env)
+        env["POSTROOM_HOSTNAME"] = HOSTNAME
+        env["POSTROOM_DNS_TIMEOUT"] = "1"
         process = ServiceProcess("web", env, argv=runtime_argv("postroom_web.main:SERVICE"))
         process.start(timeout=60)
         yield WebServer("127.0.0.1", port, tls_port, process, db, prefix, **names)

@@ -199,14 +199,25 @@ class Ctx:
         others' domains), 404 when it may but there is no such local domain.
         Needs the store session (a plain ``def`` handler).
         """
+        name = self._manageable(domain)
+        if not store_domains.is_local_domain(self.store, name):
+            raise not_found(f"no domain {name}")
+        return name
+
+    async def require_manage_async(self, domain: str) -> str:
+        """:meth:`require_manage` for an ``async`` handler (the lookup in the `db` pool)."""
+        name = self._manageable(domain)
+        if not await self.run(store_domains.is_local_domain, name):
+            raise not_found(f"no domain {name}")
+        return name
+
+    def _manageable(self, domain: str) -> str:
         try:
             name = normalise_domain(domain)
         except ValueError:
             raise not_found(f"no domain {domain[:255]}") from None
         if not self.user.can_manage(name):
             raise forbidden(f"you do not manage {name}")
-        if not store_domains.is_local_domain(self.store, name):
-            raise not_found(f"no domain {name}")
         return name
 
     def visible_domains(self) -> set[str] | None:

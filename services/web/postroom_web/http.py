@@ -38,6 +38,7 @@ from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
 from postroom.logs import get_logger
 from postroom.metrics import Histogram, Metrics, errors_total
 from postroom.net.connlimit import PerAddressLimit
+from postroom.secretbox import Keyring
 from postroom.store import errors as store_errors
 from postroom.store.db import UNAVAILABLE, Database
 from postroom_web import security
@@ -203,7 +204,7 @@ class WebApp:
                  templates: Environment, static: dict[str, StaticFile], metrics: Metrics,
                  reactor: ReactorThreads, logins: Logins | None = None,
                  redis: Any = None, pool: ThreadPool | None = None,
-                 health: Health | None = None) -> None:
+                 health: Health | None = None, keyring: Keyring | None = None) -> None:
         self.settings = settings
         self.database = database
         self.registry = registry
@@ -216,6 +217,8 @@ class WebApp:
         self.pool = pool
         #: this process's /healthz checks (database, Redis, listeners), for the overview
         self.health = health
+        #: seals the DKIM private keys the console generates (POSTROOM_SECRET_KEY_FILE)
+        self.keyring = keyring
         self._adapters: dict[int, TypeAdapter[Any]] = {}
         requests_total(metrics)
         request_seconds(metrics)

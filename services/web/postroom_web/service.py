@@ -12,6 +12,7 @@ from postroom.interfaces import twisted_clock
 from postroom.logs import get_logger
 from postroom.net.tls import ServerTLS
 from postroom.runtime import ServiceContext, StartupError
+from postroom.secretbox import Keyring, SecretError
 from postroom.store import webaccess
 from postroom_web import routes
 from postroom_web.auth import Logins
@@ -34,10 +35,14 @@ def build_app(ctx: ServiceContext) -> WebApp:
     logins = Logins(ctx.db, limiter, pool, ctx.reactor, ctx.metrics,
                     session_ttl=max(1, int(settings.web_session_ttl)))
     static = load_static()
+    try:
+        keyring = Keyring.from_files(settings.secret_key_file, settings.secret_old_key_files)
+    except SecretError as exc:
+        raise StartupError(str(exc)) from None
     return WebApp(settings=settings, database=ctx.db, registry=routes.registry(),
                   templates=make_environment(static), static=static, metrics=ctx.metrics,
                   reactor=ctx.reactor, logins=logins, redis=ctx.redis_client, pool=pool,
-                  health=ctx.health)
+                  health=ctx.health, keyring=keyring)
 
 
 async def start_listening(ctx: ServiceContext) -> WebApp:
