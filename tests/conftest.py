@@ -9,4 +9,5 @@ pytest_plugins = [
     "tests.support.suite",
     "tests.support.scanners",
     "tests.support.web",
+    "tests.support.browser",
 ]

@@ -4,38 +4,16 @@ violation, the cookies are what the server set, and dark mode comes from the one
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from selenium import webdriver
-from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 
+from tests.support.browser import csp_violations
 from tests.support.redisdb import wait_until
 from tests.support.web import PASSWORD, WebServer
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    options = webdriver.ChromeOptions()
-    for argument in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage",
-                     "--disable-gpu", "--window-size=1200,900"):
-        options.add_argument(argument)
-    options.binary_location = "/usr/bin/chromium"
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(options=options, service=Service("/usr/bin/chromedriver"))
-    try:
-        yield driver
-    finally:
-        driver.quit()
-
-
-def _csp_violations(browser: Any) -> list[str]:
-    return [e["message"] for e in browser.get_log("browser")
-            if "Content Security Policy" in e["message"] or "Refused to" in e["message"]]
 
 
 def test_an_admin_logs_in_and_browses_without_csp_violations(web: WebServer,
@@ -57,7 +35,7 @@ def test_an_admin_logs_in_and_browses_without_csp_violations(web: WebServer,
     assert browser.execute_script("return document.scripts.length") == 1
     browser.get(f"{base}/")
     assert "Queues" in browser.page_source
-    assert _csp_violations(browser) == []
+    assert csp_violations(browser) == []
 
 
 def test_dark_mode_follows_the_system_setting(web: WebServer, browser: Any) -> None:
