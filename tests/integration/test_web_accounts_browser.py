@@ -9,6 +9,7 @@ import secrets
 from typing import Any
 
 import pytest
+from selenium.common.exceptions import NoAlertPresentException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
@@ -41,7 +42,7 @@ def _submit(browser: Any, form: Any, *, accept: bool = True) -> None:
 def _alert(browser: Any) -> Any:
     try:
         return browser.switch_to.alert
-    except Exception:  # noqa: BLE001 -- no dialog open yet
+    except NoAlertPresentException:
         return None
 
 
