@@ -244,6 +244,13 @@ class Ctx:
         result: Deferred[T] = self.app.in_thread(fn, *args)
         return result
 
+    def in_dns_thread(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """``fn(*args)`` in the service's pool for DNS look-ups (bound them with
+        ``Resolver.until``)."""
+        assert self.app is not None
+        result: Deferred[T] = self.app.in_dns_thread(fn, *args)
+        return result
+
     # --- the answer
 
     def set_cookie(self, name: str, value: str, *, max_age: int | None = None) -> None:

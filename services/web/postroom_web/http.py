@@ -204,7 +204,8 @@ class WebApp:
                  templates: Environment, static: dict[str, StaticFile], metrics: Metrics,
                  reactor: ReactorThreads, logins: Logins | None = None,
                  redis: Any = None, pool: ThreadPool | None = None,
-                 health: Health | None = None, keyring: Keyring | None = None) -> None:
+                 health: Health | None = None, keyring: Keyring | None = None,
+                 dns_pool: ThreadPool | None = None) -> None:
         self.settings = settings
         self.database = database
         self.registry = registry
@@ -219,6 +220,8 @@ class WebApp:
         self.health = health
         #: seals the DKIM private keys the console generates (POSTROOM_SECRET_KEY_FILE)
         self.keyring = keyring
+        #: DNS look-ups (the DNS pages' checks, up to seconds each): apart from Redis calls
+        self.dns_pool = dns_pool
         self._adapters: dict[int, TypeAdapter[Any]] = {}
         requests_total(metrics)
         request_seconds(metrics)
@@ -228,6 +231,13 @@ class WebApp:
         if self.pool is None:
             return defer.maybeDeferred(fn, *args)
         return defer_to_pool(self.reactor, self.pool, fn, *args)
+
+    def in_dns_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Blocking DNS look-ups off the reactor, in their own pool (slow answers there never
+        hold up the login limiter's Redis calls)."""
+        if self.dns_pool is None:
+            return self.in_thread(fn, *args)
+        return defer_to_pool(self.reactor, self.dns_pool, fn, *args)
 
     # --- the pipeline
 

@@ -25,6 +25,8 @@ log = get_logger("web")
 PURGE_INTERVAL = 3600.0
 # threads for Redis calls: the login limiter's, the overview's queue depths (short)
 REDIS_THREADS = 2
+# threads for DNS look-ups (the DNS pages' checks; each bounded to seconds)
+DNS_THREADS = 4
 
 
 def build_app(ctx: ServiceContext) -> WebApp:
@@ -42,7 +44,8 @@ def build_app(ctx: ServiceContext) -> WebApp:
     return WebApp(settings=settings, database=ctx.db, registry=routes.registry(),
                   templates=make_environment(static), static=static, metrics=ctx.metrics,
                   reactor=ctx.reactor, logins=logins, redis=ctx.redis_client, pool=pool,
-                  health=ctx.health, keyring=keyring)
+                  health=ctx.health, keyring=keyring,
+                  dns_pool=ctx.thread_pool("dns", DNS_THREADS))
 
 
 async def start_listening(ctx: ServiceContext) -> WebApp:

@@ -147,7 +147,7 @@ async def activate_key(ctx: Ctx, domain: str, selector: str,
     if not query.force:
         resolver = Resolver.from_settings(ctx.settings).until(
             time.monotonic() + DNS_CHECK_SECONDS)
-        finding = await ctx.in_thread(check_key_published, resolver, key)
+        finding = await ctx.in_dns_thread(check_key_published, resolver, key)
         if not finding.ok:
             raise ApiError(409, f"{finding.name}: {finding.detail}; publish the record "
                                 "first (or activate with force)")

@@ -67,7 +67,7 @@ async def live_check(ctx: Ctx, name: str) -> DnsReport:
     keys = await ctx.run(dkim.list_keys, name)
     hostname = ctx.settings.hostname
     resolver = Resolver.from_settings(ctx.settings).until(time.monotonic() + DNS_CHECK_SECONDS)
-    checks = await ctx.in_thread(check_records, resolver, name, hostname, keys)
+    checks = await ctx.in_dns_thread(check_records, resolver, name, hostname, keys)
     return report(name, hostname, checks, True)
 
 

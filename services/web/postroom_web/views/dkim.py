@@ -83,7 +83,7 @@ async def activate_form(ctx: Ctx, domain: str, selector: str) -> dict[str, Any] 
         if ctx.form.get("force") != "on":
             resolver = Resolver.from_settings(ctx.settings).until(
                 time.monotonic() + DNS_CHECK_SECONDS)
-            finding = await ctx.in_thread(check_key_published, resolver, key)
+            finding = await ctx.in_dns_thread(check_key_published, resolver, key)
             if not finding.ok:
                 error = (f"{finding.name}: {finding.detail}. Publish the record first, or "
                          "tick 'without checking DNS'.")
