@@ -24,8 +24,8 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 from twisted.internet.defer import Deferred
 
 from postroom.config import Settings
-from postroom.store import domains as store_domains
 from postroom.store.addresses import normalise_domain
+from postroom.store.domains import is_local_domain
 from postroom.store.webaccess import Principal
 
 if TYPE_CHECKING:
@@ -200,14 +200,14 @@ class Ctx:
         Needs the store session (a plain ``def`` handler).
         """
         name = self._manageable(domain)
-        if not store_domains.is_local_domain(self.store, name):
+        if not is_local_domain(self.store, name):
             raise not_found(f"no domain {name}")
         return name
 
     async def require_manage_async(self, domain: str) -> str:
         """:meth:`require_manage` for an ``async`` handler (the lookup in the `db` pool)."""
         name = self._manageable(domain)
-        if not await self.run(store_domains.is_local_domain, name):
+        if not await self.run(is_local_domain, name):
             raise not_found(f"no domain {name}")
         return name
 
