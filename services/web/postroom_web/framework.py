@@ -238,6 +238,18 @@ class Ctx:
         assert self.database is not None
         return self.database.run(fn, *args, **kwargs)
 
+    def with_store(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """``fn(ctx, *args)`` with ``ctx.store`` set, in one transaction on the `db` pool: a
+        plain handler's helper (a page's context) called from an ``async`` handler."""
+        def work(session: StoreSession) -> T:
+            self.session = session
+            try:
+                return fn(self, *args)
+            finally:
+                self.session = None
+
+        return self.run(work)
+
     def in_thread(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """``fn(*args)`` in the service's small pool for blocking non-SQL work (Redis)."""
         assert self.app is not None

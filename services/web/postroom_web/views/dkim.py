@@ -93,14 +93,7 @@ async def activate_form(ctx: Ctx, domain: str, selector: str) -> dict[str, Any] 
         error = form_error(exc)
     if error is not None:
         ctx.status = 422
-        return {**await ctx.run(_page_values, ctx, name), "error": error}
+        return {**await ctx.with_store(_values, name), "error": error}
     extra = f"; {', '.join(retired)} retired" if retired else ""
     return Redirect(f"/dkim?domain={name}", notice=f"Key {key.selector} is active{extra}.")
 
-
-def _page_values(session: Any, ctx: Ctx, name: str) -> dict[str, Any]:
-    ctx.session = session
-    try:
-        return _values(ctx, name)
-    finally:
-        ctx.session = None
