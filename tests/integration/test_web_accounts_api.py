@@ -132,6 +132,12 @@ def test_a_user_is_changed_field_by_field(web: WebServer) -> None:
     assert admin.api("PATCH", f"/users/{address}", {"colour": "red"}).status == 422
     assert admin.api("DELETE", f"/users/{address}").status == 204
     assert admin.api("GET", f"/users/{address}").status == 404
+    audit = [e for e in web.process.log_events() if e.get("address") == address]
+    assert [e["event"] for e in audit][:1] == ["user added"]
+    assert audit[-1]["event"] == "user removed" and audit[-1]["principal"].startswith("admin-")
+    assert any(e["event"] == "user changed" and e["fields"] == ["active", "password"]
+               for e in audit)
+    assert not any("another long passphrase" in str(e) for e in web.process.log_events())
 
 
 def test_a_manager_cannot_make_admins_nor_change_more_powerful_accounts(

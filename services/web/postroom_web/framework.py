@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 from twisted.internet.defer import Deferred
 
 from postroom.config import Settings
+from postroom.logs import get_logger
 from postroom.store.addresses import normalise_domain
 from postroom.store.domains import is_local_domain
 from postroom.store.webaccess import Principal
@@ -31,6 +32,8 @@ from postroom.store.webaccess import Principal
 if TYPE_CHECKING:
     from postroom.queue.redisclient import RedisClient
     from postroom.store.db import Database, StoreSession
+
+audit_log = get_logger("web")
 
 API_PREFIX = "/api/v1"
 DEFAULT_LIMIT = 50
@@ -262,6 +265,12 @@ class Ctx:
         assert self.app is not None
         result: Deferred[T] = self.app.in_dns_thread(fn, *args)
         return result
+
+    def audit(self, event: str, **fields: Any) -> None:
+        """One log line for a change someone made (``user added``, ``alias removed``), with
+        who made it; ``fields`` name what changed, never a secret."""
+        audit_log.info(event, principal=self.principal.name if self.principal else None,
+                       via=self.principal.kind if self.principal else None, **fields)
 
     # --- the answer
 

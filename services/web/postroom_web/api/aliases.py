@@ -78,6 +78,7 @@ def add_alias(ctx: Ctx, domain: str, body: AliasCreate) -> Alias:
     name = ctx.require_manage(domain)
     found = aliases.add_alias(ctx.store, alias_source(name, body.source), body.destination,
                               delimiter=ctx.settings.recipient_delimiter)
+    ctx.audit("alias added", source=found.source, destination=found.destination)
     return Alias.model_validate(found, from_attributes=True)
 
 
@@ -87,4 +88,6 @@ def remove_alias(ctx: Ctx, domain: str, source: str, query: AliasDelete) -> None
     """Remove the alias (every destination of the source, or ``?destination=`` only); 404
     when none matched."""
     name = ctx.require_manage(domain)
-    aliases.remove_alias(ctx.store, alias_source(name, source), query.destination)
+    removed = aliases.remove_alias(ctx.store, alias_source(name, source), query.destination)
+    ctx.audit("alias removed", source=alias_source(name, source),
+              destination=query.destination, count=removed)

@@ -110,6 +110,7 @@ def generate_keys(ctx: Ctx, domain: str, body: DkimGenerate) -> list[DkimKey]:
             selector = f"{selector}-{algorithm.partition('-')[0]}"
         created.append(dkim.generate_key(ctx.store, name, algorithm, selector,
                                          keyring=ctx.app.keyring, pending=True))
+    ctx.audit("dkim keys generated", domain=name, selectors=[k.selector for k in created])
     return [key_model(k) for k in created]
 
 
@@ -121,6 +122,7 @@ def rotate_keys(ctx: Ctx, domain: str, body: DkimRotate) -> list[DkimKey]:
     name = ctx.require_manage(domain)
     created = {k.selector for k in dkim.rotate_keys(ctx.store, name, keyring=ctx.app.keyring,
                                                     algorithms=ALGORITHMS[body.algorithm])}
+    ctx.audit("dkim keys rotated", domain=name, selectors=sorted(created))
     # listed again: the list says which key each replaces
     return [key_model(k) for k in dkim.list_keys(ctx.store, name) if k.selector in created]
 
@@ -132,6 +134,7 @@ def retire_key(ctx: Ctx, domain: str, selector: str) -> DkimKey:
     name = ctx.require_manage(domain)
     key = find_key(ctx.store, name, selector)
     dkim.retire_key(ctx.store, name, key.selector)
+    ctx.audit("dkim key retired", domain=name, selector=key.selector)
     return key_model(find_key(ctx.store, name, key.selector))
 
 
@@ -152,5 +155,7 @@ async def activate_key(ctx: Ctx, domain: str, selector: str,
             raise ApiError(409, f"{finding.name}: {finding.detail}; publish the record "
                                 "first (or activate with force)")
     retired = await ctx.run(dkim.activate_key, name, key.selector)
+    ctx.audit("dkim key activated", domain=name, selector=key.selector, forced=query.force,
+              retired=retired)
     current = await ctx.run(find_key, name, key.selector)
     return Activation(key=key_model(current), retired=retired)

@@ -148,6 +148,7 @@ def add_user(ctx: Ctx, domain: str, body: UserCreate) -> User:
     address = f"{body.localpart}@{name}"
     info = users.add_user(ctx.store, address, strong_password(ctx, body.password, address),
                           quota_bytes=quota_bytes(body.quota), is_admin=body.is_admin)
+    ctx.audit("user added", address=info.address, admin=info.is_admin)
     return _user(info)
 
 
@@ -176,6 +177,7 @@ def change_user(ctx: Ctx, address: str, body: UserPatch) -> User:
         users.set_quota(ctx.store, info.address, quota_bytes(body.quota))
     if "active" in sent and body.active is not None:
         users.set_user_active(ctx.store, info.address, body.active)
+    ctx.audit("user changed", address=info.address, fields=sorted(sent))
     ctx.store.flush()
     ctx.store.expire_all()
     return _user(account(ctx, info.address))
@@ -188,6 +190,7 @@ def remove_user(ctx: Ctx, address: str) -> None:
     info = account(ctx, address)
     require_change(ctx, info.address)
     users.remove_user(ctx.store, info.address)
+    ctx.audit("user removed", address=info.address)
 
 
 @endpoint("GET", "/domains/{domain}/managers", summary="List a domain's managers",
@@ -208,6 +211,7 @@ def add_manager(ctx: Ctx, domain: str, body: ManagerAdd) -> Manager:
     nothing. 404 for an unknown account."""
     name = ctx.require_manage(domain)
     webaccess.add_manager(ctx.store, body.address, name)
+    ctx.audit("manager added", address=body.address[:254], domain=name)
     return Manager(address=login_name(body.address) or body.address.lower(), domain=name)
 
 
@@ -218,3 +222,4 @@ def remove_manager(ctx: Ctx, domain: str, address: str) -> None:
     name = ctx.require_manage(domain)
     if not webaccess.remove_manager(ctx.store, address, name):
         raise not_found(f"{address[:254]} does not manage {name}")
+    ctx.audit("manager removed", address=address[:254], domain=name)

@@ -40,6 +40,7 @@ def add_alias_form(ctx: Ctx) -> dict[str, Any] | Redirect:
         added = aliases.add_alias(ctx.store, alias_source(domain, form.get("source", "")),
                                   form.get("destination", ""),
                                   delimiter=ctx.settings.recipient_delimiter)
+        ctx.audit("alias added", source=added.source, destination=added.destination)
     except (*FORM_ERRORS, ApiError) as exc:
         if isinstance(exc, ApiError) and exc.status != 422:
             raise
@@ -56,6 +57,8 @@ def remove_alias_form(ctx: Ctx) -> Redirect:
     source = ctx.form.get("source", "")
     domain = ctx.require_manage(source.rpartition("@")[2])
     destination = ctx.form.get("destination") or None
-    aliases.remove_alias(ctx.store, alias_source(domain, source), destination)
+    removed = aliases.remove_alias(ctx.store, alias_source(domain, source), destination)
+    ctx.audit("alias removed", source=alias_source(domain, source), destination=destination,
+              count=removed)
     return Redirect(f"/aliases?domain={domain}",
                     notice=f"Alias {source} → {destination or 'all'} removed.")

@@ -29,13 +29,15 @@ def dkim_page(ctx: Ctx) -> dict[str, Any]:
     return _values(ctx, None)
 
 
-def _lifecycle(ctx: Ctx, domain: str, work: Any, notice: str) -> dict[str, Any] | Redirect:
+def _lifecycle(ctx: Ctx, domain: str, work: Any, notice: str,
+               event: str) -> dict[str, Any] | Redirect:
     name = ctx.require_manage(domain)
     try:
         work(name)
     except FORM_ERRORS as exc:
         ctx.status = 422
         return {**_values(ctx, name), "error": form_error(exc)}
+    ctx.audit(event, domain=name)
     return Redirect(f"/dkim?domain={name}", notice=notice)
 
 
@@ -53,7 +55,7 @@ def generate_form(ctx: Ctx, domain: str) -> dict[str, Any] | Redirect:
                               pending=True)
 
     return _lifecycle(ctx, domain, work, "New pending key(s): publish their records, then "
-                                         "activate them.")
+                                         "activate them.", "dkim keys generated")
 
 
 @page("POST", "/dkim/{domain}/rotate", template="dkim.html", access=Access.CONSOLE)
@@ -61,7 +63,7 @@ def rotate_form(ctx: Ctx, domain: str) -> dict[str, Any] | Redirect:
     return _lifecycle(ctx, domain,
                       lambda name: dkim.rotate_keys(ctx.store, name, keyring=ctx.app.keyring),
                       "New pending successors: publish their records (keep the old ones), "
-                      "then activate them.")
+                      "then activate them.", "dkim keys rotated")
 
 
 @page("POST", "/dkim/{domain}/{selector}/retire", template="dkim.html",
@@ -70,7 +72,7 @@ def retire_form(ctx: Ctx, domain: str, selector: str) -> dict[str, Any] | Redire
     return _lifecycle(ctx, domain,
                       lambda name: dkim.retire_key(ctx.store, name, selector),
                       f"Key {selector[:63]} retired: keep its record a week or so, then "
-                      "remove it.")
+                      "remove it.", "dkim key retired")
 
 
 @page("POST", "/dkim/{domain}/{selector}/activate", template="dkim.html",
@@ -89,6 +91,8 @@ async def activate_form(ctx: Ctx, domain: str, selector: str) -> dict[str, Any] 
                          "tick 'without checking DNS'.")
         if error is None:
             retired = await ctx.run(dkim.activate_key, name, key.selector)
+            ctx.audit("dkim key activated", domain=name, selector=key.selector,
+                      forced=ctx.form.get("force") == "on", retired=retired)
     except FORM_ERRORS as exc:
         error = form_error(exc)
     if error is not None:

@@ -31,14 +31,15 @@ async def domain_page(ctx: Ctx, domain: str) -> dict[str, Any]:
     return await _domain_values(ctx, domain)
 
 
-async def _change(ctx: Ctx, domain: str, work: Any, *args: Any,
-                  notice: str) -> dict[str, Any] | Redirect:
+async def _change(ctx: Ctx, domain: str, work: Any, *args: Any, notice: str,
+                  event: str) -> dict[str, Any] | Redirect:
     name = await ctx.require_manage_async(domain)
     try:
         await ctx.run(work, *args)
     except FORM_ERRORS as exc:
         ctx.status = 422
         return {**await _domain_values(ctx, name), "error": form_error(exc)}
+    ctx.audit(event, domain=name, address=args[0] if event.startswith("manager") else None)
     return Redirect(f"/domains/{name}", notice=notice)
 
 
@@ -46,7 +47,7 @@ async def _change(ctx: Ctx, domain: str, work: Any, *args: Any,
 async def add_manager_form(ctx: Ctx, domain: str) -> dict[str, Any] | Redirect:
     address = ctx.form.get("address", "").strip()[:254]
     return await _change(ctx, domain, webaccess.add_manager, address, domain,
-                         notice=f"{address} manages {domain}.")
+                         notice=f"{address} manages {domain}.", event="manager added")
 
 
 def _remove_manager(session: Any, address: str, domain: str) -> None:
@@ -59,12 +60,14 @@ def _remove_manager(session: Any, address: str, domain: str) -> None:
 async def remove_manager_form(ctx: Ctx, domain: str) -> dict[str, Any] | Redirect:
     address = ctx.form.get("address", "").strip()[:254]
     return await _change(ctx, domain, _remove_manager, address, domain,
-                         notice=f"{address} no longer manages {domain}.")
+                         notice=f"{address} no longer manages {domain}.",
+                         event="manager removed")
 
 
 @page("POST", "/domains/{domain}/remove", template="domain.html", access=Access.ADMIN)
 async def remove_domain_form(ctx: Ctx, domain: str) -> dict[str, Any] | Redirect:
-    result = await _change(ctx, domain, domains.remove_domain, domain, notice="")
+    result = await _change(ctx, domain, domains.remove_domain, domain, notice="",
+                           event="domain removed")
     if isinstance(result, Redirect):
         return Redirect("/domains", notice=f"Domain {domain.lower()} removed.")
     return result

@@ -45,6 +45,7 @@ def add_user_form(ctx: Ctx) -> dict[str, Any] | Redirect:
         users.add_user(ctx.store, address, strong_password(ctx, form.get("password", ""), address),
                        quota_bytes=quota_bytes(form.get("quota", "").strip() or None),
                        is_admin=is_admin)
+        ctx.audit("user added", address=address.lower(), admin=is_admin)
     except FORM_ERRORS as exc:
         ctx.status = 422
         return {**users_page(ctx), "error": form_error(exc),
@@ -92,9 +93,11 @@ def change_user_form(ctx: Ctx, address: str) -> dict[str, Any] | Redirect:
     action = ctx.form.get("action", "")
     if action == "remove":
         users.remove_user(ctx.store, info.address)
+        ctx.audit("user removed", address=info.address)
         return Redirect(f"/users?domain={info.domain}", notice=f"User {info.address} removed.")
     try:
         notice = _apply(ctx, info.address, action)
+        ctx.audit("user changed", address=info.address, fields=[action])
     except FORM_ERRORS as exc:
         ctx.status = 422
         return {**_account_values(ctx, info.address), "error": form_error(exc)}
