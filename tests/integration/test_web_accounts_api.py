@@ -249,11 +249,13 @@ def test_the_dns_records_and_their_published_status(web: WebServer,
     dns_server.set_records(domain, "TXT", ["v=spf1 mx -all"])
     dns_server.set_records(f"_dmarc.{domain}", "TXT", ["v=DMARC1; p=none", "v=DMARC1; p=reject"])
     dns_server.set_records(key["record_name"], "TXT", ["v=DKIM1; k=ed25519; p=OTHERKEY"])
+    dns_server.set_records(f"mta-sts.{domain}", "A", ["192.0.2.80"])  # a web server of theirs
+    dns_server.set_records(f"_smtp._tls.{domain}", "TXT", [f"v=TLSRPTv1; rua=mailto:x@{domain}"])
     checked = admin.api("GET", f"/domains/{domain}/dns/check").json()
     status = {r["kind"]: r["status"] for r in checked["records"]}
     assert checked["checked"] is True
     assert status == {"MX": "published", "SPF": "published", "DKIM": "wrong", "DMARC": "wrong",
-                      "MTA-STS": "missing", "MTA-STS-HOST": "missing", "TLS-RPT": "missing"}
+                      "MTA-STS": "missing", "MTA-STS-HOST": "published", "TLS-RPT": "published"}
     dkim_row = next(r for r in checked["records"] if r["kind"] == "DKIM")
     assert dkim_row["found"] == ["v=DKIM1; k=ed25519; p=OTHERKEY"]
     assert dkim_row["value"] == key["record_value"]

@@ -141,6 +141,16 @@ def _mta_sts_host(resolver: Resolver, domain: str, hostname: str) -> Finding:
     if hostname in targets:
         return Finding("MTA-STS-HOST", name, True, f"points at {hostname}", status=PUBLISHED,
                        found=_found(targets))
+    if not targets:
+        # no CNAME: the policy may be served by a web server of the operator's own
+        try:
+            addresses = resolver.a(name) + resolver.aaaa(name)
+        except DNSError:
+            addresses = []
+        if addresses:
+            return Finding("MTA-STS-HOST", name, True, "an address of its own (a web server "
+                           "of yours serves the policy)", status=PUBLISHED,
+                           found=_found(addresses))
     return Finding("MTA-STS-HOST", name, False,
                    f"expected a CNAME to {hostname}, found {', '.join(targets) or 'none'}",
                    status=WRONG if targets else MISSING, found=_found(targets))
