@@ -4,6 +4,7 @@ add one, and one account's page to change its password, quota, state and admin f
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import quote
 
 from postroom.store import users, webaccess
 from postroom_web.api.users import account, quota_bytes, require_change, strong_password
@@ -50,7 +51,8 @@ def add_user_form(ctx: Ctx) -> dict[str, Any] | Redirect:
         ctx.status = 422
         return {**users_page(ctx), "error": form_error(exc),
                 "localpart": form.get("localpart", "")[:64], "form_domain": domain}
-    return Redirect(f"/users/{address.lower()}", notice=f"User {address.lower()} added.")
+    return Redirect(f"/users/{quote(address.lower(), safe='@')}",
+                    notice=f"User {address.lower()} added.")
 
 
 def _account_values(ctx: Ctx, address: str) -> dict[str, Any]:
@@ -101,4 +103,4 @@ def change_user_form(ctx: Ctx, address: str) -> dict[str, Any] | Redirect:
     except FORM_ERRORS as exc:
         ctx.status = 422
         return {**_account_values(ctx, info.address), "error": form_error(exc)}
-    return Redirect(f"/users/{info.address}", notice=notice)
+    return Redirect(f"/users/{quote(info.address, safe='@')}", notice=notice)
