@@ -288,3 +288,15 @@ def test_a_page_of_ten_thousand_users_is_fast(web: WebServer) -> None:
     assert page["total"] == 1111 and len(page["items"]) == 100
     assert html.status == 200 and "of 10000" in html.text
     assert elapsed < 3, elapsed
+
+
+def test_a_domain_token_works_on_its_own_domain_only_as_a_manager(web: WebServer) -> None:
+    bot = web.client(bearer=web.managed_token)
+    for path in ("users", "aliases", "dkim", "dns"):
+        assert bot.api("GET", f"/domains/{web.managed}/{path}").status == 200, path
+    assert bot.api("GET", f"/users/{web.plain}").status == 200
+    assert bot.api("POST", f"/domains/{web.managed}/users",
+                   {"localpart": "ivan", "password": STRONG}).status == 201
+    assert bot.api("PATCH", f"/users/ivan@{web.managed}", {"is_admin": True}).status == 403
+    assert bot.api("GET", f"/domains/{web.managed}/managers").status == 403
+    assert not web.db.run_sync(users.get_user, f"ivan@{web.managed}").is_admin
