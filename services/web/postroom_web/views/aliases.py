@@ -22,7 +22,7 @@ from postroom_web.views.common import (
 @page("GET", "/aliases", template="aliases.html", access=Access.CONSOLE, title="Aliases")
 def aliases_page(ctx: Ctx) -> dict[str, Any]:
     choices = domain_choices(ctx)
-    domain = chosen_domain(ctx, choices)
+    domain = chosen_domain(ctx)
     query, search = page_query(ctx), search_arg(ctx)
     visible = {domain} if domain else ctx.visible_domains()
     found, total = aliases.list_aliases_page(ctx.store, domains=visible, offset=query.offset,

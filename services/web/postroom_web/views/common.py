@@ -37,7 +37,7 @@ def domain_choices(ctx: Ctx) -> list[str]:
     return [d.name for d in found]
 
 
-def chosen_domain(ctx: Ctx, choices: list[str]) -> str | None:
+def chosen_domain(ctx: Ctx) -> str | None:
     """``?domain=`` when given (403/404 unless the caller manages it), else None (all)."""
     wanted = ctx.args.get("domain", "").strip()
     return ctx.require_manage(wanted) if wanted else None

@@ -23,7 +23,7 @@ from postroom_web.views.common import (
 @page("GET", "/users", template="users.html", access=Access.CONSOLE, title="Users")
 def users_page(ctx: Ctx) -> dict[str, Any]:
     choices = domain_choices(ctx)
-    domain = chosen_domain(ctx, choices)
+    domain = chosen_domain(ctx)
     query, search = page_query(ctx), search_arg(ctx)
     visible = {domain} if domain else ctx.visible_domains()
     found, total = users.list_users_page(ctx.store, domains=visible, offset=query.offset,
