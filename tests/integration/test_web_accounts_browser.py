@@ -117,7 +117,9 @@ def test_an_admin_adds_a_domain_and_a_user_and_sees_the_dns_status(
                            [f"v=DKIM1; k=ed25519; p={key.public_key_b64}"])
     browser.find_element(By.XPATH, "//button[text()='Check now']").click()
     wait_until(lambda: _status(browser, "DKIM") == "published", timeout=10)
-    browser.get(f"{base}/dkim?domain={domain}")
+    assert "the key is still pending until it is activated" in browser.page_source
+    browser.find_element(By.LINK_TEXT, "activate it").click()
+    wait_until(lambda: browser.current_url == f"{base}/dkim?domain={domain}", timeout=10)
     _submit(browser, browser.find_element(
         By.CSS_SELECTOR, f"form[action='/dkim/{domain}/shop1/activate']"))
     wait_until(lambda: "Key shop1 is active" in browser.page_source, timeout=10)

@@ -222,6 +222,8 @@ def check_records(resolver: Resolver, domain: str, hostname: str, keys: Sequence
         if finding is None:
             checked.append(dataclasses.replace(item, status=UNKNOWN, detail="not checked"))
         else:
-            checked.append(dataclasses.replace(item, status=finding.status,
-                                               detail=finding.detail, found=finding.found))
+            detail = ("record published: the key is still pending until it is activated"
+                      if finding.activate else finding.detail)
+            checked.append(dataclasses.replace(item, status=finding.status, detail=detail,
+                                               found=finding.found))
     return checked

@@ -27,6 +27,8 @@ class DnsRecord(BaseModel):
                                    "of MX and CNAME).")
     zone_line: str = Field(description="The record in zone-file syntax, to paste.")
     selector: str | None = Field(None, description="DKIM: the key's selector.")
+    state: Literal["active", "pending"] | None = Field(
+        None, description="DKIM: the key's state (a pending key does not sign yet).")
     status: Literal["published", "missing", "wrong", "unknown"] | None = Field(
         None, description="published (and right), missing, wrong (something else is "
                           "there), unknown (no answer in time); null: not checked.")
@@ -46,7 +48,8 @@ def report(domain: str, hostname: str, checks: list[RecordCheck], checked: bool)
     return DnsReport(domain=domain, hostname=hostname, checked=checked, records=[
         DnsRecord(kind=c.record.kind, name=c.record.name, type=c.record.type,  # type: ignore[arg-type]
                   value=c.record.value, zone_line=c.record.zone_line,
-                  selector=c.record.selector, status=c.status,  # type: ignore[arg-type]
+                  selector=c.record.selector, state=c.record.state,  # type: ignore[arg-type]
+                  status=c.status,  # type: ignore[arg-type]
                   detail=c.detail, found=list(c.found)) for c in checks])
 
 
