@@ -113,6 +113,14 @@ def parse_size(raw: str) -> int:
     return size
 
 
+def parse_quota(raw: str) -> int | None:
+    """A storage quota: a size for :func:`parse_size`, or ``none``/``unlimited`` (None: no
+    quota). The CLI's `user quota` and the web console's and REST API's users take it."""
+    if raw.strip().lower() in ("none", "unlimited"):
+        return None
+    return parse_size(raw)
+
+
 _size = parse_size
 
 

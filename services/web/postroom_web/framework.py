@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, create_model
 from twisted.internet.defer import Deferred
 
 from postroom.config import Settings
+from postroom.logs import get_logger
 from postroom.store.addresses import normalise_domain
 from postroom.store.domains import is_local_domain
 from postroom.store.webaccess import Principal
@@ -31,6 +32,8 @@ from postroom.store.webaccess import Principal
 if TYPE_CHECKING:
     from postroom.queue.redisclient import RedisClient
     from postroom.store.db import Database, StoreSession
+
+audit_log = get_logger("web")
 
 API_PREFIX = "/api/v1"
 DEFAULT_LIMIT = 50
@@ -211,14 +214,25 @@ class Ctx:
         others' domains), 404 when it may but there is no such local domain.
         Needs the store session (a plain ``def`` handler).
         """
+        name = self._manageable(domain)
+        if not is_local_domain(self.store, name):
+            raise not_found(f"no domain {name}")
+        return name
+
+    async def require_manage_async(self, domain: str) -> str:
+        """:meth:`require_manage` for an ``async`` handler (the lookup in the `db` pool)."""
+        name = self._manageable(domain)
+        if not await self.run(is_local_domain, name):
+            raise not_found(f"no domain {name}")
+        return name
+
+    def _manageable(self, domain: str) -> str:
         try:
             name = normalise_domain(domain)
         except ValueError:
             raise not_found(f"no domain {domain[:255]}") from None
         if not self.user.can_manage(name):
             raise forbidden(f"you do not manage {name}")
-        if not is_local_domain(self.store, name):
-            raise not_found(f"no domain {name}")
         return name
 
     def visible_domains(self) -> set[str] | None:
@@ -239,11 +253,36 @@ class Ctx:
         assert self.database is not None
         return self.database.run(fn, *args, **kwargs)
 
+    def with_store(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """``fn(ctx, *args)`` with ``ctx.store`` set, in one transaction on the `db` pool: a
+        plain handler's helper (a page's context) called from an ``async`` handler."""
+        def work(session: StoreSession) -> T:
+            self.session = session
+            try:
+                return fn(self, *args)
+            finally:
+                self.session = None
+
+        return self.run(work)
+
     def in_thread(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
         """``fn(*args)`` in the service's small pool for blocking non-SQL work (Redis)."""
         assert self.app is not None
         result: Deferred[T] = self.app.in_thread(fn, *args)
         return result
+
+    def in_dns_thread(self, fn: Callable[..., T], *args: Any) -> Deferred[T]:
+        """``fn(*args)`` in the service's pool for DNS look-ups (bound them with
+        ``Resolver.until``)."""
+        assert self.app is not None
+        result: Deferred[T] = self.app.in_dns_thread(fn, *args)
+        return result
+
+    def audit(self, event: str, **fields: Any) -> None:
+        """One log line for a change someone made (``user added``, ``alias removed``), with
+        who made it; ``fields`` name what changed, never a secret."""
+        audit_log.info(event, principal=self.principal.name if self.principal else None,
+                       via=self.principal.kind if self.principal else None, **fields)
 
     # --- the answer
 

@@ -38,6 +38,7 @@ from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
 from postroom.logs import get_logger
 from postroom.metrics import Histogram, Metrics, errors_total
 from postroom.net.connlimit import PerAddressLimit
+from postroom.secretbox import Keyring
 from postroom.store import errors as store_errors
 from postroom.store.db import UNAVAILABLE, Database
 from postroom_web import security, wellknown
@@ -209,7 +210,8 @@ class WebApp:
                  templates: Environment, static: dict[str, StaticFile], metrics: Metrics,
                  reactor: ReactorThreads, logins: Logins | None = None,
                  redis: Any = None, pool: ThreadPool | None = None,
-                 health: Health | None = None) -> None:
+                 health: Health | None = None, keyring: Keyring | None = None,
+                 dns_pool: ThreadPool | None = None) -> None:
         self.settings = settings
         self.database = database
         self.registry = registry
@@ -222,6 +224,10 @@ class WebApp:
         self.pool = pool
         #: this process's /healthz checks (database, Redis, listeners), for the overview
         self.health = health
+        #: seals the DKIM private keys the console generates (POSTROOM_SECRET_KEY_FILE)
+        self.keyring = keyring
+        #: DNS look-ups (the DNS pages' checks, up to seconds each): apart from Redis calls
+        self.dns_pool = dns_pool
         self._adapters: dict[int, TypeAdapter[Any]] = {}
         requests_total(metrics)
         request_seconds(metrics)
@@ -231,6 +237,13 @@ class WebApp:
         if self.pool is None:
             return defer.maybeDeferred(fn, *args)
         return defer_to_pool(self.reactor, self.pool, fn, *args)
+
+    def in_dns_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """Blocking DNS look-ups off the reactor, in their own pool (slow answers there never
+        hold up the login limiter's Redis calls)."""
+        if self.dns_pool is None:
+            return self.in_thread(fn, *args)
+        return defer_to_pool(self.reactor, self.dns_pool, fn, *args)
 
     # --- the pipeline
 

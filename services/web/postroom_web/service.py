@@ -31,6 +31,8 @@ PURGE_INTERVAL = 3600.0
 ALPN_POLL = 1.0
 # threads for Redis calls: the login limiter's, the overview's queue depths (short)
 REDIS_THREADS = 2
+# threads for DNS look-ups (the DNS pages' checks; each bounded to seconds)
+DNS_THREADS = 4
 
 
 def build_app(ctx: ServiceContext) -> WebApp:
@@ -41,10 +43,15 @@ def build_app(ctx: ServiceContext) -> WebApp:
     logins = Logins(ctx.db, limiter, pool, ctx.reactor, ctx.metrics,
                     session_ttl=max(1, int(settings.web_session_ttl)), keyring=_keyring(ctx))
     static = load_static()
+    try:
+        keyring = Keyring.from_files(settings.secret_key_file, settings.secret_old_key_files)
+    except SecretError as exc:
+        raise StartupError(str(exc)) from None
     return WebApp(settings=settings, database=ctx.db, registry=routes.registry(),
                   templates=make_environment(static), static=static, metrics=ctx.metrics,
                   reactor=ctx.reactor, logins=logins, redis=ctx.redis_client, pool=pool,
-                  health=ctx.health)
+                  health=ctx.health, keyring=keyring,
+                  dns_pool=ctx.thread_pool("dns", DNS_THREADS))
 
 
 def _keyring(ctx: ServiceContext) -> Keyring | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from postroom.mailauth.mtasts import MAX_AGE, policy_id
@@ -41,6 +42,29 @@ def _state(key: Mapping[str, Any]) -> str:
     return "active" if key.get("active", True) else "retired"
 
 
+@dataclass(frozen=True)
+class DnsRecord:
+    """One record a domain should publish: the one description `postroom dns` prints and the
+    web console's DNS page and `/api/v1/domains/{domain}/dns` show and check."""
+
+    kind: str                  # what it is for: one of RECORD_KINDS
+    name: str                  # the owner name, without the trailing dot
+    type: str                  # "MX", "TXT" or "CNAME"
+    value: str                 # MX/CNAME: the zone data ("10 mx.example.org."); TXT: its text
+    selector: str | None = None   # DKIM: the key's selector
+    state: str | None = None      # DKIM: "active" or "pending"
+
+    @property
+    def zone_line(self) -> str:
+        """The record in zone-file syntax (a long TXT value split into strings)."""
+        data = txt_value(self.value) if self.type == "TXT" else self.value
+        return f"{_fqdn(self.name)} IN {self.type} {data}"
+
+
+#: the kinds of :class:`DnsRecord`, in the order they are listed
+RECORD_KINDS = ("MX", "SPF", "DKIM", "DMARC", "MTA-STS", "MTA-STS-HOST", "TLS-RPT")
+
+
 def dmarc_starter(domain: str, report_address: str | None = None) -> str:
     """The first DMARC record's value: p=none, aggregate reports to ``report_address``."""
     domain = domain.lower().rstrip(".")
@@ -51,25 +75,6 @@ def dmarc_starter(domain: str, report_address: str | None = None) -> str:
 def dmarc_record(domain: str, value: str) -> str:
     """The zone line publishing DMARC record ``value`` for ``domain``."""
     return f"{_fqdn('_dmarc.' + domain.lower().rstrip('.'))} IN TXT {txt_value(value)}"
-
-
-def mta_sts_records(domain: str, hostname: str, mode: str, stamp: str | None) -> list[str]:
-    """The MTA-STS lines: the TXT record whose id follows every change of the mode or the MX
-    (postroom.mailauth.mtasts.policy_id), or, with mode none, how to turn it on."""
-    txt = f"{_fqdn('_mta-sts.' + domain)} IN TXT " \
-        f"{txt_value('v=STSv1; id=' + policy_id(stamp, mode, [hostname]))}"
-    cname = f"{_fqdn('mta-sts.' + domain)} IN CNAME {_fqdn(hostname)}"
-    if mode == "none":
-        return [f"; MTA-STS (RFC 8461): off; `postroom domain mta-sts {domain} testing` serves a "
-                f"policy at https://mta-sts.{domain}/.well-known/mta-sts.txt, then publish:",
-                "; " + txt, "; " + cname]
-    return [
-        f"; MTA-STS (RFC 8461): mode {mode}, policy served at https://mta-sts.{domain}"
-        "/.well-known/mta-sts.txt (the id changes whenever the mode or the MX does)",
-        txt, cname,
-        f"; policy file: version: STSv1 / mode: {mode} / mx: {hostname} / "
-        f"max_age: {MAX_AGE[mode]}",
-    ]
 
 
 # RFC 6186 (and RFC 8314 for _submissions): service, port; priority 0 and weight 1 for
@@ -99,30 +104,83 @@ def client_records(domain: str, hostname: str) -> list[str]:
     return lines
 
 
+def mta_sts_expected(domain: str, hostname: str, mode: str,
+                     stamp: str | None) -> list[DnsRecord]:
+    """The MTA-STS TXT record, whose id follows every change of the mode or the MX
+    (postroom.mailauth.mtasts.policy_id), and the name the policy is served under."""
+    domain = domain.lower().rstrip(".")
+    hostname = hostname.lower().rstrip(".")
+    return [DnsRecord("MTA-STS", f"_mta-sts.{domain}", "TXT",
+                      "v=STSv1; id=" + policy_id(stamp, mode, [hostname])),
+            DnsRecord("MTA-STS-HOST", f"mta-sts.{domain}", "CNAME", _fqdn(hostname))]
+
+
+def mta_sts_records(domain: str, hostname: str, mode: str, stamp: str | None) -> list[str]:
+    """The MTA-STS lines of `postroom dns`: the records (:func:`mta_sts_expected`), or, with
+    mode none, how to turn it on and what to publish then (commented out)."""
+    txt, cname = (r.zone_line for r in mta_sts_expected(domain, hostname, mode, stamp))
+    if mode == "none":
+        return [f"; MTA-STS (RFC 8461): off; `postroom domain mta-sts {domain} testing` serves a "
+                f"policy at https://mta-sts.{domain}/.well-known/mta-sts.txt, then publish:",
+                "; " + txt, "; " + cname]
+    return [
+        f"; MTA-STS (RFC 8461): mode {mode}, policy served at https://mta-sts.{domain}"
+        "/.well-known/mta-sts.txt (the id changes whenever the mode or the MX does)",
+        txt, cname,
+        f"; policy file: version: STSv1 / mode: {mode} / mx: {hostname} / "
+        f"max_age: {MAX_AGE[mode]}",
+    ]
+
+
+def expected_records(domain: str, hostname: str, dkim_keys: Iterable[Mapping[str, Any]],
+                     report_address: str | None = None, *, mta_sts_mode: str = "none",
+                     mta_sts_stamp: str | None = None) -> list[DnsRecord]:
+    """Every record a domain needs: MX, SPF, DKIM (active and pending keys), DMARC,
+    MTA-STS (once its mode is not none) and TLS-RPT; ``report_address`` receives DMARC and
+    TLS reports (default postmaster@domain)."""
+    domain = domain.lower().rstrip(".")
+    hostname = hostname.lower().rstrip(".")
+    rua = report_address or f"postmaster@{domain}"
+    found = [DnsRecord("MX", domain, "MX", f"10 {_fqdn(hostname)}"),
+             DnsRecord("SPF", domain, "TXT", "v=spf1 mx -all")]
+    for key in dkim_keys:
+        if _state(key) in ("active", "pending"):
+            found.append(DnsRecord("DKIM", f"{key['selector']}._domainkey.{key['domain']}",
+                                   "TXT", dkim_txt(key), selector=str(key["selector"]),
+                                   state=_state(key)))
+    found.append(DnsRecord("DMARC", f"_dmarc.{domain}", "TXT", dmarc_starter(domain, rua)))
+    if mta_sts_mode != "none":
+        found += mta_sts_expected(domain, hostname, mta_sts_mode, mta_sts_stamp)
+    found.append(DnsRecord("TLS-RPT", f"_smtp._tls.{domain}", "TXT",
+                           f"v=TLSRPTv1; rua=mailto:{rua}"))
+    return found
+
+
 def all_records(domain: str, hostname: str, dkim_keys: Iterable[Mapping[str, Any]],
                 report_address: str | None = None, *, mta_sts_mode: str = "none",
                 mta_sts_stamp: str | None = None) -> list[str]:
-    """Every record a domain needs: MX, SPF, DKIM, DMARC, MTA-STS, TLS-RPT and the clients'
-    SRV, autoconfig and autodiscover names."""
+    """Every record a domain needs (:func:`expected_records`) in zone-file syntax, explained,
+    and the clients' SRV, autoconfig and autodiscover names."""
     domain = domain.lower().rstrip(".")
-    rua = report_address or f"postmaster@{domain}"
+    keys = list(dkim_keys)
+    records = expected_records(domain, hostname, keys, report_address)
+    by_kind = {r.kind: r for r in records if r.kind != "DKIM"}
+    live = [r for r in records if r.kind == "DKIM"]
+    retired = [k for k in keys if _state(k) == "retired"]
     lines = [
         f"; DNS records for {domain} served by {hostname}",
         "; mail exchanger: inbound mail goes to the MTA (port 25)",
-        f"{_fqdn(domain)} IN MX 10 {_fqdn(hostname)}",
+        by_kind["MX"].zone_line,
         "; SPF (RFC 7208): only our MX may send for this domain; others fail",
-        f"{_fqdn(domain)} IN TXT {txt_value('v=spf1 mx -all')}",
+        by_kind["SPF"].zone_line,
     ]
-    keys = list(dkim_keys)
-    live = [k for k in keys if _state(k) in ("active", "pending")]
-    retired = [k for k in keys if _state(k) == "retired"]
     if live:
         lines.append("; DKIM (RFC 6376, RFC 8463): one record per key; a pending key signs "
                      f"once `postroom dns {domain} --check` sees its record")
-        for key in live:
-            if _state(key) == "pending":
-                lines.append(f"; pending: {key['selector']}")
-            lines.append(dkim_record(key))
+        for record in live:
+            if record.state == "pending":
+                lines.append(f"; pending: {record.selector}")
+            lines.append(record.zone_line)
         if retired:
             lines.append("; retired DKIM keys (no longer sign): keep their records a week or "
                          "so after retiring, then remove them: "
@@ -131,12 +189,12 @@ def all_records(domain: str, hostname: str, dkim_keys: Iterable[Mapping[str, Any
         lines.append(f"; DKIM: no keys yet, run `postroom dkim generate {domain}`")
     lines += [
         "; DMARC (RFC 7489): start with p=none and aggregate reports, then quarantine or reject",
-        dmarc_record(domain, dmarc_starter(domain, rua)),
+        by_kind["DMARC"].zone_line,
     ]
     lines += mta_sts_records(domain, hostname, mta_sts_mode, mta_sts_stamp)
     lines += [
         "; TLS-RPT (RFC 8460): where sending MTAs report TLS failures",
-        f"{_fqdn('_smtp._tls.' + domain)} IN TXT {txt_value(f'v=TLSRPTv1; rua=mailto:{rua}')}",
+        by_kind["TLS-RPT"].zone_line,
         *client_records(domain, hostname),
     ]
     return lines

@@ -388,9 +388,12 @@ def _size_arg(text: str) -> int:
 
 def _quota_arg(text: str) -> int | None:
     """A size (500M, 2G, 1.5G, 1024K, bytes) or ``none`` for no quota."""
-    if text.strip().lower() in ("none", "unlimited"):
-        return None
-    return _size_arg(text)
+    from postroom.config import parse_quota
+
+    try:
+        return parse_quota(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _strong_password(password: str, address: str) -> str:
@@ -1205,14 +1208,13 @@ def _dkim_lifecycle(args: argparse.Namespace) -> int:
         return 0
     if not args.force:
         from postroom.net.dns import Resolver
-        from postroom.ops.dnscheck import check_dkim
+        from postroom.ops.dnscheck import check_key_published
 
         keys = [k for k in _with_db(dkim.list_keys, domain)
                 if k.selector == args.selector.lower()]
         if not keys:
             raise CLIError(f"no DKIM selector {args.selector} for {domain}")
-        [finding] = check_dkim(Resolver.from_settings(_settings()),
-                               [_as_pending(keys[0])])
+        finding = check_key_published(Resolver.from_settings(_settings()), keys[0])
         if not finding.ok:
             raise CLIError(f"{finding.name}: {finding.detail}; publish the record "
                            f"(`postroom dns {domain}`) or pass --force")
@@ -1222,13 +1224,6 @@ def _dkim_lifecycle(args: argparse.Namespace) -> int:
     for old in retired:
         print(f"DKIM key {old} of {domain} retired (replaced by {args.selector.lower()})")
     return 0
-
-
-def _as_pending(key: Any) -> Any:
-    """``key`` as the DNS check sees a key about to be activated."""
-    import dataclasses
-
-    return dataclasses.replace(key, active=False, pending=True)
 
 
 def _dkim_encrypt_keys(dry_run: bool) -> int:

@@ -221,6 +221,28 @@ def managers(session: Session, domain: str | None = None) -> list[tuple[str, str
     return [(r[0], r[1]) for r in session.execute(query.order_by(Domain.name, User.address))]
 
 
+def may_change_account(session: Session, principal: Principal, address: str) -> bool:
+    """Whether ``principal`` may change or remove the account ``address`` (its password,
+    state, quota) beyond seeing it: an admin any; anyone else only an account with no more
+    power than its own, i.e. not an admin and managing no domain the principal does not
+    manage (else setting its password would hand those over). True for an unknown account
+    (the change then finds none). Which domain's accounts it may see is checked apart
+    (``can_manage`` of the address's domain)."""
+    if principal.is_admin:
+        return True
+    normal = login_name(address)
+    found = None if normal is None else session.execute(
+        select(User.id, User.is_admin).where(User.address == normal)).first()
+    if found is None:
+        return True
+    if found[1]:
+        return False
+    theirs = set(session.execute(
+        select(Domain.name).join(domain_managers, domain_managers.c.domain_id == Domain.id)
+        .where(domain_managers.c.user_id == found[0])).scalars())
+    return theirs <= set(principal.domains)
+
+
 # --- console sessions
 
 def create_web_session(session: Session, user_id: int, ttl_seconds: int) -> tuple[str, str]:

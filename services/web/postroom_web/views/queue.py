@@ -18,6 +18,7 @@ from postroom_web.api.queue import (
     trace_of,
 )
 from postroom_web.framework import Access, ApiError, Ctx, Redirect, page
+from postroom_web.views.common import pager_args
 
 STATES = ("pending", "queued", "deferred", "failed", "bounced", "delivered")
 _FILTERS = ("state", "from", "to", "address")
@@ -41,7 +42,8 @@ def queue_page(ctx: Ctx) -> dict[str, Any]:
                "address": query.address}
     kept = {k: v for k, v in filters.items() if v}
     return {"messages": found, "total": total, "query": query, "filters": filters,
-            "pager_extra": urlencode(kept), "states": STATES, "error": error,
+            "pager_extra": urlencode(kept), "pager_args": pager_args(**kept),
+            "states": STATES, "error": error,
             "back": "/queue" + ("?" + urlencode(kept) if kept else ""), "title": "Queue"}
 
 
