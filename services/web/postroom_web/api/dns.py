@@ -3,6 +3,7 @@ prints) and, under /dns/check, whether DNS serves them now."""
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Literal
 
@@ -72,8 +73,8 @@ async def live_check(ctx: Ctx, name: str) -> DnsReport:
     sts = await ctx.run(mtasts.get_setting, name)
     hostname = ctx.settings.hostname
     resolver = Resolver.from_settings(ctx.settings).until(time.monotonic() + DNS_CHECK_SECONDS)
-    checks = await ctx.in_dns_thread(check_records, resolver, name, hostname, keys, None,
-                                     mta_sts=sts)
+    checks = await ctx.in_dns_thread(functools.partial(check_records, mta_sts=sts),
+                                     resolver, name, hostname, keys)
     return report(name, hostname, checks, True)
 
 
