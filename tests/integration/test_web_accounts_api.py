@@ -239,6 +239,10 @@ def test_the_dns_records_and_their_published_status(web: WebServer,
     admin = web.client(bearer=web.admin_token)
     domain = web.other
     [key] = admin.api("POST", f"/domains/{domain}/dkim", {"algorithm": "ed25519"}).json()
+    # MTA-STS records are expected once the domain serves a policy (mode not none)
+    off = admin.api("GET", f"/domains/{domain}/dns").json()
+    assert [r["kind"] for r in off["records"]] == ["MX", "SPF", "DKIM", "DMARC", "TLS-RPT"]
+    assert admin.api("PATCH", f"/domains/{domain}", {"mta_sts_mode": "testing"}).status == 200
     plain = admin.api("GET", f"/domains/{domain}/dns").json()
     assert plain["checked"] is False and plain["hostname"] == HOSTNAME
     kinds = [r["kind"] for r in plain["records"]]
