@@ -6,7 +6,7 @@ import pytest
 
 from postroom.mailauth.mtasts import policy_id
 from postroom.store import acme, mtasts
-from tests.support.web import WebServer
+from tests.support.web import HOSTNAME, WebServer
 
 pytestmark = pytest.mark.slow
 
@@ -18,7 +18,7 @@ def test_a_manager_sets_its_domains_mode_and_gets_the_id_to_publish(web: WebServ
     assert reply.status == 200, reply.body
     sts = web.db.run_sync(mtasts.get_setting, web.managed)
     assert reply.json() == {"name": web.managed, "mta_sts_mode": "testing",
-                            "mta_sts_id": policy_id(sts.stamp, "testing", ["localhost"])}
+                            "mta_sts_id": policy_id(sts.stamp, "testing", [HOSTNAME])}
     assert boss.api("PATCH", f"/domains/{web.other}", {"mta_sts_mode": "enforce"}).status == 403
     assert boss.api("PATCH", f"/domains/{web.managed}", {"mta_sts_mode": "strict"}).status == 422
 
@@ -29,7 +29,7 @@ def test_the_policy_is_served_over_https_for_the_mta_sts_host_only(web: WebServe
     reply = web.client(tls=True).get("/.well-known/mta-sts.txt", headers=host)
     assert reply.status == 200
     assert reply.header("content-type") == "text/plain; charset=utf-8"
-    assert reply.body == (b"version: STSv1\r\nmode: enforce\r\nmx: localhost\r\n"
+    assert reply.body == (b"version: STSv1\r\nmode: enforce\r\nmx: " + HOSTNAME.encode() + b"\r\n"
                           b"max_age: 604800\r\n")
     with_port = {"Host": f"MTA-STS.{web.other}:443"}
     assert web.client(tls=True).get("/.well-known/mta-sts.txt", headers=with_port).status == 200

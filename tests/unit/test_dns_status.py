@@ -61,14 +61,27 @@ def test_the_structured_records_are_those_postroom_dns_prints() -> None:
              "public_key_b64": "KEY", "state": "pending"},
             {"domain": "example.org", "selector": "old", "algorithm": "rsa-sha256",
              "public_key_b64": "OLD", "state": "retired"}]
-    records = expected_records("Example.ORG", HOST, keys)
+    # MTA-STS records belong to a domain whose mode is not none (postroom.store.mtasts)
+    assert [r.kind for r in expected_records("example.org", HOST, keys)] == [
+        "MX", "SPF", "DKIM", "DMARC", "TLS-RPT"]
+    records = expected_records("Example.ORG", HOST, keys, mta_sts_mode="testing",
+                               mta_sts_stamp="20261207")
     assert [r.kind for r in records] == ["MX", "SPF", "DKIM", "DMARC", "MTA-STS",
                                          "MTA-STS-HOST", "TLS-RPT"]
-    printed = all_records("example.org", HOST, keys)
-    assert all(r.zone_line in printed for r in records if r.kind != "MTA-STS")
+    printed = all_records("example.org", HOST, keys, mta_sts_mode="testing",
+                          mta_sts_stamp="20261207")
+    assert all(r.zone_line in printed for r in records)
     dkim = records[2]
     assert (dkim.name, dkim.value, dkim.state) == (
         "s1._domainkey.example.org", "v=DKIM1; k=ed25519; p=KEY", "pending")
+
+
+@dataclass
+class Setting:
+    """A domain's MTA-STS setting as postroom.store.mtasts gives it."""
+
+    mode: str
+    stamp: str
 
 
 def test_each_record_gets_its_status_and_what_was_found() -> None:
@@ -82,7 +95,8 @@ def test_each_record_gets_its_status_and_what_was_found() -> None:
         ("mta-sts.example.org", "CNAME"): "NX",
     })
     checked = {c.record.kind: c for c in
-               check_records(resolver, "example.org", HOST, [key])}  # type: ignore[arg-type]
+               check_records(resolver, "example.org", HOST, [key],  # type: ignore[arg-type]
+                             mta_sts=Setting("testing", "20261207"))}
     assert {k: c.status for k, c in checked.items()} == {
         "MX": "wrong", "SPF": "published", "DKIM": "published", "DMARC": "unknown",
         "MTA-STS": "wrong", "MTA-STS-HOST": "missing", "TLS-RPT": "missing"}
