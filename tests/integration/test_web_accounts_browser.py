@@ -9,7 +9,7 @@ import secrets
 from typing import Any
 
 import pytest
-from selenium.common.exceptions import NoAlertPresentException
+from selenium.common.exceptions import NoAlertPresentException, StaleElementReferenceException
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import Select
 
@@ -23,10 +23,14 @@ pytestmark = pytest.mark.slow
 
 
 def _status(browser: Any, kind: str) -> str:
-    """The status badge of the DNS table's row for ``kind`` (MX, SPF, DKIM, ...)."""
-    for row in browser.find_elements(By.CSS_SELECTOR, "table.records tbody tr"):
-        if row.find_element(By.TAG_NAME, "strong").text == kind:
-            return str(row.find_element(By.CSS_SELECTOR, ".badge").text)
+    """The status badge of the DNS table's row for ``kind`` (MX, SPF, DKIM, ...); "" while
+    the page is being replaced (a polled check sees the next page on its next try)."""
+    try:
+        for row in browser.find_elements(By.CSS_SELECTOR, "table.records tbody tr"):
+            if row.find_element(By.TAG_NAME, "strong").text == kind:
+                return str(row.find_element(By.CSS_SELECTOR, ".badge").text)
+    except StaleElementReferenceException:
+        return ""
     raise AssertionError(f"no {kind} row")
 
 
