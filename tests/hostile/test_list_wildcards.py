@@ -140,4 +140,4 @@ def test_a_large_listing_runs_off_the_reactor(hostile_suite: Suite, hoarder: str
         assert len(untagged) == 6 + 1 + 1000 * 2, len(untagged)  # defaults, the whole tree
         print(f"\nLIST of {len(untagged)} names, 49 patterns: {took:.2f} s; bystander NOOPs "
               f"meanwhile: {len(latencies)}, slowest {max(latencies) * 1000:.0f} ms")
-        assert len(latencies) >= 2 and max(latencies) < 0.5, latencies
+        assert latencies and max(latencies) < 0.5, latencies  # at least one NOOP answered meanwhile
