@@ -118,3 +118,12 @@ def test_discard_forgets_a_command_in_progress():
 ])
 def test_quote_sends_short_strings_quoted_and_others_as_literals(text, sent):
     assert wire.quote(text) == sent
+
+
+def test_the_commands_after_a_long_line_in_one_chunk_are_kept():
+    framer = wire.Framer(max_literal=10, max_held=10, max_line=100)
+    framer.feed(b"A" * 150)
+    assert framer.next() is None
+    framer.feed(b"A" * 150 + b"\r\nNOOP\r\n")
+    assert framer.next() == wire.FrameError("line too long")
+    assert framer.next() == wire.Command("NOOP")

@@ -199,11 +199,18 @@ class Framer:
                 continue
             end = self.buffer.find(b"\n", 0, self.max_line + 2)
             if end < 0:
-                if len(self.buffer) > self.max_line + 1:
-                    # a line that never ends: drop what came, keep dropping to its LF
+                if len(self.buffer) <= self.max_line + 1:
+                    return None
+                # a line too long: drop it up to its LF (or all of it, and go on dropping)
+                self._fail(FrameError("line too long"))
+                end = self.buffer.find(b"\n")
+                if end < 0:
                     del self.buffer[:]
-                    self._fail(FrameError("line too long"))
-                return None
+                    return None
+                del self.buffer[:end + 1]
+                error = self._error or FrameError("line too long")
+                self._reset()
+                return error
             segment = bytes(self.buffer[:end])
             del self.buffer[:end + 1]
             if segment.endswith(b"\r"):
