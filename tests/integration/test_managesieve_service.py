@@ -4,7 +4,9 @@ sieve-connect; then a real mda process delivers by the script they uploaded."""
 
 from __future__ import annotations
 
+import base64
 import secrets
+import socket
 import ssl
 import subprocess
 import time
@@ -28,6 +30,7 @@ from postroom.store.models import Mailbox, MailboxEntry
 from tests.support.ports import free_port
 from tests.support.procs import ServiceProcess, listener_env, runtime_argv
 from tests.support.redisdb import delete_prefix
+from tests.support.scram import ScramClient
 
 PASSWORD = "correct horse"
 GOOD = 'require ["fileinto", "mailbox"];\r\nif header :contains "subject" "list" {\r\n' \
@@ -42,6 +45,7 @@ class Server:
     domain: str
     certs: Path
     database: Database
+    process: ServiceProcess
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +69,7 @@ def server(database_url: str, database: Database, redis_url: str,
         mda.start()
         domain = f"sieve{secrets.token_hex(4)}.example"
         database.run_sync(domains.add_domain, domain)
-        yield Server(port, prefix, domain, certs, database)
+        yield Server(port, prefix, domain, certs, database, process)
     finally:
         mda.close()
         process.close()
@@ -199,3 +203,73 @@ def test_sieve_connect_uploads_lists_activates_and_deletes(
     done = sieve_connect(server, address, "--delete", "--remotesieve", "mine")
     assert done.returncode == 0, done.stderr
     assert server.database.run_sync(sieve.list_scripts, user_id) == []
+
+
+def read_until_ok(sock: ssl.SSLSocket | socket.socket, buffer: bytearray) -> list[bytes]:
+    """Lines up to and including the next OK/NO/BYE line."""
+    lines: list[bytes] = []
+    while True:
+        while b"\r\n" not in buffer:
+            chunk = sock.recv(65536)
+            assert chunk, bytes(buffer)
+            buffer += chunk
+        line, _, rest = bytes(buffer).partition(b"\r\n")
+        buffer[:] = rest
+        lines.append(line)
+        if line.startswith((b"OK", b"NO", b"BYE")):
+            return lines
+
+
+def test_scram_sha_256_over_starttls_proves_the_server_knows_the_secrets(
+        server: Server, account: tuple[str, int]) -> None:
+    address, _user_id = account
+    raw = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    buffer = bytearray()
+    read_until_ok(raw, buffer)
+    raw.sendall(b"STARTTLS\r\n")
+    assert read_until_ok(raw, buffer)[-1].startswith(b"OK")
+    context = ssl.create_default_context(cafile=str(server.certs / "cert.pem"))
+    sock = context.wrap_socket(raw, server_hostname="localhost")
+    capabilities = read_until_ok(sock, buffer)
+    assert b'"SASL" "PLAIN SCRAM-SHA-256"' in capabilities
+    scram = ScramClient(address, PASSWORD)
+    sock.sendall(b'AUTHENTICATE "SCRAM-SHA-256" "%s"\r\n' % base64.b64encode(scram.first()))
+    while b"\r\n" not in buffer:
+        buffer += sock.recv(65536)
+    challenge, _, rest = bytes(buffer).partition(b"\r\n")
+    buffer[:] = rest
+    server_first = base64.b64decode(challenge.strip(b'"'))
+    sock.sendall(b'"%s"\r\n' % base64.b64encode(scram.final(server_first)))
+    [done] = read_until_ok(sock, buffer)
+    assert done.startswith(b'OK (SASL "'), done
+    assert scram.verify(base64.b64decode(done.split(b'"')[1]))
+    sock.sendall(b"LISTSCRIPTS\r\n")
+    assert read_until_ok(sock, buffer)[-1].startswith(b"OK")
+    sock.close()
+
+
+def metric(server: Server, name: str, **labels: str) -> float:
+    """One sample of the managesieve process's /metrics (0 when absent)."""
+    _status, body = server.process.get("/metrics")
+    wanted = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in body.decode().splitlines():
+        if line.startswith(f"{name}{{{wanted}}} "):
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_sessions_commands_and_failed_logins_are_counted(
+        server: Server, account: tuple[str, int], sievelib_trusts_our_certificate: None) -> None:
+    address, _user_id = account
+    connections = metric(server, "postroom_connections_total", listener="managesieve")
+    puts = metric(server, "postroom_commands_total", command="PUTSCRIPT")
+    failures = metric(server, "postroom_auth_failures_total", mechanism="PLAIN")
+    c = client(server, address)
+    assert c.putscript("counted", "keep;\r\n")
+    c.logout()
+    wrong = managesieve.Client("127.0.0.1", server.port, srvhostname="localhost")
+    assert not wrong.connect(address, "wrong password", starttls=True, authmech="PLAIN")
+    assert metric(server, "postroom_connections_total", listener="managesieve") >= \
+        connections + 2
+    assert metric(server, "postroom_commands_total", command="PUTSCRIPT") == puts + 1
+    assert metric(server, "postroom_auth_failures_total", mechanism="PLAIN") == failures + 1
