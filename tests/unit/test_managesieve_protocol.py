@@ -291,3 +291,16 @@ def test_the_per_client_connection_limit_says_bye(limit):
     second = first.factory.buildProtocol(None)
     second.makeConnection(transport)
     assert transport.value().startswith(b"BYE (TRYLATER)") and transport.disconnecting
+
+
+def test_a_wrong_scram_proof_with_an_authzid_is_a_counted_failed_login():
+    client = Client(secure=True)
+    scram = ScramClient("bob@example.org", "not the password")
+    first = scram.first().replace(b"n,,", b"n,a=eve@example.org,", 1)
+    challenge = client.cmd(f'AUTHENTICATE "SCRAM-SHA-256" "{base64.b64encode(first).decode()}"')
+    server_first = base64.b64decode(challenge.strip().strip(b'"'))
+    final = scram.final(server_first)
+    assert client.cmd(f'"{base64.b64encode(final).decode()}"') == b""  # the delay
+    client.clock.advance(2.0)
+    assert client.take() == b'NO "authentication failed"\r\n'
+    assert client.server.failed_logins == 1

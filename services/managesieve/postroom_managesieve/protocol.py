@@ -450,7 +450,10 @@ class ManageSieveServer(ListenerSession, Protocol):
             self._no("authentication failed")
             return
         credentials = step.credentials
-        if credentials.authzid and credentials.authzid != credentials.username:
+        unproven = isinstance(credentials, sasl.VerifiedCredentials) and not credentials.verified
+        if credentials.authzid and credentials.authzid != credentials.username and not unproven:
+            # a wrong SCRAM proof goes on to be counted as a failed login (no oracle that
+            # skips the limiter); a right one, or PLAIN, is refused here
             self._no("cannot act as another user")
             return
         try:
