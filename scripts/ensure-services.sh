@@ -84,6 +84,8 @@ ensure_redis() {
 ensure_clients() {
   # real clients the tests drive; postfix only for its smtp-source load tool (daemon stays stopped)
   apt_install swaks libnet-ssleay-perl curl fetchmail getmail6 isync postfix docker-compose haproxy
+  # a ManageSieve client (tests/integration/test_managesieve_service.py)
+  apt_install sieve-connect
   # the Dovecot that tests/e2e/test_import_dovecot.py moves a domain from (started by the test
   # on loopback; the package's own daemon stays stopped)
   apt_install dovecot-core dovecot-imapd dovecot-pop3d

@@ -512,6 +512,9 @@ class Settings:
     pop3_listen: tuple[str, ...] = setting(_mail_endpoints, "tcp:110", "POP3 with STLS.")
     pop3_tls_listen: tuple[str, ...] = setting(
         _mail_endpoints, "tcp:995", "POP3 with implicit TLS.")
+    managesieve_listen: tuple[str, ...] = setting(
+        _endpoints, "tcp:4190",
+        "ManageSieve (RFC 5804) with STARTTLS required before AUTHENTICATE (docs/managesieve.md).")
     imap_listen: tuple[str, ...] = setting(_mail_endpoints, "tcp:143", "IMAP with STARTTLS.")
     imap_tls_listen: tuple[str, ...] = setting(
         _mail_endpoints, "tcp:993", "IMAP with implicit TLS.")

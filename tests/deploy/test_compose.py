@@ -29,9 +29,10 @@ from tests.deploy.compose import (
     service_env,
 )
 
-SUITE = ("msa", "mta", "dmarc", "mda", "pop3", "imap", "web")
-MAIL = ("msa", "mta", "dmarc", "mda", "pop3", "imap")
+SUITE = ("msa", "mta", "dmarc", "mda", "pop3", "imap", "managesieve", "web")
+MAIL = ("msa", "mta", "dmarc", "mda", "pop3", "imap", "managesieve")
 WEB_PORT = 8000
+MANAGESIEVE_PORT = 4190
 CONSUMERS = ("mda", "dmarc")
 LISTENERS = ("msa", "mta", "pop3", "imap")
 
@@ -177,7 +178,8 @@ def test_each_service_mounts_the_tls_folder_read_only(config, name):
 
 def test_every_mail_port_is_published(config):
     published = set().union(*(_published(config["services"][n]) for n in MAIL))
-    assert published == MAIL_PORTS
+    # ManageSieve is published directly, never behind the PROXY-protocol HAProxy
+    assert published == MAIL_PORTS | {MANAGESIEVE_PORT}
 
 
 def test_the_web_console_publishes_8000_and_no_tls_port_by_default(config):

@@ -98,7 +98,7 @@ def test_the_certificates_are_a_volume_each_node_fills(stack):
 
 def test_a_registry_name_in_postroom_image_reaches_every_postroom_service(config, stack):
     built = {name for name, service in config["services"].items() if service.get("build")}
-    assert {"migrate", "mta", "msa", "mda", "dmarc", "pop3", "imap"} <= built
+    assert {"migrate", "mta", "msa", "mda", "dmarc", "pop3", "imap", "managesieve"} <= built
     for name, service in stack["services"].items():
         if "postroom" in str(config["services"][name].get("image")):
             assert service["image"] == REGISTRY_IMAGE, name
@@ -127,7 +127,7 @@ def test_placement_pins_the_database_and_puts_listeners_on_mail_nodes(stack):
         assert constraints == expected, name
     # the example .env publishes the listeners' ports; proxy mode's own .env lines make
     # them bare container ports, leaving only HAProxy on the mail nodes
-    assert {"mta", "msa", "pop3", "imap"} <= publishing, publishing
+    assert {"mta", "msa", "pop3", "imap", "managesieve"} <= publishing, publishing
 
 
 def test_a_bind_source_missing_here_stops_the_conversion(tmp_path):

@@ -20,7 +20,7 @@ from tests.support.ports import free_port
 from tests.support.procs import ServiceProcess, cli_argv
 from tests.support.suite import LISTEN_VARS, Suite, _listen
 
-SERVICES = ("msa", "mta", "dmarc", "mda", "pop3", "imap", "web")
+SERVICES = ("msa", "mta", "dmarc", "mda", "pop3", "imap", "managesieve", "web")
 
 # what each service gets: one signal, the terminal's Ctrl-C then the supervisor's SIGTERM,
 # and the same with no pause between them (both can be queued before the first is handled)

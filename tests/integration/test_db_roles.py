@@ -224,6 +224,21 @@ def test_pop3_role_lists_retrieves_and_deletes(rdb):
     assert removed == [uid]
 
 
+def test_managesieve_role_logs_in_and_manages_scripts(rdb):
+    from postroom_managesieve import scripts
+
+    bob = rdb.owner.run_sync(users.get_user, "bob@example.test")
+    assert run_as(rdb, "managesieve", users.scram_secrets_for, "bob@example.test") is not None
+    assert run_as(rdb, "managesieve", users.get_active_user, "bob@example.test") is not None
+    run_as(rdb, "managesieve", scripts.put, bob.id, "roles", "keep;\r\n", 5, 4096)
+    run_as(rdb, "managesieve", scripts.rename, bob.id, "roles", "roles2")
+    run_as(rdb, "managesieve", scripts.set_active, bob.id, "roles2")
+    assert ("roles2", True) in run_as(rdb, "managesieve", scripts.listing, bob.id)
+    assert run_as(rdb, "managesieve", scripts.get, bob.id, "roles2") == "keep;\r\n"
+    run_as(rdb, "managesieve", scripts.set_active, bob.id, None)
+    run_as(rdb, "managesieve", scripts.delete, bob.id, "roles2")
+
+
 def test_imap_role_creates_appends_stores_and_deletes(rdb):
     from postroom_imap import mailstore
 
@@ -312,7 +327,13 @@ def test_mta_records_tls_results_and_dmarc_reports_reads_and_purges_them(rdb):
 
 FORBIDDEN = [
     # only the services that send mail read DKIM private keys (the access services never)
-    *[(s, "SELECT private_key_pem FROM dkim_keys") for s in ("imap", "pop3")],
+    *[(s, "SELECT private_key_pem FROM dkim_keys") for s in ("imap", "pop3", "managesieve")],
+    # managesieve reads no mail and writes no queue; only it writes Sieve scripts
+    ("managesieve", "SELECT blob FROM messages"),
+    ("managesieve", "SELECT * FROM mailbox_entries"),
+    ("managesieve", "DELETE FROM spool_recipients"),
+    ("mda", "DELETE FROM sieve_scripts"),
+    ("imap", "UPDATE sieve_scripts SET active = false"),
     # only the login services read password hashes and SCRAM secrets
     *[(s, "SELECT password_hash FROM users") for s in ("mda", "mta", "dmarc")],
     ("mta", "SELECT scram_secrets FROM users"),
@@ -367,7 +388,8 @@ def test_the_server_refuses(rdb, service, sql):
 
 
 @pytest.mark.parametrize(("service", "protocol"), [("msa", "submission"), ("pop3", "pop3"),
-                                                    ("imap", "imap")])
+                                                    ("imap", "imap"),
+                                                    ("managesieve", "managesieve")])
 def test_login_roles_log_in_with_an_app_password_and_note_its_use(rdb, service, protocol):
     from postroom.store import apppasswords
 

@@ -1,6 +1,6 @@
 """The hostile-input campaign's harness: the whole suite as real processes, raw clients, a ledger.
 
-``hostile_suite`` (session scope) starts dmarc, mta, msa, pop3 and imap as
+``hostile_suite`` (session scope) starts dmarc, mta, msa, pop3, imap and managesieve as
 ``postroom serve NAME`` processes on free loopback ports, over a database of
 their own, a Redis prefix of their own and the session's loopback DNS server,
 with small limits so the attacks trip them quickly (see ``LIMITS``). Three
@@ -16,6 +16,7 @@ messages lost and checks bypassed; the last test prints it as a table.
 
 from __future__ import annotations
 
+import base64
 import functools
 import json
 import secrets
@@ -328,7 +329,7 @@ def hostile_suite(redis_url: str, dns_server_session: Any,
     make_self_signed(certs / "cert.pem", certs / "key.pem", "localhost")
     ports = {name: free_port() for name in (
         "smtp-25", "smtp-587", "smtps-465", "pop3-110", "pop3s-995", "imap-143", "imaps-993",
-        "dmarc-http", "relay-sink")}
+        "sieve-4190", "dmarc-http", "relay-sink")}
     common = {
         "POSTROOM_DATABASE_URL": url, "POSTROOM_REDIS_URL": redis_url,
         "POSTROOM_REDIS_PREFIX": prefix, "POSTROOM_HOSTNAME": HOSTNAME,
@@ -349,6 +350,8 @@ def hostile_suite(redis_url: str, dns_server_session: Any,
                                             pop3_tls_listen=_listen(ports["pop3s-995"]))),
         "imap": ServiceProcess("imap", _env(common, imap_listen=_listen(ports["imap-143"]),
                                             imap_tls_listen=_listen(ports["imaps-993"]))),
+        "managesieve": ServiceProcess("managesieve", _env(
+            common, managesieve_listen=_listen(ports["sieve-4190"]))),
     }
     try:
         user_ids = _seed(database)
@@ -461,11 +464,32 @@ def imap_ok(suite: Suite, user: str = "carol", source: str = "127.0.0.1") -> Non
         conn.tagged(b"c")
 
 
+def managesieve_ok(suite: Suite, user: str = "carol") -> None:
+    with Conn(suite.ports["sieve-4190"]) as conn:
+        while not conn.line().startswith(b"OK"):
+            pass
+        conn.send(b"STARTTLS\r\n")
+        assert conn.line().startswith(b"OK")
+        conn.starttls()
+        while not conn.line().startswith(b"OK"):
+            pass
+        token = base64.b64encode(f"\0{address(user)}\0{PASSWORD}".encode()).decode()
+        conn.send(f'AUTHENTICATE "PLAIN" "{token}"\r\n'.encode())
+        reply = conn.line()
+        assert reply.startswith(b"OK"), reply
+        conn.send(b"LISTSCRIPTS\r\n")
+        while not (reply := conn.line()).startswith((b"OK", b"NO", b"BYE")):
+            pass
+        assert reply.startswith(b"OK"), reply
+        conn.send(b"LOGOUT\r\n")
+        assert conn.line().startswith(b"OK")
+
+
 def still_serves(suite: Suite, listener: str) -> None:
     """The service behind ``listener`` is up and answers a normal client."""
     service = {"smtp-25": "mta", "smtp-587": "msa", "smtps-465": "msa", "pop3-110": "pop3",
                "pop3s-995": "pop3", "imap-143": "imap", "imaps-993": "imap",
-               "dmarc-http": "dmarc"}[listener]
+               "sieve-4190": "managesieve", "dmarc-http": "dmarc"}[listener]
     code = suite.alive()[service]
     if code is not None:
         LEDGER.crashes[listener] += 1
@@ -476,6 +500,8 @@ def still_serves(suite: Suite, listener: str) -> None:
         pop3_ok(suite)
     elif listener.startswith("imap"):
         imap_ok(suite)
+    elif listener.startswith("sieve"):
+        managesieve_ok(suite)
     else:
         status, _ = suite.processes["dmarc"].healthz()
         assert status == 200

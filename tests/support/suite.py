@@ -53,6 +53,7 @@ PASSWORD = "correct horse battery"
 LISTEN_VARS: dict[str, tuple[str | None, str | None]] = {
     "imap": ("POSTROOM_IMAP_LISTEN", "POSTROOM_IMAP_TLS_LISTEN"),
     "pop3": ("POSTROOM_POP3_LISTEN", "POSTROOM_POP3_TLS_LISTEN"),
+    "managesieve": ("POSTROOM_MANAGESIEVE_LISTEN", None),
     "msa": ("POSTROOM_MSA_LISTEN", "POSTROOM_MSA_TLS_LISTEN"),
     "mta": ("POSTROOM_MTA_LISTEN", None),
     "dmarc": ("POSTROOM_DMARC_LISTEN", None),

@@ -58,20 +58,22 @@ def test_only_the_services_that_send_mail_read_dkim_private_keys():
 
 @pytest.mark.parametrize("column", ["password_hash", "scram_secrets"])
 def test_only_the_login_services_read_password_secrets(column):
-    assert _readers("users", column) == {"msa", "pop3", "imap"}
+    assert _readers("users", column) == {"msa", "pop3", "imap", "managesieve"}
 
 
 def test_no_service_writes_accounts_domains_aliases_or_keys():
     for service, grants in roles.GRANTS.items():
-        for table in ("domains", "aliases", "dkim_keys", "mail_rules", "sieve_scripts"):
+        for table in ("domains", "aliases", "dkim_keys", "mail_rules"):
             assert all(p.startswith("SELECT") for p in grants.get(table, ())), (service, table)
+        if service != "managesieve":  # the one service that writes scripts (RFC 5804)
+            assert all(p.startswith("SELECT") for p in grants.get("sieve_scripts", ())), service
         # a login rewrites an old or imported hash (and adds the SCRAM secrets it lacked)
         assert set(grants.get("users", ())) <= {*roles._USERS_LOGIN, roles._USERS_PUBLIC}, service
 
 
 def test_only_the_login_services_read_app_password_hashes_and_note_their_use():
-    assert _readers("app_passwords", "hash") == {"msa", "pop3", "imap"}
-    for service in ("msa", "pop3", "imap"):
+    assert _readers("app_passwords", "hash") == {"msa", "pop3", "imap", "managesieve"}
+    for service in ("msa", "pop3", "imap", "managesieve"):
         assert roles.GRANTS[service]["app_passwords"] == ("SELECT",
                                                           "UPDATE (last_used_at, last_used_ip)")
 
@@ -82,7 +84,7 @@ def test_no_service_reads_totp_secrets_or_recovery_codes():
     assert "totp_recovery_codes" in roles.OWNER_ONLY
 
 
-@pytest.mark.parametrize("service", ["pop3", "imap"])
+@pytest.mark.parametrize("service", ["pop3", "imap", "managesieve"])
 def test_the_access_services_never_write_the_spool(service):
     for table in ("spool_messages", "spool_recipients", "spool_attempts"):
         assert all(p.startswith("SELECT") for p in roles.GRANTS[service].get(table, ()))

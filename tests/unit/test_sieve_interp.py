@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import re
 import time
 from datetime import UTC, datetime
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from postroom.glob import sieve_pattern
+from postroom.glob import Wild, sieve_pattern
 from postroom.sieve.interp import (
     Context,
     Discard,
@@ -148,3 +151,63 @@ def test_the_step_budget_ends_a_long_run():
     body = f'if header :contains "subject" [{keys}] {{ keep; }}\n' * 50
     with pytest.raises(SieveRuntimeError, match="too many steps"):
         run(body, [("Subject", "x" * 2000)], max_steps=1000)
+
+
+@settings(max_examples=400, deadline=None)
+@given(pattern=st.text(alphabet="ab*?", min_size=1, max_size=8),
+       text=st.text(alphabet="abc", max_size=12))
+def test_match_variables_agree_with_a_lazy_regex_on_small_inputs(pattern, text):
+    """RFC 5229 3.2's leftmost-shortest captures, against Python's lazy regex (safe this
+    small): whether it matches, and what each wildcard took."""
+    glob = sieve_pattern(pattern)
+    regex = "".join("(.*?)" if t is Wild.ANY else "(.)" if t is Wild.ONE else re.escape(t)
+                    for t in glob.tokens)
+    expected = re.fullmatch(regex, text, re.S)
+    found = captures(glob, text)
+    assert (found is None) == (expected is None)
+    if expected is not None:
+        assert found == list(expected.groups())
+
+
+def test_an_interpreter_bug_is_a_failed_run_not_a_crash(monkeypatch):
+    from postroom.sieve import interp
+
+    def broken(self, frame, node):
+        raise IndexError("a bug")
+
+    monkeypatch.setattr(interp._Run, "test", broken)
+    with pytest.raises(SieveRuntimeError, match="internal error"):
+        run('if true { discard; }')
+
+
+def test_a_lookup_failure_is_the_callers_not_the_scripts():
+    class DatabaseDown(Exception):
+        pass
+
+    def down(name):
+        raise DatabaseDown(name)
+
+    with pytest.raises(DatabaseDown):
+        run('require "mailbox"; if mailboxexists "x" { discard; }', mailbox_exists=down)
+
+
+def test_a_parser_bug_is_a_refused_script(monkeypatch):
+    from postroom.sieve import check_script, grammar
+
+    def broken(self, text):
+        raise AttributeError("a bug")
+
+    monkeypatch.setattr(grammar.Parser, "parse", broken)
+    [error] = check_script("keep;", max_bytes=100)
+    assert error.message == "script not understood (AttributeError)"
+
+
+def test_a_checker_bug_is_a_refused_script(monkeypatch):
+    from postroom.sieve import check, check_script
+
+    def broken(self, nodes):
+        raise KeyError("a bug")
+
+    monkeypatch.setattr(check._Checker, "script", broken)
+    [error] = check_script("keep;", max_bytes=100)
+    assert error.message == "script not understood (KeyError)"

@@ -4,7 +4,8 @@ Each function takes a Session and runs inside the caller's transaction (one
 per recipient, see postroom_mda.service), so a mailbox copy and the
 recipient's ``delivered`` state commit together, and the only row locks taken
 besides the recipient's own are the blob's (when its metadata is stored) and
-one mailbox's, always in that order (no lock-order deadlocks between replicas).
+the mailboxes' (one, or one per mailbox a Sieve script files into, in mailbox id
+order), always in that order (no lock-order deadlocks between replicas).
 Mail for an account with no alias, Sieve script or quota takes a fast path of two
 prepared statements (postroom.store.delivery); everything else takes the
 general path. The SQL of both is in the store (postroom.store.delivery,

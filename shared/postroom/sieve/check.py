@@ -206,7 +206,10 @@ def _check(text: str, max_bytes: int) -> tuple[list[SieveError], tuple[Node, ...
     except ScriptError as exc:
         return [SieveError(exc.line, exc.message)], ()
     checker = _Checker()
-    checker.script(nodes)
+    try:
+        checker.script(nodes)
+    except Exception as exc:  # noqa: BLE001 - a checker bug must read as a refused script
+        return [SieveError(0, f"script not understood ({type(exc).__name__})")], ()
     return checker.errors[:50], nodes
 
 

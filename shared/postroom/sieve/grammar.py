@@ -315,13 +315,20 @@ def parse(text: str) -> tuple[Node, ...]:
     """The script's commands, or ScriptError (with the line sievelib or we found it on)."""
     parser = _LineParser()
     try:
-        ok = parser.parse(text.encode("utf-8"))
-    except RecursionError:  # pragma: no cover - sievelib's parser does not recurse
-        raise ScriptError(0, "script too deeply nested") from None
+        ok = parser.parse(text.encode("utf-8", "surrogatepass"))
+    except Exception as exc:  # noqa: BLE001 - a parser bug must read as a refused script
+        # sievelib catches its own errors; anything else is a bug in it, on hostile text: the
+        # script is refused (and at delivery, the message kept), never a crash
+        raise ScriptError(0, f"script not understood ({type(exc).__name__})") from None
     if not ok:
         line = int(getattr(parser, "error_pos", (0,))[0])
         message = str(getattr(parser, "error", "parse error"))
         message = re.sub(r"^line \d+: ", "", message)
         raise ScriptError(line, message[:300])
     count = [0]
-    return tuple(_convert(cmd, 0, count, 1) for cmd in parser.result)
+    try:
+        return tuple(_convert(cmd, 0, count, 1) for cmd in parser.result)
+    except ScriptError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - as above: a tree we cannot read is refused
+        raise ScriptError(0, f"script not understood ({type(exc).__name__})") from None

@@ -29,11 +29,14 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, timezone
 from email.message import Message
 from email.utils import parsedate_to_datetime
+from typing import TypeVar
 
 from postroom.mime.addresses import parse_addresses
 from postroom.sieve.check import compile_script
 from postroom.sieve.grammar import Node, Value
 from postroom.sieve.match import CASEMAP, count_matches, match_one
+
+_T = TypeVar("_T")
 
 # bounds of one run (beyond Context's settings)
 MAX_STEPS = 200_000
@@ -203,6 +206,14 @@ class _Return(Exception):
     """``return``: the current included script ends."""
 
 
+class _CallbackError(Exception):
+    """A Context callback failed: its exception is re-raised as it was."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 @dataclass
 class _Frame:
     """One script being run: what it required and its own variables."""
@@ -237,6 +248,14 @@ class _Run:
     def values(self, name: str) -> list[str]:
         key = name.lower()
         return [value for field_name, value in self.headers if field_name.lower() == key]
+
+    def lookup(self, fn: Callable[[str], _T], name: str) -> _T:
+        """A Context callback: what it raises (the database's errors) is the caller's, not
+        the script's, and passes through the run untouched."""
+        try:
+            return fn(name)
+        except Exception as exc:
+            raise _CallbackError(exc) from exc
 
     # --- bounds
 
@@ -486,7 +505,7 @@ class _Run:
                 values.append(_date_part(moment, part))
             return self.compare(frame, node, values, keys)
         if name == "mailboxexists":
-            return all(self.ctx.mailbox_exists(n) for n in
+            return all(self.lookup(self.ctx.mailbox_exists, n) for n in
                        self.strings(frame, node.args.get("mailbox-names")))
         raise SieveRuntimeError(node.line, f"unsupported test {name}", frame.script)
 
@@ -706,7 +725,7 @@ class _Run:
         if self.includes > MAX_INCLUDES or len(self.include_stack) >= MAX_INCLUDE_DEPTH:
             raise SieveRuntimeError(node.line, "too many includes", frame.script)
         lookup = self.ctx.global_script if location == "global" else self.ctx.personal_script
-        text = lookup(name)
+        text = self.lookup(lookup, name)
         if text is None:
             if "optional" in node.args:
                 return
@@ -868,6 +887,14 @@ def run_scripts(scripts: Sequence[Script], message: MessageView, envelope: Envel
             run.script(script)
     except _Stop:
         pass
+    except _CallbackError as exc:
+        raise exc.error from None
+    except (SieveRuntimeError, MemoryError):
+        raise
+    except Exception as exc:
+        # whatever a hostile message or script finds in here is a failed run: kept in INBOX
+        raise SieveRuntimeError(0, f"internal error ({type(exc).__name__}: {exc})"[:300]
+                                ) from exc
     actions = run.actions
     if run.implicit_keep and not any(isinstance(a, Keep) for a in actions):
         actions.append(Keep(tuple(run.flags), implicit=True))

@@ -10,7 +10,7 @@ right: migrations and the operator CLI use it.
 What matters most is what a role cannot do: only the services that send mail
 read DKIM private keys (the msa signs submissions; the mta, mda and dmarc sign
 the bounces, replies and reports they write, and the mda ARC-seals forwards:
-postroom.outgoing), only the login services (msa, pop3, imap) read password
+postroom.outgoing), only the login services (msa, pop3, imap, managesieve) read password
 hashes, SCRAM secrets and app-password hashes, no service reads TOTP secrets or
 recovery codes, the access services (pop3, imap) never write the spool, and no
 service changes accounts, domains, aliases, keys or the schema. Foreign-key
@@ -135,6 +135,13 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "spool_messages": _SPOOL_REFERENCES,
         # the certificate by ACME, loaded into the TLS listeners (migration 0017)
         "tls_certificates": ("SELECT",),
+    },
+    "managesieve": {
+        "domains": ("SELECT",),
+        "users": _USERS_LOGIN,
+        "app_passwords": _APP_PASSWORDS_LOGIN,
+        # the one service that writes scripts (RFC 5804; `postroom sieve` runs as the owner)
+        "sieve_scripts": ("SELECT", "INSERT", "UPDATE", "DELETE"),
     },
     "imap": {
         "domains": ("SELECT",),
