@@ -215,7 +215,7 @@ def _name_problem(name: FileName, blocked: frozenset[str]) -> tuple[str, str] | 
     ext = name.extension
     if ext in blocked:
         if len(name.extensions) >= 2 and name.extensions[-2] in _DECOYS:
-            return "double_extension", f"double extension .{name.extensions[-2]}.{ext}"
+            return "double_extension", f"double extension .{shown(name.extensions[-2])}.{ext}"
         return "blocked_extension", f"blocked file type .{ext}"
     return None
 
@@ -264,14 +264,15 @@ def _judge(walk: _Walk, where: str, names: list[FileName], head: bytes) -> None:
     danger = dangerous_type(head)
     ext = names[0].extension if names else ""
     if danger is not None:
-        named = f" named .{ext}" if ext else ""
+        named = f" named .{shown(ext)}" if ext else ""
         walk.findings.append(_Finding("blocked", "type_mismatch", where,
                                       f"content is {danger}{named}"))
         return
     detected = detected_extension(head)
     if detected is not None and detected in policy.blocked_extensions:
+        named = shown(ext) if ext else "(none)"
         walk.findings.append(_Finding("blocked", "type_mismatch", where,
-                                      f"content is .{detected} named .{ext or '(none)'}"))
+                                      f"content is .{detected} named .{named}"))
 
 
 def _needs_inspection(part: Part) -> bool:
