@@ -36,7 +36,7 @@ from tests.support.web import WebClient
 
 pytestmark = pytest.mark.slow
 
-SERVICES = ("dmarc", "imap", "mda", "msa", "mta", "pop3", "web")
+SERVICES = ("dmarc", "imap", "managesieve", "mda", "msa", "mta", "pop3", "web")
 COPY_IGNORE = shutil.ignore_patterns(".venv", "var", ".git", "__pycache__", "*.pyc",
                                      ".mypy_cache", ".ruff_cache", ".pytest_cache")
 
@@ -51,7 +51,7 @@ def _unverified() -> ssl.SSLContext:
 def _loopback_listeners() -> tuple[dict[str, str], dict[str, int]]:
     """Every listener on a free loopback port (tests never bind 0.0.0.0 or well-known ports)."""
     ports = {name: free_port() for name in ("msa", "msa_tls", "mta", "dmarc", "pop3",
-                                            "pop3_tls", "imap", "imap_tls", "web")}
+                                            "pop3_tls", "imap", "imap_tls", "web", "managesieve")}
     env = {f"POSTROOM_{name.upper()}_LISTEN": f"tcp:{port}:interface=127.0.0.1"
            for name, port in ports.items()}
     env["POSTROOM_DMARC_URL"] = f"http://127.0.0.1:{ports['dmarc']}"
