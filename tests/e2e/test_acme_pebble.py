@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import secrets
 import socket
 import ssl
@@ -176,10 +177,13 @@ def test_an_imap_started_later_serves_the_certificate_and_a_renewed_one_without_
     first = setup.certificate()
     imaps = free_port()
     # its own files, which do not exist yet: the database is the only source
-    env = {**listener_env(setup.database_url, setup.redis_url, "prtest:imap:", setup.tmp / "imap",
+    prefix = f"prtest:acme-imap-{os.getpid()}-{imaps}:"  # this run's own Redis keys
+    env = {**listener_env(setup.database_url, setup.redis_url, prefix, setup.tmp / "imap",
                           hostname=setup.hostname, imap_listen=free_port(),
                           imap_tls_listen=imaps), **setup.env}
-    with ServiceProcess("imap", env, argv=runtime_argv("postroom_imap.main:SERVICE")) as imap:
+    # started once here (a `with ServiceProcess(...)` would start it already)
+    imap = ServiceProcess("imap", env, argv=runtime_argv("postroom_imap.main:SERVICE"))
+    try:
         imap.start(timeout=60)
         assert _peer_serial(imaps, setup.hostname) == _serial(first.cert_pem)
         out = setup.cli("acme", "issue").stdout
@@ -190,6 +194,8 @@ def test_an_imap_started_later_serves_the_certificate_and_a_renewed_one_without_
         _wait(lambda: _peer_serial(imaps, setup.hostname) == _serial(second.cert_pem), 15,
               "the imap service to reload the renewed certificate")
         assert any(e.get("event") == "tls certificate reloaded" for e in imap.log_events())
+    finally:
+        imap.close()
 
 
 def test_renew_issues_only_when_expiry_is_nearer_than_renew_before(setup: Setup):

@@ -110,6 +110,8 @@ class ServiceProcess:
 
     def spawn(self) -> ServiceProcess:
         """Start the process without waiting for it to be healthy."""
+        # a second start would lose the first process (it would outlive the test)
+        assert self.proc is None or self.proc.poll() is not None, f"{self.name} already runs"
         self.proc = subprocess.Popen(self.argv, env=self.env, cwd=self.cwd,
                                      stdin=subprocess.DEVNULL, stdout=self._out,
                                      stderr=subprocess.STDOUT)
