@@ -13,10 +13,21 @@ import pytest
 _RANGE = (20000, 32000)
 
 
+# Each call moves on from where the last one stopped, so one test run never hands out the
+# same port twice until the whole range has gone round: two free_port() calls made before either
+# server binds (a service's listener and its health port) used to be able to draw the same
+# random port, and the second bind failed with EADDRINUSE (a CI run lost a module that way).
+_next = random.randrange(*_RANGE)
+
+
 def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that nothing listens on right now, outside the ephemeral range."""
-    for _ in range(200):
-        candidate = random.randrange(*_RANGE)
+    """A TCP port that nothing listens on right now, outside the ephemeral range, and that
+    this test run has not handed out recently."""
+    global _next
+    low, high = _RANGE
+    for _ in range(high - low):
+        candidate = _next
+        _next = low if _next + 1 >= high else _next + 1
         with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
             try:
                 sock.bind((host, candidate))
