@@ -949,6 +949,20 @@ class Settings:
     queue_claim_idle: float = setting(
         parse_duration, "60s",
         "Idle time after which a dead consumer's unacknowledged entry is claimed by another.")
+    spool_group_commit: int = setting(
+        _positive_int, "64",
+        "Most messages whose spool rows the front doors (mta inbound, msa) commit in one "
+        "transaction: messages that finish DATA while the previous commit is in flight wait "
+        "for it and go together (one COMMIT, one WAL flush; each client still answered only "
+        "after the commit holding its own message). An idle server commits each message at "
+        "once. 1 turns it off (each message its own transaction). docs/decisions/0018.")
+    spool_group_commit_bytes: int = setting(
+        parse_size, "16M",
+        "Most message bytes in one group commit (a larger message goes alone).")
+    fault_crash_after_spool_commit: str | None = setting(
+        _opt_str, "",
+        "Tests only (fault injection): a file; while it exists, a front door kills itself "
+        "(SIGKILL) right after a spool commit, before its replies and XADDs.")
     spool_retention: float = setting(
         parse_duration, "7d",
         "How long a finished queued message (every recipient delivered or bounced) and its "

@@ -165,18 +165,18 @@ class RedisDiesAfterCommit(Submitter):
         self.redis_server = redis_server
         self.spooled: list[Spooled] = []
 
-    def _after_commit(self, spooled: Spooled, user_id: int) -> Any:
-        # in the spool's thread, after its COMMIT and before the XADD
-        self.spooled.append(spooled)
+    def _publish(self, committed: Any) -> Any:
+        # in the spool's thread, after its COMMIT and before the XADDs
+        self.spooled.extend(spooled for _user_id, spooled in committed)
         self.redis_server.stop()
-        return super()._after_commit(spooled, user_id)
+        return super()._publish(committed)
 
 
 class AfterCommitRaises(RedisDiesAfterCommit):
     """A bug in the after-commit steps: they raise instead of returning their errors."""
 
-    def _after_commit(self, spooled: Spooled, user_id: int) -> Any:
-        self.spooled.append(spooled)
+    def _publish(self, committed: Any) -> Any:
+        self.spooled.extend(spooled for _user_id, spooled in committed)
         raise RuntimeError("a bug after the COMMIT")
 
 
@@ -246,7 +246,7 @@ def test_redis_lost_after_commit_still_250_and_reconciler_enqueues_it(
 def test_a_raise_after_commit_still_250_and_reconciler_enqueues_it(
         inprocess_msa: tuple[int, RedisDiesAfterCommit, str], database: Database,
         account: Account, own_redis: PrivateRedis):
-    # Database.run_then hands back the exception of its `then` step in place of the
+    # the group commit hands back the exception of its after-commit step in place of the
     # result: the message is committed, so the client must hear 250, not 451 (a retry
     # would send it twice), and the reconciler enqueues it as for a failed XADD
     port, submitter, prefix = inprocess_msa

@@ -74,7 +74,9 @@ def build_policy(ctx: ServiceContext, keyring: Keyring | None = None) -> MSAPoli
     submitter = Submitter(ctx.db, Enqueuer(queue, redis_pool, ctx.reactor), limits,
                           hostname=settings.hostname, sign_pool=sign_pool,
                           redis_pool=redis_pool, reactor=ctx.reactor, metrics=ctx.metrics,
-                          keyring=keyring)
+                          keyring=keyring, group_commit=settings.spool_group_commit,
+                          group_commit_bytes=settings.spool_group_commit_bytes,
+                          crash_file=settings.fault_crash_after_spool_commit)
     scanner = None
     if settings.clamd_address and settings.msa_virus_scan:
         scanner = ClamdClient(settings.clamd_address, reactor=ctx.reactor,

@@ -37,6 +37,7 @@ from postroom.smtp.session import Envelope, Session
 from postroom.store.addresses import normalise_domain
 from postroom.store.db import Database, StoreSession
 from postroom.store.errors import InvalidAddress
+from postroom.store.groupcommit import GroupCommit
 from postroom.store.queueid import new_queue_id
 from postroom.store.spool import NewRecipient
 from postroom_msa import lookups
@@ -161,8 +162,14 @@ class Submitter:
     def __init__(self, database: Database, enqueuer: Enqueuer, limits: SendingLimits, *,
                  hostname: str, sign_pool: ThreadPool, redis_pool: ThreadPool,
                  reactor: ReactorThreads, metrics: Metrics | None = None,
-                 keyring: Keyring | None = None) -> None:
+                 keyring: Keyring | None = None, group_commit: int = 64,
+                 group_commit_bytes: int = 16 * 1024 * 1024,
+                 crash_file: str | None = None) -> None:
         self.database = database
+        # spool rows of messages finishing together: one transaction (docs/decisions/0018)
+        self.spooler: GroupCommit[int, lookups.Spooled, AfterCommit] = GroupCommit(
+            database, lookups.spool_submission, self._publish, max_messages=group_commit,
+            max_bytes=group_commit_bytes, metrics=metrics, crash_file=crash_file)
         self.keyring = keyring if keyring is not None else Keyring()
         self.enqueuer = enqueuer
         self.limits = limits
@@ -270,20 +277,25 @@ class Submitter:
                 self._count("deferred")
                 return M.TRY_LATER
             message = signatures + message
-        user_id = session.identity.id
-        # the XADDs and the usage count run in the spool's thread right after its COMMIT
-        spooled, after = await self.database.run_then(
-            lookups.spool_submission, lambda spooled: self._after_commit(spooled, user_id),
-            queue_id=queue_id,
-            mail_from=str(envelope.mail_from) if envelope.mail_from else "",
-            recipients=_spool_recipients(envelope), message=message,
-            size=envelope.mail_params.size, body=envelope.mail_params.body,
-            smtputf8=envelope.smtputf8, ret=envelope.mail_params.ret,
-            envid=envelope.mail_params.envid, peer_ip=session.peer_ip, helo=session.helo,
-            auth_user=session.identity.address, enqueued_at=now)
+        # committed with the submissions finishing DATA meanwhile (one transaction); the
+        # XADDs (pipelined) and the usage counts run in the spool's thread after its COMMIT
+        try:
+            spooled, after = await self.spooler.submit(
+                session.identity.id, len(message), queue_id=queue_id,
+                mail_from=str(envelope.mail_from) if envelope.mail_from else "",
+                recipients=_spool_recipients(envelope), message=message,
+                size=envelope.mail_params.size, body=envelope.mail_params.body,
+                smtputf8=envelope.smtputf8, ret=envelope.mail_params.ret,
+                envid=envelope.mail_params.envid, peer_ip=session.peer_ip, helo=session.helo,
+                auth_user=session.identity.address, enqueued_at=now)
+        except Exception as exc:  # noqa: BLE001 - not committed (or not known to be): 451
+            slog.warning("submission deferred", reason="spool commit failed",
+                         error=str(exc)[:300], error_type=type(exc).__name__)
+            self._count("deferred")
+            return M.TRY_LATER
         # committed: a failed XADD is the reconciler's job, a lost count only a lost count
         if isinstance(after, Exception):
-            # _after_commit returns its errors; one it raised is a bug, but the message is
+            # _publish returns its errors; one it raised is a bug, but the message is
             # committed all the same: the reconciler enqueues it, and the client hears 250
             slog.error("after-commit steps failed", error=str(after))
             enqueued: list[tuple[QueueEnvelope, str | Exception]] = []
@@ -301,25 +313,37 @@ class Submitter:
                   tls=session.tls.version if session.tls else None)
         return M.queued(queue_id)
 
-    def _after_commit(self, spooled: lookups.Spooled, user_id: int,
-                      ) -> tuple[list[tuple[QueueEnvelope, str | Exception]], Exception | None]:
-        """In the spool's thread after COMMIT (blocking): the committed recipients onto
-        ``outbound`` and the sending-usage count; each step's error is returned, not raised."""
-        ids = spooled.recipient_ids
-        enqueued: list[tuple[QueueEnvelope, str | Exception]] = []
-        for start in range(0, len(ids), MAX_RECIPIENTS):
-            queued = QueueEnvelope(queue_id=spooled.queue_id,
-                                   recipient_ids=ids[start:start + MAX_RECIPIENTS],
-                                   stream="outbound")
-            try:
-                enqueued.append((queued, self.enqueuer.enqueue_blocking(queued)))
-            except Exception as exc:  # noqa: BLE001 (reported on the reactor)
-                enqueued.append((queued, exc))
+    def _publish(self, committed: Sequence[tuple[int, lookups.Spooled]]) -> list[AfterCommit]:
+        """In the spool's thread after a group COMMIT (blocking): every committed message's
+        recipients onto ``outbound`` (one pipelined round trip for all) and each sender's
+        usage count; each step's error is returned, not raised."""
+        envelopes = [[QueueEnvelope(queue_id=spooled.queue_id, stream="outbound",
+                                    recipient_ids=ids[start:start + MAX_RECIPIENTS])
+                      for start in range(0, len(ids), MAX_RECIPIENTS)]
+                     for ids, spooled in ((s.recipient_ids, s) for _user_id, s in committed)]
+        flat = [queued for per_message in envelopes for queued in per_message]
+        outcomes: list[str | Exception]
         try:
-            self.limits.record(user_id, len(ids))
-        except Exception as exc:  # noqa: BLE001 (the message is accepted; only the count is lost)
-            return enqueued, exc
-        return enqueued, None
+            outcomes = self.enqueuer.enqueue_many_blocking(flat)
+        except Exception as exc:  # noqa: BLE001 (reported on the reactor)
+            outcomes = [exc] * len(flat)
+        results: list[AfterCommit] = []
+        at = 0
+        for (user_id, spooled), per_message in zip(committed, envelopes, strict=True):
+            enqueued = list(zip(per_message, outcomes[at:at + len(per_message)], strict=True))
+            at += len(per_message)
+            usage_error: Exception | None = None
+            try:
+                self.limits.record(user_id, len(spooled.recipient_ids))
+            except Exception as exc:  # noqa: BLE001 (accepted; only the count is lost)
+                usage_error = exc
+            results.append((enqueued, usage_error))
+        return results
+
+
+# what the after-commit steps give one message: each outbound entry's XADD outcome, and the
+# usage count's error (None: counted)
+AfterCommit = tuple[list[tuple[QueueEnvelope, str | Exception]], Exception | None]
 
 
 def _spool_recipients(envelope: Envelope) -> list[NewRecipient]:

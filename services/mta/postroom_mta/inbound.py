@@ -55,6 +55,7 @@ from postroom.store import aliases, spool
 from postroom.store.addresses import normalise_address
 from postroom.store.db import Database
 from postroom.store.db import StoreSession as DBSession
+from postroom.store.groupcommit import GroupCommit
 from postroom.store.queueid import new_queue_id
 from postroom_mta.dmarcclient import DMARCClient, Verdict
 from postroom_mta.dnsbl import DNSBL
@@ -168,6 +169,11 @@ def spool_message(session: DBSession, *, queue_id: str, envelope: Envelope,
     return ids
 
 
+def _deliver_envelope(queue_id: str, disposition: str, ids: Sequence[int]) -> QueueEnvelope:
+    return QueueEnvelope(queue_id=queue_id, recipient_ids=tuple(ids), stream="deliver",
+                         disposition=disposition)
+
+
 def added_field(name: str, value: str) -> bytes:
     """``Name: value`` from a content check, folded at its ``\\n`` (each continuation indented).
 
@@ -198,10 +204,16 @@ class InboundPolicy(BasePolicy):
     def __init__(self, database: Database, enqueuer: Enqueuer, dmarc: VerdictSource, *,
                  hostname: str, delimiter: str = "+", greylist: Greylist | None = None,
                  dnsbl: DNSBL | None = None, metrics: Metrics | None = None,
-                 clock: ReactorTime | None = None, srs: SRS | None = None) -> None:
+                 clock: ReactorTime | None = None, srs: SRS | None = None,
+                 group_commit: int = 64, group_commit_bytes: int = 16 * 1024 * 1024,
+                 crash_file: str | None = None) -> None:
         self.clock: ReactorTime = global_reactor() if clock is None else clock
         self.database = database
         self.enqueuer = enqueuer
+        # spool rows of messages finishing together: one transaction (docs/decisions/0018)
+        self.spooler: GroupCommit[tuple[str, str], list[int], str | Exception] = GroupCommit(
+            database, spool_message, self._publish, max_messages=group_commit,
+            max_bytes=group_commit_bytes, metrics=metrics, crash_file=crash_file)
         self.dmarc = dmarc
         self.hostname = hostname
         self.delimiter = delimiter
@@ -380,17 +392,21 @@ class InboundPolicy(BasePolicy):
             return await self._spool_with_srs(session, envelope, recipients, stored, queue_id,
                                               disposition, reversed_srs, fields)
 
-        def envelope_of(ids: list[int]) -> QueueEnvelope:
-            return QueueEnvelope(queue_id=queue_id, recipient_ids=tuple(ids), stream="deliver",
-                                 disposition=disposition)
-
-        # the XADD runs in the spool's thread right after its COMMIT (one thread hop, not two)
-        ids, outcome = await self.database.run_then(
-            spool_message, lambda ids: self.enqueuer.enqueue_blocking(envelope_of(ids)),
-            queue_id=queue_id, envelope=envelope, recipients=recipients, message=stored,
-            peer_ip=session.peer_ip, helo=session.helo, disposition=disposition)
+        # committed with the messages finishing DATA meanwhile (one transaction), then the
+        # XADDs of all of them pipelined, in the spool's thread right after the COMMIT
+        try:
+            ids, outcome = await self.spooler.submit(
+                (queue_id, disposition), len(stored), queue_id=queue_id, envelope=envelope,
+                recipients=recipients, message=stored, peer_ip=session.peer_ip,
+                helo=session.helo, disposition=disposition)
+        except Exception as exc:  # noqa: BLE001 - not committed (or not known to be): 451
+            self._count("deferred")
+            _log.warning("inbound message deferred", **{
+                **fields, "reason": "spool commit failed", "error": str(exc)[:300],
+                "error_type": type(exc).__name__})
+            return R.LOCAL_ERROR
         # committed: from here on the message is ours; a failed XADD is the reconciler's job
-        self.enqueuer.enqueued_in_thread(envelope_of(ids), outcome)
+        self.enqueuer.enqueued_in_thread(_deliver_envelope(queue_id, disposition, ids), outcome)
         self._count("accepted")
         _log.info("inbound message accepted", **fields)
         return R.MESSAGE_ACCEPTED.with_text(f"Ok: queued as {queue_id}")
@@ -413,6 +429,13 @@ class InboundPolicy(BasePolicy):
         self._count("accepted")
         _log.info("inbound message accepted", srs_reversed=len(ids) - local, **fields)
         return R.MESSAGE_ACCEPTED.with_text(f"Ok: queued as {queue_id}")
+
+    def _publish(self, committed: Sequence[tuple[tuple[str, str], list[int]]],
+                 ) -> list[str | Exception]:
+        """The XADDs of a group commit's messages, one pipelined round trip (pool thread)."""
+        return self.enqueuer.enqueue_many_blocking(
+            [_deliver_envelope(queue_id, disposition, ids)
+             for (queue_id, disposition), ids in committed])
 
     def _count(self, outcome: str) -> None:
         if self._outcomes is not None:
@@ -442,7 +465,10 @@ def build_policy(settings: Settings, database: Database, queue: QueueClient, *,
         dmarc or DMARCClient(settings.dmarc_url, settings.mta_dmarc_timeout, reactor=reactor,
                              token=settings.internal_token),
         hostname=settings.hostname, delimiter=settings.recipient_delimiter, greylist=greylist,
-        dnsbl=dnsbl, metrics=metrics, clock=reactor, srs=Outgoing.from_settings(settings).srs)
+        dnsbl=dnsbl, metrics=metrics, clock=reactor, srs=Outgoing.from_settings(settings).srs,
+        group_commit=settings.spool_group_commit,
+        group_commit_bytes=settings.spool_group_commit_bytes,
+        crash_file=settings.fault_crash_after_spool_commit)
 
 
 def build_factory(settings: Settings, policy: InboundPolicy, *,

@@ -21,7 +21,7 @@ normal path). A 451 for Redis being down belongs before the commit:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -278,6 +278,11 @@ class Enqueuer:
         """The XADD itself, for a thread that is already off the reactor (``Database.run_then``
         after the spool commit); hand its outcome to :meth:`enqueued_in_thread` on the reactor."""
         return self.queue.enqueue(envelope.stream, envelope)
+
+    def enqueue_many_blocking(self, envelopes: Sequence[Envelope]) -> list[str | Exception]:
+        """:meth:`enqueue_blocking` for the messages of one group commit
+        (postroom.store.groupcommit): one pipelined round trip, each entry's outcome."""
+        return self.queue.enqueue_many(envelopes)
 
     def enqueued_in_thread(self, envelope: Envelope, outcome: str | Exception) -> str | None:
         """What :meth:`after_commit` reports and notes, for an XADD made by

@@ -29,7 +29,7 @@ re-creates its group) are still read.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -152,6 +152,26 @@ class QueueClient:
         entry_id = self._enqueue(keys=[key, self.queued_key(stream)],
                                  args=[len(flat), *flat, *entry.recipient_ids])
         return _text(entry_id)
+
+    def enqueue_many(self, entries: Sequence[Envelope]) -> list[str | Exception]:
+        """:meth:`enqueue` for several Envelopes in one round trip (a pipeline, not a
+        MULTI: each XADD stands alone); each entry's id, or the Redis error it got.
+
+        A connection error fails every entry alike (the caller cannot tell which
+        reached Redis; the reconciler enqueues any that did not).
+        """
+        if not entries:
+            return []
+        pipe = self.redis.pipeline(transaction=False)
+        for entry in entries:
+            flat = [part for pair in encode(entry).items() for part in pair]
+            self._enqueue(keys=[self.stream_key(entry.stream), self.queued_key(entry.stream)],
+                          args=[len(flat), *flat, *entry.recipient_ids], client=pipe)
+        try:
+            results = pipe.execute(raise_on_error=False)
+        except redis.RedisError as error:
+            return [error for _ in entries]
+        return [r if isinstance(r, Exception) else _text(r) for r in results]
 
     def queued(self, stream: str, recipient_ids: Iterable[int]) -> set[int]:
         """Those of ``recipient_ids`` whose latest entry is still in the stream (unacknowledged).

@@ -199,6 +199,14 @@ class Database:
 
         return defer_to_pool(self.reactor, self._threadpool, work)
 
+    def in_pool(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
+        """``fn(*args, **kwargs)`` on the `db` pool, outside any transaction: for store code
+        that runs its own transactions there with :meth:`run_sync` (a group commit and the
+        retries of its members, postroom.store.groupcommit), one thread hop for all."""
+        if not self._threadpool.started:
+            raise RuntimeError("Database.in_pool before Database.start")
+        return defer_to_pool(self.reactor, self._threadpool, fn, *args, **kwargs)
+
     def run_sync(self, fn: Callable[Concatenate[Session, P], T],
                  *args: P.args, **kwargs: P.kwargs) -> T:
         """Like :meth:`run`, in the calling thread (CLI and tests; never on the reactor)."""
