@@ -962,7 +962,8 @@ class Settings:
     fault_crash_after_spool_commit: str | None = setting(
         _opt_str, "",
         "Tests only (fault injection): a file; while it exists, a front door kills itself "
-        "(SIGKILL) right after a spool commit, before its replies and XADDs.")
+        "(SIGKILL) right after a spool commit, before its replies and XADDs. A number N in "
+        "it holds each group commit until N messages wait.")
     spool_retention: float = setting(
         parse_duration, "7d",
         "How long a finished queued message (every recipient delivered or bounced) and its "

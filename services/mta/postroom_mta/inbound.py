@@ -17,7 +17,9 @@ Decisions, in the order a session meets them:
   the content checks' fields (X-Spamd-Result...; the sender's own copies of
   those removed), is
   spooled for `deliver` with the disposition (inbox or junk), and only after
-  the commit does the client get ``250 2.0.0 Ok: queued as ID``.
+  the commit that holds it (a group commit with the messages finishing
+  meanwhile, postroom.store.groupcommit) does the client get
+  ``250 2.0.0 Ok: queued as ID``; a failed commit is 451 4.3.0.
 """
 
 from __future__ import annotations

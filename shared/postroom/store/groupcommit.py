@@ -135,7 +135,7 @@ class GroupCommit(Generic[K, T, U]):
     # --- on the reactor
 
     def _next(self) -> None:
-        if not self._waiting:
+        if not self._waiting or len(self._waiting) < self._fault_hold():
             self._busy = False
             return
         batch = [self._waiting.popleft()]
@@ -226,9 +226,22 @@ class GroupCommit(Generic[K, T, U]):
             self._sizes.observe(messages)
             self._commits.labels(result=result).inc()
 
+    # --- fault injection (tests only): tests/e2e/test_group_commit_e2e.py
+
+    def _fault_hold(self) -> int:
+        """With the crash file holding a number N: batches wait until N messages are waiting,
+        so the crash hits a commit of N messages whatever the timing (else 1: no wait)."""
+        if not self.crash_file:
+            return 1
+        try:
+            with open(self.crash_file) as file:
+                return max(1, int(file.read().strip() or 1))
+        except (OSError, ValueError):
+            return 1
+
     def _fault_after_commit(self) -> None:
-        """A crash between the COMMIT and the replies (and the XADDs), when the test's file
-        exists: what must lose nothing (tests/integration/test_group_commit_crash.py)."""
+        """A crash between the COMMIT and the replies (and the XADDs), while the crash file
+        exists: what must lose nothing."""
         if self.crash_file and os.path.exists(self.crash_file):
             log.warning("fault injected: crash after spool commit")
             os.kill(os.getpid(), signal.SIGKILL)
