@@ -14,13 +14,13 @@ from twisted.internet.defer import DeferredList
 
 from postroom.metrics import Metrics
 from postroom.queue.envelope import Envelope
-from postroom.queue.streams import QueueClient
+from postroom.queue.streams import QueueClient, connect
 from postroom.store import spool
 from postroom.store.db import UNAVAILABLE, Database, StoreSession
 from postroom.store.groupcommit import GroupCommit
 from postroom.store.queueid import new_queue_id
 from tests.support.ports import free_port
-from tests.support.redisdb import in_reactor
+from tests.support.redisdb import PrivateRedis, in_reactor
 
 MESSAGE = b"From: a@example.com\r\nSubject: group\r\n\r\nbody\r\n"
 
@@ -175,3 +175,20 @@ def test_pipelined_enqueue_gives_each_entry_its_id(queue_client: QueueClient):
     assert [entry_id.decode() if isinstance(entry_id, bytes) else entry_id
             for entry_id, _ in stream] == ids
     assert queue_client.queued("deliver", [1, 2, 3, 101, 102, 103]) == {1, 2, 3, 101, 102, 103}
+
+
+def test_pipelined_enqueue_loads_the_script_when_redis_lost_it():
+    server = PrivateRedis()
+    server.start()
+    try:
+        client = connect(server.url)
+        queue = QueueClient(client, "prtest:noscript:")
+        client.script_flush()  # as after a restart: EVALSHA answers NOSCRIPT
+        envelopes = [Envelope(queue_id=new_queue_id(), recipient_ids=(i,), stream="deliver")
+                     for i in range(1, 4)]
+        ids = queue.enqueue_many(envelopes)
+        assert all(isinstance(i, str) for i in ids), ids
+        assert len(client.xrange(queue.stream_key("deliver"))) == 3
+        client.close()
+    finally:
+        server.stop()

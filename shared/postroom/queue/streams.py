@@ -157,16 +157,36 @@ class QueueClient:
         """:meth:`enqueue` for several Envelopes in one round trip (a pipeline, not a
         MULTI: each XADD stands alone); each entry's id, or the Redis error it got.
 
-        A connection error fails every entry alike (the caller cannot tell which
-        reached Redis; the reconciler enqueues any that did not).
+        EVALSHA straight into the pipeline: redis-py's own script support would ask
+        SCRIPT EXISTS first, a round trip per pipeline. Entries refused with NOSCRIPT
+        (Redis restarted empty) ran nothing and go again once the script is loaded. A
+        connection error fails every entry alike (the caller cannot tell which reached
+        Redis; the reconciler enqueues any that did not).
         """
-        if not entries:
-            return []
+        if len(entries) <= 1:
+            try:
+                return [self.enqueue(e.stream, e) for e in entries]
+            except redis.RedisError as error:
+                return [error]
+        results: list[str | Exception] = [*self._pipelined(entries)]
+        again = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
+        if again:
+            try:
+                self.redis.script_load(_ENQUEUE)
+            except redis.RedisError as error:
+                return [error if i in again else r for i, r in enumerate(results)]
+            for i, result in zip(again, self._pipelined([entries[i] for i in again]),
+                                 strict=True):
+                results[i] = result
+        return results
+
+    def _pipelined(self, entries: Sequence[Envelope]) -> list[str | Exception]:
         pipe = self.redis.pipeline(transaction=False)
         for entry in entries:
             flat = [part for pair in encode(entry).items() for part in pair]
-            self._enqueue(keys=[self.stream_key(entry.stream), self.queued_key(entry.stream)],
-                          args=[len(flat), *flat, *entry.recipient_ids], client=pipe)
+            pipe.evalsha(self._enqueue.sha, 2, self.stream_key(entry.stream),
+                         self.queued_key(entry.stream), len(flat), *flat,
+                         *entry.recipient_ids)
         try:
             results = pipe.execute(raise_on_error=False)
         except redis.RedisError as error:
