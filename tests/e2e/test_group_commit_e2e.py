@@ -1,9 +1,10 @@
-"""Group commit at the real front door: real mta, dmarc and mda processes, smtplib clients.
+"""Group commit at the real front doors: real mta, msa, dmarc and mda processes, smtplib.
 
-Many sessions finishing DATA at once: every message answered 250 is in its mailbox exactly
-once. A crash between a group commit and its replies (the mta kills itself there: the
-POSTROOM_FAULT_CRASH_AFTER_SPOOL_COMMIT hook, which also holds the first commit until six
-messages wait, so the crash hits a group whatever the timing) loses nothing: every
+Many sessions finishing DATA at once: every message answered 250 is in its mailbox
+exactly once (mta), or in the spool and on the `outbound` stream exactly once (msa).
+A crash between a group commit and its replies (the mta kills itself there: the
+POSTROOM_FAULT_CRASH_AFTER_SPOOL_COMMIT hook, which also holds the first commit until
+six messages wait, so the crash hits a group whatever the timing) loses nothing: every
 committed message is delivered after the restart, and a message is delivered twice only
 when its client never heard the 250 and sent it again (docs/resilience.md).
 """
@@ -12,6 +13,7 @@ from __future__ import annotations
 
 import re
 import smtplib
+import ssl
 import threading
 from collections import Counter
 from collections.abc import Iterator
@@ -21,8 +23,9 @@ from typing import Any
 import pytest
 from sqlalchemy import text
 
+from postroom.queue.envelope import decode
 from tests.support.redisdb import wait_until
-from tests.support.suite import Running, Suite
+from tests.support.suite import PASSWORD, Running, Suite
 
 DOMAIN = "gc.example.test"
 USERS = 4
@@ -140,3 +143,41 @@ def test_a_crash_between_group_commit_and_replies_loses_nothing(
     wait_until(lambda: sum(in_mailboxes(suite).values()) == len(tokens) + len(committed),
                timeout=120, interval=0.2)
     assert in_mailboxes(suite) == Counter({t: 2 if t in committed else 1 for t in tokens})
+
+
+def test_concurrent_submissions_are_each_spooled_and_queued_exactly_once(suite: Suite):
+    senders = [f"s{n}@{DOMAIN}" for n in range(4)]
+    for sender in senders:
+        suite.add_user(sender)
+    msa = suite.start("msa")
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    barrier = threading.Barrier(24)
+    replies: dict[str, tuple[int, bytes] | None] = {}
+
+    def submit(n: int) -> None:
+        sender, token = senders[n % len(senders)], f"m{n:03d}"
+        try:
+            with smtplib.SMTP_SSL("127.0.0.1", msa.tls_port, timeout=60,
+                                  context=context) as client:
+                client.login(sender, PASSWORD)
+                client.mail(sender)
+                client.rcpt("friend@remote.example")
+                barrier.wait(timeout=60)
+                replies[token] = client.data(
+                    f"From: {sender}\r\nTo: friend@remote.example\r\nSubject: {token}\r\n"
+                    f"X-Token: {token}\r\n\r\nbody\r\n".encode())
+        except (smtplib.SMTPException, OSError):
+            replies[token] = None
+
+    threads = [threading.Thread(target=submit, args=(n,)) for n in range(24)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    assert all(r is not None and r[0] == 250 for r in replies.values()), replies
+    queue_ids = {t: r[1].decode().rsplit(" ", 1)[1] for t, r in replies.items() if r}
+    assert spooled_tokens(suite) == set(replies)
+    queued = Counter(decode(fields).queue_id for _id, fields
+                     in suite.redis.xrange(suite.queue.stream_key("outbound")))
+    assert queued == Counter(queue_ids.values())  # each 250'd message queued exactly once
