@@ -144,9 +144,10 @@ def main() -> None:
                   "POSTROOM_TLS_CERT_FILE": str(work / "cert.pem"),
                   "POSTROOM_TLS_KEY_FILE": str(work / "key.pem")}
         dmarc_port, dmarc_http, mta_port, mta_http = (free_port() for _ in range(4))
-        dmarc = start("dmarc", {**common, "POSTROOM_DMARC_LISTEN": f"tcp:{dmarc_port}:interface=127.0.0.1",
-                                "POSTROOM_HTTP_LISTEN": f"tcp:{dmarc_http}:interface=127.0.0.1",
-                                "POSTROOM_DMARC_REPORTS": "false"}, None, work / "dmarc.log")
+        dmarc_env = {**common, "POSTROOM_DMARC_LISTEN": f"tcp:{dmarc_port}:interface=127.0.0.1",
+                     "POSTROOM_HTTP_LISTEN": f"tcp:{dmarc_http}:interface=127.0.0.1",
+                     "POSTROOM_DMARC_REPORTS": "false"}
+        dmarc = start("dmarc", dmarc_env, None, work / "dmarc.log")
         procs.append(dmarc)
         mta_env = {**common, "POSTROOM_MTA_LISTEN": f"tcp:{mta_port}:interface=127.0.0.1",
                    "POSTROOM_HTTP_LISTEN": f"tcp:{mta_http}:interface=127.0.0.1",
@@ -200,7 +201,6 @@ def main() -> None:
         dns.kill()
         drop_test_database(url)
         import redis
-
         from tests.support.redisdb import delete_prefix
         client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
         delete_prefix(client, f"gcbench:{os.getpid()}:")
