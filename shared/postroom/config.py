@@ -742,7 +742,8 @@ class Settings:
         parse_processes, "",
         "Processes of this service that `postroom serve` runs, sharing its ports with "
         "SO_REUSEPORT: a number, `auto` (one per core this process may use: CPU affinity and a "
-        "container's CPU limit count), or empty for the service's default: `auto` for the front "
+        "container's CPU limit count, and no more than one per 256 MiB of a container's memory "
+        "limit), or empty for the service's default: `auto` for the front "
         "doors (mta, msa, imap, pop3), 1 for the others. Above 1 a parent process starts the "
         "workers, restarts one that dies and answers POSTROOM_HTTP_LISTEN for all of them; 1 is "
         "a single process with no parent (docs/operations.md, \"Processes per core\").")

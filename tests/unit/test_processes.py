@@ -13,6 +13,7 @@ from postroom.config import ConfigError, load_settings
 from postroom.ops.procgroup import (
     FRONT_DOORS,
     _cgroup_cpu_limit,
+    _cgroup_memory_limit,
     _with_label,
     merge_metrics,
     resolve_processes,
@@ -59,6 +60,17 @@ def test_a_container_cpu_limit_caps_the_cores(tmp_path: Path):
     assert _cgroup_cpu_limit(root, membership) == 2
     (root / "docker" / "abc" / "cpu.max").write_text("50000 100000\n")
     assert _cgroup_cpu_limit(root, membership) == 1
+
+
+def test_a_container_memory_limit_is_found_innermost_or_above(tmp_path: Path):
+    root = tmp_path / "cgroup"
+    (root / "docker" / "abc").mkdir(parents=True)
+    membership = tmp_path / "self-cgroup"
+    membership.write_text("0::/docker/abc\n")
+    assert _cgroup_memory_limit(root, membership) is None
+    (root / "docker" / "abc" / "memory.max").write_text("max\n")
+    (root / "docker" / "memory.max").write_text(f"{512 * 1024 * 1024}\n")
+    assert _cgroup_memory_limit(root, membership) == 512 * 1024 * 1024
 
 
 def test_replicas_option():

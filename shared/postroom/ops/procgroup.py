@@ -63,31 +63,51 @@ log = get_logger("processes")
 FRONT_DOORS = frozenset({"mta", "msa", "imap", "pop3"})
 EXIT_STARTUP = 2  # postroom.runtime's: a start-up failure
 ASK_TIMEOUT = 2.5  # one worker's /healthz or /metrics answer
+#: the memory `auto` counts per worker under a cgroup memory limit (a worker of a busy front
+#: door stays near 120 MiB; the rest is room for bursts and the parent)
+WORKER_MEMORY = 256 * 1024 * 1024
 _PR_SET_PDEATHSIG = 1
 
 
 # --- how many
 
 
-def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup"),
-                      membership: Path = Path("/proc/self/cgroup")) -> int | None:
-    """Whole cores a cgroup v2 CPU limit (a container's ``--cpus``) allows, or None."""
+def _cgroup_files(name: str, root: Path, membership: Path) -> list[Path]:
+    """``name`` in this process's cgroup (v2) and each parent cgroup, innermost first."""
     try:
         groups = membership.read_text().splitlines()
     except OSError:
         groups = []
     paths = [line[3:] for line in groups if line.startswith("0::")] or ["/"]
     where = root / paths[0].lstrip("/")
-    for directory in (where, *where.parents):
-        if not directory.is_relative_to(root):
-            break
+    return [d / name for d in (where, *where.parents) if d == root or d.is_relative_to(root)]
+
+
+def _cgroup_cpu_limit(root: Path = Path("/sys/fs/cgroup"),
+                      membership: Path = Path("/proc/self/cgroup")) -> int | None:
+    """Whole cores a cgroup v2 CPU limit (a container's ``--cpus``) allows, or None."""
+    for path in _cgroup_files("cpu.max", root, membership):
         try:
-            quota, period = (directory / "cpu.max").read_text().split()[:2]
+            quota, period = path.read_text().split()[:2]
         except (OSError, ValueError):
             continue
         if quota != "max":
             return max(1, math.ceil(int(quota) / int(period)))
     return None
+
+
+def _cgroup_memory_limit(root: Path = Path("/sys/fs/cgroup"),
+                         membership: Path = Path("/proc/self/cgroup")) -> int | None:
+    """Bytes a cgroup v2 memory limit (a container's ``--memory``) allows, or None."""
+    found: list[int] = []
+    for path in _cgroup_files("memory.max", root, membership):
+        try:
+            value = path.read_text().strip()
+        except OSError:
+            continue
+        if value.isdigit():
+            found.append(int(value))
+    return min(found) if found else None
 
 
 def usable_cores() -> int:
@@ -103,13 +123,26 @@ def usable_cores() -> int:
     return max(1, min(cores, limit) if limit else cores)
 
 
+def auto_processes() -> int:
+    """`auto`: one process per usable core, and no more than a memory limit has room for
+    (WORKER_MEMORY each: a container capped at 512M runs at most two)."""
+    count = usable_cores()
+    try:
+        memory = _cgroup_memory_limit()
+    except (OSError, ValueError):
+        memory = None
+    if memory is not None:
+        count = min(count, max(1, memory // WORKER_MEMORY))
+    return count
+
+
 def resolve_processes(service: str, value: str, cores: int | None = None) -> int:
     """POSTROOM_PROCESSES for ``service``: empty is `auto` for a front door and 1 otherwise."""
     value = value.strip().lower()
     if value == "":
         value = "auto" if service in FRONT_DOORS else "1"
     if value == "auto":
-        return cores if cores is not None else usable_cores()
+        return cores if cores is not None else auto_processes()
     return max(1, int(value))
 
 
