@@ -121,6 +121,14 @@ def test_two_mta_workers_share_one_port_and_the_parent_answers_for_both(mta_grou
         1: 1, 2: 0}
     _smtp_hello(port)
 
+    # SIGHUP (reload the certificate) goes on to each worker; the parent stays
+    before = proc.output.count('"event":"tls certificate reloaded"')
+    proc.signal(signal.SIGHUP)
+    _until(lambda: proc.output.count('"event":"tls certificate reloaded"') >= before + 2,
+           "both workers reloading their certificate", proc)
+    assert proc.proc is not None and proc.proc.poll() is None
+    assert _workers(proc) == replaced
+
     # SIGTERM: every worker drains and exits, then the parent, with nothing left
     assert proc.stop(timeout=60) == 0
     assert not any(_alive(pid) for pid in (*replaced.values(), workers[1]))

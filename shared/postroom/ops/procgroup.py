@@ -15,6 +15,7 @@ serve` becomes a parent that:
   (Prometheus' own convention for several processes of one job: ``rate()``
   copes with one worker's restart, and ``sum without (process)`` gives the
   service's figure);
+* forwards SIGHUP (reload the certificate) to every worker;
 * on SIGTERM/SIGINT turns ``/healthz`` 503, forwards SIGTERM to every worker
   (each drains as a single process does), SIGKILLs what is left after
   POSTROOM_SHUTDOWN_GRACE + 5 s, and exits with no worker left. A worker dies
@@ -35,6 +36,7 @@ import os
 import re
 import signal
 import sys
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -315,12 +317,30 @@ class ProcessGroup:
             _site(self))
         self._http = port
         self.supervisor.start()
+        self._forward_sighup()
         log.info("processes starting", service=self.service, processes=self.count,
                  pids=[self.pid(k) for k in self.labels])
         self._poll = LoopingCall(lambda: Deferred.fromCoroutine(self._check_started()))
         self._poll.clock = twisted_clock(self.reactor)
         self._poll.start(0.5, now=False).addErrback(
             lambda f: log.error("start poll stopped", error=f.getErrorMessage()))
+
+    def _forward_sighup(self) -> None:
+        """SIGHUP (reload the certificate, docs/operations.md) goes on to every worker; its
+        default action would end the parent, and with it the workers."""
+        if threading.current_thread() is not threading.main_thread():
+            return  # an embedded reactor: signal handlers belong to the main thread
+
+        def forward(signum: int, frame: Any) -> None:
+            self.reactor.callFromThread(self._signal_workers, "HUP")
+
+        signal.signal(signal.SIGHUP, forward)
+
+    def _signal_workers(self, sig: str) -> None:
+        for child in list(self.supervisor.children.values()):
+            child.signal(sig)
+        log.info("signal forwarded to the workers", signal=f"SIG{sig}",
+                 workers=len(self.supervisor.children))
 
     async def _check_started(self) -> None:
         ok, _body = await self.health()
