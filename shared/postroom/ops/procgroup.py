@@ -462,9 +462,13 @@ class _Workers(Supervisor):
         self.group = group
 
     def child_exited(self, child: Child, status: int) -> None:
-        super().child_exited(child, status)
         if status == EXIT_STARTUP and not self.group.serving and not self._stopping:
+            # no restart into the same error: the group stops as the single process would
+            if self.children.get(child.name) is child:
+                del self.children[child.name]
             self.group.worker_failed_at_start(child.name, status)
+            return
+        super().child_exited(child, status)
 
 
 def run_group(name: str, service: str, settings: Settings, count: int, *,
