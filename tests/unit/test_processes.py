@@ -73,6 +73,14 @@ def test_a_container_memory_limit_is_found_innermost_or_above(tmp_path: Path):
     assert _cgroup_memory_limit(root, membership) == 512 * 1024 * 1024
 
 
+def test_up_on_a_2_core_machine_runs_two_of_each_front_door_and_one_of_the_rest():
+    settings = load_settings({})
+    counts = {name: processes_for(name, None, settings, cores=2)
+              for name in ("dmarc", "imap", "managesieve", "mda", "msa", "mta", "pop3", "web")}
+    assert counts == {"dmarc": 1, "imap": 2, "managesieve": 1, "mda": 1, "msa": 2, "mta": 2,
+                      "pop3": 2, "web": 1}
+
+
 def test_replicas_option():
     assert parse_replicas("2") == {"": 2}
     assert parse_replicas("mta=3, imap=2") == {"mta": 3, "imap": 2}
