@@ -52,6 +52,16 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def parse_processes(raw: str) -> str:
+    """POSTROOM_PROCESSES: empty (the service's default), ``auto``, or a positive number."""
+    value = raw.strip().lower()
+    if value in ("", "auto"):
+        return value
+    if not value.isdigit() or int(value) <= 0:
+        raise ValueError("must be a positive number of processes, or auto")
+    return str(int(value))
+
+
 def _bool(raw: str) -> bool:
     value = raw.strip().lower()
     if value in ("1", "true", "yes", "on"):
@@ -728,6 +738,15 @@ class Settings:
         "Open TCP listeners with SO_REUSEPORT so several replicas of one service on one host "
         "share a port (the kernel spreads connections between them). Per-address connection "
         "limits then count per replica. Off: a second process on the same port fails to start.")
+    processes: str = setting(
+        parse_processes, "",
+        "Processes of this service that `postroom serve` runs, sharing its ports with "
+        "SO_REUSEPORT: a number, `auto` (one per core this process may use: CPU affinity and a "
+        "container's CPU limit count, and no more than one per 256 MiB of a container's memory "
+        "limit), or empty for the service's default: `auto` for the front "
+        "doors (mta, msa, imap, pop3), 1 for the others. Above 1 a parent process starts the "
+        "workers, restarts one that dies and answers POSTROOM_HTTP_LISTEN for all of them; 1 is "
+        "a single process with no parent (docs/operations.md, \"Processes per core\").")
     internal_token: str | None = setting(
         _opt_str, "",
         "Bearer token required by the dmarc API (`/v1/check`) and every `/metrics` (`/healthz` "

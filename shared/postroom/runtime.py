@@ -435,6 +435,13 @@ def run_service(name: str, settings: Settings | None = None, *,
         configure(spec.name, settings.log_level)
         if reactor is None:
             reactor = global_reactor()
+        # POSTROOM_PROCESSES above 1: this process is the parent of that many workers
+        # (postroom.ops.procgroup); 1 is the single process below, no parent
+        from postroom.ops.procgroup import resolve_processes, run_group
+
+        count = resolve_processes(spec.name, settings.processes)
+        if count > 1:
+            return run_group(name, spec.name, settings, count, reactor=reactor)
         ctx = _prepare(name, spec, settings, reactor, log)
     except KeyboardInterrupt:
         # Ctrl-C while starting (before the reactor and its handlers run): quiet, not a bug

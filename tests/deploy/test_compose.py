@@ -416,3 +416,29 @@ def test_documented_ipv6_listeners_pair_each_default_port_with_an_ipv6_only_sock
         ipv6 = {e.split(":")[1] for e in endpoints if e.startswith("tcp6:")}
         assert ipv4 == ipv6, (key, value)
         assert override["services"][name]["sysctls"]["net.ipv6.bindv6only"] == 1, name
+
+
+@pytest.mark.parametrize("name", SUITE)
+def test_front_doors_run_one_process_per_core_and_the_others_one(config, name):
+    """Issue 23: the shipped file uses the machine; the parent answers :8080 for its workers."""
+    from postroom.ops.procgroup import resolve_processes
+
+    env = service_env(postroom_services(load_compose())[name], read_env_file(ENV_EXAMPLE))
+    settings = load_settings({k: v for k, v in env.items() if k.startswith("POSTROOM_")})
+    if name in LISTENERS:
+        assert config["services"][name]["environment"]["POSTROOM_PROCESSES"] == "auto"
+        assert resolve_processes(name, settings.processes, cores=4) == 4
+    else:
+        assert "POSTROOM_PROCESSES" not in (config["services"][name].get("environment") or {})
+        assert resolve_processes(name, settings.processes, cores=4) == 1
+    # the healthcheck still asks :8080, which the parent (or the single process) answers
+    assert "127.0.0.1:8080/healthz" in " ".join(config["services"][name]["healthcheck"]["test"])
+    assert "POSTROOM_HTTP_LISTEN" not in (config["services"][name].get("environment") or {})
+
+
+def test_front_door_processes_can_be_set_for_all_four_in_dotenv():
+    assert "#FRONT_DOOR_PROCESSES=" in ENV_EXAMPLE.read_text()
+    compose = load_compose()
+    for name in LISTENERS:
+        env = service_env(postroom_services(compose)[name], {"FRONT_DOOR_PROCESSES": "1"})
+        assert env["POSTROOM_PROCESSES"] == "1"

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from email.message import EmailMessage
 from pathlib import Path
 
@@ -110,6 +111,24 @@ def _wait_for(log: Path, proc: subprocess.Popen, pattern: str, count: int = 1,
         time.sleep(0.2)
 
 
+def _wait_healthy(log: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    text = log.read_text(errors="replace")
+    urls = dict(re.findall(r"^  (\w+) .*health (http://127\.0\.0\.1:\d+/healthz)", text, re.M))
+    assert sorted(urls) == sorted(SERVICES), text
+    deadline = time.monotonic() + timeout
+    for name, url in urls.items():
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"{name} never healthy at {url}:\n{log.read_text()}", pytrace=False)
+            time.sleep(0.2)
+
+
 def _send_and_read(ports: dict[str, int], password: str, subject: str) -> bytes:
     message = EmailMessage()
     message["From"] = message["To"] = "demo@example.test"
@@ -152,6 +171,9 @@ def test_make_run_from_a_fresh_clone_in_a_0700_directory_serves_mail_and_stops_c
     fallback: Path | None = None
     try:
         text = _wait_for(log, proc, r"service started", count=len(SERVICES))
+        # a front door runs one process per core under a parent (each worker says "service
+        # started" too): wait until every service's health port, the parent's, answers 200
+        _wait_healthy(log, proc)
         password = re.search(r"demo account: demo@example\.test  password: (\S+)", text)
         assert password is not None, text
         pids = _started_pids(text)

@@ -2,7 +2,8 @@
 
 ``ServiceProcess(name, env)`` runs ``postroom serve NAME`` (or any argv) with a
 hermetic environment (no POSTROOM_* from the caller's shell), its own free
-loopback POSTROOM_HTTP_LISTEN, and output captured to a file that is shown
+loopback POSTROOM_HTTP_LISTEN, one process (POSTROOM_PROCESSES=1 unless ``env`` says
+otherwise), and output captured to a file that is shown
 whenever the process fails to become healthy. The ``service_process`` fixture
 is a factory whose processes are stopped at teardown.
 """
@@ -82,6 +83,9 @@ class ServiceProcess:
         self.http_port = http_port or free_port()
         self.env = base_env(env)
         self.env.setdefault("POSTROOM_HTTP_LISTEN", f"tcp:{self.http_port}:interface=127.0.0.1")
+        # one process, as tests of a service's behaviour expect (a front door's default is one
+        # per core, a parent and its workers: tests/integration/test_process_group.py)
+        self.env.setdefault("POSTROOM_PROCESSES", "1")
         self.argv = list(argv) if argv is not None else cli_argv(name)
         self.cwd = str(cwd or REPO_ROOT)
         self.proc: subprocess.Popen[bytes] | None = None

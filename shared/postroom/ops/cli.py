@@ -156,15 +156,32 @@ def _serve_arguments(p: argparse.ArgumentParser) -> None:
     services = sorted(available_services())
     p.add_argument("service", choices=services, metavar="SERVICE",
                    help=f"one of: {', '.join(services) or '(none installed)'}")
+    p.add_argument("--processes", metavar="N|auto", type=_processes_arg, default=None,
+                   help="run N processes of the service sharing its ports (auto: one per "
+                        "core); sets POSTROOM_PROCESSES. Default: auto for mta, msa, imap "
+                        "and pop3, 1 for the others")
+
+
+def _processes_arg(text: str) -> str:
+    from postroom.config import parse_processes
+
+    try:
+        return parse_processes(text) or "auto"
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 @command("serve", _serve_arguments,
          summary="run one service in the foreground (what compose runs)",
          description="Run one service in the foreground, logging JSON lines to stdout, "
-                     "until SIGTERM.")
+                     "until SIGTERM. With more than one process (--processes, "
+                     "POSTROOM_PROCESSES), a parent runs the workers and answers "
+                     "POSTROOM_HTTP_LISTEN for all of them.")
 def cmd_serve(args: argparse.Namespace) -> int:
     from postroom.runtime import run_service
 
+    if getattr(args, "processes", None):
+        os.environ["POSTROOM_PROCESSES"] = args.processes
     return run_service(args.service)
 
 

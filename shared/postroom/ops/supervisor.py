@@ -2,7 +2,10 @@
 
 Order of start: private PostgreSQL/Redis when no URLs are set, a self-signed
 certificate when none is configured, migrations, the optional demo account,
-then one child per service with its output prefixed by its name. A child that
+then one child per service with its output prefixed by its name. A front door
+(mta, msa, imap, pop3) runs one process per core by default: its child is then
+the parent of those workers (postroom.ops.procgroup, which uses this module's
+Supervisor for them); `--replicas` sets other counts. A child that
 dies is restarted with back-off; one that keeps dying at start is given up on
 with a clear message. Ctrl-C/SIGTERM: children get SIGTERM, then SIGKILL after
 the grace, and the private servers stop last.
@@ -56,6 +59,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", metavar="ADDRESS",
                         help="bind every listener not set by a POSTROOM_*_LISTEN variable to "
                         "this address (e.g. 127.0.0.1)")
+    parser.add_argument("--replicas", metavar="N|SERVICE=N,...", type=parse_replicas,
+                        default=None,
+                        help="processes per service instead of the defaults (one per core for "
+                        "mta, msa, imap and pop3, one for the others): N sets those four, "
+                        "SERVICE=N any service, e.g. --replicas 1 or --replicas mta=3,imap=2")
+
+
+def parse_replicas(text: str) -> dict[str, int]:
+    """`--replicas`: ``N`` (key ``""``: every front door) and/or ``SERVICE=N``, comma-separated."""
+    found: dict[str, int] = {}
+    for part in (p.strip() for p in text.split(",")):
+        name, _, number = part.rpartition("=")
+        if not number.isdigit() or int(number) < 1:
+            raise argparse.ArgumentTypeError(
+                f"{part!r}: expected N or SERVICE=N with N a positive number")
+        found[name.strip()] = int(number)
+    return found
+
+
+def processes_for(name: str, replicas: Mapping[str, int] | None, settings: Settings,
+                  cores: int | None = None) -> int:
+    """How many processes `up` runs of ``name``: --replicas, else POSTROOM_PROCESSES's rule."""
+    from postroom.ops.procgroup import FRONT_DOORS, resolve_processes
+
+    replicas = replicas or {}
+    if name in replicas:
+        return replicas[name]
+    if "" in replicas and name in FRONT_DOORS:
+        return replicas[""]
+    return resolve_processes(name, settings.processes, cores)
 
 
 class Child(protocol.ProcessProtocol):
@@ -367,6 +400,12 @@ def _create_demo(url: str, secret_key_file: str | None,
 
 
 def _describe(name: str, settings: Settings, env: Mapping[str, str]) -> str:
+    count = int(env.get(PREFIX + "PROCESSES") or 1)
+    line = _describe_one(name, settings, env)
+    return line + (f"   ({count} processes)" if count > 1 else "")
+
+
+def _describe_one(name: str, settings: Settings, env: Mapping[str, str]) -> str:
     from postroom.runtime import resolve_spec
 
     health = env[PREFIX + "HTTP_LISTEN"].split(":")[1]
@@ -398,6 +437,12 @@ def main(args: argparse.Namespace, *, reactor: Reactor | None = None,
     names = list(getattr(args, "only", None) or sorted(available_services()))
     if not names:
         log.error("cannot start", reason="no services installed")
+        return 2
+    replicas = getattr(args, "replicas", None) or {}
+    unknown = sorted(set(replicas) - set(names) - {""})
+    if unknown:
+        log.error("cannot start", reason=f"--replicas names a service not started: "
+                                         f"{', '.join(unknown)}")
         return 2
     var = Path(settings.var_dir).resolve()
     infra = LocalInfra(var)
@@ -433,7 +478,7 @@ def main(args: argparse.Namespace, *, reactor: Reactor | None = None,
             log.exception("cannot start", exc, reason=f"{type(exc).__name__}: {exc}")
             return 2
         return _supervise(names, settings, environ, overrides, demo, reactor,
-                          json_output=bool(getattr(args, "json", False)))
+                          json_output=bool(getattr(args, "json", False)), replicas=replicas)
     except KeyboardInterrupt:
         log.info("stopped before the services started")
         return 130
@@ -457,13 +502,16 @@ def _stop_infra(infra: LocalInfra) -> None:
 
 def _supervise(names: Sequence[str], settings: Settings, environ: Mapping[str, str],
                overrides: Mapping[str, str], demo: tuple[str, str] | None,
-               reactor: Reactor | None, *, json_output: bool = False) -> int:
+               reactor: Reactor | None, *, json_output: bool = False,
+               replicas: Mapping[str, int] | None = None) -> int:
     if reactor is None:
         reactor = global_reactor()
     envs: dict[str, dict[str, str]] = {}
     for name in names:
         env = {**environ, **overrides}
         env[PREFIX + "HTTP_LISTEN"] = f"tcp:{_free_port('127.0.0.1')}:interface=127.0.0.1"
+        # more than one: that child is the parent of its workers (postroom.ops.procgroup)
+        env[PREFIX + "PROCESSES"] = str(processes_for(name, replicas, settings))
         env[PREFIX + "UP_CHILD"] = "1"
         env[PREFIX + "SERVICE"] = name
         envs[name] = env
@@ -479,7 +527,10 @@ def _supervise(names: Sequence[str], settings: Settings, environ: Mapping[str, s
     supervisor = Supervisor(reactor, {n: serve_argv(n) for n in names}, envs,
                             grace=settings.shutdown_grace + 5, on_all_given_up=all_given_up,
                             json_output=json_output)
-    print("postroom up: starting " + ", ".join(names), flush=True)
+    print("postroom up: starting " + ", ".join(
+        name + (f" x{envs[name][PREFIX + 'PROCESSES']}"
+                if envs[name][PREFIX + "PROCESSES"] != "1" else "") for name in names),
+        flush=True)
     for name in names:
         print(_describe(name, settings, envs[name]), flush=True)
     if demo is not None:
