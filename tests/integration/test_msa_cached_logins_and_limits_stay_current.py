@@ -73,3 +73,18 @@ def test_own_address_in_any_case_of_the_domain_is_accepted_at_mail(server: Serve
         assert client.mail(f"{local}@{domain_name.upper()}")[0] == 250
         client.rset()
         assert client.mail("someone-else@remote.example")[0] == 553
+
+
+def test_a_local_recipient_is_remembered_briefly_and_an_unknown_one_never(
+        server: Server, account: Account, domain: svc.Domain, database: Database):
+    other = svc.make_account(database, domain.name)
+    newcomer = f"new{other.address}"
+    with submission(server) as client:
+        client.login(account.address, PASSWORD)
+        assert client.mail(account.address)[0] == 250
+        assert client.rcpt(other.address)[0] == 250
+        assert client.rcpt(newcomer)[0] == 550
+        # an account made now is accepted at once: unknown answers are not remembered
+        database.run_sync(users.add_user, newcomer, PASSWORD,
+                          hash_fn=lambda p: hash_password(p, ln=4))
+        assert client.rcpt(newcomer)[0] == 250

@@ -170,6 +170,36 @@ def test_in_flight_work_is_limited_by_concurrency(make_consumer, queue_client, t
     assert peak[0] == 2
 
 
+def test_entries_finishing_together_are_acknowledged_together(make_consumer, queue_client,
+                                                              twisted_reactor, monkeypatch):
+    waiting: list[Deferred[None]] = []
+
+    def outcome(entry: QueueEntry) -> Deferred[None]:
+        waiting.append(Deferred())
+        return waiting[-1]
+
+    handler = Recorder(outcome)
+    batches: list[int] = []
+    ack_entries = queue_client.ack_entries
+
+    def counted(stream: str, group: str, entries: Any) -> int:
+        entries = list(entries)
+        batches.append(len(entries))
+        return ack_entries(stream, group, entries)
+
+    monkeypatch.setattr(queue_client, "ack_entries", counted)
+    make_consumer(handler, concurrency=10)
+    for n in range(6):
+        queue_client.enqueue("deliver", env(f"Q{n}", 100 + n))
+    wait_until(lambda: len(handler.seen) == 6)
+    in_reactor(lambda: [d.callback(None) for d in waiting])  # all in one reactor turn
+    wait_until(lambda: queue_client.length("deliver") == 0)
+    assert queue_client.pending_count("deliver", GROUP) == 0
+    assert queue_client.queued("deliver", range(100, 106)) == set()
+    # the first went alone; the five that finished while it was in flight, in one call
+    assert sum(batches) == 6 and len(batches) < 6
+
+
 def test_slow_handler_keeps_its_entry_from_other_consumers(make_consumer, queue_client,
                                                            twisted_reactor):
     slow = Recorder(lambda e: deferLater(twisted_reactor, 1.0, lambda: None))

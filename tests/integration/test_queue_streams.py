@@ -41,6 +41,22 @@ def test_ack_removes_the_entry_from_pending_and_from_the_stream(queue_client: Qu
     assert queue_client.queued("deliver", [5]) == set()
 
 
+def test_ack_entries_acknowledges_several_entries_in_one_call(queue_client: QueueClient):
+    queue_client.ensure_group("deliver", GROUP)
+    first = queue_client.enqueue("deliver", env("Q1", 5, 6))
+    second = queue_client.enqueue("deliver", env("Q2", 7))
+    kept = queue_client.enqueue("deliver", env("Q3", 9))
+    # recipient 6 was enqueued again meanwhile: its newer entry keeps it in `queued`
+    newer = queue_client.enqueue("deliver", env("Q4", 6))
+    queue_client.read("deliver", GROUP, "c1", count=10, block_ms=100)
+    assert queue_client.ack_entries("deliver", GROUP, [(first, (5, 6)), (second, (7,))]) == 2
+    assert queue_client.pending_count("deliver", GROUP) == 2
+    assert [eid for eid, _ in queue_client.redis.xrange(
+        queue_client.stream_key("deliver"))] == [kept, newer]
+    assert queue_client.queued("deliver", [5, 6, 7, 9]) == {6, 9}
+    assert queue_client.ack_entries("deliver", GROUP, []) == 0
+
+
 def test_ensure_group_twice_is_harmless(queue_client: QueueClient):
     assert queue_client.ensure_group("outbound", GROUP) is True
     assert queue_client.ensure_group("outbound", GROUP) is False

@@ -37,6 +37,9 @@ class Echo(LineReceiver):
     def lineReceived(self, line: bytes) -> None:
         if line.strip() == b"pid":
             self.sendLine(str(os.getpid()).encode())
+        elif line.strip() == b"frozen":
+            import gc
+            self.sendLine(str(gc.get_freeze_count()).encode())
         elif line.strip() == b"tls":
             info = negotiated(self.transport)
             self.sendLine(info.received_clause().encode() if info else b"no tls")
@@ -104,6 +107,14 @@ def test_service_answers_healthz_200_with_every_check(service_process, tmp_path)
     assert body["checks"]["service started"]["ok"] is True
     assert all(entry["ok"] for entry in body["checks"].values())
     assert any(name.startswith("listener tcp:") for name in body["checks"])
+
+
+def test_started_service_keeps_its_startup_heap_out_of_collections(service_process, tmp_path):
+    # gc.freeze() once started: full collections no longer walk the start-up objects
+    env, plain, _tls = echo_env(tmp_path)
+    proc = service_process(f"{MODULE}:ECHO", env, argv=runtime_argv(f"{MODULE}:ECHO"))
+    assert proc.healthz()[0] == 200
+    assert int(_echo_line(plain, b"frozen")) > 10_000
 
 
 def test_healthz_is_503_naming_the_failing_check(service_process, tmp_path):

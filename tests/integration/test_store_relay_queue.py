@@ -64,3 +64,24 @@ def test_active_keys_of_a_name_that_is_not_a_domain_are_none(db):
     assert [k.selector for k in db.run_sync(dkim.active_keys, "EXAMPLE.test")] == ["s1"]
     assert db.run_sync(dkim.active_keys, "exa mple.test") == []
     assert db.run_sync(dkim.active_keys, "remote.test") == []
+
+
+def test_lock_entry_says_whether_each_recipients_domain_is_ours(db):
+    queue_id, ids = make(db, "b@Example.TEST.", "c@remote.test", "bare")
+    entry = db.run_sync(spool_work.lock_entry, queue_id, ids)
+    assert [(r.domain, r.domain_local) for r in entry.recipients] == [
+        ("example.test", True), ("remote.test", False), (None, False)]
+
+
+def test_load_work_routes_by_domain_as_is_local_domain_does(db):
+    from postroom_mta import worker_store
+
+    db.run_sync(domains.add_domain, "bücher.test")
+    addresses = ["b@Example.TEST.", "c@remote.test", "d@BÜCHER.test", "e@xn--bcher-kva.test",
+                 "f@exa mple.test"]
+    queue_id, ids = make(db, *addresses)
+    work = db.run_sync(worker_store.load_work, queue_id, ids, datetime.now(UTC))
+    # a domain the statement cannot normalise (IDN) is asked of postroom.store.domains
+    assert [a for _id, a in work.local] == ["b@Example.TEST.", "d@BÜCHER.test",
+                                            "e@xn--bcher-kva.test"]
+    assert [r.address for r in work.remote] == ["c@remote.test", "f@exa mple.test"]

@@ -8,6 +8,7 @@ from postroom.mime import (
     MessageMeta,
     Part,
     analyze,
+    analyze_structure,
     render_bodystructure,
     render_envelope,
     section_range,
@@ -58,3 +59,13 @@ def test_analyze_never_raises_on_arbitrary_bytes(raw):
 @given(raw=mimeish)
 def test_analyze_never_raises_on_mime_like_bytes(raw):
     check(raw, analyze(raw, Limits(max_depth=4, max_parts=20)))
+
+
+@FUZZ
+@given(raw=mimeish)
+def test_analyze_structure_is_analyze_without_the_imap_extras(raw):
+    # the attachment policy judges these parts: they must be exactly what analyze finds
+    limits = Limits(max_depth=4, max_parts=20)
+    meta, structure = analyze(raw, limits), analyze_structure(raw, limits)
+    assert (structure.body, structure.degraded, structure.defects) == \
+        (meta.body, meta.degraded, meta.defects)

@@ -60,6 +60,10 @@ log = get_logger("msa")
 
 # session.extra key: the sending usage read at MAIL, for the transaction's RCPTs
 _USAGE = "msa_usage"
+# existing local recipients remembered for every session of the process, briefly (as the
+# mta's RCPT does): how long, and how many at most
+KNOWN_SECONDS = 5.0
+KNOWN_SIZE = 10000
 
 
 class MSAPolicy(BasePolicy):
@@ -89,6 +93,8 @@ class MSAPolicy(BasePolicy):
         self.redis_pool = redis_pool
         self.reactor = reactor
         self.allow_plaintext_auth_on_loopback = allow_plaintext_auth_on_loopback
+        # RCPT addresses found LOCAL, with when (see _classify)
+        self._known: dict[str, float] = {}
 
     def _redis(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return defer_to_pool(self.reactor, self.redis_pool, fn, *args)
@@ -202,7 +208,7 @@ class MSAPolicy(BasePolicy):
         slog = log.bind(session=session.id, peer=session.peer_ip, user=user.address)
         if not path.domain or path.domain.startswith("["):
             return M.BAD_RECIPIENT
-        verdict = await self.database.run(lookups.classify_recipient, str(path))
+        verdict = await self._classify(str(path))
         if verdict == lookups.INVALID:
             return M.BAD_RECIPIENT
         if verdict == lookups.UNKNOWN:
@@ -225,6 +231,28 @@ class MSAPolicy(BasePolicy):
                          value=self.limits.recipients_per_day)
             return M.RECIPIENT_LIMIT
         return R.RECIPIENT_OK
+
+    async def _classify(self, address: str) -> str:
+        """lookups.classify_recipient; a LOCAL answer is remembered for KNOWN_SECONDS.
+
+        A user sending many messages to the same local recipients asks the
+        database once every few seconds instead of at every RCPT (a transaction
+        and a thread hand-off each). Only existing recipients are remembered: a
+        new account is never refused because of a stale answer, and one removed
+        meanwhile is refused at delivery (the mda resolves the address again).
+        """
+        now = self.reactor.seconds()
+        seen = self._known.get(address)
+        if seen is not None and now - seen < KNOWN_SECONDS:
+            return lookups.LOCAL
+        verdict: str = await self.database.run(lookups.classify_recipient, address)
+        if verdict == lookups.LOCAL:
+            if len(self._known) >= KNOWN_SIZE:
+                self._known.clear()
+            self._known[address] = now
+        else:
+            self._known.pop(address, None)
+        return verdict
 
     # --- content
 

@@ -19,6 +19,7 @@ from postroom.logs import get_logger
 from postroom.outgoing import Outgoing, bounce_recipient, originate
 from postroom.queue.envelope import Envelope
 from postroom.store import domains, messages, spool, spool_work
+from postroom.store.addresses import normalise_domain
 from postroom.store.db import StoreSession
 from postroom.store.errors import NotFound
 from postroom.store.spool_work import failed_queue_ids as failed_queue_ids  # for worker_bounce
@@ -100,6 +101,18 @@ def domain_of(address: str) -> str:
     return domain.lower().rstrip(".") if at else ""
 
 
+def _is_local(session: StoreSession, domain: str, row: spool_work.EntryRecipient) -> bool:
+    """domains.is_local_domain, answered by the locking statement when it looked up the
+    same name (the normalised form: every plain ASCII domain), else asked again."""
+    try:
+        normal = normalise_domain(domain)
+    except ValueError:
+        return False
+    if row.domain_local is not None and row.domain == normal:
+        return row.domain_local
+    return domains.is_local_domain(session, domain)
+
+
 def load_work(session: StoreSession, queue_id: str, recipient_ids: Sequence[int],
               now: datetime) -> Work | None:
     """Lock the entry's pending `outbound` recipients, move local ones to `deliver`.
@@ -109,9 +122,9 @@ def load_work(session: StoreSession, queue_id: str, recipient_ids: Sequence[int]
     recipient) are skipped.
 
     Plain SQL (docs/decisions/0005): one statement reads the message and locks
-    its recipients, one per distinct recipient domain asks whether it is ours,
-    one moves the local ones; an all-local entry (every submission to our own
-    users) is three round trips. The message text is read only for remote ones.
+    its recipients, one moves the local ones; the locking statement also says whether each
+    recipient's domain is ours, so an all-local entry (every submission to our
+    own users) is two statements. The message text is read only for remote ones.
     """
     wanted = sorted(set(recipient_ids))
     entry = spool_work.lock_entry(session, queue_id, wanted)
@@ -135,7 +148,7 @@ def load_work(session: StoreSession, queue_id: str, recipient_ids: Sequence[int]
         domain = domain_of(row.address)
         if domain not in local_domains:
             # no domain (a bare local part) can only be ours
-            local_domains[domain] = not domain or domains.is_local_domain(session, domain)
+            local_domains[domain] = not domain or _is_local(session, domain, row)
         if local_domains[domain]:
             local.append((row.id, row.address))
         else:

@@ -2,7 +2,9 @@
 
 from postroom.mime.analyze import (
     SEARCH_FIELDS,
+    Structure,
     analyze,
+    analyze_structure,
     base_subject,
     reply_subject,
     subject_base,
@@ -27,7 +29,9 @@ __all__ = [
     "Limits",
     "MessageMeta",
     "Part",
+    "Structure",
     "analyze",
+    "analyze_structure",
     "base_subject",
     "filter_header_fields",
     "find_part",

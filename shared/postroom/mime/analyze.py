@@ -5,6 +5,7 @@ from __future__ import annotations
 import email.utils
 import itertools
 import re
+from dataclasses import dataclass
 from datetime import UTC, date
 
 from postroom.mime.addresses import parse_addresses
@@ -389,7 +390,7 @@ def _search_fields(block: HeaderBlock, limits: Limits) -> list[HeaderField]:
     return out
 
 
-def _fallback(raw: bytes, limits: Limits, why: str) -> MessageMeta:
+def _fallback_part(raw: bytes, limits: Limits) -> tuple[Part, HeaderBlock]:
     try:
         block = scan_header(raw, 0, len(raw), limits)
     except Exception:  # noqa: BLE001 -- last resort: describe the blob as one body
@@ -399,6 +400,11 @@ def _fallback(raw: bytes, limits: Limits, why: str) -> MessageMeta:
     part = Part(type="text", subtype="plain", params=[("charset", "us-ascii")],
                 header_start=0, body_start=body_start, end=len(raw),
                 lines=_lines(raw, body_start, len(raw)), encoding=encoding)
+    return part, block
+
+
+def _fallback(raw: bytes, limits: Limits, why: str) -> MessageMeta:
+    part, block = _fallback_part(raw, limits)
     envelope = envelope_from(block, limits)
     return MessageMeta(
         size=len(raw), lines=_lines(raw, 0, len(raw)), envelope=envelope, body=part,
@@ -406,6 +412,38 @@ def _fallback(raw: bytes, limits: Limits, why: str) -> MessageMeta:
         sort=_sort_keys(envelope, _text(block, "date", limits), fields),
         degraded=True, defects=[why],
     )
+
+
+@dataclass(frozen=True)
+class Structure:
+    """The parts of a message as :func:`analyze` finds them, without what IMAP alone needs."""
+
+    body: Part
+    degraded: bool
+    defects: list[str]
+
+
+def analyze_structure(raw: bytes, limits: Limits | None = None) -> Structure:
+    """``analyze(raw).body``, ``.degraded`` and ``.defects``, and nothing else.
+
+    For callers that judge the parts (the attachment policy): the top-level
+    ENVELOPE, SORT keys and SEARCH fields, a third of :func:`analyze`'s work on
+    a small message, are not computed. Never raises.
+    """
+    limits = limits or Limits()
+    raw = bytes(raw)
+    builder = _Builder(raw, limits)
+    try:
+        body = builder.entity(0, len(raw), 0, ("text", "plain"))
+    except _TooComplex as exc:
+        return Structure(_fallback_part(raw, limits)[0], True, [str(exc)])
+    except Exception as exc:  # noqa: BLE001 -- mail is never rejected for being odd
+        return Structure(_fallback_part(raw, limits)[0], True,
+                         [f"parser error: {type(exc).__name__}"])
+    assert builder.top is not None
+    if not builder.top.fields:
+        builder.defect("no header fields")
+    return Structure(body, bool(builder.defects), builder.defects)
 
 
 def analyze(raw: bytes, limits: Limits | None = None) -> MessageMeta:

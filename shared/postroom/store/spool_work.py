@@ -33,6 +33,11 @@ class EntryRecipient:
     next_attempt_at: datetime
     notify: str | None
     orcpt: str | None
+    # the address's domain as the statement lowercased it, and whether a domain of that
+    # exact name is ours (None: no domain); worker_store uses it when it is the
+    # normalised form, and asks postroom.store.domains otherwise
+    domain: str | None = None
+    domain_local: bool | None = None
 
 
 @dataclass(frozen=True)
@@ -54,7 +59,8 @@ def lock_entry(session: Session, queue_id: str,
     """The message ``queue_id`` with its recipients among ``recipient_ids`` locked, in id order.
 
     None when the message is gone. One prepared statement: the message and the
-    locks in one round trip, however many recipients.
+    locks in one round trip, however many recipients, and whether each
+    recipient's domain is ours (no statement of its own per domain).
     """
     rows = _LOCK_ENTRY.execute(session.connection(),
                                {"queue_id": queue_id, "ids": sorted(set(recipient_ids))}).all()
@@ -65,7 +71,8 @@ def lock_entry(session: Session, queue_id: str,
         mail_from=head.mail_from, kind=head.kind, ret=head.ret, envid=head.envid,
         received_at=head.received_at, disposition=head.disposition, message_id=head.message_id,
         recipients=tuple(EntryRecipient(r.rid, r.address, r.state, r.stream, r.attempts,
-                                        r.next_attempt_at, r.notify, r.orcpt)
+                                        r.next_attempt_at, r.notify, r.orcpt, r.rdomain,
+                                        r.rlocal)
                          for r in rows if r.rid is not None))
 
 
@@ -82,8 +89,11 @@ WITH r AS (
     FOR UPDATE)
 SELECT m.mail_from, m.kind, m.ret, m.envid, m.received_at, m.disposition, m.message_id,
        r.id AS rid, r.address, r.state, r.stream, r.attempts, r.next_attempt_at, r.notify,
-       r.orcpt
+       r.orcpt, d.rdomain,
+       EXISTS (SELECT 1 FROM domains WHERE name = d.rdomain) AS rlocal
 FROM spool_messages m LEFT JOIN r ON true
+LEFT JOIN LATERAL (
+    SELECT lower(rtrim(substring(r.address from '@([^@]*)$'), '.')) AS rdomain) d ON true
 WHERE m.queue_id = %(queue_id)s
 ORDER BY r.id
 """)

@@ -1,6 +1,6 @@
 """The attachment policy: blocked file types, deceptive names, lying types, archives, bombs.
 
-:func:`check` walks the message with :func:`postroom.mime.analyze` (bounded
+:func:`check` walks the message with :func:`postroom.mime.analyze_structure` (bounded
 in depth, parts and header bytes), decodes each leaf part's body in memory
 and judges every attachment, and every member of every archive inside one
 (:mod:`.archives`), by the same rules:
@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any
 from postroom.config import ATTACHMENT_BLOCKED_DEFAULT, Settings
 from postroom.logs import get_logger
 from postroom.mime import Limits as MimeLimits
-from postroom.mime import Part, analyze
+from postroom.mime import Part, analyze_structure
 from postroom_dmarc.content import ContentResult, archives
 from postroom_dmarc.content.filenames import FileName, inspect_name, part_filename
 
@@ -107,7 +107,7 @@ class AttachmentCheck:
             return ContentResult(CHECK, "accept", details={"category": "off"})
         if len(request.message) > INLINE_MAX_MESSAGE:
             return None
-        meta = analyze(request.message, self.policy.mime)
+        meta = analyze_structure(request.message, self.policy.mime)
         if meta.degraded and meta.defects and meta.defects[0] in ("too many parts", "too deep"):
             return None
         if any(_needs_inspection(part) or part.encoding not in ("7bit", "8bit", "binary")
@@ -345,7 +345,7 @@ MAX_ENCLOSED = 3  # base64-encoded message/rfc822 parts opened inside one anothe
 
 
 def _walk_message(walk: _Walk, message: bytes, enclosed: int) -> None:
-    meta = analyze(message, walk.policy.mime)
+    meta = analyze_structure(message, walk.policy.mime)
     complex_ = meta.degraded and any(d in ("too many parts", "too deep") or
                                      d.startswith("parser error") for d in meta.defects)
     if complex_:
