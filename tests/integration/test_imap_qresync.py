@@ -297,7 +297,7 @@ def test_imap_expunge_remembers_prunes_and_drops_only_unshared_blobs(
         floor = s.execute(text("SELECT vanished_floor FROM mailboxes "  # type: ignore[attr-defined]
                                "WHERE id = :m"), {"m": box}).scalar_one()
         # the blob uid 3 shares with uid 1 stays; uid 2's own is gone
-        return removed, left == [blobs[1]], remembered + [-1] + pruned, int(floor), after
+        return removed, left == [blobs[1]], [*remembered, -1, *pruned], int(floor), after
 
     removed, shared_blob_only, remembered, floor, after = database.run_sync(work)
     assert removed == [1, 2]

@@ -323,6 +323,10 @@ class UserStoreImpl:
         accounts.database.run_then(fn, then, *args).addCallbacks(finished, failed)
         return done.addErrback(_database_down)
 
+    def _read(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """A read that needs no transaction (``Database.run_read``: no BEGIN, no COMMIT)."""
+        return self.accounts.database.run_read(fn, *args).addErrback(_database_down)
+
     def _changed(self, result: Any, mailbox_id: int, kind: str,
                  modseq: int | None = None) -> Any:
         self.accounts.in_redis_thread(self.accounts.publish, mailbox_id, kind,
@@ -336,7 +340,7 @@ class UserStoreImpl:
             self._changed(None, mailbox_id, kind)
 
     def list_mailboxes(self) -> Deferred[list[MailboxRow]]:
-        return self._db(mailstore.list_rows, self.user_id)
+        return self._read(mailstore.list_rows, self.user_id)
 
     def offload(self, fn: Callable[[], Any]) -> Deferred[Any]:
         return self.accounts.in_cpu_thread(fn)
@@ -354,7 +358,7 @@ class UserStoreImpl:
         return self._db(mailstore.subscribe, self.user_id, name, subscribed)
 
     def status(self, name: str) -> Deferred[MailboxStatus]:
-        return self._db(mailstore.status, self.user_id, name)
+        return self._read(mailstore.status, self.user_id, name)
 
     def append(self, name: str, messages: Sequence[NewMessage], max_size: int, *,
                recent_for: int | None = None) -> Deferred[tuple[int, list[int]]]:
@@ -378,18 +382,18 @@ class UserStoreImpl:
         return d.addCallback(done)
 
     def select(self, name: str, *, take_recent: bool = False) -> Deferred[SelectState]:
-        return self._db(mailstore.select, self.user_id, name, take_recent)
+        return self._read(mailstore.select, self.user_id, name, take_recent)
 
     def changes(self, mailbox_id: int, modseq: int, max_uid: int,
                 count: int, *, take_recent: bool = False) -> Deferred[Changes]:
-        return self._db(mailstore.changes, mailbox_id, modseq, max_uid, count, take_recent)
+        return self._read(mailstore.changes, mailbox_id, modseq, max_uid, count, take_recent)
 
     def fetch(self, mailbox_id: int, uids: Sequence[int], *, blob: bool, meta: bool,
               mark_seen: bool, changedsince: int | None,
               tree: bool = True) -> Deferred[list[FetchRow]]:
         if not mark_seen:
-            return self._db(mailstore.fetch, mailbox_id, list(uids), blob, meta, False,
-                            changedsince, tree)
+            return self._read(mailstore.fetch, mailbox_id, list(uids), blob, meta, False,
+                              changedsince, tree)
 
         def event(rows: list[FetchRow]) -> tuple[int, str, int | None] | None:
             return (mailbox_id, "flags", None) if any(r.seen_set for r in rows) else None
@@ -399,7 +403,7 @@ class UserStoreImpl:
 
     def fetch_flags(self, mailbox_id: int, uids: Sequence[int], *,
                     changedsince: int | None) -> Deferred[list[tuple[int, str, int]]]:
-        return self._db(mailstore.fetch_flags, mailbox_id, list(uids), changedsince)
+        return self._read(mailstore.fetch_flags, mailbox_id, list(uids), changedsince)
 
     def store(self, mailbox_id: int, uids: Sequence[int], mode: str, flags: Sequence[str],
               unchangedsince: int | None) -> Deferred[StoreResult]:
@@ -419,11 +423,11 @@ class UserStoreImpl:
 
     def search(self, mailbox_id: int, key: SearchKey,
                max_uid: int) -> Deferred[list[tuple[int, int]]]:
-        return self._db(mailstore.search, mailbox_id, key, max_uid)
+        return self._read(mailstore.search, mailbox_id, key, max_uid)
 
     def ordering(self, mailbox_id: int, key: SearchKey,
                  max_uid: int) -> Deferred[list[SortItem]]:
-        return self._db(mailstore.ordering, mailbox_id, key, max_uid)
+        return self._read(mailstore.ordering, mailbox_id, key, max_uid)
 
     def copy(self, mailbox_id: int, uids: Sequence[int], dest: str,
              move: bool) -> Deferred[CopyResult]:

@@ -508,10 +508,12 @@ def select(s: Session, user_id: int, name: str, cache: SelectCache | None = None
     included); with one, a cheap read of the mailbox row decides whether it
     still holds, and only a changed mailbox is loaded again. Each session gets
     its own copy of the UID array (sessions change theirs as they announce
-    EXISTS and EXPUNGE). The recent mark is taken under the row's lock only
-    when that read shows UIDs below UIDNEXT that no session took: the mark
-    only moves forward, so a mark at or past UIDNEXT in any snapshot is past
-    every UID of this view, and SELECT stays one statement.
+    EXISTS and EXPUNGE). The recent mark is taken (:func:`take_recent_uids`,
+    one more statement) only when that read shows UIDs below UIDNEXT that no
+    session took: the mark only moves forward, so a mark at or past UIDNEXT
+    in any snapshot is past every UID of this view, and SELECT stays one
+    statement. No lock is held across statements, so SELECT may run without
+    a transaction (``Database.run_read``).
     """
     name = _norm(name)
     cache = SELECT_CACHE if cache is None else cache
@@ -534,26 +536,43 @@ def select(s: Session, user_id: int, name: str, cache: SelectCache | None = None
     mailbox_id, uidvalidity, uidnext, highestmodseq = loaded.key
     recent_from = mark
     if take_recent and mark < uidnext:
-        recent_from = take_recent_uids(s, mailbox_id, uidnext)
+        recent_from = take_recent_uids(s, mailbox_id, uidnext, seen=mark)
     return SelectState(mailbox_id=mailbox_id, name=name, uidvalidity=uidvalidity,
                        uidnext=uidnext, highestmodseq=highestmodseq, uids=loaded.uids[:],
                        first_unseen_uid=loaded.first_unseen_uid,
                        keywords=list(loaded.keywords), recent_from=recent_from)
 
 
-def take_recent_uids(s: Session, mailbox_id: int, upto: int) -> int:
+def take_recent_uids(s: Session, mailbox_id: int, upto: int, seen: int | None = None) -> int:
     """Take the UIDs below ``upto`` that no session took yet; where they start (RFC 3501 2.3.2).
 
-    The one place the recent mark moves: under the mailbox row's lock, only
-    forward, in the caller's transaction. So each UID is taken by exactly
-    one session, whichever process or replica runs it: the caller's recent
-    messages are those of its view from the returned UID up (none when the
-    mark was already past ``upto``).
+    The recent mark only moves forward, and only here (or in
+    :func:`take_recent_uids_locked`): by compare-and-set, one UPDATE that
+    moves it from the value read to ``upto`` only if it still has that
+    value (READ COMMITTED re-checks the condition on the row's latest
+    version after waiting for its lock). So each UID is taken by exactly one
+    session, whichever process or replica runs it, and this holds with or
+    without a surrounding transaction (a read that runs in autocommit, such
+    as SELECT, may take the mark too): the caller's recent messages are those
+    of its view from the returned UID up (none when the mark was already past
+    ``upto``). ``seen`` is the mark as the caller just read it, which saves
+    reading it again.
     """
-    before = int(_LOCK_RECENT.execute(s.connection(), {"m": mailbox_id}).scalar_one())
-    if before < upto:
-        _TAKE_RECENT.execute(s.connection(), {"m": mailbox_id, "n": upto})
-    return before
+    connection = s.connection()
+    mark = seen if seen is not None else int(
+        _READ_RECENT.execute(connection, {"m": mailbox_id}).scalar_one())
+    while mark < upto:
+        if _TAKE_RECENT.execute(connection, {"m": mailbox_id, "n": upto,
+                                             "old": mark}).first() is not None:
+            return mark
+        mark = int(_READ_RECENT.execute(connection, {"m": mailbox_id}).scalar_one())
+    return mark
+
+
+_READ_RECENT = Prepared("imap_read_recent", "SELECT recent_uid FROM mailboxes WHERE id = %(m)s")
+_TAKE_RECENT = Prepared("imap_take_recent", (
+    "UPDATE mailboxes SET recent_uid = %(n)s WHERE id = %(m)s AND recent_uid = %(old)s "
+    "RETURNING 1"))
 
 
 def take_recent_uids_locked(s: Session, mailbox_id: int, upto: int) -> int:
@@ -571,10 +590,6 @@ def take_recent_uids_locked(s: Session, mailbox_id: int, upto: int) -> int:
 _TAKE_RECENT_LOCKED = Prepared("imap_take_recent_locked", (
     "UPDATE mailboxes x SET recent_uid = greatest(x.recent_uid, %(n)s) FROM mailboxes o "
     "WHERE x.id = %(m)s AND o.id = x.id RETURNING o.recent_uid"))
-_LOCK_RECENT = Prepared("imap_lock_recent",
-                        "SELECT recent_uid FROM mailboxes WHERE id = %(m)s FOR UPDATE")
-_TAKE_RECENT = Prepared("imap_take_recent",
-                        "UPDATE mailboxes SET recent_uid = %(n)s WHERE id = %(m)s")
 
 
 def changes(s: Session, mailbox_id: int, modseq: int, max_uid: int, count: int,
@@ -607,7 +622,7 @@ def changes(s: Session, mailbox_id: int, modseq: int, max_uid: int, count: int,
             {"m": mailbox_id, "max": max_uid}).scalars()]
     recent: list[int] = []
     if new:
-        start = (take_recent_uids(s, mailbox_id, max(new) + 1) if take_recent
+        start = (take_recent_uids(s, mailbox_id, max(new) + 1, seen=int(box[2])) if take_recent
                  else int(box[2]))
         recent = [u for u in new if u >= start]
     return Changes(highest, uidnext, new, present, flags, recent=recent, keywords=keywords)
