@@ -390,16 +390,16 @@ class UserStoreImpl:
 
     def fetch(self, mailbox_id: int, uids: Sequence[int], *, blob: bool, meta: bool,
               mark_seen: bool, changedsince: int | None,
-              tree: bool = True) -> Deferred[list[FetchRow]]:
+              tree: bool = True, head: bool = False) -> Deferred[list[FetchRow]]:
         if not mark_seen:
             return self._read(mailstore.fetch, mailbox_id, list(uids), blob, meta, False,
-                              changedsince, tree)
+                              changedsince, tree, head)
 
         def event(rows: list[FetchRow]) -> tuple[int, str, int | None] | None:
             return (mailbox_id, "flags", None) if any(r.seen_set for r in rows) else None
 
         return self._db_publishing(mailstore.fetch, event, mailbox_id, list(uids), blob, meta,
-                                   True, changedsince, tree)
+                                   True, changedsince, tree, head)
 
     def fetch_flags(self, mailbox_id: int, uids: Sequence[int], *,
                     changedsince: int | None) -> Deferred[list[tuple[int, str, int]]]:

@@ -683,8 +683,14 @@ def fetch_flags(s: Session, mailbox_id: int, uids: Sequence[int],
 
 
 def fetch(s: Session, mailbox_id: int, uids: Sequence[int], blob: bool, meta: bool,
-          mark_seen: bool, changedsince: int | None, tree: bool = True) -> list[FetchRow]:
-    """Rows for FETCH; ``meta`` without ``tree``: only the size and top part offsets of it."""
+          mark_seen: bool, changedsince: int | None, tree: bool = True,
+          head: bool = False) -> list[FetchRow]:
+    """Rows for FETCH; ``meta`` without ``tree``: only the size and top part offsets of it.
+
+    ``head`` (with ``blob`` and ``meta``, without ``tree``): the blob only up to
+    the end of the message's header when the cached analysis knows where that
+    is (PostgreSQL then decompresses and sends only that prefix), else whole.
+    """
     if not uids:
         return []
     seen: dict[int, tuple[tuple[str, ...], int]] = {}
@@ -707,7 +713,10 @@ def fetch(s: Session, mailbox_id: int, uids: Sequence[int], blob: bool, meta: bo
     if changedsince is not None:
         params["cs"] = changedsince
     analysis = ("tree" if tree else "top") if meta else ""
-    statement = _FETCH[analysis, blob, "uids" in params, changedsince is not None]
+    if head and blob and analysis == "top":
+        statement = _FETCH_HEAD["uids" in params, changedsince is not None]
+    else:
+        statement = _FETCH[analysis, blob, "uids" in params, changedsince is not None]
     out = []
     for r in statement.execute(s.connection(), params).all():
         uid = int(r[0])
@@ -735,9 +744,14 @@ _ANALYSIS = {
 }
 
 
-def _fetch_sql(analysis: str, blob: bool, sparse: bool, since: bool) -> str:
+# the blob up to the end of the message's header (where its body starts), when known
+_HEAD = ("CASE WHEN m.metadata ? 'body' THEN substring(m.blob FROM 1 FOR "
+         "(m.metadata #>> '{body,body_start}')::int) ELSE m.blob END")
+
+
+def _fetch_sql(analysis: str, blob: bool, sparse: bool, since: bool, head: bool = False) -> str:
     columns = "e.uid, e.flags, e.modseq, e.internaldate, m.size, " + _ANALYSIS[analysis]
-    columns += ", m.blob" if blob else ", NULL"
+    columns += (", " + _HEAD) if head else ", m.blob" if blob else ", NULL"
     # what _uid_condition writes for a range, and for a sparse set
     condition = _UID_RANGE + (_UID_SPARSE if sparse else "")
     if since:
@@ -752,6 +766,13 @@ _FETCH = {
         f"imap_fetch_{analysis or 'no'}_{blob:d}{sparse:d}{since:d}",
         _fetch_sql(analysis, blob, sparse, since))
     for analysis in _ANALYSIS for blob in (False, True)
+    for sparse in (False, True) for since in (False, True)
+}
+
+# header sections only: (sparse UID set, CHANGEDSINCE)
+_FETCH_HEAD = {
+    (sparse, since): Prepared(f"imap_fetch_head_{sparse:d}{since:d}",
+                              _fetch_sql("top", True, sparse, since, head=True))
     for sparse in (False, True) for since in (False, True)
 }
 
