@@ -196,7 +196,10 @@ class Database:
         that holds no lock across statements and needs no common snapshot
         (READ COMMITTED gives each statement its own anyway); a statement that
         writes commits on its own. A connection found dead is retried once, as
-        :meth:`run` does.
+        :meth:`run` does: so ``fn`` must be safe to run again after some of its
+        statements committed (a read is; IMAP's SELECT may move the recent
+        mark, and a retry after a commit whose reply was lost only leaves those
+        messages \\Recent in no session, never in two).
         """
         if not self._threadpool.started:
             raise RuntimeError("Database.run_read before Database.start")
