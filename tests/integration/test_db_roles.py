@@ -248,6 +248,12 @@ def test_imap_role_creates_appends_stores_and_deletes(rdb):
                                             MESSAGE + b"imap\r\n", ["\\Seen"], None)
     assert uid == 1
     assert run_as(rdb, "imap", mailstore.status, alice.id, "Projects").messages == 1
+    # SELECT takes the recent mark (compare-and-set); EXPUNGE's one statement removes the
+    # entry, remembers it for QRESYNC and deletes the blob
+    state = run_as(rdb, "imap", mailstore.select, alice.id, "Projects", True)
+    assert state.recent_from == 1
+    run_as(rdb, "imap", mailstore.store, state.mailbox_id, [uid], "+", ["\\Deleted"], None)
+    assert run_as(rdb, "imap", mailstore.expunge, state.mailbox_id, None)[0] == [uid]
     run_as(rdb, "imap", mailstore.rename, alice.id, "Projects", "Old projects")
     run_as(rdb, "imap", mailstore.delete, alice.id, "Old projects")
     assert run_as(rdb, "imap", mailstore.quota, alice.id) is not None

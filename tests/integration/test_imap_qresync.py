@@ -256,3 +256,51 @@ def test_qresync_session_keeps_recent_single_exists_and_searchres(
 
 def phone_tag(client: Raw) -> bytes:
     return f"t{client.n}".encode()
+
+
+def test_imap_expunge_remembers_prunes_and_drops_only_unshared_blobs(
+        account: Account, database: Database) -> None:
+    """EXPUNGE's one statement: entries out, UIDs remembered, blobs no entry uses deleted
+    (a blob another mailbox entry still uses stays), old QRESYNC entries pruned."""
+    from postroom.store import entries
+
+    shared = MESSAGE + b"shared\r\n"
+    account.deliver(shared)  # 1
+    account.deliver(MESSAGE + b"own\r\n")  # 2
+    account.deliver(shared)  # 3: the same blob as 1
+    account.deliver(MESSAGE + b"kept\r\n")  # 4
+
+    def work(s: object) -> tuple[list[int], bool, list[int], int, int]:
+        box = s.execute(text("SELECT id FROM mailboxes "  # type: ignore[attr-defined]
+                             "WHERE user_id = :u AND name = 'INBOX'"),
+                        {"u": account.user_id}).scalar_one()
+        s.execute(text("UPDATE mailbox_entries SET flags = ARRAY['\\Deleted'] "  # type: ignore[attr-defined]
+                       "WHERE mailbox_id = :m AND uid IN (1, 2)"), {"m": box})
+        blobs = dict(s.execute(text(  # type: ignore[attr-defined]
+            "SELECT uid, message_id FROM mailbox_entries WHERE mailbox_id = :m"),
+            {"m": box}).all())
+        removed, _, after = entries.expunge(s, box, None)  # type: ignore[arg-type]
+        left = sorted(int(i) for i in s.execute(text(  # type: ignore[attr-defined]
+            "SELECT id FROM messages WHERE id = ANY(:ids)"),
+            {"ids": [blobs[1], blobs[2]]}).scalars())
+        remembered = sorted(int(u) for u in s.execute(text(  # type: ignore[attr-defined]
+            "SELECT uid FROM expunged_entries WHERE mailbox_id = :m AND modseq = :ms"),
+            {"m": box, "ms": after}).scalars())
+        # age them past the retention: the next EXPUNGE (of the UID set) prunes them
+        s.execute(text("UPDATE expunged_entries SET expunged_at = now() - "  # type: ignore[attr-defined]
+                       "interval '91 days' WHERE mailbox_id = :m"), {"m": box})
+        s.execute(text("UPDATE mailbox_entries SET flags = ARRAY['\\Deleted'] "  # type: ignore[attr-defined]
+                       "WHERE mailbox_id = :m AND uid = 4"), {"m": box})
+        entries.expunge(s, box, [4])  # type: ignore[arg-type]
+        pruned = sorted(int(u) for u in s.execute(text(  # type: ignore[attr-defined]
+            "SELECT uid FROM expunged_entries WHERE mailbox_id = :m"), {"m": box}).scalars())
+        floor = s.execute(text("SELECT vanished_floor FROM mailboxes "  # type: ignore[attr-defined]
+                               "WHERE id = :m"), {"m": box}).scalar_one()
+        # the blob uid 3 shares with uid 1 stays; uid 2's own is gone
+        return removed, left == [blobs[1]], [*remembered, -1, *pruned], int(floor), after
+
+    removed, shared_blob_only, remembered, floor, after = database.run_sync(work)
+    assert removed == [1, 2]
+    assert shared_blob_only
+    assert remembered == [1, 2, -1, 4]
+    assert floor == after

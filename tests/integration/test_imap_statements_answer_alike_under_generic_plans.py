@@ -130,6 +130,15 @@ def test_fetch_shapes_answer_alike_under_generic_plans(db: Database, user_id: in
                 changed = db.run_sync(mailstore.fetch, mailbox_id, uids, blob, meta, False,
                                       12, tree)  # modseq 12: the last APPEND's
                 assert [r.uid for r in changed] == [u for u in uids if u in (5, 12)]
+        # header sections only: the blob up to the end of its header, the rest the same
+        for since in (None, 12):
+            head = db.run_sync(mailstore.fetch, mailbox_id, uids, True, True, False, since,
+                               False, True)
+            assert [r.uid for r in head] == [u for u in uids if since is None or u in (5, 12)]
+            for r in head:
+                whole = _message(r.uid - 1)
+                assert r.blob == whole[:whole.index(b"\r\n\r\n") + 4]
+                assert r.meta == _top(_cached(r.uid - 1)) and r.size == len(whole)
 
 
 def _flags(db: Database, mailbox_id: int, uids: list[int]) -> dict[int, tuple[str, ...]]:

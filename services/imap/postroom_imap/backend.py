@@ -291,6 +291,42 @@ class UserStoreImpl:
     def _db(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return self.accounts.database.run(fn, *args).addErrback(_database_down)
 
+    def _db_publishing(self, fn: Callable[..., Any],
+                       event: Callable[[Any], tuple[int, str, int | None] | None],
+                       *args: Any) -> Deferred[Any]:
+        """``fn`` in one transaction, then its change event published from the same thread.
+
+        After the COMMIT, the pool thread first hands the result to the reactor
+        and only then publishes ``event(result)`` (mailbox id, kind, modseq;
+        None: nothing changed): the reactor runs calls from threads in order,
+        so this session absorbs its own change before the event can come back
+        to it through the listener, and no thread hop is spent on the PUBLISH.
+        A failed publish is logged; the event was only a signal.
+        """
+        accounts = self.accounts
+        done: Deferred[Any] = Deferred()
+
+        def then(result: Any) -> None:
+            accounts.reactor.callFromThread(done.callback, result)
+            change = event(result)
+            if change is not None:
+                accounts.publish(*change)
+
+        def finished(outcome: tuple[Any, Exception | None]) -> None:
+            if isinstance(outcome[1], Exception):
+                log.warning("publish failed", error=str(outcome[1]))
+
+        def failed(failure: Failure) -> None:
+            if not done.called:
+                done.errback(failure)
+
+        accounts.database.run_then(fn, then, *args).addCallbacks(finished, failed)
+        return done.addErrback(_database_down)
+
+    def _read(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+        """A read that needs no transaction (``Database.run_read``: no BEGIN, no COMMIT)."""
+        return self.accounts.database.run_read(fn, *args).addErrback(_database_down)
+
     def _changed(self, result: Any, mailbox_id: int, kind: str,
                  modseq: int | None = None) -> Any:
         self.accounts.in_redis_thread(self.accounts.publish, mailbox_id, kind,
@@ -304,7 +340,7 @@ class UserStoreImpl:
             self._changed(None, mailbox_id, kind)
 
     def list_mailboxes(self) -> Deferred[list[MailboxRow]]:
-        return self._db(mailstore.list_rows, self.user_id)
+        return self._read(mailstore.list_rows, self.user_id)
 
     def offload(self, fn: Callable[[], Any]) -> Deferred[Any]:
         return self.accounts.in_cpu_thread(fn)
@@ -322,12 +358,18 @@ class UserStoreImpl:
         return self._db(mailstore.subscribe, self.user_id, name, subscribed)
 
     def status(self, name: str) -> Deferred[MailboxStatus]:
-        return self._db(mailstore.status, self.user_id, name)
+        return self._read(mailstore.status, self.user_id, name)
 
     def append(self, name: str, messages: Sequence[NewMessage], max_size: int, *,
                recent_for: int | None = None) -> Deferred[tuple[int, list[int]]]:
-        d = self._db(_append, self.user_id, name, list(messages), max_size,
-                     self.accounts.database.fts_max_bytes, recent_for)
+        def event(stored: tuple[list[tuple[int, int, int, int]], int | None]
+                  ) -> tuple[int, str, int | None]:
+            # one event for them all: other sessions announce one EXISTS
+            _, _, mailbox_id, modseq = stored[0][-1]
+            return mailbox_id, "exists", modseq
+
+        d = self._db_publishing(_append, event, self.user_id, name, list(messages), max_size,
+                                self.accounts.database.fts_max_bytes, recent_for)
 
         def done(stored: tuple[list[tuple[int, int, int, int]], int | None]
                  ) -> tuple[int, list[int]]:
@@ -335,58 +377,57 @@ class UserStoreImpl:
             for _, uid, mailbox_id, modseq in results:
                 self._own.append(OwnChange(mailbox_id, modseq - 1, modseq, uid,
                                            recent_from=recent_from))
-            # one event for them all: other sessions announce one EXISTS
-            _, _, mailbox_id, modseq = results[-1]
-            self._changed(None, mailbox_id, "exists", modseq)
             return results[0][0], [r[1] for r in results]
 
         return d.addCallback(done)
 
     def select(self, name: str, *, take_recent: bool = False) -> Deferred[SelectState]:
-        return self._db(mailstore.select, self.user_id, name, take_recent)
+        return self._read(mailstore.select, self.user_id, name, take_recent)
 
     def changes(self, mailbox_id: int, modseq: int, max_uid: int,
                 count: int, *, take_recent: bool = False) -> Deferred[Changes]:
-        return self._db(mailstore.changes, mailbox_id, modseq, max_uid, count, take_recent)
+        return self._read(mailstore.changes, mailbox_id, modseq, max_uid, count, take_recent)
 
     def fetch(self, mailbox_id: int, uids: Sequence[int], *, blob: bool, meta: bool,
               mark_seen: bool, changedsince: int | None,
-              tree: bool = True) -> Deferred[list[FetchRow]]:
-        d = self._db(mailstore.fetch, mailbox_id, list(uids), blob, meta, mark_seen,
-                     changedsince, tree)
+              tree: bool = True, head: bool = False) -> Deferred[list[FetchRow]]:
+        if not mark_seen:
+            return self._read(mailstore.fetch, mailbox_id, list(uids), blob, meta, False,
+                              changedsince, tree, head)
 
-        def done(rows: list[FetchRow]) -> list[FetchRow]:
-            if any(r.seen_set for r in rows):
-                self._changed(None, mailbox_id, "flags")
-            return rows
+        def event(rows: list[FetchRow]) -> tuple[int, str, int | None] | None:
+            return (mailbox_id, "flags", None) if any(r.seen_set for r in rows) else None
 
-        return d.addCallback(done)
+        return self._db_publishing(mailstore.fetch, event, mailbox_id, list(uids), blob, meta,
+                                   True, changedsince, tree, head)
 
     def fetch_flags(self, mailbox_id: int, uids: Sequence[int], *,
                     changedsince: int | None) -> Deferred[list[tuple[int, str, int]]]:
-        return self._db(mailstore.fetch_flags, mailbox_id, list(uids), changedsince)
+        return self._read(mailstore.fetch_flags, mailbox_id, list(uids), changedsince)
 
     def store(self, mailbox_id: int, uids: Sequence[int], mode: str, flags: Sequence[str],
               unchangedsince: int | None) -> Deferred[StoreResult]:
-        d = self._db(mailstore.store, mailbox_id, list(uids), mode, list(flags), unchangedsince)
+        def event(result: StoreResult) -> tuple[int, str, int | None] | None:
+            return (mailbox_id, "flags", result.modseq_after) if result.changed else None
+
+        d = self._db_publishing(mailstore.store, event, mailbox_id, list(uids), mode,
+                                list(flags), unchangedsince)
 
         def done(result: StoreResult) -> StoreResult:
             if result.modseq_before is not None and result.modseq_after is not None:
                 self._own.append(OwnChange(mailbox_id, result.modseq_before,
                                            result.modseq_after))
-            if result.changed:
-                self._changed(None, mailbox_id, "flags", result.modseq_after)
             return result
 
         return d.addCallback(done)
 
     def search(self, mailbox_id: int, key: SearchKey,
                max_uid: int) -> Deferred[list[tuple[int, int]]]:
-        return self._db(mailstore.search, mailbox_id, key, max_uid)
+        return self._read(mailstore.search, mailbox_id, key, max_uid)
 
     def ordering(self, mailbox_id: int, key: SearchKey,
                  max_uid: int) -> Deferred[list[SortItem]]:
-        return self._db(mailstore.ordering, mailbox_id, key, max_uid)
+        return self._read(mailstore.ordering, mailbox_id, key, max_uid)
 
     def copy(self, mailbox_id: int, uids: Sequence[int], dest: str,
              move: bool) -> Deferred[CopyResult]:
@@ -405,13 +446,15 @@ class UserStoreImpl:
         return d.addCallback(done)
 
     def expunge(self, mailbox_id: int, uids: Sequence[int] | None) -> Deferred[list[int]]:
-        d = self._db(mailstore.expunge, mailbox_id, None if uids is None else list(uids))
+        def event(result: tuple[list[int], int, int]) -> tuple[int, str, int | None] | None:
+            return (mailbox_id, "expunge", result[2]) if result[0] else None
+
+        d = self._db_publishing(mailstore.expunge, event, mailbox_id,
+                                None if uids is None else list(uids))
 
         def done(result: tuple[list[int], int, int]) -> list[int]:
             removed, before, after = result
             self._own.append(OwnChange(mailbox_id, before, after))
-            if removed:
-                self._changed(None, mailbox_id, "expunge", after)
             return removed
 
         return d.addCallback(done)
@@ -475,6 +518,7 @@ def _append(s: Any, user_id: int, name: str, messages: list[NewMessage], max_siz
     recent_from = None
     if recent_for is not None and results and results[-1][2] == recent_for:
         last_uid = results[-1][1]
-        first = mailstore.take_recent_uids(s, recent_for, last_uid + 1)
+        # the appends locked the mailbox row: one statement takes the mark
+        first = mailstore.take_recent_uids_locked(s, recent_for, last_uid + 1)
         recent_from = first if first <= last_uid else None
     return results, recent_from

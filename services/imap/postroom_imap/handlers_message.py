@@ -23,6 +23,7 @@ from postroom_imap.render import (
     canonical_flag,
     fetch_items,
     flags_line_renderer,
+    header_only,
     needs_blob,
     needs_meta,
     needs_tree,
@@ -264,6 +265,8 @@ class MessageCommands(CommandHost):
         # the whole analysis only for parts and structures; the message's own header and
         # text need only the offsets of its top part
         want_tree = any(needs_tree(i) for i in args.items)
+        # header sections only (a message list's FETCH): the blob up to the header's end
+        want_head = want_blob and not want_tree and all(header_only(i) for i in args.items)
         mark_seen = not box.readonly and any(i.sets_seen for i in args.items)
         line = None if mark_seen else flags_line_renderer(
             args.items, with_uid=command.uid, with_modseq=self.condstore)
@@ -281,7 +284,8 @@ class MessageCommands(CommandHost):
                     self.write(b"".join(_flag_lines(box, flag_rows, line)))
                 else:
                     rows = await store.fetch(box.mailbox_id, chunk, blob=want_blob,
-                                             meta=want_meta, tree=want_tree,
+                                             meta=want_meta or want_head, tree=want_tree,
+                                             head=want_head,
                                              mark_seen=mark_seen,
                                              changedsince=args.changedsince)
                     if self.selected is not box:

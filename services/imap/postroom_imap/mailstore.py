@@ -76,6 +76,7 @@ def append(s: Any, user_id: int, name: str, data: bytes, flags: Sequence[str],
 
 list_rows = _refusing(entries.list_rows)
 take_recent_uids = entries.take_recent_uids
+take_recent_uids_locked = entries.take_recent_uids_locked
 create = _refusing(entries.create)
 delete = _refusing(entries.delete)
 rename = _refusing(entries.rename)

@@ -80,6 +80,19 @@ def needs_blob(item: FetchItem) -> bool:
     return item.section is not None or item.name in ("RFC822", "RFC822.HEADER", "RFC822.TEXT")
 
 
+def header_only(item: FetchItem) -> bool:
+    """Whether the item reads no byte of the blob past the message's own header.
+
+    HEADER, HEADER.FIELDS (.NOT) of the message itself and RFC822.HEADER: a
+    FETCH of only these (and items needing no blob) reads the blob up to the
+    end of its header, never its body (``fetch(..., head=True)``).
+    """
+    if item.section is None:
+        return item.name == "RFC822.HEADER" or not needs_blob(item)
+    return (not item.name.startswith("BINARY") and not item.section.path
+            and item.section.text.upper().startswith("HEADER"))
+
+
 def needs_meta(item: FetchItem) -> bool:
     """Whether the item needs the cached analysis (BODY[] and BODY.PEEK[] are the blob alone)."""
     if item.section is None:

@@ -309,44 +309,46 @@ def _check_quota(s: Session, user_id: int, add_bytes: int, add_messages: int,
         raise OverQuota()
 
 
-def _store_blob(s: Session, user_id: int, data: bytes,
-                metadata: str) -> tuple[int, tuple[int | None, int | None]]:
+def _store_blob(s: Session, user_id: int, data: bytes, metadata: str,
+                doc: MessageText | None = None) -> tuple[int, tuple[int | None, int | None]]:
     """``messages.store_message`` in plain SQL, plus the user's quota limits in the same trip.
 
     (message id, (quota bytes, quota messages)). The same content addressing
     (SHA-256, ON CONFLICT DO NOTHING, then a look-up for bytes that were
     already there) without the ORM's per-statement cost. The look-up is its
     own statement so that it sees a row a concurrent writer committed while
-    this insert waited on it.
+    this insert waited on it. ``doc``, the blob's searchable text
+    (:mod:`postroom.store.fts`), is stored by the same statement when the
+    blob is new, and by one more when it was there already (it may predate
+    full-text search).
     """
     digest = hashlib.sha256(data).hexdigest()
-    row = _STORE_BLOB.execute(s.connection(), {
-        "h": digest, "n": len(data), "b": data, "meta": metadata,
-        "u": user_id}).one()
+    params = {"h": digest, "n": len(data), "b": data, "meta": metadata, "u": user_id}
+    if doc is None:
+        row = _STORE_BLOB.execute(s.connection(), params).one()
+    else:
+        params.update({f"fts_{k}": v for k, v in fts.text_params(doc).items()})
+        row = _STORE_BLOB_TEXT.execute(s.connection(), params).one()
     limits = (row[1], row[2])
     if row[0] is not None:
         return int(row[0]), limits
-    return int(s.execute(text("SELECT id FROM messages WHERE sha256 = :h"),
-                         {"h": digest}).scalar_one()), limits
+    message_id = int(s.execute(text("SELECT id FROM messages WHERE sha256 = :h"),
+                               {"h": digest}).scalar_one())
+    if doc is not None:
+        fts.store_text(s, message_id, doc)
+    return message_id, limits
 
 
-_STORE_BLOB = Prepared("imap_store_blob", (
-    "WITH stored AS (INSERT INTO messages (sha256, size, blob, metadata) "
-    "VALUES (%(h)s, %(n)s, %(b)s, CAST(%(meta)s AS jsonb)) "
-    "ON CONFLICT (sha256) DO NOTHING RETURNING id) "
-    "SELECT (SELECT id FROM stored), quota_bytes, quota_messages FROM users WHERE id = %(u)s"))
-
-
-def _delete_orphans(s: Session, message_ids: Sequence[int]) -> None:
-    """``messages.delete_orphans`` for known ids, in plain SQL (EXPUNGE's hot path)."""
-    if message_ids:
-        _DELETE_ORPHANS.execute(s.connection(), {"ids": list(message_ids)})
-
-
-_DELETE_ORPHANS = Prepared("imap_delete_orphans", (
-    "DELETE FROM messages m WHERE m.id = ANY(CAST(%(ids)s AS bigint[])) "
-    "AND NOT EXISTS (SELECT 1 FROM mailbox_entries e WHERE e.message_id = m.id) "
-    "AND NOT EXISTS (SELECT 1 FROM spool_messages p WHERE p.message_id = m.id)"))
+_STORED = ("stored AS (INSERT INTO messages (sha256, size, blob, metadata) "
+           "VALUES (%(h)s, %(n)s, %(b)s, CAST(%(meta)s AS jsonb)) "
+           "ON CONFLICT (sha256) DO NOTHING RETURNING id)")
+_STORE_BLOB_RESULT = ("SELECT (SELECT id FROM stored), quota_bytes, quota_messages FROM users "
+                      "WHERE id = %(u)s")
+_STORE_BLOB = Prepared("imap_store_blob", "WITH " + _STORED + " " + _STORE_BLOB_RESULT)
+_STORE_BLOB_TEXT = Prepared("imap_store_blob_text", (
+    "WITH " + _STORED + ", ftext AS (" + fts.INSERT_SQL.format(
+        id="stored.id", h="%(fts_h)s", b="%(fts_b)s", hw="%(fts_hw)s", bw="%(fts_bw)s",
+        t="%(fts_t)s", where="FROM stored") + ") " + _STORE_BLOB_RESULT))
 
 
 def append(s: Session, user_id: int, name: str, data: bytes, metadata: str,
@@ -362,10 +364,9 @@ def append(s: Session, user_id: int, name: str, data: bytes, metadata: str,
     data-modifying statement, as MDA deliveries do. Over quota, or no such
     mailbox, rolls all of it back.
     """
-    message_id, limits = _store_blob(s, user_id, data, metadata)
+    # ``doc``: its searchable text (postroom.store.fts), stored with the blob
+    message_id, limits = _store_blob(s, user_id, data, metadata, doc)
     _check_quota(s, user_id, len(data), 1, limits)
-    if doc is not None:
-        fts.store_text(s, message_id, doc)  # ``doc``: its searchable text (postroom.store.fts)
     row = _APPEND.execute(s.connection(), {
         "u": user_id, "n": _norm(name), "msg": message_id, "f": list(dict.fromkeys(flags)),
         "d": when}).first()
@@ -456,7 +457,7 @@ SELECT_CACHE = SelectCache()
 
 _SELECT_AGGREGATE = (
     "SELECT b.id, b.uidvalidity, b.uidnext, b.highestmodseq, a.packed, a.unseen, a.has_keywords, "
-    "b.keywords "
+    "b.keywords, b.recent_uid "
     "FROM mailboxes b CROSS JOIN LATERAL ("
     "SELECT array_send(array_agg(uid ORDER BY uid)) AS packed, "
     "min(uid) FILTER (WHERE NOT ('\\Seen' = ANY(flags))) AS unseen, "
@@ -465,14 +466,19 @@ _SELECT_AGGREGATE = (
 _LOAD_BY_NAME = Prepared("imap_load_by_name",
                          _SELECT_AGGREGATE + "WHERE b.user_id = %(u)s AND b.name = %(n)s")
 _LOAD_BY_ID = Prepared("imap_load_by_id", _SELECT_AGGREGATE + "WHERE b.id = %(m)s")
+# the cached entry's validity check, with the recent mark (which moves without a modseq bump)
+_ROW_BY_NAME = Prepared("imap_row_by_name",
+                        "SELECT id, uidvalidity, uidnext, highestmodseq, recent_uid FROM mailboxes "
+                        "WHERE user_id = %(u)s AND name = %(n)s")
 _KEYWORDS = Prepared("imap_keywords", (
     "SELECT DISTINCT f FROM (SELECT unnest(flags) AS f FROM mailbox_entries "
     "WHERE mailbox_id = %(m)s AND NOT (flags <@ CAST(%(sys)s AS text[]))) k "
     "WHERE left(f, 1) <> '\\' ORDER BY f LIMIT 100"))
 
 
-def _load(s: Session, statement: Prepared, params: dict[str, Any]) -> _Loaded:
-    """UIDs, first unseen and keywords; the mailbox row comes from the same snapshot."""
+def _load(s: Session, statement: Prepared, params: dict[str, Any]) -> tuple[_Loaded, int]:
+    """UIDs, first unseen and keywords, and the recent mark; the mailbox row comes from the
+    same snapshot."""
     connection = s.connection()
     row = statement.execute(connection, {**params, "sys": list(SYSTEM)}).first()
     if row is None:
@@ -485,7 +491,8 @@ def _load(s: Session, statement: Prepared, params: dict[str, Any]) -> _Loaded:
         keywords.update(str(k) for k in _KEYWORDS.execute(
             connection, {"m": mailbox_id, "sys": list(SYSTEM)}).scalars().all())
     return _Loaded((mailbox_id, int(row[1]), int(row[2]), int(row[3])), _uid_array(row[4]),
-                   int(row[5]) if row[5] is not None else None, tuple(sorted(keywords)))
+                   int(row[5]) if row[5] is not None else None,
+                   tuple(sorted(keywords))), int(row[8])
 
 
 def select(s: Session, user_id: int, name: str, cache: SelectCache | None = None,
@@ -497,57 +504,92 @@ def select(s: Session, user_id: int, name: str, cache: SelectCache | None = None
     transaction (:func:`take_recent`); without it (EXAMINE) they are only
     reported. ``recent_from`` says where they start.
 
-    Without a cached entry, one statement loads everything; with one, a
-    cheap read of the mailbox row decides whether it still holds, and only
-    a changed mailbox is loaded again. Each session gets its own copy of the
-    UID array (sessions change theirs as they announce EXISTS and EXPUNGE).
+    Without a cached entry, one statement loads everything (the recent mark
+    included); with one, a cheap read of the mailbox row decides whether it
+    still holds, and only a changed mailbox is loaded again. Each session gets
+    its own copy of the UID array (sessions change theirs as they announce
+    EXISTS and EXPUNGE). The recent mark is taken (:func:`take_recent_uids`,
+    one more statement) only when that read shows UIDs below UIDNEXT that no
+    session took: the mark only moves forward, so a mark at or past UIDNEXT
+    in any snapshot is past every UID of this view, and SELECT stays one
+    statement. No lock is held across statements, so SELECT may run without
+    a transaction (``Database.run_read``).
     """
     name = _norm(name)
     cache = SELECT_CACHE if cache is None else cache
     cached = cache.get(user_id, name)
     loaded = None
     if cached is not None:
-        box = _mailbox(s, user_id, name)
-        key = (int(box.id), int(box.uidvalidity), int(box.uidnext), int(box.highestmodseq))
+        box = _ROW_BY_NAME.execute(s.connection(), {"u": user_id, "n": name}).first()
+        if box is None:
+            raise NotFound("no such mailbox")
+        key = (int(box[0]), int(box[1]), int(box[2]), int(box[3]))
+        mark = int(box[4])
         if key == cached.key:
             loaded = cached
         else:
-            loaded = _load(s, _LOAD_BY_ID, {"m": key[0]})
+            loaded, mark = _load(s, _LOAD_BY_ID, {"m": key[0]})
     else:
-        loaded = _load(s, _LOAD_BY_NAME, {"u": user_id, "n": name})
+        loaded, mark = _load(s, _LOAD_BY_NAME, {"u": user_id, "n": name})
     if loaded is not cached:
         cache.put(user_id, name, loaded)
     mailbox_id, uidvalidity, uidnext, highestmodseq = loaded.key
-    if take_recent:
-        recent_from = take_recent_uids(s, mailbox_id, uidnext)
-    else:
-        recent_from = int(s.execute(text("SELECT recent_uid FROM mailboxes WHERE id = :m"),
-                                    {"m": mailbox_id}).scalar_one())
+    recent_from = mark
+    if take_recent and mark < uidnext:
+        recent_from = take_recent_uids(s, mailbox_id, uidnext, seen=mark)
     return SelectState(mailbox_id=mailbox_id, name=name, uidvalidity=uidvalidity,
                        uidnext=uidnext, highestmodseq=highestmodseq, uids=loaded.uids[:],
                        first_unseen_uid=loaded.first_unseen_uid,
                        keywords=list(loaded.keywords), recent_from=recent_from)
 
 
-def take_recent_uids(s: Session, mailbox_id: int, upto: int) -> int:
+def take_recent_uids(s: Session, mailbox_id: int, upto: int, seen: int | None = None) -> int:
     """Take the UIDs below ``upto`` that no session took yet; where they start (RFC 3501 2.3.2).
 
-    The one place the recent mark moves: under the mailbox row's lock, only
-    forward, in the caller's transaction. So each UID is taken by exactly
-    one session, whichever process or replica runs it: the caller's recent
-    messages are those of its view from the returned UID up (none when the
-    mark was already past ``upto``).
+    The recent mark only moves forward, and only here (or in
+    :func:`take_recent_uids_locked`): by compare-and-set, one UPDATE that
+    moves it from the value read to ``upto`` only if it still has that
+    value (READ COMMITTED re-checks the condition on the row's latest
+    version after waiting for its lock). So each UID is taken by exactly one
+    session, whichever process or replica runs it, and this holds with or
+    without a surrounding transaction (a read that runs in autocommit, such
+    as SELECT, may take the mark too): the caller's recent messages are those
+    of its view from the returned UID up (none when the mark was already past
+    ``upto``). ``seen`` is the mark as the caller just read it, which saves
+    reading it again.
     """
-    before = int(_LOCK_RECENT.execute(s.connection(), {"m": mailbox_id}).scalar_one())
-    if before < upto:
-        _TAKE_RECENT.execute(s.connection(), {"m": mailbox_id, "n": upto})
-    return before
+    connection = s.connection()
+    mark = seen if seen is not None else int(
+        _READ_RECENT.execute(connection, {"m": mailbox_id}).scalar_one())
+    while mark < upto:
+        if _TAKE_RECENT.execute(connection, {"m": mailbox_id, "n": upto,
+                                             "old": mark}).first() is not None:
+            return mark
+        mark = int(_READ_RECENT.execute(connection, {"m": mailbox_id}).scalar_one())
+    return mark
 
 
-_LOCK_RECENT = Prepared("imap_lock_recent",
-                        "SELECT recent_uid FROM mailboxes WHERE id = %(m)s FOR UPDATE")
-_TAKE_RECENT = Prepared("imap_take_recent",
-                        "UPDATE mailboxes SET recent_uid = %(n)s WHERE id = %(m)s")
+_READ_RECENT = Prepared("imap_read_recent", "SELECT recent_uid FROM mailboxes WHERE id = %(m)s")
+_TAKE_RECENT = Prepared("imap_take_recent", (
+    "UPDATE mailboxes SET recent_uid = %(n)s WHERE id = %(m)s AND recent_uid = %(old)s "
+    "RETURNING 1"))
+
+
+def take_recent_uids_locked(s: Session, mailbox_id: int, upto: int) -> int:
+    """:func:`take_recent_uids` in one statement, for a caller that holds the row's lock.
+
+    APPEND has locked the mailbox row already (adding the entry took UIDNEXT),
+    so no other transaction can move the mark between reading and writing it:
+    one UPDATE reads the mark as it was (``o``, this statement's snapshot,
+    which has this transaction's own writes) and moves it forward.
+    """
+    return int(_TAKE_RECENT_LOCKED.execute(s.connection(),
+                                           {"m": mailbox_id, "n": upto}).scalar_one())
+
+
+_TAKE_RECENT_LOCKED = Prepared("imap_take_recent_locked", (
+    "UPDATE mailboxes x SET recent_uid = greatest(x.recent_uid, %(n)s) FROM mailboxes o "
+    "WHERE x.id = %(m)s AND o.id = x.id RETURNING o.recent_uid"))
 
 
 def changes(s: Session, mailbox_id: int, modseq: int, max_uid: int, count: int,
@@ -580,7 +622,7 @@ def changes(s: Session, mailbox_id: int, modseq: int, max_uid: int, count: int,
             {"m": mailbox_id, "max": max_uid}).scalars()]
     recent: list[int] = []
     if new:
-        start = (take_recent_uids(s, mailbox_id, max(new) + 1) if take_recent
+        start = (take_recent_uids(s, mailbox_id, max(new) + 1, seen=int(box[2])) if take_recent
                  else int(box[2]))
         recent = [u for u in new if u >= start]
     return Changes(highest, uidnext, new, present, flags, recent=recent, keywords=keywords)
@@ -641,8 +683,14 @@ def fetch_flags(s: Session, mailbox_id: int, uids: Sequence[int],
 
 
 def fetch(s: Session, mailbox_id: int, uids: Sequence[int], blob: bool, meta: bool,
-          mark_seen: bool, changedsince: int | None, tree: bool = True) -> list[FetchRow]:
-    """Rows for FETCH; ``meta`` without ``tree``: only the size and top part offsets of it."""
+          mark_seen: bool, changedsince: int | None, tree: bool = True,
+          head: bool = False) -> list[FetchRow]:
+    """Rows for FETCH; ``meta`` without ``tree``: only the size and top part offsets of it.
+
+    ``head`` (with ``blob`` and ``meta``, without ``tree``): the blob only up to
+    the end of the message's header when the cached analysis knows where that
+    is (PostgreSQL then decompresses and sends only that prefix), else whole.
+    """
     if not uids:
         return []
     seen: dict[int, tuple[tuple[str, ...], int]] = {}
@@ -665,7 +713,10 @@ def fetch(s: Session, mailbox_id: int, uids: Sequence[int], blob: bool, meta: bo
     if changedsince is not None:
         params["cs"] = changedsince
     analysis = ("tree" if tree else "top") if meta else ""
-    statement = _FETCH[analysis, blob, "uids" in params, changedsince is not None]
+    if head and blob and analysis == "top":
+        statement = _FETCH_HEAD["uids" in params, changedsince is not None]
+    else:
+        statement = _FETCH[analysis, blob, "uids" in params, changedsince is not None]
     out = []
     for r in statement.execute(s.connection(), params).all():
         uid = int(r[0])
@@ -693,9 +744,14 @@ _ANALYSIS = {
 }
 
 
-def _fetch_sql(analysis: str, blob: bool, sparse: bool, since: bool) -> str:
+# the blob up to the end of the message's header (where its body starts), when known
+_HEAD = ("CASE WHEN m.metadata ? 'body' THEN substring(m.blob FROM 1 FOR "
+         "(m.metadata #>> '{body,body_start}')::int) ELSE m.blob END")
+
+
+def _fetch_sql(analysis: str, blob: bool, sparse: bool, since: bool, head: bool = False) -> str:
     columns = "e.uid, e.flags, e.modseq, e.internaldate, m.size, " + _ANALYSIS[analysis]
-    columns += ", m.blob" if blob else ", NULL"
+    columns += (", " + _HEAD) if head else ", m.blob" if blob else ", NULL"
     # what _uid_condition writes for a range, and for a sparse set
     condition = _UID_RANGE + (_UID_SPARSE if sparse else "")
     if since:
@@ -710,6 +766,13 @@ _FETCH = {
         f"imap_fetch_{analysis or 'no'}_{blob:d}{sparse:d}{since:d}",
         _fetch_sql(analysis, blob, sparse, since))
     for analysis in _ANALYSIS for blob in (False, True)
+    for sparse in (False, True) for since in (False, True)
+}
+
+# header sections only: (sparse UID set, CHANGEDSINCE)
+_FETCH_HEAD = {
+    (sparse, since): Prepared(f"imap_fetch_head_{sparse:d}{since:d}",
+                              _fetch_sql("top", True, sparse, since, head=True))
     for sparse in (False, True) for since in (False, True)
 }
 
@@ -869,10 +932,16 @@ def expunge(s: Session, mailbox_id: int,
     """Remove \\Deleted messages (only among ``uids`` when given).
 
     (UIDs removed, HIGHESTMODSEQ before, after): the caller may skip asking
-    what changed when ``before`` is what it knew.
+    what changed when ``before`` is what it knew. Two statements: the row
+    lock and bump (:func:`_lock_bump`; the removal must see every change
+    committed before the lock was granted, so it cannot share its snapshot),
+    then one data-modifying statement that removes the entries, remembers
+    their UIDs for QRESYNC (:data:`vanished.REMEMBER_SQL`), deletes the blobs
+    no entry or spool row uses any more and says whether old QRESYNC entries
+    are due for pruning (rare: a third statement then).
     """
     before, after = _lock_bump(s, mailbox_id)
-    params: dict[str, Any] = {"m": mailbox_id}
+    params: dict[str, Any] = {"m": mailbox_id, "ms": after, "keep": vanished.KEEP}
     statement = _EXPUNGE_ALL
     if uids is not None:
         if not uids:
@@ -880,17 +949,28 @@ def expunge(s: Session, mailbox_id: int,
         params.update({"uids": list(uids), "lo": min(uids), "hi": max(uids)})
         statement = _EXPUNGE_UIDS
     removed = statement.execute(s.connection(), params).all()
-    if removed:
-        _delete_orphans(s, sorted({int(r[1]) for r in removed}))
-        vanished.remember(s, mailbox_id, sorted(int(r[0]) for r in removed), after)
+    if removed and removed[0][1]:
+        vanished.prune(s, mailbox_id)
     return sorted(int(r[0]) for r in removed), before, after
 
 
-_EXPUNGE_SQL = "DELETE FROM mailbox_entries WHERE mailbox_id = %(m)s AND '\\Deleted' = ANY(flags)"
-_EXPUNGE_ALL = Prepared("imap_expunge", _EXPUNGE_SQL + " RETURNING uid, message_id")
-_EXPUNGE_UIDS = Prepared("imap_expunge_uids", (
-    _EXPUNGE_SQL + " AND uid BETWEEN %(lo)s AND %(hi)s "
-    "AND uid = ANY(CAST(%(uids)s AS bigint[])) RETURNING uid, message_id"))
+def _expunge_sql(within: str) -> str:
+    # the statement's parts share one snapshot, in which the removed entries are still
+    # present: the orphan test leaves them out by name
+    return (
+        "WITH gone AS (DELETE FROM mailbox_entries WHERE mailbox_id = %(m)s "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+        f"AND '\\Deleted' = ANY(flags){within} RETURNING uid, message_id), "
+        "kept AS (" + vanished.REMEMBER_SQL.format(m="%(m)s", ms="%(ms)s", uids="gone") + "), "
+        "orphans AS (DELETE FROM messages m WHERE m.id IN (SELECT message_id FROM gone) "
+        "AND NOT EXISTS (SELECT 1 FROM mailbox_entries e WHERE e.message_id = m.id "
+        "AND NOT (e.mailbox_id = %(m)s AND e.uid IN (SELECT uid FROM gone))) "
+        "AND NOT EXISTS (SELECT 1 FROM spool_messages p WHERE p.message_id = m.id)) "
+        "SELECT uid, " + vanished.OLDEST_SQL.format(m="%(m)s", keep="%(keep)s") + " FROM gone")
+
+
+_EXPUNGE_ALL = Prepared("imap_expunge_all", _expunge_sql(""))
+_EXPUNGE_UIDS = Prepared("imap_expunge_some", _expunge_sql(
+    " AND uid BETWEEN %(lo)s AND %(hi)s AND uid = ANY(CAST(%(uids)s AS bigint[]))"))
 
 
 def user_mailbox_ids(s: Session, user_id: int, names: Sequence[str]) -> list[int]:

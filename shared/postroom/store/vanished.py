@@ -26,22 +26,35 @@ PRUNE_BATCH = 1000
 Ranges = list[tuple[int, int]]
 
 
+# the record of expunged UIDs, as a statement or a data-modifying WITH item: ``{m}`` the
+# mailbox id, ``{ms}`` the modseq, ``{uids}`` a query giving the UIDs in a column ``uid``
+REMEMBER_SQL = (
+    "INSERT INTO expunged_entries (mailbox_id, uid, modseq) SELECT {m}, uid, {ms} FROM {uids} "
+    "ON CONFLICT (mailbox_id, uid) DO UPDATE SET modseq = EXCLUDED.modseq, "
+    "expunged_at = now()")
+KEEP = f"{int(RETENTION.total_seconds())} seconds"
+# whether anything is old enough to go: one row of the (mailbox_id, modseq) index. ``{m}``
+# the mailbox id, ``{keep}`` a parameter bound to :data:`KEEP` (a column of a statement that
+# remembers costs no round trip of its own)
+OLDEST_SQL = (
+    "(SELECT expunged_at < now() - CAST({keep} AS interval) FROM expunged_entries "
+    "WHERE mailbox_id = {m} ORDER BY modseq LIMIT 1)")
+
+
 def remember(s: Session, mailbox_id: int, uids: Sequence[int], modseq: int) -> None:
     """Record ``uids`` as expunged at ``modseq``; forget a batch of entries past RETENTION."""
     if not uids:
         return
-    s.execute(text(
-        "INSERT INTO expunged_entries (mailbox_id, uid, modseq) "
-        "SELECT :m, u, :ms FROM unnest(CAST(:uids AS bigint[])) AS u "
-        "ON CONFLICT (mailbox_id, uid) DO UPDATE SET modseq = EXCLUDED.modseq, "
-        "expunged_at = now()"), {"m": mailbox_id, "ms": modseq, "uids": list(uids)})
-    # one row of the (mailbox_id, modseq) index says whether anything is old enough to go
-    oldest = s.execute(text(
-        "SELECT expunged_at < now() - CAST(:keep AS interval) FROM expunged_entries "
-        "WHERE mailbox_id = :m ORDER BY modseq LIMIT 1"),
-        {"m": mailbox_id, "keep": f"{int(RETENTION.total_seconds())} seconds"}).scalar()
-    if not oldest:
-        return
+    s.execute(text(REMEMBER_SQL.format(m=":m", ms=":ms",
+                                       uids="unnest(CAST(:uids AS bigint[])) AS x(uid)")),
+              {"m": mailbox_id, "ms": modseq, "uids": list(uids)})
+    if s.execute(text("SELECT " + OLDEST_SQL.format(m=":m", keep=":keep")),
+                 {"m": mailbox_id, "keep": KEEP}).scalar():
+        prune(s, mailbox_id)
+
+
+def prune(s: Session, mailbox_id: int) -> None:
+    """Forget a batch of the oldest entries past RETENTION (when :data:`OLDEST_SQL` said so)."""
     s.execute(text(
         "WITH old AS (SELECT uid FROM expunged_entries WHERE mailbox_id = :m "
         "ORDER BY modseq LIMIT :batch), "
@@ -50,8 +63,7 @@ def remember(s: Session, mailbox_id: int, uids: Sequence[int], modseq: int) -> N
         "RETURNING e.modseq) "
         "UPDATE mailboxes SET vanished_floor = GREATEST(vanished_floor, "
         "(SELECT max(modseq) FROM gone)) WHERE id = :m AND EXISTS (SELECT 1 FROM gone)"),
-        {"m": mailbox_id, "batch": PRUNE_BATCH,
-         "keep": f"{int(RETENTION.total_seconds())} seconds"})
+        {"m": mailbox_id, "batch": PRUNE_BATCH, "keep": KEEP})
 
 
 def _merge(spans: Ranges) -> Ranges:
