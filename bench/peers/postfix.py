@@ -174,6 +174,13 @@ class Postfix:
                 timeout=60)
             self.running = False
 
+    def master_pids(self) -> list[int]:
+        """The master's PID (its smtpd, cleanup, qmgr, lmtp... are its children)."""
+        try:
+            return [int((ROOT / "queue" / "pid" / "master.pid").read_text().split()[0])]
+        except (OSError, ValueError, IndexError):
+            return []
+
     def log_tail(self) -> str:
         log = Path(ROOT / "maillog")
         return log.read_text(errors="replace")[-2000:] if log.exists() else ""
