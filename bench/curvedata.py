@@ -56,6 +56,8 @@ class Curve:
 def _num(value: float | None) -> str:
     if value is None:
         return "-"
+    if float(value).is_integer() and abs(value) >= 1000:
+        return f"{int(value):,}"
     if abs(value) >= 100:
         return f"{value:,.0f}"
     if abs(value) >= 10:
@@ -67,12 +69,13 @@ def table(curve: Curve) -> str:
     """| x | Postroom | peer | ratio P/peer |, a row per x measured on either side."""
     mine = curve.series.get(POSTROOM, {})
     theirs = curve.series.get(curve.peer, {})
-    lines = [f"| {curve.x_label} | {POSTROOM} | {curve.peer} | ratio P/peer |",
-             "|---:|---:|---:|---:|"]
+    lines = [f"| {curve.x_label} | {POSTROOM}: {curve.y_label} | {curve.peer}: {curve.y_label} "
+             "| ratio P/peer |", "|---:|---:|---:|---:|"]
     for x in curve.xs():
         p, q = mine.get(x), theirs.get(x)
         ratio = f"{p / q:.2f}x" if p is not None and q else "-"
-        lines.append(f"| {_num(x)} | {_num(p)} | {_num(q)} | {ratio} |")
+        shown = f"{int(x):,}" if float(x).is_integer() else _num(x)
+        lines.append(f"| {shown} | {_num(p)} | {_num(q)} | {ratio} |")
     return "\n".join(lines)
 
 

@@ -143,7 +143,11 @@ def line_chart(title: str, x_label: str, y_label: str, series: Mapping[str, Sequ
                 out.append(f'<rect x="{x - 4:.1f}" y="{y - 4:.1f}" width="8" height="8" '
                            f'fill="{colour}">{label}</rect>')
         out.append("</g>")
-    # legend, top left inside the plot
+    # legend, top left inside the plot, on a white box over the grid and lines
+    widest = max((len(name) for name in series), default=0)
+    out.append(f'<rect x="{LEFT + 4}" y="{TOP + 1}" width="{34 + 7 * widest}" '
+               f'height="{8 + 18 * len(series)}" fill="white" fill-opacity="0.85" '
+               'stroke="#ccc"/>')
     for index, name in enumerate(series):
         colour = COLOURS[index % len(COLOURS)]
         y = TOP + 12 + index * 18

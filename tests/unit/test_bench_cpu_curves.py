@@ -124,7 +124,8 @@ def test_curve_table_and_files(tmp_path):
     curve.add("Dovecot", 1000, 0.5)
     curve.add("Postroom", 100_000, 30.0)
     table = curvedata.table(curve).splitlines()
-    assert table[0] == "| messages | Postroom | Dovecot | ratio P/peer |"
+    assert table[0] == ("| messages | Postroom: SELECT, ms | Dovecot: SELECT, ms "
+                        "| ratio P/peer |")
     assert table[2] == "| 1,000 | 2.50 | 0.50 | 5.00x |"
     assert table[3] == "| 100,000 | 30.0 | - | - |"
     unused = curvedata.Curve("idle-memory", "Memory", "connections", "MiB", "Dovecot")
