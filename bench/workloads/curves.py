@@ -47,13 +47,13 @@ CURVES = ("inbound", "imap_clients", "mailbox", "idle")
 
 # (default sizes, --quick sizes)
 SIZES: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {
-    "inbound": ((1, 10, 100, 500), (1, 10, 100)),
+    "inbound": ((1, 10, 100, 500), (1, 10, 100, 500)),
     "imap_clients": ((10, 100, 500), (10, 50)),
     "mailbox": ((1_000, 10_000, 100_000), (1_000, 10_000)),
     "idle": ((100, 1_000, 5_000, 10_000), (100, 1_000)),
 }
 # messages per inbound point: sessions x PER_SESSION, at least MIN_MESSAGES
-PER_SESSION = (4, 2)
+PER_SESSION = (4, 1)
 MIN_MESSAGES = (400, 100)
 IMAP_SECONDS = (10.0, 4.0)
 SEEDED = 50
@@ -136,7 +136,9 @@ def inbound(ctx: Context, rate: Curve, p99: Curve) -> None:
     quick = 1 if ctx.quick else 0
     dovecot = Dovecot(users=1).start()
     try:
-        postfix = Postfix(f"lmtp:inet:127.0.0.1:{dovecot.lmtp_port}").start()
+        most = max(sizes("inbound", ctx))
+        postfix = Postfix(f"lmtp:inet:127.0.0.1:{dovecot.lmtp_port}",
+                          process_limit=max(100, most + 20)).start()
         try:
             with PostroomSuite(["dmarc", "mta", "mda"], replicas=ctx.replicas) as suite:
                 user = suite.user(0)
