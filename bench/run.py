@@ -34,7 +34,7 @@ from workloads.base import Context, Row
 WORKLOADS = ("smtp_inbound", "smtp_accept", "submission", "imap_mix", "imap_scale",
              "smtp_filter", "imap_fts", "curves")
 # how the budget is shared between the workloads that are still to run
-WEIGHTS = {"smtp_inbound": 3, "smtp_accept": 2, "submission": 2, "imap_mix": 2, "imap_scale": 3,
+WEIGHTS = {"smtp_inbound": 3, "smtp_accept": 2, "submission": 2, "imap_mix": 3, "imap_scale": 3,
            "smtp_filter": 2, "imap_fts": 3, "curves": 6}
 
 
