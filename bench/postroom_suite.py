@@ -45,6 +45,18 @@ def processes_for(name: str, override: int | None = None) -> int:
     return os.cpu_count() or 1
 
 
+def serve_has_processes() -> bool:
+    """Whether this Postroom's `postroom serve` takes ``--processes N`` (branch `procs`);
+    until it does, the suite starts N `postroom serve NAME` children itself."""
+    import argparse
+
+    from postroom.ops import cli
+
+    parser = argparse.ArgumentParser()
+    cli._serve_arguments(parser)
+    return "--processes" in parser._option_string_actions
+
+
 def installed_services() -> set[str]:
     from postroom.service import available_services
 
@@ -74,13 +86,16 @@ class DNSNull:
 class Service:
     """One `postroom serve NAME` child."""
 
-    def __init__(self, name: str, env: dict[str, str]) -> None:
+    def __init__(self, name: str, env: dict[str, str], processes: int = 0) -> None:
         self.name = name
         self.http_port = free_port()
         self.env = {**env, "POSTROOM_HTTP_LISTEN": f"tcp:{self.http_port}:interface=127.0.0.1"}
         self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log",
                                                delete=False)
-        self.proc = subprocess.Popen([POSTROOM, "serve", name], env=self.env, cwd=str(REPO),
+        # processes: `postroom serve NAME --processes N` (one parent serving the health port,
+        # N workers as its children); 0 = a plain `postroom serve NAME`
+        argv = [POSTROOM, "serve", name] + (["--processes", str(processes)] if processes else [])
+        self.proc = subprocess.Popen(argv, env=self.env, cwd=str(REPO),
                                      stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT)
 
@@ -218,9 +233,15 @@ class PostroomSuite:
             input=(PASSWORD + "\n").encode())
         if self.user_count > 1:
             self._add_users(range(1, self.user_count))
+        forks = serve_has_processes()
         for name in self.names:
+            count = self.processes(name)
+            if forks and count > 1:
+                # one child that forks its workers (their CPU is counted through the tree)
+                self.services[name] = Service(name, self.env, processes=count)
+                continue
             self.services[name] = Service(name, self.env)
-            for n in range(1, self.processes(name)):
+            for n in range(1, count):
                 self.services[f"{name}.{n}"] = Service(name, self.env)
         for service in self.services.values():
             service.wait_healthy()
