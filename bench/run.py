@@ -31,11 +31,13 @@ import cpu
 from common import BENCH, Budget, Skip, progress, say_error
 from workloads.base import Context, Row
 
-WORKLOADS = ("smtp_inbound", "smtp_accept", "submission", "imap_mix", "imap_scale",
-             "smtp_filter", "imap_fts", "curves")
+# the curves come before the filter and full-text workloads: the issue-23 figures (workloads
+# 1-5 and the curves) are the ones a run short of time must not leave out
+WORKLOADS = ("smtp_inbound", "smtp_accept", "submission", "imap_mix", "imap_scale", "curves",
+             "smtp_filter", "imap_fts")
 # how the budget is shared between the workloads that are still to run
 WEIGHTS = {"smtp_inbound": 3, "smtp_accept": 2, "submission": 2, "imap_mix": 3, "imap_scale": 3,
-           "smtp_filter": 2, "imap_fts": 3, "curves": 6}
+           "smtp_filter": 2, "imap_fts": 3, "curves": 7}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
