@@ -97,8 +97,11 @@ def line_chart(title: str, x_label: str, y_label: str, series: Mapping[str, Sequ
            f'<text x="{WIDTH / 2}" y="22" text-anchor="middle" font-size="15" '
            f'font-weight="bold">{escape(title)}</text>']
     if subtitle:
-        out.append(f'<text x="{WIDTH / 2}" y="40" text-anchor="middle" fill="#555">'
-                   f"{escape(subtitle)}</text>")
+        # a long subtitle is squeezed to the chart's width rather than cut off
+        fit = (f' textLength="{WIDTH - 20}" lengthAdjust="spacingAndGlyphs"'
+               if len(subtitle) > 95 else "")
+        out.append(f'<text x="{WIDTH / 2}" y="40" text-anchor="middle" fill="#555" '
+                   f'font-size="11"{fit}>{escape(subtitle)}</text>')
     # grid and ticks
     for tick in y_axis.ticks:
         y = y_axis.pos(tick)
