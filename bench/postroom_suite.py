@@ -8,6 +8,7 @@ drops the database and deletes the Redis keys.
 
 from __future__ import annotations
 
+import os
 import secrets
 import subprocess
 import tempfile
@@ -24,6 +25,36 @@ REDIS_URL = "redis://127.0.0.1:6379/0"
 DOMAIN = "bench.test"
 FRONT_DOORS = frozenset({"mta", "msa", "imap", "pop3"})
 PASSWORD = "bench-password-1"
+
+
+def processes_for(name: str, override: int | None = None) -> int:
+    """How many processes of a service the suite runs: the one place that decides.
+
+    Without ``override`` it is what the shipped `postroom up` defaults give (issue 23,
+    "auto"): one process per core for each front door (mta, msa, imap, pop3) sharing its
+    port, one process for everything else. ``override`` (`bench/run.py --replicas N`) sets
+    the front doors' count explicitly. Today each process is its own `postroom serve NAME`
+    child with POSTROOM_REUSE_PORT; once `postroom serve NAME --processes N` exists, the
+    suite starts one child with that option instead (see ``Service``) and this count is
+    what it passes.
+    """
+    if name not in FRONT_DOORS:
+        return 1
+    if override:
+        return max(1, override)
+    return os.cpu_count() or 1
+
+
+def serve_has_processes() -> bool:
+    """Whether this Postroom's `postroom serve` takes ``--processes N`` (branch `procs`);
+    until it does, the suite starts N `postroom serve NAME` children itself."""
+    import argparse
+
+    from postroom.ops import cli
+
+    parser = argparse.ArgumentParser()
+    cli._serve_arguments(parser)
+    return "--processes" in parser._option_string_actions
 
 
 def installed_services() -> set[str]:
@@ -55,13 +86,16 @@ class DNSNull:
 class Service:
     """One `postroom serve NAME` child."""
 
-    def __init__(self, name: str, env: dict[str, str]) -> None:
+    def __init__(self, name: str, env: dict[str, str], processes: int = 0) -> None:
         self.name = name
         self.http_port = free_port()
         self.env = {**env, "POSTROOM_HTTP_LISTEN": f"tcp:{self.http_port}:interface=127.0.0.1"}
         self.log = tempfile.NamedTemporaryFile(prefix=f"bench-{name}-", suffix=".log",
                                                delete=False)
-        self.proc = subprocess.Popen([POSTROOM, "serve", name], env=self.env, cwd=str(REPO),
+        # processes: `postroom serve NAME --processes N` (one parent serving the health port,
+        # N workers as its children); 0 = a plain `postroom serve NAME`
+        argv = [POSTROOM, "serve", name] + (["--processes", str(processes)] if processes else [])
+        self.proc = subprocess.Popen(argv, env=self.env, cwd=str(REPO),
                                      stdin=subprocess.DEVNULL, stdout=self.log,
                                      stderr=subprocess.STDOUT)
 
@@ -101,11 +135,11 @@ class PostroomSuite:
     """A fresh store plus the named services; use as a context manager."""
 
     def __init__(self, services: Sequence[str], *, extra_env: dict[str, str] | None = None,
-                 users: int = 1, replicas: int = 1) -> None:
+                 users: int = 1, replicas: int | None = None) -> None:
         self.names = list(services)
-        # front doors run `replicas` processes on one port (POSTROOM_REUSE_PORT), as an
-        # operator scales them on one host; queue consumers and dmarc stay one process
-        self.replicas = max(1, replicas)
+        # front doors run processes_for(name, replicas) processes on one port
+        # (POSTROOM_REUSE_PORT): one per core unless overridden; the rest one process
+        self.replicas = replicas
         self.extra_env = dict(extra_env or {})
         self.user_count = users
         self.ports = {"mta": free_port(), "msa": free_port(), "imap": free_port(),
@@ -151,12 +185,15 @@ class PostroomSuite:
             "POSTROOM_AUTH_ADDRESS_FAIL_LIMIT": "1000000",
             "POSTROOM_AUTH_DELAY_MAX": "0",
         })
-        if self.replicas > 1:
+        if any(self.processes(n) > 1 for n in self.names or FRONT_DOORS):
             env["POSTROOM_REUSE_PORT"] = "true"
         if self.dns is not None:
             env["POSTROOM_DNS_SERVERS"] = self.dns.servers
         env.update(self.extra_env)
         return env
+
+    def processes(self, name: str) -> int:
+        return processes_for(name, self.replicas)
 
     # --- life cycle
 
@@ -196,14 +233,19 @@ class PostroomSuite:
             input=(PASSWORD + "\n").encode())
         if self.user_count > 1:
             self._add_users(range(1, self.user_count))
+        forks = serve_has_processes()
         for name in self.names:
+            count = self.processes(name)
+            if forks and count > 1:
+                # one child that forks its workers (their CPU is counted through the tree)
+                self.services[name] = Service(name, self.env, processes=count)
+                continue
             self.services[name] = Service(name, self.env)
-            copies = self.replicas if name in FRONT_DOORS else 1
-            for n in range(1, copies):
+            for n in range(1, count):
                 self.services[f"{name}.{n}"] = Service(name, self.env)
         for service in self.services.values():
             service.wait_healthy()
-        shown = [f"{n} x{self.replicas}" if n in FRONT_DOORS and self.replicas > 1 else n
+        shown = [f"{n} x{self.processes(n)}" if self.processes(n) > 1 else n
                  for n in self.names]
         progress(f"  postroom up: {', '.join(shown)} (db {dbname})")
 
@@ -211,10 +253,14 @@ class PostroomSuite:
         from postroom.store import users
         from postroom.store.db import Database
 
+        # one scrypt hash for every account (the same password): 500 hashes would cost
+        # a minute on a loaded machine; a small SCRAM iteration count for the same reason
+        hashed = users.hash_password(PASSWORD)
         database = Database(self.database_url, pool_size=1)
         try:
             for n in numbers:
-                database.run_sync(users.add_user, self.user(n), PASSWORD)
+                database.run_sync(users.add_user, self.user(n), PASSWORD,
+                                  hash_fn=lambda _password: hashed, scram_iterations=4096)
         finally:
             database.dispose()
 
@@ -239,7 +285,9 @@ class PostroomSuite:
         if self._engine is None:
             from sqlalchemy import create_engine
 
-            self._engine = create_engine(self.database_url, pool_size=2)
+            # named, so the CPU accounting leaves the bench's own queries out (bench/cpu.py)
+            self._engine = create_engine(self.database_url, pool_size=2,
+                                         connect_args={"application_name": "bench"})
         return self._engine
 
     def scalar(self, sql: str, **params: Any) -> Any:

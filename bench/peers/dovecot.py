@@ -38,8 +38,8 @@ mail_uid = {uid}
 mail_gid = {uid}
 mail_fsync = optimized
 imap_hibernate_timeout = {hibernate}
-default_process_limit = 6000
-default_client_limit = 12000
+default_process_limit = {process_limit}
+default_client_limit = {client_limit}
 default_vsz_limit = 512M
 passdb {{
   driver = passwd-file
@@ -61,7 +61,7 @@ service imap-login {{
   service_count = 0
 }}
 service imap {{
-  process_limit = 6000
+  process_limit = {process_limit}
 }}
 service lmtp {{
   inet_listener lmtp {{
@@ -93,8 +93,12 @@ protocol lmtp {{
 class Dovecot:
     """A private Dovecot; ``users`` are user0@bench.test ... with PASSWORD."""
 
-    def __init__(self, users: int = 1, *, hibernate: str = "0", lmtp: bool = True) -> None:
+    def __init__(self, users: int = 1, *, hibernate: str = "0", lmtp: bool = True,
+                 process_limit: int = 6000) -> None:
         self.users = users
+        # one imap process per connection until hibernated: the idle-connection curve
+        # asks for more than the default 6000
+        self.process_limit = process_limit
         # IMAP only (lmtp=False): workloads that fill the Maildir themselves need no dovecot-lmtpd
         self.lmtp = lmtp
         self.hibernate = hibernate
@@ -130,6 +134,8 @@ class Dovecot:
         conf.write_text(CONFIG.format(root=ROOT, uid=MAIL_UID, imap_port=self.imap_port,
                                       lmtp_port=self.lmtp_port, auth_port=self.auth_port,
                                       hibernate=self.hibernate,
+                                      process_limit=self.process_limit,
+                                      client_limit=2 * self.process_limit,
                                       protocols="imap lmtp" if self.lmtp else "imap"))
         self.proc = subprocess.Popen([tool("dovecot") or "dovecot", "-F", "-c", str(conf)],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -165,6 +171,10 @@ class Dovecot:
         base = self.maildir(user)
         if base.exists():
             shutil.rmtree(base)
+
+    def root_pids(self) -> list[int]:
+        """The master (imap, imap-login, lmtp, auth... are its children)."""
+        return [self.proc.pid] if self.proc is not None else []
 
     def pids(self) -> list[int]:
         """Every process of this Dovecot instance (master and children)."""

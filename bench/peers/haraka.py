@@ -56,6 +56,10 @@ class Haraka:
             raise RuntimeError(f"haraka did not start: {log}") from None
         return self
 
+    def root_pids(self) -> list[int]:
+        """Haraka's master (its cluster workers are its children)."""
+        return [self.proc.pid] if self.proc is not None else []
+
     def stop(self) -> None:
         stop_pid(self.proc)
         self.proc = None

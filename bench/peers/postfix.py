@@ -52,7 +52,7 @@ smtpd_relay_restrictions = permit_mynetworks, permit_sasl_authenticated,
 smtpd_client_connection_count_limit = 0
 smtpd_client_connection_rate_limit = 0
 smtpd_client_message_rate_limit = 0
-default_process_limit = 100
+default_process_limit = {process_limit}
 lmtp_destination_concurrency_limit = 20
 alias_maps =
 alias_database =
@@ -105,8 +105,11 @@ class Postfix:
     """A private Postfix instance; ``transport`` is where bench.test mail goes."""
 
     def __init__(self, transport: str, *, auth_port: int = 0, submission: bool = False,
-                 milter: str | None = None) -> None:
+                 milter: str | None = None, process_limit: int = 100) -> None:
         self.transport = transport
+        # Postfix's default (100 smtpd at once); the session curve raises it to its largest
+        # point, as an operator expecting that many clients would
+        self.process_limit = process_limit
         # e.g. "inet:127.0.0.1:PORT": every message is checked by that milter (rspamd's proxy)
         self.milter = milter
         self.auth_port = auth_port
@@ -132,7 +135,8 @@ class Postfix:
         tls = VAR / "tls"
         (self.etc / "main.cf").write_text(MAIN_CF.format(
             etc=self.etc, root=ROOT, transport=self.transport, cert=tls / "cert.pem",
-            key=tls / "key.pem", auth_port=self.auth_port or 1))
+            key=tls / "key.pem", auth_port=self.auth_port or 1,
+            process_limit=self.process_limit))
         if self.milter:
             with open(self.etc / "main.cf", "a") as main_cf:
                 # a milter that cannot be asked defers the message, as Postroom does
@@ -173,6 +177,13 @@ class Postfix:
             run([tool("postfix") or "postfix", "-c", str(self.etc), "stop"], check=False,
                 timeout=60)
             self.running = False
+
+    def master_pids(self) -> list[int]:
+        """The master's PID (its smtpd, cleanup, qmgr, lmtp... are its children)."""
+        try:
+            return [int((ROOT / "queue" / "pid" / "master.pid").read_text().split()[0])]
+        except (OSError, ValueError, IndexError):
+            return []
 
     def log_tail(self) -> str:
         log = Path(ROOT / "maillog")

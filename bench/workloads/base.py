@@ -56,8 +56,15 @@ class Context:
     scale_messages: int
     idle_connections: int
     profile: bool
-    # processes per Postroom front door (one shared port), and Haraka's nodes
-    replicas: int = 1
+    # processes per Postroom front door (one shared port): None = the shipped defaults
+    # (postroom_suite.processes_for: one per core); an int = the --replicas override
+    replicas: int | None = None
+    # --quick: the curves' short sizes (a functional check, not figures to quote)
+    quick: bool = False
+    # --curve: which of the curves workload's curves run (empty: all)
+    curves: tuple[str, ...] = ()
+    # CPU per message / per operation, a column each in the CPU tables (bench/cpu.py)
+    cpu: list[Any] = field(default_factory=list)
     # extra results a workload reports besides its rows (profiles, memory details)
     extras: dict[str, Any] = field(default_factory=dict)
     # this workload's slice of the budget (run.py sets it before each workload)
@@ -71,6 +78,12 @@ class Context:
             self._first_run = now
             return True
         return self.share.fits((now - self._first_run) / i)
+
+    def haraka_nodes(self) -> int:
+        """Haraka gets as many nodes as Postroom has mta processes."""
+        from postroom_suite import processes_for
+
+        return processes_for("mta", self.replicas)
 
     def need_services(self, *names: str) -> None:
         from common import Skip

@@ -139,7 +139,7 @@ def run(ctx: Context) -> list[Row]:
     try:
         env = {"POSTROOM_ALLOW_PLAINTEXT_AUTH_ON_LOOPBACK": "true"}
         # one imap process: the memory figure is of one process, the timed commands one client
-        with PostroomSuite(["imap"], users=2, extra_env=env) as suite:
+        with PostroomSuite(["imap"], users=2, extra_env=env, replicas=1) as suite:
             user, idler = suite.user(0), suite.user(1)
             mailgen.seed_dovecot(big, dovecot.maildir(user))
             mailgen.seed_dovecot(small, dovecot.maildir(idler))

@@ -7,6 +7,7 @@ Runs alternate Postroom, peer, Postroom, peer, ...
 
 from __future__ import annotations
 
+import cpu
 from common import Skip, progress
 from peers.dovecot import Dovecot
 from peers.postfix import Postfix
@@ -28,24 +29,33 @@ def run(ctx: Context) -> list[Row]:
     delivered = Row(NAME, "delivered rate", "msg/s", "Postfix+Dovecot")
     timeout = max(120.0, n / 8)
     profile: dict[str, object] = {}
+    used = cpu.figure(NAME, "msg", "Postfix+Dovecot")
+    ctx.cpu.append(used)
     dovecot = Dovecot(users=1).start()
     try:
         postfix = Postfix(f"lmtp:inet:127.0.0.1:{dovecot.lmtp_port}").start()
         try:
             with PostroomSuite(["dmarc", "mta", "mda"], replicas=ctx.replicas) as suite:
                 user = suite.user(0)
+                mine = cpu.postroom_meter(suite, ["mta", "dmarc", "mda"])
+                theirs = cpu.peer_meter("Postfix+Dovecot", postfix.master_pids,
+                                        dovecot.root_pids)
                 for i in range(ctx.runs):
                     if not ctx.another_run(i):
                         progress(f"  budget: stopping after {i} run(s)")
                         break
+                    before = mine.sample()
                     a, d = load_and_wait(suite.ports["mta"], user, n, suite.delivered, timeout)
+                    used.postroom.between(before, mine.sample(), n)
                     accept.postroom.append(n / a)
                     delivered.postroom.append(n / d)
                     progress(f"  run {i + 1} postroom: accepted {n / a:.0f} msg/s, "
                              f"delivered {n / d:.0f} msg/s")
                     dovecot.clear(user)
+                    before = theirs.sample()
                     a, d = load_and_wait(postfix.smtp_port, user, n,
                                          lambda: dovecot.count_new(user), timeout)
+                    used.peer_side.between(before, theirs.sample(), n)
                     accept.peer_runs.append(n / a)
                     delivered.peer_runs.append(n / d)
                     progress(f"  run {i + 1} postfix+dovecot: accepted {n / a:.0f} msg/s, "

@@ -15,6 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 
+import cpu
 from common import Skip, progress
 from peers.dovecot import Dovecot
 from peers.postfix import Postfix
@@ -78,6 +79,8 @@ def run(ctx: Context) -> list[Row]:
     submit = Row(NAME, "submit rate", "msg/s", "Postfix+Dovecot")
     delivered = Row(NAME, "delivered rate", "msg/s", "Postfix+Dovecot")
     timeout = 180.0
+    used = cpu.figure(NAME, "msg", "Postfix+Dovecot")
+    ctx.cpu.append(used)
     dovecot = Dovecot(users=CLIENTS).start()
     try:
         postfix = Postfix(f"lmtp:inet:127.0.0.1:{dovecot.lmtp_port}", auth_port=dovecot.auth_port,
@@ -86,6 +89,9 @@ def run(ctx: Context) -> list[Row]:
             with PostroomSuite(["msa", "mta", "mda"], users=CLIENTS,
                                replicas=ctx.replicas) as suite:
                 users = [suite.user(n) for n in range(CLIENTS)]
+                mine = cpu.postroom_meter(suite, ["msa", "mta", "mda"])
+                theirs = cpu.peer_meter("Postfix+Dovecot", postfix.master_pids,
+                                        dovecot.root_pids)
 
                 def peer_count() -> int:
                     return sum(dovecot.count_new(u) for u in users)
@@ -94,12 +100,16 @@ def run(ctx: Context) -> list[Row]:
                     if not ctx.another_run(i):
                         progress(f"  budget: stopping after {i} run(s)")
                         break
+                    before = mine.sample()
                     s, d = load(suite.ports["msa"], users, PASSWORD, suite.delivered, timeout)
+                    used.postroom.between(before, mine.sample(), total)
                     submit.postroom.append(total / s)
                     delivered.postroom.append(total / d)
                     progress(f"  run {i + 1} postroom: submitted {total / s:.0f} msg/s, "
                              f"delivered {total / d:.0f} msg/s")
+                    before = theirs.sample()
                     s, d = load(postfix.submission_port, users, PASSWORD, peer_count, timeout)
+                    used.peer_side.between(before, theirs.sample(), total)
                     submit.peer_runs.append(total / s)
                     delivered.peer_runs.append(total / d)
                     progress(f"  run {i + 1} postfix+dovecot: submitted {total / s:.0f} msg/s, "
