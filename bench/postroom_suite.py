@@ -236,8 +236,9 @@ class PostroomSuite:
         forks = serve_has_processes()
         for name in self.names:
             count = self.processes(name)
-            if forks and count > 1:
-                # one child that forks its workers (their CPU is counted through the tree)
+            if forks:
+                # one child that forks its workers (their CPU is counted through the tree);
+                # always explicit: without it a front door would take POSTROOM_PROCESSES=auto
                 self.services[name] = Service(name, self.env, processes=count)
                 continue
             self.services[name] = Service(name, self.env)
