@@ -922,6 +922,12 @@ class Settings:
     msa_max_recipients_per_day: int = setting(
         _positive_int, "2000",
         "Recipients one account may submit to per day (sliding window); over it gets 450 4.7.1.")
+    msa_dkim_key_cache_ttl: float = setting(
+        _non_negative_duration, "30s",
+        "How long the msa reuses a domain's DKIM keys without asking the store. Every key "
+        "change (`postroom dkim`, the web console) is announced over Redis and applies to the "
+        "next message; this bounds how long a change missed while Redis was away is not seen "
+        "(0 reads the keys for every message).")
     # attachment policy (dmarc service content checks; docs/content-filtering.md "Attachments")
     attachment_policy: bool = setting(
         _bool, "on",

@@ -135,10 +135,17 @@ def login_credentials_total(m: Metrics) -> Counter:
 
 
 def auth_cache_invalidations_total(m: Metrics) -> Counter:
-    """Login-cache invalidations: ``announced`` (one account's credentials changed) or
+    """Login-cache invalidations: ``announced`` (one account's credentials changed),
+    ``dkim_keys`` (a domain's DKIM keys changed: the msa's key cache emptied) or
     ``resubscribed`` (the whole cache emptied after the listener (re)joined Redis)."""
     return m.counter("auth_cache_invalidations", "Login cache invalidations, by reason.",
                      ["reason"])
+
+
+def dkim_key_lookups_total(m: Metrics) -> Counter:
+    """The msa's look-ups of a sender domain's DKIM keys: ``cached`` (from its key cache,
+    postroom.mailauth.keycache) or ``store`` (read from PostgreSQL)."""
+    return m.counter("dkim_key_lookups", "DKIM signing-key look-ups, by source.", ["source"])
 
 
 def delivery_attempts_total(m: Metrics) -> Counter:

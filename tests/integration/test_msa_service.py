@@ -30,6 +30,7 @@ import redis
 
 from postroom.auth.passwords import hash_password
 from postroom.net.tls import make_self_signed
+from postroom.queue import authevents
 from postroom.queue.envelope import decode
 from postroom.queue.streams import QueueClient, connect
 from postroom.secretbox import write_key_file
@@ -556,17 +557,31 @@ def _signed_by(server: Server, database: Database, domain: Domain) -> list[str]:
     return _selectors(re.sub(rb"\r\n[ \t]+", b" ", data))
 
 
+def announce_dkim(server: Server, name: str) -> None:
+    """What `postroom dkim` and the web console do after a key change: the msa forgets its
+    cached keys of the domain (postroom.queue.authevents)."""
+    client = connect(server.redis_url)
+    try:
+        authevents.publish_dkim(client, server.prefix, name)
+    finally:
+        client.close()
+
+
 def test_a_pending_key_never_signs_an_active_one_does_a_retired_one_stops(
         server: Server, database: Database, domain: Domain):
     before = _signed_by(server, database, domain)
     assert len(before) == 2
     database.run_sync(dkim_store.generate_key, domain.name, "ed25519-sha256", "pend1",
                       pending=True)
+    announce_dkim(server, domain.name)
     try:
         assert _signed_by(server, database, domain) == before
         database.run_sync(dkim_store.activate_key, domain.name, "pend1")
+        announce_dkim(server, domain.name)
         assert _signed_by(server, database, domain) == sorted([*before, "pend1"])
         database.run_sync(dkim_store.retire_key, domain.name, "pend1")
+        announce_dkim(server, domain.name)
         assert _signed_by(server, database, domain) == before
     finally:
         database.run_sync(dkim_store.retire_key, domain.name, "pend1")
+        announce_dkim(server, domain.name)

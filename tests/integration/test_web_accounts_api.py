@@ -304,3 +304,47 @@ def test_a_domain_token_works_on_its_own_domain_only_as_a_manager(web: WebServer
     assert bot.api("PATCH", f"/users/ivan@{web.managed}", {"is_admin": True}).status == 403
     assert bot.api("GET", f"/domains/{web.managed}/managers").status == 403
     assert not web.db.run_sync(users.get_user, f"ivan@{web.managed}").is_admin
+
+
+def test_every_dkim_key_change_is_announced_to_the_msa_after_its_commit(
+        web: WebServer, redis_url: str) -> None:
+    """The msa caches a domain's keys (postroom.mailauth.keycache): each change made through
+    the API is announced as ``@domain`` on the credentials channel, once committed."""
+    import redis
+
+    from postroom.queue import authevents
+
+    boss = _manager(web)
+    base = f"/domains/{web.managed}/dkim"
+    client = redis.Redis.from_url(redis_url)
+    pubsub = client.pubsub()
+    pubsub.subscribe(authevents.channel(web.prefix))
+    try:
+        assert pubsub.get_message(timeout=10)["type"] == "subscribe"  # type: ignore[index]
+
+        def announced() -> bytes:
+            while True:
+                message = pubsub.get_message(timeout=10)
+                assert message is not None, "no announcement"
+                if message["type"] == "message":
+                    return message["data"]  # type: ignore[no-any-return]
+
+        made = boss.api("POST", base, {"algorithm": "ed25519", "selector": "a1"})
+        assert made.status == 201, made.text
+        assert announced() == f"@{web.managed}".encode()
+        assert boss.api("POST", f"{base}/a1/activate?force=true").status == 200
+        assert announced() == f"@{web.managed}".encode()
+        rotated = boss.api("POST", f"{base}/rotate", {})
+        assert rotated.status == 201, rotated.text
+        assert announced() == f"@{web.managed}".encode()
+        assert boss.api("POST", f"{base}/a1/retire").status == 200
+        assert announced() == f"@{web.managed}".encode()
+        # a refused change commits nothing and announces nothing
+        assert boss.api("POST", f"{base}/nokey/retire").status == 404
+        assert pubsub.get_message(timeout=0.5) is None
+        for key in boss.api("GET", base).json()["items"]:
+            if key["state"] != "retired":
+                boss.api("POST", f"{base}/{key['selector']}/retire")
+    finally:
+        pubsub.close()
+        client.close()

@@ -9,6 +9,7 @@ from twisted.internet.defer import Deferred
 from postroom.auth.authcache import CacheInvalidation
 from postroom.auth.ratelimit import LoginRateLimiter
 from postroom.interfaces import twisted_clock
+from postroom.mailauth.keycache import DkimKeyCache
 from postroom.net.clamd import ClamdClient
 from postroom.queue.reconciler import Enqueuer
 from postroom.queue.streams import QueueClient
@@ -76,7 +77,8 @@ def build_policy(ctx: ServiceContext, keyring: Keyring | None = None) -> MSAPoli
                           redis_pool=redis_pool, reactor=ctx.reactor, metrics=ctx.metrics,
                           keyring=keyring, group_commit=settings.spool_group_commit,
                           group_commit_bytes=settings.spool_group_commit_bytes,
-                          crash_file=settings.fault_crash_after_spool_commit)
+                          crash_file=settings.fault_crash_after_spool_commit,
+                          key_cache=DkimKeyCache(ttl=settings.msa_dkim_key_cache_ttl))
     scanner = None
     if settings.clamd_address and settings.msa_virus_scan:
         scanner = ClamdClient(settings.clamd_address, reactor=ctx.reactor,
@@ -95,9 +97,11 @@ async def start_listening(ctx: ServiceContext) -> MSAPolicy:
     keyring = load_keyring(ctx)
     await check_signing_keys(ctx, keyring)
     policy = build_policy(ctx, keyring)
-    # revoked app passwords, changed passwords: every cached login of the account goes
+    # revoked app passwords, changed passwords: every cached login of the account goes;
+    # a domain's DKIM keys changed (`@domain`): the cached signing keys go
     invalidation = CacheInvalidation(ctx.redis_client, ctx.settings.redis_prefix,
-                                     [policy.auth_cache], metrics=ctx.metrics)
+                                     [policy.auth_cache, policy.submitter.key_cache],
+                                     metrics=ctx.metrics)
     invalidation.start()
     ctx.on_stop(invalidation.stop)
     options = ServerOptions.from_settings(ctx.settings)

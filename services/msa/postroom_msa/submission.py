@@ -23,7 +23,8 @@ from postroom import outgoing
 from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import Logger, get_logger
 from postroom.mailauth import dkimsign
-from postroom.metrics import Metrics, errors_total, messages_total
+from postroom.mailauth.keycache import DkimKeyCache
+from postroom.metrics import Metrics, dkim_key_lookups_total, errors_total, messages_total
 from postroom.mime.addresses import parse_addresses
 from postroom.mime.headers import HeaderBlock, scan_header
 from postroom.mime.model import Limits
@@ -164,8 +165,13 @@ class Submitter:
                  reactor: ReactorThreads, metrics: Metrics | None = None,
                  keyring: Keyring | None = None, group_commit: int = 64,
                  group_commit_bytes: int = 16 * 1024 * 1024,
-                 crash_file: str | None = None) -> None:
+                 crash_file: str | None = None,
+                 key_cache: DkimKeyCache[lookups.SigningKey] | None = None) -> None:
         self.database = database
+        # a domain's signing keys, forgotten on every announced key change (main.py)
+        self.key_cache: DkimKeyCache[lookups.SigningKey] = (
+            key_cache if key_cache is not None else DkimKeyCache(ttl=0))
+        self._key_lookups = dkim_key_lookups_total(metrics) if metrics is not None else None
         # spool rows of messages finishing together: one transaction (docs/decisions/0018)
         self.spooler: GroupCommit[int, lookups.Spooled, AfterCommit] = GroupCommit(
             database, lookups.spool_submission, self._publish, max_messages=group_commit,
@@ -227,8 +233,18 @@ class Submitter:
             self._count("rejected_from_unparseable")
             return M.FROM_NOT_OWNED
         first = authored[0] or []
+        signing_domain = _domain_of(first[0])
+        # the domain's keys from the key cache when it has them (postroom.mailauth.keycache)
+        cached = self.key_cache.get(signing_domain) if signing_domain else None
+        generation = self.key_cache.generation
         refused, keys = await self.database.run(_check_content, user.id, user.address, claimed,
-                                                _domain_of(first[0]))
+                                                signing_domain if cached is None else None)
+        if cached is not None:
+            keys = list(cached)
+        elif signing_domain:
+            self.key_cache.put(signing_domain, tuple(keys), generation)
+        if signing_domain and self._key_lookups is not None:
+            self._key_lookups.labels(source="store" if cached is None else "cached").inc()
         if refused:
             slog.warning("submission refused", reason="From or Sender not owned",
                          addresses=refused[:10], from_fields=len(from_values))

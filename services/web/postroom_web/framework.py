@@ -192,6 +192,9 @@ class Ctx:
         self.body: bytes = b""
         self.cookies_to_set: list[tuple[str, str, dict[str, Any]]] = []
         self.status: int | None = None
+        #: domains whose DKIM keys the handler changed: announced once it has succeeded
+        #: (every transaction committed), so that the msa forgets its cached keys
+        self.dkim_changed: set[str] = set()
 
     # --- who asks
 
@@ -277,6 +280,11 @@ class Ctx:
         assert self.app is not None
         result: Deferred[T] = self.app.in_dns_thread(fn, *args)
         return result
+
+    def announce_dkim(self, domain: str) -> None:
+        """Say that ``domain``'s DKIM keys changed; the running msa processes are told after
+        the handler's transaction commits (postroom.queue.authevents.publish_dkim)."""
+        self.dkim_changed.add(domain)
 
     def audit(self, event: str, **fields: Any) -> None:
         """One log line for a change someone made (``user added``, ``alias removed``), with

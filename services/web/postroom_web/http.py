@@ -38,6 +38,7 @@ from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
 from postroom.logs import get_logger
 from postroom.metrics import Histogram, Metrics, errors_total
 from postroom.net.connlimit import PerAddressLimit
+from postroom.queue import authevents
 from postroom.secretbox import Keyring
 from postroom.store import errors as store_errors
 from postroom.store.db import UNAVAILABLE, Database
@@ -459,7 +460,10 @@ class WebApp:
             work = self.database.run(in_transaction)
         work.addTimeout(REQUEST_TIMEOUT, twisted_clock(self.reactor))
         try:
-            return await work
+            result = await work
+            if ctx.dkim_changed:
+                await self._announce_dkim(ctx)
+            return result
         except (ApiError, _LoginRedirect):
             raise
         except defer.TimeoutError:
@@ -475,6 +479,19 @@ class WebApp:
         except UNAVAILABLE as exc:
             log.warning("database unavailable", error=str(exc)[:200])
             raise ApiError(503, "the database is not reachable; try again") from None
+
+    async def _announce_dkim(self, ctx: Ctx) -> None:
+        """Committed DKIM key changes: the msa processes forget their cached keys (Redis
+        away: logged; their caches expire within POSTROOM_MSA_DKIM_KEY_CACHE_TTL)."""
+        if ctx.redis is None:
+            return
+        for domain in sorted(ctx.dkim_changed):
+            try:
+                await ctx.in_thread(authevents.publish_dkim, ctx.redis,
+                                    self.settings.redis_prefix, domain)
+            except Exception as exc:  # noqa: BLE001 -- the change is made; the signal hurries it
+                log.warning("dkim key change not announced", domain=domain,
+                            error=str(exc)[:200])
 
     def _serialise(self, route: Route, result: Any) -> bytes | None:
         if route.status == 204 or route.response is None:

@@ -27,7 +27,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from postroom.logs import get_logger
 from postroom.queue import authevents
@@ -109,13 +109,22 @@ class AuthCache(Generic[T]):
         return len(self._entries)
 
 
+class Invalidated(Protocol):
+    """A cache the listener serves: an :class:`AuthCache`, or the msa's DKIM key cache
+    (postroom.mailauth.keycache), which reads the ``@domain`` announcements."""
+
+    def invalidate(self, subject: str, /) -> None: ...
+
+    def clear(self) -> None: ...
+
+
 class CacheInvalidation:
-    """One thread per process: listens for credential changes and drops the account's entries
-    from every cache it serves (see the module docstring)."""
+    """One thread per process: listens for credential (and DKIM key) changes and drops the
+    entries concerned from every cache it serves (see the module docstring)."""
 
     RETRY_SECONDS = 2.0
 
-    def __init__(self, client: RedisClient, prefix: str, caches: list[AuthCache[Any]], *,
+    def __init__(self, client: RedisClient, prefix: str, caches: list[Invalidated], *,
                  metrics: Any = None) -> None:
         self.client = client
         self.prefix = prefix
@@ -147,6 +156,10 @@ class CacheInvalidation:
     def forget(self, address: str) -> None:
         for cache in self.caches:
             cache.invalidate(address)
+        if authevents.is_dkim_subject(address):
+            self._count("dkim_keys")
+            log.info("cached dkim keys forgotten", domain=address[1:254])
+            return
         self._count("announced")
         log.info("cached logins forgotten", account=address[:254])
 

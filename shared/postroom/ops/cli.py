@@ -446,6 +446,28 @@ def _announce_credentials(address: str) -> None:
               f"logins of {address.lower()} end within a minute", file=sys.stderr)
 
 
+def _announce_dkim(domain: str) -> None:
+    """Tell the running msa processes to forget their cached DKIM keys (after a committed key
+    change of ``domain``: generated, rotated, activated, retired, re-encrypted)."""
+    from postroom.queue import authevents
+    from postroom.queue.redisclient import RedisError
+    from postroom.queue.streams import connect
+
+    settings = _settings()
+    if not settings.redis_url:
+        return
+    try:
+        client = connect(settings.redis_url)
+        try:
+            authevents.publish_dkim(client, settings.redis_prefix, domain)
+        finally:
+            client.close()
+    except (RedisError, OSError) as exc:
+        print(f"postroom: warning: the running msa processes were not told ({exc}); they read "
+              f"the DKIM keys of {domain.lower()} again within "
+              f"{settings.msa_dkim_key_cache_ttl:g} s", file=sys.stderr)
+
+
 def _user_arguments(p: argparse.ArgumentParser) -> None:
     usub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     q = usub.add_parser("add", help="add a user (password from stdin or prompt)")
@@ -1181,6 +1203,7 @@ def cmd_dkim(args: argparse.Namespace) -> int:
         for algorithm in algorithms:
             created.append(_with_db(dkim.generate_key, args.domain, algorithm, args.selector,
                                     keyring=keyring, pending=True))
+        _announce_dkim(args.domain)
         print(f"; DKIM keys for {args.domain.lower()}: publish these TXT records")
         for key in created:
             print(dnsrecords.dkim_record(_plain(key)))
@@ -1213,6 +1236,7 @@ def _dkim_lifecycle(args: argparse.Namespace) -> int:
             {"rsa": "rsa-sha256", "ed25519": "ed25519-sha256"}[args.algorithm]]
         created = _with_db(dkim.rotate_keys, domain, keyring=_keyring(_settings()),
                            algorithms=algorithms)
+        _announce_dkim(domain)
         print(f"; new DKIM keys for {domain}: publish these TXT records (keep the old ones)")
         for key in created:
             print(dnsrecords.dkim_record(_plain(key)))
@@ -1220,6 +1244,7 @@ def _dkim_lifecycle(args: argparse.Namespace) -> int:
         return 0
     if args.action == "retire":
         _with_db(dkim.retire_key, domain, args.selector)
+        _announce_dkim(domain)
         print(f"DKIM key {args.selector.lower()} of {domain} retired: it no longer signs; "
               "keep its record published a week or so, then remove it")
         return 0
@@ -1236,6 +1261,7 @@ def _dkim_lifecycle(args: argparse.Namespace) -> int:
             raise CLIError(f"{finding.name}: {finding.detail}; publish the record "
                            f"(`postroom dns {domain}`) or pass --force")
     retired = _with_db(dkim.activate_key, domain, args.selector)
+    _announce_dkim(domain)
     print(f"DKIM key {args.selector.lower()} of {domain} is active: it signs from the next "
           "message")
     for old in retired:
@@ -1250,6 +1276,10 @@ def _dkim_encrypt_keys(dry_run: bool) -> int:
     if not keyring.can_seal:
         raise ConfigError("POSTROOM_SECRET_KEY_FILE: required to encrypt keys but not set")
     done = _with_db(dkim.encrypt_keys, keyring, dry_run=dry_run)
+    if not dry_run:
+        for domain in sorted({name.partition("/")[0] for name in done.encrypted
+                              + done.reencrypted}):
+            _announce_dkim(domain)
     verb = "would be" if dry_run else "were"
     for name in done.encrypted:
         print(f"{name}: encrypted" + (" (dry run)" if dry_run else ""))
@@ -1515,6 +1545,7 @@ def _dns_check(domain: str, settings: Settings) -> int:
     for f in findings:
         if f.activate and f.selector:
             retired = _with_db(dkim.activate_key, domain, f.selector)
+            _announce_dkim(domain)
             print(f"DKIM key {f.selector} of {domain} is now active (its record is published)")
             for old in retired:
                 print(f"DKIM key {old} of {domain} retired (replaced by {f.selector})")

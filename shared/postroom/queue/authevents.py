@@ -1,9 +1,12 @@
 """The "credentials changed" signal: published when an account's logins must be checked anew
 (an app password revoked, the password changed, two-factor login turned on or off, the
-account disabled), heard by every process that caches verified logins.
+account disabled) or a domain's DKIM keys changed, heard by every process that caches
+verified logins or signing keys.
 
 One pub/sub channel, ``<prefix>auth:changed``; the body is the account's
-address as UTF-8. Like mailbox change events it is only a signal: a process
+address as UTF-8, or ``@`` and a domain name for that domain's DKIM keys
+(:func:`publish_dkim`; no address starts with ``@``, so the login caches
+find nothing of theirs in it). Like mailbox change events it is only a signal: a process
 that misses it (Redis away, the listener reconnecting) still forgets cached
 logins when their TTL ends, and the listener empties its cache whenever it
 (re)subscribes, so nothing published while it was away can be missed for
@@ -30,6 +33,21 @@ def publish(client: redis.Redis, prefix: str, address: str) -> int:
     """Announce that ``address``'s cached logins must be forgotten (blocking; raises redis
     errors); how many processes listened."""
     return int(client.publish(channel(prefix), address.encode("utf-8")))  # type: ignore[arg-type]
+
+
+def dkim_subject(domain: str) -> str:
+    """The body announcing that ``domain``'s DKIM keys changed."""
+    return "@" + domain.lower().rstrip(".")
+
+
+def is_dkim_subject(body: str) -> bool:
+    return body.startswith("@")
+
+
+def publish_dkim(client: redis.Redis, prefix: str, domain: str) -> int:
+    """Announce that ``domain``'s DKIM keys changed (generated, rotated, activated, retired,
+    re-encrypted): the msa forgets its cached signing keys (postroom.mailauth.keycache)."""
+    return publish(client, prefix, dkim_subject(domain))
 
 
 def listen(client: redis.Redis, prefix: str, stop: threading.Event,

@@ -111,6 +111,7 @@ def generate_keys(ctx: Ctx, domain: str, body: DkimGenerate) -> list[DkimKey]:
         created.append(dkim.generate_key(ctx.store, name, algorithm, selector,
                                          keyring=ctx.app.keyring, pending=True))
     ctx.audit("dkim keys generated", domain=name, selectors=[k.selector for k in created])
+    ctx.announce_dkim(name)
     return [key_model(k) for k in created]
 
 
@@ -123,6 +124,7 @@ def rotate_keys(ctx: Ctx, domain: str, body: DkimRotate) -> list[DkimKey]:
     created = {k.selector for k in dkim.rotate_keys(ctx.store, name, keyring=ctx.app.keyring,
                                                     algorithms=ALGORITHMS[body.algorithm])}
     ctx.audit("dkim keys rotated", domain=name, selectors=sorted(created))
+    ctx.announce_dkim(name)
     # listed again: the list says which key each replaces
     return [key_model(k) for k in dkim.list_keys(ctx.store, name) if k.selector in created]
 
@@ -135,6 +137,7 @@ def retire_key(ctx: Ctx, domain: str, selector: str) -> DkimKey:
     key = find_key(ctx.store, name, selector)
     dkim.retire_key(ctx.store, name, key.selector)
     ctx.audit("dkim key retired", domain=name, selector=key.selector)
+    ctx.announce_dkim(name)
     return key_model(find_key(ctx.store, name, key.selector))
 
 
@@ -157,5 +160,6 @@ async def activate_key(ctx: Ctx, domain: str, selector: str,
     retired = await ctx.run(dkim.activate_key, name, key.selector)
     ctx.audit("dkim key activated", domain=name, selector=key.selector, forced=query.force,
               retired=retired)
+    ctx.announce_dkim(name)
     current = await ctx.run(find_key, name, key.selector)
     return Activation(key=key_model(current), retired=retired)

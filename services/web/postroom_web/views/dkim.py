@@ -38,6 +38,7 @@ def _lifecycle(ctx: Ctx, domain: str, work: Any, notice: str,
         ctx.status = 422
         return {**_values(ctx, name), "error": form_error(exc)}
     ctx.audit(event, domain=name)
+    ctx.announce_dkim(name)
     return Redirect(f"/dkim?domain={name}", notice=notice)
 
 
@@ -93,6 +94,7 @@ async def activate_form(ctx: Ctx, domain: str, selector: str) -> dict[str, Any] 
             retired = await ctx.run(dkim.activate_key, name, key.selector)
             ctx.audit("dkim key activated", domain=name, selector=key.selector,
                       forced=ctx.form.get("force") == "on", retired=retired)
+            ctx.announce_dkim(name)
     except FORM_ERRORS as exc:
         error = form_error(exc)
     if error is not None:
