@@ -999,6 +999,14 @@ class Settings:
     # delivery (mda)
     mda_concurrency: int = setting(
         _positive_int, "10", "Queue entries one mda process delivers at once.")
+    mda_group_commit: int = setting(
+        _positive_int, "64",
+        "Most recipients the mda delivers in one transaction (the fast path's: an account "
+        "with no alias, Sieve script or quota): recipients ready while the previous delivery "
+        "commits wait for it and go together (one COMMIT, one WAL flush; each queue entry "
+        "still acknowledged only after the commits holding its recipients). An idle mda "
+        "delivers each at once. 1 turns it off (each recipient its own transaction). "
+        "docs/decisions/0022.")
     recipient_delimiter: str = setting(
         _str, "+",
         "Separates an address's detail (user+tag@domain); empty turns plus-addressing off.")

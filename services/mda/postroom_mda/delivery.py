@@ -267,9 +267,24 @@ def _metadata_json(facts: deliveries.FastFacts) -> str | None:
         return None
 
 
-def _fast_deliver(connection: Any, facts: deliveries.FastFacts, options: Options, now: datetime,
-                  store_metadata: bool) -> Outcome | None:
-    """Deliver through the fast path, or None when the general path must decide."""
+@dataclass(frozen=True)
+class _FastPlan:
+    """What the fast path will store for a recipient it takes: where, and the blob's analysis."""
+
+    facts: deliveries.FastFacts
+    user_id: int
+    folder: str
+    mailbox_id: int
+    flags: list[str]
+    meta: str | None
+    doc: MessageText | None
+
+
+def _fast_plan(facts: deliveries.FastFacts, options: Options, now: datetime,
+               store_metadata: bool, *, parse: bool = True) -> _FastPlan | None:
+    """The fast path's decision for a locked recipient, or None when the general path must
+    decide. ``parse`` False: the blob's metadata and text are being stored by another
+    recipient of the same transaction (a group delivery), so they are not made again."""
     if facts.state != "pending" or facts.stream != "deliver":
         return None
     if facts.attempts and facts.next_attempt_at > now:
@@ -296,21 +311,70 @@ def _fast_deliver(connection: Any, facts: deliveries.FastFacts, options: Options
         folder, mailbox_id = "INBOX", facts.inbox_id
     if mailbox_id is None:
         return None
-    meta = _metadata_json(facts) if store_metadata and facts.meta_missing else None
+    parse = parse and store_metadata
+    meta = _metadata_json(facts) if parse and facts.meta_missing else None
     doc = None
-    if store_metadata and facts.text_missing and facts.blob is not None:
+    if parse and facts.text_missing and facts.blob is not None:
         doc = _text(facts.blob, options.fts_max_bytes, facts.queue_id, facts.message_id)
+    return _FastPlan(facts, user_id, folder, int(mailbox_id), flags, meta, doc)
+
+
+def _fast_store(connection: Any, plan: _FastPlan) -> Outcome | None:
+    """Store a planned copy; None when the recipient already had one (the general path
+    then answers with it)."""
+    facts = plan.facts
     stored = deliveries.fast_store(connection, recipient_id=facts.recipient_id,
-                              message_id=facts.message_id, mailbox_id=mailbox_id, flags=flags,
-                              internaldate=facts.received_at, meta=meta,
-                              detail=f"stored in {folder} uid ", doc=doc)
+                              message_id=facts.message_id, mailbox_id=plan.mailbox_id,
+                              flags=plan.flags, internaldate=facts.received_at, meta=plan.meta,
+                              detail=f"stored in {plan.folder} uid ", doc=plan.doc)
     if stored is None:
         return None
     uid, modseq = stored
     return Outcome(facts.recipient_id, DELIVERED, queue_id=facts.queue_id,
-                   address=facts.address, user_id=user_id, mailbox=folder,
-                   mailbox_id=int(mailbox_id), uid=int(uid), modseq=int(modseq),
+                   address=facts.address, user_id=plan.user_id, mailbox=plan.folder,
+                   mailbox_id=plan.mailbox_id, uid=int(uid), modseq=int(modseq),
                    size=facts.size)
+
+
+def _fast_deliver(connection: Any, facts: deliveries.FastFacts, options: Options, now: datetime,
+                  store_metadata: bool) -> Outcome | None:
+    """Deliver through the fast path, or None when the general path must decide."""
+    plan = _fast_plan(facts, options, now, store_metadata)
+    return None if plan is None else _fast_store(connection, plan)
+
+
+# --- several recipients in one transaction (group delivery, docs/decisions/0022)
+
+
+def deliver_group(session: Session, members: Sequence[dict[str, Any]]) -> list[Outcome | None]:
+    """The fast path for several recipients in the caller's one transaction (one COMMIT).
+
+    ``members``: the keyword arguments of each (``recipient_id``, ``options``, ``now``).
+    Each gets its Outcome, or None when the fast path does not take it (the caller then
+    delivers it alone, in a transaction of its own, after this one committed; its
+    recipient lock is held only until then). Locks are taken in a fixed order whatever
+    the order of the members: the recipients in id order, then the mailboxes in id
+    order, so two group deliveries (two replicas) into the same mailboxes never
+    deadlock on them. A blob shared by several members is analysed once.
+    """
+    connection = session.connection()
+    outcomes: list[Outcome | None] = [None] * len(members)
+    plans: list[tuple[int, _FastPlan]] = []
+    parsed: set[int] = set()
+    for index in sorted(range(len(members)), key=lambda i: members[i]["recipient_id"]):
+        kwargs = members[index]
+        facts = deliveries.fast_facts(connection, kwargs["recipient_id"])
+        if facts is None:
+            outcomes[index] = Outcome(kwargs["recipient_id"], MISSING)
+            continue
+        plan = _fast_plan(facts, kwargs["options"], kwargs["now"], True,
+                          parse=facts.message_id not in parsed)
+        if plan is not None:
+            parsed.add(facts.message_id)
+            plans.append((index, plan))
+    for index, plan in sorted(plans, key=lambda p: (p[1].mailbox_id, p[1].facts.recipient_id)):
+        outcomes[index] = _fast_store(connection, plan)
+    return outcomes
 
 
 # --- one recipient

@@ -25,7 +25,7 @@ def start(ctx: ServiceContext) -> Deferred[Any] | None:
     queue = QueueClient(client, settings.redis_prefix)
     deliverer = Deliverer(ctx.db, queue, Options.from_settings(settings, ctx.metrics),
                           pool=ctx.thread_pool("redis", 2), reactor=ctx.reactor, log=ctx.log,
-                          metrics=ctx.metrics)
+                          metrics=ctx.metrics, group_max=settings.mda_group_commit)
     worker = start_stream_worker(ctx, client, queue, stream=STREAM, group=GROUP,
                                  handler=deliverer.handle,
                                  concurrency=settings.mda_concurrency)

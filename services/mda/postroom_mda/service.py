@@ -1,6 +1,16 @@
-"""The mda's wiring: a `deliver` queue entry in, one transaction per recipient, events out.
+"""The mda's wiring: a `deliver` queue entry in, recipients delivered in transactions, events out.
 
-Each recipient is delivered in its own transaction on the `db` pool (which
+Group delivery (docs/decisions/0022): the recipients the fast path takes
+(postroom_mda.delivery.deliver_group) are delivered several per transaction
+when several are ready, across queue entries: leader/follower batching
+(postroom.store.groupcommit), so an idle mda delivers at once, alone. Each
+entry is still acknowledged only after the commits holding all of its
+recipients; a group that fails for one recipient's reason is retried one by
+one, and whatever the fast path leaves (or a failed member) is delivered
+alone as below. The change events of a group go out from the `db` thread
+right after its COMMIT, in one pipelined round trip.
+
+Each recipient delivered alone has its own transaction on the `db` pool (which
 also stores the blob's IMAP metadata when it is still missing: the first
 recipient's transaction parses it, later ones find it there); only after commit
 are change events published (``<prefix>mailbox:<id>``, for IMAP IDLE and POP3)
@@ -16,10 +26,11 @@ commit" rule.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredList
 from twisted.python.threadpool import ThreadPool
 
 from postroom.interfaces import ReactorThreads, global_reactor
@@ -39,7 +50,15 @@ from postroom.store.db import (
     driver_message,
     retryable,
 )
-from postroom_mda.delivery import DELIVERED, MISSING, Options, Outcome, deliver_recipient
+from postroom.store.groupcommit import GroupCommit
+from postroom_mda.delivery import (
+    DELIVERED,
+    MISSING,
+    Options,
+    Outcome,
+    deliver_group,
+    deliver_recipient,
+)
 
 ATTEMPTS = 3
 
@@ -59,6 +78,11 @@ def change_events(outcome: Outcome) -> list[events.ChangeEvent]:
     return found
 
 
+def _deliver_one(session: StoreSession, **kwargs: Any) -> Outcome | None:
+    """A group member retried alone (its group failed): the fast path, in its own transaction."""
+    return deliver_group(session, [kwargs])[0]
+
+
 def _defer_after_error(session: StoreSession, recipient_id: int, error: str, options: Options,
                        now: datetime) -> None:
     _info, rcpt = spool.get_recipient(session, recipient_id)
@@ -74,7 +98,7 @@ class Deliverer:
 
     def __init__(self, database: Database, queue: QueueClient, options: Options, *,
                  pool: ThreadPool, reactor: ReactorThreads | None = None, log: Logger | None = None,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, group_max: int = 64) -> None:
         if reactor is None:
             reactor = global_reactor()
         self.database = database
@@ -87,6 +111,10 @@ class Deliverer:
         self._outcomes = messages_total(metrics) if metrics is not None else None
         self._sieve_runs = sieve_runs_total(metrics) if metrics is not None else None
         self._outcome_counters: dict[str, Any] = {}
+        # group_max 1: every recipient alone, as many at once as the `db` pool runs
+        self.group: GroupCommit[int, Outcome | None, None] = GroupCommit(
+            database, _deliver_one, self._publish_group, max_messages=group_max,
+            metrics=metrics, batch=deliver_group, kind="delivery")
 
     def handle(self, entry: QueueEntry) -> Deferred[None]:
         return Deferred.fromCoroutine(self._handle(entry))
@@ -95,18 +123,39 @@ class Deliverer:
         envelope = entry.envelope
         work = list(envelope.recipient_ids)
         while work:
-            recipient_id = work.pop(0)
+            # every recipient known now at once (they may share a group delivery); an
+            # alias's children in the next round
             started = self.reactor.seconds()
-            outcome = await self._deliver(recipient_id)
-            work.extend(outcome.children)
-            if outcome.result == DELIVERED and outcome.mailbox_id is not None:
-                self.delivered += 1  # its change event went out with the commit
-            for follow_up in outcome.envelopes:
-                # failures are logged there; the reconciler enqueues it after queue_claim_idle
-                await enqueue_after_commit(self.queue, self.pool, follow_up,
-                                           reactor=self.reactor)
-            self._log(outcome, envelope.queue_id, self.reactor.seconds() - started,
-                      claimed=entry.claimed)
+            outcomes = await self._deliver_all(work)
+            work = []
+            for outcome in outcomes:
+                work.extend(outcome.children)
+                if outcome.result == DELIVERED and outcome.mailbox_id is not None:
+                    self.delivered += 1  # its change event went out with the commit
+                for follow_up in outcome.envelopes:
+                    # failures are logged there; the reconciler enqueues it after
+                    # queue_claim_idle
+                    await enqueue_after_commit(self.queue, self.pool, follow_up,
+                                               reactor=self.reactor)
+                self._log(outcome, envelope.queue_id, self.reactor.seconds() - started,
+                          claimed=entry.claimed)
+
+    async def _deliver_all(self, recipient_ids: list[int]) -> list[Outcome]:
+        """Each recipient's outcome, once committed: through a group delivery when on, else
+        (and for what the group's fast path leaves) alone, one after the other."""
+        if not self.group.enabled:
+            return [await self._deliver(rid) for rid in recipient_ids]
+        now = datetime.now(UTC)
+        results = await DeferredList(
+            [self.group.submit(rid, 1, recipient_id=rid, options=self.options, now=now)
+             for rid in recipient_ids], consumeErrors=True)
+        outcomes = []
+        for rid, (ok, value) in zip(recipient_ids, results, strict=True):
+            # a failed member (the group logged why) or one the fast path does not take:
+            # alone, with the retries and fallbacks of _deliver (delivery is idempotent)
+            outcome = value[0] if ok else None
+            outcomes.append(outcome if outcome is not None else await self._deliver(rid))
+        return outcomes
 
     async def _deliver(self, recipient_id: int) -> Outcome:
         store_metadata = True
@@ -138,6 +187,23 @@ class Deliverer:
                                         datetime.now(UTC))
                 return Outcome(recipient_id, "deferred", error="internal error")
         raise AssertionError("unreachable")
+
+    def _publish_group(self, committed: Sequence[tuple[int, Outcome | None]]) -> list[None]:
+        """The change events of a committed group, in one round trip (in its `db` thread)."""
+        found = [event for _rid, outcome in committed
+                 if outcome is not None and outcome.result == DELIVERED
+                 and outcome.mailbox_id is not None for event in change_events(outcome)]
+        if found:
+            try:
+                events.publish_many(self.queue.redis, self.queue.prefix, found)
+            except RedisError as exc:
+                # committed; IDLE clients see the copies at their next poll instead
+                self.log.warning("change events not published", count=len(found),
+                                 error=str(exc))
+            except Exception as exc:
+                # never let it look like a failed delivery: the copies are committed
+                self.log.exception("change events not published", exc, count=len(found))
+        return [None] * len(committed)
 
     def _publish(self, outcome: Outcome) -> None:
         """The change event of a committed copy (in the `db` thread, after its commit)."""

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import re
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,6 +122,14 @@ def event_modseq(data: Any) -> int | None:
 def publish(client: redis.Redis, prefix: str, event: ChangeEvent) -> None:
     """PUBLISH ``event`` on its mailbox's channel (blocking; raises redis errors)."""
     client.publish(channel(prefix, event.mailbox_id), event.to_bytes())
+
+
+def publish_many(client: redis.Redis, prefix: str, found: Sequence[ChangeEvent]) -> None:
+    """PUBLISH each of ``found`` in one pipelined round trip (blocking; raises redis errors)."""
+    pipe = client.pipeline(transaction=False)
+    for event in found:
+        pipe.publish(channel(prefix, event.mailbox_id), event.to_bytes())
+    pipe.execute()
 
 
 def listen(client: redis.Redis, prefix: str, stop: threading.Event,

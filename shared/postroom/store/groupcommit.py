@@ -13,8 +13,10 @@ every member (the front door answers 451; nothing is retried whose commit
 may have happened). After the commit, ``after`` runs once for the committed
 members in the same pool thread (the front doors' XADDs, pipelined).
 
-Used by both front doors (mta inbound, msa); ``max_messages`` 1 turns it off:
-each message in its own transaction, as many at once as the `db` pool runs.
+Used by both front doors (mta inbound, msa) and by the mda for the fast path of
+its deliveries (docs/decisions/0022: ``batch`` does a group's work, ``kind``
+names its metrics); ``max_messages`` 1 turns it off: each message in its own
+transaction, as many at once as the `db` pool runs.
 """
 
 from __future__ import annotations
@@ -65,9 +67,20 @@ class _Outcome(Generic[T, U]):
     error: BaseException | None = None
 
 
-def _all(session: StoreSession, work: Callable[..., T],
-         members: Sequence[dict[str, Any]]) -> list[T]:
-    return [work(session, **kwargs) for kwargs in members]
+def _each(work: Callable[..., T]) -> Callable[[StoreSession, Sequence[dict[str, Any]]], list[T]]:
+    def run_all(session: StoreSession, members: Sequence[dict[str, Any]]) -> list[T]:
+        return [work(session, **kwargs) for kwargs in members]
+    return run_all
+
+
+def _checked(session: StoreSession,
+             batch: Callable[[StoreSession, Sequence[dict[str, Any]]], list[T]],
+             members: Sequence[dict[str, Any]]) -> list[T]:
+    results = batch(session, members)
+    if len(results) != len(members):
+        # inside the transaction: it rolls back rather than commit results nobody hears of
+        raise ValueError(f"batch returned {len(results)} results for {len(members)} members")
+    return results
 
 
 def unavailable(error: BaseException) -> bool:
@@ -83,17 +96,24 @@ class GroupCommit(Generic[K, T, U]):
     member (an exception in place of a value is that member's own); it must not
     raise (if it does, every member gets that exception as its outcome: the rows
     are committed whatever ``after`` does).
+
+    ``batch(session, members)``, when given, does a whole group's work in its transaction
+    (one result per member, in order) instead of ``work`` for each in turn; a member
+    retried alone still runs ``work``. ``kind`` names the metrics (``<kind>_commits``).
     """
 
     def __init__(self, database: Database, work: Callable[..., T],
                  after: Callable[[Sequence[tuple[K, T]]], Sequence[U | Exception]], *,
                  max_messages: int = 64, max_bytes: int = 16 * 1024 * 1024,
-                 metrics: Metrics | None = None, crash_file: str | None = None) -> None:
+                 metrics: Metrics | None = None, crash_file: str | None = None,
+                 batch: Callable[[StoreSession, Sequence[dict[str, Any]]], list[T]] | None = None,
+                 kind: str = "spool") -> None:
         if max_messages < 1 or max_bytes < 1:
             raise ValueError("max_messages and max_bytes must be positive")
         self.database = database
         self.work = work
         self.after = after
+        self.batch = batch
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         # fault injection (tests only, POSTROOM_FAULT_CRASH_AFTER_SPOOL_COMMIT)
@@ -103,10 +123,10 @@ class GroupCommit(Generic[K, T, U]):
         self._sizes = self._commits = None
         if metrics is not None:
             self._sizes = metrics.histogram(
-                "spool_commit_messages", "Messages whose spool rows one commit held.",
+                f"{kind}_commit_messages", f"Messages whose {kind} rows one commit held.",
                 buckets=SIZE_BUCKETS)
             self._commits = metrics.counter(
-                "spool_commits", "Spool group commits, by result.", ["result"])
+                f"{kind}_commits", f"{kind.capitalize()} group commits, by result.", ["result"])
 
     @property
     def enabled(self) -> bool:
@@ -182,7 +202,8 @@ class GroupCommit(Generic[K, T, U]):
     def _commit(self, batch: list[_Member[K, T, U]]) -> list[_Outcome[T, U]]:
         outcomes: list[_Outcome[T, U]]
         try:
-            results = self.database.run_sync(_all, self.work, [m.kwargs for m in batch])
+            results = self.database.run_sync(_checked, self.batch or _each(self.work),
+                                             [m.kwargs for m in batch])
             outcomes = [_Outcome(result=r) for r in results]
             self._count(len(batch), "ok")
         except Exception as error:  # noqa: BLE001 - each member gets its own outcome below
