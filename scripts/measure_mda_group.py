@@ -1,0 +1,170 @@
+"""Measure group delivery in the mda (docs/decisions/0022): mda and PostgreSQL CPU per message.
+
+Spools ``-m`` distinct 2 KB messages (one recipient each, spread over ``--users``
+accounts) on a fresh database while no mda runs, starts one mda
+(``postroom_mda.main:SERVICE``, as the tests do), enqueues every entry at once (a backlog,
+as under a burst of inbound mail) and waits until all are delivered. Reports, for the
+delivery only:
+
+* the mda process's CPU (utime + stime from /proc/PID/stat) per message,
+* the CPU of the PostgreSQL backends serving the database (this script's own polling
+  connection left out), per message,
+* the mda's delivery transactions per message (``postroom_delivery_commits_total`` and
+  the alone deliveries: ``--group 1`` has no groups, one transaction per message).
+
+``--group N`` sets POSTROOM_MDA_GROUP_COMMIT (1: off, each recipient alone); ``--code DIR``
+runs the mda from another tree. CPU figures hold on a loaded machine; wall-clock ones do not.
+
+    .venv/bin/python scripts/measure_mda_group.py --group 64 -m 2000
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import signal
+import sys
+import tempfile
+import time
+import urllib.request
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import create_engine, text
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))
+
+from measure_group_commit import cpu_seconds, start, wait_healthy  # noqa: E402
+from tests.support.db import create_test_database, drop_test_database  # noqa: E402
+from tests.support.ports import free_port  # noqa: E402
+
+DOMAIN = "mdabench.test"
+
+
+def message(n: int) -> bytes:
+    head = (f"From: Sender {n} <s{n}@remote.test>\r\nTo: u@{DOMAIN}\r\n"
+            f"Subject: bench message {n}\r\nMessage-ID: <{n}.{time.time_ns()}@remote.test>\r\n"
+            "Date: Mon, 07 Dec 2026 15:00:00 +0000\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n\r\n")
+    line = f"line of message {n}, some words to index and search later on. "
+    body = (line * (2048 // len(line) + 1))[:2048 - len(head)]
+    return (head + "\r\n".join(body[i:i + 70] for i in range(0, len(body), 70)) + "\r\n").encode()
+
+
+def backends(engine, dbname: str, skip: int) -> dict[int, float]:
+    with engine.connect() as conn:
+        pids = [r[0] for r in conn.execute(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = :d"), {"d": dbname})]
+    out = {}
+    for pid in pids:
+        if pid != skip:
+            try:
+                out[pid] = cpu_seconds(pid)
+            except OSError:
+                pass
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--group", type=int, default=64)
+    parser.add_argument("--code", type=Path, help="run the mda from this source tree")
+    parser.add_argument("-m", type=int, default=2000, help="messages measured")
+    parser.add_argument("--users", type=int, default=20)
+    parser.add_argument("--concurrency", type=int, default=10, help="POSTROOM_MDA_CONCURRENCY")
+    args = parser.parse_args()
+
+    import redis
+    from tests.support.redisdb import delete_prefix
+
+    from postroom.auth.passwords import hash_password
+    from postroom.queue.envelope import Envelope
+    from postroom.queue.streams import QueueClient
+    from postroom.store import domains, spool, users
+    from postroom.store.db import Database
+    from postroom.store.migrate import upgrade
+
+    url = create_test_database("postroom_mdabench_")
+    dbname = url.rsplit("/", 1)[1]
+    prefix = f"mdabench:{os.getpid()}:"
+    client = redis.Redis.from_url("redis://127.0.0.1:6379/0")
+    mda = None
+    try:
+        upgrade(url)
+        db = Database(url, pool_size=1)
+        db.run_sync(domains.add_domain, DOMAIN)
+        for i in range(args.users):
+            db.run_sync(users.add_user, f"u{i}@{DOMAIN}", "a long password 1",
+                        hash_fn=lambda p: hash_password(p, ln=4))
+        now = datetime.now(UTC)
+        envelopes = []
+        for n in range(args.m):
+            data = message(n)
+            qid, ids = db.run_sync(spool.create_spool_ids, kind="inbound",
+                                   mail_from=f"s{n}@remote.test",
+                                   recipients=[(f"u{n % args.users}@{DOMAIN}", "deliver",
+                                                None, None)],
+                                   message=data, size=len(data), enqueued_at=now)
+            envelopes.append(Envelope(qid, tuple(ids), "deliver"))
+        db.dispose()
+        http = free_port()
+        env = {"POSTROOM_DATABASE_URL": url, "POSTROOM_REDIS_URL": "redis://127.0.0.1:6379/0",
+               "POSTROOM_REDIS_PREFIX": prefix, "POSTROOM_HOSTNAME": f"mx.{DOMAIN}",
+               "POSTROOM_LOG_LEVEL": "warning", "POSTROOM_QUEUE_CLAIM_IDLE": "30m",
+               "POSTROOM_HTTP_LISTEN": f"tcp:{http}:interface=127.0.0.1",
+               "POSTROOM_MDA_CONCURRENCY": str(args.concurrency),
+               **({} if args.code else {"POSTROOM_MDA_GROUP_COMMIT": str(args.group)})}
+        log = Path(tempfile.gettempdir()) / f"mdabench-{os.getpid()}.log"
+        mda = start("mda", env, args.code, log)
+        wait_healthy(http, mda)
+        admin = create_engine(url, pool_size=1)
+        with admin.connect() as conn:
+            me = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
+            cpu0, pg0 = cpu_seconds(mda.pid), backends(admin, dbname, me)
+            queue = QueueClient(client, prefix)
+            for i in range(0, len(envelopes), 200):
+                queue.enqueue_many(envelopes[i:i + 200])
+            while True:
+                done = int(conn.execute(text(
+                    "SELECT count(*) FROM spool_recipients WHERE state = 'delivered'"))
+                    .scalar_one())
+                conn.rollback()
+                if done >= args.m:
+                    break
+                if mda.poll() is not None:
+                    raise RuntimeError("mda exited")
+                time.sleep(0.5)
+            time.sleep(1.0)  # the last acknowledgements
+            cpu1, pg1 = cpu_seconds(mda.pid), backends(admin, dbname, me)
+        with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as r:
+            metrics = r.read().decode()
+        group_commits = sum(float(v) for v in re.findall(
+            r"^postroom_delivery_commits_total\{[^}]*\} (\S+)", metrics, re.MULTILINE))
+        grouped = re.search(r"^postroom_delivery_commit_messages_sum (\S+)", metrics,
+                            re.MULTILINE)
+        mda.send_signal(signal.SIGTERM)
+        mda.wait(30)
+        admin.dispose()
+        pg_cpu = sum(v - pg0.get(pid, 0.0) for pid, v in pg1.items())
+        print(json.dumps({
+            "group": args.group if args.code is None else f"code:{args.code}",
+            "messages": args.m, "users": args.users, "concurrency": args.concurrency,
+            "mda_cpu_ms_per_msg": round((cpu1 - cpu0) * 1000 / args.m, 3),
+            "pg_backend_cpu_ms_per_msg": round(pg_cpu * 1000 / args.m, 3),
+            "group_commits": group_commits,
+            "messages_in_groups": float(grouped.group(1)) if grouped else 0.0,
+        }))
+    finally:
+        if mda is not None and mda.poll() is None:
+            mda.kill()
+        drop_test_database(url)
+        delete_prefix(client, prefix)
+        client.close()
+
+
+if __name__ == "__main__":
+    main()
