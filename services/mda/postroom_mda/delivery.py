@@ -8,7 +8,9 @@ the mailboxes' (one, or one per mailbox a Sieve script files into, in mailbox id
 order), always in that order (no lock-order deadlocks between replicas).
 Mail for an account with no alias, Sieve script or quota takes a fast path of two
 prepared statements (postroom.store.delivery); everything else takes the
-general path. The SQL of both is in the store (postroom.store.delivery,
+general path. The fast path may also run for several recipients in one
+transaction (:func:`deliver_group`, docs/decisions/0022): recipients locked in
+id order, then mailboxes in id order. The SQL of both is in the store (postroom.store.delivery,
 mailboxes, spool). Results are plain :class:`Outcome`
 values; what must happen after commit (a change event, stream entries) is
 described in them and done by the caller.
