@@ -109,6 +109,19 @@ def test_a_foreign_value_under_the_key_is_a_miss(redis_client: redis.Redis,
     assert two.get("u@example.org", "secret") is None
 
 
+def test_an_entry_whose_account_info_was_changed_in_redis_is_a_miss(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    # someone who may write to Redis must not turn their own login into another account's
+    key = secrets.token_bytes(32)
+    one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
+    one.put("u@example.org", "secret", INFO)
+    name = next(iter(redis_client.scan_iter(match=f"{redis_prefix}authok:*")))
+    value = redis_client.get(name)
+    assert isinstance(value, str) and '"id":7' in value
+    redis_client.set(name, value.replace('"id":7', '"id":8'))
+    assert two.get("u@example.org", "secret") is None
+
+
 def test_account_info_survives_the_round_trip() -> None:
     assert users.decode_info(users.encode_info(INFO)) == INFO
 

@@ -8,9 +8,12 @@ worker that has checked a password keeps the fact here for the cache's TTL,
 and the other workers read it instead of checking again.
 
 ``<prefix>authok:<hex>``, where ``<hex>`` is HMAC-SHA256 of the canonical
-account under the group's key, holds ``<mac>:<payload>``: ``mac`` is the
-hex of the login cache's HMAC of the password under the same key, the
-payload the account's info as the caller encodes it. The key is drawn at
+account under the group's key, holds ``<tag>:<payload>``: the payload is the
+account's info as the caller encodes it, and ``tag`` an HMAC under the same
+key of the account, the login cache's HMAC of the password and the payload.
+A lookup recomputes the tag from the password it is given, so an entry is
+found only with the right password, and one whose payload was changed in
+Redis (another account's id put in) is not found at all. The key is drawn at
 random by the group's parent and handed to its workers only
 (``POSTROOM_GROUP_KEY``, :data:`postroom.config.NOT_SETTINGS`); it never
 reaches Redis, so what is stored there cannot be turned back into a
@@ -40,12 +43,18 @@ def key(prefix: str, group_key: bytes, account: str) -> str:
     return f"{prefix}authok:{digest}"
 
 
+def _tag(group_key: bytes, account: str, mac: bytes, payload: bytes) -> bytes:
+    message = b"\0".join((b"login", account.encode("utf-8", "surrogatepass"), mac, payload))
+    return hmac.new(group_key, message, hashlib.sha256).hexdigest().encode("ascii")
+
+
 def store(client: redis.Redis, prefix: str, group_key: bytes, account: str, mac: bytes,
           payload: str, ttl: float) -> None:
-    """Remember for ``ttl`` seconds that ``mac``'s password is ``account``'s (raises redis
-    errors)."""
-    client.set(key(prefix, group_key, account), f"{mac.hex()}:{payload}".encode(),
-               px=max(1, int(ttl * 1000)))
+    """Remember for ``ttl`` seconds that ``mac``'s password is ``account``'s, with ``payload``
+    (raises redis errors)."""
+    body = payload.encode("utf-8")
+    client.set(key(prefix, group_key, account),
+               _tag(group_key, account, mac, body) + b":" + body, px=max(1, int(ttl * 1000)))
 
 
 def lookup(client: redis.Redis, prefix: str, group_key: bytes, account: str,
@@ -58,7 +67,7 @@ def lookup(client: redis.Redis, prefix: str, group_key: bytes, account: str,
     if not isinstance(raw, bytes) or len(raw) > MAX_VALUE_BYTES:
         return None
     stored, sep, payload = raw.partition(b":")
-    if not sep or not hmac.compare_digest(stored, mac.hex().encode("ascii")):
+    if not sep or not hmac.compare_digest(stored, _tag(group_key, account, mac, payload)):
         return None
     try:
         return payload.decode("utf-8")
