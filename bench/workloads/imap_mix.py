@@ -119,6 +119,22 @@ def load(port: int, users: list[str],
             1000 * (percentile(timer.samples, 99) or 0), len(timer.errors), len(timer.samples))
 
 
+def warm_logins(port: int, users: list[str], parallel: int = 32) -> None:
+    """LOGIN + LOGOUT once per account, ``parallel`` at once, untimed: the servers' login
+    caches then hold every account (Dovecot's auth cache; Postroom's group of workers, which
+    share what one of them verified, docs/decisions/0023), so a timed run measures IMAP
+    operations rather than the first check of each account's password hash."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def login(user: str) -> None:
+        conn = imaplib.IMAP4("127.0.0.1", port, timeout=60)
+        conn.login(user, PASSWORD)
+        conn.logout()
+
+    with ThreadPoolExecutor(parallel) as pool:
+        list(pool.map(login, users))
+
+
 def _one_op(port: int, user: str, op: str, stop_at: float, timer: Timer, rng: random.Random,
             appended: list[bytes]) -> None:
     """Loop one command until ``stop_at`` on one logged-in, selected connection (LOGIN: a

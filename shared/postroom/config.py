@@ -1080,6 +1080,8 @@ NOT_SETTINGS: Mapping[str, str] = MappingProxyType({
     "POSTROOM_IMAGE": "the image compose.yaml runs (compose reads it from .env)",
     "POSTROOM_SERVICE": "reserved for the service name a container runs",
     "POSTROOM_UP_CHILD": "set by `postroom up` in its child processes",
+    "POSTROOM_GROUP_KEY": "set by `postroom serve --processes N` in its workers: the random key "
+                          "they share for their verified logins (postroom.queue.loginshare)",
 })
 
 

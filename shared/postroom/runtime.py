@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import gc
 import importlib
+import os
 import signal
 import socket
 import sys
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet import defer, tcp
@@ -46,6 +47,21 @@ if TYPE_CHECKING:  # both imported when a service needs them (the store and Redi
 EXIT_OK = 0
 EXIT_STARTUP = 2
 EXIT_INTERRUPTED = 130  # stopped by SIGINT before serving (the shell's 128 + 2)
+#: a random key a process group's parent (postroom.ops.procgroup) gives its workers and
+#: nobody else (postroom.config.NOT_SETTINGS)
+GROUP_KEY = "POSTROOM_GROUP_KEY"
+
+
+def group_key(environ: Mapping[str, str] | None = None) -> bytes | None:
+    """The key this worker shares with the other workers of its group; None outside a group
+    (a single process) or when the value is not 32 bytes of hex."""
+    value = (os.environ if environ is None else environ).get(GROUP_KEY, "")
+    try:
+        key = bytes.fromhex(value)
+    except ValueError:
+        return None
+    return key if len(key) == 32 else None
+
 
 StopHook = Callable[[], "Deferred[Any] | None"]
 

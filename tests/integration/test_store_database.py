@@ -229,3 +229,36 @@ def test_an_sql_error_is_not_retried(runner):
     result = wait(runner.run(broken))
     assert isinstance(result, Failure)
     assert len(calls) == 1
+
+
+def test_run_read_statements_commit_by_themselves_without_an_orm_session(runner):
+    from sqlalchemy.orm import Session
+
+    def read(session):
+        assert not isinstance(session, Session)  # no Session made and closed per read
+        session.execute(text("CREATE TEMP TABLE IF NOT EXISTS read_probe (x int)"))
+        session.execute(text("INSERT INTO read_probe VALUES (1)"))
+        # the INSERT's transaction ended with it: none is open now
+        open_txid = session.execute(text("SELECT txid_current_if_assigned()")).scalar()
+        return open_txid, session.connection().exec_driver_sql("SELECT 1").scalar()
+
+    assert wait(runner.run_read(read)) == (None, 1)
+
+
+def test_run_read_refuses_orm_work_loudly(runner):
+    result = wait(runner.run_read(lambda session: session.scalars(select(Domain)).all()))
+    assert isinstance(result, Failure) and result.check(AttributeError)
+
+
+def test_run_read_retries_a_read_on_a_dead_connection(database_url, clean_db):
+    db = Database(database_url, pool_size=1, reactor=CallingReactor())
+    db.start()
+    try:
+        first = wait(db.run_read(_backend_pid))
+        _terminate(database_url, first)
+        calls = []
+        second = wait(db.run_read(_counting(_backend_pid, calls)))
+        assert isinstance(second, int) and second != first
+        assert len(calls) == 2
+    finally:
+        db.stop()

@@ -18,7 +18,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
-from postroom.auth.authcache import AuthCache
+from postroom.auth.authcache import AuthCache, SharedLogins
 from postroom.auth.ratelimit import LoginLocked, LoginRateLimiter, RateLimitUnavailable, admit
 from postroom.auth.sasl import ScramSecrets
 from postroom.interfaces import ReactorThreads, defer_to_pool
@@ -119,6 +119,7 @@ class StoreAccounts:
     def __init__(self, database: Database, client: RedisClient, redis_pool: ThreadPool, *,
                  prefix: str, limiter: LoginRateLimiter | None, listener: ChangeListener,
                  reactor: ReactorThreads, auth_cache: AuthCache[users.UserInfo] | None = None,
+                 shared_logins: SharedLogins[users.UserInfo] | None = None,
                  cpu_pool: ThreadPool | None = None, learn: bool = False,
                  metadata_limits: imap_metadata.Limits | None = None,
                  metrics: Metrics | None = None) -> None:
@@ -130,6 +131,8 @@ class StoreAccounts:
         # repeated logins skip scrypt for a minute (see postroom.auth.authcache)
         self.auth_cache: AuthCache[users.UserInfo] = (
             auth_cache if auth_cache is not None else AuthCache())
+        # the other workers of this process group verify logins for this one too
+        self.shared_logins = shared_logins
         self.redis = client
         self.pool = redis_pool
         self.prefix = prefix
@@ -151,8 +154,26 @@ class StoreAccounts:
         return Deferred.fromCoroutine(self._login(username, password, peer))
 
     async def _login(self, username: str, password: str, peer: str) -> UserStoreImpl:
-        await self._allowed_to_try(username, peer)
         info = self.auth_cache.get(username, password)
+        shared = self.shared_logins if info is None else None
+        # on a miss, the group's entry is read in the limiter's Redis call (one hop); it is
+        # used, like the local cache's answer, only once the limiter let the login through
+        # and its delay was waited
+        from_group: list[users.UserInfo | None] = []
+
+        def hop(fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
+            def both(*a: Any) -> Any:
+                verdict = fn(*a)
+                if shared is not None and verdict.allowed:
+                    from_group.append(shared.get(username, password))
+                return verdict
+
+            return self.in_redis_thread(both, *args)
+
+        await self._allowed_to_try(username, peer, hop=hop)
+        if shared is not None:
+            info = (from_group[0] if from_group
+                    else await self.in_redis_thread(shared.get, username, password))
         refusal = None
         if info is None:
             try:
@@ -166,20 +187,25 @@ class StoreAccounts:
             self._count_credential(login)
             if info is not None:
                 self.auth_cache.put(username, password, info)
+                if self.shared_logins is not None:
+                    self.in_redis_thread(self.shared_logins.put, username, password,
+                                         info).addErrback(lambda f: None)
         return await self._outcome(info, username, peer, refusal=refusal)
 
     def _count_credential(self, login: apppasswords.Login) -> None:
         if self.credentials is not None and login.credential is not None:
             self.credentials.labels(credential=login.credential).inc()
 
-    async def _allowed_to_try(self, username: str, peer: str, *, wait: bool = True) -> None:
+    async def _allowed_to_try(self, username: str, peer: str, *, wait: bool = True,
+                              hop: Callable[..., Deferred[Any]] | None = None) -> None:
         """The shared login limits (and the pair's delay, on the reactor's clock); Redis away
-        means try later (fail closed)."""
+        means try later (fail closed). ``hop``: how to reach the Redis pool (default
+        :meth:`in_redis_thread`)."""
         if self.limiter is None:
             return
         try:
-            await admit(self.limiter, self.reactor, self.in_redis_thread, peer, username,
-                        wait=wait)
+            await admit(self.limiter, self.reactor, hop or self.in_redis_thread, peer,
+                        username, wait=wait)
         except RateLimitUnavailable:
             raise Unavailable() from None
         except LoginLocked:
@@ -190,8 +216,15 @@ class StoreAccounts:
         """Count a failure (and forget cached logins) or clear the counter on success."""
         if info is None:
             self.auth_cache.invalidate(username)
-            if self.limiter is not None:
-                await self.in_redis_thread(self.limiter.record_failure, peer, username)
+            shared, limiter = self.shared_logins, self.limiter
+            if shared is not None or limiter is not None:
+                def failed() -> None:
+                    if shared is not None:
+                        shared.invalidate(username)
+                    if limiter is not None:
+                        limiter.record_failure(peer, username)
+
+                await self.in_redis_thread(failed)
             if refusal == apppasswords.TWO_FACTOR_REFUSAL:
                 raise AuthFailed(apppasswords.TWO_FACTOR_REFUSAL_TEXT)
             raise AuthFailed()

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from postroom.auth.authcache import AuthCache, CacheInvalidation
+from postroom.auth.authcache import AuthCache, CacheInvalidation, Invalidated, SharedLogins
 from postroom.auth.ratelimit import LoginRateLimiter
 from postroom.config import Settings
-from postroom.runtime import ServiceContext
+from postroom.runtime import ServiceContext, group_key
 from postroom.store import imap_metadata, users
 from postroom_imap.backend import ChangeListener, StoreAccounts
 from postroom_imap.protocol import IMAPFactory
@@ -33,16 +33,22 @@ def build_factory(ctx: ServiceContext) -> tuple[IMAPFactory, ChangeListener, Cac
     """An IMAPFactory over the context's database, Redis and TLS configuration, with the
     threads that listen for mailbox changes and for credential changes."""
     settings = ctx.settings
-    auth_cache: AuthCache[users.UserInfo] = AuthCache()
+    # the workers of `--processes N` share a key, and through Redis the logins they verified
+    # (an account's first login costs one scrypt check in the group, not one per worker)
+    key = group_key()
+    auth_cache: AuthCache[users.UserInfo] = AuthCache(secret=key)
+    shared = (SharedLogins(auth_cache, ctx.redis_client, settings.redis_prefix, key,
+                           users.encode_info, users.decode_info) if key is not None else None)
     # revoked app passwords, changed passwords: every cached login of the account goes
-    invalidation = CacheInvalidation(ctx.redis_client, settings.redis_prefix, [auth_cache],
+    caches: list[Invalidated] = [auth_cache] if shared is None else [auth_cache, shared]
+    invalidation = CacheInvalidation(ctx.redis_client, settings.redis_prefix, caches,
                                      metrics=ctx.metrics)
     pool = ctx.thread_pool("redis", REDIS_THREADS)
     listener = ChangeListener(ctx.redis_client, settings.redis_prefix, ctx.reactor)
     accounts = StoreAccounts(
         ctx.db, ctx.redis_client, pool, prefix=settings.redis_prefix,
         limiter=LoginRateLimiter.from_settings(ctx.redis_client, settings, ctx.metrics),
-        listener=listener, auth_cache=auth_cache,
+        listener=listener, auth_cache=auth_cache, shared_logins=shared,
         reactor=ctx.reactor, cpu_pool=ctx.thread_pool("cpu", CPU_THREADS),
         learn=bool(settings.rspamd_url and settings.rspamd_controller_url),
         metadata_limits=imap_metadata.Limits(max_size=settings.imap_metadata_max_size,

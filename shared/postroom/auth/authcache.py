@@ -30,7 +30,7 @@ from collections.abc import Callable
 from typing import Any, Generic, Protocol, TypeVar
 
 from postroom.logs import get_logger
-from postroom.queue import authevents
+from postroom.queue import authevents, loginshare
 from postroom.queue.redisclient import RedisClient, RedisError
 from postroom.store.addresses import login_name
 
@@ -46,13 +46,15 @@ class AuthCache(Generic[T]):
     """Successful logins by (account, keyed hash of password) -> the caller's account info."""
 
     def __init__(self, *, ttl: float = DEFAULT_TTL, max_entries: int = DEFAULT_MAX_ENTRIES,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 secret: bytes | None = None) -> None:
         if ttl <= 0 or max_entries <= 0:
             raise ValueError("ttl and max_entries must be positive")
         self.ttl = ttl
         self.max_entries = max_entries
         self._clock = clock
-        self._secret = secrets.token_bytes(32)
+        # the workers of one process group share theirs (SharedLogins); else drawn here
+        self._secret = secret if secret is not None else secrets.token_bytes(32)
         self._lock = threading.Lock()
         # key -> (expiry, info); insertion order doubles as least-recently-used order
         self._entries: OrderedDict[tuple[str, bytes], tuple[float, T]] = OrderedDict()
@@ -80,13 +82,21 @@ class AuthCache(Generic[T]):
             self._entries.move_to_end(key)
             return found[1]
 
-    def put(self, account: str, password: str, info: T) -> None:
-        """Remember a login that the real check has just accepted."""
+    def mac(self, account: str, password: str) -> tuple[str, bytes] | None:
+        """(canonical account, keyed hash of ``password``): what an entry is found by."""
+        return self._key(account, password)
+
+    def put(self, account: str, password: str, info: T, *, ttl: float | None = None) -> None:
+        """Remember a login that the real check has just accepted (for ``ttl`` seconds at
+        most: the cache's own TTL)."""
         key = self._key(account, password)
         if key is None:
             return
+        ttl = self.ttl if ttl is None else min(ttl, self.ttl)
+        if ttl <= 0:
+            return
         with self._lock:
-            self._entries[key] = (self._clock() + self.ttl, info)
+            self._entries[key] = (self._clock() + ttl, info)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
@@ -107,6 +117,90 @@ class AuthCache(Generic[T]):
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class SharedLogins(Generic[T]):
+    """The verified logins of one process group's workers, shared through Redis.
+
+    Around one worker's :class:`AuthCache` (made with the group's key as its
+    secret, so every worker computes the same keyed hash of a password): a
+    login its cache misses is looked up in the group's entry for the account
+    (postroom.queue.loginshare) before scrypt is run, and a password it has
+    checked is stored there for the others. A hit is remembered locally for
+    what is left of the entry's TTL only, so a verification is trusted for
+    ``ttl`` seconds at most in any worker, as with one process. Every method
+    blocks (a Redis call): run them in the Redis thread pool. Redis errors are
+    a miss (``get``) or logged (the rest): the entries are only a cache. Also
+    an :class:`Invalidated` cache for :class:`CacheInvalidation`: an announced
+    credential change drops the account's entry.
+    """
+
+    def __init__(self, cache: AuthCache[T], client: RedisClient, prefix: str,
+                 group_key: bytes, encode: Callable[[T], str],
+                 decode: Callable[[str], T], *,
+                 wall_clock: Callable[[], float] = time.time) -> None:
+        self.cache = cache
+        self.client = client
+        self.prefix = prefix
+        self._group_key = group_key
+        self._encode = encode
+        self._decode = decode
+        self._wall_clock = wall_clock
+
+    def get(self, account: str, password: str) -> T | None:
+        """The account's info when another worker verified this password within the TTL."""
+        found = self.cache.mac(account, password)
+        if found is None:
+            return None
+        name, mac = found
+        try:
+            payload = loginshare.lookup(self.client, self.prefix, self._group_key, name, mac)
+        except RedisError as exc:
+            log.warning("shared login lookup failed", error=str(exc))
+            return None
+        if payload is None:
+            return None
+        expires, sep, encoded = payload.partition(" ")
+        try:
+            left = float(expires) - self._wall_clock()
+            info = self._decode(encoded) if sep else None
+        except (ValueError, TypeError, KeyError):
+            return None
+        if info is None or left <= 0:
+            return None
+        self.cache.put(account, password, info, ttl=left)
+        return info
+
+    def put(self, account: str, password: str, info: T) -> None:
+        """Share a login this worker's real check has just accepted."""
+        found = self.cache.mac(account, password)
+        if found is None:
+            return
+        name, mac = found
+        ttl = self.cache.ttl
+        payload = f"{self._wall_clock() + ttl:.3f} {self._encode(info)}"
+        try:
+            loginshare.store(self.client, self.prefix, self._group_key, name, mac, payload,
+                             ttl)
+        except RedisError as exc:
+            log.warning("shared login not stored", error=str(exc))
+
+    def invalidate(self, account: str) -> None:
+        """Drop the account's shared entry (a failed login, an announced change)."""
+        name = login_name(account)
+        if name is None:
+            return
+        try:
+            loginshare.forget(self.client, self.prefix, self._group_key, name)
+        except RedisError as exc:
+            log.warning("shared login not dropped", error=str(exc))
+
+    def clear(self) -> None:
+        """Drop every shared entry (the invalidation listener was away from Redis)."""
+        try:
+            loginshare.forget_all(self.client, self.prefix)
+        except RedisError as exc:
+            log.warning("shared logins not dropped", error=str(exc))
 
 
 class Invalidated(Protocol):

@@ -34,6 +34,7 @@ import json
 import math
 import os
 import re
+import secrets
 import signal
 import sys
 import threading
@@ -57,7 +58,7 @@ from postroom.internalauth import authorized, warn_if_exposed
 from postroom.logs import get_logger
 from postroom.metrics import CONTENT_TYPE
 from postroom.ops.supervisor import Child, Supervisor
-from postroom.runtime import ReactorStop
+from postroom.runtime import GROUP_KEY, ReactorStop
 
 log = get_logger("processes")
 
@@ -220,6 +221,8 @@ class ProcessGroup:
         self.labels = [str(k) for k in range(1, count + 1)]
         self.ports: dict[str, int] = {}
         envs: dict[str, dict[str, str]] = {}
+        # the workers' shared secret (their verified logins, postroom.queue.loginshare)
+        key = secrets.token_hex(32)
         for k in self.labels:
             self.ports[k] = free_port("127.0.0.1")
             envs[self._child(k)] = {
@@ -227,6 +230,7 @@ class ProcessGroup:
                 PREFIX + "PROCESSES": "1",
                 PREFIX + "REUSE_PORT": "true",
                 PREFIX + "HTTP_LISTEN": f"tcp:{self.ports[k]}:interface=127.0.0.1",
+                GROUP_KEY: key,
             }
         self.supervisor = _Workers(self, reactor, {self._child(k): worker_argv(name)
                                                    for k in self.labels},

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import functools
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
@@ -65,6 +67,26 @@ class UserInfo:
     # two-factor login is on: the main password logs in to the web console only (with a
     # TOTP code); the mail protocols take app passwords (postroom.store.apppasswords)
     totp_enabled: bool = False
+
+
+def encode_info(info: UserInfo) -> str:
+    """``info`` as compact JSON (a login shared between processes, postroom.auth.authcache)."""
+    fields = dataclasses.asdict(info)
+    fields["created_at"] = info.created_at.isoformat()
+    return json.dumps(fields, separators=(",", ":"))
+
+
+def decode_info(text: str) -> UserInfo:
+    """The UserInfo :func:`encode_info` wrote (raises ValueError, TypeError or KeyError on
+    anything else)."""
+    fields = json.loads(text)
+    if not isinstance(fields, dict):
+        raise ValueError("not an object")
+    fields["created_at"] = datetime.fromisoformat(fields["created_at"])
+    info = UserInfo(**fields)
+    if not isinstance(info.id, int) or not isinstance(info.address, str):
+        raise TypeError("malformed account info")
+    return info
 
 
 def _info(row: User, domain: str) -> UserInfo:

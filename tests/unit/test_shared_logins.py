@@ -1,0 +1,217 @@
+"""Verified logins shared by the workers of one process group (postroom.queue.loginshare).
+
+An account's first login costs one scrypt check in the group, not one per worker; a worker
+of another group (another key), a wrong password, an announced change or a failed login
+finds nothing; Redis holds nothing that gives the password back.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from datetime import UTC, datetime
+from typing import Any
+
+import redis
+from twisted.internet.defer import Deferred, maybeDeferred
+
+from postroom.auth.authcache import AuthCache, SharedLogins
+from postroom.queue import loginshare
+from postroom.runtime import GROUP_KEY, group_key
+from postroom.store import apppasswords, users
+from postroom_imap.backend import StoreAccounts
+from postroom_imap.policy import AuthFailed
+
+INFO = users.UserInfo(id=7, address="u@example.org", localpart="u", domain="example.org",
+                      active=True, quota_bytes=None, quota_messages=None,
+                      created_at=datetime(2026, 12, 7, 15, 0, tzinfo=UTC))
+
+
+class WallClock:
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def worker(client: redis.Redis, prefix: str, key: bytes,
+           clock: Any = None) -> SharedLogins[users.UserInfo]:
+    cache: AuthCache[users.UserInfo] = AuthCache(secret=key)
+    if clock is None:
+        return SharedLogins(cache, client, prefix, key, users.encode_info, users.decode_info)
+    return SharedLogins(cache, client, prefix, key, users.encode_info, users.decode_info,
+                        wall_clock=clock)
+
+
+def test_a_login_one_worker_verified_is_found_by_another(redis_client: redis.Redis,
+                                                         redis_prefix: str) -> None:
+    key = secrets.token_bytes(32)
+    one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
+    one.put("u@example.org", "secret", INFO)
+    assert two.get("U@Example.org", "secret") == INFO
+    # and it is in the other worker's own cache from then on
+    assert two.cache.get("u@example.org", "secret") == INFO
+
+
+def test_another_password_or_another_groups_key_finds_nothing(redis_client: redis.Redis,
+                                                               redis_prefix: str) -> None:
+    key = secrets.token_bytes(32)
+    worker(redis_client, redis_prefix, key).put("u@example.org", "secret", INFO)
+    assert worker(redis_client, redis_prefix, key).get("u@example.org", "Secret") is None
+    other = worker(redis_client, redis_prefix, secrets.token_bytes(32))
+    assert other.get("u@example.org", "secret") is None
+
+
+def test_a_shared_hit_is_trusted_only_for_what_is_left_of_the_ttl(redis_client: redis.Redis,
+                                                                 redis_prefix: str) -> None:
+    key, clock = secrets.token_bytes(32), WallClock()
+    worker(redis_client, redis_prefix, key, clock).put("u@example.org", "secret", INFO)
+    late = worker(redis_client, redis_prefix, key, clock)
+    clock.now += late.cache.ttl + 1  # Redis keeps it a moment longer: the payload decides
+    assert late.get("u@example.org", "secret") is None
+    assert late.cache.get("u@example.org", "secret") is None
+
+
+def test_invalidate_and_clear_drop_the_shared_entries(redis_client: redis.Redis,
+                                                      redis_prefix: str) -> None:
+    key = secrets.token_bytes(32)
+    one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
+    one.put("u@example.org", "secret", INFO)
+    one.put("v@example.org", "secret", INFO)
+    one.invalidate("U@example.org")
+    assert two.get("u@example.org", "secret") is None
+    assert two.get("v@example.org", "secret") == INFO
+    one.clear()
+    assert worker(redis_client, redis_prefix, key).get("v@example.org", "secret") is None
+    assert not list(redis_client.scan_iter(match=f"{redis_prefix}authok:*"))
+
+
+def test_redis_holds_neither_the_password_nor_an_unkeyed_hash_of_it(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    key, password = secrets.token_bytes(32), "hunter2-very-secret"
+    worker(redis_client, redis_prefix, key).put("u@example.org", password, INFO)
+    names = list(redis_client.scan_iter(match=f"{redis_prefix}authok:*"))
+    assert len(names) == 1
+    value = redis_client.get(names[0])
+    stored = f"{names[0]} {value}"
+    assert password not in stored
+    assert hashlib.sha256(password.encode()).hexdigest() not in stored
+    assert "u@example.org" not in str(names[0])
+
+
+def test_a_foreign_value_under_the_key_is_a_miss(redis_client: redis.Redis,
+                                                 redis_prefix: str) -> None:
+    key = secrets.token_bytes(32)
+    two = worker(redis_client, redis_prefix, key)
+    name, mac = two.cache.mac("u@example.org", "secret") or ("", b"")
+    redis_client.set(loginshare.key(redis_prefix, key, name), mac.hex() + ":junk")
+    assert two.get("u@example.org", "secret") is None
+
+
+def test_an_entry_whose_account_info_was_changed_in_redis_is_a_miss(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    # someone who may write to Redis must not turn their own login into another account's
+    key = secrets.token_bytes(32)
+    one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
+    one.put("u@example.org", "secret", INFO)
+    name = next(iter(redis_client.scan_iter(match=f"{redis_prefix}authok:*")))
+    value = redis_client.get(name)
+    assert isinstance(value, str) and '"id":7' in value
+    redis_client.set(name, value.replace('"id":7', '"id":8'))
+    assert two.get("u@example.org", "secret") is None
+
+
+def test_account_info_survives_the_round_trip() -> None:
+    assert users.decode_info(users.encode_info(INFO)) == INFO
+
+
+def test_the_group_key_is_read_only_when_well_formed() -> None:
+    key = secrets.token_bytes(32)
+    assert group_key({GROUP_KEY: key.hex()}) == key
+    assert group_key({}) is None
+    assert group_key({GROUP_KEY: "not hex"}) is None
+    assert group_key({GROUP_KEY: "ab" * 8}) is None
+
+
+# --- the IMAP login path: two workers of one group, one scrypt check between them
+
+class CountingDatabase:
+    """``Database.run`` for apppasswords.authenticate: counts the real checks."""
+
+    def __init__(self, password: str) -> None:
+        self.password = password
+        self.checks = 0
+
+    def run(self, fn: Any, username: str, password: str, **_: Any) -> Deferred[Any]:
+        assert fn is apppasswords.authenticate
+        self.checks += 1
+        ok = username.lower() == INFO.address and password == self.password
+        return maybeDeferred(lambda: apppasswords.Login(INFO if ok else None))
+
+
+class InlineAccounts(StoreAccounts):
+    """Redis calls made in the calling thread (the test has no reactor)."""
+
+    def in_redis_thread(self, fn: Any, *args: Any) -> Deferred[Any]:
+        return maybeDeferred(fn, *args)
+
+
+def imap_worker(database: CountingDatabase, shared: SharedLogins[users.UserInfo],
+                limiter: Any = None) -> InlineAccounts:
+    return InlineAccounts(database, shared.client, None,  # type: ignore[arg-type]
+                          prefix=shared.prefix, limiter=limiter,
+                          listener=None, reactor=object(),  # type: ignore[arg-type]
+                          auth_cache=shared.cache, shared_logins=shared)
+
+
+def login(accounts: StoreAccounts, password: str) -> Any:
+    outcome: list[Any] = []
+    accounts.login("u@example.org", password, "127.0.0.1").addBoth(outcome.append)
+    assert outcome, "the login did not finish"
+    return outcome[0]
+
+
+def test_an_accounts_first_login_costs_one_check_in_the_group(redis_client: redis.Redis,
+                                                              redis_prefix: str) -> None:
+    from postroom.auth.ratelimit import LoginRateLimiter
+
+    key, database = secrets.token_bytes(32), CountingDatabase("secret")
+    limiter = LoginRateLimiter(redis_client, redis_prefix, 10, 600.0)
+    one = imap_worker(database, worker(redis_client, redis_prefix, key), limiter)
+    two = imap_worker(database, worker(redis_client, redis_prefix, key), limiter)
+    assert login(one, "secret").user_id == INFO.id
+    assert login(two, "secret").user_id == INFO.id
+    assert login(two, "secret").user_id == INFO.id
+    assert database.checks == 1
+
+
+def test_a_failed_login_in_one_worker_makes_the_others_check_again(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    key, database = secrets.token_bytes(32), CountingDatabase("secret")
+    one = imap_worker(database, worker(redis_client, redis_prefix, key))
+    two = imap_worker(database, worker(redis_client, redis_prefix, key))
+    three = imap_worker(database, worker(redis_client, redis_prefix, key))
+    assert login(one, "secret").user_id == INFO.id
+    failure = login(two, "wrong")
+    assert failure.check(AuthFailed)
+    assert login(three, "secret").user_id == INFO.id
+    assert database.checks == 3
+
+
+def test_a_groups_workers_get_one_key_of_their_own() -> None:
+    from twisted.internet.task import Clock
+
+    from postroom.config import load_settings
+    from postroom.ops.procgroup import ProcessGroup
+
+    class Reactor(Clock):
+        def addSystemEventTrigger(self, *args: Any, **kwargs: Any) -> None:
+            return None
+
+    settings = load_settings({})
+    groups = [ProcessGroup("imap", "imap", settings, 2, Reactor(), {})  # type: ignore[arg-type]
+              for _ in range(2)]
+    keys = [{group_key(env) for env in g.supervisor.envs.values()} for g in groups]
+    assert all(len(k) == 1 and None not in k for k in keys)
+    assert keys[0] != keys[1]
