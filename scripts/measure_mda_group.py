@@ -1,7 +1,7 @@
 """Measure group delivery in the mda (docs/decisions/0022): mda and PostgreSQL CPU per message.
 
-Spools ``-m`` distinct messages of ``--size`` bytes (2 KB; one recipient each, spread over ``--users``
-accounts) on a fresh database while no mda runs, starts one mda
+Spools ``-m`` distinct messages of ``--size`` bytes (2 KB; one recipient each, spread
+over ``--users`` accounts) on a fresh database while no mda runs, starts one mda
 (``postroom_mda.main:SERVICE``, as the tests do), enqueues every entry at once (a backlog,
 as under a burst of inbound mail) and waits until all are delivered. Reports, for the
 delivery only:

@@ -189,5 +189,5 @@ def text_or_unreadable(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> Messa
     """:func:`extract_text`, or :data:`UNREADABLE` when hostile MIME breaks the parser."""
     try:
         return extract_text(data, max_bytes)
-    except Exception:  # noqa: BLE001 -- mail is never refused or held back for its text
+    except Exception:
         return UNREADABLE

@@ -43,8 +43,8 @@ def _files() -> list[bytes]:
 
 
 def _bench() -> list[bytes]:
-    from workloads.mailgen import message as mailgen_message
     from measure_mda_group import message as group_message
+    from workloads.mailgen import message as mailgen_message
     return [mailgen_message(n) for n in range(3)] + [group_message(n) for n in range(3)]
 
 
@@ -115,7 +115,8 @@ PIECES = [b"Content-Type: multipart/mixed; boundary=b\r\n", b"Content-Type: mess
           b"Content-Type: text/html; charset=latin1\r\n", b"<p>a&amp;b</p>", b"<script>",
           b"Content-Transfer-Encoding: base64\r\n", b"w6nDqQ==\r\n",
           b"Content-Transfer-Encoding: quoted-printable\r\n", b"=C3=A9=\r\n", b"\x00",
-          b"\xff\xfe", b"\xc3\xa9", b"Content-Disposition: attachment; filename=\"=?utf-8?q?a?=\"\r\n",
+          b"\xff\xfe", b"\xc3\xa9",
+          b"Content-Disposition: attachment; filename=\"=?utf-8?q?a?=\"\r\n",
           b"Content-Disposition: attachment; filename*0*=utf-8''%C3; x=\"\r\n", b" folded\r\n",
           b"\t", b"x", b"W\xc3\xb6rd_42 ", b"\xe2\x80\xa8", b"a" * 120]
 mimeish = st.lists(st.one_of(st.sampled_from(PIECES), st.binary(max_size=12)), max_size=80).map(

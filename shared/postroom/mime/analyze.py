@@ -228,7 +228,7 @@ def _date_keys(date_text: str | None) -> tuple[str | None, str | None]:
     if parts is None:
         return None, None
     try:
-        zone = timezone(timedelta(seconds=parts[9]))
+        zone = timezone(timedelta(seconds=parts[9] or 0))
         instant: str | None = datetime(*parts[:6], tzinfo=zone).astimezone(UTC).isoformat()
     except _DATE_ERRORS:
         instant = None
