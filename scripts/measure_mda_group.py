@@ -1,7 +1,7 @@
 """Measure group delivery in the mda (docs/decisions/0022): mda and PostgreSQL CPU per message.
 
-Spools ``-m`` distinct 2 KB messages (one recipient each, spread over ``--users``
-accounts) on a fresh database while no mda runs, starts one mda
+Spools ``-m`` distinct messages of ``--size`` bytes (2 KB; one recipient each, spread
+over ``--users`` accounts) on a fresh database while no mda runs, starts one mda
 (``postroom_mda.main:SERVICE``, as the tests do), enqueues every entry at once (a backlog,
 as under a burst of inbound mail) and waits until all are delivered. Reports, for the
 delivery only:
@@ -10,7 +10,8 @@ delivery only:
 * the CPU of the PostgreSQL backends serving the database (this script's own polling
   connection left out), per message,
 * the mda's delivery transactions per message (``postroom_delivery_commits_total`` and
-  the alone deliveries: ``--group 1`` has no groups, one transaction per message).
+  the alone deliveries: ``--group 1`` has no groups, one transaction per message),
+* the mda process's peak resident memory (VmHWM), to see what ``--concurrency`` costs.
 
 ``--group N`` sets POSTROOM_MDA_GROUP_COMMIT (1: off, each recipient alone); ``--code DIR``
 runs the mda from another tree. CPU figures hold on a loaded machine; wall-clock ones do not.
@@ -45,13 +46,13 @@ from tests.support.ports import free_port  # noqa: E402
 DOMAIN = "mdabench.test"
 
 
-def message(n: int) -> bytes:
+def message(n: int, size: int = 2048) -> bytes:
     head = (f"From: Sender {n} <s{n}@remote.test>\r\nTo: u@{DOMAIN}\r\n"
             f"Subject: bench message {n}\r\nMessage-ID: <{n}.{time.time_ns()}@remote.test>\r\n"
             "Date: Mon, 07 Dec 2026 15:00:00 +0000\r\nMIME-Version: 1.0\r\n"
             "Content-Type: text/plain; charset=utf-8\r\n\r\n")
     line = f"line of message {n}, some words to index and search later on. "
-    body = (line * (2048 // len(line) + 1))[:2048 - len(head)]
+    body = (line * (size // len(line) + 1))[:size - len(head)]
     return (head + "\r\n".join(body[i:i + 70] for i in range(0, len(body), 70)) + "\r\n").encode()
 
 
@@ -69,13 +70,23 @@ def backends(engine, dbname: str, skip: int) -> dict[int, float]:
     return out
 
 
+def _peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM from /proc/PID/status), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return round(int(line.split()[1]) / 1024, 1)
+    return 0.0
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--group", type=int, default=64)
     parser.add_argument("--code", type=Path, help="run the mda from this source tree")
     parser.add_argument("-m", type=int, default=2000, help="messages measured")
     parser.add_argument("--users", type=int, default=20)
-    parser.add_argument("--concurrency", type=int, default=10, help="POSTROOM_MDA_CONCURRENCY")
+    parser.add_argument("--concurrency", type=int, default=10,
+                        help="POSTROOM_MDA_CONCURRENCY (10: the default before issue 23's 32)")
+    parser.add_argument("--size", type=int, default=2048, help="bytes per message")
     args = parser.parse_args()
 
     import redis
@@ -103,7 +114,7 @@ def main() -> None:
         now = datetime.now(UTC)
         envelopes = []
         for n in range(args.m):
-            data = message(n)
+            data = message(n, args.size)
             qid, ids = db.run_sync(spool.create_spool_ids, kind="inbound",
                                    mail_from=f"s{n}@remote.test",
                                    recipients=[(f"u{n % args.users}@{DOMAIN}", "deliver",
@@ -146,6 +157,7 @@ def main() -> None:
             r"^postroom_delivery_commits_total\{[^}]*\} (\S+)", metrics, re.MULTILINE))
         grouped = re.search(r"^postroom_delivery_commit_messages_sum (\S+)", metrics,
                             re.MULTILINE)
+        peak_rss = _peak_rss_mb(mda.pid)
         mda.send_signal(signal.SIGTERM)
         mda.wait(30)
         admin.dispose()
@@ -157,6 +169,7 @@ def main() -> None:
             "pg_backend_cpu_ms_per_msg": round(pg_cpu * 1000 / args.m, 3),
             "group_commits": group_commits,
             "messages_in_groups": float(grouped.group(1)) if grouped else 0.0,
+            "mda_peak_rss_mb": peak_rss,
         }))
     finally:
         if mda is not None and mda.poll() is None:

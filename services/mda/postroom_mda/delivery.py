@@ -22,7 +22,7 @@ import functools
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any, NotRequired, TypedDict
 
@@ -318,6 +318,10 @@ def _fast_plan(facts: deliveries.FastFacts, options: Options, now: datetime,
     doc = None
     if parse and facts.text_missing and facts.blob is not None:
         doc = _text(facts.blob, options.fts_max_bytes, facts.queue_id, facts.message_id)
+    if facts.blob is not None:
+        # a group keeps every member's plan until its stores: the blob's analysis, not the
+        # blob (so a group of large messages holds one blob at a time, not one per member)
+        facts = replace(facts, blob=None)
     return _FastPlan(facts, user_id, folder, int(mailbox_id), flags, meta, doc)
 
 

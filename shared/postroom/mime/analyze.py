@@ -6,7 +6,7 @@ import email.utils
 import itertools
 import re
 from dataclasses import dataclass
-from datetime import UTC, date
+from datetime import UTC, date, datetime, timedelta, timezone
 
 from postroom.mime.addresses import parse_addresses
 from postroom.mime.headers import (
@@ -209,17 +209,34 @@ class _Builder:
                 header_start=start, body_start=start, end=start, lines=0))
 
 
-def _sent_day(date_text: str | None) -> str | None:
-    """The Date: header's calendar date as written, in its own zone (RFC 3501 6.4.4)."""
+_DATE_ERRORS = (TypeError, ValueError, IndexError, OverflowError)
+
+
+def _date_keys(date_text: str | None) -> tuple[str | None, str | None]:
+    """The Date: header's instant in UTC (ISO 8601), and its calendar date as written, in its
+    own zone (RFC 3501 6.4.4), from one parse.
+
+    The instant is what ``parsedate_to_datetime`` gives, a zone-less date taken
+    as UTC (``parsedate_tz`` says such a zone as 0, the same instant).
+    """
     if not date_text:
-        return None
+        return None, None
     try:
         parts = email.utils.parsedate_tz(date_text)
-        if parts is None:
-            return None
-        return date(parts[0], parts[1], parts[2]).isoformat()
-    except (TypeError, ValueError, IndexError, OverflowError):
-        return None
+    except _DATE_ERRORS:
+        return None, None
+    if parts is None:
+        return None, None
+    try:
+        zone = timezone(timedelta(seconds=parts[9] or 0))
+        instant: str | None = datetime(*parts[:6], tzinfo=zone).astimezone(UTC).isoformat()
+    except _DATE_ERRORS:
+        instant = None
+    try:
+        day: str | None = date(parts[0], parts[1], parts[2]).isoformat()
+    except _DATE_ERRORS:
+        day = None
+    return instant, day
 
 
 def _address_text(addrs: list[Address]) -> str:
@@ -246,15 +263,7 @@ def _display(addrs: list[Address]) -> str:
 def _sort_keys(envelope: Envelope, date_text: str | None,
                headers: list[HeaderField] | None = None) -> dict[str, object]:
     keys: dict[str, object] = {"date": None, "subject": "", "from": "", "to": "", "cc": ""}
-    if date_text:
-        try:
-            when = email.utils.parsedate_to_datetime(date_text)
-            if when.tzinfo is None:
-                when = when.replace(tzinfo=UTC)
-            keys["date"] = when.astimezone(UTC).isoformat()
-        except (TypeError, ValueError, IndexError, OverflowError):
-            keys["date"] = None
-    keys["sent_day"] = _sent_day(date_text)
+    keys["date"], keys["sent_day"] = _date_keys(date_text)
     keys["subject"] = base_subject(envelope.subject or "")
     for name, addrs in (("from", envelope.from_), ("to", envelope.to), ("cc", envelope.cc)):
         first = next((a for a in addrs if a.host is not None), None)

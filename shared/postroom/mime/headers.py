@@ -34,13 +34,17 @@ class HeaderBlock:
     separated: bool = False
     defects: list[str] = field(default_factory=list)
     fields_end: int = -1
+    #: (fields counted, first value of each name): built on the first lookup, rebuilt if
+    #: fields were added since (analyze looks up some 20 names per block)
+    _index: tuple[int, dict[str, bytes]] | None = field(default=None, compare=False, repr=False)
 
     def first(self, name: str) -> bytes | None:
         """Value of the first field called ``name`` (lower-case), or None."""
-        for key, value in self.fields:
-            if key == name:
-                return value
-        return None
+        index = self._index
+        if index is None or index[0] != len(self.fields):
+            # reversed: a later field of the same name is overwritten by the earlier one
+            index = self._index = (len(self.fields), dict(reversed(self.fields)))
+        return index[1].get(name)
 
 
 def _loose_field(raw: bytes, pos: int, stop: int) -> tuple[str, int] | None:
