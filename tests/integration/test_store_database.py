@@ -119,6 +119,13 @@ def test_run_refuses_to_return_orm_objects(runner):
     assert isinstance(result, Failure) and result.check(TypeError)
 
 
+def test_run_refuses_an_orm_object_among_plain_rows(runner):
+    runner.run_sync(domains.add_domain, "example.test")
+    result = wait(runner.run(lambda s: [(1, "a"), (2, "b"),
+                                        s.execute(select(Domain)).scalar_one(), (3, "c")]))
+    assert isinstance(result, Failure) and result.check(TypeError)
+
+
 def test_run_before_start_is_an_error(database_url):
     db = Database(database_url, pool_size=1, reactor=CallingReactor())
     try:

@@ -7,10 +7,12 @@ from datetime import UTC, datetime
 import pytest
 from twisted.internet.testing import StringTransport
 
-from postroom.store.entries import _uid_array
+from postroom.store.entries import SelectState, _uid_array
 from postroom_imap.flow import WriteGate, attach, detach
+from postroom_imap.handlers_message import _flag_lines
 from postroom_imap.policy import FetchRow
 from postroom_imap.render import fetch_items, flags_line_renderer
+from postroom_imap.selected import Selected
 from postroom_imap.syntax import Command, parse_command
 from postroom_imap.syntax_types import Fetch, FetchItem
 
@@ -47,6 +49,68 @@ def test_flags_renderer_declines_anything_beyond_uid_flags_modseq(items: bytes) 
 def test_flags_renderer_declines_a_partial_item() -> None:
     items = [FetchItem("FLAGS", partial=(0, 1))]
     assert flags_line_renderer(items, with_uid=False, with_modseq=False) is None
+
+
+def _view(uids: list[int], recent_from: int | None = None) -> Selected:
+    return Selected(SelectState(mailbox_id=1, name="INBOX", uidvalidity=1, uidnext=uids[-1] + 1,
+                                highestmodseq=9, uids=uids, first_unseen_uid=None,
+                                recent_from=recent_from), readonly=False)
+
+
+def _one_by_one(box: Selected, rows: list[tuple[int, str, int]]) -> list[bytes]:
+    """The lines as the general renderer makes them, each row numbered by its UID's index."""
+    args = fetch_args(b"a UID FETCH 1:* (UID FLAGS)")
+    out = []
+    for uid, flags, modseq in rows:
+        seq = box.seq_of(uid)
+        if seq is None:
+            continue
+        row = FetchRow(uid=uid, flags=box.with_recent(uid, tuple(flags.split())), modseq=modseq,
+                       internaldate=datetime(2024, 1, 1, tzinfo=UTC), size=1, meta=None,
+                       blob=None)
+        out.append(b"* %d FETCH %s\r\n" % (seq, fetch_items(row, args.items, with_uid=True,
+                                                                with_modseq=False)))
+    return out
+
+
+def _flag_rows(uids: list[int]) -> list[tuple[int, str, int]]:
+    return [(u, ("\\Seen $Work" if u % 3 else ""), u) for u in uids]
+
+
+@pytest.mark.parametrize("view, rows", [
+    ([1, 2, 3, 5, 8, 9], [2, 3, 5, 8]),        # a run of the view's own UIDs
+    ([1, 2, 3, 5, 8, 9], [1, 2, 3, 5, 8, 9]),  # all of them
+    ([1, 2, 3, 5, 8, 9], [2, 5, 8]),           # one gone from the store meanwhile
+    ([1, 2, 3, 5, 8, 9], [3, 4, 5]),           # one the view does not have yet
+    ([1, 2, 3, 5, 8, 9], [8, 9, 10, 11]),      # past the end of the view
+])
+def test_flag_lines_number_rows_by_the_sessions_view(view: list[int], rows: list[int]) -> None:
+    args = fetch_args(b"a UID FETCH 1:* (UID FLAGS)")
+    line = flags_line_renderer(args.items, with_uid=True, with_modseq=False)
+    assert line is not None
+    box = _view(view)
+    assert _flag_lines(box, _flag_rows(rows), line) == _one_by_one(box, _flag_rows(rows))
+
+
+def test_flag_lines_show_this_sessions_recent_messages() -> None:
+    args = fetch_args(b"a UID FETCH 1:* (UID FLAGS)")
+    line = flags_line_renderer(args.items, with_uid=True, with_modseq=False)
+    assert line is not None
+    box = _view([1, 2, 3, 4, 5], recent_from=4)
+    got = _flag_lines(box, _flag_rows([1, 2, 3, 4, 5]), line)
+    assert got == _one_by_one(box, _flag_rows([1, 2, 3, 4, 5]))
+    assert got[3] == b"* 4 FETCH (UID 4 FLAGS (\\Seen $Work \\Recent))\r\n"
+    assert got[2] == b"* 3 FETCH (UID 3 FLAGS ())\r\n"
+
+
+@pytest.mark.parametrize("items", [b"(UID FLAGS)", b"(FLAGS UID)", b"(MODSEQ FLAGS)"])
+@pytest.mark.parametrize("with_modseq", [False, True])
+def test_flags_renderer_in_bulk_matches_it_line_by_line(items: bytes, with_modseq: bool) -> None:
+    args = fetch_args(b"a FETCH 1:* " + items)
+    line = flags_line_renderer(args.items, with_uid=False, with_modseq=with_modseq)
+    assert line is not None
+    rows = _flag_rows([4, 6, 7])
+    assert line.many(10, rows) == [line(10 + i, *row) for i, row in enumerate(rows)]
 
 
 def _send(values: list[int]) -> bytes:

@@ -61,9 +61,23 @@ FLAGS_BATCH = 10000
 
 
 def _flag_lines(box: Selected, rows: list[tuple[int, str, int]], line: FlagsLine) -> list[bytes]:
-    """One line per row the session knows; the sequence number is the UID's index, inlined."""
-    uids, count, out = box.uids, len(box.uids), []
+    """One line per row the session knows, numbered by the UID's index in the session's view.
+
+    The usual case (a FETCH 1:* on a mailbox nothing removed meanwhile) is a
+    run of the view's own UIDs: checked in one comparison of the two UID
+    lists, then numbered in one pass (:meth:`FlagsLine.many`). Otherwise, or
+    when a row may be this session's \\Recent, each row is looked up alone.
+    """
+    if not rows:
+        return []
+    uids, count = box.uids, len(box.uids)
+    first = bisect_left(uids, rows[0][0])
+    last = first + len(rows)
     recent = box.is_recent if box.recent else None
+    if (last <= count and (recent is None or rows[-1][0] < box.recent[0][0])
+            and uids[first:last].tolist() == [row[0] for row in rows]):
+        return line.many(first + 1, rows)
+    out = []
     for uid, flags, modseq in rows:
         i = bisect_left(uids, uid)
         if i < count and uids[i] == uid:

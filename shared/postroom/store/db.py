@@ -330,9 +330,10 @@ def _ping_when_idle(engine: Engine, idle: float) -> None:
 def _check_plain(result: Any) -> None:
     """Refuse ORM objects crossing to the reactor: their lazy loads would run SQL there."""
     items = result if isinstance(result, (list, tuple)) else (result,)
-    for item in items:
-        if isinstance(item, DeclarativeBase):
-            raise TypeError(f"store functions must return plain data, not {type(item).__name__}")
+    # by type, in C: a FETCH of 100,000 flags returns 10,000-row lists to check
+    for kind in set(map(type, items)):
+        if issubclass(kind, DeclarativeBase):
+            raise TypeError(f"store functions must return plain data, not {kind.__name__}")
 
 
 # --- how a service tells the database's errors apart (it imports no SQLAlchemy)
