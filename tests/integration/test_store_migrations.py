@@ -130,3 +130,42 @@ def test_0014_makes_each_accounts_json_rules_its_active_sieve_script(empty_datab
         assert rows[0][4] == len(content.encode())
     finally:
         engine.dispose()
+
+
+def _insert_blob(c, digit: str, blob: bytes) -> None:
+    c.exec_driver_sql("INSERT INTO messages (sha256, size, blob) VALUES (%s, %s, %s)",
+                      (digit * 64, len(blob), blob))
+
+
+def test_0019_backfills_header_rows_and_its_trigger_fills_new_ones(empty_database_url):
+    from postroom.store.migrate import downgrade
+
+    upgrade(empty_database_url, "0018")
+    engine = create_engine(empty_database_url)
+    try:
+        with engine.begin() as c:
+            _insert_blob(c, "1", b"A: 1\r\n\r\nbody\r\n")
+            _insert_blob(c, "2", b"no blank")
+            _insert_blob(c, "3", b"B: 2\r\n" + b"x" * 70000)
+        upgrade(empty_database_url)
+        upgrade(empty_database_url)  # harmless again
+        with engine.begin() as c:
+            rows = c.exec_driver_sql("SELECT m.sha256, h.header, h.plain FROM message_headers h "
+                                     "JOIN messages m ON m.id = h.message_id "
+                                     "ORDER BY m.sha256").all()
+            # the third's header has no end within 64 kB: no row, searched the old way
+            assert [(r[0][0], bytes(r[1]), r[2]) for r in rows] == [
+                ("1", b"A: 1\r\n\r\n", True), ("2", b"no blank", True)]
+            _insert_blob(c, "4", b"C: \x80\r\n\r\nbody")
+            row = c.exec_driver_sql("SELECT h.header, h.plain FROM message_headers h JOIN "
+                                    "messages m ON m.id = h.message_id "
+                                    "WHERE m.sha256 = repeat('4', 64)").one()
+            assert (bytes(row[0]), row[1]) == (b"C: \x80\r\n\r\n", False)
+            c.exec_driver_sql("DELETE FROM messages WHERE sha256 = repeat('1', 64)")
+            assert c.exec_driver_sql("SELECT count(*) FROM message_headers").scalar() == 2
+        downgrade(empty_database_url, "0018")
+        assert "message_headers" not in inspect(engine).get_table_names()
+        with engine.begin() as c:
+            _insert_blob(c, "5", b"z")
+    finally:
+        engine.dispose()

@@ -35,7 +35,7 @@ from postroom.mime.fulltext import MessageText
 from postroom.store import fts, learning, mailboxes, messages, vanished
 from postroom.store.errors import AlreadyExists, NotFound, OverQuota, TooManyKeywords
 from postroom.store.prepared import Prepared
-from postroom.store.search import SearchKey, search_where
+from postroom.store.search import SearchKey, search_plan, search_where
 
 
 @dataclass(frozen=True)
@@ -860,13 +860,29 @@ _ADD_KEYWORDS = Prepared("imap_add_keywords", (
 
 
 def search(s: Session, mailbox_id: int, key: SearchKey, max_uid: int) -> list[tuple[int, int]]:
-    where, params = search_where(key)
+    where, candidate, params = search_plan(key)
     params.update({"mbox": mailbox_id, "maxuid": max_uid})
-    rows = s.execute(text(
-        "SELECT e.uid, e.modseq FROM mailbox_entries e JOIN messages m ON m.id = e.message_id "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
-        f"WHERE e.mailbox_id = :mbox AND e.uid <= :maxuid AND ({where}) ORDER BY e.uid"),
-        params).all()
+    if candidate is None:
+        sql = ("SELECT e.uid, e.modseq FROM mailbox_entries e JOIN messages m "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
+               "ON m.id = e.message_id "
+               f"WHERE e.mailbox_id = :mbox AND e.uid <= :maxuid AND ({where}) ORDER BY e.uid")
+    else:
+        sql = _HEADER_SEARCH_SQL % (candidate, where)
+    rows = s.execute(text(sql), params).all()
     return [(int(r[0]), int(r[1])) for r in rows]
+
+
+# SEARCH with HEADER on an uncached field (docs/decisions/0025): the mailbox's entries
+# left-joined to the narrow header rows, the candidate test there (a blob without a row is
+# a candidate), then each candidate's message by its id; both OFFSET 0 keep the planner from
+# joining (and filtering) all of ``messages`` first. The full condition decides.
+_HEADER_SEARCH_SQL = """
+SELECT e.uid, e.modseq FROM (
+    SELECT e.* FROM mailbox_entries e LEFT JOIN message_headers h ON h.message_id = e.message_id
+    WHERE e.mailbox_id = :mbox AND e.uid <= :maxuid AND (%s) OFFSET 0) e
+CROSS JOIN LATERAL (SELECT * FROM messages m WHERE m.id = e.message_id OFFSET 0) m
+WHERE (%s) ORDER BY e.uid
+"""
 
 
 def copy(s: Session, user_id: int, mailbox_id: int, uids: Sequence[int], dest: str,

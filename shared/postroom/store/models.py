@@ -569,6 +569,20 @@ message_texts = Table(
     Index("ix_message_texts_words", "words", postgresql_using="gin"),
 )
 
+# --- each blob's header block, for SEARCH HEADER (migration 0019; postroom.store.search)
+
+# the blob up to its first empty line (or all of it), uncompressed; filled by a trigger on
+# messages at every insert (no code writes it); no row when the header passes 64 kB
+message_headers = Table(
+    "message_headers", Base.metadata,
+    Column("message_id", BigInteger, ForeignKey("messages.id", ondelete="CASCADE"),
+           primary_key=True),
+    Column("header", LargeBinary, nullable=False),
+    # no byte that encode(..., 'escape') rewrites (NUL, 8-bit, backslash): the escaped text is
+    # the bytes themselves (postroom.store.search relies on it for its raw-byte test)
+    Column("plain", Boolean, nullable=False),
+)
+
 # --- console and REST API access (migration 0013; postroom.store.webaccess)
 
 # which domains a (non-admin) account manages in the console and the REST API

@@ -155,6 +155,8 @@ GRANTS: dict[str, dict[str, tuple[str, ...]]] = {
         "messages": ("SELECT", "INSERT", "DELETE"),
         "spool_messages": _SPOOL_REFERENCES,
         "message_texts": ("SELECT", "INSERT"),
+        # SEARCH HEADER's pre-tests (0019; a trigger, as the owner, writes it)
+        "message_headers": ("SELECT",),
         # a COPY/MOVE into or out of Junk records its learning requests (never reads them)
         "learn_requests": ("INSERT",),
         # the certificate by ACME, loaded into the TLS listeners (migration 0017)

@@ -209,6 +209,8 @@ def caseless_run(data: bytes) -> bytes:
 
 
 _LETTERS = re.compile(rb"[A-Za-z]+")
+# the characters of encode(..., 'escape')'s sequences (\\ and \ooo)
+_ESCAPE_CHARS = re.compile(r"[\\0-7]")
 
 
 def _regex_literal(text: str) -> str:
@@ -257,6 +259,27 @@ class _Builder:
         # CASE: evaluated in this order, whatever the planner thinks the costs are
         return f"CASE WHEN {' AND '.join(tests)} THEN {exact} ELSE false END"
 
+    def header_candidate(self, name: str, value: str) -> str:
+        """A test over ``message_headers h`` true for every message ``raw_header`` can match.
+
+        ``h.header`` is the blob up to its first empty line, the text the second
+        pre-test reads, so that test is the same there. The raw-byte test reads
+        the header only (not the whole blob), which holds every real match, and
+        every match ``raw_header`` counts when the escaped needle has no
+        character of an escape sequence (backslash, octal digit), or the header
+        has no escaped byte (``h.plain``); otherwise the second test decides.
+        """
+        raw = value.encode("utf-8")
+        needle = escape_bytes(raw if raw else name.encode("utf-8"))
+        folded = f"strpos(lower(encode(h.header, 'escape')), lower({self.param(needle)})) > 0"
+        run = caseless_run(raw)
+        if len(run) < _MIN_RUN:
+            return folded
+        test = f"position({self.param(run)} IN h.header) > 0"
+        if _ESCAPE_CHARS.search(escape_bytes(raw)) is None:
+            return test
+        return f"CASE WHEN h.plain THEN {test} ELSE {folded} END"
+
     def build(self, key: SearchKey) -> str:
         if isinstance(key, SearchAll):
             return "TRUE"
@@ -302,6 +325,34 @@ class _Builder:
         if isinstance(key, SearchNot):
             return f"NOT ({self.build(key.key)})"
         raise ValueError(f"unknown search key {type(key).__name__}")
+
+
+def _raw_headers(key: SearchKey) -> Iterator[SearchHeader]:
+    """HEADER keys on fields MIME analysis does not keep that every match must satisfy."""
+    if isinstance(key, SearchHeader) and key.name not in SEARCH_FIELDS:
+        yield key
+    elif isinstance(key, SearchAnd):
+        for k in key.keys:
+            yield from _raw_headers(k)
+
+
+def search_plan(key: SearchKey) -> tuple[str, str | None, dict[str, Any]]:
+    """(condition, header candidate test or None, bound parameters) for one SEARCH.
+
+    The candidate test is over ``message_headers h`` (left-joined: ``h`` is
+    NULL for a blob without a header row, which must then pass) and is true
+    for every entry the condition can match; it is given when ``key`` requires
+    HEADER on a field not cached, so the statement tests the narrow header
+    rows first and reads ``messages`` for the candidates only
+    (docs/decisions/0025). The condition alone stays exact.
+    """
+    builder = _Builder()
+    where = builder.build(key)
+    headers = list(_raw_headers(key))
+    if not headers:
+        return where, None, builder.params
+    tests = " AND ".join(builder.header_candidate(k.name, k.value) for k in headers)
+    return where, f"h.message_id IS NULL OR ({tests})", builder.params
 
 
 def search_where(key: SearchKey) -> tuple[str, dict[str, Any]]:
