@@ -5,7 +5,8 @@ analysed message, copied in SQL with its X-Bench-Serial set; the 0019
 trigger makes each copy's header row), then runs the search statement of
 before 0019 (A: every entry joined to ``messages``) and of now (B:
 ``entries.search``, header rows first) in alternating blocks (A B B A ...),
-each on its own connection. Reported per statement: the PostgreSQL backend's
+each on its own connection, parallel query off (a parallel worker's CPU is
+not in the backend's /proc entry, and the workers come and go). Reported per statement: the PostgreSQL backend's
 CPU (utime+stime from /proc) and wall-clock, medians of the blocks; then the
 cost of the 0019 backfill over the same rows.
 
@@ -111,6 +112,8 @@ def main() -> None:
             fn = old if side == "A" else new
             with engine.connect() as conn:
                 pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+                # parallel workers' CPU is not the backend's: keep all of it in the backend
+                conn.execute(text("SET max_parallel_workers_per_gather = 0"))
                 answers[side] = fn(conn, box, key)  # untimed first run
                 cpu0, wall0 = cpu_ms(pid), time.perf_counter()
                 for _ in range(repeats):

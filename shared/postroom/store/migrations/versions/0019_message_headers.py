@@ -15,8 +15,11 @@ the table. A header longer than 64 kB gets no row: such blobs are searched
 the old way, as are blobs a backfill has not reached yet.
 
 The upgrade backfills existing blobs in batches of ids (``INSERT ... ON
-CONFLICT DO NOTHING``, so running it again is harmless); the cost per
-million messages is in docs/upgrades.md. The header is stored uncompressed
+CONFLICT DO NOTHING``, so running it again is harmless) before it creates
+the trigger, so deliveries go on meanwhile; CREATE TRIGGER then holds off
+writes to ``messages`` while the blobs stored during the backfill get their
+rows (one anti-join over ``messages``) until the upgrade commits. The cost
+per million messages is in docs/upgrades.md. The header is stored uncompressed
 (STORAGE EXTERNAL): the pre-tests read every row of a mailbox, and
 decompressing costs more than the bytes saved.
 """
@@ -71,6 +74,16 @@ $$
 """
 
 
+_CATCH_UP = """
+INSERT INTO message_headers (message_id, header, plain)
+SELECT id, head, octet_length(encode(head, 'escape')) = octet_length(head)
+FROM (SELECT m.id, message_header_prefix(m.blob) AS head FROM messages m
+      WHERE NOT EXISTS (SELECT 1 FROM message_headers h WHERE h.message_id = m.id)) b
+WHERE head IS NOT NULL
+ON CONFLICT (message_id) DO NOTHING
+"""
+
+
 def backfill(conn: sa.engine.Connection, batch: int = BATCH) -> int:
     """Give every blob without a header row its row, ``batch`` ids at a time; rows added."""
     added = 0
@@ -101,9 +114,13 @@ def upgrade() -> None:
     op.execute("ALTER TABLE message_headers ALTER COLUMN header SET STORAGE EXTERNAL")
     op.execute(_PREFIX_FUNCTION)
     op.execute(_TRIGGER_FUNCTION)
+    # the backfill first: it takes no lock that stops deliveries; CREATE TRIGGER stops writes
+    # to messages until the upgrade commits, so after it only the blobs stored meanwhile
+    # (no row yet: searched the old way until then) are added, by one anti-join
+    backfill(op.get_bind())
     op.execute("CREATE TRIGGER messages_fill_headers AFTER INSERT OR UPDATE OF blob ON messages "
                "FOR EACH ROW EXECUTE FUNCTION message_headers_fill()")
-    backfill(op.get_bind())
+    op.execute(_CATCH_UP)
 
 
 def downgrade() -> None:
