@@ -6,9 +6,10 @@ trigger makes each copy's header row), then runs the search statement of
 before 0019 (A: every entry joined to ``messages``) and of now (B:
 ``entries.search``, header rows first) in alternating blocks (A B B A ...),
 each on its own connection, parallel query off (a parallel worker's CPU is
-not in the backend's /proc entry, and the workers come and go). Reported per statement: the PostgreSQL backend's
-CPU (utime+stime from /proc) and wall-clock, medians of the blocks; then the
-cost of the 0019 backfill over the same rows.
+not in the backend's /proc entry, and the workers come and go). Reported per
+statement: the PostgreSQL backend's CPU (utime+stime from /proc) and
+wall-clock, medians of the blocks; then the cost of the 0019 backfill over
+the same rows.
 
     .venv/bin/python scripts/measure_search_header.py [N] [blocks] [repeats]
 """
@@ -27,13 +28,14 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from tests.support.db import create_test_database, drop_test_database  # noqa: E402
+from workloads.mailgen import message  # noqa: E402
+
 from postroom.mime import analyze  # noqa: E402
 from postroom.store import domains, entries, mailboxes, messages, users  # noqa: E402
 from postroom.store.db import Database  # noqa: E402
 from postroom.store.migrate import upgrade  # noqa: E402
 from postroom.store.search import SearchHeader, search_where  # noqa: E402
-from tests.support.db import create_test_database, drop_test_database  # noqa: E402
-from workloads.mailgen import message  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
 
@@ -68,9 +70,11 @@ def build(url: str, count: int) -> int:
             "FROM messages t, generate_series(1, :last) g"), {"last": count - 1})
         conn.execute(text(
             "INSERT INTO messages (sha256, size, blob, metadata) "
-            "SELECT encode(sha256(blob), 'hex'), octet_length(blob), blob, metadata FROM bench_new"))
+            "SELECT encode(sha256(blob), 'hex'), octet_length(blob), blob, metadata "
+            "FROM bench_new"))
         conn.execute(text(
-            "INSERT INTO mailbox_entries (mailbox_id, uid, message_id, flags, modseq, internaldate) "
+            "INSERT INTO mailbox_entries (mailbox_id, uid, message_id, flags, modseq, "
+            "internaldate) "
             "SELECT :box, b.n + 1, m.id, ARRAY['\\Seen'], b.n + 1, now() "
             "FROM bench_new b JOIN messages m ON m.sha256 = encode(sha256(b.blob), 'hex')"),
             {"box": box})
@@ -84,7 +88,7 @@ def old(conn, box: int, key: SearchHeader) -> list[int]:  # type: ignore[no-unty
     where, params = search_where(key)
     params.update({"mbox": box, "maxuid": 10**9})
     return [int(r[0]) for r in conn.execute(text(
-        "SELECT e.uid, e.modseq FROM mailbox_entries e JOIN messages m ON m.id = e.message_id "
+        "SELECT e.uid, e.modseq FROM mailbox_entries e JOIN messages m ON m.id = e.message_id "  # noqa: S608 -- constant SQL fragments; every value is a bound parameter
         f"WHERE e.mailbox_id = :mbox AND e.uid <= :maxuid AND ({where}) ORDER BY e.uid"),
         params)]
 
