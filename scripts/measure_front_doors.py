@@ -119,6 +119,60 @@ def smtp_source(port: int, messages: int, sessions: int) -> None:
                    check=True, timeout=900)
 
 
+def listen_overflows() -> int:
+    """The kernel's count of connections dropped because an accept queue was full."""
+    lines = Path("/proc/net/netstat").read_text().splitlines()
+    for names, values in zip(lines[::2], lines[1::2], strict=True):
+        if names.startswith("TcpExt:"):
+            table = dict(zip(names.split()[1:], values.split()[1:], strict=True))
+            return int(table["ListenOverflows"])
+    return 0
+
+
+async def _one_session(port: int, latencies: list[float]) -> None:
+    import asyncio
+    started = time.monotonic()
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+
+    async def reply() -> bytes:
+        while True:
+            line = await reader.readline()
+            if line[3:4] != b"-":
+                return line
+
+    await reply()
+    head = (f"From: <loadgen@src.test>\r\nTo: <u0@{DOMAIN}>\r\nSubject: burst\r\n"
+            f"Message-ID: <{time.monotonic_ns()}.{id(latencies)}@src.test>\r\n\r\n").encode()
+    for command in (b"EHLO burst.test", b"MAIL FROM:<loadgen@src.test>",
+                    f"RCPT TO:<u0@{DOMAIN}>".encode(), b"DATA"):
+        writer.write(command + b"\r\n")
+        await reply()
+    writer.write(head + (b"x" * 70 + b"\r\n") * 28 + b".\r\n")
+    answer = await reply()
+    latencies.append(time.monotonic() - started if answer.startswith(b"250") else float("inf"))
+    writer.write(b"QUIT\r\n")
+    await reply()
+    writer.close()
+
+
+def burst(port: int, sessions: int) -> dict[str, float]:
+    """``sessions`` clients connect at once, each sends one message: seconds from connect to
+    the 250, by percentile (a refused or failed one counts as infinite)."""
+    import asyncio
+
+    async def run() -> list[float]:
+        latencies: list[float] = []
+        results = await asyncio.gather(
+            *(asyncio.wait_for(_one_session(port, latencies), 60) for _ in range(sessions)),
+            return_exceptions=True)
+        latencies += [float("inf") for r in results if isinstance(r, BaseException)]
+        return sorted(latencies)
+
+    latencies = asyncio.run(run())
+    pick = lambda q: round(latencies[min(len(latencies) - 1, int(q * len(latencies)))], 3)  # noqa: E731
+    return {"p50_s": pick(0.5), "p90_s": pick(0.9), "p99_s": pick(0.99), "max_s": latencies[-1]}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", choices=("on", "off"), default="on")
@@ -126,6 +180,10 @@ def main() -> None:
     parser.add_argument("-m", type=int, default=2000, help="messages measured")
     parser.add_argument("-s", type=int, default=20, help="concurrent sessions")
     parser.add_argument("--warmup", type=int, default=200)
+    parser.add_argument("--burst", type=int, default=0,
+                        help="instead of smtp-source: this many sessions at once, latencies")
+    parser.add_argument("--rounds", type=int, default=3, help="bursts, with --burst")
+    parser.add_argument("--env", action="append", default=[], help="K=V for the mta")
     parser.add_argument("--processes", type=int, default=2, help="mta processes")
     parser.add_argument("--profile", type=Path, help="py-spy --gil flame SVGs into this directory")
     args = parser.parse_args()
@@ -169,6 +227,7 @@ def main() -> None:
                    "POSTROOM_DMARC_URL": f"http://127.0.0.1:{dmarc_port}",
                    # the shipped default on this 2-core machine (docs/decisions/0017)
                    "POSTROOM_PROCESSES": str(args.processes)}
+        mta_env.update(item.split("=", 1) for item in args.env)
         if args.mode == "off":
             mta_env["POSTROOM_SPOOL_GROUP_COMMIT"] = "1"
         mta = start("mta", mta_env, args.code, work / "mta.log")
@@ -176,6 +235,16 @@ def main() -> None:
         wait_healthy(dmarc_http, dmarc)
         wait_healthy(mta_http, mta)
         smtp_source(mta_port, args.warmup, args.s)
+        if args.burst:
+            rounds = []
+            for _ in range(args.rounds):
+                overflows = listen_overflows()
+                rounds.append({**burst(mta_port, args.burst),
+                               "listen_overflows": listen_overflows() - overflows})
+                time.sleep(1.0)
+            print(json.dumps({"env": args.env, "code": str(args.code), "burst": args.burst,
+                              "rounds": rounds}))
+            return
         spies = []
         if args.profile is not None:
             args.profile.mkdir(parents=True, exist_ok=True)
