@@ -113,8 +113,11 @@ def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 90) -> None
     raise TimeoutError("not healthy")
 
 
+SIZE = 2048
+
+
 def smtp_source(port: int, messages: int, sessions: int) -> None:
-    subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", "2048",
+    subprocess.run(["smtp-source", "-s", str(sessions), "-m", str(messages), "-l", str(SIZE),
                     "-f", "loadgen@src.test", "-t", f"u0@{DOMAIN}", f"127.0.0.1:{port}"],
                    check=True, timeout=900)
 
@@ -186,7 +189,10 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], help="K=V for the mta")
     parser.add_argument("--processes", type=int, default=2, help="mta processes")
     parser.add_argument("--profile", type=Path, help="py-spy --gil flame SVGs into this directory")
+    parser.add_argument("-l", type=int, default=2048, help="message size, bytes")
     args = parser.parse_args()
+    global SIZE
+    SIZE = args.l
 
     from postroom.auth.passwords import hash_password
     from postroom.store import domains, users
@@ -287,7 +293,7 @@ def main() -> None:
         pg_cpu = sum(v - pg0.get(pid, 0.0) for pid, v in pg1.items())
         result = {
             "mode": args.mode if args.code is None else f"code:{args.code}",
-            "sessions": args.s, "messages": args.m, "warmup": args.warmup,
+            "sessions": args.s, "messages": args.m, "size": args.l, "warmup": args.warmup,
             "spooled": spooled,
             "mta_cpu_ms_per_msg": round((cpu1 - cpu0) * 1000 / args.m, 3),
             "dmarc_cpu_ms_per_msg": round((dcpu1 - dcpu0) * 1000 / args.m, 3),
