@@ -237,6 +237,8 @@ class Submitter:
         # the domain's keys from the key cache when it has them (postroom.mailauth.keycache)
         cached = self.key_cache.get(signing_domain) if signing_domain else None
         generation = self.key_cache.generation
+        refused: list[str]
+        keys: list[lookups.SigningKey]
         if cached is not None and all(lookups.owns_trivially(user.address, a)
                                       for a in claimed):
             # the account's own address and keys already known: nothing to ask the store,
