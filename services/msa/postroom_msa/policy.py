@@ -31,6 +31,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
+from postroom.auth import logincheck
 from postroom.auth.authcache import AuthCache
 from postroom.auth.ratelimit import LoginLocked, LoginRateLimiter, RateLimitUnavailable, admit
 from postroom.auth.sasl import (
@@ -142,9 +143,9 @@ class MSAPolicy(BasePolicy):
             user = self.auth_cache.get(account, credentials.password)
             if user is None:
                 # the main password, or an app password allowed for submission
-                login = await self.database.run(apppasswords.authenticate, account,
-                                                credentials.password, protocol="submission",
-                                                peer=session.peer_ip)
+                login = await logincheck.authenticate(self.database, account,
+                                                   credentials.password, protocol="submission",
+                                                   peer=session.peer_ip)
                 user, refusal = login.user, login.refusal
                 if self.credentials is not None and login.credential is not None:
                     self.credentials.labels(credential=login.credential).inc()

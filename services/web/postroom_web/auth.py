@@ -23,6 +23,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
+from postroom.auth import logincheck
 from postroom.auth.ratelimit import LoginLocked, LoginRateLimiter, RateLimitUnavailable, admit
 from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import get_logger
@@ -151,7 +152,8 @@ class Logins:
             raise LoginRefused(401, "Wrong address or password.")
         await self.admit(client, address)
         try:
-            info = await self.database.run(users.authenticate, address, password)
+            info = (await logincheck.authenticate(self.database, address, password,
+                                                   protocol=None)).user
         except Exception as exc:  # noqa: BLE001 -- answered as a temporary failure, logged
             log.warning("login lookup failed", error=str(exc)[:200])
             raise LoginRefused(503, "Logins are temporarily unavailable; "
