@@ -23,11 +23,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import free_port, progress, raise_nofile
-from imap_clients_ab import _archive, _ticks
-from postroom_suite import PASSWORD, REPO, PostroomSuite, Service
-
 import cpu
+from common import REPO, free_port, progress, raise_nofile
+from imap_clients_ab import _archive, _ticks
+from postroom_suite import PASSWORD, PostroomSuite, Service
 
 
 def _steady(port: int, user: str, stop: threading.Event, ready: threading.Barrier,
@@ -53,7 +52,7 @@ def _first_login(port: int, user: str, go: threading.Event, errors: list[str]) -
         go.wait()
         client.login(user, PASSWORD)
         client.logout()
-    except Exception as exc:  # noqa: BLE001 -- counted
+    except Exception as exc:
         errors.append(str(exc)[:80])
 
 

@@ -2,8 +2,8 @@
 
 The login goes the way every password login of Postroom goes (IMAP, POP3, SMTP
 AUTH): the shared failed-login limiter first (its delay on the reactor's clock,
-Redis away: a temporary failure), then ``users.authenticate`` in the `db` pool
-(which rehashes an old hash), then the failure is counted or the pair's counter
+Redis away: a temporary failure), then ``postroom.auth.logincheck.authenticate``
+(the hash checked off the `db` pool, an old hash rehashed; decision 0027), then the failure is counted or the pair's counter
 cleared. Only then is a console session made.
 
 An account with two-factor login on gets no session for its password: it gets a
@@ -29,7 +29,7 @@ from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, auth_failures_total
 from postroom.secretbox import Keyring
-from postroom.store import totp, users, webaccess
+from postroom.store import totp, webaccess
 from postroom.store.db import Database, StoreSession
 from postroom.store.webaccess import Principal
 
