@@ -35,6 +35,7 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
@@ -304,7 +305,7 @@ def read_login(session: Session, address: str, password: str, *,
             .outerjoin(app_passwords, (app_passwords.c.user_id == user.id)
                        & (app_passwords.c.lookup == letters[:GROUP_LETTERS])
                        & app_passwords.c.revoked_at.is_(None))
-    row = session.execute(query.where(user.address == normal)).first()
+    row: Any = session.execute(query.where(user.address == normal)).first()
     if row is None:
         return LoginRead(None)
     info = users.UserInfo(id=row[0], address=row[1], localpart=row[2], domain=row[3],
