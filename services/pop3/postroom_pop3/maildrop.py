@@ -105,8 +105,9 @@ class StoreAuthority:
             except LoginLocked:
                 raise LoginDelayed() from None
         try:
-            # scrypt runs here, in the db pool: never on the reactor thread; the main password,
-            # or an app password allowed for POP3 (the only way in with two-factor login on)
+            # scrypt runs on the hash pool, outside any transaction (decision 0027); the main
+            # password, or an app password allowed for POP3 (the only way in with two-factor
+            # login on)
             login = await logincheck.authenticate(self.database, username, password,
                                                protocol="pop3", peer=peer)
         except DatabaseError as exc:
