@@ -3,8 +3,8 @@
 The login goes the way every password login of Postroom goes (IMAP, POP3, SMTP
 AUTH): the shared failed-login limiter first (its delay on the reactor's clock,
 Redis away: a temporary failure), then ``postroom.auth.logincheck.authenticate``
-(the hash checked off the `db` pool, an old hash rehashed; decision 0027), then the failure is counted or the pair's counter
-cleared. Only then is a console session made.
+(the hash checked off the `db` pool, an old hash rehashed; decision 0027), then
+the failure is counted or the pair's counter cleared. Only then is a console session made.
 
 An account with two-factor login on gets no session for its password: it gets a
 *pending* login (a random token in a short-lived cookie, known only to this
