@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from postroom.auth import logincheck
 from postroom.auth.authcache import AuthCache, SharedLogins
 from postroom.auth.ratelimit import LoginLocked, LoginRateLimiter, RateLimitUnavailable, admit
 from postroom.auth.sasl import ScramSecrets
@@ -178,8 +179,8 @@ class StoreAccounts:
         if info is None:
             try:
                 # the main password, or an app password allowed for IMAP (two-factor accounts)
-                login = await self.database.run(apppasswords.authenticate, username, password,
-                                                protocol="imap", peer=peer)
+                login = await logincheck.authenticate(self.database, username, password,
+                                                   protocol="imap", peer=peer)
             except Exception as exc:  # noqa: BLE001 -- any failure is logged and answered, never raised to the peer
                 log.warning("login lookup failed", error=str(exc))
                 raise Unavailable() from None
