@@ -175,7 +175,8 @@ class Submitter:
         # spool rows of messages finishing together: one transaction (docs/decisions/0018)
         self.spooler: GroupCommit[int, lookups.Spooled, AfterCommit] = GroupCommit(
             database, lookups.spool_submission, self._publish, max_messages=group_commit,
-            max_bytes=group_commit_bytes, metrics=metrics, crash_file=crash_file)
+            max_bytes=group_commit_bytes, metrics=metrics, crash_file=crash_file,
+            batch=lookups.spool_submissions)
         self.keyring = keyring if keyring is not None else Keyring()
         self.enqueuer = enqueuer
         self.limits = limits
