@@ -1,4 +1,4 @@
-"""IMAP CPU per command on a small mailbox, Postroom only, two code versions side by side (issue 23).
+"""IMAP CPU per command on a small mailbox, Postroom only, two code versions side by side.
 
 One connection per client (LOGIN and SELECT INBOX untimed), then blocks of ``--count`` of the
 same command: SELECT INBOX, FETCH 1:20 of the mix's header fields, FETCH n BODY.PEEK[],

@@ -8,6 +8,7 @@ from collections.abc import Iterable
 
 from postroom.mime.model import MessageMeta, Part
 
+
 def find_part(meta: MessageMeta, path: Iterable[int]) -> Part | None:
     """The part at a section path (RFC 3501 6.4.5); ``()`` is the message itself."""
     node = meta.body
