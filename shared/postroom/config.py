@@ -738,6 +738,12 @@ class Settings:
         "Open TCP listeners with SO_REUSEPORT so several replicas of one service on one host "
         "share a port (the kernel spreads connections between them). Per-address connection "
         "limits then count per replica. Off: a second process on the same port fails to start.")
+    listen_backlog: int = setting(
+        _positive_int, "1024",
+        "Backlog of a TCP listener whose endpoint names none (`tcp:25:backlog=N` overrides it): "
+        "connections the kernel completes before the service accepts them, capped by "
+        "net.core.somaxconn. Twisted's default of 50 drops the SYNs of a burst of clients, "
+        "who retry after 1 s and 3 s.")
     processes: str = setting(
         parse_processes, "",
         "Processes of this service that `postroom serve` runs, sharing its ports with "

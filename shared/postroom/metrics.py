@@ -228,6 +228,7 @@ class SessionMetrics:
         self.mechanisms = frozenset(c.upper() for c in mechanisms)
         # labelled children by verb: a command costs a dict lookup and an increment
         self._commands: dict[str | bytes, Any] = {}
+        self._listeners: dict[str, tuple[Any, Any]] = {}
         if metrics is not None:
             # declared now, so /metrics names them before the first connection
             for declare in (connections_total, connections_open, commands_total,
@@ -236,12 +237,24 @@ class SessionMetrics:
 
     def opened(self, listener: str) -> None:
         if self.metrics is not None:
-            connections_total(self.metrics).labels(listener=listener).inc()
-            connections_open(self.metrics).labels(listener=listener).inc()
+            total, open_ = self._connections(listener)
+            total.inc()
+            open_.inc()
 
     def closed(self, listener: str) -> None:
         if self.metrics is not None:
-            connections_open(self.metrics).labels(listener=listener).dec()
+            self._connections(listener)[1].dec()
+
+    def _connections(self, listener: str) -> tuple[Any, Any]:
+        """The labelled children of connections_total and _open: looked up once per listener
+        (a connection is a message on port 25: smtp-source and most MTAs send one a session)."""
+        children = self._listeners.get(listener)
+        if children is None:
+            assert self.metrics is not None
+            children = (connections_total(self.metrics).labels(listener=listener),
+                        connections_open(self.metrics).labels(listener=listener))
+            self._listeners[listener] = children  # listener names are the wiring's constants
+        return children
 
     def command(self, verb: str | bytes) -> None:
         if self.metrics is None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import gc
 import importlib
 import os
+import re
 import signal
 import socket
 import sys
@@ -139,6 +140,9 @@ def _describe_port(port: Any) -> str:
     return str(getattr(host, "name", host))
 
 
+_BACKLOG_GIVEN = re.compile(r"(^|:)backlog=", re.IGNORECASE)
+
+
 class _SharedPort(tcp.Port):
     """A TCP listening port with SO_REUSEPORT: replicas of a service on one host share it."""
 
@@ -225,6 +229,11 @@ class ServiceContext:
                 factory, self.settings.proxy_trusted, clock=self.reactor,
                 metrics=self.metrics, listener=endpoint)
         server = serverFromString(self.reactor, inner)
+        if isinstance(server, TCP4ServerEndpoint | TCP6ServerEndpoint) \
+                and not _BACKLOG_GIVEN.search(inner):
+            # Twisted's default backlog (50) overflows under a burst of connections: the kernel
+            # drops the SYNs and each client waits 1 s (then 3 s) to retry
+            server._backlog = self.settings.listen_backlog
         d: Deferred[IListeningPort]
         if self.settings.reuse_port and isinstance(server, TCP4ServerEndpoint | TCP6ServerEndpoint):
             d = defer.maybeDeferred(_listen_shared, self.reactor, server, factory)

@@ -86,3 +86,21 @@ def test_malformed_json_is_400(dmarc):
 def test_missing_message_is_400(dmarc):
     status, body = post(dmarc, json.dumps({"client_ip": "192.0.2.1"}).encode())
     assert status == 400 and "message_b64" in body["error"]
+
+
+def raw_body(message: bytes, ip: str, mail_from: str = "b@other.net") -> bytes:
+    return json.dumps({"client_ip": ip, "helo": "mail.other.net", "mail_from": mail_from,
+                       "recipients": ["bob@receiver.test"], "queue_id": "Q1"}).encode() \
+        + b"\n" + message
+
+
+def test_raw_check_gives_the_json_checks_verdict(dmarc):
+    signed = dkimsign.sign(MESSAGE, "example.com", "sel", PRIVATE, "ed25519-sha256") + MESSAGE
+    status, verdict = post(dmarc + "-raw", raw_body(signed, "198.51.100.1"))
+    assert (status, verdict) == post(dmarc, check_body(signed, "198.51.100.1"))
+    assert (verdict["dmarc"]["result"], verdict["disposition"]) == ("pass", "inbox")
+
+
+def test_raw_check_without_an_envelope_line_is_400(dmarc):
+    status, body = post(dmarc + "-raw", b'{"client_ip": "192.0.2.1"}')
+    assert (status, body) == (400, {"error": "no line break after the envelope"})

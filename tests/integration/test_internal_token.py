@@ -107,6 +107,13 @@ def test_check_without_the_right_token_answers_401(guarded, token):
     assert json.loads(body) == {"error": "unauthorized"}
 
 
+@pytest.mark.parametrize("token", [None, "wrong-token"])
+def test_raw_check_without_the_right_token_answers_401(guarded, token):
+    status, _headers, body = request(guarded.url + "/v1/check-raw", token=token,
+                                     body=b'{"client_ip": "192.0.2.1"}\nFrom: a@b.c\r\n\r\n')
+    assert (status, json.loads(body)) == (401, {"error": "unauthorized"})
+
+
 def test_check_with_the_token_answers_a_verdict(guarded, dns_server):
     status, _, body = request(guarded.url + "/v1/check", token=TOKEN, body=check_body())
     assert status == 200

@@ -269,3 +269,46 @@ def test_run_read_retries_a_read_on_a_dead_connection(database_url, clean_db):
         assert len(calls) == 2
     finally:
         db.stop()
+
+
+def test_run_core_then_is_one_transaction_without_an_orm_session(runner):
+    from sqlalchemy.orm import Session
+
+    def work(session):
+        assert not isinstance(session, Session)  # no Session made and closed per call
+        session.execute(text("CREATE TEMP TABLE IF NOT EXISTS core_probe (x int)"))
+        session.execute(text("INSERT INTO core_probe VALUES (1)"))
+        # both statements in one open transaction
+        return session.execute(text("SELECT txid_current_if_assigned()")).scalar()
+
+    txid, then = wait(runner.run_core_then(work, lambda txid: ("after", txid)))
+    assert txid is not None and then == ("after", txid)
+
+
+def test_run_core_then_rolls_back_when_the_work_raises(runner):
+    runner.run_sync(lambda s: s.execute(text("CREATE TABLE core_rollback (x int)")))
+
+    def broken(session):
+        session.execute(text("INSERT INTO core_rollback VALUES (1)"))
+        session.execute(text("SELECT 1/0"))
+
+    then_calls = []
+    result = wait(runner.run_core_then(broken, then_calls.append))
+    assert isinstance(result, Failure)
+    assert then_calls == []
+    assert runner.run_sync(lambda s: s.execute(
+        text("SELECT count(*) FROM core_rollback")).scalar()) == 0
+
+
+def test_run_core_then_retries_on_a_dead_connection(database_url, clean_db):
+    db = Database(database_url, pool_size=1, reactor=CallingReactor())
+    db.start()
+    try:
+        first, _ = wait(db.run_core_then(_backend_pid, lambda pid: None))
+        _terminate(database_url, first)
+        calls = []
+        second, _ = wait(db.run_core_then(_counting(_backend_pid, calls), lambda pid: None))
+        assert isinstance(second, int) and second != first
+        assert len(calls) == 2
+    finally:
+        db.stop()

@@ -7,7 +7,13 @@ import json
 
 import pytest
 
-from postroom_dmarc.api import BadRequest, parse_check, tempfail_verdict
+from postroom_dmarc.api import (
+    MAX_RECIPIENTS,
+    BadRequest,
+    parse_check,
+    parse_raw_check,
+    tempfail_verdict,
+)
 
 
 def _body(**fields) -> bytes:
@@ -47,3 +53,35 @@ def test_tempfail_verdict_never_rejects():
     verdict = tempfail_verdict(parse_check(_body()), "mx.example.net", "too slow")
     assert verdict["disposition"] == "tempfail"
     assert verdict["authentication_results"].startswith("mx.example.net;")
+
+
+def _raw(message: bytes = b"From: a@x.y\r\n\r\nbody\r\n", **fields) -> bytes:
+    data = {"client_ip": "192.0.2.1", "helo": "h.example", "mail_from": "a@example.com",
+            "recipients": ["b@example.net"], "queue_id": "Q1"}
+    data.update(fields)
+    return json.dumps({k: v for k, v in data.items() if v is not None}).encode() + b"\n" + message
+
+
+def test_raw_body_is_the_envelope_line_then_the_message_as_is():
+    message = b"From: a@x.y\r\nSubject: {\"x\": 1}\n\r\n\r\nbody\x00\xff\r\n.\r\n"
+    check = parse_raw_check(_raw(message, mail_from="line\nbreak@example.com"))
+    assert (check.client_ip, check.recipients, check.queue_id) == (
+        "192.0.2.1", ("b@example.net",), "Q1")
+    assert check.message == message
+    assert check.mail_from == "line\nbreak@example.com"  # escaped in the JSON line
+
+
+def test_raw_and_json_bodies_give_the_same_request():
+    assert parse_raw_check(_raw(b"From: a@x.y\r\n\r\n")) == parse_check(_body(queue_id="Q1"))
+
+
+@pytest.mark.parametrize(("body", "error"), [
+    (b'{"client_ip": "192.0.2.1"}', "no line break after the envelope"),
+    (b"not json\nFrom: a@x.y\r\n", "body is not JSON"),
+    (b"[1]\nFrom: a@x.y\r\n", "body must be a JSON object"),
+    (_raw(client_ip=None), "client_ip must be a string"),
+    (_raw(recipients=["x"] * (MAX_RECIPIENTS + 1)), "recipients must be a list of strings"),
+])
+def test_bad_raw_bodies_are_named(body, error):
+    with pytest.raises(BadRequest, match=error):
+        parse_raw_check(body)

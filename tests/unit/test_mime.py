@@ -236,3 +236,54 @@ def test_lf_only_messages_get_offsets_in_their_own_bytes():
     raw = b"Content-Type: multipart/mixed; boundary=q\n\n--q\n\nab\n--q--\n"
     meta = analyze(raw)
     assert sliced(raw, meta, (1,)) == b"ab"
+
+
+def _filter_by_regex(header, names, exclude=False):
+    """The filter as it was written before issue 23 (one regex match a line): the reference."""
+    import re
+    start = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
+    wanted = {n.lower().encode("ascii", "replace") for n in names}
+    out, keep = [], False
+    for line in header.splitlines(keepends=True):
+        if line in (b"\r\n", b"\n"):
+            break
+        if line[:1] in (b" ", b"\t"):
+            if keep:
+                out.append(line)
+            continue
+        match = start.match(line)
+        name = match.group(1).lower() if match else b""
+        keep = (name in wanted) != exclude and bool(match)
+        if keep:
+            out.append(line if line.endswith(b"\n") else line + b"\r\n")
+    out.append(b"\r\n")
+    return b"".join(out)
+
+
+def test_header_fields_filter_agrees_with_the_field_name_grammar_on_odd_lines():
+    header = (b"Subject : spaced before the colon\r\n"
+              b"X Bad: a space inside the name\r\n"
+              b": no name\r\n"
+              b"no colon at all\r\n"
+              b"\tcontinuation of a line that is no field\r\n"
+              b"SUBJECT:\tupper case, tab\r\n"
+              b"Sub\tject: tab inside\r\n"
+              b"X-\x7fDel: control in the name\r\n"
+              b"Subject: last, no line end")
+    names = [["subject"], ["X Bad"], ["x bad", "SUBJECT", "x-\x7fdel"], [""], []]
+    for wanted in names:
+        for exclude in (False, True):
+            assert filter_header_fields(header, wanted, exclude=exclude) == \
+                _filter_by_regex(header, wanted, exclude=exclude), (wanted, exclude)
+
+
+def test_header_fields_filter_agrees_with_the_grammar_on_random_headers():
+    import random
+    rng = random.Random(23)
+    alphabet = b"Ab:- \t\r\n\x7f\x00z"
+    for _ in range(3000):
+        header = bytes(rng.choice(alphabet) for _ in range(rng.randint(0, 40)))
+        wanted = rng.choice([["ab"], ["A b", "z"], ["-"], ["b\t"]])
+        exclude = rng.random() < 0.5
+        assert filter_header_fields(header, wanted, exclude=exclude) == \
+            _filter_by_regex(header, wanted, exclude=exclude), (header, wanted, exclude)

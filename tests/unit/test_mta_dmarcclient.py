@@ -6,6 +6,7 @@ drive its connection state machine byte by byte with a fake endpoint and clock.
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
@@ -69,12 +70,44 @@ def test_request_is_a_post_with_length_host_and_token_and_no_content_type():
     data = ep.connections[0][1].value()
     head, _, body = data.partition(b"\r\n\r\n")
     lines = head.split(b"\r\n")
-    assert lines[0] == b"POST /v1/check HTTP/1.1"
+    assert lines[0] == b"POST /v1/check-raw HTTP/1.1"
     assert b"Host: dmarc.internal:8025" in lines
     assert b"Authorization: Bearer s3cret" in lines
     assert f"Content-Length: {len(body)}".encode() in lines
     assert not any(line.lower().startswith(b"content-type") for line in lines)
-    assert json.loads(body)["queue_id"] == "Q1"
+    envelope, _, message = body.partition(b"\n")
+    assert json.loads(envelope) == {"client_ip": "192.0.2.1", "helo": "h.example",
+                                    "mail_from": "a@example.com",
+                                    "recipients": ["u@bench.test"], "queue_id": "Q1"}
+    assert message == b"Subject: x\r\n\r\nbody\r\n"
+
+
+def not_found() -> bytes:
+    return b"HTTP/1.1 404 Not Found\r\nContent-Length: 2\r\n\r\n{}"
+
+
+def test_a_service_without_the_raw_endpoint_is_asked_with_json_from_then_on():
+    c, ep, _ = client()
+    result = check(c)
+    proto, transport = ep.connections[0]
+    transport.clear()
+    proto.dataReceived(not_found())
+    head, _, body = transport.value().partition(b"\r\n\r\n")
+    assert head.startswith(b"POST /v1/check HTTP/1.1\r\n")
+    assert base64.b64decode(json.loads(body)["message_b64"]) == b"Subject: x\r\n\r\nbody\r\n"
+    proto.dataReceived(ok())
+    assert result[0].disposition == "inbox" and not result[0].unavailable
+    transport.clear()
+    check(c)
+    assert transport.value().startswith(b"POST /v1/check HTTP/1.1\r\n")
+
+
+def test_a_404_of_the_json_endpoint_is_a_tempfail():
+    c, ep, _ = client()
+    c.raw = False
+    result = check(c)
+    ep.connections[0][0].dataReceived(not_found())
+    assert result[0].disposition == "tempfail" and result[0].unavailable
 
 
 def test_answer_in_pieces_gives_the_verdict_and_the_connection_is_reused():

@@ -12,9 +12,11 @@ import secrets
 from datetime import UTC, datetime
 from typing import Any
 
+import pytest
 import redis
 from twisted.internet.defer import Deferred, maybeDeferred
 
+from postroom.auth import logincheck
 from postroom.auth.authcache import AuthCache, SharedLogins
 from postroom.queue import loginshare
 from postroom.runtime import GROUP_KEY, group_key
@@ -137,17 +139,25 @@ def test_the_group_key_is_read_only_when_well_formed() -> None:
 # --- the IMAP login path: two workers of one group, one scrypt check between them
 
 class CountingDatabase:
-    """``Database.run`` for apppasswords.authenticate: counts the real checks."""
+    """The database of ``logincheck.authenticate`` (patched below): counts the real checks."""
 
     def __init__(self, password: str) -> None:
         self.password = password
         self.checks = 0
 
-    def run(self, fn: Any, username: str, password: str, **_: Any) -> Deferred[Any]:
-        assert fn is apppasswords.authenticate
+    def authenticate(self, username: str, password: str) -> apppasswords.Login:
         self.checks += 1
         ok = username.lower() == INFO.address and password == self.password
-        return maybeDeferred(lambda: apppasswords.Login(INFO if ok else None))
+        return apppasswords.Login(INFO if ok else None)
+
+
+@pytest.fixture(autouse=True)
+def _counted_checks(monkeypatch: pytest.MonkeyPatch) -> None:
+    async def check(database: CountingDatabase, username: str, password: str,
+                    **_: Any) -> apppasswords.Login:
+        return database.authenticate(username, password)
+
+    monkeypatch.setattr(logincheck, "authenticate", check)
 
 
 class InlineAccounts(StoreAccounts):

@@ -1,5 +1,8 @@
 """The internal HTTP API: ``POST /v1/check`` (JSON in, verdict JSON out) on twisted.web.
 
+``POST /v1/check-raw`` is the same check with the message as raw bytes after a
+one-line JSON envelope (what the mta sends: no base64 on either side).
+
 A check whose DNS answers are all in the resolver's cache is answered at once
 on the reactor thread (:class:`postroom_dmarc.verdict.PendingCheck`): no
 lookup, so nothing blocks, and no thread hand-off costs more than the check.
@@ -30,6 +33,7 @@ import base64
 import binascii
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 from prometheus_client import Counter
@@ -58,14 +62,43 @@ class BadRequest(ValueError):
 
 
 def parse_check(body: bytes) -> CheckRequest:
-    """A CheckRequest from the JSON body (see docs/dmarc-api.md)."""
+    """A CheckRequest from the JSON body of ``/v1/check`` (see docs/dmarc-api.md)."""
+    data = _json_object(body)
+    value = data.get("message_b64")
+    if not isinstance(value, str):
+        raise BadRequest("message_b64 must be a string")
+    try:
+        message = base64.b64decode(value, validate=True)
+    except binascii.Error as exc:
+        raise BadRequest("message_b64 is not base64") from exc
+    return _check_request(data, message)
+
+
+def parse_raw_check(body: bytes) -> CheckRequest:
+    """A CheckRequest from the body of ``/v1/check-raw``: the envelope as one line of JSON
+    (the fields of ``/v1/check`` but ``message_b64``), LF, then the message's own bytes.
+
+    JSON as ``json.dumps`` writes it has no raw line break, so the first LF ends the
+    envelope; the message after it is taken as is (no base64 to encode, escape, parse
+    and decode on either side). The whole body is bounded as ``/v1/check``'s is.
+    """
+    end = body.find(b"\n")
+    if end < 0:
+        raise BadRequest("no line break after the envelope")
+    return _check_request(_json_object(body[:end]), body[end + 1:])
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
     try:
         data = json.loads(body)
     except (ValueError, UnicodeDecodeError) as exc:
         raise BadRequest("body is not JSON") from exc
     if not isinstance(data, dict):
         raise BadRequest("body must be a JSON object")
+    return data
 
+
+def _check_request(data: dict[str, Any], message: bytes) -> CheckRequest:
     def text(name: str, required: bool = True) -> str:
         value = data.get(name, None if required else "")
         if not isinstance(value, str):
@@ -76,10 +109,6 @@ def parse_check(body: bytes) -> CheckRequest:
     if not isinstance(recipients, list) or not all(isinstance(r, str) for r in recipients) \
             or len(recipients) > MAX_RECIPIENTS:
         raise BadRequest("recipients must be a list of strings")
-    try:
-        message = base64.b64decode(text("message_b64"), validate=True)
-    except binascii.Error as exc:
-        raise BadRequest("message_b64 is not base64") from exc
     queue_id = data.get("queue_id")
     return CheckRequest(client_ip=text("client_ip"), helo=text("helo", False),
                         mail_from=text("mail_from", False), recipients=tuple(recipients),
@@ -150,6 +179,11 @@ class CheckResource(resource.Resource):
         self.semaphore = defer.DeferredSemaphore(max_inflight)
 
     def render_POST(self, request: server.Request) -> Any:
+        return self.render_check(request, parse_check)
+
+    def render_check(self, request: server.Request,
+                     parse: Callable[[bytes], CheckRequest]) -> Any:
+        """Answer a check whose body ``parse`` reads (``/v1/check`` or ``/v1/check-raw``)."""
         if not authorized(request, self.token):
             return _json(request, 401, {"error": "unauthorized"})
         if getattr(request, "too_large", False):
@@ -157,7 +191,7 @@ class CheckResource(resource.Resource):
         assert request.content is not None
         request.content.seek(0)
         try:
-            check = parse_check(request.content.read())
+            check = parse(request.content.read())
         except BadRequest as exc:
             return _json(request, 400, {"error": str(exc)})
         pending = PendingCheck(check, self.resolver, self.options)
@@ -246,6 +280,23 @@ class CheckResource(resource.Resource):
         return _json(request, 405, {"error": "use POST"})
 
 
+class RawCheckResource(resource.Resource):
+    """``/v1/check-raw``: the check of ``/v1/check`` with the message as raw bytes
+    (:func:`parse_raw_check`), the verdict the same."""
+
+    isLeaf = True
+
+    def __init__(self, check: CheckResource) -> None:
+        super().__init__()
+        self.check = check
+
+    def render_POST(self, request: server.Request) -> Any:
+        return self.check.render_check(request, parse_raw_check)
+
+    def render_GET(self, request: server.Request) -> bytes:
+        return self.check.render_GET(request)
+
+
 def _json(request: server.Request, code: int, body: dict[str, Any]) -> bytes:
     request.setResponseCode(code)
     request.setHeader(b"content-type", b"application/json")
@@ -275,6 +326,7 @@ def build_site(check: CheckResource, max_body: int) -> server.Site:
     v1: Any = resource.Resource()  # zope interfaces are invisible to mypy
     root.putChild(b"v1", v1)
     v1.putChild(b"check", check)
+    v1.putChild(b"check-raw", RawCheckResource(check))
 
     class Request(BoundedRequest):
         pass

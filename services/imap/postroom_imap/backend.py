@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from postroom.auth import logincheck
 from postroom.auth.authcache import AuthCache, SharedLogins
 from postroom.auth.ratelimit import LoginLocked, LoginRateLimiter, RateLimitUnavailable, admit
 from postroom.auth.sasl import ScramSecrets
@@ -178,8 +179,8 @@ class StoreAccounts:
         if info is None:
             try:
                 # the main password, or an app password allowed for IMAP (two-factor accounts)
-                login = await self.database.run(apppasswords.authenticate, username, password,
-                                                protocol="imap", peer=peer)
+                login = await logincheck.authenticate(self.database, username, password,
+                                                   protocol="imap", peer=peer)
             except Exception as exc:  # noqa: BLE001 -- any failure is logged and answered, never raised to the peer
                 log.warning("login lookup failed", error=str(exc))
                 raise Unavailable() from None
@@ -326,7 +327,7 @@ class UserStoreImpl:
 
     def _db_publishing(self, fn: Callable[..., Any],
                        event: Callable[[Any], tuple[int, str, int | None] | None],
-                       *args: Any) -> Deferred[Any]:
+                       *args: Any, core: bool = False) -> Deferred[Any]:
         """``fn`` in one transaction, then its change event published from the same thread.
 
         After the COMMIT, the pool thread first hands the result to the reactor
@@ -334,7 +335,10 @@ class UserStoreImpl:
         None: nothing changed): the reactor runs calls from threads in order,
         so this session absorbs its own change before the event can come back
         to it through the listener, and no thread hop is spent on the PUBLISH.
-        A failed publish is logged; the event was only a signal.
+        A failed publish is logged; the event was only a signal. With ``core``
+        the transaction runs on a Connection without an ORM Session
+        (``Database.run_core_then``): for store functions that use only
+        ``execute`` and ``connection``.
         """
         accounts = self.accounts
         done: Deferred[Any] = Deferred()
@@ -353,7 +357,8 @@ class UserStoreImpl:
             if not done.called:
                 done.errback(failure)
 
-        accounts.database.run_then(fn, then, *args).addCallbacks(finished, failed)
+        run = accounts.database.run_core_then if core else accounts.database.run_then
+        run(fn, then, *args).addCallbacks(finished, failed)
         return done.addErrback(_database_down)
 
     def _read(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
@@ -432,7 +437,7 @@ class UserStoreImpl:
             return (mailbox_id, "flags", None) if any(r.seen_set for r in rows) else None
 
         return self._db_publishing(mailstore.fetch, event, mailbox_id, list(uids), blob, meta,
-                                   True, changedsince, tree, head)
+                                   True, changedsince, tree, head, core=True)
 
     def fetch_flags(self, mailbox_id: int, uids: Sequence[int], *,
                     changedsince: int | None) -> Deferred[list[tuple[int, str, int]]]:
@@ -444,7 +449,7 @@ class UserStoreImpl:
             return (mailbox_id, "flags", result.modseq_after) if result.changed else None
 
         d = self._db_publishing(mailstore.store, event, mailbox_id, list(uids), mode,
-                                list(flags), unchangedsince)
+                                list(flags), unchangedsince, core=True)
 
         def done(result: StoreResult) -> StoreResult:
             if result.modseq_before is not None and result.modseq_after is not None:
@@ -483,7 +488,7 @@ class UserStoreImpl:
             return (mailbox_id, "expunge", result[2]) if result[0] else None
 
         d = self._db_publishing(mailstore.expunge, event, mailbox_id,
-                                None if uids is None else list(uids))
+                                None if uids is None else list(uids), core=True)
 
         def done(result: tuple[list[int], int, int]) -> list[int]:
             removed, before, after = result

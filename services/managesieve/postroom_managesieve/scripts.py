@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
+from postroom.auth import logincheck
 from postroom.auth.ratelimit import LoginLocked, LoginRateLimiter, RateLimitUnavailable, admit
 from postroom.auth.sasl import ScramSecrets
 from postroom.interfaces import ReactorThreads, defer_to_pool, global_reactor
@@ -148,8 +149,8 @@ class StoreAuthority:
     async def _login(self, username: str, password: str, peer: str) -> StoreScripts:
         await self._allowed_to_try(username, peer)
         try:
-            login = await self.database.run(apppasswords.authenticate, username, password,
-                                            protocol="managesieve", peer=peer)
+            login = await logincheck.authenticate(self.database, username, password,
+                                               protocol="managesieve", peer=peer)
         except DatabaseError as exc:
             log.error("authentication lookup failed", error=str(exc))
             raise TemporaryFailure() from None

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from postroom.auth.sasl import ScramSecrets
 from postroom.store import aliases, dkim, spool, users
@@ -113,3 +114,10 @@ def spool_submission(session: StoreSession, *, queue_id: str, mail_from: str,
         peer_ip=peer_ip, helo=helo, auth_user=auth_user, queue_id=queue_id,
         enqueued_at=enqueued_at)
     return Spooled(queue_id, tuple(ids))
+
+
+def spool_submissions(session: StoreSession, members: Sequence[dict[str, Any]]) -> list[Spooled]:
+    """:func:`spool_submission` for a group commit's members, in one statement for them all."""
+    done = spool.create_spool_many(
+        session, [{"kind": "submission", **kwargs} for kwargs in members])
+    return [Spooled(queue_id, tuple(ids)) for queue_id, ids in done]

@@ -4,9 +4,10 @@ Submission (RFC 6409) needs AUTH (the engine answers 530 5.7.0 before it),
 and AUTH PLAIN/LOGIN/SCRAM-SHA-256 needs TLS (the engine neither offers nor accepts
 them in cleartext unless :meth:`MSAPolicy.allow_auth_without_tls` says so, which only
 POSTROOM_ALLOW_PLAINTEXT_AUTH_ON_LOOPBACK does, for loopback peers). Password
-checks and SCRAM secret look-ups run in the `db` pool (scrypt is slow on purpose),
-the failed-login limiter and the sending limits in the `redis` pool: never on the
-reactor. A failed SCRAM proof counts as a failed login like a wrong PLAIN password.
+checks run on the hash pool outside any transaction (postroom.auth.logincheck; scrypt
+is slow on purpose), SCRAM secret look-ups in the `db` pool, the failed-login
+limiter and the sending limits in the `redis` pool: never on the reactor. A failed SCRAM
+proof counts as a failed login like a wrong PLAIN password.
 
 PLAIN/LOGIN take the main password, or an app password allowed for
 ``submission`` (:func:`postroom.store.apppasswords.authenticate`); with
@@ -31,6 +32,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
+from postroom.auth import logincheck
 from postroom.auth.authcache import AuthCache
 from postroom.auth.ratelimit import LoginLocked, LoginRateLimiter, RateLimitUnavailable, admit
 from postroom.auth.sasl import (
@@ -142,9 +144,9 @@ class MSAPolicy(BasePolicy):
             user = self.auth_cache.get(account, credentials.password)
             if user is None:
                 # the main password, or an app password allowed for submission
-                login = await self.database.run(apppasswords.authenticate, account,
-                                                credentials.password, protocol="submission",
-                                                peer=session.peer_ip)
+                login = await logincheck.authenticate(self.database, account,
+                                                   credentials.password, protocol="submission",
+                                                   peer=session.peer_ip)
                 user, refusal = login.user, login.refusal
                 if self.credentials is not None and login.credential is not None:
                     self.credentials.labels(credential=login.credential).inc()

@@ -175,7 +175,8 @@ class Submitter:
         # spool rows of messages finishing together: one transaction (docs/decisions/0018)
         self.spooler: GroupCommit[int, lookups.Spooled, AfterCommit] = GroupCommit(
             database, lookups.spool_submission, self._publish, max_messages=group_commit,
-            max_bytes=group_commit_bytes, metrics=metrics, crash_file=crash_file)
+            max_bytes=group_commit_bytes, metrics=metrics, crash_file=crash_file,
+            batch=lookups.spool_submissions)
         self.keyring = keyring if keyring is not None else Keyring()
         self.enqueuer = enqueuer
         self.limits = limits
@@ -237,8 +238,17 @@ class Submitter:
         # the domain's keys from the key cache when it has them (postroom.mailauth.keycache)
         cached = self.key_cache.get(signing_domain) if signing_domain else None
         generation = self.key_cache.generation
-        refused, keys = await self.database.run(_check_content, user.id, user.address, claimed,
-                                                signing_domain if cached is None else None)
+        refused: list[str]
+        keys: list[lookups.SigningKey]
+        if cached is not None and all(lookups.owns_trivially(user.address, a)
+                                      for a in claimed):
+            # the account's own address and keys already known: nothing to ask the store,
+            # so no `db` pool hand-off (the common case: a user sending as themselves)
+            refused, keys = [], []
+        else:
+            refused, keys = await self.database.run(
+                _check_content, user.id, user.address, claimed,
+                signing_domain if cached is None else None)
         if cached is not None:
             keys = list(cached)
         elif signing_domain:

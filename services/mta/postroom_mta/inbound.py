@@ -148,6 +148,16 @@ def spool_message(session: DBSession, *, queue_id: str, envelope: Envelope,
     bounce on its way back) go to the relay instead, after the `deliver` ones:
     the first ``len(deliver ids)`` ids are `deliver`'s (:func:`split_ids`).
     """
+    _queue_id, ids = spool.create_spool_ids(session, **_spool_arguments(
+        queue_id=queue_id, envelope=envelope, recipients=recipients, message=message,
+        peer_ip=peer_ip, helo=helo, disposition=disposition, outbound=outbound))
+    return ids
+
+
+def _spool_arguments(*, queue_id: str, envelope: Envelope, recipients: Sequence[str],
+                     message: bytes, peer_ip: str, helo: str | None, disposition: str,
+                     outbound: frozenset[str] = frozenset()) -> dict[str, Any]:
+    """:func:`spool.create_spool_ids`'s arguments for one message."""
     params = envelope.mail_params
     rows: list[tuple[str, str, str | None, str | None]] = []
     later: list[tuple[str, str, str | None, str | None]] = []
@@ -163,12 +173,17 @@ def spool_message(session: DBSession, *, queue_id: str, envelope: Envelope,
             (address, stream, f"{orcpt[0]};{orcpt[1]}" if orcpt else None,
              ",".join(notify) if notify else None))
     rows += later
-    _queue_id, ids = spool.create_spool_ids(
-        session, kind="inbound", mail_from=str(envelope.mail_from or ""), recipients=rows,
-        message=message, size=params.size, body=params.body, smtputf8=params.smtputf8,
-        ret=params.ret, envid=params.envid, peer_ip=peer_ip, helo=helo,
-        disposition=disposition, queue_id=queue_id, enqueued_at=datetime.now(UTC))
-    return ids
+    return {"kind": "inbound", "mail_from": str(envelope.mail_from or ""), "recipients": rows,
+            "message": message, "size": params.size, "body": params.body,
+            "smtputf8": params.smtputf8, "ret": params.ret, "envid": params.envid,
+            "peer_ip": peer_ip, "helo": helo, "disposition": disposition,
+            "queue_id": queue_id, "enqueued_at": datetime.now(UTC)}
+
+
+def spool_messages(session: DBSession, members: Sequence[dict[str, Any]]) -> list[list[int]]:
+    """:func:`spool_message` for a group commit's members, in one statement for them all."""
+    return [ids for _queue_id, ids in spool.create_spool_many(
+        session, [_spool_arguments(**kwargs) for kwargs in members])]
 
 
 def _deliver_envelope(queue_id: str, disposition: str, ids: Sequence[int]) -> QueueEnvelope:
@@ -215,7 +230,8 @@ class InboundPolicy(BasePolicy):
         # spool rows of messages finishing together: one transaction (docs/decisions/0018)
         self.spooler: GroupCommit[tuple[str, str], list[int], str | Exception] = GroupCommit(
             database, spool_message, self._publish, max_messages=group_commit,
-            max_bytes=group_commit_bytes, metrics=metrics, crash_file=crash_file)
+            max_bytes=group_commit_bytes, metrics=metrics, crash_file=crash_file,
+            batch=spool_messages)
         self.dmarc = dmarc
         self.hostname = hostname
         self.delimiter = delimiter

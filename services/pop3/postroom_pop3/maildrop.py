@@ -24,6 +24,7 @@ from twisted.internet.task import LoopingCall
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
+from postroom.auth import logincheck
 from postroom.auth.ratelimit import LoginLocked, LoginRateLimiter, RateLimitUnavailable, admit
 from postroom.interfaces import ReactorThreads, defer_to_pool, global_reactor, twisted_clock
 from postroom.logs import get_logger
@@ -104,10 +105,11 @@ class StoreAuthority:
             except LoginLocked:
                 raise LoginDelayed() from None
         try:
-            # scrypt runs here, in the db pool: never on the reactor thread; the main password,
-            # or an app password allowed for POP3 (the only way in with two-factor login on)
-            login = await self.database.run(apppasswords.authenticate, username, password,
-                                            protocol="pop3", peer=peer)
+            # scrypt runs on the hash pool, outside any transaction (decision 0027); the main
+            # password, or an app password allowed for POP3 (the only way in with two-factor
+            # login on)
+            login = await logincheck.authenticate(self.database, username, password,
+                                               protocol="pop3", peer=peer)
         except DatabaseError as exc:
             log.error("authentication lookup failed", error=str(exc))
             raise TemporaryFailure() from None

@@ -2,9 +2,9 @@
 
 The login goes the way every password login of Postroom goes (IMAP, POP3, SMTP
 AUTH): the shared failed-login limiter first (its delay on the reactor's clock,
-Redis away: a temporary failure), then ``users.authenticate`` in the `db` pool
-(which rehashes an old hash), then the failure is counted or the pair's counter
-cleared. Only then is a console session made.
+Redis away: a temporary failure), then ``postroom.auth.logincheck.authenticate``
+(the hash checked off the `db` pool, an old hash rehashed; decision 0027), then
+the failure is counted or the pair's counter cleared. Only then is a console session made.
 
 An account with two-factor login on gets no session for its password: it gets a
 *pending* login (a random token in a short-lived cookie, known only to this
@@ -23,12 +23,13 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
+from postroom.auth import logincheck
 from postroom.auth.ratelimit import LoginLocked, LoginRateLimiter, RateLimitUnavailable, admit
 from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import get_logger
 from postroom.metrics import Metrics, auth_failures_total
 from postroom.secretbox import Keyring
-from postroom.store import totp, users, webaccess
+from postroom.store import totp, webaccess
 from postroom.store.db import Database, StoreSession
 from postroom.store.webaccess import Principal
 
@@ -151,7 +152,8 @@ class Logins:
             raise LoginRefused(401, "Wrong address or password.")
         await self.admit(client, address)
         try:
-            info = await self.database.run(users.authenticate, address, password)
+            info = (await logincheck.authenticate(self.database, address, password,
+                                                   protocol=None)).user
         except Exception as exc:  # noqa: BLE001 -- answered as a temporary failure, logged
             log.warning("login lookup failed", error=str(exc)[:200])
             raise LoginRefused(503, "Logins are temporarily unavailable; "

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 
 from postroom.mime.model import MessageMeta, Part
-
-_FIELD_START = re.compile(rb"([\x21-\x39\x3b-\x7e]+)[ \t]*:")
 
 
 def find_part(meta: MessageMeta, path: Iterable[int]) -> Part | None:
@@ -62,21 +61,41 @@ def filter_header_fields(header: bytes, names: Iterable[str], exclude: bool = Fa
     """The fields of a header block named (or, with ``exclude``, not named) in ``names``.
 
     The result ends with the blank line, as RFC 3501 HEADER.FIELDS requires.
+    A field's name is what precedes its first colon, less trailing blanks, when
+    that is printable ASCII without spaces or colons (``_FIELD_NAME``);
+    a line without such a name is never kept. The name is split off with
+    ``partition`` and checked against the grammar only when the check decides
+    (a requested name, or any name with ``exclude``): FETCH of a few header
+    fields runs this for every message of a range (issue 23).
     """
-    wanted = {n.lower().encode("ascii", "replace") for n in names}
+    listed = tuple(names)
+    # the sets of short lists (what clients send) are kept; a long one is not held
+    wanted = _wanted(listed) if len(listed) <= 16 else _wanted.__wrapped__(listed)
     out: list[bytes] = []
     keep = False
     for line in header.splitlines(keepends=True):
-        if line in (b"\r\n", b"\n"):
+        if line == b"\r\n" or line == b"\n":
             break
-        if line[:1] in (b" ", b"\t"):
+        first = line[:1]
+        if first == b" " or first == b"\t":
             if keep:
                 out.append(line)
             continue
-        match = _FIELD_START.match(line)
-        name = match.group(1).lower() if match else b""
-        keep = (name in wanted) != exclude and bool(match)
+        name, colon, _ = line.partition(b":")
+        name = name.rstrip(b" \t").lower()
+        if exclude:
+            keep = name not in wanted and bool(colon) and _FIELD_NAME.fullmatch(name) is not None
+        else:
+            keep = name in wanted and bool(colon) and _FIELD_NAME.fullmatch(name) is not None
         if keep:
             out.append(line if line.endswith(b"\n") else line + b"\r\n")
     out.append(b"\r\n")
     return b"".join(out)
+
+
+_FIELD_NAME = re.compile(rb"[\x21-\x39\x3b-\x7e]+")
+
+
+@functools.lru_cache(maxsize=64)
+def _wanted(names: tuple[str, ...]) -> frozenset[bytes]:
+    return frozenset(n.lower().encode("ascii", "replace") for n in names)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import ipaddress
 from collections.abc import Sequence
 from email.utils import format_datetime
@@ -11,7 +12,9 @@ from postroom.smtp.grammar import Address
 from postroom.smtp.session import Session
 
 
+@functools.lru_cache(maxsize=4096)
 def _address_literal(ip: str) -> str:
+    # a pure function of the peer's address, asked for every message: busy peers repeat
     try:
         parsed = ipaddress.ip_address(ip)
     except ValueError:

@@ -19,7 +19,9 @@ is only given after the main password was verified, so it tells nothing to
 someone who does not know it. App passwords cannot do SCRAM-SHA-256 (their
 SCRAM secrets are not kept): clients use PLAIN or LOGIN under TLS.
 
-Last use (time and client address) is written in the login's transaction, at
+Last use (time and client address) is written after the hash check, in a short
+transaction of its own that first checks the account is as it was read (decision
+0027: :func:`read_login`, :func:`check_login`, :func:`finish_login`), at
 most once a minute per app password unless the address changed. Revoking,
 like changing a password or turning two-factor login on, must be announced
 after commit with :func:`postroom.queue.authevents.publish`, so every
@@ -33,15 +35,16 @@ import secrets
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from sqlalchemy import delete, func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
-from postroom.auth.passwords import hash_password, verify_password
+from postroom.auth.passwords import hash_password, needs_rehash, verify_password
 from postroom.store import users
 from postroom.store.common import insert_unique
 from postroom.store.errors import NotFound
-from postroom.store.models import APP_PASSWORD_PROTOCOLS, app_passwords
+from postroom.store.models import APP_PASSWORD_PROTOCOLS, Domain, User, app_passwords
 
 PROTOCOLS = APP_PASSWORD_PROTOCOLS
 ALPHABET = "abcdefghijklmnopqrstuvwxyz"
@@ -216,35 +219,14 @@ def _peer_ip(peer: str | None) -> str | None:
         return None
 
 
-def _try_app_password(session: Session, user_id: int, letters: str, protocol: str,
-                      peer: str | None) -> str | None:
-    """The name of the live app password ``letters`` when it is right and allowed for
-    ``protocol`` (its last use noted), else None."""
-    row = session.execute(
-        select(app_passwords.c.id, app_passwords.c.name, app_passwords.c.hash,
-               app_passwords.c.protocols, app_passwords.c.last_used_at,
-               app_passwords.c.last_used_ip)
-        .where(app_passwords.c.user_id == user_id,
-               app_passwords.c.lookup == letters[:GROUP_LETTERS],
-               app_passwords.c.revoked_at.is_(None))).first()
-    if row is None or not verify_password(letters, row.hash):
-        return None
-    if row.protocols and protocol not in row.protocols:
-        return None
-    ip = _peer_ip(peer)
-    session.execute(update(app_passwords).where(
-        app_passwords.c.id == row.id,
-        or_(app_passwords.c.last_used_at.is_(None),
-            app_passwords.c.last_used_at < func.now() - USE_INTERVAL,
-            app_passwords.c.last_used_ip.is_distinct_from(ip)))
-        .values(last_used_at=func.now(), last_used_ip=ip))
-    return str(row.name)
-
-
 def authenticate(session: Session, address: str, password: str, *, protocol: str,
                  peer: str | None = None, hash_fn: users.HashFn = hash_password) -> Login:
     """The login check of every mail protocol service (``protocol``: imap, pop3, submission
-    or managesieve; ``peer``: the client's IP address, recorded as an app password's last use).
+    or managesieve; ``peer``: the client's IP address, recorded as an app password's last use),
+    all in the caller's transaction (CLI, tests). The services use
+    :func:`postroom.auth.logincheck.authenticate`, which runs the same three steps
+    (:func:`read_login`, :func:`check_login`, :func:`finish_login`) with the hash check
+    outside any transaction.
 
     Accepts the main password unless two-factor login is on, or a live app password
     allowed for ``protocol``; an inactive account is refused either way. See the module
@@ -252,19 +234,153 @@ def authenticate(session: Session, address: str, password: str, *, protocol: str
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"unknown protocol {protocol!r}")
-    found = users.login_account(session, address)
-    if found is None:
-        users.verify_dummy(password)
-        return Login(None)
-    row, info = found
-    letters = normalise_secret(password)
-    if letters is not None and row.active:
-        name = _try_app_password(session, info.id, letters, protocol, peer)
-        if name is not None:
-            return Login(info, app_password=name)
-    if not users.check_main_password(row, password, hash_fn=hash_fn):
-        return Login(None)
-    if row.totp_enabled:
-        return Login(None, refusal=TWO_FACTOR_REFUSAL)
-    return Login(info)
+    read = read_login(session, address, password, protocol=protocol)
+    for _ in range(LOGIN_ROUNDS):
+        checked = check_login(read, password, protocol=protocol, hash_fn=hash_fn)
+        if not needs_finish(checked):
+            return checked.login
+        done = finish_login(session, checked, address, password, protocol=protocol, peer=peer)
+        if isinstance(done, Login):
+            return done
+        read = done
+    return Login(None)
 
+
+# --- the login in three steps (decision 0027): read, check the hash with no transaction open
+# and no pooled connection held, write what the login changes in a short transaction of its own
+
+# a login whose account changed between its read and its write reads and checks again at most
+# this often, then fails like a wrong password (only a flood of password changes gets there)
+LOGIN_ROUNDS = 3
+
+
+@dataclass(frozen=True)
+class LoginRead:
+    """What a login's hash check needs of the account, read in one statement (no lock held).
+
+    ``info`` is None for an unknown address. ``app_*``: the live app password whose lookup
+    is the typed secret's first group, when the password has the app-password shape and
+    the account is active (``protocol`` given); else None.
+    """
+
+    info: users.UserInfo | None
+    password_hash: str = ""
+    has_scram: bool = False
+    app_id: int | None = None
+    app_name: str | None = None
+    app_hash: str | None = None
+    app_protocols: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
+class LoginChecked:
+    """What :func:`check_login` found, for :func:`finish_login` to write and answer."""
+
+    read: LoginRead
+    login: Login
+    # a current hash (and SCRAM secrets, when the account had none) to store: the old one
+    # was verified but made with other parameters (or imported)
+    new_hash: str | None = None
+    new_scram: str | None = None
+
+
+def read_login(session: Session, address: str, password: str, *,
+               protocol: str | None) -> LoginRead:
+    """The account's hash and state, and the app password the typed secret could be (one
+    statement; ``protocol`` None: the web console's first factor, main password only)."""
+    if protocol is not None and protocol not in PROTOCOLS:
+        raise ValueError(f"unknown protocol {protocol!r}")
+    normal = users.login_name(address)
+    if normal is None:
+        return LoginRead(None)
+    letters = normalise_secret(password) if protocol is not None else None
+    user, domain = User, Domain
+    columns = [user.id, user.address, user.localpart, domain.name, user.active,
+               user.quota_bytes, user.quota_messages, user.created_at, user.is_admin,
+               user.totp_enabled, user.password_hash, user.scram_secrets.is_not(None)]
+    query = select(*columns).join(domain, domain.id == user.domain_id)
+    if letters is not None:
+        query = query.add_columns(app_passwords.c.id, app_passwords.c.name,
+                                  app_passwords.c.hash, app_passwords.c.protocols) \
+            .outerjoin(app_passwords, (app_passwords.c.user_id == user.id)
+                       & (app_passwords.c.lookup == letters[:GROUP_LETTERS])
+                       & app_passwords.c.revoked_at.is_(None))
+    row: Any = session.execute(query.where(user.address == normal)).first()
+    if row is None:
+        return LoginRead(None)
+    info = users.UserInfo(id=row[0], address=row[1], localpart=row[2], domain=row[3],
+                          active=row[4], quota_bytes=row[5], quota_messages=row[6],
+                          created_at=row[7], is_admin=row[8], totp_enabled=row[9])
+    read = LoginRead(info, password_hash=row[10], has_scram=bool(row[11]))
+    if letters is not None and info.active and row[12] is not None:
+        read = LoginRead(info, password_hash=row[10], has_scram=bool(row[11]), app_id=row[12],
+                         app_name=row[13], app_hash=row[14],
+                         app_protocols=tuple(row[15]) if row[15] else None)
+    return read
+
+
+def check_login(read: LoginRead, password: str, *, protocol: str | None,
+                hash_fn: users.HashFn = hash_password) -> LoginChecked:
+    """The hash checks of a login (scrypt: run it off the reactor, with no transaction open).
+
+    Costs what :func:`authenticate` always did: the dummy hash for an unknown address,
+    the app password's hash when there is a candidate, the main password's otherwise or
+    when that was wrong (or not allowed for ``protocol``), and a new hash when the main
+    one is out of date."""
+    if read.info is None:
+        users.verify_dummy(password)
+        return LoginChecked(read, Login(None))
+    letters = normalise_secret(password) if protocol is not None else None
+    if letters is not None and read.app_hash is not None \
+            and verify_password(letters, read.app_hash) \
+            and (not read.app_protocols or protocol in read.app_protocols):
+        return LoginChecked(read, Login(read.info, app_password=read.app_name))
+    if not verify_password(password, read.password_hash) or not read.info.active:
+        return LoginChecked(read, Login(None))
+    new_hash = new_scram = None
+    if needs_rehash(read.password_hash):
+        new_hash = hash_fn(password)
+        if not read.has_scram:
+            new_scram = users.new_scram_text(password)
+    if protocol is not None and read.info.totp_enabled:
+        return LoginChecked(read, Login(None, refusal=TWO_FACTOR_REFUSAL), new_hash, new_scram)
+    return LoginChecked(read, Login(read.info), new_hash, new_scram)
+
+
+def needs_finish(checked: LoginChecked) -> bool:
+    """True when the login writes something (an app password's last use, a new hash)."""
+    return checked.login.app_password is not None or checked.new_hash is not None
+
+
+def finish_login(session: Session, checked: LoginChecked, address: str, password: str, *,
+                 protocol: str | None, peer: str | None) -> Login | LoginRead:
+    """Write what the checked login changes, if what was checked is still current; else the
+    account as it is now (a :class:`LoginRead`), for the caller to check again.
+
+    Reads the account again in this transaction; the new hash is written only where the
+    old one is still stored, so a password set meanwhile is never overwritten."""
+    now = read_login(session, address, password, protocol=protocol)
+    if now != checked.read:
+        return now
+    info = checked.read.info
+    if info is None:
+        return checked.login
+    if checked.new_hash is not None:
+        values: dict[str, str] = {"password_hash": checked.new_hash}
+        if checked.new_scram is not None:
+            values["scram_secrets"] = checked.new_scram
+        done = session.execute(update(User).where(
+            User.id == info.id, User.password_hash == checked.read.password_hash,
+            *([User.scram_secrets.is_(None)] if checked.new_scram is not None else []))
+            .values(**values))
+        if not done.rowcount:  # type: ignore[attr-defined]
+            return read_login(session, address, password, protocol=protocol)
+    if checked.login.app_password is not None:
+        ip = _peer_ip(peer)
+        session.execute(update(app_passwords).where(
+            app_passwords.c.id == checked.read.app_id,
+            or_(app_passwords.c.last_used_at.is_(None),
+                app_passwords.c.last_used_at < func.now() - USE_INTERVAL,
+                app_passwords.c.last_used_ip.is_distinct_from(ip)))
+            .values(last_used_at=func.now(), last_used_ip=ip))
+    return checked.login

@@ -185,6 +185,19 @@ class Database:
         _check_plain(result)
         return result
 
+    def _attempt_core(self, fn: Callable[Concatenate[Session, P], T],
+                      *args: P.args, **kwargs: P.kwargs) -> T:
+        # one transaction on a pooled Connection (BEGIN ... COMMIT), without an ORM Session
+        with self.engine.begin() as connection:
+            try:
+                result = fn(cast(Session, _Reads(connection)), *args, **kwargs)
+            except exc.DBAPIError as error:
+                if error.connection_invalidated:
+                    raise _DeadBeforeCommit(error) from error
+                raise
+        _check_plain(result)
+        return result
+
     def run_read(self, fn: Callable[Concatenate[Session, P], T],
                  *args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
         """:meth:`run` for reads that need no transaction: each statement commits by itself.
@@ -248,6 +261,34 @@ class Database:
                 return result, error
 
         return defer_to_pool(self.reactor, self._threadpool, work)
+
+    def run_core_then(self, fn: Callable[Concatenate[Session, P], T], then: Callable[[T], U],
+                      *args: P.args, **kwargs: P.kwargs) -> Deferred[tuple[T, U | Exception]]:
+        """:meth:`run_then` for a transaction that needs no ORM Session.
+
+        ``fn`` receives the same stand-in as :meth:`run_read` (``execute`` and
+        ``connection`` only) on a pooled Connection inside BEGIN ... COMMIT: the
+        same transaction, locks and retry of a connection found dead before
+        COMMIT as :meth:`run`, without making and closing a Session per call
+        (IMAP's STORE, issue 23).
+        """
+        if not self._threadpool.started:
+            raise RuntimeError("Database.run_core_then before Database.start")
+
+        def work() -> tuple[T, U | Exception]:
+            result = self._retried(self._attempt_core, fn, *args, **kwargs)
+            try:
+                return result, then(result)
+            except Exception as error:  # noqa: BLE001 - committed: the caller decides
+                return result, error
+
+        return defer_to_pool(self.reactor, self._threadpool, work)
+
+    def run_core_sync(self, fn: Callable[Concatenate[Session, P], T],
+                      *args: P.args, **kwargs: P.kwargs) -> T:
+        """:meth:`run_core_then`'s transaction in the calling thread (tests; never on the
+        reactor)."""
+        return self._retried(self._attempt_core, fn, *args, **kwargs)
 
     def in_pool(self, fn: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> Deferred[T]:
         """``fn(*args, **kwargs)`` on the `db` pool, outside any transaction: for store code

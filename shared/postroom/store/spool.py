@@ -147,6 +147,23 @@ def create_spool_ids(session: Session, *, kind: str, mail_from: str,
     One statement (blob, message and recipients, with RETURNING): the caller
     learns the ids it enqueues without reading the spool back.
     """
+    params = _spool_params(
+        kind=kind, mail_from=mail_from, recipients=recipients, message=message, size=size,
+        body=body, smtputf8=smtputf8, ret=ret, envid=envid, peer_ip=peer_ip, helo=helo,
+        auth_user=auth_user, disposition=disposition, metadata=metadata, queue_id=queue_id,
+        enqueued_at=enqueued_at)
+    return _spool_one(session, params, message, metadata)
+
+
+def _spool_params(*, kind: str, mail_from: str,
+                  recipients: Sequence[tuple[str, str, str | None, str | None] | NewRecipient],
+                  message: bytes, size: int | None = None, body: str | None = None,
+                  smtputf8: bool = False, ret: str | None = None, envid: str | None = None,
+                  peer_ip: str | None = None, helo: str | None = None,
+                  auth_user: str | None = None, disposition: str = "inbox",
+                  metadata: dict[str, Any] | None = None, queue_id: str | None = None,
+                  enqueued_at: datetime | None = None) -> dict[str, Any]:
+    """The checked parameters of one message's spool statement (raises on a bad argument)."""
     if kind not in SPOOL_KINDS:
         raise ValueError(f"unknown spool kind {kind!r}")
     wanted = [NewRecipient(*r) for r in recipients]
@@ -161,7 +178,7 @@ def create_spool_ids(session: Session, *, kind: str, mail_from: str,
         if (rcpt.address, rcpt.stream) not in seen:
             seen.add((rcpt.address, rcpt.stream))
             unique.append(rcpt)
-    params = {
+    return {
         "sha": hashlib.sha256(message).hexdigest(), "msize": len(message), "blob": message,
         "meta": json.dumps(metadata or {}), "queue_id": queue_id, "kind": kind,
         "mail_from": mail_from, "size": size, "body": body, "smtputf8": smtputf8, "ret": ret,
@@ -169,27 +186,96 @@ def create_spool_ids(session: Session, *, kind: str, mail_from: str,
         "disposition": disposition, "enqueued_at": enqueued_at,
         "addresses": [r.address for r in unique], "orcpts": [r.orcpt for r in unique],
         "notifies": [r.notify for r in unique], "streams": [r.stream for r in unique]}
+
+
+def _spool_one(session: Session, params: dict[str, Any], message: bytes,
+               metadata: dict[str, Any] | None) -> tuple[str, list[int]]:
     # the hot path of every front door: one round trip, no ORM (see _SPOOL_SQL)
     # (exec_driver_sql, not a raw cursor: errors still tell the pool a connection died)
     ids = [int(i) for i in _SPOOL.execute(session.connection(), params).scalars()]
     if ids:
-        return queue_id, sorted(ids)
-    # the same bytes were being stored by a transaction that committed while this statement
-    # ran: its row is not in this statement's snapshot, but is in the next statement's
+        return params["queue_id"], sorted(ids)
+    return _spool_rows(session, params, message, metadata)
+
+
+def _spool_rows(session: Session, params: dict[str, Any], message: bytes,
+                metadata: dict[str, Any] | None) -> tuple[str, list[int]]:
+    """The statement-per-row path: when the blob was committed by another transaction after
+    the spool statement's snapshot (its row is then in the next statement's snapshot)."""
     message_id = store_message(session, message, metadata)
     spool_id = session.execute(
         insert(SpoolMessage).values(
-            queue_id=queue_id, kind=kind, mail_from=mail_from, size=size, body=body,
-            smtputf8=smtputf8, ret=ret, envid=envid, message_id=message_id, peer_ip=peer_ip,
-            helo=helo, auth_user=auth_user, disposition=disposition)
+            queue_id=params["queue_id"], kind=params["kind"], mail_from=params["mail_from"],
+            size=params["size"], body=params["body"], smtputf8=params["smtputf8"],
+            ret=params["ret"], envid=params["envid"], message_id=message_id,
+            peer_ip=params["peer_ip"], helo=params["helo"], auth_user=params["auth_user"],
+            disposition=params["disposition"])
         .returning(SpoolMessage.id)).scalar_one()
-    rows = [{"spool_message_id": spool_id, "address": r.address, "orcpt": r.orcpt,
-             "notify": r.notify, "stream": r.stream, "enqueued_at": enqueued_at}
-            for r in unique]
+    rows = [{"spool_message_id": spool_id, "address": address, "orcpt": orcpt,
+             "notify": notify, "stream": stream, "enqueued_at": params["enqueued_at"]}
+            for address, orcpt, notify, stream in zip(
+                params["addresses"], params["orcpts"], params["notifies"], params["streams"],
+                strict=True)]
     # one multi-row INSERT; ordered by id, which a sequence hands out in VALUES order
     inserted = session.execute(insert(SpoolRecipient).values(rows)
                                .returning(SpoolRecipient.id)).scalars().all()
-    return queue_id, sorted(int(i) for i in inserted)
+    return params["queue_id"], sorted(int(i) for i in inserted)
+
+
+def create_spool_many(session: Session,
+                      members: Sequence[dict[str, Any]]) -> list[tuple[str, list[int]]]:
+    """:func:`create_spool_ids` for each of ``members`` (its keyword arguments), in one
+    statement for them all (a group commit's members: docs/decisions/0018).
+
+    The same rows as one :func:`create_spool_ids` per member, in order: each blob stored
+    once (also when two members carry the same bytes), each member's recipient ids in
+    its own order. Any bad argument raises before anything runs; so does any row
+    PostgreSQL refuses (the caller's transaction then holds nothing of the group).
+    """
+    every = [_spool_params(**kwargs) for kwargs in members]
+    if len(every) == 1:
+        only = members[0]
+        return [_spool_one(session, every[0], only["message"], only.get("metadata"))]
+    blobs: dict[str, dict[str, Any]] = {}
+    for params in every:
+        blobs.setdefault(params["sha"], params)
+    rcpt = [(str(n), address, orcpt, notify, stream)
+            for n, params in enumerate(every)
+            for address, orcpt, notify, stream in zip(
+                params["addresses"], params["orcpts"], params["notifies"], params["streams"],
+                strict=True)]
+    group = {
+        # text arrays throughout (the statement casts them): psycopg2 writes a list of
+        # NULLs as an untyped ARRAY[NULL], which no other array type accepts
+        "shas": list(blobs), "msizes": [str(p["msize"]) for p in blobs.values()],
+        "blobs": [p["blob"] for p in blobs.values()],
+        "metas": [p["meta"] for p in blobs.values()],
+        "queue_ids": [p["queue_id"] for p in every], "kinds": [p["kind"] for p in every],
+        "mail_froms": [p["mail_from"] for p in every],
+        "sizes": [None if p["size"] is None else str(p["size"]) for p in every],
+        "bodies": [p["body"] for p in every],
+        "smtputf8s": ["t" if p["smtputf8"] else "f" for p in every],
+        "rets": [p["ret"] for p in every], "envids": [p["envid"] for p in every],
+        "member_shas": [p["sha"] for p in every], "peer_ips": [p["peer_ip"] for p in every],
+        "helos": [p["helo"] for p in every], "auth_users": [p["auth_user"] for p in every],
+        "dispositions": [p["disposition"] for p in every],
+        "enqueued": [None if p["enqueued_at"] is None else p["enqueued_at"].isoformat()
+                     for p in every],
+        "r_members": [r[0] for r in rcpt], "addresses": [r[1] for r in rcpt],
+        "orcpts": [r[2] for r in rcpt], "notifies": [r[3] for r in rcpt],
+        "streams": [r[4] for r in rcpt]}
+    ids: list[list[int]] = [[] for _ in every]
+    for member, rid in _SPOOL_GROUP.execute(session.connection(), group):
+        ids[int(member)].append(int(rid))
+    results = []
+    for params, member_ids, kwargs in zip(every, ids, members, strict=True):
+        if member_ids:
+            results.append((params["queue_id"], sorted(member_ids)))
+        else:
+            # its blob committed by another transaction after the statement's snapshot
+            results.append(_spool_rows(session, params, kwargs["message"],
+                                       kwargs.get("metadata")))
+    return results
 
 
 # Blob, spool message and recipients in one statement. The blob is content-addressed: when
@@ -223,6 +309,63 @@ ORDER BY r.n
 RETURNING id
 """
 _SPOOL = Prepared("spool_message", _SPOOL_SQL)
+
+# _SPOOL_SQL for a group of messages (create_spool_many): the distinct blobs (inserted in
+# sha256 order, so that two groups holding the same blobs lock them in the same order),
+# then one spool message per member in member order, then their recipients in member
+# and recipient order; returns (member index, recipient id). A member whose blob was
+# committed by another transaction after this statement's snapshot gets no row.
+_SPOOL_GROUP_SQL = """
+WITH b AS (
+    SELECT * FROM unnest(CAST(%(shas)s AS text[]), CAST(%(msizes)s AS text[]),
+                         CAST(%(blobs)s AS bytea[]), CAST(%(metas)s AS text[]))
+        AS b(sha256, size, blob, metadata)),
+blob AS (
+    INSERT INTO messages (sha256, size, blob, metadata)
+    SELECT sha256, CAST(size AS bigint), blob, CAST(metadata AS jsonb) FROM b ORDER BY sha256
+    ON CONFLICT (sha256) DO NOTHING RETURNING id, sha256),
+msg AS (
+    SELECT id, sha256 FROM blob
+    UNION ALL
+    SELECT m.id, m.sha256 FROM messages m
+    WHERE m.sha256 IN (SELECT sha256 FROM b)
+      AND NOT EXISTS (SELECT 1 FROM blob WHERE blob.sha256 = m.sha256)),
+sp AS (
+    INSERT INTO spool_messages (queue_id, kind, mail_from, size, body, smtputf8, ret, envid,
+                                message_id, peer_ip, helo, auth_user, disposition)
+    SELECT s.queue_id, s.kind, s.mail_from, CAST(s.size AS bigint), s.body,
+           CAST(s.smtputf8 AS boolean), s.ret, s.envid, msg.id, CAST(s.peer_ip AS inet),
+           s.helo, s.auth_user, s.disposition
+    FROM unnest(CAST(%(queue_ids)s AS text[]), CAST(%(kinds)s AS text[]),
+                CAST(%(mail_froms)s AS text[]), CAST(%(sizes)s AS text[]),
+                CAST(%(bodies)s AS text[]), CAST(%(smtputf8s)s AS text[]),
+                CAST(%(rets)s AS text[]), CAST(%(envids)s AS text[]),
+                CAST(%(member_shas)s AS text[]), CAST(%(peer_ips)s AS text[]),
+                CAST(%(helos)s AS text[]), CAST(%(auth_users)s AS text[]),
+                CAST(%(dispositions)s AS text[]))
+         WITH ORDINALITY AS s(queue_id, kind, mail_from, size, body, smtputf8, ret, envid, sha,
+                              peer_ip, helo, auth_user, disposition, n)
+    JOIN msg ON msg.sha256 = s.sha
+    ORDER BY s.n
+    RETURNING id, queue_id),
+mem AS (
+    SELECT sp.id, s.n - 1 AS member, CAST(s.enqueued_at AS timestamptz) AS enqueued_at
+    FROM sp JOIN unnest(CAST(%(queue_ids)s AS text[]), CAST(%(enqueued)s AS text[]))
+                 WITH ORDINALITY AS s(queue_id, enqueued_at, n) ON s.queue_id = sp.queue_id),
+rc AS (
+    INSERT INTO spool_recipients (spool_message_id, address, orcpt, notify, stream,
+                                  enqueued_at)
+    SELECT mem.id, r.address, r.orcpt, r.notify, r.stream, mem.enqueued_at
+    FROM unnest(CAST(%(r_members)s AS text[]), CAST(%(addresses)s AS text[]),
+                CAST(%(orcpts)s AS text[]), CAST(%(notifies)s AS text[]),
+                CAST(%(streams)s AS text[]))
+         WITH ORDINALITY AS r(member, address, orcpt, notify, stream, n)
+    JOIN mem ON mem.member = CAST(r.member AS bigint)
+    ORDER BY r.n
+    RETURNING id, spool_message_id)
+SELECT mem.member, rc.id FROM rc JOIN mem ON mem.id = rc.spool_message_id
+"""
+_SPOOL_GROUP = Prepared("spool_group", _SPOOL_GROUP_SQL)
 
 
 def _info(session: Session, row: SpoolMessage) -> SpoolInfo:

@@ -206,6 +206,11 @@ def login_account(session: Session, address: str) -> tuple[User, UserInfo] | Non
     return (found[0], _info(*found)) if found else None
 
 
+def new_scram_text(password: str) -> str:
+    """The stored form of fresh SCRAM-SHA-256 secrets for ``password`` (default iterations)."""
+    return _scram_text(password, DEFAULT_SCRAM_ITERATIONS)
+
+
 def verify_dummy(password: str) -> None:
     """Spend what a password check costs, for a login whose account does not exist."""
     verify_password(password, _dummy_hash())
