@@ -293,11 +293,15 @@ def test_run_core_then_rolls_back_when_the_work_raises(runner):
         session.execute(text("SELECT 1/0"))
 
     then_calls = []
-    result = wait(runner.run_core_then(broken, then_calls.append))
-    assert isinstance(result, Failure)
-    assert then_calls == []
-    assert runner.run_sync(lambda s: s.execute(
-        text("SELECT count(*) FROM core_rollback")).scalar()) == 0
+    try:
+        result = wait(runner.run_core_then(broken, then_calls.append))
+        assert isinstance(result, Failure)
+        assert then_calls == []
+        assert runner.run_sync(lambda s: s.execute(
+            text("SELECT count(*) FROM core_rollback")).scalar()) == 0
+    finally:
+        # the database is shared with later tests (test_migrations_match_the_models)
+        runner.run_sync(lambda s: s.execute(text("DROP TABLE IF EXISTS core_rollback")))
 
 
 def test_run_core_then_retries_on_a_dead_connection(database_url, clean_db):
