@@ -52,6 +52,13 @@ def _positive_int(raw: str) -> int:
     return value
 
 
+def _non_negative_float(raw: str) -> float:
+    value = float(raw.strip())
+    if not value >= 0 or value == float("inf"):
+        raise ValueError("must be a number, 0 or more")
+    return value
+
+
 def parse_processes(raw: str) -> str:
     """POSTROOM_PROCESSES: empty (the service's default), ``auto``, or a positive number."""
     value = raw.strip().lower()
@@ -589,6 +596,14 @@ class Settings:
         "ends TLS); over POSTROOM_WEB_TLS_LISTEN it is always Secure.")
     web_max_body: int = setting(
         _size, "1M", "Largest request body the web service reads (larger: 413).")
+    web_rate: float = setting(
+        _non_negative_float, "20",
+        "Requests a second one client (an IPv4 address or IPv6 /64, the X-Forwarded-For client "
+        "behind POSTROOM_WEB_PROXY_TRUSTED) may make of the web service on average, per "
+        "process; over it: 429 with Retry-After. Static files are not counted. 0: no limit.")
+    web_rate_burst: int = setting(
+        _positive_int, "200",
+        "Requests one client may make at once before POSTROOM_WEB_RATE holds it back.")
     web_proxy_trusted: tuple[Network, ...] = setting(
         _ip_networks, "",
         "Reverse proxies (addresses/CIDRs) whose X-Forwarded-For and X-Forwarded-Proto the web "

@@ -443,3 +443,46 @@ def _refused(web: WebServer) -> bool:
             return extra.recv(100) == b""  # closed unanswered
         except ConnectionResetError:
             return True
+
+
+def test_a_client_over_its_request_rate_gets_429_before_any_work(web: WebServer) -> None:
+    """POSTROOM_WEB_RATE: a token bucket per client, here 3 requests and (practically) no
+    refill; behind a trusted proxy the client is the X-Forwarded-For address. Static files
+    are not counted, other clients are not touched, and the refused requests never reach
+    authentication (a good bearer token is refused too)."""
+    env = dict(web.process.env)
+    port = free_port()
+    env.pop("POSTROOM_HTTP_LISTEN")
+    env["POSTROOM_WEB_LISTEN"] = f"tcp:{port}:interface=127.0.0.1"
+    env["POSTROOM_WEB_TLS_LISTEN"] = ""
+    env["POSTROOM_WEB_PROXY_TRUSTED"] = "127.0.0.1"
+    env["POSTROOM_WEB_RATE"] = "0.001"  # one token back every 1,000 s
+    env["POSTROOM_WEB_RATE_BURST"] = "3"
+    process = ServiceProcess("web-rate", env, argv=web.process.argv).spawn()
+    try:
+        client = WebClient(web.host, port, bearer=web.admin_token)
+        wait_until(lambda: _static_answers(client), timeout=60)
+        one = {"X-Forwarded-For": "192.0.2.1"}
+        for _ in range(3):
+            assert client.api("GET", "/domains", headers=one).status == 200
+        refused = client.api("GET", "/domains", headers=one)
+        assert refused.status == 429
+        assert refused.json()["error"]["code"] == "too_many_requests"
+        assert int(refused.header("retry-after") or "0") >= 900
+        page = client.get("/login", headers=one)
+        assert page.status == 429 and "text/html" in (page.header("content-type") or "")
+        assert client.get("/static/postroom.css", headers=one).status == 200
+        # another client behind the same proxy has its own bucket
+        assert client.api("GET", "/domains", headers={"X-Forwarded-For": "192.0.2.2"}).status \
+            == 200
+        metrics = process.get("/metrics")[1].decode()
+        assert 'postroom_errors_total{kind="too_many_requests"} 2.0' in metrics
+    finally:
+        process.close()
+
+
+def _static_answers(client: WebClient) -> bool:
+    try:
+        return client.get("/static/postroom.css").status == 200
+    except OSError:
+        return False

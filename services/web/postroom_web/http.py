@@ -1,9 +1,10 @@
 """The request pipeline on twisted.web: route, limit, authenticate, check, validate, run, answer.
 
 Every request goes through :meth:`WebApp.handle` in this order: static files;
-the route (404, 405); the body limit (413); who asks (401, or the login page);
-the route's access level (403); CSRF and cross-site checks for what changes
-state (403); validation of path, query and body (422); the handler (in the `db`
+the client's request rate (429, postroom_web.ratelimit); the route (404, 405);
+the body limit (413); who asks (401, or the login page); the route's access
+level (403); CSRF and cross-site checks for what changes state (403);
+validation of path, query and body (422); the handler (in the `db`
 pool unless it is ``async``); the answer with the security headers. Whatever
 goes wrong is one JSON error (API) or an error page, never a traceback: an
 unexpected exception is logged with its traceback as one JSON line and answered
@@ -55,6 +56,7 @@ from postroom_web.framework import (
     RequestInfo,
     Route,
 )
+from postroom_web.ratelimit import RequestRate, retry_after
 from postroom_web.templating import StaticFile
 
 log = get_logger("web")
@@ -230,6 +232,9 @@ class WebApp:
         #: DNS look-ups (the DNS pages' checks, up to seconds each): apart from Redis calls
         self.dns_pool = dns_pool
         self._adapters: dict[int, TypeAdapter[Any]] = {}
+        #: requests per client (POSTROOM_WEB_RATE, postroom_web.ratelimit); None: no limit
+        self.rate: RequestRate | None = RequestRate(
+            settings.web_rate, settings.web_rate_burst) if settings.web_rate > 0 else None
         requests_total(metrics)
         request_seconds(metrics)
 
@@ -298,6 +303,16 @@ class WebApp:
         raw_path = request.path.decode("latin-1")
         if raw_path.startswith("/static/") and method in ("GET", "HEAD"):
             return self._static(raw_path[len("/static/"):]), "/static/{file}", None
+        if self.rate is not None:
+            wait = self.rate.allow(self._client(request))
+            if wait:
+                # before any work for it: no session look-up, no database, no handler
+                errors_total(self.metrics).labels(kind="too_many_requests").inc()
+                is_api = raw_path == API_PREFIX or raw_path.startswith(API_PREFIX + "/")
+                answer = self._error(ApiError(429, "too many requests from your address; "
+                                                   "try again later"), api=is_api)
+                answer.headers.append((b"retry-after", retry_after(wait)))
+                return answer, "rate_limited", None
         if raw_path.startswith("/.well-known/") and method in ("GET", "HEAD"):
             known = await wellknown.answer(self, request, raw_path)
             if known is not None:

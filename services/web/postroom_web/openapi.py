@@ -34,7 +34,7 @@ _DESCRIPTIONS = {
 
 
 def _errors(route: Route) -> list[int]:
-    statuses = {500, 503}
+    statuses = {429, 500, 503}  # 429: the per-client request rate (POSTROOM_WEB_RATE)
     if route.access is not Access.PUBLIC:
         statuses |= {401, 403}
     if route.path_params or route.query is not None or route.body is not None:
