@@ -36,8 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import cpu
 import proctools
 from common import REPO, progress, raise_nofile
-from postroom_suite import PostroomSuite
-from workloads import imap_mix, mailgen
+from workloads import imap_mix
 
 SEEDED = 50  # the curve's mailbox (workloads/curves.py SEEDED)
 
@@ -109,70 +108,54 @@ def main() -> int:
     most = max(counts)
     sides = ["new"] + (["base"] if args.base else [])
     raise_nofile(4 * most + 4096)
-    env = {"POSTROOM_ALLOW_PLAINTEXT_AUTH_ON_LOOPBACK": "true", "PGAPPNAME": "imap-new"}
-    maildir = mailgen.make_maildir("curve", SEEDED)
     per_side = most if not args.fresh else args.rounds * sum(counts)
-    with PostroomSuite(["imap"], users=per_side * len(sides) + 1, extra_env=env,
-                       replicas=args.processes or None) as suite:
-        users = [suite.user(n) for n in range(per_side * len(sides) + 1)]
-        mailgen.seed_postroom(maildir, users[0], suite.env, timeout=300)
-        suite.clone_inbox(users[0], users[1:])
-        ports = {"new": suite.ports["imap"]}
-        roots = {"new": suite.pid("imap")}
-        base_service = None
-        try:
-            if args.base:
-                base_service, ports["base"] = proctools.base_imap(
-                    suite, args.base, suite.processes("imap"))
-                base_service.wait_healthy()
-                roots["base"] = base_service.pid
-            accounts = {side: users[i * per_side:(i + 1) * per_side]
-                        for i, side in enumerate(sides)}
-            # warm up: every side's processes import, connect (and cache logins, unless fresh
-            # accounts are wanted: then a few accounts kept apart)
+    with proctools.imap_ab(per_side * len(sides) + 1, replicas=args.processes or None,
+                           base=args.base, seeded=SEEDED) as ab:
+        suite, users, ports, roots = ab.suite, ab.users, ab.ports, ab.roots
+        accounts = {side: users[i * per_side:(i + 1) * per_side]
+                    for i, side in enumerate(sides)}
+        # warm up: every side's processes import, connect (and cache logins, unless fresh
+        # accounts are wanted: then a few accounts kept apart)
+        for side in sides:
+            imap_mix.load(ports[side], accounts[side][:most] if not args.fresh
+                          else users[-1:], 3.0)
+        used = {side: 0 for side in sides}
+        for n in [int(c) for c in args.profile.split(",") if c]:
             for side in sides:
-                imap_mix.load(ports[side], accounts[side][:most] if not args.fresh
-                              else users[-1:], 3.0)
-            used = {side: 0 for side in sides}
-            for n in [int(c) for c in args.profile.split(",") if c]:
-                for side in sides:
-                    progress(f"profile {side}, {n} clients")
-                    _profile(roots[side], ports[side], accounts[side][:n], args.seconds,
-                             args.spy_flags.split())
-            results: dict[tuple[str, int], list[dict[str, float]]] = {}
-            for r in range(args.rounds):
-                order = sides if r % 2 == 0 else list(reversed(sides))
-                for clients in counts:
-                    for side in order:
-                        mine = accounts[side][:clients]
-                        if args.fresh:
-                            mine = accounts[side][used[side]:used[side] + clients]
-                            used[side] += clients
-                        if args.warm:
-                            _warm(ports[side], mine, args.warm)
-                        pg = proctools.pg_pids(suite, f"imap-{side}")
-                        got = _block(ports[side], mine, args.seconds,
-                                     roots[side], pg)
-                        got.update(side=side, clients=clients, round=r)
-                        results.setdefault((side, clients), []).append(got)
-                        progress(f"round {r} {side:4} {clients:4} clients: "
-                                 f"{got['ops_s']:.0f} ops/s p99 {got['p99']:.0f} ms, "
-                                 f"imap {got['imap_ms']:.3f} pg {got['pg_ms']:.3f} "
-                                 f"client {got['client_ms']:.3f} ms/op, "
-                                 f"{got['errors']} err, load {got['load1']:.1f}")
-                        if args.json:
-                            with open(args.json, "a") as f:
-                                f.write(json.dumps(got) + "\n")
-            print("medians:")
-            for (side, clients), blocks in sorted(results.items()):
-                med = {k: statistics.median(b[k] for b in blocks)
-                       for k in ("ops_s", "p99", "imap_ms", "pg_ms", "client_ms")}
-                print(f"  {side:4} {clients:4} clients: {med['ops_s']:.0f} ops/s, p99 "
-                      f"{med['p99']:.0f} ms, imap {med['imap_ms']:.3f}, pg {med['pg_ms']:.3f}, "
-                      f"client {med['client_ms']:.3f} ms/op ({len(blocks)} blocks)")
-        finally:
-            if base_service is not None:
-                base_service.stop()
+                progress(f"profile {side}, {n} clients")
+                _profile(roots[side], ports[side], accounts[side][:n], args.seconds,
+                         args.spy_flags.split())
+        results: dict[tuple[str, int], list[dict[str, float]]] = {}
+        for r in range(args.rounds):
+            order = sides if r % 2 == 0 else list(reversed(sides))
+            for clients in counts:
+                for side in order:
+                    mine = accounts[side][:clients]
+                    if args.fresh:
+                        mine = accounts[side][used[side]:used[side] + clients]
+                        used[side] += clients
+                    if args.warm:
+                        _warm(ports[side], mine, args.warm)
+                    pg = proctools.pg_pids(suite, f"imap-{side}")
+                    got = _block(ports[side], mine, args.seconds,
+                                 roots[side], pg)
+                    got.update(side=side, clients=clients, round=r)
+                    results.setdefault((side, clients), []).append(got)
+                    progress(f"round {r} {side:4} {clients:4} clients: "
+                             f"{got['ops_s']:.0f} ops/s p99 {got['p99']:.0f} ms, "
+                             f"imap {got['imap_ms']:.3f} pg {got['pg_ms']:.3f} "
+                             f"client {got['client_ms']:.3f} ms/op, "
+                             f"{got['errors']} err, load {got['load1']:.1f}")
+                    if args.json:
+                        with open(args.json, "a") as f:
+                            f.write(json.dumps(got) + "\n")
+        print("medians:")
+        for (side, clients), blocks in sorted(results.items()):
+            med = {k: statistics.median(b[k] for b in blocks)
+                   for k in ("ops_s", "p99", "imap_ms", "pg_ms", "client_ms")}
+            print(f"  {side:4} {clients:4} clients: {med['ops_s']:.0f} ops/s, p99 "
+                  f"{med['p99']:.0f} ms, imap {med['imap_ms']:.3f}, pg {med['pg_ms']:.3f}, "
+                  f"client {med['client_ms']:.3f} ms/op ({len(blocks)} blocks)")
     return 0
 
 

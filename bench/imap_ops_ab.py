@@ -30,8 +30,7 @@ import cpu
 import proctools
 from common import REPO, progress
 from imap_clients_ab import SEEDED
-from postroom_suite import PASSWORD, PostroomSuite
-from workloads import mailgen
+from postroom_suite import PASSWORD
 from workloads.imap_mix import HEADERS
 
 OPS = ("SELECT", "FETCH headers", "FETCH body", "STORE toggle", "STORE Seen (no change)")
@@ -105,53 +104,38 @@ def main() -> int:
     args = parser.parse_args()
     ops = args.ops.split(",")
     sides = ["new"] + (["base"] if args.base else [])
-    env = {"POSTROOM_ALLOW_PLAINTEXT_AUTH_ON_LOOPBACK": "true", "PGAPPNAME": "imap-new"}
-    maildir = mailgen.make_maildir("curve", SEEDED)
     per_side = args.clients
-    with PostroomSuite(["imap"], users=per_side * len(sides) + 1, extra_env=env,
-                       replicas=1) as suite:
-        users = [suite.user(n) for n in range(per_side * len(sides) + 1)]
-        mailgen.seed_postroom(maildir, users[0], suite.env, timeout=300)
-        suite.clone_inbox(users[0], users[1:])
-        ports = {"new": suite.ports["imap"]}
-        roots = {"new": suite.pid("imap")}
-        base_service = None
-        try:
-            if args.base:
-                base_service, ports["base"] = proctools.base_imap(suite, args.base, 1)
-                base_service.wait_healthy()
-                roots["base"] = base_service.pid
-            conns = {side: [_connect(ports[side], u)
-                            for u in users[1 + i * per_side:1 + (i + 1) * per_side]]
-                     for i, side in enumerate(sides)}
-            for side in sides:  # warm up
-                for op in ops:
-                    _block(conns[side], op, 50, roots[side], [])
-            if args.profile:
-                for op in ops:
-                    _spy(conns["new"], op, args.profile, roots["new"])
-                return 0
-            results: dict[tuple[str, str], list[tuple[float, float]]] = {}
-            for r in range(args.rounds):
-                for op in ops:
-                    order = sides if r % 2 == 0 else list(reversed(sides))
-                    for side in order:
-                        pg = proctools.pg_pids(suite, f"imap-{side}")
-                        got = _block(conns[side], op, args.count, roots[side], pg)
-                        results.setdefault((op, side), []).append(got)
-                        progress(f"round {r} {op:24} {side:4}: imap {got[0]:.3f} "
-                                 f"pg {got[1]:.3f} ms/op")
-            print("medians (ms per command: imap / PostgreSQL):")
+    with proctools.imap_ab(per_side * len(sides) + 1, replicas=1, base=args.base,
+                           seeded=SEEDED) as ab:
+        suite, users, ports, roots = ab.suite, ab.users, ab.ports, ab.roots
+        conns = {side: [_connect(ports[side], u)
+                        for u in users[1 + i * per_side:1 + (i + 1) * per_side]]
+                 for i, side in enumerate(sides)}
+        for side in sides:  # warm up
             for op in ops:
-                line = [f"  {op:24}"]
-                for side in sides:
-                    blocks = results[(op, side)]
-                    line.append(f"{side} {statistics.median(b[0] for b in blocks):.3f} / "
-                                f"{statistics.median(b[1] for b in blocks):.3f}")
-                print("  ".join(line))
-        finally:
-            if base_service is not None:
-                base_service.stop()
+                _block(conns[side], op, 50, roots[side], [])
+        if args.profile:
+            for op in ops:
+                _spy(conns["new"], op, args.profile, roots["new"])
+            return 0
+        results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for r in range(args.rounds):
+            for op in ops:
+                order = sides if r % 2 == 0 else list(reversed(sides))
+                for side in order:
+                    pg = proctools.pg_pids(suite, f"imap-{side}")
+                    got = _block(conns[side], op, args.count, roots[side], pg)
+                    results.setdefault((op, side), []).append(got)
+                    progress(f"round {r} {op:24} {side:4}: imap {got[0]:.3f} "
+                             f"pg {got[1]:.3f} ms/op")
+        print("medians (ms per command: imap / PostgreSQL):")
+        for op in ops:
+            line = [f"  {op:24}"]
+            for side in sides:
+                blocks = results[(op, side)]
+                line.append(f"{side} {statistics.median(b[0] for b in blocks):.3f} / "
+                            f"{statistics.median(b[1] for b in blocks):.3f}")
+            print("  ".join(line))
     return 0
 
 

@@ -109,6 +109,46 @@ def metric_value(metrics: str, name: str) -> float | None:
     return float(found.group(1)) if found else None
 
 
+@dataclass
+class ImapSides:
+    """The imap A/B set-up ``imap_ab`` yields."""
+
+    suite: Any  # postroom_suite.PostroomSuite
+    users: list[str]  # users[0] holds the seeded INBOX; every other account a copy of it
+    ports: dict[str, int]  # side ("new", "base") -> IMAP port
+    roots: dict[str, int]  # side -> PID of its imap process tree
+
+
+@contextlib.contextmanager
+def imap_ab(accounts: int, *, replicas: int | None, base: str | None,
+            seeded: int) -> Iterator[ImapSides]:
+    """A suite whose imap ("new", application_name imap-new, plaintext LOGIN on loopback)
+    has ``accounts`` accounts, each INBOX a copy of a ``seeded``-message one; with ``base``,
+    a second imap ("base") running that commit's tree with as many processes, stopped on
+    exit with the suite."""
+    from postroom_suite import PostroomSuite
+    from workloads import mailgen
+
+    env = {"POSTROOM_ALLOW_PLAINTEXT_AUTH_ON_LOOPBACK": "true", "PGAPPNAME": "imap-new"}
+    maildir = mailgen.make_maildir("curve", seeded)
+    with PostroomSuite(["imap"], users=accounts, extra_env=env, replicas=replicas) as suite:
+        users = [suite.user(n) for n in range(accounts)]
+        mailgen.seed_postroom(maildir, users[0], suite.env, timeout=300)
+        suite.clone_inbox(users[0], users[1:])
+        ports = {"new": suite.ports["imap"]}
+        roots = {"new": suite.pid("imap")}
+        base_service = None
+        try:
+            if base:
+                base_service, ports["base"] = base_imap(suite, base, suite.processes("imap"))
+                base_service.wait_healthy()
+                roots["base"] = base_service.pid
+            yield ImapSides(suite, users, ports, roots)
+        finally:
+            if base_service is not None:
+                base_service.stop()
+
+
 # --- PostgreSQL and Redis state of one run
 
 def pg_pids(suite: Any, appname: str) -> list[int]:
