@@ -95,6 +95,51 @@ def tree_ticks(roots: Iterable[int], stats: Mapping[int, Stat]) -> int:
     return sum(stats[pid].with_reaped for pid in tree(roots, stats))
 
 
+# --- one process or tree at a time, for the A/B scripts (bench/*_ab.py, scripts/measure_*.py)
+
+def own_seconds(pid: int) -> float:
+    """utime + stime of one process, in seconds; OSError when it is gone."""
+    return parse_stat((PROC / str(pid) / "stat").read_text()).own / TICKS
+
+
+def tree_seconds(pid: int) -> float:
+    """CPU of a process and every process it forked (workers), reaped ones too, in seconds."""
+    return tree_ticks([pid], all_stats()) / TICKS
+
+
+def ticks(pids: Iterable[int], *, children: bool) -> int:
+    """Ticks of the live ``pids``: with ``children`` their trees (reaped children in), else
+    their own time only (PostgreSQL backends, whose parent serves others too)."""
+    stats = all_stats()
+    if children:
+        return tree_ticks(pids, stats)
+    return sum(stats[p].own for p in pids if p in stats)
+
+
+def self_ticks() -> int:
+    """This process's own CPU (a client driving the load from its threads), in ticks."""
+    t = os.times()
+    return int((t.user + t.system) * TICKS)
+
+
+def backend_seconds(engine: Any, dbname: str, skip: int | None = None) -> dict[int, float]:
+    """Own CPU seconds of each PostgreSQL backend connected to ``dbname`` (but ``skip``, the
+    caller's own polling connection), by PID; a backend gone between the two reads is left out."""
+    from sqlalchemy import text
+
+    with engine.connect() as conn:
+        pids = [r[0] for r in conn.execute(text(
+            "SELECT pid FROM pg_stat_activity WHERE datname = :d"), {"d": dbname})]
+    out = {}
+    for pid in pids:
+        if pid != skip:
+            try:
+                out[pid] = own_seconds(pid)
+            except OSError:
+                pass
+    return out
+
+
 def by_command(roots: Iterable[int], stats: Mapping[int, Stat]) -> dict[str, int]:
     """Own CPU ticks of the live processes of a tree by command name (smtpd, cleanup, imap...)."""
     out: dict[str, int] = {}

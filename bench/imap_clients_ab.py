@@ -22,7 +22,6 @@ N clients run the mix, and prints the top frames.
 from __future__ import annotations
 
 import argparse
-import collections
 import json
 import os
 import statistics
@@ -35,40 +34,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cpu
-from common import REPO, free_port, progress, raise_nofile
-from postroom_suite import PostroomSuite, Service
-from workloads import imap_mix, mailgen
+import proctools
+from common import REPO, progress, raise_nofile
+from workloads import imap_mix
 
 SEEDED = 50  # the curve's mailbox (workloads/curves.py SEEDED)
-
-
-def _archive(commit: str) -> Path:
-    """The tree at ``commit`` in a temporary directory (its shared/ and services/)."""
-    out = Path(tempfile.mkdtemp(prefix="imap-ab-base-"))
-    archive = subprocess.run(["git", "-C", str(REPO), "archive", commit, "shared", "services"],
-                             check=True, stdout=subprocess.PIPE).stdout
-    subprocess.run(["tar", "-x", "-C", str(out)], input=archive, check=True)
-    return out
-
-
-def _pg_pids(suite: PostroomSuite, appname: str) -> list[int]:
-    with suite.engine().connect() as conn:
-        rows = conn.exec_driver_sql(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() "
-            "AND application_name = %(a)s", {"a": appname}).all()
-    return [int(r[0]) for r in rows]
-
-
-def _ticks(pids: list[int], tree: bool) -> int:
-    stats = cpu.all_stats()
-    if tree:
-        return cpu.tree_ticks(pids, stats)
-    return sum(stats[p].own for p in pids if p in stats)
-
-
-def _self_ticks() -> int:
-    t = os.times()
-    return int((t.user + t.system) * cpu.TICKS)
 
 
 def _workers(root: int) -> list[int]:
@@ -78,9 +48,11 @@ def _workers(root: int) -> list[int]:
 
 def _block(port: int, users: list[str], seconds: float, imap_root: int,
            pg: list[int]) -> dict[str, float]:
-    before = (_ticks([imap_root], True), _ticks(pg, False), _self_ticks())
+    before = (cpu.ticks([imap_root], children=True), cpu.ticks(pg, children=False),
+              cpu.self_ticks())
     rate, q50, q99, errors, done = imap_mix.load(port, users, seconds)
-    after = (_ticks([imap_root], True), _ticks(pg, False), _self_ticks())
+    after = (cpu.ticks([imap_root], children=True), cpu.ticks(pg, children=False),
+             cpu.self_ticks())
     ms = [(a - b) * 1000 / cpu.TICKS / max(1, done) for a, b in zip(after, before, strict=True)]
     return {"ops_s": rate, "p50": q50, "p99": q99, "errors": errors, "ops": done,
             "imap_ms": ms[0], "pg_ms": ms[1], "client_ms": ms[2],
@@ -111,22 +83,8 @@ def _profile(root: int, port: int, users: list[str], seconds: float,
     for p in procs:
         p.wait(60)
     for pid, out in outs.items():
-        own: collections.Counter[str] = collections.Counter()
-        incl: collections.Counter[str] = collections.Counter()
-        total = 0
-        for line in out.read_text().splitlines():
-            stack, _, count = line.rpartition(" ")
-            n = int(count)
-            total += n
-            frames = stack.split(";")
-            own[frames[-1]] += n
-            for f in set(frames):
-                incl[f] += n
-        print(f"--- py-spy --gil, worker {pid}: {total} samples ({out})")
-        for name, n in own.most_common(25):
-            print(f"  self {100 * n / max(1, total):5.1f}%  {name[:150]}")
-        for name, n in incl.most_common(90):
-            print(f"  incl {100 * n / max(1, total):5.1f}%  {name[:150]}")
+        proctools.print_top_frames(out, f"py-spy --gil, worker {pid}", own=25, inclusive=90,
+                                   width=150)
 
 
 def main() -> int:
@@ -150,77 +108,54 @@ def main() -> int:
     most = max(counts)
     sides = ["new"] + (["base"] if args.base else [])
     raise_nofile(4 * most + 4096)
-    env = {"POSTROOM_ALLOW_PLAINTEXT_AUTH_ON_LOOPBACK": "true", "PGAPPNAME": "imap-new"}
-    maildir = mailgen.make_maildir("curve", SEEDED)
     per_side = most if not args.fresh else args.rounds * sum(counts)
-    with PostroomSuite(["imap"], users=per_side * len(sides) + 1, extra_env=env,
-                       replicas=args.processes or None) as suite:
-        users = [suite.user(n) for n in range(per_side * len(sides) + 1)]
-        mailgen.seed_postroom(maildir, users[0], suite.env, timeout=300)
-        suite.clone_inbox(users[0], users[1:])
-        ports = {"new": suite.ports["imap"]}
-        roots = {"new": suite.pid("imap")}
-        base_service = None
-        try:
-            if args.base:
-                tree = _archive(args.base)
-                benv = dict(suite.env)
-                ports["base"] = free_port()
-                benv.update({
-                    "PYTHONPATH": f"{tree}/shared:{tree}/services/imap:{REPO}",
-                    "POSTROOM_IMAP_LISTEN": f"tcp:{ports['base']}:interface=127.0.0.1",
-                    "POSTROOM_REDIS_PREFIX": suite.redis_prefix + "base:",
-                    "PGAPPNAME": "imap-base"})
-                base_service = Service("imap", benv, processes=suite.processes("imap"))
-                base_service.wait_healthy()
-                roots["base"] = base_service.pid
-            accounts = {side: users[i * per_side:(i + 1) * per_side]
-                        for i, side in enumerate(sides)}
-            # warm up: every side's processes import, connect (and cache logins, unless fresh
-            # accounts are wanted: then a few accounts kept apart)
+    with proctools.imap_ab(per_side * len(sides) + 1, replicas=args.processes or None,
+                           base=args.base, seeded=SEEDED) as ab:
+        suite, users, ports, roots = ab.suite, ab.users, ab.ports, ab.roots
+        accounts = {side: users[i * per_side:(i + 1) * per_side]
+                    for i, side in enumerate(sides)}
+        # warm up: every side's processes import, connect (and cache logins, unless fresh
+        # accounts are wanted: then a few accounts kept apart)
+        for side in sides:
+            imap_mix.load(ports[side], accounts[side][:most] if not args.fresh
+                          else users[-1:], 3.0)
+        used = {side: 0 for side in sides}
+        for n in [int(c) for c in args.profile.split(",") if c]:
             for side in sides:
-                imap_mix.load(ports[side], accounts[side][:most] if not args.fresh
-                              else users[-1:], 3.0)
-            used = {side: 0 for side in sides}
-            for n in [int(c) for c in args.profile.split(",") if c]:
-                for side in sides:
-                    progress(f"profile {side}, {n} clients")
-                    _profile(roots[side], ports[side], accounts[side][:n], args.seconds,
-                             args.spy_flags.split())
-            results: dict[tuple[str, int], list[dict[str, float]]] = {}
-            for r in range(args.rounds):
-                order = sides if r % 2 == 0 else list(reversed(sides))
-                for clients in counts:
-                    for side in order:
-                        mine = accounts[side][:clients]
-                        if args.fresh:
-                            mine = accounts[side][used[side]:used[side] + clients]
-                            used[side] += clients
-                        if args.warm:
-                            _warm(ports[side], mine, args.warm)
-                        pg = _pg_pids(suite, f"imap-{side}")
-                        got = _block(ports[side], mine, args.seconds,
-                                     roots[side], pg)
-                        got.update(side=side, clients=clients, round=r)
-                        results.setdefault((side, clients), []).append(got)
-                        progress(f"round {r} {side:4} {clients:4} clients: "
-                                 f"{got['ops_s']:.0f} ops/s p99 {got['p99']:.0f} ms, "
-                                 f"imap {got['imap_ms']:.3f} pg {got['pg_ms']:.3f} "
-                                 f"client {got['client_ms']:.3f} ms/op, "
-                                 f"{got['errors']} err, load {got['load1']:.1f}")
-                        if args.json:
-                            with open(args.json, "a") as f:
-                                f.write(json.dumps(got) + "\n")
-            print("medians:")
-            for (side, clients), blocks in sorted(results.items()):
-                med = {k: statistics.median(b[k] for b in blocks)
-                       for k in ("ops_s", "p99", "imap_ms", "pg_ms", "client_ms")}
-                print(f"  {side:4} {clients:4} clients: {med['ops_s']:.0f} ops/s, p99 "
-                      f"{med['p99']:.0f} ms, imap {med['imap_ms']:.3f}, pg {med['pg_ms']:.3f}, "
-                      f"client {med['client_ms']:.3f} ms/op ({len(blocks)} blocks)")
-        finally:
-            if base_service is not None:
-                base_service.stop()
+                progress(f"profile {side}, {n} clients")
+                _profile(roots[side], ports[side], accounts[side][:n], args.seconds,
+                         args.spy_flags.split())
+        results: dict[tuple[str, int], list[dict[str, float]]] = {}
+        for r in range(args.rounds):
+            order = sides if r % 2 == 0 else list(reversed(sides))
+            for clients in counts:
+                for side in order:
+                    mine = accounts[side][:clients]
+                    if args.fresh:
+                        mine = accounts[side][used[side]:used[side] + clients]
+                        used[side] += clients
+                    if args.warm:
+                        _warm(ports[side], mine, args.warm)
+                    pg = proctools.pg_pids(suite, f"imap-{side}")
+                    got = _block(ports[side], mine, args.seconds,
+                                 roots[side], pg)
+                    got.update(side=side, clients=clients, round=r)
+                    results.setdefault((side, clients), []).append(got)
+                    progress(f"round {r} {side:4} {clients:4} clients: "
+                             f"{got['ops_s']:.0f} ops/s p99 {got['p99']:.0f} ms, "
+                             f"imap {got['imap_ms']:.3f} pg {got['pg_ms']:.3f} "
+                             f"client {got['client_ms']:.3f} ms/op, "
+                             f"{got['errors']} err, load {got['load1']:.1f}")
+                    if args.json:
+                        with open(args.json, "a") as f:
+                            f.write(json.dumps(got) + "\n")
+        print("medians:")
+        for (side, clients), blocks in sorted(results.items()):
+            med = {k: statistics.median(b[k] for b in blocks)
+                   for k in ("ops_s", "p99", "imap_ms", "pg_ms", "client_ms")}
+            print(f"  {side:4} {clients:4} clients: {med['ops_s']:.0f} ops/s, p99 "
+                  f"{med['p99']:.0f} ms, imap {med['imap_ms']:.3f}, pg {med['pg_ms']:.3f}, "
+                  f"client {med['client_ms']:.3f} ms/op ({len(blocks)} blocks)")
     return 0
 
 

@@ -14,7 +14,6 @@ alternates A B / B A, so a shared machine's drift cancels in the medians.
 from __future__ import annotations
 
 import argparse
-import collections
 import imaplib
 import signal
 import statistics
@@ -28,10 +27,10 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cpu
-from common import REPO, free_port, progress
-from imap_clients_ab import SEEDED, _archive, _pg_pids, _ticks
-from postroom_suite import PASSWORD, PostroomSuite, Service
-from workloads import mailgen
+import proctools
+from common import REPO, progress
+from imap_clients_ab import SEEDED
+from postroom_suite import PASSWORD
 from workloads.imap_mix import HEADERS
 
 OPS = ("SELECT", "FETCH headers", "FETCH body", "STORE toggle", "STORE Seen (no change)")
@@ -55,7 +54,7 @@ def _command(conn: imaplib.IMAP4, op: str, i: int) -> None:
 
 def _block(conns: list[imaplib.IMAP4], op: str, count: int, root: int,
            pg: list[int]) -> tuple[float, float]:
-    before = (_ticks([root], True), _ticks(pg, False))
+    before = (cpu.ticks([root], children=True), cpu.ticks(pg, children=False))
 
     def client(conn: imaplib.IMAP4) -> None:
         for i in range(count):
@@ -66,7 +65,7 @@ def _block(conns: list[imaplib.IMAP4], op: str, count: int, root: int,
         t.start()
     for t in threads:
         t.join()
-    after = (_ticks([root], True), _ticks(pg, False))
+    after = (cpu.ticks([root], children=True), cpu.ticks(pg, children=False))
     done = count * len(conns)
     return tuple((a - b) * 1000 / cpu.TICKS / done  # type: ignore[return-value]
                  for a, b in zip(after, before, strict=True))
@@ -81,21 +80,7 @@ def _spy(conns: list[imaplib.IMAP4], op: str, count: int, root: int) -> None:
     _block(conns, op, count, root, [])
     spy.send_signal(signal.SIGINT)
     spy.wait(60)
-    own: collections.Counter[str] = collections.Counter()
-    incl: collections.Counter[str] = collections.Counter()
-    total = 0
-    for line in out.read_text().splitlines():
-        stack, _, n = line.rpartition(" ")
-        total += int(n)
-        frames = stack.split(";")
-        own[frames[-1]] += int(n)
-        for f in set(frames):
-            incl[f] += int(n)
-    print(f"--- {op}: {total} samples ({out})")
-    for name, n in own.most_common(20):
-        print(f"  self {100 * n / max(1, total):5.1f}%  {name[:140]}")
-    for name, n in incl.most_common(70):
-        print(f"  incl {100 * n / max(1, total):5.1f}%  {name[:140]}")
+    proctools.print_top_frames(out, op, own=20, inclusive=70, width=140)
 
 
 def _connect(port: int, user: str) -> imaplib.IMAP4:
@@ -119,61 +104,38 @@ def main() -> int:
     args = parser.parse_args()
     ops = args.ops.split(",")
     sides = ["new"] + (["base"] if args.base else [])
-    env = {"POSTROOM_ALLOW_PLAINTEXT_AUTH_ON_LOOPBACK": "true", "PGAPPNAME": "imap-new"}
-    maildir = mailgen.make_maildir("curve", SEEDED)
     per_side = args.clients
-    with PostroomSuite(["imap"], users=per_side * len(sides) + 1, extra_env=env,
-                       replicas=1) as suite:
-        users = [suite.user(n) for n in range(per_side * len(sides) + 1)]
-        mailgen.seed_postroom(maildir, users[0], suite.env, timeout=300)
-        suite.clone_inbox(users[0], users[1:])
-        ports = {"new": suite.ports["imap"]}
-        roots = {"new": suite.pid("imap")}
-        base_service = None
-        try:
-            if args.base:
-                tree = _archive(args.base)
-                benv = dict(suite.env)
-                ports["base"] = free_port()
-                benv.update({
-                    "PYTHONPATH": f"{tree}/shared:{tree}/services/imap:{REPO}",
-                    "POSTROOM_IMAP_LISTEN": f"tcp:{ports['base']}:interface=127.0.0.1",
-                    "POSTROOM_REDIS_PREFIX": suite.redis_prefix + "base:",
-                    "PGAPPNAME": "imap-base"})
-                base_service = Service("imap", benv, processes=1)
-                base_service.wait_healthy()
-                roots["base"] = base_service.pid
-            conns = {side: [_connect(ports[side], u)
-                            for u in users[1 + i * per_side:1 + (i + 1) * per_side]]
-                     for i, side in enumerate(sides)}
-            for side in sides:  # warm up
-                for op in ops:
-                    _block(conns[side], op, 50, roots[side], [])
-            if args.profile:
-                for op in ops:
-                    _spy(conns["new"], op, args.profile, roots["new"])
-                return 0
-            results: dict[tuple[str, str], list[tuple[float, float]]] = {}
-            for r in range(args.rounds):
-                for op in ops:
-                    order = sides if r % 2 == 0 else list(reversed(sides))
-                    for side in order:
-                        pg = _pg_pids(suite, f"imap-{side}")
-                        got = _block(conns[side], op, args.count, roots[side], pg)
-                        results.setdefault((op, side), []).append(got)
-                        progress(f"round {r} {op:24} {side:4}: imap {got[0]:.3f} "
-                                 f"pg {got[1]:.3f} ms/op")
-            print("medians (ms per command: imap / PostgreSQL):")
+    with proctools.imap_ab(per_side * len(sides) + 1, replicas=1, base=args.base,
+                           seeded=SEEDED) as ab:
+        suite, users, ports, roots = ab.suite, ab.users, ab.ports, ab.roots
+        conns = {side: [_connect(ports[side], u)
+                        for u in users[1 + i * per_side:1 + (i + 1) * per_side]]
+                 for i, side in enumerate(sides)}
+        for side in sides:  # warm up
             for op in ops:
-                line = [f"  {op:24}"]
-                for side in sides:
-                    blocks = results[(op, side)]
-                    line.append(f"{side} {statistics.median(b[0] for b in blocks):.3f} / "
-                                f"{statistics.median(b[1] for b in blocks):.3f}")
-                print("  ".join(line))
-        finally:
-            if base_service is not None:
-                base_service.stop()
+                _block(conns[side], op, 50, roots[side], [])
+        if args.profile:
+            for op in ops:
+                _spy(conns["new"], op, args.profile, roots["new"])
+            return 0
+        results: dict[tuple[str, str], list[tuple[float, float]]] = {}
+        for r in range(args.rounds):
+            for op in ops:
+                order = sides if r % 2 == 0 else list(reversed(sides))
+                for side in order:
+                    pg = proctools.pg_pids(suite, f"imap-{side}")
+                    got = _block(conns[side], op, args.count, roots[side], pg)
+                    results.setdefault((op, side), []).append(got)
+                    progress(f"round {r} {op:24} {side:4}: imap {got[0]:.3f} "
+                             f"pg {got[1]:.3f} ms/op")
+        print("medians (ms per command: imap / PostgreSQL):")
+        for op in ops:
+            line = [f"  {op:24}"]
+            for side in sides:
+                blocks = results[(op, side)]
+                line.append(f"{side} {statistics.median(b[0] for b in blocks):.3f} / "
+                            f"{statistics.median(b[1] for b in blocks):.3f}")
+            print("  ".join(line))
     return 0
 
 

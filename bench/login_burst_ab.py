@@ -24,9 +24,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import cpu
-from common import REPO, free_port, progress, raise_nofile
-from imap_clients_ab import _archive, _ticks
-from postroom_suite import PASSWORD, PostroomSuite, Service
+import proctools
+from common import progress, raise_nofile
+from postroom_suite import PASSWORD, PostroomSuite
 
 
 def _steady(port: int, user: str, stop: threading.Event, ready: threading.Barrier,
@@ -88,13 +88,13 @@ def _block(suite: PostroomSuite, port: int, root: int, appname: str, steady: lis
     stop_sample = threading.Event()
     sampler = threading.Thread(target=_sample, args=(suite, appname, stop_sample, samples))
     sampler.start()
-    before = _ticks([root], True)
+    before = cpu.ticks([root], children=True)
     start = time.perf_counter()
     go.set()
     for t in logins:
         t.join()
     took = time.perf_counter() - start
-    after = _ticks([root], True)
+    after = cpu.ticks([root], children=True)
     stop.set()
     stop_sample.set()
     for t in [*runners, sampler]:
@@ -122,14 +122,7 @@ def main() -> int:
                        replicas=args.processes or None) as suite:
         users = [suite.user(n) for n in range(per_side * 2)]
         accounts = {s: users[i * per_side:(i + 1) * per_side] for i, s in enumerate(sides)}
-        tree = _archive(args.base)
-        benv = dict(suite.env)
-        port = free_port()
-        benv.update({"PYTHONPATH": f"{tree}/shared:{tree}/services/imap:{REPO}",
-                     "POSTROOM_IMAP_LISTEN": f"tcp:{port}:interface=127.0.0.1",
-                     "POSTROOM_REDIS_PREFIX": suite.redis_prefix + "base:",
-                     "PGAPPNAME": "imap-base"})
-        base = Service("imap", benv, processes=suite.processes("imap"))
+        base, port = proctools.base_imap(suite, args.base, suite.processes("imap"))
         try:
             base.wait_healthy()
             ports = {"new": suite.ports["imap"], "base": port}

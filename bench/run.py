@@ -120,7 +120,10 @@ def main(argv: list[str] | None = None) -> int:
     ctx = Context(budget=budget, runs=args.runs, messages=args.messages, services=services,
                   peers_missing=peers_missing, scale_messages=args.scale_messages,
                   idle_connections=args.idle, profile=not args.no_profile,
-                  replicas=args.replicas, quick=args.quick, curves=tuple(args.curve))
+                  replicas=args.replicas, quick=args.quick, curves=tuple(args.curve),
+                  # before workload 1: the machine's own load, none of the bench's yet
+                  load_before=os.getloadavg()[0])
+    progress(f"load average before the first workload: {ctx.load_before:.1f}")
     rows: list[Row] = []
     skipped: dict[str, str] = {}
     todo = list(args.only or WORKLOADS)
@@ -168,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
         "date": dt.datetime.now().isoformat(timespec="seconds"),
         "machine": {"cpus": os.cpu_count(), "python": platform.python_version(),
                     "platform": platform.platform()},
-        "args": vars(args), "services": sorted(services),
+        "args": vars(args), "services": sorted(services), "load1_before": ctx.load_before,
         "rows": [r.as_dict() for r in rows], "skipped": skipped, "extras": ctx.extras,
         "cpu": [f.as_dict() for f in ctx.cpu],
         "elapsed_s": round(args.budget - budget.left(), 1),

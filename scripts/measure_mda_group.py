@@ -24,12 +24,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import re
 import signal
 import sys
 import tempfile
 import time
-import urllib.request
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -37,9 +35,8 @@ from sqlalchemy import create_engine, text
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "scripts"))
 
-from measure_group_commit import cpu_seconds, start, wait_healthy  # noqa: E402
+from bench import cpu, proctools  # noqa: E402
 from tests.support.db import create_test_database, drop_test_database  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 
@@ -54,20 +51,6 @@ def message(n: int, size: int = 2048) -> bytes:
     line = f"line of message {n}, some words to index and search later on. "
     body = (line * (size // len(line) + 1))[:size - len(head)]
     return (head + "\r\n".join(body[i:i + 70] for i in range(0, len(body), 70)) + "\r\n").encode()
-
-
-def backends(engine, dbname: str, skip: int) -> dict[int, float]:
-    with engine.connect() as conn:
-        pids = [r[0] for r in conn.execute(text(
-            "SELECT pid FROM pg_stat_activity WHERE datname = :d"), {"d": dbname})]
-    out = {}
-    for pid in pids:
-        if pid != skip:
-            try:
-                out[pid] = cpu_seconds(pid)
-            except OSError:
-                pass
-    return out
 
 
 def _peak_rss_mb(pid: int) -> float:
@@ -130,12 +113,12 @@ def main() -> None:
                "POSTROOM_MDA_CONCURRENCY": str(args.concurrency),
                **({} if args.code else {"POSTROOM_MDA_GROUP_COMMIT": str(args.group)})}
         log = Path(tempfile.gettempdir()) / f"mdabench-{os.getpid()}.log"
-        mda = start("mda", env, args.code, log)
-        wait_healthy(http, mda)
+        mda = proctools.start_service("mda", env, args.code, log)
+        proctools.wait_healthy(http, mda)
         admin = create_engine(url, pool_size=1)
         with admin.connect() as conn:
             me = int(conn.execute(text("SELECT pg_backend_pid()")).scalar_one())
-            cpu0, pg0 = cpu_seconds(mda.pid), backends(admin, dbname, me)
+            cpu0, pg0 = cpu.own_seconds(mda.pid), cpu.backend_seconds(admin, dbname, me)
             queue = QueueClient(client, prefix)
             for i in range(0, len(envelopes), 200):
                 queue.enqueue_many(envelopes[i:i + 200])
@@ -150,13 +133,10 @@ def main() -> None:
                     raise RuntimeError("mda exited")
                 time.sleep(0.5)
             time.sleep(1.0)  # the last acknowledgements
-            cpu1, pg1 = cpu_seconds(mda.pid), backends(admin, dbname, me)
-        with urllib.request.urlopen(f"http://127.0.0.1:{http}/metrics", timeout=5) as r:
-            metrics = r.read().decode()
-        group_commits = sum(float(v) for v in re.findall(
-            r"^postroom_delivery_commits_total\{[^}]*\} (\S+)", metrics, re.MULTILINE))
-        grouped = re.search(r"^postroom_delivery_commit_messages_sum (\S+)", metrics,
-                            re.MULTILINE)
+            cpu1, pg1 = cpu.own_seconds(mda.pid), cpu.backend_seconds(admin, dbname, me)
+        metrics = proctools.scrape_metrics(http)
+        group_commits = proctools.metric_total(metrics, "postroom_delivery_commits_total")
+        grouped = proctools.metric_value(metrics, "postroom_delivery_commit_messages_sum")
         peak_rss = _peak_rss_mb(mda.pid)
         mda.send_signal(signal.SIGTERM)
         mda.wait(30)
@@ -168,7 +148,7 @@ def main() -> None:
             "mda_cpu_ms_per_msg": round((cpu1 - cpu0) * 1000 / args.m, 3),
             "pg_backend_cpu_ms_per_msg": round(pg_cpu * 1000 / args.m, 3),
             "group_commits": group_commits,
-            "messages_in_groups": float(grouped.group(1)) if grouped else 0.0,
+            "messages_in_groups": grouped if grouped is not None else 0.0,
             "mda_peak_rss_mb": peak_rss,
         }))
     finally:

@@ -22,52 +22,18 @@ import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bench import cpu  # noqa: E402
+from bench import cpu, proctools  # noqa: E402
 from tests.support.db import create_test_database, drop_test_database  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
 
-TICK = os.sysconf("SC_CLK_TCK")
 DOMAIN = "msabench.test"
 PASSWORD = "a long password 1"  # noqa: S105 - a bench account on a throwaway database
 BODY = ("x" * 70 + "\r\n") * 28
-
-
-def tree_seconds(pid: int) -> float:
-    return cpu.tree_ticks([pid], cpu.all_stats()) / TICK
-
-
-def start(env: dict[str, str], code: Path | None, log: Path) -> subprocess.Popen:
-    child_env = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
-    paths = [str(REPO)]
-    if code is not None:
-        paths = [str(code / "shared"), *(str(p) for p in sorted((code / "services").iterdir())),
-                 *paths]
-    child_env["PYTHONPATH"] = os.pathsep.join(paths)
-    child_env.update(env)
-    argv = [sys.executable, "-c", "import sys; from postroom.runtime import run_service; "
-            "sys.exit(run_service(sys.argv[1]))", "postroom_msa.main:SERVICE"]
-    return subprocess.Popen(argv, env=child_env, stdout=log.open("wb"), stderr=subprocess.STDOUT)
-
-
-def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"exited with {proc.returncode}")
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError("not healthy")
 
 
 def client(port: int, user: str, count: int, errors: list[str]) -> None:
@@ -140,8 +106,8 @@ def main() -> None:
                    "POSTROOM_HTTP_LISTEN": f"tcp:{http}:interface=127.0.0.1",
                    "POSTROOM_MSA_MAX_MESSAGES_PER_HOUR": "1000000",
                    "POSTROOM_MSA_MAX_RECIPIENTS_PER_DAY": "1000000"}
-            procs[side] = start(env, code, work / f"{side}.log")
-            wait_healthy(http, procs[side])
+            procs[side] = proctools.start_service("msa", env, code, work / f"{side}.log")
+            proctools.wait_healthy(http, procs[side])
             ports[side] = port
         for side in ("before", "after"):  # warm-up
             load(ports[side], names, 5)
@@ -149,9 +115,9 @@ def main() -> None:
         for i in range(args.rounds):
             order = ("before", "after") if i % 2 == 0 else ("after", "before")
             for side in order:
-                used = tree_seconds(procs[side].pid)
+                used = cpu.tree_seconds(procs[side].pid)
                 load(ports[side], names, args.per_client)
-                used = tree_seconds(procs[side].pid) - used
+                used = cpu.tree_seconds(procs[side].pid) - used
                 figures[side].append(round(used * 1000 / (args.clients * args.per_client), 3))
         print(json.dumps({side: {"rounds": v, "median": statistics.median(v)}
                           for side, v in figures.items()}))
@@ -164,11 +130,7 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 proc.kill()
         drop_test_database(url)
-        import redis
-        from tests.support.redisdb import delete_prefix
-        client_ = redis.Redis.from_url("redis://127.0.0.1:6379/0")
-        delete_prefix(client_, prefix)
-        client_.close()
+        proctools.forget_redis_prefix(prefix)
         shutil.rmtree(work, ignore_errors=True)
 
 

@@ -28,6 +28,7 @@ from sqlalchemy import create_engine, text
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "bench")]
 
+from bench import cpu  # noqa: E402
 from tests.support.db import create_test_database, drop_test_database  # noqa: E402
 from workloads.mailgen import message  # noqa: E402
 
@@ -36,13 +37,6 @@ from postroom.store import domains, entries, mailboxes, messages, users  # noqa:
 from postroom.store.db import Database  # noqa: E402
 from postroom.store.migrate import upgrade  # noqa: E402
 from postroom.store.search import SearchHeader, search_where  # noqa: E402
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def cpu_ms(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return 1000 * (int(fields[11]) + int(fields[12])) / TICK
 
 
 def build(url: str, count: int) -> int:
@@ -119,10 +113,10 @@ def main() -> None:
                 # parallel workers' CPU is not the backend's: keep all of it in the backend
                 conn.execute(text("SET max_parallel_workers_per_gather = 0"))
                 answers[side] = fn(conn, box, key)  # untimed first run
-                cpu0, wall0 = cpu_ms(pid), time.perf_counter()
+                cpu0, wall0 = 1000 * cpu.own_seconds(pid), time.perf_counter()
                 for _ in range(repeats):
                     fn(conn, box, key)
-                results[side].append(((cpu_ms(pid) - cpu0) / repeats,
+                results[side].append(((1000 * cpu.own_seconds(pid) - cpu0) / repeats,
                                       1000 * (time.perf_counter() - wall0) / repeats))
         assert answers["A"] == answers["B"], answers
         print(f"answer {answers['A']}; load {os.getloadavg()[0]:.1f}")
@@ -140,14 +134,14 @@ def main() -> None:
             conn.execute(text("TRUNCATE message_headers"))
         with engine.begin() as conn:
             pid = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
-            cpu0, wall0 = cpu_ms(pid), time.perf_counter()
+            cpu0, wall0 = 1000 * cpu.own_seconds(pid), time.perf_counter()
             added = m0019.backfill(conn)
-            cpu, wall = cpu_ms(pid) - cpu0, time.perf_counter() - wall0
+            used, wall = 1000 * cpu.own_seconds(pid) - cpu0, time.perf_counter() - wall0
         with engine.connect() as conn:
             size = conn.execute(text(
                 "SELECT pg_total_relation_size('message_headers')")).scalar_one()
-        print(f"backfill: {added} rows, PostgreSQL CPU {cpu / 1000:.1f} s, wall {wall:.1f} s "
-              f"(per million: CPU {cpu / added * 1000:.0f} s, wall {wall / added * 1e6:.0f} s); "
+        print(f"backfill: {added} rows, PostgreSQL CPU {used / 1000:.1f} s, wall {wall:.1f} s "
+              f"(per million: CPU {used / added * 1000:.0f} s, wall {wall / added * 1e6:.0f} s); "
               f"table {size / 1e6:.0f} MB")
         engine.dispose()
     finally:

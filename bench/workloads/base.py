@@ -63,6 +63,10 @@ class Context:
     quick: bool = False
     # --curve: which of the curves workload's curves run (empty: all)
     curves: tuple[str, ...] = ()
+    # the 1-minute load average run.py read once before workload 1 started: what the machine
+    # carried apart from the bench (a later reading includes the bench's own earlier
+    # workloads); None when no run.py sampled it
+    load_before: float | None = None
     # CPU per message / per operation, a column each in the CPU tables (bench/cpu.py)
     cpu: list[Any] = field(default_factory=list)
     # extra results a workload reports besides its rows (profiles, memory details)

@@ -148,3 +148,16 @@ def test_processes_default_to_one_per_core_for_front_doors_and_replicas_override
     suite = PostroomSuite(["dmarc", "mta", "mda"], replicas=1)
     assert suite.processes("mta") == 1 and "POSTROOM_REUSE_PORT" not in suite.env
     assert PostroomSuite(["mta"], replicas=2).env["POSTROOM_REUSE_PORT"] == "true"
+
+
+def test_the_loaded_machine_label_goes_by_the_load_before_the_bench() -> None:
+    """The bench's own earlier workloads raise the load the curves start under; a quiet
+    machine is not labelled loaded for that, and a loaded one is whatever the curves see."""
+    from workloads.curves import conditions
+
+    quiet = conditions("2026-12-07", 2, 0.4, 3.3, quick=False)
+    assert "loaded machine" not in quiet
+    assert "load average 0.4 before the bench (3.3 at the curves)" in quiet
+    assert "default sizes" in quiet
+    loaded = conditions("2026-12-07", 2, 5.0, 1.0, quick=True)
+    assert loaded.endswith("--quick sizes (loaded machine: functional check)")

@@ -8,7 +8,8 @@ import pytest
 
 from postroom.queue.envelope import Envelope
 from postroom_dmarc.dkimcheck import ARCResult, DKIMResult
-from postroom_dmarc.reports import Target, parse_rua, period_of, report_id, rua_value
+from postroom_dmarc.periodic import period_of
+from postroom_dmarc.reports import Target, parse_rua, report_id, rua_value
 from postroom_dmarc.results import record_for
 from postroom_dmarc.spfcheck import SPFResult
 from postroom_dmarc.verdict import CheckRequest, DMARCResult, Verdict

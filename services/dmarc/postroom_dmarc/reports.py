@@ -26,25 +26,23 @@ import re
 import urllib.parse
 from base64 import b32encode
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime
 
-from twisted.internet import defer, task
 from twisted.python.threadpool import ThreadPool
 
-from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
+from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import get_logger
 from postroom.mailauth import dmarcreport
 from postroom.mailauth.dmarcdiscovery import Discoverer, lookup
 from postroom.mailauth.dmarcrecord import DMARCRecord, is_dmarc
-from postroom.net.dns import DNSTempError, NXDomain, Resolver
+from postroom.net.dns import NXDomain, Resolver
 from postroom.outgoing import Outgoing, originate
-from postroom.queue.envelope import Envelope
 from postroom.queue.reconciler import Enqueuer
 from postroom.store import dmarc as dmarc_store
 from postroom.store import spool
 from postroom.store.db import Database, StoreSession
 from postroom.store.errors import NotFound
+from postroom_dmarc.periodic import Outcome, PeriodicReports, ReportEvents
 
 log = get_logger("dmarc-reports")
 
@@ -84,16 +82,6 @@ class ReportConfig:
     sender: str  # envelope and From of the report mail
     interval: float  # seconds
     settle: float = 60.0  # wait this long after a period ends for its last verdicts
-
-
-@dataclass(frozen=True)
-class Outcome:
-    """What became of one domain's report for one period."""
-
-    status: str  # spooled, exists, busy, empty, too_large, no_destination, retry
-    queue_id: str | None = None
-    recipient_ids: tuple[int, ...] = ()
-    recipients: tuple[str, ...] = ()
 
 
 # --- rua= parsing and destination checks (blocking DNS: run in a thread pool)
@@ -158,14 +146,6 @@ def find_targets(resolver: Resolver, domain: str, discoverer: Discoverer) -> Tar
 # --- one report, spooled in one transaction
 
 
-def period_of(now: datetime, interval: float, settle: float = 0.0) -> tuple[datetime, datetime]:
-    """The last whole period that ended at least ``settle`` seconds before ``now``."""
-    seconds = now.timestamp() - settle
-    end = int(seconds // interval * interval)
-    begin = int(end - interval)
-    return datetime.fromtimestamp(begin, UTC), datetime.fromtimestamp(end, UTC)
-
-
 def report_id(domain: str, begin: datetime, end: datetime) -> str:
     """The report's id and queue id: the same for a (domain, period) on every replica."""
     digest = hashlib.sha256(f"{domain}|{begin.isoformat()}|{end.isoformat()}".encode()).digest()
@@ -224,101 +204,39 @@ def spool_report(session: StoreSession, domain: str, begin: datetime, end: datet
 # --- the scheduler
 
 
-class ReportScheduler:
-    """Every little while, sends the reports of the last whole period that are not sent yet."""
+class ReportScheduler(PeriodicReports):
+    """Every little while, sends the DMARC aggregate reports of the last whole period that
+    are not sent yet (the loop: postroom_dmarc.periodic)."""
+
+    log = log
+    events = ReportEvents(
+        run_failed="dmarc report run failed", purged="dmarc results purged",
+        deferred="dmarc report deferred", not_sent="dmarc report not sent",
+        not_spooled="dmarc report not spooled", queued="dmarc report queued",
+        skipped="dmarc report skipped")
+    reporting_domains = staticmethod(dmarc_store.reporting_domains)
+    purge_results = staticmethod(dmarc_store.purge_results)
 
     def __init__(self, database: Database, enqueuer: Enqueuer, resolver: Resolver,
                  config: ReportConfig, *, dns_pool: ThreadPool, reactor: ReactorThreads,
                  org_domain_mode: str = "psl", retention: float | None = None,
                  outgoing: Outgoing | None = None) -> None:
-        self.database = database
-        self.enqueuer = enqueuer
-        self.resolver = resolver
-        self.config = config
-        self.dns_pool = dns_pool
-        self.reactor = reactor
+        super().__init__(database, enqueuer, resolver, config, dns_pool=dns_pool,
+                         reactor=reactor, outgoing=outgoing or Outgoing(config.receiver),
+                         retention=retention or 0.0)
+        self.config: ReportConfig = config
         self.org_domain_mode = org_domain_mode
-        self.outgoing = outgoing or Outgoing(config.receiver)
-        # verdicts are kept at least two periods, so a late tick still finds its period's
-        self.retention = max(retention or 0.0, 2 * config.interval + config.settle)
-        self._period: datetime | None = None
-        self._finished: set[str] = set()
-        self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = twisted_clock(reactor)
-        self._current: defer.Deferred[Any] | None = None
 
-    @property
-    def check_every(self) -> float:
-        return max(1.0, min(self.config.interval / 4, 900.0))
-
-    def start(self) -> None:
-        """Tick now and every :attr:`check_every` seconds until :meth:`stop`."""
-        self._loop.start(self.check_every, now=True)
-
-    def stop(self) -> defer.Deferred[Any]:
-        """Stop ticking; fires when a tick in progress has finished."""
-        if self._loop.running:
-            self._loop.stop()
-        current = self._current
-        return current if current is not None else defer.succeed(None)
-
-    def _tick(self) -> defer.Deferred[Any]:
-        d = defer.Deferred.fromCoroutine(self.run_once())
-        d.addErrback(lambda f: log.error("dmarc report run failed", error=f.getErrorMessage(),
-                                         traceback=f.getTraceback()))
-        self._current = d
-        return d
-
-    async def run_once(self, now: datetime | None = None) -> list[Outcome]:
-        """Report the last whole period for each domain not done yet; purge old verdicts."""
-        now = now or datetime.now(UTC)
-        begin, end = period_of(now, self.config.interval, self.config.settle)
-        if begin != self._period:
-            self._period, self._finished = begin, set()
-        domains = await self.database.run(dmarc_store.reporting_domains, begin, end)
-        outcomes = []
-        for domain in domains:
-            if domain in self._finished:
-                continue
-            outcome = await self.report(domain, begin, end, now)
-            outcomes.append(outcome)
-            if outcome.status not in ("busy", "retry"):
-                self._finished.add(domain)
-        purged = await self.database.run(dmarc_store.purge_results,
-                                         now - timedelta(seconds=self.retention))
-        if purged:
-            log.info("dmarc results purged", rows=purged)
-        return outcomes
-
-    async def report(self, domain: str, begin: datetime, end: datetime,
-                     now: datetime) -> Outcome:
-        """One domain's report for [begin, end): find destinations, spool, enqueue."""
-        fields = {"domain": domain, "begin": begin.isoformat(), "end": end.isoformat()}
+    async def destinations(self, domain: str, fields: dict[str, str]) -> Targets | None:
+        """The verified rua targets of ``domain``'s DMARC record; refused ones logged."""
         discoverer = Discoverer(self.resolver, self.org_domain_mode)
-        try:
-            targets = await defer_to_pool(self.reactor, self.dns_pool, find_targets,
-                                          self.resolver, domain, discoverer)
-        except DNSTempError as exc:
-            log.warning("dmarc report deferred", reason="DNS", error=str(exc), **fields)
-            return Outcome("retry")
+        targets = await defer_to_pool(self.reactor, self.dns_pool, find_targets,
+                                      self.resolver, domain, discoverer)
         for address, why in targets.refused:
             log.warning("dmarc report destination refused", to=address, reason=why, **fields)
-        if not targets.accepted:
-            log.info("dmarc report not sent", reason="no usable rua", **fields)
-            return Outcome("no_destination")
-        try:
-            outcome: Outcome = await self.database.run(spool_report, domain, begin, end, targets,
-                                                       self.config, now, self.outgoing)
-        except Exception as exc:  # noqa: BLE001 - one domain's failure must not stop the others
-            log.error("dmarc report not spooled", error=str(exc), **fields)
-            return Outcome("retry")
-        if outcome.status == "spooled":
-            assert outcome.queue_id is not None
-            await self.enqueuer.after_commit(
-                Envelope(outcome.queue_id, outcome.recipient_ids, "outbound"))
-            log.info("dmarc report queued", queue_id=outcome.queue_id,
-                     to=list(outcome.recipients), **fields)
-        else:
-            log.info("dmarc report skipped", queue_id=outcome.queue_id, reason=outcome.status,
-                     **fields)
-        return outcome
+        return targets if targets.accepted else None
+
+    def spool(self, session: StoreSession, domain: str, begin: datetime, end: datetime,
+              found: Targets, now: datetime) -> Outcome:
+        return spool_report(session, domain, begin, end, found, self.config, now,
+                            self.outgoing)

@@ -21,24 +21,21 @@ from __future__ import annotations
 import hashlib
 from base64 import b32encode
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any
+from datetime import datetime
 
-from twisted.internet import defer, task
 from twisted.python.threadpool import ThreadPool
 
-from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
+from postroom.interfaces import ReactorThreads, defer_to_pool
 from postroom.logs import get_logger
 from postroom.mailauth import tlsrpt
-from postroom.net.dns import DNSTempError, NXDomain, Resolver
+from postroom.net.dns import NXDomain, Resolver
 from postroom.outgoing import Outgoing, originate
-from postroom.queue.envelope import Envelope
 from postroom.queue.reconciler import Enqueuer
 from postroom.store import dmarc as dmarc_store
 from postroom.store import spool, tlsreports
 from postroom.store.db import Database, StoreSession
 from postroom.store.errors import NotFound
-from postroom_dmarc.reports import Outcome, period_of
+from postroom_dmarc.periodic import Outcome, PeriodicReports, ReportEvents
 
 log = get_logger("tls-reports")
 
@@ -102,94 +99,36 @@ def spool_report(session: StoreSession, domain: str, begin: datetime, end: datet
     return Outcome("spooled", queue_id, made.recipient_ids, tuple(rcpts))
 
 
-class TLSReportScheduler:
-    """Every little while, sends the TLS reports of the last whole day not sent yet."""
+class TLSReportScheduler(PeriodicReports):
+    """Every little while, sends the TLS reports of the last whole day not sent yet (the
+    loop: postroom_dmarc.periodic)."""
+
+    log = log
+    events = ReportEvents(
+        run_failed="tls report run failed", purged="tls results purged",
+        deferred="tls report deferred", not_sent="tls report not sent",
+        not_spooled="tls report not spooled", queued="tls report queued",
+        skipped="tls report skipped")
+    reporting_domains = staticmethod(tlsreports.reporting_domains)
+    purge_results = staticmethod(tlsreports.purge_results)
 
     def __init__(self, database: Database, enqueuer: Enqueuer, resolver: Resolver,
                  config: TLSReportConfig, *, dns_pool: ThreadPool, reactor: ReactorThreads,
                  outgoing: Outgoing) -> None:
-        self.database = database
-        self.enqueuer = enqueuer
-        self.resolver = resolver
-        self.config = config
-        self.dns_pool = dns_pool
-        self.reactor = reactor
-        self.outgoing = outgoing
-        self.retention = max(RETENTION, 2 * config.interval + config.settle)
-        self._period: datetime | None = None
-        self._finished: set[str] = set()
-        self._loop = task.LoopingCall(self._tick)
-        self._loop.clock = twisted_clock(reactor)
-        self._current: defer.Deferred[Any] | None = None
+        super().__init__(database, enqueuer, resolver, config, dns_pool=dns_pool,
+                         reactor=reactor, outgoing=outgoing, retention=RETENTION)
+        self.config: TLSReportConfig = config
 
-    @property
-    def check_every(self) -> float:
-        return max(1.0, min(self.config.interval / 4, 900.0))
-
-    def start(self) -> None:
-        self._loop.start(self.check_every, now=True)
-
-    def stop(self) -> defer.Deferred[Any]:
-        if self._loop.running:
-            self._loop.stop()
-        return self._current if self._current is not None else defer.succeed(None)
-
-    def _tick(self) -> defer.Deferred[Any]:
-        d = defer.Deferred.fromCoroutine(self.run_once())
-        d.addErrback(lambda f: log.error("tls report run failed", error=f.getErrorMessage(),
-                                         traceback=f.getTraceback()))
-        self._current = d
-        return d
-
-    async def run_once(self, now: datetime | None = None) -> list[Outcome]:
-        """Report the last whole day for each domain not done yet; purge old results."""
-        now = now or datetime.now(UTC)
-        begin, end = period_of(now, self.config.interval, self.config.settle)
-        if begin != self._period:
-            self._period, self._finished = begin, set()
-        domains = await self.database.run(tlsreports.reporting_domains, begin, end)
-        outcomes = []
-        for domain in domains:
-            if domain in self._finished:
-                continue
-            outcome = await self.report(domain, begin, end, now)
-            outcomes.append(outcome)
-            if outcome.status not in ("busy", "retry"):
-                self._finished.add(domain)
-        purged = await self.database.run(tlsreports.purge_results,
-                                         now - timedelta(seconds=self.retention))
-        if purged:
-            log.info("tls results purged", rows=purged)
-        return outcomes
-
-    async def report(self, domain: str, begin: datetime, end: datetime,
-                     now: datetime) -> Outcome:
-        """One domain's report for [begin, end): find its rua, spool, enqueue."""
-        fields = {"domain": domain, "begin": begin.isoformat(), "end": end.isoformat()}
-        try:
-            record = await defer_to_pool(self.reactor, self.dns_pool, lookup_record,
-                                         self.resolver, domain)
-        except DNSTempError as exc:
-            log.warning("tls report deferred", reason="DNS", error=str(exc), **fields)
-            return Outcome("retry")
+    async def destinations(self, domain: str,
+                           fields: dict[str, str]) -> tlsrpt.Record | None:
+        """``domain``'s TLSRPT record when it has mailto: addresses; https: ones logged."""
+        record = await defer_to_pool(self.reactor, self.dns_pool, lookup_record,
+                                     self.resolver, domain)
         if record is not None and record.https:
             log.info("tls report https rua skipped", rua=list(record.https)[:3], **fields)
-        if record is None or not record.mailto:
-            log.info("tls report not sent", reason="no usable rua", **fields)
-            return Outcome("no_destination")
-        try:
-            outcome: Outcome = await self.database.run(spool_report, domain, begin, end, record,
-                                                       self.config, now, self.outgoing)
-        except Exception as exc:  # noqa: BLE001 - one domain's failure must not stop the others
-            log.error("tls report not spooled", error=str(exc), **fields)
-            return Outcome("retry")
-        if outcome.status == "spooled":
-            assert outcome.queue_id is not None
-            await self.enqueuer.after_commit(
-                Envelope(outcome.queue_id, outcome.recipient_ids, "outbound"))
-            log.info("tls report queued", queue_id=outcome.queue_id,
-                     to=list(outcome.recipients), **fields)
-        else:
-            log.info("tls report skipped", queue_id=outcome.queue_id, reason=outcome.status,
-                     **fields)
-        return outcome
+        return record if record is not None and record.mailto else None
+
+    def spool(self, session: StoreSession, domain: str, begin: datetime, end: datetime,
+              found: tlsrpt.Record, now: datetime) -> Outcome:
+        return spool_report(session, domain, begin, end, found, self.config, now,
+                            self.outgoing)
