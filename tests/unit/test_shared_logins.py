@@ -46,11 +46,16 @@ def worker(client: redis.Redis, prefix: str, key: bytes,
                         wall_clock=clock)
 
 
+def share(shared: SharedLogins[users.UserInfo], account: str, password: str) -> None:
+    """A login this worker has just verified, shared (its ticket taken before the check)."""
+    shared.put(account, password, INFO, shared.cache.ticket(account))
+
+
 def test_a_login_one_worker_verified_is_found_by_another(redis_client: redis.Redis,
                                                          redis_prefix: str) -> None:
     key = secrets.token_bytes(32)
     one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
-    one.put("u@example.org", "secret", INFO)
+    share(one, "u@example.org", "secret")
     assert two.get("U@Example.org", "secret") == INFO
     # and it is in the other worker's own cache from then on
     assert two.cache.get("u@example.org", "secret") == INFO
@@ -59,7 +64,7 @@ def test_a_login_one_worker_verified_is_found_by_another(redis_client: redis.Red
 def test_another_password_or_another_groups_key_finds_nothing(redis_client: redis.Redis,
                                                                redis_prefix: str) -> None:
     key = secrets.token_bytes(32)
-    worker(redis_client, redis_prefix, key).put("u@example.org", "secret", INFO)
+    share(worker(redis_client, redis_prefix, key), "u@example.org", "secret")
     assert worker(redis_client, redis_prefix, key).get("u@example.org", "Secret") is None
     other = worker(redis_client, redis_prefix, secrets.token_bytes(32))
     assert other.get("u@example.org", "secret") is None
@@ -68,7 +73,7 @@ def test_another_password_or_another_groups_key_finds_nothing(redis_client: redi
 def test_a_shared_hit_is_trusted_only_for_what_is_left_of_the_ttl(redis_client: redis.Redis,
                                                                  redis_prefix: str) -> None:
     key, clock = secrets.token_bytes(32), WallClock()
-    worker(redis_client, redis_prefix, key, clock).put("u@example.org", "secret", INFO)
+    share(worker(redis_client, redis_prefix, key, clock), "u@example.org", "secret")
     late = worker(redis_client, redis_prefix, key, clock)
     clock.now += late.cache.ttl + 1  # Redis keeps it a moment longer: the payload decides
     assert late.get("u@example.org", "secret") is None
@@ -79,8 +84,8 @@ def test_invalidate_and_clear_drop_the_shared_entries(redis_client: redis.Redis,
                                                       redis_prefix: str) -> None:
     key = secrets.token_bytes(32)
     one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
-    one.put("u@example.org", "secret", INFO)
-    one.put("v@example.org", "secret", INFO)
+    share(one, "u@example.org", "secret")
+    share(one, "v@example.org", "secret")
     one.invalidate("U@example.org")
     assert two.get("u@example.org", "secret") is None
     assert two.get("v@example.org", "secret") == INFO
@@ -92,7 +97,7 @@ def test_invalidate_and_clear_drop_the_shared_entries(redis_client: redis.Redis,
 def test_redis_holds_neither_the_password_nor_an_unkeyed_hash_of_it(
         redis_client: redis.Redis, redis_prefix: str) -> None:
     key, password = secrets.token_bytes(32), "hunter2-very-secret"
-    worker(redis_client, redis_prefix, key).put("u@example.org", password, INFO)
+    share(worker(redis_client, redis_prefix, key), "u@example.org", password)
     names = list(redis_client.scan_iter(match=f"{redis_prefix}authok:*"))
     assert len(names) == 1
     value = redis_client.get(names[0])
@@ -116,7 +121,7 @@ def test_an_entry_whose_account_info_was_changed_in_redis_is_a_miss(
     # someone who may write to Redis must not turn their own login into another account's
     key = secrets.token_bytes(32)
     one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
-    one.put("u@example.org", "secret", INFO)
+    share(one, "u@example.org", "secret")
     name = next(iter(redis_client.scan_iter(match=f"{redis_prefix}authok:*")))
     value = redis_client.get(name)
     assert isinstance(value, str) and '"id":7' in value
@@ -139,7 +144,7 @@ def test_the_group_key_is_read_only_when_well_formed() -> None:
 # --- the IMAP login path: two workers of one group, one scrypt check between them
 
 class CountingDatabase:
-    """The database of ``logincheck.authenticate`` (patched below): counts the real checks."""
+    """The database of ``logincheck.check`` (patched below): counts the real checks."""
 
     def __init__(self, password: str) -> None:
         self.password = password
@@ -157,7 +162,8 @@ def _counted_checks(monkeypatch: pytest.MonkeyPatch) -> None:
                     **_: Any) -> apppasswords.Login:
         return database.authenticate(username, password)
 
-    monkeypatch.setattr(logincheck, "authenticate", check)
+    # the steps only: taking the ticket and remembering the login stay logincheck's own
+    monkeypatch.setattr(logincheck, "check", check)
 
 
 class InlineAccounts(StoreAccounts):

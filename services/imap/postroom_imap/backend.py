@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from postroom.auth import logincheck
-from postroom.auth.authcache import AuthCache, SharedLogins
+from postroom.auth.authcache import AuthCache, SharedLogins, Ticket
 from postroom.auth.ratelimit import LoginLocked, LoginRateLimiter, RateLimitUnavailable, admit
 from postroom.auth.sasl import ScramSecrets
 from postroom.interfaces import ReactorThreads, defer_to_pool
@@ -177,20 +177,25 @@ class StoreAccounts:
                     else await self.in_redis_thread(shared.get, username, password))
         refusal = None
         if info is None:
+            group = self.shared_logins
+
+            def share(found: users.UserInfo, ticket: Ticket) -> None:
+                if group is not None:
+                    self.in_redis_thread(group.put, username, password, found,
+                                         ticket).addErrback(lambda f: None)
+
             try:
-                # the main password, or an app password allowed for IMAP (two-factor accounts)
+                # the main password, or an app password allowed for IMAP (two-factor
+                # accounts); remembered here and in the group unless the account's
+                # credentials changed while it was checked
                 login = await logincheck.authenticate(self.database, username, password,
-                                                   protocol="imap", peer=peer)
+                                                   protocol="imap", peer=peer,
+                                                   cache=self.auth_cache, share=share)
             except Exception as exc:  # noqa: BLE001 -- any failure is logged and answered, never raised to the peer
                 log.warning("login lookup failed", error=str(exc))
                 raise Unavailable() from None
             info, refusal = login.user, login.refusal
             self._count_credential(login)
-            if info is not None:
-                self.auth_cache.put(username, password, info)
-                if self.shared_logins is not None:
-                    self.in_redis_thread(self.shared_logins.put, username, password,
-                                         info).addErrback(lambda f: None)
         return await self._outcome(info, username, peer, refusal=refusal)
 
     def _count_credential(self, login: apppasswords.Login) -> None:
