@@ -105,3 +105,44 @@ def test_an_announced_change_drops_only_that_account() -> None:
     for cache in (first, second):
         assert cache.get("u@example.org", "secret") is None
         assert cache.get("v@example.org", "other") == 8
+
+
+# --- tickets: a login that read the account before a change does not put it back
+
+def test_a_login_whose_account_was_invalidated_since_its_ticket_is_not_remembered() -> None:
+    cache: AuthCache[int] = AuthCache()
+    ticket = cache.ticket("u@example.org")  # taken before the login reads the account
+    cache.invalidate("U@Example.org")  # the password changed and was announced meanwhile
+    assert not cache.put("u@example.org", "old", 7, ticket=ticket)
+    assert cache.get("u@example.org", "old") is None
+    # the next login's ticket is good again
+    assert cache.put("u@example.org", "new", 7, ticket=cache.ticket("u@example.org"))
+    assert cache.get("u@example.org", "new") == 7
+
+
+def test_a_ticket_with_no_invalidation_since_is_remembered() -> None:
+    cache: AuthCache[int] = AuthCache()
+    ticket = cache.ticket("u@example.org")
+    assert cache.current("u@example.org", ticket)
+    assert cache.put("u@example.org", "secret", 7, ticket=ticket)
+    assert cache.get("u@example.org", "secret") == 7
+
+
+def test_clear_spoils_every_outstanding_ticket() -> None:
+    cache: AuthCache[int] = AuthCache()
+    tickets = {name: cache.ticket(name) for name in ("u@example.org", "v@example.org")}
+    cache.clear()
+    for name, ticket in tickets.items():
+        assert not cache.put(name, "secret", 7, ticket=ticket)
+    assert len(cache) == 0
+
+
+def test_another_accounts_ticket_or_invalidation_does_not_count() -> None:
+    cache: AuthCache[int] = AuthCache()
+    names = (f"user{i}@example.org" for i in range(10_000))
+    mine = "u@example.org"
+    other = next(n for n in names if cache.ticket(n).slot != cache.ticket(mine).slot)
+    ticket = cache.ticket(mine)
+    cache.invalidate(other)
+    assert not cache.put(other, "secret", 8, ticket=ticket)  # not the account's own ticket
+    assert cache.put(mine, "secret", 7, ticket=ticket)  # another slot's invalidation

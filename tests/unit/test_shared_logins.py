@@ -129,6 +129,113 @@ def test_an_entry_whose_account_info_was_changed_in_redis_is_a_miss(
     assert two.get("u@example.org", "secret") is None
 
 
+# --- a login that verified an old password (it read the account before the change)
+
+class Announced:
+    """A Redis client whose ``after`` hook runs right after a SET or a GET: where an
+    announcement reaches a worker's listener in the middle of a shared put or get."""
+
+    def __init__(self, client: redis.Redis, command: str, after: Any) -> None:
+        self._client, self._command, self._after = client, command, after
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def set(self, *args: Any, **kwargs: Any) -> Any:
+        done = self._client.set(*args, **kwargs)
+        if self._command == "set":
+            self._after()
+        return done
+
+    def get(self, *args: Any, **kwargs: Any) -> Any:
+        done = self._client.get(*args, **kwargs)
+        if self._command == "get":
+            self._after()
+        return done
+
+
+def shared_entries(client: redis.Redis, prefix: str) -> list[Any]:
+    return list(client.scan_iter(match=f"{prefix}authok:*"))
+
+
+def test_a_put_with_a_ticket_taken_before_an_announcement_stores_nothing(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    key = secrets.token_bytes(32)
+    one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
+    ticket = one.cache.ticket("u@example.org")
+    one.invalidate("u@example.org")  # what the listener does on the announcement
+    one.put("u@example.org", "old", INFO, ticket)
+    assert not shared_entries(redis_client, redis_prefix)
+    assert two.get("u@example.org", "old") is None
+
+
+def test_an_announcement_between_the_store_and_the_recheck_leaves_no_shared_entry(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    key = secrets.token_bytes(32)
+    one = worker(redis_client, redis_prefix, key)
+    # the listener has spoilt the local tickets but not yet deleted the entry when the
+    # store lands: the put's own re-check deletes it
+    one.client = Announced(redis_client, "set",  # type: ignore[assignment]
+                           lambda: one.cache.invalidate("u@example.org"))
+    one.put("u@example.org", "old", INFO, one.cache.ticket("u@example.org"))
+    assert not shared_entries(redis_client, redis_prefix)
+    assert worker(redis_client, redis_prefix, key).get("u@example.org", "old") is None
+
+
+def test_a_shared_hit_read_before_an_announcement_is_not_kept_locally(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    key = secrets.token_bytes(32)
+    one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
+    share(one, "u@example.org", "old")
+    # worker two reads the entry, then its listener processes the announcement
+    two.client = Announced(redis_client, "get",  # type: ignore[assignment]
+                           lambda: two.invalidate("u@example.org"))
+    assert two.get("u@example.org", "old") is None
+    assert two.cache.get("u@example.org", "old") is None
+    assert not shared_entries(redis_client, redis_prefix)
+
+
+def test_a_shared_hit_read_while_the_listener_deletes_the_entry_is_not_kept_locally(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    key = secrets.token_bytes(32)
+    one = worker(redis_client, redis_prefix, key)
+    share(one, "u@example.org", "old")
+    listener = worker(redis_client, redis_prefix, key)
+    # a login in the same worker (same local cache) reads the entry just before the
+    # listener's delete: its ticket postdates the listener's first spoiling
+    login = SharedLogins(listener.cache, redis_client, redis_prefix, key, users.encode_info,
+                         users.decode_info)
+    read: list[Any] = []
+
+    class BeforeDelete(Announced):
+        def delete(self, *args: Any) -> Any:
+            read.append(login.get("u@example.org", "old"))
+            return redis_client.delete(*args)
+
+    listener.client = BeforeDelete(redis_client, "", None)  # type: ignore[assignment]
+    listener.invalidate("u@example.org")
+    assert read == [INFO]  # the login went through (it was verified before the change)...
+    assert listener.cache.get("u@example.org", "old") is None  # ...but is not kept
+
+
+def test_a_put_landing_just_after_the_listeners_delete_stores_nothing(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    key = secrets.token_bytes(32)
+    one = worker(redis_client, redis_prefix, key)
+    ticket = one.cache.ticket("u@example.org")  # the login read the account before the change
+
+    class AfterDelete(Announced):
+        def delete(self, *args: Any) -> Any:
+            done = redis_client.delete(*args)
+            one.put("u@example.org", "old", INFO, ticket)  # the login finishes now
+            return done
+
+    listener = SharedLogins(one.cache, AfterDelete(redis_client, "", None),  # type: ignore[arg-type]
+                            redis_prefix, key, users.encode_info, users.decode_info)
+    listener.invalidate("u@example.org")
+    assert not shared_entries(redis_client, redis_prefix)
+
+
 def test_account_info_survives_the_round_trip() -> None:
     assert users.decode_info(users.encode_info(INFO)) == INFO
 
@@ -144,15 +251,19 @@ def test_the_group_key_is_read_only_when_well_formed() -> None:
 # --- the IMAP login path: two workers of one group, one scrypt check between them
 
 class CountingDatabase:
-    """The database of ``logincheck.check`` (patched below): counts the real checks."""
+    """The database of ``logincheck.check`` (patched below): counts the real checks;
+    ``during``: run after the account was read, before the check answers."""
 
     def __init__(self, password: str) -> None:
         self.password = password
         self.checks = 0
+        self.during: list[Any] = []
 
     def authenticate(self, username: str, password: str) -> apppasswords.Login:
         self.checks += 1
         ok = username.lower() == INFO.address and password == self.password
+        if self.during:
+            self.during.pop(0)()
         return apppasswords.Login(INFO if ok else None)
 
 
@@ -213,6 +324,27 @@ def test_a_failed_login_in_one_worker_makes_the_others_check_again(
     assert failure.check(AuthFailed)
     assert login(three, "secret").user_id == INFO.id
     assert database.checks == 3
+
+
+def test_a_password_changed_while_an_imap_login_is_checked_is_not_left_in_the_group(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    key, database = secrets.token_bytes(32), CountingDatabase("old")
+    shared = [worker(redis_client, redis_prefix, key) for _ in range(2)]
+    one, two = (imap_worker(database, s) for s in shared)
+
+    def changed() -> None:
+        database.password = "new"
+        for each in shared:  # every worker's listener hears the announcement
+            each.invalidate("u@example.org")
+
+    database.during.append(changed)
+    # the login read the account before the change: it verifies the old password...
+    assert login(one, "old").user_id == INFO.id
+    # ...but neither worker remembers it, nor does Redis
+    assert not shared_entries(redis_client, redis_prefix)
+    assert login(one, "old").check(AuthFailed)
+    assert login(two, "old").check(AuthFailed)
+    assert login(two, "new").user_id == INFO.id
 
 
 def test_a_groups_workers_get_one_key_of_their_own() -> None:
