@@ -48,7 +48,8 @@ def worker(client: redis.Redis, prefix: str, key: bytes,
 
 def share(shared: SharedLogins[users.UserInfo], account: str, password: str) -> None:
     """A login this worker has just verified, shared (its ticket taken before the check)."""
-    shared.put(account, password, INFO, shared.cache.ticket(account))
+    shared.put(account, password, INFO, shared.cache.ticket(account),
+               shared.find(account, password))
 
 
 def test_a_login_one_worker_verified_is_found_by_another(redis_client: redis.Redis,
@@ -131,27 +132,22 @@ def test_an_entry_whose_account_info_was_changed_in_redis_is_a_miss(
 
 # --- a login that verified an old password (it read the account before the change)
 
-class Announced:
-    """A Redis client whose ``after`` hook runs right after a SET or a GET: where an
-    announcement reaches a worker's listener in the middle of a shared put or get."""
+def around(monkeypatch: pytest.MonkeyPatch, name: str, *, before: Any = None,
+           after: Any = None) -> None:
+    """Run ``before`` / ``after`` around the next call of ``loginshare.<name>``: where an
+    announcement reaches a worker's listener in the middle of a shared put or look-up."""
+    real = getattr(loginshare, name)
+    hooks = {"before": [before] if before else [], "after": [after] if after else []}
 
-    def __init__(self, client: redis.Redis, command: str, after: Any) -> None:
-        self._client, self._command, self._after = client, command, after
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._client, name)
-
-    def set(self, *args: Any, **kwargs: Any) -> Any:
-        done = self._client.set(*args, **kwargs)
-        if self._command == "set":
-            self._after()
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        if hooks["before"]:
+            hooks["before"].pop()()
+        done = real(*args, **kwargs)
+        if hooks["after"]:
+            hooks["after"].pop()()
         return done
 
-    def get(self, *args: Any, **kwargs: Any) -> Any:
-        done = self._client.get(*args, **kwargs)
-        if self._command == "get":
-            self._after()
-        return done
+    monkeypatch.setattr(loginshare, name, hooked)
 
 
 def shared_entries(client: redis.Redis, prefix: str) -> list[Any]:
@@ -162,78 +158,91 @@ def test_a_put_with_a_ticket_taken_before_an_announcement_stores_nothing(
         redis_client: redis.Redis, redis_prefix: str) -> None:
     key = secrets.token_bytes(32)
     one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
-    ticket = one.cache.ticket("u@example.org")
+    looked, ticket = one.find("u@example.org", "old"), one.cache.ticket("u@example.org")
     one.invalidate("u@example.org")  # what the listener does on the announcement
-    one.put("u@example.org", "old", INFO, ticket)
+    one.put("u@example.org", "old", INFO, ticket, looked)
     assert not shared_entries(redis_client, redis_prefix)
     assert two.get("u@example.org", "old") is None
 
 
-def test_an_announcement_between_the_store_and_the_recheck_leaves_no_shared_entry(
+def test_a_put_after_another_workers_listener_deleted_the_entry_stores_nothing(
         redis_client: redis.Redis, redis_prefix: str) -> None:
     key = secrets.token_bytes(32)
+    one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
+    looked, ticket = one.find("u@example.org", "old"), one.cache.ticket("u@example.org")
+    two.invalidate("u@example.org")  # worker two heard the announcement; one not yet
+    one.put("u@example.org", "old", INFO, ticket, looked)
+    assert not shared_entries(redis_client, redis_prefix)
+    assert two.get("u@example.org", "old") is None
+    assert two.cache.get("u@example.org", "old") is None
+
+
+def test_a_login_looked_up_longer_ago_than_the_ttl_is_not_shared(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    # the forget counter outlives its last forget by twice the TTL: no older look-up counts
+    key, clock = secrets.token_bytes(32), WallClock()
+    one = worker(redis_client, redis_prefix, key, clock)
+    looked, ticket = one.find("u@example.org", "old"), one.cache.ticket("u@example.org")
+    clock.now += one.cache.ttl + 1
+    one.put("u@example.org", "old", INFO, ticket, looked)
+    assert not shared_entries(redis_client, redis_prefix)
+
+
+def test_an_announcement_between_the_store_and_the_recheck_leaves_no_shared_entry(
+        redis_client: redis.Redis, redis_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = secrets.token_bytes(32)
     one = worker(redis_client, redis_prefix, key)
+    looked, ticket = one.find("u@example.org", "old"), one.cache.ticket("u@example.org")
     # the listener has spoilt the local tickets but not yet deleted the entry when the
     # store lands: the put's own re-check deletes it
-    one.client = Announced(redis_client, "set",  # type: ignore[assignment]
-                           lambda: one.cache.invalidate("u@example.org"))
-    one.put("u@example.org", "old", INFO, one.cache.ticket("u@example.org"))
+    around(monkeypatch, "store", after=lambda: one.cache.invalidate("u@example.org"))
+    one.put("u@example.org", "old", INFO, ticket, looked)
     assert not shared_entries(redis_client, redis_prefix)
     assert worker(redis_client, redis_prefix, key).get("u@example.org", "old") is None
 
 
+def test_a_put_landing_just_after_the_listeners_delete_stores_nothing(
+        redis_client: redis.Redis, redis_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = secrets.token_bytes(32)
+    one = worker(redis_client, redis_prefix, key)
+    # the login looked up and took its ticket before the change; it finishes right after
+    # its own worker's listener deleted the entry, and Redis has lost the forget counter
+    # (evicted under memory pressure): the local ticket alone refuses it
+    looked, ticket = one.find("u@example.org", "old"), one.cache.ticket("u@example.org")
+
+    def finish() -> None:
+        redis_client.delete(loginshare.generation_key(redis_prefix, key, "u@example.org"))
+        one.put("u@example.org", "old", INFO, ticket, looked)
+
+    around(monkeypatch, "forget", after=finish)
+    one.invalidate("u@example.org")
+    assert not shared_entries(redis_client, redis_prefix)
+
+
 def test_a_shared_hit_read_before_an_announcement_is_not_kept_locally(
-        redis_client: redis.Redis, redis_prefix: str) -> None:
+        redis_client: redis.Redis, redis_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
     key = secrets.token_bytes(32)
     one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
     share(one, "u@example.org", "old")
     # worker two reads the entry, then its listener processes the announcement
-    two.client = Announced(redis_client, "get",  # type: ignore[assignment]
-                           lambda: two.invalidate("u@example.org"))
+    around(monkeypatch, "lookup", after=lambda: two.invalidate("u@example.org"))
     assert two.get("u@example.org", "old") is None
     assert two.cache.get("u@example.org", "old") is None
     assert not shared_entries(redis_client, redis_prefix)
 
 
 def test_a_shared_hit_read_while_the_listener_deletes_the_entry_is_not_kept_locally(
-        redis_client: redis.Redis, redis_prefix: str) -> None:
+        redis_client: redis.Redis, redis_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
     key = secrets.token_bytes(32)
-    one = worker(redis_client, redis_prefix, key)
+    one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
     share(one, "u@example.org", "old")
-    listener = worker(redis_client, redis_prefix, key)
-    # a login in the same worker (same local cache) reads the entry just before the
-    # listener's delete: its ticket postdates the listener's first spoiling
-    login = SharedLogins(listener.cache, redis_client, redis_prefix, key, users.encode_info,
-                         users.decode_info)
+    # a login in worker two reads the entry just before two's listener deletes it: its
+    # ticket postdates the listener's first spoiling
     read: list[Any] = []
-
-    class BeforeDelete(Announced):
-        def delete(self, *args: Any) -> Any:
-            read.append(login.get("u@example.org", "old"))
-            return redis_client.delete(*args)
-
-    listener.client = BeforeDelete(redis_client, "", None)  # type: ignore[assignment]
-    listener.invalidate("u@example.org")
+    around(monkeypatch, "forget", before=lambda: read.append(two.get("u@example.org", "old")))
+    two.invalidate("u@example.org")
     assert read == [INFO]  # the login went through (it was verified before the change)...
-    assert listener.cache.get("u@example.org", "old") is None  # ...but is not kept
-
-
-def test_a_put_landing_just_after_the_listeners_delete_stores_nothing(
-        redis_client: redis.Redis, redis_prefix: str) -> None:
-    key = secrets.token_bytes(32)
-    one = worker(redis_client, redis_prefix, key)
-    ticket = one.cache.ticket("u@example.org")  # the login read the account before the change
-
-    class AfterDelete(Announced):
-        def delete(self, *args: Any) -> Any:
-            done = redis_client.delete(*args)
-            one.put("u@example.org", "old", INFO, ticket)  # the login finishes now
-            return done
-
-    listener = SharedLogins(one.cache, AfterDelete(redis_client, "", None),  # type: ignore[arg-type]
-                            redis_prefix, key, users.encode_info, users.decode_info)
-    listener.invalidate("u@example.org")
-    assert not shared_entries(redis_client, redis_prefix)
+    assert two.cache.get("u@example.org", "old") is None  # ...but is not kept
 
 
 def test_account_info_survives_the_round_trip() -> None:

@@ -47,6 +47,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from postroom.logs import get_logger
@@ -179,6 +180,15 @@ class AuthCache(Generic[T]):
         return len(self._entries)
 
 
+@dataclass(frozen=True)
+class SharedLookup(Generic[T]):
+    """A login's look-up in its group's shared entries (:meth:`SharedLogins.find`)."""
+
+    info: T | None  # another worker verified the password: the account's info
+    generation: str | None  # the account's forget counter then (None: Redis failed)
+    at: float  # when (wall clock)
+
+
 class SharedLogins(Generic[T]):
     """The verified logins of one process group's workers, shared through Redis.
 
@@ -208,11 +218,13 @@ class SharedLogins(Generic[T]):
     worker's listener processed the announcement, that listener's delete
     removes it, and a copy the worker took into its own cache (:meth:`get`,
     ticket taken before the Redis read, so before the delete and the second
-    spoiling) is refused or dropped. What remains is a worker whose listener
-    has processed the announcement reading an entry another worker stored
-    before *its* listener did, in the moment between that store and that
-    worker's re-check: the gap between two listeners hearing one message,
-    against a whole TTL before.
+    spoiling) is refused or dropped. That leaves a worker whose listener has
+    processed the announcement reading an entry that another worker, whose
+    listener has not yet, stored in between: Redis closes that one. The
+    login's lookup (:meth:`find`, before the check) reads the account's
+    forget counter with the entry, and the put stores only while it is
+    unchanged (postroom.queue.loginshare), so once any worker's listener has
+    deleted the entry, no login looked up before can store it again.
     """
 
     def __init__(self, cache: AuthCache[T], client: RedisClient, prefix: str,
@@ -229,17 +241,29 @@ class SharedLogins(Generic[T]):
 
     def get(self, account: str, password: str) -> T | None:
         """The account's info when another worker verified this password within the TTL."""
+        return self.find(account, password).info
+
+    def find(self, account: str, password: str) -> SharedLookup[T]:
+        """:meth:`get`'s answer, and what :meth:`put` needs should the login be checked here
+        (look up before checking)."""
+        at = self._wall_clock()
         found = self.cache.mac(account, password)
         if found is None:
-            return None
+            return SharedLookup(None, None, at)
         name, mac = found
         # before the read: an entry deleted by an announcement while we read is not kept
         ticket = self.cache.ticket(account)
         try:
-            payload = loginshare.lookup(self.client, self.prefix, self._group_key, name, mac)
+            payload, generation = loginshare.lookup(self.client, self.prefix,
+                                                    self._group_key, name, mac)
         except RedisError as exc:
             log.warning("shared login lookup failed", error=str(exc))
-            return None
+            return SharedLookup(None, None, at)
+        return SharedLookup(self._remember(account, password, payload, ticket), generation,
+                            at)
+
+    def _remember(self, account: str, password: str, payload: str | None,
+                  ticket: Ticket) -> T | None:
         if payload is None:
             return None
         expires, sep, encoded = payload.partition(" ")
@@ -254,20 +278,24 @@ class SharedLogins(Generic[T]):
             return None
         return info
 
-    def put(self, account: str, password: str, info: T, ticket: Ticket) -> None:
-        """Share a login this worker's real check has just accepted, with the ticket taken
-        before it read the account (store, then re-check: see the class docstring)."""
+    def put(self, account: str, password: str, info: T, ticket: Ticket,
+            looked: SharedLookup[T]) -> None:
+        """Share a login this worker's real check has just accepted: ``ticket`` taken and
+        ``looked`` up before it read the account (see the class docstring)."""
         found = self.cache.mac(account, password)
-        if found is None or not self.cache.current(account, ticket):
+        if (found is None or looked.generation is None
+                or self._wall_clock() - looked.at > self.cache.ttl
+                or not self.cache.current(account, ticket)):
             return
         name, mac = found
         ttl = self.cache.ttl
         payload = f"{self._wall_clock() + ttl:.3f} {self._encode(info)}"
         try:
-            loginshare.store(self.client, self.prefix, self._group_key, name, mac, payload,
-                             ttl)
-            if not self.cache.current(account, ticket):
-                loginshare.forget(self.client, self.prefix, self._group_key, name)
+            stored = loginshare.store(self.client, self.prefix, self._group_key, name, mac,
+                                      payload, ttl, looked.generation)
+            if stored and not self.cache.current(account, ticket):
+                loginshare.forget(self.client, self.prefix, self._group_key, name,
+                              2 * self.cache.ttl)
         except RedisError as exc:
             log.warning("shared login not stored", error=str(exc))
 
@@ -277,9 +305,11 @@ class SharedLogins(Generic[T]):
         name = login_name(account)
         if name is None:
             return
+        # (the spoiling before the delete matters only if Redis lost the forget counter)
         self.cache.invalidate(account)
         try:
-            loginshare.forget(self.client, self.prefix, self._group_key, name)
+            loginshare.forget(self.client, self.prefix, self._group_key, name,
+                              2 * self.cache.ttl)
         except RedisError as exc:
             log.warning("shared login not dropped", error=str(exc))
         self.cache.invalidate(account)
