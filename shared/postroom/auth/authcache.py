@@ -224,7 +224,9 @@ class SharedLogins(Generic[T]):
     login's lookup (:meth:`find`, before the check) reads the account's
     forget counter with the entry, and the put stores only while it is
     unchanged (postroom.queue.loginshare), so once any worker's listener has
-    deleted the entry, no login looked up before can store it again.
+    deleted the entry, no login looked up before can store it again. (The
+    local steps above still hold should Redis lose the counter, evicted under
+    memory pressure; only this cross-worker case then depends on it.)
     """
 
     def __init__(self, cache: AuthCache[T], client: RedisClient, prefix: str,
