@@ -5,6 +5,7 @@ overwritten; app passwords' last use, rehashing and the unknown address's cost s
 from __future__ import annotations
 
 import functools
+import threading
 from typing import Any
 
 import pytest
@@ -13,7 +14,9 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 
 from postroom.auth import logincheck
+from postroom.auth.authcache import AuthCache, CacheInvalidation
 from postroom.auth.passwords import hash_password, needs_rehash, verify_password
+from postroom.queue import authevents
 from postroom.store import apppasswords, domains, users
 
 cheap = functools.partial(hash_password, ln=4)
@@ -62,11 +65,11 @@ def checks(monkeypatch):
 
 
 def login(db, password, protocol="imap", peer="192.0.2.7", address=ADDRESS,
-          hash_fn=cheap) -> apppasswords.Login:
+          hash_fn=cheap, cache=None) -> apppasswords.Login:
     done: list[Any] = []
     Deferred.fromCoroutine(logincheck.authenticate(
         InlineDatabase(db), address, password, protocol=protocol, peer=peer,
-        hash_fn=hash_fn)).addBoth(done.append)
+        hash_fn=hash_fn, cache=cache)).addBoth(done.append)
     assert done, "the login did not finish"
     if isinstance(done[0], Failure):
         done[0].raiseException()
@@ -158,3 +161,46 @@ def test_an_inactive_account_is_refused(db, checks):
 
 def test_the_hash_pool_has_no_more_threads_than_cpus():
     assert 1 <= logincheck.hash_threads() <= logincheck.MAX_HASH_THREADS
+
+
+class Heard:
+    """Told after the cache by the listener: the announcement was processed."""
+
+    def __init__(self) -> None:
+        self.event = threading.Event()
+
+    def invalidate(self, subject: str, /) -> None:
+        self.event.set()
+
+    def clear(self) -> None:
+        return None
+
+
+def test_a_password_changed_and_announced_while_a_login_is_checked_is_not_cached(
+        db, checks, redis_client, redis_prefix):
+    _, before = checks
+    db.run_sync(users.set_password, ADDRESS, PASSWORD)  # a current hash: the login only reads
+    cache: AuthCache[users.UserInfo] = AuthCache()
+    heard = Heard()
+    listener = CacheInvalidation(redis_client, redis_prefix, [cache, heard])
+    listener.start()
+    try:
+        assert listener.subscribed.wait(10)
+
+        def change() -> None:
+            # after the login read the account, before its hash check: what the CLI and
+            # the web console do (commit, then announce), and the listener hearing it
+            db.run_sync(users.set_password, ADDRESS, "a brand new password", hash_fn=cheap)
+            authevents.publish(redis_client, redis_prefix, ADDRESS)
+            assert heard.event.wait(10)
+
+        before.append(change)
+        # linearised at its read (decision 0027), the login verifies the old password...
+        assert login(db, PASSWORD, cache=cache).user is not None
+    finally:
+        listener.stop()
+    # ...but the cache does not keep it: the next login with it checks and is refused
+    assert cache.get(ADDRESS, PASSWORD) is None
+    assert login(db, PASSWORD, cache=cache).user is None
+    assert login(db, "a brand new password", cache=cache).user is not None
+    assert cache.get(ADDRESS, "a brand new password") is not None

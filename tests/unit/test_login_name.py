@@ -37,20 +37,20 @@ def test_an_over_long_name_is_none_whatever_it_ends_with() -> None:
 
 def test_a_cached_login_is_found_under_every_spelling() -> None:
     cache: AuthCache[int] = AuthCache()
-    cache.put("alice@example.com", "secret", 7)
+    cache.put("alice@example.com", "secret", 7, ticket=cache.ticket("alice@example.com"))
     assert [cache.get(s, "secret") for s in SPELLINGS] == [7] * len(SPELLINGS)
 
 
 def test_a_failure_under_another_spelling_forgets_the_cached_login() -> None:
     cache: AuthCache[int] = AuthCache()
-    cache.put("alice@example.com", "secret", 7)
+    cache.put("alice@example.com", "secret", 7, ticket=cache.ticket("alice@example.com"))
     cache.invalidate("<ALICE@example.com.>")
     assert cache.get("alice@example.com", "secret") is None
 
 
 def test_a_name_no_account_can_have_is_never_cached() -> None:
     cache: AuthCache[int] = AuthCache()
-    cache.put("not an address", "secret", 7)
+    cache.put("not an address", "secret", 7, ticket=cache.ticket("not an address"))
     assert cache.get("not an address", "secret") is None and len(cache) == 0
 
 

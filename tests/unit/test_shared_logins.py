@@ -46,11 +46,17 @@ def worker(client: redis.Redis, prefix: str, key: bytes,
                         wall_clock=clock)
 
 
+def share(shared: SharedLogins[users.UserInfo], account: str, password: str) -> None:
+    """A login this worker has just verified, shared (its ticket taken before the check)."""
+    shared.put(account, password, INFO, shared.cache.ticket(account),
+               shared.find(account, password))
+
+
 def test_a_login_one_worker_verified_is_found_by_another(redis_client: redis.Redis,
                                                          redis_prefix: str) -> None:
     key = secrets.token_bytes(32)
     one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
-    one.put("u@example.org", "secret", INFO)
+    share(one, "u@example.org", "secret")
     assert two.get("U@Example.org", "secret") == INFO
     # and it is in the other worker's own cache from then on
     assert two.cache.get("u@example.org", "secret") == INFO
@@ -59,7 +65,7 @@ def test_a_login_one_worker_verified_is_found_by_another(redis_client: redis.Red
 def test_another_password_or_another_groups_key_finds_nothing(redis_client: redis.Redis,
                                                                redis_prefix: str) -> None:
     key = secrets.token_bytes(32)
-    worker(redis_client, redis_prefix, key).put("u@example.org", "secret", INFO)
+    share(worker(redis_client, redis_prefix, key), "u@example.org", "secret")
     assert worker(redis_client, redis_prefix, key).get("u@example.org", "Secret") is None
     other = worker(redis_client, redis_prefix, secrets.token_bytes(32))
     assert other.get("u@example.org", "secret") is None
@@ -68,7 +74,7 @@ def test_another_password_or_another_groups_key_finds_nothing(redis_client: redi
 def test_a_shared_hit_is_trusted_only_for_what_is_left_of_the_ttl(redis_client: redis.Redis,
                                                                  redis_prefix: str) -> None:
     key, clock = secrets.token_bytes(32), WallClock()
-    worker(redis_client, redis_prefix, key, clock).put("u@example.org", "secret", INFO)
+    share(worker(redis_client, redis_prefix, key, clock), "u@example.org", "secret")
     late = worker(redis_client, redis_prefix, key, clock)
     clock.now += late.cache.ttl + 1  # Redis keeps it a moment longer: the payload decides
     assert late.get("u@example.org", "secret") is None
@@ -79,8 +85,8 @@ def test_invalidate_and_clear_drop_the_shared_entries(redis_client: redis.Redis,
                                                       redis_prefix: str) -> None:
     key = secrets.token_bytes(32)
     one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
-    one.put("u@example.org", "secret", INFO)
-    one.put("v@example.org", "secret", INFO)
+    share(one, "u@example.org", "secret")
+    share(one, "v@example.org", "secret")
     one.invalidate("U@example.org")
     assert two.get("u@example.org", "secret") is None
     assert two.get("v@example.org", "secret") == INFO
@@ -92,7 +98,7 @@ def test_invalidate_and_clear_drop_the_shared_entries(redis_client: redis.Redis,
 def test_redis_holds_neither_the_password_nor_an_unkeyed_hash_of_it(
         redis_client: redis.Redis, redis_prefix: str) -> None:
     key, password = secrets.token_bytes(32), "hunter2-very-secret"
-    worker(redis_client, redis_prefix, key).put("u@example.org", password, INFO)
+    share(worker(redis_client, redis_prefix, key), "u@example.org", password)
     names = list(redis_client.scan_iter(match=f"{redis_prefix}authok:*"))
     assert len(names) == 1
     value = redis_client.get(names[0])
@@ -116,12 +122,127 @@ def test_an_entry_whose_account_info_was_changed_in_redis_is_a_miss(
     # someone who may write to Redis must not turn their own login into another account's
     key = secrets.token_bytes(32)
     one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
-    one.put("u@example.org", "secret", INFO)
+    share(one, "u@example.org", "secret")
     name = next(iter(redis_client.scan_iter(match=f"{redis_prefix}authok:*")))
     value = redis_client.get(name)
     assert isinstance(value, str) and '"id":7' in value
     redis_client.set(name, value.replace('"id":7', '"id":8'))
     assert two.get("u@example.org", "secret") is None
+
+
+# --- a login that verified an old password (it read the account before the change)
+
+def around(monkeypatch: pytest.MonkeyPatch, name: str, *, before: Any = None,
+           after: Any = None) -> None:
+    """Run ``before`` / ``after`` around the next call of ``loginshare.<name>``: where an
+    announcement reaches a worker's listener in the middle of a shared put or look-up."""
+    real = getattr(loginshare, name)
+    hooks = {"before": [before] if before else [], "after": [after] if after else []}
+
+    def hooked(*args: Any, **kwargs: Any) -> Any:
+        if hooks["before"]:
+            hooks["before"].pop()()
+        done = real(*args, **kwargs)
+        if hooks["after"]:
+            hooks["after"].pop()()
+        return done
+
+    monkeypatch.setattr(loginshare, name, hooked)
+
+
+def shared_entries(client: redis.Redis, prefix: str) -> list[Any]:
+    return list(client.scan_iter(match=f"{prefix}authok:*"))
+
+
+def test_a_put_with_a_ticket_taken_before_an_announcement_stores_nothing(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    key = secrets.token_bytes(32)
+    one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
+    looked, ticket = one.find("u@example.org", "old"), one.cache.ticket("u@example.org")
+    one.invalidate("u@example.org")  # what the listener does on the announcement
+    one.put("u@example.org", "old", INFO, ticket, looked)
+    assert not shared_entries(redis_client, redis_prefix)
+    assert two.get("u@example.org", "old") is None
+
+
+def test_a_put_after_another_workers_listener_deleted_the_entry_stores_nothing(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    key = secrets.token_bytes(32)
+    one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
+    looked, ticket = one.find("u@example.org", "old"), one.cache.ticket("u@example.org")
+    two.invalidate("u@example.org")  # worker two heard the announcement; one not yet
+    one.put("u@example.org", "old", INFO, ticket, looked)
+    assert not shared_entries(redis_client, redis_prefix)
+    assert two.get("u@example.org", "old") is None
+    assert two.cache.get("u@example.org", "old") is None
+
+
+def test_a_login_looked_up_longer_ago_than_the_ttl_is_not_shared(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    # the forget counter outlives its last forget by twice the TTL: no older look-up counts
+    key, clock = secrets.token_bytes(32), WallClock()
+    one = worker(redis_client, redis_prefix, key, clock)
+    looked, ticket = one.find("u@example.org", "old"), one.cache.ticket("u@example.org")
+    clock.now += one.cache.ttl + 1
+    one.put("u@example.org", "old", INFO, ticket, looked)
+    assert not shared_entries(redis_client, redis_prefix)
+
+
+def test_an_announcement_between_the_store_and_the_recheck_leaves_no_shared_entry(
+        redis_client: redis.Redis, redis_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = secrets.token_bytes(32)
+    one = worker(redis_client, redis_prefix, key)
+    looked, ticket = one.find("u@example.org", "old"), one.cache.ticket("u@example.org")
+    # the listener has spoilt the local tickets but not yet deleted the entry when the
+    # store lands: the put's own re-check deletes it
+    around(monkeypatch, "store", after=lambda: one.cache.invalidate("u@example.org"))
+    one.put("u@example.org", "old", INFO, ticket, looked)
+    assert not shared_entries(redis_client, redis_prefix)
+    assert worker(redis_client, redis_prefix, key).get("u@example.org", "old") is None
+
+
+def test_a_put_landing_just_after_the_listeners_delete_stores_nothing(
+        redis_client: redis.Redis, redis_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = secrets.token_bytes(32)
+    one = worker(redis_client, redis_prefix, key)
+    # the login looked up and took its ticket before the change; it finishes right after
+    # its own worker's listener deleted the entry, and Redis has lost the forget counter
+    # (evicted under memory pressure): the local ticket alone refuses it
+    looked, ticket = one.find("u@example.org", "old"), one.cache.ticket("u@example.org")
+
+    def finish() -> None:
+        redis_client.delete(loginshare.generation_key(redis_prefix, key, "u@example.org"))
+        one.put("u@example.org", "old", INFO, ticket, looked)
+
+    around(monkeypatch, "forget", after=finish)
+    one.invalidate("u@example.org")
+    assert not shared_entries(redis_client, redis_prefix)
+
+
+def test_a_shared_hit_read_before_an_announcement_is_not_kept_locally(
+        redis_client: redis.Redis, redis_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = secrets.token_bytes(32)
+    one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
+    share(one, "u@example.org", "old")
+    # worker two reads the entry, then its listener processes the announcement
+    around(monkeypatch, "lookup", after=lambda: two.invalidate("u@example.org"))
+    assert two.get("u@example.org", "old") is None
+    assert two.cache.get("u@example.org", "old") is None
+    assert not shared_entries(redis_client, redis_prefix)
+
+
+def test_a_shared_hit_read_while_the_listener_deletes_the_entry_is_not_kept_locally(
+        redis_client: redis.Redis, redis_prefix: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    key = secrets.token_bytes(32)
+    one, two = worker(redis_client, redis_prefix, key), worker(redis_client, redis_prefix, key)
+    share(one, "u@example.org", "old")
+    # a login in worker two reads the entry just before two's listener deletes it: its
+    # ticket postdates the listener's first spoiling
+    read: list[Any] = []
+    around(monkeypatch, "forget", before=lambda: read.append(two.get("u@example.org", "old")))
+    two.invalidate("u@example.org")
+    assert read == [INFO]  # the login went through (it was verified before the change)...
+    assert two.cache.get("u@example.org", "old") is None  # ...but is not kept
 
 
 def test_account_info_survives_the_round_trip() -> None:
@@ -139,15 +260,19 @@ def test_the_group_key_is_read_only_when_well_formed() -> None:
 # --- the IMAP login path: two workers of one group, one scrypt check between them
 
 class CountingDatabase:
-    """The database of ``logincheck.authenticate`` (patched below): counts the real checks."""
+    """The database of ``logincheck.check`` (patched below): counts the real checks;
+    ``during``: run after the account was read, before the check answers."""
 
     def __init__(self, password: str) -> None:
         self.password = password
         self.checks = 0
+        self.during: list[Any] = []
 
     def authenticate(self, username: str, password: str) -> apppasswords.Login:
         self.checks += 1
         ok = username.lower() == INFO.address and password == self.password
+        if self.during:
+            self.during.pop(0)()
         return apppasswords.Login(INFO if ok else None)
 
 
@@ -157,7 +282,8 @@ def _counted_checks(monkeypatch: pytest.MonkeyPatch) -> None:
                     **_: Any) -> apppasswords.Login:
         return database.authenticate(username, password)
 
-    monkeypatch.setattr(logincheck, "authenticate", check)
+    # the steps only: taking the ticket and remembering the login stay logincheck's own
+    monkeypatch.setattr(logincheck, "check", check)
 
 
 class InlineAccounts(StoreAccounts):
@@ -207,6 +333,27 @@ def test_a_failed_login_in_one_worker_makes_the_others_check_again(
     assert failure.check(AuthFailed)
     assert login(three, "secret").user_id == INFO.id
     assert database.checks == 3
+
+
+def test_a_password_changed_while_an_imap_login_is_checked_is_not_left_in_the_group(
+        redis_client: redis.Redis, redis_prefix: str) -> None:
+    key, database = secrets.token_bytes(32), CountingDatabase("old")
+    shared = [worker(redis_client, redis_prefix, key) for _ in range(2)]
+    one, two = (imap_worker(database, s) for s in shared)
+
+    def changed() -> None:
+        database.password = "new"
+        for each in shared:  # every worker's listener hears the announcement
+            each.invalidate("u@example.org")
+
+    database.during.append(changed)
+    # the login read the account before the change: it verifies the old password...
+    assert login(one, "old").user_id == INFO.id
+    # ...but neither worker remembers it, nor does Redis
+    assert not shared_entries(redis_client, redis_prefix)
+    assert login(one, "old").check(AuthFailed)
+    assert login(two, "old").check(AuthFailed)
+    assert login(two, "new").user_id == INFO.id
 
 
 def test_a_groups_workers_get_one_key_of_their_own() -> None:

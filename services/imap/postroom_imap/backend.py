@@ -19,7 +19,7 @@ from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
 
 from postroom.auth import logincheck
-from postroom.auth.authcache import AuthCache, SharedLogins
+from postroom.auth.authcache import AuthCache, SharedLogins, SharedLookup, Ticket
 from postroom.auth.ratelimit import LoginLocked, LoginRateLimiter, RateLimitUnavailable, admit
 from postroom.auth.sasl import ScramSecrets
 from postroom.interfaces import ReactorThreads, defer_to_pool
@@ -160,37 +160,44 @@ class StoreAccounts:
         # on a miss, the group's entry is read in the limiter's Redis call (one hop); it is
         # used, like the local cache's answer, only once the limiter let the login through
         # and its delay was waited
-        from_group: list[users.UserInfo | None] = []
+        from_group: list[SharedLookup[users.UserInfo]] = []
 
         def hop(fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
             def both(*a: Any) -> Any:
                 verdict = fn(*a)
                 if shared is not None and verdict.allowed:
-                    from_group.append(shared.get(username, password))
+                    from_group.append(shared.find(username, password))
                 return verdict
 
             return self.in_redis_thread(both, *args)
 
         await self._allowed_to_try(username, peer, hop=hop)
+        looked: SharedLookup[users.UserInfo] | None = None
         if shared is not None:
-            info = (from_group[0] if from_group
-                    else await self.in_redis_thread(shared.get, username, password))
+            looked = (from_group[0] if from_group
+                      else await self.in_redis_thread(shared.find, username, password))
+            info = looked.info
         refusal = None
         if info is None:
+
+            def share(found: users.UserInfo, ticket: Ticket) -> None:
+                # the look-up came before the check: it says what the store may overwrite
+                if shared is not None and looked is not None:
+                    self.in_redis_thread(shared.put, username, password, found, ticket,
+                                         looked).addErrback(lambda f: None)
+
             try:
-                # the main password, or an app password allowed for IMAP (two-factor accounts)
+                # the main password, or an app password allowed for IMAP (two-factor
+                # accounts); remembered here and in the group unless the account's
+                # credentials changed while it was checked
                 login = await logincheck.authenticate(self.database, username, password,
-                                                   protocol="imap", peer=peer)
+                                                   protocol="imap", peer=peer,
+                                                   cache=self.auth_cache, share=share)
             except Exception as exc:  # noqa: BLE001 -- any failure is logged and answered, never raised to the peer
                 log.warning("login lookup failed", error=str(exc))
                 raise Unavailable() from None
             info, refusal = login.user, login.refusal
             self._count_credential(login)
-            if info is not None:
-                self.auth_cache.put(username, password, info)
-                if self.shared_logins is not None:
-                    self.in_redis_thread(self.shared_logins.put, username, password,
-                                         info).addErrback(lambda f: None)
         return await self._outcome(info, username, peer, refusal=refusal)
 
     def _count_credential(self, login: apppasswords.Login) -> None:

@@ -39,8 +39,9 @@ def build_factory(ctx: ServiceContext) -> tuple[IMAPFactory, ChangeListener, Cac
     auth_cache: AuthCache[users.UserInfo] = AuthCache(secret=key)
     shared = (SharedLogins(auth_cache, ctx.redis_client, settings.redis_prefix, key,
                            users.encode_info, users.decode_info) if key is not None else None)
-    # revoked app passwords, changed passwords: every cached login of the account goes
-    caches: list[Invalidated] = [auth_cache] if shared is None else [auth_cache, shared]
+    # revoked app passwords, changed passwords: every cached login of the account goes (the
+    # shared logins forget the local ones too, in the order that keeps a racing login out)
+    caches: list[Invalidated] = [auth_cache] if shared is None else [shared]
     invalidation = CacheInvalidation(ctx.redis_client, settings.redis_prefix, caches,
                                      metrics=ctx.metrics)
     pool = ctx.thread_pool("redis", REDIS_THREADS)

@@ -144,16 +144,15 @@ class MSAPolicy(BasePolicy):
             user = self.auth_cache.get(account, credentials.password)
             if user is None:
                 # the main password, or an app password allowed for submission
+                # (remembered unless the account's credentials changed while checked)
                 login = await logincheck.authenticate(self.database, account,
                                                    credentials.password, protocol="submission",
-                                                   peer=session.peer_ip)
+                                                   peer=session.peer_ip, cache=self.auth_cache)
                 user, refusal = login.user, login.refusal
                 if self.credentials is not None and login.credential is not None:
                     self.credentials.labels(credential=login.credential).inc()
-                if user is not None:
-                    self.auth_cache.put(account, credentials.password, user)
-                    if login.app_password is not None:
-                        slog = slog.bind(app_password=login.app_password)
+                if user is not None and login.app_password is not None:
+                    slog = slog.bind(app_password=login.app_password)
         elif isinstance(credentials, VerifiedCredentials) and credentials.verified and \
                 credentials.authzid in ("", credentials.username):
             user = await self.database.run(lookups.scram_login, account)

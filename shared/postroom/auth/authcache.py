@@ -16,6 +16,26 @@ most ``max_entries`` (least recently used go first), and a password change
 takes effect everywhere within ``ttl`` seconds at worst, the same trade-off
 Dovecot's ``auth_cache_ttl`` makes. Thread-safe: MSA and POP3 may call it from
 worker threads.
+
+A login is checked against what it read (decision 0027), so a login that read
+the account before a password change committed verifies the *old* password;
+if it finished after the change's announcement had emptied the cache, its
+``put`` would bring the old password back for a whole TTL. So every ``put``
+carries a :class:`Ticket` taken *before* the login read the account
+(:func:`postroom.auth.logincheck.authenticate` takes it), and is skipped when
+the account was invalidated (or the cache cleared) since: checked and stored
+under the lock that :meth:`AuthCache.invalidate` holds, so a put either lands
+before the invalidation (and is dropped by it) or sees it (and is skipped).
+
+The generation is kept per slot of a fixed table (:data:`TICKET_SLOTS`), an
+account's slot chosen by the process's randomised string hash: memory is
+bounded whatever the number of accounts, nothing has to be evicted (an
+evicted per-account counter would start again and let an old ticket match),
+and an invalidation only spoils the in-flight puts of the accounts sharing its
+slot (they are checked again next time). Not one global counter: every failed
+login invalidates, so anyone guessing passwords for any account would keep
+every other login from being remembered, turning the limiter-bounded failures
+into a scrypt check for everybody.
 """
 
 from __future__ import annotations
@@ -27,7 +47,8 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from typing import Any, Generic, Protocol, TypeVar
+from dataclasses import dataclass
+from typing import Any, Generic, NamedTuple, Protocol, TypeVar
 
 from postroom.logs import get_logger
 from postroom.queue import authevents, loginshare
@@ -40,6 +61,15 @@ T = TypeVar("T")
 
 DEFAULT_TTL = 60.0
 DEFAULT_MAX_ENTRIES = 10_000
+#: generation counters per cache (see the module docstring): 4 KiB of pointers
+TICKET_SLOTS = 1024
+
+
+class Ticket(NamedTuple):
+    """An account's invalidation generation, read before its login read the account."""
+
+    slot: int
+    generation: int
 
 
 class AuthCache(Generic[T]):
@@ -58,6 +88,8 @@ class AuthCache(Generic[T]):
         self._lock = threading.Lock()
         # key -> (expiry, info); insertion order doubles as least-recently-used order
         self._entries: OrderedDict[tuple[str, bytes], tuple[float, T]] = OrderedDict()
+        # moved by every invalidate (the account's slot) and clear (all of them)
+        self._generations = [0] * TICKET_SLOTS
 
     def _key(self, account: str, password: str) -> tuple[str, bytes] | None:
         name = login_name(account)
@@ -86,37 +118,75 @@ class AuthCache(Generic[T]):
         """(canonical account, keyed hash of ``password``): what an entry is found by."""
         return self._key(account, password)
 
-    def put(self, account: str, password: str, info: T, *, ttl: float | None = None) -> None:
+    @staticmethod
+    def _slot(name: str | None) -> int:
+        return hash(name) % TICKET_SLOTS if name is not None else 0
+
+    def ticket(self, account: str) -> Ticket:
+        """Take before the login reads the account; pass to :meth:`put`."""
+        slot = self._slot(login_name(account))
+        with self._lock:
+            return Ticket(slot, self._generations[slot])
+
+    def current(self, account: str, ticket: Ticket) -> bool:
+        """Whether ``account`` was neither invalidated nor cleared since ``ticket``."""
+        with self._lock:
+            return self._current(login_name(account), ticket)
+
+    def _current(self, name: str | None, ticket: Ticket) -> bool:
+        # a ticket of another slot is another account's: never good for this one
+        return (name is not None and ticket.slot == self._slot(name)
+                and self._generations[ticket.slot] == ticket.generation)
+
+    def put(self, account: str, password: str, info: T, *, ticket: Ticket,
+            ttl: float | None = None) -> bool:
         """Remember a login that the real check has just accepted (for ``ttl`` seconds at
-        most: the cache's own TTL)."""
+        most: the cache's own TTL), unless the account was invalidated since ``ticket``
+        was taken; whether it was remembered."""
         key = self._key(account, password)
         if key is None:
-            return
+            return False
         ttl = self.ttl if ttl is None else min(ttl, self.ttl)
         if ttl <= 0:
-            return
+            return False
         with self._lock:
+            if not self._current(key[0], ticket):
+                return False
             self._entries[key] = (self._clock() + ttl, info)
             self._entries.move_to_end(key)
             while len(self._entries) > self.max_entries:
                 self._entries.popitem(last=False)
+            return True
 
     def invalidate(self, account: str) -> None:
-        """Forget every entry of ``account`` (called on any failed login for it)."""
+        """Forget every entry of ``account`` and spoil its outstanding tickets (called on
+        any failed login for it, and for an announced change)."""
         name = login_name(account)
         if name is None:
             return
         with self._lock:
+            self._generations[self._slot(name)] += 1
             for key in [k for k in self._entries if k[0] == name]:
                 del self._entries[key]
 
     def clear(self) -> None:
-        """Forget every entry (the invalidation listener lost and regained Redis)."""
+        """Forget every entry and spoil every ticket (the invalidation listener lost and
+        regained Redis)."""
         with self._lock:
+            self._generations = [g + 1 for g in self._generations]
             self._entries.clear()
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+@dataclass(frozen=True)
+class SharedLookup(Generic[T]):
+    """A login's look-up in its group's shared entries (:meth:`SharedLogins.find`)."""
+
+    info: T | None  # another worker verified the password: the account's info
+    generation: str | None  # the account's forget counter then (None: Redis failed)
+    at: float  # when (wall clock)
 
 
 class SharedLogins(Generic[T]):
@@ -133,6 +203,30 @@ class SharedLogins(Generic[T]):
     a miss (``get``) or logged (the rest): the entries are only a cache. Also
     an :class:`Invalidated` cache for :class:`CacheInvalidation`: an announced
     credential change drops the account's entry.
+
+    A login that verified an old password (it read the account before the
+    change committed) must not leave it here either (see the module
+    docstring). Every worker's listener, on the announcement, spoils the
+    account's local tickets, deletes the shared entry, and spoils them again
+    (:meth:`invalidate`). :meth:`put` stores only with a ticket still good,
+    and since the Redis write is not atomic with that check, checks the ticket
+    again after storing and deletes the entry when it moved in between
+    (store, then re-check). So a stale login's entry cannot outlive its own
+    worker's listener: stored before that listener's delete, the delete
+    removes it; stored after, the first spoiling came before the store, so
+    the re-check sees it. Nor can another worker keep it: stored before that
+    worker's listener processed the announcement, that listener's delete
+    removes it, and a copy the worker took into its own cache (:meth:`get`,
+    ticket taken before the Redis read, so before the delete and the second
+    spoiling) is refused or dropped. That leaves a worker whose listener has
+    processed the announcement reading an entry that another worker, whose
+    listener has not yet, stored in between: Redis closes that one. The
+    login's lookup (:meth:`find`, before the check) reads the account's
+    forget counter with the entry, and the put stores only while it is
+    unchanged (postroom.queue.loginshare), so once any worker's listener has
+    deleted the entry, no login looked up before can store it again. (The
+    local steps above still hold should Redis lose the counter, evicted under
+    memory pressure; only this cross-worker case then depends on it.)
     """
 
     def __init__(self, cache: AuthCache[T], client: RedisClient, prefix: str,
@@ -149,15 +243,29 @@ class SharedLogins(Generic[T]):
 
     def get(self, account: str, password: str) -> T | None:
         """The account's info when another worker verified this password within the TTL."""
+        return self.find(account, password).info
+
+    def find(self, account: str, password: str) -> SharedLookup[T]:
+        """:meth:`get`'s answer, and what :meth:`put` needs should the login be checked here
+        (look up before checking)."""
+        at = self._wall_clock()
         found = self.cache.mac(account, password)
         if found is None:
-            return None
+            return SharedLookup(None, None, at)
         name, mac = found
+        # before the read: an entry deleted by an announcement while we read is not kept
+        ticket = self.cache.ticket(account)
         try:
-            payload = loginshare.lookup(self.client, self.prefix, self._group_key, name, mac)
+            payload, generation = loginshare.lookup(self.client, self.prefix,
+                                                    self._group_key, name, mac)
         except RedisError as exc:
             log.warning("shared login lookup failed", error=str(exc))
-            return None
+            return SharedLookup(None, None, at)
+        return SharedLookup(self._remember(account, password, payload, ticket), generation,
+                            at)
+
+    def _remember(self, account: str, password: str, payload: str | None,
+                  ticket: Ticket) -> T | None:
         if payload is None:
             return None
         expires, sep, encoded = payload.partition(" ")
@@ -168,39 +276,55 @@ class SharedLogins(Generic[T]):
             return None
         if info is None or left <= 0:
             return None
-        self.cache.put(account, password, info, ttl=left)
+        if not self.cache.put(account, password, info, ticket=ticket, ttl=left):
+            return None
         return info
 
-    def put(self, account: str, password: str, info: T) -> None:
-        """Share a login this worker's real check has just accepted."""
+    def put(self, account: str, password: str, info: T, ticket: Ticket,
+            looked: SharedLookup[T]) -> None:
+        """Share a login this worker's real check has just accepted: ``ticket`` taken and
+        ``looked`` up before it read the account (see the class docstring)."""
         found = self.cache.mac(account, password)
-        if found is None:
+        if (found is None or looked.generation is None
+                or self._wall_clock() - looked.at > self.cache.ttl
+                or not self.cache.current(account, ticket)):
             return
         name, mac = found
         ttl = self.cache.ttl
         payload = f"{self._wall_clock() + ttl:.3f} {self._encode(info)}"
         try:
-            loginshare.store(self.client, self.prefix, self._group_key, name, mac, payload,
-                             ttl)
+            stored = loginshare.store(self.client, self.prefix, self._group_key, name, mac,
+                                      payload, ttl, looked.generation)
+            if stored and not self.cache.current(account, ticket):
+                loginshare.forget(self.client, self.prefix, self._group_key, name,
+                              2 * self.cache.ttl)
         except RedisError as exc:
             log.warning("shared login not stored", error=str(exc))
 
     def invalidate(self, account: str) -> None:
-        """Drop the account's shared entry (a failed login, an announced change)."""
+        """Drop the account's shared entry and spoil its tickets before and after (a failed
+        login, an announced change; see the class docstring)."""
         name = login_name(account)
         if name is None:
             return
+        # (the spoiling before the delete matters only if Redis lost the forget counter)
+        self.cache.invalidate(account)
         try:
-            loginshare.forget(self.client, self.prefix, self._group_key, name)
+            loginshare.forget(self.client, self.prefix, self._group_key, name,
+                              2 * self.cache.ttl)
         except RedisError as exc:
             log.warning("shared login not dropped", error=str(exc))
+        self.cache.invalidate(account)
 
     def clear(self) -> None:
-        """Drop every shared entry (the invalidation listener was away from Redis)."""
+        """Drop every shared entry and every local one and ticket, before and after (the
+        invalidation listener was away from Redis)."""
+        self.cache.clear()
         try:
             loginshare.forget_all(self.client, self.prefix)
         except RedisError as exc:
             log.warning("shared logins not dropped", error=str(exc))
+        self.cache.clear()
 
 
 class Invalidated(Protocol):

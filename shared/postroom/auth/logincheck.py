@@ -16,16 +16,26 @@ The `hash` pool has as many threads as the process may use CPUs, at most
 :data:`MAX_HASH_THREADS`: more concurrent scrypt checks than cores only make
 each one slower and hold 16 MiB more; the others wait in the pool's queue,
 holding nothing.
+
+A service with a login cache passes it (``cache``, and imap its group's
+:class:`~postroom.auth.authcache.SharedLogins` through ``share``): the cache's
+ticket is taken here before the account is read, and the accepted login is
+remembered with it, so a login that read the account before a password change
+and finished after the change's announcement emptied the cache does not put
+the old password back (postroom.auth.authcache). Taking the ticket before the
+read is this function's job, not each service's.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.python.threadpool import ThreadPool
 
+from postroom.auth.authcache import AuthCache, Ticket
 from postroom.auth.passwords import hash_password
 from postroom.interfaces import defer_to_pool
 from postroom.store import apppasswords, users
@@ -58,12 +68,31 @@ def hash_pool(reactor: Any) -> ThreadPool:
 
 async def authenticate(database: Database, address: str, password: str, *,
                        protocol: str | None, peer: str | None = None,
-                       hash_fn: users.HashFn = hash_password) -> apppasswords.Login:
+                       hash_fn: users.HashFn = hash_password,
+                       cache: AuthCache[users.UserInfo] | None = None,
+                       share: Callable[[users.UserInfo, Ticket], object] | None = None,
+                       ) -> apppasswords.Login:
     """:func:`postroom.store.apppasswords.authenticate`'s answer, the hash checked outside any
     transaction; ``protocol`` None: the web console's first factor (the main password
     only; two-factor accounts get their info, the console asks for the code).
 
-    Database errors fail the Deferred as :meth:`Database.run` does."""
+    ``cache``: an accepted login is put there with the ticket taken before the read,
+    and handed with it to ``share`` (imap: its group's shared logins) when that put
+    held. Database errors fail the Deferred as :meth:`Database.run` does."""
+    ticket = cache.ticket(address) if cache is not None else None
+    login = await check(database, address, password, protocol=protocol, peer=peer,
+                        hash_fn=hash_fn)
+    if cache is not None and ticket is not None and login.user is not None:
+        if cache.put(address, password, login.user, ticket=ticket) and share is not None:
+            share(login.user, ticket)
+    return login
+
+
+async def check(database: Database, address: str, password: str, *,
+                protocol: str | None, peer: str | None = None,
+                hash_fn: users.HashFn = hash_password) -> apppasswords.Login:
+    """The login's three steps (read, check on the hash pool, write if need be), with no
+    cache: what :func:`authenticate` runs between taking the ticket and the put."""
     reactor = database.reactor
     read = await database.run_read(apppasswords.read_login, address, password,
                                    protocol=protocol)

@@ -17,9 +17,22 @@ Redis (another account's id put in) is not found at all. The key is drawn at
 random by the group's parent and handed to its workers only
 (``POSTROOM_GROUP_KEY``, :data:`postroom.config.NOT_SETTINGS`); it never
 reaches Redis, so what is stored there cannot be turned back into a
-password, nor tested against guesses, without it. One key per account (the
-last verified password): the keys are bounded by the accounts that logged
+password, nor tested against guesses, without it. One entry per account (the
+last verified password): the entries are bounded by the accounts that logged
 in within the TTL, and only a verified login writes one.
+
+``<prefix>authgen:<hex>`` counts the times the account's entry was forgotten
+(:func:`forget`, every worker's listener on an announced change, and a failed
+login). :func:`lookup` reads it with the entry, before the login reads the
+account, and :func:`store` writes only when it is still what was read (one
+script): a login that read the account before a change committed, whose
+lookup came before the change was announced, cannot store once any worker
+has forgotten the entry, so after its own listener's :func:`forget` a worker
+finds no entry of the old password, whichever worker verified it. The
+counter outlives its last forget by ``keep`` seconds, longer than a login
+may take between its look-up and its store (the caller passes twice its
+TTL, and shares no login looked up longer ago than the TTL): a name that
+is no account's, tried and failed, costs a small key for that long.
 
 Blocking (redis-py): callers run these in their Redis thread pool, or in the
 credential-change listener's thread.
@@ -29,18 +42,49 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+from typing import NamedTuple
 
 import redis
 
 # an entry is a MAC and a small payload; anything larger is not one of ours
 MAX_VALUE_BYTES = 4096
 
+# the entry, only if the forget counter is still the one the login's lookup read
+_STORE = """
+local now = redis.call('GET', KEYS[2]) or ''
+if now ~= ARGV[3] then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+
+class Found(NamedTuple):
+    """What :func:`lookup` read: the payload (None: no entry for this password) and the
+    account's forget counter, to hand to :func:`store`."""
+
+    payload: str | None
+    generation: str
+
+
+def _digest(group_key: bytes, account: str) -> str:
+    return hmac.new(group_key, b"account\0" + account.encode("utf-8", "surrogatepass"),
+                    hashlib.sha256).hexdigest()
+
 
 def key(prefix: str, group_key: bytes, account: str) -> str:
     """The Redis key of ``account``'s (canonical login name) shared entry."""
-    digest = hmac.new(group_key, b"account\0" + account.encode("utf-8", "surrogatepass"),
-                      hashlib.sha256).hexdigest()
-    return f"{prefix}authok:{digest}"
+    return f"{prefix}authok:{_digest(group_key, account)}"
+
+
+def generation_key(prefix: str, group_key: bytes, account: str) -> str:
+    """The Redis key of ``account``'s forget counter."""
+    return f"{prefix}authgen:{_digest(group_key, account)}"
+
+
+def _text(raw: object) -> str:
+    if isinstance(raw, bytes):
+        return raw.decode("ascii", "replace")
+    return raw if isinstance(raw, str) else ""
 
 
 def _tag(group_key: bytes, account: str, mac: bytes, payload: bytes) -> bytes:
@@ -49,19 +93,27 @@ def _tag(group_key: bytes, account: str, mac: bytes, payload: bytes) -> bytes:
 
 
 def store(client: redis.Redis, prefix: str, group_key: bytes, account: str, mac: bytes,
-          payload: str, ttl: float) -> None:
-    """Remember for ``ttl`` seconds that ``mac``'s password is ``account``'s, with ``payload``
-    (raises redis errors)."""
+          payload: str, ttl: float, generation: str) -> bool:
+    """Remember for ``ttl`` seconds that ``mac``'s password is ``account``'s, with ``payload``,
+    unless the entry was forgotten since ``generation`` was read (:func:`lookup`); whether
+    it was stored (raises redis errors)."""
     body = payload.encode("utf-8")
-    client.set(key(prefix, group_key, account),
-               _tag(group_key, account, mac, body) + b":" + body, px=max(1, int(ttl * 1000)))
+    value = _tag(group_key, account, mac, body) + b":" + body
+    return bool(client.eval(_STORE, 2, key(prefix, group_key, account),  # type: ignore[no-untyped-call]
+                            generation_key(prefix, group_key, account), value,
+                            max(1, int(ttl * 1000)), generation))
 
 
 def lookup(client: redis.Redis, prefix: str, group_key: bytes, account: str,
-           mac: bytes) -> str | None:
-    """The payload stored for ``account`` when its MAC is ``mac``; None otherwise (raises
-    redis errors)."""
-    raw = client.get(key(prefix, group_key, account))
+           mac: bytes) -> Found:
+    """The payload stored for ``account`` when its MAC is ``mac`` (else None), and the
+    account's forget counter (one round trip; raises redis errors)."""
+    raw, generation = client.mget(key(prefix, group_key, account),
+                                  generation_key(prefix, group_key, account))
+    return Found(_payload(raw, group_key, account, mac), _text(generation))
+
+
+def _payload(raw: object, group_key: bytes, account: str, mac: bytes) -> str | None:
     if isinstance(raw, str):  # a client made with decode_responses
         raw = raw.encode("utf-8", "surrogateescape")
     if not isinstance(raw, bytes) or len(raw) > MAX_VALUE_BYTES:
@@ -75,9 +127,16 @@ def lookup(client: redis.Redis, prefix: str, group_key: bytes, account: str,
         return None
 
 
-def forget(client: redis.Redis, prefix: str, group_key: bytes, account: str) -> None:
-    """Drop ``account``'s shared entry (raises redis errors)."""
-    client.delete(key(prefix, group_key, account))
+def forget(client: redis.Redis, prefix: str, group_key: bytes, account: str,
+           keep: float) -> None:
+    """Drop ``account``'s shared entry and move its forget counter (kept ``keep`` seconds),
+    so that no login looked up before can store one (raises redis errors)."""
+    counter = generation_key(prefix, group_key, account)
+    with client.pipeline(transaction=True) as pipe:
+        pipe.incr(counter)
+        pipe.pexpire(counter, max(1, int(keep * 1000)))
+        pipe.delete(key(prefix, group_key, account))
+        pipe.execute()
 
 
 def forget_all(client: redis.Redis, prefix: str, batch: int = 500) -> int:
