@@ -67,7 +67,7 @@ def test_the_least_recently_used_entry_goes_when_full() -> None:
 def test_the_password_is_not_kept_in_the_cache() -> None:
     cache: AuthCache[int] = AuthCache()
     cache.put("u@example.org", "hunter2-very-secret", 7, ticket=cache.ticket("u@example.org"))
-    stored = repr(cache._entries).encode() + b"".join(k[1] for k in cache._entries)
+    stored = repr(cache._entries.items()).encode() + b"".join(k[1] for k in cache._entries)
     assert b"hunter2" not in stored
 
 

@@ -45,7 +45,6 @@ import hmac
 import secrets
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Generic, NamedTuple, Protocol, TypeVar
@@ -54,6 +53,7 @@ from postroom.logs import get_logger
 from postroom.queue import authevents, loginshare
 from postroom.queue.redisclient import RedisClient, RedisError
 from postroom.store.addresses import login_name
+from postroom.ttlcache import TTLCache
 
 log = get_logger("auth")
 
@@ -82,12 +82,11 @@ class AuthCache(Generic[T]):
             raise ValueError("ttl and max_entries must be positive")
         self.ttl = ttl
         self.max_entries = max_entries
-        self._clock = clock
         # the workers of one process group share theirs (SharedLogins); else drawn here
         self._secret = secret if secret is not None else secrets.token_bytes(32)
+        # held around every use of the entries, and by the ticket check before a put
         self._lock = threading.Lock()
-        # key -> (expiry, info); insertion order doubles as least-recently-used order
-        self._entries: OrderedDict[tuple[str, bytes], tuple[float, T]] = OrderedDict()
+        self._entries: TTLCache[tuple[str, bytes], T] = TTLCache(max_entries, clock)
         # moved by every invalidate (the account's slot) and clear (all of them)
         self._generations = [0] * TICKET_SLOTS
 
@@ -105,14 +104,7 @@ class AuthCache(Generic[T]):
         if key is None:
             return None
         with self._lock:
-            found = self._entries.get(key)
-            if found is None:
-                return None
-            if found[0] <= self._clock():
-                del self._entries[key]
-                return None
-            self._entries.move_to_end(key)
-            return found[1]
+            return self._entries.get(key)
 
     def mac(self, account: str, password: str) -> tuple[str, bytes] | None:
         """(canonical account, keyed hash of ``password``): what an entry is found by."""
@@ -152,10 +144,7 @@ class AuthCache(Generic[T]):
         with self._lock:
             if not self._current(key[0], ticket):
                 return False
-            self._entries[key] = (self._clock() + ttl, info)
-            self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            self._entries.put(key, info, ttl)
             return True
 
     def invalidate(self, account: str) -> None:
@@ -166,8 +155,7 @@ class AuthCache(Generic[T]):
             return
         with self._lock:
             self._generations[self._slot(name)] += 1
-            for key in [k for k in self._entries if k[0] == name]:
-                del self._entries[key]
+            self._entries.discard_if(lambda key: key[0] == name)
 
     def clear(self) -> None:
         """Forget every entry and spoil every ticket (the invalidation listener lost and

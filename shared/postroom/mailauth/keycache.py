@@ -26,9 +26,10 @@ from __future__ import annotations
 
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable
 from typing import Generic, TypeVar
+
+from postroom.ttlcache import TTLCache
 
 T = TypeVar("T")
 
@@ -46,9 +47,8 @@ class DkimKeyCache(Generic[T]):
         # ttl <= 0: no caching (every message reads the store)
         self.ttl = ttl
         self.max_entries = max_entries
-        self._clock = clock
         self._lock = threading.Lock()
-        self._entries: OrderedDict[str, tuple[float, tuple[T, ...]]] = OrderedDict()
+        self._entries: TTLCache[str, tuple[T, ...]] = TTLCache(max_entries, clock)
         # bumped by every invalidation: a read that started before one is not stored
         self._generation = 0
 
@@ -62,16 +62,8 @@ class DkimKeyCache(Generic[T]):
         """The keys remembered for ``domain``, or None (never read, expired or forgotten)."""
         if self.ttl <= 0:
             return None
-        key = domain.lower()
         with self._lock:
-            found = self._entries.get(key)
-            if found is None:
-                return None
-            if found[0] <= self._clock():
-                del self._entries[key]
-                return None
-            self._entries.move_to_end(key)
-            return found[1]
+            return self._entries.get(domain.lower())
 
     def put(self, domain: str, keys: tuple[T, ...], generation: int) -> None:
         """Remember what the store said for ``domain``, unless an invalidation came since
@@ -81,10 +73,7 @@ class DkimKeyCache(Generic[T]):
         with self._lock:
             if generation != self._generation:
                 return
-            self._entries[domain.lower()] = (self._clock() + self.ttl, keys)
-            self._entries.move_to_end(domain.lower())
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            self._entries.put(domain.lower(), keys, self.ttl)
 
     def invalidate(self, subject: str) -> None:
         """An announcement on the credentials channel: ``@domain`` (DKIM keys changed)
