@@ -103,6 +103,13 @@ def metric_total(metrics: str, family: str) -> float:
                                             re.MULTILINE))
 
 
+def metric_sum(metrics: str, name: str) -> float | None:
+    """The sum of every sample named ``name``, labelled or not (a process group's page labels
+    each worker's ``process="k"``), or None when the service does not export it."""
+    found = re.findall(rf"^{name}(?:\{{[^}}]*\}})? (\S+)", metrics, re.MULTILINE)
+    return sum(float(v) for v in found) if found else None
+
+
 def metric_value(metrics: str, name: str) -> float | None:
     """An unlabelled sample (``name value``), or None when the service does not export it."""
     found = re.search(rf"^{name} (\S+)", metrics, re.MULTILINE)

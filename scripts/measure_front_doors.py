@@ -164,7 +164,7 @@ def measure(args: argparse.Namespace, rig: proctools.Rig) -> None:
             spy.wait(60)
         metrics = proctools.scrape_metrics(mta_http)
         spool_commits = proctools.metric_total(metrics, "postroom_spool_commits_total")
-        spooled_msgs = proctools.metric_value(metrics, "postroom_spool_commit_messages_sum")
+        spooled_msgs = proctools.metric_sum(metrics, "postroom_spool_commit_messages_sum")
         with admin.connect() as conn:
             spooled = int(conn.execute(text("SELECT count(*) FROM spool_messages")).scalar_one())
         total_commits = proctools.stop_then_commits(procs, admin, url, dbname)

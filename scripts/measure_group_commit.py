@@ -4,12 +4,14 @@ Runs the dmarc service and an mta (``postroom_mta.main:SERVICE``, as the tests d
 fresh database and a null DNS server, sends a warm-up and then ``-m`` messages with
 smtp-source (``-s`` sessions, 2 KB each), and reports, for the measured load only:
 
-* the mta process's CPU (utime + stime from /proc/PID/stat) per message,
+* the CPU of the mta's process tree (its parent and workers: utime + stime from
+  /proc/PID/stat, reaped children included) per message,
 * the CPU of the PostgreSQL backends serving the database, per message,
 * PostgreSQL commits per message (``pg_stat_database.xact_commit`` of the database,
   read after the services stopped so every backend has flushed its counts; it includes
   the dmarc service's and the start-up's transactions, the same in every mode),
-* the mta's own spool commits (``postroom_spool_commits_total``) when it exports them.
+* the mta's own spool commits per message spooled (``postroom_spool_commits_total`` over
+  ``postroom_spool_commit_messages_sum``, every worker's summed) when it exports them.
 
 ``--mode on`` / ``off`` set POSTROOM_SPOOL_GROUP_COMMIT (default / 1); ``--code DIR``
 runs the mta from another tree (e.g. ``git archive`` of the commit before group commit)
@@ -72,14 +74,14 @@ def measure(args: argparse.Namespace, rig: proctools.Rig) -> None:
         proctools.wait_healthy(dmarc_http, dmarc)
         proctools.wait_healthy(mta_http, mta)
         proctools.smtp_source(mta_port, args.warmup, args.s, f"u0@{DOMAIN}")
-        cpu0, pg0 = cpu.own_seconds(mta.pid), cpu.backend_seconds(admin, dbname)
+        cpu0, pg0 = cpu.tree_seconds(mta.pid), cpu.backend_seconds(admin, dbname)
         started = time.monotonic()
         proctools.smtp_source(mta_port, args.m, args.s, f"u0@{DOMAIN}")
         wall = time.monotonic() - started
-        cpu1, pg1 = cpu.own_seconds(mta.pid), cpu.backend_seconds(admin, dbname)
+        cpu1, pg1 = cpu.tree_seconds(mta.pid), cpu.backend_seconds(admin, dbname)
         metrics = proctools.scrape_metrics(mta_http)
         spool_commits = proctools.metric_total(metrics, "postroom_spool_commits_total")
-        spooled_msgs = proctools.metric_value(metrics, "postroom_spool_commit_messages_sum")
+        spooled_msgs = proctools.metric_sum(metrics, "postroom_spool_commit_messages_sum")
         with admin.connect() as conn:
             spooled = int(conn.execute(text("SELECT count(*) FROM spool_messages")).scalar_one())
         total_commits = proctools.stop_then_commits(procs, admin, url, dbname)
