@@ -90,7 +90,7 @@ def test_the_document_declares_parameters_responses_and_errors() -> None:
         "integer"
     assert params["tag"]["schema"]["type"] == "array"
     assert params["limit"]["schema"]["maximum"] == 500
-    assert set(listing["responses"]) == {"200", "401", "403", "404", "422", "500", "503"}
+    assert set(listing["responses"]) == {"200", "401", "403", "404", "422", "429", "500", "503"}
     removal = doc["paths"]["/api/v1/things/{thing_id}"]["delete"]
     assert "content" not in removal["responses"]["204"]
     assert {"409", "429"} <= set(removal["responses"])
