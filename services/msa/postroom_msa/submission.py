@@ -28,6 +28,7 @@ from postroom.metrics import Metrics, dkim_key_lookups_total, errors_total, mess
 from postroom.mime.addresses import parse_addresses
 from postroom.mime.headers import HeaderBlock, scan_header
 from postroom.mime.model import Limits
+from postroom.queue import counters
 from postroom.queue.envelope import MAX_RECIPIENTS
 from postroom.queue.envelope import Envelope as QueueEnvelope
 from postroom.queue.reconciler import Enqueuer
@@ -304,7 +305,7 @@ class Submitter:
                 return M.TRY_LATER
             message = signatures + message
         # committed with the submissions finishing DATA meanwhile (one transaction); the
-        # XADDs (pipelined) and the usage counts run in the spool's thread after its COMMIT
+        # XADDs and the usage counts (one pipeline) run in the spool's thread after its COMMIT
         try:
             spooled, after = await self.spooler.submit(
                 session.identity.id, len(message), queue_id=queue_id,
@@ -341,28 +342,37 @@ class Submitter:
 
     def _publish(self, committed: Sequence[tuple[int, lookups.Spooled]]) -> list[AfterCommit]:
         """In the spool's thread after a group COMMIT (blocking): every committed message's
-        recipients onto ``outbound`` (one pipelined round trip for all) and each sender's
-        usage count; each step's error is returned, not raised."""
+        recipients onto ``outbound`` and each sender's usage counts, all in one pipelined
+        round trip; each step's error is returned, not raised."""
         envelopes = [[QueueEnvelope(queue_id=spooled.queue_id, stream="outbound",
                                     recipient_ids=ids[start:start + MAX_RECIPIENTS])
                       for start in range(0, len(ids), MAX_RECIPIENTS)]
                      for ids, spooled in ((s.recipient_ids, s) for _user_id, s in committed)]
         flat = [queued for per_message in envelopes for queued in per_message]
+        # each message's counts: its own commands on the pipeline, after the XADDs
+        increments = [self.limits.increments(user_id, len(spooled.recipient_ids))
+                      for user_id, spooled in committed]
+
+        def count(pipe: Any) -> None:
+            for message_increments in increments:
+                counters.queue_add(pipe, message_increments)
+
         outcomes: list[str | Exception]
+        counted: list[Any]
         try:
-            outcomes = self.enqueuer.enqueue_many_blocking(flat)
+            outcomes, counted = self.enqueuer.enqueue_many_with_blocking(flat, count)
         except Exception as exc:  # noqa: BLE001 (reported on the reactor)
             outcomes = [exc] * len(flat)
+            counted = [exc] * sum(2 * len(i) for i in increments)
         results: list[AfterCommit] = []
         at = 0
-        for (user_id, spooled), per_message in zip(committed, envelopes, strict=True):
+        done = 0
+        for per_message, message_increments in zip(envelopes, increments, strict=True):
             enqueued = list(zip(per_message, outcomes[at:at + len(per_message)], strict=True))
             at += len(per_message)
-            usage_error: Exception | None = None
-            try:
-                self.limits.record(user_id, len(spooled.recipient_ids))
-            except Exception as exc:  # noqa: BLE001 (accepted; only the count is lost)
-                usage_error = exc
+            replies = counted[done:done + 2 * len(message_increments)]
+            done += 2 * len(message_increments)
+            usage_error = next((r for r in replies if isinstance(r, Exception)), None)
             results.append((enqueued, usage_error))
         return results
 
