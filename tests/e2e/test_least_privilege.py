@@ -105,7 +105,7 @@ def test_dkim_keys_are_encrypted_and_the_services_run_as_their_roles(inst: RoleI
 
 def test_mail_flows_through_every_service_under_its_role(inst: RoleInstance, tmp_path: Path):
     alice, bob = fresh_user(inst, "alice"), fresh_user(inst, "bob")
-    # msa (signs with the encrypted keys) -> mta relay -> local -> mda -> imap
+    # msa (signs with the encrypted keys) -> deliver -> mda -> imap (docs/decisions/0030)
     inst.submit(alice, [bob], message(alice, bob, "local"))
     (local,) = inst.wait_for_mail(bob)
     assert local.count(b"DKIM-Signature:") == 2

@@ -13,6 +13,7 @@ from sqlalchemy.engine import Engine
 from twisted.internet.defer import DeferredList
 
 from postroom.metrics import Metrics
+from postroom.queue import counters
 from postroom.queue.envelope import Envelope
 from postroom.queue.streams import QueueClient, connect
 from postroom.store import spool
@@ -189,6 +190,31 @@ def test_pipelined_enqueue_loads_the_script_when_redis_lost_it():
         ids = queue.enqueue_many(envelopes)
         assert all(isinstance(i, str) for i in ids), ids
         assert len(client.xrange(queue.stream_key("deliver"))) == 3
+        client.close()
+    finally:
+        server.stop()
+
+
+def test_counts_ride_the_enqueue_round_trip_and_are_not_sent_twice_after_noscript():
+    """The msa's sending counts go on the XADDs' pipeline (QueueClient.enqueue_many_with):
+    a single entry too, and an entry retried after NOSCRIPT does not count its message
+    twice (a limit that counted double would refuse early; one that lost counts, late)."""
+    server = PrivateRedis()
+    server.start()
+    try:
+        client = connect(server.url)
+        queue = QueueClient(client, "prtest:with:")
+        key = "prtest:with:count"
+        for flush in (False, True):
+            if flush:
+                client.script_flush()  # EVALSHA answers NOSCRIPT: the entry goes again
+            envelope = Envelope(queue_id=new_queue_id(), recipient_ids=(1,), stream="outbound")
+            ids, extra = queue.enqueue_many_with(
+                [envelope], lambda pipe: counters.queue_add(pipe, [(key, 3, 100)]))
+            assert all(isinstance(i, str) for i in ids), ids
+            assert not any(isinstance(r, Exception) for r in extra) and len(extra) == 2
+        assert int(client.get(key)) == 6 and 0 < client.ttl(key) <= 100
+        assert len(client.xrange(queue.stream_key("outbound"))) == 2
         client.close()
     finally:
         server.stop()

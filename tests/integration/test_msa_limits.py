@@ -66,3 +66,32 @@ def test_unreachable_redis_raises_limit_unavailable(redis_prefix):
     with pytest.raises(LimitUnavailable):
         sl.message_allowed(7)
     client.close()
+
+
+def test_a_group_commit_counts_each_message_against_its_own_account(
+        redis_client, redis_prefix, database):
+    """The after-commit step (Submitter._publish) counts on the XADDs' pipeline: each
+    committed message of a group counts once, with its own recipients, for its own sender."""
+    from twisted.python.threadpool import ThreadPool
+
+    from postroom.queue.reconciler import Enqueuer
+    from postroom.queue.streams import QueueClient
+    from postroom_msa.lookups import Spooled
+    from postroom_msa.submission import Submitter
+
+    sl = limits(redis_client, redis_prefix, Clock(100 * DAY))
+    pool = ThreadPool(1, 1)  # never started: _publish runs in the caller's thread
+    submitter = Submitter(database, Enqueuer(QueueClient(redis_client, redis_prefix), pool,
+                                             reactor=None), sl,  # type: ignore[arg-type]
+                          hostname="msa.example", sign_pool=pool, redis_pool=pool,
+                          reactor=None)  # type: ignore[arg-type]
+    committed = [(7, Spooled("Q1", (1, 2))), (8, Spooled("Q2", (3,))), (7, Spooled("Q3", (4,)))]
+    results = submitter._publish(committed)
+    assert [usage_error for _, usage_error in results] == [None, None, None]
+    # each message its `outbound` entry, by id
+    assert [[isinstance(outcome, str) for _, outcome in enqueued] for enqueued, _ in results] \
+        == [[True], [True], [True]]
+    seven, eight = sl.usage(7), sl.usage(8)
+    assert (seven.messages_last_hour, seven.recipients_last_day) == (2, 3)
+    assert (eight.messages_last_hour, eight.recipients_last_day) == (1, 1)
+    assert not sl.recipients_allowed(7, 3) and sl.recipients_allowed(7, 2)

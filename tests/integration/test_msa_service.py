@@ -223,10 +223,10 @@ def spooled(database: Database, queue_id: str) -> tuple[spool.SpoolInfo, bytes]:
     return info, database.run_sync(messages.get_message, info.message_id)
 
 
-def outbound_entries(server: Server, queue_id: str) -> list[Any]:
+def outbound_entries(server: Server, queue_id: str, stream: str = "outbound") -> list[Any]:
     client = connect(server.redis_url)
     try:
-        key = QueueClient(client, server.prefix).stream_key("outbound")
+        key = QueueClient(client, server.prefix).stream_key(stream)
         return [decode(fields) for _id, fields in client.xrange(key)
                 if fields.get("queue_id") == queue_id]
     finally:
@@ -409,7 +409,28 @@ def test_existing_local_recipient_is_accepted(
         client.login(account.address, PASSWORD)
         queue_id = send(client, account.address, [other.address], message(account.address))
     info, _ = spooled(database, queue_id)
-    assert [(r.address, r.stream) for r in info.recipients] == [(other.address, "outbound")]
+    # straight to the mda: no round through the relay (docs/decisions/0030)
+    assert [(r.address, r.stream) for r in info.recipients] == [(other.address, "deliver")]
+    assert [e.recipient_ids for e in outbound_entries(server, queue_id, "deliver")] == [
+        (info.recipients[0].id,)]
+    assert outbound_entries(server, queue_id) == []
+
+
+def test_local_and_remote_recipients_go_to_the_mda_and_the_relay(
+        server: Server, database: Database, domain: Domain, account: Account):
+    other = make_account(database, domain.name)
+    with submission(server) as client:
+        client.login(account.address, PASSWORD)
+        queue_id = send(client, account.address, ["far@remote.example", other.address],
+                        message(account.address))
+    info, _ = spooled(database, queue_id)
+    streams = {r.address: (r.id, r.stream) for r in info.recipients}
+    assert {a: s for a, (_i, s) in streams.items()} == {
+        "far@remote.example": "outbound", other.address: "deliver"}
+    assert [e.recipient_ids for e in outbound_entries(server, queue_id, "deliver")] == [
+        (streams[other.address][0],)]
+    assert [e.recipient_ids for e in outbound_entries(server, queue_id)] == [
+        (streams["far@remote.example"][0],)]
 
 
 # --- refusals

@@ -9,7 +9,8 @@ each account costs two small integer keys per limit. Keys:
 ``<prefix>msa:sent:<kind>:<user id>:<bucket>``, expiring after two windows.
 
 Submission is checked before it is accepted (MAIL for messages, RCPT for
-recipients) and counted after the spool commit. The MSA reads the counters
+recipients) and counted after the spool commit, in the round trip of the
+commit's XADDs (``Submitter._publish``). The MSA reads the counters
 once per mail transaction, at MAIL, and checks each RCPT against that
 reading plus the recipients already accepted in the transaction (nothing is
 counted until the commit, so a fresh read would only add what other sessions
@@ -106,9 +107,13 @@ class SendingLimits:
 
     def record(self, user_id: int, recipients: int) -> None:
         """Count one accepted message to ``recipients`` recipients (raises redis errors)."""
+        counters.add(self.client, self.increments(user_id, recipients))
+
+    def increments(self, user_id: int, recipients: int) -> list[tuple[str, int, int]]:
+        """What :meth:`record` adds, as (key, amount, ttl) for ``counters.queue_add``: the
+        msa queues them on the pipeline of its spool's XADDs (one round trip for both)."""
         now = self.clock()
         # the bucket is read as "previous" for one more window, then never again
-        counters.add(self.client, [
-            (self._key(kind, user_id, bucket), 1 if kind == MESSAGES else recipients,
-             int(2 * window) + 60)
-            for kind, window, bucket in self._windows(now)])
+        return [(self._key(kind, user_id, bucket), 1 if kind == MESSAGES else recipients,
+                 int(2 * window) + 60)
+                for kind, window, bucket in self._windows(now)]

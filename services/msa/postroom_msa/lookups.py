@@ -96,6 +96,8 @@ class Spooled:
 
     queue_id: str
     recipient_ids: tuple[int, ...]
+    # each recipient's stream, in recipient_ids' order (empty: all on `outbound`)
+    streams: tuple[str, ...] = ()
 
 
 def spool_submission(session: StoreSession, *, queue_id: str, mail_from: str,
@@ -113,11 +115,13 @@ def spool_submission(session: StoreSession, *, queue_id: str, mail_from: str,
         message=message, size=size, body=body, smtputf8=smtputf8, ret=ret, envid=envid,
         peer_ip=peer_ip, helo=helo, auth_user=auth_user, queue_id=queue_id,
         enqueued_at=enqueued_at)
-    return Spooled(queue_id, tuple(ids))
+    return Spooled(queue_id, tuple(ids), tuple(r.stream for r in recipients))
 
 
 def spool_submissions(session: StoreSession, members: Sequence[dict[str, Any]]) -> list[Spooled]:
     """:func:`spool_submission` for a group commit's members, in one statement for them all."""
     done = spool.create_spool_many(
         session, [{"kind": "submission", **kwargs} for kwargs in members])
-    return [Spooled(queue_id, tuple(ids)) for queue_id, ids in done]
+    # each member's ids come back in its recipients' order (spool.create_spool_many)
+    return [Spooled(queue_id, tuple(ids), tuple(r.stream for r in kwargs["recipients"]))
+            for (queue_id, ids), kwargs in zip(done, members, strict=True)]

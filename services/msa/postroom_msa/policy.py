@@ -56,7 +56,7 @@ from postroom.store.db import Database
 from postroom_msa import lookups
 from postroom_msa import replies as M
 from postroom_msa.limits import LimitUnavailable, SendingLimits, Usage
-from postroom_msa.submission import Submitter
+from postroom_msa.submission import LOCAL_RECIPIENTS, Submitter
 
 log = get_logger("msa")
 
@@ -179,6 +179,7 @@ class MSAPolicy(BasePolicy):
         user = session.identity
         slog = log.bind(session=session.id, peer=session.peer_ip, user=user.address)
         session.extra.pop(_USAGE, None)
+        session.extra.pop(LOCAL_RECIPIENTS, None)
         # the null path is allowed (MDNs use it, RFC 8098); the From: check still applies
         if path is not None and not lookups.owns_trivially(user.address, str(path)):
             owned = await self.database.run(lookups.owns_address, user.id, user.address,
@@ -231,6 +232,9 @@ class MSAPolicy(BasePolicy):
             slog.warning("sending limit reached", limit="recipients per day",
                          value=self.limits.recipients_per_day)
             return M.RECIPIENT_LIMIT
+        if verdict == lookups.LOCAL:
+            # spooled straight onto `deliver` (docs/decisions/0030)
+            session.extra.setdefault(LOCAL_RECIPIENTS, set()).add(str(path))
         return R.RECIPIENT_OK
 
     async def _classify(self, address: str) -> str:

@@ -11,7 +11,7 @@ bounded thread pool, never on the reactor thread.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from datetime import UTC, datetime
 from email.utils import format_datetime, getaddresses
 from typing import Any
@@ -28,6 +28,7 @@ from postroom.metrics import Metrics, dkim_key_lookups_total, errors_total, mess
 from postroom.mime.addresses import parse_addresses
 from postroom.mime.headers import HeaderBlock, scan_header
 from postroom.mime.model import Limits
+from postroom.queue import counters
 from postroom.queue.envelope import MAX_RECIPIENTS
 from postroom.queue.envelope import Envelope as QueueEnvelope
 from postroom.queue.reconciler import Enqueuer
@@ -46,6 +47,10 @@ from postroom_msa import replies as M
 from postroom_msa.limits import SendingLimits
 
 log = get_logger("msa")
+
+# session.extra key: the transaction's RCPT addresses found local (set at RCPT, cleared at
+# MAIL); they are spooled on `deliver` (docs/decisions/0030)
+LOCAL_RECIPIENTS = "msa_local_recipients"
 
 # --- pure message helpers
 
@@ -304,12 +309,13 @@ class Submitter:
                 return M.TRY_LATER
             message = signatures + message
         # committed with the submissions finishing DATA meanwhile (one transaction); the
-        # XADDs (pipelined) and the usage counts run in the spool's thread after its COMMIT
+        # XADDs and the usage counts (one pipeline) run in the spool's thread after its COMMIT
         try:
             spooled, after = await self.spooler.submit(
                 session.identity.id, len(message), queue_id=queue_id,
                 mail_from=str(envelope.mail_from) if envelope.mail_from else "",
-                recipients=_spool_recipients(envelope), message=message,
+                recipients=_spool_recipients(envelope, session.extra.get(LOCAL_RECIPIENTS, ())),
+                message=message,
                 size=envelope.mail_params.size, body=envelope.mail_params.body,
                 smtputf8=envelope.smtputf8, ret=envelope.mail_params.ret,
                 envid=envelope.mail_params.envid, peer_ip=session.peer_ip, helo=session.helo,
@@ -341,28 +347,34 @@ class Submitter:
 
     def _publish(self, committed: Sequence[tuple[int, lookups.Spooled]]) -> list[AfterCommit]:
         """In the spool's thread after a group COMMIT (blocking): every committed message's
-        recipients onto ``outbound`` (one pipelined round trip for all) and each sender's
-        usage count; each step's error is returned, not raised."""
-        envelopes = [[QueueEnvelope(queue_id=spooled.queue_id, stream="outbound",
-                                    recipient_ids=ids[start:start + MAX_RECIPIENTS])
-                      for start in range(0, len(ids), MAX_RECIPIENTS)]
-                     for ids, spooled in ((s.recipient_ids, s) for _user_id, s in committed)]
+        recipients onto their streams and each sender's usage counts, all in one pipelined
+        round trip; each step's error is returned, not raised."""
+        envelopes = [_envelopes(spooled) for _user_id, spooled in committed]
         flat = [queued for per_message in envelopes for queued in per_message]
+        # each message's counts: its own commands on the pipeline, after the XADDs
+        increments = [self.limits.increments(user_id, len(spooled.recipient_ids))
+                      for user_id, spooled in committed]
+
+        def count(pipe: Any) -> None:
+            for message_increments in increments:
+                counters.queue_add(pipe, message_increments)
+
         outcomes: list[str | Exception]
+        counted: list[Any]
         try:
-            outcomes = self.enqueuer.enqueue_many_blocking(flat)
+            outcomes, counted = self.enqueuer.enqueue_many_with_blocking(flat, count)
         except Exception as exc:  # noqa: BLE001 (reported on the reactor)
             outcomes = [exc] * len(flat)
+            counted = [exc] * sum(2 * len(i) for i in increments)
         results: list[AfterCommit] = []
         at = 0
-        for (user_id, spooled), per_message in zip(committed, envelopes, strict=True):
+        done = 0
+        for per_message, message_increments in zip(envelopes, increments, strict=True):
             enqueued = list(zip(per_message, outcomes[at:at + len(per_message)], strict=True))
             at += len(per_message)
-            usage_error: Exception | None = None
-            try:
-                self.limits.record(user_id, len(spooled.recipient_ids))
-            except Exception as exc:  # noqa: BLE001 (accepted; only the count is lost)
-                usage_error = exc
+            replies = counted[done:done + 2 * len(message_increments)]
+            done += 2 * len(message_increments)
+            usage_error = next((r for r in replies if isinstance(r, Exception)), None)
             results.append((enqueued, usage_error))
         return results
 
@@ -372,13 +384,30 @@ class Submitter:
 AfterCommit = tuple[list[tuple[QueueEnvelope, str | Exception]], Exception | None]
 
 
-def _spool_recipients(envelope: Envelope) -> list[NewRecipient]:
-    """Every recipient on ``outbound`` (the relay moves local ones to ``deliver``), with its
-    DSN parameters as the spool keeps them: NOTIFY as ``A,B``, ORCPT as the bare address."""
+def _spool_recipients(envelope: Envelope, local: Collection[str]) -> list[NewRecipient]:
+    """Every recipient with its stream and DSN parameters as the spool keeps them: NOTIFY
+    as ``A,B``, ORCPT as the bare address. Those RCPT found local (``local``: existing
+    recipients of our domains) go on ``deliver``, to the mda; the others on ``outbound``,
+    to the relay, which still moves any local one it finds (docs/decisions/0030)."""
     result = []
     for rcpt in envelope.recipients:
         params = rcpt.params
         notify = ",".join(params.notify) if params.notify else None
         orcpt = params.orcpt[1] if params.orcpt else None
-        result.append(NewRecipient(str(rcpt.address), "outbound", orcpt, notify))
+        address = str(rcpt.address)
+        stream = "deliver" if address in local else "outbound"
+        result.append(NewRecipient(address, stream, orcpt, notify))
+    return result
+
+
+def _envelopes(spooled: lookups.Spooled) -> list[QueueEnvelope]:
+    """The stream entries of a committed message: per stream, its recipients in
+    MAX_RECIPIENTS chunks (``deliver`` first)."""
+    streams = spooled.streams or ("outbound",) * len(spooled.recipient_ids)
+    result = []
+    for stream in ("deliver", "outbound"):
+        ids = [rid for rid, s in zip(spooled.recipient_ids, streams, strict=True) if s == stream]
+        result += [QueueEnvelope(queue_id=spooled.queue_id, stream=stream,
+                                 recipient_ids=tuple(ids[start:start + MAX_RECIPIENTS]))
+                   for start in range(0, len(ids), MAX_RECIPIENTS)]
     return result

@@ -21,7 +21,7 @@ normal path). A 451 for Redis being down belongs before the commit:
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -283,6 +283,13 @@ class Enqueuer:
         """:meth:`enqueue_blocking` for the messages of one group commit
         (postroom.store.groupcommit): one pipelined round trip, each entry's outcome."""
         return self.queue.enqueue_many(envelopes)
+
+    def enqueue_many_with_blocking(self, envelopes: Sequence[Envelope],
+                                   also: Callable[[Any], object]
+                                   ) -> tuple[list[str | Exception], list[Any]]:
+        """:meth:`enqueue_many_blocking` with ``also``'s commands in the same round trip
+        (``QueueClient.enqueue_many_with``): the msa's sending counts."""
+        return self.queue.enqueue_many_with(envelopes, also)
 
     def enqueued_in_thread(self, envelope: Envelope, outcome: str | Exception) -> str | None:
         """What :meth:`after_commit` reports and notes, for an XADD made by

@@ -29,7 +29,7 @@ re-creates its group) are still read.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import redis
@@ -187,30 +187,46 @@ class QueueClient:
                 return [self.enqueue(e.stream, e) for e in entries]
             except redis.RedisError as error:
                 return [error]
-        results: list[str | Exception] = [*self._pipelined(entries)]
+        results, _ = self.enqueue_many_with(entries, lambda _pipe: None)
+        return results
+
+    def enqueue_many_with(self, entries: Sequence[Envelope],
+                          also: Callable[[Any], object]) -> tuple[list[str | Exception],
+                                                                   list[Any]]:
+        """:meth:`enqueue_many`, with more commands in the same round trip: ``also`` queues
+        them on the (non-transactional) pipeline after the XADDs. Each entry's outcome as
+        :meth:`enqueue_many` gives it, then each added command's result or error (a
+        connection error: every one of them that error). Entries refused with NOSCRIPT go
+        again once the script is loaded; the added commands are not sent twice."""
+        results, extra = self._pipelined(entries, also)
         again = [i for i, r in enumerate(results) if isinstance(r, redis.exceptions.NoScriptError)]
         if again:
             try:
                 self.redis.script_load(_ENQUEUE)
             except redis.RedisError as error:
-                return [error if i in again else r for i, r in enumerate(results)]
-            for i, result in zip(again, self._pipelined([entries[i] for i in again]),
-                                 strict=True):
+                return [error if i in again else r for i, r in enumerate(results)], extra
+            retried, _ = self._pipelined([entries[i] for i in again])
+            for i, result in zip(again, retried, strict=True):
                 results[i] = result
-        return results
+        return results, extra
 
-    def _pipelined(self, entries: Sequence[Envelope]) -> list[str | Exception]:
+    def _pipelined(self, entries: Sequence[Envelope], also: Callable[[Any], object] | None = None
+                   ) -> tuple[list[str | Exception], list[Any]]:
         pipe = self.redis.pipeline(transaction=False)
         for entry in entries:
             flat = [part for pair in encode(entry).items() for part in pair]
             pipe.evalsha(self._enqueue.sha, 2, self.stream_key(entry.stream),
                          self.queued_key(entry.stream), len(flat), *flat,
                          *entry.recipient_ids)
+        if also is not None:
+            also(pipe)
+        count = len(pipe)
         try:
             results = pipe.execute(raise_on_error=False)
         except redis.RedisError as error:
-            return [error for _ in entries]
-        return [r if isinstance(r, Exception) else _text(r) for r in results]
+            return [error for _ in entries], [error] * (count - len(entries))
+        return ([r if isinstance(r, Exception) else _text(r) for r in results[:len(entries)]],
+                list(results[len(entries):]))
 
     def queued(self, stream: str, recipient_ids: Iterable[int]) -> set[int]:
         """Those of ``recipient_ids`` whose latest entry is still in the stream (unacknowledged).
