@@ -160,12 +160,7 @@ class Database:
         session = self._sessions()
         try:
             with session.begin():
-                try:
-                    result = fn(session, *args, **kwargs)
-                except exc.DBAPIError as error:
-                    if error.connection_invalidated:
-                        raise _DeadBeforeCommit(error) from error
-                    raise
+                result = _before_commit(fn, session, *args, **kwargs)
         finally:
             session.close()
         _check_plain(result)
@@ -175,13 +170,8 @@ class Database:
                             *args: P.args, **kwargs: P.kwargs) -> T:
         with self.engine.connect() as connection:
             connection.execution_options(isolation_level="AUTOCOMMIT")
-            try:
-                # no ORM Session: the reads use its execute() and connection() only
-                result = fn(cast(Session, _Reads(connection)), *args, **kwargs)
-            except exc.DBAPIError as error:
-                if error.connection_invalidated:
-                    raise _DeadBeforeCommit(error) from error
-                raise
+            # no ORM Session: the reads use its execute() and connection() only
+            result = _before_commit(fn, cast(Session, _Reads(connection)), *args, **kwargs)
         _check_plain(result)
         return result
 
@@ -189,12 +179,7 @@ class Database:
                       *args: P.args, **kwargs: P.kwargs) -> T:
         # one transaction on a pooled Connection (BEGIN ... COMMIT), without an ORM Session
         with self.engine.begin() as connection:
-            try:
-                result = fn(cast(Session, _Reads(connection)), *args, **kwargs)
-            except exc.DBAPIError as error:
-                if error.connection_invalidated:
-                    raise _DeadBeforeCommit(error) from error
-                raise
+            result = _before_commit(fn, cast(Session, _Reads(connection)), *args, **kwargs)
         _check_plain(result)
         return result
 
@@ -343,6 +328,20 @@ class _DeadBeforeCommit(Exception):
     def __init__(self, original: exc.DBAPIError) -> None:
         super().__init__(str(original))
         self.original = original
+
+
+def _before_commit(fn: Callable[Concatenate[Session, P], T], session: Session,
+                   *args: P.args, **kwargs: P.kwargs) -> T:
+    """``fn(session, ...)`` with a dead connection told apart: a DBAPIError that
+    invalidated the connection while ``fn`` ran (before COMMIT was sent) becomes
+    :class:`_DeadBeforeCommit`, which :meth:`Database._retried` runs once more. Called
+    inside the transaction, so a failure during COMMIT itself is never translated."""
+    try:
+        return fn(session, *args, **kwargs)
+    except exc.DBAPIError as error:
+        if error.connection_invalidated:
+            raise _DeadBeforeCommit(error) from error
+        raise
 
 
 def _ping_when_idle(engine: Engine, idle: float) -> None:
