@@ -316,3 +316,136 @@ def test_run_core_then_retries_on_a_dead_connection(database_url, clean_db):
         assert len(calls) == 2
     finally:
         db.stop()
+
+
+# --- a connection pinned to each `db` thread (docs/decisions/0029)
+
+
+@pytest.fixture
+def pinned(database_url, clean_db):
+    """A Database of two connections whose `db` pool runs one thread: that thread pins one,
+    the other stays in the pool."""
+    db = Database(database_url, pool_size=2, reactor=CallingReactor())
+    db.start()
+    db._threadpool.adjustPoolsize(minthreads=0, maxthreads=1)
+    yield db
+    db.stop()
+
+
+def _activity(database_url, pid):
+    from sqlalchemy import create_engine
+
+    engine = create_engine(database_url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            return conn.execute(text(
+                "SELECT state, backend_xid FROM pg_stat_activity WHERE pid = :pid"),
+                {"pid": pid}).one_or_none()
+    finally:
+        engine.dispose()
+
+
+def test_reads_and_core_transactions_keep_their_thread_connection_and_no_transaction_open(
+        pinned, database_url):
+    first = wait(pinned.run_read(_backend_pid))
+    core, _ = wait(pinned.run_core_then(_backend_pid, lambda pid: None))
+    again = wait(pinned.run_read(_backend_pid))
+    assert first == core == again
+    assert pinned.engine.pool.checkedout() == 1  # kept between calls
+    state, xid = _activity(database_url, first)
+    assert (state, xid) == ("idle", None)  # not "idle in transaction"
+
+    def in_transaction(session):
+        session.execute(text("CREATE TEMP TABLE IF NOT EXISTS pin_probe (x int)"))
+        return session.execute(text("SELECT txid_current_if_assigned()")).scalar()
+
+    txid, _ = wait(pinned.run_core_then(in_transaction, lambda txid: None))
+    assert txid is not None  # BEGIN ... COMMIT on the pinned connection
+    assert wait(pinned.run_read(lambda s: s.execute(
+        text("SELECT txid_current_if_assigned()")).scalar())) is None  # autocommit again
+
+
+def test_an_error_in_a_core_transaction_rolls_back_and_keeps_the_pin(pinned):
+    pinned.run_sync(lambda s: s.execute(text("CREATE TABLE pin_rollback (x int)")))
+    try:
+        def broken(session):
+            session.execute(text("INSERT INTO pin_rollback VALUES (1)"))
+            session.execute(text("SELECT 1/0"))
+
+        pid = wait(pinned.run_read(_backend_pid))
+        assert isinstance(wait(pinned.run_core_then(broken, lambda r: None)), Failure)
+        assert wait(pinned.run_read(lambda s: s.execute(
+            text("SELECT count(*) FROM pin_rollback")).scalar())) == 0
+        assert wait(pinned.run_read(_backend_pid)) == pid
+    finally:
+        pinned.run_sync(lambda s: s.execute(text("DROP TABLE IF EXISTS pin_rollback")))
+
+
+def test_a_killed_pinned_connection_costs_a_retry_not_an_error(pinned, database_url):
+    first = wait(pinned.run_read(_backend_pid))
+    _terminate(database_url, first)
+    calls = []
+    second = wait(pinned.run_read(_counting(_backend_pid, calls)))
+    assert isinstance(second, int) and second != first
+    assert len(calls) == 2
+
+    _terminate(database_url, second)
+    calls = []
+    third, _ = wait(pinned.run_core_then(_counting(_backend_pid, calls), lambda pid: None))
+    assert isinstance(third, int) and third != second
+    assert len(calls) == 2
+    assert pinned.engine.pool.checkedout() == 1
+
+
+def test_an_idle_pinned_connection_is_pinged_and_replaced_before_use(pinned, database_url,
+                                                                     monkeypatch):
+    from postroom.store import db as dbmodule
+
+    first = wait(pinned.run_read(_backend_pid))
+    monkeypatch.setattr(dbmodule, "PING_AFTER_IDLE", 0.0)
+    _terminate(database_url, first)
+    calls = []
+    second = wait(pinned.run_read(_counting(_backend_pid, calls)))
+    assert isinstance(second, int) and second != first
+    assert len(calls) == 1  # the ping found it: the work ran once
+
+
+def test_run_gives_the_pin_back_first_and_callers_outside_the_pool_get_a_connection(pinned):
+    wait(pinned.run_read(_backend_pid))
+    assert pinned.engine.pool.checkedout() == 1
+    # outside the `db` pool (CLI, tests, the ACME renewer): the connection left to the pool
+    assert pinned.run_sync(_backend_pid) > 0
+    # run's Session on a thread that pinned: one connection for the thread, not two
+    def checked_out(session):
+        session.execute(text("SELECT 1"))
+        return pinned.engine.pool.checkedout()
+
+    assert wait(pinned.run(checked_out)) == 1
+
+
+def test_threads_pin_at_most_all_connections_but_one(database_url, clean_db):
+    db = Database(database_url, pool_size=2, reactor=CallingReactor())
+    db.start()
+    try:
+        both = threading.Barrier(2, timeout=10)
+
+        def together(session):
+            both.wait()  # two `db` threads at once
+            return _backend_pid(session)
+
+        first, second = db.run_read(together), db.run_read(together)
+        assert isinstance(wait(first), int) and isinstance(wait(second), int)
+        assert db.engine.pool.checkedout() == 1
+    finally:
+        db.stop()
+
+
+def test_stop_closes_the_pinned_connections(database_url, clean_db):
+    db = Database(database_url, pool_size=2, reactor=CallingReactor())
+    db.start()
+    held = []
+    wait(db.run_read(lambda s: held.append(s.connection())))
+    assert not held[0].closed
+    db.stop()
+    assert held[0].closed
+    assert db.engine.pool.checkedout() == 0
