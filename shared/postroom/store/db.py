@@ -12,16 +12,10 @@ two ways, see docs/decisions/0005:
   safe). A failure during COMMIT itself is never retried: its outcome is
   unknown, and the caller's own error handling (a 451, a queue entry claimed
   again) decides.
-
-A `db` thread keeps the connection of its ``run_read`` and ``run_core_then``
-calls checked out between them (a pin, docs/decisions/0029): both of the above
-are then done for the pin by hand, and at most ``pool_size - 1`` threads hold
-one, so the pool always has a connection for everything else.
 """
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
@@ -53,8 +47,6 @@ DatabaseError = exc.SQLAlchemyError
 
 # a pooled connection idle longer than this is pinged before use (seconds)
 PING_AFTER_IDLE = 2.0
-# a connection older than this is replaced (seconds): survives server-side idle timeouts
-RECYCLE_AFTER = 1800
 
 
 def make_engine(url: str, *, fts_config: str = "simple", **options: Any) -> Engine:
@@ -101,18 +93,13 @@ class Database:
         self.fts_max_bytes = fts_max_bytes
         self.engine: Engine = make_engine(
             url, fts_config=fts_config, pool_size=pool_size, max_overflow=0,
-            pool_recycle=RECYCLE_AFTER)
+            # a connection older than this is replaced: survives server-side idle timeouts
+            pool_recycle=1800)
         _ping_when_idle(self.engine, PING_AFTER_IDLE)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._threadpool = ThreadPool(minthreads=0, maxthreads=pool_size, name="db")
         self._reactor = reactor
         self._shutdown_trigger: Any = None
-        # connections pinned to `db` threads (decision 0029): at most pool_size - 1, so one
-        # is always left to the pool for run's Sessions and callers outside the `db` pool
-        self._local = threading.local()
-        self._pins: dict[int, _Pin] = {}
-        self._pins_lock = threading.Lock()
-        self._max_pins = pool_size - 1
 
     @property
     def reactor(self) -> ReactorEvents:
@@ -148,132 +135,11 @@ class Database:
         self.dispose()
 
     def dispose(self) -> None:
-        """Close the engine's pooled connections, the pinned ones included (call it with
-        no work running, as :meth:`stop` does)."""
-        with self._pins_lock:
-            pins, self._pins = list(self._pins.values()), {}
-        for pin in pins:
-            pin.gone = True
-            _close_quietly(pin.connection)
+        """Close the engine's pooled connections."""
         self.engine.dispose()
-
-    # --- a connection pinned to each `db` thread (docs/decisions/0029)
-
-    def _pinned(self) -> _Pin | None:
-        """This thread's pinned autocommit Connection, checked as the pool's checkout
-        would (idle ping, age), or a new one; None when the pins are all taken."""
-        pin: _Pin | None = getattr(self._local, "pin", None)
-        now = time.monotonic()
-        if pin is not None:
-            if not pin.gone:
-                if now - pin.since < RECYCLE_AFTER and (
-                        now - pin.used < PING_AFTER_IDLE or _alive(pin.connection)):
-                    return pin
-            self._unpin(pin, invalidate=not pin.gone)
-        with self._pins_lock:
-            if len(self._pins) >= self._max_pins:
-                return None
-            key = threading.get_ident()
-            self._pins[key] = pin = _Pin(None, now)  # the place is taken before connecting
-        try:
-            # through the pool: its checkout pings an idle connection, recycles an old one
-            connection = self.engine.connect()
-            connection.execution_options(isolation_level="AUTOCOMMIT")
-        except BaseException:
-            with self._pins_lock:
-                self._pins.pop(key, None)
-            raise
-        pin.connection = connection
-        self._local.pin = pin
-        return pin
-
-    def _unpin(self, pin: _Pin, *, invalidate: bool) -> None:
-        """Give up this thread's pin: back to the pool, or closed for good when its
-        state is unknown (``invalidate``: a dead connection, a failed COMMIT)."""
-        self._local.pin = None
-        with self._pins_lock:
-            if self._pins.get(threading.get_ident()) is pin:
-                del self._pins[threading.get_ident()]
-        if pin.gone:
-            return
-        pin.gone = True
-        if invalidate:
-            try:
-                pin.connection.invalidate()
-            except Exception:  # noqa: BLE001 - closing a broken connection
-                log.debug("invalidating a pinned connection failed")
-        _close_quietly(pin.connection)
-
-    def _release_pin(self) -> None:
-        """Return this thread's pin to the pool before work that checks out its own
-        (:meth:`run`'s Session): a thread never holds two connections."""
-        pin: _Pin | None = getattr(self._local, "pin", None)
-        if pin is not None:
-            self._unpin(pin, invalidate=False)
-
-    def _attempt_pinned_read(self, fn: Callable[Concatenate[Session, P], T],
-                             *args: P.args, **kwargs: P.kwargs) -> T:
-        pin = self._pinned()
-        if pin is None:
-            return self._attempt_autocommit(fn, *args, **kwargs)
-        connection = pin.connection
-        try:
-            result = _before_commit(fn, cast(Session, _Reads(connection)), *args, **kwargs)
-        except _DeadBeforeCommit:
-            self._unpin(pin, invalidate=True)
-            raise
-        except BaseException:
-            # autocommit: no transaction is open; only SQLAlchemy's own state is reset
-            try:
-                connection.rollback()
-            except Exception:  # noqa: BLE001 - whatever it is, the pin is given up
-                self._unpin(pin, invalidate=True)
-            raise
-        pin.used = time.monotonic()
-        _check_plain(result)
-        return result
-
-    def _attempt_pinned_core(self, fn: Callable[Concatenate[Session, P], T],
-                             *args: P.args, **kwargs: P.kwargs) -> T:
-        pin = self._pinned()
-        if pin is None:
-            return self._attempt_core(fn, *args, **kwargs)
-        connection = pin.connection
-        dbapi_connection: Any = connection.connection.dbapi_connection
-        broken = False
-        try:
-            if connection.in_transaction():
-                connection.rollback()  # SQLAlchemy's autobegun one: nothing on the server
-            # psycopg2 sends BEGIN before the first statement and COMMIT at commit(), as on
-            # a connection checked out without AUTOCOMMIT
-            dbapi_connection.autocommit = False
-            try:
-                with connection.begin():
-                    result = _before_commit(fn, cast(Session, _Reads(connection)),
-                                            *args, **kwargs)
-            finally:
-                # back to autocommit; a connection that cannot (closed, or still in a
-                # transaction after a failed COMMIT) is given up below
-                broken = not _autocommit_again(dbapi_connection)
-        except _DeadBeforeCommit:
-            self._unpin(pin, invalidate=True)
-            raise
-        except BaseException:
-            # an error of fn was rolled back by begin() and the pin kept; anything else (a
-            # failed COMMIT, a broken connection) leaves a state not worth finding out
-            if broken or connection.invalidated or connection.in_transaction():
-                self._unpin(pin, invalidate=True)
-            raise
-        if broken:
-            self._unpin(pin, invalidate=True)
-        else:
-            pin.used = time.monotonic()
-        _check_plain(result)
-        return result
 
     def _transaction(self, fn: Callable[Concatenate[Session, P], T],
                      *args: P.args, **kwargs: P.kwargs) -> T:
-        self._release_pin()
         return self._retried(self._attempt, fn, *args, **kwargs)
 
     @staticmethod
@@ -341,7 +207,7 @@ class Database:
         if not self._threadpool.started:
             raise RuntimeError("Database.run_read before Database.start")
         return defer_to_pool(self.reactor, self._threadpool, lambda: self._retried(
-            self._attempt_pinned_read, fn, *args, **kwargs))
+            self._attempt_autocommit, fn, *args, **kwargs))
 
     def run_read_sync(self, fn: Callable[Concatenate[Session, P], T],
                       *args: P.args, **kwargs: P.kwargs) -> T:
@@ -395,7 +261,7 @@ class Database:
             raise RuntimeError("Database.run_core_then before Database.start")
 
         def work() -> tuple[T, U | Exception]:
-            result = self._retried(self._attempt_pinned_core, fn, *args, **kwargs)
+            result = self._retried(self._attempt_core, fn, *args, **kwargs)
             try:
                 return result, then(result)
             except Exception as error:  # noqa: BLE001 - committed: the caller decides
@@ -476,49 +342,6 @@ def _before_commit(fn: Callable[Concatenate[Session, P], T], session: Session,
         if error.connection_invalidated:
             raise _DeadBeforeCommit(error) from error
         raise
-
-
-class _Pin:
-    """A Connection kept checked out by one `db` thread between calls (decision 0029)."""
-
-    __slots__ = ("connection", "gone", "since", "used")
-
-    def __init__(self, connection: Any, now: float) -> None:
-        self.connection: Connection = connection
-        self.since = now   # checked out at (monotonic): replaced after RECYCLE_AFTER
-        self.used = now    # last used at: pinged after PING_AFTER_IDLE
-        self.gone = False  # closed (dispose, or given up): never used again
-
-
-def _alive(connection: Connection) -> bool:
-    """The pool's idle ping, for a pinned connection (``SELECT 1`` on its cursor)."""
-    try:
-        cursor = connection.connection.dbapi_connection.cursor()  # type: ignore[union-attr]
-        try:
-            cursor.execute("SELECT 1")
-        finally:
-            cursor.close()
-    except Exception:  # noqa: BLE001 - any failure: replace it
-        return False
-    return True
-
-
-def _autocommit_again(dbapi_connection: Any) -> bool:
-    """Put a pinned psycopg2 connection back in autocommit; False when it cannot be."""
-    try:
-        dbapi_connection.autocommit = True
-    except Exception:  # noqa: BLE001 - closed, or a transaction left open
-        return False
-    return True
-
-
-def _close_quietly(connection: Connection | None) -> None:
-    if connection is None:
-        return
-    try:
-        connection.close()
-    except Exception:  # noqa: BLE001 - closing a broken connection
-        log.debug("closing a pinned connection failed")
 
 
 def _ping_when_idle(engine: Engine, idle: float) -> None:
