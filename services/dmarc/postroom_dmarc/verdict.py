@@ -22,7 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import random
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -300,13 +304,10 @@ def _decide(request: CheckRequest, resolver: Resolver, options: Options,
             sample: Callable[[], float], deadline: float | None = None) -> Verdict:
     if deadline is not None:
         resolver = resolver.until(deadline)
-    spf = spfcheck.check(request.client_ip, request.mail_from, request.helo, resolver,
-                         receiver=options.authserv_id, time_budget=options.spf_time_budget)
+    spf = _spf(request.client_ip, request.mail_from, request.helo, resolver, options)
     spf_helo = None
     if options.check_helo and spf.identity == "mailfrom" and request.helo:
-        spf_helo = spfcheck.check_helo(request.client_ip, request.helo, resolver,
-                                       receiver=options.authserv_id,
-                                       time_budget=options.spf_time_budget)
+        spf_helo = _spf(request.client_ip, "", request.helo, resolver, options)
     headers = dkimcheck.parse_headers(request.message)
     authors = author_domains(request.message)
     dkim_run = dkimcheck.verify(request.message, resolver, min_rsa_bits=options.min_rsa_bits,
@@ -361,12 +362,91 @@ class _CacheMiss(DNSTempError):
     """
 
 
+class _SPFMemo:
+    """SPF results evaluated from cached answers, each kept until the first of them expires.
+
+    An SPF evaluation is a pure function of the client address, the MAIL FROM,
+    the HELO name, our receiver name and the DNS answers it reads (pyspf's limits
+    and macros included); while every answer it read is still fresh, evaluating
+    it again gives the same result. A busy sender's messages share one, which
+    was pyspf's parsing and matching on every message (more with real records'
+    include: chains). Temporary errors and evaluations that missed the cache are
+    never kept. Bounded (least recently used first out); thread-safe.
+    """
+
+    MAX_ENTRIES = 4096
+    MAX_AGE = 3600.0  # an evaluation that read no answer at all (no lookup) is redone hourly
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple[str, str, str, str], tuple[float, spfcheck.SPFResult]]
+        self._entries = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, str, str, str], now: float) -> spfcheck.SPFResult | None:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None:
+                return None
+            if found[0] <= now:
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return found[1]
+
+    def put(self, key: tuple[str, str, str, str], expires: float,
+            result: spfcheck.SPFResult) -> None:
+        with self._lock:
+            self._entries[key] = (expires, result)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.MAX_ENTRIES:
+                self._entries.popitem(last=False)
+
+
+_clock = time.monotonic  # the memo's clock (the resolver's own): tests move this one alone
+
+
+def _spf(ip: str, mail_from: str, helo: str, resolver: Resolver,
+         options: Options) -> spfcheck.SPFResult:
+    """:func:`spfcheck.check`, from the memo of :class:`_SPFMemo` when ``resolver`` answers
+    from the cache alone (the reactor's first try); a full evaluation reads no memo."""
+    if not isinstance(resolver, _CachedAnswers):
+        return spfcheck.check(ip, mail_from, helo, resolver, receiver=options.authserv_id,
+                              time_budget=options.spf_time_budget)
+    key = (ip, mail_from, helo, options.authserv_id)
+    now = _clock()
+    memo = resolver.spf_memo
+    result = memo.get(key, now)
+    if result is not None:
+        return result
+    missed, resolver.missed, resolver.earliest = resolver.missed, False, now + _SPFMemo.MAX_AGE
+    result = spfcheck.check(ip, mail_from, helo, resolver, receiver=options.authserv_id,
+                            time_budget=options.spf_time_budget)
+    if not resolver.missed and result.result != "temperror" and resolver.earliest > now:
+        memo.put(key, resolver.earliest, result)
+    resolver.missed = resolver.missed or missed
+    return result
+
+
 class _CachedAnswers(Resolver):
-    """The same resolver (its cache shared, not copied) that never queries a server."""
+    """The same resolver (its cache shared, not copied) that never queries a server.
+
+    It notes the earliest expiry of the answers it gave (:attr:`earliest`), for the
+    SPF memo, which lives on the resolver it views (one per resolver: one per service).
+    """
 
     def __init__(self, resolver: Resolver) -> None:  # a view of ``resolver``: no super()
+        memo = resolver.__dict__.get("spf_memo")
+        if memo is None:  # first check on this resolver (one reactor thread: no race worth a lock)
+            memo = resolver.__dict__.setdefault("spf_memo", _SPFMemo())
         self.__dict__.update(vars(resolver))
+        self.spf_memo: _SPFMemo = memo
         self.missed = False
+        self.earliest = math.inf
+
+    def _from_entry(self, qname: str, entry: Any) -> list[object]:  # type: ignore[override]
+        # every answer a view gives comes from a cache entry, through here
+        self.earliest = min(self.earliest, entry.expires)
+        return Resolver._from_entry(qname, entry)
 
     def _lookup(self, qname: str, qtype: Any, now: float) -> Any:
         self.missed = True
