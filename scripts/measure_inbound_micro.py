@@ -28,6 +28,7 @@ sys.path[:0] = [str(REPO / "shared"), str(REPO / "services" / "dmarc"), str(REPO
 
 from measure_mda_group import message  # noqa: E402
 
+from postroom.mailauth.dmarcdiscovery import psl_org_domain  # noqa: E402
 from postroom.net import dns as pdns  # noqa: E402
 from postroom.smtp.received import _date  # noqa: E402
 from postroom_dmarc import spfcheck  # noqa: E402
@@ -79,6 +80,9 @@ def main() -> None:
     compare("dkim header fields, 50 KB", lambda: old_parse(big), lambda: parse_headers(big), 500)
     compare("DNS name normalised", lambda: old_normalise("Mail.Example.COM."),
             lambda: pdns._normalise("Mail.Example.COM."), 2000)
+    compare("organizational domain (PSL)",
+            lambda: psl_org_domain.__wrapped__("mail.example.co.uk"),
+            lambda: psl_org_domain("mail.example.co.uk"), 2000)
     compare("Received: date", lambda: format_datetime(now), lambda: _date(now), 2000)
     options = Options(authserv_id="mx.receiver.test")
     simple = {"src.test": "v=spf1 ip4:192.0.2.0/24 -all"}

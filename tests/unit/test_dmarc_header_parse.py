@@ -64,3 +64,10 @@ def test_normalised_names_are_cached_and_refused_names_stay_refused() -> None:
             _normalise("a" * 64 + ".example")
         with pytest.raises(NXDomain):
             _normalise("...")
+
+
+def test_the_cached_organizational_domain_is_the_lists() -> None:
+    from postroom.mailauth.dmarcdiscovery import psl_org_domain
+    for name in ("mail.example.co.uk", "example.com", "a.b.c.example.com", "com", "localhost",
+                 "mail.example.co.uk", "xn--bcher-kva.example"):
+        assert psl_org_domain(name) == psl_org_domain.__wrapped__(name)
