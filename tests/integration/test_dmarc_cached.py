@@ -123,3 +123,55 @@ def test_large_or_many_signature_messages_always_go_to_the_thread(zone):
     for check in (big, many):
         evaluate(check, resolver, options())  # everything is cached now
         assert PendingCheck(check, resolver, options()).from_cache() is None
+
+
+def test_spf_results_are_kept_until_the_first_answer_they_read_expires(zone, monkeypatch):
+    # the SPF memo (issue 23): a cached evaluation is reused while every DNS answer it
+    # read is fresh, and evaluated again once the earliest of them has expired
+    from postroom_dmarc import verdict as verdict_module
+    check = request(message(), "b@example.com", GOOD_IP)
+    resolver = zone.resolver()
+    evaluate(check, resolver, options())  # the answers cached
+    first = PendingCheck(check, resolver, options()).from_cache()
+    assert first is not None and first.spf.result == "pass"
+    assert len(resolver.memos[0]._entries) == 2  # MAIL FROM and HELO identities
+    # the sender's record changes; a fresh answer is cached (TTL 300 from now)
+    zone.set_records("example.com", "TXT", ["v=spf1 -all"], ttl=TTL)
+    resolver.clear_cache()
+    evaluate(check, resolver, options())
+    again = PendingCheck(check, resolver, options()).from_cache()
+    assert again is not None and again.spf == first.spf  # the old answer's TTL still runs
+    real = time.monotonic
+    monkeypatch.setattr(verdict_module, "_clock", lambda: real() + TTL + 1)
+    later = PendingCheck(check, resolver, options()).from_cache()
+    assert later is not None and later.spf.result == "fail"
+    assert later.to_json() == evaluate(check, zone.resolver(), options()).to_json()
+
+
+def test_spf_results_of_an_abandoned_attempt_are_not_kept(zone):
+    check = request(message(), "b@example.com", GOOD_IP)
+    unreachable = Resolver([("127.0.0.1", free_port())], timeout=3)
+    assert PendingCheck(check, unreachable, options()).from_cache() is None
+    assert [len(m._entries) for m in unreachable.memos] == [0, 0]
+
+
+def test_dmarc_records_are_kept_until_their_answer_expires(zone, monkeypatch):
+    # the DMARC lookup memo (issue 23): _dmarc.<domain> read and parsed once while fresh
+    from postroom_dmarc import verdict as verdict_module
+    check = request(message(), "b@other.net", BAD_IP)  # spoofed: example.com's policy decides
+    resolver = zone.resolver()
+    evaluate(check, resolver, options())
+    first = PendingCheck(check, resolver, options()).from_cache()
+    assert first is not None and first.dmarc.policy == "reject"
+    assert first.disposition == "reject"
+    assert len(resolver.memos[1]._entries) == 1
+    zone.set_records("_dmarc.example.com", "TXT", ["v=DMARC1; p=none"], ttl=TTL)
+    resolver.clear_cache()
+    evaluate(check, resolver, options())
+    again = PendingCheck(check, resolver, options()).from_cache()
+    assert again is not None and again.to_json() == first.to_json()
+    real = time.monotonic
+    monkeypatch.setattr(verdict_module, "_clock", lambda: real() + TTL + 1)
+    later = PendingCheck(check, resolver, options()).from_cache()
+    assert later is not None and later.dmarc.policy == "none" and later.disposition == "inbox"
+    assert later.to_json() == evaluate(check, zone.resolver(), options()).to_json()

@@ -59,3 +59,17 @@ def test_helo_protocol_keyword_is_smtp() -> None:
     header = received_header(make_session(esmtp=False), hostname="mx.test", queue_id="Q6",
                              when=WHEN)
     assert b"with SMTP id Q6" in header
+
+
+def test_the_cached_date_is_format_datetimes_for_every_time_and_zone() -> None:
+    # the date is formatted once a second (issue 23): the same text as format_datetime,
+    # for repeats, sub-second steps, equal instants in other zones, naive times
+    from email.utils import format_datetime
+
+    from postroom.smtp.received import _date
+    east = datetime.timezone(datetime.timedelta(hours=5, minutes=30))
+    times = [WHEN, WHEN.replace(microsecond=999_999), WHEN, WHEN.astimezone(east),
+             WHEN + datetime.timedelta(seconds=1), WHEN.replace(tzinfo=None),
+             WHEN.astimezone(east), WHEN, WHEN.replace(tzinfo=None)]
+    for when in times:
+        assert _date(when) == format_datetime(when)

@@ -162,6 +162,7 @@ class CheckResource(resource.Resource):
         self.token = token  # POSTROOM_INTERNAL_TOKEN: a bearer token every request must carry
         self.recorder = recorder
         self._results = dmarc_results_total(metrics) if metrics is not None else None
+        self._result_children: dict[tuple[str, str], Any] = {}
         self._skipped: Counter | None = None
         self._exhausted: Counter | None = None
         if metrics is not None:
@@ -264,8 +265,14 @@ class CheckResource(resource.Resource):
         """Count the verdict by DMARC result and disposition (both from small fixed sets)."""
         if self._results is not None:
             dmarc = body.get("dmarc") or {}
-            self._results.labels(result=str(dmarc.get("result") or "none"),
-                                 disposition=str(body.get("disposition") or "none")).inc()
+            key = (str(dmarc.get("result") or "none"), str(body.get("disposition") or "none"))
+            # the labelled child once per pair (labels() locks and hashes on every check);
+            # bounded: both come from the verdict's small fixed sets, never from the request
+            child = self._result_children.get(key)
+            if child is None:
+                child = self._result_children[key] = self._results.labels(
+                    result=key[0], disposition=key[1])
+            child.inc()
         return body
 
     def _failed(self, failure: Failure, request: server.Request, check: CheckRequest) -> None:

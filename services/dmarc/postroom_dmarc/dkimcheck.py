@@ -110,12 +110,25 @@ class _KeyFetcher:
         return records[0]
 
 
+# a line break followed at once by another: where dkimpy's header block ends
+_HEADER_END = re.compile(rb"\n\r?\n")
+
+
 def parse_headers(message: bytes) -> list[tuple[bytes, bytes]] | None:
     """dkimpy's reading of the header fields (name, raw value), or None when it refuses them.
 
     Done once per check and given to :func:`verify_all` and :func:`verify_arc`.
     Errors other than dkimpy's own propagate, as from dkimpy itself.
+
+    dkimpy is given the header block only: it splits the whole message into lines and
+    joins the body again, linear in the body for fields it stops reading at the first
+    empty line. That line is the first line break followed by another (or the message's
+    first byte being one); cut just after its first LF, the text ends in an empty line
+    at the same place, so the fields (and any error) are the ones the whole message gives.
     """
+    end = _HEADER_END.search(message)
+    if end is not None:
+        message = message[:end.start() + 1]
     try:
         headers, _body = dkim.rfc822_parse(message)
     except dkim.DKIMException:

@@ -22,7 +22,11 @@ from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import math
 import random
+import threading
+import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,7 +34,7 @@ from typing import Any
 from postroom.config import DmarcOverride, Network
 from postroom.logs import get_logger
 from postroom.mailauth import authres
-from postroom.mailauth.dmarcdiscovery import Discoverer, normalise
+from postroom.mailauth.dmarcdiscovery import Discoverer, Lookup, normalise
 from postroom.mailauth.dmarcrecord import json_copy
 from postroom.net.dns import DNSTempError, Resolver
 from postroom_dmarc import dkimcheck, spfcheck
@@ -300,13 +304,10 @@ def _decide(request: CheckRequest, resolver: Resolver, options: Options,
             sample: Callable[[], float], deadline: float | None = None) -> Verdict:
     if deadline is not None:
         resolver = resolver.until(deadline)
-    spf = spfcheck.check(request.client_ip, request.mail_from, request.helo, resolver,
-                         receiver=options.authserv_id, time_budget=options.spf_time_budget)
+    spf = _spf(request.client_ip, request.mail_from, request.helo, resolver, options)
     spf_helo = None
     if options.check_helo and spf.identity == "mailfrom" and request.helo:
-        spf_helo = spfcheck.check_helo(request.client_ip, request.helo, resolver,
-                                       receiver=options.authserv_id,
-                                       time_budget=options.spf_time_budget)
+        spf_helo = _spf(request.client_ip, "", request.helo, resolver, options)
     headers = dkimcheck.parse_headers(request.message)
     authors = author_domains(request.message)
     dkim_run = dkimcheck.verify(request.message, resolver, min_rsa_bits=options.min_rsa_bits,
@@ -316,7 +317,7 @@ def _decide(request: CheckRequest, resolver: Resolver, options: Options,
     dkim = dkim_run.results
     arc = dkimcheck.verify_arc(request.message, resolver, min_rsa_bits=options.min_rsa_bits,
                                headers=headers)
-    discoverer = Discoverer(resolver, options.org_domain_mode)
+    discoverer = _MemoDiscoverer(resolver, options.org_domain_mode)
     if authors.problem is not None:
         dmarc = DMARCResult("permerror", "", reason=f"malformed message: {authors.problem}")
     else:
@@ -361,19 +362,124 @@ class _CacheMiss(DNSTempError):
     """
 
 
+class _Memo:
+    """Results evaluated from cached answers, each kept until the first of them expires.
+
+    Two per resolver: SPF evaluations, and DMARC record lookups (``_dmarc.<domain>``
+    read and parsed, :class:`_MemoDiscoverer`).
+
+    An SPF evaluation is a pure function of the client address, the MAIL FROM,
+    the HELO name, our receiver name and the DNS answers it reads (pyspf's limits
+    and macros included); while every answer it read is still fresh, evaluating
+    it again gives the same result. A busy sender's messages share one, which
+    was pyspf's parsing and matching on every message (more with real records'
+    include: chains). Temporary errors and evaluations that missed the cache are
+    never kept; nor are DMARC lookups that raised. Bounded (least recently used
+    first out); thread-safe.
+    """
+
+    MAX_ENTRIES = 4096
+    MAX_AGE = 3600.0  # an evaluation that read no answer at all (no lookup) is redone hourly
+
+    def __init__(self) -> None:
+        self._entries: OrderedDict[tuple[str, ...], tuple[float, Any]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple[str, ...], now: float) -> Any:
+        with self._lock:
+            found = self._entries.get(key)
+            if found is None:
+                return None
+            if found[0] <= now:
+                del self._entries[key]
+                return None
+            self._entries.move_to_end(key)
+            return found[1]
+
+    def put(self, key: tuple[str, ...], expires: float, result: Any) -> None:
+        with self._lock:
+            self._entries[key] = (expires, result)
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.MAX_ENTRIES:
+                self._entries.popitem(last=False)
+
+
+_clock = time.monotonic  # the memo's clock (the resolver's own): tests move this one alone
+
+
+def _spf(ip: str, mail_from: str, helo: str, resolver: Resolver,
+         options: Options) -> spfcheck.SPFResult:
+    """:func:`spfcheck.check`, from the memo of :class:`_Memo` when ``resolver`` answers
+    from the cache alone (the reactor's first try); a full evaluation reads no memo."""
+    if not isinstance(resolver, _CachedAnswers):
+        return spfcheck.check(ip, mail_from, helo, resolver, receiver=options.authserv_id,
+                              time_budget=options.spf_time_budget)
+    key = (ip, mail_from, helo, options.authserv_id)
+    now = _clock()
+    memo = resolver.memos[0]
+    result: spfcheck.SPFResult | None = memo.get(key, now)
+    if result is not None:
+        return result
+    missed, resolver.missed, resolver.earliest = resolver.missed, False, now + _Memo.MAX_AGE
+    result = spfcheck.check(ip, mail_from, helo, resolver, receiver=options.authserv_id,
+                            time_budget=options.spf_time_budget)
+    if not resolver.missed and result.result != "temperror" and resolver.earliest > now:
+        memo.put(key, resolver.earliest, result)
+    resolver.missed = resolver.missed or missed
+    return result
+
+
 class _CachedAnswers(Resolver):
-    """The same resolver (its cache shared, not copied) that never queries a server."""
+    """The same resolver (its cache shared, not copied) that never queries a server.
+
+    It notes the earliest expiry of the answers it gave (:attr:`earliest`), for the
+    memos (SPF, DMARC lookups), which live on the resolver it views (one per service).
+    """
 
     def __init__(self, resolver: Resolver) -> None:  # a view of ``resolver``: no super()
+        memos = resolver.__dict__.get("memos")
+        if memos is None:  # first check on this resolver
+            memos = resolver.__dict__.setdefault("memos", (_Memo(), _Memo()))
         self.__dict__.update(vars(resolver))
+        self.memos: tuple[_Memo, _Memo] = memos  # SPF, DMARC lookups
         self.missed = False
+        self.earliest = math.inf
 
     def _lookup(self, qname: str, qtype: Any, now: float) -> Any:
         self.missed = True
         raise _CacheMiss(f"{qname}: not cached")
 
+    def _from_entry(self, qname: str, entry: Any) -> list[object]:  # type: ignore[override]
+        # every answer a view gives comes from a cache entry, through here
+        self.earliest = min(self.earliest, entry.expires)
+        return Resolver._from_entry(qname, entry)
+
     def until(self, deadline: float) -> Resolver:
         return self  # it never waits; a copy would not report its misses here
+
+
+class _MemoDiscoverer(Discoverer):
+    """A Discoverer whose DMARC lookups from cached answers are kept as SPF results are
+    (:class:`_Memo`): ``_dmarc.<domain>`` read and its record parsed once while fresh."""
+
+    def _lookup(self, domain: str) -> Lookup:
+        resolver = self.resolver
+        if domain in self._lookups or not isinstance(resolver, _CachedAnswers):
+            return super()._lookup(domain)
+        now = _clock()
+        memo = resolver.memos[1]
+        found: Lookup | None = memo.get((domain,), now)
+        if found is not None:
+            self._lookups[domain] = found
+            return found
+        missed, resolver.missed, resolver.earliest = resolver.missed, False, now + _Memo.MAX_AGE
+        try:
+            found = super()._lookup(domain)  # a DNS error propagates, and is not kept
+            if not resolver.missed and resolver.earliest > now:
+                memo.put((domain,), resolver.earliest, found)
+        finally:
+            resolver.missed = resolver.missed or missed
+        return found
 
 
 class PendingCheck:

@@ -18,6 +18,7 @@ so a burst of messages from one sender costs one set of queries.
 from __future__ import annotations
 
 import copy
+import functools
 import ipaddress
 import threading
 import time
@@ -250,7 +251,12 @@ class Resolver:
         return True
 
 
+@functools.lru_cache(maxsize=4096)
 def _normalise(name: str) -> str:
+    # a pure function asked for every lookup, cached ones too (an SPF check asks a few
+    # names per message, the same for a busy sender): dnspython's label validation was
+    # a tenth of the dmarc service's cached checks. Bounded; a name it refuses raises
+    # each time (exceptions are not cached).
     text = name.strip().rstrip(".").lower()
     if not text:
         raise NXDomain("empty name")

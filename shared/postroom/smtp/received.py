@@ -22,6 +22,25 @@ def _address_literal(ip: str) -> str:
     return f"[IPv6:{parsed.compressed}]" if parsed.version == 6 else f"[{parsed}]"
 
 
+def _date(when: datetime.datetime) -> str:
+    """``format_datetime(when)``: it shows whole seconds, so a busy server formats one a
+    second (the email package's formatting was a percent of the mta's CPU per message).
+
+    The key holds the offset too: equal instants in two zones compare equal but read apart.
+    """
+    global _last_date
+    key = (when.replace(microsecond=0), when.utcoffset())
+    cached = _last_date  # one tuple, replaced whole: safe to read from any thread
+    if cached[0] == key:
+        return cached[1]
+    text = format_datetime(key[0])
+    _last_date = (key, text)
+    return text
+
+
+_last_date: tuple[object, str] = (None, "")
+
+
 def received_header(session: Session, *, hostname: str, queue_id: str,
                     recipients: Sequence[Address] = (), smtputf8: bool = False,
                     when: datetime.datetime | None = None) -> bytes:
@@ -42,5 +61,5 @@ def received_header(session: Session, *, hostname: str, queue_id: str,
     lines.append(by)
     if len(recipients) == 1:
         lines.append(f"\tfor <{recipients[0]}>")
-    lines[-1] += f"; {format_datetime(when)}"
+    lines[-1] += f"; {_date(when)}"
     return ("\r\n".join(lines) + "\r\n").encode("utf-8")

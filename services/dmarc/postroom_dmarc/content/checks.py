@@ -99,6 +99,7 @@ class ContentChecks:
         self.extra = list(extra)  # in-process checks (PooledCheck(AttachmentCheck)), run first
         self._results: Any = None
         self._seconds: Any = None
+        self._children: dict[tuple[str, str, str], tuple[Any, Any]] = {}
         if metrics is not None:
             self._results = metrics.counter(
                 "content_results",
@@ -148,9 +149,17 @@ class ContentChecks:
 
     def _timed(self, result: ContentResult, started: float) -> ContentResult:
         if self._results is not None:
-            self._results.labels(check=result.check, action=result.action,
-                                 category=result.category).inc()
-            self._seconds.labels(check=result.check).observe(time.monotonic() - started)
+            # the labelled children once per label set (small fixed sets per check,
+            # docs/content-filtering.md): labels() locks and hashes on every message
+            key = (result.check, result.action, result.category)
+            children = self._children.get(key)
+            if children is None:
+                children = self._children[key] = (
+                    self._results.labels(check=result.check, action=result.action,
+                                         category=result.category),
+                    self._seconds.labels(check=result.check))
+            children[0].inc()
+            children[1].observe(time.monotonic() - started)
         return result
 
     def _failed(self, failure: Failure, name: str, check: CheckRequest) -> ContentResult:
