@@ -71,9 +71,12 @@ def _block(conns: list[imaplib.IMAP4], op: str, count: int, root: int,
                  for a, b in zip(after, before, strict=True))
 
 
-def _spy(conns: list[imaplib.IMAP4], op: str, count: int, root: int) -> None:
+def _spy(conns: list[imaplib.IMAP4], op: str, count: int, root: int, gil: bool = True) -> None:
     out = Path(tempfile.mkstemp(prefix="imap-ops-", suffix=".txt")[1])
-    spy = subprocess.Popen([str(REPO / ".venv" / "bin" / "py-spy"), "record", "--gil",
+    # --gil: the thread holding the GIL; without: every thread not idle (the db threads'
+    # Python and C time too, as seen by the CPU counters)
+    spy = subprocess.Popen([str(REPO / ".venv" / "bin" / "py-spy"), "record",
+                            *(["--gil"] if gil else []),
                             "--format", "raw", "--rate", "250", "-p", str(root), "-o", str(out)],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(1.0)
@@ -101,6 +104,8 @@ def main() -> int:
     parser.add_argument("--profile", type=int, default=0,
                         help="instead of the A/B: py-spy --gil of the new side, this many "
                              "commands per client of each op, top frames printed")
+    parser.add_argument("--profile-all-threads", action="store_true",
+                        help="with --profile: py-spy without --gil (every busy thread)")
     args = parser.parse_args()
     ops = args.ops.split(",")
     sides = ["new"] + (["base"] if args.base else [])
@@ -116,7 +121,8 @@ def main() -> int:
                 _block(conns[side], op, 50, roots[side], [])
         if args.profile:
             for op in ops:
-                _spy(conns["new"], op, args.profile, roots["new"])
+                _spy(conns["new"], op, args.profile, roots["new"],
+                     gil=not args.profile_all_threads)
             return 0
         results: dict[tuple[str, str], list[tuple[float, float]]] = {}
         for r in range(args.rounds):

@@ -19,9 +19,9 @@ from postroom_imap.ordering import (
 from postroom_imap.policy import FetchRow, NoSuchMailbox, Refusal, TooManyKeywords
 from postroom_imap.qresync import vanished_earlier
 from postroom_imap.render import (
+    FetchPlan,
     FlagsLine,
     canonical_flag,
-    fetch_items,
     flags_line_renderer,
     header_only,
     needs_blob,
@@ -317,6 +317,7 @@ class MessageCommands(CommandHost):
     def _fetch_lines(self, box: Selected, rows: list[FetchRow], args: Fetch,
                      uid: bool) -> list[bytes]:
         out = []
+        render = FetchPlan(args.items, with_uid=uid, with_modseq=self.condstore).render
         for row in rows:
             seq = box.seq_of(row.uid)
             if seq is None:
@@ -325,8 +326,7 @@ class MessageCommands(CommandHost):
                 box.own[row.uid] = row.modseq
             if box.recent and box.is_recent(row.uid):
                 row = replace(row, flags=box.with_recent(row.uid, row.flags))
-            data = fetch_items(row, args.items, with_uid=uid, with_modseq=self.condstore)
-            out.append(b"* %d FETCH %s\r\n" % (seq, data))
+            out.append(b"* %d FETCH %s\r\n" % (seq, render(row)))
         return out
 
     async def do_store(self, command: Command) -> Reply:

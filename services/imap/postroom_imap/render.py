@@ -162,69 +162,121 @@ def _section(item: FetchItem, row: FetchRow, meta: MessageMeta | None) -> bytes:
     return literal(data)
 
 
+# what a FETCH item renders, decided once per command (FetchPlan)
+_UID, _FLAGS, _DATE, _SIZE, _MODSEQ, _ENVELOPE, _STRUCTURE, _BODY, _RFC822, _RFC822_PART, \
+    _BINARY, _SECTION = range(12)
+_SIMPLE = {"UID": _UID, "FLAGS": _FLAGS, "INTERNALDATE": _DATE, "RFC822.SIZE": _SIZE,
+           "MODSEQ": _MODSEQ, "ENVELOPE": _ENVELOPE, "BODYSTRUCTURE": _STRUCTURE,
+           "RFC822": _RFC822, "RFC822.HEADER": _RFC822_PART, "RFC822.TEXT": _RFC822_PART}
+
+
+class FetchPlan:
+    """The items of one FETCH command, classified once and rendered for each row.
+
+    Byte for byte what rendering each row's items one by one makes: the same
+    order (UID first when asked, the items as given, an implicit FLAGS, then
+    MODSEQ), the same dropping of a repeated name, the cached analysis built
+    at the same item. Only the per-item decisions (kind, response name, whether
+    it needs the analysis) are taken once per command instead of once per
+    message (issue 23: a header FETCH of 20 messages renders 20 lines).
+    """
+
+    __slots__ = ("implicit_flags", "steps", "with_modseq")
+
+    def __init__(self, items: Iterable[FetchItem], *, with_uid: bool,
+                 with_modseq: bool) -> None:
+        # (kind, name as bytes, item, needs the whole analysis, needs the analysis)
+        steps: list[tuple[int, bytes, FetchItem | None, bool, bool]] = []
+        names: set[str] = set()
+        if with_uid:
+            names.add("UID")
+            steps.append((_UID, b"UID ", None, False, False))
+        for item in items:
+            name = item.name
+            kind = _SIMPLE.get(name) if item.section is None else None
+            if kind is None:
+                if name == "BODY" and item.section is None:
+                    kind = _BODY
+                elif item.section is not None and name.startswith("BINARY"):
+                    kind, name = _BINARY, item.response_name()
+                elif item.section is not None:
+                    kind, name = _SECTION, item.response_name()
+                else:  # not an item the grammar makes: rendered as nothing, as before
+                    kind = -1
+            tree, meta = needs_tree(item), needs_meta(item)
+            if kind == -1 or name in names:
+                # dropped, but the analysis it would have built is built here, as before
+                if tree or meta:
+                    steps.append((-1, b"", item, tree, meta))
+                continue
+            names.add(name)
+            steps.append((kind, name.encode("ascii") + b" ", item, tree, meta))
+        self.steps = tuple(steps)
+        # FLAGS shown when a row's \Seen was set or the caller asks, unless an item did
+        self.implicit_flags = "FLAGS" not in names
+        self.with_modseq = with_modseq and "MODSEQ" not in names
+
+    def render(self, row: FetchRow, with_flags: bool = False) -> bytes:
+        """The parenthesised data of one FETCH response (without ``* n FETCH``)."""
+        out: list[bytes] = []
+        meta: MessageMeta | None = None
+        # the header's offsets come from the cached analysis as it is, when it is there
+        cached = row.meta is not None and "body" in row.meta
+        for kind, label, item, tree, needs in self.steps:
+            if meta is None and (tree or (not cached and needs)):
+                meta = metadata(row)
+            if kind == _SECTION:
+                assert item is not None
+                out.append(label + _section(item, row, meta))
+            elif kind == _UID:
+                out.append(b"UID %d" % row.uid)
+            elif kind == _FLAGS:
+                out.append(label + flag_list(row.flags))
+            elif kind == _SIZE:
+                out.append(b"RFC822.SIZE %d" % row.size)
+            elif kind == _DATE:
+                out.append(label + internaldate(row.internaldate))
+            elif kind == _MODSEQ:
+                out.append(b"MODSEQ (%d)" % row.modseq)
+            elif kind == _ENVELOPE:
+                assert meta is not None
+                out.append(label + render_envelope(meta))
+            elif kind == _STRUCTURE:
+                assert meta is not None
+                out.append(label + render_bodystructure(meta, extended=True))
+            elif kind == _BODY:
+                assert meta is not None
+                out.append(label + render_bodystructure(meta, extended=False))
+            elif kind == _RFC822:
+                out.append(label + literal(row.blob or b""))
+            elif kind == _RFC822_PART:
+                assert item is not None
+                if meta is None and not cached:
+                    meta = metadata(row)
+                span = _top_span(row, meta, item.name.split(".")[1])
+                blob = row.blob or b""
+                out.append(label + literal(b"" if span is None else blob[span[0]:span[1]]))
+            elif kind == _BINARY:
+                assert item is not None and item.section is not None
+                data = binary_section(row.blob or b"", meta, item.section.path)
+                if item.name == "BINARY.SIZE":
+                    out.append(label + b"%d" % len(data))
+                else:
+                    if item.partial is not None:
+                        start, length = item.partial
+                        data = data[start:start + length]
+                    out.append(label + literal8(data))
+        if (with_flags or row.seen_set) and self.implicit_flags:
+            out.append(b"FLAGS " + flag_list(row.flags))
+        if self.with_modseq:
+            out.append(b"MODSEQ (%d)" % row.modseq)
+        return b"(" + b" ".join(out) + b")"
+
+
 def fetch_items(row: FetchRow, items: Iterable[FetchItem], *, with_uid: bool,
                 with_modseq: bool, with_flags: bool = False) -> bytes:
     """The parenthesised data of one FETCH response (without ``* n FETCH``)."""
-    out: list[bytes] = []
-    names: set[str] = set()
-    meta: MessageMeta | None = None
-    # the header's offsets come from the cached analysis as it is, when it is there
-    cached = row.meta is not None and "body" in row.meta
-
-    def add(name: str, value: bytes) -> None:
-        if name not in names:
-            names.add(name)
-            out.append(name.encode("ascii") + b" " + value)
-
-    if with_uid:
-        add("UID", b"%d" % row.uid)
-    for item in items:
-        if meta is None and (needs_tree(item) or (not cached and needs_meta(item))):
-            meta = metadata(row)
-        name = item.name
-        if name == "UID":
-            add("UID", b"%d" % row.uid)
-        elif name == "FLAGS":
-            add("FLAGS", flag_list(row.flags))
-        elif name == "INTERNALDATE":
-            add("INTERNALDATE", internaldate(row.internaldate))
-        elif name == "RFC822.SIZE":
-            add("RFC822.SIZE", b"%d" % row.size)
-        elif name == "MODSEQ":
-            add("MODSEQ", b"(%d)" % row.modseq)
-        elif name == "ENVELOPE":
-            assert meta is not None
-            add("ENVELOPE", render_envelope(meta))
-        elif name == "BODYSTRUCTURE":
-            assert meta is not None
-            add("BODYSTRUCTURE", render_bodystructure(meta, extended=True))
-        elif name == "BODY" and item.section is None:
-            assert meta is not None
-            add("BODY", render_bodystructure(meta, extended=False))
-        elif name == "RFC822":
-            add("RFC822", literal(row.blob or b""))
-        elif name in ("RFC822.HEADER", "RFC822.TEXT"):
-            if meta is None and not cached:
-                meta = metadata(row)
-            span = _top_span(row, meta, name.split(".")[1])
-            blob = row.blob or b""
-            add(name, literal(b"" if span is None else blob[span[0]:span[1]]))
-        elif item.section is not None and name.startswith("BINARY"):
-            data = binary_section(row.blob or b"", meta, item.section.path)
-            if name == "BINARY.SIZE":
-                add(item.response_name(), b"%d" % len(data))
-            else:
-                if item.partial is not None:
-                    start, length = item.partial
-                    data = data[start:start + length]
-                add(item.response_name(), literal8(data))
-        elif item.section is not None:
-            add(item.response_name(), _section(item, row, meta))
-    if (with_flags or row.seen_set) and "FLAGS" not in names:
-        add("FLAGS", flag_list(row.flags))
-    if with_modseq:
-        add("MODSEQ", b"(%d)" % row.modseq)
-    return b"(" + b" ".join(out) + b")"
+    return FetchPlan(items, with_uid=with_uid, with_modseq=with_modseq).render(row, with_flags)
 
 
 _FLAG_ONLY = {"UID": b"UID %d", "FLAGS": b"FLAGS (%s)", "MODSEQ": b"MODSEQ (%d)"}

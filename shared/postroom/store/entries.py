@@ -476,20 +476,26 @@ _KEYWORDS = Prepared("imap_keywords", (
     "WHERE left(f, 1) <> '\\' ORDER BY f LIMIT 100"))
 
 
+# the system flags as the statements' text[] parameter (a list for psycopg2's ARRAY)
+_SYSTEM_LIST = list(SYSTEM)
+
+
 def _load(s: Session, statement: Prepared, params: dict[str, Any]) -> tuple[_Loaded, int]:
     """UIDs, first unseen and keywords, and the recent mark; the mailbox row comes from the
     same snapshot."""
     connection = s.connection()
-    row = statement.execute(connection, {**params, "sys": list(SYSTEM)}).first()
-    if row is None:
+    params["sys"] = _SYSTEM_LIST
+    found = statement.read_rows(connection, params)
+    if not found:
         raise NotFound("no such mailbox")
+    row = found[0]
     mailbox_id = int(row[0])
     # the mailbox's keyword list, and any keyword a writer that does not keep it (the MDA's
     # sieve flags, an older release) left on a message: a second pass only when some has one
     keywords: set[str] = {str(k) for k in row[7] or ()}
     if row[6]:
-        keywords.update(str(k) for k in _KEYWORDS.execute(
-            connection, {"m": mailbox_id, "sys": list(SYSTEM)}).scalars().all())
+        keywords.update(str(r[0]) for r in _KEYWORDS.read_rows(
+            connection, {"m": mailbox_id, "sys": _SYSTEM_LIST}))
     return _Loaded((mailbox_id, int(row[1]), int(row[2]), int(row[3])), _uid_array(row[4]),
                    int(row[5]) if row[5] is not None else None,
                    tuple(sorted(keywords))), int(row[8])
@@ -520,9 +526,10 @@ def select(s: Session, user_id: int, name: str, cache: SelectCache | None = None
     cached = cache.get(user_id, name)
     loaded = None
     if cached is not None:
-        box = _ROW_BY_NAME.execute(s.connection(), {"u": user_id, "n": name}).first()
-        if box is None:
+        boxes = _ROW_BY_NAME.read_rows(s.connection(), {"u": user_id, "n": name})
+        if not boxes:
             raise NotFound("no such mailbox")
+        box = boxes[0]
         key = (int(box[0]), int(box[1]), int(box[2]), int(box[3]))
         mark = int(box[4])
         if key == cached.key:
@@ -718,7 +725,7 @@ def fetch(s: Session, mailbox_id: int, uids: Sequence[int], blob: bool, meta: bo
     else:
         statement = _FETCH[analysis, blob, "uids" in params, changedsince is not None]
     out = []
-    for r in statement.execute(s.connection(), params).all():
+    for r in statement.read_rows(s.connection(), params):
         uid = int(r[0])
         if keep is not None and uid not in keep:
             continue
