@@ -316,3 +316,31 @@ def test_run_core_then_retries_on_a_dead_connection(database_url, clean_db):
         assert len(calls) == 2
     finally:
         db.stop()
+
+
+def test_a_read_after_the_idle_ping_and_a_transaction_after_a_read(database_url, clean_db,
+                                                                    monkeypatch):
+    """run_read sets psycopg2's autocommit on the client and clears it before checkin: the
+    idle ping leaves no transaction that would stop it being set, and the next run on the
+    same connection is a transaction again (its work rolls back when it raises)."""
+    from postroom.store import db as dbmodule
+
+    monkeypatch.setattr(dbmodule, "PING_AFTER_IDLE", 0.0)  # every checkout pings
+    db = Database(database_url, pool_size=1, reactor=CallingReactor())
+    db.start()
+    try:
+        for _ in range(2):
+            assert wait(db.run_read(lambda s: s.execute(text("SELECT 7")).scalar())) == 7
+        db.run_sync(lambda s: s.execute(text("CREATE TABLE IF NOT EXISTS read_then_tx (x int)")))
+
+        def insert_then_fail(session):
+            session.execute(text("INSERT INTO read_then_tx VALUES (1)"))
+            raise RuntimeError("roll back")
+
+        assert isinstance(wait(db.run(insert_then_fail)), Failure)
+        assert wait(db.run_read(lambda s: s.execute(
+            text("SELECT count(*) FROM read_then_tx")).scalar())) == 0
+        db.run_sync(lambda s: s.execute(text("DROP TABLE read_then_tx")))
+    finally:
+        db.stop()
+

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
+from psycopg2.extensions import STATUS_READY
 from sqlalchemy import create_engine, event, exc, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import NoSuchModuleError
@@ -169,9 +170,20 @@ class Database:
     def _attempt_autocommit(self, fn: Callable[Concatenate[Session, P], T],
                             *args: P.args, **kwargs: P.kwargs) -> T:
         with self.engine.connect() as connection:
-            connection.execution_options(isolation_level="AUTOCOMMIT")
-            # no ORM Session: the reads use its execute() and connection() only
-            result = _before_commit(fn, cast(Session, _Reads(connection)), *args, **kwargs)
+            # psycopg2's own autocommit flag, set and cleared on the client: SQLAlchemy's
+            # isolation_level="AUTOCOMMIT" does the same at checkout but, at checkin, resets
+            # the level with a `SET default_transaction_isolation TO DEFAULT` round trip,
+            # one more than the read itself (issue 23: seen on the wire, bench/imap_wire.py)
+            dbapi = connection.connection.dbapi_connection
+            assert dbapi is not None
+            if dbapi.status != STATUS_READY:
+                dbapi.rollback()  # a transaction some hook left open: never the case today
+            dbapi.autocommit = True
+            try:
+                # no ORM Session: the reads use its execute() and connection() only
+                result = _before_commit(fn, cast(Session, _Reads(connection)), *args, **kwargs)
+            finally:
+                _leave_autocommit(connection)
         _check_plain(result)
         return result
 
@@ -195,7 +207,10 @@ class Database:
         with :meth:`run`.
 
         psycopg2 then sends neither BEGIN nor COMMIT: two round trips fewer for
-        a read of one statement (IMAP's FETCH, SELECT, SEARCH). Only for work
+        a read of one statement (IMAP's FETCH, SELECT, SEARCH), and, since its
+        autocommit flag is set and cleared on the client (decision 0034), no
+        isolation reset at checkin either: a read is its statements, nothing
+        more, on the wire. Only for work
         that holds no lock across statements and needs no common snapshot
         (READ COMMITTED gives each statement its own anyway); a statement that
         writes commits on its own. A connection found dead is retried once, as
@@ -344,6 +359,22 @@ def _before_commit(fn: Callable[Concatenate[Session, P], T], session: Session,
         raise
 
 
+def _leave_autocommit(connection: Connection) -> None:
+    """Back to psycopg2's transactions before ``connection`` returns to the pool (no round
+    trip: no transaction is open in autocommit). A connection that cannot be put back
+    (closed under us) is invalidated, so none goes back to the pool in autocommit."""
+    if connection.invalidated:
+        return
+    dbapi = connection.connection.dbapi_connection
+    if dbapi is not None:
+        try:
+            dbapi.autocommit = False
+            return
+        except Exception as error:  # noqa: BLE001 - closed or broken: never reuse it
+            log.warning("database connection dropped", error=str(error)[:200])
+    connection.invalidate()
+
+
 def _ping_when_idle(engine: Engine, idle: float) -> None:
     """``pool_pre_ping`` for connections idle more than ``idle`` seconds only."""
 
@@ -357,11 +388,15 @@ def _ping_when_idle(engine: Engine, idle: float) -> None:
         if since is None or time.monotonic() - since < idle:
             return
         try:
+            # in autocommit (set and cleared on the client), so the ping leaves no
+            # transaction open for the caller: run_read's autocommit could not be set then
+            dbapi_connection.autocommit = True
             cursor = dbapi_connection.cursor()
             try:
                 cursor.execute("SELECT 1")
             finally:
                 cursor.close()
+                dbapi_connection.autocommit = False
         except Exception as error:
             # the pool discards this connection and checks out (or opens) another
             raise exc.DisconnectionError(f"stale pooled connection: {error}") from error
