@@ -287,3 +287,58 @@ def test_header_fields_filter_agrees_with_the_grammar_on_random_headers():
         exclude = rng.random() < 0.5
         assert filter_header_fields(header, wanted, exclude=exclude) == \
             _filter_by_regex(header, wanted, exclude=exclude), (header, wanted, exclude)
+
+
+_CORPUS = [
+    b"",
+    b"\r\n",
+    b"\n",
+    b"From: a\r\n\r\n",
+    b"From: a\n\n",
+    b"From: a",  # no line end, no empty line
+    b"Subject: one\r\n two\r\n\tthree\r\nTo: b\r\n\r\nFrom: in the body\r\n",
+    b"To: x\r\nTO: y\r\nto : z\r\n\r\n",  # duplicates, blank before the colon
+    b"X-Other: 1\r\nReceived: a\r\n b\r\n\r\n",  # nothing wanted
+    b"Subject: gr\xc3\xbc\xc3\x9fe\r\nFrom: \xe9 <e@x>\r\n\r\n",  # non-ASCII
+    b"Subject: mixed\nFrom: lf\r\n\r\n",  # LF and CRLF lines together
+    b"Subject: bare\rFrom: after a bare CR\r\n\r\n",
+    b"Subject: cr\r\r\nFrom: after CR CR LF\r\n\r\n",
+    b"Subject: last is a continuation\r\n no line end",
+    b" leading continuation\r\nFrom: a\r\n\r\n",
+    b"From:\r\n\r\n",
+    b"From: a\r\n\r\n\r\nTo: b\r\n",
+    b"Fromage: no\r\nFrom\t: yes\r\nFrom x: no\r\n\r\n",
+    b"\x00From: nul\r\nFrom: \x00\r\n\r\n",
+]
+_LISTS = [["FROM", "TO", "CC", "SUBJECT", "DATE", "MESSAGE-ID", "CONTENT-TYPE"], ["subject"],
+          ["to"], ["From", "from"], ["x bad", "a:b", "f\xe9"], [], ["x"] * 17,
+          [f"x-{i}" for i in range(20)] + ["from"]]
+
+
+def test_header_fields_filter_agrees_with_the_grammar_on_a_varied_corpus():
+    for header in _CORPUS:
+        for wanted in _LISTS:
+            for exclude in (False, True):
+                assert filter_header_fields(header, wanted, exclude=exclude) == \
+                    _filter_by_regex(header, wanted, exclude=exclude), (header, wanted, exclude)
+
+
+def test_header_fields_filter_keeps_folds_duplicates_and_line_ends():
+    header = (b"Subject: one\r\n two\r\nTo: x\nReceived: r\r\n\tr2\r\nTO : y\r\n"
+              b"Subject: end\r\n tail")
+    assert filter_header_fields(header, ["to", "SUBJECT"]) == (
+        b"Subject: one\r\n two\r\nTo: x\nTO : y\r\nSubject: end\r\n tail\r\n")
+    assert filter_header_fields(b"To: a", ["to"]) == b"To: a\r\n\r\n"
+    assert filter_header_fields(b"", ["to"]) == b"\r\n"
+
+
+def test_header_fields_filter_is_linear_on_hostile_blocks():
+    import time
+    lines = [b"to" + b" " * 200_000 + b"x\r\n", b"to:" + b"a" * 200_000 + b"\r\n",
+             b"t\r\n" * 100_000, (b"to: a\r\n" + b" b\r\n" * 50_000)]
+    names = ["to", "t" * 1000, "t", "from"]
+    started = time.process_time()
+    for header in lines:
+        assert filter_header_fields(header, names) == \
+            _filter_by_regex(header, names)
+    assert time.process_time() - started < 5
