@@ -5,7 +5,6 @@ from __future__ import annotations
 import functools
 from bisect import bisect_left
 from collections.abc import Callable
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from postroom_imap.flow import attach, detach
@@ -325,8 +324,10 @@ class MessageCommands(CommandHost):
             if row.seen_set:
                 box.own[row.uid] = row.modseq
             if box.recent and box.is_recent(row.uid):
-                row = replace(row, flags=box.with_recent(row.uid, row.flags))
-            out.append(b"* %d FETCH %s\r\n" % (seq, render(row)))
+                out.append(b"* %d FETCH %s\r\n" % (seq, render(row, False,
+                                                               (*row.flags, "\\Recent"))))
+            else:
+                out.append(b"* %d FETCH %s\r\n" % (seq, render(row)))
         return out
 
     async def do_store(self, command: Command) -> Reply:

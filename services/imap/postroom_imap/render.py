@@ -216,8 +216,15 @@ class FetchPlan:
         self.implicit_flags = "FLAGS" not in names
         self.with_modseq = with_modseq and "MODSEQ" not in names
 
-    def render(self, row: FetchRow, with_flags: bool = False) -> bytes:
-        """The parenthesised data of one FETCH response (without ``* n FETCH``)."""
+    def render(self, row: FetchRow, with_flags: bool = False,
+               flags: tuple[str, ...] | None = None) -> bytes:
+        """The parenthesised data of one FETCH response (without ``* n FETCH``).
+
+        ``flags``: shown instead of the row's (its flags and ``\\Recent``),
+        without a copy of the row for each recent message.
+        """
+        if flags is None:
+            flags = row.flags
         out: list[bytes] = []
         meta: MessageMeta | None = None
         # the header's offsets come from the cached analysis as it is, when it is there
@@ -231,7 +238,7 @@ class FetchPlan:
             elif kind == _UID:
                 out.append(b"UID %d" % row.uid)
             elif kind == _FLAGS:
-                out.append(label + flag_list(row.flags))
+                out.append(label + flag_list(flags))
             elif kind == _SIZE:
                 out.append(b"RFC822.SIZE %d" % row.size)
             elif kind == _DATE:
@@ -267,7 +274,7 @@ class FetchPlan:
                         data = data[start:start + length]
                     out.append(label + literal8(data))
         if (with_flags or row.seen_set) and self.implicit_flags:
-            out.append(b"FLAGS " + flag_list(row.flags))
+            out.append(b"FLAGS " + flag_list(flags))
         if self.with_modseq:
             out.append(b"MODSEQ (%d)" % row.modseq)
         return b"(" + b" ".join(out) + b")"

@@ -724,6 +724,7 @@ def fetch(s: Session, mailbox_id: int, uids: Sequence[int], blob: bool, meta: bo
         statement = _FETCH_HEAD["uids" in params, changedsince is not None]
     else:
         statement = _FETCH[analysis, blob, "uids" in params, changedsince is not None]
+    top = analysis == "top"
     out = []
     for r in statement.read_rows(s.connection(), params):
         uid = int(r[0])
@@ -731,20 +732,32 @@ def fetch(s: Session, mailbox_id: int, uids: Sequence[int], blob: bool, meta: bo
             continue
         flags, modseq = seen.get(uid, (tuple(r[1]), int(r[2])))
         out.append(FetchRow(uid=uid, flags=flags, modseq=modseq, internaldate=r[3],
-                            size=int(r[4]), meta=r[5], blob=bytes(r[6]) if r[6] is not None
-                            else None, seen_set=uid in seen))
+                            size=int(r[4]), meta=_top_meta(r[5]) if top else r[5],
+                            blob=bytes(r[6]) if r[6] is not None else None,
+                            seen_set=uid in seen))
     return out
+
+
+def _top_meta(top: list[int | None] | None) -> dict[str, Any] | None:
+    """The cached analysis's size and top part offsets, as the "top" column's JSON was."""
+    if top is None:
+        return None
+    size, header_start, body_start, end = top
+    return {"size": size, "body": {"header_start": header_start, "body_start": body_start,
+                                   "end": end}}
 
 
 # what of the cached analysis a FETCH reads: nothing, the top part's offsets, or all of it
 _ANALYSIS = {
     "": "NULL",
     # for the message's own header and text sections (a header FETCH of a message list)
-    "top": ("CASE WHEN m.metadata ? 'body' THEN jsonb_build_object("
-            "'size', m.metadata -> 'size', 'body', jsonb_build_object("
-            "'header_start', m.metadata #> '{body,header_start}', "
-            "'body_start', m.metadata #> '{body,body_start}', "
-            "'end', m.metadata #> '{body,end}')) END"),
+    # as four integers (size, header_start, body_start, end; _top_meta): an int[] is
+    # parsed by the driver in C, where a JSON object went through json.loads a row
+    "top": ("CASE WHEN m.metadata ? 'body' THEN ARRAY["
+            "(m.metadata ->> 'size')::bigint, "
+            "(m.metadata #>> '{body,header_start}')::bigint, "
+            "(m.metadata #>> '{body,body_start}')::bigint, "
+            "(m.metadata #>> '{body,end}')::bigint] END"),
     # without its decoded header list, which FETCH never renders and which is most
     # of its size (decoding JSON is the main cost of a header FETCH)
     "tree": "m.metadata - 'headers'",
