@@ -27,6 +27,10 @@ from sqlalchemy import Connection
 
 _PARAM = re.compile(r"%\((\w+)\)s")
 _INFO_KEY = "postroom_prepared"
+# set on a pooled connection's info while Database.run_core_then's transaction runs on it
+# in psycopg2's autocommit, its BEGIN sent with the first statement (decision 0036): "begin"
+# until that statement goes, then "open"
+CORE_TX_KEY = "postroom_core_tx"
 
 
 class Prepared:
@@ -76,7 +80,8 @@ class Prepared:
         """
         fairy = connection.connection
         dbapi_connection: Any = fairy.dbapi_connection
-        if dbapi_connection is None or not dbapi_connection.autocommit:
+        if (dbapi_connection is None or not dbapi_connection.autocommit
+                or CORE_TX_KEY in fairy.info):
             return [tuple(r) for r in self.execute(connection, params)]
         held: set[str] = fairy.info.setdefault(_INFO_KEY, set())
         try:
