@@ -34,6 +34,13 @@ from postroom_suite import PASSWORD
 from workloads.imap_mix import HEADERS
 
 OPS = ("SELECT", "FETCH headers", "FETCH body", "STORE toggle", "STORE Seen (no change)")
+# not in the default set: APPEND grows the mailbox, "STORE Deleted+EXPUNGE" shrinks it by one
+# message per command (run them as a pair, APPEND first, so the INBOX keeps its size)
+WRITE_OPS = ("APPEND", "STORE Deleted+EXPUNGE")
+_APPENDED = ("From: bench@example.test\r\nTo: user@example.test\r\nSubject: append {n}\r\n"
+             "Date: Mon, 7 Dec 2026 21:00:00 +0000\r\nMessage-ID: <{n}@example.test>\r\n\r\n"
+             + "line of body text\r\n" * 40)
+_appended = iter(range(10**12))  # every APPEND a new blob, as a client's would be
 
 
 def _command(conn: imaplib.IMAP4, op: str, i: int) -> None:
@@ -44,6 +51,14 @@ def _command(conn: imaplib.IMAP4, op: str, i: int) -> None:
         typ, _ = conn.fetch("1:20", HEADERS)
     elif op == "FETCH body":
         typ, _ = conn.fetch(str(n), "(BODY.PEEK[])")
+    elif op == "APPEND":
+        typ, _ = conn.append("INBOX", None, None,
+                             _APPENDED.format(n=f"{time.time_ns()}.{next(_appended)}").encode())
+    elif op == "STORE Deleted+EXPUNGE":
+        # the last message (one APPEND added it); the STORE and the EXPUNGE count as one
+        typ, _ = conn.store("*", "+FLAGS.SILENT", "(\\Deleted)")
+        if typ == "OK":
+            typ, _ = conn.expunge()
     elif op == "STORE toggle":
         typ, _ = conn.store(str(n), "+FLAGS" if (i // 20) % 2 == 0 else "-FLAGS", "(\\Flagged)")
     else:
