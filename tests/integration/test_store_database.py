@@ -400,3 +400,49 @@ def test_run_core_then_prepared_statements_share_its_transaction(database_url, c
             assert first == again == last
     finally:
         db.stop()
+
+
+def test_run_core_then_driver_cursor_errors_are_sqlalchemys(database_url, clean_db):
+    # after BEGIN went, a Prepared runs on the driver's cursor (decision 0036): its errors
+    # keep SQLAlchemy's classes, and the transaction is rolled back
+    from sqlalchemy import exc
+
+    from postroom.store.prepared import Prepared
+
+    divide = Prepared("test_core_divide", "SELECT 1 / %(z)s")
+    db = Database(database_url, pool_size=1, reactor=CallingReactor())
+    db.start()
+    try:
+        def work(session):
+            session.execute(text("SELECT 1"))  # carries the BEGIN
+            return divide.execute(session.connection(), {"z": 0}).scalar_one()
+
+        result = wait(db.run_core_then(work, lambda r: None))
+        assert isinstance(result, Failure) and result.check(exc.DataError)
+        assert db.run_core_sync(lambda s: (s.execute(text("SELECT 1")),
+                                           divide.execute(s.connection(), {"z": 1}).one())[1]) \
+            == (1,)
+    finally:
+        db.stop()
+
+
+def test_run_core_then_retries_a_connection_killed_between_its_statements(database_url,
+                                                                          clean_db):
+    from postroom.store.prepared import Prepared
+
+    one = Prepared("test_core_one", "SELECT %(v)s::int")
+    db = Database(database_url, pool_size=1, reactor=CallingReactor())
+    db.start()
+    calls = []
+    try:
+        def work(session):
+            calls.append(1)
+            pid = _backend_pid(session)
+            if len(calls) == 1:
+                _terminate(database_url, pid)
+            return pid, one.execute(session.connection(), {"v": 7}).scalar_one()
+
+        (_pid, seven), _ = wait(db.run_core_then(work, lambda r: None))
+        assert seven == 7 and len(calls) == 2
+    finally:
+        db.stop()
