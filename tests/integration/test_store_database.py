@@ -446,3 +446,18 @@ def test_run_core_then_retries_a_connection_killed_between_its_statements(databa
         assert seven == 7 and len(calls) == 2
     finally:
         db.stop()
+
+
+def test_run_core_then_rolls_back_when_its_first_statement_fails(database_url, clean_db):
+    # "BEGIN; <statement>" in one message: the BEGIN ran, the statement failed, the
+    # transaction is aborted on the server while psycopg2 (autocommit) knows of none
+    db = Database(database_url, pool_size=1, reactor=CallingReactor())
+    db.start()
+    try:
+        failed = wait(db.run_core_then(lambda s: s.execute(text("SELECT 1/0")), lambda r: None))
+        assert isinstance(failed, Failure)
+        assert db.run_core_sync(lambda s: s.execute(text("SELECT 2")).scalar()) == 2
+        assert db.run_read_sync(lambda s: s.execute(
+            text("SELECT txid_current_if_assigned()")).scalar()) is None
+    finally:
+        db.stop()
