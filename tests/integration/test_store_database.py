@@ -344,3 +344,120 @@ def test_a_read_after_the_idle_ping_and_a_transaction_after_a_read(database_url,
     finally:
         db.stop()
 
+
+
+def test_run_core_then_leaves_no_transaction_open_after_an_error(database_url, clean_db):
+    # decision 0036: the core transaction is begun by hand (BEGIN in front of its first
+    # statement, psycopg2 in autocommit), so its ROLLBACK is sent by hand too; one pooled
+    # connection: the next caller gets that same connection, idle
+    from postroom.store.errors import NotFound
+
+    db = Database(database_url, pool_size=1, reactor=CallingReactor())
+    db.start()
+    db.run_sync(lambda s: s.execute(text("CREATE TABLE core_left_open (x int)")))
+    try:
+        def raises_in_python(session):
+            session.execute(text("INSERT INTO core_left_open VALUES (1)"))
+            raise NotFound("no such mailbox")
+
+        def raises_in_sql(session):
+            session.execute(text("INSERT INTO core_left_open VALUES (2)"))
+            session.execute(text("SELECT 1/0"))
+
+        for broken in (raises_in_python, raises_in_sql):
+            assert isinstance(wait(db.run_core_then(broken, lambda r: None)), Failure)
+            assert db.run_read_sync(lambda s: s.execute(
+                text("SELECT txid_current_if_assigned()")).scalar()) is None
+            assert db.run_read_sync(lambda s: s.execute(
+                text("SELECT count(*) FROM core_left_open")).scalar()) == 0
+        # the same connection still runs transactions and commits
+        wait(db.run_core_then(lambda s: s.execute(
+            text("INSERT INTO core_left_open VALUES (3)")) and None, lambda r: None))
+        assert db.run_sync(lambda s: s.execute(
+            text("SELECT array_agg(x) FROM core_left_open")).scalar()) == [3]
+    finally:
+        db.run_sync(lambda s: s.execute(text("DROP TABLE IF EXISTS core_left_open")))
+        db.stop()
+
+
+def test_run_core_then_prepared_statements_share_its_transaction(database_url, clean_db):
+    # a Prepared's PREPARE goes alone (not transactional); BEGIN rides on its EXECUTE;
+    # read_rows inside the transaction is execute, not a statement of its own
+    from postroom.store.prepared import Prepared
+
+    current = Prepared("test_core_txid", "SELECT txid_current() + %(z)s")
+    db = Database(database_url, pool_size=1, reactor=CallingReactor())
+    db.start()
+    try:
+        def work(session):
+            first = current.execute(session.connection(), {"z": 0}).scalar()
+            again = current.read_rows(session.connection(), {"z": 0})[0][0]
+            last = session.execute(text("SELECT txid_current_if_assigned()")).scalar()
+            return first, again, last
+
+        for _ in range(2):  # PREPAREd on the first run, EXECUTE only on the second
+            (first, again, last), _ = wait(db.run_core_then(work, lambda r: None))
+            assert first == again == last
+    finally:
+        db.stop()
+
+
+def test_run_core_then_driver_cursor_errors_are_sqlalchemys(database_url, clean_db):
+    # after BEGIN went, a Prepared runs on the driver's cursor (decision 0036): its errors
+    # keep SQLAlchemy's classes, and the transaction is rolled back
+    from sqlalchemy import exc
+
+    from postroom.store.prepared import Prepared
+
+    divide = Prepared("test_core_divide", "SELECT 1 / %(z)s")
+    db = Database(database_url, pool_size=1, reactor=CallingReactor())
+    db.start()
+    try:
+        def work(session):
+            session.execute(text("SELECT 1"))  # carries the BEGIN
+            return divide.execute(session.connection(), {"z": 0}).scalar_one()
+
+        result = wait(db.run_core_then(work, lambda r: None))
+        assert isinstance(result, Failure) and result.check(exc.DataError)
+        assert db.run_core_sync(lambda s: (s.execute(text("SELECT 1")),
+                                           divide.execute(s.connection(), {"z": 1}).one())[1]) \
+            == (1,)
+    finally:
+        db.stop()
+
+
+def test_run_core_then_retries_a_connection_killed_between_its_statements(database_url,
+                                                                          clean_db):
+    from postroom.store.prepared import Prepared
+
+    one = Prepared("test_core_one", "SELECT %(v)s::int")
+    db = Database(database_url, pool_size=1, reactor=CallingReactor())
+    db.start()
+    calls = []
+    try:
+        def work(session):
+            calls.append(1)
+            pid = _backend_pid(session)
+            if len(calls) == 1:
+                _terminate(database_url, pid)
+            return pid, one.execute(session.connection(), {"v": 7}).scalar_one()
+
+        (_pid, seven), _ = wait(db.run_core_then(work, lambda r: None))
+        assert seven == 7 and len(calls) == 2
+    finally:
+        db.stop()
+
+
+def test_run_core_then_rolls_back_when_its_first_statement_fails(database_url, clean_db):
+    # "BEGIN; <statement>" in one message: the BEGIN ran, the statement failed, the
+    # transaction is aborted on the server while psycopg2 (autocommit) knows of none
+    db = Database(database_url, pool_size=1, reactor=CallingReactor())
+    db.start()
+    try:
+        failed = wait(db.run_core_then(lambda s: s.execute(text("SELECT 1/0")), lambda r: None))
+        assert isinstance(failed, Failure)
+        assert db.run_core_sync(lambda s: s.execute(text("SELECT 2")).scalar()) == 2
+        assert db.run_read_sync(lambda s: s.execute(
+            text("SELECT txid_current_if_assigned()")).scalar()) is None
+    finally:
+        db.stop()

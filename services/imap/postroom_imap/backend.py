@@ -413,8 +413,9 @@ class UserStoreImpl:
             _, _, mailbox_id, modseq = stored[0][-1]
             return mailbox_id, "exists", modseq
 
+        # core: _append uses only execute and connection (no ORM Session per APPEND)
         d = self._db_publishing(_append, event, self.user_id, name, list(messages), max_size,
-                                self.accounts.database.fts_max_bytes, recent_for)
+                                self.accounts.database.fts_max_bytes, recent_for, core=True)
 
         def done(stored: tuple[list[tuple[int, int, int, int]], int | None]
                  ) -> tuple[int, list[int]]:

@@ -20,7 +20,8 @@ import time
 from collections.abc import Callable
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
-from psycopg2.extensions import STATUS_READY
+from psycopg2 import Error as DriverError
+from psycopg2.extensions import STATUS_READY, TRANSACTION_STATUS_IDLE
 from sqlalchemy import create_engine, event, exc, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import NoSuchModuleError
@@ -33,6 +34,7 @@ from postroom.config import ConfigError, normalise_database_url
 from postroom.interfaces import ReactorEvents, defer_to_pool, global_reactor
 from postroom.logs import get_logger
 from postroom.mime.fulltext import DEFAULT_MAX_BYTES
+from postroom.store.prepared import CORE_TX_KEY
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -97,6 +99,7 @@ class Database:
             # a connection older than this is replaced: survives server-side idle timeouts
             pool_recycle=1800)
         _ping_when_idle(self.engine, PING_AFTER_IDLE)
+        _begin_with_first_statement(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         self._threadpool = ThreadPool(minthreads=0, maxthreads=pool_size, name="db")
         self._reactor = reactor
@@ -189,9 +192,24 @@ class Database:
 
     def _attempt_core(self, fn: Callable[Concatenate[Session, P], T],
                       *args: P.args, **kwargs: P.kwargs) -> T:
-        # one transaction on a pooled Connection (BEGIN ... COMMIT), without an ORM Session
-        with self.engine.begin() as connection:
-            result = _before_commit(fn, cast(Session, _Reads(connection)), *args, **kwargs)
+        # one transaction on a pooled Connection (BEGIN ... COMMIT), without an ORM Session;
+        # psycopg2 in autocommit, BEGIN sent in the same message as the first statement
+        # (_begin_with_first_statement) and COMMIT by hand: one round trip fewer (decision 0036)
+        with self.engine.connect() as connection:
+            fairy = connection.connection
+            dbapi = fairy.dbapi_connection
+            assert dbapi is not None
+            if dbapi.status != STATUS_READY:
+                dbapi.rollback()  # a transaction some hook left open: never the case today
+            dbapi.autocommit = True
+            fairy.info[CORE_TX_KEY] = "begin"
+            try:
+                result = _before_commit(fn, cast(Session, _Reads(connection)), *args, **kwargs)
+                if fairy.info[CORE_TX_KEY] == "open":
+                    _commit(connection)
+            finally:
+                fairy.info.pop(CORE_TX_KEY, None)
+                _leave_autocommit(connection)
         _check_plain(result)
         return result
 
@@ -359,15 +377,62 @@ def _before_commit(fn: Callable[Concatenate[Session, P], T], session: Session,
         raise
 
 
+def _commit(connection: Connection) -> None:
+    """COMMIT a transaction that ``_attempt_core`` began by hand, on the driver's cursor (the
+    statement through SQLAlchemy costs more Python than the round trip); a driver error
+    becomes SQLAlchemy's, the connection invalidated when it is a disconnect, as
+    ``Connection.commit`` would do. Never retried: the COMMIT may have been applied."""
+    dbapi: Any = connection.connection.dbapi_connection
+    try:
+        cursor = dbapi.cursor()
+        try:
+            cursor.execute("COMMIT")
+        finally:
+            cursor.close()
+    except DriverError as error:
+        dialect = connection.dialect
+        lost = dialect.is_disconnect(error, dbapi, None)
+        if lost:
+            connection.invalidate(error)
+        raise exc.DBAPIError.instance("COMMIT", None, error, DriverError,
+                                      connection_invalidated=lost,
+                                      dialect=dialect) from error
+
+
+def _begin_with_first_statement(engine: Engine) -> None:
+    """Send ``_attempt_core``'s BEGIN in the message of its first statement (``BEGIN;`` in
+    front of it: PostgreSQL runs both, psycopg2 returns the statement's result), so a
+    transaction costs no round trip of its own. A PREPARE goes alone, before it: it is
+    not transactional."""
+
+    @event.listens_for(engine, "before_cursor_execute", retval=True)
+    def before(conn: Connection, cursor: Any, statement: str, parameters: Any,
+               context: Any, executemany: bool) -> tuple[str, Any]:
+        info = conn.connection.info
+        if info.get(CORE_TX_KEY) == "begin" and not statement.startswith("PREPARE "):
+            info[CORE_TX_KEY] = "open"
+            return "BEGIN; " + statement, parameters
+        return statement, parameters
+
+
 def _leave_autocommit(connection: Connection) -> None:
     """Back to psycopg2's transactions before ``connection`` returns to the pool (no round
-    trip: no transaction is open in autocommit). A connection that cannot be put back
-    (closed under us) is invalidated, so none goes back to the pool in autocommit."""
+    trip when no transaction is open: a ROLLBACK when ``_attempt_core``'s is, after an
+    error). A connection that cannot be put back (closed under us) is invalidated, so none
+    goes back to the pool in autocommit or inside a transaction."""
     if connection.invalidated:
         return
     dbapi = connection.connection.dbapi_connection
     if dbapi is not None:
         try:
+            if dbapi.info.transaction_status != TRANSACTION_STATUS_IDLE:
+                # psycopg2 does not know of a transaction begun in autocommit: its
+                # rollback() at checkin would send nothing
+                cursor = dbapi.cursor()
+                try:
+                    cursor.execute("ROLLBACK")
+                finally:
+                    cursor.close()
             dbapi.autocommit = False
             return
         except Exception as error:  # noqa: BLE001 - closed or broken: never reuse it

@@ -23,10 +23,15 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Connection
+from psycopg2 import Error as DriverError
+from sqlalchemy import Connection, exc
 
 _PARAM = re.compile(r"%\((\w+)\)s")
 _INFO_KEY = "postroom_prepared"
+# set on a pooled connection's info while Database.run_core_then's transaction runs on it
+# in psycopg2's autocommit, its BEGIN sent with the first statement (decision 0036): "begin"
+# until that statement goes, then "open"
+CORE_TX_KEY = "postroom_core_tx"
 
 
 class Prepared:
@@ -55,11 +60,44 @@ class Prepared:
         A CursorResult; typed Any because its rows are read by position, which the
         untyped ``CursorResult[Any]`` makes mypy refuse (``Tuple index out of range``).
         """
-        held: set[str] = connection.connection.info.setdefault(_INFO_KEY, set())
+        info = connection.connection.info
+        held: set[str] = info.setdefault(_INFO_KEY, set())
+        if info.get(CORE_TX_KEY) == "open":
+            return self._on_cursor(connection, params, held)
         if self.name not in held:
             connection.exec_driver_sql(self.prepare_sql)
             held.add(self.name)
         return connection.exec_driver_sql(self.execute_sql, dict(params))
+
+    def _on_cursor(self, connection: Connection, params: Mapping[str, Any],
+                   held: set[str]) -> Rows:
+        """``execute`` inside ``Database.run_core_then``'s transaction once its BEGIN went:
+        on the driver's cursor, without SQLAlchemy's execution context and result (decision
+        0036). A driver error is translated as SQLAlchemy would (its exception classes; a
+        disconnect invalidates the connection and says so, which the caller's retry reads);
+        the transaction is then rolled back by the caller, so no statement runs twice."""
+        dbapi_connection: Any = connection.connection.dbapi_connection
+        statement = self.prepare_sql
+        try:
+            cursor = dbapi_connection.cursor()
+            try:
+                if self.name not in held:
+                    cursor.execute(statement)
+                    held.add(self.name)
+                statement = self.execute_sql
+                cursor.execute(statement, params)
+                rows = cursor.fetchall() if cursor.description is not None else []
+                return Rows(rows, cursor.rowcount)
+            finally:
+                cursor.close()
+        except DriverError as error:
+            dialect = connection.dialect
+            lost = bool(dialect.is_disconnect(error, dbapi_connection, None))
+            if lost:
+                connection.invalidate(error)
+            raise exc.DBAPIError.instance(statement, dict(params), error, DriverError,
+                                          connection_invalidated=lost,
+                                          dialect=dialect) from error
 
     def read_rows(self, connection: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """The rows of an autocommit read as the driver's tuples, without SQLAlchemy's
@@ -76,7 +114,8 @@ class Prepared:
         """
         fairy = connection.connection
         dbapi_connection: Any = fairy.dbapi_connection
-        if dbapi_connection is None or not dbapi_connection.autocommit:
+        if (dbapi_connection is None or not dbapi_connection.autocommit
+                or CORE_TX_KEY in fairy.info):
             return [tuple(r) for r in self.execute(connection, params)]
         held: set[str] = fairy.info.setdefault(_INFO_KEY, set())
         try:
@@ -92,3 +131,39 @@ class Prepared:
         except Exception:  # noqa: BLE001 - any driver error: SQLAlchemy's path decides
             return [tuple(r) for r in self.execute(connection, params)]
         return rows
+
+
+class Rows:
+    """The rows of a statement run on the driver's cursor (tuples), with the part of
+    SQLAlchemy's result that the store's callers use."""
+
+    __slots__ = ("_rows", "rowcount")
+
+    def __init__(self, rows: list[tuple[Any, ...]], rowcount: int) -> None:
+        self._rows = rows
+        self.rowcount = rowcount
+
+    def __iter__(self) -> Any:
+        return iter(self._rows)
+
+    def all(self) -> list[tuple[Any, ...]]:
+        return self._rows
+
+    def first(self) -> tuple[Any, ...] | None:
+        return self._rows[0] if self._rows else None
+
+    def one(self) -> tuple[Any, ...]:
+        if not self._rows:
+            raise exc.NoResultFound("No row was found when one was required")
+        if len(self._rows) > 1:
+            raise exc.MultipleResultsFound("Multiple rows were found when exactly one was required")
+        return self._rows[0]
+
+    def scalar(self) -> Any:
+        return self._rows[0][0] if self._rows else None
+
+    def scalar_one(self) -> Any:
+        return self.one()[0]
+
+    def scalars(self) -> Any:
+        return iter([r[0] for r in self._rows])
