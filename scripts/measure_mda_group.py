@@ -136,7 +136,7 @@ def main() -> None:
             cpu1, pg1 = cpu.own_seconds(mda.pid), cpu.backend_seconds(admin, dbname, me)
         metrics = proctools.scrape_metrics(http)
         group_commits = proctools.metric_total(metrics, "postroom_delivery_commits_total")
-        grouped = proctools.metric_value(metrics, "postroom_delivery_commit_messages_sum")
+        grouped = proctools.metric_sum(metrics, "postroom_delivery_commit_messages_sum")
         peak_rss = _peak_rss_mb(mda.pid)
         mda.send_signal(signal.SIGTERM)
         mda.wait(30)

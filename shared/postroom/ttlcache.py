@@ -3,7 +3,8 @@
 Each entry lives for the TTL it was put with; once full, the least recently
 used goes first. It holds no lock of its own: the cache around it
 (:class:`postroom.auth.authcache.AuthCache`,
-:class:`postroom.mailauth.keycache.DkimKeyCache`) calls it under its own, so it
+:class:`postroom.mailauth.keycache.DkimKeyCache`,
+:class:`postroom_web.dmarc.sources.SourceNames`) calls it under its own, so it
 can check something else under that same lock (an invalidation ticket, a
 generation) before it inserts.
 """

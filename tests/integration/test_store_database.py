@@ -12,6 +12,7 @@ from postroom.store import domains
 from postroom.store.db import Database
 from postroom.store.errors import AlreadyExists
 from postroom.store.models import Domain
+from tests.support.db import terminate_backend
 
 
 class CallingReactor:
@@ -178,24 +179,12 @@ def _counting(fn, calls):
     return counted
 
 
-def _terminate(database_url, pid):
-    from sqlalchemy import create_engine
-
-    engine = create_engine(database_url, pool_size=1)
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-            conn.commit()
-    finally:
-        engine.dispose()
-
-
 def test_a_connection_killed_under_a_busy_pool_costs_a_retry_not_an_error(database_url, clean_db):
     db = Database(database_url, pool_size=1, reactor=CallingReactor())
     db.start()
     try:
         first = wait(db.run(_backend_pid))
-        _terminate(database_url, first)
+        terminate_backend(database_url, first)
         calls = []
         work = _counting(_backend_pid, calls)
         # straight away: the connection was idle for less than PING_AFTER_IDLE, so no ping;
@@ -216,7 +205,7 @@ def test_an_idle_connection_is_pinged_and_replaced_before_use(database_url, clea
     db.start()
     try:
         first = wait(db.run(_backend_pid))
-        _terminate(database_url, first)
+        terminate_backend(database_url, first)
         calls = []
         work = _counting(_backend_pid, calls)
         second = wait(db.run(work))
@@ -262,7 +251,7 @@ def test_run_read_retries_a_read_on_a_dead_connection(database_url, clean_db):
     db.start()
     try:
         first = wait(db.run_read(_backend_pid))
-        _terminate(database_url, first)
+        terminate_backend(database_url, first)
         calls = []
         second = wait(db.run_read(_counting(_backend_pid, calls)))
         assert isinstance(second, int) and second != first
@@ -309,7 +298,7 @@ def test_run_core_then_retries_on_a_dead_connection(database_url, clean_db):
     db.start()
     try:
         first, _ = wait(db.run_core_then(_backend_pid, lambda pid: None))
-        _terminate(database_url, first)
+        terminate_backend(database_url, first)
         calls = []
         second, _ = wait(db.run_core_then(_counting(_backend_pid, calls), lambda pid: None))
         assert isinstance(second, int) and second != first

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import pytest
-from sqlalchemy import create_engine, exc, text
+from sqlalchemy import exc
 
 from postroom.store.db import Database
 from postroom.store.prepared import Prepared
+from tests.support.db import terminate_backend
 
 _PROBE = Prepared("test_read_rows_probe", (
     "SELECT pg_backend_pid(), CAST(%(a)s AS text[]), decode('00ff', 'hex'), NULL::int, "
@@ -41,13 +42,7 @@ def test_read_rows_gives_the_rows_execute_gives(db):
 
 def test_read_rows_on_a_dead_connection_is_retried_like_execute(db, database_url):
     first = db.run_read_sync(_probe)[0][0]
-    engine = create_engine(database_url, pool_size=1)
-    try:
-        with engine.connect() as conn:
-            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": first})
-            conn.commit()
-    finally:
-        engine.dispose()
+    terminate_backend(database_url, first)
     calls: list[int] = []
     # the driver's error goes through execute, which invalidates the connection: the
     # Database runs the read once more on a new one

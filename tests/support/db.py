@@ -56,6 +56,18 @@ def drop_test_database(url: str) -> None:
         admin.dispose()
 
 
+def terminate_backend(url: str, pid: int) -> None:
+    """End the server process ``pid`` (a connection of the database at ``url``), as a crash
+    or an administrator would: its client finds out at its next statement."""
+    engine = create_engine(url, pool_size=1)
+    try:
+        with engine.connect() as conn:
+            conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            conn.commit()
+    finally:
+        engine.dispose()
+
+
 @pytest.fixture(scope="session")
 def database_url() -> Iterator[str]:
     """URL of a fresh database migrated to head, dropped at the end of the session."""

@@ -117,6 +117,22 @@ def test_a_foreign_value_under_the_key_is_a_miss(redis_client: redis.Redis,
     assert two.get("u@example.org", "secret") is None
 
 
+def test_store_runs_one_registered_script_per_client(redis_client: redis.Redis,
+                                                     redis_prefix: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """EVALSHA of a script registered once per client, not the script's text on every store."""
+    def no_eval(*args: object) -> None:
+        raise AssertionError("store sent the script's text")
+
+    monkeypatch.setattr(redis_client, "eval", no_eval)
+    key, mac = secrets.token_bytes(32), b"m" * 32
+    for name in ("a@example.org", "b@example.org"):
+        generation = loginshare.lookup(redis_client, redis_prefix, key, name, mac).generation
+        assert loginshare.store(redis_client, redis_prefix, key, name, mac, "x", 10, generation)
+        assert loginshare.lookup(redis_client, redis_prefix, key, name, mac).payload == "x"
+    assert loginshare._store_script(redis_client) is loginshare._store_script(redis_client)
+
+
 def test_an_entry_whose_account_info_was_changed_in_redis_is_a_miss(
         redis_client: redis.Redis, redis_prefix: str) -> None:
     # someone who may write to Redis must not turn their own login into another account's

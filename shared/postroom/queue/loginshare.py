@@ -42,9 +42,11 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import weakref
 from typing import NamedTuple
 
 import redis
+from redis.commands.core import Script
 
 # an entry is a MAC and a small payload; anything larger is not one of ours
 MAX_VALUE_BYTES = 4096
@@ -56,6 +58,17 @@ if now ~= ARGV[3] then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
 return 1
 """
+
+# the script registered once per client (EVALSHA, loaded again on NOSCRIPT), as the queue's
+_scripts: weakref.WeakKeyDictionary[redis.Redis, Script] = weakref.WeakKeyDictionary()
+
+
+def _store_script(client: redis.Redis) -> Script:
+    script = _scripts.get(client)
+    if script is None:
+        # two threads racing here register two equal scripts: the dictionary keeps one
+        script = _scripts.setdefault(client, client.register_script(_STORE))
+    return script
 
 
 class Found(NamedTuple):
@@ -99,9 +112,8 @@ def store(client: redis.Redis, prefix: str, group_key: bytes, account: str, mac:
     it was stored (raises redis errors)."""
     body = payload.encode("utf-8")
     value = _tag(group_key, account, mac, body) + b":" + body
-    return bool(client.eval(_STORE, 2, key(prefix, group_key, account),  # type: ignore[no-untyped-call]
-                            generation_key(prefix, group_key, account), value,
-                            max(1, int(ttl * 1000)), generation))
+    keys = [key(prefix, group_key, account), generation_key(prefix, group_key, account)]
+    return bool(_store_script(client)(keys, [value, max(1, int(ttl * 1000)), generation]))
 
 
 def lookup(client: redis.Redis, prefix: str, group_key: bytes, account: str,

@@ -20,7 +20,6 @@ from __future__ import annotations
 import ipaddress
 import threading
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from postroom.logs import get_logger
 from postroom.mailauth.dmarcdiscovery import psl_org_domain
 from postroom.metrics import Metrics
 from postroom.net.dns import DNSError, DNSTempError, NXDomain, Resolver
+from postroom.ttlcache import TTLCache
 
 log = get_logger("web-dmarc-sources")
 
@@ -146,7 +146,8 @@ class SourceNames:
         self.per_render = per_render
         self.budget = budget
         self.clock = clock
-        self._cache: OrderedDict[str, tuple[float, SourceName]] = OrderedDict()
+        # address -> what is known of it (postroom.ttlcache), under self._lock
+        self._cache: TTLCache[str, SourceName] = TTLCache(max_entries, clock)
         self._pending: set[str] = set()
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="web-ptr")
@@ -162,21 +163,11 @@ class SourceNames:
 
     def cached(self, ip: str) -> SourceName | None:
         with self._lock:
-            entry = self._cache.get(ip)
-            if entry is None:
-                return None
-            if entry[0] <= self.clock():
-                del self._cache[ip]
-                return None
-            self._cache.move_to_end(ip)
-            return entry[1]
+            return self._cache.get(ip)
 
     def _store(self, ip: str, name: SourceName, ttl: float) -> None:
         with self._lock:
-            self._cache[ip] = (self.clock() + ttl, name)
-            self._cache.move_to_end(ip)
-            while len(self._cache) > self.max_entries:
-                self._cache.popitem(last=False)
+            self._cache.put(ip, name, ttl)
 
     def _one(self, resolver: Resolver, ip: str) -> SourceName:
         try:
