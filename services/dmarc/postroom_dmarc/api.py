@@ -40,7 +40,7 @@ from prometheus_client import Counter
 from twisted.internet import defer
 from twisted.python.failure import Failure
 from twisted.python.threadpool import ThreadPool
-from twisted.web import resource, server
+from twisted.web import http, resource, server
 
 from postroom.interfaces import ReactorThreads, defer_to_pool, twisted_clock
 from postroom.internalauth import authorized
@@ -334,6 +334,23 @@ def _finish(request: server.Request, code: int, body: dict[str, Any]) -> None:
     request.finish()
 
 
+class _Channel(http.HTTPChannel):
+    """twisted.web's HTTP/1.1 connection, the local address read once per connection.
+
+    Every Request asks its channel for the local address (a getsockname system
+    call each time); an accepted socket's address does not change. The channel
+    is served as is, not inside twisted.web's generic wrapper, which only
+    switches to HTTP/2 when TLS negotiates it (ALPN): the API listens on plain TCP.
+    """
+
+    _host: Any = None
+
+    def getHost(self) -> Any:
+        if self._host is None:
+            self._host = self.transport.getHost()
+        return self._host
+
+
 class _Site(server.Site):
     # the exact paths of the API, found without walking the resource tree
     routes: dict[bytes, resource.Resource]
@@ -368,6 +385,7 @@ def build_site(check: CheckResource, max_body: int) -> server.Site:
 
     Request.max_body = max_body
     site = _Site(root)
+    site.protocol = _Channel
     site.routes = {b"/v1/check": check, b"/v1/check-raw": raw}
     site.requestFactory = Request
     site.displayTracebacks = False
