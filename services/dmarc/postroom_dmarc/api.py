@@ -347,11 +347,14 @@ class _Channel(http.HTTPChannel):
 
     def getHost(self) -> Any:
         if self._host is None:
-            self._host = self.transport.getHost()
+            transport: Any = self.transport  # zope interfaces are invisible to mypy
+            self._host = transport.getHost()
         return self._host
 
 
 class _Site(server.Site):
+    protocol = _Channel  # type: ignore[assignment]
+
     # the exact paths of the API, found without walking the resource tree
     routes: dict[bytes, resource.Resource]
 
@@ -385,7 +388,6 @@ def build_site(check: CheckResource, max_body: int) -> server.Site:
 
     Request.max_body = max_body
     site = _Site(root)
-    site.protocol = _Channel
     site.routes = {b"/v1/check": check, b"/v1/check-raw": raw}
     site.requestFactory = Request
     site.displayTracebacks = False
