@@ -85,3 +85,33 @@ def test_raw_and_json_bodies_give_the_same_request():
 def test_bad_raw_bodies_are_named(body, error):
     with pytest.raises(BadRequest, match=error):
         parse_raw_check(body)
+
+
+@pytest.mark.parametrize("path", [b"/v1/check", b"/v1/check-raw", b"/v1/check/", b"/v1/other",
+                                  b"/v1", b"/"])
+def test_site_finds_what_the_resource_tree_finds(path):
+    from twisted.web import resource
+    from twisted.web.test.requesthelper import DummyRequest
+
+    from postroom.net.dns import Resolver
+    from postroom_dmarc.api import CheckResource, build_site
+    from postroom_dmarc.verdict import Options
+
+    check = CheckResource(Resolver(), Options(authserv_id="mx.test"), None, None,  # type: ignore[arg-type]
+                          max_inflight=1, deadline=1.0)
+    site = build_site(check, 1024)
+
+    def request():
+        req = DummyRequest(path[1:].split(b"/"))
+        req.path = path
+        return req
+
+    fast, walked = request(), request()
+    found = site.getResourceFor(fast)
+    expected = resource.getChildForRequest(site.resource, walked)
+    assert type(found) is type(expected)
+    if isinstance(expected, resource.NoResource):
+        return
+    assert found is expected
+    assert (fast.prepath, fast.postpath) == (walked.prepath, walked.postpath)
+    assert fast.site is site and fast.sitepath == []
