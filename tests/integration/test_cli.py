@@ -6,25 +6,37 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 
 import dkim
 import pytest
 
+from tests.support.cli import run_as_process, run_in_process
 
-@pytest.fixture
-def cli(clean_db):
-    def run(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
+
+def _runner(run: Callable[..., subprocess.CompletedProcess[str]],
+            database_url: str) -> Callable[..., subprocess.CompletedProcess[str]]:
+    def cli(*args: str, stdin: str | None = None, env: dict[str, str] | None = None,
             ok: bool = True) -> subprocess.CompletedProcess[str]:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
-        environ["POSTROOM_DATABASE_URL"] = clean_db
-        environ.update(env or {})
-        result = subprocess.run([sys.executable, "-m", "postroom.ops.cli", *args], input=stdin,
-                                capture_output=True, text=True, env=environ, timeout=120)
+        result = run(*args, stdin=stdin, env={"POSTROOM_DATABASE_URL": database_url, **(env or {})})
         if ok:
             assert result.returncode == 0, result.stderr
         return result
 
-    return run
+    return cli
+
+
+@pytest.fixture
+def cli(clean_db):
+    """`postroom ...` through the CLI's entry point in this process (a process start costs a
+    second or more, and most tests here run many commands); its CompletedProcess."""
+    return _runner(run_in_process, clean_db)
+
+
+@pytest.fixture
+def cli_process(clean_db):
+    """`postroom ...` as a real process: for tests whose subject is the process (stdin pipe)."""
+    return _runner(run_as_process, clean_db)
 
 
 def _one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -59,12 +71,13 @@ def test_domain_user_and_alias_round_trip(cli):
     assert json.loads(cli("domain", "list", "--json").stdout) == []
 
 
-def test_the_password_comes_from_stdin_and_is_stored_hashed(cli, clean_db):
+def test_the_password_comes_from_stdin_and_is_stored_hashed(cli_process, clean_db):
     from sqlalchemy import create_engine, text
 
-    cli("domain", "add", "example.org")
-    cli("user", "add", "bob@example.org", stdin="s3cret-pass-for-bob\n")
-    cli("user", "passwd", "bob@example.org", stdin="n3w-pass-for-bob\n")
+    # real processes reading a real pipe: the round trip through `python -m postroom.ops.cli`
+    cli_process("domain", "add", "example.org")
+    cli_process("user", "add", "bob@example.org", stdin="s3cret-pass-for-bob\n")
+    cli_process("user", "passwd", "bob@example.org", stdin="n3w-pass-for-bob\n")
     engine = create_engine(clean_db)
     with engine.connect() as conn:
         stored = conn.execute(text("SELECT password_hash FROM users")).scalar_one()

@@ -1,14 +1,13 @@
-"""`postroom app-password` and `postroom user totp`, run as the real CLI against PostgreSQL and
-Redis: the secret is printed once, lists never show it, revoking tells the running services."""
+"""`postroom app-password` and `postroom user totp`, through the CLI's entry point against
+PostgreSQL and Redis: the secret is printed once, lists never show it, revoking tells the running
+services."""
 
 from __future__ import annotations
 
 import json
-import os
 import re
 import secrets
 import subprocess
-import sys
 import threading
 import time
 
@@ -19,6 +18,7 @@ from postroom.queue import authevents
 from postroom.queue.streams import connect
 from postroom.store import apppasswords, domains, totp, users
 from postroom.store.db import Database
+from tests.support.cli import run_in_process
 
 ADDRESS = "carol@example.test"
 
@@ -42,11 +42,10 @@ def prefix():
 @pytest.fixture
 def cli(clean_db, redis_url, prefix):
     def run(*args: str, ok: bool = True) -> subprocess.CompletedProcess[str]:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
-        environ.update(POSTROOM_DATABASE_URL=clean_db, POSTROOM_REDIS_URL=redis_url,
-                       POSTROOM_REDIS_PREFIX=prefix)
-        result = subprocess.run([sys.executable, "-m", "postroom.ops.cli", *args],
-                                capture_output=True, text=True, env=environ, timeout=120)
+        # in this process (tests/support/cli.py): a process start costs a second or more
+        result = run_in_process(*args, env={"POSTROOM_DATABASE_URL": clean_db,
+                                            "POSTROOM_REDIS_URL": redis_url,
+                                            "POSTROOM_REDIS_PREFIX": prefix})
         if ok:
             assert result.returncode == 0, result.stderr
         return result

@@ -1,19 +1,19 @@
-"""`postroom token` and the console-access parts of `postroom user`, run as the real CLI."""
+"""`postroom token` and the console-access parts of `postroom user`, through the CLI's entry
+point (in this process)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import subprocess
-import sys
 
 import pytest
 from sqlalchemy import create_engine, text
 
 from postroom.store import webaccess
 from postroom.store.db import Database
+from tests.support.cli import run_in_process
 
 PASSWORD = "correct horse battery\n"
 
@@ -22,10 +22,8 @@ PASSWORD = "correct horse battery\n"
 def cli(clean_db):
     def run(*args: str, stdin: str | None = None,
             ok: bool = True) -> subprocess.CompletedProcess[str]:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
-        environ["POSTROOM_DATABASE_URL"] = clean_db
-        result = subprocess.run([sys.executable, "-m", "postroom.ops.cli", *args], input=stdin,
-                                capture_output=True, text=True, env=environ, timeout=120)
+        # in this process (tests/support/cli.py): a process start costs a second or more
+        result = run_in_process(*args, stdin=stdin, env={"POSTROOM_DATABASE_URL": clean_db})
         if ok:
             assert result.returncode == 0, result.stderr
         return result

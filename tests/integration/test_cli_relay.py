@@ -3,22 +3,19 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 
 import pytest
+
+from tests.support.cli import run_in_process
 
 
 @pytest.fixture
 def cli(clean_db):
     def run(*args: str, env: dict[str, str] | None = None,
             ok: bool = True) -> subprocess.CompletedProcess[str]:
-        environ = {k: v for k, v in os.environ.items() if not k.startswith("POSTROOM_")}
-        environ["POSTROOM_DATABASE_URL"] = clean_db
-        environ.update(env or {})
-        result = subprocess.run([sys.executable, "-m", "postroom.ops.cli", *args],
-                                capture_output=True, text=True, env=environ, timeout=120)
+        # in this process (tests/support/cli.py): a process start costs a second or more
+        result = run_in_process(*args, env={"POSTROOM_DATABASE_URL": clean_db, **(env or {})})
         if ok:
             assert result.returncode == 0, result.stderr
         return result
