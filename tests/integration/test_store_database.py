@@ -428,7 +428,7 @@ def test_run_core_then_retries_a_connection_killed_between_its_statements(databa
             calls.append(1)
             pid = _backend_pid(session)
             if len(calls) == 1:
-                _terminate(database_url, pid)
+                terminate_backend(database_url, pid)
             return pid, one.execute(session.connection(), {"v": 7}).scalar_one()
 
         (_pid, seven), _ = wait(db.run_core_then(work, lambda r: None))
