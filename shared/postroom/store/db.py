@@ -34,7 +34,7 @@ from postroom.config import ConfigError, normalise_database_url
 from postroom.interfaces import ReactorEvents, defer_to_pool, global_reactor
 from postroom.logs import get_logger
 from postroom.mime.fulltext import DEFAULT_MAX_BYTES
-from postroom.store.prepared import CORE_TX_KEY
+from postroom.store.prepared import CORE_TX_KEY, driver_error
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -177,11 +177,7 @@ class Database:
             # isolation_level="AUTOCOMMIT" does the same at checkout but, at checkin, resets
             # the level with a `SET default_transaction_isolation TO DEFAULT` round trip,
             # one more than the read itself (issue 23: seen on the wire, bench/imap_wire.py)
-            dbapi = connection.connection.dbapi_connection
-            assert dbapi is not None
-            if dbapi.status != STATUS_READY:
-                dbapi.rollback()  # a transaction some hook left open: never the case today
-            dbapi.autocommit = True
+            _enter_autocommit(connection)
             try:
                 # no ORM Session: the reads use its execute() and connection() only
                 result = _before_commit(fn, cast(Session, _Reads(connection)), *args, **kwargs)
@@ -197,11 +193,7 @@ class Database:
         # (_begin_with_first_statement) and COMMIT by hand: one round trip fewer (decision 0036)
         with self.engine.connect() as connection:
             fairy = connection.connection
-            dbapi = fairy.dbapi_connection
-            assert dbapi is not None
-            if dbapi.status != STATUS_READY:
-                dbapi.rollback()  # a transaction some hook left open: never the case today
-            dbapi.autocommit = True
+            _enter_autocommit(connection)
             fairy.info[CORE_TX_KEY] = "begin"
             try:
                 result = _before_commit(fn, cast(Session, _Reads(connection)), *args, **kwargs)
@@ -384,19 +376,9 @@ def _commit(connection: Connection) -> None:
     ``Connection.commit`` would do. Never retried: the COMMIT may have been applied."""
     dbapi: Any = connection.connection.dbapi_connection
     try:
-        cursor = dbapi.cursor()
-        try:
-            cursor.execute("COMMIT")
-        finally:
-            cursor.close()
+        _send(dbapi, "COMMIT")
     except DriverError as error:
-        dialect = connection.dialect
-        lost = dialect.is_disconnect(error, dbapi, None)
-        if lost:
-            connection.invalidate(error)
-        raise exc.DBAPIError.instance("COMMIT", None, error, DriverError,
-                                      connection_invalidated=lost,
-                                      dialect=dialect) from error
+        raise driver_error(connection, "COMMIT", None, error) from error
 
 
 def _begin_with_first_statement(engine: Engine) -> None:
@@ -415,6 +397,27 @@ def _begin_with_first_statement(engine: Engine) -> None:
         return statement, parameters
 
 
+def _enter_autocommit(connection: Connection) -> None:
+    """psycopg2's autocommit flag on ``connection``'s driver connection (set on the client,
+    nothing sent), as :meth:`Database._attempt_autocommit` and ``_attempt_core`` start;
+    :func:`_leave_autocommit` clears it."""
+    dbapi = connection.connection.dbapi_connection
+    assert dbapi is not None
+    if dbapi.status != STATUS_READY:
+        dbapi.rollback()  # a transaction some hook left open: never the case today
+    dbapi.autocommit = True
+
+
+def _send(dbapi: Any, statement: str) -> None:
+    """One statement without parameters on the driver's own cursor (no SQLAlchemy around
+    it): the hand-made COMMIT and ROLLBACK, and the idle ping."""
+    cursor = dbapi.cursor()
+    try:
+        cursor.execute(statement)
+    finally:
+        cursor.close()
+
+
 def _leave_autocommit(connection: Connection) -> None:
     """Back to psycopg2's transactions before ``connection`` returns to the pool (no round
     trip when no transaction is open: a ROLLBACK when ``_attempt_core``'s is, after an
@@ -428,11 +431,7 @@ def _leave_autocommit(connection: Connection) -> None:
             if dbapi.info.transaction_status != TRANSACTION_STATUS_IDLE:
                 # psycopg2 does not know of a transaction begun in autocommit: its
                 # rollback() at checkin would send nothing
-                cursor = dbapi.cursor()
-                try:
-                    cursor.execute("ROLLBACK")
-                finally:
-                    cursor.close()
+                _send(dbapi, "ROLLBACK")
             dbapi.autocommit = False
             return
         except Exception as error:  # noqa: BLE001 - closed or broken: never reuse it
@@ -456,11 +455,9 @@ def _ping_when_idle(engine: Engine, idle: float) -> None:
             # in autocommit (set and cleared on the client), so the ping leaves no
             # transaction open for the caller: run_read's autocommit could not be set then
             dbapi_connection.autocommit = True
-            cursor = dbapi_connection.cursor()
             try:
-                cursor.execute("SELECT 1")
+                _send(dbapi_connection, "SELECT 1")
             finally:
-                cursor.close()
                 dbapi_connection.autocommit = False
         except Exception as error:
             # the pool discards this connection and checks out (or opens) another

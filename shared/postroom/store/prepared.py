@@ -91,13 +91,7 @@ class Prepared:
             finally:
                 cursor.close()
         except DriverError as error:
-            dialect = connection.dialect
-            lost = bool(dialect.is_disconnect(error, dbapi_connection, None))
-            if lost:
-                connection.invalidate(error)
-            raise exc.DBAPIError.instance(statement, dict(params), error, DriverError,
-                                          connection_invalidated=lost,
-                                          dialect=dialect) from error
+            raise driver_error(connection, statement, dict(params), error) from error
 
     def read_rows(self, connection: Connection, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         """The rows of an autocommit read as the driver's tuples, without SQLAlchemy's
@@ -131,6 +125,20 @@ class Prepared:
         except Exception:  # noqa: BLE001 - any driver error: SQLAlchemy's path decides
             return [tuple(r) for r in self.execute(connection, params)]
         return rows
+
+
+def driver_error(connection: Connection, statement: str, params: dict[str, Any] | None,
+                 error: DriverError) -> exc.StatementError:
+    """A psycopg2 error from a statement sent on the driver's cursor, as SQLAlchemy would
+    raise it (its exception classes); a disconnect invalidates ``connection`` and says so,
+    which ``Database``'s retry reads (decision 0036)."""
+    dbapi_connection: Any = connection.connection.dbapi_connection
+    dialect = connection.dialect
+    lost = bool(dialect.is_disconnect(error, dbapi_connection, None))
+    if lost:
+        connection.invalidate(error)
+    return exc.DBAPIError.instance(statement, params, error, DriverError,
+                                   connection_invalidated=lost, dialect=dialect)
 
 
 class Rows:
