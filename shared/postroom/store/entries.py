@@ -414,18 +414,23 @@ class _Loaded:
 
 
 class SelectCache:
-    """Per-process SELECT data of big mailboxes, valid while the mailbox row is unchanged.
+    """Per-process SELECT data of mailboxes, valid while the mailbox row is unchanged.
 
     Every writer of a mailbox's entries or flags (IMAP, the MDA, POP3, the
     importer) advances the row's HIGHESTMODSEQ in the same transaction, so
     (id, uidvalidity, uidnext, highestmodseq) equal to what was cached means
     the entries are exactly those cached, whichever process changed them.
-    Only mailboxes of at least ``min_messages`` are kept: for small ones the
-    one-statement load costs less than the extra round trip of validating.
-    Bounded by the UIDs held (4 bytes each), least recently used first out.
+    Mailboxes of every size are kept (decision 0038): the check and the load
+    are one statement (:data:`_SELECT`), so a cached entry never costs a round
+    trip, and an unchanged mailbox of 50 messages skips the aggregate as one of
+    100,000 does. Bounded by the UIDs held (4 bytes each) plus ``ENTRY_COST``
+    for each entry's own objects, least recently used first out.
     """
 
-    def __init__(self, max_uids: int = 4_000_000, min_messages: int = 2_000) -> None:
+    # an entry's key, _Loaded, tuples and array header: about 500 bytes, counted as UIDs
+    ENTRY_COST = 128
+
+    def __init__(self, max_uids: int = 4_000_000, min_messages: int = 0) -> None:
         self.max_uids = max_uids
         self.min_messages = min_messages
         self._entries: OrderedDict[tuple[int, str], _Loaded] = OrderedDict()
@@ -443,33 +448,35 @@ class SelectCache:
         with self._lock:
             old = self._entries.pop((user_id, name), None)
             if old is not None:
-                self._held -= len(old.uids)
-            if len(loaded.uids) < self.min_messages or len(loaded.uids) > self.max_uids:
+                self._held -= len(old.uids) + self.ENTRY_COST
+            cost = len(loaded.uids) + self.ENTRY_COST
+            if len(loaded.uids) < self.min_messages or cost > self.max_uids:
                 return
             self._entries[(user_id, name)] = loaded
-            self._held += len(loaded.uids)
+            self._held += cost
             while self._held > self.max_uids:
                 _, dropped = self._entries.popitem(last=False)
-                self._held -= len(dropped.uids)
+                self._held -= len(dropped.uids) + self.ENTRY_COST
 
 
 SELECT_CACHE = SelectCache()
 
-_SELECT_AGGREGATE = (
-    "SELECT b.id, b.uidvalidity, b.uidnext, b.highestmodseq, a.packed, a.unseen, a.has_keywords, "
-    "b.keywords, b.recent_uid "
+# One statement whether or not the process has the mailbox cached: the mailbox row, and the
+# aggregate over its entries only when the row differs from the cached key (%(cm)s ...; 0 when
+# nothing is cached, as no mailbox has id 0). The condition refers to the outer row only, so
+# PostgreSQL makes it a One-Time Filter above the entries' scan: an unchanged mailbox reads
+# its row and no entry, whatever its size. Unchanged, the aggregate's columns come back NULL
+# (as for an empty mailbox): the caller tells the two apart by the key it gets.
+_SELECT = Prepared("imap_select", (
+    "SELECT b.id, b.uidvalidity, b.uidnext, b.highestmodseq, a.packed, a.unseen, "
+    "a.has_keywords, b.keywords, b.recent_uid "
     "FROM mailboxes b CROSS JOIN LATERAL ("
     "SELECT array_send(array_agg(uid ORDER BY uid)) AS packed, "
     "min(uid) FILTER (WHERE NOT ('\\Seen' = ANY(flags))) AS unseen, "
     "coalesce(bool_or(NOT (flags <@ CAST(%(sys)s AS text[]))), false) AS has_keywords "
-    "FROM mailbox_entries WHERE mailbox_id = b.id) a ")
-_LOAD_BY_NAME = Prepared("imap_load_by_name",
-                         _SELECT_AGGREGATE + "WHERE b.user_id = %(u)s AND b.name = %(n)s")
-_LOAD_BY_ID = Prepared("imap_load_by_id", _SELECT_AGGREGATE + "WHERE b.id = %(m)s")
-# the cached entry's validity check, with the recent mark (which moves without a modseq bump)
-_ROW_BY_NAME = Prepared("imap_row_by_name",
-                        "SELECT id, uidvalidity, uidnext, highestmodseq, recent_uid FROM mailboxes "
-                        "WHERE user_id = %(u)s AND name = %(n)s")
+    "FROM mailbox_entries WHERE mailbox_id = b.id AND NOT (b.id = %(cm)s AND "
+    "b.uidvalidity = %(cv)s AND b.uidnext = %(cn)s AND b.highestmodseq = %(ch)s)) a "
+    "WHERE b.user_id = %(u)s AND b.name = %(n)s"))
 _KEYWORDS = Prepared("imap_keywords", (
     "SELECT DISTINCT f FROM (SELECT unnest(flags) AS f FROM mailbox_entries "
     "WHERE mailbox_id = %(m)s AND NOT (flags <@ CAST(%(sys)s AS text[]))) k "
@@ -480,25 +487,7 @@ _KEYWORDS = Prepared("imap_keywords", (
 _SYSTEM_LIST = list(SYSTEM)
 
 
-def _load(s: Session, statement: Prepared, params: dict[str, Any]) -> tuple[_Loaded, int]:
-    """UIDs, first unseen and keywords, and the recent mark; the mailbox row comes from the
-    same snapshot."""
-    connection = s.connection()
-    params["sys"] = _SYSTEM_LIST
-    found = statement.read_rows(connection, params)
-    if not found:
-        raise NotFound("no such mailbox")
-    row = found[0]
-    mailbox_id = int(row[0])
-    # the mailbox's keyword list, and any keyword a writer that does not keep it (the MDA's
-    # sieve flags, an older release) left on a message: a second pass only when some has one
-    keywords: set[str] = {str(k) for k in row[7] or ()}
-    if row[6]:
-        keywords.update(str(r[0]) for r in _KEYWORDS.read_rows(
-            connection, {"m": mailbox_id, "sys": _SYSTEM_LIST}))
-    return _Loaded((mailbox_id, int(row[1]), int(row[2]), int(row[3])), _uid_array(row[4]),
-                   int(row[5]) if row[5] is not None else None,
-                   tuple(sorted(keywords))), int(row[8])
+_NOT_CACHED = (0, 0, 0, 0)
 
 
 def select(s: Session, user_id: int, name: str, cache: SelectCache | None = None,
@@ -510,37 +499,43 @@ def select(s: Session, user_id: int, name: str, cache: SelectCache | None = None
     transaction (:func:`take_recent`); without it (EXAMINE) they are only
     reported. ``recent_from`` says where they start.
 
-    Without a cached entry, one statement loads everything (the recent mark
-    included); with one, a cheap read of the mailbox row decides whether it
-    still holds, and only a changed mailbox is loaded again. Each session gets
-    its own copy of the UID array (sessions change theirs as they announce
-    EXISTS and EXPUNGE). The recent mark is taken (:func:`take_recent_uids`,
-    one more statement) only when that read shows UIDs below UIDNEXT that no
-    session took: the mark only moves forward, so a mark at or past UIDNEXT
-    in any snapshot is past every UID of this view, and SELECT stays one
-    statement. No lock is held across statements, so SELECT may run without
-    a transaction (``Database.run_read``).
+    One statement (:data:`_SELECT`) reads the mailbox row and, only when the
+    row is not the cached entry's, its UIDs, first unseen and keywords, all of
+    one snapshot: an unchanged mailbox costs a read of its row. Each session
+    gets its own copy of the UID array (sessions change theirs as they
+    announce EXISTS and EXPUNGE). The recent mark is taken
+    (:func:`take_recent_uids`, one more statement) only when the row shows
+    UIDs below UIDNEXT that no session took: the mark only moves forward, so
+    a mark at or past UIDNEXT in any snapshot is past every UID of this view,
+    and SELECT stays one statement. No lock is held across statements, so
+    SELECT may run without a transaction (``Database.run_read``).
     """
     name = _norm(name)
     cache = SELECT_CACHE if cache is None else cache
     cached = cache.get(user_id, name)
-    loaded = None
-    if cached is not None:
-        boxes = _ROW_BY_NAME.read_rows(s.connection(), {"u": user_id, "n": name})
-        if not boxes:
-            raise NotFound("no such mailbox")
-        box = boxes[0]
-        key = (int(box[0]), int(box[1]), int(box[2]), int(box[3]))
-        mark = int(box[4])
-        if key == cached.key:
-            loaded = cached
-        else:
-            loaded, mark = _load(s, _LOAD_BY_ID, {"m": key[0]})
+    cm, cv, cn, ch = cached.key if cached is not None else _NOT_CACHED
+    connection = s.connection()
+    found = _SELECT.read_rows(connection, {"u": user_id, "n": name, "sys": _SYSTEM_LIST,
+                                           "cm": cm, "cv": cv, "cn": cn, "ch": ch})
+    if not found:
+        raise NotFound("no such mailbox")
+    row = found[0]
+    key = (int(row[0]), int(row[1]), int(row[2]), int(row[3]))
+    mark = int(row[8])
+    if cached is not None and key == cached.key:
+        loaded = cached
     else:
-        loaded, mark = _load(s, _LOAD_BY_NAME, {"u": user_id, "n": name})
-    if loaded is not cached:
+        # the mailbox's keyword list, and any keyword a writer that does not keep it (the
+        # MDA's sieve flags, an older release) left on a message: a second pass only when
+        # some message has one
+        keywords: set[str] = {str(k) for k in row[7] or ()}
+        if row[6]:
+            keywords.update(str(r[0]) for r in _KEYWORDS.read_rows(
+                connection, {"m": key[0], "sys": _SYSTEM_LIST}))
+        loaded = _Loaded(key, _uid_array(row[4]), int(row[5]) if row[5] is not None else None,
+                         tuple(sorted(keywords)))
         cache.put(user_id, name, loaded)
-    mailbox_id, uidvalidity, uidnext, highestmodseq = loaded.key
+    mailbox_id, uidvalidity, uidnext, highestmodseq = key
     recent_from = mark
     if take_recent and mark < uidnext:
         recent_from = take_recent_uids(s, mailbox_id, uidnext, seen=mark)
