@@ -133,6 +133,9 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--base", help="commit of the other side (A/B)")
     parser.add_argument("--ops", default=",".join(OPS))
+    parser.add_argument("--seeded", type=int, default=SEEDED,
+                        help="messages in each INBOX (the curves' 1k/10k/100k points: SELECT "
+                             "of a bigger mailbox)")
     parser.add_argument("--profile", type=int, default=0,
                         help="instead of the A/B: py-spy --gil of the new side, this many "
                              "commands per client of each op, top frames printed")
@@ -143,7 +146,7 @@ def main() -> int:
     sides = ["new"] + (["base"] if args.base else [])
     per_side = args.clients
     with proctools.imap_ab(per_side * len(sides) + 1, replicas=1, base=args.base,
-                           seeded=SEEDED) as ab:
+                           seeded=args.seeded) as ab:
         suite, users, ports, roots = ab.suite, ab.users, ab.ports, ab.roots
         conns = {side: [_connect(ports[side], u)
                         for u in users[1 + i * per_side:1 + (i + 1) * per_side]]

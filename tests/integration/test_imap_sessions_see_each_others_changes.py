@@ -19,7 +19,8 @@ from tests.integration.test_imap_service import MESSAGE, Account, Server, imaps
 # the service, domain and account fixtures of the main imap tests, reused by name
 certs, server, domain, account = base.certs, base.server, base.domain, base.account
 
-# above the SELECT cache's minimum (2,000), so the second SELECT is served from it
+# a big mailbox (the SELECT cache keeps every size since decision 0038): the second SELECT
+# is served from it
 BIG = 3_000
 
 
