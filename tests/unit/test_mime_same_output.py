@@ -195,8 +195,10 @@ SINGLE = [b"Subject: s\r\n", b"From: a <b@c>\r\n", b"X-Odd-Name!#~: v\r\n", b" f
           b"Content-Type: text/html; charset=utf-8; name=\"a.html\"\r\n",
           b"Content-Type: multipart/mixed; boundary=b\r\n", b"Content-Type: message/rfc822\r\n",
           b"Content-Type: TEXT/PLAIN\r\n", b"Content-Type: bogus\r\n",
-          b"Content-Transfer-Encoding: base64\r\n", b"Content-Transfer-Encoding: Quoted-Printable\r\n",
-          b"Content-Transfer-Encoding: quoted-printable \r\n", b"Content-Transfer-Encoding: x-uue\r\n",
+          b"Content-Transfer-Encoding: base64\r\n",
+          b"Content-Transfer-Encoding: Quoted-Printable\r\n",
+          b"Content-Transfer-Encoding: quoted-printable \r\n",
+          b"Content-Transfer-Encoding: x-uue\r\n",
           b"Content-Disposition: attachment; filename=\"r.txt\"\r\n", b"w6nDqQ==\r\n",
           b"=C3=A9=\r\n", b"caf\xc3\xa9", b"\xff", b"\x00", b"\x0b\x0c\x1c\x85", b"x", b" ", b"\t",
           b"Subject: =?utf-8?q?caf=C3=A9?=\r\n", b"--b\r\n"]
@@ -213,7 +215,7 @@ def _same_message(data: bytes) -> None:
     if fast is None:
         return
     slow = email.message_from_bytes(data, policy=email.policy.compat32)
-    assert fast._headers == slow._headers  # type: ignore[attr-defined]
+    assert fast._headers == slow._headers
     assert fast.get_payload() == slow.get_payload()
     assert fast.get_unixfrom() == slow.get_unixfrom()
     assert not slow.is_multipart()
