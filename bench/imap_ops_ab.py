@@ -36,10 +36,35 @@ from workloads.imap_mix import HEADERS
 OPS = ("SELECT", "FETCH headers", "FETCH body", "STORE toggle", "STORE Seen (no change)")
 # not in the default set: APPEND grows the mailbox, "STORE Deleted+EXPUNGE" shrinks it by one
 # message per command (run them as a pair, APPEND first, so the INBOX keeps its size)
-WRITE_OPS = ("APPEND", "STORE Deleted+EXPUNGE")
+WRITE_OPS = ("APPEND", "APPEND 3k", "STORE Deleted+EXPUNGE")
 _APPENDED = ("From: bench@example.test\r\nTo: user@example.test\r\nSubject: append {n}\r\n"
              "Date: Mon, 7 Dec 2026 21:00:00 +0000\r\nMessage-ID: <{n}@example.test>\r\n\r\n"
              + "line of body text\r\n" * 40)
+# "APPEND 3k": a 3 KiB single-part text message with the header fields a client's sent mail
+# carries (Received, DKIM-Signature, MIME-Version, Content-Type with a charset, QP body)
+_APPENDED_3K = (
+    "Return-Path: <alice@example.test>\r\n"
+    "Received: from mua.example.test (mua.example.test [192.0.2.10])\r\n"
+    "\tby mx.example.test (Postroom) with ESMTPSA id 4Q2b7X1zK9z9sT\r\n"
+    "\tfor <user@example.test>; Mon, 7 Dec 2026 21:00:00 +0000\r\n"
+    "DKIM-Signature: v=1; a=rsa-sha256; c=relaxed/relaxed; d=example.test; s=mail;\r\n"
+    "\tt=1796677200; bh=2jUSOH9NhtVGCQWNr9BrIAPreKQjO6Sn7XIkfJVOzv8=;\r\n"
+    "\th=From:To:Subject:Date:Message-ID;\r\n"
+    "\tb=" + "QmVuY2ggc2lnbmF0dXJlIGJ5dGVz" * 12 + "\r\n"
+    "From: Alice Example <alice@example.test>\r\n"
+    "To: User <user@example.test>, Bob <bob@example.test>\r\n"
+    "Cc: team@example.test\r\n"
+    "Subject: Re: the quarterly figures, append {n}\r\n"
+    "Date: Mon, 7 Dec 2026 21:00:00 +0000\r\n"
+    "Message-ID: <{n}@example.test>\r\n"
+    "In-Reply-To: <prev.{n}@example.test>\r\n"
+    "References: <first@example.test> <prev.{n}@example.test>\r\n"
+    "MIME-Version: 1.0\r\n"
+    "Content-Type: text/plain; charset=utf-8; format=flowed\r\n"
+    "Content-Transfer-Encoding: quoted-printable\r\n"
+    "User-Agent: Bench/1.0\r\n\r\n"
+    + "Here are the figures we talked about on Monday, with the caf=C3=A9 notes =\r\n"
+      "and the plan for next week.\r\n\r\n" * 22)
 _appended = iter(range(10**12))  # every APPEND a new blob, as a client's would be
 
 
@@ -51,9 +76,10 @@ def _command(conn: imaplib.IMAP4, op: str, i: int) -> None:
         typ, _ = conn.fetch("1:20", HEADERS)
     elif op == "FETCH body":
         typ, _ = conn.fetch(str(n), "(BODY.PEEK[])")
-    elif op == "APPEND":
+    elif op in ("APPEND", "APPEND 3k"):
+        text = _APPENDED if op == "APPEND" else _APPENDED_3K
         typ, _ = conn.append("INBOX", None, None,
-                             _APPENDED.format(n=f"{time.time_ns()}.{next(_appended)}").encode())
+                             text.format(n=f"{time.time_ns()}.{next(_appended)}").encode())
     elif op == "STORE Deleted+EXPUNGE":
         # the last message (one APPEND added it); the STORE and the EXPUNGE count as one
         typ, _ = conn.store("*", "+FLAGS.SILENT", "(\\Deleted)")

@@ -450,3 +450,37 @@ def test_run_core_then_rolls_back_when_its_first_statement_fails(database_url, c
             text("SELECT txid_current_if_assigned()")).scalar()) is None
     finally:
         db.stop()
+
+
+def test_run_core_then_first_statement_a_prepared_one_on_the_driver_cursor(database_url,
+                                                                          clean_db):
+    # issue 23, round 5: a Prepared that is the transaction's first statement sends its
+    # BEGIN in front on the driver's cursor too: one transaction, SQLAlchemy's error
+    # classes, a rollback after a failure, and a connection found dead retried once
+    from sqlalchemy import exc
+
+    from postroom.store.prepared import Prepared
+
+    current = Prepared("test_core_first_txid", "SELECT txid_current() + %(z)s")
+    divide = Prepared("test_core_first_divide", "SELECT 1 / %(z)s")
+    db = Database(database_url, pool_size=1, reactor=CallingReactor())
+    db.start()
+    try:
+        def work(session):
+            first = current.execute(session.connection(), {"z": 0}).scalar()
+            return first, session.execute(text("SELECT txid_current_if_assigned()")).scalar()
+
+        for _ in range(2):  # PREPARE alone the first time, then EXECUTE only
+            (first, last), _ = wait(db.run_core_then(work, lambda r: None))
+            assert first == last is not None
+        failed = wait(db.run_core_then(
+            lambda s: divide.execute(s.connection(), {"z": 0}).scalar(), lambda r: None))
+        assert isinstance(failed, Failure) and failed.check(exc.DataError)
+        assert db.run_read_sync(lambda s: s.execute(
+            text("SELECT txid_current_if_assigned()")).scalar()) is None
+        pid = db.run_read_sync(lambda s: s.execute(text("SELECT pg_backend_pid()")).scalar())
+        terminate_backend(database_url, pid)
+        (again, _), _ = wait(db.run_core_then(work, lambda r: None))
+        assert again is not None
+    finally:
+        db.stop()

@@ -184,3 +184,65 @@ def test_a_header_lookup_is_the_first_field_of_that_name(index: int) -> None:
     assert block.first("added-later") == b"v"
     meta = analyze(data)
     assert metadata_json(meta)  # and the stored form is still made
+
+
+# APPEND's text (issue 23, round 5): a message of one part with a plain header is built
+# without the feed parser (fulltext._single_part); it must be the parser's Message exactly
+SINGLE = [b"Subject: s\r\n", b"From: a <b@c>\r\n", b"X-Odd-Name!#~: v\r\n", b" folded\r\n",
+          b"\tfolded tab\r\n", b"\r\n", b"\n", b"\r", b"From x@y Mon\r\n", b"From: f\n",
+          b":novalue\r\n", b"no colon line\r\n", b"Name With Space: v\r\n", b"Subject:\r\n",
+          b"Content-Type: text/plain; charset=\"iso-8859-1\"\r\n",
+          b"Content-Type: text/html; charset=utf-8; name=\"a.html\"\r\n",
+          b"Content-Type: multipart/mixed; boundary=b\r\n", b"Content-Type: message/rfc822\r\n",
+          b"Content-Type: TEXT/PLAIN\r\n", b"Content-Type: bogus\r\n",
+          b"Content-Transfer-Encoding: base64\r\n",
+          b"Content-Transfer-Encoding: Quoted-Printable\r\n",
+          b"Content-Transfer-Encoding: quoted-printable \r\n",
+          b"Content-Transfer-Encoding: x-uue\r\n",
+          b"Content-Disposition: attachment; filename=\"r.txt\"\r\n", b"w6nDqQ==\r\n",
+          b"=C3=A9=\r\n", b"caf\xc3\xa9", b"\xff", b"\x00", b"\x0b\x0c\x1c\x85", b"x", b" ", b"\t",
+          b"Subject: =?utf-8?q?caf=C3=A9?=\r\n", b"--b\r\n"]
+single_part = st.lists(st.one_of(st.sampled_from(SINGLE), st.binary(max_size=6)),
+                       max_size=40).map(b"".join)
+
+
+def _same_message(data: bytes) -> None:
+    import email
+    import email.policy
+
+    from postroom.mime.fulltext import _single_part
+    fast = _single_part(data)
+    if fast is None:
+        return
+    slow = email.message_from_bytes(data, policy=email.policy.compat32)
+    assert fast._headers == slow._headers
+    assert fast.get_payload() == slow.get_payload()
+    assert fast.get_unixfrom() == slow.get_unixfrom()
+    assert not slow.is_multipart()
+    assert fast.get_content_type() == slow.get_content_type()
+
+
+@pytest.mark.parametrize("index", range(len(CORPUS)))
+def test_a_single_part_message_built_without_the_parser_is_the_parsers(index: int) -> None:
+    _same_message(CORPUS[index])
+
+
+@FUZZ
+@given(data=single_part, budget=st.sampled_from(BUDGETS))
+def test_generated_single_part_messages_are_the_parsers_and_give_the_same_text(
+        data: bytes, budget: int) -> None:
+    _same_message(data)
+    _same_text(data, budget)
+
+
+def test_the_fast_path_takes_the_common_message_and_leaves_the_odd_ones() -> None:
+    from postroom.mime.fulltext import _single_part
+    plain = (b"From: a@b\r\nSubject: s\r\n folded\r\nContent-Type: text/plain; charset=utf-8\r\n"
+             b"Content-Transfer-Encoding: quoted-printable\r\n\r\ncaf=C3=A9 \xff\r\n")
+    assert _single_part(plain) is not None
+    assert _single_part(b"Subject: s\r\n\r\n") is not None
+    for odd in (b"Subject: caf\xc3\xa9\r\n\r\nx", b"From a@b Mon\r\nSubject: s\r\n\r\nx",
+                b" lead\r\nSubject: s\r\n\r\nx", b"Subject: s\rX: y\r\n\r\nx",
+                b"Subject: s\r\nno colon\r\n\r\nx", b"Content-Type: message/rfc822\r\n\r\nS: x",
+                b"Content-Type: multipart/mixed; boundary=b\r\n\r\n--b\r\n\r\nx\r\n--b--"):
+        assert _single_part(odd) is None, odd

@@ -166,9 +166,58 @@ def _filename(part: Message) -> str:
     return _decoded_header(name) if name else ""
 
 
+_FIELD_NAME = re.compile(r"[\041-\071\073-\176]+:")
+
+
+def _single_part(data: bytes) -> Message | None:
+    """The Message ``email.message_from_bytes(data, policy=compat32)`` gives, built without
+    the feed parser, for a message of one part whose header is plain; None for any other.
+
+    Plain: ASCII, every line a field (``name:``, ``name`` of the characters the feed
+    parser allows) or a continuation of one, CR only in CRLF, no ``From `` line, the
+    header ended by an empty line or by the end of the data; and a type that is neither
+    multipart nor message, so the parser would have kept the body as it is. The fields
+    are then what the parser's ``header_source_parse`` makes of those lines, the
+    payload the rest of the data (issue 23: the feed parser was half of APPEND's text
+    extraction; tests/unit/test_mime_same_output.py compares both ways).
+    """
+    text = data.decode("ascii", "surrogateescape")
+    size = len(text)
+    fields: list[list[str]] = []
+    pos = 0
+    while pos < size:
+        nl = text.find("\n", pos)
+        end = size if nl < 0 else nl + 1
+        line = text[pos:end]
+        pos = end
+        if line == "\r\n" or line == "\n":
+            break  # the separator: the parser drops it
+        if line.count("\r") != (1 if line.endswith("\r\n") else 0):
+            return None
+        if line[0] in " \t":
+            if not fields:
+                return None
+            fields[-1].append(line)
+        elif line.startswith("From ") or _FIELD_NAME.match(line) is None:
+            return None
+        else:
+            fields.append([line])
+    if not text.isascii() and not text[:pos].isascii():
+        return None
+    message = Message(policy=email.policy.compat32)
+    for lines in fields:
+        message.set_raw(*email.policy.compat32.header_source_parse(lines))
+    if message.get_content_maintype() in ("multipart", "message"):
+        return None
+    message.set_payload(text[pos:])
+    return message
+
+
 def extract_text(data: bytes, max_bytes: int = DEFAULT_MAX_BYTES) -> MessageText:
     """The searchable text of message ``data`` (see the module docstring)."""
-    message = email.message_from_bytes(data, policy=email.policy.compat32)
+    message = _single_part(data)
+    if message is None:
+        message = email.message_from_bytes(data, policy=email.policy.compat32)
     head = _Collector(max_bytes)
     head.add(_header_text(message))
     body = _Collector(max_bytes)

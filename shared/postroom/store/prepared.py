@@ -62,21 +62,31 @@ class Prepared:
         """
         info = connection.connection.info
         held: set[str] = info.setdefault(_INFO_KEY, set())
-        if info.get(CORE_TX_KEY) == "open":
+        state = info.get(CORE_TX_KEY)
+        if state == "open":
             return self._on_cursor(connection, params, held)
+        if state == "begin":
+            # the transaction's first statement: its BEGIN in front, as the engine hook
+            # would put it (``Database._attempt_core``), on the driver's cursor too
+            return self._on_cursor(connection, params, held, begin=True)
         if self.name not in held:
             connection.exec_driver_sql(self.prepare_sql)
             held.add(self.name)
         return connection.exec_driver_sql(self.execute_sql, dict(params))
 
     def _on_cursor(self, connection: Connection, params: Mapping[str, Any],
-                   held: set[str]) -> Rows:
-        """``execute`` inside ``Database.run_core_then``'s transaction once its BEGIN went:
-        on the driver's cursor, without SQLAlchemy's execution context and result (decision
-        0036). A driver error is translated as SQLAlchemy would (its exception classes; a
-        disconnect invalidates the connection and says so, which the caller's retry reads);
-        the transaction is then rolled back by the caller, so no statement runs twice."""
-        dbapi_connection: Any = connection.connection.dbapi_connection
+                   held: set[str], begin: bool = False) -> Rows:
+        """``execute`` inside ``Database.run_core_then``'s transaction: on the driver's
+        cursor, without SQLAlchemy's execution context and result (decision 0036). With
+        ``begin``, the transaction's first statement: ``BEGIN; `` goes in front of the
+        EXECUTE (a PREPARE goes alone, before it: it is not transactional), and the
+        connection's state becomes "open" before it is sent, as the engine hook does for
+        a statement sent through SQLAlchemy. A driver error is translated as SQLAlchemy
+        would (its exception classes; a disconnect invalidates the connection and says
+        so, which the caller's retry reads); the transaction is then rolled back by the
+        caller, so no statement runs twice."""
+        fairy = connection.connection
+        dbapi_connection: Any = fairy.dbapi_connection
         statement = self.prepare_sql
         try:
             cursor = dbapi_connection.cursor()
@@ -85,6 +95,9 @@ class Prepared:
                     cursor.execute(statement)
                     held.add(self.name)
                 statement = self.execute_sql
+                if begin:
+                    fairy.info[CORE_TX_KEY] = "open"
+                    statement = "BEGIN; " + statement
                 cursor.execute(statement, params)
                 rows = cursor.fetchall() if cursor.description is not None else []
                 return Rows(rows, cursor.rowcount)
