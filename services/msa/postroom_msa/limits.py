@@ -16,7 +16,17 @@ reading plus the recipients already accepted in the transaction (nothing is
 counted until the commit, so a fresh read would only add what other sessions
 of the account committed in between). Concurrent sessions of one
 account can overshoot a limit by what they have in flight: acceptable for a
-containment measure. The methods block (redis-py): call them in a thread.
+containment measure. The methods that ask Redis block (redis-py): call them in a thread.
+
+The values a commit's INCRBYs return are the account's current buckets as Redis
+holds them at that moment, every process's messages in. The process keeps them
+with the previous buckets (read at an earlier MAIL) as the account's last
+reading, and for FRESH_SECONDS after that read or commit answers the account's
+next MAIL from it instead of a Redis round trip (:meth:`SendingLimits.recent`,
+docs/decisions/0039). A session sending message after message thus reads Redis
+at most once every FRESH_SECONDS while it keeps committing; what other sessions
+and processes of the account committed after this process's last reading is
+seen at most FRESH_SECONDS later (docs/msa.md, "Sending limits").
 """
 
 from __future__ import annotations
