@@ -97,7 +97,7 @@ def main() -> None:
                 env = dict(base, POSTROOM_HTTP_LISTEN=f"tcp:{http}:interface=127.0.0.1")
                 svc[name] = start(name, env, code, work / f"{side}-{name}.log")
                 procs.append(svc[name])
-                M.wait_healthy(http, svc[name])
+                M.proctools.wait_healthy(http, svc[name])
             eng = create_engine(url, pool_size=1, connect_args={"application_name": "bench"})
             sides[side] = {"url": url, "port": port, "svc": svc, "eng": eng, "sent": 0,
                            "pg": cpu.postgres_backends(url)}

@@ -88,3 +88,31 @@ def test_a_local_recipient_is_remembered_briefly_and_an_unknown_one_never(
         database.run_sync(users.add_user, newcomer, PASSWORD,
                           hash_fn=lambda p: hash_password(p, ln=4))
         assert client.rcpt(newcomer)[0] == 250
+
+
+def test_messages_another_process_sent_count_at_a_mail_a_second_later(server: Server,
+                                                                     account: Account):
+    """MAIL answers from the account's last reading for under a second (postroom_msa.limits);
+    what another msa process counted meanwhile (here written straight into Redis, as its
+    commit's INCRBY does) is enforced at the first MAIL after that second."""
+    import time
+
+    import redis
+
+    from postroom_msa.limits import FRESH_SECONDS, SendingLimits
+
+    with submission(server) as client:
+        client.login(account.address, PASSWORD)
+        send(client, account.address, ["friend@remote.example"], message(account.address))
+        # the hour is full now, counted by "another process"
+        other = redis.Redis.from_url(server.redis_url)
+        try:
+            SendingLimits(other, server.prefix, messages_per_hour=1,
+                          recipients_per_day=1).record(account.user_id, 0)
+            SendingLimits(other, server.prefix, messages_per_hour=1,
+                          recipients_per_day=1).record(account.user_id, 0)
+        finally:
+            other.close()
+        time.sleep(FRESH_SECONDS + 0.1)
+        code, reply = client.mail(account.address)
+    assert code == 450 and reply.startswith(b"4.7.1")

@@ -87,11 +87,75 @@ def test_a_group_commit_counts_each_message_against_its_own_account(
                           reactor=None)  # type: ignore[arg-type]
     committed = [(7, Spooled("Q1", (1, 2))), (8, Spooled("Q2", (3,))), (7, Spooled("Q3", (4,)))]
     results = submitter._publish(committed)
-    assert [usage_error for _, usage_error in results] == [None, None, None]
+    assert [usage_error for _, usage_error, _ in results] == [None, None, None]
     # each message its `outbound` entry, by id
-    assert [[isinstance(outcome, str) for _, outcome in enqueued] for enqueued, _ in results] \
+    assert [[isinstance(outcome, str) for _, outcome in enqueued] for enqueued, _, _ in results] \
         == [[True], [True], [True]]
+    # and the counters' values its INCRBYs left, for the account's next MAIL
+    bucket_h, bucket_d = int(100 * DAY // HOUR), int(100 * DAY // DAY)
+    msg7 = f"{redis_prefix}msa:sent:msg:7:{bucket_h}"
+    rcpt7 = f"{redis_prefix}msa:sent:rcpt:7:{bucket_d}"
+    assert results[0][2] == {msg7: 1, rcpt7: 2}
+    assert results[2][2] == {msg7: 2, rcpt7: 3}
     seven, eight = sl.usage(7), sl.usage(8)
     assert (seven.messages_last_hour, seven.recipients_last_day) == (2, 3)
     assert (eight.messages_last_hour, eight.recipients_last_day) == (1, 1)
     assert not sl.recipients_allowed(7, 3) and sl.recipients_allowed(7, 2)
+
+
+def test_a_recent_reading_answers_mail_and_commits_keep_it_current(redis_client, redis_prefix):
+    """recent(): the process's last reading for FRESH seconds, kept up to date by the counts
+    its commits' INCRBYs return (SendingLimits.counted), then Redis again."""
+    clock = Clock(100 * HOUR + 10)
+    sl = limits(redis_client, redis_prefix, clock)
+    assert sl.recent(7) is None  # never read: ask Redis
+    assert sl.remember(7, sl.read(7)).messages_last_hour == 0
+    assert sl.recent(7) == sl.usage(7)
+    # a commit: what its INCRBYs returned becomes the reading, and it is fresh again
+    totals = {key: int(redis_client.incrby(key, amount))
+              for key, amount, _ttl in sl.increments(7, 2)}
+    clock.now += 0.9
+    sl.counted(7, totals)
+    clock.now += 0.9
+    recent = sl.recent(7)
+    assert recent is not None
+    assert (recent.messages_last_hour, recent.recipients_last_day) == (1, 2)
+    clock.now += 0.2  # older than FRESH: Redis again
+    assert sl.recent(7) is None
+    assert sl.recent(8) is None  # another account has its own reading
+
+
+def test_a_reading_is_forgotten_when_a_count_failed_or_the_bucket_moved(redis_client,
+                                                                        redis_prefix):
+    clock = Clock(100 * HOUR + HOUR - 0.5)
+    sl = limits(redis_client, redis_prefix, clock)
+    sl.remember(7, sl.read(7))
+    sl.counted(7, None)  # the usage count failed: not known any more
+    assert sl.recent(7) is None
+    sl.remember(7, sl.read(7))
+    clock.now += 0.6  # the next hour: its previous bucket was not read as previous
+    assert sl.recent(7) is None
+    totals = {key: 1 for key, _amount, _ttl in sl.increments(7, 1)}
+    sl.counted(7, totals)  # counted in a bucket the reading does not hold
+    assert sl.recent(7) is None
+
+
+def test_another_process_sending_is_seen_once_the_reading_is_older_than_fresh(
+        redis_client, redis_prefix):
+    """Two processes (two SendingLimits on one Redis): the hourly limit holds across them;
+    one sees the other's messages at its next read, at most FRESH seconds later."""
+    clock = Clock(100 * HOUR + 10)
+    one, other = limits(redis_client, redis_prefix, clock), limits(redis_client, redis_prefix,
+                                                                   clock)
+    assert one.message_fits(one.remember(7, one.read(7)))
+    for _ in range(3):
+        other.record(7, 1)
+    assert one.message_fits(one.recent(7))  # type: ignore[arg-type] - within FRESH
+    clock.now += 1.0
+    assert one.recent(7) is None
+    assert not one.message_fits(one.remember(7, one.read(7)))
+    # and a commit of the first process returns the counts with the other's in them
+    totals = {key: int(redis_client.incrby(key, amount))
+              for key, amount, _ttl in one.increments(7, 1)}
+    one.counted(7, totals)
+    assert one.recent(7).messages_last_hour == 4  # type: ignore[union-attr]

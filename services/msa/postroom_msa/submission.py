@@ -332,10 +332,13 @@ class Submitter:
             slog.error("after-commit steps failed", error=str(after))
             enqueued: list[tuple[QueueEnvelope, str | Exception]] = []
             usage_error: Exception | None = after
+            totals: dict[str, int] | None = None
         else:
-            enqueued, usage_error = after
+            enqueued, usage_error, totals = after
         for queued, outcome in enqueued:
             self.enqueuer.enqueued_in_thread(queued, outcome)
+        # the counters as the INCRBYs left them: the account's next MAIL reads them here
+        self.limits.counted(session.identity.id, totals)
         if usage_error is not None:
             slog.warning("sending usage not recorded", error=str(usage_error))
         self._count("accepted")
@@ -375,13 +378,18 @@ class Submitter:
             replies = counted[done:done + 2 * len(message_increments)]
             done += 2 * len(message_increments)
             usage_error = next((r for r in replies if isinstance(r, Exception)), None)
-            results.append((enqueued, usage_error))
+            # each INCRBY's reply: its counter's value with this message (SendingLimits.counted)
+            totals = None if usage_error is not None else {
+                key: int(replies[2 * i]) for i, (key, _amount, _ttl) in
+                enumerate(message_increments)}
+            results.append((enqueued, usage_error, totals))
         return results
 
 
-# what the after-commit steps give one message: each outbound entry's XADD outcome, and the
-# usage count's error (None: counted)
-AfterCommit = tuple[list[tuple[QueueEnvelope, str | Exception]], Exception | None]
+# what the after-commit steps give one message: each outbound entry's XADD outcome, the
+# usage count's error (None: counted) and the counters' values it left (None: not counted)
+AfterCommit = tuple[list[tuple[QueueEnvelope, str | Exception]], Exception | None,
+                    dict[str, int] | None]
 
 
 def _spool_recipients(envelope: Envelope, local: Collection[str]) -> list[NewRecipient]:
