@@ -1,17 +1,13 @@
 """Group commit of spool rows (postroom.store.groupcommit) on a real PostgreSQL and Redis:
 messages finishing together share one transaction, each caller hears back only once its
-own rows are committed, a bad member fails alone, a dead database fails every member, and
-with ``report`` each caller hears before the XADDs go out."""
+own rows are committed, a bad member fails alone, and a dead database fails every member."""
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pytest
-import redis
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 from twisted.internet.defer import DeferredList
@@ -169,68 +165,6 @@ def test_off_commits_each_message_alone(database: Database, clean_db: str,
     members = [{"queue_id": new_queue_id(), "address": f"u{i}@example.com"} for i in range(4)]
     results = submit_together(group, members)
     assert len({value[0][1] for _, value in results}) == 4
-
-
-def test_with_report_each_member_hears_its_commit_before_after_runs(
-        database: Database, clean_db: str, observer: Engine, twisted_reactor: Any):
-    """The mta's inbound (docs/decisions/0042): the 250 after the COMMIT, the XADDs after
-    the 250, their outcomes to ``report``; ``idle`` waits for the last of them."""
-    heard = threading.Event()
-    seen_at_reply: dict[str, bool] = {}
-    order: list[str] = []
-    reported: list[tuple[str, Any, Any]] = []
-
-    def after(committed: Sequence[tuple[str, Any]]) -> list[str]:
-        # without report the replies wait for this: the wait would time out and fail
-        deadline = time.monotonic() + 10
-        while not all(queue_id in seen_at_reply for queue_id, _ in committed):
-            assert heard.wait(max(0.0, deadline - time.monotonic())), "no reply before after"
-            heard.clear()
-        order.append("after")
-        return [f"entry-{queue_id}" for queue_id, _ in committed]
-
-    def report(published: Sequence[tuple[str, Any, Any]]) -> None:
-        order.append("report")
-        reported.extend(published)
-
-    group = GroupCommit(database, spool_one, after, report=report)
-    members = [{"queue_id": new_queue_id(), "address": f"u{i}@example.com"} for i in range(3)]
-
-    def replied(result: Any, queue_id: str) -> Any:
-        seen_at_reply[queue_id] = visible(observer, queue_id)  # committed before the reply
-        order.append("reply")
-        heard.set()
-        return result
-
-    results = submit_together(group, members, replied)
-    in_reactor(group.idle, timeout=30)
-    assert all(ok for ok, _ in results)
-    assert seen_at_reply == {m["queue_id"]: True for m in members}
-    assert [value[1] for _, value in results] == [None] * 3  # heard before after's outcome
-    # the first alone, the other two together; each batch's replies before its XADDs
-    assert order == ["reply", "after", "report", "reply", "reply", "after", "report"]
-    assert [(tag, outcome) for tag, _, outcome in reported] == [
-        (m["queue_id"], f"entry-{m['queue_id']}") for m in members]
-    assert [result for _, result, _ in reported] == [value[0] for _, value in results]
-
-
-def test_with_report_a_failed_after_reaches_report_not_the_replies(
-        database: Database, clean_db: str, observer: Engine, twisted_reactor: Any):
-    """An XADD that fails after the 250 (Redis gone): committed, replied, the reconciler's
-    job; ``report`` hears the error."""
-    lost = redis.ConnectionError("redis went away")
-    reported: list[tuple[str, Any, Any]] = []
-
-    def after(committed: Sequence[tuple[str, Any]]) -> list[str]:
-        raise lost
-
-    group = GroupCommit(database, spool_one, after, report=reported.extend)
-    members = [{"queue_id": new_queue_id(), "address": "u@example.com"}]
-    results = submit_together(group, members)
-    in_reactor(group.idle, timeout=30)
-    assert [ok for ok, _ in results] == [True]
-    assert visible(observer, members[0]["queue_id"])
-    assert [(tag, outcome) for tag, _, outcome in reported] == [(members[0]["queue_id"], lost)]
 
 
 def test_pipelined_enqueue_gives_each_entry_its_id(queue_client: QueueClient):

@@ -19,9 +19,7 @@ Decisions, in the order a session meets them:
   spooled for `deliver` with the disposition (inbox or junk), and only after
   the commit that holds it (a group commit with the messages finishing
   meanwhile, postroom.store.groupcommit) does the client get
-  ``250 2.0.0 Ok: queued as ID``; a failed commit is 451 4.3.0. The XADDs
-  go out after the replies (docs/decisions/0042): the spool row is the
-  truth, and an XADD that fails or never happens is the reconciler's job.
+  ``250 2.0.0 Ok: queued as ID``; a failed commit is 451 4.3.0.
 """
 
 from __future__ import annotations
@@ -233,7 +231,7 @@ class InboundPolicy(BasePolicy):
         self.spooler: GroupCommit[tuple[str, str], list[int], str | Exception] = GroupCommit(
             database, spool_message, self._publish, max_messages=group_commit,
             max_bytes=group_commit_bytes, metrics=metrics, crash_file=crash_file,
-            batch=spool_messages, report=self._enqueued)
+            batch=spool_messages)
         self.dmarc = dmarc
         self.hostname = hostname
         self.delimiter = delimiter
@@ -413,10 +411,10 @@ class InboundPolicy(BasePolicy):
             return await self._spool_with_srs(session, envelope, recipients, stored, queue_id,
                                               disposition, reversed_srs, fields)
 
-        # committed with the messages finishing DATA meanwhile (one transaction); the 250
-        # is written while the spool's thread sends the XADDs of them all, pipelined
+        # committed with the messages finishing DATA meanwhile (one transaction), then the
+        # XADDs of all of them pipelined, in the spool's thread right after the COMMIT
         try:
-            await self.spooler.submit(
+            ids, outcome = await self.spooler.submit(
                 (queue_id, disposition), len(stored), queue_id=queue_id, envelope=envelope,
                 recipients=recipients, message=stored, peer_ip=session.peer_ip,
                 helo=session.helo, disposition=disposition)
@@ -427,6 +425,7 @@ class InboundPolicy(BasePolicy):
                 "error_type": type(exc).__name__})
             return R.LOCAL_ERROR
         # committed: from here on the message is ours; a failed XADD is the reconciler's job
+        self.enqueuer.enqueued_in_thread(_deliver_envelope(queue_id, disposition, ids), outcome)
         self._count("accepted")
         _log.info("inbound message accepted", **fields)
         return R.MESSAGE_ACCEPTED.with_text(f"Ok: queued as {queue_id}")
@@ -457,13 +456,6 @@ class InboundPolicy(BasePolicy):
             [_deliver_envelope(queue_id, disposition, ids)
              for (queue_id, disposition), ids in committed])
 
-    def _enqueued(self, published: Sequence[tuple[tuple[str, str], list[int], str | Exception]],
-                  ) -> None:
-        """The XADDs' outcomes, after the replies (logged; Redis's health noted)."""
-        for (queue_id, disposition), ids, outcome in published:
-            self.enqueuer.enqueued_in_thread(_deliver_envelope(queue_id, disposition, ids),
-                                             outcome)
-
     def _count(self, outcome: str) -> None:
         if self._outcomes is not None:
             # the labelled child once per outcome (a small fixed set): labels() is a few
@@ -475,10 +467,8 @@ class InboundPolicy(BasePolicy):
             child.inc()
 
     def drain(self) -> Deferred[Any]:
-        """Fires when the messages being decided or spooled now are done, their XADDs
-        included (SIGTERM)."""
-        d = defer.DeferredList(list(self._in_flight), consumeErrors=True)
-        return d.addCallback(lambda _: self.spooler.idle())
+        """Fires when the messages being decided or spooled now are done (SIGTERM)."""
+        return defer.DeferredList(list(self._in_flight), consumeErrors=True)
 
 
 def build_policy(settings: Settings, database: Database, queue: QueueClient, *,

@@ -11,10 +11,7 @@ members' common fate: each member is then committed alone, and only the bad
 one fails. The database unreachable, or the COMMIT's outcome unknown, fails
 every member (the front door answers 451; nothing is retried whose commit
 may have happened). After the commit, ``after`` runs once for the committed
-members in the same pool thread (the front doors' XADDs, pipelined). With
-``report`` (the mta's inbound, docs/decisions/0042) the members hear of their
-commit before ``after`` runs: their replies are written while the XADDs go out,
-and ``report`` gets what ``after`` made of them later, on the reactor.
+members in the same pool thread (the front doors' XADDs, pipelined).
 
 Used by both front doors (mta inbound, msa) and by the mda for the fast path of
 its deliveries (docs/decisions/0022: ``batch`` does a group's work, ``kind``
@@ -31,7 +28,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
-from twisted.internet.defer import Deferred, DeferredList
+from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
 
 from postroom.logs import get_logger
@@ -103,15 +100,6 @@ class GroupCommit(Generic[K, T, U]):
     ``batch(session, members)``, when given, does a whole group's work in its transaction
     (one result per member, in order) instead of ``work`` for each in turn; a member
     retried alone still runs ``work``. ``kind`` names the metrics (``<kind>_commits``).
-
-    ``report(published)``, when given, changes when the members hear: each member's Deferred
-    fires right after the COMMIT, with ``None`` in place of ``after``'s outcome (an error
-    as before), handed to the reactor before ``after`` starts in the pool thread; once
-    ``after`` is done, ``report`` gets the ``(tag, result, outcome)`` of each committed
-    member on the reactor. For an ``after`` whose outcome no caller's reply depends on
-    (the inbound XADDs: a failed one is the reconciler's job). The next batch still waits
-    for ``after`` (the batches stay as large as without it); :meth:`idle` fires once the
-    ``after`` in flight is done (a stopping service's last XADDs).
     """
 
     def __init__(self, database: Database, work: Callable[..., T],
@@ -119,17 +107,13 @@ class GroupCommit(Generic[K, T, U]):
                  max_messages: int = 64, max_bytes: int = 16 * 1024 * 1024,
                  metrics: Metrics | None = None, crash_file: str | None = None,
                  batch: Callable[[StoreSession, Sequence[dict[str, Any]]], list[T]] | None = None,
-                 kind: str = "spool",
-                 report: Callable[[Sequence[tuple[K, T, U | Exception]]], None] | None = None,
-                 ) -> None:
+                 kind: str = "spool") -> None:
         if max_messages < 1 or max_bytes < 1:
             raise ValueError("max_messages and max_bytes must be positive")
         self.database = database
         self.work = work
         self.after = after
         self.batch = batch
-        self.report = report
-        self._running: set[Deferred[Any]] = set()
         self.max_messages = max_messages
         self.max_bytes = max_bytes
         # fault injection (tests only, POSTROOM_FAULT_CRASH_AFTER_SPOOL_COMMIT)
@@ -168,10 +152,6 @@ class GroupCommit(Generic[K, T, U]):
                 self._next()
         return member.deferred
 
-    def idle(self) -> Deferred[Any]:
-        """Fires when the batches in flight (their ``after`` included) are done."""
-        return DeferredList(list(self._running), consumeErrors=True)
-
     # --- on the reactor
 
     def _next(self) -> None:
@@ -196,36 +176,17 @@ class GroupCommit(Generic[K, T, U]):
             d.errback(Failure())
         d.addCallbacks(self._done, self._broken, callbackArgs=(batch, grouped),
                        errbackArgs=(batch, grouped))
-        if not d.called:
-            self._running.add(d)
-            d.addBoth(self._ran, d)
-
-    def _ran(self, result: Any, d: Deferred[Any]) -> Any:
-        self._running.discard(d)
-        return result
-
-    def _hear(self, batch: list[_Member[K, T, U]], outcomes: list[_Outcome[T, U]]) -> None:
-        """Each member's reply: after its COMMIT, with ``report`` before ``after``'s outcome."""
-        for member, outcome in zip(batch, outcomes, strict=True):
-            if member.deferred.called:
-                continue  # heard already, before ``after`` ran (``report``)
-            if outcome.error is not None:
-                member.deferred.errback(Failure(outcome.error))
-            else:
-                member.deferred.callback((outcome.result,  # type: ignore[arg-type]
-                                          outcome.published))  # type: ignore[arg-type]
 
     def _done(self, outcomes: list[_Outcome[T, U]], batch: list[_Member[K, T, U]],
               grouped: bool) -> None:
         if grouped:
             self._next()  # the next batch's SQL runs while these replies are written
-        self._hear(batch, outcomes)
-        if self.report is not None:
-            published = [(m.tag, o.result, o.published) for m, o in zip(batch, outcomes,
-                                                                        strict=True)
-                         if o.error is None]
-            if published:
-                self.report(published)  # type: ignore[arg-type]
+        for member, outcome in zip(batch, outcomes, strict=True):
+            if outcome.error is not None:
+                member.deferred.errback(Failure(outcome.error))
+            else:
+                member.deferred.callback((outcome.result,  # type: ignore[arg-type]
+                                          outcome.published))  # type: ignore[arg-type]
 
     def _broken(self, failure: Failure, batch: list[_Member[K, T, U]], grouped: bool) -> None:
         # not expected: _commit reports each member's error; this is a bug or a stopped pool
@@ -234,8 +195,7 @@ class GroupCommit(Generic[K, T, U]):
         if grouped:
             self._next()
         for member in batch:
-            if not member.deferred.called:
-                member.deferred.errback(failure)
+            member.deferred.errback(failure)
 
     # --- in a `db` pool thread
 
@@ -260,10 +220,6 @@ class GroupCommit(Generic[K, T, U]):
                         queue_ids=[m.queue_id for m in batch][:50])
             outcomes = [self._alone(member) for member in batch]
         self._fault_after_commit()
-        if self.report is not None:
-            # the replies first (the rows are committed): copies, ``after`` fills the outcomes
-            self.database.reactor.callFromThread(
-                self._hear, batch, [_Outcome(result=o.result, error=o.error) for o in outcomes])
         committed = [(m, o) for m, o in zip(batch, outcomes, strict=True) if o.error is None]
         if committed:
             published: Sequence[U | Exception]
