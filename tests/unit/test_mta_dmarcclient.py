@@ -78,7 +78,8 @@ def test_request_is_a_post_with_length_host_and_token_and_no_content_type():
     envelope, _, message = body.partition(b"\n")
     assert json.loads(envelope) == {"client_ip": "192.0.2.1", "helo": "h.example",
                                     "mail_from": "a@example.com",
-                                    "recipients": ["u@bench.test"], "queue_id": "Q1"}
+                                    "recipients": ["u@bench.test"], "queue_id": "Q1",
+                                    "verdict": "mta"}
     assert message == b"Subject: x\r\n\r\nbody\r\n"
 
 

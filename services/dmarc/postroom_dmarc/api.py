@@ -112,7 +112,8 @@ def _check_request(data: dict[str, Any], message: bytes) -> CheckRequest:
     queue_id = data.get("queue_id")
     return CheckRequest(client_ip=text("client_ip"), helo=text("helo", False),
                         mail_from=text("mail_from", False), recipients=tuple(recipients),
-                        message=message, queue_id=queue_id if isinstance(queue_id, str) else None)
+                        message=message, queue_id=queue_id if isinstance(queue_id, str) else None,
+                        short=data.get("verdict") == "mta")
 
 
 def tempfail_verdict(request: CheckRequest, authserv_id: str, why: str) -> dict[str, Any]:
@@ -256,7 +257,7 @@ class CheckResource(resource.Resource):
         if self.recorder is not None and not (verdict.content
                                               and verdict.disposition == "tempfail"):
             self.recorder.record(check, verdict)
-        return verdict.to_json()
+        return verdict.to_json(short=check.short)
 
     def _evaluate(self, pending: PendingCheck, deadline: float) -> Verdict:
         """In the `policy` pool: the verdict, its limits counted even when it comes too late."""

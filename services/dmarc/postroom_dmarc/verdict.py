@@ -77,6 +77,8 @@ class CheckRequest:
     recipients: tuple[str, ...]
     message: bytes
     queue_id: str | None = None
+    # the caller asked for the verdict's short form (``"verdict": "mta"``: Verdict.to_json)
+    short: bool = False
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,24 @@ class Verdict:
     # the content check that decided the disposition, when one did (else DMARC did)
     decided_by: str | None = None
 
-    def to_json(self) -> dict[str, Any]:
-        body: dict[str, Any] = {
+    def to_json(self, short: bool = False) -> dict[str, Any]:
+        """The verdict's JSON; ``short``: only what the mta reads (docs/dmarc-api.md)."""
+        if short:
+            # disposition, reason, the header to add, the DMARC result for its log line
+            # and the content checks' fields and outcomes: a fifth of the full body's bytes
+            # to encode here and to parse in the mta (issue 23)
+            body: dict[str, Any] = {
+                "disposition": self.disposition, "reason": self.reason,
+                "authentication_results": self.authentication_results,
+                "dmarc": {"result": self.dmarc.result}}
+            if self.content:
+                body["content"] = [{"check": c.check, "action": c.action}
+                                   for c in self.content]
+                body["headers"] = [[name, value] for c in self.content
+                                   for name, value in c.headers]
+                body["decided_by"] = self.decided_by
+            return body
+        body = {
             "spf": self.spf.to_json(),
             "spf_helo": self.spf_helo.to_json() if self.spf_helo else None,
             "dkim": [d.to_json() for d in self.dkim],
