@@ -96,7 +96,7 @@ class FakeStore:
             return self.hold_append.addCallback(lambda _: (7, uids))
         return succeed((7, uids))
 
-    def watch(self, mailbox_id: int, callback: Any) -> Any:
+    def watch(self, mailbox_id: int, callback: Any, known: int | None = None) -> Any:
         self.watchers.append(callback)
         return lambda: self.watchers.remove(callback)
 
