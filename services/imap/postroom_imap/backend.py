@@ -124,6 +124,12 @@ class ChangeListener:
         ``modseq`` is the event's new HIGHESTMODSEQ when it says (IMAP and MDA
         events do): a session that already knows it need not look.
         """
+        if modseq is not None:
+            latest = self.latest
+            if modseq > latest.get(mailbox_id, 0):
+                if mailbox_id not in latest and len(latest) >= LATEST_KEPT:
+                    del latest[next(iter(latest))]  # the oldest entry: long since watched
+                latest[mailbox_id] = modseq
         for callback in list(self.watchers.get(mailbox_id, [])):
             try:
                 if modseq is None:
