@@ -343,7 +343,8 @@ def test_a_change_announced_between_selects_read_and_its_watch_is_synced() -> No
     h.store.announced = 11
     h.store.pending = Changes(11, 0, [], None, [FlagUpdate(1, ("\\Seen",), 11)])
     reply = h.select()
-    assert reply.endswith(b"* 1 FETCH (UID 1 FLAGS (\\Seen))\r\ns OK [READ-WRITE] SELECT completed\r\n")
+    assert reply.endswith(b"* 1 FETCH (UID 1 FLAGS (\\Seen))\r\n"
+                          b"s OK [READ-WRITE] SELECT completed\r\n")
 
 
 def test_search_answers_sequence_numbers() -> None:
