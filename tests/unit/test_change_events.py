@@ -20,10 +20,32 @@ PREFIX = "t:"
 
 
 class Recorder:
-    """Stands in for the Redis client: records what is published where."""
+    """Stands in for the Redis client: records what is published where (through
+    ``publish`` or, as events.Publisher does, on a connection of the client's pool's kind)."""
 
     def __init__(self) -> None:
         self.published: list[tuple[str, Any]] = []
+        recorder = self
+
+        class Connection:
+            def __init__(self, **kwargs: Any) -> None:
+                self.sent: list[tuple[Any, ...]] = []
+
+            def pack_command(self, *args: Any) -> tuple[Any, ...]:
+                return args
+
+            def send_packed_command(self, command: tuple[Any, ...], check_health: bool) -> None:
+                assert command[0] == "PUBLISH"
+                recorder.publish(command[1], command[2])
+
+            def read_response(self) -> int:
+                return 1
+
+        class Pool:
+            connection_class = Connection
+            connection_kwargs: dict[str, Any] = {}
+
+        self.connection_pool = Pool()
 
     def publish(self, name: str, body: Any) -> int:
         self.published.append((name, body))

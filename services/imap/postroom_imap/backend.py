@@ -179,6 +179,8 @@ class StoreAccounts:
         self.listener = listener
         self.reactor = reactor
         self.cpu_pool = cpu_pool
+        # the change events' PUBLISH, from the `db` threads after each COMMIT
+        self.publisher = events.Publisher(client, prefix)
 
     def in_redis_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return defer_to_pool(self.reactor, self.pool, fn, *args)
@@ -342,8 +344,8 @@ class StoreAccounts:
         event = events.ChangeEvent(kind, mailbox_id, "imap", modseq=modseq,
                                    origin=None if echo else self.listener.origin)
         try:
-            events.publish(self.redis, self.prefix, event)
-        except RedisError as exc:
+            self.publisher.publish(event)
+        except (RedisError, OSError) as exc:
             log.warning("change event not published", error=str(exc), mailbox_id=mailbox_id)
 
 

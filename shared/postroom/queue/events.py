@@ -134,6 +134,46 @@ def publish(client: redis.Redis, prefix: str, event: ChangeEvent) -> None:
     client.publish(channel(prefix, event.mailbox_id), event.to_bytes())
 
 
+class Publisher:
+    """PUBLISH change events on a connection of the calling thread's own (imap's `db` threads).
+
+    :func:`publish` goes through redis-py's pool: a lock, connection
+    accounting and a health check on every checkout, about three times the
+    CPU of the command itself (92 against 34 µs a PUBLISH, measured on the
+    round-5 machine). A thread that publishes after each COMMIT keeps one
+    connection instead (made with the client's pool's settings, outside the
+    pool) and sends the command straight on it. A connection found dead is
+    dropped and the event sent once more on a new one (a repeated signal is
+    harmless); any other failure is raised to the caller, as with
+    :func:`publish`. The connections live as long as their threads.
+    """
+
+    def __init__(self, client: redis.Redis, prefix: str) -> None:
+        self.client = client
+        self.prefix = prefix
+        self._local = threading.local()
+
+    def publish(self, event: ChangeEvent) -> None:
+        """PUBLISH ``event`` on its mailbox's channel (blocking; raises redis errors)."""
+        name, body = channel(self.prefix, event.mailbox_id), event.to_bytes()
+        while True:
+            conn = getattr(self._local, "conn", None)
+            fresh = conn is None
+            if conn is None:
+                pool = self.client.connection_pool
+                conn = self._local.conn = pool.connection_class(**pool.connection_kwargs)
+            try:
+                conn.send_packed_command(conn.pack_command("PUBLISH", name, body),
+                                         check_health=False)
+                conn.read_response()
+                return
+            except (redis.ConnectionError, redis.TimeoutError, OSError):
+                self._local.conn = None
+                conn.disconnect()
+                if fresh:
+                    raise
+
+
 def publish_many(client: redis.Redis, prefix: str, found: Sequence[ChangeEvent]) -> None:
     """PUBLISH each of ``found`` in one pipelined round trip (blocking; raises redis errors)."""
     pipe = client.pipeline(transaction=False)
