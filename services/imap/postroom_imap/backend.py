@@ -397,7 +397,11 @@ class UserStoreImpl:
         done: Deferred[Any] = Deferred()
 
         def then(result: Any) -> None:
-            change = event(result)
+            try:
+                change = event(result)
+            except Exception:
+                accounts.reactor.callFromThread(done.callback, result)  # committed: answer
+                raise
             if change is None:
                 accounts.reactor.callFromThread(done.callback, result)
                 return
