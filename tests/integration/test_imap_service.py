@@ -381,9 +381,7 @@ def test_an_append_and_an_expunge_reach_idle_in_the_same_process_once(
         seen = watcher.idle_check(timeout=10)
         assert (2, b"EXISTS") in seen, seen
         actor.store("1", "+FLAGS.SILENT", "(\\Deleted)")
-        actor.untagged_responses.clear()
-        actor.expunge()
-        assert actor.untagged_responses.pop("EXPUNGE", []) == [b"1"]
+        assert actor.expunge() == ("OK", [b"1"])  # imaplib returns the EXPUNGE responses
         deadline = time.monotonic() + 10
         gone: list = []
         while time.monotonic() < deadline and (1, b"EXPUNGE") not in gone:
