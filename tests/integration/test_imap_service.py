@@ -361,6 +361,41 @@ def test_two_sessions_see_each_others_changes(server: Server, account: Account) 
         watcher.logout()
 
 
+def test_an_append_and_an_expunge_reach_idle_in_the_same_process_once(
+        server: Server, account: Account) -> None:
+    """A session's APPEND and EXPUNGE wake another session of the same process (delivered
+    by the publishing process itself, the Redis echo dropped); the acting session gets its
+    own change once, in its command's reply, and nothing more at the next NOOP."""
+    account.deliver(MESSAGE)
+    watcher = IMAPClient(server.host, server.tls_port, ssl=True, ssl_context=unverified(),
+                         timeout=30)
+    actor = imaps(server, account)
+    try:
+        watcher.login(account.address, PASSWORD)
+        watcher.select_folder("INBOX")
+        actor.select("INBOX")
+        watcher.idle()
+        actor.untagged_responses.clear()
+        assert actor.append("INBOX", "", imaplib.Time2Internaldate(0), MESSAGE)[0] == "OK"
+        assert actor.untagged_responses.pop("EXISTS", []) == [b"2"]
+        seen = watcher.idle_check(timeout=10)
+        assert (2, b"EXISTS") in seen, seen
+        actor.store("1", "+FLAGS.SILENT", "(\\Deleted)")
+        assert actor.expunge() == ("OK", [b"1"])  # imaplib returns the EXPUNGE responses
+        deadline = time.monotonic() + 10
+        gone: list = []
+        while time.monotonic() < deadline and (1, b"EXPUNGE") not in gone:
+            gone += watcher.idle_check(timeout=2)
+        watcher.idle_done()
+        assert (1, b"EXPUNGE") in gone, gone
+        actor.untagged_responses.clear()
+        actor.noop()
+        assert not {"EXISTS", "EXPUNGE", "FETCH"} & set(actor.untagged_responses)
+    finally:
+        actor.logout()
+        watcher.logout()
+
+
 def test_condstore_and_quota(server: Server, account: Account) -> None:
     account.deliver(MESSAGE)
     client = imaps(server, account)
@@ -438,6 +473,37 @@ def test_search_header_works_regression_of_twisted_mail(server: Server,
         assert client.search(None, "HEADER", "X-Missing", "\"\"")[1] == [b""]
     finally:
         client.logout()
+
+
+def test_an_append_and_an_expunge_reach_idle_in_another_imap_process(
+        server: Server, account: Account, database_url: str, redis_url: str,
+        certs: Path) -> None:
+    """The publishing process delivers its own events locally and drops their echo by
+    origin: another process (POSTROOM_REUSE_PORT runs several) must still get each one."""
+    account.deliver(MESSAGE)
+    other, _, other_tls = start_imap(database_url, redis_url, certs, server.prefix)
+    watcher = IMAPClient(server.host, other_tls, ssl=True, ssl_context=unverified(), timeout=30)
+    actor = imaps(server, account)
+    try:
+        watcher.login(account.address, PASSWORD)
+        watcher.select_folder("INBOX")
+        watcher.idle()
+        actor.select("INBOX")
+        assert actor.append("INBOX", "", imaplib.Time2Internaldate(0), MESSAGE)[0] == "OK"
+        seen = watcher.idle_check(timeout=10)
+        assert (2, b"EXISTS") in seen, seen
+        actor.store("1", "+FLAGS.SILENT", "(\\Deleted)")
+        actor.expunge()
+        deadline = time.monotonic() + 10
+        gone: list = []
+        while time.monotonic() < deadline and (1, b"EXPUNGE") not in gone:
+            gone += watcher.idle_check(timeout=2)
+        watcher.idle_done()
+        assert (1, b"EXPUNGE") in gone, gone
+    finally:
+        actor.logout()
+        watcher.logout()
+        other.close()
 
 
 def test_flag_change_reaches_idle_in_another_imap_process(

@@ -6,9 +6,11 @@ import threading
 from typing import Any
 
 import pytest
+from twisted.internet.defer import Deferred
 
 from postroom.queue import events
 from postroom.queue.events import ChangeEvent
+from postroom_imap import mailstore
 from postroom_imap.backend import ChangeListener, StoreAccounts
 from postroom_mda.delivery import DELIVERED, Options, Outcome
 from postroom_mda.service import Deliverer
@@ -18,10 +20,32 @@ PREFIX = "t:"
 
 
 class Recorder:
-    """Stands in for the Redis client: records what is published where."""
+    """Stands in for the Redis client: records what is published where (through
+    ``publish`` or, as events.Publisher does, on a connection of the client's pool's kind)."""
 
     def __init__(self) -> None:
         self.published: list[tuple[str, Any]] = []
+        recorder = self
+
+        class Connection:
+            def __init__(self, **kwargs: Any) -> None:
+                self.sent: list[tuple[Any, ...]] = []
+
+            def pack_command(self, *args: Any) -> tuple[Any, ...]:
+                return args
+
+            def send_packed_command(self, command: tuple[Any, ...], check_health: bool) -> None:
+                assert command[0] == "PUBLISH"
+                recorder.publish(command[1], command[2])
+
+            def read_response(self) -> int:
+                return 1
+
+        class Pool:
+            connection_class = Connection
+            connection_kwargs: dict[str, Any] = {}
+
+        self.connection_pool = Pool()
 
     def publish(self, name: str, body: Any) -> int:
         self.published.append((name, body))
@@ -160,3 +184,115 @@ def test_the_imap_listener_hands_events_to_the_reactor() -> None:
     listener._from_thread(5, 9)
     listener._from_thread(6, None)
     assert calls == [(5, 9), (6, None)] and woken == [9]
+
+
+def test_an_event_with_an_origin_begins_with_its_prefix_and_parses_as_before() -> None:
+    event = ChangeEvent(events.FLAGS, 9, "imap", modseq=5, origin="imap-1-ab")
+    body = event.to_bytes()
+    assert body.startswith(events.origin_prefix("imap-1-ab"))
+    assert not body.startswith(events.origin_prefix("imap-1-a"))
+    assert ChangeEvent.parse(body) == ChangeEvent(events.FLAGS, 9, "imap", modseq=5)
+    # without an origin the body is what it always was
+    assert ChangeEvent(events.FLAGS, 9, "imap", modseq=5).to_bytes() == (
+        b'{"event":"flags","mailbox_id":9,"source":"imap","modseq":5}')
+
+
+def test_the_listener_drops_its_own_processs_events_unread() -> None:
+    stop = threading.Event()
+    own = events.origin_prefix("imap-1-ab")
+    messages = [
+        {"channel": b"t:mailbox:5", "data": ChangeEvent(events.FLAGS, 5, "imap", modseq=9,
+                                                       origin="imap-1-ab").to_bytes()},
+        {"channel": b"t:mailbox:5", "data": ChangeEvent(events.FLAGS, 5, "imap", modseq=10,
+                                                       origin="imap-2-cd").to_bytes()},
+        {"channel": b"t:mailbox:5", "data": ChangeEvent(events.EXISTS, 5, "mda",
+                                                       modseq=11).to_bytes()},
+    ]
+    pubsub = FakePubSub(messages, stop)
+
+    class Client:
+        def pubsub(self, ignore_subscribe_messages: bool) -> FakePubSub:
+            return pubsub
+
+    seen: list[tuple[int, int | None]] = []
+    events.listen(Client(), PREFIX, stop, lambda m, s: seen.append((m, s)),  # type: ignore[arg-type]
+                  skip=own)
+    assert seen == [(5, 10), (5, 11)]
+
+
+def test_a_watch_that_begins_after_a_newer_event_is_woken_at_once() -> None:
+    listener = ChangeListener(None, PREFIX, object())  # type: ignore[arg-type]
+    listener.notify(5, 12)  # before anyone watches: remembered
+    woken: list[Any] = []
+    listener.watch(5, lambda modseq=None: woken.append(modseq), known=11)
+    assert woken == [12]  # the view was read at 11: it missed 12
+    listener.watch(5, lambda modseq=None: woken.append(("b", modseq)), known=12)
+    listener.watch(6, lambda modseq=None: woken.append(("c", modseq)), known=0)
+    assert woken == [12]
+    listener.notify(5, 11)  # an older event does not lower what is remembered
+    assert listener.latest[5] == 12
+
+
+def test_the_listeners_memory_of_modseqs_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from postroom_imap import backend
+
+    monkeypatch.setattr(backend, "LATEST_KEPT", 3)
+    listener = ChangeListener(None, PREFIX, object())  # type: ignore[arg-type]
+    for mailbox_id in range(10):
+        listener.notify(mailbox_id, 1)
+    assert list(listener.latest) == [7, 8, 9]
+
+
+def test_a_committed_change_reaches_this_processs_watchers_once_after_the_command(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The publishing thread hands result and event to the reactor in one call: the
+    command's continuation first, then the other watchers; the PUBLISH carries the origin
+    (its echo is dropped) and comes after both were queued."""
+    from postroom_imap.backend import UserStoreImpl
+    from postroom_imap.policy import StoreResult
+
+    order: list[Any] = []
+
+    class Reactor:
+        def callFromThread(self, fn: Any, *args: Any) -> None:
+            order.append("to reactor")
+            fn(*args)
+
+    pending: list[Any] = []
+
+    class Database:
+        def run_core_then(self, fn: Any, then: Any, *args: Any) -> Any:
+            finished: Deferred[Any] = Deferred()
+
+            def work() -> None:  # the pool thread, once the caller has its Deferred
+                result = fn(None, *args)
+                order.append("commit")
+                finished.callback((result, then(result)))
+
+            pending.append(work)
+            return finished
+
+    class Redis(Recorder):
+        def publish(self, name: str, body: Any) -> int:
+            order.append("publish")
+            return super().publish(name, body)
+
+    recorder = Redis()
+    listener = ChangeListener(None, PREFIX, Reactor())  # type: ignore[arg-type]
+    accounts = StoreAccounts(Database(), recorder, None, prefix=PREFIX,  # type: ignore[arg-type]
+                             limiter=None, listener=listener, reactor=Reactor())  # type: ignore[arg-type]
+    store = UserStoreImpl(accounts, 1, "u@example.test")
+    listener.watch(7, lambda modseq=None: order.append(("other session", modseq)))
+
+    def fake_store(s: Any, mailbox_id: int, *rest: Any) -> StoreResult:
+        return StoreResult(rows=[], changed=[3], modified=[], modseq_before=4, modseq_after=5)
+
+    monkeypatch.setattr(mailstore, "store", fake_store)
+    d = store.store(7, [3], "+", ["\\Flagged"], None)
+    d.addCallback(lambda r: order.append(("command", r.modseq_after)))
+    pending.pop()()
+    assert order == ["commit", "to reactor", ("command", 5), ("other session", 5), "publish"]
+    [(name, body)] = recorder.published
+    assert name == events.channel(PREFIX, 7)
+    assert body.startswith(events.origin_prefix(listener.origin))
+    assert ChangeEvent.parse(body) == ChangeEvent(events.FLAGS, 7, "imap", modseq=5)

@@ -41,6 +41,10 @@ class FakeStore:
         self.hold_append: Deferred[None] | None = None  # the next APPEND waits for it
         self.pending: Changes | None = None
         self.watchers: list[Any] = []
+        # the latest modseq a change event announced (ChangeListener.latest), and the
+        # view's modseq the last watch began with
+        self.announced = 0
+        self.known: int | None = None
         self.fail_fetch = False
 
     def list_mailboxes(self) -> Deferred[list[MailboxRow]]:
@@ -96,8 +100,11 @@ class FakeStore:
             return self.hold_append.addCallback(lambda _: (7, uids))
         return succeed((7, uids))
 
-    def watch(self, mailbox_id: int, callback: Any) -> Any:
+    def watch(self, mailbox_id: int, callback: Any, known: int | None = None) -> Any:
         self.watchers.append(callback)
+        self.known = known
+        if known is not None and self.announced > known:
+            callback(self.announced)  # as ChangeListener.watch: announced before the watch
         return lambda: self.watchers.remove(callback)
 
     def close(self) -> None:
@@ -320,6 +327,24 @@ def test_idle_reports_new_messages_until_done() -> None:
         callback()
     assert h.transport.value() == (b"* 2 FETCH (UID 2 FLAGS (\\Seen))\r\n* 4 EXISTS\r\n")
     assert h.send(b"DONE\r\n") == b"i OK IDLE terminated\r\n"
+
+
+def test_select_watches_with_its_views_modseq() -> None:
+    h = Harness(tls=True)
+    h.select()
+    assert h.server.selected is not None
+    assert h.store.known == h.server.selected.highestmodseq == 10
+
+
+def test_a_change_announced_between_selects_read_and_its_watch_is_synced() -> None:
+    """A change committed after SELECT's read but announced before its watch (a session of
+    the same process: delivered without the Redis round trip) is shown before the OK."""
+    h = Harness(tls=True)
+    h.store.announced = 11
+    h.store.pending = Changes(11, 0, [], None, [FlagUpdate(1, ("\\Seen",), 11)])
+    reply = h.select()
+    assert reply.endswith(b"* 1 FETCH (UID 1 FLAGS (\\Seen))\r\n"
+                          b"s OK [READ-WRITE] SELECT completed\r\n")
 
 
 def test_search_answers_sequence_numbers() -> None:

@@ -6,10 +6,18 @@ sessions that watch the mailbox named in the channel. Sessions publish after
 each change they commit. Events are only a signal: a session asks the store
 what changed (``mailstore.changes``), so a lost event delays, never loses, an
 update.
+
+The process's own events do not take the Redis round trip back to it: the
+publishing thread hands them to the process's watchers with the command's
+result (:meth:`ChangeListener.deliver`), and each is published with the
+process's origin id, whose echo the listener thread drops before decoding it
+(decision 0037). Other processes get every event as before.
 """
 
 from __future__ import annotations
 
+import os
+import secrets
 import threading
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -55,6 +63,10 @@ DEFAULT_METADATA_LIMITS = imap_metadata.Limits(max_size=16 * 1024, max_entries=1
                                                max_total=1024 * 1024)
 
 
+# how many mailboxes' latest announced modseq a listener remembers (ChangeListener.latest)
+LATEST_KEPT = 4096
+
+
 class ChangeListener:
     """One pub/sub subscription per process, fanned out to watching sessions on the reactor."""
 
@@ -63,6 +75,12 @@ class ChangeListener:
         self.prefix = prefix
         self.reactor = reactor
         self.watchers: dict[int, list[Callable[..., None]]] = {}
+        # this process's events carry it; their echo is dropped unread (events.origin_prefix)
+        self.origin = f"imap-{os.getpid()}-{secrets.token_hex(4)}"
+        self._skip = events.origin_prefix(self.origin)
+        # mailbox id -> the highest modseq an event announced (on the reactor): a session
+        # that starts watching with an older view learns of the change it missed (watch)
+        self.latest: dict[int, int] = {}
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -75,8 +93,21 @@ class ChangeListener:
         if self._thread is not None:
             self._thread.join(timeout=5)
 
-    def watch(self, mailbox_id: int, callback: Callable[..., None]) -> Callable[[], None]:
+    def watch(self, mailbox_id: int, callback: Callable[..., None],
+              known: int | None = None) -> Callable[[], None]:
+        """Call ``callback`` on every event for ``mailbox_id``; returns unwatch.
+
+        ``known``: the watcher's view's HIGHESTMODSEQ. An event announced a
+        higher one before the watch began (its view was read before that
+        change's COMMIT, and the event came first: a change of this same
+        process is delivered without the Redis round trip), so the callback
+        is called with it at once.
+        """
         self.watchers.setdefault(mailbox_id, []).append(callback)
+        if known is not None:
+            seen = self.latest.get(mailbox_id)
+            if seen is not None and seen > known:
+                callback(seen)
 
         def unwatch() -> None:
             callbacks = self.watchers.get(mailbox_id, [])
@@ -93,6 +124,12 @@ class ChangeListener:
         ``modseq`` is the event's new HIGHESTMODSEQ when it says (IMAP and MDA
         events do): a session that already knows it need not look.
         """
+        if modseq is not None:
+            latest = self.latest
+            if modseq > latest.get(mailbox_id, 0):
+                if mailbox_id not in latest and len(latest) >= LATEST_KEPT:
+                    del latest[next(iter(latest))]  # the oldest entry: long since watched
+                latest[mailbox_id] = modseq
         for callback in list(self.watchers.get(mailbox_id, [])):
             try:
                 if modseq is None:
@@ -105,7 +142,8 @@ class ChangeListener:
     def _loop(self) -> None:
         while not self._stop.is_set():
             try:
-                events.listen(self.client, self.prefix, self._stop, self._from_thread)
+                events.listen(self.client, self.prefix, self._stop, self._from_thread,
+                              skip=self._skip)
             except (RedisError, OSError) as exc:
                 log.warning("change listener lost redis", error=str(exc))
                 self._stop.wait(2.0)
@@ -141,6 +179,8 @@ class StoreAccounts:
         self.listener = listener
         self.reactor = reactor
         self.cpu_pool = cpu_pool
+        # the change events' PUBLISH, from the `db` threads after each COMMIT
+        self.publisher = events.Publisher(client, prefix)
 
     def in_redis_thread(self, fn: Callable[..., Any], *args: Any) -> Deferred[Any]:
         return defer_to_pool(self.reactor, self.pool, fn, *args)
@@ -296,12 +336,16 @@ class StoreAccounts:
         self.in_redis_thread(learning.enqueue, self.redis, self.prefix, requests).addCallbacks(
             queued, failed)
 
-    def publish(self, mailbox_id: int, kind: str, modseq: int | None = None) -> None:
+    def publish(self, mailbox_id: int, kind: str, modseq: int | None = None, *,
+                echo: bool = True) -> None:
+        """PUBLISH a committed change. ``echo=False``: with this process's origin, so its
+        listener drops the echo (the caller notifies this process's watchers itself)."""
         # with modseq, sessions that already know it ignore the event
-        event = events.ChangeEvent(kind, mailbox_id, "imap", modseq=modseq)
+        event = events.ChangeEvent(kind, mailbox_id, "imap", modseq=modseq,
+                                   origin=None if echo else self.listener.origin)
         try:
-            events.publish(self.redis, self.prefix, event)
-        except RedisError as exc:
+            self.publisher.publish(event)
+        except (RedisError, OSError) as exc:
             log.warning("change event not published", error=str(exc), mailbox_id=mailbox_id)
 
 
@@ -337,11 +381,13 @@ class UserStoreImpl:
                        *args: Any, core: bool = False) -> Deferred[Any]:
         """``fn`` in one transaction, then its change event published from the same thread.
 
-        After the COMMIT, the pool thread first hands the result to the reactor
-        and only then publishes ``event(result)`` (mailbox id, kind, modseq;
-        None: nothing changed): the reactor runs calls from threads in order,
-        so this session absorbs its own change before the event can come back
-        to it through the listener, and no thread hop is spent on the PUBLISH.
+        After the COMMIT, the pool thread hands the result to the reactor
+        together with ``event(result)`` (mailbox id, kind, modseq; None:
+        nothing changed), and only then publishes the event: on the reactor
+        this session's continuation runs first (it absorbs its own change),
+        then the process's other watchers are notified, without the Redis
+        round trip (the echo is dropped by origin). No thread hop is spent on
+        the PUBLISH.
         A failed publish is logged; the event was only a signal. With ``core``
         the transaction runs on a Connection without an ORM Session
         (``Database.run_core_then``): for store functions that use only
@@ -351,10 +397,20 @@ class UserStoreImpl:
         done: Deferred[Any] = Deferred()
 
         def then(result: Any) -> None:
-            accounts.reactor.callFromThread(done.callback, result)
-            change = event(result)
-            if change is not None:
-                accounts.publish(*change)
+            try:
+                change = event(result)
+            except Exception:
+                accounts.reactor.callFromThread(done.callback, result)  # committed: answer
+                raise
+            if change is None:
+                accounts.reactor.callFromThread(done.callback, result)
+                return
+            accounts.reactor.callFromThread(deliver, result, change[0], change[2])
+            accounts.publish(*change, echo=False)
+
+        def deliver(result: Any, mailbox_id: int, modseq: int | None) -> None:
+            done.callback(result)
+            accounts.listener.notify(mailbox_id, modseq)
 
         def finished(outcome: tuple[Any, Exception | None]) -> None:
             if isinstance(outcome[1], Exception):
@@ -374,6 +430,8 @@ class UserStoreImpl:
 
     def _changed(self, result: Any, mailbox_id: int, kind: str,
                  modseq: int | None = None) -> Any:
+        # COPY and MOVE (rare): the echo through Redis reaches this process's watchers, after
+        # the command's continuation, as before
         self.accounts.in_redis_thread(self.accounts.publish, mailbox_id, kind,
                                       modseq).addErrback(
             lambda f: log.warning("publish failed", error=f.getErrorMessage()))
@@ -521,8 +579,9 @@ class UserStoreImpl:
                  spans: list[tuple[int, int]] | None) -> Deferred[list[tuple[int, int]]]:
         return self._db(mailstore.vanished, mailbox_id, since, spans)
 
-    def watch(self, mailbox_id: int, callback: Callable[..., None]) -> Callable[[], None]:
-        return self.accounts.listener.watch(mailbox_id, callback)
+    def watch(self, mailbox_id: int, callback: Callable[..., None],
+              known: int | None = None) -> Callable[[], None]:
+        return self.accounts.listener.watch(mailbox_id, callback, known)
 
     def close(self) -> None:
         """Nothing is held per session beyond watches, which the protocol removes."""

@@ -200,11 +200,14 @@ class UserStore(Protocol):
 
     # optional (the protocol uses getattr): what the last command changed itself
     # def take_own_changes(self) -> list[OwnChange]: ...
-    def watch(self, mailbox_id: int, callback: Callable[..., None]) -> Callable[[], None]:
+    def watch(self, mailbox_id: int, callback: Callable[..., None],
+              known: int | None = None) -> Callable[[], None]:
         """Call ``callback`` (on the reactor) when the mailbox may have changed; returns unwatch.
 
         The callback gets the change's new HIGHESTMODSEQ as its argument when the
-        event carries one, and no argument otherwise.
+        event carries one, and no argument otherwise. ``known``: the watcher's
+        HIGHESTMODSEQ; a change above it announced before the watch began calls
+        the callback at once.
         """
         ...
     def close(self) -> None: ...

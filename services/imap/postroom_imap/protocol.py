@@ -631,7 +631,10 @@ class IMAPServer(MailboxCommands, MessageCommands, MetadataCommands, ListenerSes
         self.selected = selected
         self.state = SELECTED
         assert self.store is not None
-        self._unwatch = self.store.watch(selected.mailbox_id, self._changed)
+        # known: a change committed after the view was read but announced before this
+        # watch (this process's own events come without the Redis round trip) marks it dirty
+        self._unwatch = self.store.watch(selected.mailbox_id, self._changed,
+                                         known=selected.highestmodseq)
 
     def drop_selected(self) -> None:
         if self._unwatch is not None:
