@@ -85,11 +85,11 @@ def test_anything_but_a_verdict_is_refused(body):
         parse_verdict(body)
 
 
-def test_request_body_carries_the_envelope_and_base64_message():
+def test_request_body_carries_the_envelope_base64_message_and_asks_for_the_short_verdict():
     body = json.loads(request_body(client_ip="192.0.2.1", helo=None, mail_from="",
                                    recipients=["a@b"], message=b"x", queue_id="Q"))
     assert body == {"client_ip": "192.0.2.1", "helo": "", "mail_from": "", "recipients": ["a@b"],
-                    "queue_id": "Q", "message_b64": "eA=="}
+                    "queue_id": "Q", "message_b64": "eA==", "verdict": "mta"}
 
 
 def test_greylist_keys_on_the_client_network():
