@@ -29,9 +29,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "bench"))  # bench/workloads import their siblings by name
 
 from bench import cpu, proctools  # noqa: E402
 from tests.support.ports import free_port  # noqa: E402
+from workloads.curves import read_reply  # noqa: E402
 
 DOMAIN = "single.test"
 PHASES = ("mail", "rcpt", "data", "end")
@@ -44,33 +46,24 @@ def message(n: int) -> bytes:
             f"Message number {n}.\r\n{body}.\r\n").encode()
 
 
-async def _reply(reader: asyncio.StreamReader) -> int:
-    while True:
-        line = await reader.readline()
-        if not line:
-            raise ConnectionError("connection closed")
-        if line[3:4] != b"-":
-            return int(line[:3])
-
-
 async def _session(port: int, count: int, first: int, waits: dict[str, list[float]]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        await _reply(reader)
+        await read_reply(reader)
         writer.write(b"EHLO single.bench.test\r\n")
-        await _reply(reader)
+        await read_reply(reader)
         for n in range(first, first + count):
             for phase, line, wanted in (("mail", b"MAIL FROM:<s@src.test>\r\n", 250),
                                         ("rcpt", f"RCPT TO:<u0@{DOMAIN}>\r\n".encode(), 250),
                                         ("data", b"DATA\r\n", 354), ("end", message(n), 250)):
                 started = time.perf_counter()
                 writer.write(line)
-                code = await _reply(reader)
+                code = await read_reply(reader)
                 waits[phase].append(time.perf_counter() - started)
                 if code != wanted:
                     raise ConnectionError(f"{phase}: {code}")
         writer.write(b"QUIT\r\n")
-        await _reply(reader)
+        await read_reply(reader)
     finally:
         writer.close()
 

@@ -71,7 +71,8 @@ def sizes(name: str, ctx: Context) -> tuple[int, ...]:
 
 # --- inbound: an asyncio SMTP client with per-message latency
 
-async def _reply(reader: asyncio.StreamReader) -> int:
+async def read_reply(reader: asyncio.StreamReader) -> int:
+    """The code of the next SMTP reply (its last line), continuation lines skipped."""
     while True:
         line = await reader.readline()
         if not line:
@@ -83,25 +84,25 @@ async def _reply(reader: asyncio.StreamReader) -> int:
 async def _smtp_session(port: int, rcpt: str, count: int, latencies: list[float]) -> None:
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
-        if await _reply(reader) != 220:
+        if await read_reply(reader) != 220:
             raise ConnectionError("no 220 greeting")
         writer.write(b"EHLO curve.bench.test\r\n")
-        await _reply(reader)
+        await read_reply(reader)
         for _ in range(count):
             started = time.perf_counter()
             for command, wanted in ((f"MAIL FROM:<{SENDER}>", 250), (f"RCPT TO:<{rcpt}>", 250),
                                     ("DATA", 354)):
                 writer.write(command.encode() + b"\r\n")
-                code = await _reply(reader)
+                code = await read_reply(reader)
                 if code != wanted:
                     raise ConnectionError(f"{command.split(':')[0]}: {code}")
             writer.write(mailgen.message(next(_serial)) + b".\r\n")
-            code = await _reply(reader)
+            code = await read_reply(reader)
             if code != 250:
                 raise ConnectionError(f"end of data: {code}")
             latencies.append(time.perf_counter() - started)
         writer.write(b"QUIT\r\n")
-        await _reply(reader)
+        await read_reply(reader)
     finally:
         writer.close()
 

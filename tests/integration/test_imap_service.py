@@ -9,6 +9,7 @@ import ssl
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -333,9 +334,11 @@ def test_idle_sees_a_delivered_message(server: Server, account: Account) -> None
         client.logout()
 
 
-def test_two_sessions_see_each_others_changes(server: Server, account: Account) -> None:
-    account.deliver(MESSAGE)
-    account.deliver(MESSAGE)
+@contextmanager
+def _watching(server: Server, account: Account
+              ) -> Iterator[tuple[IMAPClient, imaplib.IMAP4_SSL]]:
+    """Two sessions of ``account`` on INBOX: a watcher in IDLE and an actor; both logged out
+    at the end."""
     watcher = IMAPClient(server.host, server.tls_port, ssl=True, ssl_context=unverified(),
                          timeout=30)
     actor = imaps(server, account)
@@ -344,21 +347,35 @@ def test_two_sessions_see_each_others_changes(server: Server, account: Account) 
         watcher.select_folder("INBOX")
         actor.select("INBOX")
         watcher.idle()
+        yield watcher, actor
+    finally:
+        actor.logout()
+        watcher.logout()
+
+
+def _idle_until(watcher: IMAPClient, wanted: tuple[int, bytes]) -> list:
+    """The IDLE responses the watcher gets until ``wanted`` is among them (10 s at most);
+    IDLE ended."""
+    deadline = time.monotonic() + 10
+    seen: list = []
+    while time.monotonic() < deadline and wanted not in seen:
+        seen += watcher.idle_check(timeout=2)
+    watcher.idle_done()
+    return seen
+
+
+def test_two_sessions_see_each_others_changes(server: Server, account: Account) -> None:
+    account.deliver(MESSAGE)
+    account.deliver(MESSAGE)
+    with _watching(server, account) as (watcher, actor):
         actor.store("1", "+FLAGS", "(\\Flagged)")
         seen = watcher.idle_check(timeout=10)
         assert any(r[1] == b"FETCH" and b"\\Flagged" in r[2][r[2].index(b"FLAGS") + 1]
                    for r in seen if len(r) > 2), seen
         actor.store("2", "+FLAGS", "(\\Deleted)")
         actor.expunge()
-        deadline = time.monotonic() + 10
-        gone: list = []
-        while time.monotonic() < deadline and (2, b"EXPUNGE") not in gone:
-            gone += watcher.idle_check(timeout=2)
-        watcher.idle_done()
+        gone = _idle_until(watcher, (2, b"EXPUNGE"))
         assert (2, b"EXPUNGE") in gone
-    finally:
-        actor.logout()
-        watcher.logout()
 
 
 def test_an_append_and_an_expunge_reach_idle_in_the_same_process_once(
@@ -367,14 +384,7 @@ def test_an_append_and_an_expunge_reach_idle_in_the_same_process_once(
     by the publishing process itself, the Redis echo dropped); the acting session gets its
     own change once, in its command's reply, and nothing more at the next NOOP."""
     account.deliver(MESSAGE)
-    watcher = IMAPClient(server.host, server.tls_port, ssl=True, ssl_context=unverified(),
-                         timeout=30)
-    actor = imaps(server, account)
-    try:
-        watcher.login(account.address, PASSWORD)
-        watcher.select_folder("INBOX")
-        actor.select("INBOX")
-        watcher.idle()
+    with _watching(server, account) as (watcher, actor):
         actor.untagged_responses.clear()
         assert actor.append("INBOX", "", imaplib.Time2Internaldate(0), MESSAGE)[0] == "OK"
         assert actor.untagged_responses.pop("EXISTS", []) == [b"2"]
@@ -382,18 +392,11 @@ def test_an_append_and_an_expunge_reach_idle_in_the_same_process_once(
         assert (2, b"EXISTS") in seen, seen
         actor.store("1", "+FLAGS.SILENT", "(\\Deleted)")
         assert actor.expunge() == ("OK", [b"1"])  # imaplib returns the EXPUNGE responses
-        deadline = time.monotonic() + 10
-        gone: list = []
-        while time.monotonic() < deadline and (1, b"EXPUNGE") not in gone:
-            gone += watcher.idle_check(timeout=2)
-        watcher.idle_done()
+        gone = _idle_until(watcher, (1, b"EXPUNGE"))
         assert (1, b"EXPUNGE") in gone, gone
         actor.untagged_responses.clear()
         actor.noop()
         assert not {"EXISTS", "EXPUNGE", "FETCH"} & set(actor.untagged_responses)
-    finally:
-        actor.logout()
-        watcher.logout()
 
 
 def test_condstore_and_quota(server: Server, account: Account) -> None:
@@ -494,11 +497,7 @@ def test_an_append_and_an_expunge_reach_idle_in_another_imap_process(
         assert (2, b"EXISTS") in seen, seen
         actor.store("1", "+FLAGS.SILENT", "(\\Deleted)")
         actor.expunge()
-        deadline = time.monotonic() + 10
-        gone: list = []
-        while time.monotonic() < deadline and (1, b"EXPUNGE") not in gone:
-            gone += watcher.idle_check(timeout=2)
-        watcher.idle_done()
+        gone = _idle_until(watcher, (1, b"EXPUNGE"))
         assert (1, b"EXPUNGE") in gone, gone
     finally:
         actor.logout()
