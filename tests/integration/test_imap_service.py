@@ -335,12 +335,12 @@ def test_idle_sees_a_delivered_message(server: Server, account: Account) -> None
 
 
 @contextmanager
-def _watching(server: Server, account: Account
+def _watching(server: Server, account: Account, watcher_port: int | None = None
               ) -> Iterator[tuple[IMAPClient, imaplib.IMAP4_SSL]]:
-    """Two sessions of ``account`` on INBOX: a watcher in IDLE and an actor; both logged out
-    at the end."""
-    watcher = IMAPClient(server.host, server.tls_port, ssl=True, ssl_context=unverified(),
-                         timeout=30)
+    """Two sessions of ``account`` on INBOX: a watcher in IDLE (on ``watcher_port``: another
+    imap process's; default the server's) and an actor; both logged out at the end."""
+    watcher = IMAPClient(server.host, watcher_port or server.tls_port, ssl=True,
+                         ssl_context=unverified(), timeout=30)
     actor = imaps(server, account)
     try:
         watcher.login(account.address, PASSWORD)
@@ -485,23 +485,16 @@ def test_an_append_and_an_expunge_reach_idle_in_another_imap_process(
     origin: another process (POSTROOM_REUSE_PORT runs several) must still get each one."""
     account.deliver(MESSAGE)
     other, _, other_tls = start_imap(database_url, redis_url, certs, server.prefix)
-    watcher = IMAPClient(server.host, other_tls, ssl=True, ssl_context=unverified(), timeout=30)
-    actor = imaps(server, account)
     try:
-        watcher.login(account.address, PASSWORD)
-        watcher.select_folder("INBOX")
-        watcher.idle()
-        actor.select("INBOX")
-        assert actor.append("INBOX", "", imaplib.Time2Internaldate(0), MESSAGE)[0] == "OK"
-        seen = watcher.idle_check(timeout=10)
-        assert (2, b"EXISTS") in seen, seen
-        actor.store("1", "+FLAGS.SILENT", "(\\Deleted)")
-        actor.expunge()
-        gone = _idle_until(watcher, (1, b"EXPUNGE"))
-        assert (1, b"EXPUNGE") in gone, gone
+        with _watching(server, account, other_tls) as (watcher, actor):
+            assert actor.append("INBOX", "", imaplib.Time2Internaldate(0), MESSAGE)[0] == "OK"
+            seen = watcher.idle_check(timeout=10)
+            assert (2, b"EXISTS") in seen, seen
+            actor.store("1", "+FLAGS.SILENT", "(\\Deleted)")
+            actor.expunge()
+            gone = _idle_until(watcher, (1, b"EXPUNGE"))
+            assert (1, b"EXPUNGE") in gone, gone
     finally:
-        actor.logout()
-        watcher.logout()
         other.close()
 
 
@@ -510,18 +503,11 @@ def test_flag_change_reaches_idle_in_another_imap_process(
         certs: Path) -> None:
     account.deliver(MESSAGE)
     other, _, other_tls = start_imap(database_url, redis_url, certs, server.prefix)
-    watcher = IMAPClient(server.host, other_tls, ssl=True, ssl_context=unverified(), timeout=30)
-    actor = imaps(server, account)
     try:
-        watcher.login(account.address, PASSWORD)
-        watcher.select_folder("INBOX")
-        watcher.idle()
-        actor.select("INBOX")
-        actor.store("1", "+FLAGS", "(\\Flagged)")
-        seen = watcher.idle_check(timeout=5)
-        watcher.idle_done()
-        assert any(r[1] == b"FETCH" for r in seen if len(r) > 1), seen
+        with _watching(server, account, other_tls) as (watcher, actor):
+            actor.store("1", "+FLAGS", "(\\Flagged)")
+            seen = watcher.idle_check(timeout=5)
+            watcher.idle_done()
+            assert any(r[1] == b"FETCH" for r in seen if len(r) > 1), seen
     finally:
-        actor.logout()
-        watcher.logout()
         other.close()

@@ -9,7 +9,8 @@ update.
 
 The process's own events do not take the Redis round trip back to it: the
 publishing thread hands them to the process's watchers with the command's
-result (:meth:`ChangeListener.deliver`), and each is published with the
+result (``UserStoreImpl._db_publishing``, then :meth:`ChangeListener.notify`), and
+each is published with the
 process's origin id, whose echo the listener thread drops before decoding it
 (decision 0037). Other processes get every event as before.
 """
